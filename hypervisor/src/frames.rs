@@ -1,0 +1,328 @@
+//! The physical frame allocator.
+//!
+//! It starts from the loader's memory map, keeps only what is usable RAM in every entry that
+//! mentions it (an address claimed by any non-usable entry is never handed out), removes the
+//! ranges atoll must not reuse (the first MiB, the image, the modules, the boot information) and
+//! then hands out page-aligned runs of 4 KiB frames. Freed runs go back and merge with their
+//! neighbours. Storage is a fixed, sorted array of free ranges, so it works before any heap
+//! exists and never allocates itself.
+
+use boot::info::{MemoryRegion, RegionKind};
+use boot::{HostPhysAddr, PhysRange};
+use core::fmt;
+
+/// Bytes in a frame.
+pub const FRAME_SIZE: u64 = 4096;
+/// Most disjoint free ranges tracked.
+pub const MAX_FREE_RANGES: usize = 4096;
+
+/// Why an allocation or a free failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameError {
+    /// No free run of the requested size and alignment exists.
+    OutOfMemory { frames: u64, align: u64 },
+    /// The alignment is not a power of two multiple of the frame size, or the count is zero.
+    BadRequest,
+    /// A freed range overlaps memory that is already free (a double free).
+    DoubleFree(PhysRange),
+    /// The free-range table is full (memory too fragmented).
+    TooFragmented,
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::OutOfMemory { frames, align } => {
+                write!(f, "out of physical memory: no free run of {frames} frames aligned to {align:#x}")
+            }
+            Self::BadRequest => write!(f, "frame request must be at least one frame with a power-of-two alignment"),
+            Self::DoubleFree(r) => write!(f, "range {r} freed while (partly) free"),
+            Self::TooFragmented => write!(f, "more than {MAX_FREE_RANGES} free ranges: memory too fragmented"),
+        }
+    }
+}
+
+/// The allocator.
+pub struct FrameAllocator {
+    free: [PhysRange; MAX_FREE_RANGES],
+    count: usize,
+}
+
+const EMPTY: PhysRange = PhysRange::new(HostPhysAddr::new(0), HostPhysAddr::new(0));
+
+impl FrameAllocator {
+    /// An allocator with nothing to give.
+    pub const fn empty() -> Self {
+        Self { free: [EMPTY; MAX_FREE_RANGES], count: 0 }
+    }
+
+    /// Builds the free list from `map`, minus `excluded` ranges (each widened to whole frames).
+    pub fn new(map: &[MemoryRegion], excluded: &[PhysRange]) -> Result<Self, FrameError> {
+        let mut this = Self::empty();
+        for region in map.iter().filter(|r| r.kind == RegionKind::Usable) {
+            // Only whole frames inside the region.
+            let Some(start) = region.range.start.checked_align_up(FRAME_SIZE) else { continue };
+            let end = region.range.end.align_down(FRAME_SIZE);
+            if start >= end {
+                continue;
+            }
+            this.insert_merging(PhysRange::new(start, end), false)?;
+        }
+        // Anything a non-usable entry claims is not RAM we may use, whatever else says so.
+        for region in map.iter().filter(|r| r.kind != RegionKind::Usable) {
+            this.remove(widen(region.range))?;
+        }
+        for range in excluded {
+            this.remove(widen(*range))?;
+        }
+        Ok(this)
+    }
+
+    /// Free bytes.
+    pub fn free_bytes(&self) -> u64 {
+        self.ranges().iter().map(PhysRange::len).sum()
+    }
+
+    /// The free ranges, sorted and disjoint.
+    pub fn ranges(&self) -> &[PhysRange] {
+        &self.free[..self.count]
+    }
+
+    /// Allocates `frames` contiguous frames starting at a multiple of `align` bytes, from the
+    /// lowest address that fits.
+    pub fn allocate(&mut self, frames: u64, align: u64) -> Result<PhysRange, FrameError> {
+        if frames == 0 || !align.is_power_of_two() || align < FRAME_SIZE {
+            return Err(FrameError::BadRequest);
+        }
+        let bytes = frames.checked_mul(FRAME_SIZE).ok_or(FrameError::BadRequest)?;
+        for i in 0..self.count {
+            let r = self.free[i];
+            let Some(start) = r.start.checked_align_up(align) else { continue };
+            let Some(end) = start.checked_add(bytes) else { continue };
+            if end <= r.end {
+                let taken = PhysRange::new(start, end);
+                self.remove(taken)?;
+                return Ok(taken);
+            }
+        }
+        Err(FrameError::OutOfMemory { frames, align })
+    }
+
+    /// Returns a range to the pool. It must be frame-aligned and wholly allocated.
+    pub fn free(&mut self, range: PhysRange) -> Result<(), FrameError> {
+        if !range.start.is_aligned(FRAME_SIZE) || !range.end.is_aligned(FRAME_SIZE) || range.is_empty() {
+            return Err(FrameError::BadRequest);
+        }
+        self.insert_merging(range, true)
+    }
+
+    /// Inserts `range`, merging with neighbours. With `strict`, overlapping free memory is a
+    /// double free; without, overlaps (from overlapping map entries) are merged.
+    fn insert_merging(&mut self, range: PhysRange, strict: bool) -> Result<(), FrameError> {
+        let mut new = range;
+        // Indices of ranges that touch or overlap `new` form one contiguous run in sorted order.
+        let first = self.free[..self.count].partition_point(|r| r.end < new.start);
+        let mut last = first;
+        while last < self.count && self.free[last].start <= new.end {
+            let r = self.free[last];
+            if strict && r.overlaps(&range) {
+                return Err(FrameError::DoubleFree(range));
+            }
+            new = PhysRange::new(new.start.min(r.start), new.end.max(r.end));
+            last += 1;
+        }
+        let removed = last - first;
+        if removed == 0 && self.count == MAX_FREE_RANGES {
+            return Err(FrameError::TooFragmented);
+        }
+        // Replace free[first..last] with the single merged range.
+        if removed == 0 {
+            self.free.copy_within(first..self.count, first + 1);
+            self.count += 1;
+        } else {
+            self.free.copy_within(last..self.count, first + 1);
+            self.count -= removed - 1;
+        }
+        self.free[first] = new;
+        Ok(())
+    }
+
+    /// Removes every free byte inside `cut`.
+    fn remove(&mut self, cut: PhysRange) -> Result<(), FrameError> {
+        if cut.is_empty() {
+            return Ok(());
+        }
+        let mut i = 0;
+        while i < self.count {
+            let r = self.free[i];
+            if !r.overlaps(&cut) {
+                i += 1;
+                continue;
+            }
+            let left = PhysRange::new(r.start, cut.start.min(r.end));
+            let right = PhysRange::new(cut.end.max(r.start), r.end);
+            match (left.is_empty(), right.is_empty()) {
+                // Keeps a piece on both sides: split.
+                (false, false) => {
+                    if self.count == MAX_FREE_RANGES {
+                        return Err(FrameError::TooFragmented);
+                    }
+                    self.free.copy_within(i + 1..self.count, i + 2);
+                    self.free[i] = left;
+                    self.free[i + 1] = right;
+                    self.count += 1;
+                    i += 2;
+                }
+                (false, true) => {
+                    self.free[i] = left;
+                    i += 1;
+                }
+                (true, false) => {
+                    self.free[i] = right;
+                    i += 1;
+                }
+                (true, true) => {
+                    self.free.copy_within(i + 1..self.count, i);
+                    self.count -= 1;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Widens a range to whole frames.
+fn widen(r: PhysRange) -> PhysRange {
+    let end = r.end.checked_align_up(FRAME_SIZE).unwrap_or(HostPhysAddr::new(u64::MAX & !(FRAME_SIZE - 1)));
+    PhysRange::new(r.start.align_down(FRAME_SIZE), end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(s: u64, e: u64) -> PhysRange {
+        PhysRange::new(HostPhysAddr::new(s), HostPhysAddr::new(e))
+    }
+    fn region(s: u64, e: u64, kind: RegionKind) -> MemoryRegion {
+        MemoryRegion { range: r(s, e), kind }
+    }
+
+    /// A PC-like map: low RAM, a BIOS hole, high RAM up to 512 MiB with ACPI data at the top.
+    fn pc_map() -> Vec<MemoryRegion> {
+        vec![
+            region(0, 0x9fc00, RegionKind::Usable),
+            region(0x9fc00, 0xa0000, RegionKind::Reserved),
+            region(0xf0000, 0x10_0000, RegionKind::Reserved),
+            region(0x10_0000, 0x1ffe_0000, RegionKind::Usable),
+            region(0x1ffe_0000, 0x2000_0000, RegionKind::AcpiReclaimable),
+        ]
+    }
+
+    #[test]
+    fn exclusions_are_never_handed_out() {
+        let image = r(0x20_0000, 0x31_2345);
+        let module = r(0x40_0800, 0x40_1000);
+        let low = r(0, 0x10_0000);
+        let mut fa = FrameAllocator::new(&pc_map(), &[low, image, module]).unwrap();
+        assert_eq!(fa.ranges(), &[r(0x10_0000, 0x20_0000), r(0x31_3000, 0x40_0000), r(0x40_1000, 0x1ffe_0000)]);
+        let mut got = Vec::new();
+        while let Ok(f) = fa.allocate(1, FRAME_SIZE) {
+            for x in [low, image, module] {
+                assert!(!f.overlaps(&x), "{f} overlaps excluded {x}");
+            }
+            got.push(f);
+        }
+        assert_eq!(got.len() as u64 * FRAME_SIZE, 0x10_0000 + (0x40_0000 - 0x31_3000) + (0x1ffe_0000 - 0x40_1000));
+    }
+
+    #[test]
+    fn overlapping_map_entries_count_once_and_reserved_wins() {
+        let map = vec![
+            region(0x10_0000, 0x50_0000, RegionKind::Usable),
+            region(0x30_0000, 0x80_0000, RegionKind::Usable),
+            // A reserved entry overlapping usable RAM: firmware says hands off.
+            region(0x40_0000, 0x40_2000, RegionKind::Reserved),
+            // Unaligned usable entry: only whole frames count.
+            region(0x90_0100, 0x90_3000, RegionKind::Usable),
+        ];
+        let fa = FrameAllocator::new(&map, &[]).unwrap();
+        assert_eq!(fa.ranges(), &[r(0x10_0000, 0x40_0000), r(0x40_2000, 0x80_0000), r(0x90_1000, 0x90_3000)]);
+        assert_eq!(fa.free_bytes(), 0x30_0000 + 0x3f_e000 + 0x2000);
+    }
+
+    #[test]
+    fn exhaustion_is_an_error_not_a_panic() {
+        let map = vec![region(0x10_0000, 0x10_4000, RegionKind::Usable)];
+        let mut fa = FrameAllocator::new(&map, &[]).unwrap();
+        assert_eq!(fa.allocate(5, FRAME_SIZE), Err(FrameError::OutOfMemory { frames: 5, align: FRAME_SIZE }));
+        for _ in 0..4 {
+            fa.allocate(1, FRAME_SIZE).unwrap();
+        }
+        assert_eq!(fa.allocate(1, FRAME_SIZE), Err(FrameError::OutOfMemory { frames: 1, align: FRAME_SIZE }));
+        assert_eq!(fa.free_bytes(), 0);
+        assert!(FrameError::OutOfMemory { frames: 1, align: 4096 }.to_string().contains("out of physical memory"));
+    }
+
+    #[test]
+    fn alignment_and_bad_requests() {
+        let map = vec![region(0x10_1000, 0x80_0000, RegionKind::Usable)];
+        let mut fa = FrameAllocator::new(&map, &[]).unwrap();
+        let big = fa.allocate(512, 0x20_0000).unwrap();
+        assert_eq!(big, r(0x20_0000, 0x40_0000));
+        assert_eq!(fa.allocate(0, FRAME_SIZE), Err(FrameError::BadRequest));
+        assert_eq!(fa.allocate(1, 3 * FRAME_SIZE), Err(FrameError::BadRequest));
+        assert_eq!(fa.allocate(1, 16), Err(FrameError::BadRequest));
+    }
+
+    #[test]
+    fn free_merges_and_detects_double_free() {
+        let map = vec![region(0x10_0000, 0x20_0000, RegionKind::Usable)];
+        let mut fa = FrameAllocator::new(&map, &[]).unwrap();
+        let a = fa.allocate(4, FRAME_SIZE).unwrap();
+        let b = fa.allocate(4, FRAME_SIZE).unwrap();
+        fa.free(a).unwrap();
+        assert_eq!(fa.free(a), Err(FrameError::DoubleFree(a)));
+        fa.free(b).unwrap();
+        assert_eq!(fa.ranges(), &[r(0x10_0000, 0x20_0000)]);
+        assert_eq!(fa.free(r(0x1000, 0x1800)), Err(FrameError::BadRequest));
+    }
+
+    #[test]
+    fn randomized_allocations_never_overlap_and_all_return() {
+        // A deterministic xorshift so failures reproduce.
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let map = pc_map();
+        let excluded = [r(0, 0x10_0000), r(0x20_0000, 0x30_0000)];
+        let mut fa = FrameAllocator::new(&map, &excluded).unwrap();
+        let total = fa.free_bytes();
+        let mut live: Vec<PhysRange> = Vec::new();
+        for _ in 0..5000 {
+            if next() % 3 != 0 || live.is_empty() {
+                let frames = 1 + next() % 64;
+                let align = FRAME_SIZE << (next() % 6);
+                if let Ok(got) = fa.allocate(frames, align) {
+                    assert!(got.start.is_aligned(align));
+                    assert!(live.iter().all(|l| !l.overlaps(&got)), "{got} handed out twice");
+                    assert!(excluded.iter().all(|x| !x.overlaps(&got)));
+                    live.push(got);
+                }
+            } else {
+                let i = (next() as usize) % live.len();
+                fa.free(live.swap_remove(i)).unwrap();
+            }
+            let held: u64 = live.iter().map(PhysRange::len).sum();
+            assert_eq!(fa.free_bytes() + held, total);
+        }
+        for l in live.drain(..) {
+            fa.free(l).unwrap();
+        }
+        assert_eq!(fa.free_bytes(), total);
+    }
+}

@@ -1,0 +1,162 @@
+//! The run summary: one machine-readable line, `ATOLL-SUMMARY {json}`, printed at the end of a
+//! run. The harness (`cargo xtask run`) turns it into its own exit status, so every field a test
+//! asserts on lives here, and [`Summary::finish`] decides `ok` from the problems found.
+
+use crate::cpu::CoreCaps;
+use alloc::string::String;
+use alloc::vec::Vec;
+use serde::Serialize;
+
+/// The prefix the harness looks for.
+pub const SUMMARY_PREFIX: &str = "ATOLL-SUMMARY ";
+
+/// One core's line in the summary.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct CoreReport {
+    /// Local APIC id.
+    pub apic_id: u32,
+    /// The boot processor.
+    pub bsp: bool,
+    /// Checked in.
+    pub online: bool,
+    /// What it probed on itself (absent when it never came online).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub caps: Option<CoreCaps>,
+}
+
+/// The whole summary.
+#[derive(Clone, Debug, Serialize, Default)]
+pub struct Summary {
+    /// atoll's version.
+    pub version: &'static str,
+    /// Whether the run met every check atoll makes of itself.
+    pub ok: bool,
+    /// What went wrong, one sentence each.
+    pub problems: Vec<String>,
+    /// Processors atoll tried to run on (the MADT's, plus any forged by `fake_apic_ids`).
+    pub cores_total: usize,
+    /// Processors that checked in.
+    pub cores_online: usize,
+    /// APIC ids that did not.
+    pub missing_apic_ids: Vec<u32>,
+    /// Per core.
+    pub cores: Vec<CoreReport>,
+    /// `GenuineIntel`, `AuthenticAMD` or `other`.
+    pub cpu_vendor: &'static str,
+    /// VT-x usable on every online core.
+    pub vmx: bool,
+    /// EPT on every online core.
+    pub ept: bool,
+    /// Unrestricted guest on every online core.
+    pub unrestricted_guest: bool,
+    /// VPID on every online core.
+    pub vpid: bool,
+    /// AMD-V usable on every online core.
+    pub svm: bool,
+    /// Nested paging on every online core.
+    pub npt: bool,
+    /// Usable RAM in the memory map.
+    pub memory_usable_bytes: u64,
+    /// RAM the frame allocator can hand out (usable minus the first MiB, image, modules, boot info).
+    pub memory_free_bytes: u64,
+    /// A DMAR table (VT-d) is present.
+    pub dmar: bool,
+    /// Its remapping units.
+    pub dmar_units: usize,
+    /// PCIe ECAM windows from the MCFG.
+    pub ecam_windows: usize,
+    /// ACPI revision.
+    pub acpi_revision: u8,
+    /// Calibrated TSC frequency.
+    pub tsc_hz: u64,
+    /// Microseconds the AP bring-up took.
+    pub ap_bringup_us: u64,
+    /// Multiboot2 modules loaded, by name.
+    pub modules: Vec<String>,
+}
+
+impl Summary {
+    /// Derives the machine-wide flags from the online cores and decides `ok`.
+    pub fn finish(&mut self) {
+        let online: Vec<&CoreCaps> = self.cores.iter().filter(|c| c.online).filter_map(|c| c.caps.as_ref()).collect();
+        self.cores_total = self.cores.len();
+        self.cores_online = online.len();
+        self.missing_apic_ids = self.cores.iter().filter(|c| !c.online).map(|c| c.apic_id).collect();
+        let all = |f: fn(&CoreCaps) -> bool| !online.is_empty() && online.iter().all(|c| f(c));
+        self.vmx = all(|c| c.vmx);
+        self.ept = all(|c| c.ept);
+        self.unrestricted_guest = all(|c| c.unrestricted_guest);
+        self.vpid = all(|c| c.vpid);
+        self.svm = all(|c| c.svm);
+        self.npt = all(|c| c.npt);
+        self.cpu_vendor = match online.first() {
+            Some(c) if c.intel => "GenuineIntel",
+            Some(c) if c.amd => "AuthenticAMD",
+            _ => "other",
+        };
+        for id in &self.missing_apic_ids {
+            self.problems.push(alloc::format!("core with APIC id {id} did not come online"));
+        }
+        let any = |f: fn(&CoreCaps) -> bool| online.iter().any(|c| f(c));
+        if any(|c| c.vmx) && !self.vmx {
+            self.problems.push("cores disagree on VMX support".into());
+        }
+        if any(|c| c.svm) && !self.svm {
+            self.problems.push("cores disagree on SVM support".into());
+        }
+        if !self.vmx && !self.svm {
+            self.problems.push("no usable hardware virtualization: neither VMX nor SVM".into());
+        }
+        self.ok = self.problems.is_empty();
+    }
+
+    /// The summary line, prefix included.
+    pub fn line(&self) -> String {
+        let json = serde_json::to_string(self).unwrap_or_else(|_| String::from("{\"ok\":false}"));
+        alloc::format!("{SUMMARY_PREFIX}{json}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn core(apic_id: u32, online: bool, caps: CoreCaps) -> CoreReport {
+        CoreReport { apic_id, bsp: apic_id == 0, online, caps: online.then_some(CoreCaps { apic_id, ..caps }) }
+    }
+
+    #[test]
+    fn missing_core_fails_the_run_and_is_named() {
+        let svm = CoreCaps { amd: true, svm: true, npt: true, ..Default::default() };
+        let mut s = Summary { cores: vec![core(0, true, svm), core(1, true, svm), core(7, false, svm)], ..Default::default() };
+        s.finish();
+        assert!(!s.ok);
+        assert_eq!((s.cores_total, s.cores_online), (3, 2));
+        assert_eq!(s.missing_apic_ids, vec![7]);
+        assert!(s.svm && s.npt && !s.vmx);
+        assert_eq!(s.problems, vec!["core with APIC id 7 did not come online".to_string()]);
+        let line = s.line();
+        assert!(line.starts_with("ATOLL-SUMMARY {"));
+        let v: serde_json::Value = serde_json::from_str(&line[SUMMARY_PREFIX.len()..]).unwrap();
+        assert_eq!(v["cores_online"], 2);
+        assert_eq!(v["svm"], true);
+        assert_eq!(v["cpu_vendor"], "AuthenticAMD");
+    }
+
+    #[test]
+    fn healthy_vmx_machine_is_ok() {
+        let vmx = CoreCaps { intel: true, vmx: true, ept: true, vpid: true, unrestricted_guest: true, ..Default::default() };
+        let mut s = Summary { cores: vec![core(0, true, vmx), core(1, true, vmx)], ..Default::default() };
+        s.finish();
+        assert!(s.ok, "{:?}", s.problems);
+        assert!(s.vmx && s.ept && s.vpid && s.unrestricted_guest && !s.svm);
+    }
+
+    #[test]
+    fn no_virtualization_is_a_problem() {
+        let mut s = Summary { cores: vec![core(0, true, CoreCaps::default())], ..Default::default() };
+        s.finish();
+        assert!(!s.ok);
+        assert!(s.problems[0].contains("neither VMX nor SVM"));
+    }
+}

@@ -1,0 +1,1 @@
+//! Emulator tests live in `tests/`; see `cargo xtask test`.

@@ -11,7 +11,7 @@
 //! on every machine atoll targets; RAM above 4 GiB is mapped later by the hypervisor.
 
 /// Bytes of the boot processor's stack.
-pub const BSP_STACK_SIZE: usize = 64 * 1024;
+pub const BSP_STACK_SIZE: usize = 256 * 1024;
 
 core::arch::global_asm!(
     r#"
@@ -134,8 +134,7 @@ pub fn boot_cr3() -> u64 {
     extern "C" {
         static boot_pml4: u8;
     }
-    // SAFETY: taking the address of a linker-provided symbol; nothing is read.
-    unsafe { core::ptr::addr_of!(boot_pml4) as u64 }
+    core::ptr::addr_of!(boot_pml4) as u64
 }
 
 /// Loads the boot GDT and reloads every segment register (used by APs after the trampoline).

@@ -125,14 +125,12 @@ ap_trampoline_end:
     /// The page at [`TRAMPOLINE_BASE`] must be identity-mapped, writable, and reserved for the
     /// trampoline for as long as APs may start.
     pub unsafe fn install(params: TrampolineParams) {
-        // SAFETY: the three symbols delimit the trampoline blob inside the image.
-        let (start, params_at, end) = unsafe {
-            (
-                core::ptr::addr_of!(ap_trampoline_start),
-                core::ptr::addr_of!(ap_trampoline_params),
-                core::ptr::addr_of!(ap_trampoline_end),
-            )
-        };
+        // The three symbols delimit the trampoline blob inside the image.
+        let (start, params_at, end) = (
+            core::ptr::addr_of!(ap_trampoline_start),
+            core::ptr::addr_of!(ap_trampoline_params),
+            core::ptr::addr_of!(ap_trampoline_end),
+        );
         let len = end as usize - start as usize;
         let dst = TRAMPOLINE_BASE.as_u64() as *mut u8;
         // SAFETY: the caller reserves the destination page; the blob is far smaller than a page

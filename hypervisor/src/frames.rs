@@ -59,6 +59,15 @@ impl FrameAllocator {
     /// Builds the free list from `map`, minus `excluded` ranges (each widened to whole frames).
     pub fn new(map: &[MemoryRegion], excluded: &[PhysRange]) -> Result<Self, FrameError> {
         let mut this = Self::empty();
+        this.reset(map, excluded)?;
+        Ok(this)
+    }
+
+    /// Like [`FrameAllocator::new`], in place (the table is 64 KiB: too big to move around on a
+    /// boot stack).
+    pub fn reset(&mut self, map: &[MemoryRegion], excluded: &[PhysRange]) -> Result<(), FrameError> {
+        let this = self;
+        this.count = 0;
         for region in map.iter().filter(|r| r.kind == RegionKind::Usable) {
             // Only whole frames inside the region.
             let Some(start) = region.range.start.checked_align_up(FRAME_SIZE) else { continue };
@@ -75,7 +84,7 @@ impl FrameAllocator {
         for range in excluded {
             this.remove(widen(*range))?;
         }
-        Ok(this)
+        Ok(())
     }
 
     /// Free bytes.

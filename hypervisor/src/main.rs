@@ -3,6 +3,9 @@
 #![cfg_attr(target_os = "none", no_main)]
 
 #[cfg(target_os = "none")]
+extern crate alloc;
+
+#[cfg(target_os = "none")]
 mod image;
 
 /// On the host the image has nothing to run; `cargo xtask build` builds it for

@@ -274,6 +274,61 @@ impl Platform {
     }
 }
 
+/// Calls `f` with the signature and bytes of every table the root table (XSDT, or RSDT for
+/// ACPI 1.0) lists, and of the DSDT the FADT points to. Tables with an implausible length
+/// (below 36 bytes or above 16 MiB) are skipped.
+///
+/// # Safety
+///
+/// As for [`Platform::discover`].
+pub unsafe fn for_each_table<H: AcpiHandler>(
+    handler: H,
+    rsdp: HostPhysAddr,
+    mut f: impl FnMut([u8; 4], &[u8]),
+) -> Result<(), PlatformError> {
+    const MAX_TABLE: usize = 16 << 20;
+    let read = |addr: usize, len: usize| {
+        // SAFETY: the caller vouches that the tables are mappable by `handler`.
+        let m = unsafe { handler.map_physical_region::<u8>(addr, len) };
+        // SAFETY: the mapping covers `len` bytes.
+        let v = unsafe { core::slice::from_raw_parts(m.virtual_start().as_ptr(), len) }.to_vec();
+        v
+    };
+    let table = |addr: usize| -> Option<alloc::vec::Vec<u8>> {
+        let head = read(addr, 36);
+        let len = u32::from_le_bytes(head[4..8].try_into().ok()?) as usize;
+        (36..=MAX_TABLE).contains(&len).then(|| read(addr, len))
+    };
+    let r = read(rsdp.as_u64() as usize, 20);
+    if &r[0..8] != b"RSD PTR " {
+        return Err(PlatformError::Acpi("RSDP signature wrong"));
+    }
+    let (root, entry_size) = if r[15] >= 2 {
+        let x = read(rsdp.as_u64() as usize, 36);
+        (u64::from_le_bytes(x[24..32].try_into().unwrap_or([0; 8])) as usize, 8)
+    } else {
+        (u32::from_le_bytes(r[16..20].try_into().unwrap_or([0; 4])) as usize, 4)
+    };
+    let root = table(root).ok_or(PlatformError::Acpi("root table length implausible"))?;
+    for entry in root[36..].chunks_exact(entry_size) {
+        let mut raw = [0u8; 8];
+        raw[..entry_size].copy_from_slice(entry);
+        let addr = u64::from_le_bytes(raw) as usize;
+        let Some(t) = table(addr) else { continue };
+        let sig: [u8; 4] = t[0..4].try_into().unwrap_or(*b"????");
+        if &sig == b"FACP" && t.len() >= 44 {
+            // DSDT: X_DSDT (offset 140, ACPI 2.0+) if set, else the 32-bit DSDT field (offset 40).
+            let x = t.get(140..148).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes).unwrap_or(0);
+            let d = if x != 0 { x as usize } else { u32::from_le_bytes(t[40..44].try_into().unwrap_or([0; 4])) as usize };
+            if let Some(dsdt) = table(d) {
+                f(*b"DSDT", &dsdt);
+            }
+        }
+        f(sig, &t);
+    }
+    Ok(())
+}
+
 /// Finds SLP_TYPa/SLP_TYPb in the DSDT's `\_S5` package (ACPI 6.5 §7.4.2.5 and §20.2.5.4):
 /// `NameOp "_S5_" PackageOp PkgLength NumElements <elem> <elem> …`, where an element is ZeroOp,
 /// OneOp, or BytePrefix followed by the byte.
@@ -450,6 +505,19 @@ pub(crate) mod tests {
         let none = madt(&[lapic(0, 0, 0)]);
         assert_eq!(discover(&[&none]).unwrap_err(), PlatformError::NoProcessors);
         assert_eq!(discover(&[]).unwrap_err(), PlatformError::NoMadt);
+    }
+
+    #[test]
+    fn every_listed_table_is_visited() {
+        let (apic, mcfg) = (fixture("firecracker/APIC"), fixture("firecracker/MCFG"));
+        let (mem, rsdp) = machine(&[&apic, &mcfg]);
+        let mut seen = Vec::new();
+        // SAFETY: the fixture memory holds every table.
+        unsafe { for_each_table(mem, rsdp, |sig, bytes| seen.push((sig, bytes.to_vec()))) }.unwrap();
+        assert_eq!(seen.len(), 2);
+        assert_eq!(&seen[0].0, b"APIC");
+        assert_eq!(seen[0].1, apic);
+        assert_eq!(&seen[1].0, b"MCFG");
     }
 
     #[test]

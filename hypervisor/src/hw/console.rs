@@ -1,0 +1,62 @@
+//! The COM1 console and the `log` backend.
+//!
+//! Every core prints through one lock: console output is a management path, never an exit path.
+
+use core::fmt::Write;
+use spin::Mutex;
+use uart_16550::SerialPort;
+
+/// COM1's I/O base.
+const COM1: u16 = 0x3f8;
+
+// SAFETY: 0x3f8 is COM1 on every PC atoll targets; nothing else in atoll drives it.
+static PORT: Mutex<SerialPort> = Mutex::new(unsafe { SerialPort::new(COM1) });
+
+/// Programs the UART (115200 8N1, FIFOs on).
+pub fn init() {
+    PORT.lock().init();
+}
+
+/// Writes `s` followed by a newline, atomically with respect to other cores.
+pub fn line(s: &str) {
+    let mut port = PORT.lock();
+    let _ = port.write_str(s);
+    let _ = port.write_str("\n");
+}
+
+/// Writes formatted text, atomically with respect to other cores.
+pub fn print(args: core::fmt::Arguments) {
+    let _ = PORT.lock().write_fmt(args);
+}
+
+/// Writes formatted text even if the lock is held (for panics, which may strike while printing).
+pub fn print_unlocked(args: core::fmt::Arguments) {
+    // SAFETY: a second handle to COM1 only interleaves bytes with a holder of the lock; the
+    // UART itself tolerates that, and this is used only on the way to stopping the machine.
+    let mut port = unsafe { SerialPort::new(COM1) };
+    let _ = port.write_fmt(args);
+}
+
+struct Logger;
+
+static LOGGER: Logger = Logger;
+
+impl log::Log for Logger {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &log::Record) {
+        if self.enabled(record.metadata()) {
+            print(format_args!("[{:<5}] {}\n", record.level(), record.args()));
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// Installs the console as the `log` backend at `level`.
+pub fn init_logger(level: log::LevelFilter) {
+    let _ = log::set_logger(&LOGGER);
+    log::set_max_level(level);
+}

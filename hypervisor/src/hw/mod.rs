@@ -1,0 +1,43 @@
+//! The parts of atoll that touch the machine directly: port I/O, MSRs, the serial console, the
+//! local APIC, the TSC and ACPI power-off. Everything here is small and typed; policy lives in
+//! the host-tested modules above.
+
+pub mod apic;
+pub mod console;
+pub mod msr;
+pub mod power;
+pub mod tsc;
+
+use acpi::{AcpiHandler, PhysicalMapping};
+use core::ptr::NonNull;
+
+/// Highest physical address the boot page tables identity-map.
+pub const IDENTITY_MAPPED_END: u64 = 4 << 30;
+
+/// ACPI table access through the boot identity map.
+#[derive(Clone, Copy, Debug)]
+pub struct IdentityMapped;
+
+impl AcpiHandler for IdentityMapped {
+    unsafe fn map_physical_region<T>(&self, phys: usize, size: usize) -> PhysicalMapping<Self, T> {
+        // Tables above the identity map cannot be read yet: refuse loudly rather than fault.
+        assert!(
+            (phys as u64).saturating_add(size as u64) <= IDENTITY_MAPPED_END,
+            "ACPI table at {phys:#x} lies above the 4 GiB identity map"
+        );
+        let ptr = NonNull::new(phys as *mut T).expect("ACPI table at physical address 0");
+        // SAFETY: the range lies in the identity map (checked above), so the virtual address
+        // equals the physical one; the caller vouches that a `T` lives there.
+        unsafe { PhysicalMapping::new(phys, ptr, size, size, *self) }
+    }
+
+    fn unmap_physical_region<T>(_region: &PhysicalMapping<Self, T>) {}
+}
+
+/// Stops the calling core for good.
+pub fn halt_forever() -> ! {
+    loop {
+        x86_64::instructions::interrupts::disable();
+        x86_64::instructions::hlt();
+    }
+}

@@ -1,0 +1,289 @@
+//! Entry points of the bare-metal image: the boot processor's `atoll_bsp_main`, every AP's
+//! `atoll_ap_main`, the exception and panic handlers.
+
+use alloc::string::ToString;
+use alloc::vec::Vec;
+use atoll::cpu::{self, CoreCaps};
+use atoll::frames::{FrameAllocator, FRAME_SIZE};
+use atoll::hw::{self, apic::LocalApic, console, msr::HwMsrs, power, tsc};
+use atoll::options::Options;
+use atoll::platform::Platform;
+use atoll::smp::{self, CoreTable, StartupBus};
+use atoll::summary::{CoreReport, Summary};
+use boot::idt::{exception_name, ExceptionFrame};
+use boot::info::BootInfo;
+use boot::trampoline::{self, TrampolineParams, SIPI_VECTOR, TRAMPOLINE_BASE};
+use boot::{HostPhysAddr, PhysRange};
+use core::sync::atomic::{AtomicBool, Ordering};
+use multiboot2::{BootInformation, BootInformationHeader};
+use raw_cpuid::CpuId;
+use spin::{Mutex, Once};
+
+/// Bytes of heap for atoll's own bookkeeping.
+const HEAP_SIZE: usize = 4 << 20;
+/// Frames per AP stack (64 KiB).
+const AP_STACK_FRAMES: u64 = 16;
+
+#[global_allocator]
+static HEAP: linked_list_allocator::LockedHeap = linked_list_allocator::LockedHeap::empty();
+
+#[repr(C, align(4096))]
+struct HeapSpace([u8; HEAP_SIZE]);
+static mut HEAP_SPACE: HeapSpace = HeapSpace([0; HEAP_SIZE]);
+
+static CORES: CoreTable = CoreTable::new();
+static FRAMES: Mutex<FrameAllocator> = Mutex::new(FrameAllocator::empty());
+static MBI: Once<BootInformation<'static>> = Once::new();
+static POWER: Once<Option<atoll::platform::PmControl>> = Once::new();
+static PANICKING: AtomicBool = AtomicBool::new(false);
+
+extern "C" {
+    static __image_start: u8;
+    static __image_end: u8;
+}
+
+fn image_range() -> PhysRange {
+    // Only the addresses of the linker symbols are taken.
+    PhysRange::new(
+        HostPhysAddr::new(core::ptr::addr_of!(__image_start) as u64),
+        HostPhysAddr::new(core::ptr::addr_of!(__image_end) as u64),
+    )
+}
+
+fn probe_this_core() -> CoreCaps {
+    cpu::probe(&CpuId::new(), &mut HwMsrs)
+}
+
+/// The boot processor's entry, called by `boot::entry` in long mode.
+#[no_mangle]
+extern "C" fn atoll_bsp_main(magic: u32, info_addr: u64) -> ! {
+    console::init();
+    console::init_logger(log::LevelFilter::Info);
+    boot::idt::load();
+    // SAFETY: the heap space is a static used for nothing else, handed over once, here.
+    unsafe { HEAP.lock().init(core::ptr::addr_of_mut!(HEAP_SPACE).cast::<u8>(), HEAP_SIZE) };
+    log::info!("atoll {} starting on the boot processor", env!("CARGO_PKG_VERSION"));
+
+    let mbi = MBI.call_once(|| {
+        // SAFETY: the loader passed the structure's address in EBX; it stays reserved for good.
+        unsafe { BootInformation::load(info_addr as *const BootInformationHeader) }
+            .unwrap_or_else(|e| panic!("cannot read the Multiboot2 boot information at {info_addr:#x}: {e:?}"))
+    });
+    let info = BootInfo::parse(magic, mbi).unwrap_or_else(|e| panic!("{e}"));
+    let (options, option_errors) = Options::parse(info.cmdline);
+    log::set_max_level(options.log_level);
+    for e in &option_errors {
+        log::error!("{e}");
+    }
+    log::info!("command line: '{}'", info.cmdline);
+
+    // Memory: never hand out the real-mode area (trampoline, BIOS data), the image, the
+    // modules or the boot information.
+    let low = PhysRange::new(HostPhysAddr::new(0), HostPhysAddr::new(0x10_0000));
+    let mut excluded: Vec<PhysRange> = alloc::vec![low, image_range(), info.info_range];
+    excluded.extend(info.modules().iter().map(|m| m.range));
+    let trampoline_page = PhysRange::from_len(TRAMPOLINE_BASE, FRAME_SIZE);
+    for r in &excluded[1..] {
+        assert!(!r.overlaps(&trampoline_page), "the loader placed {r} over the AP trampoline page {trampoline_page}");
+    }
+    let mut allocator = FRAMES.lock();
+    allocator.reset(info.memory_map(), &excluded).unwrap_or_else(|e| panic!("frame allocator: {e}"));
+    let usable = info.usable_bytes();
+    log::info!(
+        "memory: {} MiB usable, {} MiB free for atoll in {} ranges; image {}",
+        usable >> 20,
+        allocator.free_bytes() >> 20,
+        allocator.ranges().len(),
+        image_range()
+    );
+    drop(allocator);
+
+    let rsdp = info.rsdp.unwrap_or_else(|| panic!("the loader gave no ACPI RSDP: atoll needs ACPI to find the processors"));
+    // SAFETY: the RSDP copy lives in the boot information, which is identity-mapped and kept.
+    let mut platform = unsafe { Platform::discover(hw::IdentityMapped, rsdp) }.unwrap_or_else(|e| panic!("{e}"));
+    POWER.call_once(|| platform.power);
+    if options.dump_acpi {
+        dump_acpi(rsdp);
+    }
+    log::info!(
+        "ACPI {}: {} processors, {} I/O APICs, {} ECAM windows, DMAR {}",
+        platform.acpi_revision,
+        platform.cpus().len(),
+        platform.ioapic_count,
+        platform.ecam().count(),
+        if platform.dmar_present { "present" } else { "absent" }
+    );
+    for &id in &options.fake_apic_ids {
+        log::warn!("boot option fake_apic_ids: pretending the MADT lists a processor with APIC id {id}");
+        platform.add_cpu(atoll::platform::Cpu { apic_id: id, uid: u32::MAX, x2apic_entry: id > 254 });
+    }
+
+    let tsc_hz = tsc::calibrate();
+    log::info!("TSC: {} MHz", tsc_hz / 1_000_000);
+
+    let bsp = probe_this_core();
+    let ids: Vec<u32> = platform.cpus().iter().map(|c| c.apic_id).collect();
+    CORES.expect(&ids);
+    if let Err(e) = CORES.check_in(bsp) {
+        panic!("the boot processor (APIC id {}) is not in the MADT: {e:?}", bsp.apic_id);
+    }
+    log::info!("core apic_id={} (BSP) online: {}", bsp.apic_id, describe(&bsp));
+
+    let aps: Vec<u32> = ids.iter().copied().filter(|&id| id != bsp.apic_id).collect();
+    let report = if aps.is_empty() {
+        smp::BringUpReport::default()
+    } else {
+        start_aps(&aps, &bsp, options.ap_timeout_ms)
+    };
+    for id in &report.missing {
+        log::error!("core apic_id={id} did not come online within {} ms", options.ap_timeout_ms);
+    }
+
+    let mut summary = Summary {
+        version: env!("CARGO_PKG_VERSION"),
+        memory_usable_bytes: usable,
+        memory_free_bytes: FRAMES.lock().free_bytes(),
+        dmar: platform.dmar_present,
+        dmar_units: platform.dmar_units,
+        ecam_windows: platform.ecam().count(),
+        acpi_revision: platform.acpi_revision,
+        tsc_hz,
+        ap_bringup_us: report.elapsed_us,
+        modules: info.modules().iter().map(|m| m.name().to_string()).collect(),
+        problems: option_errors.iter().map(|e| e.to_string()).collect(),
+        cores: CORES
+            .slots()
+            .iter()
+            .map(|s| CoreReport {
+                apic_id: s.apic_id(),
+                bsp: s.apic_id() == bsp.apic_id,
+                online: s.state() == smp::CoreState::Online,
+                caps: s.caps().copied(),
+            })
+            .collect(),
+        ..Default::default()
+    };
+    summary.finish();
+    log::info!("{} of {} cores online", summary.cores_online, summary.cores_total);
+    finish(&summary.line(), summary.ok)
+}
+
+/// Prints the summary and the halt line, then powers off.
+fn finish(summary_line: &str, ok: bool) -> ! {
+    console::line(summary_line);
+    console::line(if ok { "ATOLL-HALT status=0" } else { "ATOLL-HALT status=1" });
+    power::power_off(POWER.get().copied().flatten())
+}
+
+fn describe(c: &CoreCaps) -> alloc::string::String {
+    alloc::format!(
+        "vmx={} ept={} vpid={} unrestricted_guest={} svm={} npt={}",
+        c.vmx,
+        c.ept,
+        c.vpid,
+        c.unrestricted_guest,
+        c.svm,
+        c.npt
+    )
+}
+
+struct HwBus<'a> {
+    apic: &'a LocalApic,
+}
+
+impl StartupBus for HwBus<'_> {
+    fn send_init(&mut self, apic_id: u32) {
+        self.apic.send_init(apic_id);
+    }
+    fn send_startup(&mut self, apic_id: u32, vector: u8) {
+        self.apic.send_startup(apic_id, vector);
+    }
+    fn delay_us(&mut self, us: u64) {
+        tsc::delay_us(us);
+    }
+    fn now_us(&mut self) -> u64 {
+        tsc::micros()
+    }
+    fn online(&self, apic_id: u32) -> bool {
+        CORES.is_online(apic_id)
+    }
+}
+
+fn start_aps(aps: &[u32], bsp: &CoreCaps, timeout_ms: u64) -> smp::BringUpReport {
+    let stacks = FRAMES
+        .lock()
+        .allocate(aps.len() as u64 * AP_STACK_FRAMES, FRAME_SIZE)
+        .unwrap_or_else(|e| panic!("AP stacks: {e}"));
+    // SAFETY: the trampoline page is below 1 MiB, excluded from the allocator and checked not to
+    // hold the boot information or a module; the boot page tables identity-map it.
+    unsafe {
+        trampoline::install(TrampolineParams {
+            cr3: boot::entry::boot_cr3() as u32,
+            ticket: 0,
+            stack_base: stacks.start.as_u64(),
+            stack_size: AP_STACK_FRAMES * FRAME_SIZE,
+            entry: atoll_ap_main as extern "C" fn(u64) -> ! as usize as u64,
+        })
+    };
+    let need_x2apic = aps.iter().any(|&id| id > 254);
+    let apic = LocalApic::init(need_x2apic, bsp.x2apic);
+    log::info!("starting {} application processors: {:?}", aps.len(), aps);
+    let report = smp::bring_up(&mut HwBus { apic: &apic }, aps, SIPI_VECTOR, timeout_ms * 1000);
+    log::info!("AP bring-up took {} us", report.elapsed_us);
+    report
+}
+
+/// Every AP's entry, reached from the trampoline in long mode on its own stack.
+extern "C" fn atoll_ap_main(_ticket: u64) -> ! {
+    boot::entry::load_boot_gdt();
+    boot::idt::load();
+    let caps = probe_this_core();
+    match CORES.check_in(caps) {
+        Ok(()) => log::info!("core apic_id={} online: {}", caps.apic_id, describe(&caps)),
+        Err(e) => log::error!("core apic_id={} cannot check in: {e:?}", caps.apic_id),
+    }
+    hw::halt_forever()
+}
+
+/// Called by the exception stubs in `boot::idt`.
+#[no_mangle]
+extern "C" fn atoll_exception(frame: &ExceptionFrame) -> ! {
+    panic!(
+        "unexpected exception {} (vector {}) error code {:#x} at RIP {:#x} RSP {:#x}",
+        exception_name(frame.vector),
+        frame.vector,
+        frame.error_code,
+        frame.rip,
+        frame.rsp
+    )
+}
+
+/// Prints every ACPI table as `ATOLL-ACPI SIG HEX` (what `cargo xtask capture-acpi` saves).
+fn dump_acpi(rsdp: HostPhysAddr) {
+    // SAFETY: the RSDP and the tables are identity-mapped, as during discovery.
+    let result = unsafe {
+        atoll::platform::for_each_table(hw::IdentityMapped, rsdp, |sig, bytes| {
+            let mut line = alloc::string::String::with_capacity(16 + 2 * bytes.len());
+            line.push_str("ATOLL-ACPI ");
+            line.push_str(core::str::from_utf8(&sig).unwrap_or("????"));
+            line.push(' ');
+            for b in bytes {
+                let _ = core::fmt::Write::write_fmt(&mut line, format_args!("{b:02x}"));
+            }
+            console::line(&line);
+        })
+    };
+    if let Err(e) = result {
+        log::error!("dump_acpi: {e}");
+    }
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    if PANICKING.swap(true, Ordering::SeqCst) {
+        hw::halt_forever();
+    }
+    console::print_unlocked(format_args!("\nATOLL-PANIC {}\n", info));
+    console::print_unlocked(format_args!("ATOLL-HALT status=1\n"));
+    power::power_off(POWER.get().copied().flatten())
+}

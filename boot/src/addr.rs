@@ -99,7 +99,10 @@ impl PhysRange {
 
     /// `len` bytes from `start`, saturating at the top of the address space.
     pub const fn from_len(start: HostPhysAddr, len: u64) -> Self {
-        Self { start, end: HostPhysAddr::new(start.as_u64().saturating_add(len)) }
+        Self {
+            start,
+            end: HostPhysAddr::new(start.as_u64().saturating_add(len)),
+        }
     }
 
     /// Its size in bytes.

@@ -152,11 +152,18 @@ exc_stub_table:
                     offset_high: 0,
                     reserved: 0,
                 };
-                Self { state: AtomicU8::new(0), idt: UnsafeCell::new(super::Idt([EMPTY; 32])) }
+                Self {
+                    state: AtomicU8::new(0),
+                    idt: UnsafeCell::new(super::Idt([EMPTY; 32])),
+                }
             }
 
             pub fn get(&self, init: impl FnOnce(&mut super::Idt)) -> *const super::Idt {
-                if self.state.compare_exchange(0, 1, Ordering::Acquire, Ordering::Acquire).is_ok() {
+                if self
+                    .state
+                    .compare_exchange(0, 1, Ordering::Acquire, Ordering::Acquire)
+                    .is_ok()
+                {
                     // SAFETY: this core won the 0→1 transition, so it is the only writer and no
                     // reader proceeds before state is 2.
                     init(unsafe { &mut *self.idt.get() });
@@ -192,7 +199,10 @@ exc_stub_table:
             limit: u16,
             base: u64,
         }
-        let ptr = Pointer { limit: (core::mem::size_of::<Idt>() - 1) as u16, base: idt as u64 };
+        let ptr = Pointer {
+            limit: (core::mem::size_of::<Idt>() - 1) as u16,
+            base: idt as u64,
+        };
         // SAFETY: `ptr` describes a static, fully initialized IDT whose gates point at the stubs.
         unsafe { core::arch::asm!("lidt [{}]", in(reg) &ptr, options(readonly, nostack)) };
     }

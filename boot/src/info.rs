@@ -168,7 +168,9 @@ impl<'a> BootInfo<'a> {
             if this.module_count == MAX_MODULES {
                 return Err(BootInfoError::TooManyModules(info.module_tags().count()));
             }
-            let cmdline = module.cmdline().map_err(|_| BootInfoError::BadString("module command line"))?;
+            let cmdline = module
+                .cmdline()
+                .map_err(|_| BootInfoError::BadString("module command line"))?;
             this.modules[this.module_count] = Module {
                 range: PhysRange::new(
                     HostPhysAddr::new(module.start_address().into()),
@@ -180,14 +182,19 @@ impl<'a> BootInfo<'a> {
         }
 
         if let Some(tag) = info.command_line_tag() {
-            this.cmdline = tag.cmdline().map_err(|_| BootInfoError::BadString("command line"))?;
+            this.cmdline = tag
+                .cmdline()
+                .map_err(|_| BootInfoError::BadString("command line"))?;
         }
 
         // The loader copies the RSDP into the tag; the copy's address is what ACPI parsing needs.
         let rsdp_tag = info
             .rsdp_v2_tag()
             .map(|t| t as *const _ as *const u8 as u64)
-            .or_else(|| info.rsdp_v1_tag().map(|t| t as *const _ as *const u8 as u64));
+            .or_else(|| {
+                info.rsdp_v1_tag()
+                    .map(|t| t as *const _ as *const u8 as u64)
+            });
         this.rsdp = rsdp_tag.map(|tag| HostPhysAddr::new(tag + TAG_HEADER_SIZE));
         Ok(this)
     }
@@ -233,8 +240,14 @@ pub fn usable_bytes(map: &[MemoryRegion]) -> u64 {
             continue;
         }
         let covers = |r: &&MemoryRegion| r.range.start.as_u64() <= a && b <= r.range.end.as_u64();
-        let usable = map.iter().filter(covers).any(|r| r.kind == RegionKind::Usable);
-        let reserved = map.iter().filter(covers).any(|r| r.kind != RegionKind::Usable);
+        let usable = map
+            .iter()
+            .filter(covers)
+            .any(|r| r.kind == RegionKind::Usable);
+        let reserved = map
+            .iter()
+            .filter(covers)
+            .any(|r| r.kind != RegionKind::Usable);
         if usable && !reserved {
             total += b - a;
         }
@@ -249,7 +262,9 @@ mod tests {
     use multiboot2::{BootInformationHeader, CommandLineTag, MemoryArea, MemoryMapTag, ModuleTag};
 
     fn build(areas: &[MemoryArea], modules: &[(u32, u32, &str)], cmdline: &str) -> Vec<u8> {
-        let mut b = InformationBuilder::new().mmap(MemoryMapTag::new(areas)).cmdline(CommandLineTag::new(cmdline));
+        let mut b = InformationBuilder::new()
+            .mmap(MemoryMapTag::new(areas))
+            .cmdline(CommandLineTag::new(cmdline));
         for &(s, e, c) in modules {
             b = b.add_module(ModuleTag::new(s, e, c));
         }
@@ -274,7 +289,9 @@ mod tests {
     fn aligned(bytes: Vec<u8>) -> Vec<u64> {
         let mut v = vec![0u64; bytes.len().div_ceil(8)];
         // SAFETY: `v` has at least `bytes.len()` bytes of storage.
-        unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), v.as_mut_ptr().cast(), bytes.len()) };
+        unsafe {
+            core::ptr::copy_nonoverlapping(bytes.as_ptr(), v.as_mut_ptr().cast(), bytes.len())
+        };
         v
     }
 
@@ -286,15 +303,23 @@ mod tests {
             MemoryArea::new(0x10_0000, 0x1fef_0000, MemoryAreaType::Available),
             MemoryArea::new(0x1fff_0000, 0x1_0000, MemoryAreaType::AcpiAvailable),
         ];
-        let words = aligned(build(&areas, &[(0x40_0000, 0x40_1234, "config extra")], "log=debug"));
+        let words = aligned(build(
+            &areas,
+            &[(0x40_0000, 0x40_1234, "config extra")],
+            "log=debug",
+        ));
         // SAFETY: reinterpreting the u64 storage as bytes of the same length.
-        let bytes = unsafe { core::slice::from_raw_parts(words.as_ptr().cast::<u8>(), words.len() * 8) };
+        let bytes =
+            unsafe { core::slice::from_raw_parts(words.as_ptr().cast::<u8>(), words.len() * 8) };
         let mbi = load(bytes);
         let info = BootInfo::parse(MULTIBOOT2_MAGIC, &mbi).unwrap();
         assert_eq!(info.memory_map().len(), 4);
         assert_eq!(info.memory_map()[2].kind, RegionKind::Usable);
         assert_eq!(info.memory_map()[3].kind, RegionKind::AcpiReclaimable);
-        assert_eq!(info.memory_map()[2].range.start, HostPhysAddr::new(0x10_0000));
+        assert_eq!(
+            info.memory_map()[2].range.start,
+            HostPhysAddr::new(0x10_0000)
+        );
         assert_eq!(info.modules().len(), 1);
         assert_eq!(info.module("config").unwrap().range.len(), 0x1234);
         assert_eq!(info.cmdline, "log=debug");
@@ -305,9 +330,14 @@ mod tests {
 
     #[test]
     fn wrong_magic_is_refused() {
-        let words = aligned(build(&[MemoryArea::new(0, 0x1000, MemoryAreaType::Available)], &[], ""));
+        let words = aligned(build(
+            &[MemoryArea::new(0, 0x1000, MemoryAreaType::Available)],
+            &[],
+            "",
+        ));
         // SAFETY: as above.
-        let bytes = unsafe { core::slice::from_raw_parts(words.as_ptr().cast::<u8>(), words.len() * 8) };
+        let bytes =
+            unsafe { core::slice::from_raw_parts(words.as_ptr().cast::<u8>(), words.len() * 8) };
         let mbi = load(bytes);
         let err = BootInfo::parse(0x2bad_b002, &mbi).unwrap_err();
         assert_eq!(err, BootInfoError::BadMagic(0x2bad_b002));

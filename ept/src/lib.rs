@@ -87,7 +87,9 @@ mod tests {
     #[test]
     fn skylake_class_caps() {
         let caps = EptCaps::from_msr(0x0000_0f01_0633_4141);
-        assert!(caps.contains(EptCaps::EXECUTE_ONLY | EptCaps::WALK_LENGTH_4 | EptCaps::MEMORY_TYPE_WB));
+        assert!(
+            caps.contains(EptCaps::EXECUTE_ONLY | EptCaps::WALK_LENGTH_4 | EptCaps::MEMORY_TYPE_WB)
+        );
         assert!(caps.contains(EptCaps::PAGE_2M | EptCaps::PAGE_1G | EptCaps::ACCESSED_DIRTY));
         assert!(caps.contains(EptCaps::INVVPID | EptCaps::INVVPID_SINGLE_CONTEXT));
         assert_eq!(caps.missing_for_atoll(), None);
@@ -96,7 +98,10 @@ mod tests {
 
     #[test]
     fn missing_features_are_named() {
-        assert_eq!(EptCaps::from_msr(0).missing_for_atoll(), Some("4-level EPT page walks"));
+        assert_eq!(
+            EptCaps::from_msr(0).missing_for_atoll(),
+            Some("4-level EPT page walks")
+        );
         let no_invept = EptCaps::WALK_LENGTH_4 | EptCaps::MEMORY_TYPE_WB | EptCaps::PAGE_2M;
         assert_eq!(no_invept.missing_for_atoll(), Some("single-context INVEPT"));
         assert_eq!(no_invept.largest_page(), 1 << 21);

@@ -55,7 +55,11 @@ pub fn probe<R: CpuIdReader>(cpuid: &CpuId<R>, msrs: &mut impl MsrReader) -> Cor
     c.apic_id = cpuid
         .get_extended_topology_info()
         .and_then(|mut t| t.next().map(|l| l.x2apic_id()))
-        .or_else(|| features.as_ref().map(|f| u32::from(f.initial_local_apic_id())))
+        .or_else(|| {
+            features
+                .as_ref()
+                .map(|f| u32::from(f.initial_local_apic_id()))
+        })
         .unwrap_or(0);
 
     let vmx = VmxCaps::probe(features.as_ref().is_some_and(|f| f.has_vmx()), msrs);
@@ -65,7 +69,9 @@ pub fn probe<R: CpuIdReader>(cpuid: &CpuId<R>, msrs: &mut impl MsrReader) -> Cor
     c.unrestricted_guest = vmx.unrestricted_guest();
     c.ept_1g = c.ept && ept::EptCaps::from_msr(vmx.ept_vpid_cap).contains(ept::EptCaps::PAGE_1G);
 
-    let has_svm = cpuid.get_extended_processor_and_feature_identifiers().is_some_and(|e| e.has_svm());
+    let has_svm = cpuid
+        .get_extended_processor_and_feature_identifiers()
+        .is_some_and(|e| e.has_svm());
     if has_svm {
         let disabled = msrs.read(MSR_VM_CR).unwrap_or(0) & VM_CR_SVMDIS != 0;
         c.svm = !disabled;
@@ -88,8 +94,18 @@ mod tests {
     struct Table(HashMap<(u32, u32), [u32; 4]>);
     impl CpuIdReader for Table {
         fn cpuid2(&self, leaf: u32, sub: u32) -> CpuIdResult {
-            let r = self.0.get(&(leaf, sub)).or_else(|| self.0.get(&(leaf, 0))).copied().unwrap_or([0; 4]);
-            CpuIdResult { eax: r[0], ebx: r[1], ecx: r[2], edx: r[3] }
+            let r = self
+                .0
+                .get(&(leaf, sub))
+                .or_else(|| self.0.get(&(leaf, 0)))
+                .copied()
+                .unwrap_or([0; 4]);
+            CpuIdResult {
+                eax: r[0],
+                ebx: r[1],
+                ecx: r[2],
+                edx: r[3],
+            }
         }
     }
     struct Msrs(HashMap<u32, u64>);
@@ -101,7 +117,10 @@ mod tests {
 
     fn vendor(name: &[u8; 12], max_ext: u32) -> HashMap<(u32, u32), [u32; 4]> {
         let w = |i: usize| u32::from_le_bytes(name[i..i + 4].try_into().unwrap());
-        HashMap::from([((0, 0), [0xd, w(0), w(8), w(4)]), ((0x8000_0000, 0), [max_ext, 0, 0, 0])])
+        HashMap::from([
+            ((0, 0), [0xd, w(0), w(8), w(4)]),
+            ((0x8000_0000, 0), [max_ext, 0, 0, 0]),
+        ])
     }
 
     #[test]
@@ -110,12 +129,18 @@ mod tests {
         t.insert((1, 0), [0, 3 << 24, 1 << 21, 0]); // APIC id 3, x2APIC
         t.insert((0x8000_0001, 0), [0, 0, 1 << 2, 0]); // SVM
         t.insert((0x8000_000a, 0), [1, 16, 0, 1]); // NP only (as QEMU TCG reports)
-        let c = probe(&CpuId::with_cpuid_reader(Table(t.clone())), &mut Msrs(HashMap::new()));
+        let c = probe(
+            &CpuId::with_cpuid_reader(Table(t.clone())),
+            &mut Msrs(HashMap::new()),
+        );
         assert!(c.amd && c.svm && c.npt && !c.nrip && !c.vmx);
         assert_eq!(c.apic_id, 3);
         assert!(c.x2apic);
         // Firmware set VM_CR.SVMDIS: SVM is not usable.
-        let c = probe(&CpuId::with_cpuid_reader(Table(t)), &mut Msrs(HashMap::from([(0xC001_0114, 1 << 4)])));
+        let c = probe(
+            &CpuId::with_cpuid_reader(Table(t)),
+            &mut Msrs(HashMap::from([(0xC001_0114, 1 << 4)])),
+        );
         assert!(!c.svm && !c.npt);
     }
 

@@ -33,11 +33,20 @@ impl fmt::Display for FrameError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::OutOfMemory { frames, align } => {
-                write!(f, "out of physical memory: no free run of {frames} frames aligned to {align:#x}")
+                write!(
+                    f,
+                    "out of physical memory: no free run of {frames} frames aligned to {align:#x}"
+                )
             }
-            Self::BadRequest => write!(f, "frame request must be at least one frame with a power-of-two alignment"),
+            Self::BadRequest => write!(
+                f,
+                "frame request must be at least one frame with a power-of-two alignment"
+            ),
             Self::DoubleFree(r) => write!(f, "range {r} freed while (partly) free"),
-            Self::TooFragmented => write!(f, "more than {MAX_FREE_RANGES} free ranges: memory too fragmented"),
+            Self::TooFragmented => write!(
+                f,
+                "more than {MAX_FREE_RANGES} free ranges: memory too fragmented"
+            ),
         }
     }
 }
@@ -53,7 +62,10 @@ const EMPTY: PhysRange = PhysRange::new(HostPhysAddr::new(0), HostPhysAddr::new(
 impl FrameAllocator {
     /// An allocator with nothing to give.
     pub const fn empty() -> Self {
-        Self { free: [EMPTY; MAX_FREE_RANGES], count: 0 }
+        Self {
+            free: [EMPTY; MAX_FREE_RANGES],
+            count: 0,
+        }
     }
 
     /// Builds the free list from `map`, minus `excluded` ranges (each widened to whole frames).
@@ -65,12 +77,18 @@ impl FrameAllocator {
 
     /// Like [`FrameAllocator::new`], in place (the table is 64 KiB: too big to move around on a
     /// boot stack).
-    pub fn reset(&mut self, map: &[MemoryRegion], excluded: &[PhysRange]) -> Result<(), FrameError> {
+    pub fn reset(
+        &mut self,
+        map: &[MemoryRegion],
+        excluded: &[PhysRange],
+    ) -> Result<(), FrameError> {
         let this = self;
         this.count = 0;
         for region in map.iter().filter(|r| r.kind == RegionKind::Usable) {
             // Only whole frames inside the region.
-            let Some(start) = region.range.start.checked_align_up(FRAME_SIZE) else { continue };
+            let Some(start) = region.range.start.checked_align_up(FRAME_SIZE) else {
+                continue;
+            };
             let end = region.range.end.align_down(FRAME_SIZE);
             if start >= end {
                 continue;
@@ -103,11 +121,17 @@ impl FrameAllocator {
         if frames == 0 || !align.is_power_of_two() || align < FRAME_SIZE {
             return Err(FrameError::BadRequest);
         }
-        let bytes = frames.checked_mul(FRAME_SIZE).ok_or(FrameError::BadRequest)?;
+        let bytes = frames
+            .checked_mul(FRAME_SIZE)
+            .ok_or(FrameError::BadRequest)?;
         for i in 0..self.count {
             let r = self.free[i];
-            let Some(start) = r.start.checked_align_up(align) else { continue };
-            let Some(end) = start.checked_add(bytes) else { continue };
+            let Some(start) = r.start.checked_align_up(align) else {
+                continue;
+            };
+            let Some(end) = start.checked_add(bytes) else {
+                continue;
+            };
             if end <= r.end {
                 let taken = PhysRange::new(start, end);
                 self.remove(taken)?;
@@ -119,7 +143,10 @@ impl FrameAllocator {
 
     /// Returns a range to the pool. It must be frame-aligned and wholly allocated.
     pub fn free(&mut self, range: PhysRange) -> Result<(), FrameError> {
-        if !range.start.is_aligned(FRAME_SIZE) || !range.end.is_aligned(FRAME_SIZE) || range.is_empty() {
+        if !range.start.is_aligned(FRAME_SIZE)
+            || !range.end.is_aligned(FRAME_SIZE)
+            || range.is_empty()
+        {
             return Err(FrameError::BadRequest);
         }
         self.insert_merging(range, true)
@@ -202,7 +229,10 @@ impl FrameAllocator {
 
 /// Widens a range to whole frames.
 fn widen(r: PhysRange) -> PhysRange {
-    let end = r.end.checked_align_up(FRAME_SIZE).unwrap_or(HostPhysAddr::new(u64::MAX & !(FRAME_SIZE - 1)));
+    let end = r
+        .end
+        .checked_align_up(FRAME_SIZE)
+        .unwrap_or(HostPhysAddr::new(u64::MAX & !(FRAME_SIZE - 1)));
     PhysRange::new(r.start.align_down(FRAME_SIZE), end)
 }
 
@@ -214,7 +244,10 @@ mod tests {
         PhysRange::new(HostPhysAddr::new(s), HostPhysAddr::new(e))
     }
     fn region(s: u64, e: u64, kind: RegionKind) -> MemoryRegion {
-        MemoryRegion { range: r(s, e), kind }
+        MemoryRegion {
+            range: r(s, e),
+            kind,
+        }
     }
 
     /// A PC-like map: low RAM, a BIOS hole, high RAM up to 512 MiB with ACPI data at the top.
@@ -234,7 +267,14 @@ mod tests {
         let module = r(0x40_0800, 0x40_1000);
         let low = r(0, 0x10_0000);
         let mut fa = FrameAllocator::new(&pc_map(), &[low, image, module]).unwrap();
-        assert_eq!(fa.ranges(), &[r(0x10_0000, 0x20_0000), r(0x31_3000, 0x40_0000), r(0x40_1000, 0x1ffe_0000)]);
+        assert_eq!(
+            fa.ranges(),
+            &[
+                r(0x10_0000, 0x20_0000),
+                r(0x31_3000, 0x40_0000),
+                r(0x40_1000, 0x1ffe_0000)
+            ]
+        );
         let mut got = Vec::new();
         while let Ok(f) = fa.allocate(1, FRAME_SIZE) {
             for x in [low, image, module] {
@@ -242,7 +282,10 @@ mod tests {
             }
             got.push(f);
         }
-        assert_eq!(got.len() as u64 * FRAME_SIZE, 0x10_0000 + (0x40_0000 - 0x31_3000) + (0x1ffe_0000 - 0x40_1000));
+        assert_eq!(
+            got.len() as u64 * FRAME_SIZE,
+            0x10_0000 + (0x40_0000 - 0x31_3000) + (0x1ffe_0000 - 0x40_1000)
+        );
     }
 
     #[test]
@@ -256,7 +299,14 @@ mod tests {
             region(0x90_0100, 0x90_3000, RegionKind::Usable),
         ];
         let fa = FrameAllocator::new(&map, &[]).unwrap();
-        assert_eq!(fa.ranges(), &[r(0x10_0000, 0x40_0000), r(0x40_2000, 0x80_0000), r(0x90_1000, 0x90_3000)]);
+        assert_eq!(
+            fa.ranges(),
+            &[
+                r(0x10_0000, 0x40_0000),
+                r(0x40_2000, 0x80_0000),
+                r(0x90_1000, 0x90_3000)
+            ]
+        );
         assert_eq!(fa.free_bytes(), 0x30_0000 + 0x3f_e000 + 0x2000);
     }
 
@@ -264,13 +314,30 @@ mod tests {
     fn exhaustion_is_an_error_not_a_panic() {
         let map = vec![region(0x10_0000, 0x10_4000, RegionKind::Usable)];
         let mut fa = FrameAllocator::new(&map, &[]).unwrap();
-        assert_eq!(fa.allocate(5, FRAME_SIZE), Err(FrameError::OutOfMemory { frames: 5, align: FRAME_SIZE }));
+        assert_eq!(
+            fa.allocate(5, FRAME_SIZE),
+            Err(FrameError::OutOfMemory {
+                frames: 5,
+                align: FRAME_SIZE
+            })
+        );
         for _ in 0..4 {
             fa.allocate(1, FRAME_SIZE).unwrap();
         }
-        assert_eq!(fa.allocate(1, FRAME_SIZE), Err(FrameError::OutOfMemory { frames: 1, align: FRAME_SIZE }));
+        assert_eq!(
+            fa.allocate(1, FRAME_SIZE),
+            Err(FrameError::OutOfMemory {
+                frames: 1,
+                align: FRAME_SIZE
+            })
+        );
         assert_eq!(fa.free_bytes(), 0);
-        assert!(FrameError::OutOfMemory { frames: 1, align: 4096 }.to_string().contains("out of physical memory"));
+        assert!(FrameError::OutOfMemory {
+            frames: 1,
+            align: 4096
+        }
+        .to_string()
+        .contains("out of physical memory"));
     }
 
     #[test]
@@ -318,7 +385,10 @@ mod tests {
                 let align = FRAME_SIZE << (next() % 6);
                 if let Ok(got) = fa.allocate(frames, align) {
                     assert!(got.start.is_aligned(align));
-                    assert!(live.iter().all(|l| !l.overlaps(&got)), "{got} handed out twice");
+                    assert!(
+                        live.iter().all(|l| !l.overlaps(&got)),
+                        "{got} handed out twice"
+                    );
                     assert!(excluded.iter().all(|x| !x.overlaps(&got)));
                     live.push(got);
                 }

@@ -61,13 +61,20 @@ extern "C" fn atoll_bsp_main(magic: u32, info_addr: u64) -> ! {
     console::init_logger(log::LevelFilter::Info);
     boot::idt::load();
     // SAFETY: the heap space is a static used for nothing else, handed over once, here.
-    unsafe { HEAP.lock().init(core::ptr::addr_of_mut!(HEAP_SPACE).cast::<u8>(), HEAP_SIZE) };
-    log::info!("atoll {} starting on the boot processor", env!("CARGO_PKG_VERSION"));
+    unsafe {
+        HEAP.lock()
+            .init(core::ptr::addr_of_mut!(HEAP_SPACE).cast::<u8>(), HEAP_SIZE)
+    };
+    log::info!(
+        "atoll {} starting on the boot processor",
+        env!("CARGO_PKG_VERSION")
+    );
 
     let mbi = MBI.call_once(|| {
         // SAFETY: the loader passed the structure's address in EBX; it stays reserved for good.
-        unsafe { BootInformation::load(info_addr as *const BootInformationHeader) }
-            .unwrap_or_else(|e| panic!("cannot read the Multiboot2 boot information at {info_addr:#x}: {e:?}"))
+        unsafe { BootInformation::load(info_addr as *const BootInformationHeader) }.unwrap_or_else(
+            |e| panic!("cannot read the Multiboot2 boot information at {info_addr:#x}: {e:?}"),
+        )
     });
     let info = BootInfo::parse(magic, mbi).unwrap_or_else(|e| panic!("{e}"));
     let (options, option_errors) = Options::parse(info.cmdline);
@@ -84,10 +91,15 @@ extern "C" fn atoll_bsp_main(magic: u32, info_addr: u64) -> ! {
     excluded.extend(info.modules().iter().map(|m| m.range));
     let trampoline_page = PhysRange::from_len(TRAMPOLINE_BASE, FRAME_SIZE);
     for r in &excluded[1..] {
-        assert!(!r.overlaps(&trampoline_page), "the loader placed {r} over the AP trampoline page {trampoline_page}");
+        assert!(
+            !r.overlaps(&trampoline_page),
+            "the loader placed {r} over the AP trampoline page {trampoline_page}"
+        );
     }
     let mut allocator = FRAMES.lock();
-    allocator.reset(info.memory_map(), &excluded).unwrap_or_else(|e| panic!("frame allocator: {e}"));
+    allocator
+        .reset(info.memory_map(), &excluded)
+        .unwrap_or_else(|e| panic!("frame allocator: {e}"));
     let usable = info.usable_bytes();
     log::info!(
         "memory: {} MiB usable, {} MiB free for atoll in {} ranges; image {}",
@@ -98,9 +110,12 @@ extern "C" fn atoll_bsp_main(magic: u32, info_addr: u64) -> ! {
     );
     drop(allocator);
 
-    let rsdp = info.rsdp.unwrap_or_else(|| panic!("the loader gave no ACPI RSDP: atoll needs ACPI to find the processors"));
+    let rsdp = info.rsdp.unwrap_or_else(|| {
+        panic!("the loader gave no ACPI RSDP: atoll needs ACPI to find the processors")
+    });
     // SAFETY: the RSDP copy lives in the boot information, which is identity-mapped and kept.
-    let mut platform = unsafe { Platform::discover(hw::IdentityMapped, rsdp) }.unwrap_or_else(|e| panic!("{e}"));
+    let mut platform =
+        unsafe { Platform::discover(hw::IdentityMapped, rsdp) }.unwrap_or_else(|e| panic!("{e}"));
     POWER.call_once(|| platform.power);
     if options.dump_acpi {
         dump_acpi(rsdp);
@@ -111,11 +126,21 @@ extern "C" fn atoll_bsp_main(magic: u32, info_addr: u64) -> ! {
         platform.cpus().len(),
         platform.ioapic_count,
         platform.ecam().count(),
-        if platform.dmar_present { "present" } else { "absent" }
+        if platform.dmar_present {
+            "present"
+        } else {
+            "absent"
+        }
     );
     for &id in &options.fake_apic_ids {
-        log::warn!("boot option fake_apic_ids: pretending the MADT lists a processor with APIC id {id}");
-        platform.add_cpu(atoll::platform::Cpu { apic_id: id, uid: u32::MAX, x2apic_entry: id > 254 });
+        log::warn!(
+            "boot option fake_apic_ids: pretending the MADT lists a processor with APIC id {id}"
+        );
+        platform.add_cpu(atoll::platform::Cpu {
+            apic_id: id,
+            uid: u32::MAX,
+            x2apic_entry: id > 254,
+        });
     }
 
     let tsc_hz = tsc::calibrate();
@@ -125,18 +150,32 @@ extern "C" fn atoll_bsp_main(magic: u32, info_addr: u64) -> ! {
     let ids: Vec<u32> = platform.cpus().iter().map(|c| c.apic_id).collect();
     CORES.expect(&ids);
     if let Err(e) = CORES.check_in(bsp) {
-        panic!("the boot processor (APIC id {}) is not in the MADT: {e:?}", bsp.apic_id);
+        panic!(
+            "the boot processor (APIC id {}) is not in the MADT: {e:?}",
+            bsp.apic_id
+        );
     }
-    log::info!("core apic_id={} (BSP) online: {}", bsp.apic_id, describe(&bsp));
+    log::info!(
+        "core apic_id={} (BSP) online: {}",
+        bsp.apic_id,
+        describe(&bsp)
+    );
 
-    let aps: Vec<u32> = ids.iter().copied().filter(|&id| id != bsp.apic_id).collect();
+    let aps: Vec<u32> = ids
+        .iter()
+        .copied()
+        .filter(|&id| id != bsp.apic_id)
+        .collect();
     let report = if aps.is_empty() {
         smp::BringUpReport::default()
     } else {
         start_aps(&aps, &bsp, options.ap_timeout_ms)
     };
     for id in &report.missing {
-        log::error!("core apic_id={id} did not come online within {} ms", options.ap_timeout_ms);
+        log::error!(
+            "core apic_id={id} did not come online within {} ms",
+            options.ap_timeout_ms
+        );
     }
 
     let mut summary = Summary {
@@ -149,7 +188,11 @@ extern "C" fn atoll_bsp_main(magic: u32, info_addr: u64) -> ! {
         acpi_revision: platform.acpi_revision,
         tsc_hz,
         ap_bringup_us: report.elapsed_us,
-        modules: info.modules().iter().map(|m| m.name().to_string()).collect(),
+        modules: info
+            .modules()
+            .iter()
+            .map(|m| m.name().to_string())
+            .collect(),
         problems: option_errors.iter().map(|e| e.to_string()).collect(),
         cores: CORES
             .slots()
@@ -164,14 +207,22 @@ extern "C" fn atoll_bsp_main(magic: u32, info_addr: u64) -> ! {
         ..Default::default()
     };
     summary.finish();
-    log::info!("{} of {} cores online", summary.cores_online, summary.cores_total);
+    log::info!(
+        "{} of {} cores online",
+        summary.cores_online,
+        summary.cores_total
+    );
     finish(&summary.line(), summary.ok)
 }
 
 /// Prints the summary and the halt line, then powers off.
 fn finish(summary_line: &str, ok: bool) -> ! {
     console::line(summary_line);
-    console::line(if ok { "ATOLL-HALT status=0" } else { "ATOLL-HALT status=1" });
+    console::line(if ok {
+        "ATOLL-HALT status=0"
+    } else {
+        "ATOLL-HALT status=1"
+    });
     power::power_off(POWER.get().copied().flatten())
 }
 
@@ -228,7 +279,12 @@ fn start_aps(aps: &[u32], bsp: &CoreCaps, timeout_ms: u64) -> smp::BringUpReport
     let need_x2apic = aps.iter().any(|&id| id > 254);
     let apic = LocalApic::init(need_x2apic, bsp.x2apic);
     log::info!("starting {} application processors: {:?}", aps.len(), aps);
-    let report = smp::bring_up(&mut HwBus { apic: &apic }, aps, SIPI_VECTOR, timeout_ms * 1000);
+    let report = smp::bring_up(
+        &mut HwBus { apic: &apic },
+        aps,
+        SIPI_VECTOR,
+        timeout_ms * 1000,
+    );
     log::info!("AP bring-up took {} us", report.elapsed_us);
     report
 }

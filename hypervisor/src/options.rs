@@ -25,7 +25,12 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Self { log_level: log::LevelFilter::Info, ap_timeout_ms: 1000, fake_apic_ids: Vec::new(), dump_acpi: false }
+        Self {
+            log_level: log::LevelFilter::Info,
+            ap_timeout_ms: 1000,
+            fake_apic_ids: Vec::new(),
+            dump_acpi: false,
+        }
     }
 }
 
@@ -55,11 +60,16 @@ impl Options {
                 Some((k, v)) => (k, Some(v)),
                 None => (word, None),
             };
-            let err = |reason| OptionError { word: word.to_string(), reason };
+            let err = |reason| OptionError {
+                word: word.to_string(),
+                reason,
+            };
             match (key, value) {
                 ("log", Some(v)) => match v.parse() {
                     Ok(level) => o.log_level = level,
-                    Err(_) => errors.push(err("level must be off, error, warn, info, debug or trace")),
+                    Err(_) => {
+                        errors.push(err("level must be off, error, warn, info, debug or trace"))
+                    }
                 },
                 ("ap_timeout_ms", Some(v)) => match v.parse::<u64>() {
                     Ok(ms) if (1..=60_000).contains(&ms) => o.ap_timeout_ms = ms,
@@ -73,8 +83,12 @@ impl Options {
                     }
                 }
                 ("dump_acpi", None) => o.dump_acpi = true,
-                ("log" | "ap_timeout_ms" | "fake_apic_ids", None) => errors.push(err("needs a value")),
-                _ => errors.push(err("unknown option (known: log=, ap_timeout_ms=, fake_apic_ids=, dump_acpi)")),
+                ("log" | "ap_timeout_ms" | "fake_apic_ids", None) => {
+                    errors.push(err("needs a value"))
+                }
+                _ => errors.push(err(
+                    "unknown option (known: log=, ap_timeout_ms=, fake_apic_ids=, dump_acpi)",
+                )),
             }
         }
         (o, errors)
@@ -101,7 +115,16 @@ mod tests {
         let (o, e) = Options::parse("log=loud ap_timeout_ms=0 fake_apic_ids=7,x frobnicate log");
         assert_eq!(o, Options::default());
         let words: Vec<_> = e.iter().map(|e| e.word.as_str()).collect();
-        assert_eq!(words, vec!["log=loud", "ap_timeout_ms=0", "fake_apic_ids=7,x", "frobnicate", "log"]);
+        assert_eq!(
+            words,
+            vec![
+                "log=loud",
+                "ap_timeout_ms=0",
+                "fake_apic_ids=7,x",
+                "frobnicate",
+                "log"
+            ]
+        );
         assert!(e[3].to_string().contains("unknown option"));
     }
 }

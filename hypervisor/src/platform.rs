@@ -97,7 +97,9 @@ impl fmt::Display for PlatformError {
         match self {
             Self::Acpi(what) => write!(f, "ACPI tables unusable: {what}"),
             Self::NoMadt => write!(f, "no MADT (APIC) table: cannot find the processors"),
-            Self::MalformedMadt { offset } => write!(f, "MADT entry at offset {offset} has a bad length"),
+            Self::MalformedMadt { offset } => {
+                write!(f, "MADT entry at offset {offset} has a bad length")
+            }
             Self::NoProcessors => write!(f, "the MADT lists no enabled processor"),
         }
     }
@@ -137,7 +139,9 @@ unsafe impl AcpiTable for DmarHeader {
 /// # Safety
 ///
 /// The mapping must cover `header.length` bytes.
-unsafe fn table_bytes<'a, H: AcpiHandler, T: AcpiTable>(m: &'a acpi::PhysicalMapping<H, T>) -> &'a [u8] {
+unsafe fn table_bytes<'a, H: AcpiHandler, T: AcpiTable>(
+    m: &'a acpi::PhysicalMapping<H, T>,
+) -> &'a [u8] {
     let len = m.get().header().length as usize;
     // SAFETY: `find_table` maps the whole table (its header's length), per the caller's contract.
     unsafe { core::slice::from_raw_parts(m.virtual_start().as_ptr().cast::<u8>(), len) }
@@ -150,11 +154,19 @@ impl Platform {
     ///
     /// `rsdp` must be the address of an RSDP under `handler`'s mapping, and the tables it leads
     /// to must be mappable by `handler`.
-    pub unsafe fn discover<H: AcpiHandler>(handler: H, rsdp: HostPhysAddr) -> Result<Self, PlatformError> {
+    pub unsafe fn discover<H: AcpiHandler>(
+        handler: H,
+        rsdp: HostPhysAddr,
+    ) -> Result<Self, PlatformError> {
         // SAFETY: forwarded from the caller.
-        let tables = unsafe { AcpiTables::from_rsdp(handler.clone(), rsdp.as_u64() as usize) }.map_err(acpi_error)?;
+        let tables = unsafe { AcpiTables::from_rsdp(handler.clone(), rsdp.as_u64() as usize) }
+            .map_err(acpi_error)?;
         let mut p = Platform {
-            cpus: [Cpu { apic_id: 0, uid: 0, x2apic_entry: false }; MAX_CPUS],
+            cpus: [Cpu {
+                apic_id: 0,
+                uid: 0,
+                x2apic_entry: false,
+            }; MAX_CPUS],
             cpu_count: 0,
             cpus_ignored: 0,
             local_apic_base: HostPhysAddr::new(0xfee0_0000),
@@ -166,7 +178,9 @@ impl Platform {
             power: None,
         };
 
-        let madt = tables.find_table::<Madt>().map_err(|_| PlatformError::NoMadt)?;
+        let madt = tables
+            .find_table::<Madt>()
+            .map_err(|_| PlatformError::NoMadt)?;
         // SAFETY: `find_table` mapped the whole MADT.
         p.read_madt(unsafe { table_bytes(&madt) }, madt.get())?;
 
@@ -192,16 +206,22 @@ impl Platform {
 
         if let Ok(fadt) = tables.find_table::<acpi::fadt::Fadt>() {
             let io_port = |g: acpi::address::GenericAddress| {
-                (g.address_space == acpi::address::AddressSpace::SystemIo && g.address != 0 && g.address <= 0xffff)
+                (g.address_space == acpi::address::AddressSpace::SystemIo
+                    && g.address != 0
+                    && g.address <= 0xffff)
                     .then_some(g.address as u16)
             };
             if let Some(pm1a) = fadt.pm1a_control_block().ok().and_then(io_port) {
                 let pm1b = fadt.pm1b_control_block().ok().flatten().and_then(io_port);
                 let s5 = tables.dsdt().ok().and_then(|aml| {
                     // SAFETY: the DSDT's AML stream is `length` bytes at `address`, per the FADT.
-                    let m = unsafe { handler.map_physical_region::<u8>(aml.address, aml.length as usize) };
+                    let m = unsafe {
+                        handler.map_physical_region::<u8>(aml.address, aml.length as usize)
+                    };
                     // SAFETY: the mapping covers `length` bytes.
-                    let bytes = unsafe { core::slice::from_raw_parts(m.virtual_start().as_ptr(), aml.length as usize) };
+                    let bytes = unsafe {
+                        core::slice::from_raw_parts(m.virtual_start().as_ptr(), aml.length as usize)
+                    };
                     find_s5(bytes)
                 });
                 p.power = Some(PmControl { pm1a, pm1b, s5 });
@@ -211,12 +231,18 @@ impl Platform {
     }
 
     /// Records the processors and interrupt controllers of a MADT whose bytes are `bytes`.
-    fn read_madt(&mut self, bytes: &[u8], madt: core::pin::Pin<&Madt>) -> Result<(), PlatformError> {
+    fn read_madt(
+        &mut self,
+        bytes: &[u8],
+        madt: core::pin::Pin<&Madt>,
+    ) -> Result<(), PlatformError> {
         // The `acpi` iterator trusts entry lengths; check them first so a bad table cannot make
         // it loop or read past the end.
         let mut offset = core::mem::size_of::<Madt>();
         while offset < bytes.len() {
-            let len = *bytes.get(offset + 1).ok_or(PlatformError::MalformedMadt { offset })? as usize;
+            let len = *bytes
+                .get(offset + 1)
+                .ok_or(PlatformError::MalformedMadt { offset })? as usize;
             if len < 2 || offset + len > bytes.len() {
                 return Err(PlatformError::MalformedMadt { offset });
             }
@@ -228,13 +254,21 @@ impl Platform {
                 MadtEntry::LocalApic(e) => {
                     let (id, flags) = (u32::from(e.apic_id), { e.flags });
                     if flags & LAPIC_ENABLED != 0 && id != XAPIC_ID_NONE {
-                        self.add_cpu(Cpu { apic_id: id, uid: e.processor_id.into(), x2apic_entry: false });
+                        self.add_cpu(Cpu {
+                            apic_id: id,
+                            uid: e.processor_id.into(),
+                            x2apic_entry: false,
+                        });
                     }
                 }
                 MadtEntry::LocalX2Apic(e) => {
                     let (id, flags, uid) = ({ e.x2apic_id }, { e.flags }, { e.processor_uid });
                     if flags & LAPIC_ENABLED != 0 && id != u32::MAX {
-                        self.add_cpu(Cpu { apic_id: id, uid, x2apic_entry: true });
+                        self.add_cpu(Cpu {
+                            apic_id: id,
+                            uid,
+                            x2apic_entry: true,
+                        });
                     }
                 }
                 MadtEntry::IoApic(_) => self.ioapic_count += 1,
@@ -305,9 +339,15 @@ pub unsafe fn for_each_table<H: AcpiHandler>(
     }
     let (root, entry_size) = if r[15] >= 2 {
         let x = read(rsdp.as_u64() as usize, 36);
-        (u64::from_le_bytes(x[24..32].try_into().unwrap_or([0; 8])) as usize, 8)
+        (
+            u64::from_le_bytes(x[24..32].try_into().unwrap_or([0; 8])) as usize,
+            8,
+        )
     } else {
-        (u32::from_le_bytes(r[16..20].try_into().unwrap_or([0; 4])) as usize, 4)
+        (
+            u32::from_le_bytes(r[16..20].try_into().unwrap_or([0; 4])) as usize,
+            4,
+        )
     };
     let root = table(root).ok_or(PlatformError::Acpi("root table length implausible"))?;
     for entry in root[36..].chunks_exact(entry_size) {
@@ -318,8 +358,16 @@ pub unsafe fn for_each_table<H: AcpiHandler>(
         let sig: [u8; 4] = t[0..4].try_into().unwrap_or(*b"????");
         if &sig == b"FACP" && t.len() >= 44 {
             // DSDT: X_DSDT (offset 140, ACPI 2.0+) if set, else the 32-bit DSDT field (offset 40).
-            let x = t.get(140..148).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes).unwrap_or(0);
-            let d = if x != 0 { x as usize } else { u32::from_le_bytes(t[40..44].try_into().unwrap_or([0; 4])) as usize };
+            let x = t
+                .get(140..148)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_le_bytes)
+                .unwrap_or(0);
+            let d = if x != 0 {
+                x as usize
+            } else {
+                u32::from_le_bytes(t[40..44].try_into().unwrap_or([0; 4])) as usize
+            };
             if let Some(dsdt) = table(d) {
                 f(*b"DSDT", &dsdt);
             }
@@ -376,7 +424,11 @@ pub(crate) mod tests {
     pub struct FixtureMemory(Arc<Vec<(usize, Vec<u8>)>>);
 
     impl AcpiHandler for FixtureMemory {
-        unsafe fn map_physical_region<T>(&self, phys: usize, size: usize) -> acpi::PhysicalMapping<Self, T> {
+        unsafe fn map_physical_region<T>(
+            &self,
+            phys: usize,
+            size: usize,
+        ) -> acpi::PhysicalMapping<Self, T> {
             let (base, bytes) = self
                 .0
                 .iter()
@@ -384,7 +436,15 @@ pub(crate) mod tests {
                 .unwrap_or_else(|| panic!("fixture has no bytes at {phys:#x}+{size:#x}"));
             let ptr = bytes[phys - base..].as_ptr() as *mut T;
             // SAFETY: the fixture bytes live as long as the Arc held by the handler clone.
-            unsafe { acpi::PhysicalMapping::new(phys, NonNull::new(ptr).unwrap(), size, size, self.clone()) }
+            unsafe {
+                acpi::PhysicalMapping::new(
+                    phys,
+                    NonNull::new(ptr).unwrap(),
+                    size,
+                    size,
+                    self.clone(),
+                )
+            }
         }
         fn unmap_physical_region<T>(_region: &acpi::PhysicalMapping<Self, T>) {}
     }
@@ -423,11 +483,17 @@ pub(crate) mod tests {
         checksum_fix(&mut rsdp, 32);
         regions.push((RSDP, rsdp));
         regions.push((XSDT, xsdt));
-        (FixtureMemory(Arc::new(regions)), HostPhysAddr::new(RSDP as u64))
+        (
+            FixtureMemory(Arc::new(regions)),
+            HostPhysAddr::new(RSDP as u64),
+        )
     }
 
     pub fn fixture(name: &str) -> Vec<u8> {
-        let path = format!("{}/../tests/fixtures/acpi/{name}", env!("CARGO_MANIFEST_DIR"));
+        let path = format!(
+            "{}/../tests/fixtures/acpi/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
         std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
     }
 
@@ -487,12 +553,16 @@ pub(crate) mod tests {
             lapic(1, 1, 0),    // disabled
             lapic(2, 0xff, 1), // "not present" id
             lapic(3, 2, 1),
-            x2apic(3, 2, 1),     // same CPU listed again as x2APIC
-            x2apic(4, 300, 1),   // only reachable in x2APIC mode
-            x2apic(5, 301, 0),   // disabled
+            x2apic(3, 2, 1),   // same CPU listed again as x2APIC
+            x2apic(4, 300, 1), // only reachable in x2APIC mode
+            x2apic(5, 301, 0), // disabled
         ]);
         let p = discover(&[&t]).unwrap();
-        let ids: Vec<(u32, bool)> = p.cpus().iter().map(|c| (c.apic_id, c.x2apic_entry)).collect();
+        let ids: Vec<(u32, bool)> = p
+            .cpus()
+            .iter()
+            .map(|c| (c.apic_id, c.x2apic_entry))
+            .collect();
         assert_eq!(ids, vec![(0, false), (2, false), (300, true)]);
     }
 
@@ -501,7 +571,10 @@ pub(crate) mod tests {
         let mut t = madt(&[lapic(0, 0, 1), lapic(1, 1, 1)]);
         t[44 + 8 + 1] = 0; // second entry has length 0
         checksum_fix(&mut t, 9);
-        assert_eq!(discover(&[&t]).unwrap_err(), PlatformError::MalformedMadt { offset: 52 });
+        assert_eq!(
+            discover(&[&t]).unwrap_err(),
+            PlatformError::MalformedMadt { offset: 52 }
+        );
         let none = madt(&[lapic(0, 0, 0)]);
         assert_eq!(discover(&[&none]).unwrap_err(), PlatformError::NoProcessors);
         assert_eq!(discover(&[]).unwrap_err(), PlatformError::NoMadt);
@@ -513,7 +586,8 @@ pub(crate) mod tests {
         let (mem, rsdp) = machine(&[&apic, &mcfg]);
         let mut seen = Vec::new();
         // SAFETY: the fixture memory holds every table.
-        unsafe { for_each_table(mem, rsdp, |sig, bytes| seen.push((sig, bytes.to_vec()))) }.unwrap();
+        unsafe { for_each_table(mem, rsdp, |sig, bytes| seen.push((sig, bytes.to_vec()))) }
+            .unwrap();
         assert_eq!(seen.len(), 2);
         assert_eq!(&seen[0].0, b"APIC");
         assert_eq!(seen[0].1, apic);
@@ -523,7 +597,10 @@ pub(crate) mod tests {
     #[test]
     fn s5_package_forms() {
         // Name(_S5, Package(4) {5, 0, 0, 0}) with BytePrefix
-        assert_eq!(find_s5(b"\x08_S5_\x12\x0a\x04\x0a\x05\x00\x00\x00"), Some((5, 0)));
+        assert_eq!(
+            find_s5(b"\x08_S5_\x12\x0a\x04\x0a\x05\x00\x00\x00"),
+            Some((5, 0))
+        );
         // ZeroOp / OneOp elements
         assert_eq!(find_s5(b"\x08_S5_\x12\x06\x02\x00\x01"), Some((0, 1)));
         // Not a package

@@ -40,7 +40,11 @@ pub struct CoreSlot {
 
 impl CoreSlot {
     const fn new() -> Self {
-        Self { apic_id: AtomicU32::new(u32::MAX), state: AtomicU8::new(CoreState::Empty as u8), caps: Once::new() }
+        Self {
+            apic_id: AtomicU32::new(u32::MAX),
+            state: AtomicU8::new(CoreState::Empty as u8),
+            caps: Once::new(),
+        }
     }
 
     /// Its APIC id.
@@ -87,7 +91,10 @@ impl Default for CoreTable {
 impl CoreTable {
     /// An empty table.
     pub const fn new() -> Self {
-        Self { slots: [const { CoreSlot::new() }; MAX_CORES], len: AtomicU32::new(0) }
+        Self {
+            slots: [const { CoreSlot::new() }; MAX_CORES],
+            len: AtomicU32::new(0),
+        }
     }
 
     /// Lists the cores to expect. Called once by the BSP before any AP starts.
@@ -95,7 +102,8 @@ impl CoreTable {
         let n = apic_ids.len().min(MAX_CORES);
         for (slot, &id) in self.slots.iter().zip(&apic_ids[..n]) {
             slot.apic_id.store(id, Ordering::Relaxed);
-            slot.state.store(CoreState::Expected as u8, Ordering::Relaxed);
+            slot.state
+                .store(CoreState::Expected as u8, Ordering::Relaxed);
         }
         self.len.store(n as u32, Ordering::Release);
     }
@@ -112,10 +120,17 @@ impl CoreTable {
 
     /// A core reports in with what it probed on itself.
     pub fn check_in(&self, caps: CoreCaps) -> Result<(), CheckInError> {
-        let slot = self.slot(caps.apic_id).ok_or(CheckInError::Unknown(caps.apic_id))?;
+        let slot = self
+            .slot(caps.apic_id)
+            .ok_or(CheckInError::Unknown(caps.apic_id))?;
         if slot
             .state
-            .compare_exchange(CoreState::Expected as u8, CoreState::Online as u8, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(
+                CoreState::Expected as u8,
+                CoreState::Online as u8,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
             .is_err()
         {
             return Err(CheckInError::Duplicate(caps.apic_id));
@@ -126,7 +141,8 @@ impl CoreTable {
 
     /// Whether `apic_id` has checked in.
     pub fn is_online(&self, apic_id: u32) -> bool {
-        self.slot(apic_id).is_some_and(|s| s.state() == CoreState::Online)
+        self.slot(apic_id)
+            .is_some_and(|s| s.state() == CoreState::Online)
     }
 }
 
@@ -156,7 +172,12 @@ pub struct BringUpReport {
 }
 
 /// Starts every AP in `aps` and waits up to `timeout_us` after the last SIPI for them to check in.
-pub fn bring_up(bus: &mut impl StartupBus, aps: &[u32], vector: u8, timeout_us: u64) -> BringUpReport {
+pub fn bring_up(
+    bus: &mut impl StartupBus,
+    aps: &[u32],
+    vector: u8,
+    timeout_us: u64,
+) -> BringUpReport {
     let t0 = bus.now_us();
     for &id in aps {
         bus.send_init(id);
@@ -177,7 +198,11 @@ pub fn bring_up(bus: &mut impl StartupBus, aps: &[u32], vector: u8, timeout_us: 
         bus.delay_us(100);
     }
     let (online, missing) = aps.iter().partition(|&&id| bus.online(id));
-    BringUpReport { online, missing, elapsed_us: bus.now_us().saturating_sub(t0) }
+    BringUpReport {
+        online,
+        missing,
+        elapsed_us: bus.now_us().saturating_sub(t0),
+    }
 }
 
 #[cfg(test)]
@@ -209,7 +234,10 @@ mod tests {
             self.now
         }
         fn online(&self, id: u32) -> bool {
-            match (self.first_sipi.get(&id), self.answer_after.get(&id).copied().flatten()) {
+            match (
+                self.first_sipi.get(&id),
+                self.answer_after.get(&id).copied().flatten(),
+            ) {
                 (Some(&t), Some(after)) => self.now >= t + after,
                 _ => false,
             }
@@ -217,7 +245,12 @@ mod tests {
     }
 
     fn bus(answers: &[(u32, Option<u64>)]) -> FakeBus {
-        FakeBus { now: 0, answer_after: answers.iter().copied().collect(), first_sipi: HashMap::new(), log: RefCell::default() }
+        FakeBus {
+            now: 0,
+            answer_after: answers.iter().copied().collect(),
+            first_sipi: HashMap::new(),
+            log: RefCell::default(),
+        }
     }
 
     #[test]
@@ -230,7 +263,9 @@ mod tests {
         let log = b.log.borrow();
         assert_eq!(log.iter().filter(|l| l.starts_with("sipi 1")).count(), 1);
         assert_eq!(log.iter().filter(|l| l.starts_with("sipi 2")).count(), 2);
-        assert!(log.iter().all(|l| !l.starts_with("sipi") || l.ends_with("0x8")));
+        assert!(log
+            .iter()
+            .all(|l| !l.starts_with("sipi") || l.ends_with("0x8")));
         // It stops waiting as soon as the last one is in, not at the deadline.
         assert!(r.elapsed_us < 20_000, "{}", r.elapsed_us);
     }
@@ -248,7 +283,11 @@ mod tests {
     fn table_check_in() {
         let t = CoreTable::new();
         t.expect(&[0, 2, 4]);
-        let caps = |apic_id| CoreCaps { apic_id, vmx: true, ..Default::default() };
+        let caps = |apic_id| CoreCaps {
+            apic_id,
+            vmx: true,
+            ..Default::default()
+        };
         t.check_in(caps(2)).unwrap();
         assert!(t.is_online(2) && !t.is_online(4));
         assert_eq!(t.check_in(caps(2)), Err(CheckInError::Duplicate(2)));

@@ -78,10 +78,20 @@ pub struct Summary {
 impl Summary {
     /// Derives the machine-wide flags from the online cores and decides `ok`.
     pub fn finish(&mut self) {
-        let online: Vec<&CoreCaps> = self.cores.iter().filter(|c| c.online).filter_map(|c| c.caps.as_ref()).collect();
+        let online: Vec<&CoreCaps> = self
+            .cores
+            .iter()
+            .filter(|c| c.online)
+            .filter_map(|c| c.caps.as_ref())
+            .collect();
         self.cores_total = self.cores.len();
         self.cores_online = online.len();
-        self.missing_apic_ids = self.cores.iter().filter(|c| !c.online).map(|c| c.apic_id).collect();
+        self.missing_apic_ids = self
+            .cores
+            .iter()
+            .filter(|c| !c.online)
+            .map(|c| c.apic_id)
+            .collect();
         let all = |f: fn(&CoreCaps) -> bool| !online.is_empty() && online.iter().all(|c| f(c));
         self.vmx = all(|c| c.vmx);
         self.ept = all(|c| c.ept);
@@ -95,7 +105,8 @@ impl Summary {
             _ => "other",
         };
         for id in &self.missing_apic_ids {
-            self.problems.push(alloc::format!("core with APIC id {id} did not come online"));
+            self.problems
+                .push(alloc::format!("core with APIC id {id} did not come online"));
         }
         let any = |f: fn(&CoreCaps) -> bool| online.iter().any(|c| f(c));
         if any(|c| c.vmx) && !self.vmx {
@@ -105,7 +116,8 @@ impl Summary {
             self.problems.push("cores disagree on SVM support".into());
         }
         if !self.vmx && !self.svm {
-            self.problems.push("no usable hardware virtualization: neither VMX nor SVM".into());
+            self.problems
+                .push("no usable hardware virtualization: neither VMX nor SVM".into());
         }
         self.ok = self.problems.is_empty();
     }
@@ -122,19 +134,35 @@ mod tests {
     use super::*;
 
     fn core(apic_id: u32, online: bool, caps: CoreCaps) -> CoreReport {
-        CoreReport { apic_id, bsp: apic_id == 0, online, caps: online.then_some(CoreCaps { apic_id, ..caps }) }
+        CoreReport {
+            apic_id,
+            bsp: apic_id == 0,
+            online,
+            caps: online.then_some(CoreCaps { apic_id, ..caps }),
+        }
     }
 
     #[test]
     fn missing_core_fails_the_run_and_is_named() {
-        let svm = CoreCaps { amd: true, svm: true, npt: true, ..Default::default() };
-        let mut s = Summary { cores: vec![core(0, true, svm), core(1, true, svm), core(7, false, svm)], ..Default::default() };
+        let svm = CoreCaps {
+            amd: true,
+            svm: true,
+            npt: true,
+            ..Default::default()
+        };
+        let mut s = Summary {
+            cores: vec![core(0, true, svm), core(1, true, svm), core(7, false, svm)],
+            ..Default::default()
+        };
         s.finish();
         assert!(!s.ok);
         assert_eq!((s.cores_total, s.cores_online), (3, 2));
         assert_eq!(s.missing_apic_ids, vec![7]);
         assert!(s.svm && s.npt && !s.vmx);
-        assert_eq!(s.problems, vec!["core with APIC id 7 did not come online".to_string()]);
+        assert_eq!(
+            s.problems,
+            vec!["core with APIC id 7 did not come online".to_string()]
+        );
         let line = s.line();
         assert!(line.starts_with("ATOLL-SUMMARY {"));
         let v: serde_json::Value = serde_json::from_str(&line[SUMMARY_PREFIX.len()..]).unwrap();
@@ -145,8 +173,18 @@ mod tests {
 
     #[test]
     fn healthy_vmx_machine_is_ok() {
-        let vmx = CoreCaps { intel: true, vmx: true, ept: true, vpid: true, unrestricted_guest: true, ..Default::default() };
-        let mut s = Summary { cores: vec![core(0, true, vmx), core(1, true, vmx)], ..Default::default() };
+        let vmx = CoreCaps {
+            intel: true,
+            vmx: true,
+            ept: true,
+            vpid: true,
+            unrestricted_guest: true,
+            ..Default::default()
+        };
+        let mut s = Summary {
+            cores: vec![core(0, true, vmx), core(1, true, vmx)],
+            ..Default::default()
+        };
         s.finish();
         assert!(s.ok, "{:?}", s.problems);
         assert!(s.vmx && s.ept && s.vpid && s.unrestricted_guest && !s.svm);
@@ -154,7 +192,10 @@ mod tests {
 
     #[test]
     fn no_virtualization_is_a_problem() {
-        let mut s = Summary { cores: vec![core(0, true, CoreCaps::default())], ..Default::default() };
+        let mut s = Summary {
+            cores: vec![core(0, true, CoreCaps::default())],
+            ..Default::default()
+        };
         s.finish();
         assert!(!s.ok);
         assert!(s.problems[0].contains("neither VMX nor SVM"));

@@ -91,7 +91,10 @@ impl fmt::Display for DmarError {
         match self {
             Self::Truncated => write!(f, "DMAR table is truncated"),
             Self::BadSignature => write!(f, "table signature is not DMAR"),
-            Self::BadStructure { offset } => write!(f, "DMAR remapping structure at offset {offset} has a bad length"),
+            Self::BadStructure { offset } => write!(
+                f,
+                "DMAR remapping structure at offset {offset} has a bad length"
+            ),
             Self::TooManyUnits => write!(f, "DMAR lists more than {MAX_UNITS} remapping units"),
         }
     }
@@ -132,7 +135,8 @@ impl Dmar {
         let mut n = 0;
         while offset < len {
             let kind = u16_at(table, offset).ok_or(DmarError::BadStructure { offset })?;
-            let slen = u16_at(table, offset + 2).ok_or(DmarError::BadStructure { offset })? as usize;
+            let slen =
+                u16_at(table, offset + 2).ok_or(DmarError::BadStructure { offset })? as usize;
             if slen < 4 || offset + slen > len {
                 return Err(DmarError::BadStructure { offset });
             }
@@ -208,10 +212,20 @@ mod tests {
         assert_eq!(Dmar::parse(&t), Err(DmarError::BadSignature));
         let mut t = qemu_like();
         t[DMAR_HEADER_LEN + 2] = 200; // structure longer than the table
-        assert_eq!(Dmar::parse(&t), Err(DmarError::BadStructure { offset: DMAR_HEADER_LEN }));
+        assert_eq!(
+            Dmar::parse(&t),
+            Err(DmarError::BadStructure {
+                offset: DMAR_HEADER_LEN
+            })
+        );
         let mut t = qemu_like();
         t[DMAR_HEADER_LEN + 2] = 0; // zero length would loop forever
-        assert_eq!(Dmar::parse(&t), Err(DmarError::BadStructure { offset: DMAR_HEADER_LEN }));
+        assert_eq!(
+            Dmar::parse(&t),
+            Err(DmarError::BadStructure {
+                offset: DMAR_HEADER_LEN
+            })
+        );
         let mut t = qemu_like();
         t[4] = 255; // declared longer than the bytes given
         assert_eq!(Dmar::parse(&t), Err(DmarError::Truncated));

@@ -79,17 +79,26 @@ impl VmxCaps {
 
     /// EPT can be enabled.
     pub fn ept(&self) -> bool {
-        self.usable() && self.secondary_allowed.contains(SecondaryControls::ENABLE_EPT)
+        self.usable()
+            && self
+                .secondary_allowed
+                .contains(SecondaryControls::ENABLE_EPT)
     }
 
     /// VPID can be enabled.
     pub fn vpid(&self) -> bool {
-        self.usable() && self.secondary_allowed.contains(SecondaryControls::ENABLE_VPID)
+        self.usable()
+            && self
+                .secondary_allowed
+                .contains(SecondaryControls::ENABLE_VPID)
     }
 
     /// Unrestricted guest can be enabled (it also needs EPT, SDM Vol. 3C §26.2.1.1).
     pub fn unrestricted_guest(&self) -> bool {
-        self.ept() && self.secondary_allowed.contains(SecondaryControls::UNRESTRICTED_GUEST)
+        self.ept()
+            && self
+                .secondary_allowed
+                .contains(SecondaryControls::UNRESTRICTED_GUEST)
     }
 
     /// Decodes the capability MSRs. `cpuid_vmx` is CPUID.1:ECX bit 5; when it is clear no VMX
@@ -98,7 +107,8 @@ impl VmxCaps {
         if !cpuid_vmx {
             return Self::default();
         }
-        let feature_control = FeatureControl::from_bits_truncate(msrs.read(IA32_FEATURE_CONTROL).unwrap_or(0));
+        let feature_control =
+            FeatureControl::from_bits_truncate(msrs.read(IA32_FEATURE_CONTROL).unwrap_or(0));
         // Locked with VMXON disabled outside SMX means firmware turned VMX off; unlocked means
         // atoll may set the enable bit and lock it itself.
         let enabled_by_firmware = !feature_control.contains(FeatureControl::LOCKED)
@@ -112,7 +122,9 @@ impl VmxCaps {
         } else {
             SecondaryControls::empty()
         };
-        let ept_vpid_cap = if secondary_allowed.intersects(SecondaryControls::ENABLE_EPT | SecondaryControls::ENABLE_VPID) {
+        let ept_vpid_cap = if secondary_allowed
+            .intersects(SecondaryControls::ENABLE_EPT | SecondaryControls::ENABLE_VPID)
+        {
             msrs.read(IA32_VMX_EPT_VPID_CAP).unwrap_or(0)
         } else {
             0

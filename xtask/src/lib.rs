@@ -1,0 +1,26 @@
+//! `cargo xtask`: everything around the atoll image — installing what the emulators need,
+//! building the image and a GRUB ISO, booting scenarios in Bochs or QEMU and judging what they
+//! print. The emulator tests in `tests/` use this library, so the harness that `cargo xtask run`
+//! shows a developer is the one the tests assert with.
+
+pub mod image;
+pub mod run;
+pub mod scenario;
+pub mod setup;
+
+use std::path::PathBuf;
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// `target/` of the workspace.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+}

@@ -1,1 +1,253 @@
-fn main() {}
+//! `cargo xtask …` — see `cargo xtask --help`.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use serde_json::Value;
+use std::process::Command;
+use xtask::run::{run, RunOptions};
+use xtask::scenario::{Emulator, Scenario};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build, boot and test atoll")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what is missing (emulators, GRUB tools, the bare-metal Rust target). Needs root.
+    Setup,
+    /// Build the atoll image (x86_64-unknown-none ELF).
+    Build,
+    /// Build a bootable GRUB ISO for a scenario.
+    Image {
+        /// Scenario under tests/scenarios/.
+        #[arg(long, default_value = "boot")]
+        scenario: String,
+    },
+    /// Boot a scenario in an emulator, stream COM1, exit with the run's verdict.
+    Run(RunArgs),
+    /// Host unit tests of every crate, then the emulator tests.
+    Test {
+        /// Only the host unit tests.
+        #[arg(long)]
+        unit_only: bool,
+    },
+    /// Set up, build and boot atoll in Bochs with 2 CPUs, and show the core and VMX report.
+    Demo,
+    /// Boot with `dump_acpi` and save every ACPI table under tests/fixtures/acpi/.
+    CaptureAcpi {
+        #[arg(long, value_enum)]
+        emulator: Emulator,
+        #[arg(long, default_value_t = 2)]
+        cpus: u32,
+    },
+    /// List the scenarios.
+    Scenarios,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// bochs (VMX) or qemu (SVM).
+    #[arg(long, value_enum)]
+    emulator: Emulator,
+    /// Scenario under tests/scenarios/.
+    #[arg(long, default_value = "boot")]
+    scenario: String,
+    /// Processors (default: the scenario's).
+    #[arg(long)]
+    cpus: Option<u32>,
+    /// RAM in MiB (default: the scenario's).
+    #[arg(long)]
+    memory: Option<u32>,
+    /// Hard timeout in seconds (default: the scenario's).
+    #[arg(long)]
+    timeout: Option<u64>,
+    /// Extra atoll boot options, e.g. "log=debug".
+    #[arg(long, default_value = "")]
+    cmdline: String,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Setup => xtask::setup::setup(),
+        Cmd::Build => xtask::image::build().map(|elf| println!("{}", elf.display())),
+        Cmd::Image { scenario } => Scenario::load(&scenario)
+            .and_then(|s| xtask::image::iso(&s, ""))
+            .map(|iso| println!("{}", iso.display())),
+        Cmd::Run(args) => run_cmd(args),
+        Cmd::Test { unit_only } => test(unit_only),
+        Cmd::Demo => demo(),
+        Cmd::CaptureAcpi { emulator, cpus } => capture_acpi(emulator, cpus),
+        Cmd::Scenarios => Scenario::names().map(|names| {
+            for n in names {
+                let d = Scenario::load(&n)
+                    .map(|s| s.description)
+                    .unwrap_or_else(|e| format!("(invalid: {e:#})"));
+                println!("{n:16} {d}");
+            }
+        }),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run_cmd(args: RunArgs) -> Result<()> {
+    let opts = RunOptions {
+        emulator: args.emulator,
+        scenario: args.scenario,
+        cpus: args.cpus,
+        memory_mib: args.memory,
+        timeout_s: args.timeout,
+        extra_cmdline: args.cmdline,
+        stream: true,
+    };
+    let outcome = run(&opts)?;
+    if outcome.passed() {
+        eprintln!(
+            "xtask: run passed in {:.1} s ({})",
+            outcome.wall.as_secs_f64(),
+            outcome.work_dir.display()
+        );
+        Ok(())
+    } else {
+        bail!("{}", outcome.failure())
+    }
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(xtask::root());
+    c
+}
+
+fn test(unit_only: bool) -> Result<()> {
+    xtask::setup::setup()?;
+    eprintln!("xtask: host unit tests");
+    let status = cargo()
+        .args(["test", "--workspace", "--exclude", "atoll-emulator-tests"])
+        .status()?;
+    if !status.success() {
+        bail!("host unit tests failed");
+    }
+    if unit_only {
+        return Ok(());
+    }
+    eprintln!("xtask: building the image");
+    xtask::image::build()?;
+    eprintln!("xtask: emulator tests (QEMU, then Bochs; each boots atoll and checks its summary)");
+    let status = cargo()
+        .args([
+            "test",
+            "-p",
+            "atoll-emulator-tests",
+            "--",
+            "--test-threads=1",
+        ])
+        .status()?;
+    if !status.success() {
+        bail!("emulator tests failed");
+    }
+    eprintln!("xtask: all tests passed");
+    Ok(())
+}
+
+fn demo() -> Result<()> {
+    xtask::setup::setup()?;
+    let mut opts = RunOptions::new(Emulator::Bochs, "boot");
+    opts.cpus = Some(2);
+    opts.stream = true;
+    let outcome = run(&opts)?;
+    let Some(summary) = &outcome.summary else {
+        bail!("{}", outcome.failure())
+    };
+    let yes = |v: &Value| {
+        if v.as_bool() == Some(true) {
+            "yes"
+        } else {
+            "no"
+        }
+    };
+    println!();
+    println!(
+        "atoll in Bochs ({} CPUs), {:.0} s wall:",
+        outcome.cpus,
+        outcome.wall.as_secs_f64()
+    );
+    println!(
+        "  {:<6} {:<6} {:<7} {:<4} {:<4} {:<5} {:<18}",
+        "APIC", "role", "online", "VMX", "EPT", "VPID", "unrestricted guest"
+    );
+    for core in summary["cores"].as_array().into_iter().flatten() {
+        let caps = &core["caps"];
+        println!(
+            "  {:<6} {:<6} {:<7} {:<4} {:<4} {:<5} {:<18}",
+            core["apic_id"],
+            if core["bsp"].as_bool() == Some(true) {
+                "BSP"
+            } else {
+                "AP"
+            },
+            yes(&core["online"]),
+            yes(&caps["vmx"]),
+            yes(&caps["ept"]),
+            yes(&caps["vpid"]),
+            yes(&caps["unrestricted_guest"])
+        );
+    }
+    println!(
+        "  {} of {} cores online; {} MiB usable RAM; DMAR {}",
+        summary["cores_online"],
+        summary["cores_total"],
+        summary["memory_usable_bytes"].as_u64().unwrap_or(0) >> 20,
+        if summary["dmar"].as_bool() == Some(true) {
+            "present"
+        } else {
+            "absent"
+        }
+    );
+    if outcome.passed() {
+        Ok(())
+    } else {
+        bail!("{}", outcome.failure())
+    }
+}
+
+fn capture_acpi(emulator: Emulator, cpus: u32) -> Result<()> {
+    let mut opts = RunOptions::new(emulator, "boot");
+    opts.cpus = Some(cpus);
+    opts.extra_cmdline = "dump_acpi".into();
+    let outcome = run(&opts)?;
+    let dir = xtask::root()
+        .join("tests/fixtures/acpi")
+        .join(format!("{}-{cpus}cpu", emulator.name()));
+    std::fs::create_dir_all(&dir)?;
+    let mut count = 0;
+    for line in outcome.serial.lines() {
+        let Some(rest) = line.strip_prefix("ATOLL-ACPI ") else {
+            continue;
+        };
+        let (sig, hex) = rest.split_once(' ').context("malformed ATOLL-ACPI line")?;
+        let bytes: Result<Vec<u8>, _> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16))
+            .collect();
+        let mut path = dir.join(sig);
+        let mut n = 1;
+        while path.exists() && n < 100 {
+            path = dir.join(format!("{sig}.{n}"));
+            n += 1;
+        }
+        std::fs::write(&path, bytes.context("bad hex in ATOLL-ACPI line")?)?;
+        count += 1;
+    }
+    if count == 0 {
+        bail!("the run printed no ACPI tables:\n{}", outcome.tail(20));
+    }
+    println!("saved {count} tables in {}", dir.display());
+    Ok(())
+}

@@ -56,7 +56,9 @@ impl LocalApic {
     fn write_svr(&self, v: u32) {
         match self {
             // SAFETY: the xAPIC page is identity-mapped below 4 GiB; SVR is a 32-bit register.
-            LocalApic::XApic(base) => unsafe { core::ptr::write_volatile((base + XAPIC_SVR) as *mut u32, v) },
+            LocalApic::XApic(base) => unsafe {
+                core::ptr::write_volatile((base + XAPIC_SVR) as *mut u32, v)
+            },
             // SAFETY: x2APIC mode is on, so the SVR MSR exists.
             LocalApic::X2Apic => unsafe { Msr::new(X2APIC_SVR).write(v.into()) },
         }
@@ -73,7 +75,8 @@ impl LocalApic {
                 }
                 for _ in 0..1_000_000 {
                     // SAFETY: as above, a read of ICR low.
-                    let icr = unsafe { core::ptr::read_volatile((base + XAPIC_ICR_LOW) as *const u32) };
+                    let icr =
+                        unsafe { core::ptr::read_volatile((base + XAPIC_ICR_LOW) as *const u32) };
                     if icr & ICR_DELIVERY_PENDING == 0 {
                         break;
                     }
@@ -81,7 +84,9 @@ impl LocalApic {
                 }
             }
             // SAFETY: x2APIC mode is on; one 64-bit ICR write sends the IPI (no pending bit).
-            LocalApic::X2Apic => unsafe { Msr::new(X2APIC_ICR).write((u64::from(dest) << 32) | u64::from(low)) },
+            LocalApic::X2Apic => unsafe {
+                Msr::new(X2APIC_ICR).write((u64::from(dest) << 32) | u64::from(low))
+            },
         }
     }
 

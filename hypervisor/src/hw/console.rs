@@ -37,6 +37,20 @@ pub fn print_unlocked(args: core::fmt::Arguments) {
     let _ = port.write_fmt(args);
 }
 
+/// Waits (bounded) until the UART has shifted out every byte, so nothing is lost when the
+/// machine powers off right after printing (LSR bit 6, transmitter empty).
+pub fn flush() {
+    let mut lsr: x86_64::instructions::port::Port<u8> =
+        x86_64::instructions::port::Port::new(COM1 + 5);
+    for _ in 0..10_000_000 {
+        // SAFETY: reading COM1's line status register has no side effect on transmission.
+        if unsafe { lsr.read() } & 0x40 != 0 {
+            return;
+        }
+        core::hint::spin_loop();
+    }
+}
+
 struct Logger;
 
 static LOGGER: Logger = Logger;

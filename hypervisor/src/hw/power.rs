@@ -9,7 +9,13 @@ const SLP_EN: u16 = 1 << 13;
 /// Powers off through ACPI if the platform says how; otherwise (or if that did not stop us)
 /// halts this core forever.
 pub fn power_off(pm: Option<PmControl>) -> ! {
-    if let Some(PmControl { pm1a, pm1b, s5: Some((typ_a, typ_b)) }) = pm {
+    super::console::flush();
+    if let Some(PmControl {
+        pm1a,
+        pm1b,
+        s5: Some((typ_a, typ_b)),
+    }) = pm
+    {
         // SAFETY: the FADT names these ports as the PM1 control registers; writing SLP_TYP for
         // S5 with SLP_EN is the architected way to power off.
         unsafe {

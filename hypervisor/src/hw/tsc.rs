@@ -41,7 +41,10 @@ pub fn calibrate() -> u64 {
         }
         let end = now();
         if gate.read() & 0x20 == 0 {
-            log::warn!("PIT channel 2 never fired; assuming a {} MHz TSC", FALLBACK_HZ / 1_000_000);
+            log::warn!(
+                "PIT channel 2 never fired; assuming a {} MHz TSC",
+                FALLBACK_HZ / 1_000_000
+            );
             FALLBACK_HZ
         } else {
             (end - start) * (1000 / CALIBRATION_MS)

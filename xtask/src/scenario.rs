@@ -1,0 +1,329 @@
+//! Scenarios: files under `tests/scenarios/NAME.toml` naming what the image carries and what a
+//! run must show.
+//!
+//! ```toml
+//! description = "…"
+//! cmdline = "log=info"               # atoll's boot options
+//! cpus = 2                            # defaults for `run`
+//! memory_mib = 256
+//! timeout_s = { qemu = 60, bochs = 600 }
+//! [[module]]                          # files GRUB loads as Multiboot2 modules
+//! name = "config"
+//! path = "tests/scenarios/files/x.toml"   # relative to the workspace
+//! [expect]                            # summary fields every run must show
+//! ok = true
+//! cores_online = "$cpus"              # "$cpus" and "$cpus+N" stand for the run's CPU count
+//! [expect.qemu]                       # only on QEMU
+//! svm = true
+//! [expect.bochs]                      # only on Bochs
+//! vmx = true
+//! ```
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// Which emulator boots the image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Emulator {
+    /// Bochs: VMX with EPT, slow.
+    Bochs,
+    /// QEMU (software emulation): SVM with nested paging, VT-d, igb, fast.
+    Qemu,
+}
+
+impl Emulator {
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Emulator::Bochs => "bochs",
+            Emulator::Qemu => "qemu",
+        }
+    }
+}
+
+/// A module GRUB loads.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Module {
+    /// Name atoll finds it by.
+    pub name: String,
+    /// File, relative to the workspace root.
+    pub path: PathBuf,
+}
+
+/// Per-emulator timeouts.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    /// Seconds on QEMU.
+    pub qemu: u64,
+    /// Seconds on Bochs.
+    pub bochs: u64,
+}
+
+/// A scenario file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Its name (the file stem), filled in by [`Scenario::load`].
+    #[serde(skip)]
+    pub name: String,
+    /// What it shows.
+    pub description: String,
+    /// atoll's boot options.
+    #[serde(default)]
+    pub cmdline: String,
+    /// Default CPU count.
+    #[serde(default = "default_cpus")]
+    pub cpus: u32,
+    /// Default RAM.
+    #[serde(default = "default_memory")]
+    pub memory_mib: u32,
+    /// Hard timeouts.
+    pub timeout_s: Timeouts,
+    /// Modules the image carries.
+    #[serde(default, rename = "module")]
+    pub modules: Vec<Module>,
+    /// What the summary must say.
+    #[serde(default)]
+    pub expect: BTreeMap<String, toml::Value>,
+}
+
+fn default_cpus() -> u32 {
+    2
+}
+fn default_memory() -> u32 {
+    256
+}
+
+impl Scenario {
+    /// Directory of scenario files.
+    pub fn dir() -> PathBuf {
+        crate::root().join("tests/scenarios")
+    }
+
+    /// Names of every scenario.
+    pub fn names() -> Result<Vec<String>> {
+        let mut names: Vec<String> = std::fs::read_dir(Self::dir())?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                e.path()
+                    .file_stem()
+                    .filter(|_| e.path().extension().is_some_and(|x| x == "toml"))
+                    .map(|s| s.to_string_lossy().into_owned())
+            })
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// Loads and checks `tests/scenarios/NAME.toml`.
+    pub fn load(name: &str) -> Result<Self> {
+        let path = Self::dir().join(format!("{name}.toml"));
+        if !path.exists() {
+            bail!(
+                "no scenario '{name}' (no file {}); scenarios: {}",
+                path.display(),
+                Self::names()?.join(", ")
+            );
+        }
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        Self::parse(name, &text).with_context(|| format!("scenario file {}", path.display()))
+    }
+
+    /// Parses scenario text.
+    pub fn parse(name: &str, text: &str) -> Result<Self> {
+        let mut s: Scenario = toml::from_str(text)?;
+        s.name = name.to_string();
+        for key in s.expect.keys() {
+            if key != "qemu" && key != "bochs" && !SUMMARY_FIELDS.contains(&key.as_str()) {
+                bail!(
+                    "expect.{key}: not a summary field (known: {})",
+                    SUMMARY_FIELDS.join(", ")
+                );
+            }
+        }
+        for emu in ["qemu", "bochs"] {
+            if let Some(v) = s.expect.get(emu) {
+                let table = v
+                    .as_table()
+                    .with_context(|| format!("expect.{emu} must be a table"))?;
+                for key in table.keys() {
+                    if !SUMMARY_FIELDS.contains(&key.as_str()) {
+                        bail!("expect.{emu}.{key}: not a summary field");
+                    }
+                }
+            }
+        }
+        for m in &s.modules {
+            if m.name.is_empty() || m.name.contains(char::is_whitespace) {
+                bail!("module name '{}' must be one word", m.name);
+            }
+        }
+        Ok(s)
+    }
+
+    /// The expectations that apply on `emulator`, with `$cpus` resolved.
+    pub fn expectations(&self, emulator: Emulator, cpus: u32) -> Result<Vec<(String, Value)>> {
+        let mut out = Vec::new();
+        let mut add = |table: &BTreeMap<String, toml::Value>| -> Result<()> {
+            for (k, v) in table {
+                if k == "qemu" || k == "bochs" {
+                    continue;
+                }
+                out.push((
+                    k.clone(),
+                    resolve(v, cpus).with_context(|| format!("expect.{k}"))?,
+                ));
+            }
+            Ok(())
+        };
+        add(&self.expect)?;
+        if let Some(toml::Value::Table(t)) = self.expect.get(emulator.name()) {
+            let t: BTreeMap<String, toml::Value> = t.clone().into_iter().collect();
+            add(&t)?;
+        }
+        Ok(out)
+    }
+}
+
+/// Summary fields a scenario may name.
+pub const SUMMARY_FIELDS: &[&str] = &[
+    "ok",
+    "problems",
+    "cores_total",
+    "cores_online",
+    "missing_apic_ids",
+    "cpu_vendor",
+    "vmx",
+    "ept",
+    "unrestricted_guest",
+    "vpid",
+    "svm",
+    "npt",
+    "memory_usable_bytes",
+    "dmar",
+    "dmar_units",
+    "ecam_windows",
+    "modules",
+];
+
+/// Turns a TOML expectation into JSON, resolving `"$cpus"` and `"$cpus+N"`.
+fn resolve(v: &toml::Value, cpus: u32) -> Result<Value> {
+    Ok(match v {
+        toml::Value::String(s) if s.starts_with("$cpus") => {
+            let extra = match s.strip_prefix("$cpus").unwrap_or_default() {
+                "" => 0,
+                rest => rest
+                    .strip_prefix('+')
+                    .and_then(|n| n.parse::<u32>().ok())
+                    .with_context(|| format!("'{s}': expected $cpus or $cpus+N"))?,
+            };
+            Value::from(cpus + extra)
+        }
+        other => serde_json::to_value(other)?,
+    })
+}
+
+/// Compares `summary` with `expectations`; returns one line per mismatch.
+pub fn check(summary: &Value, expectations: &[(String, Value)]) -> Vec<String> {
+    expectations
+        .iter()
+        .filter_map(|(k, want)| {
+            let got = summary.get(k).unwrap_or(&Value::Null);
+            (got != want).then(|| format!("{k}: expected {want}, got {got}"))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const BOOT: &str = r#"
+        description = "d"
+        cmdline = "log=info"
+        timeout_s = { qemu = 60, bochs = 600 }
+        [expect]
+        ok = true
+        cores_online = "$cpus"
+        cores_total = "$cpus+1"
+        [expect.qemu]
+        svm = true
+        [expect.bochs]
+        vmx = true
+    "#;
+
+    #[test]
+    fn expectations_resolve_per_emulator() {
+        let s = Scenario::parse("boot", BOOT).unwrap();
+        let q = s.expectations(Emulator::Qemu, 4).unwrap();
+        assert!(q.contains(&("cores_online".into(), json!(4))));
+        assert!(q.contains(&("cores_total".into(), json!(5))));
+        assert!(q.contains(&("svm".into(), json!(true))));
+        assert!(!q.iter().any(|(k, _)| k == "vmx"));
+        let b = s.expectations(Emulator::Bochs, 2).unwrap();
+        assert!(b.contains(&("vmx".into(), json!(true))));
+    }
+
+    #[test]
+    fn check_names_each_mismatch() {
+        let exp = vec![
+            ("ok".to_string(), json!(true)),
+            ("cores_online".to_string(), json!(4)),
+        ];
+        assert!(check(&json!({"ok": true, "cores_online": 4}), &exp).is_empty());
+        let bad = check(&json!({"ok": false, "cores_online": 3}), &exp);
+        assert_eq!(
+            bad,
+            vec![
+                "ok: expected true, got false",
+                "cores_online: expected 4, got 3"
+            ]
+        );
+        assert_eq!(
+            check(&json!({}), &exp[..1]),
+            vec!["ok: expected true, got null"]
+        );
+    }
+
+    #[test]
+    fn bad_scenarios_are_rejected_with_the_field() {
+        let e = Scenario::parse(
+            "x",
+            "description='d'\ntimeout_s={qemu=1,bochs=1}\n[expect]\ncores = 2",
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("expect.cores"), "{e:#}");
+        let e = Scenario::parse("x", "description='d'\ntimeout_s={qemu=1,bochs=1}\nbogus=1")
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("bogus"), "{e:#}");
+        let e = Scenario::parse(
+            "x",
+            "description='d'\ntimeout_s={qemu=1,bochs=1}\n[expect]\ncores_online='$cpus*2'",
+        )
+        .unwrap();
+        assert!(e.expectations(Emulator::Qemu, 1).is_err());
+    }
+
+    #[test]
+    fn shipped_scenarios_parse() {
+        for name in Scenario::names().unwrap() {
+            let s = Scenario::load(&name).unwrap();
+            s.expectations(Emulator::Qemu, s.cpus).unwrap();
+            s.expectations(Emulator::Bochs, s.cpus).unwrap();
+            for m in &s.modules {
+                assert!(
+                    crate::root().join(&m.path).exists(),
+                    "{name}: module file {} missing",
+                    m.path.display()
+                );
+            }
+        }
+    }
+}

@@ -147,6 +147,7 @@ extern "C" fn atoll_bsp_main(magic: u32, info_addr: u64) -> ! {
     log::info!("TSC: {} MHz", tsc_hz / 1_000_000);
 
     let bsp = probe_this_core();
+    log_vmx_msrs(&bsp);
     let ids: Vec<u32> = platform.cpus().iter().map(|c| c.apic_id).collect();
     CORES.expect(&ids);
     if let Err(e) = CORES.check_in(bsp) {
@@ -213,6 +214,26 @@ extern "C" fn atoll_bsp_main(magic: u32, info_addr: u64) -> ! {
         summary.cores_total
     );
     finish(&summary.line(), summary.ok)
+}
+
+/// At `log=debug`, prints the raw VMX capability MSRs (test fixtures for `vmx::caps` come from
+/// these lines).
+fn log_vmx_msrs(caps: &CoreCaps) {
+    use vmx::caps::MsrReader;
+    use vmx::msr::*;
+    if !caps.vmx || !log::log_enabled!(log::Level::Debug) {
+        return;
+    }
+    let mut m = HwMsrs;
+    for (name, msr) in [
+        ("IA32_FEATURE_CONTROL", IA32_FEATURE_CONTROL),
+        ("IA32_VMX_BASIC", IA32_VMX_BASIC),
+        ("IA32_VMX_PROCBASED_CTLS", IA32_VMX_PROCBASED_CTLS),
+        ("IA32_VMX_PROCBASED_CTLS2", IA32_VMX_PROCBASED_CTLS2),
+        ("IA32_VMX_EPT_VPID_CAP", IA32_VMX_EPT_VPID_CAP),
+    ] {
+        log::debug!("{name} ({:#x}) = {:#018x}", msr.0, m.read(msr).unwrap_or(0));
+    }
 }
 
 /// Prints the summary and the halt line, then powers off.

@@ -461,14 +461,29 @@ pub(crate) mod tests {
         const RSDP: usize = 0xe_0000;
         const XSDT: usize = 0x10_0000;
         let mut regions = Vec::new();
+        const DSDT: usize = 0x1f_0000;
         let mut xsdt = vec![0u8; 36];
         xsdt[0..4].copy_from_slice(b"XSDT");
         xsdt[8] = 1;
         xsdt[10..16].copy_from_slice(b"ATOLL ");
         for (i, t) in tables.iter().enumerate() {
+            let mut t = t.to_vec();
+            if &t[0..4] == b"DSDT" {
+                // Reached through the FADT, not the XSDT.
+                regions.push((DSDT, t));
+                continue;
+            }
+            if &t[0..4] == b"FACP" {
+                // Point the captured FADT at where this fixture machine keeps the DSDT.
+                t[40..44].copy_from_slice(&(DSDT as u32).to_le_bytes());
+                if t.len() >= 148 {
+                    t[140..148].copy_from_slice(&0u64.to_le_bytes());
+                }
+                checksum_fix(&mut t, 9);
+            }
             let addr = 0x20_0000 + i * 0x1_0000;
             xsdt.extend_from_slice(&(addr as u64).to_le_bytes());
-            regions.push((addr, t.to_vec()));
+            regions.push((addr, t));
         }
         let len = xsdt.len() as u32;
         xsdt[4..8].copy_from_slice(&len.to_le_bytes());
@@ -544,6 +559,54 @@ pub(crate) mod tests {
         assert_eq!(p.local_apic_base, HostPhysAddr::new(0xfee0_0000));
         assert!(!p.dmar_present);
         assert_eq!(p.ecam().count(), 1);
+    }
+
+    fn captured(dir: &str) -> Platform {
+        let names: Vec<String> = std::fs::read_dir(format!("{}/../tests/fixtures/acpi/{dir}", env!("CARGO_MANIFEST_DIR")))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        let tables: Vec<Vec<u8>> = names.iter().map(|n| fixture(&format!("{dir}/{n}"))).collect();
+        let refs: Vec<&[u8]> = tables.iter().map(Vec::as_slice).collect();
+        discover(&refs).unwrap()
+    }
+
+    #[test]
+    fn captured_qemu_q35_tables() {
+        // `cargo xtask capture-acpi --emulator qemu --cpus 4`: QEMU 10 q35.
+        let p = captured("boot-qemu-4cpu");
+        let ids: Vec<u32> = p.cpus().iter().map(|c| c.apic_id).collect();
+        assert_eq!(ids, vec![0, 1, 2, 3]);
+        assert_eq!(p.ioapic_count, 1);
+        assert_eq!(p.local_apic_base, HostPhysAddr::new(0xfee0_0000));
+        let ecam: Vec<&Ecam> = p.ecam().collect();
+        assert_eq!(ecam.len(), 1);
+        assert_eq!(ecam[0].base, HostPhysAddr::new(0xb000_0000));
+        assert!(!p.dmar_present);
+        // ICH9 PM base 0x600: PM1a_CNT at 0x604; the DSDT's \_S5 is {0, 0}.
+        assert_eq!(p.power, Some(PmControl { pm1a: 0x604, pm1b: None, s5: Some((0, 0)) }));
+    }
+
+    #[test]
+    fn captured_qemu_vtd_tables() {
+        // `cargo xtask capture-acpi --scenario boot-vtd --emulator qemu --cpus 2`.
+        let p = captured("boot-vtd-qemu-2cpu");
+        assert_eq!(p.cpus().len(), 2);
+        assert!(p.dmar_present);
+        assert_eq!(p.dmar_units, 1);
+    }
+
+    #[test]
+    fn captured_bochs_tables() {
+        // `cargo xtask capture-acpi --emulator bochs --cpus 2`: Bochs i440fx, no MCFG.
+        let p = captured("boot-bochs-2cpu");
+        let ids: Vec<u32> = p.cpus().iter().map(|c| c.apic_id).collect();
+        assert_eq!(ids, vec![0, 1]);
+        assert_eq!(p.ecam().count(), 0);
+        assert!(!p.dmar_present);
+        // PIIX4 PM base 0xb000: PM1a_CNT at 0xb004.
+        assert_eq!(p.power, Some(PmControl { pm1a: 0xb004, pm1b: None, s5: Some((0, 0)) }));
+        assert_eq!(p.acpi_revision, 2);
     }
 
     #[test]

@@ -174,8 +174,8 @@ impl Dmar {
 mod tests {
     use super::*;
 
-    /// A DMAR shaped like QEMU's `intel-iommu,intremap=on` one: one INCLUDE_PCI_ALL unit at
-    /// 0xfed90000, host address width 39, interrupt remapping on.
+    /// A minimal DMAR: one INCLUDE_PCI_ALL unit at 0xfed90000, host address width 39,
+    /// interrupt remapping on.
     fn qemu_like() -> Vec<u8> {
         let mut t = vec![0u8; DMAR_HEADER_LEN];
         t[0..4].copy_from_slice(b"DMAR");
@@ -202,6 +202,22 @@ mod tests {
         assert_eq!(units.len(), 1);
         assert_eq!(units[0].register_base, HostPhysAddr::new(0xfed9_0000));
         assert!(units[0].include_pci_all);
+    }
+
+    #[test]
+    fn captured_qemu_dmar() {
+        // `cargo xtask capture-acpi --scenario boot-vtd --emulator qemu --cpus 2`
+        // (QEMU 10, `-device intel-iommu,intremap=on`).
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/acpi/boot-vtd-qemu-2cpu/DMAR");
+        let d = Dmar::parse(&std::fs::read(path).unwrap()).unwrap();
+        assert!(d.intr_remap);
+        let units: Vec<_> = d.units().collect();
+        assert_eq!(units.len(), 1);
+        assert_eq!(units[0].register_base, HostPhysAddr::new(0xfed9_0000));
+        // QEMU lists its devices by scope (I/O APIC, 00:00.0, 00:1f.x) instead of INCLUDE_PCI_ALL.
+        assert!(!units[0].include_pci_all);
+        assert_eq!(units[0].segment, 0);
+        assert_eq!(d.host_address_width, 48);
     }
 
     #[test]

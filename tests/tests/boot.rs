@@ -158,3 +158,15 @@ fn bochs_two_cpus_have_vmx_ept_vpid_unrestricted_guest() {
     assert_eq!(s["svm"], false);
     assert_eq!(s["cpu_vendor"], "GenuineIntel");
 }
+
+#[test]
+fn qemu_with_vtd_finds_the_dmar() {
+    let o = boot(Emulator::Qemu, "boot-vtd", 2, "");
+    assert!(o.passed(), "{}", o.failure());
+    let s = summary(&o);
+    assert_eq!(s["dmar"], true);
+    assert_eq!(s["dmar_units"], 1);
+    // Without the IOMMU device there is no DMAR.
+    let plain = boot(Emulator::Qemu, "boot", 1, "");
+    assert_eq!(summary(&plain)["dmar"], false);
+}

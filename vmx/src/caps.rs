@@ -176,6 +176,31 @@ mod tests {
         assert_eq!(caps.ept_vpid_cap, 0x0000_0f01_0633_4141);
     }
 
+    /// Read by atoll in Bochs 2.7 (`corei7_skylake_x`) with `log=debug`.
+    fn bochs() -> Table {
+        Table(HashMap::from([
+            (0x3A, 0x5),
+            (0x480, 0x00d8_1000_0000_002b),
+            (0x482, 0xf7f9_fffe_0401_e172),
+            (0x48B, 0x0217_7fff_0000_0000),
+            (0x48C, 0x0000_0f01_0633_4141),
+        ]))
+    }
+
+    #[test]
+    fn bochs_skylake_x_offers_what_the_design_brief_says() {
+        let caps = VmxCaps::probe(true, &mut bochs());
+        assert!(caps.usable() && caps.ept() && caps.vpid() && caps.unrestricted_guest());
+        assert_eq!(caps.vmcs_revision, 0x2b);
+        assert_eq!(caps.vmcs_size, 0x1000);
+        assert!(caps.true_controls);
+        // APIC-register virtualization and virtual-interrupt delivery yes (posted interrupts
+        // are a pin-based control, not here).
+        assert!(caps.secondary_allowed.contains(
+            SecondaryControls::APIC_REGISTER_VIRTUALIZATION | SecondaryControls::VIRTUAL_INTERRUPT_DELIVERY
+        ));
+    }
+
     #[test]
     fn firmware_lock_without_enable_means_unusable() {
         let mut t = skylake();

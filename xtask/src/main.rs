@@ -38,6 +38,9 @@ enum Cmd {
     Demo,
     /// Boot with `dump_acpi` and save every ACPI table under tests/fixtures/acpi/.
     CaptureAcpi {
+        /// Scenario whose machine to capture (its qemu_args apply).
+        #[arg(long, default_value = "boot")]
+        scenario: String,
         #[arg(long, value_enum)]
         emulator: Emulator,
         #[arg(long, default_value_t = 2)]
@@ -80,7 +83,7 @@ fn main() {
         Cmd::Run(args) => run_cmd(args),
         Cmd::Test { unit_only } => test(unit_only),
         Cmd::Demo => demo(),
-        Cmd::CaptureAcpi { emulator, cpus } => capture_acpi(emulator, cpus),
+        Cmd::CaptureAcpi { scenario, emulator, cpus } => capture_acpi(&scenario, emulator, cpus),
         Cmd::Scenarios => Scenario::names().map(|names| {
             for n in names {
                 let d = Scenario::load(&n)
@@ -217,14 +220,15 @@ fn demo() -> Result<()> {
     }
 }
 
-fn capture_acpi(emulator: Emulator, cpus: u32) -> Result<()> {
-    let mut opts = RunOptions::new(emulator, "boot");
+fn capture_acpi(scenario: &str, emulator: Emulator, cpus: u32) -> Result<()> {
+    let mut opts = RunOptions::new(emulator, scenario);
     opts.cpus = Some(cpus);
     opts.extra_cmdline = "dump_acpi".into();
     let outcome = run(&opts)?;
     let dir = xtask::root()
         .join("tests/fixtures/acpi")
-        .join(format!("{}-{cpus}cpu", emulator.name()));
+        .join(format!("{scenario}-{}-{cpus}cpu", emulator.name()));
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let mut count = 0;
     for line in outcome.serial.lines() {

@@ -121,6 +121,9 @@ impl RunOutcome {
 /// Boots and judges one run.
 pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
     let scenario = Scenario::load(&opts.scenario)?;
+    if !scenario.supports(opts.emulator) {
+        bail!("scenario '{}' runs only on {}", scenario.name, scenario.emulators.join(", "));
+    }
     let cpus = opts.cpus.unwrap_or(scenario.cpus);
     let memory = opts.memory_mib.unwrap_or(scenario.memory_mib);
     if !(1..=64).contains(&cpus) {
@@ -152,7 +155,7 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
     std::fs::write(&serial, "")?;
 
     let mut child = match opts.emulator {
-        Emulator::Qemu => spawn_qemu(&iso, &serial, &work, cpus, memory)?,
+        Emulator::Qemu => spawn_qemu(&iso, &serial, &work, cpus, memory, &scenario.qemu_args)?,
         Emulator::Bochs => spawn_bochs(&iso, &serial, &work, cpus, memory)?,
     };
     if opts.stream {
@@ -268,7 +271,7 @@ fn strip_terminal_codes(s: &str) -> String {
     out
 }
 
-fn spawn_qemu(iso: &Path, serial: &Path, work: &Path, cpus: u32, memory: u32) -> Result<Child> {
+fn spawn_qemu(iso: &Path, serial: &Path, work: &Path, cpus: u32, memory: u32, extra: &[String]) -> Result<Child> {
     let log = std::fs::File::create(work.join("qemu.log"))?;
     Command::new("qemu-system-x86_64")
         .args(["-machine", "q35", "-cpu", "max", "-accel", "tcg"])
@@ -290,6 +293,7 @@ fn spawn_qemu(iso: &Path, serial: &Path, work: &Path, cpus: u32, memory: u32) ->
         ])
         .arg("-serial")
         .arg(format!("file:{}", serial.display()))
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)

@@ -7,6 +7,8 @@
 //! cpus = 2                            # defaults for `run`
 //! memory_mib = 256
 //! timeout_s = { qemu = 60, bochs = 600 }
+//! emulators = ["qemu"]                # where it can run (default: both)
+//! qemu_args = ["-device", "intel-iommu,intremap=on"]
 //! [[module]]                          # files GRUB loads as Multiboot2 modules
 //! name = "config"
 //! path = "tests/scenarios/files/x.toml"   # relative to the workspace
@@ -84,12 +86,22 @@ pub struct Scenario {
     pub memory_mib: u32,
     /// Hard timeouts.
     pub timeout_s: Timeouts,
+    /// Extra QEMU arguments (devices the scenario needs, e.g. `-device intel-iommu`).
+    #[serde(default)]
+    pub qemu_args: Vec<String>,
+    /// Emulators the scenario can run on (default: both).
+    #[serde(default = "both_emulators")]
+    pub emulators: Vec<String>,
     /// Modules the image carries.
     #[serde(default, rename = "module")]
     pub modules: Vec<Module>,
     /// What the summary must say.
     #[serde(default)]
     pub expect: BTreeMap<String, toml::Value>,
+}
+
+fn both_emulators() -> Vec<String> {
+    vec!["qemu".into(), "bochs".into()]
 }
 
 fn default_cpus() -> u32 {
@@ -159,12 +171,22 @@ impl Scenario {
                 }
             }
         }
+        for e in &s.emulators {
+            if e != "qemu" && e != "bochs" {
+                bail!("emulators: '{e}' is not qemu or bochs");
+            }
+        }
         for m in &s.modules {
             if m.name.is_empty() || m.name.contains(char::is_whitespace) {
                 bail!("module name '{}' must be one word", m.name);
             }
         }
         Ok(s)
+    }
+
+    /// Whether the scenario runs on `emulator`.
+    pub fn supports(&self, emulator: Emulator) -> bool {
+        self.emulators.iter().any(|e| e == emulator.name())
     }
 
     /// The expectations that apply on `emulator`, with `$cpus` resolved.

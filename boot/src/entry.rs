@@ -105,6 +105,7 @@ boot_gdt_ptr:
 boot_pml4:
     .quad boot_pdpt + 0x3
     .fill 511, 8, 0
+    .global boot_pdpt
 boot_pdpt:
     .quad boot_pd + 0x0000 + 0x3
     .quad boot_pd + 0x1000 + 0x3
@@ -156,4 +157,49 @@ pub fn load_boot_gdt() {
             tmp = out(reg) _,
         );
     }
+}
+
+/// Bytes one PDPT entry maps as a 1 GiB page.
+const GIB: u64 = 1 << 30;
+
+/// Why the identity map could not be extended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapError {
+    /// The CPU lacks 1 GiB pages (CPUID 0x8000_0001 EDX bit 26).
+    No1GiBPages,
+    /// Beyond the 512 GiB one PDPT covers.
+    TooHigh(u64),
+}
+
+/// Identity-maps physical memory from 4 GiB up to `end` with 1 GiB pages (write-back; MMIO
+/// above 4 GiB is mapped by its owner with the right memory type later). The boot tables map the
+/// first 4 GiB; this covers RAM above them.
+pub fn extend_identity_map(end: u64) -> Result<(), MapError> {
+    extern "C" {
+        static mut boot_pdpt: [u64; 512];
+    }
+    if end <= 4 * GIB {
+        return Ok(());
+    }
+    if end > 512 * GIB {
+        return Err(MapError::TooHigh(end));
+    }
+    // SAFETY: CPUID is always available in long mode.
+    let ext = unsafe { core::arch::x86_64::__cpuid(0x8000_0001) };
+    if ext.edx & (1 << 26) == 0 {
+        return Err(MapError::No1GiBPages);
+    }
+    let gibs = end.div_ceil(GIB) as usize;
+    for i in 4..gibs {
+        // SAFETY: boot_pdpt is the live PDPT under PML4 entry 0; entries 4.. are unused until
+        // here, and only the BSP runs this, before any AP starts. Present | writable | page size.
+        unsafe {
+            core::ptr::write_volatile(
+                core::ptr::addr_of_mut!(boot_pdpt[i]),
+                (i as u64 * GIB) | 0x83,
+            )
+        };
+    }
+    // New mappings only (no entry was present before), so no TLB entry can be stale.
+    Ok(())
 }

@@ -232,7 +232,7 @@ fn widen(r: PhysRange) -> PhysRange {
     let end = r
         .end
         .checked_align_up(FRAME_SIZE)
-        .unwrap_or(HostPhysAddr::new(u64::MAX & !(FRAME_SIZE - 1)));
+        .unwrap_or(HostPhysAddr::new(!(FRAME_SIZE - 1)));
     PhysRange::new(r.start.align_down(FRAME_SIZE), end)
 }
 

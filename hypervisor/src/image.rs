@@ -96,6 +96,15 @@ extern "C" fn atoll_bsp_main(magic: u32, info_addr: u64) -> ! {
             "the loader placed {r} over the AP trampoline page {trampoline_page}"
         );
     }
+    let ram_end = info
+        .memory_map()
+        .iter()
+        .filter(|r| r.kind == boot::info::RegionKind::Usable)
+        .map(|r| r.range.end.as_u64())
+        .max()
+        .unwrap_or(0);
+    boot::entry::extend_identity_map(ram_end)
+        .unwrap_or_else(|e| panic!("cannot map RAM up to {ram_end:#x}: {e:?}"));
     let mut allocator = FRAMES.lock();
     allocator
         .reset(info.memory_map(), &excluded)
@@ -108,6 +117,20 @@ extern "C" fn atoll_bsp_main(magic: u32, info_addr: u64) -> ! {
         allocator.ranges().len(),
         image_range()
     );
+    // Prove the whole of RAM is reachable: the last usable frame must read back what is written.
+    if let Some(last) = allocator.ranges().last() {
+        let probe = (last.end.as_u64() - FRAME_SIZE) as *mut u64;
+        // SAFETY: the frame is free RAM (in the allocator, not yet handed out) and identity-mapped.
+        let ok = unsafe {
+            core::ptr::write_volatile(probe, 0xa5a5_5a5a_0123_4567);
+            core::ptr::read_volatile(probe) == 0xa5a5_5a5a_0123_4567
+        };
+        assert!(ok, "RAM at {:#x} does not read back", probe as u64);
+        log::info!(
+            "RAM mapped up to {ram_end:#x}; top frame at {:#x} reads back",
+            probe as u64
+        );
+    }
     drop(allocator);
 
     let rsdp = info.rsdp.unwrap_or_else(|| {

@@ -139,9 +139,7 @@ unsafe impl AcpiTable for DmarHeader {
 /// # Safety
 ///
 /// The mapping must cover `header.length` bytes.
-unsafe fn table_bytes<'a, H: AcpiHandler, T: AcpiTable>(
-    m: &'a acpi::PhysicalMapping<H, T>,
-) -> &'a [u8] {
+unsafe fn table_bytes<H: AcpiHandler, T: AcpiTable>(m: &acpi::PhysicalMapping<H, T>) -> &[u8] {
     let len = m.get().header().length as usize;
     // SAFETY: `find_table` maps the whole table (its header's length), per the caller's contract.
     unsafe { core::slice::from_raw_parts(m.virtual_start().as_ptr().cast::<u8>(), len) }
@@ -562,11 +560,17 @@ pub(crate) mod tests {
     }
 
     fn captured(dir: &str) -> Platform {
-        let names: Vec<String> = std::fs::read_dir(format!("{}/../tests/fixtures/acpi/{dir}", env!("CARGO_MANIFEST_DIR")))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
+        let names: Vec<String> = std::fs::read_dir(format!(
+            "{}/../tests/fixtures/acpi/{dir}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+        let tables: Vec<Vec<u8>> = names
+            .iter()
+            .map(|n| fixture(&format!("{dir}/{n}")))
             .collect();
-        let tables: Vec<Vec<u8>> = names.iter().map(|n| fixture(&format!("{dir}/{n}"))).collect();
         let refs: Vec<&[u8]> = tables.iter().map(Vec::as_slice).collect();
         discover(&refs).unwrap()
     }
@@ -584,7 +588,14 @@ pub(crate) mod tests {
         assert_eq!(ecam[0].base, HostPhysAddr::new(0xb000_0000));
         assert!(!p.dmar_present);
         // ICH9 PM base 0x600: PM1a_CNT at 0x604; the DSDT's \_S5 is {0, 0}.
-        assert_eq!(p.power, Some(PmControl { pm1a: 0x604, pm1b: None, s5: Some((0, 0)) }));
+        assert_eq!(
+            p.power,
+            Some(PmControl {
+                pm1a: 0x604,
+                pm1b: None,
+                s5: Some((0, 0))
+            })
+        );
     }
 
     #[test]
@@ -605,7 +616,14 @@ pub(crate) mod tests {
         assert_eq!(p.ecam().count(), 0);
         assert!(!p.dmar_present);
         // PIIX4 PM base 0xb000: PM1a_CNT at 0xb004.
-        assert_eq!(p.power, Some(PmControl { pm1a: 0xb004, pm1b: None, s5: Some((0, 0)) }));
+        assert_eq!(
+            p.power,
+            Some(PmControl {
+                pm1a: 0xb004,
+                pm1b: None,
+                s5: Some((0, 0))
+            })
+        );
         assert_eq!(p.acpi_revision, 2);
     }
 

@@ -208,7 +208,10 @@ mod tests {
     fn captured_qemu_dmar() {
         // `cargo xtask capture-acpi --scenario boot-vtd --emulator qemu --cpus 2`
         // (QEMU 10, `-device intel-iommu,intremap=on`).
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/acpi/boot-vtd-qemu-2cpu/DMAR");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/acpi/boot-vtd-qemu-2cpu/DMAR"
+        );
         let d = Dmar::parse(&std::fs::read(path).unwrap()).unwrap();
         assert!(d.intr_remap);
         let units: Vec<_> = d.units().collect();

@@ -170,3 +170,30 @@ fn qemu_with_vtd_finds_the_dmar() {
     let plain = boot(Emulator::Qemu, "boot", 1, "");
     assert_eq!(summary(&plain)["dmar"], false);
 }
+
+#[test]
+fn qemu_ram_above_4_gib_is_mapped() {
+    let mut opts = RunOptions::new(Emulator::Qemu, "boot");
+    opts.cpus = Some(2);
+    opts.memory_mib = Some(6144);
+    let o = run(&opts).unwrap();
+    assert!(o.passed(), "{}", o.failure());
+    let usable = summary(&o)["memory_usable_bytes"].as_u64().unwrap();
+    assert!(
+        usable > (6 << 30) - (64 << 20),
+        "6 GiB machine reports {usable} bytes"
+    );
+    // atoll writes and reads back the highest free frame, which lies above 4 GiB here.
+    let line = o
+        .serial
+        .lines()
+        .find(|l| l.contains("reads back"))
+        .unwrap_or_else(|| panic!("{}", o.tail(20)));
+    let addr = line
+        .split("top frame at ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap();
+    let addr = u64::from_str_radix(addr.trim_start_matches("0x"), 16).unwrap();
+    assert!(addr > 4 << 30, "{line}");
+}

@@ -197,7 +197,8 @@ mod tests {
         // APIC-register virtualization and virtual-interrupt delivery yes (posted interrupts
         // are a pin-based control, not here).
         assert!(caps.secondary_allowed.contains(
-            SecondaryControls::APIC_REGISTER_VIRTUALIZATION | SecondaryControls::VIRTUAL_INTERRUPT_DELIVERY
+            SecondaryControls::APIC_REGISTER_VIRTUALIZATION
+                | SecondaryControls::VIRTUAL_INTERRUPT_DELIVERY
         ));
     }
 

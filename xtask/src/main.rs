@@ -83,7 +83,11 @@ fn main() {
         Cmd::Run(args) => run_cmd(args),
         Cmd::Test { unit_only } => test(unit_only),
         Cmd::Demo => demo(),
-        Cmd::CaptureAcpi { scenario, emulator, cpus } => capture_acpi(&scenario, emulator, cpus),
+        Cmd::CaptureAcpi {
+            scenario,
+            emulator,
+            cpus,
+        } => capture_acpi(&scenario, emulator, cpus),
         Cmd::Scenarios => Scenario::names().map(|names| {
             for n in names {
                 let d = Scenario::load(&n)

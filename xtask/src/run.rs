@@ -122,7 +122,11 @@ impl RunOutcome {
 pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
     let scenario = Scenario::load(&opts.scenario)?;
     if !scenario.supports(opts.emulator) {
-        bail!("scenario '{}' runs only on {}", scenario.name, scenario.emulators.join(", "));
+        bail!(
+            "scenario '{}' runs only on {}",
+            scenario.name,
+            scenario.emulators.join(", ")
+        );
     }
     let cpus = opts.cpus.unwrap_or(scenario.cpus);
     let memory = opts.memory_mib.unwrap_or(scenario.memory_mib);
@@ -271,7 +275,14 @@ fn strip_terminal_codes(s: &str) -> String {
     out
 }
 
-fn spawn_qemu(iso: &Path, serial: &Path, work: &Path, cpus: u32, memory: u32, extra: &[String]) -> Result<Child> {
+fn spawn_qemu(
+    iso: &Path,
+    serial: &Path,
+    work: &Path,
+    cpus: u32,
+    memory: u32,
+    extra: &[String],
+) -> Result<Child> {
     let log = std::fs::File::create(work.join("qemu.log"))?;
     Command::new("qemu-system-x86_64")
         .args(["-machine", "q35", "-cpu", "max", "-accel", "tcg"])

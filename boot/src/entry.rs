@@ -184,8 +184,7 @@ pub fn extend_identity_map(end: u64) -> Result<(), MapError> {
     if end > 512 * GIB {
         return Err(MapError::TooHigh(end));
     }
-    // SAFETY: CPUID is always available in long mode.
-    let ext = unsafe { core::arch::x86_64::__cpuid(0x8000_0001) };
+    let ext = core::arch::x86_64::__cpuid(0x8000_0001);
     if ext.edx & (1 << 26) == 0 {
         return Err(MapError::No1GiBPages);
     }

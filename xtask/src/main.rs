@@ -48,6 +48,24 @@ enum Cmd {
     },
     /// List the scenarios.
     Scenarios,
+    /// Benchmarks: print a table and write JSON under target/bench/.
+    Bench {
+        #[command(subcommand)]
+        which: Bench,
+    },
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Boot time: the boot scenario on QEMU (1, 2, 4 CPUs) and Bochs (2 CPUs).
+    Boot {
+        /// Runs per configuration.
+        #[arg(long, default_value_t = 3)]
+        runs: u32,
+        /// Skip Bochs (about 20 s a run).
+        #[arg(long)]
+        no_bochs: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -88,6 +106,9 @@ fn main() {
             emulator,
             cpus,
         } => capture_acpi(&scenario, emulator, cpus),
+        Cmd::Bench {
+            which: Bench::Boot { runs, no_bochs },
+        } => bench_boot(runs, no_bochs),
         Cmd::Scenarios => Scenario::names().map(|names| {
             for n in names {
                 let d = Scenario::load(&n)
@@ -222,6 +243,81 @@ fn demo() -> Result<()> {
     } else {
         bail!("{}", outcome.failure())
     }
+}
+
+fn bench_boot(runs: u32, no_bochs: bool) -> Result<()> {
+    if runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let mut configs = vec![
+        (Emulator::Qemu, 1),
+        (Emulator::Qemu, 2),
+        (Emulator::Qemu, 4),
+    ];
+    if !no_bochs {
+        configs.push((Emulator::Bochs, 2));
+    }
+    let mut rows = Vec::new();
+    for (emulator, cpus) in configs {
+        let mut walls = Vec::new();
+        let mut bringup = Vec::new();
+        for i in 0..runs {
+            eprintln!(
+                "bench boot: {} {cpus} CPU(s), run {}/{runs}",
+                emulator.name(),
+                i + 1
+            );
+            let mut opts = RunOptions::new(emulator, "boot");
+            opts.cpus = Some(cpus);
+            let o = run(&opts)?;
+            if !o.passed() {
+                bail!("{}", o.failure());
+            }
+            walls.push(o.wall.as_secs_f64());
+            bringup.push(
+                o.summary
+                    .as_ref()
+                    .and_then(|s| s["ap_bringup_us"].as_u64())
+                    .unwrap_or(0),
+            );
+        }
+        walls.sort_by(f64::total_cmp);
+        bringup.sort();
+        rows.push(serde_json::json!({
+            "emulator": emulator.name(),
+            "cpus": cpus,
+            "runs": runs,
+            "wall_s_median": walls[walls.len() / 2],
+            "wall_s_min": walls[0],
+            "wall_s_max": walls[walls.len() - 1],
+            "ap_bringup_us_median": bringup[bringup.len() / 2],
+        }));
+    }
+    println!(
+        "{:<8} {:>4} {:>5} {:>14} {:>10} {:>10} {:>18}",
+        "emulator", "cpus", "runs", "wall s median", "min", "max", "AP bring-up us"
+    );
+    for r in &rows {
+        println!(
+            "{:<8} {:>4} {:>5} {:>14.2} {:>10.2} {:>10.2} {:>18}",
+            r["emulator"].as_str().unwrap_or(""),
+            r["cpus"].as_u64().unwrap_or(0),
+            r["runs"].as_u64().unwrap_or(0),
+            r["wall_s_median"].as_f64().unwrap_or(0.0),
+            r["wall_s_min"].as_f64().unwrap_or(0.0),
+            r["wall_s_max"].as_f64().unwrap_or(0.0),
+            r["ap_bringup_us_median"].as_u64().unwrap_or(0)
+        );
+    }
+    let dir = xtask::target_dir().join("bench");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("boot.json");
+    std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&serde_json::json!({ "bench": "boot", "rows": rows }))?,
+    )?;
+    println!("wrote {}", path.display());
+    Ok(())
 }
 
 fn capture_acpi(scenario: &str, emulator: Emulator, cpus: u32) -> Result<()> {

@@ -624,7 +624,6 @@ pub(crate) mod tests {
                 s5: Some((0, 0))
             })
         );
-        assert_eq!(p.acpi_revision, 2);
     }
 
     #[test]

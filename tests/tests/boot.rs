@@ -197,3 +197,32 @@ fn qemu_ram_above_4_gib_is_mapped() {
     let addr = u64::from_str_radix(addr.trim_start_matches("0x"), 16).unwrap();
     assert!(addr > 4 << 30, "{line}");
 }
+
+#[test]
+fn hard_timeout_kills_the_emulator_and_shows_the_last_lines() {
+    // Bochs needs far more than 3 s to reach atoll's summary.
+    let mut opts = RunOptions::new(Emulator::Bochs, "boot");
+    opts.timeout_s = Some(3);
+    let o = run(&opts).unwrap();
+    assert!(o.timed_out && !o.passed());
+    assert!(
+        o.wall.as_secs() < 10,
+        "the harness stops at its deadline, took {:?}",
+        o.wall
+    );
+    let report = o.failure();
+    assert!(report.contains("timed out after 3 s"), "{report}");
+    assert!(report.contains("last lines of COM1"), "{report}");
+    // Nothing of that run is left running.
+    let conf = o.work_dir.join("bochsrc");
+    let left = std::process::Command::new("pgrep")
+        .arg("-f")
+        .arg(conf.to_str().unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        left.stdout.is_empty(),
+        "emulator still running: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
+}

@@ -214,7 +214,7 @@ fn demo() -> Result<()> {
         let caps = &core["caps"];
         println!(
             "  {:<6} {:<6} {:<7} {:<4} {:<4} {:<5} {:<18}",
-            core["apic_id"],
+            core["apic_id"].as_u64().unwrap_or(0),
             if core["bsp"].as_bool() == Some(true) {
                 "BSP"
             } else {

@@ -218,7 +218,7 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
         std::thread::sleep(Duration::from_millis(50));
     }
     let wall = start.elapsed();
-    kill_group(&mut child);
+    stop_emulator(&mut child, &work);
 
     let summary = text
         .lines()
@@ -358,16 +358,30 @@ fn spawn_bochs(iso: &Path, serial: &Path, work: &Path, cpus: u32, memory: u32) -
         .context("starting bochs under script (run `cargo xtask setup`)")
 }
 
-fn kill_group(child: &mut Child) {
+/// Stops an emulator and everything it started.
+///
+/// QEMU is the child's process group (spawned with `process_group(0)`); Bochs runs under
+/// `script`, which puts it in a session of its own, so it is found by the run's unique work
+/// directory on its command line.
+fn stop_emulator(child: &mut Child, work: &Path) {
     if child.try_wait().ok().flatten().is_none() {
-        let pgid = child.id();
-        let _ = Command::new("kill")
-            .args(["-KILL", &format!("-{pgid}")])
-            .stderr(Stdio::null())
-            .status();
+        let pgid = child.id() as libc::pid_t;
+        // SAFETY: getpgrp and killpg have no memory-safety preconditions. The group is the one
+        // created for the child; it is never ours or init's (checked), so nothing else is hit.
+        unsafe {
+            if pgid > 1 && pgid != libc::getpgrp() {
+                libc::killpg(pgid, libc::SIGKILL);
+            }
+        }
         let _ = child.kill();
     }
     let _ = child.wait();
+    let marker = format!("{}/", work.display());
+    let _ = Command::new("pkill")
+        .args(["-KILL", "-f", "--"])
+        .arg(&marker)
+        .stderr(Stdio::null())
+        .status();
 }
 
 #[cfg(test)]

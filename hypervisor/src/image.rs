@@ -243,19 +243,22 @@ extern "C" fn atoll_bsp_main(magic: u32, info_addr: u64) -> ! {
 /// these lines).
 fn log_vmx_msrs(caps: &CoreCaps) {
     use vmx::caps::MsrReader;
-    use vmx::msr::*;
+    use vmx::msr::{Msr, IA32_FEATURE_CONTROL};
     if !caps.vmx || !log::log_enabled!(log::Level::Debug) {
         return;
     }
     let mut m = HwMsrs;
-    for (name, msr) in [
-        ("IA32_FEATURE_CONTROL", IA32_FEATURE_CONTROL),
-        ("IA32_VMX_BASIC", IA32_VMX_BASIC),
-        ("IA32_VMX_PROCBASED_CTLS", IA32_VMX_PROCBASED_CTLS),
-        ("IA32_VMX_PROCBASED_CTLS2", IA32_VMX_PROCBASED_CTLS2),
-        ("IA32_VMX_EPT_VPID_CAP", IA32_VMX_EPT_VPID_CAP),
-    ] {
-        log::debug!("{name} ({:#x}) = {:#018x}", msr.0, m.read(msr).unwrap_or(0));
+    log::debug!(
+        "IA32_FEATURE_CONTROL (0x3a) = {:#018x}",
+        m.read(IA32_FEATURE_CONTROL).unwrap_or(0)
+    );
+    // IA32_VMX_BASIC .. IA32_VMX_TRUE_ENTRY_CTLS (SDM Vol. 4 Table 2-2); VMFUNC (0x491) only
+    // exists when the secondary control allows it, so it is left out.
+    for index in 0x480..=0x490u32 {
+        log::debug!(
+            "VMX MSR {index:#x} = {:#018x}",
+            m.read(Msr(index)).unwrap_or(0)
+        );
     }
 }
 

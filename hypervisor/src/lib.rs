@@ -13,6 +13,7 @@
 
 extern crate alloc;
 
+pub mod config;
 pub mod cpu;
 pub mod frames;
 #[cfg(target_os = "none")]

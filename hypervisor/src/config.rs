@@ -1,0 +1,249 @@
+//! Enclave descriptions: the TOML file passed to atoll as the Multiboot2 module `enclaves`.
+//!
+//! ```toml
+//! [[enclave]]
+//! name = "alpha"          # 1–32 characters: a–z, 0–9, '-'
+//! cores = [1]             # APIC ids; each core belongs to at most one enclave
+//! memory_mib = 16         # guest RAM, from 1 MiB to 64 GiB
+//! image = "suite64"       # the module holding the guest image (an ELF)
+//! entry = "long64"        # long64: 64-bit mode with identity paging; real16: real mode
+//! cmdline = "suite"       # text handed to the guest
+//! io_unknown = "ignore"   # ports other than COM1: ignore (reads all ones), fault (#GP), stop
+//! ```
+//!
+//! Parsing and checking live here, shared by atoll (at boot) and `cargo xtask` (before it builds
+//! an image), so both reject a bad description with the same message naming the field.
+
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::fmt;
+use serde::Deserialize;
+
+/// Most enclaves one description may declare.
+pub const MAX_ENCLAVES: usize = 64;
+/// Most guest RAM per enclave.
+pub const MAX_MEMORY_MIB: u64 = 64 * 1024;
+/// Longest guest command line.
+pub const MAX_CMDLINE: usize = 1024;
+
+/// How the guest is entered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryMode {
+    /// 64-bit mode, paging on with identity tables for the first 4 GiB, at the ELF entry.
+    Long64,
+    /// Real mode at the ELF entry (needs unrestricted guest on VMX).
+    Real16,
+}
+
+/// What happens when the guest touches an I/O port atoll does not emulate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IoPolicy {
+    /// Reads return all ones, writes are dropped (an empty port on a PC).
+    Ignore,
+    /// The access raises #GP(0) in the guest.
+    Fault,
+    /// The enclave is stopped.
+    Stop,
+}
+
+/// One enclave.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnclaveConfig {
+    /// Its name, used in reports and console prefixes.
+    pub name: String,
+    /// The physical cores it owns, by APIC id.
+    pub cores: Vec<u32>,
+    /// Guest RAM.
+    pub memory_mib: u64,
+    /// Module holding the guest image.
+    pub image: String,
+    /// Entry mode.
+    pub entry: EntryMode,
+    /// Text passed to the guest.
+    #[serde(default)]
+    pub cmdline: String,
+    /// Policy for ports atoll does not emulate.
+    #[serde(default = "default_io")]
+    pub io_unknown: IoPolicy,
+}
+
+fn default_io() -> IoPolicy {
+    IoPolicy::Ignore
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    enclave: Vec<EnclaveConfig>,
+}
+
+/// A description atoll refuses, with the field and the reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// `enclave[1].cores`, or `toml` for syntax errors.
+    pub field: String,
+    /// Why.
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.reason)
+    }
+}
+
+fn err(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError { field: field.into(), reason: reason.into() }
+}
+
+/// What the checks may know about the machine and the image.
+pub struct Context<'a> {
+    /// APIC ids of the processors that exist, if known.
+    pub cores: Option<&'a [u32]>,
+    /// Names of the modules the image carries, if known.
+    pub modules: Option<&'a [&'a str]>,
+}
+
+/// Parses and checks a description. Every enclave must be valid for any to be accepted.
+pub fn parse(text: &str, ctx: &Context) -> Result<Vec<EnclaveConfig>, ConfigError> {
+    let file: File = toml_nostd::from_str(text).map_err(|e| {
+        let msg = e.message().trim().to_string();
+        // Name the line and show it, so the field is visible even when the parser's message
+        // only names the value.
+        let at = e.span().map(|s| {
+            let start = s.start.min(text.len());
+            let line = text[..start].matches('\n').count() + 1;
+            let content = text.lines().nth(line - 1).unwrap_or("").trim();
+            format!("line {line} `{content}`")
+        });
+        err(at.unwrap_or_else(|| "toml".into()), msg)
+    })?;
+    let list = file.enclave;
+    if list.is_empty() {
+        return Err(err("enclave", "no [[enclave]] is described"));
+    }
+    if list.len() > MAX_ENCLAVES {
+        return Err(err("enclave", format!("{} enclaves, at most {MAX_ENCLAVES}", list.len())));
+    }
+    for (i, e) in list.iter().enumerate() {
+        let f = |name: &str| format!("enclave[{i}].{name}");
+        let n = &e.name;
+        if n.is_empty() || n.len() > 32 || !n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+            return Err(err(f("name"), format!("'{n}' must be 1–32 characters of a–z, 0–9 and '-'")));
+        }
+        if let Some(j) = list[..i].iter().position(|o| o.name == *n) {
+            return Err(err(f("name"), format!("'{n}' is also the name of enclave[{j}]")));
+        }
+        if e.cores.is_empty() {
+            return Err(err(f("cores"), "at least one core is needed"));
+        }
+        for (k, c) in e.cores.iter().enumerate() {
+            if e.cores[..k].contains(c) {
+                return Err(err(f("cores"), format!("core {c} is listed twice")));
+            }
+            if let Some((j, other)) = list[..i].iter().enumerate().find(|(_, o)| o.cores.contains(c)) {
+                return Err(err(f("cores"), format!("core {c} already belongs to enclave[{j}] '{}'", other.name)));
+            }
+            if let Some(cores) = ctx.cores {
+                if !cores.contains(c) {
+                    return Err(err(f("cores"), format!("no processor with APIC id {c} on this machine (it has {cores:?})")));
+                }
+            }
+        }
+        if e.cores.len() > 1 {
+            return Err(err(f("cores"), "enclaves have one core each for now (multi-core enclaves come with the Linux guest)"));
+        }
+        if e.memory_mib == 0 || e.memory_mib > MAX_MEMORY_MIB {
+            return Err(err(f("memory_mib"), format!("{} is outside 1..={MAX_MEMORY_MIB}", e.memory_mib)));
+        }
+        if let Some(modules) = ctx.modules {
+            if !modules.contains(&e.image.as_str()) {
+                return Err(err(f("image"), format!("no module named '{}' (modules: {})", e.image, modules.join(", "))));
+            }
+        }
+        if e.cmdline.len() > MAX_CMDLINE {
+            return Err(err(f("cmdline"), format!("{} bytes, at most {MAX_CMDLINE}", e.cmdline.len())));
+        }
+    }
+    Ok(list)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TWO: &str = r#"
+        [[enclave]]
+        name = "alpha"
+        cores = [0]
+        memory_mib = 16
+        image = "suite64"
+        entry = "long64"
+        cmdline = "suite"
+
+        [[enclave]]
+        name = "beta"
+        cores = [1]
+        memory_mib = 8
+        image = "real16"
+        entry = "real16"
+        io_unknown = "fault"
+    "#;
+
+    fn any() -> Context<'static> {
+        Context { cores: None, modules: None }
+    }
+
+    #[test]
+    fn good_description() {
+        let l = parse(TWO, &any()).unwrap();
+        assert_eq!(l.len(), 2);
+        assert_eq!(l[0].entry, EntryMode::Long64);
+        assert_eq!(l[0].io_unknown, IoPolicy::Ignore);
+        assert_eq!(l[1].io_unknown, IoPolicy::Fault);
+        assert_eq!(l[1].cmdline, "");
+        let ctx = Context { cores: Some(&[0, 1]), modules: Some(&["suite64", "real16", "enclaves"]) };
+        assert!(parse(TWO, &ctx).is_ok());
+    }
+
+    fn field_of(text: &str, ctx: &Context) -> String {
+        let e = parse(text, ctx).unwrap_err();
+        format!("{e}")
+    }
+
+    #[test]
+    fn every_bad_field_is_named() {
+        let e = field_of(&TWO.replace("cores = [1]", "cores = [0]"), &any());
+        assert_eq!(e, "enclave[1].cores: core 0 already belongs to enclave[0] 'alpha'");
+        let e = field_of(&TWO.replace("\"beta\"", "\"alpha\""), &any());
+        assert_eq!(e, "enclave[1].name: 'alpha' is also the name of enclave[0]");
+        let e = field_of(&TWO.replace("\"beta\"", "\"Beta!\""), &any());
+        assert!(e.starts_with("enclave[1].name: 'Beta!' must be"), "{e}");
+        let e = field_of(&TWO.replace("memory_mib = 8", "memory_mib = 0"), &any());
+        assert!(e.starts_with("enclave[1].memory_mib: 0 is outside"), "{e}");
+        let e = field_of(TWO, &Context { cores: Some(&[0]), modules: None });
+        assert!(e.starts_with("enclave[1].cores: no processor with APIC id 1"), "{e}");
+        let e = field_of(TWO, &Context { cores: None, modules: Some(&["suite64"]) });
+        assert!(e.starts_with("enclave[1].image: no module named 'real16'"), "{e}");
+        let e = field_of(&TWO.replace("cores = [1]", "cores = []"), &any());
+        assert_eq!(e, "enclave[1].cores: at least one core is needed");
+        let e = field_of(&TWO.replace("cores = [1]", "cores = [1, 1]"), &any());
+        assert_eq!(e, "enclave[1].cores: core 1 is listed twice");
+    }
+
+    #[test]
+    fn syntax_and_unknown_fields_name_the_line() {
+        let e = field_of(&TWO.replace("entry = \"real16\"", "entry = \"protected\""), &any());
+        assert!(e.starts_with("line 15 `entry = \"protected\"`: unknown variant"), "{e}");
+        let e = field_of(&TWO.replace("cmdline = \"suite\"", "colour = \"red\""), &any());
+        assert!(e.contains("colour"), "{e}");
+        let e = field_of("[[enclave]\nname=", &any());
+        assert!(e.starts_with("line"), "{e}");
+        assert_eq!(field_of("", &any()), "enclave: no [[enclave]] is described");
+    }
+}

@@ -15,6 +15,7 @@ extern crate alloc;
 
 pub mod config;
 pub mod cpu;
+pub mod exits;
 pub mod frames;
 #[cfg(target_os = "none")]
 pub mod hw;
@@ -22,3 +23,4 @@ pub mod options;
 pub mod platform;
 pub mod smp;
 pub mod summary;
+pub mod vcpu;

@@ -1,0 +1,849 @@
+//! Exit handlers: what atoll does when an enclave's vCPU leaves the guest.
+//!
+//! Everything here is vendor-neutral policy on top of [`crate::vcpu`]: the CPUID filter, the
+//! emulated COM1, the I/O policy for other ports, the MSR allowlist, control-register and XCR0
+//! validation, the hypercall ABI, and containment (which exits end the enclave, with what
+//! report). A handler touches only its own vCPU, its enclave's memory and its enclave's
+//! [`EnclaveRun`] state; nothing global. Guest-controlled values never cause a panic: bad
+//! values become an injected exception, an error code in RAX, or an end reason.
+
+use crate::config::IoPolicy;
+use crate::vcpu::{vector, Access, Exit, ExitKind, GuestMemory, Gpr, Vcpu};
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use boot::GuestPhysAddr;
+use core::fmt;
+
+/// The hypercall ABI version atoll implements.
+pub const HYPERCALL_ABI_VERSION: u64 = 1;
+
+/// Hypercall numbers (RAX at VMCALL/VMMCALL). Arguments in RBX, RCX; status back in RAX.
+pub mod hypercall {
+    /// Returns RBX = ABI version, RCX = highest hypercall number.
+    pub const VERSION: u64 = 0;
+    /// Writes RCX bytes at guest-physical RBX to atoll's console, tagged with the enclave name.
+    pub const CONSOLE_WRITE: u64 = 1;
+    /// Merges the JSON object of RCX bytes at guest-physical RBX into the enclave's results.
+    pub const REPORT: u64 = 2;
+    /// Ends the enclave with exit code RBX.
+    pub const EXIT: u64 = 3;
+    /// The highest number.
+    pub const MAX: u64 = EXIT;
+}
+
+/// Hypercall status codes (RAX after the call).
+pub mod status {
+    /// Done.
+    pub const OK: u64 = 0;
+    /// No such hypercall.
+    pub const UNKNOWN: u64 = 1;
+    /// A buffer lies (partly) outside guest RAM.
+    pub const FAULT: u64 = 2;
+    /// An argument is invalid (too long, not JSON, …).
+    pub const INVALID: u64 = 3;
+}
+
+/// Longest buffer a hypercall takes.
+pub const MAX_HYPERCALL_BUFFER: u64 = 4096;
+/// The hypervisor CPUID leaf range atoll answers.
+pub const CPUID_HV_BASE: u32 = 0x4000_0000;
+/// Hypervisor signature in leaf 0x4000_0000 (EBX, ECX, EDX).
+pub const CPUID_SIGNATURE: &[u8; 12] = b"AtollHV\0\0\0\0\0";
+
+/// MSRs (SDM Vol. 4) the handlers know by name.
+pub mod msr {
+    pub const IA32_TSC: u32 = 0x10;
+    pub const IA32_APIC_BASE: u32 = 0x1b;
+    pub const IA32_FEATURE_CONTROL: u32 = 0x3a;
+    pub const IA32_MTRRCAP: u32 = 0xfe;
+    pub const IA32_SYSENTER_CS: u32 = 0x174;
+    pub const IA32_SYSENTER_ESP: u32 = 0x175;
+    pub const IA32_SYSENTER_EIP: u32 = 0x176;
+    pub const IA32_MISC_ENABLE: u32 = 0x1a0;
+    pub const IA32_PAT: u32 = 0x277;
+    pub const IA32_MTRR_DEF_TYPE: u32 = 0x2ff;
+    pub const IA32_EFER: u32 = 0xc000_0080;
+    pub const IA32_STAR: u32 = 0xc000_0081;
+    pub const IA32_LSTAR: u32 = 0xc000_0082;
+    pub const IA32_CSTAR: u32 = 0xc000_0083;
+    pub const IA32_FMASK: u32 = 0xc000_0084;
+    pub const IA32_FS_BASE: u32 = 0xc000_0100;
+    pub const IA32_GS_BASE: u32 = 0xc000_0101;
+    pub const IA32_KERNEL_GS_BASE: u32 = 0xc000_0102;
+    pub const IA32_TSC_AUX: u32 = 0xc000_0103;
+}
+
+/// MSRs the guest reads and writes directly (no exit): state atoll's host side never uses, or
+/// that the backend switches on every entry and exit (SYSENTER, FS/GS base, PAT).
+pub const PASSTHROUGH_MSRS: &[u32] = &[
+    msr::IA32_TSC,
+    msr::IA32_SYSENTER_CS,
+    msr::IA32_SYSENTER_ESP,
+    msr::IA32_SYSENTER_EIP,
+    msr::IA32_PAT,
+    msr::IA32_STAR,
+    msr::IA32_LSTAR,
+    msr::IA32_CSTAR,
+    msr::IA32_FMASK,
+    msr::IA32_FS_BASE,
+    msr::IA32_GS_BASE,
+    msr::IA32_KERNEL_GS_BASE,
+    msr::IA32_TSC_AUX,
+];
+
+/// EFER bits a guest may set: SCE, LME, LMA (checked against CR0), NXE (AMD64 APM Vol. 2 §3.1.7).
+const EFER_ALLOWED: u64 = (1 << 0) | (1 << 8) | (1 << 10) | (1 << 11);
+const EFER_LMA: u64 = 1 << 10;
+
+/// COM1's ports.
+const COM1: u16 = 0x3f8;
+
+/// The host machine as far as handlers need it.
+pub trait HostCpu {
+    /// CPUID on the host.
+    fn cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4];
+    /// Loads XCR0 (already validated) on this core.
+    fn xsetbv(&mut self, value: u64);
+}
+
+/// Where enclave output goes.
+pub trait Console {
+    /// One line the enclave `name` printed.
+    fn line(&mut self, name: &str, text: &str);
+}
+
+/// Why an enclave ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EndReason {
+    /// The guest asked to exit (hypercall) with this code.
+    Exit { code: u64 },
+    /// A guest-physical access outside what the enclave owns.
+    EptViolation { gpa: GuestPhysAddr, access: Access, rip: u64, linear: Option<u64> },
+    /// The guest triple-faulted.
+    TripleFault { rip: u64 },
+    /// The CPU refused the guest state.
+    InvalidGuestState { rip: u64 },
+    /// HLT with interrupts disabled: nothing can wake it.
+    Halted { rip: u64 },
+    /// An I/O access under the `stop` policy.
+    IoDenied { port: u16, rip: u64 },
+    /// Something atoll does not support (string I/O, …).
+    Unsupported { what: &'static str, rip: u64 },
+    /// An exit atoll does not handle.
+    UnknownExit { code: u32, name: &'static str, rip: u64 },
+    /// atoll could not run the enclave (setup or entry failure).
+    Failed(String),
+}
+
+impl EndReason {
+    /// Short name for reports.
+    pub fn name(&self) -> &'static str {
+        match self {
+            EndReason::Exit { .. } => "exit",
+            EndReason::EptViolation { .. } => "ept_violation",
+            EndReason::TripleFault { .. } => "triple_fault",
+            EndReason::InvalidGuestState { .. } => "invalid_guest_state",
+            EndReason::Halted { .. } => "halted",
+            EndReason::IoDenied { .. } => "io_denied",
+            EndReason::Unsupported { .. } => "unsupported",
+            EndReason::UnknownExit { .. } => "unknown_exit",
+            EndReason::Failed(_) => "failed",
+        }
+    }
+}
+
+impl fmt::Display for EndReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EndReason::Exit { code } => write!(f, "the guest exited with code {code}"),
+            EndReason::EptViolation { gpa, access, rip, linear } => {
+                write!(f, "EPT violation: {access} of guest-physical {gpa} at RIP {rip:#x}")?;
+                if let Some(l) = linear {
+                    write!(f, " (linear {l:#x})")?;
+                }
+                Ok(())
+            }
+            EndReason::TripleFault { rip } => write!(f, "triple fault at RIP {rip:#x}"),
+            EndReason::InvalidGuestState { rip } => write!(f, "invalid guest state at RIP {rip:#x}"),
+            EndReason::Halted { rip } => write!(f, "HLT with interrupts disabled at RIP {rip:#x}"),
+            EndReason::IoDenied { port, rip } => write!(f, "I/O port {port:#x} denied by policy at RIP {rip:#x}"),
+            EndReason::Unsupported { what, rip } => write!(f, "unsupported: {what} at RIP {rip:#x}"),
+            EndReason::UnknownExit { code, name, rip } => write!(f, "unhandled exit {name} ({code}) at RIP {rip:#x}"),
+            EndReason::Failed(why) => write!(f, "{why}"),
+        }
+    }
+}
+
+/// What the run loop does next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Enter the guest again.
+    Resume,
+    /// End the enclave.
+    Stop(EndReason),
+}
+
+/// The emulated COM1 (a 16550 as far as a polling driver needs: THR, LSR, LCR/DLAB).
+#[derive(Clone, Debug, Default)]
+pub struct Uart {
+    line: Vec<u8>,
+    lcr: u8,
+    scratch: u8,
+}
+
+/// Longest console line kept before it is flushed.
+const UART_LINE_MAX: usize = 240;
+
+impl Uart {
+    fn write(&mut self, offset: u16, value: u8, name: &str, console: &mut impl Console) {
+        let dlab = self.lcr & 0x80 != 0;
+        match offset {
+            0 if !dlab => {
+                if value == b'\n' || self.line.len() >= UART_LINE_MAX {
+                    self.flush(name, console);
+                }
+                if value != b'\n' && value != b'\r' {
+                    self.line.push(value);
+                }
+            }
+            3 => self.lcr = value,
+            7 => self.scratch = value,
+            _ => {} // divisor, IER, FCR, MCR: accepted, no effect
+        }
+    }
+
+    fn read(&self, offset: u16) -> u8 {
+        match offset {
+            3 => self.lcr,
+            5 => 0x60, // LSR: transmitter holding register and shift register empty
+            7 => self.scratch,
+            _ => 0,
+        }
+    }
+
+    /// Prints what is pending.
+    pub fn flush(&mut self, name: &str, console: &mut impl Console) {
+        if !self.line.is_empty() {
+            console.line(name, &String::from_utf8_lossy(&self.line));
+            self.line.clear();
+        }
+    }
+}
+
+/// One enclave's run state, owned by the core that runs it.
+pub struct EnclaveRun {
+    /// Its name.
+    pub name: String,
+    /// Policy for ports atoll does not emulate.
+    pub io_policy: IoPolicy,
+    /// Exits counted by kind.
+    pub exits: [u64; ExitKind::ALL.len()],
+    /// Accesses to unemulated ports.
+    pub io_denied: u64,
+    /// RDMSR/WRMSR refused with #GP.
+    pub msr_denied: u64,
+    /// What the guest reported (a JSON object).
+    pub results: serde_json::Map<String, serde_json::Value>,
+    /// COM1.
+    pub uart: Uart,
+    mtrr_def_type: u64,
+}
+
+impl EnclaveRun {
+    /// Fresh state for enclave `name`.
+    pub fn new(name: &str, io_policy: IoPolicy) -> Self {
+        Self {
+            name: name.to_string(),
+            io_policy,
+            exits: [0; ExitKind::ALL.len()],
+            io_denied: 0,
+            msr_denied: 0,
+            results: serde_json::Map::new(),
+            uart: Uart::default(),
+            mtrr_def_type: 0x806,
+        }
+    }
+
+    /// Exit counts by name (only kinds that occurred).
+    pub fn exit_counts(&self) -> serde_json::Map<String, serde_json::Value> {
+        ExitKind::ALL
+            .iter()
+            .filter(|k| self.exits[**k as usize] > 0)
+            .map(|k| (k.name().to_string(), self.exits[*k as usize].into()))
+            .collect()
+    }
+}
+
+/// Handles one exit.
+pub fn handle(
+    exit: Exit,
+    vcpu: &mut impl Vcpu,
+    mem: &mut impl GuestMemory,
+    run: &mut EnclaveRun,
+    host: &mut impl HostCpu,
+    console: &mut impl Console,
+) -> Action {
+    run.exits[exit.kind() as usize] += 1;
+    let rip = vcpu.rip();
+    match exit {
+        Exit::Cpuid => {
+            let leaf = vcpu.gpr(Gpr::Rax) as u32;
+            let sub = vcpu.gpr(Gpr::Rcx) as u32;
+            let [a, b, c, d] = filtered_cpuid(host, leaf, sub);
+            vcpu.set_gpr(Gpr::Rax, a.into());
+            vcpu.set_gpr(Gpr::Rbx, b.into());
+            vcpu.set_gpr(Gpr::Rcx, c.into());
+            vcpu.set_gpr(Gpr::Rdx, d.into());
+            vcpu.skip_instruction();
+            Action::Resume
+        }
+        Exit::Hlt => {
+            if vcpu.rflags() & (1 << 9) == 0 {
+                Action::Stop(EndReason::Halted { rip })
+            } else {
+                // No interrupt source exists yet; HLT may end on any event, so resume.
+                vcpu.skip_instruction();
+                Action::Resume
+            }
+        }
+        Exit::Io { port, size, write, string, rep: _ } => {
+            if string {
+                return Action::Stop(EndReason::Unsupported { what: "string I/O (INS/OUTS)", rip });
+            }
+            io(vcpu, run, console, port, size, write)
+        }
+        Exit::MsrRead => msr_read(vcpu, run),
+        Exit::MsrWrite => msr_write(vcpu, run),
+        Exit::CrWrite { cr, gpr } => {
+            let value = vcpu.gpr(gpr);
+            cr_write(vcpu, cr, value)
+        }
+        Exit::CrRead { cr, gpr } => {
+            let v = vcpu.cr(cr);
+            vcpu.set_gpr(gpr, v);
+            vcpu.skip_instruction();
+            Action::Resume
+        }
+        Exit::Clts => {
+            let cr0 = vcpu.cr(0) & !(1 << 3);
+            cr_write(vcpu, 0, cr0)
+        }
+        Exit::Lmsw(src) => {
+            // LMSW loads CR0 bits 3:0 but cannot clear PE (SDM Vol. 2A "LMSW").
+            let cr0 = vcpu.cr(0);
+            let value = (cr0 & !0xe) | u64::from(src & 0xf) | (cr0 & 1);
+            cr_write(vcpu, 0, value)
+        }
+        Exit::Xsetbv => xsetbv(vcpu, host),
+        Exit::Hypercall => hypercall_exit(vcpu, mem, run, console),
+        Exit::NestedPageFault { gpa, access, linear } => Action::Stop(EndReason::EptViolation { gpa, access, rip, linear }),
+        Exit::TripleFault => Action::Stop(EndReason::TripleFault { rip }),
+        Exit::InvalidGuestState => Action::Stop(EndReason::InvalidGuestState { rip }),
+        Exit::ExternalInterrupt { .. } | Exit::Nmi | Exit::InterruptWindow | Exit::Init | Exit::Sipi { .. } => Action::Resume,
+        Exit::Unknown { code, name } => Action::Stop(EndReason::UnknownExit { code, name, rip }),
+    }
+}
+
+/// CPUID as the enclave sees it: VMX and SVM hidden, the hypervisor bit set, atoll's leaves at
+/// 0x4000_0000.
+pub fn filtered_cpuid(host: &impl HostCpu, leaf: u32, sub: u32) -> [u32; 4] {
+    match leaf {
+        CPUID_HV_BASE => {
+            let sig = |i: usize| u32::from_le_bytes([CPUID_SIGNATURE[i], CPUID_SIGNATURE[i + 1], CPUID_SIGNATURE[i + 2], CPUID_SIGNATURE[i + 3]]);
+            [CPUID_HV_BASE + 1, sig(0), sig(4), sig(8)]
+        }
+        0x4000_0001 => [HYPERCALL_ABI_VERSION as u32, 0, 0, 0],
+        0x4000_0002..=0x4fff_ffff => [0; 4],
+        _ => {
+            let mut r = host.cpuid(leaf, sub);
+            match leaf {
+                // ECX bit 5 VMX, bit 6 SMX hidden; bit 31 "hypervisor present".
+                1 => r[2] = (r[2] & !((1 << 5) | (1 << 6))) | (1 << 31),
+                // ECX bit 2 SVM hidden.
+                0x8000_0001 => r[2] &= !(1 << 2),
+                // SVM feature leaf: nothing to offer.
+                0x8000_000a => r = [0; 4],
+                _ => {}
+            }
+            r
+        }
+    }
+}
+
+fn set_io_result(vcpu: &mut impl Vcpu, size: u8, value: u32) {
+    let rax = vcpu.gpr(Gpr::Rax);
+    let new = match size {
+        1 => (rax & !0xff) | u64::from(value & 0xff),
+        2 => (rax & !0xffff) | u64::from(value & 0xffff),
+        _ => u64::from(value), // a 32-bit result zero-extends into RAX
+    };
+    vcpu.set_gpr(Gpr::Rax, new);
+}
+
+fn io(vcpu: &mut impl Vcpu, run: &mut EnclaveRun, console: &mut impl Console, port: u16, size: u8, write: bool) -> Action {
+    if (COM1..COM1 + 8).contains(&port) {
+        let offset = port - COM1;
+        if write {
+            let value = vcpu.gpr(Gpr::Rax) as u8;
+            let name = run.name.clone();
+            run.uart.write(offset, value, &name, console);
+        } else {
+            let v = run.uart.read(offset);
+            set_io_result(vcpu, size, v.into());
+        }
+        vcpu.skip_instruction();
+        return Action::Resume;
+    }
+    run.io_denied += 1;
+    match run.io_policy {
+        IoPolicy::Ignore => {
+            if !write {
+                set_io_result(vcpu, size, u32::MAX);
+            }
+            vcpu.skip_instruction();
+            Action::Resume
+        }
+        IoPolicy::Fault => {
+            vcpu.inject_exception(vector::GP, Some(0));
+            Action::Resume
+        }
+        IoPolicy::Stop => Action::Stop(EndReason::IoDenied { port, rip: vcpu.rip() }),
+    }
+}
+
+fn deny_msr(vcpu: &mut impl Vcpu, run: &mut EnclaveRun) -> Action {
+    run.msr_denied += 1;
+    vcpu.inject_exception(vector::GP, Some(0));
+    Action::Resume
+}
+
+fn msr_read(vcpu: &mut impl Vcpu, run: &mut EnclaveRun) -> Action {
+    let index = vcpu.gpr(Gpr::Rcx) as u32;
+    let value = match index {
+        // xAPIC enabled at the architectural base; this vCPU is the enclave's BSP.
+        msr::IA32_APIC_BASE => 0xfee0_0000 | (1 << 11) | (1 << 8),
+        msr::IA32_MISC_ENABLE => 1, // fast strings
+        msr::IA32_MTRRCAP => 0,     // no variable or fixed MTRRs to program
+        msr::IA32_MTRR_DEF_TYPE => run.mtrr_def_type,
+        msr::IA32_EFER => vcpu.efer(),
+        _ => return deny_msr(vcpu, run),
+    };
+    vcpu.set_gpr(Gpr::Rax, value & 0xffff_ffff);
+    vcpu.set_gpr(Gpr::Rdx, value >> 32);
+    vcpu.skip_instruction();
+    Action::Resume
+}
+
+fn msr_write(vcpu: &mut impl Vcpu, run: &mut EnclaveRun) -> Action {
+    let index = vcpu.gpr(Gpr::Rcx) as u32;
+    let value = (vcpu.gpr(Gpr::Rdx) << 32) | (vcpu.gpr(Gpr::Rax) & 0xffff_ffff);
+    match index {
+        msr::IA32_EFER => {
+            // Reserved bits, or LMA differing from what the CPU has, are #GP.
+            if value & !EFER_ALLOWED != 0 || (value & EFER_LMA) != (vcpu.efer() & EFER_LMA) {
+                return deny_msr(vcpu, run);
+            }
+            if vcpu.set_efer(value).is_err() {
+                return deny_msr(vcpu, run);
+            }
+        }
+        msr::IA32_MTRR_DEF_TYPE => {
+            // Type in bits 7:0 (UC, WC, WT, WP, WB), FE bit 10, E bit 11; the rest reserved.
+            let ty = value & 0xff;
+            if value & !0xcff != 0 || !matches!(ty, 0 | 1 | 4 | 5 | 6) {
+                return deny_msr(vcpu, run);
+            }
+            run.mtrr_def_type = value;
+        }
+        msr::IA32_MISC_ENABLE if value == 1 => {}
+        _ => return deny_msr(vcpu, run),
+    }
+    vcpu.skip_instruction();
+    Action::Resume
+}
+
+/// CR4 bits a guest may not set: VMXE (13), SMXE (14), and the reserved ones above 24 except
+/// PKS (24)/CET (23) handled as reserved too for now.
+const CR4_FORBIDDEN: u64 = !((1 << 0) | (1 << 1) | (1 << 2) | (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 8) | (1 << 9) | (1 << 10) | (1 << 11) | (1 << 12) | (1 << 16) | (1 << 17) | (1 << 18) | (1 << 20) | (1 << 21) | (1 << 22));
+
+fn cr_write(vcpu: &mut impl Vcpu, cr: u8, value: u64) -> Action {
+    let ok = match cr {
+        // CR0: upper 32 bits reserved; PG needs PE (SDM Vol. 3A §2.5).
+        0 => value >> 32 == 0 && !(value & (1 << 31) != 0 && value & 1 == 0),
+        4 => value & CR4_FORBIDDEN == 0,
+        3 | 8 => true,
+        _ => false,
+    };
+    if !ok || vcpu.set_cr(cr, value).is_err() {
+        vcpu.inject_exception(vector::GP, Some(0));
+        return Action::Resume;
+    }
+    vcpu.skip_instruction();
+    Action::Resume
+}
+
+fn xsetbv(vcpu: &mut impl Vcpu, host: &mut impl HostCpu) -> Action {
+    // CR4.OSXSAVE clear: XSETBV is #UD (SDM Vol. 2D "XSETBV").
+    if vcpu.cr(4) & (1 << 18) == 0 {
+        vcpu.inject_exception(vector::UD, None);
+        return Action::Resume;
+    }
+    let index = vcpu.gpr(Gpr::Rcx) as u32;
+    let value = (vcpu.gpr(Gpr::Rdx) << 32) | (vcpu.gpr(Gpr::Rax) & 0xffff_ffff);
+    let [lo, _, _, hi] = host.cpuid(0xd, 0);
+    let supported = u64::from(lo) | (u64::from(hi) << 32);
+    if vcpu.cpl() != 0 || index != 0 || !valid_xcr0(value, supported) {
+        vcpu.inject_exception(vector::GP, Some(0));
+        return Action::Resume;
+    }
+    host.xsetbv(value);
+    vcpu.skip_instruction();
+    Action::Resume
+}
+
+/// XCR0 rules (SDM Vol. 1 §13.3): x87 set; only supported components; AVX needs SSE; the two
+/// MPX bits together; the three AVX-512 bits together and only with AVX.
+pub fn valid_xcr0(value: u64, supported: u64) -> bool {
+    let has = |bits: u64| value & bits == bits;
+    let any = |bits: u64| value & bits != 0;
+    value & 1 != 0
+        && value & !supported == 0
+        && (!any(1 << 2) || has(1 << 1))
+        && (has(0b11 << 3) || !any(0b11 << 3))
+        && (has(0b111 << 5) || !any(0b111 << 5))
+        && (!any(0b111 << 5) || has(1 << 2))
+}
+
+fn hypercall_exit(vcpu: &mut impl Vcpu, mem: &mut impl GuestMemory, run: &mut EnclaveRun, console: &mut impl Console) -> Action {
+    if vcpu.cpl() != 0 {
+        vcpu.inject_exception(vector::UD, None);
+        return Action::Resume;
+    }
+    let (nr, a, b) = (vcpu.gpr(Gpr::Rax), vcpu.gpr(Gpr::Rbx), vcpu.gpr(Gpr::Rcx));
+    let result = match nr {
+        hypercall::VERSION => {
+            vcpu.set_gpr(Gpr::Rbx, HYPERCALL_ABI_VERSION);
+            vcpu.set_gpr(Gpr::Rcx, hypercall::MAX);
+            status::OK
+        }
+        hypercall::CONSOLE_WRITE => match read_buffer(mem, a, b) {
+            Ok(bytes) => {
+                run.uart.flush(&run.name, console);
+                for line in String::from_utf8_lossy(&bytes).lines() {
+                    console.line(&run.name, line);
+                }
+                status::OK
+            }
+            Err(s) => s,
+        },
+        hypercall::REPORT => match read_buffer(mem, a, b) {
+            Ok(bytes) => match serde_json::from_slice::<serde_json::Value>(&bytes) {
+                Ok(serde_json::Value::Object(map)) => {
+                    run.results.extend(map);
+                    status::OK
+                }
+                _ => status::INVALID,
+            },
+            Err(s) => s,
+        },
+        hypercall::EXIT => {
+            run.uart.flush(&run.name, console);
+            return Action::Stop(EndReason::Exit { code: a });
+        }
+        _ => status::UNKNOWN,
+    };
+    vcpu.set_gpr(Gpr::Rax, result);
+    vcpu.skip_instruction();
+    Action::Resume
+}
+
+fn read_buffer(mem: &impl GuestMemory, gpa: u64, len: u64) -> Result<Vec<u8>, u64> {
+    if len > MAX_HYPERCALL_BUFFER {
+        return Err(status::INVALID);
+    }
+    let mut buf = alloc::vec![0u8; len as usize];
+    mem.read(GuestPhysAddr::new(gpa), &mut buf).ok_or(status::FAULT)?;
+    Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vcpu::{SliceMemory, VcpuError};
+
+    #[derive(Default)]
+    struct FakeVcpu {
+        gprs: [u64; 16],
+        rip: u64,
+        skipped: u32,
+        injected: Option<(u8, Option<u32>)>,
+        cr: [u64; 9],
+        efer: u64,
+        rflags: u64,
+        cpl: u8,
+    }
+
+    impl Vcpu for FakeVcpu {
+        fn gpr(&self, r: Gpr) -> u64 {
+            self.gprs[r as usize]
+        }
+        fn set_gpr(&mut self, r: Gpr, v: u64) {
+            self.gprs[r as usize] = v;
+        }
+        fn rip(&self) -> u64 {
+            self.rip
+        }
+        fn skip_instruction(&mut self) {
+            self.skipped += 1;
+        }
+        fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
+            self.injected = Some((vector, error_code));
+        }
+        fn cr(&self, cr: u8) -> u64 {
+            self.cr[usize::from(cr)]
+        }
+        fn set_cr(&mut self, cr: u8, value: u64) -> Result<(), VcpuError> {
+            self.cr[usize::from(cr)] = value;
+            Ok(())
+        }
+        fn efer(&self) -> u64 {
+            self.efer
+        }
+        fn set_efer(&mut self, value: u64) -> Result<(), VcpuError> {
+            self.efer = value;
+            Ok(())
+        }
+        fn rflags(&self) -> u64 {
+            self.rflags
+        }
+        fn cpl(&self) -> u8 {
+            self.cpl
+        }
+    }
+
+    struct Host {
+        xcr0: Option<u64>,
+    }
+    impl HostCpu for Host {
+        fn cpuid(&self, leaf: u32, _sub: u32) -> [u32; 4] {
+            match leaf {
+                1 => [0x906ea, 0, (1 << 5) | (1 << 26) | (1 << 0), 0],
+                0xd => [0b111, 0, 0, 0],
+                0x8000_0001 => [0, 0, 1 << 2, 0],
+                _ => [leaf, 1, 2, 3],
+            }
+        }
+        fn xsetbv(&mut self, value: u64) {
+            self.xcr0 = Some(value);
+        }
+    }
+
+    #[derive(Default)]
+    struct Lines(Vec<(String, String)>);
+    impl Console for Lines {
+        fn line(&mut self, name: &str, text: &str) {
+            self.0.push((name.to_string(), text.to_string()));
+        }
+    }
+
+    struct World {
+        vcpu: FakeVcpu,
+        ram: Vec<u8>,
+        run: EnclaveRun,
+        host: Host,
+        console: Lines,
+    }
+
+    impl World {
+        fn new(policy: IoPolicy) -> Self {
+            Self { vcpu: FakeVcpu::default(), ram: vec![0; 0x10000], run: EnclaveRun::new("alpha", policy), host: Host { xcr0: None }, console: Lines::default() }
+        }
+        fn exit(&mut self, e: Exit) -> Action {
+            handle(e, &mut self.vcpu, &mut SliceMemory(&mut self.ram), &mut self.run, &mut self.host, &mut self.console)
+        }
+    }
+
+    #[test]
+    fn cpuid_hides_vmx_and_svm_and_names_atoll() {
+        let mut w = World::new(IoPolicy::Ignore);
+        w.vcpu.gprs[Gpr::Rax as usize] = 1;
+        assert_eq!(w.exit(Exit::Cpuid), Action::Resume);
+        let ecx = w.vcpu.gprs[Gpr::Rcx as usize];
+        assert_eq!(ecx & (1 << 5), 0, "VMX hidden");
+        assert_ne!(ecx & (1 << 31), 0, "hypervisor bit");
+        assert_ne!(ecx & (1 << 26), 0, "other features pass through");
+        assert_eq!(w.vcpu.skipped, 1);
+        w.vcpu.gprs[Gpr::Rax as usize] = 0x4000_0000;
+        w.exit(Exit::Cpuid);
+        assert_eq!(w.vcpu.gprs[Gpr::Rax as usize], 0x4000_0001);
+        let mut sig = Vec::new();
+        for r in [Gpr::Rbx, Gpr::Rcx, Gpr::Rdx] {
+            sig.extend_from_slice(&(w.vcpu.gprs[r as usize] as u32).to_le_bytes());
+        }
+        assert_eq!(&sig[..7], b"AtollHV");
+        w.vcpu.gprs[Gpr::Rax as usize] = 0x8000_0001;
+        w.exit(Exit::Cpuid);
+        assert_eq!(w.vcpu.gprs[Gpr::Rcx as usize] & (1 << 2), 0, "SVM hidden");
+        assert_eq!(w.run.exit_counts()["cpuid"], 3);
+    }
+
+    #[test]
+    fn uart_lines_reach_the_console_with_the_enclave_name() {
+        let mut w = World::new(IoPolicy::Ignore);
+        for b in b"hi there\r\nnext" {
+            w.vcpu.gprs[Gpr::Rax as usize] = u64::from(*b);
+            assert_eq!(w.exit(Exit::Io { port: 0x3f8, size: 1, write: true, string: false, rep: false }), Action::Resume);
+        }
+        assert_eq!(w.console.0, vec![("alpha".to_string(), "hi there".to_string())]);
+        w.vcpu.gprs[Gpr::Rax as usize] = 0xdead_0000;
+        w.exit(Exit::Io { port: 0x3fd, size: 1, write: false, string: false, rep: false });
+        assert_eq!(w.vcpu.gprs[Gpr::Rax as usize], 0xdead_0060, "LSR in AL, rest of RAX kept");
+    }
+
+    #[test]
+    fn unknown_ports_follow_the_policy() {
+        let mut w = World::new(IoPolicy::Ignore);
+        w.vcpu.gprs[Gpr::Rax as usize] = 0x1234_5678;
+        w.exit(Exit::Io { port: 0x70, size: 2, write: false, string: false, rep: false });
+        assert_eq!(w.vcpu.gprs[Gpr::Rax as usize], 0x1234_ffff);
+        assert_eq!((w.run.io_denied, w.vcpu.skipped), (1, 1));
+
+        let mut w = World::new(IoPolicy::Fault);
+        w.exit(Exit::Io { port: 0x70, size: 1, write: true, string: false, rep: false });
+        assert_eq!(w.vcpu.injected, Some((vector::GP, Some(0))));
+        assert_eq!(w.vcpu.skipped, 0, "a faulting instruction is not skipped");
+
+        let mut w = World::new(IoPolicy::Stop);
+        w.vcpu.rip = 0x1000;
+        let a = w.exit(Exit::Io { port: 0x70, size: 1, write: true, string: false, rep: false });
+        assert_eq!(a, Action::Stop(EndReason::IoDenied { port: 0x70, rip: 0x1000 }));
+        let a = w.exit(Exit::Io { port: 0x3f8, size: 1, write: true, string: true, rep: true });
+        assert!(matches!(a, Action::Stop(EndReason::Unsupported { .. })));
+    }
+
+    #[test]
+    fn msr_allowlist() {
+        let mut w = World::new(IoPolicy::Ignore);
+        w.vcpu.gprs[Gpr::Rcx as usize] = u64::from(msr::IA32_MISC_ENABLE);
+        w.exit(Exit::MsrRead);
+        assert_eq!((w.vcpu.gprs[Gpr::Rax as usize], w.vcpu.injected), (1, None));
+        w.vcpu.gprs[Gpr::Rcx as usize] = u64::from(msr::IA32_FEATURE_CONTROL);
+        w.exit(Exit::MsrRead);
+        assert_eq!(w.vcpu.injected, Some((vector::GP, Some(0))));
+        assert_eq!(w.run.msr_denied, 1);
+        // EFER: NXE allowed, a reserved bit refused, LMA cannot be flipped by WRMSR.
+        let mut w = World::new(IoPolicy::Ignore);
+        w.vcpu.efer = (1 << 8) | (1 << 10);
+        w.vcpu.gprs[Gpr::Rcx as usize] = u64::from(msr::IA32_EFER);
+        w.vcpu.gprs[Gpr::Rax as usize] = (1 << 8) | (1 << 10) | (1 << 11);
+        w.exit(Exit::MsrWrite);
+        assert_eq!((w.vcpu.efer, w.vcpu.injected), ((1 << 8) | (1 << 10) | (1 << 11), None));
+        for bad in [1u64 << 15, 1 << 8] {
+            w.vcpu.injected = None;
+            w.vcpu.gprs[Gpr::Rax as usize] = bad;
+            w.exit(Exit::MsrWrite);
+            assert_eq!(w.vcpu.injected, Some((vector::GP, Some(0))), "{bad:#x}");
+        }
+        assert_eq!(w.vcpu.efer, (1 << 8) | (1 << 10) | (1 << 11), "refused writes change nothing");
+        assert!(PASSTHROUGH_MSRS.contains(&msr::IA32_LSTAR) && !PASSTHROUGH_MSRS.contains(&msr::IA32_EFER));
+    }
+
+    #[test]
+    fn hypercalls() {
+        let mut w = World::new(IoPolicy::Ignore);
+        w.vcpu.gprs[Gpr::Rax as usize] = hypercall::VERSION;
+        w.exit(Exit::Hypercall);
+        assert_eq!((w.vcpu.gprs[Gpr::Rax as usize], w.vcpu.gprs[Gpr::Rbx as usize]), (status::OK, 1));
+
+        w.ram[0x100..0x10b].copy_from_slice(b"hello\nworld");
+        w.vcpu.gprs[Gpr::Rax as usize] = hypercall::CONSOLE_WRITE;
+        w.vcpu.gprs[Gpr::Rbx as usize] = 0x100;
+        w.vcpu.gprs[Gpr::Rcx as usize] = 11;
+        w.exit(Exit::Hypercall);
+        assert_eq!(w.vcpu.gprs[Gpr::Rax as usize], status::OK);
+        assert_eq!(w.console.0.len(), 2);
+        assert_eq!(w.console.0[1], ("alpha".into(), "world".into()));
+
+        // Outside RAM, too long, unknown: error codes, never a panic.
+        for (nr, gpa, len, want) in [
+            (hypercall::CONSOLE_WRITE, 0xffff, 2, status::FAULT),
+            (hypercall::CONSOLE_WRITE, u64::MAX, 16, status::FAULT),
+            (hypercall::CONSOLE_WRITE, 0, MAX_HYPERCALL_BUFFER + 1, status::INVALID),
+            (hypercall::REPORT, 0x100, 5, status::INVALID),
+            (99, 0, 0, status::UNKNOWN),
+        ] {
+            w.vcpu.gprs[Gpr::Rax as usize] = nr;
+            w.vcpu.gprs[Gpr::Rbx as usize] = gpa;
+            w.vcpu.gprs[Gpr::Rcx as usize] = len;
+            assert_eq!(w.exit(Exit::Hypercall), Action::Resume);
+            assert_eq!(w.vcpu.gprs[Gpr::Rax as usize], want, "hypercall {nr} {gpa:#x}+{len}");
+        }
+
+        let json = br#"{"pages_checked": 4096, "cpuid_cycles": 812}"#;
+        w.ram[0x200..0x200 + json.len()].copy_from_slice(json);
+        w.vcpu.gprs[Gpr::Rax as usize] = hypercall::REPORT;
+        w.vcpu.gprs[Gpr::Rbx as usize] = 0x200;
+        w.vcpu.gprs[Gpr::Rcx as usize] = json.len() as u64;
+        w.exit(Exit::Hypercall);
+        assert_eq!(w.run.results["pages_checked"], 4096);
+
+        w.vcpu.gprs[Gpr::Rax as usize] = hypercall::EXIT;
+        w.vcpu.gprs[Gpr::Rbx as usize] = 7;
+        assert_eq!(w.exit(Exit::Hypercall), Action::Stop(EndReason::Exit { code: 7 }));
+
+        // From user mode: #UD, nothing done.
+        w.vcpu.cpl = 3;
+        w.vcpu.injected = None;
+        assert_eq!(w.exit(Exit::Hypercall), Action::Resume);
+        assert_eq!(w.vcpu.injected, Some((vector::UD, None)));
+    }
+
+    #[test]
+    fn containment_exits_end_the_enclave_with_the_details() {
+        let mut w = World::new(IoPolicy::Ignore);
+        w.vcpu.rip = 0x10_2345;
+        let access = Access { read: true, ..Default::default() };
+        let a = w.exit(Exit::NestedPageFault { gpa: GuestPhysAddr::new(0x100_0000), access, linear: Some(0x100_0000) });
+        let Action::Stop(reason) = a else { panic!() };
+        assert_eq!(reason.name(), "ept_violation");
+        assert_eq!(reason.to_string(), "EPT violation: read of guest-physical 0x1000000 at RIP 0x102345 (linear 0x1000000)");
+        assert_eq!(w.exit(Exit::TripleFault), Action::Stop(EndReason::TripleFault { rip: 0x10_2345 }));
+        assert!(matches!(w.exit(Exit::Unknown { code: 77, name: "x" }), Action::Stop(EndReason::UnknownExit { code: 77, .. })));
+        assert_eq!(w.exit(Exit::Hlt), Action::Stop(EndReason::Halted { rip: 0x10_2345 }));
+        w.vcpu.rflags = 1 << 9;
+        assert_eq!(w.exit(Exit::Hlt), Action::Resume);
+        assert_eq!(w.exit(Exit::ExternalInterrupt { vector: Some(0xec) }), Action::Resume);
+    }
+
+    #[test]
+    fn control_registers_and_xcr0() {
+        let mut w = World::new(IoPolicy::Ignore);
+        w.vcpu.gprs[Gpr::Rbx as usize] = 0x8000_0001;
+        w.exit(Exit::CrWrite { cr: 0, gpr: Gpr::Rbx });
+        assert_eq!((w.vcpu.cr[0], w.vcpu.injected), (0x8000_0001, None));
+        w.vcpu.gprs[Gpr::Rbx as usize] = 0x8000_0000; // PG without PE
+        w.exit(Exit::CrWrite { cr: 0, gpr: Gpr::Rbx });
+        assert_eq!((w.vcpu.cr[0], w.vcpu.injected), (0x8000_0001, Some((vector::GP, Some(0)))));
+        w.vcpu.injected = None;
+        w.vcpu.gprs[Gpr::Rbx as usize] = 1 << 13; // CR4.VMXE
+        w.exit(Exit::CrWrite { cr: 4, gpr: Gpr::Rbx });
+        assert_eq!(w.vcpu.injected, Some((vector::GP, Some(0))));
+
+        // XSETBV: #UD without OSXSAVE; then valid and invalid values.
+        w.vcpu.injected = None;
+        w.vcpu.gprs[Gpr::Rax as usize] = 0b11;
+        w.exit(Exit::Xsetbv);
+        assert_eq!(w.vcpu.injected, Some((vector::UD, None)));
+        w.vcpu.cr[4] = 1 << 18;
+        w.vcpu.injected = None;
+        w.exit(Exit::Xsetbv);
+        assert_eq!((w.host.xcr0, w.vcpu.injected), (Some(0b11), None));
+        w.vcpu.gprs[Gpr::Rax as usize] = 0b101; // AVX without SSE
+        w.exit(Exit::Xsetbv);
+        assert_eq!((w.host.xcr0, w.vcpu.injected), (Some(0b11), Some((vector::GP, Some(0)))));
+        assert!(valid_xcr0(0b111, 0b111));
+        assert!(!valid_xcr0(0b1111, 0b111), "unsupported component");
+        assert!(!valid_xcr0(0b110, 0b111), "x87 must stay on");
+        assert!(!valid_xcr0(0b11 | (1 << 5), u64::MAX), "AVX-512 bits together");
+    }
+}

@@ -1,0 +1,307 @@
+//! The vendor-neutral vCPU layer.
+//!
+//! Policy code (the exit handlers in [`crate::exits`]) drives a [`Vcpu`] and handles an
+//! [`Exit`]; it never sees VMX or SVM encodings. A backend (VMX today, SVM next) turns its
+//! hardware exit into an `Exit`, and implements the few operations handlers need: registers,
+//! skipping the exiting instruction, injecting an exception, control registers and EFER.
+
+use boot::GuestPhysAddr;
+use core::fmt;
+
+/// A general-purpose register.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Gpr {
+    Rax = 0,
+    Rcx = 1,
+    Rdx = 2,
+    Rbx = 3,
+    Rsp = 4,
+    Rbp = 5,
+    Rsi = 6,
+    Rdi = 7,
+    R8 = 8,
+    R9 = 9,
+    R10 = 10,
+    R11 = 11,
+    R12 = 12,
+    R13 = 13,
+    R14 = 14,
+    R15 = 15,
+}
+
+impl Gpr {
+    /// The register with the architectural number `n` (0 = RAX … 15 = R15, as in ModRM/REX).
+    pub fn from_index(n: u8) -> Option<Self> {
+        use Gpr::*;
+        [Rax, Rcx, Rdx, Rbx, Rsp, Rbp, Rsi, Rdi, R8, R9, R10, R11, R12, R13, R14, R15].get(usize::from(n)).copied()
+    }
+}
+
+/// The accesses a nested-page fault was caused by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Access {
+    /// A data read.
+    pub read: bool,
+    /// A data write.
+    pub write: bool,
+    /// An instruction fetch.
+    pub fetch: bool,
+}
+
+impl fmt::Display for Access {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = alloc::vec::Vec::new();
+        if self.read {
+            parts.push("read");
+        }
+        if self.write {
+            parts.push("write");
+        }
+        if self.fetch {
+            parts.push("fetch");
+        }
+        if parts.is_empty() {
+            parts.push("unknown");
+        }
+        write!(f, "{}", parts.join("+"))
+    }
+}
+
+/// Why a vCPU left the guest, vendor-neutral.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// CPUID; leaf in RAX, subleaf in RCX.
+    Cpuid,
+    /// HLT.
+    Hlt,
+    /// IN/OUT (and INS/OUTS): `size` bytes at `port`; the data is AL/AX/EAX.
+    Io { port: u16, size: u8, write: bool, string: bool, rep: bool },
+    /// RDMSR; index in RCX.
+    MsrRead,
+    /// WRMSR; index in RCX, value in EDX:EAX.
+    MsrWrite,
+    /// MOV to CR`cr` from `gpr`.
+    CrWrite { cr: u8, gpr: Gpr },
+    /// MOV from CR`cr` to `gpr`.
+    CrRead { cr: u8, gpr: Gpr },
+    /// CLTS.
+    Clts,
+    /// LMSW with this source.
+    Lmsw(u16),
+    /// XSETBV; XCR index in ECX, value in EDX:EAX.
+    Xsetbv,
+    /// The hypercall instruction (VMCALL / VMMCALL).
+    Hypercall,
+    /// A guest-physical access the second-stage tables do not allow.
+    NestedPageFault { gpa: GuestPhysAddr, access: Access, linear: Option<u64> },
+    /// The guest triple-faulted (shutdown).
+    TripleFault,
+    /// The CPU refused to enter the guest because of its state.
+    InvalidGuestState,
+    /// A host interrupt arrived while the guest ran.
+    ExternalInterrupt { vector: Option<u8> },
+    /// A host NMI arrived while the guest ran.
+    Nmi,
+    /// The guest can take an interrupt now.
+    InterruptWindow,
+    /// The guest received INIT.
+    Init,
+    /// The guest received a STARTUP IPI with this vector.
+    Sipi { vector: u8 },
+    /// An exit the backend does not translate (its hardware code and name).
+    Unknown { code: u32, name: &'static str },
+}
+
+/// Counting classes of exits, for the per-enclave statistics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(usize)]
+pub enum ExitKind {
+    Cpuid,
+    Hlt,
+    Io,
+    Msr,
+    Cr,
+    Xsetbv,
+    Hypercall,
+    NestedPageFault,
+    TripleFault,
+    InvalidGuestState,
+    ExternalInterrupt,
+    Nmi,
+    InterruptWindow,
+    Init,
+    Sipi,
+    Unknown,
+}
+
+impl ExitKind {
+    /// Every kind, in counter order.
+    pub const ALL: [ExitKind; 16] = [
+        ExitKind::Cpuid,
+        ExitKind::Hlt,
+        ExitKind::Io,
+        ExitKind::Msr,
+        ExitKind::Cr,
+        ExitKind::Xsetbv,
+        ExitKind::Hypercall,
+        ExitKind::NestedPageFault,
+        ExitKind::TripleFault,
+        ExitKind::InvalidGuestState,
+        ExitKind::ExternalInterrupt,
+        ExitKind::Nmi,
+        ExitKind::InterruptWindow,
+        ExitKind::Init,
+        ExitKind::Sipi,
+        ExitKind::Unknown,
+    ];
+
+    /// Its name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            ExitKind::Cpuid => "cpuid",
+            ExitKind::Hlt => "hlt",
+            ExitKind::Io => "io",
+            ExitKind::Msr => "msr",
+            ExitKind::Cr => "cr",
+            ExitKind::Xsetbv => "xsetbv",
+            ExitKind::Hypercall => "hypercall",
+            ExitKind::NestedPageFault => "nested_page_fault",
+            ExitKind::TripleFault => "triple_fault",
+            ExitKind::InvalidGuestState => "invalid_guest_state",
+            ExitKind::ExternalInterrupt => "external_interrupt",
+            ExitKind::Nmi => "nmi",
+            ExitKind::InterruptWindow => "interrupt_window",
+            ExitKind::Init => "init",
+            ExitKind::Sipi => "sipi",
+            ExitKind::Unknown => "unknown",
+        }
+    }
+}
+
+impl Exit {
+    /// The counter this exit goes to.
+    pub fn kind(&self) -> ExitKind {
+        match self {
+            Exit::Cpuid => ExitKind::Cpuid,
+            Exit::Hlt => ExitKind::Hlt,
+            Exit::Io { .. } => ExitKind::Io,
+            Exit::MsrRead | Exit::MsrWrite => ExitKind::Msr,
+            Exit::CrWrite { .. } | Exit::CrRead { .. } | Exit::Clts | Exit::Lmsw(_) => ExitKind::Cr,
+            Exit::Xsetbv => ExitKind::Xsetbv,
+            Exit::Hypercall => ExitKind::Hypercall,
+            Exit::NestedPageFault { .. } => ExitKind::NestedPageFault,
+            Exit::TripleFault => ExitKind::TripleFault,
+            Exit::InvalidGuestState => ExitKind::InvalidGuestState,
+            Exit::ExternalInterrupt { .. } => ExitKind::ExternalInterrupt,
+            Exit::Nmi => ExitKind::Nmi,
+            Exit::InterruptWindow => ExitKind::InterruptWindow,
+            Exit::Init => ExitKind::Init,
+            Exit::Sipi { .. } => ExitKind::Sipi,
+            Exit::Unknown { .. } => ExitKind::Unknown,
+        }
+    }
+}
+
+/// Exception vectors handlers inject.
+pub mod vector {
+    /// Invalid opcode.
+    pub const UD: u8 = 6;
+    /// General protection.
+    pub const GP: u8 = 13;
+}
+
+/// What a backend could not do to the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VcpuError {
+    /// The value is not one the guest may load (the handler injects #GP).
+    Rejected,
+}
+
+/// One virtual CPU, as exit handlers see it.
+pub trait Vcpu {
+    /// A general-purpose register.
+    fn gpr(&self, r: Gpr) -> u64;
+    /// Sets a general-purpose register.
+    fn set_gpr(&mut self, r: Gpr, v: u64);
+    /// The instruction pointer.
+    fn rip(&self) -> u64;
+    /// Moves past the instruction that caused the current exit.
+    fn skip_instruction(&mut self);
+    /// Raises `vector` in the guest at its next entry (with `error_code` when the vector has one).
+    fn inject_exception(&mut self, vector: u8, error_code: Option<u32>);
+    /// The guest's view of a control register (0, 2, 3, 4 or 8).
+    fn cr(&self, cr: u8) -> u64;
+    /// Loads a control register as the guest asked; the backend applies what the hardware needs.
+    fn set_cr(&mut self, cr: u8, value: u64) -> Result<(), VcpuError>;
+    /// The guest's IA32_EFER.
+    fn efer(&self) -> u64;
+    /// Loads IA32_EFER (already validated by the handler).
+    fn set_efer(&mut self, value: u64) -> Result<(), VcpuError>;
+    /// The guest's RFLAGS.
+    fn rflags(&self) -> u64;
+    /// The guest's current privilege level.
+    fn cpl(&self) -> u8;
+}
+
+/// Guest-physical memory of one enclave.
+pub trait GuestMemory {
+    /// Copies `buf.len()` bytes from `gpa`; `None` if any byte lies outside guest RAM.
+    fn read(&self, gpa: GuestPhysAddr, buf: &mut [u8]) -> Option<()>;
+    /// Copies `buf` to `gpa`; `None` if any byte lies outside guest RAM.
+    fn write(&mut self, gpa: GuestPhysAddr, buf: &[u8]) -> Option<()>;
+}
+
+/// A flat slice as guest memory starting at GPA 0 (host tests, and the identity-mapped enclave
+/// RAM on the target).
+pub struct SliceMemory<'a>(pub &'a mut [u8]);
+
+impl GuestMemory for SliceMemory<'_> {
+    fn read(&self, gpa: GuestPhysAddr, buf: &mut [u8]) -> Option<()> {
+        let start = usize::try_from(gpa.as_u64()).ok()?;
+        let end = start.checked_add(buf.len())?;
+        buf.copy_from_slice(self.0.get(start..end)?);
+        Some(())
+    }
+
+    fn write(&mut self, gpa: GuestPhysAddr, buf: &[u8]) -> Option<()> {
+        let start = usize::try_from(gpa.as_u64()).ok()?;
+        let end = start.checked_add(buf.len())?;
+        self.0.get_mut(start..end)?.copy_from_slice(buf);
+        Some(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slice_memory_refuses_out_of_range() {
+        let mut ram = [0u8; 16];
+        let mut m = SliceMemory(&mut ram);
+        assert!(m.write(GuestPhysAddr::new(12), &[1, 2, 3, 4]).is_some());
+        assert!(m.write(GuestPhysAddr::new(13), &[1, 2, 3, 4]).is_none());
+        assert!(m.write(GuestPhysAddr::new(u64::MAX), &[1]).is_none());
+        let mut b = [0u8; 4];
+        assert!(m.read(GuestPhysAddr::new(12), &mut b).is_some());
+        assert_eq!(b, [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn gpr_numbers() {
+        assert_eq!(Gpr::from_index(0), Some(Gpr::Rax));
+        assert_eq!(Gpr::from_index(4), Some(Gpr::Rsp));
+        assert_eq!(Gpr::from_index(15), Some(Gpr::R15));
+        assert_eq!(Gpr::from_index(16), None);
+    }
+
+    #[test]
+    fn every_kind_has_a_distinct_name() {
+        let names: alloc::collections::BTreeSet<_> = ExitKind::ALL.iter().map(|k| k.name()).collect();
+        assert_eq!(names.len(), ExitKind::ALL.len());
+        for (i, k) in ExitKind::ALL.iter().enumerate() {
+            assert_eq!(*k as usize, i);
+        }
+    }
+}

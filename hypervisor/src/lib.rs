@@ -17,6 +17,7 @@ pub mod config;
 pub mod cpu;
 pub mod exits;
 pub mod frames;
+pub mod loader;
 #[cfg(target_os = "none")]
 pub mod hw;
 pub mod options;

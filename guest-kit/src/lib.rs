@@ -1,5 +1,13 @@
-//! What runs inside atoll's partitions: bare-metal test guests, the host CLI `atoll`, the
-//! channel daemon, and in-guest test and benchmark programs.
+//! What runs inside atoll's partitions.
 //!
-//! Nothing runs inside a partition yet: atoll so far brings every core online and reports what
-//! it found (see the `hypervisor` crate). This crate gains its programs as partitions arrive.
+//! Today: the bare-metal test guests that prove atoll's enclaves —
+//! * `guest-suite` (64-bit, entered in long mode): prints through COM1 and the console
+//!   hypercall, checks the filtered CPUID, allowed and denied MSRs, a denied I/O port, writes and
+//!   reads back every page of its RAM, measures CPUID and hypercall round trips with RDTSC,
+//!   reports the results as JSON, then, depending on its command line, exits, touches the byte
+//!   past its RAM, or triple-faults;
+//! * `guest-real16` (entered in real mode, which needs unrestricted guest on VMX): prints,
+//!   checks the hypercall ABI and CPUID from real mode, reports and exits.
+//!
+//! The host CLI, the channel daemon and in-guest Linux programs come with later issues.
+#![cfg_attr(target_os = "none", no_std)]

@@ -14,41 +14,7 @@ use alloc::vec::Vec;
 use boot::GuestPhysAddr;
 use core::fmt;
 
-/// The hypercall ABI version atoll implements.
-pub const HYPERCALL_ABI_VERSION: u64 = 1;
-
-/// Hypercall numbers (RAX at VMCALL/VMMCALL). Arguments in RBX, RCX; status back in RAX.
-pub mod hypercall {
-    /// Returns RBX = ABI version, RCX = highest hypercall number.
-    pub const VERSION: u64 = 0;
-    /// Writes RCX bytes at guest-physical RBX to atoll's console, tagged with the enclave name.
-    pub const CONSOLE_WRITE: u64 = 1;
-    /// Merges the JSON object of RCX bytes at guest-physical RBX into the enclave's results.
-    pub const REPORT: u64 = 2;
-    /// Ends the enclave with exit code RBX.
-    pub const EXIT: u64 = 3;
-    /// The highest number.
-    pub const MAX: u64 = EXIT;
-}
-
-/// Hypercall status codes (RAX after the call).
-pub mod status {
-    /// Done.
-    pub const OK: u64 = 0;
-    /// No such hypercall.
-    pub const UNKNOWN: u64 = 1;
-    /// A buffer lies (partly) outside guest RAM.
-    pub const FAULT: u64 = 2;
-    /// An argument is invalid (too long, not JSON, …).
-    pub const INVALID: u64 = 3;
-}
-
-/// Longest buffer a hypercall takes.
-pub const MAX_HYPERCALL_BUFFER: u64 = 4096;
-/// The hypervisor CPUID leaf range atoll answers.
-pub const CPUID_HV_BASE: u32 = 0x4000_0000;
-/// Hypervisor signature in leaf 0x4000_0000 (EBX, ECX, EDX).
-pub const CPUID_SIGNATURE: &[u8; 12] = b"AtollHV\0\0\0\0\0";
+pub use atoll_abi::{hypercall, status, CPUID_HV_BASE, CPUID_SIGNATURE, HYPERCALL_ABI_VERSION, MAX_HYPERCALL_BUFFER};
 
 /// MSRs (SDM Vol. 4) the handlers know by name.
 pub mod msr {

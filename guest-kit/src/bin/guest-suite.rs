@@ -1,0 +1,317 @@
+//! The 64-bit test guest (see the crate docs). atoll enters `_start` in 64-bit mode with
+//! RDI = RAM bytes, RSI = command-line GPA, RDX = its length, RSP = top of RAM.
+#![cfg_attr(target_os = "none", no_std)]
+#![cfg_attr(target_os = "none", no_main)]
+
+#[cfg(not(target_os = "none"))]
+fn main() {
+    eprintln!("guest-suite is a bare-metal guest: atoll loads it into an enclave");
+    std::process::exit(2);
+}
+
+#[cfg(target_os = "none")]
+mod guest {
+    use atoll_abi::{hypercall, status, CPUID_SIGNATURE, HYPERCALL_ABI_VERSION};
+    use core::arch::{asm, global_asm, x86_64::__cpuid_count};
+    use core::fmt::Write;
+    use core::sync::atomic::{AtomicU64, Ordering};
+
+    global_asm!(
+        r#"
+    .section .text.entry, "ax"
+    .global _start
+_start:
+    and rsp, -16
+    call guest_main
+2:  hlt
+    jmp 2b
+
+    /* #GP handler for the MSR checks: count, skip the 2-byte RDMSR/WRMSR, return. */
+    .global guest_gp_handler
+guest_gp_handler:
+    lock inc qword ptr [rip + GP_COUNT]
+    add qword ptr [rsp + 8], 2
+    add rsp, 8
+    iretq
+"#
+    );
+
+    #[no_mangle]
+    static GP_COUNT: AtomicU64 = AtomicU64::new(0);
+
+    extern "C" {
+        fn guest_gp_handler();
+    }
+
+    /// An interrupt gate (SDM Vol. 3A Figure 6-8).
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Gate([u32; 4]);
+
+    fn gate(handler: u64) -> Gate {
+        // Selector 0x08 (atoll's 64-bit code segment), present interrupt gate, DPL 0.
+        Gate([
+            (handler as u32 & 0xffff) | (0x08 << 16),
+            (handler as u32 & 0xffff_0000) | 0x8e00,
+            (handler >> 32) as u32,
+            0,
+        ])
+    }
+
+    static mut IDT: [Gate; 32] = [Gate([0; 4]); 32];
+
+    fn load_idt() {
+        // SAFETY: single-threaded guest; the IDT is written before it is loaded and then only
+        // read by the CPU.
+        unsafe {
+            let idt = &raw mut IDT;
+            (*idt)[13] = gate(guest_gp_handler as *const () as u64);
+            #[repr(C, packed)]
+            struct Ptr {
+                limit: u16,
+                base: u64,
+            }
+            let p = Ptr { limit: (32 * 16 - 1) as u16, base: idt as u64 };
+            asm!("lidt [{}]", in(reg) &p, options(readonly, nostack));
+        }
+    }
+
+    fn outb(port: u16, v: u8) {
+        // SAFETY: port I/O in the guest only causes exits atoll handles.
+        unsafe { asm!("out dx, al", in("dx") port, in("al") v, options(nomem, nostack)) };
+    }
+
+    fn inb(port: u16) -> u8 {
+        let v: u8;
+        // SAFETY: as above.
+        unsafe { asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack)) };
+        v
+    }
+
+    struct Com1;
+    impl Write for Com1 {
+        fn write_str(&mut self, s: &str) -> core::fmt::Result {
+            for b in s.bytes() {
+                while inb(0x3fd) & 0x20 == 0 {}
+                outb(0x3f8, b);
+            }
+            Ok(())
+        }
+    }
+
+    /// A fixed buffer to format into (no allocator here).
+    struct Buf {
+        bytes: [u8; 1024],
+        len: usize,
+    }
+    impl Buf {
+        const fn new() -> Self {
+            Self { bytes: [0; 1024], len: 0 }
+        }
+        fn as_slice(&self) -> &[u8] {
+            &self.bytes[..self.len]
+        }
+    }
+    impl Write for Buf {
+        fn write_str(&mut self, s: &str) -> core::fmt::Result {
+            let end = self.len + s.len();
+            if end > self.bytes.len() {
+                return Err(core::fmt::Error);
+            }
+            self.bytes[self.len..end].copy_from_slice(s.as_bytes());
+            self.len = end;
+            Ok(())
+        }
+    }
+
+    static INTEL: AtomicU64 = AtomicU64::new(1);
+
+    /// The hypercall: VMCALL on Intel, VMMCALL on AMD.
+    fn hcall(nr: u64, a: u64, b: u64) -> (u64, u64, u64) {
+        let (rax, rbx, rcx): (u64, u64, u64);
+        // SAFETY: the hypercall only exits to atoll; RBX is saved around it because LLVM
+        // reserves it.
+        unsafe {
+            if INTEL.load(Ordering::Relaxed) == 1 {
+                asm!("xchg {b}, rbx", "vmcall", "xchg {b}, rbx", b = inout(reg) a => rbx, inout("rax") nr => rax, inout("rcx") b => rcx, options(nostack));
+            } else {
+                asm!("xchg {b}, rbx", "vmmcall", "xchg {b}, rbx", b = inout(reg) a => rbx, inout("rax") nr => rax, inout("rcx") b => rcx, options(nostack));
+            }
+        }
+        (rax, rbx, rcx)
+    }
+
+    fn console(text: &[u8]) -> u64 {
+        hcall(hypercall::CONSOLE_WRITE, text.as_ptr() as u64, text.len() as u64).0
+    }
+
+    fn report(json: &Buf) -> u64 {
+        hcall(hypercall::REPORT, json.as_slice().as_ptr() as u64, json.len as u64).0
+    }
+
+    fn exit(code: u64) -> ! {
+        hcall(hypercall::EXIT, code, 0);
+        loop {
+            // SAFETY: HLT with interrupts off: atoll ends the enclave.
+            unsafe { asm!("cli", "hlt") };
+        }
+    }
+
+    fn rdmsr(index: u32) -> u64 {
+        let (lo, hi): (u32, u32);
+        // SAFETY: a denied MSR raises #GP, which the guest's handler skips.
+        unsafe { asm!("rdmsr", in("ecx") index, out("eax") lo, out("edx") hi, options(nomem, nostack)) };
+        (u64::from(hi) << 32) | u64::from(lo)
+    }
+
+    fn wrmsr(index: u32, value: u64) {
+        // SAFETY: as for rdmsr.
+        unsafe { asm!("wrmsr", in("ecx") index, in("eax") value as u32, in("edx") (value >> 32) as u32, options(nomem, nostack)) };
+    }
+
+    fn tsc() -> u64 {
+        // SAFETY: RDTSC is unprivileged and not intercepted.
+        unsafe { core::arch::x86_64::_rdtsc() }
+    }
+
+    /// Reads, inverts, checks and restores the first 8 bytes of the page at `addr`.
+    fn check_page(addr: u64) -> bool {
+        let ok: u64;
+        // SAFETY: `addr` is guest RAM, identity-mapped; the original value is restored, and no
+        // other memory is touched between the write and the restore.
+        unsafe {
+            asm!(
+                "mov {orig}, [{a}]",
+                "mov {inv}, {orig}",
+                "not {inv}",
+                "mov [{a}], {inv}",
+                "mov {back}, [{a}]",
+                "mov [{a}], {orig}",
+                "xor {ok:e}, {ok:e}",
+                "cmp {back}, {inv}",
+                "sete {ok:l}",
+                a = in(reg) addr, orig = out(reg) _, inv = out(reg) _, back = out(reg) _, ok = out(reg) ok,
+                options(nostack)
+            );
+        }
+        ok == 1
+    }
+
+    /// Cycles per iteration of `f`, over `n` iterations.
+    fn cycles(n: u64, mut f: impl FnMut()) -> u64 {
+        let t0 = tsc();
+        for _ in 0..n {
+            f();
+        }
+        (tsc() - t0) / n
+    }
+
+    #[no_mangle]
+    extern "C" fn guest_main(ram: u64, cmdline_gpa: u64, cmdline_len: u64) -> ! {
+        // SAFETY: atoll wrote `cmdline_len` bytes of command line at `cmdline_gpa`.
+        let cmd = unsafe { core::slice::from_raw_parts(cmdline_gpa as *const u8, cmdline_len.min(1024) as usize) };
+        let mode = core::str::from_utf8(cmd).unwrap_or("suite").trim();
+        let vendor = __cpuid_count(0, 0);
+        INTEL.store(u64::from(vendor.ebx == u32::from_le_bytes(*b"Genu")), Ordering::Relaxed);
+        load_idt();
+        let _ = writeln!(Com1, "guest-suite: hello through COM1 (mode {mode}, {} MiB RAM)", ram >> 20);
+        let console_ok = console(b"guest-suite: hello through the console hypercall") == status::OK;
+
+        let (st, version, max_nr) = hcall(hypercall::VERSION, 0, 0);
+        let abi_ok = st == status::OK && version == HYPERCALL_ABI_VERSION && max_nr >= hypercall::EXIT;
+        let unknown_ok = hcall(0xdead, 0, 0).0 == status::UNKNOWN;
+        let fault_ok = hcall(hypercall::CONSOLE_WRITE, ram - 4, 64).0 == status::FAULT;
+
+        let leaf1 = __cpuid_count(1, 0);
+        let vmx_hidden = leaf1.ecx & (1 << 5) == 0;
+        let hv_bit = leaf1.ecx & (1 << 31) != 0;
+        let hv = __cpuid_count(0x4000_0000, 0);
+        let mut sig = [0u8; 12];
+        sig[0..4].copy_from_slice(&hv.ebx.to_le_bytes());
+        sig[4..8].copy_from_slice(&hv.ecx.to_le_bytes());
+        sig[8..12].copy_from_slice(&hv.edx.to_le_bytes());
+        let sig_ok = &sig == CPUID_SIGNATURE && hv.eax >= 0x4000_0001;
+        let svm_hidden = __cpuid_count(0x8000_0001, 0).ecx & (1 << 2) == 0;
+
+        // MSRs: MISC_ENABLE is on atoll's allowlist, FEATURE_CONTROL is not (#GP), LSTAR passes
+        // through to the hardware.
+        let gp0 = GP_COUNT.load(Ordering::Relaxed);
+        let misc = rdmsr(0x1a0);
+        let allowed_ok = GP_COUNT.load(Ordering::Relaxed) == gp0 && misc == 1;
+        rdmsr(0x3a);
+        wrmsr(0x3a, 5);
+        let denied_ok = GP_COUNT.load(Ordering::Relaxed) == gp0 + 2;
+        wrmsr(0xc000_0082, 0xffff_8000_1234_5000);
+        let passthrough_ok = rdmsr(0xc000_0082) == 0xffff_8000_1234_5000 && GP_COUNT.load(Ordering::Relaxed) == gp0 + 2;
+
+        // A port atoll does not emulate: this enclave's policy is `ignore`, so it reads all ones.
+        let denied_port = inb(0x70);
+
+        // Every page of RAM.
+        let pages = ram / 4096;
+        let mut bad_pages = 0u64;
+        for p in 0..pages {
+            if !check_page(p * 4096) {
+                bad_pages += 1;
+            }
+        }
+
+        let cpuid_cycles = cycles(200, || {
+            core::hint::black_box(__cpuid_count(0, 0));
+        });
+        let hypercall_cycles = cycles(200, || {
+            core::hint::black_box(hcall(hypercall::VERSION, 0, 0));
+        });
+
+        let passed = console_ok && abi_ok && unknown_ok && fault_ok && vmx_hidden && hv_bit && sig_ok && svm_hidden && allowed_ok && denied_ok && passthrough_ok && denied_port == 0xff && bad_pages == 0;
+        let mut json = Buf::new();
+        let _ = write!(
+            json,
+            "{{\"suite_passed\":{passed},\"console_hypercall\":{console_ok},\"abi_version_ok\":{abi_ok},\"unknown_hypercall_refused\":{unknown_ok},\"bad_buffer_refused\":{fault_ok},\
+             \"cpuid_vmx_hidden\":{vmx_hidden},\"cpuid_svm_hidden\":{svm_hidden},\"cpuid_hypervisor_bit\":{hv_bit},\"cpuid_signature_ok\":{sig_ok},\
+             \"msr_allowed_ok\":{allowed_ok},\"msr_denied_gp\":{denied_ok},\"msr_passthrough_ok\":{passthrough_ok},\"denied_port_value\":{denied_port},\
+             \"ram_bytes\":{ram},\"pages_checked\":{pages},\"bad_pages\":{bad_pages},\"cpuid_cycles\":{cpuid_cycles},\"hypercall_cycles\":{hypercall_cycles},\"mode\":\"{mode}\"}}"
+        );
+        if report(&json) != status::OK {
+            let _ = writeln!(Com1, "guest-suite: REPORT refused");
+            exit(3);
+        }
+        let _ = writeln!(Com1, "guest-suite: suite {} (cpuid {cpuid_cycles} cycles, hypercall {hypercall_cycles} cycles)", if passed { "passed" } else { "FAILED" });
+
+        match mode {
+            "past-ram" => {
+                let _ = writeln!(Com1, "guest-suite: reading the byte at {ram:#x}, one past my RAM");
+                // SAFETY: deliberately outside guest RAM: atoll must stop this enclave here.
+                let v: u8 = unsafe {
+                    let v: u8;
+                    asm!("mov {v}, byte ptr [{a}]", a = in(reg) ram, v = out(reg_byte) v, options(nostack, readonly));
+                    v
+                };
+                let _ = writeln!(Com1, "guest-suite: read {v} past RAM and was not stopped");
+                exit(4)
+            }
+            "triple-fault" => {
+                let _ = writeln!(Com1, "guest-suite: triple-faulting");
+                // SAFETY: an empty IDT turns the #UD into #GP, #DF and a triple fault: the
+                // point of this mode.
+                unsafe {
+                    #[repr(C, packed)]
+                    struct Ptr {
+                        limit: u16,
+                        base: u64,
+                    }
+                    let p = Ptr { limit: 0, base: 0 };
+                    asm!("lidt [{}]", "ud2", in(reg) &p, options(nostack));
+                }
+                exit(5)
+            }
+            _ => exit(if passed { 0 } else { 1 }),
+        }
+    }
+
+    #[panic_handler]
+    fn panic(info: &core::panic::PanicInfo) -> ! {
+        let _ = writeln!(Com1, "guest-suite: panic: {info}");
+        exit(99)
+    }
+}

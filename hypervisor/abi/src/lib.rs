@@ -1,0 +1,46 @@
+//! What a guest may rely on, shared by atoll and the guests in `guest-kit` (no allocation, no
+//! dependencies, so any bare-metal guest can use it).
+//!
+//! **Hypercalls** are VMCALL (Intel) or VMMCALL (AMD) at CPL 0 with the number in RAX and
+//! arguments in RBX and RCX; atoll answers with a [`status`] in RAX (other registers as the call
+//! says). At CPL > 0 the instruction raises #UD.
+//!
+//! **CPUID** leaf 0x4000_0000 returns the highest hypervisor leaf in EAX and
+//! [`CPUID_SIGNATURE`] in EBX, ECX, EDX; leaf 0x4000_0001 returns the ABI version in EAX.
+#![no_std]
+
+/// The hypercall ABI version.
+pub const HYPERCALL_ABI_VERSION: u64 = 1;
+
+/// Hypercall numbers (RAX).
+pub mod hypercall {
+    /// Returns RBX = ABI version, RCX = highest hypercall number.
+    pub const VERSION: u64 = 0;
+    /// Writes RCX bytes at guest-physical RBX to atoll's console, tagged with the enclave name.
+    pub const CONSOLE_WRITE: u64 = 1;
+    /// Merges the JSON object of RCX bytes at guest-physical RBX into the enclave's results.
+    pub const REPORT: u64 = 2;
+    /// Ends the enclave with exit code RBX.
+    pub const EXIT: u64 = 3;
+    /// The highest number.
+    pub const MAX: u64 = EXIT;
+}
+
+/// Hypercall status codes (RAX after the call).
+pub mod status {
+    /// Done.
+    pub const OK: u64 = 0;
+    /// No such hypercall.
+    pub const UNKNOWN: u64 = 1;
+    /// A buffer lies (partly) outside guest RAM.
+    pub const FAULT: u64 = 2;
+    /// An argument is invalid (too long, not JSON, …).
+    pub const INVALID: u64 = 3;
+}
+
+/// Longest buffer a hypercall takes.
+pub const MAX_HYPERCALL_BUFFER: u64 = 4096;
+/// First hypervisor CPUID leaf.
+pub const CPUID_HV_BASE: u32 = 0x4000_0000;
+/// Hypervisor signature in leaf 0x4000_0000 (EBX, ECX, EDX).
+pub const CPUID_SIGNATURE: &[u8; 12] = b"AtollHV\0\0\0\0\0";

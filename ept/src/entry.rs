@@ -194,17 +194,8 @@ impl PageSize {
         }
     }
 
-    /// The paging-structure level whose entries map pages of this size (1 = PT, 2 = PD,
-    /// 3 = PDPT).
-    pub(crate) const fn level(self) -> u8 {
-        match self {
-            Self::Size4K => 1,
-            Self::Size2M => 2,
-            Self::Size1G => 3,
-        }
-    }
-
-    /// The size a leaf at `level` maps, if leaves exist there.
+    /// The size a leaf in a table at `level` (1 = PT, 2 = PD, 3 = PDPT, 4 = PML4) maps, if
+    /// leaves exist there.
     pub(crate) const fn at_level(level: u8) -> Option<Self> {
         match level {
             1 => Some(Self::Size4K),
@@ -523,8 +514,8 @@ mod tests {
             PageSize::largest_supported(&EptCaps::empty()),
             PageSize::Size4K
         );
-        for s in [PageSize::Size4K, PageSize::Size2M, PageSize::Size1G] {
-            assert_eq!(PageSize::at_level(s.level()), Some(s));
-        }
+        assert_eq!(PageSize::at_level(1), Some(PageSize::Size4K));
+        assert_eq!(PageSize::at_level(3), Some(PageSize::Size1G));
+        assert_eq!(PageSize::at_level(4), None);
     }
 }

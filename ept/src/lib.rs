@@ -1,9 +1,29 @@
 //! Extended page tables.
 //!
-//! This crate will own the second-stage tables of VMX partitions. So far it decodes what the
-//! processor supports ([`EptCaps`], from IA32_VMX_EPT_VPID_CAP, SDM Vol. 3D Appendix A.10), which
-//! decides the page sizes, memory types and invalidation types the table builder may use.
+//! This crate owns the second-stage tables of VMX partitions (SDM Vol. 3C §29.3, "The Extended
+//! Page Table Mechanism"):
+//!
+//! * [`EptCaps`] (here): what the processor supports, from IA32_VMX_EPT_VPID_CAP (SDM Vol. 3D
+//!   Appendix A.10), which decides the page sizes, memory types and invalidation types the
+//!   builder may use.
+//! * [`entry`]: the bit layouts of EPT paging-structure entries and of the EPT pointer, and the
+//!   permission, memory-type and page-size types.
+//! * [`table`]: the builder, [`Ept`]: map, unmap, protect and translate over four-level tables
+//!   with 4 KiB, 2 MiB and 1 GiB pages, all-or-nothing, with table memory behind the
+//!   [`FrameSource`] trait so that it runs in host tests.
+//! * `invept` (only on the target): the INVEPT instruction.
 #![cfg_attr(target_os = "none", no_std)]
+
+pub mod entry;
+#[cfg(target_os = "none")]
+pub mod invept;
+pub mod table;
+
+pub use entry::{EntryFlags, EptEntry, Eptp, MemType, PageSize, Perms};
+pub use table::{
+    Ept, EptError, FrameSource, Operand, Region, Regions, Translation, GPA_LIMIT, HPA_LIMIT,
+    PAGE_SIZE,
+};
 
 use bitflags::bitflags;
 

@@ -35,6 +35,35 @@ pub fn build() -> Result<PathBuf> {
     Ok(elf)
 }
 
+/// Builds the `guest-kit` guests (release, bare-metal) and returns their directory.
+pub fn build_guests() -> Result<PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(crate::root())
+        .args(["build", "--quiet", "--release", "-p", "guest-kit", "--bins", "--target", IMAGE_TARGET])
+        .status()
+        .context("running cargo build for the guests")?;
+    if !status.success() {
+        bail!("building the guest-kit guests failed");
+    }
+    Ok(crate::target_dir().join(IMAGE_TARGET).join("release"))
+}
+
+/// Checks every enclave description the scenario carries (modules named `enclaves`) with
+/// atoll's own parser, against the run's processors (APIC ids 0..cpus on QEMU and Bochs).
+pub fn check_enclaves(scenario: &Scenario, cpus: Option<u32>) -> Result<()> {
+    let names: Vec<&str> = scenario.modules.iter().map(|m| m.name.as_str()).collect();
+    let cores: Option<Vec<u32>> = cpus.map(|n| (0..n).collect());
+    for m in scenario.modules.iter().filter(|m| m.name == "enclaves") {
+        let Some(path) = &m.path else { bail!("module 'enclaves' must be a file (path = …)") };
+        let file = crate::root().join(path);
+        let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+        let ctx = atoll::config::Context { cores: cores.as_deref(), modules: Some(&names) };
+        atoll::config::parse(&text, &ctx).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    }
+    Ok(())
+}
+
 /// The GRUB configuration for `scenario` with extra boot options `extra`.
 pub fn grub_cfg(scenario: &Scenario, extra: &str) -> String {
     let cmdline = format!("{} {}", scenario.cmdline, extra).trim().to_string();
@@ -55,7 +84,9 @@ pub fn grub_cfg(scenario: &Scenario, extra: &str) -> String {
 
 /// Builds the image and a bootable ISO for `scenario`; returns the ISO's path.
 pub fn iso(scenario: &Scenario, extra_cmdline: &str) -> Result<PathBuf> {
+    check_enclaves(scenario, None)?;
     let elf = build()?;
+    let guests = if scenario.modules.iter().any(|m| m.guest.is_some()) { Some(build_guests()?) } else { None };
     let tag = if extra_cmdline.trim().is_empty() {
         String::new()
     } else {
@@ -70,7 +101,11 @@ pub fn iso(scenario: &Scenario, extra_cmdline: &str) -> Result<PathBuf> {
     std::fs::create_dir_all(tree.join("boot/modules"))?;
     std::fs::copy(&elf, tree.join("boot/atoll.elf")).context("copying the image")?;
     for m in &scenario.modules {
-        let src = crate::root().join(&m.path);
+        let src = match (&m.path, &m.guest, &guests) {
+            (Some(p), _, _) => crate::root().join(p),
+            (None, Some(g), Some(dir)) => dir.join(g),
+            _ => bail!("module '{}' has no source", m.name),
+        };
         std::fs::copy(&src, tree.join("boot/modules").join(&m.name))
             .with_context(|| format!("module '{}': cannot copy {}", m.name, src.display()))?;
     }

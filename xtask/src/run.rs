@@ -141,6 +141,7 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
         Emulator::Bochs => scenario.timeout_s.bochs,
     }));
     let expectations = scenario.expectations(opts.emulator, cpus)?;
+    crate::image::check_enclaves(&scenario, Some(cpus))?;
     let iso = crate::image::iso(&scenario, &opts.extra_cmdline)?;
 
     let tag = if opts.extra_cmdline.is_empty() {

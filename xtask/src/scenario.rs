@@ -46,14 +46,18 @@ impl Emulator {
     }
 }
 
-/// A module GRUB loads.
+/// A module GRUB loads: a file of the repository or a guest built from `guest-kit`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Module {
     /// Name atoll finds it by.
     pub name: String,
     /// File, relative to the workspace root.
-    pub path: PathBuf,
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// A `guest-kit` binary, built for `x86_64-unknown-none`.
+    #[serde(default)]
+    pub guest: Option<String>,
 }
 
 /// Per-emulator timeouts.
@@ -151,8 +155,9 @@ impl Scenario {
     pub fn parse(name: &str, text: &str) -> Result<Self> {
         let mut s: Scenario = toml::from_str(text)?;
         s.name = name.to_string();
+        let field = |key: &str| key.split('.').next().unwrap_or_default().to_string();
         for key in s.expect.keys() {
-            if key != "qemu" && key != "bochs" && !SUMMARY_FIELDS.contains(&key.as_str()) {
+            if key != "qemu" && key != "bochs" && !SUMMARY_FIELDS.contains(&field(key).as_str()) {
                 bail!(
                     "expect.{key}: not a summary field (known: {})",
                     SUMMARY_FIELDS.join(", ")
@@ -165,7 +170,7 @@ impl Scenario {
                     .as_table()
                     .with_context(|| format!("expect.{emu} must be a table"))?;
                 for key in table.keys() {
-                    if !SUMMARY_FIELDS.contains(&key.as_str()) {
+                    if !SUMMARY_FIELDS.contains(&field(key).as_str()) {
                         bail!("expect.{emu}.{key}: not a summary field");
                     }
                 }
@@ -179,6 +184,9 @@ impl Scenario {
         for m in &s.modules {
             if m.name.is_empty() || m.name.contains(char::is_whitespace) {
                 bail!("module name '{}' must be one word", m.name);
+            }
+            if m.path.is_some() == m.guest.is_some() {
+                bail!("module '{}': give exactly one of path or guest", m.name);
             }
         }
         Ok(s)
@@ -232,6 +240,8 @@ pub const SUMMARY_FIELDS: &[&str] = &[
     "dmar_units",
     "ecam_windows",
     "modules",
+    "enclaves",
+    "cpu_virt",
 ];
 
 /// Turns a TOML expectation into JSON, resolving `"$cpus"` and `"$cpus+N"`.
@@ -251,12 +261,25 @@ fn resolve(v: &toml::Value, cpus: u32) -> Result<Value> {
     })
 }
 
+/// The value at a dotted path: object keys, array indices, or — in an array of objects — the
+/// element whose `name` is the segment (`enclaves.alpha.end_reason`).
+pub fn lookup<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.').try_fold(v, |cur, seg| match cur {
+        Value::Object(m) => m.get(seg),
+        Value::Array(a) => match seg.parse::<usize>() {
+            Ok(i) => a.get(i),
+            Err(_) => a.iter().find(|e| e.get("name").and_then(Value::as_str) == Some(seg)),
+        },
+        _ => None,
+    })
+}
+
 /// Compares `summary` with `expectations`; returns one line per mismatch.
 pub fn check(summary: &Value, expectations: &[(String, Value)]) -> Vec<String> {
     expectations
         .iter()
         .filter_map(|(k, want)| {
-            let got = summary.get(k).unwrap_or(&Value::Null);
+            let got = lookup(summary, k).unwrap_or(&Value::Null);
             (got != want).then(|| format!("{k}: expected {want}, got {got}"))
         })
         .collect()
@@ -315,6 +338,16 @@ mod tests {
     }
 
     #[test]
+    fn dotted_paths_reach_into_enclaves() {
+        let s = json!({"enclaves": [{"name": "alpha", "end_reason": "exit", "results": {"ok": true}}, {"name": "beta"}]});
+        assert_eq!(lookup(&s, "enclaves.alpha.end_reason"), Some(&json!("exit")));
+        assert_eq!(lookup(&s, "enclaves.0.results.ok"), Some(&json!(true)));
+        assert_eq!(lookup(&s, "enclaves.gamma.end_reason"), None);
+        let exp = vec![("enclaves.beta.end_reason".to_string(), json!("exit"))];
+        assert_eq!(check(&s, &exp), vec!["enclaves.beta.end_reason: expected \"exit\", got null"]);
+    }
+
+    #[test]
     fn bad_scenarios_are_rejected_with_the_field() {
         let e = Scenario::parse(
             "x",
@@ -339,13 +372,11 @@ mod tests {
             let s = Scenario::load(&name).unwrap();
             s.expectations(Emulator::Qemu, s.cpus).unwrap();
             s.expectations(Emulator::Bochs, s.cpus).unwrap();
-            for m in &s.modules {
-                assert!(
-                    crate::root().join(&m.path).exists(),
-                    "{name}: module file {} missing",
-                    m.path.display()
-                );
+            for path in s.modules.iter().filter_map(|m| m.path.as_ref()) {
+                assert!(crate::root().join(path).exists(), "{name}: module file {} missing", path.display());
             }
+            // Enclave descriptions must pass atoll's own checks on the scenario's machine.
+            crate::image::check_enclaves(&s, Some(s.cpus)).unwrap();
         }
     }
 }

@@ -24,6 +24,49 @@ pub struct CoreReport {
     pub caps: Option<CoreCaps>,
 }
 
+/// Where a nested-page fault hit.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Violation {
+    /// Guest-physical address.
+    pub gpa: u64,
+    /// `read`, `write`, `fetch` (joined with `+`).
+    pub access: String,
+    /// Guest RIP.
+    pub rip: u64,
+}
+
+/// One enclave's line in the summary.
+#[derive(Clone, Debug, Serialize, PartialEq, Default)]
+pub struct EnclaveReport {
+    /// Its name.
+    pub name: String,
+    /// Its cores (APIC ids).
+    pub cores: Vec<u32>,
+    /// Its RAM.
+    pub memory_mib: u64,
+    /// `ended` or `not_started`.
+    pub state: &'static str,
+    /// Why it ended (`exit`, `ept_violation`, `triple_fault`, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end_reason: Option<&'static str>,
+    /// The end reason in words.
+    pub detail: String,
+    /// The guest's exit code, when it exited.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<u64>,
+    /// The faulting access, when it ended by an EPT violation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub violation: Option<Violation>,
+    /// Exits by kind.
+    pub exits: serde_json::Map<String, serde_json::Value>,
+    /// Accesses to ports atoll does not emulate.
+    pub io_denied: u64,
+    /// MSR accesses refused with #GP.
+    pub msr_denied: u64,
+    /// What the guest reported.
+    pub results: serde_json::Map<String, serde_json::Value>,
+}
+
 /// The whole summary.
 #[derive(Clone, Debug, Serialize, Default)]
 pub struct Summary {
@@ -73,6 +116,10 @@ pub struct Summary {
     pub ap_bringup_us: u64,
     /// Multiboot2 modules loaded, by name.
     pub modules: Vec<String>,
+    /// The virtualization backend atoll runs enclaves with: `vmx`, `svm` or `none`.
+    pub cpu_virt: &'static str,
+    /// The enclaves of the run.
+    pub enclaves: Vec<EnclaveReport>,
 }
 
 impl Summary {
@@ -118,6 +165,12 @@ impl Summary {
         if !self.vmx && !self.svm {
             self.problems
                 .push("no usable hardware virtualization: neither VMX nor SVM".into());
+        }
+        for e in &self.enclaves {
+            // A guest ending badly is the guest's business; atoll failing to run it is not.
+            if e.end_reason == Some("failed") || e.state != "ended" {
+                self.problems.push(alloc::format!("enclave '{}' did not run: {}", e.name, e.detail));
+            }
         }
         self.ok = self.problems.is_empty();
     }
@@ -188,6 +241,19 @@ mod tests {
         s.finish();
         assert!(s.ok, "{:?}", s.problems);
         assert!(s.vmx && s.ept && s.vpid && s.unrestricted_guest && !s.svm);
+    }
+
+    #[test]
+    fn enclave_ends_caused_by_guests_are_not_problems() {
+        let vmx = CoreCaps { intel: true, vmx: true, ept: true, vpid: true, unrestricted_guest: true, ..Default::default() };
+        let ended = |name: &str, reason| EnclaveReport { name: name.into(), state: "ended", end_reason: Some(reason), ..Default::default() };
+        let mut s = Summary { cores: vec![core(0, true, vmx)], enclaves: vec![ended("a", "exit"), ended("b", "triple_fault")], ..Default::default() };
+        s.finish();
+        assert!(s.ok, "{:?}", s.problems);
+        s.enclaves.push(EnclaveReport { name: "c".into(), state: "ended", end_reason: Some("failed"), detail: "VMLAUNCH failed".into(), ..Default::default() });
+        s.problems.clear();
+        s.finish();
+        assert_eq!(s.problems, vec!["enclave 'c' did not run: VMLAUNCH failed".to_string()]);
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod loader;
 #[cfg(target_os = "none")]
 pub mod hw;
 pub mod options;
+pub mod partition;
 pub mod platform;
 pub mod smp;
 pub mod summary;

@@ -4,6 +4,7 @@
 
 pub mod apic;
 pub mod console;
+pub mod host;
 pub mod msr;
 pub mod power;
 pub mod tsc;

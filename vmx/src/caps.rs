@@ -22,32 +22,8 @@ bitflags! {
     }
 }
 
-bitflags! {
-    /// Secondary processor-based VM-execution controls (SDM Vol. 3C §25.6.2, Table 25-7).
-    #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-    pub struct SecondaryControls: u32 {
-        /// Bit 0: virtualize APIC accesses.
-        const VIRTUALIZE_APIC_ACCESSES = 1 << 0;
-        /// Bit 1: enable EPT.
-        const ENABLE_EPT = 1 << 1;
-        /// Bit 3: enable RDTSCP.
-        const ENABLE_RDTSCP = 1 << 3;
-        /// Bit 4: virtualize x2APIC mode.
-        const VIRTUALIZE_X2APIC = 1 << 4;
-        /// Bit 5: enable VPID.
-        const ENABLE_VPID = 1 << 5;
-        /// Bit 7: unrestricted guest.
-        const UNRESTRICTED_GUEST = 1 << 7;
-        /// Bit 8: APIC-register virtualization.
-        const APIC_REGISTER_VIRTUALIZATION = 1 << 8;
-        /// Bit 9: virtual-interrupt delivery.
-        const VIRTUAL_INTERRUPT_DELIVERY = 1 << 9;
-        /// Bit 12: enable INVPCID.
-        const ENABLE_INVPCID = 1 << 12;
-        /// Bit 20: enable XSAVES/XRSTORS.
-        const ENABLE_XSAVES = 1 << 20;
-    }
-}
+/// Secondary processor-based VM-execution controls; defined with the other control fields.
+pub use crate::controls::SecondaryControls;
 
 /// Primary processor-based control bit 31: activate secondary controls (SDM Vol. 3C Table 25-6).
 const ACTIVATE_SECONDARY_CONTROLS: u64 = 1 << 31;
@@ -93,7 +69,7 @@ impl VmxCaps {
                 .contains(SecondaryControls::ENABLE_VPID)
     }
 
-    /// Unrestricted guest can be enabled (it also needs EPT, SDM Vol. 3C §26.2.1.1).
+    /// Unrestricted guest can be enabled (it also needs EPT, SDM Vol. 3C §27.2.1.1).
     pub fn unrestricted_guest(&self) -> bool {
         self.ept()
             && self

@@ -245,7 +245,7 @@ impl fmt::Display for Control {
 pub enum ControlError {
     /// A capability MSR could not be read.
     MsrUnreadable(Msr),
-    /// atoll requires `0` to be 1 and the processor does not allow it.
+    /// atoll requires this control to be 1 and the processor does not allow it.
     Unsupported(Control),
     /// The capability MSR says the bit must be 1 and must be 0 at the same time (a broken or
     /// badly emulated processor); no VM entry could succeed.
@@ -319,8 +319,8 @@ impl Wanted {
     /// What every atoll vCPU relies on, VMX backend side:
     ///
     /// * external interrupts and NMIs exit (they belong to atoll or to the partition that owns
-    ///   the device, never silently to whichever guest runs); virtual NMIs and the preemption
-    ///   timer when available;
+    ///   the device, never silently to whichever guest runs); virtual NMIs when available, so
+    ///   NMIs can be injected with NMI-window exiting;
     /// * HLT exits (the virtual APIC timer wakes the vCPU), I/O and MSR accesses go through
     ///   bitmaps so only emulated ports and MSRs exit;
     /// * EPT and unrestricted guest (partition memory isolation; APs start in real mode after
@@ -329,11 +329,14 @@ impl Wanted {
     ///   under unrestricted guest), PAT saved and loaded when available.
     ///
     /// "IA-32e mode guest" is per vCPU state (it follows the guest's EFER.LMA), so it is not
-    /// here: the caller sets it in [`ControlSet::entry`] before writing the VMCS.
+    /// here: the caller sets it in [`ControlSet::entry`] before writing the VMCS. Every enabled
+    /// control comes with the fields it uses, which the caller writes: EPT pointer, VPID, I/O
+    /// and MSR bitmap addresses, XSS-exiting bitmap (0 lets the guest use every XSS component).
+    /// The VMX-preemption timer is left to callers that program its value.
     pub const ATOLL_BASELINE: Self = Self {
         pin: Want::new(
             PinBasedControls::EXTERNAL_INTERRUPT_EXITING.union(PinBasedControls::NMI_EXITING),
-            PinBasedControls::VIRTUAL_NMIS.union(PinBasedControls::ACTIVATE_PREEMPTION_TIMER),
+            PinBasedControls::VIRTUAL_NMIS,
         ),
         primary: Want::new(
             PrimaryControls::HLT_EXITING
@@ -380,7 +383,12 @@ pub struct ControlSet {
 /// allowed-0 settings, a 1 there means the control must be 1; bits 63:32 are the allowed-1
 /// settings, a 0 there means the control must be 0). Returns `must-be-1 | required |
 /// (optional & may-be-1)`.
-pub fn adjust(class: ControlClass, cap: u64, required: u32, optional: u32) -> Result<u32, ControlError> {
+pub fn adjust(
+    class: ControlClass,
+    cap: u64,
+    required: u32,
+    optional: u32,
+) -> Result<u32, ControlError> {
     let must_be_one = cap as u32;
     let may_be_one = (cap >> 32) as u32;
     if let Some(bit) = lowest_bit(must_be_one & !may_be_one) {
@@ -492,8 +500,9 @@ impl ControlSet {
         let primary_cap = read(ControlClass::Primary.capability_msr(true_controls))?;
         let exit_cap = read(ControlClass::Exit.capability_msr(true_controls))?;
         let entry_cap = read(ControlClass::Entry.capability_msr(true_controls))?;
-        let activate_allowed =
-            (primary_cap >> 32) & u64::from(PrimaryControls::ACTIVATE_SECONDARY_CONTROLS.bits()) != 0;
+        let activate_allowed = (primary_cap >> 32)
+            & u64::from(PrimaryControls::ACTIVATE_SECONDARY_CONTROLS.bits())
+            != 0;
         // Without "activate secondary controls" no secondary control can be 1: fitting against
         // an all-zero capability names the first required one, which is the useful message.
         let secondary_cap = if activate_allowed {
@@ -503,11 +512,36 @@ impl ControlSet {
         };
 
         let fields = [
-            (ControlClass::PinBased, pin_cap, wanted.pin.required.bits(), wanted.pin.optional.bits()),
-            (ControlClass::Secondary, secondary_cap, wanted.secondary.required.bits(), wanted.secondary.optional.bits()),
-            (ControlClass::Primary, primary_cap, primary_want.required.bits(), primary_want.optional.bits()),
-            (ControlClass::Exit, exit_cap, wanted.exit.required.bits(), wanted.exit.optional.bits()),
-            (ControlClass::Entry, entry_cap, wanted.entry.required.bits(), wanted.entry.optional.bits()),
+            (
+                ControlClass::PinBased,
+                pin_cap,
+                wanted.pin.required.bits(),
+                wanted.pin.optional.bits(),
+            ),
+            (
+                ControlClass::Secondary,
+                secondary_cap,
+                wanted.secondary.required.bits(),
+                wanted.secondary.optional.bits(),
+            ),
+            (
+                ControlClass::Primary,
+                primary_cap,
+                primary_want.required.bits(),
+                primary_want.optional.bits(),
+            ),
+            (
+                ControlClass::Exit,
+                exit_cap,
+                wanted.exit.required.bits(),
+                wanted.exit.optional.bits(),
+            ),
+            (
+                ControlClass::Entry,
+                entry_cap,
+                wanted.entry.required.bits(),
+                wanted.entry.optional.bits(),
+            ),
         ];
         let mut values = Values {
             value: [0; 5],
@@ -519,6 +553,10 @@ impl ControlSet {
             values.value[i] = adjust(class, cap, required, optional)?;
             values.required[i] = required;
             values.must_be_one[i] = cap as u32;
+        }
+        // Secondary controls that are not activated count as 0 for the dependency checks.
+        if values.value[1] & PrimaryControls::ACTIVATE_SECONDARY_CONTROLS.bits() == 0 {
+            values.value[2] = 0;
         }
         values.resolve_dependencies()?;
 
@@ -539,9 +577,15 @@ impl ControlSet {
     /// Writes the five control fields into `vmcs` (the secondary one only when activated).
     pub fn write(&self, vmcs: &mut impl VmcsAccess) -> Result<(), VmFail> {
         vmcs.write32(Field32::PinBasedVmExecutionControls, self.pin.bits())?;
-        vmcs.write32(Field32::PrimaryProcessorBasedVmExecutionControls, self.primary.bits())?;
+        vmcs.write32(
+            Field32::PrimaryProcessorBasedVmExecutionControls,
+            self.primary.bits(),
+        )?;
         if let Some(secondary) = self.secondary {
-            vmcs.write32(Field32::SecondaryProcessorBasedVmExecutionControls, secondary.bits())?;
+            vmcs.write32(
+                Field32::SecondaryProcessorBasedVmExecutionControls,
+                secondary.bits(),
+            )?;
         }
         vmcs.write32(Field32::PrimaryVmExitControls, self.exit.bits())?;
         vmcs.write32(Field32::VmEntryControls, self.entry.bits())
@@ -610,7 +654,10 @@ mod tests {
         assert_eq!(PrimaryControls::HLT_EXITING.bits(), 0x80);
         assert_eq!(PrimaryControls::USE_IO_BITMAPS.bits(), 0x0200_0000);
         assert_eq!(PrimaryControls::USE_MSR_BITMAPS.bits(), 0x1000_0000);
-        assert_eq!(PrimaryControls::ACTIVATE_SECONDARY_CONTROLS.bits(), 0x8000_0000);
+        assert_eq!(
+            PrimaryControls::ACTIVATE_SECONDARY_CONTROLS.bits(),
+            0x8000_0000
+        );
         assert_eq!(SecondaryControls::UNRESTRICTED_GUEST.bits(), 0x80);
         assert_eq!(SecondaryControls::ENABLE_XSAVES.bits(), 0x10_0000);
         assert_eq!(ExitControls::HOST_ADDRESS_SPACE_SIZE.bits(), 0x200);
@@ -625,8 +672,8 @@ mod tests {
         let set = ControlSet::compute(&mut bochs(), &Wanted::ATOLL_BASELINE).unwrap();
         assert!(set.true_controls);
         // TRUE_PINBASED 0x0000007f_00000016: default-1 bits 1, 2, 4, plus external-interrupt
-        // (0) and NMI exiting (3), plus optional virtual NMIs (5) and preemption timer (6).
-        assert_eq!(set.pin.bits(), 0x7f);
+        // (0) and NMI exiting (3), plus optional virtual NMIs (5).
+        assert_eq!(set.pin.bits(), 0x3f);
         // TRUE_PROCBASED 0xf7f9fffe_04006172: default-1 0x04006172, plus HLT (7), I/O bitmaps
         // (25), MSR bitmaps (28), activate secondary (31); CR3-load/store exiting stay 0.
         assert_eq!(set.primary.bits(), 0x9600_61f2);
@@ -724,7 +771,9 @@ mod tests {
         wanted.secondary = Want::new(SecondaryControls::empty(), SecondaryControls::ENABLE_VPID);
         let set = ControlSet::compute(&mut t, &wanted).unwrap();
         assert_eq!(set.secondary, None);
-        assert!(!set.primary.contains(PrimaryControls::ACTIVATE_SECONDARY_CONTROLS));
+        assert!(!set
+            .primary
+            .contains(PrimaryControls::ACTIVATE_SECONDARY_CONTROLS));
     }
 
     #[test]
@@ -733,7 +782,9 @@ mod tests {
         wanted.secondary = Want::default();
         let set = ControlSet::compute(&mut bochs(), &wanted).unwrap();
         assert_eq!(set.secondary, None);
-        assert!(!set.primary.contains(PrimaryControls::ACTIVATE_SECONDARY_CONTROLS));
+        assert!(!set
+            .primary
+            .contains(PrimaryControls::ACTIVATE_SECONDARY_CONTROLS));
     }
 
     #[test]
@@ -741,14 +792,18 @@ mod tests {
         let mut wanted = Wanted::ATOLL_BASELINE;
         wanted.primary.required |= PrimaryControls::MONITOR_TRAP_FLAG; // Bochs lacks bit 27
         assert_eq!(
-            ControlSet::compute(&mut bochs(), &wanted).unwrap_err().to_string(),
+            ControlSet::compute(&mut bochs(), &wanted)
+                .unwrap_err()
+                .to_string(),
             "primary processor-based control 'monitor trap flag' (bit 27) is not supported by \
              this CPU"
         );
         let mut wanted = Wanted::ATOLL_BASELINE;
         wanted.exit.required |= ExitControls::LOAD_CET_STATE; // Bochs allows bits 0..=22 only
         assert_eq!(
-            ControlSet::compute(&mut bochs(), &wanted).unwrap_err().to_string(),
+            ControlSet::compute(&mut bochs(), &wanted)
+                .unwrap_err()
+                .to_string(),
             "VM-exit control 'load CET state' (bit 28) is not supported by this CPU"
         );
     }
@@ -779,7 +834,9 @@ mod tests {
             SecondaryControls::ENABLE_EPT,
         );
         assert_eq!(
-            ControlSet::compute(&mut t, &wanted).unwrap_err().to_string(),
+            ControlSet::compute(&mut t, &wanted)
+                .unwrap_err()
+                .to_string(),
             "secondary processor-based control 'unrestricted guest' (bit 7) requires secondary \
              processor-based control 'enable EPT' (bit 1), which is not supported by this CPU"
         );
@@ -810,7 +867,7 @@ mod tests {
         let set = ControlSet::compute(&mut bochs(), &Wanted::ATOLL_BASELINE).unwrap();
         let mut vmcs = FakeVmcs::default();
         set.write(&mut vmcs).unwrap();
-        assert_eq!(vmcs.get(0x4000), Some(0x7f));
+        assert_eq!(vmcs.get(0x4000), Some(0x3f));
         assert_eq!(vmcs.get(0x4002), Some(0x9600_61f2));
         assert_eq!(vmcs.get(0x401E), Some(0x0010_10aa));
         assert_eq!(vmcs.get(0x400C), Some(0x003f_6ffb));

@@ -182,8 +182,14 @@ mod tests {
             assert_eq!(e.number(), n);
             let _ = e.to_string();
         }
-        assert_eq!(VmInstructionError::from_raw(14), VmInstructionError::Unknown(14));
-        assert_eq!(VmInstructionError::from_raw(0), VmInstructionError::Unknown(0));
+        assert_eq!(
+            VmInstructionError::from_raw(14),
+            VmInstructionError::Unknown(14)
+        );
+        assert_eq!(
+            VmInstructionError::from_raw(0),
+            VmInstructionError::Unknown(0)
+        );
         assert_eq!(
             VmInstructionError::from_raw(7).to_string(),
             "VM-instruction error 7: VM entry with invalid control field(s)"
@@ -207,7 +213,9 @@ mod tests {
         assert_eq!(VmFail::from_rflags(0x43, never), Err(VmFail::Invalid));
         assert_eq!(
             VmFail::from_rflags(0x42, || VmInstructionError::from_raw(8)),
-            Err(VmFail::Valid(VmInstructionError::EntryInvalidHostStateFields))
+            Err(VmFail::Valid(
+                VmInstructionError::EntryInvalidHostStateFields
+            ))
         );
         assert_eq!(
             VmFail::Valid(VmInstructionError::VmlaunchNonClearVmcs).to_string(),

@@ -548,9 +548,24 @@ mod tests {
                 assert_eq!(FieldType::of(e), listed(f), "{f:?} {e:#x}: type bits");
             }
         }
-        check(Field16::ALL, FieldWidth::Bits16, Field16::encoding, Field16::listed_type);
-        check(Field64::ALL, FieldWidth::Bits64, Field64::encoding, Field64::listed_type);
-        check(Field32::ALL, FieldWidth::Bits32, Field32::encoding, Field32::listed_type);
+        check(
+            Field16::ALL,
+            FieldWidth::Bits16,
+            Field16::encoding,
+            Field16::listed_type,
+        );
+        check(
+            Field64::ALL,
+            FieldWidth::Bits64,
+            Field64::encoding,
+            Field64::listed_type,
+        );
+        check(
+            Field32::ALL,
+            FieldWidth::Bits32,
+            Field32::encoding,
+            Field32::listed_type,
+        );
         check(
             FieldNatural::ALL,
             FieldWidth::Natural,
@@ -748,7 +763,8 @@ mod tests {
     #[test]
     fn typed_accessors_use_the_right_field() {
         let mut vmcs = crate::test_util::FakeVmcs::default();
-        vmcs.write16(Field16::VirtualProcessorIdentifier, 7).unwrap();
+        vmcs.write16(Field16::VirtualProcessorIdentifier, 7)
+            .unwrap();
         vmcs.write32(Field32::ExceptionBitmap, 1 << 14).unwrap();
         vmcs.write64(Field64::EptPointer, 0x1234_501e).unwrap();
         vmcs.write_natural(FieldNatural::HostRip, 0xffff_8000_0000_1000)
@@ -756,7 +772,10 @@ mod tests {
         assert_eq!(vmcs.get(0x0000), Some(7));
         assert_eq!(vmcs.get(0x4004), Some(1 << 14));
         assert_eq!(vmcs.get(0x201a), Some(0x1234_501e));
-        assert_eq!(vmcs.read_natural(FieldNatural::HostRip), Ok(0xffff_8000_0000_1000));
+        assert_eq!(
+            vmcs.read_natural(FieldNatural::HostRip),
+            Ok(0xffff_8000_0000_1000)
+        );
         assert_eq!(vmcs.read16(Field16::VirtualProcessorIdentifier), Ok(7));
         assert_eq!(Field::from(Field32::ExitReason).width(), FieldWidth::Bits32);
         assert_eq!(

@@ -9,7 +9,9 @@ use atoll::hw::{self, apic::LocalApic, console, msr::HwMsrs, power, tsc};
 use atoll::options::Options;
 use atoll::platform::Platform;
 use atoll::smp::{self, CoreTable, StartupBus};
-use atoll::summary::{CoreReport, Summary};
+use atoll::hw::enclave_run::{self, CoreVmx, RunSpec};
+use atoll::partition::{Enclave, Identity};
+use atoll::summary::{CoreReport, EnclaveReport, Summary};
 use boot::idt::{exception_name, ExceptionFrame};
 use boot::info::BootInfo;
 use boot::trampoline::{self, TrampolineParams, SIPI_VECTOR, TRAMPOLINE_BASE};
@@ -36,6 +38,14 @@ static FRAMES: Mutex<FrameAllocator> = Mutex::new(FrameAllocator::empty());
 static MBI: Once<BootInformation<'static>> = Once::new();
 static POWER: Once<Option<atoll::platform::PmControl>> = Once::new();
 static PANICKING: AtomicBool = AtomicBool::new(false);
+/// The enclaves of this run, fixed before any core starts one.
+static ENCLAVES: Once<Vec<RunSpec>> = Once::new();
+/// Each enclave's report, written once by the core that ran it.
+static OUTCOMES: Once<Vec<Once<EnclaveReport>>> = Once::new();
+/// Each core's VMX state, by slot; touched only by the core that owns the slot.
+static CORE_VMX: [CoreVmx; smp::MAX_CORES] = [const { CoreVmx::new() }; smp::MAX_CORES];
+/// The built enclaves (their EPTs and RAM stay allocated while they may run).
+static BUILT: Mutex<Vec<Enclave<'static, Identity>>> = Mutex::new(Vec::new());
 
 extern "C" {
     static __image_start: u8;
@@ -202,6 +212,11 @@ extern "C" fn atoll_bsp_main(magic: u32, info_addr: u64) -> ! {
         );
     }
 
+    let mut problems: Vec<alloc::string::String> = option_errors.iter().map(|e| e.to_string()).collect();
+    let (specs, mut early_reports) = setup_enclaves(&info, &bsp, &mut problems);
+    let enclaves = run_enclaves(specs, bsp.apic_id);
+    early_reports.extend(enclaves);
+
     let mut summary = Summary {
         version: env!("CARGO_PKG_VERSION"),
         memory_usable_bytes: usable,
@@ -217,7 +232,9 @@ extern "C" fn atoll_bsp_main(magic: u32, info_addr: u64) -> ! {
             .iter()
             .map(|m| m.name().to_string())
             .collect(),
-        problems: option_errors.iter().map(|e| e.to_string()).collect(),
+        problems,
+        cpu_virt: if bsp.vmx { "vmx" } else if bsp.svm { "svm" } else { "none" },
+        enclaves: early_reports,
         cores: CORES
             .slots()
             .iter()
@@ -260,6 +277,122 @@ fn log_vmx_msrs(caps: &CoreCaps) {
             m.read(Msr(index)).unwrap_or(0)
         );
     }
+}
+
+/// Reads the `enclaves` module, if any, and builds every enclave it describes. Returns what the
+/// cores run and the reports of enclaves that could not be built.
+fn setup_enclaves(
+    info: &BootInfo,
+    bsp: &CoreCaps,
+    problems: &mut Vec<alloc::string::String>,
+) -> (Vec<RunSpec>, Vec<EnclaveReport>) {
+    let Some(module) = info.module("enclaves") else { return (Vec::new(), Vec::new()) };
+    // SAFETY: GRUB loaded the module there; it is identity-mapped and excluded from the pool.
+    let bytes = unsafe { module_bytes(module.range) };
+    let Ok(text) = core::str::from_utf8(bytes) else {
+        problems.push("module 'enclaves': not UTF-8 text".into());
+        return (Vec::new(), Vec::new());
+    };
+    let online: Vec<u32> =
+        CORES.slots().iter().filter(|s| s.state() == smp::CoreState::Online).map(|s| s.apic_id()).collect();
+    let names: Vec<&str> = info.modules().iter().map(|m| m.name()).collect();
+    let ctx = atoll::config::Context { cores: Some(&online), modules: Some(&names) };
+    let configs = match atoll::config::parse(text, &ctx) {
+        Ok(c) => c,
+        Err(e) => {
+            log::error!("enclave description rejected: {e}");
+            problems.push(alloc::format!("module 'enclaves': {e}"));
+            return (Vec::new(), Vec::new());
+        }
+    };
+    let failed = |c: &atoll::config::EnclaveConfig, why: alloc::string::String| EnclaveReport {
+        name: c.name.clone(),
+        cores: c.cores.clone(),
+        memory_mib: c.memory_mib,
+        state: "ended",
+        end_reason: Some("failed"),
+        detail: why,
+        ..Default::default()
+    };
+    let mut specs = Vec::new();
+    let mut reports = Vec::new();
+    let max_page = if bsp.ept_1g { ept::PageSize::Size1G } else { ept::PageSize::Size2M };
+    for (i, c) in configs.into_iter().enumerate() {
+        if !bsp.vmx {
+            let why = "enclaves need VMX with EPT for now (the SVM backend is not built yet)".into();
+            reports.push(failed(&c, why));
+            continue;
+        }
+        // The description was checked against the module names, so the image exists.
+        let Some(image) = info.module(&c.image) else { continue };
+        // SAFETY: as for the description module.
+        let image = unsafe { module_bytes(image.range) };
+        match Enclave::create(c.clone(), image, &FRAMES, Identity, max_page) {
+            Ok(e) => {
+                log::info!(
+                    "enclave '{}': {} MiB at {}, {} EPT table pages, entry {:#x}",
+                    c.name,
+                    c.memory_mib,
+                    e.ram,
+                    e.ept.table_pages(),
+                    e.boot.rip
+                );
+                let eptp = e.ept.eptp(false).as_u64();
+                specs.push(RunSpec { config: c, ram: e.ram, boot: e.boot, eptp, vpid: (i + 1) as u16 });
+                BUILT.lock().push(e);
+            }
+            Err(err) => {
+                log::error!("enclave '{}' cannot be built: {err}", c.name);
+                reports.push(failed(&c, alloc::format!("cannot be built: {err}")));
+            }
+        }
+    }
+    (specs, reports)
+}
+
+/// The bytes of a module.
+///
+/// # Safety
+///
+/// `range` must be a module GRUB loaded (identity-mapped, never handed out by the pool).
+unsafe fn module_bytes(range: PhysRange) -> &'static [u8] {
+    // SAFETY: forwarded to the caller.
+    unsafe { core::slice::from_raw_parts(range.start.as_u64() as *const u8, range.len() as usize) }
+}
+
+/// Hands every enclave to its core, runs the BSP's own, and waits for all of them to end.
+fn run_enclaves(specs: Vec<RunSpec>, bsp_apic: u32) -> Vec<EnclaveReport> {
+    let specs = ENCLAVES.call_once(|| specs);
+    let outcomes = OUTCOMES.call_once(|| specs.iter().map(|_| Once::new()).collect());
+    for slot in CORES.slots() {
+        let work = specs.iter().position(|s| s.config.cores.contains(&slot.apic_id()));
+        slot.assign(work);
+    }
+    if let Some(i) = specs.iter().position(|s| s.config.cores.contains(&bsp_apic)) {
+        let slot = CORES.slots().iter().position(|s| s.apic_id() == bsp_apic).unwrap_or(0);
+        outcomes[i].call_once(|| enclave_run::run(&specs[i], &CORE_VMX[slot]));
+    }
+    // Each enclave's core reports when it ends; a guest that never ends is for the harness's
+    // timeout to catch.
+    let mut reports = Vec::new();
+    for (spec, outcome) in specs.iter().zip(outcomes) {
+        if !spec.config.cores.iter().all(|&c| CORES.is_online(c)) {
+            reports.push(EnclaveReport {
+                name: spec.config.name.clone(),
+                cores: spec.config.cores.clone(),
+                memory_mib: spec.config.memory_mib,
+                state: "not_started",
+                detail: "its core is not online".into(),
+                ..Default::default()
+            });
+            continue;
+        }
+        while outcome.get().is_none() {
+            core::hint::spin_loop();
+        }
+        reports.extend(outcome.get().cloned());
+    }
+    reports
 }
 
 /// Prints the summary and the halt line, then powers off.
@@ -343,7 +476,24 @@ extern "C" fn atoll_ap_main(_ticket: u64) -> ! {
     let caps = probe_this_core();
     match CORES.check_in(caps) {
         Ok(()) => log::info!("core apic_id={} online: {}", caps.apic_id, describe(&caps)),
-        Err(e) => log::error!("core apic_id={} cannot check in: {e:?}", caps.apic_id),
+        Err(e) => {
+            log::error!("core apic_id={} cannot check in: {e:?}", caps.apic_id);
+            hw::halt_forever()
+        }
+    }
+    // Wait in this core's mailbox for the enclave it runs, if any.
+    let Some(index) = CORES.slots().iter().position(|s| s.apic_id() == caps.apic_id) else { hw::halt_forever() };
+    let slot = &CORES.slots()[index];
+    let work = loop {
+        if let Some(w) = slot.work() {
+            break w;
+        }
+        core::hint::spin_loop();
+    };
+    if let (Some(i), Some(specs), Some(outcomes)) = (work, ENCLAVES.get(), OUTCOMES.get()) {
+        if let (Some(spec), Some(outcome)) = (specs.get(i), outcomes.get(i)) {
+            outcome.call_once(|| enclave_run::run(spec, &CORE_VMX[index]));
+        }
     }
     hw::halt_forever()
 }

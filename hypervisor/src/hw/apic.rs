@@ -25,6 +25,21 @@ const ICR_DELIVERY_PENDING: u32 = 1 << 12;
 /// SVR bit 8 software-enables the APIC; vector 0xff for spurious interrupts.
 const SVR_ENABLE: u32 = (1 << 8) | 0xff;
 
+/// Signals end of interrupt to this core's local APIC, in whichever mode it is.
+pub fn eoi() {
+    let base_msr = Msr::new(IA32_APIC_BASE);
+    // SAFETY: IA32_APIC_BASE exists on every x86-64 CPU.
+    let base = unsafe { base_msr.read() };
+    if base & APIC_BASE_X2APIC != 0 {
+        // SAFETY: x2APIC mode is on, so the EOI MSR exists; writing 0 acknowledges.
+        unsafe { Msr::new(0x80b).write(0) };
+    } else {
+        let page = (base & 0x000f_ffff_ffff_f000) as usize;
+        // SAFETY: the xAPIC page is identity-mapped below 4 GiB; EOI is a 32-bit register at 0xb0.
+        unsafe { core::ptr::write_volatile((page + 0xb0) as *mut u32, 0) };
+    }
+}
+
 /// This core's local APIC.
 pub enum LocalApic {
     /// Memory-mapped registers at this (identity-mapped) address.

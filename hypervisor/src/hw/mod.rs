@@ -4,10 +4,12 @@
 
 pub mod apic;
 pub mod console;
+pub mod enclave_run;
 pub mod host;
 pub mod msr;
 pub mod power;
 pub mod tsc;
+pub mod vmx_backend;
 
 use acpi::{AcpiHandler, PhysicalMapping};
 use core::ptr::NonNull;

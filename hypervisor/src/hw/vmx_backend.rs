@@ -1,0 +1,548 @@
+//! The VMX backend of the vendor-neutral vCPU (Intel VT-x with EPT and unrestricted guest).
+//!
+//! [`VmxVcpu::new`] takes VMX root on the calling core (once), builds and loads a VMCS for one
+//! enclave vCPU from its [`BootState`], its EPT pointer and atoll's MSR/I/O interception policy,
+//! and [`VmxVcpu::run`] enters the guest and turns the VM exit into a neutral [`Exit`]. Only this
+//! module (and the `vmx` crate) knows VMX encodings.
+
+use crate::config::EntryMode;
+use crate::exits::PASSTHROUGH_MSRS;
+use crate::loader::BootState;
+use crate::vcpu::{Access, Exit, Gpr, Vcpu, VcpuError};
+use alloc::boxed::Box;
+use boot::HostPhysAddr;
+use core::fmt::Write;
+use vmx::controls::{ControlSet, EntryControls, ExitControls, SecondaryControls, Want, Wanted};
+use vmx::exit::{BasicExitReason, CrAccess, CrAccessType, EptViolation, ExitReason, InterruptionInfo, InterruptionType, IoAccess, IoDirection, IoSize};
+use vmx::fields::{Field16, Field32, Field64, FieldNatural};
+use vmx::instructions as vi;
+use vmx::run::{vm_enter, GuestRegisters};
+use vmx::vmxon::FixedBits;
+
+use super::msr::HwMsrs;
+
+/// A 4 KiB page-aligned frame atoll keeps for the CPU (VMXON region, VMCS, bitmaps).
+#[repr(C, align(4096))]
+struct Page([u8; 4096]);
+
+impl Page {
+    fn new(fill: u8) -> Box<Self> {
+        Box::new(Page([fill; 4096]))
+    }
+    /// Identity-mapped: the heap lives in atoll's image, where virtual equals physical.
+    fn phys(&self) -> HostPhysAddr {
+        HostPhysAddr::new(self as *const Page as u64)
+    }
+}
+
+/// This core's host state for VMX: its own GDT with a TSS (VM entry needs a non-null host TR).
+#[repr(C, align(16))]
+struct HostTables {
+    gdt: [u64; 5],
+    tss: [u32; 26],
+}
+
+/// Selector of the TSS in [`HostTables::gdt`].
+const TSS_SELECTOR: u16 = 0x18;
+
+/// Why a vCPU could not be made.
+#[derive(Debug)]
+pub enum BackendError {
+    /// Entering VMX operation failed.
+    VmxOn(vmx::vmxon::VmxOnError),
+    /// The CPU lacks a control atoll needs.
+    Controls(vmx::controls::ControlError),
+    /// A VMX instruction failed.
+    Instruction(&'static str, vmx::VmFail),
+}
+
+impl core::fmt::Display for BackendError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            BackendError::VmxOn(e) => write!(f, "VMXON: {e}"),
+            BackendError::Controls(e) => write!(f, "VMX controls: {e}"),
+            BackendError::Instruction(what, e) => write!(f, "{what}: {e}"),
+        }
+    }
+}
+
+fn vmw(what: &'static str, r: Result<(), vmx::VmFail>) -> Result<(), BackendError> {
+    r.map_err(|e| BackendError::Instruction(what, e))
+}
+
+/// Per-core VMX state: the VMXON region and host tables, made once per core.
+pub struct CoreState {
+    _vmxon: Box<Page>,
+    _tables: Box<HostTables>,
+    gdt_base: u64,
+    tss_base: u64,
+}
+
+impl CoreState {
+    /// Enters VMX operation on this core and installs a GDT with a TSS.
+    pub fn enable() -> Result<Self, BackendError> {
+        let mut tables = Box::new(HostTables { gdt: [0, 0x00af_9a00_0000_ffff, 0x00cf_9200_0000_ffff, 0, 0], tss: [0; 26] });
+        let tss_base = tables.tss.as_ptr() as u64;
+        let limit = (core::mem::size_of::<[u32; 26]>() - 1) as u64;
+        // 64-bit available TSS descriptor (SDM Vol. 3A Figure 8-4): type 9, present.
+        tables.gdt[3] = (limit & 0xffff) | ((tss_base & 0xff_ffff) << 16) | (0x89 << 40) | (((limit >> 16) & 0xf) << 48) | (((tss_base >> 24) & 0xff) << 56);
+        tables.gdt[4] = tss_base >> 32;
+        // I/O map base past the TSS limit: no I/O permission bitmap.
+        tables.tss[25] = (104u32) << 16;
+        let gdt_base = tables.gdt.as_ptr() as u64;
+        #[repr(C, packed)]
+        struct Ptr {
+            limit: u16,
+            base: u64,
+        }
+        let ptr = Ptr { limit: (5 * 8 - 1) as u16, base: gdt_base };
+        // SAFETY: the new GDT keeps the boot GDT's code (0x08) and data (0x10) descriptors, so
+        // reloading CS by far return and the data segments is transparent; the TSS descriptor
+        // points at this core's own TSS, which lives as long as the core (leaked below).
+        unsafe {
+            core::arch::asm!(
+                "lgdt [{p}]",
+                "push 0x08",
+                "lea {t}, [rip + 2f]",
+                "push {t}",
+                "retfq",
+                "2:",
+                "mov {t:e}, 0x10",
+                "mov ds, {t:e}",
+                "mov es, {t:e}",
+                "mov ss, {t:e}",
+                "ltr {sel:x}",
+                p = in(reg) &ptr, t = out(reg) _, sel = in(reg) TSS_SELECTOR,
+            );
+        }
+        // XSETBV on behalf of guests needs CR4.OSXSAVE on the host.
+        if core::arch::x86_64::__cpuid(1).ecx & (1 << 26) != 0 {
+            // SAFETY: the CPU has XSAVE, so CR4.OSXSAVE may be set; atoll uses no extended state.
+            unsafe {
+                let mut cr4: u64;
+                core::arch::asm!("mov {}, cr4", out(reg) cr4);
+                cr4 |= 1 << 18;
+                core::arch::asm!("mov cr4, {}", in(reg) cr4);
+            }
+        }
+        let mut vmxon = Page::new(0);
+        let phys = vmxon.phys();
+        // SAFETY: the region is a page of our own, identity-mapped, kept for the life of the
+        // core (the CoreState is never dropped); this core has VMX (checked by the caller).
+        unsafe { vmx::vmxon::enable_vmx(&mut HwMsrs, phys, vmxon.0.as_mut_ptr()) }.map_err(BackendError::VmxOn)?;
+        Ok(Self { _vmxon: vmxon, _tables: tables, gdt_base, tss_base })
+    }
+}
+
+/// What atoll asks of the VMX controls.
+fn wanted() -> Wanted {
+    let mut w = Wanted::ATOLL_BASELINE;
+    // XSAVES would need the XSS-exiting bitmap programmed; guests do not need it yet.
+    w.secondary = Want::new(w.secondary.required, w.secondary.optional.difference(SecondaryControls::ENABLE_XSAVES));
+    // Acknowledge host interrupts on exit so the vector is known (and EOI'd by atoll).
+    w.exit = Want::new(w.exit.required, w.exit.optional.union(ExitControls::ACKNOWLEDGE_INTERRUPT_ON_EXIT));
+    w
+}
+
+/// Access-rights values (SDM Vol. 3C §25.4.1 Table 25-2).
+mod ar {
+    pub const CODE64: u32 = 0xa09b; // G, L, P, S, type 11 (execute/read, accessed)
+    pub const DATA: u32 = 0xc093; // G, D/B, P, S, type 3 (read/write, accessed)
+    pub const REAL_CODE: u32 = 0x9b;
+    pub const REAL_DATA: u32 = 0x93;
+    pub const TSS_BUSY64: u32 = 0x8b;
+    pub const UNUSABLE: u32 = 1 << 16;
+}
+
+const CR0_PE: u64 = 1;
+const CR0_PG: u64 = 1 << 31;
+const EFER_LME: u64 = 1 << 8;
+const EFER_LMA: u64 = 1 << 10;
+
+/// One enclave vCPU on VMX.
+pub struct VmxVcpu {
+    regs: GuestRegisters,
+    launched: bool,
+    _vmcs: Box<Page>,
+    _msr_bitmap: Box<Page>,
+    _io_bitmaps: [Box<Page>; 2],
+    controls: ControlSet,
+    cr0_mask: u64,
+    cr4_mask: u64,
+    exit_len: u64,
+}
+
+fn natural(f: FieldNatural) -> u64 {
+    vi::read_natural(f).unwrap_or(0)
+}
+
+impl VmxVcpu {
+    /// Builds the VMCS for a vCPU starting in `boot`, with second-stage tables `eptp`.
+    pub fn new(core: &CoreState, boot: &BootState, eptp: u64, vpid: u16) -> Result<Self, BackendError> {
+        let mut controls = ControlSet::compute(&mut HwMsrs, &wanted()).map_err(BackendError::Controls)?;
+        if boot.mode == EntryMode::Long64 {
+            controls.entry |= EntryControls::IA32E_MODE_GUEST;
+        }
+        let fixed = FixedBits::read(&mut HwMsrs).map_err(BackendError::VmxOn)?;
+        let mut vmcs = Page::new(0);
+        let basic = vmx::caps::MsrReader::read(&mut HwMsrs, vmx::msr::IA32_VMX_BASIC).unwrap_or(0);
+        // SAFETY: our own page; the revision identifier goes in its first four bytes.
+        unsafe { vmx::vmxon::write_revision_id(vmcs.0.as_mut_ptr(), (basic & 0x7fff_ffff) as u32) };
+        // SAFETY: the VMCS page is ours, 4 KiB aligned, identity-mapped and kept while the vCPU
+        // lives; this core is in VMX operation.
+        unsafe {
+            vmw("VMCLEAR", vi::vmclear(vmcs.phys()))?;
+            vmw("VMPTRLD", vi::vmptrld(vmcs.phys()))?;
+        }
+
+        // Every port exits; every MSR exits except the pass-through ones (SDM Vol. 3C §25.6.9).
+        let io = [Page::new(0xff), Page::new(0xff)];
+        let mut msr = Page::new(0xff);
+        for &m in PASSTHROUGH_MSRS {
+            let (base, index) = match m {
+                0..=0x1fff => (0usize, m as usize),
+                0xc000_0000..=0xc000_1fff => (0x400, (m - 0xc000_0000) as usize),
+                _ => continue,
+            };
+            for rw in [0, 0x800] {
+                msr.0[base + rw + index / 8] &= !(1 << (index % 8));
+            }
+        }
+
+        // Bits VMX fixes in CR0/CR4 are the host's; unrestricted guest frees PE and PG.
+        let cr0_mask = (fixed.cr0_fixed0 | !fixed.cr0_fixed1) & !(CR0_PE | CR0_PG);
+        let cr4_mask = fixed.cr4_fixed0 | !fixed.cr4_fixed1;
+        let guest_cr0 = (boot.cr0 | (fixed.cr0_fixed0 & !(CR0_PE | CR0_PG))) & (fixed.cr0_fixed1 | CR0_PE | CR0_PG);
+        let guest_cr4 = (boot.cr4 | fixed.cr4_fixed0) & fixed.cr4_fixed1;
+
+        let w16 = |f, v| vmw("VMWRITE", vi::write16(f, v));
+        let w32 = |f, v| vmw("VMWRITE", vi::write32(f, v));
+        let w64 = |f, v| vmw("VMWRITE", vi::write64(f, v));
+        let wn = |f, v| vmw("VMWRITE", vi::write_natural(f, v));
+
+        vmw("VMWRITE controls", controls.write(&mut vi::CurrentVmcs))?;
+        w32(Field32::ExceptionBitmap, 0)?;
+        w32(Field32::PageFaultErrorCodeMask, 0)?;
+        w32(Field32::PageFaultErrorCodeMatch, 0)?;
+        w32(Field32::Cr3TargetCount, 0)?;
+        w32(Field32::VmExitMsrStoreCount, 0)?;
+        w32(Field32::VmExitMsrLoadCount, 0)?;
+        w32(Field32::VmEntryMsrLoadCount, 0)?;
+        w32(Field32::VmEntryInterruptionInformation, 0)?;
+        w64(Field64::IoBitmapA, io[0].phys().as_u64())?;
+        w64(Field64::IoBitmapB, io[1].phys().as_u64())?;
+        w64(Field64::MsrBitmaps, msr.phys().as_u64())?;
+        w64(Field64::EptPointer, eptp)?;
+        w64(Field64::TscOffset, 0)?;
+        if controls.secondary.is_some_and(|s| s.contains(SecondaryControls::ENABLE_VPID)) {
+            w16(Field16::VirtualProcessorIdentifier, vpid)?;
+        }
+        wn(FieldNatural::Cr0GuestHostMask, cr0_mask)?;
+        wn(FieldNatural::Cr4GuestHostMask, cr4_mask)?;
+        wn(FieldNatural::Cr0ReadShadow, boot.cr0)?;
+        wn(FieldNatural::Cr4ReadShadow, boot.cr4)?;
+
+        // Host state: this core as it runs now.
+        let (cr0, cr3, cr4): (u64, u64, u64);
+        let mut idtr = [0u8; 10];
+        // SAFETY: reading control registers and storing the IDTR have no side effects.
+        unsafe {
+            core::arch::asm!("mov {}, cr0", out(reg) cr0);
+            core::arch::asm!("mov {}, cr3", out(reg) cr3);
+            core::arch::asm!("mov {}, cr4", out(reg) cr4);
+            core::arch::asm!("sidt [{}]", in(reg) idtr.as_mut_ptr());
+        }
+        let idt_base = u64::from_le_bytes(idtr[2..10].try_into().unwrap_or([0; 8]));
+        wn(FieldNatural::HostCr0, cr0)?;
+        wn(FieldNatural::HostCr3, cr3)?;
+        wn(FieldNatural::HostCr4, cr4)?;
+        w16(Field16::HostCsSelector, 0x08)?;
+        for f in [Field16::HostSsSelector, Field16::HostDsSelector, Field16::HostEsSelector] {
+            w16(f, 0x10)?;
+        }
+        w16(Field16::HostFsSelector, 0)?;
+        w16(Field16::HostGsSelector, 0)?;
+        w16(Field16::HostTrSelector, TSS_SELECTOR)?;
+        wn(FieldNatural::HostFsBase, 0)?;
+        wn(FieldNatural::HostGsBase, 0)?;
+        wn(FieldNatural::HostTrBase, core.tss_base)?;
+        wn(FieldNatural::HostGdtrBase, core.gdt_base)?;
+        wn(FieldNatural::HostIdtrBase, idt_base)?;
+        w32(Field32::HostIa32SysenterCs, 0)?;
+        wn(FieldNatural::HostIa32SysenterEsp, 0)?;
+        wn(FieldNatural::HostIa32SysenterEip, 0)?;
+        let mut m = HwMsrs;
+        let host_efer = vmx::caps::MsrReader::read(&mut m, vmx::msr::Msr(0xc000_0080)).unwrap_or(EFER_LME | EFER_LMA);
+        let host_pat = vmx::caps::MsrReader::read(&mut m, vmx::msr::Msr(0x277)).unwrap_or(0x0007_0406_0007_0406);
+        w64(Field64::HostIa32Efer, host_efer)?;
+        w64(Field64::HostIa32Pat, host_pat)?;
+
+        // Guest state.
+        wn(FieldNatural::GuestCr0, guest_cr0)?;
+        wn(FieldNatural::GuestCr3, boot.cr3)?;
+        wn(FieldNatural::GuestCr4, guest_cr4)?;
+        wn(FieldNatural::GuestDr7, 0x400)?;
+        wn(FieldNatural::GuestRflags, 0x2)?;
+        wn(FieldNatural::GuestRsp, boot.rsp)?;
+        wn(FieldNatural::GuestPendingDebugExceptions, 0)?;
+        w64(Field64::GuestIa32Efer, boot.efer)?;
+        w64(Field64::GuestIa32Pat, 0x0007_0406_0007_0406)?;
+        w64(Field64::GuestIa32Debugctl, 0)?;
+        w64(Field64::VmcsLinkPointer, u64::MAX)?;
+        w32(Field32::GuestInterruptibilityState, 0)?;
+        w32(Field32::GuestActivityState, 0)?;
+        w32(Field32::GuestIa32SysenterCs, 0)?;
+        wn(FieldNatural::GuestIa32SysenterEsp, 0)?;
+        wn(FieldNatural::GuestIa32SysenterEip, 0)?;
+        let segs = [
+            (Field16::GuestEsSelector, Field32::GuestEsLimit, Field32::GuestEsAccessRights, FieldNatural::GuestEsBase),
+            (Field16::GuestSsSelector, Field32::GuestSsLimit, Field32::GuestSsAccessRights, FieldNatural::GuestSsBase),
+            (Field16::GuestDsSelector, Field32::GuestDsLimit, Field32::GuestDsAccessRights, FieldNatural::GuestDsBase),
+            (Field16::GuestFsSelector, Field32::GuestFsLimit, Field32::GuestFsAccessRights, FieldNatural::GuestFsBase),
+            (Field16::GuestGsSelector, Field32::GuestGsLimit, Field32::GuestGsAccessRights, FieldNatural::GuestGsBase),
+        ];
+        match boot.mode {
+            EntryMode::Long64 => {
+                w16(Field16::GuestCsSelector, crate::loader::CODE64_SELECTOR)?;
+                w32(Field32::GuestCsLimit, 0xffff_ffff)?;
+                w32(Field32::GuestCsAccessRights, ar::CODE64)?;
+                wn(FieldNatural::GuestCsBase, 0)?;
+                for (sel, lim, acc, base) in segs {
+                    w16(sel, crate::loader::DATA_SELECTOR)?;
+                    w32(lim, 0xffff_ffff)?;
+                    w32(acc, ar::DATA)?;
+                    wn(base, 0)?;
+                }
+                wn(FieldNatural::GuestRip, boot.rip)?;
+            }
+            EntryMode::Real16 => {
+                let cs_base = u64::from(boot.cs_selector) << 4;
+                w16(Field16::GuestCsSelector, boot.cs_selector)?;
+                w32(Field32::GuestCsLimit, 0xffff)?;
+                w32(Field32::GuestCsAccessRights, ar::REAL_CODE)?;
+                wn(FieldNatural::GuestCsBase, cs_base)?;
+                for (sel, lim, acc, base) in segs {
+                    w16(sel, 0)?;
+                    w32(lim, 0xffff)?;
+                    w32(acc, ar::REAL_DATA)?;
+                    wn(base, 0)?;
+                }
+                wn(FieldNatural::GuestRip, boot.rip - cs_base)?;
+            }
+        }
+        w16(Field16::GuestLdtrSelector, 0)?;
+        w32(Field32::GuestLdtrLimit, 0)?;
+        w32(Field32::GuestLdtrAccessRights, ar::UNUSABLE)?;
+        wn(FieldNatural::GuestLdtrBase, 0)?;
+        w16(Field16::GuestTrSelector, 0)?;
+        w32(Field32::GuestTrLimit, 0xffff)?;
+        w32(Field32::GuestTrAccessRights, ar::TSS_BUSY64)?;
+        wn(FieldNatural::GuestTrBase, 0)?;
+        wn(FieldNatural::GuestGdtrBase, boot.gdt.0)?;
+        w32(Field32::GuestGdtrLimit, boot.gdt.1.into())?;
+        wn(FieldNatural::GuestIdtrBase, 0)?;
+        w32(Field32::GuestIdtrLimit, 0xffff)?;
+
+        let mut regs = GuestRegisters::default();
+        regs.rdi = boot.rdi;
+        regs.rsi = boot.rsi;
+        regs.rdx = boot.rdx;
+        Ok(Self { regs, launched: false, _vmcs: vmcs, _msr_bitmap: msr, _io_bitmaps: io, controls, cr0_mask, cr4_mask, exit_len: 0 })
+    }
+
+    /// Enters the guest until its next exit.
+    pub fn run(&mut self) -> Result<Exit, alloc::string::String> {
+        // SAFETY: this vCPU's VMCS is current on this core (loaded in `new`, never cleared
+        // while the vCPU lives) and fully initialized; the register block is ours.
+        let entered = unsafe { vm_enter(&mut self.regs, self.launched) };
+        if let Err(e) = entered {
+            let mut s = alloc::string::String::new();
+            let _ = write!(s, "VM entry failed: {e}");
+            return Err(s);
+        }
+        self.launched = true;
+        let raw = vi::read32(Field32::ExitReason).unwrap_or(0);
+        let reason = ExitReason::from_raw(raw);
+        self.exit_len = u64::from(vi::read32(Field32::VmExitInstructionLength).unwrap_or(0));
+        let q = natural(FieldNatural::ExitQualification);
+        Ok(match reason.basic {
+            BasicExitReason::EntryFailureInvalidGuestState => Exit::InvalidGuestState,
+            _ if reason.entry_failure => Exit::Unknown { code: raw, name: reason.basic.description().unwrap_or("VM-entry failure") },
+            BasicExitReason::ExceptionOrNmi => {
+                let info = InterruptionInfo::from_raw(vi::read32(Field32::VmExitInterruptionInformation).unwrap_or(0));
+                if info.kind == InterruptionType::Nmi {
+                    Exit::Nmi
+                } else {
+                    Exit::Unknown { code: raw, name: "exception" }
+                }
+            }
+            BasicExitReason::ExternalInterrupt => {
+                let info = InterruptionInfo::from_raw(vi::read32(Field32::VmExitInterruptionInformation).unwrap_or(0));
+                Exit::ExternalInterrupt { vector: info.valid.then_some(info.vector) }
+            }
+            BasicExitReason::TripleFault => Exit::TripleFault,
+            BasicExitReason::InitSignal => Exit::Init,
+            BasicExitReason::StartupIpi => Exit::Sipi { vector: q as u8 },
+            BasicExitReason::InterruptWindow => Exit::InterruptWindow,
+            BasicExitReason::Cpuid => Exit::Cpuid,
+            BasicExitReason::Hlt => Exit::Hlt,
+            BasicExitReason::Vmcall => Exit::Hypercall,
+            BasicExitReason::ControlRegisterAccess => {
+                let a = CrAccess::from_qualification(q);
+                let gpr = Gpr::from_index(a.gpr as u8).unwrap_or(Gpr::Rax);
+                match a.access {
+                    CrAccessType::MovToCr => Exit::CrWrite { cr: a.cr, gpr },
+                    CrAccessType::MovFromCr => Exit::CrRead { cr: a.cr, gpr },
+                    CrAccessType::Clts => Exit::Clts,
+                    CrAccessType::Lmsw => Exit::Lmsw(a.lmsw_source),
+                }
+            }
+            BasicExitReason::IoInstruction => match IoAccess::from_qualification(q) {
+                Some(io) => Exit::Io {
+                    port: io.port,
+                    size: match io.size {
+                        IoSize::Byte => 1,
+                        IoSize::Word => 2,
+                        IoSize::Dword => 4,
+                    },
+                    write: io.direction == IoDirection::Out,
+                    string: io.string,
+                    rep: io.rep,
+                },
+                None => Exit::Unknown { code: raw, name: "I/O instruction with an undefined size" },
+            },
+            BasicExitReason::Rdmsr => Exit::MsrRead,
+            BasicExitReason::Wrmsr => Exit::MsrWrite,
+            BasicExitReason::EptViolation => {
+                let v = EptViolation::from_qualification(q);
+                let gpa = vi::read64(Field64::GuestPhysicalAddress).unwrap_or(0);
+                let linear = v.linear_address_valid.then(|| natural(FieldNatural::GuestLinearAddress));
+                Exit::NestedPageFault { gpa: boot::GuestPhysAddr::new(gpa), access: Access { read: v.read, write: v.write, fetch: v.fetch }, linear }
+            }
+            BasicExitReason::Xsetbv => Exit::Xsetbv,
+            other => Exit::Unknown { code: raw, name: other.description().unwrap_or("unknown exit reason") },
+        })
+    }
+
+    fn sync_long_mode(&mut self) {
+        // IA32_EFER.LMA follows LME and CR0.PG; the entry control must match it (SDM Vol. 3C
+        // §27.3.2.1).
+        let efer = vi::read64(Field64::GuestIa32Efer).unwrap_or(0);
+        let pg = natural(FieldNatural::GuestCr0) & CR0_PG != 0;
+        let lma = efer & EFER_LME != 0 && pg;
+        let new_efer = if lma { efer | EFER_LMA } else { efer & !EFER_LMA };
+        let _ = vi::write64(Field64::GuestIa32Efer, new_efer);
+        if lma {
+            self.controls.entry |= EntryControls::IA32E_MODE_GUEST;
+        } else {
+            self.controls.entry &= !EntryControls::IA32E_MODE_GUEST;
+        }
+        let _ = vi::write32(Field32::VmEntryControls, self.controls.entry.bits());
+    }
+}
+
+impl Vcpu for VmxVcpu {
+    fn gpr(&self, r: Gpr) -> u64 {
+        if r == Gpr::Rsp {
+            return natural(FieldNatural::GuestRsp);
+        }
+        Some(vmx::regs::Gpr::from_low_bits(r as u64)).and_then(|g| self.regs.gpr(g)).unwrap_or(0)
+    }
+
+    fn set_gpr(&mut self, r: Gpr, v: u64) {
+        if r == Gpr::Rsp {
+            let _ = vi::write_natural(FieldNatural::GuestRsp, v);
+            return;
+        }
+        if let Some(slot) = Some(vmx::regs::Gpr::from_low_bits(r as u64)).and_then(|g| self.regs.gpr_mut(g)) {
+            *slot = v;
+        }
+    }
+
+    fn rip(&self) -> u64 {
+        natural(FieldNatural::GuestRip)
+    }
+
+    fn skip_instruction(&mut self) {
+        let rip = self.rip().wrapping_add(self.exit_len);
+        let _ = vi::write_natural(FieldNatural::GuestRip, rip);
+        // Moving past the instruction ends blocking by STI or MOV SS (SDM Vol. 3C §25.4.2).
+        let intr = vi::read32(Field32::GuestInterruptibilityState).unwrap_or(0);
+        let _ = vi::write32(Field32::GuestInterruptibilityState, intr & !0b11);
+    }
+
+    fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
+        // Real mode delivers no error code (SDM Vol. 3C §27.2.1.3).
+        let protected = natural(FieldNatural::GuestCr0) & CR0_PE != 0;
+        let code = error_code.filter(|_| protected);
+        let mut info = u32::from(vector) | (3 << 8) | (1 << 31);
+        if let Some(c) = code {
+            info |= 1 << 11;
+            let _ = vi::write32(Field32::VmEntryExceptionErrorCode, c);
+        }
+        let _ = vi::write32(Field32::VmEntryInterruptionInformation, info);
+    }
+
+    fn cr(&self, cr: u8) -> u64 {
+        match cr {
+            0 => (natural(FieldNatural::GuestCr0) & !self.cr0_mask) | (natural(FieldNatural::Cr0ReadShadow) & self.cr0_mask),
+            2 => self.regs.cr2,
+            3 => natural(FieldNatural::GuestCr3),
+            4 => (natural(FieldNatural::GuestCr4) & !self.cr4_mask) | (natural(FieldNatural::Cr4ReadShadow) & self.cr4_mask),
+            _ => 0,
+        }
+    }
+
+    fn set_cr(&mut self, cr: u8, value: u64) -> Result<(), VcpuError> {
+        let mut m = HwMsrs;
+        let fixed = FixedBits::read(&mut m).map_err(|_| VcpuError::Rejected)?;
+        match cr {
+            0 => {
+                let real = (value | (fixed.cr0_fixed0 & !(CR0_PE | CR0_PG))) & (fixed.cr0_fixed1 | CR0_PE | CR0_PG);
+                vi::write_natural(FieldNatural::GuestCr0, real).map_err(|_| VcpuError::Rejected)?;
+                vi::write_natural(FieldNatural::Cr0ReadShadow, value).map_err(|_| VcpuError::Rejected)?;
+                self.sync_long_mode();
+            }
+            3 => vi::write_natural(FieldNatural::GuestCr3, value).map_err(|_| VcpuError::Rejected)?,
+            4 => {
+                // Bits the CPU cannot hold with VMX on (besides VMXE, which the guest never sees).
+                if value & !fixed.cr4_fixed1 & !(1 << 13) != 0 {
+                    return Err(VcpuError::Rejected);
+                }
+                vi::write_natural(FieldNatural::GuestCr4, (value | fixed.cr4_fixed0) & fixed.cr4_fixed1).map_err(|_| VcpuError::Rejected)?;
+                vi::write_natural(FieldNatural::Cr4ReadShadow, value).map_err(|_| VcpuError::Rejected)?;
+            }
+            _ => return Err(VcpuError::Rejected),
+        }
+        Ok(())
+    }
+
+    fn efer(&self) -> u64 {
+        vi::read64(Field64::GuestIa32Efer).unwrap_or(0)
+    }
+
+    fn set_efer(&mut self, value: u64) -> Result<(), VcpuError> {
+        vi::write64(Field64::GuestIa32Efer, value).map_err(|_| VcpuError::Rejected)?;
+        self.sync_long_mode();
+        Ok(())
+    }
+
+    fn rflags(&self) -> u64 {
+        natural(FieldNatural::GuestRflags)
+    }
+
+    fn cpl(&self) -> u8 {
+        if natural(FieldNatural::GuestCr0) & CR0_PE == 0 {
+            return 0;
+        }
+        ((vi::read32(Field32::GuestSsAccessRights).unwrap_or(0) >> 5) & 3) as u8
+    }
+}
+
+impl Drop for VmxVcpu {
+    fn drop(&mut self) {
+        // SAFETY: the VMCS is ours; clearing it makes the CPU write back its state and forget it
+        // before the page is freed.
+        let _ = unsafe { vi::vmclear(self._vmcs.phys()) };
+    }
+}

@@ -72,7 +72,7 @@ impl Perms {
     /// never WRITE without READ (an EPT misconfiguration, SDM Vol. 3C §29.3.3.1).
     pub const fn is_valid(self) -> bool {
         let bits = self.bits();
-        bits != 0 && bits & !Self::all().bits() == 0 && !(bits & 0b11 == 0b10)
+        bits != 0 && bits & !Self::all().bits() == 0 && bits & 0b11 != 0b10
     }
 }
 
@@ -419,7 +419,10 @@ mod tests {
         );
         assert_eq!(pde.raw(), 0x4060_0000 | 0b111 | (1 << 7));
         assert!(pde.is_leaf_at(2) && pde.is_leaf_at(3) && !pde.is_leaf_at(4));
-        assert_eq!(pde.page_addr(PageSize::Size2M), HostPhysAddr::new(0x4060_0000));
+        assert_eq!(
+            pde.page_addr(PageSize::Size2M),
+            HostPhysAddr::new(0x4060_0000)
+        );
 
         // Bits below the page size are reserved (Tables 29-2, 29-4) and must never be set.
         let pdpte = EptEntry::page(
@@ -429,7 +432,10 @@ mod tests {
             MemType::WriteThrough,
         );
         assert_eq!(pdpte.raw(), 0x8_4000_0000 | 0b101 | (4 << 3) | (1 << 7));
-        assert_eq!(pdpte.flags(), EntryFlags::READ | EntryFlags::EXECUTE | EntryFlags::LARGE);
+        assert_eq!(
+            pdpte.flags(),
+            EntryFlags::READ | EntryFlags::EXECUTE | EntryFlags::LARGE
+        );
 
         // Address bits above 51 are dropped, not folded into the ignored bits 63:52.
         let high = EptEntry::page(

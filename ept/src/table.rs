@@ -19,10 +19,10 @@
 //! **TLBs.** The builder writes entries with volatile 64-bit stores, fills a new table before
 //! linking it and unlinks a table before freeing it, so a processor walking the tree
 //! concurrently sees either the old or the new translation of every page. It never flushes:
-//! after `unmap`, `protect`, or a `map` that merged tables, the caller must run INVEPT
-//! ([`crate::invept`]) for this EPTP on every core that uses it before relying on the change
-//! and before the frame source hands out the frames the change freed (processors cache
-//! translations and paging-structure entries, SDM Vol. 3C §29.4).
+//! after `unmap`, `protect`, or a `map` that merged tables, the caller must run INVEPT (the
+//! `invept` module, on the target) for this EPTP on every core that uses it, before relying on
+//! the change and before the frame source hands out the frames the change freed (processors
+//! cache translations and paging-structure entries, SDM Vol. 3C §29.4).
 
 use crate::entry::{EptEntry, Eptp, MemType, PageSize, Perms};
 use boot::{GuestPhysAddr, HostPhysAddr};
@@ -67,6 +67,22 @@ pub unsafe trait FrameSource {
     fn free_frame(&mut self, frame: HostPhysAddr);
     /// Pointer through which the 512 entries of the table at `frame` can be read and written.
     fn table(&mut self, frame: HostPhysAddr) -> *mut [u64; 512];
+}
+
+// SAFETY: every call goes to `S`, whose own implementation gives the guarantees; lending the
+// source out does not change which frames are allocated or where their memory is.
+unsafe impl<S: FrameSource + ?Sized> FrameSource for &mut S {
+    fn alloc_frame(&mut self) -> Option<HostPhysAddr> {
+        (**self).alloc_frame()
+    }
+
+    fn free_frame(&mut self, frame: HostPhysAddr) {
+        (**self).free_frame(frame)
+    }
+
+    fn table(&mut self, frame: HostPhysAddr) -> *mut [u64; 512] {
+        (**self).table(frame)
+    }
 }
 
 /// Which argument of a call an [`EptError`] is about.
@@ -487,12 +503,7 @@ impl<F: FrameSource> Ept<F> {
     /// pages only partly inside are split when their rights change; tables that become uniform
     /// are merged. Fails, changing nothing, on bad input, invalid `perms`, any page of the range
     /// unmapped ([`EptError::NotMapped`] names the first), or too few frames for the splits.
-    pub fn protect(
-        &mut self,
-        gpa: GuestPhysAddr,
-        len: u64,
-        perms: Perms,
-    ) -> Result<(), EptError> {
+    pub fn protect(&mut self, gpa: GuestPhysAddr, len: u64, perms: Perms) -> Result<(), EptError> {
         let (g, end) = (gpa.as_u64(), Self::check_range(gpa, len)?);
         if !perms.is_valid() {
             return Err(EptError::InvalidPerms { perms });
@@ -799,12 +810,25 @@ impl<F: FrameSource> Ept<F> {
         for slot in slots(base, level, s, e) {
             let hpa = slot.base.wrapping_add(args.offset);
             if level < 2 || (slot.full && self.leaf_allowed(level) && hpa % span(level) == 0) {
-                Self::node_set(pass, node, slot.idx, EptEntry::leaf_at(level, hpa, args.attrs));
+                Self::node_set(
+                    pass,
+                    node,
+                    slot.idx,
+                    EptEntry::leaf_at(level, hpa, args.attrs),
+                );
                 continue;
             }
             let entry = Self::node_get(node, slot.idx);
             if let Some(child) = self.child(pass, node, slot.idx, entry, level) {
-                self.map_level(child, level - 1, slot.base, slot.start, slot.end, args, pass);
+                self.map_level(
+                    child,
+                    level - 1,
+                    slot.base,
+                    slot.start,
+                    slot.end,
+                    args,
+                    pass,
+                );
             }
         }
     }
@@ -873,7 +897,15 @@ impl<F: FrameSource> Ept<F> {
                 }
             }
             if let Some(child) = self.child(pass, node, slot.idx, entry, level) {
-                self.protect_level(child, level - 1, slot.base, slot.start, slot.end, perms, pass);
+                self.protect_level(
+                    child,
+                    level - 1,
+                    slot.base,
+                    slot.start,
+                    slot.end,
+                    perms,
+                    pass,
+                );
             }
         }
     }

@@ -65,6 +65,8 @@ pub struct EnclaveReport {
     pub msr_denied: u64,
     /// What the guest reported.
     pub results: serde_json::Map<String, serde_json::Value>,
+    /// When it ended, in microseconds of atoll's clock (the TSC), for ordering ends.
+    pub ended_at_us: u64,
 }
 
 /// The whole summary.

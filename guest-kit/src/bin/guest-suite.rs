@@ -210,7 +210,12 @@ guest_gp_handler:
     extern "C" fn guest_main(ram: u64, cmdline_gpa: u64, cmdline_len: u64) -> ! {
         // SAFETY: atoll wrote `cmdline_len` bytes of command line at `cmdline_gpa`.
         let cmd = unsafe { core::slice::from_raw_parts(cmdline_gpa as *const u8, cmdline_len.min(1024) as usize) };
-        let mode = core::str::from_utf8(cmd).unwrap_or("suite").trim();
+        // First word: the mode; `passes=N`: how many times to check every RAM page (a longer
+        // run, so a neighbour's crash can be seen to happen while this enclave still works).
+        let text = core::str::from_utf8(cmd).unwrap_or("suite");
+        let mut words = text.split_whitespace();
+        let mode = words.next().unwrap_or("suite");
+        let passes: u64 = words.find_map(|w| w.strip_prefix("passes=")).and_then(|n| n.parse().ok()).unwrap_or(1).clamp(1, 100_000);
         let vendor = __cpuid_count(0, 0);
         INTEL.store(u64::from(vendor.ebx == u32::from_le_bytes(*b"Genu")), Ordering::Relaxed);
         load_idt();
@@ -250,9 +255,11 @@ guest_gp_handler:
         // Every page of RAM.
         let pages = ram / 4096;
         let mut bad_pages = 0u64;
-        for p in 0..pages {
-            if !check_page(p * 4096) {
-                bad_pages += 1;
+        for _ in 0..passes {
+            for p in 0..pages {
+                if !check_page(p * 4096) {
+                    bad_pages += 1;
+                }
             }
         }
 
@@ -270,7 +277,7 @@ guest_gp_handler:
             "{{\"suite_passed\":{passed},\"console_hypercall\":{console_ok},\"abi_version_ok\":{abi_ok},\"unknown_hypercall_refused\":{unknown_ok},\"bad_buffer_refused\":{fault_ok},\
              \"cpuid_vmx_hidden\":{vmx_hidden},\"cpuid_svm_hidden\":{svm_hidden},\"cpuid_hypervisor_bit\":{hv_bit},\"cpuid_signature_ok\":{sig_ok},\
              \"msr_allowed_ok\":{allowed_ok},\"msr_denied_gp\":{denied_ok},\"msr_passthrough_ok\":{passthrough_ok},\"denied_port_value\":{denied_port},\
-             \"ram_bytes\":{ram},\"pages_checked\":{pages},\"bad_pages\":{bad_pages},\"cpuid_cycles\":{cpuid_cycles},\"hypercall_cycles\":{hypercall_cycles},\"mode\":\"{mode}\"}}"
+             \"ram_bytes\":{ram},\"pages_checked\":{pages},\"ram_passes\":{passes},\"bad_pages\":{bad_pages},\"cpuid_cycles\":{cpuid_cycles},\"hypercall_cycles\":{hypercall_cycles},\"mode\":\"{mode}\"}}"
         );
         if report(&json) != status::OK {
             let _ = writeln!(Com1, "guest-suite: REPORT refused");

@@ -92,6 +92,7 @@ pub fn run(spec: &RunSpec, core: &CoreVmx) -> EnclaveReport {
         }
         _ => {}
     }
+    report.ended_at_us = super::tsc::micros();
     report.exits = run.exit_counts();
     report.io_denied = run.io_denied;
     report.msr_denied = run.msr_denied;

@@ -189,6 +189,8 @@ pub fn extend_identity_map(end: u64) -> Result<(), MapError> {
         return Err(MapError::No1GiBPages);
     }
     let gibs = end.div_ceil(GIB) as usize;
+    // Entries are written through a raw pointer (never a reference to the live table).
+    #[allow(clippy::needless_range_loop)]
     for i in 4..gibs {
         // SAFETY: boot_pdpt is the live PDPT under PML4 entry 0; entries 4.. are unused until
         // here, and only the BSP runs this, before any AP starts. Present | writable | page size.

@@ -98,7 +98,10 @@ impl fmt::Display for ConfigError {
 }
 
 fn err(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
-    ConfigError { field: field.into(), reason: reason.into() }
+    ConfigError {
+        field: field.into(),
+        reason: reason.into(),
+    }
 }
 
 /// What the checks may know about the machine and the image.
@@ -128,16 +131,30 @@ pub fn parse(text: &str, ctx: &Context) -> Result<Vec<EnclaveConfig>, ConfigErro
         return Err(err("enclave", "no [[enclave]] is described"));
     }
     if list.len() > MAX_ENCLAVES {
-        return Err(err("enclave", format!("{} enclaves, at most {MAX_ENCLAVES}", list.len())));
+        return Err(err(
+            "enclave",
+            format!("{} enclaves, at most {MAX_ENCLAVES}", list.len()),
+        ));
     }
     for (i, e) in list.iter().enumerate() {
         let f = |name: &str| format!("enclave[{i}].{name}");
         let n = &e.name;
-        if n.is_empty() || n.len() > 32 || !n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
-            return Err(err(f("name"), format!("'{n}' must be 1–32 characters of a–z, 0–9 and '-'")));
+        if n.is_empty()
+            || n.len() > 32
+            || !n
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(err(
+                f("name"),
+                format!("'{n}' must be 1–32 characters of a–z, 0–9 and '-'"),
+            ));
         }
         if let Some(j) = list[..i].iter().position(|o| o.name == *n) {
-            return Err(err(f("name"), format!("'{n}' is also the name of enclave[{j}]")));
+            return Err(err(
+                f("name"),
+                format!("'{n}' is also the name of enclave[{j}]"),
+            ));
         }
         if e.cores.is_empty() {
             return Err(err(f("cores"), "at least one core is needed"));
@@ -146,12 +163,22 @@ pub fn parse(text: &str, ctx: &Context) -> Result<Vec<EnclaveConfig>, ConfigErro
             if e.cores[..k].contains(c) {
                 return Err(err(f("cores"), format!("core {c} is listed twice")));
             }
-            if let Some((j, other)) = list[..i].iter().enumerate().find(|(_, o)| o.cores.contains(c)) {
-                return Err(err(f("cores"), format!("core {c} already belongs to enclave[{j}] '{}'", other.name)));
+            if let Some((j, other)) = list[..i]
+                .iter()
+                .enumerate()
+                .find(|(_, o)| o.cores.contains(c))
+            {
+                return Err(err(
+                    f("cores"),
+                    format!("core {c} already belongs to enclave[{j}] '{}'", other.name),
+                ));
             }
             if let Some(cores) = ctx.cores {
                 if !cores.contains(c) {
-                    return Err(err(f("cores"), format!("no processor with APIC id {c} on this machine (it has {cores:?})")));
+                    return Err(err(
+                        f("cores"),
+                        format!("no processor with APIC id {c} on this machine (it has {cores:?})"),
+                    ));
                 }
             }
         }
@@ -159,15 +186,28 @@ pub fn parse(text: &str, ctx: &Context) -> Result<Vec<EnclaveConfig>, ConfigErro
             return Err(err(f("cores"), "enclaves have one core each for now (multi-core enclaves come with the Linux guest)"));
         }
         if e.memory_mib == 0 || e.memory_mib > MAX_MEMORY_MIB {
-            return Err(err(f("memory_mib"), format!("{} is outside 1..={MAX_MEMORY_MIB}", e.memory_mib)));
+            return Err(err(
+                f("memory_mib"),
+                format!("{} is outside 1..={MAX_MEMORY_MIB}", e.memory_mib),
+            ));
         }
         if let Some(modules) = ctx.modules {
             if !modules.contains(&e.image.as_str()) {
-                return Err(err(f("image"), format!("no module named '{}' (modules: {})", e.image, modules.join(", "))));
+                return Err(err(
+                    f("image"),
+                    format!(
+                        "no module named '{}' (modules: {})",
+                        e.image,
+                        modules.join(", ")
+                    ),
+                ));
             }
         }
         if e.cmdline.len() > MAX_CMDLINE {
-            return Err(err(f("cmdline"), format!("{} bytes, at most {MAX_CMDLINE}", e.cmdline.len())));
+            return Err(err(
+                f("cmdline"),
+                format!("{} bytes, at most {MAX_CMDLINE}", e.cmdline.len()),
+            ));
         }
     }
     Ok(list)
@@ -196,7 +236,10 @@ mod tests {
     "#;
 
     fn any() -> Context<'static> {
-        Context { cores: None, modules: None }
+        Context {
+            cores: None,
+            modules: None,
+        }
     }
 
     #[test]
@@ -207,7 +250,10 @@ mod tests {
         assert_eq!(l[0].io_unknown, IoPolicy::Ignore);
         assert_eq!(l[1].io_unknown, IoPolicy::Fault);
         assert_eq!(l[1].cmdline, "");
-        let ctx = Context { cores: Some(&[0, 1]), modules: Some(&["suite64", "real16", "enclaves"]) };
+        let ctx = Context {
+            cores: Some(&[0, 1]),
+            modules: Some(&["suite64", "real16", "enclaves"]),
+        };
         assert!(parse(TWO, &ctx).is_ok());
     }
 
@@ -219,17 +265,38 @@ mod tests {
     #[test]
     fn every_bad_field_is_named() {
         let e = field_of(&TWO.replace("cores = [1]", "cores = [0]"), &any());
-        assert_eq!(e, "enclave[1].cores: core 0 already belongs to enclave[0] 'alpha'");
+        assert_eq!(
+            e,
+            "enclave[1].cores: core 0 already belongs to enclave[0] 'alpha'"
+        );
         let e = field_of(&TWO.replace("\"beta\"", "\"alpha\""), &any());
         assert_eq!(e, "enclave[1].name: 'alpha' is also the name of enclave[0]");
         let e = field_of(&TWO.replace("\"beta\"", "\"Beta!\""), &any());
         assert!(e.starts_with("enclave[1].name: 'Beta!' must be"), "{e}");
         let e = field_of(&TWO.replace("memory_mib = 8", "memory_mib = 0"), &any());
         assert!(e.starts_with("enclave[1].memory_mib: 0 is outside"), "{e}");
-        let e = field_of(TWO, &Context { cores: Some(&[0]), modules: None });
-        assert!(e.starts_with("enclave[1].cores: no processor with APIC id 1"), "{e}");
-        let e = field_of(TWO, &Context { cores: None, modules: Some(&["suite64"]) });
-        assert!(e.starts_with("enclave[1].image: no module named 'real16'"), "{e}");
+        let e = field_of(
+            TWO,
+            &Context {
+                cores: Some(&[0]),
+                modules: None,
+            },
+        );
+        assert!(
+            e.starts_with("enclave[1].cores: no processor with APIC id 1"),
+            "{e}"
+        );
+        let e = field_of(
+            TWO,
+            &Context {
+                cores: None,
+                modules: Some(&["suite64"]),
+            },
+        );
+        assert!(
+            e.starts_with("enclave[1].image: no module named 'real16'"),
+            "{e}"
+        );
         let e = field_of(&TWO.replace("cores = [1]", "cores = []"), &any());
         assert_eq!(e, "enclave[1].cores: at least one core is needed");
         let e = field_of(&TWO.replace("cores = [1]", "cores = [1, 1]"), &any());
@@ -238,9 +305,18 @@ mod tests {
 
     #[test]
     fn syntax_and_unknown_fields_name_the_line() {
-        let e = field_of(&TWO.replace("entry = \"real16\"", "entry = \"protected\""), &any());
-        assert!(e.starts_with("line 15 `entry = \"protected\"`: unknown variant"), "{e}");
-        let e = field_of(&TWO.replace("cmdline = \"suite\"", "colour = \"red\""), &any());
+        let e = field_of(
+            &TWO.replace("entry = \"real16\"", "entry = \"protected\""),
+            &any(),
+        );
+        assert!(
+            e.starts_with("line 15 `entry = \"protected\"`: unknown variant"),
+            "{e}"
+        );
+        let e = field_of(
+            &TWO.replace("cmdline = \"suite\"", "colour = \"red\""),
+            &any(),
+        );
         assert!(e.contains("colour"), "{e}");
         let e = field_of("[[enclave]\nname=", &any());
         assert!(e.starts_with("line"), "{e}");

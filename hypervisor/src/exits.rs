@@ -8,13 +8,15 @@
 //! values become an injected exception, an error code in RAX, or an end reason.
 
 use crate::config::IoPolicy;
-use crate::vcpu::{vector, Access, Exit, ExitKind, GuestMemory, Gpr, Vcpu};
+use crate::vcpu::{vector, Access, Exit, ExitKind, Gpr, GuestMemory, Vcpu};
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use boot::GuestPhysAddr;
 use core::fmt;
 
-pub use atoll_abi::{hypercall, status, CPUID_HV_BASE, CPUID_SIGNATURE, HYPERCALL_ABI_VERSION, MAX_HYPERCALL_BUFFER};
+pub use atoll_abi::{
+    hypercall, status, CPUID_HV_BASE, CPUID_SIGNATURE, HYPERCALL_ABI_VERSION, MAX_HYPERCALL_BUFFER,
+};
 
 /// MSRs (SDM Vol. 4) the handlers know by name.
 pub mod msr {
@@ -84,7 +86,12 @@ pub enum EndReason {
     /// The guest asked to exit (hypercall) with this code.
     Exit { code: u64 },
     /// A guest-physical access outside what the enclave owns.
-    EptViolation { gpa: GuestPhysAddr, access: Access, rip: u64, linear: Option<u64> },
+    EptViolation {
+        gpa: GuestPhysAddr,
+        access: Access,
+        rip: u64,
+        linear: Option<u64>,
+    },
     /// The guest triple-faulted.
     TripleFault { rip: u64 },
     /// The CPU refused the guest state.
@@ -96,7 +103,11 @@ pub enum EndReason {
     /// Something atoll does not support (string I/O, …).
     Unsupported { what: &'static str, rip: u64 },
     /// An exit atoll does not handle.
-    UnknownExit { code: u32, name: &'static str, rip: u64 },
+    UnknownExit {
+        code: u32,
+        name: &'static str,
+        rip: u64,
+    },
     /// atoll could not run the enclave (setup or entry failure).
     Failed(String),
 }
@@ -122,19 +133,35 @@ impl fmt::Display for EndReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             EndReason::Exit { code } => write!(f, "the guest exited with code {code}"),
-            EndReason::EptViolation { gpa, access, rip, linear } => {
-                write!(f, "EPT violation: {access} of guest-physical {gpa} at RIP {rip:#x}")?;
+            EndReason::EptViolation {
+                gpa,
+                access,
+                rip,
+                linear,
+            } => {
+                write!(
+                    f,
+                    "EPT violation: {access} of guest-physical {gpa} at RIP {rip:#x}"
+                )?;
                 if let Some(l) = linear {
                     write!(f, " (linear {l:#x})")?;
                 }
                 Ok(())
             }
             EndReason::TripleFault { rip } => write!(f, "triple fault at RIP {rip:#x}"),
-            EndReason::InvalidGuestState { rip } => write!(f, "invalid guest state at RIP {rip:#x}"),
+            EndReason::InvalidGuestState { rip } => {
+                write!(f, "invalid guest state at RIP {rip:#x}")
+            }
             EndReason::Halted { rip } => write!(f, "HLT with interrupts disabled at RIP {rip:#x}"),
-            EndReason::IoDenied { port, rip } => write!(f, "I/O port {port:#x} denied by policy at RIP {rip:#x}"),
-            EndReason::Unsupported { what, rip } => write!(f, "unsupported: {what} at RIP {rip:#x}"),
-            EndReason::UnknownExit { code, name, rip } => write!(f, "unhandled exit {name} ({code}) at RIP {rip:#x}"),
+            EndReason::IoDenied { port, rip } => {
+                write!(f, "I/O port {port:#x} denied by policy at RIP {rip:#x}")
+            }
+            EndReason::Unsupported { what, rip } => {
+                write!(f, "unsupported: {what} at RIP {rip:#x}")
+            }
+            EndReason::UnknownExit { code, name, rip } => {
+                write!(f, "unhandled exit {name} ({code}) at RIP {rip:#x}")
+            }
             EndReason::Failed(why) => write!(f, "{why}"),
         }
     }
@@ -272,9 +299,18 @@ pub fn handle(
                 Action::Resume
             }
         }
-        Exit::Io { port, size, write, string, rep: _ } => {
+        Exit::Io {
+            port,
+            size,
+            write,
+            string,
+            rep: _,
+        } => {
             if string {
-                return Action::Stop(EndReason::Unsupported { what: "string I/O (INS/OUTS)", rip });
+                return Action::Stop(EndReason::Unsupported {
+                    what: "string I/O (INS/OUTS)",
+                    rip,
+                });
             }
             io(vcpu, run, console, port, size, write)
         }
@@ -302,10 +338,23 @@ pub fn handle(
         }
         Exit::Xsetbv => xsetbv(vcpu, host),
         Exit::Hypercall => hypercall_exit(vcpu, mem, run, console),
-        Exit::NestedPageFault { gpa, access, linear } => Action::Stop(EndReason::EptViolation { gpa, access, rip, linear }),
+        Exit::NestedPageFault {
+            gpa,
+            access,
+            linear,
+        } => Action::Stop(EndReason::EptViolation {
+            gpa,
+            access,
+            rip,
+            linear,
+        }),
         Exit::TripleFault => Action::Stop(EndReason::TripleFault { rip }),
         Exit::InvalidGuestState => Action::Stop(EndReason::InvalidGuestState { rip }),
-        Exit::ExternalInterrupt { .. } | Exit::Nmi | Exit::InterruptWindow | Exit::Init | Exit::Sipi { .. } => Action::Resume,
+        Exit::ExternalInterrupt { .. }
+        | Exit::Nmi
+        | Exit::InterruptWindow
+        | Exit::Init
+        | Exit::Sipi { .. } => Action::Resume,
         Exit::Unknown { code, name } => Action::Stop(EndReason::UnknownExit { code, name, rip }),
     }
 }
@@ -315,7 +364,14 @@ pub fn handle(
 pub fn filtered_cpuid(host: &impl HostCpu, leaf: u32, sub: u32) -> [u32; 4] {
     match leaf {
         CPUID_HV_BASE => {
-            let sig = |i: usize| u32::from_le_bytes([CPUID_SIGNATURE[i], CPUID_SIGNATURE[i + 1], CPUID_SIGNATURE[i + 2], CPUID_SIGNATURE[i + 3]]);
+            let sig = |i: usize| {
+                u32::from_le_bytes([
+                    CPUID_SIGNATURE[i],
+                    CPUID_SIGNATURE[i + 1],
+                    CPUID_SIGNATURE[i + 2],
+                    CPUID_SIGNATURE[i + 3],
+                ])
+            };
             [CPUID_HV_BASE + 1, sig(0), sig(4), sig(8)]
         }
         0x4000_0001 => [HYPERCALL_ABI_VERSION as u32, 0, 0, 0],
@@ -346,7 +402,14 @@ fn set_io_result(vcpu: &mut impl Vcpu, size: u8, value: u32) {
     vcpu.set_gpr(Gpr::Rax, new);
 }
 
-fn io(vcpu: &mut impl Vcpu, run: &mut EnclaveRun, console: &mut impl Console, port: u16, size: u8, write: bool) -> Action {
+fn io(
+    vcpu: &mut impl Vcpu,
+    run: &mut EnclaveRun,
+    console: &mut impl Console,
+    port: u16,
+    size: u8,
+    write: bool,
+) -> Action {
     if (COM1..COM1 + 8).contains(&port) {
         let offset = port - COM1;
         if write {
@@ -373,7 +436,10 @@ fn io(vcpu: &mut impl Vcpu, run: &mut EnclaveRun, console: &mut impl Console, po
             vcpu.inject_exception(vector::GP, Some(0));
             Action::Resume
         }
-        IoPolicy::Stop => Action::Stop(EndReason::IoDenied { port, rip: vcpu.rip() }),
+        IoPolicy::Stop => Action::Stop(EndReason::IoDenied {
+            port,
+            rip: vcpu.rip(),
+        }),
     }
 }
 
@@ -430,7 +496,25 @@ fn msr_write(vcpu: &mut impl Vcpu, run: &mut EnclaveRun) -> Action {
 
 /// CR4 bits a guest may not set: VMXE (13), SMXE (14), and the reserved ones above 24 except
 /// PKS (24)/CET (23) handled as reserved too for now.
-const CR4_FORBIDDEN: u64 = !((1 << 0) | (1 << 1) | (1 << 2) | (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 8) | (1 << 9) | (1 << 10) | (1 << 11) | (1 << 12) | (1 << 16) | (1 << 17) | (1 << 18) | (1 << 20) | (1 << 21) | (1 << 22));
+const CR4_FORBIDDEN: u64 = !((1 << 0)
+    | (1 << 1)
+    | (1 << 2)
+    | (1 << 3)
+    | (1 << 4)
+    | (1 << 5)
+    | (1 << 6)
+    | (1 << 7)
+    | (1 << 8)
+    | (1 << 9)
+    | (1 << 10)
+    | (1 << 11)
+    | (1 << 12)
+    | (1 << 16)
+    | (1 << 17)
+    | (1 << 18)
+    | (1 << 20)
+    | (1 << 21)
+    | (1 << 22));
 
 fn cr_write(vcpu: &mut impl Vcpu, cr: u8, value: u64) -> Action {
     let ok = match cr {
@@ -480,7 +564,12 @@ pub fn valid_xcr0(value: u64, supported: u64) -> bool {
         && (!any(0b111 << 5) || has(1 << 2))
 }
 
-fn hypercall_exit(vcpu: &mut impl Vcpu, mem: &mut impl GuestMemory, run: &mut EnclaveRun, console: &mut impl Console) -> Action {
+fn hypercall_exit(
+    vcpu: &mut impl Vcpu,
+    mem: &mut impl GuestMemory,
+    run: &mut EnclaveRun,
+    console: &mut impl Console,
+) -> Action {
     if vcpu.cpl() != 0 {
         vcpu.inject_exception(vector::UD, None);
         return Action::Resume;
@@ -528,7 +617,8 @@ fn read_buffer(mem: &impl GuestMemory, gpa: u64, len: u64) -> Result<Vec<u8>, u6
         return Err(status::INVALID);
     }
     let mut buf = alloc::vec![0u8; len as usize];
-    mem.read(GuestPhysAddr::new(gpa), &mut buf).ok_or(status::FAULT)?;
+    mem.read(GuestPhysAddr::new(gpa), &mut buf)
+        .ok_or(status::FAULT)?;
     Ok(buf)
 }
 
@@ -622,10 +712,23 @@ mod tests {
 
     impl World {
         fn new(policy: IoPolicy) -> Self {
-            Self { vcpu: FakeVcpu::default(), ram: vec![0; 0x10000], run: EnclaveRun::new("alpha", policy), host: Host { xcr0: None }, console: Lines::default() }
+            Self {
+                vcpu: FakeVcpu::default(),
+                ram: vec![0; 0x10000],
+                run: EnclaveRun::new("alpha", policy),
+                host: Host { xcr0: None },
+                console: Lines::default(),
+            }
         }
         fn exit(&mut self, e: Exit) -> Action {
-            handle(e, &mut self.vcpu, &mut SliceMemory(&mut self.ram), &mut self.run, &mut self.host, &mut self.console)
+            handle(
+                e,
+                &mut self.vcpu,
+                &mut SliceMemory(&mut self.ram),
+                &mut self.run,
+                &mut self.host,
+                &mut self.console,
+            )
         }
     }
 
@@ -658,32 +761,84 @@ mod tests {
         let mut w = World::new(IoPolicy::Ignore);
         for b in b"hi there\r\nnext" {
             w.vcpu.gprs[Gpr::Rax as usize] = u64::from(*b);
-            assert_eq!(w.exit(Exit::Io { port: 0x3f8, size: 1, write: true, string: false, rep: false }), Action::Resume);
+            assert_eq!(
+                w.exit(Exit::Io {
+                    port: 0x3f8,
+                    size: 1,
+                    write: true,
+                    string: false,
+                    rep: false
+                }),
+                Action::Resume
+            );
         }
-        assert_eq!(w.console.0, vec![("alpha".to_string(), "hi there".to_string())]);
+        assert_eq!(
+            w.console.0,
+            vec![("alpha".to_string(), "hi there".to_string())]
+        );
         w.vcpu.gprs[Gpr::Rax as usize] = 0xdead_0000;
-        w.exit(Exit::Io { port: 0x3fd, size: 1, write: false, string: false, rep: false });
-        assert_eq!(w.vcpu.gprs[Gpr::Rax as usize], 0xdead_0060, "LSR in AL, rest of RAX kept");
+        w.exit(Exit::Io {
+            port: 0x3fd,
+            size: 1,
+            write: false,
+            string: false,
+            rep: false,
+        });
+        assert_eq!(
+            w.vcpu.gprs[Gpr::Rax as usize],
+            0xdead_0060,
+            "LSR in AL, rest of RAX kept"
+        );
     }
 
     #[test]
     fn unknown_ports_follow_the_policy() {
         let mut w = World::new(IoPolicy::Ignore);
         w.vcpu.gprs[Gpr::Rax as usize] = 0x1234_5678;
-        w.exit(Exit::Io { port: 0x70, size: 2, write: false, string: false, rep: false });
+        w.exit(Exit::Io {
+            port: 0x70,
+            size: 2,
+            write: false,
+            string: false,
+            rep: false,
+        });
         assert_eq!(w.vcpu.gprs[Gpr::Rax as usize], 0x1234_ffff);
         assert_eq!((w.run.io_denied, w.vcpu.skipped), (1, 1));
 
         let mut w = World::new(IoPolicy::Fault);
-        w.exit(Exit::Io { port: 0x70, size: 1, write: true, string: false, rep: false });
+        w.exit(Exit::Io {
+            port: 0x70,
+            size: 1,
+            write: true,
+            string: false,
+            rep: false,
+        });
         assert_eq!(w.vcpu.injected, Some((vector::GP, Some(0))));
         assert_eq!(w.vcpu.skipped, 0, "a faulting instruction is not skipped");
 
         let mut w = World::new(IoPolicy::Stop);
         w.vcpu.rip = 0x1000;
-        let a = w.exit(Exit::Io { port: 0x70, size: 1, write: true, string: false, rep: false });
-        assert_eq!(a, Action::Stop(EndReason::IoDenied { port: 0x70, rip: 0x1000 }));
-        let a = w.exit(Exit::Io { port: 0x3f8, size: 1, write: true, string: true, rep: true });
+        let a = w.exit(Exit::Io {
+            port: 0x70,
+            size: 1,
+            write: true,
+            string: false,
+            rep: false,
+        });
+        assert_eq!(
+            a,
+            Action::Stop(EndReason::IoDenied {
+                port: 0x70,
+                rip: 0x1000
+            })
+        );
+        let a = w.exit(Exit::Io {
+            port: 0x3f8,
+            size: 1,
+            write: true,
+            string: true,
+            rep: true,
+        });
         assert!(matches!(a, Action::Stop(EndReason::Unsupported { .. })));
     }
 
@@ -703,15 +858,25 @@ mod tests {
         w.vcpu.gprs[Gpr::Rcx as usize] = u64::from(msr::IA32_EFER);
         w.vcpu.gprs[Gpr::Rax as usize] = (1 << 8) | (1 << 10) | (1 << 11);
         w.exit(Exit::MsrWrite);
-        assert_eq!((w.vcpu.efer, w.vcpu.injected), ((1 << 8) | (1 << 10) | (1 << 11), None));
+        assert_eq!(
+            (w.vcpu.efer, w.vcpu.injected),
+            ((1 << 8) | (1 << 10) | (1 << 11), None)
+        );
         for bad in [1u64 << 15, 1 << 8] {
             w.vcpu.injected = None;
             w.vcpu.gprs[Gpr::Rax as usize] = bad;
             w.exit(Exit::MsrWrite);
             assert_eq!(w.vcpu.injected, Some((vector::GP, Some(0))), "{bad:#x}");
         }
-        assert_eq!(w.vcpu.efer, (1 << 8) | (1 << 10) | (1 << 11), "refused writes change nothing");
-        assert!(PASSTHROUGH_MSRS.contains(&msr::IA32_LSTAR) && !PASSTHROUGH_MSRS.contains(&msr::IA32_EFER));
+        assert_eq!(
+            w.vcpu.efer,
+            (1 << 8) | (1 << 10) | (1 << 11),
+            "refused writes change nothing"
+        );
+        assert!(
+            PASSTHROUGH_MSRS.contains(&msr::IA32_LSTAR)
+                && !PASSTHROUGH_MSRS.contains(&msr::IA32_EFER)
+        );
     }
 
     #[test]
@@ -719,7 +884,13 @@ mod tests {
         let mut w = World::new(IoPolicy::Ignore);
         w.vcpu.gprs[Gpr::Rax as usize] = hypercall::VERSION;
         w.exit(Exit::Hypercall);
-        assert_eq!((w.vcpu.gprs[Gpr::Rax as usize], w.vcpu.gprs[Gpr::Rbx as usize]), (status::OK, 1));
+        assert_eq!(
+            (
+                w.vcpu.gprs[Gpr::Rax as usize],
+                w.vcpu.gprs[Gpr::Rbx as usize]
+            ),
+            (status::OK, 1)
+        );
 
         w.ram[0x100..0x10b].copy_from_slice(b"hello\nworld");
         w.vcpu.gprs[Gpr::Rax as usize] = hypercall::CONSOLE_WRITE;
@@ -734,7 +905,12 @@ mod tests {
         for (nr, gpa, len, want) in [
             (hypercall::CONSOLE_WRITE, 0xffff, 2, status::FAULT),
             (hypercall::CONSOLE_WRITE, u64::MAX, 16, status::FAULT),
-            (hypercall::CONSOLE_WRITE, 0, MAX_HYPERCALL_BUFFER + 1, status::INVALID),
+            (
+                hypercall::CONSOLE_WRITE,
+                0,
+                MAX_HYPERCALL_BUFFER + 1,
+                status::INVALID,
+            ),
             (hypercall::REPORT, 0x100, 5, status::INVALID),
             (99, 0, 0, status::UNKNOWN),
         ] {
@@ -742,7 +918,11 @@ mod tests {
             w.vcpu.gprs[Gpr::Rbx as usize] = gpa;
             w.vcpu.gprs[Gpr::Rcx as usize] = len;
             assert_eq!(w.exit(Exit::Hypercall), Action::Resume);
-            assert_eq!(w.vcpu.gprs[Gpr::Rax as usize], want, "hypercall {nr} {gpa:#x}+{len}");
+            assert_eq!(
+                w.vcpu.gprs[Gpr::Rax as usize],
+                want,
+                "hypercall {nr} {gpa:#x}+{len}"
+            );
         }
 
         let json = br#"{"pages_checked": 4096, "cpuid_cycles": 812}"#;
@@ -755,7 +935,10 @@ mod tests {
 
         w.vcpu.gprs[Gpr::Rax as usize] = hypercall::EXIT;
         w.vcpu.gprs[Gpr::Rbx as usize] = 7;
-        assert_eq!(w.exit(Exit::Hypercall), Action::Stop(EndReason::Exit { code: 7 }));
+        assert_eq!(
+            w.exit(Exit::Hypercall),
+            Action::Stop(EndReason::Exit { code: 7 })
+        );
 
         // From user mode: #UD, nothing done.
         w.vcpu.cpl = 3;
@@ -768,31 +951,68 @@ mod tests {
     fn containment_exits_end_the_enclave_with_the_details() {
         let mut w = World::new(IoPolicy::Ignore);
         w.vcpu.rip = 0x10_2345;
-        let access = Access { read: true, ..Default::default() };
-        let a = w.exit(Exit::NestedPageFault { gpa: GuestPhysAddr::new(0x100_0000), access, linear: Some(0x100_0000) });
+        let access = Access {
+            read: true,
+            ..Default::default()
+        };
+        let a = w.exit(Exit::NestedPageFault {
+            gpa: GuestPhysAddr::new(0x100_0000),
+            access,
+            linear: Some(0x100_0000),
+        });
         let Action::Stop(reason) = a else { panic!() };
         assert_eq!(reason.name(), "ept_violation");
-        assert_eq!(reason.to_string(), "EPT violation: read of guest-physical 0x1000000 at RIP 0x102345 (linear 0x1000000)");
-        assert_eq!(w.exit(Exit::TripleFault), Action::Stop(EndReason::TripleFault { rip: 0x10_2345 }));
-        assert!(matches!(w.exit(Exit::Unknown { code: 77, name: "x" }), Action::Stop(EndReason::UnknownExit { code: 77, .. })));
-        assert_eq!(w.exit(Exit::Hlt), Action::Stop(EndReason::Halted { rip: 0x10_2345 }));
+        assert_eq!(
+            reason.to_string(),
+            "EPT violation: read of guest-physical 0x1000000 at RIP 0x102345 (linear 0x1000000)"
+        );
+        assert_eq!(
+            w.exit(Exit::TripleFault),
+            Action::Stop(EndReason::TripleFault { rip: 0x10_2345 })
+        );
+        assert!(matches!(
+            w.exit(Exit::Unknown {
+                code: 77,
+                name: "x"
+            }),
+            Action::Stop(EndReason::UnknownExit { code: 77, .. })
+        ));
+        assert_eq!(
+            w.exit(Exit::Hlt),
+            Action::Stop(EndReason::Halted { rip: 0x10_2345 })
+        );
         w.vcpu.rflags = 1 << 9;
         assert_eq!(w.exit(Exit::Hlt), Action::Resume);
-        assert_eq!(w.exit(Exit::ExternalInterrupt { vector: Some(0xec) }), Action::Resume);
+        assert_eq!(
+            w.exit(Exit::ExternalInterrupt { vector: Some(0xec) }),
+            Action::Resume
+        );
     }
 
     #[test]
     fn control_registers_and_xcr0() {
         let mut w = World::new(IoPolicy::Ignore);
         w.vcpu.gprs[Gpr::Rbx as usize] = 0x8000_0001;
-        w.exit(Exit::CrWrite { cr: 0, gpr: Gpr::Rbx });
+        w.exit(Exit::CrWrite {
+            cr: 0,
+            gpr: Gpr::Rbx,
+        });
         assert_eq!((w.vcpu.cr[0], w.vcpu.injected), (0x8000_0001, None));
         w.vcpu.gprs[Gpr::Rbx as usize] = 0x8000_0000; // PG without PE
-        w.exit(Exit::CrWrite { cr: 0, gpr: Gpr::Rbx });
-        assert_eq!((w.vcpu.cr[0], w.vcpu.injected), (0x8000_0001, Some((vector::GP, Some(0)))));
+        w.exit(Exit::CrWrite {
+            cr: 0,
+            gpr: Gpr::Rbx,
+        });
+        assert_eq!(
+            (w.vcpu.cr[0], w.vcpu.injected),
+            (0x8000_0001, Some((vector::GP, Some(0))))
+        );
         w.vcpu.injected = None;
         w.vcpu.gprs[Gpr::Rbx as usize] = 1 << 13; // CR4.VMXE
-        w.exit(Exit::CrWrite { cr: 4, gpr: Gpr::Rbx });
+        w.exit(Exit::CrWrite {
+            cr: 4,
+            gpr: Gpr::Rbx,
+        });
         assert_eq!(w.vcpu.injected, Some((vector::GP, Some(0))));
 
         // XSETBV: #UD without OSXSAVE; then valid and invalid values.
@@ -806,10 +1026,16 @@ mod tests {
         assert_eq!((w.host.xcr0, w.vcpu.injected), (Some(0b11), None));
         w.vcpu.gprs[Gpr::Rax as usize] = 0b101; // AVX without SSE
         w.exit(Exit::Xsetbv);
-        assert_eq!((w.host.xcr0, w.vcpu.injected), (Some(0b11), Some((vector::GP, Some(0)))));
+        assert_eq!(
+            (w.host.xcr0, w.vcpu.injected),
+            (Some(0b11), Some((vector::GP, Some(0))))
+        );
         assert!(valid_xcr0(0b111, 0b111));
         assert!(!valid_xcr0(0b1111, 0b111), "unsupported component");
         assert!(!valid_xcr0(0b110, 0b111), "x87 must stay on");
-        assert!(!valid_xcr0(0b11 | (1 << 5), u64::MAX), "AVX-512 bits together");
+        assert!(
+            !valid_xcr0(0b11 | (1 << 5), u64::MAX),
+            "AVX-512 bits together"
+        );
     }
 }

@@ -5,12 +5,12 @@ use alloc::string::ToString;
 use alloc::vec::Vec;
 use atoll::cpu::{self, CoreCaps};
 use atoll::frames::{FrameAllocator, FRAME_SIZE};
+use atoll::hw::enclave_run::{self, CoreVmx, RunSpec};
 use atoll::hw::{self, apic::LocalApic, console, msr::HwMsrs, power, tsc};
 use atoll::options::Options;
+use atoll::partition::{Enclave, Identity};
 use atoll::platform::Platform;
 use atoll::smp::{self, CoreTable, StartupBus};
-use atoll::hw::enclave_run::{self, CoreVmx, RunSpec};
-use atoll::partition::{Enclave, Identity};
 use atoll::summary::{CoreReport, EnclaveReport, Summary};
 use boot::idt::{exception_name, ExceptionFrame};
 use boot::info::BootInfo;
@@ -212,7 +212,8 @@ extern "C" fn atoll_bsp_main(magic: u32, info_addr: u64) -> ! {
         );
     }
 
-    let mut problems: Vec<alloc::string::String> = option_errors.iter().map(|e| e.to_string()).collect();
+    let mut problems: Vec<alloc::string::String> =
+        option_errors.iter().map(|e| e.to_string()).collect();
     let (specs, mut early_reports) = setup_enclaves(&info, &bsp, &mut problems);
     let enclaves = run_enclaves(specs, bsp.apic_id);
     early_reports.extend(enclaves);
@@ -233,7 +234,13 @@ extern "C" fn atoll_bsp_main(magic: u32, info_addr: u64) -> ! {
             .map(|m| m.name().to_string())
             .collect(),
         problems,
-        cpu_virt: if bsp.vmx { "vmx" } else if bsp.svm { "svm" } else { "none" },
+        cpu_virt: if bsp.vmx {
+            "vmx"
+        } else if bsp.svm {
+            "svm"
+        } else {
+            "none"
+        },
         enclaves: early_reports,
         cores: CORES
             .slots()
@@ -286,17 +293,26 @@ fn setup_enclaves(
     bsp: &CoreCaps,
     problems: &mut Vec<alloc::string::String>,
 ) -> (Vec<RunSpec>, Vec<EnclaveReport>) {
-    let Some(module) = info.module("enclaves") else { return (Vec::new(), Vec::new()) };
+    let Some(module) = info.module("enclaves") else {
+        return (Vec::new(), Vec::new());
+    };
     // SAFETY: GRUB loaded the module there; it is identity-mapped and excluded from the pool.
     let bytes = unsafe { module_bytes(module.range) };
     let Ok(text) = core::str::from_utf8(bytes) else {
         problems.push("module 'enclaves': not UTF-8 text".into());
         return (Vec::new(), Vec::new());
     };
-    let online: Vec<u32> =
-        CORES.slots().iter().filter(|s| s.state() == smp::CoreState::Online).map(|s| s.apic_id()).collect();
+    let online: Vec<u32> = CORES
+        .slots()
+        .iter()
+        .filter(|s| s.state() == smp::CoreState::Online)
+        .map(|s| s.apic_id())
+        .collect();
     let names: Vec<&str> = info.modules().iter().map(|m| m.name()).collect();
-    let ctx = atoll::config::Context { cores: Some(&online), modules: Some(&names) };
+    let ctx = atoll::config::Context {
+        cores: Some(&online),
+        modules: Some(&names),
+    };
     let configs = match atoll::config::parse(text, &ctx) {
         Ok(c) => c,
         Err(e) => {
@@ -316,15 +332,22 @@ fn setup_enclaves(
     };
     let mut specs = Vec::new();
     let mut reports = Vec::new();
-    let max_page = if bsp.ept_1g { ept::PageSize::Size1G } else { ept::PageSize::Size2M };
+    let max_page = if bsp.ept_1g {
+        ept::PageSize::Size1G
+    } else {
+        ept::PageSize::Size2M
+    };
     for (i, c) in configs.into_iter().enumerate() {
         if !bsp.vmx {
-            let why = "enclaves need VMX with EPT for now (the SVM backend is not built yet)".into();
+            let why =
+                "enclaves need VMX with EPT for now (the SVM backend is not built yet)".into();
             reports.push(failed(&c, why));
             continue;
         }
         // The description was checked against the module names, so the image exists.
-        let Some(image) = info.module(&c.image) else { continue };
+        let Some(image) = info.module(&c.image) else {
+            continue;
+        };
         // SAFETY: as for the description module.
         let image = unsafe { module_bytes(image.range) };
         match Enclave::create(c.clone(), image, &FRAMES, Identity, max_page) {
@@ -337,8 +360,14 @@ fn setup_enclaves(
                     e.ept.table_pages(),
                     e.boot.rip
                 );
-                let eptp = e.ept.eptp(false).as_u64();
-                specs.push(RunSpec { config: c, ram: e.ram, boot: e.boot, eptp, vpid: (i + 1) as u16 });
+                let eptp = e.ept.eptp(false);
+                specs.push(RunSpec {
+                    config: c,
+                    ram: e.ram,
+                    boot: e.boot,
+                    eptp,
+                    vpid: (i + 1) as u16,
+                });
                 BUILT.lock().push(e);
             }
             Err(err) => {
@@ -365,11 +394,20 @@ fn run_enclaves(specs: Vec<RunSpec>, bsp_apic: u32) -> Vec<EnclaveReport> {
     let specs = ENCLAVES.call_once(|| specs);
     let outcomes = OUTCOMES.call_once(|| specs.iter().map(|_| Once::new()).collect());
     for slot in CORES.slots() {
-        let work = specs.iter().position(|s| s.config.cores.contains(&slot.apic_id()));
+        let work = specs
+            .iter()
+            .position(|s| s.config.cores.contains(&slot.apic_id()));
         slot.assign(work);
     }
-    if let Some(i) = specs.iter().position(|s| s.config.cores.contains(&bsp_apic)) {
-        let slot = CORES.slots().iter().position(|s| s.apic_id() == bsp_apic).unwrap_or(0);
+    if let Some(i) = specs
+        .iter()
+        .position(|s| s.config.cores.contains(&bsp_apic))
+    {
+        let slot = CORES
+            .slots()
+            .iter()
+            .position(|s| s.apic_id() == bsp_apic)
+            .unwrap_or(0);
         outcomes[i].call_once(|| enclave_run::run(&specs[i], &CORE_VMX[slot]));
     }
     // Each enclave's core reports when it ends; a guest that never ends is for the harness's
@@ -482,7 +520,13 @@ extern "C" fn atoll_ap_main(_ticket: u64) -> ! {
         }
     }
     // Wait in this core's mailbox for the enclave it runs, if any.
-    let Some(index) = CORES.slots().iter().position(|s| s.apic_id() == caps.apic_id) else { hw::halt_forever() };
+    let Some(index) = CORES
+        .slots()
+        .iter()
+        .position(|s| s.apic_id() == caps.apic_id)
+    else {
+        hw::halt_forever()
+    };
     let slot = &CORES.slots()[index];
     let work = loop {
         if let Some(w) = slot.work() {

@@ -17,9 +17,9 @@ pub mod config;
 pub mod cpu;
 pub mod exits;
 pub mod frames;
-pub mod loader;
 #[cfg(target_os = "none")]
 pub mod hw;
+pub mod loader;
 pub mod options;
 pub mod partition;
 pub mod platform;

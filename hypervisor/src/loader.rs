@@ -96,12 +96,24 @@ impl fmt::Display for LoadError {
                 paddr.saturating_add(*memsz)
             ),
             LoadError::SegmentTruncated { offset, filesz } => {
-                write!(f, "segment bytes [{offset:#x}+{filesz:#x}) run past the end of the file")
+                write!(
+                    f,
+                    "segment bytes [{offset:#x}+{filesz:#x}) run past the end of the file"
+                )
             }
             LoadError::NothingToLoad => write!(f, "guest image has no loadable segment"),
-            LoadError::EntryUnreachable(e) => write!(f, "entry {e:#x} is not reachable in real mode (must be below 1 MiB)"),
-            LoadError::CmdlineTooLong(n) => write!(f, "command line of {n} bytes does not fit ({CMDLINE_MAX} at most)"),
-            LoadError::RamTooSmall(r) => write!(f, "guest RAM of {r:#x} bytes is too small (need at least 1 MiB)"),
+            LoadError::EntryUnreachable(e) => write!(
+                f,
+                "entry {e:#x} is not reachable in real mode (must be below 1 MiB)"
+            ),
+            LoadError::CmdlineTooLong(n) => write!(
+                f,
+                "command line of {n} bytes does not fit ({CMDLINE_MAX} at most)"
+            ),
+            LoadError::RamTooSmall(r) => write!(
+                f,
+                "guest RAM of {r:#x} bytes is too small (need at least 1 MiB)"
+            ),
         }
     }
 }
@@ -110,11 +122,18 @@ const PT_LOAD: u32 = 1;
 const EM_X86_64: u16 = 62;
 
 /// Loads `image` into `mem` (RAM of `ram` bytes) and returns the boot state.
-pub fn load(image: &[u8], mode: EntryMode, cmdline: &str, ram: u64, mem: &mut impl GuestMemory) -> Result<BootState, LoadError> {
+pub fn load(
+    image: &[u8],
+    mode: EntryMode,
+    cmdline: &str,
+    ram: u64,
+    mem: &mut impl GuestMemory,
+) -> Result<BootState, LoadError> {
     if ram < 0x10_0000 {
         return Err(LoadError::RamTooSmall(ram));
     }
-    let file = ElfBytes::<AnyEndian>::minimal_parse(image).map_err(|_| LoadError::NotElf("bad header"))?;
+    let file =
+        ElfBytes::<AnyEndian>::minimal_parse(image).map_err(|_| LoadError::NotElf("bad header"))?;
     if file.ehdr.class != elf::file::Class::ELF64 || file.ehdr.e_machine != EM_X86_64 {
         return Err(LoadError::WrongMachine);
     }
@@ -124,13 +143,27 @@ pub fn load(image: &[u8], mode: EntryMode, cmdline: &str, ram: u64, mem: &mut im
     let segments = file.segments().ok_or(LoadError::NothingToLoad)?;
     // Check every segment before writing any, so a bad image leaves RAM untouched.
     let mut loads = 0;
-    for ph in segments.iter().filter(|p| p.p_type == PT_LOAD && p.p_memsz > 0) {
+    for ph in segments
+        .iter()
+        .filter(|p| p.p_type == PT_LOAD && p.p_memsz > 0)
+    {
         let end = ph.p_paddr.checked_add(ph.p_memsz);
         if ph.p_paddr < RESERVED_LOW || end.is_none_or(|e| e > ram) || ph.p_filesz > ph.p_memsz {
-            return Err(LoadError::SegmentOutside { paddr: ph.p_paddr, memsz: ph.p_memsz, ram });
+            return Err(LoadError::SegmentOutside {
+                paddr: ph.p_paddr,
+                memsz: ph.p_memsz,
+                ram,
+            });
         }
-        if ph.p_offset.checked_add(ph.p_filesz).is_none_or(|e| e > image.len() as u64) {
-            return Err(LoadError::SegmentTruncated { offset: ph.p_offset, filesz: ph.p_filesz });
+        if ph
+            .p_offset
+            .checked_add(ph.p_filesz)
+            .is_none_or(|e| e > image.len() as u64)
+        {
+            return Err(LoadError::SegmentTruncated {
+                offset: ph.p_offset,
+                filesz: ph.p_filesz,
+            });
         }
         loads += 1;
     }
@@ -142,16 +175,27 @@ pub fn load(image: &[u8], mode: EntryMode, cmdline: &str, ram: u64, mem: &mut im
         return Err(LoadError::EntryUnreachable(entry));
     }
     let mut put = |gpa: u64, bytes: &[u8]| mem.write(GuestPhysAddr::new(gpa), bytes);
-    for ph in segments.iter().filter(|p| p.p_type == PT_LOAD && p.p_memsz > 0) {
+    for ph in segments
+        .iter()
+        .filter(|p| p.p_type == PT_LOAD && p.p_memsz > 0)
+    {
         let bytes = &image[ph.p_offset as usize..(ph.p_offset + ph.p_filesz) as usize];
-        put(ph.p_paddr, bytes).ok_or(LoadError::SegmentOutside { paddr: ph.p_paddr, memsz: ph.p_memsz, ram })?;
+        put(ph.p_paddr, bytes).ok_or(LoadError::SegmentOutside {
+            paddr: ph.p_paddr,
+            memsz: ph.p_memsz,
+            ram,
+        })?;
         // Zero the rest (.bss) in page-sized chunks.
         let zeros = [0u8; 4096];
         let mut at = ph.p_paddr + ph.p_filesz;
         let end = ph.p_paddr + ph.p_memsz;
         while at < end {
             let n = (end - at).min(4096);
-            put(at, &zeros[..n as usize]).ok_or(LoadError::SegmentOutside { paddr: ph.p_paddr, memsz: ph.p_memsz, ram })?;
+            put(at, &zeros[..n as usize]).ok_or(LoadError::SegmentOutside {
+                paddr: ph.p_paddr,
+                memsz: ph.p_memsz,
+                ram,
+            })?;
             at += n;
         }
     }
@@ -201,13 +245,17 @@ fn write_identity_tables(put: &mut impl FnMut(u64, &[u8]) -> Option<()>) -> Opti
     const PS: u64 = 1 << 7;
     put(PML4_GPA, &(PDPT_GPA | P_RW).to_le_bytes())?;
     for i in 0..4u64 {
-        put(PDPT_GPA + i * 8, &((PD_GPA + i * 0x1000) | P_RW).to_le_bytes())?;
+        put(
+            PDPT_GPA + i * 8,
+            &((PD_GPA + i * 0x1000) | P_RW).to_le_bytes(),
+        )?;
     }
     let mut pd = [0u8; 4096];
     for t in 0..4u64 {
         for e in 0..512u64 {
             let page = (t * 512 + e) << 21;
-            pd[(e * 8) as usize..(e * 8 + 8) as usize].copy_from_slice(&(page | P_RW | PS).to_le_bytes());
+            pd[(e * 8) as usize..(e * 8 + 8) as usize]
+                .copy_from_slice(&(page | P_RW | PS).to_le_bytes());
         }
         put(PD_GPA + t * 0x1000, &pd)?;
     }
@@ -251,13 +299,29 @@ pub(crate) mod tests {
     fn long64_image_tables_and_registers() {
         let mut ram = vec![0xccu8; 2 << 20];
         let elf = tiny_elf(0x10_0000, &[0xf4, 0x90], 0x2000, 0x10_0000);
-        let s = load(&elf, EntryMode::Long64, "suite", ram.len() as u64, &mut SliceMemory(&mut ram)).unwrap();
+        let s = load(
+            &elf,
+            EntryMode::Long64,
+            "suite",
+            ram.len() as u64,
+            &mut SliceMemory(&mut ram),
+        )
+        .unwrap();
         assert_eq!(s.rip, 0x10_0000);
         assert_eq!(&ram[0x10_0000..0x10_0002], &[0xf4, 0x90]);
-        assert!(ram[0x10_0002..0x10_2000].iter().all(|&b| b == 0), ".bss zeroed");
+        assert!(
+            ram[0x10_0002..0x10_2000].iter().all(|&b| b == 0),
+            ".bss zeroed"
+        );
         assert_eq!(ram[0x10_2000], 0xcc, "nothing written past memsz");
-        assert_eq!((s.rdi, s.rsi, s.rdx, s.rsp), (2 << 20, CMDLINE_GPA, 5, 2 << 20));
-        assert_eq!(&ram[CMDLINE_GPA as usize..CMDLINE_GPA as usize + 5], b"suite");
+        assert_eq!(
+            (s.rdi, s.rsi, s.rdx, s.rsp),
+            (2 << 20, CMDLINE_GPA, 5, 2 << 20)
+        );
+        assert_eq!(
+            &ram[CMDLINE_GPA as usize..CMDLINE_GPA as usize + 5],
+            b"suite"
+        );
         assert_eq!(s.cr3, PML4_GPA);
         assert_ne!(s.cr0 & (1 << 31), 0);
         assert_ne!(s.efer & (1 << 10), 0);
@@ -277,32 +341,72 @@ pub(crate) mod tests {
     fn real16_entry() {
         let mut ram = vec![0u8; 1 << 20];
         let elf = tiny_elf(0x8000, &[0xf4], 1, 0x8000);
-        let s = load(&elf, EntryMode::Real16, "", ram.len() as u64, &mut SliceMemory(&mut ram)).unwrap();
+        let s = load(
+            &elf,
+            EntryMode::Real16,
+            "",
+            ram.len() as u64,
+            &mut SliceMemory(&mut ram),
+        )
+        .unwrap();
         assert_eq!((s.rip, s.cs_selector, s.cr0), (0x8000, 0, 0x10));
         assert_eq!(ram[0x1000], 0, "no page tables in real mode");
         let elf = tiny_elf(0x10_0000, &[0xf4], 1, 0x10_0000);
         let mut ram = vec![0u8; 2 << 20];
-        assert_eq!(load(&elf, EntryMode::Real16, "", 2 << 20, &mut SliceMemory(&mut ram)), Err(LoadError::EntryUnreachable(0x10_0000)));
+        assert_eq!(
+            load(
+                &elf,
+                EntryMode::Real16,
+                "",
+                2 << 20,
+                &mut SliceMemory(&mut ram)
+            ),
+            Err(LoadError::EntryUnreachable(0x10_0000))
+        );
     }
 
     #[test]
     fn bad_images_are_refused_and_ram_untouched() {
         let mut ram = vec![0xaau8; 1 << 20];
         let mut m = SliceMemory(&mut ram);
-        assert!(matches!(load(b"not an elf", EntryMode::Long64, "", 1 << 20, &mut m), Err(LoadError::NotElf(_))));
+        assert!(matches!(
+            load(b"not an elf", EntryMode::Long64, "", 1 << 20, &mut m),
+            Err(LoadError::NotElf(_))
+        ));
         let mut bad = tiny_elf(0x10_0000, &[1], 1, 0);
         bad[18] = 3; // EM_386
-        assert_eq!(load(&bad, EntryMode::Long64, "", 1 << 20, &mut m), Err(LoadError::WrongMachine));
+        assert_eq!(
+            load(&bad, EntryMode::Long64, "", 1 << 20, &mut m),
+            Err(LoadError::WrongMachine)
+        );
         let big = tiny_elf(0xf_f000, &[1, 2], 0x2000, 0);
-        assert!(matches!(load(&big, EntryMode::Long64, "", 1 << 20, &mut m), Err(LoadError::SegmentOutside { .. })));
+        assert!(matches!(
+            load(&big, EntryMode::Long64, "", 1 << 20, &mut m),
+            Err(LoadError::SegmentOutside { .. })
+        ));
         let low = tiny_elf(0x1000, &[1], 1, 0);
-        assert!(matches!(load(&low, EntryMode::Long64, "", 1 << 20, &mut m), Err(LoadError::SegmentOutside { .. })));
+        assert!(matches!(
+            load(&low, EntryMode::Long64, "", 1 << 20, &mut m),
+            Err(LoadError::SegmentOutside { .. })
+        ));
         let mut trunc = tiny_elf(0x10000, &[1, 2, 3], 3, 0);
         trunc.truncate(trunc.len() - 2);
-        assert!(matches!(load(&trunc, EntryMode::Long64, "", 1 << 20, &mut m), Err(LoadError::SegmentTruncated { .. })));
+        assert!(matches!(
+            load(&trunc, EntryMode::Long64, "", 1 << 20, &mut m),
+            Err(LoadError::SegmentTruncated { .. })
+        ));
         let ok = tiny_elf(0x10000, &[1], 1, 0x10000);
-        assert_eq!(load(&ok, EntryMode::Long64, &"x".repeat(5000), 1 << 20, &mut m), Err(LoadError::CmdlineTooLong(5000)));
-        assert_eq!(load(&ok, EntryMode::Long64, "", 0x8_0000, &mut m), Err(LoadError::RamTooSmall(0x8_0000)));
-        assert!(ram.iter().all(|&b| b == 0xaa), "refused images write nothing");
+        assert_eq!(
+            load(&ok, EntryMode::Long64, &"x".repeat(5000), 1 << 20, &mut m),
+            Err(LoadError::CmdlineTooLong(5000))
+        );
+        assert_eq!(
+            load(&ok, EntryMode::Long64, "", 0x8_0000, &mut m),
+            Err(LoadError::RamTooSmall(0x8_0000))
+        );
+        assert!(
+            ram.iter().all(|&b| b == 0xaa),
+            "refused images write nothing"
+        );
     }
 }

@@ -54,12 +54,17 @@ unsafe impl<W: PhysWindow> FrameSource for PoolFrames<'_, W> {
     fn alloc_frame(&mut self) -> Option<HostPhysAddr> {
         let frame = self.pool.lock().allocate(1, FRAME_SIZE).ok()?.start;
         // SAFETY: the frame was just allocated to us and the window maps its 4 KiB.
-        unsafe { core::ptr::write_bytes(self.window.ptr(frame, FRAME_SIZE), 0, FRAME_SIZE as usize) };
+        unsafe {
+            core::ptr::write_bytes(self.window.ptr(frame, FRAME_SIZE), 0, FRAME_SIZE as usize)
+        };
         Some(frame)
     }
 
     fn free_frame(&mut self, frame: HostPhysAddr) {
-        let _ = self.pool.lock().free(PhysRange::from_len(frame, FRAME_SIZE));
+        let _ = self
+            .pool
+            .lock()
+            .free(PhysRange::from_len(frame, FRAME_SIZE));
     }
 
     fn table(&mut self, frame: HostPhysAddr) -> *mut [u64; 512] {
@@ -110,7 +115,10 @@ impl<'a, W: PhysWindow> Enclave<'a, W> {
         max_page: PageSize,
     ) -> Result<Self, PartitionError> {
         let bytes = config.memory_mib << 20;
-        let ram = pool.lock().allocate(bytes / FRAME_SIZE, RAM_ALIGN).map_err(PartitionError::Memory)?;
+        let ram = pool
+            .lock()
+            .allocate(bytes / FRAME_SIZE, RAM_ALIGN)
+            .map_err(PartitionError::Memory)?;
         let give_back = |e| {
             let _ = pool.lock().free(ram);
             e
@@ -123,14 +131,32 @@ impl<'a, W: PhysWindow> Enclave<'a, W> {
             core::ptr::write_bytes(ptr, 0, bytes as usize);
             core::slice::from_raw_parts_mut(ptr, bytes as usize)
         };
-        let boot = loader::load(image, config.entry, &config.cmdline, bytes, &mut SliceMemory(slice))
-            .map_err(|e| give_back(PartitionError::Load(e)))?;
-        let mut ept = Ept::new(PoolFrames::new(pool, window.clone()), max_page).map_err(|e| give_back(PartitionError::Ept(e)))?;
-        if let Err(e) = ept.map(GuestPhysAddr::new(0), ram.start, bytes, Perms::READ | Perms::WRITE | Perms::EXECUTE, MemType::WriteBack) {
+        let boot = loader::load(
+            image,
+            config.entry,
+            &config.cmdline,
+            bytes,
+            &mut SliceMemory(slice),
+        )
+        .map_err(|e| give_back(PartitionError::Load(e)))?;
+        let mut ept = Ept::new(PoolFrames::new(pool, window.clone()), max_page)
+            .map_err(|e| give_back(PartitionError::Ept(e)))?;
+        if let Err(e) = ept.map(
+            GuestPhysAddr::new(0),
+            ram.start,
+            bytes,
+            Perms::READ | Perms::WRITE | Perms::EXECUTE,
+            MemType::WriteBack,
+        ) {
             ept.destroy();
             return Err(give_back(PartitionError::Ept(e)));
         }
-        Ok(Self { config, ram, boot, ept })
+        Ok(Self {
+            config,
+            ram,
+            boot,
+            ept,
+        })
     }
 
     /// The guest's RAM as a slice (only the enclave's own core uses it, while it runs the enclave).
@@ -138,16 +164,27 @@ impl<'a, W: PhysWindow> Enclave<'a, W> {
     /// # Safety
     ///
     /// No other reference to the RAM may be live, and the window must map it.
-    pub unsafe fn ram_slice(&self, window: &W) -> &mut [u8] {
+    pub unsafe fn ram_slice(&mut self, window: &W) -> &mut [u8] {
         // SAFETY: forwarded to the caller.
-        unsafe { core::slice::from_raw_parts_mut(window.ptr(self.ram.start, self.ram.len()), self.ram.len() as usize) }
+        unsafe {
+            core::slice::from_raw_parts_mut(
+                window.ptr(self.ram.start, self.ram.len()),
+                self.ram.len() as usize,
+            )
+        }
     }
 
     /// Frees the tables and zeroes and returns the RAM.
     pub fn destroy(self, pool: &Mutex<FrameAllocator>, window: &W) {
         self.ept.destroy();
         // SAFETY: the enclave no longer runs; its RAM is ours to clear.
-        unsafe { core::ptr::write_bytes(window.ptr(self.ram.start, self.ram.len()), 0, self.ram.len() as usize) };
+        unsafe {
+            core::ptr::write_bytes(
+                window.ptr(self.ram.start, self.ram.len()),
+                0,
+                self.ram.len() as usize,
+            )
+        };
         let _ = pool.lock().free(self.ram);
     }
 }
@@ -158,23 +195,33 @@ mod tests {
     use crate::config::{EntryMode, IoPolicy};
     use crate::loader::tests::tiny_elf;
     use boot::info::{MemoryRegion, RegionKind};
-    use std::sync::Arc;
+    use std::rc::Rc;
 
     /// A fake physical window: `len` bytes of "RAM" starting at physical `base`.
     #[derive(Clone)]
     struct Fake {
         base: u64,
-        mem: Arc<Vec<core::cell::UnsafeCell<u8>>>,
+        mem: Rc<Vec<core::cell::UnsafeCell<u8>>>,
     }
     impl Fake {
         fn new(base: u64, len: usize) -> Self {
-            Self { base, mem: Arc::new((0..len).map(|_| core::cell::UnsafeCell::new(0xee)).collect()) }
+            Self {
+                base,
+                mem: Rc::new(
+                    (0..len)
+                        .map(|_| core::cell::UnsafeCell::new(0xee))
+                        .collect(),
+                ),
+            }
         }
     }
     impl PhysWindow for Fake {
         fn ptr(&self, pa: HostPhysAddr, len: u64) -> *mut u8 {
             let off = (pa.as_u64() - self.base) as usize;
-            assert!(off + len as usize <= self.mem.len(), "{pa} + {len:#x} outside the fake RAM");
+            assert!(
+                off + len as usize <= self.mem.len(),
+                "{pa} + {len:#x} outside the fake RAM"
+            );
             self.mem[off].get()
         }
     }
@@ -183,18 +230,32 @@ mod tests {
     const LEN: usize = 40 << 20;
 
     fn pool() -> Mutex<FrameAllocator> {
-        let map = [MemoryRegion { range: PhysRange::from_len(HostPhysAddr::new(BASE), LEN as u64), kind: RegionKind::Usable }];
+        let map = [MemoryRegion {
+            range: PhysRange::from_len(HostPhysAddr::new(BASE), LEN as u64),
+            kind: RegionKind::Usable,
+        }];
         // atoll's own memory: the first 4 MiB of the fake RAM.
         let atoll = PhysRange::from_len(HostPhysAddr::new(BASE), 4 << 20);
         Mutex::new(FrameAllocator::new(&map, &[atoll]).unwrap())
     }
 
     fn config(name: &str, mib: u64) -> EnclaveConfig {
-        EnclaveConfig { name: name.into(), cores: vec![0], memory_mib: mib, image: "x".into(), entry: EntryMode::Long64, cmdline: "suite".into(), io_unknown: IoPolicy::Ignore }
+        EnclaveConfig {
+            name: name.into(),
+            cores: vec![0],
+            memory_mib: mib,
+            image: "x".into(),
+            entry: EntryMode::Long64,
+            cmdline: "suite".into(),
+            io_unknown: IoPolicy::Ignore,
+        }
     }
 
     fn hpas<W: PhysWindow>(e: &mut Enclave<'_, W>) -> Vec<PhysRange> {
-        e.ept.regions().map(|r| PhysRange::from_len(r.hpa, r.len)).collect()
+        e.ept
+            .regions()
+            .map(|r| PhysRange::from_len(r.hpa, r.len))
+            .collect()
     }
 
     #[test]
@@ -202,21 +263,46 @@ mod tests {
         let pool = pool();
         let window = Fake::new(BASE, LEN);
         let image = tiny_elf(0x10_0000, &[0xf4], 1, 0x10_0000);
-        let mut a = Enclave::create(config("a", 16), &image, &pool, window.clone(), PageSize::Size1G).unwrap();
-        let mut b = Enclave::create(config("b", 8), &image, &pool, window.clone(), PageSize::Size1G).unwrap();
+        let mut a = Enclave::create(
+            config("a", 16),
+            &image,
+            &pool,
+            window.clone(),
+            PageSize::Size1G,
+        )
+        .unwrap();
+        let mut b = Enclave::create(
+            config("b", 8),
+            &image,
+            &pool,
+            window.clone(),
+            PageSize::Size1G,
+        )
+        .unwrap();
         assert!(!a.ram.overlaps(&b.ram));
         let atoll = PhysRange::from_len(HostPhysAddr::new(BASE), 4 << 20);
         let (a_ram, b_ram) = (a.ram, b.ram);
         for (me, other) in [(&mut a, b_ram), (&mut b, a_ram)] {
             let mapped = hpas(me);
-            assert_eq!(mapped.iter().map(PhysRange::len).sum::<u64>(), me.ram.len(), "all of its RAM, once");
+            assert_eq!(
+                mapped.iter().map(PhysRange::len).sum::<u64>(),
+                me.ram.len(),
+                "all of its RAM, once"
+            );
             for r in &mapped {
-                assert!(r.start >= me.ram.start && r.end <= me.ram.end, "{r} outside own RAM {}", me.ram);
+                assert!(
+                    r.start >= me.ram.start && r.end <= me.ram.end,
+                    "{r} outside own RAM {}",
+                    me.ram
+                );
                 assert!(!r.overlaps(&other), "{r} is the other enclave's");
                 assert!(!r.overlaps(&atoll), "{r} is atoll's");
             }
             // Guest-physical 0 is the start of its RAM; the byte past RAM is unmapped.
-            assert_eq!(me.ept.translate(GuestPhysAddr::new(0)).unwrap().hpa, me.ram.start);
+            assert_eq!(
+                me.ept.translate(GuestPhysAddr::new(0)).unwrap().hpa,
+                me.ram.start
+            );
             assert!(me.ept.translate(GuestPhysAddr::new(me.ram.len())).is_none());
         }
         // 2 MiB-aligned RAM maps with 2 MiB pages: PML4, PDPT, one PD.
@@ -225,11 +311,17 @@ mod tests {
         // SAFETY: nothing else uses the fake RAM now.
         let ram = unsafe { a.ram_slice(&window) };
         assert_eq!(ram[0x10_0000], 0xf4);
-        assert_eq!(ram[0x20_0000], 0, "RAM is zeroed, not left with old contents");
+        assert_eq!(
+            ram[0x20_0000], 0,
+            "RAM is zeroed, not left with old contents"
+        );
         let free_before = pool.lock().free_bytes();
         a.destroy(&pool, &window);
         b.destroy(&pool, &window);
-        assert_eq!(pool.lock().free_bytes(), free_before + (24 << 20) + 3 * 4096 * 2);
+        assert_eq!(
+            pool.lock().free_bytes(),
+            free_before + (24 << 20) + 3 * 4096 * 2
+        );
     }
 
     #[test]
@@ -237,8 +329,26 @@ mod tests {
         let pool = pool();
         let window = Fake::new(BASE, LEN);
         let before = pool.lock().free_bytes();
-        assert!(matches!(Enclave::create(config("a", 16), b"not elf", &pool, window.clone(), PageSize::Size2M), Err(PartitionError::Load(_))));
-        assert!(matches!(Enclave::create(config("a", 1024), b"", &pool, window.clone(), PageSize::Size2M), Err(PartitionError::Memory(_))));
+        assert!(matches!(
+            Enclave::create(
+                config("a", 16),
+                b"not elf",
+                &pool,
+                window.clone(),
+                PageSize::Size2M
+            ),
+            Err(PartitionError::Load(_))
+        ));
+        assert!(matches!(
+            Enclave::create(
+                config("a", 1024),
+                b"",
+                &pool,
+                window.clone(),
+                PageSize::Size2M
+            ),
+            Err(PartitionError::Memory(_))
+        ));
         assert_eq!(pool.lock().free_bytes(), before);
     }
 }

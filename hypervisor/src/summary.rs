@@ -171,7 +171,11 @@ impl Summary {
         for e in &self.enclaves {
             // A guest ending badly is the guest's business; atoll failing to run it is not.
             if e.end_reason == Some("failed") || e.state != "ended" {
-                self.problems.push(alloc::format!("enclave '{}' did not run: {}", e.name, e.detail));
+                self.problems.push(alloc::format!(
+                    "enclave '{}' did not run: {}",
+                    e.name,
+                    e.detail
+                ));
             }
         }
         self.ok = self.problems.is_empty();
@@ -247,15 +251,40 @@ mod tests {
 
     #[test]
     fn enclave_ends_caused_by_guests_are_not_problems() {
-        let vmx = CoreCaps { intel: true, vmx: true, ept: true, vpid: true, unrestricted_guest: true, ..Default::default() };
-        let ended = |name: &str, reason| EnclaveReport { name: name.into(), state: "ended", end_reason: Some(reason), ..Default::default() };
-        let mut s = Summary { cores: vec![core(0, true, vmx)], enclaves: vec![ended("a", "exit"), ended("b", "triple_fault")], ..Default::default() };
+        let vmx = CoreCaps {
+            intel: true,
+            vmx: true,
+            ept: true,
+            vpid: true,
+            unrestricted_guest: true,
+            ..Default::default()
+        };
+        let ended = |name: &str, reason| EnclaveReport {
+            name: name.into(),
+            state: "ended",
+            end_reason: Some(reason),
+            ..Default::default()
+        };
+        let mut s = Summary {
+            cores: vec![core(0, true, vmx)],
+            enclaves: vec![ended("a", "exit"), ended("b", "triple_fault")],
+            ..Default::default()
+        };
         s.finish();
         assert!(s.ok, "{:?}", s.problems);
-        s.enclaves.push(EnclaveReport { name: "c".into(), state: "ended", end_reason: Some("failed"), detail: "VMLAUNCH failed".into(), ..Default::default() });
+        s.enclaves.push(EnclaveReport {
+            name: "c".into(),
+            state: "ended",
+            end_reason: Some("failed"),
+            detail: "VMLAUNCH failed".into(),
+            ..Default::default()
+        });
         s.problems.clear();
         s.finish();
-        assert_eq!(s.problems, vec!["enclave 'c' did not run: VMLAUNCH failed".to_string()]);
+        assert_eq!(
+            s.problems,
+            vec!["enclave 'c' did not run: VMLAUNCH failed".to_string()]
+        );
     }
 
     #[test]

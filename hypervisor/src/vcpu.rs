@@ -34,7 +34,11 @@ impl Gpr {
     /// The register with the architectural number `n` (0 = RAX … 15 = R15, as in ModRM/REX).
     pub fn from_index(n: u8) -> Option<Self> {
         use Gpr::*;
-        [Rax, Rcx, Rdx, Rbx, Rsp, Rbp, Rsi, Rdi, R8, R9, R10, R11, R12, R13, R14, R15].get(usize::from(n)).copied()
+        [
+            Rax, Rcx, Rdx, Rbx, Rsp, Rbp, Rsi, Rdi, R8, R9, R10, R11, R12, R13, R14, R15,
+        ]
+        .get(usize::from(n))
+        .copied()
     }
 }
 
@@ -76,7 +80,13 @@ pub enum Exit {
     /// HLT.
     Hlt,
     /// IN/OUT (and INS/OUTS): `size` bytes at `port`; the data is AL/AX/EAX.
-    Io { port: u16, size: u8, write: bool, string: bool, rep: bool },
+    Io {
+        port: u16,
+        size: u8,
+        write: bool,
+        string: bool,
+        rep: bool,
+    },
     /// RDMSR; index in RCX.
     MsrRead,
     /// WRMSR; index in RCX, value in EDX:EAX.
@@ -94,7 +104,11 @@ pub enum Exit {
     /// The hypercall instruction (VMCALL / VMMCALL).
     Hypercall,
     /// A guest-physical access the second-stage tables do not allow.
-    NestedPageFault { gpa: GuestPhysAddr, access: Access, linear: Option<u64> },
+    NestedPageFault {
+        gpa: GuestPhysAddr,
+        access: Access,
+        linear: Option<u64>,
+    },
     /// The guest triple-faulted (shutdown).
     TripleFault,
     /// The CPU refused to enter the guest because of its state.
@@ -298,7 +312,8 @@ mod tests {
 
     #[test]
     fn every_kind_has_a_distinct_name() {
-        let names: alloc::collections::BTreeSet<_> = ExitKind::ALL.iter().map(|k| k.name()).collect();
+        let names: alloc::collections::BTreeSet<_> =
+            ExitKind::ALL.iter().map(|k| k.name()).collect();
         assert_eq!(names.len(), ExitKind::ALL.len());
         for (i, k) in ExitKind::ALL.iter().enumerate() {
             assert_eq!(*k as usize, i);

@@ -7,14 +7,16 @@ use xtask::run::{run, RunOptions, RunOutcome};
 use xtask::scenario::{lookup, Emulator};
 
 fn boot(scenario: &str) -> RunOutcome {
-    let o = run(&RunOptions::new(Emulator::Bochs, scenario)).unwrap_or_else(|e| panic!("{scenario}: {e:#}"));
+    let o = run(&RunOptions::new(Emulator::Bochs, scenario))
+        .unwrap_or_else(|e| panic!("{scenario}: {e:#}"));
     eprintln!("bochs {scenario}: {:.1} s wall", o.wall.as_secs_f64());
     assert!(o.passed(), "{}", o.failure());
     o
 }
 
 fn get<'a>(o: &'a RunOutcome, path: &str) -> &'a Value {
-    lookup(o.summary.as_ref().expect("summary"), path).unwrap_or_else(|| panic!("no {path} in the summary:\n{}", o.tail(30)))
+    lookup(o.summary.as_ref().expect("summary"), path)
+        .unwrap_or_else(|| panic!("no {path} in the summary:\n{}", o.tail(30)))
 }
 
 /// The 64-bit suite's own checks, as reported through the REPORT hypercall.
@@ -32,16 +34,47 @@ fn assert_suite_passed(o: &RunOutcome, name: &str) {
         "msr_denied_gp",
         "msr_passthrough_ok",
     ] {
-        assert_eq!(get(o, &format!("enclaves.{name}.results.{check}")), &Value::Bool(true), "{name}: {check}");
+        assert_eq!(
+            get(o, &format!("enclaves.{name}.results.{check}")),
+            &Value::Bool(true),
+            "{name}: {check}"
+        );
     }
-    let ram = get(o, &format!("enclaves.{name}.results.ram_bytes")).as_u64().unwrap();
-    assert_eq!(get(o, &format!("enclaves.{name}.results.pages_checked")).as_u64(), Some(ram / 4096), "every page of RAM");
-    assert_eq!(get(o, &format!("enclaves.{name}.results.bad_pages")).as_u64(), Some(0));
-    assert_eq!(get(o, &format!("enclaves.{name}.results.denied_port_value")).as_u64(), Some(0xff));
+    let ram = get(o, &format!("enclaves.{name}.results.ram_bytes"))
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        get(o, &format!("enclaves.{name}.results.pages_checked")).as_u64(),
+        Some(ram / 4096),
+        "every page of RAM"
+    );
+    assert_eq!(
+        get(o, &format!("enclaves.{name}.results.bad_pages")).as_u64(),
+        Some(0)
+    );
+    assert_eq!(
+        get(o, &format!("enclaves.{name}.results.denied_port_value")).as_u64(),
+        Some(0xff)
+    );
     // What atoll counted agrees with what the guest did.
-    assert_eq!(get(o, &format!("enclaves.{name}.msr_denied")).as_u64(), Some(2), "RDMSR and WRMSR of 0x3a");
-    assert!(get(o, &format!("enclaves.{name}.exits.cpuid")).as_u64().unwrap() >= 200, "the cost probe's CPUIDs exit");
-    assert!(get(o, &format!("enclaves.{name}.exits.hypercall")).as_u64().unwrap() >= 200);
+    assert_eq!(
+        get(o, &format!("enclaves.{name}.msr_denied")).as_u64(),
+        Some(2),
+        "RDMSR and WRMSR of 0x3a"
+    );
+    assert!(
+        get(o, &format!("enclaves.{name}.exits.cpuid"))
+            .as_u64()
+            .unwrap()
+            >= 200,
+        "the cost probe's CPUIDs exit"
+    );
+    assert!(
+        get(o, &format!("enclaves.{name}.exits.hypercall"))
+            .as_u64()
+            .unwrap()
+            >= 200
+    );
 }
 
 #[test]
@@ -54,13 +87,24 @@ fn two_enclaves_run_the_guest_suite_side_by_side() {
     assert_eq!(get(&o, "enclaves.beta.cores"), &serde_json::json!([1]));
     // The real-mode guest ran (unrestricted guest) and printed through COM1 with its prefix.
     assert_eq!(get(&o, "enclaves.beta.results.real_mode_passed"), true);
-    assert!(o.serial.contains("[beta] guest-real16: hello from real mode"));
-    assert!(o.serial.contains("[alpha] guest-suite: hello through the console hypercall"));
+    assert!(o
+        .serial
+        .contains("[beta] guest-real16: hello from real mode"));
+    assert!(o
+        .serial
+        .contains("[alpha] guest-suite: hello through the console hypercall"));
     // The exit-cost probe, in Bochs cycles (its TSC counts instructions).
-    let cpuid = get(&o, "enclaves.alpha.results.cpuid_cycles").as_u64().unwrap();
-    let hcall = get(&o, "enclaves.alpha.results.hypercall_cycles").as_u64().unwrap();
+    let cpuid = get(&o, "enclaves.alpha.results.cpuid_cycles")
+        .as_u64()
+        .unwrap();
+    let hcall = get(&o, "enclaves.alpha.results.hypercall_cycles")
+        .as_u64()
+        .unwrap();
     eprintln!("exit costs in Bochs: CPUID {cpuid} cycles, VMCALL round trip {hcall} cycles");
-    assert!(cpuid > 50 && hcall > 50, "an exit costs more than a plain instruction");
+    assert!(
+        cpuid > 50 && hcall > 50,
+        "an exit costs more than a plain instruction"
+    );
 }
 
 /// `victim` ended by `reason` strictly before `survivor` finished its suite.
@@ -69,9 +113,16 @@ fn assert_contained(o: &RunOutcome, victim: &str, reason: &str, survivor: &str) 
     assert_eq!(get(o, &format!("enclaves.{survivor}.end_reason")), "exit");
     assert_eq!(get(o, &format!("enclaves.{survivor}.exit_code")), 0);
     assert_suite_passed(o, survivor);
-    let v = get(o, &format!("enclaves.{victim}.ended_at_us")).as_u64().unwrap();
-    let s = get(o, &format!("enclaves.{survivor}.ended_at_us")).as_u64().unwrap();
-    assert!(v < s, "{victim} (ended at {v} us) must be stopped while {survivor} still runs (ended at {s} us)");
+    let v = get(o, &format!("enclaves.{victim}.ended_at_us"))
+        .as_u64()
+        .unwrap();
+    let s = get(o, &format!("enclaves.{survivor}.ended_at_us"))
+        .as_u64()
+        .unwrap();
+    assert!(
+        v < s,
+        "{victim} (ended at {v} us) must be stopped while {survivor} still runs (ended at {s} us)"
+    );
     assert_eq!(get(o, "ok"), true, "a guest's crash is not atoll's failure");
 }
 
@@ -80,11 +131,20 @@ fn reading_past_ram_stops_only_that_enclave() {
     let o = boot("containment-ept");
     assert_contained(&o, "beta", "ept_violation", "alpha");
     // Exactly the byte past beta's 8 MiB, a read, from guest code.
-    assert_eq!(get(&o, "enclaves.beta.violation.gpa").as_u64(), Some(8 << 20));
+    assert_eq!(
+        get(&o, "enclaves.beta.violation.gpa").as_u64(),
+        Some(8 << 20)
+    );
     assert_eq!(get(&o, "enclaves.beta.violation.access"), "read");
     let rip = get(&o, "enclaves.beta.violation.rip").as_u64().unwrap();
-    assert!((0x10_0000..0x20_0000).contains(&rip), "RIP {rip:#x} lies in the guest image");
-    assert!(get(&o, "enclaves.beta.detail").as_str().unwrap().contains("guest-physical 0x800000"));
+    assert!(
+        (0x10_0000..0x20_0000).contains(&rip),
+        "RIP {rip:#x} lies in the guest image"
+    );
+    assert!(get(&o, "enclaves.beta.detail")
+        .as_str()
+        .unwrap()
+        .contains("guest-physical 0x800000"));
     // It got that far: its own suite passed first.
     assert_suite_passed(&o, "beta");
 }

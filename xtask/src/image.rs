@@ -40,7 +40,16 @@ pub fn build_guests() -> Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(crate::root())
-        .args(["build", "--quiet", "--release", "-p", "guest-kit", "--bins", "--target", IMAGE_TARGET])
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "-p",
+            "guest-kit",
+            "--bins",
+            "--target",
+            IMAGE_TARGET,
+        ])
         .status()
         .context("running cargo build for the guests")?;
     if !status.success() {
@@ -55,11 +64,18 @@ pub fn check_enclaves(scenario: &Scenario, cpus: Option<u32>) -> Result<()> {
     let names: Vec<&str> = scenario.modules.iter().map(|m| m.name.as_str()).collect();
     let cores: Option<Vec<u32>> = cpus.map(|n| (0..n).collect());
     for m in scenario.modules.iter().filter(|m| m.name == "enclaves") {
-        let Some(path) = &m.path else { bail!("module 'enclaves' must be a file (path = …)") };
+        let Some(path) = &m.path else {
+            bail!("module 'enclaves' must be a file (path = …)")
+        };
         let file = crate::root().join(path);
-        let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
-        let ctx = atoll::config::Context { cores: cores.as_deref(), modules: Some(&names) };
-        atoll::config::parse(&text, &ctx).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("reading {}", file.display()))?;
+        let ctx = atoll::config::Context {
+            cores: cores.as_deref(),
+            modules: Some(&names),
+        };
+        atoll::config::parse(&text, &ctx)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     }
     Ok(())
 }
@@ -86,7 +102,11 @@ pub fn grub_cfg(scenario: &Scenario, extra: &str) -> String {
 pub fn iso(scenario: &Scenario, extra_cmdline: &str) -> Result<PathBuf> {
     check_enclaves(scenario, None)?;
     let elf = build()?;
-    let guests = if scenario.modules.iter().any(|m| m.guest.is_some()) { Some(build_guests()?) } else { None };
+    let guests = if scenario.modules.iter().any(|m| m.guest.is_some()) {
+        Some(build_guests()?)
+    } else {
+        None
+    };
     let tag = if extra_cmdline.trim().is_empty() {
         String::new()
     } else {

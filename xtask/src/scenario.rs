@@ -268,7 +268,9 @@ pub fn lookup<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
         Value::Object(m) => m.get(seg),
         Value::Array(a) => match seg.parse::<usize>() {
             Ok(i) => a.get(i),
-            Err(_) => a.iter().find(|e| e.get("name").and_then(Value::as_str) == Some(seg)),
+            Err(_) => a
+                .iter()
+                .find(|e| e.get("name").and_then(Value::as_str) == Some(seg)),
         },
         _ => None,
     })
@@ -340,11 +342,17 @@ mod tests {
     #[test]
     fn dotted_paths_reach_into_enclaves() {
         let s = json!({"enclaves": [{"name": "alpha", "end_reason": "exit", "results": {"ok": true}}, {"name": "beta"}]});
-        assert_eq!(lookup(&s, "enclaves.alpha.end_reason"), Some(&json!("exit")));
+        assert_eq!(
+            lookup(&s, "enclaves.alpha.end_reason"),
+            Some(&json!("exit"))
+        );
         assert_eq!(lookup(&s, "enclaves.0.results.ok"), Some(&json!(true)));
         assert_eq!(lookup(&s, "enclaves.gamma.end_reason"), None);
         let exp = vec![("enclaves.beta.end_reason".to_string(), json!("exit"))];
-        assert_eq!(check(&s, &exp), vec!["enclaves.beta.end_reason: expected \"exit\", got null"]);
+        assert_eq!(
+            check(&s, &exp),
+            vec!["enclaves.beta.end_reason: expected \"exit\", got null"]
+        );
     }
 
     #[test]
@@ -373,7 +381,11 @@ mod tests {
             s.expectations(Emulator::Qemu, s.cpus).unwrap();
             s.expectations(Emulator::Bochs, s.cpus).unwrap();
             for path in s.modules.iter().filter_map(|m| m.path.as_ref()) {
-                assert!(crate::root().join(path).exists(), "{name}: module file {} missing", path.display());
+                assert!(
+                    crate::root().join(path).exists(),
+                    "{name}: module file {} missing",
+                    path.display()
+                );
             }
             // Enclave descriptions must pass atoll's own checks on the scenario's machine.
             crate::image::check_enclaves(&s, Some(s.cpus)).unwrap();

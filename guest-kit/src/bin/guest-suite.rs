@@ -71,7 +71,10 @@ guest_gp_handler:
                 limit: u16,
                 base: u64,
             }
-            let p = Ptr { limit: (32 * 16 - 1) as u16, base: idt as u64 };
+            let p = Ptr {
+                limit: (32 * 16 - 1) as u16,
+                base: idt as u64,
+            };
             asm!("lidt [{}]", in(reg) &p, options(readonly, nostack));
         }
     }
@@ -106,7 +109,10 @@ guest_gp_handler:
     }
     impl Buf {
         const fn new() -> Self {
-            Self { bytes: [0; 1024], len: 0 }
+            Self {
+                bytes: [0; 1024],
+                len: 0,
+            }
         }
         fn as_slice(&self) -> &[u8] {
             &self.bytes[..self.len]
@@ -142,11 +148,21 @@ guest_gp_handler:
     }
 
     fn console(text: &[u8]) -> u64 {
-        hcall(hypercall::CONSOLE_WRITE, text.as_ptr() as u64, text.len() as u64).0
+        hcall(
+            hypercall::CONSOLE_WRITE,
+            text.as_ptr() as u64,
+            text.len() as u64,
+        )
+        .0
     }
 
     fn report(json: &Buf) -> u64 {
-        hcall(hypercall::REPORT, json.as_slice().as_ptr() as u64, json.len as u64).0
+        hcall(
+            hypercall::REPORT,
+            json.as_slice().as_ptr() as u64,
+            json.len as u64,
+        )
+        .0
     }
 
     fn exit(code: u64) -> ! {
@@ -160,13 +176,17 @@ guest_gp_handler:
     fn rdmsr(index: u32) -> u64 {
         let (lo, hi): (u32, u32);
         // SAFETY: a denied MSR raises #GP, which the guest's handler skips.
-        unsafe { asm!("rdmsr", in("ecx") index, out("eax") lo, out("edx") hi, options(nomem, nostack)) };
+        unsafe {
+            asm!("rdmsr", in("ecx") index, out("eax") lo, out("edx") hi, options(nomem, nostack))
+        };
         (u64::from(hi) << 32) | u64::from(lo)
     }
 
     fn wrmsr(index: u32, value: u64) {
         // SAFETY: as for rdmsr.
-        unsafe { asm!("wrmsr", in("ecx") index, in("eax") value as u32, in("edx") (value >> 32) as u32, options(nomem, nostack)) };
+        unsafe {
+            asm!("wrmsr", in("ecx") index, in("eax") value as u32, in("edx") (value >> 32) as u32, options(nomem, nostack))
+        };
     }
 
     fn tsc() -> u64 {
@@ -209,21 +229,35 @@ guest_gp_handler:
     #[no_mangle]
     extern "C" fn guest_main(ram: u64, cmdline_gpa: u64, cmdline_len: u64) -> ! {
         // SAFETY: atoll wrote `cmdline_len` bytes of command line at `cmdline_gpa`.
-        let cmd = unsafe { core::slice::from_raw_parts(cmdline_gpa as *const u8, cmdline_len.min(1024) as usize) };
+        let cmd = unsafe {
+            core::slice::from_raw_parts(cmdline_gpa as *const u8, cmdline_len.min(1024) as usize)
+        };
         // First word: the mode; `passes=N`: how many times to check every RAM page (a longer
         // run, so a neighbour's crash can be seen to happen while this enclave still works).
         let text = core::str::from_utf8(cmd).unwrap_or("suite");
         let mut words = text.split_whitespace();
         let mode = words.next().unwrap_or("suite");
-        let passes: u64 = words.find_map(|w| w.strip_prefix("passes=")).and_then(|n| n.parse().ok()).unwrap_or(1).clamp(1, 100_000);
+        let passes: u64 = words
+            .find_map(|w| w.strip_prefix("passes="))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1)
+            .clamp(1, 100_000);
         let vendor = __cpuid_count(0, 0);
-        INTEL.store(u64::from(vendor.ebx == u32::from_le_bytes(*b"Genu")), Ordering::Relaxed);
+        INTEL.store(
+            u64::from(vendor.ebx == u32::from_le_bytes(*b"Genu")),
+            Ordering::Relaxed,
+        );
         load_idt();
-        let _ = writeln!(Com1, "guest-suite: hello through COM1 (mode {mode}, {} MiB RAM)", ram >> 20);
+        let _ = writeln!(
+            Com1,
+            "guest-suite: hello through COM1 (mode {mode}, {} MiB RAM)",
+            ram >> 20
+        );
         let console_ok = console(b"guest-suite: hello through the console hypercall") == status::OK;
 
         let (st, version, max_nr) = hcall(hypercall::VERSION, 0, 0);
-        let abi_ok = st == status::OK && version == HYPERCALL_ABI_VERSION && max_nr >= hypercall::EXIT;
+        let abi_ok =
+            st == status::OK && version == HYPERCALL_ABI_VERSION && max_nr >= hypercall::EXIT;
         let unknown_ok = hcall(0xdead, 0, 0).0 == status::UNKNOWN;
         let fault_ok = hcall(hypercall::CONSOLE_WRITE, ram - 4, 64).0 == status::FAULT;
 
@@ -247,7 +281,8 @@ guest_gp_handler:
         wrmsr(0x3a, 5);
         let denied_ok = GP_COUNT.load(Ordering::Relaxed) == gp0 + 2;
         wrmsr(0xc000_0082, 0xffff_8000_1234_5000);
-        let passthrough_ok = rdmsr(0xc000_0082) == 0xffff_8000_1234_5000 && GP_COUNT.load(Ordering::Relaxed) == gp0 + 2;
+        let passthrough_ok = rdmsr(0xc000_0082) == 0xffff_8000_1234_5000
+            && GP_COUNT.load(Ordering::Relaxed) == gp0 + 2;
 
         // A port atoll does not emulate: this enclave's policy is `ignore`, so it reads all ones.
         let denied_port = inb(0x70);
@@ -270,7 +305,19 @@ guest_gp_handler:
             core::hint::black_box(hcall(hypercall::VERSION, 0, 0));
         });
 
-        let passed = console_ok && abi_ok && unknown_ok && fault_ok && vmx_hidden && hv_bit && sig_ok && svm_hidden && allowed_ok && denied_ok && passthrough_ok && denied_port == 0xff && bad_pages == 0;
+        let passed = console_ok
+            && abi_ok
+            && unknown_ok
+            && fault_ok
+            && vmx_hidden
+            && hv_bit
+            && sig_ok
+            && svm_hidden
+            && allowed_ok
+            && denied_ok
+            && passthrough_ok
+            && denied_port == 0xff
+            && bad_pages == 0;
         let mut json = Buf::new();
         let _ = write!(
             json,
@@ -287,7 +334,10 @@ guest_gp_handler:
 
         match mode {
             "past-ram" => {
-                let _ = writeln!(Com1, "guest-suite: reading the byte at {ram:#x}, one past my RAM");
+                let _ = writeln!(
+                    Com1,
+                    "guest-suite: reading the byte at {ram:#x}, one past my RAM"
+                );
                 // SAFETY: deliberately outside guest RAM: atoll must stop this enclave here.
                 let v: u8 = unsafe {
                     let v: u8;

@@ -5,7 +5,7 @@
 use super::host::{EnclaveConsole, ThisCore};
 use super::vmx_backend::{CoreState, VmxVcpu};
 use crate::config::EnclaveConfig;
-use crate::exits::{self, Action, EndReason, EnclaveRun};
+use crate::exits::{self, Action, EnclaveRun, EndReason};
 use crate::loader::BootState;
 use crate::summary::{EnclaveReport, Violation};
 use crate::vcpu::{Exit, SliceMemory};
@@ -23,7 +23,7 @@ pub struct RunSpec {
     /// Its vCPU's start state.
     pub boot: BootState,
     /// Its EPT pointer.
-    pub eptp: u64,
+    pub eptp: ept::Eptp,
     /// VPID (enclave index + 1).
     pub vpid: u16,
 }
@@ -55,15 +55,28 @@ pub fn run(spec: &RunSpec, core: &CoreVmx) -> EnclaveReport {
         ..Default::default()
     };
     let mut run = EnclaveRun::new(&spec.config.name, spec.config.io_unknown);
-    let reason = match core.0.call_once(|| CoreState::enable().map_err(|e| e.to_string())) {
+    let reason = match core
+        .0
+        .call_once(|| CoreState::enable().map_err(|e| e.to_string()))
+    {
         Err(e) => EndReason::Failed(alloc::format!("cannot enter VMX operation: {e}")),
         Ok(state) => match VmxVcpu::new(state, &spec.boot, spec.eptp, spec.vpid) {
             Err(e) => EndReason::Failed(alloc::format!("cannot build the vCPU: {e}")),
             Ok(mut vcpu) => {
-                log::info!("enclave '{}' starts on this core ({} MiB at {})", spec.config.name, spec.config.memory_mib, spec.ram);
+                log::info!(
+                    "enclave '{}' starts on this core ({} MiB at {})",
+                    spec.config.name,
+                    spec.config.memory_mib,
+                    spec.ram
+                );
                 // SAFETY: the enclave's RAM is identity-mapped and used by nothing else while
                 // this core runs the enclave.
-                let ram = unsafe { core::slice::from_raw_parts_mut(spec.ram.start.as_u64() as *mut u8, spec.ram.len() as usize) };
+                let ram = unsafe {
+                    core::slice::from_raw_parts_mut(
+                        spec.ram.start.as_u64() as *mut u8,
+                        spec.ram.len() as usize,
+                    )
+                };
                 let mut mem = SliceMemory(ram);
                 loop {
                     let exit = match vcpu.run() {
@@ -73,7 +86,14 @@ pub fn run(spec: &RunSpec, core: &CoreVmx) -> EnclaveReport {
                     if let Exit::ExternalInterrupt { vector: Some(_) } = exit {
                         super::apic::eoi();
                     }
-                    match exits::handle(exit, &mut vcpu, &mut mem, &mut run, &mut ThisCore, &mut EnclaveConsole) {
+                    match exits::handle(
+                        exit,
+                        &mut vcpu,
+                        &mut mem,
+                        &mut run,
+                        &mut ThisCore,
+                        &mut EnclaveConsole,
+                    ) {
                         Action::Resume => {}
                         Action::Stop(reason) => break reason,
                     }
@@ -87,8 +107,14 @@ pub fn run(spec: &RunSpec, core: &CoreVmx) -> EnclaveReport {
     report.detail = reason.to_string();
     match &reason {
         EndReason::Exit { code } => report.exit_code = Some(*code),
-        EndReason::EptViolation { gpa, access, rip, .. } => {
-            report.violation = Some(Violation { gpa: gpa.as_u64(), access: access.to_string(), rip: *rip })
+        EndReason::EptViolation {
+            gpa, access, rip, ..
+        } => {
+            report.violation = Some(Violation {
+                gpa: gpa.as_u64(),
+                access: access.to_string(),
+                rip: *rip,
+            })
         }
         _ => {}
     }

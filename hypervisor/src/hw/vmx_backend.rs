@@ -13,7 +13,10 @@ use alloc::boxed::Box;
 use boot::HostPhysAddr;
 use core::fmt::Write;
 use vmx::controls::{ControlSet, EntryControls, ExitControls, SecondaryControls, Want, Wanted};
-use vmx::exit::{BasicExitReason, CrAccess, CrAccessType, EptViolation, ExitReason, InterruptionInfo, InterruptionType, IoAccess, IoDirection, IoSize};
+use vmx::exit::{
+    BasicExitReason, CrAccess, CrAccessType, EptViolation, ExitReason, InterruptionInfo,
+    InterruptionType, IoAccess, IoDirection, IoSize,
+};
 use vmx::fields::{Field16, Field32, Field64, FieldNatural};
 use vmx::instructions as vi;
 use vmx::run::{vm_enter, GuestRegisters};
@@ -54,6 +57,8 @@ pub enum BackendError {
     Controls(vmx::controls::ControlError),
     /// A VMX instruction failed.
     Instruction(&'static str, vmx::VmFail),
+    /// INVEPT failed.
+    Invept,
 }
 
 impl core::fmt::Display for BackendError {
@@ -62,6 +67,7 @@ impl core::fmt::Display for BackendError {
             BackendError::VmxOn(e) => write!(f, "VMXON: {e}"),
             BackendError::Controls(e) => write!(f, "VMX controls: {e}"),
             BackendError::Instruction(what, e) => write!(f, "{what}: {e}"),
+            BackendError::Invept => write!(f, "INVEPT (single context) failed"),
         }
     }
 }
@@ -81,11 +87,18 @@ pub struct CoreState {
 impl CoreState {
     /// Enters VMX operation on this core and installs a GDT with a TSS.
     pub fn enable() -> Result<Self, BackendError> {
-        let mut tables = Box::new(HostTables { gdt: [0, 0x00af_9a00_0000_ffff, 0x00cf_9200_0000_ffff, 0, 0], tss: [0; 26] });
+        let mut tables = Box::new(HostTables {
+            gdt: [0, 0x00af_9a00_0000_ffff, 0x00cf_9200_0000_ffff, 0, 0],
+            tss: [0; 26],
+        });
         let tss_base = tables.tss.as_ptr() as u64;
         let limit = (core::mem::size_of::<[u32; 26]>() - 1) as u64;
         // 64-bit available TSS descriptor (SDM Vol. 3A Figure 8-4): type 9, present.
-        tables.gdt[3] = (limit & 0xffff) | ((tss_base & 0xff_ffff) << 16) | (0x89 << 40) | (((limit >> 16) & 0xf) << 48) | (((tss_base >> 24) & 0xff) << 56);
+        tables.gdt[3] = (limit & 0xffff)
+            | ((tss_base & 0xff_ffff) << 16)
+            | (0x89 << 40)
+            | (((limit >> 16) & 0xf) << 48)
+            | (((tss_base >> 24) & 0xff) << 56);
         tables.gdt[4] = tss_base >> 32;
         // I/O map base past the TSS limit: no I/O permission bitmap.
         tables.tss[25] = (104u32) << 16;
@@ -95,7 +108,10 @@ impl CoreState {
             limit: u16,
             base: u64,
         }
-        let ptr = Ptr { limit: (5 * 8 - 1) as u16, base: gdt_base };
+        let ptr = Ptr {
+            limit: (5 * 8 - 1) as u16,
+            base: gdt_base,
+        };
         // SAFETY: the new GDT keeps the boot GDT's code (0x08) and data (0x10) descriptors, so
         // reloading CS by far return and the data segments is transparent; the TSS descriptor
         // points at this core's own TSS, which lives as long as the core (leaked below).
@@ -129,8 +145,14 @@ impl CoreState {
         let phys = vmxon.phys();
         // SAFETY: the region is a page of our own, identity-mapped, kept for the life of the
         // core (the CoreState is never dropped); this core has VMX (checked by the caller).
-        unsafe { vmx::vmxon::enable_vmx(&mut HwMsrs, phys, vmxon.0.as_mut_ptr()) }.map_err(BackendError::VmxOn)?;
-        Ok(Self { _vmxon: vmxon, _tables: tables, gdt_base, tss_base })
+        unsafe { vmx::vmxon::enable_vmx(&mut HwMsrs, phys, vmxon.0.as_mut_ptr()) }
+            .map_err(BackendError::VmxOn)?;
+        Ok(Self {
+            _vmxon: vmxon,
+            _tables: tables,
+            gdt_base,
+            tss_base,
+        })
     }
 }
 
@@ -138,9 +160,19 @@ impl CoreState {
 fn wanted() -> Wanted {
     let mut w = Wanted::ATOLL_BASELINE;
     // XSAVES would need the XSS-exiting bitmap programmed; guests do not need it yet.
-    w.secondary = Want::new(w.secondary.required, w.secondary.optional.difference(SecondaryControls::ENABLE_XSAVES));
+    w.secondary = Want::new(
+        w.secondary.required,
+        w.secondary
+            .optional
+            .difference(SecondaryControls::ENABLE_XSAVES),
+    );
     // Acknowledge host interrupts on exit so the vector is known (and EOI'd by atoll).
-    w.exit = Want::new(w.exit.required, w.exit.optional.union(ExitControls::ACKNOWLEDGE_INTERRUPT_ON_EXIT));
+    w.exit = Want::new(
+        w.exit.required,
+        w.exit
+            .optional
+            .union(ExitControls::ACKNOWLEDGE_INTERRUPT_ON_EXIT),
+    );
     w
 }
 
@@ -178,8 +210,14 @@ fn natural(f: FieldNatural) -> u64 {
 
 impl VmxVcpu {
     /// Builds the VMCS for a vCPU starting in `boot`, with second-stage tables `eptp`.
-    pub fn new(core: &CoreState, boot: &BootState, eptp: u64, vpid: u16) -> Result<Self, BackendError> {
-        let mut controls = ControlSet::compute(&mut HwMsrs, &wanted()).map_err(BackendError::Controls)?;
+    pub fn new(
+        core: &CoreState,
+        boot: &BootState,
+        eptp: ept::Eptp,
+        vpid: u16,
+    ) -> Result<Self, BackendError> {
+        let mut controls =
+            ControlSet::compute(&mut HwMsrs, &wanted()).map_err(BackendError::Controls)?;
         if boot.mode == EntryMode::Long64 {
             controls.entry |= EntryControls::IA32E_MODE_GUEST;
         }
@@ -212,7 +250,8 @@ impl VmxVcpu {
         // Bits VMX fixes in CR0/CR4 are the host's; unrestricted guest frees PE and PG.
         let cr0_mask = (fixed.cr0_fixed0 | !fixed.cr0_fixed1) & !(CR0_PE | CR0_PG);
         let cr4_mask = fixed.cr4_fixed0 | !fixed.cr4_fixed1;
-        let guest_cr0 = (boot.cr0 | (fixed.cr0_fixed0 & !(CR0_PE | CR0_PG))) & (fixed.cr0_fixed1 | CR0_PE | CR0_PG);
+        let guest_cr0 = (boot.cr0 | (fixed.cr0_fixed0 & !(CR0_PE | CR0_PG)))
+            & (fixed.cr0_fixed1 | CR0_PE | CR0_PG);
         let guest_cr4 = (boot.cr4 | fixed.cr4_fixed0) & fixed.cr4_fixed1;
 
         let w16 = |f, v| vmw("VMWRITE", vi::write16(f, v));
@@ -232,9 +271,15 @@ impl VmxVcpu {
         w64(Field64::IoBitmapA, io[0].phys().as_u64())?;
         w64(Field64::IoBitmapB, io[1].phys().as_u64())?;
         w64(Field64::MsrBitmaps, msr.phys().as_u64())?;
-        w64(Field64::EptPointer, eptp)?;
+        w64(Field64::EptPointer, eptp.as_u64())?;
+        // Tables built before this vCPU existed may share an EPTP value with an earlier,
+        // destroyed enclave: drop whatever the TLBs still hold for it.
+        ept::invept::invept_single_context(eptp).map_err(|_| BackendError::Invept)?;
         w64(Field64::TscOffset, 0)?;
-        if controls.secondary.is_some_and(|s| s.contains(SecondaryControls::ENABLE_VPID)) {
+        if controls
+            .secondary
+            .is_some_and(|s| s.contains(SecondaryControls::ENABLE_VPID))
+        {
             w16(Field16::VirtualProcessorIdentifier, vpid)?;
         }
         wn(FieldNatural::Cr0GuestHostMask, cr0_mask)?;
@@ -257,7 +302,11 @@ impl VmxVcpu {
         wn(FieldNatural::HostCr3, cr3)?;
         wn(FieldNatural::HostCr4, cr4)?;
         w16(Field16::HostCsSelector, 0x08)?;
-        for f in [Field16::HostSsSelector, Field16::HostDsSelector, Field16::HostEsSelector] {
+        for f in [
+            Field16::HostSsSelector,
+            Field16::HostDsSelector,
+            Field16::HostEsSelector,
+        ] {
             w16(f, 0x10)?;
         }
         w16(Field16::HostFsSelector, 0)?;
@@ -272,8 +321,10 @@ impl VmxVcpu {
         wn(FieldNatural::HostIa32SysenterEsp, 0)?;
         wn(FieldNatural::HostIa32SysenterEip, 0)?;
         let mut m = HwMsrs;
-        let host_efer = vmx::caps::MsrReader::read(&mut m, vmx::msr::Msr(0xc000_0080)).unwrap_or(EFER_LME | EFER_LMA);
-        let host_pat = vmx::caps::MsrReader::read(&mut m, vmx::msr::Msr(0x277)).unwrap_or(0x0007_0406_0007_0406);
+        let host_efer = vmx::caps::MsrReader::read(&mut m, vmx::msr::Msr(0xc000_0080))
+            .unwrap_or(EFER_LME | EFER_LMA);
+        let host_pat = vmx::caps::MsrReader::read(&mut m, vmx::msr::Msr(0x277))
+            .unwrap_or(0x0007_0406_0007_0406);
         w64(Field64::HostIa32Efer, host_efer)?;
         w64(Field64::HostIa32Pat, host_pat)?;
 
@@ -295,11 +346,36 @@ impl VmxVcpu {
         wn(FieldNatural::GuestIa32SysenterEsp, 0)?;
         wn(FieldNatural::GuestIa32SysenterEip, 0)?;
         let segs = [
-            (Field16::GuestEsSelector, Field32::GuestEsLimit, Field32::GuestEsAccessRights, FieldNatural::GuestEsBase),
-            (Field16::GuestSsSelector, Field32::GuestSsLimit, Field32::GuestSsAccessRights, FieldNatural::GuestSsBase),
-            (Field16::GuestDsSelector, Field32::GuestDsLimit, Field32::GuestDsAccessRights, FieldNatural::GuestDsBase),
-            (Field16::GuestFsSelector, Field32::GuestFsLimit, Field32::GuestFsAccessRights, FieldNatural::GuestFsBase),
-            (Field16::GuestGsSelector, Field32::GuestGsLimit, Field32::GuestGsAccessRights, FieldNatural::GuestGsBase),
+            (
+                Field16::GuestEsSelector,
+                Field32::GuestEsLimit,
+                Field32::GuestEsAccessRights,
+                FieldNatural::GuestEsBase,
+            ),
+            (
+                Field16::GuestSsSelector,
+                Field32::GuestSsLimit,
+                Field32::GuestSsAccessRights,
+                FieldNatural::GuestSsBase,
+            ),
+            (
+                Field16::GuestDsSelector,
+                Field32::GuestDsLimit,
+                Field32::GuestDsAccessRights,
+                FieldNatural::GuestDsBase,
+            ),
+            (
+                Field16::GuestFsSelector,
+                Field32::GuestFsLimit,
+                Field32::GuestFsAccessRights,
+                FieldNatural::GuestFsBase,
+            ),
+            (
+                Field16::GuestGsSelector,
+                Field32::GuestGsLimit,
+                Field32::GuestGsAccessRights,
+                FieldNatural::GuestGsBase,
+            ),
         ];
         match boot.mode {
             EntryMode::Long64 => {
@@ -343,11 +419,23 @@ impl VmxVcpu {
         wn(FieldNatural::GuestIdtrBase, 0)?;
         w32(Field32::GuestIdtrLimit, 0xffff)?;
 
-        let mut regs = GuestRegisters::default();
-        regs.rdi = boot.rdi;
-        regs.rsi = boot.rsi;
-        regs.rdx = boot.rdx;
-        Ok(Self { regs, launched: false, _vmcs: vmcs, _msr_bitmap: msr, _io_bitmaps: io, controls, cr0_mask, cr4_mask, exit_len: 0 })
+        let regs = GuestRegisters {
+            rdi: boot.rdi,
+            rsi: boot.rsi,
+            rdx: boot.rdx,
+            ..Default::default()
+        };
+        Ok(Self {
+            regs,
+            launched: false,
+            _vmcs: vmcs,
+            _msr_bitmap: msr,
+            _io_bitmaps: io,
+            controls,
+            cr0_mask,
+            cr4_mask,
+            exit_len: 0,
+        })
     }
 
     /// Enters the guest until its next exit.
@@ -367,18 +455,30 @@ impl VmxVcpu {
         let q = natural(FieldNatural::ExitQualification);
         Ok(match reason.basic {
             BasicExitReason::EntryFailureInvalidGuestState => Exit::InvalidGuestState,
-            _ if reason.entry_failure => Exit::Unknown { code: raw, name: reason.basic.description().unwrap_or("VM-entry failure") },
+            _ if reason.entry_failure => Exit::Unknown {
+                code: raw,
+                name: reason.basic.description().unwrap_or("VM-entry failure"),
+            },
             BasicExitReason::ExceptionOrNmi => {
-                let info = InterruptionInfo::from_raw(vi::read32(Field32::VmExitInterruptionInformation).unwrap_or(0));
+                let info = InterruptionInfo::from_raw(
+                    vi::read32(Field32::VmExitInterruptionInformation).unwrap_or(0),
+                );
                 if info.kind == InterruptionType::Nmi {
                     Exit::Nmi
                 } else {
-                    Exit::Unknown { code: raw, name: "exception" }
+                    Exit::Unknown {
+                        code: raw,
+                        name: "exception",
+                    }
                 }
             }
             BasicExitReason::ExternalInterrupt => {
-                let info = InterruptionInfo::from_raw(vi::read32(Field32::VmExitInterruptionInformation).unwrap_or(0));
-                Exit::ExternalInterrupt { vector: info.valid.then_some(info.vector) }
+                let info = InterruptionInfo::from_raw(
+                    vi::read32(Field32::VmExitInterruptionInformation).unwrap_or(0),
+                );
+                Exit::ExternalInterrupt {
+                    vector: info.valid.then_some(info.vector),
+                }
             }
             BasicExitReason::TripleFault => Exit::TripleFault,
             BasicExitReason::InitSignal => Exit::Init,
@@ -409,18 +509,34 @@ impl VmxVcpu {
                     string: io.string,
                     rep: io.rep,
                 },
-                None => Exit::Unknown { code: raw, name: "I/O instruction with an undefined size" },
+                None => Exit::Unknown {
+                    code: raw,
+                    name: "I/O instruction with an undefined size",
+                },
             },
             BasicExitReason::Rdmsr => Exit::MsrRead,
             BasicExitReason::Wrmsr => Exit::MsrWrite,
             BasicExitReason::EptViolation => {
                 let v = EptViolation::from_qualification(q);
                 let gpa = vi::read64(Field64::GuestPhysicalAddress).unwrap_or(0);
-                let linear = v.linear_address_valid.then(|| natural(FieldNatural::GuestLinearAddress));
-                Exit::NestedPageFault { gpa: boot::GuestPhysAddr::new(gpa), access: Access { read: v.read, write: v.write, fetch: v.fetch }, linear }
+                let linear = v
+                    .linear_address_valid
+                    .then(|| natural(FieldNatural::GuestLinearAddress));
+                Exit::NestedPageFault {
+                    gpa: boot::GuestPhysAddr::new(gpa),
+                    access: Access {
+                        read: v.read,
+                        write: v.write,
+                        fetch: v.fetch,
+                    },
+                    linear,
+                }
             }
             BasicExitReason::Xsetbv => Exit::Xsetbv,
-            other => Exit::Unknown { code: raw, name: other.description().unwrap_or("unknown exit reason") },
+            other => Exit::Unknown {
+                code: raw,
+                name: other.description().unwrap_or("unknown exit reason"),
+            },
         })
     }
 
@@ -430,7 +546,11 @@ impl VmxVcpu {
         let efer = vi::read64(Field64::GuestIa32Efer).unwrap_or(0);
         let pg = natural(FieldNatural::GuestCr0) & CR0_PG != 0;
         let lma = efer & EFER_LME != 0 && pg;
-        let new_efer = if lma { efer | EFER_LMA } else { efer & !EFER_LMA };
+        let new_efer = if lma {
+            efer | EFER_LMA
+        } else {
+            efer & !EFER_LMA
+        };
         let _ = vi::write64(Field64::GuestIa32Efer, new_efer);
         if lma {
             self.controls.entry |= EntryControls::IA32E_MODE_GUEST;
@@ -446,7 +566,9 @@ impl Vcpu for VmxVcpu {
         if r == Gpr::Rsp {
             return natural(FieldNatural::GuestRsp);
         }
-        Some(vmx::regs::Gpr::from_low_bits(r as u64)).and_then(|g| self.regs.gpr(g)).unwrap_or(0)
+        self.regs
+            .gpr(vmx::regs::Gpr::from_low_bits(r as u64))
+            .unwrap_or(0)
     }
 
     fn set_gpr(&mut self, r: Gpr, v: u64) {
@@ -454,7 +576,7 @@ impl Vcpu for VmxVcpu {
             let _ = vi::write_natural(FieldNatural::GuestRsp, v);
             return;
         }
-        if let Some(slot) = Some(vmx::regs::Gpr::from_low_bits(r as u64)).and_then(|g| self.regs.gpr_mut(g)) {
+        if let Some(slot) = self.regs.gpr_mut(vmx::regs::Gpr::from_low_bits(r as u64)) {
             *slot = v;
         }
     }
@@ -485,10 +607,16 @@ impl Vcpu for VmxVcpu {
 
     fn cr(&self, cr: u8) -> u64 {
         match cr {
-            0 => (natural(FieldNatural::GuestCr0) & !self.cr0_mask) | (natural(FieldNatural::Cr0ReadShadow) & self.cr0_mask),
+            0 => {
+                (natural(FieldNatural::GuestCr0) & !self.cr0_mask)
+                    | (natural(FieldNatural::Cr0ReadShadow) & self.cr0_mask)
+            }
             2 => self.regs.cr2,
             3 => natural(FieldNatural::GuestCr3),
-            4 => (natural(FieldNatural::GuestCr4) & !self.cr4_mask) | (natural(FieldNatural::Cr4ReadShadow) & self.cr4_mask),
+            4 => {
+                (natural(FieldNatural::GuestCr4) & !self.cr4_mask)
+                    | (natural(FieldNatural::Cr4ReadShadow) & self.cr4_mask)
+            }
             _ => 0,
         }
     }
@@ -498,19 +626,28 @@ impl Vcpu for VmxVcpu {
         let fixed = FixedBits::read(&mut m).map_err(|_| VcpuError::Rejected)?;
         match cr {
             0 => {
-                let real = (value | (fixed.cr0_fixed0 & !(CR0_PE | CR0_PG))) & (fixed.cr0_fixed1 | CR0_PE | CR0_PG);
+                let real = (value | (fixed.cr0_fixed0 & !(CR0_PE | CR0_PG)))
+                    & (fixed.cr0_fixed1 | CR0_PE | CR0_PG);
                 vi::write_natural(FieldNatural::GuestCr0, real).map_err(|_| VcpuError::Rejected)?;
-                vi::write_natural(FieldNatural::Cr0ReadShadow, value).map_err(|_| VcpuError::Rejected)?;
+                vi::write_natural(FieldNatural::Cr0ReadShadow, value)
+                    .map_err(|_| VcpuError::Rejected)?;
                 self.sync_long_mode();
             }
-            3 => vi::write_natural(FieldNatural::GuestCr3, value).map_err(|_| VcpuError::Rejected)?,
+            3 => {
+                vi::write_natural(FieldNatural::GuestCr3, value).map_err(|_| VcpuError::Rejected)?
+            }
             4 => {
                 // Bits the CPU cannot hold with VMX on (besides VMXE, which the guest never sees).
                 if value & !fixed.cr4_fixed1 & !(1 << 13) != 0 {
                     return Err(VcpuError::Rejected);
                 }
-                vi::write_natural(FieldNatural::GuestCr4, (value | fixed.cr4_fixed0) & fixed.cr4_fixed1).map_err(|_| VcpuError::Rejected)?;
-                vi::write_natural(FieldNatural::Cr4ReadShadow, value).map_err(|_| VcpuError::Rejected)?;
+                vi::write_natural(
+                    FieldNatural::GuestCr4,
+                    (value | fixed.cr4_fixed0) & fixed.cr4_fixed1,
+                )
+                .map_err(|_| VcpuError::Rejected)?;
+                vi::write_natural(FieldNatural::Cr4ReadShadow, value)
+                    .map_err(|_| VcpuError::Rejected)?;
             }
             _ => return Err(VcpuError::Rejected),
         }

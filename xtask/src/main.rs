@@ -186,7 +186,8 @@ fn test(unit_only: bool) -> Result<()> {
 
 fn demo() -> Result<()> {
     xtask::setup::setup()?;
-    let mut opts = RunOptions::new(Emulator::Bochs, "boot");
+    // Two enclaves on the two cores of a Bochs machine with VMX: the default scenario.
+    let mut opts = RunOptions::new(Emulator::Bochs, "guest-suite");
     opts.cpus = Some(2);
     opts.stream = true;
     let outcome = run(&opts)?;
@@ -238,6 +239,39 @@ fn demo() -> Result<()> {
             "absent"
         }
     );
+    println!();
+    println!(
+        "  {:<8} {:<6} {:<8} {:<34} {:<8} {:<10} {:<10}",
+        "enclave", "core", "RAM MiB", "how it ended", "suite", "CPUID cyc", "VMCALL cyc"
+    );
+    for e in summary["enclaves"].as_array().into_iter().flatten() {
+        let results = &e["results"];
+        let suite = [&results["suite_passed"], &results["real_mode_passed"]]
+            .into_iter()
+            .find(|v| !v.is_null())
+            .map_or("-", |v| {
+                if v.as_bool() == Some(true) {
+                    "passed"
+                } else {
+                    "FAILED"
+                }
+            });
+        let cycles = |k: &str| {
+            results[k]
+                .as_u64()
+                .map_or("-".to_string(), |c| c.to_string())
+        };
+        println!(
+            "  {:<8} {:<6} {:<8} {:<34} {:<8} {:<10} {:<10}",
+            e["name"].as_str().unwrap_or("?"),
+            e["cores"][0].as_u64().map_or("?".into(), |c| c.to_string()),
+            e["memory_mib"].as_u64().unwrap_or(0),
+            e["detail"].as_str().unwrap_or(""),
+            suite,
+            cycles("cpuid_cycles"),
+            cycles("hypercall_cycles")
+        );
+    }
     if outcome.passed() {
         Ok(())
     } else {

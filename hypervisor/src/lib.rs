@@ -15,6 +15,7 @@ extern crate alloc;
 
 pub mod config;
 pub mod cpu;
+pub mod decode;
 pub mod exits;
 pub mod frames;
 #[cfg(target_os = "none")]

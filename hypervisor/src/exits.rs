@@ -42,13 +42,14 @@ pub mod msr {
 }
 
 /// MSRs the guest reads and writes directly (no exit): state atoll's host side never uses, or
-/// that the backend switches on every entry and exit (SYSENTER, FS/GS base, PAT).
+/// that both backends switch on every entry and exit (SYSENTER, FS/GS base). IA32_PAT is not
+/// here: the backends keep the guest's PAT in their own state (VMCS guest PAT, VMCB G_PAT), so it
+/// is emulated.
 pub const PASSTHROUGH_MSRS: &[u32] = &[
     msr::IA32_TSC,
     msr::IA32_SYSENTER_CS,
     msr::IA32_SYSENTER_ESP,
     msr::IA32_SYSENTER_EIP,
-    msr::IA32_PAT,
     msr::IA32_STAR,
     msr::IA32_LSTAR,
     msr::IA32_CSTAR,
@@ -458,6 +459,7 @@ fn msr_read(vcpu: &mut impl Vcpu, run: &mut EnclaveRun) -> Action {
         msr::IA32_MTRRCAP => 0,     // no variable or fixed MTRRs to program
         msr::IA32_MTRR_DEF_TYPE => run.mtrr_def_type,
         msr::IA32_EFER => vcpu.efer(),
+        msr::IA32_PAT => vcpu.pat(),
         _ => return deny_msr(vcpu, run),
     };
     vcpu.set_gpr(Gpr::Rax, value & 0xffff_ffff);
@@ -486,6 +488,15 @@ fn msr_write(vcpu: &mut impl Vcpu, run: &mut EnclaveRun) -> Action {
                 return deny_msr(vcpu, run);
             }
             run.mtrr_def_type = value;
+        }
+        msr::IA32_PAT => {
+            // Each of the eight entries must be a valid type: UC, WC, WT, WP, WB, UC- (SDM Vol.
+            // 3A §12.12.2).
+            let valid = value.to_le_bytes().iter().all(|t| matches!(t, 0 | 1 | 4 | 5 | 6 | 7));
+            if !valid {
+                return deny_msr(vcpu, run);
+            }
+            vcpu.set_pat(value);
         }
         msr::IA32_MISC_ENABLE if value == 1 => {}
         _ => return deny_msr(vcpu, run),
@@ -637,6 +648,7 @@ mod tests {
         efer: u64,
         rflags: u64,
         cpl: u8,
+        pat: u64,
     }
 
     impl Vcpu for FakeVcpu {
@@ -674,6 +686,12 @@ mod tests {
         }
         fn cpl(&self) -> u8 {
             self.cpl
+        }
+        fn pat(&self) -> u64 {
+            self.pat
+        }
+        fn set_pat(&mut self, value: u64) {
+            self.pat = value;
         }
     }
 
@@ -877,6 +895,19 @@ mod tests {
             PASSTHROUGH_MSRS.contains(&msr::IA32_LSTAR)
                 && !PASSTHROUGH_MSRS.contains(&msr::IA32_EFER)
         );
+        // PAT: valid types accepted, a reserved type (2) refused.
+        w.vcpu.injected = None;
+        w.vcpu.gprs[Gpr::Rcx as usize] = u64::from(msr::IA32_PAT);
+        w.vcpu.gprs[Gpr::Rax as usize] = 0x0007_0406;
+        w.vcpu.gprs[Gpr::Rdx as usize] = 0x0007_0406;
+        w.exit(Exit::MsrWrite);
+        assert_eq!((w.vcpu.pat, w.vcpu.injected), (0x0007_0406_0007_0406, None));
+        w.vcpu.gprs[Gpr::Rax as usize] = 0x0007_0402;
+        w.exit(Exit::MsrWrite);
+        assert_eq!((w.vcpu.pat, w.vcpu.injected), (0x0007_0406_0007_0406, Some((vector::GP, Some(0)))));
+        w.vcpu.gprs[Gpr::Rdx as usize] = 0;
+        w.exit(Exit::MsrRead);
+        assert_eq!(w.vcpu.gprs[Gpr::Rdx as usize], 0x0007_0406);
     }
 
     #[test]

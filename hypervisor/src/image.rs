@@ -70,6 +70,7 @@ extern "C" fn atoll_bsp_main(magic: u32, info_addr: u64) -> ! {
     console::init();
     console::init_logger(log::LevelFilter::Info);
     boot::idt::load();
+    hw::mask_legacy_pic();
     // SAFETY: the heap space is a static used for nothing else, handed over once, here.
     unsafe {
         HEAP.lock()

@@ -256,6 +256,10 @@ pub trait Vcpu {
     fn rflags(&self) -> u64;
     /// The guest's current privilege level.
     fn cpl(&self) -> u8;
+    /// The guest's IA32_PAT.
+    fn pat(&self) -> u64;
+    /// Loads IA32_PAT (already validated by the handler).
+    fn set_pat(&mut self, value: u64);
 }
 
 /// Guest-physical memory of one enclave.

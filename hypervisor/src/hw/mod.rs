@@ -37,6 +37,18 @@ impl AcpiHandler for IdentityMapped {
     fn unmap_physical_region<T>(_region: &PhysicalMapping<Self, T>) {}
 }
 
+/// Masks every line of the legacy 8259 PICs. atoll takes no device interrupts of its own yet,
+/// and a timer tick left enabled by the BIOS would otherwise arrive as a host interrupt while a
+/// guest runs.
+pub fn mask_legacy_pic() {
+    // SAFETY: 0x21 and 0xa1 are the 8259 interrupt mask registers on every PC; masking all
+    // lines has no other effect.
+    unsafe {
+        x86_64::instructions::port::Port::<u8>::new(0x21).write(0xff);
+        x86_64::instructions::port::Port::<u8>::new(0xa1).write(0xff);
+    }
+}
+
 /// Stops the calling core for good.
 pub fn halt_forever() -> ! {
     loop {

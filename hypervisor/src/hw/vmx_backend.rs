@@ -668,6 +668,17 @@ impl Vcpu for VmxVcpu {
         natural(FieldNatural::GuestRflags)
     }
 
+    fn pat(&self) -> u64 {
+        vi::read64(Field64::GuestIa32Pat).unwrap_or(0x0007_0406_0007_0406)
+    }
+
+    fn set_pat(&mut self, value: u64) {
+        // Loaded on entry when the CPU has the "load IA32_PAT" entry control (Bochs and every
+        // EPT-capable Intel CPU do); otherwise the guest keeps seeing its value but runs with
+        // the host's PAT.
+        let _ = vi::write64(Field64::GuestIa32Pat, value);
+    }
+
     fn cpl(&self) -> u8 {
         if natural(FieldNatural::GuestCr0) & CR0_PE == 0 {
             return 0;

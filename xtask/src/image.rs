@@ -7,28 +7,26 @@ use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 use std::process::Command;
 
-/// Builds the image (release profile) and returns the ELF's path.
-pub fn build() -> Result<PathBuf> {
+/// Runs `cargo build --release --target x86_64-unknown-none` with `what` (package and targets)
+/// and returns the output directory.
+fn build_bare_metal(what: &[&str], name: &str) -> Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(crate::root())
-        .args([
-            "build",
-            "--quiet",
-            "--release",
-            "-p",
-            "hypervisor",
-            "--bin",
-            "atoll",
-            "--target",
-            IMAGE_TARGET,
-        ])
+        .args(["build", "--quiet", "--release", "--target", IMAGE_TARGET])
+        .args(what)
         .status()
-        .context("running cargo build")?;
+        .with_context(|| format!("running cargo build for {name}"))?;
     if !status.success() {
-        bail!("building the atoll image failed");
+        bail!("building {name} failed");
     }
-    let elf = crate::target_dir().join(IMAGE_TARGET).join("release/atoll");
+    Ok(crate::target_dir().join(IMAGE_TARGET).join("release"))
+}
+
+/// Builds the image (release profile) and returns the ELF's path.
+pub fn build() -> Result<PathBuf> {
+    let elf =
+        build_bare_metal(&["-p", "hypervisor", "--bin", "atoll"], "the atoll image")?.join("atoll");
     if !elf.exists() {
         bail!("cargo built, but {} is missing", elf.display());
     }
@@ -37,25 +35,7 @@ pub fn build() -> Result<PathBuf> {
 
 /// Builds the `guest-kit` guests (release, bare-metal) and returns their directory.
 pub fn build_guests() -> Result<PathBuf> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(crate::root())
-        .args([
-            "build",
-            "--quiet",
-            "--release",
-            "-p",
-            "guest-kit",
-            "--bins",
-            "--target",
-            IMAGE_TARGET,
-        ])
-        .status()
-        .context("running cargo build for the guests")?;
-    if !status.success() {
-        bail!("building the guest-kit guests failed");
-    }
-    Ok(crate::target_dir().join(IMAGE_TARGET).join("release"))
+    build_bare_metal(&["-p", "guest-kit", "--bins"], "the guest-kit guests")
 }
 
 /// Checks every enclave description the scenario carries (modules named `enclaves`) with

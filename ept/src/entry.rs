@@ -320,19 +320,6 @@ impl EptEntry {
         Self((self.0 & !Perms::all().bits()) | (perms.bits() & Perms::all().bits()))
     }
 
-    /// Whether, sitting in a table at `level` (1 = PT … 4 = PML4), the entry maps a page.
-    pub(crate) const fn is_leaf_at(self, level: u8) -> bool {
-        self.is_present() && (level == 1 || (self.is_large() && (level == 2 || level == 3)))
-    }
-
-    /// The leaf address of an entry at `level`.
-    pub(crate) const fn leaf_addr_at(self, level: u8) -> u64 {
-        match PageSize::at_level(level) {
-            Some(size) => self.0 & size.addr_mask(),
-            None => self.0 & ADDR_MASK,
-        }
-    }
-
     /// A leaf at `level` mapping `hpa` with the attribute and accessed/dirty bits `attrs`.
     pub(crate) const fn leaf_at(level: u8, hpa: u64, attrs: u64) -> Self {
         let (mask, large) = match PageSize::at_level(level) {
@@ -407,7 +394,7 @@ mod tests {
             MemType::WriteBack,
         );
         assert_eq!(pte.raw(), 0x1234_5000 | 0b11 | (6 << 3));
-        assert!(pte.is_leaf_at(1) && !pte.is_large());
+        assert!(pte.is_present() && !pte.is_large());
         assert_eq!(pte.mem_type(), Some(MemType::WriteBack));
         assert_eq!(pte.perms(), Perms::READ | Perms::WRITE);
 
@@ -418,7 +405,7 @@ mod tests {
             MemType::Uncacheable,
         );
         assert_eq!(pde.raw(), 0x4060_0000 | 0b111 | (1 << 7));
-        assert!(pde.is_leaf_at(2) && pde.is_leaf_at(3) && !pde.is_leaf_at(4));
+        assert!(pde.is_present() && pde.is_large());
         assert_eq!(
             pde.page_addr(PageSize::Size2M),
             HostPhysAddr::new(0x4060_0000)
@@ -453,7 +440,7 @@ mod tests {
         let e = EptEntry::table(HostPhysAddr::new(0xabc_d000));
         assert_eq!(e.raw(), 0xabc_d007);
         assert_eq!(e.table_addr(), HostPhysAddr::new(0xabc_d000));
-        assert!(e.is_present() && !e.is_large() && !e.is_leaf_at(2) && e.is_leaf_at(1));
+        assert!(e.is_present() && !e.is_large());
         assert!(!EptEntry::EMPTY.is_present());
         // Accessed/dirty do not make an entry present.
         assert!(!EptEntry::from_raw(0x300).is_present());

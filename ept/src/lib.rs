@@ -1,28 +1,39 @@
-//! Extended page tables.
+//! Second-stage page tables: Intel EPT and AMD nested page tables.
 //!
-//! This crate owns the second-stage tables of VMX partitions (SDM Vol. 3C §29.3, "The Extended
-//! Page Table Mechanism"):
+//! This crate owns the second-stage tables of partitions under either backend: extended page
+//! tables for VMX (SDM Vol. 3C §29.3, "The Extended Page Table Mechanism") and nested page
+//! tables for SVM (AMD64 APM Vol. 2 §15.25, "Nested Paging"). In atoll "EPT" names both; the
+//! crate's error type is [`EptError`] for both.
 //!
 //! * [`EptCaps`] (here): what the processor supports, from IA32_VMX_EPT_VPID_CAP (SDM Vol. 3D
 //!   Appendix A.10), which decides the page sizes, memory types and invalidation types the
 //!   builder may use.
 //! * [`entry`]: the bit layouts of EPT paging-structure entries and of the EPT pointer, and the
-//!   permission, memory-type and page-size types.
-//! * [`table`]: the builder, [`Ept`]: map, unmap, protect and translate over four-level tables
-//!   with 4 KiB, 2 MiB and 1 GiB pages, all-or-nothing, with table memory behind the
-//!   [`FrameSource`] trait so that it runs in host tests.
-//! * `invept` (only on the target): the INVEPT instruction.
+//!   permission, memory-type and page-size types both formats share.
+//! * [`npt`]: the bit layout of nested page table entries (long-mode paging entries) and the
+//!   default-PAT indices they select memory types with.
+//! * [`format`](mod@format): the [`Format`] trait, what the engine needs to know of an entry
+//!   format, and its two instances [`EptFormat`] and [`NptFormat`].
+//! * [`table`]: the engine, [`Tables`], used as [`Ept`] or [`Npt`]: map, unmap, protect and
+//!   translate over four-level tables with 4 KiB, 2 MiB and 1 GiB pages, all-or-nothing, with
+//!   table memory behind the [`FrameSource`] trait so that it runs in host tests.
+//! * `invept` (only on the target): the INVEPT instruction. NPT invalidation (ASID flushes,
+//!   INVLPGA) belongs to the SVM backend.
 #![cfg_attr(target_os = "none", no_std)]
 
 pub mod entry;
+pub mod format;
 #[cfg(target_os = "none")]
 pub mod invept;
+pub mod npt;
 pub mod table;
 
 pub use entry::{EntryFlags, EptEntry, Eptp, MemType, PageSize, Perms};
+pub use format::{EptFormat, Format, NptFormat};
+pub use npt::{NptEntry, NptFlags, PatIndex};
 pub use table::{
-    Ept, EptError, FrameSource, Operand, Region, Regions, Translation, GPA_LIMIT, HPA_LIMIT,
-    PAGE_SIZE,
+    Ept, EptError, FrameSource, Npt, Operand, Region, Regions, Tables, Translation, GPA_LIMIT,
+    HPA_LIMIT, PAGE_SIZE,
 };
 
 use bitflags::bitflags;

@@ -1,10 +1,13 @@
-//! The EPT builder: one partition's four-level second-stage tables.
+//! The table engine: one partition's four-level second-stage tables, in either format.
 //!
-//! [`Ept`] owns a tree of EPT paging structures (SDM Vol. 3C §29.3, "The Extended Page Table
-//! Mechanism"): it takes and returns table frames through a [`FrameSource`], maps guest-physical
-//! ranges with the largest pages their alignment allows, unmaps and re-protects ranges (splitting
-//! large pages that are only partly covered), merges tables back into large pages when they
-//! become uniform, and translates addresses the way the processor's page walk does (§29.3.2).
+//! [`Tables`] owns a tree of second-stage paging structures whose entry format is a type
+//! parameter: [`Ept`] is the Intel instance (SDM Vol. 3C §29.3, "The Extended Page Table
+//! Mechanism"), [`Npt`] the AMD one (AMD64 APM Vol. 2 §15.25, "Nested Paging"), and
+//! [`crate::format`] says what differs. It takes and returns table frames through a
+//! [`FrameSource`], maps guest-physical ranges with the largest pages their alignment allows,
+//! unmaps and re-protects ranges (splitting large pages that are only partly covered), merges
+//! tables back into large pages when they become uniform, and translates addresses the way the
+//! processor's page walk does (SDM §29.3.2, APM §15.25.5).
 //!
 //! **All or nothing.** Every change first checks its whole range, then walks the tree once as a
 //! dry run that counts the tables it will need, reserves that many frames, and only then walks
@@ -19,25 +22,30 @@
 //! **TLBs.** The builder writes entries with volatile 64-bit stores, fills a new table before
 //! linking it and unlinks a table before freeing it, so a processor walking the tree
 //! concurrently sees either the old or the new translation of every page. It never flushes:
-//! after `unmap`, `protect`, or a `map` that merged tables, the caller must run INVEPT (the
-//! `invept` module, on the target) for this EPTP on every core that uses it, before relying on
-//! the change and before the frame source hands out the frames the change freed (processors
-//! cache translations and paging-structure entries, SDM Vol. 3C §29.4).
+//! after `unmap`, `protect`, or a `map` that merged tables, the caller must invalidate on every
+//! core that uses the tree, before relying on the change and before the frame source hands out
+//! the frames the change freed (processors cache translations and paging-structure entries).
+//! For EPT that is INVEPT for this EPTP (the `invept` module, on the target; SDM Vol. 3C
+//! §29.4); for NPT it is the SVM backend's business: a flush of the partition's ASID through the
+//! VMCB's TLB_CONTROL, or INVLPGA (APM Vol. 2 §15.16), not anything in this crate.
 
-use crate::entry::{EptEntry, Eptp, MemType, PageSize, Perms};
+use crate::entry::{Eptp, MemType, PageSize, Perms};
+use crate::format::{EptFormat, Format, NptFormat};
 use boot::{GuestPhysAddr, HostPhysAddr};
 use core::fmt;
+use core::marker::PhantomData;
 use core::mem::ManuallyDrop;
 
 /// Bytes in the smallest page and in a table frame.
 pub const PAGE_SIZE: u64 = 1 << 12;
-/// First guest-physical address a four-level walk cannot reach: it uses bits 47:0 (§29.3.2).
+/// First guest-physical address a four-level walk cannot reach: it uses bits 47:0 (SDM Vol. 3C
+/// §29.3.2; the same for nested paging, APM Vol. 2 §5.3).
 pub const GPA_LIMIT: u64 = 1 << 48;
-/// First host-physical address an EPT entry cannot hold: its address field is bits 51:12
-/// (Tables 29-1 to 29-6).
+/// First host-physical address an entry cannot hold: its address field is bits 51:12 in both
+/// formats (SDM Vol. 3C Tables 29-1 to 29-6, APM Vol. 2 §5.4).
 pub const HPA_LIMIT: u64 = 1 << 52;
 
-/// Entries in every EPT paging structure.
+/// Entries in every paging structure of either format.
 const ENTRIES: usize = 512;
 /// Level of the PML4 table; 3 is the PDPT, 2 the page directory, 1 the page table.
 const ROOT_LEVEL: u8 = 4;
@@ -49,7 +57,7 @@ const ROOT_LEVEL: u8 = 4;
 ///
 /// # Safety
 ///
-/// [`Ept`] reads and writes tables through the raw pointers [`FrameSource::table`] returns, so
+/// [`Tables`] reads and writes tables through the raw pointers [`FrameSource::table`] returns, so
 /// an implementation must guarantee, for every frame it returned from
 /// [`FrameSource::alloc_frame`] and that has not yet been passed to
 /// [`FrameSource::free_frame`]:
@@ -106,7 +114,8 @@ impl fmt::Display for Operand {
     }
 }
 
-/// Why an EPT change was refused. Whenever one is returned the tables are exactly as they were.
+/// Why a change to second-stage tables (EPT or NPT) was refused. Whenever one is returned the
+/// tables are exactly as they were.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EptError {
     /// An address or the length is not a multiple of 4 KiB.
@@ -118,6 +127,13 @@ pub enum EptError {
     /// The permissions cannot be put in a leaf: none at all, unknown bits, or write without read
     /// (an EPT misconfiguration, SDM Vol. 3C §29.3.3.1). To take every right away, unmap.
     InvalidPerms { perms: Perms },
+    /// NPT only: the permissions are valid for EPT but have no nested-page-table encoding. A
+    /// present NPT entry always allows reads (AMD64 APM Vol. 2 §5.4.1), so execute-only does not
+    /// exist.
+    PermsNotExpressible { perms: Perms },
+    /// NPT only: the memory type has no index in the default PAT that nested page tables select
+    /// types from (WC and WP; APM Vol. 2 §7.8, §15.25.8).
+    MemTypeNotExpressible { mem: MemType },
     /// `map` found this page of the range already mapped (the first such page).
     AlreadyMapped { gpa: GuestPhysAddr },
     /// `protect` found this page of the range unmapped (the first such page).
@@ -156,6 +172,16 @@ impl fmt::Display for EptError {
                 "permissions {perms} ({:#x}) cannot be mapped: a mapping needs at least one \
                  right, write needs read, and only bits 2:0 exist",
                 perms.bits()
+            ),
+            Self::PermsNotExpressible { perms } => write!(
+                f,
+                "permissions {perms} cannot be mapped in nested page tables: a present NPT entry \
+                 is always readable, so execute-only does not exist"
+            ),
+            Self::MemTypeNotExpressible { mem } => write!(
+                f,
+                "memory type {mem} cannot be mapped in nested page tables: the default host PAT \
+                 that atoll assumes has only WB, WT, UC- and UC"
             ),
             Self::AlreadyMapped { gpa } => {
                 write!(f, "guest-physical page {gpa} is already mapped")
@@ -202,10 +228,12 @@ pub struct Region {
     pub mem: MemType,
 }
 
-/// One partition's EPT tree (four levels, SDM Vol. 3C §29.3.2).
+/// One partition's second-stage tree (four levels) in the entry format `Fmt`, with its table
+/// frames from `F`. Use it as [`Ept`] or [`Npt`].
 ///
-/// Dropping it frees every table; [`Ept::destroy`] does the same and returns the frame source.
-pub struct Ept<F: FrameSource> {
+/// Dropping it frees every table; [`Tables::destroy`] does the same and returns the frame
+/// source.
+pub struct Tables<Fmt: Format, F: FrameSource> {
     frames: F,
     pml4: HostPhysAddr,
     max_page: PageSize,
@@ -213,7 +241,16 @@ pub struct Ept<F: FrameSource> {
     tables: usize,
     /// Tables the dry run failed to foresee (always 0 unless this module has a bug); tests check.
     undercounts: usize,
+    format: PhantomData<Fmt>,
 }
+
+/// One partition's EPT tree (SDM Vol. 3C §29.3.2), for VMX partitions.
+pub type Ept<F> = Tables<EptFormat, F>;
+
+/// One partition's nested page tables (AMD64 APM Vol. 2 §15.25), for SVM partitions. Its root
+/// goes in the VMCB's N_CR3 field ([`Tables::nested_cr3`]); the SVM backend flushes the
+/// partition's ASID after changes (see the module documentation).
+pub type Npt<F> = Tables<NptFormat, F>;
 
 /// Bit position of the first address bit an entry at `level` translates.
 const fn shift(level: u8) -> u32 {
@@ -230,7 +267,7 @@ const fn index(addr: u64, level: u8) -> usize {
     ((addr >> shift(level)) as usize) & (ENTRIES - 1)
 }
 
-/// Whether a frame can hold a table an EPT entry points to.
+/// Whether a frame can hold a table an entry points to (both formats have address bits 51:12).
 const fn frame_ok(frame: HostPhysAddr) -> bool {
     frame.is_aligned(PAGE_SIZE) && frame.as_u64() < HPA_LIMIT
 }
@@ -243,22 +280,116 @@ fn range_end(what: Operand, start: u64, len: u64, limit: u64) -> Result<u64, Ept
     }
 }
 
+/// An entry of a table in format `Fmt`, with the level-dependent questions the engine asks.
+struct Entry<Fmt: Format> {
+    raw: u64,
+    format: PhantomData<Fmt>,
+}
+
+impl<Fmt: Format> Clone for Entry<Fmt> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<Fmt: Format> Copy for Entry<Fmt> {}
+
+impl<Fmt: Format> PartialEq for Entry<Fmt> {
+    fn eq(&self, other: &Self) -> bool {
+        self.raw == other.raw
+    }
+}
+
+impl<Fmt: Format> fmt::Debug for Entry<Fmt> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Entry({:#018x})", self.raw)
+    }
+}
+
+impl<Fmt: Format> Entry<Fmt> {
+    /// The all-zero entry, not present in either format.
+    const EMPTY: Self = Self::from_raw(0);
+
+    const fn from_raw(raw: u64) -> Self {
+        Self {
+            raw,
+            format: PhantomData,
+        }
+    }
+
+    const fn raw(self) -> u64 {
+        self.raw
+    }
+
+    /// A table pointer to `frame`.
+    fn table(frame: HostPhysAddr) -> Self {
+        Self::from_raw(Fmt::table(frame))
+    }
+
+    /// A leaf at `level` mapping `hpa` with `attrs` (4 KiB layout, history included); a page-
+    /// table leaf for any level without leaves (never asked for).
+    fn leaf_at(level: u8, hpa: u64, attrs: u64) -> Self {
+        let size = PageSize::at_level(level).unwrap_or(PageSize::Size4K);
+        Self::from_raw(Fmt::leaf(size, hpa, attrs))
+    }
+
+    fn is_present(self) -> bool {
+        Fmt::is_present(self.raw)
+    }
+
+    /// Whether, sitting in a table at `level` (1 = PT … 4 = PML4), the entry maps a page.
+    fn is_leaf_at(self, level: u8) -> bool {
+        self.is_present() && (level == 1 || (Fmt::is_large(self.raw) && (level == 2 || level == 3)))
+    }
+
+    fn table_addr(self) -> HostPhysAddr {
+        Fmt::table_addr(self.raw)
+    }
+
+    /// The address a leaf at `level` maps.
+    fn leaf_addr_at(self, level: u8) -> u64 {
+        match PageSize::at_level(level) {
+            Some(size) => Fmt::leaf_addr(size, self.raw),
+            None => self.table_addr().as_u64(),
+        }
+    }
+
+    /// The attributes and history of a leaf at `level`, in the 4 KiB layout.
+    fn attrs_at(self, level: u8) -> u64 {
+        Fmt::leaf_attrs(
+            PageSize::at_level(level).unwrap_or(PageSize::Size4K),
+            self.raw,
+        )
+    }
+
+    fn perms(self) -> Perms {
+        Fmt::perms(self.raw)
+    }
+
+    fn with_perms(self, perms: Perms) -> Self {
+        Self::from_raw(Fmt::with_perms(self.raw, perms))
+    }
+}
+
 /// The entry a split of `parent` (a leaf at `parent_level`) puts at `idx` of the new table: the
 /// same attributes and accessed/dirty history, mapping the `idx`-th piece. Empty when `parent`
 /// is not a leaf (a table made for an unmapped region starts empty).
-fn split_child(parent: EptEntry, parent_level: u8, idx: usize) -> EptEntry {
+///
+/// The attributes go through the 4 KiB layout ([`Format::leaf_attrs`], then [`Format::leaf`]),
+/// so a format whose bits move with the page size (NPT's PAT bit) gets them right.
+fn split_child<Fmt: Format>(parent: Entry<Fmt>, parent_level: u8, idx: usize) -> Entry<Fmt> {
     if parent_level < 2 || !parent.is_leaf_at(parent_level) {
-        return EptEntry::EMPTY;
+        return Entry::EMPTY;
     }
     let level = parent_level - 1;
     let hpa = parent.leaf_addr_at(parent_level) + idx as u64 * span(level);
-    EptEntry::leaf_at(level, hpa, parent.raw())
+    Entry::leaf_at(level, hpa, parent.attrs_at(parent_level))
 }
 
 /// The entry, at `level`, of one large page that maps exactly what the 512 leaves of `child`
 /// map, if they are uniform: same attributes, contiguous host memory, aligned to the large page.
 /// Accessed and dirty flags are ORed so that no write is forgotten.
-fn merged(child: Table, level: u8) -> Option<EptEntry> {
+fn merged<Fmt: Format>(child: Table<Fmt>, level: u8) -> Option<Entry<Fmt>> {
     let child_level = level.checked_sub(1)?;
     let first = child.get(0);
     if !first.is_leaf_at(child_level) {
@@ -268,19 +399,19 @@ fn merged(child: Table, level: u8) -> Option<EptEntry> {
     if base % span(level) != 0 {
         return None;
     }
-    let attrs = first.raw() & EptEntry::ATTR_MASK;
-    let mut history = first.raw() & EptEntry::AD_MASK;
+    let attrs = first.attrs_at(child_level) & Fmt::ATTR_MASK;
+    let mut history = first.attrs_at(child_level) & Fmt::HISTORY_MASK;
     for i in 1..ENTRIES {
         let e = child.get(i);
         if !e.is_leaf_at(child_level)
-            || e.raw() & EptEntry::ATTR_MASK != attrs
+            || e.attrs_at(child_level) & Fmt::ATTR_MASK != attrs
             || e.leaf_addr_at(child_level) != base + i as u64 * span(child_level)
         {
             return None;
         }
-        history |= e.raw() & EptEntry::AD_MASK;
+        history |= e.attrs_at(child_level) & Fmt::HISTORY_MASK;
     }
-    Some(EptEntry::leaf_at(level, base, attrs | history))
+    Some(Entry::leaf_at(level, base, attrs | history))
 }
 
 /// The part of a range `[s, e)` that falls in one entry of a table.
@@ -313,24 +444,33 @@ fn slots(base: u64, level: u8, s: u64, e: u64) -> impl Iterator<Item = Slot> {
     })
 }
 
-/// A table this `Ept` owns, reachable through the pointer its frame source gave.
-#[derive(Clone, Copy)]
-struct Table {
+/// A table this `Tables` owns, reachable through the pointer its frame source gave.
+struct Table<Fmt: Format> {
     frame: HostPhysAddr,
     ptr: *mut u64,
+    format: PhantomData<Fmt>,
 }
 
-impl Table {
-    fn get(self, idx: usize) -> EptEntry {
-        // SAFETY: a `Table` is only made by `Ept::table` for a frame the `Ept` allocated and has
-        // not freed, and none is used after its frame is freed; by the `FrameSource` contract
-        // the pointer is valid for 512 aligned `u64`s until then. `idx % ENTRIES` stays inside.
-        // Volatile: the processor's page walker reads these entries behind the compiler's back.
-        EptEntry::from_raw(unsafe { self.ptr.add(idx % ENTRIES).read_volatile() })
+impl<Fmt: Format> Clone for Table<Fmt> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<Fmt: Format> Copy for Table<Fmt> {}
+
+impl<Fmt: Format> Table<Fmt> {
+    fn get(self, idx: usize) -> Entry<Fmt> {
+        // SAFETY: a `Table` is only made by `Tables::table` for a frame the `Tables` allocated
+        // and has not freed, and none is used after its frame is freed; by the `FrameSource`
+        // contract the pointer is valid for 512 aligned `u64`s until then. `idx % ENTRIES` stays
+        // inside. Volatile: the processor's page walker reads these entries behind the
+        // compiler's back.
+        Entry::from_raw(unsafe { self.ptr.add(idx % ENTRIES).read_volatile() })
     }
 
-    fn set(self, idx: usize, entry: EptEntry) {
-        // SAFETY: as in `get`: a live table of this `Ept`, an index inside it. Volatile 64-bit
+    fn set(self, idx: usize, entry: Entry<Fmt>) {
+        // SAFETY: as in `get`: a live table of this `Tables`, an index inside it. Volatile 64-bit
         // stores so the page walker never sees a torn or elided entry.
         unsafe { self.ptr.add(idx % ENTRIES).write_volatile(entry.raw()) }
     }
@@ -341,14 +481,21 @@ impl Table {
 }
 
 /// A table as a walk sees it.
-#[derive(Clone, Copy)]
-enum Node {
+enum Node<Fmt: Format> {
     /// A table that exists.
-    Real(Table),
+    Real(Table<Fmt>),
     /// Only in a dry run: the table a split of `parent` (at `level`) would create, or, when
     /// `parent` is not present, a new empty table. Its entries are computed, never stored.
-    Virtual { parent: EptEntry, level: u8 },
+    Virtual { parent: Entry<Fmt>, level: u8 },
 }
+
+impl<Fmt: Format> Clone for Node<Fmt> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<Fmt: Format> Copy for Node<Fmt> {}
 
 /// One walk of a two-pass change.
 struct Pass {
@@ -385,9 +532,11 @@ struct MapArgs {
     attrs: u64,
 }
 
-impl<F: FrameSource> Ept<F> {
-    /// An empty tree: allocates (and zeroes) the PML4. Leaves never exceed `max_page`; pass
-    /// [`PageSize::largest_supported`] of the processor's [`crate::EptCaps`] or less.
+impl<Fmt: Format, F: FrameSource> Tables<Fmt, F> {
+    /// An empty tree: allocates (and zeroes) the PML4. Leaves never exceed `max_page`. For EPT
+    /// pass [`PageSize::largest_supported`] of the processor's [`crate::EptCaps`] or less; for
+    /// NPT, 2 MiB, or 1 GiB if CPUID Fn8000_0001_EDX\[Page1GB\] (bit 26) is set (nested tables
+    /// use the host's paging features, APM Vol. 2 §15.25).
     pub fn new(mut frames: F, max_page: PageSize) -> Result<Self, EptError> {
         let pml4 = frames
             .alloc_frame()
@@ -402,10 +551,11 @@ impl<F: FrameSource> Ept<F> {
             max_page,
             tables: 1,
             undercounts: 0,
+            format: PhantomData,
         };
         let root = ept.table(pml4);
         for i in 0..ENTRIES {
-            root.set(i, EptEntry::EMPTY);
+            root.set(i, Entry::EMPTY);
         }
         Ok(ept)
     }
@@ -425,12 +575,6 @@ impl<F: FrameSource> Ept<F> {
         self.tables
     }
 
-    /// The EPT pointer for the VMCS (SDM Vol. 3C §25.6.11): write-back tables, four-level walk,
-    /// accessed/dirty flags if `ad`.
-    pub fn eptp(&self, ad: bool) -> Eptp {
-        Eptp::new(self.pml4, ad)
-    }
-
     /// The frame source (read only: freeing a frame behind the tree's back would break it).
     pub fn frame_source(&self) -> &F {
         &self.frames
@@ -440,9 +584,10 @@ impl<F: FrameSource> Ept<F> {
     ///
     /// Each piece uses the largest page, up to `max_page`, that both addresses are aligned to
     /// and that fits in what remains; afterwards tables that became uniform are merged into
-    /// larger pages. Execute-only `perms` need [`crate::EptCaps::EXECUTE_ONLY`]; that is the
-    /// caller's to check. Fails, changing nothing, on misaligned or zero-length input, a range
-    /// beyond 2^48 (guest) or 2^52 (host), invalid `perms`, any page of the range already mapped,
+    /// larger pages. EPT: execute-only `perms` need [`crate::EptCaps::EXECUTE_ONLY`]; that is
+    /// the caller's to check. NPT: `perms` must include READ and `mem` be WB, WT or UC. Fails,
+    /// changing nothing, on misaligned or zero-length input, a range beyond 2^48 (guest) or 2^52
+    /// (host), `perms` or `mem` the format cannot express, any page of the range already mapped,
     /// or too few frames for the tables.
     pub fn map(
         &mut self,
@@ -467,9 +612,7 @@ impl<F: FrameSource> Ept<F> {
         }
         let end = Self::check_range(gpa, len)?;
         range_end(Operand::Hpa, h, len, HPA_LIMIT)?;
-        if !perms.is_valid() {
-            return Err(EptError::InvalidPerms { perms });
-        }
+        let attrs = Fmt::attrs(perms, mem)?;
         if let Some(page) = self.find(g, end, true) {
             return Err(EptError::AlreadyMapped {
                 gpa: GuestPhysAddr::new(page),
@@ -477,7 +620,7 @@ impl<F: FrameSource> Ept<F> {
         }
         let args = MapArgs {
             offset: h.wrapping_sub(g),
-            attrs: EptEntry::page(HostPhysAddr::new(0), PageSize::Size4K, perms, mem).raw(),
+            attrs,
         };
         self.two_pass(|ept, pass| {
             let root = Node::Real(ept.table(ept.pml4));
@@ -501,13 +644,12 @@ impl<F: FrameSource> Ept<F> {
 
     /// Gives every page in `len` bytes at `gpa` the rights `perms` (memory types stay). Large
     /// pages only partly inside are split when their rights change; tables that become uniform
-    /// are merged. Fails, changing nothing, on bad input, invalid `perms`, any page of the range
-    /// unmapped ([`EptError::NotMapped`] names the first), or too few frames for the splits.
+    /// are merged. Fails, changing nothing, on bad input, `perms` the format cannot express (see
+    /// [`Tables::map`]), any page of the range unmapped ([`EptError::NotMapped`] names the
+    /// first), or too few frames for the splits.
     pub fn protect(&mut self, gpa: GuestPhysAddr, len: u64, perms: Perms) -> Result<(), EptError> {
         let (g, end) = (gpa.as_u64(), Self::check_range(gpa, len)?);
-        if !perms.is_valid() {
-            return Err(EptError::InvalidPerms { perms });
-        }
+        Fmt::check_perms(perms)?;
         if let Some(page) = self.find(g, end, false) {
             return Err(EptError::NotMapped {
                 gpa: GuestPhysAddr::new(page),
@@ -521,8 +663,8 @@ impl<F: FrameSource> Ept<F> {
         Ok(())
     }
 
-    /// What `gpa` translates to, walking the tree as the processor does (§29.3.2); `None` if it
-    /// is unmapped or beyond 2^48.
+    /// What `gpa` translates to, walking the tree as the processor does (SDM Vol. 3C §29.3.2,
+    /// APM Vol. 2 §15.25.5); `None` if it is unmapped or beyond 2^48.
     pub fn translate(&mut self, gpa: GuestPhysAddr) -> Option<Translation> {
         let g = gpa.as_u64();
         if g >= GPA_LIMIT {
@@ -539,7 +681,7 @@ impl<F: FrameSource> Ept<F> {
                 return Some(Translation {
                     hpa: HostPhysAddr::new(e.leaf_addr_at(level) | (g & (span(level) - 1))),
                     perms: e.perms(),
-                    mem: e.mem_type()?,
+                    mem: Fmt::mem_type(e.attrs_at(level))?,
                     page: PageSize::at_level(level)?,
                 });
             }
@@ -550,7 +692,7 @@ impl<F: FrameSource> Ept<F> {
     }
 
     /// The mapped memory in guest-physical order, as maximal uniform runs.
-    pub fn regions(&mut self) -> Regions<'_, F> {
+    pub fn regions(&mut self) -> Regions<'_, Fmt, F> {
         let root = Cursor {
             table: self.table(self.pml4),
             base: 0,
@@ -594,10 +736,11 @@ impl<F: FrameSource> Ept<F> {
         range_end(Operand::Gpa, g, len, GPA_LIMIT)
     }
 
-    fn table(&mut self, frame: HostPhysAddr) -> Table {
+    fn table(&mut self, frame: HostPhysAddr) -> Table<Fmt> {
         Table {
             frame,
             ptr: self.frames.table(frame).cast::<u64>(),
+            format: PhantomData,
         }
     }
 
@@ -625,7 +768,7 @@ impl<F: FrameSource> Ept<F> {
             match self.frames.alloc_frame() {
                 Some(frame) if frame_ok(frame) => {
                     let link = pass.reserve.map_or(0, |next| next.as_u64() | LINK);
-                    self.table(frame).set(0, EptEntry::from_raw(link));
+                    self.table(frame).set(0, Entry::from_raw(link));
                     pass.reserve = Some(frame);
                 }
                 bad => {
@@ -647,7 +790,7 @@ impl<F: FrameSource> Ept<F> {
         let frame = pass.reserve?;
         let t = self.table(frame);
         let link = t.get(0).raw();
-        t.set(0, EptEntry::EMPTY);
+        t.set(0, Entry::EMPTY);
         pass.reserve = (link & LINK != 0).then(|| HostPhysAddr::new(link & !LINK));
         Some(frame)
     }
@@ -704,14 +847,14 @@ impl<F: FrameSource> Ept<F> {
         }
     }
 
-    fn node_get(node: Node, idx: usize) -> EptEntry {
+    fn node_get(node: Node<Fmt>, idx: usize) -> Entry<Fmt> {
         match node {
             Node::Real(t) => t.get(idx),
             Node::Virtual { parent, level } => split_child(parent, level, idx),
         }
     }
 
-    fn node_set(pass: &Pass, node: Node, idx: usize, entry: EptEntry) {
+    fn node_set(pass: &Pass, node: Node<Fmt>, idx: usize, entry: Entry<Fmt>) {
         if let (false, Node::Real(t)) = (pass.counting, node) {
             t.set(idx, entry);
         }
@@ -723,11 +866,11 @@ impl<F: FrameSource> Ept<F> {
     fn child(
         &mut self,
         pass: &mut Pass,
-        node: Node,
+        node: Node<Fmt>,
         idx: usize,
-        entry: EptEntry,
+        entry: Entry<Fmt>,
         level: u8,
-    ) -> Option<Node> {
+    ) -> Option<Node<Fmt>> {
         if level < 2 {
             return None;
         }
@@ -751,7 +894,7 @@ impl<F: FrameSource> Ept<F> {
         for i in 0..ENTRIES {
             t.set(i, split_child(entry, level, i));
         }
-        parent.set(idx, EptEntry::table(frame));
+        parent.set(idx, Entry::table(frame));
         self.tables += 1;
         Some(Node::Real(t))
     }
@@ -764,7 +907,7 @@ impl<F: FrameSource> Ept<F> {
 
     fn find_in(
         &mut self,
-        t: Table,
+        t: Table<Fmt>,
         level: u8,
         base: u64,
         s: u64,
@@ -796,7 +939,7 @@ impl<F: FrameSource> Ept<F> {
     #[allow(clippy::too_many_arguments)]
     fn map_level(
         &mut self,
-        node: Node,
+        node: Node<Fmt>,
         level: u8,
         base: u64,
         s: u64,
@@ -810,12 +953,7 @@ impl<F: FrameSource> Ept<F> {
         for slot in slots(base, level, s, e) {
             let hpa = slot.base.wrapping_add(args.offset);
             if level < 2 || (slot.full && self.leaf_allowed(level) && hpa % span(level) == 0) {
-                Self::node_set(
-                    pass,
-                    node,
-                    slot.idx,
-                    EptEntry::leaf_at(level, hpa, args.attrs),
-                );
+                Self::node_set(pass, node, slot.idx, Entry::leaf_at(level, hpa, args.attrs));
                 continue;
             }
             let entry = Self::node_get(node, slot.idx);
@@ -834,7 +972,15 @@ impl<F: FrameSource> Ept<F> {
     }
 
     /// Unmaps `[s, e)` below `node`, splitting partly covered leaves and freeing emptied tables.
-    fn unmap_level(&mut self, node: Node, level: u8, base: u64, s: u64, e: u64, pass: &mut Pass) {
+    fn unmap_level(
+        &mut self,
+        node: Node<Fmt>,
+        level: u8,
+        base: u64,
+        s: u64,
+        e: u64,
+        pass: &mut Pass,
+    ) {
         if pass.counting && level < 2 {
             return;
         }
@@ -846,7 +992,7 @@ impl<F: FrameSource> Ept<F> {
             if slot.full || level < 2 {
                 if !pass.counting {
                     // Unlink first, then free: a concurrent walk never enters a freed table.
-                    Self::node_set(pass, node, slot.idx, EptEntry::EMPTY);
+                    Self::node_set(pass, node, slot.idx, Entry::EMPTY);
                     if !entry.is_leaf_at(level) {
                         self.free_tree(entry.table_addr(), level - 1);
                     }
@@ -859,7 +1005,7 @@ impl<F: FrameSource> Ept<F> {
             self.unmap_level(child, level - 1, slot.base, slot.start, slot.end, pass);
             if let (false, Node::Real(t)) = (pass.counting, child) {
                 if t.is_empty() {
-                    Self::node_set(pass, node, slot.idx, EptEntry::EMPTY);
+                    Self::node_set(pass, node, slot.idx, Entry::EMPTY);
                     self.free_table(t.frame);
                 }
             }
@@ -871,7 +1017,7 @@ impl<F: FrameSource> Ept<F> {
     #[allow(clippy::too_many_arguments)]
     fn protect_level(
         &mut self,
-        node: Node,
+        node: Node<Fmt>,
         level: u8,
         base: u64,
         s: u64,
@@ -916,7 +1062,7 @@ impl<F: FrameSource> Ept<F> {
         self.merge_in(root, ROOT_LEVEL, 0, s, e);
     }
 
-    fn merge_in(&mut self, t: Table, level: u8, base: u64, s: u64, e: u64) {
+    fn merge_in(&mut self, t: Table<Fmt>, level: u8, base: u64, s: u64, e: u64) {
         if level < 2 {
             return;
         }
@@ -938,19 +1084,45 @@ impl<F: FrameSource> Ept<F> {
     }
 }
 
-impl<F: FrameSource> Drop for Ept<F> {
+impl<F: FrameSource> Tables<EptFormat, F> {
+    /// The EPT pointer for the VMCS (SDM Vol. 3C §25.6.11): write-back tables, four-level walk,
+    /// accessed/dirty flags if `ad`.
+    pub fn eptp(&self, ad: bool) -> Eptp {
+        Eptp::new(self.pml4, ad)
+    }
+}
+
+impl<F: FrameSource> Tables<NptFormat, F> {
+    /// The value for the VMCB's N_CR3 field (AMD64 APM Vol. 2 §15.25.3, "Enabling Nested
+    /// Paging"): the physical address of the PML4 table. N_CR3 has the layout of CR3; its PWT
+    /// and PCD bits, which would pick the PML4's memory type, are left clear (write-back under
+    /// the default PAT). Nested walks use the host's paging mode (see §15.25.4), so there is no
+    /// walk length or accessed/dirty switch to encode as in an EPTP.
+    pub fn nested_cr3(&self) -> HostPhysAddr {
+        self.pml4
+    }
+}
+
+impl<Fmt: Format, F: FrameSource> Drop for Tables<Fmt, F> {
     fn drop(&mut self) {
         self.free_all();
     }
 }
 
 /// Where a [`Regions`] walk stands in one table.
-#[derive(Clone, Copy)]
-struct Cursor {
-    table: Table,
+struct Cursor<Fmt: Format> {
+    table: Table<Fmt>,
     base: u64,
     next: usize,
 }
+
+impl<Fmt: Format> Clone for Cursor<Fmt> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<Fmt: Format> Copy for Cursor<Fmt> {}
 
 /// One leaf met by a [`Regions`] walk.
 #[derive(Clone, Copy)]
@@ -958,19 +1130,20 @@ struct Leaf {
     gpa: u64,
     hpa: u64,
     len: u64,
-    attrs: EptEntry,
+    /// Attributes in the 4 KiB layout, without history.
+    attrs: u64,
 }
 
-/// Iterator over the mapped [`Region`]s of an [`Ept`], from [`Ept::regions`]. It walks the tree
-/// depth first with a fixed four-entry stack, so it needs no allocation.
-pub struct Regions<'a, F: FrameSource> {
-    ept: &'a mut Ept<F>,
-    stack: [Cursor; ROOT_LEVEL as usize],
+/// Iterator over the mapped [`Region`]s of a [`Tables`], from [`Tables::regions`]. It walks
+/// the tree depth first with a fixed four-entry stack, so it needs no allocation.
+pub struct Regions<'a, Fmt: Format, F: FrameSource> {
+    ept: &'a mut Tables<Fmt, F>,
+    stack: [Cursor<Fmt>; ROOT_LEVEL as usize],
     depth: usize,
     peeked: Option<Leaf>,
 }
 
-impl<F: FrameSource> Regions<'_, F> {
+impl<Fmt: Format, F: FrameSource> Regions<'_, Fmt, F> {
     fn next_leaf(&mut self) -> Option<Leaf> {
         if let Some(leaf) = self.peeked.take() {
             return Some(leaf);
@@ -990,14 +1163,15 @@ impl<F: FrameSource> Regions<'_, F> {
                 continue;
             }
             if entry.is_leaf_at(level) {
-                if entry.mem_type().is_none() {
-                    continue; // Never written by this module; the processor would not use it.
+                let attrs = entry.attrs_at(level) & Fmt::ATTR_MASK;
+                if Fmt::mem_type(attrs).is_none() {
+                    continue; // Never written by this module; no `Region` can describe it.
                 }
                 return Some(Leaf {
                     gpa,
                     hpa: entry.leaf_addr_at(level),
                     len: span(level),
-                    attrs: EptEntry::from_raw(entry.raw() & EptEntry::ATTR_MASK),
+                    attrs,
                 });
             }
             if level < 2 || self.depth >= self.stack.len() {
@@ -1014,7 +1188,7 @@ impl<F: FrameSource> Regions<'_, F> {
     }
 }
 
-impl<F: FrameSource> Iterator for Regions<'_, F> {
+impl<Fmt: Format, F: FrameSource> Iterator for Regions<'_, Fmt, F> {
     type Item = Region;
 
     fn next(&mut self) -> Option<Region> {
@@ -1034,8 +1208,8 @@ impl<F: FrameSource> Iterator for Regions<'_, F> {
             gpa: GuestPhysAddr::new(run.gpa),
             hpa: HostPhysAddr::new(run.hpa),
             len: run.len,
-            perms: run.attrs.perms(),
-            mem: run.attrs.mem_type().unwrap_or(MemType::Uncacheable),
+            perms: Fmt::perms(run.attrs),
+            mem: Fmt::mem_type(run.attrs).unwrap_or(MemType::Uncacheable),
         })
     }
 }

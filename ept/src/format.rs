@@ -1,0 +1,272 @@
+//! Entry formats of second-stage tables: what the table engine ([`crate::table::Tables`]) must
+//! know about the bits of an entry, and the two formats atoll uses, [`EptFormat`] (Intel EPT,
+//! [`crate::entry`]) and [`NptFormat`] (AMD nested paging, [`crate::npt`]).
+//!
+//! Both are four-level radix trees with 512 entries a table, leaves at the PDPT (1 GiB), PD
+//! (2 MiB, both with bit 7 set) and PT (4 KiB), so the walk, map, unmap, protect, split and merge
+//! logic is shared. What differs is said here: how presence, rights and memory types are
+//! encoded, which rights and types exist at all, and where a leaf keeps its bits at each level.
+//!
+//! **Attributes.** The engine handles a leaf's non-address bits as *attributes in the 4 KiB
+//! layout*: the bits a 4 KiB leaf with the same meaning would carry, address cleared.
+//! [`Format::leaf_attrs`] reads them out of a leaf at any level and [`Format::leaf`] writes them
+//! into one. A split therefore gives each of the 512 children `leaf(child size, piece,
+//! leaf_attrs(parent size, parent))`, and a merge gives the new large leaf the attributes its
+//! children share. For EPT that is a plain copy of the bits (the layout is the same at every
+//! level); for NPT it moves the PAT bit between bit 12 (2 MiB, 1 GiB) and bit 7 (4 KiB), where
+//! bit 7 of a large leaf is PS.
+//!
+//! **Accessed and dirty flags** ([`Format::HISTORY_MASK`]) are history, not attributes: a split
+//! copies the parent's to every child (each piece was possibly accessed or written), a merge ORs
+//! the children's (no write is forgotten), and leaves that differ only in them still merge.
+
+use crate::entry::{EptEntry, MemType, PageSize, Perms};
+use crate::npt::{self, NptEntry, NptFlags};
+use crate::table::EptError;
+use boot::HostPhysAddr;
+
+mod sealed {
+    /// Only this crate's formats: the engine trusts a format's addresses to name tables it
+    /// allocated, so a foreign implementation could make it touch memory it does not own.
+    pub trait Sealed {}
+}
+
+/// An entry format of a four-level second-stage table (see the module documentation).
+///
+/// Sealed: implemented by [`EptFormat`] and [`NptFormat`] only.
+pub trait Format: sealed::Sealed {
+    /// The attribute bits (4 KiB layout) that decide what a translation does. Two leaves whose
+    /// attributes are equal and whose addresses are contiguous may be merged.
+    const ATTR_MASK: u64;
+    /// The accessed and dirty flags of a leaf (4 KiB layout; in both formats they sit at the
+    /// same place in large leaves).
+    const HISTORY_MASK: u64;
+
+    /// Whether a leaf may carry `perms`, or why not.
+    fn check_perms(perms: Perms) -> Result<(), EptError>;
+
+    /// The attributes (4 KiB layout) of a leaf with `perms` and memory type `mem`, or why this
+    /// format cannot express them (after [`Format::check_perms`], the memory type).
+    fn attrs(perms: Perms, mem: MemType) -> Result<u64, EptError>;
+
+    /// A non-leaf entry referencing the table at `next` and granting every right, so that only
+    /// leaves decide what is allowed.
+    fn table(next: HostPhysAddr) -> u64;
+
+    /// Whether the processor uses the entry.
+    fn is_present(raw: u64) -> bool;
+
+    /// Whether bit 7 says "maps a page" (meaningful in a PDPT or PD entry only).
+    fn is_large(raw: u64) -> bool;
+
+    /// The table a present non-leaf entry references.
+    fn table_addr(raw: u64) -> HostPhysAddr;
+
+    /// A leaf of `size` mapping `hpa` (bits below the page size or above bit 51 dropped) with
+    /// `attrs` in the 4 KiB layout (bits outside [`Format::ATTR_MASK`] and
+    /// [`Format::HISTORY_MASK`] dropped).
+    fn leaf(size: PageSize, hpa: u64, attrs: u64) -> u64;
+
+    /// The address a leaf of `size` maps.
+    fn leaf_addr(size: PageSize, raw: u64) -> u64;
+
+    /// The attributes and history of a leaf of `size`, in the 4 KiB layout.
+    fn leaf_attrs(size: PageSize, raw: u64) -> u64;
+
+    /// The rights of a leaf (its raw bits at any level, or attributes).
+    fn perms(raw: u64) -> Perms;
+
+    /// A leaf (at any level) with its rights replaced by `perms`, which passed
+    /// [`Format::check_perms`]; every other bit is kept.
+    fn with_perms(raw: u64, perms: Perms) -> u64;
+
+    /// The memory type attributes (4 KiB layout) select, or `None` for an encoding this crate
+    /// never writes.
+    fn mem_type(attrs: u64) -> Option<MemType>;
+}
+
+/// Intel EPT entries (SDM Vol. 3C §29.3.2, Tables 29-1 to 29-6; bits in [`crate::entry`]).
+///
+/// Present is any of bits 2:0; the rights are those bits, so execute-only is expressible (if
+/// [`crate::EptCaps::EXECUTE_ONLY`]) and write-without-read is not (§29.3.3.1); the memory type
+/// is a field (bits 5:3) and every [`MemType`] exists; the layout is the same at every level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct EptFormat;
+
+impl sealed::Sealed for EptFormat {}
+
+impl Format for EptFormat {
+    const ATTR_MASK: u64 = EptEntry::ATTR_MASK;
+    const HISTORY_MASK: u64 = EptEntry::AD_MASK;
+
+    fn check_perms(perms: Perms) -> Result<(), EptError> {
+        if perms.is_valid() {
+            Ok(())
+        } else {
+            Err(EptError::InvalidPerms { perms })
+        }
+    }
+
+    fn attrs(perms: Perms, mem: MemType) -> Result<u64, EptError> {
+        Self::check_perms(perms)?;
+        Ok(EptEntry::page(HostPhysAddr::new(0), PageSize::Size4K, perms, mem).raw())
+    }
+
+    fn table(next: HostPhysAddr) -> u64 {
+        EptEntry::table(next).raw()
+    }
+
+    fn is_present(raw: u64) -> bool {
+        EptEntry::from_raw(raw).is_present()
+    }
+
+    fn is_large(raw: u64) -> bool {
+        EptEntry::from_raw(raw).is_large()
+    }
+
+    fn table_addr(raw: u64) -> HostPhysAddr {
+        EptEntry::from_raw(raw).table_addr()
+    }
+
+    fn leaf(size: PageSize, hpa: u64, attrs: u64) -> u64 {
+        EptEntry::leaf_at(level_of(size), hpa, attrs).raw()
+    }
+
+    fn leaf_addr(size: PageSize, raw: u64) -> u64 {
+        EptEntry::from_raw(raw).page_addr(size).as_u64()
+    }
+
+    fn leaf_attrs(_size: PageSize, raw: u64) -> u64 {
+        raw & (Self::ATTR_MASK | Self::HISTORY_MASK)
+    }
+
+    fn perms(raw: u64) -> Perms {
+        EptEntry::from_raw(raw).perms()
+    }
+
+    fn with_perms(raw: u64, perms: Perms) -> u64 {
+        EptEntry::from_raw(raw).with_perms(perms).raw()
+    }
+
+    fn mem_type(attrs: u64) -> Option<MemType> {
+        EptEntry::from_raw(attrs).mem_type()
+    }
+}
+
+/// AMD nested page table entries: the long-mode page-table format (AMD64 APM Vol. 2 §15.25,
+/// §5.3 and §5.4; bits in [`crate::npt`]).
+///
+/// Present is P (bit 0) and implies read, so only READ, READ|WRITE, READ|EXECUTE and all three
+/// exist ([`EptError::PermsNotExpressible`] for execute-only); U/S is set everywhere (§15.25.5);
+/// the memory type is a default-PAT index, so only WB, WT and UC exist
+/// ([`EptError::MemTypeNotExpressible`]); the PAT bit moves between bit 7 (4 KiB) and bit 12
+/// (2 MiB, 1 GiB).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NptFormat;
+
+impl sealed::Sealed for NptFormat {}
+
+impl NptFormat {
+    /// Bits of a leaf, in the 4 KiB layout, that are not the address.
+    const LEAF_4K: u64 = NptFormat::ATTR_MASK | NptFormat::HISTORY_MASK;
+}
+
+impl Format for NptFormat {
+    const ATTR_MASK: u64 = NptFlags::PRESENT.bits()
+        | NptFlags::WRITABLE.bits()
+        | NptFlags::USER.bits()
+        | NptFlags::WRITE_THROUGH.bits()
+        | NptFlags::CACHE_DISABLE.bits()
+        | NptFlags::PAT_4K.bits()
+        | NptFlags::NO_EXECUTE.bits();
+    const HISTORY_MASK: u64 = NptFlags::ACCESSED.bits() | NptFlags::DIRTY.bits();
+
+    fn check_perms(perms: Perms) -> Result<(), EptError> {
+        if !perms.is_valid() {
+            Err(EptError::InvalidPerms { perms })
+        } else if !perms.contains(Perms::READ) {
+            Err(EptError::PermsNotExpressible { perms })
+        } else {
+            Ok(())
+        }
+    }
+
+    fn attrs(perms: Perms, mem: MemType) -> Result<u64, EptError> {
+        Self::check_perms(perms)?;
+        NptEntry::page(HostPhysAddr::new(0), PageSize::Size4K, perms, mem)
+            .map(NptEntry::raw)
+            .ok_or(EptError::MemTypeNotExpressible { mem })
+    }
+
+    fn table(next: HostPhysAddr) -> u64 {
+        NptEntry::table(next).raw()
+    }
+
+    fn is_present(raw: u64) -> bool {
+        NptEntry::from_raw(raw).is_present()
+    }
+
+    fn is_large(raw: u64) -> bool {
+        NptEntry::from_raw(raw).is_large()
+    }
+
+    fn table_addr(raw: u64) -> HostPhysAddr {
+        NptEntry::from_raw(raw).table_addr()
+    }
+
+    fn leaf(size: PageSize, hpa: u64, attrs: u64) -> u64 {
+        let bits = attrs & Self::LEAF_4K;
+        let addr = hpa & npt::addr_mask(size);
+        match size {
+            PageSize::Size4K => addr | bits,
+            PageSize::Size2M | PageSize::Size1G => {
+                // Bit 7 is PS here; the PAT bit moves to bit 12 (§5.4.1).
+                let pat = if bits & NptFlags::PAT_4K.bits() != 0 {
+                    NptFlags::PAT_LARGE.bits()
+                } else {
+                    0
+                };
+                addr | (bits & !NptFlags::PAT_4K.bits()) | NptFlags::LARGE.bits() | pat
+            }
+        }
+    }
+
+    fn leaf_addr(size: PageSize, raw: u64) -> u64 {
+        NptEntry::from_raw(raw).page_addr(size).as_u64()
+    }
+
+    fn leaf_attrs(size: PageSize, raw: u64) -> u64 {
+        match size {
+            PageSize::Size4K => raw & Self::LEAF_4K,
+            PageSize::Size2M | PageSize::Size1G => {
+                let pat = if raw & NptFlags::PAT_LARGE.bits() != 0 {
+                    NptFlags::PAT_4K.bits()
+                } else {
+                    0
+                };
+                (raw & Self::LEAF_4K & !NptFlags::LARGE.bits()) | pat
+            }
+        }
+    }
+
+    fn perms(raw: u64) -> Perms {
+        NptEntry::from_raw(raw).perms()
+    }
+
+    fn with_perms(raw: u64, perms: Perms) -> u64 {
+        NptEntry::from_raw(raw).with_perms(perms).raw()
+    }
+
+    fn mem_type(attrs: u64) -> Option<MemType> {
+        NptEntry::from_raw(attrs).mem_type(PageSize::Size4K)
+    }
+}
+
+/// The level (1 = PT, 2 = PD, 3 = PDPT) whose leaves have `size`.
+const fn level_of(size: PageSize) -> u8 {
+    match size {
+        PageSize::Size4K => 1,
+        PageSize::Size2M => 2,
+        PageSize::Size1G => 3,
+    }
+}

@@ -7,7 +7,7 @@
 //! address from guest RAM; [`decode`] runs them through `iced-x86`. Guest-controlled bytes and
 //! tables never cause a panic: anything unreadable or undecodable is `None`.
 
-use crate::vcpu::{GuestMemory, Gpr};
+use crate::vcpu::{Gpr, GuestMemory};
 use boot::GuestPhysAddr;
 use iced_x86::{Code, Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
 
@@ -30,7 +30,9 @@ const ADDR: u64 = 0x000f_ffff_ffff_f000;
 /// Guest-physical address of `linear`, or `None` if it is not mapped (or the tables lie outside
 /// guest RAM).
 pub fn translate(mem: &impl GuestMemory, paging: Paging, linear: u64) -> Option<GuestPhysAddr> {
-    let Paging::Long4 { cr3 } = paging else { return Some(GuestPhysAddr::new(linear)) };
+    let Paging::Long4 { cr3 } = paging else {
+        return Some(GuestPhysAddr::new(linear));
+    };
     let mut table = cr3 & ADDR;
     // Levels: PML4 (39), PDPT (30), PD (21), PT (12).
     for (level, shift) in [(4, 39u32), (3, 30), (2, 21), (1, 12)] {
@@ -53,7 +55,11 @@ pub fn translate(mem: &impl GuestMemory, paging: Paging, linear: u64) -> Option<
 
 /// Reads up to 15 bytes of instruction at `linear`, stopping at the first unmapped byte.
 /// Returns the bytes and how many were read.
-pub fn fetch(mem: &impl GuestMemory, paging: Paging, linear: u64) -> ([u8; MAX_INSTRUCTION], usize) {
+pub fn fetch(
+    mem: &impl GuestMemory,
+    paging: Paging,
+    linear: u64,
+) -> ([u8; MAX_INSTRUCTION], usize) {
     let mut buf = [0u8; MAX_INSTRUCTION];
     let mut n = 0;
     while n < MAX_INSTRUCTION {
@@ -61,7 +67,9 @@ pub fn fetch(mem: &impl GuestMemory, paging: Paging, linear: u64) -> ([u8; MAX_I
         // Bytes up to the end of this 4 KiB page translate together.
         let in_page = (4096 - (at & 0xfff)) as usize;
         let take = in_page.min(MAX_INSTRUCTION - n);
-        let Some(gpa) = translate(mem, paging, at) else { break };
+        let Some(gpa) = translate(mem, paging, at) else {
+            break;
+        };
         if mem.read(gpa, &mut buf[n..n + take]).is_none() {
             break;
         }
@@ -83,7 +91,11 @@ pub struct Decoded {
 fn gpr(reg: Register) -> Option<Gpr> {
     let full = reg.full_register();
     let n = (full as u32).checked_sub(Register::RAX as u32)?;
-    if n < 16 { Gpr::from_index(n as u8) } else { None }
+    if n < 16 {
+        Gpr::from_index(n as u8)
+    } else {
+        None
+    }
 }
 
 /// Decodes the instruction in `bytes` for a `bitness` (16, 32 or 64) code segment.
@@ -95,7 +107,11 @@ pub fn decode(bytes: &[u8], bitness: u32) -> Option<Decoded> {
         return None;
     }
     let mut mov_cr = None;
-    if ins.mnemonic() == Mnemonic::Mov && ins.op_count() == 2 && ins.op0_kind() == OpKind::Register && ins.op1_kind() == OpKind::Register {
+    if ins.mnemonic() == Mnemonic::Mov
+        && ins.op_count() == 2
+        && ins.op0_kind() == OpKind::Register
+        && ins.op1_kind() == OpKind::Register
+    {
         let (a, b) = (ins.op0_register(), ins.op1_register());
         if a.is_cr() {
             mov_cr = gpr(b).map(|g| (a.number() as u8, g, true));
@@ -103,7 +119,10 @@ pub fn decode(bytes: &[u8], bitness: u32) -> Option<Decoded> {
             mov_cr = gpr(a).map(|g| (b.number() as u8, g, false));
         }
     }
-    Some(Decoded { len: ins.len() as u8, mov_cr })
+    Some(Decoded {
+        len: ins.len() as u8,
+        mov_cr,
+    })
 }
 
 #[cfg(test)]
@@ -114,17 +133,21 @@ mod tests {
     #[test]
     fn lengths_of_the_instructions_that_exit() {
         for (bytes, bits, len) in [
-            (&[0x0f, 0xa2][..], 64, 2),                   // cpuid
-            (&[0xf4], 64, 1),                             // hlt
-            (&[0x0f, 0x32], 64, 2),                       // rdmsr
-            (&[0x0f, 0x30], 64, 2),                       // wrmsr
-            (&[0x0f, 0x01, 0xd9], 64, 3),                 // vmmcall
-            (&[0x0f, 0x01, 0xc1], 16, 3),                 // vmcall in real mode
-            (&[0x0f, 0x01, 0xd1], 64, 3),                 // xsetbv
-            (&[0x66, 0x0f, 0xa2, 0x90], 16, 3),           // cpuid with a prefix, then nop
+            (&[0x0f, 0xa2][..], 64, 2),         // cpuid
+            (&[0xf4], 64, 1),                   // hlt
+            (&[0x0f, 0x32], 64, 2),             // rdmsr
+            (&[0x0f, 0x30], 64, 2),             // wrmsr
+            (&[0x0f, 0x01, 0xd9], 64, 3),       // vmmcall
+            (&[0x0f, 0x01, 0xc1], 16, 3),       // vmcall in real mode
+            (&[0x0f, 0x01, 0xd1], 64, 3),       // xsetbv
+            (&[0x66, 0x0f, 0xa2, 0x90], 16, 3), // cpuid with a prefix, then nop
             (&[0x0f, 0xa2, 0xcc, 0xcc, 0xcc], 32, 2),
         ] {
-            assert_eq!(decode(bytes, bits).map(|d| d.len), Some(len), "{bytes:02x?}");
+            assert_eq!(
+                decode(bytes, bits).map(|d| d.len),
+                Some(len),
+                "{bytes:02x?}"
+            );
         }
         assert_eq!(decode(&[0x0f, 0xff], 64), None, "invalid opcode");
         assert_eq!(decode(&[0x0f], 64), None, "truncated");
@@ -135,12 +158,27 @@ mod tests {
     #[test]
     fn mov_to_and_from_control_registers() {
         // mov cr0, rax ; mov rbx, cr4 ; mov cr3, r9 (REX.B) ; mov cr8, rcx (REX.R)
-        assert_eq!(decode(&[0x0f, 0x22, 0xc0], 64).unwrap().mov_cr, Some((0, Gpr::Rax, true)));
-        assert_eq!(decode(&[0x0f, 0x20, 0xe3], 64).unwrap().mov_cr, Some((4, Gpr::Rbx, false)));
-        assert_eq!(decode(&[0x41, 0x0f, 0x22, 0xd9], 64).unwrap().mov_cr, Some((3, Gpr::R9, true)));
-        assert_eq!(decode(&[0x44, 0x0f, 0x22, 0xc1], 64).unwrap().mov_cr, Some((8, Gpr::Rcx, true)));
+        assert_eq!(
+            decode(&[0x0f, 0x22, 0xc0], 64).unwrap().mov_cr,
+            Some((0, Gpr::Rax, true))
+        );
+        assert_eq!(
+            decode(&[0x0f, 0x20, 0xe3], 64).unwrap().mov_cr,
+            Some((4, Gpr::Rbx, false))
+        );
+        assert_eq!(
+            decode(&[0x41, 0x0f, 0x22, 0xd9], 64).unwrap().mov_cr,
+            Some((3, Gpr::R9, true))
+        );
+        assert_eq!(
+            decode(&[0x44, 0x0f, 0x22, 0xc1], 64).unwrap().mov_cr,
+            Some((8, Gpr::Rcx, true))
+        );
         // 32-bit operand in real mode: mov cr0, eax
-        assert_eq!(decode(&[0x0f, 0x22, 0xc0], 16).unwrap().mov_cr, Some((0, Gpr::Rax, true)));
+        assert_eq!(
+            decode(&[0x0f, 0x22, 0xc0], 16).unwrap().mov_cr,
+            Some((0, Gpr::Rax, true))
+        );
         assert_eq!(decode(&[0x0f, 0xa2], 64).unwrap().mov_cr, None);
     }
 
@@ -161,10 +199,19 @@ mod tests {
         put(&mut ram, 0x4008, 0x9000 | 3);
         let p = Paging::Long4 { cr3: 0x1000 };
         let m = SliceMemory(&mut ram);
-        assert_eq!(translate(&m, p, 0x1234), Some(GuestPhysAddr::new(0x20_1234)));
-        assert_eq!(translate(&m, p, 0x20_0010), Some(GuestPhysAddr::new(0x5010)));
+        assert_eq!(
+            translate(&m, p, 0x1234),
+            Some(GuestPhysAddr::new(0x20_1234))
+        );
+        assert_eq!(
+            translate(&m, p, 0x20_0010),
+            Some(GuestPhysAddr::new(0x5010))
+        );
         assert_eq!(translate(&m, p, 0x40_0000), None, "not present");
-        assert_eq!(translate(&m, Paging::Off, 0x40_0000), Some(GuestPhysAddr::new(0x40_0000)));
+        assert_eq!(
+            translate(&m, Paging::Off, 0x40_0000),
+            Some(GuestPhysAddr::new(0x40_0000))
+        );
         drop(m);
         // An instruction split across two pages that map to distant frames.
         ram[0x5ffe] = 0x0f;

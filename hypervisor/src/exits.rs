@@ -492,7 +492,10 @@ fn msr_write(vcpu: &mut impl Vcpu, run: &mut EnclaveRun) -> Action {
         msr::IA32_PAT => {
             // Each of the eight entries must be a valid type: UC, WC, WT, WP, WB, UC- (SDM Vol.
             // 3A §12.12.2).
-            let valid = value.to_le_bytes().iter().all(|t| matches!(t, 0 | 1 | 4 | 5 | 6 | 7));
+            let valid = value
+                .to_le_bytes()
+                .iter()
+                .all(|t| matches!(t, 0 | 1 | 4 | 5 | 6 | 7));
             if !valid {
                 return deny_msr(vcpu, run);
             }
@@ -904,7 +907,10 @@ mod tests {
         assert_eq!((w.vcpu.pat, w.vcpu.injected), (0x0007_0406_0007_0406, None));
         w.vcpu.gprs[Gpr::Rax as usize] = 0x0007_0402;
         w.exit(Exit::MsrWrite);
-        assert_eq!((w.vcpu.pat, w.vcpu.injected), (0x0007_0406_0007_0406, Some((vector::GP, Some(0)))));
+        assert_eq!(
+            (w.vcpu.pat, w.vcpu.injected),
+            (0x0007_0406_0007_0406, Some((vector::GP, Some(0))))
+        );
         w.vcpu.gprs[Gpr::Rdx as usize] = 0;
         w.exit(Exit::MsrRead);
         assert_eq!(w.vcpu.gprs[Gpr::Rdx as usize], 0x0007_0406);

@@ -5,7 +5,7 @@ use alloc::string::ToString;
 use alloc::vec::Vec;
 use atoll::cpu::{self, CoreCaps};
 use atoll::frames::{FrameAllocator, FRAME_SIZE};
-use atoll::hw::enclave_run::{self, CoreVmx, RunSpec};
+use atoll::hw::enclave_run::{self, CoreSlotVirt, RunSpec, SecondStage};
 use atoll::hw::{self, apic::LocalApic, console, msr::HwMsrs, power, tsc};
 use atoll::options::Options;
 use atoll::partition::{Enclave, Identity};
@@ -42,10 +42,12 @@ static PANICKING: AtomicBool = AtomicBool::new(false);
 static ENCLAVES: Once<Vec<RunSpec>> = Once::new();
 /// Each enclave's report, written once by the core that ran it.
 static OUTCOMES: Once<Vec<Once<EnclaveReport>>> = Once::new();
-/// Each core's VMX state, by slot; touched only by the core that owns the slot.
-static CORE_VMX: [CoreVmx; smp::MAX_CORES] = [const { CoreVmx::new() }; smp::MAX_CORES];
-/// The built enclaves (their EPTs and RAM stay allocated while they may run).
-static BUILT: Mutex<Vec<Enclave<'static, Identity>>> = Mutex::new(Vec::new());
+/// Each core's VMX or SVM state, by slot; touched only by the core that owns the slot.
+static CORE_VIRT: [CoreSlotVirt; smp::MAX_CORES] = [const { CoreSlotVirt::new() }; smp::MAX_CORES];
+/// The built enclaves (their second-stage tables and RAM stay allocated while they may run).
+static BUILT_EPT: Mutex<Vec<Enclave<'static, Identity, ept::EptFormat>>> = Mutex::new(Vec::new());
+/// Same, on SVM.
+static BUILT_NPT: Mutex<Vec<Enclave<'static, Identity, ept::NptFormat>>> = Mutex::new(Vec::new());
 
 extern "C" {
     static __image_start: u8;
@@ -70,6 +72,7 @@ extern "C" fn atoll_bsp_main(magic: u32, info_addr: u64) -> ! {
     console::init();
     console::init_logger(log::LevelFilter::Info);
     boot::idt::load();
+    hw::enable_nxe();
     hw::mask_legacy_pic();
     // SAFETY: the heap space is a static used for nothing else, handed over once, here.
     unsafe {
@@ -333,15 +336,19 @@ fn setup_enclaves(
     };
     let mut specs = Vec::new();
     let mut reports = Vec::new();
-    let max_page = if bsp.ept_1g {
-        ept::PageSize::Size1G
-    } else {
-        ept::PageSize::Size2M
+    // 1 GiB second-stage pages where the CPU has them (EPT capability, or Page1GB for NPT).
+    let npt_1g = core::arch::x86_64::__cpuid(0x8000_0001).edx & (1 << 26) != 0;
+    let max_page = |big: bool| {
+        if big {
+            ept::PageSize::Size1G
+        } else {
+            ept::PageSize::Size2M
+        }
     };
     for (i, c) in configs.into_iter().enumerate() {
-        if !bsp.vmx {
-            let why =
-                "enclaves need VMX with EPT for now (the SVM backend is not built yet)".into();
+        let tag = (i + 1) as u16;
+        if !(bsp.vmx && bsp.ept) && !(bsp.svm && bsp.npt) {
+            let why = "enclaves need VMX with EPT or SVM with nested paging".into();
             reports.push(failed(&c, why));
             continue;
         }
@@ -351,25 +358,58 @@ fn setup_enclaves(
         };
         // SAFETY: as for the description module.
         let image = unsafe { module_bytes(image.range) };
-        match Enclave::create(c.clone(), image, &FRAMES, Identity, max_page) {
-            Ok(e) => {
+        let built = if bsp.vmx {
+            Enclave::<_, ept::EptFormat>::create(
+                c.clone(),
+                image,
+                &FRAMES,
+                Identity,
+                max_page(bsp.ept_1g),
+            )
+            .map(|e| {
+                let spec = (
+                    e.ram,
+                    e.boot,
+                    SecondStage::Ept(e.ept.eptp(false)),
+                    e.ept.table_pages(),
+                );
+                BUILT_EPT.lock().push(e);
+                spec
+            })
+        } else {
+            Enclave::<_, ept::NptFormat>::create(
+                c.clone(),
+                image,
+                &FRAMES,
+                Identity,
+                max_page(npt_1g),
+            )
+            .map(|e| {
+                let spec = (
+                    e.ram,
+                    e.boot,
+                    SecondStage::Npt(e.ept.nested_cr3()),
+                    e.ept.table_pages(),
+                );
+                BUILT_NPT.lock().push(e);
+                spec
+            })
+        };
+        match built {
+            Ok((ram, boot, second_stage, tables)) => {
                 log::info!(
-                    "enclave '{}': {} MiB at {}, {} EPT table pages, entry {:#x}",
+                    "enclave '{}': {} MiB at {ram}, {tables} second-stage table pages, entry {:#x}",
                     c.name,
                     c.memory_mib,
-                    e.ram,
-                    e.ept.table_pages(),
-                    e.boot.rip
+                    boot.rip
                 );
-                let eptp = e.ept.eptp(false);
                 specs.push(RunSpec {
                     config: c,
-                    ram: e.ram,
-                    boot: e.boot,
-                    eptp,
-                    vpid: (i + 1) as u16,
+                    ram,
+                    boot,
+                    second_stage,
+                    tag,
                 });
-                BUILT.lock().push(e);
             }
             Err(err) => {
                 log::error!("enclave '{}' cannot be built: {err}", c.name);
@@ -409,7 +449,7 @@ fn run_enclaves(specs: Vec<RunSpec>, bsp_apic: u32) -> Vec<EnclaveReport> {
             .iter()
             .position(|s| s.apic_id() == bsp_apic)
             .unwrap_or(0);
-        outcomes[i].call_once(|| enclave_run::run(&specs[i], &CORE_VMX[slot]));
+        outcomes[i].call_once(|| enclave_run::run(&specs[i], &CORE_VIRT[slot]));
     }
     // Each enclave's core reports when it ends; a guest that never ends is for the harness's
     // timeout to catch.
@@ -512,6 +552,7 @@ fn start_aps(aps: &[u32], bsp: &CoreCaps, timeout_ms: u64) -> smp::BringUpReport
 extern "C" fn atoll_ap_main(_ticket: u64) -> ! {
     boot::entry::load_boot_gdt();
     boot::idt::load();
+    hw::enable_nxe();
     let caps = probe_this_core();
     match CORES.check_in(caps) {
         Ok(()) => log::info!("core apic_id={} online: {}", caps.apic_id, describe(&caps)),
@@ -537,7 +578,7 @@ extern "C" fn atoll_ap_main(_ticket: u64) -> ! {
     };
     if let (Some(i), Some(specs), Some(outcomes)) = (work, ENCLAVES.get(), OUTCOMES.get()) {
         if let (Some(spec), Some(outcome)) = (specs.get(i), outcomes.get(i)) {
-            outcome.call_once(|| enclave_run::run(spec, &CORE_VMX[index]));
+            outcome.call_once(|| enclave_run::run(spec, &CORE_VIRT[index]));
         }
     }
     hw::halt_forever()

@@ -11,7 +11,7 @@ use crate::loader::{self, BootState, LoadError};
 use crate::vcpu::SliceMemory;
 use boot::{GuestPhysAddr, HostPhysAddr, PhysRange};
 use core::fmt;
-use ept::{Ept, EptError, FrameSource, MemType, PageSize, Perms};
+use ept::{EptError, EptFormat, Format, FrameSource, MemType, PageSize, Perms, Tables};
 use spin::Mutex;
 
 /// Enclave RAM alignment: lets EPT use 2 MiB pages (1 GiB pages where the size allows).
@@ -94,7 +94,9 @@ impl fmt::Display for PartitionError {
 }
 
 /// A built enclave, ready to run.
-pub struct Enclave<'a, W: PhysWindow> {
+///
+/// `Fmt` is the second-stage format: [`EptFormat`] for VMX, [`ept::NptFormat`] for SVM.
+pub struct Enclave<'a, W: PhysWindow, Fmt: Format = EptFormat> {
     /// Its description.
     pub config: EnclaveConfig,
     /// Its RAM (guest-physical 0 is `ram.start`).
@@ -102,10 +104,10 @@ pub struct Enclave<'a, W: PhysWindow> {
     /// How its vCPU starts.
     pub boot: BootState,
     /// Its second-stage tables.
-    pub ept: Ept<PoolFrames<'a, W>>,
+    pub ept: Tables<Fmt, PoolFrames<'a, W>>,
 }
 
-impl<'a, W: PhysWindow> Enclave<'a, W> {
+impl<'a, W: PhysWindow, Fmt: Format> Enclave<'a, W, Fmt> {
     /// Allocates RAM, loads `image`, builds the EPT.
     pub fn create(
         config: EnclaveConfig,
@@ -139,7 +141,7 @@ impl<'a, W: PhysWindow> Enclave<'a, W> {
             &mut SliceMemory(slice),
         )
         .map_err(|e| give_back(PartitionError::Load(e)))?;
-        let mut ept = Ept::new(PoolFrames::new(pool, window.clone()), max_page)
+        let mut ept = Tables::new(PoolFrames::new(pool, window.clone()), max_page)
             .map_err(|e| give_back(PartitionError::Ept(e)))?;
         if let Err(e) = ept.map(
             GuestPhysAddr::new(0),
@@ -251,7 +253,7 @@ mod tests {
         }
     }
 
-    fn hpas<W: PhysWindow>(e: &mut Enclave<'_, W>) -> Vec<PhysRange> {
+    fn hpas<W: PhysWindow, Fmt: Format>(e: &mut Enclave<'_, W, Fmt>) -> Vec<PhysRange> {
         e.ept
             .regions()
             .map(|r| PhysRange::from_len(r.hpa, r.len))
@@ -259,11 +261,20 @@ mod tests {
     }
 
     #[test]
-    fn two_enclaves_see_only_their_own_ram() {
+    fn two_enclaves_see_only_their_own_ram_ept() {
+        two_enclaves_see_only_their_own_ram::<EptFormat>();
+    }
+
+    #[test]
+    fn two_enclaves_see_only_their_own_ram_npt() {
+        two_enclaves_see_only_their_own_ram::<ept::NptFormat>();
+    }
+
+    fn two_enclaves_see_only_their_own_ram<Fmt: Format>() {
         let pool = pool();
         let window = Fake::new(BASE, LEN);
         let image = tiny_elf(0x10_0000, &[0xf4], 1, 0x10_0000);
-        let mut a = Enclave::create(
+        let mut a = Enclave::<_, Fmt>::create(
             config("a", 16),
             &image,
             &pool,
@@ -271,7 +282,7 @@ mod tests {
             PageSize::Size1G,
         )
         .unwrap();
-        let mut b = Enclave::create(
+        let mut b = Enclave::<_, Fmt>::create(
             config("b", 8),
             &image,
             &pool,
@@ -330,7 +341,7 @@ mod tests {
         let window = Fake::new(BASE, LEN);
         let before = pool.lock().free_bytes();
         assert!(matches!(
-            Enclave::create(
+            Enclave::<_, EptFormat>::create(
                 config("a", 16),
                 b"not elf",
                 &pool,
@@ -340,7 +351,7 @@ mod tests {
             Err(PartitionError::Load(_))
         ));
         assert!(matches!(
-            Enclave::create(
+            Enclave::<_, EptFormat>::create(
                 config("a", 1024),
                 b"",
                 &pool,

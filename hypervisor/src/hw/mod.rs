@@ -8,6 +8,7 @@ pub mod enclave_run;
 pub mod host;
 pub mod msr;
 pub mod power;
+pub mod svm_backend;
 pub mod tsc;
 pub mod vmx_backend;
 
@@ -46,6 +47,20 @@ pub fn mask_legacy_pic() {
     unsafe {
         x86_64::instructions::port::Port::<u8>::new(0x21).write(0xff);
         x86_64::instructions::port::Port::<u8>::new(0xa1).write(0xff);
+    }
+}
+
+/// Sets IA32_EFER.NXE on this core when the CPU has NX (CPUID 0x8000_0001 EDX bit 20), so
+/// page-table NX bits (atoll's nested tables on SVM) are valid rather than reserved.
+pub fn enable_nxe() {
+    if core::arch::x86_64::__cpuid(0x8000_0001).edx & (1 << 20) != 0 {
+        let mut efer = x86_64::registers::model_specific::Msr::new(0xc000_0080);
+        // SAFETY: setting NXE on a CPU that has NX only makes bit 63 of paging entries
+        // meaningful; atoll's own tables never set it.
+        unsafe {
+            let v = efer.read();
+            efer.write(v | (1 << 11));
+        }
     }
 }
 

@@ -1,0 +1,488 @@
+//! The SVM backend of the vendor-neutral vCPU (AMD-V with nested paging).
+//!
+//! [`SvmCore::enable`] turns SVM on for the calling core; [`SvmVcpu::new`] builds a VMCB for one
+//! enclave vCPU from its [`BootState`], its nested page tables and atoll's interception policy;
+//! [`SvmVcpu::run`] runs the guest with VMRUN and turns the #VMEXIT into a neutral [`Exit`].
+//! Without NRIP save or decode assists (QEMU's SVM has neither) the exiting instruction is
+//! fetched from guest memory and decoded with `iced-x86` ([`crate::decode`]). Only this module
+//! (and the `svm` crate) knows SVM encodings.
+
+use crate::config::EntryMode;
+use crate::decode::{self, Paging};
+use crate::exits::PASSTHROUGH_MSRS;
+use crate::loader::BootState;
+use crate::vcpu::{Access, Exit, Gpr, SliceMemory, Vcpu, VcpuError};
+use alloc::boxed::Box;
+use boot::{GuestPhysAddr, HostPhysAddr, PhysRange};
+use svm::exit::{CrDrAccess, ExitCode, IoioInfo, MsrAccess, NestedPageFault};
+use svm::intercepts::{CrIntercepts, Intercepts, MiscIntercepts1, MiscIntercepts2};
+use svm::permission_maps::PermissionMapPages;
+use svm::vmcb::{
+    Field64, NestedControl, Segment, SegmentAttributes, SegmentRegister, TlbControl,
+    VirtualInterruptControl, Vmcb,
+};
+
+const EFER_SVME: u64 = 1 << 12;
+const EFER_LME: u64 = 1 << 8;
+const EFER_LMA: u64 = 1 << 10;
+const CR0_PE: u64 = 1;
+const CR0_PG: u64 = 1 << 31;
+/// Consecutive host-interrupt exits after which the guest is stopped rather than spun on.
+const INTR_STORM: u32 = 100_000;
+
+fn phys<T>(p: &T) -> HostPhysAddr {
+    // The heap lives in atoll's identity-mapped image: virtual address = physical address.
+    HostPhysAddr::new(p as *const T as u64)
+}
+
+#[repr(C, align(4096))]
+struct Page([u8; 4096]);
+
+/// This core's SVM state, made once per core.
+pub struct SvmCore {
+    _hsave: Box<Page>,
+    host_vmcb: Box<Vmcb>,
+    /// CPUID Fn8000_000A: NRIP save, decode assists, ASIDs.
+    pub caps: svm::caps::SvmCaps,
+}
+
+impl SvmCore {
+    /// Enables SVM on this core.
+    pub fn enable() -> Result<Self, svm::Error> {
+        let hsave = Box::new(Page([0; 4096]));
+        // SAFETY: the host save area is a page of our own, identity-mapped and kept as long as
+        // the core (the SvmCore is never dropped); we run at CPL 0 in long mode on this core.
+        let caps = unsafe { svm::enable::enable_svm(phys(&*hsave))? };
+        Ok(Self {
+            _hsave: hsave,
+            host_vmcb: Box::new(Vmcb::zeroed()),
+            caps,
+        })
+    }
+}
+
+/// One enclave vCPU on SVM.
+pub struct SvmVcpu {
+    vmcb: Box<Vmcb>,
+    _maps: Box<PermissionMapPages>,
+    regs: svm::regs::GuestRegisters,
+    host_vmcb: HostPhysAddr,
+    nrip: bool,
+    decode_assists: bool,
+    ram: PhysRange,
+    next_rip: Option<u64>,
+    intr_run: u32,
+}
+
+fn flat(selector: u16, attrib: SegmentAttributes) -> Segment {
+    Segment {
+        selector,
+        attrib,
+        limit: 0xffff_ffff,
+        base: 0,
+    }
+}
+
+impl SvmVcpu {
+    /// Builds the VMCB for a vCPU starting in `boot` with nested tables at `nested_cr3`.
+    pub fn new(
+        core: &SvmCore,
+        boot: &BootState,
+        nested_cr3: HostPhysAddr,
+        asid: u32,
+        ram: PhysRange,
+    ) -> Result<Self, svm::Error> {
+        let mut maps = Box::new(PermissionMapPages::intercept_all());
+        {
+            let mut msr = maps.msr_map();
+            for &m in PASSTHROUGH_MSRS {
+                msr.allow(m, true, true)?;
+            }
+        }
+        let mut v = Box::new(Vmcb::zeroed());
+        let intercepts = Intercepts {
+            cr: CrIntercepts::WRITE_CR0 | CrIntercepts::WRITE_CR4,
+            misc1: MiscIntercepts1::INTR
+                | MiscIntercepts1::NMI
+                | MiscIntercepts1::INIT
+                | MiscIntercepts1::CPUID
+                | MiscIntercepts1::HLT
+                | MiscIntercepts1::IOIO_PROT
+                | MiscIntercepts1::MSR_PROT
+                | MiscIntercepts1::SHUTDOWN
+                | MiscIntercepts1::INVLPGA,
+            // The guest never sees SVM: every SVM instruction exits (and ends the enclave).
+            misc2: MiscIntercepts2::VMRUN
+                | MiscIntercepts2::VMMCALL
+                | MiscIntercepts2::VMLOAD
+                | MiscIntercepts2::VMSAVE
+                | MiscIntercepts2::STGI
+                | MiscIntercepts2::CLGI
+                | MiscIntercepts2::SKINIT
+                | MiscIntercepts2::XSETBV,
+            ..Intercepts::default()
+        };
+        v.set_intercepts(&intercepts);
+        v.set_iopm_base(phys(&maps.iopm))?;
+        v.set_msrpm_base(phys(&maps.msrpm))?;
+        v.set_asid(asid);
+        v.set_tlb_control(TlbControl::FlushAll);
+        // Host interrupts stay the host's whatever the guest's RFLAGS.IF says.
+        v.set_virtual_interrupt(VirtualInterruptControl::V_INTR_MASKING);
+        v.set_nested_control(NestedControl::NP_ENABLE);
+        v.set_nested_cr3(nested_cr3);
+
+        v.write64(Field64::Efer, boot.efer | EFER_SVME);
+        v.write64(Field64::Cr0, boot.cr0);
+        v.write64(Field64::Cr3, boot.cr3);
+        v.write64(Field64::Cr4, boot.cr4);
+        v.write64(Field64::Dr7, 0x400);
+        v.write64(Field64::Dr6, 0xffff_0ff0);
+        v.write64(Field64::Rflags, 0x2);
+        v.write64(Field64::Rsp, boot.rsp);
+        v.write64(Field64::GPat, 0x0007_0406_0007_0406);
+        let data = [
+            SegmentRegister::Es,
+            SegmentRegister::Ss,
+            SegmentRegister::Ds,
+            SegmentRegister::Fs,
+            SegmentRegister::Gs,
+        ];
+        match boot.mode {
+            EntryMode::Long64 => {
+                v.set_segment(
+                    SegmentRegister::Cs,
+                    flat(crate::loader::CODE64_SELECTOR, SegmentAttributes::CODE64),
+                );
+                for s in data {
+                    v.set_segment(
+                        s,
+                        flat(crate::loader::DATA_SELECTOR, SegmentAttributes::DATA),
+                    );
+                }
+                v.write64(Field64::Rip, boot.rip);
+            }
+            EntryMode::Real16 => {
+                let base = u64::from(boot.cs_selector) << 4;
+                let real = |sel: u16, attrib: u16, base: u64| Segment {
+                    selector: sel,
+                    attrib: SegmentAttributes::from_raw(attrib),
+                    limit: 0xffff,
+                    base,
+                };
+                v.set_segment(SegmentRegister::Cs, real(boot.cs_selector, 0x9b, base));
+                for s in data {
+                    v.set_segment(s, real(0, 0x93, 0));
+                }
+                v.write64(Field64::Rip, boot.rip - base);
+            }
+        }
+        v.set_segment(
+            SegmentRegister::Gdtr,
+            Segment {
+                selector: 0,
+                attrib: SegmentAttributes::from_raw(0),
+                limit: boot.gdt.1.into(),
+                base: boot.gdt.0,
+            },
+        );
+        v.set_segment(
+            SegmentRegister::Idtr,
+            Segment {
+                selector: 0,
+                attrib: SegmentAttributes::from_raw(0),
+                limit: 0xffff,
+                base: 0,
+            },
+        );
+        v.set_segment(
+            SegmentRegister::Tr,
+            Segment {
+                selector: 0,
+                attrib: SegmentAttributes::TSS64_BUSY,
+                limit: 0xffff,
+                base: 0,
+            },
+        );
+        v.set_segment(
+            SegmentRegister::Ldtr,
+            Segment {
+                selector: 0,
+                attrib: SegmentAttributes::LDT,
+                limit: 0xffff,
+                base: 0,
+            },
+        );
+
+        let regs = svm::regs::GuestRegisters {
+            rdi: boot.rdi,
+            rsi: boot.rsi,
+            rdx: boot.rdx,
+            ..Default::default()
+        };
+        Ok(Self {
+            vmcb: v,
+            _maps: maps,
+            regs,
+            host_vmcb: phys(&*core.host_vmcb),
+            nrip: core.caps.nrip_save(),
+            decode_assists: core.caps.decode_assists(),
+            ram,
+            next_rip: None,
+            intr_run: 0,
+        })
+    }
+
+    fn memory(&self) -> SliceMemory<'static> {
+        // SAFETY: the enclave's RAM is identity-mapped and only this core touches it while the
+        // enclave runs; the slice is used for one read and dropped.
+        SliceMemory(unsafe {
+            core::slice::from_raw_parts_mut(
+                self.ram.start.as_u64() as *mut u8,
+                self.ram.len() as usize,
+            )
+        })
+    }
+
+    /// The bytes and bitness of the instruction at the guest's RIP.
+    fn current_instruction(&self) -> Option<decode::Decoded> {
+        let cs = self.vmcb.segment(SegmentRegister::Cs);
+        let efer = self.vmcb.read64(Field64::Efer);
+        let cr0 = self.vmcb.read64(Field64::Cr0);
+        let attrib = cs.attrib.raw();
+        let bitness = if efer & EFER_LMA != 0 && attrib & (1 << 9) != 0 {
+            64
+        } else if attrib & (1 << 10) != 0 {
+            32
+        } else {
+            16
+        };
+        let paging = if cr0 & CR0_PG == 0 {
+            Paging::Off
+        } else if efer & EFER_LMA != 0 {
+            Paging::Long4 {
+                cr3: self.vmcb.read64(Field64::Cr3),
+            }
+        } else {
+            return None; // 32-bit or PAE paging: not needed by atoll's guests yet
+        };
+        let linear = cs.base.wrapping_add(self.vmcb.read64(Field64::Rip));
+        let (bytes, n) = decode::fetch(&self.memory(), paging, linear);
+        decode::decode(&bytes[..n], bitness)
+    }
+
+    /// Where the exiting instruction ends: nRIP when the CPU saves it, otherwise decoded.
+    fn after_instruction(&self) -> Option<u64> {
+        if self.nrip {
+            return Some(self.vmcb.next_rip());
+        }
+        let len = self.current_instruction()?.len;
+        Some(self.vmcb.read64(Field64::Rip).wrapping_add(len.into()))
+    }
+
+    /// Enters the guest until its next #VMEXIT.
+    pub fn run(&mut self) -> Result<Exit, alloc::string::String> {
+        // SAFETY: SVM is enabled on this core; the VMCB, the permission maps and the nested
+        // tables are ours and stay allocated while the vCPU lives; no reference to the VMCB is
+        // held across the call (the field borrows end before it); the host save VMCB is this
+        // core's own.
+        unsafe { svm::run::vm_run(phys(&*self.vmcb), self.host_vmcb, &mut self.regs) };
+        // Flushed once; later runs keep the ASID's translations.
+        self.vmcb.set_tlb_control(TlbControl::DoNothing);
+        self.next_rip = None;
+        let code = self.vmcb.exit_code();
+        let (i1, i2) = (self.vmcb.exit_info1(), self.vmcb.exit_info2());
+        if code != ExitCode::Intr {
+            self.intr_run = 0;
+        }
+        let needs_length = |e: Exit, this: &mut Self| -> Exit {
+            match this.after_instruction() {
+                Some(next) => {
+                    this.next_rip = Some(next);
+                    e
+                }
+                None => Exit::Unknown {
+                    code: code.raw() as u32,
+                    name: "exiting instruction could not be decoded",
+                },
+            }
+        };
+        Ok(match code {
+            ExitCode::Invalid => Exit::InvalidGuestState,
+            ExitCode::Intr => {
+                self.intr_run += 1;
+                if self.intr_run > INTR_STORM {
+                    Exit::Unknown {
+                        code: code.raw() as u32,
+                        name: "host interrupt storm",
+                    }
+                } else {
+                    Exit::ExternalInterrupt { vector: None }
+                }
+            }
+            ExitCode::Nmi => Exit::Nmi,
+            ExitCode::Init => Exit::Init,
+            ExitCode::Shutdown => Exit::TripleFault,
+            ExitCode::Cpuid => needs_length(Exit::Cpuid, self),
+            ExitCode::Hlt => needs_length(Exit::Hlt, self),
+            ExitCode::Vmmcall => needs_length(Exit::Hypercall, self),
+            ExitCode::Xsetbv => needs_length(Exit::Xsetbv, self),
+            ExitCode::Msr => match MsrAccess::from_exit_info1(i1) {
+                Some(MsrAccess::Read) => needs_length(Exit::MsrRead, self),
+                Some(MsrAccess::Write) => needs_length(Exit::MsrWrite, self),
+                None => Exit::Unknown {
+                    code: code.raw() as u32,
+                    name: "MSR exit with an undefined EXITINFO1",
+                },
+            },
+            ExitCode::Ioio => match IoioInfo::from_exit_info(i1, i2) {
+                Some(io) => {
+                    // EXITINFO2 holds the next RIP for I/O intercepts, with or without NRIP save.
+                    self.next_rip = Some(io.next_rip);
+                    Exit::Io {
+                        port: io.port,
+                        size: io.size.bytes(),
+                        write: io.direction == svm::exit::IoDirection::Out,
+                        string: io.string,
+                        rep: io.rep,
+                    }
+                }
+                None => Exit::Unknown {
+                    code: code.raw() as u32,
+                    name: "I/O exit with an undefined size",
+                },
+            },
+            ExitCode::CrWrite(cr) => {
+                let gpr = match (self.decode_assists, CrDrAccess::from_exit_info1(i1)) {
+                    (true, CrDrAccess::Mov { gpr }) => Gpr::from_index(gpr as u8),
+                    _ => self
+                        .current_instruction()
+                        .and_then(|d| d.mov_cr)
+                        .filter(|m| m.0 == cr && m.2)
+                        .map(|m| m.1),
+                };
+                match gpr {
+                    Some(gpr) => needs_length(Exit::CrWrite { cr, gpr }, self),
+                    None => Exit::Unknown {
+                        code: code.raw() as u32,
+                        name: "CR write other than MOV (CLTS, LMSW)",
+                    },
+                }
+            }
+            ExitCode::Npf => {
+                let f = NestedPageFault::from_exit_info(i1, i2);
+                let access = Access {
+                    read: !f.is_write() && !f.is_fetch(),
+                    write: f.is_write(),
+                    fetch: f.is_fetch(),
+                };
+                Exit::NestedPageFault {
+                    gpa: GuestPhysAddr::new(f.gpa.as_u64()),
+                    access,
+                    linear: None,
+                }
+            }
+            other => Exit::Unknown {
+                code: other.raw() as u32,
+                name: other.name().unwrap_or("unknown #VMEXIT code"),
+            },
+        })
+    }
+
+    fn sync_long_mode(&mut self) {
+        // EFER.LMA = LME and CR0.PG (AMD64 APM Vol. 2 §14.6.1): the guest's transition.
+        let efer = self.vmcb.read64(Field64::Efer);
+        let lma = efer & EFER_LME != 0 && self.vmcb.read64(Field64::Cr0) & CR0_PG != 0;
+        self.vmcb.write64(
+            Field64::Efer,
+            if lma {
+                efer | EFER_LMA
+            } else {
+                efer & !EFER_LMA
+            },
+        );
+    }
+}
+
+impl Vcpu for SvmVcpu {
+    fn gpr(&self, r: Gpr) -> u64 {
+        self.regs
+            .read(&self.vmcb, svm::regs::Gpr::from_low_bits(r as u64))
+    }
+
+    fn set_gpr(&mut self, r: Gpr, v: u64) {
+        self.regs
+            .write(&mut self.vmcb, svm::regs::Gpr::from_low_bits(r as u64), v);
+    }
+
+    fn rip(&self) -> u64 {
+        self.vmcb.read64(Field64::Rip)
+    }
+
+    fn skip_instruction(&mut self) {
+        if let Some(next) = self.next_rip.take() {
+            self.vmcb.write64(Field64::Rip, next);
+            // Moving past the instruction ends an STI/MOV SS interrupt shadow.
+            let mut s = self.vmcb.interrupt_state();
+            s.remove(svm::vmcb::InterruptState::INTERRUPT_SHADOW);
+            self.vmcb.set_interrupt_state(s);
+        }
+    }
+
+    fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
+        // Real mode delivers no error code.
+        let code = error_code.filter(|_| self.vmcb.read64(Field64::Cr0) & CR0_PE != 0);
+        self.vmcb
+            .set_event_injection(Some(svm::exit::Event::exception(vector, code)));
+    }
+
+    fn cr(&self, cr: u8) -> u64 {
+        match cr {
+            0 => self.vmcb.read64(Field64::Cr0),
+            2 => self.vmcb.read64(Field64::Cr2),
+            3 => self.vmcb.read64(Field64::Cr3),
+            4 => self.vmcb.read64(Field64::Cr4),
+            _ => 0,
+        }
+    }
+
+    fn set_cr(&mut self, cr: u8, value: u64) -> Result<(), VcpuError> {
+        match cr {
+            0 => {
+                self.vmcb.write64(Field64::Cr0, value);
+                self.sync_long_mode();
+            }
+            3 => self.vmcb.write64(Field64::Cr3, value),
+            4 => self.vmcb.write64(Field64::Cr4, value),
+            _ => return Err(VcpuError::Rejected),
+        }
+        Ok(())
+    }
+
+    fn efer(&self) -> u64 {
+        // SVME is atoll's, never the guest's.
+        self.vmcb.read64(Field64::Efer) & !EFER_SVME
+    }
+
+    fn set_efer(&mut self, value: u64) -> Result<(), VcpuError> {
+        self.vmcb.write64(Field64::Efer, value | EFER_SVME);
+        self.sync_long_mode();
+        Ok(())
+    }
+
+    fn rflags(&self) -> u64 {
+        self.vmcb.read64(Field64::Rflags)
+    }
+
+    fn cpl(&self) -> u8 {
+        self.vmcb.read8(svm::vmcb::Field8::Cpl)
+    }
+
+    fn pat(&self) -> u64 {
+        self.vmcb.read64(Field64::GPat)
+    }
+
+    fn set_pat(&mut self, value: u64) {
+        self.vmcb.write64(Field64::GPat, value);
+    }
+}

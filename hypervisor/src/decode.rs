@@ -217,13 +217,14 @@ mod tests {
         ram[0x5ffe] = 0x0f;
         ram[0x5fff] = 0x01;
         ram[0x9000] = 0xd9;
-        let m = SliceMemory(&mut ram);
-        let (bytes, n) = fetch(&m, p, 0x20_0ffe);
-        assert_eq!(n, 15);
-        assert_eq!(&bytes[..3], &[0x0f, 0x01, 0xd9]);
-        assert_eq!(decode(&bytes[..n], 64).unwrap().len, 3);
+        {
+            let m = SliceMemory(&mut ram);
+            let (bytes, n) = fetch(&m, p, 0x20_0ffe);
+            assert_eq!(n, 15);
+            assert_eq!(&bytes[..3], &[0x0f, 0x01, 0xd9]);
+            assert_eq!(decode(&bytes[..n], 64).unwrap().len, 3);
+        }
         // Tables pointing outside RAM: no panic, nothing read.
-        drop(m);
         put(&mut ram, 0x1008, 0xffff_f000 | 3);
         let m = SliceMemory(&mut ram);
         assert_eq!(translate(&m, p, 1 << 39), None);

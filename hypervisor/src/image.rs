@@ -347,7 +347,7 @@ fn setup_enclaves(
     };
     for (i, c) in configs.into_iter().enumerate() {
         let tag = (i + 1) as u16;
-        if !(bsp.vmx && bsp.ept) && !(bsp.svm && bsp.npt) {
+        if !(bsp.vmx && bsp.ept || bsp.svm && bsp.npt) {
             let why = "enclaves need VMX with EPT or SVM with nested paging".into();
             reports.push(failed(&c, why));
             continue;

@@ -226,3 +226,22 @@ fn hard_timeout_kills_the_emulator_and_shows_the_last_lines() {
         String::from_utf8_lossy(&left.stdout)
     );
 }
+
+#[test]
+fn qemu_without_svm_or_vmx_reports_it_and_runs_no_enclave() {
+    // The scenario asserts the exact problems; here: the run ends by itself with status 1.
+    let o = boot(Emulator::Qemu, "no-virt", 2, "");
+    assert!(o.passed(), "{}", o.failure());
+    assert_eq!(o.halt_status, Some(1));
+    let s = summary(&o);
+    assert_eq!(
+        (s["vmx"].as_bool(), s["svm"].as_bool()),
+        (Some(false), Some(false))
+    );
+    assert_eq!(s["cpu_virt"], "none");
+    assert!(s["enclaves"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["end_reason"] == "failed"));
+}

@@ -160,7 +160,7 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
     std::fs::write(&serial, "")?;
 
     let mut child = match opts.emulator {
-        Emulator::Qemu => spawn_qemu(&iso, &serial, &work, cpus, memory, &scenario.qemu_args)?,
+        Emulator::Qemu => spawn_qemu(&iso, &serial, &work, cpus, memory, &scenario)?,
         Emulator::Bochs => spawn_bochs(&iso, &serial, &work, cpus, memory)?,
     };
     if opts.stream {
@@ -282,11 +282,18 @@ fn spawn_qemu(
     work: &Path,
     cpus: u32,
     memory: u32,
-    extra: &[String],
+    scenario: &Scenario,
 ) -> Result<Child> {
     let log = std::fs::File::create(work.join("qemu.log"))?;
     Command::new("qemu-system-x86_64")
-        .args(["-machine", "q35", "-cpu", "max", "-accel", "tcg"])
+        .args([
+            "-machine",
+            "q35",
+            "-cpu",
+            &scenario.qemu_cpu,
+            "-accel",
+            "tcg",
+        ])
         .args(["-smp", &cpus.to_string(), "-m", &memory.to_string()])
         .arg("-cdrom")
         .arg(iso)
@@ -305,7 +312,7 @@ fn spawn_qemu(
         ])
         .arg("-serial")
         .arg(format!("file:{}", serial.display()))
-        .args(extra)
+        .args(&scenario.qemu_args)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)

@@ -93,6 +93,9 @@ pub struct Scenario {
     /// Extra QEMU arguments (devices the scenario needs, e.g. `-device intel-iommu`).
     #[serde(default)]
     pub qemu_args: Vec<String>,
+    /// QEMU's `-cpu` model (default `max`: SVM with nested paging).
+    #[serde(default = "default_qemu_cpu")]
+    pub qemu_cpu: String,
     /// Emulators the scenario can run on (default: both).
     #[serde(default = "both_emulators")]
     pub emulators: Vec<String>,
@@ -102,6 +105,10 @@ pub struct Scenario {
     /// What the summary must say.
     #[serde(default)]
     pub expect: BTreeMap<String, toml::Value>,
+}
+
+fn default_qemu_cpu() -> String {
+    "max".into()
 }
 
 fn both_emulators() -> Vec<String> {

@@ -212,7 +212,6 @@ mod tests {
             translate(&m, Paging::Off, 0x40_0000),
             Some(GuestPhysAddr::new(0x40_0000))
         );
-        drop(m);
         // An instruction split across two pages that map to distant frames.
         ram[0x5ffe] = 0x0f;
         ram[0x5fff] = 0x01;

@@ -60,8 +60,10 @@ pub struct BootState {
     pub efer: u64,
     /// GDT base and limit (long64).
     pub gdt: (u64, u16),
-    /// Real-mode CS selector (real16).
+    /// CS selector: the GDT's code segment in long mode, the real-mode segment otherwise.
     pub cs_selector: u16,
+    /// DS/ES/SS/FS/GS selector (0 in real mode).
+    pub ds_selector: u16,
 }
 
 /// Why an image cannot be loaded.
@@ -214,6 +216,7 @@ pub fn load(
         efer: 0,
         gdt: (0, 0xffff),
         cs_selector: 0,
+        ds_selector: 0,
     };
     match mode {
         EntryMode::Long64 => {
@@ -229,6 +232,8 @@ pub fn load(
             state.cr4 = (1 << 5) | (1 << 9) | (1 << 10);
             state.efer = (1 << 8) | (1 << 10);
             state.gdt = (GDT_GPA, (GDT.len() * 8 - 1) as u16);
+            state.cs_selector = CODE64_SELECTOR;
+            state.ds_selector = DATA_SELECTOR;
         }
         EntryMode::Real16 => {
             // Real mode addresses are 20 bits: segment in CS, offset in IP.

@@ -152,13 +152,10 @@ impl SvmVcpu {
             EntryMode::Long64 => {
                 v.set_segment(
                     SegmentRegister::Cs,
-                    flat(crate::loader::CODE64_SELECTOR, SegmentAttributes::CODE64),
+                    flat(boot.cs_selector, SegmentAttributes::CODE64),
                 );
                 for s in data {
-                    v.set_segment(
-                        s,
-                        flat(crate::loader::DATA_SELECTOR, SegmentAttributes::DATA),
-                    );
+                    v.set_segment(s, flat(boot.ds_selector, SegmentAttributes::DATA));
                 }
                 v.write64(Field64::Rip, boot.rip);
             }

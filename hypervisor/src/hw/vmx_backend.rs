@@ -379,12 +379,12 @@ impl VmxVcpu {
         ];
         match boot.mode {
             EntryMode::Long64 => {
-                w16(Field16::GuestCsSelector, crate::loader::CODE64_SELECTOR)?;
+                w16(Field16::GuestCsSelector, boot.cs_selector)?;
                 w32(Field32::GuestCsLimit, 0xffff_ffff)?;
                 w32(Field32::GuestCsAccessRights, ar::CODE64)?;
                 wn(FieldNatural::GuestCsBase, 0)?;
                 for (sel, lim, acc, base) in segs {
-                    w16(sel, crate::loader::DATA_SELECTOR)?;
+                    w16(sel, boot.ds_selector)?;
                     w32(lim, 0xffff_ffff)?;
                     w32(acc, ar::DATA)?;
                     wn(base, 0)?;

@@ -125,6 +125,99 @@ pub fn decode(bytes: &[u8], bitness: u32) -> Option<Decoded> {
     })
 }
 
+/// A memory access by a MOV-family instruction, as an MMIO exit needs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MmioAccess {
+    /// Bytes accessed (1, 2, 4 or 8).
+    pub size: u8,
+    /// A store (the guest writes the device).
+    pub write: bool,
+    /// What is stored or where the load goes.
+    pub operand: MmioOperand,
+    /// Loads into a 32-bit register zero the upper half; MOVZX zero-extends to the register's
+    /// size; this is that size in bytes (for loads).
+    pub dest_size: u8,
+    /// The instruction's length.
+    pub len: u8,
+}
+
+/// The register or immediate side of an MMIO access.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MmioOperand {
+    /// A general register; `high_byte` for AH/CH/DH/BH.
+    Register { gpr: Gpr, high_byte: bool },
+    /// An immediate (stores only), already sign-extended as the instruction does.
+    Immediate(u64),
+}
+
+/// Decodes the instruction in `bytes` as an MMIO access: MOV between a register or an immediate
+/// and memory (88/89/8A/8B/C6/C7), MOVZX loads (0F B6/B7) — the forms Linux's `readb/w/l/q` and
+/// `writeb/w/l/q` compile to. Anything else is `None` (the caller refuses the access).
+pub fn decode_mmio(bytes: &[u8], bitness: u32) -> Option<MmioAccess> {
+    let mut decoder = Decoder::try_new(bitness, bytes, DecoderOptions::NONE).ok()?;
+    let mut ins = Instruction::default();
+    decoder.decode_out(&mut ins);
+    if ins.code() == Code::INVALID || ins.op_count() != 2 {
+        return None;
+    }
+    let mem_first = ins.op0_kind() == OpKind::Memory;
+    let mem_second = ins.op1_kind() == OpKind::Memory;
+    if mem_first == mem_second {
+        return None;
+    }
+    let size = ins.memory_size().size() as u8;
+    if !matches!(size, 1 | 2 | 4 | 8) {
+        return None;
+    }
+    let reg_operand = |r: Register| {
+        let high = matches!(r, Register::AH | Register::CH | Register::DH | Register::BH);
+        let base = match r {
+            Register::AH => Register::AL,
+            Register::CH => Register::CL,
+            Register::DH => Register::DL,
+            Register::BH => Register::BL,
+            other => other,
+        };
+        gpr(base).map(|g| MmioOperand::Register {
+            gpr: g,
+            high_byte: high,
+        })
+    };
+    let len = ins.len() as u8;
+    match (ins.mnemonic(), mem_first) {
+        (Mnemonic::Mov, true) => {
+            let operand = match ins.op1_kind() {
+                OpKind::Register => reg_operand(ins.op1_register())?,
+                OpKind::Immediate8
+                | OpKind::Immediate16
+                | OpKind::Immediate32
+                | OpKind::Immediate8to64
+                | OpKind::Immediate32to64 => MmioOperand::Immediate(ins.immediate(1)),
+                _ => return None,
+            };
+            Some(MmioAccess {
+                size,
+                write: true,
+                operand,
+                dest_size: size,
+                len,
+            })
+        }
+        (Mnemonic::Mov | Mnemonic::Movzx, false) if ins.op0_kind() == OpKind::Register => {
+            let r = ins.op0_register();
+            let dest_size = r.size() as u8;
+            Some(MmioAccess {
+                size,
+                write: false,
+                operand: reg_operand(r)?,
+                dest_size,
+                len,
+            })
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,6 +246,85 @@ mod tests {
         assert_eq!(decode(&[0x0f], 64), None, "truncated");
         assert_eq!(decode(&[], 64), None);
         assert_eq!(decode(&[0x90], 8), None, "bad bitness");
+    }
+
+    #[test]
+    fn mmio_forms_linux_uses() {
+        let r = |gpr| MmioOperand::Register {
+            gpr,
+            high_byte: false,
+        };
+        // mov dword [rdi+0x10], eax  (writel)
+        assert_eq!(
+            decode_mmio(&[0x89, 0x47, 0x10], 64),
+            Some(MmioAccess {
+                size: 4,
+                write: true,
+                operand: r(Gpr::Rax),
+                dest_size: 4,
+                len: 3
+            })
+        );
+        // mov eax, dword [rdi]  (readl)
+        assert_eq!(
+            decode_mmio(&[0x8b, 0x07], 64),
+            Some(MmioAccess {
+                size: 4,
+                write: false,
+                operand: r(Gpr::Rax),
+                dest_size: 4,
+                len: 2
+            })
+        );
+        // movzx eax, word [rsi]  (readw)
+        assert_eq!(
+            decode_mmio(&[0x0f, 0xb7, 0x06], 64),
+            Some(MmioAccess {
+                size: 2,
+                write: false,
+                operand: r(Gpr::Rax),
+                dest_size: 4,
+                len: 3
+            })
+        );
+        // movzx ecx, byte [rdx]  (readb)
+        assert_eq!(
+            decode_mmio(&[0x0f, 0xb6, 0x0a], 64).map(|a| (a.size, a.write, a.operand)),
+            Some((1, false, r(Gpr::Rcx)))
+        );
+        // mov byte [rdi], r9b  (writeb with REX)
+        assert_eq!(
+            decode_mmio(&[0x44, 0x88, 0x0f], 64).map(|a| (a.size, a.operand)),
+            Some((1, r(Gpr::R9)))
+        );
+        // mov word [rdi], ax (0x66 prefix)
+        assert_eq!(
+            decode_mmio(&[0x66, 0x89, 0x07], 64).map(|a| (a.size, a.write)),
+            Some((2, true))
+        );
+        // mov qword [rdi], rax  (writeq)
+        assert_eq!(
+            decode_mmio(&[0x48, 0x89, 0x07], 64).map(|a| a.size),
+            Some(8)
+        );
+        // mov dword [rdi+0x300], 0x4500  (immediate store)
+        assert_eq!(
+            decode_mmio(&[0xc7, 0x87, 0x00, 0x03, 0, 0, 0x00, 0x45, 0, 0], 64).map(|a| a.operand),
+            Some(MmioOperand::Immediate(0x4500))
+        );
+        // mov ah, [rbx]: the high byte is named
+        assert_eq!(
+            decode_mmio(&[0x8a, 0x23], 64).map(|a| a.operand),
+            Some(MmioOperand::Register {
+                gpr: Gpr::Rax,
+                high_byte: true
+            })
+        );
+        // Not MMIO-shaped: register to register, string moves, arithmetic on memory.
+        assert_eq!(decode_mmio(&[0x89, 0xc0], 64), None);
+        assert_eq!(decode_mmio(&[0xa5], 64), None);
+        assert_eq!(decode_mmio(&[0x01, 0x07], 64), None);
+        assert_eq!(decode_mmio(&[], 64), None);
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod exits;
 pub mod frames;
 #[cfg(target_os = "none")]
 pub mod hw;
+pub mod linux;
 pub mod loader;
 pub mod options;
 pub mod partition;

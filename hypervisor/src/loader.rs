@@ -244,8 +244,9 @@ pub fn load(
     Ok(state)
 }
 
-/// PML4 → PDPT → four PDs of 2 MiB pages mapping [0, 4 GiB) one to one.
-fn write_identity_tables(put: &mut impl FnMut(u64, &[u8]) -> Option<()>) -> Option<()> {
+/// PML4 → PDPT → four PDs of 2 MiB pages mapping [0, 4 GiB) one to one, at 0x1000–0x6fff
+/// (shared with the Linux loader).
+pub(crate) fn write_identity_tables(put: &mut impl FnMut(u64, &[u8]) -> Option<()>) -> Option<()> {
     const P_RW: u64 = 0x3;
     const PS: u64 = 1 << 7;
     put(PML4_GPA, &(PDPT_GPA | P_RW).to_le_bytes())?;

@@ -9,6 +9,7 @@
 //! * [`smp`]: the core table and the INIT-SIPI-SIPI bring-up with its deadline.
 //! * [`options`]: boot options from the command line.
 //! * [`summary`]: the `ATOLL-SUMMARY` line.
+//! * [`vacpi`]: the ACPI tables of an enclave's virtual platform.
 #![cfg_attr(target_os = "none", no_std)]
 
 extern crate alloc;
@@ -27,6 +28,7 @@ pub mod partition;
 pub mod platform;
 pub mod smp;
 pub mod summary;
+pub mod vacpi;
 pub mod vcpu;
 
 #[cfg(test)]
@@ -41,6 +43,8 @@ mod vendor_neutrality {
             "vcpu.rs",
             "decode.rs",
             "loader.rs",
+            "linux.rs",
+            "vacpi.rs",
             "partition.rs",
             "config.rs",
             "summary.rs",

@@ -3,7 +3,8 @@
 //! Needs: Bochs with its BIOS, VGA BIOS and `term` display; QEMU ≥ 8 with the `igb` and
 //! `intel-iommu` devices (on Debian 12 from bookworm-backports); GRUB's BIOS modules, xorriso
 //! and mtools for `grub-mkrescue`; busybox-static and cpio for guest initramfs images;
-//! `script` (util-linux) to give Bochs a terminal; the `x86_64-unknown-none` Rust target.
+//! `script` (util-linux) to give Bochs a terminal; `iasl` (acpica-tools) for the host tests that
+//! disassemble atoll's generated ACPI tables; the `x86_64-unknown-none` Rust target.
 
 use anyhow::{bail, Context, Result};
 use std::process::{Command, Stdio};
@@ -21,6 +22,7 @@ pub const PACKAGES: &[&str] = &[
     "busybox-static",
     "cpio",
     "bsdutils",
+    "acpica-tools",
 ];
 
 /// The Rust target the image is built for.

@@ -1,8 +1,11 @@
-//! The exception IDT every core loads: vectors 0–31 report and stop instead of triple-faulting.
+//! The IDT every core loads. Exceptions (vectors 0–31 but NMI) report and stop instead of
+//! triple-faulting: each stub pushes a zero error code when the CPU does not, then the vector,
+//! and calls `atoll_exception(&ExceptionFrame)`, which the hypervisor provides and which never
+//! returns. NMIs (vector 2) and interrupts (32–255) call `atoll_interrupt(vector)` with the
+//! caller-saved registers preserved and return to what they interrupted — an NMI held pending
+//! while a guest ran (SVM delivers it to the host at STGI) must not stop the machine.
 //!
-//! Gate layout: SDM Vol. 3A §6.14.1, "64-Bit Mode IDT". Each stub pushes a zero error code when
-//! the CPU does not, then the vector, and calls `atoll_exception(&ExceptionFrame)`, which the
-//! hypervisor provides and which never returns.
+//! Gate layout: SDM Vol. 3A §6.14.1, "64-Bit Mode IDT".
 
 /// What an exception stub hands to the handler: the vector, the error code (0 where the CPU
 /// pushes none), and the frame the CPU pushed (SDM Vol. 3A §6.14.2).
@@ -62,19 +65,56 @@ mod imp {
     .macro EXC_STUB vec
     .balign 16
 exc_stub_\vec:
+    .if (\vec == 2) || (\vec >= 32)
+    pushq $0
+    pushq $\vec
+    jmp int_common
+    .else
     .if (\vec == 8) || (\vec == 10) || (\vec == 11) || (\vec == 12) || (\vec == 13) || (\vec == 14) || (\vec == 17) || (\vec == 21) || (\vec == 29) || (\vec == 30)
     .else
     pushq $0
     .endif
     pushq $\vec
     jmp exc_common
+    .endif
     .endm
 
     .set v, 0
-    .rept 32
+    .rept 256
     EXC_STUB %v
     .set v, v + 1
     .endr
+
+    /* NMIs and interrupts: save the caller-saved registers, call atoll_interrupt(vector),
+       restore, return to whatever was interrupted. */
+int_common:
+    pushq %rax
+    pushq %rcx
+    pushq %rdx
+    pushq %rsi
+    pushq %rdi
+    pushq %r8
+    pushq %r9
+    pushq %r10
+    pushq %r11
+    pushq %rbp
+    movq 80(%rsp), %rdi
+    movq %rsp, %rbp
+    andq $-16, %rsp
+    call atoll_interrupt
+    movq %rbp, %rsp
+    popq %rbp
+    popq %r11
+    popq %r10
+    popq %r9
+    popq %r8
+    popq %rdi
+    popq %rsi
+    popq %rdx
+    popq %rcx
+    popq %rax
+    addq $16, %rsp
+    iretq
 
 exc_common:
     movq %rsp, %rdi
@@ -93,7 +133,7 @@ exc_common:
     .global exc_stub_table
 exc_stub_table:
     .set v, 0
-    .rept 32
+    .rept 256
     EXC_ADDR %v
     .set v, v + 1
     .endr
@@ -102,7 +142,7 @@ exc_stub_table:
     );
 
     extern "C" {
-        static exc_stub_table: [u64; 32];
+        static exc_stub_table: [u64; 256];
     }
 
     /// An IDT gate descriptor (SDM Vol. 3A Figure 6-8).
@@ -124,7 +164,7 @@ exc_stub_table:
     const CODE_SELECTOR: u16 = 0x08;
 
     #[repr(C, align(16))]
-    struct Idt([Gate; 32]);
+    struct Idt([Gate; 256]);
 
     static IDT: spin_once::Once = spin_once::Once::new();
 
@@ -154,7 +194,7 @@ exc_stub_table:
                 };
                 Self {
                     state: AtomicU8::new(0),
-                    idt: UnsafeCell::new(super::Idt([EMPTY; 32])),
+                    idt: UnsafeCell::new(super::Idt([EMPTY; 256])),
                 }
             }
 
@@ -181,7 +221,7 @@ exc_stub_table:
     pub fn load() {
         let idt = IDT.get(|idt| {
             for (vector, gate) in idt.0.iter_mut().enumerate() {
-                // SAFETY: the table is 32 initialized addresses in read-only data.
+                // SAFETY: the table is 256 initialized addresses in read-only data.
                 let addr = unsafe { exc_stub_table[vector] };
                 *gate = Gate {
                     offset_low: addr as u16,

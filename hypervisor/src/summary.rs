@@ -122,6 +122,8 @@ pub struct Summary {
     pub cpu_virt: &'static str,
     /// The enclaves of the run.
     pub enclaves: Vec<EnclaveReport>,
+    /// A self-IPI went through the host IDT and back at boot.
+    pub host_interrupts_ok: bool,
 }
 
 impl Summary {

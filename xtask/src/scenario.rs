@@ -249,6 +249,7 @@ pub const SUMMARY_FIELDS: &[&str] = &[
     "modules",
     "enclaves",
     "cpu_virt",
+    "host_interrupts_ok",
 ];
 
 /// Turns a TOML expectation into JSON, resolving `"$cpus"` and `"$cpus+N"`.

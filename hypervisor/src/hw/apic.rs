@@ -114,4 +114,11 @@ impl LocalApic {
     pub fn send_startup(&self, apic_id: u32, vector: u8) {
         self.send(apic_id, ICR_STARTUP | ICR_LEVEL_ASSERT | u32::from(vector));
     }
+
+    /// Sends a fixed interrupt with `vector` to this core (ICR destination shorthand "self",
+    /// SDM Vol. 3A Figure 11-12).
+    pub fn send_self(&self, vector: u8) {
+        const SHORTHAND_SELF: u32 = 0b01 << 18;
+        self.send(0, SHORTHAND_SELF | ICR_LEVEL_ASSERT | u32::from(vector));
+    }
 }

@@ -307,6 +307,11 @@ impl SvmVcpu {
         Ok(match code {
             ExitCode::Invalid => Exit::InvalidGuestState,
             ExitCode::Intr => {
+                // The interrupt is still pending (SVM does not acknowledge it): open a one-
+                // instruction window so the host IDT takes it and EOIs it.
+                // SAFETY: GIF is set again after VMRUN returned; atoll's IDT handles every
+                // vector from 32 up (and NMIs) and returns; interrupts are off again after.
+                unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
                 self.intr_run += 1;
                 if self.intr_run > INTR_STORM {
                     Exit::Unknown {

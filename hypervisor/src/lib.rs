@@ -10,6 +10,7 @@
 //! * [`options`]: boot options from the command line.
 //! * [`summary`]: the `ATOLL-SUMMARY` line.
 //! * [`vacpi`]: the ACPI tables of an enclave's virtual platform.
+//! * [`vapic`], [`vioapic`]: models of an enclave vCPU's local x2APIC and of its I/O APIC.
 #![cfg_attr(target_os = "none", no_std)]
 
 extern crate alloc;
@@ -29,7 +30,9 @@ pub mod platform;
 pub mod smp;
 pub mod summary;
 pub mod vacpi;
+pub mod vapic;
 pub mod vcpu;
+pub mod vioapic;
 
 #[cfg(test)]
 mod vendor_neutrality {
@@ -49,6 +52,8 @@ mod vendor_neutrality {
             "config.rs",
             "summary.rs",
             "smp.rs",
+            "vapic.rs",
+            "vioapic.rs",
             "hw/enclave_run.rs",
             "hw/host.rs",
         ];

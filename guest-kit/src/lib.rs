@@ -9,5 +9,14 @@
 //! * `guest-real16` (entered in real mode, which needs unrestricted guest on VMX): prints,
 //!   checks the hypercall ABI and CPUID from real mode, reports and exits.
 //!
-//! The host CLI, the channel daemon and in-guest Linux programs come with later issues.
+//! And the in-guest Linux programs:
+//! * `atoll-check` (a static Linux binary the guest image's `/init` runs): checks the CPUs,
+//!   memory, APIC mode, clocksource, TSC and kernel log a Linux guest sees, runs a pinned
+//!   compute loop on every CPU, and prints one `ATOLL-GUEST-CHECK {json}` line; its logic is
+//!   [`check`].
+//!
+//! The host CLI and the channel daemon come with later issues.
 #![cfg_attr(target_os = "none", no_std)]
+
+#[cfg(target_os = "linux")]
+pub mod check;

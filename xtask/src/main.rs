@@ -28,6 +28,8 @@ enum Cmd {
     },
     /// Boot a scenario in an emulator, stream COM1, exit with the run's verdict.
     Run(RunArgs),
+    /// Build the Linux guest image: a Debian kernel and an initramfs that runs atoll-check.
+    GuestImage(GuestImageArgs),
     /// Host unit tests of every crate, then the emulator tests.
     Test {
         /// Only the host unit tests.
@@ -90,6 +92,26 @@ struct RunArgs {
     cmdline: String,
 }
 
+#[derive(clap::Args)]
+struct GuestImageArgs {
+    /// Kernel package (e.g. linux-image-6.1.0-56-cloud-amd64) or flavour (amd64, cloud, rt);
+    /// default: the newest linux-image-6.1.0-N-amd64 apt knows.
+    #[arg(long)]
+    kernel: Option<String>,
+    /// Then boot it in QEMU directly (no atoll) and fail unless it reports ok and powers off.
+    #[arg(long)]
+    smoke_test: bool,
+    /// Processors for the smoke test.
+    #[arg(long, default_value_t = 2, requires = "smoke_test")]
+    cpus: u32,
+    /// RAM in MiB for the smoke test.
+    #[arg(long, default_value_t = 512, requires = "smoke_test")]
+    memory: u32,
+    /// Smoke-test timeout in seconds.
+    #[arg(long, default_value_t = 180, requires = "smoke_test")]
+    timeout: u64,
+}
+
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -99,6 +121,7 @@ fn main() {
             .and_then(|s| xtask::image::iso(&s, ""))
             .map(|iso| println!("{}", iso.display())),
         Cmd::Run(args) => run_cmd(args),
+        Cmd::GuestImage(args) => guest_image(args),
         Cmd::Test { unit_only } => test(unit_only),
         Cmd::Demo => demo(),
         Cmd::CaptureAcpi {
@@ -145,6 +168,44 @@ fn run_cmd(args: RunArgs) -> Result<()> {
     } else {
         bail!("{}", outcome.failure())
     }
+}
+
+fn guest_image(args: GuestImageArgs) -> Result<()> {
+    use xtask::guest_image::{self, GuestImage, KernelChoice};
+    let choice = KernelChoice::parse(args.kernel.as_deref())?;
+    let img = guest_image::build(&choice)?;
+    let size = |p: &std::path::Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    println!(
+        "kernel  {} ({} {})",
+        img.kernel.display(),
+        img.package,
+        img.version
+    );
+    println!("initrd  {}", img.initrd.display());
+    println!(
+        "sizes   vmlinuz {:.1} MB, initrd {:.1} MB (package {:.1} MB)",
+        size(&img.kernel) as f64 / 1e6,
+        size(&img.initrd) as f64 / 1e6,
+        img.deb_bytes as f64 / 1e6
+    );
+    println!("cmdline {}", GuestImage::cmdline(2, 512));
+    if !args.smoke_test {
+        return Ok(());
+    }
+    let timeout = std::time::Duration::from_secs(args.timeout);
+    let o = guest_image::smoke_test(&img, args.cpus, args.memory, timeout, true)?;
+    if !o.passed() {
+        bail!("{}", o.failure());
+    }
+    let secs = |d: Option<std::time::Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64());
+    eprintln!(
+        "xtask: guest image smoke test passed: report after {:.1} s, powered off after {:.1} s ({} CPUs, {} MiB)",
+        secs(o.to_report),
+        secs(o.to_poweroff),
+        args.cpus,
+        args.memory
+    );
+    Ok(())
 }
 
 fn cargo() -> Command {

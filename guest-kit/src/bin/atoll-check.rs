@@ -1,0 +1,289 @@
+//! `atoll-check`: the in-guest check a Linux guest runs from its initramfs (static Linux
+//! binary; see `guest_kit::check` for what it checks and how it decides). It gathers the facts
+//! — online CPUs, memory, APIC mode, clocksource, TSC frequency, command line, the hypervisor's
+//! CPUID signature, a pinned compute run on every CPU, the kernel log — prints one line
+//! `ATOLL-GUEST-CHECK {json}` and exits 0 when every check passed, 1 when one failed, 2 on a
+//! usage error.
+//!
+//! Build it static for an initramfs:
+//! `RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -p guest-kit --bin atoll-check --target x86_64-unknown-linux-gnu`
+//! (`cargo xtask guest-image` does).
+#![cfg_attr(target_os = "none", no_std)]
+#![cfg_attr(target_os = "none", no_main)]
+
+// Built for the bare-metal target along with the other guest-kit binaries (`--bins`), it is an
+// empty image: the program needs Linux.
+#[cfg(target_os = "none")]
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo) -> ! {
+    loop {
+        core::hint::spin_loop();
+    }
+}
+
+#[cfg(all(not(target_os = "linux"), not(target_os = "none")))]
+fn main() {
+    eprintln!("atoll-check runs on Linux only");
+    std::process::exit(2);
+}
+
+#[cfg(target_os = "linux")]
+fn main() {
+    linux::main();
+}
+
+#[cfg(target_os = "linux")]
+mod linux {
+    use guest_kit::check::{self, CpuRun, Facts, Options};
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::sync::{Arc, Barrier};
+    use std::time::Instant;
+
+    pub fn main() {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let opts = match check::parse_args(&args) {
+            Ok(Some(o)) => o,
+            Ok(None) => {
+                println!("{}", check::USAGE);
+                return;
+            }
+            Err(e) => {
+                eprintln!("atoll-check: {e}\n{}", check::USAGE);
+                std::process::exit(2);
+            }
+        };
+        let facts = gather(&opts);
+        let (report, ok) = check::report(&facts, &opts);
+        println!("{}{report}", check::REPORT_PREFIX);
+        std::process::exit(if ok { 0 } else { 1 });
+    }
+
+    fn read(path: &str) -> Option<String> {
+        std::fs::read_to_string(path).ok()
+    }
+
+    fn gather(opts: &Options) -> Facts {
+        let online =
+            read("/sys/devices/system/cpu/online").and_then(|s| check::parse_cpu_list(&s).ok());
+        let affinity = affinity();
+        let (log_source, log) = kernel_log();
+        let log_lines = || log.iter().map(String::as_str);
+        let cpuinfo = read("/proc/cpuinfo").unwrap_or_default();
+        let x2 = log_source.map(|_| check::x2apic_log(log_lines()));
+        let (apic_mode, apic_evidence) = check::apic_mode(&cpuinfo, x2.as_ref());
+        let (tsc_khz, tsc_source) = match read("/sys/devices/system/cpu/cpu0/tsc_freq_khz")
+            .and_then(|s| s.trim().parse().ok())
+        {
+            Some(k) => (Some(k), Some("/sys/devices/system/cpu/cpu0/tsc_freq_khz")),
+            None => match check::tsc_khz_from_log(log_lines()) {
+                Some(k) => (Some(k), Some("kernel log")),
+                None => (None, None),
+            },
+        };
+        let (hypervisor, hypervisor_max_leaf) = hypervisor();
+        let mut facts = Facts {
+            online,
+            affinity,
+            mem_total_kib: read("/proc/meminfo").and_then(|m| check::meminfo_kib(&m, "MemTotal")),
+            kernel_memory_kib: check::kernel_memory_total_kib(log_lines()),
+            apic_mode: apic_mode.into(),
+            apic_mode_evidence: apic_evidence,
+            clocksource: read("/sys/devices/system/clocksource/clocksource0/current_clocksource")
+                .map(|s| s.trim().to_string()),
+            tsc_khz,
+            tsc_khz_source: tsc_source.map(Into::into),
+            cmdline: read("/proc/cmdline").map(|s| s.trim().to_string()),
+            hypervisor,
+            hypervisor_max_leaf,
+            kernel_log_source: log_source.map(Into::into),
+            dmesg_warnings: check::dmesg_warnings(log_lines()),
+            ..Facts::default()
+        };
+        let cpus = facts.cpus().to_vec();
+        let start = Instant::now();
+        facts.compute = compute(&cpus, opts.iterations);
+        facts.compute_wall_ms = start.elapsed().as_secs_f64() * 1000.0;
+        facts
+    }
+
+    /// The CPUs this process may run on.
+    fn affinity() -> Vec<u32> {
+        // SAFETY: cpu_set_t is plain data, valid when zeroed; sched_getaffinity writes at most
+        // the size we pass into the set we own.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+                return Vec::new();
+            }
+            (0..libc::CPU_SETSIZE as usize)
+                .filter(|&c| libc::CPU_ISSET(c, &set))
+                .map(|c| c as u32)
+                .collect()
+        }
+    }
+
+    /// Pins the calling thread to `cpu`.
+    fn pin(cpu: u32) -> Result<(), String> {
+        if cpu as usize >= libc::CPU_SETSIZE as usize {
+            return Err(format!("CPU {cpu} is beyond CPU_SETSIZE"));
+        }
+        // SAFETY: as in `affinity`; pid 0 is the calling thread, the set is ours.
+        let rc = unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu as usize, &mut set);
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(format!(
+                "sched_setaffinity: {}",
+                std::io::Error::last_os_error()
+            ))
+        }
+    }
+
+    fn current_cpu() -> Option<u32> {
+        // SAFETY: sched_getcpu has no preconditions.
+        let c = unsafe { libc::sched_getcpu() };
+        u32::try_from(c).ok()
+    }
+
+    /// One thread pinned to each CPU, all starting together, each doing `iterations` of work.
+    fn compute(cpus: &[u32], iterations: u64) -> Vec<CpuRun> {
+        let barrier = Arc::new(Barrier::new(cpus.len()));
+        let handles: Vec<_> = cpus
+            .iter()
+            .map(|&cpu| {
+                let barrier = Arc::clone(&barrier);
+                std::thread::Builder::new()
+                    .name(format!("compute-{cpu}"))
+                    .spawn(move || {
+                        let pinned = pin(cpu);
+                        barrier.wait();
+                        if let Err(e) = pinned {
+                            return CpuRun {
+                                cpu,
+                                ran_on: None,
+                                iterations: 0,
+                                ms: 0.0,
+                                checksum: 0,
+                                error: Some(e),
+                            };
+                        }
+                        let start = Instant::now();
+                        let checksum = check::compute_work(iterations);
+                        let ms = start.elapsed().as_secs_f64() * 1000.0;
+                        CpuRun {
+                            cpu,
+                            ran_on: current_cpu(),
+                            iterations,
+                            ms,
+                            checksum,
+                            error: None,
+                        }
+                    })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .zip(cpus)
+            .map(|(h, &cpu)| {
+                let failed = |e: String| CpuRun {
+                    cpu,
+                    ran_on: None,
+                    iterations: 0,
+                    ms: 0.0,
+                    checksum: 0,
+                    error: Some(e),
+                };
+                match h {
+                    Ok(h) => h
+                        .join()
+                        .unwrap_or_else(|_| failed("compute thread panicked".into())),
+                    // A thread that could not start never reaches the barrier; the others
+                    // would wait forever, so this cannot be recovered into a report.
+                    Err(e) => {
+                        eprintln!("atoll-check: cannot start a compute thread: {e}");
+                        std::process::exit(1);
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// CPUID.1:ECX[31] and, when set, leaf 0x4000_0000's signature and highest leaf.
+    fn hypervisor() -> (Option<String>, Option<u32>) {
+        use core::arch::x86_64::__cpuid;
+        if __cpuid(1).ecx & (1 << 31) == 0 {
+            return (None, None);
+        }
+        let r = __cpuid(0x4000_0000);
+        (
+            Some(check::hypervisor_signature(r.ebx, r.ecx, r.edx)),
+            Some(r.eax),
+        )
+    }
+
+    /// The kernel log's messages: `/dev/kmsg` read without blocking, else `syslog(2)`.
+    fn kernel_log() -> (Option<&'static str>, Vec<String>) {
+        if let Some(lines) = kmsg() {
+            return (Some("/dev/kmsg"), lines);
+        }
+        if let Some(lines) = syslog() {
+            return (Some("syslog"), lines);
+        }
+        (None, Vec::new())
+    }
+
+    fn kmsg() -> Option<Vec<String>> {
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open("/dev/kmsg")
+            .ok()?;
+        let mut lines = Vec::new();
+        // Each read returns one record; a record is at most about 8 KiB with its dictionary.
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match f.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    let rec = String::from_utf8_lossy(&buf[..n]);
+                    lines.extend(check::kmsg_message(&rec).unwrap_or_default());
+                }
+                // The end of the buffer.
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                // Records were overwritten while we read: carry on with the next.
+                Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) if lines.is_empty() => return None,
+                Err(_) => break,
+            }
+        }
+        Some(lines)
+    }
+
+    fn syslog() -> Option<Vec<String>> {
+        const SYSLOG_ACTION_READ_ALL: libc::c_int = 3;
+        const SYSLOG_ACTION_SIZE_BUFFER: libc::c_int = 10;
+        // SAFETY: SIZE_BUFFER ignores the buffer arguments.
+        let size = unsafe { libc::klogctl(SYSLOG_ACTION_SIZE_BUFFER, std::ptr::null_mut(), 0) };
+        if size <= 0 {
+            return None;
+        }
+        let mut buf = vec![0u8; size as usize];
+        // SAFETY: READ_ALL writes at most `size` bytes into `buf`, which holds that many.
+        let n = unsafe { libc::klogctl(SYSLOG_ACTION_READ_ALL, buf.as_mut_ptr().cast(), size) };
+        if n < 0 {
+            return None;
+        }
+        let text = String::from_utf8_lossy(&buf[..n as usize]);
+        Some(
+            text.lines()
+                .map(|l| check::syslog_message(l).to_string())
+                .collect(),
+        )
+    }
+}

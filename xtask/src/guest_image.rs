@@ -1,0 +1,1295 @@
+//! `cargo xtask guest-image`: the Linux guest image — a stock Debian kernel and an initramfs
+//! that runs `atoll-check` and powers off — and `--smoke-test`, which boots it in QEMU
+//! directly (no atoll) to show the image itself is sound.
+//!
+//! What it makes, cached under `target/guest-image/`:
+//!
+//! * `debs/` — the kernel package as `apt-get download` fetched it;
+//! * `kernels/PACKAGE_VERSION/` — `vmlinuz` and the kernel's `config`, taken from the package's
+//!   `boot/` (only that directory is unpacked: the package's 400 MB of modules are not needed);
+//! * `PACKAGE-KEY/` — the image: `vmlinuz`, `initrd.cpio.gz`, the `init` script and
+//!   `manifest.json`. KEY hashes every input (package name and version, `/init`, the busybox and
+//!   `atoll-check` binaries, the applet list), so a changed input makes a new image (and the
+//!   package's older images are removed) and an unchanged one is reused.
+//!
+//! The initramfs (newc cpio made by GNU `cpio`, gzipped) holds busybox from the host's
+//! `busybox-static` package with the applets `/init` uses, `/init` ([`init_script`]) and the
+//! static `atoll-check` (`guest-kit`). It has **no kernel modules**: the guest boots without
+//! virtio or any other modular driver — the serial console, ACPI, the APIC and the timers it
+//! needs are built into Debian's kernel — and finds everything it checks in `/proc` and `/sys`.
+//!
+//! The default kernel is the newest `linux-image-6.1.0-N-amd64` apt knows (Debian 12's stock
+//! series); `--kernel` takes a package name (`linux-image-6.1.0-56-cloud-amd64`, or another
+//! series such as a 6.12 one) or a flavour (`amd64`, `cloud`, `rt`) for the newest 6.1 kernel
+//! of that flavour.
+//!
+//! The guest reads its expectations from the kernel command line: `atoll.expect_cpus=N` and
+//! `atoll.expect_mem=MiB` become `atoll-check --expect-cpus N --expect-memory-mib MiB`,
+//! `atoll.tolerate=ID,…` becomes `--tolerate ID,…` (kernel warnings that do not fail the
+//! check), `atoll.iterations=N` sets the compute work; `atoll.shell=1` starts a shell after the
+//! check instead of powering off.
+//!
+//! The smoke test tolerates [`TCG_TOLERATED`]: timing warnings QEMU's TCG emulation causes
+//! by itself — its vCPUs' TSCs are not synchronized, and its timers run in host time while the
+//! emulated CPUs run at a varying, slower pace, so Linux's TSC, delay-loop and APIC-timer
+//! calibrations disagree with each other (seen here: `tsc: Fast TSC calibration failed`,
+//! `Marking TSC unstable due to TSCs unsynchronized`, `calibrate_delay_direct() failed`, `APIC
+//! calibration not consistent with PM-Timer`). They stay in the report, under
+//! `dmesg_tolerated`; under atoll the same lines are hypervisor bugs and fail the check.
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use std::cmp::Ordering;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The kernel series the default picks (Debian 12's stock kernel).
+pub const DEFAULT_SERIES: &str = "6.1";
+
+/// Busybox applets the image links to `/bin/busybox`: what `/init` runs, and a few for a human
+/// at `atoll.shell=1`.
+pub const APPLETS: &[&str] = &[
+    "sh", "mount", "umount", "dmesg", "poweroff", "cat", "echo", "sleep", "ls", "uname",
+];
+
+/// The Rust target `atoll-check` is built for.
+pub const CHECK_TARGET: &str = "x86_64-unknown-linux-gnu";
+
+/// Kernel warnings QEMU's TCG causes by itself (see the module docs), which the smoke test
+/// tolerates (`atoll-check --tolerate`).
+pub const TCG_TOLERATED: &[&str] = &[
+    "tsc-calibration",
+    "tsc-unstable",
+    "delay-calibration",
+    "apic-calibration",
+    "clocksource-unstable",
+];
+
+/// The line the guest's check prints.
+pub const REPORT_PREFIX: &str = "ATOLL-GUEST-CHECK ";
+
+/// A built guest image.
+#[derive(Clone, Debug)]
+pub struct GuestImage {
+    /// The kernel package.
+    pub package: String,
+    /// Its version.
+    pub version: String,
+    /// The image directory.
+    pub dir: PathBuf,
+    /// The kernel (bzImage).
+    pub kernel: PathBuf,
+    /// The gzipped newc initramfs.
+    pub initrd: PathBuf,
+    /// Size of the downloaded package in bytes.
+    pub deb_bytes: u64,
+    /// Whether the image came from the cache.
+    pub cached: bool,
+}
+
+impl GuestImage {
+    /// A kernel command line for a serial console and the given expectations.
+    pub fn cmdline(cpus: u32, memory_mib: u32) -> String {
+        format!("console=ttyS0 atoll.expect_cpus={cpus} atoll.expect_mem={memory_mib}")
+    }
+}
+
+fn progress(msg: impl std::fmt::Display) {
+    eprintln!("guest-image: {msg}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pure parts (host-tested).
+
+/// Compares kernel version strings naturally: digit runs as numbers, the rest as text
+/// (`6.1.0-9` < `6.1.0-56`).
+pub fn compare_versions(a: &str, b: &str) -> Ordering {
+    fn chunks(s: &str) -> Vec<(bool, &str)> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        let bytes = s.as_bytes();
+        for i in 1..=bytes.len() {
+            if i == bytes.len() || bytes[i].is_ascii_digit() != bytes[start].is_ascii_digit() {
+                out.push((bytes[start].is_ascii_digit(), &s[start..i]));
+                start = i;
+            }
+        }
+        out
+    }
+    let (ca, cb) = (chunks(a), chunks(b));
+    for (x, y) in ca.iter().zip(&cb) {
+        let ord = match (x, y) {
+            ((true, n), (true, m)) => {
+                let (n, m) = (n.trim_start_matches('0'), m.trim_start_matches('0'));
+                n.len().cmp(&m.len()).then_with(|| n.cmp(m))
+            }
+            ((_, s), (_, t)) => s.cmp(t),
+        };
+        if ord != Ordering::Equal {
+            return ord;
+        }
+    }
+    ca.len().cmp(&cb.len())
+}
+
+/// A kernel image package name taken apart: `linux-image-6.1.0-56-cloud-amd64` →
+/// ABI `6.1.0-56`, flavour `cloud`. `None` for anything else (meta-packages such as
+/// `linux-image-6.12-amd64`, `-dbg`, `-unsigned`).
+pub fn parse_kernel_package(name: &str) -> Option<(&str, &str)> {
+    let rest = name.strip_prefix("linux-image-")?.strip_suffix("-amd64")?;
+    let (abi, flavour) = match rest.rsplit_once('-') {
+        Some((abi, f)) if f.chars().all(|c| c.is_ascii_lowercase()) => (abi, f),
+        _ => (rest, "amd64"),
+    };
+    // A real kernel's ABI has a patch level after the series: 6.1.0-56, 6.12.43+deb12.
+    let mut parts = abi.splitn(3, '.');
+    let (major, minor, patch) = (parts.next()?, parts.next()?, parts.next()?);
+    let numeric = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_digit());
+    if !numeric(major) || !numeric(minor) || !patch.starts_with(|c: char| c.is_ascii_digit()) {
+        return None;
+    }
+    Some((abi, flavour))
+}
+
+/// The names in `apt-cache search` output (`name - description` lines).
+pub fn search_names(output: &str) -> Vec<String> {
+    output
+        .lines()
+        .filter_map(|l| l.split(" - ").next())
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// The newest kernel of `series` (`6.1`) and `flavour` (`amd64`, `cloud`, `rt`) among `names`.
+pub fn pick_kernel(names: &[String], series: &str, flavour: &str) -> Option<String> {
+    names
+        .iter()
+        .filter_map(|n| parse_kernel_package(n).map(|(abi, f)| (n, abi, f)))
+        .filter(|(_, abi, f)| {
+            *f == flavour && abi.strip_prefix(series).is_some_and(|r| r.starts_with('.'))
+        })
+        .max_by(|a, b| compare_versions(a.1, b.1))
+        .map(|(n, _, _)| n.clone())
+}
+
+/// What `--kernel` asked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KernelChoice {
+    /// The newest 6.1 kernel of this flavour.
+    Newest(String),
+    /// Exactly this package.
+    Package(String),
+}
+
+impl KernelChoice {
+    /// Parses `--kernel` (absent: the newest generic 6.1 kernel).
+    pub fn parse(arg: Option<&str>) -> Result<Self> {
+        match arg.map(str::trim) {
+            None | Some("") => Ok(Self::Newest("amd64".into())),
+            Some(f @ ("amd64" | "cloud" | "rt")) => Ok(Self::Newest(f.into())),
+            Some(p) if parse_kernel_package(p).is_some() => Ok(Self::Package(p.into())),
+            Some(p) => bail!(
+                "--kernel {p}: expected a kernel image package such as linux-image-6.1.0-56-amd64 \
+                 or linux-image-6.1.0-56-cloud-amd64, or a flavour: amd64, cloud, rt"
+            ),
+        }
+    }
+}
+
+/// The fields of one `apt-cache show` record that matter here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PackageInfo {
+    /// Version.
+    pub version: String,
+    /// Download size in bytes.
+    pub size: u64,
+    /// Pool file name (its last component is what `apt-get download` writes).
+    pub filename: String,
+}
+
+/// Parses the first record of `apt-cache show --no-all-versions` output.
+pub fn parse_package_info(text: &str) -> Option<PackageInfo> {
+    let record = text.split("\n\n").next()?;
+    let field = |k: &str| {
+        record
+            .lines()
+            .find_map(|l| l.strip_prefix(k)?.strip_prefix(':'))
+            .map(|v| v.trim().to_string())
+    };
+    Some(PackageInfo {
+        version: field("Version")?,
+        size: field("Size")?.parse().ok()?,
+        filename: field("Filename")?,
+    })
+}
+
+/// The guest's `/init`: mount the kernel file systems, run `/atoll-check` with the
+/// expectations from the kernel command line, print its status, power off.
+pub fn init_script() -> String {
+    r#"#!/bin/sh
+# /init of the atoll guest image (written by `cargo xtask guest-image`): mounts the kernel file
+# systems, runs /atoll-check with the expectations on the kernel command line
+# (atoll.expect_cpus=N, atoll.expect_mem=MiB, atoll.iterations=N, atoll.tolerate=ID,...), and
+# powers off (atoll.shell=1: starts a shell instead).
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+# The console, in case the kernel started init without one.
+exec </dev/console >/dev/console 2>&1
+set -f
+args=""
+shell=""
+for word in $(cat /proc/cmdline); do
+    case "$word" in
+        atoll.expect_cpus=*) args="$args --expect-cpus ${word#*=}" ;;
+        atoll.expect_mem=*) args="$args --expect-memory-mib ${word#*=}" ;;
+        atoll.iterations=*) args="$args --iterations ${word#*=}" ;;
+        atoll.tolerate=*) args="$args --tolerate ${word#*=}" ;;
+        atoll.shell=1) shell=1 ;;
+    esac
+done
+echo "atoll-init: /atoll-check$args"
+/atoll-check $args
+echo "ATOLL-GUEST-EXIT status=$?"
+if [ -n "$shell" ]; then
+    exec /bin/sh
+fi
+poweroff -f
+# poweroff returned: ask the kernel directly, and never let init exit (that is a panic).
+echo o > /proc/sysrq-trigger
+while :; do sleep 60; done
+"#
+    .to_string()
+}
+
+/// FNV-1a over length-prefixed fields, as 16 hex digits: the image's cache key.
+pub fn cache_key(fields: &[(&str, &[u8])]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        }
+    };
+    for (name, value) in fields {
+        eat(&(name.len() as u64).to_le_bytes());
+        eat(name.as_bytes());
+        eat(&(value.len() as u64).to_le_bytes());
+        eat(value);
+    }
+    format!("{h:016x}")
+}
+
+/// Whether `name` is an image directory of `package` (`PACKAGE-KEY`, KEY 16 hex digits).
+pub fn is_image_dir_of(name: &str, package: &str) -> bool {
+    name.strip_prefix(package)
+        .and_then(|r| r.strip_prefix('-'))
+        .is_some_and(|key| key.len() == 16 && key.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+/// Whether `bytes` is a 64-bit x86 ELF executable without a program interpreter (that is,
+/// statically linked, `static-pie` included).
+pub fn is_static_elf(bytes: &[u8]) -> Result<bool> {
+    let u16_at = |o: usize| {
+        bytes
+            .get(o..o + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    let u32_at = |o: usize| {
+        bytes
+            .get(o..o + 4)
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap_or_default()))
+    };
+    let u64_at = |o: usize| {
+        bytes
+            .get(o..o + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
+    };
+    if bytes.get(..4) != Some(b"\x7fELF".as_slice()) || bytes.get(4) != Some(&2) {
+        bail!("not a 64-bit ELF file");
+    }
+    if u16_at(18) != Some(62) {
+        bail!("not an x86-64 ELF file");
+    }
+    let phoff = u64_at(32).context("truncated ELF header")? as usize;
+    let phentsize = usize::from(u16_at(54).context("truncated ELF header")?);
+    let phnum = usize::from(u16_at(56).context("truncated ELF header")?);
+    for i in 0..phnum {
+        let ty = u32_at(phoff + i * phentsize).context("truncated program headers")?;
+        if ty == 3 {
+            // PT_INTERP: needs a dynamic loader the initramfs does not have.
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// What the smoke test read on the console.
+#[derive(Clone, Debug)]
+pub struct GuestReport {
+    /// The parsed report.
+    pub report: Value,
+    /// Its `ok`.
+    pub ok: bool,
+    /// `/init`'s `ATOLL-GUEST-EXIT status=` value, if printed.
+    pub exit_status: Option<i32>,
+}
+
+/// Finds the `ATOLL-GUEST-CHECK` line (and `/init`'s exit line) in console output. The kernel
+/// may print in the middle of a line, so the prefix is searched anywhere in a line.
+pub fn parse_console(console: &str) -> Result<Option<GuestReport>> {
+    let Some(json) = console
+        .lines()
+        .find_map(|l| l.find(REPORT_PREFIX).map(|i| &l[i + REPORT_PREFIX.len()..]))
+    else {
+        return Ok(None);
+    };
+    let report: Value = serde_json::from_str(json.trim())
+        .with_context(|| format!("the ATOLL-GUEST-CHECK line is not JSON: {json}"))?;
+    let ok = report["ok"]
+        .as_bool()
+        .context("the report has no boolean 'ok'")?;
+    let exit_status = console
+        .lines()
+        .find_map(|l| l.split("ATOLL-GUEST-EXIT status=").nth(1))
+        .and_then(|s| s.trim().parse().ok());
+    Ok(Some(GuestReport {
+        report,
+        ok,
+        exit_status,
+    }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The host side: apt, dpkg, cargo, cpio.
+
+fn tool_exists(name: &str) -> bool {
+    Command::new(name)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+}
+
+/// The Debian tools this needs, or a clear error.
+fn check_host() -> Result<()> {
+    let missing: Vec<&str> = [
+        "apt-get",
+        "apt-cache",
+        "dpkg",
+        "dpkg-deb",
+        "tar",
+        "cpio",
+        "gzip",
+    ]
+    .into_iter()
+    .filter(|t| !tool_exists(t))
+    .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let debian = std::path::Path::new("/etc/debian_version").exists();
+    if !debian
+        && missing
+            .iter()
+            .any(|t| t.starts_with("apt") || t.starts_with("dpkg"))
+    {
+        bail!(
+            "cargo xtask guest-image takes the kernel and busybox from Debian packages and needs a \
+             Debian (or derived) host with apt and dpkg; missing here: {}",
+            missing.join(", ")
+        );
+    }
+    bail!(
+        "missing tools: {} (run `cargo xtask setup`, or apt-get install them)",
+        missing.join(", ")
+    )
+}
+
+fn capture(cmd: &mut Command, what: &str) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {what}"))?;
+    if !out.status.success() {
+        bail!(
+            "{what} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Resolves `--kernel` to a package apt knows and its record.
+fn resolve_kernel(choice: &KernelChoice) -> Result<(String, PackageInfo)> {
+    let package =
+        match choice {
+            KernelChoice::Package(p) => p.clone(),
+            KernelChoice::Newest(flavour) => {
+                let pattern = format!(
+                    r"^linux-image-{}\..*-amd64$",
+                    DEFAULT_SERIES.replace('.', r"\.")
+                );
+                let out = capture(
+                    Command::new("apt-cache").args(["search", "--names-only", &pattern]),
+                    "apt-cache search",
+                )?;
+                let names = search_names(&out);
+                pick_kernel(&names, DEFAULT_SERIES, flavour).with_context(|| {
+                    format!(
+                    "apt knows no linux-image-{DEFAULT_SERIES}.*-{}amd64 package ({} other kernel \
+                     packages matched): run `apt-get update`, or name one with --kernel",
+                    if flavour == "amd64" { String::new() } else { format!("{flavour}-") },
+                    names.len()
+                )
+                })?
+            }
+        };
+    let out = Command::new("apt-cache")
+        .args(["show", "--no-all-versions", &package])
+        .output()
+        .context("running apt-cache show")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let info = parse_package_info(&text)
+        .filter(|_| out.status.success())
+        .with_context(|| {
+            format!(
+            "apt does not know the package {package}: run `apt-get update`, or list the kernels \
+             with `apt-cache search --names-only '^linux-image-.*-amd64$'`"
+        )
+        })?;
+    Ok((package, info))
+}
+
+/// Size of the files in `dir` whose name starts with `prefix`, partial downloads included.
+fn bytes_so_far(dir: &Path, prefix: &str) -> u64 {
+    let mut total = 0;
+    for d in [dir.to_path_buf(), dir.join("partial")] {
+        for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().starts_with(prefix) {
+                total += e.metadata().map(|m| m.len()).unwrap_or(0);
+            }
+        }
+    }
+    total
+}
+
+fn mb(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
+/// Downloads the package into `debs/` (unless there already) and returns the file.
+fn download(cache: &Path, package: &str, info: &PackageInfo) -> Result<PathBuf> {
+    let debs = cache.join("debs");
+    std::fs::create_dir_all(&debs)?;
+    let file = info
+        .filename
+        .rsplit('/')
+        .next()
+        .unwrap_or(&info.filename)
+        .to_string();
+    let deb = debs.join(&file);
+    if std::fs::metadata(&deb).is_ok_and(|m| m.len() == info.size) {
+        progress(format!("{package} {} already downloaded", info.version));
+        return Ok(deb);
+    }
+    let _ = std::fs::remove_file(&deb);
+    progress(format!(
+        "downloading {package} {} ({}) with apt-get download",
+        info.version,
+        mb(info.size)
+    ));
+    let start = Instant::now();
+    let mut child = Command::new("apt-get")
+        .args(["download", "-q", "-o", "APT::Sandbox::User=root"])
+        .arg(format!("{package}={}", info.version))
+        .current_dir(&debs)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running apt-get download")?;
+    let mut stderr = child.stderr.take().context("apt-get's stderr")?;
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
+    let prefix = format!("{package}_");
+    let mut last = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        if last.elapsed() >= Duration::from_secs(3) {
+            let got = bytes_so_far(&debs, &prefix);
+            progress(format!(
+                "  {} of {} ({:.0} s)",
+                mb(got),
+                mb(info.size),
+                start.elapsed().as_secs_f64()
+            ));
+            last = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let errors = reader.join().unwrap_or_default();
+    if !status.success() || !deb.exists() {
+        let hint = if errors.contains("Temporary failure resolving")
+            || errors.contains("Could not resolve")
+            || errors.contains("Could not connect")
+            || errors.contains("Failed to fetch")
+            || errors.contains("Network is unreachable")
+        {
+            "no network, or the Debian mirror is unreachable"
+        } else if errors.contains("Unable to locate") || errors.contains("Can't select") {
+            "the package is not in apt's lists: run `apt-get update`"
+        } else {
+            "see apt-get's message"
+        };
+        bail!(
+            "cannot download {package} {}: {hint}\napt-get said:\n{}",
+            info.version,
+            errors.trim()
+        );
+    }
+    let secs = start.elapsed().as_secs_f64();
+    progress(format!(
+        "downloaded {} in {secs:.1} s ({:.1} MB/s)",
+        mb(info.size),
+        info.size as f64 / 1e6 / secs.max(0.001)
+    ));
+    Ok(deb)
+}
+
+/// Unpacks `boot/` of the kernel package into `kernels/PACKAGE_VERSION/` (once) and returns
+/// that directory, holding `vmlinuz` and `config`.
+fn extract_kernel(cache: &Path, package: &str, info: &PackageInfo, deb: &Path) -> Result<PathBuf> {
+    let dir = cache
+        .join("kernels")
+        .join(format!("{package}_{}", info.version.replace(':', "%3a")));
+    if dir.join("vmlinuz").exists() {
+        return Ok(dir);
+    }
+    progress(format!("extracting boot/vmlinuz-* from {}", deb.display()));
+    let tmp = dir.with_extension(format!("tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    // dpkg-deb -x would unpack the modules too (hundreds of MB); only boot/ is needed.
+    let mut fsys = Command::new("dpkg-deb")
+        .arg("--fsys-tarfile")
+        .arg(deb)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("running dpkg-deb --fsys-tarfile")?;
+    let tar = Command::new("tar")
+        .args(["-x", "-f", "-", "-C"])
+        .arg(&tmp)
+        .args(["--wildcards", "./boot/*"])
+        .stdin(fsys.stdout.take().context("dpkg-deb's stdout")?)
+        .output()
+        .context("running tar")?;
+    let fsys_status = fsys.wait()?;
+    if !fsys_status.success() || !tar.status.success() {
+        bail!(
+            "cannot unpack {}: {}",
+            deb.display(),
+            String::from_utf8_lossy(&tar.stderr).trim()
+        );
+    }
+    let boot = tmp.join("boot");
+    let mut vmlinuz = None;
+    for e in std::fs::read_dir(&boot).with_context(|| format!("{} has no boot/", deb.display()))? {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("vmlinuz-") {
+            vmlinuz = Some(e.path());
+        } else if name.starts_with("config-") {
+            std::fs::rename(e.path(), tmp.join("config"))?;
+        }
+    }
+    let vmlinuz = vmlinuz.with_context(|| format!("{} has no boot/vmlinuz-*", deb.display()))?;
+    std::fs::rename(vmlinuz, tmp.join("vmlinuz"))?;
+    let _ = std::fs::remove_dir_all(&boot);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&tmp, &dir)?;
+    Ok(dir)
+}
+
+/// The host's busybox from the `busybox-static` package.
+fn busybox() -> Result<PathBuf> {
+    let out = Command::new("dpkg")
+        .args(["-L", "busybox-static"])
+        .output()
+        .context("running dpkg -L")?;
+    let path = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(PathBuf::from)
+        .find(|p| p.ends_with("bin/busybox") && p.is_file());
+    match path {
+        Some(p) if out.status.success() => Ok(p),
+        _ => bail!(
+            "busybox-static is not installed (its static busybox runs the guest's /init): run \
+             `cargo xtask setup` or `apt-get install busybox-static`"
+        ),
+    }
+}
+
+/// Builds the static `atoll-check` and returns its path.
+pub fn build_check() -> Result<PathBuf> {
+    progress("building atoll-check (static, x86_64-unknown-linux-gnu)");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(crate::root())
+        .args(["build", "--quiet", "--release", "-p", "guest-kit"])
+        .args(["--bin", "atoll-check", "--target", CHECK_TARGET])
+        // Static glibc, so the binary runs in an initramfs without a dynamic loader; no debug
+        // information (it would be most of the initramfs).
+        .env(
+            "RUSTFLAGS",
+            "-C target-feature=+crt-static -C strip=debuginfo",
+        )
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .status()
+        .context("running cargo build for atoll-check")?;
+    if !status.success() {
+        bail!(
+            "building atoll-check failed (is the {CHECK_TARGET} target installed? `rustup target add {CHECK_TARGET}`)"
+        );
+    }
+    let bin = crate::target_dir()
+        .join(CHECK_TARGET)
+        .join("release")
+        .join("atoll-check");
+    let bytes = std::fs::read(&bin).with_context(|| format!("reading {}", bin.display()))?;
+    if !is_static_elf(&bytes)? {
+        bail!(
+            "{} is dynamically linked; the initramfs has no loader",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// Every path under `root`, relative, sorted (directories before what they hold).
+fn tree(root: &Path) -> Result<Vec<PathBuf>> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<std::io::Result<_>>()?;
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let path = e.path();
+            out.push(path.strip_prefix(root)?.to_path_buf());
+            if e.file_type()?.is_dir() {
+                walk(root, &path, out)?;
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out)?;
+    Ok(out)
+}
+
+/// Writes `root` as a gzipped newc cpio archive owned by root.
+fn write_initramfs(root: &Path, out: &Path) -> Result<()> {
+    let list: Vec<u8> = tree(root)?
+        .iter()
+        .flat_map(|p| {
+            let mut b = p.as_os_str().as_encoded_bytes().to_vec();
+            b.push(0);
+            b
+        })
+        .collect();
+    let file = std::fs::File::create(out)?;
+    let mut cpio = Command::new("cpio")
+        .args([
+            "--quiet",
+            "-o",
+            "-H",
+            "newc",
+            "-0",
+            "-R",
+            "0:0",
+            "--reproducible",
+        ])
+        .current_dir(root)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("running cpio (run `cargo xtask setup`)")?;
+    let gzip = Command::new("gzip")
+        .args(["-9", "-n"])
+        .stdin(cpio.stdout.take().context("cpio's stdout")?)
+        .stdout(file)
+        .spawn()
+        .context("running gzip")?;
+    cpio.stdin
+        .take()
+        .context("cpio's stdin")?
+        .write_all(&list)?;
+    let (c, g) = (cpio.wait()?, gzip.wait_with_output()?);
+    if !c.success() || !g.status.success() {
+        bail!("cpio | gzip failed ({c}, {})", g.status);
+    }
+    Ok(())
+}
+
+/// Builds (or finds in the cache) the image for `kernel`.
+pub fn build(kernel: &KernelChoice) -> Result<GuestImage> {
+    check_host()?;
+    let cache = crate::target_dir().join("guest-image");
+    std::fs::create_dir_all(&cache)?;
+    let (package, info) = resolve_kernel(kernel)?;
+    progress(format!("kernel {package} {}", info.version));
+    let busybox = busybox()?;
+    let busybox_bytes = std::fs::read(&busybox)?;
+    if !is_static_elf(&busybox_bytes)? {
+        bail!("{} is not statically linked", busybox.display());
+    }
+    let check = build_check()?;
+    let check_bytes = std::fs::read(&check)?;
+    let init = init_script();
+    let key = cache_key(&[
+        ("package", package.as_bytes()),
+        ("version", info.version.as_bytes()),
+        ("init", init.as_bytes()),
+        ("applets", APPLETS.join(" ").as_bytes()),
+        ("busybox", &busybox_bytes),
+        ("atoll-check", &check_bytes),
+    ]);
+    let dir = cache.join(format!("{package}-{key}"));
+    let image = |cached| GuestImage {
+        package: package.clone(),
+        version: info.version.clone(),
+        kernel: dir.join("vmlinuz"),
+        initrd: dir.join("initrd.cpio.gz"),
+        dir: dir.clone(),
+        deb_bytes: info.size,
+        cached,
+    };
+    if dir.join("manifest.json").exists() {
+        progress(format!("cached: {}", dir.display()));
+        return Ok(image(true));
+    }
+
+    let deb = download(&cache, &package, &info)?;
+    let kdir = extract_kernel(&cache, &package, &info, &deb)?;
+
+    progress("building the initramfs (busybox, /init, atoll-check)");
+    let tmp = cache.join(format!("{package}-{key}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let rootfs = tmp.join("rootfs");
+    for d in ["bin", "dev", "proc", "sys", "tmp"] {
+        std::fs::create_dir_all(rootfs.join(d))?;
+    }
+    std::fs::copy(&busybox, rootfs.join("bin/busybox"))?;
+    for a in APPLETS {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a))?;
+    }
+    std::fs::copy(&check, rootfs.join("atoll-check"))?;
+    std::fs::write(rootfs.join("init"), &init)?;
+    std::fs::write(tmp.join("init"), &init)?;
+    use std::os::unix::fs::PermissionsExt;
+    for f in ["init", "atoll-check", "bin/busybox"] {
+        std::fs::set_permissions(rootfs.join(f), std::fs::Permissions::from_mode(0o755))?;
+    }
+    write_initramfs(&rootfs, &tmp.join("initrd.cpio.gz"))?;
+    std::fs::remove_dir_all(&rootfs)?;
+    std::fs::copy(kdir.join("vmlinuz"), tmp.join("vmlinuz"))?;
+    if kdir.join("config").exists() {
+        std::fs::copy(kdir.join("config"), tmp.join("config"))?;
+    }
+    let manifest = serde_json::json!({
+        "package": package,
+        "version": info.version,
+        "deb": deb,
+        "deb_bytes": info.size,
+        "key": key,
+        "busybox": busybox,
+        "atoll_check": check,
+        "applets": APPLETS,
+        "vmlinuz_bytes": std::fs::metadata(tmp.join("vmlinuz"))?.len(),
+        "initrd_bytes": std::fs::metadata(tmp.join("initrd.cpio.gz"))?.len(),
+        "cmdline_example": GuestImage::cmdline(2, 512),
+    });
+    std::fs::write(
+        tmp.join("manifest.json"),
+        serde_json::to_string_pretty(&manifest)?,
+    )?;
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&tmp, &dir)
+        .with_context(|| format!("moving {} to {}", tmp.display(), dir.display()))?;
+    // Older images of this kernel are stale (their inputs changed): keep only this one.
+    for e in std::fs::read_dir(&cache)?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if is_image_dir_of(&name, &package) && e.path() != dir {
+            progress(format!("removing the stale image {name}"));
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+    Ok(image(false))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The smoke test: QEMU boots the image directly.
+
+/// What a smoke-test boot showed.
+#[derive(Clone, Debug)]
+pub struct SmokeOutcome {
+    /// The report, if the guest printed one.
+    pub report: Option<GuestReport>,
+    /// From QEMU's start to the report line.
+    pub to_report: Option<Duration>,
+    /// From QEMU's start to its exit (power-off), if it exited.
+    pub to_poweroff: Option<Duration>,
+    /// The timeout struck.
+    pub timed_out: bool,
+    /// The console.
+    pub console: String,
+    /// The console log file.
+    pub log: PathBuf,
+}
+
+impl SmokeOutcome {
+    /// The line is there, `ok` is true and the VM powered off.
+    pub fn passed(&self) -> bool {
+        self.report.as_ref().is_some_and(|r| r.ok) && self.to_poweroff.is_some()
+    }
+
+    /// Why it failed, with the console's tail.
+    pub fn failure(&self) -> String {
+        let mut why = Vec::new();
+        match &self.report {
+            None => why.push("no ATOLL-GUEST-CHECK line on the console".to_string()),
+            Some(r) if !r.ok => {
+                for p in r.report["problems"].as_array().into_iter().flatten() {
+                    why.push(format!("guest check: {}", p.as_str().unwrap_or_default()));
+                }
+                for w in r.report["dmesg_warnings"].as_array().into_iter().flatten() {
+                    why.push(format!("  kernel: {}", w.as_str().unwrap_or_default()));
+                }
+            }
+            Some(_) => {}
+        }
+        if self.timed_out {
+            why.push("timed out".into());
+        } else if self.to_poweroff.is_none() {
+            why.push("the VM did not power off".into());
+        }
+        let lines: Vec<&str> = self.console.lines().collect();
+        format!(
+            "guest image smoke test failed:\n  {}\nlast lines of the console ({}):\n{}",
+            why.join("\n  "),
+            self.log.display(),
+            lines[lines.len().saturating_sub(25)..].join("\n")
+        )
+    }
+}
+
+/// The kernel command line of a smoke-test boot.
+pub fn smoke_cmdline(cpus: u32, memory: u32) -> String {
+    format!(
+        "{} atoll.tolerate={}",
+        GuestImage::cmdline(cpus, memory),
+        TCG_TOLERATED.join(",")
+    )
+}
+
+fn spawn_qemu(img: &GuestImage, cpus: u32, memory: u32, log: &Path) -> Result<Child> {
+    let qemu_log = std::fs::File::create(log.with_file_name("qemu.log"))?;
+    Command::new("qemu-system-x86_64")
+        .args(["-machine", "q35", "-cpu", "max", "-accel", "tcg"])
+        .args(["-smp", &cpus.to_string(), "-m", &memory.to_string()])
+        .arg("-kernel")
+        .arg(&img.kernel)
+        .arg("-initrd")
+        .arg(&img.initrd)
+        .args(["-append", &smoke_cmdline(cpus, memory)])
+        .args([
+            "-display", "none", "-vga", "none", "-net", "none", "-monitor", "none",
+        ])
+        .arg("-serial")
+        .arg(format!("file:{}", log.display()))
+        .arg("-no-reboot")
+        .stdin(Stdio::null())
+        .stdout(qemu_log.try_clone()?)
+        .stderr(qemu_log)
+        .spawn()
+        .context("starting qemu-system-x86_64 (run `cargo xtask setup`)")
+}
+
+/// Boots `img` in QEMU (q35, `-cpu max`, TCG) with `cpus` and `memory` MiB, streaming the
+/// console to stdout when `stream`, until it powers off or `timeout` passes.
+pub fn smoke_test(
+    img: &GuestImage,
+    cpus: u32,
+    memory: u32,
+    timeout: Duration,
+    stream: bool,
+) -> Result<SmokeOutcome> {
+    if !(1..=64).contains(&cpus) {
+        bail!("--cpus {cpus}: must be between 1 and 64");
+    }
+    if !(128..=16384).contains(&memory) {
+        bail!("--memory {memory}: must be between 128 and 16384 MiB");
+    }
+    let work = crate::target_dir()
+        .join("runs")
+        .join(format!("guest-image-{cpus}cpu-{memory}m"));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    let log = work.join("console.log");
+    std::fs::write(&log, "")?;
+    progress(format!(
+        "booting {} in QEMU ({cpus} CPUs, {memory} MiB, timeout {} s)",
+        img.package,
+        timeout.as_secs()
+    ));
+    let mut child = spawn_qemu(img, cpus, memory, &log)?;
+    let start = Instant::now();
+    let (mut seen, mut console) = (0usize, String::new());
+    let mut to_report = None;
+    let mut to_poweroff = None;
+    let mut timed_out = false;
+    let mut read_new = |console: &mut String, partial_too: bool| {
+        let bytes = std::fs::read(&log).unwrap_or_default();
+        if bytes.len() <= seen {
+            return;
+        }
+        let new = String::from_utf8_lossy(&bytes[seen..]).into_owned();
+        let end = if partial_too {
+            Some(new.len())
+        } else {
+            new.rfind('\n').map(|i| i + 1)
+        };
+        if let Some(end) = end {
+            let chunk = &new[..end];
+            if stream {
+                print!("{}", chunk.replace('\r', ""));
+                let _ = std::io::stdout().flush();
+            }
+            console.push_str(chunk);
+            seen += chunk.len();
+        }
+    };
+    loop {
+        read_new(&mut console, false);
+        if to_report.is_none() && console.contains(REPORT_PREFIX) {
+            to_report = Some(start.elapsed());
+        }
+        if child.try_wait()?.is_some() {
+            to_poweroff = Some(start.elapsed());
+            read_new(&mut console, true);
+            break;
+        }
+        // After the report the guest only powers off: give it a little while.
+        let limit = match to_report {
+            Some(t) => timeout.min(t + Duration::from_secs(30)),
+            None => timeout,
+        };
+        if start.elapsed() > limit {
+            timed_out = to_report.is_none();
+            let _ = child.kill();
+            let _ = child.wait();
+            read_new(&mut console, true);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let console = console.replace('\r', "");
+    if to_report.is_none() && console.contains(REPORT_PREFIX) {
+        to_report = to_poweroff;
+    }
+    Ok(SmokeOutcome {
+        report: parse_console(&console)?,
+        to_report,
+        to_poweroff,
+        timed_out,
+        console,
+        log,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn versions_compare_naturally() {
+        assert_eq!(compare_versions("6.1.0-9", "6.1.0-56"), Ordering::Less);
+        assert_eq!(compare_versions("6.1.0-56", "6.1.0-56"), Ordering::Equal);
+        assert_eq!(compare_versions("6.12.9", "6.12.10"), Ordering::Less);
+        assert_eq!(
+            compare_versions("6.12.90+deb12", "6.12.90+deb12.1"),
+            Ordering::Less
+        );
+        assert_eq!(compare_versions("6.1.0-050", "6.1.0-49"), Ordering::Greater);
+        assert_eq!(compare_versions("6.1.0-5", "6.1.0-5a"), Ordering::Less);
+    }
+
+    #[test]
+    fn kernel_package_names() {
+        assert_eq!(
+            parse_kernel_package("linux-image-6.1.0-56-amd64"),
+            Some(("6.1.0-56", "amd64"))
+        );
+        assert_eq!(
+            parse_kernel_package("linux-image-6.1.0-56-cloud-amd64"),
+            Some(("6.1.0-56", "cloud"))
+        );
+        assert_eq!(
+            parse_kernel_package("linux-image-6.12.43+deb12-rt-amd64"),
+            Some(("6.12.43+deb12", "rt"))
+        );
+        assert_eq!(parse_kernel_package("linux-image-6.12-amd64"), None);
+        assert_eq!(parse_kernel_package("linux-image-amd64"), None);
+        assert_eq!(parse_kernel_package("linux-image-6.1.0-56-amd64-dbg"), None);
+        assert_eq!(
+            parse_kernel_package("linux-image-6.1.0-56-amd64-unsigned"),
+            None
+        );
+        assert_eq!(parse_kernel_package("linux-headers-6.1.0-56-amd64"), None);
+    }
+
+    const SEARCH: &str = "\
+linux-image-6.12.43+deb12-amd64 - Linux 6.12 for 64-bit PCs (signed)
+linux-image-6.12.43+deb12-cloud-amd64 - Linux 6.12 for x86-64 cloud (signed)
+linux-image-6.1.0-9-amd64 - Linux 6.1 for 64-bit PCs (signed)
+linux-image-6.1.0-47-amd64 - Linux 6.1 for 64-bit PCs (signed)
+linux-image-6.1.0-47-cloud-amd64 - Linux 6.1 for x86-64 cloud (signed)
+linux-image-6.1.0-47-rt-amd64 - Linux 6.1 for 64-bit PCs, PREEMPT_RT (signed)
+linux-image-6.12-amd64 - Linux for 64-bit PCs (meta-package)
+linux-image-6.1.0-56-amd64 - Linux 6.1 for 64-bit PCs (signed)
+linux-image-6.1.0-56-cloud-amd64 - Linux 6.1 for x86-64 cloud (signed)
+linux-image-6.1.0-50-amd64 - Linux 6.1 for 64-bit PCs (signed)
+linux-image-6.12.117+deb12-amd64 - Linux 6.12 for 64-bit PCs (signed)
+";
+
+    #[test]
+    fn the_newest_kernel_of_the_series_and_flavour_wins() {
+        let n = search_names(SEARCH);
+        assert_eq!(n.len(), 11);
+        assert_eq!(
+            pick_kernel(&n, "6.1", "amd64").unwrap(),
+            "linux-image-6.1.0-56-amd64"
+        );
+        assert_eq!(
+            pick_kernel(&n, "6.1", "cloud").unwrap(),
+            "linux-image-6.1.0-56-cloud-amd64"
+        );
+        assert_eq!(
+            pick_kernel(&n, "6.1", "rt").unwrap(),
+            "linux-image-6.1.0-47-rt-amd64"
+        );
+        assert_eq!(
+            pick_kernel(&n, "6.12", "amd64").unwrap(),
+            "linux-image-6.12.117+deb12-amd64"
+        );
+        assert_eq!(pick_kernel(&n, "6.2", "amd64"), None);
+        assert_eq!(pick_kernel(&names(&[]), "6.1", "amd64"), None);
+        // Never a debug or unsigned image, never a meta-package.
+        let odd = names(&[
+            "linux-image-6.1.0-99-amd64-dbg",
+            "linux-image-6.1.0-99-amd64-unsigned",
+            "linux-image-6.1-amd64",
+            "linux-image-6.1.0-3-amd64",
+        ]);
+        assert_eq!(
+            pick_kernel(&odd, "6.1", "amd64").unwrap(),
+            "linux-image-6.1.0-3-amd64"
+        );
+    }
+
+    #[test]
+    fn kernel_choices() {
+        assert_eq!(
+            KernelChoice::parse(None).unwrap(),
+            KernelChoice::Newest("amd64".into())
+        );
+        assert_eq!(
+            KernelChoice::parse(Some("cloud")).unwrap(),
+            KernelChoice::Newest("cloud".into())
+        );
+        assert_eq!(
+            KernelChoice::parse(Some("linux-image-6.1.0-56-cloud-amd64")).unwrap(),
+            KernelChoice::Package("linux-image-6.1.0-56-cloud-amd64".into())
+        );
+        for bad in [
+            "linux-image-amd64",
+            "bzImage",
+            "linux-image-6.1.0-56-amd64-dbg",
+            "xen",
+        ] {
+            let e = KernelChoice::parse(Some(bad)).unwrap_err().to_string();
+            assert!(e.contains("--kernel"), "{e}");
+        }
+    }
+
+    #[test]
+    fn package_records() {
+        let text = "Package: linux-image-6.1.0-56-amd64\nSource: linux-signed-amd64 (6.1.192+2)\n\
+                    Version: 6.1.192-2\nSize: 70550672\n\
+                    Filename: pool/updates/main/l/linux-signed-amd64/linux-image-6.1.0-56-amd64_6.1.192-2_amd64.deb\n\
+                    Description: Linux 6.1\n\nPackage: other\nVersion: 9\n";
+        assert_eq!(
+            parse_package_info(text).unwrap(),
+            PackageInfo {
+                version: "6.1.192-2".into(),
+                size: 70_550_672,
+                filename: "pool/updates/main/l/linux-signed-amd64/linux-image-6.1.0-56-amd64_6.1.192-2_amd64.deb".into(),
+            }
+        );
+        assert_eq!(parse_package_info("Package: x\nVersion: 1\n"), None);
+        assert_eq!(parse_package_info(""), None);
+    }
+
+    #[test]
+    fn init_script_runs_the_check_and_powers_off() {
+        let s = init_script();
+        assert!(s.starts_with("#!/bin/sh\n"));
+        for needle in [
+            "mount -t proc proc /proc",
+            "mount -t sysfs sysfs /sys",
+            "mount -t devtmpfs devtmpfs /dev",
+            "atoll.expect_cpus=*) args=\"$args --expect-cpus ${word#*=}\"",
+            "atoll.expect_mem=*) args=\"$args --expect-memory-mib ${word#*=}\"",
+            "/atoll-check $args\n",
+            "echo \"ATOLL-GUEST-EXIT status=$?\"",
+            "poweroff -f\n",
+        ] {
+            assert!(s.contains(needle), "missing: {needle}");
+        }
+        // The check runs before the power-off, and every applet the script calls is linked.
+        assert!(s.find("/atoll-check $args").unwrap() < s.find("poweroff -f").unwrap());
+        for applet in ["mount", "cat", "echo", "poweroff", "sleep", "sh"] {
+            assert!(APPLETS.contains(&applet), "{applet}");
+        }
+        // No globbing of command-line words.
+        assert!(s.find("set -f").unwrap() < s.find("$(cat /proc/cmdline)").unwrap());
+    }
+
+    #[test]
+    fn init_script_passes_expectations_through() {
+        // Run the argument-building part of /init with the host's sh on a sample command line.
+        let script = init_script();
+        let start = script.find("set -f").unwrap();
+        let end = script.find("echo \"atoll-init").unwrap();
+        let fragment = script[start..end].replace("$(cat /proc/cmdline)", "$CMDLINE");
+        let out = Command::new("sh")
+            .args([
+                "-c",
+                &format!("{fragment}\nprintf '%s|%s' \"$args\" \"$shell\""),
+            ])
+            .env(
+                "CMDLINE",
+                "console=ttyS0 atoll.expect_cpus=2 quiet atoll.expect_mem=512 atoll.shell=1 * \
+                 atoll.tolerate=tsc-unstable,tsc-calibration",
+            )
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            " --expect-cpus 2 --expect-memory-mib 512 --tolerate tsc-unstable,tsc-calibration|1"
+        );
+        assert_eq!(
+            smoke_cmdline(4, 1024),
+            "console=ttyS0 atoll.expect_cpus=4 atoll.expect_mem=1024 \
+             atoll.tolerate=tsc-calibration,tsc-unstable,delay-calibration,apic-calibration,\
+             clocksource-unstable"
+        );
+    }
+
+    #[test]
+    fn cache_keys_change_with_every_input() {
+        let base = [("package", b"a".as_slice()), ("init", b"x".as_slice())];
+        let k = cache_key(&base);
+        assert_eq!(k.len(), 16);
+        assert_eq!(k, cache_key(&base));
+        assert_ne!(
+            k,
+            cache_key(&[("package", b"a".as_slice()), ("init", b"y".as_slice())])
+        );
+        assert_ne!(
+            k,
+            cache_key(&[("package", b"b".as_slice()), ("init", b"x".as_slice())])
+        );
+        // Field boundaries count: "ab"+"" differs from "a"+"b".
+        assert_ne!(
+            cache_key(&[("p", b"ab".as_slice()), ("q", b"".as_slice())]),
+            cache_key(&[("p", b"a".as_slice()), ("q", b"b".as_slice())])
+        );
+    }
+
+    #[test]
+    fn image_directories() {
+        let p = "linux-image-6.1.0-56-amd64";
+        assert!(is_image_dir_of(
+            "linux-image-6.1.0-56-amd64-d36d47bfa080ef5e",
+            p
+        ));
+        assert!(!is_image_dir_of(
+            "linux-image-6.1.0-56-cloud-amd64-9dbeefe78200af12",
+            p
+        ));
+        assert!(!is_image_dir_of(
+            "linux-image-6.1.0-56-amd64-d36d47bfa080ef5e.tmp-12",
+            p
+        ));
+        assert!(!is_image_dir_of("linux-image-6.1.0-56-amd64-xyz", p));
+        assert!(!is_image_dir_of("debs", p));
+        assert!(!is_image_dir_of("kernels", p));
+    }
+
+    #[test]
+    fn static_elf_detection() {
+        // A minimal ELF64 x86-64 header with one program header of the given type.
+        let elf = |ty: u32| {
+            let mut b = vec![0u8; 64 + 56];
+            b[..4].copy_from_slice(b"\x7fELF");
+            b[4] = 2;
+            b[18] = 62;
+            b[32..40].copy_from_slice(&64u64.to_le_bytes());
+            b[54..56].copy_from_slice(&56u16.to_le_bytes());
+            b[56..58].copy_from_slice(&1u16.to_le_bytes());
+            b[64..68].copy_from_slice(&ty.to_le_bytes());
+            b
+        };
+        assert!(is_static_elf(&elf(1)).unwrap());
+        assert!(!is_static_elf(&elf(3)).unwrap());
+        assert!(is_static_elf(b"#!/bin/sh\n").is_err());
+        let mut arm = elf(1);
+        arm[18] = 183;
+        assert!(is_static_elf(&arm).is_err());
+        assert!(is_static_elf(&elf(1)[..66]).is_err());
+        // The host's own shell is dynamic on Debian.
+        if let Ok(sh) = std::fs::read("/bin/bash") {
+            assert!(!is_static_elf(&sh).unwrap());
+        }
+    }
+
+    #[test]
+    fn console_parsing() {
+        let console =
+            "[    0.000000] Linux version 6.1.0\natoll-init: /atoll-check --expect-cpus 2\n\
+                       ATOLL-GUEST-CHECK {\"ok\":true,\"cpus\":2}\nATOLL-GUEST-EXIT status=0\n\
+                       [    3.1] reboot: Power down\n";
+        let r = parse_console(console).unwrap().unwrap();
+        assert!(r.ok);
+        assert_eq!(r.report["cpus"], 2);
+        assert_eq!(r.exit_status, Some(0));
+        // A kernel message may precede it on the same line.
+        let mixed = "[ 1.0] random: crng init doneATOLL-GUEST-CHECK {\"ok\":false}\n";
+        let r = parse_console(mixed).unwrap().unwrap();
+        assert!(!r.ok);
+        assert_eq!(r.exit_status, None);
+        assert!(parse_console("no report\n").unwrap().is_none());
+        assert!(parse_console("ATOLL-GUEST-CHECK {oops\n").is_err());
+        assert!(parse_console("ATOLL-GUEST-CHECK {\"cpus\":1}\n").is_err());
+    }
+}

@@ -24,6 +24,17 @@ pub fn line(s: &str) {
     let _ = port.write_str("\n");
 }
 
+/// Writes `s` and a newline if no other core holds the port right now; false (nothing written)
+/// otherwise. For exit paths, which must never wait on another core.
+pub fn try_line(s: &str) -> bool {
+    let Some(mut port) = PORT.try_lock() else {
+        return false;
+    };
+    let _ = port.write_str(s);
+    let _ = port.write_str("\n");
+    true
+}
+
 /// Writes formatted text, atomically with respect to other cores.
 pub fn print(args: core::fmt::Arguments) {
     let _ = PORT.lock().write_fmt(args);

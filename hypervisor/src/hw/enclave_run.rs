@@ -81,7 +81,12 @@ impl Backend for SvmVcpu {
     }
 }
 
-fn run_loop(vcpu: &mut impl Backend, spec: &RunSpec, run: &mut EnclaveRun) -> EndReason {
+fn run_loop(
+    vcpu: &mut impl Backend,
+    spec: &RunSpec,
+    run: &mut EnclaveRun,
+    console: &mut EnclaveConsole,
+) -> EndReason {
     log::info!(
         "enclave '{}' starts on this core ({} MiB at {})",
         spec.config.name,
@@ -102,21 +107,19 @@ fn run_loop(vcpu: &mut impl Backend, spec: &RunSpec, run: &mut EnclaveRun) -> En
         if let Exit::ExternalInterrupt { vector: Some(_) } = exit {
             super::apic::eoi();
         }
-        match exits::handle(
-            exit,
-            vcpu,
-            &mut mem,
-            run,
-            &mut ThisCore,
-            &mut EnclaveConsole,
-        ) {
+        match exits::handle(exit, vcpu, &mut mem, run, &mut ThisCore, console) {
             Action::Resume => {}
             Action::Stop(reason) => return reason,
         }
     }
 }
 
-fn start(spec: &RunSpec, core: &CoreSlotVirt, run: &mut EnclaveRun) -> EndReason {
+fn start(
+    spec: &RunSpec,
+    core: &CoreSlotVirt,
+    run: &mut EnclaveRun,
+    console: &mut EnclaveConsole,
+) -> EndReason {
     let virt = core.0.call_once(|| match spec.second_stage {
         SecondStage::Ept(_) => CoreState::enable()
             .map(CoreVirt::Vmx)
@@ -131,13 +134,13 @@ fn start(spec: &RunSpec, core: &CoreSlotVirt, run: &mut EnclaveRun) -> EndReason
         )),
         (Ok(CoreVirt::Vmx(state)), SecondStage::Ept(eptp)) => {
             match VmxVcpu::new(state, &spec.boot, eptp, spec.tag) {
-                Ok(mut vcpu) => run_loop(&mut vcpu, spec, run),
+                Ok(mut vcpu) => run_loop(&mut vcpu, spec, run, console),
                 Err(e) => EndReason::Failed(alloc::format!("cannot build the vCPU: {e}")),
             }
         }
         (Ok(CoreVirt::Svm(state)), SecondStage::Npt(root)) => {
             match SvmVcpu::new(state, &spec.boot, root, u32::from(spec.tag), spec.ram) {
-                Ok(mut vcpu) => run_loop(&mut vcpu, spec, run),
+                Ok(mut vcpu) => run_loop(&mut vcpu, spec, run, console),
                 Err(e) => EndReason::Failed(alloc::format!("cannot build the vCPU: {e:?}")),
             }
         }
@@ -148,8 +151,10 @@ fn start(spec: &RunSpec, core: &CoreSlotVirt, run: &mut EnclaveRun) -> EndReason
 /// Runs `spec` on this core to its end and reports it.
 pub fn run(spec: &RunSpec, core: &CoreSlotVirt) -> EnclaveReport {
     let mut run = EnclaveRun::new(&spec.config.name, spec.config.io_unknown);
-    let reason = start(spec, core, &mut run);
-    run.uart.flush(&spec.config.name, &mut EnclaveConsole);
+    let mut console = EnclaveConsole::default();
+    let reason = start(spec, core, &mut run, &mut console);
+    run.uart.flush(&spec.config.name, &mut console);
+    console.flush();
     log::info!("enclave '{}' ended: {reason}", spec.config.name);
     let mut report = EnclaveReport {
         name: spec.config.name.clone(),

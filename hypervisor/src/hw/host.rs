@@ -22,11 +22,42 @@ impl HostCpu for ThisCore {
     }
 }
 
-/// atoll's console, one line per enclave line: `[name] text`.
-pub struct EnclaveConsole;
+/// atoll's console as one enclave sees it, one line per enclave line: `[name] text`.
+///
+/// The serial port is shared by every core, so an exit never waits for it: a line goes out only
+/// if the port's lock is free at once, otherwise it waits in this enclave's own queue and goes
+/// out, in order, at a later exit or when the enclave ends ([`EnclaveConsole::flush`]).
+#[derive(Default)]
+pub struct EnclaveConsole {
+    pending: alloc::collections::VecDeque<alloc::string::String>,
+}
+
+/// Lines an enclave may have queued before the oldest are dropped (and the drop is reported).
+const MAX_PENDING: usize = 1024;
+
+impl EnclaveConsole {
+    /// Prints every queued line, waiting for the port if it must (end of the enclave only).
+    pub fn flush(&mut self) {
+        while let Some(l) = self.pending.pop_front() {
+            super::console::line(&l);
+        }
+    }
+}
 
 impl Console for EnclaveConsole {
     fn line(&mut self, name: &str, text: &str) {
-        super::console::print(format_args!("[{name}] {text}\n"));
+        if self.pending.len() == MAX_PENDING {
+            self.pending.pop_front();
+            self.pending.push_back(alloc::format!(
+                "[{name}] (console lines dropped: the serial port stayed busy)"
+            ));
+        }
+        self.pending.push_back(alloc::format!("[{name}] {text}"));
+        while let Some(l) = self.pending.front() {
+            if !super::console::try_line(l) {
+                break;
+            }
+            self.pending.pop_front();
+        }
     }
 }

@@ -109,6 +109,10 @@ pub enum EndReason {
         name: &'static str,
         rip: u64,
     },
+    /// The guest entered ACPI S5 through its sleep control register.
+    PowerOff,
+    /// The guest wrote the ACPI reset register.
+    Reset,
     /// atoll could not run the enclave (setup or entry failure).
     Failed(String),
 }
@@ -125,6 +129,8 @@ impl EndReason {
             EndReason::IoDenied { .. } => "io_denied",
             EndReason::Unsupported { .. } => "unsupported",
             EndReason::UnknownExit { .. } => "unknown_exit",
+            EndReason::PowerOff => "power_off",
+            EndReason::Reset => "reset",
             EndReason::Failed(_) => "failed",
         }
     }
@@ -163,6 +169,8 @@ impl fmt::Display for EndReason {
             EndReason::UnknownExit { code, name, rip } => {
                 write!(f, "unhandled exit {name} ({code}) at RIP {rip:#x}")
             }
+            EndReason::PowerOff => write!(f, "the guest powered off (ACPI S5)"),
+            EndReason::Reset => write!(f, "the guest reset itself (ACPI reset register)"),
             EndReason::Failed(why) => write!(f, "{why}"),
         }
     }
@@ -423,6 +431,39 @@ fn io(
         }
         vcpu.skip_instruction();
         return Action::Resume;
+    }
+    // The power-management registers the enclave's FADT advertises (hardware-reduced ACPI).
+    match (port, write) {
+        (crate::vacpi::SLEEP_CONTROL_PORT, true) => {
+            let value = vcpu.gpr(Gpr::Rax) as u8;
+            if crate::vacpi::requested_sleep_type(value) == Some(crate::vacpi::S5_SLP_TYP) {
+                run.uart.flush(&run.name.clone(), console);
+                return Action::Stop(EndReason::PowerOff);
+            }
+            // Other sleep states are not offered: the write has no effect.
+            vcpu.skip_instruction();
+            return Action::Resume;
+        }
+        (crate::vacpi::RESET_PORT, true)
+            if vcpu.gpr(Gpr::Rax) as u8 == crate::vacpi::RESET_VALUE =>
+        {
+            run.uart.flush(&run.name.clone(), console);
+            return Action::Stop(EndReason::Reset);
+        }
+        (
+            crate::vacpi::SLEEP_CONTROL_PORT
+            | crate::vacpi::SLEEP_STATUS_PORT
+            | crate::vacpi::RESET_PORT,
+            _,
+        ) => {
+            // Reads return 0 (nothing pending); other writes (WAK_STS clears) are accepted.
+            if !write {
+                set_io_result(vcpu, size, 0);
+            }
+            vcpu.skip_instruction();
+            return Action::Resume;
+        }
+        _ => {}
     }
     run.io_denied += 1;
     match run.io_policy {
@@ -982,6 +1023,59 @@ mod tests {
         w.vcpu.injected = None;
         assert_eq!(w.exit(Exit::Hypercall), Action::Resume);
         assert_eq!(w.vcpu.injected, Some((vector::UD, None)));
+    }
+
+    #[test]
+    fn acpi_power_off_and_reset_end_the_enclave() {
+        let out = |port: u16| Exit::Io {
+            port,
+            size: 1,
+            write: true,
+            string: false,
+            rep: false,
+        };
+        let mut w = World::new(IoPolicy::Stop);
+        // Pending COM1 output is flushed first.
+        w.vcpu.gprs[Gpr::Rax as usize] = u64::from(b'x');
+        w.exit(out(0x3f8));
+        w.vcpu.gprs[Gpr::Rax as usize] = u64::from(crate::vacpi::S5_SLEEP_CONTROL_VALUE);
+        assert_eq!(
+            w.exit(out(crate::vacpi::SLEEP_CONTROL_PORT)),
+            Action::Stop(EndReason::PowerOff)
+        );
+        assert_eq!(w.console.0, vec![("alpha".to_string(), "x".to_string())]);
+        // S3 (or SLP_EN clear) is not offered: no effect, not an I/O-policy stop.
+        w.vcpu.gprs[Gpr::Rax as usize] = (3 << 2) | (1 << 5);
+        assert_eq!(
+            w.exit(out(crate::vacpi::SLEEP_CONTROL_PORT)),
+            Action::Resume
+        );
+        w.vcpu.gprs[Gpr::Rax as usize] = 0x80; // WAK_STS clear
+        assert_eq!(w.exit(out(crate::vacpi::SLEEP_STATUS_PORT)), Action::Resume);
+        w.vcpu.gprs[Gpr::Rax as usize] = u64::from(crate::vacpi::RESET_VALUE);
+        assert_eq!(
+            w.exit(out(crate::vacpi::RESET_PORT)),
+            Action::Stop(EndReason::Reset)
+        );
+        w.vcpu.gprs[Gpr::Rax as usize] = 0xffff_ffff;
+        w.exit(Exit::Io {
+            port: crate::vacpi::SLEEP_STATUS_PORT,
+            size: 1,
+            write: false,
+            string: false,
+            rep: false,
+        });
+        assert_eq!(
+            w.vcpu.gprs[Gpr::Rax as usize],
+            0xffff_ff00,
+            "status reads 0"
+        );
+        assert_eq!(w.run.io_denied, 0);
+        assert_eq!(EndReason::PowerOff.name(), "power_off");
+        assert_eq!(
+            EndReason::Reset.to_string(),
+            "the guest reset itself (ACPI reset register)"
+        );
     }
 
     #[test]

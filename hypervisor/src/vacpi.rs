@@ -68,25 +68,25 @@ use boot::GuestPhysAddr;
 use core::fmt;
 
 /// I/O port of the FADT's reset register (ACPI 6.5 §4.8.3.6), 8 bits wide.
-pub const RESET_PORT: u16 = 0x604;
+pub const RESET_PORT: u16 = atoll_abi::acpi_pm::RESET_PORT;
 /// The value that resets the enclave when written to [`RESET_PORT`] (FADT RESET_VALUE).
-pub const RESET_VALUE: u8 = 0x01;
+pub const RESET_VALUE: u8 = atoll_abi::acpi_pm::RESET_VALUE;
 /// I/O port of the FADT's SLEEP_CONTROL_REG (ACPI 6.5 §4.8.3.7), 8 bits wide.
-pub const SLEEP_CONTROL_PORT: u16 = 0x600;
+pub const SLEEP_CONTROL_PORT: u16 = atoll_abi::acpi_pm::SLEEP_CONTROL_PORT;
 /// I/O port of the FADT's SLEEP_STATUS_REG (ACPI 6.5 §4.8.3.7), 8 bits wide.
-pub const SLEEP_STATUS_PORT: u16 = 0x601;
+pub const SLEEP_STATUS_PORT: u16 = atoll_abi::acpi_pm::SLEEP_STATUS_PORT;
 /// SLP_TYP for S5 (soft off): both elements of the DSDT's `\_S5` package (ACPI 6.5 §7.4.2).
-pub const S5_SLP_TYP: u8 = 5;
+pub const S5_SLP_TYP: u8 = atoll_abi::acpi_pm::S5_SLP_TYP;
 /// Position of SLP_TYP in the sleep-control register (ACPI 6.5 §4.8.3.7: bits 4:2).
-pub const SLP_TYP_SHIFT: u32 = 2;
+pub const SLP_TYP_SHIFT: u32 = atoll_abi::acpi_pm::SLP_TYP_SHIFT;
 /// SLP_TYP's bits in the sleep-control register.
 pub const SLP_TYP_MASK: u8 = 0b111 << SLP_TYP_SHIFT;
 /// SLP_EN: writing it with SLP_TYP enters that sleep state (ACPI 6.5 §4.8.3.7: bit 5).
-pub const SLP_EN: u8 = 1 << 5;
+pub const SLP_EN: u8 = atoll_abi::acpi_pm::SLP_EN;
 /// WAK_STS in the sleep-status register (ACPI 6.5 §4.8.3.7: bit 7, write one to clear).
 pub const WAK_STS: u8 = 1 << 7;
 /// What Linux writes to [`SLEEP_CONTROL_PORT`] to power off: S5's SLP_TYP with SLP_EN (0x34).
-pub const S5_SLEEP_CONTROL_VALUE: u8 = (S5_SLP_TYP << SLP_TYP_SHIFT) | SLP_EN;
+pub const S5_SLEEP_CONTROL_VALUE: u8 = atoll_abi::acpi_pm::S5_SLEEP_CONTROL_VALUE;
 /// The local APIC's MMIO base in the MADT (the architectural default).
 pub const LOCAL_APIC_BASE: u64 = 0xfee0_0000;
 /// COM1's I/O base as the DSDT describes it (eight ports).

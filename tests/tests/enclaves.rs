@@ -189,3 +189,19 @@ fn bochs_vmx_a_triple_fault_stops_only_that_enclave() {
 fn qemu_svm_a_triple_fault_stops_only_that_enclave() {
     triple_fault(Emulator::Qemu);
 }
+
+#[test]
+fn qemu_svm_acpi_power_off_and_reset_end_enclaves_cleanly() {
+    let o = boot(Emulator::Qemu, "acpi-power");
+    assert_eq!(get(&o, "enclaves.alpha.end_reason"), "power_off");
+    assert_eq!(get(&o, "enclaves.beta.end_reason"), "reset");
+    // The ports are the platform's, not unemulated ones.
+    assert_eq!(
+        get(&o, "enclaves.alpha.io_denied"),
+        1,
+        "only the suite's own denied-port probe"
+    );
+    assert!(o
+        .serial
+        .contains("[alpha] guest-suite: powering off through the ACPI sleep control register"));
+}

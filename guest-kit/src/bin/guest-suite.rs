@@ -347,6 +347,28 @@ guest_gp_handler:
                 let _ = writeln!(Com1, "guest-suite: read {v} past RAM and was not stopped");
                 exit(4)
             }
+            "poweroff" => {
+                let _ = writeln!(
+                    Com1,
+                    "guest-suite: powering off through the ACPI sleep control register"
+                );
+                outb(
+                    atoll_abi::acpi_pm::SLEEP_CONTROL_PORT,
+                    atoll_abi::acpi_pm::S5_SLEEP_CONTROL_VALUE,
+                );
+                exit(6)
+            }
+            "reset" => {
+                let _ = writeln!(
+                    Com1,
+                    "guest-suite: resetting through the ACPI reset register"
+                );
+                outb(
+                    atoll_abi::acpi_pm::RESET_PORT,
+                    atoll_abi::acpi_pm::RESET_VALUE,
+                );
+                exit(7)
+            }
             "triple-fault" => {
                 let _ = writeln!(Com1, "guest-suite: triple-faulting");
                 // SAFETY: an empty IDT turns the #UD into #GP, #DF and a triple fault: the

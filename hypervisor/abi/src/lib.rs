@@ -44,3 +44,25 @@ pub const MAX_HYPERCALL_BUFFER: u64 = 4096;
 pub const CPUID_HV_BASE: u32 = 0x4000_0000;
 /// Hypervisor signature in leaf 0x4000_0000 (EBX, ECX, EDX).
 pub const CPUID_SIGNATURE: &[u8; 12] = b"AtollHV\0\0\0\0\0";
+
+/// The enclave platform's ACPI power-management registers (hardware-reduced ACPI, advertised in
+/// the FADT atoll generates; ACPI 6.5 §4.8.3.6–4.8.3.7). A guest without an ACPI interpreter (the
+/// bare-metal test guests) may use them directly.
+pub mod acpi_pm {
+    /// The reset register's I/O port (8 bits).
+    pub const RESET_PORT: u16 = 0x604;
+    /// The value that resets the enclave when written to [`RESET_PORT`].
+    pub const RESET_VALUE: u8 = 0x01;
+    /// The sleep control register's I/O port (8 bits).
+    pub const SLEEP_CONTROL_PORT: u16 = 0x600;
+    /// The sleep status register's I/O port (8 bits).
+    pub const SLEEP_STATUS_PORT: u16 = 0x601;
+    /// SLP_TYP of S5 (soft off), as the DSDT's `\_S5` package says.
+    pub const S5_SLP_TYP: u8 = 5;
+    /// SLP_TYP's position in the sleep control register (bits 4:2).
+    pub const SLP_TYP_SHIFT: u32 = 2;
+    /// SLP_EN (bit 5): writing it with SLP_TYP enters that state.
+    pub const SLP_EN: u8 = 1 << 5;
+    /// What powers the enclave off when written to [`SLEEP_CONTROL_PORT`] (0x34).
+    pub const S5_SLEEP_CONTROL_VALUE: u8 = (S5_SLP_TYP << SLP_TYP_SHIFT) | SLP_EN;
+}

@@ -17,6 +17,7 @@ pub mod addr;
 pub mod entry;
 pub mod idt;
 pub mod info;
+pub mod regs;
 pub mod trampoline;
 
 pub use addr::{GuestPhysAddr, GuestVirtAddr, HostPhysAddr, PhysRange};

@@ -8,39 +8,7 @@
 use boot::GuestPhysAddr;
 use core::fmt;
 
-/// A general-purpose register.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Gpr {
-    Rax = 0,
-    Rcx = 1,
-    Rdx = 2,
-    Rbx = 3,
-    Rsp = 4,
-    Rbp = 5,
-    Rsi = 6,
-    Rdi = 7,
-    R8 = 8,
-    R9 = 9,
-    R10 = 10,
-    R11 = 11,
-    R12 = 12,
-    R13 = 13,
-    R14 = 14,
-    R15 = 15,
-}
-
-impl Gpr {
-    /// The register with the architectural number `n` (0 = RAX … 15 = R15, as in ModRM/REX).
-    pub fn from_index(n: u8) -> Option<Self> {
-        use Gpr::*;
-        [
-            Rax, Rcx, Rdx, Rbx, Rsp, Rbp, Rsi, Rdi, R8, R9, R10, R11, R12, R13, R14, R15,
-        ]
-        .get(usize::from(n))
-        .copied()
-    }
-}
+pub use boot::regs::Gpr;
 
 /// The accesses a nested-page fault was caused by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

@@ -9,68 +9,7 @@
 
 use crate::vmcb::{Field64, Vmcb};
 
-/// A general-purpose register as decode assists number it (APM Vol. 2 §15.33.1: EXITINFO1 bits
-/// 3:0; the x86 register encoding).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum Gpr {
-    /// 0 (in the VMCB, offset 5F8h).
-    Rax = 0,
-    /// 1.
-    Rcx = 1,
-    /// 2.
-    Rdx = 2,
-    /// 3.
-    Rbx = 3,
-    /// 4 (in the VMCB, offset 5D8h).
-    Rsp = 4,
-    /// 5.
-    Rbp = 5,
-    /// 6.
-    Rsi = 6,
-    /// 7.
-    Rdi = 7,
-    /// 8.
-    R8 = 8,
-    /// 9.
-    R9 = 9,
-    /// 10.
-    R10 = 10,
-    /// 11.
-    R11 = 11,
-    /// 12.
-    R12 = 12,
-    /// 13.
-    R13 = 13,
-    /// 14.
-    R14 = 14,
-    /// 15.
-    R15 = 15,
-}
-
-impl Gpr {
-    /// The register numbered by the low four bits of `n` (every value names a register).
-    pub const fn from_low_bits(n: u64) -> Self {
-        match n & 0xf {
-            0 => Self::Rax,
-            1 => Self::Rcx,
-            2 => Self::Rdx,
-            3 => Self::Rbx,
-            4 => Self::Rsp,
-            5 => Self::Rbp,
-            6 => Self::Rsi,
-            7 => Self::Rdi,
-            8 => Self::R8,
-            9 => Self::R9,
-            10 => Self::R10,
-            11 => Self::R11,
-            12 => Self::R12,
-            13 => Self::R13,
-            14 => Self::R14,
-            _ => Self::R15,
-        }
-    }
-}
+pub use boot::regs::Gpr;
 
 /// Guest general-purpose registers but RAX and RSP, which VMRUN and #VMEXIT do not switch
 /// (RAX holds the VMCB address for VMRUN and is switched through the VMCB). The layout is the

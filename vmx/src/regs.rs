@@ -5,68 +5,7 @@
 //! register numbering exit qualifications and instruction information use. Guest RSP, RIP and
 //! RFLAGS live in the VMCS guest-state area, not here.
 
-/// A general-purpose register as exit qualifications number it (SDM Vol. 3C §28.2.1, Table 28-3
-/// "general-purpose register" field; the x86 register encoding).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum Gpr {
-    /// 0.
-    Rax = 0,
-    /// 1.
-    Rcx = 1,
-    /// 2.
-    Rdx = 2,
-    /// 3.
-    Rbx = 3,
-    /// 4 (held in the VMCS guest-state area, not in [`GuestRegisters`]).
-    Rsp = 4,
-    /// 5.
-    Rbp = 5,
-    /// 6.
-    Rsi = 6,
-    /// 7.
-    Rdi = 7,
-    /// 8.
-    R8 = 8,
-    /// 9.
-    R9 = 9,
-    /// 10.
-    R10 = 10,
-    /// 11.
-    R11 = 11,
-    /// 12.
-    R12 = 12,
-    /// 13.
-    R13 = 13,
-    /// 14.
-    R14 = 14,
-    /// 15.
-    R15 = 15,
-}
-
-impl Gpr {
-    /// The register numbered by the low four bits of `n` (every value names a register).
-    pub const fn from_low_bits(n: u64) -> Self {
-        match n & 0xf {
-            0 => Self::Rax,
-            1 => Self::Rcx,
-            2 => Self::Rdx,
-            3 => Self::Rbx,
-            4 => Self::Rsp,
-            5 => Self::Rbp,
-            6 => Self::Rsi,
-            7 => Self::Rdi,
-            8 => Self::R8,
-            9 => Self::R9,
-            10 => Self::R10,
-            11 => Self::R11,
-            12 => Self::R12,
-            13 => Self::R13,
-            14 => Self::R14,
-            _ => Self::R15,
-        }
-    }
-}
+pub use boot::regs::Gpr;
 
 /// Guest general-purpose registers (all but RSP) and CR2, which VM entry and exit do not switch
 /// (SDM Vol. 3C §27.3.2 and §28.3 list what they do switch). The layout is the stub's ABI:

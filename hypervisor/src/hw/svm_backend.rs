@@ -356,7 +356,7 @@ impl SvmVcpu {
             },
             ExitCode::CrWrite(cr) => {
                 let gpr = match (self.decode_assists, CrDrAccess::from_exit_info1(i1)) {
-                    (true, CrDrAccess::Mov { gpr }) => Gpr::from_index(gpr as u8),
+                    (true, CrDrAccess::Mov { gpr }) => Some(gpr),
                     _ => self
                         .current_instruction()
                         .and_then(|d| d.mov_cr)
@@ -408,13 +408,11 @@ impl SvmVcpu {
 
 impl Vcpu for SvmVcpu {
     fn gpr(&self, r: Gpr) -> u64 {
-        self.regs
-            .read(&self.vmcb, svm::regs::Gpr::from_low_bits(r as u64))
+        self.regs.read(&self.vmcb, r)
     }
 
     fn set_gpr(&mut self, r: Gpr, v: u64) {
-        self.regs
-            .write(&mut self.vmcb, svm::regs::Gpr::from_low_bits(r as u64), v);
+        self.regs.write(&mut self.vmcb, r, v);
     }
 
     fn rip(&self) -> u64 {

@@ -489,7 +489,7 @@ impl VmxVcpu {
             BasicExitReason::Vmcall => Exit::Hypercall,
             BasicExitReason::ControlRegisterAccess => {
                 let a = CrAccess::from_qualification(q);
-                let gpr = Gpr::from_index(a.gpr as u8).unwrap_or(Gpr::Rax);
+                let gpr = a.gpr;
                 match a.access {
                     CrAccessType::MovToCr => Exit::CrWrite { cr: a.cr, gpr },
                     CrAccessType::MovFromCr => Exit::CrRead { cr: a.cr, gpr },
@@ -566,9 +566,7 @@ impl Vcpu for VmxVcpu {
         if r == Gpr::Rsp {
             return natural(FieldNatural::GuestRsp);
         }
-        self.regs
-            .gpr(vmx::regs::Gpr::from_low_bits(r as u64))
-            .unwrap_or(0)
+        self.regs.gpr(r).unwrap_or(0)
     }
 
     fn set_gpr(&mut self, r: Gpr, v: u64) {
@@ -576,7 +574,7 @@ impl Vcpu for VmxVcpu {
             let _ = vi::write_natural(FieldNatural::GuestRsp, v);
             return;
         }
-        if let Some(slot) = self.regs.gpr_mut(vmx::regs::Gpr::from_low_bits(r as u64)) {
+        if let Some(slot) = self.regs.gpr_mut(r) {
             *slot = v;
         }
     }

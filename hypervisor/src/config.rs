@@ -9,7 +9,18 @@
 //! entry = "long64"        # long64: 64-bit mode with identity paging; real16: real mode
 //! cmdline = "suite"       # text handed to the guest
 //! io_unknown = "ignore"   # ports other than COM1: ignore (reads all ones), fault (#GP), stop
+//!
+//! [[enclave]]
+//! name = "linux"
+//! cores = [1, 2]          # a Linux enclave has one vCPU per core; the first boots
+//! memory_mib = 256        # at most 3584 (RAM ends below the platform's MMIO window)
+//! image = "vmlinuz"       # the module holding the kernel (a bzImage)
+//! initrd = "initrd"       # the module holding the initramfs (optional)
+//! entry = "linux"         # the Linux 64-bit boot protocol on the virtual platform
+//! cmdline = "console=ttyS0"
 //! ```
+//!
+//! Bare-metal guests (`long64`, `real16`) have one core each.
 //!
 //! Parsing and checking live here, shared by atoll (at boot) and `cargo xtask` (before it builds
 //! an image), so both reject a bad description with the same message naming the field.
@@ -35,7 +46,15 @@ pub enum EntryMode {
     Long64,
     /// Real mode at the ELF entry (needs unrestricted guest on VMX).
     Real16,
+    /// A Linux kernel (bzImage) through its 64-bit boot protocol, on the enclave virtual
+    /// platform (ACPI, x2APIC, I/O APIC, COM1), one vCPU per core.
+    Linux,
 }
+
+/// Most vCPUs of one Linux enclave.
+pub const MAX_VCPUS: usize = 64;
+/// Most RAM of a Linux enclave (its RAM ends below the platform's MMIO window at 3.5 GiB).
+pub const MAX_LINUX_MEMORY_MIB: u64 = 3584;
 
 /// What happens when the guest touches an I/O port atoll does not emulate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -63,6 +82,9 @@ pub struct EnclaveConfig {
     pub image: String,
     /// Entry mode.
     pub entry: EntryMode,
+    /// Module holding the initial RAM disk (Linux enclaves only).
+    #[serde(default)]
+    pub initrd: Option<String>,
     /// Text passed to the guest.
     #[serde(default)]
     pub cmdline: String,
@@ -182,8 +204,32 @@ pub fn parse(text: &str, ctx: &Context) -> Result<Vec<EnclaveConfig>, ConfigErro
                 }
             }
         }
-        if e.cores.len() > 1 {
-            return Err(err(f("cores"), "enclaves have one core each for now (multi-core enclaves come with the Linux guest)"));
+        if e.cores.len() > 1 && e.entry != EntryMode::Linux {
+            return Err(err(
+                f("cores"),
+                "bare-metal guests (long64, real16) have one core; only entry = \"linux\" enclaves have several",
+            ));
+        }
+        if e.cores.len() > MAX_VCPUS {
+            return Err(err(
+                f("cores"),
+                format!("{} cores, at most {MAX_VCPUS}", e.cores.len()),
+            ));
+        }
+        if e.entry == EntryMode::Linux && e.memory_mib > MAX_LINUX_MEMORY_MIB {
+            return Err(err(
+                f("memory_mib"),
+                format!(
+                    "{} MiB; a Linux enclave has at most {MAX_LINUX_MEMORY_MIB} (RAM ends below the MMIO window)",
+                    e.memory_mib
+                ),
+            ));
+        }
+        if e.initrd.is_some() && e.entry != EntryMode::Linux {
+            return Err(err(
+                f("initrd"),
+                "only entry = \"linux\" enclaves take an initrd",
+            ));
         }
         if e.memory_mib == 0 || e.memory_mib > MAX_MEMORY_MIB {
             return Err(err(
@@ -192,15 +238,18 @@ pub fn parse(text: &str, ctx: &Context) -> Result<Vec<EnclaveConfig>, ConfigErro
             ));
         }
         if let Some(modules) = ctx.modules {
-            if !modules.contains(&e.image.as_str()) {
-                return Err(err(
-                    f("image"),
-                    format!(
-                        "no module named '{}' (modules: {})",
-                        e.image,
-                        modules.join(", ")
-                    ),
-                ));
+            for (field, name) in [("image", Some(&e.image)), ("initrd", e.initrd.as_ref())] {
+                let Some(name) = name else { continue };
+                if !modules.contains(&name.as_str()) {
+                    return Err(err(
+                        f(field),
+                        format!(
+                            "no module named '{}' (modules: {})",
+                            name,
+                            modules.join(", ")
+                        ),
+                    ));
+                }
             }
         }
         if e.cmdline.len() > MAX_CMDLINE {
@@ -301,6 +350,50 @@ mod tests {
         assert_eq!(e, "enclave[1].cores: at least one core is needed");
         let e = field_of(&TWO.replace("cores = [1]", "cores = [1, 1]"), &any());
         assert_eq!(e, "enclave[1].cores: core 1 is listed twice");
+        let e = field_of(&TWO.replace("cores = [1]", "cores = [1, 2]"), &any());
+        assert!(e.starts_with("enclave[1].cores: bare-metal guests"), "{e}");
+        let e = field_of(
+            &TWO.replace("entry = \"real16\"", "entry = \"real16\"\ninitrd = \"x\""),
+            &any(),
+        );
+        assert!(e.starts_with("enclave[1].initrd: only"), "{e}");
+    }
+
+    const LINUX: &str = r#"
+        [[enclave]]
+        name = "linux"
+        cores = [1, 2]
+        memory_mib = 256
+        image = "vmlinuz"
+        initrd = "initrd"
+        entry = "linux"
+        cmdline = "console=ttyS0"
+    "#;
+
+    #[test]
+    fn linux_enclaves() {
+        let l = parse(LINUX, &any()).unwrap();
+        assert_eq!(l[0].entry, EntryMode::Linux);
+        assert_eq!(l[0].cores, [1, 2]);
+        assert_eq!(l[0].initrd.as_deref(), Some("initrd"));
+        let ctx = Context {
+            cores: None,
+            modules: Some(&["vmlinuz"]),
+        };
+        assert!(field_of(LINUX, &ctx).starts_with("enclave[0].initrd: no module named 'initrd'"));
+        let e = field_of(&LINUX.replace("256", "4096"), &any());
+        assert!(
+            e.starts_with("enclave[0].memory_mib: 4096 MiB; a Linux enclave"),
+            "{e}"
+        );
+        let many: Vec<String> = (0..65).map(|i| i.to_string()).collect();
+        let e = field_of(
+            &LINUX.replace("[1, 2]", &format!("[{}]", many.join(", "))),
+            &any(),
+        );
+        assert_eq!(e, "enclave[0].cores: 65 cores, at most 64");
+        let no_initrd = LINUX.replace("initrd = \"initrd\"\n", "");
+        assert_eq!(parse(&no_initrd, &any()).unwrap()[0].initrd, None);
     }
 
     #[test]

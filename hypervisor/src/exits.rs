@@ -465,6 +465,14 @@ fn io(
         }
         _ => {}
     }
+    if run.io_denied < 16 {
+        log::debug!(
+            "enclave '{}': port {port:#x} ({} {size}) not emulated, at RIP {:#x}",
+            run.name,
+            if write { "write" } else { "read" },
+            vcpu.rip()
+        );
+    }
     run.io_denied += 1;
     match run.io_policy {
         IoPolicy::Ignore => {
@@ -486,6 +494,14 @@ fn io(
 }
 
 fn deny_msr(vcpu: &mut impl Vcpu, run: &mut EnclaveRun) -> Action {
+    if run.msr_denied < 16 {
+        log::debug!(
+            "enclave '{}': MSR {:#x} refused (#GP) at RIP {:#x}",
+            run.name,
+            vcpu.gpr(Gpr::Rcx) as u32,
+            vcpu.rip()
+        );
+    }
     run.msr_denied += 1;
     vcpu.inject_exception(vector::GP, Some(0));
     Action::Resume
@@ -680,64 +696,8 @@ fn read_buffer(mem: &impl GuestMemory, gpa: u64, len: u64) -> Result<Vec<u8>, u6
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vcpu::{SliceMemory, VcpuError};
-
-    #[derive(Default)]
-    struct FakeVcpu {
-        gprs: [u64; 16],
-        rip: u64,
-        skipped: u32,
-        injected: Option<(u8, Option<u32>)>,
-        cr: [u64; 9],
-        efer: u64,
-        rflags: u64,
-        cpl: u8,
-        pat: u64,
-    }
-
-    impl Vcpu for FakeVcpu {
-        fn gpr(&self, r: Gpr) -> u64 {
-            self.gprs[r as usize]
-        }
-        fn set_gpr(&mut self, r: Gpr, v: u64) {
-            self.gprs[r as usize] = v;
-        }
-        fn rip(&self) -> u64 {
-            self.rip
-        }
-        fn skip_instruction(&mut self) {
-            self.skipped += 1;
-        }
-        fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
-            self.injected = Some((vector, error_code));
-        }
-        fn cr(&self, cr: u8) -> u64 {
-            self.cr[usize::from(cr)]
-        }
-        fn set_cr(&mut self, cr: u8, value: u64) -> Result<(), VcpuError> {
-            self.cr[usize::from(cr)] = value;
-            Ok(())
-        }
-        fn efer(&self) -> u64 {
-            self.efer
-        }
-        fn set_efer(&mut self, value: u64) -> Result<(), VcpuError> {
-            self.efer = value;
-            Ok(())
-        }
-        fn rflags(&self) -> u64 {
-            self.rflags
-        }
-        fn cpl(&self) -> u8 {
-            self.cpl
-        }
-        fn pat(&self) -> u64 {
-            self.pat
-        }
-        fn set_pat(&mut self, value: u64) {
-            self.pat = value;
-        }
-    }
+    use crate::vcpu::fake::FakeVcpu;
+    use crate::vcpu::SliceMemory;
 
     struct Host {
         xcr0: Option<u64>,

@@ -205,6 +205,9 @@ extern "C" fn atoll_bsp_main(magic: u32, info_addr: u64) -> ! {
         .filter(|&id| id != bsp.apic_id)
         .collect();
     let apic = LocalApic::init(ids.iter().any(|&id| id > 254), bsp.x2apic);
+    HOST_X2APIC.store(hw::apic::is_x2apic(), Ordering::Relaxed);
+    let timer_hz = hw::apic::timer_calibrate(tsc_hz);
+    log::info!("APIC timer: {} MHz", timer_hz / 1_000_000);
     let interrupts_ok = interrupt_selftest(&apic);
     log::info!(
         "host interrupt path self-test: {}",
@@ -368,10 +371,28 @@ fn setup_enclaves(
         };
         // SAFETY: as for the description module.
         let image = unsafe { module_bytes(image.range) };
+        let initrd = c
+            .initrd
+            .as_deref()
+            .and_then(|n| info.module(n))
+            // SAFETY: as for the description module.
+            .map(|m| unsafe { module_bytes(m.range) });
+        let linux = c.entry == atoll::config::EntryMode::Linux;
+        // Linux reads the TSC frequency from CPUID 0x15/0x16 on Intel only; elsewhere it is
+        // told with a kernel parameter (see atoll::vplat).
+        let extra = if linux && bsp_vendor_is_intel() {
+            alloc::string::String::new()
+        } else if linux {
+            alloc::format!("tsc_early_khz={}", tsc::hz() / 1000)
+        } else {
+            alloc::string::String::new()
+        };
         let built = if bsp.vmx {
             Enclave::<_, ept::EptFormat>::create(
                 c.clone(),
                 image,
+                initrd,
+                &extra,
                 &FRAMES,
                 Identity,
                 max_page(bsp.ept_1g),
@@ -390,6 +411,8 @@ fn setup_enclaves(
             Enclave::<_, ept::NptFormat>::create(
                 c.clone(),
                 image,
+                initrd,
+                &extra,
                 &FRAMES,
                 Identity,
                 max_page(npt_1g),
@@ -413,12 +436,16 @@ fn setup_enclaves(
                     c.memory_mib,
                     boot.rip
                 );
+                let platform = linux.then(|| {
+                    alloc::sync::Arc::new(atoll::vplat::Shared::new(&c.name, &c.cores, tsc::hz()))
+                });
                 specs.push(RunSpec {
                     config: c,
                     ram,
                     boot,
                     second_stage,
                     tag,
+                    platform,
                 });
             }
             Err(err) => {
@@ -459,7 +486,15 @@ fn run_enclaves(specs: Vec<RunSpec>, bsp_apic: u32) -> Vec<EnclaveReport> {
             .iter()
             .position(|s| s.apic_id() == bsp_apic)
             .unwrap_or(0);
-        outcomes[i].call_once(|| enclave_run::run(&specs[i], &CORE_VIRT[slot]));
+        let index = specs[i]
+            .config
+            .cores
+            .iter()
+            .position(|&c| c == bsp_apic)
+            .unwrap_or(0);
+        if let Some(report) = enclave_run::run(&specs[i], index, &CORE_VIRT[slot]) {
+            outcomes[i].call_once(|| report);
+        }
     }
     // Each enclave's core reports when it ends; a guest that never ends is for the harness's
     // timeout to catch.
@@ -564,6 +599,8 @@ extern "C" fn atoll_ap_main(_ticket: u64) -> ! {
             hw::halt_forever()
         }
     }
+    // The APIC in the BSP's mode, software-enabled, so host IPIs (kicks) reach this core.
+    let _ = LocalApic::init(HOST_X2APIC.load(Ordering::Relaxed), caps.x2apic);
     // Wait in this core's mailbox for the enclave it runs, if any.
     let Some(index) = CORES
         .slots()
@@ -581,10 +618,29 @@ extern "C" fn atoll_ap_main(_ticket: u64) -> ! {
     };
     if let (Some(i), Some(specs), Some(outcomes)) = (work, ENCLAVES.get(), OUTCOMES.get()) {
         if let (Some(spec), Some(outcome)) = (specs.get(i), outcomes.get(i)) {
-            outcome.call_once(|| enclave_run::run(spec, &CORE_VIRT[index]));
+            let vcpu = spec
+                .config
+                .cores
+                .iter()
+                .position(|&c| c == caps.apic_id)
+                .unwrap_or(0);
+            if let Some(report) = enclave_run::run(spec, vcpu, &CORE_VIRT[index]) {
+                outcome.call_once(|| report);
+            }
         }
     }
     hw::halt_forever()
+}
+
+/// Whether the BSP runs its APIC in x2APIC mode (the APs follow).
+static HOST_X2APIC: AtomicBool = AtomicBool::new(false);
+
+/// Whether the boot processor is an Intel one (CPUID vendor string).
+fn bsp_vendor_is_intel() -> bool {
+    let r = core::arch::x86_64::__cpuid(0);
+    r.ebx == u32::from_le_bytes(*b"Genu")
+        && r.edx == u32::from_le_bytes(*b"ineI")
+        && r.ecx == u32::from_le_bytes(*b"ntel")
 }
 
 /// Host NMIs seen (outside guests), for the record.

@@ -11,6 +11,8 @@
 //! * [`summary`]: the `ATOLL-SUMMARY` line.
 //! * [`vacpi`]: the ACPI tables of an enclave's virtual platform.
 //! * [`vapic`], [`vioapic`]: models of an enclave vCPU's local x2APIC and of its I/O APIC.
+//! * [`double_fault`]: how an exception raised by an exit handler combines with an event the
+//!   backend queued again after the exit interrupted its delivery.
 #![cfg_attr(target_os = "none", no_std)]
 
 extern crate alloc;
@@ -18,6 +20,7 @@ extern crate alloc;
 pub mod config;
 pub mod cpu;
 pub mod decode;
+pub mod double_fault;
 pub mod exits;
 pub mod frames;
 #[cfg(target_os = "none")]
@@ -33,6 +36,9 @@ pub mod vacpi;
 pub mod vapic;
 pub mod vcpu;
 pub mod vioapic;
+pub mod vpit;
+pub mod vplat;
+pub mod vuart;
 
 #[cfg(test)]
 mod vendor_neutrality {
@@ -44,6 +50,9 @@ mod vendor_neutrality {
         let policy = [
             "exits.rs",
             "vcpu.rs",
+            "double_fault.rs",
+            "vplat.rs",
+            "vuart.rs",
             "decode.rs",
             "loader.rs",
             "linux.rs",

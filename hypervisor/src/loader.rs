@@ -85,6 +85,8 @@ pub enum LoadError {
     CmdlineTooLong(usize),
     /// Guest RAM too small for the layout.
     RamTooSmall(u64),
+    /// The entry mode is not an ELF one (`linux` enclaves load through [`crate::linux`]).
+    NotElfEntry,
 }
 
 impl fmt::Display for LoadError {
@@ -116,6 +118,7 @@ impl fmt::Display for LoadError {
                 f,
                 "guest RAM of {r:#x} bytes is too small (need at least 1 MiB)"
             ),
+            LoadError::NotElfEntry => write!(f, "entry = \"linux\" takes a kernel, not an ELF"),
         }
     }
 }
@@ -131,6 +134,9 @@ pub fn load(
     ram: u64,
     mem: &mut impl GuestMemory,
 ) -> Result<BootState, LoadError> {
+    if mode == EntryMode::Linux {
+        return Err(LoadError::NotElfEntry);
+    }
     if ram < 0x10_0000 {
         return Err(LoadError::RamTooSmall(ram));
     }
@@ -240,6 +246,7 @@ pub fn load(
             state.cs_selector = ((entry >> 4) & 0xf000) as u16;
             state.rsp = RESERVED_LOW - 0x10;
         }
+        EntryMode::Linux => return Err(LoadError::NotElfEntry),
     }
     Ok(state)
 }

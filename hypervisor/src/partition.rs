@@ -5,7 +5,7 @@
 //! Physical memory is reached through [`PhysWindow`], the identity map on the target and a
 //! buffer in host tests, so the whole construction is tested on the host.
 
-use crate::config::EnclaveConfig;
+use crate::config::{EnclaveConfig, EntryMode};
 use crate::frames::{FrameAllocator, FrameError, FRAME_SIZE};
 use crate::loader::{self, BootState, LoadError};
 use crate::vcpu::SliceMemory;
@@ -81,6 +81,8 @@ pub enum PartitionError {
     Load(LoadError),
     /// Its EPT could not be built.
     Ept(EptError),
+    /// Its Linux kernel, initrd or platform tables do not load.
+    Linux(alloc::string::String),
 }
 
 impl fmt::Display for PartitionError {
@@ -89,6 +91,7 @@ impl fmt::Display for PartitionError {
             PartitionError::Memory(e) => write!(f, "RAM: {e}"),
             PartitionError::Load(e) => write!(f, "image: {e}"),
             PartitionError::Ept(e) => write!(f, "EPT: {e}"),
+            PartitionError::Linux(e) => write!(f, "{e}"),
         }
     }
 }
@@ -108,10 +111,14 @@ pub struct Enclave<'a, W: PhysWindow, Fmt: Format = EptFormat> {
 }
 
 impl<'a, W: PhysWindow, Fmt: Format> Enclave<'a, W, Fmt> {
-    /// Allocates RAM, loads `image`, builds the EPT.
+    /// Allocates RAM, loads `image` (and for a Linux enclave `initrd`, with `extra_cmdline`
+    /// appended to its command line), builds the EPT.
+    #[allow(clippy::too_many_arguments)]
     pub fn create(
         config: EnclaveConfig,
         image: &[u8],
+        initrd: Option<&[u8]>,
+        extra_cmdline: &str,
         pool: &'a Mutex<FrameAllocator>,
         window: W,
         max_page: PageSize,
@@ -133,14 +140,33 @@ impl<'a, W: PhysWindow, Fmt: Format> Enclave<'a, W, Fmt> {
             core::ptr::write_bytes(ptr, 0, bytes as usize);
             core::slice::from_raw_parts_mut(ptr, bytes as usize)
         };
-        let boot = loader::load(
-            image,
-            config.entry,
-            &config.cmdline,
-            bytes,
-            &mut SliceMemory(slice),
-        )
-        .map_err(|e| give_back(PartitionError::Load(e)))?;
+        let boot = if config.entry == EntryMode::Linux {
+            let mut cmdline = config.cmdline.clone();
+            if !extra_cmdline.is_empty() {
+                if !cmdline.is_empty() {
+                    cmdline.push(' ');
+                }
+                cmdline.push_str(extra_cmdline);
+            }
+            crate::vplat::load_linux(
+                image,
+                initrd,
+                &cmdline,
+                config.cores.len(),
+                bytes,
+                &mut SliceMemory(slice),
+            )
+            .map_err(|e| give_back(PartitionError::Linux(e)))?
+        } else {
+            loader::load(
+                image,
+                config.entry,
+                &config.cmdline,
+                bytes,
+                &mut SliceMemory(slice),
+            )
+            .map_err(|e| give_back(PartitionError::Load(e)))?
+        };
         let mut ept = Tables::new(PoolFrames::new(pool, window.clone()), max_page)
             .map_err(|e| give_back(PartitionError::Ept(e)))?;
         if let Err(e) = ept.map(
@@ -249,6 +275,7 @@ mod tests {
             image: "x".into(),
             entry: EntryMode::Long64,
             cmdline: "suite".into(),
+            initrd: None,
             io_unknown: IoPolicy::Ignore,
         }
     }
@@ -277,6 +304,8 @@ mod tests {
         let mut a = Enclave::<_, Fmt>::create(
             config("a", 16),
             &image,
+            None,
+            "",
             &pool,
             window.clone(),
             PageSize::Size1G,
@@ -285,6 +314,8 @@ mod tests {
         let mut b = Enclave::<_, Fmt>::create(
             config("b", 8),
             &image,
+            None,
+            "",
             &pool,
             window.clone(),
             PageSize::Size1G,
@@ -344,6 +375,8 @@ mod tests {
             Enclave::<_, EptFormat>::create(
                 config("a", 16),
                 b"not elf",
+                None,
+                "",
                 &pool,
                 window.clone(),
                 PageSize::Size2M
@@ -354,6 +387,8 @@ mod tests {
             Enclave::<_, EptFormat>::create(
                 config("a", 1024),
                 b"",
+                None,
+                "",
                 &pool,
                 window.clone(),
                 PageSize::Size2M

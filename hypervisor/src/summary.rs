@@ -67,6 +67,19 @@ pub struct EnclaveReport {
     pub results: serde_json::Map<String, serde_json::Value>,
     /// When it ended, in microseconds of atoll's clock (the TSC), for ordering ends.
     pub ended_at_us: u64,
+    /// vCPUs (Linux enclaves).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vcpus: Option<usize>,
+    /// Exits by class (`timer`, `ipi`, `hlt`, `other`; Linux enclaves).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_classes: Option<serde_json::Map<String, serde_json::Value>>,
+    /// IPIs whose destination named no vCPU of the enclave (dropped; Linux enclaves).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipis_dropped: Option<u64>,
+    /// Figures measured between guest console markers: `boot_to_init` {cycles, us} and `idle`
+    /// {cycles, us, timer, ipi, hlt, other} (see [`crate::vplat`]).
+    #[serde(flatten)]
+    pub measurements: serde_json::Map<String, serde_json::Value>,
 }
 
 /// The whole summary.

@@ -210,6 +210,9 @@ pub trait Vcpu {
     fn rip(&self) -> u64;
     /// Moves past the instruction that caused the current exit.
     fn skip_instruction(&mut self);
+    /// Sets the instruction pointer (after emulating an instruction whose length the handler
+    /// decoded itself, such as an MMIO access).
+    fn set_rip(&mut self, rip: u64);
     /// Raises `vector` in the guest at its next entry (with `error_code` when the vector has one).
     fn inject_exception(&mut self, vector: u8, error_code: Option<u32>);
     /// The guest's view of a control register (0, 2, 3, 4 or 8).
@@ -228,6 +231,20 @@ pub trait Vcpu {
     fn pat(&self) -> u64;
     /// Loads IA32_PAT (already validated by the handler).
     fn set_pat(&mut self, value: u64);
+
+    /// Whether an external interrupt can be delivered at the next entry: RFLAGS.IF is set, no
+    /// STI or MOV SS shadow blocks it, and no event (an injected or a re-delivered one) is
+    /// already queued for that entry.
+    fn interrupt_window_open(&self) -> bool;
+    /// Queues external interrupt `vector` (32–255) for delivery at the next entry. Callers only
+    /// do this when [`Vcpu::interrupt_window_open`] says so.
+    fn inject_interrupt(&mut self, vector: u8);
+    /// Asks for an [`Exit::InterruptWindow`] as soon as the guest can take an interrupt
+    /// (`true`), or stops asking (`false`).
+    fn request_interrupt_window(&mut self, on: bool);
+    /// Queues an NMI for the next entry; `false` (nothing queued) when NMIs are blocked or an
+    /// event is already queued, in which case the caller tries again at a later entry.
+    fn inject_nmi(&mut self) -> bool;
 }
 
 /// Guest-physical memory of one enclave.
@@ -255,6 +272,91 @@ impl GuestMemory for SliceMemory<'_> {
         let end = start.checked_add(buf.len())?;
         self.0.get_mut(start..end)?.copy_from_slice(buf);
         Some(())
+    }
+}
+
+/// A vCPU for host tests: registers in memory, events recorded.
+#[cfg(test)]
+pub mod fake {
+    use super::*;
+    use alloc::vec::Vec;
+
+    #[derive(Default)]
+    pub struct FakeVcpu {
+        pub gprs: [u64; 16],
+        pub rip: u64,
+        pub skipped: u32,
+        pub injected: Option<(u8, Option<u32>)>,
+        pub cr: [u64; 9],
+        pub efer: u64,
+        pub rflags: u64,
+        pub cpl: u8,
+        pub pat: u64,
+        pub window_open: bool,
+        pub injected_irqs: Vec<u8>,
+        pub window_requested: bool,
+        pub nmis: u32,
+    }
+
+    impl Vcpu for FakeVcpu {
+        fn gpr(&self, r: Gpr) -> u64 {
+            self.gprs[r as usize]
+        }
+        fn set_gpr(&mut self, r: Gpr, v: u64) {
+            self.gprs[r as usize] = v;
+        }
+        fn rip(&self) -> u64 {
+            self.rip
+        }
+        fn skip_instruction(&mut self) {
+            self.skipped += 1;
+        }
+        fn set_rip(&mut self, rip: u64) {
+            self.rip = rip;
+        }
+        fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
+            self.injected = Some((vector, error_code));
+        }
+        fn cr(&self, cr: u8) -> u64 {
+            self.cr[usize::from(cr)]
+        }
+        fn set_cr(&mut self, cr: u8, value: u64) -> Result<(), VcpuError> {
+            self.cr[usize::from(cr)] = value;
+            Ok(())
+        }
+        fn efer(&self) -> u64 {
+            self.efer
+        }
+        fn set_efer(&mut self, value: u64) -> Result<(), VcpuError> {
+            self.efer = value;
+            Ok(())
+        }
+        fn rflags(&self) -> u64 {
+            self.rflags
+        }
+        fn cpl(&self) -> u8 {
+            self.cpl
+        }
+        fn pat(&self) -> u64 {
+            self.pat
+        }
+        fn set_pat(&mut self, value: u64) {
+            self.pat = value;
+        }
+        fn interrupt_window_open(&self) -> bool {
+            self.window_open && self.rflags & (1 << 9) != 0
+        }
+        fn inject_interrupt(&mut self, vector: u8) {
+            self.injected_irqs.push(vector);
+            self.window_open = false;
+        }
+        fn request_interrupt_window(&mut self, on: bool) {
+            self.window_requested = on;
+        }
+        fn inject_nmi(&mut self) -> bool {
+            self.nmis += 1;
+            true
+        }
     }
 }
 

@@ -790,6 +790,7 @@ mod tests {
         assert_eq!(ExitCode::from_raw(0x61), ExitCode::Nmi);
         assert_eq!(ExitCode::from_raw(0x63), ExitCode::Init);
         assert_eq!(ExitCode::from_raw(0x64), ExitCode::Vintr);
+        assert_eq!(ExitCode::from_raw(0x74), ExitCode::Iret);
         assert_eq!(ExitCode::from_raw(0x6E), ExitCode::Rdtsc);
         assert_eq!(ExitCode::from_raw(0x72), ExitCode::Cpuid);
         assert_eq!(ExitCode::from_raw(0x78), ExitCode::Hlt);

@@ -506,6 +506,7 @@ mod tests {
         assert_eq!(MiscIntercepts1::IOIO_PROT.bits(), 1 << 27);
         assert_eq!(MiscIntercepts1::MSR_PROT.bits(), 1 << 28);
         assert_eq!(MiscIntercepts1::SHUTDOWN.bits(), 1 << 31);
+        assert_eq!(MiscIntercepts1::IRET.bits(), 1 << 20);
         assert_eq!(MiscIntercepts1::all().bits(), u32::MAX);
         // Vector 2, offset 010h.
         assert_eq!(MiscIntercepts2::VMMCALL.bits(), 1 << 1);

@@ -658,6 +658,24 @@ impl VirtualInterruptControl {
     pub const fn with_v_intr_vector(self, vector: u8) -> Self {
         Self::from_bits_retain((self.bits() & !(0xFF << 32)) | ((vector as u64) << 32))
     }
+
+    /// With a virtual interrupt pending that the guest takes as soon as it can take any
+    /// interrupt (RFLAGS.IF set, no interrupt shadow): V_IRQ, the highest V_INTR_PRIO (0xF),
+    /// V_IGN_TPR, vector 0. With the VINTR intercept set, taking it is a #VMEXIT VINTR before
+    /// delivery, so it is never delivered: the usual way to wait for an interrupt window (APM
+    /// Vol. 2 §15.21 "Interrupt and Local APIC Support"). Other bits are kept.
+    pub const fn with_interrupt_window_request(self) -> Self {
+        Self::from_bits_retain(self.bits() | Self::V_IRQ.bits() | Self::V_IGN_TPR.bits())
+            .with_v_intr_prio(0xF)
+            .with_v_intr_vector(0)
+    }
+
+    /// Without the pending virtual interrupt of [`Self::with_interrupt_window_request`]: V_IRQ
+    /// and V_IGN_TPR clear, V_INTR_PRIO 0. Other bits are kept.
+    pub const fn without_interrupt_window_request(self) -> Self {
+        Self::from_bits_retain(self.bits() & !(Self::V_IRQ.bits() | Self::V_IGN_TPR.bits()))
+            .with_v_intr_prio(0)
+    }
 }
 
 bitflags! {
@@ -1371,6 +1389,17 @@ mod tests {
         assert_eq!(back.v_intr_vector(), 0x30);
         assert!(back.contains(VirtualInterruptControl::V_IRQ));
         assert_eq!(back.with_v_intr_prio(0x13).v_intr_prio(), 3);
+
+        // Interrupt-window request on top of V_INTR_MASKING (bit 24) and V_TPR 5: V_IRQ (bit
+        // 8), V_INTR_PRIO 0xF (19:16), V_IGN_TPR (bit 20), vector 0; withdrawing it restores
+        // the rest.
+        let base = VirtualInterruptControl::V_INTR_MASKING.with_v_tpr(5);
+        let req = base
+            .with_v_intr_vector(0x30)
+            .with_interrupt_window_request();
+        assert_eq!(req.bits(), 0x011F_0105);
+        assert_eq!(req.without_interrupt_window_request(), base);
+        assert_eq!(base.without_interrupt_window_request(), base);
 
         v.set_nested_control(NestedControl::NP_ENABLE);
         assert_eq!(v.read64(Field64::NestedControl), 1);

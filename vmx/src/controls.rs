@@ -689,6 +689,23 @@ mod tests {
     }
 
     #[test]
+    fn interrupt_window_exiting_is_allowed_and_never_forced() {
+        // Required, it fits (Bochs allows primary bit 2: allowed-1 0xf7f9fffe)...
+        let mut wanted = Wanted::ATOLL_BASELINE;
+        wanted.primary.required |= PrimaryControls::INTERRUPT_WINDOW_EXITING;
+        let set = ControlSet::compute(&mut bochs(), &wanted).unwrap();
+        assert!(set
+            .primary
+            .contains(PrimaryControls::INTERRUPT_WINDOW_EXITING));
+        // ...and it is not a default-1 bit (SDM Vol. 3D §A.3.2), so clearing it is allowed.
+        let set = ControlSet::compute(&mut bochs(), &Wanted::ATOLL_BASELINE).unwrap();
+        assert!(!set
+            .primary
+            .contains(PrimaryControls::INTERRUPT_WINDOW_EXITING));
+        assert_eq!(PrimaryControls::INTERRUPT_WINDOW_EXITING.bits(), 1 << 2);
+    }
+
+    #[test]
     fn without_true_msrs_the_default_one_bits_are_forced() {
         let mut t = bochs();
         t.set(0x480, 0x0058_1000_0000_002b); // bit 55 clear

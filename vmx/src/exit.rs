@@ -400,6 +400,16 @@ impl InterruptionType {
         }
     }
 
+    /// Whether injecting an event of this type uses the VM-entry instruction-length field:
+    /// software interrupts and software exceptions, privileged or not (types 4, 5, 6; SDM Vol.
+    /// 3C §25.8.3, §27.6.1.1), whose delivery pushes the address after the instruction.
+    pub const fn uses_instruction_length(self) -> bool {
+        matches!(
+            self,
+            Self::SoftwareInterrupt | Self::PrivilegedSoftwareException | Self::SoftwareException
+        )
+    }
+
     /// Its number.
     pub const fn number(self) -> u32 {
         match self {
@@ -478,6 +488,58 @@ impl InterruptionInfo {
     /// #NP, #SS, #GP, #PF, #AC do; the VMCS field VM-entry exception error code holds it).
     pub const fn hardware_exception(vector: u8, error_code: bool) -> Self {
         Self::event(InterruptionType::HardwareException, vector, error_code)
+    }
+}
+
+/// An event whose delivery a VM exit interrupted, ready to be injected again at the next VM
+/// entry (SDM Vol. 3C §28.2.4 "Information for VM Exits That Occur During Event Delivery",
+/// §27.6 "Event Injection"). The IDT-vectoring information field (§25.9.3) describes the event;
+/// copying it into the VM-entry fields delivers it as if the exit had not happened: the
+/// processor does not do this on its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Redelivery {
+    /// For the VM-entry interruption-information field: the event, valid, with bits 30:12
+    /// clear (bit 12 is undefined in IDT-vectoring information and reserved on entry,
+    /// §27.2.1.3).
+    pub info: InterruptionInfo,
+    /// For the VM-entry exception error-code field, when the event delivers one.
+    pub error_code: Option<u32>,
+    /// For the VM-entry instruction-length field, for software interrupts and exceptions
+    /// (types 4–6): the VM-exit instruction length, which the processor saves for exits
+    /// during their delivery (§28.2.5).
+    pub instruction_length: Option<u32>,
+}
+
+impl Redelivery {
+    /// The event to re-inject from the IDT-vectoring information field `idt_vectoring_info`,
+    /// the IDT-vectoring error code and the VM-exit instruction length read after an exit;
+    /// `None` when the field is not valid (the exit did not interrupt an event delivery).
+    pub const fn from_idt_vectoring(
+        idt_vectoring_info: u32,
+        idt_vectoring_error_code: u32,
+        exit_instruction_length: u32,
+    ) -> Option<Self> {
+        let raw = InterruptionInfo::from_raw(idt_vectoring_info);
+        if !raw.valid {
+            return None;
+        }
+        let info = InterruptionInfo {
+            nmi_unblocking: false,
+            ..raw
+        };
+        Some(Self {
+            info,
+            error_code: if info.error_code_valid {
+                Some(idt_vectoring_error_code)
+            } else {
+                None
+            },
+            instruction_length: if info.kind.uses_instruction_length() {
+                Some(exit_instruction_length)
+            } else {
+                None
+            },
+        })
     }
 }
 
@@ -687,9 +749,54 @@ mod tests {
         );
         // Invalid field.
         assert!(!InterruptionInfo::from_raw(0).valid);
+        // Only types 4-6 use the VM-entry instruction length.
+        for n in 0..8 {
+            assert_eq!(
+                InterruptionType::from_low_bits(n).uses_instruction_length(),
+                (4..=6).contains(&n)
+            );
+        }
         // Round trip of every type and flag combination.
         for raw in (0..0x2000u32).step_by(0x7f).chain([0x8000_1fff]) {
             assert_eq!(InterruptionInfo::from_raw(raw).to_raw(), raw);
+        }
+    }
+
+    #[test]
+    fn redelivery_of_interrupted_events() {
+        // Nothing was being delivered.
+        assert_eq!(Redelivery::from_idt_vectoring(0, 0, 0), None);
+        assert_eq!(Redelivery::from_idt_vectoring(0x0000_0b0e, 6, 3), None);
+        // An external interrupt 0x30 interrupted by an EPT violation on the guest's IDT:
+        // re-injected as is, no error code, no length.
+        let r = Redelivery::from_idt_vectoring(0x8000_0030, 0xdead, 7).unwrap();
+        assert_eq!(r.info, InterruptionInfo::external_interrupt(0x30));
+        assert_eq!(r.info.to_raw(), 0x8000_0030);
+        assert_eq!((r.error_code, r.instruction_length), (None, None));
+        // #PF with error code 6: the error code follows, no length.
+        let r = Redelivery::from_idt_vectoring(0x8000_0b0e, 6, 4).unwrap();
+        assert_eq!(r.info.to_raw(), 0x8000_0b0e);
+        assert_eq!((r.error_code, r.instruction_length), (Some(6), None));
+        // INT 0x80 (type 4), a two-byte instruction: the length follows.
+        let r = Redelivery::from_idt_vectoring(0x8000_0480, 0, 2).unwrap();
+        assert_eq!(r.info.kind, InterruptionType::SoftwareInterrupt);
+        assert_eq!((r.error_code, r.instruction_length), (None, Some(2)));
+        // INT3 (type 6) and INT1 (type 5), one byte each.
+        let r = Redelivery::from_idt_vectoring(0x8000_0603, 0, 1).unwrap();
+        assert_eq!(r.instruction_length, Some(1));
+        let r = Redelivery::from_idt_vectoring(0x8000_0501, 0, 1).unwrap();
+        assert_eq!(r.instruction_length, Some(1));
+        // NMI with the undefined bit 12 and reserved bits 30:13 set: they are not copied
+        // (bits 30:12 must be 0 on VM entry).
+        let r = Redelivery::from_idt_vectoring(0xffff_f202, 0, 0).unwrap();
+        assert_eq!(r.info, InterruptionInfo::nmi());
+        assert_eq!(r.info.to_raw(), 0x8000_0202);
+        // Any value decodes without panicking, and the result is always an enterable word.
+        for raw in (0..=u32::MAX).step_by(0x0101_0101 / 7) {
+            if let Some(r) = Redelivery::from_idt_vectoring(raw, 1, 15) {
+                assert_eq!(r.info.to_raw() & 0x7fff_f000, 0);
+                assert_eq!(r.info.to_raw() & 0xfff, raw & 0xfff);
+            }
         }
     }
 }

@@ -9,7 +9,9 @@
 //!   [`controls::ControlSet::compute`], which fits what atoll wants to what the processor allows.
 //! * [`fields`]: typed VMCS field encodings (SDM Vol. 3D Appendix B) and the
 //!   [`fields::VmcsAccess`] trait.
-//! * [`exit`]: exit reasons, exit qualifications and interruption information, decoded.
+//! * [`exit`]: exit reasons, exit qualifications and interruption information, decoded, and the
+//!   re-delivery of events whose delivery an exit interrupted.
+//! * [`guest_state`]: the guest interruptibility and activity states.
 //! * [`regs`]: the guest registers software switches at entry and exit.
 //! * [`vmxon`]: the checks and steps that enter VMX operation.
 //! * [`error`]: [`VmFail`], [`VmInstructionError`] and the crate's [`Error`].
@@ -24,6 +26,7 @@ pub mod controls;
 pub mod error;
 pub mod exit;
 pub mod fields;
+pub mod guest_state;
 #[cfg(target_os = "none")]
 pub mod instructions;
 pub mod msr;

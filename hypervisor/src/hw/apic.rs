@@ -122,3 +122,100 @@ impl LocalApic {
         self.send(0, SHORTHAND_SELF | ICR_LEVEL_ASSERT | u32::from(vector));
     }
 }
+
+/// xAPIC offsets / x2APIC MSRs of the timer registers (SDM Vol. 3A §11.5.4, Table 11-6).
+const LVT_TIMER: (usize, u32) = (0x320, 0x832);
+const TIMER_INITIAL: (usize, u32) = (0x380, 0x838);
+const TIMER_CURRENT: (usize, u32) = (0x390, 0x839);
+const TIMER_DIVIDE: (usize, u32) = (0x3e0, 0x83e);
+/// Divide configuration "divide by 1" (SDM Vol. 3A Figure 11-10: bits 3,1:0 = 111).
+const DIVIDE_BY_1: u32 = 0b1011;
+/// LVT mask bit.
+const LVT_MASKED: u32 = 1 << 16;
+
+/// This core's APIC timer frequency (ticks per second with divide-by-1), measured at boot.
+static TIMER_HZ: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+fn reg_write(reg: (usize, u32), value: u32) {
+    // SAFETY: IA32_APIC_BASE exists on every x86-64 CPU.
+    let base = unsafe { Msr::new(IA32_APIC_BASE).read() };
+    if base & APIC_BASE_X2APIC != 0 {
+        // SAFETY: x2APIC mode is on, so the register's MSR exists.
+        unsafe { Msr::new(reg.1).write(value.into()) };
+    } else {
+        let page = (base & 0x000f_ffff_ffff_f000) as usize;
+        // SAFETY: the xAPIC page is identity-mapped below 4 GiB; the register is 32 bits.
+        unsafe { core::ptr::write_volatile((page + reg.0) as *mut u32, value) };
+    }
+}
+
+fn reg_read(reg: (usize, u32)) -> u32 {
+    // SAFETY: IA32_APIC_BASE exists on every x86-64 CPU.
+    let base = unsafe { Msr::new(IA32_APIC_BASE).read() };
+    if base & APIC_BASE_X2APIC != 0 {
+        // SAFETY: x2APIC mode is on, so the register's MSR exists.
+        unsafe { Msr::new(reg.1).read() as u32 }
+    } else {
+        let page = (base & 0x000f_ffff_ffff_f000) as usize;
+        // SAFETY: the xAPIC page is identity-mapped below 4 GiB; the register is 32 bits.
+        unsafe { core::ptr::read_volatile((page + reg.0) as *const u32) }
+    }
+}
+
+/// Measures this core's APIC timer against the TSC (running at `tsc_hz`) over about 10 ms and
+/// keeps the result for [`timer_arm`]. Returns the timer frequency.
+pub fn timer_calibrate(tsc_hz: u64) -> u64 {
+    reg_write(LVT_TIMER, LVT_MASKED);
+    reg_write(TIMER_DIVIDE, DIVIDE_BY_1);
+    reg_write(TIMER_INITIAL, u32::MAX);
+    let start = super::tsc::now();
+    let wait = tsc_hz / 100;
+    while super::tsc::now().wrapping_sub(start) < wait {
+        core::hint::spin_loop();
+    }
+    let elapsed_ticks = u64::from(u32::MAX - reg_read(TIMER_CURRENT));
+    let elapsed_tsc = super::tsc::now().wrapping_sub(start).max(1);
+    reg_write(TIMER_INITIAL, 0);
+    let hz = (u128::from(elapsed_ticks) * u128::from(tsc_hz) / u128::from(elapsed_tsc)) as u64;
+    TIMER_HZ.store(hz.max(1), core::sync::atomic::Ordering::Relaxed);
+    hz
+}
+
+/// Arms this core's APIC timer to raise `vector` once, `tsc_ticks` TSC ticks from now (TSC at
+/// `tsc_hz`), in one-shot mode; the count saturates, so far deadlines fire early (and are
+/// re-armed by the caller). Needs [`timer_calibrate`] first. Returns the TSC ticks until it
+/// fires (fewer than `tsc_ticks` when the count saturated).
+pub fn timer_arm(vector: u8, tsc_ticks: u64, tsc_hz: u64) -> u64 {
+    let hz = TIMER_HZ.load(core::sync::atomic::Ordering::Relaxed).max(1);
+    let tsc_hz = tsc_hz.max(1);
+    let ticks = (u128::from(tsc_ticks) * u128::from(hz) / u128::from(tsc_hz)).max(1);
+    let count = u32::try_from(ticks).unwrap_or(u32::MAX);
+    reg_write(LVT_TIMER, u32::from(vector));
+    reg_write(TIMER_DIVIDE, DIVIDE_BY_1);
+    reg_write(TIMER_INITIAL, count);
+    (u128::from(count) * u128::from(tsc_hz) / u128::from(hz)) as u64
+}
+
+/// Stops this core's APIC timer.
+pub fn timer_stop() {
+    reg_write(TIMER_INITIAL, 0);
+}
+
+/// Sends a fixed interrupt with `vector` to the core with APIC id `dest` (physical
+/// destination), in whichever mode this core's APIC is.
+pub fn send_fixed(dest: u32, vector: u8) {
+    // SAFETY: IA32_APIC_BASE exists on every x86-64 CPU.
+    let base = unsafe { Msr::new(IA32_APIC_BASE).read() };
+    let apic = if base & APIC_BASE_X2APIC != 0 {
+        LocalApic::X2Apic
+    } else {
+        LocalApic::XApic((base & 0x000f_ffff_ffff_f000) as usize)
+    };
+    apic.send(dest, ICR_LEVEL_ASSERT | u32::from(vector));
+}
+
+/// Whether this core's APIC is in x2APIC mode.
+pub fn is_x2apic() -> bool {
+    // SAFETY: IA32_APIC_BASE exists on every x86-64 CPU.
+    unsafe { Msr::new(IA32_APIC_BASE).read() & APIC_BASE_X2APIC != 0 }
+}

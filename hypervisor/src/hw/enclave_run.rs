@@ -3,14 +3,18 @@
 //! ends. Everything touched here is this core's and this enclave's own (invariant 3): its vCPU,
 //! its RAM, its [`EnclaveRun`].
 
+use super::host::VcpuHost;
 use super::host::{EnclaveConsole, ThisCore};
 use super::svm_backend::{SvmCore, SvmVcpu};
 use super::vmx_backend::{CoreState, VmxVcpu};
 use crate::config::EnclaveConfig;
+use crate::config::EntryMode;
 use crate::exits::{self, Action, EnclaveRun, EndReason};
 use crate::loader::BootState;
+use crate::loader::BootState as Boot;
 use crate::summary::{EnclaveReport, Violation};
 use crate::vcpu::{Exit, SliceMemory, Vcpu};
+use crate::vplat::{self, Entry, Local, PlatformHost, Shared};
 use alloc::string::{String, ToString};
 use boot::{HostPhysAddr, PhysRange};
 use spin::Once;
@@ -37,6 +41,8 @@ pub struct RunSpec {
     pub second_stage: SecondStage,
     /// VPID or ASID (enclave index + 1; 0 is the host's).
     pub tag: u16,
+    /// A Linux enclave's virtual platform, shared by its vCPUs.
+    pub platform: Option<alloc::sync::Arc<Shared>>,
 }
 
 /// A core's virtualization state.
@@ -114,12 +120,69 @@ fn run_loop(
     }
 }
 
-fn start(
+/// How a Linux vCPU's run ended.
+enum VcpuEnd {
+    /// The enclave ends (the first vCPU to stop gives the reason).
+    Stop,
+    /// An INIT arrived: back to waiting for STARTUP (application processors).
+    Init,
+}
+
+/// Runs one vCPU of a Linux enclave until the enclave ends or an INIT resets it.
+fn platform_loop(
+    vcpu: &mut impl Backend,
     spec: &RunSpec,
-    core: &CoreSlotVirt,
+    shared: &Shared,
+    local: &mut Local,
+    host: &mut VcpuHost,
     run: &mut EnclaveRun,
     console: &mut EnclaveConsole,
-) -> EndReason {
+) -> VcpuEnd {
+    // SAFETY: the enclave's RAM is identity-mapped; its vCPUs touch it only as the guest
+    // does (device emulation reads instructions and writes registers, never RAM the guest could
+    // be racing on in a way Rust observes: accesses go through this slice's copies).
+    let ram = unsafe {
+        core::slice::from_raw_parts_mut(spec.ram.start.as_u64() as *mut u8, spec.ram.len() as usize)
+    };
+    let mut mem = SliceMemory(ram);
+    let mailbox = &shared.mailboxes[local.index];
+    if local.index == 0 {
+        shared.started(super::tsc::now());
+    }
+    loop {
+        match vplat::before_entry(vcpu, local, shared, host) {
+            Entry::Go => {}
+            Entry::Stop => return VcpuEnd::Stop,
+            Entry::Init => return VcpuEnd::Init,
+        }
+        let exit = match vcpu.enter() {
+            Ok(e) => e,
+            Err(e) => {
+                shared.end(EndReason::Failed(e), host);
+                return VcpuEnd::Stop;
+            }
+        };
+        if let Exit::ExternalInterrupt { vector: Some(_) } = exit {
+            super::apic::eoi();
+        }
+        mailbox.count(vplat::classify(&exit, vcpu, host.timer_due()));
+        let action = match vplat::handle(
+            &exit, vcpu, &mut mem, local, shared, host, &ThisCore, console,
+        ) {
+            Some(a) => {
+                run.exits[exit.kind() as usize] += 1;
+                a
+            }
+            None => exits::handle(exit, vcpu, &mut mem, run, &mut ThisCore, console),
+        };
+        if let Action::Stop(reason) = action {
+            shared.end(reason, host);
+            return VcpuEnd::Stop;
+        }
+    }
+}
+
+fn core_virt<'c>(spec: &RunSpec, core: &'c CoreSlotVirt) -> Result<&'c CoreVirt, String> {
     let virt = core.0.call_once(|| match spec.second_stage {
         SecondStage::Ept(_) => CoreState::enable()
             .map(CoreVirt::Vmx)
@@ -128,17 +191,28 @@ fn start(
             .map(CoreVirt::Svm)
             .map_err(|e| alloc::format!("{e:?}")),
     });
+    virt.as_ref()
+        .map_err(|e| alloc::format!("cannot enable virtualization on this core: {e}"))
+}
+
+fn start(
+    spec: &RunSpec,
+    core: &CoreSlotVirt,
+    run: &mut EnclaveRun,
+    console: &mut EnclaveConsole,
+) -> EndReason {
+    let virt = match core_virt(spec, core) {
+        Ok(v) => v,
+        Err(e) => return EndReason::Failed(e),
+    };
     match (virt, spec.second_stage) {
-        (Err(e), _) => EndReason::Failed(alloc::format!(
-            "cannot enable virtualization on this core: {e}"
-        )),
-        (Ok(CoreVirt::Vmx(state)), SecondStage::Ept(eptp)) => {
+        (CoreVirt::Vmx(state), SecondStage::Ept(eptp)) => {
             match VmxVcpu::new(state, &spec.boot, eptp, spec.tag) {
                 Ok(mut vcpu) => run_loop(&mut vcpu, spec, run, console),
                 Err(e) => EndReason::Failed(alloc::format!("cannot build the vCPU: {e}")),
             }
         }
-        (Ok(CoreVirt::Svm(state)), SecondStage::Npt(root)) => {
+        (CoreVirt::Svm(state), SecondStage::Npt(root)) => {
             match SvmVcpu::new(state, &spec.boot, root, u32::from(spec.tag), spec.ram) {
                 Ok(mut vcpu) => run_loop(&mut vcpu, spec, run, console),
                 Err(e) => EndReason::Failed(alloc::format!("cannot build the vCPU: {e:?}")),
@@ -148,13 +222,174 @@ fn start(
     }
 }
 
-/// Runs `spec` on this core to its end and reports it.
-pub fn run(spec: &RunSpec, core: &CoreSlotVirt) -> EnclaveReport {
+/// Runs one vCPU of a Linux enclave from `boot` until it stops or is INIT'd.
+#[allow(clippy::too_many_arguments)]
+fn start_platform_vcpu(
+    spec: &RunSpec,
+    core: &CoreSlotVirt,
+    boot: &Boot,
+    shared: &Shared,
+    local: &mut Local,
+    host: &mut VcpuHost,
+    run: &mut EnclaveRun,
+    console: &mut EnclaveConsole,
+) -> VcpuEnd {
+    let fail = |why: String, host: &mut VcpuHost| {
+        shared.end(EndReason::Failed(why), host);
+        VcpuEnd::Stop
+    };
+    let virt = match core_virt(spec, core) {
+        Ok(v) => v,
+        Err(e) => return fail(e, host),
+    };
+    match (virt, spec.second_stage) {
+        (CoreVirt::Vmx(state), SecondStage::Ept(eptp)) => {
+            match VmxVcpu::new(state, boot, eptp, spec.tag) {
+                Ok(mut vcpu) => platform_loop(&mut vcpu, spec, shared, local, host, run, console),
+                Err(e) => fail(
+                    alloc::format!("cannot build vCPU {}: {e}", local.index),
+                    host,
+                ),
+            }
+        }
+        (CoreVirt::Svm(state), SecondStage::Npt(root)) => {
+            match SvmVcpu::new(state, boot, root, u32::from(spec.tag), spec.ram) {
+                Ok(mut vcpu) => platform_loop(&mut vcpu, spec, shared, local, host, run, console),
+                Err(e) => fail(
+                    alloc::format!("cannot build vCPU {}: {e:?}", local.index),
+                    host,
+                ),
+            }
+        }
+        _ => fail(
+            "this core already runs the other virtualization backend".into(),
+            host,
+        ),
+    }
+}
+
+/// The real-mode state a STARTUP IPI with `vector` gives (SDM Vol. 3A §9.4.4.1): CS selector
+/// `vector << 8`, base `vector << 12`, IP 0 (`rip` is the linear entry, as for real-mode
+/// images: the backends take CS's base off it).
+fn startup_state(vector: u8) -> Boot {
+    Boot {
+        mode: EntryMode::Real16,
+        rip: u64::from(vector) << 12,
+        rsp: 0,
+        rdi: 0,
+        rsi: 0,
+        rdx: 0,
+        cr0: 0x10,
+        cr3: 0,
+        cr4: 0,
+        efer: 0,
+        gdt: (0, 0xffff),
+        cs_selector: u16::from(vector) << 8,
+        ds_selector: 0,
+    }
+}
+
+/// An application processor of a Linux enclave: waits for INIT and STARTUP, runs, and goes
+/// back to waiting after an INIT, until the enclave ends.
+fn run_application_vcpu(
+    spec: &RunSpec,
+    core: &CoreSlotVirt,
+    shared: &Shared,
+    index: usize,
+    host: &mut VcpuHost,
+    run: &mut EnclaveRun,
+    console: &mut EnclaveConsole,
+) {
+    let mailbox = &shared.mailboxes[index];
+    let mut local = Local::new(index, shared.tsc_hz);
+    let mut initialized = false;
+    loop {
+        if shared.stopping() {
+            return;
+        }
+        if mailbox.take_init() {
+            initialized = true;
+            local = Local::new(index, shared.tsc_hz);
+            // A STARTUP sent before this INIT was seen belongs to an earlier attempt.
+            let _ = mailbox.take_sipi();
+            continue;
+        }
+        match mailbox.take_sipi() {
+            Some(vector) if initialized => {
+                initialized = false;
+                let boot = startup_state(vector);
+                log::info!(
+                    "enclave '{}': vCPU {index} starts at {:#x}",
+                    spec.config.name,
+                    u32::from(vector) << 12
+                );
+                match start_platform_vcpu(spec, core, &boot, shared, &mut local, host, run, console)
+                {
+                    VcpuEnd::Stop => return,
+                    VcpuEnd::Init => continue,
+                }
+            }
+            // STARTUP without a preceding INIT is ignored (SDM Vol. 3A §9.4.4.1).
+            _ => host.wait(None),
+        }
+    }
+}
+
+/// Runs vCPU `index` of `spec` on this core to its end. The boot vCPU (index 0) returns the
+/// enclave's report once every vCPU stopped; the others return `None`.
+pub fn run(spec: &RunSpec, index: usize, core: &CoreSlotVirt) -> Option<EnclaveReport> {
     let mut run = EnclaveRun::new(&spec.config.name, spec.config.io_unknown);
     let mut console = EnclaveConsole::default();
-    let reason = start(spec, core, &mut run, &mut console);
-    run.uart.flush(&spec.config.name, &mut console);
+    let Some(shared) = spec.platform.as_deref() else {
+        // A bare-metal guest: one vCPU.
+        let reason = start(spec, core, &mut run, &mut console);
+        run.uart.flush(&spec.config.name, &mut console);
+        console.flush();
+        return Some(report(spec, &reason, run, None));
+    };
+    let own_apic = spec.config.cores.get(index).copied().unwrap_or(0);
+    let mut host = VcpuHost::new(own_apic);
+    if index > 0 {
+        run_application_vcpu(spec, core, shared, index, &mut host, &mut run, &mut console);
+        host.arm(None);
+        shared.add_exits(&run.exits, run.io_denied, run.msr_denied);
+        shared.mailboxes[index].set_done();
+        console.flush();
+        return None;
+    }
+    let mut local = Local::new(0, shared.tsc_hz);
+    let _ = start_platform_vcpu(
+        spec,
+        core,
+        &spec.boot,
+        shared,
+        &mut local,
+        &mut host,
+        &mut run,
+        &mut console,
+    );
+    host.arm(None);
+    // Wait (a bounded time) for the other vCPUs to stop, so their counts are in the report.
+    let deadline = super::tsc::now() + shared.tsc_hz;
+    while !shared.mailboxes[1..].iter().all(|m| m.is_done()) && super::tsc::now() < deadline {
+        core::hint::spin_loop();
+    }
+    shared.flush_console(super::tsc::now(), &mut console);
     console.flush();
+    shared.add_exits(&run.exits, run.io_denied, run.msr_denied);
+    let reason = shared
+        .end_reason()
+        .cloned()
+        .unwrap_or_else(|| EndReason::Failed("the enclave stopped without a reason".into()));
+    Some(report(spec, &reason, run, Some(shared)))
+}
+
+fn report(
+    spec: &RunSpec,
+    reason: &EndReason,
+    run: EnclaveRun,
+    shared: Option<&Shared>,
+) -> EnclaveReport {
     log::info!("enclave '{}' ended: {reason}", spec.config.name);
     let mut report = EnclaveReport {
         name: spec.config.name.clone(),
@@ -169,7 +404,7 @@ pub fn run(spec: &RunSpec, core: &CoreSlotVirt) -> EnclaveReport {
         msr_denied: run.msr_denied,
         ..Default::default()
     };
-    match &reason {
+    match reason {
         EndReason::Exit { code } => report.exit_code = Some(*code),
         EndReason::EptViolation {
             gpa, access, rip, ..
@@ -183,5 +418,20 @@ pub fn run(spec: &RunSpec, core: &CoreSlotVirt) -> EnclaveReport {
         _ => {}
     }
     report.results = run.results;
+    if let Some(shared) = shared {
+        let (exits, io_denied, msr_denied) = shared.exit_totals();
+        report.exits = exits;
+        report.io_denied = io_denied;
+        report.msr_denied = msr_denied;
+        report.results.extend(shared.results.lock().clone());
+        report.vcpus = Some(shared.mailboxes.len());
+        report.exit_classes = Some(shared.classes());
+        report.ipis_dropped = Some(
+            shared
+                .ipis_dropped
+                .load(core::sync::atomic::Ordering::Relaxed),
+        );
+        report.measurements = shared.measurements(shared.tsc_hz);
+    }
     report
 }

@@ -61,3 +61,77 @@ impl Console for EnclaveConsole {
         }
     }
 }
+
+/// The platform's view of this core while it runs one vCPU: the TSC, host IPIs to the cores of
+/// the same enclave, and this core's APIC timer for the guest's timer deadlines.
+pub struct VcpuHost {
+    /// This core's APIC id (a kick to itself is not sent: the caller looks at its own mailbox
+    /// before entering anyway).
+    pub own_apic: u32,
+    /// The TSC frequency.
+    pub tsc_hz: u64,
+    /// The deadline the host timer is armed for.
+    armed: Option<u64>,
+    /// When the armed timer actually fires (earlier than `armed` for deadlines beyond the
+    /// timer's 32-bit count): past that, it must be armed again even for the same deadline.
+    fires_at: u64,
+}
+
+impl VcpuHost {
+    /// The host side of the vCPU on the core with APIC id `own_apic`.
+    pub fn new(own_apic: u32) -> Self {
+        Self {
+            own_apic,
+            tsc_hz: super::tsc::hz(),
+            armed: None,
+            fires_at: 0,
+        }
+    }
+
+    /// Whether the armed deadline has passed (a host interrupt that made the guest exit was
+    /// then, most likely, the timer's).
+    pub fn timer_due(&self) -> bool {
+        self.armed.is_some_and(|d| super::tsc::now() >= d)
+    }
+}
+
+impl crate::vplat::PlatformHost for VcpuHost {
+    fn now(&self) -> u64 {
+        super::tsc::now()
+    }
+
+    fn kick(&mut self, host_apic: u32) {
+        if host_apic != self.own_apic {
+            super::apic::send_fixed(host_apic, crate::vplat::KICK_VECTOR);
+        }
+    }
+
+    fn wait(&mut self, deadline: Option<u64>) {
+        if deadline.is_some_and(|d| super::tsc::now() >= d) {
+            return;
+        }
+        self.arm(deadline);
+        // SAFETY: every vector has a gate that returns (atoll's IDT); STI's one-instruction
+        // shadow makes "enable and halt" atomic, so an interrupt already pending (a kick sent
+        // after the caller last looked at its mailbox) wakes the HLT at once. Interrupts are off
+        // again afterwards.
+        unsafe { core::arch::asm!("sti", "hlt", "cli", options(nomem, nostack)) };
+    }
+
+    fn arm(&mut self, deadline: Option<u64>) {
+        let now = super::tsc::now();
+        if deadline == self.armed && (deadline.is_none() || now < self.fires_at) {
+            return;
+        }
+        match deadline {
+            Some(d) => {
+                let ticks = d.saturating_sub(now);
+                let covered =
+                    super::apic::timer_arm(crate::vplat::TIMER_VECTOR, ticks, self.tsc_hz);
+                self.fires_at = now.saturating_add(covered);
+            }
+            None => super::apic::timer_stop(),
+        }
+        self.armed = deadline;
+    }
+}

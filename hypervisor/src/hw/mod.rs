@@ -64,6 +64,20 @@ pub fn enable_nxe() {
     }
 }
 
+/// Sets CR4.OSXSAVE on this core when the CPU has XSAVE: XSETBV on behalf of guests needs it
+/// (both backends call this when they enable virtualization on a core).
+pub fn enable_osxsave() {
+    if core::arch::x86_64::__cpuid(1).ecx & (1 << 26) != 0 {
+        // SAFETY: the CPU has XSAVE, so CR4.OSXSAVE may be set; atoll uses no extended state.
+        unsafe {
+            let mut cr4: u64;
+            core::arch::asm!("mov {}, cr4", out(reg) cr4);
+            cr4 |= 1 << 18;
+            core::arch::asm!("mov cr4, {}", in(reg) cr4);
+        }
+    }
+}
+
 /// Stops the calling core for good.
 pub fn halt_forever() -> ! {
     loop {

@@ -9,17 +9,18 @@
 
 use crate::config::EntryMode;
 use crate::decode::{self, Paging};
+use crate::double_fault::{self, Combined};
 use crate::exits::PASSTHROUGH_MSRS;
 use crate::loader::BootState;
 use crate::vcpu::{Access, Exit, Gpr, SliceMemory, Vcpu, VcpuError};
 use alloc::boxed::Box;
 use boot::{GuestPhysAddr, HostPhysAddr, PhysRange};
-use svm::exit::{CrDrAccess, ExitCode, IoioInfo, MsrAccess, NestedPageFault};
+use svm::exit::{CrDrAccess, Event, EventType, ExitCode, IoioInfo, MsrAccess, NestedPageFault};
 use svm::intercepts::{CrIntercepts, Intercepts, MiscIntercepts1, MiscIntercepts2};
 use svm::permission_maps::PermissionMapPages;
 use svm::vmcb::{
-    Field64, NestedControl, Segment, SegmentAttributes, SegmentRegister, TlbControl,
-    VirtualInterruptControl, Vmcb,
+    Field64, InterruptState, NestedControl, Segment, SegmentAttributes, SegmentRegister,
+    TlbControl, VirtualInterruptControl, Vmcb,
 };
 
 const EFER_SVME: u64 = 1 << 12;
@@ -27,6 +28,7 @@ const EFER_LME: u64 = 1 << 8;
 const EFER_LMA: u64 = 1 << 10;
 const CR0_PE: u64 = 1;
 const CR0_PG: u64 = 1 << 31;
+const RFLAGS_IF: u64 = 1 << 9;
 /// Consecutive host-interrupt exits after which the guest is stopped rather than spun on.
 const INTR_STORM: u32 = 100_000;
 
@@ -49,6 +51,7 @@ pub struct SvmCore {
 impl SvmCore {
     /// Enables SVM on this core.
     pub fn enable() -> Result<Self, svm::Error> {
+        super::enable_osxsave();
         let hsave = Box::new(Page([0; 4096]));
         // SAFETY: the host save area is a page of our own, identity-mapped and kept as long as
         // the core (the SvmCore is never dropped); we run at CPL 0 in long mode on this core.
@@ -72,6 +75,14 @@ pub struct SvmVcpu {
     ram: PhysRange,
     next_rip: Option<u64>,
     intr_run: u32,
+    /// An NMI atoll injected is being handled by the guest: no other NMI until its IRET.
+    nmi_masked: bool,
+    /// The RIP of that handler's IRET, once intercepted: NMIs are unmasked at the first exit
+    /// with another RIP (the IRET has then executed).
+    iret_rip: Option<u64>,
+    /// An exception raised on top of a queued #DF: the guest is shut down, the next `run`
+    /// reports a triple fault without entering it.
+    shutdown: bool,
 }
 
 fn flat(selector: u16, attrib: SegmentAttributes) -> Segment {
@@ -149,7 +160,7 @@ impl SvmVcpu {
             SegmentRegister::Gs,
         ];
         match boot.mode {
-            EntryMode::Long64 => {
+            EntryMode::Long64 | EntryMode::Linux => {
                 v.set_segment(
                     SegmentRegister::Cs,
                     flat(boot.cs_selector, SegmentAttributes::CODE64),
@@ -171,7 +182,7 @@ impl SvmVcpu {
                 for s in data {
                     v.set_segment(s, real(0, 0x93, 0));
                 }
-                v.write64(Field64::Rip, boot.rip - base);
+                v.write64(Field64::Rip, boot.rip.wrapping_sub(base));
             }
         }
         v.set_segment(
@@ -227,6 +238,9 @@ impl SvmVcpu {
             ram,
             next_rip: None,
             intr_run: 0,
+            nmi_masked: false,
+            iret_rip: None,
+            shutdown: false,
         })
     }
 
@@ -279,13 +293,27 @@ impl SvmVcpu {
 
     /// Enters the guest until its next #VMEXIT.
     pub fn run(&mut self) -> Result<Exit, alloc::string::String> {
-        // SAFETY: SVM is enabled on this core; the VMCB, the permission maps and the nested
-        // tables are ours and stay allocated while the vCPU lives; no reference to the VMCB is
-        // held across the call (the field borrows end before it); the host save VMCB is this
-        // core's own.
-        unsafe { svm::run::vm_run(phys(&*self.vmcb), self.host_vmcb, &mut self.regs) };
-        // Flushed once; later runs keep the ASID's translations.
-        self.vmcb.set_tlb_control(TlbControl::DoNothing);
+        loop {
+            if self.shutdown {
+                return Ok(Exit::TripleFault);
+            }
+            // SAFETY: SVM is enabled on this core; the VMCB, the permission maps and the nested
+            // tables are ours and stay allocated while the vCPU lives; no reference to the VMCB
+            // is held across the call (the field borrows end before it); the host save VMCB is
+            // this core's own.
+            unsafe { svm::run::vm_run(phys(&*self.vmcb), self.host_vmcb, &mut self.regs) };
+            // Flushed once; later runs keep the ASID's translations.
+            self.vmcb.set_tlb_control(TlbControl::DoNothing);
+            self.after_exit_events();
+            if self.vmcb.exit_code() != ExitCode::Iret {
+                break;
+            }
+            // The IRET of the handler of an NMI atoll injected (only then is IRET
+            // intercepted). The intercept comes before the IRET executes: note where it is and
+            // let it run; NMIs are unmasked at the next exit past it.
+            self.iret_rip = Some(self.vmcb.read64(Field64::Rip));
+            self.set_intercept(MiscIntercepts1::IRET, false);
+        }
         self.next_rip = None;
         let code = self.vmcb.exit_code();
         let (i1, i2) = (self.vmcb.exit_info1(), self.vmcb.exit_info2());
@@ -323,6 +351,7 @@ impl SvmVcpu {
                 }
             }
             ExitCode::Nmi => Exit::Nmi,
+            ExitCode::Vintr => Exit::InterruptWindow,
             ExitCode::Init => Exit::Init,
             ExitCode::Shutdown => Exit::TripleFault,
             ExitCode::Cpuid => needs_length(Exit::Cpuid, self),
@@ -391,6 +420,43 @@ impl SvmVcpu {
         })
     }
 
+    /// Event bookkeeping after every #VMEXIT, before the exit is translated.
+    fn after_exit_events(&mut self) {
+        let code = self.vmcb.exit_code();
+        // The event whose delivery the exit interrupted is delivered again at the next VMRUN
+        // (APM Vol. 2 §15.7.2 "Intercepts During IDT Interrupt Delivery", §15.20): EXITINTINFO
+        // goes to EVENTINJ, error code included. Without one EVENTINJ is cleared, so an event
+        // injected for the last VMRUN (delivered by now) is never injected twice.
+        if code != ExitCode::Invalid {
+            let interrupted = self.vmcb.exit_int_info();
+            self.vmcb.set_event_injection(interrupted);
+        }
+        if code == ExitCode::Vintr {
+            // The fake virtual interrupt of `request_interrupt_window` is about to be taken:
+            // withdraw it (the guest must never take it) and end the request.
+            self.request_interrupt_window(false);
+        }
+        if let Some(iret_rip) = self.iret_rip {
+            if self.vmcb.read64(Field64::Rip) != iret_rip {
+                self.iret_rip = None;
+                self.nmi_masked = false;
+            }
+        }
+    }
+
+    /// Sets or clears one intercept of the first miscellaneous vector (VMCB offset 00Ch).
+    fn set_intercept(&mut self, which: MiscIntercepts1, on: bool) {
+        let mut i = self.vmcb.intercepts();
+        i.misc1.set(which, on);
+        self.vmcb.set_intercepts(&i);
+    }
+
+    fn interrupt_shadow(&self) -> bool {
+        self.vmcb
+            .interrupt_state()
+            .contains(InterruptState::INTERRUPT_SHADOW)
+    }
+
     fn sync_long_mode(&mut self) {
         // EFER.LMA = LME and CR0.PG (AMD64 APM Vol. 2 §14.6.1): the guest's transition.
         let efer = self.vmcb.read64(Field64::Efer);
@@ -419,6 +485,14 @@ impl Vcpu for SvmVcpu {
         self.vmcb.read64(Field64::Rip)
     }
 
+    fn set_rip(&mut self, rip: u64) {
+        self.next_rip = None;
+        self.vmcb.write64(Field64::Rip, rip);
+        let mut s = self.vmcb.interrupt_state();
+        s.remove(svm::vmcb::InterruptState::INTERRUPT_SHADOW);
+        self.vmcb.set_interrupt_state(s);
+    }
+
     fn skip_instruction(&mut self) {
         if let Some(next) = self.next_rip.take() {
             self.vmcb.write64(Field64::Rip, next);
@@ -430,10 +504,27 @@ impl Vcpu for SvmVcpu {
     }
 
     fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
+        // A queued event is one whose delivery the exit interrupted (handlers inject at most
+        // once per exit); the exception arose from that delivery and combines with it as on
+        // the processor (APM Vol. 2 §8.2.9, see `crate::double_fault`).
+        let queued = self
+            .vmcb
+            .event_injection()
+            .filter(|e| e.event_type == EventType::Exception)
+            .map(|e| e.vector);
+        let (vector, error_code) = match double_fault::combine(queued, vector) {
+            Combined::New => (vector, error_code),
+            Combined::DoubleFault => (double_fault::DOUBLE_FAULT, Some(0)),
+            Combined::Shutdown => {
+                self.vmcb.set_event_injection(None);
+                self.shutdown = true;
+                return;
+            }
+        };
         // Real mode delivers no error code.
         let code = error_code.filter(|_| self.vmcb.read64(Field64::Cr0) & CR0_PE != 0);
         self.vmcb
-            .set_event_injection(Some(svm::exit::Event::exception(vector, code)));
+            .set_event_injection(Some(Event::exception(vector, code)));
     }
 
     fn cr(&self, cr: u8) -> u64 {
@@ -484,5 +575,55 @@ impl Vcpu for SvmVcpu {
 
     fn set_pat(&mut self, value: u64) {
         self.vmcb.write64(Field64::GPat, value);
+    }
+
+    fn interrupt_window_open(&self) -> bool {
+        // The guest's RFLAGS.IF (the save area holds the guest's, V_INTR_MASKING keeps the
+        // host's apart), no STI/MOV SS shadow (INTERRUPT_SHADOW, VMCB offset 068h bit 0), and
+        // EVENTINJ free (APM Vol. 2 §15.20, §15.21).
+        self.vmcb.read64(Field64::Rflags) & RFLAGS_IF != 0
+            && !self.interrupt_shadow()
+            && self.vmcb.event_injection().is_none()
+    }
+
+    fn inject_interrupt(&mut self, vector: u8) {
+        // EVENTINJ type INTR (0), valid (APM Vol. 2 §15.20). VMRUN does not check the guest's
+        // IF or shadow for injected events: callers check the window first. A second event
+        // would replace the queued one, so refuse that quietly rather than lose a re-delivered
+        // event.
+        if self.vmcb.event_injection().is_some() {
+            return;
+        }
+        self.vmcb
+            .set_event_injection(Some(Event::external_interrupt(vector)));
+    }
+
+    fn request_interrupt_window(&mut self, on: bool) {
+        // A virtual interrupt the guest takes as soon as it can take any (V_IRQ with the
+        // highest priority, V_IGN_TPR), intercepted (VINTR) before it is delivered: the
+        // #VMEXIT VINTR (64h) is the window (APM Vol. 2 §15.21 "Interrupt and Local APIC
+        // Support", virtual interrupts and the VINTR intercept). V_INTR_MASKING stays set.
+        let v = self.vmcb.virtual_interrupt() | VirtualInterruptControl::V_INTR_MASKING;
+        self.vmcb.set_virtual_interrupt(if on {
+            v.with_interrupt_window_request()
+        } else {
+            v.without_interrupt_window_request()
+        });
+        self.set_intercept(MiscIntercepts1::VINTR, on);
+    }
+
+    fn inject_nmi(&mut self) -> bool {
+        // SVM does not track NMI blocking for injected NMIs on atoll's behalf: atoll does.
+        // After an NMI is injected, NMIs stay masked until the handler's IRET has executed
+        // (IRET intercepted, see `run`); an STI/MOV SS shadow also holds it back, and so does
+        // an event already in EVENTINJ (APM Vol. 2 §15.20 "Event Injection", §15.21).
+        if self.nmi_masked || self.interrupt_shadow() || self.vmcb.event_injection().is_some() {
+            return false;
+        }
+        self.vmcb.set_event_injection(Some(Event::nmi()));
+        self.nmi_masked = true;
+        self.iret_rip = None;
+        self.set_intercept(MiscIntercepts1::IRET, true);
+        true
     }
 }

@@ -67,3 +67,8 @@ pub fn delay_us(us: u64) {
         core::hint::spin_loop();
     }
 }
+
+/// The TSC frequency [`calibrate`] measured.
+pub fn hz() -> u64 {
+    TSC_HZ.load(Ordering::Relaxed)
+}

@@ -6,18 +6,23 @@
 //! module (and the `vmx` crate) knows VMX encodings.
 
 use crate::config::EntryMode;
+use crate::double_fault::{self, Combined};
 use crate::exits::PASSTHROUGH_MSRS;
 use crate::loader::BootState;
 use crate::vcpu::{Access, Exit, Gpr, Vcpu, VcpuError};
 use alloc::boxed::Box;
 use boot::HostPhysAddr;
 use core::fmt::Write;
-use vmx::controls::{ControlSet, EntryControls, ExitControls, SecondaryControls, Want, Wanted};
+use vmx::controls::{
+    ControlSet, EntryControls, ExitControls, PinBasedControls, PrimaryControls, SecondaryControls,
+    Want, Wanted,
+};
 use vmx::exit::{
     BasicExitReason, CrAccess, CrAccessType, EptViolation, ExitReason, InterruptionInfo,
-    InterruptionType, IoAccess, IoDirection, IoSize,
+    InterruptionType, IoAccess, IoDirection, IoSize, Redelivery,
 };
 use vmx::fields::{Field16, Field32, Field64, FieldNatural};
+use vmx::guest_state::{ActivityState, Interruptibility};
 use vmx::instructions as vi;
 use vmx::run::{vm_enter, GuestRegisters};
 use vmx::vmxon::FixedBits;
@@ -131,16 +136,7 @@ impl CoreState {
                 p = in(reg) &ptr, t = out(reg) _, sel = in(reg) TSS_SELECTOR,
             );
         }
-        // XSETBV on behalf of guests needs CR4.OSXSAVE on the host.
-        if core::arch::x86_64::__cpuid(1).ecx & (1 << 26) != 0 {
-            // SAFETY: the CPU has XSAVE, so CR4.OSXSAVE may be set; atoll uses no extended state.
-            unsafe {
-                let mut cr4: u64;
-                core::arch::asm!("mov {}, cr4", out(reg) cr4);
-                cr4 |= 1 << 18;
-                core::arch::asm!("mov cr4, {}", in(reg) cr4);
-            }
-        }
+        super::enable_osxsave();
         let mut vmxon = Page::new(0);
         let phys = vmxon.phys();
         // SAFETY: the region is a page of our own, identity-mapped, kept for the life of the
@@ -166,6 +162,16 @@ fn wanted() -> Wanted {
             .optional
             .difference(SecondaryControls::ENABLE_XSAVES),
     );
+    // Interrupt-window exiting is switched on and off at run time by
+    // `request_interrupt_window`; requiring it here checks that the processor allows it
+    // (allowed-1 setting, SDM Vol. 3D §A.3.2; every VMX implementation does) and names it if
+    // not. `VmxVcpu::new` clears it again before the VMCS is written.
+    w.primary = Want::new(
+        w.primary
+            .required
+            .union(PrimaryControls::INTERRUPT_WINDOW_EXITING),
+        w.primary.optional,
+    );
     // Acknowledge host interrupts on exit so the vector is known (and EOI'd by atoll).
     w.exit = Want::new(
         w.exit.required,
@@ -190,6 +196,7 @@ const CR0_PE: u64 = 1;
 const CR0_PG: u64 = 1 << 31;
 const EFER_LME: u64 = 1 << 8;
 const EFER_LMA: u64 = 1 << 10;
+const RFLAGS_IF: u64 = 1 << 9;
 
 /// One enclave vCPU on VMX.
 pub struct VmxVcpu {
@@ -198,10 +205,15 @@ pub struct VmxVcpu {
     _vmcs: Box<Page>,
     _msr_bitmap: Box<Page>,
     _io_bitmaps: [Box<Page>; 2],
+    /// The control values in the VMCS; `entry` follows the guest's long mode, `primary` the
+    /// interrupt-window request.
     controls: ControlSet,
     cr0_mask: u64,
     cr4_mask: u64,
     exit_len: u64,
+    /// An exception raised on top of a queued #DF: the guest is shut down, the next `run`
+    /// reports a triple fault without entering it.
+    shutdown: bool,
 }
 
 fn natural(f: FieldNatural) -> u64 {
@@ -221,6 +233,11 @@ impl VmxVcpu {
         if boot.mode == EntryMode::Long64 {
             controls.entry |= EntryControls::IA32E_MODE_GUEST;
         }
+        // Off until asked for; it is never a must-be-1 control (it is not among the default-1
+        // bits, SDM Vol. 3D §A.3.2), so 0 is always allowed.
+        controls
+            .primary
+            .remove(PrimaryControls::INTERRUPT_WINDOW_EXITING);
         let fixed = FixedBits::read(&mut HwMsrs).map_err(BackendError::VmxOn)?;
         let mut vmcs = Page::new(0);
         let basic = vmx::caps::MsrReader::read(&mut HwMsrs, vmx::msr::IA32_VMX_BASIC).unwrap_or(0);
@@ -341,7 +358,8 @@ impl VmxVcpu {
         w64(Field64::GuestIa32Debugctl, 0)?;
         w64(Field64::VmcsLinkPointer, u64::MAX)?;
         w32(Field32::GuestInterruptibilityState, 0)?;
-        w32(Field32::GuestActivityState, 0)?;
+        // Active, and it stays so: HLT exits and is skipped, atoll never loads the HLT state.
+        w32(Field32::GuestActivityState, ActivityState::Active.raw())?;
         w32(Field32::GuestIa32SysenterCs, 0)?;
         wn(FieldNatural::GuestIa32SysenterEsp, 0)?;
         wn(FieldNatural::GuestIa32SysenterEip, 0)?;
@@ -378,7 +396,7 @@ impl VmxVcpu {
             ),
         ];
         match boot.mode {
-            EntryMode::Long64 => {
+            EntryMode::Long64 | EntryMode::Linux => {
                 w16(Field16::GuestCsSelector, boot.cs_selector)?;
                 w32(Field32::GuestCsLimit, 0xffff_ffff)?;
                 w32(Field32::GuestCsAccessRights, ar::CODE64)?;
@@ -403,7 +421,7 @@ impl VmxVcpu {
                     w32(acc, ar::REAL_DATA)?;
                     wn(base, 0)?;
                 }
-                wn(FieldNatural::GuestRip, boot.rip - cs_base)?;
+                wn(FieldNatural::GuestRip, boot.rip.wrapping_sub(cs_base))?;
             }
         }
         w16(Field16::GuestLdtrSelector, 0)?;
@@ -435,11 +453,15 @@ impl VmxVcpu {
             cr0_mask,
             cr4_mask,
             exit_len: 0,
+            shutdown: false,
         })
     }
 
     /// Enters the guest until its next exit.
     pub fn run(&mut self) -> Result<Exit, alloc::string::String> {
+        if self.shutdown {
+            return Ok(Exit::TripleFault);
+        }
         // SAFETY: this vCPU's VMCS is current on this core (loaded in `new`, never cleared
         // while the vCPU lives) and fully initialized; the register block is ours.
         let entered = unsafe { vm_enter(&mut self.regs, self.launched) };
@@ -451,7 +473,13 @@ impl VmxVcpu {
         self.launched = true;
         let raw = vi::read32(Field32::ExitReason).unwrap_or(0);
         let reason = ExitReason::from_raw(raw);
-        self.exit_len = u64::from(vi::read32(Field32::VmExitInstructionLength).unwrap_or(0));
+        let exit_len = vi::read32(Field32::VmExitInstructionLength).unwrap_or(0);
+        self.exit_len = u64::from(exit_len);
+        let requeued = !reason.entry_failure && self.requeue_interrupted_event(exit_len);
+        if reason.basic == BasicExitReason::InterruptWindow {
+            // One exit per request (as on SVM): the caller asks again if it still needs one.
+            self.request_interrupt_window(false);
+        }
         let q = natural(FieldNatural::ExitQualification);
         Ok(match reason.basic {
             BasicExitReason::EntryFailureInvalidGuestState => Exit::InvalidGuestState,
@@ -518,6 +546,15 @@ impl VmxVcpu {
             BasicExitReason::Wrmsr => Exit::MsrWrite,
             BasicExitReason::EptViolation => {
                 let v = EptViolation::from_qualification(q);
+                // The guest's IRET lifted virtual-NMI blocking and then faulted: it executes
+                // again, so blocking must be restored (SDM Vol. 3C §28.2.3).
+                if v.nmi_unblocking
+                    && !requeued
+                    && self.controls.pin.contains(PinBasedControls::VIRTUAL_NMIS)
+                {
+                    let intr = self.interruptibility() | Interruptibility::BLOCKING_BY_NMI;
+                    let _ = vi::write32(Field32::GuestInterruptibilityState, intr.bits());
+                }
                 let gpa = vi::read64(Field64::GuestPhysicalAddress).unwrap_or(0);
                 let linear = v
                     .linear_address_valid
@@ -538,6 +575,47 @@ impl VmxVcpu {
                 name: other.description().unwrap_or("unknown exit reason"),
             },
         })
+    }
+
+    /// Queues for the next entry the event whose delivery this exit interrupted, if any (SDM
+    /// Vol. 3C §28.2.4, §27.6): the IDT-vectoring information goes to the VM-entry
+    /// interruption information, with its error code and, for software interrupts and
+    /// exceptions, the instruction length. Without one, the VM-entry field is cleared: every VM
+    /// exit clears its valid bit already (§25.8.3), so an event injected for the last entry is
+    /// never injected twice; writing 0 just does not depend on it. Returns whether an event was
+    /// queued.
+    fn requeue_interrupted_event(&mut self, exit_len: u32) -> bool {
+        let redelivery = Redelivery::from_idt_vectoring(
+            vi::read32(Field32::IdtVectoringInformation).unwrap_or(0),
+            vi::read32(Field32::IdtVectoringErrorCode).unwrap_or(0),
+            exit_len,
+        );
+        let Some(r) = redelivery else {
+            let _ = vi::write32(Field32::VmEntryInterruptionInformation, 0);
+            return false;
+        };
+        if let Some(code) = r.error_code {
+            let _ = vi::write32(Field32::VmEntryExceptionErrorCode, code);
+        }
+        if let Some(len) = r.instruction_length {
+            let _ = vi::write32(Field32::VmEntryInstructionLength, len);
+        }
+        let _ = vi::write32(Field32::VmEntryInterruptionInformation, r.info.to_raw());
+        true
+    }
+
+    /// The event queued for the next entry, if any.
+    fn queued_event(&self) -> Option<InterruptionInfo> {
+        let info = InterruptionInfo::from_raw(
+            vi::read32(Field32::VmEntryInterruptionInformation).unwrap_or(0),
+        );
+        info.valid.then_some(info)
+    }
+
+    fn interruptibility(&self) -> Interruptibility {
+        Interruptibility::from_bits_retain(
+            vi::read32(Field32::GuestInterruptibilityState).unwrap_or(0),
+        )
     }
 
     fn sync_long_mode(&mut self) {
@@ -583,24 +661,45 @@ impl Vcpu for VmxVcpu {
         natural(FieldNatural::GuestRip)
     }
 
+    fn set_rip(&mut self, rip: u64) {
+        let _ = vi::write_natural(FieldNatural::GuestRip, rip);
+        let intr = self.interruptibility().difference(Interruptibility::SHADOW);
+        let _ = vi::write32(Field32::GuestInterruptibilityState, intr.bits());
+    }
+
     fn skip_instruction(&mut self) {
         let rip = self.rip().wrapping_add(self.exit_len);
         let _ = vi::write_natural(FieldNatural::GuestRip, rip);
         // Moving past the instruction ends blocking by STI or MOV SS (SDM Vol. 3C §25.4.2).
-        let intr = vi::read32(Field32::GuestInterruptibilityState).unwrap_or(0);
-        let _ = vi::write32(Field32::GuestInterruptibilityState, intr & !0b11);
+        let intr = self.interruptibility().difference(Interruptibility::SHADOW);
+        let _ = vi::write32(Field32::GuestInterruptibilityState, intr.bits());
     }
 
     fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
+        // A queued event is one whose delivery the exit interrupted (handlers inject at most
+        // once per exit); the exception arose from that delivery and combines with it as on
+        // the processor (SDM Vol. 3A §6.15, see `crate::double_fault`).
+        let queued = self
+            .queued_event()
+            .filter(|e| e.kind == InterruptionType::HardwareException)
+            .map(|e| e.vector);
+        let (vector, error_code) = match double_fault::combine(queued, vector) {
+            Combined::New => (vector, error_code),
+            Combined::DoubleFault => (double_fault::DOUBLE_FAULT, Some(0)),
+            Combined::Shutdown => {
+                let _ = vi::write32(Field32::VmEntryInterruptionInformation, 0);
+                self.shutdown = true;
+                return;
+            }
+        };
         // Real mode delivers no error code (SDM Vol. 3C §27.2.1.3).
         let protected = natural(FieldNatural::GuestCr0) & CR0_PE != 0;
         let code = error_code.filter(|_| protected);
-        let mut info = u32::from(vector) | (3 << 8) | (1 << 31);
         if let Some(c) = code {
-            info |= 1 << 11;
             let _ = vi::write32(Field32::VmEntryExceptionErrorCode, c);
         }
-        let _ = vi::write32(Field32::VmEntryInterruptionInformation, info);
+        let info = InterruptionInfo::hardware_exception(vector, code.is_some());
+        let _ = vi::write32(Field32::VmEntryInterruptionInformation, info.to_raw());
     }
 
     fn cr(&self, cr: u8) -> u64 {
@@ -682,6 +781,55 @@ impl Vcpu for VmxVcpu {
             return 0;
         }
         ((vi::read32(Field32::GuestSsAccessRights).unwrap_or(0) >> 5) & 3) as u8
+    }
+
+    fn interrupt_window_open(&self) -> bool {
+        // RFLAGS.IF, no STI/MOV SS shadow (SDM Vol. 3C §25.4.2, the VM-entry checks of
+        // §27.3.1.5), and nothing queued in the VM-entry interruption information (§25.8.3).
+        self.rflags() & RFLAGS_IF != 0
+            && self.interruptibility().allows_external_interrupt()
+            && self.queued_event().is_none()
+    }
+
+    fn inject_interrupt(&mut self, vector: u8) {
+        // Type external interrupt (0), valid (SDM Vol. 3C §25.8.3, §27.6.1). Callers check the
+        // window first; a second event would replace the queued one, so refuse that quietly
+        // rather than lose a re-delivered event.
+        if self.queued_event().is_some() {
+            return;
+        }
+        let info = InterruptionInfo::external_interrupt(vector);
+        let _ = vi::write32(Field32::VmEntryInterruptionInformation, info.to_raw());
+    }
+
+    fn request_interrupt_window(&mut self, on: bool) {
+        // Interrupt-window exiting (SDM Vol. 3C §25.6.2 Table 25-6 bit 2, §26.7.5): an exit
+        // (reason 7) before the first instruction at which RFLAGS.IF = 1 and no STI/MOV SS
+        // blocking, after any event injected at that entry is delivered.
+        let before = self.controls.primary;
+        self.controls
+            .primary
+            .set(PrimaryControls::INTERRUPT_WINDOW_EXITING, on);
+        if self.controls.primary != before {
+            let _ = vi::write32(
+                Field32::PrimaryProcessorBasedVmExecutionControls,
+                self.controls.primary.bits(),
+            );
+        }
+    }
+
+    fn inject_nmi(&mut self) -> bool {
+        // Blocked by NMI (or virtual-NMI blocking), MOV SS and, conservatively, STI (SDM Vol. 3C
+        // §25.4.2, §27.3.1.5); one event per entry. The processor blocks further NMIs once this
+        // one is delivered, until the guest's IRET (§26.3 with virtual NMIs, §27.6.1.2).
+        if !self.interruptibility().allows_nmi() || self.queued_event().is_some() {
+            return false;
+        }
+        let _ = vi::write32(
+            Field32::VmEntryInterruptionInformation,
+            InterruptionInfo::nmi().to_raw(),
+        );
+        true
     }
 }
 

@@ -200,13 +200,18 @@ pub struct WarningPattern {
 ///   consistent`, `APIC timer disabled`, `Spurious LAPIC timer`, `timer doesn't work`,
 ///   `timer not connected` (IO-APIC/8254 routing);
 /// * interrupts: `APIC error on CPU`, `spurious APIC interrupt`, `No irq handler for vector`,
-///   `NMI received for unknown reason`;
+///   `NMI received for unknown reason`, `nobody cared` (`irq N: nobody cared`: an interrupt
+///   line stuck asserted, so the kernel disabled it);
 /// * the tables atoll writes: `[Firmware Bug]`, `ACPI Error`, `ACPI BIOS Error`;
 /// * processor start-up: `do_boot_cpu failed`, `Stuck ??`, `Not responding`;
 /// * the kernel hurting: `WARNING: CPU:` (a WARN splat), `BUG: `, `Oops`, `general protection
 ///   fault`, `Kernel panic`, `soft lockup`, `hard LOCKUP`, `detected stall` (RCU stalls, a
 ///   symptom of lost timer interrupts), `blocked for more than` (hung tasks),
-///   `[Hardware Error]` (machine checks).
+///   `[Hardware Error]` (machine checks), `Call Trace:` (any stack dump, including those whose
+///   header line is not in this list).
+///
+/// The same list judges a Linux enclave's console in `cargo xtask`'s harness (`xtask::console`),
+/// so the guest's own check and the host's reading of its console agree.
 ///
 /// The kernel's echoes of its command line (`Command line: …`) are never warnings: they repeat
 /// whatever the user typed.
@@ -230,6 +235,7 @@ pub const WARNING_PATTERNS: &[WarningPattern] = &[
     pat("spurious-apic", &["spurious APIC interrupt"]),
     pat("unhandled-vector", &["No irq handler for vector"]),
     pat("unknown-nmi", &["NMI received for unknown reason"]),
+    pat("irq-nobody-cared", &["nobody cared"]),
     pat("firmware-bug", &["[Firmware Bug]"]),
     pat("acpi-error", &["ACPI Error"]),
     pat("acpi-bios-error", &["ACPI BIOS Error"]),
@@ -246,6 +252,7 @@ pub const WARNING_PATTERNS: &[WarningPattern] = &[
     pat("rcu-stall", &["detected stall"]),
     pat("hung-task", &["blocked for more than"]),
     pat("machine-check", &["[Hardware Error]"]),
+    pat("call-trace", &["Call Trace:"]),
 ];
 
 const fn pat(id: &'static str, parts: &'static [&'static str]) -> WarningPattern {
@@ -870,6 +877,8 @@ mod tests {
             "rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:",
             "INFO: task kworker/0:1:12 blocked for more than 120 seconds.",
             "mce: [Hardware Error]: Machine check events logged",
+            "irq 9: nobody cared (try booting with the \"irqpoll\" option)",
+            " Call Trace:",
         ];
         for l in bad {
             assert!(warning_pattern(l).is_some(), "should match: {l}");

@@ -26,8 +26,10 @@
 //! The guest reads its expectations from the kernel command line: `atoll.expect_cpus=N` and
 //! `atoll.expect_mem=MiB` become `atoll-check --expect-cpus N --expect-memory-mib MiB`,
 //! `atoll.tolerate=ID,…` becomes `--tolerate ID,…` (kernel warnings that do not fail the
-//! check), `atoll.iterations=N` sets the compute work; `atoll.shell=1` starts a shell after the
-//! check instead of powering off.
+//! check), `atoll.iterations=N` sets the compute work; `atoll.idle=N` makes `/init` print
+//! `ATOLL-IDLE begin`, sleep N seconds and print `ATOLL-IDLE end` after the check (the window
+//! `cargo xtask bench idle` counts exits in); `atoll.shell=1` starts a shell after the check
+//! instead of powering off.
 //!
 //! The smoke test tolerates [`TCG_TOLERATED`]: timing warnings QEMU's TCG emulation causes
 //! by itself — its vCPUs' TSCs are not synchronized, and its timers run in host time while the
@@ -233,7 +235,8 @@ pub fn init_script() -> String {
     r#"#!/bin/sh
 # /init of the atoll guest image (written by `cargo xtask guest-image`): mounts the kernel file
 # systems, runs /atoll-check with the expectations on the kernel command line
-# (atoll.expect_cpus=N, atoll.expect_mem=MiB, atoll.iterations=N, atoll.tolerate=ID,...), and
+# (atoll.expect_cpus=N, atoll.expect_mem=MiB, atoll.iterations=N, atoll.tolerate=ID,...),
+# idles N seconds between "ATOLL-IDLE begin" and "ATOLL-IDLE end" lines (atoll.idle=N), and
 # powers off (atoll.shell=1: starts a shell instead).
 export PATH=/bin
 mount -t proc proc /proc
@@ -244,18 +247,28 @@ exec </dev/console >/dev/console 2>&1
 set -f
 args=""
 shell=""
+idle=""
 for word in $(cat /proc/cmdline); do
     case "$word" in
         atoll.expect_cpus=*) args="$args --expect-cpus ${word#*=}" ;;
         atoll.expect_mem=*) args="$args --expect-memory-mib ${word#*=}" ;;
         atoll.iterations=*) args="$args --iterations ${word#*=}" ;;
         atoll.tolerate=*) args="$args --tolerate ${word#*=}" ;;
+        atoll.idle=*) idle=${word#*=} ;;
         atoll.shell=1) shell=1 ;;
     esac
 done
+case "$idle" in
+    *[!0-9]*) echo "init: atoll.idle=$idle ignored: not a whole number of seconds"; idle="" ;;
+esac
 echo "atoll-init: /atoll-check$args"
 /atoll-check $args
 echo "ATOLL-GUEST-EXIT status=$?"
+if [ -n "$idle" ]; then
+    echo "ATOLL-IDLE begin"
+    sleep "$idle"
+    echo "ATOLL-IDLE end"
+fi
 if [ -n "$shell" ]; then
     exec /bin/sh
 fi
@@ -736,13 +749,21 @@ fn write_initramfs(root: &Path, out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Builds (or finds in the cache) the image for `kernel`.
-pub fn build(kernel: &KernelChoice) -> Result<GuestImage> {
+/// A built initramfs (it does not depend on the kernel: it holds no modules).
+#[derive(Clone, Debug)]
+pub struct Initrd {
+    /// The gzipped newc archive.
+    pub path: PathBuf,
+    /// The hash of its inputs (`/init`, applets, busybox, `atoll-check`).
+    pub key: String,
+}
+
+/// Builds (or finds in the cache, `target/guest-image/initrd-KEY/`) the initramfs: busybox,
+/// `/init` and `atoll-check`. Older initramfs directories are removed.
+pub fn build_initrd() -> Result<Initrd> {
     check_host()?;
     let cache = crate::target_dir().join("guest-image");
     std::fs::create_dir_all(&cache)?;
-    let (package, info) = resolve_kernel(kernel)?;
-    progress(format!("kernel {package} {}", info.version));
     let busybox = busybox()?;
     let busybox_bytes = std::fs::read(&busybox)?;
     if !is_static_elf(&busybox_bytes)? {
@@ -752,12 +773,72 @@ pub fn build(kernel: &KernelChoice) -> Result<GuestImage> {
     let check_bytes = std::fs::read(&check)?;
     let init = init_script();
     let key = cache_key(&[
-        ("package", package.as_bytes()),
-        ("version", info.version.as_bytes()),
         ("init", init.as_bytes()),
         ("applets", APPLETS.join(" ").as_bytes()),
         ("busybox", &busybox_bytes),
         ("atoll-check", &check_bytes),
+    ]);
+    let dir = cache.join(format!("initrd-{key}"));
+    let path = dir.join("initrd.cpio.gz");
+    if dir.join("manifest.json").exists() && path.exists() {
+        return Ok(Initrd { path, key });
+    }
+    progress("building the initramfs (busybox, /init, atoll-check)");
+    let tmp = cache.join(format!("initrd-{key}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let rootfs = tmp.join("rootfs");
+    for d in ["bin", "dev", "proc", "sys", "tmp"] {
+        std::fs::create_dir_all(rootfs.join(d))?;
+    }
+    std::fs::copy(&busybox, rootfs.join("bin/busybox"))?;
+    for a in APPLETS {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a))?;
+    }
+    std::fs::copy(&check, rootfs.join("atoll-check"))?;
+    std::fs::write(rootfs.join("init"), &init)?;
+    std::fs::write(tmp.join("init"), &init)?;
+    use std::os::unix::fs::PermissionsExt;
+    for f in ["init", "atoll-check", "bin/busybox"] {
+        std::fs::set_permissions(rootfs.join(f), std::fs::Permissions::from_mode(0o755))?;
+    }
+    write_initramfs(&rootfs, &tmp.join("initrd.cpio.gz"))?;
+    std::fs::remove_dir_all(&rootfs)?;
+    let manifest = serde_json::json!({
+        "key": key,
+        "busybox": busybox,
+        "atoll_check": check,
+        "applets": APPLETS,
+        "initrd_bytes": std::fs::metadata(tmp.join("initrd.cpio.gz"))?.len(),
+    });
+    std::fs::write(
+        tmp.join("manifest.json"),
+        serde_json::to_string_pretty(&manifest)?,
+    )?;
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&tmp, &dir)
+        .with_context(|| format!("moving {} to {}", tmp.display(), dir.display()))?;
+    for e in std::fs::read_dir(&cache)?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if is_image_dir_of(&name, "initrd") && e.path() != dir {
+            progress(format!("removing the stale initramfs {name}"));
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+    Ok(Initrd { path, key })
+}
+
+/// Builds (or finds in the cache) the image for `kernel`.
+pub fn build(kernel: &KernelChoice) -> Result<GuestImage> {
+    check_host()?;
+    let cache = crate::target_dir().join("guest-image");
+    std::fs::create_dir_all(&cache)?;
+    let (package, info) = resolve_kernel(kernel)?;
+    progress(format!("kernel {package} {}", info.version));
+    let initrd = build_initrd()?;
+    let key = cache_key(&[
+        ("package", package.as_bytes()),
+        ("version", info.version.as_bytes()),
+        ("initrd", initrd.key.as_bytes()),
     ]);
     let dir = cache.join(format!("{package}-{key}"));
     let image = |cached| GuestImage {
@@ -777,26 +858,11 @@ pub fn build(kernel: &KernelChoice) -> Result<GuestImage> {
     let deb = download(&cache, &package, &info)?;
     let kdir = extract_kernel(&cache, &package, &info, &deb)?;
 
-    progress("building the initramfs (busybox, /init, atoll-check)");
     let tmp = cache.join(format!("{package}-{key}.tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
-    let rootfs = tmp.join("rootfs");
-    for d in ["bin", "dev", "proc", "sys", "tmp"] {
-        std::fs::create_dir_all(rootfs.join(d))?;
-    }
-    std::fs::copy(&busybox, rootfs.join("bin/busybox"))?;
-    for a in APPLETS {
-        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a))?;
-    }
-    std::fs::copy(&check, rootfs.join("atoll-check"))?;
-    std::fs::write(rootfs.join("init"), &init)?;
-    std::fs::write(tmp.join("init"), &init)?;
-    use std::os::unix::fs::PermissionsExt;
-    for f in ["init", "atoll-check", "bin/busybox"] {
-        std::fs::set_permissions(rootfs.join(f), std::fs::Permissions::from_mode(0o755))?;
-    }
-    write_initramfs(&rootfs, &tmp.join("initrd.cpio.gz"))?;
-    std::fs::remove_dir_all(&rootfs)?;
+    std::fs::create_dir_all(&tmp)?;
+    std::fs::copy(&initrd.path, tmp.join("initrd.cpio.gz"))?;
+    std::fs::write(tmp.join("init"), init_script())?;
     std::fs::copy(kdir.join("vmlinuz"), tmp.join("vmlinuz"))?;
     if kdir.join("config").exists() {
         std::fs::copy(kdir.join("config"), tmp.join("config"))?;
@@ -807,8 +873,7 @@ pub fn build(kernel: &KernelChoice) -> Result<GuestImage> {
         "deb": deb,
         "deb_bytes": info.size,
         "key": key,
-        "busybox": busybox,
-        "atoll_check": check,
+        "initrd_key": initrd.key,
         "applets": APPLETS,
         "vmlinuz_bytes": std::fs::metadata(tmp.join("vmlinuz"))?.len(),
         "initrd_bytes": std::fs::metadata(tmp.join("initrd.cpio.gz"))?.len(),
@@ -830,6 +895,118 @@ pub fn build(kernel: &KernelChoice) -> Result<GuestImage> {
         }
     }
     Ok(image(false))
+}
+
+/// Checks that `bytes` is an x86 Linux kernel the 64-bit boot protocol can start (a bzImage
+/// with boot protocol 2.12 or later and `XLF_KERNEL_64`), and returns its protocol version as
+/// `major.minor`. atoll's loader makes the full checks; this catches the wrong file early.
+pub fn check_bzimage(bytes: &[u8]) -> Result<String> {
+    if bytes.len() < 0x240 {
+        bail!("{} bytes: too short for a Linux kernel", bytes.len());
+    }
+    if bytes[0x1fe..0x200] != [0x55, 0xaa] || &bytes[0x202..0x206] != b"HdrS" {
+        bail!("no Linux boot header (boot flag 0xaa55 and \"HdrS\" at 0x1fe/0x202): not a bzImage");
+    }
+    let version = u16::from_le_bytes([bytes[0x206], bytes[0x207]]);
+    let v = format!("{}.{}", version >> 8, version & 0xff);
+    if version < 0x020c {
+        bail!("boot protocol {v}: atoll needs 2.12 or later (a 64-bit kernel of 2013 or newer)");
+    }
+    if bytes[0x236] & 1 == 0 {
+        bail!("boot protocol {v} without XLF_KERNEL_64: not a 64-bit kernel");
+    }
+    Ok(v)
+}
+
+/// Which kernel a scenario's `linux = "kernel"` module holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GuestKernel {
+    /// The guest image's kernel for this package choice.
+    Package(KernelChoice),
+    /// This bzImage (`--guest-kernel PATH`); the initramfs stays the guest image's.
+    File(PathBuf),
+}
+
+impl Default for GuestKernel {
+    /// The newest stock Debian 6.1 kernel.
+    fn default() -> Self {
+        GuestKernel::Package(KernelChoice::Newest("amd64".into()))
+    }
+}
+
+impl GuestKernel {
+    /// From `--guest-kernel PATH` and `--guest-kernel-package NAME|FLAVOUR` (at most one).
+    /// A path is checked at once ([`GuestKernel::check`]).
+    pub fn from_args(path: Option<&Path>, package: Option<&str>) -> Result<Self> {
+        let k = match (path, package) {
+            (Some(_), Some(_)) => bail!("give --guest-kernel or --guest-kernel-package, not both"),
+            (Some(p), None) => GuestKernel::File(p.to_path_buf()),
+            (None, Some(p)) => GuestKernel::Package(KernelChoice::parse(Some(p)).map_err(|e| {
+                anyhow::anyhow!(
+                    "{}",
+                    e.to_string().replace("--kernel", "--guest-kernel-package")
+                )
+            })?),
+            (None, None) => GuestKernel::default(),
+        };
+        k.check()?;
+        Ok(k)
+    }
+
+    /// For a file: that it exists and is a bzImage ([`check_bzimage`]). Packages are checked
+    /// when the guest image is built.
+    pub fn check(&self) -> Result<()> {
+        let GuestKernel::File(p) = self else {
+            return Ok(());
+        };
+        let bytes = std::fs::read(p)
+            .with_context(|| format!("--guest-kernel {}: cannot read the file", p.display()))?;
+        check_bzimage(&bytes)
+            .with_context(|| format!("--guest-kernel {}", p.display()))
+            .map(|_| ())
+    }
+
+    /// Whether this is the default (the guest image's stock kernel).
+    pub fn is_default(&self) -> bool {
+        *self == GuestKernel::default()
+    }
+
+    /// Builds what a scenario's Linux modules need: the kernel file (this one, or the guest
+    /// image's) and the initramfs; and says which kernel it is, for reports.
+    pub fn resolve(&self) -> Result<ResolvedGuest> {
+        Ok(match self {
+            GuestKernel::File(p) => {
+                self.check()?;
+                let initrd = build_initrd()?;
+                let kernel = std::fs::canonicalize(p)
+                    .with_context(|| format!("--guest-kernel {}", p.display()))?;
+                ResolvedGuest {
+                    describe: kernel.display().to_string(),
+                    kernel,
+                    initrd: initrd.path,
+                }
+            }
+            GuestKernel::Package(choice) => {
+                let img = build(choice)?;
+                ResolvedGuest {
+                    describe: format!("{} {}", img.package, img.version),
+                    kernel: img.kernel,
+                    initrd: img.initrd,
+                }
+            }
+        })
+    }
+}
+
+/// The files a scenario's Linux modules come from.
+#[derive(Clone, Debug)]
+pub struct ResolvedGuest {
+    /// The bzImage.
+    pub kernel: PathBuf,
+    /// The initramfs.
+    pub initrd: PathBuf,
+    /// Which kernel: `PACKAGE VERSION`, or the file's path.
+    pub describe: String,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1203,6 +1380,139 @@ linux-image-6.12.117+deb12-amd64 - Linux 6.12 for 64-bit PCs (signed)
              atoll.tolerate=tsc-calibration,tsc-unstable,delay-calibration,apic-calibration,\
              clocksource-unstable"
         );
+    }
+
+    /// Runs the script from `set -f` up to (not including) the first line starting with
+    /// `until` with the host's sh, `$CMDLINE` standing for /proc/cmdline and `sleep` only
+    /// recording its argument; returns stdout.
+    fn run_init_part(cmdline: &str, until: &str, then: &str) -> String {
+        let script = init_script();
+        let start = script.find("set -f").unwrap();
+        let end = script.find(until).unwrap();
+        let fragment = script[start..end].replace("$(cat /proc/cmdline)", "$CMDLINE");
+        let out = Command::new("sh")
+            .args([
+                "-c",
+                &format!("sleep() {{ echo \"slept $1\"; }}\n{fragment}\n{then}"),
+            ])
+            .env("CMDLINE", cmdline)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    #[test]
+    fn init_script_idles_between_markers_after_the_check() {
+        let s = init_script();
+        // The order on the console: report, exit status, idle window, power-off.
+        let exit = s.find("echo \"ATOLL-GUEST-EXIT status=$?\"").unwrap();
+        let begin = s.find("echo \"ATOLL-IDLE begin\"").unwrap();
+        let end = s.find("echo \"ATOLL-IDLE end\"").unwrap();
+        assert!(s.find("/atoll-check $args").unwrap() < exit);
+        assert!(exit < begin && begin < end && end < s.find("poweroff -f").unwrap());
+        // Run everything but the check itself and the power-off.
+        let after_check = "echo \"ATOLL-GUEST-EXIT status=0\"\n";
+        let tail =
+            &s[s.find("if [ -n \"$idle\" ]").unwrap()..s.find("if [ -n \"$shell\" ]").unwrap()];
+        let then = format!("{after_check}{tail}");
+        assert_eq!(
+            run_init_part(
+                "console=ttyS0 atoll.idle=7 quiet",
+                "echo \"atoll-init",
+                &then
+            ),
+            "ATOLL-GUEST-EXIT status=0\nATOLL-IDLE begin\nslept 7\nATOLL-IDLE end\n"
+        );
+        // Without the word, or with a word that is not a number of seconds, no idle window.
+        assert_eq!(
+            run_init_part("console=ttyS0", "echo \"atoll-init", &then),
+            "ATOLL-GUEST-EXIT status=0\n"
+        );
+        assert_eq!(
+            run_init_part("atoll.idle=5s", "echo \"atoll-init", &then),
+            "init: atoll.idle=5s ignored: not a whole number of seconds\nATOLL-GUEST-EXIT status=0\n"
+        );
+        assert_eq!(
+            run_init_part("atoll.idle=;reboot", "echo \"atoll-init", &then),
+            "init: atoll.idle=;reboot ignored: not a whole number of seconds\nATOLL-GUEST-EXIT status=0\n"
+        );
+        // The boot-to-init mark is the first line /init prints starting with `atoll-init:`.
+        assert_eq!(
+            run_init_part("atoll.idle=2 atoll.expect_cpus=2", "/atoll-check $args", ""),
+            "atoll-init: /atoll-check --expect-cpus 2\n"
+        );
+    }
+
+    /// A minimal bzImage header: boot flag, `HdrS`, protocol `version`, `xloadflags`.
+    fn bzimage(version: u16, xloadflags: u8) -> Vec<u8> {
+        let mut b = vec![0u8; 0x400];
+        b[0x1fe] = 0x55;
+        b[0x1ff] = 0xaa;
+        b[0x202..0x206].copy_from_slice(b"HdrS");
+        b[0x206..0x208].copy_from_slice(&version.to_le_bytes());
+        b[0x236] = xloadflags;
+        b
+    }
+
+    #[test]
+    fn bzimages_are_recognised() {
+        assert_eq!(check_bzimage(&bzimage(0x020f, 0x7f)).unwrap(), "2.15");
+        let err = |b: &[u8]| check_bzimage(b).unwrap_err().to_string();
+        assert!(err(&bzimage(0x020b, 1)).contains("boot protocol 2.11"));
+        assert!(err(&bzimage(0x020f, 0)).contains("XLF_KERNEL_64"));
+        assert!(err(b"\x7fELF").contains("too short"));
+        let mut elf = bzimage(0x020f, 1);
+        elf[0x202] = b'X';
+        assert!(err(&elf).contains("not a bzImage"));
+    }
+
+    #[test]
+    fn guest_kernel_arguments() {
+        assert_eq!(
+            GuestKernel::from_args(None, None).unwrap(),
+            GuestKernel::default()
+        );
+        assert!(GuestKernel::default().is_default());
+        assert_eq!(
+            GuestKernel::from_args(None, Some("cloud")).unwrap(),
+            GuestKernel::Package(KernelChoice::Newest("cloud".into()))
+        );
+        let e = format!(
+            "{:#}",
+            GuestKernel::from_args(None, Some("bzImage")).unwrap_err()
+        );
+        assert!(e.starts_with("--guest-kernel-package bzImage"), "{e}");
+        let dir = std::env::temp_dir().join(format!("xtask-gk-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("bzImage");
+        std::fs::write(&good, bzimage(0x020f, 1)).unwrap();
+        let bad = dir.join("config");
+        std::fs::write(&bad, "CONFIG_X86_64=y\n").unwrap();
+        assert_eq!(
+            GuestKernel::from_args(Some(&good), None).unwrap(),
+            GuestKernel::File(good.clone())
+        );
+        let e = format!(
+            "{:#}",
+            GuestKernel::from_args(Some(&bad), None).unwrap_err()
+        );
+        assert!(
+            e.contains(&format!("--guest-kernel {}", bad.display())) && e.contains("too short"),
+            "{e}"
+        );
+        let missing = dir.join("missing");
+        let e = format!(
+            "{:#}",
+            GuestKernel::from_args(Some(&missing), None).unwrap_err()
+        );
+        assert!(e.contains("cannot read the file"), "{e}");
+        assert!(GuestKernel::from_args(Some(&good), Some("cloud")).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

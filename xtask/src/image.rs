@@ -1,7 +1,14 @@
 //! `cargo xtask build` and `cargo xtask image`: the atoll ELF and a GRUB ISO carrying it, the
 //! scenario's modules and its command line.
+//!
+//! A scenario's `linux = "kernel"` and `linux = "initrd"` modules come from the Linux guest
+//! image ([`crate::guest_image`]), built (downloaded) on first use; the kernel is a parameter
+//! of the run ([`ImageOptions::guest_kernel`]). The ISO's directory,
+//! `target/images/SCENARIO[-TAG]/`, is named apart for every non-default option: TAG hashes the
+//! extra boot options, the enclave command-line additions and the kernel file's bytes.
 
-use crate::scenario::Scenario;
+use crate::guest_image::GuestKernel;
+use crate::scenario::{LinuxPart, Scenario};
 use crate::setup::IMAGE_TARGET;
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
@@ -38,18 +45,107 @@ pub fn build_guests() -> Result<PathBuf> {
     build_bare_metal(&["-p", "guest-kit", "--bins"], "the guest-kit guests")
 }
 
+/// What a run changes in the scenario's image.
+#[derive(Clone, Debug, Default)]
+pub struct ImageOptions {
+    /// Boot options added to the scenario's atoll command line.
+    pub extra_cmdline: String,
+    /// The kernel of the scenario's `linux = "kernel"` module.
+    pub guest_kernel: GuestKernel,
+    /// Words appended to an enclave's `cmdline`, by enclave name.
+    pub enclave_cmdline: Vec<(String, String)>,
+}
+
+impl ImageOptions {
+    /// Checks the options against the scenario before anything is built: a `--guest-kernel`
+    /// file must be a bzImage and the scenario must have a kernel module for it; enclave
+    /// command-line additions must name enclaves of the scenario.
+    pub fn check(&self, scenario: &Scenario) -> Result<()> {
+        if !self.guest_kernel.is_default() && scenario.linux_module(LinuxPart::Kernel).is_none() {
+            bail!(
+                "scenario '{}' has no linux = \"kernel\" module, so a guest kernel does not apply",
+                scenario.name
+            );
+        }
+        self.guest_kernel.check()?;
+        enclaves_text(scenario, &self.enclave_cmdline)?;
+        Ok(())
+    }
+}
+
+/// The scenario's enclave description (module `enclaves`) with `additions` appended to the
+/// named enclaves' command lines: `(file, text)`, or `None` when the scenario has none.
+pub fn enclaves_text(
+    scenario: &Scenario,
+    additions: &[(String, String)],
+) -> Result<Option<(PathBuf, String)>> {
+    let Some(m) = scenario.modules.iter().find(|m| m.name == "enclaves") else {
+        if let Some((name, _)) = additions.first() {
+            bail!(
+                "scenario '{}' has no enclaves module, so there is no enclave '{name}' to add to",
+                scenario.name
+            );
+        }
+        return Ok(None);
+    };
+    let Some(path) = &m.path else {
+        bail!("module 'enclaves' must be a file (path = …)")
+    };
+    let file = crate::root().join(path);
+    let text =
+        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+    if additions.is_empty() {
+        return Ok(Some((file, text)));
+    }
+    let mut doc: toml::Table = text
+        .parse()
+        .with_context(|| format!("{} is not TOML", file.display()))?;
+    let list = doc
+        .get_mut("enclave")
+        .and_then(toml::Value::as_array_mut)
+        .with_context(|| format!("{} has no [[enclave]]", file.display()))?;
+    for (name, words) in additions {
+        let names: Vec<String> = list
+            .iter()
+            .filter_map(|e| e.get("name").and_then(toml::Value::as_str))
+            .map(String::from)
+            .collect();
+        let enclave = list
+            .iter_mut()
+            .filter_map(toml::Value::as_table_mut)
+            .find(|e| e.get("name").and_then(toml::Value::as_str) == Some(name.as_str()))
+            .with_context(|| {
+                format!(
+                    "no enclave named '{name}' in {} (enclaves: {})",
+                    file.display(),
+                    names.join(", ")
+                )
+            })?;
+        let old = enclave
+            .get("cmdline")
+            .and_then(toml::Value::as_str)
+            .unwrap_or_default();
+        let joined = format!("{old} {words}").trim().to_string();
+        enclave.insert("cmdline".into(), toml::Value::String(joined));
+    }
+    Ok(Some((file, toml::to_string(&doc)?)))
+}
+
 /// Checks every enclave description the scenario carries (modules named `enclaves`) with
 /// atoll's own parser, against the run's processors (APIC ids 0..cpus on QEMU and Bochs).
 pub fn check_enclaves(scenario: &Scenario, cpus: Option<u32>) -> Result<()> {
+    check_enclaves_with(scenario, cpus, &[])
+}
+
+/// [`check_enclaves`] of the description with command-line `additions` applied.
+pub fn check_enclaves_with(
+    scenario: &Scenario,
+    cpus: Option<u32>,
+    additions: &[(String, String)],
+) -> Result<()> {
     let names: Vec<&str> = scenario.modules.iter().map(|m| m.name.as_str()).collect();
     let cores: Option<Vec<u32>> = cpus.map(|n| (0..n).collect());
-    for m in scenario.modules.iter().filter(|m| m.name == "enclaves") {
-        let Some(path) = &m.path else {
-            bail!("module 'enclaves' must be a file (path = …)")
-        };
-        let file = crate::root().join(path);
-        let text = std::fs::read_to_string(&file)
-            .with_context(|| format!("reading {}", file.display()))?;
+    if let Some((file, text)) = enclaves_text(scenario, additions)? {
         let ctx = atoll::config::Context {
             cores: cores.as_deref(),
             modules: Some(&names),
@@ -78,19 +174,51 @@ pub fn grub_cfg(scenario: &Scenario, extra: &str) -> String {
     cfg
 }
 
-/// Builds the image and a bootable ISO for `scenario`; returns the ISO's path.
-pub fn iso(scenario: &Scenario, extra_cmdline: &str) -> Result<PathBuf> {
-    check_enclaves(scenario, None)?;
+/// A built ISO.
+#[derive(Clone, Debug)]
+pub struct Iso {
+    /// The ISO file.
+    pub path: PathBuf,
+    /// `-HASH` for an image with non-default options, else empty: runs name their directories
+    /// with it too.
+    pub tag: String,
+    /// Which Linux kernel the image carries (`PACKAGE VERSION` or a path), if any.
+    pub guest_kernel: Option<String>,
+}
+
+/// Builds the image and a bootable ISO for `scenario` with `opts`.
+pub fn iso(scenario: &Scenario, opts: &ImageOptions) -> Result<Iso> {
+    opts.check(scenario)?;
+    check_enclaves_with(scenario, None, &opts.enclave_cmdline)?;
     let elf = build()?;
     let guests = if scenario.modules.iter().any(|m| m.guest.is_some()) {
         Some(build_guests()?)
     } else {
         None
     };
-    let tag = if extra_cmdline.trim().is_empty() {
+    let linux = if scenario.modules.iter().any(|m| m.linux.is_some()) {
+        Some(opts.guest_kernel.resolve()?)
+    } else {
+        None
+    };
+    // Name the image apart for every option that changes it.
+    let mut key = Vec::new();
+    if !opts.extra_cmdline.trim().is_empty() {
+        key.extend(opts.extra_cmdline.trim().bytes());
+    }
+    for (name, words) in &opts.enclave_cmdline {
+        key.extend(format!("\0enclave {name}={words}").bytes());
+    }
+    if let (Some(l), false) = (&linux, opts.guest_kernel.is_default()) {
+        key.extend(b"\0kernel ");
+        key.extend(
+            std::fs::read(&l.kernel).with_context(|| format!("reading {}", l.kernel.display()))?,
+        );
+    }
+    let tag = if key.is_empty() {
         String::new()
     } else {
-        format!("-{:016x}", fnv(extra_cmdline))
+        format!("-{:016x}", fnv(&key))
     };
     let work = crate::target_dir()
         .join("images")
@@ -100,20 +228,31 @@ pub fn iso(scenario: &Scenario, extra_cmdline: &str) -> Result<PathBuf> {
     std::fs::create_dir_all(tree.join("boot/grub"))?;
     std::fs::create_dir_all(tree.join("boot/modules"))?;
     std::fs::copy(&elf, tree.join("boot/atoll.elf")).context("copying the image")?;
+    let enclaves = enclaves_text(scenario, &opts.enclave_cmdline)?;
     for m in &scenario.modules {
-        let src = match (&m.path, &m.guest, &guests) {
-            (Some(p), _, _) => crate::root().join(p),
-            (None, Some(g), Some(dir)) => dir.join(g),
+        let dst = tree.join("boot/modules").join(&m.name);
+        if let (Some((_, text)), "enclaves") = (&enclaves, m.name.as_str()) {
+            std::fs::write(&dst, text)?;
+            continue;
+        }
+        let src = match (&m.path, &m.guest, m.linux, &guests, &linux) {
+            (Some(p), _, _, _, _) => crate::root().join(p),
+            (None, Some(g), _, Some(dir), _) => dir.join(g),
+            (None, None, Some(LinuxPart::Kernel), _, Some(l)) => l.kernel.clone(),
+            (None, None, Some(LinuxPart::Initrd), _, Some(l)) => l.initrd.clone(),
             _ => bail!("module '{}' has no source", m.name),
         };
-        std::fs::copy(&src, tree.join("boot/modules").join(&m.name))
+        std::fs::copy(&src, &dst)
             .with_context(|| format!("module '{}': cannot copy {}", m.name, src.display()))?;
     }
     std::fs::write(
         tree.join("boot/grub/grub.cfg"),
-        grub_cfg(scenario, extra_cmdline),
+        grub_cfg(scenario, &opts.extra_cmdline),
     )?;
     let iso = work.join("atoll.iso");
+    if linux.is_some() {
+        eprintln!("xtask: writing {} (grub-mkrescue)", iso.display());
+    }
     let out = Command::new("grub-mkrescue")
         .arg("-o")
         .arg(&iso)
@@ -126,13 +265,17 @@ pub fn iso(scenario: &Scenario, extra_cmdline: &str) -> Result<PathBuf> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    Ok(iso)
+    Ok(Iso {
+        path: iso,
+        tag,
+        guest_kernel: linux.map(|l| l.describe),
+    })
 }
 
 /// FNV-1a, to name ISOs built with extra options apart.
-fn fnv(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+fn fnv(s: &[u8]) -> u64 {
+    s.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
     })
 }
 
@@ -151,5 +294,58 @@ mod tests {
         assert!(cfg.contains("multiboot2 /boot/atoll.elf log=info fake_apic_ids=7\n"));
         assert!(cfg.contains("module2 /boot/modules/config config\n"));
         assert!(cfg.contains("terminal_output serial"));
+    }
+
+    #[test]
+    fn enclave_command_lines_can_be_extended() {
+        let s = Scenario::load("linux-enclave").unwrap();
+        let (_, text) = enclaves_text(&s, &[]).unwrap().unwrap();
+        assert!(!text.contains("atoll.idle"));
+        let add = vec![("linux".to_string(), "atoll.idle=10".to_string())];
+        let (_, text) = enclaves_text(&s, &add).unwrap().unwrap();
+        let doc: toml::Table = text.parse().unwrap();
+        let enclaves = doc["enclave"].as_array().unwrap();
+        let cmdline = |name: &str| {
+            enclaves
+                .iter()
+                .find(|e| e["name"].as_str() == Some(name))
+                .unwrap()["cmdline"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        assert!(cmdline("linux").starts_with("console=ttyS0 "));
+        assert!(cmdline("linux").ends_with(" atoll.idle=10"));
+        assert_eq!(cmdline("suite"), "suite", "other enclaves stay as they are");
+        let e = enclaves_text(&s, &[("linu".into(), "x".into())]).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("no enclave named 'linu'")
+                && format!("{e:#}").contains("suite, linux"),
+            "{e:#}"
+        );
+        // A scenario without enclaves has none to extend.
+        let boot = Scenario::load("boot").unwrap();
+        assert!(enclaves_text(&boot, &add).is_err());
+    }
+
+    #[test]
+    fn a_guest_kernel_needs_a_kernel_module() {
+        let boot = Scenario::load("boot").unwrap();
+        let opts = ImageOptions {
+            guest_kernel: GuestKernel::Package(crate::guest_image::KernelChoice::Newest(
+                "cloud".into(),
+            )),
+            ..ImageOptions::default()
+        };
+        let e = format!("{:#}", opts.check(&boot).unwrap_err());
+        assert!(e.contains("has no linux = \"kernel\" module"), "{e}");
+        assert!(ImageOptions::default().check(&boot).is_ok());
+        let linux = Scenario::load("linux-enclave").unwrap();
+        assert!(opts.check(&linux).is_ok());
+        let missing = ImageOptions {
+            guest_kernel: GuestKernel::File("/nonexistent/vmlinuz".into()),
+            ..ImageOptions::default()
+        };
+        assert!(format!("{:#}", missing.check(&linux).unwrap_err()).contains("cannot read"));
     }
 }

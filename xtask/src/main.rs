@@ -3,9 +3,12 @@
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use serde_json::Value;
+use std::path::PathBuf;
 use std::process::Command;
-use xtask::run::{run, RunOptions};
-use xtask::scenario::{Emulator, Scenario};
+use xtask::guest_image::GuestKernel;
+use xtask::image::ImageOptions;
+use xtask::run::{run, RunOptions, RunOutcome};
+use xtask::scenario::{lookup, Emulator, Scenario};
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Build, boot and test atoll")]
@@ -25,6 +28,8 @@ enum Cmd {
         /// Scenario under tests/scenarios/.
         #[arg(long, default_value = "boot")]
         scenario: String,
+        #[command(flatten)]
+        kernel: KernelArgs,
     },
     /// Boot a scenario in an emulator, stream COM1, exit with the run's verdict.
     Run(RunArgs),
@@ -36,7 +41,8 @@ enum Cmd {
         #[arg(long)]
         unit_only: bool,
     },
-    /// Set up, build and boot atoll in Bochs with 2 CPUs, and show the core and VMX report.
+    /// Set up, build and boot linux-enclave in QEMU (Linux on two cores beside the guest
+    /// suite), and show the core report, each enclave's end and the Linux guest's check.
     Demo,
     /// Boot with `dump_acpi` and save every ACPI table under tests/fixtures/acpi/.
     CaptureAcpi {
@@ -68,6 +74,41 @@ enum Bench {
         #[arg(long)]
         no_bochs: bool,
     },
+    /// Idle Linux: boot linux-enclave with atoll.idle=N and report the exits per second (timer,
+    /// IPI, HLT, other) atoll counted while the guest slept, and its boot-to-init time.
+    Idle {
+        /// qemu (SVM) or bochs (VMX).
+        #[arg(long, value_enum, default_value = "qemu")]
+        emulator: Emulator,
+        /// Seconds the guest idles (default: 10 on QEMU, 3 on Bochs).
+        #[arg(long)]
+        seconds: Option<u32>,
+        #[command(flatten)]
+        kernel: KernelArgs,
+    },
+}
+
+/// Which Linux kernel a scenario's `linux = "kernel"` module holds.
+#[derive(clap::Args, Clone, Debug, Default)]
+struct KernelArgs {
+    /// A bzImage to use as the Linux guest's kernel instead of the guest image's (the
+    /// initramfs stays the guest image's).
+    #[arg(long, value_name = "PATH")]
+    guest_kernel: Option<PathBuf>,
+    /// The guest image's kernel from this Debian package (e.g.
+    /// linux-image-6.1.0-56-cloud-amd64) or flavour (amd64, cloud, rt); default: the newest
+    /// stock 6.1 kernel.
+    #[arg(long, value_name = "NAME", conflicts_with = "guest_kernel")]
+    guest_kernel_package: Option<String>,
+}
+
+impl KernelArgs {
+    fn choice(&self) -> Result<GuestKernel> {
+        GuestKernel::from_args(
+            self.guest_kernel.as_deref(),
+            self.guest_kernel_package.as_deref(),
+        )
+    }
 }
 
 #[derive(clap::Args)]
@@ -90,6 +131,12 @@ struct RunArgs {
     /// Extra atoll boot options, e.g. "log=debug".
     #[arg(long, default_value = "")]
     cmdline: String,
+    /// Words appended to an enclave's command line: NAME=WORDS, e.g. "linux=atoll.idle=5"
+    /// (repeatable).
+    #[arg(long, value_name = "NAME=WORDS")]
+    enclave_cmdline: Vec<String>,
+    #[command(flatten)]
+    kernel: KernelArgs,
 }
 
 #[derive(clap::Args)]
@@ -117,9 +164,7 @@ fn main() {
     let result = match cli.command {
         Cmd::Setup => xtask::setup::setup(),
         Cmd::Build => xtask::image::build().map(|elf| println!("{}", elf.display())),
-        Cmd::Image { scenario } => Scenario::load(&scenario)
-            .and_then(|s| xtask::image::iso(&s, ""))
-            .map(|iso| println!("{}", iso.display())),
+        Cmd::Image { scenario, kernel } => image_cmd(&scenario, &kernel),
         Cmd::Run(args) => run_cmd(args),
         Cmd::GuestImage(args) => guest_image(args),
         Cmd::Test { unit_only } => test(unit_only),
@@ -132,6 +177,14 @@ fn main() {
         Cmd::Bench {
             which: Bench::Boot { runs, no_bochs },
         } => bench_boot(runs, no_bochs),
+        Cmd::Bench {
+            which:
+                Bench::Idle {
+                    emulator,
+                    seconds,
+                    kernel,
+                },
+        } => bench_idle(emulator, seconds, &kernel),
         Cmd::Scenarios => Scenario::names().map(|names| {
             for n in names {
                 let d = Scenario::load(&n)
@@ -147,6 +200,30 @@ fn main() {
     }
 }
 
+fn image_cmd(scenario: &str, kernel: &KernelArgs) -> Result<()> {
+    let s = Scenario::load(scenario)?;
+    let opts = ImageOptions {
+        guest_kernel: kernel.choice()?,
+        ..ImageOptions::default()
+    };
+    let iso = xtask::image::iso(&s, &opts)?;
+    if let Some(k) = &iso.guest_kernel {
+        eprintln!("xtask: Linux kernel {k}");
+    }
+    println!("{}", iso.path.display());
+    Ok(())
+}
+
+/// `NAME=WORDS` of `--enclave-cmdline`.
+fn parse_enclave_cmdline(arg: &str) -> Result<(String, String)> {
+    match arg.split_once('=') {
+        Some((name, words)) if !name.is_empty() && !words.trim().is_empty() => {
+            Ok((name.to_string(), words.trim().to_string()))
+        }
+        _ => bail!("--enclave-cmdline {arg}: expected NAME=WORDS, e.g. linux=atoll.idle=5"),
+    }
+}
+
 fn run_cmd(args: RunArgs) -> Result<()> {
     let opts = RunOptions {
         emulator: args.emulator,
@@ -155,6 +232,12 @@ fn run_cmd(args: RunArgs) -> Result<()> {
         memory_mib: args.memory,
         timeout_s: args.timeout,
         extra_cmdline: args.cmdline,
+        guest_kernel: args.kernel.choice()?,
+        enclave_cmdline: args
+            .enclave_cmdline
+            .iter()
+            .map(|a| parse_enclave_cmdline(a))
+            .collect::<Result<_>>()?,
         stream: true,
     };
     let outcome = run(&opts)?;
@@ -228,6 +311,16 @@ fn test(unit_only: bool) -> Result<()> {
     }
     eprintln!("xtask: building the image");
     xtask::image::build()?;
+    // The Linux tests boot the guest image with the stock and the cloud kernel: build (download)
+    // both here, where the progress shows, rather than inside a test whose output is captured.
+    for flavour in [None, Some("cloud")] {
+        let choice = xtask::guest_image::KernelChoice::parse(flavour)?;
+        eprintln!(
+            "xtask: Linux guest image ({} kernel)",
+            flavour.unwrap_or("stock")
+        );
+        xtask::guest_image::build(&choice)?;
+    }
     eprintln!("xtask: emulator tests (QEMU, then Bochs; each boots atoll and checks its summary)");
     let status = cargo()
         .args([
@@ -245,93 +338,165 @@ fn test(unit_only: bool) -> Result<()> {
     Ok(())
 }
 
+/// A summary value for a table cell: numbers and strings as they are, `-` when absent.
+fn cell(v: Option<&Value>) -> String {
+    match v {
+        None | Some(Value::Null) => "-".into(),
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Bool(b)) => if *b { "yes" } else { "no" }.into(),
+        Some(v) => v.to_string(),
+    }
+}
+
 fn demo() -> Result<()> {
     xtask::setup::setup()?;
-    // Two enclaves on the two cores of a Bochs machine with VMX: the default scenario.
-    let mut opts = RunOptions::new(Emulator::Bochs, "guest-suite");
-    opts.cpus = Some(2);
+    // Linux on two cores beside the guest suite on a third, in QEMU (SVM): the fast emulator.
+    let mut opts = RunOptions::new(Emulator::Qemu, "linux-enclave");
     opts.stream = true;
     let outcome = run(&opts)?;
     let Some(summary) = &outcome.summary else {
         bail!("{}", outcome.failure())
     };
-    let yes = |v: &Value| {
-        if v.as_bool() == Some(true) {
-            "yes"
-        } else {
-            "no"
-        }
-    };
+    let at = |path: &str| cell(lookup(summary, path));
     println!();
     println!(
-        "atoll in Bochs ({} CPUs), {:.0} s wall:",
+        "atoll in QEMU ({} CPUs, backend {}), {:.0} s wall; Linux kernel {}:",
         outcome.cpus,
-        outcome.wall.as_secs_f64()
+        at("cpu_virt"),
+        outcome.wall.as_secs_f64(),
+        outcome.guest_kernel.as_deref().unwrap_or("-")
     );
     println!(
-        "  {:<6} {:<6} {:<7} {:<4} {:<4} {:<5} {:<18}",
-        "APIC", "role", "online", "VMX", "EPT", "VPID", "unrestricted guest"
+        "  {:<6} {:<6} {:<7} {:<4} {:<4} {:<4} {:<4}",
+        "APIC", "role", "online", "VMX", "EPT", "SVM", "NPT"
     );
     for core in summary["cores"].as_array().into_iter().flatten() {
-        let caps = &core["caps"];
+        let caps = |k: &str| cell(core.get("caps").and_then(|c| c.get(k)));
         println!(
-            "  {:<6} {:<6} {:<7} {:<4} {:<4} {:<5} {:<18}",
-            core["apic_id"].as_u64().unwrap_or(0),
+            "  {:<6} {:<6} {:<7} {:<4} {:<4} {:<4} {:<4}",
+            cell(core.get("apic_id")),
             if core["bsp"].as_bool() == Some(true) {
                 "BSP"
             } else {
                 "AP"
             },
-            yes(&core["online"]),
-            yes(&caps["vmx"]),
-            yes(&caps["ept"]),
-            yes(&caps["vpid"]),
-            yes(&caps["unrestricted_guest"])
+            cell(core.get("online")),
+            caps("vmx"),
+            caps("ept"),
+            caps("svm"),
+            caps("npt")
         );
     }
     println!(
-        "  {} of {} cores online; {} MiB usable RAM; DMAR {}",
-        summary["cores_online"],
-        summary["cores_total"],
-        summary["memory_usable_bytes"].as_u64().unwrap_or(0) >> 20,
-        if summary["dmar"].as_bool() == Some(true) {
-            "present"
-        } else {
-            "absent"
-        }
+        "  {} of {} cores online; {} MiB usable RAM",
+        at("cores_online"),
+        at("cores_total"),
+        summary["memory_usable_bytes"].as_u64().unwrap_or(0) >> 20
     );
+    let enclaves: Vec<&Value> = summary["enclaves"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .collect();
     println!();
     println!(
-        "  {:<8} {:<6} {:<8} {:<34} {:<8} {:<10} {:<10}",
-        "enclave", "core", "RAM MiB", "how it ended", "suite", "CPUID cyc", "VMCALL cyc"
+        "  {:<8} {:<8} {:<8} {:<12} {:<12} {:<40}",
+        "enclave", "cores", "RAM MiB", "ended by", "own check", "detail"
     );
-    for e in summary["enclaves"].as_array().into_iter().flatten() {
+    for e in &enclaves {
         let results = &e["results"];
-        let suite = [&results["suite_passed"], &results["real_mode_passed"]]
+        let check = [
+            &results["suite_passed"],
+            &results["real_mode_passed"],
+            &results["guest_check"]["ok"],
+        ]
+        .into_iter()
+        .find(|v| !v.is_null())
+        .map_or("-", |v| {
+            if v.as_bool() == Some(true) {
+                "passed"
+            } else {
+                "FAILED"
+            }
+        });
+        let cores: Vec<String> = e["cores"]
+            .as_array()
             .into_iter()
-            .find(|v| !v.is_null())
-            .map_or("-", |v| {
-                if v.as_bool() == Some(true) {
-                    "passed"
-                } else {
-                    "FAILED"
-                }
-            });
-        let cycles = |k: &str| {
-            results[k]
-                .as_u64()
-                .map_or("-".to_string(), |c| c.to_string())
-        };
+            .flatten()
+            .map(|c| cell(Some(c)))
+            .collect();
         println!(
-            "  {:<8} {:<6} {:<8} {:<34} {:<8} {:<10} {:<10}",
-            e["name"].as_str().unwrap_or("?"),
-            e["cores"][0].as_u64().map_or("?".into(), |c| c.to_string()),
-            e["memory_mib"].as_u64().unwrap_or(0),
-            e["detail"].as_str().unwrap_or(""),
-            suite,
-            cycles("cpuid_cycles"),
-            cycles("hypercall_cycles")
+            "  {:<8} {:<8} {:<8} {:<12} {:<12} {:<40}",
+            cell(e.get("name")),
+            cores.join(","),
+            cell(e.get("memory_mib")),
+            cell(e.get("end_reason")),
+            check,
+            cell(e.get("detail"))
         );
+    }
+    // Exits by kind, one column per enclave.
+    let mut kinds: Vec<&String> = enclaves
+        .iter()
+        .filter_map(|e| e["exits"].as_object())
+        .flat_map(|m| m.keys())
+        .collect();
+    kinds.sort();
+    kinds.dedup();
+    println!();
+    print!("  {:<18}", "exits");
+    for e in &enclaves {
+        print!(" {:>12}", cell(e.get("name")));
+    }
+    println!();
+    for k in &kinds {
+        print!("  {k:<18}");
+        for e in &enclaves {
+            print!(" {:>12}", cell(e["exits"].get(k.as_str())));
+        }
+        println!();
+    }
+    if kinds.is_empty() {
+        println!("  (the summary counts no exits)");
+    }
+    // What Linux itself saw.
+    let g = |k: &str| at(&format!("enclaves.linux.results.guest_check.{k}"));
+    println!();
+    println!("  Linux enclave, as atoll-check saw it:");
+    println!("    check ok          {}", g("ok"));
+    println!(
+        "    CPUs online       {} (expected {})",
+        g("cpus_online"),
+        g("expect.cpus")
+    );
+    println!(
+        "    memory            {} KiB seen by the kernel, MemTotal {} KiB",
+        g("memory_kernel_kib"),
+        g("memory_kib")
+    );
+    println!("    APIC mode         {}", g("apic_mode"));
+    println!("    clocksource       {}", g("clocksource"));
+    println!(
+        "    TSC kHz           {} ({})",
+        g("tsc_khz"),
+        g("tsc_khz_source")
+    );
+    println!("    hypervisor        {}", g("hypervisor"));
+    println!(
+        "    /init exit status {}",
+        at("enclaves.linux.results.guest_exit_status")
+    );
+    println!(
+        "    boot to init      {} us ({} cycles)",
+        at("enclaves.linux.boot_to_init.us"),
+        at("enclaves.linux.boot_to_init.cycles")
+    );
+    for p in lookup(summary, "enclaves.linux.results.guest_check.problems")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        println!("    problem: {}", cell(Some(p)));
     }
     if outcome.passed() {
         Ok(())
@@ -415,6 +580,118 @@ fn bench_boot(runs: u32, no_bochs: bool) -> Result<()> {
     Ok(())
 }
 
+/// Exit reasons `bench idle` reports, as keys of the summary's `enclaves.linux.idle`.
+const IDLE_REASONS: &[(&str, &str)] = &[
+    ("timer", "timer"),
+    ("ipi", "IPI"),
+    ("hlt", "HLT"),
+    ("other", "other"),
+];
+
+/// The rows of `bench idle`: `(label, exits, exits per second)` for each reason and the total,
+/// from the summary's `idle` object of the Linux enclave.
+fn idle_rows(idle: &Value) -> Result<Vec<(&'static str, u64, f64)>> {
+    let us = idle["us"]
+        .as_u64()
+        .filter(|&us| us > 0)
+        .context("enclaves.linux.idle.us is missing or 0: the idle window was not measured")?;
+    let secs = us as f64 / 1e6;
+    let mut rows = Vec::new();
+    let mut total = 0;
+    for (key, label) in IDLE_REASONS {
+        let n = idle[*key]
+            .as_u64()
+            .with_context(|| format!("enclaves.linux.idle.{key} is missing"))?;
+        total += n;
+        rows.push((*label, n, n as f64 / secs));
+    }
+    rows.push(("total", total, total as f64 / secs));
+    Ok(rows)
+}
+
+fn bench_idle(emulator: Emulator, seconds: Option<u32>, kernel: &KernelArgs) -> Result<()> {
+    let seconds = seconds.unwrap_or(match emulator {
+        Emulator::Qemu => 10,
+        Emulator::Bochs => 3,
+    });
+    if seconds == 0 {
+        bail!("--seconds must be at least 1");
+    }
+    let scenario = Scenario::load("linux-enclave")?;
+    let mut opts = RunOptions::new(emulator, "linux-enclave");
+    opts.guest_kernel = kernel.choice()?;
+    opts.enclave_cmdline = vec![("linux".into(), format!("atoll.idle={seconds}"))];
+    // The guest's seconds may pass slower than the host's in an emulator.
+    let base = match emulator {
+        Emulator::Qemu => scenario.timeout_s.qemu,
+        Emulator::Bochs => scenario.timeout_s.bochs,
+    };
+    opts.timeout_s = Some(base + 10 * u64::from(seconds));
+    eprintln!(
+        "bench idle: linux-enclave on {} with atoll.idle={seconds} (timeout {} s)",
+        emulator.name(),
+        base + 10 * u64::from(seconds)
+    );
+    let o: RunOutcome = run(&opts)?;
+    if !o.passed() {
+        bail!("{}", o.failure());
+    }
+    let summary = o.summary.as_ref().context("no summary")?;
+    let idle = lookup(summary, "enclaves.linux.idle").with_context(|| {
+        format!(
+            "the summary has no enclaves.linux.idle (did the guest print ATOLL-IDLE begin/end? \
+             see {})",
+            o.work_dir.join("serial.log").display()
+        )
+    })?;
+    let rows = idle_rows(idle)?;
+    let boot = lookup(summary, "enclaves.linux.boot_to_init");
+    let num = |v: Option<&Value>, k: &str| v.and_then(|v| v[k].as_u64());
+    println!(
+        "Linux idle for {seconds} s in {} ({} CPUs, {}), kernel {}",
+        emulator.name(),
+        o.cpus,
+        cell(summary.get("cpu_virt")),
+        o.guest_kernel.as_deref().unwrap_or("-")
+    );
+    println!("{:<8} {:>10} {:>12}", "exits", "count", "per second");
+    for (label, n, rate) in &rows {
+        println!("{label:<8} {n:>10} {rate:>12.1}");
+    }
+    println!(
+        "idle window   {} us, {} cycles (measured by atoll)",
+        cell(idle.get("us")),
+        cell(idle.get("cycles"))
+    );
+    println!(
+        "boot to init  {} us, {} cycles",
+        num(boot, "us").map_or("-".into(), |v| v.to_string()),
+        num(boot, "cycles").map_or("-".into(), |v| v.to_string())
+    );
+    println!("wall          {:.1} s", o.wall.as_secs_f64());
+    let json = serde_json::json!({
+        "bench": "idle",
+        "emulator": emulator.name(),
+        "cpus": o.cpus,
+        "cpu_virt": summary.get("cpu_virt"),
+        "kernel": o.guest_kernel,
+        "idle_seconds_requested": seconds,
+        "idle": idle,
+        "exits_per_second": rows
+            .iter()
+            .map(|(label, _, rate)| (label.to_lowercase(), serde_json::json!(rate)))
+            .collect::<serde_json::Map<_, _>>(),
+        "boot_to_init": boot,
+        "wall_s": o.wall.as_secs_f64(),
+    });
+    let dir = xtask::target_dir().join("bench");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("idle-{}.json", emulator.name()));
+    std::fs::write(&path, serde_json::to_string_pretty(&json)?)?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
 fn capture_acpi(scenario: &str, emulator: Emulator, cpus: u32) -> Result<()> {
     let mut opts = RunOptions::new(emulator, scenario);
     opts.cpus = Some(cpus);
@@ -449,4 +726,92 @@ fn capture_acpi(scenario: &str, emulator: Emulator, cpus: u32) -> Result<()> {
     }
     println!("saved {count} tables in {}", dir.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn idle_rows_are_exits_per_second_of_the_window() {
+        let idle = json!({"us": 2_000_000, "cycles": 5_000_000_000u64, "timer": 500, "ipi": 40, "hlt": 520, "other": 6});
+        let rows = idle_rows(&idle).unwrap();
+        let labels: Vec<&str> = rows.iter().map(|r| r.0).collect();
+        assert_eq!(labels, ["timer", "IPI", "HLT", "other", "total"]);
+        assert_eq!(rows[0].1, 500);
+        assert!((rows[0].2 - 250.0).abs() < 1e-9);
+        assert_eq!(rows[4].1, 1066);
+        assert!((rows[4].2 - 533.0).abs() < 1e-9);
+        // A window that was not measured, or a missing reason, is an error naming the field.
+        let e = idle_rows(&json!({"us": 0, "timer": 1, "ipi": 0, "hlt": 0, "other": 0}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("idle.us"), "{e}");
+        let e = idle_rows(&json!({"us": 10, "timer": 1, "hlt": 0, "other": 0}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("idle.ipi"), "{e}");
+    }
+
+    #[test]
+    fn enclave_cmdline_arguments() {
+        assert_eq!(
+            parse_enclave_cmdline("linux=atoll.idle=5 quiet").unwrap(),
+            ("linux".to_string(), "atoll.idle=5 quiet".to_string())
+        );
+        for bad in ["linux", "=x", "linux=", "linux=  "] {
+            assert!(parse_enclave_cmdline(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn table_cells_show_a_dash_for_missing_fields() {
+        let v = json!({"n": 3, "s": "svm", "b": true, "z": null});
+        assert_eq!(cell(v.get("n")), "3");
+        assert_eq!(cell(v.get("s")), "svm");
+        assert_eq!(cell(v.get("b")), "yes");
+        assert_eq!(cell(v.get("z")), "-");
+        assert_eq!(cell(v.get("absent")), "-");
+    }
+
+    #[test]
+    fn guest_kernel_arguments_are_checked_before_anything_is_built() {
+        let cli = Cli::try_parse_from([
+            "xtask",
+            "run",
+            "--emulator",
+            "qemu",
+            "--guest-kernel",
+            "/nonexistent/bzImage",
+        ])
+        .unwrap();
+        let Cmd::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        let e = format!("{:#}", args.kernel.choice().unwrap_err());
+        assert!(e.contains("--guest-kernel /nonexistent/bzImage"), "{e}");
+        // Both at once are refused by the parser.
+        assert!(Cli::try_parse_from([
+            "xtask",
+            "run",
+            "--emulator",
+            "qemu",
+            "--guest-kernel",
+            "/x",
+            "--guest-kernel-package",
+            "cloud",
+        ])
+        .is_err());
+        let cli = Cli::try_parse_from(["xtask", "bench", "idle", "--seconds", "4"]).unwrap();
+        let Cmd::Bench {
+            which: Bench::Idle {
+                emulator, seconds, ..
+            },
+        } = cli.command
+        else {
+            panic!("not bench idle")
+        };
+        assert_eq!((emulator, seconds), (Emulator::Qemu, Some(4)));
+    }
 }

@@ -2,6 +2,8 @@
 //! `ATOLL-HALT` line (or a hard timeout), and judges the `ATOLL-SUMMARY` line against the
 //! scenario's expectations.
 
+use crate::guest_image::GuestKernel;
+use crate::image::ImageOptions;
 use crate::scenario::{check, Emulator, Scenario};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
@@ -26,6 +28,10 @@ pub struct RunOptions {
     pub timeout_s: Option<u64>,
     /// Boot options added to the scenario's.
     pub extra_cmdline: String,
+    /// The kernel of the scenario's `linux = "kernel"` module (default: the guest image's).
+    pub guest_kernel: GuestKernel,
+    /// Words appended to an enclave's command line, by enclave name.
+    pub enclave_cmdline: Vec<(String, String)>,
     /// Stream COM1 to stdout as it arrives.
     pub stream: bool,
 }
@@ -40,6 +46,8 @@ impl RunOptions {
             memory_mib: None,
             timeout_s: None,
             extra_cmdline: String::new(),
+            guest_kernel: GuestKernel::default(),
+            enclave_cmdline: Vec::new(),
             stream: false,
         }
     }
@@ -68,6 +76,8 @@ pub struct RunOutcome {
     pub serial: String,
     /// Where the run's files are.
     pub work_dir: PathBuf,
+    /// The Linux kernel the image carried (`PACKAGE VERSION` or a path), if any.
+    pub guest_kernel: Option<String>,
 }
 
 impl RunOutcome {
@@ -141,18 +151,31 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
         Emulator::Bochs => scenario.timeout_s.bochs,
     }));
     let expectations = scenario.expectations(opts.emulator, cpus)?;
-    crate::image::check_enclaves(&scenario, Some(cpus))?;
-    let iso = crate::image::iso(&scenario, &opts.extra_cmdline)?;
-
-    let tag = if opts.extra_cmdline.is_empty() {
-        String::new()
-    } else {
-        "-extra".into()
+    // The scenario's own additions for this emulator come first, then the caller's.
+    let mut enclave_cmdline: Vec<(String, String)> = scenario
+        .enclave_cmdline
+        .get(opts.emulator.name())
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    enclave_cmdline.extend(opts.enclave_cmdline.iter().cloned());
+    let image_opts = ImageOptions {
+        extra_cmdline: opts.extra_cmdline.clone(),
+        guest_kernel: opts.guest_kernel.clone(),
+        enclave_cmdline: enclave_cmdline.clone(),
     };
+    // Everything that can be wrong with the options is found before anything is built.
+    image_opts.check(&scenario)?;
+    crate::image::check_enclaves_with(&scenario, Some(cpus), &enclave_cmdline)?;
+    let built = crate::image::iso(&scenario, &image_opts)?;
+    let iso = built.path;
+
     let work = crate::target_dir().join("runs").join(format!(
-        "{}-{}-{cpus}cpu{tag}",
+        "{}-{}-{cpus}cpu{}",
         scenario.name,
-        opts.emulator.name()
+        opts.emulator.name(),
+        built.tag
     ));
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;
@@ -165,10 +188,14 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
     };
     if opts.stream {
         eprintln!(
-            "xtask: booting scenario '{}' in {} with {cpus} CPU(s), {memory} MiB (timeout {} s); COM1 follows",
+            "xtask: booting scenario '{}' in {} with {cpus} CPU(s), {memory} MiB (timeout {} s){}; COM1 follows",
             scenario.name,
             opts.emulator.name(),
-            timeout.as_secs()
+            timeout.as_secs(),
+            built
+                .guest_kernel
+                .as_ref()
+                .map_or(String::new(), |k| format!(", Linux kernel {k}"))
         );
     }
     let start = Instant::now();
@@ -252,6 +279,7 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
         wall,
         serial: text,
         work_dir: work,
+        guest_kernel: built.guest_kernel,
     })
 }
 

@@ -12,6 +12,15 @@
 //! [[module]]                          # files GRUB loads as Multiboot2 modules
 //! name = "config"
 //! path = "tests/scenarios/files/x.toml"   # relative to the workspace
+//! [[module]]
+//! name = "suite64"
+//! guest = "guest-suite"               # a guest-kit bare-metal binary
+//! [[module]]
+//! name = "vmlinuz"
+//! linux = "kernel"                    # the Linux guest image's kernel (or --guest-kernel)
+//! [[module]]
+//! name = "initrd"
+//! linux = "initrd"                    # the guest image's initramfs (/init runs atoll-check)
 //! [expect]                            # summary fields every run must show
 //! ok = true
 //! cores_online = "$cpus"              # "$cpus" and "$cpus+N" stand for the run's CPU count
@@ -46,7 +55,18 @@ impl Emulator {
     }
 }
 
-/// A module GRUB loads: a file of the repository or a guest built from `guest-kit`.
+/// A file of the Linux guest image (`cargo xtask guest-image`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LinuxPart {
+    /// The kernel (bzImage): the guest image's, or the run's `--guest-kernel`.
+    Kernel,
+    /// The initramfs whose `/init` runs `atoll-check`.
+    Initrd,
+}
+
+/// A module GRUB loads: a file of the repository, a guest built from `guest-kit`, or a file of
+/// the Linux guest image.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Module {
@@ -58,6 +78,9 @@ pub struct Module {
     /// A `guest-kit` binary, built for `x86_64-unknown-none`.
     #[serde(default)]
     pub guest: Option<String>,
+    /// A file of the Linux guest image.
+    #[serde(default)]
+    pub linux: Option<LinuxPart>,
 }
 
 /// Per-emulator timeouts.
@@ -102,6 +125,11 @@ pub struct Scenario {
     /// Modules the image carries.
     #[serde(default, rename = "module")]
     pub modules: Vec<Module>,
+    /// Words appended to an enclave's command line on one emulator only:
+    /// `[enclave_cmdline.qemu] linux = "…"` (for what that emulator cannot do the way hardware
+    /// does, documented where it is used).
+    #[serde(default)]
+    pub enclave_cmdline: BTreeMap<String, BTreeMap<String, String>>,
     /// What the summary must say.
     #[serde(default)]
     pub expect: BTreeMap<String, toml::Value>,
@@ -192,11 +220,40 @@ impl Scenario {
             if m.name.is_empty() || m.name.contains(char::is_whitespace) {
                 bail!("module name '{}' must be one word", m.name);
             }
-            if m.path.is_some() == m.guest.is_some() {
-                bail!("module '{}': give exactly one of path or guest", m.name);
+            let sources = usize::from(m.path.is_some())
+                + usize::from(m.guest.is_some())
+                + usize::from(m.linux.is_some());
+            if sources != 1 {
+                bail!(
+                    "module '{}': give exactly one of path, guest or linux",
+                    m.name
+                );
+            }
+            if let Some(part) = m.linux {
+                if let Some(other) = s
+                    .modules
+                    .iter()
+                    .find(|o| o.name != m.name && o.linux == Some(part))
+                {
+                    bail!(
+                        "modules '{}' and '{}' both hold the guest image's {part:?}",
+                        m.name,
+                        other.name
+                    );
+                }
+            }
+        }
+        for (i, m) in s.modules.iter().enumerate() {
+            if s.modules[..i].iter().any(|o| o.name == m.name) {
+                bail!("module name '{}' is used twice", m.name);
             }
         }
         Ok(s)
+    }
+
+    /// The module holding `part` of the Linux guest image, if the scenario has one.
+    pub fn linux_module(&self, part: LinuxPart) -> Option<&Module> {
+        self.modules.iter().find(|m| m.linux == Some(part))
     }
 
     /// Whether the scenario runs on `emulator`.
@@ -383,6 +440,43 @@ mod tests {
     }
 
     #[test]
+    fn linux_guest_image_modules() {
+        let head = "description='d'\ntimeout_s={qemu=1,bochs=1}\n";
+        let s = Scenario::parse(
+            "x",
+            &format!("{head}[[module]]\nname='vmlinuz'\nlinux='kernel'\n[[module]]\nname='initrd'\nlinux='initrd'"),
+        )
+        .unwrap();
+        assert_eq!(s.linux_module(LinuxPart::Kernel).unwrap().name, "vmlinuz");
+        assert_eq!(s.linux_module(LinuxPart::Initrd).unwrap().name, "initrd");
+        let err = |body: &str| {
+            format!(
+                "{:#}",
+                Scenario::parse("x", &format!("{head}{body}")).unwrap_err()
+            )
+        };
+        assert!(err("[[module]]\nname='k'\nlinux='bzimage'").contains("unknown variant"));
+        assert!(err("[[module]]\nname='k'\nlinux='kernel'\npath='x'")
+            .contains("exactly one of path, guest or linux"));
+        assert!(err("[[module]]\nname='k'").contains("exactly one of path, guest or linux"));
+        assert!(
+            err("[[module]]\nname='a'\nlinux='kernel'\n[[module]]\nname='b'\nlinux='kernel'")
+                .contains("both hold")
+        );
+        assert!(
+            err("[[module]]\nname='a'\nlinux='kernel'\n[[module]]\nname='a'\nlinux='initrd'")
+                .contains("used twice")
+        );
+        let s = Scenario::load("linux-enclave").unwrap();
+        assert!(s.linux_module(LinuxPart::Kernel).is_some());
+        assert!(s.linux_module(LinuxPart::Initrd).is_some());
+        assert!(Scenario::load("boot")
+            .unwrap()
+            .linux_module(LinuxPart::Kernel)
+            .is_none());
+    }
+
+    #[test]
     fn shipped_scenarios_parse() {
         for name in Scenario::names().unwrap() {
             let s = Scenario::load(&name).unwrap();
@@ -396,7 +490,8 @@ mod tests {
                 );
             }
             // Enclave descriptions must pass atoll's own checks on the scenario's machine.
-            crate::image::check_enclaves(&s, Some(s.cpus)).unwrap();
+            crate::image::check_enclaves(&s, Some(s.cpus))
+                .unwrap_or_else(|e| panic!("scenario {name}: {e:#}"));
         }
     }
 }

@@ -39,6 +39,9 @@ pub mod msr {
     pub const IA32_GS_BASE: u32 = 0xc000_0101;
     pub const IA32_KERNEL_GS_BASE: u32 = 0xc000_0102;
     pub const IA32_TSC_AUX: u32 = 0xc000_0103;
+    pub const IA32_SPEC_CTRL: u32 = 0x48;
+    pub const IA32_PRED_CMD: u32 = 0x49;
+    pub const IA32_FLUSH_CMD: u32 = 0x10b;
 }
 
 /// MSRs the guest reads and writes directly (no exit): state atoll's host side never uses, or
@@ -58,6 +61,11 @@ pub const PASSTHROUGH_MSRS: &[u32] = &[
     msr::IA32_GS_BASE,
     msr::IA32_KERNEL_GS_BASE,
     msr::IA32_TSC_AUX,
+    // The speculation controls: per-core state of the enclave's own core (the guest sees them
+    // only where the host's CPUID lists them).
+    msr::IA32_SPEC_CTRL,
+    msr::IA32_PRED_CMD,
+    msr::IA32_FLUSH_CMD,
 ];
 
 /// EFER bits a guest may set: SCE, LME, LMA (checked against CR0), NXE (AMD64 APM Vol. 2 §3.1.7).
@@ -394,6 +402,13 @@ pub fn filtered_cpuid(host: &impl HostCpu, leaf: u32, sub: u32) -> [u32; 4] {
                 0x8000_0001 => r[2] &= !(1 << 2),
                 // SVM feature leaf: nothing to offer.
                 0x8000_000a => r = [0; 4],
+                // XSAVES/XRSTORS (EAX bit 3) and the supervisor states (IA32_XSS, ECX/EDX) are
+                // not virtualized: off, so guests use the standard XSAVE layout.
+                0xd if sub == 1 => {
+                    r[0] &= !(1 << 3);
+                    r[2] = 0;
+                    r[3] = 0;
+                }
                 _ => {}
             }
             r

@@ -182,6 +182,12 @@ extern "C" fn atoll_bsp_main(magic: u32, info_addr: u64) -> ! {
 
     let tsc_hz = tsc::calibrate();
     log::info!("TSC: {} MHz", tsc_hz / 1_000_000);
+    let wall = hw::rtc::read_unix_seconds();
+    WALL_CLOCK.call_once(|| wall.map(|s| (s, tsc::now())));
+    match wall {
+        Some(s) => log::info!("wall clock: {s} s since 1970 (host RTC)"),
+        None => log::warn!("the host RTC did not answer; enclaves' clocks start at 1970"),
+    }
 
     let bsp = probe_this_core();
     log_vmx_msrs(&bsp);
@@ -437,7 +443,11 @@ fn setup_enclaves(
                     boot.rip
                 );
                 let platform = linux.then(|| {
-                    alloc::sync::Arc::new(atoll::vplat::Shared::new(&c.name, &c.cores, tsc::hz()))
+                    let shared = atoll::vplat::Shared::new(&c.name, &c.cores, tsc::hz());
+                    if let Some(Some((secs, at))) = WALL_CLOCK.get() {
+                        shared.set_wall_clock(*secs, *at);
+                    }
+                    alloc::sync::Arc::new(shared)
                 });
                 specs.push(RunSpec {
                     config: c,
@@ -631,6 +641,9 @@ extern "C" fn atoll_ap_main(_ticket: u64) -> ! {
     }
     hw::halt_forever()
 }
+
+/// The host's wall clock at boot: Unix seconds and the TSC when they were read.
+static WALL_CLOCK: Once<Option<(i64, u64)>> = Once::new();
 
 /// Whether the BSP runs its APIC in x2APIC mode (the APs follow).
 static HOST_X2APIC: AtomicBool = AtomicBool::new(false);

@@ -38,6 +38,7 @@ pub mod vcpu;
 pub mod vioapic;
 pub mod vpit;
 pub mod vplat;
+pub mod vrtc;
 pub mod vuart;
 
 #[cfg(test)]

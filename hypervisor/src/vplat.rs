@@ -29,7 +29,8 @@
 //!
 //! **Legacy ports.** COM1 (a 16550A with its interrupt on I/O APIC pin 4, [`crate::vuart`]), PIT
 //! channel 2 and its gate ([`crate::vpit`], which Linux times the TSC against on non-Intel
-//! CPUs), and PCI configuration mechanism #1 (0xCF8/0xCFC) over the same configuration space as
+//! CPUs), the CMOS clock's time registers ([`crate::vrtc`], the host's time at atoll's boot
+//! advanced by the TSC), and PCI configuration mechanism #1 (0xCF8/0xCFC) over the same configuration space as
 //! the ECAM window: a host bridge at 00:00.0 and nothing else.
 //!
 //! **Delivery.** A vCPU's interrupts arrive in its [`Mailbox`] (a 256-bit request register set
@@ -282,6 +283,7 @@ pub struct Shared {
     ioapic: Mutex<IoApic>,
     uart: Mutex<Uart16550>,
     pit: Mutex<crate::vpit::Pit>,
+    rtc: Mutex<crate::vrtc::Rtc>,
     /// PCI configuration mechanism #1: the address register at port 0xCF8.
     pci_address: AtomicU32,
     stop: AtomicBool,
@@ -316,6 +318,7 @@ impl Shared {
             ioapic: Mutex::new(IoApic::new(IOAPIC_ID)),
             uart: Mutex::new(Uart16550::new()),
             pit: Mutex::new(crate::vpit::Pit::new(tsc_hz)),
+            rtc: Mutex::new(crate::vrtc::Rtc::new(0, 0, tsc_hz)),
             pci_address: AtomicU32::new(0),
             stop: AtomicBool::new(false),
             end: Once::new(),
@@ -325,6 +328,11 @@ impl Shared {
             totals: Mutex::new(([0; crate::vcpu::ExitKind::ALL.len()], 0, 0)),
             tsc_hz,
         }
+    }
+
+    /// Sets the wall clock the guest's RTC shows: `unix_secs` at TSC `tsc`.
+    pub fn set_wall_clock(&self, unix_secs: i64, tsc: u64) {
+        *self.rtc.lock() = crate::vrtc::Rtc::new(unix_secs, tsc, self.tsc_hz);
     }
 
     /// Ends the enclave (the first reason wins) and makes every vCPU stop.
@@ -860,7 +868,7 @@ pub fn handle(
             write,
             string: false,
             ..
-        } if matches!(port, 0x40..=0x43 | 0x61 | 0xcf8..=0xcff) => {
+        } if matches!(port, 0x40..=0x43 | 0x61 | 0x70 | 0x71 | 0xcf8..=0xcff) => {
             let value = vcpu.gpr(Gpr::Rax);
             let read = legacy_io(shared, host, port, size, write.then_some(value));
             if let Some(v) = read {
@@ -916,7 +924,7 @@ fn ecam_read(offset: u64) -> u32 {
     pci_config_read(bus, device, function, (offset & 0xffc) as u16)
 }
 
-/// Ports of the PIT (0x40–0x43, 0x61) and of PCI configuration mechanism #1 (0xCF8 address,
+/// Ports of the PIT (0x40–0x43, 0x61), the RTC (0x70, 0x71) and of PCI configuration mechanism #1 (0xCF8 address,
 /// 0xCFC–0xCFF data). Returns the value of a read (`write` is `None`).
 fn legacy_io(
     shared: &Shared,
@@ -934,6 +942,16 @@ fn legacy_io(
                     None
                 }
                 None => Some(pit.read(port, host.now()).into()),
+            }
+        }
+        0x70 | 0x71 => {
+            let mut rtc = shared.rtc.lock();
+            match write {
+                Some(v) => {
+                    rtc.write(port, v as u8);
+                    None
+                }
+                None => Some(rtc.read(port, host.now()).into()),
             }
         }
         0xcf8 if size == 4 => match write {
@@ -1282,10 +1300,12 @@ pub fn cpuid(
         1 => {
             // EBX: initial APIC id, logical processors per package; CLFLUSH size kept.
             r[1] = (r[1] & 0xffff) | (vcpus.min(255) << 16) | (index.min(255) << 24);
-            // ECX: x2APIC (21) and TSC-deadline (24) on; MONITOR (3) off; PDCM (15) off.
-            r[2] = (r[2] | (1 << 21) | (1 << 24)) & !((1 << 3) | (1 << 15));
-            // EDX: no machine-check architecture (MCE 7, MCA 14): its banks are the host's.
-            r[3] &= !((1 << 7) | (1 << 14));
+            // ECX: x2APIC (21) and TSC-deadline (24) on; MONITOR (3), EIST (7), TM2 (8) and
+            // PDCM (15) off (their MSRs are the host's).
+            r[2] = (r[2] | (1 << 21) | (1 << 24)) & !((1 << 3) | (1 << 7) | (1 << 8) | (1 << 15));
+            // EDX: no machine-check architecture (MCE 7, MCA 14): its banks are the host's; no
+            // thermal monitor or its MSRs (ACPI 22, TM 29).
+            r[3] &= !((1 << 7) | (1 << 14) | (1 << 22) | (1 << 29));
             // EDX: HTT when the package has more than one logical processor.
             if vcpus > 1 {
                 r[3] |= 1 << 28;
@@ -1302,10 +1322,11 @@ pub fn cpuid(
         5 | 0xa => r = [0; 4],
         6 => r = [0; 4],
         7 if sub == 0 => {
-            // EDX: speculation-control MSRs (IBRS/IBPB 26, STIBP 27, L1D_FLUSH 28,
-            // ARCH_CAPABILITIES 29, CORE_CAPABILITIES 30, SSBD 31) off: atoll does not
-            // virtualize them.
-            r[3] &= !((1 << 26) | (1 << 27) | (1 << 28) | (1 << 29) | (1 << 30) | (1 << 31));
+            // EDX: the speculation controls (IBRS/IBPB 26, STIBP 27, L1D_FLUSH 28, SSBD 31) stay
+            // as the host has them: their MSRs are the guest's own (passed through, the core is
+            // the enclave's). ARCH_CAPABILITIES (29) and CORE_CAPABILITIES (30) off: atoll does
+            // not emulate them.
+            r[3] &= !((1 << 29) | (1 << 30));
             // EBX: IA32_TSC_ADJUST (1) on (emulated: it reads 0), so Linux trusts the TSC
             // without a watchdog.
             r[1] |= 1 << 1;
@@ -1345,8 +1366,9 @@ pub fn cpuid(
             r[3] |= 1 << 8;
         }
         0x8000_0008 => {
-            // EBX: IBPB (12), IBRS (14), STIBP (15), SSBD (24), VIRT_SSBD (25) off.
-            r[1] &= !((1 << 12) | (1 << 14) | (1 << 15) | (1 << 24) | (1 << 25));
+            // EBX: VIRT_SSBD (25) off (its MSR is not emulated); IBPB, IBRS, STIBP and SSBD
+            // stay, as for leaf 7.
+            r[1] &= !(1 << 25);
             // ECX: NC = cores - 1, ApicIdCoreIdSize.
             r[2] = (r[2] & !0xf0ff) | (vcpus.saturating_sub(1) & 0xff) | (core_bits << 12);
         }
@@ -1881,7 +1903,7 @@ mod tests {
         assert_eq!(c(0x16, 0, 0), [2500, 2500, 100, 0]);
         assert_eq!(c(0xe, 0, 0), [0; 4]);
         let l7 = c(7, 0, 0);
-        assert_eq!(l7[3], 1 << 10);
+        assert_eq!(l7[3], (1 << 10) | (1 << 26));
         assert_eq!(l7[1] & 2, 2, "TSC_ADJUST");
         assert_eq!(l7[2], 0);
         assert_eq!(c(0x8000_0001, 0, 0)[2] & ((1 << 22) | (1 << 2)), 0);

@@ -90,7 +90,14 @@ core::arch::global_asm!(
     "mov r14, [rdx + {r14}]",
     "mov r15, [rdx + {r15}]",
     "mov rdx, [rdx + {rdx}]",
+    // With V_INTR_MASKING, physical interrupts reach (and #VMEXIT) the guest only if the host's
+    // RFLAGS.IF was set at VMRUN (HIF, APM Vol. 2 §15.21.1); with GIF clear, setting IF lets
+    // nothing in on the host side.
+    "sti",
     "vmrun rax",
+    // GIF is 0 again; clear IF before STGI so the host takes pending interrupts only when the
+    // backend opens a window for them.
+    "cli",
     // #VMEXIT: RAX (the VMCB address), RSP, RIP, RFLAGS and the rest of the host state of
     // VM_HSAVE_PA are back; GIF = 0; the other GPRs hold the guest's values.
     "mov rax, [rsp + {regs_slot}]",

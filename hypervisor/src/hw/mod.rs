@@ -8,6 +8,7 @@ pub mod enclave_run;
 pub mod host;
 pub mod msr;
 pub mod power;
+pub mod rtc;
 pub mod svm_backend;
 pub mod tsc;
 pub mod vmx_backend;

@@ -633,7 +633,8 @@ impl VmxVcpu {
         if lma {
             self.controls.entry |= EntryControls::IA32E_MODE_GUEST;
         } else {
-            self.controls.entry &= !EntryControls::IA32E_MODE_GUEST;
+            // `remove`, not `&= !`: the complement of a flag would drop the unnamed default-1 bits.
+            self.controls.entry.remove(EntryControls::IA32E_MODE_GUEST);
         }
         let _ = vi::write32(Field32::VmEntryControls, self.controls.entry.bits());
     }

@@ -1320,7 +1320,10 @@ pub fn cpuid(
         }
         // MONITOR/MWAIT leaf and the architectural PMU: nothing.
         5 | 0xa => r = [0; 4],
-        6 => r = [0; 4],
+        // Thermal and power: only ARAT (EAX bit 2), the APIC timer keeps running in idle states
+        // (it is atoll's model, driven by the TSC). Without it Linux needs a broadcast timer to
+        // stop the tick in idle and, having none, ticks at HZ on every idle vCPU.
+        6 => r = [1 << 2, 0, 0, 0],
         7 if sub == 0 => {
             // EDX: the speculation controls (IBRS/IBPB 26, STIBP 27, L1D_FLUSH 28, SSBD 31) stay
             // as the host has them: their MSRs are the guest's own (passed through, the core is
@@ -1902,6 +1905,7 @@ mod tests {
         assert_eq!(c(0x15, 0, 0), [1, 1, 2_500_000_000, 0]);
         assert_eq!(c(0x16, 0, 0), [2500, 2500, 100, 0]);
         assert_eq!(c(0xe, 0, 0), [0; 4]);
+        assert_eq!(c(6, 0, 0), [1 << 2, 0, 0, 0], "ARAT only");
         let l7 = c(7, 0, 0);
         assert_eq!(l7[3], (1 << 10) | (1 << 26));
         assert_eq!(l7[1] & 2, 2, "TSC_ADJUST");

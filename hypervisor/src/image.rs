@@ -522,7 +522,7 @@ fn run_enclaves(specs: Vec<RunSpec>, bsp_apic: u32) -> Vec<EnclaveReport> {
             continue;
         }
         while outcome.get().is_none() {
-            core::hint::spin_loop();
+            hw::idle_wait_us(10_000);
         }
         reports.extend(outcome.get().cloned());
     }
@@ -624,7 +624,7 @@ extern "C" fn atoll_ap_main(_ticket: u64) -> ! {
         if let Some(w) = slot.work() {
             break w;
         }
-        core::hint::spin_loop();
+        hw::idle_wait_us(1000);
     };
     if let (Some(i), Some(specs), Some(outcomes)) = (work, ENCLAVES.get(), OUTCOMES.get()) {
         if let (Some(spec), Some(outcome)) = (specs.get(i), outcomes.get(i)) {

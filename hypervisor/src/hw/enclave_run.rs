@@ -372,7 +372,7 @@ pub fn run(spec: &RunSpec, index: usize, core: &CoreSlotVirt) -> Option<EnclaveR
     // Wait (a bounded time) for the other vCPUs to stop, so their counts are in the report.
     let deadline = super::tsc::now() + shared.tsc_hz;
     while !shared.mailboxes[1..].iter().all(|m| m.is_done()) && super::tsc::now() < deadline {
-        core::hint::spin_loop();
+        super::idle_wait_us(1000);
     }
     shared.flush_console(super::tsc::now(), &mut console);
     console.flush();

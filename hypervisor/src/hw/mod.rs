@@ -79,6 +79,18 @@ pub fn enable_osxsave() {
     }
 }
 
+/// Sleeps on this core (interrupts on, HLT) until its APIC timer fires `us` microseconds from
+/// now or another interrupt arrives: a waiting core then costs an emulator (Bochs runs its
+/// processors in turn) nothing, unlike a spin loop.
+pub fn idle_wait_us(us: u64) {
+    let hz = tsc::hz();
+    apic::timer_arm(crate::vplat::TIMER_VECTOR, us.saturating_mul(hz) / 1_000_000, hz);
+    // SAFETY: every vector has a gate that returns (atoll's IDT); STI's shadow makes "enable and
+    // halt" atomic; interrupts are off again afterwards.
+    unsafe { core::arch::asm!("sti", "hlt", "cli", options(nomem, nostack)) };
+    apic::timer_stop();
+}
+
 /// Stops the calling core for good.
 pub fn halt_forever() -> ! {
     loop {

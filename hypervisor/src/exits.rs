@@ -403,9 +403,11 @@ pub fn filtered_cpuid(host: &impl HostCpu, leaf: u32, sub: u32) -> [u32; 4] {
                 // SVM feature leaf: nothing to offer.
                 0x8000_000a => r = [0; 4],
                 // XSAVES/XRSTORS (EAX bit 3) and the supervisor states (IA32_XSS, ECX/EDX) are
-                // not virtualized: off, so guests use the standard XSAVE layout.
+                // not virtualized, and XSAVEC (bit 1) goes with them: guests use the standard
+                // XSAVE layout, whose sizes leaf 0xD subleaf 0 gives (Bochs reports the compacted
+                // size in subleaf 1 EBX wrongly, which Linux checks when it compacts).
                 0xd if sub == 1 => {
-                    r[0] &= !(1 << 3);
+                    r[0] &= !((1 << 1) | (1 << 3));
                     r[2] = 0;
                     r[3] = 0;
                 }
@@ -721,7 +723,7 @@ mod tests {
         fn cpuid(&self, leaf: u32, _sub: u32) -> [u32; 4] {
             match leaf {
                 1 => [0x906ea, 0, (1 << 5) | (1 << 26) | (1 << 0), 0],
-                0xd => [0b111, 0, 0, 0],
+                0xd => [0b111, 0, 0b11, 0b1],
                 0x8000_0001 => [0, 0, 1 << 2, 0],
                 _ => [leaf, 1, 2, 3],
             }
@@ -791,6 +793,15 @@ mod tests {
         w.exit(Exit::Cpuid);
         assert_eq!(w.vcpu.gprs[Gpr::Rcx as usize] & (1 << 2), 0, "SVM hidden");
         assert_eq!(w.run.exit_counts()["cpuid"], 3);
+        // XSAVE features: XSAVEOPT (bit 0) and XGETBV1 (2) kept, XSAVEC (1) and XSAVES (3)
+        // hidden, no supervisor states.
+        let host = Host { xcr0: None };
+        assert_eq!(filtered_cpuid(&host, 0xd, 1), [0b101, 0, 0, 0]);
+        assert_eq!(
+            filtered_cpuid(&host, 0xd, 0)[0],
+            0b111,
+            "subleaf 0 untouched"
+        );
     }
 
     #[test]

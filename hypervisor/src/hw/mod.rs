@@ -84,7 +84,11 @@ pub fn enable_osxsave() {
 /// processors in turn) nothing, unlike a spin loop.
 pub fn idle_wait_us(us: u64) {
     let hz = tsc::hz();
-    apic::timer_arm(crate::vplat::TIMER_VECTOR, us.saturating_mul(hz) / 1_000_000, hz);
+    apic::timer_arm(
+        crate::vplat::TIMER_VECTOR,
+        us.saturating_mul(hz) / 1_000_000,
+        hz,
+    );
     // SAFETY: every vector has a gate that returns (atoll's IDT); STI's shadow makes "enable and
     // halt" atomic; interrupts are off again afterwards.
     unsafe { core::arch::asm!("sti", "hlt", "cli", options(nomem, nostack)) };

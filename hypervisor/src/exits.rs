@@ -299,7 +299,8 @@ pub fn handle(
         Exit::Cpuid => {
             let leaf = vcpu.gpr(Gpr::Rax) as u32;
             let sub = vcpu.gpr(Gpr::Rcx) as u32;
-            let [a, b, c, d] = filtered_cpuid(host, leaf, sub);
+            let [a, b, c, d] =
+                reflect_guest_cr4(filtered_cpuid(host, leaf, sub), leaf, sub, vcpu.cr(4));
             vcpu.set_gpr(Gpr::Rax, a.into());
             vcpu.set_gpr(Gpr::Rbx, b.into());
             vcpu.set_gpr(Gpr::Rcx, c.into());
@@ -416,6 +417,25 @@ pub fn filtered_cpuid(host: &impl HostCpu, leaf: u32, sub: u32) -> [u32; 4] {
             r
         }
     }
+}
+
+/// The CPUID bits that mirror the caller's own CR4 (SDM Vol. 2A "CPUID"): OSXSAVE (leaf 1 ECX
+/// bit 27) is CR4.OSXSAVE (bit 18), OSPKE (leaf 7 ECX bit 4) is CR4.PKE (bit 22). The host's
+/// values describe atoll's CR4, so they are replaced by the guest's.
+pub fn reflect_guest_cr4(mut r: [u32; 4], leaf: u32, sub: u32, cr4: u64) -> [u32; 4] {
+    let set = |word: &mut u32, bit: u32, on: bool| {
+        if on {
+            *word |= 1 << bit;
+        } else {
+            *word &= !(1 << bit);
+        }
+    };
+    match (leaf, sub) {
+        (1, _) => set(&mut r[2], 27, cr4 & (1 << 18) != 0),
+        (7, 0) => set(&mut r[2], 4, cr4 & (1 << 22) != 0),
+        _ => {}
+    }
+    r
 }
 
 fn set_io_result(vcpu: &mut impl Vcpu, size: u8, value: u32) {
@@ -802,6 +822,12 @@ mod tests {
             0b111,
             "subleaf 0 untouched"
         );
+        // OSXSAVE and OSPKE follow the guest's CR4, not atoll's.
+        assert_eq!(reflect_guest_cr4([0, 0, 1 << 27, 0], 1, 0, 0)[2], 0);
+        assert_eq!(reflect_guest_cr4([0, 0, 0, 0], 1, 0, 1 << 18)[2], 1 << 27);
+        assert_eq!(reflect_guest_cr4([0, 0, 1 << 4, 0], 7, 0, 0)[2], 0);
+        assert_eq!(reflect_guest_cr4([0, 0, 0, 0], 7, 0, 1 << 22)[2], 1 << 4);
+        assert_eq!(reflect_guest_cr4([1, 2, 3, 4], 2, 0, 0), [1, 2, 3, 4]);
     }
 
     #[test]

@@ -843,7 +843,12 @@ pub fn handle(
             let leaf = vcpu.gpr(Gpr::Rax) as u32;
             let sub = vcpu.gpr(Gpr::Rcx) as u32;
             let vcpus = shared.mailboxes.len() as u32;
-            let r = cpuid(cpu, leaf, sub, local.index as u32, vcpus, shared.tsc_hz);
+            let r = crate::exits::reflect_guest_cr4(
+                cpuid(cpu, leaf, sub, local.index as u32, vcpus, shared.tsc_hz),
+                leaf,
+                sub,
+                vcpu.cr(4),
+            );
             for (g, v) in [Gpr::Rax, Gpr::Rbx, Gpr::Rcx, Gpr::Rdx].into_iter().zip(r) {
                 vcpu.set_gpr(g, v.into());
             }

@@ -871,6 +871,46 @@ mod tests {
         b
     }
 
+    #[test]
+    fn enclave_platform_layout_loads_with_acpi_tables() {
+        // vplat::load_linux: ACPI tables at 0xE0000, the platform's E820, then the kernel.
+        let ram = 64 * MIB;
+        let mut mem = vec![0u8; ram as usize];
+        let image = bzimage(&good());
+        let boot = crate::vplat::load_linux(
+            &image,
+            Some(&[7u8; 4096]),
+            "console=ttyS0",
+            2,
+            ram,
+            &mut SliceMemory(&mut mem),
+        )
+        .unwrap();
+        assert_eq!(&mem[0xe0000..0xe0008], b"RSD PTR ");
+        let zp = BOOT_PARAMS_GPA as usize;
+        let rsdp = u64::from_le_bytes(mem[zp + zp::ACPI_RSDP_ADDR..][..8].try_into().unwrap());
+        assert_eq!(rsdp, crate::vplat::ACPI_GPA);
+        // Four entries: low RAM, the reserved BIOS area, RAM from 1 MiB, the ECAM window.
+        assert_eq!(mem[zp + zp::E820_ENTRIES], 4);
+        assert_eq!(boot.rsi, BOOT_PARAMS_GPA);
+        // Too much RAM for the platform, or not a kernel: refused, RAM untouched.
+        let mut small = vec![0u8; MIB as usize];
+        let e = crate::vplat::load_linux(
+            &image,
+            None,
+            "",
+            1,
+            4096 * MIB,
+            &mut SliceMemory(&mut small),
+        );
+        assert!(e.unwrap_err().contains("at most 3584 MiB"));
+        let mut fresh = vec![0u8; ram as usize];
+        let e =
+            crate::vplat::load_linux(&[0u8; 64], None, "", 1, ram, &mut SliceMemory(&mut fresh));
+        assert!(e.unwrap_err().starts_with("kernel: "));
+        assert!(fresh.iter().all(|&b| b == 0), "nothing written");
+    }
+
     fn e820(ram: u64) -> Vec<E820Entry> {
         vec![
             E820Entry {

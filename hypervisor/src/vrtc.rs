@@ -143,7 +143,7 @@ mod tests {
     fn registers_read_the_time_in_bcd_and_advance() {
         let t0 = unix_seconds(2026, 11, 22, 23, 59, 58);
         let mut r = Rtc::new(t0, 1000, 100);
-        let mut reg = |r: &mut Rtc, i: u8, now: u64| {
+        let reg = |r: &mut Rtc, i: u8, now: u64| {
             r.write(0x70, 0x80 | i);
             r.read(0x71, now)
         };

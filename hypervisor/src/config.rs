@@ -18,6 +18,7 @@
 //! initrd = "initrd"       # the module holding the initramfs (optional)
 //! entry = "linux"         # the Linux 64-bit boot protocol on the virtual platform
 //! cmdline = "console=ttyS0"
+//! serial_input = true     # atoll's own COM1 input goes to this enclave's COM1 (at most one)
 //! ```
 //!
 //! Bare-metal guests (`long64`, `real16`) have one core each.
@@ -85,6 +86,10 @@ pub struct EnclaveConfig {
     /// Module holding the initial RAM disk (Linux enclaves only).
     #[serde(default)]
     pub initrd: Option<String>,
+    /// Whether bytes arriving on atoll's COM1 go to this enclave's COM1 receiver (Linux
+    /// enclaves only, at most one).
+    #[serde(default)]
+    pub serial_input: bool,
     /// Text passed to the guest.
     #[serde(default)]
     pub cmdline: String,
@@ -230,6 +235,23 @@ pub fn parse(text: &str, ctx: &Context) -> Result<Vec<EnclaveConfig>, ConfigErro
                 f("initrd"),
                 "only entry = \"linux\" enclaves take an initrd",
             ));
+        }
+        if e.serial_input && e.entry != EntryMode::Linux {
+            return Err(err(
+                f("serial_input"),
+                "only entry = \"linux\" enclaves have a COM1 receiver",
+            ));
+        }
+        if e.serial_input {
+            if let Some(j) = list[..i].iter().position(|o| o.serial_input) {
+                return Err(err(
+                    f("serial_input"),
+                    format!(
+                        "enclave[{j}] '{}' already takes atoll's serial input",
+                        list[j].name
+                    ),
+                ));
+            }
         }
         if e.memory_mib == 0 || e.memory_mib > MAX_MEMORY_MIB {
             return Err(err(
@@ -392,6 +414,18 @@ mod tests {
             &any(),
         );
         assert_eq!(e, "enclave[0].cores: 65 cores, at most 64");
+        let two = format!(
+            "{}{}",
+            LINUX.replace("cmdline", "serial_input = true\ncmdline"),
+            LINUX
+                .replace("name = \"linux\"", "name = \"linux2\"")
+                .replace("[1, 2]", "[3]")
+                .replace("cmdline", "serial_input = true\ncmdline")
+        );
+        assert_eq!(
+            field_of(&two, &any()),
+            "enclave[1].serial_input: enclave[0] 'linux' already takes atoll's serial input"
+        );
         let no_initrd = LINUX.replace("initrd = \"initrd\"\n", "");
         assert_eq!(parse(&no_initrd, &any()).unwrap()[0].initrd, None);
     }

@@ -507,7 +507,16 @@ fn run_enclaves(specs: Vec<RunSpec>, bsp_apic: u32) -> Vec<EnclaveReport> {
         }
     }
     // Each enclave's core reports when it ends; a guest that never ends is for the harness's
-    // timeout to catch.
+    // timeout to catch. Meanwhile this core passes atoll's serial input to the enclave that
+    // takes it.
+    let mut input = SerialInput {
+        target: specs
+            .iter()
+            .find(|s| s.config.serial_input)
+            .and_then(|s| s.platform.clone()),
+        pending: alloc::collections::VecDeque::new(),
+        host: atoll::hw::host::VcpuHost::new(bsp_apic),
+    };
     let mut reports = Vec::new();
     for (spec, outcome) in specs.iter().zip(outcomes) {
         if !spec.config.cores.iter().all(|&c| CORES.is_online(c)) {
@@ -522,11 +531,43 @@ fn run_enclaves(specs: Vec<RunSpec>, bsp_apic: u32) -> Vec<EnclaveReport> {
             continue;
         }
         while outcome.get().is_none() {
+            input.forward();
             hw::idle_wait_us(10_000);
         }
         reports.extend(outcome.get().cloned());
     }
     reports
+}
+
+/// atoll's COM1 input on its way to an enclave's COM1 receiver (`serial_input = true`).
+struct SerialInput {
+    target: Option<alloc::sync::Arc<atoll::vplat::Shared>>,
+    /// Bytes read from COM1 that the guest's receive FIFO had no room for yet.
+    pending: alloc::collections::VecDeque<u8>,
+    host: atoll::hw::host::VcpuHost,
+}
+
+impl SerialInput {
+    /// Reads what COM1 holds and hands the guest as much as its FIFO takes; the rest waits
+    /// here (bounded: past 4 KiB the oldest bytes are dropped, as a full line buffer would).
+    fn forward(&mut self) {
+        let Some(target) = &self.target else {
+            return;
+        };
+        while let Some(b) = console::try_read_byte() {
+            if self.pending.len() == 4096 {
+                self.pending.pop_front();
+            }
+            self.pending.push_back(b);
+        }
+        if self.pending.is_empty() {
+            return;
+        }
+        let (front, _) = self.pending.as_slices();
+        let chunk: Vec<u8> = front.iter().copied().take(16).collect();
+        let taken = target.uart_receive(&chunk, &mut self.host);
+        self.pending.drain(..taken);
+    }
 }
 
 /// Prints the summary and the halt line, then powers off.

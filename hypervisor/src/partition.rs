@@ -276,6 +276,7 @@ mod tests {
             entry: EntryMode::Long64,
             cmdline: "suite".into(),
             initrd: None,
+            serial_input: false,
             io_unknown: IoPolicy::Ignore,
         }
     }

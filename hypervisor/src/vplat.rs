@@ -461,12 +461,14 @@ impl Shared {
         }
     }
 
-    /// Bytes for the guest's COM1 receiver (raises its interrupt when enabled). Returns how many
-    /// fit.
+    /// Bytes for the guest's COM1 receiver (raises its interrupt when enabled). Only as many
+    /// as its FIFO has room for are taken (the sender keeps the rest: flow control, no overrun);
+    /// returns how many.
     pub fn uart_receive(&self, bytes: &[u8], host: &mut impl PlatformHost) -> usize {
         let (n, irq) = {
             let mut u = self.uart.lock();
-            let n = u.receive(bytes);
+            let room = u.room();
+            let n = u.receive(&bytes[..bytes.len().min(room)]);
             (n, u.irq())
         };
         self.set_uart_irq(irq, None, host);
@@ -1781,6 +1783,41 @@ mod tests {
         v.gprs[Gpr::Rax as usize] = 0xffff_ff00;
         uart_io(&mut v, &mut l, &s, &mut h, &mut c, 5, 1, false);
         assert_eq!(v.gprs[Gpr::Rax as usize], 0xffff_ff60);
+    }
+
+    #[test]
+    fn serial_input_reaches_the_guest_with_its_interrupt_and_flow_control() {
+        let s = Shared::new("lx", &[4, 5], 1_000_000_000);
+        let mut h = FakeHost::default();
+        let mut l = Local::new(0, s.tsc_hz);
+        let mut v = vcpu();
+        let mut c = Lines::default();
+        enable_apic(&mut v, &mut l, &s, &mut h);
+        {
+            let mut io = s.ioapic.lock();
+            io.mmio_write(0, 4, 0x10 + 8).unwrap();
+            io.mmio_write(0x10, 4, 0x34).unwrap();
+            io.mmio_write(0, 4, 0x10 + 9).unwrap();
+            io.mmio_write(0x10, 4, 0).unwrap();
+        }
+        // The guest enables the received-data interrupt.
+        v.gprs[Gpr::Rax as usize] = 0x01;
+        uart_io(&mut v, &mut l, &s, &mut h, &mut c, 1, 1, true);
+        // 20 bytes offered: 16 fit, the sender keeps 4; the interrupt goes to vCPU 0's core.
+        h.kicks.clear();
+        assert_eq!(s.uart_receive(&[b'x'; 20], &mut h), 16);
+        assert_eq!(h.kicks, [4]);
+        before_entry(&mut v, &mut l, &s, &mut h);
+        assert_eq!(v.injected_irqs, [0x34]);
+        // No overrun was flagged.
+        v.gprs[Gpr::Rax as usize] = 0;
+        uart_io(&mut v, &mut l, &s, &mut h, &mut c, 5, 1, false);
+        assert_eq!(
+            v.gprs[Gpr::Rax as usize] & 0x03,
+            0x01,
+            "data ready, no overrun"
+        );
+        assert_eq!(s.uart_receive(b"y", &mut h), 0, "full");
     }
 
     #[test]

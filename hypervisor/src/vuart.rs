@@ -247,6 +247,11 @@ impl Uart16550 {
         }
     }
 
+    /// Free places in the receive FIFO.
+    pub fn room(&self) -> usize {
+        RX_FIFO - self.rx.len()
+    }
+
     /// Bytes arriving on the receive line (input for the guest). Returns how many fit in the
     /// FIFO; the rest are lost and flagged as an overrun, as on the real part.
     pub fn receive(&mut self, bytes: &[u8]) -> usize {

@@ -172,3 +172,22 @@ fn qemu_svm_linux_enclave_boots_a_second_kernel_the_cloud_flavour() {
     );
     assert_linux_ran(&o, "svm");
 }
+
+#[test]
+fn qemu_svm_linux_enclave_reads_what_is_typed_on_atolls_serial_port() {
+    // The enclave takes atoll's serial input (`serial_input = true`); its /init prompts and
+    // reads a line from its console (atoll.echo_input=1). The harness types the line on the
+    // machine's COM1 once the prompt is out: atoll reads it there and hands it to the enclave's
+    // UART, whose receive interrupt wakes Linux's tty.
+    let mut opts = RunOptions::new(Emulator::Qemu, "linux-enclave");
+    opts.enclave_cmdline = vec![("linux".into(), "atoll.echo_input=1".into())];
+    opts.serial_input = Some(("ATOLL-GUEST-INPUT?".into(), "typed-at-the-host\n".into()));
+    let o = run(&opts).unwrap_or_else(|e| panic!("linux-enclave: {e:#}"));
+    assert_linux_ran(&o, "svm");
+    let lines = xtask::console::enclave_lines(&o.serial, "linux");
+    assert!(
+        lines.contains(&"ATOLL-GUEST-INPUT typed-at-the-host"),
+        "the guest read the line typed on atoll's COM1:\n{}",
+        o.tail(20)
+    );
+}

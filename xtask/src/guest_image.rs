@@ -236,8 +236,9 @@ pub fn init_script() -> String {
 # /init of the atoll guest image (written by `cargo xtask guest-image`): mounts the kernel file
 # systems, runs /atoll-check with the expectations on the kernel command line
 # (atoll.expect_cpus=N, atoll.expect_mem=MiB, atoll.iterations=N, atoll.tolerate=ID,...),
-# idles N seconds between "ATOLL-IDLE begin" and "ATOLL-IDLE end" lines (atoll.idle=N), and
-# powers off (atoll.shell=1: starts a shell instead).
+# idles N seconds between "ATOLL-IDLE begin" and "ATOLL-IDLE end" lines (atoll.idle=N), with
+# atoll.echo_input=1 prompts "ATOLL-GUEST-INPUT?" and echoes the line typed on its console as
+# "ATOLL-GUEST-INPUT <line>", and powers off (atoll.shell=1: starts a shell instead).
 export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -248,6 +249,7 @@ set -f
 args=""
 shell=""
 idle=""
+echo_input=""
 for word in $(cat /proc/cmdline); do
     case "$word" in
         atoll.expect_cpus=*) args="$args --expect-cpus ${word#*=}" ;;
@@ -256,6 +258,7 @@ for word in $(cat /proc/cmdline); do
         atoll.tolerate=*) args="$args --tolerate ${word#*=}" ;;
         atoll.idle=*) idle=${word#*=} ;;
         atoll.shell=1) shell=1 ;;
+        atoll.echo_input=1) echo_input=1 ;;
     esac
 done
 case "$idle" in
@@ -268,6 +271,14 @@ if [ -n "$idle" ]; then
     echo "ATOLL-IDLE begin"
     sleep "$idle"
     echo "ATOLL-IDLE end"
+fi
+if [ -n "$echo_input" ]; then
+    echo "ATOLL-GUEST-INPUT?"
+    if read -t 60 line; then
+        echo "ATOLL-GUEST-INPUT $line"
+    else
+        echo "ATOLL-GUEST-INPUT none"
+    fi
 fi
 if [ -n "$shell" ]; then
     exec /bin/sh
@@ -1406,6 +1417,32 @@ linux-image-6.12.117+deb12-amd64 - Linux 6.12 for 64-bit PCs (signed)
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// As [`run_init_part`], with `input` on standard input, under bash (the guest's busybox ash
+    /// and bash both have `read -t`; dash, Debian's `sh`, does not).
+    fn run_init_part_with_input(cmdline: &str, until: &str, then: &str, input: &str) -> String {
+        use std::io::Write as _;
+        let script = init_script();
+        let start = script.find("set -f").unwrap();
+        let end = script.find(until).unwrap();
+        let fragment = script[start..end].replace("$(cat /proc/cmdline)", "$CMDLINE");
+        let mut child = Command::new("bash")
+            .args(["-c", &format!("{fragment}\n{then}")])
+            .env("CMDLINE", cmdline)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     #[test]
     fn init_script_idles_between_markers_after_the_check() {
         let s = init_script();
@@ -1440,6 +1477,22 @@ linux-image-6.12.117+deb12-amd64 - Linux 6.12 for 64-bit PCs (signed)
         assert_eq!(
             run_init_part("atoll.idle=;reboot", "echo \"atoll-init", &then),
             "init: atoll.idle=;reboot ignored: not a whole number of seconds\nATOLL-GUEST-EXIT status=0\n"
+        );
+        // atoll.echo_input=1: the prompt, then the line read from the console (stdin here).
+        let echo = &s
+            [s.find("if [ -n \"$echo_input\" ]").unwrap()..s.find("if [ -n \"$shell\" ]").unwrap()];
+        assert_eq!(
+            run_init_part_with_input(
+                "atoll.echo_input=1",
+                "echo \"atoll-init",
+                echo,
+                "typed here\n"
+            ),
+            "ATOLL-GUEST-INPUT?\nATOLL-GUEST-INPUT typed here\n"
+        );
+        assert_eq!(
+            run_init_part_with_input("console=ttyS0", "echo \"atoll-init", echo, "typed here\n"),
+            ""
         );
         // The boot-to-init mark is the first line /init prints starting with `atoll-init:`.
         assert_eq!(

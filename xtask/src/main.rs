@@ -135,6 +135,11 @@ struct RunArgs {
     /// (repeatable).
     #[arg(long, value_name = "NAME=WORDS")]
     enclave_cmdline: Vec<String>,
+    /// Types TEXT (and a newline) on the machine's COM1 once a console line contains PROMPT
+    /// (QEMU only); e.g. "ATOLL-GUEST-INPUT?=hello" with "--enclave-cmdline
+    /// linux=atoll.echo_input=1" and an enclave with `serial_input = true`.
+    #[arg(long, value_name = "PROMPT=TEXT")]
+    serial_input: Option<String>,
     #[command(flatten)]
     kernel: KernelArgs,
 }
@@ -239,6 +244,15 @@ fn run_cmd(args: RunArgs) -> Result<()> {
             .map(|a| parse_enclave_cmdline(a))
             .collect::<Result<_>>()?,
         stream: true,
+        serial_input: match args.serial_input.as_deref().map(|a| a.split_once('=')) {
+            None => None,
+            Some(Some((prompt, text))) if !prompt.is_empty() => {
+                Some((prompt.to_string(), format!("{text}\n")))
+            }
+            Some(_) => {
+                bail!("--serial-input: expected PROMPT=TEXT, e.g. \"ATOLL-GUEST-INPUT?=hello\"")
+            }
+        },
     };
     let outcome = run(&opts)?;
     if outcome.passed() {

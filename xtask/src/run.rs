@@ -34,6 +34,9 @@ pub struct RunOptions {
     pub enclave_cmdline: Vec<(String, String)>,
     /// Stream COM1 to stdout as it arrives.
     pub stream: bool,
+    /// Typed on COM1 (QEMU only): once a console line containing `.0` has appeared, `.1` is sent to
+    /// the machine's serial port.
+    pub serial_input: Option<(String, String)>,
 }
 
 impl RunOptions {
@@ -49,6 +52,7 @@ impl RunOptions {
             guest_kernel: GuestKernel::default(),
             enclave_cmdline: Vec::new(),
             stream: false,
+            serial_input: None,
         }
     }
 }
@@ -182,8 +186,41 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
     let serial = work.join("serial.log");
     std::fs::write(&serial, "")?;
 
+    // Serial input goes through a FIFO QEMU reads (opened here for reading and writing first,
+    // so neither side blocks on open).
+    let mut input = match (&opts.serial_input, opts.emulator) {
+        (None, _) => None,
+        (Some(_), Emulator::Bochs) => {
+            bail!("serial input needs QEMU (Bochs' COM1 is output only here)")
+        }
+        (Some((prompt, text)), Emulator::Qemu) => {
+            let fifo = work.join("serial-in");
+            let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes())?;
+            // SAFETY: a NUL-terminated path; mkfifo only creates a file system node.
+            if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
+                bail!(
+                    "mkfifo {}: {}",
+                    fifo.display(),
+                    std::io::Error::last_os_error()
+                );
+            }
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&fifo)?;
+            Some((fifo, f, prompt.clone(), text.clone(), false))
+        }
+    };
     let mut child = match opts.emulator {
-        Emulator::Qemu => spawn_qemu(&iso, &serial, &work, cpus, memory, &scenario)?,
+        Emulator::Qemu => spawn_qemu(
+            &iso,
+            &serial,
+            input.as_ref().map(|i| i.0.as_path()),
+            &work,
+            cpus,
+            memory,
+            &scenario,
+        )?,
         Emulator::Bochs => spawn_bochs(&iso, &serial, &work, cpus, memory)?,
     };
     if opts.stream {
@@ -216,6 +253,13 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
                 }
                 text.push_str(chunk);
                 seen += chunk.len();
+                if let Some((_, f, prompt, typed, sent)) = input.as_mut() {
+                    if !*sent && chunk.lines().any(|l| l.contains(prompt.as_str())) {
+                        f.write_all(typed.as_bytes())?;
+                        f.flush()?;
+                        *sent = true;
+                    }
+                }
                 if halted_at.is_none() && chunk.lines().any(|l| l.starts_with("ATOLL-HALT")) {
                     halted_at = Some(Instant::now());
                 }
@@ -307,6 +351,7 @@ fn strip_terminal_codes(s: &str) -> String {
 fn spawn_qemu(
     iso: &Path,
     serial: &Path,
+    input: Option<&Path>,
     work: &Path,
     cpus: u32,
     memory: u32,
@@ -338,8 +383,19 @@ fn spawn_qemu(
             "none",
             "-no-reboot",
         ])
-        .arg("-serial")
-        .arg(format!("file:{}", serial.display()))
+        .args(match input {
+            None => vec!["-serial".to_string(), format!("file:{}", serial.display())],
+            Some(fifo) => vec![
+                "-chardev".to_string(),
+                format!(
+                    "file,id=com1,path={},input-path={}",
+                    serial.display(),
+                    fifo.display()
+                ),
+                "-serial".to_string(),
+                "chardev:com1".to_string(),
+            ],
+        })
         .args(&scenario.qemu_args)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)

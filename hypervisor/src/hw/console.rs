@@ -35,6 +35,18 @@ pub fn try_line(s: &str) -> bool {
     true
 }
 
+/// The next byte COM1 received, if one is waiting and no other core holds the port (LSR bit 0,
+/// data ready; then RBR). Never waits.
+pub fn try_read_byte() -> Option<u8> {
+    let _port = PORT.try_lock()?;
+    let mut lsr: x86_64::instructions::port::Port<u8> =
+        x86_64::instructions::port::Port::new(COM1 + 5);
+    let mut rbr: x86_64::instructions::port::Port<u8> = x86_64::instructions::port::Port::new(COM1);
+    // SAFETY: COM1's line status and receive buffer registers; the port lock is held, so no
+    // other core is programming the UART; reading RBR only takes the received byte.
+    unsafe { (lsr.read() & 1 != 0).then(|| rbr.read()) }
+}
+
 /// Writes formatted text, atomically with respect to other cores.
 pub fn print(args: core::fmt::Arguments) {
     let _ = PORT.lock().write_fmt(args);

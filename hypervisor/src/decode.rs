@@ -320,6 +320,29 @@ mod tests {
                 high_byte: true
             })
         );
+        // The exact forms of Debian's 6.1 kernel for the xAPIC page (fixmap at
+        // 0xffffffffff5fd000, register offset in RDI): native_apic_mem_read is
+        // `mov eax, [rdi-0xa03000]`, native_apic_mem_write `mov [rdi-0xa03000], esi`.
+        assert_eq!(
+            decode_mmio(&[0x8b, 0x87, 0x00, 0xd0, 0x5f, 0xff], 64),
+            Some(MmioAccess {
+                size: 4,
+                write: false,
+                operand: r(Gpr::Rax),
+                dest_size: 4,
+                len: 6
+            })
+        );
+        assert_eq!(
+            decode_mmio(&[0x89, 0xb7, 0x00, 0xd0, 0x5f, 0xff], 64),
+            Some(MmioAccess {
+                size: 4,
+                write: true,
+                operand: r(Gpr::Rsi),
+                dest_size: 4,
+                len: 6
+            })
+        );
         // Not MMIO-shaped: register to register, string moves, arithmetic on memory.
         assert_eq!(decode_mmio(&[0x89, 0xc0], 64), None);
         assert_eq!(decode_mmio(&[0xa5], 64), None);

@@ -10,7 +10,10 @@
 //! * [`options`]: boot options from the command line.
 //! * [`summary`]: the `ATOLL-SUMMARY` line.
 //! * [`vacpi`]: the ACPI tables of an enclave's virtual platform.
-//! * [`vapic`], [`vioapic`]: models of an enclave vCPU's local x2APIC and of its I/O APIC.
+//! * [`vapic`], [`vioapic`]: models of an enclave vCPU's local APIC and of its I/O APIC.
+//! * [`vuart`], [`vpit`], [`vrtc`]: COM1 (a 16550A), PIT channel 2, the CMOS clock.
+//! * [`vplat`]: a Linux enclave's virtual platform at run time (what its vCPUs share, the
+//!   exits it handles, interrupt delivery); [`linux`]: the Linux boot protocol.
 //! * [`double_fault`]: how an exception raised by an exit handler combines with an event the
 //!   backend queued again after the exit interrupted its delivery.
 #![cfg_attr(target_os = "none", no_std)]

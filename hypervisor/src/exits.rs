@@ -193,49 +193,26 @@ pub enum Action {
     Stop(EndReason),
 }
 
-/// The emulated COM1 (a 16550 as far as a polling driver needs: THR, LSR, LCR/DLAB).
+/// COM1 of a bare-metal enclave: the platform's 16550A ([`crate::vuart`]) without an interrupt
+/// line, its lines printed as the enclave's.
 #[derive(Clone, Debug, Default)]
-pub struct Uart {
-    line: Vec<u8>,
-    lcr: u8,
-    scratch: u8,
-}
-
-/// Longest console line kept before it is flushed.
-const UART_LINE_MAX: usize = 240;
+pub struct Uart(crate::vuart::Uart16550);
 
 impl Uart {
     fn write(&mut self, offset: u16, value: u8, name: &str, console: &mut impl Console) {
-        let dlab = self.lcr & 0x80 != 0;
-        match offset {
-            0 if !dlab => {
-                if value == b'\n' || self.line.len() >= UART_LINE_MAX {
-                    self.flush(name, console);
-                }
-                if value != b'\n' && value != b'\r' {
-                    self.line.push(value);
-                }
-            }
-            3 => self.lcr = value,
-            7 => self.scratch = value,
-            _ => {} // divisor, IER, FCR, MCR: accepted, no effect
+        if let Some(line) = self.0.write(offset, value) {
+            console.line(name, &line);
         }
     }
 
-    fn read(&self, offset: u16) -> u8 {
-        match offset {
-            3 => self.lcr,
-            5 => 0x60, // LSR: transmitter holding register and shift register empty
-            7 => self.scratch,
-            _ => 0,
-        }
+    fn read(&mut self, offset: u16) -> u8 {
+        self.0.read(offset)
     }
 
     /// Prints what is pending.
     pub fn flush(&mut self, name: &str, console: &mut impl Console) {
-        if !self.line.is_empty() {
-            console.line(name, &String::from_utf8_lossy(&self.line));
-            self.line.clear();
+        if let Some(line) = self.0.flush() {
+            console.line(name, &line);
         }
     }
 }
@@ -438,7 +415,8 @@ pub fn reflect_guest_cr4(mut r: [u32; 4], leaf: u32, sub: u32, cr4: u64) -> [u32
     r
 }
 
-fn set_io_result(vcpu: &mut impl Vcpu, size: u8, value: u32) {
+/// Puts the result of an IN of `size` bytes into AL/AX/EAX, as the instruction does.
+pub(crate) fn set_io_result(vcpu: &mut impl Vcpu, size: u8, value: u32) {
     let rax = vcpu.gpr(Gpr::Rax);
     let new = match size {
         1 => (rax & !0xff) | u64::from(value & 0xff),

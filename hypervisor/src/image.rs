@@ -386,7 +386,7 @@ fn setup_enclaves(
         let linux = c.entry == atoll::config::EntryMode::Linux;
         // Linux reads the TSC frequency from CPUID 0x15/0x16 on Intel only; elsewhere it is
         // told with a kernel parameter (see atoll::vplat).
-        let extra = if linux && bsp_vendor_is_intel() {
+        let extra = if linux && bsp.intel {
             alloc::string::String::new()
         } else if linux {
             alloc::format!("tsc_early_khz={}", tsc::hz() / 1000)
@@ -688,14 +688,6 @@ static WALL_CLOCK: Once<Option<(i64, u64)>> = Once::new();
 
 /// Whether the BSP runs its APIC in x2APIC mode (the APs follow).
 static HOST_X2APIC: AtomicBool = AtomicBool::new(false);
-
-/// Whether the boot processor is an Intel one (CPUID vendor string).
-fn bsp_vendor_is_intel() -> bool {
-    let r = core::arch::x86_64::__cpuid(0);
-    r.ebx == u32::from_le_bytes(*b"Genu")
-        && r.edx == u32::from_le_bytes(*b"ineI")
-        && r.ecx == u32::from_le_bytes(*b"ntel")
-}
 
 /// Host NMIs seen (outside guests), for the record.
 static HOST_NMIS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);

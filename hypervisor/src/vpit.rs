@@ -53,29 +53,24 @@ impl Pit {
     /// The counter's value at `now` (it keeps counting down through zero, wrapping).
     fn count(&self, now: u64) -> u16 {
         match self.ticks(now) {
-            Some(t) => {
-                let reload = if self.reload == 0 {
-                    0x1_0000
-                } else {
-                    u64::from(self.reload)
-                };
-                ((reload.wrapping_sub(t)) & 0xffff) as u16
-            }
+            Some(t) => (self.period().wrapping_sub(t) & 0xffff) as u16,
             None => self.reload,
+        }
+    }
+
+    /// Ticks from the reload value to the terminal count (a reload of 0 counts 0x10000).
+    fn period(&self) -> u64 {
+        if self.reload == 0 {
+            0x1_0000
+        } else {
+            u64::from(self.reload)
         }
     }
 
     /// OUT2 in mode 0: low while counting, high from the terminal count on.
     fn output(&self, now: u64) -> bool {
         match self.ticks(now) {
-            Some(t) => {
-                let reload = if self.reload == 0 {
-                    0x1_0000
-                } else {
-                    u64::from(self.reload)
-                };
-                self.mode != 0 || t >= reload
-            }
+            Some(t) => self.mode != 0 || t >= self.period(),
             None => self.mode != 0,
         }
     }

@@ -248,6 +248,15 @@ impl Mailbox {
     }
 }
 
+/// What an interrupt message asks of its target vCPU.
+#[derive(Clone, Copy, Debug)]
+enum Signal {
+    Fixed { vector: u8, level: bool },
+    Nmi,
+    Init,
+    Startup(u8),
+}
+
 /// What the host does for the platform: time, IPIs to other cores, waiting.
 pub trait PlatformHost {
     /// The TSC now.
@@ -491,27 +500,17 @@ impl Shared {
                 continue;
             }
             hit = true;
-            match d.mode {
-                DeliveryMode::Fixed | DeliveryMode::LowestPriority => match local.as_deref_mut() {
-                    Some(l) if l.index == i => {
-                        l.apic.accept(d.vector, d.level_triggered);
-                    }
-                    _ => {
-                        m.post(d.vector, d.level_triggered);
-                        host.kick(m.host_apic);
-                    }
+            let signal = match d.mode {
+                DeliveryMode::Fixed | DeliveryMode::LowestPriority => Signal::Fixed {
+                    vector: d.vector,
+                    level: d.level_triggered,
                 },
-                DeliveryMode::Nmi => {
-                    m.nmi.store(true, Ordering::Release);
-                    host.kick(m.host_apic);
-                }
-                DeliveryMode::Init => {
-                    m.init.store(true, Ordering::Release);
-                    host.kick(m.host_apic);
-                }
+                DeliveryMode::Nmi => Signal::Nmi,
+                DeliveryMode::Init => Signal::Init,
                 // SMI and ExtINT have no receiver on this platform.
-                DeliveryMode::Smi | DeliveryMode::ExtInt => {}
-            }
+                DeliveryMode::Smi | DeliveryMode::ExtInt => continue,
+            };
+            self.signal(i, signal, local.as_deref_mut(), host);
             if d.mode == DeliveryMode::LowestPriority {
                 break;
             }
@@ -519,6 +518,29 @@ impl Shared {
         if !hit {
             self.ipis_dropped.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Raises `signal` at vCPU `target`: into `local`'s own APIC when the target is the calling
+    /// vCPU, otherwise into the target's mailbox followed by a kick of its core.
+    fn signal(
+        &self,
+        target: usize,
+        signal: Signal,
+        local: Option<&mut Local>,
+        host: &mut impl PlatformHost,
+    ) {
+        let m = &self.mailboxes[target];
+        match (signal, local) {
+            (Signal::Fixed { vector, level }, Some(l)) if l.index == target => {
+                l.apic.accept(vector, level);
+                return;
+            }
+            (Signal::Fixed { vector, level }, _) => m.post(vector, level),
+            (Signal::Nmi, _) => m.nmi.store(true, Ordering::Release),
+            (Signal::Init, _) => m.init.store(true, Ordering::Release),
+            (Signal::Startup(v), _) => m.sipi.store(0x100 | u32::from(v), Ordering::Release),
+        }
+        host.kick(m.host_apic);
     }
 
     /// Sends IPI `ipi` from vCPU `local`.
@@ -539,28 +561,17 @@ impl Shared {
                 continue;
             }
             hit = true;
-            match ipi.mode {
-                IpiMode::Fixed(v) if i == local.index => {
-                    local.apic.accept(v, false);
-                }
-                IpiMode::Fixed(v) => {
-                    m.post(v, false);
-                    host.kick(m.host_apic);
-                }
-                IpiMode::Nmi => {
-                    m.nmi.store(true, Ordering::Release);
-                    host.kick(m.host_apic);
-                }
-                IpiMode::Init => {
-                    m.init.store(true, Ordering::Release);
-                    host.kick(m.host_apic);
-                }
-                IpiMode::Startup(v) => {
-                    m.sipi.store(0x100 | u32::from(v), Ordering::Release);
-                    host.kick(m.host_apic);
-                }
-                _ => {}
-            }
+            let signal = match ipi.mode {
+                IpiMode::Fixed(vector) => Signal::Fixed {
+                    vector,
+                    level: false,
+                },
+                IpiMode::Nmi => Signal::Nmi,
+                IpiMode::Init => Signal::Init,
+                IpiMode::Startup(v) => Signal::Startup(v),
+                _ => continue,
+            };
+            self.signal(i, signal, Some(local), host);
         }
         // A destination that names no vCPU of this enclave (a physical id beyond its vCPUs, a
         // logical cluster it has no member in) reaches nobody: dropped, and counted.
@@ -879,13 +890,7 @@ pub fn handle(
             let value = vcpu.gpr(Gpr::Rax);
             let read = legacy_io(shared, host, port, size, write.then_some(value));
             if let Some(v) = read {
-                let mask = match size {
-                    1 => 0xff,
-                    2 => 0xffff,
-                    _ => 0xffff_ffff,
-                };
-                let rax = if size == 4 { 0 } else { value & !mask };
-                vcpu.set_gpr(Gpr::Rax, rax | (u64::from(v) & mask));
+                crate::exits::set_io_result(vcpu, size, v);
             }
             vcpu.skip_instruction();
             Some(Action::Resume)
@@ -1074,14 +1079,7 @@ fn uart_io(
             let line = u.write(offset, vcpu.gpr(Gpr::Rax) as u8);
             (line, u.irq())
         } else {
-            let v = u.read(offset);
-            let rax = vcpu.gpr(Gpr::Rax);
-            let new = match size {
-                1 => (rax & !0xff) | u64::from(v),
-                2 => (rax & !0xffff) | u64::from(v),
-                _ => u64::from(v),
-            };
-            vcpu.set_gpr(Gpr::Rax, new);
+            crate::exits::set_io_result(vcpu, size, u.read(offset).into());
             (None, u.irq())
         }
     };
@@ -1512,6 +1510,15 @@ mod tests {
         }
     }
 
+    /// Programs I/O APIC pin 4 (COM1) as the guest does: `vector`, edge, physical, vCPU 0.
+    fn route_com1_to_vcpu0(s: &Shared, vector: u32) {
+        let mut io = s.ioapic.lock();
+        io.mmio_write(0, 4, 0x10 + 8).unwrap();
+        io.mmio_write(0x10, 4, vector).unwrap();
+        io.mmio_write(0, 4, 0x10 + 9).unwrap();
+        io.mmio_write(0x10, 4, 0).unwrap();
+    }
+
     fn vcpu() -> FakeVcpu {
         FakeVcpu {
             rflags: 1 << 9,
@@ -1752,13 +1759,7 @@ mod tests {
         let mut c = Lines::default();
         enable_apic(&mut v, &mut l, &s, &mut h);
         // Route pin 4 to vector 0x24 on vCPU 0, edge, unmasked.
-        {
-            let mut io = s.ioapic.lock();
-            io.mmio_write(0, 4, 0x10 + 8).unwrap();
-            io.mmio_write(0x10, 4, 0x24).unwrap();
-            io.mmio_write(0, 4, 0x10 + 9).unwrap();
-            io.mmio_write(0x10, 4, 0).unwrap();
-        }
+        route_com1_to_vcpu0(&s, 0x24);
         let out = |v: &mut FakeVcpu, l: &mut Local, h: &mut FakeHost, c: &mut Lines, off, val| {
             v.gprs[Gpr::Rax as usize] = val;
             uart_io(v, l, &s, h, c, off, 1, true);
@@ -1793,13 +1794,7 @@ mod tests {
         let mut v = vcpu();
         let mut c = Lines::default();
         enable_apic(&mut v, &mut l, &s, &mut h);
-        {
-            let mut io = s.ioapic.lock();
-            io.mmio_write(0, 4, 0x10 + 8).unwrap();
-            io.mmio_write(0x10, 4, 0x34).unwrap();
-            io.mmio_write(0, 4, 0x10 + 9).unwrap();
-            io.mmio_write(0x10, 4, 0).unwrap();
-        }
+        route_com1_to_vcpu0(&s, 0x34);
         // The guest enables the received-data interrupt.
         v.gprs[Gpr::Rax as usize] = 0x01;
         uart_io(&mut v, &mut l, &s, &mut h, &mut c, 1, 1, true);

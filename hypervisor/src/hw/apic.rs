@@ -25,19 +25,12 @@ const ICR_DELIVERY_PENDING: u32 = 1 << 12;
 /// SVR bit 8 software-enables the APIC; vector 0xff for spurious interrupts.
 const SVR_ENABLE: u32 = (1 << 8) | 0xff;
 
+/// The EOI register: xAPIC offset 0xB0, x2APIC MSR 0x80B (SDM Vol. 3A Table 11-6).
+const EOI: (usize, u32) = (0xb0, 0x80b);
+
 /// Signals end of interrupt to this core's local APIC, in whichever mode it is.
 pub fn eoi() {
-    let base_msr = Msr::new(IA32_APIC_BASE);
-    // SAFETY: IA32_APIC_BASE exists on every x86-64 CPU.
-    let base = unsafe { base_msr.read() };
-    if base & APIC_BASE_X2APIC != 0 {
-        // SAFETY: x2APIC mode is on, so the EOI MSR exists; writing 0 acknowledges.
-        unsafe { Msr::new(0x80b).write(0) };
-    } else {
-        let page = (base & 0x000f_ffff_ffff_f000) as usize;
-        // SAFETY: the xAPIC page is identity-mapped below 4 GiB; EOI is a 32-bit register at 0xb0.
-        unsafe { core::ptr::write_volatile((page + 0xb0) as *mut u32, 0) };
-    }
+    reg_write(EOI, 0);
 }
 
 /// This core's local APIC.
@@ -49,6 +42,17 @@ pub enum LocalApic {
 }
 
 impl LocalApic {
+    /// This core's APIC as it is now: the mode and base in IA32_APIC_BASE.
+    pub fn current() -> Self {
+        // SAFETY: IA32_APIC_BASE exists on every x86-64 CPU.
+        let base = unsafe { Msr::new(IA32_APIC_BASE).read() };
+        if base & APIC_BASE_X2APIC != 0 {
+            LocalApic::X2Apic
+        } else {
+            LocalApic::XApic((base & 0x000f_ffff_ffff_f000) as usize)
+        }
+    }
+
     /// Takes this core's APIC, enabled, in x2APIC mode when `need_x2apic` (and the CPU has it)
     /// or when firmware already chose it.
     pub fn init(need_x2apic: bool, has_x2apic: bool) -> Self {
@@ -136,29 +140,25 @@ const LVT_MASKED: u32 = 1 << 16;
 /// This core's APIC timer frequency (ticks per second with divide-by-1), measured at boot.
 static TIMER_HZ: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 
+/// A write of a register, given as (xAPIC offset, x2APIC MSR), in the mode the APIC is in.
 fn reg_write(reg: (usize, u32), value: u32) {
-    // SAFETY: IA32_APIC_BASE exists on every x86-64 CPU.
-    let base = unsafe { Msr::new(IA32_APIC_BASE).read() };
-    if base & APIC_BASE_X2APIC != 0 {
+    match LocalApic::current() {
         // SAFETY: x2APIC mode is on, so the register's MSR exists.
-        unsafe { Msr::new(reg.1).write(value.into()) };
-    } else {
-        let page = (base & 0x000f_ffff_ffff_f000) as usize;
+        LocalApic::X2Apic => unsafe { Msr::new(reg.1).write(value.into()) },
         // SAFETY: the xAPIC page is identity-mapped below 4 GiB; the register is 32 bits.
-        unsafe { core::ptr::write_volatile((page + reg.0) as *mut u32, value) };
+        LocalApic::XApic(page) => unsafe {
+            core::ptr::write_volatile((page + reg.0) as *mut u32, value)
+        },
     }
 }
 
+/// A read of a register, given as (xAPIC offset, x2APIC MSR), in the mode the APIC is in.
 fn reg_read(reg: (usize, u32)) -> u32 {
-    // SAFETY: IA32_APIC_BASE exists on every x86-64 CPU.
-    let base = unsafe { Msr::new(IA32_APIC_BASE).read() };
-    if base & APIC_BASE_X2APIC != 0 {
+    match LocalApic::current() {
         // SAFETY: x2APIC mode is on, so the register's MSR exists.
-        unsafe { Msr::new(reg.1).read() as u32 }
-    } else {
-        let page = (base & 0x000f_ffff_ffff_f000) as usize;
+        LocalApic::X2Apic => unsafe { Msr::new(reg.1).read() as u32 },
         // SAFETY: the xAPIC page is identity-mapped below 4 GiB; the register is 32 bits.
-        unsafe { core::ptr::read_volatile((page + reg.0) as *const u32) }
+        LocalApic::XApic(page) => unsafe { core::ptr::read_volatile((page + reg.0) as *const u32) },
     }
 }
 
@@ -204,18 +204,10 @@ pub fn timer_stop() {
 /// Sends a fixed interrupt with `vector` to the core with APIC id `dest` (physical
 /// destination), in whichever mode this core's APIC is.
 pub fn send_fixed(dest: u32, vector: u8) {
-    // SAFETY: IA32_APIC_BASE exists on every x86-64 CPU.
-    let base = unsafe { Msr::new(IA32_APIC_BASE).read() };
-    let apic = if base & APIC_BASE_X2APIC != 0 {
-        LocalApic::X2Apic
-    } else {
-        LocalApic::XApic((base & 0x000f_ffff_ffff_f000) as usize)
-    };
-    apic.send(dest, ICR_LEVEL_ASSERT | u32::from(vector));
+    LocalApic::current().send(dest, ICR_LEVEL_ASSERT | u32::from(vector));
 }
 
 /// Whether this core's APIC is in x2APIC mode.
 pub fn is_x2apic() -> bool {
-    // SAFETY: IA32_APIC_BASE exists on every x86-64 CPU.
-    unsafe { Msr::new(IA32_APIC_BASE).read() & APIC_BASE_X2APIC != 0 }
+    matches!(LocalApic::current(), LocalApic::X2Apic)
 }

@@ -111,11 +111,7 @@ impl crate::vplat::PlatformHost for VcpuHost {
             return;
         }
         self.arm(deadline);
-        // SAFETY: every vector has a gate that returns (atoll's IDT); STI's one-instruction
-        // shadow makes "enable and halt" atomic, so an interrupt already pending (a kick sent
-        // after the caller last looked at its mailbox) wakes the HLT at once. Interrupts are off
-        // again afterwards.
-        unsafe { core::arch::asm!("sti", "hlt", "cli", options(nomem, nostack)) };
+        super::halt_until_interrupt();
     }
 
     fn arm(&mut self, deadline: Option<u64>) {

@@ -89,10 +89,17 @@ pub fn idle_wait_us(us: u64) {
         us.saturating_mul(hz) / 1_000_000,
         hz,
     );
-    // SAFETY: every vector has a gate that returns (atoll's IDT); STI's shadow makes "enable and
-    // halt" atomic; interrupts are off again afterwards.
-    unsafe { core::arch::asm!("sti", "hlt", "cli", options(nomem, nostack)) };
+    halt_until_interrupt();
     apic::timer_stop();
+}
+
+/// Enables interrupts and halts until one arrives, then disables them again. STI's
+/// one-instruction shadow makes "enable and halt" atomic: an interrupt already pending (a kick
+/// sent after the caller last looked) wakes the HLT at once.
+pub fn halt_until_interrupt() {
+    // SAFETY: every vector has a gate that returns (atoll's IDT); interrupts are off again
+    // afterwards, as callers expect.
+    unsafe { core::arch::asm!("sti", "hlt", "cli", options(nomem, nostack)) };
 }
 
 /// Stops the calling core for good.

@@ -488,6 +488,7 @@ impl Vcpu for SvmVcpu {
     fn set_rip(&mut self, rip: u64) {
         self.next_rip = None;
         self.vmcb.write64(Field64::Rip, rip);
+        // Moving past the instruction ends an STI/MOV SS interrupt shadow.
         let mut s = self.vmcb.interrupt_state();
         s.remove(svm::vmcb::InterruptState::INTERRUPT_SHADOW);
         self.vmcb.set_interrupt_state(s);
@@ -495,11 +496,7 @@ impl Vcpu for SvmVcpu {
 
     fn skip_instruction(&mut self) {
         if let Some(next) = self.next_rip.take() {
-            self.vmcb.write64(Field64::Rip, next);
-            // Moving past the instruction ends an STI/MOV SS interrupt shadow.
-            let mut s = self.vmcb.interrupt_state();
-            s.remove(svm::vmcb::InterruptState::INTERRUPT_SHADOW);
-            self.vmcb.set_interrupt_state(s);
+            self.set_rip(next);
         }
     }
 

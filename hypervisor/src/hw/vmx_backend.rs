@@ -664,16 +664,13 @@ impl Vcpu for VmxVcpu {
 
     fn set_rip(&mut self, rip: u64) {
         let _ = vi::write_natural(FieldNatural::GuestRip, rip);
+        // Moving past the instruction ends blocking by STI or MOV SS (SDM Vol. 3C §25.4.2).
         let intr = self.interruptibility().difference(Interruptibility::SHADOW);
         let _ = vi::write32(Field32::GuestInterruptibilityState, intr.bits());
     }
 
     fn skip_instruction(&mut self) {
-        let rip = self.rip().wrapping_add(self.exit_len);
-        let _ = vi::write_natural(FieldNatural::GuestRip, rip);
-        // Moving past the instruction ends blocking by STI or MOV SS (SDM Vol. 3C §25.4.2).
-        let intr = self.interruptibility().difference(Interruptibility::SHADOW);
-        let _ = vi::write32(Field32::GuestInterruptibilityState, intr.bits());
+        self.set_rip(self.rip().wrapping_add(self.exit_len));
     }
 
     fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {

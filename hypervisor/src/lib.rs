@@ -1,89 +1,26 @@
-//! The atoll hypervisor.
+//! The atoll image crate: the hypervisor itself.
 //!
-//! The library holds atoll's logic as host-testable modules; `main.rs` is the image's entry for
-//! `x86_64-unknown-none`, and [`hw`] the small set of modules that touch the machine.
+//! The library holds atoll's logic as host-testable modules; `main.rs` and `boot_flow.rs` are
+//! the image's entry and orchestration for `x86_64-unknown-none`, and [`hw`] the small set of
+//! modules that touch the machine. Policy code here sees vCPUs only through the vendor-neutral
+//! `atoll_vcpu` crate, and device models come from the pure `atoll_devices` crate.
 //!
-//! * [`frames`]: physical frame allocator over the memory map.
-//! * [`platform`]: ACPI discovery (processors, ECAM, DMAR, power-off).
-//! * [`cpu`]: per-core virtualization probing (VMX, EPT, VPID, unrestricted guest, SVM, NPT).
-//! * [`smp`]: the core table and the INIT-SIPI-SIPI bring-up with its deadline.
-//! * [`options`]: boot options from the command line.
+//! * [`machine`]: discovery and bring-up — the frame allocator, ACPI discovery, per-core
+//!   virtualization probing, the core table and INIT-SIPI-SIPI, boot options.
+//! * [`partition`]: partitions and their loaders — enclave descriptions, RAM and second-stage
+//!   tables, the guest-image and Linux boot-protocol loaders.
+//! * [`run`]: the vCPU run loop's policy — exit handlers, and a Linux enclave's virtual platform
+//!   at run time.
 //! * [`summary`]: the `ATOLL-SUMMARY` line.
-//! * [`vacpi`]: the ACPI tables of an enclave's virtual platform.
-//! * [`vapic`], [`vioapic`]: models of an enclave vCPU's local APIC and of its I/O APIC.
-//! * [`vuart`], [`vpit`], [`vrtc`]: COM1 (a 16550A), PIT channel 2, the CMOS clock.
-//! * [`vplat`]: a Linux enclave's virtual platform at run time (what its vCPUs share, the
-//!   exits it handles, interrupt delivery); [`linux`]: the Linux boot protocol.
-//! * [`double_fault`]: how an exception raised by an exit handler combines with an event the
-//!   backend queued again after the exit interrupted its delivery.
+//! * [`hw`] (target only): serial, APICs, TSC, MSRs, power-off, the VT-x and AMD-V backends and
+//!   the per-core run of an enclave.
 #![cfg_attr(target_os = "none", no_std)]
 
 extern crate alloc;
 
-pub mod config;
-pub mod cpu;
-pub mod decode;
-pub mod double_fault;
-pub mod exits;
-pub mod frames;
 #[cfg(target_os = "none")]
 pub mod hw;
-pub mod linux;
-pub mod loader;
-pub mod options;
+pub mod machine;
 pub mod partition;
-pub mod platform;
-pub mod smp;
+pub mod run;
 pub mod summary;
-pub mod vacpi;
-pub mod vapic;
-pub mod vcpu;
-pub mod vioapic;
-pub mod vpit;
-pub mod vplat;
-pub mod vrtc;
-pub mod vuart;
-
-#[cfg(test)]
-mod vendor_neutrality {
-    /// Exit handling and the enclave machinery never name VMX or SVM encodings: only the
-    /// backends (`hw/vmx_backend.rs`, `hw/svm_backend.rs`), the capability probe (`cpu.rs`) and
-    /// the `vmx`/`svm` crates do.
-    #[test]
-    fn only_backends_use_vmx_or_svm() {
-        let policy = [
-            "exits.rs",
-            "vcpu.rs",
-            "double_fault.rs",
-            "vplat.rs",
-            "vuart.rs",
-            "decode.rs",
-            "loader.rs",
-            "linux.rs",
-            "vacpi.rs",
-            "partition.rs",
-            "config.rs",
-            "summary.rs",
-            "smp.rs",
-            "vapic.rs",
-            "vioapic.rs",
-            "hw/enclave_run.rs",
-            "hw/host.rs",
-        ];
-        for file in policy {
-            let path = concat!(env!("CARGO_MANIFEST_DIR"), "/src/").to_string() + file;
-            let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-            // Code only: comments may name the instructions the code handles.
-            let code: String = text
-                .lines()
-                .map(|l| l.split("//").next().unwrap_or(""))
-                .collect::<Vec<_>>()
-                .join("\n");
-            for needle in [
-                "vmx::", "svm::", "use vmx", "use svm", "Vmcs", "Vmcb", "vmcall", "vmmcall",
-            ] {
-                assert!(!code.contains(needle), "{file} mentions `{needle}`");
-            }
-        }
-    }
-}

@@ -6,7 +6,7 @@
 extern crate alloc;
 
 #[cfg(target_os = "none")]
-mod image;
+mod boot_flow;
 
 /// On the host the image has nothing to run; `cargo xtask build` builds it for
 /// `x86_64-unknown-none`.

@@ -2,7 +2,7 @@
 //! run. The harness (`cargo xtask run`) turns it into its own exit status, so every field a test
 //! asserts on lives here, and [`Summary::finish`] decides `ok` from the problems found.
 
-use crate::cpu::CoreCaps;
+use crate::machine::cpu::CoreCaps;
 use alloc::string::String;
 use alloc::vec::Vec;
 use serde::Serialize;
@@ -77,7 +77,7 @@ pub struct EnclaveReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ipis_dropped: Option<u64>,
     /// Figures measured between guest console markers: `boot_to_init` {cycles, us} and `idle`
-    /// {cycles, us, timer, ipi, hlt, other} (see [`crate::vplat`]).
+    /// {cycles, us, timer, ipi, hlt, other} (see [`crate::run::vplat`]).
     #[serde(flatten)]
     pub measurements: serde_json::Map<String, serde_json::Value>,
 }

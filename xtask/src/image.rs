@@ -146,11 +146,11 @@ pub fn check_enclaves_with(
     let names: Vec<&str> = scenario.modules.iter().map(|m| m.name.as_str()).collect();
     let cores: Option<Vec<u32>> = cpus.map(|n| (0..n).collect());
     if let Some((file, text)) = enclaves_text(scenario, additions)? {
-        let ctx = atoll::config::Context {
+        let ctx = atoll::partition::config::Context {
             cores: cores.as_deref(),
             modules: Some(&names),
         };
-        atoll::config::parse(&text, &ctx)
+        atoll::partition::config::parse(&text, &ctx)
             .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     }
     Ok(())

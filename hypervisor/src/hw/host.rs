@@ -1,7 +1,7 @@
 //! The host side of exit handling on the target: real CPUID and XSETBV, and the console that
 //! prints enclave output prefixed with the enclave's name.
 
-use crate::exits::{Console, HostCpu};
+use crate::run::exits::{Console, HostCpu};
 
 /// This core.
 pub struct ThisCore;
@@ -95,14 +95,14 @@ impl VcpuHost {
     }
 }
 
-impl crate::vplat::PlatformHost for VcpuHost {
+impl crate::run::vplat::PlatformHost for VcpuHost {
     fn now(&self) -> u64 {
         super::tsc::now()
     }
 
     fn kick(&mut self, host_apic: u32) {
         if host_apic != self.own_apic {
-            super::apic::send_fixed(host_apic, crate::vplat::KICK_VECTOR);
+            super::apic::send_fixed(host_apic, crate::run::vplat::KICK_VECTOR);
         }
     }
 
@@ -123,7 +123,7 @@ impl crate::vplat::PlatformHost for VcpuHost {
             Some(d) => {
                 let ticks = d.saturating_sub(now);
                 let covered =
-                    super::apic::timer_arm(crate::vplat::TIMER_VECTOR, ticks, self.tsc_hz);
+                    super::apic::timer_arm(crate::run::vplat::TIMER_VECTOR, ticks, self.tsc_hz);
                 self.fires_at = now.saturating_add(covered);
             }
             None => super::apic::timer_stop(),

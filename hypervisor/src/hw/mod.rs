@@ -85,7 +85,7 @@ pub fn enable_osxsave() {
 pub fn idle_wait_us(us: u64) {
     let hz = tsc::hz();
     apic::timer_arm(
-        crate::vplat::TIMER_VECTOR,
+        crate::run::vplat::TIMER_VECTOR,
         us.saturating_mul(hz) / 1_000_000,
         hz,
     );

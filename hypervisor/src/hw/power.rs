@@ -1,7 +1,7 @@
 //! Stopping the machine: ACPI S5 through the FADT's PM1 control registers (ACPI 6.5 §4.8.3.2.1,
 //! SLP_TYP in bits 12:10, SLP_EN bit 13).
 
-use crate::platform::PmControl;
+use crate::machine::platform::PmControl;
 use x86_64::instructions::port::Port;
 
 const SLP_EN: u16 = 1 << 13;

@@ -39,7 +39,7 @@ pub fn read_unix_seconds() -> Option<i64> {
         if binary {
             Some(u32::from(v))
         } else {
-            crate::vrtc::from_bcd(v)
+            atoll_devices::rtc::from_bcd(v)
         }
     };
     let [s, m, h_raw, d, mo, y, c] = a;
@@ -54,5 +54,5 @@ pub fn read_unix_seconds() -> Option<i64> {
     if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || m > 59 || s > 60 {
         return None;
     }
-    Some(crate::vrtc::unix_seconds(year, mo, d, h, m, s))
+    Some(atoll_devices::rtc::unix_seconds(year, mo, d, h, m, s))
 }

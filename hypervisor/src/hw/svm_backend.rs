@@ -4,16 +4,16 @@
 //! enclave vCPU from its [`BootState`], its nested page tables and atoll's interception policy;
 //! [`SvmVcpu::run`] runs the guest with VMRUN and turns the #VMEXIT into a neutral [`Exit`].
 //! Without NRIP save or decode assists (QEMU's SVM has neither) the exiting instruction is
-//! fetched from guest memory and decoded with `iced-x86` ([`crate::decode`]). Only this module
+//! fetched from guest memory and decoded with `iced-x86` ([`atoll_vcpu::decode`]). Only this module
 //! (and the `svm` crate) knows SVM encodings.
 
-use crate::config::EntryMode;
-use crate::decode::{self, Paging};
-use crate::double_fault::{self, Combined};
-use crate::exits::PASSTHROUGH_MSRS;
-use crate::loader::BootState;
-use crate::vcpu::{Access, Exit, Gpr, SliceMemory, Vcpu, VcpuError};
+use crate::partition::config::EntryMode;
+use crate::partition::loader::BootState;
+use crate::run::exits::PASSTHROUGH_MSRS;
 use alloc::boxed::Box;
+use atoll_vcpu::decode::{self, Paging};
+use atoll_vcpu::double_fault::{self, Combined};
+use atoll_vcpu::{Access, Exit, Gpr, SliceMemory, Vcpu, VcpuError};
 use boot::{GuestPhysAddr, HostPhysAddr, PhysRange};
 use svm::exit::{CrDrAccess, Event, EventType, ExitCode, IoioInfo, MsrAccess, NestedPageFault};
 use svm::intercepts::{CrIntercepts, Intercepts, MiscIntercepts1, MiscIntercepts2};
@@ -503,7 +503,7 @@ impl Vcpu for SvmVcpu {
     fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
         // A queued event is one whose delivery the exit interrupted (handlers inject at most
         // once per exit); the exception arose from that delivery and combines with it as on
-        // the processor (APM Vol. 2 §8.2.9, see `crate::double_fault`).
+        // the processor (APM Vol. 2 §8.2.9, see `atoll_vcpu::double_fault`).
         let queued = self
             .vmcb
             .event_injection()

@@ -5,12 +5,12 @@
 //! and [`VmxVcpu::run`] enters the guest and turns the VM exit into a neutral [`Exit`]. Only this
 //! module (and the `vmx` crate) knows VMX encodings.
 
-use crate::config::EntryMode;
-use crate::double_fault::{self, Combined};
-use crate::exits::PASSTHROUGH_MSRS;
-use crate::loader::BootState;
-use crate::vcpu::{Access, Exit, Gpr, Vcpu, VcpuError};
+use crate::partition::config::EntryMode;
+use crate::partition::loader::BootState;
+use crate::run::exits::PASSTHROUGH_MSRS;
 use alloc::boxed::Box;
+use atoll_vcpu::double_fault::{self, Combined};
+use atoll_vcpu::{Access, Exit, Gpr, Vcpu, VcpuError};
 use boot::HostPhysAddr;
 use core::fmt::Write;
 use vmx::controls::{
@@ -676,7 +676,7 @@ impl Vcpu for VmxVcpu {
     fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
         // A queued event is one whose delivery the exit interrupted (handlers inject at most
         // once per exit); the exception arose from that delivery and combines with it as on
-        // the processor (SDM Vol. 3A §6.15, see `crate::double_fault`).
+        // the processor (SDM Vol. 3A §6.15, see `atoll_vcpu::double_fault`).
         let queued = self
             .queued_event()
             .filter(|e| e.kind == InterruptionType::HardwareException)

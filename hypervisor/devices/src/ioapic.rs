@@ -6,7 +6,7 @@
 //! caller maps guest MMIO accesses at the I/O APIC's base to [`IoApic::mmio_read`] and
 //! [`IoApic::mmio_write`], reports line changes of emulated devices with [`IoApic::set_irq`], and
 //! forwards level-triggered EOIs from the local APICs
-//! ([`crate::vapic::ApicEffect::Eoi`]) to [`IoApic::eoi`]. What the I/O APIC sends comes back
+//! ([`crate::lapic::ApicEffect::Eoi`]) to [`IoApic::eoi`]. What the I/O APIC sends comes back
 //! as [`Delivery`] values for the caller to route to the local APICs.
 //!
 //! The MMIO window (offsets from the base; 32-bit accesses only):
@@ -50,7 +50,7 @@
 //! (SDM Vol. 3A §11.5.1), so a level entry with those modes is delivered on the rising edge.
 //! Entries with a reserved delivery mode (011, 110) deliver nothing.
 
-use crate::vapic::{DestMode, BROADCAST};
+use crate::lapic::{DestMode, BROADCAST};
 use core::fmt;
 
 /// Interrupt input pins.

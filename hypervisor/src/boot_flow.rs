@@ -3,14 +3,14 @@
 
 use alloc::string::ToString;
 use alloc::vec::Vec;
-use atoll::cpu::{self, CoreCaps};
-use atoll::frames::{FrameAllocator, FRAME_SIZE};
 use atoll::hw::enclave_run::{self, CoreSlotVirt, RunSpec, SecondStage};
 use atoll::hw::{self, apic::LocalApic, console, msr::HwMsrs, power, tsc};
-use atoll::options::Options;
+use atoll::machine::cpu::{self, CoreCaps};
+use atoll::machine::frames::{FrameAllocator, FRAME_SIZE};
+use atoll::machine::options::Options;
+use atoll::machine::platform::Platform;
+use atoll::machine::smp::{self, CoreTable, StartupBus};
 use atoll::partition::{Enclave, Identity};
-use atoll::platform::Platform;
-use atoll::smp::{self, CoreTable, StartupBus};
 use atoll::summary::{CoreReport, EnclaveReport, Summary};
 use boot::idt::{exception_name, ExceptionFrame};
 use boot::info::BootInfo;
@@ -36,7 +36,7 @@ static mut HEAP_SPACE: HeapSpace = HeapSpace([0; HEAP_SIZE]);
 static CORES: CoreTable = CoreTable::new();
 static FRAMES: Mutex<FrameAllocator> = Mutex::new(FrameAllocator::empty());
 static MBI: Once<BootInformation<'static>> = Once::new();
-static POWER: Once<Option<atoll::platform::PmControl>> = Once::new();
+static POWER: Once<Option<atoll::machine::platform::PmControl>> = Once::new();
 static PANICKING: AtomicBool = AtomicBool::new(false);
 /// The enclaves of this run, fixed before any core starts one.
 static ENCLAVES: Once<Vec<RunSpec>> = Once::new();
@@ -173,7 +173,7 @@ extern "C" fn atoll_bsp_main(magic: u32, info_addr: u64) -> ! {
         log::warn!(
             "boot option fake_apic_ids: pretending the MADT lists a processor with APIC id {id}"
         );
-        platform.add_cpu(atoll::platform::Cpu {
+        platform.add_cpu(atoll::machine::platform::Cpu {
             apic_id: id,
             uid: u32::MAX,
             x2apic_entry: id > 254,
@@ -332,11 +332,11 @@ fn setup_enclaves(
         .map(|s| s.apic_id())
         .collect();
     let names: Vec<&str> = info.modules().iter().map(|m| m.name()).collect();
-    let ctx = atoll::config::Context {
+    let ctx = atoll::partition::config::Context {
         cores: Some(&online),
         modules: Some(&names),
     };
-    let configs = match atoll::config::parse(text, &ctx) {
+    let configs = match atoll::partition::config::parse(text, &ctx) {
         Ok(c) => c,
         Err(e) => {
             log::error!("enclave description rejected: {e}");
@@ -344,15 +344,16 @@ fn setup_enclaves(
             return (Vec::new(), Vec::new());
         }
     };
-    let failed = |c: &atoll::config::EnclaveConfig, why: alloc::string::String| EnclaveReport {
-        name: c.name.clone(),
-        cores: c.cores.clone(),
-        memory_mib: c.memory_mib,
-        state: "ended",
-        end_reason: Some("failed"),
-        detail: why,
-        ..Default::default()
-    };
+    let failed =
+        |c: &atoll::partition::config::EnclaveConfig, why: alloc::string::String| EnclaveReport {
+            name: c.name.clone(),
+            cores: c.cores.clone(),
+            memory_mib: c.memory_mib,
+            state: "ended",
+            end_reason: Some("failed"),
+            detail: why,
+            ..Default::default()
+        };
     let mut specs = Vec::new();
     let mut reports = Vec::new();
     // 1 GiB second-stage pages where the CPU has them (EPT capability, or Page1GB for NPT).
@@ -383,9 +384,9 @@ fn setup_enclaves(
             .and_then(|n| info.module(n))
             // SAFETY: as for the description module.
             .map(|m| unsafe { module_bytes(m.range) });
-        let linux = c.entry == atoll::config::EntryMode::Linux;
+        let linux = c.entry == atoll::partition::config::EntryMode::Linux;
         // Linux reads the TSC frequency from CPUID 0x15/0x16 on Intel only; elsewhere it is
-        // told with a kernel parameter (see atoll::vplat).
+        // told with a kernel parameter (see atoll::run::vplat).
         let extra = if linux && bsp.intel {
             alloc::string::String::new()
         } else if linux {
@@ -443,7 +444,7 @@ fn setup_enclaves(
                     boot.rip
                 );
                 let platform = linux.then(|| {
-                    let shared = atoll::vplat::Shared::new(&c.name, &c.cores, tsc::hz());
+                    let shared = atoll::run::vplat::Shared::new(&c.name, &c.cores, tsc::hz());
                     if let Some(Some((secs, at))) = WALL_CLOCK.get() {
                         shared.set_wall_clock(*secs, *at);
                     }
@@ -541,7 +542,7 @@ fn run_enclaves(specs: Vec<RunSpec>, bsp_apic: u32) -> Vec<EnclaveReport> {
 
 /// atoll's COM1 input on its way to an enclave's COM1 receiver (`serial_input = true`).
 struct SerialInput {
-    target: Option<alloc::sync::Arc<atoll::vplat::Shared>>,
+    target: Option<alloc::sync::Arc<atoll::run::vplat::Shared>>,
     /// Bytes read from COM1 that the guest's receive FIFO had no room for yet.
     pending: alloc::collections::VecDeque<u8>,
     host: atoll::hw::host::VcpuHost,
@@ -745,7 +746,7 @@ extern "C" fn atoll_exception(frame: &ExceptionFrame) -> ! {
 fn dump_acpi(rsdp: HostPhysAddr) {
     // SAFETY: the RSDP and the tables are identity-mapped, as during discovery.
     let result = unsafe {
-        atoll::platform::for_each_table(hw::IdentityMapped, rsdp, |sig, bytes| {
+        atoll::machine::platform::for_each_table(hw::IdentityMapped, rsdp, |sig, bytes| {
             let mut line = alloc::string::String::with_capacity(16 + 2 * bytes.len());
             line.push_str("ATOLL-ACPI ");
             line.push_str(core::str::from_utf8(&sig).unwrap_or("????"));

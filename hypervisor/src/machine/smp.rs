@@ -6,13 +6,13 @@
 //! with a deadline, for each to report in. It is written against the [`StartupBus`] trait so the
 //! timing logic, including a core that never answers, is tested on the host.
 
-use crate::cpu::CoreCaps;
+use crate::machine::cpu::CoreCaps;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use spin::Once;
 
 /// Most cores tracked.
-pub const MAX_CORES: usize = crate::platform::MAX_CPUS;
+pub const MAX_CORES: usize = crate::machine::platform::MAX_CPUS;
 
 /// Delay between INIT and the first SIPI (SDM Vol. 3A §9.4.4.1: 10 ms).
 pub const INIT_DELAY_US: u64 = 10_000;

@@ -33,7 +33,7 @@
 //!   S0 and S5 only.
 //! * **Processors**: one Local x2APIC structure (type 9) per vCPU, ACPI processor UID = its
 //!   index in [`PlatformLayout::vcpu_apic_ids`] (put the boot vCPU first, ACPI 6.5 §5.2.12.1).
-//!   No Local APIC (type 0) structures: Linux (and atoll's own [`crate::platform`]) takes x2APIC
+//!   No Local APIC (type 0) structures: Linux (and atoll's own ACPI discovery) takes x2APIC
 //!   structures for any id, and when both kinds are present recent Linux skips x2APIC structures
 //!   with ids below 255, so listing both would at best duplicate every CPU. Linux accepts an id
 //!   of 255 or more only if its boot CPU is already in x2APIC mode when it reads the MADT
@@ -61,9 +61,9 @@
 //! The Hypervisor Vendor Identity in the FADT is `"AtollHV\0"`, the first eight bytes of the
 //! CPUID signature.
 
-use crate::vcpu::GuestMemory;
 use alloc::vec;
 use alloc::vec::Vec;
+use atoll_vcpu::GuestMemory;
 use boot::GuestPhysAddr;
 use core::fmt;
 
@@ -904,12 +904,7 @@ pub fn build(layout: &PlatformLayout, gpa: u64) -> Result<AcpiTables, VacpiError
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::platform::{self, Platform};
-    use crate::vcpu::SliceMemory;
-    use acpi::{AcpiHandler, PhysicalMapping};
-    use boot::HostPhysAddr;
-    use core::ptr::NonNull;
-    use std::sync::Arc;
+    use atoll_vcpu::SliceMemory;
 
     const BASE: u64 = 0xe_0000;
 
@@ -939,37 +934,6 @@ mod tests {
     }
     fn sum(b: &[u8]) -> u8 {
         b.iter().fold(0u8, |a, x| a.wrapping_add(*x))
-    }
-
-    /// Guest-physical memory holding exactly the generated image.
-    #[derive(Clone)]
-    struct ImageMemory(Arc<(usize, Vec<u8>)>);
-
-    impl ImageMemory {
-        fn new(t: &AcpiTables) -> Self {
-            ImageMemory(Arc::new((t.gpa() as usize, t.bytes().to_vec())))
-        }
-    }
-
-    impl AcpiHandler for ImageMemory {
-        unsafe fn map_physical_region<T>(
-            &self,
-            phys: usize,
-            size: usize,
-        ) -> PhysicalMapping<Self, T> {
-            let (base, bytes) = &*self.0;
-            let offset = phys
-                .checked_sub(*base)
-                .filter(|o| o + size <= bytes.len())
-                .unwrap_or_else(|| panic!("no table bytes at {phys:#x}+{size:#x}"));
-            let ptr = bytes[offset..].as_ptr() as *mut T;
-            // SAFETY: the bytes live as long as the Arc each handler clone holds, and `offset +
-            // size` is inside them; the acpi crate only reads through the mapping.
-            unsafe {
-                PhysicalMapping::new(phys, NonNull::new(ptr).unwrap(), size, size, self.clone())
-            }
-        }
-        fn unmap_physical_region<T>(_region: &PhysicalMapping<Self, T>) {}
     }
 
     #[test]
@@ -1121,7 +1085,6 @@ mod tests {
         want.extend([0x10, 0x4f, 0x04]);
         want.extend(&scope_body);
         assert_eq!(&d[36..], &want[..]);
-        assert_eq!(platform::find_s5(d), Some((5, 5)));
     }
 
     #[test]
@@ -1161,89 +1124,11 @@ mod tests {
         let t = build(&layout(&ids), BASE).unwrap();
         let d = t.table(b"DSDT").unwrap();
         assert_eq!(sum(d), 0);
-        assert_eq!(platform::find_s5(d), Some((5, 5)));
         let last = t.tables().last().unwrap();
         assert_eq!(&last.signature, b"MCFG");
         let m = t.table(b"APIC").unwrap();
         assert_eq!(m.len(), 44 + MAX_VCPUS * 16 + 12);
         assert!(d.windows(4).any(|w| w == b"CFFF"));
-    }
-
-    #[test]
-    fn parsed_back_by_atolls_own_discovery() {
-        let ids = [0, 1, 255, 256, 300, 4096];
-        let t = built(&ids);
-        let mem = ImageMemory::new(&t);
-        let rsdp = HostPhysAddr::new(t.rsdp_gpa());
-        // SAFETY: the image memory holds the RSDP and every table it leads to.
-        let p = unsafe { Platform::discover(mem.clone(), rsdp) }.unwrap();
-        let cpus: Vec<(u32, u32, bool)> = p
-            .cpus()
-            .iter()
-            .map(|c| (c.apic_id, c.uid, c.x2apic_entry))
-            .collect();
-        let want: Vec<(u32, u32, bool)> = ids
-            .iter()
-            .enumerate()
-            .map(|(uid, id)| (*id, uid as u32, true))
-            .collect();
-        assert_eq!(cpus, want);
-        assert_eq!(p.cpus_ignored, 0);
-        assert_eq!(p.ioapic_count, 1);
-        assert_eq!(p.local_apic_base, HostPhysAddr::new(0xfee0_0000));
-        assert_eq!(p.acpi_revision, 2);
-        assert!(!p.dmar_present);
-        let ecam: Vec<_> = p.ecam().copied().collect();
-        assert_eq!(
-            ecam,
-            [platform::Ecam {
-                base: HostPhysAddr::new(0xb000_0000),
-                segment: 0,
-                bus_start: 0,
-                bus_end: 3,
-            }]
-        );
-
-        // The power registers, through the acpi crate's FADT.
-        // SAFETY: as above.
-        let tables =
-            unsafe { acpi::AcpiTables::from_rsdp(mem.clone(), t.rsdp_gpa() as usize) }.unwrap();
-        let fadt = tables.find_table::<acpi::fadt::Fadt>().unwrap();
-        let flags = { fadt.flags };
-        assert!(flags.system_is_hw_reduced_acpi());
-        assert!(flags.supports_system_reset_via_fadt());
-        assert!(flags.local_xapics_must_use_physical_destination_mode());
-        let io = |g: acpi::address::GenericAddress| {
-            assert_eq!(g.address_space, acpi::address::AddressSpace::SystemIo);
-            assert_eq!(g.bit_width, 8);
-            g.address
-        };
-        assert_eq!(io(fadt.reset_register().unwrap()), u64::from(RESET_PORT));
-        assert_eq!(fadt.reset_value, RESET_VALUE);
-        let ctl = fadt.sleep_control_register().unwrap().unwrap();
-        assert_eq!(io(ctl), u64::from(SLEEP_CONTROL_PORT));
-        let sts = fadt.sleep_status_register().unwrap().unwrap();
-        assert_eq!(io(sts), u64::from(SLEEP_STATUS_PORT));
-
-        // \_S5 from the DSDT the FADT leads to.
-        let mut seen = Vec::new();
-        let mut s5 = None;
-        // SAFETY: as above.
-        unsafe {
-            platform::for_each_table(mem, rsdp, |sig, bytes| {
-                seen.push(sig);
-                if &sig == b"DSDT" {
-                    s5 = platform::find_s5(bytes);
-                }
-            })
-        }
-        .unwrap();
-        assert_eq!(seen, [*b"DSDT", *b"FACP", *b"APIC", *b"MCFG"]);
-        assert_eq!(s5, Some((S5_SLP_TYP, S5_SLP_TYP)));
-        assert_eq!(
-            requested_sleep_type(S5_SLEEP_CONTROL_VALUE),
-            Some(S5_SLP_TYP)
-        );
     }
 
     #[test]
@@ -1253,18 +1138,6 @@ mod tests {
         assert_eq!(requested_sleep_type(0x14), None, "SLP_EN clear");
         assert_eq!(requested_sleep_type(0x20), Some(0));
         assert_eq!(requested_sleep_type(0xff), Some(7));
-    }
-
-    #[test]
-    fn tables_above_4g_leave_the_32_bit_dsdt_field_zero() {
-        let t = build(&layout(&[0]), 0x1_0000_0000).unwrap();
-        let f = t.table(b"FACP").unwrap();
-        assert_eq!(u32_at(f, 40), 0);
-        assert!(u64_at(f, 140) > 0x1_0000_0000);
-        let mem = ImageMemory::new(&t);
-        // SAFETY: the image memory holds every table.
-        let p = unsafe { Platform::discover(mem, HostPhysAddr::new(t.rsdp_gpa())) }.unwrap();
-        assert_eq!(p.cpus().len(), 1);
     }
 
     #[test]

@@ -9,8 +9,8 @@
 //! with the same registers' low halves. Both fit any later vendor backend: [`BootState`] is
 //! vendor-neutral.
 
-use crate::config::EntryMode;
-use crate::vcpu::GuestMemory;
+use crate::partition::config::EntryMode;
+use atoll_vcpu::GuestMemory;
 use boot::GuestPhysAddr;
 use core::fmt;
 use elf::endian::AnyEndian;
@@ -85,7 +85,7 @@ pub enum LoadError {
     CmdlineTooLong(usize),
     /// Guest RAM too small for the layout.
     RamTooSmall(u64),
-    /// The entry mode is not an ELF one (`linux` enclaves load through [`crate::linux`]).
+    /// The entry mode is not an ELF one (`linux` enclaves load through [`crate::partition::linux`]).
     NotElfEntry,
 }
 
@@ -278,7 +278,7 @@ pub(crate) fn write_identity_tables(put: &mut impl FnMut(u64, &[u8]) -> Option<(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::vcpu::SliceMemory;
+    use atoll_vcpu::SliceMemory;
 
     /// A minimal ELF64 x86-64 file with one PT_LOAD segment of `code` at `paddr` (memsz `memsz`).
     pub fn tiny_elf(paddr: u64, code: &[u8], memsz: u64, entry: u64) -> Vec<u8> {

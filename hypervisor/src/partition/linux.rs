@@ -16,7 +16,7 @@
 //!
 //! | GPA | what |
 //! | --- | --- |
-//! | `0x1000`–`0x6fff` | identity page tables for [0, 4 GiB) with 2 MiB pages: PML4 `0x1000`, PDPT `0x2000`, four PDs `0x3000`–`0x6fff` (the same GPAs as [`crate::loader`]'s `long64` tables) |
+//! | `0x1000`–`0x6fff` | identity page tables for [0, 4 GiB) with 2 MiB pages: PML4 `0x1000`, PDPT `0x2000`, four PDs `0x3000`–`0x6fff` (the same GPAs as [`crate::partition::loader`]'s `long64` tables) |
 //! | `0x7000`–`0x701f` | the GDT: null, null, `__BOOT_CS` = `0x10` (flat 64-bit code, execute/read), `__BOOT_DS` = `0x18` (flat data, read/write) |
 //! | `0x8000`–`0x8fff` | the boot stack; RSP starts at `0x9000`, just below `boot_params` |
 //! | `0x9000`–`0x9fff` | `struct boot_params` (the zero page); RSI points here |
@@ -56,9 +56,9 @@
 //! `acpi_rsdp_addr` when an RSDP is given (protocol 2.14 or later). The sentinel at `0x1ef`
 //! stays 0, which tells the kernel the zero page was built field by field.
 
-use crate::config::EntryMode;
-use crate::loader::{BootState, PML4_GPA};
-use crate::vcpu::GuestMemory;
+use crate::partition::config::EntryMode;
+use crate::partition::loader::{BootState, PML4_GPA};
+use atoll_vcpu::GuestMemory;
 use boot::GuestPhysAddr;
 use core::fmt;
 
@@ -775,7 +775,7 @@ pub fn load(
         put64(&mut gdt, i * 8, *d);
     }
     put(GDT_GPA, &gdt)?;
-    crate::loader::write_identity_tables(&mut |gpa, bytes| put(gpa, bytes).ok())
+    crate::partition::loader::write_identity_tables(&mut |gpa, bytes| put(gpa, bytes).ok())
         .ok_or(LinuxError::MemoryTooSmall { ram })?;
 
     Ok(BootState {
@@ -801,7 +801,7 @@ pub fn load(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vcpu::SliceMemory;
+    use atoll_vcpu::SliceMemory;
 
     /// What a synthetic bzImage's header says.
     #[derive(Clone, Copy)]
@@ -877,7 +877,7 @@ mod tests {
         let ram = 64 * MIB;
         let mut mem = vec![0u8; ram as usize];
         let image = bzimage(&good());
-        let boot = crate::vplat::load_linux(
+        let boot = crate::run::vplat::load_linux(
             &image,
             Some(&[7u8; 4096]),
             "console=ttyS0",
@@ -889,13 +889,13 @@ mod tests {
         assert_eq!(&mem[0xe0000..0xe0008], b"RSD PTR ");
         let zp = BOOT_PARAMS_GPA as usize;
         let rsdp = u64::from_le_bytes(mem[zp + zp::ACPI_RSDP_ADDR..][..8].try_into().unwrap());
-        assert_eq!(rsdp, crate::vplat::ACPI_GPA);
+        assert_eq!(rsdp, crate::run::vplat::ACPI_GPA);
         // Four entries: low RAM, the reserved BIOS area, RAM from 1 MiB, the ECAM window.
         assert_eq!(mem[zp + zp::E820_ENTRIES], 4);
         assert_eq!(boot.rsi, BOOT_PARAMS_GPA);
         // Too much RAM for the platform, or not a kernel: refused, RAM untouched.
         let mut small = vec![0u8; MIB as usize];
-        let e = crate::vplat::load_linux(
+        let e = crate::run::vplat::load_linux(
             &image,
             None,
             "",
@@ -905,8 +905,14 @@ mod tests {
         );
         assert!(e.unwrap_err().contains("at most 3584 MiB"));
         let mut fresh = vec![0u8; ram as usize];
-        let e =
-            crate::vplat::load_linux(&[0u8; 64], None, "", 1, ram, &mut SliceMemory(&mut fresh));
+        let e = crate::run::vplat::load_linux(
+            &[0u8; 64],
+            None,
+            "",
+            1,
+            ram,
+            &mut SliceMemory(&mut fresh),
+        );
         assert!(e.unwrap_err().starts_with("kernel: "));
         assert!(fresh.iter().all(|&b| b == 0), "nothing written");
     }
@@ -1581,7 +1587,7 @@ mod tests {
 
     /// The head (setup code and header, first 64 KiB) of Debian's 6.1 kernel: see
     /// `tests/fixtures/linux/README.md`.
-    const DEBIAN_HEAD: &[u8] = include_bytes!("../../tests/fixtures/linux/vmlinuz-6.1-head.bin");
+    const DEBIAN_HEAD: &[u8] = include_bytes!("../../../tests/fixtures/linux/vmlinuz-6.1-head.bin");
 
     #[test]
     fn debian_6_1_kernel_header() {

@@ -7,7 +7,7 @@
 //! address from guest RAM; [`decode`] runs them through `iced-x86`. Guest-controlled bytes and
 //! tables never cause a panic: anything unreadable or undecodable is `None`.
 
-use crate::vcpu::{Gpr, GuestMemory};
+use crate::{Gpr, GuestMemory};
 use boot::GuestPhysAddr;
 use iced_x86::{Code, Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
 
@@ -221,7 +221,7 @@ pub fn decode_mmio(bytes: &[u8], bitness: u32) -> Option<MmioAccess> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vcpu::SliceMemory;
+    use crate::SliceMemory;
 
     #[test]
     fn lengths_of_the_instructions_that_exit() {

@@ -1,9 +1,22 @@
 //! The vendor-neutral vCPU layer.
 //!
-//! Policy code (the exit handlers in [`crate::exits`]) drives a [`Vcpu`] and handles an
-//! [`Exit`]; it never sees VMX or SVM encodings. A backend (VMX today, SVM next) turns its
-//! hardware exit into an `Exit`, and implements the few operations handlers need: registers,
-//! skipping the exiting instruction, injecting an exception, control registers and EFER.
+//! Policy code (atoll's exit handlers and virtual platforms) drives a [`Vcpu`] and handles an
+//! [`Exit`]; it depends on this crate and never on `vmx` or `svm`, so the compiler keeps it
+//! vendor-neutral. A backend (VT-x or AMD-V, in the image crate) turns its hardware exit into
+//! an `Exit`, and implements the few operations handlers need: registers, skipping the exiting
+//! instruction, injecting events, control registers and EFER.
+//!
+//! * [`GuestMemory`]: a partition's guest-physical memory, bounds-checked.
+//! * [`decode`]: the guest's paging modes, its page walk, and `iced-x86` decoding of the
+//!   instruction behind an exit (for backends without decode assists, and MMIO).
+//! * [`double_fault`]: how an exception raised by an exit handler combines with an event the
+//!   backend queued again after the exit interrupted its delivery.
+#![cfg_attr(not(test), no_std)]
+
+extern crate alloc;
+
+pub mod decode;
+pub mod double_fault;
 
 use boot::GuestPhysAddr;
 use core::fmt;
@@ -276,7 +289,7 @@ impl GuestMemory for SliceMemory<'_> {
 }
 
 /// A vCPU for host tests: registers in memory, events recorded.
-#[cfg(test)]
+#[cfg(any(test, feature = "fake"))]
 pub mod fake {
     use super::*;
     use alloc::vec::Vec;

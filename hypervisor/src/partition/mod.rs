@@ -4,14 +4,22 @@
 //!
 //! Physical memory is reached through [`PhysWindow`], the identity map on the target and a
 //! buffer in host tests, so the whole construction is tested on the host.
+//!
+//! * [`config`]: enclave descriptions (TOML), checked with the field and the reason.
+//! * [`loader`]: guest images (ELF, real mode) and the boot state a vCPU starts from.
+//! * [`linux`]: the Linux 64-bit boot protocol (bzImage, boot_params, E820, initrd).
 
-use crate::config::{EnclaveConfig, EntryMode};
-use crate::frames::{FrameAllocator, FrameError, FRAME_SIZE};
-use crate::loader::{self, BootState, LoadError};
-use crate::vcpu::SliceMemory;
+pub mod config;
+pub mod linux;
+pub mod loader;
+
+use crate::machine::frames::{FrameAllocator, FrameError, FRAME_SIZE};
+use atoll_vcpu::SliceMemory;
 use boot::{GuestPhysAddr, HostPhysAddr, PhysRange};
+use config::{EnclaveConfig, EntryMode};
 use core::fmt;
 use ept::{EptError, EptFormat, Format, FrameSource, MemType, PageSize, Perms, Tables};
+use loader::{BootState, LoadError};
 use spin::Mutex;
 
 /// Enclave RAM alignment: lets EPT use 2 MiB pages (1 GiB pages where the size allows).
@@ -148,7 +156,7 @@ impl<'a, W: PhysWindow, Fmt: Format> Enclave<'a, W, Fmt> {
                 }
                 cmdline.push_str(extra_cmdline);
             }
-            crate::vplat::load_linux(
+            crate::run::vplat::load_linux(
                 image,
                 initrd,
                 &cmdline,
@@ -220,8 +228,8 @@ impl<'a, W: PhysWindow, Fmt: Format> Enclave<'a, W, Fmt> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{EntryMode, IoPolicy};
-    use crate::loader::tests::tiny_elf;
+    use crate::partition::config::{EntryMode, IoPolicy};
+    use crate::partition::loader::tests::tiny_elf;
     use boot::info::{MemoryRegion, RegionKind};
     use std::rc::Rc;
 

@@ -1,16 +1,16 @@
 //! Exit handlers: what atoll does when an enclave's vCPU leaves the guest.
 //!
-//! Everything here is vendor-neutral policy on top of [`crate::vcpu`]: the CPUID filter, the
+//! Everything here is vendor-neutral policy on top of [`atoll_vcpu`]: the CPUID filter, the
 //! emulated COM1, the I/O policy for other ports, the MSR allowlist, control-register and XCR0
 //! validation, the hypercall ABI, and containment (which exits end the enclave, with what
 //! report). A handler touches only its own vCPU, its enclave's memory and its enclave's
 //! [`EnclaveRun`] state; nothing global. Guest-controlled values never cause a panic: bad
 //! values become an injected exception, an error code in RAX, or an end reason.
 
-use crate::config::IoPolicy;
-use crate::vcpu::{vector, Access, Exit, ExitKind, Gpr, GuestMemory, Vcpu};
+use crate::partition::config::IoPolicy;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
+use atoll_vcpu::{vector, Access, Exit, ExitKind, Gpr, GuestMemory, Vcpu};
 use boot::GuestPhysAddr;
 use core::fmt;
 
@@ -193,10 +193,10 @@ pub enum Action {
     Stop(EndReason),
 }
 
-/// COM1 of a bare-metal enclave: the platform's 16550A ([`crate::vuart`]) without an interrupt
+/// COM1 of a bare-metal enclave: the platform's 16550A ([`atoll_devices::uart`]) without an interrupt
 /// line, its lines printed as the enclave's.
 #[derive(Clone, Debug, Default)]
-pub struct Uart(crate::vuart::Uart16550);
+pub struct Uart(atoll_devices::uart::Uart16550);
 
 impl Uart {
     fn write(&mut self, offset: u16, value: u8, name: &str, console: &mut impl Console) {
@@ -449,9 +449,11 @@ fn io(
     }
     // The power-management registers the enclave's FADT advertises (hardware-reduced ACPI).
     match (port, write) {
-        (crate::vacpi::SLEEP_CONTROL_PORT, true) => {
+        (atoll_devices::acpi::SLEEP_CONTROL_PORT, true) => {
             let value = vcpu.gpr(Gpr::Rax) as u8;
-            if crate::vacpi::requested_sleep_type(value) == Some(crate::vacpi::S5_SLP_TYP) {
+            if atoll_devices::acpi::requested_sleep_type(value)
+                == Some(atoll_devices::acpi::S5_SLP_TYP)
+            {
                 run.uart.flush(&run.name.clone(), console);
                 return Action::Stop(EndReason::PowerOff);
             }
@@ -459,16 +461,16 @@ fn io(
             vcpu.skip_instruction();
             return Action::Resume;
         }
-        (crate::vacpi::RESET_PORT, true)
-            if vcpu.gpr(Gpr::Rax) as u8 == crate::vacpi::RESET_VALUE =>
+        (atoll_devices::acpi::RESET_PORT, true)
+            if vcpu.gpr(Gpr::Rax) as u8 == atoll_devices::acpi::RESET_VALUE =>
         {
             run.uart.flush(&run.name.clone(), console);
             return Action::Stop(EndReason::Reset);
         }
         (
-            crate::vacpi::SLEEP_CONTROL_PORT
-            | crate::vacpi::SLEEP_STATUS_PORT
-            | crate::vacpi::RESET_PORT,
+            atoll_devices::acpi::SLEEP_CONTROL_PORT
+            | atoll_devices::acpi::SLEEP_STATUS_PORT
+            | atoll_devices::acpi::RESET_PORT,
             _,
         ) => {
             // Reads return 0 (nothing pending); other writes (WAK_STS clears) are accepted.
@@ -711,8 +713,8 @@ fn read_buffer(mem: &impl GuestMemory, gpa: u64, len: u64) -> Result<Vec<u8>, u6
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vcpu::fake::FakeVcpu;
-    use crate::vcpu::SliceMemory;
+    use atoll_vcpu::fake::FakeVcpu;
+    use atoll_vcpu::SliceMemory;
 
     struct Host {
         xcr0: Option<u64>,
@@ -1028,28 +1030,31 @@ mod tests {
         // Pending COM1 output is flushed first.
         w.vcpu.gprs[Gpr::Rax as usize] = u64::from(b'x');
         w.exit(out(0x3f8));
-        w.vcpu.gprs[Gpr::Rax as usize] = u64::from(crate::vacpi::S5_SLEEP_CONTROL_VALUE);
+        w.vcpu.gprs[Gpr::Rax as usize] = u64::from(atoll_devices::acpi::S5_SLEEP_CONTROL_VALUE);
         assert_eq!(
-            w.exit(out(crate::vacpi::SLEEP_CONTROL_PORT)),
+            w.exit(out(atoll_devices::acpi::SLEEP_CONTROL_PORT)),
             Action::Stop(EndReason::PowerOff)
         );
         assert_eq!(w.console.0, vec![("alpha".to_string(), "x".to_string())]);
         // S3 (or SLP_EN clear) is not offered: no effect, not an I/O-policy stop.
         w.vcpu.gprs[Gpr::Rax as usize] = (3 << 2) | (1 << 5);
         assert_eq!(
-            w.exit(out(crate::vacpi::SLEEP_CONTROL_PORT)),
+            w.exit(out(atoll_devices::acpi::SLEEP_CONTROL_PORT)),
             Action::Resume
         );
         w.vcpu.gprs[Gpr::Rax as usize] = 0x80; // WAK_STS clear
-        assert_eq!(w.exit(out(crate::vacpi::SLEEP_STATUS_PORT)), Action::Resume);
-        w.vcpu.gprs[Gpr::Rax as usize] = u64::from(crate::vacpi::RESET_VALUE);
         assert_eq!(
-            w.exit(out(crate::vacpi::RESET_PORT)),
+            w.exit(out(atoll_devices::acpi::SLEEP_STATUS_PORT)),
+            Action::Resume
+        );
+        w.vcpu.gprs[Gpr::Rax as usize] = u64::from(atoll_devices::acpi::RESET_VALUE);
+        assert_eq!(
+            w.exit(out(atoll_devices::acpi::RESET_PORT)),
             Action::Stop(EndReason::Reset)
         );
         w.vcpu.gprs[Gpr::Rax as usize] = 0xffff_ffff;
         w.exit(Exit::Io {
-            port: crate::vacpi::SLEEP_STATUS_PORT,
+            port: atoll_devices::acpi::SLEEP_STATUS_PORT,
             size: 1,
             write: false,
             string: false,

@@ -2,7 +2,7 @@
 //! COM1, the per-vCPU interrupt mailboxes) and what each vCPU owns (its x2APIC), with the exit
 //! handling and interrupt delivery that tie them to the vendor-neutral [`Vcpu`].
 //!
-//! **Layout** (guest-physical; the ACPI tables of [`crate::vacpi`] describe it):
+//! **Layout** (guest-physical; the ACPI tables of [`atoll_devices::acpi`] describe it):
 //!
 //! | range | what |
 //! | --- | --- |
@@ -15,7 +15,7 @@
 //!
 //! RAM ends below [`ECAM_BASE`] (at most [`MAX_RAM`]); the MMIO pages are absent from the
 //! second-stage tables, so touching them exits as a nested-page fault that is decoded
-//! ([`crate::decode::decode_mmio`]) and emulated here.
+//! ([`atoll_vcpu::decode::decode_mmio`]) and emulated here.
 //!
 //! **Local APICs.** Every vCPU's APIC starts enabled in xAPIC mode, as firmware leaves it, with
 //! x2APIC offered in CPUID; one model ([`X2Apic`]) holds its registers and timer and serves
@@ -27,9 +27,9 @@
 //! picks the physical-flat driver. vCPU *i* has APIC ID *i*; IPIs reach vCPUs of the same
 //! enclave only (those aimed elsewhere are dropped and counted).
 //!
-//! **Legacy ports.** COM1 (a 16550A with its interrupt on I/O APIC pin 4, [`crate::vuart`]), PIT
-//! channel 2 and its gate ([`crate::vpit`], which Linux times the TSC against on non-Intel
-//! CPUs), the CMOS clock's time registers ([`crate::vrtc`], the host's time at atoll's boot
+//! **Legacy ports.** COM1 (a 16550A with its interrupt on I/O APIC pin 4, [`atoll_devices::uart`]), PIT
+//! channel 2 and its gate ([`atoll_devices::pit`], which Linux times the TSC against on non-Intel
+//! CPUs), the CMOS clock's time registers ([`atoll_devices::rtc`], the host's time at atoll's boot
 //! advanced by the TSC), and PCI configuration mechanism #1 (0xCF8/0xCFC) over the same configuration space as
 //! the ECAM window: a host bridge at 00:00.0 and nothing else.
 //!
@@ -48,15 +48,15 @@
 //! leaves only on Intel parts: on AMD hosts atoll appends `tsc_early_khz=` (a documented kernel
 //! parameter) to the command line instead.
 
-use crate::decode::{self, MmioOperand, Paging};
-use crate::exits::{Action, Console, EndReason};
-use crate::linux::{E820Entry, E820Kind};
-use crate::vapic::{self, ApicEffect, DestMode, Ipi, IpiMode, X2Apic};
-use crate::vcpu::{vector, Exit, Gpr, GuestMemory, Vcpu};
-use crate::vioapic::{Delivery, DeliveryMode, IoApic};
-use crate::vuart::Uart16550;
+use crate::partition::linux::{E820Entry, E820Kind};
+use crate::run::exits::{Action, Console, EndReason};
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
+use atoll_devices::ioapic::{Delivery, DeliveryMode, IoApic};
+use atoll_devices::lapic::{self, ApicEffect, DestMode, Ipi, IpiMode, X2Apic};
+use atoll_devices::uart::Uart16550;
+use atoll_vcpu::decode::{self, MmioOperand, Paging};
+use atoll_vcpu::{vector, Exit, Gpr, GuestMemory, Vcpu};
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use spin::{Mutex, Once};
 
@@ -75,7 +75,7 @@ pub const LOW_RAM_END: u64 = 0x0009_f000;
 /// Most RAM a Linux enclave can have: RAM is contiguous from 0 and ends below the MMIO window.
 pub const MAX_RAM: u64 = ECAM_BASE;
 /// COM1's ports and interrupt (as the DSDT describes them).
-pub const COM1: u16 = crate::vacpi::COM1_PORT;
+pub const COM1: u16 = atoll_devices::acpi::COM1_PORT;
 /// The host vector that makes a vCPU's core look at its mailbox.
 pub const KICK_VECTOR: u8 = 0xf2;
 /// The host vector of the APIC timer atoll arms for a guest's timer.
@@ -128,10 +128,10 @@ pub fn classify(exit: &Exit, vcpu: &impl Vcpu, timer_due: bool) -> Class {
         Exit::ExternalInterrupt { .. } if timer_due => Class::Timer,
         Exit::ExternalInterrupt { .. } => Class::Ipi,
         Exit::MsrWrite => match vcpu.gpr(Gpr::Rcx) as u32 {
-            vapic::reg::TSC_DEADLINE | vapic::reg::LVT_TIMER | vapic::reg::TIMER_INITIAL => {
+            lapic::reg::TSC_DEADLINE | lapic::reg::LVT_TIMER | lapic::reg::TIMER_INITIAL => {
                 Class::Timer
             }
-            vapic::reg::ICR | vapic::reg::SELF_IPI => Class::Ipi,
+            lapic::reg::ICR | lapic::reg::SELF_IPI => Class::Ipi,
             _ => Class::Other,
         },
         _ => Class::Other,
@@ -184,7 +184,7 @@ impl Mailbox {
             return false;
         }
         if wide || apic_mode == 2 {
-            return vapic::destination_matches(id, dest, mode);
+            return lapic::destination_matches(id, dest, mode);
         }
         let dest8 = dest & 0xff;
         match mode {
@@ -291,8 +291,8 @@ pub struct Shared {
     pub mailboxes: Vec<Mailbox>,
     ioapic: Mutex<IoApic>,
     uart: Mutex<Uart16550>,
-    pit: Mutex<crate::vpit::Pit>,
-    rtc: Mutex<crate::vrtc::Rtc>,
+    pit: Mutex<atoll_devices::pit::Pit>,
+    rtc: Mutex<atoll_devices::rtc::Rtc>,
     /// PCI configuration mechanism #1: the address register at port 0xCF8.
     pci_address: AtomicU32,
     stop: AtomicBool,
@@ -303,7 +303,7 @@ pub struct Shared {
     pub results: Mutex<serde_json::Map<String, serde_json::Value>>,
     marks: Mutex<Marks>,
     /// Exits by kind, I/O and MSR denials, summed as vCPUs stop.
-    totals: Mutex<([u64; crate::vcpu::ExitKind::ALL.len()], u64, u64)>,
+    totals: Mutex<([u64; atoll_vcpu::ExitKind::ALL.len()], u64, u64)>,
     /// The TSC frequency the guest is told.
     pub tsc_hz: u64,
 }
@@ -326,22 +326,22 @@ impl Shared {
             mailboxes: host_apics.iter().map(|&a| Mailbox::new(a)).collect(),
             ioapic: Mutex::new(IoApic::new(IOAPIC_ID)),
             uart: Mutex::new(Uart16550::new()),
-            pit: Mutex::new(crate::vpit::Pit::new(tsc_hz)),
-            rtc: Mutex::new(crate::vrtc::Rtc::new(0, 0, tsc_hz)),
+            pit: Mutex::new(atoll_devices::pit::Pit::new(tsc_hz)),
+            rtc: Mutex::new(atoll_devices::rtc::Rtc::new(0, 0, tsc_hz)),
             pci_address: AtomicU32::new(0),
             stop: AtomicBool::new(false),
             end: Once::new(),
             ipis_dropped: AtomicU64::new(0),
             results: Mutex::new(serde_json::Map::new()),
             marks: Mutex::new(Marks::default()),
-            totals: Mutex::new(([0; crate::vcpu::ExitKind::ALL.len()], 0, 0)),
+            totals: Mutex::new(([0; atoll_vcpu::ExitKind::ALL.len()], 0, 0)),
             tsc_hz,
         }
     }
 
     /// Sets the wall clock the guest's RTC shows: `unix_secs` at TSC `tsc`.
     pub fn set_wall_clock(&self, unix_secs: i64, tsc: u64) {
-        *self.rtc.lock() = crate::vrtc::Rtc::new(unix_secs, tsc, self.tsc_hz);
+        *self.rtc.lock() = atoll_devices::rtc::Rtc::new(unix_secs, tsc, self.tsc_hz);
     }
 
     /// Ends the enclave (the first reason wins) and makes every vCPU stop.
@@ -376,7 +376,7 @@ impl Shared {
     /// The enclave's exits by kind (only kinds that occurred), I/O and MSR denials.
     pub fn exit_totals(&self) -> (serde_json::Map<String, serde_json::Value>, u64, u64) {
         let t = self.totals.lock();
-        let map = crate::vcpu::ExitKind::ALL
+        let map = atoll_vcpu::ExitKind::ALL
             .iter()
             .filter(|k| t.0[**k as usize] > 0)
             .map(|k| (k.name().to_string(), t.0[*k as usize].into()))
@@ -485,7 +485,10 @@ impl Shared {
     }
 
     fn set_uart_irq(&self, level: bool, local: Option<&mut Local>, host: &mut impl PlatformHost) {
-        let d = self.ioapic.lock().set_irq(crate::vacpi::COM1_IRQ, level);
+        let d = self
+            .ioapic
+            .lock()
+            .set_irq(atoll_devices::acpi::COM1_IRQ, level);
         if let Some(d) = d {
             self.deliver(d, local, host);
         }
@@ -554,7 +557,7 @@ impl Shared {
         for (i, m) in self.mailboxes.iter().enumerate() {
             let target = i as u32;
             let named = match ipi.shorthand {
-                vapic::Shorthand::None => m.accepts(target, ipi.dest, ipi.dest_mode, wide),
+                lapic::Shorthand::None => m.accepts(target, ipi.dest, ipi.dest_mode, wide),
                 _ => ipi.targets(sender, target),
             };
             if !named {
@@ -634,14 +637,15 @@ impl Local {
             ApicMode::XApic => APIC_BASE_EN,
             ApicMode::X2Apic => APIC_BASE_EN | APIC_BASE_EXTD,
         };
-        crate::vacpi::LOCAL_APIC_BASE | mode | bsp
+        atoll_devices::acpi::LOCAL_APIC_BASE | mode | bsp
     }
 
     /// A write of IA32_APIC_BASE: the base stays architectural, BSP as it is, and only the
     /// transitions of SDM Vol. 3A §11.12.5 are allowed (xAPIC ↔ disabled, xAPIC → x2APIC,
     /// x2APIC → disabled). Disabling resets the APIC. `Err` changes nothing (#GP).
     fn set_apic_base(&mut self, value: u64) -> Result<(), ()> {
-        let fixed = crate::vacpi::LOCAL_APIC_BASE | if self.index == 0 { APIC_BASE_BSP } else { 0 };
+        let fixed =
+            atoll_devices::acpi::LOCAL_APIC_BASE | if self.index == 0 { APIC_BASE_BSP } else { 0 };
         if value & !(APIC_BASE_EN | APIC_BASE_EXTD) != fixed {
             return Err(());
         }
@@ -715,7 +719,7 @@ fn xapic_access(
             xreg::APR => 0,
             xreg::LDR => local.ldr,
             xreg::DFR => local.dfr,
-            xreg::ICR_LOW => local.apic.read(vapic::reg::ICR, now).unwrap_or(0) as u32,
+            xreg::ICR_LOW => local.apic.read(lapic::reg::ICR, now).unwrap_or(0) as u32,
             xreg::ICR_HIGH => local.icr_high,
             _ => local
                 .apic
@@ -736,15 +740,15 @@ fn xapic_access(
         xreg::ICR_HIGH => local.icr_high = value & 0xff00_0000,
         xreg::ICR_LOW => {
             let icr = (u64::from(local.icr_high >> 24) << 32) | u64::from(value & ICR_LOW_WRITABLE);
-            apply_write(local, shared, host, vapic::reg::ICR, icr)?;
+            apply_write(local, shared, host, lapic::reg::ICR, icr)?;
         }
         // Any write latches the errors (x2APIC insists on 0).
-        xreg::ESR => apply_write(local, shared, host, vapic::reg::ESR, 0)?,
+        xreg::ESR => apply_write(local, shared, host, lapic::reg::ESR, 0)?,
         _ => {
             let msr = xapic_msr(offset);
             // The SELF IPI register is x2APIC-only.
-            if msr != vapic::reg::SELF_IPI && local.apic.read(msr, now).is_ok()
-                || msr == vapic::reg::EOI
+            if msr != lapic::reg::SELF_IPI && local.apic.read(msr, now).is_ok()
+                || msr == lapic::reg::EOI
             {
                 apply_write(local, shared, host, msr, value.into())?;
             }
@@ -839,7 +843,7 @@ pub fn before_entry(
 }
 
 /// Handles the exits the platform owns; `None` for the rest (the common handlers in
-/// [`crate::exits`] take those).
+/// [`crate::run::exits`] take those).
 #[allow(clippy::too_many_arguments)]
 pub fn handle(
     exit: &Exit,
@@ -848,7 +852,7 @@ pub fn handle(
     local: &mut Local,
     shared: &Shared,
     host: &mut impl PlatformHost,
-    cpu: &impl crate::exits::HostCpu,
+    cpu: &impl crate::run::exits::HostCpu,
     console: &mut impl Console,
 ) -> Option<Action> {
     match *exit {
@@ -856,7 +860,7 @@ pub fn handle(
             let leaf = vcpu.gpr(Gpr::Rax) as u32;
             let sub = vcpu.gpr(Gpr::Rcx) as u32;
             let vcpus = shared.mailboxes.len() as u32;
-            let r = crate::exits::reflect_guest_cr4(
+            let r = crate::run::exits::reflect_guest_cr4(
                 cpuid(cpu, leaf, sub, local.index as u32, vcpus, shared.tsc_hz),
                 leaf,
                 sub,
@@ -890,7 +894,7 @@ pub fn handle(
             let value = vcpu.gpr(Gpr::Rax);
             let read = legacy_io(shared, host, port, size, write.then_some(value));
             if let Some(v) = read {
-                crate::exits::set_io_result(vcpu, size, v);
+                crate::run::exits::set_io_result(vcpu, size, v);
             }
             vcpu.skip_instruction();
             Some(Action::Resume)
@@ -898,7 +902,7 @@ pub fn handle(
         Exit::NestedPageFault { gpa, .. } => {
             let gpa = gpa.as_u64();
             let ecam_end = ECAM_BASE + (u64::from(ECAM_BUSES) << 20);
-            let lapic = crate::vacpi::LOCAL_APIC_BASE;
+            let lapic = atoll_devices::acpi::LOCAL_APIC_BASE;
             if (IOAPIC_BASE..IOAPIC_BASE + 0x1000).contains(&gpa)
                 || (lapic..lapic + 0x1000).contains(&gpa)
                 || (ECAM_BASE..ecam_end).contains(&gpa)
@@ -1006,7 +1010,7 @@ fn gp(vcpu: &mut impl Vcpu) -> Option<Action> {
 fn msr_allowed(local: &Local, msr: u32) -> bool {
     match local.mode {
         ApicMode::X2Apic => true,
-        ApicMode::XApic => msr == vapic::reg::TSC_DEADLINE,
+        ApicMode::XApic => msr == lapic::reg::TSC_DEADLINE,
         ApicMode::Disabled => false,
     }
 }
@@ -1014,15 +1018,15 @@ fn msr_allowed(local: &Local, msr: u32) -> bool {
 fn msr_read(vcpu: &mut impl Vcpu, local: &mut Local, host: &impl PlatformHost) -> Option<Action> {
     let index = vcpu.gpr(Gpr::Rcx) as u32;
     let value = match index {
-        crate::exits::msr::IA32_APIC_BASE => local.apic_base(),
+        crate::run::exits::msr::IA32_APIC_BASE => local.apic_base(),
         IA32_BIOS_SIGN_ID | IA32_TSC_ADJUST => 0,
-        m if vapic::is_apic_msr(m) && msr_allowed(local, m) => {
+        m if lapic::is_apic_msr(m) && msr_allowed(local, m) => {
             match local.apic.read(m, host.now()) {
                 Ok(v) => v,
                 Err(_) => return gp(vcpu),
             }
         }
-        m if vapic::is_apic_msr(m) => return gp(vcpu),
+        m if lapic::is_apic_msr(m) => return gp(vcpu),
         _ => return None,
     };
     vcpu.set_gpr(Gpr::Rax, value & 0xffff_ffff);
@@ -1040,7 +1044,7 @@ fn msr_write(
     let index = vcpu.gpr(Gpr::Rcx) as u32;
     let value = (vcpu.gpr(Gpr::Rdx) << 32) | (vcpu.gpr(Gpr::Rax) & 0xffff_ffff);
     match index {
-        crate::exits::msr::IA32_APIC_BASE => {
+        crate::run::exits::msr::IA32_APIC_BASE => {
             if local.set_apic_base(value).is_err() {
                 return gp(vcpu);
             }
@@ -1050,7 +1054,7 @@ fn msr_write(
         // The TSC is the host's: it cannot be adjusted, only confirmed unadjusted.
         IA32_TSC_ADJUST if value == 0 => {}
         IA32_TSC_ADJUST => return gp(vcpu),
-        m if vapic::is_apic_msr(m) => {
+        m if lapic::is_apic_msr(m) => {
             if !msr_allowed(local, m) || apply_write(local, shared, host, m, value).is_err() {
                 return gp(vcpu);
             }
@@ -1079,7 +1083,7 @@ fn uart_io(
             let line = u.write(offset, vcpu.gpr(Gpr::Rax) as u8);
             (line, u.irq())
         } else {
-            crate::exits::set_io_result(vcpu, size, u.read(offset).into());
+            crate::run::exits::set_io_result(vcpu, size, u.read(offset).into());
             (None, u.irq())
         }
     };
@@ -1136,7 +1140,7 @@ fn mmio(
                 }
             }
         } & mask;
-        let lapic = crate::vacpi::LOCAL_APIC_BASE;
+        let lapic = atoll_devices::acpi::LOCAL_APIC_BASE;
         let refused = if (lapic..lapic + 0x1000).contains(&gpa) {
             // Registers are 32-bit, 16-byte aligned; other accesses are dropped.
             if local.mode == ApicMode::XApic && access.size == 4 && gpa & 0xf == 0 {
@@ -1167,7 +1171,7 @@ fn mmio(
             return Action::Resume;
         }
     } else {
-        let lapic = crate::vacpi::LOCAL_APIC_BASE;
+        let lapic = atoll_devices::acpi::LOCAL_APIC_BASE;
         let value = if (lapic..lapic + 0x1000).contains(&gpa) {
             if local.mode == ApicMode::XApic && access.size == 4 && gpa & 0xf == 0 {
                 u64::from(xapic_access(local, shared, host, gpa - lapic, None).unwrap_or(0))
@@ -1238,8 +1242,8 @@ fn report_state(vcpu: &impl Vcpu, local: &mut Local, shared: &Shared, now: u64, 
         local.index,
         vcpu.rip(),
         vcpu.rflags() >> 9 & 1,
-        highest(vapic::reg::IRR0),
-        highest(vapic::reg::ISR0),
+        highest(lapic::reg::IRR0),
+        highest(lapic::reg::ISR0),
         local.apic.tpr(),
         local.apic.pending(),
         local.apic.next_deadline(),
@@ -1283,12 +1287,12 @@ fn halt(
 }
 
 /// CPUID for a Linux enclave of `vcpus` vCPUs, as seen by vCPU `index`: the common filter
-/// ([`crate::exits::filtered_cpuid`]) and then the topology (one package, one core per vCPU,
+/// ([`crate::run::exits::filtered_cpuid`]) and then the topology (one package, one core per vCPU,
 /// no SMT), x2APIC and TSC-deadline on, MONITOR/MWAIT, machine checks, the PMU, LA57 and the
 /// speculation-control MSRs off, TSC_ADJUST and the invariant TSC on, and the TSC frequency in
 /// leaves 0x15/0x16.
 pub fn cpuid(
-    host: &impl crate::exits::HostCpu,
+    host: &impl crate::run::exits::HostCpu,
     leaf: u32,
     sub: u32,
     index: u32,
@@ -1297,7 +1301,7 @@ pub fn cpuid(
 ) -> [u32; 4] {
     let max_basic = host.cpuid(0, 0)[0];
     let core_bits = 32 - vcpus.saturating_sub(1).leading_zeros();
-    let mut r = crate::exits::filtered_cpuid(host, leaf, sub);
+    let mut r = crate::run::exits::filtered_cpuid(host, leaf, sub);
     match leaf {
         0 => r[0] = max_basic.max(0x16),
         // Leaves the host lacks but atoll defines read as zero (not the host's highest leaf).
@@ -1417,8 +1421,8 @@ pub fn e820(ram: u64) -> Vec<E820Entry> {
 }
 
 /// The ACPI description of a Linux enclave with `vcpus` vCPUs.
-pub fn platform_layout(vcpus: usize) -> crate::vacpi::PlatformLayout {
-    crate::vacpi::PlatformLayout {
+pub fn platform_layout(vcpus: usize) -> atoll_devices::acpi::PlatformLayout {
+    atoll_devices::acpi::PlatformLayout {
         vcpu_apic_ids: (0..vcpus as u32).collect(),
         ioapic_id: IOAPIC_ID,
         ioapic_base: IOAPIC_BASE,
@@ -1430,7 +1434,7 @@ pub fn platform_layout(vcpus: usize) -> crate::vacpi::PlatformLayout {
 
 /// Lays out a Linux enclave in its RAM (`ram` bytes from GPA 0): ACPI tables for `vcpus`
 /// vCPUs at [`ACPI_GPA`], then the kernel, initrd, boot_params and command line through the
-/// boot protocol ([`crate::linux::load`]). Every check runs before the kernel is written.
+/// boot protocol ([`crate::partition::linux::load`]). Every check runs before the kernel is written.
 pub fn load_linux(
     kernel: &[u8],
     initrd: Option<&[u8]>,
@@ -1438,7 +1442,7 @@ pub fn load_linux(
     vcpus: usize,
     ram: u64,
     mem: &mut impl GuestMemory,
-) -> Result<crate::loader::BootState, String> {
+) -> Result<crate::partition::loader::BootState, String> {
     if ram > MAX_RAM {
         return Err(alloc::format!(
             "{} MiB of RAM; a Linux enclave has at most {} MiB",
@@ -1446,21 +1450,21 @@ pub fn load_linux(
             MAX_RAM >> 20
         ));
     }
-    let image =
-        crate::linux::LinuxImage::parse(kernel).map_err(|e| alloc::format!("kernel: {e}"))?;
-    let tables = crate::vacpi::build(&platform_layout(vcpus), ACPI_GPA)
+    let image = crate::partition::linux::LinuxImage::parse(kernel)
+        .map_err(|e| alloc::format!("kernel: {e}"))?;
+    let tables = atoll_devices::acpi::build(&platform_layout(vcpus), ACPI_GPA)
         .map_err(|e| alloc::format!("ACPI tables: {e}"))?;
     if ACPI_GPA + tables.len() as u64 > 0x10_0000 {
         return Err("ACPI tables do not fit below 1 MiB".into());
     }
     let map = e820(ram);
     // Check the kernel's layout before writing anything.
-    crate::linux::plan(&image, initrd, cmdline, ram, &map, Some(tables.rsdp_gpa()))
+    crate::partition::linux::plan(&image, initrd, cmdline, ram, &map, Some(tables.rsdp_gpa()))
         .map_err(|e| alloc::format!("kernel: {e}"))?;
     tables
         .write_to(mem)
         .ok_or_else(|| String::from("guest RAM too small for the ACPI tables"))?;
-    crate::linux::load(
+    crate::partition::linux::load(
         &image,
         initrd,
         cmdline,
@@ -1475,8 +1479,8 @@ pub fn load_linux(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vcpu::fake::FakeVcpu;
-    use crate::vcpu::SliceMemory;
+    use atoll_vcpu::fake::FakeVcpu;
+    use atoll_vcpu::SliceMemory;
 
     #[derive(Default)]
     struct FakeHost {
@@ -1538,7 +1542,7 @@ mod tests {
         wrmsr(v, 0x1b, base);
         assert_eq!(msr_write(v, l, s, h), Some(Action::Resume));
         assert_eq!(l.mode, ApicMode::X2Apic);
-        wrmsr(v, vapic::reg::SVR, 0x1ff);
+        wrmsr(v, lapic::reg::SVR, 0x1ff);
         assert_eq!(msr_write(v, l, s, h), Some(Action::Resume));
     }
 
@@ -1556,7 +1560,7 @@ mod tests {
         assert_eq!(msr_read(&mut v, &mut l0, &h), Some(Action::Resume));
         assert_eq!(v.gprs[Gpr::Rax as usize], 0xfee0_0900);
         // x2APIC registers do not exist in xAPIC mode.
-        v.gprs[Gpr::Rcx as usize] = u64::from(vapic::reg::ID);
+        v.gprs[Gpr::Rcx as usize] = u64::from(lapic::reg::ID);
         msr_read(&mut v, &mut l0, &h);
         assert_eq!(v.injected, Some((vector::GP, Some(0))));
         // Moving the base or dropping the BSP bit is refused and changes nothing.
@@ -1573,7 +1577,7 @@ mod tests {
         msr_write(&mut v, &mut l0, &s, &mut h);
         assert_eq!(v.injected, None);
         assert_eq!(l0.mode, ApicMode::X2Apic);
-        v.gprs[Gpr::Rcx as usize] = u64::from(vapic::reg::ID);
+        v.gprs[Gpr::Rcx as usize] = u64::from(lapic::reg::ID);
         msr_read(&mut v, &mut l0, &h);
         assert_eq!(v.injected, None);
         wrmsr(&mut v, 0x1b, 0xfee0_0900);
@@ -1601,7 +1605,7 @@ mod tests {
         let mut v1 = vcpu();
         let x = |l: &mut Local, h: &mut FakeHost, off, w| xapic_access(l, &s, h, off, w);
         assert_eq!(x(&mut l1, &mut h, xreg::ID, None), Ok(1 << 24));
-        assert_eq!(x(&mut l0, &mut h, 0x30, None), Ok(vapic::VERSION));
+        assert_eq!(x(&mut l0, &mut h, 0x30, None), Ok(lapic::VERSION));
         // SVR on both.
         x(&mut l0, &mut h, 0xf0, Some(0x1ff)).unwrap();
         x(&mut l1, &mut h, 0xf0, Some(0x1ff)).unwrap();
@@ -1629,7 +1633,7 @@ mod tests {
         assert_eq!(v1.injected_irqs, [0x41, 0x42]);
         // TSC-deadline through the LVT in the page and the MSR, which exists in xAPIC mode.
         x(&mut l1, &mut h, 0x320, Some((0b10 << 17) | 0xec)).unwrap();
-        wrmsr(&mut v1, vapic::reg::TSC_DEADLINE, 777);
+        wrmsr(&mut v1, lapic::reg::TSC_DEADLINE, 777);
         assert_eq!(
             msr_write(&mut v1, &mut l1, &s, &mut h),
             Some(Action::Resume)
@@ -1650,7 +1654,7 @@ mod tests {
         enable_apic(&mut v0, &mut l0, &s, &mut h);
         enable_apic(&mut v1, &mut l1, &s, &mut h);
         // vCPU 0 sends vector 0xfd to x2APIC id 1, physical, fixed.
-        wrmsr(&mut v0, vapic::reg::ICR, (1u64 << 32) | 0xfd);
+        wrmsr(&mut v0, lapic::reg::ICR, (1u64 << 32) | 0xfd);
         assert_eq!(
             msr_write(&mut v0, &mut l0, &s, &mut h),
             Some(Action::Resume)
@@ -1663,7 +1667,7 @@ mod tests {
         assert!(v0.injected_irqs.is_empty());
         // An IPI to id 7 names nobody in this enclave: dropped and counted, nobody kicked.
         h.kicks.clear();
-        wrmsr(&mut v0, vapic::reg::ICR, (7u64 << 32) | 0xfd);
+        wrmsr(&mut v0, lapic::reg::ICR, (7u64 << 32) | 0xfd);
         msr_write(&mut v0, &mut l0, &s, &mut h);
         assert!(h.kicks.is_empty());
         assert_eq!(s.ipis_dropped.load(Ordering::Relaxed), 1);
@@ -1677,7 +1681,7 @@ mod tests {
         let mut v = vcpu();
         enable_apic(&mut v, &mut l, &s, &mut h);
         // Self IPI while the guest cannot take it.
-        wrmsr(&mut v, vapic::reg::SELF_IPI, 0x40);
+        wrmsr(&mut v, lapic::reg::SELF_IPI, 0x40);
         msr_write(&mut v, &mut l, &s, &mut h);
         v.window_open = false;
         before_entry(&mut v, &mut l, &s, &mut h);
@@ -1689,12 +1693,12 @@ mod tests {
         assert_eq!(v.injected_irqs, [0x40]);
         assert!(!v.window_requested);
         // In service now: a second one of lower class waits for the EOI.
-        wrmsr(&mut v, vapic::reg::SELF_IPI, 0x30);
+        wrmsr(&mut v, lapic::reg::SELF_IPI, 0x30);
         msr_write(&mut v, &mut l, &s, &mut h);
         v.window_open = true;
         before_entry(&mut v, &mut l, &s, &mut h);
         assert_eq!(v.injected_irqs, [0x40]);
-        wrmsr(&mut v, vapic::reg::EOI, 0);
+        wrmsr(&mut v, lapic::reg::EOI, 0);
         msr_write(&mut v, &mut l, &s, &mut h);
         before_entry(&mut v, &mut l, &s, &mut h);
         assert_eq!(v.injected_irqs, [0x40, 0x30]);
@@ -1708,11 +1712,11 @@ mod tests {
         let mut v0 = vcpu();
         enable_apic(&mut v0, &mut l0, &s, &mut h);
         // INIT assert, INIT de-assert (ignored), STARTUP 0x9a to id 1.
-        wrmsr(&mut v0, vapic::reg::ICR, (1u64 << 32) | 0x4500);
+        wrmsr(&mut v0, lapic::reg::ICR, (1u64 << 32) | 0x4500);
         msr_write(&mut v0, &mut l0, &s, &mut h);
-        wrmsr(&mut v0, vapic::reg::ICR, (1u64 << 32) | 0x8500);
+        wrmsr(&mut v0, lapic::reg::ICR, (1u64 << 32) | 0x8500);
         msr_write(&mut v0, &mut l0, &s, &mut h);
-        wrmsr(&mut v0, vapic::reg::ICR, (1u64 << 32) | 0x4600 | 0x9a);
+        wrmsr(&mut v0, lapic::reg::ICR, (1u64 << 32) | 0x4600 | 0x9a);
         msr_write(&mut v0, &mut l0, &s, &mut h);
         assert!(s.mailboxes[1].take_init());
         assert!(!s.mailboxes[1].take_init());
@@ -1729,9 +1733,9 @@ mod tests {
         let mut v = vcpu();
         enable_apic(&mut v, &mut l, &s, &mut h);
         // TSC-deadline mode, vector 0xec, deadline at 5000.
-        wrmsr(&mut v, vapic::reg::LVT_TIMER, (0b10 << 17) | 0xec);
+        wrmsr(&mut v, lapic::reg::LVT_TIMER, (0b10 << 17) | 0xec);
         msr_write(&mut v, &mut l, &s, &mut h);
-        wrmsr(&mut v, vapic::reg::TSC_DEADLINE, 5000);
+        wrmsr(&mut v, lapic::reg::TSC_DEADLINE, 5000);
         msr_write(&mut v, &mut l, &s, &mut h);
         before_entry(&mut v, &mut l, &s, &mut h);
         assert_eq!(h.armed, Some(5000));
@@ -1909,7 +1913,7 @@ mod tests {
     }
 
     struct Cpu;
-    impl crate::exits::HostCpu for Cpu {
+    impl crate::run::exits::HostCpu for Cpu {
         fn cpuid(&self, leaf: u32, _sub: u32) -> [u32; 4] {
             match leaf {
                 0 => [0xd, 0, 0, 0],

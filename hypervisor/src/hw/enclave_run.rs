@@ -15,7 +15,7 @@ use crate::run::exits::{self, Action, EnclaveRun, EndReason};
 use crate::run::vplat::{self, Entry, Local, PlatformHost, Shared};
 use crate::summary::{EnclaveReport, Violation};
 use alloc::string::{String, ToString};
-use atoll_vcpu::{Exit, SliceMemory, Vcpu};
+use atoll_vcpu::{Exit, GuestRam, Vcpu};
 use boot::{HostPhysAddr, PhysRange};
 use spin::Once;
 
@@ -99,12 +99,7 @@ fn run_loop(
         spec.config.memory_mib,
         spec.ram
     );
-    // SAFETY: the enclave's RAM is identity-mapped and used by nothing else while this core
-    // runs the enclave.
-    let ram = unsafe {
-        core::slice::from_raw_parts_mut(spec.ram.start.as_u64() as *mut u8, spec.ram.len() as usize)
-    };
-    let mut mem = SliceMemory(ram);
+    let mut mem = guest_ram(spec);
     loop {
         let exit = match vcpu.enter() {
             Ok(e) => e,
@@ -118,6 +113,15 @@ fn run_loop(
             Action::Stop(reason) => return reason,
         }
     }
+}
+
+/// The enclave's RAM, as its vCPUs' exit handlers reach it.
+fn guest_ram(spec: &RunSpec) -> GuestRam {
+    let base = core::ptr::NonNull::new(spec.ram.start.as_u64() as *mut u8)
+        .expect("enclave RAM is never at physical 0 (the first MiB is not allocated)");
+    // SAFETY: the enclave's RAM is identity-mapped, stays allocated to it while any of its vCPUs
+    // runs, and atoll holds no reference to it: every access goes through `GuestRam`'s copies.
+    unsafe { GuestRam::new(base, spec.ram.len() as usize) }
 }
 
 /// How a Linux vCPU's run ended.
@@ -138,13 +142,7 @@ fn platform_loop(
     run: &mut EnclaveRun,
     console: &mut EnclaveConsole,
 ) -> VcpuEnd {
-    // SAFETY: the enclave's RAM is identity-mapped; its vCPUs touch it only as the guest
-    // does (device emulation reads instructions and writes registers, never RAM the guest could
-    // be racing on in a way Rust observes: accesses go through this slice's copies).
-    let ram = unsafe {
-        core::slice::from_raw_parts_mut(spec.ram.start.as_u64() as *mut u8, spec.ram.len() as usize)
-    };
-    let mut mem = SliceMemory(ram);
+    let mut mem = guest_ram(spec);
     let mailbox = &shared.mailboxes[local.index];
     if local.index == 0 {
         shared.started(super::tsc::now());

@@ -13,7 +13,7 @@ use crate::run::exits::PASSTHROUGH_MSRS;
 use alloc::boxed::Box;
 use atoll_vcpu::decode::{self, Paging};
 use atoll_vcpu::double_fault::{self, Combined};
-use atoll_vcpu::{Access, Exit, Gpr, SliceMemory, Vcpu, VcpuError};
+use atoll_vcpu::{Access, Exit, Gpr, GuestRam, Vcpu, VcpuError};
 use boot::{GuestPhysAddr, HostPhysAddr, PhysRange};
 use svm::exit::{CrDrAccess, Event, EventType, ExitCode, IoioInfo, MsrAccess, NestedPageFault};
 use svm::intercepts::{CrIntercepts, Intercepts, MiscIntercepts1, MiscIntercepts2};
@@ -244,15 +244,12 @@ impl SvmVcpu {
         })
     }
 
-    fn memory(&self) -> SliceMemory<'static> {
-        // SAFETY: the enclave's RAM is identity-mapped and only this core touches it while the
-        // enclave runs; the slice is used for one read and dropped.
-        SliceMemory(unsafe {
-            core::slice::from_raw_parts_mut(
-                self.ram.start.as_u64() as *mut u8,
-                self.ram.len() as usize,
-            )
-        })
+    fn memory(&self) -> GuestRam {
+        let base = core::ptr::NonNull::new(self.ram.start.as_u64() as *mut u8)
+            .expect("enclave RAM is never at physical 0 (the first MiB is not allocated)");
+        // SAFETY: the enclave's RAM is identity-mapped and stays allocated to it while this vCPU
+        // exists; every access goes through `GuestRam`'s bounds-checked copies.
+        unsafe { GuestRam::new(base, self.ram.len() as usize) }
     }
 
     /// The bytes and bitness of the instruction at the guest's RIP.

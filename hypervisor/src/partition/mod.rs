@@ -14,7 +14,7 @@ pub mod linux;
 pub mod loader;
 
 use crate::machine::frames::{FrameAllocator, FrameError, FRAME_SIZE};
-use atoll_vcpu::SliceMemory;
+use atoll_vcpu::GuestRam;
 use boot::{GuestPhysAddr, HostPhysAddr, PhysRange};
 use config::{EnclaveConfig, EntryMode};
 use core::fmt;
@@ -141,13 +141,13 @@ impl<'a, W: PhysWindow, Fmt: Format> Enclave<'a, W, Fmt> {
             e
         };
         // Freed memory may hold another enclave's data: zero it before the guest sees it.
-        let ptr = window.ptr(ram.start, bytes);
-        // SAFETY: the range was just allocated to this enclave and the window maps all of it;
-        // nothing else references it.
-        let slice = unsafe {
-            core::ptr::write_bytes(ptr, 0, bytes as usize);
-            core::slice::from_raw_parts_mut(ptr, bytes as usize)
+        let Some(ptr) = core::ptr::NonNull::new(window.ptr(ram.start, bytes)) else {
+            return Err(give_back(PartitionError::Memory(FrameError::BadRequest)));
         };
+        // SAFETY: the range was just allocated to this enclave and the window maps all of it
+        // for as long as the window lives; nothing references it.
+        let mut mem = unsafe { GuestRam::new(ptr, bytes as usize) };
+        mem.fill(GuestPhysAddr::new(0), bytes as usize, 0);
         let boot = if config.entry == EntryMode::Linux {
             let mut cmdline = config.cmdline.clone();
             if !extra_cmdline.is_empty() {
@@ -162,18 +162,12 @@ impl<'a, W: PhysWindow, Fmt: Format> Enclave<'a, W, Fmt> {
                 &cmdline,
                 config.cores.len(),
                 bytes,
-                &mut SliceMemory(slice),
+                &mut mem,
             )
             .map_err(|e| give_back(PartitionError::Linux(e)))?
         } else {
-            loader::load(
-                image,
-                config.entry,
-                &config.cmdline,
-                bytes,
-                &mut SliceMemory(slice),
-            )
-            .map_err(|e| give_back(PartitionError::Load(e)))?
+            loader::load(image, config.entry, &config.cmdline, bytes, &mut mem)
+                .map_err(|e| give_back(PartitionError::Load(e)))?
         };
         let mut ept = Tables::new(PoolFrames::new(pool, window.clone()), max_page)
             .map_err(|e| give_back(PartitionError::Ept(e)))?;

@@ -268,10 +268,89 @@ pub trait GuestMemory {
     fn write(&mut self, gpa: GuestPhysAddr, buf: &[u8]) -> Option<()>;
 }
 
-/// A flat slice as guest memory starting at GPA 0 (host tests, and the identity-mapped enclave
-/// RAM on the target).
+/// A partition's RAM as atoll reaches it: a host pointer and a length, guest-physical 0 at the
+/// pointer. Every access is bounds-checked and copies through raw pointers
+/// (`ptr::copy_nonoverlapping`), the way rust-vmm's `VolatileSlice` does: no `&[u8]` or
+/// `&mut [u8]` ever covers memory that the partition's other vCPUs (or its devices) may write at
+/// the same time, so the compiler never assumes it stable. A guest racing with a copy can only
+/// change which bytes atoll sees, never where atoll reads or writes.
+pub struct GuestRam {
+    base: core::ptr::NonNull<u8>,
+    len: usize,
+}
+
+impl GuestRam {
+    /// The RAM at `base`, `len` bytes.
+    ///
+    /// # Safety
+    ///
+    /// `base` must be valid for reads and writes of `len` bytes for as long as the value lives
+    /// (the partition's RAM stays allocated to it), and no Rust reference may cover those bytes
+    /// while it does.
+    pub unsafe fn new(base: core::ptr::NonNull<u8>, len: usize) -> Self {
+        Self { base, len }
+    }
+
+    /// Its size in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The byte offset of `[gpa, gpa + len)` inside the RAM, if all of it is.
+    fn offset(&self, gpa: GuestPhysAddr, len: usize) -> Option<usize> {
+        let start = usize::try_from(gpa.as_u64()).ok()?;
+        let end = start.checked_add(len)?;
+        (end <= self.len).then_some(start)
+    }
+
+    /// Sets `len` bytes at `gpa` to `value`; `None` if any lies outside the RAM.
+    pub fn fill(&mut self, gpa: GuestPhysAddr, len: usize, value: u8) -> Option<()> {
+        let start = self.offset(gpa, len)?;
+        // SAFETY: `start + len <= self.len` (checked above), and `new`'s contract makes the
+        // whole range valid for writes with no Rust reference covering it.
+        unsafe { core::ptr::write_bytes(self.base.as_ptr().add(start), value, len) };
+        Some(())
+    }
+}
+
+impl GuestMemory for GuestRam {
+    fn read(&self, gpa: GuestPhysAddr, buf: &mut [u8]) -> Option<()> {
+        let start = self.offset(gpa, buf.len())?;
+        // SAFETY: the source `start..start + buf.len()` is inside the RAM (checked above) and
+        // valid for reads by `new`'s contract; `buf` is atoll's own memory, never guest RAM, so
+        // the two do not overlap.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                self.base.as_ptr().add(start),
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        };
+        Some(())
+    }
+
+    fn write(&mut self, gpa: GuestPhysAddr, buf: &[u8]) -> Option<()> {
+        let start = self.offset(gpa, buf.len())?;
+        // SAFETY: the destination is inside the RAM (checked above) and valid for writes by
+        // `new`'s contract; `buf` is atoll's own memory, so they do not overlap.
+        unsafe {
+            core::ptr::copy_nonoverlapping(buf.as_ptr(), self.base.as_ptr().add(start), buf.len())
+        };
+        Some(())
+    }
+}
+
+/// A flat slice as guest memory starting at GPA 0, for host tests (on the target, partition RAM
+/// is a [`GuestRam`]).
+#[cfg(any(test, feature = "fake"))]
 pub struct SliceMemory<'a>(pub &'a mut [u8]);
 
+#[cfg(any(test, feature = "fake"))]
 impl GuestMemory for SliceMemory<'_> {
     fn read(&self, gpa: GuestPhysAddr, buf: &mut [u8]) -> Option<()> {
         let start = usize::try_from(gpa.as_u64()).ok()?;
@@ -387,6 +466,37 @@ mod tests {
         let mut b = [0u8; 4];
         assert!(m.read(GuestPhysAddr::new(12), &mut b).is_some());
         assert_eq!(b, [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn guest_ram_copies_inside_its_bounds_only() {
+        let mut backing = vec![0u8; 64];
+        let ptr = core::ptr::NonNull::new(backing.as_mut_ptr()).unwrap();
+        // SAFETY: `backing` outlives `ram` and is not referenced while `ram` is used.
+        let mut ram = unsafe { GuestRam::new(ptr, 64) };
+        assert_eq!(ram.len(), 64);
+        assert!(ram.write(GuestPhysAddr::new(60), &[1, 2, 3, 4]).is_some());
+        assert!(ram.write(GuestPhysAddr::new(61), &[1, 2, 3, 4]).is_none());
+        assert!(ram
+            .write(GuestPhysAddr::new(u64::MAX - 1), &[1, 2, 3, 4])
+            .is_none());
+        assert!(
+            ram.write(GuestPhysAddr::new(64), &[]).is_some(),
+            "empty at the end"
+        );
+        assert!(
+            ram.write(GuestPhysAddr::new(65), &[]).is_none(),
+            "empty past the end"
+        );
+        let mut b = [0u8; 4];
+        assert!(ram.read(GuestPhysAddr::new(60), &mut b).is_some());
+        assert_eq!(b, [1, 2, 3, 4]);
+        assert!(ram.read(GuestPhysAddr::new(62), &mut b).is_none());
+        assert_eq!(b, [1, 2, 3, 4], "a refused read leaves the buffer alone");
+        assert!(ram.fill(GuestPhysAddr::new(0), 64, 0xaa).is_some());
+        assert!(ram.fill(GuestPhysAddr::new(1), 64, 0).is_none());
+        drop(ram);
+        assert!(backing.iter().all(|&x| x == 0xaa));
     }
 
     #[test]

@@ -732,6 +732,15 @@ extern "C" fn atoll_interrupt(vector: u64) {
 /// Called by the exception stubs in `boot::idt`.
 #[no_mangle]
 extern "C" fn atoll_exception(frame: &ExceptionFrame) -> ! {
+    // A fault while this core handles a partition ends that partition only.
+    hw::contain::recover(format_args!(
+        "{} (vector {}) error code {:#x} at RIP {:#x} RSP {:#x}",
+        exception_name(frame.vector),
+        frame.vector,
+        frame.error_code,
+        frame.rip,
+        frame.rsp
+    ));
     panic!(
         "unexpected exception {} (vector {}) error code {:#x} at RIP {:#x} RSP {:#x}",
         exception_name(frame.vector),
@@ -764,6 +773,11 @@ fn dump_acpi(rsdp: HostPhysAddr) {
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
+    // A panic while this core handles a partition ends that partition only.
+    match info.location() {
+        Some(at) => hw::contain::recover(format_args!("panic at {at}: {}", info.message())),
+        None => hw::contain::recover(format_args!("panic: {}", info.message())),
+    }
     if PANICKING.swap(true, Ordering::SeqCst) {
         hw::halt_forever();
     }

@@ -186,11 +186,8 @@ impl Summary {
         for e in &self.enclaves {
             // A guest ending badly is the guest's business; atoll failing to run it is not.
             if e.end_reason == Some("failed") || e.state != "ended" {
-                self.problems.push(alloc::format!(
-                    "enclave '{}' did not run: {}",
-                    e.name,
-                    e.detail
-                ));
+                self.problems
+                    .push(alloc::format!("enclave '{}' failed: {}", e.name, e.detail));
             }
         }
         self.ok = self.problems.is_empty();
@@ -298,7 +295,7 @@ mod tests {
         s.finish();
         assert_eq!(
             s.problems,
-            vec!["enclave 'c' did not run: VMLAUNCH failed".to_string()]
+            vec!["enclave 'c' failed: VMLAUNCH failed".to_string()]
         );
     }
 

@@ -205,3 +205,55 @@ fn qemu_svm_acpi_power_off_and_reset_end_enclaves_cleanly() {
         .serial
         .contains("[alpha] guest-suite: powering off through the ACPI sleep control register"));
 }
+
+/// A fault-injection image: atoll faults on purpose while handling four enclaves' hypercalls
+/// (#UD on the BSP's own core, a panic, a page fault, a failed allocation). Each ends alone as
+/// `failed` with the fault and where it happened, keeps what it reported before, and the victim
+/// beside them passes its suite; the summary appears.
+fn atoll_faults_end_only_their_enclave(emulator: Emulator) {
+    let o = boot(emulator, "fault-injection");
+    assert_suite_passed(&o, "victim");
+    for (name, what) in [
+        ("bsp-ud", "#UD invalid opcode (vector 6)"),
+        ("panic", "panic at hypervisor/src/run/fault_injection.rs"),
+        ("page-fault", "#PF page fault (vector 14)"),
+        (
+            "allocation",
+            "memory allocation of 1099511627776 bytes failed",
+        ),
+    ] {
+        assert_eq!(get(&o, &format!("enclaves.{name}.end_reason")), "failed");
+        let detail = get(&o, &format!("enclaves.{name}.detail"))
+            .as_str()
+            .unwrap();
+        assert!(
+            detail.starts_with("atoll fault while handling this enclave: ")
+                && detail.contains(what),
+            "{name}: {detail}"
+        );
+        assert_eq!(
+            get(&o, &format!("enclaves.{name}.results.suite_passed")),
+            &Value::Bool(true),
+            "{name}: what it reported before the fault is kept"
+        );
+        let problems = get(&o, "problems").as_array().unwrap();
+        assert!(
+            problems.iter().any(|p| p
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("enclave '{name}' failed: "))),
+            "{name} is a problem of the run: {problems:?}"
+        );
+    }
+    assert_eq!(get(&o, "problems").as_array().unwrap().len(), 4);
+}
+
+#[test]
+fn bochs_vmx_atoll_faults_end_only_their_enclave() {
+    atoll_faults_end_only_their_enclave(Emulator::Bochs);
+}
+
+#[test]
+fn qemu_svm_atoll_faults_end_only_their_enclave() {
+    atoll_faults_end_only_their_enclave(Emulator::Qemu);
+}

@@ -17,23 +17,61 @@ use std::process::Command;
 /// Runs `cargo build --release --target x86_64-unknown-none` with `what` (package and targets)
 /// and returns the output directory.
 fn build_bare_metal(what: &[&str], name: &str) -> Result<PathBuf> {
+    build_bare_metal_in(what, name, &crate::target_dir())
+}
+
+/// [`build_bare_metal`] with its own target directory (images with test features are built
+/// apart, so they never replace the normal image another run is using).
+fn build_bare_metal_in(what: &[&str], name: &str, target: &std::path::Path) -> Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(crate::root())
         .args(["build", "--quiet", "--release", "--target", IMAGE_TARGET])
+        .arg("--target-dir")
+        .arg(target)
         .args(what)
         .status()
         .with_context(|| format!("running cargo build for {name}"))?;
     if !status.success() {
         bail!("building {name} failed");
     }
-    Ok(crate::target_dir().join(IMAGE_TARGET).join("release"))
+    Ok(target.join(IMAGE_TARGET).join("release"))
 }
+
+/// The test-only image features `cargo xtask` knows.
+pub const TEST_FEATURES: &[&str] = &["fault-injection"];
 
 /// Builds the image (release profile) and returns the ELF's path.
 pub fn build() -> Result<PathBuf> {
-    let elf =
-        build_bare_metal(&["-p", "hypervisor", "--bin", "atoll"], "the atoll image")?.join("atoll");
+    build_with(&[])
+}
+
+/// Builds the image with test-only `features` (see [`TEST_FEATURES`]); with none, the normal
+/// image.
+pub fn build_with(features: &[String]) -> Result<PathBuf> {
+    if let Some(f) = features
+        .iter()
+        .find(|f| !TEST_FEATURES.contains(&f.as_str()))
+    {
+        bail!(
+            "unknown atoll feature '{f}' (known: {})",
+            TEST_FEATURES.join(", ")
+        );
+    }
+    let dir = if features.is_empty() {
+        build_bare_metal(&["-p", "hypervisor", "--bin", "atoll"], "the atoll image")?
+    } else {
+        let list = features.join(",");
+        let target = crate::target_dir()
+            .join("features")
+            .join(features.join("+"));
+        build_bare_metal_in(
+            &["-p", "hypervisor", "--bin", "atoll", "--features", &list],
+            &format!("the atoll image with {list}"),
+            &target,
+        )?
+    };
+    let elf = dir.join("atoll");
     if !elf.exists() {
         bail!("cargo built, but {} is missing", elf.display());
     }
@@ -190,7 +228,7 @@ pub struct Iso {
 pub fn iso(scenario: &Scenario, opts: &ImageOptions) -> Result<Iso> {
     opts.check(scenario)?;
     check_enclaves_with(scenario, None, &opts.enclave_cmdline)?;
-    let elf = build()?;
+    let elf = build_with(&scenario.atoll_features)?;
     let guests = if scenario.modules.iter().any(|m| m.guest.is_some()) {
         Some(build_guests()?)
     } else {

@@ -133,6 +133,10 @@ pub struct Scenario {
     /// What the summary must say.
     #[serde(default)]
     pub expect: BTreeMap<String, toml::Value>,
+    /// Test-only features of the atoll image the scenario needs (`fault-injection`); such an
+    /// image is built apart, under `target/features/`.
+    #[serde(default)]
+    pub atoll_features: Vec<String>,
 }
 
 fn default_qemu_cpu() -> String {
@@ -209,6 +213,14 @@ impl Scenario {
                         bail!("expect.{emu}.{key}: not a summary field");
                     }
                 }
+            }
+        }
+        for f in &s.atoll_features {
+            if !crate::image::TEST_FEATURES.contains(&f.as_str()) {
+                bail!(
+                    "atoll_features: '{f}' is not a test feature of the image (known: {})",
+                    crate::image::TEST_FEATURES.join(", ")
+                );
             }
         }
         for e in &s.emulators {
@@ -493,5 +505,22 @@ mod tests {
             crate::image::check_enclaves(&s, Some(s.cpus))
                 .unwrap_or_else(|e| panic!("scenario {name}: {e:#}"));
         }
+    }
+
+    #[test]
+    fn test_features_are_checked() {
+        let base = "description = 'x'\ntimeout_s = { qemu = 1, bochs = 1 }\n";
+        let s =
+            Scenario::parse("f", &format!("{base}atoll_features = ['fault-injection']")).unwrap();
+        assert_eq!(s.atoll_features, ["fault-injection"]);
+        let e = Scenario::parse("f", &format!("{base}atoll_features = ['turbo']")).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("'turbo' is not a test feature"),
+            "{e:#}"
+        );
+        assert!(Scenario::parse("f", base)
+            .unwrap()
+            .atoll_features
+            .is_empty());
     }
 }

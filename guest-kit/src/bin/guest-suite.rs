@@ -332,6 +332,29 @@ guest_gp_handler:
         }
         let _ = writeln!(Com1, "guest-suite: suite {} (cpuid {cpuid_cycles} cycles, hypercall {hypercall_cycles} cycles)", if passed { "passed" } else { "FAILED" });
 
+        // `fault=KIND` (fault-injection images only): after the suite, ask atoll to fault while
+        // it handles this enclave's hypercall; atoll must end this enclave only.
+        let fault = text
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("fault="));
+        if let Some(kind) = fault {
+            use atoll_abi::hypercall::fault;
+            let nr = match kind {
+                "panic" => fault::PANIC,
+                "page-fault" => fault::PAGE_FAULT,
+                "allocation" => fault::ALLOCATION,
+                "invalid-opcode" => fault::INVALID_OPCODE,
+                _ => 0,
+            };
+            let _ = writeln!(Com1, "guest-suite: asking atoll to fault ({kind})");
+            let (st, _, _) = hcall(hypercall::FAULT_INJECT, nr, 0);
+            let mut json = Buf::new();
+            let _ = write!(json, "{{\"fault_injection_returned\":{st}}}");
+            let _ = report(&json);
+            let _ = writeln!(Com1, "guest-suite: atoll returned {st} instead of faulting");
+            exit(8)
+        }
+
         match mode {
             "past-ram" => {
                 let _ = writeln!(

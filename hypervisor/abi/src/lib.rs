@@ -24,6 +24,23 @@ pub mod hypercall {
     pub const EXIT: u64 = 3;
     /// The highest number.
     pub const MAX: u64 = EXIT;
+    /// Test builds only: makes atoll itself fault while it handles this call, to prove that the
+    /// fault ends only the calling enclave. RBX = one of [`fault`]. Served only by images built
+    /// with the `fault-injection` feature (`cargo xtask` builds them for the scenarios that ask);
+    /// every other image answers [`super::status::UNKNOWN`]. Not counted in [`MAX`].
+    pub const FAULT_INJECT: u64 = 0x7f00;
+
+    /// What [`FAULT_INJECT`] makes atoll do.
+    pub mod fault {
+        /// A Rust panic in the exit handler.
+        pub const PANIC: u64 = 1;
+        /// A page fault: atoll reads an address its own page tables do not map.
+        pub const PAGE_FAULT: u64 = 2;
+        /// An allocation the heap cannot satisfy (an exhausted budget).
+        pub const ALLOCATION: u64 = 3;
+        /// An invalid opcode (#UD) in atoll's code.
+        pub const INVALID_OPCODE: u64 = 4;
+    }
 }
 
 /// Hypercall status codes (RAX after the call).

@@ -335,20 +335,62 @@ fn run_application_vcpu(
 
 /// Runs vCPU `index` of `spec` on this core to its end. The boot vCPU (index 0) returns the
 /// enclave's report once every vCPU stopped; the others return `None`.
+///
+/// A panic or exception in atoll while this core handles the enclave ends the enclave as
+/// `failed` with the fault's text and location ([`super::contain`]); the core then returns as
+/// if the enclave had ended, and the machine runs on.
 pub fn run(spec: &RunSpec, index: usize, core: &CoreSlotVirt) -> Option<EnclaveReport> {
+    // The run state lives here, above the recovery point, so what the enclave reported and
+    // the exits counted before a fault survive it.
     let mut run = EnclaveRun::new(&spec.config.name, spec.config.io_unknown);
     let mut console = EnclaveConsole::default();
+    let failure =
+        match super::contain::contained(|| run_vcpu(spec, index, core, &mut run, &mut console)) {
+            Ok(report) => return report,
+            Err(f) => f,
+        };
+    let why = alloc::format!("atoll fault while handling this enclave: {failure}");
+    log::error!("enclave '{}' vCPU {index}: {why}", spec.config.name);
+    let reason = EndReason::Failed(why);
+    let Some(shared) = spec.platform.as_deref() else {
+        return Some(report(spec, &reason, &mut run, None));
+    };
+    let own_apic = spec.config.cores.get(index).copied().unwrap_or(0);
+    let mut host = VcpuHost::new(own_apic);
+    host.arm(None);
+    shared.end(reason.clone(), &mut host);
+    shared.add_exits(&run.exits, run.io_denied, run.msr_denied);
+    if index > 0 {
+        shared.mailboxes[index].set_done();
+        return None;
+    }
+    // The boot vCPU faulted: wait (a bounded time) for the others, then report what is known.
+    let deadline = super::tsc::now() + shared.tsc_hz;
+    while !shared.mailboxes[1..].iter().all(|m| m.is_done()) && super::tsc::now() < deadline {
+        super::idle_wait_us(1000);
+    }
+    let reason = shared.end_reason().cloned().unwrap_or(reason);
+    Some(report(spec, &reason, &mut run, Some(shared)))
+}
+
+fn run_vcpu(
+    spec: &RunSpec,
+    index: usize,
+    core: &CoreSlotVirt,
+    run: &mut EnclaveRun,
+    console: &mut EnclaveConsole,
+) -> Option<EnclaveReport> {
     let Some(shared) = spec.platform.as_deref() else {
         // A bare-metal guest: one vCPU.
-        let reason = start(spec, core, &mut run, &mut console);
-        run.uart.flush(&spec.config.name, &mut console);
+        let reason = start(spec, core, run, console);
+        run.uart.flush(&spec.config.name, console);
         console.flush();
         return Some(report(spec, &reason, run, None));
     };
     let own_apic = spec.config.cores.get(index).copied().unwrap_or(0);
     let mut host = VcpuHost::new(own_apic);
     if index > 0 {
-        run_application_vcpu(spec, core, shared, index, &mut host, &mut run, &mut console);
+        run_application_vcpu(spec, core, shared, index, &mut host, run, console);
         host.arm(None);
         shared.add_exits(&run.exits, run.io_denied, run.msr_denied);
         shared.mailboxes[index].set_done();
@@ -357,14 +399,7 @@ pub fn run(spec: &RunSpec, index: usize, core: &CoreSlotVirt) -> Option<EnclaveR
     }
     let mut local = Local::new(0, shared.tsc_hz);
     let _ = start_platform_vcpu(
-        spec,
-        core,
-        &spec.boot,
-        shared,
-        &mut local,
-        &mut host,
-        &mut run,
-        &mut console,
+        spec, core, &spec.boot, shared, &mut local, &mut host, run, console,
     );
     host.arm(None);
     // Wait (a bounded time) for the other vCPUs to stop, so their counts are in the report.
@@ -372,7 +407,7 @@ pub fn run(spec: &RunSpec, index: usize, core: &CoreSlotVirt) -> Option<EnclaveR
     while !shared.mailboxes[1..].iter().all(|m| m.is_done()) && super::tsc::now() < deadline {
         super::idle_wait_us(1000);
     }
-    shared.flush_console(super::tsc::now(), &mut console);
+    shared.flush_console(super::tsc::now(), console);
     console.flush();
     shared.add_exits(&run.exits, run.io_denied, run.msr_denied);
     let reason = shared
@@ -385,7 +420,7 @@ pub fn run(spec: &RunSpec, index: usize, core: &CoreSlotVirt) -> Option<EnclaveR
 fn report(
     spec: &RunSpec,
     reason: &EndReason,
-    run: EnclaveRun,
+    run: &mut EnclaveRun,
     shared: Option<&Shared>,
 ) -> EnclaveReport {
     log::info!("enclave '{}' ended: {reason}", spec.config.name);
@@ -415,7 +450,7 @@ fn report(
         }
         _ => {}
     }
-    report.results = run.results;
+    report.results = core::mem::take(&mut run.results);
     if let Some(shared) = shared {
         let (exits, io_denied, msr_denied) = shared.exit_totals();
         report.exits = exits;

@@ -4,6 +4,7 @@
 
 pub mod apic;
 pub mod console;
+pub mod contain;
 pub mod enclave_run;
 pub mod host;
 pub mod msr;

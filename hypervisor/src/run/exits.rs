@@ -693,6 +693,8 @@ fn hypercall_exit(
             run.uart.flush(&run.name, console);
             return Action::Stop(EndReason::Exit { code: a });
         }
+        #[cfg(feature = "fault-injection")]
+        hypercall::FAULT_INJECT => crate::run::fault_injection::inject(a),
         _ => status::UNKNOWN,
     };
     vcpu.set_gpr(Gpr::Rax, result);

@@ -2,8 +2,12 @@
 //!
 //! * [`exits`]: the exit handlers every enclave shares — CPUID filter, ports, MSRs, control
 //!   registers, XSETBV, hypercalls, containment.
+//! * [`failure`]: the text of a fault atoll took while handling a partition, in a fixed buffer.
 //! * [`vplat`]: a Linux enclave's virtual platform at run time (what its vCPUs share, the exits
 //!   it handles first, interrupt delivery).
 
 pub mod exits;
+pub mod failure;
+#[cfg(feature = "fault-injection")]
+pub mod fault_injection;
 pub mod vplat;

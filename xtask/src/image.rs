@@ -14,13 +14,22 @@ use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 use std::process::Command;
 
+/// How every bare-metal build is configured; `cargo xtask lint` checks with the same flags so
+/// clippy sees the code (and `cfg`s) the image is built from.
+pub const BARE_METAL_FLAGS: [&str; 3] = ["--release", "--target", IMAGE_TARGET];
+/// The package and target of the atoll image.
+pub const IMAGE_PACKAGE: [&str; 4] = ["-p", "hypervisor", "--bin", "atoll"];
+/// The package and targets of the bare-metal guests.
+pub const GUESTS_PACKAGE: [&str; 3] = ["-p", "guest-kit", "--bins"];
+
 /// Runs `cargo build --release --target x86_64-unknown-none` with `what` (package and targets)
 /// and returns the output directory.
 fn build_bare_metal(what: &[&str], name: &str) -> Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(crate::root())
-        .args(["build", "--quiet", "--release", "--target", IMAGE_TARGET])
+        .args(["build", "--quiet"])
+        .args(BARE_METAL_FLAGS)
         .args(what)
         .status()
         .with_context(|| format!("running cargo build for {name}"))?;
@@ -32,8 +41,7 @@ fn build_bare_metal(what: &[&str], name: &str) -> Result<PathBuf> {
 
 /// Builds the image (release profile) and returns the ELF's path.
 pub fn build() -> Result<PathBuf> {
-    let elf =
-        build_bare_metal(&["-p", "hypervisor", "--bin", "atoll"], "the atoll image")?.join("atoll");
+    let elf = build_bare_metal(&IMAGE_PACKAGE, "the atoll image")?.join("atoll");
     if !elf.exists() {
         bail!("cargo built, but {} is missing", elf.display());
     }
@@ -42,7 +50,7 @@ pub fn build() -> Result<PathBuf> {
 
 /// Builds the `guest-kit` guests (release, bare-metal) and returns their directory.
 pub fn build_guests() -> Result<PathBuf> {
-    build_bare_metal(&["-p", "guest-kit", "--bins"], "the guest-kit guests")
+    build_bare_metal(&GUESTS_PACKAGE, "the guest-kit guests")
 }
 
 /// What a run changes in the scenario's image.

@@ -134,12 +134,12 @@ impl<'a, W: PhysWindow, Fmt: Format> Enclave<'a, W, Fmt> {
         };
         // Freed memory may hold another enclave's data: zero it before the guest sees it.
         let ptr = window.ptr(ram.start, bytes);
-        // SAFETY: the range was just allocated to this enclave and the window maps all of it;
-        // nothing else references it.
-        let slice = unsafe {
-            core::ptr::write_bytes(ptr, 0, bytes as usize);
-            core::slice::from_raw_parts_mut(ptr, bytes as usize)
-        };
+        // SAFETY: the range was just allocated to this enclave and the window maps all of it
+        // writable; nothing else references it.
+        unsafe { core::ptr::write_bytes(ptr, 0, bytes as usize) };
+        // SAFETY: as above, and the bytes were just initialised (zeroed); this slice is the
+        // only reference to them.
+        let slice = unsafe { core::slice::from_raw_parts_mut(ptr, bytes as usize) };
         let boot = if config.entry == EntryMode::Linux {
             let mut cmdline = config.cmdline.clone();
             if !extra_cmdline.is_empty() {

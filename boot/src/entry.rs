@@ -192,14 +192,12 @@ pub fn extend_identity_map(end: u64) -> Result<(), MapError> {
     // Entries are written through a raw pointer (never a reference to the live table).
     #[allow(clippy::needless_range_loop)]
     for i in 4..gibs {
+        // SAFETY: boot_pdpt is a 512-entry table and `i` < 512 (checked `end` above), so the
+        // entry's address is inside it; no reference is made.
+        let entry = unsafe { core::ptr::addr_of_mut!(boot_pdpt[i]) };
         // SAFETY: boot_pdpt is the live PDPT under PML4 entry 0; entries 4.. are unused until
         // here, and only the BSP runs this, before any AP starts. Present | writable | page size.
-        unsafe {
-            core::ptr::write_volatile(
-                core::ptr::addr_of_mut!(boot_pdpt[i]),
-                (i as u64 * GIB) | 0x83,
-            )
-        };
+        unsafe { core::ptr::write_volatile(entry, (i as u64 * GIB) | 0x83) };
     }
     // New mappings only (no entry was present before), so no TLB entry can be stale.
     Ok(())

@@ -269,13 +269,14 @@ mod tests {
             b = b.add_module(ModuleTag::new(s, e, c));
         }
         let boxed = b.build();
-        // SAFETY: the builder returns a valid, initialized structure of `total_size` bytes.
-        let bytes = unsafe {
-            core::slice::from_raw_parts(
-                &*boxed as *const _ as *const u8,
-                (*(&*boxed as *const _ as *const BootInformationHeader as *const u32)) as usize,
-            )
-        };
+        let start = &*boxed as *const _ as *const u8;
+        // SAFETY: the builder's structure starts with its header, whose first field is the
+        // structure's `total_size` (a u32); the box is allocated and aligned for that header.
+        let total_size =
+            unsafe { *(&*boxed as *const _ as *const BootInformationHeader as *const u32) };
+        // SAFETY: the builder returns a valid, initialized structure of `total_size` bytes,
+        // alive while `boxed` is.
+        let bytes = unsafe { core::slice::from_raw_parts(start, total_size as usize) };
         bytes.to_vec()
     }
 

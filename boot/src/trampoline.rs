@@ -133,14 +133,17 @@ ap_trampoline_end:
         );
         let len = end as usize - start as usize;
         let dst = TRAMPOLINE_BASE.as_u64() as *mut u8;
+        assert!(len <= 4096 - core::mem::size_of::<TrampolineParams>());
         // SAFETY: the caller reserves the destination page; the blob is far smaller than a page
-        // (checked below) and the source lies in the image, so the ranges do not overlap.
-        unsafe {
-            assert!(len <= 4096 - core::mem::size_of::<TrampolineParams>());
-            core::ptr::copy_nonoverlapping(start, dst, len);
-            let offset = params_at as usize - start as usize;
-            core::ptr::write_volatile(dst.add(offset).cast::<TrampolineParams>(), params);
-        }
+        // (checked above) and the source lies in the image, so the ranges do not overlap.
+        unsafe { core::ptr::copy_nonoverlapping(start, dst, len) };
+        let offset = params_at as usize - start as usize;
+        // SAFETY: the parameters' slot lies inside the blob (offset < len), so inside the page.
+        let slot = unsafe { dst.add(offset) }.cast::<TrampolineParams>();
+        // SAFETY: the slot is in the reserved page with room for the parameters (the blob ends
+        // with their 32 bytes) and 8-byte aligned: `.balign 8` from a 16-aligned start, copied
+        // to the page-aligned TRAMPOLINE_BASE.
+        unsafe { core::ptr::write_volatile(slot, params) };
     }
 }
 

@@ -460,19 +460,28 @@ impl<Fmt: Format> Clone for Table<Fmt> {
 impl<Fmt: Format> Copy for Table<Fmt> {}
 
 impl<Fmt: Format> Table<Fmt> {
+    /// The entry `idx` (modulo the table's size) points at.
+    fn slot(self, idx: usize) -> *mut u64 {
+        // SAFETY: `self.ptr` is the start of a 512-entry table (see `get`) and `idx % ENTRIES`
+        // < 512, so the offset stays inside that allocation.
+        unsafe { self.ptr.add(idx % ENTRIES) }
+    }
+
     fn get(self, idx: usize) -> Entry<Fmt> {
+        let slot = self.slot(idx);
         // SAFETY: a `Table` is only made by `Tables::table` for a frame the `Tables` allocated
         // and has not freed, and none is used after its frame is freed; by the `FrameSource`
-        // contract the pointer is valid for 512 aligned `u64`s until then. `idx % ENTRIES` stays
-        // inside. Volatile: the processor's page walker reads these entries behind the
+        // contract the pointer is valid for 512 aligned `u64`s until then, and `slot` is one of
+        // them. Volatile: the processor's page walker reads these entries behind the
         // compiler's back.
-        Entry::from_raw(unsafe { self.ptr.add(idx % ENTRIES).read_volatile() })
+        Entry::from_raw(unsafe { slot.read_volatile() })
     }
 
     fn set(self, idx: usize, entry: Entry<Fmt>) {
-        // SAFETY: as in `get`: a live table of this `Tables`, an index inside it. Volatile 64-bit
+        let slot = self.slot(idx);
+        // SAFETY: as in `get`: an entry of a live table of this `Tables`. Volatile 64-bit
         // stores so the page walker never sees a torn or elided entry.
-        unsafe { self.ptr.add(idx % ENTRIES).write_volatile(entry.raw()) }
+        unsafe { slot.write_volatile(entry.raw()) }
     }
 
     fn is_empty(self) -> bool {

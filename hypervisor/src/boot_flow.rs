@@ -74,11 +74,9 @@ extern "C" fn atoll_bsp_main(magic: u32, info_addr: u64) -> ! {
     boot::idt::load();
     hw::enable_nxe();
     hw::mask_legacy_pic();
+    let heap_space = core::ptr::addr_of_mut!(HEAP_SPACE).cast::<u8>();
     // SAFETY: the heap space is a static used for nothing else, handed over once, here.
-    unsafe {
-        HEAP.lock()
-            .init(core::ptr::addr_of_mut!(HEAP_SPACE).cast::<u8>(), HEAP_SIZE)
-    };
+    unsafe { HEAP.lock().init(heap_space, HEAP_SIZE) };
     log::info!(
         "atoll {} starting on the boot processor",
         env!("CARGO_PKG_VERSION")
@@ -135,10 +133,9 @@ extern "C" fn atoll_bsp_main(magic: u32, info_addr: u64) -> ! {
     if let Some(last) = allocator.ranges().last() {
         let probe = (last.end.as_u64() - FRAME_SIZE) as *mut u64;
         // SAFETY: the frame is free RAM (in the allocator, not yet handed out) and identity-mapped.
-        let ok = unsafe {
-            core::ptr::write_volatile(probe, 0xa5a5_5a5a_0123_4567);
-            core::ptr::read_volatile(probe) == 0xa5a5_5a5a_0123_4567
-        };
+        unsafe { core::ptr::write_volatile(probe, 0xa5a5_5a5a_0123_4567) };
+        // SAFETY: as above; the same aligned word, just written.
+        let ok = unsafe { core::ptr::read_volatile(probe) } == 0xa5a5_5a5a_0123_4567;
         assert!(ok, "RAM at {:#x} does not read back", probe as u64);
         log::info!(
             "RAM mapped up to {ram_end:#x}; top frame at {:#x} reads back",

@@ -495,9 +495,10 @@ mod tests {
         let mut region = [0xffu8; 8];
         let ptr = region.as_mut_ptr();
         let aligned = ptr.align_offset(4);
-        // SAFETY: `aligned` < 4, so the 4-byte write stays inside the 8-byte array and is
-        // 4-byte aligned.
-        unsafe { write_revision_id(ptr.add(aligned), 0x8000_002b) };
+        // SAFETY: `aligned` < 4, so the offset stays inside the 8-byte array.
+        let at = unsafe { ptr.add(aligned) };
+        // SAFETY: `at` is 4-byte aligned with at least 4 bytes of the array after it (see above).
+        unsafe { write_revision_id(at, 0x8000_002b) };
         assert_eq!(region[aligned..aligned + 4], 0x2bu32.to_le_bytes());
     }
 }

@@ -14,6 +14,14 @@ use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 use std::process::Command;
 
+/// How every bare-metal build is configured; `cargo xtask lint` checks with the same flags so
+/// clippy sees the code (and `cfg`s) the image is built from.
+pub const BARE_METAL_FLAGS: [&str; 3] = ["--release", "--target", IMAGE_TARGET];
+/// The package and target of the atoll image.
+pub const IMAGE_PACKAGE: [&str; 4] = ["-p", "hypervisor", "--bin", "atoll"];
+/// The package and targets of the bare-metal guests.
+pub const GUESTS_PACKAGE: [&str; 3] = ["-p", "guest-kit", "--bins"];
+
 /// Runs `cargo build --release --target x86_64-unknown-none` with `what` (package and targets)
 /// and returns the output directory.
 fn build_bare_metal(what: &[&str], name: &str) -> Result<PathBuf> {
@@ -26,7 +34,8 @@ fn build_bare_metal_in(what: &[&str], name: &str, target: &std::path::Path) -> R
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(crate::root())
-        .args(["build", "--quiet", "--release", "--target", IMAGE_TARGET])
+        .args(["build", "--quiet"])
+        .args(BARE_METAL_FLAGS)
         .arg("--target-dir")
         .arg(target)
         .args(what)
@@ -59,14 +68,14 @@ pub fn build_with(features: &[String]) -> Result<PathBuf> {
         );
     }
     let dir = if features.is_empty() {
-        build_bare_metal(&["-p", "hypervisor", "--bin", "atoll"], "the atoll image")?
+        build_bare_metal(&IMAGE_PACKAGE, "the atoll image")?
     } else {
         let list = features.join(",");
         let target = crate::target_dir()
             .join("features")
             .join(features.join("+"));
         build_bare_metal_in(
-            &["-p", "hypervisor", "--bin", "atoll", "--features", &list],
+            &[&IMAGE_PACKAGE[..], &["--features", &list]].concat(),
             &format!("the atoll image with {list}"),
             &target,
         )?
@@ -80,7 +89,7 @@ pub fn build_with(features: &[String]) -> Result<PathBuf> {
 
 /// Builds the `guest-kit` guests (release, bare-metal) and returns their directory.
 pub fn build_guests() -> Result<PathBuf> {
-    build_bare_metal(&["-p", "guest-kit", "--bins"], "the guest-kit guests")
+    build_bare_metal(&GUESTS_PACKAGE, "the guest-kit guests")
 }
 
 /// What a run changes in the scenario's image.

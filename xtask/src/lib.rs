@@ -6,6 +6,7 @@
 pub mod console;
 pub mod guest_image;
 pub mod image;
+pub mod lint;
 pub mod run;
 pub mod scenario;
 pub mod setup;

@@ -35,12 +35,16 @@ enum Cmd {
     Run(RunArgs),
     /// Build the Linux guest image: a Debian kernel and an initramfs that runs atoll-check.
     GuestImage(GuestImageArgs),
-    /// Host unit tests of every crate, then the emulator tests.
+    /// Lints (rustfmt, clippy on the host and for the image and guests), host unit tests of
+    /// every crate, then the emulator tests.
     Test {
-        /// Only the host unit tests.
+        /// Only the lints and the host unit tests.
         #[arg(long)]
         unit_only: bool,
     },
+    /// rustfmt --check, then clippy with warnings denied on the host and for the bare-metal
+    /// image and guests (x86_64-unknown-none).
+    Lint,
     /// Set up, build and boot linux-enclave in QEMU (Linux on two cores beside the guest
     /// suite), and show the core report, each enclave's end and the Linux guest's check.
     Demo,
@@ -173,6 +177,7 @@ fn main() {
         Cmd::Run(args) => run_cmd(args),
         Cmd::GuestImage(args) => guest_image(args),
         Cmd::Test { unit_only } => test(unit_only),
+        Cmd::Lint => xtask::lint::lint().map(drop),
         Cmd::Demo => demo(),
         Cmd::CaptureAcpi {
             scenario,
@@ -313,6 +318,7 @@ fn cargo() -> Command {
 
 fn test(unit_only: bool) -> Result<()> {
     xtask::setup::setup()?;
+    xtask::lint::lint().context("lints failed")?;
     eprintln!("xtask: host unit tests");
     let status = cargo()
         .args(["test", "--workspace", "--exclude", "atoll-emulator-tests"])

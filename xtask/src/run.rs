@@ -458,12 +458,12 @@ fn spawn_bochs(iso: &Path, serial: &Path, work: &Path, cpus: u32, memory: u32) -
 fn stop_emulator(child: &mut Child, work: &Path) {
     if child.try_wait().ok().flatten().is_none() {
         let pgid = child.id() as libc::pid_t;
-        // SAFETY: getpgrp and killpg have no memory-safety preconditions. The group is the one
-        // created for the child; it is never ours or init's (checked), so nothing else is hit.
-        unsafe {
-            if pgid > 1 && pgid != libc::getpgrp() {
-                libc::killpg(pgid, libc::SIGKILL);
-            }
+        // SAFETY: getpgrp has no preconditions; it only returns our process group.
+        let ours = unsafe { libc::getpgrp() };
+        if pgid > 1 && pgid != ours {
+            // SAFETY: killpg has no memory-safety preconditions. The group is the one created
+            // for the child; it is never ours or init's (checked), so nothing else is hit.
+            unsafe { libc::killpg(pgid, libc::SIGKILL) };
         }
         let _ = child.kill();
     }

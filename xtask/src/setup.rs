@@ -4,7 +4,8 @@
 //! `intel-iommu` devices (on Debian 12 from bookworm-backports); GRUB's BIOS modules, xorriso
 //! and mtools for `grub-mkrescue`; busybox-static and cpio for guest initramfs images;
 //! `script` (util-linux) to give Bochs a terminal; `iasl` (acpica-tools) for the host tests that
-//! disassemble atoll's generated ACPI tables; the `x86_64-unknown-none` Rust target.
+//! disassemble atoll's generated ACPI tables; the `x86_64-unknown-none` Rust target; rustfmt and
+//! clippy for `cargo xtask lint`.
 
 use anyhow::{bail, Context, Result};
 use std::process::{Command, Stdio};
@@ -24,6 +25,31 @@ pub const PACKAGES: &[&str] = &[
     "bsdutils",
     "acpica-tools",
 ];
+
+/// The rustup components `cargo xtask lint` runs.
+pub const RUST_COMPONENTS: &[&str] = &["rustfmt", "clippy"];
+
+/// The [`RUST_COMPONENTS`] the active toolchain lacks. Without rustup (a distribution's
+/// toolchain) nothing is reported missing; cargo then says so itself if a tool is absent.
+pub fn missing_rust_components() -> Vec<&'static str> {
+    output("rustup", &["component", "list", "--installed"])
+        .map(|installed| components_missing_from(&installed))
+        .unwrap_or_default()
+}
+
+/// The [`RUST_COMPONENTS`] absent from `rustup component list --installed`'s output.
+fn components_missing_from(installed: &str) -> Vec<&'static str> {
+    RUST_COMPONENTS
+        .iter()
+        .copied()
+        .filter(|c| {
+            // Lines are `NAME-HOST_TRIPLE`, e.g. `clippy-x86_64-unknown-linux-gnu`.
+            !installed
+                .lines()
+                .any(|l| l.trim().strip_prefix(c).is_some_and(|r| r.starts_with('-')))
+        })
+        .collect()
+}
 
 /// The Rust target the image is built for.
 pub const IMAGE_TARGET: &str = "x86_64-unknown-none";
@@ -148,10 +174,36 @@ pub fn setup() -> Result<()> {
     if target_missing {
         run("rustup", &["target", "add", IMAGE_TARGET])?;
     }
+    let components = missing_rust_components();
+    if !components.is_empty() {
+        let mut args = vec!["component", "add"];
+        args.extend(&components);
+        run("rustup", &args)?;
+    }
     let still: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
     if !still.is_empty() {
         bail!("packages could not be installed: {}", still.join(" "));
     }
     eprintln!("setup: everything atoll needs is installed");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rust_components_are_matched_by_name_and_host_triple() {
+        let all = "cargo-x86_64-unknown-linux-gnu\nclippy-x86_64-unknown-linux-gnu\n\
+                   rustfmt-x86_64-unknown-linux-gnu\nrust-std-x86_64-unknown-none\n";
+        assert!(components_missing_from(all).is_empty());
+        let no_clippy = "cargo-x86_64-unknown-linux-gnu\nrustfmt-x86_64-unknown-linux-gnu\n";
+        assert_eq!(components_missing_from(no_clippy), ["clippy"]);
+        // A name that merely begins with the component's, or lacks the triple, is not it.
+        assert_eq!(
+            components_missing_from("clippyx-x\nrustfmt\n"),
+            ["rustfmt", "clippy"]
+        );
+        assert_eq!(components_missing_from(""), ["rustfmt", "clippy"]);
+    }
 }

@@ -109,18 +109,19 @@ mod linux {
 
     /// The CPUs this process may run on.
     fn affinity() -> Vec<u32> {
-        // SAFETY: cpu_set_t is plain data, valid when zeroed; sched_getaffinity writes at most
-        // the size we pass into the set we own.
-        unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-                return Vec::new();
-            }
-            (0..libc::CPU_SETSIZE as usize)
-                .filter(|&c| libc::CPU_ISSET(c, &set))
-                .map(|c| c as u32)
-                .collect()
+        // SAFETY: cpu_set_t is plain data (a bit array), valid when zeroed.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        // SAFETY: sched_getaffinity writes at most the size we pass into the set we own.
+        let rc =
+            unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+        if rc != 0 {
+            return Vec::new();
         }
+        (0..libc::CPU_SETSIZE as usize)
+            // SAFETY: CPU_ISSET only reads the set we own; `c` < CPU_SETSIZE keeps it inside.
+            .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+            .map(|c| c as u32)
+            .collect()
     }
 
     /// Pins the calling thread to `cpu`.
@@ -128,12 +129,15 @@ mod linux {
         if cpu as usize >= libc::CPU_SETSIZE as usize {
             return Err(format!("CPU {cpu} is beyond CPU_SETSIZE"));
         }
-        // SAFETY: as in `affinity`; pid 0 is the calling thread, the set is ours.
-        let rc = unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(cpu as usize, &mut set);
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
-        };
+        // SAFETY: as in `affinity`: cpu_set_t is valid when zeroed.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        // SAFETY: CPU_SET only writes the set we own; `cpu` < CPU_SETSIZE (checked) keeps it
+        // inside.
+        unsafe { libc::CPU_SET(cpu as usize, &mut set) };
+        // SAFETY: sched_setaffinity only reads the set we own, of the size we pass; pid 0 is
+        // the calling thread.
+        let rc =
+            unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
         if rc == 0 {
             Ok(())
         } else {

@@ -61,22 +61,22 @@ guest_gp_handler:
     static mut IDT: [Gate; 32] = [Gate([0; 4]); 32];
 
     fn load_idt() {
+        let idt = &raw mut IDT;
         // SAFETY: single-threaded guest; the IDT is written before it is loaded and then only
-        // read by the CPU.
-        unsafe {
-            let idt = &raw mut IDT;
-            (*idt)[13] = gate(guest_gp_handler as *const () as u64);
-            #[repr(C, packed)]
-            struct Ptr {
-                limit: u16,
-                base: u64,
-            }
-            let p = Ptr {
-                limit: (32 * 16 - 1) as u16,
-                base: idt as u64,
-            };
-            asm!("lidt [{}]", in(reg) &p, options(readonly, nostack));
+        // read by the CPU, so nothing else accesses it.
+        unsafe { (*idt)[13] = gate(guest_gp_handler as *const () as u64) };
+        #[repr(C, packed)]
+        struct Ptr {
+            limit: u16,
+            base: u64,
         }
+        let p = Ptr {
+            limit: (32 * 16 - 1) as u16,
+            base: idt as u64,
+        };
+        // SAFETY: `p` describes the whole static IDT, which lives forever; its gate 13 was just
+        // filled in and the others are not present.
+        unsafe { asm!("lidt [{}]", in(reg) &p, options(readonly, nostack)) };
     }
 
     fn outb(port: u16, v: u8) {
@@ -135,14 +135,17 @@ guest_gp_handler:
     /// The hypercall: VMCALL on Intel, VMMCALL on AMD.
     fn hcall(nr: u64, a: u64, b: u64) -> (u64, u64, u64) {
         let (rax, rbx, rcx): (u64, u64, u64);
-        // SAFETY: the hypercall only exits to atoll; RBX is saved around it because LLVM
-        // reserves it.
-        unsafe {
-            if INTEL.load(Ordering::Relaxed) == 1 {
-                asm!("xchg {b}, rbx", "vmcall", "xchg {b}, rbx", b = inout(reg) a => rbx, inout("rax") nr => rax, inout("rcx") b => rcx, options(nostack));
-            } else {
-                asm!("xchg {b}, rbx", "vmmcall", "xchg {b}, rbx", b = inout(reg) a => rbx, inout("rax") nr => rax, inout("rcx") b => rcx, options(nostack));
-            }
+        if INTEL.load(Ordering::Relaxed) == 1 {
+            // SAFETY: the hypercall only exits to atoll; RBX is saved around it because LLVM
+            // reserves it.
+            unsafe {
+                asm!("xchg {b}, rbx", "vmcall", "xchg {b}, rbx", b = inout(reg) a => rbx, inout("rax") nr => rax, inout("rcx") b => rcx, options(nostack))
+            };
+        } else {
+            // SAFETY: as VMCALL above, on AMD.
+            unsafe {
+                asm!("xchg {b}, rbx", "vmmcall", "xchg {b}, rbx", b = inout(reg) a => rbx, inout("rax") nr => rax, inout("rcx") b => rcx, options(nostack))
+            };
         }
         (rax, rbx, rcx)
     }

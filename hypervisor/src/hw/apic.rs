@@ -86,12 +86,13 @@ impl LocalApic {
     fn send(&self, dest: u32, low: u32) {
         match self {
             LocalApic::XApic(base) => {
-                // SAFETY: ICR high then low, 32-bit accesses to the identity-mapped APIC page;
-                // the low write sends the IPI.
+                // SAFETY: ICR high, a 32-bit access to the identity-mapped APIC page; it only
+                // sets the destination of the next IPI.
                 unsafe {
-                    core::ptr::write_volatile((base + XAPIC_ICR_HIGH) as *mut u32, dest << 24);
-                    core::ptr::write_volatile((base + XAPIC_ICR_LOW) as *mut u32, low);
-                }
+                    core::ptr::write_volatile((base + XAPIC_ICR_HIGH) as *mut u32, dest << 24)
+                };
+                // SAFETY: ICR low, as above; this write sends the IPI.
+                unsafe { core::ptr::write_volatile((base + XAPIC_ICR_LOW) as *mut u32, low) };
                 for _ in 0..1_000_000 {
                     // SAFETY: as above, a read of ICR low.
                     let icr =

@@ -42,9 +42,12 @@ pub fn try_read_byte() -> Option<u8> {
     let mut lsr: x86_64::instructions::port::Port<u8> =
         x86_64::instructions::port::Port::new(COM1 + 5);
     let mut rbr: x86_64::instructions::port::Port<u8> = x86_64::instructions::port::Port::new(COM1);
-    // SAFETY: COM1's line status and receive buffer registers; the port lock is held, so no
-    // other core is programming the UART; reading RBR only takes the received byte.
-    unsafe { (lsr.read() & 1 != 0).then(|| rbr.read()) }
+    // SAFETY: COM1's line status register; the port lock is held, so no other core is
+    // programming the UART, and reading LSR has no side effect on the receive path.
+    let ready = unsafe { lsr.read() } & 1 != 0;
+    // SAFETY: COM1's receive buffer register, under the port lock; reading RBR only takes the
+    // received byte.
+    ready.then(|| unsafe { rbr.read() })
 }
 
 /// Writes formatted text, atomically with respect to other cores.

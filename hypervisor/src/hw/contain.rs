@@ -24,7 +24,6 @@ use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 /// The registers a recovery point keeps (System V callee-saved set, stack pointer, resume
 /// address). Field offsets are used by the assembly below.
 #[repr(C)]
-#[derive(Default)]
 struct Context {
     rbx: u64,
     rbp: u64,
@@ -86,7 +85,15 @@ struct RecoverySlot {
     /// Whether a recovery point is armed.
     armed: AtomicBool,
     /// Written only by the owning core: the recovery point while armed, the failure after.
-    state: UnsafeCell<(Context, Failure)>,
+    state: UnsafeCell<SlotState>,
+}
+
+/// A slot's core-private part.
+#[repr(C)]
+struct SlotState {
+    /// First, so a pointer to the state is a pointer to the context.
+    ctx: Context,
+    failure: Failure,
 }
 
 // SAFETY: `state` is touched only by the core whose APIC id the slot holds (a core claims a
@@ -97,8 +104,8 @@ static SLOTS: [RecoverySlot; MAX_CORES] = [const {
     RecoverySlot {
         apic_id: AtomicU32::new(u32::MAX),
         armed: AtomicBool::new(false),
-        state: UnsafeCell::new((
-            Context {
+        state: UnsafeCell::new(SlotState {
+            ctx: Context {
                 rbx: 0,
                 rbp: 0,
                 r12: 0,
@@ -108,8 +115,8 @@ static SLOTS: [RecoverySlot; MAX_CORES] = [const {
                 rsp: 0,
                 rip: 0,
             },
-            Failure::new(),
-        )),
+            failure: Failure::new(),
+        }),
     }
 }; MAX_CORES];
 
@@ -144,6 +151,8 @@ fn this_slot() -> Option<&'static RecoverySlot> {
 
 /// Runs `f` on this core with a recovery point armed: a panic or exception inside it comes back
 /// as `Err` with its text. Not reentrant: `f` must not call `contained` again.
+// The failure's text is kept in a fixed buffer on purpose: the fault may be the heap's.
+#[allow(clippy::result_large_err)]
 pub fn contained<F: FnOnce() -> R, R>(f: F) -> Result<R, Failure> {
     let Some(slot) = this_slot() else {
         return Ok(f());
@@ -165,8 +174,8 @@ pub fn contained<F: FnOnce() -> R, R>(f: F) -> Result<R, Failure> {
         result: None,
     };
     let state = slot.state.get();
-    // SAFETY: only this core uses its slot's state, and nothing else borrows it now.
-    let ctx = unsafe { core::ptr::addr_of_mut!((*state).0) };
+    // `SlotState` is `repr(C)` with the context first.
+    let ctx = state.cast::<Context>();
     slot.armed.store(true, Ordering::Release);
     // SAFETY: `ctx` is this core's context, valid for writes; `trampoline::<F, R>` matches the
     // `Call<F, R>` behind `data`. If the call comes back through `atoll_contain_resume`, it
@@ -190,7 +199,7 @@ pub fn contained<F: FnOnce() -> R, R>(f: F) -> Result<R, Failure> {
     core::mem::forget(call);
     // SAFETY: the recovery path wrote the failure on this core before jumping back here;
     // nothing else touches the slot.
-    Err(unsafe { (*state).1.clone() })
+    Err(unsafe { (*state).failure.clone() })
 }
 
 /// Called first by the panic and exception handlers: if this core has a recovery point armed,
@@ -210,9 +219,11 @@ pub fn recover(what: core::fmt::Arguments) {
     let state = slot.state.get();
     // SAFETY: this core owns the slot and the fault interrupted the only code that borrows
     // its state (`contained`, which is waiting for `atoll_contain_call` to return).
-    let failure = unsafe { &mut (*state).1 };
+    let failure = unsafe { &mut (*state).failure };
     failure.set(what);
+    // `SlotState` is `repr(C)` with the context first.
+    let ctx = state.cast::<Context>().cast_const();
     // SAFETY: the context was saved by `atoll_contain_call` on this core, whose frame is still
     // live (the recovery point was armed), so resuming there is returning from that call.
-    unsafe { atoll_contain_resume(core::ptr::addr_of!((*state).0)) }
+    unsafe { atoll_contain_resume(ctx) }
 }

@@ -44,12 +44,11 @@ impl AcpiHandler for IdentityMapped {
 /// and a timer tick left enabled by the BIOS would otherwise arrive as a host interrupt while a
 /// guest runs.
 pub fn mask_legacy_pic() {
-    // SAFETY: 0x21 and 0xa1 are the 8259 interrupt mask registers on every PC; masking all
+    // SAFETY: 0x21 is the primary 8259's interrupt mask register on every PC; masking all
     // lines has no other effect.
-    unsafe {
-        x86_64::instructions::port::Port::<u8>::new(0x21).write(0xff);
-        x86_64::instructions::port::Port::<u8>::new(0xa1).write(0xff);
-    }
+    unsafe { x86_64::instructions::port::Port::<u8>::new(0x21).write(0xff) };
+    // SAFETY: 0xa1 is the secondary 8259's mask register; as above.
+    unsafe { x86_64::instructions::port::Port::<u8>::new(0xa1).write(0xff) };
 }
 
 /// Sets IA32_EFER.NXE on this core when the CPU has NX (CPUID 0x8000_0001 EDX bit 20), so
@@ -57,12 +56,11 @@ pub fn mask_legacy_pic() {
 pub fn enable_nxe() {
     if core::arch::x86_64::__cpuid(0x8000_0001).edx & (1 << 20) != 0 {
         let mut efer = x86_64::registers::model_specific::Msr::new(0xc000_0080);
+        // SAFETY: IA32_EFER exists on every x86-64 CPU; reading it has no side effects.
+        let v = unsafe { efer.read() };
         // SAFETY: setting NXE on a CPU that has NX only makes bit 63 of paging entries
-        // meaningful; atoll's own tables never set it.
-        unsafe {
-            let v = efer.read();
-            efer.write(v | (1 << 11));
-        }
+        // meaningful; atoll's own tables never set it. The other bits are written back as read.
+        unsafe { efer.write(v | (1 << 11)) };
     }
 }
 
@@ -70,13 +68,13 @@ pub fn enable_nxe() {
 /// (both backends call this when they enable virtualization on a core).
 pub fn enable_osxsave() {
     if core::arch::x86_64::__cpuid(1).ecx & (1 << 26) != 0 {
+        let mut cr4: u64;
+        // SAFETY: reading CR4 at CPL 0 has no side effects.
+        unsafe { core::arch::asm!("mov {}, cr4", out(reg) cr4) };
+        cr4 |= 1 << 18;
         // SAFETY: the CPU has XSAVE, so CR4.OSXSAVE may be set; atoll uses no extended state.
-        unsafe {
-            let mut cr4: u64;
-            core::arch::asm!("mov {}, cr4", out(reg) cr4);
-            cr4 |= 1 << 18;
-            core::arch::asm!("mov cr4, {}", in(reg) cr4);
-        }
+        // The other bits are written back as read.
+        unsafe { core::arch::asm!("mov cr4, {}", in(reg) cr4) };
     }
 }
 

@@ -16,13 +16,12 @@ pub fn power_off(pm: Option<PmControl>) -> ! {
         s5: Some((typ_a, typ_b)),
     }) = pm
     {
-        // SAFETY: the FADT names these ports as the PM1 control registers; writing SLP_TYP for
+        // SAFETY: the FADT names this port as the PM1a control register; writing SLP_TYP for
         // S5 with SLP_EN is the architected way to power off.
-        unsafe {
-            Port::<u16>::new(pm1a).write((u16::from(typ_a & 7) << 10) | SLP_EN);
-            if let Some(b) = pm1b {
-                Port::<u16>::new(b).write((u16::from(typ_b & 7) << 10) | SLP_EN);
-            }
+        unsafe { Port::<u16>::new(pm1a).write((u16::from(typ_a & 7) << 10) | SLP_EN) };
+        if let Some(b) = pm1b {
+            // SAFETY: as for PM1a: the FADT's PM1b control register, S5 with SLP_EN.
+            unsafe { Port::<u16>::new(b).write((u16::from(typ_b & 7) << 10) | SLP_EN) };
         }
         super::tsc::delay_us(100_000);
         log::warn!("ACPI power-off did not take effect; halting");

@@ -5,13 +5,13 @@ use x86_64::instructions::port::Port;
 fn cmos(reg: u8) -> u8 {
     let mut index: Port<u8> = Port::new(0x70);
     let mut data: Port<u8> = Port::new(0x71);
-    // SAFETY: ports 0x70/0x71 are the CMOS index and data registers on every PC; reading the
-    // clock registers has no side effects. Bit 7 of the index disables NMIs from the chipset,
-    // which atoll does not rely on.
-    unsafe {
-        index.write(0x80 | reg);
-        data.read()
-    }
+    // SAFETY: port 0x70 is the CMOS index register on every PC; selecting a register has no
+    // other effect. Bit 7 of the index disables NMIs from the chipset, which atoll does not
+    // rely on.
+    unsafe { index.write(0x80 | reg) };
+    // SAFETY: port 0x71 is the CMOS data register; reading the clock registers has no side
+    // effects.
+    unsafe { data.read() }
 }
 
 /// The host's time as Unix seconds, or `None` when the clock does not answer sensibly.

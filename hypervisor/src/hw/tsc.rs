@@ -26,29 +26,36 @@ pub fn calibrate() -> u64 {
     let mut gate: Port<u8> = Port::new(0x61);
     let mut mode: Port<u8> = Port::new(0x43);
     let mut ch2: Port<u8> = Port::new(0x42);
-    // SAFETY: ports 0x42, 0x43 and 0x61 are the PIT and its gate on every PC; channel 2 drives
-    // only the speaker gate, which stays off (bit 1 clear).
-    let hz = unsafe {
-        let g = gate.read();
-        gate.write((g & !0x02) | 0x01);
-        mode.write(0b1011_0000); // channel 2, lobyte/hibyte, mode 0, binary
-        ch2.write(count as u8);
-        ch2.write((count >> 8) as u8);
-        let start = now();
-        let mut spins = 0u64;
-        while gate.read() & 0x20 == 0 && spins < 50_000_000 {
-            spins += 1;
-        }
-        let end = now();
-        if gate.read() & 0x20 == 0 {
-            log::warn!(
-                "PIT channel 2 never fired; assuming a {} MHz TSC",
-                FALLBACK_HZ / 1_000_000
-            );
-            FALLBACK_HZ
-        } else {
-            (end - start) * (1000 / CALIBRATION_MS)
-        }
+    // Ports 0x42, 0x43 and 0x61 are the PIT and its gate on every PC; channel 2 drives only the
+    // speaker gate, which stays off (bit 1 clear).
+    // SAFETY: reading the gate register has no side effects.
+    let g = unsafe { gate.read() };
+    // SAFETY: sets channel 2's gate and leaves the speaker off (bit 1 clear); nothing else hangs
+    // off this register's low bits.
+    unsafe { gate.write((g & !0x02) | 0x01) };
+    // SAFETY: the mode command programs channel 2 only, whose output reaches nothing but the
+    // speaker, which stays off.
+    unsafe { mode.write(0b1011_0000) }; // channel 2, lobyte/hibyte, mode 0, binary
+                                        // SAFETY: channel 2's count, low byte first as the mode command said; channel 2 only.
+    unsafe { ch2.write(count as u8) };
+    // SAFETY: channel 2's count, high byte; channel 2 only.
+    unsafe { ch2.write((count >> 8) as u8) };
+    // SAFETY: reading the gate register has no side effects; bit 5 is channel 2's output.
+    let mut fired = || unsafe { gate.read() } & 0x20 != 0;
+    let start = now();
+    let mut spins = 0u64;
+    while !fired() && spins < 50_000_000 {
+        spins += 1;
+    }
+    let end = now();
+    let hz = if !fired() {
+        log::warn!(
+            "PIT channel 2 never fired; assuming a {} MHz TSC",
+            FALLBACK_HZ / 1_000_000
+        );
+        FALLBACK_HZ
+    } else {
+        (end - start) * (1000 / CALIBRATION_MS)
     };
     TSC_HZ.store(hz.max(1_000_000), Ordering::Relaxed);
     hz

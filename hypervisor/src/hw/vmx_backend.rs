@@ -245,10 +245,10 @@ impl VmxVcpu {
         unsafe { vmx::vmxon::write_revision_id(vmcs.0.as_mut_ptr(), (basic & 0x7fff_ffff) as u32) };
         // SAFETY: the VMCS page is ours, 4 KiB aligned, identity-mapped and kept while the vCPU
         // lives; this core is in VMX operation.
-        unsafe {
-            vmw("VMCLEAR", vi::vmclear(vmcs.phys()))?;
-            vmw("VMPTRLD", vi::vmptrld(vmcs.phys()))?;
-        }
+        vmw("VMCLEAR", unsafe { vi::vmclear(vmcs.phys()) })?;
+        // SAFETY: the same page, just cleared (launch state clear, as VMPTRLD wants); it
+        // becomes this core's current VMCS.
+        vmw("VMPTRLD", unsafe { vi::vmptrld(vmcs.phys()) })?;
 
         // Every port exits; every MSR exits except the pass-through ones (SDM Vol. 3C §25.6.9).
         let io = [Page::new(0xff), Page::new(0xff)];
@@ -307,13 +307,14 @@ impl VmxVcpu {
         // Host state: this core as it runs now.
         let (cr0, cr3, cr4): (u64, u64, u64);
         let mut idtr = [0u8; 10];
-        // SAFETY: reading control registers and storing the IDTR have no side effects.
-        unsafe {
-            core::arch::asm!("mov {}, cr0", out(reg) cr0);
-            core::arch::asm!("mov {}, cr3", out(reg) cr3);
-            core::arch::asm!("mov {}, cr4", out(reg) cr4);
-            core::arch::asm!("sidt [{}]", in(reg) idtr.as_mut_ptr());
-        }
+        // SAFETY: reading a control register at CPL 0 has no side effects.
+        unsafe { core::arch::asm!("mov {}, cr0", out(reg) cr0) };
+        // SAFETY: as for CR0.
+        unsafe { core::arch::asm!("mov {}, cr3", out(reg) cr3) };
+        // SAFETY: as for CR0.
+        unsafe { core::arch::asm!("mov {}, cr4", out(reg) cr4) };
+        // SAFETY: SIDT stores 10 bytes (limit, base), exactly the size of `idtr`, which we own.
+        unsafe { core::arch::asm!("sidt [{}]", in(reg) idtr.as_mut_ptr()) };
         let idt_base = u64::from_le_bytes(idtr[2..10].try_into().unwrap_or([0; 8]));
         wn(FieldNatural::HostCr0, cr0)?;
         wn(FieldNatural::HostCr3, cr3)?;

@@ -308,12 +308,18 @@ impl GuestRam {
         (end <= self.len).then_some(start)
     }
 
+    /// The host pointer to the byte at `offset` (checked by the caller to lie inside the RAM;
+    /// computing it needs no `unsafe`, only dereferencing it does).
+    fn at(&self, offset: usize) -> *mut u8 {
+        self.base.as_ptr().wrapping_add(offset)
+    }
+
     /// Sets `len` bytes at `gpa` to `value`; `None` if any lies outside the RAM.
     pub fn fill(&mut self, gpa: GuestPhysAddr, len: usize, value: u8) -> Option<()> {
         let start = self.offset(gpa, len)?;
         // SAFETY: `start + len <= self.len` (checked above), and `new`'s contract makes the
         // whole range valid for writes with no Rust reference covering it.
-        unsafe { core::ptr::write_bytes(self.base.as_ptr().add(start), value, len) };
+        unsafe { core::ptr::write_bytes(self.at(start), value, len) };
         Some(())
     }
 }
@@ -324,13 +330,7 @@ impl GuestMemory for GuestRam {
         // SAFETY: the source `start..start + buf.len()` is inside the RAM (checked above) and
         // valid for reads by `new`'s contract; `buf` is atoll's own memory, never guest RAM, so
         // the two do not overlap.
-        unsafe {
-            core::ptr::copy_nonoverlapping(
-                self.base.as_ptr().add(start),
-                buf.as_mut_ptr(),
-                buf.len(),
-            )
-        };
+        unsafe { core::ptr::copy_nonoverlapping(self.at(start), buf.as_mut_ptr(), buf.len()) };
         Some(())
     }
 
@@ -338,9 +338,7 @@ impl GuestMemory for GuestRam {
         let start = self.offset(gpa, buf.len())?;
         // SAFETY: the destination is inside the RAM (checked above) and valid for writes by
         // `new`'s contract; `buf` is atoll's own memory, so they do not overlap.
-        unsafe {
-            core::ptr::copy_nonoverlapping(buf.as_ptr(), self.base.as_ptr().add(start), buf.len())
-        };
+        unsafe { core::ptr::copy_nonoverlapping(buf.as_ptr(), self.at(start), buf.len()) };
         Some(())
     }
 }
@@ -495,7 +493,7 @@ mod tests {
         assert_eq!(b, [1, 2, 3, 4], "a refused read leaves the buffer alone");
         assert!(ram.fill(GuestPhysAddr::new(0), 64, 0xaa).is_some());
         assert!(ram.fill(GuestPhysAddr::new(1), 64, 0).is_none());
-        drop(ram);
+        let _ = ram;
         assert!(backing.iter().all(|&x| x == 0xaa));
     }
 

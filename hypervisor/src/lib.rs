@@ -20,6 +20,7 @@
 
 extern crate alloc;
 
+pub mod bounded;
 pub mod config;
 pub mod cpu;
 pub mod decode;

@@ -20,10 +20,10 @@ use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::vec;
 
-/// Deepest nesting of objects and arrays a guest's JSON may use. The deepest report atoll knows
-/// (atoll-check's: top object → `compute` → `per_cpu` array → one CPU's object) has 4 levels;
-/// 8 leaves room while keeping serde_json's recursion at summary time to a few frames.
-pub const MAX_JSON_DEPTH: usize = 8;
+/// Deepest nesting of objects and arrays a guest's JSON may use (the ABI's). The deepest report
+/// atoll knows (atoll-check's: top object → `compute` → `per_cpu` array → one CPU's object) has
+/// 4 levels; 8 leaves room while keeping serde_json's recursion at summary time to a few frames.
+pub const MAX_JSON_DEPTH: usize = atoll_abi::MAX_REPORT_DEPTH;
 
 /// Bytes of REPORT results (and console-reported values) one store keeps: keys, values and a
 /// 5-byte header per key. Four full hypercall buffers ([`atoll_abi::MAX_HYPERCALL_BUFFER`]), or
@@ -437,7 +437,10 @@ pub fn members(object: &[u8]) -> Members<'_> {
         .position(|b| !is_ws(*b))
         .filter(|&p| object[p] == b'{')
         .map_or(object.len(), |p| p + 1);
-    Members { input: object, i: start }
+    Members {
+        input: object,
+        i: start,
+    }
 }
 
 /// Iterator of [`members`].
@@ -642,7 +645,8 @@ impl ReportStore {
     /// Sets `key` (plain text: no quotes or backslashes) to `value`, replacing what it had.
     pub fn insert(&mut self, key: &str, value: &[u8], kind: ValueKind) -> Result<(), StoreError> {
         let key = key.as_bytes();
-        let fits_header = key.len() <= usize::from(u16::MAX) && value.len() <= usize::from(u16::MAX);
+        let fits_header =
+            key.len() <= usize::from(u16::MAX) && value.len() <= usize::from(u16::MAX);
         let old = self.find(key).map_or(0, |(_, len)| len);
         if !fits_header || self.used - old + record_len(key, value) > self.capacity() {
             self.dropped += value.len() as u64;

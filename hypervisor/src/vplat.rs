@@ -299,8 +299,12 @@ pub struct Shared {
     end: Once<EndReason>,
     /// IPIs whose destination named no vCPU of the enclave.
     pub ipis_dropped: AtomicU64,
-    /// What the guest reported on its console (the in-guest check's JSON, its exit status).
-    pub results: Mutex<serde_json::Map<String, serde_json::Value>>,
+    /// What the guest reported on its console (the in-guest check's JSON, its exit status), kept
+    /// raw in a fixed budget ([`crate::bounded`]) and parsed only for the summary.
+    pub results: Mutex<crate::bounded::ReportStore>,
+    /// Console bytes the application vCPUs' queues dropped (the boot vCPU adds its own in the
+    /// report).
+    pub console_bytes_dropped: AtomicU64,
     marks: Mutex<Marks>,
     /// Exits by kind, I/O and MSR denials, summed as vCPUs stop.
     totals: Mutex<([u64; crate::vcpu::ExitKind::ALL.len()], u64, u64)>,
@@ -332,7 +336,10 @@ impl Shared {
             stop: AtomicBool::new(false),
             end: Once::new(),
             ipis_dropped: AtomicU64::new(0),
-            results: Mutex::new(serde_json::Map::new()),
+            results: Mutex::new(crate::bounded::ReportStore::new(
+                crate::bounded::REPORT_BUDGET,
+            )),
+            console_bytes_dropped: AtomicU64::new(0),
             marks: Mutex::new(Marks::default()),
             totals: Mutex::new(([0; crate::vcpu::ExitKind::ALL.len()], 0, 0)),
             tsc_hz,
@@ -434,15 +441,34 @@ impl Shared {
     /// reports.
     fn guest_line(&self, line: &str, now: u64, console: &mut impl Console) {
         console.line(&self.name, line);
+        // Results are checked without recursion and kept raw (no parse, no allocation here);
+        // what exceeds the budget is counted in the store.
+        use crate::bounded::{validate, Limits, ValueKind};
         if let Some(json) = line.strip_prefix("ATOLL-GUEST-CHECK ") {
-            let value = serde_json::from_str::<serde_json::Value>(json.trim())
-                .unwrap_or_else(|_| serde_json::Value::String(json.to_string()));
-            self.results.lock().insert("guest_check".into(), value);
+            let value = json.trim();
+            let _ = match validate(value.as_bytes(), Limits::GUEST) {
+                Ok(()) => {
+                    self.results
+                        .lock()
+                        .insert("guest_check", value.as_bytes(), ValueKind::Json)
+                }
+                // Not JSON (or too deep): the text, as a string.
+                Err(_) => {
+                    self.results
+                        .lock()
+                        .insert("guest_check", json.as_bytes(), ValueKind::Text)
+                }
+            };
         } else if let Some(status) = line.strip_prefix("ATOLL-GUEST-EXIT status=") {
             if let Ok(n) = status.trim().parse::<i64>() {
-                self.results
-                    .lock()
-                    .insert("guest_exit_status".into(), n.into());
+                let mut text = crate::bounded::FixedBuf::<20>::new();
+                if core::fmt::Write::write_fmt(&mut text, format_args!("{n}")).is_ok() {
+                    let _ = self.results.lock().insert(
+                        "guest_exit_status",
+                        text.as_bytes(),
+                        ValueKind::Json,
+                    );
+                }
             }
         } else if line.starts_with("atoll-init:") {
             self.marks.lock().init.get_or_insert(now);
@@ -1775,11 +1801,11 @@ mod tests {
             c.0,
             [("lx".to_string(), "ATOLL-GUEST-EXIT status=0".to_string())]
         );
-        assert_eq!(s.results.lock()["guest_exit_status"], 0);
+        assert_eq!(s.results.lock().to_map()["guest_exit_status"], 0);
         for b in b"ATOLL-GUEST-CHECK {\"ok\":true}\n" {
             out(&mut v, &mut l, &mut h, &mut c, 0, u64::from(*b));
         }
-        assert_eq!(s.results.lock()["guest_check"]["ok"], true);
+        assert_eq!(s.results.lock().to_map()["guest_check"]["ok"], true);
         // Reading back LSR through the same path.
         v.gprs[Gpr::Rax as usize] = 0xffff_ff00;
         uart_io(&mut v, &mut l, &s, &mut h, &mut c, 5, 1, false);
@@ -1813,6 +1839,41 @@ mod tests {
             "data ready, no overrun"
         );
         assert_eq!(s.uart_receive(b"y", &mut h), 0, "full");
+    }
+
+    #[test]
+    fn guest_check_lines_are_kept_raw_and_bounded() {
+        let s = Shared::new("lx", &[4], 1_000_000_000);
+        let mut c = Lines::default();
+        let map = |s: &Shared| s.results.lock().to_map();
+        // Not JSON: kept as its text (as before), untrimmed.
+        s.guest_line("ATOLL-GUEST-CHECK {oops ", 0, &mut c);
+        assert_eq!(map(&s)["guest_check"], "{oops ");
+        // Nested deeper than the ABI allows: text too, never a recursive parse.
+        let deep = "[".repeat(10_000);
+        s.guest_line(&alloc::format!("ATOLL-GUEST-CHECK {deep}"), 0, &mut c);
+        assert_eq!(map(&s)["guest_check"], deep.as_str());
+        // Valid: replaces the earlier value, parsed for the summary.
+        s.guest_line(
+            "ATOLL-GUEST-CHECK  {\"ok\":false,\"n\":[1,{\"x\":null}]} ",
+            0,
+            &mut c,
+        );
+        assert_eq!(
+            serde_json::Value::Object(map(&s)),
+            serde_json::json!({"guest_check": {"ok": false, "n": [1, {"x": null}]}})
+        );
+        s.guest_line("ATOLL-GUEST-EXIT status=-3", 0, &mut c);
+        s.guest_line("ATOLL-GUEST-EXIT status=x", 0, &mut c);
+        assert_eq!(map(&s)["guest_exit_status"], -3);
+        // A flood of check lines never grows the store past its budget.
+        let big = alloc::format!("\"{}\"", "y".repeat(crate::vuart::LINE_MAX - 2));
+        for _ in 0..100 {
+            s.guest_line(&alloc::format!("ATOLL-GUEST-CHECK {big}"), 0, &mut c);
+        }
+        let r = s.results.lock();
+        assert!(r.used() <= crate::bounded::REPORT_BUDGET);
+        assert_eq!(r.dropped(), 0, "one key, replaced: fits");
     }
 
     #[test]

@@ -82,7 +82,10 @@ fn floods_allocate_nothing_after_creation() {
     let after = allocations();
 
     assert_eq!(after - before, 0, "no allocation on the exit-path API");
-    assert!(store.dropped() > 0 && queue.dropped() > 0, "both budgets were exceeded");
+    assert!(
+        store.dropped() > 0 && queue.dropped() > 0,
+        "both budgets were exceeded"
+    );
     assert!(store.used() <= REPORT_BUDGET);
     // The counter does count (the assertion above could fail).
     let probe = std::hint::black_box(vec![0u8; 16]);

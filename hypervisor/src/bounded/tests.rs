@@ -88,7 +88,12 @@ fn validator_agrees_with_serde_json() {
         assert_eq!(ours, serde, "{c:?}");
     }
     // Invalid UTF-8 inside a string.
-    for bytes in [&b"\"\xff\""[..], b"\"\xc3\"", b"\"\xed\xa0\x80\"", b"\"\xe2\x82\""] {
+    for bytes in [
+        &b"\"\xff\""[..],
+        b"\"\xc3\"",
+        b"\"\xed\xa0\x80\"",
+        b"\"\xe2\x82\"",
+    ] {
         assert!(validate(bytes, Limits::GUEST).is_err(), "{bytes:?}");
         assert!(serde_json::from_slice::<serde_json::Value>(bytes).is_err());
     }
@@ -129,10 +134,7 @@ fn validator_limits_depth_and_size() {
         size: 1 << 20,
     };
     assert!(validate(nest(64).as_bytes(), wide).is_ok());
-    assert_eq!(
-        validate(nest(65).as_bytes(), wide),
-        Err(JsonError::TooDeep)
-    );
+    assert_eq!(validate(nest(65).as_bytes(), wide), Err(JsonError::TooDeep));
 }
 
 #[test]
@@ -264,9 +266,15 @@ fn report_floods_stay_in_the_budget() {
 #[test]
 fn insert_keeps_text_and_json_and_counts_drops() {
     let mut s = ReportStore::new(64);
-    assert_eq!(s.insert("guest_check", b"not {json", ValueKind::Text), Ok(()));
+    assert_eq!(
+        s.insert("guest_check", b"not {json", ValueKind::Text),
+        Ok(())
+    );
     assert_eq!(s.to_map()["guest_check"], "not {json");
-    assert_eq!(s.insert("guest_check", br#"{"ok":true}"#, ValueKind::Json), Ok(()));
+    assert_eq!(
+        s.insert("guest_check", br#"{"ok":true}"#, ValueKind::Json),
+        Ok(())
+    );
     assert_eq!(s.to_map()["guest_check"]["ok"], true);
     assert_eq!(s.entries().count(), 1);
     assert_eq!(
@@ -301,7 +309,10 @@ fn known_reports_round_trip_as_serde_json_parses_them() {
     assert_eq!(s.to_map(), want);
     // The guest check line: today's `from_str::<Value>` against a validated raw value.
     assert_eq!(validate(GUEST_CHECK.as_bytes(), Limits::GUEST), Ok(()));
-    assert_eq!(s.insert("guest_check", GUEST_CHECK.as_bytes(), ValueKind::Json), Ok(()));
+    assert_eq!(
+        s.insert("guest_check", GUEST_CHECK.as_bytes(), ValueKind::Json),
+        Ok(())
+    );
     let want_check: serde_json::Value = serde_json::from_str(GUEST_CHECK).unwrap();
     assert_eq!(s.to_map()["guest_check"], want_check);
     // And serialized the same (the summary line is serde_json's serialization of the map).
@@ -342,7 +353,10 @@ fn console_queue_keeps_order_and_drops_what_does_not_fit() {
         q.pop_front();
     }
     assert_eq!(out, ["bbbb", "cccccc", "dd"]);
-    assert!(!ConsoleQueue::new(4).push_line(&["abc"]), "larger than the whole queue");
+    assert!(
+        !ConsoleQueue::new(4).push_line(&["abc"]),
+        "larger than the whole queue"
+    );
 }
 
 #[test]
@@ -377,11 +391,18 @@ fn lossy_matches_from_utf8_lossy() {
     ];
     for c in cases {
         let mut out = [0u8; 64];
-        assert_eq!(lossy_utf8_into(c, &mut out), String::from_utf8_lossy(c), "{c:?}");
+        assert_eq!(
+            lossy_utf8_into(c, &mut out),
+            String::from_utf8_lossy(c),
+            "{c:?}"
+        );
     }
     // Too small: cut at a character boundary.
     let mut out = [0u8; 5];
-    assert_eq!(lossy_utf8_into("caf\u{e9}\u{e9}".as_bytes(), &mut out), "caf\u{e9}");
+    assert_eq!(
+        lossy_utf8_into("caf\u{e9}\u{e9}".as_bytes(), &mut out),
+        "caf\u{e9}"
+    );
     let mut out = [0u8; 4];
     assert_eq!(lossy_utf8_into(b"ab\xffc", &mut out), "ab");
 }

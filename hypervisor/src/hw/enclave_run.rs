@@ -345,7 +345,7 @@ pub fn run(spec: &RunSpec, index: usize, core: &CoreSlotVirt) -> Option<EnclaveR
         let reason = start(spec, core, &mut run, &mut console);
         run.uart.flush(&spec.config.name, &mut console);
         console.flush();
-        return Some(report(spec, &reason, run, None));
+        return Some(report(spec, &reason, run, console.bytes_dropped(), None));
     };
     let own_apic = spec.config.cores.get(index).copied().unwrap_or(0);
     let mut host = VcpuHost::new(own_apic);
@@ -353,6 +353,12 @@ pub fn run(spec: &RunSpec, index: usize, core: &CoreSlotVirt) -> Option<EnclaveR
         run_application_vcpu(spec, core, shared, index, &mut host, &mut run, &mut console);
         host.arm(None);
         shared.add_exits(&run.exits, run.io_denied, run.msr_denied);
+        // The count is final once the vCPU stopped (flushing drops nothing); it is added before
+        // `set_done` so the boot vCPU's report sees it.
+        shared.console_bytes_dropped.fetch_add(
+            console.bytes_dropped(),
+            core::sync::atomic::Ordering::Relaxed,
+        );
         shared.mailboxes[index].set_done();
         console.flush();
         return None;
@@ -381,13 +387,20 @@ pub fn run(spec: &RunSpec, index: usize, core: &CoreSlotVirt) -> Option<EnclaveR
         .end_reason()
         .cloned()
         .unwrap_or_else(|| EndReason::Failed("the enclave stopped without a reason".into()));
-    Some(report(spec, &reason, run, Some(shared)))
+    Some(report(
+        spec,
+        &reason,
+        run,
+        console.bytes_dropped(),
+        Some(shared),
+    ))
 }
 
 fn report(
     spec: &RunSpec,
     reason: &EndReason,
     run: EnclaveRun,
+    console_bytes_dropped: u64,
     shared: Option<&Shared>,
 ) -> EnclaveReport {
     log::info!("enclave '{}' ended: {reason}", spec.config.name);
@@ -417,13 +430,23 @@ fn report(
         }
         _ => {}
     }
-    report.results = run.results;
+    // The raw results become serde values here, on the BSP after the enclave ended (not an
+    // exit path); the validator bounded their depth when they came in.
+    report.results = run.results.to_map();
+    report.report_bytes_dropped = run.results.dropped();
+    report.console_bytes_dropped = console_bytes_dropped;
     if let Some(shared) = shared {
         let (exits, io_denied, msr_denied) = shared.exit_totals();
         report.exits = exits;
         report.io_denied = io_denied;
         report.msr_denied = msr_denied;
-        report.results.extend(shared.results.lock().clone());
+        let results = shared.results.lock();
+        report.results.extend(results.to_map());
+        report.report_bytes_dropped += results.dropped();
+        drop(results);
+        report.console_bytes_dropped += shared
+            .console_bytes_dropped
+            .load(core::sync::atomic::Ordering::Relaxed);
         report.vcpus = Some(shared.mailboxes.len());
         report.exit_classes = Some(shared.classes());
         report.ipis_dropped = Some(

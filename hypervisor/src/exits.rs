@@ -202,7 +202,7 @@ pub struct Uart(crate::vuart::Uart16550);
 impl Uart {
     fn write(&mut self, offset: u16, value: u8, name: &str, console: &mut impl Console) {
         if let Some(line) = self.0.write(offset, value) {
-            console.line(name, &line);
+            console.line(name, line);
         }
     }
 
@@ -213,7 +213,7 @@ impl Uart {
     /// Prints what is pending.
     pub fn flush(&mut self, name: &str, console: &mut impl Console) {
         if let Some(line) = self.0.flush() {
-            console.line(name, &line);
+            console.line(name, line);
         }
     }
 }

@@ -490,9 +490,10 @@ impl Shared {
 
     /// Prints what COM1 still holds (the enclave ended mid-line).
     pub fn flush_console(&self, now: u64, console: &mut impl Console) {
-        let rest = self.uart.lock().flush();
-        if let Some(line) = rest {
-            self.guest_line(&line, now, console);
+        // The enclave has ended: holding the UART while the line is handled delays nobody.
+        let mut u = self.uart.lock();
+        if let Some(line) = u.flush() {
+            self.guest_line(line, now, console);
         }
     }
 
@@ -623,6 +624,9 @@ pub struct Local {
     icr_high: u32,
     /// TSC of the last state line logged at debug level (every 10 s of guest time).
     last_report: u64,
+    /// The console line this vCPU's COM1 write completed, copied out of the UART so it is
+    /// handled after the UART's lock is released; sized at creation (never grows).
+    uart_line: String,
 }
 
 /// The modes of a local APIC (SDM Vol. 3A §11.12.5, Figure 11-27).
@@ -649,6 +653,7 @@ impl Local {
             dfr: u32::MAX,
             icr_high: 0,
             last_report: 0,
+            uart_line: String::with_capacity(3 * crate::vuart::LINE_MAX),
         }
     }
 
@@ -1102,15 +1107,19 @@ fn uart_io(
     let (line, irq) = {
         let mut u = shared.uart.lock();
         if write {
-            let line = u.write(offset, vcpu.gpr(Gpr::Rax) as u8);
-            (line, u.irq())
+            // At most 3 × LINE_MAX bytes: within `uart_line`'s capacity, no reallocation.
+            let line = u.write(offset, vcpu.gpr(Gpr::Rax) as u8).map(|l| {
+                local.uart_line.clear();
+                local.uart_line.push_str(l);
+            });
+            (line.is_some(), u.irq())
         } else {
             crate::exits::set_io_result(vcpu, size, u.read(offset).into());
-            (None, u.irq())
+            (false, u.irq())
         }
     };
-    if let Some(line) = line {
-        shared.guest_line(&line, now, console);
+    if line {
+        shared.guest_line(&local.uart_line, now, console);
     }
     shared.set_uart_irq(irq, Some(local), host);
     vcpu.skip_instruction();
@@ -1806,6 +1815,12 @@ mod tests {
             out(&mut v, &mut l, &mut h, &mut c, 0, u64::from(*b));
         }
         assert_eq!(s.results.lock().to_map()["guest_check"]["ok"], true);
+        let buffer = l.uart_line.as_ptr();
+        for b in core::iter::repeat_n(0xffu8, 3 * crate::vuart::LINE_MAX) {
+            out(&mut v, &mut l, &mut h, &mut c, 0, u64::from(b));
+        }
+        assert_eq!(l.uart_line.as_ptr(), buffer, "the line buffer never grows");
+        assert_eq!(l.uart_line.chars().count(), crate::vuart::LINE_MAX);
         // Reading back LSR through the same path.
         v.gprs[Gpr::Rax as usize] = 0xffff_ff00;
         uart_io(&mut v, &mut l, &s, &mut h, &mut c, 5, 1, false);

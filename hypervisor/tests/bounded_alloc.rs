@@ -58,6 +58,7 @@ fn floods_allocate_nothing_after_creation() {
     // Creation allocates (once each).
     let mut store = ReportStore::new(REPORT_BUDGET);
     let mut queue = ConsoleQueue::new(CONSOLE_BUDGET);
+    let mut uart = atoll::vuart::Uart16550::new();
 
     let before = allocations();
     for r in &reports {
@@ -77,6 +78,11 @@ fn floods_allocate_nothing_after_creation() {
         }
     }
     let _ = lossy_utf8_into(b"bad \xff bytes", &mut lossy_out);
+    // COM1's model: lines (valid, invalid UTF-8, over-long) come out without allocating.
+    for b in b"hello\n\xff\xfe bad\n".iter().chain(&[b'z'; 3 * 4096]) {
+        let _ = uart.write(0, *b);
+    }
+    let _ = uart.flush();
     let mut small = FixedBuf::<24>::new();
     let _ = std::fmt::Write::write_fmt(&mut small, format_args!("{}", i64::MIN));
     let after = allocations();

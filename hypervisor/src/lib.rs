@@ -9,6 +9,8 @@
 //! * [`smp`]: the core table and the INIT-SIPI-SIPI bring-up with its deadline.
 //! * [`options`]: boot options from the command line.
 //! * [`summary`]: the `ATOLL-SUMMARY` line.
+//! * [`bounded`]: fixed-capacity storage and an iterative JSON validator for what guests hand
+//!   exit paths (results, console lines), so exits never allocate for guest data.
 //! * [`vacpi`]: the ACPI tables of an enclave's virtual platform.
 //! * [`vapic`], [`vioapic`]: models of an enclave vCPU's local APIC and of its I/O APIC.
 //! * [`vuart`], [`vpit`], [`vrtc`]: COM1 (a 16550A), PIT channel 2, the CMOS clock.
@@ -65,6 +67,7 @@ mod vendor_neutrality {
             "partition.rs",
             "config.rs",
             "summary.rs",
+            "bounded.rs",
             "smp.rs",
             "vapic.rs",
             "vioapic.rs",

@@ -645,6 +645,23 @@ impl Local {
     /// rate, as the crystal clock CPUID 0x15 reports), its APIC enabled in xAPIC mode as
     /// firmware leaves it.
     pub fn new(index: usize, tsc_hz: u64) -> Self {
+        let mut local = Self::reset_state(index, tsc_hz);
+        local.uart_line.reserve_exact(3 * crate::vuart::LINE_MAX);
+        local
+    }
+
+    /// The state INIT leaves (as [`Local::new`]), this vCPU's line buffer kept: an INIT does
+    /// not allocate.
+    pub fn reset(&mut self, tsc_hz: u64) {
+        let uart_line = core::mem::take(&mut self.uart_line);
+        *self = Self {
+            uart_line,
+            ..Self::reset_state(self.index, tsc_hz)
+        };
+    }
+
+    /// Everything but the line buffer's capacity (`String::new` does not allocate).
+    fn reset_state(index: usize, tsc_hz: u64) -> Self {
         Self {
             index,
             apic: X2Apic::new(index as u32, tsc_hz, tsc_hz),
@@ -653,7 +670,7 @@ impl Local {
             dfr: u32::MAX,
             icr_high: 0,
             last_report: 0,
-            uart_line: String::with_capacity(3 * crate::vuart::LINE_MAX),
+            uart_line: String::new(),
         }
     }
 
@@ -1854,6 +1871,25 @@ mod tests {
             "data ready, no overrun"
         );
         assert_eq!(s.uart_receive(b"y", &mut h), 0, "full");
+    }
+
+    #[test]
+    fn init_resets_the_vcpu_but_keeps_its_line_buffer() {
+        let s = Shared::new("lx", &[4, 5], 1_000_000_000);
+        let mut l = Local::new(1, s.tsc_hz);
+        let buffer = l.uart_line.as_ptr();
+        l.mode = ApicMode::X2Apic;
+        l.icr_high = 7;
+        l.uart_line.push_str("old");
+        l.reset(s.tsc_hz);
+        let fresh = Local::new(1, s.tsc_hz);
+        assert_eq!(
+            (l.index, l.mode, l.icr_high, l.ldr, l.dfr),
+            (1, fresh.mode, 0, 0, u32::MAX)
+        );
+        assert_eq!(l.apic_base(), fresh.apic_base());
+        assert_eq!(l.uart_line.as_ptr(), buffer, "same allocation");
+        assert!(l.uart_line.capacity() >= 3 * crate::vuart::LINE_MAX);
     }
 
     #[test]

@@ -309,7 +309,7 @@ fn run_application_vcpu(
         }
         if mailbox.take_init() {
             initialized = true;
-            local = Local::new(index, shared.tsc_hz);
+            local.reset(shared.tsc_hz);
             // A STARTUP sent before this INIT was seen belongs to an earlier attempt.
             let _ = mailbox.take_sipi();
             continue;

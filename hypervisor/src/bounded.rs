@@ -425,6 +425,15 @@ fn number_end(input: &[u8], start: usize) -> Result<usize, JsonError> {
         }
         i = digits(i)?;
     }
+    // serde_json refuses a number beyond f64's range (1e400); so does the validator, so that
+    // everything it accepts parses at summary time. core's parser needs no allocation.
+    let finite = core::str::from_utf8(&input[start..i])
+        .ok()
+        .and_then(|t| t.parse::<f64>().ok())
+        .is_some_and(f64::is_finite);
+    if !finite {
+        return Err(JsonError::Syntax(start));
+    }
     Ok(i)
 }
 
@@ -706,8 +715,7 @@ impl ReportStore {
             let key = serde_json::from_slice::<String>(&quoted)
                 .unwrap_or_else(|_| String::from_utf8_lossy(k).into_owned());
             let value = match kind {
-                // Valid JSON serde_json still refuses (a number beyond f64's range) shows as
-                // its text.
+                // Should serde_json still refuse something the validator passed, its text shows.
                 ValueKind::Json => serde_json::from_slice(v).unwrap_or_else(|_| text(v)),
                 ValueKind::Text => text(v),
             };

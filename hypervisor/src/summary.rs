@@ -65,6 +65,12 @@ pub struct EnclaveReport {
     pub msr_denied: u64,
     /// What the guest reported.
     pub results: serde_json::Map<String, serde_json::Value>,
+    /// Bytes of results refused because the enclave's result budget was spent (REPORT
+    /// hypercalls and guest-check lines; see [`crate::bounded`]).
+    pub report_bytes_dropped: u64,
+    /// Bytes of console lines dropped because the enclave's console queue was full (the serial
+    /// port stayed busy).
+    pub console_bytes_dropped: u64,
     /// When it ended, in microseconds of atoll's clock (the TSC), for ordering ends.
     pub ended_at_us: u64,
     /// vCPUs (Linux enclaves).

@@ -18,7 +18,11 @@ pub mod hypercall {
     pub const VERSION: u64 = 0;
     /// Writes RCX bytes at guest-physical RBX to atoll's console, tagged with the enclave name.
     pub const CONSOLE_WRITE: u64 = 1;
-    /// Merges the JSON object of RCX bytes at guest-physical RBX into the enclave's results.
+    /// Merges the JSON object of RCX bytes at guest-physical RBX into the enclave's results: each
+    /// top-level key is set to its value (a key reported again takes the newer value). The
+    /// object may nest at most [`MAX_REPORT_DEPTH`](super::MAX_REPORT_DEPTH) levels, and the
+    /// results of an enclave have a fixed budget; a report that breaks either is refused whole
+    /// with [`INVALID`](super::status::INVALID).
     pub const REPORT: u64 = 2;
     /// Ends the enclave with exit code RBX.
     pub const EXIT: u64 = 3;
@@ -51,12 +55,18 @@ pub mod status {
     pub const UNKNOWN: u64 = 1;
     /// A buffer lies (partly) outside guest RAM.
     pub const FAULT: u64 = 2;
-    /// An argument is invalid (too long, not JSON, …).
+    /// An argument is invalid: a buffer longer than
+    /// [`MAX_HYPERCALL_BUFFER`](super::MAX_HYPERCALL_BUFFER); for REPORT also a buffer that is
+    /// not a JSON object, nests deeper than [`MAX_REPORT_DEPTH`](super::MAX_REPORT_DEPTH), or
+    /// would take the enclave's results past their budget (atoll counts those bytes as dropped).
+    /// Nothing of a refused call takes effect.
     pub const INVALID: u64 = 3;
 }
 
 /// Longest buffer a hypercall takes.
 pub const MAX_HYPERCALL_BUFFER: u64 = 4096;
+/// Deepest nesting of objects and arrays in a REPORT (the top-level object is level 1).
+pub const MAX_REPORT_DEPTH: usize = 8;
 /// First hypervisor CPUID leaf.
 pub const CPUID_HV_BASE: u32 = 0x4000_0000;
 /// Hypervisor signature in leaf 0x4000_0000 (EBX, ECX, EDX).

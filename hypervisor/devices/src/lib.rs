@@ -9,12 +9,16 @@
 //! * [`lapic`], [`ioapic`]: the interrupt controllers — a vCPU's local APIC (xAPIC and x2APIC)
 //!   and the platform's I/O APIC.
 //! * [`acpi`]: an enclave's ACPI tables (RSDP, XSDT, FADT, DSDT, MADT, MCFG).
+//! * [`bounded`]: what exit paths keep of guest data without allocating — fixed-capacity result
+//!   store and console queue that count what they drop, and an iterative JSON validator with a
+//!   depth limit.
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
 extern crate alloc;
 
 pub mod acpi;
+pub mod bounded;
 pub mod ioapic;
 pub mod lapic;
 pub mod pit;

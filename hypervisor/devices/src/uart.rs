@@ -19,8 +19,8 @@
 //! CTS/DSR/RI/DCD and sends transmitted bytes to the receiver, and FCR bit 0 turns the FIFOs on
 //! (IIR bits 7:6 = 11, a 16550A).
 
+use alloc::boxed::Box;
 use alloc::collections::VecDeque;
-use alloc::string::String;
 use alloc::vec::Vec;
 
 /// Register offsets.
@@ -78,7 +78,10 @@ pub struct Uart16550 {
     rx: VecDeque<u8>,
     overrun: bool,
     thre_pending: bool,
+    /// The line being sent, and the last completed one as text: both sized at creation
+    /// (`text` 3 bytes per byte, for U+FFFD), so that a write never allocates.
     line: Vec<u8>,
+    text: Box<[u8]>,
 }
 
 impl Default for Uart16550 {
@@ -98,10 +101,11 @@ impl Uart16550 {
             dll: 0,
             dlm: 0,
             fifo: false,
-            rx: VecDeque::new(),
+            rx: VecDeque::with_capacity(RX_FIFO),
             overrun: false,
             thre_pending: false,
-            line: Vec::new(),
+            line: Vec::with_capacity(LINE_MAX),
+            text: alloc::vec![0; 3 * LINE_MAX].into_boxed_slice(),
         }
     }
 
@@ -110,21 +114,19 @@ impl Uart16550 {
     }
 
     /// A guest write of `value` to register `offset` (0–7). Returns a console line when this
-    /// write completed one (a newline, or [`LINE_MAX`] bytes).
-    pub fn write(&mut self, offset: u16, value: u8) -> Option<String> {
+    /// write completed one (a newline, or [`LINE_MAX`] bytes), valid UTF-8 as
+    /// `String::from_utf8_lossy` makes it; it lives in the UART until the next write.
+    pub fn write(&mut self, offset: u16, value: u8) -> Option<&str> {
         match offset {
             reg::DATA if self.dlab() => self.dll = value,
             reg::DATA => {
-                self.thre_pending = false;
-                let out = if self.mcr & MCR_LOOP != 0 {
-                    self.receive_byte(value);
-                    None
-                } else {
-                    self.transmit(value)
-                };
-                // Sent at once: THR is empty again.
+                // Sent at once: THR is empty again (and its interrupt pending anew).
                 self.thre_pending = true;
-                return out;
+                if self.mcr & MCR_LOOP != 0 {
+                    self.receive_byte(value);
+                    return None;
+                }
+                return self.transmit(value);
             }
             reg::IER if self.dlab() => self.dlm = value,
             reg::IER => {
@@ -149,23 +151,30 @@ impl Uart16550 {
         None
     }
 
-    fn transmit(&mut self, value: u8) -> Option<String> {
-        let mut out = None;
-        if value == b'\n' || self.line.len() >= LINE_MAX {
-            out = self.take_line();
+    fn transmit(&mut self, value: u8) -> Option<&str> {
+        let full = value == b'\n' || self.line.len() >= LINE_MAX;
+        // A completed line moves to `text`; the byte that completed it (unless a line end)
+        // starts the next one.
+        let done = full && !self.line.is_empty();
+        let mut n = 0;
+        if done {
+            n = crate::bounded::lossy_utf8_into(&self.line, &mut self.text).len();
+            self.line.clear();
         }
         if value != b'\n' && value != b'\r' {
             self.line.push(value);
         }
-        out
+        // Only whole characters went into `text`.
+        done.then(|| core::str::from_utf8(&self.text[..n]).unwrap_or(""))
     }
 
-    fn take_line(&mut self) -> Option<String> {
+    fn take_line(&mut self) -> Option<&str> {
         if self.line.is_empty() {
             return None;
         }
-        let s = String::from_utf8_lossy(&self.line).into_owned();
-        self.line.clear();
+        let Self { line, text, .. } = self;
+        let s = crate::bounded::lossy_utf8_into(line, text);
+        line.clear();
         Some(s)
     }
 
@@ -259,7 +268,7 @@ impl Uart16550 {
     }
 
     /// The partial line not yet printed, if any (flushed when the enclave ends).
-    pub fn flush(&mut self) -> Option<String> {
+    pub fn flush(&mut self) -> Option<&str> {
         self.take_line()
     }
 }
@@ -273,12 +282,33 @@ mod tests {
         let mut u = Uart16550::new();
         let mut lines = Vec::new();
         for b in b"hello\r\nworld\n" {
-            lines.extend(u.write(reg::DATA, *b));
+            lines.extend(u.write(reg::DATA, *b).map(String::from));
         }
         assert_eq!(lines, ["hello", "world"]);
         u.write(reg::DATA, b'x');
-        assert_eq!(u.flush().as_deref(), Some("x"));
+        assert_eq!(u.flush(), Some("x"));
         assert_eq!(u.flush(), None);
+    }
+
+    #[test]
+    fn lines_are_lossy_utf8_and_the_buffers_never_grow() {
+        let mut u = Uart16550::new();
+        let (line, text) = (u.line.as_ptr(), u.text.as_ptr());
+        let mut lines = Vec::new();
+        for b in b"caf\xc3\xa9 \xff!\n" {
+            lines.extend(u.write(reg::DATA, *b).map(String::from));
+        }
+        assert_eq!(lines, ["caf\u{e9} \u{fffd}!"]);
+        // Invalid bytes only, a full line: every byte becomes U+FFFD, nothing is cut.
+        for _ in 0..LINE_MAX + 1 {
+            if let Some(l) = u.write(reg::DATA, 0xff) {
+                assert_eq!(l.chars().count(), LINE_MAX);
+                assert!(l.chars().all(|c| c == '\u{fffd}'));
+            }
+        }
+        assert_eq!(u.flush().map(str::len), Some(3));
+        assert_eq!((u.line.as_ptr(), u.text.as_ptr()), (line, text));
+        assert_eq!(u.line.capacity(), LINE_MAX);
     }
 
     #[test]
@@ -286,7 +316,7 @@ mod tests {
         let mut u = Uart16550::new();
         let mut lines = Vec::new();
         for _ in 0..LINE_MAX + 5 {
-            lines.extend(u.write(reg::DATA, b'a'));
+            lines.extend(u.write(reg::DATA, b'a').map(String::from));
         }
         assert_eq!(lines.len(), 1);
         assert_eq!(lines[0].len(), LINE_MAX);

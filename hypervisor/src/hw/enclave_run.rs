@@ -307,7 +307,7 @@ fn run_application_vcpu(
         }
         if mailbox.take_init() {
             initialized = true;
-            local = Local::new(index, shared.tsc_hz);
+            local.reset(shared.tsc_hz);
             // A STARTUP sent before this INIT was seen belongs to an earlier attempt.
             let _ = mailbox.take_sipi();
             continue;
@@ -352,8 +352,10 @@ pub fn run(spec: &RunSpec, index: usize, core: &CoreSlotVirt) -> Option<EnclaveR
     let why = alloc::format!("atoll fault while handling this enclave: {failure}");
     log::error!("enclave '{}' vCPU {index}: {why}", spec.config.name);
     let reason = EndReason::Failed(why);
+    console.flush();
+    let dropped = console.bytes_dropped();
     let Some(shared) = spec.platform.as_deref() else {
-        return Some(report(spec, &reason, &mut run, None));
+        return Some(report(spec, &reason, &mut run, dropped, None));
     };
     let own_apic = spec.config.cores.get(index).copied().unwrap_or(0);
     let mut host = VcpuHost::new(own_apic);
@@ -361,6 +363,9 @@ pub fn run(spec: &RunSpec, index: usize, core: &CoreSlotVirt) -> Option<EnclaveR
     shared.end(reason.clone(), &mut host);
     shared.add_exits(&run.exits, run.io_denied, run.msr_denied);
     if index > 0 {
+        shared
+            .console_bytes_dropped
+            .fetch_add(dropped, core::sync::atomic::Ordering::Relaxed);
         shared.mailboxes[index].set_done();
         return None;
     }
@@ -370,7 +375,7 @@ pub fn run(spec: &RunSpec, index: usize, core: &CoreSlotVirt) -> Option<EnclaveR
         super::idle_wait_us(1000);
     }
     let reason = shared.end_reason().cloned().unwrap_or(reason);
-    Some(report(spec, &reason, &mut run, Some(shared)))
+    Some(report(spec, &reason, &mut run, dropped, Some(shared)))
 }
 
 fn run_vcpu(
@@ -385,7 +390,7 @@ fn run_vcpu(
         let reason = start(spec, core, run, console);
         run.uart.flush(&spec.config.name, console);
         console.flush();
-        return Some(report(spec, &reason, run, None));
+        return Some(report(spec, &reason, run, console.bytes_dropped(), None));
     };
     let own_apic = spec.config.cores.get(index).copied().unwrap_or(0);
     let mut host = VcpuHost::new(own_apic);
@@ -393,6 +398,12 @@ fn run_vcpu(
         run_application_vcpu(spec, core, shared, index, &mut host, run, console);
         host.arm(None);
         shared.add_exits(&run.exits, run.io_denied, run.msr_denied);
+        // The count is final once the vCPU stopped (flushing drops nothing); it is added before
+        // `set_done` so the boot vCPU's report sees it.
+        shared.console_bytes_dropped.fetch_add(
+            console.bytes_dropped(),
+            core::sync::atomic::Ordering::Relaxed,
+        );
         shared.mailboxes[index].set_done();
         console.flush();
         return None;
@@ -414,13 +425,20 @@ fn run_vcpu(
         .end_reason()
         .cloned()
         .unwrap_or_else(|| EndReason::Failed("the enclave stopped without a reason".into()));
-    Some(report(spec, &reason, run, Some(shared)))
+    Some(report(
+        spec,
+        &reason,
+        run,
+        console.bytes_dropped(),
+        Some(shared),
+    ))
 }
 
 fn report(
     spec: &RunSpec,
     reason: &EndReason,
     run: &mut EnclaveRun,
+    console_bytes_dropped: u64,
     shared: Option<&Shared>,
 ) -> EnclaveReport {
     log::info!("enclave '{}' ended: {reason}", spec.config.name);
@@ -450,13 +468,23 @@ fn report(
         }
         _ => {}
     }
-    report.results = core::mem::take(&mut run.results);
+    // The raw results become serde values here, on the BSP after the enclave ended (not an
+    // exit path); the validator bounded their depth when they came in.
+    report.results = run.results.to_map();
+    report.report_bytes_dropped = run.results.dropped();
+    report.console_bytes_dropped = console_bytes_dropped;
     if let Some(shared) = shared {
         let (exits, io_denied, msr_denied) = shared.exit_totals();
         report.exits = exits;
         report.io_denied = io_denied;
         report.msr_denied = msr_denied;
-        report.results.extend(shared.results.lock().clone());
+        let results = shared.results.lock();
+        report.results.extend(results.to_map());
+        report.report_bytes_dropped += results.dropped();
+        drop(results);
+        report.console_bytes_dropped += shared
+            .console_bytes_dropped
+            .load(core::sync::atomic::Ordering::Relaxed);
         report.vcpus = Some(shared.mailboxes.len());
         report.exit_classes = Some(shared.classes());
         report.ipis_dropped = Some(

@@ -26,39 +26,66 @@ impl HostCpu for ThisCore {
 ///
 /// The serial port is shared by every core, so an exit never waits for it: a line goes out only
 /// if the port's lock is free at once, otherwise it waits in this enclave's own queue and goes
-/// out, in order, at a later exit or when the enclave ends ([`EnclaveConsole::flush`]).
-#[derive(Default)]
+/// out, in order, at a later exit or when the enclave ends ([`EnclaveConsole::flush`]). The
+/// queue has a fixed byte budget allocated with it ([`atoll_devices::bounded::ConsoleQueue`]): a line
+/// that does not fit is dropped and counted, never allocated for.
 pub struct EnclaveConsole {
-    pending: alloc::collections::VecDeque<alloc::string::String>,
+    pending: atoll_devices::bounded::ConsoleQueue,
+    /// Dropped bytes already announced by [`EnclaveConsole::flush`].
+    announced: u64,
 }
 
-/// Lines an enclave may have queued before the oldest are dropped (and the drop is reported).
-const MAX_PENDING: usize = 1024;
-
-impl EnclaveConsole {
-    /// Prints every queued line, waiting for the port if it must (end of the enclave only).
-    pub fn flush(&mut self) {
-        while let Some(l) = self.pending.pop_front() {
-            super::console::line(&l);
+impl Default for EnclaveConsole {
+    fn default() -> Self {
+        Self {
+            pending: atoll_devices::bounded::ConsoleQueue::new(
+                atoll_devices::bounded::CONSOLE_BUDGET,
+            ),
+            announced: 0,
         }
     }
 }
 
-impl Console for EnclaveConsole {
-    fn line(&mut self, name: &str, text: &str) {
-        if self.pending.len() == MAX_PENDING {
+impl EnclaveConsole {
+    /// Prints every queued line, waiting for the port if it must (end of the enclave only), and
+    /// says how much was dropped.
+    pub fn flush(&mut self) {
+        while let Some(l) = self.pending.front() {
+            super::console::line(l);
             self.pending.pop_front();
-            self.pending.push_back(alloc::format!(
-                "[{name}] (console lines dropped: the serial port stayed busy)"
-            ));
         }
-        self.pending.push_back(alloc::format!("[{name}] {text}"));
+        let dropped = self.pending.dropped();
+        if dropped > self.announced {
+            log::warn!(
+                "{} bytes of enclave console output dropped: the serial port stayed busy",
+                dropped - self.announced
+            );
+            self.announced = dropped;
+        }
+    }
+
+    /// Bytes of lines dropped because the queue was full.
+    pub fn bytes_dropped(&self) -> u64 {
+        self.pending.dropped()
+    }
+
+    /// Prints queued lines while the port is free at once.
+    fn drain(&mut self) {
         while let Some(l) = self.pending.front() {
             if !super::console::try_line(l) {
                 break;
             }
             self.pending.pop_front();
         }
+    }
+}
+
+impl Console for EnclaveConsole {
+    fn line(&mut self, name: &str, text: &str) {
+        // Older lines first (and make room), then this one, then as much as goes out now.
+        self.drain();
+        self.pending.push_line(&["[", name, "] ", text]);
+        self.drain();
     }
 }
 

@@ -8,8 +8,9 @@
 //! values become an injected exception, an error code in RAX, or an end reason.
 
 use crate::partition::config::IoPolicy;
+use alloc::boxed::Box;
 use alloc::string::{String, ToString};
-use alloc::vec::Vec;
+use atoll_devices::bounded::{lossy_utf8_into, ReportStore, REPORT_BUDGET};
 use atoll_vcpu::{vector, Access, Exit, ExitKind, Gpr, GuestMemory, Vcpu};
 use boot::GuestPhysAddr;
 use core::fmt;
@@ -201,7 +202,7 @@ pub struct Uart(atoll_devices::uart::Uart16550);
 impl Uart {
     fn write(&mut self, offset: u16, value: u8, name: &str, console: &mut impl Console) {
         if let Some(line) = self.0.write(offset, value) {
-            console.line(name, &line);
+            console.line(name, line);
         }
     }
 
@@ -212,7 +213,7 @@ impl Uart {
     /// Prints what is pending.
     pub fn flush(&mut self, name: &str, console: &mut impl Console) {
         if let Some(line) = self.0.flush() {
-            console.line(name, &line);
+            console.line(name, line);
         }
     }
 }
@@ -229,11 +230,17 @@ pub struct EnclaveRun {
     pub io_denied: u64,
     /// RDMSR/WRMSR refused with #GP.
     pub msr_denied: u64,
-    /// What the guest reported (a JSON object).
-    pub results: serde_json::Map<String, serde_json::Value>,
+    /// What the guest reported: the top-level keys of its REPORT objects, validated and kept
+    /// raw in a fixed budget ([`atoll_devices::bounded`]); parsed only for the summary.
+    pub results: ReportStore,
     /// COM1.
     pub uart: Uart,
     mtrr_def_type: u64,
+    /// A hypercall's buffer copied out of guest RAM, and a console line of it made valid UTF-8
+    /// (3 bytes per byte at worst: U+FFFD): allocated with the run state so that exits never
+    /// allocate.
+    buffer: Box<[u8]>,
+    text: Box<[u8]>,
 }
 
 impl EnclaveRun {
@@ -245,9 +252,11 @@ impl EnclaveRun {
             exits: [0; ExitKind::ALL.len()],
             io_denied: 0,
             msr_denied: 0,
-            results: serde_json::Map::new(),
+            results: ReportStore::new(REPORT_BUDGET),
             uart: Uart::default(),
             mtrr_def_type: 0x806,
+            buffer: alloc::vec![0; MAX_HYPERCALL_BUFFER as usize].into_boxed_slice(),
+            text: alloc::vec![0; 3 * MAX_HYPERCALL_BUFFER as usize].into_boxed_slice(),
         }
     }
 
@@ -438,8 +447,7 @@ fn io(
         let offset = port - COM1;
         if write {
             let value = vcpu.gpr(Gpr::Rax) as u8;
-            let name = run.name.clone();
-            run.uart.write(offset, value, &name, console);
+            run.uart.write(offset, value, &run.name, console);
         } else {
             let v = run.uart.read(offset);
             set_io_result(vcpu, size, v.into());
@@ -454,7 +462,7 @@ fn io(
             if atoll_devices::acpi::requested_sleep_type(value)
                 == Some(atoll_devices::acpi::S5_SLP_TYP)
             {
-                run.uart.flush(&run.name.clone(), console);
+                run.uart.flush(&run.name, console);
                 return Action::Stop(EndReason::PowerOff);
             }
             // Other sleep states are not offered: the write has no effect.
@@ -464,7 +472,7 @@ fn io(
         (atoll_devices::acpi::RESET_PORT, true)
             if vcpu.gpr(Gpr::Rax) as u8 == atoll_devices::acpi::RESET_VALUE =>
         {
-            run.uart.flush(&run.name.clone(), console);
+            run.uart.flush(&run.name, console);
             return Action::Stop(EndReason::Reset);
         }
         (
@@ -669,23 +677,34 @@ fn hypercall_exit(
             vcpu.set_gpr(Gpr::Rcx, hypercall::MAX);
             status::OK
         }
-        hypercall::CONSOLE_WRITE => match read_buffer(mem, a, b) {
-            Ok(bytes) => {
+        hypercall::CONSOLE_WRITE => match read_buffer(mem, a, b, &mut run.buffer) {
+            Ok(len) => {
                 run.uart.flush(&run.name, console);
-                for line in String::from_utf8_lossy(&bytes).lines() {
-                    console.line(&run.name, line);
+                // Lines as `str::lines` cuts them (a final newline ends the last line, "\r\n"
+                // counts as one), each made UTF-8 as `String::from_utf8_lossy` would.
+                let bytes = &run.buffer[..len];
+                let mut pieces = bytes.split(|b| *b == b'\n').peekable();
+                while let Some(piece) = pieces.next() {
+                    let last = pieces.peek().is_none();
+                    if last && piece.is_empty() {
+                        break;
+                    }
+                    let line = match piece {
+                        [rest @ .., b'\r'] if !last => rest,
+                        _ => piece,
+                    };
+                    console.line(&run.name, lossy_utf8_into(line, &mut run.text));
                 }
                 status::OK
             }
             Err(s) => s,
         },
-        hypercall::REPORT => match read_buffer(mem, a, b) {
-            Ok(bytes) => match serde_json::from_slice::<serde_json::Value>(&bytes) {
-                Ok(serde_json::Value::Object(map)) => {
-                    run.results.extend(map);
-                    status::OK
-                }
-                _ => status::INVALID,
+        // Validated without recursion and kept raw in the enclave's budget: bad JSON, too deep,
+        // not an object, or over the budget is INVALID and changes nothing.
+        hypercall::REPORT => match read_buffer(mem, a, b, &mut run.buffer) {
+            Ok(len) => match run.results.report(&run.buffer[..len]) {
+                Ok(()) => status::OK,
+                Err(_) => status::INVALID,
             },
             Err(s) => s,
         },
@@ -702,14 +721,16 @@ fn hypercall_exit(
     Action::Resume
 }
 
-fn read_buffer(mem: &impl GuestMemory, gpa: u64, len: u64) -> Result<Vec<u8>, u64> {
+/// Copies `len` bytes at guest-physical `gpa` into `buf` (the run state's, at least
+/// [`MAX_HYPERCALL_BUFFER`] long); returns `len`.
+fn read_buffer(mem: &impl GuestMemory, gpa: u64, len: u64, buf: &mut [u8]) -> Result<usize, u64> {
     if len > MAX_HYPERCALL_BUFFER {
         return Err(status::INVALID);
     }
-    let mut buf = alloc::vec![0u8; len as usize];
-    mem.read(GuestPhysAddr::new(gpa), &mut buf)
+    let buf = buf.get_mut(..len as usize).ok_or(status::INVALID)?;
+    mem.read(GuestPhysAddr::new(gpa), buf)
         .ok_or(status::FAULT)?;
-    Ok(buf)
+    Ok(buf.len())
 }
 
 #[cfg(test)]
@@ -1003,7 +1024,58 @@ mod tests {
         w.vcpu.gprs[Gpr::Rbx as usize] = 0x200;
         w.vcpu.gprs[Gpr::Rcx as usize] = json.len() as u64;
         w.exit(Exit::Hypercall);
-        assert_eq!(w.run.results["pages_checked"], 4096);
+        assert_eq!(w.run.results.to_map()["pages_checked"], 4096);
+
+        // Bounded REPORT: too deep, not an object, or past the budget is INVALID and changes
+        // nothing; a budget refusal is counted.
+        let call = |w: &mut World, bytes: &[u8]| {
+            w.ram[0x1000..0x1000 + bytes.len()].copy_from_slice(bytes);
+            w.vcpu.gprs[Gpr::Rax as usize] = hypercall::REPORT;
+            w.vcpu.gprs[Gpr::Rbx as usize] = 0x1000;
+            w.vcpu.gprs[Gpr::Rcx as usize] = bytes.len() as u64;
+            w.exit(Exit::Hypercall);
+            w.vcpu.gprs[Gpr::Rax as usize]
+        };
+        let deep = alloc::format!("{{\"a\":{}1{}}}", "[".repeat(8), "]".repeat(8));
+        let before = w.run.results.used();
+        assert_eq!(call(&mut w, deep.as_bytes()), status::INVALID);
+        assert_eq!(call(&mut w, b"[1]"), status::INVALID);
+        assert_eq!(w.run.results.used(), before);
+        let mut filled = 0;
+        for i in 0..100 {
+            let json = alloc::format!("{{\"k{i}\":\"{}\"}}", "z".repeat(1000));
+            match call(&mut w, json.as_bytes()) {
+                status::OK => filled += 1,
+                s => {
+                    assert_eq!(s, status::INVALID);
+                    assert_eq!(w.run.results.dropped(), json.len() as u64);
+                    break;
+                }
+            }
+        }
+        assert!(filled > 0 && w.run.results.used() <= atoll_devices::bounded::REPORT_BUDGET);
+        assert_eq!(
+            w.run.results.to_map()["pages_checked"],
+            4096,
+            "earlier keys kept"
+        );
+
+        // CONSOLE_WRITE: "\r\n" ends a line, a final newline adds no empty line, invalid
+        // UTF-8 shows as U+FFFD.
+        w.console.0.clear();
+        let text = b"a\r\nb\xffc\n\nd\r\n";
+        w.ram[0x100..0x100 + text.len()].copy_from_slice(text);
+        w.vcpu.gprs[Gpr::Rax as usize] = hypercall::CONSOLE_WRITE;
+        w.vcpu.gprs[Gpr::Rbx as usize] = 0x100;
+        w.vcpu.gprs[Gpr::Rcx as usize] = text.len() as u64;
+        w.exit(Exit::Hypercall);
+        let lines: Vec<&str> = w.console.0.iter().map(|(_, l)| l.as_str()).collect();
+        let want: Vec<String> = String::from_utf8_lossy(text)
+            .lines()
+            .map(String::from)
+            .collect();
+        assert_eq!(lines, want);
+        assert_eq!(lines, ["a", "b\u{fffd}c", "", "d"]);
 
         w.vcpu.gprs[Gpr::Rax as usize] = hypercall::EXIT;
         w.vcpu.gprs[Gpr::Rbx as usize] = 7;

@@ -299,8 +299,12 @@ pub struct Shared {
     end: Once<EndReason>,
     /// IPIs whose destination named no vCPU of the enclave.
     pub ipis_dropped: AtomicU64,
-    /// What the guest reported on its console (the in-guest check's JSON, its exit status).
-    pub results: Mutex<serde_json::Map<String, serde_json::Value>>,
+    /// What the guest reported on its console (the in-guest check's JSON, its exit status), kept
+    /// raw in a fixed budget ([`atoll_devices::bounded`]) and parsed only for the summary.
+    pub results: Mutex<atoll_devices::bounded::ReportStore>,
+    /// Console bytes the application vCPUs' queues dropped (the boot vCPU adds its own in the
+    /// report).
+    pub console_bytes_dropped: AtomicU64,
     marks: Mutex<Marks>,
     /// Exits by kind, I/O and MSR denials, summed as vCPUs stop.
     totals: Mutex<([u64; atoll_vcpu::ExitKind::ALL.len()], u64, u64)>,
@@ -332,7 +336,10 @@ impl Shared {
             stop: AtomicBool::new(false),
             end: Once::new(),
             ipis_dropped: AtomicU64::new(0),
-            results: Mutex::new(serde_json::Map::new()),
+            results: Mutex::new(atoll_devices::bounded::ReportStore::new(
+                atoll_devices::bounded::REPORT_BUDGET,
+            )),
+            console_bytes_dropped: AtomicU64::new(0),
             marks: Mutex::new(Marks::default()),
             totals: Mutex::new(([0; atoll_vcpu::ExitKind::ALL.len()], 0, 0)),
             tsc_hz,
@@ -434,15 +441,34 @@ impl Shared {
     /// reports.
     fn guest_line(&self, line: &str, now: u64, console: &mut impl Console) {
         console.line(&self.name, line);
+        // Results are checked without recursion and kept raw (no parse, no allocation here);
+        // what exceeds the budget is counted in the store.
+        use atoll_devices::bounded::{validate, Limits, ValueKind};
         if let Some(json) = line.strip_prefix("ATOLL-GUEST-CHECK ") {
-            let value = serde_json::from_str::<serde_json::Value>(json.trim())
-                .unwrap_or_else(|_| serde_json::Value::String(json.to_string()));
-            self.results.lock().insert("guest_check".into(), value);
+            let value = json.trim();
+            let _ = match validate(value.as_bytes(), Limits::GUEST) {
+                Ok(()) => {
+                    self.results
+                        .lock()
+                        .insert("guest_check", value.as_bytes(), ValueKind::Json)
+                }
+                // Not JSON (or too deep): the text, as a string.
+                Err(_) => {
+                    self.results
+                        .lock()
+                        .insert("guest_check", json.as_bytes(), ValueKind::Text)
+                }
+            };
         } else if let Some(status) = line.strip_prefix("ATOLL-GUEST-EXIT status=") {
             if let Ok(n) = status.trim().parse::<i64>() {
-                self.results
-                    .lock()
-                    .insert("guest_exit_status".into(), n.into());
+                let mut text = atoll_devices::bounded::FixedBuf::<20>::new();
+                if core::fmt::Write::write_fmt(&mut text, format_args!("{n}")).is_ok() {
+                    let _ = self.results.lock().insert(
+                        "guest_exit_status",
+                        text.as_bytes(),
+                        ValueKind::Json,
+                    );
+                }
             }
         } else if line.starts_with("atoll-init:") {
             self.marks.lock().init.get_or_insert(now);
@@ -464,9 +490,10 @@ impl Shared {
 
     /// Prints what COM1 still holds (the enclave ended mid-line).
     pub fn flush_console(&self, now: u64, console: &mut impl Console) {
-        let rest = self.uart.lock().flush();
-        if let Some(line) = rest {
-            self.guest_line(&line, now, console);
+        // The enclave has ended: holding the UART while the line is handled delays nobody.
+        let mut u = self.uart.lock();
+        if let Some(line) = u.flush() {
+            self.guest_line(line, now, console);
         }
     }
 
@@ -600,6 +627,9 @@ pub struct Local {
     icr_high: u32,
     /// TSC of the last state line logged at debug level (every 10 s of guest time).
     last_report: u64,
+    /// The console line this vCPU's COM1 write completed, copied out of the UART so it is
+    /// handled after the UART's lock is released; sized at creation (never grows).
+    uart_line: String,
 }
 
 /// The modes of a local APIC (SDM Vol. 3A §11.12.5, Figure 11-27).
@@ -618,6 +648,25 @@ impl Local {
     /// rate, as the crystal clock CPUID 0x15 reports), its APIC enabled in xAPIC mode as
     /// firmware leaves it.
     pub fn new(index: usize, tsc_hz: u64) -> Self {
+        let mut local = Self::reset_state(index, tsc_hz);
+        local
+            .uart_line
+            .reserve_exact(3 * atoll_devices::uart::LINE_MAX);
+        local
+    }
+
+    /// The state INIT leaves (as [`Local::new`]), this vCPU's line buffer kept: an INIT does
+    /// not allocate.
+    pub fn reset(&mut self, tsc_hz: u64) {
+        let uart_line = core::mem::take(&mut self.uart_line);
+        *self = Self {
+            uart_line,
+            ..Self::reset_state(self.index, tsc_hz)
+        };
+    }
+
+    /// Everything but the line buffer's capacity (`String::new` does not allocate).
+    fn reset_state(index: usize, tsc_hz: u64) -> Self {
         Self {
             index,
             apic: X2Apic::new(index as u32, tsc_hz, tsc_hz),
@@ -626,6 +675,7 @@ impl Local {
             dfr: u32::MAX,
             icr_high: 0,
             last_report: 0,
+            uart_line: String::new(),
         }
     }
 
@@ -1080,15 +1130,19 @@ fn uart_io(
     let (line, irq) = {
         let mut u = shared.uart.lock();
         if write {
-            let line = u.write(offset, vcpu.gpr(Gpr::Rax) as u8);
-            (line, u.irq())
+            // At most 3 × LINE_MAX bytes: within `uart_line`'s capacity, no reallocation.
+            let line = u.write(offset, vcpu.gpr(Gpr::Rax) as u8).map(|l| {
+                local.uart_line.clear();
+                local.uart_line.push_str(l);
+            });
+            (line.is_some(), u.irq())
         } else {
             crate::run::exits::set_io_result(vcpu, size, u.read(offset).into());
-            (None, u.irq())
+            (false, u.irq())
         }
     };
-    if let Some(line) = line {
-        shared.guest_line(&line, now, console);
+    if line {
+        shared.guest_line(&local.uart_line, now, console);
     }
     shared.set_uart_irq(irq, Some(local), host);
     vcpu.skip_instruction();
@@ -1779,11 +1833,17 @@ mod tests {
             c.0,
             [("lx".to_string(), "ATOLL-GUEST-EXIT status=0".to_string())]
         );
-        assert_eq!(s.results.lock()["guest_exit_status"], 0);
+        assert_eq!(s.results.lock().to_map()["guest_exit_status"], 0);
         for b in b"ATOLL-GUEST-CHECK {\"ok\":true}\n" {
             out(&mut v, &mut l, &mut h, &mut c, 0, u64::from(*b));
         }
-        assert_eq!(s.results.lock()["guest_check"]["ok"], true);
+        assert_eq!(s.results.lock().to_map()["guest_check"]["ok"], true);
+        let buffer = l.uart_line.as_ptr();
+        for b in core::iter::repeat_n(0xffu8, 3 * atoll_devices::uart::LINE_MAX) {
+            out(&mut v, &mut l, &mut h, &mut c, 0, u64::from(b));
+        }
+        assert_eq!(l.uart_line.as_ptr(), buffer, "the line buffer never grows");
+        assert_eq!(l.uart_line.chars().count(), atoll_devices::uart::LINE_MAX);
         // Reading back LSR through the same path.
         v.gprs[Gpr::Rax as usize] = 0xffff_ff00;
         uart_io(&mut v, &mut l, &s, &mut h, &mut c, 5, 1, false);
@@ -1817,6 +1877,60 @@ mod tests {
             "data ready, no overrun"
         );
         assert_eq!(s.uart_receive(b"y", &mut h), 0, "full");
+    }
+
+    #[test]
+    fn init_resets_the_vcpu_but_keeps_its_line_buffer() {
+        let s = Shared::new("lx", &[4, 5], 1_000_000_000);
+        let mut l = Local::new(1, s.tsc_hz);
+        let buffer = l.uart_line.as_ptr();
+        l.mode = ApicMode::X2Apic;
+        l.icr_high = 7;
+        l.uart_line.push_str("old");
+        l.reset(s.tsc_hz);
+        let fresh = Local::new(1, s.tsc_hz);
+        assert_eq!(
+            (l.index, l.mode, l.icr_high, l.ldr, l.dfr),
+            (1, fresh.mode, 0, 0, u32::MAX)
+        );
+        assert_eq!(l.apic_base(), fresh.apic_base());
+        assert_eq!(l.uart_line.as_ptr(), buffer, "same allocation");
+        assert!(l.uart_line.capacity() >= 3 * atoll_devices::uart::LINE_MAX);
+    }
+
+    #[test]
+    fn guest_check_lines_are_kept_raw_and_bounded() {
+        let s = Shared::new("lx", &[4], 1_000_000_000);
+        let mut c = Lines::default();
+        let map = |s: &Shared| s.results.lock().to_map();
+        // Not JSON: kept as its text (as before), untrimmed.
+        s.guest_line("ATOLL-GUEST-CHECK {oops ", 0, &mut c);
+        assert_eq!(map(&s)["guest_check"], "{oops ");
+        // Nested deeper than the ABI allows: text too, never a recursive parse.
+        let deep = "[".repeat(10_000);
+        s.guest_line(&alloc::format!("ATOLL-GUEST-CHECK {deep}"), 0, &mut c);
+        assert_eq!(map(&s)["guest_check"], deep.as_str());
+        // Valid: replaces the earlier value, parsed for the summary.
+        s.guest_line(
+            "ATOLL-GUEST-CHECK  {\"ok\":false,\"n\":[1,{\"x\":null}]} ",
+            0,
+            &mut c,
+        );
+        assert_eq!(
+            serde_json::Value::Object(map(&s)),
+            serde_json::json!({"guest_check": {"ok": false, "n": [1, {"x": null}]}})
+        );
+        s.guest_line("ATOLL-GUEST-EXIT status=-3", 0, &mut c);
+        s.guest_line("ATOLL-GUEST-EXIT status=x", 0, &mut c);
+        assert_eq!(map(&s)["guest_exit_status"], -3);
+        // A flood of check lines never grows the store past its budget.
+        let big = alloc::format!("\"{}\"", "y".repeat(atoll_devices::uart::LINE_MAX - 2));
+        for _ in 0..100 {
+            s.guest_line(&alloc::format!("ATOLL-GUEST-CHECK {big}"), 0, &mut c);
+        }
+        let r = s.results.lock();
+        assert!(r.used() <= atoll_devices::bounded::REPORT_BUDGET);
+        assert_eq!(r.dropped(), 0, "one key, replaced: fits");
     }
 
     #[test]

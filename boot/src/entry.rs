@@ -112,6 +112,7 @@ boot_pdpt:
     .quad boot_pd + 0x2000 + 0x3
     .quad boot_pd + 0x3000 + 0x3
     .fill 508, 8, 0
+    .global boot_pd
 boot_pd:
     .set i, 0
     .rept 2048
@@ -121,6 +122,10 @@ boot_pd:
 
     .section .bss.boot_stack, "aw", @nobits
     .balign 4096
+    /* one page below the stack, unmapped by the BSP once it can (a guard: an overflow faults) */
+    .global boot_stack_guard
+boot_stack_guard:
+    .skip 4096
 boot_stack_bottom:
     .skip {stack_size}
     .global boot_stack_top
@@ -200,5 +205,64 @@ pub fn extend_identity_map(end: u64) -> Result<(), MapError> {
         unsafe { core::ptr::write_volatile(entry, (i as u64 * GIB) | 0x83) };
     }
     // New mappings only (no entry was present before), so no TLB entry can be stale.
+    Ok(())
+}
+
+/// The page below the boot processor's stack, which [`unmap_page`] turns into a guard.
+pub fn boot_stack_guard() -> u64 {
+    extern "C" {
+        static boot_stack_guard: u8;
+    }
+    core::ptr::addr_of!(boot_stack_guard) as u64
+}
+
+pub use crate::paging::UnmapError;
+
+/// Unmaps the 4 KiB page at `addr` (rounded down) from the boot tables every core uses, so
+/// any access to it faults: the guard page under a stack. A 2 MiB page is split first into a
+/// page table written to the zeroed, identity-mapped frame `table_frame()` gives; a later
+/// guard in the same 2 MiB reuses that table.
+///
+/// # Safety
+///
+/// Nothing may use the page at `addr` again, and the frame `table_frame` returns must be
+/// atoll's own, identity-mapped, 4 KiB-aligned and never used for anything else.
+pub unsafe fn unmap_page(
+    addr: u64,
+    table_frame: impl FnOnce() -> Option<u64>,
+) -> Result<(), UnmapError> {
+    use crate::paging::{ADDRESS, LARGE, PAGE_SIZE_BIT, PRESENT_WRITABLE};
+    extern "C" {
+        static mut boot_pd: [u64; 2048];
+    }
+    if addr >= 4 * GIB {
+        return Err(UnmapError::NotBelow4GiB(addr));
+    }
+    let index = (addr / LARGE) as usize;
+    // SAFETY: `index` < 2048 because `addr` < 4 GiB; no reference to the live table is made.
+    let pde_ptr = unsafe { core::ptr::addr_of_mut!(boot_pd[index]) };
+    // SAFETY: `pde_ptr` points into the live boot page directory.
+    let pde = unsafe { core::ptr::read_volatile(pde_ptr) };
+    let table = if pde & PAGE_SIZE_BIT != 0 {
+        let frame = table_frame().ok_or(UnmapError::NoFrame)?;
+        let entries = crate::paging::split_large_page(pde);
+        // SAFETY: the caller gives a frame of its own, identity-mapped and 4 KiB-aligned, so
+        // 512 entries fit and nothing else uses it.
+        unsafe { core::ptr::write_volatile(frame as *mut [u64; 512], entries) };
+        // The table maps exactly what the 2 MiB page did, so swapping it in changes nothing
+        // for any address but the guard.
+        // SAFETY: as for the read above.
+        unsafe { core::ptr::write_volatile(pde_ptr, frame | PRESENT_WRITABLE) };
+        frame
+    } else {
+        pde & ADDRESS
+    };
+    let pte = (table + ((addr >> 12) & 0x1ff) * 8) as *mut u64;
+    // SAFETY: `table` is the page table this PDE points to (atoll's own, identity-mapped).
+    unsafe { core::ptr::write_volatile(pte, 0) };
+    // SAFETY: INVLPG only drops this core's cached translations of the page (and of the 2 MiB
+    // page it replaced, which covers the same address). Other cores have not started yet or
+    // reload CR3 when they do.
+    unsafe { core::arch::asm!("invlpg [{}]", in(reg) addr, options(nostack)) };
     Ok(())
 }

@@ -158,6 +158,8 @@ exc_stub_table:
         reserved: u32,
     }
 
+    /// #DF.
+    const DOUBLE_FAULT: usize = 8;
     /// Present, DPL 0, 64-bit interrupt gate.
     const INTERRUPT_GATE: u8 = 0x8E;
     /// The boot GDT's 64-bit code segment.
@@ -226,7 +228,10 @@ exc_stub_table:
                 *gate = Gate {
                     offset_low: addr as u16,
                     selector: CODE_SELECTOR,
-                    ist: 0,
+                    // A double fault (a stack overflow into the guard page among them) runs on
+                    // the core's own IST1 stack (every core's TSS has one: the hypervisor's
+                    // `hw::core_tables`); everything else on the current stack.
+                    ist: if vector == DOUBLE_FAULT { 1 } else { 0 },
                     type_attr: INTERRUPT_GATE,
                     offset_mid: (addr >> 16) as u16,
                     offset_high: (addr >> 32) as u32,

@@ -17,7 +17,9 @@ pub mod addr;
 pub mod entry;
 pub mod idt;
 pub mod info;
+pub mod paging;
 pub mod regs;
 pub mod trampoline;
+pub mod tss;
 
 pub use addr::{GuestPhysAddr, GuestVirtAddr, HostPhysAddr, PhysRange};

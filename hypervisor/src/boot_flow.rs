@@ -77,6 +77,8 @@ extern "C" fn atoll_bsp_main(magic: u32, info_addr: u64) -> ! {
     let heap_space = core::ptr::addr_of_mut!(HEAP_SPACE).cast::<u8>();
     // SAFETY: the heap space is a static used for nothing else, handed over once, here.
     unsafe { HEAP.lock().init(heap_space, HEAP_SIZE) };
+    // This core's GDT and TSS, with the double-fault stack, before anything may fault.
+    hw::core_tables::install();
     log::info!(
         "atoll {} starting on the boot processor",
         env!("CARGO_PKG_VERSION")
@@ -121,6 +123,19 @@ extern "C" fn atoll_bsp_main(magic: u32, info_addr: u64) -> ! {
     allocator
         .reset(info.memory_map(), &excluded)
         .unwrap_or_else(|e| panic!("frame allocator: {e}"));
+    // The page under the boot stack becomes a guard: an overflow faults instead of writing
+    // whatever lies below.
+    // SAFETY: the guard page is reserved for exactly this in the boot stack's section, and the
+    // table frame comes from the allocator, atoll's own from now on.
+    unsafe {
+        boot::entry::unmap_page(boot::entry::boot_stack_guard(), || {
+            allocator
+                .allocate(1, FRAME_SIZE)
+                .ok()
+                .map(|r| r.start.as_u64())
+        })
+    }
+    .unwrap_or_else(|e| panic!("the boot stack's guard page: {e:?}"));
     let usable = info.usable_bytes();
     log::info!(
         "memory: {} MiB usable, {} MiB free for atoll in {} ranges; image {}",
@@ -614,10 +629,34 @@ impl StartupBus for HwBus<'_> {
 }
 
 fn start_aps(aps: &[u32], apic: &LocalApic, timeout_ms: u64) -> smp::BringUpReport {
-    let stacks = FRAMES
-        .lock()
-        .allocate(aps.len() as u64 * AP_STACK_FRAMES, FRAME_SIZE)
+    // Each AP's stack sits on an unmapped guard page: the trampoline gives ticket n the range
+    // [base + n * size, base + (n + 1) * size) and starts at its top.
+    let size = (AP_STACK_FRAMES + 1) * FRAME_SIZE;
+    let mut frames = FRAMES.lock();
+    let stacks = frames
+        .allocate(aps.len() as u64 * (AP_STACK_FRAMES + 1), FRAME_SIZE)
         .unwrap_or_else(|e| panic!("AP stacks: {e}"));
+    for n in 0..aps.len() as u64 {
+        // SAFETY: the guard is the lowest page of a stack slot just allocated for this, which
+        // nothing else uses; table frames come from the allocator.
+        unsafe {
+            boot::entry::unmap_page(stacks.start.as_u64() + n * size, || {
+                frames
+                    .allocate(1, FRAME_SIZE)
+                    .ok()
+                    .map(|r| r.start.as_u64())
+            })
+        }
+        .unwrap_or_else(|e| panic!("AP stack guard pages: {e:?}"));
+    }
+    drop(frames);
+    log::info!(
+        "stacks: the BSP's {} KiB and each AP's {} KiB sit on an unmapped guard page; double \
+         faults run on a {} KiB stack of their own",
+        boot::entry::BSP_STACK_SIZE / 1024,
+        AP_STACK_FRAMES * FRAME_SIZE / 1024,
+        hw::core_tables::IST_STACK_SIZE / 1024
+    );
     // SAFETY: the trampoline page is below 1 MiB, excluded from the allocator and checked not to
     // hold the boot information or a module; the boot page tables identity-map it.
     unsafe {
@@ -625,7 +664,7 @@ fn start_aps(aps: &[u32], apic: &LocalApic, timeout_ms: u64) -> smp::BringUpRepo
             cr3: boot::entry::boot_cr3() as u32,
             ticket: 0,
             stack_base: stacks.start.as_u64(),
-            stack_size: AP_STACK_FRAMES * FRAME_SIZE,
+            stack_size: size,
             entry: atoll_ap_main as extern "C" fn(u64) -> ! as usize as u64,
         })
     };
@@ -638,6 +677,7 @@ fn start_aps(aps: &[u32], apic: &LocalApic, timeout_ms: u64) -> smp::BringUpRepo
 /// Every AP's entry, reached from the trampoline in long mode on its own stack.
 extern "C" fn atoll_ap_main(_ticket: u64) -> ! {
     boot::entry::load_boot_gdt();
+    hw::core_tables::install();
     boot::idt::load();
     hw::enable_nxe();
     let caps = probe_this_core();

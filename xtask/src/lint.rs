@@ -48,6 +48,10 @@ pub fn steps() -> Vec<Step> {
             args: bare_metal(&IMAGE_PACKAGE),
         },
         Step {
+            name: "clippy (atoll image with its test features, x86_64-unknown-none)",
+            args: bare_metal(&[&IMAGE_PACKAGE[..], &["--features", "fault-injection"]].concat()),
+        },
+        Step {
             name: "clippy (guest-kit guests, x86_64-unknown-none)",
             args: bare_metal(&GUESTS_PACKAGE),
         },
@@ -113,7 +117,7 @@ mod tests {
             .iter()
             .filter(|s| s.args.contains(&"x86_64-unknown-none"))
             .collect();
-        assert_eq!(bare.len(), 2, "the image and the guests");
+        assert_eq!(bare.len(), 3, "the image, the image with its test features, the guests");
         for step in bare {
             let flags = &step.args[1..1 + BARE_METAL_FLAGS.len()];
             assert_eq!(flags, BARE_METAL_FLAGS, "{}", step.name);

@@ -347,6 +347,7 @@ guest_gp_handler:
                 "page-fault" => fault::PAGE_FAULT,
                 "allocation" => fault::ALLOCATION,
                 "invalid-opcode" => fault::INVALID_OPCODE,
+                "stack-overflow" => fault::STACK_OVERFLOW,
                 _ => 0,
             };
             let _ = writeln!(Com1, "guest-suite: asking atoll to fault ({kind})");

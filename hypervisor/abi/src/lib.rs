@@ -44,6 +44,8 @@ pub mod hypercall {
         pub const ALLOCATION: u64 = 3;
         /// An invalid opcode (#UD) in atoll's code.
         pub const INVALID_OPCODE: u64 = 4;
+        /// Unbounded recursion: atoll's stack runs into its guard page.
+        pub const STACK_OVERFLOW: u64 = 5;
     }
 }
 

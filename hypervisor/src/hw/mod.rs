@@ -5,6 +5,7 @@
 pub mod apic;
 pub mod console;
 pub mod contain;
+pub mod core_tables;
 pub mod enclave_run;
 pub mod host;
 pub mod msr;

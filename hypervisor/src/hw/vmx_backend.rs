@@ -43,16 +43,6 @@ impl Page {
     }
 }
 
-/// This core's host state for VMX: its own GDT with a TSS (VM entry needs a non-null host TR).
-#[repr(C, align(16))]
-struct HostTables {
-    gdt: [u64; 5],
-    tss: [u32; 26],
-}
-
-/// Selector of the TSS in [`HostTables::gdt`].
-const TSS_SELECTOR: u16 = 0x18;
-
 /// Why a vCPU could not be made.
 #[derive(Debug)]
 pub enum BackendError {
@@ -84,58 +74,15 @@ fn vmw(what: &'static str, r: Result<(), vmx::VmFail>) -> Result<(), BackendErro
 /// Per-core VMX state: the VMXON region and host tables, made once per core.
 pub struct CoreState {
     _vmxon: Box<Page>,
-    _tables: Box<HostTables>,
     gdt_base: u64,
     tss_base: u64,
 }
 
 impl CoreState {
-    /// Enters VMX operation on this core and installs a GDT with a TSS.
+    /// Enters VMX operation on this core; the host state takes the core's own GDT and TSS
+    /// ([`super::core_tables`], installed at boot).
     pub fn enable() -> Result<Self, BackendError> {
-        let mut tables = Box::new(HostTables {
-            gdt: [0, 0x00af_9a00_0000_ffff, 0x00cf_9200_0000_ffff, 0, 0],
-            tss: [0; 26],
-        });
-        let tss_base = tables.tss.as_ptr() as u64;
-        let limit = (core::mem::size_of::<[u32; 26]>() - 1) as u64;
-        // 64-bit available TSS descriptor (SDM Vol. 3A Figure 8-4): type 9, present.
-        tables.gdt[3] = (limit & 0xffff)
-            | ((tss_base & 0xff_ffff) << 16)
-            | (0x89 << 40)
-            | (((limit >> 16) & 0xf) << 48)
-            | (((tss_base >> 24) & 0xff) << 56);
-        tables.gdt[4] = tss_base >> 32;
-        // I/O map base past the TSS limit: no I/O permission bitmap.
-        tables.tss[25] = (104u32) << 16;
-        let gdt_base = tables.gdt.as_ptr() as u64;
-        #[repr(C, packed)]
-        struct Ptr {
-            limit: u16,
-            base: u64,
-        }
-        let ptr = Ptr {
-            limit: (5 * 8 - 1) as u16,
-            base: gdt_base,
-        };
-        // SAFETY: the new GDT keeps the boot GDT's code (0x08) and data (0x10) descriptors, so
-        // reloading CS by far return and the data segments is transparent; the TSS descriptor
-        // points at this core's own TSS, which lives as long as the core (leaked below).
-        unsafe {
-            core::arch::asm!(
-                "lgdt [{p}]",
-                "push 0x08",
-                "lea {t}, [rip + 2f]",
-                "push {t}",
-                "retfq",
-                "2:",
-                "mov {t:e}, 0x10",
-                "mov ds, {t:e}",
-                "mov es, {t:e}",
-                "mov ss, {t:e}",
-                "ltr {sel:x}",
-                p = in(reg) &ptr, t = out(reg) _, sel = in(reg) TSS_SELECTOR,
-            );
-        }
+        let (gdt_base, tss_base) = super::core_tables::current_bases();
         super::enable_osxsave();
         let mut vmxon = Page::new(0);
         let phys = vmxon.phys();
@@ -145,7 +92,6 @@ impl CoreState {
             .map_err(BackendError::VmxOn)?;
         Ok(Self {
             _vmxon: vmxon,
-            _tables: tables,
             gdt_base,
             tss_base,
         })
@@ -329,7 +275,7 @@ impl VmxVcpu {
         }
         w16(Field16::HostFsSelector, 0)?;
         w16(Field16::HostGsSelector, 0)?;
-        w16(Field16::HostTrSelector, TSS_SELECTOR)?;
+        w16(Field16::HostTrSelector, super::core_tables::TSS_SELECTOR)?;
         wn(FieldNatural::HostFsBase, 0)?;
         wn(FieldNatural::HostGsBase, 0)?;
         wn(FieldNatural::HostTrBase, core.tss_base)?;

@@ -38,6 +38,18 @@ pub fn inject(kind: u64) -> u64 {
             }
             status::INVALID
         }
+        fault::STACK_OVERFLOW => recurse(0) as u64,
         _ => status::INVALID,
     }
+}
+
+/// Recurses with a 4 KiB frame until the stack runs into its guard page (never returns in
+/// practice; the depth bound only keeps the compiler from proving that).
+#[inline(never)]
+fn recurse(depth: u64) -> u8 {
+    let frame = core::hint::black_box([depth as u8; 4096]);
+    if depth == u64::MAX {
+        return frame[0];
+    }
+    recurse(depth + 1).wrapping_add(frame[(depth % 4096) as usize])
 }

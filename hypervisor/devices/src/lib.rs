@@ -9,14 +9,23 @@
 //! * [`lapic`], [`ioapic`]: the interrupt controllers — a vCPU's local APIC (xAPIC and x2APIC)
 //!   and the platform's I/O APIC.
 //! * [`acpi`]: an enclave's ACPI tables (RSDP, XSDT, FADT, DSDT, MADT, MCFG).
+//! * [`bus`]: the port and MMIO buses — non-overlapping address ranges mapped to devices,
+//!   allocation-free lookups, explicit errors for odd sizes and accesses past a range's end.
+//! * [`pci`]: PCI — configuration spaces with write masks, BARs and capability lists, MSI-X,
+//!   functions on buses ([`pci::bus::PciDevice`], [`pci::bus::PciBus`]), the host bridge, and
+//!   the segment reached through ECAM and through ports 0xCF8/0xCFC
+//!   ([`pci::host::PciSegment`]). The control device, virtio devices and passed-through
+//!   virtual functions plug in as `PciDevice`s.
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
 extern crate alloc;
 
 pub mod acpi;
+pub mod bus;
 pub mod ioapic;
 pub mod lapic;
+pub mod pci;
 pub mod pit;
 pub mod rtc;
 pub mod uart;

@@ -87,11 +87,11 @@ pub enum BusError {
 /// Why an access reached no device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AccessError {
-    /// No range contains the first address.
+    /// No range contains any address of the access.
     Unmapped,
-    /// The access starts inside `range` but runs past its end.
+    /// The access is partly inside `range`: it runs past its end, or starts before it.
     Straddles {
-        /// The range the access starts in.
+        /// The range the access touches.
         range: BusRange,
     },
     /// The access is not 1, 2, 4 or 8 bytes long.
@@ -180,14 +180,22 @@ impl<D> Bus<D> {
         if !valid_size(len) {
             return Err(AccessError::Size(len));
         }
-        let i = self.index(addr).ok_or(AccessError::Unmapped)?;
+        // An access running off the top of the space ends at the top (and straddles there).
+        let last = addr.saturating_add(len as u64 - 1);
+        let Some(i) = self.index(addr) else {
+            // Starting outside every range but ending inside one still touches that device.
+            return match self.index(last) {
+                Some(j) => Err(AccessError::Straddles {
+                    range: self.entries[j].0,
+                }),
+                None => Err(AccessError::Unmapped),
+            };
+        };
         let range = self.entries[i].0;
-        // `len` is at most 8, so `len - 1` fits any u64 arithmetic below without wrapping
-        // unless the access runs off the top of the space — which also straddles.
-        let last = addr.checked_add(len as u64 - 1);
-        match last {
-            Some(last) if last <= range.last() => Ok((i, addr - range.base)),
-            _ => Err(AccessError::Straddles { range }),
+        if last <= range.last() && addr.checked_add(len as u64 - 1).is_some() {
+            Ok((i, addr - range.base))
+        } else {
+            Err(AccessError::Straddles { range })
         }
     }
 
@@ -352,6 +360,20 @@ mod tests {
             AccessError::Straddles { range: r(0xcf8, 8) }
         );
         assert_eq!(bus.resolve(0xd00, 1), Err(AccessError::Unmapped));
+        assert_eq!(
+            bus.resolve(0xcf0, 8),
+            Err(AccessError::Unmapped),
+            "ends just before"
+        );
+        // Starting before a range and ending in it touches it.
+        assert_eq!(
+            bus.resolve(0xcf7, 2),
+            Err(AccessError::Straddles { range: r(0xcf8, 8) })
+        );
+        assert_eq!(
+            bus.resolve(0xcf1, 8),
+            Err(AccessError::Straddles { range: r(0xcf8, 8) })
+        );
         // At the top of the space an access that would wrap straddles rather than overflowing.
         assert_eq!(bus.resolve(u64::MAX - 3, 4), Ok((&(), 0)));
         assert!(matches!(

@@ -98,8 +98,13 @@ pub struct Ecam {
 
 impl Ecam {
     /// A window for `buses` buses (1–256) from `first_bus`; `None` if the range passes bus 255.
-    pub fn new(first_bus: u8, buses: u16) -> Option<Self> {
-        (buses >= 1 && u16::from(first_bus) + buses <= 256).then_some(Self { first_bus, buses })
+    pub const fn new(first_bus: u8, buses: u16) -> Option<Self> {
+        // `const`, so a platform's fixed window is checked at compile time.
+        if buses >= 1 && first_bus as u16 + buses <= 256 {
+            Some(Self { first_bus, buses })
+        } else {
+            None
+        }
     }
 
     /// The first bus.

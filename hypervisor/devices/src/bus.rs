@@ -168,6 +168,12 @@ impl<D> Bus<D> {
         Some(self.entries.remove(i))
     }
 
+    /// Keeps only the ranges `keep` accepts (allocation-free: a function's BARs are dropped this
+    /// way before they are mapped again).
+    pub fn retain(&mut self, mut keep: impl FnMut(&BusRange, &D) -> bool) {
+        self.entries.retain(|(r, d)| keep(r, d));
+    }
+
     /// The index of the range containing `addr`.
     fn index(&self, addr: u64) -> Option<usize> {
         let i = self.entries.partition_point(|(r, _)| r.base <= addr);
@@ -316,6 +322,12 @@ mod tests {
         assert_eq!(bus.remove(0x44), Some((r(0x44, 0x3b4), 'a')));
         assert_eq!(bus.remove(0x44), None);
         bus.insert(r(0x1000, 1), 'z').unwrap();
+        // Retaining frees slots without growing.
+        bus.retain(|_, &d| d != 'u');
+        assert_eq!(bus.get(0x3f8), None);
+        assert_eq!(bus.ranges().count(), 2);
+        bus.insert(r(0x3f8, 8), 'u').unwrap();
+        assert_eq!(bus.insert(r(0x2000, 1), 'y'), Err(BusError::Full));
     }
 
     #[test]

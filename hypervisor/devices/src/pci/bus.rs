@@ -169,12 +169,13 @@ pub(crate) mod tests {
     use super::*;
     use alloc::vec;
 
-    /// An emulated function with a memory BAR holding a register and an MSI-X table: the shape
-    /// a virtio or control device has.
+    /// An emulated function with a memory BAR holding a register and an MSI-X table (the shape
+    /// a virtio or control device has), and a 16-port I/O BAR with a latch.
     pub(crate) struct Emulated {
         pub config: ConfigSpace,
         pub msix: Msix,
         pub register: u32,
+        pub latch: u8,
     }
 
     impl Emulated {
@@ -203,6 +204,15 @@ pub(crate) mod tests {
                     },
                 )
                 .unwrap();
+            config
+                .add_bar(
+                    2,
+                    Bar {
+                        kind: BarKind::Io,
+                        size: 16,
+                    },
+                )
+                .unwrap();
             let msix = Msix::install(
                 &mut config,
                 MsixLayout {
@@ -218,6 +228,7 @@ pub(crate) mod tests {
                 config,
                 msix,
                 register: 0,
+                latch: 0,
             }
         }
     }
@@ -234,7 +245,14 @@ pub(crate) mod tests {
             self.msix.config_written(&self.config, offset, data.len());
             effect
         }
-        fn bar_read(&mut self, _bar: u8, offset: u64, data: &mut [u8]) {
+        fn bar_read(&mut self, bar: u8, offset: u64, data: &mut [u8]) {
+            if bar == 2 {
+                // The latch plus the port's offset in each byte.
+                for (i, b) in data.iter_mut().enumerate() {
+                    *b = self.latch.wrapping_add((offset + i as u64) as u8);
+                }
+                return;
+            }
             let ok = match offset {
                 0 if data.len() == 4 => {
                     data.copy_from_slice(&self.register.to_le_bytes());
@@ -251,7 +269,11 @@ pub(crate) mod tests {
                 data.fill(0xff);
             }
         }
-        fn bar_write(&mut self, _bar: u8, offset: u64, data: &[u8]) {
+        fn bar_write(&mut self, bar: u8, offset: u64, data: &[u8]) {
+            if bar == 2 {
+                self.latch = data[0];
+                return;
+            }
             match offset {
                 0 if data.len() == 4 => {
                     let mut b = [0; 4];

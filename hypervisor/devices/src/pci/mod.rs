@@ -5,12 +5,15 @@
 //! * [`msix`]: the MSI-X capability, vector table and pending bits.
 //! * [`bus`]: the [`PciDevice`](bus::PciDevice) trait every function implements and
 //!   [`PciBus`](bus::PciBus), the 32 devices × 8 functions of one bus number.
+//! * [`bars`]: the [`BarMap`](bars::BarMap) — which function's BAR decodes an address, kept
+//!   up to date from configuration writes' effects, dispatching BAR accesses.
 //! * [`host`]: the [`HostBridge`](host::HostBridge) at 00:00.0 and the
 //!   [`PciSegment`](host::PciSegment) — the buses of a range with the ECAM window and
 //!   configuration mechanism #1 (0xCF8/0xCFC) both dispatching to the same spaces.
 //!
 //! A function is named by a [`Bdf`]: bus, device (0–31), function (0–7).
 
+pub mod bars;
 pub mod bus;
 pub mod config;
 pub mod host;

@@ -2059,8 +2059,12 @@ mod tests {
         let mut h = FakeHost::default();
         let mut l = Local::new(0, s.tsc_hz);
         let mut ram = alloc::vec![0u8; 0x1000];
+        // mov dword [ecx], eax; mov eax, dword [ecx] (32-bit code, paging off).
+        ram[0x100..0x104].copy_from_slice(&[0x89, 0x01, 0x8b, 0x01]);
         let mut mem = SliceMemory(&mut ram);
         let mut v = vcpu();
+        v.cr[0] = 1;
+        v.rip = 0x100;
         let mut console = Lines::default();
         let mut exit = |v: &mut FakeVcpu, e: Exit| {
             handle(&e, v, &mut mem, &mut l, &s, &mut h, &Cpu, &mut console)
@@ -2108,6 +2112,12 @@ mod tests {
             },
             linear: None,
         };
+        // The host bridge's command register through ECAM: the write is dropped, it reads 0.
+        v.gprs[Gpr::Rax as usize] = 0xffff_ffff;
+        assert_eq!(exit(&mut v, fault(ECAM_BASE + 4)), Some(Action::Resume));
+        assert_eq!(v.rip, 0x102);
+        assert_eq!(exit(&mut v, fault(ECAM_BASE + 4)), Some(Action::Resume));
+        assert_eq!((v.rip, v.gprs[Gpr::Rax as usize]), (0x104, 0));
         assert_eq!(exit(&mut v, fault(ECAM_BASE + (1 << 20))), None);
         assert_eq!(exit(&mut v, fault(0xfec0_1000)), None);
         assert_eq!(exit(&mut v, fault(ECAM_BASE - 1)), None);

@@ -117,7 +117,11 @@ mod tests {
             .iter()
             .filter(|s| s.args.contains(&"x86_64-unknown-none"))
             .collect();
-        assert_eq!(bare.len(), 3, "the image, the image with its test features, the guests");
+        assert_eq!(
+            bare.len(),
+            3,
+            "the image, the image with its test features, the guests"
+        );
         for step in bare {
             let flags = &step.args[1..1 + BARE_METAL_FLAGS.len()];
             assert_eq!(flags, BARE_METAL_FLAGS, "{}", step.name);

@@ -12,6 +12,14 @@
 //! * [`bounded`]: what exit paths keep of guest data without allocating — fixed-capacity result
 //!   store and console queue that count what they drop, and an iterative JSON validator with a
 //!   depth limit.
+//! * [`bus`]: the port and MMIO buses — non-overlapping address ranges mapped to devices,
+//!   allocation-free lookups, explicit errors for odd sizes and accesses past a range's end.
+//! * [`pci`]: PCI — configuration spaces with write masks, BARs and capability lists, MSI-X,
+//!   functions on buses ([`pci::bus::PciDevice`], [`pci::bus::PciBus`]), the host bridge, and
+//!   the segment reached through ECAM and through ports 0xCF8/0xCFC
+//!   ([`pci::host::PciSegment`]), and the map of decoded BARs ([`pci::bars::BarMap`]). The
+//!   control device, virtio devices and passed-through
+//!   virtual functions plug in as `PciDevice`s.
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
@@ -19,8 +27,10 @@ extern crate alloc;
 
 pub mod acpi;
 pub mod bounded;
+pub mod bus;
 pub mod ioapic;
 pub mod lapic;
+pub mod pci;
 pub mod pit;
 pub mod rtc;
 pub mod uart;

@@ -31,7 +31,10 @@
 //! channel 2 and its gate ([`atoll_devices::pit`], which Linux times the TSC against on non-Intel
 //! CPUs), the CMOS clock's time registers ([`atoll_devices::rtc`], the host's time at atoll's boot
 //! advanced by the TSC), and PCI configuration mechanism #1 (0xCF8/0xCFC) over the same configuration space as
-//! the ECAM window: a host bridge at 00:00.0 and nothing else.
+//! the ECAM window: a host bridge at 00:00.0 and nothing else ([`atoll_devices::pci::host::PciSegment`]).
+//! Ports and MMIO pages are looked up on [`atoll_devices::bus::Bus`]es of [`Port`] and [`Mmio`]
+//! handles built with the platform; an access that runs past its device's range reads all ones
+//! and writes nothing.
 //!
 //! **Delivery.** A vCPU's interrupts arrive in its [`Mailbox`] (a 256-bit request register set
 //! with atomic operations, plus NMI, INIT and STARTUP flags) from whichever core raised them,
@@ -52,8 +55,11 @@ use crate::partition::linux::{E820Entry, E820Kind};
 use crate::run::exits::{Action, Console, EndReason};
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
+use atoll_devices::bus::{AccessError, Bus, BusRange};
 use atoll_devices::ioapic::{Delivery, DeliveryMode, IoApic};
 use atoll_devices::lapic::{self, ApicEffect, DestMode, Ipi, IpiMode, X2Apic};
+use atoll_devices::pci::host::{Ecam, HostBridge, PciSegment};
+use atoll_devices::pci::{Bdf, DevFn};
 use atoll_devices::uart::Uart16550;
 use atoll_vcpu::decode::{self, MmioOperand, Paging};
 use atoll_vcpu::{vector, Exit, Gpr, GuestMemory, Vcpu};
@@ -68,6 +74,11 @@ pub const IOAPIC_ID: u8 = 0;
 pub const ECAM_BASE: u64 = 0xe000_0000;
 /// Buses the ECAM window decodes.
 pub const ECAM_BUSES: u8 = 1;
+/// The ECAM window's decoding (checked at compile time).
+const ECAM: Ecam = match Ecam::new(0, ECAM_BUSES as u16) {
+    Some(e) => e,
+    None => panic!("the ECAM window's buses"),
+};
 /// Where the ACPI tables go (the legacy BIOS area, reserved in the E820 map).
 pub const ACPI_GPA: u64 = 0x000e_0000;
 /// End of the usable low RAM (the rest of the first MiB is reserved).
@@ -293,8 +304,12 @@ pub struct Shared {
     uart: Mutex<Uart16550>,
     pit: Mutex<atoll_devices::pit::Pit>,
     rtc: Mutex<atoll_devices::rtc::Rtc>,
-    /// PCI configuration mechanism #1: the address register at port 0xCF8.
-    pci_address: AtomicU32,
+    /// The PCI segment behind the ECAM window and ports 0xCF8–0xCFF.
+    pci: Mutex<PciSegment>,
+    /// Which device answers a port.
+    ports: Bus<Port>,
+    /// Which device answers an MMIO page.
+    mmio_map: Bus<Mmio>,
     stop: AtomicBool,
     end: Once<EndReason>,
     /// IPIs whose destination named no vCPU of the enclave.
@@ -332,7 +347,9 @@ impl Shared {
             uart: Mutex::new(Uart16550::new()),
             pit: Mutex::new(atoll_devices::pit::Pit::new(tsc_hz)),
             rtc: Mutex::new(atoll_devices::rtc::Rtc::new(0, 0, tsc_hz)),
-            pci_address: AtomicU32::new(0),
+            pci: Mutex::new(pci_segment()),
+            ports: port_map(),
+            mmio_map: mmio_map(),
             stop: AtomicBool::new(false),
             end: Once::new(),
             ipis_dropped: AtomicU64::new(0),
@@ -930,37 +947,42 @@ pub fn handle(
             write,
             string: false,
             ..
-        } if (COM1..COM1 + 8).contains(&port) => {
-            uart_io(vcpu, local, shared, host, console, port - COM1, size, write);
-            Some(Action::Resume)
-        }
-        Exit::Io {
-            port,
-            size,
-            write,
-            string: false,
-            ..
-        } if matches!(port, 0x40..=0x43 | 0x61 | 0x70 | 0x71 | 0xcf8..=0xcff) => {
+        } => {
+            let (device, offset) = match shared.ports.resolve(port.into(), size.into()) {
+                Ok((&device, offset)) => (device, offset as u16),
+                // Not the platform's: the common handlers apply the I/O policy.
+                Err(AccessError::Unmapped) => return None,
+                // Running past the device's last port (or an odd size): no register answers.
+                Err(AccessError::Straddles { .. } | AccessError::Size(_)) => {
+                    if !write {
+                        crate::run::exits::set_io_result(vcpu, size, u32::MAX);
+                    }
+                    vcpu.skip_instruction();
+                    return Some(Action::Resume);
+                }
+            };
+            if device == Port::Com1 {
+                uart_io(vcpu, local, shared, host, console, offset, size, write);
+                return Some(Action::Resume);
+            }
             let value = vcpu.gpr(Gpr::Rax);
-            let read = legacy_io(shared, host, port, size, write.then_some(value));
+            let read = legacy_io(
+                shared,
+                host,
+                device,
+                port,
+                offset,
+                size,
+                write.then_some(value),
+            );
             if let Some(v) = read {
                 crate::run::exits::set_io_result(vcpu, size, v);
             }
             vcpu.skip_instruction();
             Some(Action::Resume)
         }
-        Exit::NestedPageFault { gpa, .. } => {
-            let gpa = gpa.as_u64();
-            let ecam_end = ECAM_BASE + (u64::from(ECAM_BUSES) << 20);
-            let lapic = atoll_devices::acpi::LOCAL_APIC_BASE;
-            if (IOAPIC_BASE..IOAPIC_BASE + 0x1000).contains(&gpa)
-                || (lapic..lapic + 0x1000).contains(&gpa)
-                || (ECAM_BASE..ecam_end).contains(&gpa)
-            {
-                Some(mmio(vcpu, mem, local, shared, host, gpa))
-            } else {
-                None
-            }
+        Exit::NestedPageFault { gpa, .. } if shared.mmio_map.get(gpa.as_u64()).is_some() => {
+            Some(mmio(vcpu, mem, local, shared, host, gpa.as_u64()))
         }
         Exit::Hlt => Some(halt(vcpu, local, shared, host)),
         Exit::ExternalInterrupt { .. } | Exit::InterruptWindow | Exit::Nmi => Some(Action::Resume),
@@ -968,39 +990,99 @@ pub fn handle(
     }
 }
 
-/// The PCI host bridge at 00:00.0, the only device of bus 0: vendor 0x1B36 device 0x0008 (the
-/// generic PCIe host bridge ID virtual machines use), class 06:00:00 (host bridge), header type
-/// 0, no BARs. Every other function reads as absent (all ones).
-pub fn pci_config_read(bus: u8, device: u8, function: u8, offset: u16) -> u32 {
-    if (bus, device, function) != (0, 0, 0) {
-        return u32::MAX;
-    }
-    match offset & !3 {
-        0x00 => 0x0008_1b36,
-        0x08 => 0x0600_0000,
-        _ => 0,
-    }
+/// What answers a port of the platform.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Port {
+    /// COM1's eight registers.
+    Com1,
+    /// PIT channel 2 and its gate (0x40–0x43, 0x61).
+    Pit,
+    /// The CMOS clock's index and data ports (0x70, 0x71).
+    Rtc,
+    /// PCI configuration mechanism #1 (0xCF8–0xCFF).
+    PciConfig,
 }
 
-/// A dword of configuration space read through ECAM at `offset` into the window.
-fn ecam_read(offset: u64) -> u32 {
-    let bus = (offset >> 20) as u8;
-    let device = ((offset >> 15) & 0x1f) as u8;
-    let function = ((offset >> 12) & 7) as u8;
-    pci_config_read(bus, device, function, (offset & 0xffc) as u16)
+/// What answers an MMIO page of the platform.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mmio {
+    /// The xAPIC page (each vCPU sees its own).
+    LocalApic,
+    /// The I/O APIC.
+    IoApic,
+    /// The PCI ECAM window.
+    Ecam,
 }
 
-/// Ports of the PIT (0x40–0x43, 0x61), the RTC (0x70, 0x71) and of PCI configuration mechanism #1 (0xCF8 address,
-/// 0xCFC–0xCFF data). Returns the value of a read (`write` is `None`).
+/// A bus of the constant, disjoint `ranges` (base, length, device); the tests check that every
+/// one is on it.
+fn fixed_bus<D: Copy>(ranges: &[(u64, u64, D)]) -> Bus<D> {
+    let mut bus = Bus::with_capacity(ranges.len());
+    for &(base, len, device) in ranges {
+        if let Ok(range) = BusRange::new(base, len) {
+            let _ = bus.insert(range, device);
+        }
+    }
+    bus
+}
+
+/// The platform's ports.
+fn port_map() -> Bus<Port> {
+    use atoll_devices::pci::host::{CONFIG_ADDRESS_PORT, CONFIG_PORTS};
+    fixed_bus(&[
+        (COM1.into(), 8, Port::Com1),
+        (0x40, 4, Port::Pit),
+        (0x61, 1, Port::Pit),
+        (0x70, 2, Port::Rtc),
+        (
+            CONFIG_ADDRESS_PORT.into(),
+            CONFIG_PORTS.into(),
+            Port::PciConfig,
+        ),
+    ])
+}
+
+/// The platform's MMIO pages.
+fn mmio_map() -> Bus<Mmio> {
+    fixed_bus(&[
+        (
+            atoll_devices::acpi::LOCAL_APIC_BASE,
+            0x1000,
+            Mmio::LocalApic,
+        ),
+        (IOAPIC_BASE, 0x1000, Mmio::IoApic),
+        (ECAM_BASE, ECAM.len(), Mmio::Ecam),
+    ])
+}
+
+/// The PCI segment: the host bridge at 00:00.0 (vendor 0x1B36 device 0x0008, class 06:00:00,
+/// read-only) and nothing else; every other function reads as absent (all ones).
+fn pci_segment() -> PciSegment {
+    let mut segment = PciSegment::new(ECAM);
+    // A new segment covering bus 0 has a free 00:00.0 (the tests check the bridge is there).
+    let _ = segment.insert(
+        Bdf {
+            bus: 0,
+            devfn: DevFn::from_bits(0),
+        },
+        alloc::boxed::Box::new(HostBridge::new()),
+    );
+    segment
+}
+
+/// Ports of the PIT, the RTC and PCI configuration mechanism #1 (`offset` is the port's offset
+/// in its device's range). Returns the value of a read (`write` is `None`).
 fn legacy_io(
     shared: &Shared,
     host: &impl PlatformHost,
+    device: Port,
     port: u16,
+    offset: u16,
     size: u8,
     write: Option<u64>,
 ) -> Option<u32> {
-    match port {
-        0x40..=0x43 | 0x61 => {
+    match device {
+        Port::Pit => {
             let mut pit = shared.pit.lock();
             match write {
                 Some(v) => {
@@ -1010,7 +1092,7 @@ fn legacy_io(
                 None => Some(pit.read(port, host.now()).into()),
             }
         }
-        0x70 | 0x71 => {
+        Port::Rtc => {
             let mut rtc = shared.rtc.lock();
             match write {
                 Some(v) => {
@@ -1020,34 +1102,28 @@ fn legacy_io(
                 None => Some(rtc.read(port, host.now()).into()),
             }
         }
-        0xcf8 if size == 4 => match write {
-            Some(v) => {
-                shared
-                    .pci_address
-                    .store(v as u32 & 0x80ff_fffc, Ordering::Relaxed);
-                None
+        Port::PciConfig => {
+            // The bus passed 1, 2 or 4 bytes.
+            let n = usize::from(size).min(4);
+            let mut pci = shared.pci.lock();
+            match write {
+                Some(v) => {
+                    if let Some((bdf, effect)) =
+                        pci.io_write(offset, &(v as u32).to_le_bytes()[..n])
+                    {
+                        log::debug!("pci {bdf}: {effect:?}");
+                    }
+                    None
+                }
+                None => {
+                    let mut b = [0u8; 4];
+                    pci.io_read(offset, &mut b[..n]);
+                    Some(u32::from_le_bytes(b))
+                }
             }
-            None => Some(shared.pci_address.load(Ordering::Relaxed)),
-        },
-        0xcfc..=0xcff => {
-            let a = shared.pci_address.load(Ordering::Relaxed);
-            // Writes to the host bridge's registers have no effect (nothing is writable).
-            if write.is_some() {
-                return None;
-            }
-            if a & 0x8000_0000 == 0 {
-                return Some(u32::MAX);
-            }
-            let dword = pci_config_read(
-                (a >> 16) as u8,
-                ((a >> 11) & 0x1f) as u8,
-                ((a >> 8) & 7) as u8,
-                (a & 0xfc) as u16,
-            );
-            Some(dword >> (8 * u32::from(port - 0xcfc)))
         }
-        // Byte or word accesses to 0xCF8–0xCFB reach no register.
-        _ => write.is_none().then_some(u32::MAX),
+        // COM1 goes through `uart_io`.
+        Port::Com1 => write.is_none().then_some(u32::MAX),
     }
 }
 
@@ -1182,6 +1258,14 @@ fn mmio(
         4 => 0xffff_ffff,
         _ => u64::MAX,
     };
+    // The first byte decides the device; each device checks size and alignment itself.
+    let Some((&region, offset)) = shared.mmio_map.get(gpa) else {
+        return Action::Stop(EndReason::Unsupported {
+            what: "an MMIO access outside the platform's devices",
+            rip,
+        });
+    };
+    let n = usize::from(access.size).min(8);
     if access.write {
         let value = match access.operand {
             MmioOperand::Immediate(v) => v,
@@ -1194,60 +1278,65 @@ fn mmio(
                 }
             }
         } & mask;
-        let lapic = atoll_devices::acpi::LOCAL_APIC_BASE;
-        let refused = if (lapic..lapic + 0x1000).contains(&gpa) {
+        let refused = match region {
             // Registers are 32-bit, 16-byte aligned; other accesses are dropped.
-            if local.mode == ApicMode::XApic && access.size == 4 && gpa & 0xf == 0 {
-                xapic_access(local, shared, host, gpa - lapic, Some(value as u32)).is_err()
-            } else {
+            Mmio::LocalApic => {
+                local.mode == ApicMode::XApic
+                    && access.size == 4
+                    && gpa & 0xf == 0
+                    && xapic_access(local, shared, host, offset, Some(value as u32)).is_err()
+            }
+            Mmio::IoApic => {
+                let out = shared
+                    .ioapic
+                    .lock()
+                    .mmio_write(offset, access.size, value as u32);
+                match out {
+                    Ok(ds) => {
+                        for d in ds.iter() {
+                            shared.deliver(d, Some(local), host);
+                        }
+                        false
+                    }
+                    Err(_) => true,
+                }
+            }
+            Mmio::Ecam => {
+                let effect = shared
+                    .pci
+                    .lock()
+                    .ecam_write(offset, &value.to_le_bytes()[..n]);
+                if let Some((bdf, effect)) = effect {
+                    log::debug!("pci {bdf}: {effect:?}");
+                }
                 false
             }
-        } else if gpa >= IOAPIC_BASE {
-            let out = shared
-                .ioapic
-                .lock()
-                .mmio_write(gpa - IOAPIC_BASE, access.size, value as u32);
-            match out {
-                Ok(ds) => {
-                    for d in ds.iter() {
-                        shared.deliver(d, Some(local), host);
-                    }
-                    false
-                }
-                Err(_) => true,
-            }
-        } else {
-            // ECAM writes to the empty bus go nowhere.
-            false
         };
         if refused {
             vcpu.inject_exception(vector::GP, Some(0));
             return Action::Resume;
         }
     } else {
-        let lapic = atoll_devices::acpi::LOCAL_APIC_BASE;
-        let value = if (lapic..lapic + 0x1000).contains(&gpa) {
-            if local.mode == ApicMode::XApic && access.size == 4 && gpa & 0xf == 0 {
-                u64::from(xapic_access(local, shared, host, gpa - lapic, None).unwrap_or(0))
-            } else {
-                mask
+        let value = match region {
+            Mmio::LocalApic => {
+                if local.mode == ApicMode::XApic && access.size == 4 && gpa & 0xf == 0 {
+                    u64::from(xapic_access(local, shared, host, offset, None).unwrap_or(0))
+                } else {
+                    mask
+                }
             }
-        } else if gpa >= IOAPIC_BASE {
-            match shared
-                .ioapic
-                .lock()
-                .mmio_read(gpa - IOAPIC_BASE, access.size)
-            {
+            Mmio::IoApic => match shared.ioapic.lock().mmio_read(offset, access.size) {
                 Ok(v) => u64::from(v),
                 Err(_) => {
                     vcpu.inject_exception(vector::GP, Some(0));
                     return Action::Resume;
                 }
+            },
+            Mmio::Ecam => {
+                let mut b = [0u8; 8];
+                shared.pci.lock().ecam_read(offset, &mut b[..n]);
+                u64::from_le_bytes(b)
             }
-        } else {
-            let offset = gpa - ECAM_BASE;
-            let dword = ecam_read(offset);
-            u64::from(dword >> (8 * (offset & 3))) & mask
         };
         let MmioOperand::Register { gpr, high_byte } = access.operand else {
             return Action::Stop(EndReason::Unsupported {
@@ -2006,7 +2095,11 @@ mod tests {
     fn pci_mechanism_1_finds_the_host_bridge() {
         let s = Shared::new("l", &[4], 1_000_000_000);
         let h = FakeHost::default();
-        let io = |port, size, w| legacy_io(&s, &h, port, size, w);
+        let io = |port: u16, size: u8, w| {
+            let (&device, offset) = s.ports.resolve(port.into(), size.into()).unwrap();
+            assert_eq!(device, Port::PciConfig);
+            legacy_io(&s, &h, device, port, offset as u16, size, w)
+        };
         // Linux's probe: write 0x80000000 to 0xCF8 and read it back.
         io(0xcf8, 4, Some(0x8000_0000));
         assert_eq!(io(0xcf8, 4, None), Some(0x8000_0000));
@@ -2024,6 +2117,125 @@ mod tests {
         io(0xcf8, 4, Some(0x8000_0000));
         io(0xcfc, 4, Some(0x1234_5678));
         assert_eq!(io(0xcfc, 4, None), Some(0x0008_1b36));
+        // Byte and word reads of the data window, as Linux's pci_conf1_read does them.
+        assert_eq!(io(0xcfd, 1, None), Some(0x1b));
+        assert_eq!(io(0xcfe, 2, None), Some(0x0008));
+        // Byte and word accesses to 0xCF8–0xCFB reach no register.
+        assert_eq!(io(0xcf9, 1, None), Some(0xff));
+        io(0xcf8, 2, Some(0));
+        assert_eq!(io(0xcf8, 4, None), Some(0x8000_0000));
+    }
+
+    #[test]
+    fn the_platform_maps_its_ports_and_pages() {
+        let s = Shared::new("l", &[4], 1_000_000_000);
+        let ports: Vec<(u64, u64, Port)> = s
+            .ports
+            .ranges()
+            .map(|r| (r.base(), r.len(), *s.ports.get(r.base()).unwrap().0))
+            .collect();
+        assert_eq!(
+            ports,
+            alloc::vec![
+                (0x40, 4, Port::Pit),
+                (0x61, 1, Port::Pit),
+                (0x70, 2, Port::Rtc),
+                (0x3f8, 8, Port::Com1),
+                (0xcf8, 8, Port::PciConfig),
+            ]
+        );
+        let pages: Vec<(u64, u64, Mmio)> = s
+            .mmio_map
+            .ranges()
+            .map(|r| (r.base(), r.len(), *s.mmio_map.get(r.base()).unwrap().0))
+            .collect();
+        assert_eq!(
+            pages,
+            alloc::vec![
+                (ECAM_BASE, 1 << 20, Mmio::Ecam),
+                (IOAPIC_BASE, 0x1000, Mmio::IoApic),
+                (0xfee0_0000, 0x1000, Mmio::LocalApic),
+            ]
+        );
+        // The segment has the host bridge at 00:00.0 and nothing else.
+        let mut pci = s.pci.lock();
+        let mut b = [0u8; 4];
+        pci.ecam_read(0, &mut b);
+        assert_eq!(u32::from_le_bytes(b), 0x0008_1b36);
+        let present: Vec<_> = pci.bus_mut(0).unwrap().present().collect();
+        assert_eq!(present, alloc::vec![DevFn::from_bits(0)]);
+        assert!(pci.bus_mut(1).is_none());
+    }
+
+    #[test]
+    fn port_and_page_exits_dispatch_through_the_maps() {
+        let s = Shared::new("l", &[4], 1_000_000_000);
+        let mut h = FakeHost::default();
+        let mut l = Local::new(0, s.tsc_hz);
+        let mut ram = alloc::vec![0u8; 0x1000];
+        // mov dword [ecx], eax; mov eax, dword [ecx] (32-bit code, paging off).
+        ram[0x100..0x104].copy_from_slice(&[0x89, 0x01, 0x8b, 0x01]);
+        let mut mem = SliceMemory(&mut ram);
+        let mut v = vcpu();
+        v.cr[0] = 1;
+        v.rip = 0x100;
+        let mut console = Lines::default();
+        let mut exit = |v: &mut FakeVcpu, e: Exit| {
+            handle(&e, v, &mut mem, &mut l, &s, &mut h, &Cpu, &mut console)
+        };
+        let io = |port, size, write| Exit::Io {
+            port,
+            size,
+            write,
+            string: false,
+            rep: false,
+        };
+        // CF8 then CFC through the exit: the host bridge's IDs, RIP advanced.
+        v.gprs[Gpr::Rax as usize] = 0x8000_0000;
+        assert_eq!(exit(&mut v, io(0xcf8, 4, true)), Some(Action::Resume));
+        assert_eq!(exit(&mut v, io(0xcfc, 4, false)), Some(Action::Resume));
+        assert_eq!(v.gprs[Gpr::Rax as usize], 0x0008_1b36);
+        // A dword at 0xCFD runs past 0xCFF: no register answers, RAX's low half is all ones.
+        v.gprs[Gpr::Rax as usize] = 0x1_0000_0000;
+        let skipped = v.skipped;
+        assert_eq!(exit(&mut v, io(0xcfd, 4, false)), Some(Action::Resume));
+        assert_eq!(v.gprs[Gpr::Rax as usize], 0xffff_ffff);
+        assert_eq!(v.skipped, skipped + 1, "the instruction is skipped");
+        // A word at COM1's last port runs past it too; a write there is dropped.
+        v.gprs[Gpr::Rax as usize] = 0;
+        assert_eq!(exit(&mut v, io(0x3ff, 2, false)), Some(Action::Resume));
+        assert_eq!(v.gprs[Gpr::Rax as usize], 0xffff);
+        assert_eq!(exit(&mut v, io(0x3ff, 2, true)), Some(Action::Resume));
+        // The RTC through the map: index 0x0a (status A) is readable.
+        v.gprs[Gpr::Rax as usize] = 0x0a;
+        assert_eq!(exit(&mut v, io(0x70, 1, true)), Some(Action::Resume));
+        assert_eq!(exit(&mut v, io(0x71, 1, false)), Some(Action::Resume));
+        // Ports and pages the platform does not have go to the common handlers.
+        assert_eq!(exit(&mut v, io(0x80, 1, true)), None);
+        assert_eq!(exit(&mut v, io(0x3f6, 2, false)), None);
+        // A word at 0x3F7 ends in COM1's first port: it straddles, so no register answers.
+        v.gprs[Gpr::Rax as usize] = 0;
+        assert_eq!(exit(&mut v, io(0x3f7, 2, false)), Some(Action::Resume));
+        assert_eq!(v.gprs[Gpr::Rax as usize], 0xffff);
+        let fault = |gpa| Exit::NestedPageFault {
+            gpa: boot::GuestPhysAddr::new(gpa),
+            access: atoll_vcpu::Access {
+                read: true,
+                write: false,
+                fetch: false,
+            },
+            linear: None,
+        };
+        // The host bridge's command register through ECAM: the write is dropped, it reads 0.
+        v.gprs[Gpr::Rax as usize] = 0xffff_ffff;
+        assert_eq!(exit(&mut v, fault(ECAM_BASE + 4)), Some(Action::Resume));
+        assert_eq!(v.rip, 0x102);
+        assert_eq!(exit(&mut v, fault(ECAM_BASE + 4)), Some(Action::Resume));
+        assert_eq!((v.rip, v.gprs[Gpr::Rax as usize]), (0x104, 0));
+        assert_eq!(exit(&mut v, fault(ECAM_BASE + (1 << 20))), None);
+        assert_eq!(exit(&mut v, fault(0xfec0_1000)), None);
+        assert_eq!(exit(&mut v, fault(ECAM_BASE - 1)), None);
+        assert!(console.0.is_empty(), "nothing reached COM1");
     }
 
     struct Cpu;

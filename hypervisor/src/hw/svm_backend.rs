@@ -11,7 +11,7 @@ use crate::partition::config::EntryMode;
 use crate::partition::loader::BootState;
 use crate::run::exits::PASSTHROUGH_MSRS;
 use alloc::boxed::Box;
-use atoll_vcpu::decode::{self, Paging};
+use atoll_vcpu::decode;
 use atoll_vcpu::double_fault::{self, Combined};
 use atoll_vcpu::{Access, Exit, Gpr, GuestRam, Vcpu, VcpuError};
 use boot::{GuestPhysAddr, HostPhysAddr, PhysRange};
@@ -254,27 +254,7 @@ impl SvmVcpu {
 
     /// The bytes and bitness of the instruction at the guest's RIP.
     fn current_instruction(&self) -> Option<decode::Decoded> {
-        let cs = self.vmcb.segment(SegmentRegister::Cs);
-        let efer = self.vmcb.read64(Field64::Efer);
-        let cr0 = self.vmcb.read64(Field64::Cr0);
-        let attrib = cs.attrib.raw();
-        let bitness = if efer & EFER_LMA != 0 && attrib & (1 << 9) != 0 {
-            64
-        } else if attrib & (1 << 10) != 0 {
-            32
-        } else {
-            16
-        };
-        let paging = if cr0 & CR0_PG == 0 {
-            Paging::Off
-        } else if efer & EFER_LMA != 0 {
-            Paging::Long4 {
-                cr3: self.vmcb.read64(Field64::Cr3),
-            }
-        } else {
-            return None; // 32-bit or PAE paging: not needed by atoll's guests yet
-        };
-        let linear = cs.base.wrapping_add(self.vmcb.read64(Field64::Rip));
+        let (paging, bitness, linear) = decode::site_of(self);
         let (bytes, n) = decode::fetch(&self.memory(), paging, linear);
         decode::decode(&bytes[..n], bitness)
     }
@@ -561,6 +541,17 @@ impl Vcpu for SvmVcpu {
 
     fn cpl(&self) -> u8 {
         self.vmcb.read8(svm::vmcb::Field8::Cpl)
+    }
+
+    fn code_segment(&self) -> atoll_vcpu::decode::CodeSegment {
+        // VMCB segment attributes (APM Vol. 2 §15.5.1, the descriptor's bits 55:52 and 47:40
+        // packed): L is bit 9, D/B bit 10.
+        let attrib = self.vmcb.segment(SegmentRegister::Cs).attrib.raw();
+        atoll_vcpu::decode::CodeSegment {
+            base: self.vmcb.segment(SegmentRegister::Cs).base,
+            long: attrib & (1 << 9) != 0,
+            default32: attrib & (1 << 10) != 0,
+        }
     }
 
     fn pat(&self) -> u64 {

@@ -728,6 +728,16 @@ impl Vcpu for VmxVcpu {
         ((vi::read32(Field32::GuestSsAccessRights).unwrap_or(0) >> 5) & 3) as u8
     }
 
+    fn code_segment(&self) -> atoll_vcpu::decode::CodeSegment {
+        // VMX access rights (SDM Vol. 3C §25.4.1, Table 25-2): L is bit 13, D/B bit 14.
+        let ar = vi::read32(Field32::GuestCsAccessRights).unwrap_or(0);
+        atoll_vcpu::decode::CodeSegment {
+            base: natural(FieldNatural::GuestCsBase),
+            long: ar & (1 << 13) != 0,
+            default32: ar & (1 << 14) != 0,
+        }
+    }
+
     fn interrupt_window_open(&self) -> bool {
         // RFLAGS.IF, no STI/MOV SS shadow (SDM Vol. 3C §25.4.2, the VM-entry checks of
         // §27.3.1.5), and nothing queued in the VM-entry interruption information (§25.8.3).

@@ -61,7 +61,7 @@ use atoll_devices::lapic::{self, ApicEffect, DestMode, Ipi, IpiMode, X2Apic};
 use atoll_devices::pci::host::{Ecam, HostBridge, PciSegment};
 use atoll_devices::pci::{Bdf, DevFn};
 use atoll_devices::uart::Uart16550;
-use atoll_vcpu::decode::{self, MmioOperand, Paging};
+use atoll_vcpu::decode::{self, MmioOperand};
 use atoll_vcpu::{vector, Exit, Gpr, GuestMemory, Vcpu};
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use spin::{Mutex, Once};
@@ -1224,17 +1224,6 @@ fn uart_io(
     vcpu.skip_instruction();
 }
 
-fn paging(vcpu: &impl Vcpu) -> (Paging, u32) {
-    let long = vcpu.efer() & (1 << 10) != 0 && vcpu.cr(0) & (1 << 31) != 0;
-    if long {
-        (Paging::Long4 { cr3: vcpu.cr(3) }, 64)
-    } else if vcpu.cr(0) & 1 != 0 {
-        (Paging::Off, 32)
-    } else {
-        (Paging::Off, 16)
-    }
-}
-
 fn mmio(
     vcpu: &mut impl Vcpu,
     mem: &mut impl GuestMemory,
@@ -1244,8 +1233,8 @@ fn mmio(
     gpa: u64,
 ) -> Action {
     let rip = vcpu.rip();
-    let (pg, bits) = paging(vcpu);
-    let (bytes, n) = decode::fetch(mem, pg, rip);
+    let (pg, bits, linear) = decode::site_of(vcpu);
+    let (bytes, n) = decode::fetch(mem, pg, linear);
     let Some(access) = decode::decode_mmio(&bytes[..n], bits) else {
         return Action::Stop(EndReason::Unsupported {
             what: "an MMIO access by an instruction atoll does not emulate",
@@ -2053,6 +2042,7 @@ mod tests {
         // Paging off (CR0.PE only, 32-bit code): the instruction at RIP 0x1000.
         let mut v = vcpu();
         v.cr[0] = 1;
+        v.cs.default32 = true;
         v.rip = 0x1000;
         // mov dword [ebx], eax → IOREGSEL = 0x01 (version register).
         ram[0x1000..0x1002].copy_from_slice(&[0x89, 0x03]);
@@ -2178,6 +2168,7 @@ mod tests {
         let mut mem = SliceMemory(&mut ram);
         let mut v = vcpu();
         v.cr[0] = 1;
+        v.cs.default32 = true;
         v.rip = 0x100;
         let mut console = Lines::default();
         let mut exit = |v: &mut FakeVcpu, e: Exit| {

@@ -2,9 +2,11 @@
 //! its length or operands (AMD SVM without NRIP save and decode assists, as QEMU emulates it;
 //! later MMIO exits on both backends).
 //!
-//! [`fetch`] walks the guest's own page tables (real mode, 32-bit paging off, or 4-level long
-//! mode with 2 MiB and 1 GiB pages, AMD64 APM Vol. 2 §5.3) to read up to 15 bytes at a linear
-//! address from guest RAM; [`decode`] runs them through `iced-x86`. Guest-controlled bytes and
+//! [`instruction_site`] says where the current instruction is (paging mode from CR0/CR4/EFER,
+//! code size from CS, linear address CS base + RIP); [`fetch`] walks the guest's own page
+//! tables (paging off, 32-bit with 4 MiB pages, PAE, 4- and 5-level long mode with 2 MiB and
+//! 1 GiB pages; SDM Vol. 3A ch. 4, APM Vol. 2 §5.3) to read up to 15 bytes there from guest
+//! RAM; [`decode`] runs them through `iced-x86`. Guest-controlled bytes and
 //! tables never cause a panic: anything unreadable or undecodable is `None`.
 
 use crate::{Gpr, GuestMemory};
@@ -14,43 +16,188 @@ use iced_x86::{Code, Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Reg
 /// Longest x86 instruction.
 pub const MAX_INSTRUCTION: usize = 15;
 
-/// How the guest translates linear addresses.
+/// How the guest translates linear addresses (Intel SDM Vol. 3A §4.1.1 and Table 4-1; AMD APM
+/// Vol. 2 §5.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Paging {
     /// Paging off (real mode, or protected mode without CR0.PG): linear = physical.
     Off,
-    /// 4-level long-mode paging rooted at CR3.
+    /// 32-bit paging (CR0.PG, CR4.PAE clear): two levels of 4-byte entries; 4 MiB pages when
+    /// CR4.PSE is set (SDM §4.3), with PSE-36's high address bits.
+    Legacy32 { cr3: u64, pse: bool },
+    /// PAE paging (CR4.PAE, not long mode): four PDPTEs at CR3[31:5], then two levels of
+    /// 8-byte entries with 2 MiB pages (SDM §4.4).
+    Pae { cr3: u64 },
+    /// 4-level paging (long mode, CR4.LA57 clear; SDM §4.5).
     Long4 { cr3: u64 },
+    /// 5-level paging (long mode, CR4.LA57 set; SDM §4.5).
+    Long5 { cr3: u64 },
+}
+
+/// CR0.PE.
+const CR0_PE: u64 = 1;
+/// CR0.PG.
+const CR0_PG: u64 = 1 << 31;
+/// CR4.PSE.
+const CR4_PSE: u64 = 1 << 4;
+/// CR4.PAE.
+const CR4_PAE: u64 = 1 << 5;
+/// CR4.LA57.
+const CR4_LA57: u64 = 1 << 12;
+/// EFER.LMA.
+const EFER_LMA: u64 = 1 << 10;
+
+impl Paging {
+    /// The paging mode the control registers select (SDM Vol. 3A Table 4-1).
+    pub fn from_registers(cr0: u64, cr3: u64, cr4: u64, efer: u64) -> Self {
+        if cr0 & CR0_PG == 0 {
+            Paging::Off
+        } else if efer & EFER_LMA != 0 {
+            if cr4 & CR4_LA57 != 0 {
+                Paging::Long5 { cr3 }
+            } else {
+                Paging::Long4 { cr3 }
+            }
+        } else if cr4 & CR4_PAE != 0 {
+            Paging::Pae { cr3 }
+        } else {
+            Paging::Legacy32 {
+                cr3,
+                pse: cr4 & CR4_PSE != 0,
+            }
+        }
+    }
+}
+
+/// The guest's code segment as instruction fetch needs it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CodeSegment {
+    /// Its base (ignored in 64-bit mode, where it is 0 for CS).
+    pub base: u64,
+    /// The L bit: a 64-bit code segment (meaningful with EFER.LMA).
+    pub long: bool,
+    /// The D bit: 32-bit default operand size.
+    pub default32: bool,
+}
+
+/// Where the guest's current instruction is and how to read it: the paging mode, the code
+/// size (16, 32 or 64) and the linear address of RIP (CS base + RIP outside 64-bit mode).
+/// The one helper both the SVM backend's instruction fetch and MMIO decoding use.
+pub fn instruction_site(
+    cr0: u64,
+    cr3: u64,
+    cr4: u64,
+    efer: u64,
+    cs: CodeSegment,
+    rip: u64,
+) -> (Paging, u32, u64) {
+    let paging = Paging::from_registers(cr0, cr3, cr4, efer);
+    let bitness = if efer & EFER_LMA != 0 && cs.long {
+        64
+    } else if cr0 & CR0_PE != 0 && cs.default32 {
+        32
+    } else {
+        16
+    };
+    let linear = if bitness == 64 {
+        rip
+    } else {
+        // Outside 64-bit mode the linear address wraps at 4 GiB (and EIP/IP is what counts).
+        let ip = if bitness == 32 {
+            rip & 0xffff_ffff
+        } else {
+            rip & 0xffff
+        };
+        cs.base.wrapping_add(ip) & 0xffff_ffff
+    };
+    (paging, bitness, linear)
+}
+
+/// [`instruction_site`] of a vCPU's current instruction.
+pub fn site_of(vcpu: &impl crate::Vcpu) -> (Paging, u32, u64) {
+    instruction_site(
+        vcpu.cr(0),
+        vcpu.cr(3),
+        vcpu.cr(4),
+        vcpu.efer(),
+        vcpu.code_segment(),
+        vcpu.rip(),
+    )
 }
 
 const PRESENT: u64 = 1;
 const LARGE: u64 = 1 << 7;
 const ADDR: u64 = 0x000f_ffff_ffff_f000;
 
+/// Reads the `size`-byte little-endian entry at `gpa`.
+fn entry(mem: &impl GuestMemory, gpa: u64, size: usize) -> Option<u64> {
+    let mut e = [0u8; 8];
+    mem.read(GuestPhysAddr::new(gpa), &mut e[..size])?;
+    Some(u64::from_le_bytes(e))
+}
+
+/// Walks 8-byte-entry levels from `table`: `levels` are the shifts of the levels to walk, and
+/// a level whose shift is in `large_at` may map a page (PS set). Every level's entries are read
+/// from guest RAM; nothing recurses.
+fn walk64(
+    mem: &impl GuestMemory,
+    mut table: u64,
+    levels: &[u32],
+    large_at: &[u32],
+    linear: u64,
+) -> Option<GuestPhysAddr> {
+    for (i, &shift) in levels.iter().enumerate() {
+        let index = (linear >> shift) & 0x1ff;
+        let e = entry(mem, table + index * 8, 8)?;
+        if e & PRESENT == 0 {
+            return None;
+        }
+        let last = i + 1 == levels.len();
+        if last || (e & LARGE != 0 && large_at.contains(&shift)) {
+            let page_mask = (1u64 << shift) - 1;
+            let base = e & ADDR & !page_mask;
+            return Some(GuestPhysAddr::new(base | (linear & page_mask)));
+        }
+        table = e & ADDR;
+    }
+    None
+}
+
 /// Guest-physical address of `linear`, or `None` if it is not mapped (or the tables lie outside
 /// guest RAM).
 pub fn translate(mem: &impl GuestMemory, paging: Paging, linear: u64) -> Option<GuestPhysAddr> {
-    let Paging::Long4 { cr3 } = paging else {
-        return Some(GuestPhysAddr::new(linear));
-    };
-    let mut table = cr3 & ADDR;
-    // Levels: PML4 (39), PDPT (30), PD (21), PT (12).
-    for (level, shift) in [(4, 39u32), (3, 30), (2, 21), (1, 12)] {
-        let index = (linear >> shift) & 0x1ff;
-        let mut e = [0u8; 8];
-        mem.read(GuestPhysAddr::new(table + index * 8), &mut e)?;
-        let entry = u64::from_le_bytes(e);
-        if entry & PRESENT == 0 {
-            return None;
+    match paging {
+        Paging::Off => Some(GuestPhysAddr::new(linear)),
+        Paging::Long4 { cr3 } => walk64(mem, cr3 & ADDR, &[39, 30, 21, 12], &[30, 21], linear),
+        Paging::Long5 { cr3 } => walk64(mem, cr3 & ADDR, &[48, 39, 30, 21, 12], &[30, 21], linear),
+        Paging::Pae { cr3 } => {
+            let linear = linear & 0xffff_ffff;
+            // The four PDPTEs sit at CR3[31:5] (SDM §4.4.1).
+            let pdpte = entry(mem, (cr3 & 0xffff_ffe0) + ((linear >> 30) & 3) * 8, 8)?;
+            if pdpte & PRESENT == 0 {
+                return None;
+            }
+            walk64(mem, pdpte & ADDR, &[21, 12], &[21], linear)
         }
-        if level == 1 || (entry & LARGE != 0 && (level == 2 || level == 3)) {
-            let page_mask = (1u64 << shift) - 1;
-            let base = entry & ADDR & !page_mask;
-            return Some(GuestPhysAddr::new(base | (linear & page_mask)));
+        Paging::Legacy32 { cr3, pse } => {
+            let linear = linear & 0xffff_ffff;
+            let pde = entry(mem, (cr3 & 0xffff_f000) + ((linear >> 22) & 0x3ff) * 4, 4)?;
+            if pde & PRESENT == 0 {
+                return None;
+            }
+            if pse && pde & LARGE != 0 {
+                // A 4 MiB page: bits 31:22 of the address from the PDE, bits 39:32 from PDE
+                // bits 20:13 (PSE-36, SDM §4.3 Table 4-4).
+                let base = (pde & 0xffc0_0000) | (((pde >> 13) & 0xff) << 32);
+                return Some(GuestPhysAddr::new(base | (linear & 0x3f_ffff)));
+            }
+            let pte = entry(mem, (pde & 0xffff_f000) + ((linear >> 12) & 0x3ff) * 4, 4)?;
+            if pte & PRESENT == 0 {
+                return None;
+            }
+            Some(GuestPhysAddr::new((pte & 0xffff_f000) | (linear & 0xfff)))
         }
-        table = entry & ADDR;
     }
-    None
 }
 
 /// Reads up to 15 bytes of instruction at `linear`, stopping at the first unmapped byte.
@@ -222,6 +369,169 @@ pub fn decode_mmio(bytes: &[u8], bitness: u32) -> Option<MmioAccess> {
 mod tests {
     use super::*;
     use crate::SliceMemory;
+
+    fn put32(m: &mut [u8], at: u64, v: u32) {
+        m[at as usize..at as usize + 4].copy_from_slice(&v.to_le_bytes());
+    }
+    fn put64(m: &mut [u8], at: u64, v: u64) {
+        m[at as usize..at as usize + 8].copy_from_slice(&v.to_le_bytes());
+    }
+    fn at(m: &mut [u8], p: Paging, linear: u64) -> Option<u64> {
+        translate(&SliceMemory(m), p, linear).map(|g| g.as_u64())
+    }
+
+    #[test]
+    fn paging_modes_follow_the_control_registers() {
+        let pg = CR0_PG | CR0_PE;
+        assert_eq!(Paging::from_registers(CR0_PE, 7, 0, 0), Paging::Off);
+        assert_eq!(
+            Paging::from_registers(pg, 0x1000, 0, 0),
+            Paging::Legacy32 {
+                cr3: 0x1000,
+                pse: false
+            }
+        );
+        assert_eq!(
+            Paging::from_registers(pg, 0x1000, CR4_PSE, 0),
+            Paging::Legacy32 {
+                cr3: 0x1000,
+                pse: true
+            }
+        );
+        assert_eq!(
+            Paging::from_registers(pg, 0x1020, CR4_PAE | CR4_PSE, 0),
+            Paging::Pae { cr3: 0x1020 }
+        );
+        assert_eq!(
+            Paging::from_registers(pg, 0x1000, CR4_PAE, EFER_LMA),
+            Paging::Long4 { cr3: 0x1000 }
+        );
+        assert_eq!(
+            Paging::from_registers(pg, 0x1000, CR4_PAE | CR4_LA57, EFER_LMA),
+            Paging::Long5 { cr3: 0x1000 }
+        );
+    }
+
+    #[test]
+    fn thirty_two_bit_paging_with_small_and_four_mebibyte_pages() {
+        let mut m = vec![0u8; 0x10_000];
+        // PD at 0x1000: entry 1 -> PT at 0x2000; entry 2 -> 4 MiB page at 0x0080_0000 with
+        // PSE-36 bits 0x12 (physical 0x12_0080_0000).
+        put32(&mut m, 0x1000 + 4, 0x2000 | 1);
+        put32(&mut m, 0x2000 + 3 * 4, 0x5000 | 1);
+        put32(&mut m, 0x1000 + 2 * 4, 0x0080_0000 | (0x12 << 13) | 0x81);
+        let small = Paging::Legacy32 {
+            cr3: 0x1000,
+            pse: false,
+        };
+        assert_eq!(at(&mut m, small, 0x0040_3abc), Some(0x5abc));
+        assert_eq!(at(&mut m, small, 0x0040_4000), None, "PTE not present");
+        let pse = Paging::Legacy32 {
+            cr3: 0x1000,
+            pse: true,
+        };
+        assert_eq!(at(&mut m, pse, 0x0080_1234), Some(0x12_0080_1234));
+        // Without CR4.PSE the PS bit is ignored: the entry points at a page table.
+        assert_eq!(
+            at(&mut m, small, 0x0080_1234),
+            None,
+            "the PT at 0x800000 is outside RAM"
+        );
+        // Bits above 31 of the linear address do not exist in 32-bit paging.
+        assert_eq!(at(&mut m, small, 0xdead_0000_0040_3abc), Some(0x5abc));
+    }
+
+    #[test]
+    fn pae_paging_with_pdptes_and_two_mebibyte_pages() {
+        let mut m = vec![0u8; 0x10_000];
+        // CR3 = 0x1020 (32-byte aligned PDPT); PDPTE 1 -> PD at 0x2000.
+        put64(&mut m, 0x1020 + 8, 0x2000 | 1);
+        put64(&mut m, 0x2000 + 8, 0x3000 | 1); // PDE 1 -> PT at 0x3000
+        put64(&mut m, 0x3000 + 2 * 8, 0x7000 | 1); // PTE 2 -> 0x7000
+        put64(&mut m, 0x2000 + 2 * 8, 0x0060_0000 | 0x81); // PDE 2: a 2 MiB page
+        let p = Paging::Pae { cr3: 0x1020 };
+        assert_eq!(at(&mut m, p, 0x4020_2345), Some(0x7345));
+        assert_eq!(at(&mut m, p, 0x4040_0010), Some(0x0060_0010));
+        assert_eq!(at(&mut m, p, 0x0000_0010), None, "PDPTE 0 not present");
+    }
+
+    #[test]
+    fn five_level_paging() {
+        let mut m = vec![0u8; 0x10_000];
+        let linear: u64 = (1 << 48) | (2 << 39) | (3 << 30) | (4 << 21) | (5 << 12) | 0x678;
+        put64(&mut m, 0x1000 + 8, 0x2000 | 1); // PML5[1]
+        put64(&mut m, 0x2000 + 2 * 8, 0x3000 | 1); // PML4[2]
+        put64(&mut m, 0x3000 + 3 * 8, 0x4000 | 1); // PDPT[3]
+        put64(&mut m, 0x4000 + 4 * 8, 0x5000 | 1); // PD[4]
+        put64(&mut m, 0x5000 + 5 * 8, 0x9000 | 1); // PT[5]
+        assert_eq!(
+            at(&mut m, Paging::Long5 { cr3: 0x1000 }, linear),
+            Some(0x9678)
+        );
+        // The same address under 4-level paging uses PML4 index 2 from CR3 0x2000.
+        assert_eq!(
+            at(&mut m, Paging::Long4 { cr3: 0x2000 }, linear),
+            Some(0x9678)
+        );
+        // A 1 GiB page at the PDPT level.
+        put64(&mut m, 0x3000 + 3 * 8, 0x4000_0000 | 0x81);
+        assert_eq!(
+            at(&mut m, Paging::Long5 { cr3: 0x1000 }, linear),
+            Some(0x4000_0000 | (4 << 21) | (5 << 12) | 0x678)
+        );
+    }
+
+    #[test]
+    fn the_instruction_site_takes_the_code_segment_into_account() {
+        let real = CodeSegment {
+            base: 0xf_0000,
+            long: false,
+            default32: false,
+        };
+        // Real mode: CS base + IP (16 bits).
+        assert_eq!(
+            instruction_site(0, 0, 0, 0, real, 0x1_fff0),
+            (Paging::Off, 16, 0xf_fff0)
+        );
+        // 32-bit protected mode with a based segment, wrapping at 4 GiB.
+        let flat32 = CodeSegment {
+            base: 0xffff_f000,
+            long: false,
+            default32: true,
+        };
+        assert_eq!(
+            instruction_site(CR0_PE, 0, 0, 0, flat32, 0x2000),
+            (Paging::Off, 32, 0x1000)
+        );
+        // 64-bit mode: RIP is the linear address.
+        let long = CodeSegment {
+            base: 0x1234,
+            long: true,
+            default32: false,
+        };
+        let (p, bits, lin) = instruction_site(
+            CR0_PE | CR0_PG,
+            0x1000,
+            CR4_PAE,
+            EFER_LMA,
+            long,
+            0xffff_8000_0000_1000,
+        );
+        assert_eq!(
+            (p, bits, lin),
+            (Paging::Long4 { cr3: 0x1000 }, 64, 0xffff_8000_0000_1000)
+        );
+        // Compatibility mode (long mode, L clear): 32-bit code with a base.
+        let compat = CodeSegment {
+            base: 0x100,
+            long: false,
+            default32: true,
+        };
+        assert_eq!(
+            instruction_site(CR0_PE | CR0_PG, 0x1000, CR4_PAE, EFER_LMA, compat, 0x10),
+            (Paging::Long4 { cr3: 0x1000 }, 32, 0x110)
+        );
+    }
 
     #[test]
     fn lengths_of_the_instructions_that_exit() {

@@ -240,6 +240,8 @@ pub trait Vcpu {
     fn rflags(&self) -> u64;
     /// The guest's current privilege level.
     fn cpl(&self) -> u8;
+    /// The guest's code segment (base, L and D bits), for fetching the current instruction.
+    fn code_segment(&self) -> decode::CodeSegment;
     /// The guest's IA32_PAT.
     fn pat(&self) -> u64;
     /// Loads IA32_PAT (already validated by the handler).
@@ -381,6 +383,7 @@ pub mod fake {
         pub efer: u64,
         pub rflags: u64,
         pub cpl: u8,
+        pub cs: crate::decode::CodeSegment,
         pub pat: u64,
         pub window_open: bool,
         pub injected_irqs: Vec<u8>,
@@ -426,6 +429,9 @@ pub mod fake {
         }
         fn cpl(&self) -> u8 {
             self.cpl
+        }
+        fn code_segment(&self) -> crate::decode::CodeSegment {
+            self.cs
         }
         fn pat(&self) -> u64 {
             self.pat

@@ -16,6 +16,8 @@
 //!   exits it handles, interrupt delivery); [`linux`]: the Linux boot protocol.
 //! * [`double_fault`]: how an exception raised by an exit handler combines with an event the
 //!   backend queued again after the exit interrupted its delivery.
+//! * [`deny`]: what a guest gets for the instructions, exceptions and registers that could reach
+//!   the host or another partition (the policy of `docs/security.md`).
 #![cfg_attr(target_os = "none", no_std)]
 
 extern crate alloc;
@@ -23,6 +25,7 @@ extern crate alloc;
 pub mod config;
 pub mod cpu;
 pub mod decode;
+pub mod deny;
 pub mod double_fault;
 pub mod exits;
 pub mod frames;
@@ -53,6 +56,7 @@ mod vendor_neutrality {
     fn only_backends_use_vmx_or_svm() {
         let policy = [
             "exits.rs",
+            "deny.rs",
             "vcpu.rs",
             "double_fault.rs",
             "vplat.rs",

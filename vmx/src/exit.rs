@@ -821,14 +821,23 @@ mod tests {
     #[test]
     fn debug_exit_sets_the_dr6_bits_the_exception_would_have() {
         // DR6's reset value 0xFFFF0FF0: single step (BS) and breakpoint 2 hit.
-        assert_eq!(dr6_after_debug_exit(0xffff_0ff0, (1 << 14) | 0b100), 0xffff_4ff4);
+        assert_eq!(
+            dr6_after_debug_exit(0xffff_0ff0, (1 << 14) | 0b100),
+            0xffff_4ff4
+        );
         // BD (general detect) alone; bits already set stay set (sticky).
         assert_eq!(dr6_after_debug_exit(0xffff_0ff1, 1 << 13), 0xffff_2ff1);
         // Inside an RTM region: DR6.RTM (bit 16) clears.
-        assert_eq!(dr6_after_debug_exit(0xffff_0ff0, (1 << 16) | 1), 0xfffe_0ff1);
+        assert_eq!(
+            dr6_after_debug_exit(0xffff_0ff0, (1 << 16) | 1),
+            0xfffe_0ff1
+        );
         // Qualification bits outside the defined ones are ignored; a zero one (INT1) changes
         // nothing.
-        assert_eq!(dr6_after_debug_exit(0xffff_0ff0, 0xffff_0000_0000_9ff0), 0xffff_0ff0);
+        assert_eq!(
+            dr6_after_debug_exit(0xffff_0ff0, 0xffff_0000_0000_9ff0),
+            0xffff_0ff0
+        );
         assert_eq!(dr6_after_debug_exit(0xffff_0ff0, 0), 0xffff_0ff0);
     }
 }

@@ -5,6 +5,7 @@
 pub mod apic;
 pub mod console;
 pub mod enclave_run;
+pub mod guest_state;
 pub mod host;
 pub mod msr;
 pub mod power;

@@ -7,7 +7,7 @@
 
 use crate::config::EntryMode;
 use crate::double_fault::{self, Combined};
-use crate::exits::PASSTHROUGH_MSRS;
+use crate::exits::{PASSTHROUGH_MSRS, READ_PASSTHROUGH_MSRS};
 use crate::loader::BootState;
 use crate::vcpu::{Access, Exit, Gpr, Vcpu, VcpuError};
 use alloc::boxed::Box;
@@ -214,7 +214,16 @@ pub struct VmxVcpu {
     /// An exception raised on top of a queued #DF: the guest is shut down, the next `run`
     /// reports a triple fault without entering it.
     shutdown: bool,
+    /// The guest's CR8: CR8 loads and stores exit (the real TPR stays the host's), so the value
+    /// lives here.
+    cr8: u64,
 }
+
+/// Exceptions that exit instead of being delivered through the guest's IDT (SDM Vol. 3C
+/// §25.6.3): #DB (1) and #AC (17), whose delivery a guest can make raise the same exception
+/// again forever inside the processor (CVE-2015-8104, CVE-2015-5307); intercepted, each
+/// delivery is an exit and atoll reflects it (`crate::deny::reflect_exception`).
+const EXCEPTION_BITMAP: u32 = (1 << 1) | (1 << 17);
 
 fn natural(f: FieldNatural) -> u64 {
     vi::read_natural(f).unwrap_or(0)
@@ -250,19 +259,30 @@ impl VmxVcpu {
             vmw("VMPTRLD", vi::vmptrld(vmcs.phys()))?;
         }
 
-        // Every port exits; every MSR exits except the pass-through ones (SDM Vol. 3C §25.6.9).
+        // Every port exits; every MSR exits except the pass-through ones, and writes of the
+        // read-only pass-through ones (SDM Vol. 3C §25.6.9: read bitmaps at 0 and 0x400, write
+        // bitmaps at 0x800 and 0xC00).
         let io = [Page::new(0xff), Page::new(0xff)];
         let mut msr = Page::new(0xff);
-        for &m in PASSTHROUGH_MSRS {
+        let both: &[usize] = &[0, 0x800];
+        let read: &[usize] = &[0];
+        for (&m, dirs) in PASSTHROUGH_MSRS
+            .iter()
+            .map(|m| (m, both))
+            .chain(READ_PASSTHROUGH_MSRS.iter().map(|m| (m, read)))
+        {
             let (base, index) = match m {
                 0..=0x1fff => (0usize, m as usize),
                 0xc000_0000..=0xc000_1fff => (0x400, (m - 0xc000_0000) as usize),
                 _ => continue,
             };
-            for rw in [0, 0x800] {
+            for rw in dirs {
                 msr.0[base + rw + index / 8] &= !(1 << (index % 8));
             }
         }
+        // The core's guest-reachable registers back to reset values (a core may have run
+        // another partition before).
+        super::guest_state::reset();
 
         // Bits VMX fixes in CR0/CR4 are the host's; unrestricted guest frees PE and PG.
         let cr0_mask = (fixed.cr0_fixed0 | !fixed.cr0_fixed1) & !(CR0_PE | CR0_PG);
@@ -277,7 +297,7 @@ impl VmxVcpu {
         let wn = |f, v| vmw("VMWRITE", vi::write_natural(f, v));
 
         vmw("VMWRITE controls", controls.write(&mut vi::CurrentVmcs))?;
-        w32(Field32::ExceptionBitmap, 0)?;
+        w32(Field32::ExceptionBitmap, EXCEPTION_BITMAP)?;
         w32(Field32::PageFaultErrorCodeMask, 0)?;
         w32(Field32::PageFaultErrorCodeMatch, 0)?;
         w32(Field32::Cr3TargetCount, 0)?;
@@ -454,6 +474,7 @@ impl VmxVcpu {
             cr4_mask,
             exit_len: 0,
             shutdown: false,
+            cr8: 0,
         })
     }
 
@@ -491,13 +512,35 @@ impl VmxVcpu {
                 let info = InterruptionInfo::from_raw(
                     vi::read32(Field32::VmExitInterruptionInformation).unwrap_or(0),
                 );
-                if info.kind == InterruptionType::Nmi {
-                    Exit::Nmi
-                } else {
-                    Exit::Unknown {
+                match info.kind {
+                    InterruptionType::Nmi => Exit::Nmi,
+                    InterruptionType::HardwareException
+                    | InterruptionType::PrivilegedSoftwareException => {
+                        if info.vector == 1 {
+                            // DR6 is the guest's on this core; the exit left it unchanged.
+                            let dr6 = vmx::exit::dr6_after_debug_exit(super::guest_state::dr6(), q);
+                            super::guest_state::set_dr6(dr6);
+                        }
+                        if info.kind == InterruptionType::PrivilegedSoftwareException {
+                            // INT1 (ICEBP) is a trap: the #DB it raises returns past it. RIP
+                            // still points at it (SDM Vol. 3C §28.1), so step over it and
+                            // deliver the #DB as a hardware exception from there.
+                            self.skip_instruction();
+                        }
+                        let error_code = if info.error_code_valid {
+                            vi::read32(Field32::VmExitInterruptionErrorCode).ok()
+                        } else {
+                            None
+                        };
+                        Exit::Exception {
+                            vector: info.vector,
+                            error_code,
+                        }
+                    }
+                    _ => Exit::Unknown {
                         code: raw,
                         name: "exception",
-                    }
+                    },
                 }
             }
             BasicExitReason::ExternalInterrupt => {
@@ -570,6 +613,25 @@ impl VmxVcpu {
                 }
             }
             BasicExitReason::Xsetbv => Exit::Xsetbv,
+            BasicExitReason::Invd => Exit::Invd,
+            BasicExitReason::Wbinvd => Exit::Wbinvd,
+            BasicExitReason::Rdpmc => Exit::Rdpmc,
+            BasicExitReason::Monitor | BasicExitReason::Mwait => Exit::MonitorMwait,
+            // The VMX instructions exit unconditionally in VMX non-root operation, and GETSEC
+            // does too (SDM Vol. 3C §26.1.2); CPUID hides VMX and SMX, so they are #UD.
+            BasicExitReason::Vmclear
+            | BasicExitReason::Vmlaunch
+            | BasicExitReason::Vmptrld
+            | BasicExitReason::Vmptrst
+            | BasicExitReason::Vmread
+            | BasicExitReason::Vmresume
+            | BasicExitReason::Vmwrite
+            | BasicExitReason::Vmxoff
+            | BasicExitReason::Vmxon
+            | BasicExitReason::Invept
+            | BasicExitReason::Invvpid
+            | BasicExitReason::Vmfunc
+            | BasicExitReason::Getsec => Exit::VirtualizationInstruction,
             other => Exit::Unknown {
                 code: raw,
                 name: other.description().unwrap_or("unknown exit reason"),
@@ -708,6 +770,7 @@ impl Vcpu for VmxVcpu {
             }
             2 => self.regs.cr2,
             3 => natural(FieldNatural::GuestCr3),
+            8 => self.cr8,
             4 => {
                 (natural(FieldNatural::GuestCr4) & !self.cr4_mask)
                     | (natural(FieldNatural::Cr4ReadShadow) & self.cr4_mask)
@@ -731,6 +794,7 @@ impl Vcpu for VmxVcpu {
             3 => {
                 vi::write_natural(FieldNatural::GuestCr3, value).map_err(|_| VcpuError::Rejected)?
             }
+            8 => self.cr8 = value,
             4 => {
                 // Bits the CPU cannot hold with VMX on (besides VMXE, which the guest never sees).
                 if value & !fixed.cr4_fixed1 & !(1 << 13) != 0 {
@@ -747,6 +811,16 @@ impl Vcpu for VmxVcpu {
             _ => return Err(VcpuError::Rejected),
         }
         Ok(())
+    }
+
+    fn tsc_offset(&self) -> u64 {
+        vi::read64(Field64::TscOffset).unwrap_or(0)
+    }
+
+    fn set_tsc_offset(&mut self, offset: u64) {
+        // "Use TSC offsetting" is a required control (SDM Vol. 3C §25.6.5, §27.3): RDTSC,
+        // RDTSCP and RDMSR IA32_TSC give TSC + offset.
+        let _ = vi::write64(Field64::TscOffset, offset);
     }
 
     fn efer(&self) -> u64 {

@@ -392,7 +392,6 @@ pub fn filtered_cpuid(host: &impl HostCpu, leaf: u32, sub: u32) -> [u32; 4] {
         0x4000_0002..=0x4fff_ffff => [0; 4],
         _ => {
             let mut r = host.cpuid(leaf, sub);
-            let max_basic = host.cpuid(0, 0)[0];
             match leaf {
                 1 => {
                     // ECX: MONITOR (3), DS-CPL (4), VMX (5), SMX (6), EIST (7), TM2 (8) and
@@ -431,7 +430,7 @@ pub fn filtered_cpuid(host: &impl HostCpu, leaf: u32, sub: u32) -> [u32; 4] {
                 }
                 // Extended topology: one logical processor, x2APIC ID 0 (the host's IDs and
                 // level widths are not the enclave's business).
-                0xb | 0x1f if leaf <= max_basic => {
+                0xb | 0x1f if leaf <= host.cpuid(0, 0)[0] => {
                     r = match sub {
                         0 => [0, 1, 0x100, 0],
                         1 => [0, 1, 0x201, 0],

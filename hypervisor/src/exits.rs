@@ -53,7 +53,7 @@ pub mod msr {
 /// reset every one of them when a vCPU is created, so the next partition on a core never sees
 /// the last one's values. `docs/security.md` lists each. IA32_PAT is not here: the backends
 /// keep the guest's PAT in their own state (VMCS guest PAT, VMCB G_PAT), so it is emulated.
-/// IA32_TSC is only read directly ([`READ_PASSTHROUGH_MSRS`]).
+/// IA32_TSC is emulated on top of the TSC offset (reads and writes exit; RDTSC does not).
 pub const PASSTHROUGH_MSRS: &[u32] = &[
     msr::IA32_SYSENTER_CS,
     msr::IA32_SYSENTER_ESP,
@@ -73,12 +73,6 @@ pub const PASSTHROUGH_MSRS: &[u32] = &[
     msr::IA32_PRED_CMD,
     msr::IA32_FLUSH_CMD,
 ];
-
-/// MSRs the guest reads directly but whose writes exit: IA32_TSC reads give the core's TSC plus
-/// the vCPU's TSC offset (both backends apply it to RDMSR as to RDTSC); a write moves the
-/// offset ([`crate::deny::tsc_offset_for`]) and never the core's TSC, which atoll's timers and
-/// every other vCPU's deadlines are measured in.
-pub const READ_PASSTHROUGH_MSRS: &[u32] = &[msr::IA32_TSC];
 
 /// COM1's ports.
 const COM1: u16 = 0x3f8;
@@ -601,7 +595,9 @@ fn deny_msr(vcpu: &mut impl Vcpu, run: &mut EnclaveRun) -> Action {
 fn msr_read(vcpu: &mut impl Vcpu, run: &mut EnclaveRun, host: &impl HostCpu) -> Action {
     let index = vcpu.gpr(Gpr::Rcx) as u32;
     let value = match index {
-        // Reads pass through; this is for a backend that exits on them all the same.
+        // The guest's TSC: the core's plus this vCPU's offset, as RDTSC gives it. (Reads exit
+        // too: QEMU's SVM returned 0 for a pass-through RDMSR of IA32_TSC under an offset, and
+        // guests read the TSC with RDTSC, which never exits.)
         msr::IA32_TSC => host.rdtsc().wrapping_add(vcpu.tsc_offset()),
         // xAPIC enabled at the architectural base; this vCPU is the enclave's BSP.
         msr::IA32_APIC_BASE => 0xfee0_0000 | (1 << 11) | (1 << 8),
@@ -622,6 +618,8 @@ fn msr_write(vcpu: &mut impl Vcpu, run: &mut EnclaveRun, host: &impl HostCpu) ->
     let index = vcpu.gpr(Gpr::Rcx) as u32;
     let value = (vcpu.gpr(Gpr::Rdx) << 32) | (vcpu.gpr(Gpr::Rax) & 0xffff_ffff);
     match index {
+        // A write moves this vCPU's offset, never the core's TSC, which atoll's timers and every
+        // other vCPU's deadlines are measured in.
         msr::IA32_TSC => vcpu.set_tsc_offset(crate::deny::tsc_offset_for(value, host.rdtsc())),
         msr::IA32_EFER => {
             if !crate::deny::valid_efer(value, vcpu.efer(), vcpu.cr(0), host) {

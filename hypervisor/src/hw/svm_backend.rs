@@ -10,7 +10,7 @@
 use crate::config::EntryMode;
 use crate::decode::{self, Paging};
 use crate::double_fault::{self, Combined};
-use crate::exits::{PASSTHROUGH_MSRS, READ_PASSTHROUGH_MSRS};
+use crate::exits::PASSTHROUGH_MSRS;
 use crate::loader::BootState;
 use crate::vcpu::{Access, Exit, Gpr, SliceMemory, Vcpu, VcpuError};
 use alloc::boxed::Box;
@@ -114,9 +114,6 @@ impl SvmVcpu {
             let mut msr = maps.msr_map();
             for &m in PASSTHROUGH_MSRS {
                 msr.allow(m, true, true)?;
-            }
-            for &m in READ_PASSTHROUGH_MSRS {
-                msr.allow(m, true, false)?;
             }
         }
         // The core's guest-reachable registers back to reset values (a core may have run
@@ -608,7 +605,18 @@ impl Vcpu for SvmVcpu {
             }
             3 => self.vmcb.write64(Field64::Cr3, value),
             4 => self.vmcb.write64(Field64::Cr4, value),
-            8 => self.cr8 = value,
+            8 => {
+                // Mirrored in V_TPR (bits 3:0 are CR8, APM Vol. 2 §15.21.1) so that a CR8 read
+                // that does not exit returns the same value: QEMU's SVM does not intercept CR8
+                // reads. V_TPR masks nothing atoll relies on: its window requests ignore it
+                // (V_IGN_TPR) and V_INTR_MASKING keeps it away from the physical TPR.
+                self.cr8 = value;
+                let v = self
+                    .vmcb
+                    .virtual_interrupt()
+                    .with_v_tpr((value & 0xf) as u8);
+                self.vmcb.set_virtual_interrupt(v);
+            }
             _ => return Err(VcpuError::Rejected),
         }
         Ok(())

@@ -7,7 +7,7 @@
 
 use crate::config::EntryMode;
 use crate::double_fault::{self, Combined};
-use crate::exits::{PASSTHROUGH_MSRS, READ_PASSTHROUGH_MSRS};
+use crate::exits::PASSTHROUGH_MSRS;
 use crate::loader::BootState;
 use crate::vcpu::{Access, Exit, Gpr, Vcpu, VcpuError};
 use alloc::boxed::Box;
@@ -259,24 +259,16 @@ impl VmxVcpu {
             vmw("VMPTRLD", vi::vmptrld(vmcs.phys()))?;
         }
 
-        // Every port exits; every MSR exits except the pass-through ones, and writes of the
-        // read-only pass-through ones (SDM Vol. 3C §25.6.9: read bitmaps at 0 and 0x400, write
-        // bitmaps at 0x800 and 0xC00).
+        // Every port exits; every MSR exits except the pass-through ones (SDM Vol. 3C §25.6.9).
         let io = [Page::new(0xff), Page::new(0xff)];
         let mut msr = Page::new(0xff);
-        let both: &[usize] = &[0, 0x800];
-        let read: &[usize] = &[0];
-        for (&m, dirs) in PASSTHROUGH_MSRS
-            .iter()
-            .map(|m| (m, both))
-            .chain(READ_PASSTHROUGH_MSRS.iter().map(|m| (m, read)))
-        {
+        for &m in PASSTHROUGH_MSRS {
             let (base, index) = match m {
                 0..=0x1fff => (0usize, m as usize),
                 0xc000_0000..=0xc000_1fff => (0x400, (m - 0xc000_0000) as usize),
                 _ => continue,
             };
-            for rw in dirs {
+            for rw in [0, 0x800] {
                 msr.0[base + rw + index / 8] &= !(1 << (index % 8));
             }
         }

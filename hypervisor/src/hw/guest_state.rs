@@ -24,8 +24,8 @@ unsafe fn wrmsr(index: u32, value: u64) {
 
 /// Puts the guest-reachable state of this core back to its reset values (SDM Vol. 3A §10.1
 /// Table 10-1): STAR, LSTAR, CSTAR, FMASK and KERNEL_GS_BASE 0; TSC_AUX 0 where RDTSCP or RDPID
-/// exists; SPEC_CTRL 0 where the CPU has it; XCR0 = 1 (x87 only) where XSAVE is enabled;
-/// DR0–DR3 0 and DR6 0xFFFF0FF0.
+/// exists; SPEC_CTRL 0 where the CPU has it; every user state component (x87, SSE, AVX, …) in
+/// its initial configuration and XCR0 = 1 (x87 only); DR0–DR3 0 and DR6 0xFFFF0FF0.
 pub fn reset() {
     let cpuid = |leaf: u32, sub: u32| {
         let r = core::arch::x86_64::__cpuid_count(leaf, sub);
@@ -69,16 +69,7 @@ pub fn reset() {
         // SAFETY: the MSR exists (checked above) and 0, its reset value, is always valid.
         unsafe { wrmsr(msr::IA32_SPEC_CTRL, 0) };
     }
-    let mut cr4: u64;
-    // SAFETY: reading CR4 has no side effects.
-    unsafe { core::arch::asm!("mov {}, cr4", out(reg) cr4, options(nomem, nostack)) };
-    if cr4 & (1 << 18) != 0 {
-        // SAFETY: CR4.OSXSAVE is set, so XSETBV is valid; XCR0 = 1 (x87) is always allowed and
-        // atoll uses no extended state.
-        unsafe {
-            core::arch::asm!("xsetbv", in("ecx") 0u32, in("eax") 1u32, in("edx") 0u32, options(nomem, nostack));
-        }
-    }
+    reset_extended_state(max);
     // SAFETY: atoll uses no debug registers (DR7 is the guest's in the VMCS/VMCB and breakpoints
     // are disabled in the host's on every exit), so their values only matter to the guest.
     unsafe {
@@ -92,6 +83,73 @@ pub fn reset() {
             r = in(reg) 0xffff_0ff0u64,
             options(nomem, nostack)
         );
+    }
+}
+
+/// An all-zero XSAVE area in the standard format: legacy region with MXCSR 0 and an XSAVE header
+/// whose XSTATE_BV is 0, so XRSTOR from it puts every requested component in its initial
+/// configuration (SDM Vol. 1 §13.8.1). Only read, by any core.
+#[repr(C, align(64))]
+struct InitArea([u8; INIT_AREA_BYTES]);
+
+/// Large enough for every user component of current processors (AMX's tile data included).
+const INIT_AREA_BYTES: usize = 16 * 1024;
+
+static INIT_AREA: InitArea = InitArea([0; INIT_AREA_BYTES]);
+
+/// Initializes the x87, SSE, AVX, … registers, so a guest never sees values the core's last
+/// guest left in them, and leaves XCR0 at its reset value 1.
+fn reset_extended_state(max_basic: u32) {
+    let mut cr4: u64;
+    // SAFETY: reading CR4 has no side effects.
+    unsafe { core::arch::asm!("mov {}, cr4", out(reg) cr4, options(nomem, nostack)) };
+    let area = INIT_AREA.0.as_ptr();
+    if cr4 & (1 << 18) == 0 || max_basic < 0xd {
+        // No XSAVE: FXRSTOR of the zeroed area clears x87 and SSE registers, then FNINIT and
+        // MXCSR give their reset control values.
+        // SAFETY: FXRSTOR reads 512 bytes of the 16-byte aligned, zeroed, static area (MXCSR 0
+        // has no reserved bit set); CR4.OSFXSR is set in long mode with SSE.
+        unsafe {
+            core::arch::asm!(
+                "fxrstor64 [{a}]",
+                "fninit",
+                "push 0x1f80",
+                "ldmxcsr [rsp]",
+                "add rsp, 8",
+                a = in(reg) area,
+            );
+        }
+        return;
+    }
+    let r = core::arch::x86_64::__cpuid_count(0xd, 0);
+    let supported = u64::from(r.eax) | (u64::from(r.edx) << 32);
+    // ECX: the area size for every supported component.
+    if r.ecx as usize > INIT_AREA_BYTES {
+        log::warn!(
+            "XSAVE area of {} bytes exceeds atoll's initial area: extended registers not cleared",
+            r.ecx
+        );
+    } else {
+        // SAFETY: XCR0 = every supported user component is a valid value (CPUID lists them;
+        // paired components are listed together); XRSTOR reads the header and legacy region of
+        // the 64-byte aligned, zeroed area, which is at least as large as the CPU's XSAVE area;
+        // with XSTATE_BV = 0 it initializes every component; atoll uses no extended state.
+        unsafe {
+            core::arch::asm!(
+                "xsetbv",
+                "mov eax, -1",
+                "mov edx, -1",
+                "xrstor64 [{a}]",
+                a = in(reg) area,
+                inout("ecx") 0u32 => _,
+                inout("eax") supported as u32 => _,
+                inout("edx") (supported >> 32) as u32 => _,
+            );
+        }
+    }
+    // SAFETY: CR4.OSXSAVE is set, so XSETBV is valid; XCR0 = 1 (x87) is always allowed.
+    unsafe {
+        core::arch::asm!("xsetbv", in("ecx") 0u32, in("eax") 1u32, in("edx") 0u32, options(nomem, nostack));
     }
 }
 

@@ -772,6 +772,11 @@ impl Vcpu for VmxVcpu {
     }
 
     fn set_cr(&mut self, cr: u8, value: u64) -> Result<(), VcpuError> {
+        if cr == 8 {
+            // No VMCS field: CR8 loads exit, the value is this vCPU's.
+            self.cr8 = value;
+            return Ok(());
+        }
         let mut m = HwMsrs;
         let fixed = FixedBits::read(&mut m).map_err(|_| VcpuError::Rejected)?;
         match cr {
@@ -786,7 +791,6 @@ impl Vcpu for VmxVcpu {
             3 => {
                 vi::write_natural(FieldNatural::GuestCr3, value).map_err(|_| VcpuError::Rejected)?
             }
-            8 => self.cr8 = value,
             4 => {
                 // Bits the CPU cannot hold with VMX on (besides VMXE, which the guest never sees).
                 if value & !fixed.cr4_fixed1 & !(1 << 13) != 0 {

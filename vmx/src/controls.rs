@@ -323,6 +323,11 @@ impl Wanted {
     ///   NMIs can be injected with NMI-window exiting;
     /// * HLT exits (the virtual APIC timer wakes the vCPU), I/O and MSR accesses go through
     ///   bitmaps so only emulated ports and MSRs exit;
+    /// * deny by default: CR8 loads and stores exit (the guest never reaches the real TPR, which
+    ///   masks the host's interrupts on this core), RDPMC, MONITOR and MWAIT exit (the guest gets
+    ///   #GP / #UD, the counters and the monitor hardware are the host's), WBINVD exits (a
+    ///   flush of a shared last-level cache evicts other partitions' lines), and TSC offsetting
+    ///   is on (a guest's WRMSR to IA32_TSC moves its own offset, never the core's TSC);
     /// * EPT and unrestricted guest (partition memory isolation; APs start in real mode after
     ///   SIPI); VPID, RDTSCP, INVPCID and XSAVES when available so Linux guests keep them;
     /// * a 64-bit host, EFER saved and loaded on exit and loaded on entry (guests switch modes
@@ -341,11 +346,19 @@ impl Wanted {
         primary: Want::new(
             PrimaryControls::HLT_EXITING
                 .union(PrimaryControls::USE_IO_BITMAPS)
-                .union(PrimaryControls::USE_MSR_BITMAPS),
+                .union(PrimaryControls::USE_MSR_BITMAPS)
+                .union(PrimaryControls::CR8_LOAD_EXITING)
+                .union(PrimaryControls::CR8_STORE_EXITING)
+                .union(PrimaryControls::RDPMC_EXITING)
+                .union(PrimaryControls::MWAIT_EXITING)
+                .union(PrimaryControls::MONITOR_EXITING)
+                .union(PrimaryControls::USE_TSC_OFFSETTING),
             PrimaryControls::empty(),
         ),
         secondary: Want::new(
-            SecondaryControls::ENABLE_EPT.union(SecondaryControls::UNRESTRICTED_GUEST),
+            SecondaryControls::ENABLE_EPT
+                .union(SecondaryControls::UNRESTRICTED_GUEST)
+                .union(SecondaryControls::WBINVD_EXITING),
             SecondaryControls::ENABLE_VPID
                 .union(SecondaryControls::ENABLE_RDTSCP)
                 .union(SecondaryControls::ENABLE_INVPCID)
@@ -675,12 +688,25 @@ mod tests {
         // (0) and NMI exiting (3), plus optional virtual NMIs (5).
         assert_eq!(set.pin.bits(), 0x3f);
         // TRUE_PROCBASED 0xf7f9fffe_04006172: default-1 0x04006172, plus HLT (7), I/O bitmaps
-        // (25), MSR bitmaps (28), activate secondary (31); CR3-load/store exiting stay 0.
-        assert_eq!(set.primary.bits(), 0x9600_61f2);
+        // (25), MSR bitmaps (28), activate secondary (31), and deny by default: TSC offsetting
+        // (3), MWAIT (10), RDPMC (11), CR8 load/store (19, 20), MONITOR (29) exiting;
+        // CR3-load/store exiting stay 0.
+        assert_eq!(set.primary.bits(), 0xb618_6dfa);
+        for c in [
+            PrimaryControls::CR8_LOAD_EXITING,
+            PrimaryControls::CR8_STORE_EXITING,
+            PrimaryControls::RDPMC_EXITING,
+            PrimaryControls::MWAIT_EXITING,
+            PrimaryControls::MONITOR_EXITING,
+            PrimaryControls::USE_TSC_OFFSETTING,
+        ] {
+            assert!(set.primary.contains(c), "{c:?}");
+        }
+        assert!(!set.primary.contains(PrimaryControls::USE_TPR_SHADOW));
         assert!(!set.primary.contains(PrimaryControls::CR3_LOAD_EXITING));
         // PROCBASED_CTLS2 allowed-1 0x02177fff: EPT (1), RDTSCP (3), VPID (5), unrestricted
-        // guest (7), INVPCID (12), XSAVES (20).
-        assert_eq!(set.secondary.map(|s| s.bits()), Some(0x0010_10aa));
+        // guest (7), INVPCID (12), XSAVES (20), WBINVD exiting (6).
+        assert_eq!(set.secondary.map(|s| s.bits()), Some(0x0010_10ea));
         // TRUE_EXIT 0x007fffff_00036dfb: default-1 0x36dfb, plus host address-space size (9),
         // save/load PAT (18, 19) and EFER (20, 21).
         assert_eq!(set.exit.bits(), 0x003f_6ffb);
@@ -719,7 +745,7 @@ mod tests {
         assert!(set
             .primary
             .contains(PrimaryControls::CR3_LOAD_EXITING | PrimaryControls::CR3_STORE_EXITING));
-        assert_eq!(set.primary.bits(), 0x9601_e1f2);
+        assert_eq!(set.primary.bits(), 0xb619_edfa);
         // EXIT_CTLS and ENTRY_CTLS force the debug-controls bit 2.
         assert!(set.exit.contains(ExitControls::SAVE_DEBUG_CONTROLS));
         assert!(set.entry.contains(EntryControls::LOAD_DEBUG_CONTROLS));
@@ -885,8 +911,8 @@ mod tests {
         let mut vmcs = FakeVmcs::default();
         set.write(&mut vmcs).unwrap();
         assert_eq!(vmcs.get(0x4000), Some(0x3f));
-        assert_eq!(vmcs.get(0x4002), Some(0x9600_61f2));
-        assert_eq!(vmcs.get(0x401E), Some(0x0010_10aa));
+        assert_eq!(vmcs.get(0x4002), Some(0xb618_6dfa));
+        assert_eq!(vmcs.get(0x401E), Some(0x0010_10ea));
         assert_eq!(vmcs.get(0x400C), Some(0x003f_6ffb));
         assert_eq!(vmcs.get(0x4012), Some(0xd1fb));
 

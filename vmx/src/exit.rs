@@ -543,6 +543,24 @@ impl Redelivery {
     }
 }
 
+/// DR6 after a debug exception (#DB) that caused a VM exit instead of being delivered (SDM Vol.
+/// 3C §28.1: such an exit leaves DR6 unchanged, and the exit qualification, Table 28-1, says
+/// what the exception would have written). `dr6` is the guest's DR6 before the exception,
+/// `qualification` the exit qualification: B0–B3 (bits 3:0), BD (13) and BS (14) are set in DR6
+/// as the processor sets them (they are sticky, SDM Vol. 3B §18.2.3: never cleared by the
+/// processor); bit 16 of the qualification says the exception arose inside an RTM region, which
+/// DR6 reports by *clearing* its bit 16 (RTM, active low). Reflecting the #DB to the guest with
+/// this DR6 gives it what a processor without the interception would have.
+pub const fn dr6_after_debug_exit(dr6: u64, qualification: u64) -> u64 {
+    const TRAP_BITS: u64 = 0xf | (1 << 13) | (1 << 14);
+    const RTM: u64 = 1 << 16;
+    let mut v = dr6 | (qualification & TRAP_BITS);
+    if qualification & RTM != 0 {
+        v &= !RTM;
+    }
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -798,5 +816,28 @@ mod tests {
                 assert_eq!(r.info.to_raw() & 0xfff, raw & 0xfff);
             }
         }
+    }
+
+    #[test]
+    fn debug_exit_sets_the_dr6_bits_the_exception_would_have() {
+        // DR6's reset value 0xFFFF0FF0: single step (BS) and breakpoint 2 hit.
+        assert_eq!(
+            dr6_after_debug_exit(0xffff_0ff0, (1 << 14) | 0b100),
+            0xffff_4ff4
+        );
+        // BD (general detect) alone; bits already set stay set (sticky).
+        assert_eq!(dr6_after_debug_exit(0xffff_0ff1, 1 << 13), 0xffff_2ff1);
+        // Inside an RTM region: DR6.RTM (bit 16) clears.
+        assert_eq!(
+            dr6_after_debug_exit(0xffff_0ff0, (1 << 16) | 1),
+            0xfffe_0ff1
+        );
+        // Qualification bits outside the defined ones are ignored; a zero one (INT1) changes
+        // nothing.
+        assert_eq!(
+            dr6_after_debug_exit(0xffff_0ff0, 0xffff_0000_0000_9ff0),
+            0xffff_0ff0
+        );
+        assert_eq!(dr6_after_debug_exit(0xffff_0ff0, 0), 0xffff_0ff0);
     }
 }

@@ -26,21 +26,64 @@ _start:
 2:  hlt
     jmp 2b
 
-    /* #GP handler for the MSR checks: count, skip the 2-byte RDMSR/WRMSR, return. */
+    /* #GP handler: count; for the MSR checks skip the 2-byte RDMSR/WRMSR; for a deny probe
+       (FIXUP_RIP set) record the vector and resume at the probe's fixup. */
     .global guest_gp_handler
 guest_gp_handler:
     lock inc qword ptr [rip + GP_COUNT]
+    cmp qword ptr [rip + FIXUP_RIP], 0
+    jne 3f
     add qword ptr [rsp + 8], 2
     add rsp, 8
+    iretq
+3:  push rax
+    mov qword ptr [rip + LAST_VECTOR], 13
+    mov rax, [rip + FIXUP_RIP]
+    mov [rsp + 16], rax
+    pop rax
+    add rsp, 8
+    iretq
+
+    /* #UD handler for the deny probes: record the vector, resume at the fixup. */
+    .global guest_ud_handler
+guest_ud_handler:
+    push rax
+    mov qword ptr [rip + LAST_VECTOR], 6
+    mov rax, [rip + FIXUP_RIP]
+    mov [rsp + 8], rax
+    pop rax
+    iretq
+
+    /* #DB handler (single step, INT1): count, keep DR6, clear TF in the saved RFLAGS. */
+    .global guest_db_handler
+guest_db_handler:
+    push rax
+    lock inc qword ptr [rip + DB_COUNT]
+    mov rax, dr6
+    mov [rip + LAST_DR6], rax
+    and qword ptr [rsp + 24], -257
+    pop rax
     iretq
 "#
     );
 
     #[no_mangle]
     static GP_COUNT: AtomicU64 = AtomicU64::new(0);
+    /// Where a deny probe resumes after the fault it expects (0: no probe running).
+    #[no_mangle]
+    static FIXUP_RIP: AtomicU64 = AtomicU64::new(0);
+    /// The vector the last probe faulted with (0: none).
+    #[no_mangle]
+    static LAST_VECTOR: AtomicU64 = AtomicU64::new(0);
+    #[no_mangle]
+    static DB_COUNT: AtomicU64 = AtomicU64::new(0);
+    #[no_mangle]
+    static LAST_DR6: AtomicU64 = AtomicU64::new(0);
 
     extern "C" {
         fn guest_gp_handler();
+        fn guest_ud_handler();
+        fn guest_db_handler();
     }
 
     /// An interrupt gate (SDM Vol. 3A Figure 6-8).
@@ -65,6 +108,10 @@ guest_gp_handler:
         // SAFETY: single-threaded guest; the IDT is written before it is loaded and then only
         // read by the CPU, so nothing else accesses it.
         unsafe { (*idt)[13] = gate(guest_gp_handler as *const () as u64) };
+        // SAFETY: as above.
+        unsafe { (*idt)[6] = gate(guest_ud_handler as *const () as u64) };
+        // SAFETY: as above.
+        unsafe { (*idt)[1] = gate(guest_db_handler as *const () as u64) };
         #[repr(C, packed)]
         struct Ptr {
             limit: u16,
@@ -74,8 +121,8 @@ guest_gp_handler:
             limit: (32 * 16 - 1) as u16,
             base: idt as u64,
         };
-        // SAFETY: `p` describes the whole static IDT, which lives forever; its gate 13 was just
-        // filled in and the others are not present.
+        // SAFETY: `p` describes the whole static IDT, which lives forever; its gates 1, 6 and
+        // 13 were just filled in and the others are not present.
         unsafe { asm!("lidt [{}]", in(reg) &p, options(readonly, nostack)) };
     }
 
@@ -192,6 +239,111 @@ guest_gp_handler:
         };
     }
 
+    /// Runs one instruction (`$ins`, with RAX, RCX, RDX as given) under a fixup; returns the
+    /// vector of the fault it raised (0: none) and RAX afterwards.
+    macro_rules! probe {
+        ($ins:literal, $rax:expr, $rcx:expr, $rdx:expr) => {{
+            LAST_VECTOR.store(0, Ordering::SeqCst);
+            let rax_out: u64;
+            // SAFETY: the instruction either completes or faults into this guest's own #UD or
+            // #GP handler, which resumes at label 2 (FIXUP_RIP); it touches no memory but what
+            // its operands name, which are valid.
+            unsafe {
+                asm!(
+                    "lea {t}, [rip + 2f]",
+                    "mov [rip + FIXUP_RIP], {t}",
+                    $ins,
+                    "2:",
+                    "mov qword ptr [rip + FIXUP_RIP], 0",
+                    t = out(reg) _,
+                    inout("rax") $rax => rax_out,
+                    in("rcx") $rcx,
+                    in("rdx") $rdx,
+                    options(nostack)
+                );
+            }
+            (LAST_VECTOR.load(Ordering::SeqCst), rax_out)
+        }};
+    }
+
+    /// The deny-by-default probes (`docs/security.md`): what a guest gets for instructions and
+    /// registers atoll intercepts. Returns (ud_ok, gp_ok, cr8_ok, cache_ok, db_ok, tsc_ok).
+    fn deny_probes() -> (bool, bool, bool, bool, bool, bool) {
+        static BUF: [u64; 8] = [0; 8];
+        let buf = BUF.as_ptr() as u64;
+        // VMX, SVM and MONITOR/MWAIT are hidden: #UD on either vendor (exiting or native).
+        // (VMXON only on Intel: QEMU's TCG, unlike an AMD processor, does not raise #UD for it.)
+        let intel = INTEL.load(Ordering::Relaxed) == 1;
+        let ud = [
+            if intel {
+                probe!("vmxon [rax]", buf, 0u64, 0u64).0
+            } else {
+                6
+            },
+            probe!("vmrun", 0u64, 0u64, 0u64).0,
+            probe!("monitor", buf, 0u64, 0u64).0,
+            probe!("mwait", 0u64, 0u64, 0u64).0,
+        ];
+        let ud_ok = ud.iter().all(|&v| v == 6);
+        // RDPMC: no counters, #GP; CR8 bits 63:4 reserved, #GP.
+        let rdpmc = probe!("rdpmc", 0u64, 0u64, 0u64).0;
+        let cr8_bad = probe!("mov cr8, rax", 0x10u64, 0u64, 0u64).0;
+        // XSETBV of AVX without SSE: #GP (only where XSAVE exists; the guest enables OSXSAVE).
+        let xsetbv_bad = if __cpuid_count(1, 0).ecx & (1 << 26) != 0 {
+            // SAFETY: setting CR4.OSXSAVE where the CPU has XSAVE only enables XSETBV/XGETBV.
+            unsafe {
+                asm!("mov {t}, cr4", "bts {t}, 18", "mov cr4, {t}", t = out(reg) _, options(nomem, nostack))
+            };
+            probe!("xsetbv", 0b101u64, 0u64, 0u64).0
+        } else {
+            13
+        };
+        let gp_ok = rdpmc == 13 && cr8_bad == 13 && xsetbv_bad == 13;
+        // CR8: the guest's own value, read back.
+        let (w, _) = probe!("mov cr8, rax", 5u64, 0u64, 0u64);
+        let (r, cr8) = probe!("mov rax, cr8", 0u64, 0u64, 0u64);
+        let _ = probe!("mov cr8, rax", 0u64, 0u64, 0u64);
+        let cr8_ok = w == 0 && r == 0 && cr8 == 5;
+        // WBINVD and INVD complete.
+        let cache_ok =
+            probe!("wbinvd", 0u64, 0u64, 0u64).0 == 0 && probe!("invd", 0u64, 0u64, 0u64).0 == 0;
+        // #DB: one single-step trap with DR6.BS set, then INT1, which returns past itself.
+        let db0 = DB_COUNT.load(Ordering::SeqCst);
+        // SAFETY: TF makes the instruction after POPFQ trap to the guest's #DB handler, which
+        // clears TF and returns.
+        unsafe {
+            asm!(
+                "mov {t}, 0xffff0ff0",
+                "mov dr6, {t}",
+                "pushfq",
+                "or qword ptr [rsp], 0x100",
+                "popfq",
+                "nop",
+                t = out(reg) _,
+            );
+        }
+        let step_ok = DB_COUNT.load(Ordering::SeqCst) == db0 + 1
+            && LAST_DR6.load(Ordering::SeqCst) & (1 << 14) != 0;
+        // SAFETY: INT1 traps to the guest's #DB handler, which returns past it.
+        unsafe { asm!(".byte 0xf1", options(nomem, nostack)) };
+        let db_ok = step_ok && DB_COUNT.load(Ordering::SeqCst) == db0 + 2;
+        // IA32_TSC writes move this guest's TSC only.
+        let base = 1u64 << 40;
+        wrmsr(0x10, base);
+        let t = rdmsr(0x10);
+        let r_tsc = tsc();
+        let tsc_ok = t >= base && r_tsc >= t && r_tsc < base + (1 << 36);
+        if !(ud_ok && gp_ok && cr8_ok && cache_ok && db_ok && tsc_ok) {
+            let _ = writeln!(
+                Com1,
+                "guest-suite: deny probes: #UD {ud:?}, #GP rdpmc {rdpmc} cr8 {cr8_bad} xsetbv {xsetbv_bad}, cr8 write {w} read {r} value {cr8}, dr6 {:#x} #DB {}, tsc {t:#x} then {r_tsc:#x}",
+                LAST_DR6.load(Ordering::SeqCst),
+                DB_COUNT.load(Ordering::SeqCst) - db0
+            );
+        }
+        (ud_ok, gp_ok, cr8_ok, cache_ok, db_ok, tsc_ok)
+    }
+
     fn tsc() -> u64 {
         // SAFETY: RDTSC is unprivileged and not intercepted.
         unsafe { core::arch::x86_64::_rdtsc() }
@@ -287,6 +439,8 @@ guest_gp_handler:
         let passthrough_ok = rdmsr(0xc000_0082) == 0xffff_8000_1234_5000
             && GP_COUNT.load(Ordering::Relaxed) == gp0 + 2;
 
+        let (deny_ud, deny_gp, deny_cr8, deny_cache, deny_db, deny_tsc) = deny_probes();
+
         // A port atoll does not emulate: this enclave's policy is `ignore`, so it reads all ones.
         let denied_port = inb(0x70);
 
@@ -320,13 +474,20 @@ guest_gp_handler:
             && denied_ok
             && passthrough_ok
             && denied_port == 0xff
-            && bad_pages == 0;
+            && bad_pages == 0
+            && deny_ud
+            && deny_gp
+            && deny_cr8
+            && deny_cache
+            && deny_db
+            && deny_tsc;
         let mut json = Buf::new();
         let _ = write!(
             json,
             "{{\"suite_passed\":{passed},\"console_hypercall\":{console_ok},\"abi_version_ok\":{abi_ok},\"unknown_hypercall_refused\":{unknown_ok},\"bad_buffer_refused\":{fault_ok},\
              \"cpuid_vmx_hidden\":{vmx_hidden},\"cpuid_svm_hidden\":{svm_hidden},\"cpuid_hypervisor_bit\":{hv_bit},\"cpuid_signature_ok\":{sig_ok},\
              \"msr_allowed_ok\":{allowed_ok},\"msr_denied_gp\":{denied_ok},\"msr_passthrough_ok\":{passthrough_ok},\"denied_port_value\":{denied_port},\
+             \"deny_ud\":{deny_ud},\"deny_gp\":{deny_gp},\"deny_cr8\":{deny_cr8},\"deny_cache\":{deny_cache},\"deny_db\":{deny_db},\"deny_tsc\":{deny_tsc},\
              \"ram_bytes\":{ram},\"pages_checked\":{pages},\"ram_passes\":{passes},\"bad_pages\":{bad_pages},\"cpuid_cycles\":{cpuid_cycles},\"hypercall_cycles\":{hypercall_cycles},\"mode\":\"{mode}\"}}"
         );
         if report(&json) != status::OK {

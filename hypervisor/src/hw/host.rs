@@ -20,6 +20,10 @@ impl HostCpu for ThisCore {
             core::arch::asm!("xsetbv", in("ecx") 0u32, in("eax") value as u32, in("edx") (value >> 32) as u32, options(nomem, nostack));
         }
     }
+
+    fn rdtsc(&self) -> u64 {
+        super::tsc::now()
+    }
 }
 
 /// atoll's console as one enclave sees it, one line per enclave line: `[name] text`.

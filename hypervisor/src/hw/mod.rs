@@ -7,6 +7,7 @@ pub mod console;
 pub mod contain;
 pub mod core_tables;
 pub mod enclave_run;
+pub mod guest_state;
 pub mod host;
 pub mod msr;
 pub mod power;

@@ -16,7 +16,9 @@ use atoll_vcpu::double_fault::{self, Combined};
 use atoll_vcpu::{Access, Exit, Gpr, GuestRam, Vcpu, VcpuError};
 use boot::{GuestPhysAddr, HostPhysAddr, PhysRange};
 use svm::exit::{CrDrAccess, Event, EventType, ExitCode, IoioInfo, MsrAccess, NestedPageFault};
-use svm::intercepts::{CrIntercepts, Intercepts, MiscIntercepts1, MiscIntercepts2};
+use svm::intercepts::{
+    CrIntercepts, ExceptionIntercepts, Intercepts, MiscIntercepts1, MiscIntercepts2,
+};
 use svm::permission_maps::PermissionMapPages;
 use svm::vmcb::{
     Field64, InterruptState, NestedControl, Segment, SegmentAttributes, SegmentRegister,
@@ -83,6 +85,10 @@ pub struct SvmVcpu {
     /// An exception raised on top of a queued #DF: the guest is shut down, the next `run`
     /// reports a triple fault without entering it.
     shutdown: bool,
+    /// The guest's CR8. CR8 reads and writes are intercepted, so the guest's value lives here
+    /// and V_TPR, which CR8 would otherwise reach with V_INTR_MASKING set (APM Vol. 2
+    /// §15.21.1), stays unused: atoll's interrupt-window requests ignore it (V_IGN_TPR).
+    cr8: u64,
 }
 
 fn flat(selector: u16, attrib: SegmentAttributes) -> Segment {
@@ -110,9 +116,20 @@ impl SvmVcpu {
                 msr.allow(m, true, true)?;
             }
         }
+        // The core's guest-reachable registers back to reset values (a core may have run
+        // another partition before); VMLOAD gives the VMLOAD/VMSAVE set from this VMCB.
+        super::guest_state::reset();
         let mut v = Box::new(Vmcb::zeroed());
+        // Deny by default (docs/security.md): CR8 (the guest's task priority is its own value,
+        // not the physical TPR), #DB and #AC (each delivery exits, CVE-2015-8104 and
+        // CVE-2015-5307), INVD and WBINVD (no-ops: never a flush of a shared cache), RDPMC
+        // (#GP), MONITOR/MWAIT (#UD: hidden in CPUID) and every SVM instruction (#UD).
         let intercepts = Intercepts {
-            cr: CrIntercepts::WRITE_CR0 | CrIntercepts::WRITE_CR4,
+            cr: CrIntercepts::WRITE_CR0
+                | CrIntercepts::WRITE_CR4
+                | CrIntercepts::READ_CR8
+                | CrIntercepts::WRITE_CR8,
+            exceptions: ExceptionIntercepts::DB | ExceptionIntercepts::AC,
             misc1: MiscIntercepts1::INTR
                 | MiscIntercepts1::NMI
                 | MiscIntercepts1::INIT
@@ -121,8 +138,10 @@ impl SvmVcpu {
                 | MiscIntercepts1::IOIO_PROT
                 | MiscIntercepts1::MSR_PROT
                 | MiscIntercepts1::SHUTDOWN
-                | MiscIntercepts1::INVLPGA,
-            // The guest never sees SVM: every SVM instruction exits (and ends the enclave).
+                | MiscIntercepts1::INVLPGA
+                | MiscIntercepts1::INVD
+                | MiscIntercepts1::RDPMC,
+            // The guest never sees SVM: every SVM instruction exits (and raises #UD).
             misc2: MiscIntercepts2::VMRUN
                 | MiscIntercepts2::VMMCALL
                 | MiscIntercepts2::VMLOAD
@@ -130,7 +149,11 @@ impl SvmVcpu {
                 | MiscIntercepts2::STGI
                 | MiscIntercepts2::CLGI
                 | MiscIntercepts2::SKINIT
-                | MiscIntercepts2::XSETBV,
+                | MiscIntercepts2::XSETBV
+                | MiscIntercepts2::WBINVD
+                | MiscIntercepts2::MONITOR
+                | MiscIntercepts2::MWAIT
+                | MiscIntercepts2::MWAIT_CONDITIONAL,
             ..Intercepts::default()
         };
         v.set_intercepts(&intercepts);
@@ -138,7 +161,9 @@ impl SvmVcpu {
         v.set_msrpm_base(phys(&maps.msrpm))?;
         v.set_asid(asid);
         v.set_tlb_control(TlbControl::FlushAll);
-        // Host interrupts stay the host's whatever the guest's RFLAGS.IF says.
+        // Host interrupts stay the host's whatever the guest's RFLAGS.IF says, and the guest's
+        // CR8 could only reach V_TPR, never the physical TPR (APM Vol. 2 §15.21.1); it is
+        // intercepted all the same. `request_interrupt_window` keeps the bit set.
         v.set_virtual_interrupt(VirtualInterruptControl::V_INTR_MASKING);
         v.set_nested_control(NestedControl::NP_ENABLE);
         v.set_nested_cr3(nested_cr3);
@@ -241,6 +266,7 @@ impl SvmVcpu {
             nmi_masked: false,
             iret_rip: None,
             shutdown: false,
+            cr8: 0,
         })
     }
 
@@ -377,6 +403,42 @@ impl SvmVcpu {
                     },
                 }
             }
+            ExitCode::CrRead(cr) => {
+                let gpr = match (self.decode_assists, CrDrAccess::from_exit_info1(i1)) {
+                    (true, CrDrAccess::Mov { gpr }) => Some(gpr),
+                    _ => self
+                        .current_instruction()
+                        .and_then(|d| d.mov_cr)
+                        .filter(|m| m.0 == cr && !m.2)
+                        .map(|m| m.1),
+                };
+                match gpr {
+                    Some(gpr) => needs_length(Exit::CrRead { cr, gpr }, self),
+                    None => Exit::Unknown {
+                        code: code.raw() as u32,
+                        name: "CR read other than MOV (SMSW)",
+                    },
+                }
+            }
+            // The exception intercepts (#DB, #AC): the processor has already updated the
+            // VMCB's DR6 for a #DB (as KVM relies on too), so the guest's state is what the
+            // delivery would have left; EXITINFO1 holds the error code of #AC (APM Vol. 2
+            // §15.12).
+            ExitCode::Exception(vector) => Exit::Exception {
+                vector,
+                error_code: (vector == 17).then_some(i1 as u32),
+            },
+            ExitCode::Invd => needs_length(Exit::Invd, self),
+            ExitCode::Wbinvd => needs_length(Exit::Wbinvd, self),
+            ExitCode::Rdpmc => Exit::Rdpmc,
+            ExitCode::Monitor | ExitCode::Mwait | ExitCode::MwaitConditional => Exit::MonitorMwait,
+            ExitCode::Vmrun
+            | ExitCode::Vmload
+            | ExitCode::Vmsave
+            | ExitCode::Stgi
+            | ExitCode::Clgi
+            | ExitCode::Skinit
+            | ExitCode::Invlpga => Exit::VirtualizationInstruction,
             ExitCode::Npf => {
                 let f = NestedPageFault::from_exit_info(i1, i2);
                 let access = Access {
@@ -507,6 +569,7 @@ impl Vcpu for SvmVcpu {
             2 => self.vmcb.read64(Field64::Cr2),
             3 => self.vmcb.read64(Field64::Cr3),
             4 => self.vmcb.read64(Field64::Cr4),
+            8 => self.cr8,
             _ => 0,
         }
     }
@@ -519,9 +582,31 @@ impl Vcpu for SvmVcpu {
             }
             3 => self.vmcb.write64(Field64::Cr3, value),
             4 => self.vmcb.write64(Field64::Cr4, value),
+            8 => {
+                // Mirrored in V_TPR (bits 3:0 are CR8, APM Vol. 2 §15.21.1) so that a CR8 read
+                // that does not exit returns the same value: QEMU's SVM does not intercept CR8
+                // reads. V_TPR masks nothing atoll relies on: its window requests ignore it
+                // (V_IGN_TPR) and V_INTR_MASKING keeps it away from the physical TPR.
+                self.cr8 = value;
+                let v = self
+                    .vmcb
+                    .virtual_interrupt()
+                    .with_v_tpr((value & 0xf) as u8);
+                self.vmcb.set_virtual_interrupt(v);
+            }
             _ => return Err(VcpuError::Rejected),
         }
         Ok(())
+    }
+
+    fn tsc_offset(&self) -> u64 {
+        self.vmcb.read64(Field64::TscOffset)
+    }
+
+    fn set_tsc_offset(&mut self, offset: u64) {
+        // Added to RDTSC, RDTSCP and RDMSR IA32_TSC (APM Vol. 2 §15.30.4); a VMCB control
+        // field, re-read at every VMRUN (no clean bits are used).
+        self.vmcb.write64(Field64::TscOffset, offset);
     }
 
     fn efer(&self) -> u64 {

@@ -160,7 +160,16 @@ pub struct VmxVcpu {
     /// An exception raised on top of a queued #DF: the guest is shut down, the next `run`
     /// reports a triple fault without entering it.
     shutdown: bool,
+    /// The guest's CR8: CR8 loads and stores exit (the real TPR stays the host's), so the value
+    /// lives here.
+    cr8: u64,
 }
+
+/// Exceptions that exit instead of being delivered through the guest's IDT (SDM Vol. 3C
+/// §25.6.3): #DB (1) and #AC (17), whose delivery a guest can make raise the same exception
+/// again forever inside the processor (CVE-2015-8104, CVE-2015-5307); intercepted, each
+/// delivery is an exit and atoll reflects it (`crate::run::deny::reflect_exception`).
+const EXCEPTION_BITMAP: u32 = (1 << 1) | (1 << 17);
 
 fn natural(f: FieldNatural) -> u64 {
     vi::read_natural(f).unwrap_or(0)
@@ -209,6 +218,9 @@ impl VmxVcpu {
                 msr.0[base + rw + index / 8] &= !(1 << (index % 8));
             }
         }
+        // The core's guest-reachable registers back to reset values (a core may have run
+        // another partition before).
+        super::guest_state::reset();
 
         // Bits VMX fixes in CR0/CR4 are the host's; unrestricted guest frees PE and PG.
         let cr0_mask = (fixed.cr0_fixed0 | !fixed.cr0_fixed1) & !(CR0_PE | CR0_PG);
@@ -223,7 +235,7 @@ impl VmxVcpu {
         let wn = |f, v| vmw("VMWRITE", vi::write_natural(f, v));
 
         vmw("VMWRITE controls", controls.write(&mut vi::CurrentVmcs))?;
-        w32(Field32::ExceptionBitmap, 0)?;
+        w32(Field32::ExceptionBitmap, EXCEPTION_BITMAP)?;
         w32(Field32::PageFaultErrorCodeMask, 0)?;
         w32(Field32::PageFaultErrorCodeMatch, 0)?;
         w32(Field32::Cr3TargetCount, 0)?;
@@ -401,6 +413,7 @@ impl VmxVcpu {
             cr4_mask,
             exit_len: 0,
             shutdown: false,
+            cr8: 0,
         })
     }
 
@@ -438,13 +451,35 @@ impl VmxVcpu {
                 let info = InterruptionInfo::from_raw(
                     vi::read32(Field32::VmExitInterruptionInformation).unwrap_or(0),
                 );
-                if info.kind == InterruptionType::Nmi {
-                    Exit::Nmi
-                } else {
-                    Exit::Unknown {
+                match info.kind {
+                    InterruptionType::Nmi => Exit::Nmi,
+                    InterruptionType::HardwareException
+                    | InterruptionType::PrivilegedSoftwareException => {
+                        if info.vector == 1 {
+                            // DR6 is the guest's on this core; the exit left it unchanged.
+                            let dr6 = vmx::exit::dr6_after_debug_exit(super::guest_state::dr6(), q);
+                            super::guest_state::set_dr6(dr6);
+                        }
+                        if info.kind == InterruptionType::PrivilegedSoftwareException {
+                            // INT1 (ICEBP) is a trap: the #DB it raises returns past it. RIP
+                            // still points at it (SDM Vol. 3C §28.1), so step over it and
+                            // deliver the #DB as a hardware exception from there.
+                            self.skip_instruction();
+                        }
+                        let error_code = if info.error_code_valid {
+                            vi::read32(Field32::VmExitInterruptionErrorCode).ok()
+                        } else {
+                            None
+                        };
+                        Exit::Exception {
+                            vector: info.vector,
+                            error_code,
+                        }
+                    }
+                    _ => Exit::Unknown {
                         code: raw,
                         name: "exception",
-                    }
+                    },
                 }
             }
             BasicExitReason::ExternalInterrupt => {
@@ -517,6 +552,25 @@ impl VmxVcpu {
                 }
             }
             BasicExitReason::Xsetbv => Exit::Xsetbv,
+            BasicExitReason::Invd => Exit::Invd,
+            BasicExitReason::Wbinvd => Exit::Wbinvd,
+            BasicExitReason::Rdpmc => Exit::Rdpmc,
+            BasicExitReason::Monitor | BasicExitReason::Mwait => Exit::MonitorMwait,
+            // The VMX instructions exit unconditionally in VMX non-root operation, and GETSEC
+            // does too (SDM Vol. 3C §26.1.2); CPUID hides VMX and SMX, so they are #UD.
+            BasicExitReason::Vmclear
+            | BasicExitReason::Vmlaunch
+            | BasicExitReason::Vmptrld
+            | BasicExitReason::Vmptrst
+            | BasicExitReason::Vmread
+            | BasicExitReason::Vmresume
+            | BasicExitReason::Vmwrite
+            | BasicExitReason::Vmxoff
+            | BasicExitReason::Vmxon
+            | BasicExitReason::Invept
+            | BasicExitReason::Invvpid
+            | BasicExitReason::Vmfunc
+            | BasicExitReason::Getsec => Exit::VirtualizationInstruction,
             other => Exit::Unknown {
                 code: raw,
                 name: other.description().unwrap_or("unknown exit reason"),
@@ -655,6 +709,7 @@ impl Vcpu for VmxVcpu {
             }
             2 => self.regs.cr2,
             3 => natural(FieldNatural::GuestCr3),
+            8 => self.cr8,
             4 => {
                 (natural(FieldNatural::GuestCr4) & !self.cr4_mask)
                     | (natural(FieldNatural::Cr4ReadShadow) & self.cr4_mask)
@@ -664,6 +719,11 @@ impl Vcpu for VmxVcpu {
     }
 
     fn set_cr(&mut self, cr: u8, value: u64) -> Result<(), VcpuError> {
+        if cr == 8 {
+            // No VMCS field: CR8 loads exit, the value is this vCPU's.
+            self.cr8 = value;
+            return Ok(());
+        }
         let mut m = HwMsrs;
         let fixed = FixedBits::read(&mut m).map_err(|_| VcpuError::Rejected)?;
         match cr {
@@ -694,6 +754,16 @@ impl Vcpu for VmxVcpu {
             _ => return Err(VcpuError::Rejected),
         }
         Ok(())
+    }
+
+    fn tsc_offset(&self) -> u64 {
+        vi::read64(Field64::TscOffset).unwrap_or(0)
+    }
+
+    fn set_tsc_offset(&mut self, offset: u64) {
+        // "Use TSC offsetting" is a required control (SDM Vol. 3C §25.6.5, §27.3): RDTSC,
+        // RDTSCP and RDMSR IA32_TSC give TSC + offset.
+        let _ = vi::write64(Field64::TscOffset, offset);
     }
 
     fn efer(&self) -> u64 {

@@ -45,12 +45,17 @@ pub mod msr {
     pub const IA32_FLUSH_CMD: u32 = 0x10b;
 }
 
-/// MSRs the guest reads and writes directly (no exit): state atoll's host side never uses, or
-/// that both backends switch on every entry and exit (SYSENTER, FS/GS base). IA32_PAT is not
-/// here: the backends keep the guest's PAT in their own state (VMCS guest PAT, VMCB G_PAT), so it
-/// is emulated.
+/// MSRs the guest reads and writes directly (no exit). Each is either switched by the
+/// backends on every entry and exit (VMX: SYSENTER and FS/GS base through the VMCS guest and
+/// host state; SVM: VMLOAD/VMSAVE, APM Vol. 2 §15.5.2, for SYSENTER, STAR/LSTAR/CSTAR/SFMASK,
+/// KERNEL_GS_BASE and FS/GS base) or state atoll's own code never consumes (it runs at CPL 0
+/// with no SYSCALL, SWAPGS, RDTSCP or RDPID, and leaves IA32_SPEC_CTRL at its reset value 0, so
+/// a guest's value only adds restrictions for atoll while it handles an exit); the backends
+/// reset every one of them when a vCPU is created, so the next partition on a core never sees
+/// the last one's values. `docs/security.md` lists each. IA32_PAT is not here: the backends
+/// keep the guest's PAT in their own state (VMCS guest PAT, VMCB G_PAT), so it is emulated.
+/// IA32_TSC is emulated on top of the TSC offset (reads and writes exit; RDTSC does not).
 pub const PASSTHROUGH_MSRS: &[u32] = &[
-    msr::IA32_TSC,
     msr::IA32_SYSENTER_CS,
     msr::IA32_SYSENTER_ESP,
     msr::IA32_SYSENTER_EIP,
@@ -63,15 +68,12 @@ pub const PASSTHROUGH_MSRS: &[u32] = &[
     msr::IA32_KERNEL_GS_BASE,
     msr::IA32_TSC_AUX,
     // The speculation controls: per-core state of the enclave's own core (the guest sees them
-    // only where the host's CPUID lists them).
+    // only where the host's CPUID lists them). PRED_CMD and FLUSH_CMD are write-only commands
+    // with no state.
     msr::IA32_SPEC_CTRL,
     msr::IA32_PRED_CMD,
     msr::IA32_FLUSH_CMD,
 ];
-
-/// EFER bits a guest may set: SCE, LME, LMA (checked against CR0), NXE (AMD64 APM Vol. 2 §3.1.7).
-const EFER_ALLOWED: u64 = (1 << 0) | (1 << 8) | (1 << 10) | (1 << 11);
-const EFER_LMA: u64 = 1 << 10;
 
 /// COM1's ports.
 const COM1: u16 = 0x3f8;
@@ -82,6 +84,8 @@ pub trait HostCpu {
     fn cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4];
     /// Loads XCR0 (already validated) on this core.
     fn xsetbv(&mut self, value: u64);
+    /// The core's time-stamp counter.
+    fn rdtsc(&self) -> u64;
 }
 
 /// Where enclave output goes.
@@ -318,11 +322,11 @@ pub fn handle(
             }
             io(vcpu, run, console, port, size, write)
         }
-        Exit::MsrRead => msr_read(vcpu, run),
-        Exit::MsrWrite => msr_write(vcpu, run),
+        Exit::MsrRead => msr_read(vcpu, run, host),
+        Exit::MsrWrite => msr_write(vcpu, run, host),
         Exit::CrWrite { cr, gpr } => {
             let value = vcpu.gpr(gpr);
-            cr_write(vcpu, cr, value)
+            cr_write(vcpu, host, cr, value)
         }
         Exit::CrRead { cr, gpr } => {
             let v = vcpu.cr(cr);
@@ -332,13 +336,13 @@ pub fn handle(
         }
         Exit::Clts => {
             let cr0 = vcpu.cr(0) & !(1 << 3);
-            cr_write(vcpu, 0, cr0)
+            cr_write(vcpu, host, 0, cr0)
         }
         Exit::Lmsw(src) => {
             // LMSW loads CR0 bits 3:0 but cannot clear PE (SDM Vol. 2A "LMSW").
             let cr0 = vcpu.cr(0);
             let value = (cr0 & !0xe) | u64::from(src & 0xf) | (cr0 & 1);
-            cr_write(vcpu, 0, value)
+            cr_write(vcpu, host, 0, value)
         }
         Exit::Xsetbv => xsetbv(vcpu, host),
         Exit::Hypercall => hypercall_exit(vcpu, mem, run, console),
@@ -359,12 +363,21 @@ pub fn handle(
         | Exit::InterruptWindow
         | Exit::Init
         | Exit::Sipi { .. } => Action::Resume,
+        Exit::Exception { vector, error_code } => {
+            crate::run::deny::reflect_exception(vcpu, vector, error_code)
+        }
+        Exit::Wbinvd | Exit::Invd => crate::run::deny::cache_flush(vcpu),
+        Exit::VirtualizationInstruction | Exit::MonitorMwait => crate::run::deny::undefined(vcpu),
+        Exit::Rdpmc => crate::run::deny::rdpmc(vcpu),
         Exit::Unknown { code, name } => Action::Stop(EndReason::UnknownExit { code, name, rip }),
     }
 }
 
-/// CPUID as the enclave sees it: VMX and SVM hidden, the hypervisor bit set, atoll's leaves at
-/// 0x4000_0000.
+/// CPUID as the enclave sees it: atoll's leaves at 0x4000_0000, the hypervisor bit set, and
+/// hidden what the enclave does not own: VMX, SVM, SMX, MONITOR/MWAIT, the performance counters
+/// and the other features whose instructions or MSRs stay the host's, and the host's topology
+/// (APIC IDs, core and thread counts). A Linux enclave's platform describes its own topology on
+/// top of this ([`crate::run::vplat::cpuid`]).
 pub fn filtered_cpuid(host: &impl HostCpu, leaf: u32, sub: u32) -> [u32; 4] {
     match leaf {
         CPUID_HV_BASE => {
@@ -383,12 +396,69 @@ pub fn filtered_cpuid(host: &impl HostCpu, leaf: u32, sub: u32) -> [u32; 4] {
         _ => {
             let mut r = host.cpuid(leaf, sub);
             match leaf {
-                // ECX bit 5 VMX, bit 6 SMX hidden; bit 31 "hypervisor present".
-                1 => r[2] = (r[2] & !((1 << 5) | (1 << 6))) | (1 << 31),
-                // ECX bit 2 SVM hidden.
-                0x8000_0001 => r[2] &= !(1 << 2),
-                // SVM feature leaf: nothing to offer.
-                0x8000_000a => r = [0; 4],
+                1 => {
+                    // ECX: MONITOR (3), DS-CPL (4), VMX (5), SMX (6), EIST (7), TM2 (8) and
+                    // PDCM (15) hidden (their instructions or MSRs are the host's); bit 31
+                    // "hypervisor present".
+                    r[2] = (r[2]
+                        & !((1 << 3)
+                            | (1 << 4)
+                            | (1 << 5)
+                            | (1 << 6)
+                            | (1 << 7)
+                            | (1 << 8)
+                            | (1 << 15)))
+                        | (1 << 31);
+                    // EDX: debug store (21), thermal MSRs (ACPI 22, TM 29), PBE (31) hidden.
+                    r[3] &= !((1 << 21) | (1 << 22) | (1 << 29) | (1 << 31));
+                    // EBX: the host core's initial APIC ID (31:24) and its package's logical
+                    // processor count (23:16) are host topology: one processor, ID 0, no HTT.
+                    r[1] &= 0xffff;
+                    r[1] |= 1 << 16;
+                    r[3] &= !(1 << 28);
+                }
+                // Deterministic cache parameters: the cache descriptions stay, the sharing
+                // and core counts (EAX 31:14) are the host's topology.
+                4 => r[0] &= 0x3fff,
+                // MONITOR/MWAIT, the architectural PMU, RDT monitoring and allocation, SGX,
+                // processor trace, PCONFIG: features not offered, their leaves read 0.
+                5 | 0xa | 0xf | 0x10 | 0x12 | 0x14 | 0x1b => r = [0; 4],
+                // Thermal and power management: only ARAT (EAX bit 2).
+                6 => r = [r[0] & (1 << 2), 0, 0, 0],
+                7 if sub == 0 => {
+                    // EBX: SGX (2), RDT-M (12), RDT-A (15), processor trace (25) hidden.
+                    r[1] &= !((1 << 2) | (1 << 12) | (1 << 15) | (1 << 25));
+                    // ECX: SGX launch control (30) hidden.
+                    r[2] &= !(1 << 30);
+                }
+                // Extended topology: one logical processor, x2APIC ID 0 (the host's IDs and
+                // level widths are not the enclave's business).
+                0xb | 0x1f if leaf <= host.cpuid(0, 0)[0] => {
+                    r = match sub {
+                        0 => [0, 1, 0x100, 0],
+                        1 => [0, 1, 0x201, 0],
+                        _ => [0, 0, sub & 0xff, 0],
+                    };
+                }
+                0x8000_0001 => {
+                    // ECX: SVM (2), IBS (10), SKINIT (12), WDT (13), TOPOEXT (22), the core,
+                    // northbridge and LLC performance counter extensions (23, 24, 28) and
+                    // MONITORX (29) hidden.
+                    r[2] &= !((1 << 2)
+                        | (1 << 10)
+                        | (1 << 12)
+                        | (1 << 13)
+                        | (1 << 22)
+                        | (1 << 23)
+                        | (1 << 24)
+                        | (1 << 28)
+                        | (1 << 29));
+                }
+                // ECX: the host's core count (NC, 7:0) and APIC ID size (15:12).
+                0x8000_0008 => r[2] &= !0xf0ff,
+                // SVM features, AMD extended APIC ID and topology, SEV, PMC v2, extended
+                // topology: nothing to offer.
+                0x8000_000a | 0x8000_001e | 0x8000_001f | 0x8000_0022 | 0x8000_0026 => r = [0; 4],
                 // XSAVES/XRSTORS (EAX bit 3) and the supervisor states (IA32_XSS, ECX/EDX) are
                 // not virtualized, and XSAVEC (bit 1) goes with them: guests use the standard
                 // XSAVE layout, whose sizes leaf 0xD subleaf 0 gives (Bochs reports the compacted
@@ -532,9 +602,13 @@ fn deny_msr(vcpu: &mut impl Vcpu, run: &mut EnclaveRun) -> Action {
     Action::Resume
 }
 
-fn msr_read(vcpu: &mut impl Vcpu, run: &mut EnclaveRun) -> Action {
+fn msr_read(vcpu: &mut impl Vcpu, run: &mut EnclaveRun, host: &impl HostCpu) -> Action {
     let index = vcpu.gpr(Gpr::Rcx) as u32;
     let value = match index {
+        // The guest's TSC: the core's plus this vCPU's offset, as RDTSC gives it. (Reads exit
+        // too: QEMU's SVM returned 0 for a pass-through RDMSR of IA32_TSC under an offset, and
+        // guests read the TSC with RDTSC, which never exits.)
+        msr::IA32_TSC => host.rdtsc().wrapping_add(vcpu.tsc_offset()),
         // xAPIC enabled at the architectural base; this vCPU is the enclave's BSP.
         msr::IA32_APIC_BASE => 0xfee0_0000 | (1 << 11) | (1 << 8),
         msr::IA32_MISC_ENABLE => 1, // fast strings
@@ -550,13 +624,15 @@ fn msr_read(vcpu: &mut impl Vcpu, run: &mut EnclaveRun) -> Action {
     Action::Resume
 }
 
-fn msr_write(vcpu: &mut impl Vcpu, run: &mut EnclaveRun) -> Action {
+fn msr_write(vcpu: &mut impl Vcpu, run: &mut EnclaveRun, host: &impl HostCpu) -> Action {
     let index = vcpu.gpr(Gpr::Rcx) as u32;
     let value = (vcpu.gpr(Gpr::Rdx) << 32) | (vcpu.gpr(Gpr::Rax) & 0xffff_ffff);
     match index {
+        // A write moves this vCPU's offset, never the core's TSC, which atoll's timers and every
+        // other vCPU's deadlines are measured in.
+        msr::IA32_TSC => vcpu.set_tsc_offset(crate::run::deny::tsc_offset_for(value, host.rdtsc())),
         msr::IA32_EFER => {
-            // Reserved bits, or LMA differing from what the CPU has, are #GP.
-            if value & !EFER_ALLOWED != 0 || (value & EFER_LMA) != (vcpu.efer() & EFER_LMA) {
+            if !crate::run::deny::valid_efer(value, vcpu.efer(), vcpu.cr(0), host) {
                 return deny_msr(vcpu, run);
             }
             if vcpu.set_efer(value).is_err() {
@@ -590,34 +666,21 @@ fn msr_write(vcpu: &mut impl Vcpu, run: &mut EnclaveRun) -> Action {
     Action::Resume
 }
 
-/// CR4 bits a guest may not set: VMXE (13), SMXE (14), and the reserved ones above 24 except
-/// PKS (24)/CET (23) handled as reserved too for now.
-const CR4_FORBIDDEN: u64 = !((1 << 0)
-    | (1 << 1)
-    | (1 << 2)
-    | (1 << 3)
-    | (1 << 4)
-    | (1 << 5)
-    | (1 << 6)
-    | (1 << 7)
-    | (1 << 8)
-    | (1 << 9)
-    | (1 << 10)
-    | (1 << 11)
-    | (1 << 12)
-    | (1 << 16)
-    | (1 << 17)
-    | (1 << 18)
-    | (1 << 20)
-    | (1 << 21)
-    | (1 << 22));
-
-fn cr_write(vcpu: &mut impl Vcpu, cr: u8, value: u64) -> Action {
+fn cr_write(vcpu: &mut impl Vcpu, host: &impl HostCpu, cr: u8, value: u64) -> Action {
+    use crate::run::deny;
     let ok = match cr {
-        // CR0: upper 32 bits reserved; PG needs PE (SDM Vol. 3A §2.5).
-        0 => value >> 32 == 0 && !(value & (1 << 31) != 0 && value & 1 == 0),
-        4 => value & CR4_FORBIDDEN == 0,
-        3 | 8 => true,
+        0 => deny::valid_cr0(value, vcpu.cr(4), vcpu.efer()),
+        4 => deny::valid_cr4(
+            value,
+            vcpu.cr(4),
+            vcpu.efer(),
+            vcpu.cr(3),
+            deny::cr4_supported(host),
+        ),
+        // CR3: any value the second-stage tables then confine; reserved bits above MAXPHYADDR
+        // are the processor's to check at the next walk (CR3 writes do not exit today).
+        3 => true,
+        8 => deny::tpr_from_cr8(value).is_some(),
         _ => false,
     };
     if !ok || vcpu.set_cr(cr, value).is_err() {
@@ -647,17 +710,22 @@ fn xsetbv(vcpu: &mut impl Vcpu, host: &mut impl HostCpu) -> Action {
     Action::Resume
 }
 
-/// XCR0 rules (SDM Vol. 1 §13.3): x87 set; only supported components; AVX needs SSE; the two
-/// MPX bits together; the three AVX-512 bits together and only with AVX.
+/// XCR0 rules (SDM Vol. 1 §13.3, Vol. 2D "XSETBV"): x87 (bit 0) set; only components CPUID
+/// 0xD.0 EDX:EAX lists (so never a supervisor component); AVX (2) needs SSE (1); the two MPX
+/// bits (3, 4) together; the three AVX-512 bits (5–7) together and only with AVX; the two AMX
+/// bits (TILECFG 17, TILEDATA 18) together. The processor would raise #GP for any other value
+/// at XSETBV, so atoll checks them all before it executes XSETBV on the guest's behalf.
 pub fn valid_xcr0(value: u64, supported: u64) -> bool {
     let has = |bits: u64| value & bits == bits;
     let any = |bits: u64| value & bits != 0;
+    let together = |bits: u64| has(bits) || !any(bits);
     value & 1 != 0
         && value & !supported == 0
         && (!any(1 << 2) || has(1 << 1))
-        && (has(0b11 << 3) || !any(0b11 << 3))
-        && (has(0b111 << 5) || !any(0b111 << 5))
+        && together(0b11 << 3)
+        && together(0b111 << 5)
         && (!any(0b111 << 5) || has(1 << 2))
+        && together(0b11 << 17)
 }
 
 fn hypercall_exit(
@@ -747,12 +815,15 @@ mod tests {
             match leaf {
                 1 => [0x906ea, 0, (1 << 5) | (1 << 26) | (1 << 0), 0],
                 0xd => [0b111, 0, 0b11, 0b1],
-                0x8000_0001 => [0, 0, 1 << 2, 0],
+                0x8000_0001 => [0, 0, 1 << 2, (1 << 11) | (1 << 20) | (1 << 29)],
                 _ => [leaf, 1, 2, 3],
             }
         }
         fn xsetbv(&mut self, value: u64) {
             self.xcr0 = Some(value);
+        }
+        fn rdtsc(&self) -> u64 {
+            0
         }
     }
 

@@ -986,6 +986,21 @@ pub fn handle(
         }
         Exit::Hlt => Some(halt(vcpu, local, shared, host)),
         Exit::ExternalInterrupt { .. } | Exit::InterruptWindow | Exit::Nmi => Some(Action::Resume),
+        // CR8 is the local APIC's task priority (SDM Vol. 3A §11.8.6.1): one value however the
+        // guest reaches it (CR8, the TPR register, the x2APIC MSR).
+        Exit::CrRead { cr: 8, gpr } => {
+            vcpu.set_gpr(gpr, crate::run::deny::cr8_from_tpr(local.apic.tpr()));
+            vcpu.skip_instruction();
+            Some(Action::Resume)
+        }
+        Exit::CrWrite { cr: 8, gpr } => match crate::run::deny::tpr_from_cr8(vcpu.gpr(gpr)) {
+            Some(tpr) => {
+                local.apic.set_tpr(tpr);
+                vcpu.skip_instruction();
+                Some(Action::Resume)
+            }
+            None => gp(vcpu),
+        },
         _ => None,
     }
 }
@@ -1148,6 +1163,10 @@ fn msr_read(vcpu: &mut impl Vcpu, local: &mut Local, host: &impl PlatformHost) -
         IA32_BIOS_SIGN_ID | IA32_TSC_ADJUST => 0,
         m if lapic::is_apic_msr(m) && msr_allowed(local, m) => {
             match local.apic.read(m, host.now()) {
+                // The deadline is kept in the core's TSC; the guest's TSC has its offset.
+                Ok(v) if m == lapic::reg::TSC_DEADLINE => {
+                    crate::run::deny::host_tsc_to_guest(v, vcpu.tsc_offset())
+                }
                 Ok(v) => v,
                 Err(_) => return gp(vcpu),
             }
@@ -1181,6 +1200,11 @@ fn msr_write(
         IA32_TSC_ADJUST if value == 0 => {}
         IA32_TSC_ADJUST => return gp(vcpu),
         m if lapic::is_apic_msr(m) => {
+            let value = if m == lapic::reg::TSC_DEADLINE {
+                crate::run::deny::guest_tsc_to_host(value, vcpu.tsc_offset())
+            } else {
+                value
+            };
             if !msr_allowed(local, m) || apply_write(local, shared, host, m, value).is_err() {
                 return gp(vcpu);
             }
@@ -1858,6 +1882,90 @@ mod tests {
     }
 
     #[test]
+    fn tsc_deadline_follows_the_guest_tsc_offset() {
+        let s = Shared::new("l", &[4], 1_000_000_000);
+        let mut h = FakeHost::default();
+        let mut l = Local::new(0, s.tsc_hz);
+        let mut v = vcpu();
+        enable_apic(&mut v, &mut l, &s, &mut h);
+        // The guest wrote its TSC 1000 ahead of the core's.
+        v.tsc_offset = 1000;
+        wrmsr(&mut v, lapic::reg::LVT_TIMER, (0b10 << 17) | 0xec);
+        msr_write(&mut v, &mut l, &s, &mut h);
+        wrmsr(&mut v, lapic::reg::TSC_DEADLINE, 6000);
+        msr_write(&mut v, &mut l, &s, &mut h);
+        before_entry(&mut v, &mut l, &s, &mut h);
+        assert_eq!(h.armed, Some(5000), "armed in the core's TSC");
+        v.gprs[Gpr::Rax as usize] = 0;
+        msr_read(&mut v, &mut l, &h);
+        assert_eq!(v.gprs[Gpr::Rax as usize], 6000, "read back in the guest's");
+    }
+
+    #[test]
+    fn cr8_is_the_apic_task_priority() {
+        let s = Shared::new("l", &[4], 1_000_000_000);
+        let mut h = FakeHost::default();
+        let mut l = Local::new(0, s.tsc_hz);
+        let mut v = vcpu();
+        let mut ram = vec![0u8; 16];
+        let mut mem = SliceMemory(&mut ram);
+        let mut lines = Lines::default();
+        struct NoCpuid;
+        impl crate::run::exits::HostCpu for NoCpuid {
+            fn cpuid(&self, _: u32, _: u32) -> [u32; 4] {
+                [0; 4]
+            }
+            fn xsetbv(&mut self, _: u64) {}
+            fn rdtsc(&self) -> u64 {
+                0
+            }
+        }
+        let cpu = NoCpuid;
+        let mut exit = |e: Exit, v: &mut FakeVcpu, l: &mut Local, h: &mut FakeHost| {
+            handle(&e, v, &mut mem, l, &s, h, &cpu, &mut lines)
+        };
+        v.gprs[Gpr::Rbx as usize] = 0x9;
+        let a = exit(
+            Exit::CrWrite {
+                cr: 8,
+                gpr: Gpr::Rbx,
+            },
+            &mut v,
+            &mut l,
+            &mut h,
+        );
+        assert_eq!(
+            (a, l.apic.tpr(), v.skipped),
+            (Some(Action::Resume), 0x90, 1)
+        );
+        l.apic.set_tpr(0x5f);
+        exit(
+            Exit::CrRead {
+                cr: 8,
+                gpr: Gpr::R9,
+            },
+            &mut v,
+            &mut l,
+            &mut h,
+        );
+        assert_eq!(v.gprs[Gpr::R9 as usize], 5);
+        v.gprs[Gpr::Rbx as usize] = 0x10;
+        exit(
+            Exit::CrWrite {
+                cr: 8,
+                gpr: Gpr::Rbx,
+            },
+            &mut v,
+            &mut l,
+            &mut h,
+        );
+        assert_eq!(
+            (l.apic.tpr(), v.injected),
+            (0x5f, Some((vector::GP, Some(0))))
+        );
+    }
+
+    #[test]
     fn hlt_waits_for_the_timer() {
         let s = Shared::new("l", &[4], 1_000_000_000);
         let mut h = FakeHost::default();
@@ -2242,6 +2350,9 @@ mod tests {
             }
         }
         fn xsetbv(&mut self, _value: u64) {}
+        fn rdtsc(&self) -> u64 {
+            0
+        }
     }
 
     #[test]

@@ -104,6 +104,19 @@ pub enum Exit {
     Init,
     /// The guest received a STARTUP IPI with this vector.
     Sipi { vector: u8 },
+    /// An exception atoll intercepts (#DB, #AC) was about to be delivered to the guest; the
+    /// backend has already put what the exception reports in the guest's state (DR6 for #DB).
+    Exception { vector: u8, error_code: Option<u32> },
+    /// WBINVD (or WBNOINVD).
+    Wbinvd,
+    /// INVD.
+    Invd,
+    /// A VMX, SVM or SMX instruction (VMXON, VMRUN, GETSEC, …; not the hypercall).
+    VirtualizationInstruction,
+    /// MONITOR or MWAIT (and MONITORX/MWAITX).
+    MonitorMwait,
+    /// RDPMC.
+    Rdpmc,
     /// An exit the backend does not translate (its hardware code and name).
     Unknown { code: u32, name: &'static str },
 }
@@ -127,12 +140,15 @@ pub enum ExitKind {
     InterruptWindow,
     Init,
     Sipi,
+    Exception,
+    CacheFlush,
+    Refused,
     Unknown,
 }
 
 impl ExitKind {
     /// Every kind, in counter order.
-    pub const ALL: [ExitKind; 16] = [
+    pub const ALL: [ExitKind; 19] = [
         ExitKind::Cpuid,
         ExitKind::Hlt,
         ExitKind::Io,
@@ -148,6 +164,9 @@ impl ExitKind {
         ExitKind::InterruptWindow,
         ExitKind::Init,
         ExitKind::Sipi,
+        ExitKind::Exception,
+        ExitKind::CacheFlush,
+        ExitKind::Refused,
         ExitKind::Unknown,
     ];
 
@@ -169,6 +188,9 @@ impl ExitKind {
             ExitKind::InterruptWindow => "interrupt_window",
             ExitKind::Init => "init",
             ExitKind::Sipi => "sipi",
+            ExitKind::Exception => "exception",
+            ExitKind::CacheFlush => "cache_flush",
+            ExitKind::Refused => "refused_instruction",
             ExitKind::Unknown => "unknown",
         }
     }
@@ -193,6 +215,9 @@ impl Exit {
             Exit::InterruptWindow => ExitKind::InterruptWindow,
             Exit::Init => ExitKind::Init,
             Exit::Sipi { .. } => ExitKind::Sipi,
+            Exit::Exception { .. } => ExitKind::Exception,
+            Exit::Wbinvd | Exit::Invd => ExitKind::CacheFlush,
+            Exit::VirtualizationInstruction | Exit::MonitorMwait | Exit::Rdpmc => ExitKind::Refused,
             Exit::Unknown { .. } => ExitKind::Unknown,
         }
     }
@@ -200,8 +225,12 @@ impl Exit {
 
 /// Exception vectors handlers inject.
 pub mod vector {
+    /// Debug.
+    pub const DB: u8 = 1;
     /// Invalid opcode.
     pub const UD: u8 = 6;
+    /// Alignment check.
+    pub const AC: u8 = 17;
     /// General protection.
     pub const GP: u8 = 13;
 }
@@ -228,10 +257,16 @@ pub trait Vcpu {
     fn set_rip(&mut self, rip: u64);
     /// Raises `vector` in the guest at its next entry (with `error_code` when the vector has one).
     fn inject_exception(&mut self, vector: u8, error_code: Option<u32>);
-    /// The guest's view of a control register (0, 2, 3, 4 or 8).
+    /// The guest's view of a control register (0, 2, 3, 4 or 8). CR8 is a per-vCPU value the
+    /// backend keeps (both backends intercept CR8; the guest never reaches the real TPR).
     fn cr(&self, cr: u8) -> u64;
-    /// Loads a control register as the guest asked; the backend applies what the hardware needs.
+    /// Loads a control register as the guest asked (already validated by the handler); the
+    /// backend applies what the hardware needs.
     fn set_cr(&mut self, cr: u8, value: u64) -> Result<(), VcpuError>;
+    /// What the backend adds to the core's TSC for the guest (RDTSC, RDTSCP, RDMSR IA32_TSC).
+    fn tsc_offset(&self) -> u64;
+    /// Sets that offset (a guest's WRMSR to IA32_TSC moves it, never the core's TSC).
+    fn set_tsc_offset(&mut self, offset: u64);
     /// The guest's IA32_EFER.
     fn efer(&self) -> u64;
     /// Loads IA32_EFER (already validated by the handler).
@@ -389,6 +424,7 @@ pub mod fake {
         pub injected_irqs: Vec<u8>,
         pub window_requested: bool,
         pub nmis: u32,
+        pub tsc_offset: u64,
     }
 
     impl Vcpu for FakeVcpu {
@@ -416,6 +452,12 @@ pub mod fake {
         fn set_cr(&mut self, cr: u8, value: u64) -> Result<(), VcpuError> {
             self.cr[usize::from(cr)] = value;
             Ok(())
+        }
+        fn tsc_offset(&self) -> u64 {
+            self.tsc_offset
+        }
+        fn set_tsc_offset(&mut self, offset: u64) {
+            self.tsc_offset = offset;
         }
         fn efer(&self) -> u64 {
             self.efer

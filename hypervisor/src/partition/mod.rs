@@ -286,6 +286,7 @@ mod tests {
             initrd: None,
             serial_input: false,
             io_unknown: IoPolicy::Ignore,
+            after: None,
         }
     }
 

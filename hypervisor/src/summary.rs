@@ -76,6 +76,14 @@ pub struct EnclaveReport {
     /// IPIs whose destination named no vCPU of the enclave (dropped; Linux enclaves).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ipis_dropped: Option<u64>,
+    /// Host-physical base of its RAM, once it was built.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ram_base: Option<u64>,
+    /// Its cores were reclaimed and its RAM zeroed and returned to the pool after it ended.
+    pub reclaimed: bool,
+    /// Enclaves, ended and reclaimed earlier in the run, whose RAM this one's overlaps.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ram_reused_from: Vec<String>,
     /// Figures measured between guest console markers: `boot_to_init` {cycles, us} and `idle`
     /// {cycles, us, timer, ipi, hlt, other} (see [`crate::run::vplat`]).
     #[serde(flatten)]

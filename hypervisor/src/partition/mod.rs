@@ -8,10 +8,13 @@
 //! * [`config`]: enclave descriptions (TOML), checked with the field and the reason.
 //! * [`loader`]: guest images (ELF, real mode) and the boot state a vCPU starts from.
 //! * [`linux`]: the Linux 64-bit boot protocol (bzImage, boot_params, E820, initrd).
+//! * [`table`]: the partition table — each enclave's slot (waiting, built, running, ended,
+//!   failed, reclaimed) with its RAM, its built state and its report.
 
 pub mod config;
 pub mod linux;
 pub mod loader;
+pub mod table;
 
 use crate::machine::frames::{FrameAllocator, FrameError, FRAME_SIZE};
 use atoll_vcpu::SliceMemory;
@@ -367,13 +370,33 @@ mod tests {
             ram[0x20_0000], 0,
             "RAM is zeroed, not left with old contents"
         );
+        // The guest dirties all of its RAM; destroying the enclave zeroes every byte before the
+        // RAM goes back to the pool.
+        ram.fill(0x5a);
         let free_before = pool.lock().free_bytes();
         a.destroy(&pool, &window);
+        let back = window.ptr(a_ram.start, a_ram.len());
+        // SAFETY: the fake RAM is ours; nothing else uses it now.
+        let back = unsafe { core::slice::from_raw_parts(back, a_ram.len() as usize) };
+        assert!(back.iter().all(|&b| b == 0), "freed RAM is zeroed");
         b.destroy(&pool, &window);
         assert_eq!(
             pool.lock().free_bytes(),
             free_before + (24 << 20) + 3 * 4096 * 2
         );
+        // The pool hands the same RAM to the next enclave of that size.
+        let c = Enclave::<_, Fmt>::create(
+            config("c", 16),
+            &image,
+            None,
+            "",
+            &pool,
+            window.clone(),
+            PageSize::Size1G,
+        )
+        .unwrap();
+        assert_eq!(c.ram, a_ram);
+        c.destroy(&pool, &window);
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub struct CoreReport {
     /// What it probed on itself (absent when it never came online).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub caps: Option<CoreCaps>,
+    /// Its mailbox's counters: commands served, enclaves started, reclaims, refusals.
+    pub mailbox: crate::machine::percpu::CounterValues,
 }
 
 /// Where a nested-page fault hit.
@@ -221,6 +223,7 @@ mod tests {
             bsp: apic_id == 0,
             online,
             caps: online.then_some(CoreCaps { apic_id, ..caps }),
+            mailbox: Default::default(),
         }
     }
 

@@ -87,11 +87,16 @@ impl Backend for SvmVcpu {
     }
 }
 
+/// Why the manager's Stop ends an enclave (its core's mailbox asked, see
+/// `crate::machine::percpu`).
+const STOPPED: &str = "stopped by atoll's manager";
+
 fn run_loop(
     vcpu: &mut impl Backend,
     spec: &RunSpec,
     run: &mut EnclaveRun,
     console: &mut EnclaveConsole,
+    stop: &dyn Fn() -> bool,
 ) -> EndReason {
     log::info!(
         "enclave '{}' starts on this core ({} MiB at {})",
@@ -117,6 +122,9 @@ fn run_loop(
             Action::Resume => {}
             Action::Stop(reason) => return reason,
         }
+        if stop() {
+            return EndReason::Failed(STOPPED.into());
+        }
     }
 }
 
@@ -129,6 +137,7 @@ enum VcpuEnd {
 }
 
 /// Runs one vCPU of a Linux enclave until the enclave ends or an INIT resets it.
+#[allow(clippy::too_many_arguments)]
 fn platform_loop(
     vcpu: &mut impl Backend,
     spec: &RunSpec,
@@ -137,6 +146,7 @@ fn platform_loop(
     host: &mut VcpuHost,
     run: &mut EnclaveRun,
     console: &mut EnclaveConsole,
+    stop: &dyn Fn() -> bool,
 ) -> VcpuEnd {
     // SAFETY: the enclave's RAM is identity-mapped; its vCPUs touch it only as the guest
     // does (device emulation reads instructions and writes registers, never RAM the guest could
@@ -179,6 +189,10 @@ fn platform_loop(
             shared.end(reason, host);
             return VcpuEnd::Stop;
         }
+        if stop() {
+            shared.end(EndReason::Failed(STOPPED.into()), host);
+            return VcpuEnd::Stop;
+        }
     }
 }
 
@@ -200,6 +214,7 @@ fn start(
     core: &CoreSlotVirt,
     run: &mut EnclaveRun,
     console: &mut EnclaveConsole,
+    stop: &dyn Fn() -> bool,
 ) -> EndReason {
     let virt = match core_virt(spec, core) {
         Ok(v) => v,
@@ -208,13 +223,13 @@ fn start(
     match (virt, spec.second_stage) {
         (CoreVirt::Vmx(state), SecondStage::Ept(eptp)) => {
             match VmxVcpu::new(state, &spec.boot, eptp, spec.tag) {
-                Ok(mut vcpu) => run_loop(&mut vcpu, spec, run, console),
+                Ok(mut vcpu) => run_loop(&mut vcpu, spec, run, console, stop),
                 Err(e) => EndReason::Failed(alloc::format!("cannot build the vCPU: {e}")),
             }
         }
         (CoreVirt::Svm(state), SecondStage::Npt(root)) => {
             match SvmVcpu::new(state, &spec.boot, root, u32::from(spec.tag), spec.ram) {
-                Ok(mut vcpu) => run_loop(&mut vcpu, spec, run, console),
+                Ok(mut vcpu) => run_loop(&mut vcpu, spec, run, console, stop),
                 Err(e) => EndReason::Failed(alloc::format!("cannot build the vCPU: {e:?}")),
             }
         }
@@ -233,6 +248,7 @@ fn start_platform_vcpu(
     host: &mut VcpuHost,
     run: &mut EnclaveRun,
     console: &mut EnclaveConsole,
+    stop: &dyn Fn() -> bool,
 ) -> VcpuEnd {
     let fail = |why: String, host: &mut VcpuHost| {
         shared.end(EndReason::Failed(why), host);
@@ -245,7 +261,9 @@ fn start_platform_vcpu(
     match (virt, spec.second_stage) {
         (CoreVirt::Vmx(state), SecondStage::Ept(eptp)) => {
             match VmxVcpu::new(state, boot, eptp, spec.tag) {
-                Ok(mut vcpu) => platform_loop(&mut vcpu, spec, shared, local, host, run, console),
+                Ok(mut vcpu) => {
+                    platform_loop(&mut vcpu, spec, shared, local, host, run, console, stop)
+                }
                 Err(e) => fail(
                     alloc::format!("cannot build vCPU {}: {e}", local.index),
                     host,
@@ -254,7 +272,9 @@ fn start_platform_vcpu(
         }
         (CoreVirt::Svm(state), SecondStage::Npt(root)) => {
             match SvmVcpu::new(state, boot, root, u32::from(spec.tag), spec.ram) {
-                Ok(mut vcpu) => platform_loop(&mut vcpu, spec, shared, local, host, run, console),
+                Ok(mut vcpu) => {
+                    platform_loop(&mut vcpu, spec, shared, local, host, run, console, stop)
+                }
                 Err(e) => fail(
                     alloc::format!("cannot build vCPU {}: {e:?}", local.index),
                     host,
@@ -291,6 +311,7 @@ fn startup_state(vector: u8) -> Boot {
 
 /// An application processor of a Linux enclave: waits for INIT and STARTUP, runs, and goes
 /// back to waiting after an INIT, until the enclave ends.
+#[allow(clippy::too_many_arguments)]
 fn run_application_vcpu(
     spec: &RunSpec,
     core: &CoreSlotVirt,
@@ -299,12 +320,17 @@ fn run_application_vcpu(
     host: &mut VcpuHost,
     run: &mut EnclaveRun,
     console: &mut EnclaveConsole,
+    stop: &dyn Fn() -> bool,
 ) {
     let mailbox = &shared.mailboxes[index];
     let mut local = Local::new(index, shared.tsc_hz);
     let mut initialized = false;
     loop {
         if shared.stopping() {
+            return;
+        }
+        if stop() {
+            shared.end(EndReason::Failed(STOPPED.into()), host);
             return;
         }
         if mailbox.take_init() {
@@ -323,8 +349,9 @@ fn run_application_vcpu(
                     spec.config.name,
                     u32::from(vector) << 12
                 );
-                match start_platform_vcpu(spec, core, &boot, shared, &mut local, host, run, console)
-                {
+                match start_platform_vcpu(
+                    spec, core, &boot, shared, &mut local, host, run, console, stop,
+                ) {
                     VcpuEnd::Stop => return,
                     VcpuEnd::Init => continue,
                 }
@@ -335,14 +362,20 @@ fn run_application_vcpu(
     }
 }
 
-/// Runs vCPU `index` of `spec` on this core to its end. The boot vCPU (index 0) returns the
-/// enclave's report once every vCPU stopped; the others return `None`.
-pub fn run(spec: &RunSpec, index: usize, core: &CoreSlotVirt) -> Option<EnclaveReport> {
+/// Runs vCPU `index` of `spec` on this core to its end, or until `stop` (checked after each
+/// exit: the manager kicks the core so there is one) says to end it. The boot vCPU (index 0)
+/// returns the enclave's report once every vCPU stopped; the others return `None`.
+pub fn run(
+    spec: &RunSpec,
+    index: usize,
+    core: &CoreSlotVirt,
+    stop: &dyn Fn() -> bool,
+) -> Option<EnclaveReport> {
     let mut run = EnclaveRun::new(&spec.config.name, spec.config.io_unknown);
     let mut console = EnclaveConsole::default();
     let Some(shared) = spec.platform.as_deref() else {
         // A bare-metal guest: one vCPU.
-        let reason = start(spec, core, &mut run, &mut console);
+        let reason = start(spec, core, &mut run, &mut console, stop);
         run.uart.flush(&spec.config.name, &mut console);
         console.flush();
         return Some(report(spec, &reason, run, None));
@@ -350,7 +383,16 @@ pub fn run(spec: &RunSpec, index: usize, core: &CoreSlotVirt) -> Option<EnclaveR
     let own_apic = spec.config.cores.get(index).copied().unwrap_or(0);
     let mut host = VcpuHost::new(own_apic);
     if index > 0 {
-        run_application_vcpu(spec, core, shared, index, &mut host, &mut run, &mut console);
+        run_application_vcpu(
+            spec,
+            core,
+            shared,
+            index,
+            &mut host,
+            &mut run,
+            &mut console,
+            stop,
+        );
         host.arm(None);
         shared.add_exits(&run.exits, run.io_denied, run.msr_denied);
         shared.mailboxes[index].set_done();
@@ -367,6 +409,7 @@ pub fn run(spec: &RunSpec, index: usize, core: &CoreSlotVirt) -> Option<EnclaveR
         &mut host,
         &mut run,
         &mut console,
+        stop,
     );
     host.arm(None);
     // Wait (a bounded time) for the other vCPUs to stop, so their counts are in the report.
@@ -382,6 +425,21 @@ pub fn run(spec: &RunSpec, index: usize, core: &CoreSlotVirt) -> Option<EnclaveR
         .cloned()
         .unwrap_or_else(|| EndReason::Failed("the enclave stopped without a reason".into()));
     Some(report(spec, &reason, run, Some(shared)))
+}
+
+/// Forgets an ended enclave on this core before its tables are freed: on VMX, INVEPT drops
+/// what the TLBs cache for its EPTP (a later enclave's tables may reuse the frames, and the
+/// EPTP value). On SVM nothing is cached across vCPUs for atoll to drop: each new vCPU's
+/// first VMRUN flushes its ASID's TLB entries (`TlbControl::FlushAll`).
+pub fn forget(spec: &RunSpec, core: &CoreSlotVirt) -> Result<(), String> {
+    match (core.0.get(), spec.second_stage) {
+        (Some(Ok(CoreVirt::Vmx(_))), SecondStage::Ept(eptp)) => {
+            ept::invept::invept_single_context(eptp)
+                .map_err(|e| alloc::format!("INVEPT: {e:?}"))
+        }
+        // SVM, or a core where virtualization never came up (nothing ran, nothing cached).
+        _ => Ok(()),
+    }
 }
 
 fn report(

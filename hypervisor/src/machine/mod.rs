@@ -5,7 +5,7 @@
 //! * [`cpu`]: per-core virtualization probing (VMX, EPT, VPID, unrestricted guest, SVM, NPT).
 //! * [`percpu`]: the per-core block: the command mailbox (start, stop, reclaim, with
 //!   acknowledgement) and counters.
-//! * [`smp`]: the core table, per-core mailboxes and the INIT-SIPI-SIPI bring-up with its deadline.
+//! * [`smp`]: the core table and the INIT-SIPI-SIPI bring-up with its deadline.
 //! * [`options`]: boot options from the command line.
 
 pub mod cpu;

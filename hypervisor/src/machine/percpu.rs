@@ -494,6 +494,26 @@ impl PerCore {
         true
     }
 
+    /// Ends the partition this core runs with `outcome` from outside [`PerCore::serve`]: for a
+    /// fault handler that abandons the partition's run (atoll's own fault while handling it)
+    /// and parks the core in the Ended phase, so the manager reclaims it as usual. A pending
+    /// Stop is answered by this end. Returns whether a partition was running.
+    pub fn end_running(&self, outcome: Outcome) -> bool {
+        let mb = &self.mailbox;
+        let Phase::Running(p) = mb.phase() else {
+            return false;
+        };
+        let end = Phase::Ended(p, outcome);
+        match mb.pending() {
+            Some((stop, Some(Command::Stop))) => {
+                self.counters.bump(&self.counters.commands);
+                mb.answer(stop, Ack::Done, end)
+            }
+            _ => mb.set_phase(end),
+        }
+        true
+    }
+
     /// Called by a running core at its exits: whether the manager asked it to stop. Any other
     /// command that arrived meanwhile is refused at once (Start: not parked; Reclaim: still
     /// running), so the manager never waits on a core that is busy running.
@@ -686,6 +706,31 @@ mod tests {
         core.fail_teardown = false;
         assert_eq!(step(&b, &mut core, Command::Reclaim), Ack::Done);
         assert_eq!(mb.phase(), Phase::Parked);
+    }
+
+    #[test]
+    fn a_fault_handler_ends_the_running_partition_with_a_reason() {
+        let b = PerCore::new();
+        assert!(!b.end_running(Outcome::Failed(FailReason::Fault)), "nothing runs");
+        assert_eq!(b.mailbox.phase(), Phase::Parked);
+        let t = b.mailbox.post(Command::Start(3)).unwrap();
+        // What `serve` does up to the run, where the fault strikes.
+        let (seq, _) = b.mailbox.pending().unwrap();
+        b.mailbox.answer(seq, Ack::Done, Phase::Running(3));
+        assert_eq!(b.mailbox.ack(t), Some(Ack::Done));
+        let stop = b.mailbox.post(Command::Stop).unwrap();
+        assert!(b.end_running(Outcome::Failed(FailReason::Fault)));
+        assert_eq!(
+            b.mailbox.phase(),
+            Phase::Ended(3, Outcome::Failed(FailReason::Fault))
+        );
+        assert_eq!(b.mailbox.ack(stop), Some(Ack::Done));
+        // Reclaimed as any ended core.
+        assert_eq!(
+            step(&b, &mut FakeCore::default(), Command::Reclaim),
+            Ack::Done
+        );
+        assert_eq!(b.mailbox.phase(), Phase::Parked);
     }
 
     #[test]

@@ -409,11 +409,18 @@ guest_gp_handler:
                     first.map_or(-1, |a| a as i64),
                     core::ptr::addr_of!(__guest_end) as u64
                 );
-                let _ = writeln!(Com1, "guest-suite: {nonzero} of {checked} bytes outside my image read nonzero");
+                let _ = writeln!(
+                    Com1,
+                    "guest-suite: {nonzero} of {checked} bytes outside my image read nonzero"
+                );
                 if report(&json) != status::OK {
                     exit(3);
                 }
-                exit(if passed && nonzero == 0 && stack_ok { 0 } else { 1 })
+                exit(if passed && nonzero == 0 && stack_ok {
+                    0
+                } else {
+                    1
+                })
             }
             "dirty" => {
                 let written = dirty(ram);
@@ -423,7 +430,10 @@ guest_gp_handler:
                     "{{\"bytes_dirtied\":{written},\"image_end\":{}}}",
                     core::ptr::addr_of!(__guest_end) as u64
                 );
-                let _ = writeln!(Com1, "guest-suite: wrote 0xa5 over {written} bytes outside my image");
+                let _ = writeln!(
+                    Com1,
+                    "guest-suite: wrote 0xa5 over {written} bytes outside my image"
+                );
                 if report(&json) != status::OK {
                     exit(3);
                 }

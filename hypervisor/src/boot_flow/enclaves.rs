@@ -94,11 +94,11 @@ struct TargetCore {
 
 impl CoreWork for TargetCore {
     fn run(&mut self, p: PartitionId, block: &PerCore) -> Outcome {
-        let Some(spec) = RUNS
-            .get(usize::from(p))
-            .and_then(|r| r.lock().clone())
-        else {
-            log::error!("core {}: Start of partition {p}, which has nothing to run", self.apic_id);
+        let Some(spec) = RUNS.get(usize::from(p)).and_then(|r| r.lock().clone()) else {
+            log::error!(
+                "core {}: Start of partition {p}, which has nothing to run",
+                self.apic_id
+            );
             return Outcome::Failed(FailReason::Setup);
         };
         let vcpu = spec
@@ -184,11 +184,7 @@ struct Manager<'a> {
 
 /// Reads the `enclaves` module, if any, and runs every enclave it describes to its end,
 /// reclaiming each one's cores and memory. Returns the reports, in description order.
-pub fn run_all(
-    info: &BootInfo,
-    bsp: &CoreCaps,
-    problems: &mut Vec<String>,
-) -> Vec<EnclaveReport> {
+pub fn run_all(info: &BootInfo, bsp: &CoreCaps, problems: &mut Vec<String>) -> Vec<EnclaveReport> {
     let Some(configs) = describe(info, problems) else {
         return Vec::new();
     };
@@ -435,7 +431,8 @@ impl Manager<'_> {
     /// Posts `cmd` to the core with `apic_id` and waits for its answer. The boot processor
     /// serves its own mailbox right here.
     fn send(&mut self, apic_id: u32, cmd: Command) -> Result<Ack, String> {
-        let slot = slot_of(apic_id).ok_or_else(|| alloc::format!("core {apic_id} is not in the core table"))?;
+        let slot = slot_of(apic_id)
+            .ok_or_else(|| alloc::format!("core {apic_id} is not in the core table"))?;
         let block = &PER_CORE[slot];
         let ticket = block
             .mailbox
@@ -471,10 +468,18 @@ impl Manager<'_> {
             self.fail(id, failed_report(&c, "not_started", why));
             return true;
         }
-        if !c.cores.iter().all(|&core| phase_of(core) == Some(Phase::Parked)) {
+        if !c
+            .cores
+            .iter()
+            .all(|&core| phase_of(core) == Some(Phase::Parked))
+        {
             return false;
         }
-        let Some(spec) = self.table.get(id).and_then(|s| s.built()).map(|b| b.spec.clone())
+        let Some(spec) = self
+            .table
+            .get(id)
+            .and_then(|s| s.built())
+            .map(|b| b.spec.clone())
         else {
             return false;
         };

@@ -434,8 +434,7 @@ pub fn run(
 pub fn forget(spec: &RunSpec, core: &CoreSlotVirt) -> Result<(), String> {
     match (core.0.get(), spec.second_stage) {
         (Some(Ok(CoreVirt::Vmx(_))), SecondStage::Ept(eptp)) => {
-            ept::invept::invept_single_context(eptp)
-                .map_err(|e| alloc::format!("INVEPT: {e:?}"))
+            ept::invept::invept_single_context(eptp).map_err(|e| alloc::format!("INVEPT: {e:?}"))
         }
         // SVM, or a core where virtualization never came up (nothing ran, nothing cached).
         _ => Ok(()),

@@ -443,7 +443,9 @@ mod tests {
             fa.managed(),
             &[r(0x10_0000, 0x20_0000), r(0x30_0000, 0x1ffe_0000)]
         );
-        assert!(FrameError::Unknown(image).to_string().contains("never managed"));
+        assert!(FrameError::Unknown(image)
+            .to_string()
+            .contains("never managed"));
     }
 
     #[test]

@@ -213,12 +213,7 @@ fn encode_status(seq: u32, ack: Ack, phase: Phase) -> u64 {
             p,
         ),
     };
-    u64::from(seq)
-        | kind << 32
-        | code << 36
-        | ph << 40
-        | outcome << 42
-        | u64::from(part) << 48
+    u64::from(seq) | kind << 32 | code << 36 | ph << 40 | outcome << 42 | u64::from(part) << 48
 }
 
 fn decode_ack(word: u64) -> Ack {
@@ -560,7 +555,12 @@ mod tests {
 
     #[test]
     fn words_round_trip() {
-        for cmd in [Command::Start(0), Command::Start(0xffff), Command::Stop, Command::Reclaim] {
+        for cmd in [
+            Command::Start(0),
+            Command::Start(0xffff),
+            Command::Stop,
+            Command::Reclaim,
+        ] {
             let w = encode_command(0xdead_beef, cmd);
             assert_eq!(seq_of(w), 0xdead_beef);
             assert_eq!(decode_command(w), Some(cmd));
@@ -589,7 +589,10 @@ mod tests {
         for a in acks {
             for p in phases {
                 let w = encode_status(u32::MAX, a, p);
-                assert_eq!((seq_of(w), decode_ack(w), decode_phase(w)), (u32::MAX, a, p));
+                assert_eq!(
+                    (seq_of(w), decode_ack(w), decode_phase(w)),
+                    (u32::MAX, a, p)
+                );
             }
         }
     }
@@ -711,7 +714,10 @@ mod tests {
     #[test]
     fn a_fault_handler_ends_the_running_partition_with_a_reason() {
         let b = PerCore::new();
-        assert!(!b.end_running(Outcome::Failed(FailReason::Fault)), "nothing runs");
+        assert!(
+            !b.end_running(Outcome::Failed(FailReason::Fault)),
+            "nothing runs"
+        );
         assert_eq!(b.mailbox.phase(), Phase::Parked);
         let t = b.mailbox.post(Command::Start(3)).unwrap();
         // What `serve` does up to the run, where the fault strikes.

@@ -458,7 +458,10 @@ mod tests {
         assert_eq!(l[1].after.as_deref(), Some("a"));
         // Without `after`, the shared core is an error that says how to share it.
         let e = field_of(&SEQUENCE.replace("after = \"a\"\n", ""), &any());
-        assert!(e.starts_with("enclave[1].cores: core 1 already belongs to enclave[0] 'a'"), "{e}");
+        assert!(
+            e.starts_with("enclave[1].cores: core 1 already belongs to enclave[0] 'a'"),
+            "{e}"
+        );
         // A chain: c after b after a may reuse a's core; c after a alone may not share b's.
         let c = |after: &str| {
             format!(
@@ -468,14 +471,21 @@ mod tests {
                     .nth(2)
                     .map(|b| format!(
                         "[[enclave]]{}",
-                        b.replace("\"b\"", "\"c\"").replace("\"a\"", &format!("\"{after}\""))
+                        b.replace("\"b\"", "\"c\"")
+                            .replace("\"a\"", &format!("\"{after}\""))
                     ))
                     .unwrap()
             )
         };
-        assert_eq!(parse(&c("b"), &any()).unwrap()[2].after.as_deref(), Some("b"));
+        assert_eq!(
+            parse(&c("b"), &any()).unwrap()[2].after.as_deref(),
+            Some("b")
+        );
         let e = field_of(&c("a"), &any());
-        assert!(e.starts_with("enclave[2].cores: core 1 already belongs to enclave[1] 'b'"), "{e}");
+        assert!(
+            e.starts_with("enclave[2].cores: core 1 already belongs to enclave[1] 'b'"),
+            "{e}"
+        );
         // It must name an earlier enclave that shares a core.
         let e = field_of(&SEQUENCE.replace("after = \"a\"", "after = \"z\""), &any());
         assert_eq!(e, "enclave[1].after: no enclave is named 'z'");
@@ -484,11 +494,8 @@ mod tests {
             e,
             "enclave[1].after: 'b' is not described before 'b' (`after` names an earlier enclave)"
         );
-        let first_after_second = SEQUENCE.replacen(
-            "cores = [1]\n",
-            "cores = [1]\n        after = \"b\"\n",
-            1,
-        );
+        let first_after_second =
+            SEQUENCE.replacen("cores = [1]\n", "cores = [1]\n        after = \"b\"\n", 1);
         let e = field_of(&first_after_second, &any());
         assert_eq!(
             e,

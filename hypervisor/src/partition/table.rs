@@ -200,9 +200,9 @@ impl<T> PartitionTable<T> {
                         .position(|o| o.name == *name)
                         .map(|j| free[j]);
                     let existing = || {
-                        self.slots.iter().position(|s| {
-                            s.config.as_ref().is_some_and(|o| o.name == *name)
-                        })
+                        self.slots
+                            .iter()
+                            .position(|s| s.config.as_ref().is_some_and(|o| o.name == *name))
                     };
                     Some(
                         earlier
@@ -231,7 +231,12 @@ impl<T> PartitionTable<T> {
             .filter(|s| s.state != SlotState::Free)
     }
 
-    fn slot(&mut self, id: PartitionId, op: &'static str, from: &[SlotState]) -> Result<&mut Slot<T>, TableError> {
+    fn slot(
+        &mut self,
+        id: PartitionId,
+        op: &'static str,
+        from: &[SlotState],
+    ) -> Result<&mut Slot<T>, TableError> {
         let s = self
             .slots
             .get_mut(usize::from(id))
@@ -253,9 +258,7 @@ impl<T> PartitionTable<T> {
             .filter(|&i| {
                 let s = &self.slots[i];
                 s.state == SlotState::Waiting
-                    && s
-                        .after
-                        .is_none_or(|a| self.slots[usize::from(a)].done())
+                    && s.after.is_none_or(|a| self.slots[usize::from(a)].done())
             })
             .map(|i| i as PartitionId)
             .collect()
@@ -293,7 +296,11 @@ impl<T> PartitionTable<T> {
 
     /// Waiting, Built or Running → Failed, with its report. Returns what building made, for
     /// the caller to tear down (a Running slot's cores must have let go first).
-    pub fn failed(&mut self, id: PartitionId, report: EnclaveReport) -> Result<Option<T>, TableError> {
+    pub fn failed(
+        &mut self,
+        id: PartitionId,
+        report: EnclaveReport,
+    ) -> Result<Option<T>, TableError> {
         let s = self.slot(
             id,
             "fail",
@@ -425,7 +432,11 @@ mod tests {
     fn a_slot_lives_through_every_state_and_its_successor_reuses_its_ram() {
         let mut t = PartitionTable::<Built>::new();
         let ids = t
-            .describe(vec![config("a", 1, None), config("b", 1, Some("a")), config("c", 2, None)])
+            .describe(vec![
+                config("a", 1, None),
+                config("b", 1, Some("a")),
+                config("c", 2, None),
+            ])
             .unwrap();
         assert_eq!(ids, [0, 1, 2]);
         assert_eq!(t.get(1).unwrap().state(), SlotState::Waiting);
@@ -437,7 +448,11 @@ mod tests {
         t.running(0).unwrap();
         assert_eq!(t.ready_to_build(), [2], "a running: b still waits");
         t.ended(0, report("a")).unwrap();
-        assert_eq!(t.ready_to_build(), [2], "a ended, not reclaimed: b still waits");
+        assert_eq!(
+            t.ready_to_build(),
+            [2],
+            "a ended, not reclaimed: b still waits"
+        );
         assert!(!t.all_done());
         assert_eq!(t.reclaim(0).unwrap().0, "a");
         assert_eq!(t.get(0).unwrap().state(), SlotState::Reclaimed);
@@ -451,7 +466,8 @@ mod tests {
         assert_eq!(t.built_slots(), [1, 2]);
         for id in [1, 2] {
             t.running(id).unwrap();
-            t.ended(id, report(["a", "b", "c"][usize::from(id)])).unwrap();
+            t.ended(id, report(["a", "b", "c"][usize::from(id)]))
+                .unwrap();
             t.reclaim(id).unwrap();
         }
         assert!(t.all_done());
@@ -489,7 +505,8 @@ mod tests {
     #[test]
     fn failures_hand_back_what_was_built_and_release_successors() {
         let mut t = PartitionTable::<Built>::new();
-        t.describe(vec![config("a", 1, None), config("b", 1, Some("a"))]).unwrap();
+        t.describe(vec![config("a", 1, None), config("b", 1, Some("a"))])
+            .unwrap();
         // Failed before being built: nothing to tear down.
         assert!(t.failed(0, report("a")).unwrap().is_none());
         assert_eq!(t.ready_to_build(), [1], "a failed: b goes");
@@ -502,7 +519,8 @@ mod tests {
     #[test]
     fn a_core_that_does_not_let_go_keeps_the_memory() {
         let mut t = PartitionTable::<Built>::new();
-        t.describe(vec![config("a", 1, None), config("b", 1, Some("a"))]).unwrap();
+        t.describe(vec![config("a", 1, None), config("b", 1, Some("a"))])
+            .unwrap();
         t.built(0, ram(0), Built("a")).unwrap();
         t.running(0).unwrap();
         t.ended(0, report("a")).unwrap();
@@ -524,7 +542,10 @@ mod tests {
             .map(|i| config(&alloc::format!("e{i}"), i, None))
             .collect();
         t.describe(many).unwrap();
-        assert_eq!(t.describe(vec![config("x", 0, None)]), Err(TableError::Full));
+        assert_eq!(
+            t.describe(vec![config("x", 0, None)]),
+            Err(TableError::Full)
+        );
         let mut t = PartitionTable::<Built>::new();
         assert_eq!(
             t.describe(vec![config("b", 1, Some("nobody"))]),

@@ -9,7 +9,9 @@
 //!    post `Start` to each core's mailbox and kick it (an IPI), wait for each acknowledgement
 //!    with a deadline; enclaves on application processors first, then one that includes the
 //!    boot processor, whose vCPU runs right here (the manager pauses meanwhile);
-//! 3. **collect** every running enclave whose cores all report it ended: file its report, post
+//! 3. **collect** every running enclave whose cores all report it ended (once one does, the
+//!    others are sent `Stop`, so a vCPU that ignores its enclave's end does not hold its core
+//!    for good): file its report, post
 //!    `Reclaim` to each of its cores (each drops cached translations of the enclave's tables
 //!    and parks), then free its tables and zero its RAM back into the pool. A core that does
 //!    not acknowledge is lost for the run, and the enclave's memory stays allocated rather
@@ -180,6 +182,8 @@ struct Manager<'a> {
     lost: Vec<u32>,
     /// Why a partition's start went wrong, for its report.
     start_problem: Vec<(PartitionId, String)>,
+    /// Partitions whose remaining cores were told to stop.
+    stopping: Vec<PartitionId>,
 }
 
 /// Reads the `enclaves` module, if any, and runs every enclave it describes to its end,
@@ -200,6 +204,7 @@ pub fn run_all(info: &BootInfo, bsp: &CoreCaps, problems: &mut Vec<String>) -> V
         },
         lost: Vec::new(),
         start_problem: Vec::new(),
+        stopping: Vec::new(),
     };
     if let Err(e) = m.table.describe(configs) {
         m.problems.push(alloc::format!("module 'enclaves': {e}"));
@@ -527,7 +532,34 @@ impl Manager<'_> {
         let ended = |core: &u32| matches!(phase_of(*core), Some(Phase::Ended(p, _)) if p == id);
         let lost = |core: &u32| self.lost.contains(core);
         if !c.cores.iter().all(|core| ended(core) || lost(core)) {
-            return false;
+            // Once one core reports the enclave ended, the others are told to stop (a vCPU
+            // that ignores its enclave's end would otherwise hold its core for good); each
+            // acknowledges when its vCPU has stopped.
+            if !c.cores.iter().any(ended) {
+                return false;
+            }
+            let running: Vec<u32> = c
+                .cores
+                .iter()
+                .copied()
+                .filter(|core| phase_of(*core) == Some(Phase::Running(id)) && !lost(core))
+                .collect();
+            if running.is_empty() || self.stopping.contains(&id) {
+                return false;
+            }
+            self.stopping.push(id);
+            for core in running {
+                match self.send(core, Command::Stop) {
+                    Ok(_) => {}
+                    Err(e) => {
+                        log::error!("enclave '{}': {e}", c.name);
+                        self.problems
+                            .push(alloc::format!("enclave '{}': {e}", c.name));
+                        self.lost.push(core);
+                    }
+                }
+            }
+            return true;
         }
         let report = REPORTS[usize::from(id)].lock().take().unwrap_or_else(|| {
             let why = self

@@ -71,7 +71,7 @@ enum Tables {
 
 impl Tables {
     /// Frees the tables, zeroes the RAM and returns both to the pool.
-    fn destroy(self) {
+    fn destroy(self) -> Result<(), atoll::machine::frames::FrameError> {
         match self {
             Tables::Ept(e) => e.destroy(&FRAMES, &Identity),
             Tables::Npt(e) => e.destroy(&FRAMES, &Identity),
@@ -311,7 +311,11 @@ impl Manager<'_> {
 
     fn fail(&mut self, id: PartitionId, report: EnclaveReport) {
         match self.table.failed(id, report) {
-            Ok(Some(built)) => built.tables.destroy(),
+            Ok(Some(built)) => {
+                if let Err(e) = built.tables.destroy() {
+                    self.problems.push(alloc::format!("partition {id}: {e}"));
+                }
+            }
             Ok(None) => {}
             Err(e) => log::error!("partition table: {e}"),
         }
@@ -600,7 +604,13 @@ impl Manager<'_> {
                 Ok(built) => {
                     let ram = built.spec.ram;
                     drop(built.spec);
-                    built.tables.destroy();
+                    if let Err(e) = built.tables.destroy() {
+                        log::error!("enclave '{}': returning its RAM: {e}", c.name);
+                        self.problems.push(alloc::format!(
+                            "enclave '{}': returning its RAM: {e}",
+                            c.name
+                        ));
+                    }
                     log::info!(
                         "enclave '{}' reclaimed: cores {:?} parked, RAM {ram} zeroed and back in the pool",
                         c.name,

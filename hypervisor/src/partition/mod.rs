@@ -213,8 +213,10 @@ impl<'a, W: PhysWindow, Fmt: Format> Enclave<'a, W, Fmt> {
         }
     }
 
-    /// Frees the tables and zeroes and returns the RAM.
-    pub fn destroy(self, pool: &Mutex<FrameAllocator>, window: &W) {
+    /// Frees the tables and zeroes and returns the RAM. The pool refusing the RAM (it did not
+    /// hand it out, or it is already free) is a bookkeeping error reported to the caller; the
+    /// RAM is zeroed either way.
+    pub fn destroy(self, pool: &Mutex<FrameAllocator>, window: &W) -> Result<(), FrameError> {
         self.ept.destroy();
         // SAFETY: the enclave no longer runs; its RAM is ours to clear.
         unsafe {
@@ -224,7 +226,7 @@ impl<'a, W: PhysWindow, Fmt: Format> Enclave<'a, W, Fmt> {
                 self.ram.len() as usize,
             )
         };
-        let _ = pool.lock().free(self.ram);
+        pool.lock().free(self.ram)
     }
 }
 
@@ -374,12 +376,12 @@ mod tests {
         // RAM goes back to the pool.
         ram.fill(0x5a);
         let free_before = pool.lock().free_bytes();
-        a.destroy(&pool, &window);
+        a.destroy(&pool, &window).unwrap();
         let back = window.ptr(a_ram.start, a_ram.len());
         // SAFETY: the fake RAM is ours; nothing else uses it now.
         let back = unsafe { core::slice::from_raw_parts(back, a_ram.len() as usize) };
         assert!(back.iter().all(|&b| b == 0), "freed RAM is zeroed");
-        b.destroy(&pool, &window);
+        b.destroy(&pool, &window).unwrap();
         assert_eq!(
             pool.lock().free_bytes(),
             free_before + (24 << 20) + 3 * 4096 * 2
@@ -396,7 +398,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.ram, a_ram);
-        c.destroy(&pool, &window);
+        c.destroy(&pool, &window).unwrap();
     }
 
     #[test]

@@ -5,7 +5,10 @@
 //!   hypercall, checks the filtered CPUID, allowed and denied MSRs, a denied I/O port, writes and
 //!   reads back every page of its RAM, measures CPUID and hypercall round trips with RDTSC,
 //!   reports the results as JSON, then, depending on its command line, exits, touches the byte
-//!   past its RAM, or triple-faults;
+//!   past its RAM, or triple-faults; `dirty` writes a pattern over all its RAM outside its
+//!   image and stack before it exits, `zero-check` first counts the bytes there that do not
+//!   read zero (`nonzero_bytes`, `bytes_checked`): a successor must find nothing of a
+//!   predecessor in reused RAM;
 //! * `guest-real16` (entered in real mode, which needs unrestricted guest on VMX): prints,
 //!   checks the hypercall ABI and CPUID from real mode, reports and exits.
 //!

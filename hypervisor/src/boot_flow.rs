@@ -1,17 +1,18 @@
 //! Entry points of the bare-metal image: the boot processor's `atoll_bsp_main`, every AP's
-//! `atoll_ap_main`, the exception and panic handlers.
+//! `atoll_ap_main`, the exception and panic handlers. [`enclaves`] manages the enclaves.
+
+mod enclaves;
 
 use alloc::string::ToString;
 use alloc::vec::Vec;
-use atoll::hw::enclave_run::{self, CoreSlotVirt, RunSpec, SecondStage};
+use atoll::hw::enclave_run::CoreSlotVirt;
 use atoll::hw::{self, apic::LocalApic, console, msr::HwMsrs, power, tsc};
 use atoll::machine::cpu::{self, CoreCaps};
 use atoll::machine::frames::{FrameAllocator, FRAME_SIZE};
 use atoll::machine::options::Options;
 use atoll::machine::platform::Platform;
 use atoll::machine::smp::{self, CoreTable, StartupBus};
-use atoll::partition::{Enclave, Identity};
-use atoll::summary::{CoreReport, EnclaveReport, Summary};
+use atoll::summary::{CoreReport, Summary};
 use boot::idt::{exception_name, ExceptionFrame};
 use boot::info::BootInfo;
 use boot::trampoline::{self, TrampolineParams, SIPI_VECTOR, TRAMPOLINE_BASE};
@@ -38,16 +39,8 @@ static FRAMES: Mutex<FrameAllocator> = Mutex::new(FrameAllocator::empty());
 static MBI: Once<BootInformation<'static>> = Once::new();
 static POWER: Once<Option<atoll::machine::platform::PmControl>> = Once::new();
 static PANICKING: AtomicBool = AtomicBool::new(false);
-/// The enclaves of this run, fixed before any core starts one.
-static ENCLAVES: Once<Vec<RunSpec>> = Once::new();
-/// Each enclave's report, written once by the core that ran it.
-static OUTCOMES: Once<Vec<Once<EnclaveReport>>> = Once::new();
 /// Each core's VMX or SVM state, by slot; touched only by the core that owns the slot.
 static CORE_VIRT: [CoreSlotVirt; smp::MAX_CORES] = [const { CoreSlotVirt::new() }; smp::MAX_CORES];
-/// The built enclaves (their second-stage tables and RAM stay allocated while they may run).
-static BUILT_EPT: Mutex<Vec<Enclave<'static, Identity, ept::EptFormat>>> = Mutex::new(Vec::new());
-/// Same, on SVM.
-static BUILT_NPT: Mutex<Vec<Enclave<'static, Identity, ept::NptFormat>>> = Mutex::new(Vec::new());
 
 extern "C" {
     static __image_start: u8;
@@ -248,9 +241,7 @@ extern "C" fn atoll_bsp_main(magic: u32, info_addr: u64) -> ! {
     if !interrupts_ok {
         problems.push("a self-IPI never reached the host interrupt handler".into());
     }
-    let (specs, mut early_reports) = setup_enclaves(&info, &bsp, &mut problems);
-    let enclaves = run_enclaves(specs, bsp.apic_id);
-    early_reports.extend(enclaves);
+    let enclaves = enclaves::run_all(&info, &bsp, &mut problems);
 
     let mut summary = Summary {
         version: env!("CARGO_PKG_VERSION"),
@@ -275,16 +266,18 @@ extern "C" fn atoll_bsp_main(magic: u32, info_addr: u64) -> ! {
         } else {
             "none"
         },
-        enclaves: early_reports,
+        enclaves,
         host_interrupts_ok: interrupts_ok,
         cores: CORES
             .slots()
             .iter()
-            .map(|s| CoreReport {
+            .zip(&enclaves::PER_CORE)
+            .map(|(s, block)| CoreReport {
                 apic_id: s.apic_id(),
                 bsp: s.apic_id() == bsp.apic_id,
                 online: s.state() == smp::CoreState::Online,
                 caps: s.caps().copied(),
+                mailbox: block.counters.get(),
             })
             .collect(),
         ..Default::default()
@@ -321,165 +314,6 @@ fn log_vmx_msrs(caps: &CoreCaps) {
     }
 }
 
-/// Reads the `enclaves` module, if any, and builds every enclave it describes. Returns what the
-/// cores run and the reports of enclaves that could not be built.
-fn setup_enclaves(
-    info: &BootInfo,
-    bsp: &CoreCaps,
-    problems: &mut Vec<alloc::string::String>,
-) -> (Vec<RunSpec>, Vec<EnclaveReport>) {
-    let Some(module) = info.module("enclaves") else {
-        return (Vec::new(), Vec::new());
-    };
-    // SAFETY: GRUB loaded the module there; it is identity-mapped and excluded from the pool.
-    let bytes = unsafe { module_bytes(module.range) };
-    let Ok(text) = core::str::from_utf8(bytes) else {
-        problems.push("module 'enclaves': not UTF-8 text".into());
-        return (Vec::new(), Vec::new());
-    };
-    let online: Vec<u32> = CORES
-        .slots()
-        .iter()
-        .filter(|s| s.state() == smp::CoreState::Online)
-        .map(|s| s.apic_id())
-        .collect();
-    let names: Vec<&str> = info.modules().iter().map(|m| m.name()).collect();
-    let ctx = atoll::partition::config::Context {
-        cores: Some(&online),
-        modules: Some(&names),
-    };
-    let configs = match atoll::partition::config::parse(text, &ctx) {
-        Ok(c) => c,
-        Err(e) => {
-            log::error!("enclave description rejected: {e}");
-            problems.push(alloc::format!("module 'enclaves': {e}"));
-            return (Vec::new(), Vec::new());
-        }
-    };
-    let failed =
-        |c: &atoll::partition::config::EnclaveConfig, why: alloc::string::String| EnclaveReport {
-            name: c.name.clone(),
-            cores: c.cores.clone(),
-            memory_mib: c.memory_mib,
-            state: "ended",
-            end_reason: Some("failed"),
-            detail: why,
-            ..Default::default()
-        };
-    let mut specs = Vec::new();
-    let mut reports = Vec::new();
-    // 1 GiB second-stage pages where the CPU has them (EPT capability, or Page1GB for NPT).
-    let npt_1g = core::arch::x86_64::__cpuid(0x8000_0001).edx & (1 << 26) != 0;
-    let max_page = |big: bool| {
-        if big {
-            ept::PageSize::Size1G
-        } else {
-            ept::PageSize::Size2M
-        }
-    };
-    for (i, c) in configs.into_iter().enumerate() {
-        let tag = (i + 1) as u16;
-        if !(bsp.vmx && bsp.ept || bsp.svm && bsp.npt) {
-            let why = "enclaves need VMX with EPT or SVM with nested paging".into();
-            reports.push(failed(&c, why));
-            continue;
-        }
-        // The description was checked against the module names, so the image exists.
-        let Some(image) = info.module(&c.image) else {
-            continue;
-        };
-        // SAFETY: as for the description module.
-        let image = unsafe { module_bytes(image.range) };
-        let initrd = c
-            .initrd
-            .as_deref()
-            .and_then(|n| info.module(n))
-            // SAFETY: as for the description module.
-            .map(|m| unsafe { module_bytes(m.range) });
-        let linux = c.entry == atoll::partition::config::EntryMode::Linux;
-        // Linux reads the TSC frequency from CPUID 0x15/0x16 on Intel only; elsewhere it is
-        // told with a kernel parameter (see atoll::run::vplat).
-        let extra = if linux && bsp.intel {
-            alloc::string::String::new()
-        } else if linux {
-            alloc::format!("tsc_early_khz={}", tsc::hz() / 1000)
-        } else {
-            alloc::string::String::new()
-        };
-        let built = if bsp.vmx {
-            Enclave::<_, ept::EptFormat>::create(
-                c.clone(),
-                image,
-                initrd,
-                &extra,
-                &FRAMES,
-                Identity,
-                max_page(bsp.ept_1g),
-            )
-            .map(|e| {
-                let spec = (
-                    e.ram,
-                    e.boot,
-                    SecondStage::Ept(e.ept.eptp(false)),
-                    e.ept.table_pages(),
-                );
-                BUILT_EPT.lock().push(e);
-                spec
-            })
-        } else {
-            Enclave::<_, ept::NptFormat>::create(
-                c.clone(),
-                image,
-                initrd,
-                &extra,
-                &FRAMES,
-                Identity,
-                max_page(npt_1g),
-            )
-            .map(|e| {
-                let spec = (
-                    e.ram,
-                    e.boot,
-                    SecondStage::Npt(e.ept.nested_cr3()),
-                    e.ept.table_pages(),
-                );
-                BUILT_NPT.lock().push(e);
-                spec
-            })
-        };
-        match built {
-            Ok((ram, boot, second_stage, tables)) => {
-                log::info!(
-                    "enclave '{}': {} MiB at {ram}, {tables} second-stage table pages, entry {:#x}",
-                    c.name,
-                    c.memory_mib,
-                    boot.rip
-                );
-                let platform = linux.then(|| {
-                    let shared = atoll::run::vplat::Shared::new(&c.name, &c.cores, tsc::hz());
-                    if let Some(Some((secs, at))) = WALL_CLOCK.get() {
-                        shared.set_wall_clock(*secs, *at);
-                    }
-                    alloc::sync::Arc::new(shared)
-                });
-                specs.push(RunSpec {
-                    config: c,
-                    ram,
-                    boot,
-                    second_stage,
-                    tag,
-                    platform,
-                });
-            }
-            Err(err) => {
-                log::error!("enclave '{}' cannot be built: {err}", c.name);
-                reports.push(failed(&c, alloc::format!("cannot be built: {err}")));
-            }
-        }
-    }
-    (specs, reports)
-}
-
 /// The bytes of a module.
 ///
 /// # Safety
@@ -488,99 +322,6 @@ fn setup_enclaves(
 unsafe fn module_bytes(range: PhysRange) -> &'static [u8] {
     // SAFETY: forwarded to the caller.
     unsafe { core::slice::from_raw_parts(range.start.as_u64() as *const u8, range.len() as usize) }
-}
-
-/// Hands every enclave to its core, runs the BSP's own, and waits for all of them to end.
-fn run_enclaves(specs: Vec<RunSpec>, bsp_apic: u32) -> Vec<EnclaveReport> {
-    let specs = ENCLAVES.call_once(|| specs);
-    let outcomes = OUTCOMES.call_once(|| specs.iter().map(|_| Once::new()).collect());
-    for slot in CORES.slots() {
-        let work = specs
-            .iter()
-            .position(|s| s.config.cores.contains(&slot.apic_id()));
-        slot.assign(work);
-    }
-    if let Some(i) = specs
-        .iter()
-        .position(|s| s.config.cores.contains(&bsp_apic))
-    {
-        let slot = CORES
-            .slots()
-            .iter()
-            .position(|s| s.apic_id() == bsp_apic)
-            .unwrap_or(0);
-        let index = specs[i]
-            .config
-            .cores
-            .iter()
-            .position(|&c| c == bsp_apic)
-            .unwrap_or(0);
-        if let Some(report) = enclave_run::run(&specs[i], index, &CORE_VIRT[slot]) {
-            outcomes[i].call_once(|| report);
-        }
-    }
-    // Each enclave's core reports when it ends; a guest that never ends is for the harness's
-    // timeout to catch. Meanwhile this core passes atoll's serial input to the enclave that
-    // takes it.
-    let mut input = SerialInput {
-        target: specs
-            .iter()
-            .find(|s| s.config.serial_input)
-            .and_then(|s| s.platform.clone()),
-        pending: alloc::collections::VecDeque::new(),
-        host: atoll::hw::host::VcpuHost::new(bsp_apic),
-    };
-    let mut reports = Vec::new();
-    for (spec, outcome) in specs.iter().zip(outcomes) {
-        if !spec.config.cores.iter().all(|&c| CORES.is_online(c)) {
-            reports.push(EnclaveReport {
-                name: spec.config.name.clone(),
-                cores: spec.config.cores.clone(),
-                memory_mib: spec.config.memory_mib,
-                state: "not_started",
-                detail: "its core is not online".into(),
-                ..Default::default()
-            });
-            continue;
-        }
-        while outcome.get().is_none() {
-            input.forward();
-            hw::idle_wait_us(10_000);
-        }
-        reports.extend(outcome.get().cloned());
-    }
-    reports
-}
-
-/// atoll's COM1 input on its way to an enclave's COM1 receiver (`serial_input = true`).
-struct SerialInput {
-    target: Option<alloc::sync::Arc<atoll::run::vplat::Shared>>,
-    /// Bytes read from COM1 that the guest's receive FIFO had no room for yet.
-    pending: alloc::collections::VecDeque<u8>,
-    host: atoll::hw::host::VcpuHost,
-}
-
-impl SerialInput {
-    /// Reads what COM1 holds and hands the guest as much as its FIFO takes; the rest waits
-    /// here (bounded: past 4 KiB the oldest bytes are dropped, as a full line buffer would).
-    fn forward(&mut self) {
-        let Some(target) = &self.target else {
-            return;
-        };
-        while let Some(b) = console::try_read_byte() {
-            if self.pending.len() == 4096 {
-                self.pending.pop_front();
-            }
-            self.pending.push_back(b);
-        }
-        if self.pending.is_empty() {
-            return;
-        }
-        let (front, _) = self.pending.as_slices();
-        let chunk: Vec<u8> = front.iter().copied().take(16).collect();
-        let taken = target.uart_receive(&chunk, &mut self.host);
-        self.pending.drain(..taken);
-    }
 }
 
 /// Prints the summary and the halt line, then powers off.
@@ -690,7 +431,7 @@ extern "C" fn atoll_ap_main(_ticket: u64) -> ! {
     }
     // The APIC in the BSP's mode, software-enabled, so host IPIs (kicks) reach this core.
     let _ = LocalApic::init(HOST_X2APIC.load(Ordering::Relaxed), caps.x2apic);
-    // Wait in this core's mailbox for the enclave it runs, if any.
+    // Serve this core's mailbox: the manager starts, stops and reclaims enclaves through it.
     let Some(index) = CORES
         .slots()
         .iter()
@@ -698,27 +439,7 @@ extern "C" fn atoll_ap_main(_ticket: u64) -> ! {
     else {
         hw::halt_forever()
     };
-    let slot = &CORES.slots()[index];
-    let work = loop {
-        if let Some(w) = slot.work() {
-            break w;
-        }
-        hw::idle_wait_us(1000);
-    };
-    if let (Some(i), Some(specs), Some(outcomes)) = (work, ENCLAVES.get(), OUTCOMES.get()) {
-        if let (Some(spec), Some(outcome)) = (specs.get(i), outcomes.get(i)) {
-            let vcpu = spec
-                .config
-                .cores
-                .iter()
-                .position(|&c| c == caps.apic_id)
-                .unwrap_or(0);
-            if let Some(report) = enclave_run::run(spec, vcpu, &CORE_VIRT[index]) {
-                outcome.call_once(|| report);
-            }
-        }
-    }
-    hw::halt_forever()
+    enclaves::serve_forever(index, caps.apic_id)
 }
 
 /// The host's wall clock at boot: Unix seconds and the TSC when they were read.

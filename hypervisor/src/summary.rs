@@ -22,6 +22,8 @@ pub struct CoreReport {
     /// What it probed on itself (absent when it never came online).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub caps: Option<CoreCaps>,
+    /// Its mailbox's counters: commands served, enclaves started, reclaims, refusals.
+    pub mailbox: crate::machine::percpu::CounterValues,
 }
 
 /// Where a nested-page fault hit.
@@ -82,6 +84,14 @@ pub struct EnclaveReport {
     /// IPIs whose destination named no vCPU of the enclave (dropped; Linux enclaves).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ipis_dropped: Option<u64>,
+    /// Host-physical base of its RAM, once it was built.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ram_base: Option<u64>,
+    /// Its cores were reclaimed and its RAM zeroed and returned to the pool after it ended.
+    pub reclaimed: bool,
+    /// Enclaves, ended and reclaimed earlier in the run, whose RAM this one's overlaps.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ram_reused_from: Vec<String>,
     /// Figures measured between guest console markers: `boot_to_init` {cycles, us} and `idle`
     /// {cycles, us, timer, ipi, hlt, other} (see [`crate::run::vplat`]).
     #[serde(flatten)]
@@ -216,6 +226,7 @@ mod tests {
             bsp: apic_id == 0,
             online,
             caps: online.then_some(CoreCaps { apic_id, ..caps }),
+            mailbox: Default::default(),
         }
     }
 

@@ -1,7 +1,8 @@
 //! Emulator tests of enclaves on both backends — VMX in Bochs, SVM in QEMU — with the same
 //! assertions: two enclaves side by side on two cores, the guest suite's results, and
 //! containment: an enclave that reads past its RAM or triple-faults is stopped and reported while
-//! the other one runs its suite to the end.
+//! the other one runs its suite to the end; reclaim: an enclave's core and RAM go back when it
+//! ends and the next one, started on them in the same boot, finds the RAM zeroed.
 
 use serde_json::Value;
 use xtask::run::{run, RunOptions, RunOutcome};
@@ -206,7 +207,7 @@ fn qemu_svm_acpi_power_off_and_reset_end_enclaves_cleanly() {
         .contains("[alpha] guest-suite: powering off through the ACPI sleep control register"));
 }
 
-/// A fault-injection image: atoll faults on purpose while handling four enclaves' hypercalls
+/// A fault-injection image: atoll faults on purpose while handling five enclaves' hypercalls
 /// (#UD on the BSP's own core, a panic, a page fault, a failed allocation, a stack overflow into
 /// the guard page, which double-faults onto the IST stack). Each ends alone as
 /// `failed` with the fault and where it happened, keeps what it reported before, and the victim
@@ -257,4 +258,86 @@ fn bochs_vmx_atoll_faults_end_only_their_enclave() {
 #[test]
 fn qemu_svm_atoll_faults_end_only_their_enclave() {
     atoll_faults_end_only_their_enclave(Emulator::Qemu);
+}
+
+/// `a` dirties its RAM and ends; its core and RAM are reclaimed; `b` runs on the same core in
+/// the same RAM and finds every byte outside its image zero.
+fn reclaim(emulator: Emulator) {
+    let o = boot(emulator, "reclaim");
+    for name in ["a", "b"] {
+        assert_eq!(get(&o, &format!("enclaves.{name}.state")), "ended");
+        assert_eq!(get(&o, &format!("enclaves.{name}.end_reason")), "exit");
+        assert_eq!(get(&o, &format!("enclaves.{name}.exit_code")), 0);
+        assert_eq!(get(&o, &format!("enclaves.{name}.reclaimed")), true);
+        assert_eq!(
+            get(&o, &format!("enclaves.{name}.cores")),
+            &serde_json::json!([1])
+        );
+        assert_suite_passed(&o, name);
+    }
+    // The same host-physical RAM, and atoll knows it reused a's.
+    let base = |n: &str| get(&o, &format!("enclaves.{n}.ram_base")).as_u64().unwrap();
+    assert_eq!(base("a"), base("b"), "b got a's RAM");
+    assert_eq!(
+        get(&o, "enclaves.b.ram_reused_from"),
+        &serde_json::json!(["a"])
+    );
+    assert!(
+        lookup(o.summary.as_ref().unwrap(), "enclaves.a.ram_reused_from").is_none(),
+        "a was built from RAM nobody had used"
+    );
+    // a dirtied exactly what b checked: all of its RAM but the loader area, the image and the
+    // stack reserve.
+    let ram = get(&o, "enclaves.b.results.ram_bytes").as_u64().unwrap();
+    let image_end = get(&o, "enclaves.b.results.image_end").as_u64().unwrap();
+    let checked = get(&o, "enclaves.b.results.bytes_checked")
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        checked + 0x8000 + (image_end - 0x10_0000) + (64 << 10),
+        ram,
+        "every byte outside the image, the loader area and the stack"
+    );
+    assert_eq!(
+        get(&o, "enclaves.a.results.bytes_dirtied").as_u64(),
+        Some(checked)
+    );
+    assert_eq!(
+        get(&o, "enclaves.b.results.nonzero_bytes").as_u64(),
+        Some(0)
+    );
+    assert_eq!(
+        get(&o, "enclaves.b.results.first_nonzero_gpa").as_i64(),
+        Some(-1)
+    );
+    assert_eq!(get(&o, "enclaves.b.results.stack_within_reserve"), true);
+    // One after the other: a's end, then b's whole run.
+    let a_end = get(&o, "enclaves.a.ended_at_us").as_u64().unwrap();
+    let b_end = get(&o, "enclaves.b.ended_at_us").as_u64().unwrap();
+    assert!(a_end < b_end, "a ended at {a_end} us, b at {b_end} us");
+    let dirtied = o
+        .serial
+        .find("[a] guest-suite: wrote 0xa5 over")
+        .expect("a dirtied its RAM");
+    let b_hello = o
+        .serial
+        .find("[b] guest-suite: hello through COM1")
+        .expect("b ran");
+    assert!(dirtied < b_hello, "b started after a ended");
+    // Core 1's mailbox: two starts, two reclaims, nothing refused.
+    let core1 = get(&o, "cores.1.mailbox");
+    assert_eq!(core1["starts"], 2, "{core1}");
+    assert_eq!(core1["reclaims"], 2, "{core1}");
+    assert_eq!(core1["refused"], 0, "{core1}");
+    assert_eq!(get(&o, "ok"), true);
+}
+
+#[test]
+fn bochs_vmx_an_ended_enclaves_core_and_zeroed_ram_run_the_next() {
+    reclaim(Emulator::Bochs);
+}
+
+#[test]
+fn qemu_svm_an_ended_enclaves_core_and_zeroed_ram_run_the_next() {
+    reclaim(Emulator::Qemu);
 }

@@ -84,6 +84,69 @@ guest_db_handler:
         fn guest_gp_handler();
         fn guest_ud_handler();
         fn guest_db_handler();
+        /// The end of the loaded image (page-aligned; `guest64.ld`).
+        static __guest_end: u8;
+    }
+
+    /// Guest RAM below this is atoll's loader area (page tables, GDT, command line).
+    const LOADER_AREA_END: u64 = 0x8000;
+    /// Where the ELF image is loaded (`guest64.ld`).
+    const IMAGE_START: u64 = 0x10_0000;
+    /// The top of RAM kept for the stack (atoll sets RSP to the top of RAM; the guest never
+    /// nests deeper than this).
+    const STACK_RESERVE: u64 = 64 << 10;
+
+    /// The RAM outside what was loaded into it and what the guest itself uses: between the
+    /// loader area and the image, and between the image's end and the stack.
+    fn free_ram(ram: u64) -> [(u64, u64); 2] {
+        let image_end = core::ptr::addr_of!(__guest_end) as u64;
+        [
+            (LOADER_AREA_END, IMAGE_START),
+            (image_end, ram.saturating_sub(STACK_RESERVE).max(image_end)),
+        ]
+    }
+
+    /// The stack pointer.
+    fn rsp() -> u64 {
+        let v: u64;
+        // SAFETY: reads a register.
+        unsafe { asm!("mov {}, rsp", out(reg) v, options(nomem, nostack)) };
+        v
+    }
+
+    /// Counts the bytes of [`free_ram`] that do not read zero: RAM handed to a new enclave must
+    /// hold nothing of an earlier one. Returns (nonzero bytes, bytes checked, first nonzero GPA).
+    fn zero_check(ram: u64) -> (u64, u64, Option<u64>) {
+        let (mut nonzero, mut checked, mut first) = (0u64, 0u64, None);
+        for (start, end) in free_ram(ram) {
+            let mut a = start;
+            while a < end {
+                // SAFETY: `a` is 8-byte aligned guest RAM outside the image and the stack,
+                // identity-mapped; reading it has no effect.
+                let w = unsafe { core::ptr::read_volatile(a as *const u64) };
+                if w != 0 {
+                    let bytes = w.to_le_bytes();
+                    nonzero += bytes.iter().filter(|&&b| b != 0).count() as u64;
+                    first.get_or_insert(a + bytes.iter().position(|&b| b != 0).unwrap_or(0) as u64);
+                }
+                checked += 8;
+                a += 8;
+            }
+        }
+        (nonzero, checked, first)
+    }
+
+    /// Writes a pattern over all of [`free_ram`] (so a successor that reuses this RAM without
+    /// atoll zeroing it would see it). Returns the bytes written.
+    fn dirty(ram: u64) -> u64 {
+        let mut written = 0;
+        for (start, end) in free_ram(ram) {
+            // SAFETY: guest RAM outside the image and the stack, identity-mapped, used by
+            // nothing else.
+            unsafe { core::ptr::write_bytes(start as *mut u8, 0xa5, (end - start) as usize) };
+            written += end - start;
+        }
+        written
     }
 
     /// An interrupt gate (SDM Vol. 3A Figure 6-8).
@@ -397,6 +460,9 @@ guest_db_handler:
             .and_then(|n| n.parse().ok())
             .unwrap_or(1)
             .clamp(1, 100_000);
+        // Before anything else writes RAM: nothing is written outside the image and the stack
+        // until the suite's own page check, which restores what it reads.
+        let zero = (mode == "zero-check").then(|| zero_check(ram));
         let vendor = __cpuid_count(0, 0);
         INTEL.store(
             u64::from(vendor.ebx == u32::from_le_bytes(*b"Genu")),
@@ -521,6 +587,46 @@ guest_db_handler:
         }
 
         match mode {
+            "zero-check" => {
+                let (nonzero, checked, first) = zero.unwrap_or_default();
+                let stack_ok = rsp() > ram.saturating_sub(STACK_RESERVE);
+                let mut json = Buf::new();
+                let _ = write!(
+                    json,
+                    "{{\"nonzero_bytes\":{nonzero},\"bytes_checked\":{checked},\"first_nonzero_gpa\":{},\"image_end\":{},\"stack_within_reserve\":{stack_ok}}}",
+                    first.map_or(-1, |a| a as i64),
+                    core::ptr::addr_of!(__guest_end) as u64
+                );
+                let _ = writeln!(
+                    Com1,
+                    "guest-suite: {nonzero} of {checked} bytes outside my image read nonzero"
+                );
+                if report(&json) != status::OK {
+                    exit(3);
+                }
+                exit(if passed && nonzero == 0 && stack_ok {
+                    0
+                } else {
+                    1
+                })
+            }
+            "dirty" => {
+                let written = dirty(ram);
+                let mut json = Buf::new();
+                let _ = write!(
+                    json,
+                    "{{\"bytes_dirtied\":{written},\"image_end\":{}}}",
+                    core::ptr::addr_of!(__guest_end) as u64
+                );
+                let _ = writeln!(
+                    Com1,
+                    "guest-suite: wrote 0xa5 over {written} bytes outside my image"
+                );
+                if report(&json) != status::OK {
+                    exit(3);
+                }
+                exit(if passed { 0 } else { 1 })
+            }
             "past-ram" => {
                 let _ = writeln!(
                     Com1,

@@ -87,11 +87,16 @@ impl Backend for SvmVcpu {
     }
 }
 
+/// Why the manager's Stop ends an enclave (its core's mailbox asked, see
+/// `crate::machine::percpu`).
+const STOPPED: &str = "stopped by atoll's manager";
+
 fn run_loop(
     vcpu: &mut impl Backend,
     spec: &RunSpec,
     run: &mut EnclaveRun,
     console: &mut EnclaveConsole,
+    stop: &dyn Fn() -> bool,
 ) -> EndReason {
     log::info!(
         "enclave '{}' starts on this core ({} MiB at {})",
@@ -111,6 +116,9 @@ fn run_loop(
         match exits::handle(exit, vcpu, &mut mem, run, &mut ThisCore, console) {
             Action::Resume => {}
             Action::Stop(reason) => return reason,
+        }
+        if stop() {
+            return EndReason::Failed(STOPPED.into());
         }
     }
 }
@@ -133,6 +141,7 @@ enum VcpuEnd {
 }
 
 /// Runs one vCPU of a Linux enclave until the enclave ends or an INIT resets it.
+#[allow(clippy::too_many_arguments)]
 fn platform_loop(
     vcpu: &mut impl Backend,
     spec: &RunSpec,
@@ -141,6 +150,7 @@ fn platform_loop(
     host: &mut VcpuHost,
     run: &mut EnclaveRun,
     console: &mut EnclaveConsole,
+    stop: &dyn Fn() -> bool,
 ) -> VcpuEnd {
     let mut mem = guest_ram(spec);
     let mailbox = &shared.mailboxes[local.index];
@@ -177,6 +187,10 @@ fn platform_loop(
             shared.end(reason, host);
             return VcpuEnd::Stop;
         }
+        if stop() {
+            shared.end(EndReason::Failed(STOPPED.into()), host);
+            return VcpuEnd::Stop;
+        }
     }
 }
 
@@ -198,6 +212,7 @@ fn start(
     core: &CoreSlotVirt,
     run: &mut EnclaveRun,
     console: &mut EnclaveConsole,
+    stop: &dyn Fn() -> bool,
 ) -> EndReason {
     let virt = match core_virt(spec, core) {
         Ok(v) => v,
@@ -206,13 +221,13 @@ fn start(
     match (virt, spec.second_stage) {
         (CoreVirt::Vmx(state), SecondStage::Ept(eptp)) => {
             match VmxVcpu::new(state, &spec.boot, eptp, spec.tag) {
-                Ok(mut vcpu) => run_loop(&mut vcpu, spec, run, console),
+                Ok(mut vcpu) => run_loop(&mut vcpu, spec, run, console, stop),
                 Err(e) => EndReason::Failed(alloc::format!("cannot build the vCPU: {e}")),
             }
         }
         (CoreVirt::Svm(state), SecondStage::Npt(root)) => {
             match SvmVcpu::new(state, &spec.boot, root, u32::from(spec.tag), spec.ram) {
-                Ok(mut vcpu) => run_loop(&mut vcpu, spec, run, console),
+                Ok(mut vcpu) => run_loop(&mut vcpu, spec, run, console, stop),
                 Err(e) => EndReason::Failed(alloc::format!("cannot build the vCPU: {e:?}")),
             }
         }
@@ -231,6 +246,7 @@ fn start_platform_vcpu(
     host: &mut VcpuHost,
     run: &mut EnclaveRun,
     console: &mut EnclaveConsole,
+    stop: &dyn Fn() -> bool,
 ) -> VcpuEnd {
     let fail = |why: String, host: &mut VcpuHost| {
         shared.end(EndReason::Failed(why), host);
@@ -243,7 +259,9 @@ fn start_platform_vcpu(
     match (virt, spec.second_stage) {
         (CoreVirt::Vmx(state), SecondStage::Ept(eptp)) => {
             match VmxVcpu::new(state, boot, eptp, spec.tag) {
-                Ok(mut vcpu) => platform_loop(&mut vcpu, spec, shared, local, host, run, console),
+                Ok(mut vcpu) => {
+                    platform_loop(&mut vcpu, spec, shared, local, host, run, console, stop)
+                }
                 Err(e) => fail(
                     alloc::format!("cannot build vCPU {}: {e}", local.index),
                     host,
@@ -252,7 +270,9 @@ fn start_platform_vcpu(
         }
         (CoreVirt::Svm(state), SecondStage::Npt(root)) => {
             match SvmVcpu::new(state, boot, root, u32::from(spec.tag), spec.ram) {
-                Ok(mut vcpu) => platform_loop(&mut vcpu, spec, shared, local, host, run, console),
+                Ok(mut vcpu) => {
+                    platform_loop(&mut vcpu, spec, shared, local, host, run, console, stop)
+                }
                 Err(e) => fail(
                     alloc::format!("cannot build vCPU {}: {e:?}", local.index),
                     host,
@@ -289,6 +309,7 @@ fn startup_state(vector: u8) -> Boot {
 
 /// An application processor of a Linux enclave: waits for INIT and STARTUP, runs, and goes
 /// back to waiting after an INIT, until the enclave ends.
+#[allow(clippy::too_many_arguments)]
 fn run_application_vcpu(
     spec: &RunSpec,
     core: &CoreSlotVirt,
@@ -297,12 +318,17 @@ fn run_application_vcpu(
     host: &mut VcpuHost,
     run: &mut EnclaveRun,
     console: &mut EnclaveConsole,
+    stop: &dyn Fn() -> bool,
 ) {
     let mailbox = &shared.mailboxes[index];
     let mut local = Local::new(index, shared.tsc_hz);
     let mut initialized = false;
     loop {
         if shared.stopping() {
+            return;
+        }
+        if stop() {
+            shared.end(EndReason::Failed(STOPPED.into()), host);
             return;
         }
         if mailbox.take_init() {
@@ -321,8 +347,9 @@ fn run_application_vcpu(
                     spec.config.name,
                     u32::from(vector) << 12
                 );
-                match start_platform_vcpu(spec, core, &boot, shared, &mut local, host, run, console)
-                {
+                match start_platform_vcpu(
+                    spec, core, &boot, shared, &mut local, host, run, console, stop,
+                ) {
                     VcpuEnd::Stop => return,
                     VcpuEnd::Init => continue,
                 }
@@ -333,22 +360,29 @@ fn run_application_vcpu(
     }
 }
 
-/// Runs vCPU `index` of `spec` on this core to its end. The boot vCPU (index 0) returns the
-/// enclave's report once every vCPU stopped; the others return `None`.
+/// Runs vCPU `index` of `spec` on this core to its end, or until `stop` (checked after each
+/// exit: the manager kicks the core so there is one) says to end it. The boot vCPU (index 0)
+/// returns the enclave's report once every vCPU stopped; the others return `None`.
 ///
 /// A panic or exception in atoll while this core handles the enclave ends the enclave as
 /// `failed` with the fault's text and location ([`super::contain`]); the core then returns as
 /// if the enclave had ended, and the machine runs on.
-pub fn run(spec: &RunSpec, index: usize, core: &CoreSlotVirt) -> Option<EnclaveReport> {
+pub fn run(
+    spec: &RunSpec,
+    index: usize,
+    core: &CoreSlotVirt,
+    stop: &dyn Fn() -> bool,
+) -> Option<EnclaveReport> {
     // The run state lives here, above the recovery point, so what the enclave reported and
     // the exits counted before a fault survive it.
     let mut run = EnclaveRun::new(&spec.config.name, spec.config.io_unknown);
     let mut console = EnclaveConsole::default();
-    let failure =
-        match super::contain::contained(|| run_vcpu(spec, index, core, &mut run, &mut console)) {
-            Ok(report) => return report,
-            Err(f) => f,
-        };
+    let failure = match super::contain::contained(|| {
+        run_vcpu(spec, index, core, &mut run, &mut console, stop)
+    }) {
+        Ok(report) => return report,
+        Err(f) => f,
+    };
     let why = alloc::format!("atoll fault while handling this enclave: {failure}");
     log::error!("enclave '{}' vCPU {index}: {why}", spec.config.name);
     let reason = EndReason::Failed(why);
@@ -384,10 +418,11 @@ fn run_vcpu(
     core: &CoreSlotVirt,
     run: &mut EnclaveRun,
     console: &mut EnclaveConsole,
+    stop: &dyn Fn() -> bool,
 ) -> Option<EnclaveReport> {
     let Some(shared) = spec.platform.as_deref() else {
         // A bare-metal guest: one vCPU.
-        let reason = start(spec, core, run, console);
+        let reason = start(spec, core, run, console, stop);
         run.uart.flush(&spec.config.name, console);
         console.flush();
         return Some(report(spec, &reason, run, console.bytes_dropped(), None));
@@ -395,7 +430,7 @@ fn run_vcpu(
     let own_apic = spec.config.cores.get(index).copied().unwrap_or(0);
     let mut host = VcpuHost::new(own_apic);
     if index > 0 {
-        run_application_vcpu(spec, core, shared, index, &mut host, run, console);
+        run_application_vcpu(spec, core, shared, index, &mut host, run, console, stop);
         host.arm(None);
         shared.add_exits(&run.exits, run.io_denied, run.msr_denied);
         // The count is final once the vCPU stopped (flushing drops nothing); it is added before
@@ -410,7 +445,7 @@ fn run_vcpu(
     }
     let mut local = Local::new(0, shared.tsc_hz);
     let _ = start_platform_vcpu(
-        spec, core, &spec.boot, shared, &mut local, &mut host, run, console,
+        spec, core, &spec.boot, shared, &mut local, &mut host, run, console, stop,
     );
     host.arm(None);
     // Wait (a bounded time) for the other vCPUs to stop, so their counts are in the report.
@@ -432,6 +467,20 @@ fn run_vcpu(
         console.bytes_dropped(),
         Some(shared),
     ))
+}
+
+/// Forgets an ended enclave on this core before its tables are freed: on VMX, INVEPT drops
+/// what the TLBs cache for its EPTP (a later enclave's tables may reuse the frames, and the
+/// EPTP value). On SVM nothing is cached across vCPUs for atoll to drop: each new vCPU's
+/// first VMRUN flushes its ASID's TLB entries (`TlbControl::FlushAll`).
+pub fn forget(spec: &RunSpec, core: &CoreSlotVirt) -> Result<(), String> {
+    match (core.0.get(), spec.second_stage) {
+        (Some(Ok(CoreVirt::Vmx(_))), SecondStage::Ept(eptp)) => {
+            ept::invept::invept_single_context(eptp).map_err(|e| alloc::format!("INVEPT: {e:?}"))
+        }
+        // SVM, or a core where virtualization never came up (nothing ran, nothing cached).
+        _ => Ok(()),
+    }
 }
 
 fn report(

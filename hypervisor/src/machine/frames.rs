@@ -4,8 +4,10 @@
 //! mentions it (an address claimed by any non-usable entry is never handed out), removes the
 //! ranges atoll must not reuse (the first MiB, the image, the modules, the boot information) and
 //! then hands out page-aligned runs of 4 KiB frames. Freed runs go back and merge with their
-//! neighbours. Storage is a fixed, sorted array of free ranges, so it works before any heap
-//! exists and never allocates itself.
+//! neighbours; a run that was never the allocator's to give (outside the RAM it manages) or that
+//! is already free is refused, so a bookkeeping slip in a partition's teardown cannot hand the
+//! same frame to two owners. Storage is fixed, sorted arrays of ranges, so it works before any
+//! heap exists and never allocates itself.
 
 use boot::info::{MemoryRegion, RegionKind};
 use boot::{HostPhysAddr, PhysRange};
@@ -15,6 +17,9 @@ use core::fmt;
 pub const FRAME_SIZE: u64 = 4096;
 /// Most disjoint free ranges tracked.
 pub const MAX_FREE_RANGES: usize = 4096;
+/// Most disjoint ranges of managed RAM (what the pool held when it was built; firmware memory
+/// maps have tens of entries).
+pub const MAX_MANAGED_RANGES: usize = 256;
 
 /// Why an allocation or a free failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,6 +32,8 @@ pub enum FrameError {
     DoubleFree(PhysRange),
     /// The free-range table is full (memory too fragmented).
     TooFragmented,
+    /// A freed range is not (wholly) RAM this allocator manages: never handed out by it.
+    Unknown(PhysRange),
 }
 
 impl fmt::Display for FrameError {
@@ -45,8 +52,9 @@ impl fmt::Display for FrameError {
             Self::DoubleFree(r) => write!(f, "range {r} freed while (partly) free"),
             Self::TooFragmented => write!(
                 f,
-                "more than {MAX_FREE_RANGES} free ranges: memory too fragmented"
+                "more than {MAX_FREE_RANGES} free ranges (or {MAX_MANAGED_RANGES} managed ones): memory too fragmented"
             ),
+            Self::Unknown(r) => write!(f, "range {r} freed but never managed by the frame pool"),
         }
     }
 }
@@ -55,6 +63,9 @@ impl fmt::Display for FrameError {
 pub struct FrameAllocator {
     free: [PhysRange; MAX_FREE_RANGES],
     count: usize,
+    /// The free list as built by [`FrameAllocator::reset`]: what may ever come back.
+    managed: [PhysRange; MAX_MANAGED_RANGES],
+    managed_count: usize,
 }
 
 const EMPTY: PhysRange = PhysRange::new(HostPhysAddr::new(0), HostPhysAddr::new(0));
@@ -65,6 +76,8 @@ impl FrameAllocator {
         Self {
             free: [EMPTY; MAX_FREE_RANGES],
             count: 0,
+            managed: [EMPTY; MAX_MANAGED_RANGES],
+            managed_count: 0,
         }
     }
 
@@ -84,6 +97,7 @@ impl FrameAllocator {
     ) -> Result<(), FrameError> {
         let this = self;
         this.count = 0;
+        this.managed_count = 0;
         for region in map.iter().filter(|r| r.kind == RegionKind::Usable) {
             // Only whole frames inside the region.
             let Some(start) = region.range.start.checked_align_up(FRAME_SIZE) else {
@@ -102,7 +116,24 @@ impl FrameAllocator {
         for range in excluded {
             this.remove(widen(*range))?;
         }
+        if this.count > MAX_MANAGED_RANGES {
+            return Err(FrameError::TooFragmented);
+        }
+        this.managed[..this.count].copy_from_slice(&this.free[..this.count]);
+        this.managed_count = this.count;
         Ok(())
+    }
+
+    /// The RAM this allocator manages (free or handed out), sorted and disjoint.
+    pub fn managed(&self) -> &[PhysRange] {
+        &self.managed[..self.managed_count]
+    }
+
+    /// Whether `range` lies wholly inside one managed range.
+    fn manages(&self, range: &PhysRange) -> bool {
+        self.managed()
+            .iter()
+            .any(|m| m.start <= range.start && range.end <= m.end)
     }
 
     /// Free bytes.
@@ -141,13 +172,17 @@ impl FrameAllocator {
         Err(FrameError::OutOfMemory { frames, align })
     }
 
-    /// Returns a range to the pool. It must be frame-aligned and wholly allocated.
+    /// Returns a range to the pool. It must be frame-aligned, managed by this allocator and
+    /// wholly allocated; otherwise nothing changes.
     pub fn free(&mut self, range: PhysRange) -> Result<(), FrameError> {
         if !range.start.is_aligned(FRAME_SIZE)
             || !range.end.is_aligned(FRAME_SIZE)
             || range.is_empty()
         {
             return Err(FrameError::BadRequest);
+        }
+        if !self.manages(&range) {
+            return Err(FrameError::Unknown(range));
         }
         self.insert_merging(range, true)
     }
@@ -362,6 +397,55 @@ mod tests {
         fa.free(b).unwrap();
         assert_eq!(fa.ranges(), &[r(0x10_0000, 0x20_0000)]);
         assert_eq!(fa.free(r(0x1000, 0x1800)), Err(FrameError::BadRequest));
+        // Partly free: a double free too, and nothing changes.
+        let c = fa.allocate(2, FRAME_SIZE).unwrap();
+        let wider = r(c.start.as_u64(), c.end.as_u64() + FRAME_SIZE);
+        assert_eq!(fa.free(wider), Err(FrameError::DoubleFree(wider)));
+        fa.free(c).unwrap();
+        assert_eq!(fa.ranges(), &[r(0x10_0000, 0x20_0000)]);
+    }
+
+    #[test]
+    fn freed_ranges_are_handed_out_again() {
+        let map = vec![region(0x20_0000, 0x60_0000, RegionKind::Usable)];
+        let mut fa = FrameAllocator::new(&map, &[]).unwrap();
+        let a = fa.allocate(512, 0x20_0000).unwrap();
+        let b = fa.allocate(512, 0x20_0000).unwrap();
+        assert!(fa.allocate(512, 0x20_0000).is_err());
+        fa.free(a).unwrap();
+        // The same request gets the same RAM back: the pool reuses what an enclave gave back.
+        assert_eq!(fa.allocate(512, 0x20_0000), Ok(a));
+        fa.free(b).unwrap();
+        fa.free(a).unwrap();
+        assert_eq!(fa.free_bytes(), 0x40_0000);
+    }
+
+    #[test]
+    fn freeing_memory_it_never_managed_is_refused() {
+        let map = pc_map();
+        let image = r(0x20_0000, 0x30_0000);
+        let mut fa = FrameAllocator::new(&map, &[r(0, 0x10_0000), image]).unwrap();
+        let before = fa.ranges().to_vec();
+        // atoll's image, the BIOS hole, the ACPI data and RAM past the map are nobody's to free.
+        for bad in [
+            image,
+            r(0x20_0000, 0x20_1000),
+            r(0x9f000, 0xa1000),
+            r(0x1ffe_0000, 0x1ffe_1000),
+            r(0x4000_0000, 0x4000_1000),
+            // Straddles the excluded image and managed RAM.
+            r(0x1f_f000, 0x20_1000),
+        ] {
+            assert_eq!(fa.free(bad), Err(FrameError::Unknown(bad)), "{bad}");
+        }
+        assert_eq!(fa.ranges(), &before[..]);
+        assert_eq!(
+            fa.managed(),
+            &[r(0x10_0000, 0x20_0000), r(0x30_0000, 0x1ffe_0000)]
+        );
+        assert!(FrameError::Unknown(image)
+            .to_string()
+            .contains("never managed"));
     }
 
     #[test]

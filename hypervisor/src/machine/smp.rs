@@ -1,7 +1,8 @@
 //! Bringing application processors online.
 //!
 //! [`CoreTable`] holds one slot per processor the MADT lists; each core fills only its own slot
-//! (found by APIC id), so there is no shared mutable state beyond one atomic per slot.
+//! (found by APIC id), so there is no shared mutable state beyond one atomic per slot. What a
+//! core does once online comes through its mailbox ([`crate::machine::percpu`]).
 //! [`bring_up`] runs the INIT-SIPI-SIPI sequence of SDM Vol. 3A §9.4.4.1 for every AP and waits,
 //! with a deadline, for each to report in. It is written against the [`StartupBus`] trait so the
 //! timing logic, including a core that never answers, is tested on the host.
@@ -31,18 +32,11 @@ pub enum CoreState {
     Online = 2,
 }
 
-/// Mailbox value: the core waits for work.
-const WORK_PENDING: u32 = u32::MAX;
-/// Mailbox value: the core has nothing to run.
-const WORK_NONE: u32 = u32::MAX - 1;
-
 /// One core's slot.
 pub struct CoreSlot {
     apic_id: AtomicU32,
     state: AtomicU8,
     caps: Once<CoreCaps>,
-    /// The core's mailbox: which enclave it runs. Written once by the BSP, read by the core.
-    work: AtomicU32,
 }
 
 impl CoreSlot {
@@ -51,7 +45,6 @@ impl CoreSlot {
             apic_id: AtomicU32::new(u32::MAX),
             state: AtomicU8::new(CoreState::Empty as u8),
             caps: Once::new(),
-            work: AtomicU32::new(WORK_PENDING),
         }
     }
 
@@ -72,21 +65,6 @@ impl CoreSlot {
     /// What it reported, once online.
     pub fn caps(&self) -> Option<&CoreCaps> {
         self.caps.get()
-    }
-
-    /// Posts the core's work: the index of the enclave it runs, or `None`.
-    pub fn assign(&self, enclave: Option<usize>) {
-        let v = enclave.map_or(WORK_NONE, |i| (i as u32).min(WORK_NONE - 1));
-        self.work.store(v, Ordering::Release);
-    }
-
-    /// The posted work, if any has been posted yet: `Some(None)` means nothing to run.
-    pub fn work(&self) -> Option<Option<usize>> {
-        match self.work.load(Ordering::Acquire) {
-            WORK_PENDING => None,
-            WORK_NONE => Some(None),
-            i => Some(Some(i as usize)),
-        }
     }
 }
 
@@ -317,17 +295,5 @@ mod tests {
         assert_eq!(t.check_in(caps(9)), Err(CheckInError::Unknown(9)));
         assert!(t.slot(2).unwrap().caps().unwrap().vmx);
         assert_eq!(t.slots().len(), 3);
-    }
-
-    #[test]
-    fn mailbox() {
-        let t = CoreTable::new();
-        t.expect(&[0, 1]);
-        let s = t.slot(1).unwrap();
-        assert_eq!(s.work(), None);
-        s.assign(Some(3));
-        assert_eq!(s.work(), Some(Some(3)));
-        t.slot(0).unwrap().assign(None);
-        assert_eq!(t.slot(0).unwrap().work(), Some(None));
     }
 }

@@ -19,9 +19,19 @@
 //! entry = "linux"         # the Linux 64-bit boot protocol on the virtual platform
 //! cmdline = "console=ttyS0"
 //! serial_input = true     # atoll's own COM1 input goes to this enclave's COM1 (at most one)
+//!
+//! [[enclave]]
+//! name = "next"
+//! cores = [1]             # alpha's core, once alpha has ended
+//! after = "alpha"         # built and started when alpha has ended and its core and RAM are
+//! memory_mib = 16         #   reclaimed (or when alpha failed)
+//! image = "suite64"
+//! entry = "long64"
 //! ```
 //!
-//! Bare-metal guests (`long64`, `real16`) have one core each.
+//! Bare-metal guests (`long64`, `real16`) have one core each. Enclaves share a core only when
+//! one runs `after` the other (directly or through a chain of `after`s): `after` names an
+//! earlier enclave that shares a core with this one.
 //!
 //! Parsing and checking live here, shared by atoll (at boot) and `cargo xtask` (before it builds
 //! an image), so both reject a bad description with the same message naming the field.
@@ -96,6 +106,27 @@ pub struct EnclaveConfig {
     /// Policy for ports atoll does not emulate.
     #[serde(default = "default_io")]
     pub io_unknown: IoPolicy,
+    /// The earlier enclave this one waits for: it is built and started once that one has
+    /// ended and been reclaimed (or failed), on cores the two share.
+    #[serde(default)]
+    pub after: Option<String>,
+}
+
+/// Whether enclave `j` comes before enclave `i` through a chain of `after`s (`list[..i]` are
+/// already checked, so every chain there names earlier enclaves and ends).
+fn runs_before(list: &[EnclaveConfig], j: usize, i: usize) -> bool {
+    let mut at = i;
+    while let Some(prev) = list[at]
+        .after
+        .as_ref()
+        .and_then(|n| list[..at].iter().position(|o| o.name == *n))
+    {
+        if prev == j {
+            return true;
+        }
+        at = prev;
+    }
+    false
 }
 
 fn default_io() -> IoPolicy {
@@ -186,6 +217,25 @@ pub fn parse(text: &str, ctx: &Context) -> Result<Vec<EnclaveConfig>, ConfigErro
         if e.cores.is_empty() {
             return Err(err(f("cores"), "at least one core is needed"));
         }
+        if let Some(before) = &e.after {
+            let Some(j) = list[..i].iter().position(|o| o.name == *before) else {
+                let why = if list.iter().any(|o| o.name == *before) {
+                    format!("'{before}' is not described before '{n}' (`after` names an earlier enclave)")
+                } else {
+                    format!("no enclave is named '{before}'")
+                };
+                return Err(err(f("after"), why));
+            };
+            if !list[j].cores.iter().any(|c| e.cores.contains(c)) {
+                return Err(err(
+                    f("after"),
+                    format!(
+                        "'{before}' runs on cores {:?}, none of which '{n}' uses: `after` orders enclaves that share cores",
+                        list[j].cores
+                    ),
+                ));
+            }
+        }
         for (k, c) in e.cores.iter().enumerate() {
             if e.cores[..k].contains(c) {
                 return Err(err(f("cores"), format!("core {c} is listed twice")));
@@ -193,11 +243,14 @@ pub fn parse(text: &str, ctx: &Context) -> Result<Vec<EnclaveConfig>, ConfigErro
             if let Some((j, other)) = list[..i]
                 .iter()
                 .enumerate()
-                .find(|(_, o)| o.cores.contains(c))
+                .find(|&(j, o)| o.cores.contains(c) && !runs_before(&list, j, i))
             {
                 return Err(err(
                     f("cores"),
-                    format!("core {c} already belongs to enclave[{j}] '{}'", other.name),
+                    format!(
+                        "core {c} already belongs to enclave[{j}] '{}' (to share it, run after it: after = \"{}\")",
+                        other.name, other.name
+                    ),
                 ));
             }
             if let Some(cores) = ctx.cores {
@@ -338,7 +391,7 @@ mod tests {
         let e = field_of(&TWO.replace("cores = [1]", "cores = [0]"), &any());
         assert_eq!(
             e,
-            "enclave[1].cores: core 0 already belongs to enclave[0] 'alpha'"
+            "enclave[1].cores: core 0 already belongs to enclave[0] 'alpha' (to share it, run after it: after = \"alpha\")"
         );
         let e = field_of(&TWO.replace("\"beta\"", "\"alpha\""), &any());
         assert_eq!(e, "enclave[1].name: 'alpha' is also the name of enclave[0]");
@@ -379,6 +432,81 @@ mod tests {
             &any(),
         );
         assert!(e.starts_with("enclave[1].initrd: only"), "{e}");
+    }
+
+    const SEQUENCE: &str = r#"
+        [[enclave]]
+        name = "a"
+        cores = [1]
+        memory_mib = 16
+        image = "suite64"
+        entry = "long64"
+
+        [[enclave]]
+        name = "b"
+        cores = [1]
+        after = "a"
+        memory_mib = 16
+        image = "suite64"
+        entry = "long64"
+    "#;
+
+    #[test]
+    fn after_sequences_enclaves_on_shared_cores() {
+        let l = parse(SEQUENCE, &any()).unwrap();
+        assert_eq!(l[0].after, None);
+        assert_eq!(l[1].after.as_deref(), Some("a"));
+        // Without `after`, the shared core is an error that says how to share it.
+        let e = field_of(&SEQUENCE.replace("after = \"a\"\n", ""), &any());
+        assert!(
+            e.starts_with("enclave[1].cores: core 1 already belongs to enclave[0] 'a'"),
+            "{e}"
+        );
+        // A chain: c after b after a may reuse a's core; c after a alone may not share b's.
+        let c = |after: &str| {
+            format!(
+                "{SEQUENCE}{}",
+                SEQUENCE
+                    .split("[[enclave]]")
+                    .nth(2)
+                    .map(|b| format!(
+                        "[[enclave]]{}",
+                        b.replace("\"b\"", "\"c\"")
+                            .replace("\"a\"", &format!("\"{after}\""))
+                    ))
+                    .unwrap()
+            )
+        };
+        assert_eq!(
+            parse(&c("b"), &any()).unwrap()[2].after.as_deref(),
+            Some("b")
+        );
+        let e = field_of(&c("a"), &any());
+        assert!(
+            e.starts_with("enclave[2].cores: core 1 already belongs to enclave[1] 'b'"),
+            "{e}"
+        );
+        // It must name an earlier enclave that shares a core.
+        let e = field_of(&SEQUENCE.replace("after = \"a\"", "after = \"z\""), &any());
+        assert_eq!(e, "enclave[1].after: no enclave is named 'z'");
+        let e = field_of(&SEQUENCE.replace("after = \"a\"", "after = \"b\""), &any());
+        assert_eq!(
+            e,
+            "enclave[1].after: 'b' is not described before 'b' (`after` names an earlier enclave)"
+        );
+        let first_after_second =
+            SEQUENCE.replacen("cores = [1]\n", "cores = [1]\n        after = \"b\"\n", 1);
+        let e = field_of(&first_after_second, &any());
+        assert_eq!(
+            e,
+            "enclave[0].after: 'b' is not described before 'a' (`after` names an earlier enclave)"
+        );
+        let apart = SEQUENCE.replacen("cores = [1]", "cores = [2]", 1);
+        let e = field_of(&apart, &any());
+        assert_eq!(
+            e,
+            "enclave[1].after: 'a' runs on cores [2], none of which 'b' uses: `after` orders enclaves that share cores"
+        );
     }
 
     const LINUX: &str = r#"

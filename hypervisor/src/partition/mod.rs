@@ -8,10 +8,13 @@
 //! * [`config`]: enclave descriptions (TOML), checked with the field and the reason.
 //! * [`loader`]: guest images (ELF, real mode) and the boot state a vCPU starts from.
 //! * [`linux`]: the Linux 64-bit boot protocol (bzImage, boot_params, E820, initrd).
+//! * [`table`]: the partition table — each enclave's slot (waiting, built, running, ended,
+//!   failed, reclaimed) with its RAM, its built state and its report.
 
 pub mod config;
 pub mod linux;
 pub mod loader;
+pub mod table;
 
 use crate::machine::frames::{FrameAllocator, FrameError, FRAME_SIZE};
 use atoll_vcpu::GuestRam;
@@ -204,8 +207,10 @@ impl<'a, W: PhysWindow, Fmt: Format> Enclave<'a, W, Fmt> {
         }
     }
 
-    /// Frees the tables and zeroes and returns the RAM.
-    pub fn destroy(self, pool: &Mutex<FrameAllocator>, window: &W) {
+    /// Frees the tables and zeroes and returns the RAM. The pool refusing the RAM (it did not
+    /// hand it out, or it is already free) is a bookkeeping error reported to the caller; the
+    /// RAM is zeroed either way.
+    pub fn destroy(self, pool: &Mutex<FrameAllocator>, window: &W) -> Result<(), FrameError> {
         self.ept.destroy();
         // SAFETY: the enclave no longer runs; its RAM is ours to clear.
         unsafe {
@@ -215,7 +220,7 @@ impl<'a, W: PhysWindow, Fmt: Format> Enclave<'a, W, Fmt> {
                 self.ram.len() as usize,
             )
         };
-        let _ = pool.lock().free(self.ram);
+        pool.lock().free(self.ram)
     }
 }
 
@@ -280,6 +285,7 @@ mod tests {
             initrd: None,
             serial_input: false,
             io_unknown: IoPolicy::Ignore,
+            after: None,
         }
     }
 
@@ -360,13 +366,33 @@ mod tests {
             ram[0x20_0000], 0,
             "RAM is zeroed, not left with old contents"
         );
+        // The guest dirties all of its RAM; destroying the enclave zeroes every byte before the
+        // RAM goes back to the pool.
+        ram.fill(0x5a);
         let free_before = pool.lock().free_bytes();
-        a.destroy(&pool, &window);
-        b.destroy(&pool, &window);
+        a.destroy(&pool, &window).unwrap();
+        let back = window.ptr(a_ram.start, a_ram.len());
+        // SAFETY: the fake RAM is ours; nothing else uses it now.
+        let back = unsafe { core::slice::from_raw_parts(back, a_ram.len() as usize) };
+        assert!(back.iter().all(|&b| b == 0), "freed RAM is zeroed");
+        b.destroy(&pool, &window).unwrap();
         assert_eq!(
             pool.lock().free_bytes(),
             free_before + (24 << 20) + 3 * 4096 * 2
         );
+        // The pool hands the same RAM to the next enclave of that size.
+        let c = Enclave::<_, Fmt>::create(
+            config("c", 16),
+            &image,
+            None,
+            "",
+            &pool,
+            window.clone(),
+            PageSize::Size1G,
+        )
+        .unwrap();
+        assert_eq!(c.ram, a_ram);
+        c.destroy(&pool, &window).unwrap();
     }
 
     #[test]

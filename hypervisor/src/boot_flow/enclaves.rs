@@ -1,0 +1,664 @@
+//! The enclaves of a run, managed by the boot processor.
+//!
+//! The manager reads the `enclaves` description into the partition table
+//! ([`atoll::partition::table`]) and then loops until every enclave is done:
+//!
+//! 1. **build** every waiting enclave that may be built (no `after`, or the one it follows is
+//!    done): RAM from the frame pool, zeroed, image loaded, second-stage tables made;
+//! 2. **start** every built enclave whose cores are all parked: publish what its cores run,
+//!    post `Start` to each core's mailbox and kick it (an IPI), wait for each acknowledgement
+//!    with a deadline; enclaves on application processors first, then one that includes the
+//!    boot processor, whose vCPU runs right here (the manager pauses meanwhile);
+//! 3. **collect** every running enclave whose cores all report it ended (once one does, the
+//!    others are sent `Stop`, so a vCPU that ignores its enclave's end does not hold its core
+//!    for good): file its report, post
+//!    `Reclaim` to each of its cores (each drops cached translations of the enclave's tables
+//!    and parks), then free its tables and zero its RAM back into the pool. A core that does
+//!    not acknowledge is lost for the run, and the enclave's memory stays allocated rather
+//!    than be reused under a core that may still reach it.
+//!
+//! Meanwhile the manager passes atoll's serial input to the enclave that takes it.
+//!
+//! Every application processor serves its mailbox ([`serve_forever`]): it halts until a kick
+//! (or a slow timer tick) and serves the command, running its vCPU of the enclave for `Start`.
+
+use super::{module_bytes, CORES, CORE_VIRT, FRAMES, WALL_CLOCK};
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use atoll::hw::enclave_run::{self, RunSpec, SecondStage};
+use atoll::hw::{self, console, tsc};
+use atoll::machine::cpu::CoreCaps;
+use atoll::machine::percpu::{
+    Ack, Command, CoreWork, FailReason, Outcome, PartitionId, PerCore, Phase, Waiter,
+};
+use atoll::machine::smp;
+use atoll::partition::config::{EnclaveConfig, EntryMode};
+use atoll::partition::table::{PartitionTable, SlotState, MAX_PARTITIONS};
+use atoll::partition::{Enclave, Identity};
+use atoll::summary::EnclaveReport;
+use boot::info::BootInfo;
+use core::cell::Cell;
+use spin::Mutex;
+
+/// Each core's block, by core-table slot.
+pub static PER_CORE: [PerCore; smp::MAX_CORES] = [const { PerCore::new() }; smp::MAX_CORES];
+/// What the cores of each partition run: published before `Start` is posted, withdrawn after
+/// every core acknowledged `Reclaim`.
+static RUNS: [Mutex<Option<Arc<RunSpec>>>; MAX_PARTITIONS] =
+    [const { Mutex::new(None) }; MAX_PARTITIONS];
+/// Each partition's report, filed by the core of its boot vCPU before it reports the end.
+static REPORTS: [Mutex<Option<EnclaveReport>>; MAX_PARTITIONS] =
+    [const { Mutex::new(None) }; MAX_PARTITIONS];
+
+/// How long the manager waits for a core to acknowledge a command (of atoll's clock, the TSC:
+/// generous, since an emulator may run a core slowly).
+const ACK_TIMEOUT_US: u64 = 5_000_000;
+/// How long an idle core sleeps between looks at its mailbox when no kick comes.
+const IDLE_POLL_US: u64 = 50_000;
+
+/// What building an enclave made: its tables and RAM (torn down at reclaim) and what its
+/// cores run.
+struct Built {
+    tables: Tables,
+    spec: Arc<RunSpec>,
+}
+
+enum Tables {
+    Ept(Enclave<'static, Identity, ept::EptFormat>),
+    Npt(Enclave<'static, Identity, ept::NptFormat>),
+}
+
+impl Tables {
+    /// Frees the tables, zeroes the RAM and returns both to the pool.
+    fn destroy(self) -> Result<(), atoll::machine::frames::FrameError> {
+        match self {
+            Tables::Ept(e) => e.destroy(&FRAMES, &Identity),
+            Tables::Npt(e) => e.destroy(&FRAMES, &Identity),
+        }
+    }
+}
+
+/// The index of `apic_id` in the core table.
+fn slot_of(apic_id: u32) -> Option<usize> {
+    CORES.slots().iter().position(|s| s.apic_id() == apic_id)
+}
+
+fn phase_of(apic_id: u32) -> Option<Phase> {
+    slot_of(apic_id).map(|i| PER_CORE[i].mailbox.phase())
+}
+
+/// A core's side of the commands, on the target.
+struct TargetCore {
+    slot: usize,
+    apic_id: u32,
+}
+
+impl CoreWork for TargetCore {
+    fn run(&mut self, p: PartitionId, block: &PerCore) -> Outcome {
+        let Some(spec) = RUNS.get(usize::from(p)).and_then(|r| r.lock().clone()) else {
+            log::error!(
+                "core {}: Start of partition {p}, which has nothing to run",
+                self.apic_id
+            );
+            return Outcome::Failed(FailReason::Setup);
+        };
+        let vcpu = spec
+            .config
+            .cores
+            .iter()
+            .position(|&c| c == self.apic_id)
+            .unwrap_or(0);
+        let stopped = Cell::new(false);
+        let stop = || {
+            let s = block.stop_requested();
+            stopped.set(stopped.get() | s);
+            s
+        };
+        let report = enclave_run::run(&spec, vcpu, &CORE_VIRT[self.slot], &stop);
+        let failed = report
+            .as_ref()
+            .is_some_and(|r| r.end_reason == Some("failed"));
+        if let Some(r) = report {
+            *REPORTS[usize::from(p)].lock() = Some(r);
+        }
+        if stopped.get() {
+            Outcome::Stopped
+        } else if failed {
+            Outcome::Failed(FailReason::Setup)
+        } else {
+            Outcome::Finished
+        }
+    }
+
+    fn reclaim(&mut self, p: PartitionId) -> Result<(), FailReason> {
+        let Some(spec) = RUNS.get(usize::from(p)).and_then(|r| r.lock().clone()) else {
+            return Ok(());
+        };
+        enclave_run::forget(&spec, &CORE_VIRT[self.slot]).map_err(|e| {
+            log::error!(
+                "core {}: cannot forget enclave '{}': {e}",
+                self.apic_id,
+                spec.config.name
+            );
+            FailReason::Teardown
+        })
+    }
+}
+
+/// An application processor's life after check-in: serve its mailbox for good.
+pub fn serve_forever(slot: usize, apic_id: u32) -> ! {
+    let block = &PER_CORE[slot];
+    let mut work = TargetCore { slot, apic_id };
+    loop {
+        if !block.serve(&mut work) {
+            // Interrupts are off until the HLT: a kick sent after `serve` looked wakes it.
+            hw::idle_wait_us(IDLE_POLL_US);
+            block.counters.bump(&block.counters.wakeups);
+        }
+    }
+}
+
+/// The manager's way of waiting: sleep briefly, passing serial input on.
+struct ManagerWaiter<'a>(&'a mut SerialInput);
+
+impl Waiter for ManagerWaiter<'_> {
+    fn now_us(&mut self) -> u64 {
+        tsc::micros()
+    }
+    fn idle(&mut self) {
+        self.0.forward();
+        hw::idle_wait_us(500);
+    }
+}
+
+struct Manager<'a> {
+    table: PartitionTable<Built>,
+    info: &'a BootInfo<'a>,
+    bsp: &'a CoreCaps,
+    problems: &'a mut Vec<String>,
+    input: SerialInput,
+    /// Cores that did not answer a command or could not be cleaned up: never used again.
+    lost: Vec<u32>,
+    /// Why a partition's start went wrong, for its report.
+    start_problem: Vec<(PartitionId, String)>,
+    /// Partitions whose remaining cores were told to stop.
+    stopping: Vec<PartitionId>,
+}
+
+/// Reads the `enclaves` module, if any, and runs every enclave it describes to its end,
+/// reclaiming each one's cores and memory. Returns the reports, in description order.
+pub fn run_all(info: &BootInfo, bsp: &CoreCaps, problems: &mut Vec<String>) -> Vec<EnclaveReport> {
+    let Some(configs) = describe(info, problems) else {
+        return Vec::new();
+    };
+    let mut m = Manager {
+        table: PartitionTable::new(),
+        info,
+        bsp,
+        problems,
+        input: SerialInput {
+            target: None,
+            pending: alloc::collections::VecDeque::new(),
+            host: atoll::hw::host::VcpuHost::new(bsp.apic_id),
+        },
+        lost: Vec::new(),
+        start_problem: Vec::new(),
+        stopping: Vec::new(),
+    };
+    if let Err(e) = m.table.describe(configs) {
+        m.problems.push(alloc::format!("module 'enclaves': {e}"));
+        return Vec::new();
+    }
+    m.run();
+    m.table.reports()
+}
+
+/// Parses and checks the description against the machine.
+fn describe(info: &BootInfo, problems: &mut Vec<String>) -> Option<Vec<EnclaveConfig>> {
+    let module = info.module("enclaves")?;
+    // SAFETY: GRUB loaded the module there; it is identity-mapped and excluded from the pool.
+    let bytes = unsafe { module_bytes(module.range) };
+    let Ok(text) = core::str::from_utf8(bytes) else {
+        problems.push("module 'enclaves': not UTF-8 text".into());
+        return None;
+    };
+    let online: Vec<u32> = CORES
+        .slots()
+        .iter()
+        .filter(|s| s.state() == smp::CoreState::Online)
+        .map(|s| s.apic_id())
+        .collect();
+    let names: Vec<&str> = info.modules().iter().map(|m| m.name()).collect();
+    let ctx = atoll::partition::config::Context {
+        cores: Some(&online),
+        modules: Some(&names),
+    };
+    match atoll::partition::config::parse(text, &ctx) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            log::error!("enclave description rejected: {e}");
+            problems.push(alloc::format!("module 'enclaves': {e}"));
+            None
+        }
+    }
+}
+
+fn failed_report(c: &EnclaveConfig, state: &'static str, why: String) -> EnclaveReport {
+    EnclaveReport {
+        name: c.name.clone(),
+        cores: c.cores.clone(),
+        memory_mib: c.memory_mib,
+        state,
+        end_reason: (state == "ended").then_some("failed"),
+        detail: why,
+        ..Default::default()
+    }
+}
+
+impl Manager<'_> {
+    fn run(&mut self) {
+        loop {
+            let mut progress = false;
+            for id in self.table.ready_to_build() {
+                self.build(id);
+                progress = true;
+            }
+            // Enclaves on application processors first: the boot processor's own runs inline.
+            let mut built = self.table.built_slots();
+            built.sort_by_key(|&id| self.cores(id).contains(&self.bsp.apic_id));
+            for id in built {
+                progress |= self.try_start(id);
+            }
+            for id in self.table.ids_in(SlotState::Running) {
+                progress |= self.try_collect(id);
+            }
+            if self.table.all_done() {
+                return;
+            }
+            // A guest that never ends is for the harness's timeout to catch.
+            if !progress {
+                self.input.forward();
+                hw::idle_wait_us(10_000);
+            }
+        }
+    }
+
+    fn config(&self, id: PartitionId) -> EnclaveConfig {
+        self.table
+            .get(id)
+            .and_then(|s| s.config().cloned())
+            .unwrap_or_else(|| EnclaveConfig {
+                name: String::new(),
+                cores: Vec::new(),
+                memory_mib: 0,
+                image: String::new(),
+                entry: EntryMode::Long64,
+                initrd: None,
+                serial_input: false,
+                cmdline: String::new(),
+                io_unknown: atoll::partition::config::IoPolicy::Ignore,
+                after: None,
+            })
+    }
+
+    fn cores(&self, id: PartitionId) -> Vec<u32> {
+        self.table
+            .get(id)
+            .and_then(|s| s.config().map(|c| c.cores.clone()))
+            .unwrap_or_default()
+    }
+
+    fn fail(&mut self, id: PartitionId, report: EnclaveReport) {
+        match self.table.failed(id, report) {
+            Ok(Some(built)) => {
+                if let Err(e) = built.tables.destroy() {
+                    self.problems.push(alloc::format!("partition {id}: {e}"));
+                }
+            }
+            Ok(None) => {}
+            Err(e) => log::error!("partition table: {e}"),
+        }
+    }
+
+    /// Builds enclave `id`: RAM, image, second-stage tables.
+    fn build(&mut self, id: PartitionId) {
+        let c = self.config(id);
+        let bsp = self.bsp;
+        if !(bsp.vmx && bsp.ept || bsp.svm && bsp.npt) {
+            let why = "enclaves need VMX with EPT or SVM with nested paging".into();
+            self.fail(id, failed_report(&c, "ended", why));
+            return;
+        }
+        // The description was checked against the module names, so the image exists.
+        let Some(image) = self.info.module(&c.image) else {
+            self.fail(id, failed_report(&c, "ended", "no image module".into()));
+            return;
+        };
+        // SAFETY: as for the description module.
+        let image = unsafe { module_bytes(image.range) };
+        let initrd = c
+            .initrd
+            .as_deref()
+            .and_then(|n| self.info.module(n))
+            // SAFETY: as for the description module.
+            .map(|m| unsafe { module_bytes(m.range) });
+        let linux = c.entry == EntryMode::Linux;
+        // Linux reads the TSC frequency from CPUID 0x15/0x16 on Intel only; elsewhere it is
+        // told with a kernel parameter (see atoll::run::vplat).
+        let extra = if linux && !bsp.intel {
+            alloc::format!("tsc_early_khz={}", tsc::hz() / 1000)
+        } else {
+            String::new()
+        };
+        // 1 GiB second-stage pages where the CPU has them (EPT capability, or Page1GB for NPT).
+        let npt_1g = core::arch::x86_64::__cpuid(0x8000_0001).edx & (1 << 26) != 0;
+        let max_page = |big: bool| {
+            if big {
+                ept::PageSize::Size1G
+            } else {
+                ept::PageSize::Size2M
+            }
+        };
+        let made = if bsp.vmx {
+            Enclave::<_, ept::EptFormat>::create(
+                c.clone(),
+                image,
+                initrd,
+                &extra,
+                &FRAMES,
+                Identity,
+                max_page(bsp.ept_1g),
+            )
+            .map(|e| {
+                let stage = SecondStage::Ept(e.ept.eptp(false));
+                (e.ram, e.boot, stage, e.ept.table_pages(), Tables::Ept(e))
+            })
+        } else {
+            Enclave::<_, ept::NptFormat>::create(
+                c.clone(),
+                image,
+                initrd,
+                &extra,
+                &FRAMES,
+                Identity,
+                max_page(npt_1g),
+            )
+            .map(|e| {
+                let stage = SecondStage::Npt(e.ept.nested_cr3());
+                (e.ram, e.boot, stage, e.ept.table_pages(), Tables::Npt(e))
+            })
+        };
+        let (ram, boot, second_stage, table_pages, tables) = match made {
+            Ok(m) => m,
+            Err(err) => {
+                log::error!("enclave '{}' cannot be built: {err}", c.name);
+                self.fail(
+                    id,
+                    failed_report(&c, "ended", alloc::format!("cannot be built: {err}")),
+                );
+                return;
+            }
+        };
+        log::info!(
+            "enclave '{}': {} MiB at {ram}, {table_pages} second-stage table pages, entry {:#x}",
+            c.name,
+            c.memory_mib,
+            boot.rip
+        );
+        let platform = linux.then(|| {
+            let shared = atoll::run::vplat::Shared::new(&c.name, &c.cores, tsc::hz());
+            if let Some(Some((secs, at))) = WALL_CLOCK.get() {
+                shared.set_wall_clock(*secs, *at);
+            }
+            Arc::new(shared)
+        });
+        if c.serial_input {
+            self.input.target = platform.clone();
+        }
+        let spec = Arc::new(RunSpec {
+            config: c,
+            ram,
+            boot,
+            second_stage,
+            // VPID/ASID 0 is the host's.
+            tag: id + 1,
+            platform,
+        });
+        if let Err(e) = self.table.built(id, ram, Built { tables, spec }) {
+            log::error!("partition table: {e}");
+        }
+        if let Some(s) = self.table.get(id).filter(|s| !s.reused_from().is_empty()) {
+            log::info!(
+                "enclave '{}' reuses the RAM of {:?}",
+                self.config(id).name,
+                s.reused_from()
+            );
+        }
+    }
+
+    /// Posts `cmd` to the core with `apic_id` and waits for its answer. The boot processor
+    /// serves its own mailbox right here.
+    fn send(&mut self, apic_id: u32, cmd: Command) -> Result<Ack, String> {
+        let slot = slot_of(apic_id)
+            .ok_or_else(|| alloc::format!("core {apic_id} is not in the core table"))?;
+        let block = &PER_CORE[slot];
+        let ticket = block
+            .mailbox
+            .post(cmd)
+            .map_err(|_| alloc::format!("core {apic_id} has not answered its previous command"))?;
+        if apic_id == self.bsp.apic_id {
+            block.serve(&mut TargetCore { slot, apic_id });
+        } else {
+            hw::apic::send_fixed(apic_id, atoll::run::vplat::KICK_VECTOR);
+        }
+        let deadline = tsc::micros().saturating_add(ACK_TIMEOUT_US);
+        block
+            .mailbox
+            .wait(ticket, &mut ManagerWaiter(&mut self.input), deadline)
+            .map_err(|_| {
+                alloc::format!(
+                    "core {apic_id} did not acknowledge {cmd:?} within {} ms",
+                    ACK_TIMEOUT_US / 1000
+                )
+            })
+    }
+
+    /// Starts enclave `id` if its cores are parked. Returns whether anything changed.
+    fn try_start(&mut self, id: PartitionId) -> bool {
+        let c = self.config(id);
+        if !c.cores.iter().all(|&core| CORES.is_online(core)) {
+            let why = "its core is not online".into();
+            self.fail(id, failed_report(&c, "not_started", why));
+            return true;
+        }
+        if let Some(core) = c.cores.iter().find(|&core| self.lost.contains(core)) {
+            let why = alloc::format!("its core {core} was lost earlier in the run");
+            self.fail(id, failed_report(&c, "not_started", why));
+            return true;
+        }
+        if !c
+            .cores
+            .iter()
+            .all(|&core| phase_of(core) == Some(Phase::Parked))
+        {
+            return false;
+        }
+        let Some(spec) = self
+            .table
+            .get(id)
+            .and_then(|s| s.built())
+            .map(|b| b.spec.clone())
+        else {
+            return false;
+        };
+        *REPORTS[usize::from(id)].lock() = None;
+        *RUNS[usize::from(id)].lock() = Some(spec);
+        if let Err(e) = self.table.running(id) {
+            log::error!("partition table: {e}");
+            return false;
+        }
+        let mut order = c.cores.clone();
+        order.sort_by_key(|&core| core == self.bsp.apic_id);
+        let mut started = Vec::new();
+        for core in order {
+            match self.send(core, Command::Start(id)) {
+                Ok(Ack::Done) => started.push(core),
+                answer => {
+                    let why = match answer {
+                        Ok(a) => alloc::format!("core {core} answered Start with {a:?}"),
+                        Err(e) => {
+                            self.lost.push(core);
+                            e
+                        }
+                    };
+                    log::error!("enclave '{}': {why}", c.name);
+                    self.problems
+                        .push(alloc::format!("enclave '{}': {why}", c.name));
+                    self.start_problem.push((id, why));
+                    // The cores that did start stop, so the enclave ends and is collected.
+                    for &s in &started {
+                        if let Err(e) = self.send(s, Command::Stop) {
+                            self.lost.push(s);
+                            self.problems.push(e);
+                        }
+                    }
+                    break;
+                }
+            }
+        }
+        true
+    }
+
+    /// Collects enclave `id` if all its cores report it ended. Returns whether it did.
+    fn try_collect(&mut self, id: PartitionId) -> bool {
+        let c = self.config(id);
+        let ended = |core: &u32| matches!(phase_of(*core), Some(Phase::Ended(p, _)) if p == id);
+        let lost = |core: &u32| self.lost.contains(core);
+        if !c.cores.iter().all(|core| ended(core) || lost(core)) {
+            // Once one core reports the enclave ended, the others are told to stop (a vCPU
+            // that ignores its enclave's end would otherwise hold its core for good); each
+            // acknowledges when its vCPU has stopped.
+            if !c.cores.iter().any(ended) {
+                return false;
+            }
+            let running: Vec<u32> = c
+                .cores
+                .iter()
+                .copied()
+                .filter(|core| phase_of(*core) == Some(Phase::Running(id)) && !lost(core))
+                .collect();
+            if running.is_empty() || self.stopping.contains(&id) {
+                return false;
+            }
+            self.stopping.push(id);
+            for core in running {
+                match self.send(core, Command::Stop) {
+                    Ok(_) => {}
+                    Err(e) => {
+                        log::error!("enclave '{}': {e}", c.name);
+                        self.problems
+                            .push(alloc::format!("enclave '{}': {e}", c.name));
+                        self.lost.push(core);
+                    }
+                }
+            }
+            return true;
+        }
+        let report = REPORTS[usize::from(id)].lock().take().unwrap_or_else(|| {
+            let why = self
+                .start_problem
+                .iter()
+                .find(|(p, _)| *p == id)
+                .map_or_else(|| "it ended without a report".into(), |(_, w)| w.clone());
+            failed_report(&c, "ended", why)
+        });
+        if let Err(e) = self.table.ended(id, report) {
+            log::error!("partition table: {e}");
+            return false;
+        }
+        let mut failures = Vec::new();
+        for &core in &c.cores {
+            if self.lost.contains(&core) {
+                failures.push(alloc::format!("core {core} was lost"));
+                continue;
+            }
+            match self.send(core, Command::Reclaim) {
+                Ok(Ack::Done) => {}
+                Ok(a) => {
+                    self.lost.push(core);
+                    failures.push(alloc::format!("core {core} answered Reclaim with {a:?}"));
+                }
+                Err(e) => {
+                    self.lost.push(core);
+                    failures.push(e);
+                }
+            }
+        }
+        *RUNS[usize::from(id)].lock() = None;
+        if c.serial_input {
+            self.input.target = None;
+        }
+        if failures.is_empty() {
+            match self.table.reclaim(id) {
+                Ok(built) => {
+                    let ram = built.spec.ram;
+                    drop(built.spec);
+                    if let Err(e) = built.tables.destroy() {
+                        log::error!("enclave '{}': returning its RAM: {e}", c.name);
+                        self.problems.push(alloc::format!(
+                            "enclave '{}': returning its RAM: {e}",
+                            c.name
+                        ));
+                    }
+                    log::info!(
+                        "enclave '{}' reclaimed: cores {:?} parked, RAM {ram} zeroed and back in the pool",
+                        c.name,
+                        c.cores
+                    );
+                }
+                Err(e) => log::error!("partition table: {e}"),
+            }
+        } else {
+            let why = alloc::format!("memory kept (not reclaimed): {}", failures.join("; "));
+            log::error!("enclave '{}': {why}", c.name);
+            self.problems
+                .push(alloc::format!("enclave '{}': {why}", c.name));
+            if let Err(e) = self.table.keep(id, &why) {
+                log::error!("partition table: {e}");
+            }
+        }
+        true
+    }
+}
+
+/// atoll's COM1 input on its way to an enclave's COM1 receiver (`serial_input = true`).
+struct SerialInput {
+    target: Option<Arc<atoll::run::vplat::Shared>>,
+    /// Bytes read from COM1 that the guest's receive FIFO had no room for yet.
+    pending: alloc::collections::VecDeque<u8>,
+    host: atoll::hw::host::VcpuHost,
+}
+
+impl SerialInput {
+    /// Reads what COM1 holds and hands the guest as much as its FIFO takes; the rest waits
+    /// here (bounded: past 4 KiB the oldest bytes are dropped, as a full line buffer would).
+    fn forward(&mut self) {
+        let Some(target) = &self.target else {
+            return;
+        };
+        while let Some(b) = console::try_read_byte() {
+            if self.pending.len() == 4096 {
+                self.pending.pop_front();
+            }
+            self.pending.push_back(b);
+        }
+        if self.pending.is_empty() {
+            return;
+        }
+        let (front, _) = self.pending.as_slices();
+        let chunk: Vec<u8> = front.iter().copied().take(16).collect();
+        let taken = target.uart_receive(&chunk, &mut self.host);
+        self.pending.drain(..taken);
+    }
+}

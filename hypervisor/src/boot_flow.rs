@@ -56,7 +56,7 @@ fn image_range() -> PhysRange {
 }
 
 fn probe_this_core() -> CoreCaps {
-    cpu::probe(&CpuId::new(), &mut HwMsrs)
+    cpu::probe(&CpuId::new(), hw::msr::vmx_features, hw::msr::vm_cr)
 }
 
 /// The boot processor's entry, called by `boot::entry` in long mode.

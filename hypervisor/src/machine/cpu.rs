@@ -1,17 +1,34 @@
 //! What one core offers for virtualization, probed on that core.
 //!
-//! CPUID goes through `raw-cpuid`; VMX capability MSRs are decoded by the `vmx` crate and EPT's
-//! by the `ept` crate. SVM (AMD-V) presence and nested paging come from CPUID 0x8000_0001 and
-//! 0x8000_000A (AMD64 APM Vol. 2 §15.4) plus VM_CR.SVMDIS, read through the same MSR trait.
+//! CPUID goes through `raw-cpuid`. What the VMX capability MSRs allow ([`VmxFeatures`]) is
+//! decoded by the `vmx` and `ept` crates on the target (`hw::msr::vmx_features`) and handed in;
+//! SVM (AMD-V) presence and nested paging come from CPUID 0x8000_0001 and 0x8000_000A (AMD64
+//! APM Vol. 2 §15.4) plus VM_CR.SVMDIS, read by the caller's closure. This module, like all the
+//! host-compiled ones, cannot name the `vmx` or `svm` crates: they are target-only dependencies
+//! of the image crate, used by `hw` alone.
 
 use raw_cpuid::{CpuId, CpuIdReader};
 use serde::Serialize;
-use vmx::caps::{MsrReader, VmxCaps};
-use vmx::msr::Msr;
 
 /// VM_CR (AMD64 APM Vol. 2 §15.30.1): bit 4 SVMDIS set means firmware disabled SVM.
-pub const MSR_VM_CR: Msr = Msr(0xC001_0114);
-const VM_CR_SVMDIS: u64 = 1 << 4;
+pub const MSR_VM_CR: u32 = 0xC001_0114;
+/// VM_CR.SVMDIS: firmware disabled SVM (APM Vol. 2 §15.30.1).
+pub const VM_CR_SVMDIS: u64 = 1 << 4;
+
+/// What the VMX capability MSRs allow on a core (all false without VMX).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VmxFeatures {
+    /// VMX usable (CPUID has it and firmware allows it).
+    pub usable: bool,
+    /// EPT.
+    pub ept: bool,
+    /// VPID.
+    pub vpid: bool,
+    /// Unrestricted guest.
+    pub unrestricted_guest: bool,
+    /// EPT 1 GiB pages.
+    pub ept_1g: bool,
+}
 
 /// The virtualization report of one core.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -44,7 +61,11 @@ pub struct CoreCaps {
 
 /// Probes the calling core. `msrs` must only be asked for MSRs that exist, which `probe`
 /// guarantees by checking CPUID first.
-pub fn probe<R: CpuIdReader>(cpuid: &CpuId<R>, msrs: &mut impl MsrReader) -> CoreCaps {
+pub fn probe<R: CpuIdReader>(
+    cpuid: &CpuId<R>,
+    vmx: impl FnOnce(bool) -> VmxFeatures,
+    vm_cr: impl FnOnce() -> u64,
+) -> CoreCaps {
     let mut c = CoreCaps::default();
     if let Some(v) = cpuid.get_vendor_info() {
         c.intel = v.as_str() == "GenuineIntel";
@@ -62,18 +83,18 @@ pub fn probe<R: CpuIdReader>(cpuid: &CpuId<R>, msrs: &mut impl MsrReader) -> Cor
         })
         .unwrap_or(0);
 
-    let vmx = VmxCaps::probe(features.as_ref().is_some_and(|f| f.has_vmx()), msrs);
-    c.vmx = vmx.usable();
-    c.ept = vmx.ept();
-    c.vpid = vmx.vpid();
-    c.unrestricted_guest = vmx.unrestricted_guest();
-    c.ept_1g = c.ept && ept::EptCaps::from_msr(vmx.ept_vpid_cap).contains(ept::EptCaps::PAGE_1G);
+    let vmx = vmx(features.as_ref().is_some_and(|f| f.has_vmx()));
+    c.vmx = vmx.usable;
+    c.ept = vmx.usable && vmx.ept;
+    c.vpid = vmx.usable && vmx.vpid;
+    c.unrestricted_guest = c.ept && vmx.unrestricted_guest;
+    c.ept_1g = c.ept && vmx.ept_1g;
 
     let has_svm = cpuid
         .get_extended_processor_and_feature_identifiers()
         .is_some_and(|e| e.has_svm());
     if has_svm {
-        let disabled = msrs.read(MSR_VM_CR).unwrap_or(0) & VM_CR_SVMDIS != 0;
+        let disabled = vm_cr() & VM_CR_SVMDIS != 0;
         c.svm = !disabled;
         if let Some(svm) = cpuid.get_svm_info() {
             c.npt = c.svm && svm.has_nested_paging();
@@ -108,11 +129,9 @@ mod tests {
             }
         }
     }
-    struct Msrs(HashMap<u32, u64>);
-    impl MsrReader for Msrs {
-        fn read(&mut self, msr: Msr) -> Option<u64> {
-            self.0.get(&msr.0).copied()
-        }
+    fn no_vmx(cpuid_vmx: bool) -> VmxFeatures {
+        assert!(!cpuid_vmx, "CPUID says VMX");
+        VmxFeatures::default()
     }
 
     fn vendor(name: &[u8; 12], max_ext: u32) -> HashMap<(u32, u32), [u32; 4]> {
@@ -129,18 +148,12 @@ mod tests {
         t.insert((1, 0), [0, 3 << 24, 1 << 21, 0]); // APIC id 3, x2APIC
         t.insert((0x8000_0001, 0), [0, 0, 1 << 2, 0]); // SVM
         t.insert((0x8000_000a, 0), [1, 16, 0, 1]); // NP only (as QEMU TCG reports)
-        let c = probe(
-            &CpuId::with_cpuid_reader(Table(t.clone())),
-            &mut Msrs(HashMap::new()),
-        );
+        let c = probe(&CpuId::with_cpuid_reader(Table(t.clone())), no_vmx, || 0);
         assert!(c.amd && c.svm && c.npt && !c.nrip && !c.vmx);
         assert_eq!(c.apic_id, 3);
         assert!(c.x2apic);
         // Firmware set VM_CR.SVMDIS: SVM is not usable.
-        let c = probe(
-            &CpuId::with_cpuid_reader(Table(t)),
-            &mut Msrs(HashMap::from([(0xC001_0114, 1 << 4)])),
-        );
+        let c = probe(&CpuId::with_cpuid_reader(Table(t)), no_vmx, || VM_CR_SVMDIS);
         assert!(!c.svm && !c.npt);
     }
 
@@ -148,15 +161,25 @@ mod tests {
     fn intel_with_vmx_ept_vpid_ug() {
         let mut t = vendor(b"GenuineIntel", 0x8000_0008);
         t.insert((1, 0), [0, 1 << 24, 1 << 5, 0]); // VMX, APIC id 1
-        let msrs = HashMap::from([
-            (0x3A, 0x5),
-            (0x480, 0x00da_0400_0000_0004),
-            (0x482, 0xfff9_fffe_0401_e172),
-            (0x48B, 0x0053_ffff_0000_0000),
-            (0x48C, 0x0000_0f01_0633_4141),
-        ]);
-        let c = probe(&CpuId::with_cpuid_reader(Table(t)), &mut Msrs(msrs));
+        let all = |cpuid_vmx: bool| VmxFeatures {
+            usable: cpuid_vmx,
+            ept: true,
+            vpid: true,
+            unrestricted_guest: true,
+            ept_1g: true,
+        };
+        let c = probe(&CpuId::with_cpuid_reader(Table(t.clone())), all, || 0);
         assert!(c.intel && c.vmx && c.ept && c.vpid && c.unrestricted_guest && c.ept_1g);
+        // Without EPT there is no unrestricted guest and no EPT page size.
+        let no_ept = |_| VmxFeatures {
+            usable: true,
+            ept: false,
+            vpid: true,
+            unrestricted_guest: true,
+            ept_1g: true,
+        };
+        let c = probe(&CpuId::with_cpuid_reader(Table(t)), no_ept, || 0);
+        assert!(c.vmx && c.vpid && !c.ept && !c.unrestricted_guest && !c.ept_1g);
         assert!(!c.svm && !c.npt);
         assert_eq!(c.apic_id, 1);
     }

@@ -834,6 +834,12 @@ adv_r3_cpuid:
                 }
             }
         });
+        // EFER as the guest sees it: SVME (bit 12) must read 0 where CPUID hides SVM.
+        let (_, efer) = rdmsr_p(0xc000_0080);
+        if efer & (1 << 12) != 0 {
+            odd.note(format_args!("EFER.SVME reads 1 ({efer:#x})"));
+        }
+        let _ = write!(j, "\"efer\":\"{efer:#x}\",");
         if unexpected_readable.total() > 0 {
             odd.note(format_args!("{} MSRs readable beyond atoll's list", unexpected_readable.total()));
         }
@@ -1556,10 +1562,11 @@ adv_r3_cpuid:
             "invept" => (risky!([".byte 0x66, 0x0f, 0x38, 0x80, 0x01"], in("rax") 2u64, in("rcx") p), UD),
             "invvpid" => (risky!([".byte 0x66, 0x0f, 0x38, 0x81, 0x01"], in("rax") 2u64, in("rcx") p), UD),
             "vmfunc" => (risky!([".byte 0x0f, 0x01, 0xd4"], in("eax") 0u32, in("ecx") 0u32), UD),
-            // SVM instructions: #UD (EFER.SVME is 0 and cannot be set).
-            "vmrun" => (risky!([".byte 0x0f, 0x01, 0xd8"], in("rax") p), UD),
-            "vmload" => (risky!([".byte 0x0f, 0x01, 0xda"], in("rax") p), UD),
-            "vmsave" => (risky!([".byte 0x0f, 0x01, 0xdb"], in("rax") p), UD),
+            // SVM instructions: #UD (CPUID says no SVM). RAX is a page-aligned address inside
+            // RAM (8 MiB, unused), so an alignment #GP does not hide what atoll does.
+            "vmrun" => (risky!([".byte 0x0f, 0x01, 0xd8"], in("rax") 0x80_0000u64), UD),
+            "vmload" => (risky!([".byte 0x0f, 0x01, 0xda"], in("rax") 0x80_0000u64), UD),
+            "vmsave" => (risky!([".byte 0x0f, 0x01, 0xdb"], in("rax") 0x80_0000u64), UD),
             "stgi" => (risky!([".byte 0x0f, 0x01, 0xdc"]), UD),
             "clgi" => (risky!([".byte 0x0f, 0x01, 0xdd"]), UD),
             "skinit" => (risky!([".byte 0x0f, 0x01, 0xde"], in("eax") 0u32), UD),

@@ -231,7 +231,12 @@ fn adversary(emulator: Emulator) {
         .collect();
     assert_eq!(ran, ADVERSARY_GROUPS, "every non-terminal group ran");
     // CPUID: the filter holds over every probed leaf.
-    for (k, v) in [("vmx", false), ("svm", false), ("smx", false), ("hv_bit", true)] {
+    for (k, v) in [
+        ("vmx", false),
+        ("svm", false),
+        ("smx", false),
+        ("hv_bit", true),
+    ] {
         assert_eq!(r(&format!("g_cpuid.{k}")), v, "cpuid {k}");
     }
     // MSRs: nothing readable beyond atoll's list except what the emulator's own pass-through
@@ -243,7 +248,10 @@ fn adversary(emulator: Emulator) {
         .filter(|v| !matches!(v.as_str(), Some("0x49" | "0x10b")))
         .cloned()
         .collect();
-    assert!(unexpected.is_empty(), "MSRs readable beyond the list: {unexpected:?}");
+    assert!(
+        unexpected.is_empty(),
+        "MSRs readable beyond the list: {unexpected:?}"
+    );
     assert!(r("g_msr.read.GP").as_u64().unwrap() > 5000);
     // No APIC for a bare-metal enclave: every ICR write is #GP.
     assert_eq!(r("g_apic.icr_writes"), serde_json::json!({"GP": 257 * 9}));
@@ -252,7 +260,10 @@ fn adversary(emulator: Emulator) {
     assert_eq!(r("g_ports.unexpected"), 0, "{}", r("g_ports.odd"));
     assert_eq!(
         r("g_ports.readable8"),
-        serde_json::json!(["0x3f8", "0x3f9", "0x3fa", "0x3fb", "0x3fc", "0x3fd", "0x3fe", "0x3ff", "0x600", "0x601", "0x604"])
+        serde_json::json!([
+            "0x3f8", "0x3f9", "0x3fa", "0x3fb", "0x3fc", "0x3fd", "0x3fe", "0x3ff", "0x600",
+            "0x601", "0x604"
+        ])
     );
     // Control registers and XCR0: invalid values are #GP and change nothing.
     assert_eq!(r("g_cr.unexpected"), 0, "{}", r("g_cr.odd"));
@@ -268,7 +279,12 @@ fn adversary(emulator: Emulator) {
     assert_eq!(r("g_flood.unexpected"), 0, "{}", r("g_flood.odd"));
     assert_eq!(r("g_mem_edge.read_write_ok"), true);
     // Ring 3: the hypercall is #UD there, privileged instructions #GP.
-    for (k, v) in [("hypercall", "UD"), ("rdmsr", "GP"), ("in_com1", "GP"), ("hlt", "GP")] {
+    for (k, v) in [
+        ("hypercall", "UD"),
+        ("rdmsr", "GP"),
+        ("in_com1", "GP"),
+        ("hlt", "GP"),
+    ] {
         assert_eq!(r(&format!("g_ring3.{k}")), v, "ring 3 {k}");
     }
     // The end: stopped at the first byte past its 16 MiB, a write.

@@ -377,7 +377,12 @@ adv_r3_cpuid:
     }
 
     fn console(text: &[u8]) -> u64 {
-        hcall(hypercall::CONSOLE_WRITE, text.as_ptr() as u64, text.len() as u64).0
+        hcall(
+            hypercall::CONSOLE_WRITE,
+            text.as_ptr() as u64,
+            text.len() as u64,
+        )
+        .0
     }
 
     fn report(json: &[u8]) -> u64 {
@@ -449,7 +454,8 @@ adv_r3_cpuid:
 
     fn rdmsr_p(index: u32) -> (u8, u64) {
         let (lo, hi): (u32, u32);
-        let v = risky!(["rdmsr"], in("ecx") index, inout("eax") 0u32 => lo, inout("edx") 0u32 => hi);
+        let v =
+            risky!(["rdmsr"], in("ecx") index, inout("eax") 0u32 => lo, inout("edx") 0u32 => hi);
         (v, (u64::from(hi) << 32) | u64::from(lo))
     }
 
@@ -477,7 +483,8 @@ adv_r3_cpuid:
 
     fn xgetbv(index: u32) -> (u8, u64) {
         let (lo, hi): (u32, u32);
-        let v = risky!(["xgetbv"], in("ecx") index, inout("eax") 0u32 => lo, inout("edx") 0u32 => hi);
+        let v =
+            risky!(["xgetbv"], in("ecx") index, inout("eax") 0u32 => lo, inout("edx") 0u32 => hi);
         (v, (u64::from(hi) << 32) | u64::from(lo))
     }
 
@@ -585,7 +592,11 @@ adv_r3_cpuid:
         /// `got` should be `want`.
         fn expect(&mut self, what: &str, got: u8, want: u8) {
             if got != want {
-                self.note(format_args!("{what}: {} not {}", vec_name(got), vec_name(want)));
+                self.note(format_args!(
+                    "{what}: {} not {}",
+                    vec_name(got),
+                    vec_name(want)
+                ));
             }
         }
     }
@@ -620,7 +631,11 @@ adv_r3_cpuid:
         );
         let st = report(j.as_slice());
         if st != status::OK || j.overflow || body.overflow {
-            let _ = writeln!(Com1, "adversary: {group}: REPORT status {st} (overflow {})", j.overflow || body.overflow);
+            let _ = writeln!(
+                Com1,
+                "adversary: {group}: REPORT status {st} (overflow {})",
+                j.overflow || body.overflow
+            );
         }
     }
 
@@ -647,13 +662,57 @@ adv_r3_cpuid:
     /// Every probe, in running order. Those from `mwait` on may end the enclave on today's
     /// atoll (or by design: `past-ram`), so they run last.
     pub const PROBES: &[&str] = &[
-        "cpuid", "msr", "apic", "ports", "cr", "cr8", "xcr0", "debug", "ring3", "misc", "wbinvd",
-        "hcall", "json", "flood", "mem-edge", "tsc",
+        "cpuid",
+        "msr",
+        "apic",
+        "ports",
+        "cr",
+        "cr8",
+        "xcr0",
+        "debug",
+        "ring3",
+        "misc",
+        "wbinvd",
+        "hcall",
+        "json",
+        "flood",
+        "mem-edge",
+        "tsc",
         // Possibly terminal from here on.
-        "mwait", "cr0-nw", "clts", "lmsw", "invd", "getsec", "string-io", "xcall", "vmxon", "vmxoff", "vmclear", "vmptrld",
-        "vmptrst", "vmread", "vmwrite", "vmlaunch", "vmresume", "invept", "invvpid", "vmfunc",
-        "vmrun", "vmload", "vmsave", "stgi", "clgi", "skinit", "invlpga", "cr-mode", "cr3",
-        "json-deep", "report-exhaust", "cr8-leave", "apic-mmio", "past-ram",
+        "mwait",
+        "cr0-nw",
+        "clts",
+        "lmsw",
+        "invd",
+        "getsec",
+        "string-io",
+        "xcall",
+        "vmxon",
+        "vmxoff",
+        "vmclear",
+        "vmptrld",
+        "vmptrst",
+        "vmread",
+        "vmwrite",
+        "vmlaunch",
+        "vmresume",
+        "invept",
+        "invvpid",
+        "vmfunc",
+        "vmrun",
+        "vmload",
+        "vmsave",
+        "stgi",
+        "clgi",
+        "skinit",
+        "invlpga",
+        "cr-mode",
+        "cr3",
+        "json-deep",
+        "report-exhaust",
+        "cr8-leave",
+        "apic-mmio",
+        "past-ram",
     ];
     const FIRST_TERMINAL: &str = "mwait";
 
@@ -756,7 +815,8 @@ adv_r3_cpuid:
         let svm = cpuid(0x8000_0001, 0)[2] & (1 << 2) != 0;
         let svm_leaf = cpuid(0x8000_000a, 0);
         let hv0 = cpuid(0x4000_0000, 0);
-        if vmx || smx || svm || !hv || svm_leaf != [0; 4] || hv_nonzero > 0 || hv0[0] < 0x4000_0001 {
+        if vmx || smx || svm || !hv || svm_leaf != [0; 4] || hv_nonzero > 0 || hv0[0] < 0x4000_0001
+        {
             odd.note(format_args!("cpuid filter: vmx {vmx} smx {smx} svm {svm} hv {hv} svm leaf {svm_leaf:?} hv leaves nonzero {hv_nonzero}"));
         }
         let _ = write!(j, "\"leaves\":{n},\"max_std\":{max_std},\"max_ext\":{max_ext},\"vmx\":{vmx},\"smx\":{smx},\"svm\":{svm},\"hv_bit\":{hv},\"hv_max\":{}", hv0[0]);
@@ -765,9 +825,25 @@ adv_r3_cpuid:
     /// MSRs atoll lets a bare-metal enclave read: its allowlist and the pass-through set
     /// (SPEC_CTRL only where the host has it; PRED_CMD and FLUSH_CMD are write-only).
     const READABLE_OK: &[u32] = &[
-        0x10, 0x1b, 0x48, 0xfe, 0x174, 0x175, 0x176, 0x1a0, 0x277, 0x2ff, 0xc000_0080,
-        0xc000_0081, 0xc000_0082, 0xc000_0083, 0xc000_0084, 0xc000_0100, 0xc000_0101,
-        0xc000_0102, 0xc000_0103,
+        0x10,
+        0x1b,
+        0x48,
+        0xfe,
+        0x174,
+        0x175,
+        0x176,
+        0x1a0,
+        0x277,
+        0x2ff,
+        0xc000_0080,
+        0xc000_0081,
+        0xc000_0082,
+        0xc000_0083,
+        0xc000_0084,
+        0xc000_0100,
+        0xc000_0101,
+        0xc000_0102,
+        0xc000_0103,
     ];
 
     fn msr_indices(full: bool, mut f: impl FnMut(u32)) {
@@ -784,8 +860,19 @@ adv_r3_cpuid:
             f(i);
         }
         for i in [
-            0x4b56_4d00, 0x4b56_4d01, 0x4b56_4d02, 0x4b56_4d03, 0x4b56_4d04, 0x4b56_4d05,
-            0x2000, 0x2001, 0x3fff, 0xc000_2000, 0xc001_2000, 0x8000_0000, 0xffff_ffff,
+            0x4b56_4d00,
+            0x4b56_4d01,
+            0x4b56_4d02,
+            0x4b56_4d03,
+            0x4b56_4d04,
+            0x4b56_4d05,
+            0x2000,
+            0x2001,
+            0x3fff,
+            0xc000_2000,
+            0xc001_2000,
+            0x8000_0000,
+            0xffff_ffff,
         ] {
             f(i);
         }
@@ -841,7 +928,10 @@ adv_r3_cpuid:
         }
         let _ = write!(j, "\"efer\":\"{efer:#x}\",");
         if unexpected_readable.total() > 0 {
-            odd.note(format_args!("{} MSRs readable beyond atoll's list", unexpected_readable.total()));
+            odd.note(format_args!(
+                "{} MSRs readable beyond atoll's list",
+                unexpected_readable.total()
+            ));
         }
         let _ = write!(j, "\"indices\":{n},\"read\":{rd},\"write_back\":{wb},\"write_garbage\":{gw},\"readable\":{readable},\"unexpected_readable\":{unexpected_readable},\"write_back_refused\":{wb_refused},\"garbage_accepted\":{garbage_ok}");
     }
@@ -882,7 +972,14 @@ adv_r3_cpuid:
     }
 
     fn g_ports(c: &Ctx, j: &mut Buf<4096>, odd: &mut Odd) {
-        let mut hist = [Hist::new(), Hist::new(), Hist::new(), Hist::new(), Hist::new(), Hist::new()];
+        let mut hist = [
+            Hist::new(),
+            Hist::new(),
+            Hist::new(),
+            Hist::new(),
+            Hist::new(),
+            Hist::new(),
+        ];
         let mut readable = List::<24>::new();
         let mut n = 0u64;
         let t0 = tsc();
@@ -947,12 +1044,18 @@ adv_r3_cpuid:
             if want != N {
                 odd.expect(name, v, want);
             }
-            let _ = write!(j, ",\"{name}\":\"{}\",\"{name}_readback\":\"{back:#x}\"", vec_name(v));
+            let _ = write!(
+                j,
+                ",\"{name}\":\"{}\",\"{name}_readback\":\"{back:#x}\"",
+                vec_name(v)
+            );
         }
         // CR4: VMXE and SMXE (VMX and SMX are hidden), reserved bits, and the bits atoll
         // refuses (CET, PKS).
         let mut changed = List::<8>::new();
-        for bit in [13u32, 14, 15, 19, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 40, 63] {
+        for bit in [
+            13u32, 14, 15, 19, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 40, 63,
+        ] {
             let _ = writeln!(Com1, "adversary: cr: CR4 <- {:#x}", cr4 | (1u64 << bit));
             let v = write_cr_p(4, cr4 | (1u64 << bit));
             let back = read_cr(4);
@@ -961,7 +1064,17 @@ adv_r3_cpuid:
                 write_cr_p(4, cr4);
             }
             if bit != 23 && bit != 24 {
-                odd.expect(if bit == 13 { "cr4.VMXE" } else if bit == 14 { "cr4.SMXE" } else { "cr4 reserved bit" }, v, GP);
+                odd.expect(
+                    if bit == 13 {
+                        "cr4.VMXE"
+                    } else if bit == 14 {
+                        "cr4.SMXE"
+                    } else {
+                        "cr4 reserved bit"
+                    },
+                    v,
+                    GP,
+                );
             }
             let _ = write!(j, ",\"cr4_bit{bit}\":\"{}\"", vec_name(v));
         }
@@ -1032,11 +1145,16 @@ adv_r3_cpuid:
             if must_fault {
                 odd.expect(name, v, GP);
             } else if v != N && name != "all_supported" {
-                odd.note(format_args!("xsetbv {name} ({val:#x}) faulted {}", vec_name(v)));
+                odd.note(format_args!(
+                    "xsetbv {name} ({val:#x}) faulted {}",
+                    vec_name(v)
+                ));
             }
             let _ = write!(j, ",\"{name}\":\"{}\"", vec_name(v));
             if v == N && idx == 0 && back != val {
-                odd.note(format_args!("xsetbv {name}: wrote {val:#x}, read {back:#x}"));
+                odd.note(format_args!(
+                    "xsetbv {name}: wrote {val:#x}, read {back:#x}"
+                ));
             }
             xsetbv_p(0, orig);
         }
@@ -1091,14 +1209,26 @@ adv_r3_cpuid:
         let cases: [(&str, u8); 12] = [
             ("ud2", risky!(["ud2"])),
             ("int3", risky!(["int3"])),
-            ("div0", risky!(["xor ecx, ecx", "xor edx, edx", "mov eax, 1", "div ecx"], out("eax") _, out("ecx") _, out("edx") _)),
+            (
+                "div0",
+                risky!(["xor ecx, ecx", "xor edx, edx", "mov eax, 1", "div ecx"], out("eax") _, out("ecx") _, out("edx") _),
+            ),
             ("int_0x80_beyond_idt", risky!(["int 0x80"])),
             ("into_64bit", risky!([".byte 0xce"])),
             ("lock_nop", risky!([".byte 0xf0, 0x90"])),
             ("mov_cr1", risky!([".byte 0x0f, 0x20, 0xc8"], out("rax") _)),
-            ("read_4g", risky!(["mov rax, qword ptr [{a}]"], a = in(reg) 0x1_0000_0000u64, out("rax") _)),
-            ("read_noncanonical", risky!(["mov rax, qword ptr [{a}]"], a = in(reg) 0x0000_8000_0000_0000u64, out("rax") _)),
-            ("read_top", risky!(["mov rax, qword ptr [{a}]"], a = in(reg) 0xffff_ffff_ffff_f000u64, out("rax") _)),
+            (
+                "read_4g",
+                risky!(["mov rax, qword ptr [{a}]"], a = in(reg) 0x1_0000_0000u64, out("rax") _),
+            ),
+            (
+                "read_noncanonical",
+                risky!(["mov rax, qword ptr [{a}]"], a = in(reg) 0x0000_8000_0000_0000u64, out("rax") _),
+            ),
+            (
+                "read_top",
+                risky!(["mov rax, qword ptr [{a}]"], a = in(reg) 0xffff_ffff_ffff_f000u64, out("rax") _),
+            ),
             ("icebp", risky!([".byte 0xf1"])),
             ("ud0", risky!([".byte 0x0f, 0xff, 0xc0"])),
         ];
@@ -1150,7 +1280,9 @@ adv_r3_cpuid:
         let dr4_de = risky!(["mov rax, dr4"], out("rax") _);
         write_cr_p(4, cr4);
         if data_bp != 1 || insn_bp != 1 {
-            odd.note(format_args!("breakpoints: data {data_bp} instruction {insn_bp} #DB (want 1 and 1)"));
+            odd.note(format_args!(
+                "breakpoints: data {data_bp} instruction {insn_bp} #DB (want 1 and 1)"
+            ));
         }
         odd.expect("dr7 bit 32", dr7_hi, GP);
         odd.expect("dr6 bit 32", dr6_hi, GP);
@@ -1202,7 +1334,10 @@ adv_r3_cpuid:
                 0x00cf_9300_0000_ffff,
                 0x00cf_f300_0000_ffff,
                 0x00af_fb00_0000_ffff,
-                (limit & 0xffff) | ((b & 0xff_ffff) << 16) | (0x89 << 40) | (((b >> 24) & 0xff) << 56),
+                (limit & 0xffff)
+                    | ((b & 0xff_ffff) << 16)
+                    | (0x89 << 40)
+                    | (((b >> 24) & 0xff) << 56),
                 b >> 32,
             ];
             let p = DtPtr {
@@ -1261,7 +1396,11 @@ adv_r3_cpuid:
         let cr0 = read_cr(0);
         // CR0.AM: alignment checks for CPL 3 with RFLAGS.AC.
         let am = write_cr_p(0, cr0 | (1 << 18));
-        let hcall_snippet: unsafe extern "C" fn() = if c.intel { adv_r3_vmcall } else { adv_r3_vmmcall };
+        let hcall_snippet: unsafe extern "C" fn() = if c.intel {
+            adv_r3_vmcall
+        } else {
+            adv_r3_vmmcall
+        };
         let cases: [(&str, unsafe extern "C" fn(), u8); 9] = [
             ("nothing", adv_r3_nothing, BP),
             ("misaligned_with_ac", adv_r3_misaligned, 17),
@@ -1296,7 +1435,8 @@ adv_r3_cpuid:
         let sgdt = risky!(["sgdt [{p}]", "sidt [{p} + 8]"], p = in(reg) dt.as_mut_ptr());
         let sldt = risky!(["sldt ax", "str ax"], out("eax") _);
         let invlpg = risky!(["invlpg byte ptr [{a}]"], a = in(reg) 0x20_0000u64);
-        let invpcid = risky!(["invpcid rax, xmmword ptr [{d}]"], d = in(reg) dt.as_ptr(), in("rax") 2u64);
+        let invpcid =
+            risky!(["invpcid rax, xmmword ptr [{d}]"], d = in(reg) dt.as_ptr(), in("rax") 2u64);
         let monitor = risky!(["monitor"], in("rax") dt.as_ptr(), in("ecx") 0u32, in("edx") 0u32);
         let sti_hlt = risky!(["sti", "hlt", "cli"]);
         let pause = risky!(["pause"]);
@@ -1315,13 +1455,28 @@ adv_r3_cpuid:
     fn g_wbinvd(_c: &Ctx, j: &mut Buf<4096>, _odd: &mut Odd) {
         let t0 = tsc();
         let v = risky!(["wbinvd"]);
-        let _ = write!(j, "\"wbinvd\":\"{}\",\"cycles\":{}", vec_name(v), tsc() - t0);
+        let _ = write!(
+            j,
+            "\"wbinvd\":\"{}\",\"cycles\":{}",
+            vec_name(v),
+            tsc() - t0
+        );
     }
 
     fn g_hcall(c: &Ctx, j: &mut Buf<4096>, odd: &mut Odd) {
         let ram = c.ram;
         let mut unknown_ok = 0;
-        for nr in [4u64, 5, 0x10, 0xff, 0xdead, 1 << 32, 1 << 63, u64::MAX, 0x4000_0000] {
+        for nr in [
+            4u64,
+            5,
+            0x10,
+            0xff,
+            0xdead,
+            1 << 32,
+            1 << 63,
+            u64::MAX,
+            0x4000_0000,
+        ] {
             let st = hcall(nr, ram, u64::MAX).0;
             if st == status::UNKNOWN {
                 unknown_ok += 1;
@@ -1336,18 +1491,54 @@ adv_r3_cpuid:
             ("last_byte", ram - 1, 1, status::OK, status::INVALID),
             ("past_end", ram, 1, status::FAULT, status::FAULT),
             ("straddling_end", ram - 1, 2, status::FAULT, status::FAULT),
-            ("straddling_end_4k", ram - 2048, 4096, status::FAULT, status::FAULT),
+            (
+                "straddling_end_4k",
+                ram - 2048,
+                4096,
+                status::FAULT,
+                status::FAULT,
+            ),
             ("empty_at_end", ram, 0, status::OK, status::INVALID),
             ("wrap", u64::MAX, 2, status::FAULT, status::FAULT),
-            ("wrap_4k", u64::MAX - 0xfff + 1, 0x1000, status::FAULT, status::FAULT),
+            (
+                "wrap_4k",
+                u64::MAX - 0xfff + 1,
+                0x1000,
+                status::FAULT,
+                status::FAULT,
+            ),
             ("four_gib", 1 << 32, 16, status::FAULT, status::FAULT),
             ("apic_page", 0xfee0_0000, 16, status::FAULT, status::FAULT),
             ("bit63", 1 << 63, 16, status::FAULT, status::FAULT),
             ("max_len_ok", 0x10_0000, 4096, status::OK, status::INVALID),
-            ("len_4097", 0x10_0000, 4097, status::INVALID, status::INVALID),
-            ("len_4g", 0x10_0000, 1 << 32, status::INVALID, status::INVALID),
-            ("len_max", 0x10_0000, u64::MAX, status::INVALID, status::INVALID),
-            ("len_max_at_end", ram - 1, u64::MAX, status::INVALID, status::INVALID),
+            (
+                "len_4097",
+                0x10_0000,
+                4097,
+                status::INVALID,
+                status::INVALID,
+            ),
+            (
+                "len_4g",
+                0x10_0000,
+                1 << 32,
+                status::INVALID,
+                status::INVALID,
+            ),
+            (
+                "len_max",
+                0x10_0000,
+                u64::MAX,
+                status::INVALID,
+                status::INVALID,
+            ),
+            (
+                "len_max_at_end",
+                ram - 1,
+                u64::MAX,
+                status::INVALID,
+                status::INVALID,
+            ),
             ("zero_page", 0, 4096, status::OK, status::INVALID),
         ];
         for (name, gpa, len, want_c, want_r) in cases {
@@ -1360,7 +1551,9 @@ adv_r3_cpuid:
             };
             let rs = hcall(hypercall::REPORT, gpa, len).0;
             if cs != want_c || rs != want_r {
-                odd.note(format_args!("{name}: console {cs} report {rs} (want {want_c} {want_r})"));
+                odd.note(format_args!(
+                    "{name}: console {cs} report {rs} (want {want_c} {want_r})"
+                ));
             }
             let _ = write!(j, ",\"{name}\":[{cs},{rs}]");
         }
@@ -1415,7 +1608,11 @@ adv_r3_cpuid:
             ("not_utf8", b"{\"x\":\"\xff\xfe\"}", status::INVALID),
             ("lone_surrogate", b"{\"x\":\"\\ud800\"}", status::INVALID),
             ("huge_number", b"{\"x\":1e99999}", status::INVALID),
-            ("duplicate_keys", b"{\"json_dup\":1,\"json_dup\":2}", status::OK),
+            (
+                "duplicate_keys",
+                b"{\"json_dup\":1,\"json_dup\":2}",
+                status::OK,
+            ),
             ("empty_key", b"{\"\":0}", status::OK),
             ("nul_escape", b"{\"json_nul\":\"a\\u0000b\"}", status::OK),
             ("trailing", b"{\"x\":1} trailing", status::INVALID),
@@ -1423,9 +1620,14 @@ adv_r3_cpuid:
             ("string", b"\"s\"", status::INVALID),
             ("empty", b"", status::INVALID),
         ];
-        let _ = write!(j, "\"brackets_4096\":{brackets},\"braces_4096\":{braces},\"deep100\":{deep100}");
+        let _ = write!(
+            j,
+            "\"brackets_4096\":{brackets},\"braces_4096\":{braces},\"deep100\":{deep100}"
+        );
         if brackets != status::INVALID || braces != status::INVALID || deep100 != status::OK {
-            odd.note(format_args!("nesting: [ {brackets} {{ {braces} deep100 {deep100}"));
+            odd.note(format_args!(
+                "nesting: [ {brackets} {{ {braces} deep100 {deep100}"
+            ));
         }
         for (name, text, want) in cases {
             let st = report_str(text);
@@ -1489,7 +1691,9 @@ adv_r3_cpuid:
         }
         let t4 = tsc();
         if bad + cbad > 0 {
-            odd.note(format_args!("{bad} REPORTs and {cbad} CONSOLE_WRITEs of the flood refused"));
+            odd.note(format_args!(
+                "{bad} REPORTs and {cbad} CONSOLE_WRITEs of the flood refused"
+            ));
         }
         let _ = write!(j, "\"count\":{n},\"report_refused\":{bad},\"console_refused\":{cbad},\"report_new_keys_cycles\":{},\"report_same_key_cycles\":{},\"console_cycles\":{},\"version_100k_cycles\":{}", t1 - t0, t2 - t1, t3 - t2, t4 - t3);
     }
@@ -1535,10 +1739,16 @@ adv_r3_cpuid:
         match name {
             // MONITOR on a local, then MWAIT with interrupts off: wakes on the next host event
             // (or never, natively, on an idle core: a hang is the finding).
-            "mwait" => (risky!(["monitor", "xor eax, eax", "xor ecx, ecx", "mwait"], inout("rax") p as u64 => _, inout("ecx") 0u32 => _, in("edx") 0u32), N),
+            "mwait" => (
+                risky!(["monitor", "xor eax, eax", "xor ecx, ecx", "mwait"], inout("rax") p as u64 => _, inout("ecx") 0u32 => _, in("edx") 0u32),
+                N,
+            ),
             "invd" => (risky!(["invd"]), N),
             "getsec" => (risky!(["getsec"], inout("eax") 0u32 => _), UD),
-            "string-io" => (risky!(["rep insb"], in("rdi") p, in("rcx") 4u64, in("dx") 0x3f8u16, lateout("rdi") _, lateout("rcx") _), N),
+            "string-io" => (
+                risky!(["rep insb"], in("rdi") p, in("rcx") 4u64, in("dx") 0x3f8u16, lateout("rdi") _, lateout("rcx") _),
+                N,
+            ),
             // The other vendor's hypercall instruction: #UD natively.
             "xcall" => (
                 if c.intel {
@@ -1555,22 +1765,49 @@ adv_r3_cpuid:
             "vmclear" => (risky!([".byte 0x66, 0x0f, 0xc7, 0x30"], in("rax") p), UD),
             "vmptrld" => (risky!([".byte 0x0f, 0xc7, 0x30"], in("rax") p), UD),
             "vmptrst" => (risky!([".byte 0x0f, 0xc7, 0x38"], in("rax") p), UD),
-            "vmread" => (risky!([".byte 0x0f, 0x78, 0xc8"], inout("rax") 0u64 => _, in("rcx") 0x681eu64), UD),
-            "vmwrite" => (risky!([".byte 0x0f, 0x79, 0xc8"], in("rax") 0u64, in("rcx") 0x681eu64), UD),
+            "vmread" => (
+                risky!([".byte 0x0f, 0x78, 0xc8"], inout("rax") 0u64 => _, in("rcx") 0x681eu64),
+                UD,
+            ),
+            "vmwrite" => (
+                risky!([".byte 0x0f, 0x79, 0xc8"], in("rax") 0u64, in("rcx") 0x681eu64),
+                UD,
+            ),
             "vmlaunch" => (risky!([".byte 0x0f, 0x01, 0xc2"]), UD),
             "vmresume" => (risky!([".byte 0x0f, 0x01, 0xc3"]), UD),
-            "invept" => (risky!([".byte 0x66, 0x0f, 0x38, 0x80, 0x01"], in("rax") 2u64, in("rcx") p), UD),
-            "invvpid" => (risky!([".byte 0x66, 0x0f, 0x38, 0x81, 0x01"], in("rax") 2u64, in("rcx") p), UD),
-            "vmfunc" => (risky!([".byte 0x0f, 0x01, 0xd4"], in("eax") 0u32, in("ecx") 0u32), UD),
+            "invept" => (
+                risky!([".byte 0x66, 0x0f, 0x38, 0x80, 0x01"], in("rax") 2u64, in("rcx") p),
+                UD,
+            ),
+            "invvpid" => (
+                risky!([".byte 0x66, 0x0f, 0x38, 0x81, 0x01"], in("rax") 2u64, in("rcx") p),
+                UD,
+            ),
+            "vmfunc" => (
+                risky!([".byte 0x0f, 0x01, 0xd4"], in("eax") 0u32, in("ecx") 0u32),
+                UD,
+            ),
             // SVM instructions: #UD (CPUID says no SVM). RAX is a page-aligned address inside
             // RAM (8 MiB, unused), so an alignment #GP does not hide what atoll does.
-            "vmrun" => (risky!([".byte 0x0f, 0x01, 0xd8"], in("rax") 0x80_0000u64), UD),
-            "vmload" => (risky!([".byte 0x0f, 0x01, 0xda"], in("rax") 0x80_0000u64), UD),
-            "vmsave" => (risky!([".byte 0x0f, 0x01, 0xdb"], in("rax") 0x80_0000u64), UD),
+            "vmrun" => (
+                risky!([".byte 0x0f, 0x01, 0xd8"], in("rax") 0x80_0000u64),
+                UD,
+            ),
+            "vmload" => (
+                risky!([".byte 0x0f, 0x01, 0xda"], in("rax") 0x80_0000u64),
+                UD,
+            ),
+            "vmsave" => (
+                risky!([".byte 0x0f, 0x01, 0xdb"], in("rax") 0x80_0000u64),
+                UD,
+            ),
             "stgi" => (risky!([".byte 0x0f, 0x01, 0xdc"]), UD),
             "clgi" => (risky!([".byte 0x0f, 0x01, 0xdd"]), UD),
             "skinit" => (risky!([".byte 0x0f, 0x01, 0xde"], in("eax") 0u32), UD),
-            "invlpga" => (risky!([".byte 0x0f, 0x01, 0xdf"], in("rax") 0u64, in("ecx") 0u32), UD),
+            "invlpga" => (
+                risky!([".byte 0x0f, 0x01, 0xdf"], in("rax") 0u64, in("ecx") 0u32),
+                UD,
+            ),
             // CR0.NW without CR0.CD is an invalid combination: #GP (SDM Vol. 3A §2.5).
             "cr0-nw" => {
                 let cr0 = read_cr(0);
@@ -1615,7 +1852,12 @@ adv_r3_cpuid:
                 let cr3 = read_cr(3);
                 let a = write_cr_p(3, cr3 | (1 << 62));
                 let b = write_cr_p(3, cr3 | (1 << 51));
-                let _ = writeln!(Com1, "adversary: cr3: bit 62 {}, bit 51 {}", vec_name(a), vec_name(b));
+                let _ = writeln!(
+                    Com1,
+                    "adversary: cr3: bit 62 {}, bit 51 {}",
+                    vec_name(a),
+                    vec_name(b)
+                );
                 (if a == GP { b } else { a }, GP)
             }
             "json-deep" => {
@@ -1648,7 +1890,10 @@ adv_r3_cpuid:
                         refused += 1;
                     }
                     if i % 100 == 0 {
-                        let _ = writeln!(Com1, "adversary: report-exhaust: {i} keys of 4 KiB sent, {refused} refused");
+                        let _ = writeln!(
+                            Com1,
+                            "adversary: report-exhaust: {i} keys of 4 KiB sent, {refused} refused"
+                        );
                     }
                 }
                 (N, N)
@@ -1760,9 +2005,16 @@ adv_r3_cpuid:
             UNEXPECTED.load(SeqCst)
         );
         let st = report(done.as_slice());
-        let _ = writeln!(Com1, "adversary: non-terminal probes done (REPORT {st}): {}", core::str::from_utf8(done.as_slice()).unwrap_or("?"));
+        let _ = writeln!(
+            Com1,
+            "adversary: non-terminal probes done (REPORT {st}): {}",
+            core::str::from_utf8(done.as_slice()).unwrap_or("?")
+        );
 
-        let first_terminal = PROBES.iter().position(|p| *p == FIRST_TERMINAL).unwrap_or(0);
+        let first_terminal = PROBES
+            .iter()
+            .position(|p| *p == FIRST_TERMINAL)
+            .unwrap_or(0);
         for name in &PROBES[first_terminal..] {
             if !c.opts.on(name) {
                 continue;
@@ -1786,7 +2038,11 @@ adv_r3_cpuid:
             }
         }
         let mut j = Buf::<256>::new();
-        let _ = write!(j, "{{\"last_probe\":\"none\",\"unexpected_total\":{}}}", UNEXPECTED.load(SeqCst));
+        let _ = write!(
+            j,
+            "{{\"last_probe\":\"none\",\"unexpected_total\":{}}}",
+            UNEXPECTED.load(SeqCst)
+        );
         report(j.as_slice());
         let _ = writeln!(Com1, "adversary: every selected probe ran; exiting");
         exit(0)

@@ -6,6 +6,10 @@
 //!   reads back every page of its RAM, measures CPUID and hypercall round trips with RDTSC,
 //!   reports the results as JSON, then, depending on its command line, exits, touches the byte
 //!   past its RAM, or triple-faults;
+//! * `guest-adversary` (64-bit): a hostile guest — every MSR range and I/O port, CPUID, invalid
+//!   CR0/CR4/CR8/XCR0 values, ring 3, debug traps, VMX and SVM instructions, bad hypercalls and
+//!   JSON, floods, APIC ICR writes, the end of its RAM — that catches every exception it causes
+//!   and reports per probe what happened; its command line selects the probes;
 //! * `guest-real16` (entered in real mode, which needs unrestricted guest on VMX): prints,
 //!   checks the hypercall ABI and CPUID from real mode, reports and exits.
 //!

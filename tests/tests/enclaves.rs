@@ -252,7 +252,10 @@ fn adversary(emulator: Emulator) {
         unexpected.is_empty(),
         "MSRs readable beyond the list: {unexpected:?}"
     );
-    assert!(r("g_msr.read.GP").as_u64().unwrap() > 4000, "the MSR sweep ran (sampled on Bochs)");
+    assert!(
+        r("g_msr.read.GP").as_u64().unwrap() > 4000,
+        "the MSR sweep ran (sampled on Bochs)"
+    );
     // No APIC for a bare-metal enclave: every ICR write is #GP.
     assert_eq!(r("g_apic.icr_writes"), serde_json::json!({"GP": 257 * 9}));
     // Ports: only COM1 and the ACPI PM registers answer; everything else is #GP (policy
@@ -300,4 +303,9 @@ fn adversary(emulator: Emulator) {
 #[test]
 fn qemu_svm_the_adversary_leaves_the_machine_and_its_neighbour_running() {
     adversary(Emulator::Qemu);
+}
+
+#[test]
+fn bochs_vmx_the_adversary_leaves_the_machine_and_its_neighbour_running() {
+    adversary(Emulator::Bochs);
 }

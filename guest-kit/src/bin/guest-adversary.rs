@@ -1839,6 +1839,8 @@ adv_r3_cpuid:
                     (4, cr4 & !(1 << 5)),
                     (4, cr4 ^ (1 << 12)),
                 ] {
+                    // Announced first: if the write ends the enclave, the log says which.
+                    let _ = writeln!(Com1, "adversary: cr-mode: CR{n} <- {v:#x}");
                     let f = write_cr_p(n, v);
                     if f != GP {
                         worst = f;

@@ -18,7 +18,14 @@
 //! * `ports=full|sample|none` (default full), `msrs=full|sample` (default full);
 //! * `flood=N`: REPORT and CONSOLE_WRITE flood size (default 16 of each, ≤ 100000).
 //!
-//! Probe names, in running order: see [`guest::PROBES`].
+//! Probe names, in running order: `PROBES` in the `guest` module below.
+//!
+//! Results (REPORT): `adversary_selected` first; one object `g_NAME` per probe group (exception
+//! vectors by name — "GP", "UD", … or "none" — counts, and `unexpected` with `odd`, what differs
+//! from the architecture or atoll's ABI); then `adversary_done`, `groups_ran`, `exceptions` and
+//! `unexpected_total`; then, per terminal probe, `last_probe` before it and `g_NAME` (its vector)
+//! if it survived; `last_probe` is "none" once every selected probe ran. Every group's object is
+//! also printed on COM1, so a run that dies still shows what came before.
 #![cfg_attr(target_os = "none", no_std)]
 #![cfg_attr(target_os = "none", no_main)]
 

@@ -253,8 +253,8 @@ fn adversary(emulator: Emulator) {
         "MSRs readable beyond the list: {unexpected:?}"
     );
     assert!(
-        r("g_msr.read.GP").as_u64().unwrap() > 4000,
-        "the MSR sweep ran (sampled on Bochs)"
+        r("g_msr.read.GP").as_u64().unwrap() > 25_000,
+        "the MSR sweep ran"
     );
     // No APIC for a bare-metal enclave: every ICR write is #GP.
     assert_eq!(r("g_apic.icr_writes"), serde_json::json!({"GP": 257 * 9}));

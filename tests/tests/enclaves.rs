@@ -260,6 +260,7 @@ fn adversary(emulator: Emulator) {
     assert_eq!(r("g_apic.icr_writes"), serde_json::json!({"GP": 257 * 9}));
     // Ports: only COM1 and the ACPI PM registers answer; everything else is #GP (policy
     // `fault`), writes included.
+    assert_eq!(r("g_ports.ports"), 65536, "every port");
     assert_eq!(r("g_ports.unexpected"), 0, "{}", r("g_ports.odd"));
     assert_eq!(
         r("g_ports.readable8"),

@@ -717,6 +717,7 @@ adv_r3_cpuid:
         "cr3",
         "json-deep",
         "report-exhaust",
+        "tsc-leave",
         "cr8-leave",
         "apic-mmio",
         "past-ram",
@@ -1906,6 +1907,13 @@ adv_r3_cpuid:
                     }
                 }
                 (N, N)
+            }
+            "tsc-leave" => {
+                // IA32_TSC set to 0 and left there: where the write reaches the core's real TSC,
+                // atoll's own clock on this core jumps back (see the enclave's `ended_at_us`).
+                let w = wrmsr_p(0x10, 0);
+                let _ = writeln!(Com1, "adversary: tsc-leave: TSC <- 0: {}, now {}", vec_name(w), tsc());
+                (w, N)
             }
             "cr8-leave" => {
                 // TPR 15 left in place from here to the end of the enclave.

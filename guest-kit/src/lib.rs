@@ -9,6 +9,10 @@
 //!   image and stack before it exits, `zero-check` first counts the bytes there that do not
 //!   read zero (`nonzero_bytes`, `bytes_checked`): a successor must find nothing of a
 //!   predecessor in reused RAM;
+//! * `guest-adversary` (64-bit): a hostile guest — every MSR range and I/O port, CPUID, invalid
+//!   CR0/CR4/CR8/XCR0 values, ring 3, debug traps, VMX and SVM instructions, bad hypercalls and
+//!   JSON, floods, APIC ICR writes, the end of its RAM — that catches every exception it causes
+//!   and reports per probe what happened; its command line selects the probes;
 //! * `guest-real16` (entered in real mode, which needs unrestricted guest on VMX): prints,
 //!   checks the hypercall ABI and CPUID from real mode, reports and exits.
 //!

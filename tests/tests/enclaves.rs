@@ -341,3 +341,108 @@ fn bochs_vmx_an_ended_enclaves_core_and_zeroed_ram_run_the_next() {
 fn qemu_svm_an_ended_enclaves_core_and_zeroed_ram_run_the_next() {
     reclaim(Emulator::Qemu);
 }
+
+/// The adversarial guest's non-terminal probe groups (guest-kit/src/bin/guest-adversary.rs).
+const ADVERSARY_GROUPS: [&str; 16] = [
+    "cpuid", "msr", "apic", "ports", "cr", "cr8", "xcr0", "debug", "ring3", "misc", "wbinvd",
+    "hcall", "json", "flood", "mem-edge", "tsc",
+];
+
+/// The adversary beside the guest suite: the machine stays up, the victim passes, every probe
+/// group ran and reported, atoll's answers to the probes that do not depend on the emulator are
+/// the architectural ones, and the last probe (a write straddling the end of its RAM) stops it.
+fn adversary(emulator: Emulator) {
+    let o = boot(emulator, "adversary");
+    assert_eq!(get(&o, "ok"), true, "the machine survived");
+    assert_eq!(get(&o, "enclaves.victim.end_reason"), "exit");
+    assert_eq!(get(&o, "enclaves.victim.exit_code"), 0);
+    assert_suite_passed(&o, "victim");
+    let r = |path: &str| get(&o, &format!("enclaves.adversary.results.{path}")).clone();
+    assert_eq!(r("adversary_done"), true);
+    let ran: Vec<String> = r("groups_ran")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ran, ADVERSARY_GROUPS, "every non-terminal group ran");
+    // CPUID: the filter holds over every probed leaf.
+    for (k, v) in [
+        ("vmx", false),
+        ("svm", false),
+        ("smx", false),
+        ("hv_bit", true),
+    ] {
+        assert_eq!(r(&format!("g_cpuid.{k}")), v, "cpuid {k}");
+    }
+    // MSRs: nothing readable beyond atoll's list except what the emulator's own pass-through
+    // MSRs do (QEMU reads the write-only PRED_CMD and FLUSH_CMD as 0).
+    let unexpected: Vec<Value> = r("g_msr.unexpected_readable")
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| !matches!(v.as_str(), Some("0x49" | "0x10b")))
+        .cloned()
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "MSRs readable beyond the list: {unexpected:?}"
+    );
+    assert!(
+        r("g_msr.read.GP").as_u64().unwrap() > 25_000,
+        "the MSR sweep ran"
+    );
+    // No APIC for a bare-metal enclave: every ICR write is #GP.
+    assert_eq!(r("g_apic.icr_writes"), serde_json::json!({"GP": 257 * 9}));
+    // Ports: only COM1 and the ACPI PM registers answer; everything else is #GP (policy
+    // `fault`), writes included.
+    assert_eq!(r("g_ports.ports"), 65536, "every port");
+    assert_eq!(r("g_ports.unexpected"), 0, "{}", r("g_ports.odd"));
+    assert_eq!(
+        r("g_ports.readable8"),
+        serde_json::json!([
+            "0x3f8", "0x3f9", "0x3fa", "0x3fb", "0x3fc", "0x3fd", "0x3fe", "0x3ff", "0x600",
+            "0x601", "0x604"
+        ])
+    );
+    // Control registers and XCR0: invalid values are #GP and change nothing.
+    assert_eq!(r("g_cr.unexpected"), 0, "{}", r("g_cr.odd"));
+    assert_eq!(r("g_cr.cr4_changed_bits"), serde_json::json!([]));
+    assert_eq!(r("g_xcr0.unexpected"), 0, "{}", r("g_xcr0.odd"));
+    assert_eq!(
+        r("g_cr8.readback"),
+        serde_json::json!([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15])
+    );
+    // Hypercalls: bad numbers, pointers, lengths and JSON get their status codes.
+    assert_eq!(r("g_hcall.unexpected"), 0, "{}", r("g_hcall.odd"));
+    assert_eq!(r("g_json.unexpected"), 0, "{}", r("g_json.odd"));
+    assert_eq!(r("g_flood.unexpected"), 0, "{}", r("g_flood.odd"));
+    assert_eq!(r("g_mem_edge.read_write_ok"), true);
+    // Ring 3: the hypercall is #UD there, privileged instructions #GP.
+    for (k, v) in [
+        ("hypercall", "UD"),
+        ("rdmsr", "GP"),
+        ("in_com1", "GP"),
+        ("hlt", "GP"),
+    ] {
+        assert_eq!(r(&format!("g_ring3.{k}")), v, "ring 3 {k}");
+    }
+    // The end: stopped at the first byte past its 16 MiB, a write.
+    assert_eq!(get(&o, "enclaves.adversary.end_reason"), "ept_violation");
+    assert_eq!(r("last_probe"), "past-ram");
+    assert_eq!(
+        get(&o, "enclaves.adversary.violation.gpa").as_u64(),
+        Some(16 << 20)
+    );
+    assert_eq!(get(&o, "enclaves.adversary.violation.access"), "write");
+}
+
+#[test]
+fn qemu_svm_the_adversary_leaves_the_machine_and_its_neighbour_running() {
+    adversary(Emulator::Qemu);
+}
+
+#[test]
+fn bochs_vmx_the_adversary_leaves_the_machine_and_its_neighbour_running() {
+    adversary(Emulator::Bochs);
+}

@@ -88,9 +88,13 @@ const EFER_NXE: u64 = 1 << 11;
 
 /// Whether MOV to CR0 of `value` is legal with the guest's current CR4 and EFER (SDM Vol. 3A
 /// §2.5, Vol. 2B "MOV—Move to/from Control Registers"; AMD APM Vol. 2 §3.1.1): bits 63:32
-/// reserved; PG needs PE; NW needs CD; PG with EFER.LME needs CR4.PAE. A violation is #GP(0).
-pub fn valid_cr0(value: u64, cr4: u64, efer: u64) -> bool {
+/// reserved; PG needs PE; NW needs CD; PG with EFER.LME needs CR4.PAE; PG stays set in 64-bit
+/// mode (`in_64bit_mode`: EFER.LMA and CS.L). A violation is #GP(0).
+pub fn valid_cr0(value: u64, cr4: u64, efer: u64, in_64bit_mode: bool) -> bool {
     value >> 32 == 0
+        // Leaving long mode needs compatibility mode first: clearing PG in 64-bit mode is #GP
+        // (SDM Vol. 2A "MOV—Move to/from Control Registers", 64-bit mode exceptions).
+        && !(in_64bit_mode && value & CR0_PG == 0)
         && !(value & CR0_PG != 0 && value & CR0_PE == 0)
         && !(value & CR0_NW != 0 && value & CR0_CD == 0)
         && !(value & CR0_PG != 0 && efer & EFER_LME != 0 && cr4 & CR4_PAE == 0)
@@ -349,16 +353,24 @@ mod tests {
     #[test]
     fn cr0_rules() {
         let pae = CR4_PAE;
-        assert!(valid_cr0(0x8000_0011, pae, EFER_LME));
-        assert!(valid_cr0(0x6000_0010, 0, 0), "CD with NW");
-        assert!(!valid_cr0(1 << 32, 0, 0), "reserved upper half");
-        assert!(!valid_cr0(CR0_PG, 0, 0), "PG without PE");
-        assert!(!valid_cr0(CR0_NW | CR0_PE, 0, 0), "NW without CD");
+        assert!(valid_cr0(0x8000_0011, pae, EFER_LME, false));
+        assert!(valid_cr0(0x6000_0010, 0, 0, false), "CD with NW");
+        assert!(!valid_cr0(1 << 32, 0, 0, false), "reserved upper half");
+        assert!(!valid_cr0(CR0_PG, 0, 0, false), "PG without PE");
+        assert!(!valid_cr0(CR0_NW | CR0_PE, 0, 0, false), "NW without CD");
         assert!(
-            !valid_cr0(CR0_PG | CR0_PE, 0, EFER_LME),
+            !valid_cr0(CR0_PG | CR0_PE, 0, EFER_LME, false),
             "long mode without PAE"
         );
-        assert!(valid_cr0(CR0_PG | CR0_PE, 0, 0), "32-bit paging");
+        assert!(valid_cr0(CR0_PG | CR0_PE, 0, 0, false), "32-bit paging");
+        assert!(
+            !valid_cr0(CR0_PE, pae, EFER_LME | EFER_LMA, true),
+            "clearing PG in 64-bit mode"
+        );
+        assert!(
+            valid_cr0(CR0_PE, pae, EFER_LME | EFER_LMA, false),
+            "clearing PG in compatibility mode leaves long mode"
+        );
         // Through the handler: refused values change nothing and are #GP(0).
         let mut w = World::new();
         w.vcpu.cr[0] = 0x11;
@@ -601,12 +613,14 @@ mod tests {
             (7, "EIST"),
             (8, "TM2"),
             (15, "PDCM"),
+            (21, "x2APIC (a bare-metal enclave has no local APIC)"),
         ] {
             assert_eq!(c & (1 << bit), 0, "leaf 1 ECX {what}");
         }
         assert_ne!(c & (1 << 31), 0, "hypervisor present");
         assert_ne!(c & (1 << 26), 0, "XSAVE stays");
         for (bit, what) in [
+            (9, "APIC (a bare-metal enclave has no local APIC)"),
             (21, "DS"),
             (22, "ACPI"),
             (28, "HTT"),

@@ -397,9 +397,9 @@ pub fn filtered_cpuid(host: &impl HostCpu, leaf: u32, sub: u32) -> [u32; 4] {
             let mut r = host.cpuid(leaf, sub);
             match leaf {
                 1 => {
-                    // ECX: MONITOR (3), DS-CPL (4), VMX (5), SMX (6), EIST (7), TM2 (8) and
-                    // PDCM (15) hidden (their instructions or MSRs are the host's); bit 31
-                    // "hypervisor present".
+                    // ECX: MONITOR (3), DS-CPL (4), VMX (5), SMX (6), EIST (7), TM2 (8),
+                    // PDCM (15) and x2APIC (21) hidden (their instructions or MSRs are the
+                    // host's); bit 31 "hypervisor present".
                     r[2] = (r[2]
                         & !((1 << 3)
                             | (1 << 4)
@@ -407,10 +407,13 @@ pub fn filtered_cpuid(host: &impl HostCpu, leaf: u32, sub: u32) -> [u32; 4] {
                             | (1 << 6)
                             | (1 << 7)
                             | (1 << 8)
-                            | (1 << 15)))
+                            | (1 << 15)
+                            | (1 << 21)))
                         | (1 << 31);
-                    // EDX: debug store (21), thermal MSRs (ACPI 22, TM 29), PBE (31) hidden.
-                    r[3] &= !((1 << 21) | (1 << 22) | (1 << 29) | (1 << 31));
+                    // EDX: the local APIC (9) — a bare-metal enclave has none (the Linux
+                    // platform offers its own and says so) — debug store (21), thermal MSRs
+                    // (ACPI 22, TM 29), PBE (31) hidden.
+                    r[3] &= !((1 << 9) | (1 << 21) | (1 << 22) | (1 << 29) | (1 << 31));
                     // EBX: the host core's initial APIC ID (31:24) and its package's logical
                     // processor count (23:16) are host topology: one processor, ID 0, no HTT.
                     r[1] &= 0xffff;
@@ -453,6 +456,8 @@ pub fn filtered_cpuid(host: &impl HostCpu, leaf: u32, sub: u32) -> [u32; 4] {
                         | (1 << 24)
                         | (1 << 28)
                         | (1 << 29));
+                    // EDX: AMD's copy of the local APIC bit (9), as in leaf 1.
+                    r[3] &= !(1 << 9);
                 }
                 // ECX: the host's core count (NC, 7:0) and APIC ID size (15:12).
                 0x8000_0008 => r[2] &= !0xf0ff,
@@ -609,8 +614,6 @@ fn msr_read(vcpu: &mut impl Vcpu, run: &mut EnclaveRun, host: &impl HostCpu) -> 
         // too: QEMU's SVM returned 0 for a pass-through RDMSR of IA32_TSC under an offset, and
         // guests read the TSC with RDTSC, which never exits.)
         msr::IA32_TSC => host.rdtsc().wrapping_add(vcpu.tsc_offset()),
-        // xAPIC enabled at the architectural base; this vCPU is the enclave's BSP.
-        msr::IA32_APIC_BASE => 0xfee0_0000 | (1 << 11) | (1 << 8),
         msr::IA32_MISC_ENABLE => 1, // fast strings
         msr::IA32_MTRRCAP => 0,     // no variable or fixed MTRRs to program
         msr::IA32_MTRR_DEF_TYPE => run.mtrr_def_type,
@@ -669,7 +672,12 @@ fn msr_write(vcpu: &mut impl Vcpu, run: &mut EnclaveRun, host: &impl HostCpu) ->
 fn cr_write(vcpu: &mut impl Vcpu, host: &impl HostCpu, cr: u8, value: u64) -> Action {
     use crate::run::deny;
     let ok = match cr {
-        0 => deny::valid_cr0(value, vcpu.cr(4), vcpu.efer()),
+        0 => deny::valid_cr0(
+            value,
+            vcpu.cr(4),
+            vcpu.efer(),
+            vcpu.efer() & (1 << 10) != 0 && vcpu.code_segment().long,
+        ),
         4 => deny::valid_cr4(
             value,
             vcpu.cr(4),
@@ -1000,6 +1008,15 @@ mod tests {
         w.exit(Exit::MsrRead);
         assert_eq!(w.vcpu.injected, Some((vector::GP, Some(0))));
         assert_eq!(w.run.msr_denied, 1);
+        // A bare-metal enclave has no local APIC (CPUID says so): IA32_APIC_BASE does not exist.
+        for exit in [Exit::MsrRead, Exit::MsrWrite] {
+            w.vcpu.injected = None;
+            w.vcpu.gprs[Gpr::Rcx as usize] = u64::from(msr::IA32_APIC_BASE);
+            w.vcpu.gprs[Gpr::Rax as usize] = 0xfee0_0900;
+            w.exit(exit);
+            assert_eq!(w.vcpu.injected, Some((vector::GP, Some(0))), "{exit:?}");
+        }
+        assert_eq!(w.run.msr_denied, 3);
         // EFER: NXE allowed, a reserved bit refused, LMA cannot be flipped by WRMSR.
         let mut w = World::new(IoPolicy::Ignore);
         w.vcpu.efer = (1 << 8) | (1 << 10);

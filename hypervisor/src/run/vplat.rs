@@ -1468,9 +1468,9 @@ pub fn cpuid(
             // ECX: x2APIC (21) and TSC-deadline (24) on; MONITOR (3), EIST (7), TM2 (8) and
             // PDCM (15) off (their MSRs are the host's).
             r[2] = (r[2] | (1 << 21) | (1 << 24)) & !((1 << 3) | (1 << 7) | (1 << 8) | (1 << 15));
-            // EDX: no machine-check architecture (MCE 7, MCA 14): its banks are the host's; no
-            // thermal monitor or its MSRs (ACPI 22, TM 29).
-            r[3] &= !((1 << 7) | (1 << 14) | (1 << 22) | (1 << 29));
+            // EDX: the platform's local APIC (9) on; no machine-check architecture (MCE 7, MCA
+            // 14): its banks are the host's; no thermal monitor or its MSRs (ACPI 22, TM 29).
+            r[3] = (r[3] | (1 << 9)) & !((1 << 7) | (1 << 14) | (1 << 22) | (1 << 29));
             // EDX: HTT when the package has more than one logical processor.
             if vcpus > 1 {
                 r[3] |= 1 << 28;
@@ -1523,6 +1523,8 @@ pub fn cpuid(
         0x8000_0001 => {
             // ECX: CmpLegacy (1) with several cores; TOPOEXT (22) and PERFCTR_CORE (23) off.
             r[2] &= !((1 << 22) | (1 << 23));
+            // EDX: AMD's copy of the local APIC bit (9), as in leaf 1.
+            r[3] |= 1 << 9;
             if vcpus > 1 {
                 r[2] |= 1 << 1;
             } else {

@@ -272,6 +272,72 @@ pub fn decode(bytes: &[u8], bitness: u32) -> Option<Decoded> {
     })
 }
 
+/// A write to CR0 by an instruction other than MOV (for backends that are not told which).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cr0Write {
+    /// CLTS (clears CR0.TS).
+    Clts,
+    /// LMSW with this 16-bit source (already read from its register or memory operand).
+    Lmsw(u16),
+}
+
+/// Decodes the instruction at the guest's RIP as CLTS or LMSW and reads LMSW's source: a
+/// register through `gpr`, or memory through the guest's page tables (`paging`; segment bases
+/// are taken as 0 for DS/ES/SS, as in 64-bit mode — a based segment or FS/GS is refused). Also
+/// returns the instruction's length. `None` for anything else or an unreadable operand.
+pub fn cr0_write(
+    mem: &impl GuestMemory,
+    paging: Paging,
+    bitness: u32,
+    linear_rip: u64,
+    gpr: impl Fn(Gpr) -> u64,
+) -> Option<(Cr0Write, u8)> {
+    let (bytes, n) = fetch(mem, paging, linear_rip);
+    let mut decoder = Decoder::try_new(bitness, &bytes[..n], DecoderOptions::NONE).ok()?;
+    decoder.set_ip(linear_rip);
+    let mut ins = Instruction::default();
+    decoder.decode_out(&mut ins);
+    let len = ins.len() as u8;
+    match ins.mnemonic() {
+        Mnemonic::Clts => Some((Cr0Write::Clts, len)),
+        Mnemonic::Lmsw => {
+            let value = match ins.op0_kind() {
+                OpKind::Register => gpr(self::gpr(ins.op0_register())?),
+                OpKind::Memory => {
+                    let seg = ins.memory_segment();
+                    if bitness != 64 && !matches!(seg, Register::DS | Register::ES | Register::SS)
+                    {
+                        return None;
+                    }
+                    if matches!(seg, Register::FS | Register::GS) {
+                        return None;
+                    }
+                    let linear = ins.virtual_address(0, 0, |reg, _, _| match reg {
+                        Register::ES | Register::CS | Register::SS | Register::DS => Some(0),
+                        Register::RIP => Some(ins.next_ip()),
+                        r => self::gpr(r).map(&gpr).map(|v| match r.size() {
+                            4 => v & 0xffff_ffff,
+                            2 => v & 0xffff,
+                            _ => v,
+                        }),
+                    })?;
+                    let mut word = [0u8; 2];
+                    for (i, b) in word.iter_mut().enumerate() {
+                        let gpa = translate(mem, paging, linear.wrapping_add(i as u64))?;
+                        let mut one = [0u8; 1];
+                        mem.read(gpa, &mut one)?;
+                        *b = one[0];
+                    }
+                    u64::from(u16::from_le_bytes(word))
+                }
+                _ => return None,
+            };
+            Some((Cr0Write::Lmsw(value as u16), len))
+        }
+        _ => None,
+    }
+}
+
 /// A memory access by a MOV-family instruction, as an MMIO exit needs it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MmioAccess {
@@ -378,6 +444,34 @@ mod tests {
     }
     fn at(m: &mut [u8], p: Paging, linear: u64) -> Option<u64> {
         translate(&SliceMemory(m), p, linear).map(|g| g.as_u64())
+    }
+
+    #[test]
+    fn clts_and_lmsw_are_decoded_with_their_source() {
+        let mut ram = vec![0u8; 0x4000];
+        let regs = |g: Gpr| match g {
+            Gpr::Rax => 0xdead_0033,
+            Gpr::Rbx => 0x2000,
+            _ => 0,
+        };
+        // clts
+        ram[0x1000..0x1002].copy_from_slice(&[0x0f, 0x06]);
+        // lmsw ax (0F 01 /6, mod=11 rm=0)
+        ram[0x1002..0x1005].copy_from_slice(&[0x0f, 0x01, 0xf0]);
+        // lmsw [rbx+8] (0F 01 /6, mod=01 rm=3, disp8 8)
+        ram[0x1005..0x1009].copy_from_slice(&[0x0f, 0x01, 0x73, 0x08]);
+        ram[0x2008..0x200a].copy_from_slice(&0x0011u16.to_le_bytes());
+        // cpuid: neither
+        ram[0x1009..0x100b].copy_from_slice(&[0x0f, 0xa2]);
+        let m = SliceMemory(&mut ram);
+        let at = |rip| cr0_write(&m, Paging::Off, 64, rip, regs);
+        assert_eq!(at(0x1000), Some((Cr0Write::Clts, 2)));
+        assert_eq!(at(0x1002), Some((Cr0Write::Lmsw(0x0033), 3)));
+        assert_eq!(at(0x1005), Some((Cr0Write::Lmsw(0x0011), 4)));
+        assert_eq!(at(0x1009), None);
+        // An operand outside guest RAM is unreadable, not a panic.
+        let far = |g: Gpr| if g == Gpr::Rbx { 0x10_0000 } else { 0 };
+        assert_eq!(cr0_write(&m, Paging::Off, 64, 0x1005, far), None);
     }
 
     #[test]

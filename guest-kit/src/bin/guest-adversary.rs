@@ -282,21 +282,24 @@ adv_r3_cpuid:
     }
 
     fn load_idt() {
-        // SAFETY: single-threaded guest; the IDT is written before it is loaded and then only
-        // read by the CPU; the stubs it points at are the handlers above.
-        unsafe {
-            let idt = &raw mut IDT;
-            let table = &raw const ADV_ISR_TABLE;
-            for v in 0..32 {
-                // INT3 is the way back from ring 3, so its gate is DPL 3.
-                (*idt)[v] = gate((*table)[v], if v == 3 { 3 } else { 0 });
-            }
-            let p = DtPtr {
-                limit: (32 * 16 - 1) as u16,
-                base: idt as u64,
-            };
-            asm!("lidt [{}]", in(reg) &p, options(readonly, nostack));
+        let idt = &raw mut IDT;
+        let table = &raw const ADV_ISR_TABLE;
+        for v in 0..32 {
+            // SAFETY: ADV_ISR_TABLE is 32 stub addresses the global_asm above defines and
+            // nothing ever writes; `v` < 32.
+            let handler = unsafe { (*table)[v] };
+            // INT3 is the way back from ring 3, so its gate is DPL 3.
+            // SAFETY: single-threaded guest; the IDT is written before it is loaded (no reference
+            // to it is live) and then only read by the CPU; `v` < 32.
+            unsafe { (*idt)[v] = gate(handler, if v == 3 { 3 } else { 0 }) };
         }
+        let p = DtPtr {
+            limit: (32 * 16 - 1) as u16,
+            base: idt as u64,
+        };
+        // SAFETY: `p` describes the 32 gates just written, each pointing at one of the handler
+        // stubs above; IDT is a static, so it outlives the load.
+        unsafe { asm!("lidt [{}]", in(reg) &p, options(readonly, nostack)) };
     }
 
     fn outb(port: u16, v: u8) {
@@ -371,12 +374,15 @@ adv_r3_cpuid:
     /// The hypercall: VMCALL on Intel, VMMCALL on AMD.
     fn hcall(nr: u64, a: u64, b: u64) -> (u64, u64, u64) {
         let (rax, rbx, rcx): (u64, u64, u64);
-        // SAFETY: the hypercall only exits to atoll; RBX is saved around it because LLVM
-        // reserves it.
-        unsafe {
-            if INTEL.load(SeqCst) == 1 {
+        if INTEL.load(SeqCst) == 1 {
+            // SAFETY: the hypercall only exits to atoll; RBX is saved around it because LLVM
+            // reserves it.
+            unsafe {
                 asm!("xchg {b}, rbx", "vmcall", "xchg {b}, rbx", b = inout(reg) a => rbx, inout("rax") nr => rax, inout("rcx") b => rcx, options(nostack));
-            } else {
+            }
+        } else {
+            // SAFETY: as above (VMMCALL is AMD's VMCALL).
+            unsafe {
                 asm!("xchg {b}, rbx", "vmmcall", "xchg {b}, rbx", b = inout(reg) a => rbx, inout("rax") nr => rax, inout("rcx") b => rcx, options(nostack));
             }
         }
@@ -438,14 +444,15 @@ adv_r3_cpuid:
 
     fn read_cr(n: u8) -> u64 {
         let v: u64;
-        // SAFETY: reading a control register has no side effect.
-        unsafe {
-            match n {
-                0 => asm!("mov {}, cr0", out(reg) v, options(nomem, nostack)),
-                3 => asm!("mov {}, cr3", out(reg) v, options(nomem, nostack)),
-                4 => asm!("mov {}, cr4", out(reg) v, options(nomem, nostack)),
-                _ => asm!("mov {}, cr8", out(reg) v, options(nomem, nostack)),
-            }
+        match n {
+            // SAFETY: the guest runs at CPL 0, and reading a control register has no side effect.
+            0 => unsafe { asm!("mov {}, cr0", out(reg) v, options(nomem, nostack)) },
+            // SAFETY: as above.
+            3 => unsafe { asm!("mov {}, cr3", out(reg) v, options(nomem, nostack)) },
+            // SAFETY: as above.
+            4 => unsafe { asm!("mov {}, cr4", out(reg) v, options(nomem, nostack)) },
+            // SAFETY: as above.
+            _ => unsafe { asm!("mov {}, cr8", out(reg) v, options(nomem, nostack)) },
         }
         v
     }
@@ -1177,33 +1184,40 @@ adv_r3_cpuid:
         // 3A §18.3.1.4).
         let start = ADV_VEC_COUNTS[1].load(SeqCst);
         ADV_STEP_LEFT.store(1000, SeqCst);
-        // SAFETY: TF traps go to the #DB handler, which counts and returns; the exiting
-        // instructions only read registers (RBX is saved around CPUID and the hypercall).
-        unsafe {
-            match (with_exits, intel) {
-                (false, _) => asm!(
+        match (with_exits, intel) {
+            // SAFETY: TF traps go to the #DB handler, which counts and returns; TF is cleared
+            // again before the block ends.
+            (false, _) => unsafe {
+                asm!(
                     "pushfq", "or qword ptr [rsp], 0x100", "popfq",
                     "nop", "nop", "nop", "nop", "nop", "nop", "nop", "nop",
                     "pushfq", "and qword ptr [rsp], -0x101", "popfq",
                     out("rax") _, out("rcx") _, out("rdx") _,
-                ),
-                (true, true) => asm!(
+                )
+            },
+            // SAFETY: as above; the exiting instructions only read registers (RBX is saved
+            // around CPUID and the hypercall).
+            (true, true) => unsafe {
+                asm!(
                     "mov r8, rbx",
                     "pushfq", "or qword ptr [rsp], 0x100", "popfq",
                     "nop", "xor eax, eax", "cpuid", "mov edx, 0x3fd", "xor eax, eax", "vmcall", "in al, dx", "nop",
                     "pushfq", "and qword ptr [rsp], -0x101", "popfq",
                     "mov rbx, r8",
                     out("rax") _, out("rcx") _, out("rdx") _, out("r8") _,
-                ),
-                (true, false) => asm!(
+                )
+            },
+            // SAFETY: as above, with AMD's VMMCALL.
+            (true, false) => unsafe {
+                asm!(
                     "mov r8, rbx",
                     "pushfq", "or qword ptr [rsp], 0x100", "popfq",
                     "nop", "xor eax, eax", "cpuid", "mov edx, 0x3fd", "xor eax, eax", "vmmcall", "in al, dx", "nop",
                     "pushfq", "and qword ptr [rsp], -0x101", "popfq",
                     "mov rbx, r8",
                     out("rax") _, out("rcx") _, out("rdx") _, out("r8") _,
-                ),
-            }
+                )
+            },
         }
         ADV_STEP_LEFT.store(0, SeqCst);
         ADV_VEC_COUNTS[1].load(SeqCst) - start
@@ -1327,15 +1341,16 @@ adv_r3_cpuid:
     static mut USTACK: Stack = Stack([0; 16384]);
 
     fn setup_ring3() {
-        // SAFETY: single-threaded; the GDT keeps selector 0x08 (code) and 0x10 (data) as atoll
-        // set them up, adds user data (0x18) and code (0x20) and the TSS (0x28); the page-table
-        // walk only sets U on the identity tables atoll wrote at CR3 (4 GiB in 2 MiB pages).
+        let tss = &raw mut TSS;
+        let kstack_top = (&raw const KSTACK) as u64 + 16384;
+        // SAFETY: single-threaded guest and no reference to TSS is live; the CPU reads it only
+        // after the LTR below.
+        unsafe { (*tss).rsp[0] = kstack_top };
+        let b = tss as u64;
+        let limit = 103u64;
+        let gdt = &raw mut GDT;
+        // SAFETY: as above, for GDT: it is loaded only by the LGDT below.
         unsafe {
-            let tss = &raw mut TSS;
-            (*tss).rsp[0] = (&raw const KSTACK) as u64 + 16384;
-            let b = tss as u64;
-            let limit = 103u64;
-            let gdt = &raw mut GDT;
             *gdt = [
                 0,
                 0x00af_9b00_0000_ffff,
@@ -1347,24 +1362,43 @@ adv_r3_cpuid:
                     | (0x89 << 40)
                     | (((b >> 24) & 0xff) << 56),
                 b >> 32,
-            ];
-            let p = DtPtr {
-                limit: (7 * 8 - 1) as u16,
-                base: gdt as u64,
-            };
-            asm!("lgdt [{}]", "mov ax, 0x28", "ltr ax", in(reg) &p, out("eax") _, options(nostack));
-            let pml4 = (read_cr(3) & 0x000f_ffff_ffff_f000) as *mut u64;
-            *pml4 |= 4;
-            let pdpt = (*pml4 & 0x000f_ffff_ffff_f000) as *mut u64;
-            for i in 0..4 {
-                *pdpt.add(i) |= 4;
-                let pd = (*pdpt.add(i) & 0x000f_ffff_ffff_f000) as *mut u64;
-                for k in 0..512 {
-                    *pd.add(k) |= 4;
-                }
+            ]
+        };
+        let p = DtPtr {
+            limit: (7 * 8 - 1) as u16,
+            base: gdt as u64,
+        };
+        // SAFETY: the new GDT keeps selector 0x08 (code) and 0x10 (data) as atoll set them up,
+        // so the loaded CS/DS/SS stay valid; it adds user data (0x18) and code (0x20) and the
+        // TSS (0x28) that LTR loads; GDT and TSS are statics, so they outlive the load.
+        unsafe {
+            asm!("lgdt [{}]", "mov ax, 0x28", "ltr ax", in(reg) &p, out("eax") _, options(nostack))
+        };
+        // The page-table walk only sets U on the identity tables atoll wrote at CR3 (4 GiB in
+        // 2 MiB pages: one PML4 entry, four PDPT entries, 4 x 512 PD entries), which are
+        // identity-mapped guest RAM nothing else references.
+        let pml4 = (read_cr(3) & 0x000f_ffff_ffff_f000) as *mut u64;
+        // SAFETY: see above: PML4[0] of the live identity tables.
+        unsafe { *pml4 |= 4 };
+        // SAFETY: as above.
+        let pdpt = (unsafe { *pml4 } & 0x000f_ffff_ffff_f000) as *mut u64;
+        for i in 0..4 {
+            // SAFETY: the PDPT is one 4 KiB table (512 entries); `i` < 4.
+            let pdpte = unsafe { pdpt.add(i) };
+            // SAFETY: see above: PDPT[i] of the live identity tables.
+            unsafe { *pdpte |= 4 };
+            // SAFETY: as above.
+            let pd = (unsafe { *pdpte } & 0x000f_ffff_ffff_f000) as *mut u64;
+            for k in 0..512 {
+                // SAFETY: the PD is one 4 KiB table; `k` < 512.
+                let pde = unsafe { pd.add(k) };
+                // SAFETY: see above: PD[k] of the live identity tables.
+                unsafe { *pde |= 4 };
             }
-            asm!("mov rax, cr3", "mov cr3, rax", out("rax") _, options(nostack));
         }
+        // SAFETY: reloading CR3 with its own value only flushes the TLB, so the U bits just set
+        // take effect.
+        unsafe { asm!("mov rax, cr3", "mov cr3, rax", out("rax") _, options(nostack)) };
     }
 
     /// Runs `code` at CPL 3 with RFLAGS.AC set; it ends with INT3 unless it faults first. The
@@ -1578,14 +1612,12 @@ adv_r3_cpuid:
     static mut BIG: Buf<4096> = Buf::new();
 
     fn big() -> &'static mut Buf<4096> {
+        let p = &raw mut BIG;
         // SAFETY: single-threaded guest; one user at a time (each caller is done with it before
-        // the next call).
-        unsafe {
-            let p = &raw mut BIG;
-            let b = &mut *p;
-            b.clear();
-            b
-        }
+        // the next call), so this is the only live reference to BIG.
+        let b = unsafe { &mut *p };
+        b.clear();
+        b
     }
 
     fn g_json(_c: &Ctx, j: &mut Buf<4096>, odd: &mut Odd) {
@@ -1710,19 +1742,26 @@ adv_r3_cpuid:
         // The last byte and the last 8 bytes of RAM: read, written, read back, restored.
         let last = c.ram - 1;
         let mut ok = true;
-        // SAFETY: inside guest RAM (identity-mapped); restored right away.
-        unsafe {
-            let p = last as *mut u8;
-            let old = p.read_volatile();
-            p.write_volatile(!old);
-            ok &= p.read_volatile() == !old;
-            p.write_volatile(old);
-            let q = (c.ram - 8) as *mut u64;
-            let old = q.read_volatile();
-            q.write_volatile(!old);
-            ok &= q.read_volatile() == !old;
-            q.write_volatile(old);
-        }
+        let p = last as *mut u8;
+        // SAFETY: the last byte of guest RAM (identity-mapped), which nothing else uses; every
+        // write below is restored right away.
+        let old = unsafe { p.read_volatile() };
+        // SAFETY: as above.
+        unsafe { p.write_volatile(!old) };
+        // SAFETY: as above.
+        ok &= unsafe { p.read_volatile() } == !old;
+        // SAFETY: as above.
+        unsafe { p.write_volatile(old) };
+        let q = (c.ram - 8) as *mut u64;
+        // SAFETY: the last 8 bytes of guest RAM (RAM is whole pages, so they are aligned),
+        // which nothing else uses; every write below is restored right away.
+        let old = unsafe { q.read_volatile() };
+        // SAFETY: as above.
+        unsafe { q.write_volatile(!old) };
+        // SAFETY: as above.
+        ok &= unsafe { q.read_volatile() } == !old;
+        // SAFETY: as above.
+        unsafe { q.write_volatile(old) };
         if !ok {
             odd.note(format_args!("last bytes of RAM did not read back"));
         }
@@ -1929,11 +1968,10 @@ adv_r3_cpuid:
                 // The xAPIC page APIC_BASE advertises: ICR high (destination 0xff), then ICR
                 // low (INIT to all but self). No APIC is emulated for a bare-metal enclave:
                 // atoll stops it at the first access.
-                // SAFETY: deliberately an access outside RAM.
-                unsafe {
-                    ((0xfee0_0310u64) as *mut u32).write_volatile(0xff00_0000);
-                    ((0xfee0_0300u64) as *mut u32).write_volatile(0x000c_4500);
-                }
+                // SAFETY: deliberately an access outside RAM; atoll stops the enclave here.
+                unsafe { ((0xfee0_0310u64) as *mut u32).write_volatile(0xff00_0000) };
+                // SAFETY: as above (reached only if atoll let the first one through).
+                unsafe { ((0xfee0_0300u64) as *mut u32).write_volatile(0x000c_4500) };
                 (N, N)
             }
             "past-ram" => {

@@ -305,8 +305,7 @@ pub fn cr0_write(
                 OpKind::Register => gpr(self::gpr(ins.op0_register())?),
                 OpKind::Memory => {
                     let seg = ins.memory_segment();
-                    if bitness != 64 && !matches!(seg, Register::DS | Register::ES | Register::SS)
-                    {
+                    if bitness != 64 && !matches!(seg, Register::DS | Register::ES | Register::SS) {
                         return None;
                     }
                     if matches!(seg, Register::FS | Register::GS) {

@@ -241,7 +241,7 @@ extern "C" fn atoll_bsp_main(magic: u32, info_addr: u64) -> ! {
     if !interrupts_ok {
         problems.push("a self-IPI never reached the host interrupt handler".into());
     }
-    let enclaves = enclaves::run_all(&info, &bsp, &mut problems);
+    let enclaves = enclaves::run_all(&info, &bsp, options.stop_after_ms, &mut problems);
 
     let mut summary = Summary {
         version: env!("CARGO_PKG_VERSION"),

@@ -446,3 +446,41 @@ fn qemu_svm_the_adversary_leaves_the_machine_and_its_neighbour_running() {
 fn bochs_vmx_the_adversary_leaves_the_machine_and_its_neighbour_running() {
     adversary(Emulator::Bochs);
 }
+
+/// Two enclaves spin forever with interrupts masked, one on the boot processor (which runs its
+/// vCPU inside the manager: its APIC timer and stop check end it) and one on an application
+/// processor (the manager's Stop, with its kick): at the machine's deadline both are stopped
+/// where they spin, keep what they reported, and the victim's suite has passed.
+fn spinners_are_stopped_at_the_deadline(emulator: Emulator) {
+    let o = boot(emulator, "spin");
+    assert_suite_passed(&o, "victim");
+    for name in ["spin-bsp", "spin-ap"] {
+        assert_eq!(get(&o, &format!("enclaves.{name}.end_reason")), "stopped");
+        let detail = get(&o, &format!("enclaves.{name}.detail"))
+            .as_str()
+            .unwrap();
+        assert!(
+            detail.starts_with("stopped by atoll's manager at RIP 0x"),
+            "{name}: {detail}"
+        );
+        assert_eq!(
+            get(&o, &format!("enclaves.{name}.results.suite_passed")),
+            &Value::Bool(true)
+        );
+        assert_eq!(get(&o, &format!("enclaves.{name}.reclaimed")), true);
+    }
+    assert!(o
+        .serial
+        .contains("the machine's deadline passed: stopping every enclave still running"));
+    assert_eq!(get(&o, "problems").as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn bochs_vmx_spinning_enclaves_are_stopped_at_the_deadline() {
+    spinners_are_stopped_at_the_deadline(Emulator::Bochs);
+}
+
+#[test]
+fn qemu_svm_spinning_enclaves_are_stopped_at_the_deadline() {
+    spinners_are_stopped_at_the_deadline(Emulator::Qemu);
+}

@@ -663,6 +663,13 @@ guest_db_handler:
                 );
                 exit(7)
             }
+            "spin" => {
+                let _ = writeln!(Com1, "guest-suite: spinning forever with interrupts masked");
+                // SAFETY: masks interrupts and loops without a single exit: only atoll's
+                // manager (a kick, an NMI, or its timer) can take this core back — the point of
+                // this mode.
+                unsafe { asm!("cli", "2:", "jmp 2b", options(nomem, nostack, noreturn)) }
+            }
             "triple-fault" => {
                 let _ = writeln!(Com1, "guest-suite: triple-faulting");
                 // SAFETY: an empty IDT turns the #UD into #GP, #DF and a triple fault: the

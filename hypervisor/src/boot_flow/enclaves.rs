@@ -39,6 +39,7 @@ use atoll::partition::{Enclave, Identity};
 use atoll::summary::EnclaveReport;
 use boot::info::BootInfo;
 use core::cell::Cell;
+use core::sync::atomic::{AtomicU64, Ordering};
 use spin::Mutex;
 
 /// Each core's block, by core-table slot.
@@ -92,6 +93,8 @@ fn phase_of(apic_id: u32) -> Option<Phase> {
 struct TargetCore {
     slot: usize,
     apic_id: u32,
+    /// The boot processor running its own vCPU inside the manager: no one can post it Stop.
+    inline: bool,
 }
 
 impl CoreWork for TargetCore {
@@ -110,12 +113,42 @@ impl CoreWork for TargetCore {
             .position(|&c| c == self.apic_id)
             .unwrap_or(0);
         let stopped = Cell::new(false);
+        // The machine's deadline (`stop_after_ms`) reaches application processors as a Stop in
+        // their mailbox; the boot processor runs its own vCPU inline, where no one can post it
+        // one, so its stop check looks at the clock, and for a bare-metal guest (which may
+        // spin without a single exit) its APIC timer makes sure there is an exit to look after.
+        let deadline = if self.inline {
+            machine_deadline()
+        } else {
+            None
+        };
+        let arm = deadline.is_some() && spec.platform.is_none();
+        let arm_timer = || {
+            if let Some(d) = deadline {
+                let left = d.saturating_sub(tsc::micros()).max(1);
+                hw::apic::timer_arm(
+                    atoll::run::vplat::TIMER_VECTOR,
+                    left.saturating_mul(tsc::hz()) / 1_000_000,
+                    tsc::hz(),
+                );
+            }
+        };
+        if arm {
+            arm_timer();
+        }
         let stop = || {
-            let s = block.stop_requested();
+            let past = deadline.is_some_and(|d| tsc::micros() >= d);
+            let s = block.stop_requested() || past;
+            if arm && !s {
+                arm_timer();
+            }
             stopped.set(stopped.get() | s);
             s
         };
         let report = enclave_run::run(&spec, vcpu, &CORE_VIRT[self.slot], &stop);
+        if arm {
+            hw::apic::timer_stop();
+        }
         let failed = report
             .as_ref()
             .is_some_and(|r| r.end_reason == Some("failed"));
@@ -149,7 +182,11 @@ impl CoreWork for TargetCore {
 /// An application processor's life after check-in: serve its mailbox for good.
 pub fn serve_forever(slot: usize, apic_id: u32) -> ! {
     let block = &PER_CORE[slot];
-    let mut work = TargetCore { slot, apic_id };
+    let mut work = TargetCore {
+        slot,
+        apic_id,
+        inline: false,
+    };
     loop {
         if !block.serve(&mut work) {
             // Interrupts are off until the HLT: a kick sent after `serve` looked wakes it.
@@ -184,14 +221,42 @@ struct Manager<'a> {
     start_problem: Vec<(PartitionId, String)>,
     /// Partitions whose remaining cores were told to stop.
     stopping: Vec<PartitionId>,
+    /// Whether the machine's deadline has been acted on.
+    deadline_done: bool,
 }
 
+/// When the machine's deadline passes (`tsc::micros()`; 0: no deadline). Written once by the
+/// manager before it starts any enclave, read by every core's stop check.
+static DEADLINE_US: AtomicU64 = AtomicU64::new(0);
+
+/// The machine's deadline, if `stop_after_ms` set one.
+fn machine_deadline() -> Option<u64> {
+    match DEADLINE_US.load(Ordering::Acquire) {
+        0 => None,
+        d => Some(d),
+    }
+}
+
+/// How long a core may take to answer Stop after its kick before it gets an NMI too.
+const STOP_NMI_AFTER_US: u64 = 100_000;
+
 /// Reads the `enclaves` module, if any, and runs every enclave it describes to its end,
-/// reclaiming each one's cores and memory. Returns the reports, in description order.
-pub fn run_all(info: &BootInfo, bsp: &CoreCaps, problems: &mut Vec<String>) -> Vec<EnclaveReport> {
+/// reclaiming each one's cores and memory; with `stop_after_ms`, every enclave still running
+/// that long after the start is stopped. Returns the reports, in description order.
+pub fn run_all(
+    info: &BootInfo,
+    bsp: &CoreCaps,
+    stop_after_ms: Option<u64>,
+    problems: &mut Vec<String>,
+) -> Vec<EnclaveReport> {
     let Some(configs) = describe(info, problems) else {
         return Vec::new();
     };
+    if let Some(ms) = stop_after_ms {
+        let at = tsc::micros().saturating_add(ms.saturating_mul(1000)).max(1);
+        DEADLINE_US.store(at, Ordering::Release);
+        log::info!("the machine stops every enclave still running in {ms} ms (stop_after_ms)");
+    }
     let mut m = Manager {
         table: PartitionTable::new(),
         info,
@@ -205,6 +270,7 @@ pub fn run_all(info: &BootInfo, bsp: &CoreCaps, problems: &mut Vec<String>) -> V
         lost: Vec::new(),
         start_problem: Vec::new(),
         stopping: Vec::new(),
+        deadline_done: false,
     };
     if let Err(e) = m.table.describe(configs) {
         m.problems.push(alloc::format!("module 'enclaves': {e}"));
@@ -269,6 +335,11 @@ impl Manager<'_> {
             built.sort_by_key(|&id| self.cores(id).contains(&self.bsp.apic_id));
             for id in built {
                 progress |= self.try_start(id);
+            }
+            if !self.deadline_done && machine_deadline().is_some_and(|d| tsc::micros() >= d) {
+                self.deadline_done = true;
+                self.stop_everything();
+                progress = true;
             }
             for id in self.table.ids_in(SlotState::Running) {
                 progress |= self.try_collect(id);
@@ -437,6 +508,45 @@ impl Manager<'_> {
         }
     }
 
+    /// The machine's deadline passed: every running enclave's cores are told to stop (a kick,
+    /// then an NMI for a core that does not answer: both make a running guest exit whatever
+    /// its interrupt flag), and enclaves not started yet will not be.
+    fn stop_everything(&mut self) {
+        log::info!("the machine's deadline passed: stopping every enclave still running");
+        for id in self.table.ids_in(SlotState::Running) {
+            let c = self.config(id);
+            let running: Vec<u32> = c
+                .cores
+                .iter()
+                .copied()
+                .filter(|core| phase_of(*core) == Some(Phase::Running(id)))
+                .filter(|core| !self.lost.contains(core))
+                .collect();
+            if !self.stopping.contains(&id) {
+                self.stopping.push(id);
+            }
+            for core in running {
+                if let Err(e) = self.send(core, Command::Stop) {
+                    log::error!("enclave '{}': {e}", c.name);
+                    self.problems
+                        .push(alloc::format!("enclave '{}': {e}", c.name));
+                    self.lost.push(core);
+                }
+            }
+        }
+        let waiting: Vec<PartitionId> = self
+            .table
+            .built_slots()
+            .into_iter()
+            .chain(self.table.ids_in(SlotState::Waiting))
+            .collect();
+        for id in waiting {
+            let c = self.config(id);
+            let why = "not started: the machine's deadline (stop_after_ms) passed first".into();
+            self.fail(id, failed_report(&c, "ended", why));
+        }
+    }
+
     /// Posts `cmd` to the core with `apic_id` and waits for its answer. The boot processor
     /// serves its own mailbox right here.
     fn send(&mut self, apic_id: u32, cmd: Command) -> Result<Ack, String> {
@@ -448,11 +558,30 @@ impl Manager<'_> {
             .post(cmd)
             .map_err(|_| alloc::format!("core {apic_id} has not answered its previous command"))?;
         if apic_id == self.bsp.apic_id {
-            block.serve(&mut TargetCore { slot, apic_id });
+            block.serve(&mut TargetCore {
+                slot,
+                apic_id,
+                inline: true,
+            });
         } else {
             hw::apic::send_fixed(apic_id, atoll::run::vplat::KICK_VECTOR);
         }
-        let deadline = tsc::micros().saturating_add(ACK_TIMEOUT_US);
+        let start = tsc::micros();
+        let deadline = start.saturating_add(ACK_TIMEOUT_US);
+        if cmd == Command::Stop && apic_id != self.bsp.apic_id {
+            // A kick makes a running guest exit; should the core still not answer (a vCPU
+            // atoll cannot reach by interrupt), an NMI follows — it exits the guest on both
+            // backends whatever the guest masked.
+            let first = start.saturating_add(STOP_NMI_AFTER_US);
+            let waited = block
+                .mailbox
+                .wait(ticket, &mut ManagerWaiter(&mut self.input), first);
+            if let Ok(a) = waited {
+                return Ok(a);
+            }
+            log::warn!("core {apic_id} did not answer Stop after its kick: sending an NMI");
+            hw::apic::send_nmi(apic_id);
+        }
         block
             .mailbox
             .wait(ticket, &mut ManagerWaiter(&mut self.input), deadline)

@@ -18,6 +18,7 @@ const XAPIC_ICR_LOW: usize = 0x300;
 const XAPIC_ICR_HIGH: usize = 0x310;
 
 /// ICR delivery modes and flags (SDM Vol. 3A Figure 11-12).
+const ICR_NMI: u32 = 0b100 << 8;
 const ICR_INIT: u32 = 0b101 << 8;
 const ICR_STARTUP: u32 = 0b110 << 8;
 const ICR_LEVEL_ASSERT: u32 = 1 << 14;
@@ -206,6 +207,12 @@ pub fn timer_stop() {
 /// destination), in whichever mode this core's APIC is.
 pub fn send_fixed(dest: u32, vector: u8) {
     LocalApic::current().send(dest, ICR_LEVEL_ASSERT | u32::from(vector));
+}
+
+/// Sends an NMI to the core with APIC id `dest` (delivery mode NMI, SDM Vol. 3A §11.6.1): it
+/// reaches a core whatever its interrupt flag, and exits a guest on both backends.
+pub fn send_nmi(dest: u32) {
+    LocalApic::current().send(dest, ICR_NMI | ICR_LEVEL_ASSERT);
 }
 
 /// Whether this core's APIC is in x2APIC mode.

@@ -87,10 +87,6 @@ impl Backend for SvmVcpu {
     }
 }
 
-/// Why the manager's Stop ends an enclave (its core's mailbox asked, see
-/// `crate::machine::percpu`).
-const STOPPED: &str = "stopped by atoll's manager";
-
 fn run_loop(
     vcpu: &mut impl Backend,
     spec: &RunSpec,
@@ -118,7 +114,9 @@ fn run_loop(
             Action::Stop(reason) => return reason,
         }
         if stop() {
-            return EndReason::Failed(STOPPED.into());
+            return EndReason::Stopped {
+                rip: Some(vcpu.rip()),
+            };
         }
     }
 }
@@ -188,7 +186,12 @@ fn platform_loop(
             return VcpuEnd::Stop;
         }
         if stop() {
-            shared.end(EndReason::Failed(STOPPED.into()), host);
+            shared.end(
+                EndReason::Stopped {
+                    rip: Some(vcpu.rip()),
+                },
+                host,
+            );
             return VcpuEnd::Stop;
         }
     }
@@ -328,7 +331,7 @@ fn run_application_vcpu(
             return;
         }
         if stop() {
-            shared.end(EndReason::Failed(STOPPED.into()), host);
+            shared.end(EndReason::Stopped { rip: None }, host);
             return;
         }
         if mailbox.take_init() {

@@ -3,7 +3,10 @@
 //! `log=LEVEL` sets the console level; `ap_timeout_ms=N` how long the BSP waits for APs;
 //! `fake_apic_ids=ID[,ID…]` adds processors that do not exist to the list to start, which is how
 //! the emulator tests prove that a silent core is reported instead of hanging the boot;
-//! `dump_acpi` prints every ACPI table in hex (to capture test fixtures). An unknown or malformed
+//! `dump_acpi` prints every ACPI table in hex (to capture test fixtures); `stop_after_ms=N` asks
+//! every enclave still running N milliseconds after the enclaves start to stop (the machine's
+//! deadline: a vCPU that spins with interrupts masked is stopped too, and the summary appears).
+//! An unknown or malformed
 //! option is an error that names it; atoll reports it and fails the run rather than guessing.
 
 use alloc::string::{String, ToString};
@@ -21,6 +24,8 @@ pub struct Options {
     pub fake_apic_ids: Vec<u32>,
     /// Print every ACPI table.
     pub dump_acpi: bool,
+    /// Stop every enclave still running this many milliseconds after the enclaves start.
+    pub stop_after_ms: Option<u64>,
 }
 
 impl Default for Options {
@@ -30,6 +35,7 @@ impl Default for Options {
             ap_timeout_ms: 1000,
             fake_apic_ids: Vec::new(),
             dump_acpi: false,
+            stop_after_ms: None,
         }
     }
 }
@@ -83,11 +89,16 @@ impl Options {
                     }
                 }
                 ("dump_acpi", None) => o.dump_acpi = true,
-                ("log" | "ap_timeout_ms" | "fake_apic_ids", None) => {
+                ("stop_after_ms", Some(v)) => match v.parse::<u64>() {
+                    Ok(ms) if (1..=86_400_000).contains(&ms) => o.stop_after_ms = Some(ms),
+                    _ => errors.push(err("must be a number of milliseconds from 1 to 86400000")),
+                },
+                ("log" | "ap_timeout_ms" | "fake_apic_ids" | "stop_after_ms", None) => {
                     errors.push(err("needs a value"))
                 }
                 _ => errors.push(err(
-                    "unknown option (known: log=, ap_timeout_ms=, fake_apic_ids=, dump_acpi)",
+                    "unknown option (known: log=, ap_timeout_ms=, fake_apic_ids=, dump_acpi, \
+                     stop_after_ms=)",
                 )),
             }
         }
@@ -101,8 +112,11 @@ mod tests {
 
     #[test]
     fn good_options() {
-        let (o, e) = Options::parse("log=debug  ap_timeout_ms=250 fake_apic_ids=7,9 dump_acpi");
+        let (o, e) = Options::parse(
+            "log=debug  ap_timeout_ms=250 fake_apic_ids=7,9 dump_acpi stop_after_ms=1500",
+        );
         assert!(e.is_empty(), "{e:?}");
+        assert_eq!(o.stop_after_ms, Some(1500));
         assert_eq!(o.log_level, log::LevelFilter::Debug);
         assert_eq!(o.ap_timeout_ms, 250);
         assert_eq!(o.fake_apic_ids, vec![7, 9]);
@@ -112,7 +126,10 @@ mod tests {
 
     #[test]
     fn bad_options_are_named_and_change_nothing() {
-        let (o, e) = Options::parse("log=loud ap_timeout_ms=0 fake_apic_ids=7,x frobnicate log");
+        let (o, e) = Options::parse(
+            "log=loud ap_timeout_ms=0 fake_apic_ids=7,x frobnicate log stop_after_ms=0 \
+             stop_after_ms=soon stop_after_ms",
+        );
         assert_eq!(o, Options::default());
         let words: Vec<_> = e.iter().map(|e| e.word.as_str()).collect();
         assert_eq!(
@@ -122,7 +139,10 @@ mod tests {
                 "ap_timeout_ms=0",
                 "fake_apic_ids=7,x",
                 "frobnicate",
-                "log"
+                "log",
+                "stop_after_ms=0",
+                "stop_after_ms=soon",
+                "stop_after_ms"
             ]
         );
         assert!(e[3].to_string().contains("unknown option"));

@@ -126,6 +126,9 @@ pub enum EndReason {
     PowerOff,
     /// The guest wrote the ACPI reset register.
     Reset,
+    /// atoll's manager stopped it (the machine's deadline, or a management request); `rip`
+    /// is where the vCPU that took the request was, when it was in the guest.
+    Stopped { rip: Option<u64> },
     /// atoll could not run the enclave (setup or entry failure).
     Failed(String),
 }
@@ -144,6 +147,7 @@ impl EndReason {
             EndReason::UnknownExit { .. } => "unknown_exit",
             EndReason::PowerOff => "power_off",
             EndReason::Reset => "reset",
+            EndReason::Stopped { .. } => "stopped",
             EndReason::Failed(_) => "failed",
         }
     }
@@ -184,6 +188,10 @@ impl fmt::Display for EndReason {
             }
             EndReason::PowerOff => write!(f, "the guest powered off (ACPI S5)"),
             EndReason::Reset => write!(f, "the guest reset itself (ACPI reset register)"),
+            EndReason::Stopped { rip: Some(rip) } => {
+                write!(f, "stopped by atoll's manager at RIP {rip:#x}")
+            }
+            EndReason::Stopped { rip: None } => write!(f, "stopped by atoll's manager"),
             EndReason::Failed(why) => write!(f, "{why}"),
         }
     }
@@ -1232,6 +1240,19 @@ mod tests {
         assert_eq!(
             EndReason::Reset.to_string(),
             "the guest reset itself (ACPI reset register)"
+        );
+    }
+
+    #[test]
+    fn a_stop_by_the_manager_is_named_with_where_the_vcpu_was() {
+        let s = EndReason::Stopped {
+            rip: Some(0x101e40),
+        };
+        assert_eq!(s.name(), "stopped");
+        assert_eq!(s.to_string(), "stopped by atoll's manager at RIP 0x101e40");
+        assert_eq!(
+            EndReason::Stopped { rip: None }.to_string(),
+            "stopped by atoll's manager"
         );
     }
 

@@ -323,10 +323,7 @@ pub fn handle(
             rep: _,
         } => {
             if string {
-                return Action::Stop(EndReason::Unsupported {
-                    what: "string I/O (INS/OUTS)",
-                    rip,
-                });
+                return string_io(vcpu, mem, run, console, port, size, write);
             }
             io(vcpu, run, console, port, size, write)
         }
@@ -518,45 +515,54 @@ pub(crate) fn set_io_result(vcpu: &mut impl Vcpu, size: u8, value: u32) {
     vcpu.set_gpr(Gpr::Rax, new);
 }
 
-fn io(
-    vcpu: &mut impl Vcpu,
+/// What one port access gave.
+enum Port {
+    /// A read, with its value.
+    Read(u32),
+    /// A write, done (or dropped by the `ignore` policy).
+    Written,
+    /// The `fault` policy: #GP.
+    Fault,
+    /// The enclave ends.
+    Stop(EndReason),
+}
+
+/// One access of `size` bytes to `port` (`value` for writes): COM1, the ACPI power registers,
+/// or the enclave's I/O policy for anything else.
+fn port_access(
     run: &mut EnclaveRun,
     console: &mut impl Console,
     port: u16,
     size: u8,
     write: bool,
-) -> Action {
+    value: u32,
+    rip: u64,
+) -> Port {
     if (COM1..COM1 + 8).contains(&port) {
         let offset = port - COM1;
         if write {
-            let value = vcpu.gpr(Gpr::Rax) as u8;
-            run.uart.write(offset, value, &run.name, console);
-        } else {
-            let v = run.uart.read(offset);
-            set_io_result(vcpu, size, v.into());
+            run.uart.write(offset, value as u8, &run.name, console);
+            return Port::Written;
         }
-        vcpu.skip_instruction();
-        return Action::Resume;
+        return Port::Read(run.uart.read(offset).into());
     }
     // The power-management registers the enclave's FADT advertises (hardware-reduced ACPI).
     match (port, write) {
         (atoll_devices::acpi::SLEEP_CONTROL_PORT, true) => {
-            let value = vcpu.gpr(Gpr::Rax) as u8;
-            if atoll_devices::acpi::requested_sleep_type(value)
+            if atoll_devices::acpi::requested_sleep_type(value as u8)
                 == Some(atoll_devices::acpi::S5_SLP_TYP)
             {
                 run.uart.flush(&run.name, console);
-                return Action::Stop(EndReason::PowerOff);
+                return Port::Stop(EndReason::PowerOff);
             }
             // Other sleep states are not offered: the write has no effect.
-            vcpu.skip_instruction();
-            return Action::Resume;
+            return Port::Written;
         }
         (atoll_devices::acpi::RESET_PORT, true)
-            if vcpu.gpr(Gpr::Rax) as u8 == atoll_devices::acpi::RESET_VALUE =>
+            if value as u8 == atoll_devices::acpi::RESET_VALUE =>
         {
             run.uart.flush(&run.name, console);
-            return Action::Stop(EndReason::Reset);
+            return Port::Stop(EndReason::Reset);
         }
         (
             atoll_devices::acpi::SLEEP_CONTROL_PORT
@@ -565,40 +571,185 @@ fn io(
             _,
         ) => {
             // Reads return 0 (nothing pending); other writes (WAK_STS clears) are accepted.
-            if !write {
-                set_io_result(vcpu, size, 0);
-            }
-            vcpu.skip_instruction();
-            return Action::Resume;
+            return if write { Port::Written } else { Port::Read(0) };
         }
         _ => {}
     }
     if run.io_denied < 16 {
         log::debug!(
-            "enclave '{}': port {port:#x} ({} {size}) not emulated, at RIP {:#x}",
+            "enclave '{}': port {port:#x} ({} {size}) not emulated, at RIP {rip:#x}",
             run.name,
             if write { "write" } else { "read" },
-            vcpu.rip()
         );
     }
     run.io_denied += 1;
     match run.io_policy {
-        IoPolicy::Ignore => {
-            if !write {
-                set_io_result(vcpu, size, u32::MAX);
-            }
+        IoPolicy::Ignore if write => Port::Written,
+        IoPolicy::Ignore => Port::Read(u32::MAX),
+        IoPolicy::Fault => Port::Fault,
+        IoPolicy::Stop => Port::Stop(EndReason::IoDenied { port, rip }),
+    }
+}
+
+fn io(
+    vcpu: &mut impl Vcpu,
+    run: &mut EnclaveRun,
+    console: &mut impl Console,
+    port: u16,
+    size: u8,
+    write: bool,
+) -> Action {
+    let value = vcpu.gpr(Gpr::Rax) as u32;
+    match port_access(run, console, port, size, write, value, vcpu.rip()) {
+        Port::Read(v) => {
+            set_io_result(vcpu, size, v);
             vcpu.skip_instruction();
             Action::Resume
         }
-        IoPolicy::Fault => {
+        Port::Written => {
+            vcpu.skip_instruction();
+            Action::Resume
+        }
+        Port::Fault => {
             vcpu.inject_exception(vector::GP, Some(0));
             Action::Resume
         }
-        IoPolicy::Stop => Action::Stop(EndReason::IoDenied {
-            port,
-            rip: vcpu.rip(),
-        }),
+        Port::Stop(reason) => Action::Stop(reason),
     }
+}
+
+/// Elements one exit moves at most. A REP string instruction with more left keeps its RIP and
+/// runs (exits) again, as the processor lets it be interrupted between iterations (SDM Vol. 2B
+/// "REP/REPE/REPZ/REPNE/REPNZ"): the exit's work stays bounded whatever RCX holds.
+pub const STRING_IO_BATCH: u64 = 64;
+
+/// Writes `value` to `reg` as an instruction with `size`-byte addressing does: 8 bytes whole,
+/// 4 bytes zero-extended (64-bit mode), 2 bytes into the low 16 bits only.
+fn set_sized(vcpu: &mut impl Vcpu, reg: Gpr, value: u64, size: u8) {
+    let v = match size {
+        8 => value,
+        4 => value & 0xffff_ffff,
+        _ => (vcpu.gpr(reg) & !0xffff) | (value & 0xffff),
+    };
+    vcpu.set_gpr(reg, v);
+}
+
+/// INS and OUTS (with or without REP) in 64-bit mode: each element goes through the same
+/// port handling as IN and OUT, its memory operand through the guest's page tables and the
+/// enclave's RAM; rSI/rDI move by the element size (down with RFLAGS.DF), rCX counts down.
+/// An operand outside the enclave's RAM ends it as any access there does; outside 64-bit mode,
+/// through FS/GS, or unmapped in the guest's tables, the enclave stops as unsupported (named).
+fn string_io(
+    vcpu: &mut impl Vcpu,
+    mem: &mut impl GuestMemory,
+    run: &mut EnclaveRun,
+    console: &mut impl Console,
+    port: u16,
+    size: u8,
+    write: bool,
+) -> Action {
+    use atoll_vcpu::decode::{self, Segment};
+    let rip = vcpu.rip();
+    let unsupported = |what| Action::Stop(EndReason::Unsupported { what, rip });
+    let (paging, bitness, linear_rip) = decode::site_of(vcpu);
+    let (bytes, n) = decode::fetch(mem, paging, linear_rip);
+    let Some(form) = decode::string_io(&bytes[..n], bitness) else {
+        return unsupported("string I/O (INS/OUTS) that does not decode");
+    };
+    if bitness != 64 {
+        return unsupported("string I/O (INS/OUTS) outside 64-bit mode");
+    }
+    if matches!(form.segment, Segment::Fs | Segment::Gs) {
+        return unsupported("string I/O (OUTS) through FS or GS");
+    }
+    let mask = match form.address_size {
+        8 => u64::MAX,
+        4 => 0xffff_ffff,
+        _ => 0xffff,
+    };
+    let index = if write { Gpr::Rsi } else { Gpr::Rdi };
+    let mut left = if form.rep {
+        vcpu.gpr(Gpr::Rcx) & mask
+    } else {
+        1
+    };
+    let down = vcpu.rflags() & (1 << 10) != 0;
+    let mut moved = 0;
+    while left > 0 && moved < STRING_IO_BATCH {
+        let at = vcpu.gpr(index) & mask;
+        let mut buf = [0u8; 4];
+        let element = &mut buf[..usize::from(size.min(4))];
+        // Each byte translates on its own: an element may straddle two pages.
+        let mut gpas = [GuestPhysAddr::new(0); 4];
+        for (i, g) in gpas.iter_mut().take(element.len()).enumerate() {
+            match decode::translate(mem, paging, at.wrapping_add(i as u64) & mask) {
+                Some(gpa) => *g = gpa,
+                None => return unsupported("string I/O (INS/OUTS) to an unmapped address"),
+            }
+        }
+        let outside = |gpa: GuestPhysAddr| {
+            Action::Stop(EndReason::EptViolation {
+                gpa,
+                access: Access {
+                    read: write,
+                    write: !write,
+                    fetch: false,
+                },
+                rip,
+                linear: Some(at),
+            })
+        };
+        let result = if write {
+            for (i, b) in element.iter_mut().enumerate() {
+                let mut one = [0u8; 1];
+                if mem.read(gpas[i], &mut one).is_none() {
+                    return outside(gpas[i]);
+                }
+                *b = one[0];
+            }
+            let value = u32::from_le_bytes(buf);
+            port_access(run, console, port, size, true, value, rip)
+        } else {
+            port_access(run, console, port, size, false, 0, rip)
+        };
+        match result {
+            Port::Read(v) => {
+                for (i, b) in v
+                    .to_le_bytes()
+                    .iter()
+                    .take(usize::from(size.min(4)))
+                    .enumerate()
+                {
+                    if mem.write(gpas[i], &[*b]).is_none() {
+                        return outside(gpas[i]);
+                    }
+                }
+            }
+            Port::Written => {}
+            // The element faulted before it moved: registers stay as they are.
+            Port::Fault => {
+                vcpu.inject_exception(vector::GP, Some(0));
+                return Action::Resume;
+            }
+            Port::Stop(reason) => return Action::Stop(reason),
+        }
+        let step = u64::from(size);
+        let next = if down {
+            at.wrapping_sub(step)
+        } else {
+            at.wrapping_add(step)
+        };
+        set_sized(vcpu, index, next, form.address_size);
+        left -= 1;
+        if form.rep {
+            set_sized(vcpu, Gpr::Rcx, left, form.address_size);
+        }
+        moved += 1;
+    }
+    if left == 0 {
+        vcpu.skip_instruction();
+    }
+    Action::Resume
 }
 
 fn deny_msr(vcpu: &mut impl Vcpu, run: &mut EnclaveRun) -> Action {
@@ -996,14 +1147,93 @@ mod tests {
                 rip: 0x1000
             })
         );
-        let a = w.exit(Exit::Io {
+    }
+
+    /// A world whose vCPU is in 64-bit mode with paging off (flat): RIP at 0x1000.
+    fn long_mode(policy: IoPolicy) -> World {
+        let mut w = World::new(policy);
+        w.vcpu.cr[0] = 1;
+        w.vcpu.efer = 1 << 10;
+        w.vcpu.cs.long = true;
+        w.vcpu.rip = 0x1000;
+        w
+    }
+
+    #[test]
+    fn string_io_moves_elements_through_the_port_policy() {
+        let outs = |rep| Exit::Io {
             port: 0x3f8,
             size: 1,
             write: true,
             string: true,
-            rep: true,
-        });
-        assert!(matches!(a, Action::Stop(EndReason::Unsupported { .. })));
+            rep,
+        };
+        // rep outsb: "hi\n" from 0x2000 to COM1.
+        let mut w = long_mode(IoPolicy::Ignore);
+        w.ram[0x1000..0x1002].copy_from_slice(&[0xf3, 0x6e]);
+        w.ram[0x2000..0x2003].copy_from_slice(b"hi\n");
+        w.vcpu.gprs[Gpr::Rsi as usize] = 0x2000;
+        w.vcpu.gprs[Gpr::Rcx as usize] = 3;
+        assert_eq!(w.exit(outs(true)), Action::Resume);
+        assert_eq!(w.console.0, vec![("alpha".to_string(), "hi".to_string())]);
+        assert_eq!(w.vcpu.gprs[Gpr::Rsi as usize], 0x2003);
+        assert_eq!(w.vcpu.gprs[Gpr::Rcx as usize], 0);
+        assert_eq!(w.vcpu.skipped, 1);
+
+        // A huge count moves one batch per exit and keeps RIP (the instruction runs again).
+        let mut w = long_mode(IoPolicy::Ignore);
+        w.ram[0x1000..0x1002].copy_from_slice(&[0xf3, 0x6e]);
+        w.vcpu.gprs[Gpr::Rsi as usize] = 0x2000;
+        w.vcpu.gprs[Gpr::Rcx as usize] = u64::MAX;
+        assert_eq!(w.exit(outs(true)), Action::Resume);
+        assert_eq!(w.vcpu.skipped, 0);
+        assert_eq!(w.vcpu.gprs[Gpr::Rcx as usize], u64::MAX - STRING_IO_BATCH);
+        assert_eq!(w.vcpu.gprs[Gpr::Rsi as usize], 0x2000 + STRING_IO_BATCH);
+
+        // insd from an unemulated port under `ignore`, DF set: all ones, RDI moves down.
+        let mut w = long_mode(IoPolicy::Ignore);
+        w.ram[0x1000] = 0x6d;
+        w.vcpu.rflags = 1 << 10;
+        w.vcpu.gprs[Gpr::Rdi as usize] = 0x3000;
+        let ins = Exit::Io {
+            port: 0x80,
+            size: 4,
+            write: false,
+            string: true,
+            rep: false,
+        };
+        assert_eq!(w.exit(ins), Action::Resume);
+        assert_eq!(&w.ram[0x3000..0x3004], &[0xff; 4]);
+        assert_eq!(w.vcpu.gprs[Gpr::Rdi as usize], 0x3000 - 4);
+        assert_eq!(w.vcpu.skipped, 1);
+
+        // Under `fault` the element faults before it moves: #GP, registers unchanged.
+        let mut w = long_mode(IoPolicy::Fault);
+        w.ram[0x1000] = 0x6d;
+        w.vcpu.gprs[Gpr::Rdi as usize] = 0x3000;
+        assert_eq!(w.exit(ins), Action::Resume);
+        assert_eq!(w.vcpu.injected, Some((vector::GP, Some(0))));
+        assert_eq!(w.vcpu.gprs[Gpr::Rdi as usize], 0x3000);
+
+        // An operand past the enclave's RAM ends it as any access there does.
+        let mut w = long_mode(IoPolicy::Ignore);
+        w.ram[0x1000..0x1002].copy_from_slice(&[0xf3, 0x6e]);
+        let end = w.ram.len() as u64;
+        w.vcpu.gprs[Gpr::Rsi as usize] = end - 1;
+        w.vcpu.gprs[Gpr::Rcx as usize] = 4;
+        assert!(matches!(
+            w.exit(outs(true)),
+            Action::Stop(EndReason::EptViolation { gpa, .. }) if gpa.as_u64() == end
+        ));
+
+        // Outside 64-bit mode, atoll says what it does not do.
+        let mut w = World::new(IoPolicy::Ignore);
+        w.vcpu.rip = 0x1000;
+        w.ram[0x1000] = 0x6e;
+        assert!(matches!(
+            w.exit(outs(false)),
+            Action::Stop(EndReason::Unsupported { what, .. }) if what.contains("64-bit")
+        ));
     }
 
     #[test]

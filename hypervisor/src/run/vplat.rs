@@ -941,6 +941,12 @@ pub fn handle(
         }
         Exit::MsrRead => msr_read(vcpu, local, host),
         Exit::MsrWrite => msr_write(vcpu, local, shared, host),
+        // The platform's devices are reached by IN and OUT only (the common handlers' string
+        // I/O serves the bare-metal COM1, not this platform's UART).
+        Exit::Io { string: true, .. } => Some(Action::Stop(EndReason::Unsupported {
+            what: "string I/O (INS/OUTS) on the Linux platform",
+            rip: vcpu.rip(),
+        })),
         Exit::Io {
             port,
             size,

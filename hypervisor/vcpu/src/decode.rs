@@ -337,6 +337,67 @@ pub fn cr0_write(
     }
 }
 
+/// What INS/OUTS need beyond what the I/O exit reports: the address size (which of RSI/RDI,
+/// ESI/EDI, SI/DI and RCX/ECX/CX count) and the memory operand's segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StringIo {
+    /// 2, 4 or 8 bytes.
+    pub address_size: u8,
+    /// OUTS reads DS:rSI unless overridden; INS always writes ES:rDI.
+    pub segment: Segment,
+    /// A REP prefix.
+    pub rep: bool,
+    /// The instruction's length.
+    pub len: u8,
+}
+
+/// A segment register, as an instruction names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Segment {
+    Es,
+    Cs,
+    Ss,
+    Ds,
+    Fs,
+    Gs,
+}
+
+/// Decodes `bytes` as INS or OUTS (any size); `None` for anything else.
+pub fn string_io(bytes: &[u8], bitness: u32) -> Option<StringIo> {
+    let mut decoder = Decoder::try_new(bitness, bytes, DecoderOptions::NONE).ok()?;
+    let mut ins = Instruction::default();
+    decoder.decode_out(&mut ins);
+    let (mem_op, out) = match ins.mnemonic() {
+        Mnemonic::Outsb | Mnemonic::Outsw | Mnemonic::Outsd => (1, true),
+        Mnemonic::Insb | Mnemonic::Insw | Mnemonic::Insd => (0, false),
+        _ => return None,
+    };
+    let address_size = match ins.op_kind(mem_op) {
+        OpKind::MemorySegSI | OpKind::MemoryESDI => 2,
+        OpKind::MemorySegESI | OpKind::MemoryESEDI => 4,
+        OpKind::MemorySegRSI | OpKind::MemoryESRDI => 8,
+        _ => return None,
+    };
+    let segment = if out {
+        match ins.memory_segment() {
+            Register::ES => Segment::Es,
+            Register::CS => Segment::Cs,
+            Register::SS => Segment::Ss,
+            Register::FS => Segment::Fs,
+            Register::GS => Segment::Gs,
+            _ => Segment::Ds,
+        }
+    } else {
+        Segment::Es
+    };
+    Some(StringIo {
+        address_size,
+        segment,
+        rep: ins.has_rep_prefix(),
+        len: ins.len() as u8,
+    })
+}
+
 /// A memory access by a MOV-family instruction, as an MMIO exit needs it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MmioAccess {
@@ -443,6 +504,47 @@ mod tests {
     }
     fn at(m: &mut [u8], p: Paging, linear: u64) -> Option<u64> {
         translate(&SliceMemory(m), p, linear).map(|g| g.as_u64())
+    }
+
+    #[test]
+    fn ins_and_outs_forms() {
+        let s = |b: &[u8], bits| string_io(b, bits);
+        // rep outsb (64-bit: DS:RSI)
+        assert_eq!(
+            s(&[0xf3, 0x6e], 64),
+            Some(StringIo {
+                address_size: 8,
+                segment: Segment::Ds,
+                rep: true,
+                len: 2
+            })
+        );
+        // outsd with a GS override and a 32-bit address size
+        assert_eq!(
+            s(&[0x65, 0x67, 0x6f], 64),
+            Some(StringIo {
+                address_size: 4,
+                segment: Segment::Gs,
+                rep: false,
+                len: 3
+            })
+        );
+        // insw (16-bit code: ES:DI)
+        assert_eq!(
+            s(&[0x6d], 16),
+            Some(StringIo {
+                address_size: 2,
+                segment: Segment::Es,
+                rep: false,
+                len: 1
+            })
+        );
+        assert_eq!(
+            s(&[0xee], 64),
+            None,
+            "OUT DX, AL is not a string instruction"
+        );
+        assert_eq!(s(&[], 64), None);
     }
 
     #[test]

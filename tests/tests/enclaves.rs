@@ -484,3 +484,32 @@ fn bochs_vmx_spinning_enclaves_are_stopped_at_the_deadline() {
 fn qemu_svm_spinning_enclaves_are_stopped_at_the_deadline() {
     spinners_are_stopped_at_the_deadline(Emulator::Qemu);
 }
+
+/// The adversary floods REPORT (a new 4 KiB key 256 times, one key 256 times), the console
+/// (256 × 4 KiB) and VERSION (100 000 calls) beside the victim: the machine stays up, the
+/// victim passes, every console write is answered, and what atoll could not keep is refused
+/// and counted, not stored.
+#[test]
+fn qemu_svm_floods_stay_within_the_enclaves_budgets() {
+    let o = boot(Emulator::Qemu, "flood");
+    assert_suite_passed(&o, "victim");
+    let a = |path: &str| get(&o, &format!("enclaves.adversary.{path}")).clone();
+    assert_eq!(a("results.g_flood.count"), 256);
+    assert_eq!(a("results.g_flood.console_refused"), 0);
+    assert_eq!(
+        a("results.g_flood.unexpected"),
+        0,
+        "{}",
+        a("results.g_flood.odd")
+    );
+    let refused = a("results.g_flood.report_refused").as_u64().unwrap();
+    assert!(
+        refused > 0 && refused < 512,
+        "some REPORTs refused past the budget: {refused}"
+    );
+    assert!(
+        a("report_bytes_dropped").as_u64().unwrap() >= refused * 4000,
+        "the refused REPORTs are counted"
+    );
+    assert_eq!(a("end_reason"), "exit");
+}

@@ -204,6 +204,8 @@ extern "C" fn atoll_bsp_main(magic: u32, info_addr: u64) -> ! {
             bsp.apic_id
         );
     }
+    let bsp_slot = slot_of(bsp.apic_id).unwrap_or(0);
+    hw::core_tables::set_slot(bsp_slot);
     log::info!(
         "core apic_id={} (BSP) online: {}",
         bsp.apic_id,
@@ -219,7 +221,7 @@ extern "C" fn atoll_bsp_main(magic: u32, info_addr: u64) -> ! {
     HOST_X2APIC.store(hw::apic::is_x2apic(), Ordering::Relaxed);
     let timer_hz = hw::apic::timer_calibrate(tsc_hz);
     log::info!("APIC timer: {} MHz", timer_hz / 1_000_000);
-    let interrupts_ok = interrupt_selftest(&apic);
+    let interrupts_ok = interrupt_selftest(&apic, &enclaves::PER_CORE[bsp_slot]);
     log::info!(
         "host interrupt path self-test: {}",
         if interrupts_ok { "passed" } else { "FAILED" }
@@ -429,16 +431,14 @@ extern "C" fn atoll_ap_main(_ticket: u64) -> ! {
             hw::halt_forever()
         }
     }
+    let Some(index) = slot_of(caps.apic_id) else {
+        hw::halt_forever()
+    };
+    // Before interrupts can arrive: the handler counts them in this core's own block.
+    hw::core_tables::set_slot(index);
     // The APIC in the BSP's mode, software-enabled, so host IPIs (kicks) reach this core.
     let _ = LocalApic::init(HOST_X2APIC.load(Ordering::Relaxed), caps.x2apic);
     // Serve this core's mailbox: the manager starts, stops and reclaims enclaves through it.
-    let Some(index) = CORES
-        .slots()
-        .iter()
-        .position(|s| s.apic_id() == caps.apic_id)
-    else {
-        hw::halt_forever()
-    };
     enclaves::serve_forever(index, caps.apic_id)
 }
 
@@ -448,22 +448,25 @@ static WALL_CLOCK: Once<Option<(i64, u64)>> = Once::new();
 /// Whether the BSP runs its APIC in x2APIC mode (the APs follow).
 static HOST_X2APIC: AtomicBool = AtomicBool::new(false);
 
-/// Host NMIs seen (outside guests), for the record.
-static HOST_NMIS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
-/// Host interrupts taken through the IDT.
-static HOST_INTERRUPTS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 /// The vector of the boot-time self-test interrupt.
 const SELFTEST_VECTOR: u8 = 0x40;
 
+/// The index of `apic_id` in the core table.
+fn slot_of(apic_id: u32) -> Option<usize> {
+    CORES.slots().iter().position(|s| s.apic_id() == apic_id)
+}
+
 /// Proves the host interrupt path (IDT stub → `atoll_interrupt` → EOI → back) with a self-IPI
-/// taken in a short interrupt window; true when it arrived and returned.
-fn interrupt_selftest(apic: &LocalApic) -> bool {
-    let before = HOST_INTERRUPTS.load(Ordering::Relaxed);
+/// taken in a short interrupt window; true when it arrived, was counted in this core's block
+/// (`own`) and returned.
+fn interrupt_selftest(apic: &LocalApic, own: &atoll::machine::percpu::PerCore) -> bool {
+    let count = &own.counters.host_interrupts;
+    let before = count.load(Ordering::Relaxed);
     apic.send_self(SELFTEST_VECTOR);
     for _ in 0..1_000_000 {
         // SAFETY: every vector has a gate that returns; interrupts are off again right after.
         unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
-        if HOST_INTERRUPTS.load(Ordering::Relaxed) > before {
+        if count.load(Ordering::Relaxed) > before {
             return true;
         }
     }
@@ -471,17 +474,25 @@ fn interrupt_selftest(apic: &LocalApic) -> bool {
 }
 
 /// Called by the NMI and interrupt stubs in `boot::idt` with interrupts disabled. atoll's host
-/// side takes no device interrupts yet: an NMI is counted, an interrupt acknowledged (spurious
-/// vector 0xff needs no EOI).
+/// side takes no device interrupts yet: an NMI is counted, an interrupt counted and
+/// acknowledged (spurious vector 0xff needs no EOI). This runs on exit paths (SVM takes a
+/// pending host interrupt right after the #VMEXIT; a vCPU's HLT wakes through here), so it
+/// writes only the core's own counter line, found through its GDT (`core_tables::this_slot`);
+/// an event before the core knows its slot (boot, interrupts masked: an NMI at most) is not
+/// counted.
 #[no_mangle]
 extern "C" fn atoll_interrupt(vector: u64) {
-    match vector {
-        2 => {
-            HOST_NMIS.fetch_add(1, Ordering::Relaxed);
+    let own = hw::core_tables::this_slot().and_then(|i| enclaves::PER_CORE.get(i));
+    let count = |c: fn(&atoll::machine::percpu::Counters) -> &core::sync::atomic::AtomicU64| {
+        if let Some(block) = own {
+            block.counters.bump(c(&block.counters));
         }
+    };
+    match vector {
+        2 => count(|c| &c.host_nmis),
         0xff => {}
         _ => {
-            HOST_INTERRUPTS.fetch_add(1, Ordering::Relaxed);
+            count(|c| &c.host_interrupts);
             hw::apic::eoi()
         }
     }

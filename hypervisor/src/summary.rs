@@ -22,7 +22,8 @@ pub struct CoreReport {
     /// What it probed on itself (absent when it never came online).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub caps: Option<CoreCaps>,
-    /// Its mailbox's counters: commands served, enclaves started, reclaims, refusals.
+    /// Its per-core counters: commands served, enclaves started, reclaims, refusals, wake-ups,
+    /// host interrupts and NMIs it took.
     pub mailbox: crate::machine::percpu::CounterValues,
 }
 

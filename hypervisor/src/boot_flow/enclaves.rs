@@ -22,7 +22,7 @@
 //! Every application processor serves its mailbox ([`serve_forever`]): it halts until a kick
 //! (or a slow timer tick) and serves the command, running its vCPU of the enclave for `Start`.
 
-use super::{module_bytes, CORES, CORE_VIRT, FRAMES, WALL_CLOCK};
+use super::{module_bytes, slot_of, CORES, CORE_VIRT, FRAMES, WALL_CLOCK};
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -78,11 +78,6 @@ impl Tables {
             Tables::Npt(e) => e.destroy(&FRAMES, &Identity),
         }
     }
-}
-
-/// The index of `apic_id` in the core table.
-fn slot_of(apic_id: u32) -> Option<usize> {
-    CORES.slots().iter().position(|s| s.apic_id() == apic_id)
 }
 
 fn phase_of(apic_id: u32) -> Option<Phase> {

@@ -78,7 +78,9 @@ extern "C" {
     fn atoll_contain_resume(ctx: *const Context) -> !;
 }
 
-/// One core's recovery point and the text of the failure that used it.
+/// One core's recovery point and the text of the failure that used it, on cache lines of its
+/// own (each core arms and disarms its slot around every run).
+#[repr(align(64))]
 struct RecoverySlot {
     /// The APIC id of the core that owns the slot (`u32::MAX`: free).
     apic_id: AtomicU32,

@@ -4,6 +4,12 @@
 //! the exception handler, and ends only the partition that core was handling
 //! ([`super::contain`]). VM entry on VMX also needs a non-null host TR; the backend takes this
 //! one.
+//!
+//! The GDT's null descriptor, which the CPU never reads (SDM Vol. 3A §3.5.1), names the core's
+//! slot in the core table once the core knows it ([`set_slot`]): the interrupt handler finds
+//! the core's own per-core block from `SGDT` alone ([`this_slot`]). The GDTR base is per core
+//! and survives every exit (VMX loads it from the VMCS host state, SVM's #VMEXIT from the host
+//! save area), so this costs no serializing CPUID and no shared lookup.
 
 use alloc::boxed::Box;
 
@@ -91,4 +97,37 @@ pub fn current_bases() -> (u64, u64) {
         unsafe { core::ptr::read_volatile((gdt + i * 8) as *const u64) }
     };
     (gdt, tss_base([entry(3), entry(4)]))
+}
+
+/// The calling core's GDTR base.
+fn gdt_base() -> u64 {
+    #[repr(C, packed)]
+    #[derive(Default)]
+    struct Ptr {
+        limit: u16,
+        base: u64,
+    }
+    let mut ptr = Ptr::default();
+    // SAFETY: SGDT stores the 10-byte GDTR into `ptr`, which is exactly that size.
+    unsafe { core::arch::asm!("sgdt [{}]", in(reg) &mut ptr, options(nostack, preserves_flags)) };
+    ptr.base
+}
+
+/// Records this core's slot in the core table in its own GDT's null descriptor. Called by the
+/// core itself once it checked in, after [`install`].
+pub fn set_slot(slot: usize) {
+    let gdt = gdt_base() as *mut u64;
+    // SAFETY: after `install` the GDTR holds this core's own leaked GDT (aligned, five entries,
+    // never freed); its null descriptor is unused by the CPU, and only this core writes it
+    // (one aligned 8-byte store, which an interrupt on this core cannot see half done).
+    unsafe { core::ptr::write_volatile(gdt, crate::machine::percpu::slot_word(slot)) };
+}
+
+/// This core's slot in the core table, as [`set_slot`] recorded it; `None` before (boot GDT,
+/// or a core that has not checked in).
+pub fn this_slot() -> Option<usize> {
+    let gdt = gdt_base() as *const u64;
+    // SAFETY: the GDTR always holds a loaded GDT (the boot GDT, or this core's own), whose first
+    // 8 bytes are its null descriptor, mapped and at least that long.
+    crate::machine::percpu::slot_of_word(unsafe { core::ptr::read_volatile(gdt) })
 }

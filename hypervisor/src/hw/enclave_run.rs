@@ -326,6 +326,9 @@ fn run_application_vcpu(
     let mailbox = &shared.mailboxes[index];
     let mut local = Local::new(index, shared.tsc_hz);
     let mut initialized = false;
+    // A guest can INIT and STARTUP its vCPUs in a loop: only the first start is worth a line
+    // that waits for the console; later ones go to the debug log, which never waits.
+    let mut started = false;
     loop {
         if shared.stopping() {
             return;
@@ -345,7 +348,14 @@ fn run_application_vcpu(
             Some(vector) if initialized => {
                 initialized = false;
                 let boot = startup_state(vector);
-                log::info!(
+                let level = if started {
+                    log::Level::Debug
+                } else {
+                    log::Level::Info
+                };
+                started = true;
+                log::log!(
+                    level,
                     "enclave '{}': vCPU {index} starts at {:#x}",
                     spec.config.name,
                     u32::from(vector) << 12

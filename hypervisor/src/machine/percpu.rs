@@ -363,7 +363,11 @@ impl Mailbox {
     }
 }
 
-/// A core's counters, written by the core only (relaxed: they are statistics).
+/// A core's counters, written by the core only (relaxed: they are statistics, read by the
+/// manager for the summary). The host interrupt and NMI counts are bumped by the core's own
+/// interrupt handler, which finds this block through [`slot_word`] in its GDT: no core ever
+/// writes another core's line, so an exit path that takes a host interrupt (every #VMEXIT with
+/// one pending on SVM, every wake-up from HLT) touches nothing shared.
 #[repr(C, align(64))]
 #[derive(Default)]
 pub struct Counters {
@@ -377,6 +381,43 @@ pub struct Counters {
     pub refused: AtomicU64,
     /// Times the core woke from waiting for a command.
     pub wakeups: AtomicU64,
+    /// Host interrupts taken through atoll's IDT on this core (kicks, timer ticks, the SVM
+    /// interrupt window after a #VMEXIT; not those VMX acknowledges on exit).
+    pub host_interrupts: AtomicU64,
+    /// NMIs taken on this core outside a guest.
+    pub host_nmis: AtomicU64,
+}
+
+/// The counters fit one cache line: the core's interrupt handler and its mailbox loop write
+/// one line, never its neighbour's.
+const _: () = assert!(core::mem::size_of::<Counters>() == 64);
+const _: () = assert!(core::mem::align_of::<PerCore>() == 64);
+const _: () = assert!(core::mem::size_of::<PerCore>().is_multiple_of(64));
+/// The manager's command word and the core's status word sit on different lines.
+const _: () = assert!(core::mem::size_of::<Line>() == 64);
+
+/// Marks the word that names a core's slot (`"ATOL"` in the high half). The word lives in the
+/// null descriptor of the core's own GDT (`hw::core_tables`), which the CPU never reads
+/// (SDM Vol. 3A §3.5.1), so an interrupt handler finds its core's block from `SGDT` alone —
+/// the GDTR base is per core and both backends restore it on every exit — without a shared
+/// lookup table or a serializing CPUID.
+const SLOT_MAGIC: u64 = 0x4154_4f4c << 32;
+
+/// The word that names core-table slot `slot`.
+pub const fn slot_word(slot: usize) -> u64 {
+    SLOT_MAGIC | (slot as u32 as u64)
+}
+
+/// The slot a GDT's first word names: `None` for anything [`slot_word`] did not make (the boot
+/// GDT's null descriptor, 0, before the core has its own tables or knows its slot) or for a
+/// slot outside the core table.
+pub const fn slot_of_word(word: u64) -> Option<usize> {
+    let slot = (word & 0xffff_ffff) as usize;
+    if word & !0xffff_ffff == SLOT_MAGIC && slot < crate::machine::smp::MAX_CORES {
+        Some(slot)
+    } else {
+        None
+    }
 }
 
 impl Counters {
@@ -388,6 +429,8 @@ impl Counters {
             reclaims: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             wakeups: AtomicU64::new(0),
+            host_interrupts: AtomicU64::new(0),
+            host_nmis: AtomicU64::new(0),
         }
     }
 
@@ -405,6 +448,8 @@ impl Counters {
             reclaims: l(&self.reclaims),
             refused: l(&self.refused),
             wakeups: l(&self.wakeups),
+            host_interrupts: l(&self.host_interrupts),
+            host_nmis: l(&self.host_nmis),
         }
     }
 }
@@ -422,6 +467,10 @@ pub struct CounterValues {
     pub refused: u64,
     /// Wake-ups while waiting for a command.
     pub wakeups: u64,
+    /// Host interrupts taken through atoll's IDT.
+    pub host_interrupts: u64,
+    /// Host NMIs taken outside a guest.
+    pub host_nmis: u64,
 }
 
 /// One core's block: its mailbox and counters, each on cache lines of their own so cores never
@@ -554,6 +603,42 @@ mod tests {
     }
 
     #[test]
+    fn a_core_finds_its_slot_in_its_gdt_word() {
+        for slot in [0, 1, 63, crate::machine::smp::MAX_CORES - 1] {
+            assert_eq!(slot_of_word(slot_word(slot)), Some(slot));
+        }
+        // The boot GDT's null descriptor, a real descriptor (the 64-bit code segment), a slot
+        // past the table and a word whose low half is right but whose mark is not.
+        assert_eq!(slot_of_word(0), None);
+        assert_eq!(slot_of_word(0x00af_9a00_0000_ffff), None);
+        assert_eq!(
+            slot_of_word(slot_word(crate::machine::smp::MAX_CORES)),
+            None
+        );
+        assert_eq!(slot_of_word(slot_word(5) ^ (1 << 40)), None);
+    }
+
+    #[test]
+    fn host_event_counters_are_the_cores_own() {
+        let blocks = [const { PerCore::new() }; 2];
+        // The interrupt counters are on the core's counter line, not its mailbox's.
+        let c = &blocks[0].counters;
+        let line = |a: &AtomicU64| a as *const AtomicU64 as usize / 64;
+        assert_eq!(line(&c.host_interrupts), line(&c.commands));
+        assert_eq!(line(&c.host_nmis), line(&c.commands));
+        assert_ne!(
+            line(&c.host_interrupts),
+            &blocks[0].mailbox.status as *const Line as usize / 64
+        );
+        c.bump(&c.host_interrupts);
+        c.bump(&c.host_nmis);
+        c.bump(&c.host_nmis);
+        let v = c.get();
+        assert_eq!((v.host_interrupts, v.host_nmis, v.commands), (1, 2, 0));
+        assert_eq!(blocks[1].counters.get(), CounterValues::default());
+    }
+
+    #[test]
     fn words_round_trip() {
         for cmd in [
             Command::Start(0),
@@ -674,7 +759,7 @@ mod tests {
                 starts: 2,
                 reclaims: 2,
                 refused: 1,
-                wakeups: 0
+                ..Default::default()
             }
         );
     }

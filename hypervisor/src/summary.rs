@@ -203,8 +203,15 @@ impl Summary {
         for e in &self.enclaves {
             // A guest ending badly is the guest's business; atoll failing to run it is not.
             if e.end_reason == Some("failed") || e.state != "ended" {
+                // An enclave that took no exit never ran (it could not be built or entered);
+                // one that did failed while it ran (a fault in atoll, say).
+                let what = if e.exits.is_empty() {
+                    "did not run"
+                } else {
+                    "failed"
+                };
                 self.problems
-                    .push(alloc::format!("enclave '{}' failed: {}", e.name, e.detail));
+                    .push(alloc::format!("enclave '{}' {what}: {}", e.name, e.detail));
             }
         }
         self.ok = self.problems.is_empty();
@@ -318,7 +325,18 @@ mod tests {
         s.finish();
         assert_eq!(
             s.problems,
-            vec!["enclave 'c' failed: VMLAUNCH failed".to_string()]
+            vec!["enclave 'c' did not run: VMLAUNCH failed".to_string()]
+        );
+        // One that ran (it took exits) and then failed, e.g. a fault in atoll.
+        let mut ran = ended("d", "failed");
+        ran.detail = "atoll fault while handling this enclave: panic".into();
+        ran.exits.insert("cpuid".into(), 3.into());
+        s.enclaves = vec![ran];
+        s.problems.clear();
+        s.finish();
+        assert_eq!(
+            s.problems,
+            vec!["enclave 'd' failed: atoll fault while handling this enclave: panic".to_string()]
         );
     }
 

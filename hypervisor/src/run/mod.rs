@@ -3,11 +3,16 @@
 //! * [`deny`]: deny by default — what the guest gets for the instructions, exceptions and
 //!   registers atoll intercepts so they never reach the host or another partition
 //!   (`docs/security.md` has the table).
-//! * [`exits`]: the exit handlers every enclave shares — CPUID filter, ports, MSRs, control
-//!   registers, XSETBV, hypercalls, containment.
+//! * [`exits`]: the exit handlers every enclave shares: the dispatcher, run state and
+//!   containment in `exits/mod.rs`, and one file per kind: `cpuid` (the CPUID filter), `io`
+//!   (ports, COM1, string I/O), `msr` (MSR indices, pass-through list, allowlist), `cr` (control
+//!   registers, XSETBV), `hypercalls` (the hypercall ABI).
 //! * [`failure`]: the text of a fault atoll took while handling a partition, in a fixed buffer.
-//! * [`vplat`]: a Linux enclave's virtual platform at run time (what its vCPUs share, the exits
-//!   it handles first, interrupt delivery).
+//! * [`vplat`]: a Linux enclave's virtual platform at run time: `vplat/mod.rs` the layout, what
+//!   its vCPUs share and own, the exits it handles first, entry and HLT; `apic` (mailboxes, xAPIC
+//!   page, x2APIC MSRs, IPI routing), `io` (port and MMIO dispatch through the buses, COM1, PIT,
+//!   RTC, PCI), `console` (the guest's result and measurement lines), `cpuid`, `linux` (E820,
+//!   ACPI layout, loading the kernel).
 
 pub mod deny;
 pub mod exits;

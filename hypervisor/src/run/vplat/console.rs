@@ -1,0 +1,194 @@
+//! The guest's console lines, as the platform reads them: every line is printed; an
+//! `ATOLL-GUEST-CHECK {json}` or `ATOLL-GUEST-EXIT status=N` line becomes a result (checked
+//! without recursion and kept raw in a fixed budget), and `atoll-init:` and the
+//! `ATOLL-IDLE begin`/`end` pair become the measurements of the report (boot to init, the idle
+//! window's exits by class).
+
+use super::{Class, Shared};
+use crate::run::exits::Console;
+use alloc::string::{String, ToString};
+use core::sync::atomic::Ordering;
+
+/// Guest console markers atoll measures between.
+#[derive(Default)]
+pub(super) struct Marks {
+    /// TSC when the boot vCPU first entered the guest.
+    start: Option<u64>,
+    /// TSC of the first `atoll-init:` line.
+    init: Option<u64>,
+    /// TSC and class totals at `ATOLL-IDLE begin`.
+    idle_begin: Option<(u64, [u64; 4])>,
+    /// The idle window: TSC cycles and class counts.
+    idle: Option<(u64, [u64; 4])>,
+}
+
+impl Shared {
+    /// Records the boot vCPU's first entry.
+    pub fn started(&self, tsc: u64) {
+        self.marks.lock().start.get_or_insert(tsc);
+    }
+
+    fn class_totals(&self) -> [u64; 4] {
+        let mut t = [0u64; 4];
+        for m in &self.mailboxes {
+            for (i, c) in m.classes.0.iter().enumerate() {
+                t[i] += c.load(Ordering::Relaxed);
+            }
+        }
+        t
+    }
+
+    /// Exit classes over the whole run, summed over the vCPUs.
+    pub fn classes(&self) -> serde_json::Map<String, serde_json::Value> {
+        let t = self.class_totals();
+        Class::ALL
+            .iter()
+            .map(|c| (c.name().to_string(), t[*c as usize].into()))
+            .collect()
+    }
+
+    /// The measured figures for the report: `boot_to_init` and `idle` (when seen).
+    pub fn measurements(&self, tsc_hz: u64) -> serde_json::Map<String, serde_json::Value> {
+        let m = self.marks.lock();
+        let us = |cycles: u64| (u128::from(cycles) * 1_000_000 / u128::from(tsc_hz.max(1))) as u64;
+        let mut out = serde_json::Map::new();
+        if let (Some(s), Some(i)) = (m.start, m.init) {
+            let cycles = i.saturating_sub(s);
+            out.insert(
+                "boot_to_init".into(),
+                serde_json::json!({ "cycles": cycles, "us": us(cycles) }),
+            );
+        }
+        if let Some((cycles, c)) = m.idle {
+            let mut o = serde_json::json!({ "cycles": cycles, "us": us(cycles) });
+            for class in Class::ALL {
+                o[class.name()] = c[class as usize].into();
+            }
+            out.insert("idle".into(), o);
+        }
+        out
+    }
+
+    /// A console line from the guest: printed, and looked at for the lines atoll measures or
+    /// reports.
+    pub(super) fn guest_line(&self, line: &str, now: u64, console: &mut impl Console) {
+        console.line(&self.name, line);
+        // Results are checked without recursion and kept raw (no parse, no allocation here);
+        // what exceeds the budget is counted in the store.
+        use atoll_devices::bounded::{validate, Limits, ValueKind};
+        if let Some(json) = line.strip_prefix("ATOLL-GUEST-CHECK ") {
+            let value = json.trim();
+            let _ = match validate(value.as_bytes(), Limits::GUEST) {
+                Ok(()) => {
+                    self.results
+                        .lock()
+                        .insert("guest_check", value.as_bytes(), ValueKind::Json)
+                }
+                // Not JSON (or too deep): the text, as a string.
+                Err(_) => {
+                    self.results
+                        .lock()
+                        .insert("guest_check", json.as_bytes(), ValueKind::Text)
+                }
+            };
+        } else if let Some(status) = line.strip_prefix("ATOLL-GUEST-EXIT status=") {
+            if let Ok(n) = status.trim().parse::<i64>() {
+                let mut text = atoll_devices::bounded::FixedBuf::<20>::new();
+                if core::fmt::Write::write_fmt(&mut text, format_args!("{n}")).is_ok() {
+                    let _ = self.results.lock().insert(
+                        "guest_exit_status",
+                        text.as_bytes(),
+                        ValueKind::Json,
+                    );
+                }
+            }
+        } else if line.starts_with("atoll-init:") {
+            self.marks.lock().init.get_or_insert(now);
+        } else if line.trim() == "ATOLL-IDLE begin" {
+            let totals = self.class_totals();
+            self.marks.lock().idle_begin = Some((now, totals));
+        } else if line.trim() == "ATOLL-IDLE end" {
+            let totals = self.class_totals();
+            let mut m = self.marks.lock();
+            if let Some((t0, c0)) = m.idle_begin {
+                let mut d = [0u64; 4];
+                for i in 0..4 {
+                    d[i] = totals[i].saturating_sub(c0[i]);
+                }
+                m.idle = Some((now.saturating_sub(t0), d));
+            }
+        }
+    }
+
+    /// Prints what COM1 still holds (the enclave ended mid-line).
+    pub fn flush_console(&self, now: u64, console: &mut impl Console) {
+        // The enclave has ended: holding the UART while the line is handled delays nobody.
+        let mut u = self.uart.lock();
+        if let Some(line) = u.flush() {
+            self.guest_line(line, now, console);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::*;
+    use crate::run::vplat::testkit::*;
+
+    #[test]
+    fn guest_check_lines_are_kept_raw_and_bounded() {
+        let s = Shared::new("lx", &[4], 1_000_000_000);
+        let mut c = Lines::default();
+        let map = |s: &Shared| s.results.lock().to_map();
+        // Not JSON: kept as its text (as before), untrimmed.
+        s.guest_line("ATOLL-GUEST-CHECK {oops ", 0, &mut c);
+        assert_eq!(map(&s)["guest_check"], "{oops ");
+        // Nested deeper than the ABI allows: text too, never a recursive parse.
+        let deep = "[".repeat(10_000);
+        s.guest_line(&alloc::format!("ATOLL-GUEST-CHECK {deep}"), 0, &mut c);
+        assert_eq!(map(&s)["guest_check"], deep.as_str());
+        // Valid: replaces the earlier value, parsed for the summary.
+        s.guest_line(
+            "ATOLL-GUEST-CHECK  {\"ok\":false,\"n\":[1,{\"x\":null}]} ",
+            0,
+            &mut c,
+        );
+        assert_eq!(
+            serde_json::Value::Object(map(&s)),
+            serde_json::json!({"guest_check": {"ok": false, "n": [1, {"x": null}]}})
+        );
+        s.guest_line("ATOLL-GUEST-EXIT status=-3", 0, &mut c);
+        s.guest_line("ATOLL-GUEST-EXIT status=x", 0, &mut c);
+        assert_eq!(map(&s)["guest_exit_status"], -3);
+        // A flood of check lines never grows the store past its budget.
+        let big = alloc::format!("\"{}\"", "y".repeat(atoll_devices::uart::LINE_MAX - 2));
+        for _ in 0..100 {
+            s.guest_line(&alloc::format!("ATOLL-GUEST-CHECK {big}"), 0, &mut c);
+        }
+        let r = s.results.lock();
+        assert!(r.used() <= atoll_devices::bounded::REPORT_BUDGET);
+        assert_eq!(r.dropped(), 0, "one key, replaced: fits");
+    }
+
+    #[test]
+    fn idle_window_counts_classes() {
+        let s = Shared::new("lx", &[4, 5], 1_000);
+        let mut c = Lines::default();
+        s.started(100);
+        s.guest_line("atoll-init: /atoll-check", 1100, &mut c);
+        s.guest_line("ATOLL-IDLE begin", 2000, &mut c);
+        s.mailboxes[0].count(Class::Timer);
+        s.mailboxes[1].count(Class::Timer);
+        s.mailboxes[1].count(Class::Hlt);
+        s.guest_line("ATOLL-IDLE end", 4000, &mut c);
+        s.mailboxes[0].count(Class::Timer);
+        let m = s.measurements(1_000);
+        assert_eq!(m["boot_to_init"]["cycles"], 1000);
+        assert_eq!(m["boot_to_init"]["us"], 1_000_000);
+        assert_eq!(m["idle"]["cycles"], 2000);
+        assert_eq!(m["idle"]["timer"], 2);
+        assert_eq!(m["idle"]["hlt"], 1);
+        assert_eq!(m["idle"]["ipi"], 0);
+        assert_eq!(s.classes()["timer"], 3);
+    }
+}

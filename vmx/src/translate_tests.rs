@@ -53,6 +53,7 @@ fn instruction_exits_without_operands() {
         assert_eq!(t.redelivery, None);
         assert_eq!(t.follow_up, FollowUp::default());
         assert_eq!(t.raw_reason, reason);
+        assert!(!t.entry_failure);
     }
 }
 
@@ -327,6 +328,7 @@ fn entry_failures() {
         .set(Field32::VmExitInstructionLength, 0);
     let t = ok(v);
     assert_eq!(t.exit, Exit::InvalidGuestState);
+    assert!(t.entry_failure);
     assert_eq!(t.redelivery, None);
     // Reason 34, MSR loading.
     let mut v = FakeVmcs::strict();

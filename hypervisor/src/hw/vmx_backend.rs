@@ -17,7 +17,7 @@ use vmx::controls::{
     ControlSet, EntryControls, ExitControls, PinBasedControls, PrimaryControls, SecondaryControls,
     Want, Wanted,
 };
-use vmx::exit::{ExitReason, InterruptionInfo, InterruptionType, Redelivery};
+use vmx::exit::{InterruptionInfo, InterruptionType, Redelivery};
 use vmx::fields::{Field, Field16, Field32, Field64, FieldNatural, VmcsAccess};
 use vmx::guest_state::{ActivityState, Interruptibility};
 use vmx::instructions as vi;
@@ -62,8 +62,8 @@ pub enum VmxError {
     Vmcs {
         /// "VMREAD" or "VMWRITE".
         op: &'static str,
-        /// The field.
-        field: Field,
+        /// The field's encoding (SDM Vol. 3D Appendix B).
+        encoding: u32,
         /// How the instruction failed.
         error: vmx::VmFail,
     },
@@ -78,9 +78,16 @@ impl core::fmt::Display for VmxError {
             VmxError::Invept => write!(f, "INVEPT (single context) failed"),
             VmxError::Entry(e) => write!(f, "VM entry failed: {e}"),
             VmxError::Exit(e) => write!(f, "reading the VM exit: {e}"),
-            VmxError::Vmcs { op, field, error } => {
+            VmxError::Vmcs {
+                op,
+                encoding,
+                error,
+            } => {
                 write!(f, "{op} of ")?;
-                vmx::translate::write_field(f, *field)?;
+                match Field::from_encoding(*encoding) {
+                    Some(field) => vmx::translate::write_field(f, field)?,
+                    None => write!(f, "field {encoding:#06x}")?,
+                }
                 write!(f, " failed: {error}")
             }
         }
@@ -184,8 +191,10 @@ pub struct VmxVcpu {
     /// lives here.
     cr8: u64,
     /// The first VMREAD or VMWRITE that failed in an accessor that cannot return an error
-    /// (the [`Vcpu`] methods): the next `run` reports it instead of entering the guest.
-    fault: Cell<Option<VmxError>>,
+    /// (the [`Vcpu`] methods), as `FAULT_NOTED | (write << 30) | encoding`, 0 if none: the
+    /// next `run` reports it instead of entering the guest. A word rather than the error
+    /// keeps the check on every exit to one compare.
+    fault: Cell<u32>,
 }
 
 /// Exceptions that exit instead of being delivered through the guest's IDT (SDM Vol. 3C
@@ -193,6 +202,9 @@ pub struct VmxVcpu {
 /// again forever inside the processor (CVE-2015-8104, CVE-2015-5307); intercepted, each
 /// delivery is an exit and atoll reflects it (`crate::run::deny::reflect_exception`).
 const EXCEPTION_BITMAP: u32 = (1 << 1) | (1 << 17);
+
+/// Bit 31 of `VmxVcpu::fault`: an access failed (encoding 0 is a field too).
+const FAULT_NOTED: u32 = 1 << 31;
 
 impl VmxVcpu {
     /// Builds the VMCS for a vCPU starting in `boot`, with second-stage tables `eptp`.
@@ -433,15 +445,15 @@ impl VmxVcpu {
             exit_len: 0,
             shutdown: false,
             cr8: 0,
-            fault: Cell::new(None),
+            fault: Cell::new(0),
         })
     }
 
     /// Enters the guest until its next exit. Fails, without entering, if an earlier VMCS
     /// access failed (see `fault`); fails if the entry fails or the exit cannot be read.
     pub fn run(&mut self) -> Result<Exit, VmxError> {
-        if let Some(e) = self.fault.take() {
-            return Err(e);
+        if self.fault.get() != 0 {
+            return Err(self.noted_fault());
         }
         if self.shutdown {
             return Ok(Exit::TripleFault);
@@ -452,7 +464,7 @@ impl VmxVcpu {
         self.launched = true;
         let t = vmx::translate::translate(&mut vi::CurrentVmcs).map_err(VmxError::Exit)?;
         self.exit_len = u64::from(t.instruction_length);
-        if !ExitReason::from_raw(t.raw_reason).entry_failure {
+        if !t.entry_failure {
             self.requeue_interrupted_event(t.redelivery);
         }
         if t.exit == Exit::InterruptWindow {
@@ -477,42 +489,69 @@ impl VmxVcpu {
             self.vmwrite(Field32::GuestInterruptibilityState, intr.bits().into());
         }
         // A failed VMREAD or VMWRITE above: the exit's bookkeeping is incomplete.
-        if let Some(e) = self.fault.take() {
-            return Err(e);
+        if self.fault.get() != 0 {
+            return Err(self.noted_fault());
         }
         Ok(t.exit)
     }
 
-    /// Reads `field` for an accessor that cannot fail: a failed VMREAD is kept in `fault` (the
-    /// next `run` reports it and does not enter the guest) and reads as 0 meanwhile.
+    /// Reads `field` for an accessor that cannot fail: a failed VMREAD is noted in `fault`
+    /// (the next `run` reports it and does not enter the guest) and reads as 0 meanwhile.
+    ///
+    /// Inlined, with the failure out of line: in Bochs an exit costs a cycle per instruction
+    /// on its path, and the CPUID round trip is one of the measured figures.
+    #[inline(always)]
     fn vmread(&self, field: impl Into<Field>) -> u64 {
         let field = field.into();
-        vi::CurrentVmcs.read(field).unwrap_or_else(|error| {
-            self.note(VmxError::Vmcs {
-                op: "VMREAD",
-                field,
-                error,
-            });
-            0
-        })
-    }
-
-    /// Writes `field`; a failed VMWRITE is kept in `fault` as for [`Self::vmread`].
-    fn vmwrite(&self, field: impl Into<Field>, value: u64) {
-        let field = field.into();
-        if let Err(error) = vi::CurrentVmcs.write(field, value) {
-            self.note(VmxError::Vmcs {
-                op: "VMWRITE",
-                field,
-                error,
-            });
+        match vi::CurrentVmcs.read(field) {
+            Ok(v) => v,
+            Err(_) => {
+                self.note(field, false);
+                0
+            }
         }
     }
 
-    /// Keeps the first failure.
-    fn note(&self, e: VmxError) {
-        let first = self.fault.take();
-        self.fault.set(Some(first.unwrap_or(e)));
+    /// Writes `field`; a failed VMWRITE is noted as for [`Self::vmread`].
+    #[inline(always)]
+    fn vmwrite(&self, field: impl Into<Field>, value: u64) {
+        let field = field.into();
+        if vi::CurrentVmcs.write(field, value).is_err() {
+            self.note(field, true);
+        }
+    }
+
+    /// Keeps the first failed access. The error itself is in the VM-instruction-error field
+    /// (VMfailValid) until a later failure overwrites it; `noted_fault` reads it.
+    #[cold]
+    #[inline(never)]
+    fn note(&self, field: Field, write: bool) {
+        if self.fault.get() == 0 {
+            self.fault
+                .set(FAULT_NOTED | (u32::from(write) << 30) | field.encoding());
+        }
+    }
+
+    /// The access `note` kept, as an error; called when `fault` is not 0. The
+    /// VM-instruction-error field still holds the number of a VMfailValid (successful
+    /// instructions leave it alone, SDM Vol. 3C §31.4); if it cannot be read, there is no
+    /// current VMCS (VMfailInvalid).
+    #[cold]
+    fn noted_fault(&self) -> VmxError {
+        let tag = self.fault.replace(0);
+        let error = match vi::read32(Field32::VmInstructionError) {
+            Ok(n) => vmx::VmFail::Valid(vmx::VmInstructionError::from_raw(n)),
+            Err(_) => vmx::VmFail::Invalid,
+        };
+        VmxError::Vmcs {
+            op: if tag & (1 << 30) != 0 {
+                "VMWRITE"
+            } else {
+                "VMREAD"
+            },
+            encoding: tag & 0x7fff,
+            error,
+        }
     }
 
     /// Queues for the next entry the event whose delivery the last exit interrupted, if any
@@ -599,8 +638,13 @@ impl Vcpu for VmxVcpu {
     fn set_rip(&mut self, rip: u64) {
         self.vmwrite(FieldNatural::GuestRip, rip);
         // Moving past the instruction ends blocking by STI or MOV SS (SDM Vol. 3C §25.4.2).
-        let intr = self.interruptibility().difference(Interruptibility::SHADOW);
-        self.vmwrite(Field32::GuestInterruptibilityState, u64::from(intr.bits()));
+        // Written only when there is a shadow to end: most exits have none, and every VMCS
+        // access is a measured cost on the exit path.
+        let intr = self.interruptibility();
+        if intr.intersects(Interruptibility::SHADOW) {
+            let intr = intr.difference(Interruptibility::SHADOW);
+            self.vmwrite(Field32::GuestInterruptibilityState, u64::from(intr.bits()));
+        }
     }
 
     fn skip_instruction(&mut self) {

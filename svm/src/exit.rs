@@ -240,6 +240,19 @@ impl ExitCode {
         }
     }
 
+    /// Decodes the EXITCODE field as a processor or emulator left it. The negative codes
+    /// (VMEXIT_INVALID is -1, APM Vol. 2 Appendix C) are 64-bit values, but QEMU's TCG stores
+    /// the exit code as a 32-bit number zero-extended, so VMEXIT_INVALID arrives as
+    /// 0000_0000_FFFF_FFFFh. No code Table C-1 defines has bit 31 set with the upper half
+    /// clear, so such a value is taken as the 32-bit form of a negative code.
+    pub const fn from_field(raw: u64) -> Self {
+        if raw >> 32 == 0 && raw & (1 << 31) != 0 {
+            Self::from_raw(raw as u32 as i32 as i64 as u64)
+        } else {
+            Self::from_raw(raw)
+        }
+    }
+
     /// The raw code (for the parameterized variants only the register or vector bits of the
     /// parameter count).
     pub const fn raw(self) -> u64 {

@@ -13,6 +13,8 @@
 //!   map (§15.10.1) on caller-provided buffers.
 //! * [`exit`]: #VMEXIT codes (Appendix C) and the EXITINFO1/EXITINFO2 formats atoll handles, and
 //!   the event-injection format shared by EVENTINJ and EXITINTINFO (§15.20).
+//! * [`translate`]: a #VMEXIT, read from the VMCB, as atoll's vendor-neutral `atoll_vcpu::Exit`
+//!   with the RIP past the exiting instruction.
 //! * [`caps`]: what CPUID Fn8000_000A and VM_CR say, decoded; the decision whether SVM can be
 //!   enabled. [`msr`]: the MSR indices.
 //! * [`regs`]: the guest registers software switches around VMRUN.
@@ -35,6 +37,7 @@ pub mod permission_maps;
 pub mod regs;
 #[cfg(target_os = "none")]
 pub mod run;
+pub mod translate;
 pub mod vmcb;
 
 pub use error::Error;

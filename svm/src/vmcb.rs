@@ -938,9 +938,10 @@ impl Vmcb {
         self.write64(Field64::InterruptState, s.bits());
     }
 
-    /// The exit code of the last #VMEXIT, decoded.
+    /// The exit code of the last #VMEXIT, decoded ([`ExitCode::from_field`]: a negative code
+    /// written as 32 bits counts as the negative code).
     pub fn exit_code(&self) -> ExitCode {
-        ExitCode::from_raw(self.read64(Field64::ExitCode))
+        ExitCode::from_field(self.read64(Field64::ExitCode))
     }
 
     /// EXITINFO1 of the last #VMEXIT.

@@ -453,6 +453,18 @@ impl Field {
         }
     }
 
+    /// The field atoll knows by this VMREAD/VMWRITE encoding, if any (for reports that kept
+    /// only the encoding).
+    pub fn from_encoding(encoding: u32) -> Option<Self> {
+        let all = Field16::ALL
+            .iter()
+            .map(|&f| Field::from(f))
+            .chain(Field64::ALL.iter().map(|&f| Field::from(f)))
+            .chain(Field32::ALL.iter().map(|&f| Field::from(f)))
+            .chain(FieldNatural::ALL.iter().map(|&f| Field::from(f)));
+        all.into_iter().find(|f| f.encoding() == encoding)
+    }
+
     /// Its width.
     pub const fn width(self) -> FieldWidth {
         FieldWidth::of(self.encoding())
@@ -528,6 +540,19 @@ mod tests {
         all.extend(Field32::ALL.iter().map(|&f| Field::from(f)));
         all.extend(FieldNatural::ALL.iter().map(|&f| Field::from(f)));
         all
+    }
+
+    #[test]
+    fn every_field_is_found_by_its_encoding() {
+        for f in every_field() {
+            assert_eq!(Field::from_encoding(f.encoding()), Some(f));
+        }
+        // 0x4402 is the exit reason; 0x0001 (a "high" access type) is not a field of ours.
+        assert_eq!(
+            Field::from_encoding(0x4402),
+            Some(Field::Field32(Field32::ExitReason))
+        );
+        assert_eq!(Field::from_encoding(0x0001), None);
     }
 
     /// SDM Vol. 3D §B: bit 0 access type (full), bits 11:10 type, bits 14:13 width, bits 12 and

@@ -11,6 +11,8 @@
 //!   [`fields::VmcsAccess`] trait.
 //! * [`exit`]: exit reasons, exit qualifications and interruption information, decoded, and the
 //!   re-delivery of events whose delivery an exit interrupted.
+//! * [`translate`]: a VM exit, read through [`fields::VmcsAccess`], as atoll's vendor-neutral
+//!   `atoll_vcpu::Exit` plus the bookkeeping the backend owes the processor.
 //! * [`guest_state`]: the guest interruptibility and activity states.
 //! * [`regs`]: the guest registers software switches at entry and exit.
 //! * [`vmxon`]: the checks and steps that enter VMX operation.
@@ -33,6 +35,7 @@ pub mod msr;
 pub mod regs;
 #[cfg(target_os = "none")]
 pub mod run;
+pub mod translate;
 pub mod vmxon;
 
 #[cfg(test)]

@@ -57,24 +57,49 @@ pub fn bochs() -> MsrTable {
     table
 }
 
-/// A VMCS as a map from encoding to value; every field reads and writes successfully, absent
-/// ones read as 0.
+/// A VMCS as a map from encoding to value; every field writes successfully. Absent fields
+/// read as 0, or, in a [`FakeVmcs::strict`] one, fail as VMREAD of a field the processor lacks
+/// does (VMfailValid 12): exit translation is tested that way, so a test sees every field it
+/// reads and what a failed read does.
 #[derive(Clone, Debug, Default)]
-pub struct FakeVmcs(HashMap<u32, u64>);
+pub struct FakeVmcs {
+    fields: HashMap<u32, u64>,
+    strict: bool,
+}
 
 impl FakeVmcs {
+    /// A VMCS whose absent fields fail to read.
+    pub fn strict() -> Self {
+        Self {
+            fields: HashMap::new(),
+            strict: true,
+        }
+    }
+
     pub fn get(&self, encoding: u32) -> Option<u64> {
-        self.0.get(&encoding).copied()
+        self.fields.get(&encoding).copied()
+    }
+
+    /// Sets `field` (as the processor does on a VM exit).
+    pub fn set(&mut self, field: impl Into<Field>, value: u64) -> &mut Self {
+        self.fields.insert(field.into().encoding(), value);
+        self
     }
 }
 
 impl VmcsAccess for FakeVmcs {
     fn read(&mut self, field: Field) -> Result<u64, VmFail> {
-        Ok(self.get(field.encoding()).unwrap_or(0))
+        match self.get(field.encoding()) {
+            Some(v) => Ok(v),
+            None if self.strict => Err(VmFail::Valid(
+                crate::error::VmInstructionError::UnsupportedVmcsComponent,
+            )),
+            None => Ok(0),
+        }
     }
 
     fn write(&mut self, field: Field, value: u64) -> Result<(), VmFail> {
-        self.0.insert(field.encoding(), value);
+        self.fields.insert(field.encoding(), value);
         Ok(())
     }
 }

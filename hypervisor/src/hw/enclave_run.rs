@@ -5,8 +5,8 @@
 
 use super::host::VcpuHost;
 use super::host::{EnclaveConsole, ThisCore};
-use super::svm_backend::{SvmCore, SvmVcpu};
-use super::vmx_backend::{CoreState, VmxVcpu};
+use super::svm_backend::{SvmCore, SvmError, SvmVcpu};
+use super::vmx_backend::{CoreState, VmxError, VmxVcpu};
 use crate::partition::config::EnclaveConfig;
 use crate::partition::config::EntryMode;
 use crate::partition::loader::BootState;
@@ -70,19 +70,23 @@ impl Default for CoreSlotVirt {
     }
 }
 
-/// A backend's vCPU: the vendor-neutral operations plus entering the guest.
+/// A backend's vCPU: the vendor-neutral operations plus entering the guest. Its typed error
+/// becomes text only here, at the boundary (`EndReason::Failed`).
 trait Backend: Vcpu {
-    fn enter(&mut self) -> Result<Exit, String>;
+    type Error: core::fmt::Display;
+    fn enter(&mut self) -> Result<Exit, Self::Error>;
 }
 
 impl Backend for VmxVcpu {
-    fn enter(&mut self) -> Result<Exit, String> {
+    type Error = VmxError;
+    fn enter(&mut self) -> Result<Exit, VmxError> {
         self.run()
     }
 }
 
 impl Backend for SvmVcpu {
-    fn enter(&mut self) -> Result<Exit, String> {
+    type Error = SvmError;
+    fn enter(&mut self) -> Result<Exit, SvmError> {
         self.run()
     }
 }
@@ -104,7 +108,7 @@ fn run_loop(
     loop {
         let exit = match vcpu.enter() {
             Ok(e) => e,
-            Err(e) => return EndReason::Failed(e),
+            Err(e) => return EndReason::Failed(e.to_string()),
         };
         if let Exit::ExternalInterrupt { vector: Some(_) } = exit {
             super::apic::eoi();
@@ -164,7 +168,7 @@ fn platform_loop(
         let exit = match vcpu.enter() {
             Ok(e) => e,
             Err(e) => {
-                shared.end(EndReason::Failed(e), host);
+                shared.end(EndReason::Failed(e.to_string()), host);
                 return VcpuEnd::Stop;
             }
         };
@@ -204,7 +208,7 @@ fn core_virt<'c>(spec: &RunSpec, core: &'c CoreSlotVirt) -> Result<&'c CoreVirt,
             .map_err(|e| e.to_string()),
         SecondStage::Npt(_) => SvmCore::enable()
             .map(CoreVirt::Svm)
-            .map_err(|e| alloc::format!("{e:?}")),
+            .map_err(|e| e.to_string()),
     });
     virt.as_ref()
         .map_err(|e| alloc::format!("cannot enable virtualization on this core: {e}"))
@@ -231,7 +235,7 @@ fn start(
         (CoreVirt::Svm(state), SecondStage::Npt(root)) => {
             match SvmVcpu::new(state, &spec.boot, root, u32::from(spec.tag), spec.ram) {
                 Ok(mut vcpu) => run_loop(&mut vcpu, spec, run, console, stop),
-                Err(e) => EndReason::Failed(alloc::format!("cannot build the vCPU: {e:?}")),
+                Err(e) => EndReason::Failed(alloc::format!("cannot build the vCPU: {e}")),
             }
         }
         _ => EndReason::Failed("this core already runs the other virtualization backend".into()),
@@ -277,7 +281,7 @@ fn start_platform_vcpu(
                     platform_loop(&mut vcpu, spec, shared, local, host, run, console, stop)
                 }
                 Err(e) => fail(
-                    alloc::format!("cannot build vCPU {}: {e:?}", local.index),
+                    alloc::format!("cannot build vCPU {}: {e}", local.index),
                     host,
                 ),
             }

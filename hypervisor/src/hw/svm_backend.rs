@@ -13,9 +13,9 @@ use crate::run::exits::PASSTHROUGH_MSRS;
 use alloc::boxed::Box;
 use atoll_vcpu::decode;
 use atoll_vcpu::double_fault::{self, Combined};
-use atoll_vcpu::{Access, Exit, Gpr, GuestRam, Vcpu, VcpuError};
-use boot::{GuestPhysAddr, HostPhysAddr, PhysRange};
-use svm::exit::{CrDrAccess, Event, EventType, ExitCode, IoioInfo, MsrAccess, NestedPageFault};
+use atoll_vcpu::{Exit, Gpr, GuestRam, Vcpu, VcpuError};
+use boot::{HostPhysAddr, PhysRange};
+use svm::exit::{Event, EventType, ExitCode};
 use svm::intercepts::{
     CrIntercepts, ExceptionIntercepts, Intercepts, MiscIntercepts1, MiscIntercepts2,
 };
@@ -42,6 +42,25 @@ fn phys<T>(p: &T) -> HostPhysAddr {
 #[repr(C, align(4096))]
 struct Page([u8; 4096]);
 
+/// What went wrong in the SVM backend (every variant ends the enclave; `EndReason::Failed`
+/// takes its text).
+#[derive(Debug)]
+pub enum SvmError {
+    /// Turning SVM on for this core failed.
+    Enable(svm::Error),
+    /// A VMCB or permission-map value was refused while the vCPU was built.
+    Setup(svm::Error),
+}
+
+impl core::fmt::Display for SvmError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            SvmError::Enable(e) => write!(f, "enabling SVM: {e}"),
+            SvmError::Setup(e) => write!(f, "building the VMCB: {e}"),
+        }
+    }
+}
+
 /// This core's SVM state, made once per core.
 pub struct SvmCore {
     _hsave: Box<Page>,
@@ -52,12 +71,12 @@ pub struct SvmCore {
 
 impl SvmCore {
     /// Enables SVM on this core.
-    pub fn enable() -> Result<Self, svm::Error> {
+    pub fn enable() -> Result<Self, SvmError> {
         super::enable_osxsave();
         let hsave = Box::new(Page([0; 4096]));
         // SAFETY: the host save area is a page of our own, identity-mapped and kept as long as
         // the core (the SvmCore is never dropped); we run at CPL 0 in long mode on this core.
-        let caps = unsafe { svm::enable::enable_svm(phys(&*hsave))? };
+        let caps = unsafe { svm::enable::enable_svm(phys(&*hsave)) }.map_err(SvmError::Enable)?;
         Ok(Self {
             _hsave: hsave,
             host_vmcb: Box::new(Vmcb::zeroed()),
@@ -108,12 +127,12 @@ impl SvmVcpu {
         nested_cr3: HostPhysAddr,
         asid: u32,
         ram: PhysRange,
-    ) -> Result<Self, svm::Error> {
+    ) -> Result<Self, SvmError> {
         let mut maps = Box::new(PermissionMapPages::intercept_all());
         {
             let mut msr = maps.msr_map();
             for &m in PASSTHROUGH_MSRS {
-                msr.allow(m, true, true)?;
+                msr.allow(m, true, true).map_err(SvmError::Setup)?;
             }
         }
         // The core's guest-reachable registers back to reset values (a core may have run
@@ -157,8 +176,9 @@ impl SvmVcpu {
             ..Intercepts::default()
         };
         v.set_intercepts(&intercepts);
-        v.set_iopm_base(phys(&maps.iopm))?;
-        v.set_msrpm_base(phys(&maps.msrpm))?;
+        v.set_iopm_base(phys(&maps.iopm)).map_err(SvmError::Setup)?;
+        v.set_msrpm_base(phys(&maps.msrpm))
+            .map_err(SvmError::Setup)?;
         v.set_asid(asid);
         v.set_tlb_control(TlbControl::FlushAll);
         // Host interrupts stay the host's whatever the guest's RFLAGS.IF says, and the guest's
@@ -285,17 +305,11 @@ impl SvmVcpu {
         decode::decode(&bytes[..n], bitness)
     }
 
-    /// Where the exiting instruction ends: nRIP when the CPU saves it, otherwise decoded.
-    fn after_instruction(&self) -> Option<u64> {
-        if self.nrip {
-            return Some(self.vmcb.next_rip());
-        }
-        let len = self.current_instruction()?.len;
-        Some(self.vmcb.read64(Field64::Rip).wrapping_add(len.into()))
-    }
-
-    /// Enters the guest until its next #VMEXIT.
-    pub fn run(&mut self) -> Result<Exit, alloc::string::String> {
+    /// Enters the guest until its next #VMEXIT. The exit information is VMCB memory and
+    /// always readable, and a VMCB the processor refuses is the exit VMEXIT_INVALID
+    /// ([`Exit::InvalidGuestState`]): no run-time failure is an error on SVM today; the type
+    /// matches the VMX backend's.
+    pub fn run(&mut self) -> Result<Exit, SvmError> {
         loop {
             if self.shutdown {
                 return Ok(Exit::TripleFault);
@@ -317,146 +331,31 @@ impl SvmVcpu {
             self.iret_rip = Some(self.vmcb.read64(Field64::Rip));
             self.set_intercept(MiscIntercepts1::IRET, false);
         }
-        self.next_rip = None;
         let code = self.vmcb.exit_code();
-        let (i1, i2) = (self.vmcb.exit_info1(), self.vmcb.exit_info2());
         if code != ExitCode::Intr {
             self.intr_run = 0;
         }
-        let needs_length = |e: Exit, this: &mut Self| -> Exit {
-            match this.after_instruction() {
-                Some(next) => {
-                    this.next_rip = Some(next);
-                    e
-                }
-                None => Exit::Unknown {
-                    code: code.raw() as u32,
-                    name: "exiting instruction could not be decoded",
-                },
-            }
+        let assists = svm::translate::Assists {
+            nrip_save: self.nrip,
+            decode_assists: self.decode_assists,
         };
-        Ok(match code {
-            ExitCode::Invalid => Exit::InvalidGuestState,
-            ExitCode::Intr => {
-                // The interrupt is still pending (SVM does not acknowledge it): open a one-
-                // instruction window so the host IDT takes it and EOIs it.
-                // SAFETY: GIF is set again after VMRUN returned; atoll's IDT handles every
-                // vector from 32 up (and NMIs) and returns; interrupts are off again after.
-                unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
-                self.intr_run += 1;
-                if self.intr_run > INTR_STORM {
-                    Exit::Unknown {
-                        code: code.raw() as u32,
-                        name: "host interrupt storm",
-                    }
-                } else {
-                    Exit::ExternalInterrupt { vector: None }
-                }
-            }
-            ExitCode::Nmi => Exit::Nmi,
-            ExitCode::Vintr => Exit::InterruptWindow,
-            ExitCode::Init => Exit::Init,
-            ExitCode::Shutdown => Exit::TripleFault,
-            ExitCode::Cpuid => needs_length(Exit::Cpuid, self),
-            ExitCode::Hlt => needs_length(Exit::Hlt, self),
-            ExitCode::Vmmcall => needs_length(Exit::Hypercall, self),
-            ExitCode::Xsetbv => needs_length(Exit::Xsetbv, self),
-            ExitCode::Msr => match MsrAccess::from_exit_info1(i1) {
-                Some(MsrAccess::Read) => needs_length(Exit::MsrRead, self),
-                Some(MsrAccess::Write) => needs_length(Exit::MsrWrite, self),
-                None => Exit::Unknown {
+        let t = svm::translate::translate(&self.vmcb, assists, || self.current_instruction());
+        self.next_rip = t.next_rip;
+        if let Exit::ExternalInterrupt { .. } = t.exit {
+            // The interrupt is still pending (SVM does not acknowledge it): open a one-
+            // instruction window so the host IDT takes it and EOIs it.
+            // SAFETY: GIF is set again after VMRUN returned; atoll's IDT handles every
+            // vector from 32 up (and NMIs) and returns; interrupts are off again after.
+            unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
+            self.intr_run += 1;
+            if self.intr_run > INTR_STORM {
+                return Ok(Exit::Unknown {
                     code: code.raw() as u32,
-                    name: "MSR exit with an undefined EXITINFO1",
-                },
-            },
-            ExitCode::Ioio => match IoioInfo::from_exit_info(i1, i2) {
-                Some(io) => {
-                    // EXITINFO2 holds the next RIP for I/O intercepts, with or without NRIP save.
-                    self.next_rip = Some(io.next_rip);
-                    Exit::Io {
-                        port: io.port,
-                        size: io.size.bytes(),
-                        write: io.direction == svm::exit::IoDirection::Out,
-                        string: io.string,
-                        rep: io.rep,
-                    }
-                }
-                None => Exit::Unknown {
-                    code: code.raw() as u32,
-                    name: "I/O exit with an undefined size",
-                },
-            },
-            ExitCode::CrWrite(cr) => {
-                let gpr = match (self.decode_assists, CrDrAccess::from_exit_info1(i1)) {
-                    (true, CrDrAccess::Mov { gpr }) => Some(gpr),
-                    _ => self
-                        .current_instruction()
-                        .and_then(|d| d.mov_cr)
-                        .filter(|m| m.0 == cr && m.2)
-                        .map(|m| m.1),
-                };
-                match gpr {
-                    Some(gpr) => needs_length(Exit::CrWrite { cr, gpr }, self),
-                    None => Exit::Unknown {
-                        code: code.raw() as u32,
-                        name: "CR write other than MOV (CLTS, LMSW)",
-                    },
-                }
+                    name: "host interrupt storm",
+                });
             }
-            ExitCode::CrRead(cr) => {
-                let gpr = match (self.decode_assists, CrDrAccess::from_exit_info1(i1)) {
-                    (true, CrDrAccess::Mov { gpr }) => Some(gpr),
-                    _ => self
-                        .current_instruction()
-                        .and_then(|d| d.mov_cr)
-                        .filter(|m| m.0 == cr && !m.2)
-                        .map(|m| m.1),
-                };
-                match gpr {
-                    Some(gpr) => needs_length(Exit::CrRead { cr, gpr }, self),
-                    None => Exit::Unknown {
-                        code: code.raw() as u32,
-                        name: "CR read other than MOV (SMSW)",
-                    },
-                }
-            }
-            // The exception intercepts (#DB, #AC): the processor has already updated the
-            // VMCB's DR6 for a #DB (as KVM relies on too), so the guest's state is what the
-            // delivery would have left; EXITINFO1 holds the error code of #AC (APM Vol. 2
-            // §15.12).
-            ExitCode::Exception(vector) => Exit::Exception {
-                vector,
-                error_code: (vector == 17).then_some(i1 as u32),
-            },
-            ExitCode::Invd => needs_length(Exit::Invd, self),
-            ExitCode::Wbinvd => needs_length(Exit::Wbinvd, self),
-            ExitCode::Rdpmc => Exit::Rdpmc,
-            ExitCode::Monitor | ExitCode::Mwait | ExitCode::MwaitConditional => Exit::MonitorMwait,
-            ExitCode::Vmrun
-            | ExitCode::Vmload
-            | ExitCode::Vmsave
-            | ExitCode::Stgi
-            | ExitCode::Clgi
-            | ExitCode::Skinit
-            | ExitCode::Invlpga => Exit::VirtualizationInstruction,
-            ExitCode::Npf => {
-                let f = NestedPageFault::from_exit_info(i1, i2);
-                let access = Access {
-                    read: !f.is_write() && !f.is_fetch(),
-                    write: f.is_write(),
-                    fetch: f.is_fetch(),
-                };
-                Exit::NestedPageFault {
-                    gpa: GuestPhysAddr::new(f.gpa.as_u64()),
-                    access,
-                    linear: None,
-                }
-            }
-            other => Exit::Unknown {
-                code: other.raw() as u32,
-                name: other.name().unwrap_or("unknown #VMEXIT code"),
-            },
-        })
+        }
+        Ok(t.exit)
     }
 
     /// Event bookkeeping after every #VMEXIT, before the exit is translated.
@@ -466,10 +365,8 @@ impl SvmVcpu {
         // (APM Vol. 2 §15.7.2 "Intercepts During IDT Interrupt Delivery", §15.20): EXITINTINFO
         // goes to EVENTINJ, error code included. Without one EVENTINJ is cleared, so an event
         // injected for the last VMRUN (delivered by now) is never injected twice.
-        if code != ExitCode::Invalid {
-            let interrupted = self.vmcb.exit_int_info();
-            self.vmcb.set_event_injection(interrupted);
-        }
+        let interrupted = svm::translate::interrupted_event(&self.vmcb);
+        self.vmcb.set_event_injection(interrupted);
         if code == ExitCode::Vintr {
             // The fake virtual interrupt of `request_interrupt_window` is about to be taken:
             // withdraw it (the guest must never take it) and end the request.

@@ -10,18 +10,15 @@ use crate::partition::loader::BootState;
 use crate::run::exits::PASSTHROUGH_MSRS;
 use alloc::boxed::Box;
 use atoll_vcpu::double_fault::{self, Combined};
-use atoll_vcpu::{Access, Exit, Gpr, Vcpu, VcpuError};
+use atoll_vcpu::{Exit, Gpr, Vcpu, VcpuError};
 use boot::HostPhysAddr;
-use core::fmt::Write;
+use core::cell::Cell;
 use vmx::controls::{
     ControlSet, EntryControls, ExitControls, PinBasedControls, PrimaryControls, SecondaryControls,
     Want, Wanted,
 };
-use vmx::exit::{
-    BasicExitReason, CrAccess, CrAccessType, EptViolation, ExitReason, InterruptionInfo,
-    InterruptionType, IoAccess, IoDirection, IoSize, Redelivery,
-};
-use vmx::fields::{Field16, Field32, Field64, FieldNatural};
+use vmx::exit::{InterruptionInfo, InterruptionType, Redelivery};
+use vmx::fields::{Field, Field16, Field32, Field64, FieldNatural, VmcsAccess};
 use vmx::guest_state::{ActivityState, Interruptibility};
 use vmx::instructions as vi;
 use vmx::run::{vm_enter, GuestRegisters};
@@ -43,32 +40,62 @@ impl Page {
     }
 }
 
-/// Why a vCPU could not be made.
+/// What went wrong in the VMX backend: making a vCPU, entering it, or reading what its exit
+/// reports. Every variant ends the enclave (`EndReason::Failed` takes its text).
 #[derive(Debug)]
-pub enum BackendError {
+pub enum VmxError {
     /// Entering VMX operation failed.
     VmxOn(vmx::vmxon::VmxOnError),
     /// The CPU lacks a control atoll needs.
     Controls(vmx::controls::ControlError),
-    /// A VMX instruction failed.
+    /// A VMX instruction failed while the VMCS was built.
     Instruction(&'static str, vmx::VmFail),
     /// INVEPT failed.
     Invept,
+    /// VMLAUNCH or VMRESUME failed (VMfailValid carries the VM-instruction error number, SDM
+    /// Vol. 3C §31.4): the guest never ran.
+    Entry(vmx::VmFail),
+    /// A VMREAD of the exit information failed: the exit is unknown.
+    Exit(vmx::translate::TranslateError),
+    /// A VMREAD or VMWRITE of guest state failed while an exit was handled; the value the
+    /// handler saw (0 for a read) never reaches the guest, which is not entered again.
+    Vmcs {
+        /// "VMREAD" or "VMWRITE".
+        op: &'static str,
+        /// The field's encoding (SDM Vol. 3D Appendix B).
+        encoding: u32,
+        /// How the instruction failed.
+        error: vmx::VmFail,
+    },
 }
 
-impl core::fmt::Display for BackendError {
+impl core::fmt::Display for VmxError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
-            BackendError::VmxOn(e) => write!(f, "VMXON: {e}"),
-            BackendError::Controls(e) => write!(f, "VMX controls: {e}"),
-            BackendError::Instruction(what, e) => write!(f, "{what}: {e}"),
-            BackendError::Invept => write!(f, "INVEPT (single context) failed"),
+            VmxError::VmxOn(e) => write!(f, "VMXON: {e}"),
+            VmxError::Controls(e) => write!(f, "VMX controls: {e}"),
+            VmxError::Instruction(what, e) => write!(f, "{what}: {e}"),
+            VmxError::Invept => write!(f, "INVEPT (single context) failed"),
+            VmxError::Entry(e) => write!(f, "VM entry failed: {e}"),
+            VmxError::Exit(e) => write!(f, "reading the VM exit: {e}"),
+            VmxError::Vmcs {
+                op,
+                encoding,
+                error,
+            } => {
+                write!(f, "{op} of ")?;
+                match Field::from_encoding(*encoding) {
+                    Some(field) => vmx::translate::write_field(f, field)?,
+                    None => write!(f, "field {encoding:#06x}")?,
+                }
+                write!(f, " failed: {error}")
+            }
         }
     }
 }
 
-fn vmw(what: &'static str, r: Result<(), vmx::VmFail>) -> Result<(), BackendError> {
-    r.map_err(|e| BackendError::Instruction(what, e))
+fn vmw(what: &'static str, r: Result<(), vmx::VmFail>) -> Result<(), VmxError> {
+    r.map_err(|e| VmxError::Instruction(what, e))
 }
 
 /// Per-core VMX state: the VMXON region and host tables, made once per core.
@@ -81,7 +108,7 @@ pub struct CoreState {
 impl CoreState {
     /// Enters VMX operation on this core; the host state takes the core's own GDT and TSS
     /// ([`super::core_tables`], installed at boot).
-    pub fn enable() -> Result<Self, BackendError> {
+    pub fn enable() -> Result<Self, VmxError> {
         let (gdt_base, tss_base) = super::core_tables::current_bases();
         super::enable_osxsave();
         let mut vmxon = Page::new(0);
@@ -89,7 +116,7 @@ impl CoreState {
         // SAFETY: the region is a page of our own, identity-mapped, kept for the life of the
         // core (the CoreState is never dropped); this core has VMX (checked by the caller).
         unsafe { vmx::vmxon::enable_vmx(&mut HwMsrs, phys, vmxon.0.as_mut_ptr()) }
-            .map_err(BackendError::VmxOn)?;
+            .map_err(VmxError::VmxOn)?;
         Ok(Self {
             _vmxon: vmxon,
             gdt_base,
@@ -163,6 +190,11 @@ pub struct VmxVcpu {
     /// The guest's CR8: CR8 loads and stores exit (the real TPR stays the host's), so the value
     /// lives here.
     cr8: u64,
+    /// The first VMREAD or VMWRITE that failed in an accessor that cannot return an error
+    /// (the [`Vcpu`] methods), as `FAULT_NOTED | (write << 30) | encoding`, 0 if none: the
+    /// next `run` reports it instead of entering the guest. A word rather than the error
+    /// keeps the check on every exit to one compare.
+    fault: Cell<u32>,
 }
 
 /// Exceptions that exit instead of being delivered through the guest's IDT (SDM Vol. 3C
@@ -171,9 +203,8 @@ pub struct VmxVcpu {
 /// delivery is an exit and atoll reflects it (`crate::run::deny::reflect_exception`).
 const EXCEPTION_BITMAP: u32 = (1 << 1) | (1 << 17);
 
-fn natural(f: FieldNatural) -> u64 {
-    vi::read_natural(f).unwrap_or(0)
-}
+/// Bit 31 of `VmxVcpu::fault`: an access failed (encoding 0 is a field too).
+const FAULT_NOTED: u32 = 1 << 31;
 
 impl VmxVcpu {
     /// Builds the VMCS for a vCPU starting in `boot`, with second-stage tables `eptp`.
@@ -182,9 +213,9 @@ impl VmxVcpu {
         boot: &BootState,
         eptp: ept::Eptp,
         vpid: u16,
-    ) -> Result<Self, BackendError> {
+    ) -> Result<Self, VmxError> {
         let mut controls =
-            ControlSet::compute(&mut HwMsrs, &wanted()).map_err(BackendError::Controls)?;
+            ControlSet::compute(&mut HwMsrs, &wanted()).map_err(VmxError::Controls)?;
         if boot.mode == EntryMode::Long64 {
             controls.entry |= EntryControls::IA32E_MODE_GUEST;
         }
@@ -193,7 +224,7 @@ impl VmxVcpu {
         controls
             .primary
             .remove(PrimaryControls::INTERRUPT_WINDOW_EXITING);
-        let fixed = FixedBits::read(&mut HwMsrs).map_err(BackendError::VmxOn)?;
+        let fixed = FixedBits::read(&mut HwMsrs).map_err(VmxError::VmxOn)?;
         let mut vmcs = Page::new(0);
         let basic = vmx::caps::MsrReader::read(&mut HwMsrs, vmx::msr::IA32_VMX_BASIC).unwrap_or(0);
         // SAFETY: our own page; the revision identifier goes in its first four bytes.
@@ -249,7 +280,7 @@ impl VmxVcpu {
         w64(Field64::EptPointer, eptp.as_u64())?;
         // Tables built before this vCPU existed may share an EPTP value with an earlier,
         // destroyed enclave: drop whatever the TLBs still hold for it.
-        ept::invept::invept_single_context(eptp).map_err(|_| BackendError::Invept)?;
+        ept::invept::invept_single_context(eptp).map_err(|_| VmxError::Invept)?;
         w64(Field64::TscOffset, 0)?;
         if controls
             .secondary
@@ -414,244 +445,185 @@ impl VmxVcpu {
             exit_len: 0,
             shutdown: false,
             cr8: 0,
+            fault: Cell::new(0),
         })
     }
 
-    /// Enters the guest until its next exit.
-    pub fn run(&mut self) -> Result<Exit, alloc::string::String> {
+    /// Enters the guest until its next exit. Fails, without entering, if an earlier VMCS
+    /// access failed (see `fault`); fails if the entry fails or the exit cannot be read.
+    pub fn run(&mut self) -> Result<Exit, VmxError> {
+        if self.fault.get() != 0 {
+            return Err(self.noted_fault());
+        }
         if self.shutdown {
             return Ok(Exit::TripleFault);
         }
         // SAFETY: this vCPU's VMCS is current on this core (loaded in `new`, never cleared
         // while the vCPU lives) and fully initialized; the register block is ours.
-        let entered = unsafe { vm_enter(&mut self.regs, self.launched) };
-        if let Err(e) = entered {
-            let mut s = alloc::string::String::new();
-            let _ = write!(s, "VM entry failed: {e}");
-            return Err(s);
-        }
+        unsafe { vm_enter(&mut self.regs, self.launched) }.map_err(VmxError::Entry)?;
         self.launched = true;
-        let raw = vi::read32(Field32::ExitReason).unwrap_or(0);
-        let reason = ExitReason::from_raw(raw);
-        let exit_len = vi::read32(Field32::VmExitInstructionLength).unwrap_or(0);
-        self.exit_len = u64::from(exit_len);
-        let requeued = !reason.entry_failure && self.requeue_interrupted_event(exit_len);
-        if reason.basic == BasicExitReason::InterruptWindow {
+        let t = vmx::translate::translate(&mut vi::CurrentVmcs).map_err(VmxError::Exit)?;
+        self.exit_len = u64::from(t.instruction_length);
+        if !t.entry_failure {
+            self.requeue_interrupted_event(t.redelivery);
+        }
+        if t.exit == Exit::InterruptWindow {
             // One exit per request (as on SVM): the caller asks again if it still needs one.
             self.request_interrupt_window(false);
         }
-        let q = natural(FieldNatural::ExitQualification);
-        Ok(match reason.basic {
-            BasicExitReason::EntryFailureInvalidGuestState => Exit::InvalidGuestState,
-            _ if reason.entry_failure => Exit::Unknown {
-                code: raw,
-                name: reason.basic.description().unwrap_or("VM-entry failure"),
-            },
-            BasicExitReason::ExceptionOrNmi => {
-                let info = InterruptionInfo::from_raw(
-                    vi::read32(Field32::VmExitInterruptionInformation).unwrap_or(0),
-                );
-                match info.kind {
-                    InterruptionType::Nmi => Exit::Nmi,
-                    InterruptionType::HardwareException
-                    | InterruptionType::PrivilegedSoftwareException => {
-                        if info.vector == 1 {
-                            // DR6 is the guest's on this core; the exit left it unchanged.
-                            let dr6 = vmx::exit::dr6_after_debug_exit(super::guest_state::dr6(), q);
-                            super::guest_state::set_dr6(dr6);
-                        }
-                        if info.kind == InterruptionType::PrivilegedSoftwareException {
-                            // INT1 (ICEBP) is a trap: the #DB it raises returns past it. RIP
-                            // still points at it (SDM Vol. 3C §28.1), so step over it and
-                            // deliver the #DB as a hardware exception from there.
-                            self.skip_instruction();
-                        }
-                        let error_code = if info.error_code_valid {
-                            vi::read32(Field32::VmExitInterruptionErrorCode).ok()
-                        } else {
-                            None
-                        };
-                        Exit::Exception {
-                            vector: info.vector,
-                            error_code,
-                        }
-                    }
-                    _ => Exit::Unknown {
-                        code: raw,
-                        name: "exception",
-                    },
-                }
-            }
-            BasicExitReason::ExternalInterrupt => {
-                let info = InterruptionInfo::from_raw(
-                    vi::read32(Field32::VmExitInterruptionInformation).unwrap_or(0),
-                );
-                Exit::ExternalInterrupt {
-                    vector: info.valid.then_some(info.vector),
-                }
-            }
-            BasicExitReason::TripleFault => Exit::TripleFault,
-            BasicExitReason::InitSignal => Exit::Init,
-            BasicExitReason::StartupIpi => Exit::Sipi { vector: q as u8 },
-            BasicExitReason::InterruptWindow => Exit::InterruptWindow,
-            BasicExitReason::Cpuid => Exit::Cpuid,
-            BasicExitReason::Hlt => Exit::Hlt,
-            BasicExitReason::Vmcall => Exit::Hypercall,
-            BasicExitReason::ControlRegisterAccess => {
-                let a = CrAccess::from_qualification(q);
-                let gpr = a.gpr;
-                match a.access {
-                    CrAccessType::MovToCr => Exit::CrWrite { cr: a.cr, gpr },
-                    CrAccessType::MovFromCr => Exit::CrRead { cr: a.cr, gpr },
-                    CrAccessType::Clts => Exit::Clts,
-                    CrAccessType::Lmsw => Exit::Lmsw(a.lmsw_source),
-                }
-            }
-            BasicExitReason::IoInstruction => match IoAccess::from_qualification(q) {
-                Some(io) => Exit::Io {
-                    port: io.port,
-                    size: match io.size {
-                        IoSize::Byte => 1,
-                        IoSize::Word => 2,
-                        IoSize::Dword => 4,
-                    },
-                    write: io.direction == IoDirection::Out,
-                    string: io.string,
-                    rep: io.rep,
-                },
-                None => Exit::Unknown {
-                    code: raw,
-                    name: "I/O instruction with an undefined size",
-                },
-            },
-            BasicExitReason::Rdmsr => Exit::MsrRead,
-            BasicExitReason::Wrmsr => Exit::MsrWrite,
-            BasicExitReason::EptViolation => {
-                let v = EptViolation::from_qualification(q);
-                // The guest's IRET lifted virtual-NMI blocking and then faulted: it executes
-                // again, so blocking must be restored (SDM Vol. 3C §28.2.3).
-                if v.nmi_unblocking
-                    && !requeued
-                    && self.controls.pin.contains(PinBasedControls::VIRTUAL_NMIS)
-                {
-                    let intr = self.interruptibility() | Interruptibility::BLOCKING_BY_NMI;
-                    let _ = vi::write32(Field32::GuestInterruptibilityState, intr.bits());
-                }
-                let gpa = vi::read64(Field64::GuestPhysicalAddress).unwrap_or(0);
-                let linear = v
-                    .linear_address_valid
-                    .then(|| natural(FieldNatural::GuestLinearAddress));
-                Exit::NestedPageFault {
-                    gpa: boot::GuestPhysAddr::new(gpa),
-                    access: Access {
-                        read: v.read,
-                        write: v.write,
-                        fetch: v.fetch,
-                    },
-                    linear,
-                }
-            }
-            BasicExitReason::Xsetbv => Exit::Xsetbv,
-            BasicExitReason::Invd => Exit::Invd,
-            BasicExitReason::Wbinvd => Exit::Wbinvd,
-            BasicExitReason::Rdpmc => Exit::Rdpmc,
-            BasicExitReason::Monitor | BasicExitReason::Mwait => Exit::MonitorMwait,
-            // The VMX instructions exit unconditionally in VMX non-root operation, and GETSEC
-            // does too (SDM Vol. 3C §26.1.2); CPUID hides VMX and SMX, so they are #UD.
-            BasicExitReason::Vmclear
-            | BasicExitReason::Vmlaunch
-            | BasicExitReason::Vmptrld
-            | BasicExitReason::Vmptrst
-            | BasicExitReason::Vmread
-            | BasicExitReason::Vmresume
-            | BasicExitReason::Vmwrite
-            | BasicExitReason::Vmxoff
-            | BasicExitReason::Vmxon
-            | BasicExitReason::Invept
-            | BasicExitReason::Invvpid
-            | BasicExitReason::Vmfunc
-            | BasicExitReason::Getsec => Exit::VirtualizationInstruction,
-            other => Exit::Unknown {
-                code: raw,
-                name: other.description().unwrap_or("unknown exit reason"),
-            },
-        })
+        if let Some(q) = t.follow_up.debug_qualification {
+            // DR6 is the guest's on this core; the exit left it unchanged.
+            let dr6 = vmx::exit::dr6_after_debug_exit(super::guest_state::dr6(), q);
+            super::guest_state::set_dr6(dr6);
+        }
+        if t.follow_up.step_over_int1 {
+            // INT1 (ICEBP) is a trap: the #DB it raises returns past it. RIP still points at it
+            // (SDM Vol. 3C §28.1), so step over it and deliver the #DB as a hardware exception
+            // from there.
+            self.skip_instruction();
+        }
+        if t.follow_up.reblock_nmi && self.controls.pin.contains(PinBasedControls::VIRTUAL_NMIS) {
+            // The guest's IRET lifted virtual-NMI blocking and then faulted: it executes
+            // again, so blocking must be restored (SDM Vol. 3C §28.2.3).
+            let intr = self.interruptibility() | Interruptibility::BLOCKING_BY_NMI;
+            self.vmwrite(Field32::GuestInterruptibilityState, intr.bits().into());
+        }
+        // A failed VMREAD or VMWRITE above: the exit's bookkeeping is incomplete.
+        if self.fault.get() != 0 {
+            return Err(self.noted_fault());
+        }
+        Ok(t.exit)
     }
 
-    /// Queues for the next entry the event whose delivery this exit interrupted, if any (SDM
-    /// Vol. 3C §28.2.4, §27.6): the IDT-vectoring information goes to the VM-entry
+    /// Reads `field` for an accessor that cannot fail: a failed VMREAD is noted in `fault`
+    /// (the next `run` reports it and does not enter the guest) and reads as 0 meanwhile.
+    ///
+    /// Inlined, with the failure out of line: in Bochs an exit costs a cycle per instruction
+    /// on its path, and the CPUID round trip is one of the measured figures.
+    #[inline(always)]
+    fn vmread(&self, field: impl Into<Field>) -> u64 {
+        let field = field.into();
+        match vi::CurrentVmcs.read(field) {
+            Ok(v) => v,
+            Err(_) => {
+                self.note(field, false);
+                0
+            }
+        }
+    }
+
+    /// Writes `field`; a failed VMWRITE is noted as for [`Self::vmread`].
+    #[inline(always)]
+    fn vmwrite(&self, field: impl Into<Field>, value: u64) {
+        let field = field.into();
+        if vi::CurrentVmcs.write(field, value).is_err() {
+            self.note(field, true);
+        }
+    }
+
+    /// Keeps the first failed access. The error itself is in the VM-instruction-error field
+    /// (VMfailValid) until a later failure overwrites it; `noted_fault` reads it.
+    #[cold]
+    #[inline(never)]
+    fn note(&self, field: Field, write: bool) {
+        if self.fault.get() == 0 {
+            self.fault
+                .set(FAULT_NOTED | (u32::from(write) << 30) | field.encoding());
+        }
+    }
+
+    /// The access `note` kept, as an error; called when `fault` is not 0. The
+    /// VM-instruction-error field still holds the number of a VMfailValid (successful
+    /// instructions leave it alone, SDM Vol. 3C §31.4); if it cannot be read, there is no
+    /// current VMCS (VMfailInvalid).
+    #[cold]
+    fn noted_fault(&self) -> VmxError {
+        let tag = self.fault.replace(0);
+        let error = match vi::read32(Field32::VmInstructionError) {
+            Ok(n) => vmx::VmFail::Valid(vmx::VmInstructionError::from_raw(n)),
+            Err(_) => vmx::VmFail::Invalid,
+        };
+        VmxError::Vmcs {
+            op: if tag & (1 << 30) != 0 {
+                "VMWRITE"
+            } else {
+                "VMREAD"
+            },
+            encoding: tag & 0x7fff,
+            error,
+        }
+    }
+
+    /// Queues for the next entry the event whose delivery the last exit interrupted, if any
+    /// (SDM Vol. 3C §28.2.4, §27.6): the IDT-vectoring information goes to the VM-entry
     /// interruption information, with its error code and, for software interrupts and
     /// exceptions, the instruction length. Without one, the VM-entry field is cleared: every VM
     /// exit clears its valid bit already (§25.8.3), so an event injected for the last entry is
-    /// never injected twice; writing 0 just does not depend on it. Returns whether an event was
-    /// queued.
-    fn requeue_interrupted_event(&mut self, exit_len: u32) -> bool {
-        let redelivery = Redelivery::from_idt_vectoring(
-            vi::read32(Field32::IdtVectoringInformation).unwrap_or(0),
-            vi::read32(Field32::IdtVectoringErrorCode).unwrap_or(0),
-            exit_len,
-        );
+    /// never injected twice; writing 0 just does not depend on it.
+    fn requeue_interrupted_event(&mut self, redelivery: Option<Redelivery>) {
         let Some(r) = redelivery else {
-            let _ = vi::write32(Field32::VmEntryInterruptionInformation, 0);
-            return false;
+            self.vmwrite(Field32::VmEntryInterruptionInformation, 0);
+            return;
         };
         if let Some(code) = r.error_code {
-            let _ = vi::write32(Field32::VmEntryExceptionErrorCode, code);
+            self.vmwrite(Field32::VmEntryExceptionErrorCode, code.into());
         }
         if let Some(len) = r.instruction_length {
-            let _ = vi::write32(Field32::VmEntryInstructionLength, len);
+            self.vmwrite(Field32::VmEntryInstructionLength, len.into());
         }
-        let _ = vi::write32(Field32::VmEntryInterruptionInformation, r.info.to_raw());
-        true
+        self.vmwrite(
+            Field32::VmEntryInterruptionInformation,
+            r.info.to_raw().into(),
+        );
     }
 
     /// The event queued for the next entry, if any.
     fn queued_event(&self) -> Option<InterruptionInfo> {
-        let info = InterruptionInfo::from_raw(
-            vi::read32(Field32::VmEntryInterruptionInformation).unwrap_or(0),
-        );
+        let info =
+            InterruptionInfo::from_raw(self.vmread(Field32::VmEntryInterruptionInformation) as u32);
         info.valid.then_some(info)
     }
 
     fn interruptibility(&self) -> Interruptibility {
-        Interruptibility::from_bits_retain(
-            vi::read32(Field32::GuestInterruptibilityState).unwrap_or(0),
-        )
+        Interruptibility::from_bits_retain(self.vmread(Field32::GuestInterruptibilityState) as u32)
     }
 
     fn sync_long_mode(&mut self) {
         // IA32_EFER.LMA follows LME and CR0.PG; the entry control must match it (SDM Vol. 3C
         // §27.3.2.1).
-        let efer = vi::read64(Field64::GuestIa32Efer).unwrap_or(0);
-        let pg = natural(FieldNatural::GuestCr0) & CR0_PG != 0;
+        let efer = self.vmread(Field64::GuestIa32Efer);
+        let pg = self.vmread(FieldNatural::GuestCr0) & CR0_PG != 0;
         let lma = efer & EFER_LME != 0 && pg;
         let new_efer = if lma {
             efer | EFER_LMA
         } else {
             efer & !EFER_LMA
         };
-        let _ = vi::write64(Field64::GuestIa32Efer, new_efer);
+        self.vmwrite(Field64::GuestIa32Efer, new_efer);
         if lma {
             self.controls.entry |= EntryControls::IA32E_MODE_GUEST;
         } else {
             // `remove`, not `&= !`: the complement of a flag would drop the unnamed default-1 bits.
             self.controls.entry.remove(EntryControls::IA32E_MODE_GUEST);
         }
-        let _ = vi::write32(Field32::VmEntryControls, self.controls.entry.bits());
+        self.vmwrite(
+            Field32::VmEntryControls,
+            u64::from(self.controls.entry.bits()),
+        );
     }
 }
 
 impl Vcpu for VmxVcpu {
     fn gpr(&self, r: Gpr) -> u64 {
         if r == Gpr::Rsp {
-            return natural(FieldNatural::GuestRsp);
+            return self.vmread(FieldNatural::GuestRsp);
         }
         self.regs.gpr(r).unwrap_or(0)
     }
 
     fn set_gpr(&mut self, r: Gpr, v: u64) {
         if r == Gpr::Rsp {
-            let _ = vi::write_natural(FieldNatural::GuestRsp, v);
+            self.vmwrite(FieldNatural::GuestRsp, v);
             return;
         }
         if let Some(slot) = self.regs.gpr_mut(r) {
@@ -660,14 +632,19 @@ impl Vcpu for VmxVcpu {
     }
 
     fn rip(&self) -> u64 {
-        natural(FieldNatural::GuestRip)
+        self.vmread(FieldNatural::GuestRip)
     }
 
     fn set_rip(&mut self, rip: u64) {
-        let _ = vi::write_natural(FieldNatural::GuestRip, rip);
+        self.vmwrite(FieldNatural::GuestRip, rip);
         // Moving past the instruction ends blocking by STI or MOV SS (SDM Vol. 3C §25.4.2).
-        let intr = self.interruptibility().difference(Interruptibility::SHADOW);
-        let _ = vi::write32(Field32::GuestInterruptibilityState, intr.bits());
+        // Written only when there is a shadow to end: most exits have none, and every VMCS
+        // access is a measured cost on the exit path.
+        let intr = self.interruptibility();
+        if intr.intersects(Interruptibility::SHADOW) {
+            let intr = intr.difference(Interruptibility::SHADOW);
+            self.vmwrite(Field32::GuestInterruptibilityState, u64::from(intr.bits()));
+        }
     }
 
     fn skip_instruction(&mut self) {
@@ -686,33 +663,36 @@ impl Vcpu for VmxVcpu {
             Combined::New => (vector, error_code),
             Combined::DoubleFault => (double_fault::DOUBLE_FAULT, Some(0)),
             Combined::Shutdown => {
-                let _ = vi::write32(Field32::VmEntryInterruptionInformation, 0);
+                self.vmwrite(Field32::VmEntryInterruptionInformation, 0);
                 self.shutdown = true;
                 return;
             }
         };
         // Real mode delivers no error code (SDM Vol. 3C §27.2.1.3).
-        let protected = natural(FieldNatural::GuestCr0) & CR0_PE != 0;
+        let protected = self.vmread(FieldNatural::GuestCr0) & CR0_PE != 0;
         let code = error_code.filter(|_| protected);
         if let Some(c) = code {
-            let _ = vi::write32(Field32::VmEntryExceptionErrorCode, c);
+            self.vmwrite(Field32::VmEntryExceptionErrorCode, u64::from(c));
         }
         let info = InterruptionInfo::hardware_exception(vector, code.is_some());
-        let _ = vi::write32(Field32::VmEntryInterruptionInformation, info.to_raw());
+        self.vmwrite(
+            Field32::VmEntryInterruptionInformation,
+            u64::from(info.to_raw()),
+        );
     }
 
     fn cr(&self, cr: u8) -> u64 {
         match cr {
             0 => {
-                (natural(FieldNatural::GuestCr0) & !self.cr0_mask)
-                    | (natural(FieldNatural::Cr0ReadShadow) & self.cr0_mask)
+                (self.vmread(FieldNatural::GuestCr0) & !self.cr0_mask)
+                    | (self.vmread(FieldNatural::Cr0ReadShadow) & self.cr0_mask)
             }
             2 => self.regs.cr2,
-            3 => natural(FieldNatural::GuestCr3),
+            3 => self.vmread(FieldNatural::GuestCr3),
             8 => self.cr8,
             4 => {
-                (natural(FieldNatural::GuestCr4) & !self.cr4_mask)
-                    | (natural(FieldNatural::Cr4ReadShadow) & self.cr4_mask)
+                (self.vmread(FieldNatural::GuestCr4) & !self.cr4_mask)
+                    | (self.vmread(FieldNatural::Cr4ReadShadow) & self.cr4_mask)
             }
             _ => 0,
         }
@@ -730,26 +710,21 @@ impl Vcpu for VmxVcpu {
             0 => {
                 let real = (value | (fixed.cr0_fixed0 & !(CR0_PE | CR0_PG)))
                     & (fixed.cr0_fixed1 | CR0_PE | CR0_PG);
-                vi::write_natural(FieldNatural::GuestCr0, real).map_err(|_| VcpuError::Rejected)?;
-                vi::write_natural(FieldNatural::Cr0ReadShadow, value)
-                    .map_err(|_| VcpuError::Rejected)?;
+                self.vmwrite(FieldNatural::GuestCr0, real);
+                self.vmwrite(FieldNatural::Cr0ReadShadow, value);
                 self.sync_long_mode();
             }
-            3 => {
-                vi::write_natural(FieldNatural::GuestCr3, value).map_err(|_| VcpuError::Rejected)?
-            }
+            3 => self.vmwrite(FieldNatural::GuestCr3, value),
             4 => {
                 // Bits the CPU cannot hold with VMX on (besides VMXE, which the guest never sees).
                 if value & !fixed.cr4_fixed1 & !(1 << 13) != 0 {
                     return Err(VcpuError::Rejected);
                 }
-                vi::write_natural(
+                self.vmwrite(
                     FieldNatural::GuestCr4,
                     (value | fixed.cr4_fixed0) & fixed.cr4_fixed1,
-                )
-                .map_err(|_| VcpuError::Rejected)?;
-                vi::write_natural(FieldNatural::Cr4ReadShadow, value)
-                    .map_err(|_| VcpuError::Rejected)?;
+                );
+                self.vmwrite(FieldNatural::Cr4ReadShadow, value);
             }
             _ => return Err(VcpuError::Rejected),
         }
@@ -757,52 +732,52 @@ impl Vcpu for VmxVcpu {
     }
 
     fn tsc_offset(&self) -> u64 {
-        vi::read64(Field64::TscOffset).unwrap_or(0)
+        self.vmread(Field64::TscOffset)
     }
 
     fn set_tsc_offset(&mut self, offset: u64) {
         // "Use TSC offsetting" is a required control (SDM Vol. 3C §25.6.5, §27.3): RDTSC,
         // RDTSCP and RDMSR IA32_TSC give TSC + offset.
-        let _ = vi::write64(Field64::TscOffset, offset);
+        self.vmwrite(Field64::TscOffset, offset);
     }
 
     fn efer(&self) -> u64 {
-        vi::read64(Field64::GuestIa32Efer).unwrap_or(0)
+        self.vmread(Field64::GuestIa32Efer)
     }
 
     fn set_efer(&mut self, value: u64) -> Result<(), VcpuError> {
-        vi::write64(Field64::GuestIa32Efer, value).map_err(|_| VcpuError::Rejected)?;
+        self.vmwrite(Field64::GuestIa32Efer, value);
         self.sync_long_mode();
         Ok(())
     }
 
     fn rflags(&self) -> u64 {
-        natural(FieldNatural::GuestRflags)
+        self.vmread(FieldNatural::GuestRflags)
     }
 
     fn pat(&self) -> u64 {
-        vi::read64(Field64::GuestIa32Pat).unwrap_or(0x0007_0406_0007_0406)
+        self.vmread(Field64::GuestIa32Pat)
     }
 
     fn set_pat(&mut self, value: u64) {
         // Loaded on entry when the CPU has the "load IA32_PAT" entry control (Bochs and every
         // EPT-capable Intel CPU do); otherwise the guest keeps seeing its value but runs with
         // the host's PAT.
-        let _ = vi::write64(Field64::GuestIa32Pat, value);
+        self.vmwrite(Field64::GuestIa32Pat, value);
     }
 
     fn cpl(&self) -> u8 {
-        if natural(FieldNatural::GuestCr0) & CR0_PE == 0 {
+        if self.vmread(FieldNatural::GuestCr0) & CR0_PE == 0 {
             return 0;
         }
-        ((vi::read32(Field32::GuestSsAccessRights).unwrap_or(0) >> 5) & 3) as u8
+        (((self.vmread(Field32::GuestSsAccessRights) as u32) >> 5) & 3) as u8
     }
 
     fn code_segment(&self) -> atoll_vcpu::decode::CodeSegment {
         // VMX access rights (SDM Vol. 3C §25.4.1, Table 25-2): L is bit 13, D/B bit 14.
-        let ar = vi::read32(Field32::GuestCsAccessRights).unwrap_or(0);
+        let ar = self.vmread(Field32::GuestCsAccessRights) as u32;
         atoll_vcpu::decode::CodeSegment {
-            base: natural(FieldNatural::GuestCsBase),
+            base: self.vmread(FieldNatural::GuestCsBase),
             long: ar & (1 << 13) != 0,
             default32: ar & (1 << 14) != 0,
         }
@@ -824,7 +799,10 @@ impl Vcpu for VmxVcpu {
             return;
         }
         let info = InterruptionInfo::external_interrupt(vector);
-        let _ = vi::write32(Field32::VmEntryInterruptionInformation, info.to_raw());
+        self.vmwrite(
+            Field32::VmEntryInterruptionInformation,
+            u64::from(info.to_raw()),
+        );
     }
 
     fn request_interrupt_window(&mut self, on: bool) {
@@ -836,9 +814,9 @@ impl Vcpu for VmxVcpu {
             .primary
             .set(PrimaryControls::INTERRUPT_WINDOW_EXITING, on);
         if self.controls.primary != before {
-            let _ = vi::write32(
+            self.vmwrite(
                 Field32::PrimaryProcessorBasedVmExecutionControls,
-                self.controls.primary.bits(),
+                self.controls.primary.bits().into(),
             );
         }
     }
@@ -850,9 +828,9 @@ impl Vcpu for VmxVcpu {
         if !self.interruptibility().allows_nmi() || self.queued_event().is_some() {
             return false;
         }
-        let _ = vi::write32(
+        self.vmwrite(
             Field32::VmEntryInterruptionInformation,
-            InterruptionInfo::nmi().to_raw(),
+            InterruptionInfo::nmi().to_raw().into(),
         );
         true
     }

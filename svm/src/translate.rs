@@ -9,7 +9,7 @@
 
 use crate::exit::{CrDrAccess, Event, ExitCode, IoDirection, IoioInfo, MsrAccess, NestedPageFault};
 use crate::vmcb::{Field64, Vmcb};
-use atoll_vcpu::decode::Decoded;
+use atoll_vcpu::decode::{Cr0Write, Decoded};
 use atoll_vcpu::{Access, Exit};
 use boot::GuestPhysAddr;
 
@@ -100,9 +100,18 @@ pub fn translate(
                     .filter(|m| m.0 == cr && m.2 == write)
                     .map(|m| m.1),
             };
+            // CLTS and LMSW (CR0 writes only), as the decoder read them.
+            let cr0_write = match (gpr, write, cr) {
+                (None, true, 0) => site.instruction().and_then(|d| d.cr0_write),
+                _ => None,
+            };
             match (gpr, write) {
                 (Some(gpr), true) => site.skipping(Exit::CrWrite { cr, gpr }),
                 (Some(gpr), false) => site.skipping(Exit::CrRead { cr, gpr }),
+                (None, true) if cr0_write.is_some() => match cr0_write {
+                    Some(Cr0Write::Lmsw(source)) => site.skipping(Exit::Lmsw(source)),
+                    _ => site.skipping(Exit::Clts),
+                },
                 (None, true) => plain(Exit::Unknown {
                     code: raw,
                     name: "CR write other than MOV (CLTS, LMSW)",

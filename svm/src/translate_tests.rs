@@ -33,7 +33,13 @@ fn never() -> Option<Decoded> {
 }
 
 fn decoded(len: u8, mov_cr: Option<(u8, Gpr, bool)>) -> impl FnMut() -> Option<Decoded> {
-    move || Some(Decoded { len, mov_cr })
+    move || {
+        Some(Decoded {
+            len,
+            mov_cr,
+            cr0_write: None,
+        })
+    }
 }
 
 #[test]
@@ -66,6 +72,7 @@ fn without_nrip_the_length_is_decoded_once() {
     let t = translate(&v, BARE, || {
         calls += 1;
         Some(Decoded {
+            cr0_write: None,
             len: 2,
             mov_cr: None,
         })
@@ -83,6 +90,7 @@ fn without_nrip_the_length_is_decoded_once() {
     let t = translate(&vmexit(0x10, 0, 0), BARE, || {
         calls += 1;
         Some(Decoded {
+            cr0_write: None,
             len: 3,
             mov_cr: Some((0, Gpr::Rbx, true)),
         })
@@ -231,7 +239,7 @@ fn control_register_accesses() {
             name: "CR write other than MOV (CLTS, LMSW)"
         }
     );
-    // CLTS or LMSW with decode assists (bit 63 clear): the decoder finds no MOV.
+    // Neither MOV nor CLTS/LMSW (the decoder found nothing): named, not guessed.
     let mut v = vmexit(0x10, 0, 0);
     v.write64(Field64::NextRip, RIP + 3);
     assert_eq!(
@@ -241,6 +249,36 @@ fn control_register_accesses() {
             name: "CR write other than MOV (CLTS, LMSW)"
         }
     );
+    // CLTS and LMSW as the decoder read them (with its source): the handlers get them, and
+    // RIP moves past them (nRIP when saved, else the decoded length).
+    for (what, exit) in [
+        (Cr0Write::Clts, Exit::Clts),
+        (Cr0Write::Lmsw(0x33), Exit::Lmsw(0x33)),
+    ] {
+        let d = move || {
+            Some(Decoded {
+                len: 3,
+                mov_cr: None,
+                cr0_write: Some(what),
+            })
+        };
+        let t = translate(&v, NRIP, d);
+        assert_eq!((t.exit, t.next_rip), (exit, Some(RIP + 3)));
+        let t = translate(&vmexit(0x10, 0, 0), BARE, d);
+        assert_eq!((t.exit, t.next_rip), (exit, Some(RIP + 3)));
+    }
+    // Only CR0 has them: a CR4 write the decoder calls CLTS is not taken as one.
+    let d = || {
+        Some(Decoded {
+            len: 2,
+            mov_cr: None,
+            cr0_write: Some(Cr0Write::Clts),
+        })
+    };
+    assert!(matches!(
+        translate(&vmexit(0x14, 0, 0), BARE, d).exit,
+        Exit::Unknown { .. }
+    ));
 }
 
 #[test]

@@ -301,8 +301,15 @@ impl SvmVcpu {
     /// The bytes and bitness of the instruction at the guest's RIP.
     fn current_instruction(&self) -> Option<decode::Decoded> {
         let (paging, bitness, linear) = decode::site_of(self);
-        let (bytes, n) = decode::fetch(&self.memory(), paging, linear);
-        decode::decode(&bytes[..n], bitness)
+        let mem = self.memory();
+        let (bytes, n) = decode::fetch(&mem, paging, linear);
+        let mut d = decode::decode(&bytes[..n], bitness)?;
+        if d.mov_cr.is_none() {
+            // CLTS or LMSW (whose source is a register or memory this vCPU reads).
+            d.cr0_write =
+                decode::cr0_write(&mem, paging, bitness, linear, |g| self.gpr(g)).map(|(w, _)| w);
+        }
+        Some(d)
     }
 
     /// Enters the guest until its next #VMEXIT. The exit information is VMCB memory and

@@ -226,12 +226,15 @@ pub fn fetch(
 }
 
 /// A decoded guest instruction, as far as exit handling needs it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Decoded {
     /// Its length in bytes.
     pub len: u8,
     /// MOV to or from a control register: (CR number, general register, write to CR).
     pub mov_cr: Option<(u8, Gpr, bool)>,
+    /// CLTS, or LMSW with its source already read ([`cr0_write`] fills it: it needs the
+    /// guest's registers and memory, which [`decode`] does not see).
+    pub cr0_write: Option<Cr0Write>,
 }
 
 /// The 64-bit register behind `reg`, as a [`Gpr`].
@@ -269,6 +272,7 @@ pub fn decode(bytes: &[u8], bitness: u32) -> Option<Decoded> {
     Some(Decoded {
         len: ins.len() as u8,
         mov_cr,
+        cr0_write: None,
     })
 }
 

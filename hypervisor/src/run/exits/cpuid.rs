@@ -9,6 +9,9 @@ use super::{HostCpu, CPUID_HV_BASE, CPUID_SIGNATURE, HYPERCALL_ABI_VERSION};
 /// and the other features whose instructions or MSRs stay the host's, and the host's topology
 /// (APIC IDs, core and thread counts). A Linux enclave's platform describes its own topology on
 /// top of this ([`crate::run::vplat::cpuid()`]).
+// Called from `handle` on every exit of its kind: inlined there, as it was before the
+// handlers were split by kind (Bochs round trips count each instruction).
+#[inline]
 pub fn filtered_cpuid(host: &impl HostCpu, leaf: u32, sub: u32) -> [u32; 4] {
     match leaf {
         CPUID_HV_BASE => {
@@ -114,6 +117,9 @@ pub fn filtered_cpuid(host: &impl HostCpu, leaf: u32, sub: u32) -> [u32; 4] {
 /// The CPUID bits that mirror the caller's own CR4 (SDM Vol. 2A "CPUID"): OSXSAVE (leaf 1 ECX
 /// bit 27) is CR4.OSXSAVE (bit 18), OSPKE (leaf 7 ECX bit 4) is CR4.PKE (bit 22). The host's
 /// values describe atoll's CR4, so they are replaced by the guest's.
+// Called from `handle` on every exit of its kind: inlined there, as it was before the
+// handlers were split by kind (Bochs round trips count each instruction).
+#[inline]
 pub fn reflect_guest_cr4(mut r: [u32; 4], leaf: u32, sub: u32, cr4: u64) -> [u32; 4] {
     let set = |word: &mut u32, bit: u32, on: bool| {
         if on {

@@ -6,6 +6,9 @@
 use super::{Action, HostCpu};
 use atoll_vcpu::{vector, Gpr, Vcpu};
 
+// Called from `handle` on every exit of its kind: inlined there, as it was before the
+// handlers were split by kind (Bochs round trips count each instruction).
+#[inline]
 pub(super) fn cr_write(vcpu: &mut impl Vcpu, host: &impl HostCpu, cr: u8, value: u64) -> Action {
     use crate::run::deny;
     let ok = match cr {

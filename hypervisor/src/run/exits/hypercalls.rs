@@ -10,6 +10,9 @@ use atoll_devices::bounded::lossy_utf8_into;
 use atoll_vcpu::{vector, Gpr, GuestMemory, Vcpu};
 use boot::GuestPhysAddr;
 
+// Called from `handle` on every exit of its kind: inlined there, as it was before the
+// handlers were split by kind (Bochs round trips count each instruction).
+#[inline]
 pub(super) fn hypercall_exit(
     vcpu: &mut impl Vcpu,
     mem: &mut impl GuestMemory,

@@ -121,6 +121,9 @@ fn port_access(
     }
 }
 
+// Called from `handle` on every exit of its kind: inlined there, as it was before the
+// handlers were split by kind (Bochs round trips count each instruction).
+#[inline]
 pub(super) fn io(
     vcpu: &mut impl Vcpu,
     run: &mut EnclaveRun,

@@ -72,6 +72,9 @@ fn deny_msr(vcpu: &mut impl Vcpu, run: &mut EnclaveRun) -> Action {
     Action::Resume
 }
 
+// Called from `handle` on every exit of its kind: inlined there, as it was before the
+// handlers were split by kind (Bochs round trips count each instruction).
+#[inline]
 pub(super) fn msr_read(vcpu: &mut impl Vcpu, run: &mut EnclaveRun, host: &impl HostCpu) -> Action {
     let index = vcpu.gpr(Gpr::Rcx) as u32;
     let value = match index {
@@ -92,6 +95,9 @@ pub(super) fn msr_read(vcpu: &mut impl Vcpu, run: &mut EnclaveRun, host: &impl H
     Action::Resume
 }
 
+// Called from `handle` on every exit of its kind: inlined there, as it was before the
+// handlers were split by kind (Bochs round trips count each instruction).
+#[inline]
 pub(super) fn msr_write(vcpu: &mut impl Vcpu, run: &mut EnclaveRun, host: &impl HostCpu) -> Action {
     let index = vcpu.gpr(Gpr::Rcx) as u32;
     let value = (vcpu.gpr(Gpr::Rdx) << 32) | (vcpu.gpr(Gpr::Rax) & 0xffff_ffff);

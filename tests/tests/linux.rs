@@ -191,3 +191,28 @@ fn qemu_svm_linux_enclave_reads_what_is_typed_on_atolls_serial_port() {
         o.tail(20)
     );
 }
+
+/// Linux's boot vCPU on the boot processor (run inside atoll's manager, where only its own
+/// clock can stop it) idles after its check; the machine's deadline (`stop_after_ms`) stops both
+/// its vCPUs where they are, its report stays, and the summary appears.
+#[test]
+fn qemu_svm_linux_on_the_boot_processor_is_stopped_at_the_deadline() {
+    let o = run(&RunOptions::new(Emulator::Qemu, "linux-deadline"))
+        .unwrap_or_else(|e| panic!("linux-deadline: {e:#}"));
+    eprintln!("qemu linux-deadline: {:.1} s wall", o.wall.as_secs_f64());
+    assert!(o.passed(), "{}", o.failure());
+    assert_eq!(get(&o, "enclaves.linux.end_reason"), "stopped");
+    let detail = get(&o, "enclaves.linux.detail").as_str().unwrap();
+    assert!(detail.starts_with("stopped by atoll's manager"), "{detail}");
+    assert_eq!(get(&o, "enclaves.linux.results.guest_check.ok"), true);
+    assert_eq!(get(&o, "enclaves.linux.vcpus"), 2);
+    assert!(
+        o.serial.contains("[linux] ATOLL-IDLE begin"),
+        "it was idling"
+    );
+    assert!(
+        !o.serial.contains("[linux] ATOLL-IDLE end"),
+        "stopped before its idle ended"
+    );
+    assert_eq!(get(&o, "problems").as_array().unwrap().len(), 0);
+}

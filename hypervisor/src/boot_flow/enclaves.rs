@@ -126,7 +126,7 @@ impl CoreWork for TargetCore {
                     stopped.set(stopped.get() | s);
                     s
                 };
-                enclave_run::run(&spec, vcpu, core, &stop)
+                enclave_run::run(&spec, vcpu, core, &stop, None)
             }
             Some(d) => {
                 let arm = spec.platform.is_none();
@@ -149,7 +149,13 @@ impl CoreWork for TargetCore {
                     stopped.set(stopped.get() | s);
                     s
                 };
-                let report = enclave_run::run(&spec, vcpu, core, &stop);
+                // A Linux vCPU's host timer is clamped to the deadline instead (its timer is
+                // the guest's too).
+                let stop_at = (!arm).then(|| {
+                    let left_us = d.saturating_sub(tsc::micros());
+                    tsc::now().saturating_add(left_us.saturating_mul(tsc::hz()) / 1_000_000)
+                });
+                let report = enclave_run::run(&spec, vcpu, core, &stop, stop_at);
                 if arm {
                     hw::apic::timer_stop();
                 }

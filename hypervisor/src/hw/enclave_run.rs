@@ -383,19 +383,22 @@ fn run_application_vcpu(
 ///
 /// A panic or exception in atoll while this core handles the enclave ends the enclave as
 /// `failed` with the fault's text and location ([`super::contain`]); the core then returns as
-/// if the enclave had ended, and the machine runs on.
+/// if the enclave had ended, and the machine runs on. `stop_at` (TSC ticks): a Linux vCPU's
+/// host timer never waits past it (for the boot processor's vCPU, which only its own clock can
+/// stop at the machine's deadline).
 pub fn run(
     spec: &RunSpec,
     index: usize,
     core: &CoreSlotVirt,
     stop: &dyn Fn() -> bool,
+    stop_at: Option<u64>,
 ) -> Option<EnclaveReport> {
     // The run state lives here, above the recovery point, so what the enclave reported and
     // the exits counted before a fault survive it.
     let mut run = EnclaveRun::new(&spec.config.name, spec.config.io_unknown);
     let mut console = EnclaveConsole::default();
     let failure = match super::contain::contained(|| {
-        run_vcpu(spec, index, core, &mut run, &mut console, stop)
+        run_vcpu(spec, index, core, &mut run, &mut console, stop, stop_at)
     }) {
         Ok(report) => return report,
         Err(f) => f,
@@ -436,6 +439,7 @@ fn run_vcpu(
     run: &mut EnclaveRun,
     console: &mut EnclaveConsole,
     stop: &dyn Fn() -> bool,
+    stop_at: Option<u64>,
 ) -> Option<EnclaveReport> {
     let Some(shared) = spec.platform.as_deref() else {
         // A bare-metal guest: one vCPU.
@@ -445,7 +449,7 @@ fn run_vcpu(
         return Some(report(spec, &reason, run, console.bytes_dropped(), None));
     };
     let own_apic = spec.config.cores.get(index).copied().unwrap_or(0);
-    let mut host = VcpuHost::new(own_apic);
+    let mut host = VcpuHost::with_stop_at(own_apic, stop_at);
     if index > 0 {
         run_application_vcpu(spec, core, shared, index, &mut host, run, console, stop);
         host.arm(None);

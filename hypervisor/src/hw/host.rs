@@ -106,6 +106,10 @@ pub struct VcpuHost {
     /// When the armed timer actually fires (earlier than `armed` for deadlines beyond the
     /// timer's 32-bit count): past that, it must be armed again even for the same deadline.
     fires_at: u64,
+    /// The machine's deadline in TSC ticks, for a vCPU that only its own clock can stop (the
+    /// boot processor's, run inside the manager): the timer never waits past it, so even a
+    /// guest that masks interrupts and stops its own timer exits then.
+    stop_at: Option<u64>,
 }
 
 impl VcpuHost {
@@ -116,6 +120,15 @@ impl VcpuHost {
             tsc_hz: super::tsc::hz(),
             armed: None,
             fires_at: 0,
+            stop_at: None,
+        }
+    }
+
+    /// As [`VcpuHost::new`], with the timer never armed past `stop_at` (TSC ticks).
+    pub fn with_stop_at(own_apic: u32, stop_at: Option<u64>) -> Self {
+        Self {
+            stop_at,
+            ..Self::new(own_apic)
         }
     }
 
@@ -146,6 +159,10 @@ impl crate::run::vplat::PlatformHost for VcpuHost {
     }
 
     fn arm(&mut self, deadline: Option<u64>) {
+        let deadline = match (deadline, self.stop_at) {
+            (Some(d), Some(s)) => Some(d.min(s)),
+            (d, s) => d.or(s),
+        };
         let now = super::tsc::now();
         if deadline == self.armed && (deadline.is_none() || now < self.fires_at) {
             return;

@@ -155,7 +155,7 @@ impl fmt::Display for ConfigError {
     }
 }
 
-fn err(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+pub(crate) fn err(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError {
         field: field.into(),
         reason: reason.into(),
@@ -172,7 +172,19 @@ pub struct Context<'a> {
 
 /// Parses and checks a description. Every enclave must be valid for any to be accepted.
 pub fn parse(text: &str, ctx: &Context) -> Result<Vec<EnclaveConfig>, ConfigError> {
-    let file: File = toml_nostd::from_str(text).map_err(|e| {
+    let file: File = from_toml(text)?;
+    let list = file.enclave;
+    if list.is_empty() {
+        return Err(err("enclave", "no [[enclave]] is described"));
+    }
+    check(&list, ctx)?;
+    Ok(list)
+}
+
+/// Deserializes a TOML module, naming the offending line in the error (shared with the machine
+/// description, so both report syntax the same way).
+pub(crate) fn from_toml<'de, T: Deserialize<'de>>(text: &'de str) -> Result<T, ConfigError> {
+    toml_nostd::from_str(text).map_err(|e| {
         let msg = e.message().trim().to_string();
         // Name the line and show it, so the field is visible even when the parser's message
         // only names the value.
@@ -183,11 +195,12 @@ pub fn parse(text: &str, ctx: &Context) -> Result<Vec<EnclaveConfig>, ConfigErro
             format!("line {line} `{content}`")
         });
         err(at.unwrap_or_else(|| "toml".into()), msg)
-    })?;
-    let list = file.enclave;
-    if list.is_empty() {
-        return Err(err("enclave", "no [[enclave]] is described"));
-    }
+    })
+}
+
+/// Checks parsed `[[enclave]]` tables (fields named `enclave[i].…`): the `enclaves` module and
+/// the boot-time enclaves of the machine description share these rules.
+pub fn check(list: &[EnclaveConfig], ctx: &Context) -> Result<(), ConfigError> {
     if list.len() > MAX_ENCLAVES {
         return Err(err(
             "enclave",
@@ -243,7 +256,7 @@ pub fn parse(text: &str, ctx: &Context) -> Result<Vec<EnclaveConfig>, ConfigErro
             if let Some((j, other)) = list[..i]
                 .iter()
                 .enumerate()
-                .find(|&(j, o)| o.cores.contains(c) && !runs_before(&list, j, i))
+                .find(|&(j, o)| o.cores.contains(c) && !runs_before(list, j, i))
             {
                 return Err(err(
                     f("cores"),
@@ -334,7 +347,7 @@ pub fn parse(text: &str, ctx: &Context) -> Result<Vec<EnclaveConfig>, ConfigErro
             ));
         }
     }
-    Ok(list)
+    Ok(())
 }
 
 #[cfg(test)]

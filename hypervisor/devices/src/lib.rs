@@ -9,6 +9,9 @@
 //! * [`lapic`], [`ioapic`]: the interrupt controllers — a vCPU's local APIC (xAPIC and x2APIC)
 //!   and the platform's I/O APIC.
 //! * [`acpi`]: an enclave's ACPI tables (RSDP, XSDT, FADT, DSDT, MADT, MCFG).
+//! * [`host_acpi`]: the host's (root partition's) ACPI tables — the firmware's, without the
+//!   DMAR, under a new RSDP and XSDT, with a MADT of the host's cores (pool cores online
+//!   capable). Not used by the boot yet.
 //! * [`bounded`]: what exit paths keep of guest data without allocating — fixed-capacity result
 //!   store and console queue that count what they drop, and an iterative JSON validator with a
 //!   depth limit.
@@ -28,6 +31,7 @@ extern crate alloc;
 pub mod acpi;
 pub mod bounded;
 pub mod bus;
+pub mod host_acpi;
 pub mod ioapic;
 pub mod lapic;
 pub mod pci;

@@ -8,12 +8,15 @@
 //! * [`config`]: enclave descriptions (TOML), checked with the field and the reason.
 //! * [`loader`]: guest images (ELF, real mode) and the boot state a vCPU starts from.
 //! * [`linux`]: the Linux 64-bit boot protocol (bzImage, boot_params, E820, initrd).
+//! * [`host_memory`]: the root partition's E820 and its 1:1 second-stage mapping plan (all RAM
+//!   and MMIO but atoll's memory, the enclave pool and what atoll owns).
 //! * [`machine`]: the machine description (TOML): the host's Linux, the enclave pool and the
 //!   boot-time enclaves, checked with the field and the reason (not booted yet).
 //! * [`table`]: the partition table — each enclave's slot (waiting, built, running, ended,
 //!   failed, reclaimed) with its RAM, its built state and its report.
 
 pub mod config;
+pub mod host_memory;
 pub mod linux;
 pub mod loader;
 pub mod machine;

@@ -10,6 +10,8 @@
 //! * [`failure`]: the text of a fault atoll took while handling a partition, in a fixed buffer.
 //! * [`host_ipi`]: the root partition's IPI filter — which host ICR writes go out, which INIT
 //!   and STARTUP are emulated, what is dropped and counted (not wired yet).
+//! * [`host_reset`]: which of the host's writes (and triple faults) reset or power off the
+//!   machine — ACPI reset register, 0xCF9, keyboard controller, S5; not wired yet.
 //! * [`vplat`]: a Linux enclave's virtual platform at run time: `vplat/mod.rs` the layout, what
 //!   its vCPUs share and own, the exits it handles first, entry and HLT; `apic` (mailboxes, xAPIC
 //!   page, x2APIC MSRs, IPI routing), `io` (port and MMIO dispatch through the buses, COM1, PIT,
@@ -22,4 +24,5 @@ pub mod failure;
 #[cfg(feature = "fault-injection")]
 pub mod fault_injection;
 pub mod host_ipi;
+pub mod host_reset;
 pub mod vplat;

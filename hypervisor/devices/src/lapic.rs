@@ -181,6 +181,18 @@ pub enum Shorthand {
     AllExcludingSelf,
 }
 
+impl Shorthand {
+    /// The shorthand in ICR bits 19:18, given those two bits (higher bits ignored).
+    pub fn from_bits(bits: u8) -> Self {
+        match bits & 0b11 {
+            0 => Shorthand::None,
+            1 => Shorthand::SelfOnly,
+            2 => Shorthand::AllIncludingSelf,
+            _ => Shorthand::AllExcludingSelf,
+        }
+    }
+}
+
 /// Trigger mode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Trigger {
@@ -709,12 +721,7 @@ impl X2Apic {
                 return Ok(ApicEffect::None);
             }
         }
-        let shorthand = match (value >> 18) & 0b11 {
-            0 => Shorthand::None,
-            1 => Shorthand::SelfOnly,
-            2 => Shorthand::AllIncludingSelf,
-            _ => Shorthand::AllExcludingSelf,
-        };
+        let shorthand = Shorthand::from_bits((value >> 18) as u8);
         let dest = match shorthand {
             Shorthand::None => (value >> 32) as u32,
             Shorthand::SelfOnly => self.id,

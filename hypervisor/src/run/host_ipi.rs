@@ -17,6 +17,8 @@
 //! only), which needs no filtering.
 
 use crate::machine::platform::MAX_CPUS;
+/// The ICR fields the enclave platform's local APIC model decodes too.
+pub use atoll_devices::lapic::{DestMode, Shorthand};
 
 /// Broadcast in 8-bit xAPIC destinations (physical, and logical in both models; §11.6.2).
 pub const XAPIC_BROADCAST: u32 = 0xff;
@@ -52,37 +54,6 @@ impl DeliveryMode {
             5 => Self::Init,
             6 => Self::Startup,
             other => Self::Reserved(other),
-        }
-    }
-}
-
-/// ICR bit 11: how the destination field is read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DestMode {
-    Physical,
-    Logical,
-}
-
-/// ICR bits 19:18.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Shorthand {
-    /// 00: the destination field names the targets.
-    None,
-    /// 01: the sender only.
-    SelfOnly,
-    /// 10: every APIC, the sender included.
-    AllIncludingSelf,
-    /// 11: every APIC but the sender.
-    AllExcludingSelf,
-}
-
-impl Shorthand {
-    fn from_bits(bits: u8) -> Self {
-        match bits & 3 {
-            0 => Self::None,
-            1 => Self::SelfOnly,
-            2 => Self::AllIncludingSelf,
-            _ => Self::AllExcludingSelf,
         }
     }
 }

@@ -108,60 +108,22 @@ impl CoreWork for TargetCore {
             .position(|&c| c == self.apic_id)
             .unwrap_or(0);
         let stopped = Cell::new(false);
-        let core = &CORE_VIRT[self.slot];
+        let stop = || {
+            let s = block.stop_requested();
+            stopped.set(stopped.get() | s);
+            s
+        };
         // The machine's deadline (`stop_after_ms`) reaches application processors as a Stop in
         // their mailbox; the boot processor runs its own vCPU inline, where no one can post it
-        // one, so its stop check looks at the clock, and for a bare-metal guest (which may
-        // spin without a single exit) its APIC timer makes sure there is an exit to look after.
-        // The check runs after every exit: without a deadline it is only the mailbox's.
-        let deadline = if self.inline {
-            machine_deadline()
-        } else {
-            None
-        };
-        let report = match deadline {
-            None => {
-                let stop = || {
-                    let s = block.stop_requested();
-                    stopped.set(stopped.get() | s);
-                    s
-                };
-                enclave_run::run(&spec, vcpu, core, &stop, None)
-            }
-            Some(d) => {
-                let arm = spec.platform.is_none();
-                let arm_timer = || {
-                    let left = d.saturating_sub(tsc::micros()).max(1);
-                    hw::apic::timer_arm(
-                        atoll::run::vplat::TIMER_VECTOR,
-                        left.saturating_mul(tsc::hz()) / 1_000_000,
-                        tsc::hz(),
-                    );
-                };
-                if arm {
-                    arm_timer();
-                }
-                let stop = || {
-                    let s = block.stop_requested() || tsc::micros() >= d;
-                    if arm && !s {
-                        arm_timer();
-                    }
-                    stopped.set(stopped.get() | s);
-                    s
-                };
-                // A Linux vCPU's host timer is clamped to the deadline instead (its timer is
-                // the guest's too).
-                let stop_at = (!arm).then(|| {
-                    let left_us = d.saturating_sub(tsc::micros());
-                    tsc::now().saturating_add(left_us.saturating_mul(tsc::hz()) / 1_000_000)
-                });
-                let report = enclave_run::run(&spec, vcpu, core, &stop, stop_at);
-                if arm {
-                    hw::apic::timer_stop();
-                }
-                report
-            }
-        };
+        // one: `enclave_run` stops it on its own clock.
+        let stop_at = machine_deadline().filter(|_| self.inline).map(|d| {
+            let left_us = d.saturating_sub(tsc::micros());
+            tsc::now().saturating_add(left_us.saturating_mul(tsc::hz()) / 1_000_000)
+        });
+        let report = enclave_run::run(&spec, vcpu, &CORE_VIRT[self.slot], &stop, stop_at);
+        if stop_at.is_some_and(|d| tsc::now() >= d) {
+            stopped.set(true);
+        }
         let failed = report
             .as_ref()
             .is_some_and(|r| r.end_reason == Some("failed"));

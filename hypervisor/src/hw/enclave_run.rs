@@ -97,6 +97,40 @@ fn run_loop(
     run: &mut EnclaveRun,
     console: &mut EnclaveConsole,
     stop: &dyn Fn() -> bool,
+    stop_at: Option<u64>,
+) -> EndReason {
+    // A bare-metal guest may spin without a single exit: with a deadline, this core's APIC
+    // timer makes sure there is one then (the stop check itself reads the clock).
+    let arm = |d: u64| {
+        let left = d.saturating_sub(super::tsc::now()).max(1);
+        super::apic::timer_arm(crate::run::vplat::TIMER_VECTOR, left, super::tsc::hz());
+    };
+    if let Some(d) = stop_at {
+        arm(d);
+    }
+    let reason = run_guest(
+        vcpu,
+        spec,
+        run,
+        console,
+        stop,
+        stop_at.map(|d| (d, &arm as &dyn Fn(u64))),
+    );
+    if stop_at.is_some() {
+        super::apic::timer_stop();
+    }
+    reason
+}
+
+/// [`run_loop`]'s loop; `rearm` (with the deadline) arms the timer again after an exit that
+/// did not stop the vCPU.
+fn run_guest(
+    vcpu: &mut impl Backend,
+    spec: &RunSpec,
+    run: &mut EnclaveRun,
+    console: &mut EnclaveConsole,
+    stop: &dyn Fn() -> bool,
+    rearm: Option<(u64, &dyn Fn(u64))>,
 ) -> EndReason {
     log::info!(
         "enclave '{}' starts on this core ({} MiB at {})",
@@ -121,6 +155,9 @@ fn run_loop(
             return EndReason::Stopped {
                 rip: Some(vcpu.rip()),
             };
+        }
+        if let Some((d, arm)) = rearm {
+            arm(d);
         }
     }
 }
@@ -220,6 +257,7 @@ fn start(
     run: &mut EnclaveRun,
     console: &mut EnclaveConsole,
     stop: &dyn Fn() -> bool,
+    stop_at: Option<u64>,
 ) -> EndReason {
     let virt = match core_virt(spec, core) {
         Ok(v) => v,
@@ -228,13 +266,13 @@ fn start(
     match (virt, spec.second_stage) {
         (CoreVirt::Vmx(state), SecondStage::Ept(eptp)) => {
             match VmxVcpu::new(state, &spec.boot, eptp, spec.tag) {
-                Ok(mut vcpu) => run_loop(&mut vcpu, spec, run, console, stop),
+                Ok(mut vcpu) => run_loop(&mut vcpu, spec, run, console, stop, stop_at),
                 Err(e) => EndReason::Failed(alloc::format!("cannot build the vCPU: {e}")),
             }
         }
         (CoreVirt::Svm(state), SecondStage::Npt(root)) => {
             match SvmVcpu::new(state, &spec.boot, root, u32::from(spec.tag), spec.ram) {
-                Ok(mut vcpu) => run_loop(&mut vcpu, spec, run, console, stop),
+                Ok(mut vcpu) => run_loop(&mut vcpu, spec, run, console, stop, stop_at),
                 Err(e) => EndReason::Failed(alloc::format!("cannot build the vCPU: {e}")),
             }
         }
@@ -383,9 +421,11 @@ fn run_application_vcpu(
 ///
 /// A panic or exception in atoll while this core handles the enclave ends the enclave as
 /// `failed` with the fault's text and location ([`super::contain`]); the core then returns as
-/// if the enclave had ended, and the machine runs on. `stop_at` (TSC ticks): a Linux vCPU's
-/// host timer never waits past it (for the boot processor's vCPU, which only its own clock can
-/// stop at the machine's deadline).
+/// if the enclave had ended, and the machine runs on. `stop_at` (TSC ticks), for the boot
+/// processor's vCPU, which only its own clock can stop at the machine's deadline: the vCPU
+/// stops once it has passed, and this core's timer never waits past it (a bare-metal guest's
+/// is armed for it; a Linux vCPU's host timer, which serves the guest's timer too, is clamped
+/// to it), so even a guest spinning without an exit exits then.
 pub fn run(
     spec: &RunSpec,
     index: usize,
@@ -393,6 +433,16 @@ pub fn run(
     stop: &dyn Fn() -> bool,
     stop_at: Option<u64>,
 ) -> Option<EnclaveReport> {
+    // With a deadline, the stop check also reads the clock (without one it stays the caller's
+    // alone: it runs after every exit).
+    let with_deadline;
+    let stop: &dyn Fn() -> bool = match stop_at {
+        None => stop,
+        Some(d) => {
+            with_deadline = move || stop() || super::tsc::now() >= d;
+            &with_deadline
+        }
+    };
     // The run state lives here, above the recovery point, so what the enclave reported and
     // the exits counted before a fault survive it.
     let mut run = EnclaveRun::new(&spec.config.name, spec.config.io_unknown);
@@ -443,7 +493,7 @@ fn run_vcpu(
 ) -> Option<EnclaveReport> {
     let Some(shared) = spec.platform.as_deref() else {
         // A bare-metal guest: one vCPU.
-        let reason = start(spec, core, run, console, stop);
+        let reason = start(spec, core, run, console, stop, stop_at);
         run.uart.flush(&spec.config.name, console);
         console.flush();
         return Some(report(spec, &reason, run, console.bytes_dropped(), None));

@@ -187,6 +187,75 @@ impl FrameAllocator {
         self.insert_merging(range, true)
     }
 
+    /// Keeps only the highest free memory, at least `keep` bytes of it starting at a multiple of
+    /// `granule`, and gives up every free byte below that point for good: it leaves the free
+    /// list and the managed list, so it is never handed out and never accepted back. Returns
+    /// the split point. Memory handed out before stays handed out (the caller keeps owning it).
+    ///
+    /// This is how the root partition's memory is carved at boot: what is ceded becomes the
+    /// host's; what is kept is the enclave pool (and atoll's own tables from then on).
+    ///
+    /// Fails with `OutOfMemory` (changing nothing) when less than `keep` bytes are free above
+    /// every granule-aligned split point.
+    pub fn keep_top(&mut self, keep: u64, granule: u64) -> Result<HostPhysAddr, FrameError> {
+        if keep == 0 || !granule.is_power_of_two() || granule < FRAME_SIZE {
+            return Err(FrameError::BadRequest);
+        }
+        let frames = keep.div_ceil(FRAME_SIZE);
+        // Walk down from the top until enough is free above a granule-aligned point.
+        let mut above = 0u64;
+        let mut split = None;
+        for r in self.ranges().iter().rev() {
+            let candidate = r.end.as_u64().saturating_sub(keep.saturating_sub(above));
+            let aligned = candidate & !(granule - 1);
+            if candidate >= r.start.as_u64() {
+                split = Some(aligned);
+                break;
+            }
+            above += r.len();
+        }
+        let Some(at) = split else {
+            return Err(FrameError::OutOfMemory {
+                frames,
+                align: granule,
+            });
+        };
+        // Aligning down may reach into lower ranges: that only keeps more.
+        let at = HostPhysAddr::new(at);
+        let ceded = PhysRange::new(HostPhysAddr::new(0), at);
+        // The managed list loses exactly the free memory below the point (handed-out memory
+        // there stays managed: it may come back). Built aside, so a failure changes nothing.
+        let mut managed = [EMPTY; MAX_MANAGED_RANGES];
+        let mut n = 0;
+        let mut push = |r: PhysRange| {
+            if r.is_empty() {
+                return Ok(());
+            }
+            if n == MAX_MANAGED_RANGES {
+                return Err(FrameError::TooFragmented);
+            }
+            managed[n] = r;
+            n += 1;
+            Ok(())
+        };
+        for m in self.managed() {
+            let mut cursor = m.start;
+            for f in self.ranges() {
+                let cut = PhysRange::new(f.start.max(m.start), f.end.min(m.end).min(at));
+                if cut.is_empty() || cut.start < cursor {
+                    continue;
+                }
+                push(PhysRange::new(cursor, cut.start))?;
+                cursor = cut.end;
+            }
+            push(PhysRange::new(cursor, m.end))?;
+        }
+        self.remove(ceded)?;
+        self.managed = managed;
+        self.managed_count = n;
+        Ok(at)
+    }
+
     /// Inserts `range`, merging with neighbours. With `strict`, overlapping free memory is a
     /// double free; without, overlaps (from overlapping map entries) are merged.
     fn insert_merging(&mut self, range: PhysRange, strict: bool) -> Result<(), FrameError> {
@@ -294,6 +363,44 @@ mod tests {
             region(0x10_0000, 0x1ffe_0000, RegionKind::Usable),
             region(0x1ffe_0000, 0x2000_0000, RegionKind::AcpiReclaimable),
         ]
+    }
+
+    #[test]
+    fn keep_top_cedes_the_free_memory_below_the_split_for_good() {
+        let low = r(0, 0x10_0000);
+        let mut fa = FrameAllocator::new(&pc_map(), &[low]).unwrap();
+        // Something handed out low stays atoll's and may come back.
+        let stack = fa.allocate(16, FRAME_SIZE).unwrap();
+        let at = fa.keep_top(64 << 20, 2 << 20).unwrap();
+        assert!(at.is_aligned(2 << 20));
+        assert!(fa.free_bytes() >= 64 << 20);
+        assert!(fa.free_bytes() < (64 << 20) + (2 << 20));
+        assert!(fa.ranges().iter().all(|f| f.start >= at));
+        // Ceded memory is neither handed out nor taken back; handed-out memory is.
+        let ceded = r(0x20_0000, 0x20_1000);
+        assert_eq!(fa.free(ceded), Err(FrameError::Unknown(ceded)));
+        fa.free(stack).unwrap();
+        assert_eq!(fa.allocate(16, FRAME_SIZE).unwrap(), stack);
+        while let Ok(f) = fa.allocate(1, FRAME_SIZE) {
+            assert!(f.start >= at || f.overlaps(&stack), "{f} below {at}");
+        }
+    }
+
+    #[test]
+    fn keep_top_refuses_more_than_is_free_and_changes_nothing() {
+        let mut fa = FrameAllocator::new(&pc_map(), &[r(0, 0x10_0000)]).unwrap();
+        let before: Vec<PhysRange> = fa.ranges().to_vec();
+        assert!(matches!(
+            fa.keep_top(1 << 30, 2 << 20),
+            Err(FrameError::OutOfMemory { .. })
+        ));
+        assert_eq!(fa.keep_top(0, 2 << 20), Err(FrameError::BadRequest));
+        assert_eq!(fa.keep_top(1 << 20, 3), Err(FrameError::BadRequest));
+        assert_eq!(fa.ranges(), &before[..]);
+        // Keeping everything cedes nothing.
+        let all = fa.free_bytes();
+        assert!(fa.keep_top(all - (1 << 20), FRAME_SIZE).is_ok());
+        assert!(fa.free_bytes() >= all - (1 << 20));
     }
 
     #[test]

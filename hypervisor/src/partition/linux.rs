@@ -569,6 +569,15 @@ fn align_up(v: u64, align: u64) -> Option<u64> {
     Some(v.checked_add(align - 1)? & !(align - 1))
 }
 
+/// Whether `[start, end)` lies wholly inside one RAM entry of `e820`: the kernel and the initrd
+/// go only where the map says RAM is (a root partition's RAM has holes: atoll's memory and the
+/// enclave pool are reserved in its map).
+fn in_ram(e820: &[E820Entry], start: u64, end: u64) -> bool {
+    e820.iter().any(|e| {
+        e.kind == E820Kind::Ram && e.addr <= start && end <= e.addr.saturating_add(e.size)
+    })
+}
+
 /// Decides where everything goes and checks every input; writes nothing.
 pub fn plan(
     image: &LinuxImage,
@@ -620,6 +629,13 @@ pub fn plan(
     // The kernel (boot.rst, init_size: runtime start = pref_address, or the load address
     // aligned up to kernel_alignment for a relocatable kernel).
     let top = ram.min(IDENTITY_END);
+    // Without a map, all of [0, ram) is RAM.
+    let whole = [E820Entry {
+        addr: 0,
+        size: ram,
+        kind: E820Kind::Ram,
+    }];
+    let map = if e820.is_empty() { &whole[..] } else { e820 };
     let need = align_up(
         u64::from(h.init_size).max(image.kernel().len() as u64),
         PAGE,
@@ -629,7 +645,12 @@ pub fn plan(
         need: u64::MAX,
         ram,
     })?;
-    let fits = |at: u64| at >= MIN_LOAD && at.checked_add(need).is_some_and(|end| end <= top);
+    let fits = |at: u64| {
+        at >= MIN_LOAD
+            && at
+                .checked_add(need)
+                .is_some_and(|end| end <= top && in_ram(map, at, end))
+    };
     let pref_ok = fits(h.pref_address)
         && (!h.relocatable
             || GuestPhysAddr::new(h.pref_address).is_aligned(u64::from(h.kernel_alignment)));
@@ -672,11 +693,16 @@ pub fn plan(
             let size = bytes.len() as u64;
             let limit = (u64::from(h.initrd_addr_max) + 1).min(top);
             let too_big = LinuxError::InitrdTooBig { size, limit };
+            // The highest 4 KiB-aligned place below `below` inside one RAM entry of the map.
             let highest = |below: u64| {
-                below
-                    .checked_sub(size)
-                    .map(|a| a & !(PAGE - 1))
-                    .filter(|&a| a >= MIN_LOAD)
+                map.iter()
+                    .filter(|e| e.kind == E820Kind::Ram)
+                    .filter_map(|e| {
+                        let end = e.addr.saturating_add(e.size).min(below);
+                        let at = end.checked_sub(size)? & !(PAGE - 1);
+                        (at >= e.addr.max(MIN_LOAD)).then_some(at)
+                    })
+                    .max()
             };
             let above = highest(limit).filter(|&a| a >= kernel_end);
             let at = above
@@ -1048,11 +1074,12 @@ mod tests {
         let text = &ram[ptr as usize..ptr as usize + cmdline.len() + 1];
         assert_eq!(&text[..cmdline.len()], cmdline.as_bytes());
         assert_eq!(text[cmdline.len()], 0);
-        // The initrd: at the top of RAM (below initrd_addr_max), 4 KiB aligned, above the kernel.
+        // The initrd: at the top of the highest RAM entry (below initrd_addr_max, clear of the
+        // ACPI tables the map reserves at the top), 4 KiB aligned, above the kernel.
         let rd = u64::from(rd32(&ram, bp + 0x218)) | u64::from(rd32(&ram, bp + 0x0c0)) << 32;
         let rd_len = u64::from(rd32(&ram, bp + 0x21c)) | u64::from(rd32(&ram, bp + 0x0c4)) << 32;
         assert_eq!(rd_len, initrd.len() as u64);
-        assert_eq!(rd, (ram_len - rd_len) & !0xfff);
+        assert_eq!(rd, (ram_len - 0x1_0000 - rd_len) & !0xfff);
         assert!(rd >= load_at + u64::from(spec.init_size));
         assert_eq!(
             &ram[rd as usize..(rd + rd_len) as usize],
@@ -1225,6 +1252,53 @@ mod tests {
             e.to_string().starts_with("kernel is not relocatable"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn kernel_and_initrd_stay_in_the_maps_ram_around_reserved_holes() {
+        // A root partition's map: RAM with atoll's memory and the pool reserved inside it.
+        let map = [
+            E820Entry {
+                addr: 0,
+                size: 0x9_f000,
+                kind: E820Kind::Ram,
+            },
+            E820Entry {
+                addr: MIB,
+                size: 40 * MIB,
+                kind: E820Kind::Ram,
+            },
+            E820Entry {
+                addr: 41 * MIB,
+                size: 87 * MIB,
+                kind: E820Kind::Reserved,
+            },
+        ];
+        let img = bzimage(&good());
+        let image = LinuxImage::parse(&img).unwrap();
+        let size = 5 * MIB as usize;
+        let l = plan(&image, Some(&vec![1u8; size]), "", 128 * MIB, &map, None).unwrap();
+        let (at, len) = l.initrd.unwrap();
+        assert!(at.as_u64() + len <= 41 * MIB, "below the reserved hole");
+        assert_eq!(at.as_u64(), (41 * MIB - size as u64) & !0xfff);
+        assert!(l.kernel.as_u64() + l.kernel_reserved <= at.as_u64());
+        // No RAM entry holds the initrd: refused, not placed in the hole.
+        let big = 60 * MIB as usize;
+        assert!(matches!(
+            plan(&image, Some(&vec![1u8; big]), "", 128 * MIB, &map, None),
+            Err(LinuxError::InitrdTooBig { .. })
+        ));
+        // The kernel's preferred place reserved: a relocatable kernel is refused rather than
+        // put there.
+        let hole_at_16 = [
+            map[0],
+            E820Entry {
+                addr: MIB,
+                size: 127 * MIB,
+                kind: E820Kind::Reserved,
+            },
+        ];
+        assert!(plan(&image, None, "", 128 * MIB, &hole_at_16, None).is_err());
     }
 
     #[test]
@@ -1447,7 +1521,16 @@ mod tests {
             e.to_string(),
             "129 E820 entries do not fit in boot_params (at most 128)"
         );
-        assert!(plan(&image, None, "", ram, &many[..128], None).is_ok());
+        let mut full = e820(ram);
+        full.resize(
+            128,
+            E820Entry {
+                addr: 1 << 40,
+                size: 4096,
+                kind: E820Kind::Reserved,
+            },
+        );
+        assert!(plan(&image, None, "", ram, &full, None).is_ok());
         let wraps = [E820Entry {
             addr: u64::MAX - 10,
             size: 100,
@@ -1636,7 +1719,11 @@ mod tests {
             &mem[(16 * MIB) as usize..][..0x1000],
             &img[h.setup_len()..][..0x1000]
         );
-        assert_eq!(rd32(&mem, BOOT_PARAMS_GPA + 0x218), (ram - 3 * MIB) as u32);
+        // Below the 64 KiB of ACPI tables the map reserves at the top.
+        assert_eq!(
+            rd32(&mem, BOOT_PARAMS_GPA + 0x218),
+            (ram - 3 * MIB - 0x1_0000) as u32
+        );
         assert_eq!(rd16(&mem, BOOT_PARAMS_GPA + 0x206), h.version);
     }
 }

@@ -185,6 +185,123 @@ impl fmt::Display for HostAcpiError {
     }
 }
 
+/// At most this many tables are read from the firmware's root table (a PC lists about ten).
+pub const MAX_FIRMWARE_TABLES: usize = 64;
+/// A firmware table longer than this is refused rather than read (the largest on a PC, the
+/// DSDT, is not among the root table's entries; the others are a few KiB).
+pub const MAX_FIRMWARE_TABLE_LEN: usize = 1 << 20;
+
+/// Why the firmware's root table could not be read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FirmwareReadError {
+    /// The RSDP is not readable or has no `RSD PTR ` signature.
+    BadRsdp,
+    /// The root table (XSDT or RSDT) is unreadable, has the wrong signature or a bad length.
+    BadRootTable,
+    /// The root table lists more than [`MAX_FIRMWARE_TABLES`] tables.
+    TooManyTables,
+    /// A listed table is unreadable or claims a length outside `36..=MAX_FIRMWARE_TABLE_LEN`.
+    BadTable { index: usize, address: HostPhysAddr },
+}
+
+impl fmt::Display for FirmwareReadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::BadRsdp => write!(f, "the RSDP is unreadable or has no signature"),
+            Self::BadRootTable => write!(f, "the XSDT/RSDT is unreadable or malformed"),
+            Self::TooManyTables => write!(
+                f,
+                "the root table lists more than {MAX_FIRMWARE_TABLES} tables"
+            ),
+            Self::BadTable { index, address } => {
+                write!(
+                    f,
+                    "root table entry {index} at {address} is unreadable or malformed"
+                )
+            }
+        }
+    }
+}
+
+fn le32(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+fn le64(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
+}
+
+impl<'a> FirmwareAcpi<'a> {
+    /// Reads the tables the firmware's root table lists, starting at the RSDP at `rsdp`:
+    /// the XSDT when the RSDP's revision is 2 or more and its XSDT address is set, else the
+    /// RSDT (ACPI 6.5 §5.2.5.3, §5.2.7, §5.2.8). `fetch(address, len)` returns the `len` bytes
+    /// at a physical address, or `None` when they cannot be read. Every length is bounded
+    /// before it is used; checksums are [`build`]'s business.
+    pub fn read(
+        rsdp: HostPhysAddr,
+        fetch: impl Fn(HostPhysAddr, usize) -> Option<&'a [u8]>,
+    ) -> Result<Self, FirmwareReadError> {
+        let r = fetch(rsdp, RSDP_V1_LEN).ok_or(FirmwareReadError::BadRsdp)?;
+        if r.get(0..8) != Some(b"RSD PTR ".as_slice()) {
+            return Err(FirmwareReadError::BadRsdp);
+        }
+        let mut oem_id = [0u8; 6];
+        oem_id.copy_from_slice(&r[9..15]);
+        let revision = r[15];
+        let xsdt = if revision >= 2 {
+            fetch(rsdp, RSDP_LEN)
+                .and_then(|r| le64(r, 24))
+                .filter(|&a| a != 0)
+        } else {
+            None
+        };
+        let (root, entry_len, signature) = match xsdt {
+            Some(a) => (a, 8, b"XSDT"),
+            None => (
+                u64::from(le32(r, 16).ok_or(FirmwareReadError::BadRsdp)?),
+                4,
+                b"RSDT",
+            ),
+        };
+        let root = HostPhysAddr::new(root);
+        let head = fetch(root, HEADER_LEN).ok_or(FirmwareReadError::BadRootTable)?;
+        if head.get(0..4) != Some(signature.as_slice()) {
+            return Err(FirmwareReadError::BadRootTable);
+        }
+        let len = le32(head, 4).ok_or(FirmwareReadError::BadRootTable)? as usize;
+        if !(HEADER_LEN..=MAX_FIRMWARE_TABLE_LEN).contains(&len) {
+            return Err(FirmwareReadError::BadRootTable);
+        }
+        let count = (len - HEADER_LEN) / entry_len;
+        if count > MAX_FIRMWARE_TABLES {
+            return Err(FirmwareReadError::TooManyTables);
+        }
+        let body = fetch(root, len).ok_or(FirmwareReadError::BadRootTable)?;
+        let mut tables = Vec::with_capacity(count);
+        for index in 0..count {
+            let at = HEADER_LEN + index * entry_len;
+            let address = if entry_len == 8 {
+                le64(body, at)
+            } else {
+                le32(body, at).map(u64::from)
+            }
+            .ok_or(FirmwareReadError::BadRootTable)?;
+            let address = HostPhysAddr::new(address);
+            let bad = FirmwareReadError::BadTable { index, address };
+            let h = fetch(address, HEADER_LEN).ok_or(bad)?;
+            let tlen = le32(h, 4).ok_or(bad)? as usize;
+            if !(HEADER_LEN..=MAX_FIRMWARE_TABLE_LEN).contains(&tlen) {
+                return Err(bad);
+            }
+            tables.push(FirmwareTable {
+                address,
+                bytes: fetch(address, tlen).ok_or(bad)?,
+            });
+        }
+        Ok(Self { oem_id, tables })
+    }
+}
+
 /// The host's tables: one contiguous image meant to be copied to [`HostAcpi::base`].
 #[derive(Clone, Debug)]
 pub struct HostAcpi {
@@ -1030,6 +1147,126 @@ mod tests {
             )
             .unwrap_err(),
             HostAcpiError::AddressOverflow
+        );
+    }
+
+    /// A fake physical memory: (address, bytes) blocks.
+    fn fetcher<'a>(
+        blocks: &'a [(u64, Vec<u8>)],
+    ) -> impl Fn(HostPhysAddr, usize) -> Option<&'a [u8]> + 'a {
+        move |a: HostPhysAddr, len: usize| {
+            blocks.iter().find_map(|(at, b)| {
+                let off = a.as_u64().checked_sub(*at)? as usize;
+                b.get(off..off.checked_add(len)?)
+            })
+        }
+    }
+
+    fn rsdp(revision: u8, rsdt: u32, xsdt: u64) -> Vec<u8> {
+        let mut r = vec![0u8; 36];
+        r[0..8].copy_from_slice(b"RSD PTR ");
+        r[9..15].copy_from_slice(b"BOCHS ");
+        r[15] = revision;
+        r[16..20].copy_from_slice(&rsdt.to_le_bytes());
+        r[24..32].copy_from_slice(&xsdt.to_le_bytes());
+        r
+    }
+
+    fn root(sig: &[u8; 4], entries: &[u64], wide: bool) -> Vec<u8> {
+        let w = if wide { 8 } else { 4 };
+        let mut t = table(sig, 36 + w * entries.len());
+        for (i, e) in entries.iter().enumerate() {
+            t[36 + w * i..36 + w * (i + 1)].copy_from_slice(&e.to_le_bytes()[..w]);
+        }
+        t
+    }
+
+    #[test]
+    fn firmware_root_tables_are_read_through_xsdt_or_rsdt() {
+        let apic = table(b"APIC", 60);
+        let hpet = table(b"HPET", 56);
+        let blocks = vec![
+            (0xf_0000, rsdp(2, 0x1000, 0x2000)),
+            (0x1000, root(b"RSDT", &[0x3000], false)),
+            (0x2000, root(b"XSDT", &[0x3000, 0x4000], true)),
+            (0x3000, apic.clone()),
+            (0x4000, hpet.clone()),
+        ];
+        let fw = FirmwareAcpi::read(HostPhysAddr::new(0xf_0000), fetcher(&blocks)).unwrap();
+        assert_eq!(&fw.oem_id, b"BOCHS ");
+        let got: Vec<_> = fw
+            .tables
+            .iter()
+            .map(|t| (t.address.as_u64(), t.bytes))
+            .collect();
+        assert_eq!(got, vec![(0x3000, &apic[..]), (0x4000, &hpet[..])]);
+        // ACPI 1.0: the RSDT.
+        let mut v1 = blocks.clone();
+        v1[0].1 = rsdp(0, 0x1000, 0x2000);
+        let fw = FirmwareAcpi::read(HostPhysAddr::new(0xf_0000), fetcher(&v1)).unwrap();
+        assert_eq!(fw.tables.len(), 1);
+    }
+
+    #[test]
+    fn firmware_read_errors_name_what_is_wrong() {
+        let at = HostPhysAddr::new(0xf_0000);
+        let read = |b: &[(u64, Vec<u8>)]| FirmwareAcpi::read(at, fetcher(b)).map(|_| ());
+        assert_eq!(read(&[]), Err(FirmwareReadError::BadRsdp));
+        let mut bad_sig = rsdp(2, 0, 0x2000);
+        bad_sig[0] = b'X';
+        assert_eq!(
+            read(&[(0xf_0000, bad_sig)]),
+            Err(FirmwareReadError::BadRsdp)
+        );
+        // The root table missing, with the wrong signature, or too long to be believed.
+        assert_eq!(
+            read(&[(0xf_0000, rsdp(2, 0, 0x2000))]),
+            Err(FirmwareReadError::BadRootTable)
+        );
+        assert_eq!(
+            read(&[
+                (0xf_0000, rsdp(2, 0, 0x2000)),
+                (0x2000, root(b"RSDT", &[], true))
+            ]),
+            Err(FirmwareReadError::BadRootTable)
+        );
+        let mut huge = root(b"XSDT", &[], true);
+        huge[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(
+            read(&[(0xf_0000, rsdp(2, 0, 0x2000)), (0x2000, huge)]),
+            Err(FirmwareReadError::BadRootTable)
+        );
+        let many: Vec<u64> = (0..MAX_FIRMWARE_TABLES as u64 + 1)
+            .map(|i| 0x3000 + i)
+            .collect();
+        assert_eq!(
+            read(&[
+                (0xf_0000, rsdp(2, 0, 0x2000)),
+                (0x2000, root(b"XSDT", &many, true))
+            ]),
+            Err(FirmwareReadError::TooManyTables)
+        );
+        // An entry pointing nowhere, or at a table whose length is absurd.
+        let bad = FirmwareReadError::BadTable {
+            index: 0,
+            address: HostPhysAddr::new(0x9000),
+        };
+        assert_eq!(
+            read(&[
+                (0xf_0000, rsdp(2, 0, 0x2000)),
+                (0x2000, root(b"XSDT", &[0x9000], true))
+            ]),
+            Err(bad)
+        );
+        let mut short = table(b"APIC", 36);
+        short[4..8].copy_from_slice(&8u32.to_le_bytes());
+        assert_eq!(
+            read(&[
+                (0xf_0000, rsdp(2, 0, 0x2000)),
+                (0x2000, root(b"XSDT", &[0x9000], true)),
+                (0x9000, short)
+            ]),
+            Err(bad)
         );
     }
 

@@ -573,9 +573,8 @@ fn align_up(v: u64, align: u64) -> Option<u64> {
 /// go only where the map says RAM is (a root partition's RAM has holes: atoll's memory and the
 /// enclave pool are reserved in its map).
 fn in_ram(e820: &[E820Entry], start: u64, end: u64) -> bool {
-    e820.iter().any(|e| {
-        e.kind == E820Kind::Ram && e.addr <= start && end <= e.addr.saturating_add(e.size)
-    })
+    e820.iter()
+        .any(|e| e.kind == E820Kind::Ram && e.addr <= start && end <= e.addr.saturating_add(e.size))
 }
 
 /// Decides where everything goes and checks every input; writes nothing.

@@ -16,6 +16,7 @@
 //!   failed, reclaimed) with its RAM, its built state and its report.
 
 pub mod config;
+pub mod host;
 pub mod host_memory;
 pub mod linux;
 pub mod loader;

@@ -24,6 +24,7 @@ use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 /// The registers a recovery point keeps (System V callee-saved set, stack pointer, resume
 /// address). Field offsets are used by the assembly below.
 #[repr(C)]
+#[derive(Clone, Copy)]
 struct Context {
     rbx: u64,
     rbp: u64,
@@ -178,6 +179,15 @@ pub fn contained<F: FnOnce() -> R, R>(f: F) -> Result<R, Failure> {
     let state = slot.state.get();
     // `SlotState` is `repr(C)` with the context first.
     let ctx = state.cast::<Context>();
+    // A call inside another contained call (an MSR probe inside a partition's exit handling):
+    // the outer recovery point is kept here and put back afterwards, so a fault after the
+    // inner call returns still ends the outer one.
+    let outer = if slot.armed.load(Ordering::Acquire) {
+        // SAFETY: only this core reads or writes its slot's context.
+        Some(unsafe { *ctx })
+    } else {
+        None
+    };
     slot.armed.store(true, Ordering::Release);
     // SAFETY: `ctx` is this core's context, valid for writes; `trampoline::<F, R>` matches the
     // `Call<F, R>` behind `data`. If the call comes back through `atoll_contain_resume`, it
@@ -190,7 +200,14 @@ pub fn contained<F: FnOnce() -> R, R>(f: F) -> Result<R, Failure> {
             core::ptr::addr_of_mut!(call).cast(),
         )
     };
-    slot.armed.store(false, Ordering::Release);
+    match outer {
+        Some(o) => {
+            // SAFETY: as above: this core's own context, written back before re-arming.
+            unsafe { *ctx = o };
+            slot.armed.store(true, Ordering::Release);
+        }
+        None => slot.armed.store(false, Ordering::Release),
+    }
     if resumed == 0 {
         if let Some(r) = call.result {
             return Ok(r);

@@ -9,6 +9,7 @@ pub mod core_tables;
 pub mod enclave_run;
 pub mod guest_state;
 pub mod host;
+pub mod host_ram;
 pub mod msr;
 pub mod power;
 pub mod rtc;
@@ -84,6 +85,12 @@ pub fn enable_osxsave() {
 /// now or another interrupt arrives: a waiting core then costs an emulator (Bochs runs its
 /// processors in turn) nothing, unlike a spin loop.
 pub fn idle_wait_us(us: u64) {
+    if host_owns_this_core() {
+        // The host's timer and interrupts: atoll neither arms the APIC timer nor enables
+        // interrupts here (a host device interrupt would land in atoll's IDT). Spin.
+        spin_wait_us(us);
+        return;
+    }
     let hz = tsc::hz();
     apic::timer_arm(
         crate::run::vplat::TIMER_VECTOR,
@@ -92,6 +99,32 @@ pub fn idle_wait_us(us: u64) {
     );
     halt_until_interrupt();
     apic::timer_stop();
+}
+
+/// Waits `us` microseconds of the TSC with interrupts off, touching nothing.
+pub fn spin_wait_us(us: u64) {
+    let end = tsc::now().saturating_add(us.saturating_mul(tsc::hz()) / 1_000_000);
+    while tsc::now() < end {
+        core::hint::spin_loop();
+    }
+}
+
+/// Per core slot: whether the root partition owns this core's local APIC timer and interrupts
+/// (set before the host first runs there, for good).
+static HOST_CORE: [core::sync::atomic::AtomicBool; crate::machine::smp::MAX_CORES] =
+    [const { core::sync::atomic::AtomicBool::new(false) }; crate::machine::smp::MAX_CORES];
+
+/// Marks the calling core as the host's: atoll's idle waits spin from now on.
+pub fn give_core_to_host() {
+    if let Some(slot) = core_tables::this_slot() {
+        HOST_CORE[slot].store(true, core::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Whether the calling core is the host's ([`give_core_to_host`]).
+pub fn host_owns_this_core() -> bool {
+    core_tables::this_slot()
+        .is_some_and(|slot| HOST_CORE[slot].load(core::sync::atomic::Ordering::Relaxed))
 }
 
 /// Enables interrupts and halts until one arrives, then disables them again. STI's

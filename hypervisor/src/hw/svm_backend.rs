@@ -7,13 +7,15 @@
 //! fetched from guest memory and decoded with `iced-x86` ([`atoll_vcpu::decode`]). Only this module
 //! (and the `svm` crate) knows SVM encodings.
 
+use super::host_ram::HostRam;
 use crate::partition::config::EntryMode;
 use crate::partition::loader::BootState;
 use crate::run::exits::PASSTHROUGH_MSRS;
 use alloc::boxed::Box;
+use alloc::sync::Arc;
 use atoll_vcpu::decode;
 use atoll_vcpu::double_fault::{self, Combined};
-use atoll_vcpu::{Exit, Gpr, GuestRam, Vcpu, VcpuError};
+use atoll_vcpu::{Exit, Gpr, GuestMemory, GuestRam, Vcpu, VcpuError};
 use boot::{HostPhysAddr, PhysRange};
 use svm::exit::{Event, EventType, ExitCode};
 use svm::intercepts::{
@@ -85,6 +87,36 @@ impl SvmCore {
     }
 }
 
+/// The memory a vCPU's instructions are fetched from when an exit needs them decoded.
+pub enum Memory {
+    /// An enclave's RAM: one range, guest-physical 0 at its start.
+    Enclave(PhysRange),
+    /// The root partition's RAM (guest-physical = host-physical).
+    Host(Arc<HostRam>),
+}
+
+/// [`Memory`] as the decoder reads it.
+enum MemView<'a> {
+    Ram(GuestRam),
+    Host(&'a HostRam),
+}
+
+impl GuestMemory for MemView<'_> {
+    fn read(&self, gpa: boot::GuestPhysAddr, buf: &mut [u8]) -> Option<()> {
+        match self {
+            MemView::Ram(r) => r.read(gpa, buf),
+            MemView::Host(h) => h.read(gpa, buf),
+        }
+    }
+
+    fn write(&mut self, gpa: boot::GuestPhysAddr, buf: &[u8]) -> Option<()> {
+        match self {
+            MemView::Ram(r) => r.write(gpa, buf),
+            MemView::Host(h) => h.write(gpa, buf),
+        }
+    }
+}
+
 /// One enclave vCPU on SVM.
 pub struct SvmVcpu {
     vmcb: Box<Vmcb>,
@@ -93,7 +125,7 @@ pub struct SvmVcpu {
     host_vmcb: HostPhysAddr,
     nrip: bool,
     decode_assists: bool,
-    ram: PhysRange,
+    memory: Memory,
     next_rip: Option<u64>,
     intr_run: u32,
     /// An NMI atoll injected is being handled by the guest: no other NMI until its IRET.
@@ -280,7 +312,7 @@ impl SvmVcpu {
             host_vmcb: phys(&*core.host_vmcb),
             nrip: core.caps.nrip_save(),
             decode_assists: core.caps.decode_assists(),
-            ram,
+            memory: Memory::Enclave(ram),
             next_rip: None,
             intr_run: 0,
             nmi_masked: false,
@@ -290,12 +322,76 @@ impl SvmVcpu {
         })
     }
 
-    fn memory(&self) -> GuestRam {
-        let base = core::ptr::NonNull::new(self.ram.start.as_u64() as *mut u8)
-            .expect("enclave RAM is never at physical 0 (the first MiB is not allocated)");
-        // SAFETY: the enclave's RAM is identity-mapped and stays allocated to it while this vCPU
-        // exists; every access goes through `GuestRam`'s bounds-checked copies.
-        unsafe { GuestRam::new(base, self.ram.len() as usize) }
+    /// Builds a vCPU of the root partition (the host's Linux): the Jailhouse model. Its
+    /// device interrupts reach it directly (no INTR intercept, V_INTR_MASKING clear, so its
+    /// RFLAGS.IF and CR8 are the physical ones, APM Vol. 2 §15.21.1) and HLT, MONITOR/MWAIT,
+    /// WBINVD and control-register writes are its own. What stays intercepted: NMI (atoll's
+    /// signal to a host core), INIT, SHUTDOWN, CPUID, the ports in `ports`, every MSR but
+    /// `passthrough_msrs` and the VMCB-switched ones, XSETBV, INVD, #DB/#AC (their delivery
+    /// loops, CVE-2015-8104/-5307, would make the core deaf to NMIs) and every SVM instruction.
+    pub fn new_host(
+        core: &SvmCore,
+        boot: &BootState,
+        nested_cr3: HostPhysAddr,
+        asid: u32,
+        memory: Arc<HostRam>,
+        ports: &[core::ops::RangeInclusive<u16>],
+        passthrough_msrs: &[u32],
+    ) -> Result<Self, SvmError> {
+        let empty = PhysRange::new(HostPhysAddr::new(0), HostPhysAddr::new(0));
+        let mut v = Self::new(core, boot, nested_cr3, asid, empty)?;
+        {
+            let mut io = v._maps.io_map();
+            io.allow_range(0, 0x1_0000);
+            for r in ports {
+                for port in r.clone() {
+                    io.intercept(port);
+                }
+            }
+            let mut msr = v._maps.msr_map();
+            for &m in passthrough_msrs {
+                msr.allow(m, true, true).map_err(SvmError::Setup)?;
+            }
+        }
+        let intercepts = Intercepts {
+            cr: CrIntercepts::empty(),
+            exceptions: ExceptionIntercepts::DB | ExceptionIntercepts::AC,
+            misc1: MiscIntercepts1::NMI
+                | MiscIntercepts1::INIT
+                | MiscIntercepts1::CPUID
+                | MiscIntercepts1::IOIO_PROT
+                | MiscIntercepts1::MSR_PROT
+                | MiscIntercepts1::SHUTDOWN
+                | MiscIntercepts1::INVLPGA
+                | MiscIntercepts1::INVD,
+            misc2: MiscIntercepts2::VMRUN
+                | MiscIntercepts2::VMMCALL
+                | MiscIntercepts2::VMLOAD
+                | MiscIntercepts2::VMSAVE
+                | MiscIntercepts2::STGI
+                | MiscIntercepts2::CLGI
+                | MiscIntercepts2::SKINIT
+                | MiscIntercepts2::XSETBV,
+            ..Intercepts::default()
+        };
+        v.vmcb.set_intercepts(&intercepts);
+        v.vmcb
+            .set_virtual_interrupt(VirtualInterruptControl::empty());
+        v.memory = Memory::Host(memory);
+        Ok(v)
+    }
+
+    fn memory(&self) -> MemView<'_> {
+        match &self.memory {
+            Memory::Enclave(ram) => {
+                let base = core::ptr::NonNull::new(ram.start.as_u64() as *mut u8)
+                    .expect("enclave RAM is never at physical 0 (the first MiB is not allocated)");
+                // SAFETY: the enclave's RAM is identity-mapped and stays allocated to it while
+                // this vCPU exists; every access goes through `GuestRam`'s bounds-checked copies.
+                MemView::Ram(unsafe { GuestRam::new(base, ram.len() as usize) })
+            }
+            Memory::Host(host) => MemView::Host(host),
+        }
     }
 
     /// The bytes and bitness of the instruction at the guest's RIP.

@@ -138,6 +138,43 @@ impl Icr {
         Self::from_low(low, high >> 24, IcrFormat::XApic)
     }
 
+    /// The ICR's low 32 bits as the hardware takes them (§11.6.1): vector, delivery mode,
+    /// destination mode, level, trigger mode and shorthand; the inverse of the decoders for
+    /// every field they keep.
+    pub fn low(&self) -> u32 {
+        let mode = match self.mode {
+            DeliveryMode::Fixed => 0,
+            DeliveryMode::LowestPriority => 1,
+            DeliveryMode::Smi => 2,
+            DeliveryMode::Nmi => 4,
+            DeliveryMode::Init => 5,
+            DeliveryMode::Startup => 6,
+            DeliveryMode::Reserved(b) => u32::from(b & 7),
+        };
+        let shorthand = match self.shorthand {
+            Shorthand::None => 0,
+            Shorthand::SelfOnly => 1,
+            Shorthand::AllIncludingSelf => 2,
+            Shorthand::AllExcludingSelf => 3,
+        };
+        u32::from(self.vector)
+            | mode << 8
+            | u32::from(self.dest_mode == DestMode::Logical) << 11
+            | u32::from(self.level) << 14
+            | u32::from(self.level_triggered) << 15
+            | shorthand << 18
+    }
+
+    /// The xAPIC ICR high (offset 0x310): the 8-bit destination in bits 31:24.
+    pub fn xapic_high(&self) -> u32 {
+        (self.dest & 0xff) << 24
+    }
+
+    /// The x2APIC ICR (MSR 0x830): the 32-bit destination in bits 63:32.
+    pub fn x2apic_value(&self) -> u64 {
+        u64::from(self.dest) << 32 | u64::from(self.low())
+    }
+
     /// INIT level de-assert (INIT, level-triggered, level 0): Pentium 4 and later ignore it
     /// (§11.6.1, "INIT Level De-assert"); Linux still sends one after each INIT.
     pub fn is_init_deassert(&self) -> bool {

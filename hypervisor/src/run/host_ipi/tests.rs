@@ -527,3 +527,22 @@ fn an_undefined_dfr_model_matches_no_logical_destination() {
     assert_eq!(reached(&cores, &d.action), [0]);
     assert_eq!(d.outside, 1);
 }
+
+#[test]
+fn encoding_inverts_decoding() {
+    for low in [
+        0x0000_00fe_u32,
+        0x0000_4500,
+        0x0000_c500,
+        0x0000_0602,
+        0x000c_0830,
+        0x0008_4400,
+        0x0004_00ff,
+    ] {
+        let x = Icr::from_xapic(low, 0x0300_0000);
+        assert_eq!(x.low(), low, "{low:#x}");
+        assert_eq!(x.xapic_high(), 0x0300_0000);
+        let v = u64::from(low) | 0x1234_5678 << 32;
+        assert_eq!(Icr::from_x2apic(v).unwrap().x2apic_value(), v);
+    }
+}

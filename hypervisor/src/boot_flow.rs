@@ -2,6 +2,7 @@
 //! `atoll_ap_main`, the exception and panic handlers. [`enclaves`] manages the enclaves.
 
 mod enclaves;
+mod host;
 
 use alloc::string::ToString;
 use alloc::vec::Vec;
@@ -243,7 +244,28 @@ extern "C" fn atoll_bsp_main(magic: u32, info_addr: u64) -> ! {
     if !interrupts_ok {
         problems.push("a self-IPI never reached the host interrupt handler".into());
     }
-    let enclaves = enclaves::run_all(&info, &bsp, options.stop_after_ms, &mut problems);
+    // The root partition, when the machine is described by a `machine` module.
+    let machine = host::description(&info, &mut problems);
+    let mut the_host = machine.as_ref().and_then(|d| {
+        // atoll's memory for the host's layout: the image, the boot information and the
+        // modules (the first MiB, excluded from atoll's frames, is the host's).
+        match host::Host::prepare(&info, &platform, &bsp, d, &excluded[1..]) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                log::error!("root partition: {e}");
+                problems.push(alloc::format!("host: {e}"));
+                None
+            }
+        }
+    });
+    let enclaves = enclaves::run_all(
+        &info,
+        &bsp,
+        options.stop_after_ms,
+        &mut problems,
+        machine.map(|d| d.enclaves),
+        the_host.as_mut(),
+    );
 
     let mut summary = Summary {
         version: env!("CARGO_PKG_VERSION"),

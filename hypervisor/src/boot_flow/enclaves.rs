@@ -94,6 +94,50 @@ struct TargetCore {
 
 impl CoreWork for TargetCore {
     fn run(&mut self, p: PartitionId, block: &PerCore) -> Outcome {
+        if p == super::host::HOST_PARTITION {
+            let Some(run) = super::host::HOST_RUN.get() else {
+                return Outcome::Failed(FailReason::Setup);
+            };
+            let Some(index) = run.cores.iter().position(|&c| c == self.apic_id) else {
+                return Outcome::Failed(FailReason::Setup);
+            };
+            match enclave_run::core_svm(&CORE_VIRT[self.slot]) {
+                Ok(core) => atoll::hw::host_run::serve_ap(run, index, core),
+                Err(e) => {
+                    log::error!("host core {}: {e}", self.apic_id);
+                    return Outcome::Failed(FailReason::Setup);
+                }
+            }
+        }
+        let outcome = self.run_enclave(p, block);
+        // The manager may be running the host's boot vCPU: an NMI makes it look now.
+        if let Some(run) = super::host::HOST_RUN.get() {
+            if let Some(&bsp) = run.cores.first() {
+                if bsp != self.apic_id {
+                    hw::apic::send_nmi(bsp);
+                }
+            }
+        }
+        outcome
+    }
+
+    fn reclaim(&mut self, p: PartitionId) -> Result<(), FailReason> {
+        let Some(spec) = RUNS.get(usize::from(p)).and_then(|r| r.lock().clone()) else {
+            return Ok(());
+        };
+        enclave_run::forget(&spec, &CORE_VIRT[self.slot]).map_err(|e| {
+            log::error!(
+                "core {}: cannot forget enclave '{}': {e}",
+                self.apic_id,
+                spec.config.name
+            );
+            FailReason::Teardown
+        })
+    }
+}
+
+impl TargetCore {
+    fn run_enclave(&mut self, p: PartitionId, block: &PerCore) -> Outcome {
         let Some(spec) = RUNS.get(usize::from(p)).and_then(|r| r.lock().clone()) else {
             log::error!(
                 "core {}: Start of partition {p}, which has nothing to run",
@@ -137,20 +181,6 @@ impl CoreWork for TargetCore {
         } else {
             Outcome::Finished
         }
-    }
-
-    fn reclaim(&mut self, p: PartitionId) -> Result<(), FailReason> {
-        let Some(spec) = RUNS.get(usize::from(p)).and_then(|r| r.lock().clone()) else {
-            return Ok(());
-        };
-        enclave_run::forget(&spec, &CORE_VIRT[self.slot]).map_err(|e| {
-            log::error!(
-                "core {}: cannot forget enclave '{}': {e}",
-                self.apic_id,
-                spec.config.name
-            );
-            FailReason::Teardown
-        })
     }
 }
 
@@ -198,6 +228,8 @@ struct Manager<'a> {
     stopping: Vec<PartitionId>,
     /// Whether the machine's deadline has been acted on.
     deadline_done: bool,
+    /// The root partition, if the machine has one: its boot vCPU runs here, in slices.
+    host: Option<&'a mut super::host::Host>,
 }
 
 /// When the machine's deadline passes (`tsc::micros()`; 0: no deadline). Written once by the
@@ -223,9 +255,18 @@ pub fn run_all(
     bsp: &CoreCaps,
     stop_after_ms: Option<u64>,
     problems: &mut Vec<String>,
+    machine: Option<Vec<EnclaveConfig>>,
+    host: Option<&mut super::host::Host>,
 ) -> Vec<EnclaveReport> {
-    let Some(configs) = describe(info, problems) else {
-        return Vec::new();
+    // With a machine description, its enclaves (possibly none); otherwise the `enclaves`
+    // module's.
+    let configs = match machine {
+        Some(c) => c,
+        None if host.is_some() => Vec::new(),
+        None => match describe(info, problems) {
+            Some(c) => c,
+            None => return Vec::new(),
+        },
     };
     if let Some(ms) = stop_after_ms {
         let at = tsc::micros().saturating_add(ms.saturating_mul(1000)).max(1);
@@ -246,6 +287,7 @@ pub fn run_all(
         start_problem: Vec::new(),
         stopping: Vec::new(),
         deadline_done: false,
+        host,
     };
     if let Err(e) = m.table.describe(configs) {
         m.problems.push(alloc::format!("module 'enclaves': {e}"));
@@ -298,7 +340,38 @@ fn failed_report(c: &EnclaveConfig, state: &'static str, why: String) -> Enclave
 }
 
 impl Manager<'_> {
+    /// Starts the host: its application processors wait for its INIT and STARTUP, its boot
+    /// vCPU is made here.
+    fn start_host(&mut self) {
+        let Some(host) = self.host.as_deref_mut() else {
+            return;
+        };
+        let aps: Vec<u32> = host.run.cores[1..].to_vec();
+        let mut problems = Vec::new();
+        for core in aps {
+            if let Err(e) = self.send(core, Command::Start(super::host::HOST_PARTITION)) {
+                problems.push(alloc::format!("host core {core}: {e}"));
+            }
+        }
+        let Some(host) = self.host.as_deref_mut() else {
+            return;
+        };
+        if let Err(e) = host.start() {
+            problems.push(alloc::format!("host: {e}"));
+            host.end = Some(atoll::hw::host_run::HostStop::Failed(e));
+        }
+        for p in problems {
+            log::error!("{p}");
+            self.problems.push(p);
+        }
+    }
+
+    fn host_running(&self) -> bool {
+        self.host.as_ref().is_some_and(|h| h.running())
+    }
+
     fn run(&mut self) {
+        self.start_host();
         loop {
             let mut progress = false;
             for id in self.table.ready_to_build() {
@@ -319,13 +392,16 @@ impl Manager<'_> {
             for id in self.table.ids_in(SlotState::Running) {
                 progress |= self.try_collect(id);
             }
-            if self.table.all_done() {
+            if self.table.all_done() && !self.host_running() {
                 return;
             }
             // A guest that never ends is for the harness's timeout to catch.
             if !progress {
                 self.input.forward();
-                hw::idle_wait_us(10_000);
+                match self.host.as_deref_mut() {
+                    Some(h) if h.running() => h.run_slice(),
+                    _ => hw::idle_wait_us(10_000),
+                }
             }
         }
     }
@@ -488,6 +564,9 @@ impl Manager<'_> {
     /// its interrupt flag), and enclaves not started yet will not be.
     fn stop_everything(&mut self) {
         log::info!("the machine's deadline passed: stopping every enclave still running");
+        if let Some(h) = self.host.as_deref_mut() {
+            h.stop();
+        }
         for id in self.table.ids_in(SlotState::Running) {
             let c = self.config(id);
             let running: Vec<u32> = c

@@ -219,3 +219,16 @@ pub fn send_nmi(dest: u32) {
 pub fn is_x2apic() -> bool {
     matches!(LocalApic::current(), LocalApic::X2Apic)
 }
+
+/// This core's APIC id: CPUID leaf 0xB's x2APIC id where the CPU has it, else leaf 1's initial
+/// APIC id (SDM Vol. 3A §11.4.6, §11.12.8.1).
+pub fn current_id() -> u32 {
+    let max = core::arch::x86_64::__cpuid(0).eax;
+    if max >= 0xb {
+        let r = core::arch::x86_64::__cpuid_count(0xb, 0);
+        if r.ebx != 0 {
+            return r.edx;
+        }
+    }
+    core::arch::x86_64::__cpuid(1).ebx >> 24
+}

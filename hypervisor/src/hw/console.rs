@@ -122,3 +122,32 @@ pub fn init_logger(level: log::LevelFilter) {
     let _ = log::set_logger(&LOGGER);
     log::set_max_level(level);
 }
+
+/// COM1's interrupt enable register: received data available (bit 0), transmitter holding
+/// register empty (bit 1) (PC16550D data sheet, IER).
+const IER_RDI: u8 = 1 << 0;
+const IER_THRI: u8 = 1 << 1;
+
+/// Mirrors the host's COM1 model's interrupt line on the real COM1's IRQ 4, which the host owns
+/// (its I/O APIC entry routes it): the host's serial driver runs on the model (every port
+/// access exits), but its interrupt arrives natively, with no injection. A high level becomes
+/// a fresh edge — the real UART's IER is cleared and then THRI enabled while its transmitter is
+/// idle, which raises IRQ 4 again; a low level leaves only the receive interrupt on when the
+/// host takes serial input (a byte arriving then raises IRQ 4, and the host's read of the
+/// model's IIR is the exit that passes the byte in).
+pub fn host_uart_irq(level: bool, host_takes_input: bool) {
+    let _port = PORT.lock();
+    let mut ier: x86_64::instructions::port::Port<u8> =
+        x86_64::instructions::port::Port::new(COM1 + 1);
+    let rx = if host_takes_input { IER_RDI } else { 0 };
+    // SAFETY: COM1's IER under the port lock; the interrupt enables only decide when the UART
+    // raises IRQ 4, which atoll itself never takes (it polls), so no other user is affected.
+    unsafe {
+        if level {
+            ier.write(0);
+            ier.write(IER_THRI | rx);
+        } else {
+            ier.write(rx);
+        }
+    }
+}

@@ -251,6 +251,20 @@ fn core_virt<'c>(spec: &RunSpec, core: &'c CoreSlotVirt) -> Result<&'c CoreVirt,
         .map_err(|e| alloc::format!("cannot enable virtualization on this core: {e}"))
 }
 
+/// This core's SVM state, enabling SVM on first use (for the root partition's vCPUs).
+pub fn core_svm(core: &CoreSlotVirt) -> Result<&SvmCore, String> {
+    let virt = core.0.call_once(|| {
+        SvmCore::enable()
+            .map(CoreVirt::Svm)
+            .map_err(|e| e.to_string())
+    });
+    match virt {
+        Ok(CoreVirt::Svm(c)) => Ok(c),
+        Ok(CoreVirt::Vmx(_)) => Err("this core runs VMX".into()),
+        Err(e) => Err(alloc::format!("cannot enable SVM on this core: {e}")),
+    }
+}
+
 fn start(
     spec: &RunSpec,
     core: &CoreSlotVirt,

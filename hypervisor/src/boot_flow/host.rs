@@ -1,0 +1,474 @@
+//! The root partition at boot: the machine description, the carve of the enclave pool, the
+//! host's memory, ACPI tables, second-stage tables and kernel, and its restart.
+//!
+//! Order (all on the boot processor, after the application processors are up):
+//!
+//! 1. the `machine` module is parsed and checked against the cores and modules;
+//! 2. the frame pool keeps only its top `pool.memory_mib` (plus [`ATOLL_RESERVE`] for atoll's
+//!    own tables) and cedes the rest of the free RAM for good: that becomes the host's;
+//! 3. the host's layout ([`atoll::partition::host`]), ACPI image
+//!    ([`atoll_devices::host_acpi`]), second-stage tables (1 GiB pages where the CPU has them;
+//!    the local APIC's page read-only, so the host's ICR writes exit) and exit state
+//!    ([`atoll::run::host::HostShared`]);
+//! 4. the ACPI image is written and the kernel loaded into the host's RAM by the same Linux
+//!    loader the enclaves use (again at every restart, from the modules atoll keeps).
+
+use super::{module_bytes, slot_of, CORE_VIRT, FRAMES};
+use alloc::string::{String, ToString};
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use atoll::hw::enclave_run::SecondStage;
+use atoll::hw::host_ram::HostRam;
+use atoll::hw::host_run::{HostRun, HostStop, HostVcpuRun, Pause};
+use atoll::hw::svm_backend::SvmCore;
+use atoll::machine::cpu::CoreCaps;
+use atoll::machine::platform::Platform;
+use atoll::partition::host::{self as host_layout, HostLayout, HostLayoutInput};
+use atoll::partition::linux::{self, LinuxImage};
+use atoll::partition::loader::BootState;
+use atoll::partition::machine::MachineDescription;
+use atoll::partition::{Identity, PoolFrames};
+use atoll::run::host::HostShared;
+use atoll::run::host_reset::{AddressSpace, HostPlatform, Register, ResetRegister, SleepControl};
+use atoll_devices::host_acpi::{self, FirmwareAcpi};
+use boot::info::BootInfo;
+use boot::{GuestPhysAddr, HostPhysAddr, PhysRange};
+use ept::{MemType, Perms};
+
+/// Frames atoll keeps beside the pool for its own tables (enclaves' and the host's second-stage
+/// tables, run-time structures): 32 MiB.
+pub const ATOLL_RESERVE: u64 = 32 << 20;
+/// The pool's granule.
+const GRANULE: u64 = 2 << 20;
+/// The local APIC's page.
+const APIC_PAGE: u64 = 0xfee0_0000;
+/// The partition id the host's cores are started with (outside the partition table's range).
+pub const HOST_PARTITION: atoll::machine::percpu::PartitionId = u16::MAX;
+/// How long a slice of the host's boot vCPU runs before the manager looks around.
+const SLICE_US: u64 = 10_000;
+
+/// The root partition, as the manager holds it.
+pub struct Host {
+    /// What its cores run (shared with the application processors serving it).
+    pub run: Arc<HostRun>,
+    /// Its boot vCPU, while the host runs.
+    bsp: Option<HostVcpuRun>,
+    layout: HostLayout,
+    acpi: host_acpi::HostAcpi,
+    kernel: &'static [u8],
+    initrd: Option<&'static [u8]>,
+    cmdline: String,
+    pool: Vec<PhysRange>,
+    /// Times the host was restarted.
+    pub restarts: u32,
+    /// How it ended, once it has (power-off, deadline, failure).
+    pub end: Option<HostStop>,
+    bsp_slot: usize,
+}
+
+/// The published host, for the application processors' `Start(HOST_PARTITION)`.
+pub static HOST_RUN: spin::Once<Arc<HostRun>> = spin::Once::new();
+
+/// Reads the `machine` module, if there is one.
+pub fn description(info: &BootInfo, problems: &mut Vec<String>) -> Option<MachineDescription> {
+    let module = info.module("machine")?;
+    // SAFETY: GRUB loaded the module there; it is identity-mapped and excluded from the pool.
+    let bytes = unsafe { module_bytes(module.range) };
+    let Ok(text) = core::str::from_utf8(bytes) else {
+        problems.push("module 'machine': not UTF-8 text".into());
+        return None;
+    };
+    let online: Vec<u32> = super::CORES
+        .slots()
+        .iter()
+        .filter(|s| s.state() == atoll::machine::smp::CoreState::Online)
+        .map(|s| s.apic_id())
+        .collect();
+    let names: Vec<&str> = info.modules().iter().map(|m| m.name()).collect();
+    let ctx = atoll::partition::config::Context {
+        cores: Some(&online),
+        modules: Some(&names),
+    };
+    match atoll::partition::machine::parse(text, &ctx) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            log::error!("machine description rejected: {e}");
+            problems.push(alloc::format!("module 'machine': {e}"));
+            None
+        }
+    }
+}
+
+/// The firmware's reset register and sleep control, from its FADT (ACPI 6.5 §5.2.9: flags at
+/// 112, RESET_REG at 116, RESET_VALUE at 128) and what atoll learned of PM1 and `\_S5`.
+fn host_platform(fw: &FirmwareAcpi<'_>, platform: &Platform) -> HostPlatform {
+    let fadt = fw
+        .tables
+        .iter()
+        .find(|t| t.signature() == Some(*b"FACP"))
+        .map(|t| t.bytes);
+    let reset = fadt.and_then(|f| {
+        let gas = f.get(116..128)?;
+        let value = *f.get(128)?;
+        let space = match gas[0] {
+            0 => AddressSpace::SystemMemory,
+            1 => AddressSpace::SystemIo,
+            2 => AddressSpace::PciConfig,
+            _ => return None,
+        };
+        let address = u64::from_le_bytes(gas[4..12].try_into().ok()?);
+        let width = match gas[3] {
+            1 => 1,
+            2 => 2,
+            3 => 4,
+            4 => 8,
+            _ => 1,
+        };
+        Some(ResetRegister {
+            register: Register {
+                space,
+                address,
+                width,
+            },
+            value,
+        })
+    });
+    let reset_supported = fadt
+        .and_then(|f| f.get(112..116))
+        .is_some_and(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & (1 << 10) != 0);
+    let sleep = platform.power.map(|pm| {
+        let (a, b) = pm.s5.unwrap_or((0, 0));
+        SleepControl::Pm1 {
+            a: Register {
+                space: AddressSpace::SystemIo,
+                address: u64::from(pm.pm1a),
+                width: 2,
+            },
+            b: pm.pm1b.map(|p| Register {
+                space: AddressSpace::SystemIo,
+                address: u64::from(p),
+                width: 2,
+            }),
+            s5_slp_typ_a: a,
+            s5_slp_typ_b: b,
+        }
+    });
+    HostPlatform {
+        reset_register: reset,
+        reset_supported,
+        sleep,
+    }
+}
+
+/// The bytes at a physical address below 4 GiB (identity-mapped).
+fn firmware_bytes(at: HostPhysAddr, len: usize) -> Option<&'static [u8]> {
+    let end = at.as_u64().checked_add(len as u64)?;
+    if at.as_u64() == 0 || end > atoll::hw::IDENTITY_MAPPED_END {
+        return None;
+    }
+    // SAFETY: firmware ACPI tables, identity-mapped below 4 GiB, in memory the firmware
+    // reserved (atoll never allocates or writes it); the length was bounded by the caller.
+    Some(unsafe { core::slice::from_raw_parts(at.as_u64() as *const u8, len) })
+}
+
+impl Host {
+    /// Carves the pool and builds the host; `Err` names what is wrong (the machine then runs
+    /// without a host).
+    pub fn prepare(
+        info: &BootInfo,
+        platform: &Platform,
+        bsp: &CoreCaps,
+        desc: &MachineDescription,
+        excluded: &[PhysRange],
+    ) -> Result<Self, String> {
+        let cores = desc.host.cores.clone();
+        if cores.first() != Some(&bsp.apic_id) {
+            return Err(alloc::format!(
+                "the host must boot on the boot processor (APIC id {}); its cores are {:?}",
+                bsp.apic_id,
+                cores
+            ));
+        }
+        if !(bsp.svm && bsp.npt) {
+            return Err("the root partition needs SVM with nested paging so far".into());
+        }
+        let kernel_module = info
+            .module(&desc.host.kernel)
+            .ok_or_else(|| alloc::format!("no module '{}'", desc.host.kernel))?;
+        // SAFETY: a module GRUB loaded; identity-mapped, atoll's for good (kept for restarts).
+        let kernel = unsafe { module_bytes(kernel_module.range) };
+        let initrd = match &desc.host.initrd {
+            Some(n) => {
+                let m = info
+                    .module(n)
+                    .ok_or_else(|| alloc::format!("no module '{n}'"))?;
+                // SAFETY: as for the kernel.
+                Some(unsafe { module_bytes(m.range) })
+            }
+            None => None,
+        };
+        LinuxImage::parse(kernel).map_err(|e| alloc::format!("the host's kernel: {e}"))?;
+
+        // The carve: the pool (and atoll's reserve) at the top, the rest ceded to the host.
+        let (split, pool, atoll_frames) = {
+            let mut frames = FRAMES.lock();
+            let split = frames
+                .keep_top(desc.pool_bytes + ATOLL_RESERVE, GRANULE)
+                .map_err(|e| {
+                    alloc::format!(
+                        "the pool of {} MiB (+{} MiB for atoll) does not fit: {e}",
+                        desc.pool_bytes >> 20,
+                        ATOLL_RESERVE >> 20
+                    )
+                })?;
+            let managed = frames.managed().to_vec();
+            let clip = |r: &PhysRange, lo: HostPhysAddr, hi: HostPhysAddr| {
+                PhysRange::new(r.start.max(lo), r.end.min(hi))
+            };
+            let top = HostPhysAddr::new(u64::MAX);
+            let zero = HostPhysAddr::new(0);
+            let pool: Vec<PhysRange> = managed
+                .iter()
+                .map(|r| clip(r, split, top))
+                .filter(|r| !r.is_empty())
+                .collect();
+            let below: Vec<PhysRange> = managed
+                .iter()
+                .map(|r| clip(r, zero, split))
+                .filter(|r| !r.is_empty())
+                .collect();
+            (split, pool, below)
+        };
+        log::info!(
+            "enclave pool: {} MiB at {split} and above ({} MiB of it atoll's reserve)",
+            pool.iter().map(PhysRange::len).sum::<u64>() >> 20,
+            ATOLL_RESERVE >> 20
+        );
+        let mut atoll: Vec<PhysRange> = excluded.to_vec();
+        atoll.extend(atoll_frames);
+
+        let rsdp = info.rsdp.ok_or("no ACPI RSDP")?;
+        let fw = FirmwareAcpi::read(rsdp, firmware_bytes)
+            .map_err(|e| alloc::format!("the firmware's ACPI tables: {e}"))?;
+        let acpi_cores = host_acpi::HostCores {
+            host: &cores,
+            pool: &[],
+        };
+        let probe = host_acpi::build(&fw, &acpi_cores, HostPhysAddr::new(0x1000))
+            .map_err(|e| alloc::format!("the host's ACPI tables: {e}"))?;
+        let phys_bits = core::arch::x86_64::__cpuid(0x8000_0008).eax & 0xff;
+        let layout = host_layout::layout(&HostLayoutInput {
+            firmware: info.memory_map(),
+            atoll: &atoll,
+            pool: &pool,
+            apic_page: PhysRange::from_len(HostPhysAddr::new(APIC_PAGE), 4096),
+            phys_top: 1u64 << phys_bits.clamp(36, 48),
+            acpi_len: probe.bytes().len() as u64,
+        })
+        .map_err(|e| e.to_string())?;
+        let acpi = host_acpi::build(&fw, &acpi_cores, layout.acpi_base)
+            .map_err(|e| alloc::format!("the host's ACPI tables: {e}"))?;
+
+        // Second-stage tables: 1 GiB pages where the CPU has them.
+        let npt_1g = core::arch::x86_64::__cpuid(0x8000_0001).edx & (1 << 26) != 0;
+        let max_page = if npt_1g {
+            ept::PageSize::Size1G
+        } else {
+            ept::PageSize::Size2M
+        };
+        let (mut tables, leaves) = atoll::partition::host_memory::build_tables::<
+            ept::NptFormat,
+            _,
+        >(
+            &layout.mappings, PoolFrames::new(&FRAMES, Identity), max_page
+        )
+        .map_err(|e| alloc::format!("the host's second-stage tables: {e:?}"))?;
+        // The local APIC's page: readable, its writes exit (the IPI filter).
+        tables
+            .map(
+                GuestPhysAddr::new(APIC_PAGE),
+                HostPhysAddr::new(APIC_PAGE),
+                4096,
+                Perms::READ,
+                MemType::Uncacheable,
+            )
+            .map_err(|e| alloc::format!("the host's APIC page: {e:?}"))?;
+        log::info!(
+            "host memory: {} MiB usable; second-stage leaves {leaves:?}",
+            layout.usable_bytes >> 20
+        );
+        let root = tables.nested_cr3();
+        // The host's tables live as long as atoll: the host is never torn down.
+        core::mem::forget(tables);
+
+        // SAFETY: the ranges are the host's RAM by the layout (atoll and the pool excluded),
+        // identity-mapped up to the top of RAM (boot extended the map), and atoll keeps no
+        // reference into them.
+        let ram = Arc::new(unsafe { HostRam::new(&layout.ram) });
+        let others = (super::CORES
+            .slots()
+            .iter()
+            .filter(|s| s.state() == atoll::machine::smp::CoreState::Online)
+            .count()
+            .saturating_sub(cores.len())) as u32;
+        let mut ipi_cores = atoll::run::host_ipi::HostCores::new(others);
+        for &c in &cores {
+            ipi_cores
+                .add(c)
+                .map_err(|e| alloc::format!("host core {c}: {e:?}"))?;
+        }
+        let mut refused: Vec<PhysRange> = atoll.clone();
+        refused.extend(pool.iter().copied());
+        let shared = Arc::new(HostShared::new(
+            ipi_cores,
+            host_platform(&fw, platform),
+            &refused,
+            HostPhysAddr::new(APIC_PAGE),
+            false,
+        ));
+        let ports: Vec<_> = atoll::run::host::intercepted_ports(&shared).collect();
+        let run = Arc::new(HostRun::new(
+            cores,
+            SecondStage::Npt(root),
+            (atoll::partition::table::MAX_PARTITIONS + 1) as u16,
+            ram,
+            shared,
+            ports,
+            atoll::run::host::passthrough_msrs().to_vec(),
+            desc.host.serial_input,
+        ));
+        HOST_RUN.call_once(|| run.clone());
+        Ok(Self {
+            run,
+            bsp: None,
+            layout,
+            acpi,
+            kernel,
+            initrd,
+            cmdline: desc.host.cmdline.clone(),
+            pool,
+            restarts: 0,
+            end: None,
+            bsp_slot: slot_of(bsp.apic_id).unwrap_or(0),
+        })
+    }
+
+    /// Writes the ACPI image and loads the kernel into the host's RAM; the boot vCPU's state.
+    fn load(&self) -> Result<BootState, String> {
+        let mut mem: &HostRam = &self.run.ram;
+        use atoll_vcpu::GuestMemory;
+        mem.write(
+            GuestPhysAddr::new(self.layout.acpi_base.as_u64()),
+            self.acpi.bytes(),
+        )
+        .ok_or("the host's ACPI image does not fit its RAM")?;
+        let facts = host_layout::cmdline_facts(
+            self.run.cores.len(),
+            self.layout.usable_bytes,
+            &self.pool,
+            self.restarts,
+        );
+        let cmdline = if self.cmdline.is_empty() {
+            facts
+        } else {
+            alloc::format!("{} {facts}", self.cmdline)
+        };
+        let image = LinuxImage::parse(self.kernel).map_err(|e| e.to_string())?;
+        let ram_top = self
+            .layout
+            .e820
+            .iter()
+            .filter(|e| e.kind == linux::E820Kind::Ram)
+            .map(|e| e.addr + e.size)
+            .max()
+            .unwrap_or(0)
+            & !0xfff;
+        linux::load(
+            &image,
+            self.initrd,
+            &cmdline,
+            ram_top,
+            &self.layout.e820,
+            Some(self.acpi.rsdp_address().as_u64()),
+            &mut mem,
+        )
+        .map_err(|e| alloc::format!("the host's kernel: {e}"))
+    }
+
+    /// Loads the host and makes its boot vCPU on this (the boot) processor.
+    pub fn start(&mut self) -> Result<(), String> {
+        let boot = self.load()?;
+        let core = svm_core(self.bsp_slot)?;
+        atoll::hw::give_core_to_host();
+        atoll::hw::console::host_uart_irq(false, self.run.serial_input);
+        self.bsp = Some(HostVcpuRun::new(&self.run, 0, core, &boot)?);
+        log::info!(
+            "host: Linux on cores {:?}, {} MiB (restart {})",
+            self.run.cores,
+            self.layout.usable_bytes >> 20,
+            self.restarts
+        );
+        Ok(())
+    }
+
+    /// Whether the host runs (or will run again).
+    pub fn running(&self) -> bool {
+        self.bsp.is_some()
+    }
+
+    /// Runs the host's boot vCPU for a slice; handles its stop (restart after a reset).
+    pub fn run_slice(&mut self) {
+        let Some(bsp) = self.bsp.as_mut() else {
+            return;
+        };
+        let until = atoll::hw::tsc::now()
+            .saturating_add(SLICE_US.saturating_mul(atoll::hw::tsc::hz()) / 1_000_000);
+        if bsp.run_slice(&self.run, Some(until)) != Pause::Stopped {
+            return;
+        }
+        bsp.flush();
+        // Let the other host cores leave the guest (bounded: an emulator may be slow).
+        let deadline = atoll::hw::tsc::micros() + 1_000_000;
+        while !self.run.aps_out() && atoll::hw::tsc::micros() < deadline {
+            core::hint::spin_loop();
+        }
+        let why = self
+            .run
+            .take_stop()
+            .unwrap_or_else(|| HostStop::Failed("stopped without a reason".into()));
+        self.bsp = None;
+        match why {
+            HostStop::Reset(source) => {
+                self.restarts += 1;
+                log::warn!(
+                    "host: reset ({source:?}); restarting it from its kernel and initrd (restart {})",
+                    self.restarts
+                );
+                if let Err(e) = self.start() {
+                    log::error!("host: cannot restart: {e}");
+                    self.end = Some(HostStop::Failed(e));
+                }
+            }
+            other => {
+                log::info!("host: {other}");
+                self.end = Some(other);
+            }
+        }
+    }
+
+    /// Stops the host at the machine's deadline.
+    pub fn stop(&mut self) {
+        if self.bsp.is_some() {
+            self.run.request_stop(HostStop::Deadline);
+            self.run_slice();
+        }
+    }
+}
+
+/// This core's SVM state (enabled once per core).
+fn svm_core(slot: usize) -> Result<&'static SvmCore, String> {
+    match atoll::hw::enclave_run::core_svm(&CORE_VIRT[slot]) {
+        Ok(c) => Ok(c),
+        Err(e) => Err(e),
+    }
+}

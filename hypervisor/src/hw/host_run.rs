@@ -1,0 +1,473 @@
+//! Running the root partition (the host's Linux) on its cores.
+//!
+//! The host's boot processor runs inside the manager on atoll's boot processor, in slices
+//! ([`HostBsp::run_slice`]): the vCPU is entered until an exit past the slice's end (the host's
+//! own timer and interrupt EOIs make exits often enough), so the manager gets to collect
+//! enclaves, pass serial input on and act on the deadline between slices. Each of the host's
+//! other cores serves [`serve_ap`] for good: it waits (HLT with interrupts off; atoll's NMI
+//! wakes it) for the host's INIT and STARTUP, which the exit handler emulates for the host's own
+//! cores ([`crate::run::host`]), runs its vCPU from the STARTUP vector, and goes back to
+//! waiting when the host sends it INIT again (CPU hotplug) or the host is restarted.
+//!
+//! A stop of the whole host (its reset, power-off or triple fault, or atoll's deadline) is
+//! requested by whichever core sees it ([`HostRun::request_stop`]): the other host cores get an
+//! NMI, leave the guest at its exit and wait; the manager restarts the host or lets it go.
+
+use super::enclave_run::SecondStage;
+use super::host::EnclaveConsole;
+use super::host_ram::HostRam;
+use super::svm_backend::{SvmCore, SvmVcpu};
+use super::{apic, tsc};
+use crate::partition::loader::BootState;
+use crate::run::host::{HostAction, HostHw, HostShared, HostVcpu};
+use crate::run::host_ipi::Icr;
+use crate::run::host_reset::ResetSource;
+use alloc::string::{String, ToString};
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use atoll_vcpu::{Exit, Vcpu};
+use core::ops::RangeInclusive;
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use spin::Mutex;
+
+/// Why the host stopped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostStop {
+    /// It asked for a reset, or triple-faulted: atoll restarts it.
+    Reset(ResetSource),
+    /// It asked for S5.
+    PowerOff,
+    /// The machine's deadline passed.
+    Deadline,
+    /// atoll could not run it (the text says why).
+    Failed(String),
+}
+
+impl HostStop {
+    /// The summary's `end_reason`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            HostStop::Reset(_) => "reset",
+            HostStop::PowerOff => "power_off",
+            HostStop::Deadline => "stopped",
+            HostStop::Failed(_) => "failed",
+        }
+    }
+}
+
+impl core::fmt::Display for HostStop {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            HostStop::Reset(s) => write!(f, "the host reset ({s:?})"),
+            HostStop::PowerOff => write!(f, "the host powered off"),
+            HostStop::Deadline => write!(f, "stopped at the machine's deadline"),
+            HostStop::Failed(why) => write!(f, "failed: {why}"),
+        }
+    }
+}
+
+/// What the host's cores run, and the state they share with the manager.
+pub struct HostRun {
+    /// The host's cores by APIC id; the first boots.
+    pub cores: Vec<u32>,
+    /// Its second-stage tables.
+    pub second_stage: SecondStage,
+    /// Its ASID / VPID.
+    pub tag: u16,
+    /// Its RAM.
+    pub ram: Arc<HostRam>,
+    /// Its exit-handling state.
+    pub shared: Arc<HostShared>,
+    /// Ports its vCPUs intercept.
+    pub ports: Vec<RangeInclusive<u16>>,
+    /// MSRs its vCPUs reach directly.
+    pub passthrough_msrs: Vec<u32>,
+    /// Whether atoll's COM1 input goes to the host.
+    pub serial_input: bool,
+    /// Bumped at every restart: a waiting core forgets an INIT of the host before.
+    generation: AtomicU32,
+    /// Set while a stop is requested (until the manager restarts the host).
+    stopping: AtomicBool,
+    /// The first stop's reason.
+    reason: Mutex<Option<HostStop>>,
+    /// Per host vCPU: in the guest (or about to be).
+    running: Vec<AtomicBool>,
+}
+
+impl HostRun {
+    /// The host over `cores`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        cores: Vec<u32>,
+        second_stage: SecondStage,
+        tag: u16,
+        ram: Arc<HostRam>,
+        shared: Arc<HostShared>,
+        ports: Vec<RangeInclusive<u16>>,
+        passthrough_msrs: Vec<u32>,
+        serial_input: bool,
+    ) -> Self {
+        let running = cores.iter().map(|_| AtomicBool::new(false)).collect();
+        Self {
+            cores,
+            second_stage,
+            tag,
+            ram,
+            shared,
+            ports,
+            passthrough_msrs,
+            serial_input,
+            generation: AtomicU32::new(0),
+            stopping: AtomicBool::new(false),
+            reason: Mutex::new(None),
+            running,
+        }
+    }
+
+    /// Asks every host core to stop (the first reason is kept) and signals them.
+    pub fn request_stop(&self, why: HostStop) {
+        {
+            let mut r = self.reason.lock();
+            if r.is_none() {
+                *r = Some(why);
+            }
+        }
+        self.stopping.store(true, Ordering::Release);
+        let me = apic::current_id();
+        for (i, &id) in self.cores.iter().enumerate() {
+            if id != me && self.running[i].load(Ordering::Acquire) {
+                apic::send_nmi(id);
+            }
+        }
+    }
+
+    /// Whether a stop is requested.
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Whether every host vCPU but the boot one has left the guest.
+    pub fn aps_out(&self) -> bool {
+        self.running[1..].iter().all(|r| !r.load(Ordering::Acquire))
+    }
+
+    /// The stop's reason, taken; the host may run again (a restart: waiting cores forget what
+    /// the host before sent them).
+    pub fn take_stop(&self) -> Option<HostStop> {
+        let r = self.reason.lock().take();
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.stopping.store(false, Ordering::Release);
+        r
+    }
+
+    fn signal(&self, index: usize) {
+        if let Some(&id) = self.cores.get(index) {
+            apic::send_nmi(id);
+        }
+    }
+}
+
+/// The machine as the host's exit handler reaches it.
+struct TargetHw;
+
+const XAPIC_BASE: usize = 0xfee0_0000;
+const XAPIC_ICR_LOW: usize = 0x300;
+const XAPIC_ICR_HIGH: usize = 0x310;
+
+impl HostHw for TargetHw {
+    fn cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
+        let r = core::arch::x86_64::__cpuid_count(leaf, subleaf);
+        [r.eax, r.ebx, r.ecx, r.edx]
+    }
+
+    fn rdmsr(&self, msr: u32) -> Option<u64> {
+        // A #GP (an MSR this processor lacks) comes back as `Err` through the recovery point.
+        super::contain::contained(|| {
+            // SAFETY: the policy only reads MSRs it allows the host to read; one that does not
+            // exist raises #GP, which the containment turns into `None`.
+            unsafe { x86_64::registers::model_specific::Msr::new(msr).read() }
+        })
+        .ok()
+    }
+
+    fn wrmsr(&self, msr: u32, value: u64) -> bool {
+        super::contain::contained(|| {
+            // SAFETY: the policy only writes MSRs whose effect stays with the host's own core
+            // (docs/security.md lists them); a refused value raises #GP, caught here.
+            unsafe { x86_64::registers::model_specific::Msr::new(msr).write(value) }
+        })
+        .is_ok()
+    }
+
+    fn port_in(&self, port: u16, size: u8) -> u32 {
+        // SAFETY: the policy forwards only reads of ports the host owns (the reset and sleep
+        // registers' neighbours, read back unchanged); a read of them has no effect on atoll.
+        unsafe {
+            match size {
+                1 => u32::from(x86_64::instructions::port::Port::<u8>::new(port).read()),
+                2 => u32::from(x86_64::instructions::port::Port::<u16>::new(port).read()),
+                _ => x86_64::instructions::port::Port::<u32>::new(port).read(),
+            }
+        }
+    }
+
+    fn port_out(&self, port: u16, size: u8, value: u32) {
+        // SAFETY: the policy forwards only writes the reset detector found harmless (not a
+        // reset or power-off) to ports the host owns.
+        unsafe {
+            match size {
+                1 => x86_64::instructions::port::Port::<u8>::new(port).write(value as u8),
+                2 => x86_64::instructions::port::Port::<u16>::new(port).write(value as u16),
+                _ => x86_64::instructions::port::Port::<u32>::new(port).write(value),
+            }
+        }
+    }
+
+    fn apic_read(&self, offset: u32) -> u32 {
+        let at = XAPIC_BASE + (offset as usize & 0xff0);
+        // SAFETY: the xAPIC page is identity-mapped (uncacheable) in atoll's tables; a 32-bit
+        // aligned read of a register of this core's own APIC.
+        unsafe { core::ptr::read_volatile(at as *const u32) }
+    }
+
+    fn apic_write(&self, offset: u32, value: u32) {
+        let at = XAPIC_BASE + (offset as usize & 0xff0);
+        // SAFETY: as above; the policy forwards only writes to this core's own APIC registers
+        // other than the ICR (which goes through `send_ipi`).
+        unsafe { core::ptr::write_volatile(at as *mut u32, value) }
+    }
+
+    fn send_ipi(&self, icr: Icr) {
+        match apic::LocalApic::current() {
+            apic::LocalApic::XApic(_) => {
+                // SAFETY: the xAPIC ICR pair of this core; the filter allowed this IPI. The
+                // high half is written first and the low half sends, as the host expects.
+                unsafe {
+                    core::ptr::write_volatile(
+                        (XAPIC_BASE + XAPIC_ICR_HIGH) as *mut u32,
+                        icr.xapic_high(),
+                    );
+                    core::ptr::write_volatile((XAPIC_BASE + XAPIC_ICR_LOW) as *mut u32, icr.low());
+                }
+            }
+            // SAFETY: x2APIC mode is on; the filter allowed this IPI.
+            apic::LocalApic::X2Apic => unsafe {
+                x86_64::registers::model_specific::Msr::new(0x830).write(icr.x2apic_value())
+            },
+        }
+    }
+
+    fn now_us(&self) -> u64 {
+        tsc::micros()
+    }
+
+    fn xsetbv(&self, value: u64) {
+        // SAFETY: the policy validated `value` against CPUID leaf 0xD; atoll's own code uses
+        // no extended state, so the host's XCR0 may stay loaded.
+        unsafe {
+            core::arch::asm!("xsetbv", in("ecx") 0u32, in("eax") value as u32, in("edx") (value >> 32) as u32, options(nomem, nostack));
+        }
+    }
+
+    fn wbinvd(&self) {
+        // SAFETY: write-back and invalidate: slow, never incorrect.
+        unsafe { core::arch::asm!("wbinvd", options(nostack)) };
+    }
+}
+
+/// How a slice of a host vCPU's run ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pause {
+    /// The slice is over; the vCPU goes on at the next call.
+    Slice,
+    /// The host is stopping ([`HostRun::request_stop`]).
+    Stopped,
+    /// An INIT for this vCPU (an application processor only): back to waiting.
+    Init,
+}
+
+/// One host vCPU on this core.
+pub struct HostVcpuRun {
+    vcpu: SvmVcpu,
+    me: HostVcpu,
+    console: EnclaveConsole,
+}
+
+impl HostVcpuRun {
+    /// Builds host vCPU `index` from `boot` on this core.
+    pub fn new(run: &HostRun, index: usize, core: &SvmCore, boot: &BootState) -> Result<Self, String> {
+        let SecondStage::Npt(root) = run.second_stage else {
+            return Err("the root partition runs on SVM only so far".into());
+        };
+        let vcpu = SvmVcpu::new_host(
+            core,
+            boot,
+            root,
+            u32::from(run.tag),
+            run.ram.clone(),
+            &run.ports,
+            &run.passthrough_msrs,
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(Self {
+            vcpu,
+            me: HostVcpu::new(index, run.cores.get(index).copied().unwrap_or(0)),
+            console: EnclaveConsole::default(),
+        })
+    }
+
+    /// Runs the vCPU until `until` (TSC) has passed at an exit, the host stops, or (an
+    /// application processor) an INIT arrives for it.
+    pub fn run_slice(&mut self, run: &HostRun, until: Option<u64>) -> Pause {
+        let index = self.me.index;
+        run.running[index].store(true, Ordering::Release);
+        let pause = self.slice(run, until);
+        run.running[index].store(false, Ordering::Release);
+        pause
+    }
+
+    fn slice(&mut self, run: &HostRun, until: Option<u64>) -> Pause {
+        let index = self.me.index;
+        let mut mem: &HostRam = &run.ram;
+        loop {
+            if run.stopping() {
+                return Pause::Stopped;
+            }
+            let exit = match self.vcpu.run() {
+                Ok(e) => e,
+                Err(e) => {
+                    run.request_stop(HostStop::Failed(alloc::format!("vCPU {index}: {e}")));
+                    return Pause::Stopped;
+                }
+            };
+            let com1 = matches!(exit, Exit::Io { port: 0x3f8..=0x3ff, .. });
+            let action = crate::run::host::handle(
+                &exit,
+                &mut self.vcpu,
+                &mut mem,
+                &mut self.me,
+                &run.shared,
+                &TargetHw,
+                &mut self.console,
+            );
+            if com1 {
+                super::console::host_uart_irq(run.shared.uart_irq_pending(), run.serial_input);
+            }
+            match action {
+                HostAction::Resume => {}
+                HostAction::Signal { index } => run.signal(index),
+                HostAction::SignalMany { to } => {
+                    for i in to.iter() {
+                        run.signal(i);
+                    }
+                }
+                HostAction::Reset(source) => {
+                    log::info!("host vCPU {index}: reset requested ({source:?})");
+                    run.request_stop(HostStop::Reset(source));
+                }
+                HostAction::PowerOff => {
+                    log::info!("host vCPU {index}: power-off requested");
+                    run.request_stop(HostStop::PowerOff);
+                }
+                HostAction::Fail(why) => {
+                    log::error!("host vCPU {index}: {why}");
+                    run.request_stop(HostStop::Failed(why));
+                }
+            }
+            if run.stopping() {
+                return Pause::Stopped;
+            }
+            if index > 0 && run.shared.has_signal(index) && !self.vcpu_rip_only_sipi(run) {
+                return Pause::Init;
+            }
+            if until.is_some_and(|u| tsc::now() >= u) {
+                return Pause::Slice;
+            }
+        }
+    }
+
+    /// Whether this vCPU's only pending signal is a STARTUP (ignored while it runs, as a
+    /// running processor ignores STARTUP, SDM Vol. 3A §9.4.4.1): then it is dropped here.
+    fn vcpu_rip_only_sipi(&self, run: &HostRun) -> bool {
+        let index = self.me.index;
+        if run.shared.take_init(index) {
+            // Put it back for the waiting loop.
+            run.shared.repost_init(index);
+            return false;
+        }
+        let _ = run.shared.take_sipi(index);
+        true
+    }
+
+    /// Prints what the host's vCPU left unprinted.
+    pub fn flush(&mut self) {
+        self.console.flush();
+    }
+}
+
+/// The real-mode state a STARTUP with `vector` gives (SDM Vol. 3A §9.4.4.1).
+fn startup_state(vector: u8) -> BootState {
+    BootState {
+        mode: crate::partition::config::EntryMode::Real16,
+        rip: u64::from(vector) << 12,
+        rsp: 0,
+        rdi: 0,
+        rsi: 0,
+        rdx: 0,
+        cr0: 0x10,
+        cr3: 0,
+        cr4: 0,
+        efer: 0,
+        gdt: (0, 0xffff),
+        cs_selector: u16::from(vector) << 8,
+        ds_selector: 0,
+    }
+}
+
+/// Waits with interrupts off until atoll's NMI (or a spurious wake-up).
+fn wait_for_nmi() {
+    // SAFETY: HLT with interrupts disabled: only an NMI (atoll's signal), SMI or INIT wakes the
+    // core; the host's device interrupts stay pending in its APIC for its vCPU.
+    unsafe { core::arch::asm!("hlt", options(nomem, nostack)) };
+}
+
+/// An application processor of the host: waits for the host's INIT and STARTUP and runs its
+/// vCPU, for good.
+pub fn serve_ap(run: &HostRun, index: usize, core: &SvmCore) -> ! {
+    super::give_core_to_host();
+    let mut generation = run.generation.load(Ordering::Acquire);
+    let mut initialized = false;
+    loop {
+        let g = run.generation.load(Ordering::Acquire);
+        if g != generation {
+            generation = g;
+            initialized = false;
+        }
+        if run.stopping() {
+            wait_for_nmi();
+            continue;
+        }
+        if run.shared.take_init(index) {
+            initialized = true;
+            // A STARTUP sent before this INIT was seen belongs to an earlier attempt.
+            let _ = run.shared.take_sipi(index);
+            continue;
+        }
+        match run.shared.take_sipi(index) {
+            Some(vector) if initialized => {
+                initialized = false;
+                log::debug!("host vCPU {index} starts at {:#x}", u32::from(vector) << 12);
+                let mut v = match HostVcpuRun::new(run, index, core, &startup_state(vector)) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        run.request_stop(HostStop::Failed(alloc::format!("vCPU {index}: {e}")));
+                        continue;
+                    }
+                };
+                let _ = v.run_slice(run, None);
+                v.flush();
+            }
+            _ => wait_for_nmi(),
+        }
+    }
+}

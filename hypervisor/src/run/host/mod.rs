@@ -395,9 +395,10 @@ fn skip(vcpu: &mut impl Vcpu) -> HostAction {
 ///   commands around this call.
 /// * INIT (a physical INIT reached the core: the host's own INIT IPIs are emulated, never
 ///   sent) and triple fault: [`HostAction::Reset`].
-/// * VMX/SVM/SMX instructions, the hypercall instruction (the host has no hypercall ABI) and
-///   MONITOR/MWAIT (not intercepted for the host; if the backend does, the instructions are
-///   refused as CPUID hides nothing of them… they must not reach here): #UD.
+/// * VMX/SVM/SMX instructions (CPUID hides them), the hypercall instruction (the host has no
+///   hypercall ABI): #UD. MONITOR/MWAIT are not intercepted for the host; should the backend
+///   intercept them anyway, #UD too (atoll cannot emulate a wait on the host's memory).
+///   Note that CPUID still lists MONITOR: a backend intercepting it must hide it as well.
 /// * XSETBV: validated as for enclaves ([`crate::run::exits::valid_xcr0`]), loaded with
 ///   [`HostHw::xsetbv`].
 /// * WBINVD: executed ([`HostHw::wbinvd`]): the host's devices need it. INVD: executed as

@@ -176,6 +176,9 @@ pub enum ResetSource {
     KeyboardController,
     /// A triple fault (shutdown).
     TripleFault,
+    /// An INIT signal reached a host core from outside the host's own (filtered) IPIs: the
+    /// chipset's CPU-only reset or another agent of the platform.
+    InitSignal,
 }
 
 /// What the host asked the machine to do.
@@ -215,6 +218,11 @@ impl ResetDetector {
             platform,
             cf9_latch: 0,
         }
+    }
+
+    /// The platform it was built for (which ports and addresses it watches).
+    pub fn platform(&self) -> &HostPlatform {
+        &self.platform
     }
 
     /// What a byte read of 0xCF9 returns: the latched SYS_RST and FULL_RST.

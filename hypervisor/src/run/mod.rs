@@ -8,6 +8,9 @@
 //!   (ports, COM1, string I/O), `msr` (MSR indices, pass-through list, allowlist), `cr` (control
 //!   registers, XSETBV), `hypercalls` (the hypercall ABI).
 //! * [`failure`]: the text of a fault atoll took while handling a partition, in a fixed buffer.
+//! * [`host`]: the root partition's exit handling as policy (CPUID, MSR tables, intercepted
+//!   ports, the xAPIC page's ICR, refused accesses to atoll's and the pool's memory); not
+//!   wired yet.
 //! * [`host_ipi`]: the root partition's IPI filter — which host ICR writes go out, which INIT
 //!   and STARTUP are emulated, what is dropped and counted (not wired yet).
 //! * [`host_reset`]: which of the host's writes (and triple faults) reset or power off the
@@ -23,6 +26,7 @@ pub mod exits;
 pub mod failure;
 #[cfg(feature = "fault-injection")]
 pub mod fault_injection;
+pub mod host;
 pub mod host_ipi;
 pub mod host_reset;
 pub mod vplat;

@@ -334,7 +334,7 @@ impl Host {
             ram,
             shared,
             ports,
-            atoll::run::host::passthrough_msrs().to_vec(),
+            atoll::run::host::msr::SWITCHED_BY_BACKEND.to_vec(),
             desc.host.serial_input,
         ));
         HOST_RUN.call_once(|| run.clone());

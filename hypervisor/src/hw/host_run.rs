@@ -25,7 +25,7 @@ use crate::run::host_reset::ResetSource;
 use alloc::string::{String, ToString};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use atoll_vcpu::{Exit, Vcpu};
+use atoll_vcpu::Exit;
 use core::ops::RangeInclusive;
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use spin::Mutex;
@@ -341,6 +341,17 @@ impl HostVcpuRun {
                 }
             };
             let com1 = matches!(exit, Exit::Io { port: 0x3f8..=0x3ff, .. });
+            if com1 && run.serial_input {
+                // Bytes that reached atoll's COM1 go to the host's model before it reads it.
+                let mut n = 0;
+                while n < 16 {
+                    let Some(b) = super::console::try_read_byte() else {
+                        break;
+                    };
+                    run.shared.push_input(&[b]);
+                    n += 1;
+                }
+            }
             let action = crate::run::host::handle(
                 &exit,
                 &mut self.vcpu,
@@ -377,26 +388,15 @@ impl HostVcpuRun {
             if run.stopping() {
                 return Pause::Stopped;
             }
-            if index > 0 && run.shared.has_signal(index) && !self.vcpu_rip_only_sipi(run) {
+            // A running processor ignores STARTUP (SDM Vol. 3A §9.4.4.1): only an INIT ends
+            // this run; a stale STARTUP is dropped by the waiting loop.
+            if index > 0 && run.shared.init_pending(index) {
                 return Pause::Init;
             }
             if until.is_some_and(|u| tsc::now() >= u) {
                 return Pause::Slice;
             }
         }
-    }
-
-    /// Whether this vCPU's only pending signal is a STARTUP (ignored while it runs, as a
-    /// running processor ignores STARTUP, SDM Vol. 3A §9.4.4.1): then it is dropped here.
-    fn vcpu_rip_only_sipi(&self, run: &HostRun) -> bool {
-        let index = self.me.index;
-        if run.shared.take_init(index) {
-            // Put it back for the waiting loop.
-            run.shared.repost_init(index);
-            return false;
-        }
-        let _ = run.shared.take_sipi(index);
-        true
     }
 
     /// Prints what the host's vCPU left unprinted.

@@ -10,6 +10,7 @@ pub mod enclave_run;
 pub mod guest_state;
 pub mod host;
 pub mod host_ram;
+pub mod host_run;
 pub mod msr;
 pub mod power;
 pub mod rtc;

@@ -254,6 +254,13 @@ impl HostShared {
         })
     }
 
+    /// Whether an INIT waits for host vCPU `index` (left for [`Self::take_init`]).
+    pub fn init_pending(&self, index: usize) -> bool {
+        self.mailboxes
+            .get(index)
+            .is_some_and(|m| m.init.load(Ordering::Acquire))
+    }
+
     fn post_init(&self, index: usize) {
         if let Some(m) = self.mailboxes.get(index) {
             m.init.store(true, Ordering::Release);

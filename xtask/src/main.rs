@@ -136,7 +136,8 @@ struct RunArgs {
     #[arg(long, default_value = "")]
     cmdline: String,
     /// Words appended to an enclave's command line: NAME=WORDS, e.g. "linux=atoll.idle=5"
-    /// (repeatable).
+    /// (repeatable); in a scenario with a machine description, "host=WORDS" goes to the root
+    /// partition's.
     #[arg(long, value_name = "NAME=WORDS")]
     enclave_cmdline: Vec<String>,
     /// Types TEXT (and a newline) on the machine's COM1 once a console line contains PROMPT

@@ -21,6 +21,11 @@
 //! [[module]]
 //! name = "initrd"
 //! linux = "initrd"                    # the guest image's initramfs (/init runs atoll-check)
+//! [[module]]
+//! name = "machine"                    # a machine description: the host (root partition),
+//! path = "tests/scenarios/machines/x.toml"  # the pool, boot-time enclaves; its [host] and
+//!                                     # [[enclave]]s may name the same kernel and initrd
+//!                                     # modules (one initramfs: /init reads atoll.role=host)
 //! [expect]                            # summary fields every run must show
 //! ok = true
 //! cores_online = "$cpus"              # "$cpus" and "$cpus+N" stand for the run's CPU count
@@ -126,9 +131,10 @@ pub struct Scenario {
     /// Modules the image carries.
     #[serde(default, rename = "module")]
     pub modules: Vec<Module>,
-    /// Words appended to an enclave's command line on one emulator only:
+    /// Words appended to a partition's command line on one emulator only:
     /// `[enclave_cmdline.qemu] linux = "…"` (for what that emulator cannot do the way hardware
-    /// does, documented where it is used).
+    /// does, documented where it is used); in a scenario with a `machine` module, `host` names
+    /// the root partition.
     #[serde(default)]
     pub enclave_cmdline: BTreeMap<String, BTreeMap<String, String>>,
     /// What the summary must say.

@@ -287,6 +287,9 @@ fn guest_image(args: GuestImageArgs) -> Result<()> {
     );
     println!("initrd  {}", img.initrd.display());
     println!(
+        "host    the same kernel and initramfs: /init runs atoll-check --role host when atoll.role=host is on the command line"
+    );
+    println!(
         "sizes   vmlinuz {:.1} MB, initrd {:.1} MB (package {:.1} MB)",
         size(&img.kernel) as f64 / 1e6,
         size(&img.initrd) as f64 / 1e6,

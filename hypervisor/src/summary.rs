@@ -382,7 +382,10 @@ mod tests {
     fn the_host_appears_only_when_there_is_one() {
         let s = Summary::default();
         let v: serde_json::Value = serde_json::from_str(&s.line()[SUMMARY_PREFIX.len()..]).unwrap();
-        assert!(v.get("host").is_none() && v.get("dma_isolation").is_none(), "{v}");
+        assert!(
+            v.get("host").is_none() && v.get("dma_isolation").is_none(),
+            "{v}"
+        );
         let mut results = serde_json::Map::new();
         results.insert("guest_check".into(), serde_json::json!({"ok": true}));
         let s = Summary {

@@ -1590,9 +1590,15 @@ linux-image-6.12.117+deb12-amd64 - Linux 6.12 for 64-bit PCs (signed)
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("bin")).unwrap();
         std::os::unix::fs::symlink(
-            String::from_utf8(Command::new("sh").args(["-c", "command -v cat"]).output().unwrap().stdout)
-                .unwrap()
-                .trim(),
+            String::from_utf8(
+                Command::new("sh")
+                    .args(["-c", "command -v cat"])
+                    .output()
+                    .unwrap()
+                    .stdout,
+            )
+            .unwrap()
+            .trim(),
             dir.join("bin/cat"),
         )
         .unwrap();
@@ -1602,13 +1608,21 @@ linux-image-6.12.117+deb12-amd64 - Linux 6.12 for 64-bit PCs (signed)
             std::fs::write(d.join("online"), state).unwrap();
         }
         std::fs::write(dir.join("sysrq"), "").unwrap();
-        let parse = &script[script.find("set -f").unwrap()..script.find("echo \"atoll-init").unwrap()];
-        let acts = &script[script.find("failed=0").unwrap()..script.find("if [ -n \"$idle\" ]").unwrap()];
+        let parse =
+            &script[script.find("set -f").unwrap()..script.find("echo \"atoll-init").unwrap()];
+        let acts =
+            &script[script.find("failed=0").unwrap()..script.find("if [ -n \"$idle\" ]").unwrap()];
         let fragment = format!("{parse}{acts}")
             .replace("$(cat /proc/cmdline)", "$CMDLINE")
             .replace("/proc/sysrq-trigger", &dir.join("sysrq").to_string_lossy())
-            .replace("/sys/devices/system/cpu", &dir.join("cpu").to_string_lossy());
-        assert!(!fragment.contains("/proc/") && !fragment.contains("/sys/"), "{fragment}");
+            .replace(
+                "/sys/devices/system/cpu",
+                &dir.join("cpu").to_string_lossy(),
+            );
+        assert!(
+            !fragment.contains("/proc/") && !fragment.contains("/sys/"),
+            "{fragment}"
+        );
         // By its path: the child's PATH (below) has no sh.
         let out = Command::new("/bin/sh")
             .args([
@@ -1623,7 +1637,11 @@ linux-image-6.12.117+deb12-amd64 - Linux 6.12 for 64-bit PCs (signed)
             .env("CMDLINE", cmdline)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let sysrq = std::fs::read_to_string(dir.join("sysrq")).unwrap();
         let _ = std::fs::remove_dir_all(&dir);
         (String::from_utf8_lossy(&out.stdout).into_owned(), sysrq)
@@ -1670,7 +1688,10 @@ linux-image-6.12.117+deb12-amd64 - Linux 6.12 for 64-bit PCs (signed)
              ATOLL-ACTION offline:;x\nATOLL-ACTION-FAILED offline:;x: not a CPU number\n\
              ATOLL-ACTION dance\nATOLL-ACTION-FAILED dance: unknown action\n\
              ATOLL-ACTION sleep:1\nslept 1\nATOLL-ACTIONS end failed=4\n"
-                .replace("CPUDIR", &out[out.find("no ").unwrap() + 3..out.find("/cpu7").unwrap()])
+                .replace(
+                    "CPUDIR",
+                    &out[out.find("no ").unwrap() + 3..out.find("/cpu7").unwrap()]
+                )
         );
         // No actions: nothing printed.
         assert_eq!(run_actions("console=ttyS0", &[]).0, "");
@@ -1681,7 +1702,10 @@ linux-image-6.12.117+deb12-amd64 - Linux 6.12 for 64-bit PCs (signed)
         let cmdline = "panic=1 atoll.role=host atoll.actions=sleep:3,panic \
                        atoll.restart_actions=sleep:9,poweroff";
         let (first, sysrq) = run_actions(cmdline, &[]);
-        assert!(first.starts_with("ATOLL-ACTION sleep:3\nslept 3\nATOLL-ACTION panic\n"), "{first}");
+        assert!(
+            first.starts_with("ATOLL-ACTION sleep:3\nslept 3\nATOLL-ACTION panic\n"),
+            "{first}"
+        );
         assert_eq!(sysrq, "c\n");
         for restarts in ["atoll.restarts=0", ""] {
             let (again, _) = run_actions(&format!("{cmdline} {restarts}"), &[]);
@@ -1689,21 +1713,32 @@ linux-image-6.12.117+deb12-amd64 - Linux 6.12 for 64-bit PCs (signed)
         }
         let (second, sysrq) = run_actions(&format!("{cmdline} atoll.restarts=1"), &[]);
         assert!(
-            second.starts_with("ATOLL-ACTION sleep:9\nslept 9\nATOLL-ACTION poweroff\npoweroff -f\n"),
+            second
+                .starts_with("ATOLL-ACTION sleep:9\nslept 9\nATOLL-ACTION poweroff\npoweroff -f\n"),
             "{second}"
         );
         assert_eq!(sysrq, "o\n");
         // Without restart actions, a restart repeats the first boot's.
         let (same, _) = run_actions("atoll.actions=sleep:2 atoll.restarts=3", &[]);
-        assert_eq!(same, "ATOLL-ACTION sleep:2\nslept 2\nATOLL-ACTIONS end failed=0\n");
-        let (bad, _) = run_actions("atoll.actions=sleep:2 atoll.restart_actions=sleep:4 atoll.restarts=x", &[]);
+        assert_eq!(
+            same,
+            "ATOLL-ACTION sleep:2\nslept 2\nATOLL-ACTIONS end failed=0\n"
+        );
+        let (bad, _) = run_actions(
+            "atoll.actions=sleep:2 atoll.restart_actions=sleep:4 atoll.restarts=x",
+            &[],
+        );
         assert_eq!(
             bad,
             "init: atoll.restarts=x ignored: not a whole number\nATOLL-ACTION sleep:2\nslept 2\nATOLL-ACTIONS end failed=0\n"
         );
         // The role reaches atoll-check.
         assert_eq!(
-            run_init_part("atoll.role=host atoll.expect_cpus=2", "/atoll-check $args", ""),
+            run_init_part(
+                "atoll.role=host atoll.expect_cpus=2",
+                "/atoll-check $args",
+                ""
+            ),
             "atoll-init: /atoll-check --role host --expect-cpus 2\n"
         );
     }

@@ -169,9 +169,7 @@ pub fn description_text(
             let list = doc
                 .get_mut("enclave")
                 .and_then(toml::Value::as_array_mut)
-                .with_context(|| {
-                    format!("{} has no [[enclave]] (no '{name}')", file.display())
-                })?;
+                .with_context(|| format!("{} has no [[enclave]] (no '{name}')", file.display()))?;
             let mut names: Vec<String> = list
                 .iter()
                 .filter_map(|e| e.get("name").and_then(toml::Value::as_str))
@@ -436,7 +434,10 @@ mod tests {
         let (_, _, text) = description_text(&s, &add).unwrap().unwrap();
         let doc: toml::Table = text.parse().unwrap();
         let host = doc["host"]["cmdline"].as_str().unwrap();
-        assert!(host.starts_with("console=ttyS0 ") && host.ends_with(" atoll.shell=1"), "{host}");
+        assert!(
+            host.starts_with("console=ttyS0 ") && host.ends_with(" atoll.shell=1"),
+            "{host}"
+        );
         let linux = doc["enclave"][0]["cmdline"].as_str().unwrap();
         assert!(linux.ends_with(" atoll.idle=3"), "{linux}");
         // Still a machine description atoll accepts, on the scenario's machine only.
@@ -448,7 +449,10 @@ mod tests {
             "{:#}",
             description_text(&s, &[("beta".into(), "x".into())]).unwrap_err()
         );
-        assert!(e.contains("no enclave named 'beta'") && e.contains("linux, host"), "{e}");
+        assert!(
+            e.contains("no enclave named 'beta'") && e.contains("linux, host"),
+            "{e}"
+        );
         // In an enclaves module, `host` is just a name that is not there.
         let linux = Scenario::load("linux-enclave").unwrap();
         assert!(description_text(&linux, &[("host".into(), "x".into())]).is_err());

@@ -878,10 +878,20 @@ mod tests {
         }))
         .unwrap();
         let words: Vec<&str> = row.split_whitespace().take(5).collect();
-        assert_eq!(words, ["host", "0,1", "700", "power_off", "passed"], "{row}");
-        assert!(row.contains("restarts 1, refused reads 2 writes 0, IPIs dropped 0, DMA isolated no"), "{row}");
+        assert_eq!(
+            words,
+            ["host", "0,1", "700", "power_off", "passed"],
+            "{row}"
+        );
+        assert!(
+            row.contains("restarts 1, refused reads 2 writes 0, IPIs dropped 0, DMA isolated no"),
+            "{row}"
+        );
         let row = host_row(&json!({"host": {"results": {"guest_check": {"ok": false}}}})).unwrap();
-        assert!(row.contains("FAILED") && row.contains("restarts -"), "{row}");
+        assert!(
+            row.contains("FAILED") && row.contains("restarts -"),
+            "{row}"
+        );
     }
 
     #[test]

@@ -360,9 +360,14 @@ impl Cmp {
 pub fn comparison(want: &Value) -> Option<Result<(Cmp, f64)>> {
     let s = want.as_str()?.trim();
     // Two-character operators first, so ">=" is not read as ">" and "=…".
-    let (op, rest) = [(">=", Cmp::Ge), ("<=", Cmp::Le), (">", Cmp::Gt), ("<", Cmp::Lt)]
-        .into_iter()
-        .find_map(|(p, op)| s.strip_prefix(p).map(|r| (op, r)))?;
+    let (op, rest) = [
+        (">=", Cmp::Ge),
+        ("<=", Cmp::Le),
+        (">", Cmp::Gt),
+        ("<", Cmp::Lt),
+    ]
+    .into_iter()
+    .find_map(|(p, op)| s.strip_prefix(p).map(|r| (op, r)))?;
     Some(
         rest.trim()
             .parse::<f64>()

@@ -95,7 +95,9 @@ pub fn parse_pool(value: &str) -> Result<Vec<PhysRange>, String> {
             return Err(format!("atoll.pool: '{part}' ends before it starts"));
         }
         if start % PAGE != 0 {
-            return Err(format!("atoll.pool: '{part}' does not start on a 4 KiB page"));
+            return Err(format!(
+                "atoll.pool: '{part}' does not start on a 4 KiB page"
+            ));
         }
         // An end that is page-aligned is most likely an exclusive end: say so rather than
         // check a range one byte long.
@@ -129,9 +131,9 @@ pub fn parse_host_cmdline(cmdline: &str) -> HostExpect {
             },
             "atoll.memory_mib" => match value.parse::<u64>() {
                 Ok(m) if m > 0 => e.memory_mib = Some(m),
-                _ => e
-                    .errors
-                    .push(format!("atoll.memory_mib: '{value}' is not a positive integer")),
+                _ => e.errors.push(format!(
+                    "atoll.memory_mib: '{value}' is not a positive integer"
+                )),
             },
             "atoll.pool" => match parse_pool(value) {
                 Ok(p) => e.pool = p,
@@ -195,7 +197,10 @@ fn is_reserved(kind: &str) -> bool {
 pub fn pool_reserved(map: &[MemRegion], pool: &[PhysRange]) -> Result<(), String> {
     let mut why = Vec::new();
     for r in pool {
-        for m in map.iter().filter(|m| is_ram(&m.kind) && m.range.overlaps(r)) {
+        for m in map
+            .iter()
+            .filter(|m| is_ram(&m.kind) && m.range.overlaps(r))
+        {
             why.push(format!("pool {r} overlaps System RAM {}", m.range));
         }
         let mut reserved: Vec<PhysRange> = map
@@ -325,7 +330,8 @@ pub fn checks(f: &Facts, h: &HostFacts, _o: &Options) -> Vec<CheckResult> {
     if e.pool.is_empty() && !e.errors.iter().any(|w| w.starts_with("atoll.pool")) {
         missing.push("atoll.pool missing".into());
     }
-    let mut out: Vec<CheckResult> = vec![("host_cmdline", fail(missing.is_empty(), missing.join("; ")))];
+    let mut out: Vec<CheckResult> =
+        vec![("host_cmdline", fail(missing.is_empty(), missing.join("; ")))];
     let online = f.cpus();
     out.push((
         "host_cpus",
@@ -352,7 +358,9 @@ pub fn checks(f: &Facts, h: &HostFacts, _o: &Options) -> Vec<CheckResult> {
         "host_pool_reserved",
         match (&h.memmap_source, e.pool.is_empty()) {
             (_, true) => Err("no atoll.pool to look for".into()),
-            (None, _) => Err("no memory map (/sys/firmware/memmap and /proc/iomem unreadable)".into()),
+            (None, _) => {
+                Err("no memory map (/sys/firmware/memmap and /proc/iomem unreadable)".into())
+            }
             (Some(_), false) => pool_reserved(&h.memmap, &e.pool),
         },
     ));
@@ -416,11 +424,8 @@ pub fn report_fields(h: &HostFacts) -> serde_json::Map<String, Value> {
         .map(|r| json!({"addr": format!("{:#x}", r.addr), "bytes": r.bytes, "all_ones": r.all_ones, "error": r.error}))
         .collect();
     let bytes: usize = h.pool_probe.iter().map(|r| r.bytes).sum();
-    let ones = !h.pool_probe.is_empty()
-        && h
-            .pool_probe
-            .iter()
-            .all(|r| r.error.is_none() && r.all_ones);
+    let ones =
+        !h.pool_probe.is_empty() && h.pool_probe.iter().all(|r| r.error.is_none() && r.all_ones);
     let mut m = serde_json::Map::new();
     m.insert("restarts".into(), e.restarts.into());
     m.insert(
@@ -473,7 +478,10 @@ mod tests {
         assert_eq!(e.restarts, 1);
         assert_eq!(e.cpus, Some(vec![0, 3]));
         // Nothing of atoll's: nothing expected, nothing wrong.
-        assert_eq!(parse_host_cmdline("console=ttyS0 quiet"), HostExpect::default());
+        assert_eq!(
+            parse_host_cmdline("console=ttyS0 quiet"),
+            HostExpect::default()
+        );
     }
 
     #[test]
@@ -489,7 +497,10 @@ mod tests {
             ("atoll.pool=0x1800-0x1fff", "does not start on a 4 KiB page"),
             // An exclusive end.
             ("atoll.pool=0x1000-0x2000", "END is inclusive"),
-            ("atoll.pool=0x1000-0x2fff,0x2000-0x3fff", "overlaps 0x1000-0x2fff"),
+            (
+                "atoll.pool=0x1000-0x2fff,0x2000-0x3fff",
+                "overlaps 0x1000-0x2fff",
+            ),
             ("atoll.restarts=-1", "not a whole number"),
         ] {
             let e = parse_host_cmdline(word);
@@ -532,7 +543,9 @@ fd000000-fdffffff : PCI Bus 0000:00
         assert_eq!(map[4].kind, "System RAM");
         // Indented lines are inside their parent: the nested Reserved under PCI MMIO is not a
         // top-level reservation.
-        assert!(map.iter().all(|m| m.kind != "Kernel code" && m.kind != "System ROM"));
+        assert!(map
+            .iter()
+            .all(|m| m.kind != "Kernel code" && m.kind != "System ROM"));
         assert!(parse_iomem("garbage\nzz-1 : x\n").is_empty());
     }
 
@@ -547,13 +560,16 @@ fd000000-fdffffff : PCI Bus 0000:00
         assert!(e.contains("overlaps System RAM 0x100000-0x3fffffff"), "{e}");
         assert!(e.contains("from 0x3ff00000"), "{e}");
         let e = pool_reserved(&map, &pool("0x40000000-0x60000fff")).unwrap_err();
-        assert!(e.contains("overlaps System RAM 0x60000000-0x7ffdffff"), "{e}");
+        assert!(
+            e.contains("overlaps System RAM 0x60000000-0x7ffdffff"),
+            "{e}"
+        );
         // A hole (not in the map at all) is not reserved.
         let e = pool_reserved(&map, &pool("0x80000000-0x80000fff")).unwrap_err();
         assert!(e.contains("not reserved"), "{e}");
         // Every range is judged.
-        let e = pool_reserved(&map, &pool("0x40000000-0x4fffffff,0x60000000-0x60000fff"))
-            .unwrap_err();
+        let e =
+            pool_reserved(&map, &pool("0x40000000-0x4fffffff,0x60000000-0x60000fff")).unwrap_err();
         assert!(e.starts_with("pool 0x60000000"), "{e}");
         // A gap between two reserved entries.
         let gap = vec![
@@ -575,8 +591,8 @@ fd000000-fdffffff : PCI Bus 0000:00
 
     #[test]
     fn pci_devices_from_sysfs() {
-        let hb = PciDevice::from_sysfs("0000:00:00.0", "0x8086\n", "0x29c0\n", "0x060000\n")
-            .unwrap();
+        let hb =
+            PciDevice::from_sysfs("0000:00:00.0", "0x8086\n", "0x29c0\n", "0x060000\n").unwrap();
         assert_eq!((hb.vendor, hb.device, hb.class), (0x8086, 0x29c0, 0x060000));
         assert!(hb.is_host_bridge());
         let isa = PciDevice::from_sysfs("0000:00:1f.0", "0x8086", "0x2918", "0x060100").unwrap();
@@ -648,7 +664,11 @@ fd000000-fdffffff : PCI Bus 0000:00
     #[test]
     fn host_verdicts() {
         let (f, h) = healthy();
-        assert!(failed(&f, &h).is_empty(), "{:?}", checks(&f, &h, &Options::default()));
+        assert!(
+            failed(&f, &h).is_empty(),
+            "{:?}",
+            checks(&f, &h, &Options::default())
+        );
 
         let mut f2 = f.clone();
         f2.online = Some(vec![0]);
@@ -664,9 +684,17 @@ fd000000-fdffffff : PCI Bus 0000:00
         h2.expect = parse_host_cmdline("atoll.role=host");
         assert_eq!(
             failed(&f, &h2),
-            ["host_cmdline", "host_cpus", "host_memory", "host_pool_reserved"]
+            [
+                "host_cmdline",
+                "host_cpus",
+                "host_memory",
+                "host_pool_reserved"
+            ]
         );
-        let why = checks(&f, &h2, &Options::default())[0].1.clone().unwrap_err();
+        let why = checks(&f, &h2, &Options::default())[0]
+            .1
+            .clone()
+            .unwrap_err();
         assert_eq!(
             why,
             "atoll.cpus missing; atoll.memory_mib missing; atoll.pool missing"
@@ -735,7 +763,10 @@ fd000000-fdffffff : PCI Bus 0000:00
         assert_eq!(v["pool_probe"]["all_ones"], true);
         assert_eq!(v["pool_probe"]["reads"][1]["addr"], "0x5ffff000");
         assert_eq!(v["pci"]["count"], 1);
-        assert_eq!(v["pci"]["devices"][0], "0000:00:00.0 8086:29c0 class 060000");
+        assert_eq!(
+            v["pci"]["devices"][0],
+            "0000:00:00.0 8086:29c0 class 060000"
+        );
         assert_eq!(v["host_expect"]["cpus"], "0-1");
         assert_eq!(v["host_expect"]["pool"][0], "0x40000000-0x5fffffff");
         assert_eq!(v["pool_memmap"].as_array().unwrap().len(), 2);

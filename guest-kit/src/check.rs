@@ -18,6 +18,11 @@
 //! | `expect_cpus` | (with `--expect-cpus N`) exactly N CPUs are online |
 //! | `expect_memory` | (with `--expect-memory-mib M`) the RAM the kernel saw is within 10 % of M |
 //!
+//! With `--role host` (the root partition: the host's Linux beside the enclaves) the checks of
+//! [`host`] follow: CPUs, memory and the enclave pool's reservation as atoll's words on the
+//! kernel command line say, PCI devices, and a `/dev/mem` probe of the pool. The report says
+//! `"role": "enclave"` or `"host"`.
+//!
 //! For `expect_memory` "the RAM the kernel saw" is the second figure of the kernel's boot line
 //! `Memory: 466556K/523768K available (…)` — every page of RAM the firmware (or hypervisor)
 //! handed over — and `MemTotal` only when that line is gone. `MemTotal` is smaller by the
@@ -36,6 +41,8 @@
 //! else the early figure (`tsc: Detected X MHz processor` / `… MHz TSC`) from the kernel log.
 
 use serde_json::{json, Value};
+
+pub mod host;
 
 /// What the report line starts with.
 pub const REPORT_PREFIX: &str = "ATOLL-GUEST-CHECK ";
@@ -476,6 +483,29 @@ pub struct Options {
     pub iterations: u64,
     /// `--tolerate ID,…`: warning patterns that do not fail the check.
     pub tolerate: Vec<String>,
+    /// `--role enclave|host`: which partition this Linux is ([`host`] adds the root
+    /// partition's checks).
+    pub role: Role,
+}
+
+/// Which partition the check runs in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Role {
+    /// An enclave (the default).
+    #[default]
+    Enclave,
+    /// The root partition: the host's Linux ([`host`]).
+    Host,
+}
+
+impl Role {
+    /// Its name in arguments and the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Enclave => "enclave",
+            Role::Host => "host",
+        }
+    }
 }
 
 impl Default for Options {
@@ -485,12 +515,14 @@ impl Default for Options {
             expect_memory_mib: None,
             iterations: DEFAULT_ITERATIONS,
             tolerate: Vec::new(),
+            role: Role::Enclave,
         }
     }
 }
 
 /// Usage text.
-pub const USAGE: &str = "usage: atoll-check [--expect-cpus N] [--expect-memory-mib M] [--iterations N] [--tolerate ID,...]\n\
+pub const USAGE: &str = "usage: atoll-check [--role enclave|host] [--expect-cpus N] [--expect-memory-mib M] [--iterations N] [--tolerate ID,...]\n\
+With --role host, also checks what atoll put on the kernel command line (atoll.cpus, atoll.memory_mib, atoll.pool).\n\
 Prints one line `ATOLL-GUEST-CHECK {json}` and exits 0 when every check passed, 1 when one failed,\n\
 2 on a usage error.";
 
@@ -509,7 +541,7 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Option<Options>, String> 
         };
         if !matches!(
             name,
-            "--expect-cpus" | "--expect-memory-mib" | "--iterations" | "--tolerate"
+            "--expect-cpus" | "--expect-memory-mib" | "--iterations" | "--tolerate" | "--role"
         ) {
             return Err(format!("unknown argument '{arg}'"));
         }
@@ -535,6 +567,13 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Option<Options>, String> 
                     Some(u32::try_from(n).map_err(|_| format!("{name}: {n} is too large"))?);
             }
             "--expect-memory-mib" => opts.expect_memory_mib = Some(positive(&value)?),
+            "--role" => {
+                opts.role = match value.as_str() {
+                    "enclave" => Role::Enclave,
+                    "host" => Role::Host,
+                    _ => return Err(format!("--role: '{value}' is not enclave or host")),
+                }
+            }
             "--tolerate" => {
                 for id in value.split(',').map(str::trim).filter(|i| !i.is_empty()) {
                     if !WARNING_PATTERNS.iter().any(|p| p.id == id) {
@@ -608,6 +647,8 @@ pub struct Facts {
     pub kernel_log_source: Option<String>,
     /// Kernel log lines matching [`WARNING_PATTERNS`].
     pub dmesg_warnings: Vec<String>,
+    /// What the host role gathered (`--role host`).
+    pub host: Option<host::HostFacts>,
 }
 
 impl Facts {
@@ -698,22 +739,35 @@ pub fn checks(f: &Facts, o: &Options) -> Vec<CheckResult> {
         ));
     }
     if let Some(m) = o.expect_memory_mib {
-        let (kib, what) = match (f.kernel_memory_kib, f.mem_total_kib) {
-            (Some(k), _) => (k, "kernel RAM"),
-            (None, Some(k)) => (k, "MemTotal"),
-            (None, None) => (0, "no memory figure"),
-        };
-        let want = m * 1024;
-        let diff = kib.abs_diff(want);
-        out.push((
-            "expect_memory",
-            fail(
-                diff * 10 <= want,
-                format!("expected {m} MiB ± 10 %, {what} is {} MiB", kib / 1024),
-            ),
-        ));
+        out.push(("expect_memory", memory_within(f, m)));
+    }
+    if o.role == Role::Host {
+        match &f.host {
+            Some(h) => out.extend(host::checks(f, h, o)),
+            None => out.push(("host", Err("the host role gathered nothing".into()))),
+        }
     }
     out
+}
+
+/// Whether the RAM the kernel saw (its `Memory:` line's total, else `MemTotal`) is within
+/// 10 % of `m` MiB (see the module docs).
+pub fn memory_within(f: &Facts, m: u64) -> Result<(), String> {
+    let (kib, what) = match (f.kernel_memory_kib, f.mem_total_kib) {
+        (Some(k), _) => (k, "kernel RAM"),
+        (None, Some(k)) => (k, "MemTotal"),
+        (None, None) => (0, "no memory figure"),
+    };
+    let want = m * 1024;
+    let diff = kib.abs_diff(want);
+    if diff * 10 <= want {
+        Ok(())
+    } else {
+        Err(format!(
+            "expected {m} MiB ± 10 %, {what} is {} MiB",
+            kib / 1024
+        ))
+    }
 }
 
 /// The report (the JSON after [`REPORT_PREFIX`]) and whether every check passed.
@@ -744,8 +798,9 @@ pub fn report(f: &Facts, o: &Options) -> (Value, bool) {
         .collect();
     let (failing, tolerated) = split_warnings(&f.dmesg_warnings, &o.tolerate);
     let shown = failing.len().min(MAX_WARNINGS);
-    let value = json!({
+    let mut value = json!({
         "ok": ok,
+        "role": o.role.name(),
         "checks": check_map,
         "problems": problems,
         "cpus": f.cpus().len(),
@@ -776,6 +831,9 @@ pub fn report(f: &Facts, o: &Options) -> (Value, bool) {
             "tolerate": o.tolerate,
         },
     });
+    if let (Some(h), Some(map)) = (&f.host, value.as_object_mut()) {
+        map.extend(host::report_fields(h));
+    }
     (value, ok)
 }
 
@@ -1039,6 +1097,26 @@ mod tests {
             "{e}"
         );
         assert_eq!(parse_args(&["--help"]).unwrap(), None);
+        assert_eq!(
+            parse_args(&["--role", "host"]).unwrap().unwrap().role,
+            Role::Host
+        );
+        assert_eq!(
+            parse_args(&["--role=enclave"]).unwrap().unwrap().role,
+            Role::Enclave
+        );
+        assert!(parse_args(&["--role", "root"])
+            .unwrap_err()
+            .contains("not enclave or host"));
+        // The host role without what it gathered fails rather than passing silently.
+        let host = Options {
+            role: Role::Host,
+            ..Options::default()
+        };
+        let (v, ok) = report(&healthy(), &host);
+        assert!(!ok);
+        assert_eq!(v["role"], "host");
+        assert_eq!(v["checks"]["host"], false);
         for bad in [
             &["--expect-cpus"][..],
             &["--expect-cpus", "0"],
@@ -1052,7 +1130,7 @@ mod tests {
         }
     }
 
-    fn healthy() -> Facts {
+    pub(crate) fn healthy() -> Facts {
         let run = |cpu| CpuRun {
             cpu,
             ran_on: Some(cpu),
@@ -1078,6 +1156,7 @@ mod tests {
             compute_wall_ms: 2.0,
             kernel_log_source: Some("/dev/kmsg".into()),
             dmesg_warnings: vec![],
+            host: None,
         }
     }
 
@@ -1096,6 +1175,7 @@ mod tests {
             expect_memory_mib: Some(512),
             iterations: 10,
             tolerate: vec![],
+            role: Role::Enclave,
         };
         let f = healthy();
         assert!(failed(&f, &o).is_empty(), "{:?}", checks(&f, &o));

@@ -99,6 +99,37 @@ pub struct EnclaveReport {
     pub measurements: serde_json::Map<String, serde_json::Value>,
 }
 
+/// The root partition's line in the summary: the host's Linux, beside the enclaves.
+#[derive(Clone, Debug, Serialize, PartialEq, Default)]
+pub struct HostReport {
+    /// Its cores (APIC ids).
+    pub cores: Vec<u32>,
+    /// Its RAM: every byte of the machine's RAM atoll and the enclave pool do not own.
+    pub memory_mib: u64,
+    /// Why it ended (`power_off`, `stopped`, `failed`, …); absent while it runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end_reason: Option<&'static str>,
+    /// The end reason in words.
+    pub detail: String,
+    /// How many times atoll restarted it after a reset (reboot, panic, ACPI or port reset).
+    pub restarts: u32,
+    /// What it reported (`guest_check`, `guest_exit_status`), as an enclave's `results`; the
+    /// last boot's, when it was restarted.
+    pub results: serde_json::Map<String, serde_json::Value>,
+    /// Its reads of memory it does not own (answered with all ones).
+    pub refused_reads: u64,
+    /// Its writes to memory it does not own (dropped).
+    pub refused_writes: u64,
+    /// IPIs, INITs and SIPIs it sent to cores not its own (dropped).
+    pub ipis_dropped: u64,
+    /// MSR accesses refused.
+    pub msr_denied: u64,
+    /// Exits by kind.
+    pub exits: serde_json::Map<String, serde_json::Value>,
+    /// Bytes of console lines dropped because its console queue was full.
+    pub console_bytes_dropped: u64,
+}
+
 /// The whole summary.
 #[derive(Clone, Debug, Serialize, Default)]
 pub struct Summary {
@@ -152,6 +183,13 @@ pub struct Summary {
     pub cpu_virt: &'static str,
     /// The enclaves of the run.
     pub enclaves: Vec<EnclaveReport>,
+    /// The root partition, when the machine description booted one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<HostReport>,
+    /// Whether devices' DMA is confined to their owner's memory (false until atoll programs
+    /// the IOMMU for the root partition); absent without a root partition.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dma_isolation: Option<bool>,
     /// A self-IPI went through the host IDT and back at boot.
     pub host_interrupts_ok: bool,
 }
@@ -338,6 +376,37 @@ mod tests {
             s.problems,
             vec!["enclave 'd' failed: atoll fault while handling this enclave: panic".to_string()]
         );
+    }
+
+    #[test]
+    fn the_host_appears_only_when_there_is_one() {
+        let s = Summary::default();
+        let v: serde_json::Value = serde_json::from_str(&s.line()[SUMMARY_PREFIX.len()..]).unwrap();
+        assert!(
+            v.get("host").is_none() && v.get("dma_isolation").is_none(),
+            "{v}"
+        );
+        let mut results = serde_json::Map::new();
+        results.insert("guest_check".into(), serde_json::json!({"ok": true}));
+        let s = Summary {
+            host: Some(HostReport {
+                cores: vec![0, 1],
+                end_reason: Some("power_off"),
+                restarts: 1,
+                refused_reads: 2,
+                results,
+                ..Default::default()
+            }),
+            dma_isolation: Some(false),
+            ..Default::default()
+        };
+        let v: serde_json::Value = serde_json::from_str(&s.line()[SUMMARY_PREFIX.len()..]).unwrap();
+        assert_eq!(v["host"]["cores"], serde_json::json!([0, 1]));
+        assert_eq!(v["host"]["end_reason"], "power_off");
+        assert_eq!(v["host"]["restarts"], 1);
+        assert_eq!(v["host"]["refused_reads"], 2);
+        assert_eq!(v["host"]["results"]["guest_check"]["ok"], true);
+        assert_eq!(v["dma_isolation"], false);
     }
 
     #[test]

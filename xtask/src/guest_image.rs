@@ -31,6 +31,19 @@
 //! `cargo xtask bench idle` counts exits in); `atoll.shell=1` starts a shell after the check
 //! instead of powering off.
 //!
+//! **One image, both roles.** The same initramfs serves an enclave and the root partition (the
+//! host's Linux atoll boots beside its enclaves): `atoll.role=host` (which atoll appends to the
+//! host's command line, with `atoll.cpus`, `atoll.memory_mib` and `atoll.pool`; see
+//! `guest_kit::check::host`) makes `/init` run `atoll-check --role host`. After the check,
+//! `atoll.actions=A,B,…` runs the actions a test needs, in order, each announced on a line
+//! `ATOLL-ACTION A` before it happens (`ATOLL-ACTION-FAILED A: why` when it cannot be done,
+//! then `ATOLL-ACTIONS end failed=N`): `sleep:N` (seconds), `offline:N` / `online:N` (logical
+//! CPU N through sysfs, read back), `panic` (`echo c > /proc/sysrq-trigger`; with `panic=N`
+//! the kernel then resets the machine), `reboot`, `poweroff`. A root partition atoll restarted
+//! finds `atoll.restarts=N` (N ≥ 1) on its command line; `atoll.restart_actions=…` then
+//! replaces `atoll.actions` (so a host that panicked on its first boot does something else on
+//! its second).
+//!
 //! The smoke test tolerates [`TCG_TOLERATED`]: timing warnings QEMU's TCG emulation causes
 //! by itself — its vCPUs' TSCs are not synchronized, and its timers run in host time while the
 //! emulated CPUs run at a varying, slower pace, so Linux's TSC, delay-loop and APIC-timer
@@ -53,7 +66,7 @@ pub const DEFAULT_SERIES: &str = "6.1";
 /// Busybox applets the image links to `/bin/busybox`: what `/init` runs, and a few for a human
 /// at `atoll.shell=1`.
 pub const APPLETS: &[&str] = &[
-    "sh", "mount", "umount", "dmesg", "poweroff", "cat", "echo", "sleep", "ls", "uname",
+    "sh", "mount", "umount", "dmesg", "poweroff", "reboot", "cat", "echo", "sleep", "ls", "uname",
 ];
 
 /// The Rust target `atoll-check` is built for.
@@ -233,11 +246,14 @@ pub fn parse_package_info(text: &str) -> Option<PackageInfo> {
 /// expectations from the kernel command line, print its status, power off.
 pub fn init_script() -> String {
     r#"#!/bin/sh
-# /init of the atoll guest image (written by `cargo xtask guest-image`): mounts the kernel file
-# systems, runs /atoll-check with the expectations on the kernel command line
-# (atoll.expect_cpus=N, atoll.expect_mem=MiB, atoll.iterations=N, atoll.tolerate=ID,...),
-# idles N seconds between "ATOLL-IDLE begin" and "ATOLL-IDLE end" lines (atoll.idle=N), with
-# atoll.echo_input=1 prompts "ATOLL-GUEST-INPUT?" and echoes the line typed on its console as
+# /init of the atoll guest image (written by `cargo xtask guest-image`), for an enclave and for
+# the root partition alike: mounts the kernel file systems, runs /atoll-check with the
+# expectations on the kernel command line (atoll.expect_cpus=N, atoll.expect_mem=MiB,
+# atoll.iterations=N, atoll.tolerate=ID,...; atoll.role=host: the root partition's checks),
+# runs the actions atoll.actions=A,B,... asks for (atoll.restart_actions=... instead once
+# atoll.restarts=N says the root partition was restarted), idles N seconds between
+# "ATOLL-IDLE begin" and "ATOLL-IDLE end" lines (atoll.idle=N), with atoll.echo_input=1
+# prompts "ATOLL-GUEST-INPUT?" and echoes the line typed on its console as
 # "ATOLL-GUEST-INPUT <line>", and powers off (atoll.shell=1: starts a shell instead).
 export PATH=/bin
 mount -t proc proc /proc
@@ -250,12 +266,19 @@ args=""
 shell=""
 idle=""
 echo_input=""
+actions=""
+restart_actions=""
+restarts=0
 for word in $(cat /proc/cmdline); do
     case "$word" in
         atoll.expect_cpus=*) args="$args --expect-cpus ${word#*=}" ;;
         atoll.expect_mem=*) args="$args --expect-memory-mib ${word#*=}" ;;
         atoll.iterations=*) args="$args --iterations ${word#*=}" ;;
         atoll.tolerate=*) args="$args --tolerate ${word#*=}" ;;
+        atoll.role=host) args="$args --role host" ;;
+        atoll.actions=*) actions=${word#*=} ;;
+        atoll.restart_actions=*) restart_actions=${word#*=} ;;
+        atoll.restarts=*) restarts=${word#*=} ;;
         atoll.idle=*) idle=${word#*=} ;;
         atoll.shell=1) shell=1 ;;
         atoll.echo_input=1) echo_input=1 ;;
@@ -264,9 +287,60 @@ done
 case "$idle" in
     *[!0-9]*) echo "init: atoll.idle=$idle ignored: not a whole number of seconds"; idle="" ;;
 esac
+case "$restarts" in
+    ""|*[!0-9]*) echo "init: atoll.restarts=$restarts ignored: not a whole number"; restarts=0 ;;
+esac
+if [ "$restarts" -gt 0 ] && [ -n "$restart_actions" ]; then
+    actions=$restart_actions
+fi
 echo "atoll-init: /atoll-check$args"
 /atoll-check $args
 echo "ATOLL-GUEST-EXIT status=$?"
+# Actions, in order, each announced on one line before it happens; one that cannot be done
+# says so on an ATOLL-ACTION-FAILED line and the next one runs.
+failed=0
+saved_ifs=$IFS
+IFS=,
+for action in $actions; do
+    IFS=$saved_ifs
+    echo "ATOLL-ACTION $action"
+    why=""
+    case "$action" in
+        sleep:*)
+            n=${action#sleep:}
+            case "$n" in
+                ""|*[!0-9]*) why="not a whole number of seconds" ;;
+                *) sleep "$n" ;;
+            esac ;;
+        offline:*|online:*)
+            cpu=${action#*:}
+            want=1
+            [ "${action%%:*}" = offline ] && want=0
+            f=/sys/devices/system/cpu/cpu$cpu/online
+            case "$cpu" in
+                ""|*[!0-9]*) why="not a CPU number" ;;
+                *) if [ ! -e "$f" ]; then
+                       why="no $f"
+                   elif ! echo "$want" > "$f"; then
+                       why="writing $want to $f failed"
+                   elif [ "$(cat "$f")" != "$want" ]; then
+                       why="$f reads $(cat "$f") after writing $want"
+                   fi ;;
+            esac ;;
+        panic) echo c > /proc/sysrq-trigger; why="the kernel did not panic" ;;
+        reboot) reboot -f; echo b > /proc/sysrq-trigger; why="the kernel did not reboot" ;;
+        poweroff) poweroff -f; echo o > /proc/sysrq-trigger; why="the kernel did not power off" ;;
+        *) why="unknown action" ;;
+    esac
+    if [ -n "$why" ]; then
+        echo "ATOLL-ACTION-FAILED $action: $why"
+        failed=$((failed + 1))
+    fi
+done
+IFS=$saved_ifs
+if [ -n "$actions" ]; then
+    echo "ATOLL-ACTIONS end failed=$failed"
+fi
 if [ -n "$idle" ]; then
     echo "ATOLL-IDLE begin"
     sleep "$idle"
@@ -1451,7 +1525,7 @@ linux-image-6.12.117+deb12-amd64 - Linux 6.12 for 64-bit PCs (signed)
         let begin = s.find("echo \"ATOLL-IDLE begin\"").unwrap();
         let end = s.find("echo \"ATOLL-IDLE end\"").unwrap();
         assert!(s.find("/atoll-check $args").unwrap() < exit);
-        assert!(exit < begin && begin < end && end < s.find("poweroff -f").unwrap());
+        assert!(exit < begin && begin < end && end < s.rfind("poweroff -f").unwrap());
         // Run everything but the check itself and the power-off.
         let after_check = "echo \"ATOLL-GUEST-EXIT status=0\"\n";
         let tail =
@@ -1498,6 +1572,174 @@ linux-image-6.12.117+deb12-amd64 - Linux 6.12 for 64-bit PCs (signed)
         assert_eq!(
             run_init_part("atoll.idle=2 atoll.expect_cpus=2", "/atoll-check $args", ""),
             "atoll-init: /atoll-check --expect-cpus 2\n"
+        );
+    }
+
+    /// Runs /init's command-line parsing and its actions (not the check) with the host's sh in
+    /// a sandbox: `/proc/sysrq-trigger` and `/sys/devices/system/cpu` point into a scratch
+    /// directory, `sleep`, `poweroff` and `reboot` only say they were called, and `PATH` holds
+    /// nothing but `cat` — this runs as root on the build machine, where a real sysrq or
+    /// reboot would take the machine down. Returns stdout and what was written to sysrq.
+    fn run_actions(cmdline: &str, cpus: &[(u32, &str)]) -> (String, String) {
+        let script = init_script();
+        let dir = crate::target_dir().join(format!(
+            "init-actions-test-{}-{}",
+            std::process::id(),
+            cache_key(&[("cmdline", cmdline.as_bytes())])
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("bin")).unwrap();
+        std::os::unix::fs::symlink(
+            String::from_utf8(
+                Command::new("sh")
+                    .args(["-c", "command -v cat"])
+                    .output()
+                    .unwrap()
+                    .stdout,
+            )
+            .unwrap()
+            .trim(),
+            dir.join("bin/cat"),
+        )
+        .unwrap();
+        for (cpu, state) in cpus {
+            let d = dir.join(format!("cpu/cpu{cpu}"));
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("online"), state).unwrap();
+        }
+        std::fs::write(dir.join("sysrq"), "").unwrap();
+        let parse =
+            &script[script.find("set -f").unwrap()..script.find("echo \"atoll-init").unwrap()];
+        let acts =
+            &script[script.find("failed=0").unwrap()..script.find("if [ -n \"$idle\" ]").unwrap()];
+        let fragment = format!("{parse}{acts}")
+            .replace("$(cat /proc/cmdline)", "$CMDLINE")
+            .replace("/proc/sysrq-trigger", &dir.join("sysrq").to_string_lossy())
+            .replace(
+                "/sys/devices/system/cpu",
+                &dir.join("cpu").to_string_lossy(),
+            );
+        assert!(
+            !fragment.contains("/proc/") && !fragment.contains("/sys/"),
+            "{fragment}"
+        );
+        // By its path: the child's PATH (below) has no sh.
+        let out = Command::new("/bin/sh")
+            .args([
+                "-c",
+                &format!(
+                    "sleep() {{ echo \"slept $1\"; }}\npoweroff() {{ echo \"poweroff $*\"; }}\n\
+                     reboot() {{ echo \"reboot $*\"; }}\n{fragment}"
+                ),
+            ])
+            .env_clear()
+            .env("PATH", dir.join("bin"))
+            .env("CMDLINE", cmdline)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let sysrq = std::fs::read_to_string(dir.join("sysrq")).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        (String::from_utf8_lossy(&out.stdout).into_owned(), sysrq)
+    }
+
+    #[test]
+    fn init_script_runs_the_actions_in_order() {
+        let s = init_script();
+        // After the check's exit line, before the idle window and the final power-off.
+        let actions = s.find("for action in $actions").unwrap();
+        assert!(s.find("echo \"ATOLL-GUEST-EXIT").unwrap() < actions);
+        assert!(actions < s.find("echo \"ATOLL-IDLE begin").unwrap());
+        for applet in ["reboot", "poweroff", "cat", "sleep"] {
+            assert!(APPLETS.contains(&applet), "{applet}");
+        }
+        let (out, sysrq) = run_actions(
+            "console=ttyS0 atoll.role=host atoll.actions=sleep:5,offline:1,online:1,poweroff",
+            &[(1, "1")],
+        );
+        assert_eq!(
+            out,
+            "ATOLL-ACTION sleep:5\nslept 5\nATOLL-ACTION offline:1\nATOLL-ACTION online:1\n\
+             ATOLL-ACTION poweroff\npoweroff -f\nATOLL-ACTION-FAILED poweroff: the kernel did not power off\n\
+             ATOLL-ACTIONS end failed=1\n"
+        );
+        // The stubbed poweroff returned, so /init fell back to sysrq.
+        assert_eq!(sysrq, "o\n");
+        // panic writes `c`, reboot tries the applet and then `b`.
+        let (out, sysrq) = run_actions("atoll.actions=panic", &[]);
+        assert_eq!(sysrq, "c\n");
+        assert!(out.starts_with("ATOLL-ACTION panic\n"), "{out}");
+        let (out, sysrq) = run_actions("atoll.actions=reboot", &[]);
+        assert_eq!(sysrq, "b\n");
+        assert!(out.starts_with("ATOLL-ACTION reboot\nreboot -f\n"), "{out}");
+        // What cannot be done is said, and the rest still runs.
+        let (out, _) = run_actions(
+            "atoll.actions=offline:7,sleep:x,offline:;x,dance,sleep:1",
+            &[],
+        );
+        assert_eq!(
+            out,
+            "ATOLL-ACTION offline:7\nATOLL-ACTION-FAILED offline:7: no CPUDIR/cpu7/online\n\
+             ATOLL-ACTION sleep:x\nATOLL-ACTION-FAILED sleep:x: not a whole number of seconds\n\
+             ATOLL-ACTION offline:;x\nATOLL-ACTION-FAILED offline:;x: not a CPU number\n\
+             ATOLL-ACTION dance\nATOLL-ACTION-FAILED dance: unknown action\n\
+             ATOLL-ACTION sleep:1\nslept 1\nATOLL-ACTIONS end failed=4\n"
+                .replace(
+                    "CPUDIR",
+                    &out[out.find("no ").unwrap() + 3..out.find("/cpu7").unwrap()]
+                )
+        );
+        // No actions: nothing printed.
+        assert_eq!(run_actions("console=ttyS0", &[]).0, "");
+    }
+
+    #[test]
+    fn a_restarted_root_partition_runs_its_restart_actions() {
+        let cmdline = "panic=1 atoll.role=host atoll.actions=sleep:3,panic \
+                       atoll.restart_actions=sleep:9,poweroff";
+        let (first, sysrq) = run_actions(cmdline, &[]);
+        assert!(
+            first.starts_with("ATOLL-ACTION sleep:3\nslept 3\nATOLL-ACTION panic\n"),
+            "{first}"
+        );
+        assert_eq!(sysrq, "c\n");
+        for restarts in ["atoll.restarts=0", ""] {
+            let (again, _) = run_actions(&format!("{cmdline} {restarts}"), &[]);
+            assert_eq!(again, first, "first boot: {restarts}");
+        }
+        let (second, sysrq) = run_actions(&format!("{cmdline} atoll.restarts=1"), &[]);
+        assert!(
+            second
+                .starts_with("ATOLL-ACTION sleep:9\nslept 9\nATOLL-ACTION poweroff\npoweroff -f\n"),
+            "{second}"
+        );
+        assert_eq!(sysrq, "o\n");
+        // Without restart actions, a restart repeats the first boot's.
+        let (same, _) = run_actions("atoll.actions=sleep:2 atoll.restarts=3", &[]);
+        assert_eq!(
+            same,
+            "ATOLL-ACTION sleep:2\nslept 2\nATOLL-ACTIONS end failed=0\n"
+        );
+        let (bad, _) = run_actions(
+            "atoll.actions=sleep:2 atoll.restart_actions=sleep:4 atoll.restarts=x",
+            &[],
+        );
+        assert_eq!(
+            bad,
+            "init: atoll.restarts=x ignored: not a whole number\nATOLL-ACTION sleep:2\nslept 2\nATOLL-ACTIONS end failed=0\n"
+        );
+        // The role reaches atoll-check.
+        assert_eq!(
+            run_init_part(
+                "atoll.role=host atoll.expect_cpus=2",
+                "/atoll-check $args",
+                ""
+            ),
+            "atoll-init: /atoll-check --role host --expect-cpus 2\n"
         );
     }
 

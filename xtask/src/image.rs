@@ -120,71 +120,103 @@ impl ImageOptions {
     }
 }
 
-/// The scenario's enclave description (module `enclaves`) with `additions` appended to the
-/// named enclaves' command lines: `(file, text)`, or `None` when the scenario has none.
-pub fn enclaves_text(
+/// The module names that hold partition descriptions: `machine` (the host and boot-time
+/// enclaves, `atoll::partition::machine`) and `enclaves` (enclaves alone,
+/// `atoll::partition::config`).
+pub const DESCRIPTION_MODULES: [&str; 2] = ["machine", "enclaves"];
+
+/// The scenario's partition description — module `machine` if it has one, else `enclaves` —
+/// with `additions` appended to the named partitions' command lines (`host` is the machine
+/// description's `[host]`): `(module name, file, text)`, or `None` when the scenario has
+/// neither module.
+pub fn description_text(
     scenario: &Scenario,
     additions: &[(String, String)],
-) -> Result<Option<(PathBuf, String)>> {
-    let Some(m) = scenario.modules.iter().find(|m| m.name == "enclaves") else {
+) -> Result<Option<(&'static str, PathBuf, String)>> {
+    let Some((module, m)) = DESCRIPTION_MODULES.iter().find_map(|&name| {
+        scenario
+            .modules
+            .iter()
+            .find(|m| m.name == name)
+            .map(|m| (name, m))
+    }) else {
         if let Some((name, _)) = additions.first() {
             bail!(
-                "scenario '{}' has no enclaves module, so there is no enclave '{name}' to add to",
+                "scenario '{}' has no machine or enclaves module, so there is no partition '{name}' to add to",
                 scenario.name
             );
         }
         return Ok(None);
     };
     let Some(path) = &m.path else {
-        bail!("module 'enclaves' must be a file (path = …)")
+        bail!("module '{module}' must be a file (path = …)")
     };
     let file = crate::root().join(path);
     let text =
         std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
     if additions.is_empty() {
-        return Ok(Some((file, text)));
+        return Ok(Some((module, file, text)));
     }
     let mut doc: toml::Table = text
         .parse()
         .with_context(|| format!("{} is not TOML", file.display()))?;
-    let list = doc
-        .get_mut("enclave")
-        .and_then(toml::Value::as_array_mut)
-        .with_context(|| format!("{} has no [[enclave]]", file.display()))?;
     for (name, words) in additions {
-        let names: Vec<String> = list
-            .iter()
-            .filter_map(|e| e.get("name").and_then(toml::Value::as_str))
-            .map(String::from)
-            .collect();
-        let enclave = list
-            .iter_mut()
-            .filter_map(toml::Value::as_table_mut)
-            .find(|e| e.get("name").and_then(toml::Value::as_str) == Some(name.as_str()))
-            .with_context(|| {
-                format!(
-                    "no enclave named '{name}' in {} (enclaves: {})",
-                    file.display(),
-                    names.join(", ")
-                )
-            })?;
-        let old = enclave
+        let table = if module == "machine" && name == "host" {
+            doc.get_mut("host")
+                .and_then(toml::Value::as_table_mut)
+                .with_context(|| format!("{} has no [host]", file.display()))?
+        } else {
+            let list = doc
+                .get_mut("enclave")
+                .and_then(toml::Value::as_array_mut)
+                .with_context(|| format!("{} has no [[enclave]] (no '{name}')", file.display()))?;
+            let mut names: Vec<String> = list
+                .iter()
+                .filter_map(|e| e.get("name").and_then(toml::Value::as_str))
+                .map(String::from)
+                .collect();
+            if module == "machine" {
+                names.push("host".into());
+            }
+            list.iter_mut()
+                .filter_map(toml::Value::as_table_mut)
+                .find(|e| e.get("name").and_then(toml::Value::as_str) == Some(name.as_str()))
+                .with_context(|| {
+                    format!(
+                        "no enclave named '{name}' in {} (partitions: {})",
+                        file.display(),
+                        names.join(", ")
+                    )
+                })?
+        };
+        let old = table
             .get("cmdline")
             .and_then(toml::Value::as_str)
             .unwrap_or_default();
         let joined = format!("{old} {words}").trim().to_string();
-        enclave.insert("cmdline".into(), toml::Value::String(joined));
+        table.insert("cmdline".into(), toml::Value::String(joined));
     }
-    Ok(Some((file, toml::to_string(&doc)?)))
+    Ok(Some((module, file, toml::to_string(&doc)?)))
 }
 
-/// Checks every enclave description the scenario carries (modules named `enclaves`) with
-/// atoll's own parser, against the run's processors (APIC ids 0..cpus on QEMU and Bochs).
+/// The scenario's enclave description with `additions` (see [`description_text`]):
+/// `(file, text)`.
+pub fn enclaves_text(
+    scenario: &Scenario,
+    additions: &[(String, String)],
+) -> Result<Option<(PathBuf, String)>> {
+    Ok(description_text(scenario, additions)?.map(|(_, f, t)| (f, t)))
+}
+
+/// Checks the partition description the scenario carries (module `machine` or `enclaves`)
+/// with atoll's own parser, against the run's processors (APIC ids 0..cpus on QEMU and Bochs).
 pub fn check_enclaves(scenario: &Scenario, cpus: Option<u32>) -> Result<()> {
     check_enclaves_with(scenario, cpus, &[])
 }
 
-/// [`check_enclaves`] of the description with command-line `additions` applied.
+/// [`check_enclaves`] of the description with command-line `additions` applied. A machine
+/// description's `host.cores = "rest"` needs the processors: without `cpus`, the scenario's
+/// default count stands in.
 pub fn check_enclaves_with(
     scenario: &Scenario,
     cpus: Option<u32>,
@@ -192,13 +224,25 @@ pub fn check_enclaves_with(
 ) -> Result<()> {
     let names: Vec<&str> = scenario.modules.iter().map(|m| m.name.as_str()).collect();
     let cores: Option<Vec<u32>> = cpus.map(|n| (0..n).collect());
-    if let Some((file, text)) = enclaves_text(scenario, additions)? {
-        let ctx = atoll::partition::config::Context {
-            cores: cores.as_deref(),
-            modules: Some(&names),
-        };
-        atoll::partition::config::parse(&text, &ctx)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    match description_text(scenario, additions)? {
+        None => {}
+        Some(("machine", file, text)) => {
+            let cores: Vec<u32> = cores.unwrap_or_else(|| (0..scenario.cpus).collect());
+            let ctx = atoll::partition::config::Context {
+                cores: Some(&cores),
+                modules: Some(&names),
+            };
+            atoll::partition::machine::parse(&text, &ctx)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        }
+        Some((_, file, text)) => {
+            let ctx = atoll::partition::config::Context {
+                cores: cores.as_deref(),
+                modules: Some(&names),
+            };
+            atoll::partition::config::parse(&text, &ctx)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        }
     }
     Ok(())
 }
@@ -275,12 +319,14 @@ pub fn iso(scenario: &Scenario, opts: &ImageOptions) -> Result<Iso> {
     std::fs::create_dir_all(tree.join("boot/grub"))?;
     std::fs::create_dir_all(tree.join("boot/modules"))?;
     std::fs::copy(&elf, tree.join("boot/atoll.elf")).context("copying the image")?;
-    let enclaves = enclaves_text(scenario, &opts.enclave_cmdline)?;
+    let description = description_text(scenario, &opts.enclave_cmdline)?;
     for m in &scenario.modules {
         let dst = tree.join("boot/modules").join(&m.name);
-        if let (Some((_, text)), "enclaves") = (&enclaves, m.name.as_str()) {
-            std::fs::write(&dst, text)?;
-            continue;
+        if let Some((module, _, text)) = &description {
+            if *module == m.name {
+                std::fs::write(&dst, text)?;
+                continue;
+            }
         }
         let src = match (&m.path, &m.guest, m.linux, &guests, &linux) {
             (Some(p), _, _, _, _) => crate::root().join(p),
@@ -373,6 +419,43 @@ mod tests {
         // A scenario without enclaves has none to extend.
         let boot = Scenario::load("boot").unwrap();
         assert!(enclaves_text(&boot, &add).is_err());
+    }
+
+    #[test]
+    fn machine_descriptions_take_host_and_enclave_additions() {
+        let s = Scenario::load("root-partition").unwrap();
+        let (module, _, text) = description_text(&s, &[]).unwrap().unwrap();
+        assert_eq!(module, "machine");
+        assert!(text.contains("atoll.actions="));
+        let add = vec![
+            ("host".to_string(), "atoll.shell=1".to_string()),
+            ("linux".to_string(), "atoll.idle=3".to_string()),
+        ];
+        let (_, _, text) = description_text(&s, &add).unwrap().unwrap();
+        let doc: toml::Table = text.parse().unwrap();
+        let host = doc["host"]["cmdline"].as_str().unwrap();
+        assert!(
+            host.starts_with("console=ttyS0 ") && host.ends_with(" atoll.shell=1"),
+            "{host}"
+        );
+        let linux = doc["enclave"][0]["cmdline"].as_str().unwrap();
+        assert!(linux.ends_with(" atoll.idle=3"), "{linux}");
+        // Still a machine description atoll accepts, on the scenario's machine only.
+        check_enclaves_with(&s, Some(3), &add).unwrap();
+        check_enclaves_with(&s, None, &add).unwrap();
+        let e = format!("{:#}", check_enclaves_with(&s, Some(2), &[]).unwrap_err());
+        assert!(e.contains("APIC id 2") || e.contains("core 2"), "{e}");
+        let e = format!(
+            "{:#}",
+            description_text(&s, &[("beta".into(), "x".into())]).unwrap_err()
+        );
+        assert!(
+            e.contains("no enclave named 'beta'") && e.contains("linux, host"),
+            "{e}"
+        );
+        // In an enclaves module, `host` is just a name that is not there.
+        let linux = Scenario::load("linux-enclave").unwrap();
+        assert!(description_text(&linux, &[("host".into(), "x".into())]).is_err());
     }
 
     #[test]

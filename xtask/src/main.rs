@@ -46,7 +46,8 @@ enum Cmd {
     /// image and guests (x86_64-unknown-none).
     Lint,
     /// Set up, build and boot linux-enclave in QEMU (Linux on two cores beside the guest
-    /// suite), and show the core report, each enclave's end and the Linux guest's check.
+    /// suite), and show the core report, each partition's end and the Linux guest's check
+    /// (the host's too, for a scenario with a root partition).
     Demo,
     /// Boot with `dump_acpi` and save every ACPI table under tests/fixtures/acpi/.
     CaptureAcpi {
@@ -136,7 +137,8 @@ struct RunArgs {
     #[arg(long, default_value = "")]
     cmdline: String,
     /// Words appended to an enclave's command line: NAME=WORDS, e.g. "linux=atoll.idle=5"
-    /// (repeatable).
+    /// (repeatable); in a scenario with a machine description, "host=WORDS" goes to the root
+    /// partition's.
     #[arg(long, value_name = "NAME=WORDS")]
     enclave_cmdline: Vec<String>,
     /// Types TEXT (and a newline) on the machine's COM1 once a console line contains PROMPT
@@ -285,6 +287,9 @@ fn guest_image(args: GuestImageArgs) -> Result<()> {
     );
     println!("initrd  {}", img.initrd.display());
     println!(
+        "host    the same kernel and initramfs: /init runs atoll-check --role host when atoll.role=host is on the command line"
+    );
+    println!(
         "sizes   vmlinuz {:.1} MB, initrd {:.1} MB (package {:.1} MB)",
         size(&img.kernel) as f64 / 1e6,
         size(&img.initrd) as f64 / 1e6,
@@ -368,10 +373,48 @@ fn cell(v: Option<&Value>) -> String {
     }
 }
 
+/// The scenario `cargo xtask demo` boots: Linux on two cores beside the guest suite on a third.
+/// `root-partition` (the host's Linux beside a Linux enclave) shows the same tables plus the
+/// host's line.
+const DEMO_SCENARIO: &str = "linux-enclave";
+
+/// The partition table's line for the root partition (same columns as the enclaves'), when the
+/// summary has one.
+fn host_row(summary: &Value) -> Option<String> {
+    let h = summary.get("host")?;
+    let check = match h["results"]["guest_check"]["ok"].as_bool() {
+        None => "-",
+        Some(true) => "passed",
+        Some(false) => "FAILED",
+    };
+    let cores: Vec<String> = h["cores"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| cell(Some(c)))
+        .collect();
+    Some(format!(
+        "  {:<9} {:<8} {:<8} {:<12} {:<12} {:<40}",
+        "host",
+        cores.join(","),
+        cell(h.get("memory_mib")),
+        cell(h.get("end_reason")),
+        check,
+        format!(
+            "restarts {}, refused reads {} writes {}, IPIs dropped {}, DMA isolated {}",
+            cell(h.get("restarts")),
+            cell(h.get("refused_reads")),
+            cell(h.get("refused_writes")),
+            cell(h.get("ipis_dropped")),
+            cell(summary.get("dma_isolation"))
+        )
+    ))
+}
+
 fn demo() -> Result<()> {
     xtask::setup::setup()?;
-    // Linux on two cores beside the guest suite on a third, in QEMU (SVM): the fast emulator.
-    let mut opts = RunOptions::new(Emulator::Qemu, "linux-enclave");
+    // In QEMU (SVM): the fast emulator.
+    let mut opts = RunOptions::new(Emulator::Qemu, DEMO_SCENARIO);
     opts.stream = true;
     let outcome = run(&opts)?;
     let Some(summary) = &outcome.summary else {
@@ -420,9 +463,12 @@ fn demo() -> Result<()> {
         .collect();
     println!();
     println!(
-        "  {:<8} {:<8} {:<8} {:<12} {:<12} {:<40}",
-        "enclave", "cores", "RAM MiB", "ended by", "own check", "detail"
+        "  {:<9} {:<8} {:<8} {:<12} {:<12} {:<40}",
+        "partition", "cores", "RAM MiB", "ended by", "own check", "detail"
     );
+    if let Some(row) = host_row(summary) {
+        println!("{row}");
+    }
     for e in &enclaves {
         let results = &e["results"];
         let check = [
@@ -446,7 +492,7 @@ fn demo() -> Result<()> {
             .map(|c| cell(Some(c)))
             .collect();
         println!(
-            "  {:<8} {:<8} {:<8} {:<12} {:<12} {:<40}",
+            "  {:<9} {:<8} {:<8} {:<12} {:<12} {:<40}",
             cell(e.get("name")),
             cores.join(","),
             cell(e.get("memory_mib")),
@@ -511,6 +557,42 @@ fn demo() -> Result<()> {
         at("enclaves.linux.boot_to_init.us"),
         at("enclaves.linux.boot_to_init.cycles")
     );
+    if summary.get("host").is_some() {
+        let h = |k: &str| at(&format!("host.results.guest_check.{k}"));
+        println!();
+        println!("  host (root partition), as atoll-check --role host saw it:");
+        println!("    check ok          {}", h("ok"));
+        println!(
+            "    CPUs online       {} (atoll said {})",
+            h("cpus_online"),
+            h("host_expect.cpus")
+        );
+        println!(
+            "    memory            {} KiB seen by the kernel (atoll said {} MiB)",
+            h("memory_kernel_kib"),
+            h("host_expect.memory_mib")
+        );
+        println!(
+            "    enclave pool      {}; /dev/mem read {} bytes of it, all ones: {}",
+            lookup(summary, "host.results.guest_check.host_expect.pool")
+                .and_then(Value::as_array)
+                .map_or("-".into(), |a| a
+                    .iter()
+                    .map(|v| cell(Some(v)))
+                    .collect::<Vec<_>>()
+                    .join(",")),
+            h("pool_probe.bytes"),
+            h("pool_probe.all_ones")
+        );
+        println!("    PCI devices       {}", h("pci.count"));
+        for p in lookup(summary, "host.results.guest_check.problems")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            println!("    problem: {}", cell(Some(p)));
+        }
+    }
     for p in lookup(summary, "enclaves.linux.results.guest_check.problems")
         .and_then(Value::as_array)
         .into_iter()
@@ -783,6 +865,33 @@ mod tests {
         for bad in ["linux", "=x", "linux=", "linux=  "] {
             assert!(parse_enclave_cmdline(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_demo_shows_the_host_when_there_is_one() {
+        assert_eq!(host_row(&json!({"enclaves": []})), None);
+        let row = host_row(&json!({
+            "dma_isolation": false,
+            "host": {"cores": [0, 1], "memory_mib": 700, "end_reason": "power_off", "restarts": 1,
+                     "refused_reads": 2, "refused_writes": 0, "ipis_dropped": 0,
+                     "results": {"guest_check": {"ok": true}}}
+        }))
+        .unwrap();
+        let words: Vec<&str> = row.split_whitespace().take(5).collect();
+        assert_eq!(
+            words,
+            ["host", "0,1", "700", "power_off", "passed"],
+            "{row}"
+        );
+        assert!(
+            row.contains("restarts 1, refused reads 2 writes 0, IPIs dropped 0, DMA isolated no"),
+            "{row}"
+        );
+        let row = host_row(&json!({"host": {"results": {"guest_check": {"ok": false}}}})).unwrap();
+        assert!(
+            row.contains("FAILED") && row.contains("restarts -"),
+            "{row}"
+        );
     }
 
     #[test]

@@ -21,9 +21,15 @@
 //! [[module]]
 //! name = "initrd"
 //! linux = "initrd"                    # the guest image's initramfs (/init runs atoll-check)
+//! [[module]]
+//! name = "machine"                    # a machine description: the host (root partition),
+//! path = "tests/scenarios/machines/x.toml"  # the pool, boot-time enclaves; its [host] and
+//!                                     # [[enclave]]s may name the same kernel and initrd
+//!                                     # modules (one initramfs: /init reads atoll.role=host)
 //! [expect]                            # summary fields every run must show
 //! ok = true
 //! cores_online = "$cpus"              # "$cpus" and "$cpus+N" stand for the run's CPU count
+//! "host.refused_reads" = ">= 1"       # a number compared: ">= N", "<= N", "> N", "< N"
 //! [expect.qemu]                       # only on QEMU
 //! svm = true
 //! [expect.bochs]                      # only on Bochs
@@ -125,9 +131,10 @@ pub struct Scenario {
     /// Modules the image carries.
     #[serde(default, rename = "module")]
     pub modules: Vec<Module>,
-    /// Words appended to an enclave's command line on one emulator only:
+    /// Words appended to a partition's command line on one emulator only:
     /// `[enclave_cmdline.qemu] linux = "…"` (for what that emulator cannot do the way hardware
-    /// does, documented where it is used).
+    /// does, documented where it is used); in a scenario with a `machine` module, `host` names
+    /// the root partition.
     #[serde(default)]
     pub enclave_cmdline: BTreeMap<String, BTreeMap<String, String>>,
     /// What the summary must say.
@@ -319,7 +326,57 @@ pub const SUMMARY_FIELDS: &[&str] = &[
     "enclaves",
     "cpu_virt",
     "host_interrupts_ok",
+    "host",
+    "dma_isolation",
 ];
+
+/// A numeric comparison an expectation can ask for instead of equality.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cmp {
+    /// `>=`
+    Ge,
+    /// `<=`
+    Le,
+    /// `>`
+    Gt,
+    /// `<`
+    Lt,
+}
+
+impl Cmp {
+    fn holds(self, got: f64, want: f64) -> bool {
+        match self {
+            Cmp::Ge => got >= want,
+            Cmp::Le => got <= want,
+            Cmp::Gt => got > want,
+            Cmp::Lt => got < want,
+        }
+    }
+}
+
+/// The comparison an expectation string asks for (`">= 1"`, `"<100000"`): `None` for any
+/// other value, which is compared for equality; `Some(Err)` for a string that starts like a
+/// comparison but has no number after it.
+pub fn comparison(want: &Value) -> Option<Result<(Cmp, f64)>> {
+    let s = want.as_str()?.trim();
+    // Two-character operators first, so ">=" is not read as ">" and "=…".
+    let (op, rest) = [
+        (">=", Cmp::Ge),
+        ("<=", Cmp::Le),
+        (">", Cmp::Gt),
+        ("<", Cmp::Lt),
+    ]
+    .into_iter()
+    .find_map(|(p, op)| s.strip_prefix(p).map(|r| (op, r)))?;
+    Some(
+        rest.trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|n| n.is_finite())
+            .map(|n| (op, n))
+            .with_context(|| format!("'{s}': expected a number after the comparison")),
+    )
+}
 
 /// Turns a TOML expectation into JSON, resolving `"$cpus"` and `"$cpus+N"`.
 fn resolve(v: &toml::Value, cpus: u32) -> Result<Value> {
@@ -334,7 +391,13 @@ fn resolve(v: &toml::Value, cpus: u32) -> Result<Value> {
             };
             Value::from(cpus + extra)
         }
-        other => serde_json::to_value(other)?,
+        other => {
+            let v = serde_json::to_value(other)?;
+            if let Some(Err(e)) = comparison(&v) {
+                return Err(e);
+            }
+            v
+        }
     })
 }
 
@@ -359,7 +422,17 @@ pub fn check(summary: &Value, expectations: &[(String, Value)]) -> Vec<String> {
         .iter()
         .filter_map(|(k, want)| {
             let got = lookup(summary, k).unwrap_or(&Value::Null);
-            (got != want).then(|| format!("{k}: expected {want}, got {got}"))
+            let met = match comparison(want) {
+                Some(Ok((op, n))) => got.as_f64().is_some_and(|g| op.holds(g, n)),
+                // Refused when the scenario was loaded; never met if it gets here.
+                Some(Err(_)) => false,
+                None => got == want,
+            };
+            let shown = match want {
+                Value::String(s) if comparison(want).is_some() => s.clone(),
+                _ => want.to_string(),
+            };
+            (!met).then(|| format!("{k}: expected {shown}, got {got}"))
         })
         .collect()
 }
@@ -414,6 +487,41 @@ mod tests {
             check(&json!({}), &exp[..1]),
             vec!["ok: expected true, got null"]
         );
+    }
+
+    #[test]
+    fn numbers_can_be_compared() {
+        let s = json!({"host": {"refused_reads": 4, "name": "h"}, "n": 0.5});
+        let exp = |k: &str, v: &str| vec![(k.to_string(), json!(v))];
+        assert!(check(&s, &exp("host.refused_reads", ">= 1")).is_empty());
+        assert!(check(&s, &exp("host.refused_reads", ">=4")).is_empty());
+        assert!(check(&s, &exp("host.refused_reads", "> 3")).is_empty());
+        assert!(check(&s, &exp("host.refused_reads", "<= 4")).is_empty());
+        assert!(check(&s, &exp("host.refused_reads", "< 4.5")).is_empty());
+        assert!(check(&s, &exp("n", "< 1")).is_empty());
+        assert_eq!(
+            check(&s, &exp("host.refused_reads", ">= 5")),
+            ["host.refused_reads: expected >= 5, got 4"]
+        );
+        assert_eq!(check(&s, &exp("host.refused_reads", "< 4")).len(), 1);
+        assert_eq!(check(&s, &exp("host.refused_reads", "> 4")).len(), 1);
+        // Absent or not a number: not met.
+        assert_eq!(
+            check(&s, &exp("host.refused_writes", ">= 0")),
+            ["host.refused_writes: expected >= 0, got null"]
+        );
+        assert_eq!(check(&s, &exp("host.name", ">= 0")).len(), 1);
+        // Other strings are compared for equality.
+        assert!(check(&s, &exp("host.name", "h")).is_empty());
+        // A comparison without a number is refused when the scenario is read.
+        let e = Scenario::parse(
+            "x",
+            "description='d'\ntimeout_s={qemu=1,bochs=1}\n[expect]\n'host.refused_reads'='>= lots'",
+        )
+        .unwrap()
+        .expectations(Emulator::Qemu, 1)
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("expected a number"), "{e:#}");
     }
 
     #[test]

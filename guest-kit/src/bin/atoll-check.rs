@@ -2,7 +2,8 @@
 //! binary; see `guest_kit::check` for what it checks and how it decides). It gathers the facts
 //! — online CPUs, memory, APIC mode, clocksource, TSC frequency, command line, the hypervisor's
 //! CPUID signature, a pinned compute run on every CPU, the kernel log — prints one line
-//! `ATOLL-GUEST-CHECK {json}` and exits 0 when every check passed, 1 when one failed, 2 on a
+//! `ATOLL-GUEST-CHECK {json}` (on the console, where atoll's serial model files it as the
+//! partition's `guest_check` result) and exits 0 when every check passed, 1 when one failed, 2 on a
 //! usage error.
 //!
 //! Build it static for an initramfs:
@@ -34,7 +35,8 @@ fn main() {
 
 #[cfg(target_os = "linux")]
 mod linux {
-    use guest_kit::check::{self, CpuRun, Facts, Options};
+    use guest_kit::check::host::{self, HostFacts, MemRegion, PciDevice, ProbeRead};
+    use guest_kit::check::{self, CpuRun, Facts, Options, Role};
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     use std::sync::{Arc, Barrier};
@@ -100,11 +102,97 @@ mod linux {
             dmesg_warnings: check::dmesg_warnings(log_lines()),
             ..Facts::default()
         };
+        if opts.role == Role::Host {
+            facts.host = Some(gather_host(facts.cmdline.as_deref().unwrap_or_default()));
+        }
         let cpus = facts.cpus().to_vec();
         let start = Instant::now();
         facts.compute = compute(&cpus, opts.iterations);
         facts.compute_wall_ms = start.elapsed().as_secs_f64() * 1000.0;
         facts
+    }
+
+    /// The root partition's facts (see `guest_kit::check::host`).
+    fn gather_host(cmdline: &str) -> HostFacts {
+        let expect = host::parse_host_cmdline(cmdline);
+        let (memmap_source, memmap) = match firmware_memmap() {
+            Some(m) => (Some("/sys/firmware/memmap".to_string()), m),
+            None => match read("/proc/iomem") {
+                Some(t) => (Some("/proc/iomem".to_string()), host::parse_iomem(&t)),
+                None => (None, Vec::new()),
+            },
+        };
+        let pool_probe = host::probe_addrs(&expect.pool)
+            .into_iter()
+            .map(probe)
+            .collect();
+        HostFacts {
+            expect,
+            memmap_source,
+            memmap,
+            pci: pci_devices(),
+            pool_probe,
+        }
+    }
+
+    /// `/sys/firmware/memmap/N/{start,end,type}`: the memory map the kernel was booted with
+    /// (atoll's E820 for the host), before the kernel's own changes. `None` when absent or
+    /// empty.
+    fn firmware_memmap() -> Option<Vec<MemRegion>> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir("/sys/firmware/memmap").ok()?.flatten() {
+            let p = e.path();
+            let f = |n: &str| read(&p.join(n).to_string_lossy());
+            if let (Some(s), Some(en), Some(t)) = (f("start"), f("end"), f("type")) {
+                out.extend(host::memmap_entry(&s, &en, &t));
+            }
+        }
+        (!out.is_empty()).then_some(out)
+    }
+
+    /// Every PCI function in `/sys/bus/pci/devices`, by address.
+    fn pci_devices() -> Option<Vec<PciDevice>> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir("/sys/bus/pci/devices").ok()?.flatten() {
+            let p = e.path();
+            let f = |n: &str| read(&p.join(n).to_string_lossy()).unwrap_or_default();
+            let name = e.file_name().to_string_lossy().into_owned();
+            out.extend(PciDevice::from_sysfs(
+                &name,
+                &f("vendor"),
+                &f("device"),
+                &f("class"),
+            ));
+        }
+        out.sort_by(|a, b| a.address.cmp(&b.address));
+        Some(out)
+    }
+
+    /// Reads one page at host-physical `addr` through `/dev/mem`.
+    fn probe(addr: u64) -> ProbeRead {
+        use std::os::unix::fs::FileExt;
+        let failed = |e: String| ProbeRead {
+            addr,
+            bytes: 0,
+            all_ones: false,
+            error: Some(e),
+        };
+        let f = match std::fs::File::open("/dev/mem") {
+            Ok(f) => f,
+            Err(e) => return failed(format!("open /dev/mem: {e}")),
+        };
+        let mut buf = vec![0u8; host::PAGE as usize];
+        // One pread: /dev/mem copies the whole request or fails, so a short count is the
+        // kernel stopping at a boundary it refuses to cross.
+        match f.read_at(&mut buf, addr) {
+            Ok(n) => ProbeRead {
+                addr,
+                bytes: n,
+                all_ones: host::all_ones(&buf[..n]),
+                error: None,
+            },
+            Err(e) => failed(format!("pread /dev/mem: {e}")),
+        }
     }
 
     /// The CPUs this process may run on.

@@ -291,6 +291,9 @@ extern "C" fn atoll_bsp_main(magic: u32, info_addr: u64) -> ! {
             "none"
         },
         enclaves,
+        host: the_host.as_ref().map(host::Host::report),
+        // No IOMMU is programmed yet: the host's devices reach all of memory.
+        dma_isolation: the_host.as_ref().map(|_| false),
         host_interrupts_ok: interrupts_ok,
         cores: CORES
             .slots()

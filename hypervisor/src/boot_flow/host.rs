@@ -38,6 +38,8 @@ use ept::{MemType, Perms};
 /// Frames atoll keeps beside the pool for its own tables (enclaves' and the host's second-stage
 /// tables, run-time structures): 32 MiB.
 pub const ATOLL_RESERVE: u64 = 32 << 20;
+/// RAM left to the host above the pool.
+const HOST_ABOVE_POOL: u64 = 16 << 20;
 /// The pool's granule.
 const GRANULE: u64 = 2 << 20;
 /// The local APIC's page.
@@ -64,6 +66,9 @@ pub struct Host {
     /// How it ended, once it has (power-off, deadline, failure).
     pub end: Option<HostStop>,
     bsp_slot: usize,
+    /// `tsc_early_khz=` where Linux cannot read the TSC's frequency from CPUID (not Intel):
+    /// its own calibration against the PIT is unreliable under emulation and costs boot time.
+    tsc_word: String,
 }
 
 /// The published host, for the application processors' `Start(HOST_PARTITION)`.
@@ -213,7 +218,7 @@ impl Host {
         let (split, pool, atoll_frames) = {
             let mut frames = FRAMES.lock();
             let split = frames
-                .keep_top(desc.pool_bytes + ATOLL_RESERVE, GRANULE)
+                .keep_top(desc.pool_bytes + ATOLL_RESERVE + HOST_ABOVE_POOL, GRANULE)
                 .map_err(|e| {
                     alloc::format!(
                         "the pool of {} MiB (+{} MiB for atoll) does not fit: {e}",
@@ -221,6 +226,11 @@ impl Host {
                         ATOLL_RESERVE >> 20
                     )
                 })?;
+            // The host keeps RAM above the pool: Linux reads /dev/mem only below its highest
+            // RAM, and the pool must be reachable there (to read as all ones).
+            frames.cede_top(HOST_ABOVE_POOL).map_err(|e| {
+                alloc::format!("cannot leave the host RAM above the pool: {e}")
+            })?;
             let managed = frames.managed().to_vec();
             let clip = |r: &PhysRange, lo: HostPhysAddr, hi: HostPhysAddr| {
                 PhysRange::new(r.start.max(lo), r.end.min(hi))
@@ -266,6 +276,14 @@ impl Host {
             acpi_len: probe.bytes().len() as u64,
         })
         .map_err(|e| e.to_string())?;
+        for e in &layout.e820 {
+            log::info!(
+                "host e820: [{:#012x}, {:#012x}) {:?}",
+                e.addr,
+                e.addr + e.size,
+                e.kind
+            );
+        }
         let acpi = host_acpi::build(&fw, &acpi_cores, layout.acpi_base)
             .map_err(|e| alloc::format!("the host's ACPI tables: {e}"))?;
 
@@ -350,6 +368,11 @@ impl Host {
             restarts: 0,
             end: None,
             bsp_slot: slot_of(bsp.apic_id).unwrap_or(0),
+            tsc_word: if bsp.intel {
+                String::new()
+            } else {
+                alloc::format!("tsc_early_khz={}", atoll::hw::tsc::hz() / 1000)
+            },
         })
     }
 
@@ -368,17 +391,21 @@ impl Host {
             &self.pool,
             self.restarts,
         );
-        let cmdline = if self.cmdline.is_empty() {
-            facts
-        } else {
-            alloc::format!("{} {facts}", self.cmdline)
-        };
+        let mut cmdline = self.cmdline.clone();
+        for word in [facts, self.tsc_word.clone()] {
+            if !word.is_empty() {
+                if !cmdline.is_empty() {
+                    cmdline.push(' ');
+                }
+                cmdline.push_str(&word);
+            }
+        }
         let image = LinuxImage::parse(self.kernel).map_err(|e| e.to_string())?;
         let ram_top = self
             .layout
             .e820
             .iter()
-            .filter(|e| e.kind == linux::E820Kind::Ram)
+            .filter(|e| matches!(e.kind, linux::E820Kind::Ram | linux::E820Kind::Acpi))
             .map(|e| e.addr + e.size)
             .max()
             .unwrap_or(0)
@@ -398,6 +425,7 @@ impl Host {
     /// Loads the host and makes its boot vCPU on this (the boot) processor.
     pub fn start(&mut self) -> Result<(), String> {
         let boot = self.load()?;
+        self.run.note_start();
         let core = svm_core(self.bsp_slot)?;
         atoll::hw::give_core_to_host();
         atoll::hw::console::host_uart_irq(false, self.run.serial_input);
@@ -409,6 +437,30 @@ impl Host {
             self.restarts
         );
         Ok(())
+    }
+
+    /// The summary's `host` object.
+    pub fn report(&self) -> atoll::summary::HostReport {
+        use core::sync::atomic::Ordering::Relaxed;
+        let c = &self.run.shared.counters;
+        let (end_reason, detail) = match &self.end {
+            Some(e) => (Some(e.name()), e.to_string()),
+            None => (None, "running".into()),
+        };
+        atoll::summary::HostReport {
+            cores: self.run.cores.clone(),
+            memory_mib: self.layout.usable_bytes >> 20,
+            end_reason,
+            detail,
+            restarts: self.restarts,
+            results: self.run.results.lock().to_map(),
+            refused_reads: c.refused_reads.load(Relaxed),
+            refused_writes: c.refused_writes.load(Relaxed),
+            ipis_dropped: c.ipis_dropped.load(Relaxed),
+            msr_denied: c.msr_denied.load(Relaxed),
+            exits: self.run.exit_counts(),
+            console_bytes_dropped: 0,
+        }
     }
 
     /// Whether the host runs (or will run again).

@@ -92,6 +92,14 @@ pub struct HostRun {
     reason: Mutex<Option<HostStop>>,
     /// Per host vCPU: in the guest (or about to be).
     running: Vec<AtomicBool>,
+    /// What the host reported on its console (`guest_check`, `guest_exit_status`) since its
+    /// last start.
+    pub results: Mutex<atoll_devices::bounded::ReportStore>,
+    /// TSC at its last start, and at its first `atoll-init:` line after it (0: not yet).
+    pub started_at: core::sync::atomic::AtomicU64,
+    pub init_at: core::sync::atomic::AtomicU64,
+    /// Exits by kind, over every boot.
+    exits: [core::sync::atomic::AtomicU64; atoll_vcpu::ExitKind::ALL.len()],
 }
 
 impl HostRun {
@@ -121,6 +129,12 @@ impl HostRun {
             stopping: AtomicBool::new(false),
             reason: Mutex::new(None),
             running,
+            results: Mutex::new(atoll_devices::bounded::ReportStore::new(
+                atoll_devices::bounded::REPORT_BUDGET,
+            )),
+            started_at: core::sync::atomic::AtomicU64::new(0),
+            init_at: core::sync::atomic::AtomicU64::new(0),
+            exits: [const { core::sync::atomic::AtomicU64::new(0) }; atoll_vcpu::ExitKind::ALL.len()],
         }
     }
 
@@ -158,6 +172,24 @@ impl HostRun {
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.stopping.store(false, Ordering::Release);
         r
+    }
+
+    /// Exits by kind, as the summary shows them (kinds never seen left out).
+    pub fn exit_counts(&self) -> serde_json::Map<String, serde_json::Value> {
+        atoll_vcpu::ExitKind::ALL
+            .iter()
+            .map(|k| (k, self.exits[*k as usize].load(Ordering::Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, n)| (k.name().to_string(), n.into()))
+            .collect()
+    }
+
+    /// Forgets what the host before reported and notes the start (a new boot).
+    pub fn note_start(&self) {
+        *self.results.lock() =
+            atoll_devices::bounded::ReportStore::new(atoll_devices::bounded::REPORT_BUDGET);
+        self.started_at.store(tsc::now(), Ordering::Relaxed);
+        self.init_at.store(0, Ordering::Relaxed);
     }
 
     fn signal(&self, index: usize) {
@@ -275,6 +307,28 @@ impl HostHw for TargetHw {
     }
 }
 
+/// The host's console: `[host]` lines, and the lines that report results filed.
+struct HostConsole<'a> {
+    inner: &'a mut EnclaveConsole,
+    run: &'a HostRun,
+}
+
+impl crate::run::exits::Console for HostConsole<'_> {
+    fn line(&mut self, name: &str, text: &str) {
+        self.inner.line(name, text);
+        if !crate::run::vplat::capture_result(text, &self.run.results)
+            && text.starts_with("atoll-init:")
+        {
+            let _ = self.run.init_at.compare_exchange(
+                0,
+                tsc::now(),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+    }
+}
+
 /// How a slice of a host vCPU's run ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Pause {
@@ -340,6 +394,7 @@ impl HostVcpuRun {
                     return Pause::Stopped;
                 }
             };
+            run.exits[exit.kind() as usize].fetch_add(1, Ordering::Relaxed);
             let com1 = matches!(exit, Exit::Io { port: 0x3f8..=0x3ff, .. });
             if com1 && run.serial_input {
                 // Bytes that reached atoll's COM1 go to the host's model before it reads it.
@@ -359,7 +414,10 @@ impl HostVcpuRun {
                 &mut self.me,
                 &run.shared,
                 &TargetHw,
-                &mut self.console,
+                &mut HostConsole {
+                    inner: &mut self.console,
+                    run,
+                },
             );
             if com1 {
                 super::console::host_uart_irq(run.shared.uart_irq_pending(), run.serial_input);

@@ -256,6 +256,37 @@ impl FrameAllocator {
         Ok(at)
     }
 
+    /// Gives up the highest `bytes` of free memory for good (as [`FrameAllocator::keep_top`]
+    /// gives up the lowest): they must be free, at the top of the last free range, and end a
+    /// managed range; `bytes` a multiple of the frame size. Returns the range given up.
+    pub fn cede_top(&mut self, bytes: u64) -> Result<PhysRange, FrameError> {
+        if bytes == 0 || bytes % FRAME_SIZE != 0 {
+            return Err(FrameError::BadRequest);
+        }
+        let Some(last) = self.ranges().last().copied() else {
+            return Err(FrameError::OutOfMemory {
+                frames: bytes / FRAME_SIZE,
+                align: FRAME_SIZE,
+            });
+        };
+        if last.len() < bytes {
+            return Err(FrameError::OutOfMemory {
+                frames: bytes / FRAME_SIZE,
+                align: FRAME_SIZE,
+            });
+        }
+        let ceded = PhysRange::new(HostPhysAddr::new(last.end.as_u64() - bytes), last.end);
+        let Some(m) = self.managed[..self.managed_count]
+            .iter_mut()
+            .find(|m| m.end == ceded.end && m.start <= ceded.start)
+        else {
+            return Err(FrameError::Unknown(ceded));
+        };
+        m.end = ceded.start;
+        self.remove(ceded)?;
+        Ok(ceded)
+    }
+
     /// Inserts `range`, merging with neighbours. With `strict`, overlapping free memory is a
     /// double free; without, overlaps (from overlapping map entries) are merged.
     fn insert_merging(&mut self, range: PhysRange, strict: bool) -> Result<(), FrameError> {
@@ -384,6 +415,20 @@ mod tests {
         while let Ok(f) = fa.allocate(1, FRAME_SIZE) {
             assert!(f.start >= at || f.overlaps(&stack), "{f} below {at}");
         }
+    }
+
+    #[test]
+    fn cede_top_gives_up_the_highest_free_frames() {
+        let mut fa = FrameAllocator::new(&pc_map(), &[r(0, 0x10_0000)]).unwrap();
+        let top = fa.ranges().last().unwrap().end;
+        let before = fa.free_bytes();
+        let ceded = fa.cede_top(16 << 20).unwrap();
+        assert_eq!(ceded.end, top);
+        assert_eq!(ceded.len(), 16 << 20);
+        assert_eq!(fa.free_bytes(), before - (16 << 20));
+        assert_eq!(fa.free(ceded), Err(FrameError::Unknown(ceded)));
+        assert_eq!(fa.cede_top(3), Err(FrameError::BadRequest));
+        assert!(matches!(fa.cede_top(1 << 40), Err(FrameError::OutOfMemory { .. })));
     }
 
     #[test]

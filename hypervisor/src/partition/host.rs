@@ -178,7 +178,7 @@ fn mark(e820: &[E820Entry], base: u64, len: u64, kind: E820Kind) -> Vec<E820Entr
 /// The facts atoll appends to the host's command line, for its `atoll-check --role host`:
 /// `atoll.role=host`, `atoll.cpus=0-N` (the host's logical CPUs, numbered as its Linux numbers
 /// them: one per core it was given), `atoll.memory_mib` (its usable RAM), `atoll.pool=S-E,…`
-/// (the enclave pool's ranges, hex, end exclusive) and `atoll.restarts=N` (how many times it
+/// (the enclave pool's ranges, hex, both ends inclusive: `…000-…fff`) and `atoll.restarts=N` (how many times it
 /// was restarted: a test that panics the host does so on its first boot only).
 pub fn cmdline_facts(cpus: usize, usable_bytes: u64, pool: &[PhysRange], restarts: u32) -> String {
     let cpus = match cpus {
@@ -187,7 +187,8 @@ pub fn cmdline_facts(cpus: usize, usable_bytes: u64, pool: &[PhysRange], restart
     };
     let pool: Vec<String> = pool
         .iter()
-        .map(|r| format!("{:#x}-{:#x}", r.start.as_u64(), r.end.as_u64()))
+        .filter(|r| !r.is_empty())
+        .map(|r| format!("{:#x}-{:#x}", r.start.as_u64(), r.end.as_u64() - 1))
         .collect();
     format!(
         "atoll.role=host atoll.cpus={cpus} atoll.memory_mib={} atoll.pool={} atoll.restarts={restarts}",
@@ -319,7 +320,7 @@ mod tests {
     fn command_line_facts() {
         assert_eq!(
             cmdline_facts(2, 700 << 20, &[r(0x2020_0000, 0x3fe0_0000)], 0),
-            "atoll.role=host atoll.cpus=0-1 atoll.memory_mib=700 atoll.pool=0x20200000-0x3fe00000 atoll.restarts=0"
+            "atoll.role=host atoll.cpus=0-1 atoll.memory_mib=700 atoll.pool=0x20200000-0x3fdfffff atoll.restarts=0"
         );
         assert!(cmdline_facts(1, 0, &[], 3).contains("atoll.cpus=0 "));
         assert!(cmdline_facts(1, 0, &[], 3).ends_with("atoll.restarts=3"));

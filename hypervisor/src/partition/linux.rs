@@ -670,13 +670,19 @@ pub fn plan(
         };
         let mut align = h.kernel_alignment;
         loop {
-            let at = align_up(RELOCATE_BASE, u64::from(align));
-            if let Some(at) = at.filter(|&a| fits(a)) {
+            // The lowest aligned place at or above RELOCATE_BASE inside a RAM entry.
+            let at = map
+                .iter()
+                .filter(|e| e.kind == E820Kind::Ram)
+                .filter_map(|e| align_up(e.addr.max(RELOCATE_BASE), u64::from(align)))
+                .filter(|&a| fits(a))
+                .min();
+            if let Some(at) = at {
                 break (at, align);
             }
             if align <= floor {
                 return Err(LinuxError::KernelTooBig {
-                    at: at.unwrap_or(RELOCATE_BASE).max(RELOCATE_BASE),
+                    at: align_up(RELOCATE_BASE, u64::from(align)).unwrap_or(RELOCATE_BASE),
                     need,
                     ram,
                 });
@@ -1287,9 +1293,26 @@ mod tests {
             plan(&image, Some(&vec![1u8; big]), "", 128 * MIB, &map, None),
             Err(LinuxError::InitrdTooBig { .. })
         ));
-        // The kernel's preferred place reserved: a relocatable kernel is refused rather than
-        // put there.
+        // The kernel's preferred place reserved: a relocatable kernel goes to the lowest
+        // aligned place in RAM above it, never into the hole.
         let hole_at_16 = [
+            map[0],
+            E820Entry {
+                addr: MIB,
+                size: 20 * MIB,
+                kind: E820Kind::Reserved,
+            },
+            E820Entry {
+                addr: 21 * MIB,
+                size: 107 * MIB,
+                kind: E820Kind::Ram,
+            },
+        ];
+        let l = plan(&image, None, "", 128 * MIB, &hole_at_16, None).unwrap();
+        let align = u64::from(l.kernel_alignment);
+        assert_eq!(l.kernel.as_u64(), (21 * MIB).next_multiple_of(align));
+        // No RAM entry big enough: refused.
+        let all_reserved = [
             map[0],
             E820Entry {
                 addr: MIB,
@@ -1297,7 +1320,7 @@ mod tests {
                 kind: E820Kind::Reserved,
             },
         ];
-        assert!(plan(&image, None, "", 128 * MIB, &hole_at_16, None).is_err());
+        assert!(plan(&image, None, "", 128 * MIB, &all_reserved, None).is_err());
     }
 
     #[test]

@@ -22,6 +22,39 @@ pub(super) struct Marks {
     idle: Option<(u64, [u64; 4])>,
 }
 
+/// Files a console line that reports a result: `ATOLL-GUEST-CHECK {json}` (kept raw after a
+/// check without recursion; text if it is not JSON) or `ATOLL-GUEST-EXIT status=N`. Returns
+/// whether the line was one. What exceeds the store's budget is counted there. Shared by the
+/// enclaves' platform and the root partition's console.
+pub fn capture_result(line: &str, results: &spin::Mutex<atoll_devices::bounded::ReportStore>) -> bool {
+    use atoll_devices::bounded::{validate, Limits, ValueKind};
+    if let Some(json) = line.strip_prefix("ATOLL-GUEST-CHECK ") {
+        let value = json.trim();
+        let _ = match validate(value.as_bytes(), Limits::GUEST) {
+            Ok(()) => results
+                .lock()
+                .insert("guest_check", value.as_bytes(), ValueKind::Json),
+            // Not JSON (or too deep): the text, as a string.
+            Err(_) => results
+                .lock()
+                .insert("guest_check", json.as_bytes(), ValueKind::Text),
+        };
+        true
+    } else if let Some(status) = line.strip_prefix("ATOLL-GUEST-EXIT status=") {
+        if let Ok(n) = status.trim().parse::<i64>() {
+            let mut text = atoll_devices::bounded::FixedBuf::<20>::new();
+            if core::fmt::Write::write_fmt(&mut text, format_args!("{n}")).is_ok() {
+                let _ = results
+                    .lock()
+                    .insert("guest_exit_status", text.as_bytes(), ValueKind::Json);
+            }
+        }
+        true
+    } else {
+        false
+    }
+}
+
 impl Shared {
     /// Records the boot vCPU's first entry.
     pub fn started(&self, tsc: u64) {
@@ -73,36 +106,10 @@ impl Shared {
     /// reports.
     pub(super) fn guest_line(&self, line: &str, now: u64, console: &mut impl Console) {
         console.line(&self.name, line);
-        // Results are checked without recursion and kept raw (no parse, no allocation here);
-        // what exceeds the budget is counted in the store.
-        use atoll_devices::bounded::{validate, Limits, ValueKind};
-        if let Some(json) = line.strip_prefix("ATOLL-GUEST-CHECK ") {
-            let value = json.trim();
-            let _ = match validate(value.as_bytes(), Limits::GUEST) {
-                Ok(()) => {
-                    self.results
-                        .lock()
-                        .insert("guest_check", value.as_bytes(), ValueKind::Json)
-                }
-                // Not JSON (or too deep): the text, as a string.
-                Err(_) => {
-                    self.results
-                        .lock()
-                        .insert("guest_check", json.as_bytes(), ValueKind::Text)
-                }
-            };
-        } else if let Some(status) = line.strip_prefix("ATOLL-GUEST-EXIT status=") {
-            if let Ok(n) = status.trim().parse::<i64>() {
-                let mut text = atoll_devices::bounded::FixedBuf::<20>::new();
-                if core::fmt::Write::write_fmt(&mut text, format_args!("{n}")).is_ok() {
-                    let _ = self.results.lock().insert(
-                        "guest_exit_status",
-                        text.as_bytes(),
-                        ValueKind::Json,
-                    );
-                }
-            }
-        } else if line.starts_with("atoll-init:") {
+        if capture_result(line, &self.results) {
+            return;
+        }
+        if line.starts_with("atoll-init:") {
             self.marks.lock().init.get_or_insert(now);
         } else if line.trim() == "ATOLL-IDLE begin" {
             let totals = self.class_totals();

@@ -79,6 +79,7 @@ use spin::{Mutex, Once};
 
 mod apic;
 mod console;
+pub use console::capture_result;
 mod cpuid;
 mod io;
 mod linux;

@@ -49,10 +49,7 @@ pub(super) fn xapic_write(
                 .set_xapic_logical(me.apic_id, me.ldr, me.dfr);
             hw.apic_write(offset, value);
         }
-        APIC_ID => log::info!(
-            "host: vCPU {} wrote APIC ID {value:#x}: dropped",
-            me.index
-        ),
+        APIC_ID => log::info!("host: vCPU {} wrote APIC ID {value:#x}: dropped", me.index),
         _ => hw.apic_write(offset, value),
     }
     HostAction::Resume

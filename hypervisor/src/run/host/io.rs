@@ -29,8 +29,8 @@
 use super::{bump, rate_limited, HostAction, HostHw, HostShared, CONSOLE_NAME};
 use crate::run::exits::Console;
 use crate::run::host_reset::{
-    AddressSpace, HostAccess, HostEvent, HostPlatform, Register, SleepControl,
-    KBC_COMMAND_PORT, RESET_CONTROL_PORT,
+    AddressSpace, HostAccess, HostEvent, HostPlatform, Register, SleepControl, KBC_COMMAND_PORT,
+    RESET_CONTROL_PORT,
 };
 use atoll_vcpu::{Gpr, Vcpu};
 use core::ops::RangeInclusive;
@@ -58,9 +58,10 @@ fn io_range(r: &Register) -> Option<(u16, u16)> {
 fn sleep_registers(platform: &HostPlatform) -> [Option<(Register, u32)>; 2] {
     match platform.sleep {
         Some(SleepControl::Pm1 { a, b, .. }) => [Some((a, PM1_SLP_EN)), b.map(|b| (b, PM1_SLP_EN))],
-        Some(SleepControl::HardwareReduced { register, .. }) => {
-            [Some((register, u32::from(atoll_devices::acpi::SLP_EN))), None]
-        }
+        Some(SleepControl::HardwareReduced { register, .. }) => [
+            Some((register, u32::from(atoll_devices::acpi::SLP_EN))),
+            None,
+        ],
         None => [None, None],
     }
 }

@@ -155,9 +155,15 @@ pub(super) fn nested_page_fault(
         }
         (_, write) => {
             let (reads, writes) = if region == Region::Excluded {
-                (&shared.counters.refused_reads, &shared.counters.refused_writes)
+                (
+                    &shared.counters.refused_reads,
+                    &shared.counters.refused_writes,
+                )
             } else {
-                (&shared.counters.unmapped_reads, &shared.counters.unmapped_writes)
+                (
+                    &shared.counters.unmapped_reads,
+                    &shared.counters.unmapped_writes,
+                )
             };
             let value = write.then(|| store_value(vcpu, &access));
             if let (Some(value), Region::Unmapped) = (value, region) {

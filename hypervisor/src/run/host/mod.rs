@@ -162,7 +162,8 @@ pub struct HostShared {
     excluded: Vec<PhysRange>,
     apic_page: HostPhysAddr,
     x2apic: bool,
-    ports: [Option<(u16, u16)>; io::MAX_PORT_RANGES],
+    /// The intercepted registers other than COM1: (first port, width).
+    registers: [Option<(u16, u8)>; io::MAX_REGISTERS],
     mailboxes: Vec<HostMailbox>,
     /// MSR indices already logged as denied: `1 << 32 | index`, 0 for a free slot.
     msr_logged: [AtomicU64; MSR_LOG_SLOTS],
@@ -199,7 +200,7 @@ impl HostShared {
         }
         let mailboxes = (0..cores.len()).map(|_| HostMailbox::default()).collect();
         Self {
-            ports: io::port_ranges(&platform),
+            registers: io::registers(&platform),
             cores: spin::Mutex::new(cores),
             uart: spin::Mutex::new(Uart16550::new()),
             reset: spin::Mutex::new(ResetDetector::new(platform)),

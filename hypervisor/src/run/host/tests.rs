@@ -534,6 +534,10 @@ fn apic_base_keeps_the_base_and_the_enable_and_extd_only_when_offered() {
     // Other x2APIC registers are the core's.
     w.rdmsr(0x802);
     assert_eq!(w.vcpu.injected, None);
+    // The xAPIC page is not the APIC any more: an ICR store there sends nothing.
+    w.store32(APIC + 0x300, 0x4040);
+    assert!(w.hw.calls().is_empty());
+    assert_eq!(w.shared.counters.unmapped_writes.load(Ordering::Relaxed), 1);
 }
 
 #[test]
@@ -837,6 +841,29 @@ fn reset_and_power_ports() {
     assert_eq!(w.shared.counters.sleeps_refused.load(Ordering::Relaxed), 1);
     w.out(PM1A, 2, 1);
     assert_eq!(w.hw.calls(), [Call::PortOut(PM1A, 2, 1)]);
+    // Accesses over a register without being exactly it never reach the hardware: a word
+    // at 0x64 (its low byte a reset command), a word at 0x63, the high byte of PM1a control
+    // (SLP_EN), a word starting before COM1.
+    for (port, size, value) in [
+        (0x64, 2, 0xfe),
+        (0x63, 2, 0xfe00),
+        (PM1A + 1, 1, 0x3c),
+        (0x3f7, 2, 0x4100),
+    ] {
+        assert_eq!(w.out(port, size, value), HostAction::Resume);
+        assert_eq!(
+            (w.hw.calls(), w.vcpu.skipped),
+            (vec![], 1),
+            "{port:#x}/{size}"
+        );
+        w.inp(port, size);
+        assert_eq!(w.hw.calls(), vec![], "{port:#x}/{size}");
+        assert_eq!(
+            w.get(Gpr::Rax) & 0xffff,
+            0xffff >> (8 * (2 - u32::from(size)))
+        );
+    }
+    assert!(w.console.0.is_empty(), "nothing reached COM1 either");
     // Triple fault and a physical INIT end the host too.
     assert_eq!(
         w.exit(Exit::TripleFault),
@@ -976,10 +1003,24 @@ fn a_hardware_reduced_platform_intercepts_its_sleep_register() {
         false,
     );
     let ports: Vec<_> = intercepted_ports(&s).collect();
-    // RESET_REG_SUP clear: Linux never writes the reset register, so it is not intercepted.
+    // RESET_REG_SUP clear: still intercepted, so that its value never reaches the register.
     assert_eq!(
         ports,
-        [0x3f8..=0x3ff, 0xcf9..=0xcf9, 0x64..=0x64, 0x600..=0x600]
+        [
+            0x3f8..=0x3ff,
+            0xcf9..=0xcf9,
+            0x64..=0x64,
+            0x604..=0x604,
+            0x600..=0x600
+        ]
     );
     assert!(!s.is_excluded(0));
+    // Its reset value is dropped; an S3 request goes on without SLP_EN; S5 powers off.
+    let mut w = World::new(false);
+    w.shared = s;
+    assert_eq!(w.out(0x604, 1, 1), HostAction::Resume);
+    assert_eq!((w.hw.calls(), w.vcpu.skipped), (vec![], 1));
+    assert_eq!(w.out(0x600, 1, 1 << 5 | 3 << 2), HostAction::Resume);
+    assert_eq!(w.hw.calls(), [Call::PortOut(0x600, 1, 3 << 2)]);
+    assert_eq!(w.out(0x600, 1, 1 << 5 | 5 << 2), HostAction::PowerOff);
 }

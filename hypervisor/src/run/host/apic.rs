@@ -7,11 +7,11 @@ use crate::run::host_ipi::{self, Action, Deliver, DeliveryMode, DropReason, Icr}
 use atoll_devices::lapic::{DestMode, Shorthand};
 
 /// xAPIC register offsets (SDM Vol. 3A §11.4.1, Table 11-1).
-pub const APIC_ID: u32 = 0x20;
-pub const APIC_LDR: u32 = 0xd0;
-pub const APIC_DFR: u32 = 0xe0;
-pub const APIC_ICR_LOW: u32 = 0x300;
-pub const APIC_ICR_HIGH: u32 = 0x310;
+pub(super) const APIC_ID: u32 = 0x20;
+pub(super) const APIC_LDR: u32 = 0xd0;
+pub(super) const APIC_DFR: u32 = 0xe0;
+pub(super) const APIC_ICR_LOW: u32 = 0x300;
+pub(super) const APIC_ICR_HIGH: u32 = 0x310;
 
 /// A 32-bit write of `value` to xAPIC register `offset` (16-byte aligned, checked by the
 /// caller).
@@ -49,10 +49,7 @@ pub(super) fn xapic_write(
                 .set_xapic_logical(me.apic_id, me.ldr, me.dfr);
             hw.apic_write(offset, value);
         }
-        APIC_ID => log::info!(
-            "host: vCPU {} wrote APIC ID {value:#x}: dropped",
-            me.index
-        ),
+        APIC_ID => log::info!("host: vCPU {} wrote APIC ID {value:#x}: dropped", me.index),
         _ => hw.apic_write(offset, value),
     }
     HostAction::Resume

@@ -87,7 +87,11 @@ pub fn host_cpuid(shared: &HostShared, hw: &impl HostHw, leaf: u32, sub: u32) ->
     r
 }
 
-pub(super) fn cpuid_exit(vcpu: &mut impl Vcpu, shared: &HostShared, hw: &impl HostHw) -> HostAction {
+pub(super) fn cpuid_exit(
+    vcpu: &mut impl Vcpu,
+    shared: &HostShared,
+    hw: &impl HostHw,
+) -> HostAction {
     let leaf = vcpu.gpr(Gpr::Rax) as u32;
     let sub = vcpu.gpr(Gpr::Rcx) as u32;
     let [a, b, c, d] = crate::run::exits::reflect_guest_cr4(

@@ -17,10 +17,14 @@
 //!   * a sleep request (SLP_EN with another sleep type): suspending would stop every partition's
 //!     cores, so SLP_EN is cleared before the rest of the write goes on, and the refusal
 //!     counted (`sleeps_refused`);
-//!   * an access that covers 0xCF9 or a COM1 port without starting at it (a word at 0xCF8):
-//!     the chipset might decode its 0xCF9 byte as a reset; it is dropped (reads all ones).
-//!     The dword at 0xCF8 is PCI CONFIG_ADDRESS and goes on (the I/O bitmap makes it exit,
-//!     since it covers 0xCF9).
+//!   * an access that covers one of these registers without being exactly it (a word over
+//!     0xCF9 or 0x64, one byte of PM1 control, an access starting before COM1): the chipset
+//!     could decode the register's byte in it, so it is dropped (reads all ones). The dword
+//!     at 0xCF8 is PCI CONFIG_ADDRESS and goes on (the I/O bitmap makes it exit, since it
+//!     covers 0xCF9);
+//!   * the reset value written to a reset register the FADT does not offer (RESET_REG_SUP
+//!     clear): not a request Linux makes, and not one that may reset the machine under the
+//!     enclaves; dropped.
 //!
 //! String I/O (INS/OUTS) on these ports is refused with #GP(0): Linux uses neither for COM1 or
 //! the power registers, and emulating it for the host would need its memory operands walked
@@ -29,8 +33,8 @@
 use super::{bump, rate_limited, HostAction, HostHw, HostShared, CONSOLE_NAME};
 use crate::run::exits::Console;
 use crate::run::host_reset::{
-    AddressSpace, HostAccess, HostEvent, HostPlatform, Register, SleepControl,
-    KBC_COMMAND_PORT, RESET_CONTROL_PORT,
+    AddressSpace, HostAccess, HostEvent, HostPlatform, Register, SleepControl, KBC_COMMAND_PORT,
+    RESET_CONTROL_PORT,
 };
 use atoll_vcpu::{Gpr, Vcpu};
 use core::ops::RangeInclusive;
@@ -39,61 +43,72 @@ use core::ops::RangeInclusive;
 pub const COM1: u16 = 0x3f8;
 /// COM1's ports.
 const COM1_PORTS: RangeInclusive<u16> = COM1..=COM1 + 7;
-/// COM1, 0xCF9, 0x64, the reset register, PM1a, PM1b, the sleep control register.
-pub(super) const MAX_PORT_RANGES: usize = 7;
+/// 0xCF9, 0x64, the reset register, PM1a, PM1b, the sleep control register.
+pub(super) const MAX_REGISTERS: usize = 6;
 /// PM1 control: SLP_EN (ACPI 6.5 §4.8.3.2.1, Table 4.16).
 const PM1_SLP_EN: u32 = 1 << 13;
+/// PCI CONFIG_ADDRESS, the dword at 0xCF8 that covers 0xCF9 (PCI Local Bus 3.0 §3.2.2.3.2).
+const CONFIG_ADDRESS: u16 = 0xcf8;
 
-/// The ports of `r`, when it is in I/O space.
-fn io_range(r: &Register) -> Option<(u16, u16)> {
+/// The first port of `r`, when it is in I/O space.
+fn io_port(r: &Register) -> Option<u16> {
     if r.space != AddressSpace::SystemIo {
         return None;
     }
-    let first = u16::try_from(r.address).ok()?;
-    let last = first.checked_add(u16::from(r.width.max(1)) - 1)?;
-    Some((first, last))
+    u16::try_from(r.address).ok()
 }
 
-/// The sleep registers of `platform` in I/O space, with their SLP_EN bit.
+/// The sleep registers of `platform`, with their SLP_EN bit.
 fn sleep_registers(platform: &HostPlatform) -> [Option<(Register, u32)>; 2] {
     match platform.sleep {
         Some(SleepControl::Pm1 { a, b, .. }) => [Some((a, PM1_SLP_EN)), b.map(|b| (b, PM1_SLP_EN))],
-        Some(SleepControl::HardwareReduced { register, .. }) => {
-            [Some((register, u32::from(atoll_devices::acpi::SLP_EN))), None]
-        }
+        Some(SleepControl::HardwareReduced { register, .. }) => [
+            Some((register, u32::from(atoll_devices::acpi::SLP_EN))),
+            None,
+        ],
         None => [None, None],
     }
 }
 
-pub(super) fn port_ranges(platform: &HostPlatform) -> [Option<(u16, u16)>; MAX_PORT_RANGES] {
+/// The registers behind the intercepted ports other than COM1, as (first port, width): an
+/// access must be exactly one of them to reach the hardware. The FADT's reset register is
+/// intercepted even without RESET_REG_SUP (a write of its value there would reset the
+/// machine under every partition); ACPICA writes it as a byte in I/O space.
+pub(super) fn registers(platform: &HostPlatform) -> [Option<(u16, u8)>; MAX_REGISTERS] {
     let [s0, s1] = sleep_registers(platform);
+    let sleep = |s: Option<(Register, u32)>| {
+        s.and_then(|(r, _)| io_port(&r).map(|p| (p, r.width.clamp(1, 4))))
+    };
     [
-        Some((*COM1_PORTS.start(), *COM1_PORTS.end())),
-        Some((RESET_CONTROL_PORT, RESET_CONTROL_PORT)),
-        Some((KBC_COMMAND_PORT, KBC_COMMAND_PORT)),
+        Some((RESET_CONTROL_PORT, 1)),
+        Some((KBC_COMMAND_PORT, 1)),
         platform
             .reset_register
-            .filter(|_| platform.reset_supported)
-            .and_then(|r| io_range(&r.register)),
-        s0.and_then(|(r, _)| io_range(&r)),
-        s1.and_then(|(r, _)| io_range(&r)),
+            .and_then(|r| io_port(&r.register))
+            .map(|p| (p, 1)),
+        sleep(s0),
+        sleep(s1),
         None,
     ]
+    .map(|r| r.filter(|&(p, w)| u32::from(p) + u32::from(w) <= 0x1_0000))
 }
 
 /// The ports the backend intercepts for the host (possibly overlapping); every other port is
 /// passed through.
 pub fn intercepted_ports(shared: &HostShared) -> impl Iterator<Item = RangeInclusive<u16>> + '_ {
-    shared
-        .ports
-        .iter()
-        .flatten()
-        .map(|&(first, last)| first..=last)
+    core::iter::once(COM1_PORTS).chain(
+        shared
+            .registers
+            .iter()
+            .flatten()
+            .map(|&(first, width)| first..=first + u16::from(width) - 1),
+    )
 }
 
-fn covers(port: u16, size: u8, target: u16) -> bool {
-    let end = u32::from(port) + u32::from(size);
-    u32::from(port) <= u32::from(target) && u32::from(target) < end
+/// Whether `[a, a + a_len)` and `[b, b + b_len)` share a port.
+fn overlap(a: u16, a_len: u8, b: u16, b_len: u8) -> bool {
+    let (a, b) = (u32::from(a), u32::from(b));
+    a < b + u32::from(b_len) && b < a + u32::from(a_len)
 }
 
 /// Puts the result of an IN of `size` bytes into AL/AX/EAX.
@@ -145,11 +160,22 @@ pub(super) fn io_exit(
         vcpu.skip_instruction();
         return HostAction::Resume;
     }
-    let straddles = (covers(port, size, COM1) && port != COM1)
-        || (covers(port, size, RESET_CONTROL_PORT)
-            && port != RESET_CONTROL_PORT
-            && !(port == RESET_CONTROL_PORT - 1 && size == 4));
-    if straddles {
+    // An access that covers an intercepted register without being exactly it (a word over
+    // 0xCF9 or 0x64, a byte of PM1 control, one starting before COM1) never reaches the
+    // hardware: the chipset could decode the register's byte in it.
+    let exact = (port == CONFIG_ADDRESS && size == 4)
+        || shared
+            .registers
+            .iter()
+            .flatten()
+            .any(|&(p, w)| p == port && w == size);
+    let covers = overlap(port, size, COM1, 8)
+        || shared
+            .registers
+            .iter()
+            .flatten()
+            .any(|&(p, w)| overlap(port, size, p, w));
+    if covers && !exact {
         if rate_limited(n) {
             log::info!("host: {size}-byte access at port {port:#x} over an emulated port dropped");
         }
@@ -185,13 +211,19 @@ pub(super) fn io_exit(
         vcpu.skip_instruction();
         return HostAction::Resume;
     }
-    let mut value = value;
     let platform = *shared.reset.lock().platform();
+    if let Some(reset) = platform.reset_register {
+        if io_port(&reset.register) == Some(port) && size == 1 && value == u32::from(reset.value) {
+            // Not a reset the host asked for (the FADT does not offer the register), and not
+            // one atoll lets it make behind its back.
+            log::info!("host: reset value written to the unsupported reset register: dropped");
+            vcpu.skip_instruction();
+            return HostAction::Resume;
+        }
+    }
+    let mut value = value;
     for (reg, slp_en) in sleep_registers(&platform).into_iter().flatten() {
-        let Some((first, _)) = io_range(&reg) else {
-            continue;
-        };
-        if port == first && value & slp_en != 0 {
+        if io_port(&reg) == Some(port) && value & slp_en != 0 {
             value &= !slp_en;
             let r = bump(&shared.counters.sleeps_refused);
             if rate_limited(r) {

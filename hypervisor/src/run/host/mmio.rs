@@ -106,7 +106,9 @@ pub(super) fn nested_page_fault(
     linear: Option<u64>,
 ) -> HostAction {
     let g = gpa.as_u64();
-    let region = if g & !0xfff == shared.apic_page().as_u64() {
+    // In x2APIC mode the page is no longer the APIC's (SDM Vol. 3A §11.12.1: MMIO accesses
+    // then do not reach it), so it is answered like any address nothing maps.
+    let region = if g & !0xfff == shared.apic_page().as_u64() && !me.x2apic {
         Region::Apic
     } else if shared.is_excluded(g) {
         Region::Excluded
@@ -155,9 +157,15 @@ pub(super) fn nested_page_fault(
         }
         (_, write) => {
             let (reads, writes) = if region == Region::Excluded {
-                (&shared.counters.refused_reads, &shared.counters.refused_writes)
+                (
+                    &shared.counters.refused_reads,
+                    &shared.counters.refused_writes,
+                )
             } else {
-                (&shared.counters.unmapped_reads, &shared.counters.unmapped_writes)
+                (
+                    &shared.counters.unmapped_reads,
+                    &shared.counters.unmapped_writes,
+                )
             };
             let value = write.then(|| store_value(vcpu, &access));
             if let (Some(value), Region::Unmapped) = (value, region) {

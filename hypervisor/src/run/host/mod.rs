@@ -162,7 +162,8 @@ pub struct HostShared {
     excluded: Vec<PhysRange>,
     apic_page: HostPhysAddr,
     x2apic: bool,
-    ports: [Option<(u16, u16)>; io::MAX_PORT_RANGES],
+    /// The intercepted registers other than COM1: (first port, width).
+    registers: [Option<(u16, u8)>; io::MAX_REGISTERS],
     mailboxes: Vec<HostMailbox>,
     /// MSR indices already logged as denied: `1 << 32 | index`, 0 for a free slot.
     msr_logged: [AtomicU64; MSR_LOG_SLOTS],
@@ -183,7 +184,8 @@ impl HostShared {
         apic_page: HostPhysAddr,
         x2apic: bool,
     ) -> Self {
-        let mut sorted: Vec<PhysRange> = excluded.iter().copied().filter(|r| !r.is_empty()).collect();
+        let mut sorted: Vec<PhysRange> =
+            excluded.iter().copied().filter(|r| !r.is_empty()).collect();
         sorted.sort_unstable_by_key(|r| r.start.as_u64());
         let mut merged: Vec<PhysRange> = Vec::with_capacity(sorted.len());
         for r in sorted {
@@ -197,9 +199,8 @@ impl HostShared {
             }
         }
         let mailboxes = (0..cores.len()).map(|_| HostMailbox::default()).collect();
-        const FREE: AtomicU64 = AtomicU64::new(0);
         Self {
-            ports: io::port_ranges(&platform),
+            registers: io::registers(&platform),
             cores: spin::Mutex::new(cores),
             uart: spin::Mutex::new(Uart16550::new()),
             reset: spin::Mutex::new(ResetDetector::new(platform)),
@@ -207,7 +208,7 @@ impl HostShared {
             apic_page: HostPhysAddr::new(apic_page.as_u64() & !0xfff),
             x2apic,
             mailboxes,
-            msr_logged: [FREE; MSR_LOG_SLOTS],
+            msr_logged: core::array::from_fn(|_| AtomicU64::new(0)),
             counters: HostCounters::default(),
         }
     }
@@ -249,9 +250,9 @@ impl HostShared {
 
     /// Whether host vCPU `index` has an INIT or STARTUP waiting.
     pub fn has_signal(&self, index: usize) -> bool {
-        self.mailboxes.get(index).is_some_and(|m| {
-            m.init.load(Ordering::Acquire) || m.sipi.load(Ordering::Acquire) != 0
-        })
+        self.mailboxes
+            .get(index)
+            .is_some_and(|m| m.init.load(Ordering::Acquire) || m.sipi.load(Ordering::Acquire) != 0)
     }
 
     /// Whether an INIT waits for host vCPU `index` (left for [`Self::take_init`]).
@@ -280,9 +281,7 @@ impl HostShared {
 
     /// Whether `addr` lies in memory the host never reaches.
     pub fn is_excluded(&self, addr: u64) -> bool {
-        let i = self
-            .excluded
-            .partition_point(|r| r.end.as_u64() <= addr);
+        let i = self.excluded.partition_point(|r| r.end.as_u64() <= addr);
         self.excluded
             .get(i)
             .is_some_and(|r| r.contains(HostPhysAddr::new(addr)))

@@ -37,8 +37,8 @@ pub use crate::run::exits::msr::{
     IA32_TSC_AUX,
 };
 use crate::run::exits::msr::{
-    IA32_CSTAR, IA32_FMASK, IA32_FS_BASE, IA32_GS_BASE, IA32_KERNEL_GS_BASE, IA32_LSTAR,
-    IA32_STAR, IA32_SYSENTER_CS, IA32_SYSENTER_EIP, IA32_SYSENTER_ESP,
+    IA32_CSTAR, IA32_FMASK, IA32_FS_BASE, IA32_GS_BASE, IA32_KERNEL_GS_BASE, IA32_LSTAR, IA32_STAR,
+    IA32_SYSENTER_CS, IA32_SYSENTER_EIP, IA32_SYSENTER_ESP,
 };
 
 /// IA32_TSC_DEADLINE (SDM Vol. 3A §11.5.4.1).
@@ -158,6 +158,7 @@ pub const HOST_MSRS: &[MsrRule] = &[
     rule(0x1a2, 0x1a2, R, NoW, "MSR_TEMPERATURE_TARGET: read-only (coretemp)"),
     rule(0x1ad, 0x1ad, R, NoW, "MSR_TURBO_RATIO_LIMIT: read-only ratios"),
     rule(0x1b1, 0x1b1, R, NoW, "IA32_PACKAGE_THERM_STATUS: read-only sensor"),
+    rule(0x1fc, 0x1fc, R, Same, "MSR_POWER_CTL: C1E promotion of the package, firmware's"),
     rule(0x200, 0x21f, R, Same,
         "variable MTRRs: a change would retype atoll's memory on this core"),
     rule(0x250, 0x250, R, Same, "fixed MTRR 64K: as the variable ones"),
@@ -171,6 +172,7 @@ pub const HOST_MSRS: &[MsrRule] = &[
         "IA32_MCi_CTL/STATUS/ADDR/MISC (32 banks): the host runs machine-check handling \
          (status clears, bank enables); the banks report errors, they hold no other state"),
     rule(0x4d0, 0x4d0, R, W, "IA32_MCG_EXT_CTL: local machine-check delivery on this core"),
+    rule(0x648, 0x64c, R, NoW, "config TDP levels and turbo activation: read-only ratios"),
     rule(IA32_TSC_AUX, IA32_TSC_AUX, R, W,
         "IA32_TSC_AUX: what RDTSCP/RDPID give; atoll uses neither"),
     // AMD.
@@ -186,6 +188,8 @@ pub const HOST_MSRS: &[MsrRule] = &[
     rule(0xc001_0063, 0xc001_0063, R, NoW, "P-state status: read-only"),
     rule(0xc001_0064, 0xc001_006b, R, NoW, "P-state definitions: read-only to the host"),
     rule(0xc001_0073, 0xc001_0073, R, NoW, "C-state base address: read-only (ACPI idle)"),
+    rule(0xc001_011f, 0xc001_011f, R, W,
+        "VIRT_SPEC_CTRL: SSBD of the host's own core, like IA32_SPEC_CTRL"),
     rule(0xc001_0131, 0xc001_0131, R, NoW, "SEV_STATUS: read-only"),
     rule(0xc001_0140, 0xc001_0141, R, NoW, "OSVW length and status: errata information"),
     rule(0xc001_1020, 0xc001_1020, R, Same, "LS_CFG: load-store configuration, firmware's"),
@@ -212,7 +216,10 @@ fn deny(vcpu: &mut impl Vcpu, shared: &HostShared, index: u32, write: Option<u64
                 "host: WRMSR {index:#x} <- {v:#x} refused (#GP) at RIP {:#x}",
                 vcpu.rip()
             ),
-            None => log::info!("host: RDMSR {index:#x} refused (#GP) at RIP {:#x}", vcpu.rip()),
+            None => log::info!(
+                "host: RDMSR {index:#x} refused (#GP) at RIP {:#x}",
+                vcpu.rip()
+            ),
         }
     }
     gp(vcpu)
@@ -273,7 +280,11 @@ pub(super) fn write(
         }
         IA32_PAT => {
             // Each entry a defined type: UC, WC, WT, WP, WB, UC- (SDM Vol. 3A §12.12.2).
-            if !value.to_le_bytes().iter().all(|t| matches!(t, 0 | 1 | 4 | 5 | 6 | 7)) {
+            if !value
+                .to_le_bytes()
+                .iter()
+                .all(|t| matches!(t, 0 | 1 | 4 | 5 | 6 | 7))
+            {
                 return deny(vcpu, shared, index, Some(value));
             }
             vcpu.set_pat(value);
@@ -326,9 +337,7 @@ pub(super) fn write(
 fn valid_efer(value: u64, vcpu: &impl Vcpu, shared: &HostShared, hw: &impl HostHw) -> bool {
     let cpu = HwCpu { hw, shared };
     let mut v = value;
-    if hw.cpuid(0x8000_0000, 0)[0] >= 0x8000_0021
-        && hw.cpuid(0x8000_0021, 0)[0] & (1 << 8) != 0
-    {
+    if hw.cpuid(0x8000_0000, 0)[0] >= 0x8000_0021 && hw.cpuid(0x8000_0021, 0)[0] & (1 << 8) != 0 {
         v &= !EFER_AUTOIBRS;
     }
     crate::run::deny::valid_efer(v, vcpu.efer() & !EFER_AUTOIBRS, vcpu.cr(0), &cpu)

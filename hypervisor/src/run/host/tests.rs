@@ -301,15 +301,27 @@ fn cpuid_hides_virtualization_and_what_the_host_does_not_own() {
     assert_eq!(l1[2] & (1 << 5), 0, "VMX");
     assert_eq!(l1[2] & (1 << 21), 0, "x2APIC not offered");
     assert_eq!(l1[2] & (1 << 27), 0, "OSXSAVE mirrors CR4.OSXSAVE");
-    assert_ne!(l1[2] & (1 << 31), 0, "the hardware's hypervisor bit is kept");
-    assert_ne!(l1[2] & (1 << 3), 0, "MONITOR stays (not intercepted for the host)");
+    assert_ne!(
+        l1[2] & (1 << 31),
+        0,
+        "the hardware's hypervisor bit is kept"
+    );
+    assert_ne!(
+        l1[2] & (1 << 3),
+        0,
+        "MONITOR stays (not intercepted for the host)"
+    );
     assert_eq!(l1[0], u32::MAX, "EAX untouched");
     // AMD: SVM (0x8000_0001 ECX bit 2, APM Vol. 3 E.4.2) and the SVM leaf.
     let e1 = cpuid(&mut w, 0x8000_0001, 0);
     assert_eq!(e1[2] & (1 << 2), 0, "SVM");
     assert_eq!(e1[3], u32::MAX);
     assert_eq!(cpuid(&mut w, 0x8000_000a, 0), [0; 4]);
-    assert_eq!(cpuid(&mut w, 0x4000_0000, 0), [0; 4], "no hypervisor leaves");
+    assert_eq!(
+        cpuid(&mut w, 0x4000_0000, 0),
+        [0; 4],
+        "no hypervisor leaves"
+    );
     assert_eq!(cpuid(&mut w, 0xa, 0), [0; 4], "no PMU");
     // With CR4.OSXSAVE set and x2APIC offered, both bits are there.
     let mut w = World::new(true);
@@ -326,7 +338,13 @@ fn cpuid_hides_virtualization_and_what_the_host_does_not_own() {
 #[test]
 fn allowed_msr_reads_reach_the_core_and_denied_ones_nothing() {
     let mut w = World::new(false);
-    for index in [msr::IA32_MTRRCAP, 0x200, msr::IA32_MISC_ENABLE, 0x401, 0xc001_0010] {
+    for index in [
+        msr::IA32_MTRRCAP,
+        0x200,
+        msr::IA32_MISC_ENABLE,
+        0x401,
+        0xc001_0010,
+    ] {
         w.hw.calls();
         w.set(Gpr::Rax, 0);
         w.set(Gpr::Rdx, 0);
@@ -334,14 +352,21 @@ fn allowed_msr_reads_reach_the_core_and_denied_ones_nothing() {
         let want = w.hw.msrs.borrow()[&index];
         assert_eq!(w.hw.calls(), [Call::Rdmsr(index)], "{index:#x}");
         assert_eq!(
-            (w.get(Gpr::Rdx) << 32 | w.get(Gpr::Rax), w.vcpu.injected, w.vcpu.skipped),
+            (
+                w.get(Gpr::Rdx) << 32 | w.get(Gpr::Rax),
+                w.vcpu.injected,
+                w.vcpu.skipped
+            ),
             (want, None, 1),
             "{index:#x}"
         );
     }
     // Denied: the SVM and VMX control MSRs, RAPL energy, an unknown index — #GP, counted,
     // and the core never asked.
-    for (n, index) in [0xc001_0117u32, 0xc001_0114, 0x611, 0x1234_5678].into_iter().enumerate() {
+    for (n, index) in [0xc001_0117u32, 0xc001_0114, 0x611, 0x1234_5678]
+        .into_iter()
+        .enumerate()
+    {
         w.hw.calls();
         assert_eq!(w.rdmsr(index), HostAction::Resume);
         assert_eq!((w.vcpu.injected, w.vcpu.skipped), (GP0, 0), "{index:#x}");
@@ -381,14 +406,28 @@ fn msr_writes_reach_the_core_only_where_the_table_allows() {
         wr(&mut w, msr::IA32_TSC_DEADLINE, 5000),
         (None, 1, write(msr::IA32_TSC_DEADLINE, 4900))
     );
-    assert_eq!(wr(&mut w, msr::IA32_SPEC_CTRL, 1), (None, 1, write(msr::IA32_SPEC_CTRL, 1)));
+    assert_eq!(
+        wr(&mut w, msr::IA32_SPEC_CTRL, 1),
+        (None, 1, write(msr::IA32_SPEC_CTRL, 1))
+    );
     w.hw.msrs.borrow_mut().insert(msr::IA32_PRED_CMD, 0);
-    assert_eq!(wr(&mut w, msr::IA32_PRED_CMD, 1), (None, 1, write(msr::IA32_PRED_CMD, 1)));
+    assert_eq!(
+        wr(&mut w, msr::IA32_PRED_CMD, 1),
+        (None, 1, write(msr::IA32_PRED_CMD, 1))
+    );
     assert_eq!(wr(&mut w, 0x401, 0), (None, 1, write(0x401, 0)));
     // Unchanged-only: the same value is accepted without a write; a change is refused.
     let read = |i| vec![Call::Rdmsr(i)];
-    assert_eq!(wr(&mut w, 0x200, 0x6), (None, 1, read(0x200)), "MTRR rewritten as is");
-    assert_eq!(wr(&mut w, 0x200, 0x0), (GP0, 0, read(0x200)), "MTRR changed");
+    assert_eq!(
+        wr(&mut w, 0x200, 0x6),
+        (None, 1, read(0x200)),
+        "MTRR rewritten as is"
+    );
+    assert_eq!(
+        wr(&mut w, 0x200, 0x0),
+        (GP0, 0, read(0x200)),
+        "MTRR changed"
+    );
     assert_eq!(
         wr(&mut w, msr::IA32_MTRR_DEF_TYPE, 0),
         (GP0, 0, read(msr::IA32_MTRR_DEF_TYPE)),
@@ -398,27 +437,51 @@ fn msr_writes_reach_the_core_only_where_the_table_allows() {
         wr(&mut w, msr::IA32_FEATURE_CONTROL, 0x7),
         (GP0, 0, read(msr::IA32_FEATURE_CONTROL))
     );
-    assert_eq!(wr(&mut w, 0xc001_0010, 0), (GP0, 0, read(0xc001_0010)), "SYSCFG");
+    assert_eq!(
+        wr(&mut w, 0xc001_0010, 0),
+        (GP0, 0, read(0xc001_0010)),
+        "SYSCFG"
+    );
     // Never: VM_HSAVE_PA, VM_CR, TOP_MEM, the IORRs, IA32_TSC, and the x2APIC ICR when x2APIC
     // is not offered.
     let before = w.denied();
-    for index in [0xc001_0117, 0xc001_0114, 0xc001_001a, 0xc001_0016, msr::IA32_TSC, 0x830] {
+    for index in [
+        0xc001_0117,
+        0xc001_0114,
+        0xc001_001a,
+        0xc001_0016,
+        msr::IA32_TSC,
+        0x830,
+    ] {
         assert_eq!(wr(&mut w, index, 0), (GP0, 0, vec![]), "{index:#x}");
     }
     assert_eq!(w.denied(), before + 6);
     // EFER goes to the vCPU: NXE accepted, SVME (bit 12, hidden) refused.
-    assert_eq!(wr(&mut w, msr::IA32_EFER, (1 << 8) | (1 << 10) | (1 << 11)).0, None);
+    assert_eq!(
+        wr(&mut w, msr::IA32_EFER, (1 << 8) | (1 << 10) | (1 << 11)).0,
+        None
+    );
     assert_eq!(w.vcpu.efer, (1 << 8) | (1 << 10) | (1 << 11));
     let svme = w.vcpu.efer | (1 << 12);
     assert_eq!(wr(&mut w, msr::IA32_EFER, svme), (GP0, 0, vec![]));
     assert_eq!(w.vcpu.efer, (1 << 8) | (1 << 10) | (1 << 11));
     // PAT to the vCPU, with a reserved type refused.
-    assert_eq!(wr(&mut w, msr::IA32_PAT, 0x0007_0406_0007_0406), (None, 1, vec![]));
+    assert_eq!(
+        wr(&mut w, msr::IA32_PAT, 0x0007_0406_0007_0406),
+        (None, 1, vec![])
+    );
     assert_eq!(w.vcpu.pat, 0x0007_0406_0007_0406);
     assert_eq!(wr(&mut w, msr::IA32_PAT, 0x0007_0406_0007_0402).0, GP0);
     // XSS: only components CPUID 0xD.1 lists (the fake lists all but the hidden ones).
-    assert_eq!(wr(&mut w, msr::IA32_XSS, 1 << 14), (None, 1, write(msr::IA32_XSS, 1 << 14)));
-    assert_eq!(wr(&mut w, msr::IA32_XSS, 1 << 12).0, GP0, "CET supervisor hidden");
+    assert_eq!(
+        wr(&mut w, msr::IA32_XSS, 1 << 14),
+        (None, 1, write(msr::IA32_XSS, 1 << 14))
+    );
+    assert_eq!(
+        wr(&mut w, msr::IA32_XSS, 1 << 12).0,
+        GP0,
+        "CET supervisor hidden"
+    );
     // State the backend switches must never exit.
     w.set(Gpr::Rcx, 0xc000_0082);
     assert!(matches!(w.exit(Exit::MsrWrite), HostAction::Fail(_)));
@@ -429,12 +492,19 @@ fn apic_base_keeps_the_base_and_the_enable_and_extd_only_when_offered() {
     let mut w = World::new(false);
     let base = APIC | 0x900;
     assert_eq!(w.wrmsr(msr::IA32_APIC_BASE, base), HostAction::Resume);
-    assert_eq!((w.vcpu.injected, w.vcpu.skipped), (None, 1), "rewritten as is");
+    assert_eq!(
+        (w.vcpu.injected, w.vcpu.skipped),
+        (None, 1),
+        "rewritten as is"
+    );
     for bad in [base + 0x1000, base & !(1 << 11), base | (1 << 10)] {
         w.hw.calls();
         w.wrmsr(msr::IA32_APIC_BASE, bad);
         assert_eq!(w.vcpu.injected, GP0, "{bad:#x}");
-        assert!(!w.hw.calls().contains(&Call::Wrmsr(msr::IA32_APIC_BASE, bad)));
+        assert!(!w
+            .hw
+            .calls()
+            .contains(&Call::Wrmsr(msr::IA32_APIC_BASE, bad)));
     }
     // Offered: x2APIC mode goes to the core, and its ICR then goes through the filter.
     let mut w = World::new(true);
@@ -447,7 +517,15 @@ fn apic_base_keeps_the_base_and_the_enable_and_extd_only_when_offered() {
     assert_eq!(w.vcpu.skipped, 1);
     let sent = w.hw.calls();
     assert!(
-        matches!(sent.as_slice(), [Call::Ipi(Icr { vector: 0x40, dest: 4, format: IcrFormat::X2Apic, .. })]),
+        matches!(
+            sent.as_slice(),
+            [Call::Ipi(Icr {
+                vector: 0x40,
+                dest: 4,
+                format: IcrFormat::X2Apic,
+                ..
+            })]
+        ),
         "{sent:?}"
     );
     // A reserved ICR bit is #GP, as on the core.
@@ -456,6 +534,10 @@ fn apic_base_keeps_the_base_and_the_enable_and_extd_only_when_offered() {
     // Other x2APIC registers are the core's.
     w.rdmsr(0x802);
     assert_eq!(w.vcpu.injected, None);
+    // The xAPIC page is not the APIC any more: an ICR store there sends nothing.
+    w.store32(APIC + 0x300, 0x4040);
+    assert!(w.hw.calls().is_empty());
+    assert_eq!(w.shared.counters.unmapped_writes.load(Ordering::Relaxed), 1);
 }
 
 #[test]
@@ -501,8 +583,14 @@ fn icr_writes_go_through_the_filter() {
     assert_eq!(w.vcpu.rip, RIP + 2);
     // INIT then STARTUP to host core 1: recorded in vCPU 1's mailbox, signalled.
     w.store32(APIC + 0x310, 1 << 24);
-    assert_eq!(w.store32(APIC + 0x300, 0x4500), HostAction::Signal { index: 1 });
-    assert_eq!(w.store32(APIC + 0x300, 0x469a), HostAction::Signal { index: 1 });
+    assert_eq!(
+        w.store32(APIC + 0x300, 0x4500),
+        HostAction::Signal { index: 1 }
+    );
+    assert_eq!(
+        w.store32(APIC + 0x300, 0x469a),
+        HostAction::Signal { index: 1 }
+    );
     assert!(w.hw.calls().iter().all(|c| !matches!(c, Call::Ipi(_))));
     assert!(w.shared.has_signal(1));
     assert!(w.shared.take_init(1));
@@ -515,15 +603,14 @@ fn icr_writes_go_through_the_filter() {
     assert_eq!(w.shared.counters.ipis_dropped.load(Ordering::Relaxed), 1);
     // All excluding self: vCPU 0 sends to cores 1 and 4; the two enclave cores are dropped.
     w.store32(APIC + 0x300, 0xc_4041);
-    let ids: Vec<u32> = w
-        .hw
-        .calls()
-        .into_iter()
-        .filter_map(|c| match c {
-            Call::Ipi(i) => Some(i.dest),
-            _ => None,
-        })
-        .collect();
+    let ids: Vec<u32> =
+        w.hw.calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                Call::Ipi(i) => Some(i.dest),
+                _ => None,
+            })
+            .collect();
     assert_eq!(ids, [1, 4]);
     assert_eq!(w.shared.counters.ipis_dropped.load(Ordering::Relaxed), 3);
     // INIT to all excluding self: both other host vCPUs signalled at once.
@@ -553,7 +640,14 @@ fn logical_destinations_follow_the_ldr_the_host_wrote() {
     w.store32(APIC + 0x300, 0x4840);
     let sent = w.hw.calls();
     assert!(
-        matches!(sent.as_slice(), [Call::Ipi(Icr { dest: 0, dest_mode: DestMode::Physical, .. })]),
+        matches!(
+            sent.as_slice(),
+            [Call::Ipi(Icr {
+                dest: 0,
+                dest_mode: DestMode::Physical,
+                ..
+            })]
+        ),
         "{sent:?}"
     );
     // The APIC ID register is never written.
@@ -568,10 +662,10 @@ fn refused_memory_reads_all_ones_at_the_access_width_and_drops_writes() {
     for (code, want) in [
         (&[0x8a, 0x03][..], 0x1122_3344_5566_77ff), // mov al, [rbx]
         (&[0x66, 0x8b, 0x03], 0x1122_3344_5566_ffff), // mov ax, [rbx]
-        (&[0x8b, 0x03], 0xffff_ffff),                 // mov eax, [rbx]: upper half zeroed
-        (&[0x48, 0x8b, 0x03], u64::MAX),              // mov rax, [rbx]
-        (&[0x0f, 0xb6, 0x03], 0xff),                  // movzx eax, byte [rbx]
-        (&[0x8a, 0x23], 0x1122_3344_5566_ff88),       // mov ah, [rbx]
+        (&[0x8b, 0x03], 0xffff_ffff),               // mov eax, [rbx]: upper half zeroed
+        (&[0x48, 0x8b, 0x03], u64::MAX),            // mov rax, [rbx]
+        (&[0x0f, 0xb6, 0x03], 0xff),                // movzx eax, byte [rbx]
+        (&[0x8a, 0x23], 0x1122_3344_5566_ff88),     // mov ah, [rbx]
     ] {
         w.code(code);
         w.set(Gpr::Rax, old);
@@ -662,7 +756,10 @@ fn com1_is_the_model_with_host_lines_and_input() {
         assert_eq!(w.out(0x3f8, 1, u32::from(*b)), HostAction::Resume);
         assert_eq!(w.vcpu.skipped, 1);
     }
-    assert_eq!(w.console.0, [("host".to_string(), "hello host".to_string())]);
+    assert_eq!(
+        w.console.0,
+        [("host".to_string(), "hello host".to_string())]
+    );
     // LSR into AL, the rest of RAX kept.
     w.inp(0x3fd, 1);
     assert_eq!(w.get(Gpr::Rax), 0xdead_beef_0000_0060);
@@ -678,7 +775,10 @@ fn com1_is_the_model_with_host_lines_and_input() {
     assert!(w.hw.calls().is_empty(), "COM1 never reaches the hardware");
     // The pending line is printed when the host resets.
     w.out(0x3f8, 1, u32::from(b'x'));
-    assert_eq!(w.out(0x64, 1, 0xfe), HostAction::Reset(ResetSource::KeyboardController));
+    assert_eq!(
+        w.out(0x64, 1, 0xfe),
+        HostAction::Reset(ResetSource::KeyboardController)
+    );
     assert_eq!(w.console.0.last().unwrap().1, "restx");
     // String I/O on COM1: #GP.
     w.exit(Exit::Io {
@@ -695,9 +795,21 @@ fn com1_is_the_model_with_host_lines_and_input() {
 fn reset_and_power_ports() {
     let mut w = World::new(false);
     let ports: Vec<_> = intercepted_ports(&w.shared).collect();
-    assert_eq!(ports, [0x3f8..=0x3ff, 0xcf9..=0xcf9, 0x64..=0x64, 0xcf9..=0xcf9, PM1A..=PM1A + 1]);
+    assert_eq!(
+        ports,
+        [
+            0x3f8..=0x3ff,
+            0xcf9..=0xcf9,
+            0x64..=0x64,
+            0xcf9..=0xcf9,
+            PM1A..=PM1A + 1
+        ]
+    );
     // The FADT's reset register (0xCF9 / 0x06).
-    assert_eq!(w.out(0xcf9, 1, 0x06), HostAction::Reset(ResetSource::AcpiResetRegister));
+    assert_eq!(
+        w.out(0xcf9, 1, 0x06),
+        HostAction::Reset(ResetSource::AcpiResetRegister)
+    );
     // 0xCF9 without RST_CPU: latched by the detector, never written to the chipset; byte
     // reads come from the latch.
     w.hw.calls();
@@ -712,7 +824,10 @@ fn reset_and_power_ports() {
     assert!(w.hw.calls().is_empty());
     assert_eq!(w.vcpu.skipped, 1);
     // The keyboard controller: 0xFE resets, other commands go on; reads go to the hardware.
-    assert_eq!(w.out(0x64, 1, 0xfe), HostAction::Reset(ResetSource::KeyboardController));
+    assert_eq!(
+        w.out(0x64, 1, 0xfe),
+        HostAction::Reset(ResetSource::KeyboardController)
+    );
     w.out(0x64, 1, 0xd1);
     assert_eq!(w.hw.calls(), [Call::PortOut(0x64, 1, 0xd1)]);
     w.inp(0x64, 1);
@@ -726,15 +841,48 @@ fn reset_and_power_ports() {
     assert_eq!(w.shared.counters.sleeps_refused.load(Ordering::Relaxed), 1);
     w.out(PM1A, 2, 1);
     assert_eq!(w.hw.calls(), [Call::PortOut(PM1A, 2, 1)]);
+    // Accesses over a register without being exactly it never reach the hardware: a word
+    // at 0x64 (its low byte a reset command), a word at 0x63, the high byte of PM1a control
+    // (SLP_EN), a word starting before COM1.
+    for (port, size, value) in [
+        (0x64, 2, 0xfe),
+        (0x63, 2, 0xfe00),
+        (PM1A + 1, 1, 0x3c),
+        (0x3f7, 2, 0x4100),
+    ] {
+        assert_eq!(w.out(port, size, value), HostAction::Resume);
+        assert_eq!(
+            (w.hw.calls(), w.vcpu.skipped),
+            (vec![], 1),
+            "{port:#x}/{size}"
+        );
+        w.inp(port, size);
+        assert_eq!(w.hw.calls(), vec![], "{port:#x}/{size}");
+        assert_eq!(
+            w.get(Gpr::Rax) & 0xffff,
+            0xffff >> (8 * (2 - u32::from(size)))
+        );
+    }
+    assert!(w.console.0.is_empty(), "nothing reached COM1 either");
     // Triple fault and a physical INIT end the host too.
-    assert_eq!(w.exit(Exit::TripleFault), HostAction::Reset(ResetSource::TripleFault));
-    assert_eq!(w.exit(Exit::Init), HostAction::Reset(ResetSource::InitSignal));
+    assert_eq!(
+        w.exit(Exit::TripleFault),
+        HostAction::Reset(ResetSource::TripleFault)
+    );
+    assert_eq!(
+        w.exit(Exit::Init),
+        HostAction::Reset(ResetSource::InitSignal)
+    );
 }
 
 #[test]
 fn instructions_the_host_must_not_run_and_the_other_exits() {
     let mut w = World::new(false);
-    for e in [Exit::VirtualizationInstruction, Exit::Hypercall, Exit::MonitorMwait] {
+    for e in [
+        Exit::VirtualizationInstruction,
+        Exit::Hypercall,
+        Exit::MonitorMwait,
+    ] {
         w.vcpu.injected = None;
         assert_eq!(w.exit(e), HostAction::Resume);
         assert_eq!(w.vcpu.injected, UD, "{e:?}");
@@ -746,7 +894,10 @@ fn instructions_the_host_must_not_run_and_the_other_exits() {
     w.vcpu.skipped = 0;
     w.exit(Exit::Wbinvd);
     w.exit(Exit::Invd);
-    assert_eq!((w.hw.calls(), w.vcpu.skipped), (vec![Call::Wbinvd, Call::Wbinvd], 2));
+    assert_eq!(
+        (w.hw.calls(), w.vcpu.skipped),
+        (vec![Call::Wbinvd, Call::Wbinvd], 2)
+    );
     // XSETBV: #UD without OSXSAVE, then a valid value loaded, an invalid one #GP.
     w.vcpu.injected = None;
     w.set(Gpr::Rcx, 0);
@@ -757,27 +908,119 @@ fn instructions_the_host_must_not_run_and_the_other_exits() {
     w.vcpu.cr[4] = 1 << 18;
     w.vcpu.injected = None;
     w.exit(Exit::Xsetbv);
-    assert_eq!((w.vcpu.injected, w.hw.calls()), (None, vec![Call::Xsetbv(0b11)]));
+    assert_eq!(
+        (w.vcpu.injected, w.hw.calls()),
+        (None, vec![Call::Xsetbv(0b11)])
+    );
     w.set(Gpr::Rax, 0b1011);
     w.exit(Exit::Xsetbv);
     assert_eq!((w.vcpu.injected, w.hw.calls()), (GP0, vec![]));
     // CR4.VMXE: VMX is hidden, so the host cannot set it.
     w.vcpu.injected = None;
     w.set(Gpr::Rbx, w.vcpu.cr[4] | (1 << 13));
-    w.exit(Exit::CrWrite { cr: 4, gpr: Gpr::Rbx });
+    w.exit(Exit::CrWrite {
+        cr: 4,
+        gpr: Gpr::Rbx,
+    });
     assert_eq!(w.vcpu.injected, GP0);
     // NMI: atoll's signal; counted, the host resumes.
     assert_eq!(w.exit(Exit::Nmi), HostAction::Resume);
-    assert_eq!((w.me.nmis, w.shared.counters.nmis.load(Ordering::Relaxed)), (1, 1));
+    assert_eq!(
+        (w.me.nmis, w.shared.counters.nmis.load(Ordering::Relaxed)),
+        (1, 1)
+    );
     assert!(matches!(
-        w.exit(Exit::Unknown { code: 99, name: "x" }),
+        w.exit(Exit::Unknown {
+            code: 99,
+            name: "x"
+        }),
         HostAction::Fail(_)
     ));
-    assert!(matches!(w.exit(Exit::InvalidGuestState), HostAction::Fail(_)));
+    assert!(matches!(
+        w.exit(Exit::InvalidGuestState),
+        HostAction::Fail(_)
+    ));
 }
 
 #[test]
 fn rate_limit_logs_the_first_then_powers_of_two() {
     let logged: Vec<u64> = (1..=100).filter(|&n| rate_limited(n)).collect();
     assert_eq!(logged, [1, 2, 3, 4, 5, 6, 7, 8, 16, 32, 64]);
+}
+
+#[test]
+fn the_shared_state_is_sync_and_the_table_is_ordered_and_disjoint() {
+    fn sync<T: Sync>() {}
+    sync::<HostShared>();
+    // Each index has at most one entry (so the order of the table never decides), and none
+    // of the indices handled in code is shadowed by one.
+    for (i, a) in msr::HOST_MSRS.iter().enumerate() {
+        assert!(a.first <= a.last, "{:#x}", a.first);
+        for b in &msr::HOST_MSRS[i + 1..] {
+            assert!(
+                a.last < b.first || b.last < a.first,
+                "{:#x} and {:#x}",
+                a.first,
+                b.first
+            );
+        }
+        for special in [
+            msr::IA32_EFER,
+            msr::IA32_PAT,
+            msr::IA32_TSC,
+            msr::IA32_TSC_DEADLINE,
+            msr::IA32_APIC_BASE,
+            msr::IA32_XSS,
+            msr::X2APIC_ICR,
+        ]
+        .iter()
+        .chain(msr::SWITCHED_BY_BACKEND)
+        {
+            assert!(!(a.first..=a.last).contains(special), "{special:#x}");
+        }
+    }
+}
+
+#[test]
+fn a_hardware_reduced_platform_intercepts_its_sleep_register() {
+    let mut cores = HostCores::new(0);
+    cores.add(0).unwrap();
+    let s = HostShared::new(
+        cores,
+        HostPlatform {
+            reset_register: Some(ResetRegister {
+                register: Register::io_byte(0x604),
+                value: 1,
+            }),
+            reset_supported: false,
+            sleep: Some(SleepControl::HardwareReduced {
+                register: Register::io_byte(0x600),
+                s5_slp_typ: 5,
+            }),
+        },
+        &[],
+        HostPhysAddr::new(APIC),
+        false,
+    );
+    let ports: Vec<_> = intercepted_ports(&s).collect();
+    // RESET_REG_SUP clear: still intercepted, so that its value never reaches the register.
+    assert_eq!(
+        ports,
+        [
+            0x3f8..=0x3ff,
+            0xcf9..=0xcf9,
+            0x64..=0x64,
+            0x604..=0x604,
+            0x600..=0x600
+        ]
+    );
+    assert!(!s.is_excluded(0));
+    // Its reset value is dropped; an S3 request goes on without SLP_EN; S5 powers off.
+    let mut w = World::new(false);
+    w.shared = s;
+    assert_eq!(w.out(0x604, 1, 1), HostAction::Resume);
+    assert_eq!((w.hw.calls(), w.vcpu.skipped), (vec![], 1));
+    assert_eq!(w.out(0x600, 1, 1 << 5 | 3 << 2), HostAction::Resume);
+    assert_eq!(w.hw.calls(), [Call::PortOut(0x600, 1, 3 << 2)]);
+    assert_eq!(w.out(0x600, 1, 1 << 5 | 5 << 2), HostAction::PowerOff);
 }

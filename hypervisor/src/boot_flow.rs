@@ -227,6 +227,7 @@ extern "C" fn atoll_bsp_main(magic: u32, info_addr: u64) -> ! {
         "host interrupt path self-test: {}",
         if interrupts_ok { "passed" } else { "FAILED" }
     );
+    BSP_MTRRS.call_once(hw::msr::Mtrrs::read);
     let report = if aps.is_empty() {
         smp::BringUpReport::default()
     } else {
@@ -461,6 +462,11 @@ extern "C" fn atoll_ap_main(_ticket: u64) -> ! {
     };
     // Before interrupts can arrive: the handler counts them in this core's own block.
     hw::core_tables::set_slot(index);
+    // The boot processor's MTRRs, as firmware would have loaded them on every core: the
+    // host's Linux finds them agreeing, and atoll's memory has one type everywhere.
+    if let Some(m) = BSP_MTRRS.get().copied().flatten() {
+        m.load();
+    }
     // The APIC in the BSP's mode, software-enabled, so host IPIs (kicks) reach this core.
     let _ = LocalApic::init(HOST_X2APIC.load(Ordering::Relaxed), caps.x2apic);
     // Serve this core's mailbox: the manager starts, stops and reclaims enclaves through it.
@@ -469,6 +475,9 @@ extern "C" fn atoll_ap_main(_ticket: u64) -> ! {
 
 /// The host's wall clock at boot: Unix seconds and the TSC when they were read.
 static WALL_CLOCK: Once<Option<(i64, u64)>> = Once::new();
+
+/// The boot processor's MTRRs, read before the APs start (they load them).
+pub(crate) static BSP_MTRRS: Once<Option<hw::msr::Mtrrs>> = Once::new();
 
 /// Whether the BSP runs its APIC in x2APIC mode (the APs follow).
 static HOST_X2APIC: AtomicBool = AtomicBool::new(false);

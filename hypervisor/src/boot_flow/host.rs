@@ -228,9 +228,9 @@ impl Host {
                 })?;
             // The host keeps RAM above the pool: Linux reads /dev/mem only below its highest
             // RAM, and the pool must be reachable there (to read as all ones).
-            frames.cede_top(HOST_ABOVE_POOL).map_err(|e| {
-                alloc::format!("cannot leave the host RAM above the pool: {e}")
-            })?;
+            frames
+                .cede_top(HOST_ABOVE_POOL)
+                .map_err(|e| alloc::format!("cannot leave the host RAM above the pool: {e}"))?;
             let managed = frames.managed().to_vec();
             let clip = |r: &PhysRange, lo: HostPhysAddr, hi: HostPhysAddr| {
                 PhysRange::new(r.start.max(lo), r.end.min(hi))
@@ -294,13 +294,13 @@ impl Host {
         } else {
             ept::PageSize::Size2M
         };
-        let (mut tables, leaves) = atoll::partition::host_memory::build_tables::<
-            ept::NptFormat,
-            _,
-        >(
-            &layout.mappings, PoolFrames::new(&FRAMES, Identity), max_page
-        )
-        .map_err(|e| alloc::format!("the host's second-stage tables: {e:?}"))?;
+        let (mut tables, leaves) =
+            atoll::partition::host_memory::build_tables::<ept::NptFormat, _>(
+                &layout.mappings,
+                PoolFrames::new(&FRAMES, Identity),
+                max_page,
+            )
+            .map_err(|e| alloc::format!("the host's second-stage tables: {e:?}"))?;
         // The local APIC's page: readable, its writes exit (the IPI filter).
         tables
             .map(
@@ -344,6 +344,9 @@ impl Host {
             HostPhysAddr::new(APIC_PAGE),
             false,
         ));
+        if let Some(m) = super::BSP_MTRRS.get().copied().flatten() {
+            shared.set_boot_mtrr_def_type(m.def_type());
+        }
         let ports: Vec<_> = atoll::run::host::intercepted_ports(&shared).collect();
         let run = Arc::new(HostRun::new(
             cores,

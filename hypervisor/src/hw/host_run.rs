@@ -134,7 +134,8 @@ impl HostRun {
             )),
             started_at: core::sync::atomic::AtomicU64::new(0),
             init_at: core::sync::atomic::AtomicU64::new(0),
-            exits: [const { core::sync::atomic::AtomicU64::new(0) }; atoll_vcpu::ExitKind::ALL.len()],
+            exits: [const { core::sync::atomic::AtomicU64::new(0) };
+                atoll_vcpu::ExitKind::ALL.len()],
         }
     }
 
@@ -349,7 +350,12 @@ pub struct HostVcpuRun {
 
 impl HostVcpuRun {
     /// Builds host vCPU `index` from `boot` on this core.
-    pub fn new(run: &HostRun, index: usize, core: &SvmCore, boot: &BootState) -> Result<Self, String> {
+    pub fn new(
+        run: &HostRun,
+        index: usize,
+        core: &SvmCore,
+        boot: &BootState,
+    ) -> Result<Self, String> {
         let SecondStage::Npt(root) = run.second_stage else {
             return Err("the root partition runs on SVM only so far".into());
         };
@@ -395,7 +401,13 @@ impl HostVcpuRun {
                 }
             };
             run.exits[exit.kind() as usize].fetch_add(1, Ordering::Relaxed);
-            let com1 = matches!(exit, Exit::Io { port: 0x3f8..=0x3ff, .. });
+            let com1 = matches!(
+                exit,
+                Exit::Io {
+                    port: 0x3f8..=0x3ff,
+                    ..
+                }
+            );
             if com1 && run.serial_input {
                 // Bytes that reached atoll's COM1 go to the host's model before it reads it.
                 let mut n = 0;

@@ -428,7 +428,10 @@ mod tests {
         assert_eq!(fa.free_bytes(), before - (16 << 20));
         assert_eq!(fa.free(ceded), Err(FrameError::Unknown(ceded)));
         assert_eq!(fa.cede_top(3), Err(FrameError::BadRequest));
-        assert!(matches!(fa.cede_top(1 << 40), Err(FrameError::OutOfMemory { .. })));
+        assert!(matches!(
+            fa.cede_top(1 << 40),
+            Err(FrameError::OutOfMemory { .. })
+        ));
     }
 
     #[test]

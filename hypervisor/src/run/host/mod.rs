@@ -169,6 +169,8 @@ pub struct HostShared {
     msr_logged: [AtomicU64; MSR_LOG_SLOTS],
     /// The counters.
     pub counters: HostCounters,
+    /// IA32_MTRR_DEF_TYPE as atoll loaded it on every core at boot (0: unknown).
+    boot_mtrr_def_type: AtomicU64,
 }
 
 impl HostShared {
@@ -210,7 +212,18 @@ impl HostShared {
             mailboxes,
             msr_logged: core::array::from_fn(|_| AtomicU64::new(0)),
             counters: HostCounters::default(),
+            boot_mtrr_def_type: AtomicU64::new(0),
         }
+    }
+
+    /// Records IA32_MTRR_DEF_TYPE as atoll loaded it on every core at boot: the host may
+    /// write it back after disabling the MTRRs.
+    pub fn set_boot_mtrr_def_type(&self, value: u64) {
+        self.boot_mtrr_def_type.store(value, Ordering::Relaxed);
+    }
+
+    fn boot_mtrr_def_type(&self) -> Option<u64> {
+        Some(self.boot_mtrr_def_type.load(Ordering::Relaxed)).filter(|&v| v != 0)
     }
 
     /// Bytes for the host's COM1 receiver; takes only as many as its FIFO has room for and

@@ -82,6 +82,9 @@ pub enum Read {
     Deny,
 }
 
+/// IA32_MTRR_DEF_TYPE.E: MTRRs enabled (SDM Vol. 3A §11.11.2.1).
+const MTRR_ENABLE: u64 = 1 << 11;
+
 /// What a host WRMSR of an entry does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Write {
@@ -93,6 +96,11 @@ pub enum Write {
     Unchanged,
     /// Written to the core only when the value is 0 (a status clear).
     ZeroOnly,
+    /// IA32_MTRR_DEF_TYPE: accepted unchanged as [`Write::Unchanged`]; written when it clears
+    /// E (bit 11: every access of the core uncacheable — slow, never incoherent, the first
+    /// step of the SDM's MTRR update, Vol. 3A §11.11.8) or when it is the value atoll loaded
+    /// on every core at boot (the last step). No other default type reaches the core.
+    DefType,
     /// #GP(0), counted.
     Deny,
 }
@@ -166,8 +174,8 @@ pub const HOST_MSRS: &[MsrRule] = &[
     rule(0x268, 0x26f, R, Same, "fixed MTRRs 4K: as the variable ones"),
     rule(0x280, 0x29f, R, W,
         "IA32_MCi_CTL2: corrected-error interrupt thresholds, the host's error handling"),
-    rule(IA32_MTRR_DEF_TYPE, IA32_MTRR_DEF_TYPE, R, Same,
-        "IA32_MTRR_DEF_TYPE: disabling MTRRs would make atoll's memory uncached"),
+    rule(IA32_MTRR_DEF_TYPE, IA32_MTRR_DEF_TYPE, R, Write::DefType,
+        "IA32_MTRR_DEF_TYPE: only disabling (all uncacheable) and restoring the boot value"),
     rule(0x400, 0x47f, R, W,
         "IA32_MCi_CTL/STATUS/ADDR/MISC (32 banks): the host runs machine-check handling \
          (status clears, bank enables); the banks report errors, they hold no other state"),
@@ -193,8 +201,8 @@ pub const HOST_MSRS: &[MsrRule] = &[
     rule(0xc001_0131, 0xc001_0131, R, NoW, "SEV_STATUS: read-only"),
     rule(0xc001_0140, 0xc001_0141, R, NoW, "OSVW length and status: errata information"),
     rule(0xc001_1020, 0xc001_1020, R, Same, "LS_CFG: load-store configuration, firmware's"),
-    rule(0xc001_1029, 0xc001_1029, R, Same,
-        "DE_CFG: LFENCE serialization is set by atoll's firmware or atoll"),
+    rule(0xc001_1029, 0xc001_1029, R, W,
+        "DE_CFG: this core's decode configuration; Linux sets LFENCE-serializing (bit 1)"),
 ];
 
 /// PRED_CMD and FLUSH_CMD are write-only (SDM Vol. 4): a read raises #GP on the core.
@@ -323,6 +331,12 @@ pub(super) fn write(
             Some(Write::Hardware) => hw.wrmsr(index, value),
             Some(Write::ZeroOnly) if value == 0 => hw.wrmsr(index, 0),
             Some(Write::Unchanged) if hw.rdmsr(index) == Some(value) => true,
+            Some(Write::DefType) if hw.rdmsr(index) == Some(value) => true,
+            Some(Write::DefType)
+                if value & MTRR_ENABLE == 0 || Some(value) == shared.boot_mtrr_def_type() =>
+            {
+                hw.wrmsr(index, value)
+            }
             _ => return deny(vcpu, shared, index, Some(value)),
         },
     };

@@ -428,11 +428,28 @@ fn msr_writes_reach_the_core_only_where_the_table_allows() {
         (GP0, 0, read(0x200)),
         "MTRR changed"
     );
+    // The default type: disabling (E clear) is written; re-enabling only with the value atoll
+    // loaded at boot; any other enabled value is refused.
+    let def = msr::IA32_MTRR_DEF_TYPE;
+    let boot = 0xc06;
+    w.hw.msrs.borrow_mut().insert(def, boot);
+    w.shared.set_boot_mtrr_def_type(boot);
     assert_eq!(
-        wr(&mut w, msr::IA32_MTRR_DEF_TYPE, 0),
-        (GP0, 0, read(msr::IA32_MTRR_DEF_TYPE)),
-        "MTRRs disabled"
+        wr(&mut w, def, 0),
+        (None, 1, vec![Call::Rdmsr(def), Call::Wrmsr(def, 0)]),
+        "MTRRs disabled: all uncacheable"
     );
+    assert_eq!(
+        wr(&mut w, def, 0x806),
+        (GP0, 0, read(def)),
+        "MTRRs enabled with another default type"
+    );
+    assert_eq!(
+        wr(&mut w, def, boot),
+        (None, 1, vec![Call::Rdmsr(def), Call::Wrmsr(def, boot)]),
+        "the boot value restored"
+    );
+    assert_eq!(wr(&mut w, def, boot), (None, 1, read(def)), "unchanged");
     assert_eq!(
         wr(&mut w, msr::IA32_FEATURE_CONTROL, 0x7),
         (GP0, 0, read(msr::IA32_FEATURE_CONTROL))

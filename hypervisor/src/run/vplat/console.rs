@@ -26,7 +26,10 @@ pub(super) struct Marks {
 /// check without recursion; text if it is not JSON) or `ATOLL-GUEST-EXIT status=N`. Returns
 /// whether the line was one. What exceeds the store's budget is counted there. Shared by the
 /// enclaves' platform and the root partition's console.
-pub fn capture_result(line: &str, results: &spin::Mutex<atoll_devices::bounded::ReportStore>) -> bool {
+pub fn capture_result(
+    line: &str,
+    results: &spin::Mutex<atoll_devices::bounded::ReportStore>,
+) -> bool {
     use atoll_devices::bounded::{validate, Limits, ValueKind};
     if let Some(json) = line.strip_prefix("ATOLL-GUEST-CHECK ") {
         let value = json.trim();
@@ -44,9 +47,10 @@ pub fn capture_result(line: &str, results: &spin::Mutex<atoll_devices::bounded::
         if let Ok(n) = status.trim().parse::<i64>() {
             let mut text = atoll_devices::bounded::FixedBuf::<20>::new();
             if core::fmt::Write::write_fmt(&mut text, format_args!("{n}")).is_ok() {
-                let _ = results
-                    .lock()
-                    .insert("guest_exit_status", text.as_bytes(), ValueKind::Json);
+                let _ =
+                    results
+                        .lock()
+                        .insert("guest_exit_status", text.as_bytes(), ValueKind::Json);
             }
         }
         true

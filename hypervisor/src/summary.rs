@@ -128,6 +128,10 @@ pub struct HostReport {
     pub exits: serde_json::Map<String, serde_json::Value>,
     /// Bytes of console lines dropped because its console queue was full.
     pub console_bytes_dropped: u64,
+    /// Measured figures of its last boot (`boot_to_init`: TSC cycles and µs from its start to
+    /// its first `atoll-init:` line).
+    #[serde(flatten)]
+    pub measurements: serde_json::Map<String, serde_json::Value>,
 }
 
 /// The whole summary.

@@ -185,6 +185,25 @@ impl fmt::Display for HostAcpiError {
     }
 }
 
+/// The I/O APICs' register addresses the MADT lists (I/O APIC structures, type 1, address at
+/// offset 4; ACPI 6.5 §5.2.12.3). Malformed structures end the walk.
+pub fn ioapic_addresses(madt: &[u8]) -> Vec<HostPhysAddr> {
+    let mut out = Vec::new();
+    let mut at = MADT_FIXED_LEN;
+    while at + 2 <= madt.len() {
+        let (kind, len) = (madt[at], usize::from(madt[at + 1]));
+        if len < 2 || at + len > madt.len() {
+            break;
+        }
+        if kind == 1 && len >= 12 {
+            let a = u32::from_le_bytes([madt[at + 4], madt[at + 5], madt[at + 6], madt[at + 7]]);
+            out.push(HostPhysAddr::new(u64::from(a)));
+        }
+        at += len;
+    }
+    out
+}
+
 /// At most this many tables are read from the firmware's root table (a PC lists about ten).
 pub const MAX_FIRMWARE_TABLES: usize = 64;
 /// A firmware table longer than this is refused rather than read (the largest on a PC, the
@@ -1179,6 +1198,19 @@ mod tests {
             t[36 + w * i..36 + w * (i + 1)].copy_from_slice(&e.to_le_bytes()[..w]);
         }
         t
+    }
+
+    #[test]
+    fn ioapic_addresses_from_the_madt() {
+        let m = madt(3, &[lapic(0, 0, 1), ioapic(), iso(0, 2), lapic(1, 1, 1)]);
+        let got = ioapic_addresses(&m);
+        assert_eq!(got, vec![HostPhysAddr::new(0xfec0_0000)]);
+        // A structure claiming to run past the table ends the walk without a panic.
+        let mut bad = m.clone();
+        let first = MADT_FIXED_LEN;
+        bad[first + 1] = 0xff;
+        assert!(ioapic_addresses(&bad).is_empty());
+        assert!(ioapic_addresses(&m[..10]).is_empty());
     }
 
     #[test]

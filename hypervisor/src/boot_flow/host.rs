@@ -66,6 +66,8 @@ pub struct Host {
     /// How it ended, once it has (power-off, deadline, failure).
     pub end: Option<HostStop>,
     bsp_slot: usize,
+    /// The I/O APICs (from the firmware's MADT), masked at a restart.
+    ioapics: Vec<HostPhysAddr>,
     /// `tsc_early_khz=` where Linux cannot read the TSC's frequency from CPUID (not Intel):
     /// its own calibration against the PIT is unreliable under emulation and costs boot time.
     tsc_word: String,
@@ -371,6 +373,12 @@ impl Host {
             restarts: 0,
             end: None,
             bsp_slot: slot_of(bsp.apic_id).unwrap_or(0),
+            ioapics: fw
+                .tables
+                .iter()
+                .find(|t| t.signature() == Some(*b"APIC"))
+                .map(|t| host_acpi::ioapic_addresses(t.bytes))
+                .unwrap_or_default(),
             tsc_word: if bsp.intel {
                 String::new()
             } else {
@@ -463,6 +471,24 @@ impl Host {
             msr_denied: c.msr_denied.load(Relaxed),
             exits: self.run.exit_counts(),
             console_bytes_dropped: 0,
+            measurements: {
+                let mut m = serde_json::Map::new();
+                let (s, i) = (
+                    self.run.started_at.load(Relaxed),
+                    self.run.init_at.load(Relaxed),
+                );
+                if s != 0 && i > s {
+                    let cycles = i - s;
+                    let us = (u128::from(cycles) * 1_000_000
+                        / u128::from(atoll::hw::tsc::hz().max(1)))
+                        as u64;
+                    m.insert(
+                        "boot_to_init".into(),
+                        serde_json::json!({ "cycles": cycles, "us": us }),
+                    );
+                }
+                m
+            },
         }
     }
 
@@ -492,6 +518,13 @@ impl Host {
             .take_stop()
             .unwrap_or_else(|| HostStop::Failed("stopped without a reason".into()));
         self.bsp = None;
+        // What a reset would clear: this core's local APIC (the others clear their own as
+        // they leave the guest), every I/O APIC route, the host's COM1 and pending signals.
+        atoll::hw::apic::reset_for_partition(true);
+        for a in &self.ioapics {
+            atoll::hw::apic::mask_ioapic(a.as_u64());
+        }
+        self.run.shared.reset_for_restart();
         match why {
             HostStop::Reset(source) => {
                 self.restarts += 1;

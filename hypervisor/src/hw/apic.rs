@@ -232,3 +232,124 @@ pub fn current_id() -> u32 {
     }
     core::arch::x86_64::__cpuid(1).ebx >> 24
 }
+
+/// The local vector table and in-service registers, as (xAPIC offset, x2APIC MSR) (SDM Vol. 3A
+/// Table 11-1, Table 11-6).
+const LVT_CMCI: (usize, u32) = (0x2f0, 0x82f);
+const LVT_THERMAL: (usize, u32) = (0x330, 0x833);
+const LVT_PERF: (usize, u32) = (0x340, 0x834);
+const LVT_LINT0: (usize, u32) = (0x350, 0x835);
+const LVT_LINT1: (usize, u32) = (0x360, 0x836);
+const LVT_ERROR: (usize, u32) = (0x370, 0x837);
+const TPR: (usize, u32) = (0x80, 0x808);
+/// ISR bits 255:0 in eight 32-bit registers from 0x100 (MSR 0x810).
+const ISR0: (usize, u32) = (0x100, 0x810);
+/// LVT delivery modes (§11.5.1): ExtINT for LINT0 on the boot processor (the 8259's virtual
+/// wire, MP spec §3.6.2.2), NMI for LINT1.
+const LVT_EXTINT: u32 = 0b111 << 8;
+const LVT_NMI: u32 = 0b100 << 8;
+
+/// IRR bits 255:0 from 0x200 (MSR 0x820); the version register (0x30, MSR 0x803) with the last
+/// LVT entry's index in bits 23:16; the error status register (0x280, MSR 0x828).
+const IRR0: (usize, u32) = (0x200, 0x820);
+const VERSION: (usize, u32) = (0x30, 0x803);
+const ESR: (usize, u32) = (0x280, 0x828);
+
+fn any_bit(first: (usize, u32)) -> bool {
+    (0..8).any(|i| reg_read((first.0 + 0x10 * i, first.1 + i as u32)) != 0)
+}
+
+/// Puts this core's local APIC back in the state a partition's fresh start expects, as far as
+/// software can (an INIT or a reset would do it in hardware, but atoll emulates the host's INIT
+/// and restarts the host without resetting the machine): every LVT entry masked but the PC
+/// convention's LINT0 (ExtINT on the boot processor) and LINT1 (NMI), the timer stopped, TPR 0,
+/// and the interrupts the partition before left pending or in service taken here and ended
+/// (with interrupts briefly enabled: atoll's handlers count and end them).
+pub fn reset_for_partition(bsp: bool) {
+    reg_write(LVT_TIMER, LVT_MASKED);
+    reg_write(TIMER_INITIAL, 0);
+    // A TSC deadline the partition armed would fire as soon as the next one unmasks the timer
+    // in TSC-deadline mode: disarmed by writing 0 (§11.5.4.1), where the CPU has it.
+    if core::arch::x86_64::__cpuid(1).ecx & (1 << 24) != 0 {
+        // SAFETY: IA32_TSC_DEADLINE exists (CPUID.1:ECX bit 24); 0 disarms this core's timer.
+        unsafe { Msr::new(0x6e0).write(0) };
+    }
+    // Only the LVT entries this APIC has (the version register's max LVT index, §11.4.8): a
+    // write to a missing one is an illegal register address in the ESR, which the partition's
+    // next IPI would report as a delivery error.
+    let max_lvt = (reg_read(VERSION) >> 16) & 0xff;
+    for (r, index) in [(LVT_PERF, 4), (LVT_THERMAL, 5), (LVT_CMCI, 6)] {
+        if max_lvt >= index {
+            reg_write(r, LVT_MASKED);
+        }
+    }
+    reg_write(LVT_ERROR, LVT_MASKED);
+    reg_write(
+        LVT_LINT0,
+        if bsp {
+            LVT_EXTINT
+        } else {
+            LVT_EXTINT | LVT_MASKED
+        },
+    );
+    reg_write(LVT_LINT1, LVT_NMI);
+    reg_write(TPR, 0);
+    // A software-disabled APIC (the partition's shutdown clears SVR bit 8) holds its requests
+    // without delivering them (§11.4.7.2): enabled again first.
+    reg_write((XAPIC_SVR, X2APIC_SVR), SVR_ENABLE);
+    // Pending requests are delivered into atoll's IDT (every vector's handler returns and sends
+    // EOI); in-service ones the partition never ended are ended here. Bounded: 256 vectors.
+    for _ in 0..256 {
+        // A short loop with interrupts enabled (a loop, not a straight line: an emulator may
+        // look for interrupts only where a branch ends a translated block).
+        // SAFETY: interrupts enabled on atoll's own IDT, whose handlers all return; they are
+        // off again after.
+        unsafe { core::arch::asm!("sti", options(nomem, nostack)) };
+        for _ in 0..64 {
+            core::hint::spin_loop();
+        }
+        // SAFETY: as above.
+        unsafe { core::arch::asm!("cli", options(nomem, nostack)) };
+        if any_bit(ISR0) {
+            eoi();
+        } else if !any_bit(IRR0) {
+            break;
+        }
+    }
+    if any_bit(IRR0) || any_bit(ISR0) {
+        log::warn!("this core's APIC still has interrupts pending or in service after a reset");
+    }
+    // The error status: written, then read, clears it (§11.5.3).
+    reg_write(ESR, 0);
+    let _ = reg_read(ESR);
+}
+
+/// I/O APIC indirect registers (82093AA data sheet §3.1): IOREGSEL at the base, IOWIN at +0x10;
+/// register 1 holds the last redirection entry's index in bits 23:16; entry `n` is registers
+/// 0x10 + 2n (low) and 0x11 + 2n (high), the mask in bit 16 of the low half.
+const IOAPIC_IOWIN: u64 = 0x10;
+const IOAPIC_VERSION: u32 = 1;
+const IOAPIC_REDTBL: u32 = 0x10;
+const IOAPIC_MASK: u32 = 1 << 16;
+
+/// Masks every redirection entry of the I/O APIC at `base` (its state after reset), so a
+/// restarted partition finds no route left by the one before it.
+pub fn mask_ioapic(base: u64) {
+    if base == 0 || base.saturating_add(0x20) > super::IDENTITY_MAPPED_END {
+        return;
+    }
+    let sel = base as *mut u32;
+    let win = (base + IOAPIC_IOWIN) as *mut u32;
+    // SAFETY: the I/O APIC's registers, from the firmware's MADT, identity-mapped below 4 GiB
+    // (uncacheable MMIO); only the boot processor calls this, while the host is stopped, so no
+    // one else is using the select/window pair.
+    unsafe {
+        core::ptr::write_volatile(sel, IOAPIC_VERSION);
+        let last = (core::ptr::read_volatile(win) >> 16) & 0xff;
+        for n in 0..=last {
+            core::ptr::write_volatile(sel, IOAPIC_REDTBL + 2 * n);
+            let low = core::ptr::read_volatile(win);
+            core::ptr::write_volatile(win, low | IOAPIC_MASK);
+        }
+    }
+}

@@ -518,6 +518,9 @@ pub fn serve_ap(run: &HostRun, index: usize, core: &SvmCore) -> ! {
             continue;
         }
         if run.shared.take_init(index) {
+            // What a real INIT does to the APIC, now: whatever the host sent this core while
+            // it waited (or left armed) is gone before its next start.
+            apic::reset_for_partition(false);
             initialized = true;
             // A STARTUP sent before this INIT was seen belongs to an earlier attempt.
             let _ = run.shared.take_sipi(index);
@@ -536,6 +539,8 @@ pub fn serve_ap(run: &HostRun, index: usize, core: &SvmCore) -> ! {
                 };
                 let _ = v.run_slice(run, None);
                 v.flush();
+                // Stopped or INIT'd: what a real INIT would clear of this core's APIC.
+                apic::reset_for_partition(false);
             }
             _ => wait_for_nmi(),
         }

@@ -258,6 +258,15 @@ impl HostCores {
         Ok(self.len - 1)
     }
 
+    /// Every core's logical addressing back to the reset values (LDR 0, flat model), as after
+    /// the host restarts.
+    pub fn reset_logical(&mut self) {
+        for c in &mut self.cores[..self.len] {
+            c.ldr = 0;
+            c.model = Some(DfrModel::Flat);
+        }
+    }
+
     /// Records the xAPIC LDR (offset 0xD0) and DFR (offset 0xE0) register values host core
     /// `apic_id` holds; false if it is not a host core.
     pub fn set_xapic_logical(&mut self, apic_id: u32, ldr: u32, dfr: u32) -> bool {

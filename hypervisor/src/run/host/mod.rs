@@ -216,6 +216,18 @@ impl HostShared {
         }
     }
 
+    /// Forgets the state of the host before a restart, as a reset would: its COM1 model back
+    /// to power-on, no INIT or STARTUP pending, its cores' logical APIC addressing back to the
+    /// reset values. The counters go on (they are the partition's, across restarts).
+    pub fn reset_for_restart(&self) {
+        *self.uart.lock() = Uart16550::new();
+        for m in &self.mailboxes {
+            m.init.store(false, Ordering::Release);
+            m.sipi.store(0, Ordering::Release);
+        }
+        self.cores.lock().reset_logical();
+    }
+
     /// Records IA32_MTRR_DEF_TYPE as atoll loaded it on every core at boot: the host may
     /// write it back after disabling the MTRRs.
     pub fn set_boot_mtrr_def_type(&self, value: u64) {

@@ -101,7 +101,7 @@ impl CoreWork for TargetCore {
             let Some(index) = run.cores.iter().position(|&c| c == self.apic_id) else {
                 return Outcome::Failed(FailReason::Setup);
             };
-            match enclave_run::core_svm(&CORE_VIRT[self.slot]) {
+            match enclave_run::core_for(&CORE_VIRT[self.slot], run.second_stage) {
                 Ok(core) => atoll::hw::host_run::serve_ap(run, index, core),
                 Err(e) => {
                     log::error!("host core {}: {e}", self.apic_id);

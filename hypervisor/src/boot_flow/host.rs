@@ -20,7 +20,6 @@ use alloc::vec::Vec;
 use atoll::hw::enclave_run::SecondStage;
 use atoll::hw::host_ram::HostRam;
 use atoll::hw::host_run::{HostRun, HostStop, HostVcpuRun, Pause};
-use atoll::hw::svm_backend::SvmCore;
 use atoll::machine::cpu::CoreCaps;
 use atoll::machine::platform::Platform;
 use atoll::partition::host::{self as host_layout, HostLayout, HostLayoutInput};
@@ -196,8 +195,11 @@ impl Host {
                 cores
             ));
         }
-        if !(bsp.svm && bsp.npt) {
-            return Err("the root partition needs SVM with nested paging so far".into());
+        if !(bsp.vmx && bsp.ept && bsp.unrestricted_guest || bsp.svm && bsp.npt) {
+            return Err(
+                "the root partition needs VMX with EPT and unrestricted guest, or SVM with nested paging"
+                    .into(),
+            );
         }
         let kernel_module = info
             .module(&desc.host.kernel)
@@ -289,37 +291,55 @@ impl Host {
         let acpi = host_acpi::build(&fw, &acpi_cores, layout.acpi_base)
             .map_err(|e| alloc::format!("the host's ACPI tables: {e}"))?;
 
-        // Second-stage tables: 1 GiB pages where the CPU has them.
-        let npt_1g = core::arch::x86_64::__cpuid(0x8000_0001).edx & (1 << 26) != 0;
-        let max_page = if npt_1g {
-            ept::PageSize::Size1G
-        } else {
-            ept::PageSize::Size2M
+        // Second-stage tables: 1 GiB pages where the CPU has them (EPT capability, or Page1GB
+        // for nested paging); the local APIC's page readable, its writes exit (the IPI filter).
+        let apic = (
+            GuestPhysAddr::new(APIC_PAGE),
+            HostPhysAddr::new(APIC_PAGE),
+        );
+        let max_page = |big: bool| {
+            if big {
+                ept::PageSize::Size1G
+            } else {
+                ept::PageSize::Size2M
+            }
         };
-        let (mut tables, leaves) =
-            atoll::partition::host_memory::build_tables::<ept::NptFormat, _>(
+        let second_stage = if bsp.vmx {
+            let (mut tables, leaves) = atoll::partition::host_memory::build_tables::<
+                ept::EptFormat,
+                _,
+            >(
                 &layout.mappings,
                 PoolFrames::new(&FRAMES, Identity),
-                max_page,
+                max_page(bsp.ept_1g),
             )
             .map_err(|e| alloc::format!("the host's second-stage tables: {e:?}"))?;
-        // The local APIC's page: readable, its writes exit (the IPI filter).
-        tables
-            .map(
-                GuestPhysAddr::new(APIC_PAGE),
-                HostPhysAddr::new(APIC_PAGE),
-                4096,
-                Perms::READ,
-                MemType::Uncacheable,
+            tables
+                .map(apic.0, apic.1, 4096, Perms::READ, MemType::Uncacheable)
+                .map_err(|e| alloc::format!("the host's APIC page: {e:?}"))?;
+            log::info!("host second-stage (EPT) leaves {leaves:?}");
+            let s = SecondStage::Ept(tables.eptp(false));
+            // The host's tables live as long as atoll: the host is never torn down.
+            core::mem::forget(tables);
+            s
+        } else {
+            let npt_1g = core::arch::x86_64::__cpuid(0x8000_0001).edx & (1 << 26) != 0;
+            let (mut tables, leaves) = atoll::partition::host_memory::build_tables::<
+                ept::NptFormat,
+                _,
+            >(
+                &layout.mappings, PoolFrames::new(&FRAMES, Identity), max_page(npt_1g)
             )
-            .map_err(|e| alloc::format!("the host's APIC page: {e:?}"))?;
-        log::info!(
-            "host memory: {} MiB usable; second-stage leaves {leaves:?}",
-            layout.usable_bytes >> 20
-        );
-        let root = tables.nested_cr3();
-        // The host's tables live as long as atoll: the host is never torn down.
-        core::mem::forget(tables);
+            .map_err(|e| alloc::format!("the host's second-stage tables: {e:?}"))?;
+            tables
+                .map(apic.0, apic.1, 4096, Perms::READ, MemType::Uncacheable)
+                .map_err(|e| alloc::format!("the host's APIC page: {e:?}"))?;
+            log::info!("host second-stage (nested paging) leaves {leaves:?}");
+            let s = SecondStage::Npt(tables.nested_cr3());
+            core::mem::forget(tables);
+            s
+        };
+        log::info!("host memory: {} MiB usable", layout.usable_bytes >> 20);
 
         // SAFETY: the ranges are the host's RAM by the layout (atoll and the pool excluded),
         // identity-mapped up to the top of RAM (boot extended the map), and atoll keeps no
@@ -352,7 +372,7 @@ impl Host {
         let ports: Vec<_> = atoll::run::host::intercepted_ports(&shared).collect();
         let run = Arc::new(HostRun::new(
             cores,
-            SecondStage::Npt(root),
+            second_stage,
             (atoll::partition::table::MAX_PARTITIONS + 1) as u16,
             ram,
             shared,
@@ -437,7 +457,8 @@ impl Host {
     pub fn start(&mut self) -> Result<(), String> {
         let boot = self.load()?;
         self.run.note_start();
-        let core = svm_core(self.bsp_slot)?;
+        let core =
+            atoll::hw::enclave_run::core_for(&CORE_VIRT[self.bsp_slot], self.run.second_stage)?;
         atoll::hw::give_core_to_host();
         atoll::hw::console::host_uart_irq(false, self.run.serial_input);
         self.bsp = Some(HostVcpuRun::new(&self.run, 0, core, &boot)?);
@@ -553,10 +574,3 @@ impl Host {
     }
 }
 
-/// This core's SVM state (enabled once per core).
-fn svm_core(slot: usize) -> Result<&'static SvmCore, String> {
-    match atoll::hw::enclave_run::core_svm(&CORE_VIRT[slot]) {
-        Ok(c) => Ok(c),
-        Err(e) => Err(e),
-    }
-}

@@ -251,6 +251,21 @@ fn core_virt<'c>(spec: &RunSpec, core: &'c CoreSlotVirt) -> Result<&'c CoreVirt,
         .map_err(|e| alloc::format!("cannot enable virtualization on this core: {e}"))
 }
 
+/// This core's virtualization for a root-partition vCPU with `second_stage`: VMX root
+/// operation or SVM, enabled on first use.
+pub fn core_for(core: &CoreSlotVirt, second_stage: SecondStage) -> Result<&CoreVirt, String> {
+    let virt = core.0.call_once(|| match second_stage {
+        SecondStage::Ept(_) => CoreState::enable()
+            .map(CoreVirt::Vmx)
+            .map_err(|e| e.to_string()),
+        SecondStage::Npt(_) => SvmCore::enable()
+            .map(CoreVirt::Svm)
+            .map_err(|e| e.to_string()),
+    });
+    virt.as_ref()
+        .map_err(|e| alloc::format!("cannot enable virtualization on this core: {e}"))
+}
+
 /// This core's SVM state, enabling SVM on first use (for the root partition's vCPUs).
 pub fn core_svm(core: &CoreSlotVirt) -> Result<&SvmCore, String> {
     let virt = core.0.call_once(|| {

@@ -16,7 +16,9 @@
 use super::enclave_run::SecondStage;
 use super::host::EnclaveConsole;
 use super::host_ram::HostRam;
-use super::svm_backend::{SvmCore, SvmVcpu};
+use super::enclave_run::CoreVirt;
+use super::svm_backend::SvmVcpu;
+use super::vmx_backend::VmxVcpu;
 use super::{apic, tsc};
 use crate::partition::loader::BootState;
 use crate::run::host::{HostAction, HostHw, HostShared, HostVcpu};
@@ -341,34 +343,50 @@ pub enum Pause {
     Init,
 }
 
+/// A host vCPU of either backend.
+enum HostCpu {
+    Svm(SvmVcpu),
+    Vmx(VmxVcpu),
+}
+
+impl HostCpu {
+    fn enter(&mut self) -> Result<Exit, String> {
+        match self {
+            HostCpu::Svm(v) => v.run().map_err(|e| e.to_string()),
+            HostCpu::Vmx(v) => v.run().map_err(|e| e.to_string()),
+        }
+    }
+}
+
 /// One host vCPU on this core.
 pub struct HostVcpuRun {
-    vcpu: SvmVcpu,
+    vcpu: HostCpu,
     me: HostVcpu,
     console: EnclaveConsole,
 }
 
 impl HostVcpuRun {
     /// Builds host vCPU `index` from `boot` on this core.
-    pub fn new(
-        run: &HostRun,
-        index: usize,
-        core: &SvmCore,
-        boot: &BootState,
-    ) -> Result<Self, String> {
-        let SecondStage::Npt(root) = run.second_stage else {
-            return Err("the root partition runs on SVM only so far".into());
+    pub fn new(run: &HostRun, index: usize, core: &CoreVirt, boot: &BootState) -> Result<Self, String> {
+        let vcpu = match (core, run.second_stage) {
+            (CoreVirt::Svm(c), SecondStage::Npt(root)) => HostCpu::Svm(
+                SvmVcpu::new_host(
+                    c,
+                    boot,
+                    root,
+                    u32::from(run.tag),
+                    run.ram.clone(),
+                    &run.ports,
+                    &run.passthrough_msrs,
+                )
+                .map_err(|e| e.to_string())?,
+            ),
+            (CoreVirt::Vmx(c), SecondStage::Ept(eptp)) => HostCpu::Vmx(
+                VmxVcpu::new_host(c, boot, eptp, run.tag, &run.ports, &run.passthrough_msrs)
+                    .map_err(|e| e.to_string())?,
+            ),
+            _ => return Err("this core runs the other virtualization backend".into()),
         };
-        let vcpu = SvmVcpu::new_host(
-            core,
-            boot,
-            root,
-            u32::from(run.tag),
-            run.ram.clone(),
-            &run.ports,
-            &run.passthrough_msrs,
-        )
-        .map_err(|e| e.to_string())?;
         Ok(Self {
             vcpu,
             me: HostVcpu::new(index, run.cores.get(index).copied().unwrap_or(0)),
@@ -393,7 +411,7 @@ impl HostVcpuRun {
             if run.stopping() {
                 return Pause::Stopped;
             }
-            let exit = match self.vcpu.run() {
+            let exit = match self.vcpu.enter() {
                 Ok(e) => e,
                 Err(e) => {
                     run.request_stop(HostStop::Failed(alloc::format!("vCPU {index}: {e}")));
@@ -419,18 +437,30 @@ impl HostVcpuRun {
                     n += 1;
                 }
             }
-            let action = crate::run::host::handle(
-                &exit,
-                &mut self.vcpu,
-                &mut mem,
-                &mut self.me,
-                &run.shared,
-                &TargetHw,
-                &mut HostConsole {
-                    inner: &mut self.console,
-                    run,
-                },
-            );
+            let mut console = HostConsole {
+                inner: &mut self.console,
+                run,
+            };
+            let action = match &mut self.vcpu {
+                HostCpu::Svm(v) => crate::run::host::handle(
+                    &exit,
+                    v,
+                    &mut mem,
+                    &mut self.me,
+                    &run.shared,
+                    &TargetHw,
+                    &mut console,
+                ),
+                HostCpu::Vmx(v) => crate::run::host::handle(
+                    &exit,
+                    v,
+                    &mut mem,
+                    &mut self.me,
+                    &run.shared,
+                    &TargetHw,
+                    &mut console,
+                ),
+            };
             if com1 {
                 super::console::host_uart_irq(run.shared.uart_irq_pending(), run.serial_input);
             }
@@ -503,7 +533,7 @@ fn wait_for_nmi() {
 
 /// An application processor of the host: waits for the host's INIT and STARTUP and runs its
 /// vCPU, for good.
-pub fn serve_ap(run: &HostRun, index: usize, core: &SvmCore) -> ! {
+pub fn serve_ap(run: &HostRun, index: usize, core: &CoreVirt) -> ! {
     super::give_core_to_host();
     let mut generation = run.generation.load(Ordering::Acquire);
     let mut initialized = false;

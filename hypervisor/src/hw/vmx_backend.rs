@@ -155,6 +155,28 @@ fn wanted() -> Wanted {
     w
 }
 
+/// Executes an IRET to the next instruction on the same stack, in the same mode: the only way
+/// to end NMI blocking without taking an NMI (SDM Vol. 3A §6.7.1).
+fn unblock_nmis() {
+    // SAFETY: builds a 64-bit IRET frame (SS 0x10, the current RSP, RFLAGS, CS 0x08, the label)
+    // with atoll's own selectors (core_tables' GDT: flat code 0x08, data 0x10), so IRETQ
+    // returns to the label with every register and the stack as they were.
+    unsafe {
+        core::arch::asm!(
+            "mov {tmp}, rsp",
+            "push 0x10",
+            "push {tmp}",
+            "pushfq",
+            "push 0x08",
+            "lea {tmp}, [rip + 2f]",
+            "push {tmp}",
+            "iretq",
+            "2:",
+            tmp = out(reg) _,
+        );
+    }
+}
+
 /// Access-rights values (SDM Vol. 3C §25.4.1 Table 25-2).
 mod ar {
     pub const CODE64: u32 = 0xa09b; // G, L, P, S, type 11 (execute/read, accessed)
@@ -449,6 +471,58 @@ impl VmxVcpu {
         })
     }
 
+    /// Builds a vCPU of the root partition (the host's Linux), the Jailhouse model as on SVM
+    /// (`SvmVcpu::new_host`): its device interrupts reach it directly (no external-interrupt
+    /// exiting), and HLT, MWAIT/MONITOR, CR8 (the physical TPR) and WBINVD are its own. NMI
+    /// exiting stays (atoll's signal to a host core); only the ports in `ports` exit; every MSR
+    /// exits but `passthrough_msrs` and the enclaves' pass-through set (SDM Vol. 3C §25.6.9).
+    pub fn new_host(
+        core: &CoreState,
+        boot: &BootState,
+        eptp: ept::Eptp,
+        vpid: u16,
+        ports: &[core::ops::RangeInclusive<u16>],
+        passthrough_msrs: &[u32],
+    ) -> Result<Self, VmxError> {
+        let mut v = Self::new(core, boot, eptp, vpid)?;
+        v.controls
+            .pin
+            .remove(PinBasedControls::EXTERNAL_INTERRUPT_EXITING);
+        v.controls.primary.remove(
+            PrimaryControls::HLT_EXITING
+                | PrimaryControls::CR8_LOAD_EXITING
+                | PrimaryControls::CR8_STORE_EXITING
+                | PrimaryControls::MWAIT_EXITING
+                | PrimaryControls::MONITOR_EXITING,
+        );
+        if let Some(s) = v.controls.secondary.as_mut() {
+            s.remove(SecondaryControls::WBINVD_EXITING);
+        }
+        // The VMCS built by `new` is still this core's current one.
+        vmw("VMWRITE controls", v.controls.write(&mut vi::CurrentVmcs))?;
+        // I/O bitmap A covers ports 0-0x7fff, B 0x8000-0xffff; a set bit exits (§25.6.4).
+        for page in v._io_bitmaps.iter_mut() {
+            page.0.fill(0);
+        }
+        for r in ports {
+            for port in r.clone() {
+                let (page, bit) = (usize::from(port >> 15), usize::from(port & 0x7fff));
+                v._io_bitmaps[page].0[bit / 8] |= 1 << (bit % 8);
+            }
+        }
+        for &m in passthrough_msrs {
+            let (base, index) = match m {
+                0..=0x1fff => (0usize, m as usize),
+                0xc000_0000..=0xc000_1fff => (0x400, (m - 0xc000_0000) as usize),
+                _ => continue,
+            };
+            for rw in [0, 0x800] {
+                v._msr_bitmap.0[base + rw + index / 8] &= !(1 << (index % 8));
+            }
+        }
+        Ok(v)
+    }
+
     /// Enters the guest until its next exit. Fails, without entering, if an earlier VMCS
     /// access failed (see `fault`); fails if the entry fails or the exit cannot be read.
     pub fn run(&mut self) -> Result<Exit, VmxError> {
@@ -487,6 +561,12 @@ impl VmxVcpu {
             // again, so blocking must be restored (SDM Vol. 3C §28.2.3).
             let intr = self.interruptibility() | Interruptibility::BLOCKING_BY_NMI;
             self.vmwrite(Field32::GuestInterruptibilityState, intr.bits().into());
+        }
+        if t.exit == Exit::Nmi {
+            // An NMI that caused a VM exit leaves NMIs blocked in VMX root operation until the
+            // next IRET (SDM Vol. 3C §27.5.5, "blocking by NMI"): without one, atoll's next NMI
+            // to this core (a stop, the host's INIT) would never arrive.
+            unblock_nmis();
         }
         // A failed VMREAD or VMWRITE above: the exit's bookkeeping is incomplete.
         if self.fault.get() != 0 {

@@ -256,6 +256,14 @@ impl Summary {
                     .push(alloc::format!("enclave '{}' {what}: {}", e.name, e.detail));
             }
         }
+        if let Some(h) = &self.host {
+            // The host's own panic or reboot is its business (atoll restarts it); atoll failing
+            // to run it is not.
+            if h.end_reason == Some("failed") {
+                self.problems
+                    .push(alloc::format!("the host failed: {}", h.detail));
+            }
+        }
         self.ok = self.problems.is_empty();
     }
 
@@ -411,6 +419,33 @@ mod tests {
         assert_eq!(v["host"]["refused_reads"], 2);
         assert_eq!(v["host"]["results"]["guest_check"]["ok"], true);
         assert_eq!(v["dma_isolation"], false);
+    }
+
+    #[test]
+    fn a_failed_host_is_a_problem_and_its_own_reset_is_not() {
+        let caps = CoreCaps {
+            svm: true,
+            npt: true,
+            ..Default::default()
+        };
+        let with = |end: &'static str| {
+            let mut s = Summary {
+                cores: vec![core(0, true, caps)],
+                host: Some(HostReport {
+                    end_reason: Some(end),
+                    detail: "why".into(),
+                    restarts: 1,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            s.finish();
+            s
+        };
+        assert!(with("power_off").ok);
+        let s = with("failed");
+        assert!(!s.ok);
+        assert_eq!(s.problems, vec!["the host failed: why".to_string()]);
     }
 
     #[test]

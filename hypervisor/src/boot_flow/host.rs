@@ -293,10 +293,7 @@ impl Host {
 
         // Second-stage tables: 1 GiB pages where the CPU has them (EPT capability, or Page1GB
         // for nested paging); the local APIC's page readable, its writes exit (the IPI filter).
-        let apic = (
-            GuestPhysAddr::new(APIC_PAGE),
-            HostPhysAddr::new(APIC_PAGE),
-        );
+        let apic = (GuestPhysAddr::new(APIC_PAGE), HostPhysAddr::new(APIC_PAGE));
         let max_page = |big: bool| {
             if big {
                 ept::PageSize::Size1G
@@ -305,15 +302,13 @@ impl Host {
             }
         };
         let second_stage = if bsp.vmx {
-            let (mut tables, leaves) = atoll::partition::host_memory::build_tables::<
-                ept::EptFormat,
-                _,
-            >(
-                &layout.mappings,
-                PoolFrames::new(&FRAMES, Identity),
-                max_page(bsp.ept_1g),
-            )
-            .map_err(|e| alloc::format!("the host's second-stage tables: {e:?}"))?;
+            let (mut tables, leaves) =
+                atoll::partition::host_memory::build_tables::<ept::EptFormat, _>(
+                    &layout.mappings,
+                    PoolFrames::new(&FRAMES, Identity),
+                    max_page(bsp.ept_1g),
+                )
+                .map_err(|e| alloc::format!("the host's second-stage tables: {e:?}"))?;
             tables
                 .map(apic.0, apic.1, 4096, Perms::READ, MemType::Uncacheable)
                 .map_err(|e| alloc::format!("the host's APIC page: {e:?}"))?;
@@ -324,13 +319,13 @@ impl Host {
             s
         } else {
             let npt_1g = core::arch::x86_64::__cpuid(0x8000_0001).edx & (1 << 26) != 0;
-            let (mut tables, leaves) = atoll::partition::host_memory::build_tables::<
-                ept::NptFormat,
-                _,
-            >(
-                &layout.mappings, PoolFrames::new(&FRAMES, Identity), max_page(npt_1g)
-            )
-            .map_err(|e| alloc::format!("the host's second-stage tables: {e:?}"))?;
+            let (mut tables, leaves) =
+                atoll::partition::host_memory::build_tables::<ept::NptFormat, _>(
+                    &layout.mappings,
+                    PoolFrames::new(&FRAMES, Identity),
+                    max_page(npt_1g),
+                )
+                .map_err(|e| alloc::format!("the host's second-stage tables: {e:?}"))?;
             tables
                 .map(apic.0, apic.1, 4096, Perms::READ, MemType::Uncacheable)
                 .map_err(|e| alloc::format!("the host's APIC page: {e:?}"))?;
@@ -573,4 +568,3 @@ impl Host {
         }
     }
 }
-

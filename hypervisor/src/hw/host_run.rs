@@ -13,10 +13,10 @@
 //! requested by whichever core sees it ([`HostRun::request_stop`]): the other host cores get an
 //! NMI, leave the guest at its exit and wait; the manager restarts the host or lets it go.
 
+use super::enclave_run::CoreVirt;
 use super::enclave_run::SecondStage;
 use super::host::EnclaveConsole;
 use super::host_ram::HostRam;
-use super::enclave_run::CoreVirt;
 use super::svm_backend::SvmVcpu;
 use super::vmx_backend::VmxVcpu;
 use super::{apic, tsc};
@@ -367,7 +367,12 @@ pub struct HostVcpuRun {
 
 impl HostVcpuRun {
     /// Builds host vCPU `index` from `boot` on this core.
-    pub fn new(run: &HostRun, index: usize, core: &CoreVirt, boot: &BootState) -> Result<Self, String> {
+    pub fn new(
+        run: &HostRun,
+        index: usize,
+        core: &CoreVirt,
+        boot: &BootState,
+    ) -> Result<Self, String> {
         let vcpu = match (core, run.second_stage) {
             (CoreVirt::Svm(c), SecondStage::Npt(root)) => HostCpu::Svm(
                 SvmVcpu::new_host(

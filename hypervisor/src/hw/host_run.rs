@@ -1,7 +1,7 @@
 //! Running the root partition (the host's Linux) on its cores.
 //!
 //! The host's boot processor runs inside the manager on atoll's boot processor, in slices
-//! ([`HostBsp::run_slice`]): the vCPU is entered until an exit past the slice's end (the host's
+//! ([`HostVcpuRun::run_slice`]): the vCPU is entered until an exit past the slice's end (the host's
 //! own timer and interrupt EOIs make exits often enough), so the manager gets to collect
 //! enclaves, pass serial input on and act on the deadline between slices. Each of the host's
 //! other cores serves [`serve_ap`] for good: it waits (HLT with interrupts off; atoll's NMI
@@ -27,7 +27,7 @@ use crate::run::host_reset::ResetSource;
 use alloc::string::{String, ToString};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use atoll_vcpu::Exit;
+use atoll_vcpu::{Exit, Vcpu};
 use core::ops::RangeInclusive;
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use spin::Mutex;
@@ -94,6 +94,9 @@ pub struct HostRun {
     reason: Mutex<Option<HostStop>>,
     /// Per host vCPU: in the guest (or about to be).
     running: Vec<AtomicBool>,
+    /// Per host vCPU: atoll sent it an NMI (a signal to look at its mailbox and the stop
+    /// flag). An NMI exit without it is the host's own NMI, which the vCPU gets back.
+    signalled: Vec<AtomicBool>,
     /// What the host reported on its console (`guest_check`, `guest_exit_status`) since its
     /// last start.
     pub results: Mutex<atoll_devices::bounded::ReportStore>,
@@ -118,6 +121,7 @@ impl HostRun {
         serial_input: bool,
     ) -> Self {
         let running = cores.iter().map(|_| AtomicBool::new(false)).collect();
+        let signalled = cores.iter().map(|_| AtomicBool::new(false)).collect();
         Self {
             cores,
             second_stage,
@@ -131,6 +135,7 @@ impl HostRun {
             stopping: AtomicBool::new(false),
             reason: Mutex::new(None),
             running,
+            signalled,
             results: Mutex::new(atoll_devices::bounded::ReportStore::new(
                 atoll_devices::bounded::REPORT_BUDGET,
             )),
@@ -153,6 +158,7 @@ impl HostRun {
         let me = apic::current_id();
         for (i, &id) in self.cores.iter().enumerate() {
             if id != me && self.running[i].load(Ordering::Acquire) {
+                self.signalled[i].store(true, Ordering::Release);
                 apic::send_nmi(id);
             }
         }
@@ -196,7 +202,8 @@ impl HostRun {
     }
 
     fn signal(&self, index: usize) {
-        if let Some(&id) = self.cores.get(index) {
+        if let (Some(&id), Some(flag)) = (self.cores.get(index), self.signalled.get(index)) {
+            flag.store(true, Ordering::Release);
             apic::send_nmi(id);
         }
     }
@@ -361,6 +368,8 @@ impl HostCpu {
 /// One host vCPU on this core.
 pub struct HostVcpuRun {
     vcpu: HostCpu,
+    /// The host's own NMI, to be delivered to the vCPU at the next entry that can take it.
+    nmi_pending: bool,
     me: HostVcpu,
     console: EnclaveConsole,
 }
@@ -394,6 +403,7 @@ impl HostVcpuRun {
         };
         Ok(Self {
             vcpu,
+            nmi_pending: false,
             me: HostVcpu::new(index, run.cores.get(index).copied().unwrap_or(0)),
             console: EnclaveConsole::default(),
         })
@@ -415,6 +425,15 @@ impl HostVcpuRun {
         loop {
             if run.stopping() {
                 return Pause::Stopped;
+            }
+            // Everything a signal asks for is looked at after each exit (below): an NMI from
+            // now on is a new one.
+            run.signalled[index].store(false, Ordering::Release);
+            if self.nmi_pending {
+                self.nmi_pending = !match &mut self.vcpu {
+                    HostCpu::Svm(v) => v.inject_nmi(),
+                    HostCpu::Vmx(v) => v.inject_nmi(),
+                };
             }
             let exit = match self.vcpu.enter() {
                 Ok(e) => e,
@@ -441,6 +460,12 @@ impl HostVcpuRun {
                     run.shared.push_input(&[b]);
                     n += 1;
                 }
+            }
+            if exit == Exit::Nmi && !run.signalled[index].swap(false, Ordering::AcqRel) {
+                // Not atoll's: the host's own (an NMI IPI the filter let through, a platform
+                // NMI). It goes back to the host, as NMI exiting took it away.
+                self.nmi_pending = true;
+                continue;
             }
             let mut console = HostConsole {
                 inner: &mut self.console,

@@ -326,7 +326,8 @@ impl SvmVcpu {
     /// device interrupts reach it directly (no INTR intercept, V_INTR_MASKING clear, so its
     /// RFLAGS.IF and CR8 are the physical ones, APM Vol. 2 §15.21.1) and HLT, MONITOR/MWAIT,
     /// WBINVD and control-register writes are its own. What stays intercepted: NMI (atoll's
-    /// signal to a host core), INIT, SHUTDOWN, CPUID, the ports in `ports`, every MSR but
+    /// signal to a host core), INIT, SHUTDOWN, CPUID, RDPMC (the counters count other
+    /// partitions' work too), the ports in `ports`, every MSR but
     /// `passthrough_msrs` and the VMCB-switched ones, XSETBV, INVD, #DB/#AC (their delivery
     /// loops, CVE-2015-8104/-5307, would make the core deaf to NMIs) and every SVM instruction.
     pub fn new_host(
@@ -363,7 +364,8 @@ impl SvmVcpu {
                 | MiscIntercepts1::MSR_PROT
                 | MiscIntercepts1::SHUTDOWN
                 | MiscIntercepts1::INVLPGA
-                | MiscIntercepts1::INVD,
+                | MiscIntercepts1::INVD
+                | MiscIntercepts1::RDPMC,
             misc2: MiscIntercepts2::VMRUN
                 | MiscIntercepts2::VMMCALL
                 | MiscIntercepts2::VMLOAD

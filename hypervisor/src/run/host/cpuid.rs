@@ -39,6 +39,12 @@ pub const LEAF7_EDX_HIDDEN: u32 = bits(&[19, 20]);
 /// Leaf 0xD.1 ECX (IA32_XSS components): PT (8), CET user and supervisor (11, 12), arch LBR
 /// (15) — the features hidden above.
 pub const LEAF_D1_ECX_HIDDEN: u32 = bits(&[8, 11, 12, 15]);
+/// Leaf 0xD.1 EAX: XSAVES/XRSTORS (3). On VMX they raise #UD in a guest unless "enable
+/// XSAVES/XRSTORS" is set (SDM Vol. 3C §26.3, §25.6.20), which atoll leaves clear (it would
+/// need the XSS-exiting bitmap); hidden on both backends, so the host keeps the standard
+/// XSAVE format and its size checks agree with CPUID (the supervisor components XSAVES exists
+/// for are hidden above anyway).
+pub const LEAF_D1_EAX_HIDDEN: u32 = bits(&[3]);
 /// Leaf 0x8000_0001 ECX hidden: SVM (2, APM Vol. 2 §15.4), IBS (10), SKINIT (12), and the
 /// AMD performance-counter extensions (23 core, 24 northbridge, 28 LLC).
 pub const EXT1_ECX_HIDDEN: u32 = bits(&[2, 10, 12, 23, 24, 28]);
@@ -80,7 +86,10 @@ pub fn host_cpuid(shared: &HostShared, hw: &impl HostHw, leaf: u32, sub: u32) ->
             r[2] &= !LEAF7_ECX_HIDDEN;
             r[3] &= !LEAF7_EDX_HIDDEN;
         }
-        (0xd, 1) => r[2] &= !LEAF_D1_ECX_HIDDEN,
+        (0xd, 1) => {
+            r[0] &= !LEAF_D1_EAX_HIDDEN;
+            r[2] &= !LEAF_D1_ECX_HIDDEN;
+        }
         (0x8000_0001, _) => r[2] &= !EXT1_ECX_HIDDEN,
         _ => {}
     }

@@ -1,7 +1,7 @@
 //! The ACPI tables the host's Linux (the root partition) sees: the firmware's own tables, minus
 //! the DMAR, with a MADT that lists only the host's cores.
 //!
-//! Not wired into the boot yet (issue 10, item 3). [`build`] takes the tables the firmware's
+//! The boot builds it for the root partition (issue 10, item 3). [`build`] takes the tables the firmware's
 //! root table (XSDT, or RSDT for ACPI 1.0) lists, each with its physical address, and lays out
 //! a small new image at a caller-chosen physical address:
 //!

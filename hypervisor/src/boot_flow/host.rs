@@ -484,7 +484,7 @@ impl Host {
             ipis_dropped: c.ipis_dropped.load(Relaxed),
             msr_denied: c.msr_denied.load(Relaxed),
             exits: self.run.exit_counts(),
-            console_bytes_dropped: 0,
+            console_bytes_dropped: self.run.console_dropped.load(Relaxed),
             measurements: {
                 let mut m = serde_json::Map::new();
                 let (s, i) = (
@@ -521,7 +521,7 @@ impl Host {
         if bsp.run_slice(&self.run, Some(until)) != Pause::Stopped {
             return;
         }
-        bsp.flush();
+        bsp.flush(&self.run);
         // Let the other host cores leave the guest (bounded: an emulator may be slow).
         let deadline = atoll::hw::tsc::micros() + 1_000_000;
         while !self.run.aps_out() && atoll::hw::tsc::micros() < deadline {

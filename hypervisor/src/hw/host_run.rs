@@ -103,6 +103,8 @@ pub struct HostRun {
     /// TSC at its last start, and at its first `atoll-init:` line after it (0: not yet).
     pub started_at: core::sync::atomic::AtomicU64,
     pub init_at: core::sync::atomic::AtomicU64,
+    /// Bytes of the host's console lines dropped (its queue full while the port was busy).
+    pub console_dropped: core::sync::atomic::AtomicU64,
     /// Exits by kind, over every boot.
     exits: [core::sync::atomic::AtomicU64; atoll_vcpu::ExitKind::ALL.len()],
 }
@@ -141,6 +143,7 @@ impl HostRun {
             )),
             started_at: core::sync::atomic::AtomicU64::new(0),
             init_at: core::sync::atomic::AtomicU64::new(0),
+            console_dropped: core::sync::atomic::AtomicU64::new(0),
             exits: [const { core::sync::atomic::AtomicU64::new(0) };
                 atoll_vcpu::ExitKind::ALL.len()],
         }
@@ -529,9 +532,12 @@ impl HostVcpuRun {
         }
     }
 
-    /// Prints what the host's vCPU left unprinted.
-    pub fn flush(&mut self) {
+    /// Prints what the host's vCPU left unprinted (its run is over) and adds what its queue
+    /// dropped to the host's count.
+    pub fn flush(&mut self, run: &HostRun) {
         self.console.flush();
+        run.console_dropped
+            .fetch_add(self.console.bytes_dropped(), Ordering::Relaxed);
     }
 }
 
@@ -598,7 +604,7 @@ pub fn serve_ap(run: &HostRun, index: usize, core: &CoreVirt) -> ! {
                     }
                 };
                 let _ = v.run_slice(run, None);
-                v.flush();
+                v.flush(run);
                 // Stopped or INIT'd: what a real INIT would clear of this core's APIC.
                 apic::reset_for_partition(false);
             }

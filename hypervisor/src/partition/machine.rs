@@ -27,7 +27,7 @@
 //! code, errors named `enclave[i].…`), except that a machine may have none: the host alone.
 //! No enclave may be named `host`, the root partition's name in console lines and reports.
 //!
-//! This is only the description, parsed and checked; booting it is later work (issue 10).
+//! This is the description, parsed and checked; `boot_flow::host` boots it.
 
 use super::config::{self, err, ConfigError, Context, EnclaveConfig, MAX_CMDLINE};
 use alloc::format;

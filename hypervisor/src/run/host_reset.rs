@@ -1,8 +1,8 @@
 //! Which of the host's accesses ask to reset or power off the machine (issue 10, item 6).
 //!
-//! Not wired yet: nothing intercepts the root partition's ports or MMIO for this. When it is,
-//! the host's Linux keeps running as the root partition and a reset it asks for restarts only
-//! the root partition while enclaves run on, so atoll must recognise every way Linux resets
+//! The root partition's exit policy ([`crate::run::host`]) shows every intercepted port write
+//! (and every write to an unmapped page) to the detector: a reset the host asks for restarts
+//! only the root partition while enclaves run on, so atoll must recognise every way Linux resets
 //! (`reboot=acpi|pci|kbd|triple`, and `panic=N`, which ends in one of them) and powers off.
 //!
 //! [`ResetDetector::classify`] takes one [`HostAccess`] and answers `Some(`[`HostEvent`]`)`

@@ -1,5 +1,6 @@
 //! The root partition's exits: what atoll does when the host's Linux, running as a guest on its
-//! own cores (Jailhouse-style), leaves the guest (issue 10, items 2, 4, 5 and 6). Not wired yet.
+//! own cores (Jailhouse-style), leaves the guest (issue 10, items 2, 4, 5 and 6); `hw::host_run` calls it on
+//! every exit of a host vCPU.
 //!
 //! The host's second-stage tables map RAM and MMIO 1:1 except atoll's memory, the enclave pool
 //! and the xAPIC page (mapped read-only, so that ICR writes exit); its device interrupts arrive

@@ -373,10 +373,9 @@ fn cell(v: Option<&Value>) -> String {
     }
 }
 
-/// The scenario `cargo xtask demo` boots: Linux on two cores beside the guest suite on a third.
-/// `root-partition` (the host's Linux beside a Linux enclave) shows the same tables plus the
-/// host's line.
-const DEMO_SCENARIO: &str = "linux-enclave";
+/// The scenario `cargo xtask demo` boots: the host's Linux as the root partition on two cores
+/// beside a Linux enclave on the third; the tables show the cores, the enclave and the host.
+const DEMO_SCENARIO: &str = "root-partition";
 
 /// The partition table's line for the root partition (same columns as the enclaves'), when the
 /// summary has one.

@@ -25,11 +25,14 @@ pub struct Window {
     pub us: u64,
     /// Exits by kind (the kinds atoll saw in the window).
     pub exits: Vec<(String, u64)>,
+    /// IPIs atoll sent for the host in the window (each cost the host nested-page-fault exits:
+    /// its writes to the write-protected xAPIC ICR), if the summary says.
+    pub ipis_sent: Option<u64>,
 }
 
 impl Window {
-    /// The summary's `host.<name>` object: `us` (> 0), `cycles`, and every other key an exit
-    /// kind with its count.
+    /// The summary's `host.<name>` object: `us` (> 0), `cycles`, `ipis_sent`, and every other
+    /// key an exit kind with its count.
     pub fn parse(v: &Value, name: &str) -> Result<Window> {
         let o = v
             .as_object()
@@ -42,13 +45,22 @@ impl Window {
                 format!("host.{name}.us is missing or 0: the {name} window was not measured")
             })?;
         let mut exits = Vec::new();
+        let mut ipis_sent = None;
         for (k, n) in o.iter().filter(|(k, _)| *k != "us" && *k != "cycles") {
             let n = n
                 .as_u64()
                 .with_context(|| format!("host.{name}.{k} is not a count"))?;
-            exits.push((k.clone(), n));
+            if k == "ipis_sent" {
+                ipis_sent = Some(n);
+            } else {
+                exits.push((k.clone(), n));
+            }
         }
-        Ok(Window { us, exits })
+        Ok(Window {
+            us,
+            exits,
+            ipis_sent,
+        })
     }
 
     /// Its exits of `kind` (0 if atoll saw none).
@@ -128,6 +140,16 @@ pub fn table(idle: &Window, load: &Window) -> String {
             idle.rate(r.idle),
             r.load,
             load.rate(r.load)
+        ));
+    }
+    if let (Some(i), Some(l)) = (idle.ipis_sent, load.ipis_sent) {
+        out.push_str(&format!(
+            "{:<20} {:>10} {:>11.1} {:>10} {:>11.1}\n",
+            "(IPIs sent)",
+            i,
+            idle.rate(i),
+            l,
+            load.rate(l)
         ));
     }
     out
@@ -229,6 +251,9 @@ pub fn bench(emulator: Emulator, seconds: u32, guest_kernel: GuestKernel) -> Res
             .map(|(k, n)| (k.clone(), serde_json::json!(w.rate(*n))))
             .collect();
         m.insert("total".into(), serde_json::json!(w.rate(w.total())));
+        if let Some(n) = w.ipis_sent {
+            m.insert("ipis_sent".into(), serde_json::json!(w.rate(n)));
+        }
         m
     };
     let json = serde_json::json!({
@@ -275,6 +300,10 @@ mod tests {
         assert_eq!(w.count("io"), 0);
         assert_eq!(w.total(), 430);
         assert!((w.rate(400) - 200.0).abs() < 1e-9);
+        assert_eq!(w.ipis_sent, None);
+        // IPIs sent are not an exit kind.
+        let w = Window::parse(&json!({"us": 10, "ipis_sent": 3, "io": 1}), "load").unwrap();
+        assert_eq!((w.ipis_sent, w.total()), (Some(3), 1));
         // Not measured, or malformed: an error naming the field.
         for (v, field) in [
             (json!({"us": 0, "hlt": 1}), "host.idle.us"),
@@ -292,6 +321,7 @@ mod tests {
         let idle = Window {
             us: 1_000_000,
             exits: vec![("hlt".into(), 100), ("nested_page_fault".into(), 100)],
+            ipis_sent: Some(4),
         };
         let load = Window {
             us: 2_000_000,
@@ -300,6 +330,7 @@ mod tests {
                 ("io".into(), 10),
                 ("cpuid".into(), 10),
             ],
+            ipis_sent: Some(300),
         };
         let r = rows(&idle, &load);
         let kinds: Vec<&str> = r.iter().map(|r| r.kind.as_str()).collect();
@@ -319,8 +350,19 @@ mod tests {
             t.contains("idle (1.0 s)") && t.contains("load (2.0 s)"),
             "{t}"
         );
-        let total: Vec<&str> = t.lines().last().unwrap().split_whitespace().collect();
-        assert_eq!(total, ["total", "200", "200.0", "2020", "1010.0"], "{t}");
+        let last: Vec<Vec<&str>> = t
+            .lines()
+            .rev()
+            .take(2)
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(last[1], ["total", "200", "200.0", "2020", "1010.0"], "{t}");
+        // IPIs are not exits: a line of their own, after the total.
+        assert_eq!(
+            last[0],
+            ["(IPIs", "sent)", "4", "4.0", "300", "150.0"],
+            "{t}"
+        );
     }
 
     #[test]

@@ -193,6 +193,7 @@ impl HostRun {
         crate::run::host_windows::Snapshot {
             tsc: tsc::now(),
             exits: core::array::from_fn(|i| self.exits[i].load(Ordering::Relaxed)),
+            ipis_sent: self.shared.counters.ipis_sent.load(Ordering::Relaxed),
         }
     }
 

@@ -15,12 +15,16 @@ use atoll_vcpu::ExitKind;
 /// The number of exit kinds a snapshot counts.
 pub const KINDS: usize = ExitKind::ALL.len();
 
-/// A point of the host's run: the TSC and its exits by kind (in [`ExitKind::ALL`] order) so
-/// far, summed over its vCPUs.
+/// A point of the host's run: the TSC, its exits by kind (in [`ExitKind::ALL`] order) and the
+/// IPIs atoll sent for it so far, summed over its vCPUs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Snapshot {
     pub tsc: u64,
     pub exits: [u64; KINDS],
+    /// `HostCounters::ipis_sent`: with the host's xAPIC page write-protected, each IPI the host
+    /// sends costs it nested-page-fault exits (its ICR writes), so the window reports them to
+    /// tell those exits apart from its EOIs and timer writes.
+    pub ipis_sent: u64,
 }
 
 impl Snapshot {
@@ -36,6 +40,7 @@ impl Snapshot {
         Snapshot {
             tsc: self.tsc.saturating_sub(begin.tsc),
             exits,
+            ipis_sent: self.ipis_sent.saturating_sub(begin.ipis_sent),
         }
     }
 }
@@ -125,7 +130,8 @@ impl Windows {
     }
 
     /// Adds the closed windows to the report's measurements: `"idle": {"us": …, "cycles": …,
-    /// "<exit kind>": n, …}` (kinds not seen in the window left out), likewise `"load"`.
+    /// "ipis_sent": …, "<exit kind>": n, …}` (kinds not seen in the window left out), likewise
+    /// `"load"`.
     pub fn measurements(&self, tsc_hz: u64, into: &mut serde_json::Map<String, serde_json::Value>) {
         for w in Window::ALL {
             let Some(d) = self.done[w as usize] else {
@@ -135,6 +141,7 @@ impl Windows {
             o.insert("cycles".into(), d.tsc.into());
             let us = u128::from(d.tsc) * 1_000_000 / u128::from(tsc_hz.max(1));
             o.insert("us".into(), u64::try_from(us).unwrap_or(u64::MAX).into());
+            o.insert("ipis_sent".into(), d.ipis_sent.into());
             for (kind, n) in ExitKind::ALL.iter().zip(d.exits) {
                 if n > 0 {
                     o.insert(kind.name().to_string(), n.into());
@@ -154,7 +161,12 @@ mod tests {
         for (k, n) in counts {
             exits[*k as usize] = *n;
         }
-        Snapshot { tsc, exits }
+        // As many IPIs so far as TSC ticks / 10, to see them carried through.
+        Snapshot {
+            tsc,
+            exits,
+            ipis_sent: tsc / 10,
+        }
     }
 
     #[test]
@@ -212,7 +224,8 @@ mod tests {
             serde_json::json!({
                 "boot_to_init": 1,
                 // 3 000 000 cycles at 1 MHz; Io did not change, so it is left out.
-                "idle": {"cycles": 3_000_000, "us": 3_000_000, "hlt": 300, "nested_page_fault": 42}
+                "idle": {"cycles": 3_000_000, "us": 3_000_000, "ipis_sent": 300_000,
+                         "hlt": 300, "nested_page_fault": 42}
             })
         );
     }
@@ -247,8 +260,8 @@ mod tests {
         assert_eq!(
             serde_json::Value::Object(m),
             serde_json::json!({
-                "idle": {"cycles": 10, "us": 10_000, "hlt": 5},
-                "load": {"cycles": 2_000, "us": 2_000_000, "cpuid": 2}
+                "idle": {"cycles": 10, "us": 10_000, "ipis_sent": 1, "hlt": 5},
+                "load": {"cycles": 2_000, "us": 2_000_000, "ipis_sent": 200, "cpuid": 2}
             })
         );
     }
@@ -263,7 +276,7 @@ mod tests {
         w.measurements(0, &mut m);
         assert_eq!(
             serde_json::Value::Object(m),
-            serde_json::json!({"load": {"cycles": 0, "us": 0}})
+            serde_json::json!({"load": {"cycles": 0, "us": 0, "ipis_sent": 0}})
         );
         // A new boot forgets them.
         w = Windows::new();

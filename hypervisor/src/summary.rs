@@ -129,7 +129,9 @@ pub struct HostReport {
     /// Bytes of console lines dropped because its console queue was full.
     pub console_bytes_dropped: u64,
     /// Measured figures of its last boot (`boot_to_init`: TSC cycles and µs from its start to
-    /// its first `atoll-init:` line).
+    /// its first `atoll-init:` line; `idle` and `load`: the length of the windows its console
+    /// marked with `ATOLL-IDLE` / `ATOLL-LOAD begin` and `end`, and its exits of each kind in
+    /// them, see `atoll::run::host_windows`).
     #[serde(flatten)]
     pub measurements: serde_json::Map<String, serde_json::Value>,
 }

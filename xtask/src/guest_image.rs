@@ -37,7 +37,12 @@
 //! `guest_kit::check::host`) makes `/init` run `atoll-check --role host`. After the check,
 //! `atoll.actions=A,B,…` runs the actions a test needs, in order, each announced on a line
 //! `ATOLL-ACTION A` before it happens (`ATOLL-ACTION-FAILED A: why` when it cannot be done,
-//! then `ATOLL-ACTIONS end failed=N`): `sleep:N` (seconds), `offline:N` / `online:N` (logical
+//! then `ATOLL-ACTIONS end failed=N`): `sleep:N` (seconds), `idle:N` (a sleep between
+//! `ATOLL-IDLE begin` and `ATOLL-IDLE end` lines: the window atoll counts the root partition's
+//! exits in), `load:N` (N seconds of a build-like load on every CPU between `ATOLL-LOAD begin`
+//! and `ATOLL-LOAD end`, then `load: S build steps on C CPUs, F failed`; one step is an `sh -c`
+//! that writes a source-like file in a tmpfs with a shell loop, gzips, gunzips and compares it:
+//! see [`init_script`]), `offline:N` / `online:N` (logical
 //! CPU N through sysfs, read back), `panic` (`echo c > /proc/sysrq-trigger`; with `panic=N`
 //! the kernel then resets the machine), `reboot`, `poweroff`. A root partition atoll restarted
 //! finds `atoll.restarts=N` (N ≥ 1) on its command line; `atoll.restart_actions=…` then
@@ -67,6 +72,8 @@ pub const DEFAULT_SERIES: &str = "6.1";
 /// at `atoll.shell=1`.
 pub const APPLETS: &[&str] = &[
     "sh", "mount", "umount", "dmesg", "poweroff", "reboot", "cat", "echo", "sleep", "ls", "uname",
+    // The build-like load of the `load:N` action.
+    "nproc", "mkdir", "rm", "gzip", "gunzip", "cmp",
 ];
 
 /// The Rust target `atoll-check` is built for.
@@ -296,6 +303,62 @@ fi
 echo "atoll-init: /atoll-check$args"
 /atoll-check $args
 echo "ATOLL-GUEST-EXIT status=$?"
+# The build-like load of load:N, for N seconds: on each CPU (nproc) a worker that, as make
+# driving a compiler does, keeps starting short-lived processes on files in a tmpfs. One build
+# step is an `sh -c` that writes a 400-line C-like source file with a shell loop (CPU work),
+# compresses it (gzip), decompresses it (gunzip), compares the two (cmp) and deletes its files:
+# five processes (sh, gzip, gunzip, cmp, rm), 34 KB written and 50 KB read. A worker stops at the end of the first step after
+# the stop file appears and leaves its counts of steps and failed steps; ATOLL-LOAD end comes
+# once every worker has stopped.
+load_dir=/tmp/atoll-load
+load_step='d=$1/s$2; i=0
+while [ $i -lt 400 ]; do echo "int f$i(int x) { return x * $i + $2; }"; i=$((i + 1)); done > $d.c
+gzip -c $d.c > $d.gz && gunzip -c $d.gz > $d.out && cmp -s $d.c $d.out; ok=$?
+rm -f $d.c $d.gz $d.out
+exit $ok'
+load_worker() {
+    steps=0
+    bad=0
+    while :; do
+        sh -c "$load_step" step "$1" "$steps" || bad=$((bad + 1))
+        steps=$((steps + 1))
+        [ -e $load_dir/stop ] && break
+    done
+    echo "$steps $bad" > "$1.count"
+}
+load() {
+    if ! mkdir -p $load_dir || ! mount -t tmpfs -o size=64m load $load_dir; then
+        why="cannot mount a tmpfs at $load_dir"
+        return
+    fi
+    cpus=$(nproc)
+    echo "ATOLL-LOAD begin"
+    c=0
+    while [ "$c" -lt "$cpus" ]; do
+        mkdir $load_dir/w$c
+        load_worker $load_dir/w$c &
+        c=$((c + 1))
+    done
+    sleep "$1"
+    echo > $load_dir/stop
+    wait
+    echo "ATOLL-LOAD end"
+    steps=0
+    bad=0
+    c=0
+    while [ "$c" -lt "$cpus" ]; do
+        if read s b < $load_dir/w$c.count; then
+            steps=$((steps + s))
+            bad=$((bad + b))
+        else
+            bad=$((bad + 1))
+        fi
+        c=$((c + 1))
+    done
+    echo "load: $steps build steps on $cpus CPUs, $bad failed"
+    umount $load_dir
+    [ "$bad" -eq 0 ] || why="$bad of $steps build steps failed"
+}
 # Actions, in order, each announced on one line before it happens; one that cannot be done
 # says so on an ATOLL-ACTION-FAILED line and the next one runs.
 failed=0
@@ -306,11 +369,15 @@ for action in $actions; do
     echo "ATOLL-ACTION $action"
     why=""
     case "$action" in
-        sleep:*)
-            n=${action#sleep:}
+        sleep:*|idle:*|load:*)
+            n=${action#*:}
             case "$n" in
                 ""|*[!0-9]*) why="not a whole number of seconds" ;;
-                *) sleep "$n" ;;
+                *) case "$action" in
+                       sleep:*) sleep "$n" ;;
+                       idle:*) echo "ATOLL-IDLE begin"; sleep "$n"; echo "ATOLL-IDLE end" ;;
+                       load:*) load "$n" ;;
+                   esac ;;
             esac ;;
         offline:*|online:*)
             cpu=${action#*:}
@@ -1581,6 +1648,17 @@ linux-image-6.12.117+deb12-amd64 - Linux 6.12 for 64-bit PCs (signed)
     /// nothing but `cat` — this runs as root on the build machine, where a real sysrq or
     /// reboot would take the machine down. Returns stdout and what was written to sysrq.
     fn run_actions(cmdline: &str, cpus: &[(u32, &str)]) -> (String, String) {
+        run_actions_with(cmdline, cpus, &[])
+    }
+
+    /// [`run_actions`] with more of the host's commands in the sandbox's `PATH` (`(name, host
+    /// command)`: `("gunzip", "false")` links the host's `false` as `gunzip`); `mount` and
+    /// `umount` only say they were called, and the load's tmpfs is a scratch directory.
+    fn run_actions_with(
+        cmdline: &str,
+        cpus: &[(u32, &str)],
+        tools: &[(&str, &str)],
+    ) -> (String, String) {
         let script = init_script();
         let dir = crate::target_dir().join(format!(
             "init-actions-test-{}-{}",
@@ -1589,19 +1667,21 @@ linux-image-6.12.117+deb12-amd64 - Linux 6.12 for 64-bit PCs (signed)
         ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("bin")).unwrap();
-        std::os::unix::fs::symlink(
-            String::from_utf8(
-                Command::new("sh")
-                    .args(["-c", "command -v cat"])
-                    .output()
-                    .unwrap()
-                    .stdout,
+        for (name, host) in [("cat", "cat")].iter().chain(tools) {
+            std::os::unix::fs::symlink(
+                String::from_utf8(
+                    Command::new("sh")
+                        .args(["-c", &format!("command -v {host}")])
+                        .output()
+                        .unwrap()
+                        .stdout,
+                )
+                .unwrap()
+                .trim(),
+                dir.join("bin").join(name),
             )
-            .unwrap()
-            .trim(),
-            dir.join("bin/cat"),
-        )
-        .unwrap();
+            .unwrap();
+        }
         for (cpu, state) in cpus {
             let d = dir.join(format!("cpu/cpu{cpu}"));
             std::fs::create_dir_all(&d).unwrap();
@@ -1611,14 +1691,15 @@ linux-image-6.12.117+deb12-amd64 - Linux 6.12 for 64-bit PCs (signed)
         let parse =
             &script[script.find("set -f").unwrap()..script.find("echo \"atoll-init").unwrap()];
         let acts =
-            &script[script.find("failed=0").unwrap()..script.find("if [ -n \"$idle\" ]").unwrap()];
+            &script[script.find("load_dir=").unwrap()..script.find("if [ -n \"$idle\" ]").unwrap()];
         let fragment = format!("{parse}{acts}")
             .replace("$(cat /proc/cmdline)", "$CMDLINE")
             .replace("/proc/sysrq-trigger", &dir.join("sysrq").to_string_lossy())
             .replace(
                 "/sys/devices/system/cpu",
                 &dir.join("cpu").to_string_lossy(),
-            );
+            )
+            .replace("/tmp/atoll-load", &dir.join("load").to_string_lossy());
         assert!(
             !fragment.contains("/proc/") && !fragment.contains("/sys/"),
             "{fragment}"
@@ -1629,7 +1710,8 @@ linux-image-6.12.117+deb12-amd64 - Linux 6.12 for 64-bit PCs (signed)
                 "-c",
                 &format!(
                     "sleep() {{ echo \"slept $1\"; }}\npoweroff() {{ echo \"poweroff $*\"; }}\n\
-                     reboot() {{ echo \"reboot $*\"; }}\n{fragment}"
+                     reboot() {{ echo \"reboot $*\"; }}\nmount() {{ echo \"mount $*\"; }}\n\
+                     umount() {{ echo \"umount $*\"; }}\n{fragment}"
                 ),
             ])
             .env_clear()
@@ -1695,6 +1777,92 @@ linux-image-6.12.117+deb12-amd64 - Linux 6.12 for 64-bit PCs (signed)
         );
         // No actions: nothing printed.
         assert_eq!(run_actions("console=ttyS0", &[]).0, "");
+    }
+
+    /// The host's commands the load runs (busybox applets in the image).
+    const LOAD_TOOLS: &[(&str, &str)] = &[
+        ("sh", "sh"),
+        ("nproc", "nproc"),
+        ("mkdir", "mkdir"),
+        ("rm", "rm"),
+        ("gzip", "gzip"),
+        ("gunzip", "gunzip"),
+        ("cmp", "cmp"),
+    ];
+
+    #[test]
+    fn idle_and_load_actions_mark_their_windows() {
+        let (out, _) = run_actions_with(
+            "atoll.role=host atoll.actions=idle:3,load:2,idle:x,load:",
+            &[],
+            LOAD_TOOLS,
+        );
+        let lines: Vec<&str> = out.lines().collect();
+        let cpus: u64 = String::from_utf8(Command::new("nproc").output().unwrap().stdout)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(
+            lines[..5],
+            [
+                "ATOLL-ACTION idle:3",
+                "ATOLL-IDLE begin",
+                "slept 3",
+                "ATOLL-IDLE end",
+                "ATOLL-ACTION load:2"
+            ],
+            "{out}"
+        );
+        assert!(
+            lines[5].starts_with("mount -t tmpfs -o size=64m load /")
+                && lines[5].ends_with("/load"),
+            "{out}"
+        );
+        assert_eq!(
+            lines[6..9],
+            ["ATOLL-LOAD begin", "slept 2", "ATOLL-LOAD end"],
+            "{out}"
+        );
+        // Every worker ran at least one step (the sandbox's sleep returns at once), and every
+        // step's gunzip gave back what gzip was given.
+        let summary = lines[9]
+            .strip_prefix("load: ")
+            .and_then(|l| l.strip_suffix(&format!(" build steps on {cpus} CPUs, 0 failed")))
+            .unwrap_or_else(|| panic!("{out}"));
+        assert!(summary.parse::<u64>().unwrap() >= cpus, "{out}");
+        assert!(lines[10].starts_with("umount /"), "{out}");
+        assert_eq!(
+            lines[11..],
+            [
+                "ATOLL-ACTION idle:x",
+                "ATOLL-ACTION-FAILED idle:x: not a whole number of seconds",
+                "ATOLL-ACTION load:",
+                "ATOLL-ACTION-FAILED load:: not a whole number of seconds",
+                "ATOLL-ACTIONS end failed=2"
+            ],
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn a_load_whose_steps_fail_fails_the_action() {
+        // A gunzip that gives nothing back: every step's comparison fails.
+        let mut tools = LOAD_TOOLS.to_vec();
+        tools.retain(|(name, _)| *name != "gunzip");
+        tools.push(("gunzip", "true"));
+        let (out, _) = run_actions_with("atoll.actions=load:1", &[], &tools);
+        let failed = out
+            .lines()
+            .find_map(|l| l.strip_prefix("ATOLL-ACTION-FAILED load:1: "))
+            .unwrap_or_else(|| panic!("{out}"));
+        let (bad, all) = failed
+            .strip_suffix(" build steps failed")
+            .and_then(|f| f.split_once(" of "))
+            .unwrap_or_else(|| panic!("{out}"));
+        assert_eq!(bad, all, "{out}");
+        assert!(out.contains("ATOLL-LOAD end\n"), "{out}");
+        assert!(out.ends_with("ATOLL-ACTIONS end failed=1\n"), "{out}");
     }
 
     #[test]

@@ -80,17 +80,33 @@ enum Bench {
         no_bochs: bool,
     },
     /// Idle Linux: boot linux-enclave with atoll.idle=N and report the exits per second (timer,
-    /// IPI, HLT, other) atoll counted while the guest slept, and its boot-to-init time.
+    /// IPI, HLT, other) atoll counted while the guest slept, and its boot-to-init time. With
+    /// `--partition host`: boot the host's Linux alone as the root partition (scenario
+    /// bench-host) and report its boot-to-init time and its exits per second by kind while it
+    /// idles N s and while it runs a build-like load N s on all its CPUs.
     Idle {
         /// qemu (SVM) or bochs (VMX).
         #[arg(long, value_enum, default_value = "qemu")]
         emulator: Emulator,
-        /// Seconds the guest idles (default: 10 on QEMU, 3 on Bochs).
+        /// Seconds the guest idles (and, for the host, runs its load) (default: 10 on QEMU, 3
+        /// on Bochs).
         #[arg(long)]
         seconds: Option<u32>,
+        /// Which partition: a Linux enclave, or the host's Linux as the root partition.
+        #[arg(long, value_enum, default_value = "enclave")]
+        partition: Partition,
         #[command(flatten)]
         kernel: KernelArgs,
     },
+}
+
+/// The partition `bench idle` measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Partition {
+    /// A Linux enclave (scenario linux-enclave).
+    Enclave,
+    /// The host's Linux as the root partition (scenario bench-host).
+    Host,
 }
 
 /// Which Linux kernel a scenario's `linux = "kernel"` module holds.
@@ -194,9 +210,25 @@ fn main() {
                 Bench::Idle {
                     emulator,
                     seconds,
+                    partition: Partition::Enclave,
                     kernel,
                 },
         } => bench_idle(emulator, seconds, &kernel),
+        Cmd::Bench {
+            which:
+                Bench::Idle {
+                    emulator,
+                    seconds,
+                    partition: Partition::Host,
+                    kernel,
+                },
+        } => kernel.choice().and_then(|k| {
+            xtask::bench_host::bench(
+                emulator,
+                seconds.unwrap_or(default_idle_seconds(emulator)),
+                k,
+            )
+        }),
         Cmd::Scenarios => Scenario::names().map(|names| {
             for n in names {
                 let d = Scenario::load(&n)
@@ -710,11 +742,16 @@ fn idle_rows(idle: &Value) -> Result<Vec<(&'static str, u64, f64)>> {
     Ok(rows)
 }
 
-fn bench_idle(emulator: Emulator, seconds: Option<u32>, kernel: &KernelArgs) -> Result<()> {
-    let seconds = seconds.unwrap_or(match emulator {
+/// `bench idle`'s window when `--seconds` is not given.
+fn default_idle_seconds(emulator: Emulator) -> u32 {
+    match emulator {
         Emulator::Qemu => 10,
         Emulator::Bochs => 3,
-    });
+    }
+}
+
+fn bench_idle(emulator: Emulator, seconds: Option<u32>, kernel: &KernelArgs) -> Result<()> {
+    let seconds = seconds.unwrap_or(default_idle_seconds(emulator));
     if seconds == 0 {
         bail!("--seconds must be at least 1");
     }
@@ -941,5 +978,30 @@ mod tests {
             panic!("not bench idle")
         };
         assert_eq!((emulator, seconds), (Emulator::Qemu, Some(4)));
+        // The enclave is the default partition; the host is asked for by name.
+        for (args, want) in [
+            (&["xtask", "bench", "idle"][..], Partition::Enclave),
+            (
+                &[
+                    "xtask",
+                    "bench",
+                    "idle",
+                    "--partition",
+                    "host",
+                    "--emulator",
+                    "bochs",
+                ][..],
+                Partition::Host,
+            ),
+        ] {
+            let Cmd::Bench {
+                which: Bench::Idle { partition, .. },
+            } = Cli::try_parse_from(args).unwrap().command
+            else {
+                panic!("not bench idle")
+            };
+            assert_eq!(partition, want, "{args:?}");
+        }
+        assert!(Cli::try_parse_from(["xtask", "bench", "idle", "--partition", "guest"]).is_err());
     }
 }

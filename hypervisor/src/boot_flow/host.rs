@@ -501,6 +501,10 @@ impl Host {
                         serde_json::json!({ "cycles": cycles, "us": us }),
                     );
                 }
+                self.run
+                    .windows
+                    .lock()
+                    .measurements(atoll::hw::tsc::hz(), &mut m);
                 m
             },
         }

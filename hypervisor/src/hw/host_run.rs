@@ -107,6 +107,8 @@ pub struct HostRun {
     pub console_dropped: core::sync::atomic::AtomicU64,
     /// Exits by kind, over every boot.
     exits: [core::sync::atomic::AtomicU64; atoll_vcpu::ExitKind::ALL.len()],
+    /// Its `ATOLL-IDLE` / `ATOLL-LOAD` windows since its last start.
+    pub windows: Mutex<crate::run::host_windows::Windows>,
 }
 
 impl HostRun {
@@ -146,6 +148,7 @@ impl HostRun {
             console_dropped: core::sync::atomic::AtomicU64::new(0),
             exits: [const { core::sync::atomic::AtomicU64::new(0) };
                 atoll_vcpu::ExitKind::ALL.len()],
+            windows: Mutex::new(crate::run::host_windows::Windows::new()),
         }
     }
 
@@ -196,8 +199,18 @@ impl HostRun {
             .collect()
     }
 
+    /// The TSC and the exits by kind now (no allocation: taken on the exit path).
+    fn snapshot(&self) -> crate::run::host_windows::Snapshot {
+        crate::run::host_windows::Snapshot {
+            tsc: tsc::now(),
+            exits: core::array::from_fn(|i| self.exits[i].load(Ordering::Relaxed)),
+            ipis_sent: self.shared.counters.ipis_sent.load(Ordering::Relaxed),
+        }
+    }
+
     /// Forgets what the host before reported and notes the start (a new boot).
     pub fn note_start(&self) {
+        *self.windows.lock() = crate::run::host_windows::Windows::new();
         *self.results.lock() =
             atoll_devices::bounded::ReportStore::new(atoll_devices::bounded::REPORT_BUDGET);
         self.started_at.store(tsc::now(), Ordering::Relaxed);
@@ -329,15 +342,19 @@ struct HostConsole<'a> {
 impl crate::run::exits::Console for HostConsole<'_> {
     fn line(&mut self, name: &str, text: &str) {
         self.inner.line(name, text);
-        if !crate::run::vplat::capture_result(text, &self.run.results)
-            && text.starts_with("atoll-init:")
-        {
+        if crate::run::vplat::capture_result(text, &self.run.results) {
+            return;
+        }
+        if text.starts_with("atoll-init:") {
             let _ = self.run.init_at.compare_exchange(
                 0,
                 tsc::now(),
                 Ordering::Relaxed,
                 Ordering::Relaxed,
             );
+        } else if let Some((window, edge)) = crate::run::host_windows::marker(text) {
+            let at = self.run.snapshot();
+            self.run.windows.lock().mark(window, edge, at);
         }
     }
 }

@@ -13,6 +13,8 @@
 //!   wired yet.
 //! * [`host_ipi`]: the root partition's IPI filter — which host ICR writes go out, which INIT
 //!   and STARTUP are emulated, what is dropped and counted (not wired yet).
+//! * [`host_windows`]: the root partition's `ATOLL-IDLE` / `ATOLL-LOAD` windows (exits by kind
+//!   between its console's marker lines) for the summary and `cargo xtask bench idle`.
 //! * [`host_reset`]: which of the host's writes (and triple faults) reset or power off the
 //!   machine — ACPI reset register, 0xCF9, keyboard controller, S5; not wired yet.
 //! * [`vplat`]: a Linux enclave's virtual platform at run time: `vplat/mod.rs` the layout, what
@@ -29,4 +31,5 @@ pub mod fault_injection;
 pub mod host;
 pub mod host_ipi;
 pub mod host_reset;
+pub mod host_windows;
 pub mod vplat;

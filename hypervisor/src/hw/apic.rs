@@ -338,18 +338,25 @@ pub fn mask_ioapic(base: u64) {
     if base == 0 || base.saturating_add(0x20) > super::IDENTITY_MAPPED_END {
         return;
     }
-    let sel = base as *mut u32;
-    let win = (base + IOAPIC_IOWIN) as *mut u32;
-    // SAFETY: the I/O APIC's registers, from the firmware's MADT, identity-mapped below 4 GiB
-    // (uncacheable MMIO); only the boot processor calls this, while the host is stopped, so no
-    // one else is using the select/window pair.
-    unsafe {
-        core::ptr::write_volatile(sel, IOAPIC_VERSION);
-        let last = (core::ptr::read_volatile(win) >> 16) & 0xff;
-        for n in 0..=last {
-            core::ptr::write_volatile(sel, IOAPIC_REDTBL + 2 * n);
-            let low = core::ptr::read_volatile(win);
-            core::ptr::write_volatile(win, low | IOAPIC_MASK);
+    // One indirect register access: select, then read or write the window.
+    let access = |reg: u32, write: Option<u32>| -> u32 {
+        let sel = base as *mut u32;
+        let win = (base + IOAPIC_IOWIN) as *mut u32;
+        // SAFETY: the I/O APIC's select register, from the firmware's MADT, identity-mapped
+        // below 4 GiB (uncacheable MMIO); only the boot processor calls this, while the host
+        // is stopped, so no one else is using the select/window pair.
+        unsafe { core::ptr::write_volatile(sel, reg) };
+        match write {
+            // SAFETY: its window register, as above, for the register just selected.
+            Some(v) => unsafe { core::ptr::write_volatile(win, v) },
+            // SAFETY: as above.
+            None => return unsafe { core::ptr::read_volatile(win) },
         }
+        0
+    };
+    let last = (access(IOAPIC_VERSION, None) >> 16) & 0xff;
+    for n in 0..=last {
+        let low = access(IOAPIC_REDTBL + 2 * n, None);
+        access(IOAPIC_REDTBL + 2 * n, Some(low | IOAPIC_MASK));
     }
 }

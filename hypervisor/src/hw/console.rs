@@ -140,14 +140,16 @@ pub fn host_uart_irq(level: bool, host_takes_input: bool) {
     let mut ier: x86_64::instructions::port::Port<u8> =
         x86_64::instructions::port::Port::new(COM1 + 1);
     let rx = if host_takes_input { IER_RDI } else { 0 };
-    // SAFETY: COM1's IER under the port lock; the interrupt enables only decide when the UART
-    // raises IRQ 4, which atoll itself never takes (it polls), so no other user is affected.
-    unsafe {
-        if level {
-            ier.write(0);
-            ier.write(IER_THRI | rx);
-        } else {
-            ier.write(rx);
-        }
+    let mut write = |v: u8| {
+        // SAFETY: COM1's IER under the port lock; the interrupt enables only decide when the
+        // UART raises IRQ 4, which atoll itself never takes (it polls), so no other user is
+        // affected.
+        unsafe { ier.write(v) }
+    };
+    if level {
+        write(0);
+        write(IER_THRI | rx);
+    } else {
+        write(rx);
     }
 }

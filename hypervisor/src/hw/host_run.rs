@@ -258,26 +258,30 @@ impl HostHw for TargetHw {
     }
 
     fn port_in(&self, port: u16, size: u8) -> u32 {
-        // SAFETY: the policy forwards only reads of ports the host owns (the reset and sleep
-        // registers' neighbours, read back unchanged); a read of them has no effect on atoll.
-        unsafe {
-            match size {
-                1 => u32::from(x86_64::instructions::port::Port::<u8>::new(port).read()),
-                2 => u32::from(x86_64::instructions::port::Port::<u16>::new(port).read()),
-                _ => x86_64::instructions::port::Port::<u32>::new(port).read(),
-            }
+        use x86_64::instructions::port::Port;
+        // SAFETY (all three): the policy forwards only reads of ports the host owns (the reset
+        // and sleep registers' neighbours, read back unchanged); a read has no effect on atoll.
+        match size {
+            // SAFETY: as above.
+            1 => u32::from(unsafe { Port::<u8>::new(port).read() }),
+            // SAFETY: as above.
+            2 => u32::from(unsafe { Port::<u16>::new(port).read() }),
+            // SAFETY: as above.
+            _ => unsafe { Port::<u32>::new(port).read() },
         }
     }
 
     fn port_out(&self, port: u16, size: u8, value: u32) {
-        // SAFETY: the policy forwards only writes the reset detector found harmless (not a
-        // reset or power-off) to ports the host owns.
-        unsafe {
-            match size {
-                1 => x86_64::instructions::port::Port::<u8>::new(port).write(value as u8),
-                2 => x86_64::instructions::port::Port::<u16>::new(port).write(value as u16),
-                _ => x86_64::instructions::port::Port::<u32>::new(port).write(value),
-            }
+        use x86_64::instructions::port::Port;
+        // The policy forwards only writes the reset detector found harmless (not a reset or
+        // power-off) to ports the host owns.
+        match size {
+            // SAFETY: as above.
+            1 => unsafe { Port::<u8>::new(port).write(value as u8) },
+            // SAFETY: as above.
+            2 => unsafe { Port::<u16>::new(port).write(value as u16) },
+            // SAFETY: as above.
+            _ => unsafe { Port::<u32>::new(port).write(value) },
         }
     }
 
@@ -298,15 +302,18 @@ impl HostHw for TargetHw {
     fn send_ipi(&self, icr: Icr) {
         match apic::LocalApic::current() {
             apic::LocalApic::XApic(_) => {
-                // SAFETY: the xAPIC ICR pair of this core; the filter allowed this IPI. The
-                // high half is written first and the low half sends, as the host expects.
+                // SAFETY: this core's xAPIC ICR high (identity-mapped, uncacheable): it only
+                // sets the destination of the IPI the filter allowed.
                 unsafe {
                     core::ptr::write_volatile(
                         (XAPIC_BASE + XAPIC_ICR_HIGH) as *mut u32,
                         icr.xapic_high(),
-                    );
-                    core::ptr::write_volatile((XAPIC_BASE + XAPIC_ICR_LOW) as *mut u32, icr.low());
-                }
+                    )
+                };
+                // SAFETY: its ICR low, as above: this write sends the allowed IPI.
+                unsafe {
+                    core::ptr::write_volatile((XAPIC_BASE + XAPIC_ICR_LOW) as *mut u32, icr.low())
+                };
             }
             // SAFETY: x2APIC mode is on; the filter allowed this IPI.
             apic::LocalApic::X2Apic => unsafe {

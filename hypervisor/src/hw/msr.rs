@@ -97,31 +97,38 @@ impl Mtrrs {
     /// (SDM Vol. 3A §11.11.8: caches disabled and flushed, MTRRs disabled while they change).
     /// atoll starts the application processors itself, so it does what firmware would have.
     pub fn load(&self) {
-        let mut cr0 = x86_64::registers::control::Cr0::read_raw();
-        let cd_nw = (1 << 30) | (1 << 29);
-        // SAFETY: the §11.11.8 sequence on this core with interrupts off (AP bring-up): caches
-        // disabled (CD=1, NW=0) and flushed, MTRRs disabled, written, enabled again, caches
-        // flushed and enabled. The values are the boot processor's, which the firmware made
-        // valid for this machine.
-        unsafe {
-            x86_64::registers::control::Cr0::write_raw((cr0 | (1 << 30)) & !(1 << 29));
-            core::arch::asm!("wbinvd", options(nostack));
-            let mut def = x86_64::registers::model_specific::Msr::new(MTRR_DEF_TYPE);
-            def.write(self.def_type & !((1 << 11) | (1 << 10)));
-            for (i, &(b, m)) in self.var[..self.var_count].iter().enumerate() {
-                let base = MTRR_PHYS_BASE0 + 2 * i as u32;
-                x86_64::registers::model_specific::Msr::new(base).write(b);
-                x86_64::registers::model_specific::Msr::new(base + 1).write(m);
-            }
-            if let Some(fixed) = self.fixed {
-                for (msr, v) in MTRR_FIXED.iter().zip(fixed) {
-                    x86_64::registers::model_specific::Msr::new(*msr).write(v);
-                }
-            }
-            def.write(self.def_type);
-            core::arch::asm!("wbinvd", options(nostack));
-            cr0 &= !cd_nw;
-            x86_64::registers::control::Cr0::write_raw(cr0);
+        use x86_64::registers::control::Cr0;
+        // The §11.11.8 sequence on this core with interrupts off (AP bring-up): caches disabled
+        // (CD=1, NW=0) and flushed, MTRRs disabled, written, enabled again, caches flushed and
+        // enabled. The values are the boot processor's, which the firmware made valid for this
+        // machine; every write below is one step of it.
+        let wr = |msr: u32, v: u64| {
+            // SAFETY: an MTRR that MTRRCAP says exists (read from it by `read`), written with
+            // the boot processor's value during the sequence above.
+            unsafe { x86_64::registers::model_specific::Msr::new(msr).write(v) }
+        };
+        let wbinvd = || {
+            // SAFETY: write back and invalidate this core's caches: slow, never incorrect.
+            unsafe { core::arch::asm!("wbinvd", options(nostack)) }
+        };
+        let cr0 = Cr0::read_raw();
+        // SAFETY: CD set, NW clear: this core's caches off for the update (§11.11.8 step 2).
+        unsafe { Cr0::write_raw((cr0 | (1 << 30)) & !(1 << 29)) };
+        wbinvd();
+        wr(MTRR_DEF_TYPE, self.def_type & !((1 << 11) | (1 << 10)));
+        for (i, &(b, m)) in self.var[..self.var_count].iter().enumerate() {
+            let base = MTRR_PHYS_BASE0 + 2 * i as u32;
+            wr(base, b);
+            wr(base + 1, m);
         }
+        if let Some(fixed) = self.fixed {
+            for (msr, v) in MTRR_FIXED.iter().zip(fixed) {
+                wr(*msr, v);
+            }
+        }
+        wr(MTRR_DEF_TYPE, self.def_type);
+        wbinvd();
+        // SAFETY: caches on again (CD and NW clear), as the boot processor runs.
+        unsafe { Cr0::write_raw(cr0 & !((1 << 30) | (1 << 29))) };
     }
 }

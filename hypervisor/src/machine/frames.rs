@@ -260,7 +260,7 @@ impl FrameAllocator {
     /// gives up the lowest): they must be free, at the top of the last free range, and end a
     /// managed range; `bytes` a multiple of the frame size. Returns the range given up.
     pub fn cede_top(&mut self, bytes: u64) -> Result<PhysRange, FrameError> {
-        if bytes == 0 || bytes % FRAME_SIZE != 0 {
+        if bytes == 0 || !bytes.is_multiple_of(FRAME_SIZE) {
             return Err(FrameError::BadRequest);
         }
         let Some(last) = self.ranges().last().copied() else {

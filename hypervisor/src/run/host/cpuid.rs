@@ -39,12 +39,13 @@ pub const LEAF7_EDX_HIDDEN: u32 = bits(&[19, 20]);
 /// Leaf 0xD.1 ECX (IA32_XSS components): PT (8), CET user and supervisor (11, 12), arch LBR
 /// (15) — the features hidden above.
 pub const LEAF_D1_ECX_HIDDEN: u32 = bits(&[8, 11, 12, 15]);
-/// Leaf 0xD.1 EAX: XSAVES/XRSTORS (3). On VMX they raise #UD in a guest unless "enable
-/// XSAVES/XRSTORS" is set (SDM Vol. 3C §26.3, §25.6.20), which atoll leaves clear (it would
-/// need the XSS-exiting bitmap); hidden on both backends, so the host keeps the standard
-/// XSAVE format and its size checks agree with CPUID (the supervisor components XSAVES exists
-/// for are hidden above anyway).
-pub const LEAF_D1_EAX_HIDDEN: u32 = bits(&[3]);
+/// Leaf 0xD.1 EAX: XSAVEC (1) and XSAVES/XRSTORS (3). On VMX XSAVES raises #UD in a guest
+/// unless "enable XSAVES/XRSTORS" is set (SDM Vol. 3C §26.3, §25.6.20), which atoll leaves clear
+/// (it would need the XSS-exiting bitmap); with both hidden the host keeps the standard XSAVE
+/// layout, whose size leaf 0xD.0 gives — Bochs reports the compacted size in 0xD.1 EBX wrongly,
+/// which Linux checks whenever it compacts (as enclaves see it, `run::exits::cpuid`). The
+/// supervisor components XSAVES exists for are hidden above anyway.
+pub const LEAF_D1_EAX_HIDDEN: u32 = bits(&[1, 3]);
 /// Leaf 0x8000_0001 ECX hidden: SVM (2, APM Vol. 2 §15.4), IBS (10), SKINIT (12), and the
 /// AMD performance-counter extensions (23 core, 24 northbridge, 28 LLC).
 pub const EXT1_ECX_HIDDEN: u32 = bits(&[2, 10, 12, 23, 24, 28]);

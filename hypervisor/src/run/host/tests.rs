@@ -323,11 +323,11 @@ fn cpuid_hides_virtualization_and_what_the_host_does_not_own() {
         "no hypervisor leaves"
     );
     assert_eq!(cpuid(&mut w, 0xa, 0), [0; 4], "no PMU");
-    // Leaf 0xD.1: XSAVES (EAX 3) hidden, XSAVEOPT and XSAVEC (0, 1) kept; PT's and CET's
-    // supervisor components (ECX 8, 11, 12) hidden.
+    // Leaf 0xD.1: XSAVEC and XSAVES (EAX 1, 3) hidden, XSAVEOPT and XGETBV1 (0, 2) kept; PT's
+    // and CET's supervisor components (ECX 8, 11, 12) hidden.
     let d1 = cpuid(&mut w, 0xd, 1);
-    assert_eq!(d1[0] & (1 << 3), 0, "XSAVES");
-    assert_eq!(d1[0] & 0b11, 0b11, "XSAVEOPT, XSAVEC");
+    assert_eq!(d1[0] & 0b1010, 0, "XSAVEC, XSAVES");
+    assert_eq!(d1[0] & 0b101, 0b101, "XSAVEOPT, XGETBV1");
     assert_eq!(d1[2] & ((1 << 8) | (1 << 11) | (1 << 12)), 0);
     // With CR4.OSXSAVE set and x2APIC offered, both bits are there.
     let mut w = World::new(true);

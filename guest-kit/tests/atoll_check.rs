@@ -81,8 +81,14 @@ fn the_idle_timer_reports_its_wakeups() {
     // A loaded build machine wakes late, never early or more often than the period allows.
     assert!((1..=51).contains(&wakeups), "{v}");
     assert_eq!(v["period_us"], 20_000);
-    assert!(v["max_gap_us"].as_u64().expect("max_gap_us") >= 20_000, "{v}");
-    assert!(v["window_us"].as_u64().expect("window_us") >= 990_000, "{v}");
+    assert!(
+        v["max_gap_us"].as_u64().expect("max_gap_us") >= 20_000,
+        "{v}"
+    );
+    assert!(
+        v["window_us"].as_u64().expect("window_us") >= 990_000,
+        "{v}"
+    );
     assert_eq!(v["backwards"], 0);
     assert!(["rdtsc", "clock_monotonic_raw"].contains(&v["source"].as_str().unwrap()));
     // Usage errors exit 2 without a report.

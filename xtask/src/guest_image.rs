@@ -1591,7 +1591,11 @@ linux-image-6.12.117+deb12-amd64 - Linux 6.12 for 64-bit PCs (signed)
         );
         // A period that is not a number is ignored: the plain window.
         assert_eq!(
-            run_init_part("atoll.idle=7 atoll.idle_timer=1e3", "echo \"atoll-init", &timed),
+            run_init_part(
+                "atoll.idle=7 atoll.idle_timer=1e3",
+                "echo \"atoll-init",
+                &timed
+            ),
             "init: atoll.idle_timer=1e3 ignored: not a whole number of milliseconds\n\
              ATOLL-GUEST-EXIT status=0\nATOLL-IDLE begin\nslept 7\nATOLL-IDLE end\n"
         );

@@ -88,7 +88,9 @@ pub fn parse_idle_args<S: AsRef<str>>(args: &[S]) -> Result<Option<IdleOptions>,
         let bounded = |max: u64| -> Result<u64, String> {
             match value.trim().parse::<u64>() {
                 Ok(n) if (1..=max).contains(&n) => Ok(n),
-                _ => Err(format!("{name}: '{value}' is not a whole number from 1 to {max}")),
+                _ => Err(format!(
+                    "{name}: '{value}' is not a whole number from 1 to {max}"
+                )),
             }
         };
         if name == "--idle-timer" {
@@ -235,11 +237,17 @@ mod tests {
         assert!(!wants_idle(&["--expect-cpus", "1", "--idle-timers"]));
         assert_eq!(
             parse_idle_args(&["--idle-timer", "60"]).unwrap(),
-            Some(IdleOptions { seconds: 60, period_ms: DEFAULT_PERIOD_MS })
+            Some(IdleOptions {
+                seconds: 60,
+                period_ms: DEFAULT_PERIOD_MS
+            })
         );
         assert_eq!(
             parse_idle_args(&["--period-ms=5", "--idle-timer=3"]).unwrap(),
-            Some(IdleOptions { seconds: 3, period_ms: 5 })
+            Some(IdleOptions {
+                seconds: 3,
+                period_ms: 5
+            })
         );
         assert_eq!(parse_idle_args(&["--idle-timer", "1", "-h"]).unwrap(), None);
         for bad in [
@@ -260,7 +268,10 @@ mod tests {
 
     #[test]
     fn converts_ticks_at_the_clock_rate() {
-        let tsc = Clock::Tsc { khz: 2_595_723, khz_source: "kernel log".into() };
+        let tsc = Clock::Tsc {
+            khz: 2_595_723,
+            khz_source: "kernel log".into(),
+        };
         assert_eq!(tsc.us(2_595_723), Some(1000));
         assert_eq!(tsc.us(2_595_723 * 100), Some(100_000));
         // Rounded down; the largest count does not overflow.
@@ -270,15 +281,32 @@ mod tests {
             Some((u128::from(u64::MAX) * 1000 / 2_595_723) as u64)
         );
         assert_eq!(Clock::MonotonicRaw.us(10_000_999), Some(10_000));
-        assert_eq!(Clock::Tsc { khz: 0, khz_source: String::new() }.us(5), None);
+        assert_eq!(
+            Clock::Tsc {
+                khz: 0,
+                khz_source: String::new()
+            }
+            .us(5),
+            None
+        );
         // At 1 kHz a tick is a millisecond: u64::MAX ticks in µs does not fit.
-        assert_eq!(Clock::Tsc { khz: 1, khz_source: String::new() }.us(u64::MAX), None);
+        assert_eq!(
+            Clock::Tsc {
+                khz: 1,
+                khz_source: String::new()
+            }
+            .us(u64::MAX),
+            None
+        );
     }
 
     #[test]
     fn finds_the_largest_gap_between_wakeups() {
         // A 1000 kHz "TSC": a tick is a microsecond.
-        let clock = Clock::Tsc { khz: 1000, khz_source: "test".into() };
+        let clock = Clock::Tsc {
+            khz: 1000,
+            khz_source: "test".into(),
+        };
         let mut m = GapMeter::new(5_000);
         for t in [15_000, 25_100, 35_000, 185_000, 195_000, 205_000] {
             m.wake(t);

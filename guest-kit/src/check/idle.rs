@@ -37,6 +37,10 @@ pub const MAX_SECONDS: u64 = 86_400;
 /// The longest period accepted: one wake-up a minute still measures something.
 pub const MAX_PERIOD_MS: u64 = 60_000;
 
+/// How many of the largest gaps the report lists with where they happened: enough to tell one
+/// stall (a restart next door) from a machine that is slow throughout.
+pub const TOP_GAPS: usize = 5;
+
 /// Usage of the idle mode.
 pub const USAGE: &str = "usage: atoll-check --idle-timer SECONDS [--period-ms MS]\n\
 Sleeps MS milliseconds (default 10) at a time for SECONDS, timestamps every wake-up with the TSC and\n\
@@ -156,6 +160,8 @@ pub struct GapMeter {
     /// Where the largest gap ended, in ticks after the start.
     max_gap_end: u64,
     backwards: u64,
+    /// The largest gaps as (gap, end after the start), largest first, at most [`TOP_GAPS`].
+    top: Vec<(u64, u64)>,
 }
 
 impl GapMeter {
@@ -168,6 +174,7 @@ impl GapMeter {
             max_gap: 0,
             max_gap_end: 0,
             backwards: 0,
+            top: Vec::with_capacity(TOP_GAPS + 1),
         }
     }
 
@@ -179,9 +186,16 @@ impl GapMeter {
             self.backwards += 1;
         } else {
             let gap = now - self.last;
+            let end = now.saturating_sub(self.start);
             if gap > self.max_gap {
                 self.max_gap = gap;
-                self.max_gap_end = now.saturating_sub(self.start);
+                self.max_gap_end = end;
+            }
+            // Kept sorted, largest first; an equal gap keeps the earlier one ahead.
+            if self.top.len() < TOP_GAPS || self.top.last().is_some_and(|&(g, _)| gap > g) {
+                let at = self.top.partition_point(|&(g, _)| g >= gap);
+                self.top.insert(at, (gap, end));
+                self.top.truncate(TOP_GAPS);
             }
         }
         self.last = now;
@@ -203,7 +217,8 @@ impl GapMeter {
     }
 
     /// The report: `source`, `period_us`, `wakeups`, `max_gap_us`, `max_gap_at_us` (the end of
-    /// the largest gap after the window's start), `window_us` (start to last wake-up),
+    /// the largest gap after the window's start), `largest_gaps` (the [`TOP_GAPS`] largest as
+    /// `{"us", "at_us"}`, largest first), `window_us` (start to last wake-up),
     /// `backwards`, and for the TSC its frequency and where that came from. `cpu` is the CPU
     /// the loop was pinned to, if it was.
     pub fn report(&self, clock: &Clock, period_ms: u64, cpu: Option<u32>) -> Value {
@@ -214,6 +229,11 @@ impl GapMeter {
             "wakeups": self.wakeups,
             "max_gap_us": us(self.max_gap),
             "max_gap_at_us": us(self.max_gap_end),
+            "largest_gaps": self
+                .top
+                .iter()
+                .map(|&(g, at)| json!({ "us": us(g), "at_us": us(at) }))
+                .collect::<Vec<_>>(),
             "window_us": us(self.last.saturating_sub(self.start)),
             "backwards": self.backwards,
             "cpu": cpu,
@@ -324,6 +344,32 @@ mod tests {
         assert_eq!(r["tsc_khz"], 1000);
         assert_eq!(r["tsc_khz_source"], "test");
         assert_eq!(r["cpu"], 0);
+        assert_eq!(
+            r["largest_gaps"],
+            json!([
+                {"us": 150_000, "at_us": 180_000},
+                {"us": 10_100, "at_us": 20_100},
+                {"us": 10_000, "at_us": 10_000},
+                {"us": 10_000, "at_us": 190_000},
+                {"us": 10_000, "at_us": 200_000},
+            ])
+        );
+    }
+
+    #[test]
+    fn keeps_only_the_largest_gaps() {
+        let mut m = GapMeter::new(0);
+        let mut t = 0;
+        // Gaps 1..=20 ticks, then a flood of small ones: the five largest stay, in order.
+        for g in (1..=20).chain(core::iter::repeat(1).take(1000)) {
+            t += g;
+            m.wake(t);
+        }
+        let gaps: Vec<u64> = m.top.iter().map(|&(g, _)| g).collect();
+        assert_eq!(gaps, [20, 19, 18, 17, 16]);
+        assert_eq!(m.top[0].1, (1..=20).sum::<u64>());
+        assert_eq!(m.max_gap(), 20);
+        assert_eq!(m.wakeups(), 1020);
     }
 
     #[test]

@@ -110,13 +110,19 @@ mod linux {
         // long as the plain idle window whatever the TSC frequency figure says.
         let end = monotonic_ns(libc::CLOCK_MONOTONIC).saturating_add(opts.seconds * 1_000_000_000);
         let mut meter = idle::GapMeter::new(now());
+        let mut late_lines = 0;
         while monotonic_ns(libc::CLOCK_MONOTONIC) < end {
             // SAFETY: clock_nanosleep reads `period`, which we own; a null remainder is
             // allowed for a relative sleep. An interrupted sleep (EINTR) just wakes early.
             unsafe {
                 libc::clock_nanosleep(libc::CLOCK_MONOTONIC, 0, &period, std::ptr::null_mut())
             };
-            meter.wake(now());
+            if let Some((gap, end)) = meter.wake(now()) {
+                if idle::is_late(&clock, gap, opts.period_ms) && late_lines < idle::MAX_LATE_LINES {
+                    late_lines += 1;
+                    println!("{}", idle::late_line(&clock, gap, end));
+                }
+            }
         }
         println!(
             "{}{}",

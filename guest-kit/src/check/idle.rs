@@ -19,6 +19,10 @@
 //! went backwards between two wake-ups is counted (`backwards`) and that step is no gap: the
 //! timer's continuity cannot be judged across it, so a harness should expect zero.
 //!
+//! A gap over five periods is also printed when it ends (`ATOLL-GUEST-IDLE-GAP {json}`, at most
+//! 32 a window), so that on atoll's console, which serializes every partition's lines, a stall
+//! shows up next to whatever happened beside it.
+//!
 //! The gap includes the sleep itself: with a 10 ms period a perfect timer shows a gap of a
 //! little over 10 ms.
 
@@ -36,6 +40,19 @@ pub const MAX_SECONDS: u64 = 86_400;
 
 /// The longest period accepted: one wake-up a minute still measures something.
 pub const MAX_PERIOD_MS: u64 = 60_000;
+
+/// A gap longer than this many periods is printed the moment it ends, as
+/// `ATOLL-GUEST-IDLE-GAP {"us", "at_us"}`: on atoll's console that line lands among the other
+/// partitions' lines, so a stall can be placed next to what happened beside it (a restart, say)
+/// without a common clock.
+pub const LATE_PERIODS: u64 = 5;
+
+/// At most this many `ATOLL-GUEST-IDLE-GAP` lines a window: a machine slow throughout should not
+/// flood the console (and so the exits the window counts).
+pub const MAX_LATE_LINES: u64 = 32;
+
+/// What a late-gap line starts with (not [`IDLE_PREFIX`]: atoll files only the final report).
+pub const GAP_PREFIX: &str = "ATOLL-GUEST-IDLE-GAP ";
 
 /// How many of the largest gaps the report lists with where they happened: enough to tell one
 /// stall (a restart next door) from a machine that is slow throughout.
@@ -179,9 +196,11 @@ impl GapMeter {
     }
 
     /// A wake-up at `now`. A clock that went backwards is counted and restarts the measuring
-    /// from `now`: the step has no meaningful length.
-    pub fn wake(&mut self, now: u64) {
+    /// from `now`: the step has no meaningful length. Returns the gap that ended here (`None`
+    /// after a backwards step) with its end after the window's start.
+    pub fn wake(&mut self, now: u64) -> Option<(u64, u64)> {
         self.wakeups += 1;
+        let mut out = None;
         if now < self.last {
             self.backwards += 1;
         } else {
@@ -197,8 +216,10 @@ impl GapMeter {
                 self.top.insert(at, (gap, end));
                 self.top.truncate(TOP_GAPS);
             }
+            out = Some((gap, end));
         }
         self.last = now;
+        out
     }
 
     /// Wake-ups so far.
@@ -244,6 +265,20 @@ impl GapMeter {
         }
         r
     }
+}
+
+/// Whether a gap of `gap` ticks at `clock`'s rate is late enough (over [`LATE_PERIODS`]
+/// periods of `period_ms`) for a line of its own.
+pub fn is_late(clock: &Clock, gap: u64, period_ms: u64) -> bool {
+    clock
+        .us(gap)
+        .is_some_and(|us| us > period_ms.saturating_mul(1000).saturating_mul(LATE_PERIODS))
+}
+
+/// The line for a late gap: `ATOLL-GUEST-IDLE-GAP {"us": …, "at_us": …}`.
+pub fn late_line(clock: &Clock, gap: u64, end: u64) -> String {
+    let us = |t: u64| clock.us(t).map_or(Value::Null, Value::from);
+    format!("{GAP_PREFIX}{}", json!({ "us": us(gap), "at_us": us(end) }))
 }
 
 #[cfg(test)]
@@ -354,6 +389,35 @@ mod tests {
                 {"us": 10_000, "at_us": 200_000},
             ])
         );
+    }
+
+    #[test]
+    fn late_gaps_get_a_line_of_their_own() {
+        let clock = Clock::Tsc {
+            khz: 1000,
+            khz_source: "test".into(),
+        };
+        let mut m = GapMeter::new(0);
+        assert_eq!(m.wake(10_000), Some((10_000, 10_000)));
+        // Five periods exactly is not late; a tick more is.
+        assert!(!is_late(&clock, 50_000, 10));
+        assert!(is_late(&clock, 50_001, 10));
+        let (gap, end) = m.wake(423_654).unwrap();
+        assert!(is_late(&clock, gap, 10));
+        assert_eq!(
+            late_line(&clock, gap, end),
+            "ATOLL-GUEST-IDLE-GAP {\"at_us\":423654,\"us\":413654}"
+        );
+        // Not the final report's prefix: atoll does not file it as the result.
+        assert!(!late_line(&clock, gap, end).starts_with(IDLE_PREFIX));
+        // Backwards: no gap to judge.
+        assert_eq!(m.wake(5), None);
+        // Without a rate nothing is late (and nothing is printed as a number).
+        let none = Clock::Tsc {
+            khz: 0,
+            khz_source: String::new(),
+        };
+        assert!(!is_late(&none, u64::MAX, 10));
     }
 
     #[test]

@@ -77,10 +77,15 @@ fn assert_host_beside_enclave(o: &RunOutcome) {
     // The host's memory is the machine's: its own RAM 1:1 in the second stage, so its exits
     // are the few nested page faults of what atoll refuses or emulates, and port I/O (COM1,
     // the PIC, the PIT...).
-    let exits = get(o, "host.exits").as_object().expect("host.exits is a map");
+    let exits = get(o, "host.exits")
+        .as_object()
+        .expect("host.exits is a map");
     for class in ["nested_page_fault", "io"] {
         assert!(
-            exits.get(class).and_then(Value::as_u64).is_some_and(|n| n > 0),
+            exits
+                .get(class)
+                .and_then(Value::as_u64)
+                .is_some_and(|n| n > 0),
             "the host's exits include {class}: {exits:?}"
         );
     }
@@ -90,14 +95,21 @@ fn assert_host_beside_enclave(o: &RunOutcome) {
 /// 8-byte accesses, all refused by atoll (read as all ones) and counted: 1024 per boot.
 fn assert_pool_probe_refused(o: &RunOutcome, boots: u64) {
     let probe = get(o, "host.results.guest_check.pool_probe");
-    assert_eq!(probe["all_ones"], true, "the pool read as all ones: {probe}");
+    assert_eq!(
+        probe["all_ones"], true,
+        "the pool read as all ones: {probe}"
+    );
     assert_eq!(probe["bytes"], 8192, "two pages were read: {probe}");
     let refused = u64_at(o, "host.refused_reads");
     assert!(
         refused >= 1024 * boots,
         "atoll counted {refused} refused reads; the probe alone makes 1024 a boot ({boots} boots)"
     );
-    assert_eq!(u64_at(o, "host.refused_writes"), 0, "the host wrote nothing it does not own");
+    assert_eq!(
+        u64_at(o, "host.refused_writes"),
+        0,
+        "the host wrote nothing it does not own"
+    );
 }
 
 #[test]
@@ -107,7 +119,10 @@ fn root_partition_qemu() {
     assert_eq!(u64_at(&o, "host.restarts"), 0);
     assert_eq!(get(&o, "host.results.guest_check.restarts"), 0);
     assert_pool_probe_refused(&o, 1);
-    assert_eq!(get(&o, "host.results.guest_check.pool_probe.all_ones"), true);
+    assert_eq!(
+        get(&o, "host.results.guest_check.pool_probe.all_ones"),
+        true
+    );
     // The host's CPU hotplug: it offlined and onlined one of its own cores, and no action failed.
     let host = xtask::console::enclave_lines(&o.serial, "host");
     for action in ["offline:1", "online:1"] {
@@ -146,7 +161,9 @@ fn root_host_panic_qemu() {
             .unwrap_or_else(|| panic!("no '{needle}' on the console:\n{}", o.tail(40)))
     };
     let begin = at("[linux] ATOLL-IDLE begin");
-    let panic = at("[host] ATOLL-ACTION panic");
+    // The kernel's panic message (its console output can cut into /init's own "ATOLL-ACTION
+    // panic" line, which is echoed just before: seen as "ATOLL-ACTION pan[ 12.76] Call Trace:").
+    let panic = at("Kernel panic - not syncing");
     let restart = at("(restart 1)");
     let second_check = o.serial[restart..]
         .find("[host] ATOLL-GUEST-CHECK ")
@@ -172,10 +189,20 @@ fn root_host_panic_qemu() {
         (1000..=6001).contains(&wakeups),
         "{wakeups} wake-ups in a 60 s window at 10 ms: {timer}"
     );
+    // Gaps over five periods were also printed as they ended: each with the console line
+    // before it, which places the stall among the host's lines.
+    let lines: Vec<&str> = o.serial.lines().collect();
+    let late: Vec<String> = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.starts_with("[linux] ATOLL-GUEST-IDLE-GAP "))
+        .map(|(i, l)| format!("{l} (after: {})", lines[i.saturating_sub(1)]))
+        .collect();
     assert!(
         (10_000..=100_000).contains(&gap),
         "the enclave's largest timer gap was {gap} us (at least the 10 ms period, at most \
-         100 ms): {timer}"
+         100 ms): {timer}\nlate gaps:\n{}",
+        late.join("\n")
     );
-    eprintln!("root-host-panic: enclave idle timer {timer}");
+    eprintln!("root-host-panic: enclave idle timer {timer}; late gaps: {late:?}");
 }

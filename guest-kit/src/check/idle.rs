@@ -425,7 +425,7 @@ mod tests {
         let mut m = GapMeter::new(0);
         let mut t = 0;
         // Gaps 1..=20 ticks, then a flood of small ones: the five largest stay, in order.
-        for g in (1..=20).chain(core::iter::repeat(1).take(1000)) {
+        for g in (1..=20).chain(core::iter::repeat_n(1, 1000)) {
             t += g;
             m.wake(t);
         }

@@ -12,8 +12,9 @@
 //!
 //! **Why RDTSC.** The question is whether the core's own time ran on, which is what the TSC
 //! counts; `CLOCK_MONOTONIC_RAW` is TSC-based only while the kernel's clocksource is the TSC,
-//! and the kernels under QEMU may switch to the HPET ("Marking TSC unstable"), whose reads
-//! atoll's platform emulates. Cycles become microseconds through the kernel's TSC frequency
+//! and a kernel may leave it (under QEMU the root partition's Linux marks the TSC unstable and
+//! runs on the HPET; the enclave's stays on the TSC, but the measurement should not depend on
+//! that). Cycles become microseconds through the kernel's TSC frequency
 //! (`tsc_freq_khz` in sysfs or the kernel log's calibration, as the check finds it); without
 //! one the program falls back to `CLOCK_MONOTONIC_RAW` and says so (`"source"`). A TSC that
 //! went backwards between two wake-ups is counted (`backwards`) and that step is no gap: the

@@ -43,6 +43,7 @@
 use serde_json::{json, Value};
 
 pub mod host;
+pub mod idle;
 
 /// What the report line starts with.
 pub const REPORT_PREFIX: &str = "ATOLL-GUEST-CHECK ";

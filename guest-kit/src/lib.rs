@@ -20,7 +20,8 @@
 //! * `atoll-check` (a static Linux binary the guest image's `/init` runs): checks the CPUs,
 //!   memory, APIC mode, clocksource, TSC and kernel log a Linux guest sees, runs a pinned
 //!   compute loop on every CPU, and prints one `ATOLL-GUEST-CHECK {json}` line; its logic is
-//!   [`check`].
+//!   [`check`]. With `--idle-timer SECONDS` it idles instead, measuring the largest gap between
+//!   the wake-ups of a periodic timer ([`check::idle`]), and prints `ATOLL-GUEST-IDLE {json}`.
 //!
 //! The host CLI and the channel daemon come with later issues.
 #![cfg_attr(target_os = "none", no_std)]

@@ -61,3 +61,46 @@ fn bad_arguments_are_refused() {
     assert!(out.stdout.is_empty());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a positive integer"));
 }
+
+#[test]
+fn the_idle_timer_reports_its_wakeups() {
+    // One second at 20 ms: about 50 wake-ups, each gap at least the period.
+    let out = Command::new(BIN)
+        .args(["--idle-timer", "1", "--period-ms", "20"])
+        .output()
+        .expect("atoll-check runs");
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8(out.stdout).expect("UTF-8 output");
+    // The report last; before it, only lines for gaps over five periods (a loaded machine).
+    let lines: Vec<&str> = stdout.lines().collect();
+    let (report, late) = lines.split_last().expect("a report line");
+    assert!(
+        late.iter().all(|l| l.starts_with("ATOLL-GUEST-IDLE-GAP {")),
+        "{stdout}"
+    );
+    let json = report
+        .strip_prefix("ATOLL-GUEST-IDLE ")
+        .unwrap_or_else(|| panic!("no prefix: {report}"));
+    let v: Value = serde_json::from_str(json).expect("valid JSON");
+    let wakeups = v["wakeups"].as_u64().expect("wakeups");
+    // A loaded build machine wakes late, never early or more often than the period allows.
+    assert!((1..=51).contains(&wakeups), "{v}");
+    assert_eq!(v["period_us"], 20_000);
+    assert!(
+        v["max_gap_us"].as_u64().expect("max_gap_us") >= 20_000,
+        "{v}"
+    );
+    assert!(
+        v["window_us"].as_u64().expect("window_us") >= 990_000,
+        "{v}"
+    );
+    assert_eq!(v["backwards"], 0);
+    assert!(["rdtsc", "clock_monotonic_raw"].contains(&v["source"].as_str().unwrap()));
+    // Usage errors exit 2 without a report.
+    let out = Command::new(BIN)
+        .args(["--idle-timer", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+}

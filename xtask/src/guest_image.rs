@@ -28,8 +28,11 @@
 //! `atoll.tolerate=ID,…` becomes `--tolerate ID,…` (kernel warnings that do not fail the
 //! check), `atoll.iterations=N` sets the compute work; `atoll.idle=N` makes `/init` print
 //! `ATOLL-IDLE begin`, sleep N seconds and print `ATOLL-IDLE end` after the check (the window
-//! `cargo xtask bench idle` counts exits in); `atoll.shell=1` starts a shell after the check
-//! instead of powering off.
+//! `cargo xtask bench idle` counts exits in); `atoll.idle_timer=MS` runs a periodic timer of MS
+//! milliseconds in that window instead of `sleep` (`atoll-check --idle-timer`) and reports its
+//! largest gap between wake-ups as `ATOLL-GUEST-IDLE {json}` — atoll's `idle_timer` result; it
+//! is not the default because its wake-ups would change what the bench counts. `atoll.shell=1`
+//! starts a shell after the check instead of powering off.
 //!
 //! **One image, both roles.** The same initramfs serves an enclave and the root partition (the
 //! host's Linux atoll boots beside its enclaves): `atoll.role=host` (which atoll appends to the
@@ -259,7 +262,9 @@ pub fn init_script() -> String {
 # atoll.iterations=N, atoll.tolerate=ID,...; atoll.role=host: the root partition's checks),
 # runs the actions atoll.actions=A,B,... asks for (atoll.restart_actions=... instead once
 # atoll.restarts=N says the root partition was restarted), idles N seconds between
-# "ATOLL-IDLE begin" and "ATOLL-IDLE end" lines (atoll.idle=N), with atoll.echo_input=1
+# "ATOLL-IDLE begin" and "ATOLL-IDLE end" lines (atoll.idle=N; with atoll.idle_timer=MS a
+# periodic timer of MS milliseconds runs in the window and its largest gap between wake-ups is
+# reported as "ATOLL-GUEST-IDLE {json}"), with atoll.echo_input=1
 # prompts "ATOLL-GUEST-INPUT?" and echoes the line typed on its console as
 # "ATOLL-GUEST-INPUT <line>", and powers off (atoll.shell=1: starts a shell instead).
 export PATH=/bin
@@ -272,6 +277,7 @@ set -f
 args=""
 shell=""
 idle=""
+idle_timer=""
 echo_input=""
 actions=""
 restart_actions=""
@@ -287,12 +293,16 @@ for word in $(cat /proc/cmdline); do
         atoll.restart_actions=*) restart_actions=${word#*=} ;;
         atoll.restarts=*) restarts=${word#*=} ;;
         atoll.idle=*) idle=${word#*=} ;;
+        atoll.idle_timer=*) idle_timer=${word#*=} ;;
         atoll.shell=1) shell=1 ;;
         atoll.echo_input=1) echo_input=1 ;;
     esac
 done
 case "$idle" in
     *[!0-9]*) echo "init: atoll.idle=$idle ignored: not a whole number of seconds"; idle="" ;;
+esac
+case "$idle_timer" in
+    *[!0-9]*) echo "init: atoll.idle_timer=$idle_timer ignored: not a whole number of milliseconds"; idle_timer="" ;;
 esac
 case "$restarts" in
     ""|*[!0-9]*) echo "init: atoll.restarts=$restarts ignored: not a whole number"; restarts=0 ;;
@@ -410,7 +420,14 @@ if [ -n "$actions" ]; then
 fi
 if [ -n "$idle" ]; then
     echo "ATOLL-IDLE begin"
-    sleep "$idle"
+    if [ -n "$idle_timer" ]; then
+        # Not the default: 1000/MS wake-ups a second would change what an idle window
+        # measures (`cargo xtask bench idle` counts its exits).
+        /atoll-check --idle-timer "$idle" --period-ms "$idle_timer" ||
+            echo "init: atoll-check --idle-timer failed"
+    else
+        sleep "$idle"
+    fi
     echo "ATOLL-IDLE end"
 fi
 if [ -n "$echo_input" ]; then
@@ -1618,6 +1635,41 @@ linux-image-6.12.117+deb12-amd64 - Linux 6.12 for 64-bit PCs (signed)
         assert_eq!(
             run_init_part("atoll.idle=;reboot", "echo \"atoll-init", &then),
             "init: atoll.idle=;reboot ignored: not a whole number of seconds\nATOLL-GUEST-EXIT status=0\n"
+        );
+        // atoll.idle_timer=MS: the window runs atoll-check's periodic timer instead of sleep
+        // (the check stands in for itself here: it says how it was called).
+        let timed = format!(
+            "atoll_check() {{ echo \"idle-check $*\"; return ${{CHECK_STATUS:-0}}; }}\n{}",
+            then.replace("/atoll-check ", "atoll_check ")
+        );
+        assert_eq!(
+            run_init_part("atoll.idle=60 atoll.idle_timer=10", "echo \"atoll-init", &timed),
+            "ATOLL-GUEST-EXIT status=0\nATOLL-IDLE begin\nidle-check --idle-timer 60 --period-ms 10\n\
+             ATOLL-IDLE end\n"
+        );
+        assert_eq!(
+            run_init_part(
+                "atoll.idle=3 atoll.idle_timer=10",
+                "echo \"atoll-init",
+                &format!("CHECK_STATUS=2\n{timed}")
+            ),
+            "ATOLL-GUEST-EXIT status=0\nATOLL-IDLE begin\nidle-check --idle-timer 3 --period-ms 10\n\
+             init: atoll-check --idle-timer failed\nATOLL-IDLE end\n"
+        );
+        // A period that is not a number is ignored: the plain window.
+        assert_eq!(
+            run_init_part(
+                "atoll.idle=7 atoll.idle_timer=1e3",
+                "echo \"atoll-init",
+                &timed
+            ),
+            "init: atoll.idle_timer=1e3 ignored: not a whole number of milliseconds\n\
+             ATOLL-GUEST-EXIT status=0\nATOLL-IDLE begin\nslept 7\nATOLL-IDLE end\n"
+        );
+        // A timer without a window does nothing.
+        assert_eq!(
+            run_init_part("atoll.idle_timer=10", "echo \"atoll-init", &timed),
+            "ATOLL-GUEST-EXIT status=0\n"
         );
         // atoll.echo_input=1: the prompt, then the line read from the console (stdin here).
         let echo = &s

@@ -6,6 +6,10 @@
 //! partition's `guest_check` result) and exits 0 when every check passed, 1 when one failed, 2 on a
 //! usage error.
 //!
+//! `atoll-check --idle-timer SECONDS [--period-ms MS]` instead idles for SECONDS with a periodic
+//! timer and prints `ATOLL-GUEST-IDLE {json}`: the largest gap between its wake-ups by the TSC
+//! (`guest_kit::check::idle`), which atoll files as the partition's `idle_timer` result.
+//!
 //! Build it static for an initramfs:
 //! `RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -p guest-kit --bin atoll-check --target x86_64-unknown-linux-gnu`
 //! (`cargo xtask guest-image` does).
@@ -36,6 +40,7 @@ fn main() {
 #[cfg(target_os = "linux")]
 mod linux {
     use guest_kit::check::host::{self, HostFacts, MemRegion, PciDevice, ProbeRead};
+    use guest_kit::check::idle;
     use guest_kit::check::{self, CpuRun, Facts, Options, Role};
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
@@ -44,6 +49,10 @@ mod linux {
 
     pub fn main() {
         let args: Vec<String> = std::env::args().skip(1).collect();
+        if idle::wants_idle(&args) {
+            idle_timer(&args);
+            return;
+        }
         let opts = match check::parse_args(&args) {
             Ok(Some(o)) => o,
             Ok(None) => {
@@ -61,6 +70,95 @@ mod linux {
         std::process::exit(if ok { 0 } else { 1 });
     }
 
+    /// The idle window with a periodic timer (`guest_kit::check::idle`): sleeps the period
+    /// until the window is over, stamps every wake-up, prints `ATOLL-GUEST-IDLE {json}`.
+    fn idle_timer(args: &[String]) {
+        let opts = match idle::parse_idle_args(args) {
+            Ok(Some(o)) => o,
+            Ok(None) => {
+                println!("{}", idle::USAGE);
+                return;
+            }
+            Err(e) => {
+                eprintln!("atoll-check: {e}\n{}", idle::USAGE);
+                std::process::exit(2);
+            }
+        };
+        let (_, log) = kernel_log();
+        let clock = match tsc_khz(&log) {
+            (Some(khz), Some(source)) if khz > 0 => idle::Clock::Tsc {
+                khz,
+                khz_source: source.into(),
+            },
+            _ => idle::Clock::MonotonicRaw,
+        };
+        // One CPU's TSC throughout: the TSCs of two CPUs need not agree.
+        let cpu = current_cpu().filter(|&c| pin(c).is_ok());
+        let now = || match clock {
+            idle::Clock::Tsc { .. } => {
+                // SAFETY: RDTSC only reads the time-stamp counter; the kernel leaves it
+                // readable from user mode (CR4.TSD clear) on x86-64 Linux.
+                unsafe { core::arch::x86_64::_rdtsc() }
+            }
+            idle::Clock::MonotonicRaw => monotonic_ns(libc::CLOCK_MONOTONIC_RAW),
+        };
+        let period = libc::timespec {
+            tv_sec: (opts.period_ms / 1000) as libc::time_t,
+            tv_nsec: ((opts.period_ms % 1000) * 1_000_000) as libc::c_long,
+        };
+        // The window is measured as `sleep` measures it (CLOCK_MONOTONIC), so it lasts as
+        // long as the plain idle window whatever the TSC frequency figure says.
+        let end = monotonic_ns(libc::CLOCK_MONOTONIC).saturating_add(opts.seconds * 1_000_000_000);
+        let mut meter = idle::GapMeter::new(now());
+        let mut late_lines = 0;
+        while monotonic_ns(libc::CLOCK_MONOTONIC) < end {
+            // SAFETY: clock_nanosleep reads `period`, which we own; a null remainder is
+            // allowed for a relative sleep. An interrupted sleep (EINTR) just wakes early.
+            unsafe {
+                libc::clock_nanosleep(libc::CLOCK_MONOTONIC, 0, &period, std::ptr::null_mut())
+            };
+            if let Some((gap, end)) = meter.wake(now()) {
+                if idle::is_late(&clock, gap, opts.period_ms) && late_lines < idle::MAX_LATE_LINES {
+                    late_lines += 1;
+                    println!("{}", idle::late_line(&clock, gap, end));
+                }
+            }
+        }
+        println!(
+            "{}{}",
+            idle::IDLE_PREFIX,
+            meter.report(&clock, opts.period_ms, cpu)
+        );
+    }
+
+    /// `clock_gettime(clock)` in nanoseconds (0 if the clock cannot be read).
+    fn monotonic_ns(clock: libc::clockid_t) -> u64 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes one timespec into `ts`, which we own.
+        if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
+            return 0;
+        }
+        (ts.tv_sec as u64)
+            .saturating_mul(1_000_000_000)
+            .saturating_add(ts.tv_nsec as u64)
+    }
+
+    /// The kernel's TSC frequency in kHz and where it came from: sysfs (not mainline), else
+    /// the calibration in the kernel log.
+    fn tsc_khz(log: &[String]) -> (Option<u64>, Option<&'static str>) {
+        match read("/sys/devices/system/cpu/cpu0/tsc_freq_khz").and_then(|s| s.trim().parse().ok())
+        {
+            Some(k) => (Some(k), Some("/sys/devices/system/cpu/cpu0/tsc_freq_khz")),
+            None => match check::tsc_khz_from_log(log.iter().map(String::as_str)) {
+                Some(k) => (Some(k), Some("kernel log")),
+                None => (None, None),
+            },
+        }
+    }
+
     fn read(path: &str) -> Option<String> {
         std::fs::read_to_string(path).ok()
     }
@@ -74,15 +172,7 @@ mod linux {
         let cpuinfo = read("/proc/cpuinfo").unwrap_or_default();
         let x2 = log_source.map(|_| check::x2apic_log(log_lines()));
         let (apic_mode, apic_evidence) = check::apic_mode(&cpuinfo, x2.as_ref());
-        let (tsc_khz, tsc_source) = match read("/sys/devices/system/cpu/cpu0/tsc_freq_khz")
-            .and_then(|s| s.trim().parse().ok())
-        {
-            Some(k) => (Some(k), Some("/sys/devices/system/cpu/cpu0/tsc_freq_khz")),
-            None => match check::tsc_khz_from_log(log_lines()) {
-                Some(k) => (Some(k), Some("kernel log")),
-                None => (None, None),
-            },
-        };
+        let (tsc_khz, tsc_source) = tsc_khz(&log);
         let (hypervisor, hypervisor_max_leaf) = hypervisor();
         let mut facts = Facts {
             online,

@@ -558,6 +558,9 @@ impl Host {
             other => {
                 log::info!("host: {other}");
                 self.end = Some(other);
+                // Its interrupts are masked and its timer stopped (above): the boot processor's
+                // waits for the enclaves still running halt rather than spin.
+                atoll::hw::take_core_back_from_host();
             }
         }
     }

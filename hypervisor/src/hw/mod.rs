@@ -122,6 +122,14 @@ pub fn give_core_to_host() {
     }
 }
 
+/// Takes the calling core back from a host that has ended for good: atoll's idle waits halt
+/// again (with its timer) instead of spinning.
+pub fn take_core_back_from_host() {
+    if let Some(slot) = core_tables::this_slot() {
+        HOST_CORE[slot].store(false, core::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Whether the calling core is the host's ([`give_core_to_host`]).
 pub fn host_owns_this_core() -> bool {
     core_tables::this_slot()

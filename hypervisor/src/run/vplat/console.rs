@@ -1,5 +1,6 @@
 //! The guest's console lines, as the platform reads them: every line is printed; an
-//! `ATOLL-GUEST-CHECK {json}` or `ATOLL-GUEST-EXIT status=N` line becomes a result (checked
+//! `ATOLL-GUEST-CHECK {json}`, `ATOLL-GUEST-IDLE {json}` or `ATOLL-GUEST-EXIT status=N` line
+//! becomes a result (checked
 //! without recursion and kept raw in a fixed budget), and `atoll-init:` and the
 //! `ATOLL-IDLE begin`/`end` pair become the measurements of the report (boot to init, the idle
 //! window's exits by class).
@@ -22,8 +23,9 @@ pub(super) struct Marks {
     idle: Option<(u64, [u64; 4])>,
 }
 
-/// Files a console line that reports a result: `ATOLL-GUEST-CHECK {json}` (kept raw after a
-/// check without recursion; text if it is not JSON) or `ATOLL-GUEST-EXIT status=N`. Returns
+/// Files a console line that reports a result: `ATOLL-GUEST-CHECK {json}` (result
+/// `guest_check`) or `ATOLL-GUEST-IDLE {json}` (`idle_timer`), each kept raw after a check
+/// without recursion (text if it is not JSON), or `ATOLL-GUEST-EXIT status=N`. Returns
 /// whether the line was one. What exceeds the store's budget is counted there. Shared by the
 /// enclaves' platform and the root partition's console.
 pub fn capture_result(
@@ -31,16 +33,23 @@ pub fn capture_result(
     results: &spin::Mutex<atoll_devices::bounded::ReportStore>,
 ) -> bool {
     use atoll_devices::bounded::{validate, Limits, ValueKind};
-    if let Some(json) = line.strip_prefix("ATOLL-GUEST-CHECK ") {
+    // The JSON reports a guest prints, and the result key each becomes: the check's, and the
+    // idle window's periodic timer (`atoll-check --idle-timer`).
+    const JSON_LINES: [(&str, &str); 2] = [
+        ("ATOLL-GUEST-CHECK ", "guest_check"),
+        ("ATOLL-GUEST-IDLE ", "idle_timer"),
+    ];
+    if let Some((json, key)) = JSON_LINES
+        .iter()
+        .find_map(|(prefix, key)| Some((line.strip_prefix(prefix)?, *key)))
+    {
         let value = json.trim();
         let _ = match validate(value.as_bytes(), Limits::GUEST) {
             Ok(()) => results
                 .lock()
-                .insert("guest_check", value.as_bytes(), ValueKind::Json),
+                .insert(key, value.as_bytes(), ValueKind::Json),
             // Not JSON (or too deep): the text, as a string.
-            Err(_) => results
-                .lock()
-                .insert("guest_check", json.as_bytes(), ValueKind::Text),
+            Err(_) => results.lock().insert(key, json.as_bytes(), ValueKind::Text),
         };
         true
     } else if let Some(status) = line.strip_prefix("ATOLL-GUEST-EXIT status=") {
@@ -179,6 +188,49 @@ mod tests {
         let r = s.results.lock();
         assert!(r.used() <= atoll_devices::bounded::REPORT_BUDGET);
         assert_eq!(r.dropped(), 0, "one key, replaced: fits");
+    }
+
+    #[test]
+    fn idle_timer_lines_are_kept_raw_and_bounded() {
+        let s = Shared::new("lx", &[4], 1_000_000_000);
+        let mut c = Lines::default();
+        let map = |s: &Shared| s.results.lock().to_map();
+        // The idle window's timer report: its own key, beside the check's.
+        s.guest_line("ATOLL-GUEST-CHECK {\"ok\":true}", 0, &mut c);
+        s.guest_line(
+            "ATOLL-GUEST-IDLE {\"max_gap_us\":10123,\"wakeups\":5900,\"source\":\"rdtsc\"} ",
+            0,
+            &mut c,
+        );
+        assert_eq!(
+            serde_json::Value::Object(map(&s)),
+            serde_json::json!({
+                "guest_check": {"ok": true},
+                "idle_timer": {"max_gap_us": 10123, "wakeups": 5900, "source": "rdtsc"},
+            })
+        );
+        // The line is printed as the partition's like any other.
+        assert!(c.0.iter().any(|(_, l)| l.starts_with("ATOLL-GUEST-IDLE ")));
+        // Not JSON, or nested deeper than the ABI allows: kept as text, never parsed
+        // recursively; a later valid report replaces it.
+        s.guest_line("ATOLL-GUEST-IDLE max_gap_us=5", 0, &mut c);
+        assert_eq!(map(&s)["idle_timer"], "max_gap_us=5");
+        // (Within a console line's length, as the UART would deliver it.)
+        let deep = "{\"a\":".repeat(atoll_devices::uart::LINE_MAX / 8);
+        s.guest_line(&alloc::format!("ATOLL-GUEST-IDLE {deep}"), 0, &mut c);
+        assert!(map(&s)["idle_timer"] == deep.as_str(), "kept as text");
+        // The prefix needs its space: a look-alike is an ordinary line.
+        s.guest_line("ATOLL-GUEST-IDLEX {\"max_gap_us\":1}", 0, &mut c);
+        assert!(map(&s)["idle_timer"] == deep.as_str(), "not filed");
+        // A flood never grows the store past its budget.
+        let big = alloc::format!("\"{}\"", "z".repeat(atoll_devices::uart::LINE_MAX - 2));
+        for _ in 0..100 {
+            s.guest_line(&alloc::format!("ATOLL-GUEST-IDLE {big}"), 0, &mut c);
+        }
+        let r = s.results.lock();
+        assert!(r.used() <= atoll_devices::bounded::REPORT_BUDGET);
+        assert_eq!(r.dropped(), 0, "one key, replaced: fits");
+        assert_eq!(r.to_map()["guest_check"]["ok"], true);
     }
 
     #[test]

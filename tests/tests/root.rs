@@ -1,5 +1,5 @@
 //! Emulator tests of the root partition: the host's Linux booted by atoll on the cores no
-//! enclave owns, beside a boot-time Linux enclave (QEMU/SVM; the VMX side is not done yet).
+//! enclave owns, beside a boot-time Linux enclave (QEMU/SVM, and Bochs/VMX for `root-partition`).
 //!
 //! * `root-partition`: both checks pass, the host's `/dev/mem` probe of the enclave pool reads
 //!   all ones and atoll counts every read, the host offlines and onlines a core, powers off after
@@ -7,6 +7,9 @@
 //! * `root-host-panic`: the host panics (`panic=1`) while the enclave idles; atoll restarts it
 //!   from the kernel and initrd it kept, the restarted host's check passes, and the enclave's
 //!   periodic timer ran through it all without a gap beyond 100 ms of its TSC.
+//!
+//! * `root-serial-input`: the host alone takes atoll's serial input: a line typed on atoll's COM1
+//!   reaches its `/init` through its COM1 model and comes back.
 //!
 //! Each scenario's own expectations must hold (`RunOutcome::passed`); the tests then assert,
 //! from the summary and the console, what a user would look at.
@@ -16,9 +19,16 @@ use xtask::run::{run, RunOptions, RunOutcome};
 use xtask::scenario::{lookup, Emulator};
 
 fn boot(scenario: &str) -> RunOutcome {
-    let o = run(&RunOptions::new(Emulator::Qemu, scenario))
-        .unwrap_or_else(|e| panic!("{scenario}: {e:#}"));
-    eprintln!("qemu {scenario}: {:.1} s wall", o.wall.as_secs_f64());
+    boot_on(Emulator::Qemu, scenario)
+}
+
+fn boot_on(emulator: Emulator, scenario: &str) -> RunOutcome {
+    let o =
+        run(&RunOptions::new(emulator, scenario)).unwrap_or_else(|e| panic!("{scenario}: {e:#}"));
+    eprintln!(
+        "{emulator:?} {scenario}: {:.1} s wall",
+        o.wall.as_secs_f64()
+    );
     o
 }
 
@@ -52,7 +62,6 @@ fn problems(o: &RunOutcome) -> String {
 /// and powered off with its check passing, the enclave's check passed, DMA is not confined yet.
 fn assert_host_beside_enclave(o: &RunOutcome) {
     assert!(o.passed(), "{}\n{}", o.failure(), problems(o));
-    assert_eq!(get(o, "cpu_virt"), "svm");
     assert_eq!(get(o, "host.cores"), &json!([0, 1]));
     assert_eq!(get(o, "host.end_reason"), "power_off");
     assert_eq!(
@@ -115,14 +124,43 @@ fn assert_pool_probe_refused(o: &RunOutcome, boots: u64) {
 #[test]
 fn root_partition_qemu() {
     let o = boot("root-partition");
-    assert_host_beside_enclave(&o);
-    assert_eq!(u64_at(&o, "host.restarts"), 0);
-    assert_eq!(get(&o, "host.results.guest_check.restarts"), 0);
-    assert_pool_probe_refused(&o, 1);
-    assert_eq!(
-        get(&o, "host.results.guest_check.pool_probe.all_ones"),
-        true
+    assert_eq!(get(&o, "cpu_virt"), "svm");
+    root_partition(&o);
+}
+
+/// The same machine on VMX: the host's vCPUs in host-mode VMCSs, its second stage in EPT.
+#[test]
+fn root_partition_bochs() {
+    let o = boot_on(Emulator::Bochs, "root-partition");
+    assert_eq!(get(&o, "cpu_virt"), "vmx");
+    root_partition(&o);
+}
+
+#[test]
+fn root_serial_input_qemu() {
+    let mut opts = RunOptions::new(Emulator::Qemu, "root-serial-input");
+    opts.serial_input = Some(("ATOLL-GUEST-INPUT?".into(), "typed-at-atoll\n".into()));
+    let o = run(&opts).unwrap_or_else(|e| panic!("root-serial-input: {e:#}"));
+    assert!(o.passed(), "{}\n{}", o.failure(), problems(&o));
+    let host = xtask::console::enclave_lines(&o.serial, "host");
+    assert!(
+        host.contains(&"ATOLL-GUEST-INPUT typed-at-atoll"),
+        "the host echoed the typed line:\n{}",
+        o.tail(20)
     );
+    assert_eq!(
+        get(&o, "enclaves"),
+        &json!([]),
+        "a machine with the host alone"
+    );
+}
+
+fn root_partition(o: &RunOutcome) {
+    assert_host_beside_enclave(o);
+    assert_eq!(u64_at(o, "host.restarts"), 0);
+    assert_eq!(get(o, "host.results.guest_check.restarts"), 0);
+    assert_pool_probe_refused(o, 1);
+    assert_eq!(get(o, "host.results.guest_check.pool_probe.all_ones"), true);
     // The host's CPU hotplug: it offlined and onlined one of its own cores, and no action failed.
     let host = xtask::console::enclave_lines(&o.serial, "host");
     for action in ["offline:1", "online:1"] {
@@ -139,14 +177,15 @@ fn root_partition_qemu() {
     }
     eprintln!(
         "root-partition: host refused reads {}, exits {}",
-        get(&o, "host.refused_reads"),
-        get(&o, "host.exits")
+        get(o, "host.refused_reads"),
+        get(o, "host.exits")
     );
 }
 
 #[test]
 fn root_host_panic_qemu() {
     let o = boot("root-host-panic");
+    assert_eq!(get(&o, "cpu_virt"), "svm");
     assert_host_beside_enclave(&o);
     // One restart, and the results are the restarted boot's: its check saw atoll.restarts=1.
     assert_eq!(u64_at(&o, "host.restarts"), 1);

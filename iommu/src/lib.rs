@@ -57,6 +57,9 @@ pub struct RemappingUnit {
     pub register_base: HostPhysAddr,
     /// INCLUDE_PCI_ALL: it serves every device of the segment not claimed by another unit.
     pub include_pci_all: bool,
+    /// Size of its register set in 4 KiB pages: 2^N with N the DRHD's Size field (byte 5, VT-d
+    /// spec §8.3, Table 8-3; 0 — one page — in firmware older than the field).
+    pub register_pages: u64,
 }
 
 /// What the DMAR table says.
@@ -144,6 +147,7 @@ impl Dmar {
                 RemappingStructure::Drhd => {
                     let s = &table[offset..offset + slen];
                     let flags = *s.get(4).ok_or(DmarError::BadStructure { offset })?;
+                    let size = *s.get(5).ok_or(DmarError::BadStructure { offset })? & 0xf;
                     let segment = u16_at(s, 6).ok_or(DmarError::BadStructure { offset })?;
                     let base = u64_at(s, 8).ok_or(DmarError::BadStructure { offset })?;
                     if n == MAX_UNITS {
@@ -153,6 +157,7 @@ impl Dmar {
                         segment,
                         register_base: HostPhysAddr::new(base),
                         include_pci_all: flags & 1 != 0,
+                        register_pages: 1 << size,
                     });
                     n += 1;
                 }
@@ -202,6 +207,12 @@ mod tests {
         assert_eq!(units.len(), 1);
         assert_eq!(units[0].register_base, HostPhysAddr::new(0xfed9_0000));
         assert!(units[0].include_pci_all);
+        assert_eq!(units[0].register_pages, 1, "Size 0: one page");
+        // Size N: 2^N pages.
+        let mut t = qemu_like();
+        t[DMAR_HEADER_LEN + 5] = 2;
+        let d = Dmar::parse(&t).unwrap();
+        assert_eq!(d.units().next().unwrap().register_pages, 4);
     }
 
     #[test]
@@ -220,6 +231,7 @@ mod tests {
         // QEMU lists its devices by scope (I/O APIC, 00:00.0, 00:1f.x) instead of INCLUDE_PCI_ALL.
         assert!(!units[0].include_pci_all);
         assert_eq!(units[0].segment, 0);
+        assert_eq!(units[0].register_pages, 1);
         assert_eq!(d.host_address_width, 48);
     }
 

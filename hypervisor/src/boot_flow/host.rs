@@ -273,11 +273,25 @@ impl Host {
         let probe = host_acpi::build(&fw, &acpi_cores, HostPhysAddr::new(0x1000))
             .map_err(|e| alloc::format!("the host's ACPI tables: {e}"))?;
         let phys_bits = core::arch::x86_64::__cpuid(0x8000_0008).eax & 0xff;
+        // The IOMMUs are atoll's (their DMAR is not in the host's tables): their registers are
+        // not mapped for the host.
+        let iommu_registers: Vec<PhysRange> = fw
+            .tables
+            .iter()
+            .find(|t| t.signature() == Some(*b"DMAR"))
+            .and_then(|t| iommu::Dmar::parse(t.bytes).ok())
+            .map(|d| {
+                d.units()
+                    .map(|u| PhysRange::from_len(u.register_base, u.register_pages * 4096))
+                    .collect()
+            })
+            .unwrap_or_default();
         let layout = host_layout::layout(&HostLayoutInput {
             firmware: info.memory_map(),
             atoll: &atoll,
             pool: &pool,
             apic_page: PhysRange::from_len(HostPhysAddr::new(APIC_PAGE), 4096),
+            iommu: &iommu_registers,
             phys_top: 1u64 << phys_bits.clamp(36, 48),
             acpi_len: probe.bytes().len() as u64,
         })

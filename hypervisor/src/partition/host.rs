@@ -75,6 +75,8 @@ pub struct HostLayoutInput<'a> {
     pub pool: &'a [PhysRange],
     /// The local APIC's page: left out of the mappings (the caller maps it read-only).
     pub apic_page: PhysRange,
+    /// The IOMMUs' register sets: atoll's, never mapped for the host.
+    pub iommu: &'a [PhysRange],
     /// One past the highest physical address the processors decode (`1 << MAXPHYADDR`).
     pub phys_top: u64,
     /// Bytes of the host's ACPI image.
@@ -95,11 +97,13 @@ pub fn layout(input: &HostLayoutInput<'_>) -> Result<HostLayout, HostLayoutError
         .then(|| PhysRange::new(HostPhysAddr::new(window_start), HostPhysAddr::new(phys_top)))
         .into_iter()
         .collect();
+    let mut owned: Vec<PhysRange> = input.iommu.to_vec();
+    owned.push(input.apic_page);
     let plan = host_memory::plan(&HostMemoryInput {
         firmware: input.firmware,
         atoll: input.atoll,
         pool: input.pool,
-        owned_mmio: core::slice::from_ref(&input.apic_page),
+        owned_mmio: &owned,
         mmio_windows: &window,
     })
     .map_err(HostLayoutError::Plan)?;
@@ -240,6 +244,7 @@ mod tests {
             atoll,
             pool,
             apic_page: r(APIC, APIC + PAGE),
+            iommu: &[],
             phys_top: 1 << 40,
             acpi_len: 0x1234,
         }
@@ -287,6 +292,26 @@ mod tests {
             + (0x2000_0000 - 0x80_0000)
             + (top - 0x2000 - 0x3fe0_0000);
         assert_eq!(l.usable_bytes, ram_bytes);
+    }
+
+    #[test]
+    fn the_iommu_registers_are_never_the_hosts() {
+        let fw = qemu();
+        let vtd = [r(0xfed9_0000, 0xfed9_1000)];
+        let mut i = input(&fw, &[], &[]);
+        i.iommu = &vtd;
+        let l = layout(&i).unwrap();
+        for m in &l.mappings {
+            let m = PhysRange::from_len(m.hpa, m.len);
+            assert!(!m.overlaps(&vtd[0]), "{m} maps the VT-d registers");
+        }
+        // Its neighbours stay mapped (1:1 uncacheable MMIO).
+        let mapped = |a: u64| {
+            l.mappings
+                .iter()
+                .any(|m| m.gpa.as_u64() <= a && a < m.gpa.as_u64() + m.len)
+        };
+        assert!(mapped(0xfed9_1000) && mapped(0xfed8_f000));
     }
 
     #[test]

@@ -131,6 +131,16 @@ extern "C" fn atoll_bsp_main(magic: u32, info_addr: u64) -> ! {
     }
     .unwrap_or_else(|e| panic!("the boot stack's guard page: {e:?}"));
     let usable = info.usable_bytes();
+    // The firmware's map as atoll got it (test fixtures for the host's E820 come from these
+    // lines: tests/fixtures/e820/).
+    for r in info.memory_map() {
+        log::debug!(
+            "firmware memory map: {:#x} {:#x} {:?}",
+            r.range.start.as_u64(),
+            r.range.end.as_u64(),
+            r.kind
+        );
+    }
     log::info!(
         "memory: {} MiB usable, {} MiB free for atoll in {} ranges; image {}",
         usable >> 20,

@@ -341,6 +341,113 @@ mod tests {
         ));
     }
 
+    /// A firmware memory map as atoll logs it at `log=debug` ("firmware memory map: START END
+    /// KIND" lines, captured from QEMU and Bochs runs into tests/fixtures/e820/).
+    fn captured(text: &str) -> Vec<MemoryRegion> {
+        text.lines()
+            .filter_map(|l| l.split_once("firmware memory map: ").map(|(_, r)| r))
+            .map(|l| {
+                let mut w = l.split_whitespace();
+                let num = |s: Option<&str>| {
+                    u64::from_str_radix(s.unwrap().trim_start_matches("0x"), 16).unwrap()
+                };
+                let (s, e) = (num(w.next()), num(w.next()));
+                let kind = match w.next().unwrap() {
+                    "Usable" => RegionKind::Usable,
+                    "AcpiReclaimable" => RegionKind::AcpiReclaimable,
+                    "AcpiNvs" => RegionKind::AcpiNvs,
+                    "Defective" => RegionKind::Defective,
+                    _ => RegionKind::Reserved,
+                };
+                region(s, e, kind)
+            })
+            .collect()
+    }
+
+    /// The host's layout from a captured map, with atoll's image low and the pool carved from the
+    /// top of the largest usable range below 16 MiB of host RAM (as the boot does): every
+    /// invariant a host's Linux relies on.
+    fn check_captured(fw: &[MemoryRegion]) {
+        assert!(fw.len() >= 3, "the fixture has a map");
+        let big = fw
+            .iter()
+            .filter(|r| r.kind == RegionKind::Usable)
+            .max_by_key(|r| r.range.len())
+            .unwrap()
+            .range;
+        let atoll = [r(0x20_0000, 0x80_0000)];
+        let pool_end = (big.end.as_u64() - (16 << 20)) & !0x1f_ffff;
+        let pool = [r(pool_end - (128 << 20), pool_end)];
+        let l = layout(&input(fw, &atoll, &pool)).unwrap();
+        // Sorted, disjoint, and within the 128 entries boot_params holds.
+        assert!(l.e820.len() <= E820_MAX);
+        for w in l.e820.windows(2) {
+            assert!(w[0].addr + w[0].size <= w[1].addr, "{w:?}");
+        }
+        let kind_at = |a: u64| {
+            l.e820
+                .iter()
+                .find(|e| e.addr <= a && a < e.addr + e.size)
+                .map(|e| e.kind)
+        };
+        for x in atoll.iter().chain(&pool) {
+            for a in [x.start.as_u64(), x.end.as_u64() - 1] {
+                assert_eq!(kind_at(a), Some(E820Kind::Reserved), "{a:#x}");
+            }
+            for m in &l.mappings {
+                assert!(
+                    !PhysRange::from_len(m.hpa, m.len).overlaps(x),
+                    "{m:?} maps {x}"
+                );
+            }
+        }
+        // Every other usable whole page is the host's RAM, mapped write-back (a page only partly
+        // RAM is mapped uncacheable, see `host_memory`).
+        for f in fw.iter().filter(|f| f.kind == RegionKind::Usable) {
+            let start = f.range.start.as_u64().next_multiple_of(PAGE);
+            let last = (f.range.end.as_u64() & !(PAGE - 1)).saturating_sub(PAGE);
+            for a in [start, last] {
+                let outside = atoll
+                    .iter()
+                    .chain(&pool)
+                    .all(|x| !x.contains(HostPhysAddr::new(a)));
+                let acpi = l.acpi_base.as_u64()..l.acpi_base.as_u64() + 0x2000;
+                if outside && a < f.range.end.as_u64() && !acpi.contains(&a) {
+                    assert_eq!(kind_at(a), Some(E820Kind::Ram), "{a:#x}");
+                    assert!(
+                        l.ram.iter().any(|x| x.contains(HostPhysAddr::new(a))),
+                        "{a:#x}"
+                    );
+                }
+            }
+        }
+        // The firmware's own reservations stay reserved (its ACPI tables, the BIOS).
+        for f in fw.iter().filter(|f| f.kind != RegionKind::Usable) {
+            assert_ne!(
+                kind_at(f.range.start.as_u64()),
+                Some(E820Kind::Ram),
+                "{f:?}"
+            );
+        }
+        // The ACPI image is in the host's RAM, below 4 GiB, typed ACPI.
+        assert_eq!(kind_at(l.acpi_base.as_u64()), Some(E820Kind::Acpi));
+        assert!(l.acpi_base.as_u64() < 1 << 32);
+        // The APIC page is never mapped (the boot maps it read-only itself).
+        assert!(l
+            .mappings
+            .iter()
+            .all(|m| !PhysRange::from_len(m.hpa, m.len).overlaps(&r(APIC, APIC + PAGE))));
+    }
+
+    #[test]
+    fn captured_qemu_and_bochs_maps_give_a_sound_host_e820() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/e820/");
+        for name in ["qemu-q35-1024.log", "bochs-1024.log"] {
+            let text = std::fs::read_to_string(alloc::format!("{dir}{name}")).unwrap();
+            check_captured(&captured(&text));
+        }
+    }
+
     #[test]
     fn command_line_facts() {
         assert_eq!(

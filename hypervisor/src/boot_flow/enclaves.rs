@@ -110,12 +110,10 @@ impl CoreWork for TargetCore {
             }
         }
         let outcome = self.run_enclave(p, block);
-        // The manager may be running the host's boot vCPU: an NMI makes it look now.
+        // The manager may be running the host's boot vCPU: atoll's NMI makes it look now.
         if let Some(run) = super::host::HOST_RUN.get() {
-            if let Some(&bsp) = run.cores.first() {
-                if bsp != self.apic_id {
-                    hw::apic::send_nmi(bsp);
-                }
+            if run.cores.first().is_some_and(|&bsp| bsp != self.apic_id) {
+                run.signal(0);
             }
         }
         outcome

@@ -217,7 +217,9 @@ impl HostRun {
         self.init_at.store(0, Ordering::Relaxed);
     }
 
-    fn signal(&self, index: usize) {
+    /// Signals host vCPU `index` by NMI, marked as atoll's (so it is not taken for the host's
+    /// own NMI).
+    pub fn signal(&self, index: usize) {
         if let (Some(&id), Some(flag)) = (self.cores.get(index), self.signalled.get(index)) {
             flag.store(true, Ordering::Release);
             apic::send_nmi(id);
@@ -450,12 +452,17 @@ impl HostVcpuRun {
         let index = self.me.index;
         let mut mem: &HostRam = &run.ram;
         loop {
+            // The mark first, then what a signal asks for: a signal sent after the mark is
+            // cleared either finds its request already seen here or exits the guest (an NMI
+            // atoll's IDT took while this core was out of the guest left the mark set until
+            // now, and its request is seen here too).
+            run.signalled[index].store(false, Ordering::Release);
             if run.stopping() {
                 return Pause::Stopped;
             }
-            // Everything a signal asks for is looked at after each exit (below): an NMI from
-            // now on is a new one.
-            run.signalled[index].store(false, Ordering::Release);
+            if index > 0 && run.shared.init_pending(index) {
+                return Pause::Init;
+            }
             if self.nmi_pending {
                 self.nmi_pending = !match &mut self.vcpu {
                     HostCpu::Svm(v) => v.inject_nmi(),

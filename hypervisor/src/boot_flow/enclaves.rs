@@ -631,8 +631,21 @@ impl Manager<'_> {
             if let Ok(a) = waited {
                 return Ok(a);
             }
-            log::warn!("core {apic_id} did not answer Stop after its kick: sending an NMI");
-            hw::apic::send_nmi(apic_id);
+            log::warn!("core {apic_id} did not answer Stop after its kick: sending NMIs");
+            // An NMI every STOP_NMI_AFTER_US until it answers: one that reaches the core
+            // between an exit and the next entry goes to atoll's own handler, not to an exit,
+            // and must not be the last one (bounded by the acknowledgement deadline).
+            let mut next = tsc::micros();
+            while next < deadline {
+                hw::apic::send_nmi(apic_id);
+                next = next.saturating_add(STOP_NMI_AFTER_US).min(deadline);
+                if let Ok(a) = block
+                    .mailbox
+                    .wait(ticket, &mut ManagerWaiter(&mut self.input), next)
+                {
+                    return Ok(a);
+                }
+            }
         }
         block
             .mailbox

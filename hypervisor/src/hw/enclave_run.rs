@@ -468,7 +468,13 @@ pub fn run(
     let stop: &dyn Fn() -> bool = match stop_at {
         None => stop,
         Some(d) => {
-            with_deadline = move || stop() || super::tsc::now() >= d;
+            // Within a millisecond of the deadline counts as reached: the timer is then never
+            // armed for a remainder that could fire while this core is between an exit and the
+            // next entry (an interrupt that arrives there is pending at the entry, which must
+            // make the guest exit at once; Bochs was seen to lose it, leaving a guest that
+            // spins with interrupts masked running past the deadline).
+            let margin = super::tsc::hz() / 1000;
+            with_deadline = move || stop() || super::tsc::now().saturating_add(margin) >= d;
             &with_deadline
         }
     };

@@ -486,6 +486,16 @@ extern "C" fn atoll_ap_main(_ticket: u64) -> ! {
 /// The host's wall clock at boot: Unix seconds and the TSC when they were read.
 static WALL_CLOCK: Once<Option<(i64, u64)>> = Once::new();
 
+/// APIC ids of the cores that checked in, as descriptions are checked against them.
+fn online_cores() -> Vec<u32> {
+    CORES
+        .slots()
+        .iter()
+        .filter(|s| s.state() == smp::CoreState::Online)
+        .map(|s| s.apic_id())
+        .collect()
+}
+
 /// The boot processor's MTRRs, read before the APs start (they load them).
 pub(crate) static BSP_MTRRS: Once<Option<hw::msr::Mtrrs>> = Once::new();
 

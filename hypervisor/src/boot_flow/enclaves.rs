@@ -304,12 +304,7 @@ fn describe(info: &BootInfo, problems: &mut Vec<String>) -> Option<Vec<EnclaveCo
         problems.push("module 'enclaves': not UTF-8 text".into());
         return None;
     };
-    let online: Vec<u32> = CORES
-        .slots()
-        .iter()
-        .filter(|s| s.state() == smp::CoreState::Online)
-        .map(|s| s.apic_id())
-        .collect();
+    let online = super::online_cores();
     let names: Vec<&str> = info.modules().iter().map(|m| m.name()).collect();
     let ctx = atoll::partition::config::Context {
         cores: Some(&online),

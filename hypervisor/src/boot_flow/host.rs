@@ -86,12 +86,7 @@ pub fn description(info: &BootInfo, problems: &mut Vec<String>) -> Option<Machin
         problems.push("module 'machine': not UTF-8 text".into());
         return None;
     };
-    let online: Vec<u32> = super::CORES
-        .slots()
-        .iter()
-        .filter(|s| s.state() == atoll::machine::smp::CoreState::Online)
-        .map(|s| s.apic_id())
-        .collect();
+    let online = super::online_cores();
     let names: Vec<&str> = info.modules().iter().map(|m| m.name()).collect();
     let ctx = atoll::partition::config::Context {
         cores: Some(&online),
@@ -356,12 +351,7 @@ impl Host {
         // identity-mapped up to the top of RAM (boot extended the map), and atoll keeps no
         // reference into them.
         let ram = Arc::new(unsafe { HostRam::new(&layout.ram) });
-        let others = (super::CORES
-            .slots()
-            .iter()
-            .filter(|s| s.state() == atoll::machine::smp::CoreState::Online)
-            .count()
-            .saturating_sub(cores.len())) as u32;
+        let others = super::online_cores().len().saturating_sub(cores.len()) as u32;
         let mut ipi_cores = atoll::run::host_ipi::HostCores::new(others);
         for &c in &cores {
             ipi_cores

@@ -363,7 +363,7 @@ fn start_platform_vcpu(
 /// The real-mode state a STARTUP IPI with `vector` gives (SDM Vol. 3A §9.4.4.1): CS selector
 /// `vector << 8`, base `vector << 12`, IP 0 (`rip` is the linear entry, as for real-mode
 /// images: the backends take CS's base off it).
-fn startup_state(vector: u8) -> Boot {
+pub(crate) fn startup_state(vector: u8) -> Boot {
     Boot {
         mode: EntryMode::Real16,
         rip: u64::from(vector) << 12,

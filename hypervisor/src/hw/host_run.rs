@@ -572,25 +572,6 @@ impl HostVcpuRun {
     }
 }
 
-/// The real-mode state a STARTUP with `vector` gives (SDM Vol. 3A §9.4.4.1).
-fn startup_state(vector: u8) -> BootState {
-    BootState {
-        mode: crate::partition::config::EntryMode::Real16,
-        rip: u64::from(vector) << 12,
-        rsp: 0,
-        rdi: 0,
-        rsi: 0,
-        rdx: 0,
-        cr0: 0x10,
-        cr3: 0,
-        cr4: 0,
-        efer: 0,
-        gdt: (0, 0xffff),
-        cs_selector: u16::from(vector) << 8,
-        ds_selector: 0,
-    }
-}
-
 /// Waits with interrupts off until atoll's NMI (or a spurious wake-up).
 fn wait_for_nmi() {
     // SAFETY: HLT with interrupts disabled: only an NMI (atoll's signal), SMI or INIT wakes the
@@ -627,7 +608,12 @@ pub fn serve_ap(run: &HostRun, index: usize, core: &CoreVirt) -> ! {
             Some(vector) if initialized => {
                 initialized = false;
                 log::debug!("host vCPU {index} starts at {:#x}", u32::from(vector) << 12);
-                let mut v = match HostVcpuRun::new(run, index, core, &startup_state(vector)) {
+                let mut v = match HostVcpuRun::new(
+                    run,
+                    index,
+                    core,
+                    &super::enclave_run::startup_state(vector),
+                ) {
                     Ok(v) => v,
                     Err(e) => {
                         run.request_stop(HostStop::Failed(alloc::format!("vCPU {index}: {e}")));

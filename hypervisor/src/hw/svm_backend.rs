@@ -354,28 +354,19 @@ impl SvmVcpu {
                 msr.allow(m, true, true).map_err(SvmError::Setup)?;
             }
         }
-        let intercepts = Intercepts {
-            cr: CrIntercepts::empty(),
-            exceptions: ExceptionIntercepts::DB | ExceptionIntercepts::AC,
-            misc1: MiscIntercepts1::NMI
-                | MiscIntercepts1::INIT
-                | MiscIntercepts1::CPUID
-                | MiscIntercepts1::IOIO_PROT
-                | MiscIntercepts1::MSR_PROT
-                | MiscIntercepts1::SHUTDOWN
-                | MiscIntercepts1::INVLPGA
-                | MiscIntercepts1::INVD
-                | MiscIntercepts1::RDPMC,
-            misc2: MiscIntercepts2::VMRUN
-                | MiscIntercepts2::VMMCALL
-                | MiscIntercepts2::VMLOAD
-                | MiscIntercepts2::VMSAVE
-                | MiscIntercepts2::STGI
-                | MiscIntercepts2::CLGI
-                | MiscIntercepts2::SKINIT
-                | MiscIntercepts2::XSETBV,
-            ..Intercepts::default()
-        };
+        // The enclaves' set (`new`) less what the host owns: its interrupts, HLT, WBINVD,
+        // MONITOR/MWAIT and its control registers.
+        let mut intercepts = v.vmcb.intercepts();
+        intercepts.cr = CrIntercepts::empty();
+        intercepts
+            .misc1
+            .remove(MiscIntercepts1::INTR | MiscIntercepts1::HLT);
+        intercepts.misc2.remove(
+            MiscIntercepts2::WBINVD
+                | MiscIntercepts2::MONITOR
+                | MiscIntercepts2::MWAIT
+                | MiscIntercepts2::MWAIT_CONDITIONAL,
+        );
         v.vmcb.set_intercepts(&intercepts);
         v.vmcb
             .set_virtual_interrupt(VirtualInterruptControl::empty());

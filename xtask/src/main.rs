@@ -45,9 +45,9 @@ enum Cmd {
     /// rustfmt --check, then clippy with warnings denied on the host and for the bare-metal
     /// image and guests (x86_64-unknown-none).
     Lint,
-    /// Set up, build and boot linux-enclave in QEMU (Linux on two cores beside the guest
-    /// suite), and show the core report, each partition's end and the Linux guest's check
-    /// (the host's too, for a scenario with a root partition).
+    /// Set up, build and boot root-partition in QEMU (the host's Linux as the root partition
+    /// with a Linux enclave beside it), and show the core report, each partition's end, the
+    /// Linux guest's check and the host's.
     Demo,
     /// Boot with `dump_acpi` and save every ACPI table under tests/fixtures/acpi/.
     CaptureAcpi {

@@ -452,11 +452,12 @@ impl HostVcpuRun {
         let index = self.me.index;
         let mut mem: &HostRam = &run.ram;
         loop {
-            // The mark first, then what a signal asks for: a signal sent after the mark is
-            // cleared either finds its request already seen here or exits the guest (an NMI
-            // atoll's IDT took while this core was out of the guest left the mark set until
-            // now, and its request is seen here too).
-            run.signalled[index].store(false, Ordering::Release);
+            // What a signal asks for is looked at here, before every entry. The mark is left
+            // alone: only an NMI exit takes it (below). Clearing it here raced a signal whose
+            // NMI was still in flight: the exit it caused then looked like the host's own NMI
+            // and was handed to the host ("NMI received for unknown reason"). A mark left by
+            // an NMI atoll's IDT took while this core was out of the guest is taken by the next
+            // NMI exit, which at worst is a host NMI that atoll then keeps (docs/security.md).
             if run.stopping() {
                 return Pause::Stopped;
             }

@@ -5,9 +5,13 @@
 //! arguments in RBX and RCX; atoll answers with a [`status`] in RAX (other registers as the call
 //! says). At CPL > 0 the instruction raises #UD.
 //!
+//! **The control device** ([`control`]) is how the host's `atoll` command reaches atoll.
+//!
 //! **CPUID** leaf 0x4000_0000 returns the highest hypervisor leaf in EAX and
 //! [`CPUID_SIGNATURE`] in EBX, ECX, EDX; leaf 0x4000_0001 returns the ABI version in EAX.
 #![no_std]
+
+pub mod control;
 
 /// The hypercall ABI version.
 pub const HYPERCALL_ABI_VERSION: u64 = 1;

@@ -38,6 +38,9 @@ pub const MAX_PARTITIONS: usize = MAX_ENCLAVES;
 pub enum SlotState {
     /// Unused.
     Free,
+    /// Created at run time (`atoll create`): its kernel and initrd are being loaded; nothing
+    /// is built and it is not started until [`PartitionTable::loaded`].
+    Loading,
     /// Described; waiting for the enclave it runs after (or for the manager to build it).
     Waiting,
     /// RAM and second-stage tables made, image loaded; not started.
@@ -58,6 +61,7 @@ impl SlotState {
     pub fn name(self) -> &'static str {
         match self {
             SlotState::Free => "free",
+            SlotState::Loading => "loading",
             SlotState::Waiting => "waiting",
             SlotState::Built => "built",
             SlotState::Running => "running",
@@ -87,6 +91,8 @@ pub enum TableError {
     /// `after` names no enclave described before this one (descriptions are checked by
     /// [`crate::partition::config::parse`], so this is a manager bug).
     BadAfter(String),
+    /// An enclave of that name exists (until it is destroyed).
+    NameTaken(String),
 }
 
 impl fmt::Display for TableError {
@@ -98,6 +104,7 @@ impl fmt::Display for TableError {
             }
             TableError::Full => write!(f, "more than {MAX_PARTITIONS} partitions"),
             TableError::BadAfter(n) => write!(f, "`after` names no earlier enclave '{n}'"),
+            TableError::NameTaken(n) => write!(f, "an enclave named '{n}' exists"),
         }
     }
 }
@@ -357,6 +364,88 @@ impl<T> PartitionTable<T> {
         Ok(())
     }
 
+    /// A run-time enclave (`atoll create`): a free slot in [`SlotState::Loading`]. Refused,
+    /// changing nothing, if its name is taken (by any slot not free) or every slot is used.
+    pub fn create(&mut self, config: EnclaveConfig) -> Result<PartitionId, TableError> {
+        if self.find(&config.name).is_some() {
+            return Err(TableError::NameTaken(config.name));
+        }
+        let i = self
+            .slots
+            .iter()
+            .position(|s| s.state == SlotState::Free)
+            .ok_or(TableError::Full)?;
+        let s = &mut self.slots[i];
+        *s = Slot::free();
+        s.state = SlotState::Loading;
+        s.config = Some(config);
+        Ok(i as PartitionId)
+    }
+
+    /// Loading → Waiting: its kernel and initrd are in; the manager builds it next.
+    pub fn loaded(&mut self, id: PartitionId) -> Result<(), TableError> {
+        self.slot(id, "finish loading", &[SlotState::Loading])?.state = SlotState::Waiting;
+        Ok(())
+    }
+
+    /// The slot of the enclave named `name`, if any slot not free has it.
+    pub fn find(&self, name: &str) -> Option<PartitionId> {
+        self.slots
+            .iter()
+            .position(|s| {
+                s.state != SlotState::Free && s.config.as_ref().is_some_and(|c| c.name == name)
+            })
+            .map(|i| i as PartitionId)
+    }
+
+    /// Frees the slot of an enclave that holds nothing any more (`atoll destroy`): Loading,
+    /// Failed, Reclaimed, or Ended with its memory forgotten. Refused, changing nothing, for
+    /// a slot that still holds memory or cores (Waiting with a successor, Built, Running,
+    /// Ended with its memory).
+    pub fn remove(&mut self, id: PartitionId) -> Result<(), TableError> {
+        let s = self.slot(
+            id,
+            "remove",
+            &[
+                SlotState::Loading,
+                SlotState::Failed,
+                SlotState::Reclaimed,
+                SlotState::Ended,
+            ],
+        )?;
+        if s.built.is_some() {
+            return Err(TableError::WrongState {
+                id,
+                state: s.state,
+                op: "remove (it still holds its memory)",
+            });
+        }
+        *s = Slot::free();
+        Ok(())
+    }
+
+    /// The slots in use (not free).
+    pub fn used(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| s.state != SlotState::Free)
+            .count()
+    }
+
+    /// Every slot not free, with its id.
+    pub fn slots_in_use(&self) -> impl Iterator<Item = (PartitionId, &Slot<T>)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.state != SlotState::Free)
+            .map(|(i, s)| (i as PartitionId, s))
+    }
+
+    /// The report an ended or failed slot keeps.
+    pub fn report(&self, id: PartitionId) -> Option<&EnclaveReport> {
+        self.get(id).and_then(|s| s.report.as_ref())
+    }
+
     /// Whether every described enclave is done.
     pub fn all_done(&self) -> bool {
         self.slots
@@ -533,6 +622,47 @@ mod tests {
         assert!(!r[0].reclaimed);
         assert_eq!(r[1].state, "not_started");
         assert_eq!(r[1].detail, "still waiting when the run ended");
+    }
+
+    #[test]
+    fn run_time_enclaves_are_created_loaded_and_removed_and_names_stay_unique() {
+        let mut t: PartitionTable<u32> = PartitionTable::new();
+        let a = t.create(config("a", 1, None)).unwrap();
+        assert_eq!(t.get(a).unwrap().state(), SlotState::Loading);
+        // A loading enclave is not built by the manager's loop.
+        assert!(t.ready_to_build().is_empty());
+        assert_eq!(
+            t.create(config("a", 2, None)),
+            Err(TableError::NameTaken("a".into()))
+        );
+        assert_eq!(t.find("a"), Some(a));
+        assert_eq!(t.used(), 1);
+        t.loaded(a).unwrap();
+        assert_eq!(t.ready_to_build(), vec![a]);
+        assert!(t.loaded(a).is_err());
+        t.built(a, ram(0x100_0000), 7).unwrap();
+        // Built: it holds memory, so it cannot be removed.
+        assert!(t.remove(a).is_err());
+        t.running(a).unwrap();
+        assert!(t.remove(a).is_err());
+        t.ended(a, report("a")).unwrap();
+        assert!(t.remove(a).is_err(), "ended with its memory");
+        assert_eq!(t.reclaim(a), Ok(7));
+        assert_eq!(t.report(a).map(|r| r.name.as_str()), Some("a"));
+        t.remove(a).unwrap();
+        assert_eq!(t.find("a"), None);
+        assert_eq!(t.used(), 0);
+        assert!(t.remove(a).is_err(), "a free slot");
+        // The name and the slot are free again; a loading enclave is removed directly.
+        let b = t.create(config("a", 1, None)).unwrap();
+        assert_eq!(b, a);
+        t.remove(b).unwrap();
+        // Every slot used: Full, nothing changed.
+        for i in 0..MAX_PARTITIONS {
+            t.create(config(&alloc::format!("e{i}"), 1, None)).unwrap();
+        }
+        assert_eq!(t.create(config("x", 1, None)), Err(TableError::Full));
+        assert_eq!(t.used(), MAX_PARTITIONS);
     }
 
     #[test]

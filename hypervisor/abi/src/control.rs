@@ -116,7 +116,7 @@ pub const EXIT_KINDS: [&str; 19] = [
     "sipi",
     "exception",
     "cache_flush",
-    "refused",
+    "refused_instruction",
     "unknown",
 ];
 

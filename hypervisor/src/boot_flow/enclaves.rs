@@ -539,6 +539,7 @@ impl Manager<'_> {
             // VPID/ASID 0 is the host's.
             tag: id + 1,
             platform,
+            live: Arc::new(atoll::run::live::Live::default()),
         });
         if let Err(e) = self.table.built(id, ram, Built { tables, spec }) {
             log::error!("partition table: {e}");

@@ -43,6 +43,8 @@ pub struct RunSpec {
     pub tag: u16,
     /// A Linux enclave's virtual platform, shared by its vCPUs.
     pub platform: Option<alloc::sync::Arc<Shared>>,
+    /// Its live counters and console tail (`atoll stats`, `atoll console`).
+    pub live: alloc::sync::Arc<crate::run::live::Live>,
 }
 
 /// A core's virtualization state.
@@ -147,6 +149,7 @@ fn run_guest(
         if let Exit::ExternalInterrupt { vector: Some(_) } = exit {
             super::apic::eoi();
         }
+        spec.live.exit(exit.kind());
         match exits::handle(exit, vcpu, &mut mem, run, &mut ThisCore, console) {
             Action::Resume => {}
             Action::Stop(reason) => return reason,
@@ -213,6 +216,7 @@ fn platform_loop(
             super::apic::eoi();
         }
         mailbox.count(vplat::classify(&exit, vcpu, host.timer_due()));
+        spec.live.exit(exit.kind());
         let action = match vplat::handle(
             &exit, vcpu, &mut mem, local, shared, host, &ThisCore, console,
         ) {
@@ -481,7 +485,7 @@ pub fn run(
     // The run state lives here, above the recovery point, so what the enclave reported and
     // the exits counted before a fault survive it.
     let mut run = EnclaveRun::new(&spec.config.name, spec.config.io_unknown);
-    let mut console = EnclaveConsole::default();
+    let mut console = EnclaveConsole::with_live(spec.live.clone());
     let failure = match super::contain::contained(|| {
         run_vcpu(spec, index, core, &mut run, &mut console, stop, stop_at)
     }) {

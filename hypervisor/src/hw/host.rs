@@ -37,6 +37,8 @@ pub struct EnclaveConsole {
     pending: atoll_devices::bounded::ConsoleQueue,
     /// Dropped bytes already announced by [`EnclaveConsole::flush`].
     announced: u64,
+    /// The enclave's console tail for `atoll console`, if it keeps one.
+    live: Option<alloc::sync::Arc<crate::run::live::Live>>,
 }
 
 impl Default for EnclaveConsole {
@@ -46,11 +48,20 @@ impl Default for EnclaveConsole {
                 atoll_devices::bounded::CONSOLE_BUDGET,
             ),
             announced: 0,
+            live: None,
         }
     }
 }
 
 impl EnclaveConsole {
+    /// A console whose lines also go to the enclave's console tail.
+    pub fn with_live(live: alloc::sync::Arc<crate::run::live::Live>) -> Self {
+        Self {
+            live: Some(live),
+            ..Self::default()
+        }
+    }
+
     /// Prints every queued line, waiting for the port if it must (end of the enclave only), and
     /// says how much was dropped.
     pub fn flush(&mut self) {
@@ -88,6 +99,9 @@ impl Console for EnclaveConsole {
     fn line(&mut self, name: &str, text: &str) {
         // Older lines first (and make room), then this one, then as much as goes out now.
         self.drain();
+        if let Some(l) = &self.live {
+            l.console_line(text);
+        }
         self.pending.push_line(&["[", name, "] ", text]);
         self.drain();
     }

@@ -17,6 +17,8 @@
 //!   between its console's marker lines) for the summary and `cargo xtask bench idle`.
 //! * [`host_reset`]: which of the host's writes (and triple faults) reset or power off the
 //!   machine — ACPI reset register, 0xCF9, keyboard controller, S5; not wired yet.
+//! * [`live`]: an enclave's counters and console tail while it runs, for `atoll stats` and
+//!   `atoll console`.
 //! * [`vplat`]: a Linux enclave's virtual platform at run time: `vplat/mod.rs` the layout, what
 //!   its vCPUs share and own, the exits it handles first, entry and HLT; `apic` (mailboxes, xAPIC
 //!   page, x2APIC MSRs, IPI routing), `io` (port and MMIO dispatch through the buses, COM1, PIT,
@@ -32,4 +34,5 @@ pub mod host;
 pub mod host_ipi;
 pub mod host_reset;
 pub mod host_windows;
+pub mod live;
 pub mod vplat;

@@ -206,6 +206,8 @@ pub struct Shared {
     end: Once<EndReason>,
     /// IPIs whose destination named no vCPU of the enclave.
     pub ipis_dropped: AtomicU64,
+    /// Interrupts injected into its vCPUs (`atoll stats`).
+    pub interrupts_injected: AtomicU64,
     /// What the guest reported on its console (the in-guest check's JSON, its exit status), kept
     /// raw in a fixed budget ([`atoll_devices::bounded`]) and parsed only for the summary.
     pub results: Mutex<atoll_devices::bounded::ReportStore>,
@@ -245,6 +247,7 @@ impl Shared {
             stop: AtomicBool::new(false),
             end: Once::new(),
             ipis_dropped: AtomicU64::new(0),
+            interrupts_injected: AtomicU64::new(0),
             results: Mutex::new(atoll_devices::bounded::ReportStore::new(
                 atoll_devices::bounded::REPORT_BUDGET,
             )),
@@ -395,6 +398,7 @@ pub fn before_entry(
         Some(_) if vcpu.interrupt_window_open() => {
             if let Some(v) = local.apic.ack() {
                 vcpu.inject_interrupt(v);
+                shared.interrupts_injected.fetch_add(1, Ordering::Relaxed);
             }
             vcpu.request_interrupt_window(false);
         }

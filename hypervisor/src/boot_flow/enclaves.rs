@@ -101,13 +101,18 @@ impl CoreWork for TargetCore {
             let Some(index) = run.cores.iter().position(|&c| c == self.apic_id) else {
                 return Outcome::Failed(FailReason::Setup);
             };
-            match enclave_run::core_for(&CORE_VIRT[self.slot], run.second_stage) {
-                Ok(core) => atoll::hw::host_run::serve_ap(run, index, core),
+            return match enclave_run::core_for(&CORE_VIRT[self.slot], run.second_stage) {
+                Ok(core) => {
+                    // Back only when atoll took the core from the host (it had it offline):
+                    // the host's part on this core is over, and the manager reclaims it.
+                    atoll::hw::host_run::serve_ap(run, index, core);
+                    Outcome::Stopped
+                }
                 Err(e) => {
                     log::error!("host core {}: {e}", self.apic_id);
-                    return Outcome::Failed(FailReason::Setup);
+                    Outcome::Failed(FailReason::Setup)
                 }
-            }
+            };
         }
         let outcome = self.run_enclave(p, block);
         // The manager may be running the host's boot vCPU: atoll's NMI makes it look now.

@@ -97,6 +97,9 @@ pub struct HostRun {
     /// Per host vCPU: atoll sent it an NMI (a signal to look at its mailbox and the stop
     /// flag). An NMI exit without it is the host's own NMI, which the vCPU gets back.
     signalled: Vec<AtomicBool>,
+    /// Per host vCPU: atoll asks for its core ([`HostRun::ask_release`]) and the core answers
+    /// ([`release`] states).
+    release: Vec<core::sync::atomic::AtomicU8>,
     /// What the host reported on its console (`guest_check`, `guest_exit_status`) since its
     /// last start.
     pub results: Mutex<atoll_devices::bounded::ReportStore>,
@@ -126,6 +129,10 @@ impl HostRun {
     ) -> Self {
         let running = cores.iter().map(|_| AtomicBool::new(false)).collect();
         let signalled = cores.iter().map(|_| AtomicBool::new(false)).collect();
+        let release = cores
+            .iter()
+            .map(|_| core::sync::atomic::AtomicU8::new(release::NONE))
+            .collect();
         Self {
             cores,
             second_stage,
@@ -140,6 +147,7 @@ impl HostRun {
             reason: Mutex::new(None),
             running,
             signalled,
+            release,
             results: Mutex::new(atoll_devices::bounded::ReportStore::new(
                 atoll_devices::bounded::REPORT_BUDGET,
             )),
@@ -215,6 +223,33 @@ impl HostRun {
             atoll_devices::bounded::ReportStore::new(atoll_devices::bounded::REPORT_BUDGET);
         self.started_at.store(tsc::now(), Ordering::Relaxed);
         self.init_at.store(0, Ordering::Relaxed);
+    }
+
+    /// Asks host vCPU `index` (an application processor) for its core: it answers
+    /// [`release::GRANTED`] if the host has it offline (waiting for INIT/STARTUP, or parked in
+    /// Linux's offline loop: [`crate::run::host::parked_in_play_dead`]) and leaves the host,
+    /// or [`release::REFUSED`] and runs on. False for the boot vCPU or no such vCPU.
+    pub fn ask_release(&self, index: usize) -> bool {
+        let Some(r) = self.release.get(index).filter(|_| index > 0) else {
+            return false;
+        };
+        r.store(release::ASKED, Ordering::Release);
+        self.signal(index);
+        true
+    }
+
+    /// The answer of host vCPU `index` to [`HostRun::ask_release`] ([`release`] states).
+    pub fn release_state(&self, index: usize) -> u8 {
+        self.release
+            .get(index)
+            .map_or(release::NONE, |r| r.load(Ordering::Acquire))
+    }
+
+    /// Forgets the request and its answer (the manager read it).
+    pub fn clear_release(&self, index: usize) {
+        if let Some(r) = self.release.get(index) {
+            r.store(release::NONE, Ordering::Release);
+        }
     }
 
     /// Signals host vCPU `index` by NMI, marked as atoll's (so it is not taken for the host's
@@ -368,6 +403,18 @@ impl crate::run::exits::Console for HostConsole<'_> {
     }
 }
 
+/// The states of a request for a host core ([`HostRun::ask_release`]).
+pub mod release {
+    /// No request.
+    pub const NONE: u8 = 0;
+    /// atoll asks; the core has not answered.
+    pub const ASKED: u8 = 1;
+    /// The core left the host: it is atoll's (parked once the manager reclaims it).
+    pub const GRANTED: u8 = 2;
+    /// The core is online in the host: it stays.
+    pub const REFUSED: u8 = 3;
+}
+
 /// How a slice of a host vCPU's run ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Pause {
@@ -377,6 +424,8 @@ pub enum Pause {
     Stopped,
     /// An INIT for this vCPU (an application processor only): back to waiting.
     Init,
+    /// atoll asked for the core and the host has it offline: the vCPU is over.
+    Released,
 }
 
 /// A host vCPU of either backend.
@@ -463,6 +512,16 @@ impl HostVcpuRun {
             }
             if index > 0 && run.shared.init_pending(index) {
                 return Pause::Init;
+            }
+            if index > 0 && run.release_state(index) == release::ASKED {
+                let offline = match &self.vcpu {
+                    HostCpu::Svm(v) => crate::run::host::parked_in_play_dead(v, &mem),
+                    HostCpu::Vmx(v) => crate::run::host::parked_in_play_dead(v, &mem),
+                };
+                if offline {
+                    return Pause::Released;
+                }
+                run.release[index].store(release::REFUSED, Ordering::Release);
             }
             if self.nmi_pending {
                 self.nmi_pending = !match &mut self.vcpu {
@@ -581,12 +640,23 @@ fn wait_for_nmi() {
 }
 
 /// An application processor of the host: waits for the host's INIT and STARTUP and runs its
-/// vCPU, for good.
-pub fn serve_ap(run: &HostRun, index: usize, core: &CoreVirt) -> ! {
+/// vCPU, until atoll asks for the core ([`HostRun::ask_release`]) while the host has it
+/// offline. What the host sent the core before this call does not count (a core coming back
+/// from an enclave starts like one the host never started).
+pub fn serve_ap(run: &HostRun, index: usize, core: &CoreVirt) {
     super::give_core_to_host();
+    let _ = run.shared.take_init(index);
+    let _ = run.shared.take_sipi(index);
     let mut generation = run.generation.load(Ordering::Acquire);
     let mut initialized = false;
     loop {
+        if run.release_state(index) == release::ASKED {
+            // Waiting for INIT/STARTUP, or back from a vCPU parked in the offline loop.
+            run.release[index].store(release::GRANTED, Ordering::Release);
+            apic::reset_for_partition(false);
+            super::take_core_back_from_host();
+            return;
+        }
         let g = run.generation.load(Ordering::Acquire);
         if g != generation {
             generation = g;

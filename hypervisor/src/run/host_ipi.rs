@@ -217,6 +217,9 @@ pub struct HostCores {
     /// How many cores of the machine are not the host's (enclaves' and parked ones): what a
     /// broadcast would have reached beyond the host.
     others: u32,
+    /// Host cores lent to an enclave (`atoll create` took them after the host offlined them):
+    /// no IPI of the host reaches them, INIT and STARTUP included, until they come back.
+    lent: CoreSet,
 }
 
 /// Why [`HostCores::add`] refused a core.
@@ -240,7 +243,27 @@ impl HostCores {
             cores: [EMPTY; MAX_CPUS],
             len: 0,
             others,
+            lent: CoreSet([0; MAX_CPUS / 64]),
         }
+    }
+
+    /// Marks host core `apic_id` lent to an enclave (`true`) or back (`false`); false if it is
+    /// not a host core.
+    pub fn set_lent(&mut self, apic_id: u32, lent: bool) -> bool {
+        let Some(i) = self.index_of(apic_id) else {
+            return false;
+        };
+        if lent {
+            self.lent.insert(i);
+        } else {
+            self.lent.remove(i);
+        }
+        true
+    }
+
+    /// Whether host core `index` is lent to an enclave.
+    pub fn is_lent(&self, index: usize) -> bool {
+        self.lent.contains(index)
     }
 
     /// Adds a host core with APIC id `apic_id`, at reset (LDR 0, DFR flat); returns its index.
@@ -435,7 +458,15 @@ pub fn decide(icr: Icr, sender: u32, cores: &HostCores) -> Decision {
     if icr.is_init_deassert() {
         return Decision::drop(DropReason::InitDeassert, 0);
     }
-    let (to, outside) = resolve(&icr, sender_index, cores);
+    let (mut to, mut outside) = resolve(&icr, sender_index, cores);
+    // A core lent to an enclave is not the host's while it is lent: what the host sends it
+    // is dropped, counted as reaching outside the host.
+    for i in cores.lent.iter() {
+        if to.contains(i) {
+            to.remove(i);
+            outside += 1;
+        }
+    }
     let refuse = |reason| Decision::drop(reason, outside);
     let vector = icr.vector;
     let kind = match icr.mode {

@@ -12,6 +12,8 @@
 //!   entry); anything not in it is #GP, counted and logged once per index.
 //! * `io`: the intercepted ports ([`intercepted_ports`]): COM1 (atoll's 16550 model, its lines
 //!   printed as `[host] ...`) and the ports of [`ResetDetector`](crate::run::host_reset).
+//! * `offline`: whether a host vCPU sits in Linux's offline loop ([`parked_in_play_dead`]),
+//!   before atoll lends its core to an enclave.
 //! * `mmio`: nested-page faults: the xAPIC page (the ICR through
 //!   [`host_ipi`](crate::run::host_ipi)'s filter, every other register to the core's own APIC),
 //!   and accesses to memory the host does not own, which never reach it: reads give all ones,
@@ -38,12 +40,14 @@ mod apic;
 mod cpuid;
 mod io;
 mod mmio;
+mod offline;
 pub mod msr;
 #[cfg(test)]
 mod tests;
 
 pub use cpuid::host_cpuid;
 pub use io::{intercepted_ports, COM1};
+pub use offline::parked_in_play_dead;
 
 /// The name the host's console lines carry (`[host] ...`).
 pub const CONSOLE_NAME: &str = "host";
@@ -321,6 +325,12 @@ impl HostShared {
     /// Whether the host may use x2APIC mode.
     pub fn x2apic_offered(&self) -> bool {
         self.x2apic
+    }
+
+    /// Marks host core `apic_id` lent to an enclave or back (no IPI of the host reaches a lent
+    /// core); false if it is not a host core.
+    pub fn set_lent(&self, apic_id: u32, lent: bool) -> bool {
+        self.cores.lock().set_lent(apic_id, lent)
     }
 
     /// Runs `f` on the host's core table (APIC ids and xAPIC logical addressing).

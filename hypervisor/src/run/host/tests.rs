@@ -1047,3 +1047,33 @@ fn a_hardware_reduced_platform_intercepts_its_sleep_register() {
     assert_eq!(w.hw.calls(), [Call::PortOut(0x600, 1, 3 << 2)]);
     assert_eq!(w.out(0x600, 1, 1 << 5 | 5 << 2), HostAction::PowerOff);
 }
+
+#[test]
+fn a_vcpu_is_offline_only_with_interrupts_off_at_hlt_or_mwait() {
+    let mut w = World::new(false);
+    let at = RIP as usize;
+    // Linux's hlt_play_dead: cli; ...; hlt; jmp back. Stopped after the HLT, IF clear.
+    w.ram[at - 1] = 0xf4;
+    w.ram[at] = 0xeb;
+    w.vcpu.rflags = 0x2;
+    assert!(parked_in_play_dead(&w.vcpu, &SliceMemory(&mut w.ram)));
+    // The same with interrupts enabled: an idle online CPU (sti; hlt).
+    w.vcpu.rflags = 0x202;
+    assert!(!parked_in_play_dead(&w.vcpu, &SliceMemory(&mut w.ram)));
+    // Stopped just before the HLT.
+    w.vcpu.rflags = 0x2;
+    w.ram[at - 1] = 0x90;
+    w.ram[at] = 0xf4;
+    assert!(parked_in_play_dead(&w.vcpu, &SliceMemory(&mut w.ram)));
+    // mwait_play_dead: after MWAIT, and before it.
+    w.ram[at - 3..at + 3].copy_from_slice(&[0x0f, 0x01, 0xc9, 0x90, 0x90, 0x90]);
+    assert!(parked_in_play_dead(&w.vcpu, &SliceMemory(&mut w.ram)));
+    w.ram[at - 3..at + 3].copy_from_slice(&[0x90, 0x90, 0x90, 0x0f, 0x01, 0xc9]);
+    assert!(parked_in_play_dead(&w.vcpu, &SliceMemory(&mut w.ram)));
+    // Anything else with IF clear (a spinning CPU, a bare MONITOR) is online.
+    w.ram[at - 3..at + 3].copy_from_slice(&[0x0f, 0x01, 0xc8, 0xeb, 0xfe, 0x90]);
+    assert!(!parked_in_play_dead(&w.vcpu, &SliceMemory(&mut w.ram)));
+    // Code atoll cannot read (RIP beyond the host's memory) is not offline.
+    w.vcpu.rip = 0x10_0000;
+    assert!(!parked_in_play_dead(&w.vcpu, &SliceMemory(&mut w.ram)));
+}

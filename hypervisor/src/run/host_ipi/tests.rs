@@ -546,3 +546,26 @@ fn encoding_inverts_decoding() {
         assert_eq!(Icr::from_x2apic(v).unwrap().x2apic_value(), v);
     }
 }
+
+#[test]
+fn a_core_lent_to_an_enclave_gets_nothing_from_the_host_until_it_is_back() {
+    let mut cores = machine();
+    assert!(cores.set_lent(4, true));
+    assert!(!cores.set_lent(2, true), "not a host core");
+    assert!(cores.is_lent(cores.index_of(4).unwrap()));
+    // Fixed, NMI, INIT and STARTUP to it by physical destination: dropped, counted outside.
+    for mode in [0, 4, 5, 6] {
+        let d = decide(x2(low(mode, 0), 4), 0, &cores);
+        assert_eq!(d, Decision::drop(DropReason::OutsideHost, 1), "mode {mode}");
+    }
+    // A broadcast reaches the host's other cores only.
+    let d = decide(x2(low(0, 0), X2APIC_BROADCAST), 0, &cores);
+    assert_eq!(reached(&cores, &d.action), [0, 1]);
+    assert_eq!(d.outside, ENCLAVE_CORES + 1);
+    let d = decide(x2(low(4, 3), 0), 1, &cores);
+    check(&cores, d, &Want::Nmi(&[0]), ENCLAVE_CORES + 1, "NMI to all but self");
+    // Back with the host: reached again.
+    assert!(cores.set_lent(4, false));
+    let d = decide(x2(low(5, 0), 4), 0, &cores);
+    check(&cores, d, &Want::Init(&[4]), 0, "INIT once it is back");
+}

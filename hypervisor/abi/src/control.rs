@@ -1020,8 +1020,9 @@ pub struct Record<'a> {
     pub reason: &'a str,
 }
 
-/// A record's cores, as the wire holds them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A record's cores, as the wire holds them (a record being written takes its cores from a
+/// slice instead: [`Record::write_with`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CoreList<'a>(&'a [u8]);
 
 impl<'a> CoreList<'a> {

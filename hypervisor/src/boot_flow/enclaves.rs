@@ -42,6 +42,8 @@ use core::cell::Cell;
 use core::sync::atomic::{AtomicU64, Ordering};
 use spin::Mutex;
 
+mod control;
+
 /// Each core's block, by core-table slot.
 pub static PER_CORE: [PerCore; smp::MAX_CORES] = [const { PerCore::new() }; smp::MAX_CORES];
 /// What the cores of each partition run: published before `Start` is posted, withdrawn after
@@ -233,6 +235,10 @@ struct Manager<'a> {
     deadline_done: bool,
     /// The root partition, if the machine has one: its boot vCPU runs here, in slices.
     host: Option<&'a mut super::host::Host>,
+    /// The control device's manager side (with a root partition).
+    control: Option<control::Control>,
+    /// Per partition: its live figures, from its build until it is destroyed.
+    lives: Vec<Option<control::LiveRef>>,
 }
 
 /// When the machine's deadline passes (`tsc::micros()`; 0: no deadline). Written once by the
@@ -291,7 +297,23 @@ pub fn run_all(
         stopping: Vec::new(),
         deadline_done: false,
         host,
+        control: None,
+        lives: control::no_lives(),
     };
+    if m.host.is_some() {
+        match control::Control::new() {
+            Ok(c) => {
+                if let Some(h) = m.host.as_deref() {
+                    h.run.shared.set_control_mailbox(c.mailbox());
+                }
+                m.control = Some(c);
+            }
+            Err(e) => {
+                log::error!("{e}: the host gets no control device");
+                m.problems.push(e);
+            }
+        }
+    }
     if let Err(e) = m.table.describe(configs) {
         m.problems.push(alloc::format!("module 'enclaves': {e}"));
         return Vec::new();
@@ -390,6 +412,7 @@ impl Manager<'_> {
             for id in self.table.ids_in(SlotState::Running) {
                 progress |= self.try_collect(id);
             }
+            progress |= self.serve_control();
             if self.table.all_done() && !self.host_running() {
                 return;
             }
@@ -450,19 +473,27 @@ impl Manager<'_> {
             self.fail(id, failed_report(&c, "ended", why));
             return;
         }
-        // The description was checked against the module names, so the image exists.
-        let Some(image) = self.info.module(&c.image) else {
-            self.fail(id, failed_report(&c, "ended", "no image module".into()));
-            return;
+        // A run-time enclave's files are staged; a boot-time one's are modules (the
+        // description was checked against the module names, so the image exists).
+        let staged = self.control.as_ref().and_then(|ctl| ctl.files(id));
+        let (image, initrd) = match staged {
+            Some(files) => files,
+            None => {
+                let Some(image) = self.info.module(&c.image) else {
+                    self.fail(id, failed_report(&c, "ended", "no image module".into()));
+                    return;
+                };
+                // SAFETY: as for the description module.
+                let image = unsafe { module_bytes(image.range) };
+                let initrd = c
+                    .initrd
+                    .as_deref()
+                    .and_then(|n| self.info.module(n))
+                    // SAFETY: as for the description module.
+                    .map(|m| unsafe { module_bytes(m.range) });
+                (image, initrd)
+            }
         };
-        // SAFETY: as for the description module.
-        let image = unsafe { module_bytes(image.range) };
-        let initrd = c
-            .initrd
-            .as_deref()
-            .and_then(|n| self.info.module(n))
-            // SAFETY: as for the description module.
-            .map(|m| unsafe { module_bytes(m.range) });
         let linux = c.entry == EntryMode::Linux;
         // Linux reads the TSC frequency from CPUID 0x15/0x16 on Intel only; elsewhere it is
         // told with a kernel parameter (see atoll::run::vplat).
@@ -545,6 +576,10 @@ impl Manager<'_> {
             tag: id + 1,
             platform,
             live: Arc::new(atoll::run::live::Live::default()),
+        });
+        self.lives[usize::from(id)] = Some(control::LiveRef {
+            live: spec.live.clone(),
+            platform: spec.platform.clone(),
         });
         if let Err(e) = self.table.built(id, ram, Built { tables, spec }) {
             log::error!("partition table: {e}");
@@ -693,6 +728,9 @@ impl Manager<'_> {
             log::error!("partition table: {e}");
             return false;
         }
+        if let Some(l) = &self.lives[usize::from(id)] {
+            l.live.started(tsc::now());
+        }
         let mut order = c.cores.clone();
         order.sort_by_key(|&core| core == self.bsp.apic_id);
         let mut started = Vec::new();
@@ -771,6 +809,9 @@ impl Manager<'_> {
         if let Err(e) = self.table.ended(id, report) {
             log::error!("partition table: {e}");
             return false;
+        }
+        if let Some(l) = &self.lives[usize::from(id)] {
+            l.live.ended(tsc::now());
         }
         let mut failures = Vec::new();
         for &core in &c.cores {

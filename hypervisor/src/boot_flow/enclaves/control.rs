@@ -1,0 +1,930 @@
+//! The control device's requests (`atoll` on the host), carried out by the manager between its
+//! other work: see [`atoll_abi::control`] for the device and the protocol.
+//!
+//! A request is copied out of its mailbox slot before anything looks at it, so the host
+//! changing the slot meanwhile changes nothing; every refusal is a reply with a status and a
+//! reason, and leaves the partition table, the pool, the cores and the counters as they were
+//! (only `requests_refused` counts it).
+//!
+//! * **create** checks the description (the boot-time rules, plus: no `after`, the announced
+//!   sizes), the cores (not atoll's boot processor, not another enclave's, not lost; a host
+//!   core only if the host has it offline: [`HostRun::ask_release`]) and the pool (the
+//!   enclave's RAM and the staging of its kernel and initrd must fit). It takes the cores then
+//!   (so a second create cannot take them) and reserves a partition slot ([`SlotState::Loading`]).
+//! * **load** copies pieces of the kernel or initrd into staging frames, in order.
+//! * **start** builds the enclave from the staged files (the same path as a boot-time
+//!   enclave), frees the staging and starts its cores. A build that fails undoes the create.
+//! * **destroy** stops its vCPUs (kick, then NMIs), reclaims its cores, zeroes and frees its
+//!   RAM, and gives host cores back to the host, waiting for its INIT and STARTUP.
+//! * **list**, **stats**, **console read and write** read [`Live`] and the report.
+//!
+//! Every change of ownership (cores, memory) is logged with the enclave's name.
+
+use super::{failed_report, phase_of, Manager, CORES, FRAMES};
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::sync::Arc;
+use alloc::vec;
+use alloc::vec::Vec;
+use atoll::hw::host_run::release;
+use atoll::hw::tsc;
+use atoll::machine::percpu::{Ack, Command, PartitionId, Phase};
+use atoll::partition::config::EnclaveConfig;
+use atoll::partition::table::{SlotState, MAX_PARTITIONS};
+use atoll::run::live::Live;
+use atoll::summary::EnclaveReport;
+use atoll_abi::control::{self as abi, Kind, Status, WireError, Writer};
+use boot::PhysRange;
+use core::sync::atomic::{AtomicU32, Ordering};
+
+/// Largest kernel or bare-metal image a create may announce.
+const MAX_IMAGE: u64 = 512 << 20;
+/// Largest initrd.
+const MAX_INITRD: u64 = 2 << 30;
+/// How long a host core may take to answer a request for it.
+const RELEASE_TIMEOUT_US: u64 = 2_000_000;
+
+/// A refusal: the status and the reason.
+type Refused = (Status, String);
+
+fn refuse<T>(status: Status, why: impl Into<String>) -> Result<T, Refused> {
+    Err((status, why.into()))
+}
+
+/// One staged file.
+struct Blob {
+    /// Its frames (none for an empty file).
+    range: Option<PhysRange>,
+    len: u64,
+    loaded: u64,
+}
+
+impl Blob {
+    fn bytes(&self) -> &[u8] {
+        match self.range {
+            // SAFETY: the frames were allocated to this blob and are identity-mapped; they are
+            // freed only with the blob, after the last use of this slice (the build).
+            Some(r) => unsafe { super::super::module_bytes(PhysRange::from_len(r.start, self.len)) },
+            None => &[],
+        }
+    }
+}
+
+/// A created enclave's kernel and initrd while they are loaded.
+struct Staging {
+    id: PartitionId,
+    image: Blob,
+    initrd: Blob,
+}
+
+/// What the manager keeps of an enclave for stats and the console, from its build until it
+/// is destroyed.
+pub(super) struct LiveRef {
+    pub live: Arc<Live>,
+    pub platform: Option<Arc<atoll::run::vplat::Shared>>,
+}
+
+/// The control device's state on the manager's side.
+pub(super) struct Control {
+    /// The mailbox: [`abi::SLOTS`] slots, lent to the host as BAR2.
+    mailbox: PhysRange,
+    /// A request copied out of its slot, and the reply being made.
+    request: Vec<u8>,
+    reply: Vec<u8>,
+    staging: Vec<Staging>,
+    requests_ok: u64,
+    requests_refused: u64,
+    created: u64,
+    destroyed: u64,
+}
+
+impl Control {
+    /// The control device's manager side, with its mailbox taken from the pool (zeroed: every
+    /// slot FREE).
+    pub fn new() -> Result<Self, String> {
+        let frames = abi::MAILBOX_SIZE / atoll::machine::frames::FRAME_SIZE;
+        let mailbox = FRAMES
+            .lock()
+            .allocate(frames, abi::MAILBOX_SIZE)
+            .map_err(|e| format!("the control device's mailbox: {e}"))?;
+        // SAFETY: just allocated to the mailbox, identity-mapped, not referenced elsewhere.
+        unsafe {
+            core::ptr::write_bytes(mailbox.start.as_u64() as *mut u8, 0, abi::MAILBOX_SIZE as usize)
+        };
+        log::info!("control device: mailbox of {} KiB at {mailbox}", abi::MAILBOX_SIZE >> 10);
+        Ok(Self {
+            mailbox,
+            request: vec![0; abi::MAX_MESSAGE],
+            reply: vec![0; abi::MAX_MESSAGE],
+            staging: Vec::new(),
+            requests_ok: 0,
+            requests_refused: 0,
+            created: 0,
+            destroyed: 0,
+        })
+    }
+
+    /// The mailbox's frames (BAR2's backing).
+    pub fn mailbox(&self) -> PhysRange {
+        self.mailbox
+    }
+
+    fn slot_base(&self, slot: u32) -> u64 {
+        self.mailbox.start.as_u64() + u64::from(slot) * u64::from(abi::SLOT_SIZE)
+    }
+
+    fn state(&self, slot: u32) -> &AtomicU32 {
+        // SAFETY: the slot's state word is 4-aligned inside the mailbox, which stays allocated
+        // and identity-mapped for the whole run; the host writes it concurrently, which is what
+        // an atomic is for.
+        unsafe { AtomicU32::from_ptr((self.slot_base(slot) + abi::SLOT_STATE as u64) as *mut u32) }
+    }
+
+    /// Copies slot `slot`'s message into `self.request` (volatile: the host may be writing).
+    fn copy_in(&mut self, slot: u32) {
+        let from = (self.slot_base(slot) + abi::SLOT_MESSAGE as u64) as *const u8;
+        for (i, b) in self.request.iter_mut().enumerate() {
+            // SAFETY: inside the slot (MAX_MESSAGE bytes from SLOT_MESSAGE), see `state`.
+            *b = unsafe { from.add(i).read_volatile() };
+        }
+    }
+
+    /// Writes `self.reply[..n]` into slot `slot`'s message.
+    fn copy_out(&self, slot: u32, n: usize) {
+        let to = (self.slot_base(slot) + abi::SLOT_MESSAGE as u64) as *mut u8;
+        for (i, b) in self.reply[..n.min(abi::MAX_MESSAGE)].iter().enumerate() {
+            // SAFETY: as in `copy_in`.
+            unsafe { to.add(i).write_volatile(*b) };
+        }
+    }
+
+    fn staged(&self, id: PartitionId) -> Option<&Staging> {
+        self.staging.iter().find(|s| s.id == id)
+    }
+
+    /// The staged image and initrd of `id`, complete, for its build.
+    pub fn files(&self, id: PartitionId) -> Option<(&[u8], Option<&[u8]>)> {
+        let s = self.staged(id)?;
+        let initrd = (s.initrd.len > 0).then(|| s.initrd.bytes());
+        Some((s.image.bytes(), initrd))
+    }
+
+    /// Frees `id`'s staging, if any.
+    pub fn drop_staging(&mut self, id: PartitionId) {
+        if let Some(i) = self.staging.iter().position(|s| s.id == id) {
+            let s = self.staging.swap_remove(i);
+            for r in [s.image.range, s.initrd.range].into_iter().flatten() {
+                if let Err(e) = FRAMES.lock().free(r) {
+                    log::error!("staging of partition {id}: freeing {r}: {e}");
+                }
+            }
+        }
+    }
+
+    fn staging_bytes(&self) -> u64 {
+        self.staging
+            .iter()
+            .flat_map(|s| [s.image.range, s.initrd.range])
+            .flatten()
+            .map(|r| r.len())
+            .sum()
+    }
+}
+
+/// Bytes rounded up to whole frames.
+fn frames_of(bytes: u64) -> u64 {
+    bytes.div_ceil(atoll::machine::frames::FRAME_SIZE)
+}
+
+impl Manager<'_> {
+    /// Serves every slot whose doorbell rang. Returns whether any was served.
+    pub(super) fn serve_control(&mut self) -> bool {
+        let Some(host) = self.host.as_deref() else {
+            return false;
+        };
+        let rung = host.run.shared.take_doorbells();
+        if rung == 0 || self.control.is_none() {
+            return false;
+        }
+        for slot in 0..abi::SLOTS {
+            if rung & (1 << slot) != 0 {
+                self.serve_slot(slot);
+            }
+        }
+        true
+    }
+
+    fn serve_slot(&mut self, slot: u32) {
+        let Some(c) = self.control.as_mut() else {
+            return;
+        };
+        // Only a submitted slot is served; the host cannot make atoll answer twice.
+        if c.state(slot)
+            .compare_exchange(
+                abi::slot_state::SUBMITTED,
+                abi::slot_state::WORKING,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_err()
+        {
+            c.requests_refused += 1;
+            log::warn!("control: doorbell for slot {slot}, which holds no submitted request");
+            return;
+        }
+        c.copy_in(slot);
+        let request = core::mem::take(&mut c.request);
+        let n = self.answer(&request);
+        let Some(c) = self.control.as_mut() else {
+            return;
+        };
+        c.request = request;
+        c.copy_out(slot, n);
+        c.state(slot).store(abi::slot_state::DONE, Ordering::Release);
+    }
+
+    /// Carries out one request message; writes the reply into the control's reply buffer and
+    /// returns its length.
+    fn answer(&mut self, msg: &[u8]) -> usize {
+        let (kind, seq, result) = match abi::parse_request(msg) {
+            Err((seq, kind, e)) => {
+                let status = match e {
+                    WireError::Version(_) => Status::Version,
+                    WireError::Kind(_) => Status::UnknownKind,
+                    _ => Status::Malformed,
+                };
+                (kind, seq, Err((status, e.to_string())))
+            }
+            Ok(f) => (f.kind as u16, f.seq, self.carry_out(f.kind, f.payload)),
+        };
+        let mut reply = match self.control.as_mut() {
+            Some(c) => core::mem::take(&mut c.reply),
+            None => return 0,
+        };
+        let n = match result {
+            Ok(payload) => {
+                self.count(true);
+                abi::write_reply(&mut reply, kind, seq, Status::Ok, |w| w.bytes(&payload))
+            }
+            Err((status, why)) => {
+                self.count(false);
+                log::info!("control: request {kind} refused: {}: {why}", status.name());
+                abi::write_reply(&mut reply, kind, seq, status, |w| {
+                    abi::Refusal { reason: &why }.write(w)
+                })
+            }
+        };
+        // A reply always fits (payloads are bounded below MAX_PAYLOAD); should one not, the
+        // client gets a refusal rather than nothing.
+        let n = n.unwrap_or_else(|_| {
+            abi::write_reply(&mut reply, kind, seq, Status::Internal, |w| {
+                abi::Refusal {
+                    reason: "the reply did not fit the slot",
+                }
+                .write(w)
+            })
+            .unwrap_or(0)
+        });
+        if let Some(c) = self.control.as_mut() {
+            c.reply = reply;
+        }
+        n
+    }
+
+    fn count(&mut self, ok: bool) {
+        if let Some(c) = self.control.as_mut() {
+            if ok {
+                c.requests_ok += 1;
+            } else {
+                c.requests_refused += 1;
+            }
+        }
+    }
+
+    /// The payload of a successful reply, or the refusal.
+    fn carry_out(&mut self, kind: Kind, p: &[u8]) -> Result<Vec<u8>, Refused> {
+        let bad = |e: WireError| (Status::Malformed, e.to_string());
+        let mut out = vec![0u8; abi::MAX_PAYLOAD];
+        let mut w = Writer::new(&mut out);
+        match kind {
+            Kind::Info => {
+                if !p.is_empty() {
+                    return refuse(Status::Malformed, "info takes no payload");
+                }
+                self.info().write(&mut w).map_err(bad)?;
+            }
+            Kind::Create => {
+                let c = abi::Create::read(p).map_err(bad)?;
+                let id = self.create(&c)?;
+                abi::Created { id }.write(&mut w).map_err(bad)?;
+            }
+            Kind::Load => {
+                let l = abi::Load::read(p).map_err(bad)?;
+                self.load(&l)?;
+            }
+            Kind::Start => {
+                let t = abi::Target::read(p).map_err(bad)?;
+                self.start(t.id)?;
+            }
+            Kind::Destroy => {
+                let t = abi::Target::read(p).map_err(bad)?;
+                let id = self.target(&t)?;
+                self.destroy(id)?;
+            }
+            Kind::List | Kind::Stats => {
+                let t = abi::Target::read(p).map_err(bad)?;
+                let ids: Vec<PartitionId> = if t.name.is_empty() && t.id == abi::Target::ANY {
+                    self.table.slots_in_use().map(|(id, _)| id).collect()
+                } else {
+                    vec![self.target(&t)?]
+                };
+                w.u32(ids.len() as u32).map_err(bad)?;
+                for id in ids.into_iter().take(abi::MAX_RECORDS as usize) {
+                    self.write_record(id, &mut w).map_err(bad)?;
+                }
+            }
+            Kind::ConsoleRead => {
+                let r = abi::ConsoleRead::read(p).map_err(bad)?;
+                let id = self.by_name(r.name)?;
+                let Some(l) = self.lives[usize::from(id)].as_ref() else {
+                    return refuse(Status::State, format!("enclave '{}' has not started", r.name));
+                };
+                let max = (r.max as usize).min(abi::ConsoleData::MAX_DATA);
+                let mut data = vec![0u8; max];
+                let (start, n) = l.live.console_read(r.cursor, &mut data);
+                let running = self.table.get(id).map(|s| s.state()) == Some(SlotState::Running);
+                abi::ConsoleData {
+                    start,
+                    next: start + n as u64,
+                    running,
+                    data: &data[..n],
+                }
+                .write(&mut w)
+                .map_err(bad)?;
+            }
+            Kind::ConsoleWrite => {
+                let cw = abi::ConsoleWrite::read(p).map_err(bad)?;
+                let id = self.by_name(cw.name)?;
+                if self.table.get(id).map(|s| s.state()) != Some(SlotState::Running) {
+                    return refuse(Status::State, format!("enclave '{}' is not running", cw.name));
+                }
+                let Some(platform) = self.lives[usize::from(id)]
+                    .as_ref()
+                    .and_then(|l| l.platform.clone())
+                else {
+                    return refuse(
+                        Status::State,
+                        format!("enclave '{}' has no UART (a bare-metal guest)", cw.name),
+                    );
+                };
+                let taken = platform.uart_receive(cw.data, &mut self.input.host);
+                abi::Accepted {
+                    bytes: taken as u32,
+                }
+                .write(&mut w)
+                .map_err(bad)?;
+            }
+        }
+        let n = w.len();
+        out.truncate(n);
+        Ok(out)
+    }
+
+    fn info(&self) -> abi::Info {
+        let c = self.control.as_ref();
+        let frames = FRAMES.lock();
+        abi::Info {
+            pool_bytes: frames.managed().iter().map(|r| r.len()).sum(),
+            pool_free_bytes: frames.free_bytes(),
+            max_enclaves: MAX_PARTITIONS as u32,
+            enclaves: self.table.used() as u32,
+            staging_bytes: c.map_or(0, Control::staging_bytes),
+            requests_ok: c.map_or(0, |c| c.requests_ok),
+            requests_refused: c.map_or(0, |c| c.requests_refused),
+            created: c.map_or(0, |c| c.created),
+            destroyed: c.map_or(0, |c| c.destroyed),
+        }
+    }
+
+    fn by_name(&self, name: &str) -> Result<PartitionId, Refused> {
+        self.table
+            .find(name)
+            .ok_or_else(|| (Status::NotFound, format!("no enclave named '{name}'")))
+    }
+
+    /// The enclave a target names: by name, else by id.
+    fn target(&self, t: &abi::Target) -> Result<PartitionId, Refused> {
+        if !t.name.is_empty() {
+            return self.by_name(t.name);
+        }
+        self.table
+            .get(t.id)
+            .map(|_| t.id)
+            .ok_or_else(|| (Status::NotFound, format!("no enclave with id {}", t.id)))
+    }
+
+    /// Why `core` cannot go to a new enclave, if it cannot (before asking the host for it).
+    fn core_refusal(&self, core: u32) -> Option<String> {
+        if core == self.bsp.apic_id {
+            return Some(format!(
+                "core {core} is atoll's boot processor (it runs the manager and the host's boot CPU)"
+            ));
+        }
+        if !CORES.is_online(core) {
+            return Some(format!("core {core} is not online in atoll"));
+        }
+        if self.lost.contains(&core) {
+            return Some(format!("core {core} was lost earlier in the run"));
+        }
+        for (_, s) in self.table.slots_in_use() {
+            let holds = match s.state() {
+                SlotState::Free | SlotState::Failed | SlotState::Reclaimed => false,
+                SlotState::Ended => s.built().is_some(),
+                _ => true,
+            };
+            if let Some(c) = s.config().filter(|c| holds && c.cores.contains(&core)) {
+                return Some(format!("core {core} belongs to enclave '{}'", c.name));
+            }
+        }
+        // A core of an enclave that ended but is not destroyed yet is parked, not free.
+        for (_, s) in self.table.slots_in_use() {
+            if let Some(c) = s.config().filter(|c| c.cores.contains(&core)) {
+                return Some(format!(
+                    "core {core} belongs to enclave '{}' ({}; destroy it first)",
+                    c.name,
+                    s.state().name()
+                ));
+            }
+        }
+        None
+    }
+
+    /// The index of `core` among the host's cores, if it is a host application processor.
+    fn host_index(&self, core: u32) -> Option<usize> {
+        let host = self.host.as_deref()?;
+        host.run.cores.iter().position(|&c| c == core).filter(|&i| i > 0)
+    }
+
+    /// Takes `cores` for a new enclave: each must be parked (a core the host never had, or one
+    /// an enclave left) or a host core the host has offline. All or nothing.
+    fn take_cores(&mut self, name: &str, cores: &[u32]) -> Result<(), Refused> {
+        let mut taken: Vec<u32> = Vec::new();
+        for &core in cores {
+            match self.take_core(core) {
+                Ok(from_host) => {
+                    if from_host {
+                        taken.push(core);
+                    }
+                }
+                Err(e) => {
+                    self.give_back(name, &taken);
+                    return Err(e);
+                }
+            }
+        }
+        if !taken.is_empty() {
+            log::info!("enclave '{name}': cores {taken:?} taken from the host (offline there)");
+        }
+        Ok(())
+    }
+
+    /// Takes one core; true if it came from the host.
+    fn take_core(&mut self, core: u32) -> Result<bool, Refused> {
+        match phase_of(core) {
+            Some(Phase::Parked) => return Ok(false),
+            Some(Phase::Running(p)) if p == super::super::host::HOST_PARTITION => {}
+            other => {
+                return refuse(Status::CoreBusy, format!("core {core} is busy ({other:?})"));
+            }
+        }
+        let Some(index) = self.host_index(core) else {
+            return refuse(Status::CoreBusy, format!("core {core} is not available"));
+        };
+        let Some(run) = self.host.as_deref().map(|h| h.run.clone()) else {
+            return refuse(Status::Internal, "no host");
+        };
+        run.ask_release(index);
+        let deadline = tsc::micros().saturating_add(RELEASE_TIMEOUT_US);
+        let answer = loop {
+            match run.release_state(index) {
+                release::GRANTED | release::REFUSED => break run.release_state(index),
+                _ if tsc::micros() >= deadline => break release::ASKED,
+                _ => {}
+            }
+            // The NMI may have reached the core between an exit and its next entry: again.
+            atoll::hw::idle_wait_us(1000);
+            if run.release_state(index) == release::ASKED {
+                run.signal(index);
+            }
+        };
+        run.clear_release(index);
+        match answer {
+            release::GRANTED => {}
+            release::REFUSED => {
+                return refuse(
+                    Status::CoreBusy,
+                    format!(
+                        "core {core} is online in the host: offline it first (echo 0 > \
+                         /sys/devices/system/cpu/cpuN/online for its CPU, or atoll create \
+                         --offline-cores)"
+                    ),
+                );
+            }
+            _ => {
+                return refuse(
+                    Status::CoreBusy,
+                    format!("core {core} did not answer atoll's request for it"),
+                )
+            }
+        }
+        // Its host vCPU is over: reclaim the core so it parks.
+        run.shared.set_lent(core, true);
+        let deadline = tsc::micros().saturating_add(ACK_WAIT_US);
+        while !matches!(phase_of(core), Some(Phase::Ended(..))) && tsc::micros() < deadline {
+            core::hint::spin_loop();
+        }
+        match self.send(core, Command::Reclaim) {
+            Ok(Ack::Done) => Ok(true),
+            other => {
+                self.lost.push(core);
+                refuse(
+                    Status::Internal,
+                    format!("core {core} left the host but did not park ({other:?})"),
+                )
+            }
+        }
+    }
+
+    /// Gives host cores among `cores` that are parked back to the host (waiting for its INIT
+    /// and STARTUP); other cores stay parked.
+    fn give_back(&mut self, name: &str, cores: &[u32]) {
+        let mut back = Vec::new();
+        for &core in cores {
+            if self.host_index(core).is_none() || phase_of(core) != Some(Phase::Parked) {
+                continue;
+            }
+            if let Some(h) = self.host.as_deref() {
+                h.run.shared.set_lent(core, false);
+            }
+            match self.send(core, Command::Start(super::super::host::HOST_PARTITION)) {
+                Ok(Ack::Done) => back.push(core),
+                other => log::error!("enclave '{name}': core {core} not given back: {other:?}"),
+            }
+        }
+        if !back.is_empty() {
+            log::info!(
+                "enclave '{name}': cores {back:?} given back to the host (it may online them)"
+            );
+        }
+    }
+
+    fn create(&mut self, c: &abi::Create) -> Result<PartitionId, Refused> {
+        let config = self.check_description(c)?;
+        for &core in &config.cores {
+            if let Some(why) = self.core_refusal(core) {
+                return refuse(Status::CoreBusy, why);
+            }
+        }
+        // The pool must hold the RAM and the staged files (a build needs a little more for its
+        // tables; that shortfall is reported by the build, undoing the create).
+        let need = (config.memory_mib << 20)
+            + frames_of(c.image_len) * atoll::machine::frames::FRAME_SIZE
+            + frames_of(c.initrd_len) * atoll::machine::frames::FRAME_SIZE;
+        let free = FRAMES.lock().free_bytes();
+        if need > free {
+            return refuse(
+                Status::NoMemory,
+                format!(
+                    "memory_mib: {} MiB of RAM and {} KiB of kernel and initrd need {} MiB, the pool has {} MiB free",
+                    config.memory_mib,
+                    (c.image_len + c.initrd_len) >> 10,
+                    need.div_ceil(1 << 20),
+                    free >> 20
+                ),
+            );
+        }
+        if self.table.find(&config.name).is_some() {
+            return refuse(
+                Status::Invalid,
+                format!("name: an enclave named '{}' exists", config.name),
+            );
+        }
+        if self.table.used() >= MAX_PARTITIONS {
+            return refuse(Status::Full, format!("all {MAX_PARTITIONS} partitions are in use"));
+        }
+        let alloc = |len: u64| -> Result<Option<PhysRange>, Refused> {
+            if len == 0 {
+                return Ok(None);
+            }
+            FRAMES
+                .lock()
+                .allocate(frames_of(len), atoll::machine::frames::FRAME_SIZE)
+                .map(Some)
+                .map_err(|e| (Status::NoMemory, format!("staging {len} bytes: {e}")))
+        };
+        let image = alloc(c.image_len)?;
+        let initrd = match alloc(c.initrd_len) {
+            Ok(r) => r,
+            Err(e) => {
+                if let Some(r) = image {
+                    let _ = FRAMES.lock().free(r);
+                }
+                return Err(e);
+            }
+        };
+        let free_staging = || {
+            for r in [image, initrd].into_iter().flatten() {
+                let _ = FRAMES.lock().free(r);
+            }
+        };
+        let name = config.name.clone();
+        let cores = config.cores.clone();
+        if let Err(e) = self.take_cores(&name, &cores) {
+            free_staging();
+            return Err(e);
+        }
+        let id = match self.table.create(config) {
+            Ok(id) => id,
+            Err(e) => {
+                free_staging();
+                self.give_back(&name, &cores);
+                return refuse(Status::Internal, e.to_string());
+            }
+        };
+        if let Some(ctl) = self.control.as_mut() {
+            ctl.staging.push(Staging {
+                id,
+                image: Blob {
+                    range: image,
+                    len: c.image_len,
+                    loaded: 0,
+                },
+                initrd: Blob {
+                    range: initrd,
+                    len: c.initrd_len,
+                    loaded: 0,
+                },
+            });
+            ctl.created += 1;
+        }
+        log::info!(
+            "enclave '{name}' created (partition {id}): cores {cores:?}, staging {} KiB for its files",
+            (c.image_len + c.initrd_len) >> 10
+        );
+        Ok(id)
+    }
+
+    /// The description of a create, checked by the boot-time rules and the run-time ones.
+    fn check_description(&self, c: &abi::Create) -> Result<EnclaveConfig, Refused> {
+        let text = c.description;
+        let wrapped = if text.contains("[[enclave]]") {
+            String::from(text)
+        } else {
+            format!("[[enclave]]\n{text}")
+        };
+        let online = super::super::online_cores();
+        let ctx = atoll::partition::config::Context {
+            cores: Some(&online),
+            modules: None,
+        };
+        let mut list = atoll::partition::config::parse(&wrapped, &ctx)
+            .map_err(|e| (Status::Invalid, e.to_string().replace("enclave[0].", "")))?;
+        if list.len() != 1 {
+            return refuse(
+                Status::Invalid,
+                format!("enclave: {} enclaves described, one expected", list.len()),
+            );
+        }
+        let config = list.remove(0);
+        if config.after.is_some() {
+            return refuse(Status::Invalid, "after: not allowed at run time (create it later)");
+        }
+        if c.image_len == 0 || c.image_len > MAX_IMAGE {
+            return refuse(
+                Status::Invalid,
+                format!("image: {} bytes announced, 1 to {MAX_IMAGE} allowed", c.image_len),
+            );
+        }
+        match (&config.initrd, c.initrd_len) {
+            (Some(_), 0) => return refuse(Status::Invalid, "initrd: named but 0 bytes announced"),
+            (None, n) if n > 0 => {
+                return refuse(Status::Invalid, format!("initrd: none named but {n} bytes announced"))
+            }
+            (_, n) if n > MAX_INITRD => {
+                return refuse(Status::Invalid, format!("initrd: {n} bytes, at most {MAX_INITRD}"))
+            }
+            _ => {}
+        }
+        if config.serial_input {
+            return refuse(
+                Status::Invalid,
+                "serial_input: atoll's COM1 input stays with the host; use `atoll console`",
+            );
+        }
+        Ok(config)
+    }
+
+    fn load(&mut self, l: &abi::Load) -> Result<(), Refused> {
+        let state = self.table.get(l.id).map(|s| s.state());
+        if state != Some(SlotState::Loading) {
+            return match state {
+                None => refuse(Status::NotFound, format!("no enclave with id {}", l.id)),
+                Some(s) => refuse(Status::State, format!("enclave {} is {}, not loading", l.id, s.name())),
+            };
+        }
+        let Some(s) = self
+            .control
+            .as_mut()
+            .and_then(|c| c.staging.iter_mut().find(|s| s.id == l.id))
+        else {
+            return refuse(Status::Internal, format!("enclave {} has no staging", l.id));
+        };
+        let blob = match l.blob {
+            abi::Blob::Image => &mut s.image,
+            abi::Blob::Initrd => &mut s.initrd,
+        };
+        if l.offset != blob.loaded {
+            return refuse(
+                Status::State,
+                format!("{:?}: piece at {} but {} bytes are loaded (pieces go in order)", l.blob, l.offset, blob.loaded),
+            );
+        }
+        let end = l.offset.saturating_add(l.data.len() as u64);
+        if end > blob.len {
+            return refuse(
+                Status::BadImage,
+                format!("{:?}: {end} bytes, more than the {} announced", l.blob, blob.len),
+            );
+        }
+        if let Some(r) = blob.range {
+            let to = (r.start.as_u64() + l.offset) as *mut u8;
+            // SAFETY: `to..to + len` lies inside the blob's frames (end <= blob.len <= their
+            // size), which are identity-mapped and owned by this staging; `data` is atoll's own
+            // copy of the request.
+            unsafe { core::ptr::copy_nonoverlapping(l.data.as_ptr(), to, l.data.len()) };
+        }
+        blob.loaded = end;
+        Ok(())
+    }
+
+    fn start(&mut self, id: PartitionId) -> Result<(), Refused> {
+        let Some(slot) = self.table.get(id) else {
+            return refuse(Status::NotFound, format!("no enclave with id {id}"));
+        };
+        if slot.state() != SlotState::Loading {
+            return refuse(Status::State, format!("enclave {id} is {}, not loading", slot.state().name()));
+        }
+        let name = slot.config().map(|c| c.name.clone()).unwrap_or_default();
+        let Some(s) = self.control.as_ref().and_then(|c| c.staged(id)) else {
+            return refuse(Status::Internal, format!("enclave '{name}' has no staging"));
+        };
+        for (what, b) in [("image", &s.image), ("initrd", &s.initrd)] {
+            if b.loaded != b.len {
+                return refuse(
+                    Status::BadImage,
+                    format!("{what}: {} of {} bytes loaded", b.loaded, b.len),
+                );
+            }
+        }
+        if let Err(e) = self.table.loaded(id) {
+            return refuse(Status::Internal, e.to_string());
+        }
+        self.build(id);
+        if let Some(c) = self.control.as_mut() {
+            c.drop_staging(id);
+        }
+        let state = self.table.get(id).map(|s| s.state());
+        if state != Some(SlotState::Built) {
+            // The build refused it (a bad image, too little memory for its tables): undo.
+            let why = self
+                .table
+                .report(id)
+                .map_or_else(|| "it could not be built".to_string(), |r| r.detail.clone());
+            let cores = self.cores(id);
+            let _ = self.table.remove(id);
+            self.lives[usize::from(id)] = None;
+            self.give_back(&name, &cores);
+            return refuse(Status::BadImage, why);
+        }
+        if !self.try_start(id) || self.table.get(id).map(|s| s.state()) != Some(SlotState::Running)
+        {
+            return refuse(
+                Status::Internal,
+                format!("enclave '{name}' was built but its cores did not start it"),
+            );
+        }
+        log::info!("enclave '{name}' started on cores {:?}", self.cores(id));
+        Ok(())
+    }
+
+    fn destroy(&mut self, id: PartitionId) -> Result<(), Refused> {
+        let c = self.config(id);
+        let name = c.name.clone();
+        match self.table.get(id).map(|s| s.state()) {
+            None => return refuse(Status::NotFound, format!("no enclave with id {id}")),
+            Some(SlotState::Running) => {
+                // Stop every core still running it (kick, then NMIs), then collect it: its
+                // cores reclaim, its tables are freed and its RAM zeroed into the pool.
+                for &core in &c.cores {
+                    if phase_of(core) == Some(Phase::Running(id)) && !self.lost.contains(&core) {
+                        if let Err(e) = self.send(core, Command::Stop) {
+                            log::error!("enclave '{name}': {e}");
+                            self.lost.push(core);
+                        }
+                    }
+                }
+                if !self.stopping.contains(&id) {
+                    self.stopping.push(id);
+                }
+                if !self.try_collect(id) {
+                    return refuse(
+                        Status::Internal,
+                        format!("enclave '{name}': its cores did not report its end"),
+                    );
+                }
+            }
+            Some(SlotState::Waiting | SlotState::Built) => {
+                let report = failed_report(&c, "not_started", "destroyed before it started".into());
+                self.fail(id, report);
+            }
+            Some(_) => {}
+        }
+        if let Some(ctl) = self.control.as_mut() {
+            ctl.drop_staging(id);
+        }
+        if let Err(e) = self.table.remove(id) {
+            // Its memory is kept (a core did not let go): it stays listed.
+            return refuse(Status::Internal, format!("enclave '{name}': {e}"));
+        }
+        self.stopping.retain(|&p| p != id);
+        self.start_problem.retain(|(p, _)| *p != id);
+        self.lives[usize::from(id)] = None;
+        self.give_back(&name, &c.cores);
+        if let Some(ctl) = self.control.as_mut() {
+            ctl.destroyed += 1;
+        }
+        log::info!("enclave '{name}' destroyed: its memory is zeroed and in the pool");
+        Ok(())
+    }
+
+    /// One record of List/Stats.
+    fn write_record(&self, id: PartitionId, w: &mut Writer<'_>) -> Result<(), WireError> {
+        let Some(slot) = self.table.get(id) else {
+            return Err(WireError::Field("id"));
+        };
+        let c = slot.config();
+        let report: Option<&EnclaveReport> = self.table.report(id);
+        let state = match slot.state() {
+            SlotState::Loading | SlotState::Waiting | SlotState::Built => abi::State::Loading,
+            SlotState::Running => abi::State::Running,
+            _ => match report.and_then(|r| r.end_reason) {
+                Some("power_off" | "exit") => abi::State::Ended,
+                _ => abi::State::Failed,
+            },
+        };
+        let live = self.lives[usize::from(id)].as_ref();
+        let now = tsc::now();
+        let hz = tsc::hz().max(1);
+        let exits = live.map_or([0; abi::EXIT_KINDS.len()], |l| l.live.exits());
+        let platform = live.and_then(|l| l.platform.as_deref());
+        let load = |a: &core::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        let reason = match report {
+            Some(r) if state != abi::State::Running => {
+                let why = r.end_reason.unwrap_or(r.state);
+                if r.detail.is_empty() {
+                    why.to_string()
+                } else {
+                    format!("{why}: {}", r.detail)
+                }
+            }
+            _ => String::new(),
+        };
+        let cores = c.map(|c| c.cores.as_slice()).unwrap_or(&[]);
+        abi::Record {
+            id,
+            state,
+            name: c.map_or("", |c| c.name.as_str()),
+            cores: abi::CoreList::default(),
+            memory_mib: c.map_or(0, |c| c.memory_mib),
+            uptime_us: live.map_or(0, |l| {
+                (u128::from(l.live.uptime_ticks(now)) * 1_000_000 / u128::from(hz)) as u64
+            }),
+            exits,
+            interrupts_injected: platform.map_or(0, |p| load(&p.interrupts_injected)),
+            ipis_dropped: platform.map_or(0, |p| load(&p.ipis_dropped)),
+            console_bytes_dropped: platform.map_or(0, |p| load(&p.console_bytes_dropped))
+                + report.map_or(0, |r| r.console_bytes_dropped),
+            restarts: 0,
+            reason: &reason,
+        }
+        .write_with(&cores[..cores.len().min(abi::MAX_CORES)], w)
+    }
+}
+
+/// How long the manager waits for a released core to report its host part over.
+const ACK_WAIT_US: u64 = 1_000_000;
+
+/// Per partition: what stats and the console read (kept from build to destroy).
+pub(super) fn no_lives() -> Vec<Option<LiveRef>> {
+    (0..MAX_PARTITIONS).map(|_| None).collect()
+}

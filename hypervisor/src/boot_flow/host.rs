@@ -54,6 +54,10 @@ pub struct Host {
     pub run: Arc<HostRun>,
     /// Its boot vCPU, while the host runs.
     bsp: Option<HostVcpuRun>,
+    /// Its second-stage tables.
+    tables: HostTables,
+    /// Where the control device's registers and mailbox are mapped (guest-physical base).
+    bars: [Option<GuestPhysAddr>; 2],
     layout: HostLayout,
     acpi: host_acpi::HostAcpi,
     kernel: &'static [u8],
@@ -72,6 +76,35 @@ pub struct Host {
     /// 0x15/0x16, which an emulator may fill with the modelled part's nominal frequency rather
     /// than the rate its TSC really ticks at (Bochs: 3.5 GHz named, 100 MHz ticked).
     tsc_word: String,
+}
+
+/// The host's second-stage tables, of either format.
+enum HostTables {
+    Ept(ept::Tables<ept::EptFormat, PoolFrames<'static, Identity>>),
+    Npt(ept::Tables<ept::NptFormat, PoolFrames<'static, Identity>>),
+}
+
+impl HostTables {
+    fn unmap(&mut self, gpa: GuestPhysAddr, len: u64) -> Result<(), ept::EptError> {
+        match self {
+            HostTables::Ept(t) => t.unmap(gpa, len),
+            HostTables::Npt(t) => t.unmap(gpa, len),
+        }
+    }
+
+    fn map(
+        &mut self,
+        gpa: GuestPhysAddr,
+        hpa: HostPhysAddr,
+        len: u64,
+        perms: Perms,
+        mem: MemType,
+    ) -> Result<(), ept::EptError> {
+        match self {
+            HostTables::Ept(t) => t.map(gpa, hpa, len, perms, mem),
+            HostTables::Npt(t) => t.map(gpa, hpa, len, perms, mem),
+        }
+    }
 }
 
 /// The published host, for the application processors' `Start(HOST_PARTITION)`.
@@ -325,9 +358,9 @@ impl Host {
                 .map_err(|e| alloc::format!("the host's APIC page: {e:?}"))?;
             log::info!("host second-stage (EPT) leaves {leaves:?}");
             let s = SecondStage::Ept(tables.eptp(false));
-            // The host's tables live as long as atoll: the host is never torn down.
-            core::mem::forget(tables);
-            s
+            // The host's tables live as long as atoll: the host is never torn down (they
+            // change only where the control device's BARs go).
+            (s, HostTables::Ept(tables))
         } else {
             let npt_1g = core::arch::x86_64::__cpuid(0x8000_0001).edx & (1 << 26) != 0;
             let (mut tables, leaves) =
@@ -342,9 +375,9 @@ impl Host {
                 .map_err(|e| alloc::format!("the host's APIC page: {e:?}"))?;
             log::info!("host second-stage (nested paging) leaves {leaves:?}");
             let s = SecondStage::Npt(tables.nested_cr3());
-            core::mem::forget(tables);
-            s
+            (s, HostTables::Npt(tables))
         };
+        let (second_stage, tables) = second_stage;
         log::info!("host memory: {} MiB usable", layout.usable_bytes >> 20);
 
         // SAFETY: the ranges are the host's RAM by the layout (atoll and the pool excluded),
@@ -385,6 +418,8 @@ impl Host {
         Ok(Self {
             run,
             bsp: None,
+            tables,
+            bars: [None, None],
             layout,
             acpi,
             kernel,
@@ -520,6 +555,95 @@ impl Host {
     }
 
     /// Runs the host's boot vCPU for a slice; handles its stop (restart after a reset).
+    /// Moves the control device's BAR `which` (0: the registers, 1: the mailbox) to where the
+    /// host's configuration write put it (`None`: it no longer decodes). The registers' page is
+    /// left unmapped, so every access exits to the model; the mailbox maps `mailbox`. The old
+    /// place gets back what the layout gives it. A place that is not entirely the host's MMIO
+    /// (RAM, atoll's or the pool's memory, the APIC page, the other BAR) is refused: the BAR
+    /// then decodes nothing, and the error says why.
+    pub fn place_control_bar(
+        &mut self,
+        which: usize,
+        to: Option<GuestPhysAddr>,
+        mailbox: PhysRange,
+    ) -> Result<(), String> {
+        let size = [atoll_abi::control::BAR0_SIZE, atoll_abi::control::MAILBOX_SIZE][which & 1];
+        let which = which & 1;
+        if self.bars[which] == to {
+            return Ok(());
+        }
+        if let Some(old) = self.bars[which].take() {
+            self.restore(old, size)?;
+        }
+        if let Some(new) = to {
+            let end = new.as_u64().checked_add(size).ok_or("the BAR wraps")?;
+            let mmio = self.layout.mappings.iter().any(|m| {
+                m.mem == MemType::Uncacheable
+                    && m.gpa.as_u64() <= new.as_u64()
+                    && end <= m.gpa.as_u64() + m.len
+            });
+            let apic = new.as_u64() <= APIC_PAGE && APIC_PAGE < end;
+            let other = self.bars[which ^ 1].is_some_and(|o| {
+                let osize = [atoll_abi::control::BAR0_SIZE, atoll_abi::control::MAILBOX_SIZE]
+                    [which ^ 1];
+                o.as_u64() < end && new.as_u64() < o.as_u64() + osize
+            });
+            if !mmio || apic || other || !new.is_aligned(4096) {
+                self.run.tables_changed();
+                return Err(alloc::format!(
+                    "the host placed the control device's BAR{} at {new}: not entirely its MMIO                      space; the BAR decodes nothing",
+                    [0, 2][which]
+                ));
+            }
+            self.tables
+                .unmap(new, size)
+                .map_err(|e| alloc::format!("unmapping {new}: {e:?}"))?;
+            if which == 1 {
+                self.tables
+                    .map(
+                        new,
+                        mailbox.start,
+                        size,
+                        Perms::READ | Perms::WRITE,
+                        MemType::WriteBack,
+                    )
+                    .map_err(|e| alloc::format!("mapping the mailbox at {new}: {e:?}"))?;
+            }
+            self.bars[which] = Some(new);
+            log::info!(
+                "control device: BAR{} at {new} ({} KiB)",
+                [0, 2][which],
+                size >> 10
+            );
+        }
+        self.run.tables_changed();
+        Ok(())
+    }
+
+    /// Gives `size` bytes at `at` back what the host's layout maps there.
+    fn restore(&mut self, at: GuestPhysAddr, size: u64) -> Result<(), String> {
+        self.tables
+            .unmap(at, size)
+            .map_err(|e| alloc::format!("unmapping {at}: {e:?}"))?;
+        let (start, end) = (at.as_u64(), at.as_u64() + size);
+        for m in &self.layout.mappings {
+            let (ms, me) = (m.gpa.as_u64(), m.gpa.as_u64() + m.len);
+            let (s, e) = (start.max(ms), end.min(me));
+            if s < e {
+                self.tables
+                    .map(
+                        GuestPhysAddr::new(s),
+                        HostPhysAddr::new(m.hpa.as_u64() + (s - ms)),
+                        e - s,
+                        m.perms,
+                        m.mem,
+                    )
+                    .map_err(|e| alloc::format!("restoring {at}: {e:?}"))?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn run_slice(&mut self) {
         let Some(bsp) = self.bsp.as_mut() else {
             return;

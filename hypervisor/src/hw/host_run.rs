@@ -100,6 +100,9 @@ pub struct HostRun {
     /// Per host vCPU: atoll asks for its core ([`HostRun::ask_release`]) and the core answers
     /// ([`release`] states).
     release: Vec<core::sync::atomic::AtomicU8>,
+    /// Bumped when the host's second-stage tables change (the control device's BARs moved):
+    /// every host vCPU drops its cached translations before its next entry.
+    tables_generation: AtomicU32,
     /// What the host reported on its console (`guest_check`, `guest_exit_status`) since its
     /// last start.
     pub results: Mutex<atoll_devices::bounded::ReportStore>,
@@ -148,6 +151,7 @@ impl HostRun {
             running,
             signalled,
             release,
+            tables_generation: AtomicU32::new(0),
             results: Mutex::new(atoll_devices::bounded::ReportStore::new(
                 atoll_devices::bounded::REPORT_BUDGET,
             )),
@@ -223,6 +227,18 @@ impl HostRun {
             atoll_devices::bounded::ReportStore::new(atoll_devices::bounded::REPORT_BUDGET);
         self.started_at.store(tsc::now(), Ordering::Relaxed);
         self.init_at.store(0, Ordering::Relaxed);
+    }
+
+    /// The host's second-stage tables changed: every host vCPU flushes its translations
+    /// before its next entry, and each is signalled so that it does so now.
+    pub fn tables_changed(&self) {
+        self.tables_generation.fetch_add(1, Ordering::AcqRel);
+        let me = apic::current_id();
+        for (i, &id) in self.cores.iter().enumerate() {
+            if id != me && self.running[i].load(Ordering::Acquire) {
+                self.signal(i);
+            }
+        }
     }
 
     /// Asks host vCPU `index` (an application processor) for its core: it answers
@@ -448,6 +464,8 @@ pub struct HostVcpuRun {
     vcpu: HostCpu,
     /// The host's own NMI, to be delivered to the vCPU at the next entry that can take it.
     nmi_pending: bool,
+    /// The [`HostRun`] tables generation this vCPU's translations are current for.
+    tables_seen: u32,
     me: HostVcpu,
     console: EnclaveConsole,
 }
@@ -482,6 +500,7 @@ impl HostVcpuRun {
         Ok(Self {
             vcpu,
             nmi_pending: false,
+            tables_seen: run.tables_generation.load(Ordering::Acquire),
             me: HostVcpu::new(index, run.cores.get(index).copied().unwrap_or(0)),
             console: EnclaveConsole::default(),
         })
@@ -522,6 +541,22 @@ impl HostVcpuRun {
                     return Pause::Released;
                 }
                 run.release[index].store(release::REFUSED, Ordering::Release);
+            }
+            let tables = run.tables_generation.load(Ordering::Acquire);
+            if tables != self.tables_seen {
+                self.tables_seen = tables;
+                match (&mut self.vcpu, run.second_stage) {
+                    (HostCpu::Svm(v), _) => v.flush_translations(),
+                    (HostCpu::Vmx(_), SecondStage::Ept(eptp)) => {
+                        if ept::invept::invept_single_context(eptp).is_err() {
+                            run.request_stop(HostStop::Failed(alloc::format!(
+                                "vCPU {index}: INVEPT failed after the host's tables changed"
+                            )));
+                            return Pause::Stopped;
+                        }
+                    }
+                    (HostCpu::Vmx(_), _) => {}
+                }
             }
             if self.nmi_pending {
                 self.nmi_pending = !match &mut self.vcpu {

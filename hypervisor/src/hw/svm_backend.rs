@@ -405,6 +405,12 @@ impl SvmVcpu {
     /// always readable, and a VMCB the processor refuses is the exit VMEXIT_INVALID
     /// ([`Exit::InvalidGuestState`]): no run-time failure is an error on SVM today; the type
     /// matches the VMX backend's.
+    /// Drops every cached translation at the next VMRUN (APM Vol. 2 §15.16): the nested
+    /// tables changed under this vCPU.
+    pub fn flush_translations(&mut self) {
+        self.vmcb.set_tlb_control(TlbControl::FlushAll);
+    }
+
     pub fn run(&mut self) -> Result<Exit, SvmError> {
         loop {
             if self.shutdown {

@@ -191,7 +191,11 @@ pub fn placement_ok(
     size: u64,
     forbidden: impl Fn(GuestPhysAddr, u64) -> bool,
 ) -> bool {
-    base.as_u64() != 0 && base.checked_add(size).is_some() && !forbidden(base, size)
+    // A window may end exactly at the top of the space: its last byte must exist.
+    base.as_u64() != 0
+        && size != 0
+        && base.checked_add(size - 1).is_some()
+        && !forbidden(base, size)
 }
 
 /// The control function: configuration space, BAR0's registers, the doorbell set and where its
@@ -445,17 +449,18 @@ impl ControlDevice {
             (want[w.slot()], refused[w.slot()]) = self.wanted(w, &forbidden);
         }
         if let [Some(a), Some(b)] = want {
+            // Inclusive ends: `placement_ok` checked that each last byte exists.
             let (a, b) = (a.as_u64(), b.as_u64());
-            if a < b + MAILBOX_SIZE && b < a + BAR0_SIZE {
+            if a <= b + (MAILBOX_SIZE - 1) && b <= a + (BAR0_SIZE - 1) {
                 refused = [Some(a), Some(b)];
                 want = [None, None];
             }
         }
-        for i in 0..2 {
-            if refused[i].is_some() && refused[i] != self.refused_at[i] {
+        for (now, before) in refused.iter().zip(self.refused_at.iter_mut()) {
+            if now.is_some() && now != before {
                 self.stats.placements_refused += 1;
             }
-            self.refused_at[i] = refused[i];
+            *before = *now;
         }
         let mut changes = MappingChanges::NONE;
         for w in windows {
@@ -515,7 +520,7 @@ pub fn ecam_page(base: GuestPhysAddr, start_bus: u8, device: u8) -> Option<Guest
         return None;
     }
     base.checked_add(u64::from(device) << 15)
-        .filter(|p| p.checked_add(0x1000).is_some())
+        .filter(|p| p.checked_add(0xfff).is_some())
 }
 
 /// An access atoll performs on the hardware for the host.
@@ -785,5 +790,742 @@ impl HostConfig {
             return self.refuse();
         }
         self.control_config_write(offset, data, forbidden)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::config::{command, reg as cfg, status};
+    use super::*;
+    use alloc::vec;
+    use alloc::vec::Vec;
+
+    const ECAM_BASE: u64 = 0xe000_0000;
+    const DEVICE: u8 = 5;
+    const DATA: u16 = CONFIG_DATA_PORT;
+
+    /// The host's RAM in these tests: below 3 GiB and 4–8 GiB; atoll's own memory is inside.
+    fn ram(base: GuestPhysAddr, size: u64) -> bool {
+        let (s, e) = (base.as_u64(), base.as_u64() + size);
+        [(0, 0xc000_0000), (1 << 32, 2 << 32)]
+            .iter()
+            .any(|&(a, b)| s < b && a < e)
+    }
+
+    fn host() -> HostConfig {
+        HostConfig::new(DEVICE, Some((GuestPhysAddr::new(ECAM_BASE), 0))).unwrap()
+    }
+
+    fn latch(bus: u32, dev: u32, func: u32, register: u32) -> u32 {
+        1 << 31 | bus << 16 | dev << 11 | func << 8 | register
+    }
+
+    fn select(h: &mut HostConfig, bus: u32, dev: u32, func: u32, register: u32) {
+        let l = latch(bus, dev, func, register);
+        assert_eq!(
+            h.io_write(CONFIG_ADDRESS_PORT, &l.to_le_bytes(), ram),
+            HostAccess::Emulated(MappingChanges::NONE)
+        );
+        assert_eq!(h.latch(), l);
+    }
+
+    /// A dword of the control function's space through 0xCF8/0xCFC.
+    fn cf8_read(h: &mut HostConfig, register: u16) -> u32 {
+        select(h, 0, u32::from(DEVICE), 0, u32::from(register));
+        let mut b = [0u8; 4];
+        assert_eq!(
+            h.io_read(DATA, &mut b),
+            HostAccess::Emulated(MappingChanges::NONE)
+        );
+        u32::from_le_bytes(b)
+    }
+
+    fn cf8_write(h: &mut HostConfig, register: u16, data: &[u8]) -> Vec<MappingChange> {
+        select(h, 0, u32::from(DEVICE), 0, u32::from(register & !3));
+        match h.io_write(DATA + (register & 3), data, ram) {
+            HostAccess::Emulated(c) => c.collect(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn page() -> u64 {
+        ECAM_BASE + (u64::from(DEVICE) << 15)
+    }
+
+    fn ecam_read(h: &mut HostConfig, offset: u64, len: usize) -> (HostAccess, u64) {
+        let mut b = [0u8; 8];
+        let a = h.ecam_read(GuestPhysAddr::new(page() + offset), &mut b[..len]);
+        (a, u64::from_le_bytes(b))
+    }
+
+    fn ecam_dword(h: &mut HostConfig, offset: u16) -> u32 {
+        let (a, v) = ecam_read(h, u64::from(offset), 4);
+        assert_eq!(a, HostAccess::Emulated(MappingChanges::NONE));
+        v as u32
+    }
+
+    fn ecam_write(h: &mut HostConfig, offset: u16, v: u32) -> Vec<MappingChange> {
+        let addr = GuestPhysAddr::new(page() + u64::from(offset));
+        match h.ecam_write(addr, &v.to_le_bytes(), ram) {
+            HostAccess::Emulated(c) => c.collect(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn gpa(v: u64) -> Option<GuestPhysAddr> {
+        Some(GuestPhysAddr::new(v))
+    }
+
+    fn change(window: Window, from: Option<u64>, to: Option<u64>) -> MappingChange {
+        MappingChange {
+            window,
+            from: from.map(GuestPhysAddr::new),
+            to: to.map(GuestPhysAddr::new),
+        }
+    }
+
+    fn bar_offset(index: u8) -> u16 {
+        cfg::BAR0 + 4 * u16::from(index)
+    }
+
+    #[test]
+    fn identity_class_and_header_read_the_same_through_cf8_and_ecam() {
+        let mut h = host();
+        let ids = u32::from(abi::DEVICE_ID) << 16 | u32::from(abi::VENDOR_ID);
+        let class = u32::from_le_bytes([
+            REVISION,
+            abi::CLASS_CODE[2],
+            abi::CLASS_CODE[1],
+            abi::CLASS_CODE[0],
+        ]);
+        assert_eq!(cf8_read(&mut h, cfg::VENDOR_ID), ids);
+        assert_eq!(ecam_dword(&mut h, cfg::VENDOR_ID), ids);
+        assert_eq!(cf8_read(&mut h, cfg::REVISION), class);
+        assert_eq!(ecam_dword(&mut h, cfg::REVISION), class);
+        assert_eq!(REVISION, 1);
+        // Header type 0, single function; no capabilities; no interrupt pin; status 0.
+        assert_eq!(cf8_read(&mut h, cfg::CACHE_LINE_SIZE) >> 16 & 0xff, 0);
+        assert_eq!(cf8_read(&mut h, cfg::CAPABILITIES), 0);
+        assert_eq!(cf8_read(&mut h, cfg::INTERRUPT_LINE) >> 8 & 0xff, 0);
+        let status_word = cf8_read(&mut h, cfg::COMMAND) >> 16;
+        assert_eq!(status_word & u32::from(status::CAPABILITY_LIST), 0);
+        assert_eq!(status_word, 0);
+        assert_eq!(
+            cf8_read(&mut h, cfg::SUBSYSTEM_VENDOR_ID),
+            ids,
+            "subsystem ids are the device's own"
+        );
+        // Every dword of the legacy space reads the same through both paths.
+        for offset in (0..config::LEGACY_SIZE).step_by(4) {
+            assert_eq!(
+                cf8_read(&mut h, offset),
+                ecam_dword(&mut h, offset),
+                "{offset:#x}"
+            );
+        }
+        // Word and byte reads through the data window's other ports.
+        select(&mut h, 0, u32::from(DEVICE), 0, 0);
+        for (port, len, expect) in [
+            (DATA + 1, 1, ids >> 8 & 0xff),
+            (DATA + 2, 2, ids >> 16),
+            (DATA + 3, 1, ids >> 24),
+            (DATA + 1, 2, ids >> 8 & 0xffff),
+        ] {
+            let mut b = [0u8; 4];
+            assert_eq!(
+                h.io_read(port, &mut b[..len]),
+                HostAccess::Emulated(MappingChanges::NONE)
+            );
+            assert_eq!(u32::from_le_bytes(b), expect, "{port:#x}/{len}");
+        }
+    }
+
+    #[test]
+    fn only_the_memory_bit_of_command_is_writable_and_status_stays_zero() {
+        let mut h = host();
+        cf8_write(&mut h, cfg::COMMAND, &0xffff_ffffu32.to_le_bytes());
+        assert_eq!(cf8_read(&mut h, cfg::COMMAND), u32::from(command::MEMORY));
+        // A byte write through 0xCFD (the command's high byte) changes nothing there.
+        cf8_write(&mut h, cfg::COMMAND + 1, &[0xff]);
+        assert_eq!(cf8_read(&mut h, cfg::COMMAND), u32::from(command::MEMORY));
+        cf8_write(&mut h, cfg::COMMAND, &[0]);
+        assert_eq!(cf8_read(&mut h, cfg::COMMAND), 0);
+        // Scratch registers stay writable; identity does not.
+        cf8_write(&mut h, cfg::INTERRUPT_LINE, &[0x0b]);
+        assert_eq!(cf8_read(&mut h, cfg::INTERRUPT_LINE), 0x0b);
+        let ids = cf8_read(&mut h, 0);
+        cf8_write(&mut h, 0, &[0; 4]);
+        cf8_write(&mut h, cfg::CAPABILITIES, &[0x40]);
+        assert_eq!(cf8_read(&mut h, 0), ids);
+        assert_eq!(cf8_read(&mut h, cfg::CAPABILITIES), 0);
+    }
+
+    #[test]
+    fn bars_size_and_relocate_as_the_spec_says() {
+        let mut h = host();
+        for (index, size) in [
+            (REGISTERS_BAR, BAR0_SIZE),
+            (MAILBOX_BAR_INDEX, MAILBOX_SIZE),
+        ] {
+            let at = bar_offset(index);
+            // Unassigned: address 0, memory, 32-bit (type 00), not prefetchable.
+            assert_eq!(cf8_read(&mut h, at), 0);
+            // The probe: all ones, read the mask, compute the size as an OS does.
+            cf8_write(&mut h, at, &u32::MAX.to_le_bytes());
+            let probe = cf8_read(&mut h, at);
+            assert_eq!(probe & 0xf, 0, "type bits");
+            assert_eq!(u64::from(!(probe & !0xf)) + 1, size, "bar {index}");
+            assert_eq!(ecam_dword(&mut h, at), probe);
+            // Relocation: an aligned address sticks; bits below the size do not.
+            let base = 0xd000_0000u32;
+            cf8_write(&mut h, at, &(base | (size as u32 - 1)).to_le_bytes());
+            assert_eq!(cf8_read(&mut h, at), base);
+            ecam_write(&mut h, at, base + size as u32);
+            assert_eq!(cf8_read(&mut h, at), base + size as u32);
+            // Byte-wise relocation through 0xCFE/0xCFF.
+            cf8_write(&mut h, at + 3, &[0xc0]);
+            cf8_write(&mut h, at + 2, &[0x10]);
+            let old = base + size as u32;
+            assert_eq!(
+                cf8_read(&mut h, at),
+                (old & 0xffff | 0xc010_0000) & !(size as u32 - 1)
+            );
+        }
+        // The other BAR slots and the ROM BAR are not implemented.
+        for at in [1, 3, 4, 5].map(bar_offset).into_iter().chain([cfg::ROM]) {
+            cf8_write(&mut h, at, &u32::MAX.to_le_bytes());
+            assert_eq!(cf8_read(&mut h, at), 0, "{at:#x}");
+        }
+    }
+
+    #[test]
+    fn windows_map_only_while_decoded_at_an_assigned_place() {
+        let mut h = host();
+        let (r, m) = (0xfe00_0000u64, 0xfd00_0000u64);
+        // Placing the BARs with decoding off maps nothing.
+        assert!(cf8_write(&mut h, bar_offset(0), &(r as u32).to_le_bytes()).is_empty());
+        assert!(cf8_write(&mut h, bar_offset(2), &(m as u32).to_le_bytes()).is_empty());
+        // Decoding on: both windows appear.
+        assert_eq!(
+            cf8_write(&mut h, cfg::COMMAND, &command::MEMORY.to_le_bytes()),
+            [
+                change(Window::Registers, None, Some(r)),
+                change(Window::Mailbox, None, Some(m))
+            ]
+        );
+        assert_eq!(h.control().mapped(Window::Registers), gpa(r));
+        assert_eq!(h.control().mapped(Window::Mailbox), gpa(m));
+        // Writing the same value again changes nothing.
+        assert!(cf8_write(&mut h, cfg::COMMAND, &command::MEMORY.to_le_bytes()).is_empty());
+        assert!(ecam_write(&mut h, bar_offset(0), r as u32).is_empty());
+        // Moved while decoding.
+        let r2 = 0xfe01_0000u64;
+        assert_eq!(
+            ecam_write(&mut h, bar_offset(0), r2 as u32),
+            [change(Window::Registers, Some(r), Some(r2))]
+        );
+        // Sizing while decoding (a careless host): the all-ones pattern is not mapped, and the
+        // restored address is.
+        assert_eq!(
+            ecam_write(&mut h, bar_offset(2), u32::MAX),
+            [change(Window::Mailbox, Some(m), None)]
+        );
+        assert_eq!(
+            ecam_write(&mut h, bar_offset(2), m as u32),
+            [change(Window::Mailbox, None, Some(m))]
+        );
+        // Unassigned (0) while decoding: not mapped.
+        assert_eq!(
+            ecam_write(&mut h, bar_offset(0), 0),
+            [change(Window::Registers, Some(r2), None)]
+        );
+        assert_eq!(
+            ecam_write(&mut h, bar_offset(0), r as u32),
+            [change(Window::Registers, None, Some(r))]
+        );
+        // Decoding off: both go.
+        assert_eq!(
+            cf8_write(&mut h, cfg::COMMAND, &[0, 0]),
+            [
+                change(Window::Registers, Some(r), None),
+                change(Window::Mailbox, Some(m), None)
+            ]
+        );
+        assert_eq!(h.control().stats().placements_refused, 0);
+    }
+
+    #[test]
+    fn placements_over_ram_or_over_each_other_are_refused_and_counted() {
+        let mut h = host();
+        cf8_write(&mut h, cfg::COMMAND, &command::MEMORY.to_le_bytes());
+        // The mailbox over RAM (atoll's memory lies inside the host's RAM map here).
+        assert!(ecam_write(&mut h, bar_offset(2), 0x0010_0000).is_empty());
+        assert_eq!(h.control().mapped(Window::Mailbox), None);
+        assert_eq!(h.control().stats().placements_refused, 1);
+        // The same refused address written again is counted once; the registers page over the
+        // last page of RAM below 3 GiB is refused too.
+        ecam_write(&mut h, bar_offset(2), 0x0010_0000);
+        assert_eq!(h.control().stats().placements_refused, 1);
+        assert!(ecam_write(&mut h, bar_offset(0), 0xbfff_f000).is_empty());
+        assert_eq!(h.control().stats().placements_refused, 2);
+        // Just past RAM is fine.
+        assert_eq!(
+            ecam_write(&mut h, bar_offset(0), 0xc000_0000),
+            [change(Window::Registers, None, Some(0xc000_0000))]
+        );
+        // The mailbox placed over the registers page: neither decodes.
+        assert_eq!(
+            ecam_write(&mut h, bar_offset(2), 0xc000_0000),
+            [change(Window::Registers, Some(0xc000_0000), None)]
+        );
+        assert_eq!(h.control().mapped(Window::Mailbox), None);
+        assert_eq!(h.control().stats().placements_refused, 4);
+        // Moving the mailbox away brings both back.
+        assert_eq!(
+            ecam_write(&mut h, bar_offset(2), 0xc010_0000),
+            [
+                change(Window::Registers, None, Some(0xc000_0000)),
+                change(Window::Mailbox, None, Some(0xc010_0000))
+            ]
+        );
+        // The registers page placed inside the mailbox: neither.
+        assert_eq!(
+            ecam_write(&mut h, bar_offset(0), 0xc01f_f000),
+            [
+                change(Window::Registers, Some(0xc000_0000), None),
+                change(Window::Mailbox, Some(0xc010_0000), None)
+            ]
+        );
+        // The predicate itself.
+        let none = |_: GuestPhysAddr, _: u64| false;
+        assert!(!placement_ok(GuestPhysAddr::new(0), 16, none));
+        assert!(!placement_ok(GuestPhysAddr::new(u64::MAX - 15), 32, none));
+        assert!(placement_ok(GuestPhysAddr::new(u64::MAX - 31), 32, none));
+        assert!(!placement_ok(GuestPhysAddr::new(0x1000), 0, none));
+        assert!(!placement_ok(GuestPhysAddr::new(0x1000), 16, ram));
+    }
+
+    /// BAR0 as memory would hold it, built from the ABI's offsets.
+    fn register_image(refused: u32) -> Vec<u8> {
+        let mut image = vec![0u8; BAR0_SIZE as usize];
+        for (offset, value) in [
+            (reg::MAGIC, u32::from_le_bytes(*b"ATOL")),
+            (reg::VERSION, u32::from(abi::VERSION)),
+            (reg::SLOTS, SLOTS),
+            (reg::SLOT_SIZE, abi::SLOT_SIZE),
+            (reg::REFUSED, refused),
+        ] {
+            let o = offset as usize;
+            image[o..o + 4].copy_from_slice(&value.to_le_bytes());
+        }
+        image
+    }
+
+    fn rd(d: &mut ControlDevice, offset: u64, len: usize) -> u64 {
+        let mut b = [0u8; 8];
+        d.register_read(offset, &mut b[..len]);
+        u64::from_le_bytes(b)
+    }
+
+    #[test]
+    fn registers_read_as_memory_at_every_offset_and_width() {
+        let mut d = ControlDevice::new();
+        d.register_write(reg::DOORBELL, &SLOTS.to_le_bytes());
+        d.register_write(reg::DOORBELL, &(SLOTS + 7).to_le_bytes());
+        assert_eq!(d.refused(), 2);
+        let image = register_image(2);
+        for len in [1usize, 2, 4, 8] {
+            for offset in 0..=(BAR0_SIZE as usize - len) {
+                let mut expect = [0u8; 8];
+                expect[..len].copy_from_slice(&image[offset..offset + len]);
+                assert_eq!(
+                    rd(&mut d, offset as u64, len),
+                    u64::from_le_bytes(expect),
+                    "{offset:#x}/{len}"
+                );
+            }
+        }
+        assert_eq!(d.stats().bad_accesses, 0);
+        // The aligned dwords are the registers' values.
+        assert_eq!(rd(&mut d, reg::MAGIC, 4), u64::from(reg::MAGIC_VALUE));
+        assert_eq!(rd(&mut d, reg::DOORBELL, 4), 0);
+        // Past BAR0: all ones for the bytes outside; odd sizes: all ones. Both counted.
+        assert_eq!(rd(&mut d, BAR0_SIZE - 4, 8), 0xffff_ffff_0000_0000);
+        assert_eq!(rd(&mut d, u64::MAX, 2), 0xffff);
+        let mut three = [0u8; 3];
+        d.register_read(0, &mut three);
+        assert_eq!(three, [0xff; 3]);
+        let mut sixteen = [0u8; 16];
+        d.register_read(0, &mut sixteen);
+        assert_eq!(sixteen, [0xff; 16]);
+        assert_eq!(d.stats().bad_accesses, 4);
+    }
+
+    #[test]
+    fn writes_other_than_the_doorbell_are_ignored_and_counted() {
+        let mut d = ControlDevice::new();
+        let before = register_image(0);
+        let mut n = 0;
+        for offset in [
+            reg::MAGIC,
+            reg::VERSION,
+            reg::SLOTS,
+            reg::SLOT_SIZE,
+            reg::REFUSED,
+            0x18,
+            0x800,
+            BAR0_SIZE - 8,
+        ] {
+            for len in [1, 2, 4, 8] {
+                // 8-byte writes at SLOT_SIZE cover DOORBELL: that one is a doorbell write.
+                if offset < reg::DOORBELL + 4 && offset + len as u64 > reg::DOORBELL {
+                    continue;
+                }
+                d.register_write(offset, &[0xa5; 8][..len]);
+                n += 1;
+            }
+        }
+        assert_eq!(d.stats().ignored_writes, n);
+        for (offset, byte) in before.iter().enumerate() {
+            assert_eq!(rd(&mut d, offset as u64, 1), u64::from(*byte));
+        }
+        assert_eq!((d.refused(), d.pending().bits()), (0, 0));
+        // Odd sizes and writes past BAR0 are bad accesses, not writes.
+        d.register_write(reg::DOORBELL, &[0; 3]);
+        d.register_write(BAR0_SIZE - 2, &[0; 4]);
+        d.register_write(u64::MAX, &[0; 2]);
+        assert_eq!(d.stats().bad_accesses, 3);
+        assert_eq!((d.stats().ignored_writes, d.refused()), (n, 0));
+    }
+
+    #[test]
+    fn doorbells_queue_once_per_slot_and_drain() {
+        let mut d = ControlDevice::new();
+        let ring = |d: &mut ControlDevice, slot: u32| {
+            d.register_write(reg::DOORBELL, &slot.to_le_bytes());
+        };
+        // Rung out of order; drained lowest first, each once.
+        for slot in (0..SLOTS).rev() {
+            ring(&mut d, slot);
+        }
+        assert_eq!(d.stats().doorbells, u64::from(SLOTS));
+        assert_eq!(d.refused(), 0);
+        // Again while pending: refused, nothing queued twice.
+        ring(&mut d, 0);
+        ring(&mut d, SLOTS - 1);
+        assert_eq!(d.refused(), 2);
+        assert_eq!(rd(&mut d, reg::REFUSED, 4), 2);
+        // Out of range.
+        for slot in [SLOTS, 31, 32, 33, u32::MAX] {
+            ring(&mut d, slot);
+        }
+        assert_eq!(d.refused(), 7);
+        assert_eq!(d.pending().count(), SLOTS as usize);
+        let drained: Vec<u32> = d.take_doorbells().collect();
+        assert_eq!(drained, (0..SLOTS).collect::<Vec<_>>());
+        assert_eq!(d.take_doorbells().count(), 0);
+        // After the drain a slot may ring again.
+        ring(&mut d, 1);
+        assert_eq!(d.take_doorbells().bits(), 0b10);
+        // Doorbell writes that are not one aligned dword are refused and queue nothing.
+        for (offset, len) in [
+            (reg::DOORBELL, 1),
+            (reg::DOORBELL, 2),
+            (reg::DOORBELL + 2, 2),
+            (reg::DOORBELL + 3, 1),
+            (reg::DOORBELL, 8),
+            (reg::SLOT_SIZE, 8),
+            (reg::DOORBELL - 2, 4),
+            (reg::DOORBELL + 1, 4),
+        ] {
+            d.register_write(offset, &[0; 8][..len]);
+        }
+        assert_eq!(d.refused(), 15);
+        assert_eq!(d.pending().bits(), 0);
+        // atoll's own refusal (slot not SUBMITTED) shows in REFUSED; the count saturates.
+        d.note_refused();
+        assert_eq!(rd(&mut d, reg::REFUSED, 4), 16);
+        d.refused = u32::MAX - 1;
+        ring(&mut d, SLOTS);
+        ring(&mut d, SLOTS);
+        assert_eq!(d.refused(), u32::MAX);
+        // Doorbell reads are 0 and have no effect.
+        ring(&mut d, 2);
+        assert_eq!(rd(&mut d, reg::DOORBELL, 4), 0);
+        assert_eq!(d.pending().bits(), 0b100);
+    }
+
+    #[test]
+    fn other_functions_and_a_disabled_latch_pass_through_with_the_latch() {
+        let mut h = host();
+        let dev = u32::from(DEVICE);
+        for (bus, d, f) in [(0, 0, 0), (0, dev + 1, 0), (1, dev, 0), (0xff, 31, 7)] {
+            select(&mut h, bus, d, f, 0x10);
+            let l = latch(bus, d, f, 0x10);
+            for (port, len) in [(DATA, 4), (DATA + 1, 1), (DATA + 2, 2), (DATA + 3, 1)] {
+                let expect = HostAccess::PassThrough(PassThrough {
+                    latch: Some(l),
+                    port,
+                    len,
+                });
+                let mut b = [0u8; 4];
+                assert_eq!(h.io_read(port, &mut b[..usize::from(len)]), expect);
+                assert_eq!(
+                    h.io_write(port, &[0xff; 4][..usize::from(len)], ram),
+                    expect
+                );
+            }
+        }
+        // The control device's number with the enable bit clear: the hardware's.
+        let off = latch(0, dev, 0, 0) & !(1 << 31);
+        h.io_write(CONFIG_ADDRESS_PORT, &off.to_le_bytes(), ram);
+        let mut b = [0u8; 4];
+        assert_eq!(
+            h.io_read(DATA, &mut b),
+            HostAccess::PassThrough(PassThrough {
+                latch: Some(off),
+                port: DATA,
+                len: 4
+            })
+        );
+        // None of it touched the control function.
+        assert_eq!(cf8_read(&mut h, bar_offset(0)), 0);
+        // Functions 1–7 of the control device: all ones, writes dropped.
+        for f in 1..8 {
+            select(&mut h, 0, dev, f, 0);
+            let mut b = [0u8; 4];
+            assert_eq!(
+                h.io_read(DATA, &mut b),
+                HostAccess::Emulated(MappingChanges::NONE)
+            );
+            assert_eq!(b, [0xff; 4]);
+            select(&mut h, 0, dev, f, u32::from(cfg::COMMAND));
+            h.io_write(DATA, &[0xff, 0xff], ram);
+        }
+        assert_eq!(cf8_read(&mut h, cfg::COMMAND), 0);
+    }
+
+    #[test]
+    fn the_address_ports_other_than_a_dword_latch_pass_through() {
+        let mut h = host();
+        select(&mut h, 0, u32::from(DEVICE), 0, 0);
+        let l = h.latch();
+        // A dword read of 0xCF8 replays the latch and reads the hardware's register.
+        let mut b = [0u8; 4];
+        assert_eq!(
+            h.io_read(CONFIG_ADDRESS_PORT, &mut b),
+            HostAccess::PassThrough(PassThrough {
+                latch: Some(l),
+                port: CONFIG_ADDRESS_PORT,
+                len: 4
+            })
+        );
+        // Bytes and words in 0xCF8–0xCFB (0xCF9: the reset control register) go to the
+        // hardware untouched, and leave the latch alone.
+        for (port, len) in [
+            (0xcf8u16, 1u8),
+            (0xcf9, 1),
+            (0xcf8, 2),
+            (0xcfa, 2),
+            (0xcfb, 1),
+        ] {
+            let expect = HostAccess::PassThrough(PassThrough {
+                latch: None,
+                port,
+                len,
+            });
+            assert_eq!(h.io_read(port, &mut b[..usize::from(len)]), expect);
+            assert_eq!(h.io_write(port, &[6; 4][..usize::from(len)], ram), expect);
+            assert_eq!(h.latch(), l);
+        }
+        // Accesses straddling into the data window or past it, and odd sizes: refused.
+        for (port, len) in [
+            (0xcfbu16, 2usize),
+            (0xcfa, 4),
+            (0xcf9, 4),
+            (0xcfd, 4),
+            (0xcfe, 4),
+            (0xcff, 2),
+            (0xcfc, 3),
+            (0xcfc, 8),
+        ] {
+            let mut r = [0u8; 8];
+            assert_eq!(h.io_read(port, &mut r[..len]), HostAccess::Refused);
+            assert!(r[..len].iter().all(|&x| x == 0xff));
+            assert_eq!(h.io_write(port, &[0; 8][..len], ram), HostAccess::Refused);
+        }
+        assert_eq!(h.refused(), 16);
+        assert_eq!(h.latch(), l);
+        // A port outside mechanism #1 is not ours.
+        assert_eq!(
+            h.io_read(0xd00, &mut b[..1]),
+            HostAccess::PassThrough(PassThrough {
+                latch: None,
+                port: 0xd00,
+                len: 1
+            })
+        );
+    }
+
+    #[test]
+    fn amd_extended_register_bits_reach_the_extended_space() {
+        let mut h = host();
+        // Register 0x104 (bits 27:24 = 1): the extended space, which reads 0.
+        let l = latch(0, u32::from(DEVICE), 0, 0x04) | 1 << 24;
+        h.io_write(CONFIG_ADDRESS_PORT, &l.to_le_bytes(), ram);
+        h.io_write(DATA, &u32::MAX.to_le_bytes(), ram);
+        let mut b = [0u8; 4];
+        h.io_read(DATA, &mut b);
+        assert_eq!(b, [0; 4]);
+        assert_eq!(
+            cf8_read(&mut h, cfg::COMMAND),
+            0,
+            "not the command register"
+        );
+    }
+
+    #[test]
+    fn ecam_page_accesses() {
+        let mut h = host();
+        assert_eq!(h.ecam_page(), gpa(page()));
+        // Offsets from 0x100 read 0 and ignore writes.
+        for offset in [0x100u16, 0x104, 0x800, 0xffc] {
+            assert!(ecam_write(&mut h, offset, u32::MAX).is_empty());
+            assert_eq!(ecam_dword(&mut h, offset), 0, "{offset:#x}");
+        }
+        // Bytes and words inside a dword.
+        let ids = ecam_dword(&mut h, 0);
+        assert_eq!(ecam_read(&mut h, 3, 1).1, u64::from(ids >> 24));
+        assert_eq!(ecam_read(&mut h, 1, 2).1, u64::from(ids >> 8 & 0xffff));
+        // 8 bytes, 3 bytes, crossing a dword: refused, all ones.
+        for (offset, len) in [(0, 8), (0, 3), (2, 4), (3, 2), (0xffe, 4)] {
+            let (a, v) = ecam_read(&mut h, offset, len);
+            assert_eq!(a, HostAccess::Refused);
+            assert_eq!(v, u64::MAX >> (64 - 8 * len), "{offset:#x}/{len}");
+            let addr = GuestPhysAddr::new(page() + offset);
+            assert_eq!(
+                h.ecam_write(addr, &[0xff; 8][..len], ram),
+                HostAccess::Refused
+            );
+        }
+        assert_eq!(cf8_read(&mut h, cfg::COMMAND), 0);
+        // Outside the page: not the control device's.
+        for addr in [page() - 1, page() + 0x1000, ECAM_BASE] {
+            let mut b = [0u8; 4];
+            assert_eq!(
+                h.ecam_read(GuestPhysAddr::new(addr), &mut b),
+                HostAccess::NotControl
+            );
+            assert_eq!(
+                h.ecam_write(GuestPhysAddr::new(addr), &b, ram),
+                HostAccess::NotControl
+            );
+        }
+        // No ECAM: every address is not ours.
+        let mut no = HostConfig::new(DEVICE, None).unwrap();
+        assert_eq!(
+            no.ecam_read(GuestPhysAddr::new(page()), &mut [0; 4]),
+            HostAccess::NotControl
+        );
+    }
+
+    #[test]
+    fn ecam_page_and_device_numbers() {
+        let base = GuestPhysAddr::new(ECAM_BASE);
+        assert_eq!(ecam_page(base, 0, 0), gpa(ECAM_BASE));
+        assert_eq!(ecam_page(base, 0, 31), gpa(ECAM_BASE + 31 * 0x8000));
+        assert_eq!(ecam_page(base, 1, 3), None, "bus 0 not covered");
+        assert_eq!(ecam_page(base, 0, 32), None);
+        let top = GuestPhysAddr::new(u64::MAX - 0xfff);
+        assert_eq!(
+            ecam_page(top, 0, 0),
+            Some(top),
+            "the last page of the space"
+        );
+        assert_eq!(ecam_page(top, 0, 1), None);
+        assert!(
+            HostConfig::new(0, None).is_none(),
+            "the host bridge's number"
+        );
+        assert!(HostConfig::new(32, None).is_none());
+        let h = HostConfig::new(9, Some((base, 4))).unwrap();
+        assert_eq!((h.device(), h.ecam_page()), (9, None));
+    }
+
+    #[test]
+    fn the_device_number_is_the_first_empty_slot_after_0() {
+        // Devices 0–2 and 4 present, 3 absent.
+        let bus = |present: &'static [u8]| {
+            move |d: u8| {
+                if present.contains(&d) {
+                    0x8086
+                } else {
+                    0xffff
+                }
+            }
+        };
+        assert_eq!(pick_device(bus(&[0, 1, 2, 4])), Some(3));
+        assert_eq!(pick_device(bus(&[])), Some(1), "device 0 is skipped");
+        let full: Vec<u8> = (0..32).collect();
+        let full: &'static [u8] = full.leak();
+        assert_eq!(pick_device(bus(full)), None);
+        // Only devices 1–31 are probed, each once, in order.
+        let mut probed = Vec::new();
+        pick_device(|d| {
+            probed.push(d);
+            0
+        });
+        assert_eq!(probed, (1..32).collect::<Vec<u8>>());
+    }
+
+    #[test]
+    fn registers_offset_follows_the_mapped_window() {
+        let mut h = host();
+        let r = 0xfe00_0000u64;
+        assert_eq!(h.control().registers_offset(GuestPhysAddr::new(r), 4), None);
+        ecam_write(&mut h, bar_offset(0), r as u32);
+        ecam_write(&mut h, cfg::COMMAND, u32::from(command::MEMORY));
+        let c = h.control();
+        assert_eq!(
+            c.registers_offset(GuestPhysAddr::new(r + reg::DOORBELL), 4),
+            Some(reg::DOORBELL)
+        );
+        assert_eq!(
+            c.registers_offset(GuestPhysAddr::new(r + BAR0_SIZE - 4), 4),
+            Some(BAR0_SIZE - 4)
+        );
+        assert_eq!(
+            c.registers_offset(GuestPhysAddr::new(r + BAR0_SIZE - 4), 8),
+            None
+        );
+        assert_eq!(c.registers_offset(GuestPhysAddr::new(r - 1), 1), None);
+        assert_eq!(
+            c.registers_offset(GuestPhysAddr::new(r + BAR0_SIZE), 1),
+            None
+        );
+    }
+
+    #[test]
+    fn the_device_works_on_a_segment_through_the_bar_map() {
+        use super::super::bars::BarMap;
+        use super::super::host::{Ecam, PciSegment};
+        use super::super::Bdf;
+        use alloc::boxed::Box;
+        let bdf = Bdf::new(0, DEVICE, 0).unwrap();
+        let mut s = PciSegment::new(Ecam::new(0, 1).unwrap());
+        s.insert(bdf, Box::new(ControlDevice::new())).unwrap();
+        let mut map = BarMap::with_capacity(2, 0);
+        s.config_write(bdf, bar_offset(0), &0xfe00_0000u32.to_le_bytes());
+        s.config_write(bdf, bar_offset(2), &0xfd00_0000u32.to_le_bytes());
+        s.config_write(bdf, cfg::COMMAND, &command::MEMORY.to_le_bytes());
+        map.update(&mut s, bdf).unwrap();
+        map.mmio_write(&mut s, 0xfe00_0000 + reg::DOORBELL, &1u32.to_le_bytes())
+            .unwrap();
+        let mut v = [0u8; 4];
+        map.mmio_read(&mut s, 0xfe00_0000, &mut v).unwrap();
+        assert_eq!(u32::from_le_bytes(v), reg::MAGIC_VALUE);
+        // The mailbox does not exit normally; if it does, nothing answers.
+        map.mmio_read(&mut s, 0xfd00_0000, &mut v).unwrap();
+        assert_eq!(v, [0xff; 4]);
     }
 }

@@ -20,7 +20,8 @@
 //! * [`pci`]: PCI — configuration spaces with write masks, BARs and capability lists, MSI-X,
 //!   functions on buses ([`pci::bus::PciDevice`], [`pci::bus::PciBus`]), the host bridge, and
 //!   the segment reached through ECAM and through ports 0xCF8/0xCFC
-//!   ([`pci::host::PciSegment`]), and the map of decoded BARs ([`pci::bars::BarMap`]). The
+//!   ([`pci::host::PciSegment`]), and the map of decoded BARs ([`pci::bars::BarMap`]); the
+//!   control device and the host's configuration accesses to it ([`pci::control`]). The
 //!   control device, virtio devices and passed-through
 //!   virtual functions plug in as `PciDevice`s.
 #![cfg_attr(not(test), no_std)]

@@ -11,11 +11,17 @@
 //!   [`PciSegment`](host::PciSegment) — the buses of a range with the ECAM window and
 //!   configuration mechanism #1 (0xCF8/0xCFC) both dispatching to the same spaces.
 //!
+//! * [`control`]: the control device atoll shows the host
+//!   ([`ControlDevice`](control::ControlDevice)), and the host's configuration accesses
+//!   ([`HostConfig`](control::HostConfig)): mechanism #1 and one ECAM page intercepted, the
+//!   control function answered, everything else passed through to the hardware.
+//!
 //! A function is named by a [`Bdf`]: bus, device (0–31), function (0–7).
 
 pub mod bars;
 pub mod bus;
 pub mod config;
+pub mod control;
 pub mod host;
 pub mod msix;
 

@@ -302,12 +302,7 @@ pub fn run_all(
     };
     if m.host.is_some() {
         match control::Control::new() {
-            Ok(c) => {
-                if let Some(h) = m.host.as_deref() {
-                    h.run.shared.set_control_mailbox(c.mailbox());
-                }
-                m.control = Some(c);
-            }
+            Ok(c) => m.control = Some(c),
             Err(e) => {
                 log::error!("{e}: the host gets no control device");
                 m.problems.push(e);

@@ -78,6 +78,17 @@ pub struct Host {
     tsc_word: String,
 }
 
+/// The vendor id of bus 0, device `dev`, function 0, read through configuration mechanism #1
+/// (PCI Local Bus 3.0 §3.2.2.3.2) at boot, before the host runs.
+fn pci_vendor(dev: u8) -> u16 {
+    let address: u32 = 1 << 31 | u32::from(dev) << 11;
+    // SAFETY: port I/O on the PCI configuration ports at boot; only the boot processor runs
+    // atoll code that touches them, and reading a vendor id has no side effect.
+    unsafe { x86_64::instructions::port::Port::<u32>::new(0xcf8).write(address) };
+    // SAFETY: as above: the data port of the address just written.
+    unsafe { x86_64::instructions::port::Port::<u16>::new(0xcfc).read() }
+}
+
 /// The host's second-stage tables, of either format.
 enum HostTables {
     Ept(ept::Tables<ept::EptFormat, PoolFrames<'static, Identity>>),
@@ -377,7 +388,7 @@ impl Host {
             let s = SecondStage::Npt(tables.nested_cr3());
             (s, HostTables::Npt(tables))
         };
-        let (second_stage, tables) = second_stage;
+        let (second_stage, mut tables) = second_stage;
         log::info!("host memory: {} MiB usable", layout.usable_bytes >> 20);
 
         // SAFETY: the ranges are the host's RAM by the layout (atoll and the pool excluded),
@@ -393,13 +404,39 @@ impl Host {
         }
         let mut refused: Vec<PhysRange> = atoll.clone();
         refused.extend(pool.iter().copied());
-        let shared = Arc::new(HostShared::new(
+        let mut shared = HostShared::new(
             ipi_cores,
             host_platform(&fw, platform),
             &refused,
             HostPhysAddr::new(APIC_PAGE),
             false,
-        ));
+        );
+        // The control device: on bus 0 at the first free device number, reached through
+        // mechanism #1 and (where the machine has one) the ECAM window, whose page for it the
+        // host's tables leave unmapped.
+        let ecam = platform
+            .ecam()
+            .find(|e| e.segment == 0 && e.bus_start == 0)
+            .map(|e| (GuestPhysAddr::new(e.base.as_u64()), e.bus_start));
+        let device = atoll_devices::pci::control::pick_device(|dev| pci_vendor(dev));
+        match device.and_then(|d| atoll::run::host::control::ControlPort::new(d, ecam)) {
+            Some(port) => {
+                if let Some(page) = port.ecam_page() {
+                    tables
+                        .unmap(page, 4096)
+                        .map_err(|e| alloc::format!("the control device's ECAM page: {e:?}"))?;
+                }
+                log::info!(
+                    "control device {:04x}:{:04x} at 00:{:02x}.0 for the host",
+                    atoll_abi::control::VENDOR_ID,
+                    atoll_abi::control::DEVICE_ID,
+                    port.device()
+                );
+                shared.set_control(port);
+            }
+            None => log::warn!("no free device number on bus 0: the host gets no control device"),
+        }
+        let shared = Arc::new(shared);
         if let Some(m) = super::BSP_MTRRS.get().copied().flatten() {
             shared.set_boot_mtrr_def_type(m.def_type());
         }
@@ -618,6 +655,11 @@ impl Host {
         }
         self.run.tables_changed();
         Ok(())
+    }
+
+    /// Where the control device's window `which` (0 registers, 1 mailbox) is mapped.
+    pub fn control_bar(&self, which: usize) -> Option<GuestPhysAddr> {
+        self.bars[which & 1]
     }
 
     /// Gives `size` bytes at `at` back what the host's layout maps there.

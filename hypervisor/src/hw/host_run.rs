@@ -647,6 +647,15 @@ impl HostVcpuRun {
             if run.stopping() {
                 return Pause::Stopped;
             }
+            // The control device needs the manager (a doorbell, a BAR moved): it runs on the
+            // boot vCPU's core, between its slices.
+            if index == 0 {
+                if run.shared.take_manager_wanted() {
+                    return Pause::Slice;
+                }
+            } else if run.shared.claim_manager_signal() {
+                run.signal(0);
+            }
             // A running processor ignores STARTUP (SDM Vol. 3A §9.4.4.1): only an INIT ends
             // this run; a stale STARTUP is dropped by the waiting loop.
             if index > 0 && run.shared.init_pending(index) {

@@ -199,6 +199,7 @@ fn frames_of(bytes: u64) -> u64 {
 impl Manager<'_> {
     /// Serves every slot whose doorbell rang. Returns whether any was served.
     pub(super) fn serve_control(&mut self) -> bool {
+        self.apply_placements();
         let Some(host) = self.host.as_deref() else {
             return false;
         };
@@ -212,6 +213,28 @@ impl Manager<'_> {
             }
         }
         true
+    }
+
+    /// Maps the control device's windows where the host's configuration writes put them.
+    fn apply_placements(&mut self) {
+        let Some(mailbox) = self.control.as_ref().map(Control::mailbox) else {
+            return;
+        };
+        let Some(host) = self.host.as_deref_mut() else {
+            return;
+        };
+        let placed = host.run.shared.take_placements();
+        if placed.iter().all(Option::is_none) {
+            return;
+        }
+        for (which, p) in placed.into_iter().enumerate() {
+            if let Some(to) = p {
+                if let Err(e) = host.place_control_bar(which, to, mailbox) {
+                    log::warn!("{e}");
+                }
+            }
+        }
+        host.run.shared.set_control_registers(host.control_bar(0));
     }
 
     fn serve_slot(&mut self, slot: u32) {
@@ -229,6 +252,9 @@ impl Manager<'_> {
             .is_err()
         {
             c.requests_refused += 1;
+            if let Some(h) = self.host.as_deref() {
+                h.run.shared.control_refused();
+            }
             log::warn!("control: doorbell for slot {slot}, which holds no submitted request");
             return;
         }

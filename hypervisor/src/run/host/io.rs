@@ -96,13 +96,16 @@ pub(super) fn registers(platform: &HostPlatform) -> [Option<(u16, u8)>; MAX_REGI
 /// The ports the backend intercepts for the host (possibly overlapping); every other port is
 /// passed through.
 pub fn intercepted_ports(shared: &HostShared) -> impl Iterator<Item = RangeInclusive<u16>> + '_ {
-    core::iter::once(COM1_PORTS).chain(
-        shared
-            .registers
-            .iter()
-            .flatten()
-            .map(|&(first, width)| first..=first + u16::from(width) - 1),
-    )
+    core::iter::once(COM1_PORTS)
+        .chain(
+            shared
+                .registers
+                .iter()
+                .flatten()
+                .map(|&(first, width)| first..=first + u16::from(width) - 1),
+        )
+        // Configuration mechanism #1, for the control device's function.
+        .chain(shared.control().map(|_| CONFIG_ADDRESS..=0xcff))
 }
 
 /// Whether `[a, a + a_len)` and `[b, b + b_len)` share a port.
@@ -159,6 +162,13 @@ pub(super) fn io_exit(
         drop(u);
         vcpu.skip_instruction();
         return HostAction::Resume;
+    }
+    // The address latch (dword) and the data window: the control device's function, or the
+    // hardware's with the host's latch replayed.
+    if let Some(action) =
+        super::control::port_access(vcpu, shared, hw, port, size, write, value)
+    {
+        return action;
     }
     // An access that covers an intercepted register without being exactly it (a word over
     // 0xCF9 or 0x64, a byte of PM1 control, one starting before COM1) never reaches the

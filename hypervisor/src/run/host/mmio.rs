@@ -32,6 +32,10 @@ use boot::{GuestPhysAddr, HostPhysAddr};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Region {
     Apic,
+    /// The control device's registers (BAR0).
+    ControlRegisters,
+    /// The control function's ECAM page.
+    ControlConfig,
     Excluded,
     Unmapped,
 }
@@ -110,6 +114,10 @@ pub(super) fn nested_page_fault(
     // then do not reach it), so it is answered like any address nothing maps.
     let region = if g & !0xfff == shared.apic_page().as_u64() && !me.x2apic {
         Region::Apic
+    } else if shared.is_control_registers(g) {
+        Region::ControlRegisters
+    } else if shared.is_control_config(g) {
+        Region::ControlConfig
     } else if shared.is_excluded(g) {
         Region::Excluded
     } else {
@@ -152,6 +160,22 @@ pub(super) fn nested_page_fault(
             };
             if !complete_load(vcpu, &access, value) {
                 return refuse(vcpu, shared, "a load without a register", g);
+            }
+            HostAction::Resume
+        }
+        (Region::ControlRegisters | Region::ControlConfig, write) => {
+            let access_fn = if region == Region::ControlRegisters {
+                super::control::register_access
+            } else {
+                super::control::ecam_access
+            };
+            if write {
+                access_fn(shared, g, access.size, Some(store_value(vcpu, &access)));
+            } else {
+                let v = access_fn(shared, g, access.size, None) & width_mask(access.size);
+                if !complete_load(vcpu, &access, v) {
+                    return refuse(vcpu, shared, "a load without a register", g);
+                }
             }
             HostAction::Resume
         }

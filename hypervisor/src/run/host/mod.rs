@@ -37,6 +37,7 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 pub use crate::run::host_reset::ResetSource;
 
 mod apic;
+pub mod control;
 mod cpuid;
 mod io;
 mod mmio;
@@ -176,6 +177,10 @@ pub struct HostShared {
     pub counters: HostCounters,
     /// IA32_MTRR_DEF_TYPE as atoll loaded it on every core at boot (0: unknown).
     boot_mtrr_def_type: AtomicU64,
+    /// The control device ([`control`]), once atoll gave the host one.
+    control: Option<control::ControlPort>,
+    /// Set by an exit that needs the manager now (a doorbell, a BAR moved).
+    manager_wanted: core::sync::atomic::AtomicU8,
 }
 
 impl HostShared {
@@ -218,6 +223,8 @@ impl HostShared {
             msr_logged: core::array::from_fn(|_| AtomicU64::new(0)),
             counters: HostCounters::default(),
             boot_mtrr_def_type: AtomicU64::new(0),
+            control: None,
+            manager_wanted: core::sync::atomic::AtomicU8::new(0),
         }
     }
 
@@ -325,6 +332,26 @@ impl HostShared {
     /// Whether the host may use x2APIC mode.
     pub fn x2apic_offered(&self) -> bool {
         self.x2apic
+    }
+
+    /// An exit needs the manager now (the control device's doorbell, a BAR moved).
+    pub fn want_manager(&self) {
+        let _ = self
+            .manager_wanted
+            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// Whether an exit asked for the manager since the last call (the manager's core).
+    pub fn take_manager_wanted(&self) -> bool {
+        self.manager_wanted.swap(0, Ordering::AcqRel) != 0
+    }
+
+    /// Whether the manager is wanted and nobody signalled it yet: true once per request, for
+    /// the core that then signals it.
+    pub fn claim_manager_signal(&self) -> bool {
+        self.manager_wanted
+            .compare_exchange(1, 2, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
     }
 
     /// Marks host core `apic_id` lent to an enclave or back (no IPI of the host reaches a lent

@@ -821,12 +821,24 @@ fn busybox() -> Result<PathBuf> {
 
 /// Builds the static `atoll-check` and returns its path.
 pub fn build_check() -> Result<PathBuf> {
-    progress("building atoll-check (static, x86_64-unknown-linux-gnu)");
+    build_static("guest-kit", "atoll-check")
+}
+
+/// Builds the static `atoll` command (the host's CLI, package `atoll-cli`) and returns its
+/// path.
+pub fn build_cli() -> Result<PathBuf> {
+    build_static("atoll-cli", "atoll")
+}
+
+/// Builds `package`'s binary `bin` for [`CHECK_TARGET`], statically linked, and returns its
+/// path.
+fn build_static(package: &str, bin: &str) -> Result<PathBuf> {
+    progress(format!("building {bin} (static, {CHECK_TARGET})"));
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(crate::root())
-        .args(["build", "--quiet", "--release", "-p", "guest-kit"])
-        .args(["--bin", "atoll-check", "--target", CHECK_TARGET])
+        .args(["build", "--quiet", "--release", "-p", package])
+        .args(["--bin", bin, "--target", CHECK_TARGET])
         // Static glibc, so the binary runs in an initramfs without a dynamic loader; no debug
         // information (it would be most of the initramfs).
         .env(
@@ -835,16 +847,16 @@ pub fn build_check() -> Result<PathBuf> {
         )
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .status()
-        .context("running cargo build for atoll-check")?;
+        .with_context(|| format!("running cargo build for {bin}"))?;
     if !status.success() {
         bail!(
-            "building atoll-check failed (is the {CHECK_TARGET} target installed? `rustup target add {CHECK_TARGET}`)"
+            "building {bin} failed (is the {CHECK_TARGET} target installed? `rustup target add {CHECK_TARGET}`)"
         );
     }
     let bin = crate::target_dir()
         .join(CHECK_TARGET)
         .join("release")
-        .join("atoll-check");
+        .join(bin);
     let bytes = std::fs::read(&bin).with_context(|| format!("reading {}", bin.display()))?;
     if !is_static_elf(&bytes)? {
         bail!(
@@ -875,7 +887,7 @@ fn tree(root: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// Writes `root` as a gzipped newc cpio archive owned by root.
-fn write_initramfs(root: &Path, out: &Path) -> Result<()> {
+pub fn write_initramfs(root: &Path, out: &Path) -> Result<()> {
     let list: Vec<u8> = tree(root)?
         .iter()
         .flat_map(|p| {
@@ -940,19 +952,22 @@ pub fn build_initrd() -> Result<Initrd> {
     }
     let check = build_check()?;
     let check_bytes = std::fs::read(&check)?;
+    let cli = build_cli()?;
+    let cli_bytes = std::fs::read(&cli)?;
     let init = init_script();
     let key = cache_key(&[
         ("init", init.as_bytes()),
         ("applets", APPLETS.join(" ").as_bytes()),
         ("busybox", &busybox_bytes),
         ("atoll-check", &check_bytes),
+        ("atoll", &cli_bytes),
     ]);
     let dir = cache.join(format!("initrd-{key}"));
     let path = dir.join("initrd.cpio.gz");
     if dir.join("manifest.json").exists() && path.exists() {
         return Ok(Initrd { path, key });
     }
-    progress("building the initramfs (busybox, /init, atoll-check)");
+    progress("building the initramfs (busybox, /init, atoll-check, atoll)");
     let tmp = cache.join(format!("initrd-{key}.tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     let rootfs = tmp.join("rootfs");
@@ -964,10 +979,11 @@ pub fn build_initrd() -> Result<Initrd> {
         std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a))?;
     }
     std::fs::copy(&check, rootfs.join("atoll-check"))?;
+    std::fs::copy(&cli, rootfs.join("bin/atoll"))?;
     std::fs::write(rootfs.join("init"), &init)?;
     std::fs::write(tmp.join("init"), &init)?;
     use std::os::unix::fs::PermissionsExt;
-    for f in ["init", "atoll-check", "bin/busybox"] {
+    for f in ["init", "atoll-check", "bin/busybox", "bin/atoll"] {
         std::fs::set_permissions(rootfs.join(f), std::fs::Permissions::from_mode(0o755))?;
     }
     write_initramfs(&rootfs, &tmp.join("initrd.cpio.gz"))?;

@@ -277,12 +277,40 @@ pub struct Iso {
     pub guest_kernel: Option<String>,
 }
 
+/// The guest image's initramfs with a second archive appended (the kernel unpacks both, in
+/// order) that adds `/guest/vmlinuz`, `/guest/initrd` and `/guest/suite64`: the files the
+/// host's `atoll create` starts enclaves from.
+fn host_initrd_file(
+    work: &std::path::Path,
+    linux: &crate::guest_image::ResolvedGuest,
+    guests: &std::path::Path,
+) -> Result<std::path::PathBuf> {
+    let root = work.join("host-extra");
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(root.join("guest"))?;
+    std::fs::copy(&linux.kernel, root.join("guest/vmlinuz"))?;
+    std::fs::copy(&linux.initrd, root.join("guest/initrd"))?;
+    std::fs::copy(guests.join("guest-suite"), root.join("guest/suite64"))?;
+    let extra = work.join("host-extra.cpio.gz");
+    crate::guest_image::write_initramfs(&root, &extra)?;
+    std::fs::remove_dir_all(&root)?;
+    let out = work.join("host-initrd.cpio.gz");
+    let mut bytes = std::fs::read(&linux.initrd)?;
+    bytes.extend(std::fs::read(&extra)?);
+    std::fs::write(&out, bytes)?;
+    Ok(out)
+}
+
 /// Builds the image and a bootable ISO for `scenario` with `opts`.
 pub fn iso(scenario: &Scenario, opts: &ImageOptions) -> Result<Iso> {
     opts.check(scenario)?;
     check_enclaves_with(scenario, None, &opts.enclave_cmdline)?;
     let elf = build_with(&scenario.atoll_features)?;
-    let guests = if scenario.modules.iter().any(|m| m.guest.is_some()) {
+    let host_initrd = scenario
+        .modules
+        .iter()
+        .any(|m| m.linux == Some(LinuxPart::HostInitrd));
+    let guests = if host_initrd || scenario.modules.iter().any(|m| m.guest.is_some()) {
         Some(build_guests()?)
     } else {
         None
@@ -333,6 +361,9 @@ pub fn iso(scenario: &Scenario, opts: &ImageOptions) -> Result<Iso> {
             (None, Some(g), _, Some(dir), _) => dir.join(g),
             (None, None, Some(LinuxPart::Kernel), _, Some(l)) => l.kernel.clone(),
             (None, None, Some(LinuxPart::Initrd), _, Some(l)) => l.initrd.clone(),
+            (None, None, Some(LinuxPart::HostInitrd), Some(g), Some(l)) => {
+                host_initrd_file(&work, l, g)?
+            }
             _ => bail!("module '{}' has no source", m.name),
         };
         std::fs::copy(&src, &dst)

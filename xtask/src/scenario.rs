@@ -21,6 +21,8 @@
 //! [[module]]
 //! name = "initrd"
 //! linux = "initrd"                    # the guest image's initramfs (/init runs atoll-check)
+//!                                     # ("host-initrd": with /guest/{vmlinuz,initrd,suite64}
+//!                                     # added, for the host's `atoll create`)
 //! [[module]]
 //! name = "machine"                    # a machine description: the host (root partition),
 //! path = "tests/scenarios/machines/x.toml"  # the pool, boot-time enclaves; its [host] and
@@ -69,6 +71,11 @@ pub enum LinuxPart {
     Kernel,
     /// The initramfs whose `/init` runs `atoll-check`.
     Initrd,
+    /// That initramfs with the files the host's `atoll` command starts enclaves from added
+    /// under `/guest/`: `vmlinuz` and `initrd` (the two above) and `suite64` (the guest-kit
+    /// suite, bare metal).
+    #[serde(rename = "host-initrd")]
+    HostInitrd,
 }
 
 /// A module GRUB loads: a file of the repository, a guest built from `guest-kit`, or a file of

@@ -437,7 +437,7 @@ pub fn destroy(
 /// Decodes hex ("0a0B", spaces allowed).
 pub fn hex(s: &str) -> Result<Vec<u8>> {
     let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return Err(Error::Other("--hex: an odd number of digits".into()));
     }
     (0..s.len())

@@ -21,12 +21,11 @@ pub fn parse_cpuinfo(text: &str) -> Result<CpuMap> {
     let mut apicid = None;
     let mut flush = |p: &mut Option<u32>, a: &mut Option<u32>| -> Result<()> {
         match (p.take(), a.take()) {
-            (Some(p), Some(a)) => {
-                if map.insert(a, p).is_some() {
-                    return Err(Error::Other(format!(
-                        "/proc/cpuinfo lists APIC id {a} twice"
-                    )));
-                }
+            // The guard records the pair; only a second record of the APIC id fails.
+            (Some(p), Some(a)) if map.insert(a, p).is_some() => {
+                return Err(Error::Other(format!(
+                    "/proc/cpuinfo lists APIC id {a} twice"
+                )));
             }
             (Some(p), None) => {
                 return Err(Error::Other(format!(

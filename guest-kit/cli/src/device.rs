@@ -144,7 +144,12 @@ impl Mailbox {
     fn reg(&self, off: u64) -> u32 {
         // SAFETY: `off` is one of the ABI's register offsets, 4-aligned inside BAR0 (valid per
         // `new`'s contract); a volatile 32-bit read is the access the device defines.
-        unsafe { self.regs.add(off as usize).cast::<u32>().read_volatile() }
+        unsafe {
+            self.regs
+                .wrapping_add(off as usize)
+                .cast::<u32>()
+                .read_volatile()
+        }
     }
 
     fn ring(&self, slot: u32) {
@@ -152,21 +157,21 @@ impl Mailbox {
         // access the device defines.
         unsafe {
             self.regs
-                .add(reg::DOORBELL as usize)
+                .wrapping_add(reg::DOORBELL as usize)
                 .cast::<u32>()
                 .write_volatile(slot)
         };
     }
 
+    /// Slot `i`'s first byte (callers pass i < slots, inside the mailbox).
     fn slot(&self, i: u32) -> *mut u8 {
-        // SAFETY: i < slots, so the offset stays inside the mailbox mapping.
-        unsafe { self.mailbox.add(i as usize * SLOT_SIZE as usize) }
+        self.mailbox.wrapping_add(i as usize * SLOT_SIZE as usize)
     }
 
     fn state(&self, i: u32) -> &AtomicU32 {
         // SAFETY: the state word is 4-aligned inside slot `i` and lives as long as `self`;
         // atoll and other clients change it only with atomic accesses, as the ABI says.
-        unsafe { &*self.slot(i).add(SLOT_STATE).cast::<AtomicU32>() }
+        unsafe { &*self.slot(i).wrapping_add(SLOT_STATE).cast::<AtomicU32>() }
     }
 
     /// Claims a free slot, waiting while all are busy.
@@ -204,11 +209,11 @@ impl Mailbox {
             let v = u64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
             // SAFETY: SLOT_MESSAGE is 8-aligned and the message fits the slot (bytes is at most
             // MAX_MESSAGE), so every word is inside our claimed slot.
-            unsafe { base.add(i * 8).cast::<u64>().write_volatile(v) };
+            unsafe { base.wrapping_add(i * 8).cast::<u64>().write_volatile(v) };
         }
         for (i, b) in bytes[words * 8..].iter().enumerate() {
             // SAFETY: as above, a byte inside the claimed slot.
-            unsafe { base.add(words * 8 + i).write_volatile(*b) };
+            unsafe { base.wrapping_add(words * 8 + i).write_volatile(*b) };
         }
     }
 
@@ -217,7 +222,7 @@ impl Mailbox {
         let mut out = Vec::with_capacity(len + 8);
         for i in 0..len.div_ceil(8) {
             // SAFETY: len <= MAX_MESSAGE, so each 8-aligned word is inside the slot.
-            let v = unsafe { base.add(i * 8).cast::<u64>().read_volatile() };
+            let v = unsafe { base.wrapping_add(i * 8).cast::<u64>().read_volatile() };
             out.extend_from_slice(&v.to_ne_bytes());
         }
         out.truncate(len);
@@ -306,5 +311,201 @@ impl Device {
 impl Channel for Device {
     fn exchange(&mut self, request: &[u8]) -> Result<Vec<u8>> {
         self.mailbox.exchange(request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::Client;
+    use atoll_abi::control::{
+        parse_request, write_reply, Info, Kind, Status, BAR0_SIZE, MAILBOX_SIZE,
+    };
+
+    /// Registers and mailbox in plain memory, 8-byte aligned.
+    struct Memory {
+        regs: Vec<u64>,
+        mail: Vec<u64>,
+    }
+
+    impl Memory {
+        fn new(magic: u32, version: u32) -> Memory {
+            let mut m = Memory {
+                regs: vec![0; BAR0_SIZE as usize / 8],
+                mail: vec![0; MAILBOX_SIZE as usize / 8],
+            };
+            m.regs[0] = u64::from(magic) | u64::from(version) << 32;
+            m.regs[1] = u64::from(SLOTS) | u64::from(SLOT_SIZE) << 32;
+            m
+        }
+        fn mailbox(&mut self, timeout: Duration) -> Result<Mailbox> {
+            // SAFETY: both vectors outlive the Mailbox in every test, are 8-aligned and of the
+            // sizes Mailbox needs; the test touches them only through atomics/volatile.
+            unsafe {
+                Mailbox::new(
+                    self.regs.as_mut_ptr().cast(),
+                    self.mail.as_mut_ptr().cast(),
+                    timeout,
+                )
+            }
+        }
+        fn state(&self, slot: usize) -> u32 {
+            (self.mail[slot * SLOT_SIZE as usize / 8] & 0xffff_ffff) as u32
+        }
+    }
+
+    /// Plays atoll for `n` requests: takes SUBMITTED slots, answers Info with `pool_bytes`
+    /// set to the slot index, anything else with the parse error's refusal.
+    fn atoll(mail: usize, n: usize) -> std::thread::JoinHandle<()> {
+        std::thread::spawn(move || {
+            let mut done = 0;
+            while done < n {
+                for slot in 0..SLOTS as usize {
+                    let base = (mail + slot * SLOT_SIZE as usize) as *mut u8;
+                    // SAFETY: the state word of a slot inside the test's mailbox vector, which
+                    // outlives this thread (joined before it is dropped).
+                    let st = unsafe { &*(base.cast::<AtomicU32>()) };
+                    if st
+                        .compare_exchange(
+                            slot_state::SUBMITTED,
+                            slot_state::WORKING,
+                            Ordering::AcqRel,
+                            Ordering::Acquire,
+                        )
+                        .is_err()
+                    {
+                        continue;
+                    }
+                    let mut msg = vec![0u8; MAX_MESSAGE];
+                    // SAFETY: the message area of the slot, which the client handed over.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            base.wrapping_add(SLOT_MESSAGE),
+                            msg.as_mut_ptr(),
+                            MAX_MESSAGE,
+                        )
+                    };
+                    let mut reply = vec![0u8; MAX_MESSAGE];
+                    let len = match parse_request(&msg) {
+                        Ok(r) => write_reply(&mut reply, r.kind as u16, r.seq, Status::Ok, |w| {
+                            Info {
+                                pool_bytes: slot as u64,
+                                ..Default::default()
+                            }
+                            .write(w)
+                        }),
+                        Err((seq, kind, e)) => {
+                            write_reply(&mut reply, kind, seq, Status::Malformed, |w| {
+                                atoll_abi::control::Refusal {
+                                    reason: &e.to_string(),
+                                }
+                                .write(w)
+                            })
+                        }
+                    }
+                    .unwrap();
+                    // SAFETY: as above.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            reply.as_ptr(),
+                            base.wrapping_add(SLOT_MESSAGE),
+                            len,
+                        )
+                    };
+                    st.store(slot_state::DONE, Ordering::Release);
+                    done += 1;
+                }
+                std::thread::yield_now();
+            }
+        })
+    }
+
+    #[test]
+    fn a_request_goes_through_a_slot_and_the_slot_is_freed() {
+        let mut m = Memory::new(reg::MAGIC_VALUE, u32::from(VERSION));
+        let mb = m.mailbox(Duration::from_secs(10)).unwrap();
+        let t = atoll(m.mail.as_mut_ptr() as usize, 2);
+        let mut c = Client::new(Box::new(mb), 1);
+        let p = c.call(Kind::Info, |_| Ok(())).unwrap();
+        assert_eq!(Info::read(&p).unwrap().pool_bytes, 0, "slot 0 answered");
+        // Slot 0 busy with another client: the next request takes slot 1.
+        // SAFETY: slot 0's state word in the mailbox vector; the atoll thread uses it only
+        // atomically too.
+        unsafe { &*(m.mail.as_mut_ptr().cast::<AtomicU32>()) }
+            .store(slot_state::CLAIMED, Ordering::Release);
+        let p = c.call(Kind::Info, |_| Ok(())).unwrap();
+        assert_eq!(Info::read(&p).unwrap().pool_bytes, 1);
+        t.join().unwrap();
+        assert_eq!(
+            (m.state(0), m.state(1)),
+            (slot_state::CLAIMED, slot_state::FREE)
+        );
+        assert_eq!(m.regs[2] & 0xffff_ffff, 1, "the doorbell got slot 1");
+        // Garbage gets atoll's refusal.
+        let t = atoll(m.mail.as_mut_ptr() as usize, 1);
+        let r = c.send_garbage(b"not a message at all, no magic").unwrap();
+        assert_eq!(r.status, Status::Malformed);
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn no_answer_times_out_and_keeps_the_slot() {
+        let mut m = Memory::new(reg::MAGIC_VALUE, u32::from(VERSION));
+        let mb = m.mailbox(Duration::from_millis(30)).unwrap();
+        let mut c = Client::new(Box::new(mb), 1);
+        let e = c.call(Kind::Info, |_| Ok(())).unwrap_err();
+        assert!(matches!(e, Error::Timeout(_)), "{e}");
+        assert_eq!(m.state(0), slot_state::SUBMITTED);
+    }
+
+    #[test]
+    fn wrong_registers_are_refused() {
+        for (magic, version, want) in [(0x1234, 1, "magic"), (reg::MAGIC_VALUE, 2, "version 2")] {
+            let mut m = Memory::new(magic, version);
+            let e = m.mailbox(Duration::from_secs(1)).err().unwrap();
+            let t = e.to_string();
+            assert!(
+                t.starts_with("atoll control device not found: are you root") && t.contains(want),
+                "{t}"
+            );
+        }
+        let mut m = Memory::new(reg::MAGIC_VALUE, 1);
+        m.regs[1] = 8 | u64::from(SLOT_SIZE) << 32;
+        assert!(m
+            .mailbox(Duration::from_secs(1))
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("8 slots"));
+    }
+
+    #[test]
+    fn the_device_is_found_by_its_ids() {
+        let root = std::env::temp_dir().join(format!("atoll-cli-sysfs-{}", std::process::id()));
+        let dev = |n: &str, v: &str, d: &str| {
+            let p = root.join("bus/pci/devices").join(n);
+            fs::create_dir_all(&p).unwrap();
+            fs::write(p.join("vendor"), v).unwrap();
+            fs::write(p.join("device"), d).unwrap();
+        };
+        dev("0000:00:01.0", "0x8086\n", "0x0c71\n");
+        dev("0000:00:02.0", "0x0a70\n", "0x1234\n");
+        let e = find(&root).unwrap_err().to_string();
+        assert!(e.contains("no PCI function 0a70:0c71"), "{e}");
+        dev("0000:00:03.0", "0x0a70\n", "0x0c71\n");
+        assert_eq!(
+            find(&root).unwrap(),
+            root.join("bus/pci/devices/0000:00:03.0")
+        );
+        // Mapping a resource file that is too small is refused before mmap.
+        fs::write(
+            root.join("bus/pci/devices/0000:00:03.0/resource0"),
+            [0u8; 16],
+        )
+        .unwrap();
+        let e = Device::open(&root).err().unwrap().to_string();
+        assert!(e.contains("has 16 bytes, 4096 expected"), "{e}");
+        let _ = fs::remove_dir_all(&root);
+        assert!(find(&root).is_err());
     }
 }

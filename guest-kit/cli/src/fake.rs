@@ -57,7 +57,8 @@ impl FakeEnclave {
     }
 }
 
-type Tamper = Box<dyn FnMut(&mut Vec<u8>)>;
+/// Changes a reply's bytes.
+pub type Tamper = Box<dyn FnMut(&mut Vec<u8>)>;
 
 /// The fake's state, shared with the test.
 #[derive(Default)]

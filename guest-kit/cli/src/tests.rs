@@ -523,7 +523,7 @@ fn tampered(f: impl FnMut(&mut Vec<u8>) + 'static) -> Out {
 
 #[test]
 fn bad_replies_are_clear_errors() {
-    let cases: Vec<(Box<dyn FnMut(&mut Vec<u8>)>, &str)> = vec![
+    let cases: Vec<(crate::fake::Tamper, &str)> = vec![
         (Box::new(|r| r.truncate(10)), "message truncated"),
         (Box::new(|r| r.truncate(r.len() - 1)), "message truncated"),
         (Box::new(|r| r[0] ^= 0xff), "bad magic"),

@@ -77,6 +77,7 @@ fn reader(input: Input) -> Option<Receiver<Vec<u8>>> {
         Input::None => return None,
         Input::Tty => {
             std::thread::spawn(move || {
+                crate::signals::block_in_this_thread();
                 let mut buf = [0u8; 1024];
                 let mut stdin = std::io::stdin();
                 while let Ok(n @ 1..) = stdin.read(&mut buf) {
@@ -88,6 +89,7 @@ fn reader(input: Input) -> Option<Receiver<Vec<u8>>> {
         }
         Input::Stream(r) => {
             std::thread::spawn(move || {
+                crate::signals::block_in_this_thread();
                 let mut r = BufReader::new(r);
                 loop {
                     let mut line = Vec::new();

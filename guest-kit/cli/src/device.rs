@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-/// How long a request may take before `atoll` gives up (a 2 GiB destroy zeroes memory).
+/// How long a request may take before `atoll` gives up (a 2 GiB destroy zeroes memory);
+/// `ATOLL_REQUEST_TIMEOUT` (seconds) changes it, for slow emulators.
 pub const TIMEOUT: Duration = Duration::from_secs(60);
 /// Between two looks at a slot's state word.
 const POLL: Duration = Duration::from_millis(1);
@@ -267,6 +268,9 @@ impl Channel for Mailbox {
             )));
         }
         let start = Instant::now();
+        // Ctrl-C or kill while the slot is ours would leave it claimed for good: they wait
+        // until it is free again.
+        let _hold = crate::signals::Hold::new();
         let slot = self.claim(start + self.timeout)?;
         let r = self.exchange_in(slot, request, start);
         // A timed-out slot stays claimed: atoll may still write its reply there.
@@ -287,7 +291,7 @@ pub struct Device {
 
 impl Device {
     /// Finds, maps and checks the control device under `sys`.
-    pub fn open(sys: &Path) -> Result<Device> {
+    pub fn open(sys: &Path, timeout: Duration) -> Result<Device> {
         let dir = find(sys)?;
         let regs = Mapping::open(
             &dir.join("resource0"),
@@ -299,7 +303,7 @@ impl Device {
         )?;
         // SAFETY: both mappings are page-aligned, of the sizes Mailbox needs, and live as long
         // as the Device that owns them and the Mailbox.
-        let mailbox = unsafe { Mailbox::new(regs.ptr, mail.ptr, TIMEOUT)? };
+        let mailbox = unsafe { Mailbox::new(regs.ptr, mail.ptr, timeout)? };
         Ok(Device {
             mailbox,
             _regs: regs,
@@ -503,7 +507,7 @@ mod tests {
             [0u8; 16],
         )
         .unwrap();
-        let e = Device::open(&root).err().unwrap().to_string();
+        let e = Device::open(&root, TIMEOUT).err().unwrap().to_string();
         assert!(e.contains("has 16 bytes, 4096 expected"), "{e}");
         let _ = fs::remove_dir_all(&root);
         assert!(find(&root).is_err());

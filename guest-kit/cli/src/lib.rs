@@ -71,6 +71,15 @@
 //!   for tests) — sends a request of any kind number with a raw payload, or writes bytes
 //!   that are no message into a slot, and prints the reply's status.
 //!
+//! # Environment
+//!
+//! * `ATOLL_REQUEST_TIMEOUT` — seconds one request may take (default 60; destroying a large
+//!   enclave zeroes its memory, which is slow on an emulator). A request that times out keeps
+//!   its mailbox slot (atoll may still answer into it).
+//!
+//! Ctrl-C and `kill` are held back while a request is in a mailbox slot, so an interrupted
+//! `atoll` never leaves a slot claimed; they take effect right after.
+//!
 //! # Exit codes
 //!
 //! * 0 — done.
@@ -87,6 +96,8 @@ pub mod cpus;
 #[cfg(target_os = "linux")]
 pub mod device;
 pub mod enclave;
+#[cfg(unix)]
+pub mod signals;
 pub mod stats;
 
 #[cfg(test)]

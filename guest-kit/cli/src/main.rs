@@ -9,7 +9,19 @@ fn main() {
     let root = Root(PathBuf::from("/"));
     let sys = root.sys();
     let mut connect = move || -> atoll_cli::client::Result<Box<dyn Channel>> {
-        Ok(Box::new(atoll_cli::device::Device::open(&sys)?))
+        let timeout = match std::env::var("ATOLL_REQUEST_TIMEOUT") {
+            Ok(v) => v
+                .parse::<f64>()
+                .ok()
+                .and_then(|s| Duration::try_from_secs_f64(s).ok())
+                .ok_or_else(|| {
+                    atoll_cli::client::Error::Other(format!(
+                        "ATOLL_REQUEST_TIMEOUT={v:?} is not a number of seconds"
+                    ))
+                })?,
+            Err(_) => atoll_cli::device::TIMEOUT,
+        };
+        Ok(Box::new(atoll_cli::device::Device::open(&sys, timeout)?))
     };
     let stdin = std::io::stdin();
     let input = if stdin.is_terminal() {

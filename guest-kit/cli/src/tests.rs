@@ -531,6 +531,7 @@ fn bad_replies_are_clear_errors() {
         (Box::new(|r| r[6] = 7), "kind 7"),
         (Box::new(|r| r[12] = 99), "unknown status 99"),
         (Box::new(|r| r[4] = 2), "protocol version 2"),
+        (Box::new(|r| r[20] = 1), "field header"),
         // A record's state byte (after header, count, id).
         (Box::new(|r| r[24 + 4 + 2] = 9), "records: field state"),
         // One byte more than the header says: the count claims a record that is not there.

@@ -60,8 +60,10 @@ mod tests {
     #[test]
     fn a_held_signal_waits_instead_of_ending_the_process() {
         let hold = Hold::new();
+        // SAFETY: pthread_self has no precondition.
+        let me = unsafe { libc::pthread_self() };
         // SAFETY: sends SIGINT to this thread only; it is blocked here, so it stays pending.
-        let rc = unsafe { libc::pthread_kill(libc::pthread_self(), libc::SIGINT) };
+        let rc = unsafe { libc::pthread_kill(me, libc::SIGINT) };
         assert_eq!(rc, 0);
         // SAFETY: plain data, filled by sigpending.
         let mut pending: libc::sigset_t = unsafe { std::mem::zeroed() };

@@ -484,6 +484,38 @@ mod tests {
     }
 
     #[test]
+    fn the_device_is_mapped_from_its_resource_files() {
+        // Regular files map like the BARs' resource files (MAP_SHARED: a second mapping, the
+        // "atoll" thread's, sees the client's writes).
+        let root = std::env::temp_dir().join(format!("atoll-cli-mmap-{}", std::process::id()));
+        let dir = root.join("bus/pci/devices/0000:00:05.0");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("vendor"), "0x0a70\n").unwrap();
+        fs::write(dir.join("device"), "0x0c71\n").unwrap();
+        let mut regs = vec![0u8; BAR0_SIZE as usize];
+        regs[0..4].copy_from_slice(&reg::MAGIC_VALUE.to_le_bytes());
+        regs[4..8].copy_from_slice(&u32::from(VERSION).to_le_bytes());
+        regs[8..12].copy_from_slice(&SLOTS.to_le_bytes());
+        regs[12..16].copy_from_slice(&SLOT_SIZE.to_le_bytes());
+        // Not a slot index: the doorbell write below must replace it.
+        regs[0x10..0x14].copy_from_slice(&[0xff; 4]);
+        fs::write(dir.join("resource0"), &regs).unwrap();
+        fs::write(dir.join("resource2"), vec![0u8; MAILBOX_SIZE as usize]).unwrap();
+        let theirs = Mapping::open(&dir.join("resource2"), MAILBOX_SIZE as usize).unwrap();
+        let t = atoll(theirs.ptr as usize, 1);
+        let mut c = Client::new(Box::new(Device::open(&root, TIMEOUT).unwrap()), 9);
+        let p = c.call(Kind::Info, |_| Ok(())).unwrap();
+        assert_eq!(Info::read(&p).unwrap().pool_bytes, 0);
+        t.join().unwrap();
+        drop(c);
+        // The doorbell (slot 0) reached the register file.
+        let r = fs::read(dir.join("resource0")).unwrap();
+        assert_eq!(&r[0x10..0x14], &0u32.to_le_bytes());
+        drop(theirs);
+        let _ = fs::remove_dir_all(&root);
+    }
+
+    #[test]
     fn the_device_is_found_by_its_ids() {
         let root = std::env::temp_dir().join(format!("atoll-cli-sysfs-{}", std::process::id()));
         let dev = |n: &str, v: &str, d: &str| {

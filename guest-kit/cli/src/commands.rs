@@ -168,34 +168,17 @@ pub fn create(
     } else {
         Vec::new()
     };
-    let p = client.call(Kind::Create, |w| {
-        Create {
-            image_len: image.len() as u64,
-            initrd_len: initrd.len() as u64,
-            description: &d.text,
+    let r = create_offlined(client, &d, &image, &initrd, err, stderr_tty);
+    let id = match r {
+        Ok(id) => id,
+        Err(e) => {
+            // The host gets back the CPUs it gave for an enclave that does not exist.
+            if let Err(o) = root.online_cpus(&offlined, err) {
+                let _ = writeln!(err, "atoll: onlining the CPUs again failed: {o}");
+            }
+            return Err(e);
         }
-        .write(w)
-    })?;
-    let id = decode("created", Created::read(&p))?.id;
-    let steps = |client: &mut Client, err: &mut dyn Write| -> Result<()> {
-        load(client, id, Blob::Image, "image", &image, err, stderr_tty)?;
-        if !initrd.is_empty() {
-            load(client, id, Blob::Initrd, "initrd", &initrd, err, stderr_tty)?;
-        }
-        client.call(Kind::Start, |w| Target { id, name: "" }.write(w))?;
-        Ok(())
     };
-    if let Err(e) = steps(client, err) {
-        // Undo the creation so nothing stays reserved, then report what failed first.
-        if let Err(u) = client.call(Kind::Destroy, |w| Target { id, name: "" }.write(w)) {
-            let _ = writeln!(
-                err,
-                "atoll: undoing the creation of {} (id {id}) failed too: {u}",
-                d.name
-            );
-        }
-        return Err(e);
-    }
     if json {
         print_json(
             out,
@@ -211,6 +194,46 @@ pub fn create(
         let _ = writeln!(out, "created {} (id {id}): running", d.name);
         Ok(())
     }
+}
+
+/// Create, Load and Start (undone by Destroy if a step after Create fails); returns the id.
+fn create_offlined(
+    client: &mut Client,
+    d: &Description,
+    image: &[u8],
+    initrd: &[u8],
+    err: &mut dyn Write,
+    stderr_tty: bool,
+) -> Result<u16> {
+    let p = client.call(Kind::Create, |w| {
+        Create {
+            image_len: image.len() as u64,
+            initrd_len: initrd.len() as u64,
+            description: &d.text,
+        }
+        .write(w)
+    })?;
+    let id = decode("created", Created::read(&p))?.id;
+    let steps = |client: &mut Client, err: &mut dyn Write| -> Result<()> {
+        load(client, id, Blob::Image, "image", image, err, stderr_tty)?;
+        if !initrd.is_empty() {
+            load(client, id, Blob::Initrd, "initrd", initrd, err, stderr_tty)?;
+        }
+        client.call(Kind::Start, |w| Target { id, name: "" }.write(w))?;
+        Ok(())
+    };
+    if let Err(e) = steps(client, err) {
+        // Undo the creation so nothing stays reserved, then report what failed first.
+        if let Err(u) = client.call(Kind::Destroy, |w| Target { id, name: "" }.write(w)) {
+            let _ = writeln!(
+                err,
+                "atoll: undoing the creation of {} (id {id}) failed too: {u}",
+                d.name
+            );
+        }
+        return Err(e);
+    }
+    Ok(id)
 }
 
 /// Writes `v` as pretty JSON and a newline.

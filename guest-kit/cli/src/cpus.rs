@@ -139,6 +139,16 @@ impl Root {
         Ok(done)
     }
 
+    /// Onlines Linux CPUs by number (giving back what [`Root::offline`] took when atoll
+    /// refused the enclave).
+    pub fn online_cpus(&self, cpus: &[u32], log: &mut dyn Write) -> Result<()> {
+        for &cpu in cpus {
+            self.set_online(cpu, true)?;
+            let _ = writeln!(log, "onlined CPU {cpu} again");
+        }
+        Ok(())
+    }
+
     /// Onlines the Linux CPUs of the cores with these APIC ids.
     pub fn online(&self, apic_ids: &[u32], log: &mut dyn Write) -> Result<Vec<u32>> {
         let (online, all) = self.learn()?;

@@ -18,8 +18,10 @@
 //!   A core must be offline in the host before atoll takes it: `--offline-cores` does that
 //!   first (it writes 0 to `/sys/devices/system/cpu/cpuN/online` for each core still online
 //!   and prints `offlined CPU N (APIC id A)`); without it nothing is offlined and atoll refuses
-//!   a core still online. If loading or starting fails, the half-created enclave is destroyed
-//!   again and the first error is reported. Files over 1 MiB show progress on a terminal.
+//!   a core still online. (A core not listed in `/proc/cpuinfo` is already offline, or no
+//!   core: it is left to atoll, with a note.) If loading or starting fails, the half-created
+//!   enclave is destroyed again and the first error is reported; if the enclave is not
+//!   created after all, the CPUs `--offline-cores` took are onlined again. Files over 1 MiB show progress on a terminal.
 //!   Prints `created NAME (id N): running`; JSON: `name`, `id`, `image_bytes`,
 //!   `initrd_bytes`, `offlined_cpus`.
 //!

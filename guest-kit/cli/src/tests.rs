@@ -470,6 +470,28 @@ fn offline_cores_leaves_cores_not_online_to_atoll_and_without_the_flag_touches_n
         "{}",
         o.err
     );
+    // atoll refusing the enclave gives the host its CPUs back.
+    fake.borrow_mut().enclaves.clear();
+    fake.borrow_mut().busy = vec![4];
+    let o = run_in(
+        &fake,
+        &t.0,
+        None,
+        &["create", p.to_str().unwrap(), "--offline-cores"],
+    );
+    assert_eq!(o.code, 1);
+    assert_eq!(online(&t, 1), "1");
+    assert!(
+        o.err.contains("offlined CPU 1 (APIC id 2)\n") && o.err.contains("onlined CPU 1 again\n"),
+        "{}",
+        o.err
+    );
+    assert!(o
+        .err
+        .ends_with("atoll: core busy: core 4 is online in the host\n"));
+    fake.borrow_mut().busy.clear();
+    let o = run_in(&fake, &t.0, None, &["create", p.to_str().unwrap()]);
+    assert_eq!(o.code, 0, "{}", o.err);
     // Onlining a core whose CPU was never seen is an error naming it.
     fs::write(t.0.join("run/atoll/cpus"), "").unwrap();
     fs::write(t.0.join("proc/cpuinfo"), "processor : 0\napicid : 0\n").unwrap();

@@ -519,6 +519,9 @@ pub fn parse_reply(msg: &[u8]) -> Result<ReplyFrame<'_>, WireError> {
     if h.version != VERSION {
         return Err(WireError::Version(h.version));
     }
+    if h.reserved != 0 {
+        return Err(WireError::Field("header"));
+    }
     let status = Status::from_u32(h.status).ok_or(WireError::Status(h.status))?;
     let len = usize::try_from(h.len).map_err(|_| WireError::TooLong)?;
     if len > MAX_PAYLOAD {
@@ -1333,6 +1336,11 @@ mod tests {
         let mut bad = buf;
         bad[12] = 77;
         assert_eq!(parse_reply(&bad[..n]), Err(WireError::Status(77)));
+        // The reserved word is checked as in a request (the client refuses what atoll may
+        // later give a meaning).
+        let mut bad = buf;
+        bad[20] = 1;
+        assert_eq!(parse_reply(&bad[..n]), Err(WireError::Field("header")));
         // A reason longer than MAX_TEXT is cut at a character boundary.
         let long = "é".repeat(MAX_TEXT);
         let n = write_reply(&mut buf, 2, 9, Status::Invalid, |w| {

@@ -1,0 +1,123 @@
+//! Owned copies of what atoll reports, for printing and JSON.
+
+use crate::client::{decode, Client, Result};
+use atoll_abi::control::{read_records, Info, Kind, Target, EXIT_KINDS};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// One enclave as List and Stats report it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Enclave {
+    /// Its name.
+    pub name: String,
+    /// Its partition id.
+    pub id: u16,
+    /// loading, running, ended or failed.
+    pub state: &'static str,
+    /// Its cores (APIC ids).
+    pub cores: Vec<u32>,
+    /// Its RAM in MiB.
+    pub memory_mib: u64,
+    /// Microseconds since it started (frozen at its end).
+    pub uptime_us: u64,
+    /// Exits by kind, every kind atoll counts.
+    pub exits: BTreeMap<&'static str, u64>,
+    /// Interrupts atoll injected.
+    pub interrupts_injected: u64,
+    /// IPIs dropped.
+    pub ipis_dropped: u64,
+    /// Console bytes dropped.
+    pub console_bytes_dropped: u64,
+    /// Restarts.
+    pub restarts: u32,
+    /// Why it ended or failed.
+    pub reason: String,
+}
+
+/// Asks `kind` (List or Stats) about `name` (empty: all) and decodes the records.
+pub fn records(client: &mut Client, kind: Kind, name: &str) -> Result<Vec<Enclave>> {
+    let p = client.call(kind, |w| {
+        Target {
+            id: Target::ANY,
+            name,
+        }
+        .write(w)
+    })?;
+    let mut out = Vec::new();
+    decode(
+        "records",
+        read_records(&p, |r| {
+            out.push(Enclave {
+                name: r.name.to_string(),
+                id: r.id,
+                state: r.state.name(),
+                cores: r.cores.iter().collect(),
+                memory_mib: r.memory_mib,
+                uptime_us: r.uptime_us,
+                exits: EXIT_KINDS.iter().copied().zip(r.exits).collect(),
+                interrupts_injected: r.interrupts_injected,
+                ipis_dropped: r.ipis_dropped,
+                console_bytes_dropped: r.console_bytes_dropped,
+                restarts: r.restarts,
+                reason: r.reason.to_string(),
+            })
+        }),
+    )?;
+    Ok(out)
+}
+
+/// atoll's figures.
+pub fn info(client: &mut Client) -> Result<Info> {
+    let p = client.call(Kind::Info, |_| Ok(()))?;
+    decode("info", Info::read(&p))
+}
+
+/// "1,2" for people.
+pub fn cores_text(c: &[u32]) -> String {
+    if c.is_empty() {
+        return "-".into();
+    }
+    c.iter()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// "3h04m05s", "4m05s", "5.2s".
+pub fn uptime_text(us: u64) -> String {
+    let s = us / 1_000_000;
+    if s >= 3600 {
+        format!("{}h{:02}m{:02}s", s / 3600, s / 60 % 60, s % 60)
+    } else if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{}.{}s", s, us / 100_000 % 10)
+    }
+}
+
+/// A table: columns padded to their widest cell, two spaces apart, the last not padded.
+pub fn table(head: &[&str], rows: &[Vec<String>]) -> String {
+    let mut w: Vec<usize> = head.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let last = cells.len() - 1;
+        let mut s = String::new();
+        for (i, c) in cells.into_iter().enumerate() {
+            if i == last {
+                s.push_str(&c);
+            } else {
+                s.push_str(&format!("{c:<width$}  ", width = w[i]));
+            }
+        }
+        s.trim_end().to_string() + "\n"
+    };
+    let mut out = line(head.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        out.push_str(&line(r.clone()));
+    }
+    out
+}

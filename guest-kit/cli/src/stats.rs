@@ -1,0 +1,216 @@
+//! `atoll stats`: per-enclave counters as a table, JSON, or Prometheus text.
+
+use crate::enclave::{cores_text, table, uptime_text, Enclave};
+use atoll_abi::control::{Info, EXIT_KINDS};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+/// One enclave's counters and, with a previous sample, its exits per second.
+#[derive(Clone, Debug, Serialize)]
+pub struct EnclaveStats {
+    /// The counters.
+    #[serde(flatten)]
+    pub enclave: Enclave,
+    /// Exits per second by kind since the previous sample (absent without one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exits_per_second: Option<BTreeMap<&'static str, f64>>,
+}
+
+/// `atoll stats --json`'s document.
+#[derive(Clone, Debug, Serialize)]
+pub struct StatsDoc {
+    /// Seconds between the two samples the rates come from (absent without rates).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interval_seconds: Option<f64>,
+    /// Every enclave asked about.
+    pub enclaves: Vec<EnclaveStats>,
+}
+
+/// Pairs `now` with `prev` (taken `secs` earlier) by id and name: rates for enclaves in both.
+pub fn with_rates(now: Vec<Enclave>, prev: Option<(&[Enclave], f64)>) -> StatsDoc {
+    let enclaves = now
+        .into_iter()
+        .map(|e| {
+            let exits_per_second = prev.and_then(|(p, secs)| {
+                let old = p.iter().find(|o| o.id == e.id && o.name == e.name)?;
+                (secs > 0.0).then(|| {
+                    e.exits
+                        .iter()
+                        .map(|(k, v)| {
+                            let before = old.exits.get(k).copied().unwrap_or(0);
+                            (*k, v.saturating_sub(before) as f64 / secs)
+                        })
+                        .collect()
+                })
+            });
+            EnclaveStats {
+                enclave: e,
+                exits_per_second,
+            }
+        })
+        .collect();
+    StatsDoc {
+        interval_seconds: prev.map(|p| p.1),
+        enclaves,
+    }
+}
+
+/// The table for people: one block per enclave, its non-zero exit kinds in the order atoll
+/// counts them.
+pub fn render_table(doc: &StatsDoc) -> String {
+    if doc.enclaves.is_empty() {
+        return "no enclaves\n".into();
+    }
+    let mut out = String::new();
+    for s in &doc.enclaves {
+        let e = &s.enclave;
+        let _ = writeln!(
+            out,
+            "{} (id {}): {}  cores {}  memory {} MiB  uptime {}  restarts {}",
+            e.name,
+            e.id,
+            e.state,
+            cores_text(&e.cores),
+            e.memory_mib,
+            uptime_text(e.uptime_us),
+            e.restarts
+        );
+        if !e.reason.is_empty() {
+            let _ = writeln!(out, "  reason: {}", e.reason);
+        }
+        let _ = writeln!(
+            out,
+            "  interrupts injected {}  IPIs dropped {}  console bytes dropped {}",
+            e.interrupts_injected, e.ipis_dropped, e.console_bytes_dropped
+        );
+        let rows: Vec<Vec<String>> = EXIT_KINDS
+            .iter()
+            .filter_map(|k| {
+                let total = *e.exits.get(k)?;
+                let rate = s.exits_per_second.as_ref().and_then(|r| r.get(k).copied());
+                (total > 0).then(|| {
+                    vec![
+                        format!("  {k}"),
+                        total.to_string(),
+                        rate.map_or("-".into(), |r| format!("{r:.1}")),
+                    ]
+                })
+            })
+            .collect();
+        if rows.is_empty() {
+            let _ = writeln!(out, "  no exits");
+        } else {
+            out.push_str(&table(&["  EXIT", "TOTAL", "PER_SEC"], &rows));
+        }
+    }
+    out
+}
+
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Prometheus text exposition format (for node_exporter's textfile collector).
+pub fn render_prometheus(enclaves: &[Enclave], info: &Info) -> String {
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, String)>| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            if labels.is_empty() {
+                let _ = writeln!(out, "{name} {value}");
+            } else {
+                let _ = writeln!(out, "{name}{{{labels}}} {value}");
+            }
+        }
+    };
+    let per = |f: &dyn Fn(&Enclave) -> String| -> Vec<(String, String)> {
+        enclaves
+            .iter()
+            .map(|e| (format!("enclave=\"{}\"", label(&e.name)), f(e)))
+            .collect()
+    };
+    let mut exits = Vec::new();
+    for e in enclaves {
+        for k in EXIT_KINDS {
+            let v = e.exits.get(k).copied().unwrap_or(0);
+            exits.push((
+                format!("enclave=\"{}\",kind=\"{k}\"", label(&e.name)),
+                v.to_string(),
+            ));
+        }
+    }
+    family(
+        "atoll_enclave_exits_total",
+        "counter",
+        "VM exits of the enclave's vCPUs by kind.",
+        exits,
+    );
+    family(
+        "atoll_enclave_uptime_seconds",
+        "gauge",
+        "Seconds since the enclave started (frozen when it ended).",
+        per(&|e| format!("{}", e.uptime_us as f64 / 1e6)),
+    );
+    family(
+        "atoll_enclave_memory_bytes",
+        "gauge",
+        "The enclave's RAM in bytes.",
+        per(&|e| (e.memory_mib << 20).to_string()),
+    );
+    let mut states = Vec::new();
+    for e in enclaves {
+        for s in ["loading", "running", "ended", "failed"] {
+            states.push((
+                format!("enclave=\"{}\",state=\"{s}\"", label(&e.name)),
+                u8::from(e.state == s).to_string(),
+            ));
+        }
+    }
+    family(
+        "atoll_enclave_state",
+        "gauge",
+        "1 for the enclave's state, 0 for the others.",
+        states,
+    );
+    family(
+        "atoll_enclave_interrupts_injected_total",
+        "counter",
+        "Interrupts atoll injected into the enclave.",
+        per(&|e| e.interrupts_injected.to_string()),
+    );
+    family(
+        "atoll_enclave_ipis_dropped_total",
+        "counter",
+        "IPIs the enclave sent to cores not its own, dropped.",
+        per(&|e| e.ipis_dropped.to_string()),
+    );
+    family(
+        "atoll_enclave_console_bytes_dropped_total",
+        "counter",
+        "Console bytes past the enclave's budget, dropped.",
+        per(&|e| e.console_bytes_dropped.to_string()),
+    );
+    family(
+        "atoll_enclave_restarts_total",
+        "counter",
+        "Times the enclave was restarted.",
+        per(&|e| e.restarts.to_string()),
+    );
+    family(
+        "atoll_pool_bytes",
+        "gauge",
+        "Bytes in atoll's enclave memory pool.",
+        vec![(String::new(), info.pool_bytes.to_string())],
+    );
+    family(
+        "atoll_pool_free_bytes",
+        "gauge",
+        "Bytes of the pool free now.",
+        vec![(String::new(), info.pool_free_bytes.to_string())],
+    );
+    out
+}

@@ -77,6 +77,8 @@ pub const APPLETS: &[&str] = &[
     "sh", "mount", "umount", "dmesg", "poweroff", "reboot", "cat", "echo", "sleep", "ls", "uname",
     // The build-like load of the `load:N` action.
     "nproc", "mkdir", "rm", "gzip", "gunzip", "cmp",
+    // The lifecycle and soak actions (JSON assembly, output checks).
+    "grep", "tr", "head", "printf", "sed",
 ];
 
 /// The Rust target `atoll-check` is built for.
@@ -292,6 +294,7 @@ for word in $(cat /proc/cmdline); do
         atoll.actions=*) actions=${word#*=} ;;
         atoll.restart_actions=*) restart_actions=${word#*=} ;;
         atoll.restarts=*) restarts=${word#*=} ;;
+        atoll.lc_args=*) lc_args=$(echo "${word#*=}" | tr '+' ' ') ;;
         atoll.idle=*) idle=${word#*=} ;;
         atoll.idle_timer=*) idle_timer=${word#*=} ;;
         atoll.shell=1) shell=1 ;;
@@ -369,6 +372,161 @@ load() {
     umount $load_dir
     [ "$bad" -eq 0 ] || why="$bad of $steps build steps failed"
 }
+# The lifecycle action (a host with atoll's control device, and /guest/ from a host-initrd):
+# drives /bin/atoll through a Linux enclave's life and every refusal, and prints the outcome of
+# each step as a field of "ATOLL-RESULT lifecycle_PART {json}" lines (atoll files each as the
+# host's result lifecycle_PART; a console line holds at most 4 KiB). atoll.lc_args=WORDS
+# (words joined by '+') are added to the Linux enclave's command line (its tolerations).
+lc=""
+lc_add() { lc="$lc${lc:+,}\"$1\":$2"; }
+lc_flush() {
+    echo "ATOLL-RESULT lifecycle_$1 {$lc}"
+    lc=""
+}
+# Text as a JSON string: quotes, backslashes and control characters dropped, lines joined.
+lc_str() { printf '"%s"' "$(printf '%s' "$1" | tr -d '"\\\000-\011\013-\037' | tr '\n' ' ')"; }
+# Runs a command (after the key); records its exit code and its output (both streams).
+lc_run() {
+    k=$1
+    shift
+    out=$("$@" 2>&1)
+    rc=$?
+    lc_add "$k" "{\"rc\":$rc,\"out\":$(lc_str "$out")}"
+    return $rc
+}
+# Writes an enclave description: file, name, cores, memory, entry, cmdline.
+lc_desc() {
+    case "$5" in
+        linux) files='image = "/guest/vmlinuz"
+initrd = "/guest/initrd"' ;;
+        *) files='image = "/guest/suite64"' ;;
+    esac
+    printf 'name = "%s"\ncores = [%s]\nmemory_mib = %s\n%s\nentry = "%s"\ncmdline = "%s"\n' \
+        "$2" "$3" "$4" "$files" "$5" "$6" > "$1"
+}
+# Waits (at most $2 seconds) until enclave $1 is no longer running; prints its state.
+lc_wait_end() {
+    n=0
+    while [ "$n" -lt "$2" ]; do
+        st=$(atoll list --json | tr '{' '\n' | grep "\"name\":\"$1\"" | sed 's/.*"state":"\([a-z]*\)".*/\1/')
+        [ "$st" != running ] && [ "$st" != loading ] && break
+        sleep 1
+        n=$((n + 1))
+    done
+    echo "$st"
+}
+lifecycle() {
+    d=/tmp/lifecycle
+    mkdir -p $d
+    lc_add info_start "$(atoll info --json)"
+    # A Linux enclave on two cores the host offlines for it.
+    lc_desc $d/linux.toml linux1 "2, 3" 256 linux \
+        "console=ttyS0 loglevel=5 atoll.expect_cpus=2 atoll.expect_mem=256 $lc_args"
+    lc_run create_linux atoll create $d/linux.toml --offline-cores
+    lc_add cpus_online_during "$(lc_str "$(cat /sys/devices/system/cpu/online)")"
+    atoll console linux1 --no-input --until ATOLL-GUEST-CHECK --timeout 600 > $d/linux.out 2>&1
+    lc_add console_rc $?
+    check=$(grep -a '^ATOLL-GUEST-CHECK ' $d/linux.out | head -n 1 | sed 's/^ATOLL-GUEST-CHECK //' | tr -d '\r')
+    echo "ATOLL-RESULT lifecycle_check ${check:-null}"
+    lc_add linux_end "$(lc_str "$(lc_wait_end linux1 120)")"
+    echo "ATOLL-RESULT lifecycle_stats $(atoll stats --json)"
+    atoll stats --format prometheus > $d/prom
+    lc_add prometheus_exits "$(grep -c '^atoll_enclave_exits_total{enclave="linux1"' $d/prom)"
+    lc_run destroy_linux atoll destroy linux1
+    lc_flush linux
+    # The same cores and memory again, for a guest that counts every byte not zero.
+    lc_desc $d/zero.toml zero "2" 256 long64 zero-check
+    lc_run create_zero atoll create $d/zero.toml
+    lc_add zero_end "$(lc_str "$(lc_wait_end zero 300)")"
+    lc_add zero_list "$(atoll list --json)"
+    lc_flush zero
+    # Refusals, each with the list (the ended 'zero' in it) unchanged.
+    before=$(atoll list --json)
+    refusals=""
+    refused() {
+        k=$1
+        shift
+        out=$("$@" 2>&1)
+        rc=$?
+        same=false
+        [ "$(atoll list --json)" = "$before" ] && same=true
+        refusals="$refusals${refusals:+,}\"$k\":{\"rc\":$rc,\"out\":$(lc_str "$out"),\"list_unchanged\":$same}"
+    }
+    lc_desc $d/bad.toml bad "3" 0 long64 ""
+    refused bad_memory atoll create $d/bad.toml
+    printf 'name = "Bad Name"\ncores = [3]\nmemory_mib = 4\nimage = "/guest/suite64"\nentry = "long64"\n' > $d/badname.toml
+    refused bad_name atoll create $d/badname.toml
+    printf 'name = "x"\ncores = [3]\nmemory_mib = 4\nimage = "/guest/suite64"\nentry = "long64"\ncolour = "red"\n' > $d/badfield.toml
+    refused bad_field atoll create $d/badfield.toml
+    lc_desc $d/online.toml online "1" 4 long64 ""
+    refused core_online atoll create $d/online.toml
+    lc_desc $d/bsp.toml bsp "0" 4 long64 ""
+    refused core_bsp atoll create $d/bsp.toml
+    lc_desc $d/taken.toml taken "2" 4 long64 ""
+    refused core_taken atoll create $d/taken.toml
+    lc_desc $d/big.toml big "3" 3000 long64 ""
+    refused too_much_memory atoll create $d/big.toml
+    refused garbage atoll raw --slot-garbage
+    refused unknown_kind atoll raw --kind 77
+    refused no_such_enclave atoll destroy nobody
+    echo "ATOLL-RESULT lifecycle_refusals {$refusals}"
+    lc_run destroy_zero atoll destroy zero
+    # A guest that faults stays listed as failed, with the reason, until destroyed.
+    lc_desc $d/crash.toml crash "3" 4 long64 triple-fault
+    lc_run create_crash atoll create $d/crash.toml
+    lc_add crash_end "$(lc_str "$(lc_wait_end crash 60)")"
+    lc_add crash_list "$(atoll list --json)"
+    lc_run destroy_crash atoll destroy crash
+    # A vCPU spinning with interrupts masked is still destroyed.
+    lc_desc $d/spin.toml spin "3" 4 long64 spin
+    lc_run create_spin atoll create $d/spin.toml
+    sleep 1
+    lc_run destroy_spin atoll destroy spin
+    # Two shells creating and destroying at once, on a core each.
+    for c in 2 3; do
+        (
+            i=0
+            bad=0
+            while [ "$i" -lt 5 ]; do
+                lc_desc $d/p$c.toml "par$c-$i" "$c" 4 long64 spin
+                atoll create $d/p$c.toml > /dev/null 2>&1 || bad=$((bad + 1))
+                atoll destroy "par$c-$i" > /dev/null 2>&1 || bad=$((bad + 1))
+                i=$((i + 1))
+            done
+            echo "$bad" > $d/par$c.bad
+        ) &
+    done
+    wait
+    lc_add parallel_failures "$(( $(cat $d/par2.bad) + $(cat $d/par3.bad) ))"
+    # The host's cores back.
+    for c in 2 3; do echo 1 > /sys/devices/system/cpu/cpu$c/online; done
+    lc_add cpus_online_end "$(lc_str "$(cat /sys/devices/system/cpu/online)")"
+    lc_add list_end "$(atoll list --json)"
+    lc_add info_end "$(atoll info --json)"
+    lc_flush end
+}
+# The soak action (soak:N): N create/destroy cycles of a small bare-metal enclave on core 1,
+# then atoll's own figures, on one "ATOLL-RESULT soak {json}" line.
+soak() {
+    d=/tmp/soak
+    mkdir -p $d
+    start=$(atoll info --json)
+    echo 0 > /sys/devices/system/cpu/cpu1/online
+    lc_desc $d/e.toml soak "1" 4 long64 spin
+    i=0
+    bad=0
+    first=""
+    while [ "$i" -lt "$1" ]; do
+        if ! out=$(atoll create $d/e.toml 2>&1 && atoll destroy soak 2>&1); then
+            bad=$((bad + 1))
+            [ -z "$first" ] && first=$out
+        fi
+        i=$((i + 1))
+        [ $((i % 100)) -eq 0 ] && echo "soak: $i cycles, $bad failed"
+    done
+    echo 1 > /sys/devices/system/cpu/cpu1/online
+    echo "ATOLL-RESULT soak {\"cycles\":$i,\"failed\":$bad,\"first_failure\":$(lc_str "$first"),\"info_start\":$start,\"info_end\":$(atoll info --json),\"list_end\":$(atoll list --json)}"
+}
 # Actions, in order, each announced on one line before it happens; one that cannot be done
 # says so on an ATOLL-ACTION-FAILED line and the next one runs.
 failed=0
@@ -403,6 +561,13 @@ for action in $actions; do
                    elif [ "$(cat "$f")" != "$want" ]; then
                        why="$f reads $(cat "$f") after writing $want"
                    fi ;;
+            esac ;;
+        lifecycle) lifecycle ;;
+        soak:*)
+            n=${action#*:}
+            case "$n" in
+                ""|*[!0-9]*) why="not a whole number of cycles" ;;
+                *) soak "$n" ;;
             esac ;;
         panic) echo c > /proc/sysrq-trigger; why="the kernel did not panic" ;;
         reboot) reboot -f; echo b > /proc/sysrq-trigger; why="the kernel did not reboot" ;;

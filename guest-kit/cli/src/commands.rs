@@ -236,9 +236,9 @@ fn create_offlined(
     Ok(id)
 }
 
-/// Writes `v` as pretty JSON and a newline.
+/// Writes `v` as JSON on one line (one document per line, for scripts and log lines).
 pub fn print_json(out: &mut dyn Write, v: &impl Serialize) -> Result<()> {
-    let s = serde_json::to_string_pretty(v).map_err(|e| Error::Other(e.to_string()))?;
+    let s = serde_json::to_string(v).map_err(|e| Error::Other(e.to_string()))?;
     writeln!(out, "{s}").map_err(|e| Error::io("stdout", e))
 }
 

@@ -293,6 +293,12 @@ impl Device {
     /// Finds, maps and checks the control device under `sys`.
     pub fn open(sys: &Path, timeout: Duration) -> Result<Device> {
         let dir = find(sys)?;
+        // No driver binds the device, so its memory decoding is off until someone enables it
+        // (the kernel's `pci_enable_device`, through sysfs): atoll maps the BARs only then.
+        let enable = dir.join("enable");
+        if fs::read_to_string(&enable).is_ok_and(|v| v.trim() == "0") {
+            let _ = fs::write(&enable, "1");
+        }
         let regs = Mapping::open(
             &dir.join("resource0"),
             atoll_abi::control::BAR0_SIZE as usize,
@@ -301,9 +307,18 @@ impl Device {
             &dir.join(format!("resource{MAILBOX_BAR}")),
             atoll_abi::control::MAILBOX_SIZE as usize,
         )?;
-        // SAFETY: both mappings are page-aligned, of the sizes Mailbox needs, and live as long
-        // as the Device that owns them and the Mailbox.
-        let mailbox = unsafe { Mailbox::new(regs.ptr, mail.ptr, timeout)? };
+        // atoll maps the windows shortly after the host enabled the device: the registers may
+        // read as nothing for a moment.
+        let since = std::time::Instant::now();
+        let mailbox = loop {
+            // SAFETY: both mappings are page-aligned, of the sizes Mailbox needs, and live as
+            // long as the Device that owns them and the Mailbox.
+            match unsafe { Mailbox::new(regs.ptr, mail.ptr, timeout) } {
+                Ok(m) => break m,
+                Err(e) if since.elapsed() >= Duration::from_secs(2) => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        };
         Ok(Device {
             mailbox,
             _regs: regs,

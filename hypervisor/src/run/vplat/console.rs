@@ -23,7 +23,18 @@ pub(super) struct Marks {
     idle: Option<(u64, [u64; 4])>,
 }
 
-/// Files a console line that reports a result: `ATOLL-GUEST-CHECK {json}` (result
+/// Whether `key` may name a result of `ATOLL-RESULT key {json}`: 1–32 of a–z, 0–9, `_`, and
+/// not a key atoll itself files.
+fn result_key_ok(key: &str) -> bool {
+    (1..=32).contains(&key.len())
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !matches!(key, "guest_check" | "idle_timer" | "guest_exit_status")
+}
+
+/// Files a console line that reports a result (`ATOLL-RESULT key {json}`, for any key
+/// [`result_key_ok`] allows, as well as the fixed ones below): `ATOLL-GUEST-CHECK {json}` (result
 /// `guest_check`) or `ATOLL-GUEST-IDLE {json}` (`idle_timer`), each kept raw after a check
 /// without recursion (text if it is not JSON), or `ATOLL-GUEST-EXIT status=N`. Returns
 /// whether the line was one. What exceeds the store's budget is counted there. Shared by the
@@ -49,6 +60,20 @@ pub fn capture_result(
                 .lock()
                 .insert(key, value.as_bytes(), ValueKind::Json),
             // Not JSON (or too deep): the text, as a string.
+            Err(_) => results.lock().insert(key, json.as_bytes(), ValueKind::Text),
+        };
+        true
+    } else if let Some((key, json)) = line
+        .strip_prefix("ATOLL-RESULT ")
+        .and_then(|rest| rest.split_once(' '))
+        .filter(|(key, _)| result_key_ok(key))
+    {
+        // A named result (the host's lifecycle and soak steps): `ATOLL-RESULT key {json}`.
+        let value = json.trim();
+        let _ = match validate(value.as_bytes(), Limits::GUEST) {
+            Ok(()) => results
+                .lock()
+                .insert(key, value.as_bytes(), ValueKind::Json),
             Err(_) => results.lock().insert(key, json.as_bytes(), ValueKind::Text),
         };
         true
@@ -188,6 +213,26 @@ mod tests {
         let r = s.results.lock();
         assert!(r.used() <= atoll_devices::bounded::REPORT_BUDGET);
         assert_eq!(r.dropped(), 0, "one key, replaced: fits");
+    }
+
+    #[test]
+    fn named_result_lines_file_their_key_and_refuse_bad_keys() {
+        let s = Shared::new("lx", &[4], 1_000_000_000);
+        let mut c = Lines::default();
+        let map = |s: &Shared| s.results.lock().to_map();
+        s.guest_line("ATOLL-RESULT lifecycle_zero {\"rc\":0}", 0, &mut c);
+        s.guest_line("ATOLL-RESULT soak {\"cycles\":3} ", 0, &mut c);
+        // Not JSON: its text.
+        s.guest_line("ATOLL-RESULT notes {oops", 0, &mut c);
+        // Keys atoll files itself, bad characters, too long, no value: not results.
+        s.guest_line("ATOLL-RESULT guest_check {\"ok\":true}", 0, &mut c);
+        s.guest_line("ATOLL-RESULT Bad-Key {}", 0, &mut c);
+        s.guest_line(&alloc::format!("ATOLL-RESULT {} {{}}", "k".repeat(33)), 0, &mut c);
+        s.guest_line("ATOLL-RESULT lonely", 0, &mut c);
+        assert_eq!(
+            serde_json::Value::Object(map(&s)),
+            serde_json::json!({"lifecycle_zero": {"rc": 0}, "soak": {"cycles": 3}, "notes": "{oops"})
+        );
     }
 
     #[test]

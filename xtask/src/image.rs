@@ -277,27 +277,34 @@ pub struct Iso {
     pub guest_kernel: Option<String>,
 }
 
-/// The guest image's initramfs with a second archive appended (the kernel unpacks both, in
-/// order) that adds `/guest/vmlinuz`, `/guest/initrd` and `/guest/suite64`: the files the
-/// host's `atoll create` starts enclaves from.
+/// The guest image's initramfs with `/guest/vmlinuz`, `/guest/initrd` and `/guest/suite64`
+/// added: the files the host's `atoll create` starts enclaves from. One archive (unpacked,
+/// extended, packed again).
 fn host_initrd_file(
     work: &std::path::Path,
     linux: &crate::guest_image::ResolvedGuest,
     guests: &std::path::Path,
 ) -> Result<std::path::PathBuf> {
-    let root = work.join("host-extra");
+    let root = work.join("host-initrd");
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(root.join("guest"))?;
+    let unpack = Command::new("sh")
+        .arg("-c")
+        .arg("gzip -dc \"$1\" | cpio -idm --quiet")
+        .arg("sh")
+        .arg(&linux.initrd)
+        .current_dir(&root)
+        .status()
+        .context("unpacking the guest image's initramfs (gzip, cpio)")?;
+    if !unpack.success() {
+        bail!("unpacking {} failed", linux.initrd.display());
+    }
     std::fs::copy(&linux.kernel, root.join("guest/vmlinuz"))?;
     std::fs::copy(&linux.initrd, root.join("guest/initrd"))?;
     std::fs::copy(guests.join("guest-suite"), root.join("guest/suite64"))?;
-    let extra = work.join("host-extra.cpio.gz");
-    crate::guest_image::write_initramfs(&root, &extra)?;
-    std::fs::remove_dir_all(&root)?;
     let out = work.join("host-initrd.cpio.gz");
-    let mut bytes = std::fs::read(&linux.initrd)?;
-    bytes.extend(std::fs::read(&extra)?);
-    std::fs::write(&out, bytes)?;
+    crate::guest_image::write_initramfs(&root, &out)?;
+    std::fs::remove_dir_all(&root)?;
     Ok(out)
 }
 

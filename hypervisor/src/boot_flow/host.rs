@@ -604,7 +604,10 @@ impl Host {
         to: Option<GuestPhysAddr>,
         mailbox: PhysRange,
     ) -> Result<(), String> {
-        let size = [atoll_abi::control::BAR0_SIZE, atoll_abi::control::MAILBOX_SIZE][which & 1];
+        let size = [
+            atoll_abi::control::BAR0_SIZE,
+            atoll_abi::control::MAILBOX_SIZE,
+        ][which & 1];
         let which = which & 1;
         if self.bars[which] == to {
             return Ok(());
@@ -621,8 +624,10 @@ impl Host {
             });
             let apic = new.as_u64() <= APIC_PAGE && APIC_PAGE < end;
             let other = self.bars[which ^ 1].is_some_and(|o| {
-                let osize = [atoll_abi::control::BAR0_SIZE, atoll_abi::control::MAILBOX_SIZE]
-                    [which ^ 1];
+                let osize = [
+                    atoll_abi::control::BAR0_SIZE,
+                    atoll_abi::control::MAILBOX_SIZE,
+                ][which ^ 1];
                 o.as_u64() < end && new.as_u64() < o.as_u64() + osize
             });
             if !mmio || apic || other || !new.is_aligned(4096) {

@@ -384,7 +384,8 @@ impl<T> PartitionTable<T> {
 
     /// Loading → Waiting: its kernel and initrd are in; the manager builds it next.
     pub fn loaded(&mut self, id: PartitionId) -> Result<(), TableError> {
-        self.slot(id, "finish loading", &[SlotState::Loading])?.state = SlotState::Waiting;
+        self.slot(id, "finish loading", &[SlotState::Loading])?
+            .state = SlotState::Waiting;
         Ok(())
     }
 

@@ -61,19 +61,16 @@ impl Live {
 
     /// Notes the start (the first call counts).
     pub fn started(&self, tsc: u64) {
-        let _ = self.started_at.compare_exchange(
-            0,
-            tsc.max(1),
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        );
+        let _ =
+            self.started_at
+                .compare_exchange(0, tsc.max(1), Ordering::Relaxed, Ordering::Relaxed);
     }
 
     /// Notes the end (the first call counts).
     pub fn ended(&self, tsc: u64) {
-        let _ =
-            self.ended_at
-                .compare_exchange(0, tsc.max(1), Ordering::Relaxed, Ordering::Relaxed);
+        let _ = self
+            .ended_at
+            .compare_exchange(0, tsc.max(1), Ordering::Relaxed, Ordering::Relaxed);
     }
 
     /// TSC ticks it has run (until its end, or `now`); 0 if it never started.

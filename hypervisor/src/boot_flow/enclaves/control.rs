@@ -64,7 +64,9 @@ impl Blob {
         match self.range {
             // SAFETY: the frames were allocated to this blob and are identity-mapped; they are
             // freed only with the blob, after the last use of this slice (the build).
-            Some(r) => unsafe { super::super::module_bytes(PhysRange::from_len(r.start, self.len)) },
+            Some(r) => unsafe {
+                super::super::module_bytes(PhysRange::from_len(r.start, self.len))
+            },
             None => &[],
         }
     }
@@ -109,9 +111,16 @@ impl Control {
             .map_err(|e| format!("the control device's mailbox: {e}"))?;
         // SAFETY: just allocated to the mailbox, identity-mapped, not referenced elsewhere.
         unsafe {
-            core::ptr::write_bytes(mailbox.start.as_u64() as *mut u8, 0, abi::MAILBOX_SIZE as usize)
+            core::ptr::write_bytes(
+                mailbox.start.as_u64() as *mut u8,
+                0,
+                abi::MAILBOX_SIZE as usize,
+            )
         };
-        log::info!("control device: mailbox of {} KiB at {mailbox}", abi::MAILBOX_SIZE >> 10);
+        log::info!(
+            "control device: mailbox of {} KiB at {mailbox}",
+            abi::MAILBOX_SIZE >> 10
+        );
         Ok(Self {
             mailbox,
             request: vec![0; abi::MAX_MESSAGE],
@@ -266,7 +275,8 @@ impl Manager<'_> {
         };
         c.request = request;
         c.copy_out(slot, n);
-        c.state(slot).store(abi::slot_state::DONE, Ordering::Release);
+        c.state(slot)
+            .store(abi::slot_state::DONE, Ordering::Release);
     }
 
     /// Carries out one request message; writes the reply into the control's reply buffer and
@@ -373,7 +383,10 @@ impl Manager<'_> {
                 let r = abi::ConsoleRead::read(p).map_err(bad)?;
                 let id = self.by_name(r.name)?;
                 let Some(l) = self.lives[usize::from(id)].as_ref() else {
-                    return refuse(Status::State, format!("enclave '{}' has not started", r.name));
+                    return refuse(
+                        Status::State,
+                        format!("enclave '{}' has not started", r.name),
+                    );
                 };
                 let max = (r.max as usize).min(abi::ConsoleData::MAX_DATA);
                 let mut data = vec![0u8; max];
@@ -392,7 +405,10 @@ impl Manager<'_> {
                 let cw = abi::ConsoleWrite::read(p).map_err(bad)?;
                 let id = self.by_name(cw.name)?;
                 if self.table.get(id).map(|s| s.state()) != Some(SlotState::Running) {
-                    return refuse(Status::State, format!("enclave '{}' is not running", cw.name));
+                    return refuse(
+                        Status::State,
+                        format!("enclave '{}' is not running", cw.name),
+                    );
                 }
                 let Some(platform) = self.lives[usize::from(id)]
                     .as_ref()
@@ -488,7 +504,11 @@ impl Manager<'_> {
     /// The index of `core` among the host's cores, if it is a host application processor.
     fn host_index(&self, core: u32) -> Option<usize> {
         let host = self.host.as_deref()?;
-        host.run.cores.iter().position(|&c| c == core).filter(|&i| i > 0)
+        host.run
+            .cores
+            .iter()
+            .position(|&c| c == core)
+            .filter(|&i| i > 0)
     }
 
     /// Takes `cores` for a new enclave: each must be parked (a core the host never had, or one
@@ -636,7 +656,10 @@ impl Manager<'_> {
             );
         }
         if self.table.used() >= MAX_PARTITIONS {
-            return refuse(Status::Full, format!("all {MAX_PARTITIONS} partitions are in use"));
+            return refuse(
+                Status::Full,
+                format!("all {MAX_PARTITIONS} partitions are in use"),
+            );
         }
         let alloc = |len: u64| -> Result<Option<PhysRange>, Refused> {
             if len == 0 {
@@ -723,21 +746,33 @@ impl Manager<'_> {
         }
         let config = list.remove(0);
         if config.after.is_some() {
-            return refuse(Status::Invalid, "after: not allowed at run time (create it later)");
+            return refuse(
+                Status::Invalid,
+                "after: not allowed at run time (create it later)",
+            );
         }
         if c.image_len == 0 || c.image_len > MAX_IMAGE {
             return refuse(
                 Status::Invalid,
-                format!("image: {} bytes announced, 1 to {MAX_IMAGE} allowed", c.image_len),
+                format!(
+                    "image: {} bytes announced, 1 to {MAX_IMAGE} allowed",
+                    c.image_len
+                ),
             );
         }
         match (&config.initrd, c.initrd_len) {
             (Some(_), 0) => return refuse(Status::Invalid, "initrd: named but 0 bytes announced"),
             (None, n) if n > 0 => {
-                return refuse(Status::Invalid, format!("initrd: none named but {n} bytes announced"))
+                return refuse(
+                    Status::Invalid,
+                    format!("initrd: none named but {n} bytes announced"),
+                )
             }
             (_, n) if n > MAX_INITRD => {
-                return refuse(Status::Invalid, format!("initrd: {n} bytes, at most {MAX_INITRD}"))
+                return refuse(
+                    Status::Invalid,
+                    format!("initrd: {n} bytes, at most {MAX_INITRD}"),
+                )
             }
             _ => {}
         }
@@ -755,7 +790,10 @@ impl Manager<'_> {
         if state != Some(SlotState::Loading) {
             return match state {
                 None => refuse(Status::NotFound, format!("no enclave with id {}", l.id)),
-                Some(s) => refuse(Status::State, format!("enclave {} is {}, not loading", l.id, s.name())),
+                Some(s) => refuse(
+                    Status::State,
+                    format!("enclave {} is {}, not loading", l.id, s.name()),
+                ),
             };
         }
         let Some(s) = self
@@ -772,14 +810,20 @@ impl Manager<'_> {
         if l.offset != blob.loaded {
             return refuse(
                 Status::State,
-                format!("{:?}: piece at {} but {} bytes are loaded (pieces go in order)", l.blob, l.offset, blob.loaded),
+                format!(
+                    "{:?}: piece at {} but {} bytes are loaded (pieces go in order)",
+                    l.blob, l.offset, blob.loaded
+                ),
             );
         }
         let end = l.offset.saturating_add(l.data.len() as u64);
         if end > blob.len {
             return refuse(
                 Status::BadImage,
-                format!("{:?}: {end} bytes, more than the {} announced", l.blob, blob.len),
+                format!(
+                    "{:?}: {end} bytes, more than the {} announced",
+                    l.blob, blob.len
+                ),
             );
         }
         if let Some(r) = blob.range {
@@ -798,7 +842,10 @@ impl Manager<'_> {
             return refuse(Status::NotFound, format!("no enclave with id {id}"));
         };
         if slot.state() != SlotState::Loading {
-            return refuse(Status::State, format!("enclave {id} is {}, not loading", slot.state().name()));
+            return refuse(
+                Status::State,
+                format!("enclave {id} is {}, not loading", slot.state().name()),
+            );
         }
         let name = slot.config().map(|c| c.name.clone()).unwrap_or_default();
         let Some(s) = self.control.as_ref().and_then(|c| c.staged(id)) else {

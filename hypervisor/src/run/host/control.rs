@@ -201,12 +201,7 @@ pub(super) fn port_access(
 }
 
 /// A register access (BAR0) of `size` bytes at `gpa`: a read's value, or None after a write.
-pub(super) fn register_access(
-    shared: &HostShared,
-    gpa: u64,
-    size: u8,
-    write: Option<u64>,
-) -> u64 {
+pub(super) fn register_access(shared: &HostShared, gpa: u64, size: u8, write: Option<u64>) -> u64 {
     let Some(c) = &shared.control else {
         return u64::MAX;
     };
@@ -261,4 +256,3 @@ pub(super) fn ecam_access(shared: &HostShared, gpa: u64, size: u8, write: Option
         }
     }
 }
-

@@ -165,9 +165,7 @@ pub(super) fn io_exit(
     }
     // The address latch (dword) and the data window: the control device's function, or the
     // hardware's with the host's latch replayed.
-    if let Some(action) =
-        super::control::port_access(vcpu, shared, hw, port, size, write, value)
-    {
+    if let Some(action) = super::control::port_access(vcpu, shared, hw, port, size, write, value) {
         return action;
     }
     // An access that covers an intercepted register without being exactly it (a word over

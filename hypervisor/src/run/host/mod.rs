@@ -41,8 +41,8 @@ pub mod control;
 mod cpuid;
 mod io;
 mod mmio;
-mod offline;
 pub mod msr;
+mod offline;
 #[cfg(test)]
 mod tests;
 

@@ -563,7 +563,13 @@ fn a_core_lent_to_an_enclave_gets_nothing_from_the_host_until_it_is_back() {
     assert_eq!(reached(&cores, &d.action), [0, 1]);
     assert_eq!(d.outside, ENCLAVE_CORES + 1);
     let d = decide(x2(low(4, 3), 0), 1, &cores);
-    check(&cores, d, &Want::Nmi(&[0]), ENCLAVE_CORES + 1, "NMI to all but self");
+    check(
+        &cores,
+        d,
+        &Want::Nmi(&[0]),
+        ENCLAVE_CORES + 1,
+        "NMI to all but self",
+    );
     // Back with the host: reached again.
     assert!(cores.set_lent(4, false));
     let d = decide(x2(low(5, 0), 4), 0, &cores);

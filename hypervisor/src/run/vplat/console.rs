@@ -227,7 +227,11 @@ mod tests {
         // Keys atoll files itself, bad characters, too long, no value: not results.
         s.guest_line("ATOLL-RESULT guest_check {\"ok\":true}", 0, &mut c);
         s.guest_line("ATOLL-RESULT Bad-Key {}", 0, &mut c);
-        s.guest_line(&alloc::format!("ATOLL-RESULT {} {{}}", "k".repeat(33)), 0, &mut c);
+        s.guest_line(
+            &alloc::format!("ATOLL-RESULT {} {{}}", "k".repeat(33)),
+            0,
+            &mut c,
+        );
         s.guest_line("ATOLL-RESULT lonely", 0, &mut c);
         assert_eq!(
             serde_json::Value::Object(map(&s)),

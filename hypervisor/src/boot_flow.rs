@@ -269,7 +269,7 @@ extern "C" fn atoll_bsp_main(magic: u32, info_addr: u64) -> ! {
             }
         }
     });
-    let enclaves = enclaves::run_all(
+    let (enclaves, control) = enclaves::run_all(
         &info,
         &bsp,
         options.stop_after_ms,
@@ -306,6 +306,7 @@ extern "C" fn atoll_bsp_main(magic: u32, info_addr: u64) -> ! {
         // No IOMMU is programmed yet: the host's devices reach all of memory.
         dma_isolation: the_host.as_ref().map(|_| false),
         host_interrupts_ok: interrupts_ok,
+        control,
         cores: CORES
             .slots()
             .iter()

@@ -198,6 +198,22 @@ pub struct Summary {
     pub dma_isolation: Option<bool>,
     /// A self-IPI went through the host IDT and back at boot.
     pub host_interrupts_ok: bool,
+    /// The control device's requests (`atoll` on the host), when the host had one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub control: Option<ControlReport>,
+}
+
+/// What the host asked of atoll through the control device.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, Default)]
+pub struct ControlReport {
+    /// Requests carried out.
+    pub requests_ok: u64,
+    /// Requests refused (each with a status and a reason).
+    pub requests_refused: u64,
+    /// Enclaves created at run time.
+    pub created: u64,
+    /// Enclaves destroyed at run time.
+    pub destroyed: u64,
 }
 
 impl Summary {

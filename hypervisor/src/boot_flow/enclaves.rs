@@ -266,7 +266,7 @@ pub fn run_all(
     problems: &mut Vec<String>,
     machine: Option<Vec<EnclaveConfig>>,
     host: Option<&mut super::host::Host>,
-) -> Vec<EnclaveReport> {
+) -> (Vec<EnclaveReport>, Option<atoll::summary::ControlReport>) {
     // With a machine description, its enclaves (possibly none); otherwise the `enclaves`
     // module's.
     let configs = match machine {
@@ -274,7 +274,7 @@ pub fn run_all(
         None if host.is_some() => Vec::new(),
         None => match describe(info, problems) {
             Some(c) => c,
-            None => return Vec::new(),
+            None => return (Vec::new(), None),
         },
     };
     if let Some(ms) = stop_after_ms {
@@ -311,10 +311,13 @@ pub fn run_all(
     }
     if let Err(e) = m.table.describe(configs) {
         m.problems.push(alloc::format!("module 'enclaves': {e}"));
-        return Vec::new();
+        return (Vec::new(), None);
     }
     m.run();
-    m.table.reports()
+    (
+        m.table.reports(),
+        m.control.as_ref().map(control::Control::report),
+    )
 }
 
 /// Parses and checks the description against the machine.

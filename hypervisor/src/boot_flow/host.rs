@@ -418,7 +418,7 @@ impl Host {
             .ecam()
             .find(|e| e.segment == 0 && e.bus_start == 0)
             .map(|e| (GuestPhysAddr::new(e.base.as_u64()), e.bus_start));
-        let device = atoll_devices::pci::control::pick_device(|dev| pci_vendor(dev));
+        let device = atoll_devices::pci::control::pick_device(pci_vendor);
         match device.and_then(|d| atoll::run::host::control::ControlPort::new(d, ecam)) {
             Some(port) => {
                 if let Some(page) = port.ecam_page() {

@@ -181,6 +181,76 @@ pub fn parse(text: &str, ctx: &Context) -> Result<Vec<EnclaveConfig>, ConfigErro
     Ok(list)
 }
 
+/// Largest kernel or bare-metal image a run-time create may announce.
+pub const MAX_RUNTIME_IMAGE: u64 = 512 << 20;
+/// Largest initrd a run-time create may announce.
+pub const MAX_RUNTIME_INITRD: u64 = 2 << 30;
+
+/// Checks the description of one enclave created at run time (`atoll create`): the text is a
+/// single enclave's table, with or without an `[[enclave]]` header, and the boot-time rules
+/// apply (fields named without the `enclave[0].` prefix), plus these: exactly one enclave, no
+/// `after`, no `serial_input` (atoll's COM1 input stays with the host; the enclave's console
+/// is `atoll console`), and the announced sizes of the files the client loads: an image of 1
+/// byte to [`MAX_RUNTIME_IMAGE`], an initrd exactly when one is named, at most
+/// [`MAX_RUNTIME_INITRD`]. `image` and `initrd` are the client's file names, not modules.
+pub fn parse_runtime(
+    text: &str,
+    image_len: u64,
+    initrd_len: u64,
+    cores: &[u32],
+) -> Result<EnclaveConfig, ConfigError> {
+    let wrapped = if text.contains("[[enclave]]") {
+        String::from(text)
+    } else {
+        format!("[[enclave]]\n{text}")
+    };
+    let ctx = Context {
+        cores: Some(cores),
+        modules: None,
+    };
+    let unprefix = |e: ConfigError| ConfigError {
+        field: e.field.replace("enclave[0].", ""),
+        reason: e.reason,
+    };
+    let mut list = parse(&wrapped, &ctx).map_err(unprefix)?;
+    if list.len() != 1 {
+        return Err(err(
+            "enclave",
+            format!("{} enclaves described, one expected", list.len()),
+        ));
+    }
+    let config = list.remove(0);
+    if config.after.is_some() {
+        return Err(err("after", "not allowed at run time (create it later)"));
+    }
+    if config.serial_input {
+        return Err(err(
+            "serial_input",
+            "atoll's COM1 input stays with the host; use `atoll console`",
+        ));
+    }
+    if image_len == 0 || image_len > MAX_RUNTIME_IMAGE {
+        return Err(err(
+            "image",
+            format!("{image_len} bytes announced, 1 to {MAX_RUNTIME_IMAGE} allowed"),
+        ));
+    }
+    match (&config.initrd, initrd_len) {
+        (Some(_), 0) => return Err(err("initrd", "named but 0 bytes announced")),
+        (None, n) if n > 0 => {
+            return Err(err("initrd", format!("none named but {n} bytes announced")))
+        }
+        (_, n) if n > MAX_RUNTIME_INITRD => {
+            return Err(err(
+                "initrd",
+                format!("{n} bytes, at most {MAX_RUNTIME_INITRD}"),
+            ))
+        }
+        _ => {}
+    }
+    Ok(config)
+}
+
 /// Deserializes a TOML module, naming the offending line in the error (shared with the machine
 /// description, so both report syntax the same way).
 pub(crate) fn from_toml<'de, T: Deserialize<'de>>(text: &'de str) -> Result<T, ConfigError> {
@@ -589,5 +659,64 @@ mod tests {
         let e = field_of("[[enclave]\nname=", &any());
         assert!(e.starts_with("line"), "{e}");
         assert_eq!(field_of("", &any()), "enclave: no [[enclave]] is described");
+    }
+
+    #[test]
+    fn run_time_descriptions_follow_the_boot_rules_and_their_own() {
+        let cores = [0, 1, 2, 3];
+        let base =
+            "name = \"a\"\ncores = [2]\nmemory_mib = 4\nimage = \"/g/s\"\nentry = \"long64\"\n";
+        let c = parse_runtime(base, 100, 0, &cores).unwrap();
+        assert_eq!(
+            (c.name.as_str(), c.cores.as_slice(), c.memory_mib),
+            ("a", &[2][..], 4)
+        );
+        // The [[enclave]] form is the same enclave.
+        let c2 = parse_runtime(&format!("[[enclave]]\n{base}"), 100, 0, &cores).unwrap();
+        assert_eq!(c, c2);
+        let refused = |text: &str, image: u64, initrd: u64| {
+            parse_runtime(text, image, initrd, &cores).unwrap_err()
+        };
+        // Boot-time rules, fields named without the prefix.
+        let e = refused(&base.replace("memory_mib = 4", "memory_mib = 0"), 100, 0);
+        assert_eq!(e.field, "memory_mib");
+        let e = refused(&base.replace("cores = [2]", "cores = [9]"), 100, 0);
+        assert_eq!(e.field, "cores", "{e}");
+        let e = refused(&format!("{base}colour = 1\n"), 100, 0);
+        assert!(e.to_string().contains("colour"), "{e}");
+        // Two enclaves.
+        let two = format!(
+            "[[enclave]]\n{base}[[enclave]]\n{}",
+            base.replace("\"a\"", "\"b\"").replace("[2]", "[3]")
+        );
+        assert_eq!(refused(&two, 100, 0).field, "enclave");
+        // Run-time rules.
+        assert_eq!(
+            refused(&format!("{base}after = \"x\"\n"), 100, 0).field,
+            "after"
+        );
+        assert_eq!(
+            refused(&format!("{base}serial_input = true\n"), 100, 0).field,
+            "serial_input"
+        );
+        assert_eq!(refused(base, 0, 0).field, "image");
+        assert_eq!(refused(base, MAX_RUNTIME_IMAGE + 1, 0).field, "image");
+        assert_eq!(refused(base, 100, 5).field, "initrd", "none named");
+        let linux = base
+            .replace("long64", "linux")
+            .replace("memory_mib = 4", "memory_mib = 64");
+        let with_initrd = format!("{linux}initrd = \"/g/i\"\n");
+        assert_eq!(
+            refused(&with_initrd, 100, 0).field,
+            "initrd",
+            "named, 0 bytes"
+        );
+        assert_eq!(
+            refused(&with_initrd, 100, MAX_RUNTIME_INITRD + 1).field,
+            "initrd"
+        );
+        assert!(parse_runtime(&with_initrd, 100, 5, &cores).is_ok());
+        // Not TOML.
+        assert!(parse_runtime("name = ", 100, 0, &cores).is_err());
     }
 }

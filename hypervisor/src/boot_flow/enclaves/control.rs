@@ -37,10 +37,6 @@ use atoll_abi::control::{self as abi, Kind, Status, WireError, Writer};
 use boot::PhysRange;
 use core::sync::atomic::{AtomicU32, Ordering};
 
-/// Largest kernel or bare-metal image a create may announce.
-const MAX_IMAGE: u64 = 512 << 20;
-/// Largest initrd.
-const MAX_INITRD: u64 = 2 << 30;
 /// How long a host core may take to answer a request for it.
 const RELEASE_TIMEOUT_US: u64 = 2_000_000;
 
@@ -133,6 +129,16 @@ impl Control {
         })
     }
 
+    /// The summary's figures.
+    pub fn report(&self) -> atoll::summary::ControlReport {
+        atoll::summary::ControlReport {
+            requests_ok: self.requests_ok,
+            requests_refused: self.requests_refused,
+            created: self.created,
+            destroyed: self.destroyed,
+        }
+    }
+
     /// The mailbox's frames (BAR2's backing).
     pub fn mailbox(&self) -> PhysRange {
         self.mailbox
@@ -154,7 +160,7 @@ impl Control {
         let from = (self.slot_base(slot) + abi::SLOT_MESSAGE as u64) as *const u8;
         for (i, b) in self.request.iter_mut().enumerate() {
             // SAFETY: inside the slot (MAX_MESSAGE bytes from SLOT_MESSAGE), see `state`.
-            *b = unsafe { from.add(i).read_volatile() };
+            *b = unsafe { from.wrapping_add(i).read_volatile() };
         }
     }
 
@@ -163,7 +169,7 @@ impl Control {
         let to = (self.slot_base(slot) + abi::SLOT_MESSAGE as u64) as *mut u8;
         for (i, b) in self.reply[..n.min(abi::MAX_MESSAGE)].iter().enumerate() {
             // SAFETY: as in `copy_in`.
-            unsafe { to.add(i).write_volatile(*b) };
+            unsafe { to.wrapping_add(i).write_volatile(*b) };
         }
     }
 
@@ -723,66 +729,12 @@ impl Manager<'_> {
         Ok(id)
     }
 
-    /// The description of a create, checked by the boot-time rules and the run-time ones.
+    /// The description of a create, checked by the boot-time rules and the run-time ones
+    /// ([`atoll::partition::config::parse_runtime`]).
     fn check_description(&self, c: &abi::Create) -> Result<EnclaveConfig, Refused> {
-        let text = c.description;
-        let wrapped = if text.contains("[[enclave]]") {
-            String::from(text)
-        } else {
-            format!("[[enclave]]\n{text}")
-        };
         let online = super::super::online_cores();
-        let ctx = atoll::partition::config::Context {
-            cores: Some(&online),
-            modules: None,
-        };
-        let mut list = atoll::partition::config::parse(&wrapped, &ctx)
-            .map_err(|e| (Status::Invalid, e.to_string().replace("enclave[0].", "")))?;
-        if list.len() != 1 {
-            return refuse(
-                Status::Invalid,
-                format!("enclave: {} enclaves described, one expected", list.len()),
-            );
-        }
-        let config = list.remove(0);
-        if config.after.is_some() {
-            return refuse(
-                Status::Invalid,
-                "after: not allowed at run time (create it later)",
-            );
-        }
-        if c.image_len == 0 || c.image_len > MAX_IMAGE {
-            return refuse(
-                Status::Invalid,
-                format!(
-                    "image: {} bytes announced, 1 to {MAX_IMAGE} allowed",
-                    c.image_len
-                ),
-            );
-        }
-        match (&config.initrd, c.initrd_len) {
-            (Some(_), 0) => return refuse(Status::Invalid, "initrd: named but 0 bytes announced"),
-            (None, n) if n > 0 => {
-                return refuse(
-                    Status::Invalid,
-                    format!("initrd: none named but {n} bytes announced"),
-                )
-            }
-            (_, n) if n > MAX_INITRD => {
-                return refuse(
-                    Status::Invalid,
-                    format!("initrd: {n} bytes, at most {MAX_INITRD}"),
-                )
-            }
-            _ => {}
-        }
-        if config.serial_input {
-            return refuse(
-                Status::Invalid,
-                "serial_input: atoll's COM1 input stays with the host; use `atoll console`",
-            );
-        }
-        Ok(config)
+        atoll::partition::config::parse_runtime(c.description, c.image_len, c.initrd_len, &online)
+            .map_err(|e| (Status::Invalid, e.to_string()))
     }
 
     fn load(&mut self, l: &abi::Load) -> Result<(), Refused> {

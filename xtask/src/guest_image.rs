@@ -527,6 +527,23 @@ soak() {
     echo 1 > /sys/devices/system/cpu/cpu1/online
     echo "ATOLL-RESULT soak {\"cycles\":$i,\"failed\":$bad,\"first_failure\":$(lc_str "$first"),\"info_start\":$start,\"info_end\":$(atoll info --json),\"list_end\":$(atoll list --json)}"
 }
+# The demo action: an operator's session with the atoll command (a bare-metal enclave created
+# on a CPU the host offlines for it, listed, its stats and console, destroyed, the CPU back),
+# each command and its output on "ATOLL-DEMO" lines for `cargo xtask demo` to show.
+demo() {
+    d=/tmp/demo
+    mkdir -p $d
+    lc_desc $d/suite.toml suite "1" 16 long64 spin
+    for cmd in "atoll list" "cat $d/suite.toml" "atoll create $d/suite.toml --offline-cores" \
+        "atoll list" "atoll stats suite" \
+        "atoll console suite --no-input --until hypercall --timeout 60" \
+        "atoll destroy suite --online-cores" "atoll list" "atoll info"; do
+        echo "ATOLL-DEMO # $cmd"
+        $cmd 2>&1 | while IFS= read -r l; do echo "ATOLL-DEMO $l"; done
+    done
+    echo "ATOLL-DEMO # cat /sys/devices/system/cpu/online"
+    echo "ATOLL-DEMO $(cat /sys/devices/system/cpu/online)"
+}
 # Actions, in order, each announced on one line before it happens; one that cannot be done
 # says so on an ATOLL-ACTION-FAILED line and the next one runs.
 failed=0
@@ -563,6 +580,7 @@ for action in $actions; do
                    fi ;;
             esac ;;
         lifecycle) lifecycle ;;
+        demo) demo ;;
         soak:*)
             n=${action#*:}
             case "$n" in

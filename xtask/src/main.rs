@@ -45,9 +45,10 @@ enum Cmd {
     /// rustfmt --check, then clippy with warnings denied on the host and for the bare-metal
     /// image and guests (x86_64-unknown-none).
     Lint,
-    /// Set up, build and boot root-partition in QEMU (the host's Linux as the root partition
-    /// with a Linux enclave beside it), and show the core report, each partition's end, the
-    /// Linux guest's check and the host's.
+    /// Set up, build and boot the demo scenario in QEMU (the host's Linux as the root
+    /// partition with a Linux enclave beside it; the host creates, lists, inspects and destroys
+    /// an enclave with the `atoll` command), and show the core report, each partition's end,
+    /// the checks and the host's session.
     Demo,
     /// Boot with `dump_acpi` and save every ACPI table under tests/fixtures/acpi/.
     CaptureAcpi {
@@ -406,8 +407,9 @@ fn cell(v: Option<&Value>) -> String {
 }
 
 /// The scenario `cargo xtask demo` boots: the host's Linux as the root partition on two cores
-/// beside a Linux enclave on the third; the tables show the cores, the enclave and the host.
-const DEMO_SCENARIO: &str = "root-partition";
+/// beside a Linux enclave on the third, whose `/init` operates an enclave with the `atoll`
+/// command; the tables show the cores, the enclaves and the host, then the host's session.
+const DEMO_SCENARIO: &str = "demo";
 
 /// The partition table's line for the root partition (same columns as the enclaves'), when the
 /// summary has one.
@@ -630,6 +632,21 @@ fn demo() -> Result<()> {
         .flatten()
     {
         println!("    problem: {}", cell(Some(p)));
+    }
+    // The operator's session on the host: the atoll command's own output.
+    let session: Vec<&str> = xtask::console::enclave_lines(&outcome.serial, "host")
+        .into_iter()
+        .filter_map(|l| l.strip_prefix("ATOLL-DEMO"))
+        .map(|l| l.strip_prefix(' ').unwrap_or(l))
+        .collect();
+    if !session.is_empty() {
+        println!();
+        println!(
+            "  the host's shell (its /init ran these; see README, \"Using atoll on a machine\"):"
+        );
+        for l in session {
+            println!("    {l}");
+        }
     }
     if outcome.passed() {
         Ok(())

@@ -335,6 +335,7 @@ pub const SUMMARY_FIELDS: &[&str] = &[
     "host_interrupts_ok",
     "host",
     "dma_isolation",
+    "control",
 ];
 
 /// A numeric comparison an expectation can ask for instead of equality.

@@ -902,8 +902,9 @@ impl Manager<'_> {
         let state = match slot.state() {
             SlotState::Loading | SlotState::Waiting | SlotState::Built => abi::State::Loading,
             SlotState::Running => abi::State::Running,
-            _ => match report.and_then(|r| r.end_reason) {
-                Some("power_off" | "exit") => abi::State::Ended,
+            // Ended by itself and well: powered off, or exited with code 0.
+            _ => match report.map(|r| (r.end_reason, r.exit_code)) {
+                Some((Some("power_off"), _)) | Some((Some("exit"), Some(0))) => abi::State::Ended,
                 _ => abi::State::Failed,
             },
         };

@@ -214,6 +214,31 @@ pub struct ControlReport {
     pub created: u64,
     /// Enclaves destroyed at run time.
     pub destroyed: u64,
+    /// atoll's share of the last run-time enclaves' lives (at most 16), in TSC cycles.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub timings: Vec<ControlTiming>,
+}
+
+/// atoll's share of one run-time enclave's creation and destruction, in TSC cycles (of the
+/// manager's core; on Bochs, instructions), for `cargo xtask bench lifecycle`.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, Default)]
+pub struct ControlTiming {
+    /// The enclave.
+    pub name: String,
+    /// Its RAM.
+    pub memory_mib: u64,
+    /// Carrying out Create: the checks, its cores taken from the host, staging allocated.
+    pub create_cycles: u64,
+    /// Carrying out every Load (copying the files into staging).
+    pub load_cycles: u64,
+    /// From Start's doorbell being served to the guest's first instruction: the build (RAM
+    /// zeroed, image loaded, tables made) and the cores' start.
+    pub start_to_guest_cycles: u64,
+    /// Carrying out Destroy: its vCPUs stopped, its cores reclaimed and parked (and given back
+    /// to the host), its tables freed and its RAM zeroed into the pool.
+    pub destroy_cycles: u64,
+    /// The part of it that zeroed the RAM.
+    pub zero_cycles: u64,
 }
 
 impl Summary {

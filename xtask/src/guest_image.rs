@@ -544,6 +544,20 @@ demo() {
     echo "ATOLL-DEMO # cat /sys/devices/system/cpu/online"
     echo "ATOLL-DEMO $(cat /sys/devices/system/cpu/online)"
 }
+# The bench_lifecycle action (`cargo xtask bench lifecycle`): bare-metal enclaves of 256 MiB
+# and of 2 GiB, each created on CPU 1 and destroyed twice (the first time on memory the
+# machine never touched, the second on the same memory again); atoll times its own part.
+bench_lifecycle() {
+    d=/tmp/bench
+    mkdir -p $d
+    for e in 256-cold 256-warm 2048-cold 2048-warm; do
+        lc_desc $d/e.toml "e$e" "1" "${e%-*}" long64 spin
+        ATOLL_REQUEST_TIMEOUT=3600 atoll create $d/e.toml --offline-cores || why="creating e$e failed"
+        sleep 1
+        ATOLL_REQUEST_TIMEOUT=3600 atoll destroy "e$e" || why="destroying e$e failed"
+    done
+    echo 1 > /sys/devices/system/cpu/cpu1/online
+}
 # Actions, in order, each announced on one line before it happens; one that cannot be done
 # says so on an ATOLL-ACTION-FAILED line and the next one runs.
 failed=0
@@ -581,6 +595,7 @@ for action in $actions; do
             esac ;;
         lifecycle) lifecycle ;;
         demo) demo ;;
+        bench_lifecycle) bench_lifecycle ;;
         soak:*)
             n=${action#*:}
             case "$n" in

@@ -4,6 +4,7 @@
 //! shows a developer is the one the tests assert with.
 
 pub mod bench_host;
+pub mod bench_lifecycle;
 pub mod console;
 pub mod guest_image;
 pub mod image;

@@ -80,6 +80,14 @@ enum Bench {
         #[arg(long)]
         no_bochs: bool,
     },
+    /// atoll's share of creating and destroying a 256 MiB and a 2 GiB enclave from the host
+    /// (the doorbell to the guest's first instruction; to the cores parked and the memory
+    /// zeroed), in cycles, and bytes zeroed per cycle.
+    Lifecycle {
+        /// qemu (SVM) or bochs (VMX).
+        #[arg(long, value_enum, default_value = "qemu")]
+        emulator: Emulator,
+    },
     /// Idle Linux: boot linux-enclave with atoll.idle=N and report the exits per second (timer,
     /// IPI, HLT, other) atoll counted while the guest slept, and its boot-to-init time. With
     /// `--partition host`: boot the host's Linux alone as the root partition (scenario
@@ -206,6 +214,9 @@ fn main() {
         Cmd::Bench {
             which: Bench::Boot { runs, no_bochs },
         } => bench_boot(runs, no_bochs),
+        Cmd::Bench {
+            which: Bench::Lifecycle { emulator },
+        } => xtask::bench_lifecycle::bench(emulator),
         Cmd::Bench {
             which:
                 Bench::Idle {

@@ -239,6 +239,8 @@ struct Manager<'a> {
     control: Option<control::Control>,
     /// Per partition: its live figures, from its build until it is destroyed.
     lives: Vec<Option<control::LiveRef>>,
+    /// Per partition: TSC cycles its last reclaim spent freeing its tables and zeroing its RAM.
+    zero_cycles: Vec<u64>,
 }
 
 /// When the machine's deadline passes (`tsc::micros()`; 0: no deadline). Written once by the
@@ -299,6 +301,7 @@ pub fn run_all(
         host,
         control: None,
         lives: control::no_lives(),
+        zero_cycles: alloc::vec![0; MAX_PARTITIONS],
     };
     if m.host.is_some() {
         match control::Control::new() {
@@ -838,7 +841,10 @@ impl Manager<'_> {
                 Ok(built) => {
                     let ram = built.spec.ram;
                     drop(built.spec);
-                    if let Err(e) = built.tables.destroy() {
+                    let zeroing = tsc::now();
+                    let destroyed = built.tables.destroy();
+                    self.zero_cycles[usize::from(id)] = tsc::now().saturating_sub(zeroing);
+                    if let Err(e) = destroyed {
                         log::error!("enclave '{}': returning its RAM: {e}", c.name);
                         self.problems.push(alloc::format!(
                             "enclave '{}': returning its RAM: {e}",

@@ -141,6 +141,7 @@ fn run_guest(
         spec.ram
     );
     let mut mem = guest_ram(spec);
+    spec.live.entered(super::tsc::now());
     loop {
         let exit = match vcpu.enter() {
             Ok(e) => e,
@@ -198,6 +199,7 @@ fn platform_loop(
     let mailbox = &shared.mailboxes[local.index];
     if local.index == 0 {
         shared.started(super::tsc::now());
+        spec.live.entered(super::tsc::now());
     }
     loop {
         match vplat::before_entry(vcpu, local, shared, host) {

@@ -23,6 +23,8 @@ pub struct Live {
     started_at: AtomicU64,
     /// TSC at its end (0: not ended).
     ended_at: AtomicU64,
+    /// TSC at its boot vCPU's first VM entry (0: not yet), for `cargo xtask bench lifecycle`.
+    first_entry: AtomicU64,
     console: Mutex<Ring>,
 }
 
@@ -45,6 +47,7 @@ impl Live {
             exits: [const { AtomicU64::new(0) }; ExitKind::ALL.len()],
             started_at: AtomicU64::new(0),
             ended_at: AtomicU64::new(0),
+            first_entry: AtomicU64::new(0),
             console: Mutex::new(Ring::new(ring)),
         }
     }
@@ -71,6 +74,18 @@ impl Live {
         let _ = self
             .ended_at
             .compare_exchange(0, tsc.max(1), Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// Notes the boot vCPU's first VM entry (the first call counts).
+    pub fn entered(&self, tsc: u64) {
+        let _ =
+            self.first_entry
+                .compare_exchange(0, tsc.max(1), Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// TSC at the boot vCPU's first VM entry (0: not yet).
+    pub fn first_entry(&self) -> u64 {
+        self.first_entry.load(Ordering::Relaxed)
     }
 
     /// TSC ticks it has run (until its end, or `now`); 0 if it never started.

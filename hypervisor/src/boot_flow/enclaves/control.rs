@@ -32,7 +32,7 @@ use atoll::machine::percpu::{Ack, Command, PartitionId, Phase};
 use atoll::partition::config::EnclaveConfig;
 use atoll::partition::table::{SlotState, MAX_PARTITIONS};
 use atoll::run::live::Live;
-use atoll::summary::EnclaveReport;
+use atoll::summary::{ControlTiming, EnclaveReport};
 use atoll_abi::control::{self as abi, Kind, Status, WireError, Writer};
 use boot::PhysRange;
 use core::sync::atomic::{AtomicU32, Ordering};
@@ -94,7 +94,14 @@ pub(super) struct Control {
     requests_refused: u64,
     created: u64,
     destroyed: u64,
+    /// atoll's share of each enclave created at run time, while it lives.
+    timings: Vec<(PartitionId, ControlTiming, u64)>,
+    /// ... and of the last ones destroyed (at most [`KEPT_TIMINGS`]).
+    done: alloc::collections::VecDeque<ControlTiming>,
 }
+
+/// How many destroyed enclaves' timings the summary keeps.
+const KEPT_TIMINGS: usize = 16;
 
 impl Control {
     /// The control device's manager side, with its mailbox taken from the pool (zeroed: every
@@ -126,6 +133,8 @@ impl Control {
             requests_refused: 0,
             created: 0,
             destroyed: 0,
+            timings: Vec::new(),
+            done: alloc::collections::VecDeque::new(),
         })
     }
 
@@ -136,7 +145,13 @@ impl Control {
             requests_refused: self.requests_refused,
             created: self.created,
             destroyed: self.destroyed,
+            timings: self.done.iter().cloned().collect(),
         }
+    }
+
+    /// The timing record of `id`, with the TSC at which its Start began.
+    fn timing(&mut self, id: PartitionId) -> Option<&mut (PartitionId, ControlTiming, u64)> {
+        self.timings.iter_mut().find(|t| t.0 == id)
     }
 
     /// The mailbox's frames (BAR2's backing).
@@ -357,21 +372,62 @@ impl Manager<'_> {
             }
             Kind::Create => {
                 let c = abi::Create::read(p).map_err(bad)?;
+                let t0 = tsc::now();
                 let id = self.create(&c)?;
+                let name = self.config(id).name;
+                let memory_mib = self.config(id).memory_mib;
+                if let Some(ctl) = self.control.as_mut() {
+                    ctl.timings.retain(|t| t.0 != id);
+                    let timing = ControlTiming {
+                        name,
+                        memory_mib,
+                        create_cycles: tsc::now().saturating_sub(t0),
+                        ..Default::default()
+                    };
+                    ctl.timings.push((id, timing, 0));
+                }
                 abi::Created { id }.write(&mut w).map_err(bad)?;
             }
             Kind::Load => {
                 let l = abi::Load::read(p).map_err(bad)?;
+                let t0 = tsc::now();
                 self.load(&l)?;
+                if let Some(t) = self.control.as_mut().and_then(|c| c.timing(l.id)) {
+                    t.1.load_cycles += tsc::now().saturating_sub(t0);
+                }
             }
             Kind::Start => {
                 let t = abi::Target::read(p).map_err(bad)?;
+                if let Some(tm) = self.control.as_mut().and_then(|c| c.timing(t.id)) {
+                    tm.2 = tsc::now();
+                }
                 self.start(t.id)?;
             }
             Kind::Destroy => {
                 let t = abi::Target::read(p).map_err(bad)?;
                 let id = self.target(&t)?;
+                let first_entry = self.lives[usize::from(id)]
+                    .as_ref()
+                    .map_or(0, |l| l.live.first_entry());
+                let t0 = tsc::now();
                 self.destroy(id)?;
+                let zero = self.zero_cycles[usize::from(id)];
+                if let Some(ctl) = self.control.as_mut() {
+                    if let Some(i) = ctl.timings.iter().position(|t| t.0 == id) {
+                        let (_, mut timing, start_at) = ctl.timings.swap_remove(i);
+                        timing.start_to_guest_cycles = if first_entry > start_at && start_at > 0 {
+                            first_entry - start_at
+                        } else {
+                            0
+                        };
+                        timing.destroy_cycles = tsc::now().saturating_sub(t0);
+                        timing.zero_cycles = zero;
+                        if ctl.done.len() == KEPT_TIMINGS {
+                            ctl.done.pop_front();
+                        }
+                        ctl.done.push_back(timing);
+                    }
+                }
             }
             Kind::List | Kind::Stats => {
                 let t = abi::Target::read(p).map_err(bad)?;
@@ -814,7 +870,9 @@ impl Manager<'_> {
         if let Err(e) = self.table.loaded(id) {
             return refuse(Status::Internal, e.to_string());
         }
+        let t0 = tsc::micros();
         self.build(id);
+        let built_us = tsc::micros().saturating_sub(t0);
         if let Some(c) = self.control.as_mut() {
             c.drop_staging(id);
         }
@@ -838,7 +896,11 @@ impl Manager<'_> {
                 format!("enclave '{name}' was built but its cores did not start it"),
             );
         }
-        log::info!("enclave '{name}' started on cores {:?}", self.cores(id));
+        log::info!(
+            "enclave '{name}' started on cores {:?} (built in {built_us} us, started in {} us)",
+            self.cores(id),
+            tsc::micros().saturating_sub(t0 + built_us)
+        );
         Ok(())
     }
 

@@ -223,8 +223,16 @@ fn create_offlined(
         Ok(())
     };
     if let Err(e) = steps(client, err) {
-        // Undo the creation so nothing stays reserved, then report what failed first.
-        if let Err(u) = client.call(Kind::Destroy, |w| Target { id, name: "" }.write(w)) {
+        // Undo the creation so nothing stays reserved, then report what failed first. atoll
+        // undoes a create whose build failed itself: then there is nothing left to destroy.
+        let undone = client.call(Kind::Destroy, |w| Target { id, name: "" }.write(w));
+        if let Err(u) = undone.as_ref().map(drop).or_else(|e| match e {
+            crate::client::Error::Refused {
+                status: atoll_abi::control::Status::NotFound,
+                ..
+            } => Ok(()),
+            _ => Err(e),
+        }) {
             let _ = writeln!(
                 err,
                 "atoll: undoing the creation of {} (id {id}) failed too: {u}",

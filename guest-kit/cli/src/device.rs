@@ -103,6 +103,30 @@ pub struct Mailbox {
     mailbox: *mut u8,
     slots: u32,
     timeout: Duration,
+    /// Where the per-slot lock files are (`/run/atoll`), if this process uses them: a slot
+    /// is claimed only with its lock held, so a slot whose holder died (its lock gone with it)
+    /// is taken over rather than lost.
+    locks: Option<std::path::PathBuf>,
+}
+
+/// A slot's lock: an exclusive `flock` on its lock file, released when dropped (or when the
+/// process dies).
+struct SlotLock(#[allow(dead_code)] fs::File);
+
+impl SlotLock {
+    /// Takes slot `i`'s lock in `dir` without waiting; None if a live process holds it.
+    fn try_take(dir: &Path, i: u32) -> Option<SlotLock> {
+        use std::os::fd::AsRawFd;
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(format!("slot{i}.lock")))
+            .ok()?;
+        // SAFETY: flock on a descriptor this function owns; no memory is involved.
+        let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        (r == 0).then_some(SlotLock(f))
+    }
 }
 
 impl Mailbox {
@@ -118,6 +142,7 @@ impl Mailbox {
             mailbox,
             slots: SLOTS,
             timeout,
+            locks: None,
         };
         let magic = m.reg(reg::MAGIC);
         let version = m.reg(reg::VERSION);
@@ -175,21 +200,46 @@ impl Mailbox {
         unsafe { &*self.slot(i).wrapping_add(SLOT_STATE).cast::<AtomicU32>() }
     }
 
-    /// Claims a free slot, waiting while all are busy.
-    fn claim(&self, deadline: Instant) -> Result<u32> {
+    /// Uses lock files in `dir` (created if missing) to claim slots.
+    pub fn with_locks(mut self, dir: &Path) -> Mailbox {
+        if fs::create_dir_all(dir).is_ok() {
+            self.locks = Some(dir.to_path_buf());
+        }
+        self
+    }
+
+    /// Claims a free slot, waiting while all are busy. With lock files, a slot left CLAIMED,
+    /// SUBMITTED or DONE by a process that died is taken over (never one atoll is WORKING on).
+    fn claim(&self, deadline: Instant) -> Result<(u32, Option<SlotLock>)> {
         loop {
             for i in 0..self.slots {
+                let lock = match &self.locks {
+                    Some(dir) => match SlotLock::try_take(dir, i) {
+                        Some(l) => Some(l),
+                        None => continue,
+                    },
+                    None => None,
+                };
+                let from = match self.state(i).load(Ordering::Acquire) {
+                    slot_state::FREE => slot_state::FREE,
+                    s @ (slot_state::CLAIMED | slot_state::SUBMITTED | slot_state::DONE)
+                        if lock.is_some() =>
+                    {
+                        s
+                    }
+                    _ => continue,
+                };
                 if self
                     .state(i)
                     .compare_exchange(
-                        slot_state::FREE,
+                        from,
                         slot_state::CLAIMED,
                         Ordering::AcqRel,
                         Ordering::Acquire,
                     )
                     .is_ok()
                 {
-                    return Ok(i);
+                    return Ok((i, lock));
                 }
             }
             if Instant::now() >= deadline {
@@ -271,15 +321,20 @@ impl Channel for Mailbox {
         // Ctrl-C or kill while the slot is ours would leave it claimed for good: they wait
         // until it is free again.
         let _hold = crate::signals::Hold::new();
-        let slot = self.claim(start + self.timeout)?;
+        let (slot, lock) = self.claim(start + self.timeout)?;
         let r = self.exchange_in(slot, request, start);
-        // A timed-out slot stays claimed: atoll may still write its reply there.
+        // A timed-out slot stays claimed: atoll may still write its reply there (another
+        // process takes it over once this one's lock is gone).
         if !matches!(r, Err(Error::Timeout(_))) {
             self.state(slot).store(slot_state::FREE, Ordering::Release);
         }
+        drop(lock);
         r
     }
 }
+
+/// Where the slots' lock files live.
+pub const LOCK_DIR: &str = "/run/atoll";
 
 /// The control device: its two mappings and the mailbox over them.
 pub struct Device {
@@ -314,7 +369,7 @@ impl Device {
             // SAFETY: both mappings are page-aligned, of the sizes Mailbox needs, and live as
             // long as the Device that owns them and the Mailbox.
             match unsafe { Mailbox::new(regs.ptr, mail.ptr, timeout) } {
-                Ok(m) => break m,
+                Ok(m) => break m.with_locks(Path::new(LOCK_DIR)),
                 Err(e) if since.elapsed() >= Duration::from_secs(2) => return Err(e),
                 Err(_) => std::thread::sleep(Duration::from_millis(10)),
             }
@@ -465,6 +520,44 @@ mod tests {
         let r = c.send_garbage(b"not a message at all, no magic").unwrap();
         assert_eq!(r.status, Status::Malformed);
         t.join().unwrap();
+    }
+
+    #[test]
+    fn a_slot_whose_holder_died_is_taken_over_and_a_live_holders_is_not() {
+        let dir = std::env::temp_dir().join(format!("atoll-cli-locks-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let mut m = Memory::new(reg::MAGIC_VALUE, u32::from(VERSION));
+        let mb = m.mailbox(Duration::from_secs(10)).unwrap().with_locks(&dir);
+        let mail = m.mail.as_mut_ptr().cast::<u8>();
+        // SAFETY: the slots' state words in the mailbox vector, used only atomically here and
+        // by the atoll thread.
+        let st = |i: usize| unsafe {
+            &*(mail
+                .wrapping_add(i * SLOT_SIZE as usize)
+                .cast::<AtomicU32>())
+        };
+        // Slot 0: left SUBMITTED by a client that died (no lock held). Slot 1: CLAIMED by a
+        // live client (its lock held). Slot 2: atoll is WORKING on it.
+        st(0).store(slot_state::SUBMITTED, Ordering::Release);
+        st(1).store(slot_state::CLAIMED, Ordering::Release);
+        st(2).store(slot_state::WORKING, Ordering::Release);
+        let live = SlotLock::try_take(&dir, 1).expect("slot 1's lock");
+        let t = atoll(mail as usize, 1);
+        let mut c = Client::new(Box::new(mb), 1);
+        let p = c.call(Kind::Info, |_| Ok(())).unwrap();
+        t.join().unwrap();
+        assert_eq!(
+            Info::read(&p).unwrap().pool_bytes,
+            0,
+            "the dead client's slot 0 reused"
+        );
+        assert_eq!(
+            (m.state(0), m.state(1), m.state(2)),
+            (slot_state::FREE, slot_state::CLAIMED, slot_state::WORKING),
+            "the live holder's and atoll's slots untouched"
+        );
+        drop(live);
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]

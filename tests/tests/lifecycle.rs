@@ -65,14 +65,14 @@ fn lifecycle(emulator: Emulator) {
         r("lifecycle_end.info_end.destroyed")
     );
     // The Linux enclave ran on the two CPUs the host offlined for it.
-    assert_eq!(r("lifecycle_linux.cpus_online_during"), "0-1");
+    assert_eq!(r("lifecycle_linux.cpus_online_during"), "0");
     assert!(r("lifecycle_linux.create_linux.out")
         .as_str()
-        .is_some_and(|s| s.contains("offlined CPU 2") && s.contains("offlined CPU 3")));
+        .is_some_and(|s| s.contains("offlined CPU 1") && s.contains("offlined CPU 2")));
     // Its stats while listed: its cores, exits and injected interrupts counted.
     let stats = &r("lifecycle_stats.enclaves")[0];
     assert_eq!(stats["name"], "linux1");
-    assert_eq!(stats["cores"], serde_json::json!([2, 3]));
+    assert_eq!(stats["cores"], serde_json::json!([1, 2]));
     assert!(stats["exits"]["io"].as_u64().unwrap_or(0) > 0, "{stats}");
     assert!(
         stats["interrupts_injected"].as_u64().unwrap_or(0) > 0,
@@ -128,8 +128,8 @@ fn lifecycle(emulator: Emulator) {
     );
     // atoll logged every change of ownership with the enclave's name.
     for needle in [
-        "enclave 'linux1': cores [2, 3] taken from the host",
-        "enclave 'linux1': cores [2, 3] given back to the host",
+        "enclave 'linux1': cores [1, 2] taken from the host",
+        "enclave 'linux1': cores [1, 2] given back to the host",
         "enclave 'linux1' destroyed: its memory is zeroed",
     ] {
         assert!(o.serial.contains(needle), "atoll's log says '{needle}'");

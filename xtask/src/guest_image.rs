@@ -284,6 +284,7 @@ echo_input=""
 actions=""
 restart_actions=""
 restarts=0
+lc_cores=2,3
 for word in $(cat /proc/cmdline); do
     case "$word" in
         atoll.expect_cpus=*) args="$args --expect-cpus ${word#*=}" ;;
@@ -295,6 +296,7 @@ for word in $(cat /proc/cmdline); do
         atoll.restart_actions=*) restart_actions=${word#*=} ;;
         atoll.restarts=*) restarts=${word#*=} ;;
         atoll.lc_args=*) lc_args=$(echo "${word#*=}" | tr '+' ' ') ;;
+        atoll.lc_cores=*) lc_cores=${word#*=} ;;
         atoll.idle=*) idle=${word#*=} ;;
         atoll.idle_timer=*) idle_timer=${word#*=} ;;
         atoll.shell=1) shell=1 ;;
@@ -418,29 +420,35 @@ lc_wait_end() {
 lifecycle() {
     d=/tmp/lifecycle
     mkdir -p $d
+    # The two host CPUs (= APIC ids) the enclaves use: atoll.lc_cores=A,B (default 2,3).
+    a=${lc_cores%,*}
+    b=${lc_cores#*,}
     lc_add info_start "$(atoll info --json)"
     # A Linux enclave on two cores the host offlines for it.
-    lc_desc $d/linux.toml linux1 "2, 3" 256 linux \
+    lc_desc $d/linux.toml linux1 "$a, $b" 256 linux \
         "console=ttyS0 loglevel=5 atoll.expect_cpus=2 atoll.expect_mem=256 $lc_args"
     lc_run create_linux atoll create $d/linux.toml --offline-cores
     lc_add cpus_online_during "$(lc_str "$(cat /sys/devices/system/cpu/online)")"
-    atoll console linux1 --no-input --until ATOLL-GUEST-CHECK --timeout 600 > $d/linux.out 2>&1
+    atoll console linux1 --no-input --until ATOLL-GUEST-CHECK --timeout 1800 > $d/linux.out 2>&1
     lc_add console_rc $?
     check=$(grep -a '^ATOLL-GUEST-CHECK ' $d/linux.out | head -n 1 | sed 's/^ATOLL-GUEST-CHECK //' | tr -d '\r')
     echo "ATOLL-RESULT lifecycle_check ${check:-null}"
-    lc_add linux_end "$(lc_str "$(lc_wait_end linux1 120)")"
+    lc_add linux_end "$(lc_str "$(lc_wait_end linux1 600)")"
     echo "ATOLL-RESULT lifecycle_stats $(atoll stats --json)"
     atoll stats --format prometheus > $d/prom
     lc_add prometheus_exits "$(grep -c '^atoll_enclave_exits_total{enclave="linux1"' $d/prom)"
     lc_run destroy_linux atoll destroy linux1
     lc_flush linux
-    # The same cores and memory again, for a guest that counts every byte not zero.
-    lc_desc $d/zero.toml zero "2" 256 long64 zero-check
+    # The same core and memory again (A is still offline), for a guest that counts every byte
+    # that is not zero.
+    lc_desc $d/zero.toml zero "$a" 256 long64 zero-check
     lc_run create_zero atoll create $d/zero.toml
-    lc_add zero_end "$(lc_str "$(lc_wait_end zero 300)")"
+    lc_add zero_end "$(lc_str "$(lc_wait_end zero 600)")"
     lc_add zero_list "$(atoll list --json)"
     lc_flush zero
-    # Refusals, each with the list (the ended 'zero' in it) unchanged.
+    # B back online in the host for the refusals, each with the list (the ended 'zero' in
+    # it) unchanged.
+    echo 1 > /sys/devices/system/cpu/cpu$b/online
     before=$(atoll list --json)
     refusals=""
     refused() {
@@ -452,19 +460,19 @@ lifecycle() {
         [ "$(atoll list --json)" = "$before" ] && same=true
         refusals="$refusals${refusals:+,}\"$k\":{\"rc\":$rc,\"out\":$(lc_str "$out"),\"list_unchanged\":$same}"
     }
-    lc_desc $d/bad.toml bad "3" 0 long64 ""
+    lc_desc $d/bad.toml bad "$b" 0 long64 ""
     refused bad_memory atoll create $d/bad.toml
-    printf 'name = "Bad Name"\ncores = [3]\nmemory_mib = 4\nimage = "/guest/suite64"\nentry = "long64"\n' > $d/badname.toml
+    printf 'name = "Bad Name"\ncores = [%s]\nmemory_mib = 4\nimage = "/guest/suite64"\nentry = "long64"\n' "$b" > $d/badname.toml
     refused bad_name atoll create $d/badname.toml
-    printf 'name = "x"\ncores = [3]\nmemory_mib = 4\nimage = "/guest/suite64"\nentry = "long64"\ncolour = "red"\n' > $d/badfield.toml
+    printf 'name = "x"\ncores = [%s]\nmemory_mib = 4\nimage = "/guest/suite64"\nentry = "long64"\ncolour = "red"\n' "$b" > $d/badfield.toml
     refused bad_field atoll create $d/badfield.toml
-    lc_desc $d/online.toml online "1" 4 long64 ""
+    lc_desc $d/online.toml online "$b" 4 long64 ""
     refused core_online atoll create $d/online.toml
     lc_desc $d/bsp.toml bsp "0" 4 long64 ""
     refused core_bsp atoll create $d/bsp.toml
-    lc_desc $d/taken.toml taken "2" 4 long64 ""
+    lc_desc $d/taken.toml taken "$a" 4 long64 ""
     refused core_taken atoll create $d/taken.toml
-    lc_desc $d/big.toml big "3" 3000 long64 ""
+    lc_desc $d/big.toml big "$b" 3000 long64 ""
     refused too_much_memory atoll create $d/big.toml
     refused garbage atoll raw --slot-garbage
     refused unknown_kind atoll raw --kind 77
@@ -472,18 +480,18 @@ lifecycle() {
     echo "ATOLL-RESULT lifecycle_refusals {$refusals}"
     lc_run destroy_zero atoll destroy zero
     # A guest that faults stays listed as failed, with the reason, until destroyed.
-    lc_desc $d/crash.toml crash "3" 4 long64 triple-fault
-    lc_run create_crash atoll create $d/crash.toml
-    lc_add crash_end "$(lc_str "$(lc_wait_end crash 60)")"
+    lc_desc $d/crash.toml crash "$b" 4 long64 triple-fault
+    lc_run create_crash atoll create $d/crash.toml --offline-cores
+    lc_add crash_end "$(lc_str "$(lc_wait_end crash 120)")"
     lc_add crash_list "$(atoll list --json)"
     lc_run destroy_crash atoll destroy crash
     # A vCPU spinning with interrupts masked is still destroyed.
-    lc_desc $d/spin.toml spin "3" 4 long64 spin
+    lc_desc $d/spin.toml spin "$b" 4 long64 spin
     lc_run create_spin atoll create $d/spin.toml
     sleep 1
     lc_run destroy_spin atoll destroy spin
-    # Two shells creating and destroying at once, on a core each.
-    for c in 2 3; do
+    # Two shells creating and destroying at once, on a core each (both offline now).
+    for c in $a $b; do
         (
             i=0
             bad=0
@@ -497,9 +505,9 @@ lifecycle() {
         ) &
     done
     wait
-    lc_add parallel_failures "$(( $(cat $d/par2.bad) + $(cat $d/par3.bad) ))"
+    lc_add parallel_failures "$(( $(cat $d/par$a.bad) + $(cat $d/par$b.bad) ))"
     # The host's cores back.
-    for c in 2 3; do echo 1 > /sys/devices/system/cpu/cpu$c/online; done
+    for c in $a $b; do echo 1 > /sys/devices/system/cpu/cpu$c/online; done
     lc_add cpus_online_end "$(lc_str "$(cat /sys/devices/system/cpu/online)")"
     lc_add list_end "$(atoll list --json)"
     lc_add info_end "$(atoll info --json)"

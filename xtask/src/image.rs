@@ -279,7 +279,7 @@ pub struct Iso {
 
 /// The guest image's initramfs with `/guest/vmlinuz`, `/guest/initrd` and `/guest/suite64`
 /// added: the files the host's `atoll create` starts enclaves from. One archive (unpacked,
-/// extended, packed again).
+/// extended, packed again, not compressed).
 fn host_initrd_file(
     work: &std::path::Path,
     linux: &crate::guest_image::ResolvedGuest,
@@ -302,8 +302,10 @@ fn host_initrd_file(
     std::fs::copy(&linux.kernel, root.join("guest/vmlinuz"))?;
     std::fs::copy(&linux.initrd, root.join("guest/initrd"))?;
     std::fs::copy(guests.join("guest-suite"), root.join("guest/suite64"))?;
-    let out = work.join("host-initrd.cpio.gz");
-    crate::guest_image::write_initramfs(&root, &out)?;
+    // Plain: its files are compressed already (the bzImage, the inner initramfs), and a
+    // gzipped archive took Bochs minutes to unpack.
+    let out = work.join("host-initrd.cpio");
+    crate::guest_image::write_cpio(&root, &out, false)?;
     std::fs::remove_dir_all(&root)?;
     Ok(out)
 }

@@ -414,6 +414,10 @@ impl Manager<'_> {
                 progress |= self.try_collect(id);
             }
             progress |= self.serve_control();
+            if self.host.is_some() && !self.host_running() {
+                // Nobody can finish loading an enclave once the host has ended for good.
+                progress |= self.drop_loading();
+            }
             if self.table.all_done() && !self.host_running() {
                 return;
             }

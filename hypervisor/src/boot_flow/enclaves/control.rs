@@ -245,6 +245,23 @@ impl Manager<'_> {
         true
     }
 
+    /// Removes every enclave still loading (the host that was loading it has ended), its
+    /// staging freed and its cores left parked. Returns whether there was any.
+    pub(super) fn drop_loading(&mut self) -> bool {
+        let loading = self.table.ids_in(SlotState::Loading);
+        for &id in &loading {
+            let name = self.config(id).name;
+            if let Some(c) = self.control.as_mut() {
+                c.drop_staging(id);
+                c.timings.retain(|t| t.0 != id);
+            }
+            if self.table.remove(id).is_ok() {
+                log::warn!("enclave '{name}' was still loading when the host ended: removed");
+            }
+        }
+        !loading.is_empty()
+    }
+
     /// Maps the control device's windows where the host's configuration writes put them.
     fn apply_placements(&mut self) {
         let Some(mailbox) = self.control.as_ref().map(Control::mailbox) else {

@@ -4,15 +4,18 @@
 //! Linux parks a CPU it offlined in `play_dead`: interrupts disabled, then HLT (or MONITOR and
 //! MWAIT where the CPU has them) in a loop it never leaves (arch/x86 `hlt_play_dead`,
 //! `mwait_play_dead`). A host vCPU that atoll stopped by NMI is offline when RFLAGS.IF is clear
-//! and the instruction it stopped at, or the one just before it, is HLT or MWAIT: on VMX and
-//! SVM an exit taken while the core is halted saves the RIP after the HLT (the instruction
-//! has completed), and a vCPU may also be stopped just before it executes one. A vCPU that
-//! runs with interrupts enabled, or at any other instruction, is online and is not taken.
+//! and the instruction it stopped at, or the one just before it, is HLT, or MWAIT without the
+//! interrupt-break extension (ECX bit 0 clear): on VMX and SVM an exit taken while the core is
+//! halted saves the RIP after the HLT (the instruction has completed), and a vCPU may also be
+//! stopped just before it executes one. An idle *online* CPU waits with interrupts enabled
+//! (`sti; hlt`) or, under intel_idle and ACPI C-states, in MWAIT with interrupts disabled but
+//! ECX bit 0 set, so that an interrupt still wakes it (SDM Vol. 2B, "MWAIT", ECX[0]); Bochs's
+//! Skylake model showed the latter. Anything else is online and is not taken.
 //! Whatever the host's code does, a wrong answer here only costs the host: a core it
 //! believed online is gone (its Linux reports the CPU stuck), never another partition.
 
 use atoll_vcpu::decode;
-use atoll_vcpu::{GuestMemory, Vcpu};
+use atoll_vcpu::{GuestMemory, Gpr, Vcpu};
 
 /// RFLAGS.IF (SDM Vol. 1 §3.4.3.3).
 const RFLAGS_IF: u64 = 1 << 9;
@@ -33,5 +36,7 @@ pub fn parked_in_play_dead(vcpu: &impl Vcpu, mem: &impl GuestMemory) -> bool {
     let at = |offset: usize, want: &[u8]| {
         offset + want.len() <= n && bytes[offset..offset + want.len()] == *want
     };
-    at(2, &HLT) || at(0, &MWAIT) || at(3, &HLT) || at(3, &MWAIT)
+    // MWAIT's extensions: bit 0 of ECX treats interrupts as break events even when masked.
+    let mwait_dead = vcpu.gpr(Gpr::Rcx) & 1 == 0;
+    at(2, &HLT) || at(3, &HLT) || mwait_dead && (at(0, &MWAIT) || at(3, &MWAIT))
 }

@@ -1065,11 +1065,19 @@ fn a_vcpu_is_offline_only_with_interrupts_off_at_hlt_or_mwait() {
     w.ram[at - 1] = 0x90;
     w.ram[at] = 0xf4;
     assert!(parked_in_play_dead(&w.vcpu, &SliceMemory(&mut w.ram)));
-    // mwait_play_dead: after MWAIT, and before it.
+    // mwait_play_dead (ECX 0): after MWAIT, and before it.
+    w.set(Gpr::Rcx, 0);
     w.ram[at - 3..at + 3].copy_from_slice(&[0x0f, 0x01, 0xc9, 0x90, 0x90, 0x90]);
     assert!(parked_in_play_dead(&w.vcpu, &SliceMemory(&mut w.ram)));
     w.ram[at - 3..at + 3].copy_from_slice(&[0x90, 0x90, 0x90, 0x0f, 0x01, 0xc9]);
     assert!(parked_in_play_dead(&w.vcpu, &SliceMemory(&mut w.ram)));
+    // intel_idle's MWAIT with interrupts masked but breaking on them (ECX bit 0): an idle
+    // online CPU, not taken.
+    w.set(Gpr::Rcx, 1);
+    assert!(!parked_in_play_dead(&w.vcpu, &SliceMemory(&mut w.ram)));
+    w.ram[at - 3..at + 3].copy_from_slice(&[0x0f, 0x01, 0xc9, 0x90, 0x90, 0x90]);
+    assert!(!parked_in_play_dead(&w.vcpu, &SliceMemory(&mut w.ram)));
+    w.set(Gpr::Rcx, 0);
     // Anything else with IF clear (a spinning CPU, a bare MONITOR) is online.
     w.ram[at - 3..at + 3].copy_from_slice(&[0x0f, 0x01, 0xc8, 0xeb, 0xfe, 0x90]);
     assert!(!parked_in_play_dead(&w.vcpu, &SliceMemory(&mut w.ram)));

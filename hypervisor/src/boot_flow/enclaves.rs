@@ -241,6 +241,8 @@ struct Manager<'a> {
     lives: Vec<Option<control::LiveRef>>,
     /// Per partition: TSC cycles its last reclaim spent freeing its tables and zeroing its RAM.
     zero_cycles: Vec<u64>,
+    /// The host's restarts the control device's state was last reset for.
+    host_restarts_seen: u32,
 }
 
 /// When the machine's deadline passes (`tsc::micros()`; 0: no deadline). Written once by the
@@ -302,6 +304,7 @@ pub fn run_all(
         control: None,
         lives: control::no_lives(),
         zero_cycles: alloc::vec![0; MAX_PARTITIONS],
+        host_restarts_seen: 0,
     };
     if m.host.is_some() {
         match control::Control::new() {
@@ -417,6 +420,12 @@ impl Manager<'_> {
             if self.host.is_some() && !self.host_running() {
                 // Nobody can finish loading an enclave once the host has ended for good.
                 progress |= self.drop_loading();
+            }
+            let restarts = self.host.as_ref().map_or(0, |h| h.restarts);
+            if restarts != self.host_restarts_seen {
+                self.host_restarts_seen = restarts;
+                self.control_after_restart();
+                progress = true;
             }
             if self.table.all_done() && !self.host_running() {
                 return;

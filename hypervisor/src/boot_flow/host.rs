@@ -604,61 +604,78 @@ impl Host {
         to: Option<GuestPhysAddr>,
         mailbox: PhysRange,
     ) -> Result<(), String> {
-        let size = [
-            atoll_abi::control::BAR0_SIZE,
-            atoll_abi::control::MAILBOX_SIZE,
-        ][which & 1];
         let which = which & 1;
         if self.bars[which] == to {
             return Ok(());
         }
+        let result = self.move_bar(which, to, mailbox);
+        // Whatever happened, the tables may have changed: every host vCPU flushes.
+        self.run.tables_changed();
+        result
+    }
+
+    fn move_bar(
+        &mut self,
+        which: usize,
+        to: Option<GuestPhysAddr>,
+        mailbox: PhysRange,
+    ) -> Result<(), String> {
+        const SIZES: [u64; 2] = [
+            atoll_abi::control::BAR0_SIZE,
+            atoll_abi::control::MAILBOX_SIZE,
+        ];
+        let size = SIZES[which];
         if let Some(old) = self.bars[which].take() {
             self.restore(old, size)?;
         }
-        if let Some(new) = to {
-            let end = new.as_u64().checked_add(size).ok_or("the BAR wraps")?;
-            let mmio = self.layout.mappings.iter().any(|m| {
-                m.mem == MemType::Uncacheable
-                    && m.gpa.as_u64() <= new.as_u64()
-                    && end <= m.gpa.as_u64() + m.len
-            });
-            let apic = new.as_u64() <= APIC_PAGE && APIC_PAGE < end;
-            let other = self.bars[which ^ 1].is_some_and(|o| {
-                let osize = [
-                    atoll_abi::control::BAR0_SIZE,
-                    atoll_abi::control::MAILBOX_SIZE,
-                ][which ^ 1];
-                o.as_u64() < end && new.as_u64() < o.as_u64() + osize
-            });
-            if !mmio || apic || other || !new.is_aligned(4096) {
-                self.run.tables_changed();
-                return Err(alloc::format!(
-                    "the host placed the control device's BAR{} at {new}: not entirely its MMIO                      space; the BAR decodes nothing",
-                    [0, 2][which]
-                ));
-            }
-            self.tables
-                .unmap(new, size)
-                .map_err(|e| alloc::format!("unmapping {new}: {e:?}"))?;
-            if which == 1 {
-                self.tables
-                    .map(
-                        new,
-                        mailbox.start,
-                        size,
-                        Perms::READ | Perms::WRITE,
-                        MemType::WriteBack,
-                    )
-                    .map_err(|e| alloc::format!("mapping the mailbox at {new}: {e:?}"))?;
-            }
-            self.bars[which] = Some(new);
-            log::info!(
-                "control device: BAR{} at {new} ({} KiB)",
-                [0, 2][which],
-                size >> 10
-            );
+        let Some(new) = to else {
+            return Ok(());
+        };
+        let end = new.as_u64().checked_add(size).ok_or("the BAR wraps")?;
+        let mmio = self.layout.mappings.iter().any(|m| {
+            m.mem == MemType::Uncacheable
+                && m.gpa.as_u64() <= new.as_u64()
+                && end <= m.gpa.as_u64() + m.len
+        });
+        let apic = new.as_u64() <= APIC_PAGE && APIC_PAGE < end;
+        let ecam = self
+            .run
+            .shared
+            .control()
+            .and_then(|c| c.ecam_page())
+            .is_some_and(|p| p.as_u64() < end && new.as_u64() < p.as_u64() + 4096);
+        let other = self.bars[which ^ 1]
+            .is_some_and(|o| o.as_u64() < end && new.as_u64() < o.as_u64() + SIZES[which ^ 1]);
+        if !mmio || apic || ecam || other || !new.is_aligned(4096) {
+            return Err(alloc::format!(
+                "the host placed the control device's BAR{} at {new}: not entirely its own MMIO \
+                 space; the BAR decodes nothing",
+                [0, 2][which]
+            ));
         }
-        self.run.tables_changed();
+        self.tables
+            .unmap(new, size)
+            .map_err(|e| alloc::format!("unmapping {new}: {e:?}"))?;
+        if which == 1 {
+            let mapped = self.tables.map(
+                new,
+                mailbox.start,
+                size,
+                Perms::READ | Perms::WRITE,
+                MemType::WriteBack,
+            );
+            if let Err(e) = mapped {
+                // Back to what the layout maps there: the BAR decodes nothing.
+                self.restore(new, size)?;
+                return Err(alloc::format!("mapping the mailbox at {new}: {e:?}"));
+            }
+        }
+        self.bars[which] = Some(new);
+        log::info!(
+            "control device: BAR{} at {new} ({} KiB)",
+            [0, 2][which],
+            size >> 10
+        );
         Ok(())
     }
 
@@ -677,6 +694,7 @@ impl Host {
             let (ms, me) = (m.gpa.as_u64(), m.gpa.as_u64() + m.len);
             let (s, e) = (start.max(ms), end.min(me));
             if s < e {
+                // (A BAR never covers the control function's ECAM page: refused above.)
                 self.tables
                     .map(
                         GuestPhysAddr::new(s),

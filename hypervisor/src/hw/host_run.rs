@@ -261,10 +261,25 @@ impl HostRun {
             .map_or(release::NONE, |r| r.load(Ordering::Acquire))
     }
 
-    /// Forgets the request and its answer (the manager read it).
-    pub fn clear_release(&self, index: usize) {
-        if let Some(r) = self.release.get(index) {
-            r.store(release::NONE, Ordering::Release);
+    /// Withdraws the request for host vCPU `index`, or takes its answer: returns what the core
+    /// answered ([`release::GRANTED`] or [`release::REFUSED`]; [`release::ASKED`] if it had
+    /// not, and now will not), leaving no request behind. One atomic step, so a grant racing
+    /// the withdrawal is never lost.
+    pub fn finish_release(&self, index: usize) -> u8 {
+        let Some(r) = self.release.get(index) else {
+            return release::NONE;
+        };
+        match r.compare_exchange(
+            release::ASKED,
+            release::NONE,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => release::ASKED,
+            Err(answer) => {
+                r.store(release::NONE, Ordering::Release);
+                answer
+            }
         }
     }
 
@@ -538,9 +553,16 @@ impl HostVcpuRun {
                     HostCpu::Vmx(v) => crate::run::host::parked_in_play_dead(v, &mem),
                 };
                 if offline {
+                    // serve_ap grants it (or refuses, should the request have been withdrawn).
                     return Pause::Released;
                 }
-                run.release[index].store(release::REFUSED, Ordering::Release);
+                // Only an open request is answered: the manager may have withdrawn it.
+                let _ = run.release[index].compare_exchange(
+                    release::ASKED,
+                    release::REFUSED,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
             }
             let tables = run.tables_generation.load(Ordering::Acquire);
             if tables != self.tables_seen {
@@ -695,11 +717,32 @@ pub fn serve_ap(run: &HostRun, index: usize, core: &CoreVirt) {
     let mut initialized = false;
     loop {
         if run.release_state(index) == release::ASKED {
-            // Waiting for INIT/STARTUP, or back from a vCPU parked in the offline loop.
-            run.release[index].store(release::GRANTED, Ordering::Release);
-            apic::reset_for_partition(false);
-            super::take_core_back_from_host();
-            return;
+            // Waiting for INIT/STARTUP, or back from a vCPU parked in the offline loop — but
+            // not while the host is bringing this CPU up (its INIT seen or a signal pending):
+            // that CPU is being onlined.
+            let busy = initialized || run.shared.has_signal(index);
+            let own = run.cores.get(index).copied().unwrap_or(u32::MAX);
+            if !busy {
+                // Lent before it is granted: from here on no IPI of the host reaches it.
+                run.shared.set_lent(own, true);
+            }
+            let answer = if busy {
+                release::REFUSED
+            } else {
+                release::GRANTED
+            };
+            let taken = run.release[index]
+                .compare_exchange(release::ASKED, answer, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok();
+            if taken && answer == release::GRANTED {
+                apic::reset_for_partition(false);
+                super::take_core_back_from_host();
+                return;
+            }
+            if !busy {
+                // The request was withdrawn meanwhile: the core stays the host's.
+                run.shared.set_lent(own, false);
+            }
         }
         let g = run.generation.load(Ordering::Acquire);
         if g != generation {

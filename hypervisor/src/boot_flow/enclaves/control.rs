@@ -170,13 +170,27 @@ impl Control {
         unsafe { AtomicU32::from_ptr((self.slot_base(slot) + abi::SLOT_STATE as u64) as *mut u32) }
     }
 
-    /// Copies slot `slot`'s message into `self.request` (volatile: the host may be writing).
-    fn copy_in(&mut self, slot: u32) {
+    /// Copies slot `slot`'s message into `self.request` (volatile: the host may be writing):
+    /// the header, then as many bytes as it says (bounded by the slot); the rest reads zero.
+    /// Returns the bytes copied.
+    fn copy_in(&mut self, slot: u32) -> usize {
         let from = (self.slot_base(slot) + abi::SLOT_MESSAGE as u64) as *const u8;
-        for (i, b) in self.request.iter_mut().enumerate() {
-            // SAFETY: inside the slot (MAX_MESSAGE bytes from SLOT_MESSAGE), see `state`.
-            *b = unsafe { from.wrapping_add(i).read_volatile() };
-        }
+        let copy = |range: core::ops::Range<usize>, buf: &mut [u8]| {
+            for i in range {
+                // SAFETY: inside the slot (MAX_MESSAGE bytes from SLOT_MESSAGE), see `state`.
+                buf[i] = unsafe { from.wrapping_add(i).read_volatile() };
+            }
+        };
+        copy(0..abi::HEADER_LEN, &mut self.request);
+        let len = u32::from_le_bytes([
+            self.request[16],
+            self.request[17],
+            self.request[18],
+            self.request[19],
+        ]) as usize;
+        let end = abi::HEADER_LEN.saturating_add(len).min(abi::MAX_MESSAGE);
+        copy(abi::HEADER_LEN..end, &mut self.request);
+        end
     }
 
     /// Writes `self.reply[..n]` into slot `slot`'s message.
@@ -249,17 +263,39 @@ impl Manager<'_> {
     /// staging freed and its cores left parked. Returns whether there was any.
     pub(super) fn drop_loading(&mut self) -> bool {
         let loading = self.table.ids_in(SlotState::Loading);
+        let host_runs = self.host_running();
         for &id in &loading {
-            let name = self.config(id).name;
-            if let Some(c) = self.control.as_mut() {
-                c.drop_staging(id);
-                c.timings.retain(|t| t.0 != id);
+            let c = self.config(id);
+            if let Some(ctl) = self.control.as_mut() {
+                ctl.drop_staging(id);
+                ctl.timings.retain(|t| t.0 != id);
             }
             if self.table.remove(id).is_ok() {
-                log::warn!("enclave '{name}' was still loading when the host ended: removed");
+                log::warn!(
+                    "enclave '{}' was still loading when its host ended or restarted: removed, its staging freed",
+                    c.name
+                );
+                if host_runs {
+                    self.give_back(&c.name, &c.cores);
+                }
             }
         }
         !loading.is_empty()
+    }
+
+    /// The host restarted: what its old boot had in flight is gone — enclaves it was loading,
+    /// mailbox slots it held, doorbells it rang.
+    pub(super) fn control_after_restart(&mut self) {
+        self.drop_loading();
+        if let Some(c) = self.control.as_ref() {
+            for slot in 0..abi::SLOTS {
+                c.state(slot)
+                    .store(abi::slot_state::FREE, Ordering::Release);
+            }
+        }
+        if let Some(h) = self.host.as_deref() {
+            let _ = h.run.shared.take_doorbells();
+        }
     }
 
     /// Maps the control device's windows where the host's configuration writes put them.
@@ -274,9 +310,17 @@ impl Manager<'_> {
         if placed.iter().all(Option::is_none) {
             return;
         }
+        // Every moved window leaves its old place first, so one may take the other's.
+        for (which, p) in placed.iter().enumerate() {
+            if p.is_some() {
+                if let Err(e) = host.place_control_bar(which, None, mailbox) {
+                    log::warn!("{e}");
+                }
+            }
+        }
         for (which, p) in placed.into_iter().enumerate() {
-            if let Some(to) = p {
-                if let Err(e) = host.place_control_bar(which, to, mailbox) {
+            if let Some(Some(to)) = p {
+                if let Err(e) = host.place_control_bar(which, Some(to), mailbox) {
                     log::warn!("{e}");
                 }
             }
@@ -305,9 +349,9 @@ impl Manager<'_> {
             log::warn!("control: doorbell for slot {slot}, which holds no submitted request");
             return;
         }
-        c.copy_in(slot);
+        let copied = c.copy_in(slot);
         let request = core::mem::take(&mut c.request);
-        let n = self.answer(&request);
+        let n = self.answer(&request[..copied]);
         let Some(c) = self.control.as_mut() else {
             return;
         };
@@ -342,7 +386,14 @@ impl Manager<'_> {
             }
             Err((status, why)) => {
                 self.count(false);
-                log::info!("control: request {kind} refused: {}: {why}", status.name());
+                // The host decides how many refusals there are: the log is rate-limited.
+                let n = self.control.as_ref().map_or(0, |c| c.requests_refused);
+                if n <= 64 || n.is_power_of_two() {
+                    log::info!(
+                        "control: request {kind} refused ({n} so far): {}: {why}",
+                        status.name()
+                    );
+                }
                 abi::write_reply(&mut reply, kind, seq, status, |w| {
                     abi::Refusal { reason: &why }.write(w)
                 })
@@ -630,19 +681,15 @@ impl Manager<'_> {
         };
         run.ask_release(index);
         let deadline = tsc::micros().saturating_add(RELEASE_TIMEOUT_US);
-        let answer = loop {
-            match run.release_state(index) {
-                release::GRANTED | release::REFUSED => break run.release_state(index),
-                _ if tsc::micros() >= deadline => break release::ASKED,
-                _ => {}
-            }
+        while run.release_state(index) == release::ASKED && tsc::micros() < deadline {
             // The NMI may have reached the core between an exit and its next entry: again.
             atoll::hw::idle_wait_us(1000);
             if run.release_state(index) == release::ASKED {
                 run.signal(index);
             }
-        };
-        run.clear_release(index);
+        }
+        // Withdraws an unanswered request, or takes the answer, in one step.
+        let answer = run.finish_release(index);
         match answer {
             release::GRANTED => {}
             release::REFUSED => {
@@ -662,8 +709,7 @@ impl Manager<'_> {
                 )
             }
         }
-        // Its host vCPU is over: reclaim the core so it parks.
-        run.shared.set_lent(core, true);
+        // Its host vCPU is over (the core marked itself lent): reclaim it so it parks.
         let deadline = tsc::micros().saturating_add(ACK_WAIT_US);
         while !matches!(phase_of(core), Some(Phase::Ended(..))) && tsc::micros() < deadline {
             core::hint::spin_loop();
@@ -876,13 +922,14 @@ impl Manager<'_> {
         let Some(s) = self.control.as_ref().and_then(|c| c.staged(id)) else {
             return refuse(Status::Internal, format!("enclave '{name}' has no staging"));
         };
-        for (what, b) in [("image", &s.image), ("initrd", &s.initrd)] {
-            if b.loaded != b.len {
-                return refuse(
-                    Status::BadImage,
-                    format!("{what}: {} of {} bytes loaded", b.loaded, b.len),
-                );
-            }
+        let incomplete = [("image", &s.image), ("initrd", &s.initrd)]
+            .into_iter()
+            .find(|(_, b)| b.loaded != b.len)
+            .map(|(what, b)| format!("{what}: {} of {} bytes loaded", b.loaded, b.len));
+        if let Some(why) = incomplete {
+            // The create is undone: a client that starts too early loads again from scratch.
+            self.undo_create(id);
+            return refuse(Status::BadImage, why);
         }
         if let Err(e) = self.table.loaded(id) {
             return refuse(Status::Internal, e.to_string());
@@ -895,23 +942,45 @@ impl Manager<'_> {
         }
         let state = self.table.get(id).map(|s| s.state());
         if state != Some(SlotState::Built) {
-            // The build refused it (a bad image, too little memory for its tables): undo.
+            // The build refused it (a bad image, too little memory): undo.
             let why = self
                 .table
                 .report(id)
                 .map_or_else(|| "it could not be built".to_string(), |r| r.detail.clone());
-            let cores = self.cores(id);
-            let _ = self.table.remove(id);
-            self.lives[usize::from(id)] = None;
-            self.give_back(&name, &cores);
-            return refuse(Status::BadImage, why);
+            self.undo_create(id);
+            let status = if why.contains("out of physical memory") || why.contains("RAM:") {
+                Status::NoMemory
+            } else {
+                Status::BadImage
+            };
+            return refuse(status, why);
         }
-        if !self.try_start(id) || self.table.get(id).map(|s| s.state()) != Some(SlotState::Running)
-        {
-            return refuse(
-                Status::Internal,
-                format!("enclave '{name}' was built but its cores did not start it"),
-            );
+        let started = self.try_start(id);
+        match self.table.get(id).map(|s| s.state()) {
+            Some(SlotState::Running) if started => {}
+            Some(SlotState::Running) => {
+                // Some cores did: they were told to stop; it ends and is collected as usual.
+                return refuse(
+                    Status::Internal,
+                    format!("enclave '{name}': not every core started it (it is being stopped)"),
+                );
+            }
+            _ => {
+                // Not started (a core not parked, lost): undo, so it is not started later.
+                if self.table.get(id).map(|s| s.state()) == Some(SlotState::Built) {
+                    let report = failed_report(
+                        &self.config(id),
+                        "not_started",
+                        "its cores did not start it".into(),
+                    );
+                    self.fail(id, report);
+                }
+                self.undo_create(id);
+                return refuse(
+                    Status::Internal,
+                    format!("enclave '{name}' was built but its cores did not start it"),
+                );
+            }
         }
         log::info!(
             "enclave '{name}' started on cores {:?} (built in {built_us} us, started in {} us)",
@@ -919,6 +988,27 @@ impl Manager<'_> {
             tsc::micros().saturating_sub(t0 + built_us)
         );
         Ok(())
+    }
+
+    /// Undoes a run-time create that did not start: its staging freed, its slot (holding no
+    /// memory) removed, its host cores given back.
+    fn undo_create(&mut self, id: PartitionId) {
+        let c = self.config(id);
+        if let Some(ctl) = self.control.as_mut() {
+            ctl.drop_staging(id);
+            ctl.timings.retain(|t| t.0 != id);
+        }
+        if let Err(e) = self.table.remove(id) {
+            log::error!("enclave '{}': undoing its create: {e}", c.name);
+            return;
+        }
+        self.lives[usize::from(id)] = None;
+        self.give_back(&c.name, &c.cores);
+        log::info!(
+            "enclave '{}' not created after all: cores {:?} back",
+            c.name,
+            c.cores
+        );
     }
 
     fn destroy(&mut self, id: PartitionId) -> Result<(), Refused> {
@@ -955,6 +1045,16 @@ impl Manager<'_> {
         }
         if let Some(ctl) = self.control.as_mut() {
             ctl.drop_staging(id);
+        }
+        // A core that did not let go keeps the enclave's memory for good (it may still reach
+        // it): the enclave stays listed, failed, with that reason.
+        if let Some(core) = c.cores.iter().find(|core| self.lost.contains(core)) {
+            return refuse(
+                Status::Internal,
+                format!(
+                    "enclave '{name}': core {core} did not let go; its memory is kept, not reused, and it stays listed"
+                ),
+            );
         }
         if let Err(e) = self.table.remove(id) {
             // Its memory is kept (a core did not let go): it stays listed.
@@ -1027,7 +1127,7 @@ impl Manager<'_> {
 }
 
 /// How long the manager waits for a released core to report its host part over.
-const ACK_WAIT_US: u64 = 1_000_000;
+const ACK_WAIT_US: u64 = super::ACK_TIMEOUT_US;
 
 /// Per partition: what stats and the console read (kept from build to destroy).
 pub(super) fn no_lives() -> Vec<Option<LiveRef>> {

@@ -29,21 +29,27 @@ pub struct ControlPort {
     /// Per window, where the host's last configuration write put it, not yet applied by the
     /// manager: bit 0 = a change is pending, the address in the rest (0 = nowhere).
     placed: [AtomicU64; 2],
+    /// The control function's ECAM page (fixed at construction; read without the lock, as the
+    /// placement check runs under it).
+    ecam: Option<GuestPhysAddr>,
 }
 
 impl ControlPort {
     /// The device at bus 0 `device` (1–31); `ecam`: the host's segment 0 ECAM window.
     pub fn new(device: u8, ecam: Option<(GuestPhysAddr, u8)>) -> Option<Self> {
+        let config = HostConfig::new(device, ecam)?;
+        let ecam = config.ecam_page();
         Some(Self {
-            config: spin::Mutex::new(HostConfig::new(device, ecam)?),
+            config: spin::Mutex::new(config),
             registers: AtomicU64::new(0),
             placed: [AtomicU64::new(0), AtomicU64::new(0)],
+            ecam,
         })
     }
 
     /// The control function's ECAM page, which the host's tables must leave unmapped.
     pub fn ecam_page(&self) -> Option<GuestPhysAddr> {
-        self.config.lock().ecam_page()
+        self.ecam
     }
 
     /// The device number on bus 0.
@@ -118,7 +124,13 @@ impl HostShared {
             return true;
         };
         let apic = self.apic_page.as_u64();
+        let ecam = self
+            .control
+            .as_ref()
+            .and_then(|c| c.ecam_page())
+            .map(|p| p.as_u64());
         (base.as_u64()..end).contains(&apic)
+            || ecam.is_some_and(|p| p < end && base.as_u64() < p + 4096)
             || self
                 .excluded
                 .iter()
@@ -154,7 +166,11 @@ pub(super) fn port_access(
     value: u32,
 ) -> Option<HostAction> {
     let c = shared.control.as_ref()?;
-    if !(CONFIG_DATA.contains(&port) || port == CONFIG_ADDRESS && size == 4) {
+    // Any access that touches the data window (a word at 0xCFB included, which the model
+    // refuses as no register), and the dword address latch.
+    let end = u32::from(port) + u32::from(size.max(1));
+    let touches_data = u32::from(*CONFIG_DATA.start()) < end && port <= *CONFIG_DATA.end();
+    if !(touches_data || port == CONFIG_ADDRESS && size == 4) {
         return None;
     }
     let len = usize::from(size.clamp(1, 4));
@@ -175,6 +191,7 @@ pub(super) fn port_access(
             }
         }
         HostAccess::Refused | HostAccess::NotControl => {
+            drop(cfg);
             let n = bump(&shared.counters.io_events);
             if rate_limited(n) {
                 log::info!("host: {size}-byte configuration access at port {port:#x} refused");

@@ -15,7 +15,7 @@
 //! believed online is gone (its Linux reports the CPU stuck), never another partition.
 
 use atoll_vcpu::decode;
-use atoll_vcpu::{GuestMemory, Gpr, Vcpu};
+use atoll_vcpu::{Gpr, GuestMemory, Vcpu};
 
 /// RFLAGS.IF (SDM Vol. 1 §3.4.3.3).
 const RFLAGS_IF: u64 = 1 << 9;

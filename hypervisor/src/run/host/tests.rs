@@ -1085,3 +1085,57 @@ fn a_vcpu_is_offline_only_with_interrupts_off_at_hlt_or_mwait() {
     w.vcpu.rip = 0x10_0000;
     assert!(!parked_in_play_dead(&w.vcpu, &SliceMemory(&mut w.ram)));
 }
+
+#[test]
+fn configuration_ports_reach_the_control_function_or_the_hardware_with_the_latch_replayed() {
+    let mut w = World::new(false);
+    w.shared
+        .set_control(super::control::ControlPort::new(3, None).expect("device 3"));
+    // The ports are intercepted once the host has the device.
+    assert!(intercepted_ports(&w.shared).any(|r| r.contains(&0xcfc) && r.contains(&0xcf8)));
+    let _ = w.hw.calls();
+    // 00:03.0's vendor and device id: the model, nothing reaches the hardware.
+    w.out(0xcf8, 4, 0x8000_1800);
+    w.inp(0xcfc, 4);
+    assert_eq!(
+        w.get(Gpr::Rax) as u32,
+        u32::from(atoll_abi::control::DEVICE_ID) << 16 | u32::from(atoll_abi::control::VENDOR_ID)
+    );
+    assert!(w.hw.calls().is_empty(), "the model answered");
+    // Another function: the hardware, with the host's latch written first.
+    w.out(0xcf8, 4, 0x8000_0800);
+    w.inp(0xcfe, 2);
+    assert_eq!(
+        w.hw.calls(),
+        [Call::PortOut(0xcf8, 4, 0x8000_0800), Call::PortIn(0xcfe, 2)]
+    );
+    assert_eq!(w.get(Gpr::Rax) & 0xffff, 0x5a5a);
+    w.out(0xcfc, 4, 0x1234_5678);
+    assert_eq!(
+        w.hw.calls(),
+        [
+            Call::PortOut(0xcf8, 4, 0x8000_0800),
+            Call::PortOut(0xcfc, 4, 0x1234_5678)
+        ]
+    );
+    // A word at 0xCFB straddles into the data window: refused, all ones, nothing reaches the
+    // hardware.
+    w.inp(0xcfb, 2);
+    assert_eq!(w.get(Gpr::Rax) & 0xffff, 0xffff);
+    assert!(w.hw.calls().is_empty());
+    // Moving the device's BAR0 with memory decoding on: a placement for the manager.
+    w.out(0xcf8, 4, 0x8000_1810);
+    w.out(0xcfc, 4, 0xfe00_0000);
+    w.out(0xcf8, 4, 0x8000_1804);
+    w.out(0xcfc, 2, 0x2);
+    let placed = w.shared.take_placements();
+    assert_eq!(placed[0], Some(Some(GuestPhysAddr::new(0xfe00_0000))));
+    assert!(w.shared.take_manager_wanted());
+    // A BAR over the host's refused memory (the pool) is never placed there.
+    w.out(0xcf8, 4, 0x8000_1818);
+    w.out(0xcfc, 4, POOL as u32);
+    assert_eq!(w.shared.take_placements()[1], None);
+    // ... nor over the xAPIC page.
+    w.out(0xcfc, 4, APIC as u32);
+    assert_eq!(w.shared.take_placements()[1], None);
+}

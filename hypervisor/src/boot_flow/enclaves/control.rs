@@ -37,8 +37,8 @@ use atoll_abi::control::{self as abi, Kind, Status, WireError, Writer};
 use boot::PhysRange;
 use core::sync::atomic::{AtomicU32, Ordering};
 
-/// How long a host core may take to answer a request for it.
-const RELEASE_TIMEOUT_US: u64 = 2_000_000;
+/// How long a host core may take to be found offline (asked again while it refuses).
+const RELEASE_TIMEOUT_US: u64 = 1_000_000;
 
 /// A refusal: the status and the reason.
 type Refused = (Status, String);
@@ -679,17 +679,26 @@ impl Manager<'_> {
         let Some(run) = self.host.as_deref().map(|h| h.run.clone()) else {
             return refuse(Status::Internal, "no host");
         };
-        run.ask_release(index);
+        // A CPU the host has just offlined reports itself dead before it reaches its offline
+        // loop (it writes back its caches first, which exits): a refusal is asked again until
+        // the deadline.
         let deadline = tsc::micros().saturating_add(RELEASE_TIMEOUT_US);
-        while run.release_state(index) == release::ASKED && tsc::micros() < deadline {
-            // The NMI may have reached the core between an exit and its next entry: again.
-            atoll::hw::idle_wait_us(1000);
-            if run.release_state(index) == release::ASKED {
-                run.signal(index);
+        let answer = loop {
+            run.ask_release(index);
+            while run.release_state(index) == release::ASKED && tsc::micros() < deadline {
+                // The NMI may have reached the core between an exit and its next entry: again.
+                atoll::hw::idle_wait_us(1000);
+                if run.release_state(index) == release::ASKED {
+                    run.signal(index);
+                }
             }
-        }
-        // Withdraws an unanswered request, or takes the answer, in one step.
-        let answer = run.finish_release(index);
+            // Withdraws an unanswered request, or takes the answer, in one step.
+            let answer = run.finish_release(index);
+            if answer != release::REFUSED || tsc::micros() >= deadline {
+                break answer;
+            }
+            atoll::hw::idle_wait_us(20_000);
+        };
         match answer {
             release::GRANTED => {}
             release::REFUSED => {

@@ -439,15 +439,74 @@ fn spawn_bochs(iso: &Path, serial: &Path, work: &Path, cpus: u32, memory: u32) -
     std::fs::write(&rc, "c\n")?;
     // Its only display here is `term`, which needs a terminal: `script` provides a pty.
     let inner = format!("bochs -q -f {} -rc {}", conf.display(), rc.display());
-    let term = std::fs::File::create(work.join("bochs-term.log"))?;
-    Command::new("script")
+    let term_log = work.join("bochs-term.log");
+    let term = std::fs::File::create(&term_log)?;
+    let child = Command::new("script")
         .args(["-qefc", &inner, "/dev/null"])
         .stdin(Stdio::null())
         .stdout(term.try_clone()?)
         .stderr(term)
         .process_group(0)
         .spawn()
-        .context("starting bochs under script (run `cargo xtask setup`)")
+        .context("starting bochs under script (run `cargo xtask setup`)")?;
+    drain_bochs_screen(term_log);
+    Ok(child)
+}
+
+/// Bochs's `term` display draws the guest's text screen on a pseudo-terminal of its own and
+/// says which (`Bochs connected to screen "/dev/pts/N"` on its output). Nobody reads it, so
+/// after a few minutes of screen updates the terminal's buffer is full and Bochs blocks in
+/// that write for good (seen as a run that stops after about seven minutes). A thread reads
+/// and discards it until Bochs closes it.
+fn drain_bochs_screen(term_log: PathBuf) {
+    std::thread::spawn(move || {
+        let start = std::time::Instant::now();
+        let pts = loop {
+            let text = std::fs::read_to_string(&term_log).unwrap_or_default();
+            if let Some(p) = screen_path(&text) {
+                break p;
+            }
+            if start.elapsed() > Duration::from_secs(120) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        use std::os::unix::fs::OpenOptionsExt;
+        let Ok(mut f) = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOCTTY)
+            .open(&pts)
+        else {
+            return;
+        };
+        // Raw: a canonical terminal would hold everything back until a newline.
+        {
+            use std::os::fd::AsRawFd;
+            // SAFETY: a zeroed termios is a valid buffer for tcgetattr to fill.
+            let mut t: libc::termios = unsafe { std::mem::zeroed() };
+            let fd = f.as_raw_fd();
+            // SAFETY: tcgetattr on a terminal descriptor this thread owns, into its own termios.
+            if unsafe { libc::tcgetattr(fd, &mut t) } == 0 {
+                // SAFETY: cfmakeraw only edits the termios this thread owns.
+                unsafe { libc::cfmakeraw(&mut t) };
+                // SAFETY: tcsetattr on the same descriptor with that termios.
+                unsafe { libc::tcsetattr(fd, libc::TCSANOW, &t) };
+            }
+        }
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = std::io::Read::read(&mut f, &mut buf) {
+            if n == 0 {
+                break;
+            }
+        }
+    });
+}
+
+/// The screen terminal Bochs names on its output, if it did.
+fn screen_path(text: &str) -> Option<PathBuf> {
+    let rest = text.split("Bochs connected to screen \"").nth(1)?;
+    let path = rest.split('"').next()?;
+    path.starts_with("/dev/pts/").then(|| PathBuf::from(path))
 }
 
 /// Stops an emulator and everything it started.
@@ -501,5 +560,13 @@ mod tests {
         assert!(rc.contains("megs: 256"));
         assert!(rc.contains("com1: enabled=1, mode=file, dev=/s.log"));
         assert!(rc.contains("model=corei7_skylake_x"));
+    }
+
+    #[test]
+    fn the_bochs_screen_terminal_is_found_in_its_output() {
+        let out = "Bochs x86 Emulator\r\nBochs connected to screen \"/dev/pts/7\"\r\nNext at t=0";
+        assert_eq!(screen_path(out), Some(PathBuf::from("/dev/pts/7")));
+        assert_eq!(screen_path("Bochs connected to screen \"/etc/passwd\""), None);
+        assert_eq!(screen_path("no screen"), None);
     }
 }

@@ -1,8 +1,8 @@
 //! Emulator tests of operating enclaves from the host (`atoll` over the control device).
 //!
 //! * `lifecycle` (QEMU/SVM and Bochs/VMX): the host's `/init` creates a Linux enclave on two
-//!   CPUs it offlines, reads its check through `atoll console`, prints `atoll stats`, destroys
-//!   it; a guest on the same cores and memory counts every byte that is not zero; every
+//!   CPUs it offlines, reads its check through `atoll console` and types a line it echoes,
+//!   prints `atoll stats`, destroys it; a guest on the same cores and memory counts every byte that is not zero; every
 //!   refusal (bad descriptions, busy cores, too much memory, garbage in the mailbox) leaves
 //!   `atoll list` unchanged; a crashed guest stays listed as failed; a spinning guest is
 //!   destroyed; two shells create and destroy at once; the pool is whole at the end.
@@ -80,6 +80,10 @@ fn lifecycle(emulator: Emulator) {
     );
     assert!(stats["uptime_us"].as_u64().unwrap_or(0) > 0, "{stats}");
     assert!(r("lifecycle_linux.prometheus_exits").as_u64().unwrap_or(0) > 0);
+    // The console both ways: the line typed into `atoll console` came back from the guest.
+    assert_eq!(r("lifecycle_linux.console_input_rc"), 0);
+    assert!(xtask::console::enclave_lines(&o.serial, "linux1")
+        .contains(&"ATOLL-GUEST-INPUT typed-through-atoll"));
     // The zero-check guest ran on memory the Linux enclave had used, and found only zeros.
     let (l0, l1) = ram_of(&o, "linux1");
     let (z0, z1) = ram_of(&o, "zero");

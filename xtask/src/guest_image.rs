@@ -426,13 +426,19 @@ lifecycle() {
     lc_add info_start "$(atoll info --json)"
     # A Linux enclave on two cores the host offlines for it.
     lc_desc $d/linux.toml linux1 "$a, $b" 256 linux \
-        "console=ttyS0 loglevel=5 atoll.expect_cpus=2 atoll.expect_mem=256 $lc_args"
+        "console=ttyS0 loglevel=5 atoll.expect_cpus=2 atoll.expect_mem=256 atoll.echo_input=1 $lc_args"
     lc_run create_linux atoll create $d/linux.toml --offline-cores
     lc_add cpus_online_during "$(lc_str "$(cat /sys/devices/system/cpu/online)")"
     atoll console linux1 --no-input --until ATOLL-GUEST-CHECK --timeout 1800 > $d/linux.out 2>&1
     lc_add console_rc $?
     check=$(grep -a '^ATOLL-GUEST-CHECK ' $d/linux.out | head -n 1 | sed 's/^ATOLL-GUEST-CHECK //' | tr -d '\r')
     echo "ATOLL-RESULT lifecycle_check ${check:-null}"
+    # Its console both ways: after its check it asks for a line (atoll.echo_input=1) and
+    # echoes it; the line goes in through atoll console's input.
+    atoll console linux1 --no-input --until "ATOLL-GUEST-INPUT?" --timeout 1800 > /dev/null 2>&1
+    echo typed-through-atoll | atoll console linux1 --until "ATOLL-GUEST-INPUT typed-through-atoll" \
+        --timeout 600 > $d/input.out 2>&1
+    lc_add console_input_rc $?
     lc_add linux_end "$(lc_str "$(lc_wait_end linux1 600)")"
     echo "ATOLL-RESULT lifecycle_stats $(atoll stats --json)"
     atoll stats --format prometheus > $d/prom

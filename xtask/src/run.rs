@@ -566,7 +566,10 @@ mod tests {
     fn the_bochs_screen_terminal_is_found_in_its_output() {
         let out = "Bochs x86 Emulator\r\nBochs connected to screen \"/dev/pts/7\"\r\nNext at t=0";
         assert_eq!(screen_path(out), Some(PathBuf::from("/dev/pts/7")));
-        assert_eq!(screen_path("Bochs connected to screen \"/etc/passwd\""), None);
+        assert_eq!(
+            screen_path("Bochs connected to screen \"/etc/passwd\""),
+            None
+        );
         assert_eq!(screen_path("no screen"), None);
     }
 }

@@ -162,6 +162,7 @@ fn lifecycle_soak_qemu() {
     );
     assert_eq!(s("info_end.enclaves"), 0);
     assert_eq!(s("info_end.staging_bytes"), 0);
+    assert_eq!(s("info_end.slots_busy"), 0, "no mailbox slot left claimed");
     let created =
         s("info_end.created").as_u64().unwrap() - s("info_start.created").as_u64().unwrap();
     let destroyed =

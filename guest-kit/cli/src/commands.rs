@@ -316,6 +316,7 @@ pub fn info(client: &mut Client, json: bool, out: &mut dyn Write) -> Result<()> 
             requests_refused: u64,
             created: u64,
             destroyed: u64,
+            slots_busy: u32,
         }
         return print_json(
             out,
@@ -329,6 +330,7 @@ pub fn info(client: &mut Client, json: bool, out: &mut dyn Write) -> Result<()> 
                 requests_refused: i.requests_refused,
                 created: i.created,
                 destroyed: i.destroyed,
+                slots_busy: i.slots_busy,
             },
         );
     }
@@ -345,6 +347,7 @@ pub fn info(client: &mut Client, json: bool, out: &mut dyn Write) -> Result<()> 
         vec!["requests refused".into(), i.requests_refused.to_string()],
         vec!["created".into(), i.created.to_string()],
         vec!["destroyed".into(), i.destroyed.to_string()],
+        vec!["mailbox slots busy".into(), i.slots_busy.to_string()],
     ];
     out.write_all(table(&["ATOLL", "VALUE"], &rows).as_bytes())
         .map_err(|e| Error::io("stdout", e))

@@ -113,6 +113,7 @@ impl Fake {
             requests_refused: 0,
             created: u64::from(self.next_id - 1),
             destroyed: 0,
+            slots_busy: 0,
         }
     }
 

@@ -989,7 +989,7 @@ fn raw_requests_and_garbage_get_refusals() {
     let v: serde_json::Value = serde_json::from_str(&o.out).unwrap();
     assert_eq!(
         (v["status"].as_str(), v["payload_bytes"].as_u64()),
-        (Some("ok"), Some(64))
+        (Some("ok"), Some(68))
     );
     let o = run_fake(&fake, &["raw", "--kind", "1", "--hex", "0g"]);
     assert!(o.code == 1 && o.err.contains("not a hex byte"));

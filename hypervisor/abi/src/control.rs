@@ -632,6 +632,9 @@ pub struct Info {
     pub created: u64,
     /// Enclaves destroyed since boot.
     pub destroyed: u64,
+    /// Mailbox slots not FREE besides the one this request came in (held by other clients, or
+    /// leaked).
+    pub slots_busy: u32,
 }
 
 impl Info {
@@ -645,7 +648,8 @@ impl Info {
         w.u64(self.requests_ok)?;
         w.u64(self.requests_refused)?;
         w.u64(self.created)?;
-        w.u64(self.destroyed)
+        w.u64(self.destroyed)?;
+        w.u32(self.slots_busy)
     }
     /// Decodes a whole payload.
     pub fn read(p: &[u8]) -> Result<Self, WireError> {
@@ -660,6 +664,7 @@ impl Info {
             requests_refused: r.u64()?,
             created: r.u64()?,
             destroyed: r.u64()?,
+            slots_busy: r.u32()?,
         };
         r.finish()?;
         Ok(i)
@@ -1394,6 +1399,7 @@ mod tests {
             requests_refused: 2,
             created: 1,
             destroyed: 0,
+            slots_busy: 1,
         };
         let mut buf = [0u8; 128];
         let mut w = Writer::new(&mut buf);

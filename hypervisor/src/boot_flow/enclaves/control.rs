@@ -38,7 +38,7 @@ use boot::PhysRange;
 use core::sync::atomic::{AtomicU32, Ordering};
 
 /// How long a host core may take to be found offline (asked again while it refuses).
-const RELEASE_TIMEOUT_US: u64 = 1_000_000;
+const RELEASE_TIMEOUT_US: u64 = 2_000_000;
 
 /// A refusal: the status and the reason.
 type Refused = (Status, String);
@@ -98,6 +98,8 @@ pub(super) struct Control {
     timings: Vec<(PartitionId, ControlTiming, u64)>,
     /// ... and of the last ones destroyed (at most [`KEPT_TIMINGS`]).
     done: alloc::collections::VecDeque<ControlTiming>,
+    /// The slot whose request is being carried out.
+    serving: Option<u32>,
 }
 
 /// How many destroyed enclaves' timings the summary keeps.
@@ -135,6 +137,7 @@ impl Control {
             destroyed: 0,
             timings: Vec::new(),
             done: alloc::collections::VecDeque::new(),
+            serving: None,
         })
     }
 
@@ -351,10 +354,12 @@ impl Manager<'_> {
         }
         let copied = c.copy_in(slot);
         let request = core::mem::take(&mut c.request);
+        c.serving = Some(slot);
         let n = self.answer(&request[..copied]);
         let Some(c) = self.control.as_mut() else {
             return;
         };
+        c.serving = None;
         c.request = request;
         c.copy_out(slot, n);
         c.state(slot)
@@ -575,6 +580,12 @@ impl Manager<'_> {
             requests_refused: c.map_or(0, |c| c.requests_refused),
             created: c.map_or(0, |c| c.created),
             destroyed: c.map_or(0, |c| c.destroyed),
+            slots_busy: c.map_or(0, |c| {
+                (0..abi::SLOTS)
+                    .filter(|&i| Some(i) != c.serving)
+                    .filter(|&i| c.state(i).load(Ordering::Acquire) != abi::slot_state::FREE)
+                    .count() as u32
+            }),
         }
     }
 
@@ -683,6 +694,7 @@ impl Manager<'_> {
         // loop (it writes back its caches first, which exits): a refusal is asked again until
         // the deadline.
         let deadline = tsc::micros().saturating_add(RELEASE_TIMEOUT_US);
+        let mut refused_before = false;
         let answer = loop {
             run.ask_release(index);
             while run.release_state(index) == release::ASKED && tsc::micros() < deadline {
@@ -693,11 +705,15 @@ impl Manager<'_> {
                 }
             }
             // Withdraws an unanswered request, or takes the answer, in one step.
-            let answer = run.finish_release(index);
-            if answer != release::REFUSED || tsc::micros() >= deadline {
-                break answer;
+            match run.finish_release(index) {
+                release::REFUSED if tsc::micros() < deadline => {
+                    refused_before = true;
+                    atoll::hw::idle_wait_us(20_000);
+                }
+                // Unanswered at the deadline after refusals: it is online.
+                release::ASKED if refused_before => break release::REFUSED,
+                answer => break answer,
             }
-            atoll::hw::idle_wait_us(20_000);
         };
         match answer {
             release::GRANTED => {}

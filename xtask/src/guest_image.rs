@@ -559,12 +559,15 @@ demo() {
     echo "ATOLL-DEMO $(cat /sys/devices/system/cpu/online)"
 }
 # The bench_lifecycle action (`cargo xtask bench lifecycle`): bare-metal enclaves of 256 MiB
-# and of 2 GiB, each created on CPU 1 and destroyed twice (the first time on memory the
+# and of 2 GiB (bench_lifecycle_small: 256 MiB only, for Bochs), each created on CPU 1 and
+# destroyed twice (the first time on memory the
 # machine never touched, the second on the same memory again); atoll times its own part.
 bench_lifecycle() {
     d=/tmp/bench
     mkdir -p $d
-    for e in 256-cold 256-warm 2048-cold 2048-warm; do
+    sizes="256-cold 256-warm 2048-cold 2048-warm"
+    [ "$1" = small ] && sizes="256-cold 256-warm"
+    for e in $sizes; do
         lc_desc $d/e.toml "e$e" "1" "${e%-*}" long64 spin
         ATOLL_REQUEST_TIMEOUT=3600 atoll create $d/e.toml --offline-cores || why="creating e$e failed"
         sleep 1
@@ -610,6 +613,7 @@ for action in $actions; do
         lifecycle) lifecycle ;;
         demo) demo ;;
         bench_lifecycle) bench_lifecycle ;;
+        bench_lifecycle_small) bench_lifecycle small ;;
         soak:*)
             n=${action#*:}
             case "$n" in

@@ -275,10 +275,7 @@ pub fn bench(emulator: Emulator, seconds: u32, guest_kernel: GuestKernel) -> Res
         "load_steps": steps.map(|(s, c, f)| serde_json::json!({"steps": s, "cpus": c, "failed": f})),
         "wall_s": o.wall.as_secs_f64(),
     });
-    let dir = crate::target_dir().join("bench");
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join(format!("idle-host-{}.json", emulator.name()));
-    std::fs::write(&path, serde_json::to_string_pretty(&json)?)?;
+    let path = crate::write_bench_json(&format!("idle-host-{}", emulator.name()), &json)?;
     println!("wrote {}", path.display());
     Ok(())
 }

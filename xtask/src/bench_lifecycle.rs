@@ -179,10 +179,7 @@ pub fn bench(emulator: Emulator) -> Result<()> {
         "zero_bytes_per_cycle": timings.iter().map(|t| (t.name.clone(), serde_json::json!(t.zero_bytes_per_cycle()))).collect::<serde_json::Map<String, Value>>(),
         "wall_s": o.wall.as_secs_f64(),
     });
-    let dir = crate::target_dir().join("bench");
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join(format!("lifecycle-{}.json", emulator.name()));
-    std::fs::write(&path, serde_json::to_string_pretty(&json)?)?;
+    let path = crate::write_bench_json(&format!("lifecycle-{}", emulator.name()), &json)?;
     println!("wrote {}", path.display());
     Ok(())
 }

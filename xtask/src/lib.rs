@@ -29,3 +29,15 @@ pub fn target_dir() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("target"))
 }
+
+/// Writes a benchmark's JSON as `target/bench/NAME.json` and returns its path.
+pub fn write_bench_json(
+    name: &str,
+    json: &serde_json::Value,
+) -> anyhow::Result<std::path::PathBuf> {
+    let dir = target_dir().join("bench");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("{name}.json"));
+    std::fs::write(&path, serde_json::to_string_pretty(json)?)?;
+    Ok(path)
+}

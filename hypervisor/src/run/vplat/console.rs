@@ -23,6 +23,19 @@ pub(super) struct Marks {
     idle: Option<(u64, [u64; 4])>,
 }
 
+/// Files `json` under `key`: kept raw after a check without recursion, or as its text if it
+/// is not JSON (or nests too deep). What exceeds the store's budget is counted there.
+fn file_json(results: &spin::Mutex<atoll_devices::bounded::ReportStore>, key: &str, json: &str) {
+    use atoll_devices::bounded::{validate, Limits, ValueKind};
+    let value = json.trim();
+    let _ = match validate(value.as_bytes(), Limits::GUEST) {
+        Ok(()) => results
+            .lock()
+            .insert(key, value.as_bytes(), ValueKind::Json),
+        Err(_) => results.lock().insert(key, json.as_bytes(), ValueKind::Text),
+    };
+}
+
 /// Whether `key` may name a result of `ATOLL-RESULT key {json}`: 1–32 of a–z, 0–9, `_`, and
 /// not a key atoll itself files.
 fn result_key_ok(key: &str) -> bool {
@@ -43,7 +56,7 @@ pub fn capture_result(
     line: &str,
     results: &spin::Mutex<atoll_devices::bounded::ReportStore>,
 ) -> bool {
-    use atoll_devices::bounded::{validate, Limits, ValueKind};
+    use atoll_devices::bounded::ValueKind;
     // The JSON reports a guest prints, and the result key each becomes: the check's, and the
     // idle window's periodic timer (`atoll-check --idle-timer`).
     const JSON_LINES: [(&str, &str); 2] = [
@@ -54,14 +67,7 @@ pub fn capture_result(
         .iter()
         .find_map(|(prefix, key)| Some((line.strip_prefix(prefix)?, *key)))
     {
-        let value = json.trim();
-        let _ = match validate(value.as_bytes(), Limits::GUEST) {
-            Ok(()) => results
-                .lock()
-                .insert(key, value.as_bytes(), ValueKind::Json),
-            // Not JSON (or too deep): the text, as a string.
-            Err(_) => results.lock().insert(key, json.as_bytes(), ValueKind::Text),
-        };
+        file_json(results, key, json);
         true
     } else if let Some((key, json)) = line
         .strip_prefix("ATOLL-RESULT ")
@@ -69,13 +75,7 @@ pub fn capture_result(
         .filter(|(key, _)| result_key_ok(key))
     {
         // A named result (the host's lifecycle and soak steps): `ATOLL-RESULT key {json}`.
-        let value = json.trim();
-        let _ = match validate(value.as_bytes(), Limits::GUEST) {
-            Ok(()) => results
-                .lock()
-                .insert(key, value.as_bytes(), ValueKind::Json),
-            Err(_) => results.lock().insert(key, json.as_bytes(), ValueKind::Text),
-        };
+        file_json(results, key, json);
         true
     } else if let Some(status) = line.strip_prefix("ATOLL-GUEST-EXIT status=") {
         if let Ok(n) = status.trim().parse::<i64>() {

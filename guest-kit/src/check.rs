@@ -42,6 +42,7 @@
 
 use serde_json::{json, Value};
 
+pub mod dma;
 pub mod host;
 pub mod idle;
 

@@ -39,6 +39,7 @@ fn main() {
 
 #[cfg(target_os = "linux")]
 mod linux {
+    use guest_kit::check::dma;
     use guest_kit::check::host::{self, HostFacts, MemRegion, PciDevice, ProbeRead};
     use guest_kit::check::idle;
     use guest_kit::check::{self, CpuRun, Facts, Options, Role};
@@ -52,6 +53,9 @@ mod linux {
         if idle::wants_idle(&args) {
             idle_timer(&args);
             return;
+        }
+        if dma::wants_dma(&args) {
+            std::process::exit(dma_probe::run());
         }
         let opts = match check::parse_args(&args) {
             Ok(Some(o)) => o,
@@ -467,5 +471,267 @@ mod linux {
                 .map(|l| check::syslog_message(l).to_string())
                 .collect(),
         )
+    }
+
+    /// `atoll-check --dma` (`guest_kit::check::dma`): drives the `edu` devices from sysfs.
+    mod dma_probe {
+        use super::dma::{self, edu, Step};
+        use std::fs::{File, OpenOptions};
+        use std::os::unix::fs::FileExt;
+        use std::time::{Duration, Instant};
+
+        const SYSFS: &str = "/sys/bus/pci/devices";
+
+        /// One `edu` device: its BAR 0 mapped.
+        struct Edu {
+            name: String,
+            regs: *mut u8,
+        }
+
+        impl Edu {
+            fn open(name: &str) -> Result<Edu, String> {
+                let dir = format!("{SYSFS}/{name}");
+                // Memory decoding on (pci_enable_device), then bus mastering (command bit 2).
+                std::fs::write(format!("{dir}/enable"), "1")
+                    .map_err(|e| format!("{dir}/enable: {e}"))?;
+                let config = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(format!("{dir}/config"))
+                    .map_err(|e| format!("{dir}/config: {e}"))?;
+                let mut cmd = [0u8; 2];
+                config
+                    .read_exact_at(&mut cmd, 4)
+                    .map_err(|e| format!("{dir}/config: {e}"))?;
+                let v = u16::from_le_bytes(cmd) | 0x6;
+                config
+                    .write_all_at(&v.to_le_bytes(), 4)
+                    .map_err(|e| format!("{dir}/config: {e}"))?;
+                let bar = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(format!("{dir}/resource0"))
+                    .map_err(|e| format!("{dir}/resource0: {e}"))?;
+                // SAFETY: a fresh shared mapping of the device's 4 KiB of registers (edu's BAR
+                // is 1 MiB; the registers used are in its first page); nothing else refers to
+                // it, and it stays mapped for the life of the process.
+                let regs = unsafe {
+                    libc::mmap(
+                        std::ptr::null_mut(),
+                        4096,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        libc::MAP_SHARED,
+                        std::os::fd::AsRawFd::as_raw_fd(&bar),
+                        0,
+                    )
+                };
+                if regs == libc::MAP_FAILED {
+                    return Err(format!(
+                        "mapping {dir}/resource0: {}",
+                        std::io::Error::last_os_error()
+                    ));
+                }
+                let e = Edu {
+                    name: name.to_string(),
+                    regs: regs.cast(),
+                };
+                let ident = e.read32(edu::IDENT);
+                if ident & 0xff != edu::IDENT_MAGIC {
+                    return Err(format!("{name}: identification {ident:#x} is not edu's"));
+                }
+                Ok(e)
+            }
+
+            fn read32(&self, off: u64) -> u32 {
+                // SAFETY: `off` is one of edu's register offsets, inside the mapped page and
+                // 4-byte aligned; the device answers 32-bit reads there.
+                unsafe {
+                    std::ptr::read_volatile(self.regs.wrapping_add(off as usize).cast::<u32>())
+                }
+            }
+
+            fn read64(&self, off: u64) -> u64 {
+                // SAFETY: as for `read32`; the DMA registers are 64 bits wide, 8-byte aligned.
+                unsafe {
+                    std::ptr::read_volatile(self.regs.wrapping_add(off as usize).cast::<u64>())
+                }
+            }
+
+            fn write64(&self, off: u64, v: u64) {
+                // SAFETY: as for `read64`.
+                unsafe {
+                    std::ptr::write_volatile(self.regs.wrapping_add(off as usize).cast::<u64>(), v)
+                }
+            }
+
+            /// One transfer of a page; whether the engine finished it within 5 s.
+            fn dma(&self, src: u64, dst: u64, to_ram: bool) -> bool {
+                self.write64(edu::DMA_SRC, src);
+                self.write64(edu::DMA_DST, dst);
+                self.write64(edu::DMA_COUNT, edu::BUFFER_LEN);
+                let dir = if to_ram { edu::CMD_TO_RAM } else { 0 };
+                self.write64(edu::DMA_CMD, edu::CMD_START | dir);
+                let start = Instant::now();
+                while self.read64(edu::DMA_CMD) & edu::CMD_START != 0 {
+                    if start.elapsed() > Duration::from_secs(5) {
+                        return false;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                true
+            }
+        }
+
+        /// A locked page of the process and its physical address.
+        struct Page {
+            ptr: *mut u8,
+            phys: u64,
+        }
+
+        impl Page {
+            fn new() -> Result<Page, String> {
+                // SAFETY: a fresh private anonymous mapping, locked and populated so that its
+                // frame stays put while a device writes it.
+                let p = unsafe {
+                    libc::mmap(
+                        std::ptr::null_mut(),
+                        4096,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        libc::MAP_PRIVATE
+                            | libc::MAP_ANONYMOUS
+                            | libc::MAP_LOCKED
+                            | libc::MAP_POPULATE,
+                        -1,
+                        0,
+                    )
+                };
+                if p == libc::MAP_FAILED {
+                    return Err(format!(
+                        "a locked page: {}",
+                        std::io::Error::last_os_error()
+                    ));
+                }
+                let vaddr = p as u64;
+                let pagemap =
+                    File::open("/proc/self/pagemap").map_err(|e| format!("pagemap: {e}"))?;
+                let mut entry = [0u8; 8];
+                pagemap
+                    .read_exact_at(&mut entry, vaddr / 4096 * 8)
+                    .map_err(|e| format!("pagemap: {e}"))?;
+                let phys = dma::pagemap_phys(u64::from_le_bytes(entry), vaddr)
+                    .ok_or("pagemap gives no frame (not root?)")?;
+                Ok(Page {
+                    ptr: p.cast(),
+                    phys,
+                })
+            }
+
+            fn fill(&self, bytes: &[u8]) {
+                for (i, b) in bytes.iter().enumerate().take(4096) {
+                    // SAFETY: inside the page this process mapped; volatile because a device
+                    // writes it behind the compiler's back.
+                    unsafe { std::ptr::write_volatile(self.ptr.wrapping_add(i), *b) };
+                }
+            }
+
+            fn bytes(&self) -> Vec<u8> {
+                // SAFETY: as for `fill`.
+                (0..4096)
+                    .map(|i| unsafe { std::ptr::read_volatile(self.ptr.wrapping_add(i)) })
+                    .collect()
+            }
+        }
+
+        fn step(name: &'static str, e: &Edu, address: u64) -> Step {
+            Step {
+                name,
+                ran: false,
+                verdict: None,
+                device: e.name.clone(),
+                address,
+                detail: None,
+            }
+        }
+
+        fn differs(got: &[u8], want: &[u8]) -> Option<String> {
+            let n = got.iter().zip(want).filter(|(a, b)| a != b).count();
+            (n > 0).then(|| format!("{n} of {} bytes differ", want.len()))
+        }
+
+        fn probe(devices: &[String]) -> Result<Vec<Step>, String> {
+            let cmdline = std::fs::read_to_string("/proc/cmdline").map_err(|e| e.to_string())?;
+            let canaries = dma::parse_canaries(&cmdline)?;
+            let owned = Edu::open(devices.first().ok_or("no edu device")?)?;
+            let blocked = Edu::open(
+                devices
+                    .get(1)
+                    .ok_or("no second edu device (the blocked one)")?,
+            )?;
+            let (a, b, c) = (Page::new()?, Page::new()?, Page::new()?);
+            let pause = || std::thread::sleep(Duration::from_millis(dma::FAULT_PAUSE_MS));
+            let mut steps = Vec::new();
+
+            let want = dma::pattern(0x5a);
+            a.fill(&want);
+            b.fill(&[0u8; 4096]);
+            let mut s = step("roundtrip", &owned, a.phys);
+            s.ran = owned.dma(a.phys, edu::BUFFER, false) && owned.dma(edu::BUFFER, b.phys, true);
+            let d = differs(&b.bytes(), &want);
+            s.verdict = Some(d.is_none());
+            s.detail = d;
+            steps.push(s);
+
+            for (name, address) in [
+                ("pool_write", canaries.pool),
+                ("atoll_write", canaries.atoll),
+                ("unmapped_write", dma::UNMAPPED_IOVA),
+            ] {
+                let mut s = step(name, &owned, address);
+                s.ran = owned.dma(edu::BUFFER, address, true);
+                steps.push(s);
+                pause();
+            }
+
+            // The blocked device's buffer holds zeros (it never received anything): a
+            // write that got through would replace the pattern.
+            let before = dma::pattern(0xa5);
+            c.fill(&before);
+            let mut s = step("blocked_write", &blocked, c.phys);
+            s.ran = blocked.dma(edu::BUFFER, c.phys, true);
+            let d = differs(&c.bytes(), &before);
+            s.verdict = Some(d.is_none());
+            s.detail = d;
+            steps.push(s);
+            pause();
+            Ok(steps)
+        }
+
+        pub fn run() -> i32 {
+            let entries: Vec<(String, String, String)> = std::fs::read_dir(SYSFS)
+                .map(|d| {
+                    d.flatten()
+                        .map(|e| {
+                            let n = e.file_name().to_string_lossy().into_owned();
+                            let f = |x: &str| {
+                                std::fs::read_to_string(e.path().join(x)).unwrap_or_default()
+                            };
+                            (n, f("vendor"), f("device"))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let devices = dma::edu_devices(&entries);
+            let (steps, problem) = match probe(&devices) {
+                Ok(s) => (s, None),
+                Err(e) => (Vec::new(), Some(e)),
+            };
+            let (v, ok) = dma::report(&devices, &steps, problem.as_deref());
+            println!("{}{v}", dma::DMA_PREFIX);
+            if ok {
+                0
+            } else {
+                1
+            }
+        }
     }
 }

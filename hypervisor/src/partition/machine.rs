@@ -15,6 +15,12 @@
 //! memory_mib = 512          # the enclave memory pool, carved out of RAM at boot: a multiple
 //!                           #   of 2 (whole 2 MiB pages), at least the boot-time enclaves' RAM
 //!
+//! [iommu]                   # optional
+//! blocked = ["0000:00:06.0"] # PCI functions no partition owns: their DMA is blocked
+//! allow_unsafe_dma = false  # (on a machine without VT-d) let enclaves own devices anyway
+//! dma_canaries = false      # test aid: two pages (atoll's, the pool's) whose contents atoll
+//!                           #   checks at the end; their addresses go on the host's cmdline
+//!
 //! [[enclave]]               # boot-time enclaves, as in the `enclaves` module (optional)
 //! name = "alpha"
 //! cores = [1]
@@ -70,7 +76,77 @@ pub struct MachineDescription {
     pub pool_bytes: u64,
     /// Boot-time enclaves, in description order.
     pub enclaves: Vec<EnclaveConfig>,
+    /// What the IOMMU is told beyond the partitions' ownership.
+    pub iommu: IommuConfig,
 }
+
+/// A PCI function's address: segment, bus, device (0–31), function (0–7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PciAddress {
+    /// PCI segment group.
+    pub segment: u16,
+    /// Bus number.
+    pub bus: u8,
+    /// Device number, 0–31.
+    pub device: u8,
+    /// Function number, 0–7.
+    pub function: u8,
+}
+
+impl PciAddress {
+    /// The requester id the function's DMA and interrupts carry (PCIe Base §2.2.6.2): bus in
+    /// bits 15:8, device 7:3, function 2:0.
+    pub fn requester_id(&self) -> u16 {
+        u16::from(self.bus) << 8 | u16::from(self.device) << 3 | u16::from(self.function)
+    }
+
+    /// Parses `SSSS:BB:DD.F` (hex; the segment may be left out: `BB:DD.F`).
+    pub fn parse(s: &str) -> Option<Self> {
+        let parts: Vec<&str> = s.split(':').collect();
+        let (seg, bus, df) = match parts.as_slice() {
+            [seg, bus, df] => (*seg, *bus, *df),
+            [bus, df] => ("0", *bus, *df),
+            _ => return None,
+        };
+        let (dev, func) = df.split_once('.')?;
+        let hex = |x: &str, max: u32| {
+            (!x.is_empty() && x.len() <= 4)
+                .then(|| u32::from_str_radix(x, 16).ok())
+                .flatten()
+                .filter(|v| *v <= max)
+        };
+        Some(Self {
+            segment: hex(seg, 0xffff)? as u16,
+            bus: hex(bus, 0xff)? as u8,
+            device: hex(dev, 31)? as u8,
+            function: hex(func, 7)? as u8,
+        })
+    }
+}
+
+impl fmt::Display for PciAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:04x}:{:02x}:{:02x}.{}",
+            self.segment, self.bus, self.device, self.function
+        )
+    }
+}
+
+/// The `[iommu]` table.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct IommuConfig {
+    /// Functions no partition owns: blocked (their DMA faults, their interrupts are dropped).
+    pub blocked: Vec<PciAddress>,
+    /// Whether devices may be given to enclaves on a machine without an IOMMU.
+    pub allow_unsafe_dma: bool,
+    /// Whether atoll sets up the two DMA canary pages (a test aid).
+    pub dma_canaries: bool,
+}
+
+/// Most functions `iommu.blocked` may name.
+pub const MAX_BLOCKED: usize = 256;
 
 /// `host.cores` as written.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -129,13 +205,56 @@ struct PoolTable {
     memory_mib: u64,
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct IommuTable {
+    #[serde(default)]
+    blocked: Vec<String>,
+    #[serde(default)]
+    allow_unsafe_dma: bool,
+    #[serde(default)]
+    dma_canaries: bool,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
     host: HostTable,
     pool: PoolTable,
     #[serde(default)]
+    iommu: IommuTable,
+    #[serde(default)]
     enclave: Vec<EnclaveConfig>,
+}
+
+fn check_iommu(t: IommuTable) -> Result<IommuConfig, ConfigError> {
+    if t.blocked.len() > MAX_BLOCKED {
+        return Err(err(
+            "iommu.blocked",
+            format!("{} functions; at most {MAX_BLOCKED}", t.blocked.len()),
+        ));
+    }
+    let mut blocked: Vec<PciAddress> = Vec::new();
+    for (i, s) in t.blocked.iter().enumerate() {
+        let a = PciAddress::parse(s).ok_or_else(|| {
+            err(
+                format!("iommu.blocked[{i}]"),
+                format!("'{s}' is not a PCI address SSSS:BB:DD.F (hex, device ≤ 1f, function ≤ 7)"),
+            )
+        })?;
+        if blocked.contains(&a) {
+            return Err(err(
+                format!("iommu.blocked[{i}]"),
+                format!("{a} is named twice"),
+            ));
+        }
+        blocked.push(a);
+    }
+    Ok(IommuConfig {
+        blocked,
+        allow_unsafe_dma: t.allow_unsafe_dma,
+        dma_canaries: t.dma_canaries,
+    })
 }
 
 /// Parses and checks a machine description against what `ctx` knows of the machine and image.
@@ -154,10 +273,12 @@ pub fn parse(text: &str, ctx: &Context) -> Result<MachineDescription, ConfigErro
     }
     let host = check_host(file.host, &enclaves, ctx)?;
     let pool_bytes = check_pool(file.pool.memory_mib, &enclaves)?;
+    let iommu = check_iommu(file.iommu)?;
     Ok(MachineDescription {
         host,
         pool_bytes,
         enclaves,
+        iommu,
     })
 }
 
@@ -373,6 +494,66 @@ mod tests {
         assert_eq!(m.pool_bytes, 512 << 20);
         assert_eq!(m.enclaves.len(), 1);
         assert_eq!(m.enclaves[0].name, "alpha");
+        assert_eq!(m.iommu.blocked.len(), 1);
+        assert_eq!(m.iommu.blocked[0].to_string(), "0000:00:06.0");
+        assert!(!m.iommu.allow_unsafe_dma && !m.iommu.dma_canaries);
+    }
+
+    #[test]
+    fn pci_addresses() {
+        let a = PciAddress::parse("0000:00:06.0").unwrap();
+        assert_eq!(a.requester_id(), 0x30);
+        let b = PciAddress::parse("01:1f.7").unwrap();
+        assert_eq!((b.segment, b.bus, b.device, b.function), (0, 1, 0x1f, 7));
+        assert_eq!(b.requester_id(), 0x1ff);
+        assert_eq!(b.to_string(), "0000:01:1f.7");
+        for bad in [
+            "",
+            "00:20.0",
+            "00:05.8",
+            "100:05.0",
+            "0:0:0:0.0",
+            "00:05",
+            "xx:05.0",
+            "00:.0",
+        ] {
+            assert_eq!(PciAddress::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_iommu_table_is_checked() {
+        let base = "[host]\nkernel = \"host-vmlinuz\"\ncores = [0]\n[pool]\nmemory_mib = 2\n";
+        let m = parse(base, &ctx(&[0])).unwrap();
+        assert_eq!(
+            m.iommu,
+            IommuConfig::default(),
+            "absent: nothing blocked, nothing allowed"
+        );
+        let with = |t: &str| format!("{base}[iommu]\n{t}\n");
+        let m = parse(&with("blocked = [\"00:05.0\", \"0001:02:03.4\"]\ndma_canaries = true\nallow_unsafe_dma = true"), &ctx(&[0])).unwrap();
+        assert_eq!(m.iommu.blocked.len(), 2);
+        assert!(m.iommu.dma_canaries && m.iommu.allow_unsafe_dma);
+        let e = error(&with("blocked = [\"00:05.9\"]"), &ctx(&[0]));
+        assert!(
+            e.contains("iommu.blocked[0]") && e.contains("not a PCI address"),
+            "{e}"
+        );
+        let e = error(
+            &with("blocked = [\"00:05.0\", \"0000:00:05.0\"]"),
+            &ctx(&[0]),
+        );
+        assert!(e.contains("iommu.blocked[1]") && e.contains("twice"), "{e}");
+        let e = error(&with("bogus = 1"), &ctx(&[0]));
+        assert!(e.contains("bogus"), "{e}");
+        let many: Vec<String> = (0..=MAX_BLOCKED)
+            .map(|i| format!("\"{:02x}:{:02x}.0\"", i / 32, i % 32))
+            .collect();
+        let e = error(
+            &with(&format!("blocked = [{}]", many.join(","))),
+            &ctx(&[0]),
+        );
+        assert!(e.contains("at most"), "{e}");
     }
 
     #[test]

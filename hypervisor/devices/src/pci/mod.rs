@@ -16,6 +16,9 @@
 //!   ([`HostConfig`](control::HostConfig)): mechanism #1 and one ECAM page intercepted, the
 //!   control function answered, everything else passed through to the hardware.
 //!
+//! * [`scan`]: the walk over the real buses at boot that tells atoll's IOMMU which functions
+//!   and bus numbers exist.
+//!
 //! A function is named by a [`Bdf`]: bus, device (0–31), function (0–7).
 
 pub mod bars;
@@ -24,6 +27,7 @@ pub mod config;
 pub mod control;
 pub mod host;
 pub mod msix;
+pub mod scan;
 
 /// A device and function number on a bus: `device << 3 | function`, the encoding ECAM and
 /// CF8 use, so every value names a valid slot.

@@ -257,6 +257,10 @@ extern "C" fn atoll_bsp_main(magic: u32, info_addr: u64) -> ! {
     }
     // The root partition, when the machine is described by a `machine` module.
     let machine = host::description(&info, &mut problems);
+    let iommu_config = machine
+        .as_ref()
+        .map(|d| d.iommu.clone())
+        .unwrap_or_default();
     let mut the_host = machine.as_ref().and_then(|d| {
         // atoll's memory for the host's layout: the image, the boot information and the
         // modules (the first MiB, excluded from atoll's frames, is the host's).
@@ -303,8 +307,9 @@ extern "C" fn atoll_bsp_main(magic: u32, info_addr: u64) -> ! {
         },
         enclaves,
         host: the_host.as_ref().map(host::Host::report),
-        // No IOMMU is programmed yet: the host's devices reach all of memory.
-        dma_isolation: the_host.as_ref().map(|_| false),
+        dma_isolation: false,
+        allow_unsafe_dma: iommu_config.allow_unsafe_dma,
+        iommu: None,
         host_interrupts_ok: interrupts_ok,
         control,
         cores: CORES

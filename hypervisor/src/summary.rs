@@ -128,6 +128,13 @@ pub struct HostReport {
     pub exits: serde_json::Map<String, serde_json::Value>,
     /// Bytes of console lines dropped because its console queue was full.
     pub console_bytes_dropped: u64,
+    /// DMA faults of its devices.
+    pub dma_faults: u64,
+    /// Interrupt-remapping faults of its devices.
+    pub interrupt_faults: u64,
+    /// The last fault of its devices.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_fault: Option<FaultReport>,
     /// Measured figures of its last boot (`boot_to_init`: TSC cycles and µs from its start to
     /// its first `atoll-init:` line; `idle` and `load`: the length of the windows its console
     /// marked with `ATOLL-IDLE` / `ATOLL-LOAD begin` and `end`, and its exits of each kind in
@@ -192,15 +199,91 @@ pub struct Summary {
     /// The root partition, when the machine description booted one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host: Option<HostReport>,
-    /// Whether devices' DMA is confined to their owner's memory (false until atoll programs
-    /// the IOMMU for the root partition); absent without a root partition.
+    /// Whether every device's DMA is confined to its owner's memory: atoll programmed a VT-d
+    /// unit for every remapping unit the DMAR lists (false on machines without one).
+    pub dma_isolation: bool,
+    /// Whether the machine description lets enclaves own devices without DMA isolation.
+    pub allow_unsafe_dma: bool,
+    /// The IOMMU, when the machine has one.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub dma_isolation: Option<bool>,
+    pub iommu: Option<IommuReport>,
     /// A self-IPI went through the host IDT and back at boot.
     pub host_interrupts_ok: bool,
     /// The control device's requests (`atoll` on the host), when the host had one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub control: Option<ControlReport>,
+}
+
+/// One fault an IOMMU recorded, as atoll decoded and attributed it.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, Default)]
+pub struct FaultReport {
+    /// The requester (`bb:dd.f`).
+    pub source: String,
+    /// Its owner (`host`, an enclave's name) or `none` (a blocked function).
+    pub owner: String,
+    /// `dma` or `interrupt`.
+    pub kind: &'static str,
+    /// The fault reason's code (VT-d spec Appendix A).
+    pub code: u8,
+    /// The reason in words.
+    pub reason: String,
+    /// The faulting address (DMA: the I/O virtual address; interrupt: the IRTE index in the
+    /// upper half, as VT-d records it), hex.
+    pub address: String,
+    /// A DMA write (false: a read).
+    pub write: bool,
+}
+
+/// The two pages a machine description's `dma_canaries` asks for: whether each still holds
+/// the pattern atoll wrote at boot.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, Default)]
+pub struct CanaryReport {
+    /// The page of atoll's own memory.
+    pub atoll_address: String,
+    /// Whether it is intact.
+    pub atoll_intact: bool,
+    /// The page of the enclave pool.
+    pub pool_address: String,
+    /// Whether it is intact.
+    pub pool_intact: bool,
+}
+
+/// atoll's IOMMU (VT-d).
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, Default)]
+pub struct IommuReport {
+    /// Remapping units programmed.
+    pub units: usize,
+    /// DMA remapping on in every unit.
+    pub translation: bool,
+    /// Interrupt remapping on in every unit (compatibility format blocked).
+    pub interrupt_remapping: bool,
+    /// Domains (one per partition that owns a device).
+    pub domains: usize,
+    /// Functions found at boot.
+    pub functions: usize,
+    /// Functions in the host's domain.
+    pub host_functions: usize,
+    /// Functions no partition owns (blocked).
+    pub blocked: Vec<String>,
+    /// The highest bus number atoll gave context entries for.
+    pub last_bus: u8,
+    /// Second-level and context table pages.
+    pub table_pages: usize,
+    /// DMA faults recorded.
+    pub dma_faults: u64,
+    /// Interrupt-remapping faults recorded.
+    pub interrupt_faults: u64,
+    /// Faults of functions no partition owns.
+    pub unowned_faults: u64,
+    /// Faults the hardware could not record (its fault registers were full).
+    pub lost_faults: u64,
+    /// The first faults (at most 32).
+    pub fault_log: Vec<FaultReport>,
+    /// Functions atoll stopped (bus mastering off) for faulting in a storm.
+    pub stopped: Vec<String>,
+    /// The DMA canaries, when the machine description asked for them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub canaries: Option<CanaryReport>,
 }
 
 /// What the host asked of atoll through the control device.
@@ -437,10 +520,9 @@ mod tests {
     fn the_host_appears_only_when_there_is_one() {
         let s = Summary::default();
         let v: serde_json::Value = serde_json::from_str(&s.line()[SUMMARY_PREFIX.len()..]).unwrap();
-        assert!(
-            v.get("host").is_none() && v.get("dma_isolation").is_none(),
-            "{v}"
-        );
+        assert!(v.get("host").is_none() && v.get("iommu").is_none(), "{v}");
+        assert_eq!(v["dma_isolation"], false, "no IOMMU: no isolation, said");
+        assert_eq!(v["allow_unsafe_dma"], false);
         let mut results = serde_json::Map::new();
         results.insert("guest_check".into(), serde_json::json!({"ok": true}));
         let s = Summary {
@@ -452,7 +534,13 @@ mod tests {
                 results,
                 ..Default::default()
             }),
-            dma_isolation: Some(false),
+            dma_isolation: true,
+            iommu: Some(IommuReport {
+                units: 1,
+                translation: true,
+                dma_faults: 3,
+                ..Default::default()
+            }),
             ..Default::default()
         };
         let v: serde_json::Value = serde_json::from_str(&s.line()[SUMMARY_PREFIX.len()..]).unwrap();
@@ -461,7 +549,10 @@ mod tests {
         assert_eq!(v["host"]["restarts"], 1);
         assert_eq!(v["host"]["refused_reads"], 2);
         assert_eq!(v["host"]["results"]["guest_check"]["ok"], true);
-        assert_eq!(v["dma_isolation"], false);
+        assert_eq!(v["dma_isolation"], true);
+        assert_eq!(v["iommu"]["dma_faults"], 3);
+        assert_eq!(v["host"]["dma_faults"], 0);
+        assert!(v["host"].get("last_fault").is_none());
     }
 
     #[test]

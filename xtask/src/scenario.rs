@@ -335,6 +335,8 @@ pub const SUMMARY_FIELDS: &[&str] = &[
     "host_interrupts_ok",
     "host",
     "dma_isolation",
+    "allow_unsafe_dma",
+    "iommu",
     "control",
 ];
 

@@ -561,6 +561,9 @@ impl Host {
             msr_denied: c.msr_denied.load(Relaxed),
             exits: self.run.exit_counts(),
             console_bytes_dropped: self.run.console_dropped.load(Relaxed),
+            dma_faults: 0,
+            interrupt_faults: 0,
+            last_fault: None,
             measurements: {
                 let mut m = serde_json::Map::new();
                 let (s, i) = (

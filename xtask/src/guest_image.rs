@@ -611,6 +611,7 @@ for action in $actions; do
                    fi ;;
             esac ;;
         lifecycle) lifecycle ;;
+        dma) /atoll-check --dma || why="the DMA probe failed (see ATOLL-RESULT dma)" ;;
         demo) demo ;;
         bench_lifecycle) bench_lifecycle ;;
         bench_lifecycle_small) bench_lifecycle small ;;

@@ -3,6 +3,7 @@
 
 mod enclaves;
 mod host;
+mod iommu;
 
 use alloc::string::ToString;
 use alloc::vec::Vec;
@@ -273,6 +274,18 @@ extern "C" fn atoll_bsp_main(magic: u32, info_addr: u64) -> ! {
             }
         }
     });
+    let canaries = if iommu_config.dma_canaries {
+        let c = iommu::Canaries::new();
+        if c.is_none() {
+            problems.push("no frame for the DMA canary".into());
+        }
+        c
+    } else {
+        None
+    };
+    if let (Some(h), Some(c)) = (the_host.as_mut(), canaries.as_ref()) {
+        h.extra_facts = c.cmdline_word();
+    }
     let (enclaves, control) = enclaves::run_all(
         &info,
         &bsp,
@@ -309,7 +322,10 @@ extern "C" fn atoll_bsp_main(magic: u32, info_addr: u64) -> ! {
         host: the_host.as_ref().map(host::Host::report),
         dma_isolation: false,
         allow_unsafe_dma: iommu_config.allow_unsafe_dma,
-        iommu: None,
+        iommu: canaries.as_ref().map(|c| atoll::summary::IommuReport {
+            canaries: Some(c.report()),
+            ..Default::default()
+        }),
         host_interrupts_ok: interrupts_ok,
         control,
         cores: CORES

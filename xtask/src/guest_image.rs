@@ -79,7 +79,16 @@ pub const APPLETS: &[&str] = &[
     "nproc", "mkdir", "rm", "gzip", "gunzip", "cmp",
     // The lifecycle and soak actions (JSON assembly, output checks).
     "grep", "tr", "head", "printf", "sed",
+    // Kernel modules (the image's /lib/modules, see KERNEL_MODULES).
+    "insmod",
 ];
+
+/// Kernel modules the image carries, as paths under the package's `lib/modules/VERSION/kernel/`,
+/// in load order (dependencies first). They go to `/lib/modules/NAME.ko` in a second archive
+/// appended to the initramfs (the kernel unpacks concatenated archives in turn), so the
+/// kernel-independent part stays shared. `uio_pci_generic` gives the host's DMA probe an
+/// `edu` device's interrupts in user space (issue 12).
+pub const KERNEL_MODULES: &[&str] = &["drivers/uio/uio.ko", "drivers/uio/uio_pci_generic.ko"];
 
 /// The Rust target `atoll-check` is built for.
 pub const CHECK_TARGET: &str = "x86_64-unknown-linux-gnu";
@@ -611,7 +620,8 @@ for action in $actions; do
                    fi ;;
             esac ;;
         lifecycle) lifecycle ;;
-        dma) /atoll-check --dma || why="the DMA probe failed (see ATOLL-RESULT dma)" ;;
+        dma) for m in uio uio_pci_generic; do insmod /lib/modules/$m.ko || echo "dma: insmod $m failed"; done
+             /atoll-check --dma || why="the DMA probe failed (see ATOLL-RESULT dma)" ;;
         demo) demo ;;
         bench_lifecycle) bench_lifecycle ;;
         bench_lifecycle_small) bench_lifecycle small ;;
@@ -1017,6 +1027,75 @@ fn extract_kernel(cache: &Path, package: &str, info: &PackageInfo, deb: &Path) -
     Ok(dir)
 }
 
+/// Unpacks [`KERNEL_MODULES`] of the kernel package into `kernels/PACKAGE_VERSION/modules/`
+/// (once) and returns that directory, holding `NAME.ko` files.
+fn extract_modules(cache: &Path, package: &str, info: &PackageInfo, deb: &Path) -> Result<PathBuf> {
+    let dir = cache
+        .join("kernels")
+        .join(format!("{package}_{}", info.version.replace(':', "%3a")))
+        .join("modules");
+    let name_of = |m: &str| m.rsplit('/').next().unwrap_or(m).to_string();
+    if KERNEL_MODULES.iter().all(|m| dir.join(name_of(m)).exists()) {
+        return Ok(dir);
+    }
+    progress(format!(
+        "extracting {} kernel modules from {}",
+        KERNEL_MODULES.len(),
+        deb.display()
+    ));
+    let tmp = dir.with_extension(format!("tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    let mut fsys = Command::new("dpkg-deb")
+        .arg("--fsys-tarfile")
+        .arg(deb)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("running dpkg-deb --fsys-tarfile")?;
+    let patterns: Vec<String> = KERNEL_MODULES
+        .iter()
+        .map(|m| format!("./lib/modules/*/kernel/{m}"))
+        .collect();
+    let tar = Command::new("tar")
+        .args(["-x", "-f", "-", "-C"])
+        .arg(&tmp)
+        .arg("--wildcards")
+        .args(&patterns)
+        .stdin(fsys.stdout.take().context("dpkg-deb's stdout")?)
+        .output()
+        .context("running tar")?;
+    let fsys_status = fsys.wait()?;
+    if !fsys_status.success() || !tar.status.success() {
+        bail!(
+            "cannot unpack the modules of {}: {}",
+            deb.display(),
+            String::from_utf8_lossy(&tar.stderr).trim()
+        );
+    }
+    let versions: Vec<PathBuf> = std::fs::read_dir(tmp.join("lib/modules"))?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    let [root] = versions.as_slice() else {
+        bail!(
+            "{} holds {} module trees, not one",
+            deb.display(),
+            versions.len()
+        );
+    };
+    let out = tmp.join("out");
+    std::fs::create_dir_all(&out)?;
+    for m in KERNEL_MODULES {
+        let from = root.join("kernel").join(m);
+        std::fs::rename(&from, out.join(name_of(m)))
+            .with_context(|| format!("{} has no {m}", deb.display()))?;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&out, &dir)?;
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(dir)
+}
+
 /// The host's busybox from the `busybox-static` package.
 fn busybox() -> Result<PathBuf> {
     let out = Command::new("dpkg")
@@ -1248,6 +1327,7 @@ pub fn build(kernel: &KernelChoice) -> Result<GuestImage> {
         ("package", package.as_bytes()),
         ("version", info.version.as_bytes()),
         ("initrd", initrd.key.as_bytes()),
+        ("modules", KERNEL_MODULES.join(" ").as_bytes()),
     ]);
     let dir = cache.join(format!("{package}-{key}"));
     let image = |cached| GuestImage {
@@ -1266,11 +1346,24 @@ pub fn build(kernel: &KernelChoice) -> Result<GuestImage> {
 
     let deb = download(&cache, &package, &info)?;
     let kdir = extract_kernel(&cache, &package, &info, &deb)?;
+    let mdir = extract_modules(&cache, &package, &info, &deb)?;
 
     let tmp = cache.join(format!("{package}-{key}.tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp)?;
-    std::fs::copy(&initrd.path, tmp.join("initrd.cpio.gz"))?;
+    // The shared initramfs, then this kernel's modules as a second archive.
+    let root = tmp.join("modules-root");
+    std::fs::create_dir_all(root.join("lib/modules"))?;
+    for m in KERNEL_MODULES {
+        let name = m.rsplit('/').next().unwrap_or(m);
+        std::fs::copy(mdir.join(name), root.join("lib/modules").join(name))?;
+    }
+    write_initramfs(&root, &tmp.join("modules.cpio.gz"))?;
+    std::fs::remove_dir_all(&root)?;
+    let mut both = std::fs::read(&initrd.path)?;
+    both.extend(std::fs::read(tmp.join("modules.cpio.gz"))?);
+    std::fs::write(tmp.join("initrd.cpio.gz"), both)?;
+    std::fs::remove_file(tmp.join("modules.cpio.gz"))?;
     std::fs::write(tmp.join("init"), init_script())?;
     std::fs::copy(kdir.join("vmlinuz"), tmp.join("vmlinuz"))?;
     if kdir.join("config").exists() {
@@ -1284,6 +1377,7 @@ pub fn build(kernel: &KernelChoice) -> Result<GuestImage> {
         "key": key,
         "initrd_key": initrd.key,
         "applets": APPLETS,
+        "kernel_modules": KERNEL_MODULES,
         "vmlinuz_bytes": std::fs::metadata(tmp.join("vmlinuz"))?.len(),
         "initrd_bytes": std::fs::metadata(tmp.join("initrd.cpio.gz"))?.len(),
         "cmdline_example": GuestImage::cmdline(2, 512),

@@ -557,6 +557,13 @@ mod linux {
                 }
             }
 
+            fn write32(&self, off: u64, v: u32) {
+                // SAFETY: as for `read32`.
+                unsafe {
+                    std::ptr::write_volatile(self.regs.wrapping_add(off as usize).cast::<u32>(), v)
+                }
+            }
+
             fn write64(&self, off: u64, v: u64) {
                 // SAFETY: as for `read64`.
                 unsafe {
@@ -703,7 +710,69 @@ mod linux {
             s.detail = d;
             steps.push(s);
             pause();
+
+            steps.push(interrupt(&owned));
             Ok(steps)
+        }
+
+        /// Binds `e` to `uio_pci_generic`, raises its interrupt and waits for `/dev/uioN` to
+        /// report it.
+        fn interrupt(e: &Edu) -> Step {
+            let mut s = step("interrupt", e, 0);
+            match raise_and_wait(e) {
+                Ok((count, irq)) => {
+                    s.ran = true;
+                    s.verdict = Some(count > 0);
+                    s.detail = Some(format!("irq {irq}, {count} interrupt(s)"));
+                }
+                Err(why) => s.detail = Some(why),
+            }
+            s
+        }
+
+        fn raise_and_wait(e: &Edu) -> Result<(u32, String), String> {
+            let dir = format!("{SYSFS}/{}", e.name);
+            std::fs::write(format!("{dir}/driver_override"), "uio_pci_generic")
+                .map_err(|err| format!("{dir}/driver_override: {err}"))?;
+            std::fs::write("/sys/bus/pci/drivers_probe", &e.name)
+                .map_err(|err| format!("binding uio_pci_generic (drivers_probe): {err}"))?;
+            let uio = std::fs::read_dir(format!("{dir}/uio"))
+                .map_err(|err| format!("{dir}/uio: {err} (uio_pci_generic not bound)"))?
+                .flatten()
+                .map(|d| d.file_name().to_string_lossy().into_owned())
+                .next()
+                .ok_or("no uio device")?;
+            let irq = std::fs::read_to_string(format!("{dir}/irq"))
+                .unwrap_or_default()
+                .trim()
+                .to_string();
+            let mut dev = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(format!("/dev/{uio}"))
+                .map_err(|err| format!("/dev/{uio}: {err}"))?;
+            e.write32(edu::INTR_RAISE, 1);
+            let mut fds = libc::pollfd {
+                fd: std::os::fd::AsRawFd::as_raw_fd(&dev),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd for the duration of the call.
+            let n = unsafe { libc::poll(&mut fds, 1, dma::INTERRUPT_WAIT_MS) };
+            let mut count = 0u32;
+            if n > 0 {
+                let mut b = [0u8; 4];
+                use std::io::{Read, Write};
+                dev.read_exact(&mut b)
+                    .map_err(|err| format!("/dev/{uio}: {err}"))?;
+                count = u32::from_ne_bytes(b);
+                e.write32(edu::INTR_ACK, e.read32(edu::INTR_STATUS));
+                // Unmask INTx again (uio_pci_generic masked it in its handler).
+                let _ = dev.write_all(&1u32.to_ne_bytes());
+            } else {
+                e.write32(edu::INTR_ACK, e.read32(edu::INTR_STATUS));
+            }
+            Ok((count, irq))
         }
 
         pub fn run() -> i32 {

@@ -17,6 +17,7 @@
 //! | `atoll_write` | the same to atoll's own canary page | as above |
 //! | `unmapped_write` | the same to [`UNMAPPED_IOVA`], which no partition maps | as above |
 //! | `blocked_write` | the second device (no owner: its DMA is blocked) writes into a page of the host's | the page is unchanged (`ok`) |
+//! | `interrupt` | the first device, bound to `uio_pci_generic` (the init script loads it), raises its interrupt (INTx through the I/O APIC) | `/dev/uioN` reports it within [`INTERRUPT_WAIT_MS`] (`ok`) |
 //!
 //! Between two DMAs that should fault the program waits [`FAULT_PAUSE_MS`]: QEMU's VT-d has one
 //! fault-recording register, and a second fault before atoll has read the first is lost
@@ -60,6 +61,12 @@ pub mod edu {
     pub const CMD_START: u64 = 1;
     /// The transfer goes from the device's buffer to RAM.
     pub const CMD_TO_RAM: u64 = 2;
+    /// Interrupt status (32 bits): the bits raised and not yet acknowledged.
+    pub const INTR_STATUS: u64 = 0x24;
+    /// Writing bits here raises them in the status and asserts the interrupt.
+    pub const INTR_RAISE: u64 = 0x60;
+    /// Writing bits here clears them; the interrupt drops when none is left.
+    pub const INTR_ACK: u64 = 0x64;
     /// The device's buffer, in its DMA address space.
     pub const BUFFER: u64 = 0x40000;
     /// Bytes of the buffer.
@@ -71,6 +78,9 @@ pub mod edu {
 /// An I/O virtual address no partition maps: below 2^48 (the address width atoll's IOMMU
 /// tables cover) and far above any RAM or MMIO an emulated machine has.
 pub const UNMAPPED_IOVA: u64 = 0x7f00_0000_0000;
+
+/// Milliseconds the interrupt step waits for the interrupt.
+pub const INTERRUPT_WAIT_MS: i32 = 3000;
 
 /// Milliseconds to wait after a DMA that should fault (see the module documentation).
 pub const FAULT_PAUSE_MS: u64 = 300;

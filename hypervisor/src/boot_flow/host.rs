@@ -76,6 +76,8 @@ pub struct Host {
     /// 0x15/0x16, which an emulator may fill with the modelled part's nominal frequency rather
     /// than the rate its TSC really ticks at (Bochs: 3.5 GHz named, 100 MHz ticked).
     tsc_word: String,
+    /// More facts for its command line (the DMA canaries' addresses).
+    pub extra_facts: String,
 }
 
 /// The vendor id of bus 0, device `dev`, function 0, read through configuration mechanism #1
@@ -473,6 +475,7 @@ impl Host {
                 .map(|t| host_acpi::ioapic_addresses(t.bytes))
                 .unwrap_or_default(),
             tsc_word: alloc::format!("tsc_early_khz={}", atoll::hw::tsc::hz() / 1000),
+            extra_facts: String::new(),
         })
     }
 
@@ -492,7 +495,7 @@ impl Host {
             self.restarts,
         );
         let mut cmdline = self.cmdline.clone();
-        for word in [facts, self.tsc_word.clone()] {
+        for word in [facts, self.tsc_word.clone(), self.extra_facts.clone()] {
             if !word.is_empty() {
                 if !cmdline.is_empty() {
                     cmdline.push(' ');

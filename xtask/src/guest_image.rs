@@ -1328,6 +1328,7 @@ pub fn build(kernel: &KernelChoice) -> Result<GuestImage> {
         ("version", info.version.as_bytes()),
         ("initrd", initrd.key.as_bytes()),
         ("modules", KERNEL_MODULES.join(" ").as_bytes()),
+        ("layout", b"one gzip stream"),
     ]);
     let dir = cache.join(format!("{package}-{key}"));
     let image = |cached| GuestImage {
@@ -1351,19 +1352,30 @@ pub fn build(kernel: &KernelChoice) -> Result<GuestImage> {
     let tmp = cache.join(format!("{package}-{key}.tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp)?;
-    // The shared initramfs, then this kernel's modules as a second archive.
+    // The shared initramfs, then this kernel's modules as a second archive, in one gzip
+    // stream: GRUB's module loader decompresses a gzip file itself and, sizing the output by
+    // the last stream's trailer, would cut a file of two streams short.
     let root = tmp.join("modules-root");
     std::fs::create_dir_all(root.join("lib/modules"))?;
     for m in KERNEL_MODULES {
         let name = m.rsplit('/').next().unwrap_or(m);
         std::fs::copy(mdir.join(name), root.join("lib/modules").join(name))?;
     }
-    write_initramfs(&root, &tmp.join("modules.cpio.gz"))?;
+    write_cpio(&root, &tmp.join("modules.cpio"), false)?;
     std::fs::remove_dir_all(&root)?;
-    let mut both = std::fs::read(&initrd.path)?;
-    both.extend(std::fs::read(tmp.join("modules.cpio.gz"))?);
-    std::fs::write(tmp.join("initrd.cpio.gz"), both)?;
-    std::fs::remove_file(tmp.join("modules.cpio.gz"))?;
+    let joined = Command::new("sh")
+        .arg("-c")
+        .arg("{ gzip -dc \"$1\" && cat \"$2\"; } | gzip -9 -n > \"$3\"")
+        .arg("join")
+        .arg(&initrd.path)
+        .arg(tmp.join("modules.cpio"))
+        .arg(tmp.join("initrd.cpio.gz"))
+        .status()
+        .context("running gzip")?;
+    if !joined.success() {
+        bail!("joining the initramfs and the modules archive failed ({joined})");
+    }
+    std::fs::remove_file(tmp.join("modules.cpio"))?;
     std::fs::write(tmp.join("init"), init_script())?;
     std::fs::copy(kdir.join("vmlinuz"), tmp.join("vmlinuz"))?;
     if kdir.join("config").exists() {

@@ -407,9 +407,9 @@ impl<F: FrameSource> ContextTables<F> {
         // SAFETY: `table` is a frame this structure allocated and has not freed, so the
         // FrameSource contract makes `ptr` valid for 512 u64s; `i + 1 <= 511`. Volatile: the
         // unit reads (and may never write) the table concurrently.
-        let lo = unsafe { core::ptr::read_volatile(ptr.cast::<u64>().add(i)) };
+        let lo = unsafe { core::ptr::read_volatile(ptr.cast::<u64>().wrapping_add(i)) };
         // SAFETY: as above.
-        let hi = unsafe { core::ptr::read_volatile(ptr.cast::<u64>().add(i + 1)) };
+        let hi = unsafe { core::ptr::read_volatile(ptr.cast::<u64>().wrapping_add(i + 1)) };
         ContextEntry { lo, hi }
     }
 
@@ -418,9 +418,9 @@ impl<F: FrameSource> ContextTables<F> {
         let ptr = self.frames.table(self.root);
         let i = usize::from(bus) * 2;
         // SAFETY: the root frame is allocated for the life of `self`; `i + 1 <= 511`.
-        let lo = unsafe { core::ptr::read_volatile(ptr.cast::<u64>().add(i)) };
+        let lo = unsafe { core::ptr::read_volatile(ptr.cast::<u64>().wrapping_add(i)) };
         // SAFETY: as above.
-        let hi = unsafe { core::ptr::read_volatile(ptr.cast::<u64>().add(i + 1)) };
+        let hi = unsafe { core::ptr::read_volatile(ptr.cast::<u64>().wrapping_add(i + 1)) };
         RootEntry { lo, hi }
     }
 
@@ -470,9 +470,9 @@ impl<F: FrameSource> ContextTables<F> {
         let i = usize::from(bus) * 2;
         // SAFETY: the root frame is allocated for the life of `self`; `i + 1 <= 511`. The
         // upper half first: the lower holds P.
-        unsafe { core::ptr::write_volatile(root.cast::<u64>().add(i + 1), entry.hi) };
+        unsafe { core::ptr::write_volatile(root.cast::<u64>().wrapping_add(i + 1), entry.hi) };
         // SAFETY: as above.
-        unsafe { core::ptr::write_volatile(root.cast::<u64>().add(i), entry.lo) };
+        unsafe { core::ptr::write_volatile(root.cast::<u64>().wrapping_add(i), entry.lo) };
         self.context[usize::from(bus)] = Some(frame);
         Ok(frame)
     }
@@ -483,14 +483,14 @@ impl<F: FrameSource> ContextTables<F> {
         if e.present() {
             // SAFETY: `table` is an allocated context-table frame; `i + 1 <= 511`. Upper half
             // first, then the half with P, so the unit never sees P with a stale DID or AW.
-            unsafe { core::ptr::write_volatile(ptr.cast::<u64>().add(i + 1), e.hi) };
+            unsafe { core::ptr::write_volatile(ptr.cast::<u64>().wrapping_add(i + 1), e.hi) };
             // SAFETY: as above.
-            unsafe { core::ptr::write_volatile(ptr.cast::<u64>().add(i), e.lo) };
+            unsafe { core::ptr::write_volatile(ptr.cast::<u64>().wrapping_add(i), e.lo) };
         } else {
             // SAFETY: as above. P first: from then on the unit ignores the rest.
-            unsafe { core::ptr::write_volatile(ptr.cast::<u64>().add(i), e.lo) };
+            unsafe { core::ptr::write_volatile(ptr.cast::<u64>().wrapping_add(i), e.lo) };
             // SAFETY: as above.
-            unsafe { core::ptr::write_volatile(ptr.cast::<u64>().add(i + 1), e.hi) };
+            unsafe { core::ptr::write_volatile(ptr.cast::<u64>().wrapping_add(i + 1), e.hi) };
         }
     }
 }

@@ -231,7 +231,9 @@ impl Model {
             pmen: 0,
             iqercd: 0,
             fri: 0,
-            records: alloc::vec![(0, 0); usize::from(cap.nfr())],
+            // Room for the most records CAP can declare; CAP.NFR (which tests may change) says how
+            // many exist.
+            records: alloc::vec![(0, 0); 256],
             latched_root: None,
             latched_irt: None,
             events: Vec::new(),
@@ -332,7 +334,7 @@ impl Model {
     /// Records a fault in record `index` (mod NFR), as the unit would: F set; if it was
     /// already set the fault is lost and PFO is set instead. Returns whether it was recorded.
     pub fn inject_fault(&mut self, index: usize, lo: u64, hi: u64) -> bool {
-        let n = self.records.len();
+        let n = usize::from(self.cap.nfr());
         let slot = &mut self.records[index % n];
         if slot.1 & (1 << 63) != 0 {
             self.fsts |= FaultStatus::PFO;
@@ -354,11 +356,12 @@ impl Model {
 
     /// Record `index`'s raw halves.
     pub fn record(&self, index: usize) -> (u64, u64) {
-        self.records[index % self.records.len()]
+        self.records[index % usize::from(self.cap.nfr())]
     }
 
     fn fsts_value(&self) -> u32 {
-        let pending = self.records.iter().any(|r| r.1 & (1 << 63) != 0);
+        let n = usize::from(self.cap.nfr());
+        let pending = self.records[..n].iter().any(|r| r.1 & (1 << 63) != 0);
         let mut v = self.fsts & !(FaultStatus::PPF | FaultStatus::FRI);
         if pending {
             v |= FaultStatus::PPF;
@@ -370,7 +373,7 @@ impl Model {
     fn record_at(&self, off: u32) -> Option<(usize, u32)> {
         let base = self.cap.fault_record_offset();
         let off = u64::from(off);
-        let end = base + self.records.len() as u64 * 16;
+        let end = base + u64::from(self.cap.nfr()) * 16;
         (base..end)
             .contains(&off)
             .then(|| (((off - base) / 16) as usize, ((off - base) % 16) as u32))

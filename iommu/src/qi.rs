@@ -324,9 +324,9 @@ impl QueueMemory for RawQueueMemory {
         let i = usize::from(slot % QUEUE_LEN) * 2;
         // SAFETY: `new`'s contract makes the ring valid for 512 u64s; `i + 1 <= 511`. Volatile:
         // the unit reads the ring by DMA.
-        unsafe { core::ptr::write_volatile(self.ring.cast::<u64>().add(i), desc.lo) };
+        unsafe { core::ptr::write_volatile(self.ring.cast::<u64>().wrapping_add(i), desc.lo) };
         // SAFETY: as above.
-        unsafe { core::ptr::write_volatile(self.ring.cast::<u64>().add(i + 1), desc.hi) };
+        unsafe { core::ptr::write_volatile(self.ring.cast::<u64>().wrapping_add(i + 1), desc.hi) };
     }
 
     fn read_status(&self) -> u32 {

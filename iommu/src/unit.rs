@@ -361,3 +361,6 @@ impl<R: Registers, M: QueueMemory> Unit<R, M> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -257,8 +257,8 @@ pub type Npt<F> = Tables<NptFormat, F>;
 
 /// One IOMMU domain's VT-d second-level tables (VT-d spec §9.8): IOVA (= guest-physical) to
 /// host-physical for DMA. Its root goes in context entries ([`Tables::slptptr`]); after
-/// `unmap`/`protect` the caller invalidates the domain's IOTLB (the `iommu` crate's queued
-/// invalidation), as for EPT.
+/// `unmap`/`protect` (and after `map` on a unit in caching mode, CAP.CM) the caller invalidates
+/// the domain's IOTLB (`iommu::Unit::invalidate_domain`), as for EPT.
 pub type SlTables<F> = Tables<VtdFormat, F>;
 
 /// Bit position of the first address bit an entry at `level` translates.

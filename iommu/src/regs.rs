@@ -161,6 +161,11 @@ impl Cap {
         bits(self.0, 24, 10) * 16
     }
 
+    /// Offset of fault recording register `index` (< [`Cap::nfr`]): FRO × 16 + index × 16.
+    pub const fn fault_record_register(self, index: u16) -> u64 {
+        self.fault_record_offset() + index as u64 * 16
+    }
+
     /// SLLPS (bits 37:34): bit 0 = 2 MiB, bit 1 = 1 GiB second-level large pages.
     pub const fn sllps(self) -> u8 {
         bits(self.0, 34, 4) as u8
@@ -260,6 +265,12 @@ impl Ecap {
     /// IRO (bits 17:8) × 16: byte offset of the IOTLB registers (IVA; IOTLB is at +8).
     pub const fn iotlb_offset(self) -> u64 {
         bits(self.0, 8, 10) * 16
+    }
+
+    /// Offset of the IOTLB invalidate register (IRO × 16 + 8; register-based invalidation,
+    /// which atoll does not use once the queue is on).
+    pub const fn iotlb_register_offset(self) -> u64 {
+        self.iotlb_offset() + 8
     }
 
     /// MHMV (bits 23:20): largest handle mask of interrupt-entry-cache invalidation.
@@ -444,6 +455,7 @@ mod tests {
         assert_eq!(cap.mgaw(), 48);
         assert!(cap.zlr());
         assert_eq!(cap.fault_record_offset(), 0x220);
+        assert_eq!(cap.fault_record_register(3), 0x250);
         assert!(cap.page_2m() && cap.page_1g());
         assert!(cap.psi());
         assert_eq!(cap.nfr(), 8);
@@ -460,6 +472,7 @@ mod tests {
         assert!(ecap.qi() && ecap.ir() && ecap.eim() && ecap.pt());
         assert!(!ecap.sc() && !ecap.coherent() && !ecap.dt());
         assert_eq!(ecap.iotlb_offset(), 0x200);
+        assert_eq!(ecap.iotlb_register_offset(), 0x208);
         assert_eq!(ecap.mhmv(), 0xf);
     }
 

@@ -198,9 +198,10 @@ impl<R: Registers, M: QueueMemory> Unit<R, M> {
         self.queue.submit(&mut self.regs, descs)
     }
 
-    /// After `unmap` or `protect` on a domain's second-level tables: the domain's IOTLB
-    /// (domain-selective; page-selective would need CAP.PSI and alignment bookkeeping that a
-    /// domain change rarely repays).
+    /// After `unmap` or `protect` on a domain's second-level tables — and under caching mode
+    /// (CAP.CM, QEMU) after `map` too, since such a unit may cache not-present entries — the
+    /// domain's IOTLB (domain-selective; page-selective would need CAP.PSI and alignment
+    /// bookkeeping that a domain change rarely repays).
     pub fn invalidate_domain(&mut self, domain: DomainId) -> Result<(), Error> {
         self.invalidate(&[Descriptor::iotlb_domain(domain)])
     }

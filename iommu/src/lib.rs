@@ -32,7 +32,7 @@ pub use context::{
 pub use error::Error;
 pub use fault::{DrainSummary, FaultKind, FaultReason, FaultRecord};
 pub use qi::{Descriptor, InvalidationQueue, QueueFault, QueueMemory, RawQueueMemory};
-pub use regs::{Cap, Ecap, GlobalCommand, GlobalStatus, Registers};
+pub use regs::{Cap, Ecap, GlobalCommand, GlobalStatus, MmioRegisters, Registers};
 pub use unit::Unit;
 
 use boot::HostPhysAddr;

@@ -473,6 +473,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn raw_queue_memory_writes_slots_and_status() {
+        let mut ring = alloc::boxed::Box::new([0u64; 512]);
+        let mut status = alloc::boxed::Box::new(0u32);
+        // SAFETY: both boxes are owned by this test, outlive `mem`, and are not otherwise
+        // accessed until it is dropped.
+        let mut mem = unsafe {
+            RawQueueMemory::new(
+                &mut *ring,
+                HostPhysAddr::new(0x1000),
+                &mut *status,
+                HostPhysAddr::new(0x2000),
+            )
+        };
+        mem.write_descriptor(255, Descriptor { lo: 1, hi: 2 });
+        mem.write_descriptor(256 + 3, Descriptor { lo: 3, hi: 4 });
+        mem.write_status(7);
+        assert_eq!(mem.read_status(), 7);
+        assert_eq!(
+            (mem.ring(), mem.status()),
+            (HostPhysAddr::new(0x1000), HostPhysAddr::new(0x2000))
+        );
+        assert_eq!(ring[510..], [1, 2]);
+        assert_eq!(ring[6..8], [3, 4], "slots wrap at 256");
+        assert_eq!(*status, 7);
+    }
+
+    #[test]
     fn descriptor_bits() {
         let did = DomainId(0x1234);
         let sid = SourceId::new(3, 0x21);

@@ -92,6 +92,65 @@ impl<T: Registers + ?Sized> Registers for &mut T {
     }
 }
 
+/// [`Registers`] over a mapping of the register pages, with volatile accesses. An access that
+/// would fall outside the window (or is misaligned) reads as all ones and writes nothing, so a
+/// driver bug cannot turn into a wild access.
+pub struct MmioRegisters {
+    base: *mut u8,
+    len: u64,
+}
+
+impl MmioRegisters {
+    /// # Safety
+    ///
+    /// `base` must be the uncached (UC) mapping of the unit's `len` bytes of registers (the
+    /// DRHD's register pages), 4 KiB aligned, valid for volatile 32- and 64-bit reads and writes
+    /// for as long as the value lives, and used by nothing else that would race with it.
+    pub unsafe fn new(base: *mut u8, len: u64) -> Self {
+        Self { base, len }
+    }
+
+    /// The pointer to `size` bytes at `off`, if inside the window and aligned.
+    fn at(&self, off: u32, size: u64) -> Option<*mut u8> {
+        let off = u64::from(off);
+        (off % size == 0 && off.checked_add(size)? <= self.len)
+            .then(|| self.base.wrapping_add(off as usize))
+    }
+}
+
+impl Registers for MmioRegisters {
+    fn read32(&self, off: u32) -> u32 {
+        match self.at(off, 4) {
+            // SAFETY: `at` checked the access lies inside the window `new`'s contract makes
+            // valid, 4-byte aligned.
+            Some(p) => unsafe { core::ptr::read_volatile(p.cast::<u32>()) },
+            None => u32::MAX,
+        }
+    }
+
+    fn read64(&self, off: u32) -> u64 {
+        match self.at(off, 8) {
+            // SAFETY: as in `read32`, 8-byte aligned.
+            Some(p) => unsafe { core::ptr::read_volatile(p.cast::<u64>()) },
+            None => u64::MAX,
+        }
+    }
+
+    fn write32(&mut self, off: u32, value: u32) {
+        if let Some(p) = self.at(off, 4) {
+            // SAFETY: as in `read32`.
+            unsafe { core::ptr::write_volatile(p.cast::<u32>(), value) }
+        }
+    }
+
+    fn write64(&mut self, off: u32, value: u64) {
+        if let Some(p) = self.at(off, 8) {
+            // SAFETY: as in `read64`.
+            unsafe { core::ptr::write_volatile(p.cast::<u64>(), value) }
+        }
+    }
+}
+
 const fn bits(raw: u64, lo: u32, width: u32) -> u64 {
     (raw >> lo) & ((1 << width) - 1)
 }
@@ -481,6 +540,28 @@ mod tests {
         // §10.4.4: "Status = (GSTS_REG & 96FFFFFFh)".
         assert_eq!(!GlobalCommand::ONE_SHOT.bits(), 0x96ff_ffff);
         assert_eq!(GlobalCommand::all().bits(), GlobalStatus::all().bits());
+    }
+
+    #[test]
+    fn mmio_registers_stay_inside_their_window() {
+        let mut page = alloc::vec![0u64; 512];
+        // SAFETY: `page` is 4 KiB of 8-byte-aligned memory owned by this test and outlives
+        // `regs`; nothing else touches it meanwhile.
+        let mut regs = unsafe { MmioRegisters::new(page.as_mut_ptr().cast(), 4096) };
+        regs.write64(offset::RTADDR, 0x1234_5000);
+        regs.write32(offset::GCMD, 0x4000_0000);
+        assert_eq!(regs.read64(offset::RTADDR), 0x1234_5000);
+        assert_eq!(regs.read32(offset::GCMD), 0x4000_0000);
+        // Outside the window or misaligned: all ones, and nothing written.
+        assert_eq!(regs.read32(4096), u32::MAX);
+        assert_eq!(regs.read64(4092), u64::MAX);
+        assert_eq!(regs.read64(0x1c), u64::MAX);
+        regs.write64(4096, 1);
+        regs.write32(u32::MAX, 1);
+        regs.write64(0x1c, 1);
+        assert_eq!(page[0x20 / 8], 0x1234_5000);
+        assert_eq!(page[0x18 / 8], 0x4000_0000);
+        assert_eq!(page.iter().filter(|&&w| w != 0).count(), 2);
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! * second-level tables: [`ept::SlTables`], the `ept` engine with the VT-d entry format (§9.8);
 //! * [`qi`]: queued invalidation (§6.5.2);
 //! * [`fault`]: fault records (§7.1.3, §10.4.14) decoded;
-//! * [`unit`]: probing, the enable sequence (§10.4.4) and the operations tying them together;
+//! * [`unit`](mod@unit): probing, the enable sequence (§10.4.4) and the operations tying them together;
 //! * `model` (tests, or the `model` feature): a register model of a unit for host tests.
 #![cfg_attr(target_os = "none", no_std)]
 

@@ -266,7 +266,7 @@ impl fmt::Display for QueueFault {
 /// Memory of the invalidation queue: the 4 KiB ring and a 32-bit status word, which the unit
 /// reads and writes by physical address while software writes and reads them by pointer.
 ///
-/// On the target: [`RawQueueMemory`]; in host tests: [`crate::model::ModelQueue`].
+/// On the target: [`RawQueueMemory`]; in host tests: `model::ModelQueue`.
 pub trait QueueMemory {
     /// Physical address of the ring (4 KiB aligned).
     fn ring(&self) -> HostPhysAddr;

@@ -2,7 +2,7 @@
 //!
 //! The hypervisor reaches the registers through the [`Registers`] trait, which it implements over
 //! the unit's MMIO page(s) with volatile accesses; host tests implement it with
-//! [`crate::model`]. Every offset the driver derives from a register (fault recording at
+//! `model`. Every offset the driver derives from a register (fault recording at
 //! CAP.FRO × 16, IOTLB at ECAP.IRO × 16) is checked against the window the DMAR declares before
 //! it is used ([`crate::Unit::probe`]), so a lying capability register cannot make atoll touch
 //! memory beyond the register pages.
@@ -65,7 +65,7 @@ pub mod offset {
 
 /// Access to one unit's registers. On the target: volatile loads and stores to the
 /// uncached MMIO mapping of the register pages; 64-bit registers are accessed with one 64-bit
-/// access (§10.2 allows it). In host tests: [`crate::model::Model`].
+/// access (§10.2 allows it). In host tests: `model::Model`.
 pub trait Registers {
     /// A 32-bit register at `off` bytes from the base.
     fn read32(&self, off: u32) -> u32;

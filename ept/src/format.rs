@@ -1,8 +1,9 @@
 //! Entry formats of second-stage tables: what the table engine ([`crate::table::Tables`]) must
-//! know about the bits of an entry, and the two formats atoll uses, [`EptFormat`] (Intel EPT,
-//! [`crate::entry`]) and [`NptFormat`] (AMD nested paging, [`crate::npt`]).
+//! know about the bits of an entry, and the three formats atoll uses, [`EptFormat`] (Intel EPT,
+//! [`crate::entry`]), [`NptFormat`] (AMD nested paging, [`crate::npt`]) and [`VtdFormat`] (the
+//! second-level tables of Intel VT-d DMA remapping, VT-d spec §9.8).
 //!
-//! Both are four-level radix trees with 512 entries a table, leaves at the PDPT (1 GiB), PD
+//! All are four-level radix trees with 512 entries a table, leaves at the PDPT (1 GiB), PD
 //! (2 MiB, both with bit 7 set) and PT (4 KiB), so the walk, map, unmap, protect, split and merge
 //! logic is shared. What differs is said here: how presence, rights and memory types are
 //! encoded, which rights and types exist at all, and where a leaf keeps its bits at each level.
@@ -20,7 +21,7 @@
 //! copies the parent's to every child (each piece was possibly accessed or written), a merge ORs
 //! the children's (no write is forgotten), and leaves that differ only in them still merge.
 
-use crate::entry::{EptEntry, MemType, PageSize, Perms};
+use crate::entry::{EptEntry, MemType, PageSize, Perms, ADDR_MASK, ADDR_MASK_1G, ADDR_MASK_2M};
 use crate::npt::{self, NptEntry, NptFlags};
 use crate::table::EptError;
 use boot::HostPhysAddr;
@@ -33,7 +34,7 @@ mod sealed {
 
 /// An entry format of a four-level second-stage table (see the module documentation).
 ///
-/// Sealed: implemented by [`EptFormat`] and [`NptFormat`] only.
+/// Sealed: implemented by [`EptFormat`], [`NptFormat`] and [`VtdFormat`] only.
 pub trait Format: sealed::Sealed {
     /// The attribute bits (4 KiB layout) that decide what a translation does. Two leaves whose
     /// attributes are equal and whose addresses are contiguous may be merged.
@@ -259,6 +260,129 @@ impl Format for NptFormat {
 
     fn mem_type(attrs: u64) -> Option<MemType> {
         NptEntry::from_raw(attrs).mem_type(PageSize::Size4K)
+    }
+}
+
+/// Intel VT-d second-level paging entries in legacy (non-scalable) mode (VT-d spec rev 4.x §9.8,
+/// "Second-Level Paging Entries"; the walk in §3.7): what an IOMMU domain's DMA goes through.
+///
+/// * **Rights**: R (bit 0) and W (bit 1); an entry with both clear is not present (§9.8). There
+///   is no execute right for DMA: bit 2 (X) is only used for requests-with-PASID in scalable
+///   mode, which atoll does not enable. A map or protect asking for [`Perms::EXECUTE`] is refused
+///   with [`EptError::PermsNotExpressible`] rather than silently narrowed, so that every mapping
+///   translates back to exactly the rights it was given; callers mirroring an EPT take
+///   [`VtdFormat::dma_perms`] of its rights. Write-without-read is refused like in EPT
+///   ([`EptError::InvalidPerms`]): a device is never given a write-only buffer by atoll.
+/// * **Memory type**: none. In legacy mode DMA is snooped or not according to the platform and
+///   the EMT/IPAT fields (bits 6:3) are ignored, so only [`MemType::WriteBack`] is accepted
+///   (others: [`EptError::MemTypeNotExpressible`]).
+/// * **SNP (bit 11) is never written**: it may be set only when ECAP.SC says snoop control exists
+///   (§10.4.3); elsewhere it is a reserved bit and a DMA through such an entry faults with
+///   reason 0xC (QEMU, which reports SC=0, checks exactly that). atoll does not rely on forcing
+///   snoops: the memory it maps is ordinary write-back RAM.
+/// * **Accessed/dirty** flags (bits 8, 9) exist only with scalable-mode SLADE, so
+///   [`Format::HISTORY_MASK`] is 0.
+/// * **Page size**: PS (bit 7) in PD and PDPT leaves (2 MiB, 1 GiB), which the unit must support
+///   (CAP.SLLPS, §10.4.2); the caller picks `max_page` accordingly. Non-leaf entries carry R|W
+///   so that only leaves decide (rights are ANDed along the walk, §3.7.1).
+///
+/// Host addresses must lie below the unit's host address width (the DMAR's HAW): address bits
+/// above it are reserved (§9.8) and the engine only checks the architectural 2^52.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct VtdFormat;
+
+impl sealed::Sealed for VtdFormat {}
+
+impl VtdFormat {
+    /// R (bit 0): DMA reads allowed.
+    pub const READ: u64 = 1 << 0;
+    /// W (bit 1): DMA writes allowed.
+    pub const WRITE: u64 = 1 << 1;
+    /// PS (bit 7): a 2 MiB or 1 GiB leaf in a PD or PDPT.
+    pub const PAGE_SIZE: u64 = 1 << 7;
+    /// SNP (bit 11): snoop behaviour; documented here only because it is never written.
+    pub const SNOOP: u64 = 1 << 11;
+
+    /// The rights a DMA mapping mirroring a CPU mapping with `perms` gets: execute dropped (a
+    /// device has no instruction fetch). Pass the result to `map`/`protect`.
+    pub const fn dma_perms(perms: Perms) -> Perms {
+        perms.difference(Perms::EXECUTE)
+    }
+
+    const fn addr_mask(size: PageSize) -> u64 {
+        match size {
+            PageSize::Size4K => ADDR_MASK,
+            PageSize::Size2M => ADDR_MASK_2M,
+            PageSize::Size1G => ADDR_MASK_1G,
+        }
+    }
+}
+
+impl Format for VtdFormat {
+    const ATTR_MASK: u64 = Self::READ | Self::WRITE;
+    const HISTORY_MASK: u64 = 0;
+
+    fn check_perms(perms: Perms) -> Result<(), EptError> {
+        if !perms.is_valid() {
+            Err(EptError::InvalidPerms { perms })
+        } else if perms.contains(Perms::EXECUTE) {
+            Err(EptError::PermsNotExpressible { perms })
+        } else {
+            Ok(())
+        }
+    }
+
+    fn attrs(perms: Perms, mem: MemType) -> Result<u64, EptError> {
+        Self::check_perms(perms)?;
+        if mem != MemType::WriteBack {
+            return Err(EptError::MemTypeNotExpressible { mem });
+        }
+        Ok(perms.bits() & Self::ATTR_MASK)
+    }
+
+    fn table(next: HostPhysAddr) -> u64 {
+        (next.as_u64() & ADDR_MASK) | Self::READ | Self::WRITE
+    }
+
+    fn is_present(raw: u64) -> bool {
+        raw & (Self::READ | Self::WRITE) != 0
+    }
+
+    fn is_large(raw: u64) -> bool {
+        raw & Self::PAGE_SIZE != 0
+    }
+
+    fn table_addr(raw: u64) -> HostPhysAddr {
+        HostPhysAddr::new(raw & ADDR_MASK)
+    }
+
+    fn leaf(size: PageSize, hpa: u64, attrs: u64) -> u64 {
+        let ps = match size {
+            PageSize::Size4K => 0,
+            PageSize::Size2M | PageSize::Size1G => Self::PAGE_SIZE,
+        };
+        (hpa & Self::addr_mask(size)) | (attrs & Self::ATTR_MASK) | ps
+    }
+
+    fn leaf_addr(size: PageSize, raw: u64) -> u64 {
+        raw & Self::addr_mask(size)
+    }
+
+    fn leaf_attrs(_size: PageSize, raw: u64) -> u64 {
+        raw & Self::ATTR_MASK
+    }
+
+    fn perms(raw: u64) -> Perms {
+        Perms::from_bits_truncate(raw & Self::ATTR_MASK)
+    }
+
+    fn with_perms(raw: u64, perms: Perms) -> u64 {
+        (raw & !Self::ATTR_MASK) | (perms.bits() & Self::ATTR_MASK)
+    }
+
+    fn mem_type(_attrs: u64) -> Option<MemType> {
+        // Legacy-mode second-level entries have no memory type: what is mapped is WB RAM.
+        Some(MemType::WriteBack)
     }
 }
 

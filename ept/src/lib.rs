@@ -13,7 +13,8 @@
 //! * [`npt`]: the bit layout of nested page table entries (long-mode paging entries) and the
 //!   default-PAT indices they select memory types with.
 //! * [`format`](mod@format): the [`Format`] trait, what the engine needs to know of an entry
-//!   format, and its two instances [`EptFormat`] and [`NptFormat`].
+//!   format, and its instances [`EptFormat`], [`NptFormat`] and [`VtdFormat`] (VT-d second-level
+//!   tables, used as [`SlTables`] by the `iommu` crate).
 //! * [`table`]: the engine, [`Tables`], used as [`Ept`] or [`Npt`]: map, unmap, protect and
 //!   translate over four-level tables with 4 KiB, 2 MiB and 1 GiB pages, all-or-nothing, with
 //!   table memory behind the [`FrameSource`] trait so that it runs in host tests.
@@ -29,11 +30,11 @@ pub mod npt;
 pub mod table;
 
 pub use entry::{EntryFlags, EptEntry, Eptp, MemType, PageSize, Perms};
-pub use format::{EptFormat, Format, NptFormat};
+pub use format::{EptFormat, Format, NptFormat, VtdFormat};
 pub use npt::{NptEntry, NptFlags, PatIndex};
 pub use table::{
-    Ept, EptError, FrameSource, Npt, Operand, Region, Regions, Tables, Translation, GPA_LIMIT,
-    HPA_LIMIT, PAGE_SIZE,
+    Ept, EptError, FrameSource, Npt, Operand, Region, Regions, SlTables, Tables, Translation,
+    GPA_LIMIT, HPA_LIMIT, PAGE_SIZE,
 };
 
 use bitflags::bitflags;

@@ -30,7 +30,7 @@
 //! VMCB's TLB_CONTROL, or INVLPGA (APM Vol. 2 §15.16), not anything in this crate.
 
 use crate::entry::{Eptp, MemType, PageSize, Perms};
-use crate::format::{EptFormat, Format, NptFormat};
+use crate::format::{EptFormat, Format, NptFormat, VtdFormat};
 use boot::{GuestPhysAddr, HostPhysAddr};
 use core::fmt;
 use core::marker::PhantomData;
@@ -127,12 +127,13 @@ pub enum EptError {
     /// The permissions cannot be put in a leaf: none at all, unknown bits, or write without read
     /// (an EPT misconfiguration, SDM Vol. 3C §29.3.3.1). To take every right away, unmap.
     InvalidPerms { perms: Perms },
-    /// NPT only: the permissions are valid for EPT but have no nested-page-table encoding. A
-    /// present NPT entry always allows reads (AMD64 APM Vol. 2 §5.4.1), so execute-only does not
-    /// exist.
+    /// NPT and VT-d only: the permissions are valid for EPT but have no encoding in this format.
+    /// A present NPT entry always allows reads (AMD64 APM Vol. 2 §5.4.1), so execute-only does
+    /// not exist; VT-d second-level entries have no execute right at all (VT-d spec §9.8).
     PermsNotExpressible { perms: Perms },
-    /// NPT only: the memory type has no index in the default PAT that nested page tables select
-    /// types from (WC and WP; APM Vol. 2 §7.8, §15.25.8).
+    /// NPT and VT-d only: the memory type has no index in the default PAT that nested page
+    /// tables select types from (WC and WP; APM Vol. 2 §7.8, §15.25.8), or is not WB in a VT-d
+    /// second-level entry, which has no memory type in legacy mode (VT-d spec §9.8).
     MemTypeNotExpressible { mem: MemType },
     /// `map` found this page of the range already mapped (the first such page).
     AlreadyMapped { gpa: GuestPhysAddr },
@@ -175,13 +176,15 @@ impl fmt::Display for EptError {
             ),
             Self::PermsNotExpressible { perms } => write!(
                 f,
-                "permissions {perms} cannot be mapped in nested page tables: a present NPT entry \
-                 is always readable, so execute-only does not exist"
+                "permissions {perms} cannot be mapped in nested page tables or VT-d \
+                 second-level tables: a present NPT entry is always readable, so execute-only \
+                 does not exist, and DMA has no execute right"
             ),
             Self::MemTypeNotExpressible { mem } => write!(
                 f,
-                "memory type {mem} cannot be mapped in nested page tables: the default host PAT \
-                 that atoll assumes has only WB, WT, UC- and UC"
+                "memory type {mem} cannot be mapped in nested page tables (the default host PAT \
+                 that atoll assumes has only WB, WT, UC- and UC) or VT-d second-level tables \
+                 (WB only)"
             ),
             Self::AlreadyMapped { gpa } => {
                 write!(f, "guest-physical page {gpa} is already mapped")
@@ -251,6 +254,12 @@ pub type Ept<F> = Tables<EptFormat, F>;
 /// goes in the VMCB's N_CR3 field ([`Tables::nested_cr3`]); the SVM backend flushes the
 /// partition's ASID after changes (see the module documentation).
 pub type Npt<F> = Tables<NptFormat, F>;
+
+/// One IOMMU domain's VT-d second-level tables (VT-d spec §9.8): IOVA (= guest-physical) to
+/// host-physical for DMA. Its root goes in context entries ([`Tables::slptptr`]); after
+/// `unmap`/`protect` (and after `map` on a unit in caching mode, CAP.CM) the caller invalidates
+/// the domain's IOTLB (`iommu::Unit::invalidate_domain`), as for EPT.
+pub type SlTables<F> = Tables<VtdFormat, F>;
 
 /// Bit position of the first address bit an entry at `level` translates.
 const fn shift(level: u8) -> u32 {
@@ -1108,6 +1117,14 @@ impl<F: FrameSource> Tables<NptFormat, F> {
     /// the default PAT). Nested walks use the host's paging mode (see §15.25.4), so there is no
     /// walk length or accessed/dirty switch to encode as in an EPTP.
     pub fn nested_cr3(&self) -> HostPhysAddr {
+        self.pml4
+    }
+}
+
+impl<F: FrameSource> Tables<VtdFormat, F> {
+    /// The second-level page-table pointer for a VT-d context entry (SLPTPTR, VT-d spec §9.3):
+    /// the 4-level root, used with address width AW = 2 (48 bits).
+    pub fn slptptr(&self) -> HostPhysAddr {
         self.pml4
     }
 }

@@ -1,10 +1,39 @@
 //! Intel VT-d.
 //!
-//! This crate will own DMA and interrupt remapping. So far it reads the ACPI DMAR table
-//! (Intel VT-d spec §8, "BIOS Considerations") into a list of remapping hardware units, which is
-//! how atoll learns whether and where an IOMMU exists. Parsing works on a byte slice with every
-//! length checked, so a malformed table yields an error instead of a wild read.
+//! This crate owns DMA remapping (VT-d spec rev 4.x). It reads the ACPI DMAR table (§8, "BIOS
+//! Considerations") into a list of remapping hardware units, which is how atoll learns whether
+//! and where an IOMMU exists; parsing works on a byte slice with every length checked, so a
+//! malformed table yields an error instead of a wild read. Then, per unit:
+//!
+//! * [`regs`]: typed registers (§10.4) behind the [`Registers`] trait the hypervisor implements
+//!   over the MMIO page;
+//! * [`context`]: root and context tables (§9.1, §9.3) deciding each device's domain;
+//! * second-level tables: [`ept::SlTables`], the `ept` engine with the VT-d entry format (§9.8);
+//! * [`qi`]: queued invalidation (§6.5.2);
+//! * [`fault`]: fault records (§7.1.3, §10.4.14) decoded;
+//! * [`unit`](mod@unit): probing, the enable sequence (§10.4.4) and the operations tying them together;
+//! * `model` (tests, or the `model` feature): a register model of a unit for host tests.
 #![cfg_attr(target_os = "none", no_std)]
+
+extern crate alloc;
+
+pub mod context;
+mod error;
+pub mod fault;
+#[cfg(any(test, feature = "model"))]
+pub mod model;
+pub mod qi;
+pub mod regs;
+pub mod unit;
+
+pub use context::{
+    AddressWidth, ContextEntry, ContextTables, DomainId, Flush, RootEntry, SourceId,
+};
+pub use error::Error;
+pub use fault::{DrainSummary, FaultKind, FaultReason, FaultRecord};
+pub use qi::{Descriptor, InvalidationQueue, QueueFault, QueueMemory, RawQueueMemory};
+pub use regs::{Cap, Ecap, GlobalCommand, GlobalStatus, MmioRegisters, Registers};
+pub use unit::Unit;
 
 use boot::HostPhysAddr;
 use core::fmt;

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 
 mod spec;
+mod vtd;
 use spec::Spec;
 
 /// Makes, for each generic scenario `name::<S>()`, tests `name::ept` and `name::npt`.

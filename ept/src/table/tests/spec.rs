@@ -5,7 +5,7 @@
 //! NPT).
 
 use super::{EptError, FakeFrames, MemType, Perms, Tables};
-use crate::{EptFormat, Format, NptFormat};
+use crate::{EptFormat, Format, NptFormat, VtdFormat};
 
 /// A format as the tests see it.
 pub(super) trait Spec: Format + Sized + 'static {
@@ -212,5 +212,72 @@ impl Spec for NptFormat {
         // N_CR3 is the bare address of the PML4 (APM §15.25.3).
         assert_eq!(tree.nested_cr3(), tree.pml4());
         assert_eq!(tree.nested_cr3().as_u64() & 0xfff, 0);
+    }
+}
+
+// The VT-d second-level bits (VT-d spec §9.8): R, W, PS in large leaves; no memory type, no
+// execute, no accessed/dirty flags in legacy mode; SNP (bit 11) never written.
+const SL_R: u64 = 1;
+const SL_W: u64 = 1 << 1;
+const SL_PS: u64 = 1 << 7;
+
+impl Spec for VtdFormat {
+    const PERMS: &'static [Perms] = &[Perms::READ, Perms::READ.union(Perms::WRITE)];
+    const MEMS: &'static [MemType] = &[MemType::WriteBack];
+    const BAD_PERMS: &'static [Perms] = &[
+        Perms::empty(),
+        Perms::WRITE,
+        Perms::EXECUTE,
+        Perms::READ.union(Perms::EXECUTE),
+        Perms::all(),
+        Perms::from_bits_retain(9),
+    ];
+    const BAD_MEMS: &'static [MemType] = &[
+        MemType::Uncacheable,
+        MemType::WriteCombining,
+        MemType::WriteThrough,
+        MemType::WriteProtected,
+    ];
+    /// VT-d has no other type; the generic scenarios that need one do not run for it.
+    const OTHER_MEM: MemType = MemType::WriteBack;
+    const TABLE_BITS: u64 = SL_R | SL_W;
+    const AD: u64 = 0;
+
+    fn present(raw: u64) -> bool {
+        raw & (SL_R | SL_W) != 0
+    }
+
+    fn key(raw: u64, _level: u8) -> u64 {
+        raw & (SL_R | SL_W)
+    }
+
+    fn decode(key: u64) -> (Perms, MemType) {
+        assert_eq!(key & !(SL_R | SL_W), 0, "bits besides R/W: {key:#x}");
+        assert!(key & SL_R != 0, "leaf without R: {key:#x}");
+        (Perms::from_bits_truncate(key), MemType::WriteBack)
+    }
+
+    fn leaf_bits(level: u8) -> u64 {
+        if level >= 2 {
+            SL_R | SL_W | SL_PS
+        } else {
+            SL_R | SL_W
+        }
+    }
+
+    fn expect_perms(perms: Perms) -> Result<(), EptError> {
+        if !perms.is_valid() {
+            Err(EptError::InvalidPerms { perms })
+        } else if perms.contains(Perms::EXECUTE) {
+            Err(EptError::PermsNotExpressible { perms })
+        } else {
+            Ok(())
+        }
+    }
+
+    fn check_root(tree: &Tables<Self, FakeFrames>) {
+        // SLPTPTR is the bare 4 KiB-aligned address of the 4-level root (§9.3).
+        assert_eq!(tree.slptptr(), tree.pml4());
+        assert_eq!(tree.slptptr().as_u64() & 0xfff, 0);
     }
 }

@@ -6,6 +6,9 @@
 //! length checked, so a malformed table yields an error instead of a wild read.
 #![cfg_attr(target_os = "none", no_std)]
 
+pub mod irte;
+pub mod remap;
+
 use boot::HostPhysAddr;
 use core::fmt;
 

@@ -23,6 +23,7 @@ pub mod bus;
 pub mod config;
 pub mod control;
 pub mod host;
+pub mod msi;
 pub mod msix;
 
 /// A device and function number on a bus: `device << 3 | function`, the encoding ECAM and

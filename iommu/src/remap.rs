@@ -43,8 +43,11 @@ pub struct Interrupt {
     pub delivery: DeliveryMode,
     /// Destination mode.
     pub dest_mode: DestMode,
-    /// The 8-bit destination (APIC ID or logical mask) — all compatibility format carries.
-    pub dest: u8,
+    /// The destination (APIC ID or logical mask): bits 7:0 from the classic field, bits 14:8
+    /// from the extended destination ID field a paravirtualized host uses when its platform
+    /// advertises one (Linux's `virt_destid_8_14`: RTE bits 55:49, MSI address bits 11:5), 0
+    /// otherwise.
+    pub dest: u32,
     /// Trigger mode.
     pub trigger: TriggerMode,
     /// Polarity (I/O APIC only; MSI decodes to active high).
@@ -101,6 +104,9 @@ pub mod rte {
     pub const REMAPPABLE: u64 = 1 << 48;
     /// Destination, 63:56 (compatibility format).
     pub const DEST_SHIFT: u32 = 56;
+    /// Extended destination ID (destination bits 14:8), 55:49 (compatibility format, when the
+    /// platform advertises it).
+    pub const EXT_DEST_SHIFT: u32 = 49;
     /// Handle[14:0] at 63:49 (remappable format).
     pub const HANDLE_SHIFT: u32 = 49;
 }
@@ -119,6 +125,8 @@ pub mod msi {
     pub const REMAPPABLE: u64 = 1 << 4;
     /// Destination ID, address 19:12.
     pub const DEST_SHIFT: u32 = 12;
+    /// Extended destination ID (destination bits 14:8), address 11:5, when advertised.
+    pub const EXT_DEST_SHIFT: u32 = 5;
     /// Handle[14:0] at address 19:5.
     pub const HANDLE_SHIFT: u32 = 5;
     /// Data: vector 7:0.
@@ -140,9 +148,8 @@ fn check_vector(delivery: DeliveryMode, vector: u8) -> Result<(), RemapError> {
 }
 
 impl Interrupt {
-    /// Decodes a compatibility-format I/O APIC redirection entry. Bits 55:17 other than 48
-    /// (reserved, or an extended destination ID only a paravirtual host uses) are ignored; the
-    /// read-only status bits 12 and 14 too.
+    /// Decodes a compatibility-format I/O APIC redirection entry. Reserved bits 47:17 other
+    /// than 48, and the read-only status bits 12 and 14, are ignored.
     pub fn from_ioapic_rte(rte: u64) -> Result<Self, RemapError> {
         if rte & rte::REMAPPABLE != 0 {
             return Err(RemapError::AlreadyRemappable);
@@ -155,7 +162,8 @@ impl Interrupt {
             vector,
             delivery,
             dest_mode: DestMode::from_bit(rte & rte::DEST_MODE != 0),
-            dest: (rte >> rte::DEST_SHIFT) as u8,
+            dest: ((rte >> rte::DEST_SHIFT) & 0xff | ((rte >> rte::EXT_DEST_SHIFT) & 0x7f) << 8)
+                as u32,
             trigger: TriggerMode::from_bit(rte & rte::TRIGGER != 0),
             polarity: if rte & rte::POLARITY != 0 {
                 Polarity::ActiveLow
@@ -168,9 +176,8 @@ impl Interrupt {
     }
 
     /// Decodes a compatibility-format MSI message (`address` with its upper half, `data`).
-    /// Address bits 11:5 (reserved, or a paravirtual extended destination ID) are ignored, as
-    /// are data bits 13:11 and 31:16 and the level bit (14, meaningful only with level
-    /// trigger, which MSI does not really have).
+    /// Data bits 13:11 and 31:16 and the level bit (14, meaningful only with level trigger,
+    /// which MSI does not really have) are ignored.
     pub fn from_msi(address: u64, data: u32) -> Result<Self, RemapError> {
         if address & msi::ADDRESS_BASE_MASK != msi::ADDRESS_BASE {
             return Err(RemapError::NotInterruptAddress(address));
@@ -186,7 +193,8 @@ impl Interrupt {
             vector,
             delivery,
             dest_mode: DestMode::from_bit(address & msi::DEST_MODE != 0),
-            dest: (address >> msi::DEST_SHIFT) as u8,
+            dest: ((address >> msi::DEST_SHIFT) & 0xff
+                | ((address >> msi::EXT_DEST_SHIFT) & 0x7f) << 8) as u32,
             trigger: TriggerMode::from_bit(data & msi::DATA_TRIGGER != 0),
             polarity: Polarity::ActiveHigh,
             masked: false,
@@ -437,6 +445,14 @@ mod tests {
             (j.dest, j.vector, j.dest_mode, j.redirection_hint, j.trigger),
             (0xff, 0x22, DestMode::Physical, false, TriggerMode::Edge)
         );
+    }
+
+    #[test]
+    fn extended_destination_ids() {
+        let i = Interrupt::from_ioapic_rte(0x30 | 0x7f << 49 | 0xab << 56).unwrap();
+        assert_eq!(i.dest, 0x7fab);
+        let j = Interrupt::from_msi(0xfee0_0000 | 0x12 << 12 | 0x55 << 5, 0x30).unwrap();
+        assert_eq!(j.dest, 0x5512);
     }
 
     #[test]

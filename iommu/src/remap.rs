@@ -22,7 +22,9 @@
 //! illegal vectors), and anything already in remappable format (the host must not pass handles
 //! of its own: it would pick someone else's IRTE).
 
-use crate::irte::{DeliveryMode, DestMode, IrteIndex, TriggerMode};
+use crate::irte::{
+    ApicDest, DeliveryMode, DestMode, Irte, IrteIndex, SourceValidation, TriggerMode,
+};
 use core::fmt;
 
 /// Pin polarity of an I/O APIC input (RTE bit 13). MSI has none (edge messages).
@@ -200,6 +202,24 @@ impl Interrupt {
             masked: false,
             redirection_hint: address & msi::REDIRECTION_HINT != 0,
         })
+    }
+
+    /// The IRTE that delivers this interrupt to `dest` — the host's destination translated by
+    /// the caller to the physical APIC ID it means, in the table's format — accepting requests
+    /// that pass `source`. Vector, delivery mode, destination mode, trigger and redirection
+    /// hint are the host's: the I/O APIC matches EOIs by the RTE's vector, so the IRTE's must be
+    /// the same, and its TM must equal the RTE's trigger (§5.1.5.1).
+    pub fn irte(&self, dest: ApicDest, source: SourceValidation) -> Irte {
+        let mut e = Irte::remapped(
+            self.vector,
+            dest,
+            self.dest_mode,
+            self.delivery,
+            self.trigger,
+            source,
+        );
+        e.redirection_hint = self.redirection_hint;
+        e
     }
 
     /// The remappable I/O APIC entry for this interrupt through IRTE `handle` (§5.1.5.1):
@@ -444,6 +464,40 @@ mod tests {
         assert_eq!(
             (j.dest, j.vector, j.dest_mode, j.redirection_hint, j.trigger),
             (0xff, 0x22, DestMode::Physical, false, TriggerMode::Edge)
+        );
+    }
+
+    #[test]
+    fn irte_for_a_host_interrupt() {
+        let i = Interrupt::from_ioapic_rte(rte(0x39, 1, true, true, true, false, 0x0f)).unwrap();
+        let src = SourceValidation::RequesterId(crate::irte::SourceId(0xf0f8));
+        let e = i.irte(ApicDest::X2Apic(0x104), src);
+        assert_eq!(
+            (
+                e.present,
+                e.vector,
+                e.delivery,
+                e.dest_mode,
+                e.trigger,
+                e.dest,
+                e.source,
+                e.redirection_hint
+            ),
+            (
+                true,
+                0x39,
+                DeliveryMode::LowestPriority,
+                DestMode::Logical,
+                TriggerMode::Level,
+                ApicDest::X2Apic(0x104),
+                src,
+                false
+            )
+        );
+        let m = Interrupt::from_msi(0xfee0_0008, 0x4031).unwrap();
+        assert!(
+            m.irte(ApicDest::XApic(0), SourceValidation::None)
+                .redirection_hint
         );
     }
 

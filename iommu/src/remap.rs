@@ -8,12 +8,12 @@
 //! decodes what the host wrote into an [`Interrupt`], points an IRTE at it, and writes the
 //! remappable form with that IRTE's handle to the device:
 //!
-//! * I/O APIC RTE (§5.1.5.1): bit 48 = 1 (remappable), handle[14:0] in bits 63:49, handle[15]
+//! * I/O APIC RTE (§5.1.5.1): bit 48 = 1 (remappable), handle bits 14:0 in bits 63:49, handle bit 15
 //!   in bit 11, bits 10:8 zero; vector (7:0), polarity (13), trigger (15) and mask (16) are kept
 //!   — the I/O APIC still uses the vector to match EOIs of level-triggered entries, so it must
 //!   equal the IRTE's vector, and trigger must equal the IRTE's TM.
-//! * MSI/MSI-X (§5.1.5.2): address 0xFEE in 31:20, handle[14:0] in 19:5, bit 4 = 1
-//!   (remappable), SHV in bit 3, handle[15] in bit 2; data 0, or with SHV the subhandle that the
+//! * MSI/MSI-X (§5.1.5.2): address 0xFEE in 31:20, handle bits 14:0 in 19:5, bit 4 = 1
+//!   (remappable), SHV in bit 3, handle bit 15 in bit 2; data 0, or with SHV the subhandle that the
 //!   IOMMU adds to the handle (a multiple-message MSI function ORs its message number into the
 //!   low data bits).
 //!
@@ -90,7 +90,7 @@ pub mod rte {
     pub const VECTOR: u64 = 0xff;
     /// Delivery mode, 10:8.
     pub const DELIVERY_SHIFT: u32 = 8;
-    /// Destination mode, 11 (compatibility); handle[15] in remappable format.
+    /// Destination mode, 11 (compatibility); handle bit 15 in remappable format.
     pub const DEST_MODE: u64 = 1 << 11;
     /// Delivery status (read-only), 12.
     pub const DELIVERY_STATUS: u64 = 1 << 12;
@@ -109,7 +109,7 @@ pub mod rte {
     /// Extended destination ID (destination bits 14:8), 55:49 (compatibility format, when the
     /// platform advertises it).
     pub const EXT_DEST_SHIFT: u32 = 49;
-    /// Handle[14:0] at 63:49 (remappable format).
+    /// Handle bits 14:0 at 63:49 (remappable format).
     pub const HANDLE_SHIFT: u32 = 49;
 }
 
@@ -119,7 +119,7 @@ pub mod msi {
     pub const ADDRESS_BASE: u64 = 0xfee0_0000;
     /// Mask of those bits (with the upper half, which must be 0).
     pub const ADDRESS_BASE_MASK: u64 = 0xffff_ffff_fff0_0000;
-    /// Destination mode, address bit 2 (compatibility); handle[15] in remappable format.
+    /// Destination mode, address bit 2 (compatibility); handle bit 15 in remappable format.
     pub const DEST_MODE: u64 = 1 << 2;
     /// Redirection hint, address bit 3 (compatibility); SHV in remappable format.
     pub const REDIRECTION_HINT: u64 = 1 << 3;
@@ -129,7 +129,7 @@ pub mod msi {
     pub const DEST_SHIFT: u32 = 12;
     /// Extended destination ID (destination bits 14:8), address 11:5, when advertised.
     pub const EXT_DEST_SHIFT: u32 = 5;
-    /// Handle[14:0] at address 19:5.
+    /// Handle bits 14:0 at address 19:5.
     pub const HANDLE_SHIFT: u32 = 5;
     /// Data: vector 7:0.
     pub const DATA_VECTOR: u32 = 0xff;
@@ -412,8 +412,8 @@ mod tests {
     fn remappable_rte_layout() {
         let i = Interrupt::from_ioapic_rte(rte(0x41, 0, true, true, true, false, 0xff)).unwrap();
         let r = i.to_remappable_rte(IrteIndex(0x8123));
-        // vector 7:0, bits 10:8 zero, handle[15] in 11, polarity 13, trigger 15, format 48,
-        // handle[14:0] 63:49; destination bits gone.
+        // vector 7:0, bits 10:8 zero, handle bit 15 in 11, polarity 13, trigger 15, format 48,
+        // handle bits 14:0 63:49; destination bits gone.
         assert_eq!(
             r,
             0x41 | 1 << 11 | 1 << 13 | 1 << 15 | 1 << 48 | 0x0123 << 49
@@ -548,7 +548,7 @@ mod tests {
     #[test]
     fn remappable_msi_layout() {
         let s = RemappableMsi::single(IrteIndex(0x8001));
-        // 0xFEE, handle[14:0] = 1 at 19:5, bit 4, no SHV, handle[15] at bit 2.
+        // 0xFEE, handle bits 14:0 = 1 at 19:5, bit 4, no SHV, handle bit 15 at bit 2.
         assert_eq!(
             s,
             RemappableMsi {

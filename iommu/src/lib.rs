@@ -20,10 +20,12 @@ extern crate alloc;
 pub mod context;
 mod error;
 pub mod fault;
+pub mod irte;
 #[cfg(any(test, feature = "model"))]
 pub mod model;
 pub mod qi;
 pub mod regs;
+pub mod remap;
 pub mod unit;
 
 pub use context::{

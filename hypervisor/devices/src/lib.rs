@@ -12,6 +12,8 @@
 //! * [`host_acpi`]: the host's (root partition's) ACPI tables — the firmware's, without the
 //!   DMAR, under a new RSDP and XSDT, with a MADT of the host's cores (pool cores online
 //!   capable). Not used by the boot yet.
+//! * [`host_ioapic`]: the host's physical I/O APIC trapped, its entries written to the chip in
+//!   interrupt-remapping form ([`pci::msi`] does the same for MSI and MSI-X).
 //! * [`bounded`]: what exit paths keep of guest data without allocating — fixed-capacity result
 //!   store and console queue that count what they drop, and an iterative JSON validator with a
 //!   depth limit.
@@ -33,6 +35,7 @@ pub mod acpi;
 pub mod bounded;
 pub mod bus;
 pub mod host_acpi;
+pub mod host_ioapic;
 pub mod ioapic;
 pub mod lapic;
 pub mod pci;

@@ -26,6 +26,7 @@ pub mod bus;
 pub mod config;
 pub mod control;
 pub mod host;
+pub mod msi;
 pub mod msix;
 pub mod scan;
 

@@ -286,6 +286,25 @@ extern "C" fn atoll_bsp_main(magic: u32, info_addr: u64) -> ! {
     if let (Some(h), Some(c)) = (the_host.as_mut(), canaries.as_ref()) {
         h.extra_facts = c.cmdline_word();
     }
+    // The IOMMU: before the host runs, so its devices are confined from its first instruction.
+    if let Some(d) = &platform.dmar {
+        let ecam = platform
+            .ecam()
+            .find(|e| e.segment == 0 && e.bus_start == 0)
+            .map(|e| e.base.as_u64());
+        match iommu::Vtd::bring_up(
+            d,
+            the_host.as_ref().map(|h| h.dma_mappings()),
+            &iommu_config.blocked,
+            ecam,
+        ) {
+            Ok(v) => *iommu::VTD.lock() = Some(v),
+            Err(e) => {
+                log::error!("iommu: {e}");
+                problems.push(alloc::format!("iommu: {e}"));
+            }
+        }
+    }
     let (enclaves, control) = enclaves::run_all(
         &info,
         &bsp,
@@ -295,6 +314,21 @@ extern "C" fn atoll_bsp_main(magic: u32, info_addr: u64) -> ! {
         the_host.as_mut(),
     );
 
+    // The IOMMU's last faults, then its figures (each lock taken and released here: a guard
+    // held in the summary's expression would be held to its end).
+    iommu::poll();
+    let mut iommu_report = iommu::VTD.lock().as_mut().map(|v| v.report());
+    let dma_isolation = iommu_report.as_ref().is_some_and(|r| r.translation);
+    if let Some(c) = &canaries {
+        iommu_report.get_or_insert_with(Default::default).canaries = Some(c.report());
+    }
+    let host_report = the_host.as_ref().map(|h| {
+        let mut r = h.report();
+        if let Some(v) = iommu::VTD.lock().as_ref() {
+            v.fill_host(&mut r);
+        }
+        r
+    });
     let mut summary = Summary {
         version: env!("CARGO_PKG_VERSION"),
         memory_usable_bytes: usable,
@@ -319,13 +353,10 @@ extern "C" fn atoll_bsp_main(magic: u32, info_addr: u64) -> ! {
             "none"
         },
         enclaves,
-        host: the_host.as_ref().map(host::Host::report),
-        dma_isolation: false,
+        host: host_report,
+        dma_isolation,
         allow_unsafe_dma: iommu_config.allow_unsafe_dma,
-        iommu: canaries.as_ref().map(|c| atoll::summary::IommuReport {
-            canaries: Some(c.report()),
-            ..Default::default()
-        }),
+        iommu: iommu_report,
         host_interrupts_ok: interrupts_ok,
         control,
         cores: CORES

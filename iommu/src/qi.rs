@@ -288,6 +288,11 @@ pub struct RawQueueMemory {
     status_phys: HostPhysAddr,
 }
 
+// SAFETY: the ring and status word are frames reachable the same from every processor (the
+// contract of `new`), owned by this value alone; moving it to another thread moves that
+// exclusive ownership with it.
+unsafe impl Send for RawQueueMemory {}
+
 impl RawQueueMemory {
     /// # Safety
     ///

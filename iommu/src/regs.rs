@@ -100,6 +100,11 @@ pub struct MmioRegisters {
     len: u64,
 }
 
+// SAFETY: the window is physical MMIO mapped the same on every processor (the contract of
+// `new`), not memory tied to one thread; `&mut self` on every write keeps accesses exclusive
+// wherever the value moves.
+unsafe impl Send for MmioRegisters {}
+
 impl MmioRegisters {
     /// # Safety
     ///

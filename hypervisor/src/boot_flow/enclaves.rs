@@ -417,6 +417,7 @@ impl Manager<'_> {
                 progress |= self.try_collect(id);
             }
             progress |= self.serve_control();
+            super::iommu::poll();
             if self.host.is_some() && !self.host_running() {
                 // Nobody can finish loading an enclave once the host has ended for good.
                 progress |= self.drop_loading();

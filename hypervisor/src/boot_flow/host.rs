@@ -593,6 +593,11 @@ impl Host {
     }
 
     /// Whether the host runs (or will run again).
+    /// What the host's second stage maps (IOVA = guest-physical for its devices' DMA).
+    pub fn dma_mappings(&self) -> &[atoll::partition::host_memory::HostMapping] {
+        &self.layout.mappings
+    }
+
     pub fn running(&self) -> bool {
         self.bsp.is_some()
     }

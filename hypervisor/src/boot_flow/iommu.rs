@@ -76,3 +76,413 @@ impl Canaries {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// VT-d: DMA remapping.
+
+use alloc::collections::BTreeMap;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use atoll::partition::host_memory::HostMapping;
+use atoll::partition::machine::PciAddress;
+use atoll::partition::{Identity, PoolFrames};
+use atoll::summary::{FaultReport, HostReport, IommuReport};
+use ept::{MemType, SlTables, VtdFormat};
+use iommu::{
+    ContextTables, DomainId, FaultKind, FaultRecord, MmioRegisters, RawQueueMemory, SourceId, Unit,
+};
+
+/// The domain of the root partition (0 is refused under caching mode, so domains start at 1).
+const HOST_DOMAIN: DomainId = DomainId(1);
+/// The address width the second-level tables cover (4-level tables, IOVA = guest-physical).
+const IOVA_BITS: u8 = 48;
+/// Faults kept in the summary's log.
+const FAULT_LOG: usize = 32;
+/// A function with this many faults within [`STORM_WINDOW_US`] is stopped.
+const STORM_FAULTS: u32 = 64;
+/// See [`STORM_FAULTS`].
+const STORM_WINDOW_US: u64 = 1_000_000;
+
+type Frames = PoolFrames<'static, Identity>;
+
+/// One remapping unit as atoll drives it.
+struct VtdUnit {
+    unit: Unit<MmioRegisters, RawQueueMemory>,
+    contexts: ContextTables<Frames>,
+}
+
+/// Who owns a requester id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Owner {
+    Host,
+    None,
+}
+
+impl Owner {
+    fn name(self) -> &'static str {
+        match self {
+            Owner::Host => "host",
+            Owner::None => "none",
+        }
+    }
+}
+
+/// A function's recent faults, for storm detection.
+#[derive(Clone, Copy, Default)]
+struct Storm {
+    window_start_us: u64,
+    count: u32,
+}
+
+/// atoll's VT-d: the units, the domains, who owns what, and the faults seen.
+pub struct Vtd {
+    units: Vec<VtdUnit>,
+    host_tables: Option<SlTables<Frames>>,
+    functions: usize,
+    host_functions: usize,
+    blocked: Vec<PciAddress>,
+    last_bus: u8,
+    ecam: Option<u64>,
+    dma_faults: u64,
+    interrupt_faults: u64,
+    unowned_faults: u64,
+    lost_faults: u64,
+    host_dma_faults: u64,
+    host_interrupt_faults: u64,
+    host_last: Option<FaultReport>,
+    log: Vec<FaultReport>,
+    storms: BTreeMap<u16, Storm>,
+    stopped: Vec<String>,
+}
+
+/// The VT-d units once brought up; the manager polls their faults.
+pub static VTD: spin::Mutex<Option<Vtd>> = spin::Mutex::new(None);
+
+/// A configuration dword through mechanism #1, at boot (before the host runs: nobody else
+/// uses the ports).
+fn config_read(bdf: atoll_devices::pci::Bdf, offset: u16) -> u32 {
+    let address: u32 = 1 << 31
+        | u32::from(bdf.bus) << 16
+        | u32::from(bdf.devfn.bits()) << 8
+        | u32::from(offset & 0xfc);
+    // SAFETY: port I/O on the PCI configuration ports at boot, on the boot processor alone;
+    // reading a configuration register has no side effect on the functions scanned (vendor,
+    // class, header type and bus numbers).
+    unsafe { x86_64::instructions::port::Port::<u32>::new(0xcf8).write(address) };
+    // SAFETY: as above: the data port of the address just written.
+    unsafe { x86_64::instructions::port::Port::<u32>::new(0xcfc).read() }
+}
+
+impl Vtd {
+    /// Takes every unit of `dmar`: context tables on buses 0 to the last bus the firmware
+    /// numbered, every function there in the host's domain (its second-level tables mapping
+    /// `host`, IOVA = guest-physical) unless `blocked` names it or there is no host, then
+    /// translation on. `Err` names the first unit that could not be driven (none is left on).
+    pub fn bring_up(
+        dmar: &iommu::Dmar,
+        host: Option<&[HostMapping]>,
+        blocked: &[PciAddress],
+        ecam: Option<u64>,
+    ) -> Result<Self, String> {
+        let scan = atoll_devices::pci::scan::scan(config_read);
+        let mut units = Vec::new();
+        for (i, u) in dmar.units().enumerate() {
+            let window = u.register_pages * 4096;
+            // SAFETY: the unit's register pages, named by the firmware's DMAR; identity-mapped
+            // uncacheable for atoll (the MMIO hole) and never mapped for a partition (the
+            // host's layout leaves them out). Only atoll's manager touches them.
+            let regs = unsafe { MmioRegisters::new(u.register_base.as_u64() as *mut u8, window) };
+            let (ring, status) = {
+                let mut f = FRAMES.lock();
+                let ring = f
+                    .allocate(1, FRAME_SIZE)
+                    .map_err(|e| alloc::format!("{e:?}"))?;
+                let status = f
+                    .allocate(1, FRAME_SIZE)
+                    .map_err(|e| alloc::format!("{e:?}"))?;
+                (ring.start, status.start)
+            };
+            // SAFETY: two frames just taken from atoll's pool for good (never a partition's),
+            // identity-mapped, page-aligned; nothing else refers to them.
+            let queue = unsafe {
+                RawQueueMemory::new(
+                    ring.as_u64() as *mut [u64; 512],
+                    ring,
+                    status.as_u64() as *mut u32,
+                    status,
+                )
+            };
+            let unit = Unit::probe(regs, window, IOVA_BITS, queue)
+                .map_err(|e| alloc::format!("VT-d unit {i} at {}: {e}", u.register_base))?;
+            let contexts = ContextTables::new(PoolFrames::new(&FRAMES, Identity), unit.cap())
+                .map_err(|e| alloc::format!("VT-d unit {i}: context tables: {e}"))?;
+            units.push(VtdUnit { unit, contexts });
+        }
+        let largest = units
+            .iter()
+            .map(|u| u.unit.largest_page())
+            .min()
+            .unwrap_or(ept::PageSize::Size4K);
+        let host_tables = match host {
+            Some(mappings) => {
+                let mut t = SlTables::new(PoolFrames::new(&FRAMES, Identity), largest)
+                    .map_err(|e| alloc::format!("the host's DMA tables: {e:?}"))?;
+                for m in mappings {
+                    t.map(
+                        m.gpa,
+                        m.hpa,
+                        m.len,
+                        VtdFormat::dma_perms(m.perms),
+                        MemType::WriteBack,
+                    )
+                    .map_err(|e| alloc::format!("the host's DMA tables at {}: {e:?}", m.gpa))?;
+                }
+                Some(t)
+            }
+            None => None,
+        };
+        let blocked_ids: Vec<u16> = blocked.iter().map(PciAddress::requester_id).collect();
+        let mut host_functions = 0;
+        for u in &mut units {
+            if let Some(t) = &host_tables {
+                for bus in 0..=scan.last_bus {
+                    for devfn in 0..=255u8 {
+                        let sid = SourceId::new(bus, devfn);
+                        if blocked_ids.contains(&sid.0) {
+                            continue;
+                        }
+                        // Before translation is on no cache holds anything: the flush the
+                        // assignment asks for is done by `enable`'s global invalidations.
+                        let _ = u
+                            .contexts
+                            .assign(sid, HOST_DOMAIN, t.slptptr())
+                            .map_err(|e| alloc::format!("context entry of {sid}: {e}"))?;
+                    }
+                }
+            }
+        }
+        if host_tables.is_some() {
+            host_functions = scan
+                .functions
+                .iter()
+                .filter(|f| {
+                    !blocked_ids
+                        .contains(&(u16::from(f.bdf.bus) << 8 | u16::from(f.bdf.devfn.bits())))
+                })
+                .count();
+        }
+        for (i, u) in units.iter_mut().enumerate() {
+            let root = u.contexts.root_table();
+            if let Err(e) = u.unit.enable(root) {
+                let _ = u.unit.disable();
+                return Err(alloc::format!("VT-d unit {i}: enabling translation: {e}"));
+            }
+        }
+        for f in &scan.functions {
+            let owner = if blocked_ids
+                .contains(&(u16::from(f.bdf.bus) << 8 | u16::from(f.bdf.devfn.bits())))
+                || host_tables.is_none()
+            {
+                "none (blocked)"
+            } else {
+                "host"
+            };
+            log::info!(
+                "iommu: {} {:04x}:{:04x} class {:06x}: {owner}",
+                f.bdf,
+                f.vendor,
+                f.device,
+                f.class
+            );
+        }
+        log::info!(
+            "iommu: {} unit(s), translation on; {} function(s) found, buses 0-{}, host domain {}",
+            units.len(),
+            scan.functions.len(),
+            scan.last_bus,
+            if host_tables.is_some() {
+                "mirrors the host's second stage"
+            } else {
+                "absent: every function blocked"
+            }
+        );
+        Ok(Self {
+            units,
+            host_tables,
+            functions: scan.functions.len(),
+            host_functions,
+            blocked: blocked.to_vec(),
+            last_bus: scan.last_bus,
+            ecam,
+            dma_faults: 0,
+            interrupt_faults: 0,
+            unowned_faults: 0,
+            lost_faults: 0,
+            host_dma_faults: 0,
+            host_interrupt_faults: 0,
+            host_last: None,
+            log: Vec::new(),
+            storms: BTreeMap::new(),
+            stopped: Vec::new(),
+        })
+    }
+
+    fn owner(&self, sid: SourceId) -> Owner {
+        let blocked = self.blocked.iter().any(|b| b.requester_id() == sid.0);
+        if blocked || self.host_tables.is_none() || sid.bus() > self.last_bus {
+            Owner::None
+        } else {
+            Owner::Host
+        }
+    }
+
+    /// Reads and clears every unit's fault records: each is counted, logged (rate-limited),
+    /// attributed to its function's owner, and a function faulting in a storm is stopped.
+    pub fn poll(&mut self) {
+        let mut records: Vec<FaultRecord> = Vec::new();
+        for u in &mut self.units {
+            let s = u.unit.drain_faults(|r| records.push(r));
+            if s.overflow {
+                self.lost_faults += 1;
+            }
+        }
+        for r in records {
+            self.record(r);
+        }
+    }
+
+    fn record(&mut self, r: FaultRecord) {
+        let owner = self.owner(r.source);
+        let kind = match r.kind {
+            FaultKind::Dma => {
+                self.dma_faults += 1;
+                "dma"
+            }
+            FaultKind::Interrupt(_) => {
+                self.interrupt_faults += 1;
+                "interrupt"
+            }
+        };
+        let address = match r.kind {
+            FaultKind::Dma => r.address,
+            FaultKind::Interrupt(index) => u64::from(index) << 48,
+        };
+        let report = FaultReport {
+            source: r.source.to_string(),
+            owner: owner.name().to_string(),
+            kind,
+            code: r.reason.code(),
+            reason: r.reason.to_string(),
+            address: alloc::format!("{address:#x}"),
+            write: r.write,
+        };
+        let n = self.dma_faults + self.interrupt_faults;
+        if atoll::run::host::rate_limited(n) {
+            log::warn!("iommu: {r} (owner {}; {n} faults so far)", owner.name());
+        }
+        match owner {
+            Owner::Host => {
+                match r.kind {
+                    FaultKind::Dma => self.host_dma_faults += 1,
+                    FaultKind::Interrupt(_) => self.host_interrupt_faults += 1,
+                }
+                self.host_last = Some(report.clone());
+            }
+            Owner::None => self.unowned_faults += 1,
+        }
+        if self.log.len() < FAULT_LOG {
+            self.log.push(report);
+        }
+        let now = atoll::hw::tsc::micros();
+        let s = self.storms.entry(r.source.0).or_default();
+        if now.saturating_sub(s.window_start_us) > STORM_WINDOW_US {
+            *s = Storm {
+                window_start_us: now,
+                count: 0,
+            };
+        }
+        s.count += 1;
+        if s.count == STORM_FAULTS {
+            self.stop(r.source);
+        }
+    }
+
+    /// Stops a function that faults in a storm: bus mastering off in its command register
+    /// (through ECAM: one store, atomic against the host's own configuration accesses) and its
+    /// context entry cleared, so nothing it does reaches memory any more.
+    fn stop(&mut self, sid: SourceId) {
+        if let Some(base) = self.ecam {
+            let at = base + (u64::from(sid.0) << 12) + 4;
+            // SAFETY: the command register of the function's ECAM page: atoll's identity map
+            // covers the ECAM window (uncacheable MMIO below 4 GiB); a 16-bit store there
+            // changes only that function's command register.
+            let cmd = unsafe { core::ptr::read_volatile(at as *const u16) };
+            // SAFETY: as above.
+            unsafe { core::ptr::write_volatile(at as *mut u16, cmd & !0x4) };
+        }
+        for u in &mut self.units {
+            if let Err(e) = u.unit.block(&mut u.contexts, sid) {
+                log::error!("iommu: blocking {sid}: {e}");
+            }
+        }
+        log::warn!(
+            "iommu: {sid} faulted {STORM_FAULTS} times within {} ms: stopped (bus mastering off, DMA blocked)",
+            STORM_WINDOW_US / 1000
+        );
+        self.stopped.push(sid.to_string());
+    }
+
+    /// The summary's `iommu` object.
+    pub fn report(&mut self) -> IommuReport {
+        let table_pages = self
+            .units
+            .iter()
+            .map(|u| u.contexts.table_frames())
+            .sum::<usize>()
+            + self.host_tables.as_ref().map_or(0, |t| t.table_pages());
+        IommuReport {
+            units: self.units.len(),
+            translation: !self.units.is_empty()
+                && self
+                    .units
+                    .iter()
+                    .all(|u| u.unit.status().contains(iommu::GlobalStatus::TES)),
+            interrupt_remapping: !self.units.is_empty()
+                && self
+                    .units
+                    .iter()
+                    .all(|u| u.unit.status().contains(iommu::GlobalStatus::IRES)),
+            domains: usize::from(self.host_tables.is_some()),
+            functions: self.functions,
+            host_functions: self.host_functions,
+            blocked: self
+                .blocked
+                .iter()
+                .map(|b| alloc::format!("{:02x}:{:02x}.{}", b.bus, b.device, b.function))
+                .collect(),
+            last_bus: self.last_bus,
+            table_pages,
+            dma_faults: self.dma_faults,
+            interrupt_faults: self.interrupt_faults,
+            unowned_faults: self.unowned_faults,
+            lost_faults: self.lost_faults,
+            fault_log: self.log.clone(),
+            stopped: self.stopped.clone(),
+            canaries: None,
+        }
+    }
+
+    /// The host's share: its devices' faults.
+    pub fn fill_host(&self, host: &mut HostReport) {
+        host.dma_faults = self.host_dma_faults;
+        host.interrupt_faults = self.host_interrupt_faults;
+        host.last_fault = self.host_last.clone();
+    }
+}
+
+/// Polls the faults, if atoll has an IOMMU (the manager calls this every turn).
+pub fn poll() {
+    if let Some(v) = VTD.lock().as_mut() {
+        v.poll();
+    }
+}

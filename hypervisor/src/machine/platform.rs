@@ -73,6 +73,8 @@ pub struct Platform {
     pub dmar_present: bool,
     /// The DMAR's remapping-unit count, when it parsed.
     pub dmar_units: usize,
+    /// The DMAR, when it parsed.
+    pub dmar: Option<iommu::Dmar>,
     /// ACPI revision from the RSDP (0 for ACPI 1.0).
     pub acpi_revision: u8,
     /// How to enter S5, if the FADT says.
@@ -172,6 +174,7 @@ impl Platform {
             ecam: [None; MAX_ECAM],
             dmar_present: false,
             dmar_units: 0,
+            dmar: None,
             acpi_revision: tables.revision(),
             power: None,
         };
@@ -197,7 +200,10 @@ impl Platform {
             p.dmar_present = true;
             // SAFETY: `find_table` mapped the whole DMAR.
             match iommu::Dmar::parse(unsafe { table_bytes(&dmar) }) {
-                Ok(d) => p.dmar_units = d.units().count(),
+                Ok(d) => {
+                    p.dmar_units = d.units().count();
+                    p.dmar = Some(d);
+                }
                 Err(e) => log::warn!("DMAR present but unreadable: {e}"),
             }
         }

@@ -298,7 +298,15 @@ extern "C" fn atoll_bsp_main(magic: u32, info_addr: u64) -> ! {
             &iommu_config.blocked,
             ecam,
         ) {
-            Ok(v) => *iommu::VTD.lock() = Some(v),
+            Ok(v) => {
+                *iommu::VTD.lock() = Some(v);
+                if let Some(h) = the_host.as_mut() {
+                    if let Err(e) = iommu::enable_interrupt_remapping(h) {
+                        log::error!("iommu: {e}");
+                        problems.push(alloc::format!("iommu: {e}"));
+                    }
+                }
+            }
             Err(e) => {
                 log::error!("iommu: {e}");
                 problems.push(alloc::format!("iommu: {e}"));
@@ -319,6 +327,14 @@ extern "C" fn atoll_bsp_main(magic: u32, info_addr: u64) -> ! {
     iommu::poll();
     let mut iommu_report = iommu::VTD.lock().as_mut().map(|v| v.report());
     let dma_isolation = iommu_report.as_ref().is_some_and(|r| r.translation);
+    if let (Some(r), Some(irq)) = (
+        iommu_report.as_mut(),
+        the_host.as_ref().and_then(|h| h.run.shared.irq()),
+    ) {
+        use core::sync::atomic::Ordering::Relaxed;
+        r.host_irtes_written = irq.remapped.load(Relaxed);
+        r.host_interrupts_refused = irq.refused.load(Relaxed);
+    }
     if let Some(c) = &canaries {
         iommu_report.get_or_insert_with(Default::default).canaries = Some(c.report());
     }

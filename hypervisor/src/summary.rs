@@ -279,6 +279,10 @@ pub struct IommuReport {
     pub lost_faults: u64,
     /// The first faults (at most 32).
     pub fault_log: Vec<FaultReport>,
+    /// IRTEs atoll wrote for the host's interrupt sources (I/O APIC entries, MSI, MSI-X).
+    pub host_irtes_written: u64,
+    /// Host interrupts refused (a destination outside its cores, SMI/INIT, not an interrupt).
+    pub host_interrupts_refused: u64,
     /// Functions atoll stopped (bus mastering off) for faulting in a storm.
     pub stopped: Vec<String>,
     /// The DMA canaries, when the machine description asked for them.

@@ -593,6 +593,21 @@ impl Host {
     }
 
     /// Whether the host runs (or will run again).
+    /// The I/O APICs' pages (from the firmware's MADT).
+    pub fn ioapic_pages(&self) -> &[HostPhysAddr] {
+        &self.ioapics
+    }
+
+    /// Leaves `page` unmapped in the host's second stage (a trapped device page) and flushes
+    /// its cores' translations.
+    pub fn trap_page(&mut self, page: HostPhysAddr) -> Result<(), String> {
+        self.tables
+            .unmap(GuestPhysAddr::new(page.as_u64()), 4096)
+            .map_err(|e| alloc::format!("unmapping {page} from the host: {e:?}"))?;
+        self.run.tables_changed();
+        Ok(())
+    }
+
     /// What the host's second stage maps (IOVA = guest-physical for its devices' DMA).
     pub fn dma_mappings(&self) -> &[atoll::partition::host_memory::HostMapping] {
         &self.layout.mappings
@@ -743,8 +758,14 @@ impl Host {
         // What a reset would clear: this core's local APIC (the others clear their own as
         // they leave the guest), every I/O APIC route, the host's COM1 and pending signals.
         atoll::hw::apic::reset_for_partition(true);
-        for a in &self.ioapics {
-            atoll::hw::apic::mask_ioapic(a.as_u64());
+        match self.run.shared.irq() {
+            // Under interrupt remapping the trap masks the chip and frees the host's entries.
+            Some(irq) => irq.reset(&atoll::hw::host_run::TARGET_HW),
+            None => {
+                for a in &self.ioapics {
+                    atoll::hw::apic::mask_ioapic(a.as_u64());
+                }
+            }
         }
         self.run.shared.reset_for_restart();
         match why {

@@ -469,6 +469,7 @@ impl Vtd {
             fault_log: self.log.clone(),
             stopped: self.stopped.clone(),
             canaries: None,
+            ..Default::default()
         }
     }
 
@@ -485,4 +486,96 @@ pub fn poll() {
     if let Some(v) = VTD.lock().as_mut() {
         v.poll();
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// VT-d: interrupt remapping of the host's sources.
+
+/// Entries of the interrupt remapping table: 2^12 (64 KiB), IRTA.S = 11.
+const IRT_ENTRIES: usize = 4096;
+
+/// The interrupt entry cache invalidation an IRTE change owes every unit.
+fn invalidate_irte(index: iommu::irte::IrteIndex) {
+    if let Some(v) = VTD.lock().as_mut() {
+        for u in &mut v.units {
+            if let Err(e) = u
+                .unit
+                .invalidate(&[iommu::Descriptor::iec_index(index.0, 0)])
+            {
+                log::error!("iommu: invalidating IRTE {}: {e}", index.0);
+            }
+        }
+    }
+}
+
+/// Turns interrupt remapping on for a machine with a host: the table in atoll's frames, the
+/// host's I/O APICs masked and trapped (their pages left unmapped in its tables), then every
+/// unit's IRE with compatibility-format interrupts blocked. From here on an interrupt reaches a
+/// core only through an entry atoll wrote.
+pub fn enable_interrupt_remapping(host: &mut super::host::Host) -> Result<(), String> {
+    {
+        let guard = VTD.lock();
+        let v = guard.as_ref().ok_or("no IOMMU")?;
+        if v.units.is_empty() || !v.units.iter().all(|u| u.unit.ecap().ir()) {
+            return Err("a remapping unit has no interrupt remapping (ECAP.IR)".into());
+        }
+    }
+    let pages: Vec<u64> = host.ioapic_pages().iter().map(|p| p.as_u64()).collect();
+    if let Some(p) = pages.iter().find(|p| *p & 0xfff != 0) {
+        return Err(alloc::format!(
+            "the I/O APIC at {p:#x} is not page-aligned: atoll cannot trap it alone"
+        ));
+    }
+    let frames = (IRT_ENTRIES * 16) as u64 / FRAME_SIZE;
+    let irt = FRAMES
+        .lock()
+        .allocate(frames, FRAME_SIZE)
+        .map_err(|e| alloc::format!("no frames for the interrupt remapping table: {e:?}"))?;
+    // SAFETY: frames just taken from atoll's pool for good, identity-mapped, 4 KiB-aligned,
+    // IRT_ENTRIES × 16 bytes; nothing else refers to them.
+    let raw = unsafe { atoll::hw::vtd::RawIrt::new(irt.start.as_u64() as *mut u64, IRT_ENTRIES) };
+    let memory: &'static mut (dyn iommu::irte::IrtMemory + Send) =
+        alloc::boxed::Box::leak(alloc::boxed::Box::new(raw));
+    let owners: &'static mut [Option<u16>] =
+        alloc::boxed::Box::leak(alloc::vec![None; IRT_ENTRIES].into_boxed_slice());
+    let table = iommu::irte::InterruptTable::new(memory, owners)
+        .map_err(|e| alloc::format!("the interrupt remapping table: {e:?}"))?;
+    {
+        let mut guard = VTD.lock();
+        let v = guard.as_mut().ok_or("no IOMMU")?;
+        for (i, u) in v.units.iter_mut().enumerate() {
+            u.unit
+                .set_interrupt_remap_table(irt.start, 11, false)
+                .map_err(|e| alloc::format!("VT-d unit {i}: interrupt remapping table: {e}"))?;
+        }
+    }
+    for &p in &pages {
+        atoll::hw::apic::mask_ioapic(p);
+    }
+    let irq = atoll::run::host::irq::HostIrq::new(
+        table,
+        invalidate_irte,
+        &pages,
+        &host.run.cores,
+        |base, reg| {
+            atoll::hw::apic::ioapic_mmio(base, 0x00, Some(u32::from(reg)));
+            atoll::hw::apic::ioapic_mmio(base, 0x10, None)
+        },
+    );
+    for &p in &pages {
+        host.trap_page(HostPhysAddr::new(p))?;
+    }
+    host.run.shared.set_irq(irq);
+    let mut guard = VTD.lock();
+    let v = guard.as_mut().ok_or("no IOMMU")?;
+    for (i, u) in v.units.iter_mut().enumerate() {
+        u.unit
+            .enable_interrupt_remapping()
+            .map_err(|e| alloc::format!("VT-d unit {i}: enabling interrupt remapping: {e}"))?;
+    }
+    log::info!(
+        "iommu: interrupt remapping on ({IRT_ENTRIES} entries, compatibility format blocked); the host's {} I/O APIC(s) trapped",
+        pages.len()
+    );
+    Ok(())
 }

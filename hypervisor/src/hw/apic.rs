@@ -332,6 +332,31 @@ const IOAPIC_VERSION: u32 = 1;
 const IOAPIC_REDTBL: u32 = 0x10;
 const IOAPIC_MASK: u32 = 1 << 16;
 
+/// One 32-bit access to the I/O APIC at `base` (its page), at `offset` (IOREGSEL 0x00, IOWIN
+/// 0x10, EOI 0x40): a read's value, or 0 after a write. Any other offset, or a base outside
+/// atoll's identity map, reads all ones and writes nothing. The caller serializes select and
+/// window accesses (the host's I/O APIC lock, or the boot processor alone).
+pub fn ioapic_mmio(base: u64, offset: u32, write: Option<u32>) -> u32 {
+    if !matches!(offset, 0x00 | 0x10 | 0x40)
+        || base & 0xfff != 0
+        || base.saturating_add(0x1000) > super::IDENTITY_MAPPED_END
+    {
+        return u32::MAX;
+    }
+    let reg = (base + u64::from(offset)) as *mut u32;
+    match write {
+        Some(v) => {
+            // SAFETY: an I/O APIC register from the firmware's MADT (page-aligned base,
+            // identity-mapped uncacheable MMIO below atoll's identity-map end), one of the
+            // three 32-bit registers the chip decodes.
+            unsafe { core::ptr::write_volatile(reg, v) };
+            0
+        }
+        // SAFETY: as above.
+        None => unsafe { core::ptr::read_volatile(reg) },
+    }
+}
+
 /// Masks every redirection entry of the I/O APIC at `base` (its state after reset), so a
 /// restarted partition finds no route left by the one before it.
 pub fn mask_ioapic(base: u64) {

@@ -294,13 +294,20 @@ impl HostRun {
 }
 
 /// The machine as the host's exit handler reaches it.
-struct TargetHw;
+pub struct TargetHw;
+
+/// The one [`TargetHw`].
+pub static TARGET_HW: TargetHw = TargetHw;
 
 const XAPIC_BASE: usize = 0xfee0_0000;
 const XAPIC_ICR_LOW: usize = 0x300;
 const XAPIC_ICR_HIGH: usize = 0x310;
 
 impl HostHw for TargetHw {
+    fn ioapic_mmio(&self, base: u64, offset: u32, write: Option<u32>) -> u32 {
+        super::apic::ioapic_mmio(base, offset, write)
+    }
+
     fn cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
         let r = core::arch::x86_64::__cpuid_count(leaf, subleaf);
         [r.eax, r.ebx, r.ecx, r.edx]

@@ -17,6 +17,7 @@ pub mod rtc;
 pub mod svm_backend;
 pub mod tsc;
 pub mod vmx_backend;
+pub mod vtd;
 
 use acpi::{AcpiHandler, PhysicalMapping};
 use core::ptr::NonNull;

@@ -36,6 +36,8 @@ enum Region {
     ControlRegisters,
     /// The control function's ECAM page.
     ControlConfig,
+    /// A physical I/O APIC's page (trapped under interrupt remapping).
+    IoApic,
     Excluded,
     Unmapped,
 }
@@ -118,6 +120,8 @@ pub(super) fn nested_page_fault(
         Region::ControlRegisters
     } else if shared.is_control_config(g) {
         Region::ControlConfig
+    } else if shared.is_ioapic(g) {
+        Region::IoApic
     } else if shared.is_excluded(g) {
         Region::Excluded
     } else {
@@ -160,6 +164,27 @@ pub(super) fn nested_page_fault(
             };
             if !complete_load(vcpu, &access, value) {
                 return refuse(vcpu, shared, "a load without a register", g);
+            }
+            HostAction::Resume
+        }
+        (Region::IoApic, write) => {
+            match write {
+                true => {
+                    super::irq::ioapic_access(
+                        shared,
+                        hw,
+                        g,
+                        access.size,
+                        Some(store_value(vcpu, &access)),
+                    );
+                }
+                false => {
+                    let v = super::irq::ioapic_access(shared, hw, g, access.size, None)
+                        & width_mask(access.size);
+                    if !complete_load(vcpu, &access, v) {
+                        return refuse(vcpu, shared, "a load without a register", g);
+                    }
+                }
             }
             HostAction::Resume
         }

@@ -40,6 +40,7 @@ mod apic;
 pub mod control;
 mod cpuid;
 mod io;
+pub mod irq;
 mod mmio;
 pub mod msr;
 mod offline;
@@ -90,6 +91,10 @@ pub trait HostHw {
     /// WBINVD on this core. The host owns devices that DMA and memory typed other than
     /// write-back (graphics apertures, firmware tables), so its flushes must happen.
     fn wbinvd(&self);
+    /// A 32-bit access to the physical I/O APIC whose page is at `base`, at `offset`
+    /// (IOREGSEL, IOWIN, EOI): a read's value, or 0 after a write. The caller holds the host's
+    /// I/O APIC lock, so select and window accesses are not interleaved.
+    fn ioapic_mmio(&self, base: u64, offset: u32, write: Option<u32>) -> u32;
 }
 
 /// What the host exit handler asks the caller to do.
@@ -181,6 +186,8 @@ pub struct HostShared {
     control: Option<control::ControlPort>,
     /// Set by an exit that needs the manager now (a doorbell, a BAR moved).
     manager_wanted: core::sync::atomic::AtomicU8,
+    /// Interrupt remapping of the host's sources ([`irq`]), once atoll turned it on.
+    irq: spin::Once<irq::HostIrq>,
 }
 
 impl HostShared {
@@ -225,6 +232,7 @@ impl HostShared {
             boot_mtrr_def_type: AtomicU64::new(0),
             control: None,
             manager_wanted: core::sync::atomic::AtomicU8::new(0),
+            irq: spin::Once::new(),
         }
     }
 

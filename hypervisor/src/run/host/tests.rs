@@ -113,6 +113,9 @@ impl HostHw for Hw {
     fn send_ipi(&self, icr: Icr) {
         self.log(Call::Ipi(icr));
     }
+    fn ioapic_mmio(&self, _base: u64, _offset: u32, _write: Option<u32>) -> u32 {
+        0
+    }
     fn now_us(&self) -> u64 {
         0
     }

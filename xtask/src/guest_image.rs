@@ -87,8 +87,17 @@ pub const APPLETS: &[&str] = &[
 /// in load order (dependencies first). They go to `/lib/modules/NAME.ko` in a second archive
 /// appended to the initramfs (the kernel unpacks concatenated archives in turn), so the
 /// kernel-independent part stays shared. `uio_pci_generic` gives the host's DMA probe an
-/// `edu` device's interrupts in user space (issue 12).
-pub const KERNEL_MODULES: &[&str] = &["drivers/uio/uio.ko", "drivers/uio/uio_pci_generic.ko"];
+/// `edu` device's interrupts in user space, `ahci` (with the SCSI and ATA cores) drives the
+/// machine's AHCI controller with MSI (issue 12).
+pub const KERNEL_MODULES: &[&str] = &[
+    "drivers/uio/uio.ko",
+    "drivers/uio/uio_pci_generic.ko",
+    "drivers/scsi/scsi_common.ko",
+    "drivers/scsi/scsi_mod.ko",
+    "drivers/ata/libata.ko",
+    "drivers/ata/libahci.ko",
+    "drivers/ata/ahci.ko",
+];
 
 /// The Rust target `atoll-check` is built for.
 pub const CHECK_TARGET: &str = "x86_64-unknown-linux-gnu";
@@ -620,7 +629,10 @@ for action in $actions; do
                    fi ;;
             esac ;;
         lifecycle) lifecycle ;;
-        dma) for m in uio uio_pci_generic; do insmod /lib/modules/$m.ko || echo "dma: insmod $m failed"; done
+        dma) for m in uio uio_pci_generic scsi_common scsi_mod libata libahci ahci; do
+                 insmod /lib/modules/$m.ko || echo "dma: insmod $m failed"
+             done
+             sleep 2
              /atoll-check --dma || why="the DMA probe failed (see ATOLL-RESULT dma)" ;;
         demo) demo ;;
         bench_lifecycle) bench_lifecycle ;;

@@ -712,7 +712,33 @@ mod linux {
             pause();
 
             steps.push(interrupt(&owned));
+            steps.push(msi());
             Ok(steps)
+        }
+
+        /// The host's AHCI controller took message-signalled interrupts (through the IRTE atoll
+        /// wrote for its trapped MSI capability).
+        fn msi() -> Step {
+            let mut s = Step {
+                name: "msi",
+                ran: false,
+                verdict: None,
+                device: "ahci".into(),
+                address: 0,
+                detail: None,
+            };
+            let text = std::fs::read_to_string("/proc/interrupts").unwrap_or_default();
+            match dma::interrupt_count(&text, "ahci") {
+                Some((count, kind)) => {
+                    s.ran = true;
+                    s.verdict = Some(count > 0 && kind.contains("MSI"));
+                    s.detail = Some(format!("{count} interrupt(s), {kind}"));
+                }
+                None => {
+                    s.detail = Some("no ahci line in /proc/interrupts (ahci not loaded?)".into())
+                }
+            }
+            s
         }
 
         /// Binds `e` to `uio_pci_generic`, raises its interrupt and waits for `/dev/uioN` to

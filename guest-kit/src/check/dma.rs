@@ -17,6 +17,7 @@
 //! | `atoll_write` | the same to atoll's own canary page | as above |
 //! | `unmapped_write` | the same to [`UNMAPPED_IOVA`], which no partition maps | as above |
 //! | `blocked_write` | the second device (no owner: its DMA is blocked) writes into a page of the host's | the page is unchanged (`ok`) |
+//! | `msi` | the host's AHCI controller (the `ahci` module the init script loads) probed its CD-ROM with message-signalled interrupts | `/proc/interrupts` counts `ahci` interrupts of a `PCI-MSI` line (`ok`) |
 //! | `interrupt` | the first device, bound to `uio_pci_generic` (the init script loads it), raises its interrupt (INTx through the I/O APIC) | `/dev/uioN` reports it within [`INTERRUPT_WAIT_MS`] (`ok`) |
 //!
 //! Between two DMAs that should fault the program waits [`FAULT_PAUSE_MS`]: QEMU's VT-d has one
@@ -154,6 +155,23 @@ pub fn edu_devices(entries: &[(String, String, String)]) -> Vec<String> {
     found.into_iter().map(|(_, n)| n).collect()
 }
 
+/// The interrupts a driver named `name` took, from `/proc/interrupts`: the sum of the per-CPU
+/// counts on the first line naming it, and the line's chip and type words (`PCI-MSI 512000-edge`,
+/// `IO-APIC 21-fasteoi`). `None` when no line names it.
+pub fn interrupt_count(proc_interrupts: &str, name: &str) -> Option<(u64, String)> {
+    let mut lines = proc_interrupts.lines();
+    let cpus = lines.next()?.split_whitespace().count();
+    let line = lines.find(|l| l.split_whitespace().any(|w| w.starts_with(name)))?;
+    let mut words = line.split_whitespace().skip(1);
+    let count = words
+        .by_ref()
+        .take(cpus)
+        .map(|w| w.parse::<u64>().unwrap_or(0))
+        .sum();
+    let rest: Vec<&str> = words.filter(|w| !w.starts_with(name)).collect();
+    Some((count, rest.join(" ")))
+}
+
 /// A pattern for a page that no other step writes: byte `i` is `seed + i * 7` (mod 256),
 /// never all zeros or all ones.
 pub fn pattern(seed: u8) -> Vec<u8> {
@@ -262,6 +280,18 @@ mod tests {
         );
         // Bits 55..62 are flags, not the frame.
         assert_eq!(pagemap_phys(present | 1 << 55 | 5, 0), Some(0x5000));
+    }
+
+    #[test]
+    fn interrupt_lines() {
+        let text = "           CPU0       CPU1       \n  0:         45          0   IO-APIC   2-edge      timer\n 24:          3          9  PCI-MSI 512000-edge      ahci[0000:00:1f.2]\n 21:          1          0   IO-APIC  21-fasteoi   uio_pci_generic\n";
+        assert_eq!(
+            interrupt_count(text, "ahci"),
+            Some((12, "PCI-MSI 512000-edge".to_string()))
+        );
+        assert_eq!(interrupt_count(text, "uio").unwrap().0, 1);
+        assert_eq!(interrupt_count(text, "virtio"), None);
+        assert_eq!(interrupt_count("", "ahci"), None);
     }
 
     #[test]

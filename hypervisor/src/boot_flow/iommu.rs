@@ -138,6 +138,8 @@ struct Storm {
 pub struct Vtd {
     units: Vec<VtdUnit>,
     host_tables: Option<SlTables<Frames>>,
+    /// The functions found at boot.
+    found: Vec<atoll_devices::pci::scan::Function>,
     functions: usize,
     host_functions: usize,
     blocked: Vec<PciAddress>,
@@ -309,6 +311,7 @@ impl Vtd {
         Ok(Self {
             units,
             host_tables,
+            found: scan.functions.clone(),
             functions: scan.functions.len(),
             host_functions,
             blocked: blocked.to_vec(),
@@ -552,17 +555,60 @@ pub fn enable_interrupt_remapping(host: &mut super::host::Host) -> Result<(), St
     for &p in &pages {
         atoll::hw::apic::mask_ioapic(p);
     }
+    // The host's functions with an MSI capability: shadowed, their ECAM pages trapped (and
+    // mechanism #1, which the control device already intercepts).
+    let (msi, ecam) = {
+        let guard = VTD.lock();
+        let v = guard.as_ref().ok_or("no IOMMU")?;
+        let msi: Vec<atoll::run::host::irq::MsiFunction> = v
+            .found
+            .iter()
+            .filter(|f| f.bridge.is_none())
+            .filter(|f| {
+                let sid = u16::from(f.bdf.bus) << 8 | u16::from(f.bdf.devfn.bits());
+                v.owner(SourceId(sid)) == Owner::Host
+            })
+            .filter_map(|f| {
+                let caps = atoll_devices::pci::msi::walk_capabilities(|off| {
+                    config_read(f.bdf, u16::from(off))
+                })
+                .ok()?;
+                let cap = caps.msi?;
+                let shadow = atoll_devices::pci::msi::MsiShadow::new(cap, |o| {
+                    config_read(f.bdf, u16::from(cap.offset) + o as u16)
+                });
+                log::info!(
+                    "iommu: the host's {} has MSI at {:#x}: trapped",
+                    f.bdf,
+                    cap.offset
+                );
+                Some(atoll::run::host::irq::MsiFunction {
+                    sid: u16::from(f.bdf.bus) << 8 | u16::from(f.bdf.devfn.bits()),
+                    shadow,
+                })
+            })
+            .collect();
+        (msi, v.ecam)
+    };
+    if !msi.is_empty() && host.run.shared.control().is_none() {
+        return Err(
+            "the host has MSI-capable functions but no control device, so its configuration ports are not intercepted"
+                .into(),
+        );
+    }
     let irq = atoll::run::host::irq::HostIrq::new(
         table,
         invalidate_irte,
         &pages,
         &host.run.cores,
+        msi,
+        ecam,
         |base, reg| {
             atoll::hw::apic::ioapic_mmio(base, 0x00, Some(u32::from(reg)));
             atoll::hw::apic::ioapic_mmio(base, 0x10, None)
         },
     );
-    for &p in &pages {
+    for p in pages.iter().copied().chain(irq.config_pages()) {
         host.trap_page(HostPhysAddr::new(p))?;
     }
     host.run.shared.set_irq(irq);
@@ -574,8 +620,9 @@ pub fn enable_interrupt_remapping(host: &mut super::host::Host) -> Result<(), St
             .map_err(|e| alloc::format!("VT-d unit {i}: enabling interrupt remapping: {e}"))?;
     }
     log::info!(
-        "iommu: interrupt remapping on ({IRT_ENTRIES} entries, compatibility format blocked); the host's {} I/O APIC(s) trapped",
-        pages.len()
+        "iommu: interrupt remapping on ({IRT_ENTRIES} entries, compatibility format blocked); the host's {} I/O APIC(s) and {} MSI function(s) trapped",
+        pages.len(),
+        host.run.shared.irq().map_or(0, |i| i.msi_functions())
     );
     Ok(())
 }

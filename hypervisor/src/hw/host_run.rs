@@ -308,6 +308,46 @@ impl HostHw for TargetHw {
         super::apic::ioapic_mmio(base, offset, write)
     }
 
+    fn config_mmio(&self, address: u64, size: u8, write: Option<u32>) -> u32 {
+        if address.saturating_add(4) > super::IDENTITY_MAPPED_END
+            || !matches!(size, 1 | 2 | 4)
+            || !address.is_multiple_of(u64::from(size))
+        {
+            return u32::MAX;
+        }
+        let p = address as *mut u8;
+        // The address is inside the firmware's ECAM window (the caller found it there),
+        // identity-mapped uncacheable for atoll and naturally aligned: one configuration access
+        // of the width the host made.
+        match (size, write) {
+            (1, Some(v)) => {
+                // SAFETY: see above.
+                unsafe { core::ptr::write_volatile(p, v as u8) }
+            }
+            (2, Some(v)) => {
+                // SAFETY: see above.
+                unsafe { core::ptr::write_volatile(p.cast::<u16>(), v as u16) }
+            }
+            (_, Some(v)) => {
+                // SAFETY: see above.
+                unsafe { core::ptr::write_volatile(p.cast::<u32>(), v) }
+            }
+            (1, None) => {
+                // SAFETY: see above.
+                return u32::from(unsafe { core::ptr::read_volatile(p) });
+            }
+            (2, None) => {
+                // SAFETY: see above.
+                return u32::from(unsafe { core::ptr::read_volatile(p.cast::<u16>()) });
+            }
+            (_, None) => {
+                // SAFETY: see above.
+                return unsafe { core::ptr::read_volatile(p.cast::<u32>()) };
+            }
+        }
+        0
+    }
+
     fn cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
         let r = core::arch::x86_64::__cpuid_count(leaf, subleaf);
         [r.eax, r.ebx, r.ecx, r.edx]

@@ -199,14 +199,37 @@ pub(super) fn port_access(
             result = u32::MAX;
         }
         HostAccess::PassThrough(p) => {
-            // With the lock held: the replayed latch and the access are one.
-            if let Some(l) = p.latch {
-                hw.port_out(CONFIG_ADDRESS, 4, l);
-            }
-            if write {
-                hw.port_out(p.port, p.len, value);
-            } else {
-                result = hw.port_in(p.port, p.len);
+            // A data access to a function whose MSI capability is trapped goes to its shadow
+            // (still under the lock: the shadow replays the latch for the device's own bytes).
+            let latch = cfg.latch();
+            let trapped = (p.port >= *CONFIG_DATA.start() && latch & (1 << 31) != 0)
+                .then(|| {
+                    let sid = (latch >> 8) as u16;
+                    let offset = (latch & 0xfc) | u32::from(p.port & 3);
+                    super::irq::config_access(
+                        shared,
+                        hw,
+                        super::irq::ConfigPath::Port,
+                        sid,
+                        offset,
+                        p.len,
+                        write.then_some(value),
+                    )
+                })
+                .flatten();
+            match trapped {
+                Some(v) => result = v,
+                None => {
+                    // With the lock held: the replayed latch and the access are one.
+                    if let Some(l) = p.latch {
+                        hw.port_out(CONFIG_ADDRESS, 4, l);
+                    }
+                    if write {
+                        hw.port_out(p.port, p.len, value);
+                    } else {
+                        result = hw.port_in(p.port, p.len);
+                    }
+                }
             }
         }
     }

@@ -27,7 +27,7 @@ use super::{bump, rate_limited, HostHw, HostShared};
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use atoll_devices::host_ioapic::{self, HostIoApic, IoApicRead};
-use atoll_devices::pci::msi::Remapper;
+use atoll_devices::pci::msi::{MsiShadow, Remapper};
 use core::sync::atomic::AtomicU64;
 use iommu::irte::{
     ApicDest, DeliveryMode, DestMode, InterruptTable, IrtMemory, IrteIndex, SourceValidation,
@@ -44,6 +44,7 @@ pub type Invalidate = fn(IrteIndex);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Kind {
     IoApic(u8),
+    Msi(u16),
 }
 
 /// The host's interrupt remapping: the table, the trapped I/O APICs, the IRTE of each source.
@@ -64,6 +65,10 @@ struct Inner {
     /// The host's cores' APIC ids, in its CPU order.
     cores: Vec<u32>,
     entries: BTreeMap<(Kind, u16), IrteIndex>,
+    /// The host functions whose MSI capability is trapped.
+    msi: Vec<MsiFunction>,
+    /// The segment 0 ECAM window's base (bus 0 first), if the host has one.
+    ecam: Option<u64>,
 }
 
 /// The [`Remapper`] of one trapped source.
@@ -154,6 +159,8 @@ impl HostIrq {
         invalidate: Invalidate,
         ioapics: &[u64],
         cores: &[u32],
+        msi: Vec<MsiFunction>,
+        ecam: Option<u64>,
         mut read: impl FnMut(u64, u8) -> u32,
     ) -> Self {
         let ioapics = ioapics
@@ -170,6 +177,8 @@ impl HostIrq {
                 ioapics,
                 cores: cores.to_vec(),
                 entries: BTreeMap::new(),
+                msi,
+                ecam,
             }),
             remapped: AtomicU64::new(0),
             refused: AtomicU64::new(0),
@@ -184,6 +193,36 @@ impl HostIrq {
     /// The pages the host's tables must leave unmapped.
     pub fn ioapic_pages(&self) -> Vec<u64> {
         self.inner.lock().ioapics.iter().map(|(b, _)| *b).collect()
+    }
+
+    /// The ECAM pages of the functions whose MSI capability is trapped.
+    pub fn config_pages(&self) -> Vec<u64> {
+        let inner = self.inner.lock();
+        match inner.ecam {
+            Some(base) => inner
+                .msi
+                .iter()
+                .map(|f| base + (u64::from(f.sid) << 12))
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// The function whose trapped ECAM page holds `gpa`, and the ECAM base.
+    fn config_page(&self, gpa: u64) -> Option<(u16, u64)> {
+        let inner = self.inner.lock();
+        let base = inner.ecam?;
+        let sid = u16::try_from(gpa.checked_sub(base)? >> 12).ok()?;
+        inner
+            .msi
+            .iter()
+            .any(|f| f.sid == sid)
+            .then_some((sid, base))
+    }
+
+    /// Functions whose MSI capability is trapped.
+    pub fn msi_functions(&self) -> usize {
+        self.inner.lock().msi.len()
     }
 
     /// IRTEs the host's sources hold.
@@ -241,6 +280,7 @@ pub(super) fn ioapic_access(
         ioapics,
         cores,
         entries,
+        ..
     } = &mut *guard;
     let page = gpa & !0xfff;
     let Some(index) = ioapics.iter().position(|(b, _)| *b == page) else {
@@ -313,6 +353,156 @@ impl HostShared {
     pub(super) fn is_ioapic(&self, gpa: u64) -> bool {
         self.irq().is_some_and(|i| i.is_ioapic(gpa & !0xfff))
     }
+
+    /// Whether `gpa` is in a trapped function's ECAM page.
+    pub(super) fn is_trapped_config(&self, gpa: u64) -> bool {
+        self.irq().is_some_and(|i| i.config_page(gpa).is_some())
+    }
+}
+
+/// A host access in a trapped function's ECAM page: its MSI capability answered by the
+/// shadow, anything else performed on the hardware as asked.
+pub(super) fn ecam_access(
+    shared: &HostShared,
+    hw: &impl HostHw,
+    gpa: u64,
+    size: u8,
+    write: Option<u64>,
+) -> u64 {
+    let Some((sid, base)) = shared.irq().and_then(|i| i.config_page(gpa)) else {
+        return u64::MAX;
+    };
+    if !matches!(size, 1 | 2 | 4) || (gpa & 0xfff) + u64::from(size) > 0x1000 {
+        return u64::MAX;
+    }
+    let offset = (gpa & 0xfff) as u32;
+    let w = write.map(|v| v as u32);
+    let v = match config_access(shared, hw, ConfigPath::Ecam(base), sid, offset, size, w) {
+        Some(v) => v,
+        None => hw.config_mmio(gpa, size, w),
+    };
+    u64::from(v)
+}
+
+/// A host function's MSI capability, trapped: its shadow and where its configuration space is.
+pub struct MsiFunction {
+    /// Requester id (bus << 8 | devfn).
+    pub sid: u16,
+    /// The shadow.
+    pub shadow: MsiShadow,
+}
+
+impl MsiFunction {
+    fn covers(&self, offset: u32, size: u8) -> bool {
+        let cap = self.shadow.cap();
+        let start = u32::from(cap.offset);
+        offset < start + cap.len() && start < offset + u32::from(size)
+    }
+}
+
+/// How a trapped configuration access reaches the hardware: ECAM (an address) or mechanism #1
+/// (the latch to replay, under the host's configuration lock the caller holds).
+#[derive(Clone, Copy)]
+pub(super) enum ConfigPath {
+    Ecam(u64),
+    Port,
+}
+
+fn config_physical(
+    hw: &impl HostHw,
+    path: ConfigPath,
+    sid: u16,
+    offset: u32,
+    size: u8,
+    write: Option<u32>,
+) -> u32 {
+    match path {
+        ConfigPath::Ecam(base) => {
+            let at = base + (u64::from(sid) << 12) + u64::from(offset);
+            hw.config_mmio(at, size, write)
+        }
+        ConfigPath::Port => {
+            let latch = 1u32 << 31 | u32::from(sid) << 8 | (offset & 0xfc);
+            hw.port_out(0xcf8, 4, latch);
+            let port = 0xcfc + (offset & 3) as u16;
+            match write {
+                Some(v) => {
+                    hw.port_out(port, size, v);
+                    0
+                }
+                None => hw.port_in(port, size),
+            }
+        }
+    }
+}
+
+/// A host configuration access of `size` bytes at `offset` of function `sid`: `Some` (a read's
+/// value) when it falls in a trapped MSI capability and atoll answered it, `None` when it is
+/// not trapped (the caller performs it on the hardware). An access straddling the capability's
+/// edge is answered as the shadow says (the capability's bytes) — the MSI model refuses
+/// misaligned accesses, which then read all ones and write nothing.
+pub(super) fn config_access(
+    shared: &HostShared,
+    hw: &impl HostHw,
+    path: ConfigPath,
+    sid: u16,
+    offset: u32,
+    size: u8,
+    write: Option<u32>,
+) -> Option<u32> {
+    let irq = shared.irq()?;
+    let mut guard = irq.inner.lock();
+    let Inner {
+        table,
+        invalidate,
+        msi,
+        cores,
+        entries,
+        ..
+    } = &mut *guard;
+    let f = msi
+        .iter_mut()
+        .find(|f| f.sid == sid && f.covers(offset, size))?;
+    let cap_offset = u32::from(f.shadow.cap().offset);
+    let rel = offset - cap_offset.min(offset);
+    Some(match write {
+        None => match f.shadow.read(rel, size) {
+            Ok(plan) => {
+                let dev = if plan.needs_device() {
+                    config_physical(hw, path, sid, offset, size, None)
+                } else {
+                    0
+                };
+                plan.complete(dev)
+            }
+            Err(_) => u32::MAX,
+        },
+        Some(v) => {
+            let mut p = Programmer {
+                table,
+                invalidate: *invalidate,
+                entries,
+                cores,
+                kind: Kind::Msi(sid),
+                validation: SourceValidation::RequesterId(iommu::SourceId(sid)),
+                remapped: &irq.remapped,
+                refused: &irq.refused,
+            };
+            if let Ok(w) = f.shadow.write(rel, size, v, &mut p) {
+                for pw in w.as_slice() {
+                    config_physical(
+                        hw,
+                        path,
+                        sid,
+                        cap_offset + pw.offset,
+                        pw.size,
+                        Some(pw.value),
+                    );
+                }
+            }
+            0
+        }
+    })
 }
 
 #[cfg(test)]

@@ -38,6 +38,8 @@ enum Region {
     ControlConfig,
     /// A physical I/O APIC's page (trapped under interrupt remapping).
     IoApic,
+    /// The ECAM page of a function whose MSI capability is trapped.
+    TrappedConfig,
     Excluded,
     Unmapped,
 }
@@ -122,6 +124,8 @@ pub(super) fn nested_page_fault(
         Region::ControlConfig
     } else if shared.is_ioapic(g) {
         Region::IoApic
+    } else if shared.is_trapped_config(g) {
+        Region::TrappedConfig
     } else if shared.is_excluded(g) {
         Region::Excluded
     } else {
@@ -167,20 +171,20 @@ pub(super) fn nested_page_fault(
             }
             HostAction::Resume
         }
-        (Region::IoApic, write) => {
+        (Region::IoApic | Region::TrappedConfig, write) => {
+            let access_fn = |g: u64, size: u8, w: Option<u64>| {
+                if region == Region::IoApic {
+                    super::irq::ioapic_access(shared, hw, g, size, w)
+                } else {
+                    super::irq::ecam_access(shared, hw, g, size, w)
+                }
+            };
             match write {
                 true => {
-                    super::irq::ioapic_access(
-                        shared,
-                        hw,
-                        g,
-                        access.size,
-                        Some(store_value(vcpu, &access)),
-                    );
+                    access_fn(g, access.size, Some(store_value(vcpu, &access)));
                 }
                 false => {
-                    let v = super::irq::ioapic_access(shared, hw, g, access.size, None)
-                        & width_mask(access.size);
+                    let v = access_fn(g, access.size, None) & width_mask(access.size);
                     if !complete_load(vcpu, &access, v) {
                         return refuse(vcpu, shared, "a load without a register", g);
                     }

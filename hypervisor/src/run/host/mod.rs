@@ -95,6 +95,9 @@ pub trait HostHw {
     /// (IOREGSEL, IOWIN, EOI): a read's value, or 0 after a write. The caller holds the host's
     /// I/O APIC lock, so select and window accesses are not interleaved.
     fn ioapic_mmio(&self, base: u64, offset: u32, write: Option<u32>) -> u32;
+    /// A configuration access of 1, 2 or 4 bytes at `address` in the ECAM window: a read's
+    /// value, or 0 after a write.
+    fn config_mmio(&self, address: u64, size: u8, write: Option<u32>) -> u32;
 }
 
 /// What the host exit handler asks the caller to do.

@@ -116,6 +116,9 @@ impl HostHw for Hw {
     fn ioapic_mmio(&self, _base: u64, _offset: u32, _write: Option<u32>) -> u32 {
         0
     }
+    fn config_mmio(&self, _address: u64, _size: u8, _write: Option<u32>) -> u32 {
+        0
+    }
     fn now_us(&self) -> u64 {
         0
     }

@@ -79,8 +79,8 @@ pub const APPLETS: &[&str] = &[
     "nproc", "mkdir", "rm", "gzip", "gunzip", "cmp",
     // The lifecycle and soak actions (JSON assembly, output checks).
     "grep", "tr", "head", "printf", "sed",
-    // Kernel modules (the image's /lib/modules, see KERNEL_MODULES).
-    "insmod",
+    // Kernel modules (the image's /lib/modules, see KERNEL_MODULES), the DMA action's disk read.
+    "insmod", "dd", "tail",
 ];
 
 /// Kernel modules the image carries, as paths under the package's `lib/modules/VERSION/kernel/`,
@@ -88,7 +88,7 @@ pub const APPLETS: &[&str] = &[
 /// appended to the initramfs (the kernel unpacks concatenated archives in turn), so the
 /// kernel-independent part stays shared. `uio_pci_generic` gives the host's DMA probe an
 /// `edu` device's interrupts in user space, `ahci` (with the SCSI and ATA cores) drives the
-/// machine's AHCI controller with MSI (issue 12).
+/// machine's AHCI controller with MSI, `virtio_blk` a virtio disk with MSI-X (issue 12).
 pub const KERNEL_MODULES: &[&str] = &[
     "drivers/uio/uio.ko",
     "drivers/uio/uio_pci_generic.ko",
@@ -97,6 +97,12 @@ pub const KERNEL_MODULES: &[&str] = &[
     "drivers/ata/libata.ko",
     "drivers/ata/libahci.ko",
     "drivers/ata/ahci.ko",
+    "drivers/virtio/virtio_ring.ko",
+    "drivers/virtio/virtio.ko",
+    "drivers/virtio/virtio_pci_modern_dev.ko",
+    "drivers/virtio/virtio_pci_legacy_dev.ko",
+    "drivers/virtio/virtio_pci.ko",
+    "drivers/block/virtio_blk.ko",
 ];
 
 /// The Rust target `atoll-check` is built for.
@@ -629,10 +635,12 @@ for action in $actions; do
                    fi ;;
             esac ;;
         lifecycle) lifecycle ;;
-        dma) for m in uio uio_pci_generic scsi_common scsi_mod libata libahci ahci; do
+        dma) for m in uio uio_pci_generic scsi_common scsi_mod libata libahci ahci \
+                     virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk; do
                  insmod /lib/modules/$m.ko || echo "dma: insmod $m failed"
              done
              sleep 2
+             [ -e /dev/vda ] && dd if=/dev/vda of=/dev/null bs=65536 count=64 2>&1 | tail -1
              /atoll-check --dma || why="the DMA probe failed (see ATOLL-RESULT dma)" ;;
         demo) demo ;;
         bench_lifecycle) bench_lifecycle ;;

@@ -712,30 +712,34 @@ mod linux {
             pause();
 
             steps.push(interrupt(&owned));
-            steps.push(msi());
+            steps.push(msi("msi", "ahci", "ahci"));
+            steps.push(msi("msix", "virtio-blk", "virtio0-req"));
             Ok(steps)
         }
 
-        /// The host's AHCI controller took message-signalled interrupts (through the IRTE atoll
-        /// wrote for its trapped MSI capability).
-        fn msi() -> Step {
+        /// A driver of the host's (`line`: its name in `/proc/interrupts`) took
+        /// message-signalled interrupts (through the IRTEs atoll wrote for its trapped MSI
+        /// capability or MSI-X table).
+        fn msi(name: &'static str, device: &str, line: &str) -> Step {
             let mut s = Step {
-                name: "msi",
+                name,
                 ran: false,
                 verdict: None,
-                device: "ahci".into(),
+                device: device.into(),
                 address: 0,
                 detail: None,
             };
             let text = std::fs::read_to_string("/proc/interrupts").unwrap_or_default();
-            match dma::interrupt_count(&text, "ahci") {
+            match dma::interrupt_count(&text, line) {
                 Some((count, kind)) => {
                     s.ran = true;
                     s.verdict = Some(count > 0 && kind.contains("MSI"));
                     s.detail = Some(format!("{count} interrupt(s), {kind}"));
                 }
                 None => {
-                    s.detail = Some("no ahci line in /proc/interrupts (ahci not loaded?)".into())
+                    s.detail = Some(format!(
+                        "no {line} line in /proc/interrupts (driver not loaded?)"
+                    ))
                 }
             }
             s

@@ -18,6 +18,7 @@
 //! | `unmapped_write` | the same to [`UNMAPPED_IOVA`], which no partition maps | as above |
 //! | `blocked_write` | the second device (no owner: its DMA is blocked) writes into a page of the host's | the page is unchanged (`ok`) |
 //! | `msi` | the host's AHCI controller (the `ahci` module the init script loads) probed its CD-ROM with message-signalled interrupts | `/proc/interrupts` counts `ahci` interrupts of a `PCI-MSI` line (`ok`) |
+//! | `msix` | a virtio disk (`virtio_blk`, read by the init script) completed its requests with MSI-X | `/proc/interrupts` counts `virtio0-req` interrupts (`ok`) |
 //! | `interrupt` | the first device, bound to `uio_pci_generic` (the init script loads it), raises its interrupt (INTx through the I/O APIC) | `/dev/uioN` reports it within [`INTERRUPT_WAIT_MS`] (`ok`) |
 //!
 //! Between two DMAs that should fault the program waits [`FAULT_PAUSE_MS`]: QEMU's VT-d has one

@@ -557,23 +557,26 @@ pub fn enable_interrupt_remapping(host: &mut super::host::Host) -> Result<(), St
     }
     // The host's functions with an MSI capability: shadowed, their ECAM pages trapped (and
     // mechanism #1, which the control device already intercepts).
-    let (msi, ecam) = {
+    let (msi, msix, ecam) = {
         let guard = VTD.lock();
         let v = guard.as_ref().ok_or("no IOMMU")?;
-        let msi: Vec<atoll::run::host::irq::MsiFunction> = v
-            .found
-            .iter()
-            .filter(|f| f.bridge.is_none())
-            .filter(|f| {
-                let sid = u16::from(f.bdf.bus) << 8 | u16::from(f.bdf.devfn.bits());
-                v.owner(SourceId(sid)) == Owner::Host
-            })
-            .filter_map(|f| {
-                let caps = atoll_devices::pci::msi::walk_capabilities(|off| {
-                    config_read(f.bdf, u16::from(off))
-                })
-                .ok()?;
-                let cap = caps.msi?;
+        let mut msi = Vec::new();
+        let mut msix = Vec::new();
+        for f in v.found.iter().filter(|f| f.bridge.is_none()) {
+            let sid = u16::from(f.bdf.bus) << 8 | u16::from(f.bdf.devfn.bits());
+            if v.owner(SourceId(sid)) != Owner::Host {
+                continue;
+            }
+            let caps = match atoll_devices::pci::msi::walk_capabilities(|off| {
+                config_read(f.bdf, u16::from(off))
+            }) {
+                Ok(c) => c,
+                Err(e) => {
+                    log::warn!("iommu: the host's {}: capability list unreadable ({e:?}): its MSI and MSI-X stay blocked", f.bdf);
+                    continue;
+                }
+            };
+            if let Some(cap) = caps.msi {
                 let shadow = atoll_devices::pci::msi::MsiShadow::new(cap, |o| {
                     config_read(f.bdf, u16::from(cap.offset) + o as u16)
                 });
@@ -582,13 +585,36 @@ pub fn enable_interrupt_remapping(host: &mut super::host::Host) -> Result<(), St
                     f.bdf,
                     cap.offset
                 );
-                Some(atoll::run::host::irq::MsiFunction {
-                    sid: u16::from(f.bdf.bus) << 8 | u16::from(f.bdf.devfn.bits()),
-                    shadow,
-                })
-            })
-            .collect();
-        (msi, v.ecam)
+                msi.push(atoll::run::host::irq::MsiFunction { sid, shadow });
+            }
+            if let Some(cap) = caps.msix {
+                let bar = 0x10 + 4 * u16::from(cap.table_bar);
+                let low = config_read(f.bdf, bar);
+                let base = if low & 1 != 0 {
+                    0
+                } else if (low >> 1) & 3 == 2 && cap.table_bar < 5 {
+                    u64::from(low & !0xf) | u64::from(config_read(f.bdf, bar + 4)) << 32
+                } else {
+                    u64::from(low & !0xf)
+                };
+                let table = base + u64::from(cap.table_offset);
+                let shadow = atoll_devices::pci::msi::MsixShadow::new(cap);
+                let end = table + u64::from(shadow.table_len());
+                if base == 0 || end > atoll::hw::IDENTITY_MAPPED_END {
+                    return Err(alloc::format!(
+                        "the host's {}: its MSI-X table at {table:#x} is not where atoll can trap it (BAR {} at {base:#x})",
+                        f.bdf, cap.table_bar
+                    ));
+                }
+                log::info!(
+                    "iommu: the host's {} has MSI-X ({} entries) at {table:#x}: trapped",
+                    f.bdf,
+                    cap.table_size
+                );
+                msix.push(atoll::run::host::irq::MsixFunction { sid, table, shadow });
+            }
+        }
+        (msi, msix, v.ecam)
     };
     if !msi.is_empty() && host.run.shared.control().is_none() {
         return Err(
@@ -599,16 +625,24 @@ pub fn enable_interrupt_remapping(host: &mut super::host::Host) -> Result<(), St
     let irq = atoll::run::host::irq::HostIrq::new(
         table,
         invalidate_irte,
-        &pages,
-        &host.run.cores,
-        msi,
-        ecam,
+        atoll::run::host::irq::Sources {
+            ioapics: &pages,
+            cores: &host.run.cores,
+            msi,
+            msix,
+            ecam,
+        },
         |base, reg| {
             atoll::hw::apic::ioapic_mmio(base, 0x00, Some(u32::from(reg)));
             atoll::hw::apic::ioapic_mmio(base, 0x10, None)
         },
     );
-    for p in pages.iter().copied().chain(irq.config_pages()) {
+    for p in pages
+        .iter()
+        .copied()
+        .chain(irq.config_pages())
+        .chain(irq.msix_pages())
+    {
         host.trap_page(HostPhysAddr::new(p))?;
     }
     host.run.shared.set_irq(irq);
@@ -620,9 +654,10 @@ pub fn enable_interrupt_remapping(host: &mut super::host::Host) -> Result<(), St
             .map_err(|e| alloc::format!("VT-d unit {i}: enabling interrupt remapping: {e}"))?;
     }
     log::info!(
-        "iommu: interrupt remapping on ({IRT_ENTRIES} entries, compatibility format blocked); the host's {} I/O APIC(s) and {} MSI function(s) trapped",
+        "iommu: interrupt remapping on ({IRT_ENTRIES} entries, compatibility format blocked); the host's {} I/O APIC(s), {} MSI and {} MSI-X function(s) trapped",
         pages.len(),
-        host.run.shared.irq().map_or(0, |i| i.msi_functions())
+        host.run.shared.irq().map_or(0, |i| i.msi_functions()),
+        host.run.shared.irq().map_or(0, |i| i.msix_functions())
     );
     Ok(())
 }

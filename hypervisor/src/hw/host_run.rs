@@ -308,17 +308,17 @@ impl HostHw for TargetHw {
         super::apic::ioapic_mmio(base, offset, write)
     }
 
-    fn config_mmio(&self, address: u64, size: u8, write: Option<u32>) -> u32 {
-        if address.saturating_add(4) > super::IDENTITY_MAPPED_END
-            || !matches!(size, 1 | 2 | 4)
+    fn device_mmio(&self, address: u64, size: u8, write: Option<u64>) -> u64 {
+        if address.saturating_add(8) > super::IDENTITY_MAPPED_END
+            || !matches!(size, 1 | 2 | 4 | 8)
             || !address.is_multiple_of(u64::from(size))
         {
-            return u32::MAX;
+            return u64::MAX;
         }
         let p = address as *mut u8;
-        // The address is inside the firmware's ECAM window (the caller found it there),
-        // identity-mapped uncacheable for atoll and naturally aligned: one configuration access
-        // of the width the host made.
+        // The address is device memory the caller found trapped for the host (an ECAM page of
+        // the firmware's window, an MSI-X table's page of a BAR), identity-mapped uncacheable
+        // for atoll below 4 GiB and naturally aligned: one access of the width the host made.
         match (size, write) {
             (1, Some(v)) => {
                 // SAFETY: see above.
@@ -328,21 +328,29 @@ impl HostHw for TargetHw {
                 // SAFETY: see above.
                 unsafe { core::ptr::write_volatile(p.cast::<u16>(), v as u16) }
             }
+            (4, Some(v)) => {
+                // SAFETY: see above.
+                unsafe { core::ptr::write_volatile(p.cast::<u32>(), v as u32) }
+            }
             (_, Some(v)) => {
                 // SAFETY: see above.
-                unsafe { core::ptr::write_volatile(p.cast::<u32>(), v) }
+                unsafe { core::ptr::write_volatile(p.cast::<u64>(), v) }
             }
             (1, None) => {
                 // SAFETY: see above.
-                return u32::from(unsafe { core::ptr::read_volatile(p) });
+                return u64::from(unsafe { core::ptr::read_volatile(p) });
             }
             (2, None) => {
                 // SAFETY: see above.
-                return u32::from(unsafe { core::ptr::read_volatile(p.cast::<u16>()) });
+                return u64::from(unsafe { core::ptr::read_volatile(p.cast::<u16>()) });
+            }
+            (4, None) => {
+                // SAFETY: see above.
+                return u64::from(unsafe { core::ptr::read_volatile(p.cast::<u32>()) });
             }
             (_, None) => {
                 // SAFETY: see above.
-                return unsafe { core::ptr::read_volatile(p.cast::<u32>()) };
+                return unsafe { core::ptr::read_volatile(p.cast::<u64>()) };
             }
         }
         0

@@ -27,7 +27,7 @@ use super::{bump, rate_limited, HostHw, HostShared};
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use atoll_devices::host_ioapic::{self, HostIoApic, IoApicRead};
-use atoll_devices::pci::msi::{MsiShadow, Remapper};
+use atoll_devices::pci::msi::{MsiShadow, MsixShadow, Remapper};
 use core::sync::atomic::AtomicU64;
 use iommu::irte::{
     ApicDest, DeliveryMode, DestMode, InterruptTable, IrtMemory, IrteIndex, SourceValidation,
@@ -45,6 +45,7 @@ pub type Invalidate = fn(IrteIndex);
 enum Kind {
     IoApic(u8),
     Msi(u16),
+    Msix(u16),
 }
 
 /// The host's interrupt remapping: the table, the trapped I/O APICs, the IRTE of each source.
@@ -69,6 +70,42 @@ struct Inner {
     msi: Vec<MsiFunction>,
     /// The segment 0 ECAM window's base (bus 0 first), if the host has one.
     ecam: Option<u64>,
+    /// The host functions whose MSI-X table is trapped.
+    msix: Vec<MsixFunction>,
+}
+
+/// The host's interrupt sources atoll traps, as found at boot.
+pub struct Sources<'a> {
+    /// The I/O APICs' page bases.
+    pub ioapics: &'a [u64],
+    /// The host's cores' APIC ids, in its CPU order.
+    pub cores: &'a [u32],
+    /// Functions with an MSI capability.
+    pub msi: Vec<MsiFunction>,
+    /// Functions with an MSI-X table.
+    pub msix: Vec<MsixFunction>,
+    /// The segment 0 ECAM window's base.
+    pub ecam: Option<u64>,
+}
+
+/// A host function's MSI-X table, trapped: where it is (as the firmware placed its BAR) and
+/// its shadow.
+pub struct MsixFunction {
+    /// Requester id (bus << 8 | devfn).
+    pub sid: u16,
+    /// The table's physical address (the host's guest-physical address too).
+    pub table: u64,
+    /// The shadow.
+    pub shadow: MsixShadow,
+}
+
+impl MsixFunction {
+    /// The pages the table covers.
+    fn pages(&self) -> impl Iterator<Item = u64> + '_ {
+        let first = self.table & !0xfff;
+        let last = (self.table + u64::from(self.shadow.table_len()).max(1) - 1) & !0xfff;
+        (first..=last).step_by(4096)
+    }
 }
 
 /// The [`Remapper`] of one trapped source.
@@ -157,12 +194,16 @@ impl HostIrq {
     pub fn new(
         table: InterruptTable<'static, dyn IrtMemory + Send>,
         invalidate: Invalidate,
-        ioapics: &[u64],
-        cores: &[u32],
-        msi: Vec<MsiFunction>,
-        ecam: Option<u64>,
+        sources: Sources<'_>,
         mut read: impl FnMut(u64, u8) -> u32,
     ) -> Self {
+        let Sources {
+            ioapics,
+            cores,
+            msi,
+            msix,
+            ecam,
+        } = sources;
         let ioapics = ioapics
             .iter()
             .map(|&base| {
@@ -179,6 +220,7 @@ impl HostIrq {
                 entries: BTreeMap::new(),
                 msi,
                 ecam,
+                msix,
             }),
             remapped: AtomicU64::new(0),
             refused: AtomicU64::new(0),
@@ -220,6 +262,20 @@ impl HostIrq {
             .then_some((sid, base))
     }
 
+    /// The pages of the trapped MSI-X tables.
+    pub fn msix_pages(&self) -> Vec<u64> {
+        let inner = self.inner.lock();
+        let mut v: Vec<u64> = inner.msix.iter().flat_map(|f| f.pages()).collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// Functions whose MSI-X table is trapped.
+    pub fn msix_functions(&self) -> usize {
+        self.inner.lock().msix.len()
+    }
+
     /// Functions whose MSI capability is trapped.
     pub fn msi_functions(&self) -> usize {
         self.inner.lock().msi.len()
@@ -230,8 +286,9 @@ impl HostIrq {
         self.inner.lock().entries.len()
     }
 
-    /// The host restarted: every pin masked on the chip, the shadows rebuilt from it, every
-    /// host IRTE freed (a new boot programs its own).
+    /// The host restarted: every I/O APIC pin masked, MSI disabled and MSI-X entries masked on
+    /// the devices, the shadows rebuilt from the hardware, every host IRTE freed (a new boot
+    /// programs its own).
     pub fn reset(&self, hw: &impl HostHw) {
         let mut guard = self.inner.lock();
         let inner = &mut *guard;
@@ -243,6 +300,26 @@ impl HostIrq {
             }
             let version = chip_read(hw, *base, 1);
             *apic = HostIoApic::new(version, |r| chip_read(hw, *base, r));
+        }
+        // MSI off and every MSI-X entry masked on the devices (the host is stopped: nobody
+        // else uses the configuration path), the shadows rebuilt from them.
+        let path = inner.ecam.map_or(ConfigPath::Port, ConfigPath::Ecam);
+        for f in &mut inner.msi {
+            let cap = *f.shadow.cap();
+            let control = u32::from(cap.offset) + 2;
+            let v = config_physical(hw, path, f.sid, control, 2, None);
+            config_physical(hw, path, f.sid, control, 2, Some(v & !1));
+            f.shadow = MsiShadow::new(cap, |o| {
+                config_physical(hw, path, f.sid, (u32::from(cap.offset) + o) & !3, 4, None)
+            });
+        }
+        for f in &mut inner.msix {
+            for n in 0..u64::from(f.shadow.table_len() / 16) {
+                let ctrl = f.table + n * 16 + 12;
+                let v = hw.device_mmio(ctrl, 4, None);
+                hw.device_mmio(ctrl, 4, Some(v | 1));
+            }
+            f.shadow = MsixShadow::new(*f.shadow.cap());
         }
         let inv = inner.invalidate;
         inner.table.free_all(HOST_OWNER, |i| inv(i.0));
@@ -354,9 +431,78 @@ impl HostShared {
         self.irq().is_some_and(|i| i.is_ioapic(gpa & !0xfff))
     }
 
+    /// Whether `gpa` is in a trapped MSI-X table's page.
+    pub(super) fn is_msix_page(&self, gpa: u64) -> bool {
+        self.irq().is_some_and(|i| {
+            i.inner
+                .lock()
+                .msix
+                .iter()
+                .any(|f| f.pages().any(|p| p == gpa & !0xfff))
+        })
+    }
+
     /// Whether `gpa` is in a trapped function's ECAM page.
     pub(super) fn is_trapped_config(&self, gpa: u64) -> bool {
         self.irq().is_some_and(|i| i.config_page(gpa).is_some())
+    }
+}
+
+/// A host access in a trapped MSI-X table's page: inside a table, the shadow (4 or 8 bytes,
+/// naturally aligned; anything else reads all ones and writes nothing); elsewhere in the page
+/// (the pending-bit array, other registers), the device as asked.
+pub(super) fn msix_access(
+    shared: &HostShared,
+    hw: &impl HostHw,
+    gpa: u64,
+    size: u8,
+    write: Option<u64>,
+) -> u64 {
+    let Some(irq) = shared.irq() else {
+        return u64::MAX;
+    };
+    let mut guard = irq.inner.lock();
+    let Inner {
+        table,
+        invalidate,
+        msix,
+        cores,
+        entries,
+        ..
+    } = &mut *guard;
+    let inside = msix
+        .iter_mut()
+        .find(|f| gpa >= f.table && gpa < f.table + u64::from(f.shadow.table_len()));
+    let Some(f) = inside else {
+        drop(guard);
+        return hw.device_mmio(gpa, size, write);
+    };
+    let offset = (gpa - f.table) as u32;
+    match write {
+        None => f.shadow.read(offset, size).unwrap_or(u64::MAX),
+        Some(v) => {
+            let sid = f.sid;
+            let mut p = Programmer {
+                table,
+                invalidate: *invalidate,
+                entries,
+                cores,
+                kind: Kind::Msix(sid),
+                validation: SourceValidation::RequesterId(iommu::SourceId(sid)),
+                remapped: &irq.remapped,
+                refused: &irq.refused,
+            };
+            if let Ok(w) = f.shadow.write(offset, size, v, &mut p) {
+                for pw in w.as_slice() {
+                    hw.device_mmio(
+                        f.table + u64::from(pw.offset),
+                        pw.size,
+                        Some(u64::from(pw.value)),
+                    );
+                }
+            }
+            0
+        }
     }
 }
 
@@ -379,7 +525,7 @@ pub(super) fn ecam_access(
     let w = write.map(|v| v as u32);
     let v = match config_access(shared, hw, ConfigPath::Ecam(base), sid, offset, size, w) {
         Some(v) => v,
-        None => hw.config_mmio(gpa, size, w),
+        None => hw.device_mmio(gpa, size, w.map(u64::from)) as u32,
     };
     u64::from(v)
 }
@@ -419,7 +565,7 @@ fn config_physical(
     match path {
         ConfigPath::Ecam(base) => {
             let at = base + (u64::from(sid) << 12) + u64::from(offset);
-            hw.config_mmio(at, size, write)
+            hw.device_mmio(at, size, write.map(u64::from)) as u32
         }
         ConfigPath::Port => {
             let latch = 1u32 << 31 | u32::from(sid) << 8 | (offset & 0xfc);

@@ -40,6 +40,8 @@ enum Region {
     IoApic,
     /// The ECAM page of a function whose MSI capability is trapped.
     TrappedConfig,
+    /// A page of a trapped MSI-X table.
+    MsixTable,
     Excluded,
     Unmapped,
 }
@@ -126,6 +128,8 @@ pub(super) fn nested_page_fault(
         Region::IoApic
     } else if shared.is_trapped_config(g) {
         Region::TrappedConfig
+    } else if shared.is_msix_page(g) {
+        Region::MsixTable
     } else if shared.is_excluded(g) {
         Region::Excluded
     } else {
@@ -171,13 +175,11 @@ pub(super) fn nested_page_fault(
             }
             HostAction::Resume
         }
-        (Region::IoApic | Region::TrappedConfig, write) => {
-            let access_fn = |g: u64, size: u8, w: Option<u64>| {
-                if region == Region::IoApic {
-                    super::irq::ioapic_access(shared, hw, g, size, w)
-                } else {
-                    super::irq::ecam_access(shared, hw, g, size, w)
-                }
+        (Region::IoApic | Region::TrappedConfig | Region::MsixTable, write) => {
+            let access_fn = |g: u64, size: u8, w: Option<u64>| match region {
+                Region::IoApic => super::irq::ioapic_access(shared, hw, g, size, w),
+                Region::TrappedConfig => super::irq::ecam_access(shared, hw, g, size, w),
+                _ => super::irq::msix_access(shared, hw, g, size, w),
             };
             match write {
                 true => {

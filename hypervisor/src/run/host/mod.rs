@@ -95,9 +95,10 @@ pub trait HostHw {
     /// (IOREGSEL, IOWIN, EOI): a read's value, or 0 after a write. The caller holds the host's
     /// I/O APIC lock, so select and window accesses are not interleaved.
     fn ioapic_mmio(&self, base: u64, offset: u32, write: Option<u32>) -> u32;
-    /// A configuration access of 1, 2 or 4 bytes at `address` in the ECAM window: a read's
-    /// value, or 0 after a write.
-    fn config_mmio(&self, address: u64, size: u8, write: Option<u32>) -> u32;
+    /// A naturally aligned access of 1, 2, 4 or 8 bytes at `address` in device memory atoll
+    /// trapped for the host (an ECAM page, an MSI-X table's page): a read's value, or 0 after
+    /// a write.
+    fn device_mmio(&self, address: u64, size: u8, write: Option<u64>) -> u64;
 }
 
 /// What the host exit handler asks the caller to do.

@@ -116,7 +116,7 @@ impl HostHw for Hw {
     fn ioapic_mmio(&self, _base: u64, _offset: u32, _write: Option<u32>) -> u32 {
         0
     }
-    fn config_mmio(&self, _address: u64, _size: u8, _write: Option<u32>) -> u32 {
+    fn device_mmio(&self, _address: u64, _size: u8, _write: Option<u64>) -> u64 {
         0
     }
     fn now_us(&self) -> u64 {

@@ -295,7 +295,7 @@ extern "C" fn atoll_bsp_main(magic: u32, info_addr: u64) -> ! {
         match iommu::Vtd::bring_up(
             d,
             the_host.as_ref().map(|h| h.dma_mappings()),
-            &iommu_config.blocked,
+            &iommu_config,
             ecam,
         ) {
             Ok(v) => {

@@ -573,9 +573,14 @@ mod linux {
 
             /// One transfer of a page; whether the engine finished it within 5 s.
             fn dma(&self, src: u64, dst: u64, to_ram: bool) -> bool {
+                self.dma_len(src, dst, to_ram, edu::BUFFER_LEN)
+            }
+
+            /// One transfer of `len` bytes.
+            fn dma_len(&self, src: u64, dst: u64, to_ram: bool, len: u64) -> bool {
                 self.write64(edu::DMA_SRC, src);
                 self.write64(edu::DMA_DST, dst);
-                self.write64(edu::DMA_COUNT, edu::BUFFER_LEN);
+                self.write64(edu::DMA_COUNT, len);
                 let dir = if to_ram { edu::CMD_TO_RAM } else { 0 };
                 self.write64(edu::DMA_CMD, edu::CMD_START | dir);
                 let start = Instant::now();
@@ -711,10 +716,57 @@ mod linux {
             steps.push(s);
             pause();
 
+            let forged = dma::forged_interrupt_address(dma::FORGED_HANDLE);
+            let mut s = step("forged_interrupt", &owned, forged);
+            s.ran = owned.dma_len(edu::BUFFER, forged, true, 4);
+            steps.push(s);
+            pause();
+
             steps.push(interrupt(&owned));
             steps.push(msi("msi", "ahci", "ahci"));
             steps.push(msi("msix", "virtio-blk", "virtio0-req"));
+            match devices.get(2) {
+                Some(name) => steps.push(storm(name, canaries.pool)),
+                None => return Err("no third edu device (the storm's)".into()),
+            }
             Ok(steps)
+        }
+
+        /// The third device faults [`dma::STORM_WRITES`] times; atoll should stop it (its
+        /// bus-master bit cleared).
+        fn storm(name: &str, target: u64) -> Step {
+            let e = match Edu::open(name) {
+                Ok(e) => e,
+                Err(why) => {
+                    return Step {
+                        name: "storm",
+                        ran: false,
+                        verdict: None,
+                        device: name.into(),
+                        address: target,
+                        detail: Some(why),
+                    }
+                }
+            };
+            let mut s = step("storm", &e, target);
+            s.ran = (0..dma::STORM_WRITES).all(|_| {
+                let ok = e.dma(edu::BUFFER, target, true);
+                std::thread::sleep(Duration::from_millis(dma::STORM_PAUSE_MS));
+                ok
+            });
+            std::thread::sleep(Duration::from_millis(dma::FAULT_PAUSE_MS));
+            let mut cmd = [0u8; 2];
+            let read = File::open(format!("{SYSFS}/{name}/config"))
+                .and_then(|f| f.read_exact_at(&mut cmd, 4));
+            match read {
+                Ok(()) => {
+                    let cmd = u16::from_le_bytes(cmd);
+                    s.verdict = Some(cmd & 0x4 == 0);
+                    s.detail = Some(format!("command register {cmd:#06x} after the storm"));
+                }
+                Err(err) => s.detail = Some(format!("reading its command register: {err}")),
+            }
+            s
         }
 
         /// A driver of the host's (`line`: its name in `/proc/interrupts`) took

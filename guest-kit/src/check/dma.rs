@@ -17,8 +17,10 @@
 //! | `atoll_write` | the same to atoll's own canary page | as above |
 //! | `unmapped_write` | the same to [`UNMAPPED_IOVA`], which no partition maps | as above |
 //! | `blocked_write` | the second device (no owner: its DMA is blocked) writes into a page of the host's | the page is unchanged (`ok`) |
+//! | `forged_interrupt` | the first device writes 4 bytes to the interrupt address range in remappable format, naming IRTE [`FORGED_HANDLE`], which atoll never wrote | nothing: atoll reports an interrupt fault |
 //! | `msi` | the host's AHCI controller (the `ahci` module the init script loads) probed its CD-ROM with message-signalled interrupts | `/proc/interrupts` counts `ahci` interrupts of a `PCI-MSI` line (`ok`) |
 //! | `msix` | a virtio disk (`virtio_blk`, read by the init script) completed its requests with MSI-X | `/proc/interrupts` counts `virtio0-req` interrupts (`ok`) |
+//! | `storm` | the third device writes to the pool canary [`STORM_WRITES`] times, [`STORM_PAUSE_MS`] apart; the machine description stops a device after fewer faults | its command register's bus-master bit reads clear afterwards (`ok`) |
 //! | `interrupt` | the first device, bound to `uio_pci_generic` (the init script loads it), raises its interrupt (INTx through the I/O APIC) | `/dev/uioN` reports it within [`INTERRUPT_WAIT_MS`] (`ok`) |
 //!
 //! Between two DMAs that should fault the program waits [`FAULT_PAUSE_MS`]: QEMU's VT-d has one
@@ -80,6 +82,22 @@ pub mod edu {
 /// An I/O virtual address no partition maps: below 2^48 (the address width atoll's IOMMU
 /// tables cover) and far above any RAM or MMIO an emulated machine has.
 pub const UNMAPPED_IOVA: u64 = 0x7f00_0000_0000;
+
+/// The IRTE index the forged interrupt names (inside atoll's 4096-entry table, never written).
+pub const FORGED_HANDLE: u64 = 4000;
+
+/// The forged interrupt's address: the interrupt range (0xFEE0_0000), remappable format (bit
+/// 4), handle 14:0 in bits 19:5, SHV (bit 3) clear (VT-d spec §5.1.2.2).
+pub const fn forged_interrupt_address(handle: u64) -> u64 {
+    0xfee0_0000 | (handle & 0x7fff) << 5 | 1 << 4 | (handle >> 15 & 1) << 2
+}
+
+/// Faulting writes of the storm step.
+pub const STORM_WRITES: usize = 12;
+
+/// Milliseconds between the storm's writes (each is recorded before the next: one fault
+/// register in QEMU).
+pub const STORM_PAUSE_MS: u64 = 150;
 
 /// Milliseconds the interrupt step waits for the interrupt.
 pub const INTERRUPT_WAIT_MS: i32 = 3000;
@@ -157,20 +175,25 @@ pub fn edu_devices(entries: &[(String, String, String)]) -> Vec<String> {
 }
 
 /// The interrupts a driver named `name` took, from `/proc/interrupts`: the sum of the per-CPU
-/// counts on the first line naming it, and the line's chip and type words (`PCI-MSI 512000-edge`,
-/// `IO-APIC 21-fasteoi`). `None` when no line names it.
+/// counts over every line naming it (a multi-queue device has a line per queue), and the first
+/// such line's chip and type words (`PCI-MSI 512000-edge`, `IO-APIC 21-fasteoi`). `None` when
+/// no line names it.
 pub fn interrupt_count(proc_interrupts: &str, name: &str) -> Option<(u64, String)> {
     let mut lines = proc_interrupts.lines();
     let cpus = lines.next()?.split_whitespace().count();
-    let line = lines.find(|l| l.split_whitespace().any(|w| w.starts_with(name)))?;
-    let mut words = line.split_whitespace().skip(1);
-    let count = words
-        .by_ref()
-        .take(cpus)
-        .map(|w| w.parse::<u64>().unwrap_or(0))
-        .sum();
-    let rest: Vec<&str> = words.filter(|w| !w.starts_with(name)).collect();
-    Some((count, rest.join(" ")))
+    let mut found: Option<(u64, String)> = None;
+    for line in lines.filter(|l| l.split_whitespace().any(|w| w.starts_with(name))) {
+        let mut words = line.split_whitespace().skip(1);
+        let count: u64 = words
+            .by_ref()
+            .take(cpus)
+            .map(|w| w.parse::<u64>().unwrap_or(0))
+            .sum();
+        let kind: Vec<&str> = words.filter(|w| !w.starts_with(name)).collect();
+        let f = found.get_or_insert((0, kind.join(" ")));
+        f.0 += count;
+    }
+    found
 }
 
 /// A pattern for a page that no other step writes: byte `i` is `seed + i * 7` (mod 256),
@@ -284,6 +307,16 @@ mod tests {
     }
 
     #[test]
+    fn the_forged_interrupt_is_remappable_format() {
+        let a = forged_interrupt_address(FORGED_HANDLE);
+        assert_eq!(a & 0xfff0_0000, 0xfee0_0000);
+        assert_ne!(a & 0x10, 0, "remappable format");
+        assert_eq!(a & 0x8, 0, "no subhandle");
+        assert_eq!((a >> 5) & 0x7fff, FORGED_HANDLE);
+        assert_eq!(forged_interrupt_address(0x8001) & 0x4, 0x4, "handle bit 15");
+    }
+
+    #[test]
     fn interrupt_lines() {
         let text = "           CPU0       CPU1       \n  0:         45          0   IO-APIC   2-edge      timer\n 24:          3          9  PCI-MSI 512000-edge      ahci[0000:00:1f.2]\n 21:          1          0   IO-APIC  21-fasteoi   uio_pci_generic\n";
         assert_eq!(
@@ -291,6 +324,12 @@ mod tests {
             Some((12, "PCI-MSI 512000-edge".to_string()))
         );
         assert_eq!(interrupt_count(text, "uio").unwrap().0, 1);
+        let queues = "   CPU0 CPU1\n 25: 0 0 PCI-MSI 1-edge virtio0-req.0\n 26: 7 25 PCI-MSI 2-edge virtio0-req.1\n";
+        assert_eq!(
+            interrupt_count(queues, "virtio0-req").unwrap().0,
+            32,
+            "every queue's line"
+        );
         assert_eq!(interrupt_count(text, "virtio"), None);
         assert_eq!(interrupt_count("", "ahci"), None);
     }

@@ -84,7 +84,7 @@ use alloc::collections::BTreeMap;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use atoll::partition::host_memory::HostMapping;
-use atoll::partition::machine::PciAddress;
+use atoll::partition::machine::{IommuConfig, PciAddress};
 use atoll::partition::{Identity, PoolFrames};
 use atoll::summary::{FaultReport, HostReport, IommuReport};
 use ept::{MemType, SlTables, VtdFormat};
@@ -98,10 +98,6 @@ const HOST_DOMAIN: DomainId = DomainId(1);
 const IOVA_BITS: u8 = 48;
 /// Faults kept in the summary's log.
 const FAULT_LOG: usize = 32;
-/// A function with this many faults within [`STORM_WINDOW_US`] is stopped.
-const STORM_FAULTS: u32 = 64;
-/// See [`STORM_FAULTS`].
-const STORM_WINDOW_US: u64 = 1_000_000;
 
 type Frames = PoolFrames<'static, Identity>;
 
@@ -155,6 +151,9 @@ pub struct Vtd {
     log: Vec<FaultReport>,
     storms: BTreeMap<u16, Storm>,
     stopped: Vec<String>,
+    /// Faults within `storm_window_us` that stop a function.
+    storm_faults: u32,
+    storm_window_us: u64,
 }
 
 /// The VT-d units once brought up; the manager polls their faults.
@@ -183,9 +182,10 @@ impl Vtd {
     pub fn bring_up(
         dmar: &iommu::Dmar,
         host: Option<&[HostMapping]>,
-        blocked: &[PciAddress],
+        config: &IommuConfig,
         ecam: Option<u64>,
     ) -> Result<Self, String> {
+        let blocked = &config.blocked[..];
         let scan = atoll_devices::pci::scan::scan(config_read);
         let mut units = Vec::new();
         for (i, u) in dmar.units().enumerate() {
@@ -327,6 +327,8 @@ impl Vtd {
             log: Vec::new(),
             storms: BTreeMap::new(),
             stopped: Vec::new(),
+            storm_faults: config.storm_faults,
+            storm_window_us: config.storm_window_ms.saturating_mul(1000),
         })
     }
 
@@ -398,14 +400,14 @@ impl Vtd {
         }
         let now = atoll::hw::tsc::micros();
         let s = self.storms.entry(r.source.0).or_default();
-        if now.saturating_sub(s.window_start_us) > STORM_WINDOW_US {
+        if now.saturating_sub(s.window_start_us) > self.storm_window_us {
             *s = Storm {
                 window_start_us: now,
                 count: 0,
             };
         }
         s.count += 1;
-        if s.count == STORM_FAULTS {
+        if s.count == self.storm_faults {
             self.stop(r.source);
         }
     }
@@ -429,8 +431,9 @@ impl Vtd {
             }
         }
         log::warn!(
-            "iommu: {sid} faulted {STORM_FAULTS} times within {} ms: stopped (bus mastering off, DMA blocked)",
-            STORM_WINDOW_US / 1000
+            "iommu: {sid} faulted {} times within {} ms: stopped (bus mastering off, DMA blocked)",
+            self.storm_faults,
+            self.storm_window_us / 1000
         );
         self.stopped.push(sid.to_string());
     }
@@ -488,6 +491,32 @@ impl Vtd {
 pub fn poll() {
     if let Some(v) = VTD.lock().as_mut() {
         v.poll();
+    }
+}
+
+/// Microseconds between two polls from the host's exits.
+const EXIT_POLL_US: u64 = 1000;
+
+/// The host's exit hook: a fault poll at most every [`EXIT_POLL_US`], by whichever host core
+/// gets there first, never waiting for the lock (the manager may hold it). QEMU's VT-d has one
+/// fault-recording register and drops a device's next fault while its last one is unread, so
+/// faults must be read while the host keeps the manager's core busy.
+pub fn poll_from_exit() {
+    use core::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = atoll::hw::tsc::micros();
+    let last = LAST.load(Ordering::Relaxed);
+    if now.saturating_sub(last) < EXIT_POLL_US
+        || LAST
+            .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+    {
+        return;
+    }
+    if let Some(mut g) = VTD.try_lock() {
+        if let Some(v) = g.as_mut() {
+            v.poll();
+        }
     }
 }
 
@@ -646,6 +675,7 @@ pub fn enable_interrupt_remapping(host: &mut super::host::Host) -> Result<(), St
         host.trap_page(HostPhysAddr::new(p))?;
     }
     host.run.shared.set_irq(irq);
+    host.run.shared.set_exit_hook(poll_from_exit);
     let mut guard = VTD.lock();
     let v = guard.as_mut().ok_or("no IOMMU")?;
     for (i, u) in v.units.iter_mut().enumerate() {

@@ -649,6 +649,9 @@ impl HostVcpuRun {
                 }
             };
             run.exits[exit.kind() as usize].fetch_add(1, Ordering::Relaxed);
+            if let Some(hook) = run.shared.exit_hook() {
+                hook();
+            }
             let com1 = matches!(
                 exit,
                 Exit::Io {

@@ -20,6 +20,8 @@
 //! allow_unsafe_dma = false  # (on a machine without VT-d) let enclaves own devices anyway
 //! dma_canaries = false      # test aid: two pages (atoll's, the pool's) whose contents atoll
 //!                           #   checks at the end; their addresses go on the host's cmdline
+//! storm_faults = 64         # a function with this many IOMMU faults within storm_window_ms
+//! storm_window_ms = 1000    #   is stopped (bus mastering off, DMA blocked)
 //!
 //! [[enclave]]               # boot-time enclaves, as in the `enclaves` module (optional)
 //! name = "alpha"
@@ -135,7 +137,7 @@ impl fmt::Display for PciAddress {
 }
 
 /// The `[iommu]` table.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IommuConfig {
     /// Functions no partition owns: blocked (their DMA faults, their interrupts are dropped).
     pub blocked: Vec<PciAddress>,
@@ -143,7 +145,28 @@ pub struct IommuConfig {
     pub allow_unsafe_dma: bool,
     /// Whether atoll sets up the two DMA canary pages (a test aid).
     pub dma_canaries: bool,
+    /// Faults within [`IommuConfig::storm_window_ms`] that stop a function.
+    pub storm_faults: u32,
+    /// The storm window, in milliseconds.
+    pub storm_window_ms: u64,
 }
+
+impl Default for IommuConfig {
+    fn default() -> Self {
+        Self {
+            blocked: Vec::new(),
+            allow_unsafe_dma: false,
+            dma_canaries: false,
+            storm_faults: DEFAULT_STORM_FAULTS,
+            storm_window_ms: DEFAULT_STORM_WINDOW_MS,
+        }
+    }
+}
+
+/// Default `iommu.storm_faults`.
+pub const DEFAULT_STORM_FAULTS: u32 = 64;
+/// Default `iommu.storm_window_ms`.
+pub const DEFAULT_STORM_WINDOW_MS: u64 = 1000;
 
 /// Most functions `iommu.blocked` may name.
 pub const MAX_BLOCKED: usize = 256;
@@ -205,7 +228,7 @@ struct PoolTable {
     memory_mib: u64,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct IommuTable {
     #[serde(default)]
@@ -214,6 +237,30 @@ struct IommuTable {
     allow_unsafe_dma: bool,
     #[serde(default)]
     dma_canaries: bool,
+    #[serde(default = "default_storm_faults")]
+    storm_faults: u32,
+    #[serde(default = "default_storm_window_ms")]
+    storm_window_ms: u64,
+}
+
+fn default_storm_faults() -> u32 {
+    DEFAULT_STORM_FAULTS
+}
+
+fn default_storm_window_ms() -> u64 {
+    DEFAULT_STORM_WINDOW_MS
+}
+
+impl Default for IommuTable {
+    fn default() -> Self {
+        Self {
+            blocked: Vec::new(),
+            allow_unsafe_dma: false,
+            dma_canaries: false,
+            storm_faults: DEFAULT_STORM_FAULTS,
+            storm_window_ms: DEFAULT_STORM_WINDOW_MS,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -250,10 +297,24 @@ fn check_iommu(t: IommuTable) -> Result<IommuConfig, ConfigError> {
         }
         blocked.push(a);
     }
+    if t.storm_faults == 0 || t.storm_faults > 1_000_000 {
+        return Err(err(
+            "iommu.storm_faults",
+            format!("{}: between 1 and 1000000", t.storm_faults),
+        ));
+    }
+    if t.storm_window_ms == 0 || t.storm_window_ms > 3_600_000 {
+        return Err(err(
+            "iommu.storm_window_ms",
+            format!("{}: between 1 and 3600000 (an hour)", t.storm_window_ms),
+        ));
+    }
     Ok(IommuConfig {
         blocked,
         allow_unsafe_dma: t.allow_unsafe_dma,
         dma_canaries: t.dma_canaries,
+        storm_faults: t.storm_faults,
+        storm_window_ms: t.storm_window_ms,
     })
 }
 
@@ -544,6 +605,16 @@ mod tests {
             &ctx(&[0]),
         );
         assert!(e.contains("iommu.blocked[1]") && e.contains("twice"), "{e}");
+        let m = parse(
+            &with("storm_faults = 8\nstorm_window_ms = 10000"),
+            &ctx(&[0]),
+        )
+        .unwrap();
+        assert_eq!((m.iommu.storm_faults, m.iommu.storm_window_ms), (8, 10_000));
+        let e = error(&with("storm_faults = 0"), &ctx(&[0]));
+        assert!(e.contains("iommu.storm_faults"), "{e}");
+        let e = error(&with("storm_window_ms = 0"), &ctx(&[0]));
+        assert!(e.contains("iommu.storm_window_ms"), "{e}");
         let e = error(&with("bogus = 1"), &ctx(&[0]));
         assert!(e.contains("bogus"), "{e}");
         let many: Vec<String> = (0..=MAX_BLOCKED)

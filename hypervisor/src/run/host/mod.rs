@@ -192,6 +192,9 @@ pub struct HostShared {
     manager_wanted: core::sync::atomic::AtomicU8,
     /// Interrupt remapping of the host's sources ([`irq`]), once atoll turned it on.
     irq: spin::Once<irq::HostIrq>,
+    /// Called after the host's exits (throttled by its owner): atoll's IOMMU fault poll, so
+    /// faults are read while the host keeps the manager's core busy.
+    exit_hook: spin::Once<fn()>,
 }
 
 impl HostShared {
@@ -237,6 +240,7 @@ impl HostShared {
             control: None,
             manager_wanted: core::sync::atomic::AtomicU8::new(0),
             irq: spin::Once::new(),
+            exit_hook: spin::Once::new(),
         }
     }
 
@@ -344,6 +348,16 @@ impl HostShared {
     /// Whether the host may use x2APIC mode.
     pub fn x2apic_offered(&self) -> bool {
         self.x2apic
+    }
+
+    /// Sets the hook run after the host's exits (once).
+    pub fn set_exit_hook(&self, hook: fn()) {
+        self.exit_hook.call_once(|| hook);
+    }
+
+    /// The hook run after the host's exits, if any.
+    pub fn exit_hook(&self) -> Option<fn()> {
+        self.exit_hook.get().copied()
     }
 
     /// An exit needs the manager now (the control device's doorbell, a BAR moved).

@@ -262,6 +262,10 @@ extern "C" fn atoll_bsp_main(magic: u32, info_addr: u64) -> ! {
         .as_ref()
         .map(|d| d.iommu.clone())
         .unwrap_or_default();
+    iommu::ALLOW_UNSAFE_DMA.store(
+        iommu_config.allow_unsafe_dma,
+        core::sync::atomic::Ordering::Relaxed,
+    );
     let mut the_host = machine.as_ref().and_then(|d| {
         // atoll's memory for the host's layout: the image, the boot information and the
         // modules (the first MiB, excluded from atoll's frames, is the host's).

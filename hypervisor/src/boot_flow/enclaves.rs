@@ -457,6 +457,7 @@ impl Manager<'_> {
                 cmdline: String::new(),
                 io_unknown: atoll::partition::config::IoPolicy::Ignore,
                 after: None,
+                devices: Vec::new(),
             })
     }
 
@@ -486,6 +487,13 @@ impl Manager<'_> {
         if !(bsp.vmx && bsp.ept || bsp.svm && bsp.npt) {
             let why = "enclaves need VMX with EPT or SVM with nested paging".into();
             self.fail(id, failed_report(&c, "ended", why));
+            return;
+        }
+        if let Err(e) = super::iommu::check_devices(&c.devices) {
+            self.fail(
+                id,
+                failed_report(&c, "ended", alloc::string::ToString::to_string(&e)),
+            );
             return;
         }
         // A run-time enclave's files are staged; a boot-time one's are modules (the

@@ -487,6 +487,32 @@ impl Vtd {
     }
 }
 
+/// The machine description's `[iommu] allow_unsafe_dma`.
+pub static ALLOW_UNSAFE_DMA: core::sync::atomic::AtomicBool =
+    core::sync::atomic::AtomicBool::new(false);
+
+/// Whether every unit translates DMA.
+pub fn dma_isolation() -> bool {
+    VTD.lock().as_ref().is_some_and(|v| {
+        !v.units.is_empty()
+            && v.units
+                .iter()
+                .all(|u| u.unit.status().contains(iommu::GlobalStatus::TES))
+    })
+}
+
+/// Whether an enclave may be given `devices` here ([`atoll::partition::config::device_policy`]).
+pub fn check_devices(devices: &[String]) -> Result<(), atoll::partition::config::ConfigError> {
+    if devices.is_empty() {
+        return Ok(());
+    }
+    atoll::partition::config::device_policy(
+        devices,
+        dma_isolation(),
+        ALLOW_UNSAFE_DMA.load(core::sync::atomic::Ordering::Relaxed),
+    )
+}
+
 /// Polls the faults, if atoll has an IOMMU (the manager calls this every turn).
 pub fn poll() {
     if let Some(v) = VTD.lock().as_mut() {

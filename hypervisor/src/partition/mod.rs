@@ -293,6 +293,7 @@ mod tests {
             serial_input: false,
             io_unknown: IoPolicy::Ignore,
             after: None,
+            devices: Vec::new(),
         }
     }
 

@@ -499,6 +499,7 @@ mod tests {
             cmdline: String::new(),
             io_unknown: IoPolicy::Ignore,
             after: after.map(Into::into),
+            devices: Vec::new(),
         }
     }
 

@@ -877,8 +877,16 @@ impl Manager<'_> {
     /// ([`atoll::partition::config::parse_runtime`]).
     fn check_description(&self, c: &abi::Create) -> Result<EnclaveConfig, Refused> {
         let online = super::super::online_cores();
-        atoll::partition::config::parse_runtime(c.description, c.image_len, c.initrd_len, &online)
-            .map_err(|e| (Status::Invalid, e.to_string()))
+        let config = atoll::partition::config::parse_runtime(
+            c.description,
+            c.image_len,
+            c.initrd_len,
+            &online,
+        )
+        .map_err(|e| (Status::Invalid, e.to_string()))?;
+        super::super::iommu::check_devices(&config.devices)
+            .map_err(|e| (Status::Invalid, e.to_string()))?;
+        Ok(config)
     }
 
     fn load(&mut self, l: &abi::Load) -> Result<(), Refused> {

@@ -692,16 +692,19 @@ pub fn enable_interrupt_remapping(host: &mut super::host::Host) -> Result<(), St
             atoll::hw::apic::ioapic_mmio(base, 0x10, None)
         },
     );
-    for p in pages
+    // The traps exist before any page is unmapped, so a page left unmapped is always served
+    // (an error part-way leaves remapping off and the trapped pages working through the trap).
+    let trapped: Vec<u64> = pages
         .iter()
         .copied()
         .chain(irq.config_pages())
         .chain(irq.msix_pages())
-    {
-        host.trap_page(HostPhysAddr::new(p))?;
-    }
+        .collect();
     host.run.shared.set_irq(irq);
     host.run.shared.set_exit_hook(poll_from_exit);
+    for p in trapped {
+        host.trap_page(HostPhysAddr::new(p))?;
+    }
     let mut guard = VTD.lock();
     let v = guard.as_mut().ok_or("no IOMMU")?;
     for (i, u) in v.units.iter_mut().enumerate() {

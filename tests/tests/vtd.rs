@@ -77,4 +77,9 @@ fn vtd_dma_qemu() {
         Some(true)
     );
     assert_eq!(get("host.last_fault.source"), &log[log.len() - 1]["source"]);
+    // Its write after bus mastering was turned on again met the cleared context entry (VT-d
+    // reason 0x2), not a cached translation of the host's domain.
+    let last = &log[log.len() - 1];
+    assert!(device.ends_with(last["source"].as_str().unwrap()), "{last}");
+    assert_eq!(last["code"], 2, "{last}");
 }

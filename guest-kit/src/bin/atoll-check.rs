@@ -763,6 +763,17 @@ mod linux {
                     let cmd = u16::from_le_bytes(cmd);
                     s.verdict = Some(cmd & 0x4 == 0);
                     s.detail = Some(format!("command register {cmd:#06x} after the storm"));
+                    // Bus mastering on again (as a careless driver would): the next write must
+                    // still fault, now at the context entry atoll cleared (nothing stale of
+                    // its old domain left in the unit's caches).
+                    let again = OpenOptions::new()
+                        .write(true)
+                        .open(format!("{SYSFS}/{name}/config"))
+                        .and_then(|f| f.write_all_at(&(cmd | 0x4).to_le_bytes(), 4));
+                    if again.is_ok() {
+                        let _ = e.dma(edu::BUFFER, target, true);
+                        std::thread::sleep(Duration::from_millis(dma::FAULT_PAUSE_MS));
+                    }
                 }
                 Err(err) => s.detail = Some(format!("reading its command register: {err}")),
             }

@@ -20,7 +20,7 @@
 //! | `forged_interrupt` | the first device writes 4 bytes to the interrupt address range in remappable format, naming IRTE [`FORGED_HANDLE`], which atoll never wrote | nothing: atoll reports an interrupt fault |
 //! | `msi` | the host's AHCI controller (the `ahci` module the init script loads) probed its CD-ROM with message-signalled interrupts | `/proc/interrupts` counts `ahci` interrupts of a `PCI-MSI` line (`ok`) |
 //! | `msix` | a virtio disk (`virtio_blk`, read by the init script) completed its requests with MSI-X | `/proc/interrupts` counts `virtio0-req` interrupts (`ok`) |
-//! | `storm` | the third device writes to the pool canary [`STORM_WRITES`] times, [`STORM_PAUSE_MS`] apart; the machine description stops a device after fewer faults | its command register's bus-master bit reads clear afterwards (`ok`) |
+//! | `storm` | the third device writes to the pool canary [`STORM_WRITES`] times, [`STORM_PAUSE_MS`] apart; the machine description stops a device after fewer faults; then bus mastering is turned on again and it writes once more | its command register's bus-master bit reads clear after the storm (`ok`); atoll's log shows the last write blocked at the context entry |
 //! | `interrupt` | the first device, bound to `uio_pci_generic` (the init script loads it), raises its interrupt (INTx through the I/O APIC) | `/dev/uioN` reports it within [`INTERRUPT_WAIT_MS`] (`ok`) |
 //!
 //! Between two DMAs that should fault the program waits [`FAULT_PAUSE_MS`]: QEMU's VT-d has one

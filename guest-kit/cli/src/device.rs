@@ -536,9 +536,10 @@ mod tests {
                 .wrapping_add(i * SLOT_SIZE as usize)
                 .cast::<AtomicU32>())
         };
-        // Slot 0: left SUBMITTED by a client that died (no lock held). Slot 1: CLAIMED by a
-        // live client (its lock held). Slot 2: atoll is WORKING on it.
-        st(0).store(slot_state::SUBMITTED, Ordering::Release);
+        // Slot 0: left DONE by a client that died before freeing it (no lock held). (Not
+        // SUBMITTED: the atoll thread would serve that one itself, racing the client for it.)
+        // Slot 1: CLAIMED by a live client (its lock held). Slot 2: atoll is WORKING on it.
+        st(0).store(slot_state::DONE, Ordering::Release);
         st(1).store(slot_state::CLAIMED, Ordering::Release);
         st(2).store(slot_state::WORKING, Ordering::Release);
         let live = SlotLock::try_take(&dir, 1).expect("slot 1's lock");

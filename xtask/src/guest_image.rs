@@ -1048,14 +1048,16 @@ fn extract_kernel(cache: &Path, package: &str, info: &PackageInfo, deb: &Path) -
 }
 
 /// Unpacks [`KERNEL_MODULES`] of the kernel package into `kernels/PACKAGE_VERSION/modules/`
-/// (once) and returns that directory, holding `NAME.ko` files.
+/// (once) and returns that directory, holding `NAME.ko` files and `missing` (the modules the
+/// package does not have, one per line: a flavour may lack some, and its image goes without).
 fn extract_modules(cache: &Path, package: &str, info: &PackageInfo, deb: &Path) -> Result<PathBuf> {
     let dir = cache
         .join("kernels")
         .join(format!("{package}_{}", info.version.replace(':', "%3a")))
         .join("modules");
     let name_of = |m: &str| m.rsplit('/').next().unwrap_or(m).to_string();
-    if KERNEL_MODULES.iter().all(|m| dir.join(name_of(m)).exists()) {
+    // Extracted once: the directory holds the modules the package has, `missing` the rest.
+    if dir.join("missing").exists() {
         return Ok(dir);
     }
     progress(format!(
@@ -1085,31 +1087,48 @@ fn extract_modules(cache: &Path, package: &str, info: &PackageInfo, deb: &Path) 
         .output()
         .context("running tar")?;
     let fsys_status = fsys.wait()?;
-    if !fsys_status.success() || !tar.status.success() {
+    // A flavour may lack some modules (the cloud kernel has no AHCI driver): tar then names
+    // them "Not found in archive", which is no error here; anything else is.
+    let stderr = String::from_utf8_lossy(&tar.stderr);
+    let other_errors = stderr
+        .lines()
+        .filter(|l| {
+            !l.contains("Not found in archive") && !l.contains("Exiting with failure status")
+        })
+        .count();
+    if !fsys_status.success() || (!tar.status.success() && other_errors > 0) {
         bail!(
             "cannot unpack the modules of {}: {}",
             deb.display(),
-            String::from_utf8_lossy(&tar.stderr).trim()
+            stderr.trim()
         );
     }
-    let versions: Vec<PathBuf> = std::fs::read_dir(tmp.join("lib/modules"))?
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    let [root] = versions.as_slice() else {
+    let out = tmp.join("out");
+    std::fs::create_dir_all(&out)?;
+    let versions: Vec<PathBuf> = std::fs::read_dir(tmp.join("lib/modules"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    if versions.len() > 1 {
         bail!(
             "{} holds {} module trees, not one",
             deb.display(),
             versions.len()
         );
-    };
-    let out = tmp.join("out");
-    std::fs::create_dir_all(&out)?;
-    for m in KERNEL_MODULES {
-        let from = root.join("kernel").join(m);
-        std::fs::rename(&from, out.join(name_of(m)))
-            .with_context(|| format!("{} has no {m}", deb.display()))?;
     }
+    let mut missing = Vec::new();
+    for m in KERNEL_MODULES {
+        match versions.first().map(|root| root.join("kernel").join(m)) {
+            Some(from) if from.exists() => std::fs::rename(&from, out.join(name_of(m)))?,
+            _ => missing.push(*m),
+        }
+    }
+    if !missing.is_empty() {
+        progress(format!(
+            "{package} lacks {}: its image goes without",
+            missing.join(", ")
+        ));
+    }
+    std::fs::write(out.join("missing"), missing.join("\n"))?;
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::rename(&out, &dir)?;
     let _ = std::fs::remove_dir_all(&tmp);
@@ -1379,7 +1398,9 @@ pub fn build(kernel: &KernelChoice) -> Result<GuestImage> {
     std::fs::create_dir_all(root.join("lib/modules"))?;
     for m in KERNEL_MODULES {
         let name = m.rsplit('/').next().unwrap_or(m);
-        std::fs::copy(mdir.join(name), root.join("lib/modules").join(name))?;
+        if mdir.join(name).exists() {
+            std::fs::copy(mdir.join(name), root.join("lib/modules").join(name))?;
+        }
     }
     write_cpio(&root, &tmp.join("modules.cpio"), false)?;
     std::fs::remove_dir_all(&root)?;

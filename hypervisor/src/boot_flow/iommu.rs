@@ -408,16 +408,38 @@ impl Vtd {
         }
         s.count += 1;
         if s.count == self.storm_faults {
-            self.stop(r.source);
+            if self.stoppable(r.source) {
+                self.stop(r.source);
+            } else {
+                log::warn!(
+                    "iommu: {} faulted {} times within {} ms but names no endpoint of the host's found at boot: not stopped (its faults are counted)",
+                    r.source,
+                    self.storm_faults,
+                    self.storm_window_us / 1000
+                );
+            }
         }
+    }
+
+    /// Whether a storm of `sid` may stop it: only an endpoint (not a bridge, whose command
+    /// register gates every device behind it) that atoll found at boot and the host owns. A
+    /// fault's requester id is whatever the transaction carried, so anything else — a forged or
+    /// unknown id, a bus the host renumbered, a blocked function — is never written to.
+    fn stoppable(&self, sid: SourceId) -> bool {
+        self.owner(sid) == Owner::Host
+            && self.found.iter().any(|f| {
+                f.bridge.is_none()
+                    && u16::from(f.bdf.bus) << 8 | u16::from(f.bdf.devfn.bits()) == sid.0
+            })
     }
 
     /// Stops a function that faults in a storm: bus mastering off in its command register
     /// (through ECAM: one store, atomic against the host's own configuration accesses) and its
     /// context entry cleared, so nothing it does reaches memory any more.
     fn stop(&mut self, sid: SourceId) {
-        if let Some(base) = self.ecam {
-            let at = base + (u64::from(sid.0) << 12) + 4;
+        let at = self.ecam.map(|base| base + (u64::from(sid.0) << 12) + 4);
+        // Found at boot on segment 0's window (the caller checked), and inside atoll's map.
+        if let Some(at) = at.filter(|a| a + 2 <= atoll::hw::IDENTITY_MAPPED_END) {
             // SAFETY: the command register of the function's ECAM page: atoll's identity map
             // covers the ECAM window (uncacheable MMIO below 4 GiB); a 16-bit store there
             // changes only that function's command register.

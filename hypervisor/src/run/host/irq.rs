@@ -65,6 +65,8 @@ struct Inner {
     ioapics: Vec<(u64, HostIoApic)>,
     /// The host's cores' APIC ids, in its CPU order.
     cores: Vec<u32>,
+    /// Per core (same order): lent to an enclave, so no IRTE of the host's may name it.
+    lent: Vec<bool>,
     entries: BTreeMap<(Kind, u16), IrteIndex>,
     /// The host functions whose MSI capability is trapped.
     msi: Vec<MsiFunction>,
@@ -114,26 +116,33 @@ struct Programmer<'a> {
     invalidate: Invalidate,
     entries: &'a mut BTreeMap<(Kind, u16), IrteIndex>,
     cores: &'a [u32],
+    lent: &'a [bool],
     kind: Kind,
     validation: SourceValidation,
     remapped: &'a AtomicU64,
     refused: &'a AtomicU64,
 }
 
-/// The one host core an interrupt for `dest` (`mode`) goes to, if the host may send it there.
-pub fn host_target(cores: &[u32], mode: DestMode, dest: u32) -> Option<u32> {
+/// The one host core an interrupt for `dest` (`mode`) goes to, if the host may send it there:
+/// one of its `cores` not `lent` to an enclave (same order).
+pub fn host_target(cores: &[u32], lent: &[bool], mode: DestMode, dest: u32) -> Option<u32> {
+    let open = |i: usize| !lent.get(i).copied().unwrap_or(false);
     match mode {
-        DestMode::Physical => cores.iter().copied().find(|&c| c == dest),
-        DestMode::Logical => (0..8)
-            .find(|bit| dest & (1 << bit) != 0 && (*bit as usize) < cores.len())
-            .map(|bit| cores[bit as usize]),
+        DestMode::Physical => cores
+            .iter()
+            .enumerate()
+            .find(|&(i, &c)| c == dest && open(i))
+            .map(|(_, &c)| c),
+        DestMode::Logical => (0..8usize)
+            .find(|&bit| dest & (1 << bit) != 0 && bit < cores.len() && open(bit))
+            .map(|bit| cores[bit]),
     }
 }
 
 impl Remapper for Programmer<'_> {
     fn program(&mut self, source: u16, interrupt: &Interrupt) -> Option<IrteIndex> {
         let allowed = !matches!(interrupt.delivery, DeliveryMode::Smi | DeliveryMode::Init);
-        let target = host_target(self.cores, interrupt.dest_mode, interrupt.dest)
+        let target = host_target(self.cores, self.lent, interrupt.dest_mode, interrupt.dest)
             .filter(|&t| allowed && t <= 0xff);
         let Some(target) = target else {
             let n = bump(self.refused);
@@ -217,6 +226,7 @@ impl HostIrq {
                 invalidate,
                 ioapics,
                 cores: cores.to_vec(),
+                lent: alloc::vec![false; cores.len()],
                 entries: BTreeMap::new(),
                 msi,
                 ecam,
@@ -235,6 +245,47 @@ impl HostIrq {
     /// The pages the host's tables must leave unmapped.
     pub fn ioapic_pages(&self) -> Vec<u64> {
         self.inner.lock().ioapics.iter().map(|(b, _)| *b).collect()
+    }
+
+    /// Host core `apic_id` is lent to an enclave (or back): no IRTE of the host's may name it
+    /// from now on. Lending retargets every host IRTE that names it to the first host core
+    /// still the host's (or makes it not present when none is), each change invalidated before
+    /// this returns, so no interrupt of a host device reaches the enclave's core afterwards.
+    pub fn set_lent(&self, apic_id: u32, is_lent: bool) {
+        let mut guard = self.inner.lock();
+        let inner = &mut *guard;
+        let Some(i) = inner.cores.iter().position(|&c| c == apic_id) else {
+            return;
+        };
+        inner.lent[i] = is_lent;
+        if !is_lent {
+            return;
+        }
+        let spare = inner
+            .cores
+            .iter()
+            .zip(&inner.lent)
+            .find(|(_, &l)| !l)
+            .map(|(&c, _)| c);
+        let indices: Vec<IrteIndex> = inner.entries.values().copied().collect();
+        for index in indices {
+            let Some(raw) = inner.table.raw(index) else {
+                continue;
+            };
+            let Ok(mut irte) = iommu::irte::Irte::from_raw(raw, false) else {
+                continue;
+            };
+            if !irte.present || irte.dest != ApicDest::XApic(apic_id as u8) {
+                continue;
+            }
+            match spare {
+                Some(c) => irte.dest = ApicDest::XApic(c as u8),
+                None => irte.present = false,
+            }
+            if let Ok(inv) = inner.table.set(HOST_OWNER, index, &irte) {
+                (inner.invalidate)(inv.0);
+            }
+        }
     }
 
     /// The ECAM pages of the functions whose MSI capability is trapped.
@@ -356,6 +407,7 @@ pub(super) fn ioapic_access(
         invalidate,
         ioapics,
         cores,
+        lent,
         entries,
         ..
     } = &mut *guard;
@@ -389,6 +441,7 @@ pub(super) fn ioapic_access(
                 invalidate: *invalidate,
                 entries,
                 cores,
+                lent,
                 kind: Kind::IoApic(index as u8),
                 validation: SourceValidation::None,
                 remapped: &irq.remapped,
@@ -467,6 +520,7 @@ pub(super) fn msix_access(
         invalidate,
         msix,
         cores,
+        lent,
         entries,
         ..
     } = &mut *guard;
@@ -487,6 +541,7 @@ pub(super) fn msix_access(
                 invalidate: *invalidate,
                 entries,
                 cores,
+                lent,
                 kind: Kind::Msix(sid),
                 validation: SourceValidation::RequesterId(iommu::SourceId(sid)),
                 remapped: &irq.remapped,
@@ -603,6 +658,7 @@ pub(super) fn config_access(
         invalidate,
         msi,
         cores,
+        lent,
         entries,
         ..
     } = &mut *guard;
@@ -629,6 +685,7 @@ pub(super) fn config_access(
                 invalidate: *invalidate,
                 entries,
                 cores,
+                lent,
                 kind: Kind::Msi(sid),
                 validation: SourceValidation::RequesterId(iommu::SourceId(sid)),
                 remapped: &irq.remapped,
@@ -658,25 +715,146 @@ mod tests {
     #[test]
     fn host_interrupts_go_to_one_of_its_cores() {
         let cores = [0, 2, 5];
-        assert_eq!(host_target(&cores, DestMode::Physical, 2), Some(2));
+        let none = [false; 3];
+        assert_eq!(host_target(&cores, &none, DestMode::Physical, 2), Some(2));
         assert_eq!(
-            host_target(&cores, DestMode::Physical, 1),
+            host_target(&cores, &none, DestMode::Physical, 1),
             None,
             "an enclave's core"
         );
         assert_eq!(
-            host_target(&cores, DestMode::Physical, 0xff),
+            host_target(&cores, &none, DestMode::Physical, 0xff),
             None,
             "broadcast"
         );
         // Flat logical: bit n is the host's n-th CPU; the lowest present bit wins.
-        assert_eq!(host_target(&cores, DestMode::Logical, 0b110), Some(2));
         assert_eq!(
-            host_target(&cores, DestMode::Logical, 0b1000),
+            host_target(&cores, &none, DestMode::Logical, 0b110),
+            Some(2)
+        );
+        assert_eq!(
+            host_target(&cores, &none, DestMode::Logical, 0b1000),
             None,
             "no 4th CPU"
         );
-        assert_eq!(host_target(&cores, DestMode::Logical, 0xff), Some(0));
-        assert_eq!(host_target(&cores, DestMode::Logical, 0), None);
+        assert_eq!(host_target(&cores, &none, DestMode::Logical, 0xff), Some(0));
+        assert_eq!(host_target(&cores, &none, DestMode::Logical, 0), None);
+        // A core lent to an enclave is no longer the host's to aim at.
+        let lent = [false, true, false];
+        assert_eq!(host_target(&cores, &lent, DestMode::Physical, 2), None);
+        assert_eq!(host_target(&cores, &lent, DestMode::Logical, 0b010), None);
+        assert_eq!(
+            host_target(&cores, &lent, DestMode::Logical, 0b110),
+            Some(5)
+        );
+    }
+
+    struct VecIrt(Vec<[u64; 2]>);
+
+    impl IrtMemory for VecIrt {
+        fn entries(&self) -> usize {
+            self.0.len()
+        }
+        fn read(&self, i: usize) -> [u64; 2] {
+            self.0[i]
+        }
+        fn write_low(&mut self, i: usize, v: u64) {
+            self.0[i][0] = v;
+        }
+        fn write_high(&mut self, i: usize, v: u64) {
+            self.0[i][1] = v;
+        }
+    }
+
+    static INVALIDATED: AtomicU64 = AtomicU64::new(0);
+    fn count_invalidation(_: IrteIndex) {
+        INVALIDATED.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+    }
+
+    #[test]
+    fn lending_a_core_retargets_the_host_entries_naming_it() {
+        let memory: &'static mut (dyn IrtMemory + Send) =
+            alloc::boxed::Box::leak(alloc::boxed::Box::new(VecIrt(alloc::vec![[0, 0]; 16])));
+        let owners: &'static mut [Option<u16>] =
+            alloc::boxed::Box::leak(alloc::vec![None; 16].into_boxed_slice());
+        let table = InterruptTable::new(memory, owners).unwrap();
+        let irq = HostIrq::new(
+            table,
+            count_invalidation,
+            Sources {
+                ioapics: &[],
+                cores: &[0, 2],
+                msi: Vec::new(),
+                msix: Vec::new(),
+                ecam: None,
+            },
+            |_, _| 0,
+        );
+        let interrupt = Interrupt::from_msi(0xfee0_2000, 0x41).expect("a fixed MSI to APIC id 2");
+        let index = {
+            let mut g = irq.inner.lock();
+            let Inner {
+                table,
+                invalidate,
+                cores,
+                lent,
+                entries,
+                ..
+            } = &mut *g;
+            let mut p = Programmer {
+                table,
+                invalidate: *invalidate,
+                entries,
+                cores,
+                lent,
+                kind: Kind::Msi(0x28),
+                validation: SourceValidation::None,
+                remapped: &irq.remapped,
+                refused: &irq.refused,
+            };
+            p.program(0, &interrupt).expect("core 2 is the host's")
+        };
+        let dest = |irq: &HostIrq| {
+            let raw = irq.inner.lock().table.raw(index).unwrap();
+            let e = iommu::irte::Irte::from_raw(raw, false).unwrap();
+            (e.present, e.dest)
+        };
+        assert_eq!(dest(&irq), (true, ApicDest::XApic(2)));
+        let before = INVALIDATED.load(core::sync::atomic::Ordering::Relaxed);
+        irq.set_lent(2, true);
+        assert_eq!(
+            dest(&irq),
+            (true, ApicDest::XApic(0)),
+            "retargeted to the host's other core"
+        );
+        assert!(
+            INVALIDATED.load(core::sync::atomic::Ordering::Relaxed) > before,
+            "and invalidated"
+        );
+        // Lending the last one leaves the entry not present.
+        irq.set_lent(0, true);
+        assert!(!dest(&irq).0);
+        // And while lent, neither core may be programmed.
+        let mut g = irq.inner.lock();
+        let Inner {
+            table,
+            invalidate,
+            cores,
+            lent,
+            entries,
+            ..
+        } = &mut *g;
+        let mut p = Programmer {
+            table,
+            invalidate: *invalidate,
+            entries,
+            cores,
+            lent,
+            kind: Kind::Msi(0x28),
+            validation: SourceValidation::None,
+            remapped: &irq.remapped,
+            refused: &irq.refused,
+        };
+        assert_eq!(p.program(1, &interrupt), None);
     }
 }

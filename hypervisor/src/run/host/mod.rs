@@ -383,7 +383,14 @@ impl HostShared {
     /// Marks host core `apic_id` lent to an enclave or back (no IPI of the host reaches a lent
     /// core); false if it is not a host core.
     pub fn set_lent(&self, apic_id: u32, lent: bool) -> bool {
-        self.cores.lock().set_lent(apic_id, lent)
+        let known = self.cores.lock().set_lent(apic_id, lent);
+        // And no interrupt of a host device either (the IRTEs naming it are retargeted).
+        if known {
+            if let Some(irq) = self.irq() {
+                irq.set_lent(apic_id, lent);
+            }
+        }
+        known
     }
 
     /// Runs `f` on the host's core table (APIC ids and xAPIC logical addressing).

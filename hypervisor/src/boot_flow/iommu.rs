@@ -151,6 +151,8 @@ pub struct Vtd {
     log: Vec<FaultReport>,
     storms: BTreeMap<u16, Storm>,
     stopped: Vec<String>,
+    /// The requester ids stopped (each at most once; only functions found at boot, so bounded).
+    stopped_ids: Vec<u16>,
     /// Faults within `storm_window_us` that stop a function.
     storm_faults: u32,
     storm_window_us: u64,
@@ -327,6 +329,7 @@ impl Vtd {
             log: Vec::new(),
             storms: BTreeMap::new(),
             stopped: Vec::new(),
+            stopped_ids: Vec::new(),
             storm_faults: config.storm_faults,
             storm_window_us: config.storm_window_ms.saturating_mul(1000),
         })
@@ -426,7 +429,10 @@ impl Vtd {
     /// fault's requester id is whatever the transaction carried, so anything else — a forged or
     /// unknown id, a bus the host renumbered, a blocked function — is never written to.
     fn stoppable(&self, sid: SourceId) -> bool {
-        self.owner(sid) == Owner::Host
+        // Once: a stopped function keeps faulting at its cleared context entry, and each new
+        // window would otherwise stop it again (and grow the list).
+        !self.stopped_ids.contains(&sid.0)
+            && self.owner(sid) == Owner::Host
             && self.found.iter().any(|f| {
                 f.bridge.is_none()
                     && u16::from(f.bdf.bus) << 8 | u16::from(f.bdf.devfn.bits()) == sid.0
@@ -458,6 +464,7 @@ impl Vtd {
             self.storm_window_us / 1000
         );
         self.stopped.push(sid.to_string());
+        self.stopped_ids.push(sid.0);
     }
 
     /// The summary's `iommu` object.

@@ -58,16 +58,41 @@ pub struct HostIrq {
     pub refused: AtomicU64,
 }
 
-struct Inner {
+/// The table and who may be named in it: what every trapped source's [`Programmer`] uses.
+struct Remap {
     table: InterruptTable<'static, dyn IrtMemory + Send>,
     invalidate: Invalidate,
-    /// The I/O APICs: page base, model.
-    ioapics: Vec<(u64, HostIoApic)>,
     /// The host's cores' APIC ids, in its CPU order.
     cores: Vec<u32>,
     /// Per core (same order): lent to an enclave, so no IRTE of the host's may name it.
     lent: Vec<bool>,
+    /// The IRTE of each source.
     entries: BTreeMap<(Kind, u16), IrteIndex>,
+}
+
+impl Remap {
+    /// The [`Remapper`] of source kind `kind`, its IRTEs validated as `validation`, counting
+    /// into `irq`'s counters.
+    fn programmer<'a>(
+        &'a mut self,
+        kind: Kind,
+        validation: SourceValidation,
+        irq: &'a HostIrq,
+    ) -> Programmer<'a> {
+        Programmer {
+            remap: self,
+            kind,
+            validation,
+            remapped: &irq.remapped,
+            refused: &irq.refused,
+        }
+    }
+}
+
+struct Inner {
+    remap: Remap,
+    /// The I/O APICs: page base, model.
+    ioapics: Vec<(u64, HostIoApic)>,
     /// The host functions whose MSI capability is trapped.
     msi: Vec<MsiFunction>,
     /// The segment 0 ECAM window's base (bus 0 first), if the host has one.
@@ -112,11 +137,7 @@ impl MsixFunction {
 
 /// The [`Remapper`] of one trapped source.
 struct Programmer<'a> {
-    table: &'a mut InterruptTable<'static, dyn IrtMemory + Send>,
-    invalidate: Invalidate,
-    entries: &'a mut BTreeMap<(Kind, u16), IrteIndex>,
-    cores: &'a [u32],
-    lent: &'a [bool],
+    remap: &'a mut Remap,
     kind: Kind,
     validation: SourceValidation,
     remapped: &'a AtomicU64,
@@ -142,8 +163,13 @@ pub fn host_target(cores: &[u32], lent: &[bool], mode: DestMode, dest: u32) -> O
 impl Remapper for Programmer<'_> {
     fn program(&mut self, source: u16, interrupt: &Interrupt) -> Option<IrteIndex> {
         let allowed = !matches!(interrupt.delivery, DeliveryMode::Smi | DeliveryMode::Init);
-        let target = host_target(self.cores, self.lent, interrupt.dest_mode, interrupt.dest)
-            .filter(|&t| allowed && t <= 0xff);
+        let target = host_target(
+            &self.remap.cores,
+            &self.remap.lent,
+            interrupt.dest_mode,
+            interrupt.dest,
+        )
+        .filter(|&t| allowed && t <= 0xff);
         let Some(target) = target else {
             let n = bump(self.refused);
             if rate_limited(n) {
@@ -157,11 +183,11 @@ impl Remapper for Programmer<'_> {
             return None;
         };
         let key = (self.kind, source);
-        let index = match self.entries.get(&key) {
+        let index = match self.remap.entries.get(&key) {
             Some(&i) => i,
-            None => match self.table.alloc(HOST_OWNER) {
+            None => match self.remap.table.alloc(HOST_OWNER) {
                 Ok(i) => {
-                    self.entries.insert(key, i);
+                    self.remap.entries.insert(key, i);
                     i
                 }
                 Err(e) => {
@@ -176,8 +202,8 @@ impl Remapper for Programmer<'_> {
         };
         let mut irte = interrupt.irte(ApicDest::XApic(target as u8), self.validation);
         irte.dest_mode = DestMode::Physical;
-        match self.table.set(HOST_OWNER, index, &irte) {
-            Ok(inv) => (self.invalidate)(inv.0),
+        match self.remap.table.set(HOST_OWNER, index, &irte) {
+            Ok(inv) => (self.remap.invalidate)(inv.0),
             Err(e) => {
                 bump(self.refused);
                 log::warn!("host: writing IRTE {} failed: {e:?}", index.0);
@@ -189,9 +215,9 @@ impl Remapper for Programmer<'_> {
     }
 
     fn block(&mut self, source: u16, _reason: RemapError) {
-        if let Some(i) = self.entries.remove(&(self.kind, source)) {
-            if let Ok(inv) = self.table.free(HOST_OWNER, i) {
-                (self.invalidate)(inv.0);
+        if let Some(i) = self.remap.entries.remove(&(self.kind, source)) {
+            if let Ok(inv) = self.remap.table.free(HOST_OWNER, i) {
+                (self.remap.invalidate)(inv.0);
             }
         }
     }
@@ -222,12 +248,14 @@ impl HostIrq {
             .collect();
         Self {
             inner: spin::Mutex::new(Inner {
-                table,
-                invalidate,
+                remap: Remap {
+                    table,
+                    invalidate,
+                    cores: cores.to_vec(),
+                    lent: alloc::vec![false; cores.len()],
+                    entries: BTreeMap::new(),
+                },
                 ioapics,
-                cores: cores.to_vec(),
-                lent: alloc::vec![false; cores.len()],
-                entries: BTreeMap::new(),
                 msi,
                 ecam,
                 msix,
@@ -253,7 +281,7 @@ impl HostIrq {
     /// this returns, so no interrupt of a host device reaches the enclave's core afterwards.
     pub fn set_lent(&self, apic_id: u32, is_lent: bool) {
         let mut guard = self.inner.lock();
-        let inner = &mut *guard;
+        let inner = &mut guard.remap;
         let Some(i) = inner.cores.iter().position(|&c| c == apic_id) else {
             return;
         };
@@ -334,7 +362,7 @@ impl HostIrq {
 
     /// IRTEs the host's sources hold.
     pub fn entries_in_use(&self) -> usize {
-        self.inner.lock().entries.len()
+        self.inner.lock().remap.entries.len()
     }
 
     /// The host restarted: every I/O APIC pin masked, MSI disabled and MSI-X entries masked on
@@ -372,9 +400,10 @@ impl HostIrq {
             }
             f.shadow = MsixShadow::new(*f.shadow.cap());
         }
-        let inv = inner.invalidate;
-        inner.table.free_all(HOST_OWNER, |i| inv(i.0));
-        inner.entries.clear();
+        let remap = &mut inner.remap;
+        let inv = remap.invalidate;
+        remap.table.free_all(HOST_OWNER, |i| inv(i.0));
+        remap.entries.clear();
     }
 }
 
@@ -402,15 +431,7 @@ pub(super) fn ioapic_access(
         return u64::MAX;
     };
     let mut guard = irq.inner.lock();
-    let Inner {
-        table,
-        invalidate,
-        ioapics,
-        cores,
-        lent,
-        entries,
-        ..
-    } = &mut *guard;
+    let Inner { remap, ioapics, .. } = &mut *guard;
     let page = gpa & !0xfff;
     let Some(index) = ioapics.iter().position(|(b, _)| *b == page) else {
         return u64::MAX;
@@ -436,17 +457,7 @@ pub(super) fn ioapic_access(
             }
         },
         Some(v) => {
-            let mut p = Programmer {
-                table,
-                invalidate: *invalidate,
-                entries,
-                cores,
-                lent,
-                kind: Kind::IoApic(index as u8),
-                validation: SourceValidation::None,
-                remapped: &irq.remapped,
-                refused: &irq.refused,
-            };
+            let mut p = remap.programmer(Kind::IoApic(index as u8), SourceValidation::None, irq);
             match apic.mmio_write(offset, size, v as u32, &mut p) {
                 Ok(w) => {
                     for r in w.registers.as_slice() {
@@ -515,15 +526,7 @@ pub(super) fn msix_access(
         return u64::MAX;
     };
     let mut guard = irq.inner.lock();
-    let Inner {
-        table,
-        invalidate,
-        msix,
-        cores,
-        lent,
-        entries,
-        ..
-    } = &mut *guard;
+    let Inner { remap, msix, .. } = &mut *guard;
     let inside = msix
         .iter_mut()
         .find(|f| gpa >= f.table && gpa < f.table + u64::from(f.shadow.table_len()));
@@ -536,17 +539,11 @@ pub(super) fn msix_access(
         None => f.shadow.read(offset, size).unwrap_or(u64::MAX),
         Some(v) => {
             let sid = f.sid;
-            let mut p = Programmer {
-                table,
-                invalidate: *invalidate,
-                entries,
-                cores,
-                lent,
-                kind: Kind::Msix(sid),
-                validation: SourceValidation::RequesterId(iommu::SourceId(sid)),
-                remapped: &irq.remapped,
-                refused: &irq.refused,
-            };
+            let mut p = remap.programmer(
+                Kind::Msix(sid),
+                SourceValidation::RequesterId(iommu::SourceId(sid)),
+                irq,
+            );
             if let Ok(w) = f.shadow.write(offset, size, v, &mut p) {
                 for pw in w.as_slice() {
                     hw.device_mmio(
@@ -653,15 +650,7 @@ pub(super) fn config_access(
 ) -> Option<u32> {
     let irq = shared.irq()?;
     let mut guard = irq.inner.lock();
-    let Inner {
-        table,
-        invalidate,
-        msi,
-        cores,
-        lent,
-        entries,
-        ..
-    } = &mut *guard;
+    let Inner { remap, msi, .. } = &mut *guard;
     let f = msi
         .iter_mut()
         .find(|f| f.sid == sid && f.covers(offset, size))?;
@@ -680,17 +669,11 @@ pub(super) fn config_access(
             Err(_) => u32::MAX,
         },
         Some(v) => {
-            let mut p = Programmer {
-                table,
-                invalidate: *invalidate,
-                entries,
-                cores,
-                lent,
-                kind: Kind::Msi(sid),
-                validation: SourceValidation::RequesterId(iommu::SourceId(sid)),
-                remapped: &irq.remapped,
-                refused: &irq.refused,
-            };
+            let mut p = remap.programmer(
+                Kind::Msi(sid),
+                SourceValidation::RequesterId(iommu::SourceId(sid)),
+                irq,
+            );
             if let Ok(w) = f.shadow.write(rel, size, v, &mut p) {
                 for pw in w.as_slice() {
                     config_physical(
@@ -793,29 +776,12 @@ mod tests {
         let interrupt = Interrupt::from_msi(0xfee0_2000, 0x41).expect("a fixed MSI to APIC id 2");
         let index = {
             let mut g = irq.inner.lock();
-            let Inner {
-                table,
-                invalidate,
-                cores,
-                lent,
-                entries,
-                ..
-            } = &mut *g;
-            let mut p = Programmer {
-                table,
-                invalidate: *invalidate,
-                entries,
-                cores,
-                lent,
-                kind: Kind::Msi(0x28),
-                validation: SourceValidation::None,
-                remapped: &irq.remapped,
-                refused: &irq.refused,
-            };
+            let remap = &mut g.remap;
+            let mut p = remap.programmer(Kind::Msi(0x28), SourceValidation::None, &irq);
             p.program(0, &interrupt).expect("core 2 is the host's")
         };
         let dest = |irq: &HostIrq| {
-            let raw = irq.inner.lock().table.raw(index).unwrap();
+            let raw = irq.inner.lock().remap.table.raw(index).unwrap();
             let e = iommu::irte::Irte::from_raw(raw, false).unwrap();
             (e.present, e.dest)
         };
@@ -836,25 +802,8 @@ mod tests {
         assert!(!dest(&irq).0);
         // And while lent, neither core may be programmed.
         let mut g = irq.inner.lock();
-        let Inner {
-            table,
-            invalidate,
-            cores,
-            lent,
-            entries,
-            ..
-        } = &mut *g;
-        let mut p = Programmer {
-            table,
-            invalidate: *invalidate,
-            entries,
-            cores,
-            lent,
-            kind: Kind::Msi(0x28),
-            validation: SourceValidation::None,
-            remapped: &irq.remapped,
-            refused: &irq.refused,
-        };
+        let remap = &mut g.remap;
+        let mut p = remap.programmer(Kind::Msi(0x28), SourceValidation::None, &irq);
         assert_eq!(p.program(1, &interrupt), None);
     }
 }

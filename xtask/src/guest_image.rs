@@ -1007,20 +1007,7 @@ fn extract_kernel(cache: &Path, package: &str, info: &PackageInfo, deb: &Path) -
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp)?;
     // dpkg-deb -x would unpack the modules too (hundreds of MB); only boot/ is needed.
-    let mut fsys = Command::new("dpkg-deb")
-        .arg("--fsys-tarfile")
-        .arg(deb)
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("running dpkg-deb --fsys-tarfile")?;
-    let tar = Command::new("tar")
-        .args(["-x", "-f", "-", "-C"])
-        .arg(&tmp)
-        .args(["--wildcards", "./boot/*"])
-        .stdin(fsys.stdout.take().context("dpkg-deb's stdout")?)
-        .output()
-        .context("running tar")?;
-    let fsys_status = fsys.wait()?;
+    let (fsys_status, tar) = unpack_from_deb(deb, &tmp, &["./boot/*".to_string()])?;
     if !fsys_status.success() || !tar.status.success() {
         bail!(
             "cannot unpack {}: {}",
@@ -1047,6 +1034,31 @@ fn extract_kernel(cache: &Path, package: &str, info: &PackageInfo, deb: &Path) -
     Ok(dir)
 }
 
+/// Unpacks the members of package `deb` matching `patterns` (tar wildcards) into `into`,
+/// without unpacking the rest: `dpkg-deb --fsys-tarfile | tar -x`. Returns dpkg-deb's status
+/// and tar's output, for the caller to judge (a missing member is tar's error).
+fn unpack_from_deb(
+    deb: &Path,
+    into: &Path,
+    patterns: &[String],
+) -> Result<(std::process::ExitStatus, std::process::Output)> {
+    let mut fsys = Command::new("dpkg-deb")
+        .arg("--fsys-tarfile")
+        .arg(deb)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("running dpkg-deb --fsys-tarfile")?;
+    let tar = Command::new("tar")
+        .args(["-x", "-f", "-", "-C"])
+        .arg(into)
+        .arg("--wildcards")
+        .args(patterns)
+        .stdin(fsys.stdout.take().context("dpkg-deb's stdout")?)
+        .output()
+        .context("running tar")?;
+    Ok((fsys.wait()?, tar))
+}
+
 /// Unpacks [`KERNEL_MODULES`] of the kernel package into `kernels/PACKAGE_VERSION/modules/`
 /// (once) and returns that directory, holding `NAME.ko` files and `missing` (the modules the
 /// package does not have, one per line: a flavour may lack some, and its image goes without).
@@ -1068,25 +1080,11 @@ fn extract_modules(cache: &Path, package: &str, info: &PackageInfo, deb: &Path) 
     let tmp = dir.with_extension(format!("tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp)?;
-    let mut fsys = Command::new("dpkg-deb")
-        .arg("--fsys-tarfile")
-        .arg(deb)
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("running dpkg-deb --fsys-tarfile")?;
     let patterns: Vec<String> = KERNEL_MODULES
         .iter()
         .map(|m| format!("./lib/modules/*/kernel/{m}"))
         .collect();
-    let tar = Command::new("tar")
-        .args(["-x", "-f", "-", "-C"])
-        .arg(&tmp)
-        .arg("--wildcards")
-        .args(&patterns)
-        .stdin(fsys.stdout.take().context("dpkg-deb's stdout")?)
-        .output()
-        .context("running tar")?;
-    let fsys_status = fsys.wait()?;
+    let (fsys_status, tar) = unpack_from_deb(deb, &tmp, &patterns)?;
     // A flavour may lack some modules (the cloud kernel has no AHCI driver): tar then names
     // them "Not found in archive", which is no error here; anything else is.
     let stderr = String::from_utf8_lossy(&tar.stderr);

@@ -467,6 +467,11 @@ impl Vtd {
         self.stopped_ids.push(sid.0);
     }
 
+    /// Whether there is a unit and every one reports `status` (GSTS) set.
+    fn all_units(&self, status: iommu::GlobalStatus) -> bool {
+        !self.units.is_empty() && self.units.iter().all(|u| u.unit.status().contains(status))
+    }
+
     /// The summary's `iommu` object.
     pub fn report(&mut self) -> IommuReport {
         let table_pages = self
@@ -477,16 +482,8 @@ impl Vtd {
             + self.host_tables.as_ref().map_or(0, |t| t.table_pages());
         IommuReport {
             units: self.units.len(),
-            translation: !self.units.is_empty()
-                && self
-                    .units
-                    .iter()
-                    .all(|u| u.unit.status().contains(iommu::GlobalStatus::TES)),
-            interrupt_remapping: !self.units.is_empty()
-                && self
-                    .units
-                    .iter()
-                    .all(|u| u.unit.status().contains(iommu::GlobalStatus::IRES)),
+            translation: self.all_units(iommu::GlobalStatus::TES),
+            interrupt_remapping: self.all_units(iommu::GlobalStatus::IRES),
             domains: usize::from(self.host_tables.is_some()),
             functions: self.functions,
             host_functions: self.host_functions,
@@ -522,12 +519,9 @@ pub static ALLOW_UNSAFE_DMA: core::sync::atomic::AtomicBool =
 
 /// Whether every unit translates DMA.
 pub fn dma_isolation() -> bool {
-    VTD.lock().as_ref().is_some_and(|v| {
-        !v.units.is_empty()
-            && v.units
-                .iter()
-                .all(|u| u.unit.status().contains(iommu::GlobalStatus::TES))
-    })
+    VTD.lock()
+        .as_ref()
+        .is_some_and(|v| v.all_units(iommu::GlobalStatus::TES))
 }
 
 /// Whether an enclave may be given `devices` here ([`atoll::partition::config::device_policy`]).

@@ -618,6 +618,12 @@ extern "C" fn atoll_interrupt(vector: u64) {
     match vector {
         2 => count(|c| &c.host_nmis),
         0xff => {}
+        v if atoll::run::vplat::passthrough::is_device_vector(v as u8) => {
+            // A passed-through function's interrupt for the vCPU on this core.
+            hw::device_irq::note(v as u8);
+            count(|c| &c.host_interrupts);
+            hw::apic::eoi()
+        }
         _ => {
             count(|c| &c.host_interrupts);
             hw::apic::eoi()

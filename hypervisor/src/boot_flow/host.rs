@@ -608,6 +608,57 @@ impl Host {
         Ok(())
     }
 
+    /// Takes `len` bytes at `at` (page-aligned; a function's BAR or ECAM page) from the host's
+    /// second stage for an enclave, leaving alone the pages another trap already keeps
+    /// unmapped, and waits (at most 100 ms) until no host vCPU can still reach them. Returns
+    /// the pages it unmapped, which [`Host::show_pages`] maps back.
+    pub fn hide_pages(&mut self, at: HostPhysAddr, len: u64) -> Result<Vec<u64>, String> {
+        let mut taken = Vec::new();
+        let mut page = at.as_u64() & !0xfff;
+        let end = at.as_u64().saturating_add(len);
+        while page < end {
+            if !self.run.shared.is_trapped_page(page) {
+                if let Err(e) = self.tables.unmap(GuestPhysAddr::new(page), 4096) {
+                    let _ = self.show_pages(&taken);
+                    return Err(alloc::format!("unmapping {page:#x} from the host: {e:?}"));
+                }
+                taken.push(page);
+            }
+            page += 4096;
+        }
+        self.run.tables_changed();
+        if !self.run.wait_tables_flushed(100_000) {
+            let _ = self.show_pages(&taken);
+            return Err("a host core did not flush its translations within 100 ms".into());
+        }
+        Ok(taken)
+    }
+
+    /// Maps back pages [`Host::hide_pages`] took, as the host's layout maps them.
+    pub fn show_pages(&mut self, pages: &[u64]) -> Result<(), String> {
+        let mut result = Ok(());
+        for &p in pages {
+            if let Err(e) = self.restore(GuestPhysAddr::new(p), 4096) {
+                result = Err(e);
+            }
+        }
+        self.run.tables_changed();
+        result
+    }
+
+    /// Whether `range` lies entirely in the host's MMIO (what its layout maps uncacheable):
+    /// never RAM, atoll's or the pool's memory.
+    pub fn is_mmio(&self, start: u64, len: u64) -> bool {
+        let Some(end) = start.checked_add(len) else {
+            return false;
+        };
+        self.layout.mappings.iter().any(|m| {
+            m.mem == MemType::Uncacheable
+                && m.gpa.as_u64() <= start
+                && end <= m.gpa.as_u64() + m.len
+        })
+    }
+
     /// What the host's second stage maps (IOVA = guest-physical for its devices' DMA).
     pub fn dma_mappings(&self) -> &[atoll::partition::host_memory::HostMapping] {
         &self.layout.mappings

@@ -111,16 +111,27 @@ struct VtdUnit {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Owner {
     Host,
+    /// An enclave (its partition id) that a function was passed through to.
+    Enclave(u16),
     None,
 }
 
-impl Owner {
-    fn name(self) -> &'static str {
-        match self {
-            Owner::Host => "host",
-            Owner::None => "none",
-        }
-    }
+/// An enclave's share of the faults: its functions' DMA and interrupt faults, the last one.
+#[derive(Clone, Debug, Default)]
+pub struct EnclaveFaults {
+    /// DMA faults of its functions.
+    pub dma: u64,
+    /// Interrupt faults of its functions.
+    pub interrupt: u64,
+    /// The last one.
+    pub last: Option<FaultReport>,
+}
+
+/// An enclave's DMA domain: its second-level tables map its RAM at guest-physical addresses.
+struct EnclaveDomain {
+    name: String,
+    tables: SlTables<Frames>,
+    functions: Vec<u16>,
 }
 
 /// A function's recent faults, for storm detection.
@@ -156,6 +167,19 @@ pub struct Vtd {
     /// Faults within `storm_window_us` that stop a function.
     storm_faults: u32,
     storm_window_us: u64,
+    /// The largest page every unit's second-level tables take.
+    largest: ept::PageSize,
+    /// Enclaves' domains, by partition id.
+    enclave_domains: BTreeMap<u16, EnclaveDomain>,
+    /// Which enclave owns a requester id passed through.
+    assigned: BTreeMap<u16, u16>,
+    /// Each enclave's faults (kept after it ends, until its id is used again).
+    enclave_faults: BTreeMap<u16, EnclaveFaults>,
+}
+
+/// The domain id of enclave `id` (the host's is 1).
+fn enclave_domain_id(id: u16) -> DomainId {
+    DomainId(2 + id)
 }
 
 /// The VT-d units once brought up; the manager polls their faults.
@@ -332,10 +356,163 @@ impl Vtd {
             stopped_ids: Vec::new(),
             storm_faults: config.storm_faults,
             storm_window_us: config.storm_window_ms.saturating_mul(1000),
+            largest,
+            enclave_domains: BTreeMap::new(),
+            assigned: BTreeMap::new(),
+            enclave_faults: BTreeMap::new(),
         })
     }
 
+    /// Moves function `sid` into enclave `id`'s domain (made on first use: its RAM `ram` at
+    /// guest-physical 0, read-write), out of the host's. When it returns Ok the function's DMA
+    /// reaches that RAM and nothing else, and no cache of any unit holds its old translations.
+    pub fn give(
+        &mut self,
+        id: u16,
+        name: &str,
+        sid: u16,
+        ram: boot::PhysRange,
+    ) -> Result<(), String> {
+        if self.units.is_empty() {
+            return Err("no VT-d unit".into());
+        }
+        if let Some(owner) = self.assigned.get(&sid) {
+            return Err(alloc::format!(
+                "{} is already enclave {owner}'s",
+                SourceId(sid)
+            ));
+        }
+        if !self.enclave_domains.contains_key(&id) {
+            let mut t = SlTables::new(PoolFrames::new(&FRAMES, Identity), self.largest)
+                .map_err(|e| alloc::format!("the enclave's DMA tables: {e:?}"))?;
+            let mapped = t.map(
+                boot::GuestPhysAddr::new(0),
+                ram.start,
+                ram.len(),
+                VtdFormat::dma_perms(ept::Perms::READ | ept::Perms::WRITE),
+                MemType::WriteBack,
+            );
+            if let Err(e) = mapped {
+                let _ = t.destroy();
+                return Err(alloc::format!("the enclave's DMA tables: {e:?}"));
+            }
+            self.enclave_faults.remove(&id);
+            self.enclave_domains.insert(
+                id,
+                EnclaveDomain {
+                    name: name.into(),
+                    tables: t,
+                    functions: Vec::new(),
+                },
+            );
+        }
+        let Some(d) = self.enclave_domains.get_mut(&id) else {
+            return Err("the enclave's domain vanished".into());
+        };
+        let slptptr = d.tables.slptptr();
+        let mut result = Ok(());
+        for (i, u) in self.units.iter_mut().enumerate() {
+            if let Err(e) =
+                u.unit
+                    .assign(&mut u.contexts, SourceId(sid), enclave_domain_id(id), slptptr)
+            {
+                result = Err(alloc::format!("VT-d unit {i}: {e}"));
+                break;
+            }
+        }
+        if let Err(e) = result {
+            // Nothing half-assigned: the function is blocked everywhere (not the host's
+            // either: the caller returns it through `take_back`).
+            for u in &mut self.units {
+                let _ = u.unit.block(&mut u.contexts, SourceId(sid));
+            }
+            self.assigned.insert(sid, id);
+            d.functions.push(sid);
+            return Err(e);
+        }
+        d.functions.push(sid);
+        self.assigned.insert(sid, id);
+        log::info!(
+            "iommu: {} moved into enclave '{}''s domain {}",
+            SourceId(sid),
+            d.name,
+            enclave_domain_id(id).0
+        );
+        Ok(())
+    }
+
+    /// Blocks function `sid` in every unit (its DMA faults from now on): the first step of
+    /// taking it back from an enclave, before the enclave's RAM is freed.
+    pub fn block_function(&mut self, sid: u16) -> Result<(), String> {
+        let mut result = Ok(());
+        for (i, u) in self.units.iter_mut().enumerate() {
+            if let Err(e) = u.unit.block(&mut u.contexts, SourceId(sid)) {
+                result = Err(alloc::format!("VT-d unit {i}: blocking {}: {e}", SourceId(sid)));
+            }
+        }
+        result
+    }
+
+    /// Takes function `sid` back from its enclave: blocked, then (with `to_host`) into the
+    /// host's domain again. The enclave's domain goes when its last function leaves it.
+    pub fn take_back(&mut self, sid: u16, to_host: bool) -> Result<(), String> {
+        let Some(id) = self.assigned.remove(&sid) else {
+            return Err(alloc::format!("{} is no enclave's", SourceId(sid)));
+        };
+        let mut result = self.block_function(sid);
+        if to_host && result.is_ok() {
+            if let Some(t) = &self.host_tables {
+                let slptptr = t.slptptr();
+                for (i, u) in self.units.iter_mut().enumerate() {
+                    if let Err(e) =
+                        u.unit
+                            .assign(&mut u.contexts, SourceId(sid), HOST_DOMAIN, slptptr)
+                    {
+                        result = Err(alloc::format!("VT-d unit {i}: {e}"));
+                    }
+                }
+            }
+        }
+        let empty = match self.enclave_domains.get_mut(&id) {
+            Some(d) => {
+                d.functions.retain(|&f| f != sid);
+                d.functions.is_empty()
+            }
+            None => false,
+        };
+        if empty {
+            if let Some(d) = self.enclave_domains.remove(&id) {
+                // No context entry names the domain any more (each function was blocked and
+                // flushed): its tables can go.
+                for u in &mut self.units {
+                    let _ = u.unit.invalidate_domain(enclave_domain_id(id));
+                }
+                let _ = d.tables.destroy();
+            }
+        }
+        result
+    }
+
+    /// Enclave `id`'s faults so far.
+    pub fn enclave_faults(&self, id: u16) -> EnclaveFaults {
+        self.enclave_faults.get(&id).cloned().unwrap_or_default()
+    }
+
+    fn owner_name(&self, owner: Owner) -> String {
+        match owner {
+            Owner::Host => "host".into(),
+            Owner::None => "none".into(),
+            Owner::Enclave(id) => match self.enclave_domains.get(&id) {
+                Some(d) => alloc::format!("enclave {}", d.name),
+                None => alloc::format!("enclave {id}"),
+            },
+        }
+    }
+
     fn owner(&self, sid: SourceId) -> Owner {
+        if let Some(&id) = self.assigned.get(&sid.0) {
+            return Owner::Enclave(id);
+        }
         let blocked = self.blocked.iter().any(|b| b.requester_id() == sid.0);
         if blocked || self.host_tables.is_none() || sid.bus() > self.last_bus {
             Owner::None
@@ -377,7 +554,7 @@ impl Vtd {
         };
         let report = FaultReport {
             source: r.source.to_string(),
-            owner: owner.name().to_string(),
+            owner: self.owner_name(owner),
             kind,
             code: r.reason.code(),
             reason: r.reason.to_string(),
@@ -386,7 +563,10 @@ impl Vtd {
         };
         let n = self.dma_faults + self.interrupt_faults;
         if atoll::run::host::rate_limited(n) {
-            log::warn!("iommu: {r} (owner {}; {n} faults so far)", owner.name());
+            log::warn!(
+                "iommu: {r} (owner {}; {n} faults so far)",
+                self.owner_name(owner)
+            );
         }
         match owner {
             Owner::Host => {
@@ -395,6 +575,14 @@ impl Vtd {
                     FaultKind::Interrupt(_) => self.host_interrupt_faults += 1,
                 }
                 self.host_last = Some(report.clone());
+            }
+            Owner::Enclave(id) => {
+                let f = self.enclave_faults.entry(id).or_default();
+                match r.kind {
+                    FaultKind::Dma => f.dma += 1,
+                    FaultKind::Interrupt(_) => f.interrupt += 1,
+                }
+                f.last = Some(report.clone());
             }
             Owner::None => self.unowned_faults += 1,
         }

@@ -197,6 +197,8 @@ fn platform_loop(
 ) -> VcpuEnd {
     let mut mem = guest_ram(spec);
     let mailbox = &shared.mailboxes[local.index];
+    // Marks an earlier enclave on this core left are not this one's.
+    let _ = super::device_irq::take();
     if local.index == 0 {
         shared.started(super::tsc::now());
         spec.live.entered(super::tsc::now());
@@ -214,7 +216,12 @@ fn platform_loop(
                 return VcpuEnd::Stop;
             }
         };
-        if let Exit::ExternalInterrupt { vector: Some(_) } = exit {
+        if let Exit::ExternalInterrupt { vector: Some(v) } = exit {
+            // VMX acknowledged it on exit: a passed-through function's vector is marked here,
+            // as atoll's handler marks it on SVM (where the interrupt is taken after the exit).
+            if vplat::passthrough::is_device_vector(v) {
+                super::device_irq::note(v);
+            }
             super::apic::eoi();
         }
         mailbox.count(vplat::classify(&exit, vcpu, host.timer_due()));

@@ -158,6 +158,10 @@ impl crate::run::vplat::PlatformHost for VcpuHost {
         super::tsc::now()
     }
 
+    fn take_device_vectors(&mut self) -> [u64; 4] {
+        super::device_irq::take()
+    }
+
     fn kick(&mut self, host_apic: u32) {
         if host_apic != self.own_apic {
             super::apic::send_fixed(host_apic, crate::run::vplat::KICK_VECTOR);

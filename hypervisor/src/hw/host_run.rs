@@ -103,6 +103,8 @@ pub struct HostRun {
     /// Bumped when the host's second-stage tables change (the control device's BARs moved):
     /// every host vCPU drops its cached translations before its next entry.
     tables_generation: AtomicU32,
+    /// Per host vCPU: the last generation of the tables it flushed for.
+    tables_flushed: Vec<AtomicU32>,
     /// What the host reported on its console (`guest_check`, `guest_exit_status`) since its
     /// last start.
     pub results: Mutex<atoll_devices::bounded::ReportStore>,
@@ -130,6 +132,7 @@ impl HostRun {
         passthrough_msrs: Vec<u32>,
         serial_input: bool,
     ) -> Self {
+        let running_len = cores.len();
         let running = cores.iter().map(|_| AtomicBool::new(false)).collect();
         let signalled = cores.iter().map(|_| AtomicBool::new(false)).collect();
         let release = cores
@@ -152,6 +155,7 @@ impl HostRun {
             signalled,
             release,
             tables_generation: AtomicU32::new(0),
+            tables_flushed: (0..running_len).map(|_| AtomicU32::new(0)).collect(),
             results: Mutex::new(atoll_devices::bounded::ReportStore::new(
                 atoll_devices::bounded::REPORT_BUDGET,
             )),
@@ -233,6 +237,30 @@ impl HostRun {
     /// before its next entry, and each is signalled so that it does so now.
     pub fn tables_changed(&self) {
         self.tables_generation.fetch_add(1, Ordering::AcqRel);
+        self.signal_others();
+    }
+
+    /// Waits (at most `timeout_us`) until no host vCPU can still use a translation from before
+    /// the last [`HostRun::tables_changed`]: each has flushed since, or is out of the guest (it
+    /// flushes before its next entry). False on time-out.
+    pub fn wait_tables_flushed(&self, timeout_us: u64) -> bool {
+        let want = self.tables_generation.load(Ordering::Acquire);
+        let deadline = tsc::micros().saturating_add(timeout_us);
+        loop {
+            let all = self.tables_flushed.iter().enumerate().all(|(i, f)| {
+                f.load(Ordering::Acquire) == want || !self.running[i].load(Ordering::Acquire)
+            });
+            if all {
+                return true;
+            }
+            if tsc::micros() > deadline {
+                return false;
+            }
+            core::hint::spin_loop();
+        }
+    }
+
+    fn signal_others(&self) {
         let me = apic::current_id();
         for (i, &id) in self.cores.iter().enumerate() {
             if id != me && self.running[i].load(Ordering::Acquire) {
@@ -622,6 +650,7 @@ impl HostVcpuRun {
             let tables = run.tables_generation.load(Ordering::Acquire);
             if tables != self.tables_seen {
                 self.tables_seen = tables;
+                // Recorded below once flushed (an error stops the vCPU: it never enters again).
                 match (&mut self.vcpu, run.second_stage) {
                     (HostCpu::Svm(v), _) => v.flush_translations(),
                     (HostCpu::Vmx(_), SecondStage::Ept(eptp)) => {
@@ -633,6 +662,9 @@ impl HostVcpuRun {
                         }
                     }
                     (HostCpu::Vmx(_), _) => {}
+                }
+                if let Some(f) = run.tables_flushed.get(index) {
+                    f.store(tables, Ordering::Release);
                 }
             }
             if self.nmi_pending {

@@ -6,6 +6,7 @@ pub mod apic;
 pub mod console;
 pub mod contain;
 pub mod core_tables;
+pub mod device_irq;
 pub mod enclave_run;
 pub mod guest_state;
 pub mod host;

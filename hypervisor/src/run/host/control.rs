@@ -202,6 +202,19 @@ pub(super) fn port_access(
             // A data access to a function whose MSI capability is trapped goes to its shadow
             // (still under the lock: the shadow replays the latch for the device's own bytes).
             let latch = cfg.latch();
+            // A function an enclave owns is absent for the host.
+            if p.port >= *CONFIG_DATA.start()
+                && latch & (1 << 31) != 0
+                && shared.hidden.contains((latch >> 8) as u16)
+            {
+                drop(cfg);
+                shared.hidden.refuse();
+                if !write {
+                    crate::run::exits::set_io_result(vcpu, size, u32::MAX);
+                }
+                vcpu.skip_instruction();
+                return Some(HostAction::Resume);
+            }
             let trapped = (p.port >= *CONFIG_DATA.start() && latch & (1 << 31) != 0)
                 .then(|| {
                     let sid = (latch >> 8) as u16;

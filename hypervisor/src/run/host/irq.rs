@@ -316,6 +316,82 @@ impl HostIrq {
         }
     }
 
+    /// Writes one IRTE owned by `owner` (an enclave's partition id, never [`HOST_OWNER`]) per
+    /// target: fixed delivery, edge, physical destination core `apic_id`, host vector `vector`,
+    /// accepted only from requester `sid`. Each is written and invalidated before this returns;
+    /// on any failure the ones written are freed again and nothing is left.
+    pub fn enclave_entries(
+        &self,
+        owner: u16,
+        sid: u16,
+        targets: &[(u32, u8)],
+    ) -> Result<Vec<IrteIndex>, alloc::string::String> {
+        if owner == HOST_OWNER {
+            return Err("the host's owner id is not an enclave's".into());
+        }
+        let mut guard = self.inner.lock();
+        let remap = &mut guard.remap;
+        let mut written: Vec<IrteIndex> = Vec::with_capacity(targets.len());
+        let mut failed = None;
+        for &(apic_id, vector) in targets {
+            let Ok(dest) = u8::try_from(apic_id) else {
+                failed = Some(alloc::format!(
+                    "core {apic_id} has an APIC id beyond xAPIC's 8 bits"
+                ));
+                break;
+            };
+            let index = match remap.table.alloc(owner) {
+                Ok(i) => i,
+                Err(e) => {
+                    failed = Some(alloc::format!("no interrupt remapping entry left: {e:?}"));
+                    break;
+                }
+            };
+            written.push(index);
+            let irte = iommu::irte::Irte::remapped(
+                vector,
+                ApicDest::XApic(dest),
+                DestMode::Physical,
+                DeliveryMode::Fixed,
+                iommu::irte::TriggerMode::Edge,
+                SourceValidation::RequesterId(iommu::SourceId(sid)),
+            );
+            match remap.table.set(owner, index, &irte) {
+                Ok(inv) => (remap.invalidate)(inv.0),
+                Err(e) => {
+                    failed = Some(alloc::format!("writing IRTE {}: {e:?}", index.0));
+                    break;
+                }
+            }
+        }
+        if let Some(why) = failed {
+            for i in written {
+                if let Ok(inv) = remap.table.free(owner, i) {
+                    (remap.invalidate)(inv.0);
+                }
+            }
+            return Err(why);
+        }
+        Ok(written)
+    }
+
+    /// Frees every IRTE of `owner` (an enclave going away), each invalidated before this
+    /// returns.
+    pub fn free_enclave_entries(&self, owner: u16) {
+        if owner == HOST_OWNER {
+            return;
+        }
+        let mut guard = self.inner.lock();
+        let remap = &mut guard.remap;
+        let invalidate = remap.invalidate;
+        remap.table.free_all(owner, |inv| invalidate(inv.0));
+    }
+
+    /// IRTEs in use, all owners.
+    pub fn irtes_allocated(&self) -> usize {
+        self.inner.lock().remap.table.allocated()
+    }
+
     /// The ECAM pages of the functions whose MSI capability is trapped.
     pub fn config_pages(&self) -> Vec<u64> {
         let inner = self.inner.lock();
@@ -510,6 +586,16 @@ impl HostShared {
     pub(super) fn is_trapped_config(&self, gpa: u64) -> bool {
         self.irq().is_some_and(|i| i.config_page(gpa).is_some())
     }
+
+    /// Whether the page of `gpa` is one a trap keeps unmapped for its own reasons (the control
+    /// device's, an I/O APIC's, an MSI function's ECAM page, an MSI-X table's).
+    pub fn is_trapped_page(&self, gpa: u64) -> bool {
+        self.is_control_config(gpa)
+            || self.is_control_registers(gpa)
+            || self.is_ioapic(gpa)
+            || self.is_trapped_config(gpa)
+            || self.is_msix_page(gpa)
+    }
 }
 
 /// A host access in a trapped MSI-X table's page: inside a table, the shadow (4 or 8 bytes,
@@ -527,6 +613,15 @@ pub(super) fn msix_access(
     };
     let mut guard = irq.inner.lock();
     let Inner { remap, msix, .. } = &mut *guard;
+    // The page of a function an enclave owns: absent for the host, table and all.
+    if msix
+        .iter()
+        .any(|f| shared.hidden.contains(f.sid) && f.pages().any(|p| p == gpa & !0xfff))
+    {
+        drop(guard);
+        shared.hidden.refuse();
+        return if write.is_some() { 0 } else { u64::MAX };
+    }
     let inside = msix
         .iter_mut()
         .find(|f| gpa >= f.table && gpa < f.table + u64::from(f.shadow.table_len()));
@@ -570,6 +665,10 @@ pub(super) fn ecam_access(
     let Some((sid, base)) = shared.irq().and_then(|i| i.config_page(gpa)) else {
         return u64::MAX;
     };
+    if shared.hidden.contains(sid) {
+        shared.hidden.refuse();
+        return u64::MAX;
+    }
     if !matches!(size, 1 | 2 | 4) || (gpa & 0xfff) + u64::from(size) > 0x1000 {
         return u64::MAX;
     }

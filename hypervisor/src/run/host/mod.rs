@@ -40,6 +40,7 @@ mod apic;
 pub mod control;
 mod cpuid;
 mod io;
+pub mod hidden;
 pub mod irq;
 mod mmio;
 pub mod msr;
@@ -195,6 +196,8 @@ pub struct HostShared {
     /// Called after the host's exits (throttled by its owner): atoll's IOMMU fault poll, so
     /// faults are read while the host keeps the manager's core busy.
     exit_hook: spin::Once<fn()>,
+    /// Functions passed through to enclaves, hidden from the host ([`hidden`]).
+    pub hidden: hidden::Hidden,
 }
 
 impl HostShared {
@@ -241,6 +244,7 @@ impl HostShared {
             manager_wanted: core::sync::atomic::AtomicU8::new(0),
             irq: spin::Once::new(),
             exit_hook: spin::Once::new(),
+            hidden: hidden::Hidden::default(),
         }
     }
 

@@ -35,6 +35,8 @@ pub enum Mmio {
     IoApic,
     /// The PCI ECAM window.
     Ecam,
+    /// The window where passed-through functions' BARs decode ([`super::passthrough`]).
+    PciBars,
 }
 
 /// A bus of the constant, disjoint `ranges` (base, length, device); the tests check that every
@@ -75,6 +77,11 @@ pub(super) fn mmio_map() -> Bus<Mmio> {
         ),
         (IOAPIC_BASE, 0x1000, Mmio::IoApic),
         (ECAM_BASE, ECAM.len(), Mmio::Ecam),
+        (
+            super::passthrough::PCI_MMIO_BASE,
+            super::passthrough::PCI_MMIO_END - super::passthrough::PCI_MMIO_BASE,
+            Mmio::PciBars,
+        ),
     ])
 }
 
@@ -135,6 +142,7 @@ fn legacy_io(
                         pci.io_write(offset, &(v as u32).to_le_bytes()[..n])
                     {
                         log::debug!("pci {bdf}: {effect:?}");
+                        shared.bars_changed(&mut pci, bdf);
                     }
                     None
                 }
@@ -151,6 +159,28 @@ fn legacy_io(
 }
 
 impl Shared {
+    /// A configuration write changed `bdf`'s BARs or decoding: the BAR map follows (a BAR left
+    /// off the map — overlapping another — answers nothing; logged).
+    fn bars_changed(&self, pci: &mut PciSegment, bdf: Bdf) {
+        if let Err(e) = self.bars.lock().update(pci, bdf) {
+            log::info!("enclave '{}': pci {bdf}: {e:?}", self.name);
+        }
+    }
+
+    /// Puts `function` at `devfn` on bus 0 (a function passed through, before the enclave
+    /// starts), its BARs on the map as it decodes them.
+    pub fn add_pci_function(
+        &self,
+        devfn: DevFn,
+        function: alloc::boxed::Box<dyn atoll_devices::pci::bus::PciDevice>,
+    ) -> Result<(), atoll_devices::pci::bus::PciBusError> {
+        let bdf = Bdf { bus: 0, devfn };
+        let mut pci = self.pci.lock();
+        pci.insert(bdf, function)?;
+        self.bars_changed(&mut pci, bdf);
+        Ok(())
+    }
+
     /// Bytes for the guest's COM1 receiver (raises its interrupt when enabled). Only as many
     /// as its FIFO has room for are taken (the sender keeps the rest: flow control, no overrun);
     /// returns how many.
@@ -323,13 +353,19 @@ pub(super) fn mmio(
                 }
             }
             Mmio::Ecam => {
-                let effect = shared
-                    .pci
-                    .lock()
-                    .ecam_write(offset, &value.to_le_bytes()[..n]);
+                let mut pci = shared.pci.lock();
+                let effect = pci.ecam_write(offset, &value.to_le_bytes()[..n]);
                 if let Some((bdf, effect)) = effect {
                     log::debug!("pci {bdf}: {effect:?}");
+                    shared.bars_changed(&mut pci, bdf);
                 }
+                false
+            }
+            Mmio::PciBars => {
+                let mut pci = shared.pci.lock();
+                let bars = shared.bars.lock();
+                // Nothing decodes there: the write goes nowhere, as on a bus.
+                let _ = bars.mmio_write(&mut pci, gpa, &value.to_le_bytes()[..n]);
                 false
             }
         };
@@ -357,6 +393,16 @@ pub(super) fn mmio(
                 let mut b = [0u8; 8];
                 shared.pci.lock().ecam_read(offset, &mut b[..n]);
                 u64::from_le_bytes(b)
+            }
+            Mmio::PciBars => {
+                let mut b = [0xffu8; 8];
+                let mut pci = shared.pci.lock();
+                let bars = shared.bars.lock();
+                if bars.mmio_read(&mut pci, gpa, &mut b[..n]).is_err() {
+                    // Nothing decodes there (or the access straddles a BAR's end).
+                    b = [0xff; 8];
+                }
+                u64::from_le_bytes(b) & mask
             }
         };
         let MmioOperand::Register { gpr, high_byte } = access.operand else {

@@ -83,6 +83,7 @@ pub use console::capture_result;
 mod cpuid;
 mod io;
 mod linux;
+pub mod passthrough;
 
 use apic::{collect, msr_read, msr_write};
 pub use apic::{ApicMode, Mailbox};
@@ -184,6 +185,11 @@ pub trait PlatformHost {
     fn wait(&mut self, deadline: Option<u64>);
     /// Arms the host timer for `deadline` (a TSC value) while the guest runs, or disarms it.
     fn arm(&mut self, deadline: Option<u64>);
+    /// Takes the passed-through functions' host vectors that arrived on this core since the
+    /// last call (a 256-bit set; see [`passthrough`]).
+    fn take_device_vectors(&mut self) -> [u64; 4] {
+        [0; 4]
+    }
 }
 
 /// What the vCPUs of one enclave share.
@@ -198,6 +204,12 @@ pub struct Shared {
     rtc: Mutex<atoll_devices::rtc::Rtc>,
     /// The PCI segment behind the ECAM window and ports 0xCF8–0xCFF.
     pci: Mutex<PciSegment>,
+    /// Where its functions' BARs decode (locked after `pci`, never before).
+    bars: Mutex<atoll_devices::pci::bars::BarMap>,
+    /// The guest vector each passed-through function's host vector stands for, per vCPU.
+    pub device_routes: passthrough::DeviceRoutes,
+    /// Passed-through functions' interrupts delivered and dropped.
+    pub device_counters: passthrough::DeviceCounters,
     /// Which device answers a port.
     ports: Bus<Port>,
     /// Which device answers an MMIO page.
@@ -242,6 +254,9 @@ impl Shared {
             pit: Mutex::new(atoll_devices::pit::Pit::new(tsc_hz)),
             rtc: Mutex::new(atoll_devices::rtc::Rtc::new(0, 0, tsc_hz)),
             pci: Mutex::new(pci_segment()),
+            bars: Mutex::new(atoll_devices::pci::bars::BarMap::with_capacity(32, 8)),
+            device_routes: passthrough::DeviceRoutes::new(host_apics.len()),
+            device_counters: passthrough::DeviceCounters::default(),
             ports: port_map(),
             mmio_map: mmio_map(),
             stop: AtomicBool::new(false),
@@ -390,6 +405,7 @@ pub fn before_entry(
     if local.index != 0 && m.init.load(Ordering::Acquire) {
         return Entry::Init;
     }
+    passthrough::deliver(host.take_device_vectors(), local, shared);
     let nmi = collect(local, shared, host.now());
     if nmi && vcpu.inject_nmi() {
         m.nmi.store(false, Ordering::Release);
@@ -531,6 +547,7 @@ fn halt(
         if shared.stopping() {
             return Action::Resume;
         }
+        passthrough::deliver(host.take_device_vectors(), local, shared);
         let nmi = collect(local, shared, host.now());
         if nmi || (interruptible && local.apic.pending().is_some()) {
             return Action::Resume;

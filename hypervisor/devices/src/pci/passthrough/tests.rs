@@ -118,7 +118,7 @@ impl FakeVf {
 
 impl Hardware for FakeVf {
     fn config_read32(&mut self, offset: u16) -> u32 {
-        assert!(offset % 4 == 0 && offset < 4096, "bad read {offset:#x}");
+        assert!(offset.is_multiple_of(4) && offset < 4096, "bad read {offset:#x}");
         if self.not_ready > 0 {
             if self.not_ready != u32::MAX {
                 self.not_ready -= 1;
@@ -136,7 +136,7 @@ impl Hardware for FakeVf {
     }
 
     fn config_write(&mut self, offset: u16, size: u8, value: u32) {
-        assert!(matches!(size, 1 | 2 | 4) && offset % u16::from(size) == 0);
+        assert!(matches!(size, 1 | 2 | 4) && offset.is_multiple_of(u16::from(size)));
         self.log.push(Event::CfgWrite {
             offset,
             size,

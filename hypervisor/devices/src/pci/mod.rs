@@ -16,6 +16,10 @@
 //!   ([`HostConfig`](control::HostConfig)): mechanism #1 and one ECAM page intercepted, the
 //!   control function answered, everything else passed through to the hardware.
 //!
+//! * [`passthrough`]: a physical function (an SR-IOV VF) passed through to an enclave
+//!   ([`PassThrough`](passthrough::PassThrough)): virtual header and capabilities, MSI-X
+//!   through interrupt remapping, function level reset.
+//!
 //! * [`scan`]: the walk over the real buses at boot that tells atoll's IOMMU which functions
 //!   and bus numbers exist.
 //!
@@ -28,6 +32,7 @@ pub mod control;
 pub mod host;
 pub mod msi;
 pub mod msix;
+pub mod passthrough;
 pub mod scan;
 
 /// A device and function number on a bus: `device << 3 | function`, the encoding ECAM and

@@ -1,0 +1,755 @@
+//! Passing PCI functions through to enclaves (issue 13): the manager's side.
+//!
+//! **At boot** (before the host runs, [`probe_at_boot`]) atoll sizes the BARs of every endpoint
+//! it found, with decoding off, and of every SR-IOV physical function's VF BARs (PCIe r4.0
+//! §9.3.3.14: VF Enable is clear at boot, so no VF decodes while they are sized). A VF's own
+//! header BARs read 0 (§9.3.4.1.11) and its vendor and device IDs 0xFFFF (§9.3.4.1.1–2): what an
+//! enclave is shown comes from the PF — its vendor, the SR-IOV capability's VF Device ID, and
+//! VF BAR*n* + size × VF index where the host's Linux placed the VF BARs.
+//!
+//! **At create** ([`assign`]), for each function the description names, in this order, each
+//! step undone if a later one fails:
+//!
+//! 1. resolve it: a function found at boot, or VF *i* of a PF whose SR-IOV capability has VF
+//!    Enable and VF Memory Space Enable set and at least *i* + 1 VFs; every BAR must lie in the
+//!    host's MMIO (never RAM, atoll's or the pool's memory) and below 4 GiB;
+//! 2. take it from the host: its configuration space reads as absent (`run::host::hidden`), its
+//!    ECAM page and BAR pages leave the host's second stage, and atoll waits until no host core
+//!    can still reach them;
+//! 3. reset it (FLR), so nothing the host left in it survives;
+//! 4. move it into the enclave's VT-d domain (its RAM at guest-physical addresses, nothing else);
+//! 5. write its interrupt remapping entries: one per MSI-X entry and vCPU, owned by the enclave,
+//!    source-validated to the function ([`crate::run::vplat::passthrough`]);
+//! 6. put the model ([`atoll_devices::pci::passthrough::PassThrough`]) on the enclave's bus 0 at
+//!    device 1 + *n*, its BARs placed in the platform's PCI window and mapped uncacheable in the
+//!    enclave's second stage, all but the MSI-X table's pages.
+//!
+//! **When the enclave ends** ([`release`]: destroyed, failed, crashed; after its vCPUs stopped
+//! and before its RAM is freed) each function's DMA is blocked, it is reset (FLR), the
+//! enclave's IRTEs are freed, and it goes back into the host's domain and configuration space.
+//! A function that does not come back from its reset stays blocked and hidden: the host never
+//! gets a function in an unknown state.
+
+use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use atoll::partition::machine::PciAddress;
+use atoll::run::vplat::passthrough::{DEVICE_VECTORS, DEVICE_VECTOR_BASE, PCI_MMIO_BASE, PCI_MMIO_END};
+use atoll::run::vplat::Shared;
+use atoll_devices::pci::config::BarKind;
+use atoll_devices::pci::msi::Remapper;
+use atoll_devices::pci::passthrough::{Hardware, HwBar, Identity, PassThrough};
+use atoll_devices::pci::{Bdf, DevFn};
+use iommu::irte::IrteIndex;
+use iommu::remap::{Interrupt, RemapError};
+
+/// The SR-IOV extended capability's ID (PCIe r4.0 §9.3.3).
+const EXT_CAP_SRIOV: u16 = 0x0010;
+
+/// SR-IOV capability registers, as offsets from it (PCIe r4.0 §9.3.3).
+mod sriov {
+    /// SR-IOV Control (16 bits).
+    pub const CONTROL: u16 = 0x08;
+    /// Control bit 0: VF Enable.
+    pub const VF_ENABLE: u16 = 1 << 0;
+    /// Control bit 3: VF Memory Space Enable.
+    pub const VF_MSE: u16 = 1 << 3;
+    /// NumVFs (16 bits).
+    pub const NUM_VFS: u16 = 0x10;
+    /// First VF Offset (16 bits).
+    pub const FIRST_OFFSET: u16 = 0x14;
+    /// VF Stride (16 bits).
+    pub const STRIDE: u16 = 0x16;
+    /// VF Device ID (16 bits).
+    pub const VF_DEVICE: u16 = 0x1a;
+    /// VF BAR0; VF BAR1–5 follow, a dword each.
+    pub const VF_BAR0: u16 = 0x24;
+}
+
+/// What atoll learnt at boot.
+struct Boot {
+    /// The segment 0 ECAM window's base.
+    ecam: u64,
+    /// Its last bus.
+    last_bus: u8,
+    /// Endpoints found: their BARs.
+    endpoints: BTreeMap<u16, [Option<HwBar>; 6]>,
+    /// SR-IOV physical functions: requester id, the capability's offset, their VF BARs.
+    pfs: Vec<(u16, u16, [Option<HwBar>; 6])>,
+}
+
+static BOOT: spin::Once<Boot> = spin::Once::new();
+
+/// The configuration register of `sid` at `offset` in the ECAM window at `ecam`, if atoll's
+/// identity map covers it.
+fn ecam_at(ecam: u64, sid: u16, offset: u16) -> Option<u64> {
+    let a = ecam
+        .checked_add(u64::from(sid) << 12)?
+        .checked_add(u64::from(offset & 0xfff))?;
+    (a + 4 <= atoll::hw::IDENTITY_MAPPED_END).then_some(a)
+}
+
+fn cfg_read32(ecam: u64, sid: u16, offset: u16) -> u32 {
+    match ecam_at(ecam, sid, offset & !3) {
+        // SAFETY: a dword of the segment 0 ECAM window (the firmware's MCFG), identity-mapped
+        // uncacheable for atoll below IDENTITY_MAPPED_END; a configuration read changes nothing.
+        Some(a) => unsafe { core::ptr::read_volatile(a as *const u32) },
+        None => u32::MAX,
+    }
+}
+
+fn cfg_read16(ecam: u64, sid: u16, offset: u16) -> u16 {
+    (cfg_read32(ecam, sid, offset & !3) >> (8 * (offset & 2))) as u16
+}
+
+fn cfg_write(ecam: u64, sid: u16, offset: u16, size: u8, value: u32) {
+    let Some(a) = ecam_at(ecam, sid, offset) else {
+        return;
+    };
+    match size {
+        // SAFETY: as in `cfg_read32`: one naturally aligned configuration register of a
+        // function atoll owns at this moment (at boot, before the host runs, or one taken from
+        // the host for an enclave); an ECAM store reaches only that function's register.
+        1 => unsafe { core::ptr::write_volatile(a as *mut u8, value as u8) },
+        // SAFETY: as above.
+        2 if a & 1 == 0 => unsafe { core::ptr::write_volatile(a as *mut u16, value as u16) },
+        // SAFETY: as above.
+        4 if a & 3 == 0 => unsafe { core::ptr::write_volatile(a as *mut u32, value) },
+        _ => {}
+    }
+}
+
+/// Sizes the six BAR registers at `first` (the header's 0x10, or an SR-IOV capability's VF
+/// BAR0) by writing all ones and restoring (PCI 3.0 §6.2.5.1). I/O BARs are skipped (never
+/// passed through).
+fn size_bars(ecam: u64, sid: u16, first: u16) -> [Option<HwBar>; 6] {
+    let mut out = [None; 6];
+    let mut i = 0u16;
+    while i < 6 {
+        let off = first + 4 * i;
+        let orig = cfg_read32(ecam, sid, off);
+        cfg_write(ecam, sid, off, 4, u32::MAX);
+        let v = cfg_read32(ecam, sid, off);
+        cfg_write(ecam, sid, off, 4, orig);
+        if v == 0 || orig & 1 != 0 {
+            i += 1;
+            continue;
+        }
+        let prefetchable = orig & 8 != 0;
+        if (orig >> 1) & 3 == 2 && i < 5 {
+            let orig_hi = cfg_read32(ecam, sid, off + 4);
+            cfg_write(ecam, sid, off + 4, 4, u32::MAX);
+            let vh = cfg_read32(ecam, sid, off + 4);
+            cfg_write(ecam, sid, off + 4, 4, orig_hi);
+            let mask = u64::from(vh) << 32 | u64::from(v & !0xf);
+            let size = (!mask).wrapping_add(1);
+            if size.is_power_of_two() {
+                out[usize::from(i)] = Some(HwBar {
+                    kind: BarKind::Memory64 { prefetchable },
+                    size,
+                });
+            }
+            i += 2;
+        } else {
+            let size = u64::from((!(v & !0xf)).wrapping_add(1));
+            if size.is_power_of_two() {
+                out[usize::from(i)] = Some(HwBar {
+                    kind: BarKind::Memory32 { prefetchable },
+                    size,
+                });
+            }
+            i += 1;
+        }
+    }
+    out
+}
+
+/// The offset of `sid`'s extended capability `id`, walking at most 64 headers from 0x100.
+fn find_ext_cap(ecam: u64, sid: u16, id: u16) -> Option<u16> {
+    let mut at = 0x100u16;
+    for _ in 0..64 {
+        let h = cfg_read32(ecam, sid, at);
+        if h == 0 || h == u32::MAX {
+            return None;
+        }
+        if h & 0xffff == u32::from(id) {
+            return Some(at);
+        }
+        let next = (h >> 20) as u16 & 0xffc;
+        if next < 0x100 || next <= at {
+            return None;
+        }
+        at = next;
+    }
+    None
+}
+
+/// Sizes the BARs of the endpoints found at boot and the VF BARs of the SR-IOV PFs among them
+/// (before the host runs: nothing else touches configuration space).
+pub fn probe_at_boot(found: &[atoll_devices::pci::scan::Function], ecam: u64, last_bus: u8) {
+    let mut endpoints = BTreeMap::new();
+    let mut pfs = Vec::new();
+    for f in found.iter().filter(|f| f.bridge.is_none()) {
+        let sid = u16::from(f.bdf.bus) << 8 | u16::from(f.bdf.devfn.bits());
+        if cfg_read32(ecam, sid, 0x0c) >> 16 & 0x7f != 0 {
+            continue;
+        }
+        // Decoding off while the BARs hold all ones.
+        let cmd = cfg_read16(ecam, sid, 0x04);
+        cfg_write(ecam, sid, 0x04, 2, u32::from(cmd & !0x3));
+        let bars = size_bars(ecam, sid, 0x10);
+        cfg_write(ecam, sid, 0x04, 2, u32::from(cmd));
+        endpoints.insert(sid, bars);
+        if let Some(cap) = find_ext_cap(ecam, sid, EXT_CAP_SRIOV) {
+            let ctl = cfg_read16(ecam, sid, cap + sriov::CONTROL);
+            if ctl & sriov::VF_ENABLE != 0 {
+                log::warn!("passthrough: {} has its VFs enabled at boot: not sized, not passed through", f.bdf);
+                continue;
+            }
+            let vf_bars = size_bars(ecam, sid, cap + sriov::VF_BAR0);
+            log::info!(
+                "passthrough: {} is an SR-IOV PF (capability at {cap:#x}, VF BARs {:?})",
+                f.bdf,
+                vf_bars.map(|b| b.map(|b| b.size))
+            );
+            pfs.push((sid, cap, vf_bars));
+        }
+    }
+    BOOT.call_once(|| Boot {
+        ecam,
+        last_bus,
+        endpoints,
+        pfs,
+    });
+}
+
+/// A function to pass through, resolved.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// Its requester id.
+    pub sid: u16,
+    /// What the guest is shown.
+    pub identity: Identity,
+    /// Its BARs: kind, size and where the host placed them.
+    pub bars: [Option<(HwBar, u64)>; 6],
+    /// The PF and VF index, for a VF.
+    pub vf_of: Option<(u16, u16)>,
+}
+
+fn bdf_of(sid: u16) -> Bdf {
+    Bdf {
+        bus: (sid >> 8) as u8,
+        devfn: DevFn::from_bits(sid as u8),
+    }
+}
+
+/// Where the host placed BAR `i` of the registers at `first` (low dword, and the high one for
+/// a 64-bit BAR).
+fn bar_base(ecam: u64, sid: u16, first: u16, i: usize, bar: &HwBar) -> u64 {
+    let off = first + 4 * i as u16;
+    let lo = u64::from(cfg_read32(ecam, sid, off) & !0xf);
+    match bar.kind {
+        BarKind::Memory64 { .. } => lo | u64::from(cfg_read32(ecam, sid, off + 4)) << 32,
+        _ => lo,
+    }
+}
+
+/// Finds what `addr` names: a function found at boot, or a VF of an SR-IOV PF found at boot.
+pub fn resolve(addr: &PciAddress) -> Result<Target, String> {
+    let boot = BOOT
+        .get()
+        .ok_or("atoll found no PCI segment it can pass functions through from")?;
+    if addr.segment != 0 {
+        return Err(alloc::format!("{addr}: only segment 0 is supported"));
+    }
+    let sid = addr.requester_id();
+    if (sid >> 8) as u8 > boot.last_bus {
+        return Err(alloc::format!("{addr}: bus beyond the last one the firmware numbered"));
+    }
+    let id = cfg_read32(boot.ecam, sid, 0);
+    if id & 0xffff != 0xffff {
+        let Some(sizes) = boot.endpoints.get(&sid) else {
+            return Err(alloc::format!(
+                "{addr} is not an endpoint atoll found at boot (a bridge, or hot-plugged)"
+            ));
+        };
+        let mut bars = [None; 6];
+        for (i, b) in sizes.iter().enumerate() {
+            if let Some(b) = b {
+                bars[i] = Some((*b, bar_base(boot.ecam, sid, 0x10, i, b)));
+            }
+        }
+        return Ok(Target {
+            sid,
+            identity: Identity {
+                vendor: id as u16,
+                device: (id >> 16) as u16,
+            },
+            bars,
+            vf_of: None,
+        });
+    }
+    for &(pf, cap, vf_bars) in &boot.pfs {
+        let ctl = cfg_read16(boot.ecam, pf, cap + sriov::CONTROL);
+        let num = cfg_read16(boot.ecam, pf, cap + sriov::NUM_VFS);
+        let first = cfg_read16(boot.ecam, pf, cap + sriov::FIRST_OFFSET);
+        let stride = cfg_read16(boot.ecam, pf, cap + sriov::STRIDE);
+        if ctl & sriov::VF_ENABLE == 0 {
+            continue;
+        }
+        for i in 0..num {
+            let rid = u32::from(pf) + u32::from(first) + u32::from(i) * u32::from(stride);
+            if rid != u32::from(sid) {
+                continue;
+            }
+            if ctl & sriov::VF_MSE == 0 {
+                return Err(alloc::format!(
+                    "{addr} is VF {i} of {}, whose VF Memory Space Enable is clear",
+                    bdf_of(pf)
+                ));
+            }
+            let vendor = cfg_read16(boot.ecam, pf, 0);
+            let device = cfg_read16(boot.ecam, pf, cap + sriov::VF_DEVICE);
+            let mut bars = [None; 6];
+            for (j, b) in vf_bars.iter().enumerate() {
+                if let Some(b) = b {
+                    let base = bar_base(boot.ecam, pf, cap + sriov::VF_BAR0, j, b);
+                    if base == 0 {
+                        return Err(alloc::format!(
+                            "{addr}: the host has not placed {}'s VF BAR{j}",
+                            bdf_of(pf)
+                        ));
+                    }
+                    bars[j] = Some((*b, base + u64::from(i) * b.size));
+                }
+            }
+            return Ok(Target {
+                sid,
+                identity: Identity { vendor, device },
+                bars,
+                vf_of: Some((pf, i)),
+            });
+        }
+    }
+    Err(alloc::format!(
+        "{addr}: no such function (nothing answers there, and it is no enabled VF of an SR-IOV PF atoll found at boot)"
+    ))
+}
+
+/// The real function, reached through ECAM and its BARs in atoll's identity map.
+pub struct EcamFunction {
+    ecam: u64,
+    sid: u16,
+    /// Per BAR: host-physical base and size.
+    bars: [Option<(u64, u64)>; 6],
+}
+
+impl EcamFunction {
+    fn bar_addr(&self, bar: u8, offset: u64, size: u8) -> Option<u64> {
+        let (base, len) = self.bars.get(usize::from(bar)).copied().flatten()?;
+        let end = offset.checked_add(u64::from(size))?;
+        let a = base.checked_add(offset)?;
+        (end <= len && a + u64::from(size) <= atoll::hw::IDENTITY_MAPPED_END && a % u64::from(size) == 0)
+            .then_some(a)
+    }
+}
+
+impl Hardware for EcamFunction {
+    fn config_read32(&mut self, offset: u16) -> u32 {
+        if offset >= 4096 {
+            return u32::MAX;
+        }
+        cfg_read32(self.ecam, self.sid, offset)
+    }
+
+    fn config_write(&mut self, offset: u16, size: u8, value: u32) {
+        if offset < 4096 {
+            cfg_write(self.ecam, self.sid, offset, size, value);
+        }
+    }
+
+    fn bar_read(&mut self, bar: u8, offset: u64, size: u8) -> u64 {
+        let Some(a) = self.bar_addr(bar, offset, size) else {
+            return u64::MAX;
+        };
+        // SAFETY (each arm): `a` is inside BAR `bar` of the function passed through (checked
+        // against the size atoll found at boot), naturally aligned, identity-mapped uncacheable
+        // for atoll (the BAR lies in the host's MMIO below 4 GiB, checked at create); the
+        // function is the enclave's, so the access reaches nothing else.
+        unsafe {
+            match size {
+                1 => u64::from(core::ptr::read_volatile(a as *const u8)),
+                2 => u64::from(core::ptr::read_volatile(a as *const u16)),
+                4 => u64::from(core::ptr::read_volatile(a as *const u32)),
+                _ => core::ptr::read_volatile(a as *const u64),
+            }
+        }
+    }
+
+    fn bar_write(&mut self, bar: u8, offset: u64, size: u8, value: u64) {
+        let Some(a) = self.bar_addr(bar, offset, size) else {
+            return;
+        };
+        // SAFETY: as in `bar_read`.
+        unsafe {
+            match size {
+                1 => core::ptr::write_volatile(a as *mut u8, value as u8),
+                2 => core::ptr::write_volatile(a as *mut u16, value as u16),
+                4 => core::ptr::write_volatile(a as *mut u32, value as u32),
+                _ => core::ptr::write_volatile(a as *mut u64, value),
+            }
+        }
+    }
+
+    fn delay_ms(&mut self, ms: u32) {
+        atoll::hw::spin_wait_us(u64::from(ms) * 1000);
+    }
+}
+
+/// The enclave's side of its function's MSI-X entries: entry *e* sent by the guest to vCPU *d*
+/// uses the IRTE written for (*e*, *d*) at create, and host vector `first_vector` + *e* on
+/// vCPU *d*'s core stands for the guest's vector.
+pub struct EnclaveMsi {
+    shared: Arc<Shared>,
+    first_vector: u8,
+    entries: usize,
+    /// `entries × vcpus` handles, entry-major.
+    handles: Vec<IrteIndex>,
+}
+
+impl Remapper for EnclaveMsi {
+    fn program(&mut self, source: u16, interrupt: &Interrupt) -> Option<IrteIndex> {
+        use iommu::irte::DeliveryMode;
+        let e = usize::from(source);
+        if e >= self.entries
+            || interrupt.vector < 16
+            || !matches!(
+                interrupt.delivery,
+                DeliveryMode::Fixed | DeliveryMode::LowestPriority
+            )
+        {
+            return None;
+        }
+        let d = self.shared.vcpu_for(interrupt.dest, interrupt.dest_mode)?;
+        let host_vector = self.first_vector.checked_add(source as u8)?;
+        if !self.shared.device_routes.set(d, host_vector, interrupt.vector) {
+            return None;
+        }
+        self.handles
+            .get(e * self.shared.mailboxes.len() + d)
+            .copied()
+    }
+
+    fn block(&mut self, _source: u16, _reason: RemapError) {
+        // The entry stays masked on the device; its IRTEs stay (written once, at create) and
+        // the route is overwritten when the guest programs the entry again.
+    }
+}
+
+/// A remapper for resetting a function on the manager's side: nothing is programmed.
+struct NoRemap;
+
+impl Remapper for NoRemap {
+    fn program(&mut self, _source: u16, _interrupt: &Interrupt) -> Option<IrteIndex> {
+        None
+    }
+    fn block(&mut self, _source: u16, _reason: RemapError) {}
+}
+
+/// A function an enclave owns.
+struct Assigned {
+    sid: u16,
+    target: Target,
+    /// The host's pages atoll unmapped for it.
+    host_pages: Vec<u64>,
+    /// Whether it is in the enclave's VT-d domain (or blocked on the way).
+    in_domain: bool,
+}
+
+/// Every enclave's functions, by partition id (the manager's alone).
+static ASSIGNED: spin::Mutex<BTreeMap<u16, Vec<Assigned>>> = spin::Mutex::new(BTreeMap::new());
+
+/// The requester ids enclave `id` owns (for its stats).
+pub fn functions_of(id: u16) -> Vec<String> {
+    ASSIGNED.lock().get(&id).map_or_else(Vec::new, |v| {
+        v.iter()
+            .map(|a| {
+                let b = bdf_of(a.sid);
+                match a.target.vf_of {
+                    Some((pf, i)) => alloc::format!("0000:{b} (VF {i} of 0000:{})", bdf_of(pf)),
+                    None => alloc::format!("0000:{b}"),
+                }
+            })
+            .collect()
+    })
+}
+
+fn ecam() -> Option<u64> {
+    BOOT.get().map(|b| b.ecam)
+}
+
+/// Resets `t` through a model built for the purpose (the enclave's own model may be gone).
+fn reset(t: &Target) -> Result<(), String> {
+    let ecam = ecam().ok_or("no ECAM window")?;
+    let hw = EcamFunction {
+        ecam,
+        sid: t.sid,
+        bars: t.bars.map(|b| b.map(|(bar, at)| (at, bar.size))),
+    };
+    let mut m = PassThrough::new(hw, NoRemap, t.identity, t.bars.map(|b| b.map(|(bar, _)| bar)))
+        .map_err(|e| alloc::format!("{e:?}"))?;
+    m.reset().map_err(|e| alloc::format!("function level reset: {e:?}"))
+}
+
+/// Gives enclave `id` (named `name`, vCPU *i* on core `cores[i]`, RAM `ram`) the functions its
+/// description names: see the module docs. `map` maps guest-physical `gpa` to host-physical
+/// `hpa` (`len` bytes, uncacheable) in the enclave's second stage.
+#[allow(clippy::too_many_arguments)]
+pub fn assign(
+    id: u16,
+    name: &str,
+    devices: &[String],
+    cores: &[u32],
+    ram: boot::PhysRange,
+    shared: &Arc<Shared>,
+    host: Option<&mut super::host::Host>,
+    map: &mut dyn FnMut(u64, u64, u64) -> Result<(), String>,
+) -> Result<(), String> {
+    if devices.is_empty() {
+        return Ok(());
+    }
+    let host = host.ok_or(
+        "passing a function through needs the host partition (atoll takes it from the host and gives it back)",
+    )?;
+    let result = assign_all(id, name, devices, cores, ram, shared, host, map);
+    if result.is_err() {
+        let _ = release(id, Some(host));
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+fn assign_all(
+    id: u16,
+    name: &str,
+    devices: &[String],
+    cores: &[u32],
+    ram: boot::PhysRange,
+    shared: &Arc<Shared>,
+    host: &mut super::host::Host,
+    map: &mut dyn FnMut(u64, u64, u64) -> Result<(), String>,
+) -> Result<(), String> {
+    let run_shared = host.run.shared.clone();
+    let irq = run_shared
+        .irq()
+        .ok_or("passing a function through needs VT-d interrupt remapping, which is off")?;
+    let ecam = ecam().ok_or("no ECAM window")?;
+    let vcpus = cores.len();
+    let mut next_vector = 0usize;
+    let mut next_gpa = PCI_MMIO_BASE;
+    for (n, d) in devices.iter().enumerate() {
+        let addr = PciAddress::parse(d).ok_or_else(|| alloc::format!("{d}: not a PCI address"))?;
+        let t = resolve(&addr)?;
+        for (i, b) in t.bars.iter().enumerate() {
+            if let Some((bar, at)) = b {
+                if !host.is_mmio(*at, bar.size)
+                    || at.saturating_add(bar.size) > atoll::hw::IDENTITY_MAPPED_END
+                {
+                    return Err(alloc::format!(
+                        "{addr}: BAR{i} at {at:#x} ({} bytes) is not entirely the host's MMIO below 4 GiB",
+                        bar.size
+                    ));
+                }
+            }
+        }
+        // 2. From the host.
+        run_shared
+            .hidden
+            .hide(t.sid)
+            .map_err(|e| alloc::format!("{addr}: {e:?}"))?;
+        let mut a = Assigned {
+            sid: t.sid,
+            target: t.clone(),
+            host_pages: Vec::new(),
+            in_domain: false,
+        };
+        let mut pages = Vec::new();
+        let mut taken = host.hide_pages(boot::HostPhysAddr::new(ecam + (u64::from(t.sid) << 12)), 4096);
+        for (bar, at) in t.bars.iter().flatten() {
+            match taken {
+                Ok(p) => {
+                    pages.extend(p);
+                    taken = host.hide_pages(boot::HostPhysAddr::new(*at & !0xfff), bar.size.max(4096));
+                }
+                Err(_) => break,
+            }
+        }
+        let taken = taken.map(|p| pages.extend(p));
+        a.host_pages = pages;
+        ASSIGNED.lock().entry(id).or_default().push(a);
+        taken.map_err(|e| alloc::format!("{addr}: {e}"))?;
+        // 3. Reset.
+        reset(&t).map_err(|e| alloc::format!("{addr}: {e}"))?;
+        // 4. Its DMA into the enclave's RAM only.
+        {
+            let mut guard = super::iommu::VTD.lock();
+            let v = guard.as_mut().ok_or("no IOMMU")?;
+            if let Some(list) = ASSIGNED.lock().get_mut(&id) {
+                if let Some(a) = list.iter_mut().find(|a| a.sid == t.sid) {
+                    a.in_domain = true;
+                }
+            }
+            v.give(id, name, t.sid, ram)
+                .map_err(|e| alloc::format!("{addr}: {e}"))?;
+        }
+        // 5. Interrupt remapping entries: (entry, vCPU), entry-major.
+        let mut hw = EcamFunction {
+            ecam,
+            sid: t.sid,
+            bars: t.bars.map(|b| b.map(|(bar, at)| (at, bar.size))),
+        };
+        let caps = atoll_devices::pci::msi::walk_capabilities(|off| hw.config_read32(u16::from(off)))
+            .map_err(|e| alloc::format!("{addr}: capability list: {e:?}"))?;
+        let msix = caps
+            .msix
+            .ok_or_else(|| alloc::format!("{addr} has no MSI-X capability"))?;
+        let entries = usize::from(msix.table_size.max(1));
+        if next_vector + entries > DEVICE_VECTORS {
+            return Err(alloc::format!(
+                "{addr}: {entries} MSI-X entries; an enclave's functions may have {DEVICE_VECTORS} at most"
+            ));
+        }
+        let first_vector = DEVICE_VECTOR_BASE + next_vector as u8;
+        let targets: Vec<(u32, u8)> = (0..entries)
+            .flat_map(|e| cores.iter().map(move |&c| (c, first_vector + e as u8)))
+            .collect();
+        let handles = irq
+            .enclave_entries(id, t.sid, &targets)
+            .map_err(|e| alloc::format!("{addr}: {e}"))?;
+        next_vector += entries;
+        let remap = EnclaveMsi {
+            shared: shared.clone(),
+            first_vector,
+            entries,
+            handles,
+        };
+        // 6. On the enclave's bus, its BARs in the window.
+        let mut model = PassThrough::new(hw, remap, t.identity, t.bars.map(|b| b.map(|(bar, _)| bar)))
+            .map_err(|e| alloc::format!("{addr}: {e:?}"))?;
+        let trapped = model.trapped_pages();
+        for (i, b) in t.bars.iter().enumerate() {
+            let Some((bar, at)) = b else { continue };
+            let align = bar.size.max(4096);
+            let base = next_gpa.div_ceil(align) * align;
+            if base + bar.size > PCI_MMIO_END {
+                return Err(alloc::format!("{addr}: the enclave's PCI window is full"));
+            }
+            next_gpa = base + bar.size.max(4096);
+            let off = 0x10 + 4 * i as u16;
+            let _ = atoll_devices::pci::bus::PciDevice::config_write(&mut model, off, &(base as u32).to_le_bytes());
+            if matches!(bar.kind, BarKind::Memory64 { .. }) {
+                let _ = atoll_devices::pci::bus::PciDevice::config_write(
+                    &mut model,
+                    off + 4,
+                    &((base >> 32) as u32).to_le_bytes(),
+                );
+            }
+            // Mapped straight to the device, page by page, except the table's pages (and a
+            // BAR smaller than a page, whose page may hold another function's registers).
+            if bar.size < 4096 {
+                continue;
+            }
+            let mut page = 0;
+            while page < bar.size {
+                let trap = trapped.bar == i as u8
+                    && page >= trapped.offset
+                    && page < trapped.offset + trapped.len;
+                if !trap {
+                    map(base + page, at + page, 4096)?;
+                }
+                page += 4096;
+            }
+        }
+        let devfn = DevFn::new(1 + n as u8, 0).ok_or("too many functions")?;
+        shared
+            .add_pci_function(devfn, Box::new(model))
+            .map_err(|e| alloc::format!("{addr}: {e:?}"))?;
+        log::info!(
+            "passthrough: {addr} ({:04x}:{:04x}{}) is enclave '{name}''s 00:{:02x}.0: {entries} MSI-X entries, host vectors {first_vector:#x}..",
+            t.identity.vendor,
+            t.identity.device,
+            match t.vf_of {
+                Some((pf, i)) => alloc::format!(", VF {i} of {}", bdf_of(pf)),
+                None => String::new(),
+            },
+            1 + n
+        );
+    }
+    Ok(())
+}
+
+/// Takes back enclave `id`'s functions (its vCPUs stopped; before its RAM is freed): see the
+/// module docs. Returns what went wrong (the functions concerned stay blocked and hidden).
+pub fn release(id: u16, host: Option<&mut super::host::Host>) -> Vec<String> {
+    let Some(list) = ASSIGNED.lock().remove(&id) else {
+        return Vec::new();
+    };
+    let mut problems = Vec::new();
+    // 1. DMA stops before anything else (the RAM is freed after this returns).
+    {
+        let mut guard = super::iommu::VTD.lock();
+        if let Some(v) = guard.as_mut() {
+            for a in list.iter().filter(|a| a.in_domain) {
+                if let Err(e) = v.block_function(a.sid) {
+                    problems.push(e);
+                }
+            }
+        }
+    }
+    // 2. Reset.
+    let reset_ok: Vec<bool> = list
+        .iter()
+        .map(|a| match reset(&a.target) {
+            Ok(()) => true,
+            Err(e) => {
+                problems.push(alloc::format!("{}: {e}: kept from the host", bdf_of(a.sid)));
+                false
+            }
+        })
+        .collect();
+    // 3. The enclave's IRTEs.
+    let host_ref = host;
+    if let Some(h) = host_ref.as_deref() {
+        if let Some(irq) = h.run.shared.irq() {
+            irq.free_enclave_entries(id);
+        }
+    }
+    // 4. Back to the host.
+    {
+        let mut guard = super::iommu::VTD.lock();
+        if let Some(v) = guard.as_mut() {
+            for (a, ok) in list.iter().zip(&reset_ok) {
+                if a.in_domain {
+                    if let Err(e) = v.take_back(a.sid, *ok) {
+                        problems.push(e);
+                    }
+                }
+            }
+        }
+    }
+    if let Some(h) = host_ref {
+        for (a, ok) in list.iter().zip(&reset_ok) {
+            if !*ok {
+                continue;
+            }
+            if let Err(e) = h.show_pages(&a.host_pages) {
+                problems.push(e);
+            }
+            h.run.shared.hidden.show(a.sid);
+            log::info!("passthrough: {} reset and back with the host", bdf_of(a.sid));
+        }
+    }
+    problems
+}

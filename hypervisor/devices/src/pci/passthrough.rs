@@ -60,8 +60,8 @@ use super::config::{
     ConfigSpace, Header, BAR_COUNT, LEGACY_SIZE,
 };
 use super::msi::{
-    walk_capabilities, CapWalkError, MsixShadow, Remapper, MAX_CAPABILITIES, MSIX_ENTRY_SIZE,
-    MSIX_MASKED,
+    walk_capabilities, CapWalkError, MsixCap, MsixShadow, Remapper, MAX_CAPABILITIES,
+    MSIX_ENTRY_SIZE, MSIX_MASKED,
 };
 use super::msix::control as msix_control;
 use alloc::vec;
@@ -598,6 +598,12 @@ impl<H: Hardware, R: Remapper + Send> PassThrough<H, R> {
             self.stats.flr_failures += 1;
             Err(PassThroughError::NotReady)
         }
+    }
+
+    /// The MSI-X capability as the hardware declares it (the remapper's sources are its
+    /// entries, 0 to `table_size - 1`).
+    pub fn msix_cap(&self) -> &MsixCap {
+        self.msix.cap()
     }
 
     /// What the model has done and refused.

@@ -118,7 +118,10 @@ impl FakeVf {
 
 impl Hardware for FakeVf {
     fn config_read32(&mut self, offset: u16) -> u32 {
-        assert!(offset.is_multiple_of(4) && offset < 4096, "bad read {offset:#x}");
+        assert!(
+            offset.is_multiple_of(4) && offset < 4096,
+            "bad read {offset:#x}"
+        );
         if self.not_ready > 0 {
             if self.not_ready != u32::MAX {
                 self.not_ready -= 1;
@@ -303,6 +306,10 @@ fn construction_refuses_unsuitable_functions() {
     let mut hw = FakeVf::igbvf();
     hw.set32(0x0c, 0x0001_0000);
     assert_eq!(new(hw, vf_bars()), Some(PassThroughError::HeaderType(1)));
+    // A function that does not answer reads all ones: header type 0x7f.
+    let mut hw = FakeVf::igbvf();
+    hw.not_ready = u32::MAX;
+    assert_eq!(new(hw, vf_bars()), Some(PassThroughError::HeaderType(0x7f)));
     // PCIe only: no MSI-X.
     let mut hw = FakeVf::igbvf();
     hw.set32(0xa0, 0x0002_0010);
@@ -939,4 +946,51 @@ fn a_function_that_comes_back_late_or_never() {
     assert_eq!(rd(&mut pt, reg::COMMAND, 2), 0);
     let s = pt.stats();
     assert_eq!((s.flrs, s.flr_failures), (0, 1));
+}
+
+#[test]
+fn on_an_enclave_segment_beside_the_host_bridge() {
+    use crate::pci::bars::BarMap;
+    use crate::pci::host::{Ecam, HostBridge, PciSegment};
+    use crate::pci::Bdf;
+    use alloc::boxed::Box;
+
+    let mut hw = FakeVf::igbvf();
+    hw.bar3[0x2000] = 0b010;
+    hw.bar0[0x10] = 0x5a;
+    let mut segment = PciSegment::new(Ecam::new(0, 1).unwrap());
+    let host = Bdf::new(0, 0, 0).unwrap();
+    let vf = Bdf::new(0, 1, 0).unwrap();
+    segment.insert(host, Box::new(HostBridge::new())).unwrap();
+    segment.insert(vf, Box::new(model_of(hw))).unwrap();
+    let ecam = |bdf: Bdf, reg: u16| u64::from(bdf.devfn.bits()) << 12 | u64::from(reg);
+    let mut d = [0u8; 4];
+    segment.ecam_read(ecam(vf, 0), &mut d);
+    assert_eq!(u32::from_le_bytes(d), 0x10ca_8086);
+    // The OS places BAR 0 and BAR 3 and turns decoding on; the platform maps them.
+    for (reg, v) in [
+        (0x10u16, 0xfe00_0000u32),
+        (0x14, 0),
+        (0x1c, 0xfe00_4000),
+        (0x20, 0),
+    ] {
+        segment.ecam_write(ecam(vf, reg), &v.to_le_bytes());
+    }
+    let (bdf, effect) = segment
+        .ecam_write(ecam(vf, reg::COMMAND), &command::MEMORY.to_le_bytes())
+        .unwrap();
+    assert_eq!(bdf, vf);
+    assert!(matches!(effect, ConfigEffect::Command { new, .. } if new == command::MEMORY));
+    let mut map = BarMap::with_capacity(4, 0);
+    map.update(&mut segment, vf).unwrap();
+    // The PBA and a BAR 0 register read through the map reach the hardware.
+    let mut q = [0u8; 8];
+    map.mmio_read(&mut segment, 0xfe00_6000, &mut q).unwrap();
+    assert_eq!(u64::from_le_bytes(q), 0b010);
+    let mut b = [0u8; 1];
+    map.mmio_read(&mut segment, 0xfe00_0010, &mut b).unwrap();
+    assert_eq!(b[0], 0x5a);
+    // The table answers with the guest's view (entries masked at reset).
+    map.mmio_read(&mut segment, 0xfe00_400c, &mut d).unwrap();
+    assert_eq!(u32::from_le_bytes(d), 1);
 }

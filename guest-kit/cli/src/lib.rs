@@ -98,8 +98,12 @@ pub mod cpus;
 #[cfg(target_os = "linux")]
 pub mod device;
 pub mod enclave;
+pub mod netlink;
+pub mod passthrough;
+pub mod pci;
 #[cfg(unix)]
 pub mod signals;
+pub mod sriov;
 pub mod stats;
 
 #[cfg(test)]
@@ -132,6 +136,8 @@ pub struct Env<'a> {
     pub rate_gap: Duration,
     /// The first sequence number.
     pub seq: u32,
+    /// The kernel's rtnetlink (`vf`).
+    pub net: &'a mut dyn netlink::Net,
 }
 
 /// Runs `atoll` with `args` (the program name first); returns the exit code.
@@ -168,6 +174,12 @@ fn secs(what: &str, s: f64) -> Result<Duration> {
 
 fn dispatch(cli: cli::Cli, env: &mut Env<'_>) -> Result<i32> {
     use cli::Command;
+    // `vf` works on the host's PCI functions alone: it needs no atoll.
+    if let Command::Vf { pf, count, macs } = cli.command {
+        let a = sriov::VfArgs { pf, count, macs };
+        sriov::vf(&env.root, env.net, &a, cli.json, env.out, env.err)?;
+        return Ok(0);
+    }
     let mut client = Client::new((env.connect)()?, env.seq);
     let json = cli.json;
     match cli.command {
@@ -235,6 +247,8 @@ fn dispatch(cli: cli::Cli, env: &mut Env<'_>) -> Result<i32> {
             env.out,
             env.err,
         )?,
+        // Carried out above, before connecting.
+        Command::Vf { .. } => {}
         Command::Raw {
             kind,
             hex,

@@ -110,6 +110,8 @@ pub mod stats;
 mod fake;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_vf;
 
 use clap::Parser;
 use client::{Channel, Client, Result};

@@ -327,7 +327,7 @@ impl Rtnl {
         // SAFETY: sockaddr_nl is plain data; all zeroes is a valid value before the family is set.
         let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t; // pid 0: the kernel
-        // SAFETY: msg and kernel are live for the call, their lengths are the ones given.
+                                                                  // SAFETY: msg and kernel are live for the call, their lengths are the ones given.
         let sent = unsafe {
             libc::sendto(
                 sock.as_raw_fd(),
@@ -344,9 +344,7 @@ impl Rtnl {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             // SAFETY: buf is live and writable for its whole length.
-            let n = unsafe {
-                libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0)
-            };
+            let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
             if n < 0 {
                 return Err(oserr("receive"));
             }

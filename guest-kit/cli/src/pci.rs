@@ -177,7 +177,11 @@ impl<'a> Sysfs<'a> {
             .ok_or_else(|| {
                 Error::Other(format!(
                     "{}: missing",
-                    self.function(a).join("net").join(ifname).join(name).display()
+                    self.function(a)
+                        .join("net")
+                        .join(ifname)
+                        .join(name)
+                        .display()
                 ))
             })
     }
@@ -203,7 +207,8 @@ impl<'a> Sysfs<'a> {
             .write(true)
             .open(&p)
             .and_then(|mut f| f.write_all(a.to_string().as_bytes()));
-        self.writes.push((format!("{a}/driver/unbind"), a.to_string()));
+        self.writes
+            .push((format!("{a}/driver/unbind"), a.to_string()));
         r.map_err(|e| Error::io(p, e))?;
         Ok(Some(driver))
     }

@@ -204,7 +204,11 @@ pub fn prepare(
             None => default_mac(pf, index)?,
         };
         net.set_vf_mac(ifindex, index, mac)?;
-        step(&mut steps, log, format!("{ifname}: VF {index} ({vf}) MAC {mac}"));
+        step(
+            &mut steps,
+            log,
+            format!("{ifname}: VF {index} ({vf}) MAC {mac}"),
+        );
         doc.vfs.push(VfRow {
             index,
             address: vf.to_string(),

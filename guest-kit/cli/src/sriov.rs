@@ -5,7 +5,9 @@
 //!    offers at least N VFs (`sriov_totalvfs`);
 //! 2. `sriov_drivers_autoprobe` is 0 before VFs appear, so no host driver binds them;
 //! 3. `sriov_numvfs` becomes N: 0 first if another count is set (the kernel refuses to
-//!    change a non-zero count directly), nothing if N is set already;
+//!    change a non-zero count directly), nothing if N is set already; refused while a VF
+//!    `atoll create` gave to an enclave exists (its `driver_override` is `none`), since
+//!    removing VFs would pull it from under the enclave;
 //! 4. the PF's network interface is up: the NIC's VF↔PF switch and the VF mailbox (the VF
 //!    driver's reset handshake, its MAC) work only while the PF driver runs;
 //! 5. each VF gets its MAC through rtnetlink ([`crate::netlink`]), before an enclave's VF
@@ -152,9 +154,24 @@ pub fn prepare(
         );
     } else {
         if numvfs != 0 {
+            // Removing VFs takes them from whoever has them: refuse while one is an
+            // enclave's (`atoll create` set its driver_override to none).
+            for k in 0..u32::try_from(numvfs).unwrap_or(u32::MAX) {
+                let Some(vf) = sys.virtfn(pf, k)? else { break };
+                if sys.read(vf, "driver_override")?.as_deref() == Some("none") {
+                    return fail(format!(
+                        "VF {k} ({vf}) was given to an enclave (its driver_override is none), \
+                         and changing sriov_numvfs removes it: destroy that enclave, then write \
+                         an empty line to {}",
+                        sys.function(vf).join("driver_override").display()
+                    ));
+                }
+            }
             sys.write(pf, "sriov_numvfs", "0")?;
         }
-        sys.write(pf, "sriov_numvfs", &a.count.to_string())?;
+        if a.count != 0 {
+            sys.write(pf, "sriov_numvfs", &a.count.to_string())?;
+        }
         step(
             &mut steps,
             log,

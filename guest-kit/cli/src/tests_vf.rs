@@ -78,11 +78,15 @@ impl FakeSys {
         fs::create_dir_all(&d).unwrap();
         fs::write(d.join("driver_override"), "(null)\n").unwrap();
         if let Some(drv) = driver {
-            let dd = self.dir.0.join("sys/bus/pci/drivers").join(drv);
-            fs::create_dir_all(&dd).unwrap();
-            fs::write(dd.join("unbind"), "").unwrap();
-            symlink(format!("../../drivers/{drv}"), d.join("driver")).unwrap();
+            self.bind(a, drv);
         }
+    }
+    /// Binds `a` to `drv` (the kernel's `driver` link).
+    fn bind(&self, a: &str, drv: &str) {
+        let dd = self.dir.0.join("sys/bus/pci/drivers").join(drv);
+        fs::create_dir_all(&dd).unwrap();
+        fs::write(dd.join("unbind"), "").unwrap();
+        symlink(format!("../../drivers/{drv}"), self.file(a).join("driver")).unwrap();
     }
     /// A PF bound to igb with interface eth0 (ifindex 2, `flags`), `vfs` VFs at 01:10.x.
     fn pf(&self, total: u32, numvfs: u32, autoprobe: u32, flags: &str, vfs: u32) {
@@ -295,9 +299,7 @@ fn another_vf_count_is_changed_through_0() {
 fn a_pf_already_ready_gets_no_write_but_the_macs_again() {
     let fs = FakeSys::new();
     fs.pf(7, 2, 0, "0x1003", 2);
-    fs.function("0000:01:10.1", None);
-    fs::remove_dir_all(fs.file("0000:01:10.1")).unwrap();
-    fs.function("0000:01:10.1", Some("igbvf"));
+    fs.bind("0000:01:10.1", "igbvf");
     let (r, writes, calls) = prepare(&fs, &args(2, &["52:54:00:aa:00:01", "52:54:00:aa:00:02"]));
     let d = r.unwrap();
     assert!(writes.is_empty(), "{writes:?}");
@@ -312,6 +314,34 @@ fn a_pf_already_ready_gets_no_write_but_the_macs_again() {
     assert!(d.steps[0].contains("sriov_drivers_autoprobe already 0"));
     assert!(d.steps[1].contains("sriov_numvfs already 2"));
     assert!(d.steps[2].contains("eth0: already up"));
+}
+
+#[test]
+fn count_0_disables_the_vfs_and_sets_no_link() {
+    let fs = FakeSys::new();
+    fs.pf(7, 2, 0, "0x1002", 2);
+    let (r, writes, calls) = prepare(&fs, &args(0, &[]));
+    assert!(r.unwrap().vfs.is_empty());
+    assert_eq!(writes, [w("0000:01:00.0/sriov_numvfs", "0")]);
+    assert!(calls.is_empty());
+}
+
+#[test]
+fn vfs_an_enclave_has_are_not_removed() {
+    let fs = FakeSys::new();
+    fs.pf(7, 2, 0, "0x1003", 2);
+    fs::write(fs.file("0000:01:10.1/driver_override"), "none\n").unwrap();
+    let (r, writes, calls) = prepare(&fs, &args(3, &[]));
+    let e = r.unwrap_err().to_string();
+    assert!(
+        e.starts_with("0000:01:00.0: VF 1 (0000:01:10.1) was given to an enclave"),
+        "{e}"
+    );
+    assert!(writes.is_empty() && calls.is_empty());
+    // Keeping the count is fine: the MACs are set again (before the enclave's driver reads it).
+    let (r, writes, _) = prepare(&fs, &args(2, &[]));
+    r.unwrap();
+    assert!(writes.is_empty());
 }
 
 #[test]

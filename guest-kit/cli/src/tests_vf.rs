@@ -808,3 +808,19 @@ fn acks_are_parsed_with_their_errno_and_text() {
         "setting VF 0's MAC: the kernel refused: Invalid argument (os error 22) (Invalid MAC)"
     );
 }
+
+/// The real kernel parses the request and answers with an ack this parser reads: loopback
+/// (ifindex 1 in every network namespace) has no VFs, so the answer is EOPNOTSUPP, or EPERM
+/// without CAP_NET_ADMIN. Nothing changes either way.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_kernel_answers_a_vf_mac_request_on_loopback() {
+    let mut r = netlink::Rtnl::default();
+    let m: Mac = "52:54:00:aa:00:01".parse().unwrap();
+    let e = r.set_vf_mac(1, 0, m).unwrap_err().to_string();
+    assert!(
+        e.starts_with("setting VF 0's MAC to 52:54:00:aa:00:01: the kernel refused: ")
+            && (e.contains("(os error 95)") || e.contains("(os error 1)")),
+        "{e}"
+    );
+}

@@ -84,6 +84,17 @@ pub enum Command {
         #[arg(long)]
         online_cores: bool,
     },
+    /// Ready an SR-IOV physical function's virtual functions for enclaves (count, MACs).
+    Vf {
+        /// The physical function (0000:01:00.0 or 01:00.0).
+        pf: crate::pci::PciAddress,
+        /// How many VFs to enable (0 disables them).
+        #[arg(long)]
+        count: u32,
+        /// A VF's MAC, once per VF in order (default 02:a7:BB:DD:FF:II from the PF's address).
+        #[arg(long = "mac", value_name = "MAC")]
+        macs: Vec<crate::netlink::Mac>,
+    },
     /// Send a raw request (for tests).
     #[command(hide = true)]
     Raw {

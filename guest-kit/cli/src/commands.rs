@@ -23,6 +23,8 @@ pub struct Description {
     pub image: PathBuf,
     /// The initrd file, resolved.
     pub initrd: Option<PathBuf>,
+    /// The PCI functions it passes through (`devices`, `vf`), unresolved.
+    pub devices: Vec<crate::passthrough::DeviceRef>,
 }
 
 fn bad(path: &Path, what: impl std::fmt::Display) -> Error {
@@ -85,10 +87,12 @@ impl Description {
             Some(_) => return Err(bad(path, "field cores: not a list of APIC ids")),
             None => Vec::new(),
         };
+        let devices = crate::passthrough::parse(path, &table)?;
         Ok(Description {
             text,
             name,
             cores,
+            devices,
             image: dir.join(image),
             initrd: initrd.map(|i| dir.join(i)),
         })
@@ -139,6 +143,7 @@ struct CreatedDoc {
     image_bytes: usize,
     initrd_bytes: usize,
     offlined_cpus: Vec<u32>,
+    devices: Vec<String>,
 }
 
 /// `atoll create`.
@@ -155,7 +160,7 @@ pub fn create(
 ) -> Result<()> {
     let text = std::fs::read_to_string(file).map_err(|e| Error::io(file, e))?;
     let dir = file.parent().unwrap_or(Path::new("."));
-    let d = Description::parse(file, &text, dir)?;
+    let mut d = Description::parse(file, &text, dir)?;
     let image = read(&d.image)?;
     let initrd = d
         .initrd
@@ -163,6 +168,9 @@ pub fn create(
         .map(read)
         .transpose()?
         .unwrap_or_default();
+    // Functions leave the host's drivers before atoll is asked (it refuses one in use).
+    let (devices, text) = crate::passthrough::prepare(root, file, &d.text, &d.devices, err)?;
+    d.text = text;
     let offlined = if offline_cores {
         root.offline(&d.cores, err)?
     } else {
@@ -188,6 +196,7 @@ pub fn create(
                 image_bytes: image.len(),
                 initrd_bytes: initrd.len(),
                 offlined_cpus: offlined,
+                devices: devices.iter().map(|a| a.to_string()).collect(),
             },
         )
     } else {

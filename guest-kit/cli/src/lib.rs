@@ -23,13 +23,40 @@
 //!   enclave is destroyed again and the first error is reported; if the enclave is not
 //!   created after all, the CPUs `--offline-cores` took are onlined again. Files over 1 MiB show progress on a terminal.
 //!   Prints `created NAME (id N): running`; JSON: `name`, `id`, `image_bytes`,
-//!   `initrd_bytes`, `offlined_cpus`.
+//!   `initrd_bytes`, `offlined_cpus`, `devices`.
+//!
+//!   PCI functions to pass through are `devices = ["0000:01:00.1"]` and/or
+//!   `vf = { pf = "0000:01:00.0", index = 0 }` (or a list of such tables): the command
+//!   resolves each VF through `/sys/bus/pci/devices/PF/virtfnI` (refused if absent: run
+//!   `atoll vf` first), writes `none` to every function's `driver_override` (no host driver
+//!   binds it again), unbinds a bound driver (`unbound 0000:01:10.0 from igbvf`) and sends atoll
+//!   a plain `devices` list ([`passthrough`]). `destroy` does not rebind; an empty line written
+//!   to `driver_override` gives a function back to the host's drivers.
 //!
 //!   ```text
 //!   # atoll create /etc/atoll/linux.toml --offline-cores
 //!   offlined CPU 2 (APIC id 2)
 //!   offlined CPU 3 (APIC id 3)
 //!   created linux (id 1): running
+//!   ```
+//! * `atoll vf PF --count N [--mac MAC ...]` — readies an SR-IOV PF's virtual functions
+//!   for enclaves, idempotently, printing each step on stderr ([`sriov`]): checks the PF
+//!   (`0000:01:00.0` or `01:00.0`) has a driver and `sriov_totalvfs` ≥ N, writes 0 to
+//!   `sriov_drivers_autoprobe`, sets `sriov_numvfs` to N (through 0; refused while a VF is an
+//!   enclave's), sets the PF's interface up (the VF mailbox and switch need it) and each VF's
+//!   MAC by rtnetlink ([`netlink`], what `ip link set IF vf I mac M` does). MACs: `--mac`
+//!   once per VF, or `02:a7:BB:DD:FF:II` from the PF's bus, device, function and the VF
+//!   index. Prints `INDEX VF MAC DRIVER` (DRIVER the host driver bound, or `none`); JSON:
+//!   `{pf, interface, steps, vfs: [{index, address, mac, driver}]}`. Needs no atoll.
+//!
+//!   ```text
+//!   # atoll vf 01:00.0 --count 1
+//!   0000:01:00.0: sriov_drivers_autoprobe 1 -> 0 (no host driver probes new VFs)
+//!   0000:01:00.0: sriov_numvfs 0 -> 1 (igb)
+//!   eth0: set up (the VFs' switch and mailbox need the PF up)
+//!   eth0: VF 0 (0000:01:10.0) MAC 02:a7:01:00:00:00
+//!   INDEX  VF            MAC                DRIVER
+//!   0      0000:01:10.0  02:a7:01:00:00:00  none
 //!   ```
 //! * `atoll list` — columns `NAME ID STATE CORES MEMORY UPTIME REASON`; STATE is `loading`,
 //!   `running`, `ended` or `failed`; REASON says why an enclave ended or failed. JSON: an
@@ -98,14 +125,20 @@ pub mod cpus;
 #[cfg(target_os = "linux")]
 pub mod device;
 pub mod enclave;
+pub mod netlink;
+pub mod passthrough;
+pub mod pci;
 #[cfg(unix)]
 pub mod signals;
+pub mod sriov;
 pub mod stats;
 
 #[cfg(test)]
 mod fake;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_vf;
 
 use clap::Parser;
 use client::{Channel, Client, Result};
@@ -132,6 +165,8 @@ pub struct Env<'a> {
     pub rate_gap: Duration,
     /// The first sequence number.
     pub seq: u32,
+    /// The kernel's rtnetlink (`vf`).
+    pub net: &'a mut dyn netlink::Net,
 }
 
 /// Runs `atoll` with `args` (the program name first); returns the exit code.
@@ -168,6 +203,12 @@ fn secs(what: &str, s: f64) -> Result<Duration> {
 
 fn dispatch(cli: cli::Cli, env: &mut Env<'_>) -> Result<i32> {
     use cli::Command;
+    // `vf` works on the host's PCI functions alone: it needs no atoll.
+    if let Command::Vf { pf, count, macs } = cli.command {
+        let a = sriov::VfArgs { pf, count, macs };
+        sriov::vf(&env.root, env.net, &a, cli.json, env.out, env.err)?;
+        return Ok(0);
+    }
     let mut client = Client::new((env.connect)()?, env.seq);
     let json = cli.json;
     match cli.command {
@@ -235,6 +276,8 @@ fn dispatch(cli: cli::Cli, env: &mut Env<'_>) -> Result<i32> {
             env.out,
             env.err,
         )?,
+        // Carried out above, before connecting.
+        Command::Vf { .. } => {}
         Command::Raw {
             kind,
             hex,

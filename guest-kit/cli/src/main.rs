@@ -32,6 +32,7 @@ fn main() {
     let mut out = std::io::stdout();
     let mut err = std::io::stderr();
     let stderr_tty = err.is_terminal();
+    let mut net = atoll_cli::netlink::Rtnl::default();
     let mut env = Env {
         connect: &mut connect,
         out: &mut out,
@@ -43,6 +44,7 @@ fn main() {
         rate_gap: Duration::from_secs(1),
         // Requests of two shells differ in their sequence numbers.
         seq: std::process::id().wrapping_shl(16),
+        net: &mut net,
     };
     std::process::exit(atoll_cli::run(std::env::args_os(), &mut env));
 }

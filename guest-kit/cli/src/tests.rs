@@ -13,17 +13,17 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-struct Out {
-    code: i32,
-    out: String,
-    err: String,
+pub(crate) struct Out {
+    pub(crate) code: i32,
+    pub(crate) out: String,
+    pub(crate) err: String,
 }
 
 /// A fresh directory for one test (removed when dropped).
-struct TempDir(PathBuf);
+pub(crate) struct TempDir(pub(crate) PathBuf);
 
 impl TempDir {
-    fn new() -> TempDir {
+    pub(crate) fn new() -> TempDir {
         static N: AtomicU32 = AtomicU32::new(0);
         let p = std::env::temp_dir().join(format!(
             "atoll-cli-test-{}-{}",
@@ -42,7 +42,12 @@ impl Drop for TempDir {
     }
 }
 
-fn run_in(fake: &Rc<RefCell<Fake>>, root: &Path, input: Option<Input>, args: &[&str]) -> Out {
+pub(crate) fn run_in(
+    fake: &Rc<RefCell<Fake>>,
+    root: &Path,
+    input: Option<Input>,
+    args: &[&str],
+) -> Out {
     let f = fake.clone();
     let mut connect = move || -> client::Result<Box<dyn client::Channel>> {
         Ok(Box::new(FakeChannel(f.clone())))
@@ -59,6 +64,7 @@ fn run_in(fake: &Rc<RefCell<Fake>>, root: &Path, input: Option<Input>, args: &[&
         poll: Duration::from_millis(1),
         rate_gap: Duration::from_millis(20),
         seq: 100,
+        net: &mut crate::tests_vf::FakeNet::default(),
     };
     let mut argv = vec!["atoll"];
     argv.extend_from_slice(args);
@@ -586,6 +592,7 @@ fn no_device_is_a_clear_error() {
         poll: Duration::from_millis(1),
         rate_gap: Duration::from_millis(1),
         seq: 0,
+        net: &mut crate::tests_vf::FakeNet::default(),
     };
     assert_eq!(run(["atoll", "list"], &mut env), 1);
     let err = String::from_utf8(err).unwrap();

@@ -4,6 +4,7 @@
 mod enclaves;
 mod host;
 mod iommu;
+mod passthrough;
 
 use alloc::string::ToString;
 use alloc::vec::Vec;
@@ -303,6 +304,9 @@ extern "C" fn atoll_bsp_main(magic: u32, info_addr: u64) -> ! {
             ecam,
         ) {
             Ok(v) => {
+                if let Some(ecam) = ecam {
+                    passthrough::probe_at_boot(v.found(), ecam, v.last_bus());
+                }
                 *iommu::VTD.lock() = Some(v);
                 if let Some(h) = the_host.as_mut() {
                     if let Err(e) = iommu::enable_interrupt_remapping(h) {

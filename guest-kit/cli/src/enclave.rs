@@ -28,6 +28,12 @@ pub struct Enclave {
     pub ipis_dropped: u64,
     /// Console bytes dropped.
     pub console_bytes_dropped: u64,
+    /// Interrupts of its passed-through functions delivered to it.
+    pub device_interrupts: u64,
+    /// DMA faults of its passed-through functions.
+    pub dma_faults: u64,
+    /// Interrupt faults of its passed-through functions.
+    pub interrupt_faults: u64,
     /// Restarts.
     pub restarts: u32,
     /// Why it ended or failed.
@@ -58,6 +64,9 @@ pub fn records(client: &mut Client, kind: Kind, name: &str) -> Result<Vec<Enclav
                 interrupts_injected: r.interrupts_injected,
                 ipis_dropped: r.ipis_dropped,
                 console_bytes_dropped: r.console_bytes_dropped,
+                device_interrupts: r.device_interrupts,
+                dma_faults: r.dma_faults,
+                interrupt_faults: r.interrupt_faults,
                 restarts: r.restarts,
                 reason: r.reason.to_string(),
             })

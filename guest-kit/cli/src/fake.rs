@@ -279,6 +279,9 @@ impl Fake {
                                     interrupts_injected: 7,
                                     ipis_dropped: 3,
                                     console_bytes_dropped: 2,
+                                    device_interrupts: 7,
+                                    dma_faults: 1,
+                                    interrupt_faults: 0,
                                     restarts: 1,
                                     reason: &e.reason,
                                 }

@@ -84,6 +84,13 @@ pub fn render_table(doc: &StatsDoc) -> String {
             "  interrupts injected {}  IPIs dropped {}  console bytes dropped {}",
             e.interrupts_injected, e.ipis_dropped, e.console_bytes_dropped
         );
+        if e.device_interrupts + e.dma_faults + e.interrupt_faults > 0 {
+            let _ = writeln!(
+                out,
+                "  device interrupts {}  DMA faults {}  interrupt faults {}",
+                e.device_interrupts, e.dma_faults, e.interrupt_faults
+            );
+        }
         let rows: Vec<Vec<String>> = EXIT_KINDS
             .iter()
             .filter_map(|k| {
@@ -193,6 +200,24 @@ pub fn render_prometheus(enclaves: &[Enclave], info: &Info) -> String {
         "counter",
         "Console bytes past the enclave's budget, dropped.",
         per(&|e| e.console_bytes_dropped.to_string()),
+    );
+    family(
+        "atoll_enclave_device_interrupts_total",
+        "counter",
+        "Interrupts of the enclave's passed-through functions delivered to it.",
+        per(&|e| e.device_interrupts.to_string()),
+    );
+    family(
+        "atoll_enclave_dma_faults_total",
+        "counter",
+        "VT-d DMA faults of the enclave's passed-through functions.",
+        per(&|e| e.dma_faults.to_string()),
+    );
+    family(
+        "atoll_enclave_interrupt_faults_total",
+        "counter",
+        "VT-d interrupt faults of the enclave's passed-through functions.",
+        per(&|e| e.interrupt_faults.to_string()),
     );
     family(
         "atoll_enclave_restarts_total",

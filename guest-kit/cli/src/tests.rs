@@ -643,10 +643,13 @@ fn stats_table_json_and_rates() {
     assert!(o
         .out
         .contains("interrupts injected 7  IPIs dropped 3  console bytes dropped 2"));
+    assert!(o
+        .out
+        .contains("device interrupts 7  DMA faults 1  interrupt faults 0"));
     let rows: Vec<Vec<&str>> = o
         .out
         .lines()
-        .skip(3)
+        .skip(4)
         .map(|l| l.split_whitespace().collect())
         .collect();
     assert_eq!(rows, [vec!["hlt", "40", "-"], vec!["io", "7", "-"]]);
@@ -704,6 +707,9 @@ fn rates_pair_samples_by_enclave() {
         interrupts_injected: 0,
         ipis_dropped: 0,
         console_bytes_dropped: 0,
+        device_interrupts: 0,
+        dma_faults: 0,
+        interrupt_faults: 0,
         restarts: 0,
         reason: String::new(),
     };
@@ -831,6 +837,15 @@ fn stats_as_prometheus_text() {
         2.0
     );
     assert_eq!(s["atoll_enclave_restarts_total{enclave=\"linux\"}"], 1.0);
+    assert_eq!(
+        s["atoll_enclave_device_interrupts_total{enclave=\"linux\"}"],
+        7.0
+    );
+    assert_eq!(s["atoll_enclave_dma_faults_total{enclave=\"linux\"}"], 1.0);
+    assert_eq!(
+        s["atoll_enclave_interrupt_faults_total{enclave=\"linux\"}"],
+        0.0
+    );
     assert_eq!(s["atoll_pool_bytes"], 1073741824.0);
     assert_eq!(
         s["atoll_pool_free_bytes"],
@@ -838,7 +853,7 @@ fn stats_as_prometheus_text() {
     );
     assert_eq!(types["atoll_enclave_exits_total"], "counter");
     assert_eq!(types["atoll_enclave_uptime_seconds"], "gauge");
-    assert_eq!(types.len(), 10);
+    assert_eq!(types.len(), 13);
     assert_eq!(fake.borrow().kinds(), [Kind::Stats, Kind::Info]);
 }
 

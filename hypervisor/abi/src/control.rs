@@ -1022,6 +1022,12 @@ pub struct Record<'a> {
     pub ipis_dropped: u64,
     /// Console bytes past its budget, dropped.
     pub console_bytes_dropped: u64,
+    /// Interrupts of its passed-through functions delivered to it.
+    pub device_interrupts: u64,
+    /// DMA faults of its passed-through functions (VT-d).
+    pub dma_faults: u64,
+    /// Interrupt faults of its passed-through functions (VT-d).
+    pub interrupt_faults: u64,
     /// Times it was restarted (a guest reset).
     pub restarts: u32,
     /// Why it ended or failed (empty while it runs).
@@ -1076,6 +1082,9 @@ impl<'a> Record<'a> {
         w.u64(self.interrupts_injected)?;
         w.u64(self.ipis_dropped)?;
         w.u64(self.console_bytes_dropped)?;
+        w.u64(self.device_interrupts)?;
+        w.u64(self.dma_faults)?;
+        w.u64(self.interrupt_faults)?;
         w.u32(self.restarts)?;
         w.text(self.reason, MAX_TEXT)
     }
@@ -1110,6 +1119,9 @@ impl<'a> Record<'a> {
             interrupts_injected: r.u64()?,
             ipis_dropped: r.u64()?,
             console_bytes_dropped: r.u64()?,
+            device_interrupts: r.u64()?,
+            dma_faults: r.u64()?,
+            interrupt_faults: r.u64()?,
             restarts: r.u32()?,
             reason: r.str(MAX_TEXT)?,
         })
@@ -1283,6 +1295,9 @@ mod tests {
             interrupts_injected: 5,
             ipis_dropped: 1,
             console_bytes_dropped: 0,
+            device_interrupts: 0,
+            dma_faults: 0,
+            interrupt_faults: 0,
             restarts: 0,
             reason: "triple fault",
         };

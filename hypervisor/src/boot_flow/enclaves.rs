@@ -73,6 +73,18 @@ enum Tables {
 }
 
 impl Tables {
+    /// Maps `len` bytes of a passed-through function's BAR (host-physical `hpa`) at `gpa` in
+    /// the enclave's second stage: read-write, uncacheable, never executable.
+    fn map_mmio(&mut self, gpa: u64, hpa: u64, len: u64) -> Result<(), String> {
+        let (g, h) = (boot::GuestPhysAddr::new(gpa), boot::HostPhysAddr::new(hpa));
+        let perms = ept::Perms::READ | ept::Perms::WRITE;
+        match self {
+            Tables::Ept(e) => e.ept.map(g, h, len, perms, ept::MemType::Uncacheable),
+            Tables::Npt(e) => e.ept.map(g, h, len, perms, ept::MemType::Uncacheable),
+        }
+        .map_err(|e| alloc::format!("mapping a BAR page at {gpa:#x}: {e:?}"))
+    }
+
     /// Frees the tables, zeroes the RAM and returns both to the pool.
     fn destroy(self) -> Result<(), atoll::machine::frames::FrameError> {
         match self {
@@ -469,6 +481,10 @@ impl Manager<'_> {
     }
 
     fn fail(&mut self, id: PartitionId, report: EnclaveReport) {
+        // Its functions back first (DMA blocked, reset), before its RAM goes.
+        for p in super::passthrough::release(id, self.host.as_deref_mut()) {
+            self.problems.push(alloc::format!("partition {id}: {p}"));
+        }
         match self.table.failed(id, report) {
             Ok(Some(built)) => {
                 if let Err(e) = built.tables.destroy() {
@@ -563,7 +579,7 @@ impl Manager<'_> {
                 (e.ram, e.boot, stage, e.ept.table_pages(), Tables::Npt(e))
             })
         };
-        let (ram, boot, second_stage, table_pages, tables) = match made {
+        let (ram, boot, second_stage, table_pages, mut tables) = match made {
             Ok(m) => m,
             Err(err) => {
                 log::error!("enclave '{}' cannot be built: {err}", c.name);
@@ -587,6 +603,30 @@ impl Manager<'_> {
             }
             Arc::new(shared)
         });
+        if !c.devices.is_empty() {
+            let assigned = match &platform {
+                Some(shared) => super::passthrough::assign(
+                    id,
+                    &c.name,
+                    &c.devices,
+                    &c.cores,
+                    ram,
+                    shared,
+                    self.host.as_deref_mut(),
+                    &mut |gpa, hpa, len| tables.map_mmio(gpa, hpa, len),
+                ),
+                None => Err("devices need entry = \"linux\" (the virtual platform's PCI bus)".into()),
+            };
+            if let Err(e) = assigned {
+                log::error!("enclave '{}': {e}", c.name);
+                // The tables go with the slot (built later than this: destroyed here).
+                if let Err(e) = tables.destroy() {
+                    self.problems.push(alloc::format!("partition {id}: {e}"));
+                }
+                self.fail(id, failed_report(&c, "ended", e));
+                return;
+            }
+        }
         if c.serial_input {
             self.input.target = platform.clone();
         }
@@ -859,6 +899,11 @@ impl Manager<'_> {
             self.input.target = None;
         }
         if failures.is_empty() {
+            // Its functions back first (DMA blocked, reset), before its RAM is zeroed.
+            for p in super::passthrough::release(id, self.host.as_deref_mut()) {
+                log::error!("enclave '{}': {p}", c.name);
+                self.problems.push(alloc::format!("enclave '{}': {p}", c.name));
+            }
             match self.table.reclaim(id) {
                 Ok(built) => {
                     let ram = built.spec.ram;

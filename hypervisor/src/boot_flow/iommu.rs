@@ -493,6 +493,16 @@ impl Vtd {
         result
     }
 
+    /// The functions found at boot.
+    pub fn found(&self) -> &[atoll_devices::pci::scan::Function] {
+        &self.found
+    }
+
+    /// The last bus the firmware numbered.
+    pub fn last_bus(&self) -> u8 {
+        self.last_bus
+    }
+
     /// Enclave `id`'s faults so far.
     pub fn enclave_faults(&self, id: u16) -> EnclaveFaults {
         self.enclave_faults.get(&id).cloned().unwrap_or_default()
@@ -672,7 +682,7 @@ impl Vtd {
             units: self.units.len(),
             translation: self.all_units(iommu::GlobalStatus::TES),
             interrupt_remapping: self.all_units(iommu::GlobalStatus::IRES),
-            domains: usize::from(self.host_tables.is_some()),
+            domains: usize::from(self.host_tables.is_some()) + self.enclave_domains.len(),
             functions: self.functions,
             host_functions: self.host_functions,
             blocked: self

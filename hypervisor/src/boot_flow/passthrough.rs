@@ -546,7 +546,6 @@ fn assign_all(
         .irq()
         .ok_or("passing a function through needs VT-d interrupt remapping, which is off")?;
     let ecam = ecam().ok_or("no ECAM window")?;
-    let vcpus = cores.len();
     let mut next_vector = 0usize;
     let mut next_gpa = PCI_MMIO_BASE;
     for (n, d) in devices.iter().enumerate() {

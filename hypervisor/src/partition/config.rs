@@ -19,8 +19,8 @@
 //! entry = "linux"         # the Linux 64-bit boot protocol on the virtual platform
 //! cmdline = "console=ttyS0"
 //! serial_input = true     # atoll's own COM1 input goes to this enclave's COM1 (at most one)
-//! devices = []            # PCI functions to pass through ("0000:01:00.1"): refused without
-//!                         #   DMA isolation unless the machine allows it; see `device_policy`
+//! devices = []            # PCI functions to pass through ("0000:01:00.1", a VF's address too):
+//!                         #   refused without DMA isolation unless the machine allows it
 //!
 //! [[enclave]]
 //! name = "next"
@@ -122,27 +122,21 @@ pub const MAX_DEVICES: usize = 32;
 
 /// Whether an enclave may be given `devices` on this machine: never without DMA isolation
 /// unless the machine description's `[iommu] allow_unsafe_dma` says so (a device a guest
-/// drives could otherwise DMA anywhere); and passing a function through is not built yet
-/// (it comes with SR-IOV pass-through), so any device is refused for now, with the reason.
+/// drives could otherwise DMA anywhere). Whether each function exists and can be passed
+/// through is checked when the enclave is built (`boot_flow::passthrough`).
 pub fn device_policy(
     devices: &[String],
     dma_isolation: bool,
     allow_unsafe_dma: bool,
 ) -> Result<(), ConfigError> {
-    if devices.is_empty() {
+    if devices.is_empty() || dma_isolation || allow_unsafe_dma {
         return Ok(());
-    }
-    if !dma_isolation && !allow_unsafe_dma {
-        return Err(err(
-            "devices",
-            "this machine has no DMA isolation (no VT-d unit atoll drives): a device the \
-             enclave controls could DMA anywhere; set allow_unsafe_dma = true in the machine \
-             description's [iommu] table to allow it",
-        ));
     }
     Err(err(
         "devices",
-        "passing PCI functions through to an enclave is not supported by this atoll yet",
+        "this machine has no DMA isolation (no VT-d unit atoll drives): a device the \
+         enclave controls could DMA anywhere; set allow_unsafe_dma = true in the machine \
+         description's [iommu] table to allow it",
     ))
 }
 
@@ -554,11 +548,10 @@ mod device_tests {
             e.contains("no DMA isolation") && e.contains("allow_unsafe_dma"),
             "{e}"
         );
-        // Allowed, or isolated: refused only because pass-through is not built yet.
+        // Isolated, or allowed: the policy lets them through (whether each function can be
+        // passed through is the build's to say).
         for (iso, allow) in [(false, true), (true, false), (true, true)] {
-            let e = device_policy(&d, iso, allow).unwrap_err().to_string();
-            assert!(e.contains("not supported"), "{e}");
-            assert!(!e.contains("no DMA isolation"), "{e}");
+            assert!(device_policy(&d, iso, allow).is_ok(), "{iso} {allow}");
         }
     }
 }

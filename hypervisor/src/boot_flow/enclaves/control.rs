@@ -1138,6 +1138,11 @@ impl Manager<'_> {
             _ => String::new(),
         };
         let cores = c.map(|c| c.cores.as_slice()).unwrap_or(&[]);
+        let faults = super::super::iommu::VTD
+            .lock()
+            .as_ref()
+            .map(|v| v.enclave_faults(id))
+            .unwrap_or_default();
         abi::Record {
             id,
             state,
@@ -1152,6 +1157,9 @@ impl Manager<'_> {
             ipis_dropped: platform.map_or(0, |p| load(&p.ipis_dropped)),
             console_bytes_dropped: platform.map_or(0, |p| load(&p.console_bytes_dropped))
                 + report.map_or(0, |r| r.console_bytes_dropped),
+            device_interrupts: platform.map_or(0, |p| load(&p.device_counters.delivered)),
+            dma_faults: faults.dma,
+            interrupt_faults: faults.interrupt,
             restarts: 0,
             reason: &reason,
         }

@@ -320,6 +320,26 @@ pub(super) fn collect(local: &mut Local, shared: &Shared, now: u64) -> bool {
 }
 
 impl Shared {
+    /// The vCPU a passed-through function's message (destination `dest` in `mode`, as the
+    /// guest programmed it) reaches: the first whose APIC accepts it — one vCPU, as fixed and
+    /// lowest-priority delivery of a device message reach one. `None` when none does (the
+    /// entry then stays masked).
+    pub fn vcpu_for(&self, dest: u32, mode: iommu::irte::DestMode) -> Option<usize> {
+        let mode = match mode {
+            iommu::irte::DestMode::Physical => DestMode::Physical,
+            iommu::irte::DestMode::Logical => DestMode::Logical,
+        };
+        // A broadcast is no single vCPU.
+        if mode == DestMode::Physical && dest & 0xff == 0xff {
+            return None;
+        }
+        self.mailboxes
+            .iter()
+            .enumerate()
+            .find(|(i, m)| m.accepts(*i as u32, dest, mode, dest > 0xff))
+            .map(|(i, _)| i)
+    }
+
     /// Sends an I/O APIC message to its destination vCPUs. `local` is the calling vCPU (its
     /// own APIC is written directly).
     pub(super) fn deliver(

@@ -471,21 +471,6 @@ struct Assigned {
 /// Every enclave's functions, by partition id (the manager's alone).
 static ASSIGNED: spin::Mutex<BTreeMap<u16, Vec<Assigned>>> = spin::Mutex::new(BTreeMap::new());
 
-/// The requester ids enclave `id` owns (for its stats).
-pub fn functions_of(id: u16) -> Vec<String> {
-    ASSIGNED.lock().get(&id).map_or_else(Vec::new, |v| {
-        v.iter()
-            .map(|a| {
-                let b = bdf_of(a.sid);
-                match a.target.vf_of {
-                    Some((pf, i)) => alloc::format!("0000:{b} (VF {i} of 0000:{})", bdf_of(pf)),
-                    None => alloc::format!("0000:{b}"),
-                }
-            })
-            .collect()
-    })
-}
-
 fn ecam() -> Option<u64> {
     BOOT.get().map(|b| b.ecam)
 }

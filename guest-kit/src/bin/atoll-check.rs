@@ -1019,7 +1019,9 @@ mod linux {
                         Ok((s, _)) => break s,
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                             if Instant::now() >= deadline {
-                                return Err(format!("no connection on port {port} in {timeout_s} s"));
+                                return Err(format!(
+                                    "no connection on port {port} in {timeout_s} s"
+                                ));
                             }
                             std::thread::sleep(Duration::from_millis(100));
                         }

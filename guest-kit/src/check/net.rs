@@ -31,11 +31,17 @@
 use serde_json::{json, Map, Value};
 
 /// The flags that select a network mode (each the first argument).
-pub const NET_FLAGS: &[&str] = &["--tcp-send", "--tcp-recv", "--vf-rx-outside", "--interrupts"];
+pub const NET_FLAGS: &[&str] = &[
+    "--tcp-send",
+    "--tcp-recv",
+    "--vf-rx-outside",
+    "--interrupts",
+];
 
 /// Whether the arguments ask for a network mode.
 pub fn wants_net(args: &[String]) -> bool {
-    args.first().is_some_and(|a| NET_FLAGS.contains(&a.as_str()))
+    args.first()
+        .is_some_and(|a| NET_FLAGS.contains(&a.as_str()))
 }
 
 /// Seconds a TCP end waits by default (a TCG-emulated NIC moves a few MB/s at best).
@@ -65,7 +71,8 @@ pub enum NetCommand {
 }
 
 /// Usage of the network modes.
-pub const USAGE: &str = "usage: atoll-check --tcp-send HOST PORT --bytes N --seed S [--timeout SEC]\n\
+pub const USAGE: &str =
+    "usage: atoll-check --tcp-send HOST PORT --bytes N --seed S [--timeout SEC]\n\
        atoll-check --tcp-recv PORT [--timeout SEC] [--bytes N --seed S]\n\
        atoll-check --vf-rx-outside GPA --device 0000:BB:DD.F\n\
        atoll-check --interrupts NAME";
@@ -183,7 +190,11 @@ impl Stream {
     /// The stream of `seed`, from its first byte.
     pub fn new(seed: u64) -> Self {
         Self {
-            state: if seed == 0 { 0x9e37_79b9_7f4a_7c15 } else { seed },
+            state: if seed == 0 {
+                0x9e37_79b9_7f4a_7c15
+            } else {
+                seed
+            },
             buf: [0; 8],
             used: 8,
         }
@@ -480,7 +491,9 @@ mod tests {
     #[test]
     fn send_arguments() {
         assert_eq!(
-            parse_net_args(&args("--tcp-send 10.0.7.1 5001 --bytes 4194304 --seed 0x2a")),
+            parse_net_args(&args(
+                "--tcp-send 10.0.7.1 5001 --bytes 4194304 --seed 0x2a"
+            )),
             Ok(Some(NetCommand::Send {
                 host: "10.0.7.1".into(),
                 port: 5001,
@@ -492,16 +505,22 @@ mod tests {
         assert!(parse_net_args(&args("--tcp-send 10.0.7.1 5001 --seed 1"))
             .unwrap_err()
             .contains("--bytes"));
-        assert!(parse_net_args(&args("--tcp-send 10.0.7.1 0 --bytes 1 --seed 1"))
-            .unwrap_err()
-            .contains("1..65535"));
+        assert!(
+            parse_net_args(&args("--tcp-send 10.0.7.1 0 --bytes 1 --seed 1"))
+                .unwrap_err()
+                .contains("1..65535")
+        );
         assert!(parse_net_args(&args("--tcp-send 10.0.7.1 70000 --bytes 1 --seed 1")).is_err());
-        assert!(parse_net_args(&args("--tcp-send 10.0.7.1 1 --bytes x --seed 1"))
-            .unwrap_err()
-            .contains("not a number"));
-        assert!(parse_net_args(&args("--tcp-send 10.0.7.1 1 --bytes 1 --seed 1 --fast"))
-            .unwrap_err()
-            .contains("--fast"));
+        assert!(
+            parse_net_args(&args("--tcp-send 10.0.7.1 1 --bytes x --seed 1"))
+                .unwrap_err()
+                .contains("not a number")
+        );
+        assert!(
+            parse_net_args(&args("--tcp-send 10.0.7.1 1 --bytes 1 --seed 1 --fast"))
+                .unwrap_err()
+                .contains("--fast")
+        );
         assert!(parse_net_args(&args("--tcp-send")).is_err());
         assert!(parse_net_args(&args("--tcp-send h 1 --bytes")).is_err());
     }
@@ -532,21 +551,27 @@ mod tests {
     #[test]
     fn rx_outside_arguments() {
         assert_eq!(
-            parse_net_args(&args("--vf-rx-outside 0x7f0000000000 --device 0000:00:03.0")),
+            parse_net_args(&args(
+                "--vf-rx-outside 0x7f0000000000 --device 0000:00:03.0"
+            )),
             Ok(Some(NetCommand::RxOutside {
                 gpa: 0x7f00_0000_0000,
                 device: "0000:00:03.0".into()
             }))
         );
-        assert!(parse_net_args(&args("--vf-rx-outside 0x1010 --device 0000:00:03.0"))
-            .unwrap_err()
-            .contains("aligned"));
+        assert!(
+            parse_net_args(&args("--vf-rx-outside 0x1010 --device 0000:00:03.0"))
+                .unwrap_err()
+                .contains("aligned")
+        );
         assert!(parse_net_args(&args("--vf-rx-outside 0x1000"))
             .unwrap_err()
             .contains("--device"));
-        assert!(parse_net_args(&args("--vf-rx-outside 0x1000 --device eth0"))
-            .unwrap_err()
-            .contains("PCI address"));
+        assert!(
+            parse_net_args(&args("--vf-rx-outside 0x1000 --device eth0"))
+                .unwrap_err()
+                .contains("PCI address")
+        );
         assert_eq!(
             parse_net_args(&args("--interrupts eth0")),
             Ok(Some(NetCommand::Interrupts {

@@ -45,6 +45,7 @@ use serde_json::{json, Value};
 pub mod dma;
 pub mod host;
 pub mod idle;
+pub mod net;
 
 /// What the report line starts with.
 pub const REPORT_PREFIX: &str = "ATOLL-GUEST-CHECK ";

@@ -42,6 +42,7 @@ mod linux {
     use guest_kit::check::dma;
     use guest_kit::check::host::{self, HostFacts, MemRegion, PciDevice, ProbeRead};
     use guest_kit::check::idle;
+    use guest_kit::check::net;
     use guest_kit::check::{self, CpuRun, Facts, Options, Role};
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
@@ -56,6 +57,9 @@ mod linux {
         }
         if dma::wants_dma(&args) {
             std::process::exit(dma_probe::run());
+        }
+        if net::wants_net(&args) {
+            std::process::exit(net_io::run(&args));
         }
         let opts = match check::parse_args(&args) {
             Ok(Some(o)) => o,
@@ -893,6 +897,256 @@ mod linux {
                 0
             } else {
                 1
+            }
+        }
+    }
+
+    /// The network modes (`guest_kit::check::net`): the TCP ends of the SR-IOV test, the VF's
+    /// receive ring pointed elsewhere, an interface's interrupt counts. Each prints one JSON
+    /// object; the exit status is 0 when the mode did what it was asked (for a receiver with
+    /// `--bytes/--seed`: exactly that stream arrived).
+    mod net_io {
+        use super::net::{self, igbvf, NetCommand, Sha256, Stream, StreamCheck};
+        use std::io::{Read, Write};
+        use std::net::{Shutdown, TcpListener, TcpStream, ToSocketAddrs};
+        use std::time::{Duration, Instant};
+
+        pub fn run(args: &[String]) -> i32 {
+            let cmd = match net::parse_net_args(args) {
+                Ok(Some(c)) => c,
+                Ok(None) => {
+                    println!("{}", net::USAGE);
+                    return 2;
+                }
+                Err(e) => {
+                    eprintln!("atoll-check: {e}\n{}", net::USAGE);
+                    return 2;
+                }
+            };
+            match cmd {
+                NetCommand::Send {
+                    host,
+                    port,
+                    bytes,
+                    seed,
+                    timeout_s,
+                } => send(&host, port, bytes, seed, timeout_s),
+                NetCommand::Recv {
+                    port,
+                    timeout_s,
+                    expect,
+                } => recv(port, timeout_s, expect),
+                NetCommand::RxOutside { gpa, device } => rx_outside(gpa, &device),
+                NetCommand::Interrupts { name } => {
+                    let text = std::fs::read_to_string("/proc/interrupts").unwrap_or_default();
+                    println!(
+                        "{}",
+                        net::interrupts_json(&net::interrupt_lines(&text, &name))
+                    );
+                    0
+                }
+            }
+        }
+
+        /// Connects, retrying until `deadline` (the receiver may not listen yet).
+        fn connect(host: &str, port: u16, deadline: Instant) -> Result<TcpStream, String> {
+            let addr = (host, port)
+                .to_socket_addrs()
+                .map_err(|e| format!("{host}:{port}: {e}"))?
+                .next()
+                .ok_or_else(|| format!("{host}:{port}: no address"))?;
+            loop {
+                match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+                    Ok(s) => return Ok(s),
+                    Err(e) if Instant::now() >= deadline => {
+                        return Err(format!("connecting to {addr}: {e}"))
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(500)),
+                }
+            }
+        }
+
+        fn send(host: &str, port: u16, bytes: u64, seed: u64, timeout_s: u64) -> i32 {
+            let deadline = Instant::now() + Duration::from_secs(timeout_s);
+            let mut hash = Sha256::new();
+            let mut sent = 0u64;
+            let mut start = Instant::now();
+            let result = (|| -> Result<(), String> {
+                let mut sock = connect(host, port, deadline)?;
+                start = Instant::now();
+                let limit = Some(Duration::from_secs(timeout_s.max(1)));
+                sock.set_write_timeout(limit).map_err(|e| e.to_string())?;
+                sock.set_read_timeout(limit).map_err(|e| e.to_string())?;
+                let mut stream = Stream::new(seed);
+                let mut buf = vec![0u8; 65536];
+                while sent < bytes {
+                    let n = (bytes - sent).min(buf.len() as u64) as usize;
+                    stream.fill(&mut buf[..n]);
+                    sock.write_all(&buf[..n])
+                        .map_err(|e| format!("after {sent} bytes: {e}"))?;
+                    hash.update(&buf[..n]);
+                    sent += n as u64;
+                }
+                sock.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
+                // The receiver closes once it has read everything: its end of file is the
+                // sign the bytes arrived, not only that they left.
+                let mut rest = Vec::new();
+                sock.read_to_end(&mut rest)
+                    .map_err(|e| format!("waiting for the receiver to close: {e}"))?;
+                Ok(())
+            })();
+            let seconds = start.elapsed().as_secs_f64();
+            let error = result.err();
+            println!(
+                "{}",
+                net::tcp_report(sent, &hash.hex(), seconds, None, error.as_deref())
+            );
+            i32::from(error.is_some())
+        }
+
+        fn recv(port: u16, timeout_s: u64, expect: Option<(u64, u64)>) -> i32 {
+            let deadline = Instant::now() + Duration::from_secs(timeout_s);
+            let mut hash = Sha256::new();
+            let mut check = expect.map(|(_, seed)| StreamCheck::new(seed));
+            let mut got = 0u64;
+            let mut start = Instant::now();
+            let result = (|| -> Result<(), String> {
+                let listener = TcpListener::bind(("0.0.0.0", port))
+                    .map_err(|e| format!("listening on port {port}: {e}"))?;
+                listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+                let mut sock = loop {
+                    match listener.accept() {
+                        Ok((s, _)) => break s,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            if Instant::now() >= deadline {
+                                return Err(format!(
+                                    "no connection on port {port} in {timeout_s} s"
+                                ));
+                            }
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
+                        Err(e) => return Err(format!("accepting on port {port}: {e}")),
+                    }
+                };
+                start = Instant::now();
+                sock.set_nonblocking(false).map_err(|e| e.to_string())?;
+                sock.set_read_timeout(Some(Duration::from_secs(timeout_s.max(1))))
+                    .map_err(|e| e.to_string())?;
+                let mut buf = vec![0u8; 65536];
+                loop {
+                    let n = sock
+                        .read(&mut buf)
+                        .map_err(|e| format!("after {got} bytes: {e}"))?;
+                    if n == 0 {
+                        break;
+                    }
+                    hash.update(&buf[..n]);
+                    if let Some(c) = check.as_mut() {
+                        c.update(&buf[..n]);
+                    }
+                    got += n as u64;
+                }
+                Ok(())
+            })();
+            let seconds = start.elapsed().as_secs_f64();
+            let matches = check.zip(expect).map(|(c, (bytes, _))| c.matches(bytes));
+            let error = result.err();
+            println!(
+                "{}",
+                net::tcp_report(got, &hash.hex(), seconds, matches, error.as_deref())
+            );
+            i32::from(error.is_some() || matches == Some(false))
+        }
+
+        /// The VF's BAR 0, mapped through sysfs.
+        struct Bar {
+            regs: *mut u8,
+        }
+
+        impl Bar {
+            fn open(device: &str) -> Result<Bar, String> {
+                let path = format!("/sys/bus/pci/devices/{device}/resource0");
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&path)
+                    .map_err(|e| format!("{path}: {e}"))?;
+                // SAFETY: a fresh shared mapping of the VF's register window (16 KiB, the
+                // size of an igbvf BAR 0); nothing else in this process refers to it, and it
+                // stays mapped until the process exits.
+                let regs = unsafe {
+                    libc::mmap(
+                        std::ptr::null_mut(),
+                        igbvf::BAR0_MAP,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        libc::MAP_SHARED,
+                        std::os::fd::AsRawFd::as_raw_fd(&file),
+                        0,
+                    )
+                };
+                if regs == libc::MAP_FAILED {
+                    let e = std::io::Error::last_os_error();
+                    // Debian's CONFIG_IO_STRICT_DEVMEM: a BAR a driver claimed maps only
+                    // with iomem=relaxed (pci_mmap_resource → iomem_is_exclusive).
+                    let hint = if e.raw_os_error() == Some(libc::EINVAL) {
+                        " (a BAR the driver claimed: boot with iomem=relaxed)"
+                    } else {
+                        ""
+                    };
+                    return Err(format!("mapping {path}: {e}{hint}"));
+                }
+                Ok(Bar { regs: regs.cast() })
+            }
+
+            fn read32(&self, off: u64) -> u32 {
+                // SAFETY: `off` is one of igbvf's register offsets (net::igbvf), 4-byte
+                // aligned and inside the mapped window; the device answers 32-bit reads.
+                unsafe {
+                    std::ptr::read_volatile(self.regs.wrapping_add(off as usize).cast::<u32>())
+                }
+            }
+
+            fn write32(&self, off: u64, v: u32) {
+                // SAFETY: as for `read32`.
+                unsafe {
+                    std::ptr::write_volatile(self.regs.wrapping_add(off as usize).cast::<u32>(), v)
+                }
+            }
+
+            fn shown(&self) -> serde_json::Value {
+                let values: Vec<(&str, u32)> = igbvf::SHOWN
+                    .iter()
+                    .map(|(n, off)| (*n, self.read32(*off)))
+                    .collect();
+                net::registers_json(&values)
+            }
+        }
+
+        fn rx_outside(gpa: u64, device: &str) -> i32 {
+            let mut v = serde_json::json!({
+                "device": device,
+                "gpa": format!("{gpa:#x}"),
+            });
+            match Bar::open(device) {
+                Ok(bar) => {
+                    v["before"] = bar.shown();
+                    // High half first: the ring never points at the low half of the new
+                    // address combined with the old high half while the NIC may fetch.
+                    bar.write32(igbvf::RDBAH0, (gpa >> 32) as u32);
+                    bar.write32(igbvf::RDBAL0, gpa as u32);
+                    v["after"] = bar.shown();
+                    let took = bar.read32(igbvf::RDBAL0) == gpa as u32
+                        && bar.read32(igbvf::RDBAH0) == (gpa >> 32) as u32;
+                    v["written"] = serde_json::json!(took);
+                    v["error"] = serde_json::Value::Null;
+                    println!("{v}");
+                    i32::from(!took)
+                }
+                Err(e) => {
+                    v["error"] = serde_json::json!(e);
+                    println!("{v}");
+                    1
+                }
             }
         }
     }

@@ -868,7 +868,10 @@ vf_host_round() {
     lc_run destroy$1 atoll destroy $e --online-cores
     c=$(vf_class "$vf_vf")
     lc_add class_after_destroy$1 "$(lc_str "$c")"
-    if [ "$hidden" != true ]; then
+    # The first failure is the one reported.
+    if [ -n "$why" ]; then
+        :
+    elif [ "$hidden" != true ]; then
         why="the VF's config space read $owned while enclave $1 owned it"
     elif [ "$c" = ffffffff ] || [ -z "$c" ]; then
         why="the VF did not come back after enclave $1"
@@ -3120,7 +3123,7 @@ atoll() {
         assert_eq!(r["hidden1"], false);
         assert_eq!(
             r["problem"],
-            "the VF's config space read 01000002 while enclave 2 owned it"
+            "the VF's config space read 01000002 while enclave 1 owned it"
         );
         assert!(
             out.contains("ATOLL-ACTION-FAILED vf_host: the VF's config space read"),
@@ -3129,17 +3132,17 @@ atoll() {
         let (out, _, _) = run_vf_host(cmd, "MATCHES=false");
         assert_eq!(
             result_of(&out, "vf_host")["problem"],
-            "enclave 2's file did not arrive intact"
+            "enclave 1's file did not arrive intact"
         );
         let (out, _, _) = run_vf_host(cmd, "PING_OK=99");
         assert_eq!(
             result_of(&out, "vf_host")["problem"],
-            "99 of 100 pings from the host to enclave 2 came back"
+            "99 of 100 pings from the host to enclave 1 came back"
         );
         let (out, _, _) = run_vf_host(cmd, r#"ENCLAVE_PROBLEM='"no carrier on eth0 in 30 s"'"#);
         assert_eq!(
             result_of(&out, "vf_host")["problem"],
-            "enclave 2: no carrier on eth0 in 30 s"
+            "enclave 1: no carrier on eth0 in 30 s"
         );
     }
 

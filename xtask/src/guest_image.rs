@@ -306,7 +306,8 @@ pub fn init_script() -> String {
 # periodic timer of MS milliseconds runs in the window and its largest gap between wake-ups is
 # reported as "ATOLL-GUEST-IDLE {json}"), with atoll.echo_input=1
 # prompts "ATOLL-GUEST-INPUT?" and echoes the line typed on its console as
-# "ATOLL-GUEST-INPUT <line>", and powers off (atoll.shell=1: starts a shell instead).
+# "ATOLL-GUEST-INPUT <line>", and powers off (atoll.shell=1: starts a shell instead). The
+# SR-IOV actions (vf_net, vf_dma_outside, vf_host, vf_host_outside) read atoll.net_* words.
 export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys

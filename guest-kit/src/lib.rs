@@ -22,6 +22,8 @@
 //!   compute loop on every CPU, and prints one `ATOLL-GUEST-CHECK {json}` line; its logic is
 //!   [`check`]. With `--idle-timer SECONDS` it idles instead, measuring the largest gap between
 //!   the wake-ups of a periodic timer ([`check::idle`]), and prints `ATOLL-GUEST-IDLE {json}`.
+//!   Its network modes ([`check::net`]) are the two TCP ends of the SR-IOV test, move a
+//!   virtual function's receive ring, and count an interface's interrupts.
 //!
 //! The host CLI and the channel daemon come with later issues.
 #![cfg_attr(target_os = "none", no_std)]

@@ -278,8 +278,10 @@ pub struct Iso {
 }
 
 /// The guest image's initramfs with `/guest/vmlinuz`, `/guest/initrd` and `/guest/suite64`
-/// added: the files the host's `atoll create` starts enclaves from. One archive (unpacked,
-/// extended, packed again, not compressed).
+/// added: the files the host's `atoll create` starts enclaves from. The image's archives as they
+/// are (the shared one and the kernel modules', decompressed), then one more with `/guest/`: the
+/// kernel unpacks concatenated archives in turn. Not compressed: its files are compressed already
+/// (the bzImage, the inner initramfs), and a gzipped archive took Bochs minutes to unpack.
 fn host_initrd_file(
     work: &std::path::Path,
     linux: &crate::guest_image::ResolvedGuest,
@@ -288,25 +290,26 @@ fn host_initrd_file(
     let root = work.join("host-initrd");
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(root.join("guest"))?;
-    let unpack = Command::new("sh")
-        .arg("-c")
-        .arg("gzip -dc \"$1\" | cpio -idm --quiet")
-        .arg("sh")
-        .arg(&linux.initrd)
-        .current_dir(&root)
-        .status()
-        .context("unpacking the guest image's initramfs (gzip, cpio)")?;
-    if !unpack.success() {
-        bail!("unpacking {} failed", linux.initrd.display());
-    }
     std::fs::copy(&linux.kernel, root.join("guest/vmlinuz"))?;
     std::fs::copy(&linux.initrd, root.join("guest/initrd"))?;
     std::fs::copy(guests.join("guest-suite"), root.join("guest/suite64"))?;
-    // Plain: its files are compressed already (the bzImage, the inner initramfs), and a
-    // gzipped archive took Bochs minutes to unpack.
-    let out = work.join("host-initrd.cpio");
-    crate::guest_image::write_cpio(&root, &out, false)?;
+    let extra = work.join("host-initrd-guest.cpio");
+    crate::guest_image::write_cpio(&root, &extra, false)?;
     std::fs::remove_dir_all(&root)?;
+    let out = work.join("host-initrd.cpio");
+    let joined = Command::new("sh")
+        .arg("-c")
+        .arg("{ gzip -dc \"$1\" && cat \"$2\"; } > \"$3\"")
+        .arg("sh")
+        .arg(&linux.initrd)
+        .arg(&extra)
+        .arg(&out)
+        .status()
+        .context("joining the guest image's initramfs and /guest/ (gzip, cat)")?;
+    if !joined.success() {
+        bail!("joining {} and /guest/ failed", linux.initrd.display());
+    }
+    std::fs::remove_file(&extra)?;
     Ok(out)
 }
 

@@ -119,6 +119,10 @@ pub struct PlatformLayout {
     pub ecam_buses: u8,
     /// OEM id in every table header and the RSDP (printable ASCII, space padded).
     pub oem_id: [u8; 6],
+    /// A PCI host bridge in the DSDT (`\_SB.PCI0`, bus 0) whose memory window for BARs is
+    /// `[start, end)` (below 4 GiB), for a platform with functions on its bus; `None`: no host
+    /// bridge device (Linux then enumerates no PCI bus).
+    pub pci_window: Option<(u64, u64)>,
 }
 
 /// Where one table of an [`AcpiTables`] image is.
@@ -567,8 +571,42 @@ mod aml {
     }
 }
 
-/// Small resource descriptors for COM1's `_CRS` (ACPI 6.5 §6.4.2).
+/// Resource descriptors for `_CRS` (ACPI 6.5 §6.4.2 small, §6.4.3 large).
 mod resource {
+    /// Address space resource types (§6.4.3.5, Table 6.47).
+    pub const MEMORY: u8 = 0;
+    /// I/O space.
+    pub const IO: u8 = 1;
+    /// Bus numbers.
+    pub const BUS: u8 = 2;
+    /// General flags of a bridge's window: produced (bit 0 clear), positive decode, minimum
+    /// and maximum fixed (bits 2 and 3).
+    const PRODUCER_FIXED: u8 = 0x0c;
+
+    /// Word Address Space Descriptor (§6.4.3.5.3): `[min, max]` of `kind`, no translation;
+    /// `type_flags` per kind (I/O: 3 = the entire range).
+    pub fn word(kind: u8, type_flags: u8, min: u16, max: u16) -> [u8; 16] {
+        let len = max.wrapping_sub(min).wrapping_add(1);
+        let mut d = [0u8; 16];
+        d[..6].copy_from_slice(&[0x88, 0x0d, 0x00, kind, PRODUCER_FIXED, type_flags]);
+        for (i, v) in [0u16, min, max, 0, len].into_iter().enumerate() {
+            d[6 + 2 * i..8 + 2 * i].copy_from_slice(&v.to_le_bytes());
+        }
+        d
+    }
+
+    /// DWord Address Space Descriptor (§6.4.3.5.2) for memory `[min, max]`: read-write,
+    /// non-cacheable (type flags 0x01), no translation.
+    pub fn dword_memory(min: u32, max: u32) -> [u8; 26] {
+        let len = max.wrapping_sub(min).wrapping_add(1);
+        let mut d = [0u8; 26];
+        d[..6].copy_from_slice(&[0x87, 0x17, 0x00, MEMORY, PRODUCER_FIXED, 0x01]);
+        for (i, v) in [0u32, min, max, 0, len].into_iter().enumerate() {
+            d[6 + 4 * i..10 + 4 * i].copy_from_slice(&v.to_le_bytes());
+        }
+        d
+    }
+
     /// I/O Port Descriptor (§6.4.2.5): 16-bit decode, fixed base, `len` ports.
     pub fn io(base: u16, len: u8) -> [u8; 8] {
         let [lo, hi] = base.to_le_bytes();
@@ -613,7 +651,31 @@ fn processor_name(uid: usize) -> [u8; 4] {
 ///     }
 /// }
 /// ```
-fn dsdt(vcpus: usize, oem_id: &[u8; 6]) -> Result<Vec<u8>, VacpiError> {
+///
+/// With a PCI window, also (Linux enumerates a root bus only from such a device):
+///
+/// ```text
+///     Device (PCI0) {
+///         Name (_HID, EisaId ("PNP0A03"))    // a PCI host bridge (conventional: no _OSC owed)
+///         Name (_UID, 0)
+///         Name (_BBN, 0)
+///         Name (_CRS, ResourceTemplate () {
+///             WordBusNumber (ResourceProducer, MinFixed, MaxFixed, PosDecode, 0, 0, 0, 0, 1)
+///             IO (Decode16, 0xCF8, 0xCF8, 1, 8)
+///             WordIO (ResourceProducer, MinFixed, MaxFixed, PosDecode, EntireRange,
+///                     0, 0x0000, 0x0CF7, 0, 0x0CF8)
+///             WordIO (ResourceProducer, MinFixed, MaxFixed, PosDecode, EntireRange,
+///                     0, 0x0D00, 0xFFFF, 0, 0xF300)
+///             DWordMemory (ResourceProducer, PosDecode, MinFixed, MaxFixed, NonCacheable,
+///                          ReadWrite, 0, WINDOW_START, WINDOW_END - 1, 0, WINDOW_LEN)
+///         })
+///     }
+/// ```
+fn dsdt(
+    vcpus: usize,
+    oem_id: &[u8; 6],
+    pci_window: Option<(u64, u64)>,
+) -> Result<Vec<u8>, VacpiError> {
     let s5 = aml::package(&[
         aml::integer(S5_SLP_TYP.into()),
         aml::integer(S5_SLP_TYP.into()),
@@ -641,6 +703,30 @@ fn dsdt(vcpus: usize, oem_id: &[u8; 6]) -> Result<Vec<u8>, VacpiError> {
         &aml::buffer(&crs).ok_or(too_large("COM1 _CRS"))?,
     ));
     sb.extend(aml::device(b"COM1", &com1).ok_or(too_large("COM1 device"))?);
+
+    if let Some((start, end)) = pci_window {
+        let (Ok(min), Ok(max)) = (u32::try_from(start), u32::try_from(end.saturating_sub(1))) else {
+            return Err(too_large("PCI window above 4 GiB"));
+        };
+        let mut crs = Vec::new();
+        crs.extend_from_slice(&resource::word(resource::BUS, 0, 0, 0));
+        crs.extend_from_slice(&resource::io(0xcf8, 8));
+        crs.extend_from_slice(&resource::word(resource::IO, 3, 0, 0xcf7));
+        crs.extend_from_slice(&resource::word(resource::IO, 3, 0xd00, 0xffff));
+        crs.extend_from_slice(&resource::dword_memory(min, max));
+        crs.extend_from_slice(&resource::END);
+        let mut pci = aml::name(
+            b"_HID",
+            &aml::eisa_id(b"PNP0A03").ok_or(too_large("EISA id"))?,
+        );
+        pci.extend(aml::name(b"_UID", &aml::integer(0)));
+        pci.extend(aml::name(b"_BBN", &aml::integer(0)));
+        pci.extend(aml::name(
+            b"_CRS",
+            &aml::buffer(&crs).ok_or(too_large("PCI0 _CRS"))?,
+        ));
+        sb.extend(aml::device(b"PCI0", &pci).ok_or(too_large("PCI0 device"))?);
+    }
 
     let mut t = Sdt::new(b"DSDT", DSDT_REVISION, oem_id);
     t.push(&aml::name(b"_S5_", &s5));
@@ -838,7 +924,7 @@ pub fn build(layout: &PlatformLayout, gpa: u64) -> Result<AcpiTables, VacpiError
     }
 
     let oem = &layout.oem_id;
-    let dsdt = dsdt(layout.vcpu_apic_ids.len(), oem)?;
+    let dsdt = dsdt(layout.vcpu_apic_ids.len(), oem, layout.pci_window)?;
     let madt = madt(layout, ioapic)?;
     let mcfg = mcfg(layout)?;
     let xsdt_len = HEADER_LEN + 3 * 8;
@@ -916,6 +1002,7 @@ mod tests {
             ecam_base: 0xb000_0000,
             ecam_buses: 4,
             oem_id: *b"ATOLL ",
+            pci_window: None,
         }
     }
 
@@ -1085,6 +1172,35 @@ mod tests {
         want.extend([0x10, 0x4f, 0x04]);
         want.extend(&scope_body);
         assert_eq!(&d[36..], &want[..]);
+    }
+
+    #[test]
+    fn a_pci_window_adds_a_host_bridge_with_its_resources() {
+        let mut l = layout(&[0]);
+        l.pci_window = Some((0xe100_0000, 0xfe00_0000));
+        let t = build(&l, 0xe0000).unwrap();
+        let d = t.table(b"DSDT").unwrap();
+        let at = |pat: &[u8]| d.windows(pat.len()).position(|w| w == pat);
+        let pci = at(b"PCI0").expect("a PCI0 device");
+        // _HID EisaId("PNP0A03") = 0x030AD041 big-endian.
+        assert!(at(b"_HID\x0c\x41\xd0\x0a\x03").is_some_and(|h| h > pci));
+        // Bus 0..=0, the configuration ports, I/O around them, the memory window.
+        let bus = [0x88, 0x0d, 0, 2, 0x0c, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+        assert!(at(&bus).is_some_and(|b| b > pci));
+        assert!(at(&[0x47, 0x01, 0xf8, 0x0c, 0xf8, 0x0c, 0x01, 0x08]).is_some());
+        let mem = at(&[0x87, 0x17, 0, 0, 0x0c, 0x01]).expect("a DWordMemory window");
+        let u32_at = |o: usize| u32::from_le_bytes(d[o..o + 4].try_into().unwrap());
+        assert_eq!(
+            (u32_at(mem + 10), u32_at(mem + 14), u32_at(mem + 22)),
+            (0xe100_0000, 0xfdff_ffff, 0x1d00_0000)
+        );
+        // Without a window the DSDT has no host bridge (the other tests' bytes).
+        let plain = built(&[0]);
+        let p = plain.table(b"DSDT").unwrap();
+        assert!(!p.windows(4).any(|w| w == b"PCI0"));
+        // A window above 4 GiB cannot be described in a DWord descriptor.
+        l.pci_window = Some((0x1_0000_0000, 0x1_1000_0000));
+        assert!(build(&l, 0xe0000).is_err());
     }
 
     #[test]

@@ -536,20 +536,11 @@ impl Manager<'_> {
         let linux = c.entry == EntryMode::Linux;
         // Linux reads the TSC frequency from CPUID 0x15/0x16 on Intel only; elsewhere it is
         // told with a kernel parameter (see atoll::run::vplat).
-        let mut extra = if linux && !bsp.intel {
+        let extra = if linux && !bsp.intel {
             alloc::format!("tsc_early_khz={}", tsc::hz() / 1000)
         } else {
             String::new()
         };
-        // The platform's DSDT has no PCI host bridge device (PNP0A08) yet, and Linux scans a
-        // root bus only from one under ACPI: with functions passed through, it is told to find
-        // bus 0 by configuration mechanism #1 instead (a documented kernel parameter).
-        if linux && !c.devices.is_empty() {
-            if !extra.is_empty() {
-                extra.push(' ');
-            }
-            extra.push_str("pci=noacpi");
-        }
         // 1 GiB second-stage pages where the CPU has them (EPT capability, or Page1GB for NPT).
         let npt_1g = core::arch::x86_64::__cpuid(0x8000_0001).edx & (1 << 26) != 0;
         let max_page = |big: bool| {

@@ -913,6 +913,7 @@ mod tests {
             Some(&[7u8; 4096]),
             "console=ttyS0",
             2,
+            false,
             ram,
             &mut SliceMemory(&mut mem),
         )
@@ -931,6 +932,7 @@ mod tests {
             None,
             "",
             1,
+            false,
             4096 * MIB,
             &mut SliceMemory(&mut small),
         );
@@ -941,6 +943,7 @@ mod tests {
             None,
             "",
             1,
+            false,
             ram,
             &mut SliceMemory(&mut fresh),
         );

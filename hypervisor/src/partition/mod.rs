@@ -171,6 +171,7 @@ impl<'a, W: PhysWindow, Fmt: Format> Enclave<'a, W, Fmt> {
                 initrd,
                 &cmdline,
                 config.cores.len(),
+                !config.devices.is_empty(),
                 bytes,
                 &mut mem,
             )

@@ -39,8 +39,10 @@ pub fn e820(ram: u64) -> Vec<E820Entry> {
     map
 }
 
-/// The ACPI description of a Linux enclave with `vcpus` vCPUs.
-pub fn platform_layout(vcpus: usize) -> atoll_devices::acpi::PlatformLayout {
+/// The ACPI description of a Linux enclave with `vcpus` vCPUs; `pci_bus`: functions are passed
+/// through to it, so its DSDT has a PCI host bridge with the BAR window
+/// ([`super::passthrough::PCI_MMIO_BASE`]..[`super::passthrough::PCI_MMIO_END`]).
+pub fn platform_layout(vcpus: usize, pci_bus: bool) -> atoll_devices::acpi::PlatformLayout {
     atoll_devices::acpi::PlatformLayout {
         vcpu_apic_ids: (0..vcpus as u32).collect(),
         ioapic_id: IOAPIC_ID,
@@ -48,17 +50,24 @@ pub fn platform_layout(vcpus: usize) -> atoll_devices::acpi::PlatformLayout {
         ecam_base: ECAM_BASE,
         ecam_buses: ECAM_BUSES,
         oem_id: *b"ATOLL ",
+        pci_window: pci_bus.then_some((
+            super::passthrough::PCI_MMIO_BASE,
+            super::passthrough::PCI_MMIO_END,
+        )),
     }
 }
 
 /// Lays out a Linux enclave in its RAM (`ram` bytes from GPA 0): ACPI tables for `vcpus`
 /// vCPUs at [`ACPI_GPA`], then the kernel, initrd, boot_params and command line through the
-/// boot protocol ([`crate::partition::linux::load`]). Every check runs before the kernel is written.
+/// boot protocol ([`crate::partition::linux::load`]). Every check runs before the kernel is
+/// written. `pci_bus`: see [`platform_layout`].
+#[allow(clippy::too_many_arguments)]
 pub fn load_linux(
     kernel: &[u8],
     initrd: Option<&[u8]>,
     cmdline: &str,
     vcpus: usize,
+    pci_bus: bool,
     ram: u64,
     mem: &mut impl GuestMemory,
 ) -> Result<crate::partition::loader::BootState, String> {
@@ -71,7 +80,7 @@ pub fn load_linux(
     }
     let image = crate::partition::linux::LinuxImage::parse(kernel)
         .map_err(|e| alloc::format!("kernel: {e}"))?;
-    let tables = atoll_devices::acpi::build(&platform_layout(vcpus), ACPI_GPA)
+    let tables = atoll_devices::acpi::build(&platform_layout(vcpus, pci_bus), ACPI_GPA)
         .map_err(|e| alloc::format!("ACPI tables: {e}"))?;
     if ACPI_GPA + tables.len() as u64 > 0x10_0000 {
         return Err("ACPI tables do not fit below 1 MiB".into());

@@ -333,6 +333,7 @@ net_bytes=4194304
 net_seed=1
 net_then=stay
 net_outside=""
+dma_canaries=""
 net_words=""
 for word in $(cat /proc/cmdline); do
     case "$word" in
@@ -354,6 +355,7 @@ for word in $(cat /proc/cmdline); do
         atoll.net_seed=*) net_seed=${word#*=}; net_words="$net_words $word" ;;
         atoll.net_then=*) net_then=${word#*=} ;;
         atoll.net_outside=*) net_outside=${word#*=} ;;
+        atoll.dma_canaries=*) dma_canaries=${word#*=} ;;
         atoll.idle=*) idle=${word#*=} ;;
         atoll.idle_timer=*) idle_timer=${word#*=} ;;
         atoll.shell=1) shell=1 ;;
@@ -537,6 +539,11 @@ lifecycle() {
     refused core_taken atoll create $d/taken.toml
     lc_desc $d/big.toml big "$b" 3000 long64 ""
     refused too_much_memory atoll create $d/big.toml
+    # A function to pass through that nothing answers at (on a machine without VT-d the
+    # refusal is the missing DMA isolation instead).
+    lc_desc $d/dev.toml dev "$b" 4 long64 ""
+    printf 'devices = ["0000:00:1e.7"]\n' >> $d/dev.toml
+    refused device_absent atoll create $d/dev.toml
     refused garbage atoll raw --slot-garbage
     refused unknown_kind atoll raw --kind 77
     refused no_such_enclave atoll destroy nobody
@@ -851,7 +858,7 @@ vf_host_round() {
     atoll console $e --no-input --until "ATOLL-RESULT $2" --timeout 1800 > $d/$e.out 2>&1
     lc_add console_rc$1 $?
     res=$(grep -a "^ATOLL-RESULT $2 " $d/$e.out | head -n 1 | sed "s/^ATOLL-RESULT $2 //" | tr -d '\r')
-    echo "ATOLL-RESULT vf_host_enclave$1 ${res:-null}"
+    echo "ATOLL-RESULT ${vf_tag:-vf_host_enclave}$1 ${res:-null}"
     recv=""
     if [ -n "$rpid" ]; then
         # The enclave's sender waits for the receiver to close: with its result printed, the
@@ -903,15 +910,22 @@ vf_host() {
     lc=""
 }
 # The held-back case from the host: one enclave that runs vf_dma_outside (with iomem=relaxed
-# so it can map its VF's BAR); its result and atoll's stats of it.
+# so it can map its VF's BAR); its result and atoll's stats of it. atoll.net_outside=pool-canary
+# takes the address of atoll's pool canary page (atoll.dma_canaries=ATOLL,POOL): outside the
+# enclave's RAM, and a page atoll checks is unchanged at the end.
 vf_host_outside() {
     mkdir -p /tmp/vf
     lc=""
+    if [ "$net_outside" = pool-canary ]; then
+        net_outside=${dma_canaries#*,}
+    fi
     if [ -z "$net_outside" ]; then
         why="no atoll.net_outside=GPA"
     elif vf_host_setup; then
         net_words="$net_words atoll.net_outside=$net_outside atoll.net_pings=10 iomem=relaxed"
+        vf_tag=vf_host_outside_enclave
         vf_host_round 1 vf_dma_outside
+        vf_tag=""
     fi
     lc_add pf "$(lc_str "$vf_pf")"
     lc_add vf "$(lc_str "$vf_vf")"
@@ -3165,6 +3179,22 @@ atoll() {
         assert_eq!(descs.len(), 1);
         assert!(
             descs[0].contains("atoll.actions=vf_dma_outside atoll.net_outside=0x7f0000000000 atoll.net_pings=10 iomem=relaxed"),
+            "{}",
+            descs[0]
+        );
+        assert!(
+            out.contains("ATOLL-RESULT vf_host_outside_enclave1 "),
+            "the enclave's result under its own tag: {out}"
+        );
+        assert!(!out.contains("ATOLL-RESULT vf_host_enclave1 "), "{out}");
+        // pool-canary: the pool canary's address from atoll.dma_canaries=ATOLL,POOL.
+        let (_, _, descs) = run_vf_host(
+            "atoll.role=host atoll.actions=vf_host_outside atoll.net_outside=pool-canary \
+             atoll.dma_canaries=0x1000,0x40e10000",
+            "PING_OK=0",
+        );
+        assert!(
+            descs[0].contains("atoll.net_outside=0x40e10000 "),
             "{}",
             descs[0]
         );

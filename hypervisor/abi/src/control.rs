@@ -192,11 +192,14 @@ pub enum Status {
     Internal = 10,
     /// Every partition slot is in use.
     Full = 11,
+    /// A PCI function the description names cannot be passed through (absent, not
+    /// resettable, no DMA isolation, ...); the text says which and why.
+    Device = 12,
 }
 
 impl Status {
     /// Every status.
-    pub const ALL: [Status; 12] = [
+    pub const ALL: [Status; 13] = [
         Status::Ok,
         Status::Malformed,
         Status::UnknownKind,
@@ -209,6 +212,7 @@ impl Status {
         Status::State,
         Status::Internal,
         Status::Full,
+        Status::Device,
     ];
 
     /// The status with this number.
@@ -231,6 +235,7 @@ impl Status {
             Status::State => "wrong state",
             Status::Internal => "atoll failed",
             Status::Full => "no free partition",
+            Status::Device => "device unavailable",
         }
     }
 }

@@ -618,6 +618,7 @@ impl Manager<'_> {
                 None => Err("devices need entry = \"linux\" (the virtual platform's PCI bus)".into()),
             };
             if let Err(e) = assigned {
+                let e = alloc::format!("{}{e}", control::DEVICES_PREFIX);
                 log::error!("enclave '{}': {e}", c.name);
                 // The tables go with the slot (built later than this: destroyed here).
                 if let Err(e) = tables.destroy() {

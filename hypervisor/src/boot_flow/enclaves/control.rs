@@ -885,7 +885,16 @@ impl Manager<'_> {
         )
         .map_err(|e| (Status::Invalid, e.to_string()))?;
         super::super::iommu::check_devices(&config.devices)
-            .map_err(|e| (Status::Invalid, e.to_string()))?;
+            .map_err(|e| (Status::Device, e.to_string()))?;
+        // Each function must exist now (before the files are staged); the build takes them.
+        for d in &config.devices {
+            let found = atoll::partition::machine::PciAddress::parse(d)
+                .ok_or_else(|| alloc::format!("{d}: not a PCI address"))
+                .and_then(|a| super::super::passthrough::resolve(&a));
+            if let Err(e) = found {
+                return Err((Status::Device, format!("{DEVICES_PREFIX}{e}")));
+            }
+        }
         Ok(config)
     }
 
@@ -981,7 +990,9 @@ impl Manager<'_> {
                 .report(id)
                 .map_or_else(|| "it could not be built".to_string(), |r| r.detail.clone());
             self.undo_create(id);
-            let status = if why.contains("out of physical memory") || why.contains("RAM:") {
+            let status = if why.starts_with(DEVICES_PREFIX) {
+                Status::Device
+            } else if why.contains("out of physical memory") || why.contains("RAM:") {
                 Status::NoMemory
             } else {
                 Status::BadImage
@@ -1166,6 +1177,10 @@ impl Manager<'_> {
         .write_with(&cores[..cores.len().min(abi::MAX_CORES)], w)
     }
 }
+
+/// How a build's failure to pass the description's functions through begins (the create's
+/// refusal is then [`Status::Device`]).
+pub(super) const DEVICES_PREFIX: &str = "devices: ";
 
 /// How long the manager waits for a released core to report its host part over.
 const ACK_WAIT_US: u64 = super::ACK_TIMEOUT_US;

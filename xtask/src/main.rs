@@ -47,8 +47,9 @@ enum Cmd {
     Lint,
     /// Set up, build and boot the demo scenario in QEMU (the host's Linux as the root
     /// partition with a Linux enclave beside it; the host creates, lists, inspects and destroys
-    /// an enclave with the `atoll` command), and show the core report, each partition's end,
-    /// the checks and the host's session.
+    /// an enclave with the `atoll` command, then gives a Linux enclave an SR-IOV NIC's VF and
+    /// pings it), and show the core report, each partition's end, the checks and the host's
+    /// session.
     Demo,
     /// Boot with `dump_acpi` and save every ACPI table under tests/fixtures/acpi/.
     CaptureAcpi {
@@ -419,7 +420,8 @@ fn cell(v: Option<&Value>) -> String {
 
 /// The scenario `cargo xtask demo` boots: the host's Linux as the root partition on two cores
 /// beside a Linux enclave on the third, whose `/init` operates an enclave with the `atoll`
-/// command; the tables show the cores, the enclaves and the host, then the host's session.
+/// command and passes a VF of QEMU's igb through to another; the tables show the cores, the
+/// enclaves and the host, then the host's session.
 const DEMO_SCENARIO: &str = "demo";
 
 /// The partition table's line for the root partition (same columns as the enclaves'), when the

@@ -820,6 +820,10 @@ vf_then() {
     echo "vf: staying up until destroyed"
     while :; do sleep 3600; done
 }
+# $3 configuration bytes at offset $2 of PCI function $1, as hex.
+vf_cfg() {
+    dd if="/sys/bus/pci/devices/$1/config" bs=1 skip="$2" count="$3" 2>/dev/null | od -An -tx1 | tr -d ' \n'
+}
 # Config bytes 8..11 (revision, class) of PCI function $1 as hex: a function atoll hid from
 # the host reads all ones there (Linux may answer the vendor and device IDs of a VF from its
 # own records, so those prove nothing).
@@ -899,6 +903,16 @@ vf_host_round() {
     hidden=false
     [ "$owned" = ffffffff ] && hidden=true
     lc_add hidden$1 $hidden
+    # The PF's SR-IOV control (igb's capability at 0x160): a write clearing VF Enable while an
+    # enclave owns a VF must not reach the PF (read back unchanged).
+    sriov_guard=null
+    if [ "$(vf_cfg "$vf_pf" $((0x160)) 2)" = 1000 ]; then
+        ctl_before=$(vf_cfg "$vf_pf" $((0x168)) 2)
+        printf '\000\000' | dd of="/sys/bus/pci/devices/$vf_pf/config" bs=1 seek=$((0x168)) count=2 conv=notrunc 2>/dev/null
+        ctl_after=$(vf_cfg "$vf_pf" $((0x168)) 2)
+        sriov_guard="{\"before\":\"$ctl_before\",\"after\":\"$ctl_after\"}"
+    fi
+    lc_add sriov_guard$1 "$sriov_guard"
     atoll console $e --no-input --until "ATOLL-RESULT $2" --timeout 1800 > $d/$e.out 2>&1
     lc_add console_rc$1 $?
     res=$(grep -a "^ATOLL-RESULT $2 " $d/$e.out | head -n 1 | sed "s/^ATOLL-RESULT $2 //" | tr -d '\r')

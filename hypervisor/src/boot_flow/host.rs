@@ -634,6 +634,23 @@ impl Host {
         Ok(taken)
     }
 
+    /// Unmaps exactly `pages` from the host's second stage (a trap the caller set up first
+    /// serves them) and waits, as [`Host::hide_pages`] does.
+    pub fn unmap_pages(&mut self, pages: &[u64]) -> Result<(), String> {
+        for (i, &p) in pages.iter().enumerate() {
+            if let Err(e) = self.tables.unmap(GuestPhysAddr::new(p), 4096) {
+                let _ = self.show_pages(&pages[..i]);
+                return Err(alloc::format!("unmapping {p:#x} from the host: {e:?}"));
+            }
+        }
+        self.run.tables_changed();
+        if !self.run.wait_tables_flushed(100_000) {
+            let _ = self.show_pages(pages);
+            return Err("a host core did not flush its translations within 100 ms".into());
+        }
+        Ok(())
+    }
+
     /// Maps back pages [`Host::hide_pages`] took, as the host's layout maps them.
     pub fn show_pages(&mut self, pages: &[u64]) -> Result<(), String> {
         let mut result = Ok(());

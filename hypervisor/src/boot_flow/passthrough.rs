@@ -466,10 +466,74 @@ struct Assigned {
     host_pages: Vec<u64>,
     /// Whether it is in the enclave's VT-d domain (or blocked on the way).
     in_domain: bool,
+    /// Whether its PF's guard counts it.
+    pf_guarded: bool,
 }
 
 /// Every enclave's functions, by partition id (the manager's alone).
 static ASSIGNED: spin::Mutex<BTreeMap<u16, Vec<Assigned>>> = spin::Mutex::new(BTreeMap::new());
+
+/// PFs whose SR-IOV capability is guarded from the host (`run::host::hidden`): how many of
+/// their VFs enclaves own, and the host's pages atoll unmapped to trap their ECAM page.
+static GUARDED_PFS: spin::Mutex<BTreeMap<u16, (usize, Vec<u64>)>> =
+    spin::Mutex::new(BTreeMap::new());
+
+/// The SR-IOV capability's offset of PF `pf`, from the boot probe.
+fn sriov_cap(pf: u16) -> Option<u16> {
+    BOOT.get()?
+        .pfs
+        .iter()
+        .find(|(sid, _, _)| *sid == pf)
+        .map(|(_, cap, _)| *cap)
+}
+
+/// The host may no longer write PF `pf`'s SR-IOV capability (one more of its VFs is an
+/// enclave's): the guard first, then its ECAM page unmapped (unless a trap keeps it so).
+fn guard_pf(pf: u16, host: &mut super::host::Host) -> Result<(), String> {
+    let mut guarded = GUARDED_PFS.lock();
+    if let Some(g) = guarded.get_mut(&pf) {
+        g.0 += 1;
+        return Ok(());
+    }
+    let cap = sriov_cap(pf).ok_or("the PF's SR-IOV capability is unknown")?;
+    let ecam = ecam().ok_or("no ECAM window")?;
+    let page = ecam + (u64::from(pf) << 12);
+    let shared = host.run.shared.clone();
+    let already = shared.is_trapped_page(page);
+    shared
+        .hidden
+        .guard(pf, cap, cap + 0x40)
+        .map_err(|e| alloc::format!("guarding the PF: {e:?}"))?;
+    let pages = if already { Vec::new() } else { alloc::vec![page] };
+    if let Err(e) = host.unmap_pages(&pages) {
+        shared.hidden.unguard(pf);
+        return Err(e);
+    }
+    guarded.insert(pf, (1, pages));
+    Ok(())
+}
+
+/// One VF of `pf` fewer is an enclave's: the last one drops the guard.
+fn unguard_pf(pf: u16, host: Option<&mut super::host::Host>) -> Result<(), String> {
+    let mut guarded = GUARDED_PFS.lock();
+    let Some(g) = guarded.get_mut(&pf) else {
+        return Ok(());
+    };
+    g.0 -= 1;
+    if g.0 > 0 {
+        return Ok(());
+    }
+    let (_, pages) = guarded.remove(&pf).unwrap_or_default();
+    match host {
+        Some(h) => {
+            // The page mapped again first: while the guard stands, an access is still served.
+            let shown = h.show_pages(&pages);
+            h.run.shared.hidden.unguard(pf);
+            shown
+        }
+        None => Ok(()),
+    }
+}
 
 fn ecam() -> Option<u64> {
     BOOT.get().map(|b| b.ecam)
@@ -558,6 +622,7 @@ fn assign_all(
             target: t.clone(),
             host_pages: Vec::new(),
             in_domain: false,
+            pf_guarded: false,
         };
         let mut pages = Vec::new();
         let mut taken = host.hide_pages(boot::HostPhysAddr::new(ecam + (u64::from(t.sid) << 12)), 4096);
@@ -572,8 +637,17 @@ fn assign_all(
         }
         let taken = taken.map(|p| pages.extend(p));
         a.host_pages = pages;
+        // Its PF's SR-IOV capability: the host may no longer disable it or move its BARs.
+        let guarded = match (&taken, t.vf_of) {
+            (Ok(()), Some((pf, _))) => Some(guard_pf(pf, host)),
+            _ => None,
+        };
+        a.pf_guarded = matches!(guarded, Some(Ok(())));
         ASSIGNED.lock().entry(id).or_default().push(a);
         taken.map_err(|e| alloc::format!("{addr}: {e}"))?;
+        if let Some(Err(e)) = guarded {
+            return Err(alloc::format!("{addr}: {e}"));
+        }
         // 3. Reset.
         reset(&t).map_err(|e| alloc::format!("{addr}: {e}"))?;
         // 4. Its DMA into the enclave's RAM only.
@@ -720,6 +794,14 @@ pub fn release(id: u16, host: Option<&mut super::host::Host>) -> Vec<String> {
                         problems.push(e);
                     }
                 }
+            }
+        }
+    }
+    let mut host_ref = host_ref;
+    for a in list.iter().filter(|a| a.pf_guarded) {
+        if let Some((pf, _)) = a.target.vf_of {
+            if let Err(e) = unguard_pf(pf, host_ref.as_deref_mut()) {
+                problems.push(e);
             }
         }
     }

@@ -405,6 +405,13 @@ impl HostIrq {
         }
     }
 
+    /// The function whose ECAM page holds `gpa` (trapped or not), and the ECAM base.
+    fn ecam_function(&self, gpa: u64) -> Option<(u16, u64)> {
+        let base = self.inner.lock().ecam?;
+        let sid = u16::try_from(gpa.checked_sub(base)? >> 12).ok()?;
+        Some((sid, base))
+    }
+
     /// The function whose trapped ECAM page holds `gpa`, and the ECAM base.
     fn config_page(&self, gpa: u64) -> Option<(u16, u64)> {
         let inner = self.inner.lock();
@@ -582,9 +589,15 @@ impl HostShared {
         })
     }
 
-    /// Whether `gpa` is in a trapped function's ECAM page.
+    /// Whether `gpa` is in a trapped function's ECAM page (an MSI capability's, or a PF's
+    /// with guarded registers).
     pub(super) fn is_trapped_config(&self, gpa: u64) -> bool {
-        self.irq().is_some_and(|i| i.config_page(gpa).is_some())
+        self.irq().is_some_and(|i| {
+            i.config_page(gpa).is_some()
+                || i
+                    .ecam_function(gpa)
+                    .is_some_and(|(sid, _)| self.hidden.has_guard(sid))
+        })
     }
 
     /// Whether the page of `gpa` is one a trap keeps unmapped for its own reasons (the control
@@ -662,7 +675,7 @@ pub(super) fn ecam_access(
     size: u8,
     write: Option<u64>,
 ) -> u64 {
-    let Some((sid, base)) = shared.irq().and_then(|i| i.config_page(gpa)) else {
+    let Some((sid, base)) = shared.irq().and_then(|i| i.ecam_function(gpa)) else {
         return u64::MAX;
     };
     if shared.hidden.contains(sid) {
@@ -673,6 +686,18 @@ pub(super) fn ecam_access(
         return u64::MAX;
     }
     let offset = (gpa & 0xfff) as u32;
+    if write.is_some() && shared.hidden.guarded(sid, offset, size) {
+        let n = shared.hidden.refuse();
+        if rate_limited(n) {
+            log::info!(
+                "host: {size}-byte write at {offset:#x} of {:02x}:{:02x}.{} refused: a VF of it is an enclave's ({n} so far)",
+                sid >> 8,
+                (sid >> 3) & 0x1f,
+                sid & 7
+            );
+        }
+        return 0;
+    }
     let w = write.map(|v| v as u32);
     let v = match config_access(shared, hw, ConfigPath::Ecam(base), sid, offset, size, w) {
         Some(v) => v,

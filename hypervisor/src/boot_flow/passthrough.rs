@@ -41,32 +41,9 @@ use atoll::run::vplat::Shared;
 use atoll_devices::pci::config::BarKind;
 use atoll_devices::pci::msi::Remapper;
 use atoll_devices::pci::passthrough::{Hardware, HwBar, Identity, PassThrough};
-use atoll_devices::pci::{Bdf, DevFn};
+use atoll_devices::pci::{sriov, Bdf, DevFn};
 use iommu::irte::IrteIndex;
 use iommu::remap::{Interrupt, RemapError};
-
-/// The SR-IOV extended capability's ID (PCIe r4.0 §9.3.3).
-const EXT_CAP_SRIOV: u16 = 0x0010;
-
-/// SR-IOV capability registers, as offsets from it (PCIe r4.0 §9.3.3).
-mod sriov {
-    /// SR-IOV Control (16 bits).
-    pub const CONTROL: u16 = 0x08;
-    /// Control bit 0: VF Enable.
-    pub const VF_ENABLE: u16 = 1 << 0;
-    /// Control bit 3: VF Memory Space Enable.
-    pub const VF_MSE: u16 = 1 << 3;
-    /// NumVFs (16 bits).
-    pub const NUM_VFS: u16 = 0x10;
-    /// First VF Offset (16 bits).
-    pub const FIRST_OFFSET: u16 = 0x14;
-    /// VF Stride (16 bits).
-    pub const STRIDE: u16 = 0x16;
-    /// VF Device ID (16 bits).
-    pub const VF_DEVICE: u16 = 0x1a;
-    /// VF BAR0; VF BAR1–5 follow, a dword each.
-    pub const VF_BAR0: u16 = 0x24;
-}
 
 /// What atoll learnt at boot.
 struct Boot {
@@ -121,71 +98,6 @@ fn cfg_write(ecam: u64, sid: u16, offset: u16, size: u8, value: u32) {
     }
 }
 
-/// Sizes the six BAR registers at `first` (the header's 0x10, or an SR-IOV capability's VF
-/// BAR0) by writing all ones and restoring (PCI 3.0 §6.2.5.1). I/O BARs are skipped (never
-/// passed through).
-fn size_bars(ecam: u64, sid: u16, first: u16) -> [Option<HwBar>; 6] {
-    let mut out = [None; 6];
-    let mut i = 0u16;
-    while i < 6 {
-        let off = first + 4 * i;
-        let orig = cfg_read32(ecam, sid, off);
-        cfg_write(ecam, sid, off, 4, u32::MAX);
-        let v = cfg_read32(ecam, sid, off);
-        cfg_write(ecam, sid, off, 4, orig);
-        if v == 0 || orig & 1 != 0 {
-            i += 1;
-            continue;
-        }
-        let prefetchable = orig & 8 != 0;
-        if (orig >> 1) & 3 == 2 && i < 5 {
-            let orig_hi = cfg_read32(ecam, sid, off + 4);
-            cfg_write(ecam, sid, off + 4, 4, u32::MAX);
-            let vh = cfg_read32(ecam, sid, off + 4);
-            cfg_write(ecam, sid, off + 4, 4, orig_hi);
-            let mask = u64::from(vh) << 32 | u64::from(v & !0xf);
-            let size = (!mask).wrapping_add(1);
-            if size.is_power_of_two() {
-                out[usize::from(i)] = Some(HwBar {
-                    kind: BarKind::Memory64 { prefetchable },
-                    size,
-                });
-            }
-            i += 2;
-        } else {
-            let size = u64::from((!(v & !0xf)).wrapping_add(1));
-            if size.is_power_of_two() {
-                out[usize::from(i)] = Some(HwBar {
-                    kind: BarKind::Memory32 { prefetchable },
-                    size,
-                });
-            }
-            i += 1;
-        }
-    }
-    out
-}
-
-/// The offset of `sid`'s extended capability `id`, walking at most 64 headers from 0x100.
-fn find_ext_cap(ecam: u64, sid: u16, id: u16) -> Option<u16> {
-    let mut at = 0x100u16;
-    for _ in 0..64 {
-        let h = cfg_read32(ecam, sid, at);
-        if h == 0 || h == u32::MAX {
-            return None;
-        }
-        if h & 0xffff == u32::from(id) {
-            return Some(at);
-        }
-        let next = (h >> 20) as u16 & 0xffc;
-        if next < 0x100 || next <= at {
-            return None;
-        }
-        at = next;
-    }
-    None
-}
-
 /// Sizes the BARs of the endpoints found at boot and the VF BARs of the SR-IOV PFs among them
 /// (before the host runs: nothing else touches configuration space).
 pub fn probe_at_boot(found: &[atoll_devices::pci::scan::Function], ecam: u64, last_bus: u8) {
@@ -199,16 +111,24 @@ pub fn probe_at_boot(found: &[atoll_devices::pci::scan::Function], ecam: u64, la
         // Decoding off while the BARs hold all ones.
         let cmd = cfg_read16(ecam, sid, 0x04);
         cfg_write(ecam, sid, 0x04, 2, u32::from(cmd & !0x3));
-        let bars = size_bars(ecam, sid, 0x10);
+        let bars = sriov::size_bars(
+            |o| cfg_read32(ecam, sid, o),
+            |o, v| cfg_write(ecam, sid, o, 4, v),
+            0x10,
+        );
         cfg_write(ecam, sid, 0x04, 2, u32::from(cmd));
         endpoints.insert(sid, bars);
-        if let Some(cap) = find_ext_cap(ecam, sid, EXT_CAP_SRIOV) {
-            let ctl = cfg_read16(ecam, sid, cap + sriov::CONTROL);
-            if ctl & sriov::VF_ENABLE != 0 {
+        if let Some(cap) = sriov::find_ext_cap(|o| cfg_read32(ecam, sid, o), sriov::EXT_CAP_SRIOV) {
+            let ctl = cfg_read16(ecam, sid, cap + sriov::reg::CONTROL);
+            if ctl & sriov::control::VF_ENABLE != 0 {
                 log::warn!("passthrough: {} has its VFs enabled at boot: not sized, not passed through", f.bdf);
                 continue;
             }
-            let vf_bars = size_bars(ecam, sid, cap + sriov::VF_BAR0);
+            let vf_bars = sriov::size_bars(
+                |o| cfg_read32(ecam, sid, o),
+                |o, v| cfg_write(ecam, sid, o, 4, v),
+                cap + sriov::reg::VF_BAR0,
+            );
             log::info!(
                 "passthrough: {} is an SR-IOV PF (capability at {cap:#x}, VF BARs {:?})",
                 f.bdf,
@@ -245,15 +165,8 @@ fn bdf_of(sid: u16) -> Bdf {
     }
 }
 
-/// Where the host placed BAR `i` of the registers at `first` (low dword, and the high one for
-/// a 64-bit BAR).
 fn bar_base(ecam: u64, sid: u16, first: u16, i: usize, bar: &HwBar) -> u64 {
-    let off = first + 4 * i as u16;
-    let lo = u64::from(cfg_read32(ecam, sid, off) & !0xf);
-    match bar.kind {
-        BarKind::Memory64 { .. } => lo | u64::from(cfg_read32(ecam, sid, off + 4)) << 32,
-        _ => lo,
-    }
+    sriov::bar_base(|o| cfg_read32(ecam, sid, o), first, i, bar)
 }
 
 /// Finds what `addr` names: a function found at boot, or a VF of an SR-IOV PF found at boot.
@@ -292,46 +205,39 @@ pub fn resolve(addr: &PciAddress) -> Result<Target, String> {
         });
     }
     for &(pf, cap, vf_bars) in &boot.pfs {
-        let ctl = cfg_read16(boot.ecam, pf, cap + sriov::CONTROL);
-        let num = cfg_read16(boot.ecam, pf, cap + sriov::NUM_VFS);
-        let first = cfg_read16(boot.ecam, pf, cap + sriov::FIRST_OFFSET);
-        let stride = cfg_read16(boot.ecam, pf, cap + sriov::STRIDE);
-        if ctl & sriov::VF_ENABLE == 0 {
+        let state = sriov::SriovState::read(|o| cfg_read32(boot.ecam, pf, o), cap);
+        let Some(i) = state.vf_index(pf, sid) else {
             continue;
+        };
+        if state.control & sriov::control::VF_MSE == 0 {
+            return Err(alloc::format!(
+                "{addr} is VF {i} of {}, whose VF Memory Space Enable is clear",
+                bdf_of(pf)
+            ));
         }
-        for i in 0..num {
-            let rid = u32::from(pf) + u32::from(first) + u32::from(i) * u32::from(stride);
-            if rid != u32::from(sid) {
-                continue;
-            }
-            if ctl & sriov::VF_MSE == 0 {
-                return Err(alloc::format!(
-                    "{addr} is VF {i} of {}, whose VF Memory Space Enable is clear",
-                    bdf_of(pf)
-                ));
-            }
-            let vendor = cfg_read16(boot.ecam, pf, 0);
-            let device = cfg_read16(boot.ecam, pf, cap + sriov::VF_DEVICE);
-            let mut bars = [None; 6];
-            for (j, b) in vf_bars.iter().enumerate() {
-                if let Some(b) = b {
-                    let base = bar_base(boot.ecam, pf, cap + sriov::VF_BAR0, j, b);
-                    if base == 0 {
-                        return Err(alloc::format!(
-                            "{addr}: the host has not placed {}'s VF BAR{j}",
-                            bdf_of(pf)
-                        ));
-                    }
-                    bars[j] = Some((*b, base + u64::from(i) * b.size));
+        let vendor = cfg_read16(boot.ecam, pf, 0);
+        let mut bars = [None; 6];
+        for (j, b) in vf_bars.iter().enumerate() {
+            if let Some(b) = b {
+                let base = bar_base(boot.ecam, pf, cap + sriov::reg::VF_BAR0, j, b);
+                if base == 0 {
+                    return Err(alloc::format!(
+                        "{addr}: the host has not placed {}'s VF BAR{j}",
+                        bdf_of(pf)
+                    ));
                 }
+                bars[j] = Some((*b, base + u64::from(i) * b.size));
             }
-            return Ok(Target {
-                sid,
-                identity: Identity { vendor, device },
-                bars,
-                vf_of: Some((pf, i)),
-            });
         }
+        return Ok(Target {
+            sid,
+            identity: Identity {
+                vendor,
+                device: state.vf_device,
+            },
+            bars,
+            vf_of: Some((pf, i)),
+        });
     }
     Err(alloc::format!(
         "{addr}: no such function (nothing answers there, and it is no enabled VF of an SR-IOV PF atoll found at boot)"
@@ -502,7 +408,7 @@ fn guard_pf(pf: u16, host: &mut super::host::Host) -> Result<(), String> {
     let already = shared.is_trapped_page(page);
     shared
         .hidden
-        .guard(pf, cap, cap + 0x40)
+        .guard(pf, cap, cap + sriov::reg::LEN)
         .map_err(|e| alloc::format!("guarding the PF: {e:?}"))?;
     let pages = if already { Vec::new() } else { alloc::vec![page] };
     if let Err(e) = host.unmap_pages(&pages) {

@@ -22,6 +22,8 @@
 //!
 //! * [`scan`]: the walk over the real buses at boot that tells atoll's IOMMU which functions
 //!   and bus numbers exist.
+//! * [`sriov`]: what atoll reads of a real function to pass it through: extended capabilities,
+//!   BAR sizes, a PF's SR-IOV capability and its VFs' requester ids.
 //!
 //! A function is named by a [`Bdf`]: bus, device (0–31), function (0–7).
 
@@ -34,6 +36,7 @@ pub mod msi;
 pub mod msix;
 pub mod passthrough;
 pub mod scan;
+pub mod sriov;
 
 /// A device and function number on a bus: `device << 3 | function`, the encoding ECAM and
 /// CF8 use, so every value names a valid slot.

@@ -581,6 +581,8 @@ mod testkit {
         pub(super) kicks: Vec<u32>,
         pub(super) waits: u32,
         pub(super) armed: Option<u64>,
+        /// Device vectors the next `take_device_vectors` returns.
+        pub(super) device_vectors: [u64; 4],
     }
     impl PlatformHost for FakeHost {
         fn now(&self) -> u64 {
@@ -596,6 +598,9 @@ mod testkit {
         }
         fn arm(&mut self, deadline: Option<u64>) {
             self.armed = deadline;
+        }
+        fn take_device_vectors(&mut self) -> [u64; 4] {
+            core::mem::take(&mut self.device_vectors)
         }
     }
 

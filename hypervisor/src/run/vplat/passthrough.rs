@@ -136,7 +136,66 @@ pub(super) fn deliver(
 
 #[cfg(test)]
 mod tests {
+    use super::super::testkit::*;
+    use super::super::{before_entry, halt, Local, Shared};
     use super::*;
+    use crate::run::exits::Action;
+    use iommu::irte::DestMode;
+
+    fn mark(h: &mut FakeHost, vector: u8) {
+        h.device_vectors[usize::from(vector / 64)] |= 1 << (vector % 64);
+    }
+
+    #[test]
+    fn a_device_vector_becomes_the_routed_guest_vector_at_the_next_entry() {
+        let s = Shared::new("nic", &[4, 5], 1_000_000_000);
+        let mut h = FakeHost::default();
+        let mut l = Local::new(1, s.tsc_hz);
+        let mut v = vcpu();
+        enable_apic(&mut v, &mut l, &s, &mut h);
+        assert!(s.device_routes.set(1, DEVICE_VECTOR_BASE + 1, 0x41));
+        mark(&mut h, DEVICE_VECTOR_BASE + 1);
+        // Unrouted (another entry's vector; vCPU 0's route does not apply on vCPU 1): dropped.
+        assert!(s.device_routes.set(0, DEVICE_VECTOR_BASE + 2, 0x42));
+        mark(&mut h, DEVICE_VECTOR_BASE + 2);
+        before_entry(&mut v, &mut l, &s, &mut h);
+        assert_eq!(v.injected_irqs, [0x41]);
+        assert_eq!(s.device_counters.delivered.load(Ordering::Relaxed), 1);
+        assert_eq!(s.device_counters.unrouted.load(Ordering::Relaxed), 1);
+        // Taken once: the next entry injects nothing more.
+        before_entry(&mut v, &mut l, &s, &mut h);
+        assert_eq!(v.injected_irqs, [0x41]);
+    }
+
+    #[test]
+    fn a_device_vector_wakes_a_halted_vcpu() {
+        let s = Shared::new("nic", &[4], 1_000_000_000);
+        let mut h = FakeHost::default();
+        let mut l = Local::new(0, s.tsc_hz);
+        let mut v = vcpu();
+        enable_apic(&mut v, &mut l, &s, &mut h);
+        s.device_routes.set(0, DEVICE_VECTOR_BASE, 0x50);
+        mark(&mut h, DEVICE_VECTOR_BASE);
+        assert_eq!(halt(&mut v, &mut l, &s, &mut h), Action::Resume);
+        assert_eq!(h.waits, 0, "the interrupt was there before the wait");
+        before_entry(&mut v, &mut l, &s, &mut h);
+        assert_eq!(v.injected_irqs, [0x50]);
+    }
+
+    #[test]
+    fn a_message_reaches_the_vcpu_it_names_or_none() {
+        let s = Shared::new("nic", &[4, 5, 6], 1_000_000_000);
+        let mut h = FakeHost::default();
+        for i in 0..3 {
+            let mut l = Local::new(i, s.tsc_hz);
+            let mut v = vcpu();
+            enable_apic(&mut v, &mut l, &s, &mut h);
+        }
+        assert_eq!(s.vcpu_for(2, DestMode::Physical), Some(2));
+        assert_eq!(s.vcpu_for(0, DestMode::Physical), Some(0));
+        assert_eq!(s.vcpu_for(3, DestMode::Physical), None, "no such vCPU");
+        assert_eq!(s.vcpu_for(0xff, DestMode::Physical), None, "a broadcast");
+    }
 
     #[test]
     fn routes_are_per_vcpu_and_bounded() {

@@ -18,6 +18,7 @@ fn layout(ids: &[u32]) -> PlatformLayout {
         ecam_base: 0xb000_0000,
         ecam_buses: 4,
         oem_id: *b"ATOLL ",
+        pci_window: None,
     }
 }
 

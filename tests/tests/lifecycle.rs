@@ -130,7 +130,10 @@ fn lifecycle(emulator: Emulator) {
         Emulator::Qemu => "no such function",
         Emulator::Bochs => "no DMA isolation",
     };
-    assert!(dev.contains(needle), "device_absent names '{needle}': {dev}");
+    assert!(
+        dev.contains(needle),
+        "device_absent names '{needle}': {dev}"
+    );
     // The crashed guest was listed as failed with its reason until destroyed.
     let crash = &r("lifecycle_end.crash_list")[0];
     assert_eq!(crash["state"], "failed");

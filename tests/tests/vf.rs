@@ -15,8 +15,8 @@ use xtask::scenario::{lookup, Emulator};
 
 #[test]
 fn vf_passthrough_qemu() {
-    let o = run(&RunOptions::new(Emulator::Qemu, "vf-passthrough"))
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    let o =
+        run(&RunOptions::new(Emulator::Qemu, "vf-passthrough")).unwrap_or_else(|e| panic!("{e:#}"));
     eprintln!("vf-passthrough: {:.1} s wall", o.wall.as_secs_f64());
     assert!(o.passed(), "{}\n{}", o.failure(), o.tail(60));
     let s = o.summary.as_ref().expect("summary");
@@ -45,17 +45,25 @@ fn vf_passthrough_qemu() {
         // The VF's interrupts (MSI-X, remapped to the enclave's core) reached its igbvf.
         let stats = &host[format!("stats{round}")]["enclaves"][0];
         let delivered = stats["device_interrupts"].as_u64().unwrap_or(0);
-        assert!(delivered >= 100, "round {round}: {delivered} device interrupts");
+        assert!(
+            delivered >= 100,
+            "round {round}: {delivered} device interrupts"
+        );
         assert_eq!(stats["dma_faults"], 0, "round {round}: {stats}");
         assert_eq!(stats["interrupt_faults"], 0, "round {round}: {stats}");
         // Absent in the host while owned; back (revision and class 02:00:00) after.
         assert_eq!(host[format!("class_while_owned{round}")], "ffffffff");
-        let after = host[format!("class_after_destroy{round}")].as_str().unwrap_or("");
+        let after = host[format!("class_after_destroy{round}")]
+            .as_str()
+            .unwrap_or("");
         assert!(after.ends_with("000002"), "round {round}: {after}");
     }
     // Held back: every fault is the VF's, attributed to the enclave that owned it, at the page
     // of atoll's pool canary (where the enclave pointed the ring), and the canary is intact.
-    let canary = get("iommu.canaries.pool_address").as_str().unwrap().to_string();
+    let canary = get("iommu.canaries.pool_address")
+        .as_str()
+        .unwrap()
+        .to_string();
     let canary = u64::from_str_radix(canary.trim_start_matches("0x"), 16).unwrap();
     let log = get("iommu.fault_log").as_array().expect("fault_log");
     assert!(!log.is_empty(), "the held-back enclave's DMA faulted");

@@ -1175,7 +1175,7 @@ mod tests {
             assert_eq!(Status::from_u32(s as u32), Some(s));
             assert!(!s.name().is_empty());
         }
-        assert_eq!(Status::from_u32(12), None);
+        assert_eq!(Status::from_u32(13), None);
     }
 
     #[test]

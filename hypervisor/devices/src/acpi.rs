@@ -705,7 +705,8 @@ fn dsdt(
     sb.extend(aml::device(b"COM1", &com1).ok_or(too_large("COM1 device"))?);
 
     if let Some((start, end)) = pci_window {
-        let (Ok(min), Ok(max)) = (u32::try_from(start), u32::try_from(end.saturating_sub(1))) else {
+        let (Ok(min), Ok(max)) = (u32::try_from(start), u32::try_from(end.saturating_sub(1)))
+        else {
             return Err(too_large("PCI window above 4 GiB"));
         };
         let mut crs = Vec::new();

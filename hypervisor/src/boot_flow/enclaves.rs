@@ -615,7 +615,9 @@ impl Manager<'_> {
                     self.host.as_deref_mut(),
                     &mut |gpa, hpa, len| tables.map_mmio(gpa, hpa, len),
                 ),
-                None => Err("devices need entry = \"linux\" (the virtual platform's PCI bus)".into()),
+                None => {
+                    Err("devices need entry = \"linux\" (the virtual platform's PCI bus)".into())
+                }
             };
             if let Err(e) = assigned {
                 let e = alloc::format!("{}{e}", control::DEVICES_PREFIX);
@@ -903,7 +905,8 @@ impl Manager<'_> {
             // Its functions back first (DMA blocked, reset), before its RAM is zeroed.
             for p in super::passthrough::release(id, self.host.as_deref_mut()) {
                 log::error!("enclave '{}': {p}", c.name);
-                self.problems.push(alloc::format!("enclave '{}': {p}", c.name));
+                self.problems
+                    .push(alloc::format!("enclave '{}': {p}", c.name));
             }
             match self.table.reclaim(id) {
                 Ok(built) => {

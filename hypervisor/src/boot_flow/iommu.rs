@@ -412,10 +412,12 @@ impl Vtd {
         let slptptr = d.tables.slptptr();
         let mut result = Ok(());
         for (i, u) in self.units.iter_mut().enumerate() {
-            if let Err(e) =
-                u.unit
-                    .assign(&mut u.contexts, SourceId(sid), enclave_domain_id(id), slptptr)
-            {
+            if let Err(e) = u.unit.assign(
+                &mut u.contexts,
+                SourceId(sid),
+                enclave_domain_id(id),
+                slptptr,
+            ) {
                 result = Err(alloc::format!("VT-d unit {i}: {e}"));
                 break;
             }
@@ -447,7 +449,10 @@ impl Vtd {
         let mut result = Ok(());
         for (i, u) in self.units.iter_mut().enumerate() {
             if let Err(e) = u.unit.block(&mut u.contexts, SourceId(sid)) {
-                result = Err(alloc::format!("VT-d unit {i}: blocking {}: {e}", SourceId(sid)));
+                result = Err(alloc::format!(
+                    "VT-d unit {i}: blocking {}: {e}",
+                    SourceId(sid)
+                ));
             }
         }
         result

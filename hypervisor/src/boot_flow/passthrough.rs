@@ -36,7 +36,9 @@ use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use atoll::partition::machine::PciAddress;
-use atoll::run::vplat::passthrough::{DEVICE_VECTORS, DEVICE_VECTOR_BASE, PCI_MMIO_BASE, PCI_MMIO_END};
+use atoll::run::vplat::passthrough::{
+    DEVICE_VECTORS, DEVICE_VECTOR_BASE, PCI_MMIO_BASE, PCI_MMIO_END,
+};
 use atoll::run::vplat::Shared;
 use atoll_devices::pci::config::BarKind;
 use atoll_devices::pci::msi::Remapper;
@@ -121,7 +123,10 @@ pub fn probe_at_boot(found: &[atoll_devices::pci::scan::Function], ecam: u64, la
         if let Some(cap) = sriov::find_ext_cap(|o| cfg_read32(ecam, sid, o), sriov::EXT_CAP_SRIOV) {
             let ctl = cfg_read16(ecam, sid, cap + sriov::reg::CONTROL);
             if ctl & sriov::control::VF_ENABLE != 0 {
-                log::warn!("passthrough: {} has its VFs enabled at boot: not sized, not passed through", f.bdf);
+                log::warn!(
+                    "passthrough: {} has its VFs enabled at boot: not sized, not passed through",
+                    f.bdf
+                );
                 continue;
             }
             let vf_bars = sriov::size_bars(
@@ -179,7 +184,9 @@ pub fn resolve(addr: &PciAddress) -> Result<Target, String> {
     }
     let sid = addr.requester_id();
     if (sid >> 8) as u8 > boot.last_bus {
-        return Err(alloc::format!("{addr}: bus beyond the last one the firmware numbered"));
+        return Err(alloc::format!(
+            "{addr}: bus beyond the last one the firmware numbered"
+        ));
     }
     let id = cfg_read32(boot.ecam, sid, 0);
     if id & 0xffff != 0xffff {
@@ -257,7 +264,9 @@ impl EcamFunction {
         let (base, len) = self.bars.get(usize::from(bar)).copied().flatten()?;
         let end = offset.checked_add(u64::from(size))?;
         let a = base.checked_add(offset)?;
-        (end <= len && a + u64::from(size) <= atoll::hw::IDENTITY_MAPPED_END && a % u64::from(size) == 0)
+        (end <= len
+            && a + u64::from(size) <= atoll::hw::IDENTITY_MAPPED_END
+            && a % u64::from(size) == 0)
             .then_some(a)
     }
 }
@@ -280,17 +289,19 @@ impl Hardware for EcamFunction {
         let Some(a) = self.bar_addr(bar, offset, size) else {
             return u64::MAX;
         };
-        // SAFETY (each arm): `a` is inside BAR `bar` of the function passed through (checked
-        // against the size atoll found at boot), naturally aligned, identity-mapped uncacheable
-        // for atoll (the BAR lies in the host's MMIO below 4 GiB, checked at create); the
-        // function is the enclave's, so the access reaches nothing else.
-        unsafe {
-            match size {
-                1 => u64::from(core::ptr::read_volatile(a as *const u8)),
-                2 => u64::from(core::ptr::read_volatile(a as *const u16)),
-                4 => u64::from(core::ptr::read_volatile(a as *const u32)),
-                _ => core::ptr::read_volatile(a as *const u64),
-            }
+        // The four widths, each one volatile access: `a` is inside BAR `bar` of the function
+        // passed through (checked against the size atoll found at boot), naturally aligned,
+        // identity-mapped uncacheable for atoll (the BAR lies in the host's MMIO below 4 GiB,
+        // checked at create); the function is the enclave's, so the access reaches nothing else.
+        match size {
+            // SAFETY: as above, a byte.
+            1 => u64::from(unsafe { core::ptr::read_volatile(a as *const u8) }),
+            // SAFETY: as above, a word.
+            2 => u64::from(unsafe { core::ptr::read_volatile(a as *const u16) }),
+            // SAFETY: as above, a dword.
+            4 => u64::from(unsafe { core::ptr::read_volatile(a as *const u32) }),
+            // SAFETY: as above, a qword.
+            _ => unsafe { core::ptr::read_volatile(a as *const u64) },
         }
     }
 
@@ -298,14 +309,16 @@ impl Hardware for EcamFunction {
         let Some(a) = self.bar_addr(bar, offset, size) else {
             return;
         };
-        // SAFETY: as in `bar_read`.
-        unsafe {
-            match size {
-                1 => core::ptr::write_volatile(a as *mut u8, value as u8),
-                2 => core::ptr::write_volatile(a as *mut u16, value as u16),
-                4 => core::ptr::write_volatile(a as *mut u32, value as u32),
-                _ => core::ptr::write_volatile(a as *mut u64, value),
-            }
+        // As in `bar_read`: one naturally aligned volatile store inside the function's BAR.
+        match size {
+            // SAFETY: as above, a byte.
+            1 => unsafe { core::ptr::write_volatile(a as *mut u8, value as u8) },
+            // SAFETY: as above, a word.
+            2 => unsafe { core::ptr::write_volatile(a as *mut u16, value as u16) },
+            // SAFETY: as above, a dword.
+            4 => unsafe { core::ptr::write_volatile(a as *mut u32, value as u32) },
+            // SAFETY: as above, a qword.
+            _ => unsafe { core::ptr::write_volatile(a as *mut u64, value) },
         }
     }
 
@@ -340,7 +353,11 @@ impl Remapper for EnclaveMsi {
         }
         let d = self.shared.vcpu_for(interrupt.dest, interrupt.dest_mode)?;
         let host_vector = self.first_vector.checked_add(source as u8)?;
-        if !self.shared.device_routes.set(d, host_vector, interrupt.vector) {
+        if !self
+            .shared
+            .device_routes
+            .set(d, host_vector, interrupt.vector)
+        {
             return None;
         }
         self.handles
@@ -410,7 +427,11 @@ fn guard_pf(pf: u16, host: &mut super::host::Host) -> Result<(), String> {
         .hidden
         .guard(pf, cap, cap + sriov::reg::LEN)
         .map_err(|e| alloc::format!("guarding the PF: {e:?}"))?;
-    let pages = if already { Vec::new() } else { alloc::vec![page] };
+    let pages = if already {
+        Vec::new()
+    } else {
+        alloc::vec![page]
+    };
     if let Err(e) = host.unmap_pages(&pages) {
         shared.hidden.unguard(pf);
         return Err(e);
@@ -453,9 +474,15 @@ fn reset(t: &Target) -> Result<(), String> {
         sid: t.sid,
         bars: t.bars.map(|b| b.map(|(bar, at)| (at, bar.size))),
     };
-    let mut m = PassThrough::new(hw, NoRemap, t.identity, t.bars.map(|b| b.map(|(bar, _)| bar)))
-        .map_err(|e| alloc::format!("{e:?}"))?;
-    m.reset().map_err(|e| alloc::format!("function level reset: {e:?}"))
+    let mut m = PassThrough::new(
+        hw,
+        NoRemap,
+        t.identity,
+        t.bars.map(|b| b.map(|(bar, _)| bar)),
+    )
+    .map_err(|e| alloc::format!("{e:?}"))?;
+    m.reset()
+        .map_err(|e| alloc::format!("function level reset: {e:?}"))
 }
 
 /// Gives enclave `id` (named `name`, vCPU *i* on core `cores[i]`, RAM `ram`) the functions its
@@ -531,12 +558,16 @@ fn assign_all(
             pf_guarded: false,
         };
         let mut pages = Vec::new();
-        let mut taken = host.hide_pages(boot::HostPhysAddr::new(ecam + (u64::from(t.sid) << 12)), 4096);
+        let mut taken = host.hide_pages(
+            boot::HostPhysAddr::new(ecam + (u64::from(t.sid) << 12)),
+            4096,
+        );
         for (bar, at) in t.bars.iter().flatten() {
             match taken {
                 Ok(p) => {
                     pages.extend(p);
-                    taken = host.hide_pages(boot::HostPhysAddr::new(*at & !0xfff), bar.size.max(4096));
+                    taken =
+                        host.hide_pages(boot::HostPhysAddr::new(*at & !0xfff), bar.size.max(4096));
                 }
                 Err(_) => break,
             }
@@ -574,8 +605,9 @@ fn assign_all(
             sid: t.sid,
             bars: t.bars.map(|b| b.map(|(bar, at)| (at, bar.size))),
         };
-        let caps = atoll_devices::pci::msi::walk_capabilities(|off| hw.config_read32(u16::from(off)))
-            .map_err(|e| alloc::format!("{addr}: capability list: {e:?}"))?;
+        let caps =
+            atoll_devices::pci::msi::walk_capabilities(|off| hw.config_read32(u16::from(off)))
+                .map_err(|e| alloc::format!("{addr}: capability list: {e:?}"))?;
         let msix = caps
             .msix
             .ok_or_else(|| alloc::format!("{addr} has no MSI-X capability"))?;
@@ -600,8 +632,9 @@ fn assign_all(
             handles,
         };
         // 6. On the enclave's bus, its BARs in the window.
-        let mut model = PassThrough::new(hw, remap, t.identity, t.bars.map(|b| b.map(|(bar, _)| bar)))
-            .map_err(|e| alloc::format!("{addr}: {e:?}"))?;
+        let mut model =
+            PassThrough::new(hw, remap, t.identity, t.bars.map(|b| b.map(|(bar, _)| bar)))
+                .map_err(|e| alloc::format!("{addr}: {e:?}"))?;
         let trapped = model.trapped_pages();
         for (i, b) in t.bars.iter().enumerate() {
             let Some((bar, at)) = b else { continue };
@@ -612,7 +645,11 @@ fn assign_all(
             }
             next_gpa = base + bar.size.max(4096);
             let off = 0x10 + 4 * i as u16;
-            let _ = atoll_devices::pci::bus::PciDevice::config_write(&mut model, off, &(base as u32).to_le_bytes());
+            let _ = atoll_devices::pci::bus::PciDevice::config_write(
+                &mut model,
+                off,
+                &(base as u32).to_le_bytes(),
+            );
             if matches!(bar.kind, BarKind::Memory64 { .. }) {
                 let _ = atoll_devices::pci::bus::PciDevice::config_write(
                     &mut model,
@@ -720,7 +757,10 @@ pub fn release(id: u16, host: Option<&mut super::host::Host>) -> Vec<String> {
                 problems.push(e);
             }
             h.run.shared.hidden.show(a.sid);
-            log::info!("passthrough: {} reset and back with the host", bdf_of(a.sid));
+            log::info!(
+                "passthrough: {} reset and back with the host",
+                bdf_of(a.sid)
+            );
         }
     }
     problems

@@ -207,7 +207,11 @@ mod tests {
 
     fn size(f: &mut Fake, first: u16) -> [Option<HwBar>; 6] {
         let f = core::cell::RefCell::new(f);
-        size_bars(|o| f.borrow().read(o), |o, v| f.borrow_mut().write(o, v), first)
+        size_bars(
+            |o| f.borrow().read(o),
+            |o, v| f.borrow_mut().write(o, v),
+            first,
+        )
     }
 
     #[test]
@@ -221,9 +225,7 @@ mod tests {
         assert_eq!(
             bars[0],
             Some(HwBar {
-                kind: BarKind::Memory64 {
-                    prefetchable: true
-                },
+                kind: BarKind::Memory64 { prefetchable: true },
                 size: 0x4000
             })
         );

@@ -66,8 +66,7 @@ impl Hidden {
         }
         let want = u32::from(sid) + 1;
         for s in &self.slots {
-            if s
-                .compare_exchange(0, want, Ordering::AcqRel, Ordering::Acquire)
+            if s.compare_exchange(0, want, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
             {
                 return Ok(());
@@ -95,7 +94,11 @@ impl Hidden {
     /// below 4096) from now on.
     pub fn guard(&self, sid: u16, start: u16, end: u16) -> Result<(), HideError> {
         let want = 1u64 << 63 | u64::from(sid) << 32 | u64::from(start) << 16 | u64::from(end);
-        if self.guards.iter().any(|g| g.load(Ordering::Acquire) == want) {
+        if self
+            .guards
+            .iter()
+            .any(|g| g.load(Ordering::Acquire) == want)
+        {
             return Err(HideError::AlreadyHidden);
         }
         for g in &self.guards {

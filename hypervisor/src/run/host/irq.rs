@@ -594,8 +594,7 @@ impl HostShared {
     pub(super) fn is_trapped_config(&self, gpa: u64) -> bool {
         self.irq().is_some_and(|i| {
             i.config_page(gpa).is_some()
-                || i
-                    .ecam_function(gpa)
+                || i.ecam_function(gpa)
                     .is_some_and(|(sid, _)| self.hidden.has_guard(sid))
         })
     }

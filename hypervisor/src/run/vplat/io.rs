@@ -617,6 +617,7 @@ mod tests {
             pages,
             alloc::vec![
                 (ECAM_BASE, 1 << 20, Mmio::Ecam),
+                (0xe100_0000, 0x1d00_0000, Mmio::PciBars),
                 (IOAPIC_BASE, 0x1000, Mmio::IoApic),
                 (0xfee0_0000, 0x1000, Mmio::LocalApic),
             ]

@@ -50,7 +50,9 @@ impl DeviceRoutes {
     pub fn new(vcpus: usize) -> Self {
         Self {
             vcpus,
-            guest: (0..vcpus * DEVICE_VECTORS).map(|_| AtomicU8::new(0)).collect(),
+            guest: (0..vcpus * DEVICE_VECTORS)
+                .map(|_| AtomicU8::new(0))
+                .collect(),
         }
     }
 
@@ -101,11 +103,7 @@ pub struct DeviceCounters {
 
 /// Turns the device vectors that arrived on this vCPU's core (`pending`, a 256-bit set of host
 /// vectors) into guest interrupts in its local APIC. Returns how many were delivered.
-pub(super) fn deliver(
-    pending: [u64; 4],
-    local: &mut super::Local,
-    shared: &super::Shared,
-) -> u64 {
+pub(super) fn deliver(pending: [u64; 4], local: &mut super::Local, shared: &super::Shared) -> u64 {
     let mut delivered = 0;
     for (w, word) in pending.iter().enumerate() {
         let mut bits = *word;

@@ -632,6 +632,101 @@ mod tests {
         assert!(pci.bus_mut(1).is_none());
     }
 
+    /// A function with one 4 KiB memory BAR whose registers remember the last dword written.
+    struct Regs {
+        config: atoll_devices::pci::config::ConfigSpace,
+        last: u32,
+    }
+
+    impl atoll_devices::pci::bus::PciDevice for Regs {
+        fn config(&self) -> &atoll_devices::pci::config::ConfigSpace {
+            &self.config
+        }
+        fn config_mut(&mut self) -> &mut atoll_devices::pci::config::ConfigSpace {
+            &mut self.config
+        }
+        fn bar_read(&mut self, _bar: u8, offset: u64, data: &mut [u8]) {
+            let v = (self.last as u64 | offset << 32).to_le_bytes();
+            data.copy_from_slice(&v[..data.len()]);
+        }
+        fn bar_write(&mut self, _bar: u8, _offset: u64, data: &[u8]) {
+            let mut b = [0u8; 4];
+            b[..data.len().min(4)].copy_from_slice(&data[..data.len().min(4)]);
+            self.last = u32::from_le_bytes(b);
+        }
+    }
+
+    #[test]
+    fn the_pci_window_reaches_a_function_s_bar_and_nothing_else() {
+        use atoll_devices::pci::bus::PciDevice;
+        use atoll_devices::pci::config::{Bar, BarKind, ClassCode, ConfigSpace, Header};
+        let s = Shared::new("l", &[4], 1_000_000_000);
+        let mut h = FakeHost::default();
+        let mut l = Local::new(0, s.tsc_hz);
+        let mut config = ConfigSpace::new(&Header {
+            vendor_id: 0x8086,
+            device_id: 0x10ca,
+            revision: 1,
+            class: ClassCode {
+                class: 2,
+                subclass: 0,
+                prog_if: 0,
+            },
+            subsystem_vendor_id: 0,
+            subsystem_id: 0,
+            interrupt_pin: None,
+        });
+        config
+            .add_bar(
+                0,
+                Bar {
+                    kind: BarKind::Memory32 {
+                        prefetchable: false,
+                    },
+                    size: 0x1000,
+                },
+            )
+            .unwrap();
+        let mut f = Regs { config, last: 0 };
+        let base = super::super::passthrough::PCI_MMIO_BASE;
+        f.config_write(0x10, &(base as u32).to_le_bytes());
+        f.config_write(0x04, &2u16.to_le_bytes());
+        s.add_pci_function(DevFn::new(1, 0).unwrap(), alloc::boxed::Box::new(f))
+            .unwrap();
+        let mut ram = alloc::vec![0u8; 0x1000];
+        // mov dword [ecx], eax; mov eax, dword [ecx] (32-bit code, paging off), twice.
+        ram[0x100..0x108].copy_from_slice(&[0x89, 0x01, 0x8b, 0x01, 0x89, 0x01, 0x8b, 0x01]);
+        let mut mem = SliceMemory(&mut ram);
+        let mut v = vcpu();
+        v.cr[0] = 1;
+        v.cs.default32 = true;
+        v.rip = 0x100;
+        let mut console = Lines::default();
+        let fault = |gpa| Exit::NestedPageFault {
+            gpa: boot::GuestPhysAddr::new(gpa),
+            access: atoll_vcpu::Access {
+                read: true,
+                write: false,
+                fetch: false,
+            },
+            linear: None,
+        };
+        let mut exit = |v: &mut FakeVcpu, e: Exit| {
+            handle(&e, v, &mut mem, &mut l, &s, &mut h, &Cpu, &mut console)
+        };
+        // Inside the BAR: the function's registers (offset 8 reaches it as offset 8).
+        v.gprs[Gpr::Rax as usize] = 0x1234_5678;
+        assert_eq!(exit(&mut v, fault(base + 8)), Some(Action::Resume));
+        assert_eq!(exit(&mut v, fault(base + 8)), Some(Action::Resume));
+        assert_eq!(v.gprs[Gpr::Rax as usize], 0x1234_5678);
+        // Past it, in the window: nothing decodes, the write goes nowhere, the read is all ones.
+        v.gprs[Gpr::Rax as usize] = 7;
+        assert_eq!(exit(&mut v, fault(base + 0x1008)), Some(Action::Resume));
+        assert_eq!(exit(&mut v, fault(base + 0x1008)), Some(Action::Resume));
+        assert_eq!(v.gprs[Gpr::Rax as usize], 0xffff_ffff);
+        assert_eq!(v.rip, 0x108);
+    }
+
     #[test]
     fn port_and_page_exits_dispatch_through_the_maps() {
         let s = Shared::new("l", &[4], 1_000_000_000);

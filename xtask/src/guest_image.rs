@@ -88,6 +88,8 @@ pub const APPLETS: &[&str] = &[
     "insmod", "dd", "tail",
     // The SR-IOV actions: the interface, pings, sysfs links, the VF's config bytes.
     "ip", "ping", "readlink", "od",
+    // The network bench's host-to-host baseline: the second VF in a network namespace.
+    "unshare", "nsenter",
 ];
 
 /// Kernel modules the image carries, as paths under the package's `lib/modules/VERSION/kernel/`,
@@ -331,6 +333,8 @@ net_pings=100
 net_port=5001
 net_bytes=4194304
 net_seed=1
+net_pause=0
+net_base_ip=10.0.7.3/24
 net_then=stay
 net_outside=""
 dma_canaries=""
@@ -353,6 +357,8 @@ for word in $(cat /proc/cmdline); do
         atoll.net_port=*) net_port=${word#*=}; net_words="$net_words $word" ;;
         atoll.net_bytes=*) net_bytes=${word#*=}; net_words="$net_words $word" ;;
         atoll.net_seed=*) net_seed=${word#*=}; net_words="$net_words $word" ;;
+        atoll.net_pause=*) net_pause=${word#*=}; net_words="$net_words $word" ;;
+        atoll.net_base_ip=*) net_base_ip=${word#*=} ;;
         atoll.net_then=*) net_then=${word#*=} ;;
         atoll.net_outside=*) net_outside=${word#*=} ;;
         atoll.dma_canaries=*) dma_canaries=${word#*=} ;;
@@ -650,7 +656,7 @@ bench_lifecycle() {
 # the PF (igb) and two enclaves in turn with its VF 0 (see vf_host below).
 # Whole numbers only: each goes to ping or atoll-check as an argument.
 vf_numbers_ok() {
-    for v in "$net_pings" "$net_port" "$net_bytes" "$net_seed"; do
+    for v in "$net_pings" "$net_port" "$net_bytes" "$net_seed" "$net_pause"; do
         case "$v" in ""|*[!0-9]*) why="atoll.net_* parameter '$v' is not a whole number"; return 1 ;; esac
     done
 }
@@ -685,9 +691,10 @@ vf_wait_carrier() {
     return 1
 }
 # Pings $1 $2 times, 0.2 s apart; the counts and the average round trip from busybox's summary
-# in $ping_sent, $ping_received, $ping_avg (null when ping printed no summary).
+# in $ping_sent, $ping_received, $ping_avg (null when ping printed no summary). $vf_in, when
+# set, is a command prefix ping runs under (the bench's `nsenter -t PID -n`).
 vf_ping() {
-    out=$(ping -c "$2" -i 0.2 -W 5 "$1" 2>&1)
+    out=$($vf_in ping -c "$2" -i 0.2 -W 5 "$1" 2>&1)
     ping_sent=$(printf '%s\n' "$out" | sed -n 's/^\([0-9][0-9]*\) packets transmitted.*/\1/p')
     ping_received=$(printf '%s\n' "$out" | sed -n 's/.* \([0-9][0-9]*\) packets received.*/\1/p')
     ping_avg=$(printf '%s\n' "$out" | sed -n 's/^round-trip .* = [0-9.]*\/\([0-9.]*\)\/.*/\1/p')
@@ -725,20 +732,33 @@ vf_up() {
         return 1
     fi
 }
+# The interface's packet counters as JSON fields with suffix $2: rx_$2 and tx_$2.
+vf_packets() {
+    printf '"rx_%s":%s,"tx_%s":%s' "$2" "$(cat "/sys/class/net/$1/statistics/rx_packets" 2>/dev/null || echo null)" \
+        "$2" "$(cat "/sys/class/net/$1/statistics/tx_packets" 2>/dev/null || echo null)"
+}
 vf_net() {
     vf_if=""; vf_bdf=""; vf_mac=""; carrier_s=null
     ping_sent=0; ping_received=0; ping_avg=null
     tcp='{"bytes":0,"sha256":null,"seconds":null,"error":"not run"}'
+    packets=null
     if vf_up; then
+        # The data phase (pings and the transfer) starts here: the network bench snapshots
+        # atoll's stats of the enclave in the pause (atoll.net_pause=SECONDS, default none)
+        # and again at the result, and divides by the packets counted in between.
+        echo "ATOLL-NET begin"
+        [ "$net_pause" -gt 0 ] && sleep "$net_pause"
+        packets="{$(vf_packets "$vf_if" before)"
         vf_ping "$net_peer" "$net_pings"
         tcp=$(/atoll-check --tcp-send "$net_peer" "$net_port" --bytes "$net_bytes" --seed "$net_seed" --timeout 300)
+        packets="$packets,$(vf_packets "$vf_if" after)}"
         if [ "$ping_received" != "$net_pings" ]; then
             why="$ping_received of $net_pings pings came back"
         elif [ "$(vf_field "$tcp" error)" != null ]; then
             why="the TCP transfer failed"
         fi
     fi
-    echo "ATOLL-RESULT vf_net {\"iface\":$(lc_str "$vf_if"),\"device\":$(lc_str "$vf_bdf"),\"mac\":$(lc_str "$vf_mac"),\"carrier_s\":$carrier_s,\"pings_sent\":$ping_sent,\"pings_received\":$ping_received,\"rtt_avg_ms\":$ping_avg,\"tcp_bytes\":$(vf_field "$tcp" bytes),\"tcp_sha256\":$(vf_field "$tcp" sha256),\"tcp_seconds\":$(vf_field "$tcp" seconds),\"tcp\":$tcp,\"interrupts\":$(/atoll-check --interrupts "${vf_if:-none}"),\"problem\":$(lc_str "$why")}"
+    echo "ATOLL-RESULT vf_net {\"iface\":$(lc_str "$vf_if"),\"device\":$(lc_str "$vf_bdf"),\"mac\":$(lc_str "$vf_mac"),\"carrier_s\":$carrier_s,\"pings_sent\":$ping_sent,\"pings_received\":$ping_received,\"rtt_avg_ms\":$ping_avg,\"tcp_bytes\":$(vf_field "$tcp" bytes),\"tcp_sha256\":$(vf_field "$tcp" sha256),\"tcp_seconds\":$(vf_field "$tcp" seconds),\"tcp\":$tcp,\"interrupts\":$(/atoll-check --interrupts "${vf_if:-none}"),\"packets\":$packets,\"problem\":$(lc_str "$why")}"
 }
 vf_dma_outside() {
     vf_if=""; vf_bdf=""; vf_mac=""; carrier_s=null
@@ -830,7 +850,7 @@ vf_host_setup() {
     ip addr add "$net_peer/${net_ip#*/}" dev "$vf_pf_if"
     ip link set "$vf_pf_if" up
     vf_wait_carrier "$vf_pf_if" 30 || echo "vf_host: no carrier on $vf_pf_if"
-    lc_run enable atoll vf "$vf_pf" --count 1
+    lc_run enable atoll vf "$vf_pf" --count "${1:-1}"
     vf_vf=$(readlink "/sys/bus/pci/devices/$vf_pf/virtfn0")
     vf_vf=${vf_vf##*/}
     if [ -z "$vf_vf" ]; then
@@ -855,8 +875,15 @@ vf_host_round() {
     hidden=false
     [ "$owned" = ffffffff ] && hidden=true
     lc_add hidden$1 $hidden
+    if [ -n "$vf_bench" ]; then
+        # The network bench: atoll's stats of the enclave when its data phase begins (it
+        # pauses after the marker) and when it has printed its result.
+        atoll console $e --no-input --until "ATOLL-NET begin" --timeout 1800 > /dev/null 2>&1
+        vf_stats_begin=$(atoll stats $e --json 2>/dev/null)
+    fi
     atoll console $e --no-input --until "ATOLL-RESULT $2" --timeout 1800 > $d/$e.out 2>&1
     lc_add console_rc$1 $?
+    [ -n "$vf_bench" ] && vf_stats_end=$(atoll stats $e --json 2>/dev/null)
     res=$(grep -a "^ATOLL-RESULT $2 " $d/$e.out | head -n 1 | sed "s/^ATOLL-RESULT $2 //" | tr -d '\r')
     echo "ATOLL-RESULT ${vf_tag:-vf_host_enclave}$1 ${res:-null}"
     recv=""
@@ -933,6 +960,128 @@ vf_host_outside() {
     echo "ATOLL-RESULT vf_host_outside {$lc}"
     lc=""
 }
+# The network bench (`cargo xtask bench net`): the host enables two VFs. Baseline, host to
+# host over the PF: VF 1 bound to the host's own igbvf and moved into a network namespace (so
+# its traffic leaves through the NIC's switch to the PF rather than the host's loopback), with
+# atoll.net_base_ip; from inside it, the same pings and transfer vf_net does. Then an enclave
+# with VF 0 runs vf_net with a pause after its "ATOLL-NET begin" marker, and atoll's stats of
+# it are taken there and at its result. One "ATOLL-RESULT bench_net {json}" line: baseline,
+# enclave (its vf_net result), stats_begin, stats_end, problem; the enclave round's details
+# on "ATOLL-RESULT bench_net_round {json}".
+bench_net_baseline() {
+    base_if=""; base_holder=""; carrier_s=null
+    ping_sent=0; ping_received=0; ping_avg=null
+    base_tcp=null; base_recv=null; base_packets=null
+    base_vf=$(readlink "/sys/bus/pci/devices/$vf_pf/virtfn1")
+    base_vf=${base_vf##*/}
+    if [ -z "$base_vf" ]; then
+        why="$vf_pf has no virtfn1 after atoll vf --count 2"
+        return 1
+    fi
+    insmod /lib/modules/igbvf.ko || echo "bench_net: insmod igbvf failed"
+    # atoll vf leaves "none" in driver_override (no host driver takes a VF by itself).
+    echo igbvf > "/sys/bus/pci/devices/$base_vf/driver_override"
+    echo "$base_vf" > /sys/bus/pci/drivers/igbvf/bind
+    vf_t=0
+    while [ -z "$base_if" ]; do
+        set +f
+        for vf_d in /sys/bus/pci/devices/$base_vf/net/*; do
+            [ -e "$vf_d" ] && base_if=${vf_d##*/}
+        done
+        set -f
+        [ -n "$base_if" ] && break
+        vf_t=$((vf_t + 1))
+        if [ "$vf_t" -gt 10 ]; then
+            why="igbvf gave the host's $base_vf no interface"
+            return 1
+        fi
+        sleep 1
+    done
+    # A process holding a new network namespace; the interface goes there.
+    unshare -n sleep 100000 &
+    base_holder=$!
+    vf_t=0
+    while [ "$(readlink /proc/$base_holder/ns/net)" = "$(readlink /proc/self/ns/net)" ]; do
+        vf_t=$((vf_t + 1))
+        if [ "$vf_t" -gt 50 ]; then
+            why="unshare -n made no network namespace"
+            return 1
+        fi
+        sleep 0.1
+    done
+    vf_in="nsenter -t $base_holder -n"
+    if ! ip link set "$base_if" netns "$base_holder"; then
+        why="ip link set $base_if netns $base_holder failed"
+        vf_in=""
+        return 1
+    fi
+    $vf_in ip addr add "$net_base_ip" dev "$base_if"
+    $vf_in ip link set "$base_if" up
+    # sysfs shows the namespace it was mounted in: the link's state comes from ip instead.
+    vf_t=0
+    while :; do
+        case "$($vf_in ip link show "$base_if")" in *LOWER_UP*) carrier_s=$vf_t; break ;; esac
+        vf_t=$((vf_t + 1))
+        if [ "$vf_t" -gt 30 ]; then
+            why="no carrier on the host's $base_if in 30 s"
+            vf_in=""
+            return 1
+        fi
+        sleep 1
+    done
+    # /proc/net/dev is the reading process's namespace's: "IF: rx_bytes rx_packets ... tx_bytes tx_packets".
+    base_packets() {
+        $vf_in cat /proc/net/dev | tr ':' ' ' | while read -r n rb rp x x x x x x tb tp x; do
+            [ "$n" = "$base_if" ] && printf '"rx_%s":%s,"tx_%s":%s' "$1" "$rp" "$1" "$tp"
+        done
+    }
+    base_packets=$(base_packets before)
+    vf_ping "$net_peer" "$net_pings"
+    /atoll-check --tcp-recv "$net_port" --timeout 600 --bytes "$net_bytes" --seed "$net_seed" > /tmp/vf/base_recv.json &
+    rpid=$!
+    base_tcp=$($vf_in /atoll-check --tcp-send "$net_peer" "$net_port" --bytes "$net_bytes" --seed "$net_seed" --timeout 300)
+    wait $rpid
+    base_recv=$(cat /tmp/vf/base_recv.json 2>/dev/null)
+    base_packets="{$base_packets,$(base_packets after)}"
+    vf_in=""
+    if [ "$ping_received" != "$net_pings" ]; then
+        why="baseline: $ping_received of $net_pings pings came back"
+    elif [ "$(vf_field "$base_recv" matches)" != true ]; then
+        why="baseline: the file did not arrive intact"
+    fi
+}
+# The baseline's JSON (after bench_net_baseline).
+bench_net_base_json() {
+    printf '{"vf":%s,"iface":%s,"carrier_s":%s,"pings_sent":%s,"pings_received":%s,"rtt_avg_ms":%s,"tcp":%s,"recv":%s,"packets":%s}' \
+        "$(lc_str "$base_vf")" "$(lc_str "$base_if")" "$carrier_s" "$ping_sent" "$ping_received" "$ping_avg" \
+        "${base_tcp:-null}" "${base_recv:-null}" "${base_packets:-null}"
+}
+bench_net() {
+    mkdir -p /tmp/vf
+    lc=""
+    base=null
+    res=""
+    vf_stats_begin=""
+    vf_stats_end=""
+    if vf_host_setup 2; then
+        bench_net_baseline
+        base=$(bench_net_base_json)
+        # The baseline's namespace goes (and VF 1 back to the host, down) before the enclave.
+        [ -n "$base_holder" ] && kill "$base_holder" && wait "$base_holder" 2>/dev/null
+        [ -n "$base_vf" ] && echo "$base_vf" > /sys/bus/pci/drivers/igbvf/unbind 2>/dev/null
+        if [ -z "$why" ]; then
+            net_words="$net_words atoll.net_pause=2"
+            vf_tag=bench_net_enclave
+            vf_bench=1
+            vf_host_round 1 vf_net
+            vf_bench=""
+            vf_tag=""
+        fi
+    fi
+    echo "ATOLL-RESULT bench_net_round {$lc}"
+    lc=""
+    echo "ATOLL-RESULT bench_net {\"baseline\":$base,\"enclave\":${res:-null},\"stats_begin\":${vf_stats_begin:-null},\"stats_end\":${vf_stats_end:-null},\"problem\":$(lc_str "$why")}"
+}
 # Actions, in order, each announced on one line before it happens; one that cannot be done
 # says so on an ATOLL-ACTION-FAILED line and the next one runs.
 failed=0
@@ -981,6 +1130,7 @@ for action in $actions; do
         vf_dma_outside) vf_dma_outside; vf_then ;;
         vf_host) vf_host ;;
         vf_host_outside) vf_host_outside ;;
+        bench_net) bench_net ;;
         bench_lifecycle) bench_lifecycle ;;
         bench_lifecycle_small) bench_lifecycle small ;;
         soak:*)

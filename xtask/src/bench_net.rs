@@ -10,8 +10,10 @@
 //!   without atoll; from there it pings the PF `atoll.net_pings` times and sends it
 //!   `atoll.net_bytes` over TCP;
 //! * the **enclave** with VF 0 doing the same (`vf_net`); the host takes `atoll stats --json`
-//!   of it when its data phase begins (it prints `ATOLL-NET begin` and pauses) and when it has
-//!   printed its result, and the enclave counts its interface's packets across the phase.
+//!   of it when its data phase begins and when it ends (it prints `ATOLL-NET begin` and
+//!   `ATOLL-NET end` around its pings and transfer and pauses after each, so the window holds
+//!   neither its boot nor the printing of its result), and the enclave counts its interface's
+//!   packets across the phase.
 //!
 //! QEMU's absolute figures measure its TCG emulation, so the bench reports the enclave's
 //! round trip and throughput as ratios against the baseline of the same run, and what the

@@ -743,20 +743,26 @@ vf_net() {
     tcp='{"bytes":0,"sha256":null,"seconds":null,"error":"not run"}'
     packets=null
     if vf_up; then
-        # The data phase (pings and the transfer) starts here: the network bench snapshots
-        # atoll's stats of the enclave in the pause (atoll.net_pause=SECONDS, default none)
-        # and again at the result, and divides by the packets counted in between.
+        # The data phase (pings and the transfer) is between these markers: the network bench
+        # snapshots atoll's stats of the enclave in the pauses after them
+        # (atoll.net_pause=SECONDS, default none) and divides by the packets counted between.
         echo "ATOLL-NET begin"
         [ "$net_pause" -gt 0 ] && sleep "$net_pause"
         packets="{$(vf_packets "$vf_if" before)"
         vf_ping "$net_peer" "$net_pings"
         tcp=$(/atoll-check --tcp-send "$net_peer" "$net_port" --bytes "$net_bytes" --seed "$net_seed" --timeout 300)
         packets="$packets,$(vf_packets "$vf_if" after)}"
+        echo "ATOLL-NET end"
+        [ "$net_pause" -gt 0 ] && sleep "$net_pause"
         if [ "$ping_received" != "$net_pings" ]; then
             why="$ping_received of $net_pings pings came back"
         elif [ "$(vf_field "$tcp" error)" != null ]; then
             why="the TCP transfer failed"
         fi
+    else
+        # No data phase: the markers all the same, so a host waiting for them goes on.
+        echo "ATOLL-NET begin"
+        echo "ATOLL-NET end"
     fi
     echo "ATOLL-RESULT vf_net {\"iface\":$(lc_str "$vf_if"),\"device\":$(lc_str "$vf_bdf"),\"mac\":$(lc_str "$vf_mac"),\"carrier_s\":$carrier_s,\"pings_sent\":$ping_sent,\"pings_received\":$ping_received,\"rtt_avg_ms\":$ping_avg,\"tcp_bytes\":$(vf_field "$tcp" bytes),\"tcp_sha256\":$(vf_field "$tcp" sha256),\"tcp_seconds\":$(vf_field "$tcp" seconds),\"tcp\":$tcp,\"interrupts\":$(/atoll-check --interrupts "${vf_if:-none}"),\"packets\":$packets,\"problem\":$(lc_str "$why")}"
 }
@@ -876,14 +882,15 @@ vf_host_round() {
     [ "$owned" = ffffffff ] && hidden=true
     lc_add hidden$1 $hidden
     if [ -n "$vf_bench" ]; then
-        # The network bench: atoll's stats of the enclave when its data phase begins (it
-        # pauses after the marker) and when it has printed its result.
+        # The network bench: atoll's stats of the enclave when its data phase begins and
+        # when it ends (it pauses after each marker).
         atoll console $e --no-input --until "ATOLL-NET begin" --timeout 1800 > /dev/null 2>&1
         vf_stats_begin=$(atoll stats $e --json 2>/dev/null)
+        atoll console $e --no-input --until "ATOLL-NET end" --timeout 1800 > /dev/null 2>&1
+        vf_stats_end=$(atoll stats $e --json 2>/dev/null)
     fi
     atoll console $e --no-input --until "ATOLL-RESULT $2" --timeout 1800 > $d/$e.out 2>&1
     lc_add console_rc$1 $?
-    [ -n "$vf_bench" ] && vf_stats_end=$(atoll stats $e --json 2>/dev/null)
     res=$(grep -a "^ATOLL-RESULT $2 " $d/$e.out | head -n 1 | sed "s/^ATOLL-RESULT $2 //" | tr -d '\r')
     echo "ATOLL-RESULT ${vf_tag:-vf_host_enclave}$1 ${res:-null}"
     recv=""
@@ -964,8 +971,8 @@ vf_host_outside() {
 # host over the PF: VF 1 bound to the host's own igbvf and moved into a network namespace (so
 # its traffic leaves through the NIC's switch to the PF rather than the host's loopback), with
 # atoll.net_base_ip; from inside it, the same pings and transfer vf_net does. Then an enclave
-# with VF 0 runs vf_net with a pause after its "ATOLL-NET begin" marker, and atoll's stats of
-# it are taken there and at its result. One "ATOLL-RESULT bench_net {json}" line: baseline,
+# with VF 0 runs vf_net with a pause after its "ATOLL-NET begin" and "ATOLL-NET end" markers,
+# and atoll's stats of it are taken in each. One "ATOLL-RESULT bench_net {json}" line: baseline,
 # enclave (its vf_net result), stats_begin, stats_end, problem; the enclave round's details
 # on "ATOLL-RESULT bench_net_round {json}".
 bench_net_baseline() {
@@ -2646,8 +2653,17 @@ linux-image-6.12.117+deb12-amd64 - Linux 6.12 for 64-bit PCs (signed)
             .replace("/tmp/atoll-load", &dir.join("load").to_string_lossy())
             .replace("/sys/class/net", &dir.join("net").to_string_lossy())
             .replace("/sys/bus/pci/devices", &dir.join("pci").to_string_lossy())
+            .replace(
+                "/sys/bus/pci/drivers",
+                &dir.join("pcidrivers").to_string_lossy(),
+            )
             .replace("/tmp/vf", &dir.join("vf").to_string_lossy())
-            .replace("/atoll-check ", "atoll_check ");
+            .replace("/atoll-check ", "atoll_check ")
+            // What is left of /proc (the bench's namespaces and /proc/net/dev).
+            .replace(
+                "/proc/",
+                &format!("{}/", dir.join("fakeproc").to_string_lossy()),
+            );
         setup(&dir);
         assert!(
             !fragment.contains("/proc/") && !fragment.contains("/sys/"),
@@ -2934,6 +2950,9 @@ atoll_check() {
             }
             std::fs::write(n.join("address"), "52:54:00:aa:00:01\n").unwrap();
             std::fs::write(n.join("carrier"), format!("{carrier}\n")).unwrap();
+            std::fs::create_dir_all(n.join("statistics")).unwrap();
+            std::fs::write(n.join("statistics/rx_packets"), "5\n").unwrap();
+            std::fs::write(n.join("statistics/tx_packets"), "9\n").unwrap();
         }
     }
 
@@ -2988,7 +3007,32 @@ atoll_check() {
         assert_eq!(r["tcp"]["error"], Value::Null);
         assert_eq!(r["interrupts"]["eth1-rx-0"], 7);
         assert_eq!(r["problem"], "");
+        // The interface's counters around the data phase, which its markers bracket (no
+        // pause without atoll.net_pause).
+        assert_eq!(
+            r["packets"],
+            serde_json::json!({"rx_before": 5, "tx_before": 9, "rx_after": 5, "tx_after": 9})
+        );
+        let (begin, end) = (
+            out.find("ATOLL-NET begin\n").unwrap(),
+            out.find("ATOLL-NET end\n").unwrap(),
+        );
+        assert!(
+            begin < end && end < out.find("ATOLL-RESULT vf_net").unwrap(),
+            "{out}"
+        );
+        assert!(!out.contains("slept"), "{out}");
         assert!(out.ends_with("ATOLL-ACTIONS end failed=0\n"), "{out}");
+        // With a pause, one after each marker.
+        let (out, _) = run_vf_enclave(
+            "atoll.actions=vf_net atoll.net_pause=3 atoll.net_then=poweroff",
+            "",
+            "1",
+            true,
+        );
+        assert_eq!(out.matches("slept 3\n").count(), 2, "{out}");
+        assert!(out.contains("ATOLL-NET begin\nslept 3\n"), "{out}");
+        assert!(out.contains("ATOLL-NET end\nslept 3\n"), "{out}");
         // igbvf and nothing else; the address on the igbvf interface; the parameters reach
         // ping and the sender.
         assert_eq!(
@@ -3277,6 +3321,178 @@ atoll() {
             ),
             "{}",
             descs[1]
+        );
+    }
+
+    /// Stubs of the network bench's baseline: `unshare` and `nsenter` (logged; nsenter runs
+    /// its command here), `ip link show` reporting carrier, and both TCP ends.
+    const BENCH_NET_STUBS: &str = r#"
+unshare() { log "unshare $*"; }
+nsenter() { log "nsenter $1 $2 $3"; shift 3; "$@"; }
+ip() {
+    log "ip $*"
+    [ "$2" = show ] && echo "5: $3: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc mq qlen 1000"
+    return 0
+}
+atoll_check() {
+    log "atoll-check $*"
+    case "$1" in
+        --tcp-recv) echo "{\"bytes\":$6,\"error\":null,\"matches\":true,\"seconds\":3.0,\"sha256\":\"5eed\"}" ;;
+        --tcp-send) echo "{\"bytes\":$5,\"error\":null,\"matches\":null,\"seconds\":2.5,\"sha256\":\"5eed\"}" ;;
+    esac
+}
+"#;
+
+    /// The host's sysfs of [`vf_host_sysfs`] plus VF 1 (01:10.2, whose interface is eth1
+    /// once bound), igbvf's driver directory, and the /proc the baseline reads: this process's
+    /// network namespace and /proc/net/dev with eth1's counters.
+    fn bench_net_sysfs(dir: &Path, virtfn1: bool) {
+        use std::os::unix::fs::symlink;
+        vf_host_sysfs(dir);
+        let pci = dir.join("pci");
+        let vf1 = pci.join("0000:01:10.2");
+        std::fs::create_dir_all(vf1.join("net/eth1")).unwrap();
+        std::fs::write(vf1.join("driver_override"), "none\n").unwrap();
+        if virtfn1 {
+            symlink(&vf1, pci.join("0000:01:00.0/virtfn1")).unwrap();
+        }
+        std::fs::create_dir_all(dir.join("pcidrivers/igbvf")).unwrap();
+        std::fs::create_dir_all(dir.join("fakeproc/self/ns")).unwrap();
+        symlink("net:[4026531840]", dir.join("fakeproc/self/ns/net")).unwrap();
+        std::fs::create_dir_all(dir.join("fakeproc/net")).unwrap();
+        std::fs::write(
+            dir.join("fakeproc/net/dev"),
+            "Inter-|   Receive                                                |  Transmit\n \
+             face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n    \
+             lo:       0       0    0    0    0     0          0         0        0       0    0    0    0     0       0          0\n  \
+             eth1:  123456     345    0    0    0     0          0         0 17000000   11800    0    0    0     0       0          0\n",
+        )
+        .unwrap();
+    }
+
+    /// Runs the host's bench_net; returns stdout, the calls, the enclave descriptions and the
+    /// contents of (VF 1's driver_override, igbvf's bind, igbvf's unbind).
+    fn run_bench_net(virtfn1: bool) -> (String, String, Vec<String>, [String; 3]) {
+        let (mut calls, mut descs, mut files) = (String::new(), Vec::new(), Default::default());
+        let (out, _) = run_actions_sandbox(
+            "atoll.role=host atoll.actions=bench_net atoll.lc_cores=1,1 atoll.net_pings=20 \
+             atoll.net_bytes=65536",
+            &[],
+            VF_TOOLS,
+            &format!("{VF_ENCLAVE_STUBS}\n{VF_HOST_STUBS}\n{BENCH_NET_STUBS}"),
+            |d| bench_net_sysfs(d, virtfn1),
+            |d| {
+                calls = std::fs::read_to_string(d.join("calls")).unwrap_or_default();
+                if let Ok(t) = std::fs::read_to_string(d.join("created-")) {
+                    descs.push(t);
+                }
+                let read = |p: &str| std::fs::read_to_string(d.join(p)).unwrap_or_default();
+                files = [
+                    read("pci/0000:01:10.2/driver_override"),
+                    read("pcidrivers/igbvf/bind"),
+                    read("pcidrivers/igbvf/unbind"),
+                ];
+            },
+        );
+        (out, calls, descs, files)
+    }
+
+    #[test]
+    fn bench_net_measures_the_host_over_vf1_then_the_enclave_over_vf0() {
+        let (out, calls, descs, files) = run_bench_net(true);
+        let r = result_of(&out, "bench_net");
+        assert_eq!(r["problem"], "", "{out}");
+        let b = &r["baseline"];
+        assert_eq!(b["vf"], "0000:01:10.2");
+        assert_eq!(b["iface"], "eth1");
+        assert_eq!(b["carrier_s"], 0);
+        assert_eq!(
+            (b["pings_sent"].clone(), b["pings_received"].clone()),
+            (20.into(), 20.into())
+        );
+        assert_eq!(b["rtt_avg_ms"], 0.25);
+        assert_eq!(b["recv"]["matches"], true);
+        assert_eq!(b["recv"]["bytes"], 65536);
+        assert_eq!(b["tcp"]["bytes"], 65536);
+        // /proc/net/dev's eth1 line, read in the namespace before and after.
+        assert_eq!(
+            b["packets"],
+            serde_json::json!({"rx_before": 345, "tx_before": 11800, "rx_after": 345, "tx_after": 11800})
+        );
+        // The enclave's result and the two snapshots of atoll's stats.
+        assert_eq!(r["enclave"]["iface"], "eth0");
+        assert_eq!(r["stats_begin"]["exits"], 12);
+        assert_eq!(r["stats_end"]["exits"], 12);
+        assert_eq!(result_of(&out, "bench_net_round")["recv1"]["matches"], true);
+        assert!(out.ends_with("ATOLL-ACTIONS end failed=0\n"), "{out}");
+        // VF 1 to the host's igbvf (over atoll vf's "none"), then back.
+        assert_eq!(files[0].trim(), "igbvf");
+        assert_eq!(files[1].trim(), "0000:01:10.2");
+        assert_eq!(files[2].trim(), "0000:01:10.2");
+        let order = [
+            "atoll vf 0000:01:00.0 --count 2",
+            "insmod /lib/modules/igbvf.ko",
+            "unshare -n sleep 100000",
+            "ip link set eth1 netns ",
+            "nsenter -t ",
+            "ip addr add 10.0.7.3/24 dev eth1",
+            "ip link set eth1 up",
+            "ip link show eth1",
+            "ping -c 20 -i 0.2 -W 5 10.0.7.1",
+            "atoll-check --tcp-recv 5001 --timeout 600 --bytes 65536 --seed 1",
+            "atoll-check --tcp-send 10.0.7.1 5001 --bytes 65536 --seed 1 --timeout 300",
+            "atoll create ",
+            "atoll console vfnet1 --no-input --until ATOLL-NET begin",
+            "atoll stats vfnet1 --json",
+            "atoll console vfnet1 --no-input --until ATOLL-NET end",
+            "atoll stats vfnet1 --json",
+            "atoll console vfnet1 --no-input --until ATOLL-RESULT vf_net",
+            "atoll destroy vfnet1 --online-cores",
+        ];
+        let mut at = 0;
+        for step in order {
+            at += calls[at..]
+                .find(step)
+                .unwrap_or_else(|| panic!("{step} after {at}: {calls}"));
+        }
+        // The baseline's ping and sender ran in the namespace.
+        assert!(
+            calls.contains("nsenter -t ") && calls.contains(" -n\nping -c 20"),
+            "{calls}"
+        );
+        // The enclave has VF 0 and pauses after its markers.
+        assert_eq!(descs.len(), 1, "{calls}");
+        assert!(
+            descs[0].ends_with("devices = [\"0000:01:10.0\"]\n"),
+            "{}",
+            descs[0]
+        );
+        assert!(
+            descs[0].contains(
+                "atoll.actions=vf_net atoll.net_pings=20 atoll.net_bytes=65536 atoll.net_pause=2"
+            ),
+            "{}",
+            descs[0]
+        );
+    }
+
+    #[test]
+    fn bench_net_without_a_second_vf_says_so_and_creates_nothing() {
+        let (out, calls, descs, _) = run_bench_net(false);
+        let r = result_of(&out, "bench_net");
+        assert_eq!(
+            r["problem"],
+            "0000:01:00.0 has no virtfn1 after atoll vf --count 2"
+        );
+        assert_eq!(r["enclave"], Value::Null);
+        assert_eq!(r["stats_begin"], Value::Null);
+        assert!(
+            descs.is_empty() && !calls.contains("atoll create"),
+            "{calls}"
+        );
+        assert!(
+            out.contains("ATOLL-ACTION-FAILED bench_net: 0000:01:00.0 has no virtfn1"),
+            "{out}"
         );
     }
 

@@ -88,6 +88,8 @@ pub const APPLETS: &[&str] = &[
     "insmod", "dd", "tail",
     // The SR-IOV actions: the interface, pings, sysfs links, the VF's config bytes.
     "ip", "ping", "readlink", "od",
+    // The network bench's host-to-host baseline: the second VF in a network namespace.
+    "unshare", "nsenter",
 ];
 
 /// Kernel modules the image carries, as paths under the package's `lib/modules/VERSION/kernel/`,
@@ -331,6 +333,8 @@ net_pings=100
 net_port=5001
 net_bytes=4194304
 net_seed=1
+net_pause=0
+net_base_ip=10.0.7.3/24
 net_then=stay
 net_outside=""
 dma_canaries=""
@@ -353,6 +357,8 @@ for word in $(cat /proc/cmdline); do
         atoll.net_port=*) net_port=${word#*=}; net_words="$net_words $word" ;;
         atoll.net_bytes=*) net_bytes=${word#*=}; net_words="$net_words $word" ;;
         atoll.net_seed=*) net_seed=${word#*=}; net_words="$net_words $word" ;;
+        atoll.net_pause=*) net_pause=${word#*=}; net_words="$net_words $word" ;;
+        atoll.net_base_ip=*) net_base_ip=${word#*=} ;;
         atoll.net_then=*) net_then=${word#*=} ;;
         atoll.net_outside=*) net_outside=${word#*=} ;;
         atoll.dma_canaries=*) dma_canaries=${word#*=} ;;
@@ -694,7 +700,7 @@ bench_lifecycle() {
 # the PF (igb) and two enclaves in turn with its VF 0 (see vf_host below).
 # Whole numbers only: each goes to ping or atoll-check as an argument.
 vf_numbers_ok() {
-    for v in "$net_pings" "$net_port" "$net_bytes" "$net_seed"; do
+    for v in "$net_pings" "$net_port" "$net_bytes" "$net_seed" "$net_pause"; do
         case "$v" in ""|*[!0-9]*) why="atoll.net_* parameter '$v' is not a whole number"; return 1 ;; esac
     done
 }
@@ -729,9 +735,10 @@ vf_wait_carrier() {
     return 1
 }
 # Pings $1 $2 times, 0.2 s apart; the counts and the average round trip from busybox's summary
-# in $ping_sent, $ping_received, $ping_avg (null when ping printed no summary).
+# in $ping_sent, $ping_received, $ping_avg (null when ping printed no summary). $vf_in, when
+# set, is a command prefix ping runs under (the bench's `nsenter -t PID -n`).
 vf_ping() {
-    out=$(ping -c "$2" -i 0.2 -W 5 "$1" 2>&1)
+    out=$($vf_in ping -c "$2" -i 0.2 -W 5 "$1" 2>&1)
     ping_sent=$(printf '%s\n' "$out" | sed -n 's/^\([0-9][0-9]*\) packets transmitted.*/\1/p')
     ping_received=$(printf '%s\n' "$out" | sed -n 's/.* \([0-9][0-9]*\) packets received.*/\1/p')
     ping_avg=$(printf '%s\n' "$out" | sed -n 's/^round-trip .* = [0-9.]*\/\([0-9.]*\)\/.*/\1/p')
@@ -769,20 +776,39 @@ vf_up() {
         return 1
     fi
 }
+# The interface's packet counters as JSON fields with suffix $2: rx_$2 and tx_$2.
+vf_packets() {
+    printf '"rx_%s":%s,"tx_%s":%s' "$2" "$(cat "/sys/class/net/$1/statistics/rx_packets" 2>/dev/null || echo null)" \
+        "$2" "$(cat "/sys/class/net/$1/statistics/tx_packets" 2>/dev/null || echo null)"
+}
 vf_net() {
     vf_if=""; vf_bdf=""; vf_mac=""; carrier_s=null
     ping_sent=0; ping_received=0; ping_avg=null
     tcp='{"bytes":0,"sha256":null,"seconds":null,"error":"not run"}'
+    packets=null
     if vf_up; then
+        # The data phase (pings and the transfer) is between these markers: the network bench
+        # snapshots atoll's stats of the enclave in the pauses after them
+        # (atoll.net_pause=SECONDS, default none) and divides by the packets counted between.
+        echo "ATOLL-NET begin"
+        [ "$net_pause" -gt 0 ] && sleep "$net_pause"
+        packets="{$(vf_packets "$vf_if" before)"
         vf_ping "$net_peer" "$net_pings"
         tcp=$(/atoll-check --tcp-send "$net_peer" "$net_port" --bytes "$net_bytes" --seed "$net_seed" --timeout 300)
+        packets="$packets,$(vf_packets "$vf_if" after)}"
+        echo "ATOLL-NET end"
+        [ "$net_pause" -gt 0 ] && sleep "$net_pause"
         if [ "$ping_received" != "$net_pings" ]; then
             why="$ping_received of $net_pings pings came back"
         elif [ "$(vf_field "$tcp" error)" != null ]; then
             why="the TCP transfer failed"
         fi
+    else
+        # No data phase: the markers all the same, so a host waiting for them goes on.
+        echo "ATOLL-NET begin"
+        echo "ATOLL-NET end"
     fi
-    echo "ATOLL-RESULT vf_net {\"iface\":$(lc_str "$vf_if"),\"device\":$(lc_str "$vf_bdf"),\"mac\":$(lc_str "$vf_mac"),\"carrier_s\":$carrier_s,\"pings_sent\":$ping_sent,\"pings_received\":$ping_received,\"rtt_avg_ms\":$ping_avg,\"tcp_bytes\":$(vf_field "$tcp" bytes),\"tcp_sha256\":$(vf_field "$tcp" sha256),\"tcp_seconds\":$(vf_field "$tcp" seconds),\"tcp\":$tcp,\"interrupts\":$(/atoll-check --interrupts "${vf_if:-none}"),\"problem\":$(lc_str "$why")}"
+    echo "ATOLL-RESULT vf_net {\"iface\":$(lc_str "$vf_if"),\"device\":$(lc_str "$vf_bdf"),\"mac\":$(lc_str "$vf_mac"),\"carrier_s\":$carrier_s,\"pings_sent\":$ping_sent,\"pings_received\":$ping_received,\"rtt_avg_ms\":$ping_avg,\"tcp_bytes\":$(vf_field "$tcp" bytes),\"tcp_sha256\":$(vf_field "$tcp" sha256),\"tcp_seconds\":$(vf_field "$tcp" seconds),\"tcp\":$tcp,\"interrupts\":$(/atoll-check --interrupts "${vf_if:-none}"),\"packets\":$packets,\"problem\":$(lc_str "$why")}"
 }
 vf_dma_outside() {
     vf_if=""; vf_bdf=""; vf_mac=""; carrier_s=null
@@ -878,7 +904,7 @@ vf_host_setup() {
     ip addr add "$net_peer/${net_ip#*/}" dev "$vf_pf_if"
     ip link set "$vf_pf_if" up
     vf_wait_carrier "$vf_pf_if" 30 || echo "vf_host: no carrier on $vf_pf_if"
-    lc_run enable atoll vf "$vf_pf" --count 1
+    lc_run enable atoll vf "$vf_pf" --count "${1:-1}"
     vf_vf=$(readlink "/sys/bus/pci/devices/$vf_pf/virtfn0")
     vf_vf=${vf_vf##*/}
     if [ -z "$vf_vf" ]; then
@@ -913,6 +939,14 @@ vf_host_round() {
         sriov_guard="{\"before\":\"$ctl_before\",\"after\":\"$ctl_after\"}"
     fi
     lc_add sriov_guard$1 "$sriov_guard"
+    if [ -n "$vf_bench" ]; then
+        # The network bench: atoll's stats of the enclave when its data phase begins and
+        # when it ends (it pauses after each marker).
+        atoll console $e --no-input --until "ATOLL-NET begin" --timeout 1800 > /dev/null 2>&1
+        vf_stats_begin=$(atoll stats $e --json 2>/dev/null)
+        atoll console $e --no-input --until "ATOLL-NET end" --timeout 1800 > /dev/null 2>&1
+        vf_stats_end=$(atoll stats $e --json 2>/dev/null)
+    fi
     atoll console $e --no-input --until "ATOLL-RESULT $2" --timeout 1800 > $d/$e.out 2>&1
     lc_add console_rc$1 $?
     res=$(grep -a "^ATOLL-RESULT $2 " $d/$e.out | head -n 1 | sed "s/^ATOLL-RESULT $2 //" | tr -d '\r')
@@ -991,6 +1025,128 @@ vf_host_outside() {
     echo "ATOLL-RESULT vf_host_outside {$lc}"
     lc=""
 }
+# The network bench (`cargo xtask bench net`): the host enables two VFs. Baseline, host to
+# host over the PF: VF 1 bound to the host's own igbvf and moved into a network namespace (so
+# its traffic leaves through the NIC's switch to the PF rather than the host's loopback), with
+# atoll.net_base_ip; from inside it, the same pings and transfer vf_net does. Then an enclave
+# with VF 0 runs vf_net with a pause after its "ATOLL-NET begin" and "ATOLL-NET end" markers,
+# and atoll's stats of it are taken in each. One "ATOLL-RESULT bench_net {json}" line: baseline,
+# enclave (its vf_net result), stats_begin, stats_end, problem; the enclave round's details
+# on "ATOLL-RESULT bench_net_round {json}".
+bench_net_baseline() {
+    base_if=""; base_holder=""; carrier_s=null
+    ping_sent=0; ping_received=0; ping_avg=null
+    base_tcp=null; base_recv=null; base_packets=null
+    base_vf=$(readlink "/sys/bus/pci/devices/$vf_pf/virtfn1")
+    base_vf=${base_vf##*/}
+    if [ -z "$base_vf" ]; then
+        why="$vf_pf has no virtfn1 after atoll vf --count 2"
+        return 1
+    fi
+    insmod /lib/modules/igbvf.ko || echo "bench_net: insmod igbvf failed"
+    # atoll vf leaves "none" in driver_override (no host driver takes a VF by itself).
+    echo igbvf > "/sys/bus/pci/devices/$base_vf/driver_override"
+    echo "$base_vf" > /sys/bus/pci/drivers/igbvf/bind
+    vf_t=0
+    while [ -z "$base_if" ]; do
+        set +f
+        for vf_d in /sys/bus/pci/devices/$base_vf/net/*; do
+            [ -e "$vf_d" ] && base_if=${vf_d##*/}
+        done
+        set -f
+        [ -n "$base_if" ] && break
+        vf_t=$((vf_t + 1))
+        if [ "$vf_t" -gt 10 ]; then
+            why="igbvf gave the host's $base_vf no interface"
+            return 1
+        fi
+        sleep 1
+    done
+    # A process holding a new network namespace; the interface goes there.
+    unshare -n sleep 100000 &
+    base_holder=$!
+    vf_t=0
+    while [ "$(readlink /proc/$base_holder/ns/net)" = "$(readlink /proc/self/ns/net)" ]; do
+        vf_t=$((vf_t + 1))
+        if [ "$vf_t" -gt 50 ]; then
+            why="unshare -n made no network namespace"
+            return 1
+        fi
+        sleep 0.1
+    done
+    vf_in="nsenter -t $base_holder -n"
+    if ! ip link set "$base_if" netns "$base_holder"; then
+        why="ip link set $base_if netns $base_holder failed"
+        vf_in=""
+        return 1
+    fi
+    $vf_in ip addr add "$net_base_ip" dev "$base_if"
+    $vf_in ip link set "$base_if" up
+    # sysfs shows the namespace it was mounted in: the link's state comes from ip instead.
+    vf_t=0
+    while :; do
+        case "$($vf_in ip link show "$base_if")" in *LOWER_UP*) carrier_s=$vf_t; break ;; esac
+        vf_t=$((vf_t + 1))
+        if [ "$vf_t" -gt 30 ]; then
+            why="no carrier on the host's $base_if in 30 s"
+            vf_in=""
+            return 1
+        fi
+        sleep 1
+    done
+    # /proc/net/dev is the reading process's namespace's: "IF: rx_bytes rx_packets ... tx_bytes tx_packets".
+    base_packets() {
+        $vf_in cat /proc/net/dev | tr ':' ' ' | while read -r n rb rp x x x x x x tb tp x; do
+            [ "$n" = "$base_if" ] && printf '"rx_%s":%s,"tx_%s":%s' "$1" "$rp" "$1" "$tp"
+        done
+    }
+    base_packets=$(base_packets before)
+    vf_ping "$net_peer" "$net_pings"
+    /atoll-check --tcp-recv "$net_port" --timeout 600 --bytes "$net_bytes" --seed "$net_seed" > /tmp/vf/base_recv.json &
+    rpid=$!
+    base_tcp=$($vf_in /atoll-check --tcp-send "$net_peer" "$net_port" --bytes "$net_bytes" --seed "$net_seed" --timeout 300)
+    wait $rpid
+    base_recv=$(cat /tmp/vf/base_recv.json 2>/dev/null)
+    base_packets="{$base_packets,$(base_packets after)}"
+    vf_in=""
+    if [ "$ping_received" != "$net_pings" ]; then
+        why="baseline: $ping_received of $net_pings pings came back"
+    elif [ "$(vf_field "$base_recv" matches)" != true ]; then
+        why="baseline: the file did not arrive intact"
+    fi
+}
+# The baseline's JSON (after bench_net_baseline).
+bench_net_base_json() {
+    printf '{"vf":%s,"iface":%s,"carrier_s":%s,"pings_sent":%s,"pings_received":%s,"rtt_avg_ms":%s,"tcp":%s,"recv":%s,"packets":%s}' \
+        "$(lc_str "$base_vf")" "$(lc_str "$base_if")" "$carrier_s" "$ping_sent" "$ping_received" "$ping_avg" \
+        "${base_tcp:-null}" "${base_recv:-null}" "${base_packets:-null}"
+}
+bench_net() {
+    mkdir -p /tmp/vf
+    lc=""
+    base=null
+    res=""
+    vf_stats_begin=""
+    vf_stats_end=""
+    if vf_host_setup 2; then
+        bench_net_baseline
+        base=$(bench_net_base_json)
+        # The baseline's namespace goes (and VF 1 back to the host, down) before the enclave.
+        [ -n "$base_holder" ] && kill "$base_holder" && wait "$base_holder" 2>/dev/null
+        [ -n "$base_vf" ] && echo "$base_vf" > /sys/bus/pci/drivers/igbvf/unbind 2>/dev/null
+        if [ -z "$why" ]; then
+            net_words="$net_words atoll.net_pause=2"
+            vf_tag=bench_net_enclave
+            vf_bench=1
+            vf_host_round 1 vf_net
+            vf_bench=""
+            vf_tag=""
+        fi
+    fi
+    echo "ATOLL-RESULT bench_net_round {$lc}"
+    lc=""
+    echo "ATOLL-RESULT bench_net {\"baseline\":$base,\"enclave\":${res:-null},\"stats_begin\":${vf_stats_begin:-null},\"stats_end\":${vf_stats_end:-null},\"problem\":$(lc_str "$why")}"
+}
 # Actions, in order, each announced on one line before it happens; one that cannot be done
 # says so on an ATOLL-ACTION-FAILED line and the next one runs.
 failed=0
@@ -1040,6 +1196,7 @@ for action in $actions; do
         vf_dma_outside) vf_dma_outside; vf_then ;;
         vf_host) vf_host ;;
         vf_host_outside) vf_host_outside ;;
+        bench_net) bench_net ;;
         bench_lifecycle) bench_lifecycle ;;
         bench_lifecycle_small) bench_lifecycle small ;;
         soak:*)
@@ -2555,8 +2712,17 @@ linux-image-6.12.117+deb12-amd64 - Linux 6.12 for 64-bit PCs (signed)
             .replace("/tmp/atoll-load", &dir.join("load").to_string_lossy())
             .replace("/sys/class/net", &dir.join("net").to_string_lossy())
             .replace("/sys/bus/pci/devices", &dir.join("pci").to_string_lossy())
+            .replace(
+                "/sys/bus/pci/drivers",
+                &dir.join("pcidrivers").to_string_lossy(),
+            )
             .replace("/tmp/vf", &dir.join("vf").to_string_lossy())
-            .replace("/atoll-check ", "atoll_check ");
+            .replace("/atoll-check ", "atoll_check ")
+            // What is left of /proc (the bench's namespaces and /proc/net/dev).
+            .replace(
+                "/proc/",
+                &format!("{}/", dir.join("fakeproc").to_string_lossy()),
+            );
         setup(&dir);
         assert!(
             !fragment.contains("/proc/") && !fragment.contains("/sys/"),
@@ -2843,6 +3009,9 @@ atoll_check() {
             }
             std::fs::write(n.join("address"), "52:54:00:aa:00:01\n").unwrap();
             std::fs::write(n.join("carrier"), format!("{carrier}\n")).unwrap();
+            std::fs::create_dir_all(n.join("statistics")).unwrap();
+            std::fs::write(n.join("statistics/rx_packets"), "5\n").unwrap();
+            std::fs::write(n.join("statistics/tx_packets"), "9\n").unwrap();
         }
     }
 
@@ -2897,7 +3066,32 @@ atoll_check() {
         assert_eq!(r["tcp"]["error"], Value::Null);
         assert_eq!(r["interrupts"]["eth1-rx-0"], 7);
         assert_eq!(r["problem"], "");
+        // The interface's counters around the data phase, which its markers bracket (no
+        // pause without atoll.net_pause).
+        assert_eq!(
+            r["packets"],
+            serde_json::json!({"rx_before": 5, "tx_before": 9, "rx_after": 5, "tx_after": 9})
+        );
+        let (begin, end) = (
+            out.find("ATOLL-NET begin\n").unwrap(),
+            out.find("ATOLL-NET end\n").unwrap(),
+        );
+        assert!(
+            begin < end && end < out.find("ATOLL-RESULT vf_net").unwrap(),
+            "{out}"
+        );
+        assert!(!out.contains("slept"), "{out}");
         assert!(out.ends_with("ATOLL-ACTIONS end failed=0\n"), "{out}");
+        // With a pause, one after each marker.
+        let (out, _) = run_vf_enclave(
+            "atoll.actions=vf_net atoll.net_pause=3 atoll.net_then=poweroff",
+            "",
+            "1",
+            true,
+        );
+        assert_eq!(out.matches("slept 3\n").count(), 2, "{out}");
+        assert!(out.contains("ATOLL-NET begin\nslept 3\n"), "{out}");
+        assert!(out.contains("ATOLL-NET end\nslept 3\n"), "{out}");
         // igbvf and nothing else; the address on the igbvf interface; the parameters reach
         // ping and the sender.
         assert_eq!(
@@ -3190,6 +3384,178 @@ atoll() {
             ),
             "{}",
             descs[1]
+        );
+    }
+
+    /// Stubs of the network bench's baseline: `unshare` and `nsenter` (logged; nsenter runs
+    /// its command here), `ip link show` reporting carrier, and both TCP ends.
+    const BENCH_NET_STUBS: &str = r#"
+unshare() { log "unshare $*"; }
+nsenter() { log "nsenter $1 $2 $3"; shift 3; "$@"; }
+ip() {
+    log "ip $*"
+    [ "$2" = show ] && echo "5: $3: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc mq qlen 1000"
+    return 0
+}
+atoll_check() {
+    log "atoll-check $*"
+    case "$1" in
+        --tcp-recv) echo "{\"bytes\":$6,\"error\":null,\"matches\":true,\"seconds\":3.0,\"sha256\":\"5eed\"}" ;;
+        --tcp-send) echo "{\"bytes\":$5,\"error\":null,\"matches\":null,\"seconds\":2.5,\"sha256\":\"5eed\"}" ;;
+    esac
+}
+"#;
+
+    /// The host's sysfs of [`vf_host_sysfs`] plus VF 1 (01:10.2, whose interface is eth1
+    /// once bound), igbvf's driver directory, and the /proc the baseline reads: this process's
+    /// network namespace and /proc/net/dev with eth1's counters.
+    fn bench_net_sysfs(dir: &Path, virtfn1: bool) {
+        use std::os::unix::fs::symlink;
+        vf_host_sysfs(dir);
+        let pci = dir.join("pci");
+        let vf1 = pci.join("0000:01:10.2");
+        std::fs::create_dir_all(vf1.join("net/eth1")).unwrap();
+        std::fs::write(vf1.join("driver_override"), "none\n").unwrap();
+        if virtfn1 {
+            symlink(&vf1, pci.join("0000:01:00.0/virtfn1")).unwrap();
+        }
+        std::fs::create_dir_all(dir.join("pcidrivers/igbvf")).unwrap();
+        std::fs::create_dir_all(dir.join("fakeproc/self/ns")).unwrap();
+        symlink("net:[4026531840]", dir.join("fakeproc/self/ns/net")).unwrap();
+        std::fs::create_dir_all(dir.join("fakeproc/net")).unwrap();
+        std::fs::write(
+            dir.join("fakeproc/net/dev"),
+            "Inter-|   Receive                                                |  Transmit\n \
+             face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n    \
+             lo:       0       0    0    0    0     0          0         0        0       0    0    0    0     0       0          0\n  \
+             eth1:  123456     345    0    0    0     0          0         0 17000000   11800    0    0    0     0       0          0\n",
+        )
+        .unwrap();
+    }
+
+    /// Runs the host's bench_net; returns stdout, the calls, the enclave descriptions and the
+    /// contents of (VF 1's driver_override, igbvf's bind, igbvf's unbind).
+    fn run_bench_net(virtfn1: bool) -> (String, String, Vec<String>, [String; 3]) {
+        let (mut calls, mut descs, mut files) = (String::new(), Vec::new(), Default::default());
+        let (out, _) = run_actions_sandbox(
+            "atoll.role=host atoll.actions=bench_net atoll.lc_cores=1,1 atoll.net_pings=20 \
+             atoll.net_bytes=65536",
+            &[],
+            VF_TOOLS,
+            &format!("{VF_ENCLAVE_STUBS}\n{VF_HOST_STUBS}\n{BENCH_NET_STUBS}"),
+            |d| bench_net_sysfs(d, virtfn1),
+            |d| {
+                calls = std::fs::read_to_string(d.join("calls")).unwrap_or_default();
+                if let Ok(t) = std::fs::read_to_string(d.join("created-")) {
+                    descs.push(t);
+                }
+                let read = |p: &str| std::fs::read_to_string(d.join(p)).unwrap_or_default();
+                files = [
+                    read("pci/0000:01:10.2/driver_override"),
+                    read("pcidrivers/igbvf/bind"),
+                    read("pcidrivers/igbvf/unbind"),
+                ];
+            },
+        );
+        (out, calls, descs, files)
+    }
+
+    #[test]
+    fn bench_net_measures_the_host_over_vf1_then_the_enclave_over_vf0() {
+        let (out, calls, descs, files) = run_bench_net(true);
+        let r = result_of(&out, "bench_net");
+        assert_eq!(r["problem"], "", "{out}");
+        let b = &r["baseline"];
+        assert_eq!(b["vf"], "0000:01:10.2");
+        assert_eq!(b["iface"], "eth1");
+        assert_eq!(b["carrier_s"], 0);
+        assert_eq!(
+            (b["pings_sent"].clone(), b["pings_received"].clone()),
+            (20.into(), 20.into())
+        );
+        assert_eq!(b["rtt_avg_ms"], 0.25);
+        assert_eq!(b["recv"]["matches"], true);
+        assert_eq!(b["recv"]["bytes"], 65536);
+        assert_eq!(b["tcp"]["bytes"], 65536);
+        // /proc/net/dev's eth1 line, read in the namespace before and after.
+        assert_eq!(
+            b["packets"],
+            serde_json::json!({"rx_before": 345, "tx_before": 11800, "rx_after": 345, "tx_after": 11800})
+        );
+        // The enclave's result and the two snapshots of atoll's stats.
+        assert_eq!(r["enclave"]["iface"], "eth0");
+        assert_eq!(r["stats_begin"]["exits"], 12);
+        assert_eq!(r["stats_end"]["exits"], 12);
+        assert_eq!(result_of(&out, "bench_net_round")["recv1"]["matches"], true);
+        assert!(out.ends_with("ATOLL-ACTIONS end failed=0\n"), "{out}");
+        // VF 1 to the host's igbvf (over atoll vf's "none"), then back.
+        assert_eq!(files[0].trim(), "igbvf");
+        assert_eq!(files[1].trim(), "0000:01:10.2");
+        assert_eq!(files[2].trim(), "0000:01:10.2");
+        let order = [
+            "atoll vf 0000:01:00.0 --count 2",
+            "insmod /lib/modules/igbvf.ko",
+            "unshare -n sleep 100000",
+            "ip link set eth1 netns ",
+            "nsenter -t ",
+            "ip addr add 10.0.7.3/24 dev eth1",
+            "ip link set eth1 up",
+            "ip link show eth1",
+            "ping -c 20 -i 0.2 -W 5 10.0.7.1",
+            "atoll-check --tcp-recv 5001 --timeout 600 --bytes 65536 --seed 1",
+            "atoll-check --tcp-send 10.0.7.1 5001 --bytes 65536 --seed 1 --timeout 300",
+            "atoll create ",
+            "atoll console vfnet1 --no-input --until ATOLL-NET begin",
+            "atoll stats vfnet1 --json",
+            "atoll console vfnet1 --no-input --until ATOLL-NET end",
+            "atoll stats vfnet1 --json",
+            "atoll console vfnet1 --no-input --until ATOLL-RESULT vf_net",
+            "atoll destroy vfnet1 --online-cores",
+        ];
+        let mut at = 0;
+        for step in order {
+            at += calls[at..]
+                .find(step)
+                .unwrap_or_else(|| panic!("{step} after {at}: {calls}"));
+        }
+        // The baseline's ping and sender ran in the namespace.
+        assert!(
+            calls.contains("nsenter -t ") && calls.contains(" -n\nping -c 20"),
+            "{calls}"
+        );
+        // The enclave has VF 0 and pauses after its markers.
+        assert_eq!(descs.len(), 1, "{calls}");
+        assert!(
+            descs[0].ends_with("devices = [\"0000:01:10.0\"]\n"),
+            "{}",
+            descs[0]
+        );
+        assert!(
+            descs[0].contains(
+                "atoll.actions=vf_net atoll.net_pings=20 atoll.net_bytes=65536 atoll.net_pause=2"
+            ),
+            "{}",
+            descs[0]
+        );
+    }
+
+    #[test]
+    fn bench_net_without_a_second_vf_says_so_and_creates_nothing() {
+        let (out, calls, descs, _) = run_bench_net(false);
+        let r = result_of(&out, "bench_net");
+        assert_eq!(
+            r["problem"],
+            "0000:01:00.0 has no virtfn1 after atoll vf --count 2"
+        );
+        assert_eq!(r["enclave"], Value::Null);
+        assert_eq!(r["stats_begin"], Value::Null);
+        assert!(
+            descs.is_empty() && !calls.contains("atoll create"),
+            "{calls}"
+        );
+        assert!(
+            out.contains("ATOLL-ACTION-FAILED bench_net: 0000:01:00.0 has no virtfn1"),
+            "{out}"
         );
     }
 

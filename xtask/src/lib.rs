@@ -5,6 +5,7 @@
 
 pub mod bench_host;
 pub mod bench_lifecycle;
+pub mod bench_net;
 pub mod console;
 pub mod guest_image;
 pub mod image;

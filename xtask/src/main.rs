@@ -89,6 +89,14 @@ enum Bench {
         #[arg(long, value_enum, default_value = "qemu")]
         emulator: Emulator,
     },
+    /// The network over an SR-IOV VF passed through to an enclave (QEMU only): ping round
+    /// trip and TCP throughput enclave ↔ host against host ↔ host over the same NIC, and the
+    /// enclave's exits and interrupts per 1,000 packets.
+    Net {
+        /// qemu (SVM with VT-d and an igb NIC); bochs is refused (no VT-d, no SR-IOV).
+        #[arg(long, value_enum, default_value = "qemu")]
+        emulator: Emulator,
+    },
     /// Idle Linux: boot linux-enclave with atoll.idle=N and report the exits per second (timer,
     /// IPI, HLT, other) atoll counted while the guest slept, and its boot-to-init time. With
     /// `--partition host`: boot the host's Linux alone as the root partition (scenario
@@ -218,6 +226,9 @@ fn main() {
         Cmd::Bench {
             which: Bench::Lifecycle { emulator },
         } => xtask::bench_lifecycle::bench(emulator),
+        Cmd::Bench {
+            which: Bench::Net { emulator },
+        } => xtask::bench_net::bench(emulator),
         Cmd::Bench {
             which:
                 Bench::Idle {
@@ -1033,5 +1044,20 @@ mod tests {
             assert_eq!(partition, want, "{args:?}");
         }
         assert!(Cli::try_parse_from(["xtask", "bench", "idle", "--partition", "guest"]).is_err());
+        for (args, want) in [
+            (&["xtask", "bench", "net"][..], Emulator::Qemu),
+            (
+                &["xtask", "bench", "net", "--emulator", "bochs"][..],
+                Emulator::Bochs,
+            ),
+        ] {
+            let Cmd::Bench {
+                which: Bench::Net { emulator },
+            } = Cli::try_parse_from(args).unwrap().command
+            else {
+                panic!("not bench net")
+            };
+            assert_eq!(emulator, want, "{args:?}");
+        }
     }
 }

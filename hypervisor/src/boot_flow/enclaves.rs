@@ -470,6 +470,7 @@ impl Manager<'_> {
                 io_unknown: atoll::partition::config::IoPolicy::Ignore,
                 after: None,
                 devices: Vec::new(),
+                vf: Vec::new(),
             })
     }
 
@@ -505,7 +506,7 @@ impl Manager<'_> {
             self.fail(id, failed_report(&c, "ended", why));
             return;
         }
-        if let Err(e) = super::iommu::check_devices(&c.devices) {
+        if let Err(e) = super::iommu::check_devices(&c) {
             self.fail(
                 id,
                 failed_report(&c, "ended", alloc::string::ToString::to_string(&e)),
@@ -603,19 +604,20 @@ impl Manager<'_> {
             }
             Arc::new(shared)
         });
-        if !c.devices.is_empty() {
-            let assigned = match &platform {
-                Some(shared) => super::passthrough::assign(
+        if c.has_devices() {
+            let assigned = match (&platform, super::passthrough::functions_of(&c)) {
+                (_, Err(e)) => Err(e),
+                (Some(shared), Ok(devices)) => super::passthrough::assign(
                     id,
                     &c.name,
-                    &c.devices,
+                    &devices,
                     &c.cores,
                     ram,
                     shared,
                     self.host.as_deref_mut(),
                     &mut |gpa, hpa, len| tables.map_mmio(gpa, hpa, len),
                 ),
-                None => {
+                (None, Ok(_)) => {
                     Err("devices need entry = \"linux\" (the virtual platform's PCI bus)".into())
                 }
             };
@@ -931,6 +933,8 @@ impl Manager<'_> {
                 Err(e) => log::error!("partition table: {e}"),
             }
         } else {
+            // Its functions stop DMA into the kept memory; they stay the enclave's.
+            super::passthrough::block(id);
             let why = alloc::format!("memory kept (not reclaimed): {}", failures.join("; "));
             log::error!("enclave '{}': {why}", c.name);
             self.problems

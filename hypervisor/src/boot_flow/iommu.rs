@@ -728,12 +728,11 @@ pub fn dma_isolation() -> bool {
 }
 
 /// Whether an enclave may be given `devices` here ([`atoll::partition::config::device_policy`]).
-pub fn check_devices(devices: &[String]) -> Result<(), atoll::partition::config::ConfigError> {
-    if devices.is_empty() {
-        return Ok(());
-    }
+pub fn check_devices(
+    c: &atoll::partition::config::EnclaveConfig,
+) -> Result<(), atoll::partition::config::ConfigError> {
     atoll::partition::config::device_policy(
-        devices,
+        c.has_devices(),
         dma_isolation(),
         ALLOW_UNSAFE_DMA.load(core::sync::atomic::Ordering::Relaxed),
     )

@@ -251,6 +251,56 @@ pub fn resolve(addr: &PciAddress) -> Result<Target, String> {
     ))
 }
 
+/// The address of VF `index` of PF `pf` (an SR-IOV PF atoll found at boot, its VFs enabled).
+pub fn resolve_vf(pf: &PciAddress, index: u16) -> Result<String, String> {
+    let boot = BOOT
+        .get()
+        .ok_or("atoll found no PCI segment it can pass functions through from")?;
+    let sid = pf.requester_id();
+    let &(_, cap, _) = boot
+        .pfs
+        .iter()
+        .find(|(p, _, _)| *p == sid)
+        .ok_or_else(|| alloc::format!("{pf} is no SR-IOV PF atoll found at boot"))?;
+    let state = sriov::SriovState::read(|o| cfg_read32(boot.ecam, sid, o), cap);
+    let enabled = if state.control & sriov::control::VF_ENABLE == 0 {
+        0
+    } else {
+        state.num_vfs
+    };
+    if index >= enabled {
+        return Err(alloc::format!(
+            "{pf} has no VF {index} ({enabled} enabled): run atoll vf {pf} --count N first"
+        ));
+    }
+    let rid =
+        u32::from(sid) + u32::from(state.first_offset) + u32::from(index) * u32::from(state.stride);
+    let rid =
+        u16::try_from(rid).map_err(|_| alloc::format!("{pf}: VF {index} is beyond bus 255"))?;
+    Ok(alloc::format!("0000:{}", bdf_of(rid)))
+}
+
+/// Every function `c` names: its `devices`, then its `vf`s resolved to addresses.
+pub fn functions_of(c: &atoll::partition::config::EnclaveConfig) -> Result<Vec<String>, String> {
+    let mut out = c.devices.clone();
+    for v in &c.vf {
+        let pf = PciAddress::parse(&v.pf)
+            .ok_or_else(|| alloc::format!("{}: not a PCI address", v.pf))?;
+        let a = resolve_vf(&pf, v.index)?;
+        if out
+            .iter()
+            .any(|d| PciAddress::parse(d) == PciAddress::parse(&a))
+        {
+            return Err(alloc::format!(
+                "{a} (VF {} of {pf}) is named twice",
+                v.index
+            ));
+        }
+        out.push(a);
+    }
+    Ok(out)
+}
+
 /// The real function, reached through ECAM and its BARs in atoll's identity map.
 pub struct EcamFunction {
     ecam: u64,
@@ -546,10 +596,15 @@ fn assign_all(
             }
         }
         // 2. From the host.
-        run_shared
-            .hidden
-            .hide(t.sid)
-            .map_err(|e| alloc::format!("{addr}: {e:?}"))?;
+        run_shared.hidden.hide(t.sid).map_err(|e| match e {
+            atoll::run::host::hidden::HideError::AlreadyHidden => {
+                alloc::format!("{addr} is passed through to another enclave already")
+            }
+            atoll::run::host::hidden::HideError::Full => alloc::format!(
+                "{addr}: {} functions are passed through already (the most at once)",
+                atoll::run::host::hidden::MAX_HIDDEN
+            ),
+        })?;
         let mut a = Assigned {
             sid: t.sid,
             target: t.clone(),
@@ -691,6 +746,23 @@ fn assign_all(
     Ok(())
 }
 
+/// Blocks the DMA of enclave `id`'s functions and keeps them hidden (its memory is kept: a core
+/// of it was lost, so atoll cannot tell the enclave stopped).
+pub fn block(id: u16) {
+    let list = ASSIGNED.lock();
+    let Some(list) = list.get(&id) else {
+        return;
+    };
+    let mut guard = super::iommu::VTD.lock();
+    if let Some(v) = guard.as_mut() {
+        for a in list.iter().filter(|a| a.in_domain) {
+            if let Err(e) = v.block_function(a.sid) {
+                log::error!("passthrough: {e}");
+            }
+        }
+    }
+}
+
 /// Takes back enclave `id`'s functions (its vCPUs stopped; before its RAM is freed): see the
 /// module docs. Returns what went wrong (the functions concerned stay blocked and hidden).
 pub fn release(id: u16, host: Option<&mut super::host::Host>) -> Vec<String> {
@@ -709,14 +781,20 @@ pub fn release(id: u16, host: Option<&mut super::host::Host>) -> Vec<String> {
             }
         }
     }
-    // 2. Reset.
+    // 2. Reset (a function the create gave up on before its domain moved never reached the
+    // enclave: it goes back as the host left it).
     let reset_ok: Vec<bool> = list
         .iter()
-        .map(|a| match reset(&a.target) {
-            Ok(()) => true,
-            Err(e) => {
-                problems.push(alloc::format!("{}: {e}: kept from the host", bdf_of(a.sid)));
-                false
+        .map(|a| {
+            if !a.in_domain {
+                return true;
+            }
+            match reset(&a.target) {
+                Ok(()) => true,
+                Err(e) => {
+                    problems.push(alloc::format!("{}: {e}: kept from the host", bdf_of(a.sid)));
+                    false
+                }
             }
         })
         .collect();

@@ -21,6 +21,7 @@
 //! serial_input = true     # atoll's own COM1 input goes to this enclave's COM1 (at most one)
 //! devices = []            # PCI functions to pass through ("0000:01:00.1", a VF's address too):
 //!                         #   refused without DMA isolation unless the machine allows it
+//! # vf = { pf = "0000:01:00.0", index = 0 }   # or a list: VFs by PF and index, resolved at build
 //!
 //! [[enclave]]
 //! name = "next"
@@ -115,6 +116,42 @@ pub struct EnclaveConfig {
     /// PCI functions to pass through, as `SSSS:BB:DD.F` (checked: [`device_policy`]).
     #[serde(default)]
     pub devices: Vec<String>,
+    /// SR-IOV virtual functions to pass through, by PF and index: `vf = { pf = "…", index = 0 }`
+    /// or a list of them (resolved through the PF's SR-IOV capability when the enclave is
+    /// built; checked: [`device_policy`] with `devices`).
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub vf: Vec<VfRef>,
+}
+
+/// A virtual function of an SR-IOV physical function.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VfRef {
+    /// The PF's address, `SSSS:BB:DD.F`.
+    pub pf: String,
+    /// The VF's index (0 is the first VF).
+    pub index: u16,
+}
+
+/// One table or an array of them.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<VfRef>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(VfRef),
+        Many(Vec<VfRef>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(v) => alloc::vec![v],
+        OneOrMany::Many(v) => v,
+    })
+}
+
+impl EnclaveConfig {
+    /// Whether it names any function to pass through.
+    pub fn has_devices(&self) -> bool {
+        !self.devices.is_empty() || !self.vf.is_empty()
+    }
 }
 
 /// Most functions one enclave may name.
@@ -125,11 +162,11 @@ pub const MAX_DEVICES: usize = 32;
 /// drives could otherwise DMA anywhere). Whether each function exists and can be passed
 /// through is checked when the enclave is built (`boot_flow::passthrough`).
 pub fn device_policy(
-    devices: &[String],
+    has_devices: bool,
     dma_isolation: bool,
     allow_unsafe_dma: bool,
 ) -> Result<(), ConfigError> {
-    if devices.is_empty() || dma_isolation || allow_unsafe_dma {
+    if !has_devices || dma_isolation || allow_unsafe_dma {
         return Ok(());
     }
     Err(err(
@@ -325,11 +362,37 @@ pub fn check(list: &[EnclaveConfig], ctx: &Context) -> Result<(), ConfigError> {
                 format!("'{n}' is also the name of enclave[{j}]"),
             ));
         }
-        if e.devices.len() > MAX_DEVICES {
+        if e.devices.len() + e.vf.len() > MAX_DEVICES {
             return Err(err(
                 f("devices"),
-                format!("{} functions, at most {MAX_DEVICES}", e.devices.len()),
+                format!(
+                    "{} functions (devices and vf), at most {MAX_DEVICES}",
+                    e.devices.len() + e.vf.len()
+                ),
             ));
+        }
+        for (k, v) in e.vf.iter().enumerate() {
+            let Some(pf) = super::machine::PciAddress::parse(&v.pf) else {
+                return Err(err(
+                    f(&format!("vf[{k}].pf")),
+                    format!("'{}' is not a PCI address SSSS:BB:DD.F", v.pf),
+                ));
+            };
+            let same = |o: &VfRef| {
+                super::machine::PciAddress::parse(&o.pf) == Some(pf) && o.index == v.index
+            };
+            if e.vf[..k].iter().any(same) {
+                return Err(err(
+                    f(&format!("vf[{k}]")),
+                    format!("VF {} of {pf} is named twice", v.index),
+                ));
+            }
+            if let Some(j) = list[..i].iter().position(|o| o.vf.iter().any(same)) {
+                return Err(err(
+                    f(&format!("vf[{k}]")),
+                    format!("VF {} of {pf} is also enclave[{j}]'s", v.index),
+                ));
+            }
         }
         for (k, d) in e.devices.iter().enumerate() {
             let Some(a) = super::machine::PciAddress::parse(d) else {
@@ -536,14 +599,63 @@ mod device_tests {
         );
     }
 
+    fn with_vf(vf: &str) -> Result<Vec<EnclaveConfig>, ConfigError> {
+        let text = alloc::format!(
+            "[[enclave]]\nname = \"a\"\ncores = [1]\nmemory_mib = 16\nimage = \"suite64\"\nentry = \"long64\"\nvf = {vf}\n"
+        );
+        parse(
+            &text,
+            &Context {
+                cores: Some(&[0, 1, 2]),
+                modules: None,
+            },
+        )
+    }
+
+    #[test]
+    fn vfs_are_named_by_pf_and_index_one_or_many() {
+        let one = with_vf("{ pf = \"0000:01:00.0\", index = 0 }").unwrap();
+        assert_eq!(
+            one[0].vf,
+            [VfRef {
+                pf: "0000:01:00.0".into(),
+                index: 0
+            }]
+        );
+        assert!(one[0].has_devices());
+        let two =
+            with_vf("[{ pf = \"01:00.0\", index = 0 }, { pf = \"01:00.0\", index = 1 }]").unwrap();
+        assert_eq!(two[0].vf.len(), 2);
+        let e = with_vf("{ pf = \"01:00\", index = 0 }")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("vf[0].pf") && e.contains("not a PCI address"),
+            "{e}"
+        );
+        let e = with_vf("[{ pf = \"01:00.0\", index = 3 }, { pf = \"0000:01:00.0\", index = 3 }]")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("vf[1]") && e.contains("twice"), "{e}");
+        // Unknown keys and a missing index are refused by the parser.
+        assert!(with_vf("{ pf = \"01:00.0\", index = 0, colour = 1 }").is_err());
+        assert!(with_vf("{ pf = \"01:00.0\" }").is_err());
+        assert!(with_vf("{ pf = \"01:00.0\", index = -1 }").is_err());
+        // No devices at all.
+        assert!(!one_default().has_devices());
+    }
+
+    fn one_default() -> EnclaveConfig {
+        one("[]").unwrap().remove(0)
+    }
+
     #[test]
     fn without_dma_isolation_devices_need_the_machine_to_allow_it() {
-        let d = [String::from("0000:00:05.0")];
         assert!(
-            device_policy(&[], false, false).is_ok(),
+            device_policy(false, false, false).is_ok(),
             "no devices: nothing to refuse"
         );
-        let e = device_policy(&d, false, false).unwrap_err().to_string();
+        let e = device_policy(true, false, false).unwrap_err().to_string();
         assert!(
             e.contains("no DMA isolation") && e.contains("allow_unsafe_dma"),
             "{e}"
@@ -551,7 +663,7 @@ mod device_tests {
         // Isolated, or allowed: the policy lets them through (whether each function can be
         // passed through is the build's to say).
         for (iso, allow) in [(false, true), (true, false), (true, true)] {
-            assert!(device_policy(&d, iso, allow).is_ok(), "{iso} {allow}");
+            assert!(device_policy(true, iso, allow).is_ok(), "{iso} {allow}");
         }
     }
 }

@@ -171,7 +171,7 @@ impl<'a, W: PhysWindow, Fmt: Format> Enclave<'a, W, Fmt> {
                 initrd,
                 &cmdline,
                 config.cores.len(),
-                !config.devices.is_empty(),
+                config.has_devices(),
                 bytes,
                 &mut mem,
             )
@@ -295,6 +295,7 @@ mod tests {
             io_unknown: IoPolicy::Ignore,
             after: None,
             devices: Vec::new(),
+            vf: Vec::new(),
         }
     }
 

@@ -500,6 +500,7 @@ mod tests {
             io_unknown: IoPolicy::Ignore,
             after: after.map(Into::into),
             devices: Vec::new(),
+            vf: Vec::new(),
         }
     }
 

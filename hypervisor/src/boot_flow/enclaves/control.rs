@@ -884,10 +884,11 @@ impl Manager<'_> {
             &online,
         )
         .map_err(|e| (Status::Invalid, e.to_string()))?;
-        super::super::iommu::check_devices(&config.devices)
-            .map_err(|e| (Status::Device, e.to_string()))?;
+        super::super::iommu::check_devices(&config).map_err(|e| (Status::Device, e.to_string()))?;
         // Each function must exist now (before the files are staged); the build takes them.
-        for d in &config.devices {
+        let functions = super::super::passthrough::functions_of(&config)
+            .map_err(|e| (Status::Device, format!("{DEVICES_PREFIX}{e}")))?;
+        for d in &functions {
             let found = atoll::partition::machine::PciAddress::parse(d)
                 .ok_or_else(|| alloc::format!("{d}: not a PCI address"))
                 .and_then(|a| super::super::passthrough::resolve(&a));

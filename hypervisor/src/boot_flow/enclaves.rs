@@ -934,7 +934,7 @@ impl Manager<'_> {
             }
         } else {
             // Its functions stop DMA into the kept memory; they stay the enclave's.
-            super::passthrough::block(id);
+            super::passthrough::block(id, self.host.as_deref_mut());
             let why = alloc::format!("memory kept (not reclaimed): {}", failures.join("; "));
             log::error!("enclave '{}': {why}", c.name);
             self.problems

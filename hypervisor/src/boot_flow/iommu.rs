@@ -175,6 +175,9 @@ pub struct Vtd {
     assigned: BTreeMap<u16, u16>,
     /// Each enclave's faults (kept after it ends, until its id is used again).
     enclave_faults: BTreeMap<u16, EnclaveFaults>,
+    /// Functions taken back from an enclave but kept from the host (their reset failed):
+    /// blocked, owned by no one, never written to by a storm stop.
+    kept: Vec<u16>,
 }
 
 /// The domain id of enclave `id` (the host's is 1).
@@ -360,6 +363,7 @@ impl Vtd {
             enclave_domains: BTreeMap::new(),
             assigned: BTreeMap::new(),
             enclave_faults: BTreeMap::new(),
+            kept: Vec::new(),
         })
     }
 
@@ -465,6 +469,12 @@ impl Vtd {
             return Err(alloc::format!("{} is no enclave's", SourceId(sid)));
         };
         let mut result = self.block_function(sid);
+        if !to_host && !self.kept.contains(&sid) {
+            self.kept.push(sid);
+        }
+        if to_host {
+            self.kept.retain(|&k| k != sid);
+        }
         if to_host && result.is_ok() {
             if let Some(t) = &self.host_tables {
                 let slptptr = t.slptptr();
@@ -508,6 +518,59 @@ impl Vtd {
         self.last_bus
     }
 
+    /// Host devices' DMA no longer reaches `pages` (a passed-through function's BARs: no peer to
+    /// peer writes into them through the host's domain); the domain's IOTLB is flushed before
+    /// this returns.
+    pub fn host_dma_unmap(&mut self, pages: &[u64]) -> Result<(), String> {
+        let Some(t) = self.host_tables.as_mut() else {
+            return Ok(());
+        };
+        for &p in pages {
+            t.unmap(boot::GuestPhysAddr::new(p), 4096)
+                .map_err(|e| alloc::format!("the host's DMA tables at {p:#x}: {e:?}"))?;
+        }
+        for u in &mut self.units {
+            u.unit
+                .invalidate_domain(HOST_DOMAIN)
+                .map_err(|e| alloc::format!("flushing the host's domain: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// `pages` are the host's again in its domain, as its second stage maps them (`mappings`);
+    /// idempotent.
+    pub fn host_dma_restore(
+        &mut self,
+        pages: &[u64],
+        mappings: &[HostMapping],
+    ) -> Result<(), String> {
+        let Some(t) = self.host_tables.as_mut() else {
+            return Ok(());
+        };
+        for &p in pages {
+            let _ = t.unmap(boot::GuestPhysAddr::new(p), 4096);
+            if let Some(m) = mappings
+                .iter()
+                .find(|m| m.gpa.as_u64() <= p && p + 4096 <= m.gpa.as_u64() + m.len)
+            {
+                t.map(
+                    boot::GuestPhysAddr::new(p),
+                    boot::HostPhysAddr::new(m.hpa.as_u64() + (p - m.gpa.as_u64())),
+                    4096,
+                    VtdFormat::dma_perms(m.perms),
+                    m.mem,
+                )
+                .map_err(|e| alloc::format!("the host's DMA tables at {p:#x}: {e:?}"))?;
+            }
+        }
+        for u in &mut self.units {
+            u.unit
+                .invalidate_domain(HOST_DOMAIN)
+                .map_err(|e| alloc::format!("flushing the host's domain: {e}"))?;
+        }
+        Ok(())
+    }
+
     /// Enclave `id`'s faults so far.
     pub fn enclave_faults(&self, id: u16) -> EnclaveFaults {
         self.enclave_faults.get(&id).cloned().unwrap_or_default()
@@ -528,7 +591,8 @@ impl Vtd {
         if let Some(&id) = self.assigned.get(&sid.0) {
             return Owner::Enclave(id);
         }
-        let blocked = self.blocked.iter().any(|b| b.requester_id() == sid.0);
+        let blocked =
+            self.blocked.iter().any(|b| b.requester_id() == sid.0) || self.kept.contains(&sid.0);
         if blocked || self.host_tables.is_none() || sid.bus() > self.last_bus {
             Owner::None
         } else {

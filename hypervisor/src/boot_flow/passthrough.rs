@@ -64,9 +64,12 @@ static BOOT: spin::Once<Boot> = spin::Once::new();
 /// The configuration register of `sid` at `offset` in the ECAM window at `ecam`, if atoll's
 /// identity map covers it.
 fn ecam_at(ecam: u64, sid: u16, offset: u16) -> Option<u64> {
+    if offset >= 4096 {
+        return None;
+    }
     let a = ecam
         .checked_add(u64::from(sid) << 12)?
-        .checked_add(u64::from(offset & 0xfff))?;
+        .checked_add(u64::from(offset))?;
     (a + 4 <= atoll::hw::IDENTITY_MAPPED_END).then_some(a)
 }
 
@@ -151,7 +154,7 @@ pub fn probe_at_boot(found: &[atoll_devices::pci::scan::Function], ecam: u64, la
 }
 
 /// A function to pass through, resolved.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Target {
     /// Its requester id.
     pub sid: u16,
@@ -195,6 +198,11 @@ pub fn resolve(addr: &PciAddress) -> Result<Target, String> {
                 "{addr} is not an endpoint atoll found at boot (a bridge, or hot-plugged)"
             ));
         };
+        if boot.pfs.iter().any(|(pf, _, _)| *pf == sid) {
+            return Err(alloc::format!(
+                "{addr} is an SR-IOV physical function: it stays with the host (its VFs depend on it); pass a VF through instead"
+            ));
+        }
         let mut bars = [None; 6];
         for (i, b) in sizes.iter().enumerate() {
             if let Some(b) = b {
@@ -441,6 +449,9 @@ struct Assigned {
     in_domain: bool,
     /// Whether its PF's guard counts it.
     pf_guarded: bool,
+    /// Whether atoll has reset it (or begun to): from then on it goes back to the host only
+    /// after a reset that worked.
+    touched: bool,
 }
 
 /// Every enclave's functions, by partition id (the manager's alone).
@@ -524,6 +535,12 @@ fn reset(t: &Target) -> Result<(), String> {
         sid: t.sid,
         bars: t.bars.map(|b| b.map(|(bar, at)| (at, bar.size))),
     };
+    // A function's own BARs go back to 0 in an FLR (a VF's live in its PF and survive it):
+    // the header's BAR registers are put back, so its BARs stay where atoll checked them.
+    let saved: Option<[u32; 6]> = t
+        .vf_of
+        .is_none()
+        .then(|| core::array::from_fn(|i| cfg_read32(ecam, t.sid, 0x10 + 4 * i as u16)));
     let mut m = PassThrough::new(
         hw,
         NoRemap,
@@ -531,8 +548,75 @@ fn reset(t: &Target) -> Result<(), String> {
         t.bars.map(|b| b.map(|(bar, _)| bar)),
     )
     .map_err(|e| alloc::format!("{e:?}"))?;
-    m.reset()
-        .map_err(|e| alloc::format!("function level reset: {e:?}"))
+    let result = m
+        .reset()
+        .map_err(|e| alloc::format!("function level reset: {e:?}"));
+    if let Some(bars) = saved {
+        for (i, v) in bars.iter().enumerate() {
+            cfg_write(ecam, t.sid, 0x10 + 4 * i as u16, 4, *v);
+        }
+    }
+    result
+}
+
+/// The 4 KiB pages of `t`'s BARs.
+fn bar_pages(t: &Target) -> impl Iterator<Item = u64> + '_ {
+    t.bars.iter().flatten().flat_map(|(bar, at)| {
+        let first = at & !0xfff;
+        let end = at.saturating_add(bar.size.max(1));
+        (first..end).step_by(4096)
+    })
+}
+
+/// Where `t`'s BARs may be: entirely the host's MMIO below 4 GiB, never the ECAM window (the
+/// enclave would reach other functions' configuration spaces), never a page a trap of atoll's
+/// keeps (another function's MSI-X table, an I/O APIC, the control device), never another
+/// passed-through function's BAR.
+fn check_bars(
+    addr: &PciAddress,
+    t: &Target,
+    host: &super::host::Host,
+    ecam: u64,
+) -> Result<(), String> {
+    let ecam_end = ecam.saturating_add(256 << 20);
+    let taken: Vec<(u64, u64)> = ASSIGNED
+        .lock()
+        .values()
+        .flatten()
+        .flat_map(|a| {
+            a.target
+                .bars
+                .iter()
+                .flatten()
+                .map(|(b, at)| (*at, at + b.size))
+        })
+        .collect();
+    for (i, b) in t.bars.iter().enumerate() {
+        let Some((bar, at)) = b else { continue };
+        let end = at.saturating_add(bar.size);
+        let why = if !host.is_mmio(*at, bar.size) || end > atoll::hw::IDENTITY_MAPPED_END {
+            "not entirely the host's MMIO below 4 GiB"
+        } else if *at < ecam_end && ecam < end {
+            "over the PCI configuration (ECAM) window"
+        } else if taken.iter().any(|&(s, e)| *at < e && s < end) {
+            "over another passed-through function's BAR"
+        } else {
+            let shared = &host.run.shared;
+            let own_table = |p: u64| shared.msix_page_owner(p) == Some(t.sid);
+            match (at & !0xfff..end)
+                .step_by(4096)
+                .find(|&p| shared.is_trapped_page(p) && !own_table(p))
+            {
+                Some(_) => "over a page atoll traps for the host (another function's MSI-X table, an I/O APIC, the control device)",
+                None => continue,
+            }
+        };
+        return Err(alloc::format!(
+            "{addr}: BAR{i} at {at:#x} ({} bytes) is {why}",
+            bar.size
+        ));
+    }
+    Ok(())
 }
 
 /// Gives enclave `id` (named `name`, vCPU *i* on core `cores[i]`, RAM `ram`) the functions its
@@ -583,18 +667,7 @@ fn assign_all(
     for (n, d) in devices.iter().enumerate() {
         let addr = PciAddress::parse(d).ok_or_else(|| alloc::format!("{d}: not a PCI address"))?;
         let t = resolve(&addr)?;
-        for (i, b) in t.bars.iter().enumerate() {
-            if let Some((bar, at)) = b {
-                if !host.is_mmio(*at, bar.size)
-                    || at.saturating_add(bar.size) > atoll::hw::IDENTITY_MAPPED_END
-                {
-                    return Err(alloc::format!(
-                        "{addr}: BAR{i} at {at:#x} ({} bytes) is not entirely the host's MMIO below 4 GiB",
-                        bar.size
-                    ));
-                }
-            }
-        }
+        check_bars(&addr, &t, host, ecam)?;
         // 2. From the host.
         run_shared.hidden.hide(t.sid).map_err(|e| match e {
             atoll::run::host::hidden::HideError::AlreadyHidden => {
@@ -605,12 +678,16 @@ fn assign_all(
                 atoll::run::host::hidden::MAX_HIDDEN
             ),
         })?;
+        // The host's own interrupt entries for it (a function it had MSI or MSI-X for) go: no
+        // IRTE of the host's accepts its requester id any more.
+        irq.forget_source(t.sid);
         let mut a = Assigned {
             sid: t.sid,
             target: t.clone(),
             host_pages: Vec::new(),
             in_domain: false,
             pf_guarded: false,
+            touched: false,
         };
         let mut pages = Vec::new();
         let mut taken = host.hide_pages(
@@ -640,18 +717,35 @@ fn assign_all(
         if let Some(Err(e)) = guarded {
             return Err(alloc::format!("{addr}: {e}"));
         }
+        // The host can no longer change where it decodes (hidden, its PF guarded, every host
+        // core flushed): what was checked must still hold.
+        if resolve(&addr).as_ref() != Ok(&t) {
+            return Err(alloc::format!(
+                "{addr}: the host moved the function (or its PF's VFs) while atoll took it"
+            ));
+        }
         // 3. Reset.
+        if let Some(list) = ASSIGNED.lock().get_mut(&id) {
+            if let Some(a) = list.iter_mut().find(|a| a.sid == t.sid) {
+                a.touched = true;
+            }
+        }
         reset(&t).map_err(|e| alloc::format!("{addr}: {e}"))?;
         // 4. Its DMA into the enclave's RAM only.
+        if let Some(list) = ASSIGNED.lock().get_mut(&id) {
+            if let Some(a) = list.iter_mut().find(|a| a.sid == t.sid) {
+                a.in_domain = true;
+            }
+        }
         {
             let mut guard = super::iommu::VTD.lock();
             let v = guard.as_mut().ok_or("no IOMMU")?;
-            if let Some(list) = ASSIGNED.lock().get_mut(&id) {
-                if let Some(a) = list.iter_mut().find(|a| a.sid == t.sid) {
-                    a.in_domain = true;
-                }
-            }
             v.give(id, name, t.sid, ram)
+                .map_err(|e| alloc::format!("{addr}: {e}"))?;
+            // Host devices' DMA no longer reaches its BARs (peer to peer through the host's
+            // domain).
+            let pages: Vec<u64> = bar_pages(&t).collect();
+            v.host_dma_unmap(&pages)
                 .map_err(|e| alloc::format!("{addr}: {e}"))?;
         }
         // 5. Interrupt remapping entries: (entry, vCPU), entry-major.
@@ -746,20 +840,47 @@ fn assign_all(
     Ok(())
 }
 
-/// Blocks the DMA of enclave `id`'s functions and keeps them hidden (its memory is kept: a core
-/// of it was lost, so atoll cannot tell the enclave stopped).
-pub fn block(id: u16) {
-    let list = ASSIGNED.lock();
-    let Some(list) = list.get(&id) else {
-        return;
-    };
-    let mut guard = super::iommu::VTD.lock();
-    if let Some(v) = guard.as_mut() {
-        for a in list.iter().filter(|a| a.in_domain) {
-            if let Err(e) = v.block_function(a.sid) {
-                log::error!("passthrough: {e}");
+/// Stops enclave `id`'s functions without giving them back (its memory is kept: a core of it
+/// was lost, so atoll cannot tell the enclave stopped): their DMA is blocked, bus mastering and
+/// MSI-X are turned off on the device, and the enclave's IRTEs are freed, so neither memory nor
+/// a core that is reused hears from them. They stay hidden from the host.
+pub fn block(id: u16, host: Option<&mut super::host::Host>) {
+    let sids: Vec<u16> = ASSIGNED
+        .lock()
+        .get(&id)
+        .map(|l| l.iter().filter(|a| a.touched).map(|a| a.sid).collect())
+        .unwrap_or_default();
+    {
+        let mut guard = super::iommu::VTD.lock();
+        if let Some(v) = guard.as_mut() {
+            for &sid in &sids {
+                if let Err(e) = v.block_function(sid) {
+                    log::error!("passthrough: {e}");
+                }
             }
         }
+    }
+    if let Some(ecam) = ecam() {
+        for &sid in &sids {
+            quiet(ecam, sid);
+        }
+    }
+    if let Some(irq) = host.as_deref().and_then(|h| h.run.shared.irq()) {
+        irq.free_enclave_entries(id);
+    }
+}
+
+/// Bus mastering off and MSI-X disabled and function-masked on the device, through ECAM.
+fn quiet(ecam: u64, sid: u16) {
+    let cmd = cfg_read16(ecam, sid, 0x04);
+    cfg_write(ecam, sid, 0x04, 2, u32::from(cmd & !0x4) | 0x400);
+    let caps =
+        atoll_devices::pci::msi::walk_capabilities(|off| cfg_read32(ecam, sid, u16::from(off)));
+    if let Some(msix) = caps.ok().and_then(|c| c.msix) {
+        let at = u16::from(msix.offset) + 2;
+        let ctl = cfg_read16(ecam, sid, at);
+        // Enable (bit 15) off, Function Mask (bit 14) on (PCI 3.0 §6.8.2.3).
+        cfg_write(ecam, sid, at, 2, u32::from((ctl & !0x8000) | 0x4000));
     }
 }
 
@@ -781,32 +902,38 @@ pub fn release(id: u16, host: Option<&mut super::host::Host>) -> Vec<String> {
             }
         }
     }
-    // 2. Reset (a function the create gave up on before its domain moved never reached the
-    // enclave: it goes back as the host left it).
+    // 2. Reset (a function the create gave up on before atoll began to reset it never reached
+    // the enclave: it goes back as the host left it).
     let reset_ok: Vec<bool> = list
         .iter()
         .map(|a| {
-            if !a.in_domain {
+            if !a.touched {
                 return true;
             }
             match reset(&a.target) {
                 Ok(()) => true,
                 Err(e) => {
                     problems.push(alloc::format!("{}: {e}: kept from the host", bdf_of(a.sid)));
+                    if let Some(ecam) = ecam() {
+                        quiet(ecam, a.sid);
+                    }
                     false
                 }
             }
         })
         .collect();
-    // 3. The enclave's IRTEs.
-    let host_ref = host;
-    if let Some(h) = host_ref.as_deref() {
-        if let Some(irq) = h.run.shared.irq() {
-            irq.free_enclave_entries(id);
-        }
+    // 3. The enclave's IRTEs (the table is the host's: no host, no table).
+    let mut host_ref = host;
+    if let Some(irq) = host_ref.as_deref().and_then(|h| h.run.shared.irq()) {
+        irq.free_enclave_entries(id);
     }
-    // 4. Back to the host.
+    // 4. Back to the host: its domain (the BAR pages in it again), its guard on the PF lifted
+    // when no VF of it is an enclave's or kept, its configuration space and pages.
     {
+        let mappings: Vec<atoll::partition::host_memory::HostMapping> = host_ref
+            .as_deref()
+            .map(|h| h.dma_mappings().to_vec())
+            .unwrap_or_default();
         let mut guard = super::iommu::VTD.lock();
         if let Some(v) = guard.as_mut() {
             for (a, ok) in list.iter().zip(&reset_ok) {
@@ -815,11 +942,20 @@ pub fn release(id: u16, host: Option<&mut super::host::Host>) -> Vec<String> {
                         problems.push(e);
                     }
                 }
+                if *ok {
+                    let pages: Vec<u64> = bar_pages(&a.target).collect();
+                    if let Err(e) = v.host_dma_restore(&pages, &mappings) {
+                        problems.push(e);
+                    }
+                }
             }
         }
     }
-    let mut host_ref = host_ref;
-    for a in list.iter().filter(|a| a.pf_guarded) {
+    for (a, ok) in list.iter().zip(&reset_ok) {
+        if !a.pf_guarded || !*ok {
+            // A VF kept from the host keeps its PF guarded (the host could move its BARs).
+            continue;
+        }
         if let Some((pf, _)) = a.target.vf_of {
             if let Err(e) = unguard_pf(pf, host_ref.as_deref_mut()) {
                 problems.push(e);
@@ -830,6 +966,9 @@ pub fn release(id: u16, host: Option<&mut super::host::Host>) -> Vec<String> {
         for (a, ok) in list.iter().zip(&reset_ok) {
             if !*ok {
                 continue;
+            }
+            if let (Some(irq), Some(ecam)) = (h.run.shared.irq(), ecam()) {
+                irq.renew_source(a.sid, |o| cfg_read32(ecam, a.sid, o));
             }
             if let Err(e) = h.show_pages(&a.host_pages) {
                 problems.push(e);

@@ -236,7 +236,10 @@ impl HostRun {
     /// The host's second-stage tables changed: every host vCPU flushes its translations
     /// before its next entry, and each is signalled so that it does so now.
     pub fn tables_changed(&self) {
-        self.tables_generation.fetch_add(1, Ordering::AcqRel);
+        // SeqCst with the vCPUs' `running` store and generation load: neither side may see
+        // the other's old value (store buffering), or a vCPU entering could miss the change
+        // while the manager thinks it out of the guest.
+        self.tables_generation.fetch_add(1, Ordering::SeqCst);
         self.signal_others();
     }
 
@@ -244,11 +247,11 @@ impl HostRun {
     /// the last [`HostRun::tables_changed`]: each has flushed since, or is out of the guest (it
     /// flushes before its next entry). False on time-out.
     pub fn wait_tables_flushed(&self, timeout_us: u64) -> bool {
-        let want = self.tables_generation.load(Ordering::Acquire);
+        let want = self.tables_generation.load(Ordering::SeqCst);
         let deadline = tsc::micros().saturating_add(timeout_us);
         loop {
             let all = self.tables_flushed.iter().enumerate().all(|(i, f)| {
-                f.load(Ordering::Acquire) == want || !self.running[i].load(Ordering::Acquire)
+                f.load(Ordering::SeqCst) == want || !self.running[i].load(Ordering::SeqCst)
             });
             if all {
                 return true;
@@ -608,7 +611,7 @@ impl HostVcpuRun {
     /// application processor) an INIT arrives for it.
     pub fn run_slice(&mut self, run: &HostRun, until: Option<u64>) -> Pause {
         let index = self.me.index;
-        run.running[index].store(true, Ordering::Release);
+        run.running[index].store(true, Ordering::SeqCst);
         let pause = self.slice(run, until);
         run.running[index].store(false, Ordering::Release);
         pause
@@ -647,7 +650,7 @@ impl HostVcpuRun {
                     Ordering::Acquire,
                 );
             }
-            let tables = run.tables_generation.load(Ordering::Acquire);
+            let tables = run.tables_generation.load(Ordering::SeqCst);
             if tables != self.tables_seen {
                 self.tables_seen = tables;
                 // Recorded below once flushed (an error stops the vCPU: it never enters again).

@@ -491,17 +491,19 @@ impl<H: Hardware, R: Remapper + Send> PassThrough<H, R> {
     /// The hardware: Command INTx Disable only, MSI-X disabled and unmasked as a whole (the
     /// virtual reset state, so the forwarded bits agree), every entry masked.
     fn quiet_hardware(&mut self) {
-        self.phys_command = command::INTX_DISABLE;
-        self.hw
-            .config_write(reg::COMMAND, 2, u32::from(command::INTX_DISABLE));
         let cap = *self.msix.cap();
         self.phys_msix_control = 0;
         self.hw.config_write(u16::from(cap.offset) + 2, 2, 0);
+        // The entries' masks while the function still decodes its BARs as it did (a store to
+        // a BAR whose Memory Space is off goes nowhere); then decoding and bus mastering off.
         for n in 0..u32::from(cap.table_size) {
             let at = u64::from(cap.table_offset) + u64::from(n * MSIX_ENTRY_SIZE + 12);
             self.hw
                 .bar_write(cap.table_bar, at, 4, u64::from(MSIX_MASKED));
         }
+        self.phys_command = command::INTX_DISABLE;
+        self.hw
+            .config_write(reg::COMMAND, 2, u32::from(command::INTX_DISABLE));
     }
 
     /// The page-rounded range of the MSI-X table's BAR the platform must trap (clamped to the

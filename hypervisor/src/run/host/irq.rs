@@ -387,6 +387,51 @@ impl HostIrq {
         remap.table.free_all(owner, |inv| invalidate(inv.0));
     }
 
+    /// Function `sid` leaves the host for an enclave: the IRTEs of its MSI capability and MSI-X
+    /// table are freed (each invalidated before this returns), so no entry of the host's
+    /// accepts its requester id any more.
+    pub fn forget_source(&self, sid: u16) {
+        let mut guard = self.inner.lock();
+        let remap = &mut guard.remap;
+        let invalidate = remap.invalidate;
+        let keys: Vec<(Kind, u16)> = remap
+            .entries
+            .keys()
+            .copied()
+            .filter(|(k, _)| matches!(k, Kind::Msi(s) | Kind::Msix(s) if *s == sid))
+            .collect();
+        for key in keys {
+            if let Some(i) = remap.entries.remove(&key) {
+                if let Ok(inv) = remap.table.free(HOST_OWNER, i) {
+                    invalidate(inv.0);
+                }
+            }
+        }
+    }
+
+    /// Function `sid` is back from an enclave (reset): its shadows start over from what the
+    /// device holds now (`read` gives its configuration dword at an offset).
+    pub fn renew_source(&self, sid: u16, mut read: impl FnMut(u16) -> u32) {
+        let mut guard = self.inner.lock();
+        for f in guard.msi.iter_mut().filter(|f| f.sid == sid) {
+            let cap = *f.shadow.cap();
+            f.shadow = MsiShadow::new(cap, |o| read(u16::from(cap.offset) + o as u16));
+        }
+        for f in guard.msix.iter_mut().filter(|f| f.sid == sid) {
+            f.shadow = MsixShadow::new(*f.shadow.cap());
+        }
+    }
+
+    /// The function whose trapped MSI-X table covers `page`, if any.
+    pub fn msix_page_owner(&self, page: u64) -> Option<u16> {
+        self.inner
+            .lock()
+            .msix
+            .iter()
+            .find(|f| f.pages().any(|p| p == page & !0xfff))
+            .map(|f| f.sid)
+    }
+
     /// IRTEs in use, all owners.
     pub fn irtes_allocated(&self) -> usize {
         self.inner.lock().remap.table.allocated()
@@ -597,6 +642,11 @@ impl HostShared {
                 || i.ecam_function(gpa)
                     .is_some_and(|(sid, _)| self.hidden.has_guard(sid))
         })
+    }
+
+    /// The function whose trapped MSI-X table covers the page of `gpa`, if any.
+    pub fn msix_page_owner(&self, gpa: u64) -> Option<u16> {
+        self.irq().and_then(|i| i.msix_page_owner(gpa))
     }
 
     /// Whether the page of `gpa` is one a trap keeps unmapped for its own reasons (the control

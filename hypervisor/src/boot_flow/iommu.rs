@@ -558,7 +558,8 @@ impl Vtd {
                     boot::HostPhysAddr::new(m.hpa.as_u64() + (p - m.gpa.as_u64())),
                     4096,
                     VtdFormat::dma_perms(m.perms),
-                    m.mem,
+                    // As `bring_up` maps it: second-level entries carry no memory type.
+                    MemType::WriteBack,
                 )
                 .map_err(|e| alloc::format!("the host's DMA tables at {p:#x}: {e:?}"))?;
             }

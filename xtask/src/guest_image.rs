@@ -472,10 +472,14 @@ initrd = "/guest/initrd"' ;;
         "$2" "$3" "$4" "$files" "$5" "$6" > "$1"
 }
 # Waits (at most $2 seconds) until enclave $1 is no longer running; prints its state.
+# Enclave $1's state as atoll list says it (empty when it is not listed).
+lc_state() {
+    atoll list --json | tr '{' '\n' | grep "\"name\":\"$1\"" | sed 's/.*"state":"\([a-z]*\)".*/\1/'
+}
 lc_wait_end() {
     n=0
     while [ "$n" -lt "$2" ]; do
-        st=$(atoll list --json | tr '{' '\n' | grep "\"name\":\"$1\"" | sed 's/.*"state":"\([a-z]*\)".*/\1/')
+        st=$(lc_state "$1")
         [ "$st" != running ] && [ "$st" != loading ] && break
         sleep 1
         n=$((n + 1))
@@ -955,8 +959,7 @@ vf_host_round() {
         # console that gave up while the enclave still runs is read once more from the start
         # (seen once in CI, cause not found yet: the line makes it visible), and counted.
         echo "vf: atoll console $e exited $vf_rc: $(tail -c 400 $d/$e.out | tr '\r\n' '  ')"
-        vf_st=$(atoll list --json | tr '{' '\n' | grep "\"name\":\"$e\"" | sed 's/.*"state":"\([a-z]*\)".*/\1/')
-        if [ "$vf_st" = running ]; then
+        if [ "$(lc_state $e)" = running ]; then
             atoll console $e --no-input --until "ATOLL-RESULT $2" --timeout 1800 > $d/$e.out 2>&1
             lc_add console_retry_rc$1 $?
         fi

@@ -83,7 +83,7 @@ fn cfg_read32(ecam: u64, sid: u16, offset: u16) -> u32 {
 }
 
 fn cfg_read16(ecam: u64, sid: u16, offset: u16) -> u16 {
-    (cfg_read32(ecam, sid, offset & !3) >> (8 * (offset & 2))) as u16
+    sriov::read16(&mut |o| cfg_read32(ecam, sid, o), offset)
 }
 
 fn cfg_write(ecam: u64, sid: u16, offset: u16, size: u8, value: u32) {

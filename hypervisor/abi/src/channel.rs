@@ -73,8 +73,14 @@ pub mod reg {
     /// Write-only: a mask of devices (bit *i*: device *i*) whose rings or backend fields the
     /// host changed. Reads 0.
     pub const DOORBELL: u64 = 0x10;
-    /// Read-to-clear: the devices atoll signalled since the last read.
+    /// Read-to-clear: the devices atoll signalled since the last read (bit *i*: device *i*),
+    /// and [`PENDING_DETACHED`] once the enclave is gone (the window is unmapped then).
     pub const PENDING: u64 = 0x14;
+    /// [`PENDING`]'s bit for "the enclave was destroyed": the daemon ends.
+    pub const PENDING_DETACHED: u32 = 1 << 31;
+    /// [`PENDING`]'s bit for "atoll reset this device's rings" is the device's own bit with
+    /// this one: the daemon starts over on that device (both rings are empty).
+    pub const PENDING_RESET: u32 = 1 << 30;
     /// Read-only: how many ring or backend errors atoll counted against the host.
     pub const HOST_ERRORS: u64 = 0x18;
     /// "ACHN" in memory order.

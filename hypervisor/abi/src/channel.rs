@@ -78,9 +78,10 @@ pub mod reg {
     pub const PENDING: u64 = 0x14;
     /// [`PENDING`]'s bit for "the enclave was destroyed": the daemon ends.
     pub const PENDING_DETACHED: u32 = 1 << 31;
-    /// [`PENDING`]'s bit for "atoll reset this device's rings" is the device's own bit with
-    /// this one: the daemon starts over on that device (both rings are empty).
-    pub const PENDING_RESET: u32 = 1 << 30;
+    /// Read-to-clear: the devices whose rings atoll reset since the last read (the guest reset
+    /// the device, or atoll did after an error): both rings are empty again and the daemon
+    /// starts over on them (requests in flight are void).
+    pub const RESETS: u64 = 0x1c;
     /// Read-only: how many ring or backend errors atoll counted against the host.
     pub const HOST_ERRORS: u64 = 0x18;
     /// "ACHN" in memory order.

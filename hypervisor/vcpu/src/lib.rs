@@ -303,6 +303,15 @@ pub trait GuestMemory {
     fn read(&self, gpa: GuestPhysAddr, buf: &mut [u8]) -> Option<()>;
     /// Copies `buf` to `gpa`; `None` if any byte lies outside guest RAM.
     fn write(&mut self, gpa: GuestPhysAddr, buf: &[u8]) -> Option<()>;
+    /// Whether every byte of `[gpa, gpa + len)` is guest RAM that [`GuestMemory::read`] and
+    /// [`GuestMemory::write`] reach (a range that wraps past the top is not). Device models check
+    /// a guest's buffer with it before they accept the buffer, so a bad one is refused whole
+    /// rather than half-copied. The default says no to everything: a memory that does not know
+    /// its bounds exactly must not vouch for a buffer.
+    fn covers(&self, gpa: GuestPhysAddr, len: u64) -> bool {
+        let _ = (gpa, len);
+        false
+    }
 }
 
 /// A partition's RAM as atoll reaches it: a host pointer and a length, guest-physical 0 at the
@@ -378,6 +387,10 @@ impl GuestMemory for GuestRam {
         unsafe { core::ptr::copy_nonoverlapping(buf.as_ptr(), self.at(start), buf.len()) };
         Some(())
     }
+
+    fn covers(&self, gpa: GuestPhysAddr, len: u64) -> bool {
+        usize::try_from(len).is_ok_and(|len| self.offset(gpa, len).is_some())
+    }
 }
 
 /// A flat slice as guest memory starting at GPA 0, for host tests (on the target, partition RAM
@@ -399,6 +412,12 @@ impl GuestMemory for SliceMemory<'_> {
         let end = start.checked_add(buf.len())?;
         self.0.get_mut(start..end)?.copy_from_slice(buf);
         Some(())
+    }
+
+    fn covers(&self, gpa: GuestPhysAddr, len: u64) -> bool {
+        gpa.as_u64()
+            .checked_add(len)
+            .is_some_and(|end| end <= self.0.len() as u64)
     }
 }
 
@@ -512,6 +531,10 @@ mod tests {
         let mut b = [0u8; 4];
         assert!(m.read(GuestPhysAddr::new(12), &mut b).is_some());
         assert_eq!(b, [1, 2, 3, 4]);
+        assert!(m.covers(GuestPhysAddr::new(12), 4));
+        assert!(m.covers(GuestPhysAddr::new(16), 0));
+        assert!(!m.covers(GuestPhysAddr::new(13), 4));
+        assert!(!m.covers(GuestPhysAddr::new(1), u64::MAX));
     }
 
     #[test]
@@ -538,6 +561,10 @@ mod tests {
         assert!(ram.read(GuestPhysAddr::new(60), &mut b).is_some());
         assert_eq!(b, [1, 2, 3, 4]);
         assert!(ram.read(GuestPhysAddr::new(62), &mut b).is_none());
+        assert!(ram.covers(GuestPhysAddr::new(60), 4));
+        assert!(!ram.covers(GuestPhysAddr::new(61), 4));
+        assert!(!ram.covers(GuestPhysAddr::new(u64::MAX - 1), 4));
+        assert!(!ram.covers(GuestPhysAddr::new(0), u64::MAX));
         assert_eq!(b, [1, 2, 3, 4], "a refused read leaves the buffer alone");
         assert!(ram.fill(GuestPhysAddr::new(0), 64, 0xaa).is_some());
         assert!(ram.fill(GuestPhysAddr::new(1), 64, 0).is_none());

@@ -56,6 +56,12 @@ pub trait PciDevice: Send {
     fn bar_write(&mut self, bar: u8, offset: u64, data: &[u8]) {
         let _ = (bar, offset, data);
     }
+
+    /// The virtio transport behind this function (notifications, processing, interrupts), so
+    /// the platform reaches it once it is boxed on a bus; `None` for every other function.
+    fn virtio(&mut self) -> Option<&mut dyn crate::virtio::VirtioFunction> {
+        None
+    }
 }
 
 /// Why a function could not be put on a bus.

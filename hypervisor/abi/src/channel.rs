@@ -378,7 +378,7 @@ pub trait SharedMem {
 
 /// Writes the window's header for `devices` (atoll, once per attach). Returns the rings.
 pub fn write_header(
-    mem: &impl SharedMem,
+    mem: &(impl SharedMem + ?Sized),
     generation: u32,
     name: &str,
     devices: &[DeviceInfo<'_>],
@@ -459,7 +459,7 @@ pub enum HeaderError {
 
 /// Reads the header the way the daemon does: device `index`, checked against what
 /// [`place_rings`] would have placed.
-pub fn read_device(mem: &impl SharedMem, index: usize) -> Result<HostDevice, HeaderError> {
+pub fn read_device(mem: &(impl SharedMem + ?Sized), index: usize) -> Result<HostDevice, HeaderError> {
     let r32 = |off: usize| {
         let mut b = [0u8; 4];
         mem.read(off, &mut b);
@@ -526,7 +526,7 @@ pub fn read_device(mem: &impl SharedMem, index: usize) -> Result<HostDevice, Hea
 
 /// Reads the number of devices and the enclave's name from a header (the daemon's view).
 pub fn read_summary<'b>(
-    mem: &impl SharedMem,
+    mem: &(impl SharedMem + ?Sized),
     name_buf: &'b mut [u8; layout::NAME_MAX],
 ) -> Result<(usize, u32, &'b str), HeaderError> {
     let r32 = |off: usize| {
@@ -618,7 +618,7 @@ impl Ring {
         layout::RING_DATA as u32 + self.size
     }
 
-    fn check(&self, mem: &impl SharedMem) -> Result<(), RingError> {
+    fn check(&self, mem: &(impl SharedMem + ?Sized)) -> Result<(), RingError> {
         let end = self.offset as u64 + self.footprint() as u64;
         if !self.size.is_power_of_two()
             || self.size < 64
@@ -636,7 +636,7 @@ impl Ring {
     }
 
     /// Copies `buf.len()` bytes of data starting at index `at` (wrapping).
-    fn copy_out(&self, mem: &impl SharedMem, at: u32, buf: &mut [u8]) {
+    fn copy_out(&self, mem: &(impl SharedMem + ?Sized), at: u32, buf: &mut [u8]) {
         let start = (at & (self.size - 1)) as usize;
         let first = buf.len().min(self.size as usize - start);
         let data = self.word(layout::RING_DATA);
@@ -645,7 +645,7 @@ impl Ring {
         mem.read(data, b);
     }
 
-    fn copy_in(&self, mem: &impl SharedMem, at: u32, buf: &[u8]) {
+    fn copy_in(&self, mem: &(impl SharedMem + ?Sized), at: u32, buf: &[u8]) {
         let start = (at & (self.size - 1)) as usize;
         let first = buf.len().min(self.size as usize - start);
         let data = self.word(layout::RING_DATA);
@@ -654,7 +654,7 @@ impl Ring {
     }
 
     /// Zeroes the control block (atoll, when it lays out the window or resets a device).
-    pub fn reset(&self, mem: &impl SharedMem) {
+    pub fn reset(&self, mem: &(impl SharedMem + ?Sized)) {
         for w in [
             layout::RING_PROD,
             layout::RING_PROD_EVENT,
@@ -695,7 +695,7 @@ impl Reservation {
 
 impl Producer {
     /// Produces into `ring`, whose `prod` the window holds now (zero after a reset).
-    pub fn new(ring: Ring, mem: &impl SharedMem) -> Self {
+    pub fn new(ring: Ring, mem: &(impl SharedMem + ?Sized)) -> Self {
         let prod = mem.load_acquire(ring.word(layout::RING_PROD)) & !7;
         Self { ring, prod }
     }
@@ -706,7 +706,7 @@ impl Producer {
     }
 
     /// Bytes free now (checked against the consumer's index).
-    pub fn free(&self, mem: &impl SharedMem) -> Result<u32, RingError> {
+    pub fn free(&self, mem: &(impl SharedMem + ?Sized)) -> Result<u32, RingError> {
         self.ring.check(mem)?;
         let cons = mem.load_acquire(self.ring.word(layout::RING_CONS));
         let used = self.prod.wrapping_sub(cons);
@@ -723,7 +723,7 @@ impl Producer {
     /// room now (call [`Producer::wait_for_room`] and try again when signalled).
     pub fn reserve(
         &mut self,
-        mem: &impl SharedMem,
+        mem: &(impl SharedMem + ?Sized),
         tag: u32,
         len: u32,
     ) -> Result<Option<Reservation>, RingError> {
@@ -742,7 +742,7 @@ impl Producer {
     }
 
     /// Writes `bytes` at `offset` of the reserved payload (ignored past its end).
-    pub fn fill(&self, mem: &impl SharedMem, r: &Reservation, offset: u32, bytes: &[u8]) {
+    pub fn fill(&self, mem: &(impl SharedMem + ?Sized), r: &Reservation, offset: u32, bytes: &[u8]) {
         if offset >= r.len {
             return;
         }
@@ -752,7 +752,7 @@ impl Producer {
     }
 
     /// Publishes the record. Returns whether the consumer asked to be signalled.
-    pub fn commit(&mut self, mem: &impl SharedMem, r: Reservation) -> bool {
+    pub fn commit(&mut self, mem: &(impl SharedMem + ?Sized), r: Reservation) -> bool {
         let mut h = [0u8; 8];
         h[..4].copy_from_slice(&r.len.to_le_bytes());
         h[4..].copy_from_slice(&r.tag.to_le_bytes());
@@ -769,7 +769,7 @@ impl Producer {
     /// Writes a whole record from parts. `Ok(None)`: no room; `Ok(Some(signal))`: written.
     pub fn push(
         &mut self,
-        mem: &impl SharedMem,
+        mem: &(impl SharedMem + ?Sized),
         tag: u32,
         parts: &[&[u8]],
     ) -> Result<Option<bool>, RingError> {
@@ -788,7 +788,7 @@ impl Producer {
 
     /// Asks to be signalled when the consumer has freed room, then says whether room for a
     /// `len`-byte payload appeared meanwhile (then go on without waiting).
-    pub fn wait_for_room(&self, mem: &impl SharedMem, len: u32) -> Result<bool, RingError> {
+    pub fn wait_for_room(&self, mem: &(impl SharedMem + ?Sized), len: u32) -> Result<bool, RingError> {
         let cons = mem.load_acquire(self.ring.word(layout::RING_CONS));
         mem.store_release(self.ring.word(layout::RING_PROD_EVENT), cons);
         mem.fence();
@@ -805,7 +805,7 @@ pub struct Consumer {
 
 impl Consumer {
     /// Consumes from `ring`, whose `cons` the window holds now.
-    pub fn new(ring: Ring, mem: &impl SharedMem) -> Self {
+    pub fn new(ring: Ring, mem: &(impl SharedMem + ?Sized)) -> Self {
         let cons = mem.load_acquire(ring.word(layout::RING_CONS)) & !7;
         Self { ring, cons }
     }
@@ -816,7 +816,7 @@ impl Consumer {
     }
 
     /// The record at the head, if any, checked against the producer's index and the limit.
-    pub fn peek(&self, mem: &impl SharedMem) -> Result<Option<Record>, RingError> {
+    pub fn peek(&self, mem: &(impl SharedMem + ?Sized)) -> Result<Option<Record>, RingError> {
         self.ring.check(mem)?;
         let prod = mem.load_acquire(self.ring.word(layout::RING_PROD));
         let avail = prod.wrapping_sub(self.cons);
@@ -846,7 +846,7 @@ impl Consumer {
     }
 
     /// Copies payload bytes of the head record `rec` from `offset` (clipped to the payload).
-    pub fn read(&self, mem: &impl SharedMem, rec: &Record, offset: u32, buf: &mut [u8]) -> usize {
+    pub fn read(&self, mem: &(impl SharedMem + ?Sized), rec: &Record, offset: u32, buf: &mut [u8]) -> usize {
         if offset >= rec.len {
             return 0;
         }
@@ -861,7 +861,7 @@ impl Consumer {
 
     /// Drops the head record `rec` (peeked before). Returns whether the producer asked to be
     /// signalled (it waits for room).
-    pub fn pop(&mut self, mem: &impl SharedMem, rec: &Record) -> bool {
+    pub fn pop(&mut self, mem: &(impl SharedMem + ?Sized), rec: &Record) -> bool {
         let old = self.cons;
         self.cons = self.cons.wrapping_add(RECORD_HEADER + padded(rec.len));
         mem.store_release(self.ring.word(layout::RING_CONS), self.cons);
@@ -872,7 +872,7 @@ impl Consumer {
 
     /// Asks to be signalled when the producer adds a record, then says whether one arrived
     /// meanwhile (then go on without waiting).
-    pub fn wait_for_data(&self, mem: &impl SharedMem) -> Result<bool, RingError> {
+    pub fn wait_for_data(&self, mem: &(impl SharedMem + ?Sized)) -> Result<bool, RingError> {
         mem.store_release(self.ring.word(layout::RING_CONS_EVENT), self.cons);
         mem.fence();
         Ok(self.peek(mem)?.is_some())

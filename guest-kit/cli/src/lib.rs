@@ -117,6 +117,8 @@
 //!   not be read, or `console --until` did not see its text.
 //! * 2 — usage error (unknown option, missing argument).
 
+#[cfg(target_os = "linux")]
+pub mod channeld;
 pub mod cli;
 pub mod client;
 pub mod commands;

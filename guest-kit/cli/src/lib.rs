@@ -134,11 +134,15 @@ pub mod pci;
 pub mod signals;
 pub mod sriov;
 pub mod stats;
+#[cfg(unix)]
+pub mod vconsole;
 
 #[cfg(test)]
 mod fake;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_channeld;
 #[cfg(test)]
 mod tests_vf;
 
@@ -169,6 +173,9 @@ pub struct Env<'a> {
     pub seq: u32,
     /// The kernel's rtnetlink (`vf`).
     pub net: &'a mut dyn netlink::Net,
+    /// Starts `atoll-channeld --enclave NAME` (`create` of an enclave with virtio devices);
+    /// returns once it serves (it daemonizes after its setup).
+    pub channeld: &'a mut dyn FnMut(&str) -> std::io::Result<()>,
 }
 
 /// Runs `atoll` with `args` (the program name first); returns the exit code.
@@ -211,6 +218,32 @@ fn dispatch(cli: cli::Cli, env: &mut Env<'_>) -> Result<i32> {
         sriov::vf(&env.root, env.net, &a, cli.json, env.out, env.err)?;
         return Ok(0);
     }
+    // An enclave with a virtio console is reached through its daemon's socket: no atoll.
+    if let Command::Console {
+        name,
+        no_input,
+        until,
+        timeout,
+        exit_after,
+    } = &cli.command
+    {
+        let sock = vconsole::socket(&env.root, name);
+        if sock.exists() {
+            let o = console::Options {
+                name: name.clone(),
+                until: until.clone(),
+                timeout: timeout.map(|t| secs("--timeout", t)).transpose()?,
+                exit_after: exit_after.map(|t| secs("--exit-after", t)).transpose()?,
+                poll: env.poll,
+            };
+            let input = if *no_input {
+                console::Input::None
+            } else {
+                env.input.take().unwrap_or(console::Input::None)
+            };
+            return vconsole::run(&sock, &o, input, env.out, env.err);
+        }
+    }
     let mut client = Client::new((env.connect)()?, env.seq);
     let json = cli.json;
     match cli.command {
@@ -226,6 +259,7 @@ fn dispatch(cli: cli::Cli, env: &mut Env<'_>) -> Result<i32> {
             env.out,
             env.err,
             env.stderr_tty,
+            env.channeld,
         )?,
         Command::List => commands::list(&mut client, json, env.out)?,
         Command::Info => commands::info(&mut client, json, env.out)?,

@@ -64,7 +64,7 @@ fn find(sys: &Path, a: &Args, wait: Duration) -> PathBuf {
     }
 }
 
-fn map(sys: &Path, dev: &Path, use_vfio: bool) -> Box<dyn FunctionBox> {
+fn map(sys: &Path, dev: &Path, use_vfio: bool) -> Box<dyn Function> {
     let mut log = |m: String| eprintln!("atoll-channeld: {m}");
     let addr = sysfs::base(dev);
     if use_vfio {
@@ -91,33 +91,6 @@ fn map(sys: &Path, dev: &Path, use_vfio: bool) -> Box<dyn FunctionBox> {
     match sysfs::Sysfs::open(dev, WINDOW_SIZE as usize) {
         Ok(s) => Box::new(s),
         Err(e) => fail(format!("{addr}: {e}")),
-    }
-}
-
-/// A boxed function (vfio or sysfs) is still a Function.
-trait FunctionBox: Function {}
-impl<T: Function> FunctionBox for T {}
-
-struct Boxed(Box<dyn FunctionBox>);
-
-impl Function for Boxed {
-    fn window(&self) -> &channeld::Window {
-        self.0.window()
-    }
-    fn read_reg(&mut self, offset: u64) -> std::io::Result<u32> {
-        self.0.read_reg(offset)
-    }
-    fn write_reg(&mut self, offset: u64, value: u32) -> std::io::Result<()> {
-        self.0.write_reg(offset, value)
-    }
-    fn irq_fd(&self) -> Option<std::os::fd::RawFd> {
-        self.0.irq_fd()
-    }
-    fn ack_irq(&mut self) {
-        self.0.ack_irq()
-    }
-    fn describe(&self) -> String {
-        self.0.describe()
     }
 }
 
@@ -163,7 +136,7 @@ fn main() {
     let sys = PathBuf::from("/sys");
     let wait = Duration::try_from_secs_f64(a.wait).unwrap_or(Duration::from_secs(10));
     let dev = find(&sys, &a, wait);
-    let mut f = Boxed(map(&sys, &dev, !a.sysfs));
+    let mut f = map(&sys, &dev, !a.sysfs);
     // The window must belong to the attach the function reports now.
     let (magic, st) = (
         f.read_reg(reg::MAGIC).unwrap_or(0),

@@ -25,6 +25,14 @@
 //!   Prints `created NAME (id N): running`; JSON: `name`, `id`, `image_bytes`,
 //!   `initrd_bytes`, `offlined_cpus`, `devices`.
 //!
+//!   An enclave with `[[enclave.virtio]]` devices gets its host side from `atoll-channeld
+//!   --enclave NAME` ([`channeld`]), which `create` starts after the enclave runs (next to this
+//!   binary, else from PATH) and reports (`started atoll-channeld for NAME: N virtio
+//!   device(s)`; on stderr with `--json`). If it fails to start, the enclave stays and a note
+//!   says how to start it by hand. `destroy` waits up to 5 s for that daemon to exit
+//!   (`/run/atoll/NAME/channeld.pid`), and `console` of such an enclave connects to the
+//!   daemon's `/run/atoll/NAME/console.sock` (the virtio console, `hvc0`) instead of its UART.
+//!
 //!   PCI functions to pass through are `devices = ["0000:01:00.1"]` and/or
 //!   `vf = { pf = "0000:01:00.0", index = 0 }` (or a list of such tables): the command
 //!   resolves each VF through `/sys/bus/pci/devices/PF/virtfnI` (refused if absent: run

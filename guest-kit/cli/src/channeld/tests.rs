@@ -370,6 +370,22 @@ fn blk_serves_writes_reads_flushes_and_refuses_what_is_out_of_range() {
     assert_eq!(st, blk_status::UNSUPP);
     assert!(!s.d.devs[0].failed);
     assert_eq!(s.d.devs[0].errors, 0);
+    // Idle, the daemon is armed: it asked to be told when atoll produces past its `cons`.
+    let ring = s.a.rings[0].to_host.offset as usize;
+    let cons = s.a.w.load_acquire(ring + layout::RING_CONS);
+    assert!(cons > 0);
+    assert_eq!(s.a.w.load_acquire(ring + layout::RING_CONS_EVENT), cons);
+    // atoll not armed on the to-enclave ring (it did not wait): an answer rings no doorbell.
+    s.a.doorbells();
+    s.a.to_enclave[0]
+        .wait_for_data(&s.a.w)
+        .expect("arm once more below");
+    let te = s.a.rings[0].to_enclave.offset as usize;
+    s.a.w
+        .store_release(te + layout::RING_CONS_EVENT, 0x4000_0000);
+    s.a.push(0, 50, &[&blk_req(blk_type::FLUSH, 0, 0)]);
+    s.d.step(STEP);
+    assert!(s.a.doorbells().is_empty(), "no signal asked, none given");
 }
 
 #[test]

@@ -167,3 +167,25 @@ pub fn drain_eventfd(fd: RawFd) {
     // SAFETY: a read of 8 bytes into a local buffer from a descriptor the caller owns.
     let _ = unsafe { libc::read(fd, v.as_mut_ptr().cast(), 8) };
 }
+
+/// vfio or sysfs, chosen at run time.
+impl Function for Box<dyn Function> {
+    fn window(&self) -> &Window {
+        (**self).window()
+    }
+    fn read_reg(&mut self, offset: u64) -> io::Result<u32> {
+        (**self).read_reg(offset)
+    }
+    fn write_reg(&mut self, offset: u64, value: u32) -> io::Result<()> {
+        (**self).write_reg(offset, value)
+    }
+    fn irq_fd(&self) -> Option<RawFd> {
+        (**self).irq_fd()
+    }
+    fn ack_irq(&mut self) {
+        (**self).ack_irq()
+    }
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
+}

@@ -90,6 +90,8 @@ pub const APPLETS: &[&str] = &[
     "ip", "ping", "readlink", "od",
     // The network bench's host-to-host baseline: the second VF in a network namespace.
     "unshare", "nsenter",
+    // The virtio actions: checksums of the disk's files, flushing them, and their names.
+    "sha256sum", "sync",
 ];
 
 /// Kernel modules the image carries, as paths under the package's `lib/modules/VERSION/kernel/`,
@@ -103,7 +105,9 @@ pub const APPLETS: &[&str] = &[
 /// an enclave's virtual function (issue 13). Issue 14: `tun` gives the host's `atoll-channeld`
 /// its net backends; an enclave's virtio devices take `virtio_net` (after `failover` and
 /// `net_failover`), `virtio_console` and `virtio_blk` with ext4 (after `crc16`, `mbcache`,
-/// `jbd2` and `crc32c_generic`, the crc32c that jbd2 and ext4 ask the crypto API for). Debian's
+/// `jbd2` and `crc32c_generic`, the crc32c that jbd2 and ext4 ask the crypto API for); the host
+/// takes `loop` and ext4 to put a file into the disk image it serves and read back the one the
+/// enclave wrote (the `virtio_host` action). Debian's
 /// 6.1 amd64 kernel builds all of these as modules (`=m`; `CONFIG_HVC_DRIVER=y`), its cloud
 /// flavour builds ext4 in, and Debian 12's 6.12 amd64 kernel builds virtio, virtio_pci and
 /// virtio_console in (and ships its modules as `.ko.xz`, which this list does not take). `/init`
@@ -136,6 +140,7 @@ pub const KERNEL_MODULES: &[&str] = &[
     "crypto/crc32c_generic.ko",
     "fs/jbd2/jbd2.ko",
     "fs/ext4/ext4.ko",
+    "drivers/block/loop.ko",
 ];
 
 /// The Rust target `atoll-check` is built for.
@@ -356,6 +361,10 @@ net_base_ip=10.0.7.3/24
 net_then=stay
 net_outside=""
 dma_canaries=""
+# The virtio actions' network (the enclave, the host's tap) and disk (virtio_guest, virtio_host).
+virtio_ip=10.9.0.2
+virtio_peer=10.9.0.1
+virtio_disk=/var/lib/atoll/disk.img
 net_words=""
 for word in $(cat /proc/cmdline); do
     case "$word" in
@@ -1211,6 +1220,191 @@ bench_net() {
     lc=""
     echo "ATOLL-RESULT bench_net {\"baseline\":$base,\"enclave\":${res:-null},\"stats_begin\":${vf_stats_begin:-null},\"stats_end\":${vf_stats_end:-null},\"problem\":$(lc_str "$why")}"
 }
+# The virtio actions (issue 14). In an enclave, virtio_guest uses the three virtio devices atoll
+# emulates for it, whose host side is the host's atoll-channeld: its console (hvc0: the result
+# goes there, for the host's `atoll console`, and a line typed there is echoed back), its
+# network (the interface virtio_net drives gets atoll.net_ip, pings atoll.net_peer
+# atoll.net_pings times and sends atoll.net_bytes of atoll-check's stream atoll.net_seed to TCP
+# port atoll.net_port) and its disk (/dev/vda, ext4: the checksums of the files the host put
+# there, and a new file of random bytes with its checksum). Prints "ATOLL-RESULT virtio_guest
+# {json}" on its serial console and on hvc0, then stays up until destroyed. In the host,
+# virtio_host puts a file on the disk image, creates that enclave and checks what it reports
+# (see virtio_host below).
+virtio_dir=/tmp/virtio
+# The checksum field of sha256sum's output for file $1 (empty when unreadable).
+virtio_sha() {
+    vs=$(sha256sum "$1" 2>/dev/null)
+    printf '%s' "${vs%% *}"
+}
+virtio_guest() {
+    vg_hvc=false
+    vg_active=""
+    vg_if=""; vf_if=""; vf_mac=""; carrier_s=null
+    ping_sent=0; ping_received=0; ping_avg=null
+    tcp='{"bytes":0,"sha256":null,"seconds":null,"error":"not run"}'
+    vg_sectors=null; vg_mounted=false; vg_hello=""; vg_host_sha=""; vg_enclave_sha=""; vg_umount=false
+    mkdir -p $virtio_dir/mnt
+    # The console: hvc0, held open (so input typed before a read waits in its line discipline).
+    [ -e /sys/class/tty/hvc0 ] && vg_hvc=true
+    vg_active=$(cat /sys/class/tty/console/active 2>/dev/null)
+    if [ "$vg_hvc" = true ]; then
+        exec 3<>/dev/hvc0
+        echo "ATOLL-VIRTIO console up" >&3
+    else
+        why="no hvc0"
+    fi
+    # The network.
+    vf_numbers_ok
+    vg_t=0
+    while ! vf_iface virtio_net; do
+        vg_t=$((vg_t + 1))
+        if [ "$vg_t" -gt 10 ]; then
+            [ -z "$why" ] && why="no interface is bound to virtio_net"
+            break
+        fi
+        sleep 1
+    done
+    if [ -n "$vf_if" ]; then
+        vf_mac=$(cat "/sys/class/net/$vf_if/address")
+        ip link set "$vf_if" up
+        ip addr add "$net_ip" dev "$vf_if"
+        if vf_wait_carrier "$vf_if" 30; then
+            vf_ping "$net_peer" "$net_pings"
+            tcp=$(/atoll-check --tcp-send "$net_peer" "$net_port" --bytes "$net_bytes" --seed "$net_seed" --timeout 300)
+            if [ -n "$why" ]; then
+                :
+            elif [ "$ping_received" != "$net_pings" ]; then
+                why="$ping_received of $net_pings pings came back"
+            elif [ "$(vf_field "$tcp" error)" != null ]; then
+                why="the TCP transfer failed"
+            fi
+        else
+            [ -z "$why" ] && why="no carrier on $vf_if in 30 s"
+        fi
+    fi
+    # The disk: its capacity comes from the host's daemon (a configuration change), so vda may
+    # show 0 sectors first.
+    vg_t=0
+    while [ "$vg_t" -lt 30 ]; do
+        vg_sectors=$(cat /sys/block/vda/size 2>/dev/null || echo null)
+        [ "$vg_sectors" != null ] && [ "$vg_sectors" != 0 ] && break
+        sleep 1
+        vg_t=$((vg_t + 1))
+    done
+    if [ "$vg_sectors" = null ] || [ "$vg_sectors" = 0 ]; then
+        [ -z "$why" ] && why="no disk vda with sectors (size $vg_sectors)"
+    elif ! mount -t ext4 /dev/vda $virtio_dir/mnt; then
+        [ -z "$why" ] && why="mount -t ext4 /dev/vda failed"
+    else
+        vg_mounted=true
+        vg_hello=$(cat $virtio_dir/mnt/hello.txt 2>/dev/null)
+        vg_host_sha=$(virtio_sha $virtio_dir/mnt/host.bin)
+        dd if=/dev/urandom of=$virtio_dir/mnt/enclave.bin bs=4096 count=64 2>/dev/null
+        vg_enclave_sha=$(virtio_sha $virtio_dir/mnt/enclave.bin)
+        sync
+        umount $virtio_dir/mnt && vg_umount=true
+        [ -z "$why" ] && [ -z "$vg_enclave_sha" ] && why="writing enclave.bin failed"
+        [ -z "$why" ] && [ "$vg_umount" != true ] && why="umount failed"
+    fi
+    vg_res="{\"hvc0\":$vg_hvc,\"consoles\":$(lc_str "$vg_active"),\"iface\":$(lc_str "$vf_if"),\"mac\":$(lc_str "$vf_mac"),\"carrier_s\":$carrier_s,\"pings_sent\":$ping_sent,\"pings_received\":$ping_received,\"rtt_avg_ms\":$ping_avg,\"tcp_bytes\":$(vf_field "$tcp" bytes),\"tcp_sha256\":$(vf_field "$tcp" sha256),\"tcp_seconds\":$(vf_field "$tcp" seconds),\"tcp\":$tcp,\"disk_sectors\":$vg_sectors,\"mounted\":$vg_mounted,\"hello\":$(lc_str "$vg_hello"),\"host_sha256\":$(lc_str "$vg_host_sha"),\"enclave_sha256\":$(lc_str "$vg_enclave_sha"),\"unmounted\":$vg_umount,\"problem\":$(lc_str "$why")}"
+    echo "ATOLL-RESULT virtio_guest $vg_res"
+    if [ "$vg_hvc" = true ]; then
+        echo "ATOLL-RESULT virtio_guest $vg_res" >&3
+        # Input: a line typed through the host's `atoll console`, echoed with a prefix.
+        echo "ATOLL-VIRTIO-INPUT?" >&3
+        if read -t 120 vg_line <&3; then
+            echo "ATOLL-VIRTIO-INPUT $vg_line" | tr -d '\r' >&3
+        else
+            echo "ATOLL-VIRTIO-INPUT none" >&3
+        fi
+    fi
+}
+# The host's side: loads loop and ext4, puts host.bin (random bytes) on the disk image
+# /var/lib/atoll/disk.img (atoll.virtio_disk=PATH) beside the hello.txt it was built with,
+# listens on atoll.net_port, creates enclave virtio1 (on the first of atoll.lc_cores) with a
+# virtio console, a net device on tap atl0 and the image as a writable disk, gives the tap
+# atoll.net_peer, and reads the enclave's virtio_guest result through `atoll console` (its
+# hvc0), types a line there and waits for it to come back; pings the enclave, destroys it and
+# loop-mounts the image again for enclave.bin. Prints "ATOLL-RESULT virtio_host_enclave {the
+# enclave's result}" and "ATOLL-RESULT virtio_host {json}" (with atoll-channeld's log on a
+# failure).
+virtio_host() {
+    d=$virtio_dir
+    mkdir -p $d/mnt
+    lc=""
+    e=virtio1
+    vh_host_sha=""; vh_hello_sha=""; vh_res=""; vh_recv=""; vh_log=""
+    load_modules loop crc16 mbcache crc32c_generic jbd2 ext4
+    if ! mount -o loop "$virtio_disk" $d/mnt; then
+        why="cannot loop-mount $virtio_disk"
+    else
+        dd if=/dev/urandom of=$d/mnt/host.bin bs=4096 count=32 2>/dev/null
+        vh_host_sha=$(virtio_sha $d/mnt/host.bin)
+        vh_hello_sha=$(virtio_sha $d/mnt/hello.txt)
+        umount $d/mnt || why="cannot unmount $virtio_disk"
+    fi
+    lc_add host_sha256 "$(lc_str "$vh_host_sha")"
+    lc_add hello_sha256 "$(lc_str "$vh_hello_sha")"
+    if [ -z "$why" ]; then
+        /atoll-check --tcp-recv "$net_port" --timeout 900 --bytes "$net_bytes" --seed "$net_seed" > $d/recv.json &
+        rpid=$!
+        lc_desc $d/$e.toml $e "${lc_cores%,*}" 256 linux \
+            "console=ttyS0 console=hvc0 loglevel=5 atoll.expect_cpus=1 atoll.expect_mem=256 atoll.actions=virtio_guest atoll.net_ip=$virtio_ip/24 atoll.net_peer=${virtio_peer}$net_words $lc_args"
+        printf '[[virtio]]\nkind = "console"\n\n[[virtio]]\nkind = "net"\ntap = "atl0"\n\n[[virtio]]\nkind = "blk"\npath = "%s"\n' \
+            "$virtio_disk" >> $d/$e.toml
+        lc_run create atoll create $d/$e.toml --offline-cores
+        # The tap is channeld's, up once create returns.
+        lc_run tap ip addr add "$virtio_peer/24" dev atl0
+        atoll console $e --no-input --until "ATOLL-RESULT virtio_guest" --timeout 900 > $d/$e.out 2>&1
+        lc_add console_rc $?
+        vh_res=$(grep -a "^ATOLL-RESULT virtio_guest " $d/$e.out | head -n 1 | sed "s/^ATOLL-RESULT virtio_guest //" | tr -d '\r')
+        echo "ATOLL-RESULT virtio_host_enclave ${vh_res:-null}"
+        [ -n "$vh_res" ] || kill $rpid 2>/dev/null
+        wait $rpid
+        vh_recv=$(cat $d/recv.json 2>/dev/null)
+        lc_add recv "${vh_recv:-null}"
+        # The console's input: a line typed on the host comes back through hvc0.
+        atoll console $e --no-input --until "ATOLL-VIRTIO-INPUT?" --timeout 120 > /dev/null 2>&1
+        echo typed-through-virtio | atoll console $e --until "ATOLL-VIRTIO-INPUT typed-through-virtio" \
+            --timeout 120 > $d/input.out 2>&1
+        lc_add console_input_rc $?
+        vf_ping "$virtio_ip" "$net_pings"
+        lc_add host_pings "{\"sent\":$ping_sent,\"received\":$ping_received,\"rtt_avg_ms\":$ping_avg}"
+        lc_add tap_stats "{$(vf_packets atl0 tap)}"
+        lc_add stats "$(atoll stats $e --json 2>/dev/null || echo null)"
+        vh_log=$(tail -c 2000 /run/atoll/$e/channeld.log 2>/dev/null)
+        lc_run destroy atoll destroy $e --online-cores
+        lc_add channeld_after_destroy "$(lc_str "$(cat /run/atoll/$e/channeld.pid 2>/dev/null)")"
+        # The enclave's file, read back from the image.
+        vh_back=""
+        if mount -o loop "$virtio_disk" $d/mnt; then
+            vh_back=$(virtio_sha $d/mnt/enclave.bin)
+            umount $d/mnt
+        fi
+        lc_add enclave_file_sha256 "$(lc_str "$vh_back")"
+        if [ -z "$vh_res" ]; then
+            why="the enclave printed no virtio_guest result on hvc0"
+        elif [ "$(vf_field "$vh_res" problem)" != '""' ]; then
+            why="enclave: $(vf_field "$vh_res" problem)"
+        elif [ "$(vf_field "$vh_recv" matches)" != true ]; then
+            why="the enclave's TCP stream did not arrive intact"
+        elif [ "$(vf_field "$vh_res" host_sha256)" != "\"$vh_host_sha\"" ]; then
+            why="the enclave read host.bin as $(vf_field "$vh_res" host_sha256), not $vh_host_sha"
+        elif [ -z "$vh_back" ] || [ "$(vf_field "$vh_res" enclave_sha256)" != "\"$vh_back\"" ]; then
+            why="enclave.bin reads '$vh_back' in the host, the enclave wrote $(vf_field "$vh_res" enclave_sha256)"
+        elif [ "$ping_received" != "$net_pings" ]; then
+            why="$ping_received of $net_pings pings from the host came back"
+        fi
+    fi
+    lc_add problem "$(lc_str "$why")"
+    # atoll-channeld's log (it stays after the daemon exits), or what it said before destroy.
+    if [ -n "$why" ]; then
+        [ -e /run/atoll/$e/channeld.log ] && vh_log=$(tail -c 2000 /run/atoll/$e/channeld.log)
+        lc_add channeld_log "$(lc_str "$vh_log")"
+    fi
+    echo "ATOLL-RESULT virtio_host {$lc}"
+    lc=""
+}
 # Actions, in order, each announced on one line before it happens; one that cannot be done
 # says so on an ATOLL-ACTION-FAILED line and the next one runs.
 failed=0
@@ -1260,6 +1454,8 @@ for action in $actions; do
         vf_dma_outside) vf_dma_outside; vf_then ;;
         vf_host) vf_host ;;
         vf_host_outside) vf_host_outside ;;
+        virtio_guest) virtio_guest; vf_then ;;
+        virtio_host) virtio_host ;;
         bench_net) bench_net ;;
         bench_lifecycle) bench_lifecycle ;;
         bench_lifecycle_small) bench_lifecycle small ;;
@@ -1790,6 +1986,12 @@ pub fn build_cli() -> Result<PathBuf> {
     build_static("atoll-cli", "atoll")
 }
 
+/// Builds the static `atoll-channeld` (the host's daemon of enclaves' virtio devices, package
+/// `atoll-cli`), which `atoll create` starts from beside itself, and returns its path.
+pub fn build_channeld() -> Result<PathBuf> {
+    build_static("atoll-cli", "atoll-channeld")
+}
+
 /// Builds `package`'s binary `bin` for [`CHECK_TARGET`], statically linked, and returns its
 /// path.
 fn build_static(package: &str, bin: &str) -> Result<PathBuf> {
@@ -1825,6 +2027,60 @@ fn build_static(package: &str, bin: &str) -> Result<PathBuf> {
         );
     }
     Ok(bin)
+}
+
+/// The file [`build_disk_image`] puts at the root of the disk image, and its content.
+pub const DISK_FILE: (&str, &str) = (
+    "hello.txt",
+    "atoll virtio-blk: this file was put here when the disk image was built\n",
+);
+
+/// Size of the disk image: room for ext4's metadata, its journal and the files the virtio
+/// actions write (a few hundred KiB).
+pub const DISK_MIB: u64 = 8;
+
+/// Writes `out`: a raw ext4 image of [`DISK_MIB`] with [`DISK_FILE`] at its root, made by
+/// `mkfs.ext4 -d` (e2fsprogs, from `cargo xtask setup`). The host's `atoll-channeld` serves it
+/// to an enclave as a virtio-blk disk (the `virtio_host` action, `/var/lib/atoll/disk.img`).
+/// Made anew for every image: it is small and fast to make.
+pub fn build_disk_image(out: &Path) -> Result<()> {
+    let src = out.with_extension("src");
+    let _ = std::fs::remove_dir_all(&src);
+    std::fs::create_dir_all(&src)?;
+    std::fs::write(src.join(DISK_FILE.0), DISK_FILE.1)?;
+    let _ = std::fs::remove_file(out);
+    std::fs::File::create(out)?.set_len(DISK_MIB << 20)?;
+    // Outside root's PATH mkfs.ext4 may only be in /sbin.
+    let mkfs = ["mkfs.ext4", "/usr/sbin/mkfs.ext4", "/sbin/mkfs.ext4"]
+        .into_iter()
+        .find(|t| {
+            Command::new(t)
+                .arg("-V")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok()
+        })
+        .context("mkfs.ext4 not found: run `cargo xtask setup` (e2fsprogs)")?;
+    // -E root_owner: the files belong to root in the image whoever builds it; no lazy
+    // initialisation (nothing would finish it: the disk lives for one run).
+    let o = Command::new(mkfs)
+        .args(["-q", "-F", "-L", "atoll-disk", "-b", "4096"])
+        .args(["-E", "root_owner=0:0,lazy_itable_init=0,lazy_journal_init=0"])
+        .arg("-d")
+        .arg(&src)
+        .arg(out)
+        .output()
+        .with_context(|| format!("running {mkfs}"))?;
+    std::fs::remove_dir_all(&src)?;
+    if !o.status.success() {
+        bail!(
+            "{mkfs} {} failed: {}",
+            out.display(),
+            String::from_utf8_lossy(&o.stderr).trim()
+        );
+    }
+    Ok(())
 }
 
 /// Every path under `root`, relative, sorted (directories before what they hold).
@@ -1921,6 +2177,8 @@ pub fn build_initrd() -> Result<Initrd> {
     let check_bytes = std::fs::read(&check)?;
     let cli = build_cli()?;
     let cli_bytes = std::fs::read(&cli)?;
+    let channeld = build_channeld()?;
+    let channeld_bytes = std::fs::read(&channeld)?;
     let init = init_script();
     let key = cache_key(&[
         ("init", init.as_bytes()),
@@ -1928,13 +2186,14 @@ pub fn build_initrd() -> Result<Initrd> {
         ("busybox", &busybox_bytes),
         ("atoll-check", &check_bytes),
         ("atoll", &cli_bytes),
+        ("atoll-channeld", &channeld_bytes),
     ]);
     let dir = cache.join(format!("initrd-{key}"));
     let path = dir.join("initrd.cpio.gz");
     if dir.join("manifest.json").exists() && path.exists() {
         return Ok(Initrd { path, key });
     }
-    progress("building the initramfs (busybox, /init, atoll-check, atoll)");
+    progress("building the initramfs (busybox, /init, atoll-check, atoll, atoll-channeld)");
     let tmp = cache.join(format!("initrd-{key}.tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     let rootfs = tmp.join("rootfs");
@@ -1947,10 +2206,17 @@ pub fn build_initrd() -> Result<Initrd> {
     }
     std::fs::copy(&check, rootfs.join("atoll-check"))?;
     std::fs::copy(&cli, rootfs.join("bin/atoll"))?;
+    std::fs::copy(&channeld, rootfs.join("bin/atoll-channeld"))?;
     std::fs::write(rootfs.join("init"), &init)?;
     std::fs::write(tmp.join("init"), &init)?;
     use std::os::unix::fs::PermissionsExt;
-    for f in ["init", "atoll-check", "bin/busybox", "bin/atoll"] {
+    for f in [
+        "init",
+        "atoll-check",
+        "bin/busybox",
+        "bin/atoll",
+        "bin/atoll-channeld",
+    ] {
         std::fs::set_permissions(rootfs.join(f), std::fs::Permissions::from_mode(0o755))?;
     }
     write_initramfs(&rootfs, &tmp.join("initrd.cpio.gz"))?;
@@ -2751,6 +3017,10 @@ linux-image-6.12.117+deb12-amd64 - Linux 6.12 for 64-bit PCs (signed)
             [script.find("load_modules() {").unwrap()..script.find("/atoll-check $args").unwrap()];
         let part = part
             .replace("/sys/bus/pci/devices", &dir.join("pci").to_string_lossy())
+            .replace("/sys/class/tty", &dir.join("tty").to_string_lossy())
+            .replace("/sys/block", &dir.join("block").to_string_lossy())
+            .replace("/tmp/virtio", &dir.join("virtio").to_string_lossy())
+            .replace("/run/atoll", &dir.join("run").to_string_lossy())
             .replace("/lib/modules", &dir.join("modules").to_string_lossy());
         let out = Command::new("sh")
             .args([

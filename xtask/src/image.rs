@@ -278,7 +278,8 @@ pub struct Iso {
 }
 
 /// The guest image's initramfs with `/guest/vmlinuz`, `/guest/initrd` and `/guest/suite64`
-/// added: the files the host's `atoll create` starts enclaves from. The image's archives as they
+/// added: the files the host's `atoll create` starts enclaves from; and
+/// `/var/lib/atoll/disk.img`, an ext4 image for enclaves' virtio-blk disks. The image's archives as they
 /// are (the shared one and the kernel modules', decompressed), then one more with `/guest/`: the
 /// kernel unpacks concatenated archives in turn. Not compressed: its files are compressed already
 /// (the bzImage, the inner initramfs), and a gzipped archive took Bochs minutes to unpack.
@@ -293,6 +294,9 @@ fn host_initrd_file(
     std::fs::copy(&linux.kernel, root.join("guest/vmlinuz"))?;
     std::fs::copy(&linux.initrd, root.join("guest/initrd"))?;
     std::fs::copy(guests.join("guest-suite"), root.join("guest/suite64"))?;
+    // The virtio-blk disk the host serves to an enclave (the virtio scenario).
+    std::fs::create_dir_all(root.join("var/lib/atoll"))?;
+    crate::guest_image::build_disk_image(&root.join("var/lib/atoll/disk.img"))?;
     let extra = work.join("host-initrd-guest.cpio");
     crate::guest_image::write_cpio(&root, &extra, false)?;
     std::fs::remove_dir_all(&root)?;

@@ -1346,7 +1346,7 @@ virtio_host() {
     lc_add host_sha256 "$(lc_str "$vh_host_sha")"
     lc_add hello_sha256 "$(lc_str "$vh_hello_sha")"
     if [ -z "$why" ]; then
-        /atoll-check --tcp-recv "$net_port" --timeout 900 --bytes "$net_bytes" --seed "$net_seed" > $d/recv.json &
+        /atoll-check --tcp-recv "$net_port" --timeout 480 --bytes "$net_bytes" --seed "$net_seed" > $d/recv.json &
         rpid=$!
         lc_desc $d/$e.toml $e "${lc_cores%,*}" 256 linux \
             "console=ttyS0 console=hvc0 loglevel=5 atoll.expect_cpus=1 atoll.expect_mem=256 atoll.actions=virtio_guest atoll.net_ip=$virtio_ip/24 atoll.net_peer=${virtio_peer}$net_words $lc_args"
@@ -1355,8 +1355,14 @@ virtio_host() {
         lc_run create atoll create $d/$e.toml --offline-cores
         # The tap is channeld's, up once create returns.
         lc_run tap ip addr add "$virtio_peer/24" dev atl0
-        atoll console $e --no-input --until "ATOLL-RESULT virtio_guest" --timeout 900 > $d/$e.out 2>&1
-        lc_add console_rc $?
+        atoll console $e --no-input --until "ATOLL-RESULT virtio_guest" --timeout 420 > $d/$e.out 2>&1
+        vh_rc=$?
+        lc_add console_rc $vh_rc
+        if [ "$vh_rc" != 0 ]; then
+            # On the host's console too: what hvc0 showed and what the daemon logged.
+            echo "virtio_host: atoll console $e exited $vh_rc: $(tail -c 600 $d/$e.out | tr '\r\n' '  ')"
+            echo "virtio_host: channeld.log: $(tail -c 1500 /run/atoll/$e/channeld.log 2>/dev/null | tr '\r\n' '  ')"
+        fi
         vh_res=$(grep -a "^ATOLL-RESULT virtio_guest " $d/$e.out | head -n 1 | sed "s/^ATOLL-RESULT virtio_guest //" | tr -d '\r')
         echo "ATOLL-RESULT virtio_host_enclave ${vh_res:-null}"
         [ -n "$vh_res" ] || kill $rpid 2>/dev/null
@@ -3017,10 +3023,6 @@ linux-image-6.12.117+deb12-amd64 - Linux 6.12 for 64-bit PCs (signed)
             [script.find("load_modules() {").unwrap()..script.find("/atoll-check $args").unwrap()];
         let part = part
             .replace("/sys/bus/pci/devices", &dir.join("pci").to_string_lossy())
-            .replace("/sys/class/tty", &dir.join("tty").to_string_lossy())
-            .replace("/sys/block", &dir.join("block").to_string_lossy())
-            .replace("/tmp/virtio", &dir.join("virtio").to_string_lossy())
-            .replace("/run/atoll", &dir.join("run").to_string_lossy())
             .replace("/lib/modules", &dir.join("modules").to_string_lossy());
         let out = Command::new("sh")
             .args([
@@ -3228,6 +3230,11 @@ linux-image-6.12.117+deb12-amd64 - Linux 6.12 for 64-bit PCs (signed)
             .replace("/tmp/atoll-load", &dir.join("load").to_string_lossy())
             .replace("/sys/class/net", &dir.join("net").to_string_lossy())
             .replace("/sys/bus/pci/devices", &dir.join("pci").to_string_lossy())
+            .replace("/sys/class/tty", &dir.join("tty").to_string_lossy())
+            .replace("/sys/block", &dir.join("block").to_string_lossy())
+            .replace("/tmp/virtio", &dir.join("virtio").to_string_lossy())
+            .replace("/run/atoll", &dir.join("run").to_string_lossy())
+            .replace("/dev/hvc0", &dir.join("hvc0").to_string_lossy())
             .replace(
                 "/sys/bus/pci/drivers",
                 &dir.join("pcidrivers").to_string_lossy(),
@@ -4150,6 +4157,292 @@ atoll_check() {
         let (out, _, _) = run_vf_host("atoll.role=host atoll.actions=vf_host_outside", "");
         assert!(
             out.contains("ATOLL-ACTION-FAILED vf_host_outside: no atoll.net_outside=GPA\n"),
+            "{out}"
+        );
+    }
+
+    /// The tools of the virtio actions: the SR-IOV ones and checksums.
+    const VIRTIO_TOOLS: &[(&str, &str)] = &[
+        ("sed", "sed"),
+        ("tr", "tr"),
+        ("grep", "grep"),
+        ("head", "head"),
+        ("tail", "tail"),
+        ("readlink", "readlink"),
+        ("dd", "dd"),
+        ("mkdir", "mkdir"),
+        ("cp", "cp"),
+        ("rm", "rm"),
+        ("sha256sum", "sha256sum"),
+        ("sync", "true"),
+    ];
+
+    /// SHA-256 of a file, by the host's sha256sum.
+    fn sha256_of(path: &Path) -> String {
+        let o = Command::new("sha256sum").arg(path).output().unwrap();
+        String::from_utf8_lossy(&o.stdout)
+            .split(' ')
+            .next()
+            .unwrap()
+            .to_string()
+    }
+
+    /// An enclave with its virtio devices as sysfs shows them (eth0 and eth1 bound to
+    /// virtio_net, carrier up): hvc0 among the kernel's consoles when `hvc`, disk vda of
+    /// `sectors` when given, and the disk's files in the mount point.
+    fn virtio_enclave_sysfs(dir: &Path, hvc: bool, sectors: Option<&str>) {
+        vf_enclave_sysfs(dir, "1", false);
+        std::fs::create_dir_all(dir.join("tty/console")).unwrap();
+        if hvc {
+            std::fs::create_dir_all(dir.join("tty/hvc0")).unwrap();
+            std::fs::write(dir.join("tty/console/active"), "ttyS0 hvc0\n").unwrap();
+            std::fs::write(dir.join("hvc0"), "").unwrap();
+        } else {
+            std::fs::write(dir.join("tty/console/active"), "ttyS0\n").unwrap();
+        }
+        if let Some(n) = sectors {
+            std::fs::create_dir_all(dir.join("block/vda")).unwrap();
+            std::fs::write(dir.join("block/vda/size"), format!("{n}\n")).unwrap();
+        }
+        std::fs::create_dir_all(dir.join("virtio/mnt")).unwrap();
+        std::fs::write(dir.join("virtio/mnt/hello.txt"), "hello from the build\n").unwrap();
+        std::fs::write(dir.join("virtio/mnt/host.bin"), "abc").unwrap();
+    }
+
+    /// Runs virtio_guest; returns stdout, the calls, what it wrote to hvc0 and the SHA-256 of
+    /// the enclave.bin it left.
+    fn run_virtio_guest(
+        cmdline: &str,
+        hvc: bool,
+        sectors: Option<&str>,
+    ) -> (String, String, String, String) {
+        let (mut calls, mut hvc0, mut sha) = (String::new(), String::new(), String::new());
+        let (out, _) = run_actions_sandbox(
+            cmdline,
+            &[],
+            VIRTIO_TOOLS,
+            VF_ENCLAVE_STUBS,
+            |d| virtio_enclave_sysfs(d, hvc, sectors),
+            |d| {
+                calls = std::fs::read_to_string(d.join("calls")).unwrap_or_default();
+                hvc0 = std::fs::read_to_string(d.join("hvc0")).unwrap_or_default();
+                if d.join("virtio/mnt/enclave.bin").exists() {
+                    sha = sha256_of(&d.join("virtio/mnt/enclave.bin"));
+                }
+            },
+        );
+        (out, calls, hvc0, sha)
+    }
+
+    #[test]
+    fn virtio_guest_uses_its_console_network_and_disk() {
+        let (out, calls, hvc0, sha) = run_virtio_guest(
+            "atoll.actions=virtio_guest atoll.net_ip=10.9.0.2/24 atoll.net_peer=10.9.0.1 \
+             atoll.net_pings=20 atoll.net_bytes=65536 atoll.net_then=poweroff",
+            true,
+            Some("16384"),
+        );
+        let r = result_of(&out, "virtio_guest");
+        assert_eq!(r["problem"], "", "{out}");
+        assert_eq!(r["hvc0"], true);
+        assert_eq!(r["consoles"], "ttyS0 hvc0");
+        assert_eq!(r["iface"], "eth0");
+        assert_eq!(r["pings_received"], 20);
+        assert_eq!(r["tcp_bytes"], 65536);
+        assert_eq!(r["tcp_sha256"], "5eed");
+        assert_eq!(r["disk_sectors"], 16384);
+        assert_eq!(r["mounted"], true);
+        assert_eq!(r["unmounted"], true);
+        assert_eq!(r["hello"], "hello from the build");
+        assert_eq!(
+            r["host_sha256"],
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        // 256 KiB of random bytes, reported with the checksum they have.
+        assert_eq!(sha.len(), 64);
+        assert_eq!(r["enclave_sha256"], sha);
+        assert!(out.contains("mount -t ext4 /dev/vda "), "{out}");
+        assert!(out.contains("umount "), "{out}");
+        for step in [
+            "ip link set eth0 up",
+            "ip addr add 10.9.0.2/24 dev eth0",
+            "ping -c 20 -i 0.2 -W 5 10.9.0.1",
+            "atoll-check --tcp-send 10.9.0.1 5001 --bytes 65536 --seed 1 --timeout 300",
+        ] {
+            assert!(calls.contains(step), "{step}: {calls}");
+        }
+        // hvc0 got the same result line, then the prompt; no input came (EOF): "none".
+        let line = format!("ATOLL-RESULT virtio_guest {}", out.lines().find_map(|l| l.strip_prefix("ATOLL-RESULT virtio_guest ")).unwrap());
+        assert!(hvc0.contains(&line), "{hvc0}");
+        assert!(
+            hvc0.ends_with("ATOLL-VIRTIO-INPUT?\nATOLL-VIRTIO-INPUT none\n"),
+            "{hvc0}"
+        );
+        assert!(out.contains("ATOLL-ACTIONS end failed=0"), "{out}");
+    }
+
+    #[test]
+    fn virtio_guest_says_what_is_missing() {
+        // No hvc0: the first problem; nothing goes to a console that is not there.
+        let (out, _, hvc0, _) = run_virtio_guest(
+            "atoll.actions=virtio_guest atoll.net_then=poweroff",
+            false,
+            Some("16384"),
+        );
+        let r = result_of(&out, "virtio_guest");
+        assert_eq!(r["problem"], "no hvc0", "{out}");
+        assert_eq!(r["hvc0"], false);
+        assert_eq!(r["mounted"], true);
+        assert_eq!(hvc0, "");
+        // A disk whose capacity never came: 30 s of waiting, then said.
+        let (out, _, _, sha) = run_virtio_guest(
+            "atoll.actions=virtio_guest atoll.net_then=poweroff",
+            true,
+            Some("0"),
+        );
+        let r = result_of(&out, "virtio_guest");
+        assert_eq!(r["problem"], "no disk vda with sectors (size 0)", "{out}");
+        assert_eq!(r["mounted"], false);
+        assert_eq!(out.matches("slept 1").count(), 30, "{out}");
+        assert_eq!(sha, "", "nothing written");
+        // No disk at all.
+        let (out, _, _, _) = run_virtio_guest(
+            "atoll.actions=virtio_guest atoll.net_then=poweroff",
+            true,
+            None,
+        );
+        assert_eq!(
+            result_of(&out, "virtio_guest")["problem"],
+            "no disk vda with sectors (size null)",
+            "{out}"
+        );
+    }
+
+    /// `atoll` for virtio_host: create keeps the description, console answers as the enclave
+    /// would (host.bin's checksum as found in the mount point; an enclave.bin it writes there,
+    /// reported with $ENCLAVE_SHA when set), stats and destroy log.
+    const VIRTIO_HOST_STUBS: &str = r#"
+load_modules() { log "load_modules $*"; }
+atoll() {
+    log "atoll $*"
+    case "$1" in
+        create) cp "$2" "$SANDBOX/created"; mkdir -p "$SANDBOX/run/virtio1"
+                echo "daemon started" > "$SANDBOX/run/virtio1/channeld.log"
+                echo 99 > "$SANDBOX/run/virtio1/channeld.pid" ;;
+        console) case "$5" in
+                     "ATOLL-RESULT virtio_guest")
+                         echo "enclave bytes" > "$SANDBOX/virtio/mnt/enclave.bin"
+                         h=$(sha256sum "$SANDBOX/virtio/mnt/host.bin"); h=${h%% *}
+                         w=$(sha256sum "$SANDBOX/virtio/mnt/enclave.bin"); w=${ENCLAVE_SHA:-${w%% *}}
+                         printf 'ATOLL-RESULT virtio_guest {"hvc0":true,"host_sha256":"%s","enclave_sha256":"%s","problem":""}\r\n' "$h" "$w" ;;
+                     *) echo "$5" ;;
+                 esac ;;
+        stats) echo '{"exits":12}' ;;
+        destroy) rm -f "$SANDBOX/run/virtio1/channeld.pid" ;;
+    esac
+}
+atoll_check() {
+    log "atoll-check $*"
+    echo "{\"bytes\":$6,\"error\":null,\"matches\":${MATCHES:-true},\"seconds\":3.0,\"sha256\":\"5eed\"}"
+}
+"#;
+
+    fn run_virtio_host(cmdline: &str, env: &str) -> (String, String, String) {
+        let (mut calls, mut desc) = (String::new(), String::new());
+        let (out, _) = run_actions_sandbox(
+            cmdline,
+            &[],
+            VIRTIO_TOOLS,
+            &format!("{env}\n{VF_ENCLAVE_STUBS}\n{VIRTIO_HOST_STUBS}"),
+            |d| {
+                std::fs::create_dir_all(d.join("net/atl0/statistics")).unwrap();
+                std::fs::write(d.join("net/atl0/statistics/rx_packets"), "240\n").unwrap();
+                std::fs::write(d.join("net/atl0/statistics/tx_packets"), "250\n").unwrap();
+            },
+            |d| {
+                calls = std::fs::read_to_string(d.join("calls")).unwrap_or_default();
+                desc = std::fs::read_to_string(d.join("created")).unwrap_or_default();
+            },
+        );
+        (out, calls, desc)
+    }
+
+    #[test]
+    fn virtio_host_serves_an_enclave_and_reads_its_file_back() {
+        let (out, calls, desc) = run_virtio_host(
+            "atoll.role=host atoll.actions=virtio_host atoll.lc_cores=1,1 atoll.net_pings=30 \
+             atoll.lc_args=atoll.tolerate=x",
+            "",
+        );
+        let r = result_of(&out, "virtio_host");
+        assert_eq!(r["problem"], "", "{out}");
+        assert_eq!(r["create"]["rc"], 0);
+        assert_eq!(r["tap"]["rc"], 0);
+        assert_eq!(r["console_rc"], 0);
+        assert_eq!(r["console_input_rc"], 0);
+        assert_eq!(r["recv"]["matches"], true);
+        assert_eq!(r["host_pings"]["received"], 30);
+        assert_eq!(r["tap_stats"]["rx_tap"], 240);
+        assert_eq!(r["destroy"]["rc"], 0);
+        assert_eq!(r["channeld_after_destroy"], "");
+        assert!(r.get("channeld_log").is_none(), "only on a failure: {r}");
+        // host.bin written before create is what the enclave read; its enclave.bin is what the
+        // host reads back.
+        let host_sha = r["host_sha256"].as_str().unwrap();
+        assert_eq!(host_sha.len(), 64);
+        assert_eq!(result_of(&out, "virtio_host_enclave")["host_sha256"], host_sha);
+        assert_eq!(
+            r["enclave_file_sha256"],
+            result_of(&out, "virtio_host_enclave")["enclave_sha256"]
+        );
+        // The description: one core, the three devices, the image writable.
+        assert!(desc.starts_with("name = \"virtio1\"\ncores = [1]\nmemory_mib = 256\n"), "{desc}");
+        assert!(desc.contains(
+            "cmdline = \"console=ttyS0 console=hvc0 loglevel=5 atoll.expect_cpus=1 atoll.expect_mem=256 \
+             atoll.actions=virtio_guest atoll.net_ip=10.9.0.2/24 atoll.net_peer=10.9.0.1 atoll.net_pings=30 \
+             atoll.tolerate=x\""
+        ), "{desc}");
+        assert!(desc.ends_with(
+            "[[virtio]]\nkind = \"console\"\n\n[[virtio]]\nkind = \"net\"\ntap = \"atl0\"\n\n\
+             [[virtio]]\nkind = \"blk\"\npath = \"/var/lib/atoll/disk.img\"\n"
+        ), "{desc}");
+        let order = [
+            "atoll-check --tcp-recv 5001 --timeout 480 --bytes 4194304 --seed 1",
+            "atoll create ",
+            "ip addr add 10.9.0.1/24 dev atl0",
+            "atoll console virtio1 --no-input --until ATOLL-RESULT virtio_guest --timeout 420",
+            "atoll console virtio1 --no-input --until ATOLL-VIRTIO-INPUT? --timeout 120",
+            "atoll console virtio1 --until ATOLL-VIRTIO-INPUT typed-through-virtio --timeout 120",
+            "ping -c 30 -i 0.2 -W 5 10.9.0.2",
+            "atoll stats virtio1 --json",
+            "atoll destroy virtio1 --online-cores",
+        ];
+        let mut at = 0;
+        for step in order {
+            at += calls[at..]
+                .find(step)
+                .unwrap_or_else(|| panic!("{step} after {at}: {calls}"));
+        }
+        // The image is loop-mounted before create (host.bin) and after destroy (enclave.bin).
+        assert_eq!(out.matches("mount -o loop /var/lib/atoll/disk.img ").count(), 2, "{out}");
+        assert!(out.contains("ATOLL-ACTIONS end failed=0"), "{out}");
+    }
+
+    #[test]
+    fn virtio_host_says_which_check_failed_with_the_daemons_log() {
+        let (out, _, _) = run_virtio_host(
+            "atoll.role=host atoll.actions=virtio_host",
+            "ENCLAVE_SHA=00ff",
+        );
+        let r = result_of(&out, "virtio_host");
+        let p = r["problem"].as_str().unwrap();
+        assert!(p.starts_with("enclave.bin reads '") && p.ends_with("the enclave wrote 00ff"), "{p}");
+        assert_eq!(r["channeld_log"], "daemon started", "{r}");
+        assert!(out.contains("ATOLL-ACTION-FAILED virtio_host: enclave.bin reads"), "{out}");
+        let (out, _, _) = run_virtio_host("atoll.role=host atoll.actions=virtio_host", "MATCHES=false");
+        assert_eq!(
+            result_of(&out, "virtio_host")["problem"],
+            "the enclave's TCP stream did not arrive intact",
             "{out}"
         );
     }

@@ -1361,7 +1361,7 @@ virtio_host() {
         if [ "$vh_rc" != 0 ]; then
             # On the host's console too: what hvc0 showed and what the daemon logged.
             echo "virtio_host: atoll console $e exited $vh_rc: $(tail -c 600 $d/$e.out | tr '\r\n' '  ')"
-            echo "virtio_host: channeld.log: $(tail -c 1500 /run/atoll/$e/channeld.log 2>/dev/null | tr '\r\n' '  ')"
+            while IFS= read -r l; do echo "virtio_host: channeld.log: $l"; done < /run/atoll/$e/channeld.log
         fi
         vh_res=$(grep -a "^ATOLL-RESULT virtio_guest " $d/$e.out | head -n 1 | sed "s/^ATOLL-RESULT virtio_guest //" | tr -d '\r')
         echo "ATOLL-RESULT virtio_host_enclave ${vh_res:-null}"
@@ -1369,13 +1369,16 @@ virtio_host() {
         wait $rpid
         vh_recv=$(cat $d/recv.json 2>/dev/null)
         lc_add recv "${vh_recv:-null}"
-        # The console's input: a line typed on the host comes back through hvc0.
-        atoll console $e --no-input --until "ATOLL-VIRTIO-INPUT?" --timeout 120 > /dev/null 2>&1
-        echo typed-through-virtio | atoll console $e --until "ATOLL-VIRTIO-INPUT typed-through-virtio" \
-            --timeout 120 > $d/input.out 2>&1
-        lc_add console_input_rc $?
-        vf_ping "$virtio_ip" "$net_pings"
-        lc_add host_pings "{\"sent\":$ping_sent,\"received\":$ping_received,\"rtt_avg_ms\":$ping_avg}"
+        # The console's input: a line typed on the host comes back through hvc0. (Not
+        # without a result: an enclave that printed none is not listening either.)
+        if [ -n "$vh_res" ]; then
+            atoll console $e --no-input --until "ATOLL-VIRTIO-INPUT?" --timeout 120 > /dev/null 2>&1
+            echo typed-through-virtio | atoll console $e --until "ATOLL-VIRTIO-INPUT typed-through-virtio" \
+                --timeout 120 > $d/input.out 2>&1
+            lc_add console_input_rc $?
+            vf_ping "$virtio_ip" "$net_pings"
+            lc_add host_pings "{\"sent\":$ping_sent,\"received\":$ping_received,\"rtt_avg_ms\":$ping_avg}"
+        fi
         lc_add tap_stats "{$(vf_packets atl0 tap)}"
         lc_add stats "$(atoll stats $e --json 2>/dev/null || echo null)"
         vh_log=$(tail -c 2000 /run/atoll/$e/channeld.log 2>/dev/null)

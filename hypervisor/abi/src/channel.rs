@@ -459,7 +459,10 @@ pub enum HeaderError {
 
 /// Reads the header the way the daemon does: device `index`, checked against what
 /// [`place_rings`] would have placed.
-pub fn read_device(mem: &(impl SharedMem + ?Sized), index: usize) -> Result<HostDevice, HeaderError> {
+pub fn read_device(
+    mem: &(impl SharedMem + ?Sized),
+    index: usize,
+) -> Result<HostDevice, HeaderError> {
     let r32 = |off: usize| {
         let mut b = [0u8; 4];
         mem.read(off, &mut b);
@@ -742,7 +745,13 @@ impl Producer {
     }
 
     /// Writes `bytes` at `offset` of the reserved payload (ignored past its end).
-    pub fn fill(&self, mem: &(impl SharedMem + ?Sized), r: &Reservation, offset: u32, bytes: &[u8]) {
+    pub fn fill(
+        &self,
+        mem: &(impl SharedMem + ?Sized),
+        r: &Reservation,
+        offset: u32,
+        bytes: &[u8],
+    ) {
         if offset >= r.len {
             return;
         }
@@ -788,7 +797,11 @@ impl Producer {
 
     /// Asks to be signalled when the consumer has freed room, then says whether room for a
     /// `len`-byte payload appeared meanwhile (then go on without waiting).
-    pub fn wait_for_room(&self, mem: &(impl SharedMem + ?Sized), len: u32) -> Result<bool, RingError> {
+    pub fn wait_for_room(
+        &self,
+        mem: &(impl SharedMem + ?Sized),
+        len: u32,
+    ) -> Result<bool, RingError> {
         let cons = mem.load_acquire(self.ring.word(layout::RING_CONS));
         mem.store_release(self.ring.word(layout::RING_PROD_EVENT), cons);
         mem.fence();
@@ -846,7 +859,13 @@ impl Consumer {
     }
 
     /// Copies payload bytes of the head record `rec` from `offset` (clipped to the payload).
-    pub fn read(&self, mem: &(impl SharedMem + ?Sized), rec: &Record, offset: u32, buf: &mut [u8]) -> usize {
+    pub fn read(
+        &self,
+        mem: &(impl SharedMem + ?Sized),
+        rec: &Record,
+        offset: u32,
+        buf: &mut [u8],
+    ) -> usize {
         if offset >= rec.len {
             return 0;
         }

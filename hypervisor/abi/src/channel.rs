@@ -898,5 +898,84 @@ impl Consumer {
     }
 }
 
+/// A window in plain memory: 32-bit atomic words, bytes read and written inside them. For
+/// tests on both sides (atoll's and the daemon's) and anything else that wants a window in
+/// ordinary memory; slow, but every access is atomic, as in a window two partitions share.
+#[derive(Debug)]
+pub struct SliceWindow<'a> {
+    words: &'a [core::sync::atomic::AtomicU32],
+}
+
+impl<'a> SliceWindow<'a> {
+    /// A window over `words` (its size is `4 * words.len()`).
+    pub fn new(words: &'a [core::sync::atomic::AtomicU32]) -> Self {
+        Self { words }
+    }
+
+    fn byte(&self, at: usize) -> u8 {
+        use core::sync::atomic::Ordering;
+        (self.words[at / 4].load(Ordering::Relaxed) >> (8 * (at % 4))) as u8
+    }
+
+    fn set_byte(&self, at: usize, v: u8) {
+        use core::sync::atomic::Ordering;
+        let shift = 8 * (at % 4);
+        let w = &self.words[at / 4];
+        let mut cur = w.load(Ordering::Relaxed);
+        loop {
+            let new = (cur & !(0xff << shift)) | (u32::from(v) << shift);
+            match w.compare_exchange_weak(cur, new, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => break,
+                Err(c) => cur = c,
+            }
+        }
+    }
+}
+
+impl SharedMem for SliceWindow<'_> {
+    fn size(&self) -> usize {
+        self.words.len() * 4
+    }
+    fn load_acquire(&self, offset: usize) -> u32 {
+        use core::sync::atomic::Ordering;
+        if !offset.is_multiple_of(4) {
+            return 0;
+        }
+        self.words
+            .get(offset / 4)
+            .map_or(0, |w| w.load(Ordering::Acquire))
+    }
+    fn store_release(&self, offset: usize, value: u32) {
+        use core::sync::atomic::Ordering;
+        if !offset.is_multiple_of(4) {
+            return;
+        }
+        if let Some(w) = self.words.get(offset / 4) {
+            w.store(value, Ordering::Release)
+        }
+    }
+    fn fence(&self) {
+        core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst)
+    }
+    fn read(&self, offset: usize, buf: &mut [u8]) {
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = if offset + i < self.size() {
+                self.byte(offset + i)
+            } else {
+                0
+            };
+        }
+        core::sync::atomic::fence(core::sync::atomic::Ordering::Acquire);
+    }
+    fn write(&self, offset: usize, buf: &[u8]) {
+        core::sync::atomic::fence(core::sync::atomic::Ordering::Release);
+        for (i, b) in buf.iter().enumerate() {
+            if offset + i < self.size() {
+                self.set_byte(offset + i, *b);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

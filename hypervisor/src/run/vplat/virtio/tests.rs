@@ -74,7 +74,7 @@ fn records_reach_the_daemon_and_it_is_told_once() {
     let mut r = rings(&mem, ch::Kind::Net);
     let places = r.places;
     // The daemon went idle: it wants to hear about the next record.
-    let mut host_rx = Consumer::new(places.to_host, &mem);
+    let host_rx = Consumer::new(places.to_host, &mem);
     assert!(!host_rx.wait_for_data(&mem).unwrap());
     let mut b = backend(&mem, &mut r);
     b.send(7, &[b"abc", b"de"]).unwrap();

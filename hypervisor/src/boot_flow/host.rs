@@ -67,6 +67,9 @@ pub struct Host {
     enclave_ram: Vec<PhysRange>,
     /// Mapping changes that broke that rule (each refused and undone).
     pub isolation_violations: u32,
+    /// Pages hidden from the host for an enclave's function (`hide_pages`, `unmap_pages`)
+    /// until `show_pages`: giving a BAR's old range back never maps them.
+    hidden: alloc::collections::BTreeSet<u64>,
     layout: HostLayout,
     acpi: host_acpi::HostAcpi,
     kernel: &'static [u8],
@@ -479,6 +482,7 @@ impl Host {
             channel_windows: [None; MAX_CHANNELS],
             enclave_ram: Vec::new(),
             isolation_violations: 0,
+            hidden: alloc::collections::BTreeSet::new(),
             layout,
             acpi,
             kernel,
@@ -644,6 +648,7 @@ impl Host {
                     return Err(alloc::format!("unmapping {page:#x} from the host: {e:?}"));
                 }
                 taken.push(page);
+                self.hidden.insert(page);
             }
             page += 4096;
         }
@@ -658,6 +663,7 @@ impl Host {
     /// Unmaps exactly `pages` from the host's second stage (a trap the caller set up first
     /// serves them) and waits, as [`Host::hide_pages`] does.
     pub fn unmap_pages(&mut self, pages: &[u64]) -> Result<(), String> {
+        self.hidden.extend(pages.iter().copied());
         for (i, &p) in pages.iter().enumerate() {
             if let Err(e) = self.tables.unmap(GuestPhysAddr::new(p), 4096) {
                 let _ = self.show_pages(&pages[..i]);
@@ -675,6 +681,9 @@ impl Host {
     /// Maps back pages [`Host::hide_pages`] took, as the host's layout maps them.
     pub fn show_pages(&mut self, pages: &[u64]) -> Result<(), String> {
         let mut result = Ok(());
+        for p in pages {
+            self.hidden.remove(p);
+        }
         for &p in pages {
             if let Err(e) = self.restore(GuestPhysAddr::new(p), 4096) {
                 result = Err(e);
@@ -909,7 +918,24 @@ impl Host {
         for m in &self.layout.mappings {
             let (ms, me) = (m.gpa.as_u64(), m.gpa.as_u64() + m.len);
             let (s, e) = (start.max(ms), end.min(me));
-            if s < e {
+            if s < e && self.hidden.range(s & !0xfff..e).next().is_some() {
+                // Pages an enclave's function owns stay unmapped: the rest page by page.
+                let mut p = s & !0xfff;
+                while p < e {
+                    if !self.hidden.contains(&p) {
+                        self.tables
+                            .map(
+                                GuestPhysAddr::new(p),
+                                HostPhysAddr::new(m.hpa.as_u64() + (p - ms)),
+                                4096,
+                                m.perms,
+                                m.mem,
+                            )
+                            .map_err(|e| alloc::format!("restoring {at}: {e:?}"))?;
+                    }
+                    p += 4096;
+                }
+            } else if s < e {
                 // (A BAR never covers the control function's ECAM page: refused above.)
                 self.tables
                     .map(

@@ -2,7 +2,10 @@
 //!
 //! Features offered: `VIRTIO_F_VERSION_1`, `VIRTIO_BLK_F_SEG_MAX` (`seg_max` =
 //! [`MAX_SEGMENTS`] − 2: a request's data segments plus its header and status fit one
-//! [`Chain`](super::queue::Chain)), `VIRTIO_BLK_F_BLK_SIZE` (512), `VIRTIO_BLK_F_FLUSH`,
+//! [`Chain`](super::queue::Chain)), `VIRTIO_BLK_F_SIZE_MAX` ([`SIZE_MAX`], a page: with
+//! `seg_max` it bounds a request's data to [`MAX_REQUEST_BYTES`], which is what the ring toward
+//! the host must hold in one record — Linux otherwise sizes requests by its own limits only),
+//! `VIRTIO_BLK_F_BLK_SIZE` (512), `VIRTIO_BLK_F_FLUSH`,
 //! `VIRTIO_BLK_F_RO` when read-only, event index and indirect descriptors. The capacity (in
 //! 512-byte sectors) is the platform's and may change while the guest runs:
 //! `VirtioPci::change_config(|b| b.set_capacity(n))` bumps `config_generation` and raises a
@@ -35,6 +38,8 @@ use alloc::vec::Vec;
 
 /// `VIRTIO_BLK_F_RO`.
 pub const F_RO: u64 = 1 << 5;
+/// `VIRTIO_BLK_F_SIZE_MAX`.
+pub const F_SIZE_MAX: u64 = 1 << 1;
 /// `VIRTIO_BLK_F_SEG_MAX`.
 pub const F_SEG_MAX: u64 = 1 << 2;
 /// `VIRTIO_BLK_F_BLK_SIZE`.
@@ -43,6 +48,14 @@ pub const F_BLK_SIZE: u64 = 1 << 6;
 pub const F_FLUSH: u64 = 1 << 9;
 /// Bytes of a sector, the unit of `capacity` and of a request's `sector`.
 pub const SECTOR: u64 = 512;
+/// `size_max`: the largest data segment a driver may use.
+pub const SIZE_MAX: u32 = 4096;
+/// `seg_max`: data segments per request.
+pub const SEG_MAX: u32 = MAX_SEGMENTS as u32 - 2;
+/// The most data one request carries as Linux builds them (`seg_max` segments of `size_max`):
+/// a write's record is [`RequestHeader::LEN`] plus this, a read's reply 1 plus this. A request
+/// the ring cannot hold is answered IOERR.
+pub const MAX_REQUEST_BYTES: u32 = SEG_MAX * SIZE_MAX;
 /// Bytes of the device ID GET_ID returns.
 pub const ID_BYTES: usize = 20;
 /// Requests outstanding at the host at once (their buffers are kept in storage sized at
@@ -259,6 +272,7 @@ impl VirtioDevice for Blk {
             | feature::RING_EVENT_IDX
             | feature::RING_INDIRECT_DESC
             | F_SEG_MAX
+            | F_SIZE_MAX
             | F_BLK_SIZE
             | F_FLUSH
             | if self.read_only { F_RO } else { 0 }
@@ -271,8 +285,8 @@ impl VirtioDevice for Blk {
     fn config(&self, buf: &mut [u8]) -> usize {
         let mut b = [0u8; CONFIG_LEN];
         b[0..8].copy_from_slice(&self.capacity.to_le_bytes());
-        // size_max (8) stays 0: not offered.
-        b[12..16].copy_from_slice(&(MAX_SEGMENTS as u32 - 2).to_le_bytes());
+        b[8..12].copy_from_slice(&SIZE_MAX.to_le_bytes());
+        b[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
         // geometry (16..20) stays 0: not offered.
         b[20..24].copy_from_slice(&(SECTOR as u32).to_le_bytes());
         // topology (24..32), writeback (32), unused (33): not offered.

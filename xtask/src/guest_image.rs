@@ -100,7 +100,14 @@ pub const APPLETS: &[&str] = &[
 /// machine's AHCI controller with MSI, `virtio_blk` a virtio disk with MSI-X (issue 12);
 /// `igb` (which needs `dca` and `i2c-algo-bit`: Debian builds it with `CONFIG_IGB_DCA` and
 /// `CONFIG_IGB_HWMON`) drives the host's SR-IOV physical function, `igbvf` (no dependencies)
-/// an enclave's virtual function (issue 13).
+/// an enclave's virtual function (issue 13). Issue 14: `tun` gives the host's `atoll-channeld`
+/// its net backends; an enclave's virtio devices take `virtio_net` (after `failover` and
+/// `net_failover`), `virtio_console` and `virtio_blk` with ext4 (after `crc16`, `mbcache`,
+/// `jbd2` and `crc32c_generic`, the crc32c that jbd2 and ext4 ask the crypto API for). Debian's
+/// 6.1 amd64 kernel builds all of these as modules (`=m`; `CONFIG_HVC_DRIVER=y`), its cloud
+/// flavour builds ext4 in, and Debian 12's 6.12 amd64 kernel builds virtio, virtio_pci and
+/// virtio_console in (and ships its modules as `.ko.xz`, which this list does not take). `/init`
+/// loads them ([`init_script`]).
 pub const KERNEL_MODULES: &[&str] = &[
     "drivers/uio/uio.ko",
     "drivers/uio/uio_pci_generic.ko",
@@ -119,6 +126,16 @@ pub const KERNEL_MODULES: &[&str] = &[
     "drivers/i2c/algos/i2c-algo-bit.ko",
     "drivers/net/ethernet/intel/igb/igb.ko",
     "drivers/net/ethernet/intel/igbvf/igbvf.ko",
+    "drivers/net/tun.ko",
+    "net/core/failover.ko",
+    "drivers/net/net_failover.ko",
+    "drivers/net/virtio_net.ko",
+    "drivers/char/virtio_console.ko",
+    "lib/crc16.ko",
+    "fs/mbcache.ko",
+    "crypto/crc32c_generic.ko",
+    "fs/jbd2/jbd2.ko",
+    "fs/ext4/ext4.ko",
 ];
 
 /// The Rust target `atoll-check` is built for.
@@ -325,6 +342,7 @@ echo_input=""
 actions=""
 restart_actions=""
 restarts=0
+role=""
 lc_cores=2,3
 # The SR-IOV actions' parameters (vf_net, vf_dma_outside, vf_host; defaults for the scenario).
 net_ip=10.0.7.2/24
@@ -345,7 +363,7 @@ for word in $(cat /proc/cmdline); do
         atoll.expect_mem=*) args="$args --expect-memory-mib ${word#*=}" ;;
         atoll.iterations=*) args="$args --iterations ${word#*=}" ;;
         atoll.tolerate=*) args="$args --tolerate ${word#*=}" ;;
-        atoll.role=host) args="$args --role host" ;;
+        atoll.role=host) args="$args --role host"; role=host ;;
         atoll.actions=*) actions=${word#*=} ;;
         atoll.restart_actions=*) restart_actions=${word#*=} ;;
         atoll.restarts=*) restarts=${word#*=} ;;
@@ -381,6 +399,37 @@ if [ "$restarts" -gt 0 ] && [ -n "$restart_actions" ]; then
     actions=$restart_actions
 fi
 echo "atoll-init: /atoll-check$args"
+# Drivers before the check, from the image's /lib/modules (KERNEL_MODULES, named here in
+# dependency order; one the kernel has built in, or its flavour lacks, is no file there and is
+# skipped). The root partition gets tun: atoll-channeld's net backends open /dev/net/tun, and
+# there is no modprobe to load it on demand. An enclave gets the drivers of the virtio functions
+# on its PCI bus (vendor 0x1af4; device 0x1040 + the virtio id when modern, 0x1000 + id - 1 when
+# transitional) and, with a disk, ext4 (jbd2 and ext4 ask the crypto API for crc32c, which
+# without modprobe has to be there already: crc32c_generic before them).
+load_modules() {
+    for m in "$@"; do
+        [ -e /lib/modules/$m.ko ] || continue
+        insmod /lib/modules/$m.ko || echo "init: insmod $m failed"
+    done
+}
+if [ "$role" = host ]; then
+    load_modules tun
+else
+    virtio_ids=""
+    set +f
+    for d in /sys/bus/pci/devices/*; do
+        [ "$(cat "$d/vendor" 2>/dev/null)" = 0x1af4 ] && virtio_ids="$virtio_ids $(cat "$d/device")"
+    done
+    set -f
+    if [ -n "$virtio_ids" ]; then
+        load_modules virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci
+        case "$virtio_ids" in *0x1041*|*0x1000*) load_modules failover net_failover virtio_net ;; esac
+        case "$virtio_ids" in
+            *0x1042*|*0x1001*) load_modules virtio_blk crc16 mbcache crc32c_generic jbd2 ext4 ;;
+        esac
+        case "$virtio_ids" in *0x1043*|*0x1003*) load_modules virtio_console ;; esac
+    fi
+fi
 /atoll-check $args
 echo "ATOLL-GUEST-EXIT status=$?"
 # The build-like load of load:N, for N seconds: on each CPU (nproc) a worker that, as make
@@ -1637,8 +1686,10 @@ fn extract_modules(cache: &Path, package: &str, info: &PackageInfo, deb: &Path) 
         .join(format!("{package}_{}", info.version.replace(':', "%3a")))
         .join("modules");
     let name_of = |m: &str| m.rsplit('/').next().unwrap_or(m).to_string();
-    // Extracted once: the directory holds the modules the package has, `missing` the rest.
-    if dir.join("missing").exists() {
+    // Extracted once per list: the directory holds the modules the package has, `missing` the
+    // rest and `list` the KERNEL_MODULES it was made for (a directory made for a shorter list
+    // would silently leave the new modules out of the image).
+    if modules_extracted(&dir) {
         return Ok(dir);
     }
     progress(format!(
@@ -1696,10 +1747,17 @@ fn extract_modules(cache: &Path, package: &str, info: &PackageInfo, deb: &Path) 
         ));
     }
     std::fs::write(out.join("missing"), missing.join("\n"))?;
+    std::fs::write(out.join("list"), KERNEL_MODULES.join("\n"))?;
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::rename(&out, &dir)?;
     let _ = std::fs::remove_dir_all(&tmp);
     Ok(dir)
+}
+
+/// Whether `dir` holds the modules of the current [`KERNEL_MODULES`] ([`extract_modules`]).
+fn modules_extracted(dir: &Path) -> bool {
+    dir.join("missing").exists()
+        && std::fs::read_to_string(dir.join("list")).is_ok_and(|l| l == KERNEL_MODULES.join("\n"))
 }
 
 /// The host's busybox from the `busybox-static` package.
@@ -2480,7 +2538,11 @@ linux-image-6.12.117+deb12-amd64 - Linux 6.12 for 64-bit PCs (signed)
         let script = init_script();
         let start = script.find("set -f").unwrap();
         let end = script.find("echo \"atoll-init").unwrap();
-        let fragment = script[start..end].replace("$(cat /proc/cmdline)", "$CMDLINE");
+        // The drivers /init loads before the check: never the build machine's.
+        let fragment = script[start..end]
+            .replace("$(cat /proc/cmdline)", "$CMDLINE")
+            .replace("/sys/bus/pci/devices", "/nonexistent/atoll-test/pci")
+            .replace("/lib/modules", "/nonexistent/atoll-test/modules");
         let out = Command::new("sh")
             .args([
                 "-c",
@@ -2512,7 +2574,11 @@ linux-image-6.12.117+deb12-amd64 - Linux 6.12 for 64-bit PCs (signed)
         let script = init_script();
         let start = script.find("set -f").unwrap();
         let end = script.find(until).unwrap();
-        let fragment = script[start..end].replace("$(cat /proc/cmdline)", "$CMDLINE");
+        // The drivers /init loads before the check: never the build machine's.
+        let fragment = script[start..end]
+            .replace("$(cat /proc/cmdline)", "$CMDLINE")
+            .replace("/sys/bus/pci/devices", "/nonexistent/atoll-test/pci")
+            .replace("/lib/modules", "/nonexistent/atoll-test/modules");
         let out = Command::new("sh")
             .args([
                 "-c",
@@ -2536,7 +2602,11 @@ linux-image-6.12.117+deb12-amd64 - Linux 6.12 for 64-bit PCs (signed)
         let script = init_script();
         let start = script.find("set -f").unwrap();
         let end = script.find(until).unwrap();
-        let fragment = script[start..end].replace("$(cat /proc/cmdline)", "$CMDLINE");
+        // The drivers /init loads before the check: never the build machine's.
+        let fragment = script[start..end]
+            .replace("$(cat /proc/cmdline)", "$CMDLINE")
+            .replace("/sys/bus/pci/devices", "/nonexistent/atoll-test/pci")
+            .replace("/lib/modules", "/nonexistent/atoll-test/modules");
         let mut child = Command::new("bash")
             .args(["-c", &format!("{fragment}\n{then}")])
             .env("CMDLINE", cmdline)
@@ -2646,6 +2716,167 @@ linux-image-6.12.117+deb12-amd64 - Linux 6.12 for 64-bit PCs (signed)
             run_init_part("atoll.idle=2 atoll.expect_cpus=2", "/atoll-check $args", ""),
             "atoll-init: /atoll-check --expect-cpus 2\n"
         );
+    }
+
+    /// Runs the part of /init that loads drivers before the check, as `role` ("" or "host"),
+    /// with a fake PCI bus of `(address, vendor, device)` and a modules directory holding the
+    /// KERNEL_MODULES not in `builtin`; `insmod` says what it loads (and fails for `failing`).
+    fn run_driver_loading(
+        role: &str,
+        pci: &[(&str, &str, &str)],
+        builtin: &[&str],
+        failing: &str,
+    ) -> String {
+        static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            crate::target_dir().join(format!("init-drivers-test-{}-{run}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("modules")).unwrap();
+        std::fs::create_dir_all(dir.join("pci")).unwrap();
+        for m in KERNEL_MODULES {
+            let name = m.rsplit('/').next().unwrap();
+            if !builtin.contains(&name.trim_end_matches(".ko")) {
+                std::fs::write(dir.join("modules").join(name), "").unwrap();
+            }
+        }
+        for (addr, vendor, device) in pci {
+            let d = dir.join("pci").join(addr);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("vendor"), format!("{vendor}\n")).unwrap();
+            std::fs::write(d.join("device"), format!("{device}\n")).unwrap();
+        }
+        let script = init_script();
+        let part = &script
+            [script.find("load_modules() {").unwrap()..script.find("/atoll-check $args").unwrap()];
+        let part = part
+            .replace("/sys/bus/pci/devices", &dir.join("pci").to_string_lossy())
+            .replace("/lib/modules", &dir.join("modules").to_string_lossy());
+        let out = Command::new("sh")
+            .args([
+                "-c",
+                &format!(
+                    "insmod() {{ echo \"insmod ${{1##*/}}\"; [ \"${{1##*/}}\" != \"$FAILING.ko\" ]; }}\n\
+                     set -f\nrole=\"$ROLE\"\n{part}"
+                ),
+            ])
+            .env("ROLE", role)
+            .env("FAILING", failing)
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    #[test]
+    fn init_loads_the_drivers_of_the_virtio_devices_it_finds() {
+        let core = "insmod virtio_ring.ko\ninsmod virtio.ko\ninsmod virtio_pci_modern_dev.ko\n\
+                    insmod virtio_pci_legacy_dev.ko\ninsmod virtio_pci.ko\n";
+        let net = "insmod failover.ko\ninsmod net_failover.ko\ninsmod virtio_net.ko\n";
+        let blk = "insmod virtio_blk.ko\ninsmod crc16.ko\ninsmod mbcache.ko\n\
+                   insmod crc32c_generic.ko\ninsmod jbd2.ko\ninsmod ext4.ko\n";
+        let console = "insmod virtio_console.ko\n";
+        let igbvf = ("0000:00:05.0", "0x8086", "0x10ca");
+        // All three kinds, modern (as atoll offers them), beside another function.
+        let all = [
+            ("0000:00:02.0", "0x1af4", "0x1041"),
+            ("0000:00:03.0", "0x1af4", "0x1042"),
+            ("0000:00:04.0", "0x1af4", "0x1043"),
+            igbvf,
+        ];
+        assert_eq!(
+            run_driver_loading("", &all, &[], ""),
+            format!("{core}{net}{blk}{console}")
+        );
+        // Each kind alone, transitional ids (QEMU's default) too.
+        for (dev, want) in [
+            ("0x1041", net),
+            ("0x1000", net),
+            ("0x1042", blk),
+            ("0x1001", blk),
+            ("0x1043", console),
+            ("0x1003", console),
+        ] {
+            assert_eq!(
+                run_driver_loading("", &[("0000:00:02.0", "0x1af4", dev)], &[], ""),
+                format!("{core}{want}"),
+                "{dev}"
+            );
+        }
+        // A kernel with some built in: those are skipped.
+        assert_eq!(
+            run_driver_loading("", &all, &["virtio", "virtio_pci", "virtio_console"], ""),
+            format!("{core}{net}{blk}")
+                .replace("insmod virtio.ko\n", "")
+                .replace("insmod virtio_pci.ko\n", "")
+        );
+        // No virtio function (or another vendor's 0x1041): nothing.
+        assert_eq!(run_driver_loading("", &[igbvf], &[], ""), "");
+        assert_eq!(
+            run_driver_loading("", &[("0000:00:02.0", "0x8086", "0x1041")], &[], ""),
+            ""
+        );
+        assert_eq!(run_driver_loading("", &[], &[], ""), "");
+        // A failed insmod is said, and the rest still loads.
+        assert_eq!(
+            run_driver_loading("", &all[1..2], &[], "jbd2"),
+            format!("{core}{blk}").replace(
+                "insmod jbd2.ko\n",
+                "insmod jbd2.ko\ninit: insmod jbd2 failed\n"
+            )
+        );
+        // The root partition: tun only, whatever its bus holds.
+        assert_eq!(run_driver_loading("host", &all, &[], ""), "insmod tun.ko\n");
+        assert_eq!(run_driver_loading("host", &[], &["tun"], ""), "");
+    }
+
+    #[test]
+    fn init_loads_only_modules_the_image_carries() {
+        let script = init_script();
+        let names: Vec<&str> = KERNEL_MODULES
+            .iter()
+            .map(|m| m.rsplit('/').next().unwrap().trim_end_matches(".ko"))
+            .collect();
+        let mut calls = 0;
+        for line in script.lines() {
+            let Some(at) = line.find("load_modules ") else {
+                continue;
+            };
+            let words = line[at + "load_modules ".len()..]
+                .split(" ;;")
+                .next()
+                .unwrap();
+            for w in words.split_whitespace() {
+                assert!(names.contains(&w), "/init loads {w}, not in KERNEL_MODULES");
+                calls += 1;
+            }
+        }
+        assert!(
+            calls >= 15,
+            "{calls} modules named: the parse above missed the calls"
+        );
+    }
+
+    #[test]
+    fn extracted_modules_are_reused_only_for_the_same_list() {
+        let dir = crate::target_dir().join(format!("modules-cache-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(!modules_extracted(&dir), "empty");
+        std::fs::write(dir.join("missing"), "").unwrap();
+        assert!(!modules_extracted(&dir), "made before lists were recorded");
+        std::fs::write(dir.join("list"), KERNEL_MODULES[..3].join("\n")).unwrap();
+        assert!(!modules_extracted(&dir), "made for another list");
+        std::fs::write(dir.join("list"), KERNEL_MODULES.join("\n")).unwrap();
+        assert!(modules_extracted(&dir));
+        std::fs::remove_file(dir.join("missing")).unwrap();
+        assert!(!modules_extracted(&dir), "not finished");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// Runs /init's command-line parsing and its actions (not the check) with the host's sh in

@@ -4,8 +4,8 @@
 //! `intel-iommu` devices (on Debian 12 from bookworm-backports); GRUB's BIOS modules, xorriso
 //! and mtools for `grub-mkrescue`; busybox-static and cpio for guest initramfs images;
 //! `script` (util-linux) to give Bochs a terminal; `iasl` (acpica-tools) for the host tests that
-//! disassemble atoll's generated ACPI tables; the `x86_64-unknown-none` Rust target; rustfmt and
-//! clippy for `cargo xtask lint`.
+//! disassemble atoll's generated ACPI tables; e2fsprogs for the ext4 images of the virtio-blk
+//! tests; the `x86_64-unknown-none` Rust target; rustfmt and clippy for `cargo xtask lint`.
 
 use anyhow::{bail, Context, Result};
 use std::process::{Command, Stdio};
@@ -24,6 +24,9 @@ pub const PACKAGES: &[&str] = &[
     "cpio",
     "bsdutils",
     "acpica-tools",
+    // `mkfs.ext4 -d` (e2fsprogs ≥ 1.43) builds the virtio-blk tests' ext4 images from a
+    // directory, with no mount and no root.
+    "e2fsprogs",
 ];
 
 /// The rustup components `cargo xtask lint` runs.

@@ -824,3 +824,49 @@ fn the_kernel_answers_a_vf_mac_request_on_loopback() {
         "{e}"
     );
 }
+
+#[test]
+fn create_passes_virtio_devices_to_atoll_in_every_form() {
+    // atoll checks `virtio` (its config::virtio); the command only has to keep the tables,
+    // whether it sends the text as written, re-renders an [[enclave]] file or rewrites
+    // `devices`.
+    let tables = "[[virtio]]\nkind = \"net\"\ntap = \"t0\"\n[[virtio]]\nkind = \"blk\"\npath = \"/srv/d.img\"\nread_only = true\n";
+    let inline = "virtio = [{ kind = \"net\", tap = \"t0\" }, { kind = \"blk\", path = \"/srv/d.img\", read_only = true }]";
+    for (form, body) in [
+        ("sub-tables", tables.to_string()),
+        ("inline", inline.to_string()),
+        (
+            "sub-tables and devices",
+            format!("devices = [\"0000:05:00.0\"]\n{tables}"),
+        ),
+    ] {
+        for header in [false, true] {
+            let fs = FakeSys::new();
+            let p = enclave(&fs.dir.0, &body);
+            if header {
+                let text = fs::read_to_string(&p).unwrap();
+                fs::write(
+                    &p,
+                    format!(
+                        "[[enclave]]\n{}",
+                        text.replace("[[virtio]]", "[[enclave.virtio]]")
+                    ),
+                )
+                .unwrap();
+            }
+            let fake = Fake::shared();
+            let o = run_in(&fake, &fs.dir.0, None, &["create", p.to_str().unwrap()]);
+            assert_eq!(o.code, 0, "{form} {header}: {}", o.err);
+            let sent: toml::Table = fake.borrow().log[0].1.parse().unwrap();
+            assert!(sent.get("enclave").is_none(), "{form} {header}");
+            let v = sent["virtio"].as_array().expect("virtio kept as a list");
+            assert_eq!(v.len(), 2, "{form} {header}");
+            assert_eq!(v[0]["kind"].as_str(), Some("net"));
+            assert_eq!(v[0]["tap"].as_str(), Some("t0"));
+            assert_eq!(v[1]["kind"].as_str(), Some("blk"));
+            assert_eq!(v[1]["path"].as_str(), Some("/srv/d.img"));
+            assert_eq!(v[1]["read_only"].as_bool(), Some(true));
+            assert_eq!(sent["name"].as_str(), Some("nic"));
+        }
+    }
+}

@@ -11,6 +11,7 @@
 //! [`CPUID_SIGNATURE`] in EBX, ECX, EDX; leaf 0x4000_0001 returns the ABI version in EAX.
 #![no_std]
 
+pub mod channel;
 pub mod control;
 
 /// The hypercall ABI version.

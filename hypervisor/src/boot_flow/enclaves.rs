@@ -471,6 +471,7 @@ impl Manager<'_> {
                 after: None,
                 devices: Vec::new(),
                 vf: Vec::new(),
+                virtio: Vec::new(),
             })
     }
 

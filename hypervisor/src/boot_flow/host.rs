@@ -29,6 +29,7 @@ use atoll::partition::machine::MachineDescription;
 use atoll::partition::{Identity, PoolFrames};
 use atoll::run::host::HostShared;
 use atoll::run::host_reset::{AddressSpace, HostPlatform, Register, ResetRegister, SleepControl};
+use atoll_abi::channel::MAX_CHANNELS;
 use atoll_devices::host_acpi::{self, FirmwareAcpi};
 use boot::info::BootInfo;
 use boot::{GuestPhysAddr, HostPhysAddr, PhysRange};
@@ -56,8 +57,11 @@ pub struct Host {
     bsp: Option<HostVcpuRun>,
     /// Its second-stage tables.
     tables: HostTables,
-    /// Where the control device's registers and mailbox are mapped (guest-physical base).
-    bars: [Option<GuestPhysAddr>; 2],
+    /// Per function of the control device (0: control, 1..: channels), where its registers
+    /// and its mailbox or channel window are mapped (guest-physical base).
+    bars: [[Option<GuestPhysAddr>; 2]; 1 + MAX_CHANNELS],
+    /// The frames of each channel function's window while an enclave holds it.
+    channel_windows: [Option<PhysRange>; MAX_CHANNELS],
     layout: HostLayout,
     acpi: host_acpi::HostAcpi,
     kernel: &'static [u8],
@@ -421,11 +425,12 @@ impl Host {
             .find(|e| e.segment == 0 && e.bus_start == 0)
             .map(|e| (GuestPhysAddr::new(e.base.as_u64()), e.bus_start));
         let device = atoll_devices::pci::control::pick_device(pci_vendor);
-        match device.and_then(|d| atoll::run::host::control::ControlPort::new(d, ecam)) {
+        let channels = MAX_CHANNELS as u8;
+        match device.and_then(|d| atoll::run::host::control::ControlPort::new(d, ecam, channels)) {
             Some(port) => {
                 if let Some(page) = port.ecam_page() {
                     tables
-                        .unmap(page, 4096)
+                        .unmap(page, port.ecam_len())
                         .map_err(|e| alloc::format!("the control device's ECAM page: {e:?}"))?;
                 }
                 log::info!(
@@ -458,7 +463,8 @@ impl Host {
             run,
             bsp: None,
             tables,
-            bars: [None, None],
+            bars: [[None, None]; 1 + MAX_CHANNELS],
+            channel_windows: [None; MAX_CHANNELS],
             layout,
             acpi,
             kernel,
@@ -694,32 +700,45 @@ impl Host {
     /// then decodes nothing, and the error says why.
     pub fn place_control_bar(
         &mut self,
+        function: u8,
         which: usize,
         to: Option<GuestPhysAddr>,
         mailbox: PhysRange,
     ) -> Result<(), String> {
         let which = which & 1;
-        if self.bars[which] == to {
+        let f = usize::from(function);
+        if f > MAX_CHANNELS || self.bars[f][which] == to {
             return Ok(());
         }
-        let result = self.move_bar(which, to, mailbox);
+        // The mailbox, or the channel's window while an enclave holds it.
+        let backing = match f {
+            0 => Some(mailbox),
+            _ => self.channel_windows[f - 1],
+        };
+        let result = self.move_bar(f, which, to, backing);
         // Whatever happened, the tables may have changed: every host vCPU flushes.
         self.run.tables_changed();
         result
     }
 
+    /// The bytes of function `f`'s window `which`.
+    fn bar_size(f: usize, which: usize) -> u64 {
+        match (f, which) {
+            (_, 0) => atoll_abi::control::BAR0_SIZE,
+            (0, _) => atoll_abi::control::MAILBOX_SIZE,
+            _ => atoll_abi::channel::WINDOW_SIZE,
+        }
+    }
+
     fn move_bar(
         &mut self,
+        f: usize,
         which: usize,
         to: Option<GuestPhysAddr>,
-        mailbox: PhysRange,
+        backing: Option<PhysRange>,
     ) -> Result<(), String> {
-        const SIZES: [u64; 2] = [
-            atoll_abi::control::BAR0_SIZE,
-            atoll_abi::control::MAILBOX_SIZE,
-        ];
-        let size = SIZES[which];
-        if let Some(old) = self.bars[which].take() {
+        let size = Self::bar_size(f, which);
+        if let Some(old) = self.bars[f][which].take() {
             self.restore(old, size)?;
         }
         let Some(new) = to else {
@@ -736,14 +755,20 @@ impl Host {
             .run
             .shared
             .control()
-            .and_then(|c| c.ecam_page())
-            .is_some_and(|p| p.as_u64() < end && new.as_u64() < p.as_u64() + 4096);
-        let other = self.bars[which ^ 1]
-            .is_some_and(|o| o.as_u64() < end && new.as_u64() < o.as_u64() + SIZES[which ^ 1]);
+            .and_then(|c| Some((c.ecam_page()?.as_u64(), c.ecam_len())))
+            .is_some_and(|(p, len)| p < end && new.as_u64() < p + len);
+        let other = self.bars.iter().enumerate().any(|(g, pair)| {
+            pair.iter().enumerate().any(|(w, b)| {
+                (g, w) != (f, which)
+                    && b.is_some_and(|o| {
+                        o.as_u64() < end && new.as_u64() < o.as_u64() + Self::bar_size(g, w)
+                    })
+            })
+        });
         if !mmio || apic || ecam || other || !new.is_aligned(4096) {
             return Err(alloc::format!(
-                "the host placed the control device's BAR{} at {new}: not entirely its own MMIO \
-                 space; the BAR decodes nothing",
+                "the host placed BAR{} of the control device's function {f} at {new}: not \
+                 entirely its own MMIO space; the BAR decodes nothing",
                 [0, 2][which]
             ));
         }
@@ -751,31 +776,62 @@ impl Host {
             .unmap(new, size)
             .map_err(|e| alloc::format!("unmapping {new}: {e:?}"))?;
         if which == 1 {
-            let mapped = self.tables.map(
-                new,
-                mailbox.start,
-                size,
-                Perms::READ | Perms::WRITE,
-                MemType::WriteBack,
-            );
-            if let Err(e) = mapped {
-                // Back to what the layout maps there: the BAR decodes nothing.
-                self.restore(new, size)?;
-                return Err(alloc::format!("mapping the mailbox at {new}: {e:?}"));
+            match backing {
+                Some(frames) => {
+                    let mapped = self.tables.map(
+                        new,
+                        frames.start,
+                        size,
+                        Perms::READ | Perms::WRITE,
+                        MemType::WriteBack,
+                    );
+                    if let Err(e) = mapped {
+                        // Back to what the layout maps there: the BAR decodes nothing.
+                        self.restore(new, size)?;
+                        return Err(alloc::format!(
+                            "mapping function {f}'s window at {new}: {e:?}"
+                        ));
+                    }
+                }
+                // A channel no enclave holds: what the layout maps there (nothing answers).
+                None => self.restore(new, size)?,
             }
         }
-        self.bars[which] = Some(new);
+        self.bars[f][which] = Some(new);
         log::info!(
-            "control device: BAR{} at {new} ({} KiB)",
+            "control device function {f}: BAR{} at {new} ({} KiB)",
             [0, 2][which],
             size >> 10
         );
         Ok(())
     }
 
-    /// Where the control device's window `which` (0 registers, 1 mailbox) is mapped.
-    pub fn control_bar(&self, which: usize) -> Option<GuestPhysAddr> {
-        self.bars[which & 1]
+    /// Where function `function`'s window `which` (0 registers, 1 mailbox or channel window)
+    /// is mapped.
+    pub fn control_bar(&self, function: u8, which: usize) -> Option<GuestPhysAddr> {
+        self.bars.get(usize::from(function))?[which & 1]
+    }
+
+    /// Channel `index` (function `index + 1`) is taken by an enclave whose window is `frames`,
+    /// or given back (`None`): BAR2, where the host placed it, maps the frames or goes back to
+    /// what the layout maps there. The host's cores flush before this returns... the caller
+    /// waits for that ([`HostRun::wait_tables_flushed`]) before it frees the frames.
+    pub fn set_channel_window(
+        &mut self,
+        index: usize,
+        frames: Option<PhysRange>,
+    ) -> Result<(), String> {
+        let Some(slot) = self.channel_windows.get_mut(index) else {
+            return Err(alloc::format!("no channel {index}"));
+        };
+        *slot = frames;
+        let f = index + 1;
+        let Some(at) = self.bars[f][1] else {
+            return Ok(());
+        };
+        let result = self.move_bar(f, 1, Some(at), frames);
+        self.run.tables_changed();
+        result
     }
 
     /// Gives `size` bytes at `at` back what the host's layout maps there.

@@ -204,7 +204,7 @@ fn platform_loop(
         spec.live.entered(super::tsc::now());
     }
     loop {
-        match vplat::before_entry(vcpu, local, shared, host) {
+        match vplat::before_entry(vcpu, &mut mem, local, shared, host) {
             Entry::Go => {}
             Entry::Stop => return VcpuEnd::Stop,
             Entry::Init => return VcpuEnd::Init,

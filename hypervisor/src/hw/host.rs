@@ -158,6 +158,10 @@ impl crate::run::vplat::PlatformHost for VcpuHost {
         super::tsc::now()
     }
 
+    fn interrupt_host(&mut self, apic: u32, vector: u8) {
+        super::apic::send_fixed(apic, vector);
+    }
+
     fn take_device_vectors(&mut self) -> [u64; 4] {
         super::device_irq::take()
     }

@@ -339,6 +339,10 @@ impl HostHw for TargetHw {
         super::apic::ioapic_mmio(base, offset, write)
     }
 
+    fn kick_core(&self, apic_id: u32) {
+        apic::send_fixed(apic_id, crate::run::vplat::KICK_VECTOR);
+    }
+
     fn device_mmio(&self, address: u64, size: u8, write: Option<u64>) -> u64 {
         if address.saturating_add(8) > super::IDENTITY_MAPPED_END
             || !matches!(size, 1 | 2 | 4 | 8)

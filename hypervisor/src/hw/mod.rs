@@ -3,6 +3,7 @@
 //! the host-tested modules above.
 
 pub mod apic;
+pub mod channel_window;
 pub mod console;
 pub mod contain;
 pub mod core_tables;

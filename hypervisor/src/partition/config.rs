@@ -23,6 +23,15 @@
 //!                         #   refused without DMA isolation unless the machine allows it
 //! # vf = { pf = "0000:01:00.0", index = 0 }   # or a list: VFs by PF and index, resolved at build
 //!
+//! [[enclave.virtio]]      # virtio devices (entry = "linux"; at most 6, see [`virtio`]):
+//! kind = "console"        #   hvc0, at most one, no options
+//! [[enclave.virtio]]
+//! kind = "net"            #   mac = "02:…" (optional; default derived from name and index),
+//! tap = "atoll0"          #   tap = the host's tap device (optional)
+//! [[enclave.virtio]]
+//! kind = "blk"            #   path = an image file in the host (absolute), read_only = false
+//! path = "/srv/linux.img"
+//!
 //! [[enclave]]
 //! name = "next"
 //! cores = [1]             # alpha's core, once alpha has ended
@@ -44,6 +53,9 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::fmt;
 use serde::Deserialize;
+
+pub mod virtio;
+pub use virtio::{VirtioConfig, VirtioDevice};
 
 /// Most enclaves one description may declare.
 pub const MAX_ENCLAVES: usize = 64;
@@ -121,6 +133,9 @@ pub struct EnclaveConfig {
     /// built; checked: [`device_policy`] with `devices`).
     #[serde(default, deserialize_with = "one_or_many")]
     pub vf: Vec<VfRef>,
+    /// `[[enclave.virtio]]` devices, as written (checked and resolved: [`virtio::devices`]).
+    #[serde(default)]
+    pub virtio: Vec<VirtioConfig>,
 }
 
 /// A virtual function of an SR-IOV physical function.
@@ -151,6 +166,18 @@ impl EnclaveConfig {
     /// Whether it names any function to pass through.
     pub fn has_devices(&self) -> bool {
         !self.devices.is_empty() || !self.vf.is_empty()
+    }
+
+    /// Whether its platform has a PCI bus (a host bridge in its DSDT): for functions passed
+    /// through or virtio devices.
+    pub fn has_pci_bus(&self) -> bool {
+        self.has_devices() || !self.virtio.is_empty()
+    }
+
+    /// Its virtio devices with their defaults (errors name `virtio[k].…`; never one for a
+    /// description [`check`] accepted).
+    pub fn virtio_devices(&self) -> Result<Vec<VirtioDevice>, ConfigError> {
+        virtio::devices(&self.name, &self.virtio)
     }
 }
 
@@ -264,11 +291,6 @@ pub fn parse_runtime(
     initrd_len: u64,
     cores: &[u32],
 ) -> Result<EnclaveConfig, ConfigError> {
-    let wrapped = if text.contains("[[enclave]]") {
-        String::from(text)
-    } else {
-        format!("[[enclave]]\n{text}")
-    };
     let ctx = Context {
         cores: Some(cores),
         modules: None,
@@ -277,7 +299,16 @@ pub fn parse_runtime(
         field: e.field.replace("enclave[0].", ""),
         reason: e.reason,
     };
-    let mut list = parse(&wrapped, &ctx).map_err(unprefix)?;
+    let mut list = if text.contains("[[enclave]]") {
+        parse(text, &ctx).map_err(unprefix)?
+    } else {
+        // The table itself is the enclave. Parsed as one, not behind a textual `[[enclave]]`
+        // header: its own sub-tables (`[[virtio]]`, as the CLI writes them) would otherwise
+        // land at the top level.
+        let list = alloc::vec![from_toml::<EnclaveConfig>(text)?];
+        check(&list, &ctx).map_err(unprefix)?;
+        list
+    };
     if list.len() != 1 {
         return Err(err(
             "enclave",
@@ -417,6 +448,13 @@ pub fn check(list: &[EnclaveConfig], ctx: &Context) -> Result<(), ConfigError> {
                 ));
             }
         }
+        if !e.virtio.is_empty() && e.entry != EntryMode::Linux {
+            return Err(err(
+                f("virtio"),
+                "only entry = \"linux\" enclaves have a PCI bus for virtio devices",
+            ));
+        }
+        e.virtio_devices().map_err(|v| err(f(&v.field), v.reason))?;
         if e.cores.is_empty() {
             return Err(err(f("cores"), "at least one core is needed"));
         }

@@ -171,7 +171,7 @@ impl<'a, W: PhysWindow, Fmt: Format> Enclave<'a, W, Fmt> {
                 initrd,
                 &cmdline,
                 config.cores.len(),
-                config.has_devices(),
+                config.has_pci_bus(),
                 bytes,
                 &mut mem,
             )
@@ -296,6 +296,7 @@ mod tests {
             after: None,
             devices: Vec::new(),
             vf: Vec::new(),
+            virtio: Vec::new(),
         }
     }
 

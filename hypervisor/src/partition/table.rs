@@ -501,6 +501,7 @@ mod tests {
             after: after.map(Into::into),
             devices: Vec::new(),
             vf: Vec::new(),
+            virtio: Vec::new(),
         }
     }
 

@@ -1,5 +1,7 @@
 //! What a core does with a partition's exits: vendor-neutral policy over `atoll_vcpu`.
 //!
+//! * [`channel`]: the channel functions' shared state (registers, doorbells, the host's
+//!   interrupt) — the only state two partitions share.
 //! * [`deny`]: deny by default — what the guest gets for the instructions, exceptions and
 //!   registers atoll intercepts so they never reach the host or another partition
 //!   (`docs/security.md` has the table).
@@ -25,6 +27,7 @@
 //!   RTC, PCI), `console` (the guest's result and measurement lines), `cpuid`, `linux` (E820,
 //!   ACPI layout, loading the kernel).
 
+pub mod channel;
 pub mod deny;
 pub mod exits;
 pub mod failure;

@@ -69,14 +69,6 @@ impl Window {
         }
     }
 
-    /// Bytes the window decodes.
-    pub fn size(self) -> u64 {
-        match self {
-            Window::Registers => BAR0_SIZE,
-            Window::Mailbox => MAILBOX_SIZE,
-        }
-    }
-
     fn slot(self) -> usize {
         match self {
             Window::Registers => 0,
@@ -94,6 +86,9 @@ impl Window {
 /// never overlap each other, but a `to` may overlap the other window's `from`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MappingChange {
+    /// Which function of the control device: 0 the control function, 1.. the channel
+    /// functions.
+    pub function: u8,
     /// Which window.
     pub window: Window,
     /// Where it was.
@@ -234,6 +229,30 @@ pub struct ControlDevice {
     reported: [Option<GuestPhysAddr>; 2],
     /// The address last refused for each window, so a refusal is counted once.
     refused_at: [Option<u64>; 2],
+    /// Bytes of BAR2 (the mailbox, or a channel window).
+    window_size: u64,
+    /// The MSI capability's offset (channel functions).
+    msi_cap: Option<u8>,
+    /// The function number reported in [`MappingChange::function`].
+    function: u8,
+}
+
+/// The MSI capability's id (PCI 3.0 §6.8.1).
+const MSI_CAP_ID: u8 = 0x05;
+/// Message control: 64-bit address capable (PCI 3.0 §6.8.1.3).
+const MSI_64BIT: u16 = 1 << 7;
+/// Message control: MSI enable.
+const MSI_ENABLE: u16 = 1;
+
+/// An MSI capability's state as the host programmed it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MsiState {
+    /// MSI enable.
+    pub enabled: bool,
+    /// Message address (64 bits).
+    pub address: u64,
+    /// Message data.
+    pub data: u16,
 }
 
 impl Default for ControlDevice {
@@ -245,9 +264,13 @@ impl Default for ControlDevice {
 impl ControlDevice {
     /// The function as firmware leaves it: BARs unassigned, decoding off, nothing pending.
     pub fn new() -> Self {
+        Self::build(abi::DEVICE_ID, MAILBOX_SIZE, 0)
+    }
+
+    fn build(device_id: u16, window_size: u64, function: u8) -> Self {
         let mut config = ConfigSpace::new(&Header {
             vendor_id: abi::VENDOR_ID,
-            device_id: abi::DEVICE_ID,
+            device_id,
             revision: REVISION,
             class: ClassCode {
                 class: abi::CLASS_CODE[0],
@@ -255,7 +278,7 @@ impl ControlDevice {
                 prog_if: abi::CLASS_CODE[2],
             },
             subsystem_vendor_id: abi::VENDOR_ID,
-            subsystem_id: abi::DEVICE_ID,
+            subsystem_id: device_id,
             interrupt_pin: None,
         });
         let memory = BarKind::Memory32 {
@@ -274,7 +297,7 @@ impl ControlDevice {
             MAILBOX_BAR_INDEX,
             Bar {
                 kind: memory,
-                size: MAILBOX_SIZE,
+                size: window_size,
             },
         );
         let _ = config.init_register(
@@ -292,6 +315,62 @@ impl ControlDevice {
             stats: ControlStats::default(),
             reported: [None, None],
             refused_at: [None, None],
+            window_size,
+            msi_cap: None,
+            function,
+        }
+    }
+
+    /// Channel function `function` (1..): the same header and BAR0 with
+    /// [`atoll_abi::channel::DEVICE_ID`], BAR2 the channel window
+    /// ([`atoll_abi::channel::WINDOW_SIZE`]), and an MSI capability with one vector and a
+    /// 64-bit address (PCI 3.0 §6.8.1) — only its enable bit, address and data are writable.
+    pub fn channel(function: u8) -> Self {
+        let mut d = Self::build(
+            atoll_abi::channel::DEVICE_ID,
+            atoll_abi::channel::WINDOW_SIZE,
+            function,
+        );
+        // Control, address low, address high, data, reserved.
+        let mut body = [0u8; 14];
+        body[..2].copy_from_slice(&MSI_64BIT.to_le_bytes());
+        let mut mask = [0u8; 14];
+        mask[..2].copy_from_slice(&MSI_ENABLE.to_le_bytes());
+        mask[2..6].copy_from_slice(&0xffff_fffcu32.to_le_bytes());
+        mask[6..10].copy_from_slice(&u32::MAX.to_le_bytes());
+        mask[10..12].copy_from_slice(&u16::MAX.to_le_bytes());
+        d.msi_cap = d.config.add_capability(MSI_CAP_ID, &body, &mask).ok();
+        d
+    }
+
+    /// Marks function 0 as one of several (header type bit 7), so the host probes 1–7.
+    pub fn set_multi_function(&mut self) {
+        let _ = self.config.init_register(
+            config::reg::HEADER_TYPE,
+            &[super::bus::MULTI_FUNCTION],
+            &[],
+            &[],
+        );
+    }
+
+    /// The MSI capability's state (channel functions; the control function has none).
+    pub fn msi(&self) -> Option<MsiState> {
+        let at = u16::from(self.msi_cap?);
+        let control = self.config.u16_at(at + 2);
+        let lo = u64::from(self.config.u32_at(at + 4));
+        let hi = u64::from(self.config.u32_at(at + 8));
+        Some(MsiState {
+            enabled: control & MSI_ENABLE != 0,
+            address: hi << 32 | lo,
+            data: self.config.u16_at(at + 12),
+        })
+    }
+
+    /// Bytes `window` decodes.
+    pub fn window_size(&self, window: Window) -> u64 {
+        match window {
+            Window::Registers => BAR0_SIZE,
+            Window::Mailbox => self.window_size,
         }
     }
 
@@ -451,7 +530,7 @@ impl ControlDevice {
         if let [Some(a), Some(b)] = want {
             // Inclusive ends: `placement_ok` checked that each last byte exists.
             let (a, b) = (a.as_u64(), b.as_u64());
-            if a <= b + (MAILBOX_SIZE - 1) && b <= a + (BAR0_SIZE - 1) {
+            if a <= b + (self.window_size - 1) && b <= a + (BAR0_SIZE - 1) {
                 refused = [Some(a), Some(b)];
                 want = [None, None];
             }
@@ -467,6 +546,7 @@ impl ControlDevice {
             let i = w.slot();
             if want[i] != self.reported[i] {
                 changes.push(MappingChange {
+                    function: self.function,
                     window: w,
                     from: self.reported[i],
                     to: want[i],
@@ -564,12 +644,14 @@ pub enum HostAccess {
 /// untouched. A data access within 0xCFC–0xCFF reaches the addressed register's bytes; when
 /// the latch's enable bit (31) is set and it names bus 0, the control device's number,
 /// function 0, the model answers (register = bits 27:24 as bits 11:8, AMD's extended
-/// configuration access, and bits 7:2, plus the port's byte); functions 1–7 of that device read
-/// all ones and drop writes (the function is single-function); every other data access is
+/// configuration access, and bits 7:2, plus the port's byte); functions 1..=n are the channel
+/// functions ([`ControlDevice::channel`]), and the device's other functions read all ones and
+/// drop writes; every other data access is
 /// passed through after replaying the latch. An access straddling 0xCFB/0xCFC or running past
 /// 0xCFF, or of a size other than 1, 2 or 4, is refused.
 ///
-/// **ECAM.** Accesses inside the control function's page ([`ecam_page`]) reach its 4 KiB
+/// **ECAM.** Accesses inside the control function's page ([`ecam_page`]) or the channel
+/// functions' pages after it ([`HostConfig::ecam_len`]) reach that function's 4 KiB
 /// space at the page offset (offsets from 0x100 read 0 and ignore writes: no extended
 /// capabilities); 1, 2 or 4 bytes inside one dword, else refused.
 ///
@@ -580,6 +662,8 @@ pub struct HostConfig {
     devfn: DevFn,
     ecam_page: Option<GuestPhysAddr>,
     control: ControlDevice,
+    /// The channel functions, 1.. (`channels[i]` is function `i + 1`).
+    channels: alloc::vec::Vec<ControlDevice>,
     refused: u64,
 }
 
@@ -589,18 +673,52 @@ impl HostConfig {
 
     /// The control device at bus 0, `device` (1–31), function 0; `ecam` is the host's segment 0
     /// ECAM window (base and first bus), if it has one.
-    pub fn new(device: u8, ecam: Option<(GuestPhysAddr, u8)>) -> Option<Self> {
-        if device == 0 {
+    ///
+    /// `channels` channel functions (at most [`atoll_abi::channel::MAX_CHANNELS`]) follow as
+    /// functions 1.. of the same device; function 0 then says it is multi-function.
+    pub fn new(device: u8, ecam: Option<(GuestPhysAddr, u8)>, channels: u8) -> Option<Self> {
+        if device == 0 || usize::from(channels) > atoll_abi::channel::MAX_CHANNELS {
             return None;
         }
         let devfn = DevFn::new(device, 0)?;
+        let mut control = ControlDevice::new();
+        if channels > 0 {
+            control.set_multi_function();
+        }
         Some(Self {
             latch: 0,
             devfn,
             ecam_page: ecam.and_then(|(base, start)| ecam_page(base, start, device)),
-            control: ControlDevice::new(),
+            control,
+            channels: (1..=channels).map(ControlDevice::channel).collect(),
             refused: 0,
         })
+    }
+
+    /// How many channel functions follow the control function.
+    pub fn channels(&self) -> u8 {
+        self.channels.len() as u8
+    }
+
+    /// Function `function` of the device: 0 the control function, 1.. a channel function.
+    pub fn function(&self, function: u8) -> Option<&ControlDevice> {
+        match function {
+            0 => Some(&self.control),
+            f => self.channels.get(usize::from(f) - 1),
+        }
+    }
+
+    fn function_mut(&mut self, function: u8) -> Option<&mut ControlDevice> {
+        match function {
+            0 => Some(&mut self.control),
+            f => self.channels.get_mut(usize::from(f) - 1),
+        }
+    }
+
+    /// Bytes of ECAM from [`Self::ecam_page`] that atoll keeps: one page per function it
+    /// shows.
+    pub fn ecam_len(&self) -> u64 {
+        (1 + self.channels.len() as u64) * 4096
     }
 
     /// The control device's device number on bus 0.
@@ -640,19 +758,19 @@ impl HostConfig {
 
     /// Where a data access of `len` bytes at `port` goes: the control function's register, or
     /// `None` for the hardware. Only called for accesses inside 0xCFC–0xCFF.
-    fn data_target(&self, port: u16) -> Option<Result<u16, ()>> {
+    fn data_target(&self, port: u16) -> Option<Result<(u8, u16), ()>> {
         let l = self.latch;
         let bus = (l >> 16) as u8;
         let devfn = DevFn::from_bits((l >> 8) as u8);
         if l & ConfigAddress::ENABLE == 0 || bus != 0 || devfn.device() != self.devfn.device() {
             return None;
         }
-        if devfn.function() != 0 {
+        if usize::from(devfn.function()) > self.channels.len() {
             return Some(Err(()));
         }
         let register =
             ((l & Self::EXTENDED_REGISTER) >> 16) as u16 | (l & 0xfc) as u16 | (port & 3);
-        Some(Ok(register))
+        Some(Ok((devfn.function(), register)))
     }
 
     /// Classifies a port access: `Err` with the answer for non-data accesses, `Ok` for a data
@@ -703,8 +821,11 @@ impl HostConfig {
             return answer;
         }
         match self.data_target(port) {
-            Some(Ok(register)) => {
-                self.control.config_read(register, data);
+            Some(Ok((f, register))) => {
+                match self.function_mut(f) {
+                    Some(d) => d.config_read(register, data),
+                    None => data.fill(0xff),
+                }
                 HostAccess::Emulated(MappingChanges::NONE)
             }
             Some(Err(())) => {
@@ -736,7 +857,7 @@ impl HostConfig {
             return answer;
         }
         match self.data_target(port) {
-            Some(Ok(register)) => self.control_config_write(register, data, forbidden),
+            Some(Ok((f, register))) => self.control_config_write(f, register, data, forbidden),
             Some(Err(())) => HostAccess::Emulated(MappingChanges::NONE),
             None => HostAccess::PassThrough(PassThrough {
                 latch: Some(self.latch),
@@ -748,31 +869,38 @@ impl HostConfig {
 
     fn control_config_write(
         &mut self,
+        function: u8,
         register: u16,
         data: &[u8],
         forbidden: impl Fn(GuestPhysAddr, u64) -> bool,
     ) -> HostAccess {
+        let Some(d) = self.function_mut(function) else {
+            return HostAccess::Emulated(MappingChanges::NONE);
+        };
         // The effect itself is not needed: the windows are recomputed from the space.
-        let _: Option<ConfigEffect> = self.control.config_write(register, data);
-        HostAccess::Emulated(self.control.update_mappings(forbidden))
+        let _: Option<ConfigEffect> = d.config_write(register, data);
+        HostAccess::Emulated(d.update_mappings(forbidden))
     }
 
-    /// The offset into the control function's ECAM page of an access at `addr`.
-    fn ecam_offset(&self, addr: GuestPhysAddr) -> Option<u16> {
+    /// The function and offset into its ECAM page of an access at `addr`.
+    fn ecam_offset(&self, addr: GuestPhysAddr) -> Option<(u8, u16)> {
         let offset = addr.as_u64().checked_sub(self.ecam_page?.as_u64())?;
-        (offset < u64::from(config::CONFIG_SIZE)).then_some(offset as u16)
+        (offset < self.ecam_len()).then_some(((offset >> 12) as u8, (offset & 0xfff) as u16))
     }
 
     /// A read of `data.len()` bytes at `addr` in the ECAM window.
     pub fn ecam_read(&mut self, addr: GuestPhysAddr, data: &mut [u8]) -> HostAccess {
-        let Some(offset) = self.ecam_offset(addr) else {
+        let Some((f, offset)) = self.ecam_offset(addr) else {
             return HostAccess::NotControl;
         };
         if check_access(offset, data.len()).is_err() {
             data.fill(0xff);
             return self.refuse();
         }
-        self.control.config_read(offset, data);
+        match self.function_mut(f) {
+            Some(d) => d.config_read(offset, data),
+            None => data.fill(0xff),
+        }
         HostAccess::Emulated(MappingChanges::NONE)
     }
 
@@ -783,13 +911,13 @@ impl HostConfig {
         data: &[u8],
         forbidden: impl Fn(GuestPhysAddr, u64) -> bool,
     ) -> HostAccess {
-        let Some(offset) = self.ecam_offset(addr) else {
+        let Some((f, offset)) = self.ecam_offset(addr) else {
             return HostAccess::NotControl;
         };
         if check_access(offset, data.len()).is_err() {
             return self.refuse();
         }
-        self.control_config_write(offset, data, forbidden)
+        self.control_config_write(f, offset, data, forbidden)
     }
 }
 
@@ -813,7 +941,7 @@ mod tests {
     }
 
     fn host() -> HostConfig {
-        HostConfig::new(DEVICE, Some((GuestPhysAddr::new(ECAM_BASE), 0))).unwrap()
+        HostConfig::new(DEVICE, Some((GuestPhysAddr::new(ECAM_BASE), 0)), 0).unwrap()
     }
 
     fn latch(bus: u32, dev: u32, func: u32, register: u32) -> u32 {
@@ -878,6 +1006,7 @@ mod tests {
 
     fn change(window: Window, from: Option<u64>, to: Option<u64>) -> MappingChange {
         MappingChange {
+            function: 0,
             window,
             from: from.map(GuestPhysAddr::new),
             to: to.map(GuestPhysAddr::new),
@@ -1422,7 +1551,7 @@ mod tests {
             );
         }
         // No ECAM: every address is not ours.
-        let mut no = HostConfig::new(DEVICE, None).unwrap();
+        let mut no = HostConfig::new(DEVICE, None, 0).unwrap();
         assert_eq!(
             no.ecam_read(GuestPhysAddr::new(page()), &mut [0; 4]),
             HostAccess::NotControl
@@ -1444,11 +1573,11 @@ mod tests {
         );
         assert_eq!(ecam_page(top, 0, 1), None);
         assert!(
-            HostConfig::new(0, None).is_none(),
+            HostConfig::new(0, None, 0).is_none(),
             "the host bridge's number"
         );
-        assert!(HostConfig::new(32, None).is_none());
-        let h = HostConfig::new(9, Some((base, 4))).unwrap();
+        assert!(HostConfig::new(32, None, 0).is_none());
+        let h = HostConfig::new(9, Some((base, 4)), 0).unwrap();
         assert_eq!((h.device(), h.ecam_page()), (9, None));
     }
 
@@ -1527,5 +1656,85 @@ mod tests {
         // The mailbox does not exit normally; if it does, nothing answers.
         map.mmio_read(&mut s, 0xfd00_0000, &mut v).unwrap();
         assert_eq!(v, [0xff; 4]);
+    }
+
+    #[test]
+    fn channel_functions_follow_the_control_function() {
+        use atoll_abi::channel as ch;
+        let mut h = HostConfig::new(DEVICE, Some((GuestPhysAddr::new(ECAM_BASE), 0)), 2).unwrap();
+        assert_eq!(h.channels(), 2);
+        assert_eq!(h.ecam_len(), 3 * 4096);
+        assert!(HostConfig::new(DEVICE, None, ch::MAX_CHANNELS as u8 + 1).is_none());
+        // Function 0 says it is multi-function; 1 and 2 are channels; 3 is absent.
+        assert_eq!(cf8_read(&mut h, cfg::CACHE_LINE_SIZE) >> 16 & 0xff, 0x80);
+        let read_fn = |h: &mut HostConfig, f: u32, reg: u16| {
+            select(h, 0, u32::from(DEVICE), f, u32::from(reg));
+            let mut b = [0u8; 4];
+            assert!(matches!(h.io_read(DATA, &mut b), HostAccess::Emulated(_)));
+            u32::from_le_bytes(b)
+        };
+        let ids = u32::from(ch::DEVICE_ID) << 16 | u32::from(abi::VENDOR_ID);
+        assert_eq!(read_fn(&mut h, 1, cfg::VENDOR_ID), ids);
+        assert_eq!(read_fn(&mut h, 2, cfg::VENDOR_ID), ids);
+        assert_eq!(read_fn(&mut h, 3, cfg::VENDOR_ID), u32::MAX);
+        // Through ECAM, function 2's page.
+        let addr = GuestPhysAddr::new(page() + 2 * 4096);
+        let mut b = [0u8; 4];
+        assert!(matches!(h.ecam_read(addr, &mut b), HostAccess::Emulated(_)));
+        assert_eq!(u32::from_le_bytes(b), ids);
+        let past = GuestPhysAddr::new(page() + 3 * 4096);
+        assert_eq!(h.ecam_read(past, &mut b), HostAccess::NotControl);
+        // BAR2 is the window's size.
+        let bar2 = bar_offset(MAILBOX_BAR_INDEX);
+        let write_fn = |h: &mut HostConfig, f: u32, reg: u16, v: u32| {
+            select(h, 0, u32::from(DEVICE), f, u32::from(reg));
+            match h.io_write(DATA, &v.to_le_bytes(), ram) {
+                HostAccess::Emulated(c) => c.collect::<Vec<_>>(),
+                other => panic!("{other:?}"),
+            }
+        };
+        write_fn(&mut h, 1, bar2, u32::MAX);
+        let probe = read_fn(&mut h, 1, bar2);
+        assert_eq!(u64::from(!(probe & !0xf)) + 1, ch::WINDOW_SIZE);
+        // Placing and enabling it reports a change for function 1's window.
+        write_fn(&mut h, 1, bar2, 0xd040_0000);
+        let changes = write_fn(&mut h, 1, cfg::COMMAND, u32::from(command::MEMORY));
+        assert_eq!(
+            changes,
+            [MappingChange {
+                function: 1,
+                window: Window::Mailbox,
+                from: None,
+                to: gpa(0xd040_0000),
+            }]
+        );
+        assert_eq!(
+            h.function(1).unwrap().window_size(Window::Mailbox),
+            ch::WINDOW_SIZE
+        );
+        // The MSI capability: only enable, address and data are writable.
+        let cap = read_fn(&mut h, 1, cfg::CAPABILITIES) & 0xff;
+        assert_ne!(cap, 0);
+        let cap = cap as u16;
+        assert_eq!(read_fn(&mut h, 1, cap) & 0xff, 0x05);
+        write_fn(&mut h, 1, cap, 0xffff_0000);
+        assert_eq!(
+            read_fn(&mut h, 1, cap) >> 16,
+            0x81,
+            "enable and 64-bit only"
+        );
+        write_fn(&mut h, 1, cap + 4, 0xfee0_1003);
+        write_fn(&mut h, 1, cap + 8, 0);
+        write_fn(&mut h, 1, cap + 12, 0xffff_0041);
+        assert_eq!(
+            h.function(1).unwrap().msi(),
+            Some(MsiState {
+                enabled: true,
+                address: 0xfee0_1000,
+                data: 0x41,
+            })
+        );
+        assert_eq!(h.function(2).unwrap().msi().map(|m| m.enabled), Some(false));
+        assert_eq!(h.function(0).unwrap().msi(), None);
     }
 }

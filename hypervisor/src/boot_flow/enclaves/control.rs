@@ -301,7 +301,8 @@ impl Manager<'_> {
         }
     }
 
-    /// Maps the control device's windows where the host's configuration writes put them.
+    /// Maps the control device's windows (the control function's and the channel
+    /// functions') where the host's configuration writes put them.
     fn apply_placements(&mut self) {
         let Some(mailbox) = self.control.as_ref().map(Control::mailbox) else {
             return;
@@ -309,26 +310,31 @@ impl Manager<'_> {
         let Some(host) = self.host.as_deref_mut() else {
             return;
         };
-        let placed = host.run.shared.take_placements();
-        if placed.iter().all(Option::is_none) {
-            return;
-        }
-        // Every moved window leaves its old place first, so one may take the other's.
-        for (which, p) in placed.iter().enumerate() {
-            if p.is_some() {
-                if let Err(e) = host.place_control_bar(which, None, mailbox) {
-                    log::warn!("{e}");
+        let functions = 1 + host.run.shared.control().map_or(0, |c| c.channels());
+        for f in 0..functions {
+            let placed = host.run.shared.take_placements(f);
+            if placed.iter().all(Option::is_none) {
+                continue;
+            }
+            // Every moved window leaves its old place first, so one may take the other's.
+            for (which, p) in placed.iter().enumerate() {
+                if p.is_some() {
+                    if let Err(e) = host.place_control_bar(f, which, None, mailbox) {
+                        log::warn!("{e}");
+                    }
                 }
             }
-        }
-        for (which, p) in placed.into_iter().enumerate() {
-            if let Some(Some(to)) = p {
-                if let Err(e) = host.place_control_bar(which, Some(to), mailbox) {
-                    log::warn!("{e}");
+            for (which, p) in placed.into_iter().enumerate() {
+                if let Some(Some(to)) = p {
+                    if let Err(e) = host.place_control_bar(f, which, Some(to), mailbox) {
+                        log::warn!("{e}");
+                    }
                 }
             }
+            host.run
+                .shared
+                .set_control_registers(f, host.control_bar(f, 0));
         }
-        host.run.shared.set_control_registers(host.control_bar(0));
     }
 
     fn serve_slot(&mut self, slot: u32) {

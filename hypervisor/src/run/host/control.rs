@@ -11,6 +11,7 @@
 //! enclave's exit.
 
 use super::{bump, rate_limited, HostAction, HostHw, HostShared};
+use atoll_abi::channel::MAX_CHANNELS;
 use atoll_devices::pci::control::{HostAccess, HostConfig, MappingChanges, Window};
 use atoll_vcpu::Vcpu;
 use boot::GuestPhysAddr;
@@ -24,32 +25,53 @@ pub const CONFIG_DATA: core::ops::RangeInclusive<u16> = 0xcfc..=0xcff;
 /// The control device's state in the host partition.
 pub struct ControlPort {
     config: spin::Mutex<HostConfig>,
-    /// Where the manager left BAR0 unmapped (0: nowhere): faults there are register accesses.
-    registers: AtomicU64,
-    /// Per window, where the host's last configuration write put it, not yet applied by the
-    /// manager: bit 0 = a change is pending, the address in the rest (0 = nowhere).
-    placed: [AtomicU64; 2],
+    /// Per function (0: control, 1..: channels), where the manager left BAR0 unmapped (0:
+    /// nowhere): faults there are register accesses.
+    registers: [AtomicU64; 1 + MAX_CHANNELS],
+    /// Per function and window, where the host's last configuration write put it, not yet
+    /// applied by the manager: bit 0 = a change is pending, the address in the rest (0 =
+    /// nowhere).
+    placed: [[AtomicU64; 2]; 1 + MAX_CHANNELS],
     /// The control function's ECAM page (fixed at construction; read without the lock, as the
-    /// placement check runs under it).
+    /// placement check runs under it), and the bytes from it atoll keeps (one page per
+    /// function).
     ecam: Option<GuestPhysAddr>,
+    ecam_len: u64,
+    /// How many channel functions follow the control function.
+    channels: u8,
 }
 
 impl ControlPort {
-    /// The device at bus 0 `device` (1–31); `ecam`: the host's segment 0 ECAM window.
-    pub fn new(device: u8, ecam: Option<(GuestPhysAddr, u8)>) -> Option<Self> {
-        let config = HostConfig::new(device, ecam)?;
+    /// The device at bus 0 `device` (1–31) with `channels` channel functions after the
+    /// control function; `ecam`: the host's segment 0 ECAM window.
+    pub fn new(device: u8, ecam: Option<(GuestPhysAddr, u8)>, channels: u8) -> Option<Self> {
+        let config = HostConfig::new(device, ecam, channels)?;
         let ecam = config.ecam_page();
+        let ecam_len = config.ecam_len();
         Some(Self {
             config: spin::Mutex::new(config),
-            registers: AtomicU64::new(0),
-            placed: [AtomicU64::new(0), AtomicU64::new(0)],
+            registers: core::array::from_fn(|_| AtomicU64::new(0)),
+            placed: core::array::from_fn(|_| [AtomicU64::new(0), AtomicU64::new(0)]),
             ecam,
+            ecam_len,
+            channels,
         })
     }
 
-    /// The control function's ECAM page, which the host's tables must leave unmapped.
+    /// The control function's ECAM page, which the host's tables must leave unmapped, with
+    /// the channel functions' pages after it: [`Self::ecam_len`] bytes.
     pub fn ecam_page(&self) -> Option<GuestPhysAddr> {
         self.ecam
+    }
+
+    /// Bytes of ECAM from [`Self::ecam_page`] atoll keeps.
+    pub fn ecam_len(&self) -> u64 {
+        self.ecam_len
+    }
+
+    /// How many channel functions the device has.
+    pub fn channels(&self) -> u8 {
+        self.channels
     }
 
     /// The device number on bus 0.
@@ -64,8 +86,10 @@ impl ControlPort {
                 Window::Registers => 0,
                 Window::Mailbox => 1,
             };
-            self.placed[i].store(c.to.map_or(0, |a| a.as_u64()) | 1, Ordering::Release);
-            any = true;
+            if let Some(f) = self.placed.get(usize::from(c.function)) {
+                f[i].store(c.to.map_or(0, |a| a.as_u64()) | 1, Ordering::Release);
+                any = true;
+            }
         }
         any
     }
@@ -82,23 +106,84 @@ impl HostShared {
         self.control.as_ref()
     }
 
-    /// Where the host moved the control device's windows since the last call, per window
-    /// (registers, mailbox): `Some(to)` for a change (`to` `None`: it no longer decodes).
-    pub fn take_placements(&self) -> [Option<Option<GuestPhysAddr>>; 2] {
-        let Some(c) = &self.control else {
+    /// Where the host moved function `function`'s windows since the last call, per window
+    /// (registers, mailbox or channel window): `Some(to)` for a change (`to` `None`: it no
+    /// longer decodes).
+    pub fn take_placements(&self, function: u8) -> [Option<Option<GuestPhysAddr>>; 2] {
+        let Some(f) = self
+            .control
+            .as_ref()
+            .and_then(|c| c.placed.get(usize::from(function)))
+        else {
             return [None, None];
         };
         core::array::from_fn(|i| {
-            let v = c.placed[i].swap(0, Ordering::AcqRel);
+            let v = f[i].swap(0, Ordering::AcqRel);
             (v & 1 != 0).then(|| (v > 1).then(|| GuestPhysAddr::new(v & !1)))
         })
     }
 
-    /// The manager applied the registers' window: faults at `at` are register accesses.
-    pub fn set_control_registers(&self, at: Option<GuestPhysAddr>) {
-        if let Some(c) = &self.control {
-            c.registers
-                .store(at.map_or(0, |a| a.as_u64()), Ordering::Release);
+    /// The manager applied function `function`'s registers window: faults at `at` are
+    /// register accesses.
+    pub fn set_control_registers(&self, function: u8, at: Option<GuestPhysAddr>) {
+        if let Some(r) = self
+            .control
+            .as_ref()
+            .and_then(|c| c.registers.get(usize::from(function)))
+        {
+            r.store(at.map_or(0, |a| a.as_u64()), Ordering::Release);
+        }
+    }
+
+    /// After a configuration write to the control device: each channel function's MSI as the
+    /// host left it, checked — a fixed or lowest-priority interrupt to host cores, sent to
+    /// one of them — into the state the enclave's cores read ([`crate::run::channel`]).
+    fn mirror_channel_msi(&self, cfg: &HostConfig) {
+        for f in 1..=cfg.channels() {
+            let Some(msi) = cfg.function(f).and_then(|d| d.msi()) else {
+                continue;
+            };
+            let target = msi
+                .enabled
+                .then(|| self.msi_target(msi.address, msi.data))
+                .flatten();
+            if msi.enabled && target.is_none() {
+                let n = bump(&self.counters.io_events);
+                if rate_limited(n) {
+                    log::info!(
+                        "host: channel {f}: MSI {:#x}/{:#x} names no host core: refused",
+                        msi.address,
+                        msi.data
+                    );
+                }
+            }
+            crate::run::channel::CHANNELS[usize::from(f) - 1].set_msi(target);
+        }
+    }
+
+    /// The host core and vector an MSI (address, data) sends to, if it is a fixed or
+    /// lowest-priority interrupt that the host's IPI filter lets reach a host core (SDM Vol.
+    /// 3A §11.11.1–2: destination id in address bits 19:12, destination mode in bit 2;
+    /// vector in data bits 7:0, delivery mode in 10:8).
+    fn msi_target(&self, address: u64, data: u16) -> Option<(u32, u8)> {
+        use crate::run::host_ipi::{decide, Action, Deliver, Icr};
+        if address >> 20 != 0xfee {
+            return None;
+        }
+        let mode = u32::from(data >> 8) & 7;
+        if mode > 1 {
+            return None;
+        }
+        let low = u32::from(data as u8) | mode << 8 | ((address as u32 >> 2) & 1) << 11;
+        let icr = Icr::from_xapic(low, ((address as u32 >> 12) & 0xff) << 24);
+        let cores = self.cores.lock();
+        let sender = cores.apic_id(0)?;
+        match decide(icr, sender, &cores).action {
+            Action::Send {
+                what: Deliver::Fixed(v),
+                to,
+            } => cores.apic_ids(&to).next().map(|a| (a, v)),
+            _ => None,
         }
     }
 
@@ -127,30 +212,33 @@ impl HostShared {
         let ecam = self
             .control
             .as_ref()
-            .and_then(|c| c.ecam_page())
-            .map(|p| p.as_u64());
+            .and_then(|c| Some((c.ecam_page()?.as_u64(), c.ecam_len())));
         (base.as_u64()..end).contains(&apic)
-            || ecam.is_some_and(|p| p < end && base.as_u64() < p + 4096)
+            || ecam.is_some_and(|(p, len)| p < end && base.as_u64() < p + len)
             || self
                 .excluded
                 .iter()
                 .any(|r| r.start.as_u64() < end && base.as_u64() < r.end.as_u64())
     }
 
-    /// Whether `gpa` is in the control device's register page (as applied).
-    pub(super) fn is_control_registers(&self, gpa: u64) -> bool {
-        self.control.as_ref().is_some_and(|c| {
-            let r = c.registers.load(Ordering::Acquire);
-            r != 0 && gpa & !0xfff == r
-        })
+    /// Which function's register page (as applied) `gpa` is in.
+    pub(super) fn control_registers_of(&self, gpa: u64) -> Option<u8> {
+        let c = self.control.as_ref()?;
+        c.registers
+            .iter()
+            .position(|r| {
+                let r = r.load(Ordering::Acquire);
+                r != 0 && gpa & !0xfff == r
+            })
+            .map(|f| f as u8)
     }
 
-    /// Whether `gpa` is in the control function's ECAM page.
+    /// Whether `gpa` is in the control device's ECAM pages.
     pub(super) fn is_control_config(&self, gpa: u64) -> bool {
-        self.control
-            .as_ref()
-            .and_then(|c| c.ecam_page())
-            .is_some_and(|p| gpa & !0xfff == p.as_u64())
+        self.control.as_ref().is_some_and(|c| {
+            c.ecam_page()
+                .is_some_and(|p| gpa >= p.as_u64() && gpa - p.as_u64() < c.ecam_len())
+        })
     }
 }
 
@@ -185,6 +273,9 @@ pub(super) fn port_access(
     let mut result = u32::from_le_bytes(data);
     match answer {
         HostAccess::Emulated(changes) => {
+            if write {
+                shared.mirror_channel_msi(&cfg);
+            }
             drop(cfg);
             if c.note(changes) {
                 shared.want_manager();
@@ -253,14 +344,36 @@ pub(super) fn port_access(
     Some(HostAction::Resume)
 }
 
-/// A register access (BAR0) of `size` bytes at `gpa`: a read's value, or None after a write.
-pub(super) fn register_access(shared: &HostShared, gpa: u64, size: u8, write: Option<u64>) -> u64 {
+/// A register access (BAR0) of `size` bytes at `gpa` to function `function`: a read's value,
+/// or 0 after a write. A channel's doorbell kicks the enclave's core.
+pub(super) fn register_access(
+    shared: &HostShared,
+    hw: &impl HostHw,
+    function: u8,
+    gpa: u64,
+    size: u8,
+    write: Option<u64>,
+) -> u64 {
     let Some(c) = &shared.control else {
         return u64::MAX;
     };
-    let base = c.registers.load(Ordering::Acquire);
-    let offset = gpa.wrapping_sub(base);
+    let Some(base) = c.registers.get(usize::from(function)) else {
+        return u64::MAX;
+    };
+    let offset = gpa.wrapping_sub(base.load(Ordering::Acquire));
     let len = usize::from(size.clamp(1, 8));
+    if function > 0 {
+        let index = usize::from(function) - 1;
+        return match write {
+            Some(v) => {
+                if let Some(apic) = crate::run::channel::register_write(index, offset, len, v) {
+                    hw.kick_core(apic);
+                }
+                0
+            }
+            None => crate::run::channel::register_read(index, offset, len),
+        };
+    }
     let mut cfg = c.config.lock();
     let dev = cfg.control_mut();
     match write {
@@ -295,6 +408,9 @@ pub(super) fn ecam_access(shared: &HostShared, gpa: u64, size: u8, write: Option
             let answer = cfg.ecam_write(GuestPhysAddr::new(gpa), &data[..len], |b, s| {
                 shared.placement_forbidden(b, s)
             });
+            if matches!(answer, HostAccess::Emulated(_)) {
+                shared.mirror_channel_msi(&cfg);
+            }
             drop(cfg);
             if let HostAccess::Emulated(changes) = answer {
                 if c.note(changes) {

@@ -653,7 +653,7 @@ impl HostShared {
     /// device's, an I/O APIC's, an MSI function's ECAM page, an MSI-X table's).
     pub fn is_trapped_page(&self, gpa: u64) -> bool {
         self.is_control_config(gpa)
-            || self.is_control_registers(gpa)
+            || self.control_registers_of(gpa).is_some()
             || self.is_ioapic(gpa)
             || self.is_trapped_config(gpa)
             || self.is_msix_page(gpa)

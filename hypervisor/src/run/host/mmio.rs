@@ -33,7 +33,7 @@ use boot::{GuestPhysAddr, HostPhysAddr};
 enum Region {
     Apic,
     /// The control device's registers (BAR0).
-    ControlRegisters,
+    ControlRegisters(u8),
     /// The control function's ECAM page.
     ControlConfig,
     /// A physical I/O APIC's page (trapped under interrupt remapping).
@@ -120,8 +120,8 @@ pub(super) fn nested_page_fault(
     // then do not reach it), so it is answered like any address nothing maps.
     let region = if g & !0xfff == shared.apic_page().as_u64() && !me.x2apic {
         Region::Apic
-    } else if shared.is_control_registers(g) {
-        Region::ControlRegisters
+    } else if let Some(f) = shared.control_registers_of(g) {
+        Region::ControlRegisters(f)
     } else if shared.is_control_config(g) {
         Region::ControlConfig
     } else if shared.is_ioapic(g) {
@@ -194,16 +194,17 @@ pub(super) fn nested_page_fault(
             }
             HostAction::Resume
         }
-        (Region::ControlRegisters | Region::ControlConfig, write) => {
-            let access_fn = if region == Region::ControlRegisters {
-                super::control::register_access
-            } else {
-                super::control::ecam_access
+        (Region::ControlRegisters(_) | Region::ControlConfig, write) => {
+            let access_fn = |g, size, value| match region {
+                Region::ControlRegisters(f) => {
+                    super::control::register_access(shared, hw, f, g, size, value)
+                }
+                _ => super::control::ecam_access(shared, g, size, value),
             };
             if write {
-                access_fn(shared, g, access.size, Some(store_value(vcpu, &access)));
+                access_fn(g, access.size, Some(store_value(vcpu, &access)));
             } else {
-                let v = access_fn(shared, g, access.size, None) & width_mask(access.size);
+                let v = access_fn(g, access.size, None) & width_mask(access.size);
                 if !complete_load(vcpu, &access, v) {
                     return refuse(vcpu, shared, "a load without a register", g);
                 }

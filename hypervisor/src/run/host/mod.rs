@@ -100,6 +100,9 @@ pub trait HostHw {
     /// trapped for the host (an ECAM page, an MSI-X table's page): a read's value, or 0 after
     /// a write.
     fn device_mmio(&self, address: u64, size: u8, write: Option<u64>) -> u64;
+    /// Kicks the core with physical APIC id `apic_id` (atoll's kick vector): an enclave's core
+    /// whose channel the host rang.
+    fn kick_core(&self, apic_id: u32);
 }
 
 /// What the host exit handler asks the caller to do.

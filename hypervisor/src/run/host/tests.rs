@@ -33,6 +33,7 @@ enum Call {
     Ipi(Icr),
     Xsetbv(u64),
     Wbinvd,
+    Kick(u32),
 }
 
 /// A core whose CPUID sets every bit (so a hidden bit is visibly cleared), with the MSRs in
@@ -118,6 +119,9 @@ impl HostHw for Hw {
     }
     fn device_mmio(&self, _address: u64, _size: u8, _write: Option<u64>) -> u64 {
         0
+    }
+    fn kick_core(&self, apic_id: u32) {
+        self.log(Call::Kick(apic_id));
     }
     fn now_us(&self) -> u64 {
         0
@@ -1096,7 +1100,7 @@ fn a_vcpu_is_offline_only_with_interrupts_off_at_hlt_or_mwait() {
 fn configuration_ports_reach_the_control_function_or_the_hardware_with_the_latch_replayed() {
     let mut w = World::new(false);
     w.shared
-        .set_control(super::control::ControlPort::new(3, None).expect("device 3"));
+        .set_control(super::control::ControlPort::new(3, None, 0).expect("device 3"));
     // The ports are intercepted once the host has the device.
     assert!(intercepted_ports(&w.shared).any(|r| r.contains(&0xcfc) && r.contains(&0xcf8)));
     let _ = w.hw.calls();
@@ -1134,14 +1138,14 @@ fn configuration_ports_reach_the_control_function_or_the_hardware_with_the_latch
     w.out(0xcfc, 4, 0xfe00_0000);
     w.out(0xcf8, 4, 0x8000_1804);
     w.out(0xcfc, 2, 0x2);
-    let placed = w.shared.take_placements();
+    let placed = w.shared.take_placements(0);
     assert_eq!(placed[0], Some(Some(GuestPhysAddr::new(0xfe00_0000))));
     assert!(w.shared.take_manager_wanted());
     // A BAR over the host's refused memory (the pool) is never placed there.
     w.out(0xcf8, 4, 0x8000_1818);
     w.out(0xcfc, 4, POOL as u32);
-    assert_eq!(w.shared.take_placements()[1], None);
+    assert_eq!(w.shared.take_placements(0)[1], None);
     // ... nor over the xAPIC page.
     w.out(0xcfc, 4, APIC as u32);
-    assert_eq!(w.shared.take_placements()[1], None);
+    assert_eq!(w.shared.take_placements(0)[1], None);
 }

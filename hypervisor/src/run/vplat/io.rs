@@ -359,13 +359,18 @@ pub(super) fn mmio(
                     log::debug!("pci {bdf}: {effect:?}");
                     shared.bars_changed(&mut pci, bdf);
                 }
+                drop(pci);
+                shared.virtio_after_access(mem, local, host);
                 false
             }
             Mmio::PciBars => {
-                let mut pci = shared.pci.lock();
-                let bars = shared.bars.lock();
-                // Nothing decodes there: the write goes nowhere, as on a bus.
-                let _ = bars.mmio_write(&mut pci, gpa, &value.to_le_bytes()[..n]);
+                {
+                    let mut pci = shared.pci.lock();
+                    let bars = shared.bars.lock();
+                    // Nothing decodes there: the write goes nowhere, as on a bus.
+                    let _ = bars.mmio_write(&mut pci, gpa, &value.to_le_bytes()[..n]);
+                }
+                shared.virtio_after_access(mem, local, host);
                 false
             }
         };

@@ -40,7 +40,7 @@ pub fn e820(ram: u64) -> Vec<E820Entry> {
 }
 
 /// The ACPI description of a Linux enclave with `vcpus` vCPUs; `pci_bus`: functions are passed
-/// through to it, so its DSDT has a PCI host bridge with the BAR window
+/// through to it or it has virtio devices, so its DSDT has a PCI host bridge with the BAR window
 /// ([`super::passthrough::PCI_MMIO_BASE`]..[`super::passthrough::PCI_MMIO_END`]).
 pub fn platform_layout(vcpus: usize, pci_bus: bool) -> atoll_devices::acpi::PlatformLayout {
     atoll_devices::acpi::PlatformLayout {

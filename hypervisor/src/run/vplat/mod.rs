@@ -84,6 +84,7 @@ mod cpuid;
 mod io;
 mod linux;
 pub mod passthrough;
+pub mod virtio;
 
 use apic::{collect, msr_read, msr_write};
 pub use apic::{ApicMode, Mailbox};
@@ -190,6 +191,11 @@ pub trait PlatformHost {
     fn take_device_vectors(&mut self) -> [u64; 4] {
         [0; 4]
     }
+    /// Sends the host core with physical APIC id `apic` a fixed interrupt with `vector` (a
+    /// channel's MSI, checked when the host programmed it).
+    fn interrupt_host(&mut self, apic: u32, vector: u8) {
+        let _ = (apic, vector);
+    }
 }
 
 /// What the vCPUs of one enclave share.
@@ -231,6 +237,8 @@ pub struct Shared {
     totals: Mutex<([u64; atoll_vcpu::ExitKind::ALL.len()], u64, u64)>,
     /// The TSC frequency the guest is told.
     pub tsc_hz: u64,
+    /// Its channel toward the host, when it has virtio devices ([`virtio`]).
+    channel: Once<virtio::Channel>,
 }
 
 impl core::fmt::Debug for Shared {
@@ -270,6 +278,7 @@ impl Shared {
             marks: Mutex::new(Marks::default()),
             totals: Mutex::new(([0; atoll_vcpu::ExitKind::ALL.len()], 0, 0)),
             tsc_hz,
+            channel: Once::new(),
         }
     }
 
@@ -393,6 +402,7 @@ pub enum Entry {
 /// timer deadline.
 pub fn before_entry(
     vcpu: &mut impl Vcpu,
+    mem: &mut impl GuestMemory,
     local: &mut Local,
     shared: &Shared,
     host: &mut impl PlatformHost,
@@ -406,6 +416,7 @@ pub fn before_entry(
         return Entry::Init;
     }
     passthrough::deliver(host.take_device_vectors(), local, shared);
+    shared.virtio_service_host(mem, local, host);
     let nmi = collect(local, shared, host.now());
     if nmi && vcpu.inject_nmi() {
         m.nmi.store(false, Ordering::Release);
@@ -473,7 +484,7 @@ pub fn handle(
         Exit::NestedPageFault { gpa, .. } if shared.mmio_map.get(gpa.as_u64()).is_some() => {
             Some(mmio(vcpu, mem, local, shared, host, gpa.as_u64()))
         }
-        Exit::Hlt => Some(halt(vcpu, local, shared, host)),
+        Exit::Hlt => Some(halt(vcpu, mem, local, shared, host)),
         Exit::ExternalInterrupt { .. } | Exit::InterruptWindow | Exit::Nmi => Some(Action::Resume),
         // CR8 is the local APIC's task priority (SDM Vol. 3A §11.8.6.1): one value however the
         // guest reaches it (CR8, the TPR register, the x2APIC MSR).
@@ -536,6 +547,7 @@ fn report_state(vcpu: &impl Vcpu, local: &mut Local, shared: &Shared, now: u64, 
 
 fn halt(
     vcpu: &mut impl Vcpu,
+    mem: &mut impl GuestMemory,
     local: &mut Local,
     shared: &Shared,
     host: &mut impl PlatformHost,
@@ -548,6 +560,7 @@ fn halt(
             return Action::Resume;
         }
         passthrough::deliver(host.take_device_vectors(), local, shared);
+        shared.virtio_service_host(mem, local, host);
         let nmi = collect(local, shared, host.now());
         if nmi || (interruptible && local.apic.pending().is_some()) {
             return Action::Resume;

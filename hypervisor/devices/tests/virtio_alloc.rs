@@ -83,7 +83,7 @@ struct Rings {
     last_tag: u32,
     open: Option<(u32, u32)>,
     incoming: Option<(u32, usize)>,
-    data: [u8; 2048],
+    data: [u8; 8192],
 }
 
 impl Backend for Rings {
@@ -208,7 +208,7 @@ fn the_virtio_exit_path_allocates_nothing() {
         last_tag: 0,
         open: None,
         incoming: None,
-        data: [0x5a; 2048],
+        data: [0x5a; 8192],
     };
     let mut net = VirtioPci::new(Net::new([2, 0, 0, 0, 0, 9])).unwrap();
     let mut con = VirtioPci::new(Console::new(None)).unwrap();
@@ -260,12 +260,14 @@ fn the_virtio_exit_path_allocates_nothing() {
             &mut ram,
             i,
             0x15_0000 + 0x1000 * u64::from(i),
-            4096,
+            512,
             W | N,
             i + 1,
         );
     }
     bq.desc(&mut ram, 9, 0x16_0000, 1, W, 0);
+    // The host's reply to a read: status OK, padding, the 8 sectors asked for.
+    rings.data[..8].fill(0);
 
     let before = allocations();
     let rounds = 2000u16;
@@ -286,7 +288,7 @@ fn the_virtio_exit_path_allocates_nothing() {
 
         bq.offer(&mut ram, 0);
         blk.process(&mut ram, &mut rings);
-        rings.incoming = Some((rings.last_tag, 1 + 1024));
+        rings.incoming = Some((rings.last_tag, 8 + 8 * 512));
         blk.process(&mut ram, &mut rings);
         while blk.next_interrupt().is_some() {}
     }
@@ -298,6 +300,8 @@ fn the_virtio_exit_path_allocates_nothing() {
     assert_eq!((ntx.used(&ram), nrx.used(&ram)), (rounds, rounds));
     assert_eq!((ctx.used(&ram), crx.used(&ram)), (rounds, rounds));
     assert_eq!(bq.used(&ram), rounds);
+    assert_eq!(ram.0[0x16_0000], 0, "status OK");
+    assert_eq!(ram.0[0x15_1000], 0x5a, "data from the host");
     assert_eq!(rings.sent, 3 * u64::from(rounds));
     assert!(net.stats().interrupts > 0 && blk.stats().chains == u64::from(rounds));
     assert_eq!(after - before, 0, "allocations on the exit path");

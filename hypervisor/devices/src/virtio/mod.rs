@@ -294,16 +294,18 @@ pub enum Sent {
     Dropped,
 }
 
-/// Sends `header` followed by the readable bytes of `chain` from `skip` on as one record tagged
-/// `tag`. The caller checked `skip <= chain.readable_len()`.
+/// Sends `header` followed by `len` readable bytes of `chain` from `skip` on (all the rest when
+/// `len` is `None`) as one record tagged `tag`.
 pub fn send_readable(
     ctx: &mut Context<'_>,
     tag: u32,
     chain: &Chain,
     skip: u32,
+    len: Option<u32>,
     header: &[u8],
 ) -> Result<Sent, DeviceError> {
-    let body = chain.readable_len().saturating_sub(skip);
+    let rest = chain.readable_len().saturating_sub(skip);
+    let body = len.map_or(rest, |l| l.min(rest));
     let Some(total) = u32::try_from(header.len())
         .ok()
         .and_then(|h| h.checked_add(body))

@@ -1098,7 +1098,7 @@ mod transport_tests {
 mod device_tests {
     use super::drive::*;
     use super::*;
-    use blk::{req, req_status, Blk, RequestHeader};
+    use blk::{req, req_status, Blk, BlkRequest};
     use console::Console;
     use net::Net;
     use pci::{common, VirtioPci, DEVICE_OFFSET};
@@ -1229,6 +1229,30 @@ mod device_tests {
         t.process(&mut mem, &mut host);
         assert_eq!(tx.used_idx(&mem), 2);
         assert_eq!(t.stats().dropped, 1);
+    }
+
+    #[test]
+    fn console_output_goes_in_chunks_and_resumes_where_the_ring_filled() {
+        let (mut t, mut mem, _rx, mut tx, mut host) = running_console();
+        let text: Vec<u8> = (0..10_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        mem.put(0x40000, &text[..5000]);
+        mem.put(0x50000, &text[5000..]);
+        tx.desc(&mut mem, 0, 0x40000, 5000, R | N, 1);
+        tx.desc(&mut mem, 1, 0x50000, 5000, R, 0);
+        tx.offer(&mut mem, 0);
+        host.capacity = Some(1);
+        t.process(&mut mem, &mut host);
+        assert_eq!(host.to_host.len(), 1);
+        assert_eq!(tx.used_idx(&mem), 0, "not all sent: not used");
+        let mut got: Vec<u8> = Vec::new();
+        while let Some((_, d)) = host.to_host.pop_front() {
+            assert!(d.len() <= console::CONSOLE_MAX_CHUNK as usize);
+            got.extend_from_slice(&d);
+            t.process(&mut mem, &mut host);
+        }
+        assert_eq!(got, text, "every byte once, in order");
+        assert_eq!(tx.used_idx(&mem), 1);
+        assert_eq!(tx.used_elem(&mem, 0), (0, 0));
     }
 
     #[test]
@@ -1434,6 +1458,13 @@ mod device_tests {
         vq.offer(mem, base);
     }
 
+    /// A reply as the channel carries it: status, 7 bytes of padding, data.
+    fn reply(status: u8, data: &[u8]) -> Vec<u8> {
+        let mut r = vec![status, 0, 0, 0, 0, 0, 0, 0];
+        r.extend_from_slice(data);
+        r
+    }
+
     fn status_of(mem: &Mem, head: u16) -> u8 {
         mem.get(0x7f000 + u64::from(head), 1)[0]
     }
@@ -1450,8 +1481,8 @@ mod device_tests {
         let mut h = [0u8; 16];
         h.copy_from_slice(&payload[..16]);
         assert_eq!(
-            RequestHeader::decode(&h),
-            RequestHeader {
+            BlkRequest::decode(&h).unwrap(),
+            BlkRequest {
                 kind: req::OUT,
                 len: 1024,
                 sector: 3
@@ -1460,7 +1491,7 @@ mod device_tests {
         assert_eq!(&payload[16..], &[0x11; 1024][..]);
         assert_eq!(vq.used_idx(&mem), 0, "outstanding until the host replies");
         assert_eq!(t.device().in_flight(), 1);
-        host.from_host.push_back((tag, vec![req_status::OK]));
+        host.from_host.push_back((tag, reply(req_status::OK, &[])));
         t.process(&mut mem, &mut host);
         assert_eq!(status_of(&mem, 0), req_status::OK);
         assert_eq!(vq.used_elem(&mem, 0), (0, 1));
@@ -1479,17 +1510,16 @@ mod device_tests {
         assert_eq!(payload.len(), 16);
         h.copy_from_slice(&payload);
         assert_eq!(
-            RequestHeader::decode(&h),
-            RequestHeader {
+            BlkRequest::decode(&h).unwrap(),
+            BlkRequest {
                 kind: req::IN,
                 len: 1024,
                 sector: 10
             }
         );
         let data: Vec<u8> = (0..1024u32).map(|i| i as u8).collect();
-        let mut reply = vec![req_status::OK];
-        reply.extend_from_slice(&data);
-        host.from_host.push_back((tag, reply));
+        host.from_host
+            .push_back((tag, reply(req_status::OK, &data)));
         t.process(&mut mem, &mut host);
         assert_eq!(mem.get(0x61000, 512), &data[..512]);
         assert_eq!(mem.get(0x62000, 512), &data[512..]);
@@ -1501,14 +1531,15 @@ mod device_tests {
         let (tag, payload) = host.to_host.pop_front().unwrap();
         h.copy_from_slice(&payload);
         assert_eq!(
-            RequestHeader::decode(&h),
-            RequestHeader {
+            BlkRequest::decode(&h).unwrap(),
+            BlkRequest {
                 kind: req::FLUSH,
                 len: 0,
                 sector: 0
             }
         );
-        host.from_host.push_back((tag, vec![req_status::IOERR]));
+        host.from_host
+            .push_back((tag, reply(req_status::IOERR, &[])));
         t.process(&mut mem, &mut host);
         assert_eq!(
             status_of(&mem, 2),
@@ -1542,6 +1573,23 @@ mod device_tests {
             req_status::IOERR,
             "sector + length overflows"
         );
+        // A failed read may carry less than asked (what it read before failing).
+        request(&mut mem, &mut vq, 8, req::IN, 0, &[(0x65000, 1024, true)]);
+        t.process(&mut mem, &mut host);
+        let (tag, _) = host.to_host.pop_front().unwrap();
+        host.from_host
+            .push_back((tag, reply(req_status::IOERR, &[9; 512])));
+        t.process(&mut mem, &mut host);
+        assert_eq!(status_of(&mem, 8), req_status::IOERR);
+        assert_eq!(mem.get(0x65000, 512), [9; 512]);
+        assert_eq!(vq.used_elem(&mem, 8), (32, 513));
+        // A status the protocol does not know reaches the guest as IOERR.
+        request(&mut mem, &mut vq, 9, req::FLUSH, 0, &[]);
+        t.process(&mut mem, &mut host);
+        let (tag, _) = host.to_host.pop_front().unwrap();
+        host.from_host.push_back((tag, reply(0x77, &[])));
+        t.process(&mut mem, &mut host);
+        assert_eq!(status_of(&mem, 9), req_status::IOERR);
         assert_eq!(t.device_status() & status::DEVICE_NEEDS_RESET, 0);
     }
 
@@ -1558,18 +1606,22 @@ mod device_tests {
     #[test]
     fn blk_bad_host_replies_need_a_reset_and_write_nothing_outside() {
         type Reply = fn(u32) -> (u32, Vec<u8>);
-        let cases: [(&str, Reply); 3] = [
-            ("unknown tag", |tag| (tag ^ 5, vec![0])),
-            ("longer than the buffers", |tag| (tag, vec![0; 1 + 512 + 1])),
-            ("empty", |tag| (tag, vec![])),
+        let cases: [(&str, Reply); 5] = [
+            ("unknown tag", |tag| (tag ^ 5, reply(0, &[]))),
+            ("longer than the buffers", |tag| (tag, reply(0, &[0; 513]))),
+            ("an error status with too much data", |tag| {
+                (tag, reply(1, &[0; 513]))
+            }),
+            ("OK but short", |tag| (tag, reply(0, &[0; 511]))),
+            ("shorter than the status", |tag| (tag, vec![0; 7])),
         ];
-        for (what, reply) in cases {
+        for (what, bad) in cases {
             let (mut t, mut mem, mut vq, mut host) = running_blk(64, false);
             mem.put(0x61000, &[0xcc; 0x1000]);
             request(&mut mem, &mut vq, 0, req::IN, 0, &[(0x61100, 512, true)]);
             t.process(&mut mem, &mut host);
             let (tag, _) = host.to_host.pop_front().unwrap();
-            host.from_host.push_back(reply(tag));
+            host.from_host.push_back(bad(tag));
             t.process(&mut mem, &mut host);
             assert_ne!(t.device_status() & status::DEVICE_NEEDS_RESET, 0, "{what}");
             assert_eq!(t.stats().host_errors, 1, "{what}");
@@ -1598,7 +1650,7 @@ mod device_tests {
         let (_, mut vq) = setup(128);
         mem.bytes.fill(0);
         bring_up(&mut t, feature::VERSION_1, &[&vq]);
-        host.from_host.push_back((old_tag, vec![0]));
+        host.from_host.push_back((old_tag, reply(0, &[])));
         request(&mut mem, &mut vq, 0, req::FLUSH, 0, &[]);
         t.process(&mut mem, &mut host);
         assert_eq!(t.stats().stale, 1);
@@ -1624,7 +1676,7 @@ mod device_tests {
         assert_eq!(host.to_host.len(), blk::MAX_INFLIGHT);
         assert_eq!(t.queue(0).unwrap().last_avail(), blk::MAX_INFLIGHT as u16);
         let (tag, _) = host.to_host.pop_front().unwrap();
-        host.from_host.push_back((tag, vec![0]));
+        host.from_host.push_back((tag, reply(0, &[])));
         t.process(&mut mem, &mut host);
         assert_eq!(
             host.to_host.len(),

@@ -1052,6 +1052,9 @@ mod transport_tests {
         assert!(interrupts(&mut t).is_empty());
         let vq = Vq::new(0x1000, 16);
         bring_up(&mut t, feature::VERSION_1, &[&vq, &vq]);
+        // DRIVER_OK marks every queue: what was posted before it gets processed.
+        assert_eq!(t.take_notified(), 0b11);
+        assert_eq!(t.stats().notifications, 3, "not counted as the driver's");
         t.change_config(|_| {});
         assert_eq!(r(&mut t, common::CONFIG_GENERATION, 1), (g + 2) & 0xff);
         assert_eq!(
@@ -1175,6 +1178,7 @@ mod device_tests {
         tx.desc(&mut mem, 4, 0x40000, 3, R | N, 9);
         tx.desc(&mut mem, 9, 0x41000, 2, R, 0);
         tx.offer(&mut mem, 4);
+        assert_eq!(t.take_notified(), 0b11, "DRIVER_OK marked both");
         notify(&mut t, 1);
         assert_eq!(t.take_notified(), 0b10);
         t.process(&mut mem, &mut host);

@@ -201,16 +201,7 @@ impl Blk {
                 .into());
             };
             let segments = &slot.segments[..slot.count];
-            let mut bounce = [0u8; super::BOUNCE];
-            let mut done = 0u32;
-            while done < data {
-                let n = (data - done).min(super::BOUNCE as u32) as usize;
-                ctx.backend
-                    .read(BLK_RESPONSE_LEN + done, &mut bounce[..n])
-                    .map_err(|e| DeviceError::Host(HostError::Ring(e)))?;
-                write_segments(segments, ctx.mem, done, &bounce[..n])?;
-                done += n as u32;
-            }
+            super::backend_to_segments(ctx.backend, segments, ctx.mem, BLK_RESPONSE_LEN, 0, data)?;
             let status = match status[0] {
                 s @ (req_status::OK | req_status::IOERR | req_status::UNSUPP) => s,
                 _ => req_status::IOERR,

@@ -209,6 +209,42 @@ mod queue_tests {
     }
 
     #[test]
+    fn pieces_stay_inside_one_segment_and_the_limit() {
+        let seg = |addr: u64, len: u32, writable: bool| queue::Segment {
+            addr: GuestPhysAddr::new(addr),
+            len,
+            writable,
+        };
+        let segments = [
+            seg(0x100, 4, false),
+            seg(0x200, 3, true),
+            seg(0x300, 5, true),
+        ];
+        let mut seen = Vec::new();
+        queue::pieces::<CopyError>(&segments, true, 1, 6, 2, |addr, at, n| {
+            seen.push((addr.as_u64(), at, n));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(
+            seen,
+            vec![(0x201, 0, 2), (0x300, 2, 2), (0x302, 4, 2)],
+            "readable segment skipped, offset 1, pieces of 2"
+        );
+        let r = queue::pieces::<CopyError>(&segments, true, 1, 8, 2, |_, _, _| Ok(()));
+        assert_eq!(r, Err(CopyError::OutOfRange), "7 writable bytes from 1");
+        let r = queue::pieces::<CopyError>(&segments, false, 0, 4, 0, |_, _, _| Ok(()));
+        assert_eq!(r, Err(CopyError::OutOfRange), "no piece size");
+        let mut calls = 0;
+        queue::pieces::<CopyError>(&segments, false, 4, 0, 8, |_, _, _| {
+            calls += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(calls, 0, "an empty range at the end");
+    }
+
+    #[test]
     fn head_and_next_indices_past_the_table() {
         let (mut mem, mut vq) = setup(4);
         let mut q = vq.queue(false, false);

@@ -1779,3 +1779,200 @@ mod device_tests {
         assert!(host.read(0, &mut b).is_err());
     }
 }
+
+/// Random rings and random host records: nothing panics, every chain returned lies in RAM and
+/// keeps the rules, and the host never gets a byte written outside what the guest offered.
+mod random_tests {
+    use super::drive::*;
+    use super::*;
+    use blk::{req, Blk};
+    use pci::VirtioPci;
+
+    /// xorshift64*: deterministic, no dependencies.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    const RAM: u64 = 0x2_0000;
+
+    /// An address that is often valid, sometimes at the edge, sometimes absurd.
+    fn addr(rng: &mut Rng) -> u64 {
+        match rng.below(8) {
+            0 => RAM - rng.below(64),
+            1 => u64::MAX - rng.below(64),
+            2 => rng.next(),
+            _ => 0x8000 + rng.below(RAM - 0x9000),
+        }
+    }
+
+    fn len(rng: &mut Rng) -> u32 {
+        match rng.below(8) {
+            0 => 0,
+            1 => u32::MAX - rng.below(4) as u32,
+            2 => 16 * rng.below(40) as u32,
+            _ => rng.below(300) as u32,
+        }
+    }
+
+    #[test]
+    fn random_rings_never_panic_and_chains_are_always_checked() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut outcomes = [0u32; 2];
+        for _ in 0..10_000 {
+            let size = 1u16 << rng.below(5);
+            let mut mem = Mem::new(RAM as usize);
+            let vq = Vq::new(0x1000, size);
+            for i in 0..size {
+                let flags = rng.below(8) as u16;
+                let next = rng.below(u64::from(size) + 2) as u16;
+                vq.desc(&mut mem, i, addr(&mut rng), len(&mut rng), flags, next);
+            }
+            // Indirect tables in the buffers' area, random too.
+            for i in 0..64u64 {
+                let d = [rng.next(), rng.next()];
+                let at = 0x8000 + 16 * i;
+                mem.put(at, &d[0].to_le_bytes());
+                mem.put(
+                    at + 8,
+                    &((d[1] & 0xffff_0000_0000_00ff) | (u64::from(len(&mut rng)) << 8))
+                        .to_le_bytes()[..8],
+                );
+            }
+            for slot in 0..u64::from(size) {
+                let head = rng.below(u64::from(size) + 1) as u16;
+                mem.put(vq.avail + 4 + 2 * slot, &head.to_le_bytes());
+            }
+            let idx = if rng.below(4) == 0 {
+                rng.next() as u16
+            } else {
+                rng.below(u64::from(size) + 1) as u16
+            };
+            mem.put(vq.avail + 2, &idx.to_le_bytes());
+            let mut q = vq.queue(rng.below(2) == 0, rng.below(2) == 0);
+            for _ in 0..4 {
+                match q.pop(&mut mem) {
+                    Ok(Some(chain)) => {
+                        outcomes[0] += 1;
+                        let mut seen_writable = false;
+                        let (mut r, mut w) = (0u64, 0u64);
+                        assert!(chain.segments().len() <= MAX_SEGMENTS);
+                        for s in chain.segments() {
+                            assert!(s.len > 0);
+                            assert!(mem.covers(s.addr, u64::from(s.len)));
+                            assert!(!seen_writable || s.writable, "readable after writable");
+                            seen_writable |= s.writable;
+                            if s.writable {
+                                w += u64::from(s.len)
+                            } else {
+                                r += u64::from(s.len)
+                            }
+                        }
+                        assert_eq!(
+                            (r, w),
+                            (
+                                u64::from(chain.readable_len()),
+                                u64::from(chain.writable_len())
+                            )
+                        );
+                        q.add_used(&mut mem, chain.head(), rng.next() as u32)
+                            .unwrap();
+                        let _ = q.needs_interrupt(&mem);
+                    }
+                    Ok(None) => break,
+                    Err(_) => {
+                        outcomes[1] += 1;
+                        break;
+                    }
+                }
+            }
+        }
+        assert!(
+            outcomes[0] > 500 && outcomes[1] > 500,
+            "both good and bad chains seen: {outcomes:?}"
+        );
+    }
+
+    #[test]
+    fn random_host_replies_write_only_into_offered_buffers() {
+        let mut rng = Rng(0x1234_5678_9abc_def1);
+        let mut needs_reset = 0;
+        for round in 0..150 {
+            let mut t = VirtioPci::new(Blk::new(1 << 16, false, b"r")).unwrap();
+            let (mut mem, mut vq) = setup(64);
+            bring_up(
+                &mut t,
+                feature::VERSION_1 | feature::RING_INDIRECT_DESC,
+                &[&vq],
+            );
+            let mut host = FakeBackend::default();
+            // Four reads into distinct buffers; the rest of RAM is a pattern.
+            for b in mem.bytes[0x8000..].iter_mut() {
+                *b = 0xa5;
+            }
+            let mut offered = Vec::new();
+            for k in 0..4u16 {
+                let head = k * 3;
+                let hdr = 0x8000 + 0x100 * u64::from(k);
+                let data = 0x9000 + 0x1000 * u64::from(k);
+                let status = 0xe000 + u64::from(k);
+                let mut h = [0u8; 16];
+                h[..4].copy_from_slice(&req::IN.to_le_bytes());
+                mem.put(hdr, &h);
+                let n = 512 * (1 + u32::from(k));
+                vq.desc(&mut mem, head, hdr, 16, 1, head + 1);
+                vq.desc(&mut mem, head + 1, data, n, 3, head + 2);
+                vq.desc(&mut mem, head + 2, status, 1, 2, 0);
+                vq.offer(&mut mem, head);
+                offered.push((data, u64::from(n)));
+                offered.push((status, 1));
+            }
+            t.process(&mut mem, &mut host);
+            let tags: Vec<u32> = host.to_host.iter().map(|(t, _)| *t).collect();
+            assert_eq!(tags.len(), 4);
+            let before = mem.bytes.clone();
+            for _ in 0..6 {
+                let tag = match rng.below(4) {
+                    0 => rng.next() as u32,
+                    _ => tags[rng.below(4) as usize],
+                };
+                let n = match rng.below(4) {
+                    0 => rng.below(4000) as usize,
+                    _ => 8 + 512 * (1 + rng.below(4) as usize),
+                };
+                let mut rec: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
+                if n > 0 && rng.below(2) == 0 {
+                    rec[0] = 0;
+                }
+                host.from_host.push_back((tag, rec));
+            }
+            t.process(&mut mem, &mut host);
+            if t.device_status() & status::DEVICE_NEEDS_RESET != 0 {
+                needs_reset += 1;
+            }
+            // Every changed byte is in an offered buffer or the used ring.
+            for (i, (a, b)) in before.iter().zip(&mem.bytes).enumerate() {
+                if a == b {
+                    continue;
+                }
+                let i = i as u64;
+                let in_used = (vq.used..vq.used + 4 + 8 * 64 + 2).contains(&i);
+                let in_offered = offered.iter().any(|&(s, l)| (s..s + l).contains(&i));
+                assert!(in_used || in_offered, "round {round}: byte {i:#x} written");
+            }
+        }
+        assert!(
+            needs_reset > 10 && needs_reset < 150,
+            "both outcomes seen: {needs_reset}"
+        );
+    }
+}

@@ -1,6 +1,7 @@
 //! Entry points of the bare-metal image: the boot processor's `atoll_bsp_main`, every AP's
 //! `atoll_ap_main`, the exception and panic handlers. [`enclaves`] manages the enclaves.
 
+mod channels;
 mod enclaves;
 mod host;
 mod iommu;

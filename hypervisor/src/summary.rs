@@ -113,6 +113,9 @@ pub struct HostReport {
     pub detail: String,
     /// How many times atoll restarted it after a reset (reboot, panic, ACPI or port reset).
     pub restarts: u32,
+    /// Changes to its second-stage tables that would have mapped a frame outside the window
+    /// they were for, or an enclave's (each refused; a non-zero count is atoll's bug).
+    pub isolation_violations: u32,
     /// What it reported (`guest_check`, `guest_exit_status`), as an enclave's `results`; the
     /// last boot's, when it was restarted.
     pub results: serde_json::Map<String, serde_json::Value>,
@@ -534,6 +537,7 @@ mod tests {
                 cores: vec![0, 1],
                 end_reason: Some("power_off"),
                 restarts: 1,
+                isolation_violations: 0,
                 refused_reads: 2,
                 results,
                 ..Default::default()
@@ -573,6 +577,7 @@ mod tests {
                     end_reason: Some(end),
                     detail: "why".into(),
                     restarts: 1,
+                    isolation_violations: 0,
                     ..Default::default()
                 }),
                 ..Default::default()

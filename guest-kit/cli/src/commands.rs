@@ -25,6 +25,9 @@ pub struct Description {
     pub initrd: Option<PathBuf>,
     /// The PCI functions it passes through (`devices`, `vf`), unresolved.
     pub devices: Vec<crate::passthrough::DeviceRef>,
+    /// How many `[[enclave.virtio]]` devices it has (atoll validates them; the CLI only
+    /// starts `atoll-channeld` when there are any).
+    pub virtio: usize,
 }
 
 fn bad(path: &Path, what: impl std::fmt::Display) -> Error {
@@ -88,11 +91,16 @@ impl Description {
             None => Vec::new(),
         };
         let devices = crate::passthrough::parse(path, &table)?;
+        let virtio = match table.get("virtio") {
+            Some(toml::Value::Array(a)) => a.len(),
+            _ => 0,
+        };
         Ok(Description {
             text,
             name,
             cores,
             devices,
+            virtio,
             image: dir.join(image),
             initrd: initrd.map(|i| dir.join(i)),
         })
@@ -157,6 +165,7 @@ pub fn create(
     out: &mut dyn Write,
     err: &mut dyn Write,
     stderr_tty: bool,
+    channeld: &mut dyn FnMut(&str) -> std::io::Result<()>,
 ) -> Result<()> {
     let text = std::fs::read_to_string(file).map_err(|e| Error::io(file, e))?;
     let dir = file.parent().unwrap_or(Path::new("."));
@@ -187,6 +196,27 @@ pub fn create(
             return Err(e);
         }
     };
+    // The enclave's virtio devices are served by a daemon in the host; the enclave exists
+    // either way, so a daemon that fails to start is reported, not undone.
+    if d.virtio > 0 {
+        let note: &mut dyn Write = if json { err } else { out };
+        match channeld(&d.name) {
+            Ok(()) => {
+                let _ = writeln!(
+                    note,
+                    "started atoll-channeld for {}: {} virtio device(s)",
+                    d.name, d.virtio
+                );
+            }
+            Err(e) => {
+                let _ = writeln!(
+                    err,
+                    "atoll: atoll-channeld for {} did not start: {e} (its virtio devices are not served; run `atoll-channeld --enclave {}`)",
+                    d.name, d.name
+                );
+            }
+        }
+    }
     if json {
         print_json(
             out,
@@ -424,6 +454,31 @@ pub fn stats(client: &mut Client, a: &StatsArgs, out: &mut dyn Write) -> Result<
     }
 }
 
+/// After a destroy: atoll told the enclave's `atoll-channeld` (if any) that the enclave is
+/// gone; waits up to 5 s for it to exit (its pid file names it) so that its tap and image
+/// are released when `destroy` returns.
+fn wait_for_channeld(root: &Root, name: &str, err: &mut dyn Write) {
+    let pid_file = crate::vconsole::run_dir(root, name).join("channeld.pid");
+    let Some(pid) = std::fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|t| t.trim().parse::<u32>().ok())
+    else {
+        return;
+    };
+    let proc_dir = root.0.join(format!("proc/{pid}"));
+    let start = std::time::Instant::now();
+    while proc_dir.exists() && pid_file.exists() {
+        if start.elapsed() >= Duration::from_secs(5) {
+            let _ = writeln!(
+                err,
+                "atoll: atoll-channeld of {name} (pid {pid}) is still running after 5 s"
+            );
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// `atoll destroy`.
 pub fn destroy(
     client: &mut Client,
@@ -451,6 +506,7 @@ pub fn destroy(
         }
         .write(w)
     })?;
+    wait_for_channeld(root, name, err);
     let onlined = if online_cores {
         root.online(&cores, err)?
     } else {

@@ -34,12 +34,12 @@ pub struct Options {
 }
 
 /// Restores the terminal's settings when dropped (on every way out, errors included).
-struct RawMode {
+pub(crate) struct RawMode {
     saved: libc::termios,
 }
 
 impl RawMode {
-    fn enter() -> Result<RawMode> {
+    pub(crate) fn enter() -> Result<RawMode> {
         // SAFETY: termios is plain data; tcgetattr fills it completely on success.
         let mut t: libc::termios = unsafe { std::mem::zeroed() };
         // SAFETY: fd 0 is open (a tty, checked by the caller); `t` is a valid termios.
@@ -71,7 +71,7 @@ impl Drop for RawMode {
 }
 
 /// Reads input on a thread (reads block; the output loop must not), chunk by chunk.
-fn reader(input: Input) -> Option<Receiver<Vec<u8>>> {
+pub(crate) fn reader(input: Input) -> Option<Receiver<Vec<u8>>> {
     let (tx, rx) = mpsc::channel();
     match input {
         Input::None => return None,

@@ -25,6 +25,14 @@
 //!   Prints `created NAME (id N): running`; JSON: `name`, `id`, `image_bytes`,
 //!   `initrd_bytes`, `offlined_cpus`, `devices`.
 //!
+//!   An enclave with `[[enclave.virtio]]` devices gets its host side from `atoll-channeld
+//!   --enclave NAME` ([`channeld`]), which `create` starts after the enclave runs (next to this
+//!   binary, else from PATH) and reports (`started atoll-channeld for NAME: N virtio
+//!   device(s)`; on stderr with `--json`). If it fails to start, the enclave stays and a note
+//!   says how to start it by hand. `destroy` waits up to 5 s for that daemon to exit
+//!   (`/run/atoll/NAME/channeld.pid`), and `console` of such an enclave connects to the
+//!   daemon's `/run/atoll/NAME/console.sock` (the virtio console, `hvc0`) instead of its UART.
+//!
 //!   PCI functions to pass through are `devices = ["0000:01:00.1"]` and/or
 //!   `vf = { pf = "0000:01:00.0", index = 0 }` (or a list of such tables): the command
 //!   resolves each VF through `/sys/bus/pci/devices/PF/virtfnI` (refused if absent: run
@@ -117,6 +125,8 @@
 //!   not be read, or `console --until` did not see its text.
 //! * 2 — usage error (unknown option, missing argument).
 
+#[cfg(target_os = "linux")]
+pub mod channeld;
 pub mod cli;
 pub mod client;
 pub mod commands;
@@ -132,11 +142,15 @@ pub mod pci;
 pub mod signals;
 pub mod sriov;
 pub mod stats;
+#[cfg(unix)]
+pub mod vconsole;
 
 #[cfg(test)]
 mod fake;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_channeld;
 #[cfg(test)]
 mod tests_vf;
 
@@ -167,6 +181,9 @@ pub struct Env<'a> {
     pub seq: u32,
     /// The kernel's rtnetlink (`vf`).
     pub net: &'a mut dyn netlink::Net,
+    /// Starts `atoll-channeld --enclave NAME` (`create` of an enclave with virtio devices);
+    /// returns once it serves (it daemonizes after its setup).
+    pub channeld: &'a mut dyn FnMut(&str) -> std::io::Result<()>,
 }
 
 /// Runs `atoll` with `args` (the program name first); returns the exit code.
@@ -209,6 +226,32 @@ fn dispatch(cli: cli::Cli, env: &mut Env<'_>) -> Result<i32> {
         sriov::vf(&env.root, env.net, &a, cli.json, env.out, env.err)?;
         return Ok(0);
     }
+    // An enclave with a virtio console is reached through its daemon's socket: no atoll.
+    if let Command::Console {
+        name,
+        no_input,
+        until,
+        timeout,
+        exit_after,
+    } = &cli.command
+    {
+        let sock = vconsole::socket(&env.root, name);
+        if sock.exists() {
+            let o = console::Options {
+                name: name.clone(),
+                until: until.clone(),
+                timeout: timeout.map(|t| secs("--timeout", t)).transpose()?,
+                exit_after: exit_after.map(|t| secs("--exit-after", t)).transpose()?,
+                poll: env.poll,
+            };
+            let input = if *no_input {
+                console::Input::None
+            } else {
+                env.input.take().unwrap_or(console::Input::None)
+            };
+            return vconsole::run(&sock, &o, input, env.out, env.err);
+        }
+    }
     let mut client = Client::new((env.connect)()?, env.seq);
     let json = cli.json;
     match cli.command {
@@ -224,6 +267,7 @@ fn dispatch(cli: cli::Cli, env: &mut Env<'_>) -> Result<i32> {
             env.out,
             env.err,
             env.stderr_tty,
+            env.channeld,
         )?,
         Command::List => commands::list(&mut client, json, env.out)?,
         Command::Info => commands::info(&mut client, json, env.out)?,

@@ -5,6 +5,25 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// Runs `atoll-channeld --enclave NAME` (next to this binary, else from PATH) and waits for
+/// it to finish its setup (it forks into the background then).
+fn start_channeld(name: &str) -> std::io::Result<()> {
+    let here = std::env::current_exe()
+        .ok()
+        .map(|p| p.with_file_name("atoll-channeld"))
+        .filter(|p| p.exists());
+    let prog = here.unwrap_or_else(|| PathBuf::from("atoll-channeld"));
+    let st = std::process::Command::new(&prog)
+        .args(["--enclave", name])
+        .stdin(std::process::Stdio::null())
+        .status()
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", prog.display())))?;
+    if !st.success() {
+        return Err(std::io::Error::other(format!("{}: {st}", prog.display())));
+    }
+    Ok(())
+}
+
 fn main() {
     let root = Root(PathBuf::from("/"));
     let sys = root.sys();
@@ -45,6 +64,7 @@ fn main() {
         // Requests of two shells differ in their sequence numbers.
         seq: std::process::id().wrapping_shl(16),
         net: &mut net,
+        channeld: &mut start_channeld,
     };
     std::process::exit(atoll_cli::run(std::env::args_os(), &mut env));
 }

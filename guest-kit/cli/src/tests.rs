@@ -65,6 +65,7 @@ pub(crate) fn run_in(
         rate_gap: Duration::from_millis(20),
         seq: 100,
         net: &mut crate::tests_vf::FakeNet::default(),
+        channeld: &mut |name: &str| std::fs::write(root.join("channeld-started"), name),
     };
     let mut argv = vec!["atoll"];
     argv.extend_from_slice(args);
@@ -80,7 +81,7 @@ fn run_fake(fake: &Rc<RefCell<Fake>>, args: &[&str]) -> Out {
     run_in(fake, Path::new("/nonexistent-root"), None, args)
 }
 
-fn two_enclaves() -> Rc<RefCell<Fake>> {
+pub(crate) fn two_enclaves() -> Rc<RefCell<Fake>> {
     let fake = Fake::shared();
     {
         let mut f = fake.borrow_mut();
@@ -593,6 +594,7 @@ fn no_device_is_a_clear_error() {
         rate_gap: Duration::from_millis(1),
         seq: 0,
         net: &mut crate::tests_vf::FakeNet::default(),
+        channeld: &mut |_: &str| Ok(()),
     };
     assert_eq!(run(["atoll", "list"], &mut env), 1);
     let err = String::from_utf8(err).unwrap();

@@ -383,6 +383,7 @@ fn run_vf(fs: &FakeSys, net: &mut FakeNet, argv: &[&str]) -> Out {
         rate_gap: Duration::from_millis(1),
         seq: 0,
         net,
+        channeld: &mut |_: &str| Ok(()),
     };
     let mut a = vec!["atoll"];
     a.extend_from_slice(argv);

@@ -255,6 +255,8 @@ struct Manager<'a> {
     zero_cycles: Vec<u64>,
     /// The host's restarts the control device's state was last reset for.
     host_restarts_seen: u32,
+    /// Which enclave holds each channel function (virtio devices).
+    channels: super::channels::Channels,
 }
 
 /// When the machine's deadline passes (`tsc::micros()`; 0: no deadline). Written once by the
@@ -317,6 +319,7 @@ pub fn run_all(
         lives: control::no_lives(),
         zero_cycles: alloc::vec![0; MAX_PARTITIONS],
         host_restarts_seen: 0,
+        channels: super::channels::Channels::default(),
     };
     if m.host.is_some() {
         match control::Control::new() {
@@ -487,8 +490,14 @@ impl Manager<'_> {
         for p in super::passthrough::release(id, self.host.as_deref_mut()) {
             self.problems.push(alloc::format!("partition {id}: {p}"));
         }
+        for p in self.channels.release(id, self.host.as_deref_mut(), false) {
+            self.problems.push(alloc::format!("partition {id}: {p}"));
+        }
         match self.table.failed(id, report) {
             Ok(Some(built)) => {
+                if let Some(h) = self.host.as_deref_mut() {
+                    h.note_enclave_ram(built.spec.ram, false);
+                }
                 if let Err(e) = built.tables.destroy() {
                     self.problems.push(alloc::format!("partition {id}: {e}"));
                 }
@@ -633,6 +642,20 @@ impl Manager<'_> {
                 return;
             }
         }
+        if let Some(shared) = platform.as_ref().filter(|_| !c.virtio.is_empty()) {
+            if let Err(e) = self
+                .channels
+                .attach(id, &c, shared, self.host.as_deref_mut())
+            {
+                let e = alloc::format!("{}{e}", control::DEVICES_PREFIX);
+                log::error!("enclave '{}': {e}", c.name);
+                if let Err(e) = tables.destroy() {
+                    self.problems.push(alloc::format!("partition {id}: {e}"));
+                }
+                self.fail(id, failed_report(&c, "ended", e));
+                return;
+            }
+        }
         if c.serial_input {
             self.input.target = platform.clone();
         }
@@ -650,6 +673,9 @@ impl Manager<'_> {
             live: spec.live.clone(),
             platform: spec.platform.clone(),
         });
+        if let Some(h) = self.host.as_deref_mut() {
+            h.note_enclave_ram(ram, true);
+        }
         if let Err(e) = self.table.built(id, ram, Built { tables, spec }) {
             log::error!("partition table: {e}");
         }
@@ -911,9 +937,17 @@ impl Manager<'_> {
                 self.problems
                     .push(alloc::format!("enclave '{}': {p}", c.name));
             }
+            for p in self.channels.release(id, self.host.as_deref_mut(), false) {
+                log::error!("enclave '{}': {p}", c.name);
+                self.problems
+                    .push(alloc::format!("enclave '{}': {p}", c.name));
+            }
             match self.table.reclaim(id) {
                 Ok(built) => {
                     let ram = built.spec.ram;
+                    if let Some(h) = self.host.as_deref_mut() {
+                        h.note_enclave_ram(ram, false);
+                    }
                     drop(built.spec);
                     let zeroing = tsc::now();
                     let destroyed = built.tables.destroy();
@@ -936,6 +970,7 @@ impl Manager<'_> {
         } else {
             // Its functions stop DMA into the kept memory; they stay the enclave's.
             super::passthrough::block(id, self.host.as_deref_mut());
+            let _ = self.channels.release(id, self.host.as_deref_mut(), true);
             let why = alloc::format!("memory kept (not reclaimed): {}", failures.join("; "));
             log::error!("enclave '{}': {why}", c.name);
             self.problems

@@ -265,6 +265,30 @@ pub fn msi_delivery(address: u64, data: u32) -> Option<Delivery> {
     })
 }
 
+/// A blk device's size as the daemon published it (device entry `i`'s host fields): once the
+/// backend is ready, a size in whole sectors that differs from the device's becomes a
+/// configuration change. The host's value is only a number of sectors: a wrong one makes the
+/// guest's requests fail at the daemon, nothing else.
+fn blk_capacity(
+    window: &dyn SharedMem,
+    i: usize,
+    f: &mut dyn atoll_devices::virtio::VirtioFunction,
+) {
+    use atoll_devices::virtio::{blk::Blk, pci::VirtioPci};
+    let entry = ch::layout::DEVICE0 + i * ch::layout::DEVICE_STRIDE;
+    if window.load_acquire(entry + ch::layout::DEV_BACKEND) != ch::backend::READY {
+        return;
+    }
+    let lo = u64::from(window.load_acquire(entry + ch::layout::DEV_CAPACITY));
+    let hi = u64::from(window.load_acquire(entry + ch::layout::DEV_CAPACITY + 4));
+    let sectors = (hi << 32 | lo) / 512;
+    if let Some(blk) = f.as_any_mut().downcast_mut::<VirtioPci<Blk>>() {
+        if blk.device().capacity() != sectors {
+            blk.change_config(|d| d.set_capacity(sectors));
+        }
+    }
+}
+
 impl Shared {
     /// Gives the enclave its channel (before it starts).
     pub fn set_channel(&self, channel: Channel) {
@@ -339,6 +363,9 @@ impl Shared {
             else {
                 return;
             };
+            if always && f.device_type() == atoll_devices::virtio::DeviceType::Block {
+                blk_capacity(&*c.window, i, f);
+            }
             let notified = f.take_notified();
             let mut backend = RingBackend {
                 mem: &*c.window,

@@ -10,7 +10,8 @@
 //! **The function.** BAR0 ([`REGISTERS_SIZE`]) holds [`reg`]isters; every access exits to atoll.
 //! BAR2 ([`WINDOW_SIZE`]) is the window, plain memory. The function has one MSI vector: atoll
 //! raises it when it wants the host to look at the window ([`reg::PENDING`] says which
-//! devices). The host rings [`reg::DOORBELL`] with a mask of devices when it wants atoll to.
+//! devices) — or INTx pin A, for a host whose kernel cannot give the daemon MSI
+//! ([`reg::INTX_GSI`]). The host rings [`reg::DOORBELL`] with a mask of devices when it wants atoll to.
 //! While no enclave holds the function, [`reg::STATE`] reads [`state::IDLE`] and the window
 //! reads as zeroes (or all ones): no frame is mapped there.
 //!
@@ -84,6 +85,12 @@ pub mod reg {
     pub const RESETS: u64 = 0x1c;
     /// Read-only: how many ring or backend errors atoll counted against the host.
     pub const HOST_ERRORS: u64 = 0x18;
+    /// Read/write: the GSI the host's OS routed the function's INTx (pin A) to, for a host
+    /// that waits on INTx (`uio_pci_generic`) rather than MSI; atoll then raises the interrupt
+    /// that GSI's I/O APIC entry names, as a level: while PENDING is not zero and the command
+    /// register's interrupt-disable bit is clear (the status register's interrupt bit says
+    /// so). `u32::MAX` (the reset value): none.
+    pub const INTX_GSI: u64 = 0x20;
     /// "ACHN" in memory order.
     pub const MAGIC_VALUE: u32 = u32::from_le_bytes(*b"ACHN");
 }

@@ -85,6 +85,10 @@ pub struct EnclaveReport {
     /// IPIs whose destination named no vCPU of the enclave (dropped; Linux enclaves).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ipis_dropped: Option<u64>,
+    /// Its virtio devices' counters (`devices`: kind, notifications, chains, bad chains, host
+    /// errors, resets, interrupts, dropped, stale) and its channel's host errors.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub virtio: Option<serde_json::Value>,
     /// Host-physical base of its RAM, once it was built.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ram_base: Option<u64>,

@@ -91,6 +91,11 @@ pub mod reg {
     /// register's interrupt-disable bit is clear (the status register's interrupt bit says
     /// so). `u32::MAX` (the reset value): none.
     pub const INTX_GSI: u64 = 0x20;
+    /// Read-only: 1 when atoll can raise the INTx named by [`INTX_GSI`] now (it found that
+    /// GSI's I/O APIC entry, unmasked and aimed at a host core), 0 when not — on a machine
+    /// whose I/O APIC atoll does not trap (no interrupt remapping) it never can, and the
+    /// daemon falls back to polling.
+    pub const INTX_ROUTED: u64 = 0x24;
     /// "ACHN" in memory order.
     pub const MAGIC_VALUE: u32 = u32::from_le_bytes(*b"ACHN");
 }

@@ -231,6 +231,7 @@ pub fn register_read(index: usize, offset: u64, len: usize) -> u64 {
             reg::RESETS if at < offset + len as u64 => c.resets.swap(0, Ordering::AcqRel),
             reg::HOST_ERRORS => c.host_errors.load(Ordering::Relaxed),
             reg::INTX_GSI => c.intx_gsi.load(Ordering::Acquire),
+            reg::INTX_ROUTED => u32::from(unpack(c.intx.load(Ordering::Acquire)).is_some()),
             _ => 0,
         };
         bytes[k * 4..k * 4 + 4].copy_from_slice(&v.to_le_bytes());
@@ -375,7 +376,9 @@ mod tests {
         assert!(CHANNELS[i].intx_asserted());
         register_read(i, reg::PENDING, 4);
         assert!(!CHANNELS[i].intx_asserted());
+        assert_eq!(register_read(i, reg::INTX_ROUTED, 4), 0);
         CHANNELS[i].set_intx(Some((1, 0x61)));
+        assert_eq!(register_read(i, reg::INTX_ROUTED, 4), 1);
         // The rising edge sends; more bits while asserted do not.
         assert_eq!(CHANNELS[i].signal(0b1), Some((1, 0x61)));
         assert_eq!(CHANNELS[i].signal(0b10), None);

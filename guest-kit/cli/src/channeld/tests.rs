@@ -733,6 +733,19 @@ fn uio_binds_tells_atoll_the_gsi_and_unmasks() {
     std::fs::create_dir_all(d.join("uio/uio3")).unwrap();
     std::fs::write(devfs.join("uio3"), []).unwrap();
     assert_eq!(uio::node_of(&d, &devfs).unwrap(), devfs.join("uio3"));
+    // atoll says it cannot raise that GSI (the fake BAR0 reads INTX_ROUTED 0): refused.
+    let e = uio::Uio::open(&t.0, &d, &devfs, WINDOW_SIZE as usize, &mut |m| {
+        steps.push(m)
+    })
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("cannot raise GSI 22"), "{e}");
+    // It can: the file standing for BAR0 holds 1 there.
+    let mut r0 = std::fs::read(d.join("resource0")).unwrap();
+    let at = reg::INTX_ROUTED as usize;
+    r0[at..at + 4].copy_from_slice(&1u32.to_le_bytes());
+    std::fs::write(d.join("resource0"), &r0).unwrap();
     let mut u = uio::Uio::open(&t.0, &d, &devfs, WINDOW_SIZE as usize, &mut |m| {
         steps.push(m)
     })

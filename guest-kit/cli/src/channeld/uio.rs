@@ -95,6 +95,12 @@ impl Uio {
             gsi,
         };
         u.inner.write_reg(reg::INTX_GSI, gsi)?;
+        if u.inner.read_reg(reg::INTX_ROUTED)? != 1 {
+            return Err(io::Error::other(format!(
+                "atoll cannot raise GSI {gsi} on this machine (it does not trap the I/O APIC \
+                 without interrupt remapping)"
+            )));
+        }
         u.rearm();
         Ok(u)
     }

@@ -2831,9 +2831,15 @@ linux-image-6.12.117+deb12-amd64 - Linux 6.12 for 64-bit PCs (signed)
                 "insmod jbd2.ko\ninit: insmod jbd2 failed\n"
             )
         );
-        // The root partition: tun only, whatever its bus holds.
-        assert_eq!(run_driver_loading("host", &all, &[], ""), "insmod tun.ko\n");
-        assert_eq!(run_driver_loading("host", &[], &["tun"], ""), "");
+        // The root partition: tun and uio_pci_generic only, whatever its bus holds.
+        assert_eq!(
+            run_driver_loading("host", &all, &[], ""),
+            "insmod tun.ko\ninsmod uio.ko\ninsmod uio_pci_generic.ko\n"
+        );
+        assert_eq!(
+            run_driver_loading("host", &[], &["tun", "uio", "uio_pci_generic"], ""),
+            ""
+        );
     }
 
     #[test]

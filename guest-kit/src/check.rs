@@ -42,6 +42,8 @@
 
 use serde_json::{json, Value};
 
+#[cfg(target_os = "linux")]
+pub mod channel;
 pub mod dma;
 pub mod host;
 pub mod idle;

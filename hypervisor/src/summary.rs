@@ -85,6 +85,10 @@ pub struct EnclaveReport {
     /// IPIs whose destination named no vCPU of the enclave (dropped; Linux enclaves).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ipis_dropped: Option<u64>,
+    /// Its virtio devices' counters (`devices`: kind, notifications, chains, bad chains, host
+    /// errors, resets, interrupts, dropped, stale) and its channel's host errors.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub virtio: Option<serde_json::Value>,
     /// Host-physical base of its RAM, once it was built.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ram_base: Option<u64>,
@@ -113,6 +117,9 @@ pub struct HostReport {
     pub detail: String,
     /// How many times atoll restarted it after a reset (reboot, panic, ACPI or port reset).
     pub restarts: u32,
+    /// Changes to its second-stage tables that would have mapped a frame outside the window
+    /// they were for, or an enclave's (each refused; a non-zero count is atoll's bug).
+    pub isolation_violations: u32,
     /// What it reported (`guest_check`, `guest_exit_status`), as an enclave's `results`; the
     /// last boot's, when it was restarted.
     pub results: serde_json::Map<String, serde_json::Value>,
@@ -534,6 +541,7 @@ mod tests {
                 cores: vec![0, 1],
                 end_reason: Some("power_off"),
                 restarts: 1,
+                isolation_violations: 0,
                 refused_reads: 2,
                 results,
                 ..Default::default()
@@ -573,6 +581,7 @@ mod tests {
                     end_reason: Some(end),
                     detail: "why".into(),
                     restarts: 1,
+                    isolation_violations: 0,
                     ..Default::default()
                 }),
                 ..Default::default()

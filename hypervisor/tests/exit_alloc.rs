@@ -294,7 +294,13 @@ fn platform_exits_allocate_nothing() {
             }
             v.rflags = 1 << 9;
             v.window_open = true;
-            vplat::before_entry(v, &mut atoll_vcpu::SliceMemory(&mut []), l, &shared, &mut host);
+            vplat::before_entry(
+                v,
+                &mut atoll_vcpu::SliceMemory(&mut []),
+                l,
+                &shared,
+                &mut host,
+            );
         }
         host.now += 10_000;
         set(&mut v1, Gpr::Rax, 0x4000_0000);

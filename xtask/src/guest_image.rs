@@ -410,8 +410,9 @@ fi
 echo "atoll-init: /atoll-check$args"
 # Drivers before the check, from the image's /lib/modules (KERNEL_MODULES, named here in
 # dependency order; one the kernel has built in, or its flavour lacks, is no file there and is
-# skipped). The root partition gets tun: atoll-channeld's net backends open /dev/net/tun, and
-# there is no modprobe to load it on demand. An enclave gets the drivers of the virtio functions
+# skipped). The root partition gets tun (atoll-channeld's net backends open /dev/net/tun) and
+# uio_pci_generic (its interrupt on kernels without vfio's no-IOMMU mode): there is no modprobe
+# to load them on demand. An enclave gets the drivers of the virtio functions
 # on its PCI bus (vendor 0x1af4; device 0x1040 + the virtio id when modern, 0x1000 + id - 1 when
 # transitional) and, with a disk, ext4 (jbd2 and ext4 ask the crypto API for crc32c, which
 # without modprobe has to be there already: crc32c_generic before them).
@@ -422,7 +423,7 @@ load_modules() {
     done
 }
 if [ "$role" = host ]; then
-    load_modules tun
+    load_modules tun uio uio_pci_generic
 else
     virtio_ids=""
     set +f
@@ -3105,9 +3106,15 @@ linux-image-6.12.117+deb12-amd64 - Linux 6.12 for 64-bit PCs (signed)
                 "insmod jbd2.ko\ninit: insmod jbd2 failed\n"
             )
         );
-        // The root partition: tun only, whatever its bus holds.
-        assert_eq!(run_driver_loading("host", &all, &[], ""), "insmod tun.ko\n");
-        assert_eq!(run_driver_loading("host", &[], &["tun"], ""), "");
+        // The root partition: tun and uio_pci_generic only, whatever its bus holds.
+        assert_eq!(
+            run_driver_loading("host", &all, &[], ""),
+            "insmod tun.ko\ninsmod uio.ko\ninsmod uio_pci_generic.ko\n"
+        );
+        assert_eq!(
+            run_driver_loading("host", &[], &["tun", "uio", "uio_pci_generic"], ""),
+            ""
+        );
     }
 
     #[test]

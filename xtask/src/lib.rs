@@ -7,6 +7,7 @@ pub mod bench_host;
 pub mod bench_lifecycle;
 pub mod bench_net;
 pub mod console;
+pub mod fio;
 pub mod guest_image;
 pub mod image;
 pub mod lint;

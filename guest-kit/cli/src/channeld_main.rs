@@ -3,7 +3,7 @@
 //! ([`atoll_cli::channeld`]).
 
 use atoll_abi::channel::{reg, state, WINDOW_BAR, WINDOW_SIZE};
-use atoll_cli::channeld::{self, sysfs, vfio, Daemon, Function, Options};
+use atoll_cli::channeld::{self, sysfs, uio, vfio, Daemon, Function, Options};
 use clap::Parser;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -81,8 +81,18 @@ fn map(sys: &Path, dev: &Path, use_vfio: bool) -> Box<dyn Function> {
         })();
         match r {
             Ok(v) => return Box::new(v),
+            Err(e) => log(format!("vfio-pci unusable ({e}); trying {}", uio::DRIVER)),
+        }
+        let r = if uio::ready(sys, &mut log) {
+            uio::Uio::open(sys, dev, Path::new("/dev"), WINDOW_SIZE as usize, &mut log)
+        } else {
+            Err(std::io::Error::other(format!("no {} driver", uio::DRIVER)))
+        };
+        match r {
+            Ok(u) => return Box::new(u),
             Err(e) => log(format!(
-                "WARNING: vfio-pci unusable ({e}); falling back to sysfs: notifications are POLLED every 10 ms"
+                "WARNING: {} unusable ({e}); falling back to sysfs: notifications are POLLED every 10 ms",
+                uio::DRIVER
             )),
         }
     } else {

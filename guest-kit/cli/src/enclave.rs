@@ -34,6 +34,12 @@ pub struct Enclave {
     pub dma_faults: u64,
     /// Interrupt faults of its passed-through functions.
     pub interrupt_faults: u64,
+    /// Descriptor chains its virtio devices completed.
+    pub virtio_chains: u64,
+    /// Malformed descriptor chains of its guest.
+    pub virtio_bad_chains: u64,
+    /// Malformed records or indices of the host's daemon on its channel.
+    pub virtio_host_errors: u64,
     /// Restarts.
     pub restarts: u32,
     /// Why it ended or failed.
@@ -67,6 +73,9 @@ pub fn records(client: &mut Client, kind: Kind, name: &str) -> Result<Vec<Enclav
                 device_interrupts: r.device_interrupts,
                 dma_faults: r.dma_faults,
                 interrupt_faults: r.interrupt_faults,
+                virtio_chains: r.virtio_chains,
+                virtio_bad_chains: r.virtio_bad_chains,
+                virtio_host_errors: r.virtio_host_errors,
                 restarts: r.restarts,
                 reason: r.reason.to_string(),
             })

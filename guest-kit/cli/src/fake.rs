@@ -282,6 +282,9 @@ impl Fake {
                                     device_interrupts: 7,
                                     dma_faults: 1,
                                     interrupt_faults: 0,
+                                    virtio_chains: 0,
+                                    virtio_bad_chains: 0,
+                                    virtio_host_errors: 0,
                                     restarts: 1,
                                     reason: &e.reason,
                                 }

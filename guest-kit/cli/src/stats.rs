@@ -91,6 +91,13 @@ pub fn render_table(doc: &StatsDoc) -> String {
                 e.device_interrupts, e.dma_faults, e.interrupt_faults
             );
         }
+        if e.virtio_chains + e.virtio_bad_chains + e.virtio_host_errors > 0 {
+            let _ = writeln!(
+                out,
+                "  virtio chains {}  bad chains {}  host errors {}",
+                e.virtio_chains, e.virtio_bad_chains, e.virtio_host_errors
+            );
+        }
         let rows: Vec<Vec<String>> = EXIT_KINDS
             .iter()
             .filter_map(|k| {
@@ -212,6 +219,24 @@ pub fn render_prometheus(enclaves: &[Enclave], info: &Info) -> String {
         "counter",
         "VT-d DMA faults of the enclave's passed-through functions.",
         per(&|e| e.dma_faults.to_string()),
+    );
+    family(
+        "atoll_enclave_virtio_chains_total",
+        "counter",
+        "Descriptor chains the enclave's virtio devices completed.",
+        per(&|e| e.virtio_chains.to_string()),
+    );
+    family(
+        "atoll_enclave_virtio_bad_chains_total",
+        "counter",
+        "Malformed descriptor chains of the enclave's guest (each needed a device reset).",
+        per(&|e| e.virtio_bad_chains.to_string()),
+    );
+    family(
+        "atoll_enclave_virtio_host_errors_total",
+        "counter",
+        "Malformed records or ring indices of the host's daemon on the enclave's channel.",
+        per(&|e| e.virtio_host_errors.to_string()),
     );
     family(
         "atoll_enclave_interrupt_faults_total",

@@ -712,6 +712,9 @@ fn rates_pair_samples_by_enclave() {
         device_interrupts: 0,
         dma_faults: 0,
         interrupt_faults: 0,
+        virtio_chains: 0,
+        virtio_bad_chains: 0,
+        virtio_host_errors: 0,
         restarts: 0,
         reason: String::new(),
     };
@@ -855,7 +858,15 @@ fn stats_as_prometheus_text() {
     );
     assert_eq!(types["atoll_enclave_exits_total"], "counter");
     assert_eq!(types["atoll_enclave_uptime_seconds"], "gauge");
-    assert_eq!(types.len(), 13);
+    for f in ["chains", "bad_chains", "host_errors"] {
+        assert_eq!(
+            s[&format!("atoll_enclave_virtio_{f}_total{{enclave=\"linux\"}}")],
+            0.0,
+            "{f}"
+        );
+        assert_eq!(types[&format!("atoll_enclave_virtio_{f}_total")], "counter");
+    }
+    assert_eq!(types.len(), 16);
     assert_eq!(fake.borrow().kinds(), [Kind::Stats, Kind::Info]);
 }
 

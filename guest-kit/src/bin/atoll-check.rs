@@ -61,6 +61,9 @@ mod linux {
         if net::wants_net(&args) {
             std::process::exit(net_io::run(&args));
         }
+        if guest_kit::check::channel::wants_channel(&args) {
+            std::process::exit(channel_garbage(&args));
+        }
         let opts = match check::parse_args(&args) {
             Ok(Some(o)) => o,
             Ok(None) => {
@@ -76,6 +79,98 @@ mod linux {
         let (report, ok) = check::report(&facts, &opts);
         println!("{}{report}", check::REPORT_PREFIX);
         std::process::exit(if ok { 0 } else { 1 });
+    }
+
+    /// `--channel-garbage` (`guest_kit::check::channel`): a hostile host's write into one
+    /// device's ring, and atoll's count of it.
+    fn channel_garbage(args: &[String]) -> i32 {
+        use atoll_abi::channel::{layout, reg, REGISTERS_SIZE, WINDOW_SIZE};
+        use guest_kit::check::channel;
+        let g = match channel::parse_args(args) {
+            Ok(g) => g,
+            Err(e) => {
+                eprintln!("atoll-check: {e}\n{}", channel::USAGE);
+                return 2;
+            }
+        };
+        let dev = std::path::Path::new("/sys/bus/pci/devices").join(&g.function);
+        let map = |n: u8, len: usize| -> Result<*mut u8, String> {
+            let path = dev.join(format!("resource{n}"));
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            use std::os::fd::AsRawFd;
+            // SAFETY: a fresh shared mapping of `len` bytes of the BAR's resource file.
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED,
+                    f.as_raw_fd(),
+                    0,
+                )
+            };
+            if p == libc::MAP_FAILED {
+                return Err(format!(
+                    "mmap {}: {}",
+                    path.display(),
+                    std::io::Error::last_os_error()
+                ));
+            }
+            Ok(p.cast())
+        };
+        let start = Instant::now();
+        let result = (|| -> Result<(u32, u32), String> {
+            let regs = map(0, REGISTERS_SIZE as usize)?;
+            let win = map(2, WINDOW_SIZE as usize)?;
+            let rd = |off: u64| {
+                // SAFETY: an aligned 32-bit register inside the 4 KiB BAR0 mapping (an MMIO
+                // access atoll answers).
+                unsafe { core::ptr::read_volatile(regs.wrapping_add(off as usize).cast::<u32>()) }
+            };
+            let before = rd(reg::HOST_ERRORS);
+            let mut entry = [0u8; layout::DEVICE_STRIDE];
+            let at = layout::DEVICE0 + g.device * layout::DEVICE_STRIDE;
+            for (k, b) in entry.iter_mut().enumerate() {
+                // SAFETY: a byte of the header page inside the BAR2 mapping.
+                *b = unsafe { core::ptr::read_volatile(win.wrapping_add(at + k)) };
+            }
+            let prod = channel::to_enclave_prod(&entry)
+                .ok_or(format!("device {} has no ring in the header", g.device))?;
+            // SAFETY: the ring's producer word, 4-aligned inside the BAR2 mapping: the write
+            // a hostile host makes (more than the ring holds).
+            unsafe { core::ptr::write_volatile(win.wrapping_add(prod).cast::<u32>(), 0xffff_fff8) };
+            // SAFETY: the doorbell register inside the BAR0 mapping.
+            unsafe {
+                core::ptr::write_volatile(
+                    regs.wrapping_add(reg::DOORBELL as usize).cast::<u32>(),
+                    1 << g.device,
+                )
+            };
+            let deadline = Instant::now() + std::time::Duration::from_secs(g.timeout_s);
+            loop {
+                let now = rd(reg::HOST_ERRORS);
+                if now > before || Instant::now() >= deadline {
+                    return Ok((before, now));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        })();
+        let ms = start.elapsed().as_millis() as u64;
+        match result {
+            Ok((before, after)) => {
+                let timeout = (after <= before).then_some("atoll counted no error in time");
+                println!("{}", channel::report(&g, before, after, ms, timeout));
+                i32::from(after <= before)
+            }
+            Err(e) => {
+                println!("{}", channel::report(&g, 0, 0, ms, Some(&e)));
+                1
+            }
+        }
     }
 
     /// The idle window with a periodic timer (`guest_kit::check::idle`): sleeps the period

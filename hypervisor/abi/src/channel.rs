@@ -10,7 +10,8 @@
 //! **The function.** BAR0 ([`REGISTERS_SIZE`]) holds [`reg`]isters; every access exits to atoll.
 //! BAR2 ([`WINDOW_SIZE`]) is the window, plain memory. The function has one MSI vector: atoll
 //! raises it when it wants the host to look at the window ([`reg::PENDING`] says which
-//! devices). The host rings [`reg::DOORBELL`] with a mask of devices when it wants atoll to.
+//! devices) — or INTx pin A, for a host whose kernel cannot give the daemon MSI
+//! ([`reg::INTX_GSI`]). The host rings [`reg::DOORBELL`] with a mask of devices when it wants atoll to.
 //! While no enclave holds the function, [`reg::STATE`] reads [`state::IDLE`] and the window
 //! reads as zeroes (or all ones): no frame is mapped there.
 //!
@@ -84,6 +85,17 @@ pub mod reg {
     pub const RESETS: u64 = 0x1c;
     /// Read-only: how many ring or backend errors atoll counted against the host.
     pub const HOST_ERRORS: u64 = 0x18;
+    /// Read/write: the GSI the host's OS routed the function's INTx (pin A) to, for a host
+    /// that waits on INTx (`uio_pci_generic`) rather than MSI; atoll then raises the interrupt
+    /// that GSI's I/O APIC entry names, as a level: while PENDING is not zero and the command
+    /// register's interrupt-disable bit is clear (the status register's interrupt bit says
+    /// so). `u32::MAX` (the reset value): none.
+    pub const INTX_GSI: u64 = 0x20;
+    /// Read-only: 1 when atoll can raise the INTx named by [`INTX_GSI`] now (it found that
+    /// GSI's I/O APIC entry, unmasked and aimed at a host core), 0 when not — on a machine
+    /// whose I/O APIC atoll does not trap (no interrupt remapping) it never can, and the
+    /// daemon falls back to polling.
+    pub const INTX_ROUTED: u64 = 0x24;
     /// "ACHN" in memory order.
     pub const MAGIC_VALUE: u32 = u32::from_le_bytes(*b"ACHN");
 }
@@ -459,7 +471,10 @@ pub enum HeaderError {
 
 /// Reads the header the way the daemon does: device `index`, checked against what
 /// [`place_rings`] would have placed.
-pub fn read_device(mem: &(impl SharedMem + ?Sized), index: usize) -> Result<HostDevice, HeaderError> {
+pub fn read_device(
+    mem: &(impl SharedMem + ?Sized),
+    index: usize,
+) -> Result<HostDevice, HeaderError> {
     let r32 = |off: usize| {
         let mut b = [0u8; 4];
         mem.read(off, &mut b);
@@ -742,7 +757,13 @@ impl Producer {
     }
 
     /// Writes `bytes` at `offset` of the reserved payload (ignored past its end).
-    pub fn fill(&self, mem: &(impl SharedMem + ?Sized), r: &Reservation, offset: u32, bytes: &[u8]) {
+    pub fn fill(
+        &self,
+        mem: &(impl SharedMem + ?Sized),
+        r: &Reservation,
+        offset: u32,
+        bytes: &[u8],
+    ) {
         if offset >= r.len {
             return;
         }
@@ -788,7 +809,11 @@ impl Producer {
 
     /// Asks to be signalled when the consumer has freed room, then says whether room for a
     /// `len`-byte payload appeared meanwhile (then go on without waiting).
-    pub fn wait_for_room(&self, mem: &(impl SharedMem + ?Sized), len: u32) -> Result<bool, RingError> {
+    pub fn wait_for_room(
+        &self,
+        mem: &(impl SharedMem + ?Sized),
+        len: u32,
+    ) -> Result<bool, RingError> {
         let cons = mem.load_acquire(self.ring.word(layout::RING_CONS));
         mem.store_release(self.ring.word(layout::RING_PROD_EVENT), cons);
         mem.fence();
@@ -846,7 +871,13 @@ impl Consumer {
     }
 
     /// Copies payload bytes of the head record `rec` from `offset` (clipped to the payload).
-    pub fn read(&self, mem: &(impl SharedMem + ?Sized), rec: &Record, offset: u32, buf: &mut [u8]) -> usize {
+    pub fn read(
+        &self,
+        mem: &(impl SharedMem + ?Sized),
+        rec: &Record,
+        offset: u32,
+        buf: &mut [u8],
+    ) -> usize {
         if offset >= rec.len {
             return 0;
         }
@@ -876,6 +907,85 @@ impl Consumer {
         mem.store_release(self.ring.word(layout::RING_CONS_EVENT), self.cons);
         mem.fence();
         Ok(self.peek(mem)?.is_some())
+    }
+}
+
+/// A window in plain memory: 32-bit atomic words, bytes read and written inside them. For
+/// tests on both sides (atoll's and the daemon's) and anything else that wants a window in
+/// ordinary memory; slow, but every access is atomic, as in a window two partitions share.
+#[derive(Debug)]
+pub struct SliceWindow<'a> {
+    words: &'a [core::sync::atomic::AtomicU32],
+}
+
+impl<'a> SliceWindow<'a> {
+    /// A window over `words` (its size is `4 * words.len()`).
+    pub fn new(words: &'a [core::sync::atomic::AtomicU32]) -> Self {
+        Self { words }
+    }
+
+    fn byte(&self, at: usize) -> u8 {
+        use core::sync::atomic::Ordering;
+        (self.words[at / 4].load(Ordering::Relaxed) >> (8 * (at % 4))) as u8
+    }
+
+    fn set_byte(&self, at: usize, v: u8) {
+        use core::sync::atomic::Ordering;
+        let shift = 8 * (at % 4);
+        let w = &self.words[at / 4];
+        let mut cur = w.load(Ordering::Relaxed);
+        loop {
+            let new = (cur & !(0xff << shift)) | (u32::from(v) << shift);
+            match w.compare_exchange_weak(cur, new, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => break,
+                Err(c) => cur = c,
+            }
+        }
+    }
+}
+
+impl SharedMem for SliceWindow<'_> {
+    fn size(&self) -> usize {
+        self.words.len() * 4
+    }
+    fn load_acquire(&self, offset: usize) -> u32 {
+        use core::sync::atomic::Ordering;
+        if !offset.is_multiple_of(4) {
+            return 0;
+        }
+        self.words
+            .get(offset / 4)
+            .map_or(0, |w| w.load(Ordering::Acquire))
+    }
+    fn store_release(&self, offset: usize, value: u32) {
+        use core::sync::atomic::Ordering;
+        if !offset.is_multiple_of(4) {
+            return;
+        }
+        if let Some(w) = self.words.get(offset / 4) {
+            w.store(value, Ordering::Release)
+        }
+    }
+    fn fence(&self) {
+        core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst)
+    }
+    fn read(&self, offset: usize, buf: &mut [u8]) {
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = if offset + i < self.size() {
+                self.byte(offset + i)
+            } else {
+                0
+            };
+        }
+        core::sync::atomic::fence(core::sync::atomic::Ordering::Acquire);
+    }
+    fn write(&self, offset: usize, buf: &[u8]) {
+        core::sync::atomic::fence(core::sync::atomic::Ordering::Release);
+        for (i, b) in buf.iter().enumerate() {
+            if offset + i < self.size() {
+                self.set_byte(offset + i, *b);
+            }
+        }
     }
 }
 

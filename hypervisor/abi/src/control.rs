@@ -1033,6 +1033,12 @@ pub struct Record<'a> {
     pub dma_faults: u64,
     /// Interrupt faults of its passed-through functions (VT-d).
     pub interrupt_faults: u64,
+    /// Descriptor chains its virtio devices completed.
+    pub virtio_chains: u64,
+    /// Malformed descriptor chains of its guest (each needed a device reset).
+    pub virtio_bad_chains: u64,
+    /// Malformed records or ring indices of the host's daemon on its channel.
+    pub virtio_host_errors: u64,
     /// Times it was restarted (a guest reset).
     pub restarts: u32,
     /// Why it ended or failed (empty while it runs).
@@ -1090,6 +1096,9 @@ impl<'a> Record<'a> {
         w.u64(self.device_interrupts)?;
         w.u64(self.dma_faults)?;
         w.u64(self.interrupt_faults)?;
+        w.u64(self.virtio_chains)?;
+        w.u64(self.virtio_bad_chains)?;
+        w.u64(self.virtio_host_errors)?;
         w.u32(self.restarts)?;
         w.text(self.reason, MAX_TEXT)
     }
@@ -1127,6 +1136,9 @@ impl<'a> Record<'a> {
             device_interrupts: r.u64()?,
             dma_faults: r.u64()?,
             interrupt_faults: r.u64()?,
+            virtio_chains: r.u64()?,
+            virtio_bad_chains: r.u64()?,
+            virtio_host_errors: r.u64()?,
             restarts: r.u32()?,
             reason: r.str(MAX_TEXT)?,
         })
@@ -1303,6 +1315,9 @@ mod tests {
             device_interrupts: 0,
             dma_faults: 0,
             interrupt_faults: 0,
+            virtio_chains: 0,
+            virtio_bad_chains: 0,
+            virtio_host_errors: 0,
             restarts: 0,
             reason: "triple fault",
         };

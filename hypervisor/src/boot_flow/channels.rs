@@ -38,7 +38,11 @@ pub struct Channels {
     held: [Option<(PartitionId, PhysRange)>; MAX_CHANNELS],
 }
 
-fn function(kind: Kind, d: &atoll::partition::config::VirtioDevice, name: &str) -> Result<Box<dyn PciDevice>, String> {
+fn function(
+    kind: Kind,
+    d: &atoll::partition::config::VirtioDevice,
+    name: &str,
+) -> Result<Box<dyn PciDevice>, String> {
     let made: Result<Box<dyn PciDevice>, _> = match kind {
         Kind::Net => VirtioPci::new(Net::new(d.mac)).map(|f| Box::new(f) as Box<dyn PciDevice>),
         // The size comes from the daemon (a configuration change when it is known).
@@ -66,7 +70,9 @@ impl Channels {
             return Ok(());
         }
         let Some(host) = host else {
-            return Err("virtio devices need the host as root partition: its daemon serves them".into());
+            return Err(
+                "virtio devices need the host as root partition: its daemon serves them".into(),
+            );
         };
         let functions = usize::from(host.run.shared.control().map_or(0, |c| c.channels()));
         let Some(index) = (0..functions.min(MAX_CHANNELS)).find(|&i| self.held[i].is_none()) else {
@@ -80,7 +86,9 @@ impl Channels {
             .map_err(|e| alloc::format!("no memory for the channel window: {e:?}"))?;
         // SAFETY: the frames were just allocated to this window and are identity-mapped; no
         // one else reaches them until they are mapped into the host below.
-        unsafe { core::ptr::write_bytes(frames.start.as_u64() as *mut u8, 0, WINDOW_SIZE as usize) };
+        unsafe {
+            core::ptr::write_bytes(frames.start.as_u64() as *mut u8, 0, WINDOW_SIZE as usize)
+        };
         // SAFETY: the frames stay allocated to the window until `release` frees them, after
         // the enclave's cores stopped and the host's mapping is gone.
         let mem = unsafe { WindowMem::new(frames) };
@@ -139,7 +147,11 @@ impl Channels {
     /// it: the frames stay allocated, as the enclave's RAM does).
     pub fn release(&mut self, id: PartitionId, host: Option<&mut Host>, keep: bool) -> Vec<String> {
         let mut problems = Vec::new();
-        let Some(index) = self.held.iter().position(|h| h.is_some_and(|(p, _)| p == id)) else {
+        let Some(index) = self
+            .held
+            .iter()
+            .position(|h| h.is_some_and(|(p, _)| p == id))
+        else {
             return problems;
         };
         let Some((_, frames)) = self.held[index].take() else {
@@ -165,7 +177,9 @@ impl Channels {
         if unmapped && !keep {
             // SAFETY: the window's frames are atoll's again: the enclave's cores stopped and
             // no host mapping reaches them (flushed above).
-            unsafe { core::ptr::write_bytes(frames.start.as_u64() as *mut u8, 0, WINDOW_SIZE as usize) };
+            unsafe {
+                core::ptr::write_bytes(frames.start.as_u64() as *mut u8, 0, WINDOW_SIZE as usize)
+            };
             if let Err(e) = FRAMES.lock().free(frames) {
                 problems.push(alloc::format!("channel {}: {e:?}", index + 1));
             }

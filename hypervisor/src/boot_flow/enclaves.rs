@@ -495,6 +495,9 @@ impl Manager<'_> {
         }
         match self.table.failed(id, report) {
             Ok(Some(built)) => {
+                if let Some(h) = self.host.as_deref_mut() {
+                    h.note_enclave_ram(built.spec.ram, false);
+                }
                 if let Err(e) = built.tables.destroy() {
                     self.problems.push(alloc::format!("partition {id}: {e}"));
                 }
@@ -640,7 +643,10 @@ impl Manager<'_> {
             }
         }
         if let Some(shared) = platform.as_ref().filter(|_| !c.virtio.is_empty()) {
-            if let Err(e) = self.channels.attach(id, &c, shared, self.host.as_deref_mut()) {
+            if let Err(e) = self
+                .channels
+                .attach(id, &c, shared, self.host.as_deref_mut())
+            {
                 let e = alloc::format!("{}{e}", control::DEVICES_PREFIX);
                 log::error!("enclave '{}': {e}", c.name);
                 if let Err(e) = tables.destroy() {
@@ -667,6 +673,9 @@ impl Manager<'_> {
             live: spec.live.clone(),
             platform: spec.platform.clone(),
         });
+        if let Some(h) = self.host.as_deref_mut() {
+            h.note_enclave_ram(ram, true);
+        }
         if let Err(e) = self.table.built(id, ram, Built { tables, spec }) {
             log::error!("partition table: {e}");
         }
@@ -936,6 +945,9 @@ impl Manager<'_> {
             match self.table.reclaim(id) {
                 Ok(built) => {
                     let ram = built.spec.ram;
+                    if let Some(h) = self.host.as_deref_mut() {
+                        h.note_enclave_ram(ram, false);
+                    }
                     drop(built.spec);
                     let zeroing = tsc::now();
                     let destroyed = built.tables.destroy();

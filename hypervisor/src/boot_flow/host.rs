@@ -62,6 +62,14 @@ pub struct Host {
     bars: [[Option<GuestPhysAddr>; 2]; 1 + MAX_CHANNELS],
     /// The frames of each channel function's window while an enclave holds it.
     channel_windows: [Option<PhysRange>; MAX_CHANNELS],
+    /// Every enclave's RAM while it is built (the manager says): the host's tables must never
+    /// map a frame of it ([`Host::check_isolation`]).
+    enclave_ram: Vec<PhysRange>,
+    /// Mapping changes that broke that rule (each refused and undone).
+    pub isolation_violations: u32,
+    /// Pages hidden from the host for an enclave's function (`hide_pages`, `unmap_pages`)
+    /// until `show_pages`: giving a BAR's old range back never maps them.
+    hidden: alloc::collections::BTreeSet<u64>,
     layout: HostLayout,
     acpi: host_acpi::HostAcpi,
     kernel: &'static [u8],
@@ -120,6 +128,13 @@ impl HostTables {
         match self {
             HostTables::Ept(t) => t.map(gpa, hpa, len, perms, mem),
             HostTables::Npt(t) => t.map(gpa, hpa, len, perms, mem),
+        }
+    }
+
+    fn translate(&mut self, gpa: GuestPhysAddr) -> Option<HostPhysAddr> {
+        match self {
+            HostTables::Ept(t) => t.translate(gpa).map(|t| t.hpa),
+            HostTables::Npt(t) => t.translate(gpa).map(|t| t.hpa),
         }
     }
 }
@@ -465,6 +480,9 @@ impl Host {
             tables,
             bars: [[None, None]; 1 + MAX_CHANNELS],
             channel_windows: [None; MAX_CHANNELS],
+            enclave_ram: Vec::new(),
+            isolation_violations: 0,
+            hidden: alloc::collections::BTreeSet::new(),
             layout,
             acpi,
             kernel,
@@ -563,6 +581,7 @@ impl Host {
             end_reason,
             detail,
             restarts: self.restarts,
+            isolation_violations: self.isolation_violations,
             results: self.run.results.lock().to_map(),
             refused_reads: c.refused_reads.load(Relaxed),
             refused_writes: c.refused_writes.load(Relaxed),
@@ -629,6 +648,7 @@ impl Host {
                     return Err(alloc::format!("unmapping {page:#x} from the host: {e:?}"));
                 }
                 taken.push(page);
+                self.hidden.insert(page);
             }
             page += 4096;
         }
@@ -643,6 +663,7 @@ impl Host {
     /// Unmaps exactly `pages` from the host's second stage (a trap the caller set up first
     /// serves them) and waits, as [`Host::hide_pages`] does.
     pub fn unmap_pages(&mut self, pages: &[u64]) -> Result<(), String> {
+        self.hidden.extend(pages.iter().copied());
         for (i, &p) in pages.iter().enumerate() {
             if let Err(e) = self.tables.unmap(GuestPhysAddr::new(p), 4096) {
                 let _ = self.show_pages(&pages[..i]);
@@ -660,6 +681,9 @@ impl Host {
     /// Maps back pages [`Host::hide_pages`] took, as the host's layout maps them.
     pub fn show_pages(&mut self, pages: &[u64]) -> Result<(), String> {
         let mut result = Ok(());
+        for p in pages {
+            self.hidden.remove(p);
+        }
         for &p in pages {
             if let Err(e) = self.restore(GuestPhysAddr::new(p), 4096) {
                 result = Err(e);
@@ -792,6 +816,10 @@ impl Host {
                             "mapping function {f}'s window at {new}: {e:?}"
                         ));
                     }
+                    if let Err(e) = self.check_isolation(new, size, frames) {
+                        self.restore(new, size)?;
+                        return Err(e);
+                    }
                 }
                 // A channel no enclave holds: what the layout maps there (nothing answers).
                 None => self.restore(new, size)?,
@@ -803,6 +831,53 @@ impl Host {
             [0, 2][which],
             size >> 10
         );
+        Ok(())
+    }
+
+    /// The manager built (`Some`) or reclaimed (`None`) an enclave whose RAM is `ram`.
+    pub fn note_enclave_ram(&mut self, ram: PhysRange, built: bool) {
+        self.enclave_ram.retain(|r| *r != ram);
+        if built {
+            self.enclave_ram.push(ram);
+        }
+    }
+
+    /// After a mapping change at `[gpa, gpa + len)` that was to map `backing`: every page of
+    /// it translates into `backing`, and none into an enclave's RAM (checked page by page
+    /// through the tables themselves, as the host's vCPUs will walk them). A violation is
+    /// atoll's bug: counted, logged, and the caller undoes the change.
+    fn check_isolation(
+        &mut self,
+        gpa: GuestPhysAddr,
+        len: u64,
+        backing: PhysRange,
+    ) -> Result<(), String> {
+        let mut at = 0;
+        while at < len {
+            let g = GuestPhysAddr::new(gpa.as_u64() + at);
+            let hpa = self.tables.translate(g).map(|h| h.as_u64());
+            let inside =
+                hpa.is_some_and(|h| backing.start.as_u64() <= h && h < backing.end.as_u64());
+            let enclave = hpa.is_some_and(|h| {
+                self.enclave_ram
+                    .iter()
+                    .any(|r| r.start.as_u64() <= h && h < r.end.as_u64())
+            });
+            if !inside || enclave {
+                self.isolation_violations += 1;
+                let e = alloc::format!(
+                    "isolation: host {g} maps {hpa:x?}, not in its window {backing}{}",
+                    if enclave {
+                        " but in an enclave's RAM"
+                    } else {
+                        ""
+                    }
+                );
+                log::error!("{e}");
+                return Err(e);
+            }
+            at += 4096;
+        }
         Ok(())
     }
 
@@ -843,7 +918,24 @@ impl Host {
         for m in &self.layout.mappings {
             let (ms, me) = (m.gpa.as_u64(), m.gpa.as_u64() + m.len);
             let (s, e) = (start.max(ms), end.min(me));
-            if s < e {
+            if s < e && self.hidden.range(s & !0xfff..e).next().is_some() {
+                // Pages an enclave's function owns stay unmapped: the rest page by page.
+                let mut p = s & !0xfff;
+                while p < e {
+                    if !self.hidden.contains(&p) {
+                        self.tables
+                            .map(
+                                GuestPhysAddr::new(p),
+                                HostPhysAddr::new(m.hpa.as_u64() + (p - ms)),
+                                4096,
+                                m.perms,
+                                m.mem,
+                            )
+                            .map_err(|e| alloc::format!("restoring {at}: {e:?}"))?;
+                    }
+                    p += 4096;
+                }
+            } else if s < e {
                 // (A BAR never covers the control function's ECAM page: refused above.)
                 self.tables
                     .map(

@@ -75,7 +75,13 @@ impl SharedMem for WindowMem {
         }
         // SAFETY: the bytes are inside the window (checked) and `buf` is atoll's own; a
         // concurrent host write only changes which bytes are copied.
-        unsafe { core::ptr::copy_nonoverlapping(self.base.wrapping_add(offset), buf.as_mut_ptr(), buf.len()) };
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                self.base.wrapping_add(offset),
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        };
         fence(Ordering::Acquire);
     }
 
@@ -85,6 +91,8 @@ impl SharedMem for WindowMem {
         }
         fence(Ordering::Release);
         // SAFETY: as for `read`, the other way.
-        unsafe { core::ptr::copy_nonoverlapping(buf.as_ptr(), self.base.wrapping_add(offset), buf.len()) };
+        unsafe {
+            core::ptr::copy_nonoverlapping(buf.as_ptr(), self.base.wrapping_add(offset), buf.len())
+        };
     }
 }

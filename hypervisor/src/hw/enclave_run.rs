@@ -661,6 +661,7 @@ fn report(
                 .load(core::sync::atomic::Ordering::Relaxed),
         );
         report.measurements = shared.measurements(shared.tsc_hz);
+        report.virtio = shared.virtio_report();
     }
     report
 }

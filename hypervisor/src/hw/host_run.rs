@@ -343,6 +343,10 @@ impl HostHw for TargetHw {
         apic::send_fixed(apic_id, crate::run::vplat::KICK_VECTOR);
     }
 
+    fn interrupt_core(&self, apic_id: u32, vector: u8) {
+        apic::send_fixed(apic_id, vector);
+    }
+
     fn device_mmio(&self, address: u64, size: u8, write: Option<u64>) -> u64 {
         if address.saturating_add(8) > super::IDENTITY_MAPPED_END
             || !matches!(size, 1 | 2 | 4 | 8)

@@ -39,6 +39,12 @@ pub struct ChannelState {
     devices: AtomicU32,
     /// Doorbell writes refused (bits past the devices, or while idle).
     refused: AtomicU32,
+    /// INTx: the GSI the host said it routed pin A to (`u32::MAX`: none).
+    intx_gsi: AtomicU32,
+    /// INTx: the interrupt that GSI's I/O APIC entry names, checked (as `msi`).
+    intx: AtomicU64,
+    /// INTx: the host's command register has interrupt-disable set.
+    intx_masked: core::sync::atomic::AtomicBool,
 }
 
 impl ChannelState {
@@ -54,7 +60,38 @@ impl ChannelState {
             kick: AtomicU64::new(1 << 32),
             devices: AtomicU32::new(0),
             refused: AtomicU32::new(0),
+            intx_gsi: AtomicU32::new(u32::MAX),
+            intx: AtomicU64::new(0),
+            intx_masked: core::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// The GSI the host routed INTx to, if it said.
+    pub fn intx_gsi(&self) -> Option<u32> {
+        let g = self.intx_gsi.load(Ordering::Acquire);
+        (g != u32::MAX).then_some(g)
+    }
+
+    /// The interrupt the host's I/O APIC entry for [`Self::intx_gsi`] names, checked
+    /// (`None`: masked, not a host core, or no such entry).
+    pub fn set_intx(&self, target: Option<(u32, u8)>) {
+        self.intx.store(pack(target), Ordering::Release);
+    }
+
+    /// The host wrote the command register: whether INTx is masked now. Returns the interrupt
+    /// to send when it unmasked while the line is asserted (PENDING not zero).
+    pub fn set_intx_masked(&self, masked: bool) -> Option<(u32, u8)> {
+        let was = self.intx_masked.swap(masked, Ordering::AcqRel);
+        if was && !masked && self.pending.load(Ordering::Acquire) != 0 {
+            return unpack(self.intx.load(Ordering::Acquire));
+        }
+        None
+    }
+
+    /// The status register's interrupt bit: the line is asserted (PENDING not zero) and
+    /// someone listens on INTx.
+    pub fn intx_asserted(&self) -> bool {
+        self.pending.load(Ordering::Acquire) != 0 && self.intx_gsi().is_some()
     }
 
     /// Whether an enclave holds the function.
@@ -91,25 +128,31 @@ impl ChannelState {
         self.interrupt()
     }
 
-    /// The interrupt the host asked for (physical APIC id, vector), if any.
+    /// The interrupt to send for new PENDING bits: the MSI the host asked for; else INTx,
+    /// when the line was not asserted before (`old`: PENDING before) and is not masked.
+    fn interrupt_for(&self, old: u32) -> Option<(u32, u8)> {
+        if let Some(t) = unpack(self.msi.load(Ordering::Acquire)) {
+            return Some(t);
+        }
+        if old == 0 && !self.intx_masked.load(Ordering::Acquire) {
+            return unpack(self.intx.load(Ordering::Acquire));
+        }
+        None
+    }
+
+    /// The interrupt the host asked for, whatever PENDING held (detach, resets).
     fn interrupt(&self) -> Option<(u32, u8)> {
-        let m = self.msi.load(Ordering::Acquire);
-        (m >> 63 != 0).then_some(((m >> 8) as u32, m as u8))
+        self.interrupt_for(0)
     }
 
     /// The host programmed the function's MSI: atoll checked that it names one host core and a
     /// fixed vector (`None`: disabled or refused).
     pub fn set_msi(&self, target: Option<(u32, u8)>) {
-        self.msi.store(
-            target.map_or(0, |(apic, vector)| {
-                1 << 63 | u64::from(apic) << 8 | u64::from(vector)
-            }),
-            Ordering::Release,
-        );
+        self.msi.store(pack(target), Ordering::Release);
     }
 
     /// The enclave side has news for the host on `devices` (a mask): sets PENDING and returns
-    /// the interrupt to send (none if PENDING already held all of them, or MSI is off).
+    /// the interrupt to send (none if PENDING already held all of them, or nothing listens).
     pub fn signal(&self, devices: u32) -> Option<(u32, u8)> {
         let old = self
             .pending
@@ -117,7 +160,7 @@ impl ChannelState {
         if old & devices == devices {
             return None;
         }
-        self.interrupt()
+        self.interrupt_for(old)
     }
 
     /// The enclave side reset `devices`' rings: RESETS, then an interrupt.
@@ -148,6 +191,17 @@ impl ChannelState {
     }
 }
 
+/// An interrupt target in one word: valid bit 63, APIC id in bits 8..40, vector in 0..8.
+fn pack(target: Option<(u32, u8)>) -> u64 {
+    target.map_or(0, |(apic, vector)| {
+        1 << 63 | u64::from(apic) << 8 | u64::from(vector)
+    })
+}
+
+fn unpack(word: u64) -> Option<(u32, u8)> {
+    (word >> 63 != 0).then_some(((word >> 8) as u32, word as u8))
+}
+
 /// The channel functions' states (function `i + 1` of the control device is `CHANNELS[i]`).
 pub static CHANNELS: [ChannelState; MAX_CHANNELS] = [const { ChannelState::new() }; MAX_CHANNELS];
 
@@ -176,6 +230,8 @@ pub fn register_read(index: usize, offset: u64, len: usize) -> u64 {
             reg::PENDING if at < offset + len as u64 => c.pending.swap(0, Ordering::AcqRel),
             reg::RESETS if at < offset + len as u64 => c.resets.swap(0, Ordering::AcqRel),
             reg::HOST_ERRORS => c.host_errors.load(Ordering::Relaxed),
+            reg::INTX_GSI => c.intx_gsi.load(Ordering::Acquire),
+            reg::INTX_ROUTED => u32::from(unpack(c.intx.load(Ordering::Acquire)).is_some()),
             _ => 0,
         };
         bytes[k * 4..k * 4 + 4].copy_from_slice(&v.to_le_bytes());
@@ -186,11 +242,27 @@ pub fn register_read(index: usize, offset: u64, len: usize) -> u64 {
     u64::from_le_bytes(out)
 }
 
+/// What a host register write asks of the caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RegisterEffect {
+    /// Kick the enclave core with this APIC id (a doorbell).
+    Kick(u32),
+    /// The host named the GSI of its INTx: resolve its I/O APIC entry
+    /// ([`ChannelState::set_intx`]).
+    IntxRouted,
+}
+
 /// A host write at `offset` of channel `index`'s BAR0. A dword write at DOORBELL with bits of
-/// the attached enclave's devices queues them and returns the core to kick; anything else is
-/// ignored (a doorbell with other bits, or while idle, is counted as refused).
-pub fn register_write(index: usize, offset: u64, len: usize, value: u64) -> Option<u32> {
+/// the attached enclave's devices queues them and asks for the enclave's core to be kicked; a
+/// dword write at INTX_GSI records the GSI; anything else is ignored (a doorbell with other
+/// bits, or while idle, is counted as refused).
+pub fn register_write(index: usize, offset: u64, len: usize, value: u64) -> Option<RegisterEffect> {
     let c = CHANNELS.get(index)?;
+    if offset == reg::INTX_GSI && len == 4 {
+        c.intx_gsi.store(value as u32, Ordering::Release);
+        c.set_intx(None);
+        return Some(RegisterEffect::IntxRouted);
+    }
     if offset != reg::DOORBELL || len != 4 {
         return None;
     }
@@ -202,7 +274,7 @@ pub fn register_write(index: usize, offset: u64, len: usize, value: u64) -> Opti
     }
     c.doorbell.fetch_or(bits, Ordering::AcqRel);
     let k = c.kick.load(Ordering::Acquire);
-    (k >> 32 == 0).then_some(k as u32)
+    (k >> 32 == 0).then_some(RegisterEffect::Kick(k as u32))
 }
 
 #[cfg(test)]
@@ -247,8 +319,14 @@ mod tests {
         assert_eq!(register_write(i, reg::DOORBELL, 2, 1), None, "narrow");
         assert_eq!(register_write(i, reg::DOORBELL + 4, 4, 1), None);
         assert_eq!(CHANNELS[i].take_doorbell(), 0);
-        assert_eq!(register_write(i, reg::DOORBELL, 4, 0b10), Some(7));
-        assert_eq!(register_write(i, reg::DOORBELL, 4, 0b01), Some(7));
+        assert_eq!(
+            register_write(i, reg::DOORBELL, 4, 0b10),
+            Some(RegisterEffect::Kick(7))
+        );
+        assert_eq!(
+            register_write(i, reg::DOORBELL, 4, 0b01),
+            Some(RegisterEffect::Kick(7))
+        );
         assert_eq!(CHANNELS[i].take_doorbell(), 0b11);
         assert_eq!(CHANNELS[i].take_doorbell(), 0);
         // Detached: refused again, and PENDING carries the detach bit.
@@ -279,5 +357,43 @@ mod tests {
         assert_eq!(register_read(i, reg::RESETS, 4), 0b100);
         CHANNELS[i].set_msi(None);
         assert_eq!(CHANNELS[i].signal(0b10), None);
+    }
+
+    #[test]
+    fn intx_is_a_level_the_host_masks_and_unmasks() {
+        let i = 3;
+        CHANNELS[i].attach(2, 0);
+        assert_eq!(register_read(i, reg::INTX_GSI, 4) as u32, u32::MAX);
+        assert!(!CHANNELS[i].intx_asserted());
+        assert_eq!(
+            register_write(i, reg::INTX_GSI, 4, 219),
+            Some(RegisterEffect::IntxRouted)
+        );
+        assert_eq!(CHANNELS[i].intx_gsi(), Some(219));
+        assert_eq!(register_read(i, reg::INTX_GSI, 4), 219);
+        // Not resolved yet: PENDING is set, nothing is sent, the status bit says asserted.
+        assert_eq!(CHANNELS[i].signal(0b1), None);
+        assert!(CHANNELS[i].intx_asserted());
+        register_read(i, reg::PENDING, 4);
+        assert!(!CHANNELS[i].intx_asserted());
+        assert_eq!(register_read(i, reg::INTX_ROUTED, 4), 0);
+        CHANNELS[i].set_intx(Some((1, 0x61)));
+        assert_eq!(register_read(i, reg::INTX_ROUTED, 4), 1);
+        // The rising edge sends; more bits while asserted do not.
+        assert_eq!(CHANNELS[i].signal(0b1), Some((1, 0x61)));
+        assert_eq!(CHANNELS[i].signal(0b10), None);
+        // The host's handler masks; a new bit stays quiet; unmasking while asserted sends.
+        assert_eq!(CHANNELS[i].set_intx_masked(true), None);
+        register_read(i, reg::PENDING, 4);
+        assert_eq!(CHANNELS[i].signal(0b1), None);
+        assert_eq!(CHANNELS[i].set_intx_masked(false), Some((1, 0x61)));
+        // Unmasking with nothing pending sends nothing.
+        register_read(i, reg::PENDING, 4);
+        CHANNELS[i].set_intx_masked(true);
+        assert_eq!(CHANNELS[i].set_intx_masked(false), None);
+        // MSI, when the host programs it, wins.
+        CHANNELS[i].set_msi(Some((2, 0x40)));
+        assert_eq!(CHANNELS[i].signal(0b1), Some((2, 0x40)));
+        CHANNELS[i].set_msi(None);
     }
 }

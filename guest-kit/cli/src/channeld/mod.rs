@@ -23,6 +23,7 @@ pub mod blk;
 pub mod console;
 pub mod net;
 pub mod sysfs;
+pub mod uio;
 pub mod vfio;
 pub mod window;
 
@@ -534,6 +535,9 @@ impl<F: Function> Daemon<F> {
             self.look_at_registers();
             if self.detached {
                 return false;
+            }
+            if irq_fired {
+                self.f.rearm();
             }
         }
         for (k, p) in fds.iter().enumerate() {

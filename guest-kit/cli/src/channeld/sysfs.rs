@@ -183,21 +183,31 @@ pub fn ready_noiommu(sys: &Path, log: &mut dyn FnMut(String)) -> bool {
 
 /// Binds the function to vfio-pci (driver_override, unbinding another driver first).
 pub fn bind_vfio(sys: &Path, dev: &Path, log: &mut dyn FnMut(String)) -> io::Result<()> {
+    bind_driver(sys, dev, "vfio-pci", log)
+}
+
+/// Binds the function to `name` (driver_override, unbinding another driver first).
+pub fn bind_driver(
+    sys: &Path,
+    dev: &Path,
+    name: &str,
+    log: &mut dyn FnMut(String),
+) -> io::Result<()> {
     let addr = base(dev);
     let cur = driver(dev);
-    if cur.as_deref() == Some("vfio-pci") {
+    if cur.as_deref() == Some(name) {
         return Ok(());
     }
     let w = |p: PathBuf, v: &str| {
         fs::write(&p, v).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", p.display())))
     };
-    w(dev.join("driver_override"), "vfio-pci")?;
+    w(dev.join("driver_override"), name)?;
     if let Some(d) = cur {
         w(dev.join("driver/unbind"), &addr)?;
         log(format!("{addr}: unbound from {d}"));
     }
-    w(sys.join("bus/pci/drivers/vfio-pci/bind"), &addr)?;
-    log(format!("{addr}: bound to vfio-pci"));
+    w(sys.join("bus/pci/drivers").join(name).join("bind"), &addr)?;
+    log(format!("{addr}: bound to {name}"));
     Ok(())
 }
 

@@ -693,3 +693,77 @@ fn the_ring_types_the_tests_use_are_the_abi_s() {
     let r: Ring = kinds[0].unwrap().to_host;
     assert_eq!(r.offset as usize, layout::RINGS);
 }
+
+#[test]
+fn uio_binds_tells_atoll_the_gsi_and_unmasks() {
+    use super::uio;
+    let t = TempDir::new();
+    let d = fake_function(&t.0, "0000:00:01.1", "a");
+    let drv = t.0.join("bus/pci/drivers").join(uio::DRIVER);
+    std::fs::create_dir_all(&drv).unwrap();
+    let devfs = t.0.join("dev");
+    std::fs::create_dir_all(&devfs).unwrap();
+    let mut steps = Vec::new();
+    // No GSI routed: refused (after binding), nothing mapped.
+    std::fs::write(d.join("irq"), "0\n").unwrap();
+    let e = uio::Uio::open(&t.0, &d, &devfs, WINDOW_SIZE as usize, &mut |m| {
+        steps.push(m)
+    })
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("irq 0"), "{e}");
+    assert_eq!(
+        std::fs::read_to_string(d.join("driver_override")).unwrap(),
+        uio::DRIVER
+    );
+    assert_eq!(
+        std::fs::read_to_string(drv.join("bind")).unwrap(),
+        "0000:00:01.1"
+    );
+    // GSI 22, but no uio node yet.
+    std::fs::write(d.join("irq"), "22\n").unwrap();
+    let e = uio::Uio::open(&t.0, &d, &devfs, WINDOW_SIZE as usize, &mut |m| {
+        steps.push(m)
+    })
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("no uio device") || e.contains("uio"), "{e}");
+    std::fs::create_dir_all(d.join("uio/uio3")).unwrap();
+    std::fs::write(devfs.join("uio3"), []).unwrap();
+    assert_eq!(uio::node_of(&d, &devfs).unwrap(), devfs.join("uio3"));
+    // atoll says it cannot raise that GSI (the fake BAR0 reads INTX_ROUTED 0): refused.
+    let e = uio::Uio::open(&t.0, &d, &devfs, WINDOW_SIZE as usize, &mut |m| {
+        steps.push(m)
+    })
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("cannot raise GSI 22"), "{e}");
+    // It can: the file standing for BAR0 holds 1 there.
+    let mut r0 = std::fs::read(d.join("resource0")).unwrap();
+    let at = reg::INTX_ROUTED as usize;
+    r0[at..at + 4].copy_from_slice(&1u32.to_le_bytes());
+    std::fs::write(d.join("resource0"), &r0).unwrap();
+    let mut u = uio::Uio::open(&t.0, &d, &devfs, WINDOW_SIZE as usize, &mut |m| {
+        steps.push(m)
+    })
+    .unwrap();
+    assert!(u.irq_fd().is_some());
+    assert!(u.describe().contains("GSI 22"), "{}", u.describe());
+    // The GSI went to atoll's INTX_GSI register; the node got the unmask (a 4-byte 1).
+    assert_eq!(u.read_reg(reg::INTX_GSI).unwrap(), 22);
+    assert_eq!(
+        std::fs::read(devfs.join("uio3")).unwrap(),
+        1u32.to_ne_bytes()
+    );
+    u.rearm();
+    assert_eq!(std::fs::read(devfs.join("uio3")).unwrap().len(), 8);
+    drop(u);
+    let r0 = std::fs::read(d.join("resource0")).unwrap();
+    assert_eq!(&r0[0x20..0x24], &22u32.to_le_bytes());
+    assert_eq!(uio::irq_of(&d).unwrap(), 22);
+    std::fs::write(d.join("irq"), "x").unwrap();
+    assert!(uio::irq_of(&d).is_err());
+}

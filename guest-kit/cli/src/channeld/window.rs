@@ -157,6 +157,8 @@ pub trait Function {
     fn irq_fd(&self) -> Option<RawFd>;
     /// Consumes the interrupt's readiness (after poll said `irq_fd` is readable).
     fn ack_irq(&mut self);
+    /// Lets the interrupt come again, after the registers were read (INTx: unmask).
+    fn rearm(&mut self) {}
     /// How the function is mapped (for the log).
     fn describe(&self) -> String;
 }
@@ -184,6 +186,9 @@ impl Function for Box<dyn Function> {
     }
     fn ack_irq(&mut self) {
         (**self).ack_irq()
+    }
+    fn rearm(&mut self) {
+        (**self).rearm()
     }
     fn describe(&self) -> String {
         (**self).describe()

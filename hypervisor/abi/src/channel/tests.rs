@@ -5,10 +5,10 @@
 extern crate std;
 
 use super::*;
-use std::sync::atomic::{fence, AtomicU32, Ordering};
+use std::sync::atomic::AtomicU32;
 use std::vec::Vec;
 
-/// A window in plain memory, as 32-bit atomic words (bytes read and written inside them).
+/// A window in plain memory: [`SliceWindow`] over words it owns.
 struct Mem {
     words: Vec<AtomicU32>,
 }
@@ -19,57 +19,29 @@ impl Mem {
             words: (0..size / 4).map(|_| AtomicU32::new(0)).collect(),
         }
     }
-    fn byte(&self, at: usize) -> u8 {
-        (self.words[at / 4].load(Ordering::Relaxed) >> (8 * (at % 4))) as u8
-    }
-    fn set_byte(&self, at: usize, v: u8) {
-        let shift = 8 * (at % 4);
-        let w = &self.words[at / 4];
-        let mut cur = w.load(Ordering::Relaxed);
-        loop {
-            let new = (cur & !(0xff << shift)) | (u32::from(v) << shift);
-            match w.compare_exchange_weak(cur, new, Ordering::Relaxed, Ordering::Relaxed) {
-                Ok(_) => break,
-                Err(c) => cur = c,
-            }
-        }
+    fn w(&self) -> SliceWindow<'_> {
+        SliceWindow::new(&self.words)
     }
 }
 
 impl SharedMem for Mem {
     fn size(&self) -> usize {
-        self.words.len() * 4
+        self.w().size()
     }
     fn load_acquire(&self, offset: usize) -> u32 {
-        self.words
-            .get(offset / 4)
-            .map_or(0, |w| w.load(Ordering::Acquire))
+        self.w().load_acquire(offset)
     }
     fn store_release(&self, offset: usize, value: u32) {
-        if let Some(w) = self.words.get(offset / 4) {
-            w.store(value, Ordering::Release)
-        }
+        self.w().store_release(offset, value)
     }
     fn fence(&self) {
-        fence(Ordering::SeqCst)
+        self.w().fence()
     }
     fn read(&self, offset: usize, buf: &mut [u8]) {
-        for (i, b) in buf.iter_mut().enumerate() {
-            *b = if offset + i < self.size() {
-                self.byte(offset + i)
-            } else {
-                0
-            };
-        }
-        fence(Ordering::Acquire);
+        self.w().read(offset, buf)
     }
     fn write(&self, offset: usize, buf: &[u8]) {
-        for (i, b) in buf.iter().enumerate() {
-            if offset + i < self.size() {
-                self.set_byte(offset + i, *b);
-            }
-        }
-        fence(Ordering::Release);
+        self.w().write(offset, buf)
     }
 }
 

@@ -331,6 +331,22 @@ impl ControlDevice {
             atoll_abi::channel::WINDOW_SIZE,
             function,
         );
+        // INTx too, for hosts whose kernel has no vfio no-IOMMU mode (uio_pci_generic): pin
+        // A, the command register's interrupt-disable bit writable (PCI 3.0 §6.2.2); the
+        // status register's interrupt bit is atoll's to report at read time
+        // (`HostConfig::channel_intx`).
+        let _ = d.config.init_register(
+            config::reg::INTERRUPT_PIN,
+            &[super::config::IntxPin::A as u8],
+            &[],
+            &[],
+        );
+        let _ = d.config.init_register(
+            config::reg::COMMAND,
+            &[0, 0],
+            &(config::command::MEMORY | config::command::INTX_DISABLE).to_le_bytes(),
+            &[],
+        );
         // Control, address low, address high, data, reserved.
         let mut body = [0u8; 14];
         body[..2].copy_from_slice(&MSI_64BIT.to_le_bytes());
@@ -364,6 +380,11 @@ impl ControlDevice {
             address: hi << 32 | lo,
             data: self.config.u16_at(at + 12),
         })
+    }
+
+    /// Whether the host masked the function's INTx (command bit 10).
+    pub fn intx_disabled(&self) -> bool {
+        self.config.command() & config::command::INTX_DISABLE != 0
     }
 
     /// Bytes `window` decodes.
@@ -713,6 +734,20 @@ impl HostConfig {
             0 => Some(&mut self.control),
             f => self.channels.get_mut(usize::from(f) - 1),
         }
+    }
+
+    /// The channel function (1..) and configuration register a mechanism #1 data access at
+    /// `port` reaches now, if any (for atoll to report the status register's interrupt bit).
+    pub fn port_target(&self, port: u16) -> Option<(u8, u16)> {
+        match self.data_target(port) {
+            Some(Ok((f, register))) if f > 0 => Some((f, register)),
+            _ => None,
+        }
+    }
+
+    /// The channel function (1..) and register an ECAM access at `addr` reaches, if any.
+    pub fn ecam_target(&self, addr: GuestPhysAddr) -> Option<(u8, u16)> {
+        self.ecam_offset(addr).filter(|(f, _)| *f > 0)
     }
 
     /// Bytes of ECAM from [`Self::ecam_page`] that atoll keeps: one page per function it
@@ -1736,5 +1771,31 @@ mod tests {
         );
         assert_eq!(h.function(2).unwrap().msi().map(|m| m.enabled), Some(false));
         assert_eq!(h.function(0).unwrap().msi(), None);
+        // INTx: pin A, the interrupt-disable bit writable (and only then reported).
+        assert_eq!(read_fn(&mut h, 1, cfg::INTERRUPT_LINE) >> 8 & 0xff, 1);
+        assert_eq!(read_fn(&mut h, 0, cfg::INTERRUPT_LINE) >> 8 & 0xff, 0);
+        assert!(!h.function(1).unwrap().intx_disabled());
+        write_fn(
+            &mut h,
+            1,
+            cfg::COMMAND,
+            u32::from(command::MEMORY | command::INTX_DISABLE),
+        );
+        assert!(h.function(1).unwrap().intx_disabled());
+        write_fn(&mut h, 0, cfg::COMMAND, u32::from(command::INTX_DISABLE));
+        assert!(
+            !h.function(0).unwrap().intx_disabled(),
+            "not the control function's"
+        );
+        // Which channel function an access reaches.
+        select(&mut h, 0, u32::from(DEVICE), 2, u32::from(cfg::COMMAND));
+        assert_eq!(h.port_target(DATA + 2), Some((2, cfg::COMMAND + 2)));
+        select(&mut h, 0, u32::from(DEVICE), 0, u32::from(cfg::COMMAND));
+        assert_eq!(h.port_target(DATA), None);
+        assert_eq!(
+            h.ecam_target(GuestPhysAddr::new(page() + 4096 + 6)),
+            Some((1, 6))
+        );
+        assert_eq!(h.ecam_target(GuestPhysAddr::new(page() + 6)), None);
     }
 }

@@ -2,7 +2,10 @@
 //!
 //! Features offered: `VIRTIO_F_VERSION_1`, `VIRTIO_BLK_F_SEG_MAX` (`seg_max` =
 //! [`MAX_SEGMENTS`] − 2: a request's data segments plus its header and status fit one
-//! [`Chain`](super::queue::Chain)), `VIRTIO_BLK_F_BLK_SIZE` (512), `VIRTIO_BLK_F_FLUSH`,
+//! [`Chain`](super::queue::Chain)), `VIRTIO_BLK_F_SIZE_MAX` ([`SIZE_MAX`], a page: with
+//! `seg_max` it bounds a request's data to [`MAX_REQUEST_BYTES`], which is what the ring toward
+//! the host must hold in one record — Linux otherwise sizes requests by its own limits only),
+//! `VIRTIO_BLK_F_BLK_SIZE` (512), `VIRTIO_BLK_F_FLUSH`,
 //! `VIRTIO_BLK_F_RO` when read-only, event index and indirect descriptors. The capacity (in
 //! 512-byte sectors) is the platform's and may change while the guest runs:
 //! `VirtioPci::change_config(|b| b.set_capacity(n))` bumps `config_generation` and raises a
@@ -15,16 +18,19 @@
 //! read-only device, a transfer that is not whole sectors or ends past the capacity, a chain
 //! without header or status.
 //!
-//! **Host protocol.** Every other request becomes one record toward the host, tagged
-//! `head | epoch << 16` (the epoch counts driver resets, so a reply to a request from before a
-//! reset is recognised and discarded rather than taken for a protocol error), with payload
-//! [`RequestHeader`] (`le32 type, le32 data length, le64 sector`) followed, for OUT, by the
-//! data. The device keeps the chain's writable buffers for the outstanding head; the host's
-//! reply (same tag) is the status byte followed, for IN, by the data, which the device copies
-//! into those buffers and completes the request. A reply whose tag is not outstanding, or that
-//! is empty or longer than the buffers offered, is a host error: counted, and the device needs
-//! a reset; nothing is written outside what the guest offered. At most [`MAX_INFLIGHT`]
-//! requests are outstanding; more wait in the available ring.
+//! **Host protocol** (the channel's, [`atoll_abi::channel`]). Every other request becomes one
+//! record toward the host, tagged `head | epoch << 16` (the epoch counts driver resets, so a
+//! reply to a request from before a reset is recognised and discarded rather than taken for a
+//! protocol error), with payload [`BlkRequest`] (`le32 type, le32 data length, le64 sector`)
+//! followed, for OUT, by the data. The device keeps the chain's writable buffers for the
+//! outstanding head. The host's reply (same tag) is a status byte and 7 bytes of padding
+//! ([`BLK_RESPONSE_LEN`]), then, for IN, the data: exactly the bytes asked for when the status
+//! is OK, at most that many otherwise. The device copies the data into the kept buffers, the
+//! status into the last writable byte, and completes the request. A reply whose tag is not
+//! outstanding, shorter than the status, longer than the buffers offered, or OK but short, is a
+//! host error: counted, and the device needs a reset; nothing is written outside what the
+//! guest offered. At most [`MAX_INFLIGHT`] requests are outstanding; more wait in the
+//! available ring.
 
 use super::queue::{write_segments, Segment, MAX_SEGMENTS};
 use super::{
@@ -32,9 +38,12 @@ use super::{
     VirtioDevice,
 };
 use alloc::vec::Vec;
+pub use atoll_abi::channel::{BlkRequest, BLK_MAX_DATA, BLK_REQUEST_LEN, BLK_RESPONSE_LEN};
 
 /// `VIRTIO_BLK_F_RO`.
 pub const F_RO: u64 = 1 << 5;
+/// `VIRTIO_BLK_F_SIZE_MAX`.
+pub const F_SIZE_MAX: u64 = 1 << 1;
 /// `VIRTIO_BLK_F_SEG_MAX`.
 pub const F_SEG_MAX: u64 = 1 << 2;
 /// `VIRTIO_BLK_F_BLK_SIZE`.
@@ -43,6 +52,17 @@ pub const F_BLK_SIZE: u64 = 1 << 6;
 pub const F_FLUSH: u64 = 1 << 9;
 /// Bytes of a sector, the unit of `capacity` and of a request's `sector`.
 pub const SECTOR: u64 = 512;
+/// `size_max`: the largest data segment a driver may use.
+pub const SIZE_MAX: u32 = 4096;
+/// `seg_max`: data segments per request.
+pub const SEG_MAX: u32 = MAX_SEGMENTS as u32 - 2;
+/// The most data one request carries as Linux builds them (`seg_max` segments of `size_max`):
+/// a write's record is [`BLK_REQUEST_LEN`] plus this, a read's reply [`BLK_RESPONSE_LEN`] plus
+/// this. A request the ring cannot hold is answered IOERR.
+pub const MAX_REQUEST_BYTES: u32 = SEG_MAX * SIZE_MAX;
+
+// The channel's rings are sized for the largest request Linux builds within the limits offered.
+const _: () = assert!(MAX_REQUEST_BYTES <= BLK_MAX_DATA);
 /// Bytes of the device ID GET_ID returns.
 pub const ID_BYTES: usize = 20;
 /// Requests outstanding at the host at once (their buffers are kept in storage sized at
@@ -71,42 +91,6 @@ pub mod req_status {
     pub const IOERR: u8 = 1;
     /// Unsupported request.
     pub const UNSUPP: u8 = 2;
-}
-
-/// The header of a request record toward the host.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RequestHeader {
-    /// [`req::IN`], [`req::OUT`] or [`req::FLUSH`].
-    pub kind: u32,
-    /// Data bytes: following the header (OUT) or wanted in the reply (IN).
-    pub len: u32,
-    /// First 512-byte sector.
-    pub sector: u64,
-}
-
-impl RequestHeader {
-    /// Bytes of the encoding.
-    pub const LEN: usize = 16;
-
-    /// Little-endian encoding.
-    pub fn encode(&self) -> [u8; Self::LEN] {
-        let mut b = [0u8; Self::LEN];
-        b[0..4].copy_from_slice(&self.kind.to_le_bytes());
-        b[4..8].copy_from_slice(&self.len.to_le_bytes());
-        b[8..16].copy_from_slice(&self.sector.to_le_bytes());
-        b
-    }
-
-    /// Decodes an encoding (the host side's view).
-    pub fn decode(b: &[u8; Self::LEN]) -> Self {
-        let mut s = [0u8; 8];
-        s.copy_from_slice(&b[8..16]);
-        Self {
-            kind: u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
-            len: u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
-            sector: u64::from_le_bytes(s),
-        }
-    }
 }
 
 /// An outstanding request's writable buffers.
@@ -197,37 +181,34 @@ impl Blk {
                 consume(ctx)?;
                 return Err(HostError::UnknownTag(record.tag).into());
             };
-            if record.len == 0 || record.len > slot.writable {
+            // The kept buffers: data, then the status byte.
+            let asked = slot.writable - 1;
+            let data = record.len.checked_sub(BLK_RESPONSE_LEN);
+            let mut status = [0u8; 1];
+            if data.is_some() {
+                ctx.backend
+                    .read(0, &mut status)
+                    .map_err(|e| DeviceError::Host(HostError::Ring(e)))?;
+            }
+            let fits =
+                data.is_some_and(|d| d <= asked && (status[0] != req_status::OK || d == asked));
+            let Some(data) = data.filter(|_| fits) else {
                 consume(ctx)?;
                 return Err(HostError::Length {
                     tag: record.tag,
                     len: record.len,
                 }
                 .into());
-            }
+            };
             let segments = &slot.segments[..slot.count];
-            let mut status = [0u8; 1];
-            ctx.backend
-                .read(0, &mut status)
-                .map_err(|e| DeviceError::Host(HostError::Ring(e)))?;
-            let mut bounce = [0u8; super::BOUNCE];
-            let data = record.len - 1;
-            let mut done = 0u32;
-            while done < data {
-                let n = (data - done).min(super::BOUNCE as u32) as usize;
-                ctx.backend
-                    .read(1 + done, &mut bounce[..n])
-                    .map_err(|e| DeviceError::Host(HostError::Ring(e)))?;
-                write_segments(segments, ctx.mem, done, &bounce[..n])?;
-                done += n as u32;
-            }
+            super::backend_to_segments(ctx.backend, segments, ctx.mem, BLK_RESPONSE_LEN, 0, data)?;
             let status = match status[0] {
                 s @ (req_status::OK | req_status::IOERR | req_status::UNSUPP) => s,
                 _ => req_status::IOERR,
             };
-            write_segments(segments, ctx.mem, slot.writable - 1, &[status])?;
+            write_segments(segments, ctx.mem, asked, &[status])?;
             slot.in_use = false;
-            ctx.complete(0, head, record.len)?;
+            ctx.complete(0, head, data + 1)?;
             consume(ctx)?;
         }
         Ok(())
@@ -259,6 +240,7 @@ impl VirtioDevice for Blk {
             | feature::RING_EVENT_IDX
             | feature::RING_INDIRECT_DESC
             | F_SEG_MAX
+            | F_SIZE_MAX
             | F_BLK_SIZE
             | F_FLUSH
             | if self.read_only { F_RO } else { 0 }
@@ -271,8 +253,8 @@ impl VirtioDevice for Blk {
     fn config(&self, buf: &mut [u8]) -> usize {
         let mut b = [0u8; CONFIG_LEN];
         b[0..8].copy_from_slice(&self.capacity.to_le_bytes());
-        // size_max (8) stays 0: not offered.
-        b[12..16].copy_from_slice(&(MAX_SEGMENTS as u32 - 2).to_le_bytes());
+        b[8..12].copy_from_slice(&SIZE_MAX.to_le_bytes());
+        b[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
         // geometry (16..20) stays 0: not offered.
         b[20..24].copy_from_slice(&(SECTOR as u32).to_le_bytes());
         // topology (24..32), writeback (32), unused (33): not offered.
@@ -302,7 +284,7 @@ impl VirtioDevice for Blk {
             {
                 return Err(super::queue::ChainError::HeadInUse(chain.head()).into());
             }
-            let header_len = RequestHeader::LEN as u32;
+            let header_len = BLK_REQUEST_LEN;
             if chain.writable_len() == 0 {
                 // Nowhere to put a status: the request cannot be answered.
                 ctx.stats.dropped += 1;
@@ -313,7 +295,7 @@ impl VirtioDevice for Blk {
                 Self::answer(ctx, &chain, &[], req_status::IOERR)?;
                 continue;
             }
-            let mut h = [0u8; RequestHeader::LEN];
+            let mut h = [0u8; BLK_REQUEST_LEN as usize];
             chain.read_at(ctx.mem, 0, &mut h)?;
             let kind = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
             let mut s = [0u8; 8];
@@ -322,17 +304,17 @@ impl VirtioDevice for Blk {
             let data_in = chain.writable_len() - 1;
             let data_out = chain.readable_len() - header_len;
             let header = match kind {
-                req::IN if self.in_range(sector, data_in) => RequestHeader {
+                req::IN if self.in_range(sector, data_in) => BlkRequest {
                     kind,
                     len: data_in,
                     sector,
                 },
-                req::OUT if !self.read_only && self.in_range(sector, data_out) => RequestHeader {
+                req::OUT if !self.read_only && self.in_range(sector, data_out) => BlkRequest {
                     kind,
                     len: data_out,
                     sector,
                 },
-                req::FLUSH => RequestHeader {
+                req::FLUSH => BlkRequest {
                     kind,
                     len: 0,
                     sector: 0,
@@ -356,7 +338,14 @@ impl VirtioDevice for Blk {
             } else {
                 chain.readable_len()
             };
-            match send_readable(ctx, self.tag(chain.head()), &chain, skip, &header.encode())? {
+            match send_readable(
+                ctx,
+                self.tag(chain.head()),
+                &chain,
+                skip,
+                None,
+                &header.encode(),
+            )? {
                 Sent::Full => {
                     ctx.unpop(0);
                     break;

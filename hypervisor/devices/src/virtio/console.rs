@@ -4,11 +4,15 @@
 //! `VIRTIO_CONSOLE_F_MULTIPORT`, so there is no control queue and Linux's `virtio_console`
 //! makes the port `hvc0`. `VIRTIO_CONSOLE_F_SIZE` is offered when the platform gives a size.
 //!
-//! **Host protocol.** Each transmit chain's readable bytes become one record (tag 0) toward
-//! the host, and the chain is used at once (length 0: the device wrote nothing). A record from
+//! **Host protocol.** Each transmit chain's readable bytes become records (tag 0) toward the
+//! host of at most [`CONSOLE_MAX_CHUNK`] bytes each, and the chain is used once all are sent
+//! (length 0: the device wrote nothing); when the ring fills halfway through a chain, the
+//! device remembers how far it got and resumes there. A record from
 //! the host is a run of bytes (tag ignored) copied into receive buffers in order; a record
 //! larger than one buffer is split over several, so console bytes are never dropped for want
 //! of a large buffer. Records wait in the ring while the guest offers no receive buffer.
+
+pub use atoll_abi::channel::CONSOLE_MAX_CHUNK;
 
 use super::{
     backend_to_chain, consume, feature, peek, send_readable, Context, DeviceError, DeviceType,
@@ -30,12 +34,18 @@ pub struct Console {
     size: Option<(u16, u16)>,
     /// Bytes of the host's current record already delivered.
     rx_offset: u32,
+    /// Bytes of the transmit chain at the queue's head already sent.
+    tx_sent: u32,
 }
 
 impl Console {
     /// A console; `size` is (columns, rows) when the platform knows them.
     pub fn new(size: Option<(u16, u16)>) -> Self {
-        Self { size, rx_offset: 0 }
+        Self {
+            size,
+            rx_offset: 0,
+            tx_sent: 0,
+        }
     }
 }
 
@@ -65,19 +75,29 @@ impl VirtioDevice for Console {
 
     fn reset(&mut self) {
         // A partly delivered record stays partly delivered: its rest goes to the next driver.
+        // A partly sent chain belongs to the old driver.
+        self.tx_sent = 0;
     }
 
     fn process(&mut self, ctx: &mut Context<'_>) -> Result<(), DeviceError> {
         while let Some(chain) = ctx.pop(TRANSMITQ)? {
-            if chain.readable_len() > 0 {
-                match send_readable(ctx, 0, &chain, 0, &[])? {
+            let total = chain.readable_len();
+            let mut stalled = false;
+            while self.tx_sent < total {
+                let n = (total - self.tx_sent).min(CONSOLE_MAX_CHUNK);
+                match send_readable(ctx, 0, &chain, self.tx_sent, Some(n), &[])? {
                     Sent::Full => {
-                        ctx.unpop(TRANSMITQ);
+                        stalled = true;
                         break;
                     }
-                    Sent::Sent | Sent::Dropped => {}
+                    Sent::Sent | Sent::Dropped => self.tx_sent += n,
                 }
             }
+            if stalled {
+                ctx.unpop(TRANSMITQ);
+                break;
+            }
+            self.tx_sent = 0;
             ctx.complete(TRANSMITQ, chain.head(), 0)?;
         }
         while let Some(record) = peek(ctx)? {

@@ -187,6 +187,11 @@ impl Context<'_> {
 /// Bytes copied per step between guest buffers and the rings (on the exit path's stack).
 pub const BOUNCE: usize = 512;
 
+/// A ring failure as a device error (the host's).
+fn ring(e: BackendError) -> DeviceError {
+    DeviceError::Host(HostError::Ring(e))
+}
+
 /// Appends `len` readable bytes of `chain` from `offset` to the record begun in `backend`.
 pub fn chain_to_backend(
     chain: &Chain,
@@ -196,20 +201,39 @@ pub fn chain_to_backend(
     len: u32,
 ) -> Result<(), DeviceError> {
     let mut bounce = [0u8; BOUNCE];
-    let mut done = 0u32;
-    while done < len {
-        let n = (len - done).min(BOUNCE as u32) as usize;
-        chain.read_at(mem, offset + done, &mut bounce[..n])?;
-        backend
-            .append(&bounce[..n])
-            .map_err(|e| DeviceError::Host(HostError::Ring(e)))?;
-        done += n as u32;
-    }
-    Ok(())
+    queue::pieces(
+        chain.segments(),
+        false,
+        offset,
+        len as usize,
+        BOUNCE,
+        |addr, _, n| {
+            mem.read(addr, &mut bounce[..n]).ok_or(CopyError::Memory)?;
+            backend.append(&bounce[..n]).map_err(ring)
+        },
+    )
 }
 
-/// Copies `len` bytes of the host's next record from `from` into `chain`'s writable bytes at
-/// `to` (the caller checked that they fit).
+/// Copies `len` bytes of the host's next record from `from` into the writable ones of
+/// `segments` at `to` (all checked to fit before anything is copied).
+pub fn backend_to_segments(
+    backend: &mut dyn Backend,
+    segments: &[queue::Segment],
+    mem: &mut dyn GuestMemory,
+    from: u32,
+    to: u32,
+    len: u32,
+) -> Result<(), DeviceError> {
+    let mut bounce = [0u8; BOUNCE];
+    queue::pieces(segments, true, to, len as usize, BOUNCE, |addr, done, n| {
+        let at = from.checked_add(done as u32).ok_or(CopyError::OutOfRange)?;
+        backend.read(at, &mut bounce[..n]).map_err(ring)?;
+        mem.write(addr, &bounce[..n]).ok_or(CopyError::Memory)?;
+        Ok(())
+    })
+}
+
+/// [`backend_to_segments`] into a chain's writable buffers.
 pub fn backend_to_chain(
     backend: &mut dyn Backend,
     chain: &Chain,
@@ -218,17 +242,7 @@ pub fn backend_to_chain(
     to: u32,
     len: u32,
 ) -> Result<(), DeviceError> {
-    let mut bounce = [0u8; BOUNCE];
-    let mut done = 0u32;
-    while done < len {
-        let n = (len - done).min(BOUNCE as u32) as usize;
-        backend
-            .read(from + done, &mut bounce[..n])
-            .map_err(|e| DeviceError::Host(HostError::Ring(e)))?;
-        chain.write_at(mem, to + done, &bounce[..n])?;
-        done += n as u32;
-    }
-    Ok(())
+    backend_to_segments(backend, chain.segments(), mem, from, to, len)
 }
 
 /// A device model behind the transport: identity, features, configuration bytes, and the work
@@ -294,16 +308,18 @@ pub enum Sent {
     Dropped,
 }
 
-/// Sends `header` followed by the readable bytes of `chain` from `skip` on as one record tagged
-/// `tag`. The caller checked `skip <= chain.readable_len()`.
+/// Sends `header` followed by `len` readable bytes of `chain` from `skip` on (all the rest when
+/// `len` is `None`) as one record tagged `tag`.
 pub fn send_readable(
     ctx: &mut Context<'_>,
     tag: u32,
     chain: &Chain,
     skip: u32,
+    len: Option<u32>,
     header: &[u8],
 ) -> Result<Sent, DeviceError> {
-    let body = chain.readable_len().saturating_sub(skip);
+    let rest = chain.readable_len().saturating_sub(skip);
+    let body = len.map_or(rest, |l| l.min(rest));
     let Some(total) = u32::try_from(header.len())
         .ok()
         .and_then(|h| h.checked_add(body))

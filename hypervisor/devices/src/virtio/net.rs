@@ -90,7 +90,7 @@ impl VirtioDevice for Net {
             if chain.readable_len() <= HEADER_LEN {
                 // No frame behind the header: nothing to send.
                 ctx.stats.dropped += 1;
-            } else if send_readable(ctx, 0, &chain, HEADER_LEN, &[])? == Sent::Full {
+            } else if send_readable(ctx, 0, &chain, HEADER_LEN, None, &[])? == Sent::Full {
                 ctx.unpop(TRANSMITQ);
                 break;
             }

@@ -35,6 +35,10 @@
 //! past the last queue reads size 0 (no such queue). Queue reset (`VIRTIO_F_RING_RESET`) is not
 //! offered, so `queue_reset` reads 0 and ignores writes.
 //!
+//! **Notifications** are recorded per queue (a write at the queue's notify offset, any width)
+//! for the platform to take; setting DRIVER_OK also marks every queue, because a driver posts
+//! buffers before it (Linux's console and net drivers do) and nothing was processed then.
+//!
 //! **Interrupts.** A used chain the driver wants to hear about (per the queue's suppression
 //! state) raises the queue's vector and ISR bit 0; a configuration change raises `msix_config`
 //! and ISR bit 1. Raised vectors wait in a bit mask until the platform drains
@@ -443,6 +447,10 @@ impl<D: VirtioDevice> VirtioPci<D> {
         self.status = new;
         if starting {
             self.device.activate(self.driver_features);
+            // Drivers post buffers (and notify) before DRIVER_OK, and the host may have rung
+            // meanwhile; none of that could be processed yet. Every queue counts as notified so
+            // the platform's next look processes the device.
+            self.notified |= (1u64 << self.queues.len()) - 1;
         }
     }
 

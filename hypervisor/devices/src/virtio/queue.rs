@@ -199,9 +199,17 @@ impl Chain {
         offset: u32,
         buf: &mut [u8],
     ) -> Result<(), CopyError> {
-        copy(self.segments(), false, offset, buf.len(), |addr, at, n| {
-            mem.read(addr, &mut buf[at..at + n])
-        })
+        pieces(
+            self.segments(),
+            false,
+            offset,
+            buf.len(),
+            usize::MAX,
+            |addr, at, n| {
+                mem.read(addr, &mut buf[at..at + n])
+                    .ok_or(CopyError::Memory)
+            },
+        )
     }
 
     /// Copies `buf` to `offset` bytes into the writable buffers.
@@ -223,21 +231,29 @@ pub fn write_segments(
     offset: u32,
     buf: &[u8],
 ) -> Result<(), CopyError> {
-    copy(segments, true, offset, buf.len(), |addr, at, n| {
-        mem.write(addr, &buf[at..at + n])
-    })
+    pieces(
+        segments,
+        true,
+        offset,
+        buf.len(),
+        usize::MAX,
+        |addr, at, n| mem.write(addr, &buf[at..at + n]).ok_or(CopyError::Memory),
+    )
 }
 
-/// Walks the `writable` (or readable) segments from byte `offset` for `len` bytes, calling
-/// `step(address, offset into the caller's buffer, bytes)` per piece. Checks the whole range
-/// first, so nothing is copied when it does not fit.
-fn copy(
+/// Walks `len` bytes of the writable (or readable) ones of `segments` from byte `offset`,
+/// calling `step(address, offset into the range, bytes)` per piece of at most `max` bytes that
+/// lies in one segment. The whole range is checked first, so nothing is done when it does not
+/// fit. One pass over the segments, however many pieces: streaming a large chain through a
+/// small bounce buffer costs no more than copying it.
+pub fn pieces<E: From<CopyError>>(
     segments: &[Segment],
     writable: bool,
     offset: u32,
     len: usize,
-    mut step: impl FnMut(GuestPhysAddr, usize, usize) -> Option<()>,
-) -> Result<(), CopyError> {
+    max: usize,
+    mut step: impl FnMut(GuestPhysAddr, usize, usize) -> Result<(), E>,
+) -> Result<(), E> {
     let total: u64 = segments
         .iter()
         .filter(|s| s.writable == writable)
@@ -246,8 +262,8 @@ fn copy(
     let end = u64::from(offset)
         .checked_add(len as u64)
         .ok_or(CopyError::OutOfRange)?;
-    if end > total {
-        return Err(CopyError::OutOfRange);
+    if end > total || max == 0 {
+        return Err(CopyError::OutOfRange.into());
     }
     let mut skip = u64::from(offset);
     let mut done = 0usize;
@@ -260,11 +276,16 @@ fn copy(
             skip -= seg_len;
             continue;
         }
-        // At most a u32's worth, so the casts below are exact.
-        let n = ((seg_len - skip) as usize).min(len - done);
-        let addr = s.addr.checked_add(skip).ok_or(CopyError::Memory)?;
-        step(addr, done, n).ok_or(CopyError::Memory)?;
-        done += n;
+        // Segment lengths are u32s, so these casts are exact.
+        let mut at = skip;
+        let last = ((seg_len - skip) as usize).min(len - done) as u64 + skip;
+        while at < last {
+            let n = ((last - at) as usize).min(max);
+            let addr = s.addr.checked_add(at).ok_or(CopyError::Memory)?;
+            step(addr, done, n)?;
+            done += n;
+            at += n as u64;
+        }
         skip = 0;
     }
     Ok(())

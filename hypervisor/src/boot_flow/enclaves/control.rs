@@ -1161,6 +1161,7 @@ impl Manager<'_> {
             .as_ref()
             .map(|v| v.enclave_faults(id))
             .unwrap_or_default();
+        let virtio = platform.map(|p| p.virtio_stats()).unwrap_or_default();
         abi::Record {
             id,
             state,
@@ -1178,6 +1179,11 @@ impl Manager<'_> {
             device_interrupts: platform.map_or(0, |p| load(&p.device_counters.delivered)),
             dma_faults: faults.dma,
             interrupt_faults: faults.interrupt,
+            virtio_chains: virtio.iter().map(|(_, s)| s.chains).sum(),
+            virtio_bad_chains: virtio.iter().map(|(_, s)| s.bad_chains).sum(),
+            virtio_host_errors: platform
+                .and_then(|p| p.channel())
+                .map_or(0, |c| c.host_errors()),
             restarts: 0,
             reason: &reason,
         }

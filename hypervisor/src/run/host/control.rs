@@ -137,10 +137,18 @@ impl HostShared {
 
     /// After a configuration write to the control device: each channel function's MSI as the
     /// host left it, checked — a fixed or lowest-priority interrupt to host cores, sent to
-    /// one of them — into the state the enclave's cores read ([`crate::run::channel`]).
-    fn mirror_channel_msi(&self, cfg: &HostConfig) {
+    /// one of them — and its INTx mask into the state the enclave's cores read
+    /// ([`crate::run::channel`]); an unmask while the line is asserted sends the interrupt.
+    fn mirror_channel_msi(&self, cfg: &HostConfig, hw: &impl HostHw) {
         for f in 1..=cfg.channels() {
-            let Some(msi) = cfg.function(f).and_then(|d| d.msi()) else {
+            let Some(d) = cfg.function(f) else {
+                continue;
+            };
+            let state = &crate::run::channel::CHANNELS[usize::from(f) - 1];
+            if let Some((apic, vector)) = state.set_intx_masked(d.intx_disabled()) {
+                hw.interrupt_core(apic, vector);
+            }
+            let Some(msi) = d.msi() else {
                 continue;
             };
             let target = msi
@@ -166,16 +174,58 @@ impl HostShared {
     /// 3A §11.11.1–2: destination id in address bits 19:12, destination mode in bit 2;
     /// vector in data bits 7:0, delivery mode in 10:8).
     fn msi_target(&self, address: u64, data: u16) -> Option<(u32, u8)> {
-        use crate::run::host_ipi::{decide, Action, Deliver, Icr};
         if address >> 20 != 0xfee {
             return None;
         }
-        let mode = u32::from(data >> 8) & 7;
+        self.interrupt_target(
+            (address as u32 >> 12) & 0xff,
+            address & (1 << 2) != 0,
+            u32::from(data >> 8) & 7,
+            data as u8,
+        )
+    }
+
+    /// The host core and vector an I/O APIC entry sends to (82093AA §3.2.4: vector 7:0,
+    /// delivery mode 10:8, destination mode 11, mask 16, destination 63:56), on the same
+    /// terms as [`Self::msi_target`]; `None` while it is masked.
+    fn rte_target(&self, rte: u64) -> Option<(u32, u8)> {
+        if rte & (1 << 16) != 0 {
+            return None;
+        }
+        self.interrupt_target(
+            (rte >> 56) as u32,
+            rte & (1 << 11) != 0,
+            (rte >> 8) as u32 & 7,
+            rte as u8,
+        )
+    }
+
+    /// The channels' INTx after the host wrote the I/O APIC entry of `gsi` or named it as a
+    /// channel's: each channel routed to it gets that entry, checked, as its target.
+    pub fn refresh_channel_intx(&self, gsi: u32) {
+        for c in crate::run::channel::CHANNELS.iter() {
+            if c.intx_gsi() == Some(gsi) {
+                let target = self
+                    .ioapic_entry_for_gsi(gsi)
+                    .and_then(|rte| self.rte_target(rte));
+                c.set_intx(target);
+            }
+        }
+    }
+
+    fn interrupt_target(
+        &self,
+        dest: u32,
+        logical: bool,
+        mode: u32,
+        vector: u8,
+    ) -> Option<(u32, u8)> {
+        use crate::run::host_ipi::{decide, Action, Deliver, Icr};
         if mode > 1 {
             return None;
         }
-        let low = u32::from(data as u8) | mode << 8 | ((address as u32 >> 2) & 1) << 11;
-        let icr = Icr::from_xapic(low, ((address as u32 >> 12) & 0xff) << 24);
+        let low = u32::from(vector) | mode << 8 | u32::from(logical) << 11;
+        let icr = Icr::from_xapic(low, (dest & 0xff) << 24);
         let cores = self.cores.lock();
         let sender = cores.apic_id(0)?;
         match decide(icr, sender, &cores).action {
@@ -264,6 +314,7 @@ pub(super) fn port_access(
     let len = usize::from(size.clamp(1, 4));
     let mut cfg = c.config.lock();
     let mut data = [0u8; 4];
+    let target = cfg.port_target(port);
     let answer = if write {
         data.copy_from_slice(&value.to_le_bytes());
         cfg.io_write(port, &data[..len], |b, s| shared.placement_forbidden(b, s))
@@ -274,7 +325,10 @@ pub(super) fn port_access(
     match answer {
         HostAccess::Emulated(changes) => {
             if write {
-                shared.mirror_channel_msi(&cfg);
+                shared.mirror_channel_msi(&cfg, hw);
+            } else if let Some((f, register)) = target {
+                intx_status(f, register, &mut data[..len]);
+                result = u32::from_le_bytes(data);
             }
             drop(cfg);
             if c.note(changes) {
@@ -366,8 +420,11 @@ pub(super) fn register_access(
         let index = usize::from(function) - 1;
         return match write {
             Some(v) => {
-                if let Some(apic) = crate::run::channel::register_write(index, offset, len, v) {
-                    hw.kick_core(apic);
+                use crate::run::channel::RegisterEffect;
+                match crate::run::channel::register_write(index, offset, len, v) {
+                    Some(RegisterEffect::Kick(apic)) => hw.kick_core(apic),
+                    Some(RegisterEffect::IntxRouted) => shared.refresh_channel_intx(v as u32),
+                    None => {}
                 }
                 0
             }
@@ -394,8 +451,30 @@ pub(super) fn register_access(
     }
 }
 
-/// A configuration access in the control function's ECAM page.
-pub(super) fn ecam_access(shared: &HostShared, gpa: u64, size: u8, write: Option<u64>) -> u64 {
+/// The status register's interrupt bit (PCI 3.0 §6.2.3, bit 3) of channel function `f` in
+/// the bytes a configuration read of `register` returned: set while its INTx is asserted.
+fn intx_status(f: u8, register: u16, data: &mut [u8]) {
+    let Some(state) = crate::run::channel::CHANNELS.get(usize::from(f).wrapping_sub(1)) else {
+        return;
+    };
+    if !state.intx_asserted() {
+        return;
+    }
+    for (k, b) in data.iter_mut().enumerate() {
+        if usize::from(register) + k == usize::from(atoll_devices::pci::config::reg::STATUS) {
+            *b |= 1 << 3;
+        }
+    }
+}
+
+/// A configuration access in the control device's ECAM pages.
+pub(super) fn ecam_access(
+    shared: &HostShared,
+    hw: &impl HostHw,
+    gpa: u64,
+    size: u8,
+    write: Option<u64>,
+) -> u64 {
     let Some(c) = &shared.control else {
         return u64::MAX;
     };
@@ -409,7 +488,7 @@ pub(super) fn ecam_access(shared: &HostShared, gpa: u64, size: u8, write: Option
                 shared.placement_forbidden(b, s)
             });
             if matches!(answer, HostAccess::Emulated(_)) {
-                shared.mirror_channel_msi(&cfg);
+                shared.mirror_channel_msi(&cfg, hw);
             }
             drop(cfg);
             if let HostAccess::Emulated(changes) = answer {
@@ -420,7 +499,11 @@ pub(super) fn ecam_access(shared: &HostShared, gpa: u64, size: u8, write: Option
             0
         }
         None => {
+            let target = cfg.ecam_target(GuestPhysAddr::new(gpa));
             let _ = cfg.ecam_read(GuestPhysAddr::new(gpa), &mut data[..len]);
+            if let Some((f, register)) = target {
+                intx_status(f, register, &mut data[..len]);
+            }
             u64::from_le_bytes(data)
         }
     }

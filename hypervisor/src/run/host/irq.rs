@@ -586,7 +586,7 @@ pub(super) fn ioapic_access(
         },
         Some(v) => {
             let mut p = remap.programmer(Kind::IoApic(index as u8), SourceValidation::None, irq);
-            match apic.mmio_write(offset, size, v as u32, &mut p) {
+            let wrote = match apic.mmio_write(offset, size, v as u32, &mut p) {
                 Ok(w) => {
                     for r in w.registers.as_slice() {
                         chip_write(hw, base, r.register, r.value);
@@ -594,8 +594,23 @@ pub(super) fn ioapic_access(
                     if let Some(vector) = w.eoi {
                         hw.ioapic_mmio(base, host_ioapic::mmio::EOI, Some(u32::from(vector)));
                     }
+                    // The GSI of the entry written (registers 0x10 + 2·pin and the next).
+                    let gsi_base: usize = ioapics[..index].iter().map(|(_, a)| a.entries()).sum();
+                    w.registers
+                        .as_slice()
+                        .iter()
+                        .find(|r| r.register >= 0x10)
+                        .map(|r| (gsi_base + usize::from((r.register - 0x10) / 2)) as u32)
                 }
-                Err(_) => refused(),
+                Err(_) => {
+                    refused();
+                    None
+                }
+            };
+            drop(guard);
+            if let Some(gsi) = wrote {
+                // A channel's INTx follows its GSI's entry.
+                shared.refresh_channel_intx(gsi);
             }
             0
         }
@@ -603,6 +618,24 @@ pub(super) fn ioapic_access(
 }
 
 impl HostShared {
+    /// The host's I/O APIC entry for `gsi` as the host last wrote it. GSIs count the I/O
+    /// APICs' pins in the MADT's order from 0 (each chip's GSI base is the sum of the pins
+    /// before it, as on every machine atoll has met; a MADT with gaps between bases would
+    /// shift this).
+    pub fn ioapic_entry_for_gsi(&self, gsi: u32) -> Option<u64> {
+        let irq = self.irq()?;
+        let inner = irq.inner.lock();
+        let mut base = 0u32;
+        for (_, apic) in &inner.ioapics {
+            let n = apic.entries() as u32;
+            if gsi < base.saturating_add(n) {
+                return apic.host_entry((gsi - base) as usize);
+            }
+            base = base.saturating_add(n);
+        }
+        None
+    }
+
     /// Gives the host's interrupt sources to remapping (before the host runs).
     pub fn set_irq(&self, irq: HostIrq) -> bool {
         let mut set = false;

@@ -199,7 +199,7 @@ pub(super) fn nested_page_fault(
                 Region::ControlRegisters(f) => {
                     super::control::register_access(shared, hw, f, g, size, value)
                 }
-                _ => super::control::ecam_access(shared, g, size, value),
+                _ => super::control::ecam_access(shared, hw, g, size, value),
             };
             if write {
                 access_fn(g, access.size, Some(store_value(vcpu, &access)));

@@ -103,6 +103,9 @@ pub trait HostHw {
     /// Kicks the core with physical APIC id `apic_id` (atoll's kick vector): an enclave's core
     /// whose channel the host rang.
     fn kick_core(&self, apic_id: u32);
+    /// Sends a fixed interrupt with `vector` to the core with physical APIC id `apic_id` (a
+    /// channel's interrupt, checked against the host's cores when the host programmed it).
+    fn interrupt_core(&self, apic_id: u32, vector: u8);
 }
 
 /// What the host exit handler asks the caller to do.

@@ -34,6 +34,7 @@ enum Call {
     Xsetbv(u64),
     Wbinvd,
     Kick(u32),
+    Interrupt(u32, u8),
 }
 
 /// A core whose CPUID sets every bit (so a hidden bit is visibly cleared), with the MSRs in
@@ -122,6 +123,9 @@ impl HostHw for Hw {
     }
     fn kick_core(&self, apic_id: u32) {
         self.log(Call::Kick(apic_id));
+    }
+    fn interrupt_core(&self, apic_id: u32, vector: u8) {
+        self.log(Call::Interrupt(apic_id, vector));
     }
     fn now_us(&self) -> u64 {
         0

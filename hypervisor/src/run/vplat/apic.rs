@@ -585,7 +585,13 @@ mod tests {
         x(&mut l0, &mut h, xreg::ICR_HIGH, Some(0x0200_0000)).unwrap();
         x(&mut l0, &mut h, xreg::ICR_LOW, Some(0x0000_0841)).unwrap();
         assert_eq!(h.kicks, [5]);
-        before_entry(&mut v1, &mut atoll_vcpu::SliceMemory(&mut []), &mut l1, &s, &mut h);
+        before_entry(
+            &mut v1,
+            &mut atoll_vcpu::SliceMemory(&mut []),
+            &mut l1,
+            &s,
+            &mut h,
+        );
         assert_eq!(v1.injected_irqs, [0x41]);
         // Physical to id 1 too; and to id 9 nobody (dropped).
         x(&mut l0, &mut h, xreg::ICR_HIGH, Some(0x0100_0000)).unwrap();
@@ -596,7 +602,13 @@ mod tests {
         // EOI through the page.
         x(&mut l1, &mut h, 0xb0, Some(0)).unwrap();
         v1.window_open = true;
-        before_entry(&mut v1, &mut atoll_vcpu::SliceMemory(&mut []), &mut l1, &s, &mut h);
+        before_entry(
+            &mut v1,
+            &mut atoll_vcpu::SliceMemory(&mut []),
+            &mut l1,
+            &s,
+            &mut h,
+        );
         assert_eq!(v1.injected_irqs, [0x41, 0x42]);
         // TSC-deadline through the LVT in the page and the MSR, which exists in xAPIC mode.
         x(&mut l1, &mut h, 0x320, Some((0b10 << 17) | 0xec)).unwrap();
@@ -627,10 +639,25 @@ mod tests {
             Some(Action::Resume)
         );
         assert_eq!(h.kicks, [5]);
-        assert_eq!(before_entry(&mut v1, &mut atoll_vcpu::SliceMemory(&mut []), &mut l1, &s, &mut h), Entry::Go);
+        assert_eq!(
+            before_entry(
+                &mut v1,
+                &mut atoll_vcpu::SliceMemory(&mut []),
+                &mut l1,
+                &s,
+                &mut h
+            ),
+            Entry::Go
+        );
         assert_eq!(v1.injected_irqs, [0xfd]);
         // Nothing for vCPU 0.
-        before_entry(&mut v0, &mut atoll_vcpu::SliceMemory(&mut []), &mut l0, &s, &mut h);
+        before_entry(
+            &mut v0,
+            &mut atoll_vcpu::SliceMemory(&mut []),
+            &mut l0,
+            &s,
+            &mut h,
+        );
         assert!(v0.injected_irqs.is_empty());
         // An IPI to id 7 names nobody in this enclave: dropped and counted, nobody kicked.
         h.kicks.clear();
@@ -674,7 +701,13 @@ mod tests {
         msr_write(&mut v, &mut l, &s, &mut h);
         wrmsr(&mut v, lapic::reg::TSC_DEADLINE, 6000);
         msr_write(&mut v, &mut l, &s, &mut h);
-        before_entry(&mut v, &mut atoll_vcpu::SliceMemory(&mut []), &mut l, &s, &mut h);
+        before_entry(
+            &mut v,
+            &mut atoll_vcpu::SliceMemory(&mut []),
+            &mut l,
+            &s,
+            &mut h,
+        );
         assert_eq!(h.armed, Some(5000), "armed in the core's TSC");
         v.gprs[Gpr::Rax as usize] = 0;
         msr_read(&mut v, &mut l, &h);

@@ -457,7 +457,13 @@ mod tests {
         };
         // THR-empty interrupt enabled: the line rises, the I/O APIC sends 0x24 to vCPU 0.
         out(&mut v, &mut l, &mut h, &mut c, 1, 0x02);
-        before_entry(&mut v, &mut atoll_vcpu::SliceMemory(&mut []), &mut l, &s, &mut h);
+        before_entry(
+            &mut v,
+            &mut atoll_vcpu::SliceMemory(&mut []),
+            &mut l,
+            &s,
+            &mut h,
+        );
         assert_eq!(v.injected_irqs, [0x24]);
         for b in b"ATOLL-GUEST-EXIT status=0\n" {
             out(&mut v, &mut l, &mut h, &mut c, 0, u64::from(*b));
@@ -499,7 +505,13 @@ mod tests {
         h.kicks.clear();
         assert_eq!(s.uart_receive(&[b'x'; 20], &mut h), 16);
         assert_eq!(h.kicks, [4]);
-        before_entry(&mut v, &mut atoll_vcpu::SliceMemory(&mut []), &mut l, &s, &mut h);
+        before_entry(
+            &mut v,
+            &mut atoll_vcpu::SliceMemory(&mut []),
+            &mut l,
+            &s,
+            &mut h,
+        );
         assert_eq!(v.injected_irqs, [0x34]);
         // No overrun was flagged.
         v.gprs[Gpr::Rax as usize] = 0;

@@ -695,23 +695,47 @@ mod tests {
         wrmsr(&mut v, lapic::reg::SELF_IPI, 0x40);
         msr_write(&mut v, &mut l, &s, &mut h);
         v.window_open = false;
-        before_entry(&mut v, &mut atoll_vcpu::SliceMemory(&mut []), &mut l, &s, &mut h);
+        before_entry(
+            &mut v,
+            &mut atoll_vcpu::SliceMemory(&mut []),
+            &mut l,
+            &s,
+            &mut h,
+        );
         assert!(v.injected_irqs.is_empty());
         assert!(v.window_requested);
         // The window opens: injected, and the request dropped.
         v.window_open = true;
-        before_entry(&mut v, &mut atoll_vcpu::SliceMemory(&mut []), &mut l, &s, &mut h);
+        before_entry(
+            &mut v,
+            &mut atoll_vcpu::SliceMemory(&mut []),
+            &mut l,
+            &s,
+            &mut h,
+        );
         assert_eq!(v.injected_irqs, [0x40]);
         assert!(!v.window_requested);
         // In service now: a second one of lower class waits for the EOI.
         wrmsr(&mut v, lapic::reg::SELF_IPI, 0x30);
         msr_write(&mut v, &mut l, &s, &mut h);
         v.window_open = true;
-        before_entry(&mut v, &mut atoll_vcpu::SliceMemory(&mut []), &mut l, &s, &mut h);
+        before_entry(
+            &mut v,
+            &mut atoll_vcpu::SliceMemory(&mut []),
+            &mut l,
+            &s,
+            &mut h,
+        );
         assert_eq!(v.injected_irqs, [0x40]);
         wrmsr(&mut v, lapic::reg::EOI, 0);
         msr_write(&mut v, &mut l, &s, &mut h);
-        before_entry(&mut v, &mut atoll_vcpu::SliceMemory(&mut []), &mut l, &s, &mut h);
+        before_entry(
+            &mut v,
+            &mut atoll_vcpu::SliceMemory(&mut []),
+            &mut l,
+            &s,
+            &mut h,
+        );
         assert_eq!(v.injected_irqs, [0x40, 0x30]);
     }
 
@@ -791,19 +815,46 @@ mod tests {
         msr_write(&mut v, &mut l, &s, &mut h);
         wrmsr(&mut v, lapic::reg::TSC_DEADLINE, 5000);
         msr_write(&mut v, &mut l, &s, &mut h);
-        before_entry(&mut v, &mut atoll_vcpu::SliceMemory(&mut []), &mut l, &s, &mut h);
+        before_entry(
+            &mut v,
+            &mut atoll_vcpu::SliceMemory(&mut []),
+            &mut l,
+            &s,
+            &mut h,
+        );
         assert_eq!(h.armed, Some(5000));
         let skipped = v.skipped;
-        assert_eq!(halt(&mut v, &mut atoll_vcpu::SliceMemory(&mut []), &mut l, &s, &mut h), Action::Resume);
+        assert_eq!(
+            halt(
+                &mut v,
+                &mut atoll_vcpu::SliceMemory(&mut []),
+                &mut l,
+                &s,
+                &mut h
+            ),
+            Action::Resume
+        );
         assert_eq!(v.skipped, skipped + 1);
         assert!(h.now >= 5000);
         assert_eq!(h.waits, 1);
-        before_entry(&mut v, &mut atoll_vcpu::SliceMemory(&mut []), &mut l, &s, &mut h);
+        before_entry(
+            &mut v,
+            &mut atoll_vcpu::SliceMemory(&mut []),
+            &mut l,
+            &s,
+            &mut h,
+        );
         assert_eq!(v.injected_irqs, [0xec]);
         // With interrupts off the boot vCPU halts for good.
         v.rflags = 0;
         assert!(matches!(
-            halt(&mut v, &mut atoll_vcpu::SliceMemory(&mut []), &mut l, &s, &mut h),
+            halt(
+                &mut v,
+                &mut atoll_vcpu::SliceMemory(&mut []),
+                &mut l,
+                &s,
+                &mut h
+            ),
             Action::Stop(EndReason::Halted { .. })
         ));
     }

@@ -156,12 +156,24 @@ mod tests {
         // Unrouted (another entry's vector; vCPU 0's route does not apply on vCPU 1): dropped.
         assert!(s.device_routes.set(0, DEVICE_VECTOR_BASE + 2, 0x42));
         mark(&mut h, DEVICE_VECTOR_BASE + 2);
-        before_entry(&mut v, &mut atoll_vcpu::SliceMemory(&mut []), &mut l, &s, &mut h);
+        before_entry(
+            &mut v,
+            &mut atoll_vcpu::SliceMemory(&mut []),
+            &mut l,
+            &s,
+            &mut h,
+        );
         assert_eq!(v.injected_irqs, [0x41]);
         assert_eq!(s.device_counters.delivered.load(Ordering::Relaxed), 1);
         assert_eq!(s.device_counters.unrouted.load(Ordering::Relaxed), 1);
         // Taken once: the next entry injects nothing more.
-        before_entry(&mut v, &mut atoll_vcpu::SliceMemory(&mut []), &mut l, &s, &mut h);
+        before_entry(
+            &mut v,
+            &mut atoll_vcpu::SliceMemory(&mut []),
+            &mut l,
+            &s,
+            &mut h,
+        );
         assert_eq!(v.injected_irqs, [0x41]);
     }
 
@@ -174,9 +186,24 @@ mod tests {
         enable_apic(&mut v, &mut l, &s, &mut h);
         s.device_routes.set(0, DEVICE_VECTOR_BASE, 0x50);
         mark(&mut h, DEVICE_VECTOR_BASE);
-        assert_eq!(halt(&mut v, &mut atoll_vcpu::SliceMemory(&mut []), &mut l, &s, &mut h), Action::Resume);
+        assert_eq!(
+            halt(
+                &mut v,
+                &mut atoll_vcpu::SliceMemory(&mut []),
+                &mut l,
+                &s,
+                &mut h
+            ),
+            Action::Resume
+        );
         assert_eq!(h.waits, 0, "the interrupt was there before the wait");
-        before_entry(&mut v, &mut atoll_vcpu::SliceMemory(&mut []), &mut l, &s, &mut h);
+        before_entry(
+            &mut v,
+            &mut atoll_vcpu::SliceMemory(&mut []),
+            &mut l,
+            &s,
+            &mut h,
+        );
         assert_eq!(v.injected_irqs, [0x50]);
     }
 

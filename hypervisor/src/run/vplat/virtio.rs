@@ -70,6 +70,8 @@ pub struct Channel {
     index: usize,
     window: Box<dyn SharedMem + Send + Sync>,
     devices: Vec<Linked>,
+    /// The host's protocol errors on this enclave's rings.
+    host_errors: core::sync::atomic::AtomicU64,
 }
 
 impl core::fmt::Debug for Channel {
@@ -111,12 +113,18 @@ impl Channel {
             index,
             window,
             devices,
+            host_errors: core::sync::atomic::AtomicU64::new(0),
         }
     }
 
     /// The channel function's index.
     pub fn index(&self) -> usize {
         self.index
+    }
+
+    /// The host's protocol errors on this enclave's rings so far.
+    pub fn host_errors(&self) -> u64 {
+        self.host_errors.load(core::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -300,6 +308,60 @@ impl Shared {
         self.channel.get()
     }
 
+    /// Each virtio device's kind and counters (for `atoll stats` and the summary; takes each
+    /// device's lock and the segment's briefly).
+    pub fn virtio_stats(&self) -> Vec<(&'static str, atoll_devices::virtio::Stats)> {
+        let Some(c) = self.channel.get() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for d in &c.devices {
+            let _rings = d.rings.lock();
+            let mut pci = self.pci.lock();
+            if let Some(f) = pci
+                .function_mut(Bdf {
+                    bus: 0,
+                    devfn: d.slot,
+                })
+                .and_then(|f| f.virtio())
+            {
+                let kind = match f.device_type() {
+                    atoll_devices::virtio::DeviceType::Net => "net",
+                    atoll_devices::virtio::DeviceType::Block => "blk",
+                    atoll_devices::virtio::DeviceType::Console => "console",
+                };
+                out.push((kind, f.stats()));
+            }
+        }
+        out
+    }
+
+    /// The virtio devices' counters as the summary shows them: one object per device.
+    pub fn virtio_report(&self) -> Option<serde_json::Value> {
+        let stats = self.virtio_stats();
+        if stats.is_empty() {
+            return None;
+        }
+        let host_errors = self.channel.get().map_or(0, Channel::host_errors);
+        let devices: Vec<serde_json::Value> = stats
+            .iter()
+            .map(|(kind, s)| {
+                serde_json::json!({
+                    "kind": kind,
+                    "notifications": s.notifications,
+                    "chains": s.chains,
+                    "bad_chains": s.bad_chains,
+                    "host_errors": s.host_errors,
+                    "resets": s.resets,
+                    "interrupts": s.interrupts,
+                    "dropped": s.dropped,
+                    "stale": s.stale,
+                })
+            })
+            .collect();
+        Some(serde_json::json!({ "devices": devices, "channel_host_errors": host_errors }))
+    }
+
     /// After a guest access to the PCI configuration space or a BAR: every virtio device
     /// processes what its driver notified and delivers the interrupts it raised.
     pub(super) fn virtio_after_access(
@@ -393,6 +455,8 @@ impl Shared {
             rings.status = status;
             if host_error {
                 state.host_error();
+                c.host_errors
+                    .fetch_add(1, core::sync::atomic::Ordering::Relaxed);
             }
             (tell, host_error || guest_reset)
         };

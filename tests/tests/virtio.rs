@@ -28,7 +28,10 @@ fn virtio_qemu() {
     let e = get("host.results.virtio_host_enclave");
     // The console: hvc0 is one of the enclave's kernel consoles.
     let consoles = e["consoles"].as_str().unwrap_or("");
-    assert!(consoles.split(' ').any(|c| c == "hvc0"), "consoles: {consoles}");
+    assert!(
+        consoles.split(' ').any(|c| c == "hvc0"),
+        "consoles: {consoles}"
+    );
     // The network: the sender's checksum is the receiver's, all 1 MiB of it.
     assert_eq!(e["tcp_sha256"], host["recv"]["sha256"], "{e}\n{host}");
     assert_eq!(e["tcp_bytes"], 1_048_576);
@@ -47,7 +50,10 @@ fn virtio_qemu() {
     // The enclave's file, read back in the host after destroy.
     let enclave_sha = e["enclave_sha256"].as_str().unwrap_or("");
     assert_eq!(enclave_sha.len(), 64, "{e}");
-    assert_eq!(host["enclave_file_sha256"], enclave_sha, "enclave.bin in the host");
+    assert_eq!(
+        host["enclave_file_sha256"], enclave_sha,
+        "enclave.bin in the host"
+    );
     assert_ne!(enclave_sha, host_sha);
     // The tap saw the traffic: at least the pings both ways.
     let tap = &host["tap_stats"];

@@ -79,19 +79,46 @@ pub const DEFAULT_SERIES: &str = "6.1";
 /// Busybox applets the image links to `/bin/busybox`: what `/init` runs, and a few for a human
 /// at `atoll.shell=1`.
 pub const APPLETS: &[&str] = &[
-    "sh", "mount", "umount", "dmesg", "poweroff", "reboot", "cat", "echo", "sleep", "ls", "uname",
+    "sh",
+    "mount",
+    "umount",
+    "dmesg",
+    "poweroff",
+    "reboot",
+    "cat",
+    "echo",
+    "sleep",
+    "ls",
+    "uname",
     // The build-like load of the `load:N` action.
-    "nproc", "mkdir", "rm", "gzip", "gunzip", "cmp",
+    "nproc",
+    "mkdir",
+    "rm",
+    "gzip",
+    "gunzip",
+    "cmp",
     // The lifecycle and soak actions (JSON assembly, output checks).
-    "grep", "tr", "head", "printf", "sed",
+    "grep",
+    "tr",
+    "head",
+    "printf",
+    "sed",
     // Kernel modules (the image's /lib/modules, see KERNEL_MODULES), the DMA action's disk read.
-    "insmod", "dd", "tail",
+    "insmod",
+    "dd",
+    "tail",
     // The SR-IOV actions: the interface, pings, sysfs links, the VF's config bytes.
-    "ip", "ping", "readlink", "od",
+    "ip",
+    "ping",
+    "readlink",
+    "od",
     // The network bench's host-to-host baseline: the second VF in a network namespace.
-    "unshare", "nsenter",
+    "unshare",
+    "nsenter",
     // The virtio actions: checksums of the disk's files, flushing them, and their names.
-    "sha256sum", "sync", "rmmod",
+    "sha256sum",
+    "sync",
+    "rmmod",
 ];
 
 /// Kernel modules the image carries, as paths under the package's `lib/modules/VERSION/kernel/`,
@@ -2095,7 +2122,10 @@ pub fn build_disk_image(out: &Path) -> Result<()> {
     // initialisation (nothing would finish it: the disk lives for one run).
     let o = Command::new(mkfs)
         .args(["-q", "-F", "-L", "atoll-disk", "-b", "4096"])
-        .args(["-E", "root_owner=0:0,lazy_itable_init=0,lazy_journal_init=0"])
+        .args([
+            "-E",
+            "root_owner=0:0,lazy_itable_init=0,lazy_journal_init=0",
+        ])
         .arg("-d")
         .arg(&src)
         .arg(out)
@@ -4301,7 +4331,12 @@ atoll_check() {
             assert!(calls.contains(step), "{step}: {calls}");
         }
         // hvc0 got the same result line, then the prompt; no input came (EOF): "none".
-        let line = format!("ATOLL-RESULT virtio_guest {}", out.lines().find_map(|l| l.strip_prefix("ATOLL-RESULT virtio_guest ")).unwrap());
+        let line = format!(
+            "ATOLL-RESULT virtio_guest {}",
+            out.lines()
+                .find_map(|l| l.strip_prefix("ATOLL-RESULT virtio_guest "))
+                .unwrap()
+        );
         assert!(hvc0.contains(&line), "{hvc0}");
         assert!(
             hvc0.ends_with("ATOLL-VIRTIO-INPUT?\nATOLL-VIRTIO-INPUT none\n"),
@@ -4419,22 +4454,31 @@ atoll_check() {
         // host reads back.
         let host_sha = r["host_sha256"].as_str().unwrap();
         assert_eq!(host_sha.len(), 64);
-        assert_eq!(result_of(&out, "virtio_host_enclave")["host_sha256"], host_sha);
+        assert_eq!(
+            result_of(&out, "virtio_host_enclave")["host_sha256"],
+            host_sha
+        );
         assert_eq!(
             r["enclave_file_sha256"],
             result_of(&out, "virtio_host_enclave")["enclave_sha256"]
         );
         // The description: one core, the three devices, the image writable.
-        assert!(desc.starts_with("name = \"virtio1\"\ncores = [1]\nmemory_mib = 256\n"), "{desc}");
+        assert!(
+            desc.starts_with("name = \"virtio1\"\ncores = [1]\nmemory_mib = 256\n"),
+            "{desc}"
+        );
         assert!(desc.contains(
             "cmdline = \"console=ttyS0 console=hvc0 loglevel=5 atoll.expect_cpus=1 atoll.expect_mem=256 \
              atoll.actions=virtio_guest atoll.net_ip=10.9.0.2/24 atoll.net_peer=10.9.0.1 \
              atoll.net_bytes=1048576 atoll.net_pings=30 atoll.tolerate=x\""
         ), "{desc}");
-        assert!(desc.ends_with(
-            "[[virtio]]\nkind = \"console\"\n\n[[virtio]]\nkind = \"net\"\ntap = \"atl0\"\n\n\
+        assert!(
+            desc.ends_with(
+                "[[virtio]]\nkind = \"console\"\n\n[[virtio]]\nkind = \"net\"\ntap = \"atl0\"\n\n\
              [[virtio]]\nkind = \"blk\"\npath = \"/var/lib/atoll/disk.img\"\n"
-        ), "{desc}");
+            ),
+            "{desc}"
+        );
         let order = [
             "atoll-check --tcp-recv 5001 --timeout 1300 --bytes 1048576 --seed 1",
             "atoll create ",
@@ -4453,7 +4497,12 @@ atoll_check() {
                 .unwrap_or_else(|| panic!("{step} after {at}: {calls}"));
         }
         // The image is loop-mounted before create (host.bin) and after destroy (enclave.bin).
-        assert_eq!(out.matches("mount -o loop /var/lib/atoll/disk.img ").count(), 2, "{out}");
+        assert_eq!(
+            out.matches("mount -o loop /var/lib/atoll/disk.img ")
+                .count(),
+            2,
+            "{out}"
+        );
         assert!(out.contains("ATOLL-ACTIONS end failed=0"), "{out}");
     }
 
@@ -4465,10 +4514,17 @@ atoll_check() {
         );
         let r = result_of(&out, "virtio_host");
         let p = r["problem"].as_str().unwrap();
-        assert!(p.starts_with("enclave.bin reads '") && p.ends_with("the enclave wrote 00ff"), "{p}");
+        assert!(
+            p.starts_with("enclave.bin reads '") && p.ends_with("the enclave wrote 00ff"),
+            "{p}"
+        );
         assert_eq!(r["channeld_log"], "daemon started", "{r}");
-        assert!(out.contains("ATOLL-ACTION-FAILED virtio_host: enclave.bin reads"), "{out}");
-        let (out, _, _) = run_virtio_host("atoll.role=host atoll.actions=virtio_host", "MATCHES=false");
+        assert!(
+            out.contains("ATOLL-ACTION-FAILED virtio_host: enclave.bin reads"),
+            "{out}"
+        );
+        let (out, _, _) =
+            run_virtio_host("atoll.role=host atoll.actions=virtio_host", "MATCHES=false");
         assert_eq!(
             result_of(&out, "virtio_host")["problem"],
             "the enclave's TCP stream did not arrive intact",

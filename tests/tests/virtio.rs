@@ -74,6 +74,12 @@ fn virtio_qemu() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
     assert!(uio >= 10, "uio interrupts: {irqs}");
+    // The console has its pty too (the host's /init mounts devpts).
+    let create = host["create"]["out"].as_str().unwrap_or("");
+    assert!(
+        create.contains("and pty /dev/pts/"),
+        "channeld's console: {create}"
+    );
     // atoll's log names the channel it gave the enclave.
     assert!(
         o.serial.contains("enclave 'virtio1': channel ") && o.serial.contains("(3 virtio devices)"),

@@ -363,6 +363,8 @@ export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
+# ptys: atoll-channeld gives an enclave's virtio console one beside its socket.
+mkdir -p /dev/pts && mount -t devpts devpts /dev/pts
 # The console, in case the kernel started init without one.
 exec </dev/console >/dev/console 2>&1
 set -f
@@ -2840,6 +2842,7 @@ linux-image-6.12.117+deb12-amd64 - Linux 6.12 for 64-bit PCs (signed)
             "mount -t proc proc /proc",
             "mount -t sysfs sysfs /sys",
             "mount -t devtmpfs devtmpfs /dev",
+            "mount -t devpts devpts /dev/pts",
             "atoll.expect_cpus=*) args=\"$args --expect-cpus ${word#*=}\"",
             "atoll.expect_mem=*) args=\"$args --expect-memory-mib ${word#*=}\"",
             "/atoll-check $args\n",

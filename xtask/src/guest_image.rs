@@ -395,7 +395,7 @@ virtio_ip=10.9.0.2
 virtio_peer=10.9.0.1
 virtio_disk=/var/lib/atoll/disk.img
 virtio_notify=""
-virtio_wait=1200
+virtio_wait=600
 net_words=""
 for word in $(cat /proc/cmdline); do
     case "$word" in
@@ -1330,7 +1330,7 @@ virtio_guest() {
         if vf_wait_carrier "$vf_if" 30; then
             vf_ping "$net_peer" "$net_pings"
             echo "virtio_guest: $ping_received of $ping_sent pings came back (average $ping_avg ms)"
-            tcp=$(/atoll-check --tcp-send "$net_peer" "$net_port" --bytes "$net_bytes" --seed "$net_seed" --timeout 900)
+            tcp=$(/atoll-check --tcp-send "$net_peer" "$net_port" --bytes "$net_bytes" --seed "$net_seed" --timeout 300)
             echo "virtio_guest: TCP $tcp"
             if [ -n "$why" ]; then
                 :
@@ -1389,11 +1389,8 @@ virtio_host() {
     fi
     lc_add host_sha256 "$(lc_str "$vh_host_sha")"
     lc_add hello_sha256 "$(lc_str "$vh_hello_sha")"
-    # 1 MiB unless the host's command line says otherwise: QEMU's emulated cores move it in
-    # minutes.
-    case "$net_words" in *atoll.net_bytes=*) ;; *) net_bytes=1048576 ;; esac
     if [ -z "$why" ]; then
-        /atoll-check --tcp-recv "$net_port" --timeout 1300 --bytes "$net_bytes" --seed "$net_seed" > $d/recv.json &
+        /atoll-check --tcp-recv "$net_port" --timeout 700 --bytes "$net_bytes" --seed "$net_seed" > $d/recv.json &
         rpid=$!
         lc_desc $d/$e.toml $e "${lc_cores%,*}" 256 linux \
             "console=ttyS0 console=hvc0 loglevel=5 atoll.expect_cpus=1 atoll.expect_mem=256 atoll.actions=virtio_guest atoll.net_ip=$virtio_ip/24 atoll.net_peer=$virtio_peer atoll.net_bytes=${net_bytes}$net_words $lc_args"
@@ -4329,7 +4326,7 @@ atoll_check() {
             "ip link set eth0 up",
             "ip addr add 10.9.0.2/24 dev eth0",
             "ping -c 20 -i 0.2 -W 5 10.9.0.1",
-            "atoll-check --tcp-send 10.9.0.1 5001 --bytes 65536 --seed 1 --timeout 900",
+            "atoll-check --tcp-send 10.9.0.1 5001 --bytes 65536 --seed 1 --timeout 300",
         ] {
             assert!(calls.contains(step), "{step}: {calls}");
         }
@@ -4473,7 +4470,7 @@ atoll_check() {
         assert!(desc.contains(
             "cmdline = \"console=ttyS0 console=hvc0 loglevel=5 atoll.expect_cpus=1 atoll.expect_mem=256 \
              atoll.actions=virtio_guest atoll.net_ip=10.9.0.2/24 atoll.net_peer=10.9.0.1 \
-             atoll.net_bytes=1048576 atoll.net_pings=30 atoll.tolerate=x\""
+             atoll.net_bytes=4194304 atoll.net_pings=30 atoll.tolerate=x\""
         ), "{desc}");
         assert!(
             desc.ends_with(
@@ -4483,10 +4480,10 @@ atoll_check() {
             "{desc}"
         );
         let order = [
-            "atoll-check --tcp-recv 5001 --timeout 1300 --bytes 1048576 --seed 1",
+            "atoll-check --tcp-recv 5001 --timeout 700 --bytes 4194304 --seed 1",
             "atoll create ",
             "ip addr add 10.9.0.1/24 dev atl0",
-            "atoll console virtio1 --no-input --until ATOLL-RESULT virtio_guest --timeout 1200",
+            "atoll console virtio1 --no-input --until ATOLL-RESULT virtio_guest --timeout 600",
             "atoll console virtio1 --no-input --until ATOLL-VIRTIO-INPUT? --timeout 120",
             "atoll console virtio1 --until ATOLL-VIRTIO-INPUT typed-through-virtio --timeout 120",
             "ping -c 30 -i 0.2 -W 5 10.9.0.2",

@@ -1425,6 +1425,32 @@ virtio_host() {
         fi
         lc_add tap_stats "{$(vf_packets atl0 tap)}"
         lc_add stats "$(atoll stats $e --json 2>/dev/null || echo null)"
+        vh_pings=$ping_received
+        if [ -n "$vh_res" ]; then
+            # The daemon maps its channel function's BAR0 and BAR2 and nothing else of any
+            # device (never /dev/mem).
+            vh_pid=$(cat /run/atoll/$e/channeld.pid 2>/dev/null)
+            vh_maps=$(grep -oE '(/sys|/dev)/[^ ]*' /proc/$vh_pid/maps 2>/dev/null | sort -u | tr '\n' ' ')
+            vh_fn=$(basename "$(dirname "$(echo "$vh_maps" | tr ' ' '\n' | grep resource2 | head -n 1)")")
+            vh_maps_ok=false
+            [ -n "$vh_fn" ] && vh_maps_ok=true
+            for m in $vh_maps; do
+                case $m in
+                    */$vh_fn/resource0|*/$vh_fn/resource2) ;;
+                    *) vh_maps_ok=false ;;
+                esac
+            done
+            lc_add channeld_maps "$(lc_str "$vh_maps")"
+            lc_add channeld_maps_ok $vh_maps_ok
+            # A hostile host: a producer index past the ring into the console's to-enclave ring
+            # (device 0). atoll counts it and resets that device's rings only: the network
+            # still answers, and the daemon starts the console over.
+            /atoll-check --channel-garbage "$vh_fn" --device 0 --timeout 30 > $d/garbage.json 2>/dev/null
+            lc_add garbage "$(tail -n 1 $d/garbage.json 2>/dev/null | grep '^{' || echo null)"
+            vf_ping "$virtio_ip" 10
+            lc_add pings_after_garbage "{\"sent\":$ping_sent,\"received\":$ping_received}"
+            lc_add stats_after_garbage "$(atoll stats $e --json 2>/dev/null || echo null)"
+        fi
         vh_log=$(tail -c 2000 /run/atoll/$e/channeld.log 2>/dev/null)
         # The daemon's INTx as the host's kernel counted it (uio), and its error counters.
         lc_add host_interrupts "$(lc_str "$(grep -E 'uio|ERR|MIS' /proc/interrupts)")"
@@ -1447,8 +1473,8 @@ virtio_host() {
             why="the enclave read host.bin as $(vf_field "$vh_res" host_sha256), not $vh_host_sha"
         elif [ -z "$vh_back" ] || [ "$(vf_field "$vh_res" enclave_sha256)" != "\"$vh_back\"" ]; then
             why="enclave.bin reads '$vh_back' in the host, the enclave wrote $(vf_field "$vh_res" enclave_sha256)"
-        elif [ "$ping_received" != "$net_pings" ]; then
-            why="$ping_received of $net_pings pings from the host came back"
+        elif [ "$vh_pings" != "$net_pings" ]; then
+            why="$vh_pings of $net_pings pings from the host came back"
         fi
     fi
     lc_add problem "$(lc_str "$why")"

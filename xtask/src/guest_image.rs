@@ -1099,6 +1099,153 @@ vf_host_outside() {
     echo "ATOLL-RESULT vf_host_outside {$lc}"
     lc=""
 }
+# The disk bench (`cargo xtask bench blk`, issue 14): fio's 4 KiB sequential and random reads
+# and writes (psync, one job at a time, atoll.blk_seconds each, over atoll.blk_mib MiB) on a raw
+# image file in the host's memory, first by the host itself, then by an enclave that has the
+# same file as its virtio-blk disk /dev/vda, served by atoll-channeld. The enclave's fio uses
+# O_DIRECT, so every I/O crosses the channel rather than its page cache. The host's tries
+# O_DIRECT too and, when its file system refuses it (the initramfs's tmpfs), runs buffered:
+# that file's pages are its storage, so buffered is the direct path there. The enclave pauses
+# atoll.blk_pause seconds after "ATOLL-BLK begin" and "ATOLL-BLK end" around its jobs, and the
+# host takes atoll's stats of it in each pause. Lines: "ATOLL-RESULT bench_blk_host {json}",
+# "ATOLL-RESULT bench_blk_enclave {the enclave's bench_blk_guest result}", "ATOLL-RESULT
+# bench_blk {json}" (the enclave's round, the stats, problem).
+blk_dir=/tmp/blk
+# name:fio's rw, in the order they run.
+blk_jobs="seqread:read seqwrite:write randread:randread randwrite:randwrite"
+# The bench's words on the kernel command line (whole numbers); defaults for the scenario.
+blk_params() {
+    blk_mib=32; blk_seconds=4; blk_pause=2
+    for w in $(cat /proc/cmdline); do
+        case "$w" in
+            atoll.blk_mib=*) blk_mib=${w#*=} ;;
+            atoll.blk_seconds=*) blk_seconds=${w#*=} ;;
+            atoll.blk_pause=*) blk_pause=${w#*=} ;;
+        esac
+    done
+    for v in "$blk_mib" "$blk_seconds" "$blk_pause"; do
+        case "$v" in ""|*[!0-9]*) why="atoll.blk_* parameter '$v' is not a whole number"; return 1 ;; esac
+    done
+}
+# fio's JSON (file $1, one job) cut to what the bench reads, in fio's own layout: one line
+# {"jobs":[{"jobname", "error", "read":{...}, "write":{...}}]} where read and write keep the
+# numbers that open fio's objects (io_bytes, bw_bytes, iops, runtime, total_ios, ...) and drop
+# its latency histograms: the whole document is some 6 KB, more than a console line carries.
+blk_reduce() {
+    j=$(tr -d ' \n\t' < "$1")
+    name=$(printf '%s' "$j" | sed -n 's/.*"jobname":\("[^"]*"\).*/\1/p')
+    err=$(printf '%s' "$j" | sed -n 's/.*"jobname":"[^"]*",[^{}]*"error":\([0-9]*\),.*/\1/p')
+    rd=$(printf '%s' "$j" | sed -n 's/.*"read":{\([^{}]*\),"[a-z_]*":{.*/\1/p')
+    wr=$(printf '%s' "$j" | sed -n 's/.*"write":{\([^{}]*\),"[a-z_]*":{.*/\1/p')
+    printf '{"jobname":%s,"error":%s,"read":{%s},"write":{%s}}' "${name:-null}" "${err:-null}" "$rd" "$wr"
+}
+# Runs the jobs on $1 with --direct=$2: their reduced JSON, comma-separated, in $blk_out; on
+# fio's failure returns 1 with the end of what it said in $blk_err.
+blk_fio() {
+    blk_out=""
+    blk_err=""
+    mkdir -p $blk_dir
+    for jr in $blk_jobs; do
+        job=${jr%%:*}
+        if ! fio --name="$job" --filename="$1" --rw="${jr#*:}" --bs=4k --size="${blk_mib}M" \
+            --direct="$2" --ioengine=psync --runtime="$blk_seconds" --time_based \
+            --output-format=json --output="$blk_dir/$job.json" > "$blk_dir/$job.err" 2>&1; then
+            blk_err="$job: $(tail -c 300 "$blk_dir/$job.err")"
+            return 1
+        fi
+        blk_out="$blk_out${blk_out:+,}$(blk_reduce "$blk_dir/$job.json")"
+    done
+}
+# In the enclave: waits for vda's capacity (channeld's configuration change may come after the
+# driver), runs the jobs on it between the markers, prints "ATOLL-RESULT bench_blk_guest
+# {json}" on its console and on hvc0, then stays up until destroyed.
+bench_blk_guest() {
+    bg_hvc=false
+    bg_sectors=null
+    blk_out=""; blk_err=""
+    if [ -e /sys/class/tty/hvc0 ]; then
+        bg_hvc=true
+        exec 4<>/dev/hvc0
+    fi
+    # Markers and the result on both consoles (the host's `atoll console` reads hvc0).
+    bg_say() {
+        echo "$1"
+        [ "$bg_hvc" = true ] && echo "$1" >&4
+    }
+    if blk_params; then
+        bg_t=0
+        while [ "$bg_t" -lt 30 ]; do
+            bg_sectors=$(cat /sys/block/vda/size 2>/dev/null || echo null)
+            [ "$bg_sectors" != null ] && [ "$bg_sectors" != 0 ] && break
+            sleep 1
+            bg_t=$((bg_t + 1))
+        done
+        if [ "$bg_sectors" = null ] || [ "$bg_sectors" = 0 ]; then
+            why="no disk vda with sectors (size $bg_sectors)"
+        fi
+    fi
+    bg_say "ATOLL-BLK begin"
+    sleep "${blk_pause:-0}"
+    if [ -z "$why" ]; then
+        blk_fio /dev/vda 1 || why="fio on /dev/vda failed"
+    fi
+    bg_say "ATOLL-BLK end"
+    sleep "${blk_pause:-0}"
+    bg_say "ATOLL-RESULT bench_blk_guest {\"sectors\":$bg_sectors,\"direct\":1,\"jobs\":[$blk_out],\"fio_error\":$(lc_str "$blk_err"),\"problem\":$(lc_str "$why")}"
+}
+# In the host: the image, the host's jobs, then the enclave's (see above).
+bench_blk() {
+    d=$blk_dir
+    mkdir -p $d
+    lc=""
+    e=blk1
+    bh_host=null; bh_res=""; bh_stats_begin=""; bh_stats_end=""
+    if blk_params; then
+        dd if=/dev/zero of=$d/disk.img bs=1048576 count="$blk_mib" 2>/dev/null || why="cannot write $d/disk.img"
+    fi
+    if [ -z "$why" ]; then
+        bh_direct=1
+        bh_direct_err=""
+        if ! blk_fio $d/disk.img 1; then
+            bh_direct=0
+            bh_direct_err=$blk_err
+            blk_fio $d/disk.img 0 || why="fio on the host's $d/disk.img failed: $blk_err"
+        fi
+        bh_host="{\"direct\":$bh_direct,\"direct_refused\":$(lc_str "$bh_direct_err"),\"jobs\":[$blk_out],\"fio_error\":$(lc_str "$blk_err")}"
+    fi
+    echo "ATOLL-RESULT bench_blk_host $bh_host"
+    if [ -z "$why" ]; then
+        lc_desc $d/$e.toml $e "${lc_cores%,*}" 256 linux \
+            "console=ttyS0 console=hvc0 loglevel=5 atoll.expect_cpus=1 atoll.expect_mem=256 atoll.actions=bench_blk_guest atoll.blk_mib=$blk_mib atoll.blk_seconds=$blk_seconds atoll.blk_pause=$blk_pause $lc_args"
+        printf '[[virtio]]\nkind = "console"\n\n[[virtio]]\nkind = "blk"\npath = "%s"\n' "$d/disk.img" >> $d/$e.toml
+        if lc_run create atoll create $d/$e.toml --offline-cores; then
+            atoll console $e --no-input --until "ATOLL-BLK begin" --timeout 600 > /dev/null 2>&1
+            bh_stats_begin=$(atoll stats $e --json 2>/dev/null)
+            atoll console $e --no-input --until "ATOLL-BLK end" --timeout 900 > /dev/null 2>&1
+            bh_stats_end=$(atoll stats $e --json 2>/dev/null)
+            atoll console $e --no-input --until "ATOLL-RESULT bench_blk_guest" --timeout 300 > $d/$e.out 2>&1
+            bh_rc=$?
+            lc_add console_rc $bh_rc
+            bh_res=$(grep -a "^ATOLL-RESULT bench_blk_guest " $d/$e.out | head -n 1 | sed "s/^ATOLL-RESULT bench_blk_guest //" | tr -d '\r')
+            if [ -z "$bh_res" ]; then
+                why="the enclave printed no bench_blk_guest result (atoll console exited $bh_rc)"
+                echo "bench_blk: atoll console $e: $(tail -c 600 $d/$e.out | tr '\r\n' '  ')"
+                while IFS= read -r l; do echo "bench_blk: channeld.log: $l"; done < /run/atoll/$e/channeld.log
+            elif [ "$(vf_field "$bh_res" problem)" != '""' ]; then
+                why="enclave: $(vf_field "$bh_res" problem): $(vf_field "$bh_res" fio_error)"
+            fi
+            lc_run destroy atoll destroy $e --online-cores
+        else
+            why="atoll create failed"
+        fi
+    fi
+    echo "ATOLL-RESULT bench_blk_enclave ${bh_res:-null}"
+    lc_add stats_begin "${bh_stats_begin:-null}"
+    lc_add stats_end "${bh_stats_end:-null}"
+    lc_add problem "$(lc_str "$why")"
+    echo "ATOLL-RESULT bench_blk {$lc}"
+    lc=""
+}
 # The network bench (`cargo xtask bench net`): the host enables two VFs. Baseline, host to
 # host over the PF: VF 1 bound to the host's own igbvf and moved into a network namespace (so
 # its traffic leaves through the NIC's switch to the PF rather than the host's loopback), with
@@ -1469,6 +1616,8 @@ for action in $actions; do
         bench_net) bench_net ;;
         bench_lifecycle) bench_lifecycle ;;
         bench_lifecycle_small) bench_lifecycle small ;;
+        bench_blk) bench_blk ;;
+        bench_blk_guest) bench_blk_guest; vf_then ;;
         soak:*)
             n=${action#*:}
             case "$n" in
@@ -2189,6 +2338,9 @@ pub fn build_initrd() -> Result<Initrd> {
     let cli_bytes = std::fs::read(&cli)?;
     let channeld = build_channeld()?;
     let channeld_bytes = std::fs::read(&channeld)?;
+    // The disk bench's fio (`bench_blk`), in the host and in enclaves alike.
+    let fio = crate::fio::build()?;
+    let fio_bytes = std::fs::read(&fio)?;
     let init = init_script();
     let key = cache_key(&[
         ("init", init.as_bytes()),
@@ -2197,6 +2349,7 @@ pub fn build_initrd() -> Result<Initrd> {
         ("atoll-check", &check_bytes),
         ("atoll", &cli_bytes),
         ("atoll-channeld", &channeld_bytes),
+        ("fio", &fio_bytes),
     ]);
     let dir = cache.join(format!("initrd-{key}"));
     let path = dir.join("initrd.cpio.gz");
@@ -2217,6 +2370,7 @@ pub fn build_initrd() -> Result<Initrd> {
     std::fs::copy(&check, rootfs.join("atoll-check"))?;
     std::fs::copy(&cli, rootfs.join("bin/atoll"))?;
     std::fs::copy(&channeld, rootfs.join("bin/atoll-channeld"))?;
+    std::fs::copy(&fio, rootfs.join("bin/fio"))?;
     std::fs::write(rootfs.join("init"), &init)?;
     std::fs::write(tmp.join("init"), &init)?;
     use std::os::unix::fs::PermissionsExt;
@@ -2226,6 +2380,7 @@ pub fn build_initrd() -> Result<Initrd> {
         "bin/busybox",
         "bin/atoll",
         "bin/atoll-channeld",
+        "bin/fio",
     ] {
         std::fs::set_permissions(rootfs.join(f), std::fs::Permissions::from_mode(0o755))?;
     }

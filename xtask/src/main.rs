@@ -97,6 +97,14 @@ enum Bench {
         #[arg(long, value_enum, default_value = "qemu")]
         emulator: Emulator,
     },
+    /// A virtio-blk disk over a channel window (QEMU only): fio's 4 KiB sequential and random
+    /// reads and writes in an enclave on its disk, served by atoll-channeld from a raw image,
+    /// against the host's on the same file, and the enclave's exits per I/O.
+    Blk {
+        /// qemu (SVM with VT-d); bochs is refused (no VT-d).
+        #[arg(long, value_enum, default_value = "qemu")]
+        emulator: Emulator,
+    },
     /// Idle Linux: boot linux-enclave with atoll.idle=N and report the exits per second (timer,
     /// IPI, HLT, other) atoll counted while the guest slept, and its boot-to-init time. With
     /// `--partition host`: boot the host's Linux alone as the root partition (scenario
@@ -229,6 +237,9 @@ fn main() {
         Cmd::Bench {
             which: Bench::Net { emulator },
         } => xtask::bench_net::bench(emulator),
+        Cmd::Bench {
+            which: Bench::Blk { emulator },
+        } => xtask::bench_blk::bench(emulator),
         Cmd::Bench {
             which:
                 Bench::Idle {

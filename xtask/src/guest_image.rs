@@ -819,12 +819,15 @@ vf_field() {
 # carrier_s and, when something is missing, why.
 vf_up() {
     vf_numbers_ok || return 1
-    insmod /lib/modules/igbvf.ko || echo "vf: insmod igbvf failed"
+    # The network bench's virtio-net enclave (vnet) runs the same with virtio_net, which /init
+    # loaded already.
+    vf_drv=${vf_driver:-igbvf}
+    [ "$vf_drv" = igbvf ] && { insmod /lib/modules/igbvf.ko || echo "vf: insmod igbvf failed"; }
     vf_t=0
-    while ! vf_iface igbvf; do
+    while ! vf_iface "$vf_drv"; do
         vf_t=$((vf_t + 1))
         if [ "$vf_t" -gt 10 ]; then
-            why="no interface is bound to igbvf"
+            why="no interface is bound to $vf_drv"
             return 1
         fi
         sleep 1
@@ -1246,6 +1249,64 @@ bench_blk() {
     echo "ATOLL-RESULT bench_blk {$lc}"
     lc=""
 }
+# The network bench's virtio-net round (issue 14), after the VF's: an enclave with a virtio-net
+# device on the host's tap atl0 (atoll.net_ip's 10.9.0.x: virtio_ip, the tap virtio_peer), served
+# by atoll-channeld, runs vf_net over it (the action vnet) with the same pings, transfer and
+# pauses, and atoll's stats of it are taken in the pauses. Lines "ATOLL-RESULT
+# bench_net_virtio_enclave {its vf_net result}" and "ATOLL-RESULT bench_net_virtio {json}"
+# (create, the host's receiver, the stats, problem).
+bench_net_virtio() {
+    d=/tmp/vf
+    mkdir -p $d
+    e=vnet1
+    vn_why=""; vn_res=""; vn_recv=""; vn_begin=""; vn_end=""
+    saved_why=$why
+    why=""
+    vn=""
+    /atoll-check --tcp-recv "$net_port" --timeout 1800 --bytes "$net_bytes" --seed "$net_seed" > $d/vnet_recv.json &
+    vn_rpid=$!
+    lc_desc $d/$e.toml $e "${lc_cores%,*}" 256 linux \
+        "console=ttyS0 loglevel=5 atoll.expect_cpus=1 atoll.expect_mem=256 atoll.actions=vnet atoll.net_ip=$virtio_ip/24 atoll.net_peer=${virtio_peer}$net_words $lc_args"
+    printf '[[virtio]]\nkind = "net"\ntap = "atl0"\n' >> $d/$e.toml
+    lc=""
+    if lc_run create atoll create $d/$e.toml --offline-cores; then
+        # The tap is channeld's, up once create returns.
+        lc_run tap ip addr add "$virtio_peer/24" dev atl0
+        atoll console $e --no-input --until "ATOLL-NET begin" --timeout 1800 > /dev/null 2>&1
+        vn_begin=$(atoll stats $e --json 2>/dev/null)
+        atoll console $e --no-input --until "ATOLL-NET end" --timeout 1800 > /dev/null 2>&1
+        vn_end=$(atoll stats $e --json 2>/dev/null)
+        atoll console $e --no-input --until "ATOLL-RESULT vf_net" --timeout 600 > $d/$e.out 2>&1
+        lc_add console_rc $?
+        vn_res=$(grep -a "^ATOLL-RESULT vf_net " $d/$e.out | head -n 1 | sed "s/^ATOLL-RESULT vf_net //" | tr -d '\r')
+        lc_add tap_packets "{$(vf_packets atl0 tap)}"
+        [ -n "$vn_res" ] || kill $vn_rpid 2>/dev/null
+        wait $vn_rpid
+        vn_recv=$(cat $d/vnet_recv.json 2>/dev/null)
+        if [ -z "$vn_res" ]; then
+            vn_why="the virtio-net enclave printed no vf_net result"
+            echo "bench_net: atoll console $e: $(tail -c 600 $d/$e.out | tr '\r\n' '  ')"
+            while IFS= read -r l; do echo "bench_net: channeld.log: $l"; done < /run/atoll/$e/channeld.log
+        elif [ "$(vf_field "$vn_res" problem)" != '""' ]; then
+            vn_why="virtio-net enclave: $(vf_field "$vn_res" problem)"
+        elif [ "$(vf_field "$vn_recv" matches)" != true ]; then
+            vn_why="the virtio-net enclave's file did not arrive intact"
+        fi
+        lc_run destroy atoll destroy $e --online-cores
+    else
+        kill $vn_rpid 2>/dev/null
+        wait $vn_rpid
+        vn_why="atoll create of the virtio-net enclave failed"
+    fi
+    echo "ATOLL-RESULT bench_net_virtio_enclave ${vn_res:-null}"
+    lc_add recv "${vn_recv:-null}"
+    lc_add stats_begin "${vn_begin:-null}"
+    lc_add stats_end "${vn_end:-null}"
+    lc_add problem "$(lc_str "$vn_why")"
+    echo "ATOLL-RESULT bench_net_virtio {$lc}"
+    lc=""
+    why=$saved_why
+}
 # The network bench (`cargo xtask bench net`): the host enables two VFs. Baseline, host to
 # host over the PF: VF 1 bound to the host's own igbvf and moved into a network namespace (so
 # its traffic leaves through the NIC's switch to the PF rather than the host's loopback), with
@@ -1366,6 +1427,8 @@ bench_net() {
     fi
     echo "ATOLL-RESULT bench_net_round {$lc}"
     lc=""
+    # virtio-net after a VF round that worked (its figures are compared with that round's).
+    [ -z "$why" ] && bench_net_virtio
     echo "ATOLL-RESULT bench_net {\"baseline\":$base,\"enclave\":${res:-null},\"stats_begin\":${vf_stats_begin:-null},\"stats_end\":${vf_stats_end:-null},\"problem\":$(lc_str "$why")}"
 }
 # The virtio actions (issue 14). In an enclave, virtio_guest uses the three virtio devices atoll
@@ -1617,6 +1680,7 @@ for action in $actions; do
         bench_lifecycle) bench_lifecycle ;;
         bench_lifecycle_small) bench_lifecycle small ;;
         bench_blk) bench_blk ;;
+        vnet) vf_driver=virtio_net; vf_net; vf_then ;;
         bench_blk_guest) bench_blk_guest; vf_then ;;
         soak:*)
             n=${action#*:}
@@ -4134,8 +4198,10 @@ atoll_check() {
             |d| bench_net_sysfs(d, virtfn1),
             |d| {
                 calls = std::fs::read_to_string(d.join("calls")).unwrap_or_default();
-                if let Ok(t) = std::fs::read_to_string(d.join("created-")) {
-                    descs.push(t);
+                for n in ["", "x"] {
+                    if let Ok(t) = std::fs::read_to_string(d.join(format!("created-{n}"))) {
+                        descs.push(t);
+                    }
                 }
                 let read = |p: &str| std::fs::read_to_string(d.join(p)).unwrap_or_default();
                 files = [
@@ -4198,6 +4264,15 @@ atoll_check() {
             "atoll stats vfnet1 --json",
             "atoll console vfnet1 --no-input --until ATOLL-RESULT vf_net",
             "atoll destroy vfnet1 --online-cores",
+            // Then virtio-net: the tap gets the host's address once create returns.
+            "atoll create ",
+            "ip addr add 10.9.0.1/24 dev atl0",
+            "atoll console vnet1 --no-input --until ATOLL-NET begin",
+            "atoll stats vnet1 --json",
+            "atoll console vnet1 --no-input --until ATOLL-NET end",
+            "atoll stats vnet1 --json",
+            "atoll console vnet1 --no-input --until ATOLL-RESULT vf_net",
+            "atoll destroy vnet1 --online-cores",
         ];
         // The receiver runs in the background: it logs its start whenever it gets to run.
         assert!(
@@ -4215,8 +4290,37 @@ atoll_check() {
             calls.contains("nsenter -t ") && calls.contains(" -n\nping -c 20"),
             "{calls}"
         );
-        // The enclave has VF 0 and pauses after its markers.
-        assert_eq!(descs.len(), 1, "{calls}");
+        // The virtio-net round: its receiver (as the VF enclave's), the enclave's result, the
+        // snapshots.
+        assert_eq!(
+            calls
+                .matches("atoll-check --tcp-recv 5001 --timeout 1800 --bytes 65536 --seed 1")
+                .count(),
+            2,
+            "{calls}"
+        );
+        let v = result_of(&out, "bench_net_virtio");
+        assert_eq!(v["problem"], "", "{out}");
+        assert_eq!(v["create"]["rc"], 0);
+        assert_eq!(v["recv"]["matches"], true);
+        assert_eq!(v["stats_begin"]["exits"], 12);
+        assert_eq!(result_of(&out, "bench_net_virtio_enclave")["iface"], "eth0");
+        // The VF's enclave has VF 0, the second a virtio-net device on the tap; both pause
+        // after their markers.
+        assert_eq!(descs.len(), 2, "{calls}");
+        assert!(
+            descs[1].ends_with("[[virtio]]\nkind = \"net\"\ntap = \"atl0\"\n"),
+            "{}",
+            descs[1]
+        );
+        assert!(
+            descs[1].contains(
+                "atoll.actions=vnet atoll.net_ip=10.9.0.2/24 atoll.net_peer=10.9.0.1 \
+                 atoll.net_pings=20 atoll.net_bytes=65536 atoll.net_pause=2"
+            ),
+            "{}",
+            descs[1]
+        );
         assert!(
             descs[0].ends_with("devices = [\"0000:01:10.0\"]\n"),
             "{}",
@@ -4249,6 +4353,8 @@ atoll_check() {
             out.contains("ATOLL-ACTION-FAILED bench_net: 0000:01:00.0 has no virtfn1"),
             "{out}"
         );
+        // No virtio-net round without the VF's to compare it with.
+        assert!(!out.contains("bench_net_virtio"), "{out}");
     }
 
     #[test]

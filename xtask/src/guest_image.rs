@@ -1437,11 +1437,11 @@ bench_net() {
 }
 # The virtio actions (issue 14). In an enclave, virtio_guest uses the three virtio devices atoll
 # emulates for it, whose host side is the host's atoll-channeld: its console (hvc0: the result
-# goes there, for the host's `atoll console`, and a line typed there is echoed back), its
-# network (the interface virtio_net drives gets atoll.net_ip, pings atoll.net_peer
-# atoll.net_pings times and sends atoll.net_bytes of atoll-check's stream atoll.net_seed to TCP
-# port atoll.net_port) and its disk (/dev/vda, ext4: the checksums of the files the host put
-# there, and a new file of random bytes with its checksum). Prints "ATOLL-RESULT virtio_guest
+# goes there, for the host's `atoll console`, and a line typed there is echoed back), its disk
+# (/dev/vda, ext4: the checksums of the files the host put there, and a new file of random
+# bytes with its checksum) and its network (the interface virtio_net drives gets atoll.net_ip,
+# pings atoll.net_peer atoll.net_pings times and sends atoll.net_bytes of atoll-check's stream
+# atoll.net_seed to TCP port atoll.net_port). Progress goes to its serial console. Prints "ATOLL-RESULT virtio_guest
 # {json}" on its serial console and on hvc0, then stays up until destroyed. In the host,
 # virtio_host puts a file on the disk image, creates that enclave and checks what it reports
 # (see virtio_host below).
@@ -1468,35 +1468,6 @@ virtio_guest() {
     else
         why="no hvc0"
     fi
-    # The network.
-    vf_numbers_ok
-    vg_t=0
-    while ! vf_iface virtio_net; do
-        vg_t=$((vg_t + 1))
-        if [ "$vg_t" -gt 10 ]; then
-            [ -z "$why" ] && why="no interface is bound to virtio_net"
-            break
-        fi
-        sleep 1
-    done
-    if [ -n "$vf_if" ]; then
-        vf_mac=$(cat "/sys/class/net/$vf_if/address")
-        ip link set "$vf_if" up
-        ip addr add "$net_ip" dev "$vf_if"
-        if vf_wait_carrier "$vf_if" 30; then
-            vf_ping "$net_peer" "$net_pings"
-            tcp=$(/atoll-check --tcp-send "$net_peer" "$net_port" --bytes "$net_bytes" --seed "$net_seed" --timeout 300)
-            if [ -n "$why" ]; then
-                :
-            elif [ "$ping_received" != "$net_pings" ]; then
-                why="$ping_received of $net_pings pings came back"
-            elif [ "$(vf_field "$tcp" error)" != null ]; then
-                why="the TCP transfer failed"
-            fi
-        else
-            [ -z "$why" ] && why="no carrier on $vf_if in 30 s"
-        fi
-    fi
     # The disk: its capacity comes from the host's daemon (a configuration change), so vda may
     # show 0 sectors first.
     vg_t=0
@@ -1520,6 +1491,38 @@ virtio_guest() {
         umount $virtio_dir/mnt && vg_umount=true
         [ -z "$why" ] && [ -z "$vg_enclave_sha" ] && why="writing enclave.bin failed"
         [ -z "$why" ] && [ "$vg_umount" != true ] && why="umount failed"
+    fi
+    echo "virtio_guest: disk: $vg_sectors sectors, mounted $vg_mounted, enclave.bin $vg_enclave_sha"
+    # The network.
+    vf_numbers_ok
+    vg_t=0
+    while ! vf_iface virtio_net; do
+        vg_t=$((vg_t + 1))
+        if [ "$vg_t" -gt 10 ]; then
+            [ -z "$why" ] && why="no interface is bound to virtio_net"
+            break
+        fi
+        sleep 1
+    done
+    if [ -n "$vf_if" ]; then
+        vf_mac=$(cat "/sys/class/net/$vf_if/address")
+        ip link set "$vf_if" up
+        ip addr add "$net_ip" dev "$vf_if"
+        if vf_wait_carrier "$vf_if" 30; then
+            vf_ping "$net_peer" "$net_pings"
+            echo "virtio_guest: $ping_received of $ping_sent pings came back (average $ping_avg ms)"
+            tcp=$(/atoll-check --tcp-send "$net_peer" "$net_port" --bytes "$net_bytes" --seed "$net_seed" --timeout 900)
+            echo "virtio_guest: TCP $tcp"
+            if [ -n "$why" ]; then
+                :
+            elif [ "$ping_received" != "$net_pings" ]; then
+                why="$ping_received of $net_pings pings came back"
+            elif [ "$(vf_field "$tcp" error)" != null ]; then
+                why="the TCP transfer failed"
+            fi
+        else
+            [ -z "$why" ] && why="no carrier on $vf_if in 30 s"
+        fi
     fi
     vg_res="{\"hvc0\":$vg_hvc,\"consoles\":$(lc_str "$vg_active"),\"iface\":$(lc_str "$vf_if"),\"mac\":$(lc_str "$vf_mac"),\"carrier_s\":$carrier_s,\"pings_sent\":$ping_sent,\"pings_received\":$ping_received,\"rtt_avg_ms\":$ping_avg,\"tcp_bytes\":$(vf_field "$tcp" bytes),\"tcp_sha256\":$(vf_field "$tcp" sha256),\"tcp_seconds\":$(vf_field "$tcp" seconds),\"tcp\":$tcp,\"disk_sectors\":$vg_sectors,\"mounted\":$vg_mounted,\"hello\":$(lc_str "$vg_hello"),\"host_sha256\":$(lc_str "$vg_host_sha"),\"enclave_sha256\":$(lc_str "$vg_enclave_sha"),\"unmounted\":$vg_umount,\"problem\":$(lc_str "$why")}"
     echo "ATOLL-RESULT virtio_guest $vg_res"
@@ -1560,17 +1563,20 @@ virtio_host() {
     fi
     lc_add host_sha256 "$(lc_str "$vh_host_sha")"
     lc_add hello_sha256 "$(lc_str "$vh_hello_sha")"
+    # 1 MiB unless the host's command line says otherwise: QEMU's emulated cores move it in
+    # minutes.
+    case "$net_words" in *atoll.net_bytes=*) ;; *) net_bytes=1048576 ;; esac
     if [ -z "$why" ]; then
-        /atoll-check --tcp-recv "$net_port" --timeout 480 --bytes "$net_bytes" --seed "$net_seed" > $d/recv.json &
+        /atoll-check --tcp-recv "$net_port" --timeout 1300 --bytes "$net_bytes" --seed "$net_seed" > $d/recv.json &
         rpid=$!
         lc_desc $d/$e.toml $e "${lc_cores%,*}" 256 linux \
-            "console=ttyS0 console=hvc0 loglevel=5 atoll.expect_cpus=1 atoll.expect_mem=256 atoll.actions=virtio_guest atoll.net_ip=$virtio_ip/24 atoll.net_peer=${virtio_peer}$net_words $lc_args"
+            "console=ttyS0 console=hvc0 loglevel=5 atoll.expect_cpus=1 atoll.expect_mem=256 atoll.actions=virtio_guest atoll.net_ip=$virtio_ip/24 atoll.net_peer=$virtio_peer atoll.net_bytes=${net_bytes}$net_words $lc_args"
         printf '[[virtio]]\nkind = "console"\n\n[[virtio]]\nkind = "net"\ntap = "atl0"\n\n[[virtio]]\nkind = "blk"\npath = "%s"\n' \
             "$virtio_disk" >> $d/$e.toml
         lc_run create atoll create $d/$e.toml --offline-cores
         # The tap is channeld's, up once create returns.
         lc_run tap ip addr add "$virtio_peer/24" dev atl0
-        atoll console $e --no-input --until "ATOLL-RESULT virtio_guest" --timeout 420 > $d/$e.out 2>&1
+        atoll console $e --no-input --until "ATOLL-RESULT virtio_guest" --timeout 1200 > $d/$e.out 2>&1
         vh_rc=$?
         lc_add console_rc $vh_rc
         if [ "$vh_rc" != 0 ]; then
@@ -4542,7 +4548,7 @@ atoll_check() {
             "ip link set eth0 up",
             "ip addr add 10.9.0.2/24 dev eth0",
             "ping -c 20 -i 0.2 -W 5 10.9.0.1",
-            "atoll-check --tcp-send 10.9.0.1 5001 --bytes 65536 --seed 1 --timeout 300",
+            "atoll-check --tcp-send 10.9.0.1 5001 --bytes 65536 --seed 1 --timeout 900",
         ] {
             assert!(calls.contains(step), "{step}: {calls}");
         }
@@ -4674,18 +4680,18 @@ atoll_check() {
         assert!(desc.starts_with("name = \"virtio1\"\ncores = [1]\nmemory_mib = 256\n"), "{desc}");
         assert!(desc.contains(
             "cmdline = \"console=ttyS0 console=hvc0 loglevel=5 atoll.expect_cpus=1 atoll.expect_mem=256 \
-             atoll.actions=virtio_guest atoll.net_ip=10.9.0.2/24 atoll.net_peer=10.9.0.1 atoll.net_pings=30 \
-             atoll.tolerate=x\""
+             atoll.actions=virtio_guest atoll.net_ip=10.9.0.2/24 atoll.net_peer=10.9.0.1 \
+             atoll.net_bytes=1048576 atoll.net_pings=30 atoll.tolerate=x\""
         ), "{desc}");
         assert!(desc.ends_with(
             "[[virtio]]\nkind = \"console\"\n\n[[virtio]]\nkind = \"net\"\ntap = \"atl0\"\n\n\
              [[virtio]]\nkind = \"blk\"\npath = \"/var/lib/atoll/disk.img\"\n"
         ), "{desc}");
         let order = [
-            "atoll-check --tcp-recv 5001 --timeout 480 --bytes 4194304 --seed 1",
+            "atoll-check --tcp-recv 5001 --timeout 1300 --bytes 1048576 --seed 1",
             "atoll create ",
             "ip addr add 10.9.0.1/24 dev atl0",
-            "atoll console virtio1 --no-input --until ATOLL-RESULT virtio_guest --timeout 420",
+            "atoll console virtio1 --no-input --until ATOLL-RESULT virtio_guest --timeout 1200",
             "atoll console virtio1 --no-input --until ATOLL-VIRTIO-INPUT? --timeout 120",
             "atoll console virtio1 --until ATOLL-VIRTIO-INPUT typed-through-virtio --timeout 120",
             "ping -c 30 -i 0.2 -W 5 10.9.0.2",

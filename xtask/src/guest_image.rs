@@ -3479,6 +3479,7 @@ linux-image-6.12.117+deb12-amd64 - Linux 6.12 for 64-bit PCs (signed)
                 &dir.join("pcidrivers").to_string_lossy(),
             )
             .replace("/tmp/vf", &dir.join("vf").to_string_lossy())
+            .replace("/tmp/blk", &dir.join("blk").to_string_lossy())
             .replace("/atoll-check ", "atoll_check ")
             // What is left of /proc (the bench's namespaces and /proc/net/dev).
             .replace(
@@ -4365,6 +4366,244 @@ atoll_check() {
         );
         // No virtio-net round without the VF's to compare it with.
         assert!(!out.contains("bench_net_virtio"), "{out}");
+    }
+
+    /// `fio` for the disk bench's actions: logs its arguments and writes, for `--output`, the
+    /// real fio 3.33 document of a read or a write job (xtask/testdata) under the job's name;
+    /// with `$NO_DIRECT` it refuses `--direct=1` as fio does on tmpfs, with `$FIO_FAIL` every
+    /// job. `dd` logs (the image).
+    fn blk_stubs(env: &str) -> String {
+        let data = crate::root().join("xtask/testdata");
+        format!(
+            "{env}\nlog() {{ echo \"$*\" >> \"$SANDBOX/calls\"; }}\n\
+             dd() {{ log \"dd $*\"; }}\n\
+             fio() {{
+    log \"fio $*\"
+    for a in \"$@\"; do
+        case \"$a\" in --name=*) n=${{a#*=}} ;; --output=*) o=${{a#*=}} ;; --direct=*) dr=${{a#*=}} ;; --rw=*) rw=${{a#*=}} ;; esac
+    done
+    if [ \"$dr\" = 1 ] && [ -n \"$NO_DIRECT\" ]; then
+        echo 'fio: looks like your file system does not support direct=1/buffered=0'
+        echo 'fio: destination does not support O_DIRECT'
+        return 1
+    fi
+    [ -n \"$FIO_FAIL\" ] && {{ echo \"fio: $FIO_FAIL\"; return 1; }}
+    case \"$rw\" in *read) f={}/fio-randread.json ;; *) f={}/fio-seqwrite.json ;; esac
+    sed \"s/\\\"jobname\\\" : \\\"[a-z]*\\\"/\\\"jobname\\\" : \\\"$n\\\"/\" \"$f\" > \"$o\"
+}}\n",
+            data.display(),
+            data.display()
+        )
+    }
+
+    /// `atoll` for the host's bench_blk: `create` keeps the description, `console` prints the
+    /// line it waits for (the enclave's result with no problem), `stats` a stand-in.
+    const BLK_HOST_STUBS: &str = r#"
+atoll() {
+    log "atoll $*"
+    case "$1" in
+        create) cp "$2" "$SANDBOX/created-" ;;
+        console) echo "booting"
+                 printf 'ATOLL-RESULT %s {"problem":""}\r\n' "${5#ATOLL-RESULT }" ;;
+        stats) echo '{"exits":12}' ;;
+    esac
+}
+"#;
+
+    const BLK_TOOLS: &[(&str, &str)] = &[
+        ("sed", "sed"),
+        ("tr", "tr"),
+        ("grep", "grep"),
+        ("head", "head"),
+        ("tail", "tail"),
+        ("mkdir", "mkdir"),
+        ("cp", "cp"),
+    ];
+
+    /// Runs the disk bench's actions; returns stdout, the calls, what went to hvc0 and the
+    /// enclave descriptions.
+    fn run_blk(cmdline: &str, env: &str, host: bool) -> (String, String, String, Vec<String>) {
+        let (mut calls, mut hvc0, mut descs) = (String::new(), String::new(), Vec::new());
+        let stubs = if host {
+            format!("{}\n{BLK_HOST_STUBS}", blk_stubs(env))
+        } else {
+            blk_stubs(env)
+        };
+        let (out, _) = run_actions_sandbox(
+            cmdline,
+            &[],
+            BLK_TOOLS,
+            &stubs,
+            |d| virtio_enclave_sysfs(d, true, Some("65536")),
+            |d| {
+                calls = std::fs::read_to_string(d.join("calls")).unwrap_or_default();
+                hvc0 = std::fs::read_to_string(d.join("hvc0")).unwrap_or_default();
+                if let Ok(t) = std::fs::read_to_string(d.join("created-")) {
+                    descs.push(t);
+                }
+            },
+        );
+        (out, calls, hvc0, descs)
+    }
+
+    #[test]
+    fn bench_blk_guest_runs_the_four_jobs_on_vda_with_o_direct() {
+        let (out, calls, hvc0, _) = run_blk(
+            "atoll.actions=bench_blk_guest atoll.blk_mib=8 atoll.blk_seconds=3 atoll.net_then=poweroff",
+            "",
+            false,
+        );
+        let r = result_of(&out, "bench_blk_guest");
+        assert_eq!(r["problem"], "", "{out}");
+        assert_eq!(r["sectors"], 65536);
+        assert_eq!(r["direct"], 1);
+        // What the bench parses, as it parses it.
+        let side = crate::bench_blk::Side::parse(&r, "enclave").unwrap();
+        assert!(side.direct && side.rates.len() == 4);
+        let fio: Vec<&str> = calls.lines().filter(|l| l.starts_with("fio ")).collect();
+        assert_eq!(fio.len(), 4, "{calls}");
+        for ((name, rw), line) in [
+            ("seqread", "read"),
+            ("seqwrite", "write"),
+            ("randread", "randread"),
+            ("randwrite", "randwrite"),
+        ]
+        .iter()
+        .zip(&fio)
+        {
+            assert!(
+                line.starts_with(&format!(
+                    "fio --name={name} --filename=/dev/vda --rw={rw} --bs=4k --size=8M --direct=1 \
+                     --ioengine=psync --runtime=3 --time_based --output-format=json --output="
+                )),
+                "{line}"
+            );
+        }
+        // The jobs run between the markers, each followed by a pause; the markers and the
+        // result reach hvc0 too.
+        let at = |s: &str| out.find(s).unwrap_or_else(|| panic!("{s}: {out}"));
+        assert!(at("ATOLL-BLK begin\nslept 2\n") < at("ATOLL-BLK end\nslept 2\n"));
+        assert!(at("ATOLL-BLK end") < at("ATOLL-RESULT bench_blk_guest"));
+        for l in ["ATOLL-BLK begin", "ATOLL-BLK end", "ATOLL-RESULT bench_blk_guest {"] {
+            assert!(hvc0.contains(l), "{l}: {hvc0}");
+        }
+        // It then stays up for the host (atoll.net_then=poweroff here: it goes on).
+        assert!(out.contains("ATOLL-ACTIONS end failed=0"), "{out}");
+    }
+
+    #[test]
+    fn bench_blk_guest_says_what_failed() {
+        let cmd = "atoll.actions=bench_blk_guest atoll.net_then=poweroff";
+        let (out, _, _, _) = run_blk(cmd, "FIO_FAIL='cannot open /dev/vda'", false);
+        let r = result_of(&out, "bench_blk_guest");
+        assert_eq!(r["problem"], "fio on /dev/vda failed");
+        assert_eq!(r["fio_error"], "seqread: fio: cannot open /dev/vda");
+        assert_eq!(r["jobs"], serde_json::json!([]));
+        let (out, calls, _, _) = run_blk(
+            "atoll.actions=bench_blk_guest atoll.blk_seconds=4s atoll.net_then=poweroff",
+            "",
+            false,
+        );
+        let r = result_of(&out, "bench_blk_guest");
+        assert_eq!(r["problem"], "atoll.blk_* parameter '4s' is not a whole number");
+        assert!(!calls.contains("fio "), "{calls}");
+        // The markers all the same, so the host waiting for them goes on.
+        assert!(out.contains("ATOLL-BLK begin") && out.contains("ATOLL-BLK end"), "{out}");
+    }
+
+    #[test]
+    fn bench_blk_runs_the_host_then_the_enclave_on_the_same_image() {
+        let (out, calls, _, descs) = run_blk(
+            "atoll.role=host atoll.actions=bench_blk atoll.lc_cores=1,1 atoll.blk_mib=8 \
+             atoll.blk_seconds=3",
+            "NO_DIRECT=1",
+            true,
+        );
+        let b = result_of(&out, "bench_blk");
+        assert_eq!(b["problem"], "", "{out}");
+        assert_eq!(b["create"]["rc"], 0);
+        assert_eq!(b["destroy"]["rc"], 0);
+        assert_eq!(b["stats_begin"]["exits"], 12);
+        assert_eq!(b["stats_end"]["exits"], 12);
+        // O_DIRECT refused on the host's file: buffered, and why.
+        let h = result_of(&out, "bench_blk_host");
+        assert_eq!(h["direct"], 0);
+        assert_eq!(
+            h["direct_refused"],
+            "seqread: fio: looks like your file system does not support direct=1/buffered=0 \
+             fio: destination does not support O_DIRECT"
+        );
+        let side = crate::bench_blk::Side::parse(&h, "host").unwrap();
+        assert!(!side.direct && side.rates.len() == 4);
+        assert_eq!(result_of(&out, "bench_blk_enclave")["problem"], "");
+        let order = [
+            "dd if=/dev/zero of=",
+            "fio --name=seqread --filename=",
+            "--direct=1",
+            "fio --name=seqread --filename=",
+            "--direct=0",
+            "fio --name=randwrite --filename=",
+            "--direct=0",
+            "atoll create ",
+            "atoll console blk1 --no-input --until ATOLL-BLK begin --timeout 300",
+            "atoll stats blk1 --json",
+            "atoll console blk1 --no-input --until ATOLL-BLK end --timeout 252",
+            "atoll stats blk1 --json",
+            "atoll console blk1 --no-input --until ATOLL-RESULT bench_blk_guest",
+            "atoll destroy blk1 --online-cores",
+        ];
+        let mut at = 0;
+        for step in order {
+            at += calls[at..]
+                .find(step)
+                .unwrap_or_else(|| panic!("{step} after {at}: {calls}"));
+        }
+        assert!(calls.contains("bs=1048576 count=8"), "{calls}");
+        // The enclave gets the host's image as its disk and the bench's words.
+        assert_eq!(descs.len(), 1, "{calls}");
+        let img = calls
+            .lines()
+            .find_map(|l| l.strip_prefix("dd if=/dev/zero of="))
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap();
+        assert!(
+            descs[0].ends_with(&format!(
+                "[[virtio]]\nkind = \"console\"\n\n[[virtio]]\nkind = \"blk\"\npath = \"{img}\"\n"
+            )),
+            "{}",
+            descs[0]
+        );
+        assert!(
+            descs[0].contains(
+                "atoll.actions=bench_blk_guest atoll.blk_mib=8 atoll.blk_seconds=3 atoll.blk_pause=2"
+            ),
+            "{}",
+            descs[0]
+        );
+        assert!(out.contains("ATOLL-ACTIONS end failed=0"), "{out}");
+    }
+
+    #[test]
+    fn bench_blk_without_fio_on_the_host_creates_nothing() {
+        let (out, calls, _, descs) = run_blk(
+            "atoll.role=host atoll.actions=bench_blk",
+            "FIO_FAIL='no such engine'",
+            true,
+        );
+        let b = result_of(&out, "bench_blk");
+        assert!(
+            b["problem"]
+                .as_str()
+                .unwrap()
+                .ends_with("failed: seqread: fio: no such engine"),
+            "{out}"
+        );
+        assert_eq!(b["stats_begin"], Value::Null);
+        assert_eq!(result_of(&out, "bench_blk_enclave"), Value::Null);
+        assert!(descs.is_empty() && !calls.contains("atoll create"), "{calls}");
+        assert!(out.contains("ATOLL-ACTION-FAILED bench_blk: fio on the host's"), "{out}");
     }
 
     #[test]

@@ -91,7 +91,7 @@ pub const APPLETS: &[&str] = &[
     // The network bench's host-to-host baseline: the second VF in a network namespace.
     "unshare", "nsenter",
     // The virtio actions: checksums of the disk's files, flushing them, and their names.
-    "sha256sum", "sync",
+    "sha256sum", "sync", "rmmod",
 ];
 
 /// Kernel modules the image carries, as paths under the package's `lib/modules/VERSION/kernel/`,
@@ -365,6 +365,7 @@ dma_canaries=""
 virtio_ip=10.9.0.2
 virtio_peer=10.9.0.1
 virtio_disk=/var/lib/atoll/disk.img
+virtio_notify=""
 net_words=""
 for word in $(cat /proc/cmdline); do
     case "$word" in
@@ -388,6 +389,7 @@ for word in $(cat /proc/cmdline); do
         atoll.net_base_ip=*) net_base_ip=${word#*=} ;;
         atoll.net_then=*) net_then=${word#*=} ;;
         atoll.net_outside=*) net_outside=${word#*=} ;;
+        atoll.virtio_notify=*) virtio_notify=${word#*=} ;;
         atoll.dma_canaries=*) dma_canaries=${word#*=} ;;
         atoll.idle=*) idle=${word#*=} ;;
         atoll.idle_timer=*) idle_timer=${word#*=} ;;
@@ -1552,6 +1554,13 @@ virtio_host() {
     lc=""
     e=virtio1
     vh_host_sha=""; vh_hello_sha=""; vh_res=""; vh_recv=""; vh_log=""
+    # atoll.virtio_notify=poll: without uio_pci_generic atoll-channeld maps the channel through
+    # sysfs and polls it (every 10 ms) instead of waiting for its INTx: to tell a notification
+    # problem from the rest.
+    if [ "$virtio_notify" = poll ]; then
+        rmmod uio_pci_generic || echo "virtio_host: rmmod uio_pci_generic failed"
+    fi
+    lc_add notify "$(lc_str "${virtio_notify:-interrupt}")"
     load_modules loop crc16 mbcache crc32c_generic jbd2 ext4
     if ! mount -o loop "$virtio_disk" $d/mnt; then
         why="cannot loop-mount $virtio_disk"

@@ -179,7 +179,9 @@ impl BlkBench {
         let host_side = Side::parse(host, "the host's fio")?;
         let enclave_side = Side::parse(enclave, "the enclave's fio")?;
         if !enclave_side.direct {
-            bail!("the enclave's fio ran buffered: its page cache, not the disk, would be measured");
+            bail!(
+                "the enclave's fio ran buffered: its page cache, not the disk, would be measured"
+            );
         }
         let snapshot = |k: &str| {
             bench
@@ -216,12 +218,7 @@ impl BlkBench {
         let mode = |d: bool| if d { "O_DIRECT" } else { "buffered" };
         let mut out = format!(
             "{:<16} {:>10} {:>10} {:>10} {:>10} {:>8}\n",
-            "4 KiB, psync",
-            "enclave",
-            "",
-            "host",
-            "",
-            "ratio"
+            "4 KiB, psync", "enclave", "", "host", "", "ratio"
         );
         out.push_str(&format!(
             "{:<16} {:>10} {:>10} {:>10} {:>10}\n",
@@ -308,18 +305,42 @@ impl BlkBench {
     }
 }
 
+/// The host's command-line word that makes its `/init` unload `uio_pci_generic` before the
+/// enclave is created, so `atoll-channeld` polls its channel (every 10 ms) instead of waiting
+/// for the channel function's INTx (`--virtio-poll`).
+pub const POLL_WORD: &str = "atoll.virtio_notify=poll";
+
+/// The run's options: the scenario, and with `poll` the host's [`POLL_WORD`].
+pub fn run_options(emulator: Emulator, scenario: &str, poll: bool) -> RunOptions {
+    let mut o = RunOptions::new(emulator, scenario);
+    if poll {
+        o.enclave_cmdline.push(("host".into(), POLL_WORD.into()));
+    }
+    o
+}
+
+/// How atoll-channeld learnt of the enclave's requests, for the printout.
+pub fn notify_note(poll: bool) -> &'static str {
+    if poll {
+        "atoll-channeld polling its channel every 10 ms (--virtio-poll)"
+    } else {
+        "atoll-channeld woken by the channel function's INTx"
+    }
+}
+
 /// Runs the bench and prints its table.
-pub fn bench(emulator: Emulator) -> Result<()> {
+pub fn bench(emulator: Emulator, poll: bool) -> Result<()> {
     if emulator == Emulator::Bochs {
         bail!("{BOCHS_REFUSAL}");
     }
     let scenario = Scenario::load(SCENARIO)?;
     eprintln!(
-        "bench blk: {SCENARIO} on {} (timeout {} s)",
+        "bench blk: {SCENARIO} on {} (timeout {} s), {}",
         emulator.name(),
-        scenario.timeout_s.qemu
+        scenario.timeout_s.qemu,
+        notify_note(poll)
     );
-    let o = run(&RunOptions::new(emulator, SCENARIO))?;
+    let o = run(&run_options(emulator, SCENARIO, poll))?;
     if !o.passed() {
         bail!("{}", o.failure());
     }
@@ -336,11 +357,12 @@ pub fn bench(emulator: Emulator) -> Result<()> {
     println!(
         "a virtio-blk disk over a channel window (QEMU, {}): fio in the enclave on /dev/vda, \
          served by atoll-channeld from a raw image in the host's memory, against fio in the host \
-         on that file",
+         on that file; {}",
         summary
             .get("cpu_virt")
             .and_then(Value::as_str)
-            .unwrap_or("-")
+            .unwrap_or("-"),
+        notify_note(poll)
     );
     if !figures.host.direct {
         println!(
@@ -354,9 +376,11 @@ pub fn bench(emulator: Emulator) -> Result<()> {
     out["bench"] = json!("blk");
     out["emulator"] = json!(emulator.name());
     out["cpu_virt"] = summary.get("cpu_virt").cloned().unwrap_or(Value::Null);
+    out["notify"] = json!(if poll { "poll" } else { "interrupt" });
     out["command"] = json!(format!(
-        "cargo xtask bench blk --emulator {}",
-        emulator.name()
+        "cargo xtask bench blk --emulator {}{}",
+        emulator.name(),
+        if poll { " --virtio-poll" } else { "" }
     ));
     out["results"] =
         json!({ "bench_blk_host": host, "bench_blk_enclave": enclave, "bench_blk": bench });
@@ -375,10 +399,9 @@ mod tests {
 
     /// Real fio 3.33 output (`--output-format=json`, a 1 s job on a file).
     fn fixture(name: &str) -> Value {
-        let text = std::fs::read_to_string(
-            crate::root().join(format!("xtask/testdata/fio-{name}.json")),
-        )
-        .unwrap();
+        let text =
+            std::fs::read_to_string(crate::root().join(format!("xtask/testdata/fio-{name}.json")))
+                .unwrap();
         serde_json::from_str(&text).unwrap()
     }
 
@@ -431,7 +454,10 @@ mod tests {
         // iops × runtime is the I/O count, bw is iops × 4 KiB (fio's own arithmetic).
         let ios = r.iops * r.runtime_ms as f64 / 1000.0;
         assert!((ios - r.ios as f64).abs() / (r.ios as f64) < 0.01, "{r:?}");
-        assert!((r.bytes_per_s / r.iops - 4096.0).abs() < 4096.0 * 0.01, "{r:?}");
+        assert!(
+            (r.bytes_per_s / r.iops - 4096.0).abs() < 4096.0 * 0.01,
+            "{r:?}"
+        );
         let w = fio_job(&fixture("seqwrite"), "seqwrite", Dir::Write).unwrap();
         assert!(w.ios > 0, "{w:?}");
         // The other direction did nothing: no rate.
@@ -518,7 +544,9 @@ mod tests {
         let (host, enclave, bench) = docs();
         let mut b = bench.clone();
         b["problem"] = json!("enclave: fio on /dev/vda failed");
-        let e = BlkBench::parse(&host, &enclave, &b).unwrap_err().to_string();
+        let e = BlkBench::parse(&host, &enclave, &b)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("/dev/vda failed"), "{e}");
         let e = BlkBench::parse(&host, &Value::Null, &bench)
             .unwrap_err()
@@ -528,7 +556,10 @@ mod tests {
         let mut en = enclave.clone();
         en["jobs"].as_array_mut().unwrap().pop();
         let e = format!("{:#}", BlkBench::parse(&host, &en, &bench).unwrap_err());
-        assert!(e.contains("no job randwrite") && e.contains("enclave"), "{e}");
+        assert!(
+            e.contains("no job randwrite") && e.contains("enclave"),
+            "{e}"
+        );
         let mut en = enclave.clone();
         en["jobs"][1]["error"] = json!(5);
         let e = format!("{:#}", BlkBench::parse(&host, &en, &bench).unwrap_err());
@@ -541,12 +572,34 @@ mod tests {
         // No stats snapshot; counters going backwards.
         let mut b = bench.clone();
         b["stats_end"] = Value::Null;
-        let e = BlkBench::parse(&host, &enclave, &b).unwrap_err().to_string();
+        let e = BlkBench::parse(&host, &enclave, &b)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("stats_end"), "{e}");
         let mut b = bench;
         b["stats_end"] = stats(17_000_000, 5, 7100, 3005);
-        let e = BlkBench::parse(&host, &enclave, &b).unwrap_err().to_string();
+        let e = BlkBench::parse(&host, &enclave, &b)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("hlt went backwards"), "{e}");
+    }
+
+    #[test]
+    fn polling_is_asked_of_the_hosts_init() {
+        let o = run_options(Emulator::Qemu, SCENARIO, true);
+        assert_eq!(
+            o.enclave_cmdline,
+            vec![("host".to_string(), POLL_WORD.to_string())]
+        );
+        assert!(run_options(Emulator::Qemu, SCENARIO, false)
+            .enclave_cmdline
+            .is_empty());
+        // /init reads the word and the benches' host actions act on it.
+        let init = crate::guest_image::init_script();
+        assert!(init.contains("atoll.virtio_notify=*) virtio_notify=${word#*=} ;;"));
+        assert!(
+            init.contains("if [ \"$virtio_notify\" = poll ]; then\n        rmmod uio_pci_generic")
+        );
     }
 
     #[test]
@@ -572,7 +625,7 @@ mod tests {
             .map(|j| j.split(':').next().unwrap())
             .collect();
         assert_eq!(run, names);
-        let e = bench(Emulator::Bochs).unwrap_err().to_string();
+        let e = bench(Emulator::Bochs, false).unwrap_err().to_string();
         assert!(e.contains("--emulator qemu"), "{e}");
     }
 }

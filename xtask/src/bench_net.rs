@@ -28,7 +28,7 @@
 //! --tcp-recv`: from its accept to the sender's end of file) for both sides, so one clock
 //! measures both. This prints a table and writes `target/bench/net-qemu.json`.
 
-use crate::run::{run, RunOptions};
+use crate::run::run;
 use crate::scenario::{lookup, Emulator, Scenario};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
@@ -546,8 +546,9 @@ impl NetBench {
     }
 }
 
-/// Runs the bench and prints its table.
-pub fn bench(emulator: Emulator) -> Result<()> {
+/// Runs the bench and prints its table (`poll`: the virtio-net round with atoll-channeld
+/// polling, see [`crate::bench_blk::POLL_WORD`]).
+pub fn bench(emulator: Emulator, poll: bool) -> Result<()> {
     if emulator == Emulator::Bochs {
         bail!("{BOCHS_REFUSAL}");
     }
@@ -557,7 +558,7 @@ pub fn bench(emulator: Emulator) -> Result<()> {
         emulator.name(),
         scenario.timeout_s.qemu
     );
-    let o = run(&RunOptions::new(emulator, SCENARIO))?;
+    let o = run(&crate::bench_blk::run_options(emulator, SCENARIO, poll))?;
     if !o.passed() {
         bail!("{}", o.failure());
     }
@@ -583,11 +584,12 @@ pub fn bench(emulator: Emulator) -> Result<()> {
     println!(
         "the network over a passed-through VF (QEMU igb, {}), enclave ↔ host over VF 0 and \
          host ↔ host over VF 1, both through the NIC's switch to the PF; then an enclave ↔ the \
-         host's tap over virtio-net served by atoll-channeld",
+         host's tap over virtio-net served by atoll-channeld ({})",
         summary
             .get("cpu_virt")
             .and_then(Value::as_str)
-            .unwrap_or("-")
+            .unwrap_or("-"),
+        crate::bench_blk::notify_note(poll)
     );
     print!("{}", figures.table());
     println!("wall {:.1} s", o.wall.as_secs_f64());
@@ -595,9 +597,11 @@ pub fn bench(emulator: Emulator) -> Result<()> {
     out["bench"] = json!("net");
     out["emulator"] = json!(emulator.name());
     out["cpu_virt"] = summary.get("cpu_virt").cloned().unwrap_or(Value::Null);
+    out["notify"] = json!(if poll { "poll" } else { "interrupt" });
     out["command"] = json!(format!(
-        "cargo xtask bench net --emulator {}",
-        emulator.name()
+        "cargo xtask bench net --emulator {}{}",
+        emulator.name(),
+        if poll { " --virtio-poll" } else { "" }
     ));
     out["results"] = json!({ "bench_net": bench, "bench_net_round": round,
         "bench_net_virtio": virtio_round, "bench_net_virtio_enclave": virtio_enclave });
@@ -733,14 +737,20 @@ mod tests {
         assert_eq!(j["virtio_net"]["throughput_vs_vf"], json!(0.5));
         assert_eq!(j["virtio_net"]["throughput_vs_baseline"], json!(0.25));
         assert_eq!(j["virtio_net"]["exits_per_packet"], json!(0.75));
-        assert_eq!(j["virtio_net"]["data_phase"]["exits_by_kind"]["hlt"], json!(1000));
+        assert_eq!(
+            j["virtio_net"]["data_phase"]["exits_by_kind"]["hlt"],
+            json!(1000)
+        );
         // Goals missed are said so.
         let mut slow = f.clone();
         let v = slow.virtio.as_mut().unwrap();
         v.side.tcp_seconds = 16.0;
         v.side.packets.tx_after = 1000;
         let t = slow.table();
-        assert!(t.contains("0.25, not met; exits per packet < 1: 1.50, not met"), "{t}");
+        assert!(
+            t.contains("0.25, not met; exits per packet < 1: 1.50, not met"),
+            "{t}"
+        );
     }
 
     #[test]
@@ -755,7 +765,10 @@ mod tests {
         let mut r = vr.clone();
         r["recv"]["matches"] = json!(false);
         let e = VirtioNet::parse(&r, &ve).unwrap_err().to_string();
-        assert!(e.contains("virtio-net enclave") && e.contains("intact"), "{e}");
+        assert!(
+            e.contains("virtio-net enclave") && e.contains("intact"),
+            "{e}"
+        );
         let mut r = vr;
         r["stats_begin"] = Value::Null;
         let e = VirtioNet::parse(&r, &ve).unwrap_err().to_string();
@@ -822,7 +835,7 @@ mod tests {
                 .unwrap();
         assert!(machine.contains("atoll.actions=bench_net"), "{machine}");
         assert!(crate::guest_image::init_script().contains("bench_net) bench_net ;;"));
-        let e = bench(Emulator::Bochs).unwrap_err().to_string();
+        let e = bench(Emulator::Bochs, false).unwrap_err().to_string();
         assert!(e.contains("--emulator qemu"), "{e}");
     }
 }

@@ -159,6 +159,8 @@ pub struct Snapshot {
     pub exits: BTreeMap<String, u64>,
     pub interrupts_injected: u64,
     pub device_interrupts: u64,
+    /// Descriptor chains its virtio devices completed (when its stats count them).
+    pub virtio_chains: Option<u64>,
 }
 
 impl Snapshot {
@@ -190,6 +192,10 @@ impl Snapshot {
             exits,
             interrupts_injected: count(e, "interrupts_injected", what)?,
             device_interrupts: count(e, "device_interrupts", what)?,
+            virtio_chains: match e.get("virtio_chains") {
+                None => None,
+                Some(_) => Some(count(e, "virtio_chains", what)?),
+            },
         })
     }
 }
@@ -202,6 +208,8 @@ pub struct Window {
     pub exits: Vec<(String, u64)>,
     pub interrupts_injected: u64,
     pub device_interrupts: u64,
+    /// Virtio descriptor chains completed, when both snapshots count them.
+    pub virtio_chains: Option<u64>,
 }
 
 impl Window {
@@ -235,6 +243,10 @@ impl Window {
                 end.device_interrupts,
                 "device_interrupts",
             )?,
+            virtio_chains: match (begin.virtio_chains, end.virtio_chains) {
+                (Some(a), Some(b)) => Some(sub(a, b, "virtio_chains")?),
+                _ => None,
+            },
         })
     }
 
@@ -466,6 +478,9 @@ impl NetBench {
         }
         row("device interrupts", w.device_interrupts);
         row("interrupts injected", w.interrupts_injected);
+        if let Some(c) = w.virtio_chains {
+            row("virtio chains completed", c);
+        }
         let met = |ok: bool| if ok { "met" } else { "not met" };
         let ratio = self.virtio_vs_vf(v);
         out.push_str(&format!(
@@ -502,6 +517,7 @@ impl NetBench {
                     "exits_by_kind": w.exits.iter().map(|(k, n)| (k.clone(), json!(n))).collect::<serde_json::Map<_, _>>(),
                     "device_interrupts": w.device_interrupts,
                     "interrupts_injected": w.interrupts_injected,
+                    "virtio_chains": w.virtio_chains,
                 },
             });
         }
@@ -699,9 +715,11 @@ mod tests {
 
     fn virtio_docs() -> (Value, Value) {
         let enclave = side(3.0, (0, 1000), (0, 3000));
-        let round = json!({"create": {"rc": 0}, "recv": recv(16 << 20, 8.0),
+        let mut round = json!({"create": {"rc": 0}, "recv": recv(16 << 20, 8.0),
             "stats_begin": stats(1_000_000, 10, 20, 30, 40, 0),
             "stats_end": stats(21_000_000, 1010, 2020, 30, 2040, 0), "problem": ""});
+        round["stats_begin"]["enclaves"][0]["virtio_chains"] = json!(100);
+        round["stats_end"]["enclaves"][0]["virtio_chains"] = json!(3100);
         (round, enclave)
     }
 
@@ -733,6 +751,14 @@ mod tests {
         ] {
             assert!(t.contains(want), "{want} not in\n{t}");
         }
+        let chains = t
+            .lines()
+            .find(|l| l.starts_with("virtio chains completed"))
+            .unwrap();
+        assert_eq!(
+            chains.split_whitespace().collect::<Vec<_>>()[3..],
+            ["3000", "750.0"]
+        );
         let j = f.json();
         assert_eq!(j["virtio_net"]["throughput_vs_vf"], json!(0.5));
         assert_eq!(j["virtio_net"]["throughput_vs_baseline"], json!(0.25));
@@ -741,6 +767,13 @@ mod tests {
             j["virtio_net"]["data_phase"]["exits_by_kind"]["hlt"],
             json!(1000)
         );
+        assert_eq!(j["virtio_net"]["data_phase"]["virtio_chains"], json!(3000));
+        // Stats without the count (the VF's): none, not zero.
+        assert_eq!(f.window.virtio_chains, None);
+        let mut back = vr.clone();
+        back["stats_end"]["enclaves"][0]["virtio_chains"] = json!(99);
+        let e = VirtioNet::parse(&back, &ve).unwrap_err().to_string();
+        assert!(e.contains("virtio_chains went backwards"), "{e}");
         // Goals missed are said so.
         let mut slow = f.clone();
         let v = slow.virtio.as_mut().unwrap();

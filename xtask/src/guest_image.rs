@@ -4648,6 +4648,53 @@ atoll() {
     }
 
     #[test]
+    fn vnet_runs_vf_net_over_virtio_net() {
+        // eth0 is virtio_net's, eth1 igbvf's: vnet takes eth0 and loads no igbvf.
+        let (out, calls) = run_vf_enclave(
+            "atoll.actions=vnet atoll.net_ip=10.9.0.2/24 atoll.net_peer=10.9.0.1 \
+             atoll.net_pings=20 atoll.net_bytes=65536 atoll.net_pause=2 atoll.net_then=poweroff",
+            "",
+            "1",
+            true,
+        );
+        let r = result_of(&out, "vf_net");
+        assert_eq!(r["problem"], "", "{out}");
+        assert_eq!(r["iface"], "eth0");
+        assert_eq!(r["pings_received"], 20);
+        assert!(!calls.contains("insmod"), "{calls}");
+        for call in [
+            "ip addr add 10.9.0.2/24 dev eth0",
+            "ping -c 20 -i 0.2 -W 5 10.9.0.1",
+            "atoll-check --tcp-send 10.9.0.1 5001 --bytes 65536 --seed 1 --timeout 300",
+        ] {
+            assert!(calls.contains(call), "{call}: {calls}");
+        }
+        assert!(
+            out.contains("ATOLL-NET begin\nslept 2\n") && out.contains("ATOLL-NET end\nslept 2\n"),
+            "{out}"
+        );
+        // Without a virtio_net interface (both igbvf's here) it says so, and loads no igbvf.
+        let mut calls = String::new();
+        let (out, _) = run_actions_sandbox(
+            "atoll.actions=vnet atoll.net_then=poweroff",
+            &[],
+            VF_TOOLS,
+            VF_ENCLAVE_STUBS,
+            |d| {
+                vf_enclave_sysfs(d, "1", true);
+                let link = d.join("pci/0000:00:02.0/driver");
+                std::fs::remove_file(&link).unwrap();
+                std::os::unix::fs::symlink(d.join("drivers/igbvf"), link).unwrap();
+            },
+            |d| calls = std::fs::read_to_string(d.join("calls")).unwrap_or_default(),
+        );
+        let r = result_of(&out, "vf_net");
+        assert_eq!(r["problem"], "no interface is bound to virtio_net", "{out}");
+        assert_eq!(r["iface"], "");
+        assert!(!calls.contains("insmod"), "{calls}");
+    }
+
+    #[test]
     fn vf_host_fails_when_the_vf_stays_visible_or_the_file_differs() {
         let cmd = "atoll.role=host atoll.actions=vf_host";
         let (out, _, _) = run_vf_host(cmd, "NOT_HIDDEN=1");

@@ -19,8 +19,13 @@
 //! (a console line carries 4 KiB, the whole document is some 6 KB); the parser reads fio's own
 //! layout, so it reads the whole document as well. QEMU's absolute rates measure its TCG
 //! emulation, so the bench reports the enclave's rates as ratios against the host's of the same
-//! run, and what the enclave cost atoll per I/O. It prints a table and writes
-//! `target/bench/blk-qemu.json`.
+//! run, and what the enclave cost atoll per I/O (exits, interrupts injected, virtio chains).
+//! It prints a table and writes `target/bench/blk-qemu.json`.
+//!
+//! `atoll-channeld` learns of the enclave's requests from its channel function's INTx; with
+//! `--virtio-poll` the host unloads `uio_pci_generic` first (its `atoll.virtio_notify=poll`)
+//! and the daemon polls the window every 10 ms instead, which then bounds a one-deep queue's
+//! rate (docs/performance.md).
 
 use crate::bench_net::{Snapshot, Window};
 use crate::run::{run, RunOptions};

@@ -7,8 +7,9 @@
 //! user would check them: the TCP stream's checksum is the same on both ends; the file the host
 //! put on the image before the enclave existed reads the same in the enclave, and so does the
 //! one the image was built with; the file the enclave wrote reads the same in the host after
-//! destroy; the interface and the disk are the ones virtio drives; the daemon is gone after
-//! destroy, and atoll's log names the channel.
+//! destroy; the disk has the image's size; the tap carried the traffic; the daemon is gone
+//! after destroy; notifications toward the host were interrupts the host's kernel counted; and
+//! atoll's log names the channel.
 
 use serde_json::Value;
 use xtask::run::{run, RunOptions};
@@ -55,4 +56,21 @@ fn virtio_qemu() {
     }
     // atoll-channeld exited with the enclave (its pid file removed).
     assert_eq!(host["channeld_after_destroy"], "", "{host}");
+    // Notifications toward the host came as INTx through uio_pci_generic (no polling): the
+    // host's kernel counted its interrupts.
+    assert_eq!(host["notify"], "interrupt");
+    let irqs = host["host_interrupts"].as_str().unwrap_or("");
+    let uio: u64 = irqs
+        .split("uio_pci_generic")
+        .next()
+        .and_then(|l| l.split(':').nth(1))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(uio >= 10, "uio interrupts: {irqs}");
+    // atoll's log names the channel it gave the enclave.
+    assert!(
+        o.serial.contains("enclave 'virtio1': channel ") && o.serial.contains("(3 virtio devices)"),
+        "atoll's log names the channel"
+    );
 }

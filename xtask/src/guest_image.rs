@@ -366,6 +366,7 @@ virtio_ip=10.9.0.2
 virtio_peer=10.9.0.1
 virtio_disk=/var/lib/atoll/disk.img
 virtio_notify=""
+virtio_wait=1200
 net_words=""
 for word in $(cat /proc/cmdline); do
     case "$word" in
@@ -390,6 +391,7 @@ for word in $(cat /proc/cmdline); do
         atoll.net_then=*) net_then=${word#*=} ;;
         atoll.net_outside=*) net_outside=${word#*=} ;;
         atoll.virtio_notify=*) virtio_notify=${word#*=} ;;
+        atoll.virtio_wait=*) virtio_wait=${word#*=} ;;
         atoll.dma_canaries=*) dma_canaries=${word#*=} ;;
         atoll.idle=*) idle=${word#*=} ;;
         atoll.idle_timer=*) idle_timer=${word#*=} ;;
@@ -1601,7 +1603,7 @@ virtio_host() {
         lc_run create atoll create $d/$e.toml --offline-cores
         # The tap is channeld's, up once create returns.
         lc_run tap ip addr add "$virtio_peer/24" dev atl0
-        atoll console $e --no-input --until "ATOLL-RESULT virtio_guest" --timeout 1200 > $d/$e.out 2>&1
+        atoll console $e --no-input --until "ATOLL-RESULT virtio_guest" --timeout "$virtio_wait" > $d/$e.out 2>&1
         vh_rc=$?
         lc_add console_rc $vh_rc
         if [ "$vh_rc" != 0 ]; then
@@ -1628,6 +1630,8 @@ virtio_host() {
         lc_add tap_stats "{$(vf_packets atl0 tap)}"
         lc_add stats "$(atoll stats $e --json 2>/dev/null || echo null)"
         vh_log=$(tail -c 2000 /run/atoll/$e/channeld.log 2>/dev/null)
+        # The daemon's INTx as the host's kernel counted it (uio), and its error counters.
+        lc_add host_interrupts "$(lc_str "$(grep -E 'uio|ERR|MIS' /proc/interrupts)")"
         lc_run destroy atoll destroy $e --online-cores
         lc_add channeld_after_destroy "$(lc_str "$(cat /run/atoll/$e/channeld.pid 2>/dev/null)")"
         # The enclave's file, read back from the image.

@@ -741,25 +741,49 @@ fn uio_binds_tells_atoll_the_gsi_and_unmasks() {
     .unwrap()
     .to_string();
     assert!(e.contains("cannot raise GSI 22"), "{e}");
-    // It can: the file standing for BAR0 holds 1 there.
+    // atoll can raise it (the file standing for BAR0 holds 1 there), but no config file:
+    // refused.
     let mut r0 = std::fs::read(d.join("resource0")).unwrap();
     let at = reg::INTX_ROUTED as usize;
     r0[at..at + 4].copy_from_slice(&1u32.to_le_bytes());
     std::fs::write(d.join("resource0"), &r0).unwrap();
+    let e = uio::Uio::open(&t.0, &d, &devfs, WINDOW_SIZE as usize, &mut |m| {
+        steps.push(m)
+    })
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("config"), "{e}");
+    // Configuration space with INTx masked (command 0x0406: memory, bus master, Interrupt
+    // Disable), as uio_pci_generic's handler leaves it.
+    let mut cfg = vec![0u8; 64];
+    cfg[4] = 0x06;
+    cfg[5] = 0x04;
+    std::fs::write(d.join("config"), &cfg).unwrap();
+    // It can (the file standing for BAR0 holds 1 there, above), and the config file is there.
     let mut u = uio::Uio::open(&t.0, &d, &devfs, WINDOW_SIZE as usize, &mut |m| {
         steps.push(m)
     })
     .unwrap();
     assert!(u.irq_fd().is_some());
     assert!(u.describe().contains("GSI 22"), "{}", u.describe());
-    // The GSI went to atoll's INTX_GSI register; the node got the unmask (a 4-byte 1).
+    // The GSI went to atoll's INTX_GSI register; open unmasked INTx through the command
+    // register (Interrupt Disable clear, the other bits kept); nothing went to the node (the
+    // driver has no irqcontrol).
     assert_eq!(u.read_reg(reg::INTX_GSI).unwrap(), 22);
-    assert_eq!(
-        std::fs::read(devfs.join("uio3")).unwrap(),
-        1u32.to_ne_bytes()
-    );
+    let after = std::fs::read(d.join("config")).unwrap();
+    assert_eq!((after[4], after[5]), (0x06, 0x00));
+    assert_eq!(&after[6..], &cfg[6..]);
+    assert!(std::fs::read(devfs.join("uio3")).unwrap().is_empty());
+    // The handler masked it again (with bit 8, SERR#, set): rearm clears bit 10 alone.
+    let mut masked = after.clone();
+    masked[5] = 0x05;
+    std::fs::write(d.join("config"), &masked).unwrap();
     u.rearm();
-    assert_eq!(std::fs::read(devfs.join("uio3")).unwrap().len(), 8);
+    assert_eq!(std::fs::read(d.join("config")).unwrap()[5], 0x01);
+    // Already unmasked: nothing written.
+    u.rearm();
+    assert_eq!(std::fs::read(d.join("config")).unwrap()[5], 0x01);
     drop(u);
     let r0 = std::fs::read(d.join("resource0")).unwrap();
     assert_eq!(&r0[0x20..0x24], &22u32.to_le_bytes());

@@ -3,7 +3,10 @@
 //!
 //! `uio_pci_generic` (in-tree) takes the function's legacy interrupt: its handler masks INTx
 //! (command bit 10) when the status register says the function asserts it, and `/dev/uioN`
-//! becomes readable (a 4-byte event count); writing a 4-byte 1 unmasks INTx again. The BARs
+//! becomes readable (a 4-byte event count). The driver has no `irqcontrol` (a write to
+//! `/dev/uioN` fails with ENOSYS, and the line would stay masked after the first interrupt):
+//! the daemon unmasks by clearing that bit itself through the function's sysfs `config` file,
+//! as the kernel's UIO HOWTO does for this driver. The BARs
 //! are still mapped through sysfs `resourceN` files. atoll learns which GSI the host's OS routed
 //! pin A to from the channel's `INTX_GSI` register (the daemon copies `/sys/.../irq` there) and
 //! raises that GSI's I/O APIC entry while PENDING is not zero.
@@ -12,12 +15,17 @@ use super::sysfs::{self, Sysfs};
 use super::window::{Function, Window};
 use atoll_abi::channel::reg;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 
 /// The driver's name in sysfs.
 pub const DRIVER: &str = "uio_pci_generic";
+
+/// The command register's high byte in configuration space (PCI 3.0 §6.2.2: bits 15:8).
+pub const COMMAND_HIGH: u64 = 5;
+/// Interrupt Disable (command bit 10) in that byte.
+pub const INTX_DISABLE_HIGH: u8 = 1 << 2;
 
 /// Loads `uio_pci_generic` when it is not there; whether it is now.
 pub fn ready(sys: &Path, log: &mut dyn FnMut(String)) -> bool {
@@ -60,6 +68,8 @@ pub fn node_of(dev: &Path, devfs: &Path) -> io::Result<PathBuf> {
 pub struct Uio {
     inner: Sysfs,
     node: File,
+    /// The function's sysfs `config` (its command register unmasks INTx).
+    config: File,
     name: String,
     gsi: u32,
 }
@@ -88,19 +98,27 @@ impl Uio {
             .write(true)
             .open(&path)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-        let mut u = Uio {
-            inner: Sysfs::open(dev, window_len)?,
-            node,
-            name: sysfs::base(dev),
-            gsi,
-        };
-        u.inner.write_reg(reg::INTX_GSI, gsi)?;
-        if u.inner.read_reg(reg::INTX_ROUTED)? != 1 {
+        let mut inner = Sysfs::open(dev, window_len)?;
+        inner.write_reg(reg::INTX_GSI, gsi)?;
+        if inner.read_reg(reg::INTX_ROUTED)? != 1 {
             return Err(io::Error::other(format!(
                 "atoll cannot raise GSI {gsi} on this machine (it does not trap the I/O APIC \
                  without interrupt remapping)"
             )));
         }
+        let cfg = dev.join("config");
+        let config = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&cfg)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", cfg.display())))?;
+        let mut u = Uio {
+            inner,
+            node,
+            config,
+            name: sysfs::base(dev),
+            gsi,
+        };
         u.rearm();
         Ok(u)
     }
@@ -129,8 +147,17 @@ impl Function for Uio {
     }
 
     fn rearm(&mut self) {
-        // uio_pci_generic's irqcontrol: 1 clears the interrupt-disable bit again.
-        let _ = (&self.node).write(&1u32.to_ne_bytes());
+        // Interrupt Disable cleared in the command register, the rest of its byte kept. The
+        // kernel serialises this write with the driver's handler (which sets the bit), so an
+        // interrupt between the read and the write is masked and signalled before it.
+        use std::os::unix::fs::FileExt;
+        let mut b = [0u8; 1];
+        if self.config.read_exact_at(&mut b, COMMAND_HIGH).is_ok() && b[0] & INTX_DISABLE_HIGH != 0
+        {
+            let _ = self
+                .config
+                .write_all_at(&[b[0] & !INTX_DISABLE_HIGH], COMMAND_HIGH);
+        }
     }
 
     fn describe(&self) -> String {

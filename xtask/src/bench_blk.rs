@@ -8,8 +8,8 @@
 //! `--time_based`), first
 //!
 //! * by the **host** on the file, O_DIRECT when its file system allows it (the initramfs's
-//!   tmpfs refuses it on the guest kernel: then buffered, which on tmpfs is the file's storage
-//!   itself; the JSON says which and why), then
+//!   root file system refuses it on the guest kernel: then buffered, which there is the
+//!   file's storage itself; the JSON says which and why), then
 //! * by an **enclave** with the file as its virtio-blk disk, on `/dev/vda` with O_DIRECT, so
 //!   every I/O is a request through the virtqueue to the daemon and back rather than a hit in
 //!   the enclave's page cache. The host takes `atoll stats --json` of it when its jobs begin and
@@ -375,7 +375,7 @@ pub fn bench(emulator: Emulator, poll: bool) -> Result<()> {
     );
     if !figures.host.direct {
         println!(
-            "(the host's fio ran buffered: O_DIRECT was refused on its tmpfs: {})",
+            "(the host's fio ran buffered: O_DIRECT was refused on its root file system: {})",
             figures.host_direct_refused.trim()
         );
     }

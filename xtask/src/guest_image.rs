@@ -1111,7 +1111,7 @@ vf_host_outside() {
 # image file in the host's memory, first by the host itself, then by an enclave that has the
 # same file as its virtio-blk disk /dev/vda, served by atoll-channeld. The enclave's fio uses
 # O_DIRECT, so every I/O crosses the channel rather than its page cache. The host's tries
-# O_DIRECT too and, when its file system refuses it (the initramfs's tmpfs), runs buffered:
+# O_DIRECT too and, when its file system refuses it (the initramfs's root file system), runs buffered:
 # that file's pages are its storage, so buffered is the direct path there. The enclave pauses
 # atoll.blk_pause seconds after "ATOLL-BLK begin" and "ATOLL-BLK end" around its jobs, and the
 # host takes atoll's stats of it in each pause. Lines: "ATOLL-RESULT bench_blk_host {json}",
@@ -4399,7 +4399,7 @@ atoll_check() {
 
     /// `fio` for the disk bench's actions: logs its arguments and writes, for `--output`, the
     /// real fio 3.33 document of a read or a write job (xtask/testdata) under the job's name;
-    /// with `$NO_DIRECT` it refuses `--direct=1` as fio does on tmpfs, with `$FIO_FAIL` every
+    /// with `$NO_DIRECT` it refuses `--direct=1` as fio does on the initramfs, with `$FIO_FAIL` every
     /// job. `dd` logs (the image).
     fn blk_stubs(env: &str) -> String {
         let data = crate::root().join("xtask/testdata");

@@ -28,10 +28,13 @@ fn virtio_qemu() {
     let e = get("host.results.virtio_host_enclave");
     // The console: hvc0 is one of the enclave's kernel consoles.
     let consoles = e["consoles"].as_str().unwrap_or("");
-    assert!(consoles.split(' ').any(|c| c == "hvc0"), "consoles: {consoles}");
-    // The network: the sender's checksum is the receiver's, all 1 MiB of it.
+    assert!(
+        consoles.split(' ').any(|c| c == "hvc0"),
+        "consoles: {consoles}"
+    );
+    // The network: the sender's checksum is the receiver's, all 4 MiB of it.
     assert_eq!(e["tcp_sha256"], host["recv"]["sha256"], "{e}\n{host}");
-    assert_eq!(e["tcp_bytes"], 1_048_576);
+    assert_eq!(e["tcp_bytes"], 4_194_304);
     assert!(e["iface"].as_str().is_some_and(|i| !i.is_empty()), "{e}");
     // The disk: 8 MiB of sectors; both files the host put there read the same in the enclave
     // (hello.txt from the image's build, host.bin written just before create).
@@ -47,7 +50,10 @@ fn virtio_qemu() {
     // The enclave's file, read back in the host after destroy.
     let enclave_sha = e["enclave_sha256"].as_str().unwrap_or("");
     assert_eq!(enclave_sha.len(), 64, "{e}");
-    assert_eq!(host["enclave_file_sha256"], enclave_sha, "enclave.bin in the host");
+    assert_eq!(
+        host["enclave_file_sha256"], enclave_sha,
+        "enclave.bin in the host"
+    );
     assert_ne!(enclave_sha, host_sha);
     // The tap saw the traffic: at least the pings both ways.
     let tap = &host["tap_stats"];
@@ -68,6 +74,12 @@ fn virtio_qemu() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
     assert!(uio >= 10, "uio interrupts: {irqs}");
+    // The console has its pty too (the host's /init mounts devpts).
+    let create = host["create"]["out"].as_str().unwrap_or("");
+    assert!(
+        create.contains("and pty /dev/pts/"),
+        "channeld's console: {create}"
+    );
     // atoll's log names the channel it gave the enclave.
     assert!(
         o.serial.contains("enclave 'virtio1': channel ") && o.serial.contains("(3 virtio devices)"),

@@ -138,7 +138,10 @@ mod tests {
     fn builds_a_static_fio() {
         let bin = build().unwrap();
         let out = Command::new(&bin).arg("--version").output().unwrap();
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("fio-{VERSION}"));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            format!("fio-{VERSION}")
+        );
         let file = Command::new("file").arg(&bin).output().unwrap();
         assert!(String::from_utf8_lossy(&file.stdout).contains("statically linked"));
     }

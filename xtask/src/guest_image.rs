@@ -79,19 +79,46 @@ pub const DEFAULT_SERIES: &str = "6.1";
 /// Busybox applets the image links to `/bin/busybox`: what `/init` runs, and a few for a human
 /// at `atoll.shell=1`.
 pub const APPLETS: &[&str] = &[
-    "sh", "mount", "umount", "dmesg", "poweroff", "reboot", "cat", "echo", "sleep", "ls", "uname",
+    "sh",
+    "mount",
+    "umount",
+    "dmesg",
+    "poweroff",
+    "reboot",
+    "cat",
+    "echo",
+    "sleep",
+    "ls",
+    "uname",
     // The build-like load of the `load:N` action.
-    "nproc", "mkdir", "rm", "gzip", "gunzip", "cmp",
+    "nproc",
+    "mkdir",
+    "rm",
+    "gzip",
+    "gunzip",
+    "cmp",
     // The lifecycle and soak actions (JSON assembly, output checks).
-    "grep", "tr", "head", "printf", "sed",
+    "grep",
+    "tr",
+    "head",
+    "printf",
+    "sed",
     // Kernel modules (the image's /lib/modules, see KERNEL_MODULES), the DMA action's disk read.
-    "insmod", "dd", "tail",
+    "insmod",
+    "dd",
+    "tail",
     // The SR-IOV actions: the interface, pings, sysfs links, the VF's config bytes.
-    "ip", "ping", "readlink", "od",
+    "ip",
+    "ping",
+    "readlink",
+    "od",
     // The network bench's host-to-host baseline: the second VF in a network namespace.
-    "unshare", "nsenter",
+    "unshare",
+    "nsenter",
     // The virtio actions: checksums of the disk's files, flushing them, and their names.
-    "sha256sum", "sync", "rmmod",
+    "sha256sum",
+    "sync",
+    "rmmod",
 ];
 
 /// Kernel modules the image carries, as paths under the package's `lib/modules/VERSION/kernel/`,
@@ -336,6 +363,8 @@ export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
+# ptys: atoll-channeld gives an enclave's virtio console one beside its socket.
+mkdir -p /dev/pts && mount -t devpts devpts /dev/pts
 # The console, in case the kernel started init without one.
 exec </dev/console >/dev/console 2>&1
 set -f
@@ -366,7 +395,7 @@ virtio_ip=10.9.0.2
 virtio_peer=10.9.0.1
 virtio_disk=/var/lib/atoll/disk.img
 virtio_notify=""
-virtio_wait=1200
+virtio_wait=600
 net_words=""
 for word in $(cat /proc/cmdline); do
     case "$word" in
@@ -1531,7 +1560,7 @@ virtio_guest() {
         if vf_wait_carrier "$vf_if" 30; then
             vf_ping "$net_peer" "$net_pings"
             echo "virtio_guest: $ping_received of $ping_sent pings came back (average $ping_avg ms)"
-            tcp=$(/atoll-check --tcp-send "$net_peer" "$net_port" --bytes "$net_bytes" --seed "$net_seed" --timeout 900)
+            tcp=$(/atoll-check --tcp-send "$net_peer" "$net_port" --bytes "$net_bytes" --seed "$net_seed" --timeout 300)
             echo "virtio_guest: TCP $tcp"
             if [ -n "$why" ]; then
                 :
@@ -1590,11 +1619,8 @@ virtio_host() {
     fi
     lc_add host_sha256 "$(lc_str "$vh_host_sha")"
     lc_add hello_sha256 "$(lc_str "$vh_hello_sha")"
-    # 1 MiB unless the host's command line says otherwise: QEMU's emulated cores move it in
-    # minutes.
-    case "$net_words" in *atoll.net_bytes=*) ;; *) net_bytes=1048576 ;; esac
     if [ -z "$why" ]; then
-        /atoll-check --tcp-recv "$net_port" --timeout 1300 --bytes "$net_bytes" --seed "$net_seed" > $d/recv.json &
+        /atoll-check --tcp-recv "$net_port" --timeout 700 --bytes "$net_bytes" --seed "$net_seed" > $d/recv.json &
         rpid=$!
         lc_desc $d/$e.toml $e "${lc_cores%,*}" 256 linux \
             "console=ttyS0 console=hvc0 loglevel=5 atoll.expect_cpus=1 atoll.expect_mem=256 atoll.actions=virtio_guest atoll.net_ip=$virtio_ip/24 atoll.net_peer=$virtio_peer atoll.net_bytes=${net_bytes}$net_words $lc_args"
@@ -2328,7 +2354,10 @@ pub fn build_disk_image(out: &Path) -> Result<()> {
     // initialisation (nothing would finish it: the disk lives for one run).
     let o = Command::new(mkfs)
         .args(["-q", "-F", "-L", "atoll-disk", "-b", "4096"])
-        .args(["-E", "root_owner=0:0,lazy_itable_init=0,lazy_journal_init=0"])
+        .args([
+            "-E",
+            "root_owner=0:0,lazy_itable_init=0,lazy_journal_init=0",
+        ])
         .arg("-d")
         .arg(&src)
         .arg(out)
@@ -3049,6 +3078,7 @@ linux-image-6.12.117+deb12-amd64 - Linux 6.12 for 64-bit PCs (signed)
             "mount -t proc proc /proc",
             "mount -t sysfs sysfs /sys",
             "mount -t devtmpfs devtmpfs /dev",
+            "mount -t devpts devpts /dev/pts",
             "atoll.expect_cpus=*) args=\"$args --expect-cpus ${word#*=}\"",
             "atoll.expect_mem=*) args=\"$args --expect-memory-mib ${word#*=}\"",
             "/atoll-check $args\n",
@@ -4879,12 +4909,17 @@ atoll() {
             "ip link set eth0 up",
             "ip addr add 10.9.0.2/24 dev eth0",
             "ping -c 20 -i 0.2 -W 5 10.9.0.1",
-            "atoll-check --tcp-send 10.9.0.1 5001 --bytes 65536 --seed 1 --timeout 900",
+            "atoll-check --tcp-send 10.9.0.1 5001 --bytes 65536 --seed 1 --timeout 300",
         ] {
             assert!(calls.contains(step), "{step}: {calls}");
         }
         // hvc0 got the same result line, then the prompt; no input came (EOF): "none".
-        let line = format!("ATOLL-RESULT virtio_guest {}", out.lines().find_map(|l| l.strip_prefix("ATOLL-RESULT virtio_guest ")).unwrap());
+        let line = format!(
+            "ATOLL-RESULT virtio_guest {}",
+            out.lines()
+                .find_map(|l| l.strip_prefix("ATOLL-RESULT virtio_guest "))
+                .unwrap()
+        );
         assert!(hvc0.contains(&line), "{hvc0}");
         assert!(
             hvc0.ends_with("ATOLL-VIRTIO-INPUT?\nATOLL-VIRTIO-INPUT none\n"),
@@ -5002,27 +5037,36 @@ atoll_check() {
         // host reads back.
         let host_sha = r["host_sha256"].as_str().unwrap();
         assert_eq!(host_sha.len(), 64);
-        assert_eq!(result_of(&out, "virtio_host_enclave")["host_sha256"], host_sha);
+        assert_eq!(
+            result_of(&out, "virtio_host_enclave")["host_sha256"],
+            host_sha
+        );
         assert_eq!(
             r["enclave_file_sha256"],
             result_of(&out, "virtio_host_enclave")["enclave_sha256"]
         );
         // The description: one core, the three devices, the image writable.
-        assert!(desc.starts_with("name = \"virtio1\"\ncores = [1]\nmemory_mib = 256\n"), "{desc}");
+        assert!(
+            desc.starts_with("name = \"virtio1\"\ncores = [1]\nmemory_mib = 256\n"),
+            "{desc}"
+        );
         assert!(desc.contains(
             "cmdline = \"console=ttyS0 console=hvc0 loglevel=5 atoll.expect_cpus=1 atoll.expect_mem=256 \
              atoll.actions=virtio_guest atoll.net_ip=10.9.0.2/24 atoll.net_peer=10.9.0.1 \
-             atoll.net_bytes=1048576 atoll.net_pings=30 atoll.tolerate=x\""
+             atoll.net_bytes=4194304 atoll.net_pings=30 atoll.tolerate=x\""
         ), "{desc}");
-        assert!(desc.ends_with(
-            "[[virtio]]\nkind = \"console\"\n\n[[virtio]]\nkind = \"net\"\ntap = \"atl0\"\n\n\
+        assert!(
+            desc.ends_with(
+                "[[virtio]]\nkind = \"console\"\n\n[[virtio]]\nkind = \"net\"\ntap = \"atl0\"\n\n\
              [[virtio]]\nkind = \"blk\"\npath = \"/var/lib/atoll/disk.img\"\n"
-        ), "{desc}");
+            ),
+            "{desc}"
+        );
         let order = [
-            "atoll-check --tcp-recv 5001 --timeout 1300 --bytes 1048576 --seed 1",
+            "atoll-check --tcp-recv 5001 --timeout 700 --bytes 4194304 --seed 1",
             "atoll create ",
             "ip addr add 10.9.0.1/24 dev atl0",
-            "atoll console virtio1 --no-input --until ATOLL-RESULT virtio_guest --timeout 1200",
+            "atoll console virtio1 --no-input --until ATOLL-RESULT virtio_guest --timeout 600",
             "atoll console virtio1 --no-input --until ATOLL-VIRTIO-INPUT? --timeout 120",
             "atoll console virtio1 --until ATOLL-VIRTIO-INPUT typed-through-virtio --timeout 120",
             "ping -c 30 -i 0.2 -W 5 10.9.0.2",
@@ -5036,7 +5080,12 @@ atoll_check() {
                 .unwrap_or_else(|| panic!("{step} after {at}: {calls}"));
         }
         // The image is loop-mounted before create (host.bin) and after destroy (enclave.bin).
-        assert_eq!(out.matches("mount -o loop /var/lib/atoll/disk.img ").count(), 2, "{out}");
+        assert_eq!(
+            out.matches("mount -o loop /var/lib/atoll/disk.img ")
+                .count(),
+            2,
+            "{out}"
+        );
         assert!(out.contains("ATOLL-ACTIONS end failed=0"), "{out}");
     }
 
@@ -5048,10 +5097,17 @@ atoll_check() {
         );
         let r = result_of(&out, "virtio_host");
         let p = r["problem"].as_str().unwrap();
-        assert!(p.starts_with("enclave.bin reads '") && p.ends_with("the enclave wrote 00ff"), "{p}");
+        assert!(
+            p.starts_with("enclave.bin reads '") && p.ends_with("the enclave wrote 00ff"),
+            "{p}"
+        );
         assert_eq!(r["channeld_log"], "daemon started", "{r}");
-        assert!(out.contains("ATOLL-ACTION-FAILED virtio_host: enclave.bin reads"), "{out}");
-        let (out, _, _) = run_virtio_host("atoll.role=host atoll.actions=virtio_host", "MATCHES=false");
+        assert!(
+            out.contains("ATOLL-ACTION-FAILED virtio_host: enclave.bin reads"),
+            "{out}"
+        );
+        let (out, _, _) =
+            run_virtio_host("atoll.role=host atoll.actions=virtio_host", "MATCHES=false");
         assert_eq!(
             result_of(&out, "virtio_host")["problem"],
             "the enclave's TCP stream did not arrive intact",

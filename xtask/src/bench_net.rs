@@ -13,7 +13,13 @@
 //!   of it when its data phase begins and when it ends (it prints `ATOLL-NET begin` and
 //!   `ATOLL-NET end` around its pings and transfer and pauses after each, so the window holds
 //!   neither its boot nor the printing of its result), and the enclave counts its interface's
-//!   packets across the phase.
+//!   packets across the phase;
+//! * then **virtio-net** (issue 14): an enclave whose network is a virtio-net device on the
+//!   host's tap `atl0`, served by `atoll-channeld` over a channel window, doing the same
+//!   (the action `vnet`: `vf_net` over virtio_net), with the same stats window. Its throughput
+//!   is compared with the VF enclave's (the issue's goal: at least half) and its exits are
+//!   counted per packet (the goal: below one, with event-index batching). A failure of this
+//!   round is reported after the VF's figures, and makes the bench fail.
 //!
 //! QEMU's absolute figures measure its TCG emulation, so the bench reports the enclave's
 //! round trip and throughput as ratios against the baseline of the same run, and what the
@@ -22,7 +28,7 @@
 //! --tcp-recv`: from its accept to the sender's end of file) for both sides, so one clock
 //! measures both. This prints a table and writes `target/bench/net-qemu.json`.
 
-use crate::run::{run, RunOptions};
+use crate::run::run;
 use crate::scenario::{lookup, Emulator, Scenario};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
@@ -153,6 +159,8 @@ pub struct Snapshot {
     pub exits: BTreeMap<String, u64>,
     pub interrupts_injected: u64,
     pub device_interrupts: u64,
+    /// Descriptor chains its virtio devices completed (when its stats count them).
+    pub virtio_chains: Option<u64>,
 }
 
 impl Snapshot {
@@ -184,6 +192,10 @@ impl Snapshot {
             exits,
             interrupts_injected: count(e, "interrupts_injected", what)?,
             device_interrupts: count(e, "device_interrupts", what)?,
+            virtio_chains: match e.get("virtio_chains") {
+                None => None,
+                Some(_) => Some(count(e, "virtio_chains", what)?),
+            },
         })
     }
 }
@@ -196,6 +208,8 @@ pub struct Window {
     pub exits: Vec<(String, u64)>,
     pub interrupts_injected: u64,
     pub device_interrupts: u64,
+    /// Virtio descriptor chains completed, when both snapshots count them.
+    pub virtio_chains: Option<u64>,
 }
 
 impl Window {
@@ -229,6 +243,10 @@ impl Window {
                 end.device_interrupts,
                 "device_interrupts",
             )?,
+            virtio_chains: match (begin.virtio_chains, end.virtio_chains) {
+                (Some(a), Some(b)) => Some(sub(a, b, "virtio_chains")?),
+                _ => None,
+            },
         })
     }
 
@@ -246,12 +264,56 @@ pub fn per_1000(n: u64, packets: u64) -> f64 {
     n as f64 * 1000.0 / packets as f64
 }
 
+/// The virtio-net round (issue 14): an enclave with a virtio-net device on the host's tap,
+/// served by `atoll-channeld` over a channel window, doing what the VF's enclave does.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VirtioNet {
+    pub side: Side,
+    pub window: Window,
+}
+
+impl VirtioNet {
+    /// From the host's results `bench_net_virtio` (`recv`: its receiver of the enclave's
+    /// transfer, `stats_begin`, `stats_end`, `problem`) and `bench_net_virtio_enclave` (the
+    /// enclave's `vf_net` result).
+    pub fn parse(round: &Value, enclave: &Value) -> Result<VirtioNet> {
+        match round.get("problem").and_then(Value::as_str) {
+            Some("") => {}
+            Some(p) => bail!("bench_net_virtio: {p}"),
+            None => bail!("bench_net_virtio: no problem field in {round}"),
+        }
+        let field = |k: &str| {
+            round
+                .get(k)
+                .filter(|v| !v.is_null())
+                .with_context(|| format!("bench_net_virtio: no {k}"))
+        };
+        if enclave.is_null() {
+            bail!("bench_net_virtio_enclave: the enclave reported nothing");
+        }
+        Ok(VirtioNet {
+            side: Side::parse(enclave, field("recv")?, "virtio-net enclave")?,
+            window: Window::between(
+                &Snapshot::parse(field("stats_begin")?, "virtio stats_begin")?,
+                &Snapshot::parse(field("stats_end")?, "virtio stats_end")?,
+            )?,
+        })
+    }
+
+    /// Exits per packet of its data phase (both ways).
+    pub fn exits_per_packet(&self) -> f64 {
+        per_1000(self.window.total(), self.side.packets.total()) / 1000.0
+    }
+}
+
 /// The bench's figures.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NetBench {
     pub baseline: Side,
     pub enclave: Side,
     pub window: Window,
+    /// The virtio-net round, when it was measured.
+    pub virtio: Option<VirtioNet>,
 }
 
 impl NetBench {
@@ -293,6 +355,7 @@ impl NetBench {
             baseline,
             enclave,
             window,
+            virtio: None,
         })
     }
 
@@ -356,11 +419,113 @@ impl NetBench {
         }
         row("device interrupts", w.device_interrupts);
         row("interrupts injected", w.interrupts_injected);
+        if let Some(v) = &self.virtio {
+            out.push('\n');
+            out.push_str(&self.virtio_table(v));
+        }
+        out
+    }
+
+    /// The virtio-net enclave's throughput over the VF enclave's (issue 14's goal: ≥ 0.5).
+    pub fn virtio_vs_vf(&self, v: &VirtioNet) -> f64 {
+        v.side.mb_per_s() / self.enclave.mb_per_s()
+    }
+
+    /// The table's virtio-net part.
+    fn virtio_table(&self, v: &VirtioNet) -> String {
+        let (s, e, b) = (&v.side, &self.enclave, &self.baseline);
+        let mut out = format!(
+            "{:<28} {:>12} {:>12} {:>8} {:>12}\n",
+            "", "virtio-net", "VF enclave", "ratio", "/host↔host"
+        );
+        out.push_str(&format!(
+            "{:<28} {:>12.3} {:>12.3} {:>8.2} {:>12.2}\n",
+            format!("ping RTT avg, ms ({})", s.pings_sent),
+            s.rtt_avg_ms,
+            e.rtt_avg_ms,
+            s.rtt_avg_ms / e.rtt_avg_ms,
+            s.rtt_avg_ms / b.rtt_avg_ms
+        ));
+        out.push_str(&format!(
+            "{:<28} {:>12.2} {:>12.2} {:>8.2} {:>12.2}\n",
+            format!("TCP, MB/s ({} MiB)", s.tcp_bytes >> 20),
+            s.mb_per_s(),
+            e.mb_per_s(),
+            self.virtio_vs_vf(v),
+            s.mb_per_s() / b.mb_per_s()
+        ));
+        out.push_str(&format!(
+            "{:<28} {:>12} {:>12}\n",
+            "packets (rx + tx)",
+            format!("{} + {}", s.packets.rx(), s.packets.tx()),
+            format!("{} + {}", e.packets.rx(), e.packets.tx()),
+        ));
+        let w = &v.window;
+        let p = s.packets.total();
+        out.push_str(&format!(
+            "\nthe virtio-net enclave's data phase: {:.1} s, {p} packets\n{:<28} {:>12} {:>14}\n",
+            w.us as f64 / 1e6,
+            "",
+            "count",
+            "per 1,000 pkts"
+        ));
+        let mut row = |k: &str, n: u64| {
+            out.push_str(&format!("{:<28} {:>12} {:>14.1}\n", k, n, per_1000(n, p)));
+        };
+        row("exits", w.total());
+        for (k, n) in &w.exits {
+            row(&format!("  {k}"), *n);
+        }
+        row("device interrupts", w.device_interrupts);
+        row("interrupts injected", w.interrupts_injected);
+        if let Some(c) = w.virtio_chains {
+            row("virtio chains completed", c);
+        }
+        let met = |ok: bool| if ok { "met" } else { "not met" };
+        let ratio = self.virtio_vs_vf(v);
+        out.push_str(&format!(
+            "goal (issue 14): throughput ≥ 0.50 of the VF's: {ratio:.2}, {}; exits per packet < 1: {:.2}, {}\n",
+            met(ratio >= 0.5),
+            v.exits_per_packet(),
+            met(v.exits_per_packet() < 1.0)
+        ));
         out
     }
 
     /// The JSON the bench writes (the figures; the caller adds the raw results).
     pub fn json(&self) -> Value {
+        let mut j = self.vf_json();
+        if let Some(v) = &self.virtio {
+            let w = &v.window;
+            let p = v.side.packets.total();
+            j["virtio_net"] = json!({
+                "pings": v.side.pings_sent,
+                "rtt_avg_ms": v.side.rtt_avg_ms,
+                "tcp_bytes": v.side.tcp_bytes,
+                "tcp_seconds": v.side.tcp_seconds,
+                "tcp_mb_per_s": v.side.mb_per_s(),
+                "rx_packets": v.side.packets.rx(),
+                "tx_packets": v.side.packets.tx(),
+                "throughput_vs_vf": self.virtio_vs_vf(v),
+                "throughput_vs_baseline": v.side.mb_per_s() / self.baseline.mb_per_s(),
+                "rtt_vs_vf": v.side.rtt_avg_ms / self.enclave.rtt_avg_ms,
+                "exits_per_packet": v.exits_per_packet(),
+                "data_phase": {
+                    "seconds": w.us as f64 / 1e6,
+                    "packets": p,
+                    "exits": w.total(),
+                    "exits_by_kind": w.exits.iter().map(|(k, n)| (k.clone(), json!(n))).collect::<serde_json::Map<_, _>>(),
+                    "device_interrupts": w.device_interrupts,
+                    "interrupts_injected": w.interrupts_injected,
+                    "virtio_chains": w.virtio_chains,
+                },
+            });
+        }
+        j
+    }
+
+    /// The VF's part of the JSON.
+    fn vf_json(&self) -> Value {
         let p = self.packets();
         let side = |s: &Side| {
             json!({
@@ -397,8 +562,9 @@ impl NetBench {
     }
 }
 
-/// Runs the bench and prints its table.
-pub fn bench(emulator: Emulator) -> Result<()> {
+/// Runs the bench and prints its table (`poll`: the virtio-net round with atoll-channeld
+/// polling, see [`crate::bench_blk::POLL_WORD`]).
+pub fn bench(emulator: Emulator, poll: bool) -> Result<()> {
     if emulator == Emulator::Bochs {
         bail!("{BOCHS_REFUSAL}");
     }
@@ -408,7 +574,7 @@ pub fn bench(emulator: Emulator) -> Result<()> {
         emulator.name(),
         scenario.timeout_s.qemu
     );
-    let o = run(&RunOptions::new(emulator, SCENARIO))?;
+    let o = run(&crate::bench_blk::run_options(emulator, SCENARIO, poll))?;
     if !o.passed() {
         bail!("{}", o.failure());
     }
@@ -416,14 +582,30 @@ pub fn bench(emulator: Emulator) -> Result<()> {
     let bench = lookup(summary, "host.results.bench_net").context("no host result bench_net")?;
     let round = lookup(summary, "host.results.bench_net_round")
         .context("no host result bench_net_round")?;
-    let figures = NetBench::parse(bench, round)?;
+    let mut figures = NetBench::parse(bench, round)?;
+    // The virtio-net round: measured after the VF's; its failure is reported after the VF's
+    // figures rather than instead of them.
+    let virtio_round = lookup(summary, "host.results.bench_net_virtio");
+    let virtio_enclave = lookup(summary, "host.results.bench_net_virtio_enclave");
+    let virtio_problem = match (virtio_round, virtio_enclave) {
+        (Some(r), Some(e)) => match VirtioNet::parse(r, e) {
+            Ok(v) => {
+                figures.virtio = Some(v);
+                None
+            }
+            Err(e) => Some(format!("{e:#}")),
+        },
+        _ => Some("no host results bench_net_virtio and bench_net_virtio_enclave".to_string()),
+    };
     println!(
         "the network over a passed-through VF (QEMU igb, {}), enclave ↔ host over VF 0 and \
-         host ↔ host over VF 1, both through the NIC's switch to the PF",
+         host ↔ host over VF 1, both through the NIC's switch to the PF; then an enclave ↔ the \
+         host's tap over virtio-net served by atoll-channeld ({})",
         summary
             .get("cpu_virt")
             .and_then(Value::as_str)
-            .unwrap_or("-")
+            .unwrap_or("-"),
+        crate::bench_blk::notify_note(poll)
     );
     print!("{}", figures.table());
     println!("wall {:.1} s", o.wall.as_secs_f64());
@@ -431,14 +613,21 @@ pub fn bench(emulator: Emulator) -> Result<()> {
     out["bench"] = json!("net");
     out["emulator"] = json!(emulator.name());
     out["cpu_virt"] = summary.get("cpu_virt").cloned().unwrap_or(Value::Null);
+    out["notify"] = json!(if poll { "poll" } else { "interrupt" });
     out["command"] = json!(format!(
-        "cargo xtask bench net --emulator {}",
-        emulator.name()
+        "cargo xtask bench net --emulator {}{}",
+        emulator.name(),
+        if poll { " --virtio-poll" } else { "" }
     ));
-    out["results"] = json!({ "bench_net": bench, "bench_net_round": round });
+    out["results"] = json!({ "bench_net": bench, "bench_net_round": round,
+        "bench_net_virtio": virtio_round, "bench_net_virtio_enclave": virtio_enclave });
+    out["virtio_problem"] = json!(virtio_problem);
     out["wall_s"] = json!(o.wall.as_secs_f64());
     let path = crate::write_bench_json(&format!("net-{}", emulator.name()), &out)?;
     println!("wrote {}", path.display());
+    if let Some(p) = virtio_problem {
+        bail!("the virtio-net round: {p}");
+    }
     Ok(())
 }
 
@@ -524,6 +713,101 @@ mod tests {
         assert!(!t.contains("cpuid"), "{t}");
     }
 
+    fn virtio_docs() -> (Value, Value) {
+        let enclave = side(3.0, (0, 1000), (0, 3000));
+        let mut round = json!({"create": {"rc": 0}, "recv": recv(16 << 20, 8.0),
+            "stats_begin": stats(1_000_000, 10, 20, 30, 40, 0),
+            "stats_end": stats(21_000_000, 1010, 2020, 30, 2040, 0), "problem": ""});
+        round["stats_begin"]["enclaves"][0]["virtio_chains"] = json!(100);
+        round["stats_end"]["enclaves"][0]["virtio_chains"] = json!(3100);
+        (round, enclave)
+    }
+
+    #[test]
+    fn the_virtio_round_beside_the_vf() {
+        let (bench, round) = bench_doc();
+        let mut f = NetBench::parse(&bench, &round).unwrap();
+        assert_eq!(f.virtio, None);
+        let vf_table = f.table();
+        assert!(!vf_table.contains("virtio"), "{vf_table}");
+        let (vr, ve) = virtio_docs();
+        let v = VirtioNet::parse(&vr, &ve).unwrap();
+        // 3000 exits over 4000 packets.
+        assert!((v.exits_per_packet() - 0.75).abs() < 1e-9);
+        f.virtio = Some(v);
+        // 16 MiB in 8 s against the VF enclave's 4 s.
+        assert!((f.virtio_vs_vf(f.virtio.as_ref().unwrap()) - 0.5).abs() < 1e-9);
+        let t = f.table();
+        assert!(t.starts_with(&vf_table), "{t}");
+        for want in [
+            "virtio-net",
+            "VF enclave",
+            "3.000",
+            "1.20",
+            "0.25",
+            "the virtio-net enclave's data phase: 20.0 s, 4000 packets",
+            "750.0",
+            "throughput ≥ 0.50 of the VF's: 0.50, met; exits per packet < 1: 0.75, met",
+        ] {
+            assert!(t.contains(want), "{want} not in\n{t}");
+        }
+        let chains = t
+            .lines()
+            .find(|l| l.starts_with("virtio chains completed"))
+            .unwrap();
+        assert_eq!(
+            chains.split_whitespace().collect::<Vec<_>>()[3..],
+            ["3000", "750.0"]
+        );
+        let j = f.json();
+        assert_eq!(j["virtio_net"]["throughput_vs_vf"], json!(0.5));
+        assert_eq!(j["virtio_net"]["throughput_vs_baseline"], json!(0.25));
+        assert_eq!(j["virtio_net"]["exits_per_packet"], json!(0.75));
+        assert_eq!(
+            j["virtio_net"]["data_phase"]["exits_by_kind"]["hlt"],
+            json!(1000)
+        );
+        assert_eq!(j["virtio_net"]["data_phase"]["virtio_chains"], json!(3000));
+        // Stats without the count (the VF's): none, not zero.
+        assert_eq!(f.window.virtio_chains, None);
+        let mut back = vr.clone();
+        back["stats_end"]["enclaves"][0]["virtio_chains"] = json!(99);
+        let e = VirtioNet::parse(&back, &ve).unwrap_err().to_string();
+        assert!(e.contains("virtio_chains went backwards"), "{e}");
+        // Goals missed are said so.
+        let mut slow = f.clone();
+        let v = slow.virtio.as_mut().unwrap();
+        v.side.tcp_seconds = 16.0;
+        v.side.packets.tx_after = 1000;
+        let t = slow.table();
+        assert!(
+            t.contains("0.25, not met; exits per packet < 1: 1.50, not met"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn virtio_round_failures_are_reported() {
+        let (vr, ve) = virtio_docs();
+        let mut r = vr.clone();
+        r["problem"] = json!("atoll create of the virtio-net enclave failed");
+        let e = VirtioNet::parse(&r, &ve).unwrap_err().to_string();
+        assert!(e.contains("create of the virtio-net enclave failed"), "{e}");
+        let e = VirtioNet::parse(&vr, &Value::Null).unwrap_err().to_string();
+        assert!(e.contains("reported nothing"), "{e}");
+        let mut r = vr.clone();
+        r["recv"]["matches"] = json!(false);
+        let e = VirtioNet::parse(&r, &ve).unwrap_err().to_string();
+        assert!(
+            e.contains("virtio-net enclave") && e.contains("intact"),
+            "{e}"
+        );
+        let mut r = vr;
+        r["stats_begin"] = Value::Null;
+        let e = VirtioNet::parse(&r, &ve).unwrap_err().to_string();
+        assert!(e.contains("stats_begin"), "{e}");
+    }
+
     #[test]
     fn per_1000_of_nothing_is_zero() {
         assert_eq!(per_1000(5, 0), 0.0);
@@ -584,7 +868,7 @@ mod tests {
                 .unwrap();
         assert!(machine.contains("atoll.actions=bench_net"), "{machine}");
         assert!(crate::guest_image::init_script().contains("bench_net) bench_net ;;"));
-        let e = bench(Emulator::Bochs).unwrap_err().to_string();
+        let e = bench(Emulator::Bochs, false).unwrap_err().to_string();
         assert!(e.contains("--emulator qemu"), "{e}");
     }
 }

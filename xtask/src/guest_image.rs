@@ -852,12 +852,15 @@ vf_field() {
 # carrier_s and, when something is missing, why.
 vf_up() {
     vf_numbers_ok || return 1
-    insmod /lib/modules/igbvf.ko || echo "vf: insmod igbvf failed"
+    # The network bench's virtio-net enclave (vnet) runs the same with virtio_net, which /init
+    # loaded already.
+    vf_drv=${vf_driver:-igbvf}
+    [ "$vf_drv" = igbvf ] && { insmod /lib/modules/igbvf.ko || echo "vf: insmod igbvf failed"; }
     vf_t=0
-    while ! vf_iface igbvf; do
+    while ! vf_iface "$vf_drv"; do
         vf_t=$((vf_t + 1))
         if [ "$vf_t" -gt 10 ]; then
-            why="no interface is bound to igbvf"
+            why="no interface is bound to $vf_drv"
             return 1
         fi
         sleep 1
@@ -1132,6 +1135,231 @@ vf_host_outside() {
     echo "ATOLL-RESULT vf_host_outside {$lc}"
     lc=""
 }
+# The disk bench (`cargo xtask bench blk`, issue 14): fio's 4 KiB sequential and random reads
+# and writes (psync, one job at a time, atoll.blk_seconds each, over atoll.blk_mib MiB) on a raw
+# image file in the host's memory, first by the host itself, then by an enclave that has the
+# same file as its virtio-blk disk /dev/vda, served by atoll-channeld. The enclave's fio uses
+# O_DIRECT, so every I/O crosses the channel rather than its page cache. The host's tries
+# O_DIRECT too and, when its file system refuses it (the initramfs's root file system), runs buffered:
+# that file's pages are its storage, so buffered is the direct path there. The enclave pauses
+# atoll.blk_pause seconds after "ATOLL-BLK begin" and "ATOLL-BLK end" around its jobs, and the
+# host takes atoll's stats of it in each pause. Lines: "ATOLL-RESULT bench_blk_host {json}",
+# "ATOLL-RESULT bench_blk_enclave {the enclave's bench_blk_guest result}", "ATOLL-RESULT
+# bench_blk {json}" (the enclave's round, the stats, problem).
+blk_dir=/tmp/blk
+# name:fio's rw, in the order they run.
+blk_jobs="seqread:read seqwrite:write randread:randread randwrite:randwrite"
+# The bench's words on the kernel command line (whole numbers); defaults for the scenario.
+blk_params() {
+    blk_mib=32; blk_seconds=4; blk_pause=2
+    for w in $(cat /proc/cmdline); do
+        case "$w" in
+            atoll.blk_mib=*) blk_mib=${w#*=} ;;
+            atoll.blk_seconds=*) blk_seconds=${w#*=} ;;
+            atoll.blk_pause=*) blk_pause=${w#*=} ;;
+        esac
+    done
+    for v in "$blk_mib" "$blk_seconds" "$blk_pause"; do
+        case "$v" in ""|*[!0-9]*) why="atoll.blk_* parameter '$v' is not a whole number"; return 1 ;; esac
+    done
+}
+# fio's JSON (file $1, one job) cut to what the bench reads, in fio's own layout: one line
+# {"jobs":[{"jobname", "error", "read":{...}, "write":{...}}]} where read and write keep the
+# numbers that open fio's objects (io_bytes, bw_bytes, iops, runtime, total_ios, ...) and drop
+# its latency histograms: the whole document is some 6 KB, more than a console line carries.
+blk_reduce() {
+    j=$(tr -d ' \n\t' < "$1")
+    name=$(printf '%s' "$j" | sed -n 's/.*"jobname":\("[^"]*"\).*/\1/p')
+    err=$(printf '%s' "$j" | sed -n 's/.*"jobname":"[^"]*",[^{}]*"error":\([0-9]*\),.*/\1/p')
+    rd=$(printf '%s' "$j" | sed -n 's/.*"read":{\([^{}]*\),"[a-z_]*":{.*/\1/p')
+    wr=$(printf '%s' "$j" | sed -n 's/.*"write":{\([^{}]*\),"[a-z_]*":{.*/\1/p')
+    printf '{"jobname":%s,"error":%s,"read":{%s},"write":{%s}}' "${name:-null}" "${err:-null}" "$rd" "$wr"
+}
+# Runs the jobs on $1 with --direct=$2: their reduced JSON, comma-separated, in $blk_out; on
+# fio's failure returns 1 with the end of what it said in $blk_err.
+blk_fio() {
+    blk_out=""
+    blk_err=""
+    mkdir -p $blk_dir
+    for jr in $blk_jobs; do
+        job=${jr%%:*}
+        if ! fio --name="$job" --filename="$1" --rw="${jr#*:}" --bs=4k --size="${blk_mib}M" \
+            --direct="$2" --ioengine=psync --runtime="$blk_seconds" --time_based \
+            --output-format=json --output="$blk_dir/$job.json" > "$blk_dir/$job.err" 2>&1; then
+            blk_err="$job: $(tail -c 300 "$blk_dir/$job.err")"
+            return 1
+        fi
+        blk_out="$blk_out${blk_out:+,}$(blk_reduce "$blk_dir/$job.json")"
+    done
+}
+# In the enclave: waits for vda's capacity (channeld's configuration change may come after the
+# driver), runs the jobs on it between the markers, prints "ATOLL-RESULT bench_blk_guest
+# {json}" on its console and on hvc0, then stays up until destroyed.
+bench_blk_guest() {
+    bg_hvc=false
+    bg_sectors=null
+    blk_out=""; blk_err=""
+    if [ -e /sys/class/tty/hvc0 ]; then
+        bg_hvc=true
+        exec 4<>/dev/hvc0
+    fi
+    # Markers and the result on both consoles (the host's `atoll console` reads hvc0).
+    bg_say() {
+        echo "$1"
+        [ "$bg_hvc" = true ] && echo "$1" >&4
+    }
+    if blk_params; then
+        bg_t=0
+        while [ "$bg_t" -lt 30 ]; do
+            bg_sectors=$(cat /sys/block/vda/size 2>/dev/null || echo null)
+            [ "$bg_sectors" != null ] && [ "$bg_sectors" != 0 ] && break
+            sleep 1
+            bg_t=$((bg_t + 1))
+        done
+        if [ "$bg_sectors" = null ] || [ "$bg_sectors" = 0 ]; then
+            why="no disk vda with sectors (size $bg_sectors)"
+        fi
+    fi
+    bg_say "ATOLL-BLK begin"
+    sleep "${blk_pause:-0}"
+    if [ -z "$why" ]; then
+        blk_fio /dev/vda 1 || why="fio on /dev/vda failed"
+    fi
+    bg_say "ATOLL-BLK end"
+    sleep "${blk_pause:-0}"
+    bg_say "ATOLL-RESULT bench_blk_guest {\"sectors\":$bg_sectors,\"direct\":1,\"jobs\":[$blk_out],\"fio_error\":$(lc_str "$blk_err"),\"problem\":$(lc_str "$why")}"
+}
+# In the host: the image, the host's jobs, then the enclave's (see above).
+bench_blk() {
+    d=$blk_dir
+    mkdir -p $d
+    lc=""
+    e=blk1
+    bh_host=null; bh_res=""; bh_stats_begin=""; bh_stats_end=""
+    if blk_params; then
+        dd if=/dev/zero of=$d/disk.img bs=1048576 count="$blk_mib" 2>/dev/null || why="cannot write $d/disk.img"
+    fi
+    if [ -z "$why" ]; then
+        bh_direct=1
+        bh_direct_err=""
+        if ! blk_fio $d/disk.img 1; then
+            bh_direct=0
+            bh_direct_err=$blk_err
+            blk_fio $d/disk.img 0 || why="fio on the host's $d/disk.img failed: $blk_err"
+        fi
+        bh_host="{\"direct\":$bh_direct,\"direct_refused\":$(lc_str "$bh_direct_err"),\"jobs\":[$blk_out],\"fio_error\":$(lc_str "$blk_err")}"
+    fi
+    echo "ATOLL-RESULT bench_blk_host $bh_host"
+    if [ -z "$why" ]; then
+        lc_desc $d/$e.toml $e "${lc_cores%,*}" 256 linux \
+            "console=ttyS0 console=hvc0 loglevel=5 atoll.expect_cpus=1 atoll.expect_mem=256 atoll.actions=bench_blk_guest atoll.blk_mib=$blk_mib atoll.blk_seconds=$blk_seconds atoll.blk_pause=$blk_pause $lc_args"
+        printf '[[virtio]]\nkind = "console"\n\n[[virtio]]\nkind = "blk"\npath = "%s"\n' "$d/disk.img" >> $d/$e.toml
+        bench_virtio_notify
+        if lc_run create atoll create $d/$e.toml --offline-cores; then
+            # Bounded waits (the scenario's timeout is 900 s): an enclave that never begins
+            # is not waited for twice more. The jobs take 4 × atoll.blk_seconds.
+            bh_rc=1
+            if atoll console $e --no-input --until "ATOLL-BLK begin" --timeout 300 > $d/$e.out 2>&1; then
+                bh_stats_begin=$(atoll stats $e --json 2>/dev/null)
+                atoll console $e --no-input --until "ATOLL-BLK end" --timeout $((blk_seconds * 4 + 240)) > /dev/null 2>&1
+                bh_stats_end=$(atoll stats $e --json 2>/dev/null)
+                atoll console $e --no-input --until "ATOLL-RESULT bench_blk_guest" --timeout 120 > $d/$e.out 2>&1
+                bh_rc=$?
+            fi
+            lc_add console_rc $bh_rc
+            bh_res=$(grep -a "^ATOLL-RESULT bench_blk_guest " $d/$e.out | head -n 1 | sed "s/^ATOLL-RESULT bench_blk_guest //" | tr -d '\r')
+            if [ -z "$bh_res" ]; then
+                why="the enclave printed no bench_blk_guest result (atoll console exited $bh_rc)"
+                echo "bench_blk: atoll console $e: $(tail -c 600 $d/$e.out | tr '\r\n' '  ')"
+                while IFS= read -r l; do echo "bench_blk: channeld.log: $l"; done < /run/atoll/$e/channeld.log
+            elif [ "$(vf_field "$bh_res" problem)" != '""' ]; then
+                why="enclave: $(vf_field "$bh_res" problem): $(vf_field "$bh_res" fio_error)"
+            fi
+            lc_run destroy atoll destroy $e --online-cores
+        else
+            why="atoll create failed"
+        fi
+    fi
+    echo "ATOLL-RESULT bench_blk_enclave ${bh_res:-null}"
+    lc_add stats_begin "${bh_stats_begin:-null}"
+    lc_add stats_end "${bh_stats_end:-null}"
+    lc_add problem "$(lc_str "$why")"
+    echo "ATOLL-RESULT bench_blk {$lc}"
+    lc=""
+}
+# The benches' atoll.virtio_notify=poll, as virtio_host's: without uio_pci_generic
+# atoll-channeld polls the channel (every 10 ms) instead of waiting for its INTx. Adds "notify"
+# to $lc.
+bench_virtio_notify() {
+    if [ "$virtio_notify" = poll ]; then
+        rmmod uio_pci_generic 2>/dev/null || echo "bench: rmmod uio_pci_generic failed"
+    fi
+    lc_add notify "$(lc_str "${virtio_notify:-interrupt}")"
+}
+# The network bench's virtio-net round (issue 14), after the VF's: an enclave with a virtio-net
+# device on the host's tap atl0 (atoll.net_ip's 10.9.0.x: virtio_ip, the tap virtio_peer), served
+# by atoll-channeld, runs vf_net over it (the action vnet) with the same pings, transfer and
+# pauses, and atoll's stats of it are taken in the pauses. Lines "ATOLL-RESULT
+# bench_net_virtio_enclave {its vf_net result}" and "ATOLL-RESULT bench_net_virtio {json}"
+# (create, the host's receiver, the stats, problem).
+bench_net_virtio() {
+    d=/tmp/vf
+    mkdir -p $d
+    e=vnet1
+    vn_why=""; vn_res=""; vn_recv=""; vn_begin=""; vn_end=""
+    saved_why=$why
+    why=""
+    vn=""
+    /atoll-check --tcp-recv "$net_port" --timeout 1800 --bytes "$net_bytes" --seed "$net_seed" > $d/vnet_recv.json &
+    vn_rpid=$!
+    lc_desc $d/$e.toml $e "${lc_cores%,*}" 256 linux \
+        "console=ttyS0 loglevel=5 atoll.expect_cpus=1 atoll.expect_mem=256 atoll.actions=vnet atoll.net_ip=$virtio_ip/24 atoll.net_peer=${virtio_peer}$net_words $lc_args"
+    printf '[[virtio]]\nkind = "net"\ntap = "atl0"\n' >> $d/$e.toml
+    lc=""
+    bench_virtio_notify
+    if lc_run create atoll create $d/$e.toml --offline-cores; then
+        # The tap is channeld's, up once create returns.
+        lc_run tap ip addr add "$virtio_peer/24" dev atl0
+        # Bounded waits (the scenario's timeout is 900 s, the VF's round took part of it): an
+        # enclave that never begins is not waited for twice more.
+        vn_rc=1
+        if atoll console $e --no-input --until "ATOLL-NET begin" --timeout 240 > $d/$e.out 2>&1; then
+            vn_begin=$(atoll stats $e --json 2>/dev/null)
+            atoll console $e --no-input --until "ATOLL-NET end" --timeout 300 > /dev/null 2>&1
+            vn_end=$(atoll stats $e --json 2>/dev/null)
+            atoll console $e --no-input --until "ATOLL-RESULT vf_net" --timeout 120 > $d/$e.out 2>&1
+            vn_rc=$?
+        fi
+        lc_add console_rc $vn_rc
+        vn_res=$(grep -a "^ATOLL-RESULT vf_net " $d/$e.out | head -n 1 | sed "s/^ATOLL-RESULT vf_net //" | tr -d '\r')
+        lc_add tap_packets "{$(vf_packets atl0 tap)}"
+        [ -n "$vn_res" ] || kill $vn_rpid 2>/dev/null
+        wait $vn_rpid
+        vn_recv=$(cat $d/vnet_recv.json 2>/dev/null)
+        if [ -z "$vn_res" ]; then
+            vn_why="the virtio-net enclave printed no vf_net result"
+            echo "bench_net: atoll console $e: $(tail -c 600 $d/$e.out | tr '\r\n' '  ')"
+            while IFS= read -r l; do echo "bench_net: channeld.log: $l"; done < /run/atoll/$e/channeld.log
+        elif [ "$(vf_field "$vn_res" problem)" != '""' ]; then
+            vn_why="virtio-net enclave: $(vf_field "$vn_res" problem)"
+        elif [ "$(vf_field "$vn_recv" matches)" != true ]; then
+            vn_why="the virtio-net enclave's file did not arrive intact"
+        fi
+        lc_run destroy atoll destroy $e --online-cores
+    else
+        kill $vn_rpid 2>/dev/null
+        wait $vn_rpid
+        vn_why="atoll create of the virtio-net enclave failed"
+    fi
+    echo "ATOLL-RESULT bench_net_virtio_enclave ${vn_res:-null}"
+    lc_add recv "${vn_recv:-null}"
+    lc_add stats_begin "${vn_begin:-null}"
+    lc_add stats_end "${vn_end:-null}"
+    lc_add problem "$(lc_str "$vn_why")"
+    echo "ATOLL-RESULT bench_net_virtio {$lc}"
+    lc=""
+    why=$saved_why
+}
 # The network bench (`cargo xtask bench net`): the host enables two VFs. Baseline, host to
 # host over the PF: VF 1 bound to the host's own igbvf and moved into a network namespace (so
 # its traffic leaves through the NIC's switch to the PF rather than the host's loopback), with
@@ -1252,6 +1480,8 @@ bench_net() {
     fi
     echo "ATOLL-RESULT bench_net_round {$lc}"
     lc=""
+    # virtio-net after a VF round that worked (its figures are compared with that round's).
+    [ -z "$why" ] && bench_net_virtio
     echo "ATOLL-RESULT bench_net {\"baseline\":$base,\"enclave\":${res:-null},\"stats_begin\":${vf_stats_begin:-null},\"stats_end\":${vf_stats_end:-null},\"problem\":$(lc_str "$why")}"
 }
 # The virtio actions (issue 14). In an enclave, virtio_guest uses the three virtio devices atoll
@@ -1540,6 +1770,9 @@ for action in $actions; do
         bench_net) bench_net ;;
         bench_lifecycle) bench_lifecycle ;;
         bench_lifecycle_small) bench_lifecycle small ;;
+        bench_blk) bench_blk ;;
+        vnet) vf_driver=virtio_net; vf_net; vf_then ;;
+        bench_blk_guest) bench_blk_guest; vf_then ;;
         soak:*)
             n=${action#*:}
             case "$n" in
@@ -2263,6 +2496,9 @@ pub fn build_initrd() -> Result<Initrd> {
     let cli_bytes = std::fs::read(&cli)?;
     let channeld = build_channeld()?;
     let channeld_bytes = std::fs::read(&channeld)?;
+    // The disk bench's fio (`bench_blk`), in the host and in enclaves alike.
+    let fio = crate::fio::build()?;
+    let fio_bytes = std::fs::read(&fio)?;
     let init = init_script();
     let key = cache_key(&[
         ("init", init.as_bytes()),
@@ -2271,6 +2507,7 @@ pub fn build_initrd() -> Result<Initrd> {
         ("atoll-check", &check_bytes),
         ("atoll", &cli_bytes),
         ("atoll-channeld", &channeld_bytes),
+        ("fio", &fio_bytes),
     ]);
     let dir = cache.join(format!("initrd-{key}"));
     let path = dir.join("initrd.cpio.gz");
@@ -2291,6 +2528,7 @@ pub fn build_initrd() -> Result<Initrd> {
     std::fs::copy(&check, rootfs.join("atoll-check"))?;
     std::fs::copy(&cli, rootfs.join("bin/atoll"))?;
     std::fs::copy(&channeld, rootfs.join("bin/atoll-channeld"))?;
+    std::fs::copy(&fio, rootfs.join("bin/fio"))?;
     std::fs::write(rootfs.join("init"), &init)?;
     std::fs::write(tmp.join("init"), &init)?;
     use std::os::unix::fs::PermissionsExt;
@@ -2300,6 +2538,7 @@ pub fn build_initrd() -> Result<Initrd> {
         "bin/busybox",
         "bin/atoll",
         "bin/atoll-channeld",
+        "bin/fio",
     ] {
         std::fs::set_permissions(rootfs.join(f), std::fs::Permissions::from_mode(0o755))?;
     }
@@ -3325,6 +3564,7 @@ linux-image-6.12.117+deb12-amd64 - Linux 6.12 for 64-bit PCs (signed)
                 &dir.join("pcidrivers").to_string_lossy(),
             )
             .replace("/tmp/vf", &dir.join("vf").to_string_lossy())
+            .replace("/tmp/blk", &dir.join("blk").to_string_lossy())
             .replace("/atoll-check ", "atoll_check ")
             // What is left of /proc (the bench's namespaces and /proc/net/dev).
             .replace(
@@ -4054,8 +4294,10 @@ atoll_check() {
             |d| bench_net_sysfs(d, virtfn1),
             |d| {
                 calls = std::fs::read_to_string(d.join("calls")).unwrap_or_default();
-                if let Ok(t) = std::fs::read_to_string(d.join("created-")) {
-                    descs.push(t);
+                for n in ["", "x"] {
+                    if let Ok(t) = std::fs::read_to_string(d.join(format!("created-{n}"))) {
+                        descs.push(t);
+                    }
                 }
                 let read = |p: &str| std::fs::read_to_string(d.join(p)).unwrap_or_default();
                 files = [
@@ -4118,6 +4360,15 @@ atoll_check() {
             "atoll stats vfnet1 --json",
             "atoll console vfnet1 --no-input --until ATOLL-RESULT vf_net",
             "atoll destroy vfnet1 --online-cores",
+            // Then virtio-net: the tap gets the host's address once create returns.
+            "atoll create ",
+            "ip addr add 10.9.0.1/24 dev atl0",
+            "atoll console vnet1 --no-input --until ATOLL-NET begin --timeout 240",
+            "atoll stats vnet1 --json",
+            "atoll console vnet1 --no-input --until ATOLL-NET end",
+            "atoll stats vnet1 --json",
+            "atoll console vnet1 --no-input --until ATOLL-RESULT vf_net",
+            "atoll destroy vnet1 --online-cores",
         ];
         // The receiver runs in the background: it logs its start whenever it gets to run.
         assert!(
@@ -4135,8 +4386,37 @@ atoll_check() {
             calls.contains("nsenter -t ") && calls.contains(" -n\nping -c 20"),
             "{calls}"
         );
-        // The enclave has VF 0 and pauses after its markers.
-        assert_eq!(descs.len(), 1, "{calls}");
+        // The virtio-net round: its receiver (as the VF enclave's), the enclave's result, the
+        // snapshots.
+        assert_eq!(
+            calls
+                .matches("atoll-check --tcp-recv 5001 --timeout 1800 --bytes 65536 --seed 1")
+                .count(),
+            2,
+            "{calls}"
+        );
+        let v = result_of(&out, "bench_net_virtio");
+        assert_eq!(v["problem"], "", "{out}");
+        assert_eq!(v["create"]["rc"], 0);
+        assert_eq!(v["recv"]["matches"], true);
+        assert_eq!(v["stats_begin"]["exits"], 12);
+        assert_eq!(result_of(&out, "bench_net_virtio_enclave")["iface"], "eth0");
+        // The VF's enclave has VF 0, the second a virtio-net device on the tap; both pause
+        // after their markers.
+        assert_eq!(descs.len(), 2, "{calls}");
+        assert!(
+            descs[1].ends_with("[[virtio]]\nkind = \"net\"\ntap = \"atl0\"\n"),
+            "{}",
+            descs[1]
+        );
+        assert!(
+            descs[1].contains(
+                "atoll.actions=vnet atoll.net_ip=10.9.0.2/24 atoll.net_peer=10.9.0.1 \
+                 atoll.net_pings=20 atoll.net_bytes=65536 atoll.net_pause=2"
+            ),
+            "{}",
+            descs[1]
+        );
         assert!(
             descs[0].ends_with("devices = [\"0000:01:10.0\"]\n"),
             "{}",
@@ -4169,6 +4449,309 @@ atoll_check() {
             out.contains("ATOLL-ACTION-FAILED bench_net: 0000:01:00.0 has no virtfn1"),
             "{out}"
         );
+        // No virtio-net round without the VF's to compare it with.
+        assert!(!out.contains("bench_net_virtio"), "{out}");
+    }
+
+    /// `fio` for the disk bench's actions: logs its arguments and writes, for `--output`, the
+    /// real fio 3.33 document of a read or a write job (xtask/testdata) under the job's name;
+    /// with `$NO_DIRECT` it refuses `--direct=1` as fio does on the initramfs, with `$FIO_FAIL` every
+    /// job. `dd` logs (the image).
+    fn blk_stubs(env: &str) -> String {
+        let data = crate::root().join("xtask/testdata");
+        format!(
+            "{env}\nlog() {{ echo \"$*\" >> \"$SANDBOX/calls\"; }}\n\
+             dd() {{ log \"dd $*\"; }}\n\
+             fio() {{
+    log \"fio $*\"
+    for a in \"$@\"; do
+        case \"$a\" in --name=*) n=${{a#*=}} ;; --output=*) o=${{a#*=}} ;; --direct=*) dr=${{a#*=}} ;; --rw=*) rw=${{a#*=}} ;; esac
+    done
+    if [ \"$dr\" = 1 ] && [ -n \"$NO_DIRECT\" ]; then
+        echo 'fio: looks like your file system does not support direct=1/buffered=0'
+        echo 'fio: destination does not support O_DIRECT'
+        return 1
+    fi
+    [ -n \"$FIO_FAIL\" ] && {{ echo \"fio: $FIO_FAIL\"; return 1; }}
+    case \"$rw\" in *read) f={}/fio-randread.json ;; *) f={}/fio-seqwrite.json ;; esac
+    sed \"s/\\\"jobname\\\" : \\\"[a-z]*\\\"/\\\"jobname\\\" : \\\"$n\\\"/\" \"$f\" > \"$o\"
+}}\n",
+            data.display(),
+            data.display()
+        )
+    }
+
+    /// `atoll` for the host's bench_blk: `create` keeps the description, `console` prints the
+    /// line it waits for (the enclave's result with no problem), `stats` a stand-in.
+    const BLK_HOST_STUBS: &str = r#"
+atoll() {
+    log "atoll $*"
+    case "$1" in
+        create) cp "$2" "$SANDBOX/created-" ;;
+        console) echo "booting"
+                 printf 'ATOLL-RESULT %s {"problem":""}\r\n' "${5#ATOLL-RESULT }" ;;
+        stats) echo '{"exits":12}' ;;
+    esac
+}
+"#;
+
+    const BLK_TOOLS: &[(&str, &str)] = &[
+        ("sed", "sed"),
+        ("tr", "tr"),
+        ("grep", "grep"),
+        ("head", "head"),
+        ("tail", "tail"),
+        ("mkdir", "mkdir"),
+        ("cp", "cp"),
+    ];
+
+    /// Runs the disk bench's actions; returns stdout, the calls, what went to hvc0 and the
+    /// enclave descriptions.
+    fn run_blk(cmdline: &str, env: &str, host: bool) -> (String, String, String, Vec<String>) {
+        let (mut calls, mut hvc0, mut descs) = (String::new(), String::new(), Vec::new());
+        let stubs = if host {
+            format!("{}\n{BLK_HOST_STUBS}", blk_stubs(env))
+        } else {
+            blk_stubs(env)
+        };
+        let (out, _) = run_actions_sandbox(
+            cmdline,
+            &[],
+            BLK_TOOLS,
+            &stubs,
+            |d| virtio_enclave_sysfs(d, true, Some("65536")),
+            |d| {
+                calls = std::fs::read_to_string(d.join("calls")).unwrap_or_default();
+                hvc0 = std::fs::read_to_string(d.join("hvc0")).unwrap_or_default();
+                if let Ok(t) = std::fs::read_to_string(d.join("created-")) {
+                    descs.push(t);
+                }
+            },
+        );
+        (out, calls, hvc0, descs)
+    }
+
+    #[test]
+    fn bench_blk_guest_runs_the_four_jobs_on_vda_with_o_direct() {
+        let (out, calls, hvc0, _) = run_blk(
+            "atoll.actions=bench_blk_guest atoll.blk_mib=8 atoll.blk_seconds=3 atoll.net_then=poweroff",
+            "",
+            false,
+        );
+        let r = result_of(&out, "bench_blk_guest");
+        assert_eq!(r["problem"], "", "{out}");
+        assert_eq!(r["sectors"], 65536);
+        assert_eq!(r["direct"], 1);
+        // What the bench parses, as it parses it.
+        let side = crate::bench_blk::Side::parse(&r, "enclave").unwrap();
+        assert!(side.direct && side.rates.len() == 4);
+        let fio: Vec<&str> = calls.lines().filter(|l| l.starts_with("fio ")).collect();
+        assert_eq!(fio.len(), 4, "{calls}");
+        for ((name, rw), line) in [
+            ("seqread", "read"),
+            ("seqwrite", "write"),
+            ("randread", "randread"),
+            ("randwrite", "randwrite"),
+        ]
+        .iter()
+        .zip(&fio)
+        {
+            assert!(
+                line.starts_with(&format!(
+                    "fio --name={name} --filename=/dev/vda --rw={rw} --bs=4k --size=8M --direct=1 \
+                     --ioengine=psync --runtime=3 --time_based --output-format=json --output="
+                )),
+                "{line}"
+            );
+        }
+        // The jobs run between the markers, each followed by a pause; the markers and the
+        // result reach hvc0 too.
+        let at = |s: &str| out.find(s).unwrap_or_else(|| panic!("{s}: {out}"));
+        assert!(at("ATOLL-BLK begin\nslept 2\n") < at("ATOLL-BLK end\nslept 2\n"));
+        assert!(at("ATOLL-BLK end") < at("ATOLL-RESULT bench_blk_guest"));
+        for l in [
+            "ATOLL-BLK begin",
+            "ATOLL-BLK end",
+            "ATOLL-RESULT bench_blk_guest {",
+        ] {
+            assert!(hvc0.contains(l), "{l}: {hvc0}");
+        }
+        // It then stays up for the host (atoll.net_then=poweroff here: it goes on).
+        assert!(out.contains("ATOLL-ACTIONS end failed=0"), "{out}");
+    }
+
+    #[test]
+    fn bench_blk_guest_says_what_failed() {
+        let cmd = "atoll.actions=bench_blk_guest atoll.net_then=poweroff";
+        let (out, _, _, _) = run_blk(cmd, "FIO_FAIL='cannot open /dev/vda'", false);
+        let r = result_of(&out, "bench_blk_guest");
+        assert_eq!(r["problem"], "fio on /dev/vda failed");
+        assert_eq!(r["fio_error"], "seqread: fio: cannot open /dev/vda");
+        assert_eq!(r["jobs"], serde_json::json!([]));
+        let (out, calls, _, _) = run_blk(
+            "atoll.actions=bench_blk_guest atoll.blk_seconds=4s atoll.net_then=poweroff",
+            "",
+            false,
+        );
+        let r = result_of(&out, "bench_blk_guest");
+        assert_eq!(
+            r["problem"],
+            "atoll.blk_* parameter '4s' is not a whole number"
+        );
+        assert!(!calls.contains("fio "), "{calls}");
+        // The markers all the same, so the host waiting for them goes on.
+        assert!(
+            out.contains("ATOLL-BLK begin") && out.contains("ATOLL-BLK end"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn bench_blk_runs_the_host_then_the_enclave_on_the_same_image() {
+        let (out, calls, _, descs) = run_blk(
+            "atoll.role=host atoll.actions=bench_blk atoll.lc_cores=1,1 atoll.blk_mib=8 \
+             atoll.blk_seconds=3",
+            "NO_DIRECT=1",
+            true,
+        );
+        let b = result_of(&out, "bench_blk");
+        assert_eq!(b["problem"], "", "{out}");
+        assert_eq!(b["create"]["rc"], 0);
+        assert_eq!(b["destroy"]["rc"], 0);
+        assert_eq!(b["stats_begin"]["exits"], 12);
+        assert_eq!(b["stats_end"]["exits"], 12);
+        // O_DIRECT refused on the host's file: buffered, and why.
+        let h = result_of(&out, "bench_blk_host");
+        assert_eq!(h["direct"], 0);
+        assert_eq!(
+            h["direct_refused"],
+            "seqread: fio: looks like your file system does not support direct=1/buffered=0 \
+             fio: destination does not support O_DIRECT"
+        );
+        let side = crate::bench_blk::Side::parse(&h, "host").unwrap();
+        assert!(!side.direct && side.rates.len() == 4);
+        assert_eq!(result_of(&out, "bench_blk_enclave")["problem"], "");
+        let order = [
+            "dd if=/dev/zero of=",
+            "fio --name=seqread --filename=",
+            "--direct=1",
+            "fio --name=seqread --filename=",
+            "--direct=0",
+            "fio --name=randwrite --filename=",
+            "--direct=0",
+            "atoll create ",
+            "atoll console blk1 --no-input --until ATOLL-BLK begin --timeout 300",
+            "atoll stats blk1 --json",
+            "atoll console blk1 --no-input --until ATOLL-BLK end --timeout 252",
+            "atoll stats blk1 --json",
+            "atoll console blk1 --no-input --until ATOLL-RESULT bench_blk_guest",
+            "atoll destroy blk1 --online-cores",
+        ];
+        let mut at = 0;
+        for step in order {
+            at += calls[at..]
+                .find(step)
+                .unwrap_or_else(|| panic!("{step} after {at}: {calls}"));
+        }
+        assert!(calls.contains("bs=1048576 count=8"), "{calls}");
+        // The enclave gets the host's image as its disk and the bench's words.
+        assert_eq!(descs.len(), 1, "{calls}");
+        let img = calls
+            .lines()
+            .find_map(|l| l.strip_prefix("dd if=/dev/zero of="))
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap();
+        assert!(
+            descs[0].ends_with(&format!(
+                "[[virtio]]\nkind = \"console\"\n\n[[virtio]]\nkind = \"blk\"\npath = \"{img}\"\n"
+            )),
+            "{}",
+            descs[0]
+        );
+        assert!(
+            descs[0].contains(
+                "atoll.actions=bench_blk_guest atoll.blk_mib=8 atoll.blk_seconds=3 atoll.blk_pause=2"
+            ),
+            "{}",
+            descs[0]
+        );
+        assert!(out.contains("ATOLL-ACTIONS end failed=0"), "{out}");
+    }
+
+    #[test]
+    fn bench_blk_without_fio_on_the_host_creates_nothing() {
+        let (out, calls, _, descs) = run_blk(
+            "atoll.role=host atoll.actions=bench_blk",
+            "FIO_FAIL='no such engine'",
+            true,
+        );
+        let b = result_of(&out, "bench_blk");
+        assert!(
+            b["problem"]
+                .as_str()
+                .unwrap()
+                .ends_with("failed: seqread: fio: no such engine"),
+            "{out}"
+        );
+        assert_eq!(b["stats_begin"], Value::Null);
+        assert_eq!(result_of(&out, "bench_blk_enclave"), Value::Null);
+        assert!(
+            descs.is_empty() && !calls.contains("atoll create"),
+            "{calls}"
+        );
+        assert!(
+            out.contains("ATOLL-ACTION-FAILED bench_blk: fio on the host's"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn vnet_runs_vf_net_over_virtio_net() {
+        // eth0 is virtio_net's, eth1 igbvf's: vnet takes eth0 and loads no igbvf.
+        let (out, calls) = run_vf_enclave(
+            "atoll.actions=vnet atoll.net_ip=10.9.0.2/24 atoll.net_peer=10.9.0.1 \
+             atoll.net_pings=20 atoll.net_bytes=65536 atoll.net_pause=2 atoll.net_then=poweroff",
+            "",
+            "1",
+            true,
+        );
+        let r = result_of(&out, "vf_net");
+        assert_eq!(r["problem"], "", "{out}");
+        assert_eq!(r["iface"], "eth0");
+        assert_eq!(r["pings_received"], 20);
+        assert!(!calls.contains("insmod"), "{calls}");
+        for call in [
+            "ip addr add 10.9.0.2/24 dev eth0",
+            "ping -c 20 -i 0.2 -W 5 10.9.0.1",
+            "atoll-check --tcp-send 10.9.0.1 5001 --bytes 65536 --seed 1 --timeout 300",
+        ] {
+            assert!(calls.contains(call), "{call}: {calls}");
+        }
+        assert!(
+            out.contains("ATOLL-NET begin\nslept 2\n") && out.contains("ATOLL-NET end\nslept 2\n"),
+            "{out}"
+        );
+        // Without a virtio_net interface (both igbvf's here) it says so, and loads no igbvf.
+        let mut calls = String::new();
+        let (out, _) = run_actions_sandbox(
+            "atoll.actions=vnet atoll.net_then=poweroff",
+            &[],
+            VF_TOOLS,
+            VF_ENCLAVE_STUBS,
+            |d| {
+                vf_enclave_sysfs(d, "1", true);
+                let link = d.join("pci/0000:00:02.0/driver");
+                std::fs::remove_file(&link).unwrap();
+                std::os::unix::fs::symlink(d.join("drivers/igbvf"), link).unwrap();
+            },
+            |d| calls = std::fs::read_to_string(d.join("calls")).unwrap_or_default(),
+        );
+        let r = result_of(&out, "vf_net");
+        assert_eq!(r["problem"], "no interface is bound to virtio_net", "{out}");
+        assert_eq!(r["iface"], "");
+        assert!(!calls.contains("insmod"), "{calls}");
     }
 
     #[test]

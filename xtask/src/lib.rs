@@ -3,6 +3,7 @@
 //! print. The emulator tests in `tests/` use this library, so the harness that `cargo xtask run`
 //! shows a developer is the one the tests assert with.
 
+pub mod bench_blk;
 pub mod bench_host;
 pub mod bench_lifecycle;
 pub mod bench_net;

@@ -96,6 +96,21 @@ enum Bench {
         /// qemu (SVM with VT-d and an igb NIC); bochs is refused (no VT-d, no SR-IOV).
         #[arg(long, value_enum, default_value = "qemu")]
         emulator: Emulator,
+        /// The virtio-net round with atoll-channeld polling its channel every 10 ms instead
+        /// of waiting for its INTx.
+        #[arg(long)]
+        virtio_poll: bool,
+    },
+    /// A virtio-blk disk over a channel window (QEMU only): fio's 4 KiB sequential and random
+    /// reads and writes in an enclave on its disk, served by atoll-channeld from a raw image,
+    /// against the host's on the same file, and the enclave's exits per I/O.
+    Blk {
+        /// qemu (SVM with VT-d); bochs is refused (no VT-d).
+        #[arg(long, value_enum, default_value = "qemu")]
+        emulator: Emulator,
+        /// atoll-channeld polls its channel every 10 ms instead of waiting for its INTx.
+        #[arg(long)]
+        virtio_poll: bool,
     },
     /// Idle Linux: boot linux-enclave with atoll.idle=N and report the exits per second (timer,
     /// IPI, HLT, other) atoll counted while the guest slept, and its boot-to-init time. With
@@ -227,8 +242,17 @@ fn main() {
             which: Bench::Lifecycle { emulator },
         } => xtask::bench_lifecycle::bench(emulator),
         Cmd::Bench {
-            which: Bench::Net { emulator },
-        } => xtask::bench_net::bench(emulator),
+            which: Bench::Net {
+                emulator,
+                virtio_poll,
+            },
+        } => xtask::bench_net::bench(emulator, virtio_poll),
+        Cmd::Bench {
+            which: Bench::Blk {
+                emulator,
+                virtio_poll,
+            },
+        } => xtask::bench_blk::bench(emulator, virtio_poll),
         Cmd::Bench {
             which:
                 Bench::Idle {
@@ -1052,12 +1076,43 @@ mod tests {
             ),
         ] {
             let Cmd::Bench {
-                which: Bench::Net { emulator },
+                which:
+                    Bench::Net {
+                        emulator,
+                        virtio_poll,
+                    },
             } = Cli::try_parse_from(args).unwrap().command
             else {
                 panic!("not bench net")
             };
-            assert_eq!(emulator, want, "{args:?}");
+            assert_eq!((emulator, virtio_poll), (want, false), "{args:?}");
+        }
+        for (args, want) in [
+            (&["xtask", "bench", "blk"][..], (Emulator::Qemu, false)),
+            (
+                &["xtask", "bench", "blk", "--virtio-poll"][..],
+                (Emulator::Qemu, true),
+            ),
+            (
+                &["xtask", "bench", "net", "--virtio-poll"][..],
+                (Emulator::Qemu, true),
+            ),
+        ] {
+            let (emulator, virtio_poll) = match Cli::try_parse_from(args).unwrap().command {
+                Cmd::Bench {
+                    which:
+                        Bench::Blk {
+                            emulator,
+                            virtio_poll,
+                        }
+                        | Bench::Net {
+                            emulator,
+                            virtio_poll,
+                        },
+                } => (emulator, virtio_poll),
+                _ => panic!("not bench blk or net"),
+            };
+            assert_eq!((emulator, virtio_poll), want, "{args:?}");
         }
     }
 }

@@ -185,6 +185,28 @@ impl HostShared {
         )
     }
 
+    /// Every channel's MSI and INTx target checked again (a host core was lent to an enclave
+    /// or came back: a target naming a lent core goes to another host core, or nowhere).
+    pub fn recheck_channel_targets(&self) {
+        if let Some(c) = &self.control {
+            let cfg = c.config.lock();
+            for f in 1..=cfg.channels() {
+                if let Some(msi) = cfg.function(f).and_then(|d| d.msi()) {
+                    let target = msi
+                        .enabled
+                        .then(|| self.msi_target(msi.address, msi.data))
+                        .flatten();
+                    crate::run::channel::CHANNELS[usize::from(f) - 1].set_msi(target);
+                }
+            }
+        }
+        for c in crate::run::channel::CHANNELS.iter() {
+            if let Some(gsi) = c.intx_gsi() {
+                self.refresh_channel_intx(gsi);
+            }
+        }
+    }
+
     /// The host core and vector an I/O APIC entry sends to (82093AA §3.2.4: vector 7:0,
     /// delivery mode 10:8, destination mode 11, mask 16, destination 63:56), on the same
     /// terms as [`Self::msi_target`]; `None` while it is masked.

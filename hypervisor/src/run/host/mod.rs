@@ -399,6 +399,8 @@ impl HostShared {
             if let Some(irq) = self.irq() {
                 irq.set_lent(apic_id, lent);
             }
+            // And no channel interrupt: their targets are checked again without it.
+            self.recheck_channel_targets();
         }
         known
     }

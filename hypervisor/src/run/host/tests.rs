@@ -1153,3 +1153,48 @@ fn configuration_ports_reach_the_control_function_or_the_hardware_with_the_latch
     w.out(0xcfc, 4, APIC as u32);
     assert_eq!(w.shared.take_placements(0)[1], None);
 }
+
+#[test]
+fn a_channel_interrupt_names_host_cores_only_and_follows_lending() {
+    use crate::run::channel::{register_read, CHANNELS};
+    use atoll_abi::channel::reg;
+    // Channel function 7 (CHANNELS[6]: the channel module's own tests use 0..=3).
+    let mut w = World::new(false);
+    w.shared
+        .set_control(super::control::ControlPort::new(3, None, 7).expect("device 3"));
+    let latch = |reg: u32| 0x8000_0000 | 3 << 11 | 7 << 8 | reg;
+    w.out(0xcf8, 4, latch(0x34));
+    w.inp(0xcfc, 4);
+    let cap = w.get(Gpr::Rax) as u32 & 0xff;
+    assert_ne!(cap, 0, "the channel function has a capability list");
+    let program = |w: &mut World, dest: u32, vector: u32| {
+        w.out(0xcf8, 4, latch(cap + 4));
+        w.out(0xcfc, 4, 0xfee0_0000 | dest << 12);
+        w.out(0xcf8, 4, latch(cap + 12));
+        w.out(0xcfc, 4, vector);
+        w.out(0xcf8, 4, latch(cap));
+        w.out(0xcfc, 4, 0x0001_0005);
+    };
+    let c = &CHANNELS[6];
+    c.attach(1, 0);
+    let fire = |c: &crate::run::channel::ChannelState| {
+        let _ = register_read(6, reg::PENDING, 4);
+        c.signal(1)
+    };
+    // An enclave's core (APIC id 2 is not the host's): refused, no interrupt.
+    program(&mut w, 2, 0x45);
+    assert_eq!(fire(c), None);
+    // Host core 4: sent there.
+    program(&mut w, 4, 0x46);
+    assert_eq!(fire(c), Some((4, 0x46)));
+    // A vector below 16 is no interrupt.
+    program(&mut w, 4, 0x0f);
+    assert_eq!(fire(c), None);
+    program(&mut w, 4, 0x47);
+    // Core 4 lent to an enclave: the target goes; back to the host: it comes back.
+    assert!(w.shared.set_lent(4, true));
+    assert_eq!(fire(c), None);
+    assert!(w.shared.set_lent(4, false));
+    assert_eq!(fire(c), Some((4, 0x47)));
+    c.detach();
+}

@@ -328,6 +328,20 @@ pub fn run_options(emulator: Emulator, scenario: &str, poll: bool) -> RunOptions
     o
 }
 
+/// The fields every channel bench's JSON starts with: the bench, the emulator, the machine's
+/// virtualization, how the daemon was notified and the command that reproduces the run.
+pub fn describe_run(out: &mut Value, bench: &str, emulator: Emulator, summary: &Value, poll: bool) {
+    out["bench"] = json!(bench);
+    out["emulator"] = json!(emulator.name());
+    out["cpu_virt"] = summary.get("cpu_virt").cloned().unwrap_or(Value::Null);
+    out["notify"] = json!(if poll { "poll" } else { "interrupt" });
+    out["command"] = json!(format!(
+        "cargo xtask bench {bench} --emulator {}{}",
+        emulator.name(),
+        if poll { " --virtio-poll" } else { "" }
+    ));
+}
+
 /// How atoll-channeld learnt of the enclave's requests, for the printout.
 pub fn notify_note(poll: bool) -> &'static str {
     if poll {
@@ -382,15 +396,7 @@ pub fn bench(emulator: Emulator, poll: bool) -> Result<()> {
     print!("{}", figures.table());
     println!("wall {:.1} s", o.wall.as_secs_f64());
     let mut out = figures.json();
-    out["bench"] = json!("blk");
-    out["emulator"] = json!(emulator.name());
-    out["cpu_virt"] = summary.get("cpu_virt").cloned().unwrap_or(Value::Null);
-    out["notify"] = json!(if poll { "poll" } else { "interrupt" });
-    out["command"] = json!(format!(
-        "cargo xtask bench blk --emulator {}{}",
-        emulator.name(),
-        if poll { " --virtio-poll" } else { "" }
-    ));
+    crate::bench_blk::describe_run(&mut out, "blk", emulator, summary, poll);
     out["results"] =
         json!({ "bench_blk_host": host, "bench_blk_enclave": enclave, "bench_blk": bench });
     out["wall_s"] = json!(o.wall.as_secs_f64());

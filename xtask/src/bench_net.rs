@@ -610,15 +610,7 @@ pub fn bench(emulator: Emulator, poll: bool) -> Result<()> {
     print!("{}", figures.table());
     println!("wall {:.1} s", o.wall.as_secs_f64());
     let mut out = figures.json();
-    out["bench"] = json!("net");
-    out["emulator"] = json!(emulator.name());
-    out["cpu_virt"] = summary.get("cpu_virt").cloned().unwrap_or(Value::Null);
-    out["notify"] = json!(if poll { "poll" } else { "interrupt" });
-    out["command"] = json!(format!(
-        "cargo xtask bench net --emulator {}{}",
-        emulator.name(),
-        if poll { " --virtio-poll" } else { "" }
-    ));
+    crate::bench_blk::describe_run(&mut out, "net", emulator, summary, poll);
     out["results"] = json!({ "bench_net": bench, "bench_net_round": round,
         "bench_net_virtio": virtio_round, "bench_net_virtio_enclave": virtio_enclave });
     out["virtio_problem"] = json!(virtio_problem);

@@ -2499,6 +2499,9 @@ pub fn build_initrd() -> Result<Initrd> {
     // The disk bench's fio (`bench_blk`), in the host and in enclaves alike.
     let fio = crate::fio::build()?;
     let fio_bytes = std::fs::read(&fio)?;
+    if !is_static_elf(&fio_bytes)? {
+        bail!("{} is not a static executable", fio.display());
+    }
     let init = init_script();
     let key = cache_key(&[
         ("init", init.as_bytes()),
@@ -2514,7 +2517,7 @@ pub fn build_initrd() -> Result<Initrd> {
     if dir.join("manifest.json").exists() && path.exists() {
         return Ok(Initrd { path, key });
     }
-    progress("building the initramfs (busybox, /init, atoll-check, atoll, atoll-channeld)");
+    progress("building the initramfs (busybox, /init, atoll-check, atoll, atoll-channeld, fio)");
     let tmp = cache.join(format!("initrd-{key}.tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     let rootfs = tmp.join("rootfs");

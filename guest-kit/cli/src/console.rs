@@ -108,6 +108,40 @@ pub(crate) fn reader(input: Input) -> Option<Receiver<Vec<u8>>> {
     Some(rx)
 }
 
+/// Appends `got` to `window` and says whether `--until`'s text has appeared in what the
+/// console printed so far (an empty text at once); keeps only the tail that could still begin
+/// it. Both consoles (the UART's and the virtio one's) end on it.
+pub(crate) fn until_seen(o: &Options, window: &mut Vec<u8>, got: &[u8]) -> bool {
+    let Some(t) = &o.until else {
+        return false;
+    };
+    let t = t.as_bytes();
+    window.extend_from_slice(got);
+    if t.is_empty() || window.windows(t.len()).any(|w| w == t) {
+        return true;
+    }
+    let keep = window.len().saturating_sub(t.len() - 1);
+    window.drain(..keep);
+    false
+}
+
+/// Whether `--timeout` has passed since `start` (said on `err` when it has).
+pub(crate) fn timed_out(o: &Options, start: Instant, nl: &str, err: &mut dyn Write) -> bool {
+    let Some(to) = o.timeout else {
+        return false;
+    };
+    if start.elapsed() < to {
+        return false;
+    }
+    let _ = write!(
+        err,
+        "{nl}atoll: console of {}: timed out after {} s{nl}",
+        o.name,
+        to.as_secs_f64()
+    );
+    true
+}
+
 /// Runs the console; returns the exit code.
 pub fn run(
     client: &mut Client,
@@ -190,25 +224,11 @@ pub fn run(
         out.write_all(d.data).map_err(|e| Error::io("stdout", e))?;
         out.flush().map_err(|e| Error::io("stdout", e))?;
         cursor = d.next;
-        if let Some(t) = &o.until {
-            let t = t.as_bytes();
-            window.extend_from_slice(d.data);
-            if !t.is_empty() && window.windows(t.len()).any(|w| w == t) || t.is_empty() {
-                return Ok(0);
-            }
-            let keep = window.len().saturating_sub(t.len() - 1);
-            window.drain(..keep);
+        if until_seen(o, &mut window, d.data) {
+            return Ok(0);
         }
-        if let Some(to) = o.timeout {
-            if start.elapsed() >= to {
-                let _ = write!(
-                    err,
-                    "{nl}atoll: console of {}: timed out after {} s{nl}",
-                    o.name,
-                    to.as_secs_f64()
-                );
-                return Ok(1);
-            }
+        if timed_out(o, start, nl, err) {
+            return Ok(1);
         }
         if d.data.is_empty() {
             if !d.running {

@@ -3,7 +3,7 @@
 //! the enclave's UART through atoll.
 
 use crate::client::{Error, Result};
-use crate::console::{reader, Input, Options, RawMode, ESCAPE};
+use crate::console::{reader, timed_out, until_seen, Input, Options, RawMode, ESCAPE};
 use crate::cpus::Root;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -103,25 +103,11 @@ pub fn run(
         };
         out.write_all(got).map_err(|e| Error::io("stdout", e))?;
         out.flush().map_err(|e| Error::io("stdout", e))?;
-        if let Some(t) = &o.until {
-            let t = t.as_bytes();
-            window.extend_from_slice(got);
-            if t.is_empty() || window.windows(t.len()).any(|w| w == t) {
-                return Ok(0);
-            }
-            let keep = window.len().saturating_sub(t.len() - 1);
-            window.drain(..keep);
+        if until_seen(o, &mut window, got) {
+            return Ok(0);
         }
-        if let Some(to) = o.timeout {
-            if start.elapsed() >= to {
-                let _ = write!(
-                    err,
-                    "{nl}atoll: console of {}: timed out after {} s{nl}",
-                    o.name,
-                    to.as_secs_f64()
-                );
-                return Ok(1);
-            }
+        if timed_out(o, start, nl, err) {
+            return Ok(1);
         }
         if got.is_empty() {
             if let (Some(at), Some(after)) = (input_ended, o.exit_after) {

@@ -469,28 +469,40 @@ pub enum HeaderError {
     Bad(&'static str),
 }
 
+/// A little-endian u32 of the window.
+fn read_u32(mem: &(impl SharedMem + ?Sized), off: usize) -> u32 {
+    let mut b = [0u8; 4];
+    mem.read(off, &mut b);
+    u32::from_le_bytes(b)
+}
+
+/// The header's magic and version checked; the device count, at most [`MAX_DEVICES`].
+fn header_devices(mem: &(impl SharedMem + ?Sized)) -> Result<usize, HeaderError> {
+    let mut m = [0u8; 8];
+    mem.read(layout::MAGIC, &mut m);
+    if u64::from_le_bytes(m) != layout::MAGIC_VALUE {
+        return Err(HeaderError::NoMagic);
+    }
+    let v = read_u32(mem, layout::VERSION);
+    if v != VERSION {
+        return Err(HeaderError::Version(v));
+    }
+    let count = read_u32(mem, layout::DEVICES) as usize;
+    if count > MAX_DEVICES {
+        return Err(HeaderError::Bad("devices"));
+    }
+    Ok(count)
+}
+
 /// Reads the header the way the daemon does: device `index`, checked against what
 /// [`place_rings`] would have placed.
 pub fn read_device(
     mem: &(impl SharedMem + ?Sized),
     index: usize,
 ) -> Result<HostDevice, HeaderError> {
-    let r32 = |off: usize| {
-        let mut b = [0u8; 4];
-        mem.read(off, &mut b);
-        u32::from_le_bytes(b)
-    };
-    let mut m = [0u8; 8];
-    mem.read(layout::MAGIC, &mut m);
-    if u64::from_le_bytes(m) != layout::MAGIC_VALUE {
-        return Err(HeaderError::NoMagic);
-    }
-    let v = r32(layout::VERSION);
-    if v != VERSION {
-        return Err(HeaderError::Version(v));
-    }
-    let count = r32(layout::DEVICES) as usize;
-    if count > MAX_DEVICES || index >= count {
+    let r32 = |off: usize| read_u32(mem, off);
+    let count = header_devices(mem)?;
+    if index >= count {
         return Err(HeaderError::Bad("devices"));
     }
     let mut kinds = [Kind::Console; MAX_DEVICES];
@@ -544,24 +556,8 @@ pub fn read_summary<'b>(
     mem: &(impl SharedMem + ?Sized),
     name_buf: &'b mut [u8; layout::NAME_MAX],
 ) -> Result<(usize, u32, &'b str), HeaderError> {
-    let r32 = |off: usize| {
-        let mut b = [0u8; 4];
-        mem.read(off, &mut b);
-        u32::from_le_bytes(b)
-    };
-    let mut m = [0u8; 8];
-    mem.read(layout::MAGIC, &mut m);
-    if u64::from_le_bytes(m) != layout::MAGIC_VALUE {
-        return Err(HeaderError::NoMagic);
-    }
-    let v = r32(layout::VERSION);
-    if v != VERSION {
-        return Err(HeaderError::Version(v));
-    }
-    let count = r32(layout::DEVICES) as usize;
-    if count > MAX_DEVICES {
-        return Err(HeaderError::Bad("devices"));
-    }
+    let r32 = |off: usize| read_u32(mem, off);
+    let count = header_devices(mem)?;
     let n = r32(layout::NAME) as usize;
     if n > layout::NAME_MAX {
         return Err(HeaderError::Bad("name"));

@@ -177,11 +177,6 @@ impl ChannelState {
         self.host_errors.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Host errors counted since the attach... and before (the register never goes back).
-    pub fn host_errors(&self) -> u32 {
-        self.host_errors.load(Ordering::Relaxed)
-    }
-
     /// Takes the devices the host rang (the enclave's core, before entering its vCPU).
     pub fn take_doorbell(&self) -> u32 {
         if self.doorbell.load(Ordering::Relaxed) == 0 {

@@ -360,17 +360,25 @@ pub(super) fn mmio(
                     shared.bars_changed(&mut pci, bdf);
                 }
                 drop(pci);
-                shared.virtio_after_access(mem, local, host);
+                // ECAM: bus in bits 27:20 of the offset, device and function in 19:12.
+                let bdf = Bdf {
+                    bus: (offset >> 20) as u8,
+                    devfn: DevFn::from_bits((offset >> 12) as u8),
+                };
+                shared.virtio_after_access(bdf, mem, local, host);
                 false
             }
             Mmio::PciBars => {
-                {
+                let written = {
                     let mut pci = shared.pci.lock();
                     let bars = shared.bars.lock();
                     // Nothing decodes there: the write goes nowhere, as on a bus.
                     let _ = bars.mmio_write(&mut pci, gpa, &value.to_le_bytes()[..n]);
+                    bars.memory().resolve(gpa, n).ok().map(|(b, _)| b.bdf)
+                };
+                if let Some(bdf) = written {
+                    shared.virtio_after_access(bdf, mem, local, host);
                 }
-                shared.virtio_after_access(mem, local, host);
                 false
             }
         };

@@ -117,11 +117,6 @@ impl Channel {
         }
     }
 
-    /// The channel function's index.
-    pub fn index(&self) -> usize {
-        self.index
-    }
-
     /// The host's protocol errors on this enclave's rings so far.
     pub fn host_errors(&self) -> u64 {
         self.host_errors.load(core::sync::atomic::Ordering::Relaxed)
@@ -362,10 +357,13 @@ impl Shared {
         Some(serde_json::json!({ "devices": devices, "channel_host_errors": host_errors }))
     }
 
-    /// After a guest access to the PCI configuration space or a BAR: every virtio device
-    /// processes what its driver notified and delivers the interrupts it raised.
+    /// After a guest write to function `bdf`'s configuration space or BARs: if it is one of
+    /// the virtio devices, it processes what its driver notified and delivers the interrupts
+    /// it raised (an unmask may release pending ones). Other functions' writes cost nothing
+    /// here.
     pub(super) fn virtio_after_access(
         &self,
+        bdf: Bdf,
         mem: &mut dyn GuestMemory,
         local: &mut super::Local,
         host: &mut impl PlatformHost,
@@ -373,7 +371,15 @@ impl Shared {
         let Some(c) = self.channel.get() else {
             return;
         };
-        for (i, d) in c.devices.iter().enumerate() {
+        if bdf.bus != 0 {
+            return;
+        }
+        if let Some((i, d)) = c
+            .devices
+            .iter()
+            .enumerate()
+            .find(|(_, d)| d.slot == bdf.devfn)
+        {
             self.service_device(c, i, d, mem, Some(local), host, false);
         }
     }

@@ -37,8 +37,11 @@
 //! `prod_event` for a producer that waits for room. So neither side polls while idle, and a
 //! busy stream costs no signal per record.
 //!
-//! **Records** by device kind ([`Kind`]): console — the bytes; net — one Ethernet frame (no
-//! virtio header); blk — a request [`BlkRequest`] (tag: the request's id) to the host, answered
+//! **Records** by device kind ([`Kind`]): console — the bytes; net — to the host the guest's
+//! [`NET_HEADER_LEN`]-byte `virtio_net_hdr` (its checksum and segmentation requests, untouched:
+//! a tap with `IFF_VNET_HDR` takes it as is) then the frame, up to [`NET_MAX_PACKET`] bytes with
+//! segmentation offload; to the enclave one Ethernet frame of at most [`NET_MAX_FRAME`] bytes, no
+//! header; blk — a request [`BlkRequest`] (tag: the request's id) to the host, answered
 //! by a response record with the same tag: a status byte, 7 bytes of padding, and for reads
 //! exactly the bytes asked for.
 
@@ -56,7 +59,7 @@ pub const MAX_CHANNELS: usize = 7;
 /// The most virtio devices one enclave may have.
 pub const MAX_DEVICES: usize = 6;
 /// The window format's version.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Bytes before a record's payload: length (u32), tag (u32).
 pub const RECORD_HEADER: u32 = 8;
 
@@ -157,19 +160,27 @@ impl Kind {
     }
 
     /// The longest record payload either ring carries: a blk request of
-    /// [`BLK_MAX_DATA`] bytes with its header, a frame of [`NET_MAX_FRAME`], console chunks of
-    /// [`CONSOLE_MAX_CHUNK`].
+    /// [`BLK_MAX_DATA`] bytes with its header, a header and packet of [`NET_MAX_PACKET`] (the
+    /// to-enclave direction carries only frames of [`NET_MAX_FRAME`], which atoll checks
+    /// itself), console chunks of [`CONSOLE_MAX_CHUNK`].
     pub fn max_payload(self) -> u32 {
         match self {
-            Kind::Net => NET_MAX_FRAME,
+            Kind::Net => NET_HEADER_LEN + NET_MAX_PACKET,
             Kind::Blk => BLK_MAX_DATA + BLK_REQUEST_LEN,
             Kind::Console => CONSOLE_MAX_CHUNK,
         }
     }
 }
 
-/// The longest Ethernet frame a net record carries (no jumbo frames: MTU 1500 + header + VLAN).
+/// The longest Ethernet frame a net record toward the enclave carries (no jumbo frames and no
+/// receive offloads: MTU 1500 + Ethernet header + VLAN tag).
 pub const NET_MAX_FRAME: u32 = 1518;
+/// Bytes of the `virtio_net_hdr` in front of a net record toward the host (virtio 1.2 §5.1.6:
+/// with VERSION_1 it always has `num_buffers`).
+pub const NET_HEADER_LEN: u32 = 12;
+/// The longest packet behind that header: a segmentation-offload packet (`VIRTIO_NET_F_HOST_TSO4`
+/// and `_TSO6`), which Linux keeps below 64 KiB including its headers (`GSO_LEGACY_MAX_SIZE`).
+pub const NET_MAX_PACKET: u32 = 64 << 10;
 /// The most data one blk request moves (the device offers `seg_max` × `size_max` within it).
 pub const BLK_MAX_DATA: u32 = 512 << 10;
 /// The longest console record.

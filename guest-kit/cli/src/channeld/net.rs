@@ -1,7 +1,13 @@
-//! The net backend: a tap device, one Ethernet frame per record.
+//! The net backend: a tap device with `virtio_net_hdr`s (`IFF_VNET_HDR`), one packet per record.
+//!
+//! Toward the host a record is the guest's header and packet ([`atoll_abi::channel`]): it goes
+//! to the tap as it is, and the tap's kernel segments and checksums what the header asks for (a
+//! 64 KiB packet when the guest offloads TCP segmentation), checking the header as it checks any
+//! tap writer's. Toward the enclave the tap has no offloads (`TUNSETOFFLOAD` 0), so it hands
+//! over whole, checksummed frames behind a header this backend drops: the record is the frame.
 
 use super::{DevError, Log, Rings, Took, Want};
-use atoll_abi::channel::{Record, NET_MAX_FRAME};
+use atoll_abi::channel::{Kind, Record, NET_HEADER_LEN, NET_MAX_FRAME};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
@@ -44,11 +50,15 @@ fn ifreq(name: &str) -> io::Result<IfReq> {
     Ok(r)
 }
 
-/// Creates (or attaches to) tap `name` without packet information, non-blocking, and sets it
-/// up. Returns its descriptor and the name the kernel gave it.
+/// `VIRTIO_NET_HDR_F_NEEDS_CSUM` in a header's flags (virtio 1.2 §5.1.6).
+pub const HDR_F_NEEDS_CSUM: u8 = 1;
+
+/// Creates (or attaches to) tap `name` without packet information, with [`NET_HEADER_LEN`]-byte
+/// virtio headers and no offloads toward us, non-blocking, and sets it up. Returns its
+/// descriptor and the name the kernel gave it.
 pub fn open_tap(name: &str) -> io::Result<(OwnedFd, String)> {
     let mut req = ifreq(name)?;
-    req.flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+    req.flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
     // SAFETY: open of a constant NUL-terminated path.
     let fd = unsafe {
         libc::open(
@@ -63,6 +73,18 @@ pub fn open_tap(name: &str) -> io::Result<(OwnedFd, String)> {
     let tap = unsafe { OwnedFd::from_raw_fd(fd) };
     // SAFETY: TUNSETIFF reads and writes an ifreq; `req` is a live one of the kernel's size.
     if unsafe { libc::ioctl(fd, libc::TUNSETIFF, &mut req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let hdr_len = NET_HEADER_LEN as libc::c_int;
+    // SAFETY: TUNSETVNETHDRSZ reads one int through the pointer; `hdr_len` is a live one.
+    if unsafe { libc::ioctl(fd, libc::TUNSETVNETHDRSZ, &hdr_len) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // No offloads toward us, also on a persistent tap someone else set up: frames come whole
+    // and checksummed, so the record needs no header (an enclave's device has no receive
+    // offloads).
+    // SAFETY: TUNSETOFFLOAD takes its argument by value.
+    if unsafe { libc::ioctl(fd, libc::TUNSETOFFLOAD, 0 as libc::c_ulong) } < 0 {
         return Err(io::Error::last_os_error());
     }
     let got_len = req.name.iter().position(|b| *b == 0).unwrap_or(16);
@@ -87,13 +109,16 @@ pub fn open_tap(name: &str) -> io::Result<(OwnedFd, String)> {
     Ok((tap, got))
 }
 
-/// The tap (or, in tests, one end of a SOCK_SEQPACKET pair: frames keep their bounds).
+/// The tap (or, in tests, one end of a SOCK_SEQPACKET pair: packets keep their bounds).
 pub struct Net {
     tap: OwnedFd,
     pending: std::collections::VecDeque<Vec<u8>>,
-    /// Frames the tap did not take (its queue full).
+    /// A record on its way to the tap (the longest one, allocated once).
+    out: Vec<u8>,
+    /// Packets the tap did not take (its queue full, or a header its kernel refused).
     pub dropped_to_tap: u64,
-    /// Frames from the tap longer than [`NET_MAX_FRAME`].
+    /// Frames from the tap longer than [`NET_MAX_FRAME`], shorter than their header, or with
+    /// their checksum left to us (none while the tap has no offloads).
     pub dropped_oversize: u64,
     /// Times the to-enclave ring was full (the tap then waits: its own queue holds frames).
     pub ring_full: u64,
@@ -123,17 +148,17 @@ impl Net {
         Net {
             tap,
             pending: Default::default(),
+            out: vec![0; Kind::Net.max_payload() as usize],
             dropped_to_tap: 0,
             dropped_oversize: 0,
             ring_full: 0,
         }
     }
 
-    /// A frame from the enclave: to the tap.
+    /// A header and packet from the enclave: to the tap.
     pub fn take(&mut self, r: &mut Rings<'_>, rec: &Record) -> Result<Took, DevError> {
-        let mut buf = [0u8; NET_MAX_FRAME as usize];
-        let n = r.rx.read(r.w, rec, 0, &mut buf);
-        match raw_write(&self.tap, &buf[..n]) {
+        let n = r.rx.read(r.w, rec, 0, &mut self.out);
+        match raw_write(&self.tap, &self.out[..n]) {
             Ok(m) if m == n => {}
             _ => self.dropped_to_tap += 1,
         }
@@ -174,16 +199,19 @@ impl Net {
         }
     }
 
-    /// Reads one frame; false when the tap had none.
+    /// Reads one frame (behind its header); false when the tap had none.
     fn read_one(&mut self, log: &mut Log) -> bool {
-        let mut buf = vec![0u8; 65536];
+        const H: usize = NET_HEADER_LEN as usize;
+        // One byte more than the longest frame, so a longer one shows.
+        let mut buf = vec![0u8; H + NET_MAX_FRAME as usize + 1];
         match raw_read(&self.tap, &mut buf) {
             Ok(0) => false,
-            Ok(n) if n > NET_MAX_FRAME as usize => {
+            Ok(n) if n <= H || n > H + NET_MAX_FRAME as usize || buf[0] & HDR_F_NEEDS_CSUM != 0 => {
                 self.dropped_oversize += 1;
                 if self.dropped_oversize.is_power_of_two() {
                     log.line(format!(
-                        "net: {} frame(s) over {NET_MAX_FRAME} bytes dropped",
+                        "net: {} frame(s) from the tap dropped (over {NET_MAX_FRAME} bytes, \
+                         without a frame, or with their checksum left undone)",
                         self.dropped_oversize
                     ));
                 }
@@ -191,6 +219,7 @@ impl Net {
             }
             Ok(n) => {
                 buf.truncate(n);
+                buf.drain(..H);
                 self.pending.push_back(buf);
                 true
             }

@@ -5,7 +5,8 @@ use super::*;
 use crate::tests::TempDir;
 use atoll_abi::channel::{
     backend, blk_status, blk_type, dev_flags, layout, write_header, BlkRequest, DeviceInfo,
-    DeviceRings, Ring, SharedMem, BLK_RESPONSE_LEN, CONSOLE_MAX_CHUNK, NET_MAX_FRAME, WINDOW_SIZE,
+    DeviceRings, Ring, SharedMem, BLK_RESPONSE_LEN, CONSOLE_MAX_CHUNK, NET_HEADER_LEN,
+    NET_MAX_FRAME, NET_MAX_PACKET, WINDOW_SIZE,
 };
 use std::cell::RefCell;
 use std::io::Read;
@@ -492,22 +493,47 @@ fn net_frames_cross_between_the_ring_and_the_tap() {
     let (name, tap) = s.taps.borrow_mut().pop().unwrap();
     assert_eq!(name, "atl-demo-1");
     s.d.step(STEP);
-    let frame: Vec<u8> = (0..1514u32).map(|i| i as u8).collect();
-    s.a.push(1, 0, &[&frame]);
+    // From the enclave: the guest's header and packet go to the tap as they are, a 64 KiB
+    // segmentation-offload packet as well as a small frame.
+    let mut gso = [0u8; NET_HEADER_LEN as usize];
+    gso[0] = net::HDR_F_NEEDS_CSUM;
+    gso[1] = 1; // VIRTIO_NET_HDR_GSO_TCPV4
+    let big: Vec<u8> = [
+        &gso[..],
+        &(0..NET_MAX_PACKET)
+            .map(|i| (i / 3) as u8)
+            .collect::<Vec<_>>(),
+    ]
+    .concat();
+    let small: Vec<u8> = [
+        &[0u8; NET_HEADER_LEN as usize][..],
+        &(0..60u8).collect::<Vec<_>>(),
+    ]
+    .concat();
+    s.a.push(1, 0, &[&big]);
+    s.a.push(1, 0, &[&small]);
     s.d.step(STEP);
-    let mut buf = vec![0u8; 4096];
-    // SAFETY: a read into a live local buffer from the test's socket end.
-    let n = unsafe { libc::read(tap.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-    assert_eq!(&buf[..n as usize], &frame[..]);
-    // From the tap: two frames arrive as two records; an oversize one is dropped.
-    let send = |b: &[u8]| {
-        // SAFETY: a write from a live slice to the test's socket end.
-        let n = unsafe { libc::write(tap.as_raw_fd(), b.as_ptr().cast(), b.len()) };
-        assert_eq!(n as usize, b.len());
+    let mut buf = vec![0u8; 2 * NET_MAX_PACKET as usize];
+    for want in [&big, &small] {
+        // SAFETY: a read into a live local buffer from the test's socket end.
+        let n = unsafe { libc::read(tap.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        assert_eq!(&buf[..n as usize], &want[..]);
+    }
+    // From the tap: frames behind the tap's header arrive as two records without it; one
+    // too long, one that is only a header and one whose checksum is left to us are dropped.
+    let send = |hdr: u8, b: &[u8]| {
+        let mut p = vec![0u8; NET_HEADER_LEN as usize];
+        p[0] = hdr;
+        p.extend_from_slice(b);
+        // SAFETY: a write from a live vector to the test's socket end.
+        let n = unsafe { libc::write(tap.as_raw_fd(), p.as_ptr().cast(), p.len()) };
+        assert_eq!(n as usize, p.len());
     };
-    send(&[1; 60]);
-    send(&[2; NET_MAX_FRAME as usize + 1]);
-    send(&[3; 1518]);
+    send(0, &[1; 60]);
+    send(0, &[2; NET_MAX_FRAME as usize + 1]);
+    send(0, &[]);
+    send(net::HDR_F_NEEDS_CSUM, &[4; 60]);
+    send(2, &[3; 1518]); // DATA_VALID: fine, and not passed on
     s.d.step(STEP);
     s.d.step(STEP);
     let got = s.a.take(1);
@@ -515,7 +541,7 @@ fn net_frames_cross_between_the_ring_and_the_tap() {
     assert_eq!(got[0].1, vec![1; 60]);
     assert_eq!(got[1].1, vec![3; 1518]);
     match &s.d.devs[1].backend {
-        Backend::Net(n) => assert_eq!(n.dropped_oversize, 1),
+        Backend::Net(n) => assert_eq!(n.dropped_oversize, 3),
         _ => panic!("device 1 is net"),
     }
 }

@@ -1,17 +1,23 @@
-//! Virtio network device (virtio 1.2 §5.1): one receive and one transmit queue, no offloads.
+//! Virtio network device (virtio 1.2 §5.1): one receive and one transmit queue, transmit
+//! offloads.
 //!
 //! Features offered: `VIRTIO_F_VERSION_1`, `VIRTIO_NET_F_MAC` (the platform's address),
-//! `VIRTIO_NET_F_STATUS` (link up unless the platform says otherwise), event index and indirect
-//! descriptors. No checksum or segmentation offloads and no mergeable receive buffers, so every
-//! packet is a plain Ethernet frame behind a 12-byte `virtio_net_hdr` (§5.1.6: with VERSION_1
-//! the header always has `num_buffers`), and Linux posts receive buffers big enough for a full
+//! `VIRTIO_NET_F_STATUS` (link up unless the platform says otherwise), event index, indirect
+//! descriptors, and the transmit offloads `VIRTIO_NET_F_CSUM`, `VIRTIO_NET_F_HOST_TSO4` and
+//! `VIRTIO_NET_F_HOST_TSO6` (§5.1.3): the guest may send packets up to 64 KiB with their
+//! checksum left to the device and their segmentation described in the 12-byte
+//! `virtio_net_hdr` (§5.1.6: with VERSION_1 the header always has `num_buffers`). atoll does
+//! neither: it passes the header to the host, whose tap (`IFF_VNET_HDR`) segments and checksums
+//! in its kernel, which checks the header as it checks any tap writer's. Per packet that saves
+//! the guest's, atoll's and the host's per-frame work for up to 44 frames. No receive offloads
+//! and no mergeable receive buffers: Linux posts receive buffers big enough for a full
 //! 1518-byte frame.
 //!
-//! **Host protocol.** A transmit chain's readable bytes minus the header become one record
-//! (tag 0: the frame) toward the host; the chain is used at once. A record from the host is one
-//! frame: it goes into the next receive chain behind a zeroed header with `num_buffers = 1`,
-//! only when the guest has offered one (otherwise it waits in the ring). A frame larger than the
-//! buffer, or empty, is dropped and counted, the buffer kept for the next frame.
+//! **Host protocol.** A transmit chain's readable bytes, header included, become one record
+//! (tag 0) toward the host; the chain is used at once. A record from the host is one frame: it
+//! goes into the next receive chain behind a zeroed header with `num_buffers = 1`, only when the
+//! guest has offered one (otherwise it waits in the ring). A frame larger than the buffer, or
+//! empty, is dropped and counted, the buffer kept for the next frame.
 
 use super::{
     backend_to_chain, consume, feature, peek, send_readable, Context, DeviceError, DeviceType,
@@ -22,6 +28,12 @@ use super::{
 pub const RECEIVEQ: usize = 0;
 /// Transmit queue index (`transmitq1`).
 pub const TRANSMITQ: usize = 1;
+/// `VIRTIO_NET_F_CSUM`: the driver may leave a packet's checksum to the device (§5.1.3).
+pub const F_CSUM: u64 = 1 << 0;
+/// `VIRTIO_NET_F_HOST_TSO4`: the driver may send TCPv4 packets for the device to segment.
+pub const F_HOST_TSO4: u64 = 1 << 11;
+/// `VIRTIO_NET_F_HOST_TSO6`: the same for TCPv6.
+pub const F_HOST_TSO6: u64 = 1 << 12;
 /// `VIRTIO_NET_F_MAC`.
 pub const F_MAC: u64 = 1 << 5;
 /// `VIRTIO_NET_F_STATUS`.
@@ -29,7 +41,7 @@ pub const F_STATUS: u64 = 1 << 16;
 /// `VIRTIO_NET_S_LINK_UP` in the status field.
 pub const S_LINK_UP: u16 = 1;
 /// Bytes of `virtio_net_hdr` with VERSION_1.
-pub const HEADER_LEN: u32 = 12;
+pub const HEADER_LEN: u32 = atoll_abi::channel::NET_HEADER_LEN;
 /// Offset of `num_buffers` in the header.
 pub const NUM_BUFFERS: usize = 10;
 /// Bytes of the configuration (`mac, status, max_virtqueue_pairs, mtu`).
@@ -65,6 +77,9 @@ impl VirtioDevice for Net {
             | feature::RING_INDIRECT_DESC
             | F_MAC
             | F_STATUS
+            | F_CSUM
+            | F_HOST_TSO4
+            | F_HOST_TSO6
     }
 
     fn queue_count(&self) -> u16 {
@@ -90,7 +105,7 @@ impl VirtioDevice for Net {
             if chain.readable_len() <= HEADER_LEN {
                 // No frame behind the header: nothing to send.
                 ctx.stats.dropped += 1;
-            } else if send_readable(ctx, 0, &chain, HEADER_LEN, None, &[])? == Sent::Full {
+            } else if send_readable(ctx, 0, &chain, 0, None, &[])? == Sent::Full {
                 ctx.unpop(TRANSMITQ);
                 break;
             }

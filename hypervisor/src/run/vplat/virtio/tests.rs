@@ -89,7 +89,7 @@ fn records_reach_the_daemon_and_it_is_told_once() {
     assert_eq!(b.commit(), Err(BackendError::Range));
     assert_eq!(b.append(b"x"), Err(BackendError::Range));
     assert_eq!(
-        b.begin(1, ch::NET_MAX_FRAME + 1),
+        b.begin(1, ch::Kind::Net.max_payload() + 1),
         Err(BackendError::TooLarge)
     );
     assert!(!b.broken);

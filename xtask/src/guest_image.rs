@@ -875,10 +875,34 @@ vf_up() {
         return 1
     fi
 }
+# Counter $2 of protocol $1 (Tcp, Icmp) in /proc/net/snmp (a line of names, then one of values).
+vf_snmp() {
+    _hdr=""
+    while read -r _p _rest; do
+        [ "$_p" = "$1:" ] || continue
+        if [ -z "$_hdr" ]; then _hdr=$_rest; continue; fi
+        _vals=$_rest
+        for _n in $_hdr; do
+            _v=${_vals%% *}; _vals=${_vals#* }
+            [ "$_n" = "$2" ] && { echo "$_v"; return; }
+        done
+    done < /proc/net/snmp
+    echo null
+}
 # The interface's packet counters as JSON fields with suffix $2: rx_$2 and tx_$2.
 vf_packets() {
     printf '"rx_%s":%s,"tx_%s":%s' "$2" "$(cat "/sys/class/net/$1/statistics/rx_packets" 2>/dev/null || echo null)" \
         "$2" "$(cat "/sys/class/net/$1/statistics/tx_packets" 2>/dev/null || echo null)"
+}
+# The frames on the wire both ways as the stack counts them, as the JSON field frames_$1: TCP
+# segments in and out and ICMP messages in and out (an offloaded 64 KiB packet is one packet
+# of the interface's but ~45 segments).
+vf_frames() {
+    _f=null
+    _ti=$(vf_snmp Tcp InSegs); _to=$(vf_snmp Tcp OutSegs)
+    _ii=$(vf_snmp Icmp InMsgs); _io=$(vf_snmp Icmp OutMsgs)
+    case "$_ti$_to$_ii$_io" in *null*) ;; *) _f=$((_ti + _to + _ii + _io)) ;; esac
+    printf '"frames_%s":%s' "$1" "$_f"
 }
 vf_net() {
     vf_if=""; vf_bdf=""; vf_mac=""; carrier_s=null
@@ -891,10 +915,10 @@ vf_net() {
         # (atoll.net_pause=SECONDS, default none) and divides by the packets counted between.
         echo "ATOLL-NET begin"
         [ "$net_pause" -gt 0 ] && sleep "$net_pause"
-        packets="{$(vf_packets "$vf_if" before)"
+        packets="{$(vf_packets "$vf_if" before),$(vf_frames before)"
         vf_ping "$net_peer" "$net_pings"
         tcp=$(/atoll-check --tcp-send "$net_peer" "$net_port" --bytes "$net_bytes" --seed "$net_seed" --timeout 300)
-        packets="$packets,$(vf_packets "$vf_if" after)}"
+        packets="$packets,$(vf_packets "$vf_if" after),$(vf_frames after)}"
         echo "ATOLL-NET end"
         [ "$net_pause" -gt 0 ] && sleep "$net_pause"
         if [ "$ping_received" != "$net_pings" ]; then
@@ -3864,6 +3888,17 @@ atoll_check() {
             std::fs::write(n.join("statistics/rx_packets"), "5\n").unwrap();
             std::fs::write(n.join("statistics/tx_packets"), "9\n").unwrap();
         }
+        // The stack's counters as /proc/net/snmp has them (a line of names, one of values).
+        let snmp = dir.join("fakeproc/net");
+        std::fs::create_dir_all(&snmp).unwrap();
+        std::fs::write(
+            snmp.join("snmp"),
+            "Ip: Forwarding DefaultTTL\nIp: 2 64\n\
+             Icmp: InMsgs InErrors OutMsgs\nIcmp: 100 1 101\n\
+             Tcp: RtoAlgorithm ActiveOpens InSegs OutSegs RetransSegs\nTcp: 1 3 4000 7000 9\n\
+             Udp: InDatagrams\nUdp: 55\n",
+        )
+        .unwrap();
     }
 
     /// The `ATOLL-RESULT name` line's JSON.
@@ -3921,7 +3956,9 @@ atoll_check() {
         // pause without atoll.net_pause).
         assert_eq!(
             r["packets"],
-            serde_json::json!({"rx_before": 5, "tx_before": 9, "rx_after": 5, "tx_after": 9})
+            serde_json::json!({"rx_before": 5, "tx_before": 9, "rx_after": 5, "tx_after": 9,
+                "frames_before": 11_201, "frames_after": 11_201}),
+            "TCP InSegs + OutSegs + ICMP InMsgs + OutMsgs"
         );
         let (begin, end) = (
             out.find("ATOLL-NET begin\n").unwrap(),

@@ -41,7 +41,7 @@ pub enum Error {
         cpu: usize,
         source: stats::StatsError,
     },
-    #[error("writing {path}: {source}", path = path.display())]
+    #[error("--raw {path}: {source}", path = path.display())]
     Raw { path: PathBuf, source: io::Error },
 }
 
@@ -96,10 +96,18 @@ pub fn run(config: &Config) -> Result<(Report, Vec<CpuSamples>), Error> {
 }
 
 /// The whole program after clap: validate, run, print the JSON line to `out` and the table to
-/// `err` (or to `out` with `--table`), write `--raw`. The binary passes stdout and stderr.
+/// `err` (or to `out` with `--table`), write `--raw` (created before the run). The binary passes stdout and stderr.
 pub fn main_with(args: Args, out: &mut impl Write, err: &mut impl Write) -> Result<(), Error> {
     let affinity = affinity::current().map_err(Error::Affinity)?;
     let config = Config::new(args, &affinity)?;
+    // Created before measuring, so a bad path fails at once rather than after the run.
+    let raw = match &config.raw {
+        Some(path) => Some(std::fs::File::create(path).map_err(|source| Error::Raw {
+            path: path.clone(),
+            source,
+        })?),
+        None => None,
+    };
     let (report, runs) = run(&config)?;
     let table = report.table();
     // A closed stdout or stderr is not worth failing a finished measurement for.
@@ -110,13 +118,11 @@ pub fn main_with(args: Args, out: &mut impl Write, err: &mut impl Write) -> Resu
         let _ = write!(err, "{table}");
     }
     let _ = out.flush();
-    if let Some(path) = &config.raw {
-        let raw_err = |source| Error::Raw {
+    if let (Some(file), Some(path)) = (raw, &config.raw) {
+        report::write_raw(&mut BufWriter::new(file), &runs).map_err(|source| Error::Raw {
             path: path.clone(),
             source,
-        };
-        let file = std::fs::File::create(path).map_err(raw_err)?;
-        report::write_raw(&mut BufWriter::new(file), &runs).map_err(raw_err)?;
+        })?;
     }
     Ok(())
 }

@@ -73,7 +73,7 @@ impl Report {
         let mut t = String::new();
         let _ = writeln!(
             t,
-            "atoll-fwq: quantum {} µs = {} cycles at {:.3} MHz ({}), {} iterations (calibrated {} cycles on CPU {}), {} samples per CPU",
+            "atoll-fwq: quantum {} µs = {} cycles at {:.3} MHz ({}), {} iterations (calibrated {} cycles on CPU {}), {}",
             self.quantum_us,
             self.quantum_cycles,
             self.tsc_hz as f64 / 1e6,
@@ -81,21 +81,25 @@ impl Report {
             self.iterations,
             self.calibrated_cycles,
             self.calibration_cpu,
-            self.samples,
+            if self.calibrate_only {
+                "calibration only".to_string()
+            } else {
+                format!("{} samples per CPU", self.samples)
+            },
         );
         if self.cpus.is_empty() {
             return t;
         }
         let _ = writeln!(
             t,
-            "{:>4} {:>12} {:>12} {:>12} {:>12} {:>14} {:>14} {:>9} {:>8}",
+            "{:>4} {:>12} {:>12} {:>12} {:>12} {:>22} {:>22} {:>10} {:>6}",
             "cpu", "min", "median", "p99", "max", "p99 detour", "max detour", "mean det", ">1%"
         );
         for c in &self.cpus {
             let s = &c.summary;
             let _ = writeln!(
                 t,
-                "{:>4} {:>12} {:>12} {:>12} {:>12} {:>14} {:>14} {:>9} {:>8}",
+                "{:>4} {:>12} {:>12} {:>12} {:>12} {:>22} {:>22} {:>10} {:>6}",
                 c.cpu,
                 s.min,
                 s.median,
@@ -194,6 +198,13 @@ mod tests {
         assert_eq!(v["calibration_cpu"], 2);
         // The table is just the parameters line.
         assert_eq!(r.table().lines().count(), 1);
+        assert!(
+            r.table()
+                .trim_end()
+                .ends_with("on CPU 2), calibration only"),
+            "{}",
+            r.table()
+        );
     }
 
     #[test]

@@ -156,12 +156,15 @@ fn raw_file_that_cannot_be_created() {
         "--raw",
         "/nonexistent-dir/x.csv",
     ]);
-    let e = main_with(a, &mut Vec::new(), &mut Vec::new()).unwrap_err();
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let e = main_with(a, &mut out, &mut err).unwrap_err();
+    // Refused before measuring: nothing printed.
+    assert!(out.is_empty() && err.is_empty());
     assert!(matches!(e, Error::Raw { .. }), "{e:?}");
     assert_eq!(e.exit_code(), 1);
     assert!(
         e.to_string()
-            .starts_with("writing /nonexistent-dir/x.csv: "),
+            .starts_with("--raw /nonexistent-dir/x.csv: "),
         "{e}"
     );
 }

@@ -248,3 +248,70 @@ fn measure(cpu: usize, iterations: u64, buffer: &mut [u64]) -> Result<(), ProbeE
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::args::MAX_CPU;
+    use std::sync::Arc;
+
+    fn first_and_outside() -> (usize, usize) {
+        let mask = affinity::current().unwrap();
+        let outside = (0..=MAX_CPU).find(|&c| !mask.contains(c)).unwrap();
+        (mask.cpus()[0], outside)
+    }
+
+    #[test]
+    fn a_thread_that_cannot_pin_fails_the_run_without_hanging_the_others() {
+        let (first, outside) = first_and_outside();
+        let e = sample(&[first, outside], 10, 10, 5).unwrap_err();
+        assert!(
+            matches!(e, ProbeError::Pin { cpu, .. } if cpu == outside),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn an_unallocatable_buffer_is_an_error_not_an_abort() {
+        let (first, _) = first_and_outside();
+        let samples = usize::MAX / 8;
+        let e = std::thread::spawn(move || prepare(first, 1, 10, samples))
+            .join()
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            matches!(e, ProbeError::Alloc { cpu, samples: s, .. } if cpu == first && s == samples),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn samples_come_back_in_the_order_of_the_cpus() {
+        let mask = affinity::current().unwrap();
+        let mut cpus = mask.cpus().to_vec();
+        cpus.reverse();
+        let runs = sample(&cpus, 10, 10, 3).unwrap();
+        assert_eq!(runs.iter().map(|r| r.cpu).collect::<Vec<_>>(), cpus);
+        assert!(runs
+            .iter()
+            .all(|r| r.cycles.len() == 3 && r.cycles.iter().all(|&c| c > 0)));
+    }
+
+    #[test]
+    fn gate_opens_only_when_every_thread_is_ready_or_aborts() {
+        for go in [true, false] {
+            let gate = Arc::new(StartGate::default());
+            let threads: Vec<_> = (0..3)
+                .map(|_| {
+                    let gate = Arc::clone(&gate);
+                    std::thread::spawn(move || gate.ready_and_wait())
+                })
+                .collect();
+            gate.open_when_ready(3, go);
+            assert_eq!(gate.state.lock().unwrap().ready, 3);
+            for t in threads {
+                assert_eq!(t.join().unwrap(), go);
+            }
+        }
+    }
+}

@@ -163,8 +163,7 @@ fn raw_file_that_cannot_be_created() {
     assert!(matches!(e, Error::Raw { .. }), "{e:?}");
     assert_eq!(e.exit_code(), 1);
     assert!(
-        e.to_string()
-            .starts_with("--raw /nonexistent-dir/x.csv: "),
+        e.to_string().starts_with("--raw /nonexistent-dir/x.csv: "),
         "{e}"
     );
 }

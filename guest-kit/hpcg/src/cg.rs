@@ -61,6 +61,8 @@ impl CgOutcome {
 /// Solves `A·x = b` from the `x` given, at most `max_iter` iterations, with
 /// (`precondition`) or without the multigrid preconditioner. The operation
 /// order is the reference's, including its first-iteration copy `p = z`.
+// The argument list mirrors the reference's `CG`/`CG_ref` signature on purpose.
+#[allow(clippy::too_many_arguments)]
 pub fn cg(
     h: &mut Hierarchy,
     data: &mut CgVectors,

@@ -69,7 +69,7 @@ impl fmt::Display for CliError {
             CliError::TooLarge { rows } => write!(
                 f,
                 "{rows} grid points exceed the limit of {MAX_ROWS} (about {} MiB; this grid would need about {} MiB)",
-                MAX_ROWS * BYTES_PER_ROW >> 20,
+                (MAX_ROWS * BYTES_PER_ROW) >> 20,
                 rows.saturating_mul(BYTES_PER_ROW) >> 20
             ),
             CliError::MissingValue(opt) => write!(f, "{opt} needs a value"),

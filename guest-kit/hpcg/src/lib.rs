@@ -45,6 +45,26 @@
 //!   so its time is taken as 0 in the rating.
 //! * Output: one JSON line (`ATOLL-HPCG {…}`) instead of the YAML report;
 //!   the memory-bandwidth model is not reported.
+//!
+//! # Threads
+//!
+//! `threads` (default: the CPUs in the process's affinity mask, or
+//! `--threads N`) bounds how many scoped threads one kernel call uses; a call
+//! is split only when every thread gets at least [`par::DEFAULT_MIN_ITEMS`]
+//! rows, so grids up to 32³ (and the coarse levels) run on one thread. SpMV,
+//! WAXPBY, dot products and the smoother are threaded; restriction and
+//! prolongation are cheap and stay on the caller. Every reported number
+//! except the timings is bitwise the same for every thread count (tested).
+//!
+//! # Output
+//!
+//! [`report::Report`] documents every field: the grid, `threads`,
+//! `ref_residuals` (50 scaled residuals), `valid` and the `spectral`,
+//! `symmetry`, `norms` details, `opt_iters`, `sets`, the FLOP breakdown,
+//! `flops_per_set`, `total_flops`, `seconds` (the timed sets), `rating_gflops`
+//! (the reference's final rating) and `cycles` (TSC ticks over the timed sets).
+//! The process exits 0 for a valid run, 1 for an invalid one (the line is
+//! still printed), 2 for bad arguments.
 
 pub mod cg;
 pub mod cli;

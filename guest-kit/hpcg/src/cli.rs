@@ -113,7 +113,7 @@ pub fn check_grid(nx: usize, ny: usize, nz: usize) -> Result<Grid, CliError> {
 
 /// Parses the arguments after the program name; `default_par` is used
 /// unless `--threads` is given.
-pub fn parse<S: AsRef<str>>(args: &[S], default_par: Par) -> Result<Command, CliError> {
+pub fn parse<S: AsRef<str>>(args: &[S], default_par: Par<'static>) -> Result<Command, CliError> {
     let mut sides = Vec::new();
     let mut rt = 0usize;
     let mut threads = None;

@@ -71,6 +71,7 @@ pub mod cli;
 pub mod flops;
 pub mod mg;
 pub mod par;
+pub mod pool;
 pub mod problem;
 pub mod report;
 pub mod sparse;

@@ -6,36 +6,67 @@
 //! Reductions go through [`crate::sparse::dot`], which sums fixed-size chunks and
 //! then the chunk sums in order, for the same reason.
 //!
-//! Threads are spawned per call (`std::thread::scope`) rather than kept in a pool:
-//! it needs no `unsafe` lifetime juggling, and a call is only split when every
-//! thread gets at least [`Par::min_items`] elements, so the spawn (tens of
-//! microseconds) stays small next to the work.
+//! The benchmark runs its kernels on a [`Pool`] of persistent worker threads
+//! that wait by spinning (then yielding), like an OpenMP runtime with an
+//! active wait policy: the timed phase makes no thread-creation, futex or
+//! stack-mapping system calls, which would otherwise add scheduler IPIs and
+//! TLB shootdowns to the noise the isolation experiment measures. Without a
+//! pool (`Par::pool == None`, e.g. in unit tests), a split call spawns scoped
+//! threads instead. Either way a call is only split when every thread gets at
+//! least [`Par::min_items`] elements.
 
 use std::num::NonZeroUsize;
+use std::sync::Mutex;
+
+pub use crate::pool::Pool;
 
 /// How to split a kernel over threads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Par {
+pub struct Par<'p> {
     /// Upper bound on the threads one kernel call uses (the calling thread counts).
     pub threads: usize,
     /// A call is split only so far that every thread gets at least this many
     /// elements (rows for SpMV, vector entries for WAXPBY, chunks for dot).
     pub min_items: usize,
+    /// Persistent workers to run on; `None` spawns scoped threads per call.
+    pub pool: Option<&'p Pool>,
 }
 
 /// Default lower bound on the rows per thread: below it the spawn costs more
 /// than the work (a 27-point SpMV row is ~54 flops, a few nanoseconds).
 pub const DEFAULT_MIN_ITEMS: usize = 32 * 1024;
 
-impl Par {
+impl<'p> Par<'p> {
     /// One thread: every kernel runs on the caller.
     pub const fn serial() -> Self {
-        Par { threads: 1, min_items: usize::MAX }
+        Par { threads: 1, min_items: usize::MAX, pool: None }
     }
 
-    /// `threads` threads with the default split threshold.
+    /// `threads` threads with the default split threshold (no pool).
     pub fn with_threads(threads: usize) -> Self {
-        Par { threads: threads.max(1), min_items: DEFAULT_MIN_ITEMS }
+        Par { threads: threads.max(1), min_items: DEFAULT_MIN_ITEMS, pool: None }
+    }
+
+    /// The same split on `pool`'s workers (at most its size).
+    pub fn on_pool<'q>(&self, pool: &'q Pool) -> Par<'q> {
+        Par { threads: self.threads.min(pool.size()), min_items: self.min_items, pool: Some(pool) }
+    }
+
+    /// Runs `job(t)` for `t` in `0..workers` concurrently, `t = 0` on the caller.
+    pub fn broadcast(&self, workers: usize, job: &(dyn Fn(usize) + Sync)) {
+        if workers <= 1 {
+            job(0);
+            return;
+        }
+        match self.pool {
+            Some(pool) => pool.run(workers, job),
+            None => std::thread::scope(|scope| {
+                for t in 1..workers {
+                    scope.spawn(move || job(t));
+                }
+                job(0);
+            }),
+        }
     }
 
     /// As many threads as the process may run on: on Linux
@@ -55,7 +86,7 @@ impl Par {
 
     /// Calls `f(start, piece)` for contiguous pieces of `out` covering it in
     /// order, `piece` starting at element `start`, on up to
-    /// [`workers_for`](Self::workers_for) threads. The caller runs the last piece.
+    /// [`workers_for`](Self::workers_for) threads. The caller runs the first piece.
     pub fn for_each_piece<T, F>(&self, out: &mut [T], f: F)
     where
         T: Send,
@@ -68,18 +99,16 @@ impl Par {
             return;
         }
         let piece = n.div_ceil(workers);
-        std::thread::scope(|scope| {
-            let f = &f;
-            let mut rest = out;
-            let mut start = 0;
-            while rest.len() > piece {
-                let (head, tail) = rest.split_at_mut(piece);
-                let s = start;
-                scope.spawn(move || f(s, head));
-                start += piece;
-                rest = tail;
+        // Each worker takes its own piece out of its own (uncontended) slot.
+        let pieces: Vec<Mutex<(usize, &mut [T])>> =
+            out.chunks_mut(piece).enumerate().map(|(k, p)| Mutex::new((k * piece, p))).collect();
+        let job = |t: usize| {
+            if let Some(slot) = pieces.get(t) {
+                let mut guard = slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let (start, ref mut piece) = *guard;
+                f(start, piece);
             }
-            f(start, rest);
-        });
+        };
+        self.broadcast(pieces.len(), &job);
     }
 }

@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::cg::{cg, CgVectors, Stop};
 use crate::flops::{FlopCount, LevelSize};
 use crate::mg::{Hierarchy, LEVELS};
-use crate::par::Par;
+use crate::par::{Par, Pool};
 use crate::problem::{generate_problem, Grid, GridError};
 use crate::sparse::spmv;
 use crate::validate::{test_cg, test_norms, test_symmetry, GlibcRand, NormsTest, SpectralTest, SymmetryTest};
@@ -26,7 +26,8 @@ pub struct Config {
     /// Requested benchmark time in seconds; 0 is the reference's QuickPath
     /// (one set, one call of each timing block).
     pub runtime_seconds: u32,
-    pub par: Par,
+    /// Thread count and split threshold; `run` adds the worker pool.
+    pub par: Par<'static>,
 }
 
 /// Everything the run found, serialised as the report line.
@@ -108,9 +109,13 @@ pub fn read_tsc() -> u64 {
     }
 }
 
-/// Runs the benchmark as the reference's `main` does with one process.
+/// Runs the benchmark as the reference's `main` does with one process, on
+/// a pool of `config.par.threads` threads.
 pub fn run(config: Config) -> Result<Report, GridError> {
-    let par = config.par;
+    Pool::scoped(config.par.threads, |pool| run_on(config, config.par.on_pool(pool)))
+}
+
+fn run_on(config: Config, par: Par) -> Result<Report, GridError> {
     let quick_path = config.runtime_seconds == 0;
 
     let setup_start = Instant::now();

@@ -34,7 +34,7 @@ pub fn dot(x: &[f64], y: &[f64], par: Par) -> f64 {
     let mut partial = vec![0.0f64; chunks];
     // Threads split the chunk sums; the threshold is in chunks, so convert
     // the per-thread minimum from entries.
-    let chunk_par = Par { threads: par.threads, min_items: (par.min_items / DOT_CHUNK).max(1) };
+    let chunk_par = Par { min_items: (par.min_items / DOT_CHUNK).max(1), ..par };
     let chunk_par = if par.min_items == usize::MAX { Par::serial() } else { chunk_par };
     chunk_par.for_each_piece(&mut partial, |first, piece| {
         for (k, out) in piece.iter_mut().enumerate() {

@@ -61,7 +61,7 @@ pub fn symgs_with(a: &SparseMatrix, r: &[f64], x: &mut [f64], par: Par, sweep: S
     if workers <= 1 {
         symgs_sequential(a, r, x, backward);
     } else {
-        symgs_wavefront(a, r, x, workers, backward);
+        symgs_wavefront(a, r, x, workers, backward, par);
     }
 }
 
@@ -132,7 +132,7 @@ fn wait_for(counter: &AtomicUsize, target: usize) {
     }
 }
 
-fn symgs_wavefront(a: &SparseMatrix, r: &[f64], x: &mut [f64], workers: usize, backward: bool) {
+fn symgs_wavefront(a: &SparseMatrix, r: &[f64], x: &mut [f64], workers: usize, backward: bool, par: Par) {
     let (nx, ny, nz) = (a.grid.nx, a.grid.ny, a.grid.nz);
     debug_assert_eq!(nx * ny * nz, a.rows);
     let x = as_atomic(&mut x[..a.rows]);
@@ -172,11 +172,7 @@ fn symgs_wavefront(a: &SparseMatrix, r: &[f64], x: &mut [f64], workers: usize, b
             }
         }
     };
-    std::thread::scope(|scope| {
-        let work = &work;
-        for t in 1..workers {
-            scope.spawn(move || work(t));
-        }
-        work(0);
-    });
+    // Needs `workers` threads running at once (they wait on each other);
+    // both the pool and the scoped-thread fallback provide that.
+    par.broadcast(workers, &work);
 }

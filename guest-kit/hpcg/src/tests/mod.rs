@@ -6,6 +6,7 @@ mod cli;
 mod dense;
 mod kernels;
 mod pinned;
+mod pool;
 mod problem;
 mod solver;
 mod validation;
@@ -14,8 +15,8 @@ use crate::par::Par;
 
 /// Splits every kernel as finely as possible over `threads` threads, so
 /// even 16³ exercises the threaded paths.
-pub(crate) fn eager(threads: usize) -> Par {
-    Par { threads, min_items: 1 }
+pub(crate) fn eager(threads: usize) -> Par<'static> {
+    Par { threads, min_items: 1, pool: None }
 }
 
 /// Deterministic test vectors (xorshift), independent of the benchmark's generator.

@@ -36,7 +36,11 @@ pub struct Report {
     pub nx: usize,
     pub ny: usize,
     pub nz: usize,
+    /// Threads allowed (affinity mask or `--threads`).
     pub threads: usize,
+    /// Threads actually started: fewer when the grid is too small to split
+    /// that far (see [`crate::par::DEFAULT_MIN_ITEMS`]).
+    pub workers: usize,
     pub rt: u32,
     pub quick_path: bool,
     pub levels: usize,
@@ -112,10 +116,14 @@ pub fn read_tsc() -> u64 {
 /// Runs the benchmark as the reference's `main` does with one process, on
 /// a pool of `config.par.threads` threads.
 pub fn run(config: Config) -> Result<Report, GridError> {
-    Pool::scoped(config.par.threads, |pool| run_on(config, config.par.on_pool(pool)))
+    // No kernel splits wider than the finest level allows, so threads beyond
+    // that would only spin (and steal a shared CPU from the ones working).
+    let size = config.par.workers_for(config.grid.rows());
+    Pool::scoped(size, |pool| run_on(config, config.par, pool))
 }
 
-fn run_on(config: Config, par: Par) -> Result<Report, GridError> {
+fn run_on(config: Config, requested: Par<'static>, pool: &Pool) -> Result<Report, GridError> {
+    let par = requested.on_pool(pool);
     let quick_path = config.runtime_seconds == 0;
 
     let setup_start = Instant::now();
@@ -194,7 +202,8 @@ fn run_on(config: Config, par: Par) -> Result<Report, GridError> {
         nx: config.grid.nx,
         ny: config.grid.ny,
         nz: config.grid.nz,
-        threads: par.threads,
+        threads: requested.threads,
+        workers: pool.size(),
         rt: config.runtime_seconds,
         quick_path,
         levels: h.levels.len(),

@@ -17,6 +17,8 @@ fn valid_run_prints_exactly_one_report_line() {
     let v: serde_json::Value = serde_json::from_str(json).unwrap();
     assert_eq!(v["valid"], true);
     assert_eq!(v["threads"], 2);
+    // 4096 rows are too few to split with the default threshold: no extra thread starts.
+    assert_eq!(v["workers"], 1);
     assert_eq!((v["nx"].as_u64(), v["ny"].as_u64(), v["nz"].as_u64()), (Some(16), Some(16), Some(16)));
     assert_eq!(v["ref_residuals"].as_array().map(Vec::len), Some(50));
 }

@@ -67,6 +67,8 @@ fn full_run_on_16_cubed_is_valid_and_pinned() {
             v["ref_residuals"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
         assert_eq!(parsed, REF_RESIDUALS_16, "JSON must round-trip the doubles exactly");
         assert_eq!(v["threads"], par.threads);
+        // min_items = 1 lets every kernel split, so the pool has all threads.
+        assert_eq!(v["workers"], par.threads);
     }
 }
 

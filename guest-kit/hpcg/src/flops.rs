@@ -14,6 +14,22 @@ use serde::Serialize;
 
 use crate::mg::{POSTSMOOTHER_STEPS, PRESMOOTHER_STEPS};
 
+/// The reference's number of benchmark sets: `int(rt / t_opt) + 1`, where
+/// `t_opt` is the duration of the optimized-phase solve. Saturates instead
+/// of overflowing if `t_opt` is 0 or tiny.
+pub fn number_of_sets(runtime_seconds: u32, opt_seconds: f64) -> usize {
+    let ratio = f64::from(runtime_seconds) / opt_seconds;
+    // `as` truncates toward zero like C's int() and saturates (NaN → 0).
+    (ratio as usize).saturating_add(1)
+}
+
+/// The reference's final rating in GFLOP/s ("with convergence and
+/// optimization phase overhead"): the official FLOP total over the timed
+/// sets' time plus, per set, a tenth of the optimisation and setup times.
+pub fn rating_gflops(total_flops: f64, seconds: f64, sets: usize, optimisation_seconds: f64, setup_seconds: f64) -> f64 {
+    total_flops / (seconds + sets as f64 * (optimisation_seconds / 10.0 + setup_seconds / 10.0)) / 1.0e9
+}
+
 /// Rows and nonzeros of one multigrid level.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LevelSize {

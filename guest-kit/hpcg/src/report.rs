@@ -6,7 +6,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::cg::{cg, CgVectors, Stop};
-use crate::flops::{FlopCount, LevelSize};
+use crate::flops::{number_of_sets, rating_gflops, FlopCount, LevelSize};
 use crate::mg::{Hierarchy, LEVELS};
 use crate::par::{Par, Pool};
 use crate::problem::{generate_problem, Grid, GridError};
@@ -168,8 +168,7 @@ fn run_on(config: Config, requested: Par<'static>, pool: &Pool) -> Result<Report
     let opt_seconds = t.elapsed().as_secs_f64();
     let tolerance_failures = u32::from(opt.scaled_residual() > ref_tolerance * (1.0 + 1.0e-6));
     let opt_iters = opt.iterations.max(REF_MAX_ITERS);
-    // Truncation as the reference's int() conversion; at least one set.
-    let sets = (f64::from(config.runtime_seconds) / opt_seconds) as usize + 1;
+    let sets = number_of_sets(config.runtime_seconds, opt_seconds);
 
     // The timed sets: each a full opt_iters-iteration solve from zero.
     let mut seconds = 0.0;
@@ -192,9 +191,8 @@ fn run_on(config: Config, requested: Par<'static>, pool: &Pool) -> Result<Report
         .collect();
     let flops = FlopCount::new(&level_sizes, sets, opt_iters, REF_MAX_ITERS);
     let total_flops = flops.total;
-    let optimisation_seconds = 0.0;
-    let rating_gflops =
-        total_flops / (seconds + sets as f64 * (optimisation_seconds / 10.0 + setup_seconds / 10.0)) / 1.0e9;
+    // Nothing is optimised, so the optimisation phase takes no time.
+    let rating_gflops = rating_gflops(total_flops, seconds, sets, 0.0, setup_seconds);
     let gflops_timed = total_flops / seconds / 1.0e9;
     let valid = spectral.passed && symmetry.passed && norms.passed && tolerance_failures == 0;
 

@@ -41,3 +41,24 @@ fn bad_arguments_exit_2_with_a_message_and_no_report() {
     assert_eq!(help.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&help.stdout).starts_with("usage: atoll-hpcg"));
 }
+
+#[test]
+fn timed_run_repeats_sets_and_counts_their_flops() {
+    // --rt 1: int(1 s / t_opt) + 1 sets; t_opt is well under 1 s even in debug.
+    let out = hpcg(&["16", "16", "16", "--rt", "1"]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let v: serde_json::Value = serde_json::from_str(stdout.trim_end().strip_prefix("ATOLL-HPCG ").unwrap()).unwrap();
+    let sets = v["sets"].as_u64().unwrap();
+    assert!(sets >= 2, "{sets}");
+    assert_eq!(v["quick_path"], false);
+    let residuals = v["set_residuals"].as_array().unwrap();
+    assert_eq!(residuals.len() as u64, sets);
+    // Every set repeats the same computation, so the norms test sees no spread.
+    assert!(residuals.iter().all(|r| r == &residuals[0]));
+    assert_eq!(v["norms"]["variance"].as_f64(), Some(0.0));
+    let s = sets as f64;
+    assert_eq!(v["flops"]["ddot"].as_f64(), Some((3.0 * 50.0 * s + s) * 2.0 * 4096.0));
+    assert_eq!(v["total_flops"].as_f64(), Some(66_907_056.0 * s));
+    assert_eq!(v["flops_per_set"].as_f64(), Some(66_907_056.0));
+}

@@ -4,7 +4,7 @@
 //! change of operation order; the FLOP counts are derived by hand from
 //! `ReportResults.cpp`'s formulas.
 
-use crate::flops::{FlopCount, LevelSize};
+use crate::flops::{number_of_sets, rating_gflops, FlopCount, LevelSize};
 use crate::mg::{Hierarchy, LEVELS};
 use crate::par::Par;
 use crate::problem::{generate_matrix, Grid};
@@ -100,4 +100,21 @@ fn flop_count_for_16_cubed_by_hand() {
     assert_eq!(f.spmv, (165.0 + 3.0) * 2.0 * 97_336.0);
     assert_eq!(f.mg, 165.0 * 1_090_096.0);
     assert_eq!(f.total, f.raw_total * 50.0 / 55.0);
+}
+
+#[test]
+fn sets_and_rating_follow_the_reference_formulas() {
+    // QuickPath: rt = 0 gives one set whatever the solve time.
+    assert_eq!(number_of_sets(0, 0.25), 1);
+    // int(60 / 0.7) + 1 = 85 + 1.
+    assert_eq!(number_of_sets(60, 0.7), 86);
+    // Exact division still adds one: int(10 / 2.5) + 1 = 5.
+    assert_eq!(number_of_sets(10, 2.5), 5);
+    // A zero duration saturates instead of overflowing.
+    assert_eq!(number_of_sets(1, 0.0), usize::MAX);
+    assert_eq!(number_of_sets(0, 0.0), 1);
+    // 2·10⁹ flops in 1.8 s of sets, 2 sets, setup 1 s, optimisation 0:
+    // 2e9 / (1.8 + 2·0.1) / 1e9 = 1 GFLOP/s.
+    assert!((rating_gflops(2.0e9, 1.8, 2, 0.0, 1.0) - 1.0).abs() < 1e-15);
+    assert!((rating_gflops(2.0e9, 1.0, 2, 2.0, 3.0) - 1.0).abs() < 1e-15);
 }

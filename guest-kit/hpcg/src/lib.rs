@@ -49,16 +49,18 @@
 //! # Threads
 //!
 //! `threads` (default: the CPUs in the process's affinity mask, or
-//! `--threads N`) bounds how many scoped threads one kernel call uses; a call
-//! is split only when every thread gets at least [`par::DEFAULT_MIN_ITEMS`]
+//! `--threads N`) bounds how many threads one kernel call uses. The
+//! benchmark runs on a persistent pool ([`pool`]) whose idle workers spin,
+//! then `sched_yield`, so the timed phase makes no thread-creation or futex
+//! system calls: right for dedicated CPUs (an enclave, a pinned guest),
+//! wasteful when the CPUs are shared with other busy processes. A call is
+//! split only when every thread gets at least [`par::DEFAULT_MIN_ITEMS`]
 //! rows, so grids up to 32³ (and the coarse levels) run on one thread, and
-//! the pool only starts as many threads as the finest level can use
-//! (`workers` in the report). Idle workers spin, then `sched_yield`: right
-//! for dedicated CPUs (an enclave, a pinned guest), wasteful when the CPUs
-//! are shared with other busy processes. SpMV,
-//! WAXPBY, dot products and the smoother are threaded; restriction and
-//! prolongation are cheap and stay on the caller. Every reported number
-//! except the timings is bitwise the same for every thread count (tested).
+//! the pool starts only as many threads as the finest level can use
+//! (`workers` in the report). SpMV, WAXPBY, dot products and the smoother
+//! are threaded; restriction and prolongation are cheap and stay on the
+//! caller. Every reported number except the timings is bitwise the same for
+//! every thread count (tested).
 //!
 //! # Output
 //!

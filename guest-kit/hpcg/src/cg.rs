@@ -35,7 +35,12 @@ pub struct CgVectors {
 
 impl CgVectors {
     pub fn new(rows: usize) -> Self {
-        CgVectors { r: vec![0.0; rows], z: vec![0.0; rows], p: vec![0.0; rows], ap: vec![0.0; rows] }
+        CgVectors {
+            r: vec![0.0; rows],
+            z: vec![0.0; rows],
+            p: vec![0.0; rows],
+            ap: vec![0.0; rows],
+        }
     }
 }
 
@@ -111,5 +116,10 @@ pub fn cg(
         iterations = k;
         k += 1;
     }
-    CgOutcome { iterations, normr0, normr, scaled_residuals }
+    CgOutcome {
+        iterations,
+        normr0,
+        normr,
+        scaled_residuals,
+    }
 }

@@ -84,9 +84,15 @@ impl std::error::Error for CliError {}
 fn parse_number(what: &'static str, value: &str) -> Result<usize, CliError> {
     // Digits only: no sign, no spaces, no hex, as a plain %d-like count.
     if value.is_empty() || !value.bytes().all(|c| c.is_ascii_digit()) {
-        return Err(CliError::NotANumber { what, value: value.to_owned() });
+        return Err(CliError::NotANumber {
+            what,
+            value: value.to_owned(),
+        });
     }
-    value.parse().map_err(|_| CliError::NotANumber { what, value: value.to_owned() })
+    value.parse().map_err(|_| CliError::NotANumber {
+        what,
+        value: value.to_owned(),
+    })
 }
 
 /// Checks a grid against the reference's requirements and the memory cap.
@@ -152,12 +158,21 @@ pub fn parse<S: AsRef<str>>(args: &[S], default_par: Par<'static>) -> Result<Com
         return Err(CliError::MissingSides { given: sides.len() });
     };
     let grid = check_grid(nx, ny, nz)?;
-    let runtime_seconds =
-        u32::try_from(rt).map_err(|_| CliError::NotANumber { what: "--rt", value: rt.to_string() })?;
+    let runtime_seconds = u32::try_from(rt).map_err(|_| CliError::NotANumber {
+        what: "--rt",
+        value: rt.to_string(),
+    })?;
     let par = match threads {
         Some(0) => return Err(CliError::ZeroThreads),
-        Some(n) => Par { threads: n, ..default_par },
+        Some(n) => Par {
+            threads: n,
+            ..default_par
+        },
         None => default_par,
     };
-    Ok(Command::Run(Config { grid, runtime_seconds, par }))
+    Ok(Command::Run(Config {
+        grid,
+        runtime_seconds,
+        par,
+    }))
 }

@@ -26,8 +26,16 @@ pub fn number_of_sets(runtime_seconds: u32, opt_seconds: f64) -> usize {
 /// The reference's final rating in GFLOP/s ("with convergence and
 /// optimization phase overhead"): the official FLOP total over the timed
 /// sets' time plus, per set, a tenth of the optimisation and setup times.
-pub fn rating_gflops(total_flops: f64, seconds: f64, sets: usize, optimisation_seconds: f64, setup_seconds: f64) -> f64 {
-    total_flops / (seconds + sets as f64 * (optimisation_seconds / 10.0 + setup_seconds / 10.0)) / 1.0e9
+pub fn rating_gflops(
+    total_flops: f64,
+    seconds: f64,
+    sets: usize,
+    optimisation_seconds: f64,
+    setup_seconds: f64,
+) -> f64 {
+    total_flops
+        / (seconds + sets as f64 * (optimisation_seconds / 10.0 + setup_seconds / 10.0))
+        / 1.0e9
 }
 
 /// Rows and nonzeros of one multigrid level.
@@ -61,7 +69,10 @@ impl FlopCount {
     pub fn new(levels: &[LevelSize], sets: usize, opt_iters: usize, ref_iters: usize) -> Self {
         let sets_f = sets as f64;
         let iters = sets_f * opt_iters as f64;
-        let fine = levels.first().copied().unwrap_or(LevelSize { rows: 0.0, nonzeros: 0.0 });
+        let fine = levels.first().copied().unwrap_or(LevelSize {
+            rows: 0.0,
+            nonzeros: 0.0,
+        });
         // "+ sets": the initial residual r = b − A·x of every set.
         let ddot = (3.0 * iters + sets_f) * 2.0 * fine.rows;
         let waxpby = (3.0 * iters + sets_f) * 2.0 * fine.rows;
@@ -76,7 +87,18 @@ impl FlopCount {
             mg += iters * 4.0 * coarsest.nonzeros;
         }
         let raw_total = ddot + waxpby + spmv + mg;
-        let total = if opt_iters == 0 { 0.0 } else { raw_total * ref_iters as f64 / opt_iters as f64 };
-        FlopCount { ddot, waxpby, spmv, mg, raw_total, total }
+        let total = if opt_iters == 0 {
+            0.0
+        } else {
+            raw_total * ref_iters as f64 / opt_iters as f64
+        };
+        FlopCount {
+            ddot,
+            waxpby,
+            spmv,
+            mg,
+            raw_total,
+            total,
+        }
     }
 }

@@ -45,7 +45,13 @@ impl Hierarchy {
         let mut current = fine;
         for depth in 1..=levels {
             if depth == levels {
-                out.push(Level { a: current, f2c: Vec::new(), rc: Vec::new(), xc: Vec::new(), axf: Vec::new() });
+                out.push(Level {
+                    a: current,
+                    f2c: Vec::new(),
+                    rc: Vec::new(),
+                    xc: Vec::new(),
+                    axf: Vec::new(),
+                });
                 break;
             }
             let coarse_grid = current.grid.coarse();
@@ -61,7 +67,10 @@ impl Hierarchy {
             out.push(level);
             current = coarse;
         }
-        Ok(Hierarchy { levels: out, sweep: Sweep::Symmetric })
+        Ok(Hierarchy {
+            levels: out,
+            sweep: Sweep::Symmetric,
+        })
     }
 
     /// The finest matrix (the one CG solves with).

@@ -39,17 +39,29 @@ pub const DEFAULT_MIN_ITEMS: usize = 32 * 1024;
 impl<'p> Par<'p> {
     /// One thread: every kernel runs on the caller.
     pub const fn serial() -> Self {
-        Par { threads: 1, min_items: usize::MAX, pool: None }
+        Par {
+            threads: 1,
+            min_items: usize::MAX,
+            pool: None,
+        }
     }
 
     /// `threads` threads with the default split threshold (no pool).
     pub fn with_threads(threads: usize) -> Self {
-        Par { threads: threads.max(1), min_items: DEFAULT_MIN_ITEMS, pool: None }
+        Par {
+            threads: threads.max(1),
+            min_items: DEFAULT_MIN_ITEMS,
+            pool: None,
+        }
     }
 
     /// The same split on `pool`'s workers (at most its size).
     pub fn on_pool<'q>(&self, pool: &'q Pool) -> Par<'q> {
-        Par { threads: self.threads.min(pool.size()), min_items: self.min_items, pool: Some(pool) }
+        Par {
+            threads: self.threads.min(pool.size()),
+            min_items: self.min_items,
+            pool: Some(pool),
+        }
     }
 
     /// Runs `job(t)` for `t` in `0..workers` concurrently, `t = 0` on the caller.
@@ -100,11 +112,16 @@ impl<'p> Par<'p> {
         }
         let piece = n.div_ceil(workers);
         // Each worker takes its own piece out of its own (uncontended) slot.
-        let pieces: Vec<Mutex<(usize, &mut [T])>> =
-            out.chunks_mut(piece).enumerate().map(|(k, p)| Mutex::new((k * piece, p))).collect();
+        let pieces: Vec<Mutex<(usize, &mut [T])>> = out
+            .chunks_mut(piece)
+            .enumerate()
+            .map(|(k, p)| Mutex::new((k * piece, p)))
+            .collect();
         let job = |t: usize| {
             if let Some(slot) = pieces.get(t) {
-                let mut guard = slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut guard = slot
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 let (start, ref mut piece) = *guard;
                 f(start, piece);
             }

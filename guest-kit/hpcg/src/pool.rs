@@ -37,7 +37,9 @@ pub struct Pool {
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pool").field("size", &self.size).finish_non_exhaustive()
+        f.debug_struct("Pool")
+            .field("size", &self.size)
+            .finish_non_exhaustive()
     }
 }
 
@@ -108,7 +110,10 @@ impl Pool {
                 return; // shutdown
             }
             seen = current;
-            let job = *self.job.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let job = *self
+                .job
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let Some((job, shares)) = job else { continue };
             if worker < shares {
                 if catch_unwind(AssertUnwindSafe(|| job(worker))).is_err() {
@@ -129,7 +134,10 @@ impl Pool {
             job(0);
             return;
         }
-        let _serial = self.busy.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _serial = self
+            .busy
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         // SAFETY: only the lifetime is changed (same fat-pointer layout). The
         // erased reference is reachable by workers through `self.job` only
         // between here and the `Wait` guard's drop below, which — on normal
@@ -138,7 +146,10 @@ impl Pool {
         // use of the job) and then clears `self.job`. So no worker uses the
         // job after `run` returns, while `job` itself outlives this call.
         let erased: Job = unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), Job>(job) };
-        *self.job.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some((erased, shares));
+        *self
+            .job
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((erased, shares));
         self.pending.store(shares - 1, Ordering::Release);
         self.generation.fetch_add(1, Ordering::AcqRel);
 
@@ -146,7 +157,11 @@ impl Pool {
         impl Drop for Wait<'_> {
             fn drop(&mut self) {
                 spin_until(|| self.0.pending.load(Ordering::Acquire) == 0);
-                *self.0.job.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+                *self
+                    .0
+                    .job
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
             }
         }
         let wait = Wait(self);

@@ -30,7 +30,11 @@ impl Grid {
 
     /// The grid of the next coarser multigrid level (each side halved).
     pub const fn coarse(&self) -> Self {
-        Grid { nx: self.nx / 2, ny: self.ny / 2, nz: self.nz / 2 }
+        Grid {
+            nx: self.nx / 2,
+            ny: self.ny / 2,
+            nz: self.nz / 2,
+        }
     }
 
     /// The reference's closed form for the number of nonzeros on a box with
@@ -116,7 +120,10 @@ pub fn generate_matrix(grid: Grid) -> Result<SparseMatrix, GridError> {
     if nx == 0 || ny == 0 || nz == 0 {
         return Err(GridError::Empty);
     }
-    let rows = nx.checked_mul(ny).and_then(|r| r.checked_mul(nz)).ok_or(GridError::TooLarge)?;
+    let rows = nx
+        .checked_mul(ny)
+        .and_then(|r| r.checked_mul(nz))
+        .ok_or(GridError::TooLarge)?;
     if u32::try_from(rows).is_err() || rows.checked_mul(STENCIL).is_none() {
         return Err(GridError::TooLarge);
     }
@@ -126,7 +133,9 @@ pub fn generate_matrix(grid: Grid) -> Result<SparseMatrix, GridError> {
     let mut cols = vec![0u32; rows * STENCIL];
     let mut nonzeros = 0usize;
     // Offsets in {-1, 0, 1} along one axis that stay inside [0, n).
-    let offsets = |pos: usize, n: usize| (-1isize..=1).filter(move |d| pos.checked_add_signed(*d).is_some_and(|p| p < n));
+    let offsets = |pos: usize, n: usize| {
+        (-1isize..=1).filter(move |d| pos.checked_add_signed(*d).is_some_and(|p| p < n))
+    };
     for z in 0..nz {
         for y in 0..ny {
             for x in 0..nx {
@@ -138,7 +147,8 @@ pub fn generate_matrix(grid: Grid) -> Result<SparseMatrix, GridError> {
                         for dx in offsets(x, nx) {
                             // In range by construction of `offsets`.
                             let col = (x as isize + dx) as usize
-                                + nx * ((y as isize + dy) as usize + ny * (z as isize + dz) as usize);
+                                + nx * ((y as isize + dy) as usize
+                                    + ny * (z as isize + dz) as usize);
                             if col == row {
                                 diag_slot[row] = len as u8;
                                 values[base + len] = DIAGONAL;
@@ -155,7 +165,15 @@ pub fn generate_matrix(grid: Grid) -> Result<SparseMatrix, GridError> {
             }
         }
     }
-    Ok(SparseMatrix { grid, rows, nonzeros, row_len, diag_slot, values, cols })
+    Ok(SparseMatrix {
+        grid,
+        rows,
+        nonzeros,
+        row_len,
+        diag_slot,
+        values,
+        cols,
+    })
 }
 
 /// The matrix plus `b`, `x = 0` and `xexact = 1`, as the reference generates
@@ -163,9 +181,18 @@ pub fn generate_matrix(grid: Grid) -> Result<SparseMatrix, GridError> {
 pub fn generate_problem(grid: Grid) -> Result<Problem, GridError> {
     let a = generate_matrix(grid)?;
     // The reference writes 26 − (nnz − 1): the row sum of A, so A·1 = b exactly.
-    let b = a.row_len.iter().map(|&len| DIAGONAL - f64::from(len - 1)).collect();
+    let b = a
+        .row_len
+        .iter()
+        .map(|&len| DIAGONAL - f64::from(len - 1))
+        .collect();
     let rows = a.rows;
-    Ok(Problem { a, b, x: vec![0.0; rows], xexact: vec![1.0; rows] })
+    Ok(Problem {
+        a,
+        b,
+        x: vec![0.0; rows],
+        xexact: vec![1.0; rows],
+    })
 }
 
 /// The injection map of `GenerateCoarseProblem`: coarse row `(xc, yc, zc)`

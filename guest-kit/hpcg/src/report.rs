@@ -11,7 +11,9 @@ use crate::mg::{Hierarchy, LEVELS};
 use crate::par::{Par, Pool};
 use crate::problem::{generate_problem, Grid, GridError};
 use crate::sparse::spmv;
-use crate::validate::{test_cg, test_norms, test_symmetry, GlibcRand, NormsTest, SpectralTest, SymmetryTest};
+use crate::validate::{
+    test_cg, test_norms, test_symmetry, GlibcRand, NormsTest, SpectralTest, SymmetryTest,
+};
 
 /// Iterations of the reference CG run that fixes the target residual.
 pub const REF_MAX_ITERS: usize = 50;
@@ -153,7 +155,16 @@ fn run_on(config: Config, requested: Par<'static>, pool: &Pool) -> Result<Report
 
     // Reference phase: 50 iterations, tolerance 0.
     x.fill(0.0);
-    let reference = cg(&mut h, &mut data, &b, &mut x, REF_MAX_ITERS, Stop::Reference(0.0), true, par);
+    let reference = cg(
+        &mut h,
+        &mut data,
+        &b,
+        &mut x,
+        REF_MAX_ITERS,
+        Stop::Reference(0.0),
+        true,
+        par,
+    );
     let ref_tolerance = reference.scaled_residual();
 
     // Validation.
@@ -164,7 +175,16 @@ fn run_on(config: Config, requested: Par<'static>, pool: &Pool) -> Result<Report
     // the reference's residual, at most 10× the reference's.
     x.fill(0.0);
     let t = Instant::now();
-    let opt = cg(&mut h, &mut data, &b, &mut x, 10 * REF_MAX_ITERS, Stop::Optimized(ref_tolerance), true, par);
+    let opt = cg(
+        &mut h,
+        &mut data,
+        &b,
+        &mut x,
+        10 * REF_MAX_ITERS,
+        Stop::Optimized(ref_tolerance),
+        true,
+        par,
+    );
     let opt_seconds = t.elapsed().as_secs_f64();
     let tolerance_failures = u32::from(opt.scaled_residual() > ref_tolerance * (1.0 + 1.0e-6));
     let opt_iters = opt.iterations.max(REF_MAX_ITERS);
@@ -177,7 +197,16 @@ fn run_on(config: Config, requested: Par<'static>, pool: &Pool) -> Result<Report
     for _ in 0..sets {
         x.fill(0.0);
         let t = Instant::now();
-        let run = cg(&mut h, &mut data, &b, &mut x, opt_iters, Stop::Optimized(0.0), true, par);
+        let run = cg(
+            &mut h,
+            &mut data,
+            &b,
+            &mut x,
+            opt_iters,
+            Stop::Optimized(0.0),
+            true,
+            par,
+        );
         seconds += t.elapsed().as_secs_f64();
         set_residuals.push(run.scaled_residual());
     }
@@ -187,7 +216,10 @@ fn run_on(config: Config, requested: Par<'static>, pool: &Pool) -> Result<Report
     let level_sizes: Vec<LevelSize> = h
         .levels
         .iter()
-        .map(|l| LevelSize { rows: l.a.rows as f64, nonzeros: l.a.nonzeros as f64 })
+        .map(|l| LevelSize {
+            rows: l.a.rows as f64,
+            nonzeros: l.a.nonzeros as f64,
+        })
         .collect();
     let flops = FlopCount::new(&level_sizes, sets, opt_iters, REF_MAX_ITERS);
     let total_flops = flops.total;

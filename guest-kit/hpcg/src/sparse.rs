@@ -13,7 +13,10 @@ pub const DOT_CHUNK: usize = 8192;
 /// `y = A·x`: each row summed from 0.0 in the row's stored (stencil) order, as
 /// the reference does.
 pub fn spmv(a: &SparseMatrix, x: &[f64], y: &mut [f64], par: Par) {
-    assert!(x.len() >= a.rows && y.len() >= a.rows, "spmv: vector shorter than the matrix");
+    assert!(
+        x.len() >= a.rows && y.len() >= a.rows,
+        "spmv: vector shorter than the matrix"
+    );
     par.for_each_piece(&mut y[..a.rows], |start, piece| {
         for (k, out) in piece.iter_mut().enumerate() {
             let (vals, cols) = a.row(start + k);
@@ -34,8 +37,15 @@ pub fn dot(x: &[f64], y: &[f64], par: Par) -> f64 {
     let mut partial = vec![0.0f64; chunks];
     // Threads split the chunk sums; the threshold is in chunks, so convert
     // the per-thread minimum from entries.
-    let chunk_par = Par { min_items: (par.min_items / DOT_CHUNK).max(1), ..par };
-    let chunk_par = if par.min_items == usize::MAX { Par::serial() } else { chunk_par };
+    let chunk_par = Par {
+        min_items: (par.min_items / DOT_CHUNK).max(1),
+        ..par
+    };
+    let chunk_par = if par.min_items == usize::MAX {
+        Par::serial()
+    } else {
+        chunk_par
+    };
     chunk_par.for_each_piece(&mut partial, |first, piece| {
         for (k, out) in piece.iter_mut().enumerate() {
             let lo = (first + k) * DOT_CHUNK;
@@ -55,7 +65,10 @@ pub fn dot(x: &[f64], y: &[f64], par: Par) -> f64 {
 /// The reference special-cases `alpha == 1` and `beta == 1`; multiplying by
 /// 1.0 is exact in IEEE arithmetic, so the general form gives the same bits.
 pub fn waxpby(alpha: f64, x: &[f64], beta: f64, y: &[f64], w: &mut [f64], par: Par) {
-    assert!(x.len() == w.len() && y.len() == w.len(), "waxpby: length mismatch");
+    assert!(
+        x.len() == w.len() && y.len() == w.len(),
+        "waxpby: length mismatch"
+    );
     par.for_each_piece(w, |start, piece| {
         for (k, out) in piece.iter_mut().enumerate() {
             *out = alpha * x[start + k] + beta * y[start + k];

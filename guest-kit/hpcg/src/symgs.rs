@@ -51,7 +51,10 @@ pub fn symgs(a: &SparseMatrix, r: &[f64], x: &mut [f64], par: Par) {
 
 /// [`symgs`] with a choice of sweeps (see [`Sweep`]).
 pub fn symgs_with(a: &SparseMatrix, r: &[f64], x: &mut [f64], par: Par, sweep: Sweep) {
-    assert!(r.len() >= a.rows && x.len() >= a.rows, "symgs: vector shorter than the matrix");
+    assert!(
+        r.len() >= a.rows && x.len() >= a.rows,
+        "symgs: vector shorter than the matrix"
+    );
     let backward = match sweep {
         Sweep::Symmetric => true,
         #[cfg(test)]
@@ -132,7 +135,14 @@ fn wait_for(counter: &AtomicUsize, target: usize) {
     }
 }
 
-fn symgs_wavefront(a: &SparseMatrix, r: &[f64], x: &mut [f64], workers: usize, backward: bool, par: Par) {
+fn symgs_wavefront(
+    a: &SparseMatrix,
+    r: &[f64],
+    x: &mut [f64],
+    workers: usize,
+    backward: bool,
+    par: Par,
+) {
     let (nx, ny, nz) = (a.grid.nx, a.grid.ny, a.grid.nz);
     debug_assert_eq!(nx * ny * nz, a.rows);
     let x = as_atomic(&mut x[..a.rows]);

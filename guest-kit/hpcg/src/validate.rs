@@ -93,12 +93,22 @@ pub const EXPECTED_ITERS_PREC: usize = 2;
 /// twice with the preconditioner to tolerance 10⁻¹² and compares the
 /// iteration counts with the reference's limits. The matrix and `b` are
 /// restored exactly afterwards.
-pub fn test_cg(h: &mut Hierarchy, data: &mut CgVectors, b: &mut [f64], x: &mut [f64], par: Par) -> SpectralTest {
+pub fn test_cg(
+    h: &mut Hierarchy,
+    data: &mut CgVectors,
+    b: &mut [f64],
+    x: &mut [f64],
+    par: Par,
+) -> SpectralTest {
     let original_diag = h.fine().diagonal_vector();
     let original_b = b.to_vec();
     for (i, (&d, bi)) in original_diag.iter().zip(b.iter_mut()).enumerate() {
         // Single process: the local row is the global row id.
-        let scale = if i < 9 { (i as f64 + 2.0) * 1.0e6 } else { 1.0e6 };
+        let scale = if i < 9 {
+            (i as f64 + 2.0) * 1.0e6
+        } else {
+            1.0e6
+        };
         h.fine_mut().set_diagonal(i, d * scale);
         *bi *= scale;
     }
@@ -113,16 +123,33 @@ pub fn test_cg(h: &mut Hierarchy, data: &mut CgVectors, b: &mut [f64], x: &mut [
         normr: 0.0,
     };
     for precondition in [false, true] {
-        let expected = if precondition { EXPECTED_ITERS_PREC } else { EXPECTED_ITERS_NO_PREC };
+        let expected = if precondition {
+            EXPECTED_ITERS_PREC
+        } else {
+            EXPECTED_ITERS_NO_PREC
+        };
         for _call in 0..2 {
             x.fill(0.0);
-            let run = cg(h, data, b, x, 50, Stop::Optimized(1.0e-12), precondition, par);
+            let run = cg(
+                h,
+                data,
+                b,
+                x,
+                50,
+                Stop::Optimized(1.0e-12),
+                precondition,
+                par,
+            );
             if run.iterations <= expected {
                 out.count_pass += 1;
             } else {
                 out.count_fail += 1;
             }
-            let max = if precondition { &mut out.max_iters_prec } else { &mut out.max_iters_no_prec };
+            let max = if precondition {
+                &mut out.max_iters_prec
+            } else {
+                &mut out.max_iters_no_prec
+            };
             *max = (*max).max(run.iterations);
             out.normr = run.normr;
         }
@@ -154,7 +181,13 @@ pub const A_NORM: f64 = 2.0 * 26.0;
 /// `TestSymmetry`: x'Ay against y'Ax, and x'M⁻¹y against y'M⁻¹x, for two
 /// random vectors drawn from `rng` (x first, then y), with the reference's
 /// scaling and threshold (departure > 1 fails).
-pub fn test_symmetry(h: &mut Hierarchy, b: &[f64], xexact: &[f64], rng: &mut GlibcRand, par: Par) -> SymmetryTest {
+pub fn test_symmetry(
+    h: &mut Hierarchy,
+    b: &[f64],
+    xexact: &[f64],
+    rng: &mut GlibcRand,
+    par: Par,
+) -> SymmetryTest {
     let n = h.fine().rows;
     let mut x = vec![0.0; n];
     let mut y = vec![0.0; n];
@@ -183,8 +216,18 @@ pub fn test_symmetry(h: &mut Hierarchy, b: &[f64], xexact: &[f64], rng: &mut Gli
         }
     }
     spmv(h.fine(), xexact, &mut z, par);
-    let exact_residual = b.iter().zip(&z).map(|(bi, zi)| (bi - zi).abs()).fold(0.0, f64::max);
-    SymmetryTest { passed: count_fail == 0, count_fail, depsym_spmv, depsym_mg, exact_residual }
+    let exact_residual = b
+        .iter()
+        .zip(&z)
+        .map(|(bi, zi)| (bi - zi).abs())
+        .fold(0.0, f64::max);
+    SymmetryTest {
+        passed: count_fail == 0,
+        count_fail,
+        depsym_spmv,
+        depsym_mg,
+        exact_residual,
+    }
 }
 
 /// Result of the reproducibility test over the benchmark sets.
@@ -199,11 +242,22 @@ pub struct NormsTest {
 /// residuals; passes when the variance is below 10⁻⁶.
 pub fn test_norms(values: &[f64]) -> NormsTest {
     let Some(&first) = values.first() else {
-        return NormsTest { passed: false, mean: f64::NAN, variance: f64::NAN };
+        return NormsTest {
+            passed: false,
+            mean: f64::NAN,
+            variance: f64::NAN,
+        };
     };
     let count = values.len() as f64;
     // Mean through deltas from the first sample, as the reference computes it.
     let mean = first + values.iter().fold(0.0, |acc, v| acc + (v - first)) / count;
-    let variance = values.iter().fold(0.0, |acc, v| acc + (v - mean) * (v - mean)) / count;
-    NormsTest { passed: variance < 1.0e-6, mean, variance }
+    let variance = values
+        .iter()
+        .fold(0.0, |acc, v| acc + (v - mean) * (v - mean))
+        / count;
+    NormsTest {
+        passed: variance < 1.0e-6,
+        mean,
+        variance,
+    }
 }

@@ -3,13 +3,21 @@
 use std::process::Command;
 
 fn hpcg(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_atoll-hpcg")).args(args).output().expect("binary runs")
+    Command::new(env!("CARGO_BIN_EXE_atoll-hpcg"))
+        .args(args)
+        .output()
+        .expect("binary runs")
 }
 
 #[test]
 fn valid_run_prints_exactly_one_report_line() {
     let out = hpcg(&["16", "16", "16", "--rt", "0", "--threads", "2"]);
-    assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 1, "{stdout}");
@@ -19,7 +27,10 @@ fn valid_run_prints_exactly_one_report_line() {
     assert_eq!(v["threads"], 2);
     // 4096 rows are too few to split with the default threshold: no extra thread starts.
     assert_eq!(v["workers"], 1);
-    assert_eq!((v["nx"].as_u64(), v["ny"].as_u64(), v["nz"].as_u64()), (Some(16), Some(16), Some(16)));
+    assert_eq!(
+        (v["nx"].as_u64(), v["ny"].as_u64(), v["nz"].as_u64()),
+        (Some(16), Some(16), Some(16))
+    );
     assert_eq!(v["ref_residuals"].as_array().map(Vec::len), Some(50));
 }
 
@@ -35,7 +46,10 @@ fn bad_arguments_exit_2_with_a_message_and_no_report() {
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         assert!(out.stdout.is_empty(), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(needle) && err.contains("usage:"), "{args:?}: {err}");
+        assert!(
+            err.contains(needle) && err.contains("usage:"),
+            "{args:?}: {err}"
+        );
     }
     let help = hpcg(&["--help"]);
     assert_eq!(help.status.code(), Some(0));
@@ -46,9 +60,15 @@ fn bad_arguments_exit_2_with_a_message_and_no_report() {
 fn timed_run_repeats_sets_and_counts_their_flops() {
     // --rt 1: int(1 s / t_opt) + 1 sets; t_opt is well under 1 s even in debug.
     let out = hpcg(&["16", "16", "16", "--rt", "1"]);
-    assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8(out.stdout).unwrap();
-    let v: serde_json::Value = serde_json::from_str(stdout.trim_end().strip_prefix("ATOLL-HPCG ").unwrap()).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(stdout.trim_end().strip_prefix("ATOLL-HPCG ").unwrap()).unwrap();
     let sets = v["sets"].as_u64().unwrap();
     assert!(sets >= 2, "{sets}");
     assert_eq!(v["quick_path"], false);
@@ -58,7 +78,10 @@ fn timed_run_repeats_sets_and_counts_their_flops() {
     assert!(residuals.iter().all(|r| r == &residuals[0]));
     assert_eq!(v["norms"]["variance"].as_f64(), Some(0.0));
     let s = sets as f64;
-    assert_eq!(v["flops"]["ddot"].as_f64(), Some((3.0 * 50.0 * s + s) * 2.0 * 4096.0));
+    assert_eq!(
+        v["flops"]["ddot"].as_f64(),
+        Some((3.0 * 50.0 * s + s) * 2.0 * 4096.0)
+    );
     assert_eq!(v["total_flops"].as_f64(), Some(66_907_056.0 * s));
     assert_eq!(v["flops_per_set"].as_f64(), Some(66_907_056.0));
 }

@@ -36,6 +36,31 @@ impl Blk {
             .write(!read_only)
             .open(path)
             .map_err(|e| io::Error::new(e.kind(), format!("{path}: {e}")))?;
+        // One writer or any number of readers per image, among daemons (and any other
+        // program that locks, as QEMU does): two enclaves writing one ext4 image would
+        // corrupt it. The lock goes with the descriptor, when the daemon exits.
+        let how = if read_only {
+            libc::LOCK_SH
+        } else {
+            libc::LOCK_EX
+        };
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a descriptor this function owns; no memory is passed.
+        if unsafe { libc::flock(file.as_raw_fd(), how | libc::LOCK_NB) } != 0 {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(
+                e.kind(),
+                format!(
+                    "{path}: in use ({}): another enclave's daemon or another program holds \
+                     a lock on it",
+                    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                        "locked".to_string()
+                    } else {
+                        e.to_string()
+                    }
+                ),
+            ));
+        }
         // Seeking to the end gives a block device's size as well as a file's.
         let capacity = file.seek(SeekFrom::End(0))?;
         let b = Blk {

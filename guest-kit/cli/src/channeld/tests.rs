@@ -320,6 +320,55 @@ fn blk_call(s: &mut Setup, tag: u32, req: [u8; 16], data: &[u8]) -> (u32, u8, Ve
     (t, b[0], b[8..].to_vec())
 }
 
+/// Takes flock `how` on `path` through a descriptor of its own; whether it got it.
+fn lock(path: &std::path::Path, how: i32) -> (std::fs::File, bool) {
+    let f = std::fs::File::open(path).unwrap();
+    // SAFETY: flock on a live descriptor of the test's own.
+    let r = unsafe { libc::flock(f.as_raw_fd(), how | libc::LOCK_NB) };
+    (f, r == 0)
+}
+
+#[test]
+fn an_image_is_written_by_one_daemon_only() {
+    // The images live apart from the daemons' run directories (which go with each setup).
+    let images = TempDir::new();
+    let image = |name: &str| {
+        let img = images.0.join(name);
+        std::fs::write(&img, [0u8; 4096]).unwrap();
+        let p = img.to_str().unwrap().to_string();
+        (img, p)
+    };
+    // Someone else writes it (holds the exclusive lock): not served, said why.
+    let (img, p) = image("a.img");
+    let (held, ok) = lock(&img, libc::LOCK_EX);
+    assert!(ok);
+    let s = setup_in(
+        TempDir::new(),
+        &[dev(Kind::Blk, 0, &p), dev(Kind::Console, 0, "")],
+    );
+    assert_eq!(s.d.devs.len(), 1, "only the console");
+    let log = s.log.text();
+    assert!(log.contains("in use (locked)"), "{log}");
+    drop((s, held));
+    // Served read-only: others may read beside it but not write.
+    let (img, p) = image("b.img");
+    let s = setup_in(TempDir::new(), &[dev(Kind::Blk, dev_flags::READ_ONLY, &p)]);
+    assert_eq!(s.d.devs.len(), 1);
+    assert!(lock(&img, libc::LOCK_SH).1, "readers share");
+    assert!(
+        !lock(&img, libc::LOCK_EX).1,
+        "no writer beside the daemon's reader"
+    );
+    drop(s);
+    // Served read-write: nobody else may even read-lock it, until the daemon is gone.
+    let (img, p) = image("c.img");
+    let s = setup_in(TempDir::new(), &[dev(Kind::Blk, 0, &p)]);
+    assert_eq!(s.d.devs.len(), 1);
+    assert!(!lock(&img, libc::LOCK_SH).1);
+    drop(s);
+    assert!(lock(&img, libc::LOCK_EX).1, "the lock went with the daemon");
+}
+
 #[test]
 fn blk_serves_writes_reads_flushes_and_refuses_what_is_out_of_range() {
     let image: Vec<u8> = (0..64 * 1024u32).map(|i| (i * 7 % 256) as u8).collect();

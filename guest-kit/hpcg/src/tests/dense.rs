@@ -15,12 +15,18 @@ impl Dense {
     }
 
     pub fn mul(&self, x: &[f64]) -> Vec<f64> {
-        (0..self.n).map(|i| (0..self.n).map(|j| self.at(i, j) * x[j]).sum()).collect()
+        (0..self.n)
+            .map(|i| (0..self.n).map(|j| self.at(i, j) * x[j]).sum())
+            .collect()
     }
 }
 
 pub(crate) fn coords(grid: Grid, i: usize) -> (usize, usize, usize) {
-    (i % grid.nx, (i / grid.nx) % grid.ny, i / (grid.nx * grid.ny))
+    (
+        i % grid.nx,
+        (i / grid.nx) % grid.ny,
+        i / (grid.nx * grid.ny),
+    )
 }
 
 /// 26 on the diagonal, −1 between points at Chebyshev distance 1.
@@ -32,16 +38,30 @@ pub(crate) fn stencil(grid: Grid) -> Dense {
         for j in 0..n {
             let (xj, yj, zj) = coords(grid, j);
             let near = xi.abs_diff(xj) <= 1 && yi.abs_diff(yj) <= 1 && zi.abs_diff(zj) <= 1;
-            a[i * n + j] = if i == j { 26.0 } else if near { -1.0 } else { 0.0 };
+            a[i * n + j] = if i == j {
+                26.0
+            } else if near {
+                -1.0
+            } else {
+                0.0
+            };
         }
     }
     Dense { n, a }
 }
 
 /// Textbook Gauss-Seidel sweep: x_i = (r_i − Σ_{j≠i} a_ij x_j) / a_ii.
-pub(crate) fn gauss_seidel(a: &Dense, r: &[f64], x: &mut [f64], order: impl Iterator<Item = usize>) {
+pub(crate) fn gauss_seidel(
+    a: &Dense,
+    r: &[f64],
+    x: &mut [f64],
+    order: impl Iterator<Item = usize>,
+) {
     for i in order {
-        let off: f64 = (0..a.n).filter(|&j| j != i).map(|j| a.at(i, j) * x[j]).sum();
+        let off: f64 = (0..a.n)
+            .filter(|&j| j != i)
+            .map(|j| a.at(i, j) * x[j])
+            .sum();
         x[i] = (r[i] - off) / a.at(i, i);
     }
 }
@@ -58,7 +78,9 @@ pub(crate) fn injection(fine: Grid) -> Vec<usize> {
         .map(|k| {
             let (x, y, z) = coords(coarse, k);
             let (fx, fy, fz) = (2 * x, 2 * y, 2 * z);
-            (0..fine.rows()).find(|&i| coords(fine, i) == (fx, fy, fz)).expect("fine point exists")
+            (0..fine.rows())
+                .find(|&i| coords(fine, i) == (fx, fy, fz))
+                .expect("fine point exists")
         })
         .collect()
 }
@@ -84,7 +106,12 @@ pub(crate) fn v_cycle(grids: &[Grid], mats: &[Dense], r: &[f64]) -> Vec<f64> {
 }
 
 /// Textbook preconditioned CG (Saad, Alg. 9.1), returning ‖r_k‖/‖r_0‖.
-pub(crate) fn pcg(a: &Dense, b: &[f64], iters: usize, precond: &dyn Fn(&[f64]) -> Vec<f64>) -> Vec<f64> {
+pub(crate) fn pcg(
+    a: &Dense,
+    b: &[f64],
+    iters: usize,
+    precond: &dyn Fn(&[f64]) -> Vec<f64>,
+) -> Vec<f64> {
     let dotp = |u: &[f64], v: &[f64]| u.iter().zip(v).map(|(p, q)| p * q).sum::<f64>();
     let n = a.n;
     let mut x = vec![0.0; n];

@@ -35,7 +35,11 @@ fn dot_is_bitwise_independent_of_threads_and_serial_within_a_chunk() {
     let y = test_vector(n, 4);
     let serial = dot(&x, &y, Par::serial());
     for threads in [2, 3, 4, 6, 9] {
-        assert_eq!(dot(&x, &y, eager(threads)).to_bits(), serial.to_bits(), "threads {threads}");
+        assert_eq!(
+            dot(&x, &y, eager(threads)).to_bits(),
+            serial.to_bits(),
+            "threads {threads}"
+        );
     }
     // The documented order: chunk sums, then their sum in order.
     let by_hand = x
@@ -57,7 +61,11 @@ fn waxpby_variants_compute_the_same_formula() {
     let x = test_vector(n, 5);
     let y = test_vector(n, 6);
     let (alpha, beta) = (1.25, -0.375);
-    let expected: Vec<f64> = x.iter().zip(&y).map(|(a, b)| alpha * a + beta * b).collect();
+    let expected: Vec<f64> = x
+        .iter()
+        .zip(&y)
+        .map(|(a, b)| alpha * a + beta * b)
+        .collect();
     for threads in [1, 3] {
         let mut w = vec![0.0; n];
         waxpby(alpha, &x, beta, &y, &mut w, eager(threads));
@@ -93,7 +101,13 @@ fn symgs_matches_textbook_dense_gauss_seidel() {
 
 #[test]
 fn symgs_wavefront_is_bitwise_identical_to_the_sequential_sweep() {
-    for (nx, ny, nz) in [(16, 16, 16), (8, 24, 16), (16, 8, 3), (5, 1, 9), (16, 16, 2)] {
+    for (nx, ny, nz) in [
+        (16, 16, 16),
+        (8, 24, 16),
+        (16, 8, 3),
+        (5, 1, 9),
+        (16, 16, 2),
+    ] {
         let a = generate_matrix(Grid::new(nx, ny, nz)).unwrap();
         let r = test_vector(a.rows, 9);
         let x0 = test_vector(a.rows, 10);
@@ -102,7 +116,10 @@ fn symgs_wavefront_is_bitwise_identical_to_the_sequential_sweep() {
         for threads in [2, 3, 4, 8] {
             let mut x = x0.clone();
             symgs(&a, &r, &mut x, eager(threads));
-            let same = x.iter().zip(&expected).all(|(p, q)| p.to_bits() == q.to_bits());
+            let same = x
+                .iter()
+                .zip(&expected)
+                .all(|(p, q)| p.to_bits() == q.to_bits());
             assert!(same, "grid {nx}x{ny}x{nz}, {threads} threads");
         }
     }

@@ -16,7 +16,11 @@ use crate::par::Par;
 /// Splits every kernel as finely as possible over `threads` threads, so
 /// even 16³ exercises the threaded paths.
 pub(crate) fn eager(threads: usize) -> Par<'static> {
-    Par { threads, min_items: 1, pool: None }
+    Par {
+        threads,
+        min_items: 1,
+        pool: None,
+    }
 }
 
 /// Deterministic test vectors (xorshift), independent of the benchmark's generator.
@@ -35,5 +39,8 @@ pub(crate) fn test_vector(n: usize, seed: u64) -> Vec<f64> {
 /// Largest |a − b| / max(1, |b|).
 pub(crate) fn max_rel_diff(a: &[f64], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs() / y.abs().max(1.0)).fold(0.0, f64::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs() / y.abs().max(1.0))
+        .fold(0.0, f64::max)
 }

@@ -12,33 +12,77 @@ use crate::report::{run, Config, REPORT_PREFIX};
 
 /// ‖r_k‖/‖r_0‖ of the reference CG on 16³, k = 1..=50.
 const REF_RESIDUALS_16: [f64; 50] = [
-    0.17528847365267122, 0.08359501836947533, 0.031171082868920542,
-    0.0028449612073994743, 0.00041734738539736917, 0.00008698802726895126,
-    0.000021373078177362326, 4.953871747967286e-6, 7.222398510127551e-7,
-    1.6353119008197327e-7, 1.0761612967192945e-8, 3.4934910439735604e-9,
-    8.461542732555198e-10, 8.785128207723437e-11, 1.2505711685013491e-11,
-    1.4205735896421984e-12, 1.8412383915975827e-13, 6.176131250980817e-14,
-    9.899094532310064e-15, 2.0126852393572105e-15, 3.529333559215405e-16,
-    3.5075680931694744e-17, 3.913082217538935e-18, 4.1966436819436815e-19,
-    8.864583980196413e-20, 1.27365971932268e-20, 3.914310815639769e-21,
-    2.8025711255536323e-21, 1.764049037296392e-22, 1.685035484926605e-23,
-    1.2036855908416116e-24, 1.4179902361528162e-25, 1.3936199288117193e-26,
-    1.5690680852836466e-27, 2.0443072766453225e-28, 1.900518463371038e-29,
-    2.1083969030262796e-30, 1.9380839767380137e-31, 1.9640585203671457e-32,
-    2.797028269473837e-33, 9.684883769504539e-34, 1.243655561249438e-34,
-    1.0006215099277298e-35, 7.603896926957422e-37, 8.789097854430412e-38,
-    5.780610469788689e-39, 2.5557986754684907e-39, 3.5223552522012853e-40,
-    2.6414623787593423e-40, 3.662342160856094e-41,
+    0.17528847365267122,
+    0.08359501836947533,
+    0.031171082868920542,
+    0.0028449612073994743,
+    0.00041734738539736917,
+    0.00008698802726895126,
+    0.000021373078177362326,
+    4.953871747967286e-6,
+    7.222398510127551e-7,
+    1.6353119008197327e-7,
+    1.0761612967192945e-8,
+    3.4934910439735604e-9,
+    8.461542732555198e-10,
+    8.785128207723437e-11,
+    1.2505711685013491e-11,
+    1.4205735896421984e-12,
+    1.8412383915975827e-13,
+    6.176131250980817e-14,
+    9.899094532310064e-15,
+    2.0126852393572105e-15,
+    3.529333559215405e-16,
+    3.5075680931694744e-17,
+    3.913082217538935e-18,
+    4.1966436819436815e-19,
+    8.864583980196413e-20,
+    1.27365971932268e-20,
+    3.914310815639769e-21,
+    2.8025711255536323e-21,
+    1.764049037296392e-22,
+    1.685035484926605e-23,
+    1.2036855908416116e-24,
+    1.4179902361528162e-25,
+    1.3936199288117193e-26,
+    1.5690680852836466e-27,
+    2.0443072766453225e-28,
+    1.900518463371038e-29,
+    2.1083969030262796e-30,
+    1.9380839767380137e-31,
+    1.9640585203671457e-32,
+    2.797028269473837e-33,
+    9.684883769504539e-34,
+    1.243655561249438e-34,
+    1.0006215099277298e-35,
+    7.603896926957422e-37,
+    8.789097854430412e-38,
+    5.780610469788689e-39,
+    2.5557986754684907e-39,
+    3.5223552522012853e-40,
+    2.6414623787593423e-40,
+    3.662342160856094e-41,
 ];
 
 #[test]
 fn full_run_on_16_cubed_is_valid_and_pinned() {
     for par in [Par::serial(), super::eager(3)] {
-        let report = run(Config { grid: Grid::new(16, 16, 16), runtime_seconds: 0, par }).unwrap();
+        let report = run(Config {
+            grid: Grid::new(16, 16, 16),
+            runtime_seconds: 0,
+            par,
+        })
+        .unwrap();
         assert_eq!(report.ref_residuals, REF_RESIDUALS_16);
         assert_eq!(report.ref_iters, 50);
         assert!(report.valid, "{report:?}");
-        assert_eq!((report.spectral.max_iters_no_prec, report.spectral.max_iters_prec), (11, 1));
+        assert_eq!(
+            (
+                report.spectral.max_iters_no_prec,
+                report.spectral.max_iters_prec
+            ),
+            (11, 1)
+        );
         assert_eq!(report.symmetry.depsym_spmv, 6.296316350064186e-5);
         assert_eq!(report.symmetry.depsym_mg, 3.716575623301776e-6);
         // Same kernels, so the optimized phase needs exactly the reference's 50.
@@ -58,14 +102,34 @@ fn full_run_on_16_cubed_is_valid_and_pinned() {
         assert!(!line.contains('\n'));
         let v: serde_json::Value = serde_json::from_str(json).unwrap();
         for key in [
-            "nx", "ny", "nz", "threads", "ref_residuals", "valid", "spectral", "symmetry", "opt_iters", "sets",
-            "flops_per_set", "total_flops", "seconds", "rating_gflops", "cycles",
+            "nx",
+            "ny",
+            "nz",
+            "threads",
+            "ref_residuals",
+            "valid",
+            "spectral",
+            "symmetry",
+            "opt_iters",
+            "sets",
+            "flops_per_set",
+            "total_flops",
+            "seconds",
+            "rating_gflops",
+            "cycles",
         ] {
             assert!(v.get(key).is_some(), "missing {key}");
         }
-        let parsed: Vec<f64> =
-            v["ref_residuals"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
-        assert_eq!(parsed, REF_RESIDUALS_16, "JSON must round-trip the doubles exactly");
+        let parsed: Vec<f64> = v["ref_residuals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        assert_eq!(
+            parsed, REF_RESIDUALS_16,
+            "JSON must round-trip the doubles exactly"
+        );
         assert_eq!(v["threads"], par.threads);
         // min_items = 1 lets every kernel split, so the pool has all threads.
         assert_eq!(v["workers"], par.threads);
@@ -79,8 +143,14 @@ fn flop_count_for_16_cubed_by_hand() {
     let h = Hierarchy::new(generate_matrix(Grid::new(16, 16, 16)).unwrap(), LEVELS).unwrap();
     let nnz: Vec<usize> = h.levels.iter().map(|l| l.a.nonzeros).collect();
     assert_eq!(nnz, [97_336, 10_648, 1_000, 64]);
-    let sizes: Vec<LevelSize> =
-        grids.iter().zip(&nnz).map(|(&n, &z)| LevelSize { rows: (n * n * n) as f64, nonzeros: z as f64 }).collect();
+    let sizes: Vec<LevelSize> = grids
+        .iter()
+        .zip(&nnz)
+        .map(|(&n, &z)| LevelSize {
+            rows: (n * n * n) as f64,
+            nonzeros: z as f64,
+        })
+        .collect();
 
     // One set of 50: ddot = waxpby = (3·50 + 1)·2·4096 = 1 236 992;
     // spmv = (50 + 1)·2·97 336 = 9 928 272;

@@ -18,8 +18,14 @@ fn every_share_runs_once_per_job_and_its_writes_are_visible() {
                 });
                 let counts: Vec<usize> = hits.iter().map(|h| h.load(Ordering::Relaxed)).collect();
                 let ran = shares.min(4);
-                assert!(counts[..ran].iter().all(|&c| c == 1), "{shares}: {counts:?}");
-                assert!(counts[ran..].iter().all(|&c| c == 0), "{shares}: {counts:?}");
+                assert!(
+                    counts[..ran].iter().all(|&c| c == 1),
+                    "{shares}: {counts:?}"
+                );
+                assert!(
+                    counts[ran..].iter().all(|&c| c == 0),
+                    "{shares}: {counts:?}"
+                );
             }
         }
         // Pieces written on workers are complete when for_each_piece returns.
@@ -66,7 +72,12 @@ fn pool_kernels_are_bitwise_the_serial_ones() {
             let par = eager(size).on_pool(pool);
             let mut x = x0.clone();
             symgs(&a, &r, &mut x, par);
-            assert!(x.iter().zip(&serial_gs).all(|(p, q)| p.to_bits() == q.to_bits()), "symgs, {size}");
+            assert!(
+                x.iter()
+                    .zip(&serial_gs)
+                    .all(|(p, q)| p.to_bits() == q.to_bits()),
+                "symgs, {size}"
+            );
             let mut y = vec![0.0; a.rows];
             spmv(&a, &x0, &mut y, par);
             assert_eq!(y, serial_y);

@@ -13,7 +13,11 @@ fn matrix_equals_the_dense_geometric_stencil() {
         for i in 0..a.rows {
             let (vals, cols) = a.row(i);
             for (v, &c) in vals.iter().zip(cols) {
-                assert_eq!(rebuilt[i * d.n + c as usize], 0.0, "duplicate entry ({i},{c})");
+                assert_eq!(
+                    rebuilt[i * d.n + c as usize],
+                    0.0,
+                    "duplicate entry ({i},{c})"
+                );
                 rebuilt[i * d.n + c as usize] = *v;
             }
             assert_eq!(a.diagonal(i), 26.0);
@@ -85,7 +89,10 @@ fn rhs_is_the_row_sum_so_the_exact_solution_is_ones() {
 fn injection_maps_coarse_points_to_even_fine_points() {
     for (nx, ny, nz) in [(8, 8, 8), (4, 6, 2), (16, 8, 24)] {
         let fine = Grid::new(nx, ny, nz);
-        let f2c: Vec<usize> = fine_to_coarse(fine).into_iter().map(|f| f as usize).collect();
+        let f2c: Vec<usize> = fine_to_coarse(fine)
+            .into_iter()
+            .map(|f| f as usize)
+            .collect();
         assert_eq!(f2c, dense::injection(fine));
     }
 }
@@ -93,5 +100,8 @@ fn injection_maps_coarse_points_to_even_fine_points() {
 #[test]
 fn generation_rejects_empty_grids() {
     assert_eq!(generate_matrix(Grid::new(0, 4, 4)), Err(GridError::Empty));
-    assert_eq!(generate_matrix(Grid::new(1 << 20, 1 << 20, 1 << 20)), Err(GridError::TooLarge));
+    assert_eq!(
+        generate_matrix(Grid::new(1 << 20, 1 << 20, 1 << 20)),
+        Err(GridError::TooLarge)
+    );
 }

@@ -20,7 +20,15 @@ fn hierarchy_has_four_levels_of_halved_grids() {
     let p = generate_problem(Grid::new(32, 16, 24)).unwrap();
     let h = Hierarchy::new(p.a, LEVELS).unwrap();
     let grids: Vec<Grid> = h.levels.iter().map(|l| l.a.grid).collect();
-    assert_eq!(grids, [Grid::new(32, 16, 24), Grid::new(16, 8, 12), Grid::new(8, 4, 6), Grid::new(4, 2, 3)]);
+    assert_eq!(
+        grids,
+        [
+            Grid::new(32, 16, 24),
+            Grid::new(16, 8, 12),
+            Grid::new(8, 4, 6),
+            Grid::new(4, 2, 3)
+        ]
+    );
     assert_eq!(h.levels[3].f2c.len(), 0);
     assert_eq!(h.levels[0].f2c.len(), 16 * 8 * 12);
 }
@@ -52,10 +60,23 @@ fn preconditioned_cg_matches_dense_pcg() {
     let expected = dense::pcg(&mats[0], &p.b, iters, &|r| dense::v_cycle(&grids, &mats, r));
     let mut data = CgVectors::new(fine.rows());
     let mut x = vec![0.0; fine.rows()];
-    let run = cg(&mut h, &mut data, &p.b, &mut x, iters, Stop::Reference(0.0), true, Par::serial());
+    let run = cg(
+        &mut h,
+        &mut data,
+        &p.b,
+        &mut x,
+        iters,
+        Stop::Reference(0.0),
+        true,
+        Par::serial(),
+    );
     assert_eq!(run.iterations, iters);
     for (k, (got, want)) in run.scaled_residuals.iter().zip(&expected).enumerate() {
-        assert!((got - want).abs() <= 1e-7 * want, "iteration {}: {got} vs {want}", k + 1);
+        assert!(
+            (got - want).abs() <= 1e-7 * want,
+            "iteration {}: {got} vs {want}",
+            k + 1
+        );
     }
 }
 
@@ -69,13 +90,31 @@ fn unpreconditioned_cg_matches_dense_cg() {
     let expected = dense::pcg(&d, &p.b, iters, &|r| r.to_vec());
     let mut data = CgVectors::new(fine.rows());
     let mut x = vec![0.0; fine.rows()];
-    let run = cg(&mut h, &mut data, &p.b, &mut x, iters, Stop::Reference(0.0), false, Par::serial());
+    let run = cg(
+        &mut h,
+        &mut data,
+        &p.b,
+        &mut x,
+        iters,
+        Stop::Reference(0.0),
+        false,
+        Par::serial(),
+    );
     for (got, want) in run.scaled_residuals.iter().zip(&expected) {
         assert!((got - want).abs() <= 1e-7 * want, "{got} vs {want}");
     }
     // Preconditioning must help: after 12 iterations it is far ahead.
     let mut x = vec![0.0; fine.rows()];
-    let pre = cg(&mut h, &mut data, &p.b, &mut x, iters, Stop::Reference(0.0), true, Par::serial());
+    let pre = cg(
+        &mut h,
+        &mut data,
+        &p.b,
+        &mut x,
+        iters,
+        Stop::Reference(0.0),
+        true,
+        Par::serial(),
+    );
     assert!(pre.scaled_residual() < 1e-3 * run.scaled_residual());
 }
 
@@ -87,18 +126,44 @@ fn recorded_residual_is_the_true_residual_early_on_and_x_converges_to_ones() {
     let mut data = CgVectors::new(grid.rows());
     for k in [1, 2, 5] {
         let mut x = vec![0.0; grid.rows()];
-        let run = cg(&mut h, &mut data, &p.b, &mut x, k, Stop::Reference(0.0), true, Par::serial());
+        let run = cg(
+            &mut h,
+            &mut data,
+            &p.b,
+            &mut x,
+            k,
+            Stop::Reference(0.0),
+            true,
+            Par::serial(),
+        );
         let mut ax = vec![0.0; grid.rows()];
         spmv(h.fine(), &x, &mut ax, Par::serial());
-        let true_norm = p.b.iter().zip(&ax).map(|(b, a)| (b - a) * (b - a)).sum::<f64>().sqrt();
+        let true_norm =
+            p.b.iter()
+                .zip(&ax)
+                .map(|(b, a)| (b - a) * (b - a))
+                .sum::<f64>()
+                .sqrt();
         let recorded = run.scaled_residuals[k - 1];
-        assert!((true_norm / run.normr0 - recorded).abs() < 1e-10 * recorded.max(1e-3), "k = {k}");
+        assert!(
+            (true_norm / run.normr0 - recorded).abs() < 1e-10 * recorded.max(1e-3),
+            "k = {k}"
+        );
         // r0 = b since x0 = 0.
         let b_norm = p.b.iter().map(|v| v * v).sum::<f64>().sqrt();
         assert_eq!(run.normr0, b_norm);
     }
     let mut x = vec![0.0; grid.rows()];
-    let run = cg(&mut h, &mut data, &p.b, &mut x, 50, Stop::Reference(0.0), true, Par::serial());
+    let run = cg(
+        &mut h,
+        &mut data,
+        &p.b,
+        &mut x,
+        50,
+        Stop::Reference(0.0),
+        true,
+        Par::serial(),
+    );
     assert_eq!(run.iterations, 50);
     assert!(x.iter().all(|&v| (v - 1.0).abs() < 1e-13));
 }
@@ -110,15 +175,42 @@ fn optimized_stop_rule_stops_at_the_reference_residual() {
     let mut h = Hierarchy::new(p.a, LEVELS).unwrap();
     let mut data = CgVectors::new(grid.rows());
     let mut x = vec![0.0; grid.rows()];
-    let reference = cg(&mut h, &mut data, &p.b, &mut x, 20, Stop::Reference(0.0), true, Par::serial());
+    let reference = cg(
+        &mut h,
+        &mut data,
+        &p.b,
+        &mut x,
+        20,
+        Stop::Reference(0.0),
+        true,
+        Par::serial(),
+    );
     let target = reference.scaled_residual();
     x.fill(0.0);
-    let opt = cg(&mut h, &mut data, &p.b, &mut x, 500, Stop::Optimized(target), true, Par::serial());
+    let opt = cg(
+        &mut h,
+        &mut data,
+        &p.b,
+        &mut x,
+        500,
+        Stop::Optimized(target),
+        true,
+        Par::serial(),
+    );
     assert_eq!(opt.iterations, 20);
     assert_eq!(opt.scaled_residuals, reference.scaled_residuals);
     // A reference tolerance just above iteration 19's residual stops there.
     x.fill(0.0);
-    let early = cg(&mut h, &mut data, &p.b, &mut x, 500, Stop::Reference(reference.scaled_residuals[18]), true, Par::serial());
+    let early = cg(
+        &mut h,
+        &mut data,
+        &p.b,
+        &mut x,
+        500,
+        Stop::Reference(reference.scaled_residuals[18]),
+        true,
+        Par::serial(),
+    );
     assert_eq!(early.iterations, 19);
 }
 
@@ -127,7 +219,17 @@ fn reference_history(grid: Grid, par: Par) -> Vec<f64> {
     let mut h = Hierarchy::new(p.a, LEVELS).unwrap();
     let mut data = CgVectors::new(grid.rows());
     let mut x = vec![0.0; grid.rows()];
-    cg(&mut h, &mut data, &p.b, &mut x, 50, Stop::Reference(0.0), true, par).scaled_residuals
+    cg(
+        &mut h,
+        &mut data,
+        &p.b,
+        &mut x,
+        50,
+        Stop::Reference(0.0),
+        true,
+        par,
+    )
+    .scaled_residuals
 }
 
 #[test]
@@ -138,7 +240,10 @@ fn reference_cg_is_bitwise_independent_of_thread_count() {
         let serial = reference_history(grid, Par::serial());
         for threads in [2, 3] {
             let threaded = reference_history(grid, eager(threads));
-            let same = serial.iter().zip(&threaded).all(|(a, b)| a.to_bits() == b.to_bits());
+            let same = serial
+                .iter()
+                .zip(&threaded)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
             assert!(same && serial.len() == 50, "{grid:?}, {threads} threads");
         }
     }

@@ -11,7 +11,16 @@ fn glibc_rand_reproduces_the_default_seed_sequence() {
     // The first values of glibc's rand() without srand (published widely).
     let mut g = GlibcRand::new(1);
     let first: Vec<u32> = (0..5).map(|_| g.rand()).collect();
-    assert_eq!(first, [1_804_289_383, 846_930_886, 1_681_692_777, 1_714_636_915, 1_957_747_793]);
+    assert_eq!(
+        first,
+        [
+            1_804_289_383,
+            846_930_886,
+            1_681_692_777,
+            1_714_636_915,
+            1_957_747_793
+        ]
+    );
     // srand(0) behaves as srand(1).
     assert_eq!(GlibcRand::new(0).rand(), 1_804_289_383);
     let mut v = [0.0; 1000];

@@ -210,6 +210,12 @@ pub fn devices(enclave: &str, list: &[VirtioConfig]) -> Result<Vec<VirtioDevice>
                             ),
                         ));
                     }
+                    if let Some(j) = out.iter().position(|d| d.tap.as_deref() == Some(t)) {
+                        return Err(err(
+                            f("tap"),
+                            format!("virtio[{j}] already uses tap '{t}': one device per tap"),
+                        ));
+                    }
                     dev.tap = Some(t.clone());
                 }
             }
@@ -234,6 +240,12 @@ pub fn devices(enclave: &str, list: &[VirtioConfig]) -> Result<Vec<VirtioDevice>
                             p.len(),
                             channel::layout::DEV_PARAM_MAX
                         ),
+                    ));
+                }
+                if let Some(j) = out.iter().position(|d| d.path.as_deref() == Some(p)) {
+                    return Err(err(
+                        f("path"),
+                        format!("virtio[{j}] already serves '{p}': one device per image"),
                     ));
                 }
                 dev.path = Some(p.clone());
@@ -405,6 +417,20 @@ mod tests {
             assert_eq!(e.field, "enclave[0].virtio[0].tap", "{bad}: {e}");
             assert!(e.reason.contains("not an interface name"), "{bad}: {e}");
         }
+        // Two devices on one tap: refused (the second attach would fail in the host).
+        let e = refused(&[
+            "kind = \"net\"\ntap = \"atl0\"",
+            "kind = \"net\"\ntap = \"atl0\"",
+        ]);
+        assert_eq!(
+            e.to_string(),
+            "enclave[0].virtio[1].tap: virtio[0] already uses tap 'atl0': one device per tap"
+        );
+        assert!(with(&[
+            "kind = \"net\"\ntap = \"atl0\"",
+            "kind = \"net\"\ntap = \"atl1\""
+        ])
+        .is_ok());
         // Names Linux takes: a dot inside, a pattern TUNSETIFF fills in.
         for good in ["a", "tap.1", "tap%d", "...", "br-0_x"] {
             assert!(
@@ -445,6 +471,16 @@ mod tests {
             e.reason
                 .contains(&format!("at most {}", channel::layout::DEV_PARAM_MAX)),
             "{e}"
+        );
+        // Two devices on one image: refused, read-only or not (the daemon also locks an image
+        // against other enclaves).
+        let e = refused(&[
+            "kind = \"blk\"\npath = \"/d.img\"",
+            "kind = \"blk\"\npath = \"/d.img\"\nread_only = true",
+        ]);
+        assert_eq!(
+            e.to_string(),
+            "enclave[0].virtio[1].path: virtio[0] already serves '/d.img': one device per image"
         );
         // Multi-byte UTF-8 counts in bytes.
         let wide = format!("/{}", "é".repeat(channel::layout::DEV_PARAM_MAX / 2));
@@ -537,7 +573,7 @@ mod tests {
         else {
             panic!("two blk devices fit the window: change this test's set");
         };
-        let e = refused(&[blk, blk]);
+        let e = refused(&[blk, "kind = \"blk\"\npath = \"/e\""]);
         assert_eq!(e.field, "enclave[0].virtio");
         assert!(
             e.reason.starts_with(&format!(

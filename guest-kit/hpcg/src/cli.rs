@@ -1,8 +1,9 @@
 //! Command-line arguments: `atoll-hpcg NX NY NZ [--rt SECONDS] [--threads N]`.
 //!
-//! The reference silently replaces sides below 16 and asserts (only in debug
-//! builds) that every side halves evenly three times; here such sizes are
-//! rejected with a message instead.
+//! The reference silently replaces a side below 16 (by the largest of the
+//! other two, or 16) and asserts that every side halves evenly three times
+//! (`GenerateCoarseProblem`, active in its standard builds, which define no
+//! `NDEBUG`); here such sizes are rejected with a message instead.
 
 use std::fmt;
 

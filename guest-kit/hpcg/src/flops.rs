@@ -19,8 +19,11 @@ use crate::mg::{POSTSMOOTHER_STEPS, PRESMOOTHER_STEPS};
 /// of overflowing if `t_opt` is 0 or tiny.
 pub fn number_of_sets(runtime_seconds: u32, opt_seconds: f64) -> usize {
     let ratio = f64::from(runtime_seconds) / opt_seconds;
-    // `as` truncates toward zero like C's int() and saturates (NaN → 0).
-    (ratio as usize).saturating_add(1)
+    // `as` truncates toward zero like C's int() and saturates (NaN → 0). An
+    // optimized solve too fast for the clock (0 s) would ask for endless
+    // sets: at most one per microsecond of the run time, plus one.
+    let most = u64::from(runtime_seconds).saturating_mul(1_000_000);
+    (ratio as usize).min(most as usize).saturating_add(1)
 }
 
 /// The reference's final rating in GFLOP/s ("with convergence and

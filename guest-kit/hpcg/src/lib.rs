@@ -25,14 +25,18 @@
 //!
 //! * One process only: no MPI, no halo exchange, no process grid
 //!   (`--npx` etc., `--pz`/`--zl`/`--zu`, `hpcg.dat` are not supported).
-//! * Arguments: sides that the reference would silently raise to 16, or
+//! * Arguments: sides that the reference would silently raise (below 16), or
 //!   that do not halve three times (an `assert` in the reference), are
 //!   rejected; the grid is capped at 2²³ points. As in the reference, a
 //!   run given NX NY NZ without `--rt` takes the QuickPath (rt = 0).
-//! * Dot products sum fixed chunks of 8192 entries and then the chunk sums
-//!   ([`sparse::DOT_CHUNK`]), so results do not depend on the thread count;
-//!   a serial reference sums in one pass, which equals this up to 8192 rows
-//!   (16³, 16×16×32) and differs in the last bits beyond.
+//! * Nothing that changes a number: dot products are serial in index order
+//!   (the reference's loop), SpMV and WAXPBY are threaded by rows, so every
+//!   residual and departure equals a serial reference build's, whatever the
+//!   thread count (checked against HPCG 3.1 built without FMA on 16³, 32³,
+//!   16×24×32 and 32×16×16).
+//! * The stopping rules are HPCG 3.1's (no slack on the optimized solve: that
+//!   came to the reference's master later). A NaN symmetry departure fails
+//!   here; the reference's `NaN > 1` comparison would let it pass.
 //! * The smoother is the reference's sequential sweep on one thread; with
 //!   more threads it is a plane-pipelined wavefront that performs every row
 //!   update with the same operands in the same order ([`symgs`]), so it is

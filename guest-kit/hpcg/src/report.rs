@@ -186,7 +186,9 @@ fn run_on(config: Config, requested: Par<'static>, pool: &Pool) -> Result<Report
         par,
     );
     let opt_seconds = t.elapsed().as_secs_f64();
-    let tolerance_failures = u32::from(opt.scaled_residual() > ref_tolerance * (1.0 + 1.0e-6));
+    // HPCG 3.1's main.cpp: a failure when the optimized solve ends above the
+    // reference's residual (no slack in 3.1).
+    let tolerance_failures = u32::from(opt.scaled_residual() > ref_tolerance);
     let opt_iters = opt.iterations.max(REF_MAX_ITERS);
     let sets = number_of_sets(config.runtime_seconds, opt_seconds);
 

@@ -1,14 +1,10 @@
 //! The vector and matrix kernels of the reference (`ComputeSPMV_ref`,
-//! `ComputeDotProduct_ref`, `ComputeWAXPBY_ref`), threaded so that results are
-//! the same for every thread count.
+//! `ComputeDotProduct_ref`, `ComputeWAXPBY_ref`): SpMV and WAXPBY threaded by
+//! rows (each row's result independent of the others), the dot product serial,
+//! so results are the same for every thread count and equal the reference's.
 
 use crate::par::Par;
 use crate::problem::SparseMatrix;
-
-/// Entries per partial sum of [`dot`]. Fixed, so the summation order does not
-/// depend on the thread count; 8192 makes grids up to 16×16×32 a single
-/// chunk, i.e. exactly the reference's sequential sum.
-pub const DOT_CHUNK: usize = 8192;
 
 /// `y = A·x`: each row summed from 0.0 in the row's stored (stencil) order, as
 /// the reference does.
@@ -29,35 +25,14 @@ pub fn spmv(a: &SparseMatrix, x: &[f64], y: &mut [f64], par: Par) {
     });
 }
 
-/// `x·y`: sums of [`DOT_CHUNK`]-entry chunks (each from 0.0, in index order),
-/// then the chunk sums in order. Threads compute disjoint runs of chunks.
-pub fn dot(x: &[f64], y: &[f64], par: Par) -> f64 {
+/// `x·y`, summed from 0.0 in index order on the calling thread: the reference's
+/// serial `ComputeDotProduct_ref`, bit for bit on every grid. A parallel sum would
+/// change the order of the additions, and CG amplifies the last bits into residuals
+/// and symmetry departures that no longer match a reference log (a 7× different
+/// `depsym_spmv` at 32³); three dots per iteration are a few percent of its work.
+pub fn dot(x: &[f64], y: &[f64], _par: Par) -> f64 {
     assert_eq!(x.len(), y.len(), "dot: length mismatch");
-    let chunks = x.len().div_ceil(DOT_CHUNK);
-    let mut partial = vec![0.0f64; chunks];
-    // Threads split the chunk sums; the threshold is in chunks, so convert
-    // the per-thread minimum from entries.
-    let chunk_par = Par {
-        min_items: (par.min_items / DOT_CHUNK).max(1),
-        ..par
-    };
-    let chunk_par = if par.min_items == usize::MAX {
-        Par::serial()
-    } else {
-        chunk_par
-    };
-    chunk_par.for_each_piece(&mut partial, |first, piece| {
-        for (k, out) in piece.iter_mut().enumerate() {
-            let lo = (first + k) * DOT_CHUNK;
-            let hi = (lo + DOT_CHUNK).min(x.len());
-            let mut sum = 0.0;
-            for (a, b) in x[lo..hi].iter().zip(&y[lo..hi]) {
-                sum += a * b;
-            }
-            *out = sum;
-        }
-    });
-    partial.iter().fold(0.0, |acc, s| acc + s)
+    x.iter().zip(y).fold(0.0, |acc, (a, b)| acc + a * b)
 }
 
 /// `w = alpha·x + beta·y` into a separate `w`.

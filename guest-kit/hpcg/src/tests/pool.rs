@@ -3,7 +3,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use super::{eager, test_vector};
 use crate::par::{Par, Pool};
 use crate::problem::{generate_matrix, Grid};
-use crate::sparse::{dot, spmv, DOT_CHUNK};
+use crate::sparse::{dot, spmv};
 use crate::symgs::{symgs, symgs_sequential};
 
 #[test]
@@ -64,8 +64,8 @@ fn pool_kernels_are_bitwise_the_serial_ones() {
     symgs_sequential(&a, &r, &mut serial_gs, true);
     let mut serial_y = vec![0.0; a.rows];
     spmv(&a, &x0, &mut serial_y, Par::serial());
-    let long_x = test_vector(7 * DOT_CHUNK + 5, 23);
-    let long_y = test_vector(7 * DOT_CHUNK + 5, 24);
+    let long_x = test_vector(7 * 8192 + 5, 23);
+    let long_y = test_vector(7 * 8192 + 5, 24);
     let serial_dot = dot(&long_x, &long_y, Par::serial());
     for size in [2, 3, 5] {
         Pool::scoped(size, |pool| {

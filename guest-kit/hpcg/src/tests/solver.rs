@@ -199,7 +199,7 @@ fn optimized_stop_rule_stops_at_the_reference_residual() {
     );
     assert_eq!(opt.iterations, 20);
     assert_eq!(opt.scaled_residuals, reference.scaled_residuals);
-    // A reference tolerance just above iteration 19's residual stops there.
+    // A reference tolerance equal to iteration 19's residual stops there.
     x.fill(0.0);
     let early = cg(
         &mut h,

@@ -119,6 +119,8 @@ pub const APPLETS: &[&str] = &[
     "sha256sum",
     "sync",
     "rmmod",
+    // The isolation bench (issue 15): the workload pinned to its CPUs.
+    "taskset",
 ];
 
 /// Kernel modules the image carries, as paths under the package's `lib/modules/VERSION/kernel/`,
@@ -212,7 +214,7 @@ impl GuestImage {
     }
 }
 
-fn progress(msg: impl std::fmt::Display) {
+pub fn progress(msg: impl std::fmt::Display) {
     eprintln!("guest-image: {msg}");
 }
 
@@ -2520,6 +2522,11 @@ pub fn build_initrd() -> Result<Initrd> {
     let cli_bytes = std::fs::read(&cli)?;
     let channeld = build_channeld()?;
     let channeld_bytes = std::fs::read(&channeld)?;
+    // The isolation bench's workload and noise probe (issue 15), wherever it runs.
+    let hpcg = build_static("atoll-hpcg", "atoll-hpcg")?;
+    let hpcg_bytes = std::fs::read(&hpcg)?;
+    let fwq = build_static("atoll-fwq", "atoll-fwq")?;
+    let fwq_bytes = std::fs::read(&fwq)?;
     // The disk bench's fio (`bench_blk`), in the host and in enclaves alike.
     let fio = crate::fio::build()?;
     let fio_bytes = std::fs::read(&fio)?;
@@ -2534,6 +2541,8 @@ pub fn build_initrd() -> Result<Initrd> {
         ("atoll-check", &check_bytes),
         ("atoll", &cli_bytes),
         ("atoll-channeld", &channeld_bytes),
+        ("atoll-hpcg", &hpcg_bytes),
+        ("atoll-fwq", &fwq_bytes),
         ("fio", &fio_bytes),
     ]);
     let dir = cache.join(format!("initrd-{key}"));
@@ -2541,7 +2550,10 @@ pub fn build_initrd() -> Result<Initrd> {
     if dir.join("manifest.json").exists() && path.exists() {
         return Ok(Initrd { path, key });
     }
-    progress("building the initramfs (busybox, /init, atoll-check, atoll, atoll-channeld, fio)");
+    progress(
+        "building the initramfs (busybox, /init, atoll-check, atoll, atoll-channeld, atoll-hpcg, \
+         atoll-fwq, fio)",
+    );
     let tmp = cache.join(format!("initrd-{key}.tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     let rootfs = tmp.join("rootfs");
@@ -2556,6 +2568,8 @@ pub fn build_initrd() -> Result<Initrd> {
     std::fs::copy(&cli, rootfs.join("bin/atoll"))?;
     std::fs::copy(&channeld, rootfs.join("bin/atoll-channeld"))?;
     std::fs::copy(&fio, rootfs.join("bin/fio"))?;
+    std::fs::copy(&hpcg, rootfs.join("bin/atoll-hpcg"))?;
+    std::fs::copy(&fwq, rootfs.join("bin/atoll-fwq"))?;
     std::fs::write(rootfs.join("init"), &init)?;
     std::fs::write(tmp.join("init"), &init)?;
     use std::os::unix::fs::PermissionsExt;
@@ -2566,6 +2580,8 @@ pub fn build_initrd() -> Result<Initrd> {
         "bin/atoll",
         "bin/atoll-channeld",
         "bin/fio",
+        "bin/atoll-hpcg",
+        "bin/atoll-fwq",
     ] {
         std::fs::set_permissions(rootfs.join(f), std::fs::Permissions::from_mode(0o755))?;
     }

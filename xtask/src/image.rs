@@ -253,6 +253,13 @@ pub fn grub_cfg(scenario: &Scenario, extra: &str) -> String {
     let mut cfg = String::from(
         "set timeout=0\nset default=0\nserial --unit=0 --speed=115200\nterminal_input serial\nterminal_output serial\n",
     );
+    if let (true, Ok((kernel, initrd))) = (scenario.native, scenario.native_parts()) {
+        cfg.push_str(&format!(
+            "menuentry \"Linux without atoll ({})\" {{\n    linux /boot/modules/{} {cmdline}\n    initrd /boot/modules/{}\n    boot\n}}\n",
+            scenario.name, kernel.name, initrd.name
+        ));
+        return cfg;
+    }
     cfg.push_str(&format!("menuentry \"atoll ({})\" {{\n", scenario.name));
     cfg.push_str(&format!("    multiboot2 /boot/atoll.elf {cmdline}\n"));
     for m in &scenario.modules {
@@ -317,6 +324,26 @@ fn host_initrd_file(
     Ok(out)
 }
 
+/// The host's initramfs ([`host_initrd_file`]) with the benches' host tools' archive
+/// ([`crate::bench_tools`]) appended.
+fn bench_initrd_file(
+    work: &std::path::Path,
+    linux: &crate::guest_image::ResolvedGuest,
+    guests: &std::path::Path,
+) -> Result<std::path::PathBuf> {
+    let host = host_initrd_file(work, linux, guests)?;
+    let tools = crate::bench_tools::build()?;
+    let out = work.join("bench-initrd.cpio");
+    let mut dst = std::fs::File::create(&out)?;
+    for part in [&host, &tools] {
+        let mut src =
+            std::fs::File::open(part).with_context(|| format!("opening {}", part.display()))?;
+        std::io::copy(&mut src, &mut dst)?;
+    }
+    std::fs::remove_file(&host)?;
+    Ok(out)
+}
+
 /// Builds the image and a bootable ISO for `scenario` with `opts`.
 pub fn iso(scenario: &Scenario, opts: &ImageOptions) -> Result<Iso> {
     opts.check(scenario)?;
@@ -325,7 +352,7 @@ pub fn iso(scenario: &Scenario, opts: &ImageOptions) -> Result<Iso> {
     let host_initrd = scenario
         .modules
         .iter()
-        .any(|m| m.linux == Some(LinuxPart::HostInitrd));
+        .any(|m| m.linux == Some(LinuxPart::HostInitrd) || m.linux == Some(LinuxPart::BenchInitrd));
     let guests = if host_initrd || scenario.modules.iter().any(|m| m.guest.is_some()) {
         Some(build_guests()?)
     } else {
@@ -379,6 +406,9 @@ pub fn iso(scenario: &Scenario, opts: &ImageOptions) -> Result<Iso> {
             (None, None, Some(LinuxPart::Initrd), _, Some(l)) => l.initrd.clone(),
             (None, None, Some(LinuxPart::HostInitrd), Some(g), Some(l)) => {
                 host_initrd_file(&work, l, g)?
+            }
+            (None, None, Some(LinuxPart::BenchInitrd), Some(g), Some(l)) => {
+                bench_initrd_file(&work, l, g)?
             }
             _ => bail!("module '{}' has no source", m.name),
         };
@@ -434,6 +464,22 @@ mod tests {
         assert!(cfg.contains("multiboot2 /boot/atoll.elf log=info fake_apic_ids=7\n"));
         assert!(cfg.contains("module2 /boot/modules/config config\n"));
         assert!(cfg.contains("terminal_output serial"));
+    }
+
+    #[test]
+    fn a_native_scenario_boots_linux_without_atoll() {
+        let s = Scenario::parse(
+            "nat",
+            "description='d'\nnative=true\ncmdline='console=ttyS0'\ntimeout_s={qemu=1,bochs=1}\n\
+             [[module]]\nname='vmlinuz'\nlinux='kernel'\n[[module]]\nname='initrd'\nlinux='initrd'",
+        )
+        .unwrap();
+        let cfg = grub_cfg(&s, "atoll.actions=x");
+        assert!(
+            cfg.contains("    linux /boot/modules/vmlinuz console=ttyS0 atoll.actions=x\n    initrd /boot/modules/initrd\n"),
+            "{cfg}"
+        );
+        assert!(!cfg.contains("multiboot2"), "{cfg}");
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod bench_blk;
 pub mod bench_host;
 pub mod bench_lifecycle;
 pub mod bench_net;
+pub mod bench_tools;
 pub mod console;
 pub mod fio;
 pub mod guest_image;

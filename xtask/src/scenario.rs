@@ -76,6 +76,10 @@ pub enum LinuxPart {
     /// suite, bare metal).
     #[serde(rename = "host-initrd")]
     HostInitrd,
+    /// The host's initramfs with the benches' host tools appended (`stress-ng`, `oslat`: see
+    /// [`crate::bench_tools`]), for the isolation bench's scenarios.
+    #[serde(rename = "bench-initrd")]
+    BenchInitrd,
 }
 
 /// A module GRUB loads: a file of the repository, a guest built from `guest-kit`, or a file of
@@ -115,9 +119,14 @@ pub struct Scenario {
     pub name: String,
     /// What it shows.
     pub description: String,
-    /// atoll's boot options.
+    /// atoll's boot options (Linux's command line when [`Scenario::native`]).
     #[serde(default)]
     pub cmdline: String,
+    /// Boots the scenario's Linux kernel (its `linux = "kernel"` module) directly with its one
+    /// initramfs module, without atoll: the isolation bench's native and KVM baselines. Such a
+    /// run prints no summary, so it expects nothing of one.
+    #[serde(default)]
+    pub native: bool,
     /// Default CPU count.
     #[serde(default = "default_cpus")]
     pub cpus: u32,
@@ -274,7 +283,34 @@ impl Scenario {
                 bail!("module name '{}' is used twice", m.name);
             }
         }
+        if s.native {
+            s.native_parts()?;
+            if !s.expect.is_empty() || !s.enclave_cmdline.is_empty() || !s.atoll_features.is_empty()
+            {
+                bail!(
+                    "native: a scenario without atoll has no summary to expect of, no \
+                     partitions and no atoll features"
+                );
+            }
+        }
         Ok(s)
+    }
+
+    /// A native scenario's kernel and initramfs modules (exactly those two).
+    pub fn native_parts(&self) -> Result<(&Module, &Module)> {
+        let kernel = self.linux_module(LinuxPart::Kernel);
+        let initrds: Vec<&Module> = self
+            .modules
+            .iter()
+            .filter(|m| m.linux.is_some_and(|p| p != LinuxPart::Kernel))
+            .collect();
+        match (kernel, initrds.as_slice()) {
+            (Some(k), [i]) if self.modules.len() == 2 => Ok((k, i)),
+            _ => bail!(
+                "native: the scenario boots Linux directly and takes exactly two modules, the \
+                 guest image's kernel and one initramfs (initrd, host-initrd or bench-initrd)"
+            ),
+        }
     }
 
     /// The module holding `part` of the Linux guest image, if the scenario has one.
@@ -604,6 +640,38 @@ mod tests {
             .unwrap()
             .linux_module(LinuxPart::Kernel)
             .is_none());
+    }
+
+    #[test]
+    fn native_scenarios_boot_a_kernel_and_one_initramfs() {
+        let head = "description='d'\nnative=true\ntimeout_s={qemu=1,bochs=1}\n";
+        let k = "[[module]]\nname='vmlinuz'\nlinux='kernel'\n";
+        let s = Scenario::parse(
+            "x",
+            &format!("{head}{k}[[module]]\nname='initrd'\nlinux='bench-initrd'"),
+        )
+        .unwrap();
+        let (kernel, initrd) = s.native_parts().unwrap();
+        assert_eq!(
+            (kernel.name.as_str(), initrd.name.as_str()),
+            ("vmlinuz", "initrd")
+        );
+        assert_eq!(initrd.linux, Some(LinuxPart::BenchInitrd));
+        let err = |body: &str| {
+            format!(
+                "{:#}",
+                Scenario::parse("x", &format!("{head}{body}")).unwrap_err()
+            )
+        };
+        assert!(err(k).contains("exactly two modules"), "no initramfs");
+        assert!(err(&format!(
+            "{k}[[module]]\nname='i'\nlinux='initrd'\n[[module]]\nname='c'\npath='x.toml'"
+        ))
+        .contains("exactly two modules"));
+        assert!(err(&format!(
+            "{k}[[module]]\nname='i'\nlinux='initrd'\n[expect]\nok=true"
+        ))
+        .contains("no summary"));
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! and mtools for `grub-mkrescue`; busybox-static and cpio for guest initramfs images;
 //! `script` (util-linux) to give Bochs a terminal; `iasl` (acpica-tools) for the host tests that
 //! disassemble atoll's generated ACPI tables; e2fsprogs for the ext4 images of the virtio-blk
-//! tests; the `x86_64-unknown-none` Rust target; rustfmt and clippy for `cargo xtask lint`.
+//! tests; stress-ng and rt-tests for the isolation bench's host; the `x86_64-unknown-none`
+//! Rust target; rustfmt and clippy for `cargo xtask lint`.
 
 use anyhow::{bail, Context, Result};
 use std::process::{Command, Stdio};
@@ -27,6 +28,10 @@ pub const PACKAGES: &[&str] = &[
     // `mkfs.ext4 -d` (e2fsprogs ≥ 1.43) builds the virtio-blk tests' ext4 images from a
     // directory, with no mount and no root.
     "e2fsprogs",
+    // The isolation bench's host tools (issue 15), copied with their libraries into the
+    // host's initramfs (`bench-initrd`): the background loads and Debian's latency probe.
+    "stress-ng",
+    "rt-tests",
 ];
 
 /// The rustup components `cargo xtask lint` runs.

@@ -361,7 +361,7 @@ pub fn init_script() -> String {
 # prompts "ATOLL-GUEST-INPUT?" and echoes the line typed on its console as
 # "ATOLL-GUEST-INPUT <line>", and powers off (atoll.shell=1: starts a shell instead). The
 # SR-IOV actions (vf_net, vf_dma_outside, vf_host, vf_host_outside) read atoll.net_* words.
-export PATH=/bin
+export PATH=/bin:/usr/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
@@ -399,6 +399,20 @@ virtio_disk=/var/lib/atoll/disk.img
 virtio_notify=""
 virtio_wait=600
 net_words=""
+# The isolation bench (issue 15): the workload's parameters, passed on to its enclave or guest.
+work_cpus=""
+hpcg_size=16,16,16
+hpcg_rt=0
+fwq_samples=2000
+fwq_quantum=100
+oslat_s=2
+work_pause=1
+work_words=""
+iso_mode=""
+iso_loads=none
+iso_cores=2,3
+iso_load_cpus=0-1
+iso_mem=256
 for word in $(cat /proc/cmdline); do
     case "$word" in
         atoll.expect_cpus=*) args="$args --expect-cpus ${word#*=}" ;;
@@ -424,6 +438,18 @@ for word in $(cat /proc/cmdline); do
         atoll.virtio_notify=*) virtio_notify=${word#*=} ;;
         atoll.virtio_wait=*) virtio_wait=${word#*=} ;;
         atoll.dma_canaries=*) dma_canaries=${word#*=} ;;
+        atoll.work_cpus=*) work_cpus=${word#*=} ;;
+        atoll.hpcg=*) hpcg_size=${word#*=}; work_words="$work_words $word" ;;
+        atoll.hpcg_rt=*) hpcg_rt=${word#*=}; work_words="$work_words $word" ;;
+        atoll.fwq_samples=*) fwq_samples=${word#*=}; work_words="$work_words $word" ;;
+        atoll.fwq_quantum=*) fwq_quantum=${word#*=}; work_words="$work_words $word" ;;
+        atoll.oslat_s=*) oslat_s=${word#*=}; work_words="$work_words $word" ;;
+        atoll.work_pause=*) work_pause=${word#*=}; work_words="$work_words $word" ;;
+        atoll.iso_mode=*) iso_mode=${word#*=} ;;
+        atoll.iso_loads=*) iso_loads=${word#*=} ;;
+        atoll.iso_cores=*) iso_cores=${word#*=} ;;
+        atoll.iso_load_cpus=*) iso_load_cpus=${word#*=} ;;
+        atoll.iso_mem=*) iso_mem=${word#*=} ;;
         atoll.idle=*) idle=${word#*=} ;;
         atoll.idle_timer=*) idle_timer=${word#*=} ;;
         atoll.shell=1) shell=1 ;;
@@ -689,6 +715,148 @@ lifecycle() {
 }
 # The soak action (soak:N): N create/destroy cycles of a small bare-metal enclave on core 1,
 # then atoll's own figures, on one "ATOLL-RESULT soak {json}" line.
+# The isolation bench's workload (issue 15), wherever it runs (an enclave, a KVM guest, the
+# native host on the workload's CPUs atoll.work_cpus, default all): atoll-fwq's noise probe and
+# oslat (when the image has it: the bench tools) on those CPUs, then atoll-hpcg pinned to them,
+# each printing its one JSON line (ATOLL-FWQ, ATOLL-OSLAT, ATOLL-HPCG). "ATOLL-WORK hpcg" and
+# "ATOLL-WORK end" around HPCG, each followed by a pause of atoll.work_pause seconds, let a
+# host take atoll's stats of the enclave around the computation.
+work() {
+    wc=$work_cpus
+    [ -n "$wc" ] || wc=0-$(( $(nproc) - 1 ))
+    set -- $(echo "$hpcg_size" | tr ',' ' ')
+    mkdir -p /tmp/iso
+    echo "ATOLL-WORK begin cpus=$wc"
+    if ! atoll-fwq --cpus "$wc" --samples "$fwq_samples" --quantum-us "$fwq_quantum" 2> /tmp/iso/fwq.err; then
+        why="atoll-fwq failed: $(tail -c 300 /tmp/iso/fwq.err | tr '\n' ' ')"
+    fi
+    if [ "$oslat_s" -gt 0 ] && command -v oslat > /dev/null; then
+        # Its main thread on the first workload CPU too (default: CPU 0, maybe the host's).
+        main=${wc%%[,-]*}
+        if oslat --cpu-list "$wc" --cpu-main-thread "$main" --duration "$oslat_s" --quiet --json=/tmp/iso/oslat.json > /tmp/iso/oslat.out 2>&1; then
+            echo "ATOLL-OSLAT $(tr -d '\n' < /tmp/iso/oslat.json)"
+        else
+            echo "work: oslat failed: $(tail -c 300 /tmp/iso/oslat.out | tr '\n' ' ')"
+        fi
+    fi
+    [ "$work_pause" -gt 0 ] && sleep "$work_pause"
+    echo "ATOLL-WORK hpcg"
+    taskset -c "$wc" atoll-hpcg "$1" "$2" "$3" --rt "$hpcg_rt"
+    rc=$?
+    echo "ATOLL-WORK end"
+    case $rc in
+        0) ;;
+        1) why="HPCG's validation failed" ;;
+        *) why="atoll-hpcg exited $rc" ;;
+    esac
+    [ "$work_pause" -gt 0 ] && sleep "$work_pause"
+}
+# The background load of profile $1 (stress-ng, pinned to the host's CPUs atoll.iso_load_cpus,
+# one worker per CPU and stressor) started in the background: iso_load_pid, or why.
+iso_load_start() {
+    iso_load_pid=""
+    [ "$1" = none ] && return 0
+    n=$(taskset -c "$iso_load_cpus" nproc 2>/dev/null || echo 1)
+    case "$1" in
+        cpu) sargs="--cpu $n" ;;
+        memory) sargs="--vm $n --vm-bytes 32M --fault $n --tlb-shootdown $n" ;;
+        timers) sargs="--timer $n --timer-freq 10000 --hrtimers $n" ;;
+        ipi) sargs="--membarrier $n --affinity $n" ;;
+        io) sargs="--hdd $n --hdd-bytes 8M --temp-path /tmp" ;;
+        all) sargs="--cpu $n --vm $n --vm-bytes 32M --fault $n --tlb-shootdown $n --timer $n --timer-freq 10000 --hrtimers $n --membarrier $n --affinity $n --hdd $n --hdd-bytes 8M --temp-path /tmp" ;;
+        *) why="unknown load profile '$1' (none, cpu, memory, timers, ipi, io, all)"; return 1 ;;
+    esac
+    if ! command -v stress-ng > /dev/null; then
+        why="no stress-ng in this image (the bench-initrd module has it)"
+        return 1
+    fi
+    stress-ng --taskset "$iso_load_cpus" $sargs --timeout 0 --quiet > /tmp/iso/stress.out 2>&1 &
+    iso_load_pid=$!
+    # Its workers running before the measurement starts.
+    sleep 3
+    if ! kill -0 "$iso_load_pid" 2>/dev/null; then
+        why="stress-ng $sargs ended at once: $(tail -c 300 /tmp/iso/stress.out | tr '\n' ' ')"
+        iso_load_pid=""
+        return 1
+    fi
+}
+iso_load_stop() {
+    [ -n "$iso_load_pid" ] || return 0
+    kill -INT "$iso_load_pid" 2>/dev/null
+    wait "$iso_load_pid" 2>/dev/null
+    iso_load_pid=""
+}
+# The JSON of line prefix $1 in file $2 (null when absent).
+iso_line() {
+    l=$(grep -a "^$1 " "$2" | head -n 1 | tr -d '\r')
+    if [ -n "$l" ]; then echo "${l#"$1 "}"; else echo null; fi
+}
+# One measurement of the workload under load $1, as "ATOLL-RESULT isolation_run {json}": the
+# lines of atoll-hpcg, atoll-fwq and oslat, and in an enclave atoll's stats around HPCG.
+iso_run() {
+    d=/tmp/iso
+    mkdir -p $d
+    rm -f $d/work.out
+    why=""
+    lc=""
+    st_begin=null; st_end=null
+    if iso_load_start "$1"; then
+        case "$iso_mode" in
+            native)
+                (work_cpus=$iso_cores; work; [ -z "$why" ] || echo "ATOLL-ACTION-FAILED work: $why") > $d/work.out 2>&1 ;;
+            atoll)
+                e=work1
+                lc_desc $d/$e.toml $e "$iso_cores" "$iso_mem" linux \
+                    "console=ttyS0 loglevel=5 atoll.actions=work$work_words $lc_args"
+                if lc_run create atoll create $d/$e.toml --offline-cores; then
+                    if atoll console $e --no-input --until "ATOLL-WORK hpcg" --timeout 3600 >> $d/work.out 2>&1; then
+                        st_begin=$(atoll stats $e --json 2>/dev/null)
+                        atoll console $e --no-input --until "ATOLL-WORK end" --timeout 36000 >> $d/work.out 2>&1
+                        st_end=$(atoll stats $e --json 2>/dev/null)
+                        atoll console $e --no-input --until "ATOLL-ACTIONS end" --timeout 120 >> $d/work.out 2>&1
+                    else
+                        why="the enclave did not reach HPCG: $(tail -c 400 $d/work.out | tr '\r\n' '  ')"
+                    fi
+                    lc_run destroy atoll destroy $e --online-cores
+                else
+                    why="atoll create of the workload's enclave failed"
+                fi ;;
+            *) why="atoll.iso_mode='$iso_mode' is not native or atoll" ;;
+        esac
+    fi
+    iso_load_stop
+    hp=$(iso_line ATOLL-HPCG $d/work.out)
+    if [ -z "$why" ] && [ "$hp" = null ]; then
+        why="no HPCG result: $(tail -c 400 $d/work.out | tr '\r\n' '  ')"
+    fi
+    if [ -z "$why" ]; then
+        w=$(grep -a "ATOLL-ACTION-FAILED work" $d/work.out | head -n 1 | tr -d '\r')
+        [ -n "$w" ] && why="the workload: ${w#*: }"
+    fi
+    lc_add mode "$(lc_str "$iso_mode")"
+    lc_add load "$(lc_str "$1")"
+    lc_add hpcg "$hp"
+    lc_add fwq "$(iso_line ATOLL-FWQ $d/work.out)"
+    lc_add oslat "$(iso_line ATOLL-OSLAT $d/work.out)"
+    lc_add stats_begin "${st_begin:-null}"
+    lc_add stats_end "${st_end:-null}"
+    lc_add problem "$(lc_str "$why")"
+    echo "ATOLL-RESULT isolation_run {$lc}"
+    lc=""
+    [ -z "$why" ]
+}
+# The isolation bench's host (issue 15): the workload solo, then under each load profile of
+# atoll.iso_loads in turn, natively (atoll.iso_mode=native: the workload pinned to the CPUs
+# atoll.iso_cores of this kernel) or in an enclave on those cores (atoll); the loads run on the
+# host's CPUs atoll.iso_load_cpus.
+isolation() {
+    iso_failed=0
+    for load in $(echo "$iso_loads" | tr ',' ' '); do
+        iso_run "$load" || iso_failed=$((iso_failed + 1))
+    done
+    why=""
+    [ "$iso_failed" = 0 ] || why="$iso_failed of the isolation runs failed (see ATOLL-RESULT isolation_run)"
+}
 soak() {
     d=/tmp/soak
     mkdir -p $d
@@ -1799,6 +1967,8 @@ for action in $actions; do
         bench_blk) bench_blk ;;
         vnet) vf_driver=virtio_net; vf_net; vf_then ;;
         bench_blk_guest) bench_blk_guest; vf_then ;;
+        work) work ;;
+        isolation) isolation ;;
         soak:*)
             n=${action#*:}
             case "$n" in
@@ -3608,7 +3778,12 @@ linux-image-6.12.117+deb12-amd64 - Linux 6.12 for 64-bit PCs (signed)
             )
             .replace("/tmp/vf", &dir.join("vf").to_string_lossy())
             .replace("/tmp/blk", &dir.join("blk").to_string_lossy())
+            .replace("/tmp/iso", &dir.join("iso").to_string_lossy())
             .replace("/atoll-check ", "atoll_check ")
+            // Commands whose names a POSIX shell function cannot take.
+            .replace("atoll-hpcg \"", "atoll_hpcg \"")
+            .replace("atoll-fwq --", "atoll_fwq --")
+            .replace("stress-ng --", "stress_ng --")
             // What is left of /proc (the bench's namespaces and /proc/net/dev).
             .replace(
                 "/proc/",
@@ -3644,6 +3819,151 @@ linux-image-6.12.117+deb12-amd64 - Linux 6.12 for 64-bit PCs (signed)
         let sysrq = std::fs::read_to_string(dir.join("sysrq")).unwrap();
         let _ = std::fs::remove_dir_all(&dir);
         (String::from_utf8_lossy(&out.stdout).into_owned(), sysrq)
+    }
+
+    /// Stubs of the isolation bench's programs: each logs its arguments to `calls` and prints
+    /// what the real one would (HPCG's validity from `HPCG_RC`).
+    const WORK_STUBS: &str = r#"
+log() { echo "$*" >> "$SANDBOX/calls"; }
+nproc() { echo 4; }
+taskset() { log "taskset $1 $2"; shift 2; "$@"; }
+atoll_fwq() { log "atoll-fwq $*"; echo 'ATOLL-FWQ {"cpus":[{"cpu":2,"max_detour":7}]}'; }
+atoll_hpcg() { log "atoll-hpcg $*"; echo 'ATOLL-HPCG {"nx":24,"valid":true}'; return ${HPCG_RC:-0}; }
+oslat() { log "oslat $*"; printf '{\n  "thread": {"0": {"max": 9}}\n}\n' > "$SANDBOX/iso/oslat.json"; }
+stress_ng() { log "stress-ng $*"; exec real_timeout 2 real_sleep 60; }
+"#;
+
+    fn run_work(cmdline: &str, env: &str) -> (String, String) {
+        let mut calls = String::new();
+        let (out, _) = run_actions_sandbox(
+            cmdline,
+            &[],
+            &[
+                ("tr", "tr"),
+                ("grep", "grep"),
+                ("head", "head"),
+                ("tail", "tail"),
+                ("mkdir", "mkdir"),
+                ("rm", "rm"),
+                // The load's stand-in lasts 2 s (`sleep` is a stub; an asynchronous list
+                // ignores SIGINT, which stress-ng itself catches).
+                ("real_sleep", "sleep"),
+                ("real_timeout", "timeout"),
+            ],
+            &format!("{env}\n{WORK_STUBS}"),
+            |d| {
+                // Found by `command -v` (the stub function runs it).
+                use std::os::unix::fs::PermissionsExt;
+                let p = d.join("bin/stress-ng");
+                std::fs::write(&p, "#!/bin/sh\n").unwrap();
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+            },
+            |d| {
+                calls = std::fs::read_to_string(d.join("calls"))
+                    .unwrap_or_default()
+                    .replace(&d.to_string_lossy().into_owned(), "SANDBOX")
+            },
+        );
+        (out, calls)
+    }
+
+    #[test]
+    fn work_probes_the_noise_then_runs_hpcg_pinned_between_its_markers() {
+        let (out, calls) = run_work(
+            "atoll.actions=work atoll.work_cpus=2,3 atoll.hpcg=24,16,16 atoll.hpcg_rt=5 \
+             atoll.fwq_samples=50 atoll.fwq_quantum=20 atoll.oslat_s=1 atoll.work_pause=0",
+            "",
+        );
+        assert_eq!(
+            calls,
+            "atoll-fwq --cpus 2,3 --samples 50 --quantum-us 20\n\
+             oslat --cpu-list 2,3 --cpu-main-thread 2 --duration 1 --quiet \
+             --json=SANDBOX/iso/oslat.json\n\
+             taskset -c 2,3\natoll-hpcg 24 16 16 --rt 5\n"
+        );
+        let lines: Vec<&str> = out.lines().collect();
+        let at = |p: &str| {
+            lines
+                .iter()
+                .position(|l| l.starts_with(p))
+                .unwrap_or_else(|| panic!("{p}: {out}"))
+        };
+        assert!(at("ATOLL-WORK begin cpus=2,3") < at("ATOLL-FWQ {"));
+        assert!(at("ATOLL-FWQ {") < at("ATOLL-OSLAT {"));
+        assert!(at("ATOLL-OSLAT {") < at("ATOLL-WORK hpcg"));
+        assert!(at("ATOLL-WORK hpcg") < at("ATOLL-HPCG {"));
+        assert!(at("ATOLL-HPCG {") < at("ATOLL-WORK end"));
+        assert!(
+            out.contains(r#"ATOLL-OSLAT {  "thread": {"0": {"max": 9}}}"#),
+            "{out}"
+        );
+        assert!(!out.contains("ATOLL-ACTION-FAILED"), "{out}");
+        // Every CPU by default; an invalid HPCG run fails the action.
+        let (out, calls) = run_work(
+            "atoll.actions=work atoll.oslat_s=0 atoll.work_pause=0",
+            "HPCG_RC=1",
+        );
+        assert!(
+            calls.contains("atoll-fwq --cpus 0-3 --samples 2000 --quantum-us 100\n"),
+            "{calls}"
+        );
+        assert!(
+            calls.contains("taskset -c 0-3\natoll-hpcg 16 16 16 --rt 0\n"),
+            "{calls}"
+        );
+        assert!(!calls.contains("oslat"), "{calls}");
+        assert!(
+            out.contains("ATOLL-ACTION-FAILED work: HPCG's validation failed"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn the_native_isolation_host_measures_solo_then_under_each_load() {
+        let (out, calls) = run_work(
+            "atoll.actions=isolation atoll.iso_mode=native atoll.iso_loads=none,cpu,bogus \
+             atoll.iso_cores=2,3 atoll.iso_load_cpus=0-1 atoll.oslat_s=0 atoll.work_pause=0",
+            "",
+        );
+        let runs: Vec<Value> = out
+            .lines()
+            .filter_map(|l| l.strip_prefix("ATOLL-RESULT isolation_run "))
+            .map(|j| serde_json::from_str(j).unwrap_or_else(|e| panic!("{e}: {j}")))
+            .collect();
+        assert_eq!(runs.len(), 3, "{out}");
+        assert_eq!(runs[0]["load"], "none");
+        assert_eq!(runs[0]["mode"], "native");
+        assert_eq!(runs[0]["hpcg"]["valid"], true);
+        assert_eq!(runs[0]["fwq"]["cpus"][0]["max_detour"], 7);
+        assert_eq!(runs[0]["oslat"], Value::Null);
+        assert_eq!(runs[0]["stats_begin"], Value::Null, "no atoll here");
+        assert_eq!(runs[0]["problem"], "");
+        assert_eq!(runs[1]["load"], "cpu");
+        assert_eq!(runs[1]["problem"], "", "{out}");
+        assert_eq!(runs[1]["hpcg"]["nx"], 24);
+        assert!(runs[2]["problem"]
+            .as_str()
+            .unwrap()
+            .contains("unknown load profile 'bogus'"));
+        assert_eq!(
+            runs[2]["hpcg"],
+            Value::Null,
+            "not measured without its load"
+        );
+        // The load ran pinned to the host's CPUs, one worker per CPU, and only around run 2.
+        assert!(
+            calls.contains("stress-ng --taskset 0-1 --cpu 4 --timeout 0 --quiet\n"),
+            "{calls}"
+        );
+        assert_eq!(calls.matches("atoll-hpcg").count(), 2, "{calls}");
+        assert!(
+            calls.contains("taskset -c 2,3\natoll-hpcg 16 16 16 --rt 0"),
+            "{calls}"
+        );
+        assert!(
+            out.contains("ATOLL-ACTION-FAILED isolation: 1 of the isolation runs failed"),
+            "{out}"
+        );
     }
 
     #[test]

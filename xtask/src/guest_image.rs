@@ -791,15 +791,18 @@ iso_line() {
     l=$(grep -a "^$1 " "$2" | head -n 1 | tr -d '\r')
     if [ -n "$l" ]; then echo "${l#"$1 "}"; else echo null; fi
 }
-# One measurement of the workload under load $1, as "ATOLL-RESULT isolation_run {json}": the
-# lines of atoll-hpcg, atoll-fwq and oslat, and in an enclave atoll's stats around HPCG.
+# One measurement of the workload under load $1 (run number $2). Its results go on lines of
+# their own, each within the 4 KiB a console line of atoll's holds: "ATOLL-ISO-HPCG N {json}",
+# "ATOLL-ISO-FWQ N {json}", "ATOLL-ISO-OSLAT N {json}" (without its histograms), in an enclave
+# "ATOLL-ISO-STATS N begin|end {json}" (atoll's stats around HPCG), then
+# "ATOLL-ISO-RUN N {mode, load, problem}".
 iso_run() {
     d=/tmp/iso
     mkdir -p $d
     rm -f $d/work.out
     why=""
     lc=""
-    st_begin=null; st_end=null
+    st_begin=""; st_end=""
     if iso_load_start "$1"; then
         case "$iso_mode" in
             native)
@@ -819,7 +822,7 @@ iso_run() {
                     fi
                     lc_run destroy atoll destroy $e --online-cores
                 else
-                    why="atoll create of the workload's enclave failed"
+                    why="atoll create of the workload's enclave failed: $(atoll list 2>&1 | tail -c 200)"
                 fi ;;
             *) why="atoll.iso_mode='$iso_mode' is not native or atoll" ;;
         esac
@@ -833,29 +836,28 @@ iso_run() {
         w=$(grep -a "ATOLL-ACTION-FAILED work" $d/work.out | head -n 1 | tr -d '\r')
         [ -n "$w" ] && why="the workload: ${w#*: }"
     fi
-    lc_add mode "$(lc_str "$iso_mode")"
-    lc_add load "$(lc_str "$1")"
-    lc_add hpcg "$hp"
-    lc_add fwq "$(iso_line ATOLL-FWQ $d/work.out)"
-    lc_add oslat "$(iso_line ATOLL-OSLAT $d/work.out)"
-    lc_add stats_begin "${st_begin:-null}"
-    lc_add stats_end "${st_end:-null}"
-    lc_add problem "$(lc_str "$why")"
-    echo "ATOLL-RESULT isolation_run {$lc}"
-    lc=""
+    echo "ATOLL-ISO-HPCG $2 $hp"
+    echo "ATOLL-ISO-FWQ $2 $(iso_line ATOLL-FWQ $d/work.out)"
+    echo "ATOLL-ISO-OSLAT $2 $(iso_line ATOLL-OSLAT $d/work.out | sed 's/, *"histogram": *{[^}]*}//g')"
+    [ -n "$st_begin" ] && echo "ATOLL-ISO-STATS $2 begin $st_begin"
+    [ -n "$st_end" ] && echo "ATOLL-ISO-STATS $2 end $st_end"
+    echo "ATOLL-ISO-RUN $2 {\"mode\":$(lc_str "$iso_mode"),\"load\":$(lc_str "$1"),\"problem\":$(lc_str "$why")}"
     [ -z "$why" ]
 }
 # The isolation bench's host (issue 15): the workload solo, then under each load profile of
 # atoll.iso_loads in turn, natively (atoll.iso_mode=native: the workload pinned to the CPUs
 # atoll.iso_cores of this kernel) or in an enclave on those cores (atoll); the loads run on the
-# host's CPUs atoll.iso_load_cpus.
+# host's CPUs atoll.iso_load_cpus. Ends with "ATOLL-RESULT isolation {runs, failed}".
 isolation() {
     iso_failed=0
+    iso_n=0
     for load in $(echo "$iso_loads" | tr ',' ' '); do
-        iso_run "$load" || iso_failed=$((iso_failed + 1))
+        iso_run "$load" "$iso_n" || iso_failed=$((iso_failed + 1))
+        iso_n=$((iso_n + 1))
     done
+    echo "ATOLL-RESULT isolation {\"mode\":$(lc_str "$iso_mode"),\"runs\":$iso_n,\"failed\":$iso_failed}"
     why=""
-    [ "$iso_failed" = 0 ] || why="$iso_failed of the isolation runs failed (see ATOLL-RESULT isolation_run)"
+    [ "$iso_failed" = 0 ] || why="$iso_failed of the isolation runs failed (see ATOLL-ISO-RUN)"
 }
 soak() {
     d=/tmp/soak
@@ -3829,7 +3831,7 @@ nproc() { echo 4; }
 taskset() { log "taskset $1 $2"; shift 2; "$@"; }
 atoll_fwq() { log "atoll-fwq $*"; echo 'ATOLL-FWQ {"cpus":[{"cpu":2,"max_detour":7}]}'; }
 atoll_hpcg() { log "atoll-hpcg $*"; echo 'ATOLL-HPCG {"nx":24,"valid":true}'; return ${HPCG_RC:-0}; }
-oslat() { log "oslat $*"; printf '{\n  "thread": {"0": {"max": 9}}\n}\n' > "$SANDBOX/iso/oslat.json"; }
+oslat() { log "oslat $*"; printf '{\n  "thread": {"0": {"max": 9,\n "histogram": {"1": 5,\n "2": 1}}}\n}\n' > "$SANDBOX/iso/oslat.json"; }
 stress_ng() { log "stress-ng $*"; exec real_timeout 2 real_sleep 60; }
 "#;
 
@@ -3845,6 +3847,7 @@ stress_ng() { log "stress-ng $*"; exec real_timeout 2 real_sleep 60; }
                 ("tail", "tail"),
                 ("mkdir", "mkdir"),
                 ("rm", "rm"),
+                ("sed", "sed"),
                 // The load's stand-in lasts 2 s (`sleep` is a stub; an asynchronous list
                 // ignores SIGINT, which stress-ng itself catches).
                 ("real_sleep", "sleep"),
@@ -3894,7 +3897,9 @@ stress_ng() { log "stress-ng $*"; exec real_timeout 2 real_sleep 60; }
         assert!(at("ATOLL-WORK hpcg") < at("ATOLL-HPCG {"));
         assert!(at("ATOLL-HPCG {") < at("ATOLL-WORK end"));
         assert!(
-            out.contains(r#"ATOLL-OSLAT {  "thread": {"0": {"max": 9}}}"#),
+            out.contains(
+                r#"ATOLL-OSLAT {  "thread": {"0": {"max": 9, "histogram": {"1": 5, "2": 1}}}}"#
+            ),
             "{out}"
         );
         assert!(!out.contains("ATOLL-ACTION-FAILED"), "{out}");
@@ -3922,35 +3927,45 @@ stress_ng() { log "stress-ng $*"; exec real_timeout 2 real_sleep 60; }
     fn the_native_isolation_host_measures_solo_then_under_each_load() {
         let (out, calls) = run_work(
             "atoll.actions=isolation atoll.iso_mode=native atoll.iso_loads=none,cpu,bogus \
-             atoll.iso_cores=2,3 atoll.iso_load_cpus=0-1 atoll.oslat_s=0 atoll.work_pause=0",
+             atoll.iso_cores=2,3 atoll.iso_load_cpus=0-1 atoll.oslat_s=1 atoll.work_pause=0",
             "",
         );
-        let runs: Vec<Value> = out
-            .lines()
-            .filter_map(|l| l.strip_prefix("ATOLL-RESULT isolation_run "))
-            .map(|j| serde_json::from_str(j).unwrap_or_else(|e| panic!("{e}: {j}")))
-            .collect();
-        assert_eq!(runs.len(), 3, "{out}");
-        assert_eq!(runs[0]["load"], "none");
-        assert_eq!(runs[0]["mode"], "native");
-        assert_eq!(runs[0]["hpcg"]["valid"], true);
-        assert_eq!(runs[0]["fwq"]["cpus"][0]["max_detour"], 7);
-        assert_eq!(runs[0]["oslat"], Value::Null);
-        assert_eq!(runs[0]["stats_begin"], Value::Null, "no atoll here");
-        assert_eq!(runs[0]["problem"], "");
-        assert_eq!(runs[1]["load"], "cpu");
-        assert_eq!(runs[1]["problem"], "", "{out}");
-        assert_eq!(runs[1]["hpcg"]["nx"], 24);
-        assert!(runs[2]["problem"]
+        let line = |prefix: &str| -> Value {
+            let l = out
+                .lines()
+                .find_map(|l| l.strip_prefix(prefix))
+                .unwrap_or_else(|| panic!("no {prefix}: {out}"));
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))
+        };
+        assert_eq!(
+            line("ATOLL-ISO-RUN 0 "),
+            serde_json::json!({"mode": "native", "load": "none", "problem": ""})
+        );
+        assert_eq!(line("ATOLL-ISO-HPCG 0 ")["valid"], true);
+        assert_eq!(line("ATOLL-ISO-FWQ 0 ")["cpus"][0]["max_detour"], 7);
+        // Without its histogram: the line stays within a console line's 4 KiB.
+        assert_eq!(
+            line("ATOLL-ISO-OSLAT 0 ")["thread"]["0"],
+            serde_json::json!({"max": 9})
+        );
+        assert!(!out.contains("ATOLL-ISO-STATS"), "no atoll here: {out}");
+        assert_eq!(line("ATOLL-ISO-RUN 1 ")["problem"], "", "{out}");
+        assert_eq!(line("ATOLL-ISO-HPCG 1 ")["nx"], 24);
+        let bogus = line("ATOLL-ISO-RUN 2 ");
+        assert!(bogus["problem"]
             .as_str()
             .unwrap()
             .contains("unknown load profile 'bogus'"));
         assert_eq!(
-            runs[2]["hpcg"],
+            line("ATOLL-ISO-HPCG 2 "),
             Value::Null,
             "not measured without its load"
         );
-        // The load ran pinned to the host's CPUs, one worker per CPU, and only around run 2.
+        assert_eq!(
+            line("ATOLL-RESULT isolation "),
+            serde_json::json!({"mode": "native", "runs": 3, "failed": 1})
+        );
+        // The load ran pinned to the host's CPUs, one worker per CPU, and only around run 1.
         assert!(
             calls.contains("stress-ng --taskset 0-1 --cpu 4 --timeout 0 --quiet\n"),
             "{calls}"

@@ -5,8 +5,10 @@
 
 pub mod bench_blk;
 pub mod bench_host;
+pub mod bench_isolation;
 pub mod bench_lifecycle;
 pub mod bench_net;
+pub mod bench_plot;
 pub mod bench_tools;
 pub mod console;
 pub mod fio;

@@ -112,6 +112,34 @@ enum Bench {
         #[arg(long)]
         virtio_poll: bool,
     },
+    /// The headline experiment (issue 15): HPCG and the FWQ/oslat noise probes on cores 2 and
+    /// 3, solo and under each stress-ng load on cores 0 and 1, natively and in an atoll
+    /// enclave: a table (HPCG's rating and loaded/solo cycles, FWQ detours, oslat, exits per
+    /// second per core), target/bench/isolation-EMU.json and .png.
+    Isolation {
+        /// bochs (the reference: a busy CPU's TSC counts its own instructions) or qemu (the
+        /// pipeline).
+        #[arg(long, value_enum, default_value = "qemu")]
+        emulator: Emulator,
+        /// Load profiles, comma-separated: cpu, memory, timers, ipi, io, all (every one at once).
+        #[arg(long, default_value = "all")]
+        load: String,
+        /// HPCG's grid side (NX = NY = NZ): a multiple of 8 from 16.
+        #[arg(long, default_value_t = 16)]
+        size: u32,
+        /// HPCG's run time in seconds (0: its quick path, one set).
+        #[arg(long, default_value_t = 0)]
+        rt: u32,
+        /// FWQ's samples per CPU (100 µs quanta).
+        #[arg(long, default_value_t = 2000)]
+        fwq_samples: u32,
+        /// oslat's seconds per run (0: none).
+        #[arg(long, default_value_t = 2)]
+        oslat: u32,
+        /// Configurations, comma-separated: native, atoll.
+        #[arg(long, default_value = "native,atoll")]
+        configs: String,
+    },
     /// Idle Linux: boot linux-enclave with atoll.idle=N and report the exits per second (timer,
     /// IPI, HLT, other) atoll counted while the guest slept, and its boot-to-init time. With
     /// `--partition host`: boot the host's Linux alone as the root partition (scenario
@@ -241,6 +269,27 @@ fn main() {
         Cmd::Bench {
             which: Bench::Lifecycle { emulator },
         } => xtask::bench_lifecycle::bench(emulator),
+        Cmd::Bench {
+            which:
+                Bench::Isolation {
+                    emulator,
+                    load,
+                    size,
+                    rt,
+                    fwq_samples,
+                    oslat,
+                    configs,
+                },
+        } => xtask::bench_isolation::Options::new(
+            emulator,
+            &load,
+            size,
+            rt,
+            fwq_samples,
+            oslat,
+            &configs,
+        )
+        .and_then(|o| xtask::bench_isolation::bench(&o)),
         Cmd::Bench {
             which: Bench::Net {
                 emulator,

@@ -32,6 +32,8 @@ pub const PACKAGES: &[&str] = &[
     // host's initramfs (`bench-initrd`): the background loads and Debian's latency probe.
     "stress-ng",
     "rt-tests",
+    // The benches' plots' font (DejaVu Sans, read by plotters' ab_glyph backend).
+    "fonts-dejavu-core",
 ];
 
 /// The rustup components `cargo xtask lint` runs.

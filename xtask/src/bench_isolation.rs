@@ -1,0 +1,695 @@
+//! `cargo xtask bench isolation`: the headline experiment (issue 15) — HPCG and a noise probe
+//! on two cores while the rest of the machine is loaded, in each configuration, solo and under
+//! load.
+//!
+//! Configurations (each one boot of the same 4-CPU emulated machine, the workload on cores 2
+//! and 3, the loads on cores 0 and 1):
+//!
+//! * **native** (`isolation-native`): the guest image's Debian kernel booted without atoll; the
+//!   workload pinned to cores 2 and 3 of the same kernel that runs the load — the shared-kernel
+//!   case;
+//! * **atoll** (`isolation-atoll`): the host's Linux on every core creates an enclave on cores 2
+//!   and 3 (offlined for it) whose own kernel runs the workload, with atoll's exits counted
+//!   around its HPCG run.
+//!
+//! In every boot the host's `/init` runs the guest image's `isolation` action: the workload
+//! (`work`: `atoll-fwq`, `oslat`, `atoll-hpcg`) solo, then under each stress-ng profile the bench
+//! names (`--load`), each run reported on lines of their own (`ATOLL-ISO-*`). This module
+//! turns them into a table (HPCG's rating and cycles, the loaded/solo ratio of HPCG's timed
+//! cycles, FWQ's largest and 99th-percentile detour per CPU, oslat's maximum, exits per
+//! second per core while HPCG computes), `target/bench/isolation-EMU.json` (with every
+//! report in full) and `target/bench/isolation-EMU.png`.
+//!
+//! Bochs is the reference: a busy CPU's TSC there counts that CPU's own instructions, so the
+//! loaded/solo ratio of HPCG's cycles is interference from software alone. On QEMU the cycles
+//! are the host's wall clock and the figures show the pipeline, not isolation.
+
+use crate::run::{run, RunOptions};
+use crate::scenario::Emulator;
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+/// The load profiles the guest image's `isolation` action knows (stress-ng on the host's
+/// cores): `all` runs every other one at once.
+pub const PROFILES: &[&str] = &["cpu", "memory", "timers", "ipi", "io", "all"];
+
+/// A configuration of the comparison.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Config {
+    /// The same kernel without atoll, the workload pinned beside the load.
+    Native,
+    /// The workload in an enclave, the load in the host.
+    Atoll,
+}
+
+impl Config {
+    pub const ALL: [Config; 2] = [Config::Native, Config::Atoll];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Config::Native => "native",
+            Config::Atoll => "atoll",
+        }
+    }
+
+    fn scenario(self) -> &'static str {
+        match self {
+            Config::Native => "isolation-native",
+            Config::Atoll => "isolation-atoll",
+        }
+    }
+
+    fn from_name(s: &str) -> Option<Config> {
+        Config::ALL.into_iter().find(|c| c.name() == s)
+    }
+}
+
+/// What the bench was asked.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Options {
+    pub emulator: Emulator,
+    /// Load profiles, each measured after the solo run.
+    pub loads: Vec<String>,
+    /// HPCG's grid side (NX = NY = NZ).
+    pub size: u32,
+    /// HPCG's run time in seconds (0: the quick path, one set).
+    pub rt: u32,
+    /// FWQ samples per CPU.
+    pub fwq_samples: u32,
+    /// oslat's seconds (0: none).
+    pub oslat_s: u32,
+    pub configs: Vec<Config>,
+}
+
+impl Options {
+    /// Checks and fills in the command line's values.
+    pub fn new(
+        emulator: Emulator,
+        load: &str,
+        size: u32,
+        rt: u32,
+        fwq_samples: u32,
+        oslat_s: u32,
+        configs: &str,
+    ) -> Result<Options> {
+        let loads: Vec<String> = load
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if loads.is_empty() {
+            bail!(
+                "--load: name at least one profile ({})",
+                PROFILES.join(", ")
+            );
+        }
+        for l in &loads {
+            if !PROFILES.contains(&l.as_str()) {
+                bail!("--load {l}: not a load profile ({})", PROFILES.join(", "));
+            }
+        }
+        if size < 16 || !size.is_multiple_of(8) || size > 192 {
+            bail!("--size {size}: HPCG's grid side must be a multiple of 8 from 16 to 192");
+        }
+        if !(100..=1_000_000).contains(&fwq_samples) {
+            bail!("--fwq-samples {fwq_samples}: from 100 to 1,000,000");
+        }
+        let mut cs = Vec::new();
+        for c in configs.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+            let Some(k) = Config::from_name(c) else {
+                bail!(
+                    "--configs {c}: not a configuration ({})",
+                    Config::ALL.map(Config::name).join(", ")
+                );
+            };
+            if !cs.contains(&k) {
+                cs.push(k);
+            }
+        }
+        if cs.is_empty() {
+            bail!("--configs: name at least one configuration");
+        }
+        Ok(Options {
+            emulator,
+            loads,
+            size,
+            rt,
+            fwq_samples,
+            oslat_s,
+            configs: cs,
+        })
+    }
+
+    /// The words the host's `/init` reads (the workload's are passed on to its enclave).
+    pub fn words(&self) -> String {
+        let n = self.size;
+        format!(
+            "atoll.iso_loads=none,{} atoll.hpcg={n},{n},{n} atoll.hpcg_rt={} atoll.fwq_samples={} \
+             atoll.oslat_s={}",
+            self.loads.join(","),
+            self.rt,
+            self.fwq_samples,
+            self.oslat_s
+        )
+    }
+}
+
+/// One FWQ CPU's figures (cycles).
+#[derive(Clone, Debug, PartialEq)]
+pub struct FwqCpu {
+    pub cpu: u64,
+    pub min: u64,
+    pub max_detour: u64,
+    pub p99_detour: u64,
+}
+
+/// One measurement: the workload under one load.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Measurement {
+    pub load: String,
+    pub problem: String,
+    /// atoll-hpcg's report, whole.
+    pub hpcg: Value,
+    /// atoll-fwq's report, whole.
+    pub fwq: Value,
+    /// oslat's report without histograms (null without oslat).
+    pub oslat: Value,
+    /// atoll's stats of the enclave before and after HPCG (atoll only).
+    pub stats: Option<(Value, Value)>,
+}
+
+impl Measurement {
+    /// HPCG's timed cycles (the TSC across its timed sets).
+    pub fn cycles(&self) -> Result<u64> {
+        self.hpcg
+            .get("cycles")
+            .and_then(Value::as_u64)
+            .with_context(|| format!("{}: HPCG reported no cycles", self.load))
+    }
+
+    pub fn rating(&self) -> Option<f64> {
+        self.hpcg.get("rating_gflops").and_then(Value::as_f64)
+    }
+
+    pub fn valid(&self) -> bool {
+        self.hpcg.get("valid").and_then(Value::as_bool) == Some(true)
+    }
+
+    /// FWQ's figures per CPU.
+    pub fn fwq_cpus(&self) -> Vec<FwqCpu> {
+        let n = |c: &Value, k: &str| c.get(k).and_then(Value::as_u64).unwrap_or(0);
+        self.fwq
+            .get("cpus")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .map(|c| FwqCpu {
+                        cpu: n(c, "cpu"),
+                        min: n(c, "min"),
+                        max_detour: n(c, "max_detour"),
+                        p99_detour: n(c, "p99_detour"),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// oslat's largest latency over its threads, µs.
+    pub fn oslat_max_us(&self) -> Option<u64> {
+        self.oslat
+            .get("thread")
+            .and_then(Value::as_object)
+            .map(|t| {
+                t.values()
+                    .filter_map(|v| v.get("max").and_then(Value::as_u64))
+                    .max()
+                    .unwrap_or(0)
+            })
+    }
+
+    /// Exits per second per core of the enclave while HPCG computed (atoll only): its exits
+    /// between the two snapshots over their interval, divided by its cores.
+    pub fn exits_per_s_per_core(&self, cores: u32) -> Result<Option<f64>> {
+        let Some((b, e)) = &self.stats else {
+            return Ok(None);
+        };
+        let w = crate::bench_net::Window::between(
+            &crate::bench_net::Snapshot::parse(b, "stats before HPCG")?,
+            &crate::bench_net::Snapshot::parse(e, "stats after HPCG")?,
+        )?;
+        if w.us == 0 {
+            return Ok(None);
+        }
+        Ok(Some(
+            w.total() as f64 / (w.us as f64 / 1e6) / f64::from(cores.max(1)),
+        ))
+    }
+}
+
+/// The measurements of one boot, from its console: `ATOLL-ISO-*` lines (on an atoll run the
+/// host's lines come as `[host] …`), in run order. An error if a run's report is missing or
+/// not JSON.
+pub fn parse_console(serial: &str) -> Result<Vec<Measurement>> {
+    let mut parts: BTreeMap<u32, BTreeMap<String, Value>> = BTreeMap::new();
+    for raw in serial.lines() {
+        let line = raw.trim_end_matches('\r');
+        let line = line.strip_prefix("[host] ").unwrap_or(line);
+        let Some(rest) = line.strip_prefix("ATOLL-ISO-") else {
+            continue;
+        };
+        let Some((kind, rest)) = rest.split_once(' ') else {
+            continue;
+        };
+        let Some((n, rest)) = rest.split_once(' ') else {
+            continue;
+        };
+        let Ok(n) = n.parse::<u32>() else {
+            continue;
+        };
+        let (key, json) = match kind {
+            "STATS" => {
+                let Some((which, json)) = rest.split_once(' ') else {
+                    bail!("ATOLL-ISO-STATS {n}: no begin/end: {line}");
+                };
+                (format!("STATS-{which}"), json)
+            }
+            "RUN" | "HPCG" | "FWQ" | "OSLAT" => (kind.to_string(), rest),
+            _ => continue,
+        };
+        let v: Value = serde_json::from_str(json)
+            .with_context(|| format!("ATOLL-ISO-{kind} {n} is not JSON: {json}"))?;
+        parts.entry(n).or_default().insert(key, v);
+    }
+    let mut out = Vec::new();
+    for (n, mut p) in parts {
+        let run = p
+            .remove("RUN")
+            .with_context(|| format!("run {n}: no ATOLL-ISO-RUN line"))?;
+        let text = |k: &str| run.get(k).and_then(Value::as_str).map(str::to_string);
+        let mut take = |k: &str| p.remove(k).unwrap_or(Value::Null);
+        let stats = match (take("STATS-begin"), take("STATS-end")) {
+            (Value::Null, _) | (_, Value::Null) => None,
+            (b, e) => Some((b, e)),
+        };
+        out.push(Measurement {
+            load: text("load").with_context(|| format!("run {n}: no load"))?,
+            problem: text("problem").with_context(|| format!("run {n}: no problem field"))?,
+            hpcg: take("HPCG"),
+            fwq: take("FWQ"),
+            oslat: take("OSLAT"),
+            stats,
+        });
+    }
+    Ok(out)
+}
+
+/// One configuration's measurements.
+#[derive(Clone, Debug)]
+pub struct ConfigResult {
+    pub config: Config,
+    pub runs: Vec<Measurement>,
+    pub wall_s: f64,
+}
+
+impl ConfigResult {
+    /// The solo run.
+    pub fn solo(&self) -> Option<&Measurement> {
+        self.runs.iter().find(|m| m.load == "none")
+    }
+
+    /// HPCG's loaded/solo ratio of timed cycles (above 1: slower under load).
+    pub fn ratio(&self, m: &Measurement) -> Option<f64> {
+        let solo = self.solo()?.cycles().ok()?;
+        let loaded = m.cycles().ok()?;
+        (solo > 0).then(|| loaded as f64 / solo as f64)
+    }
+}
+
+/// Checks what every configuration must show (every run valid and complete), the bench's
+/// equivalent of a scenario's expectations.
+pub fn check(results: &[ConfigResult], opts: &Options) -> Result<()> {
+    for r in results {
+        let want: Vec<&str> = std::iter::once("none")
+            .chain(opts.loads.iter().map(String::as_str))
+            .collect();
+        let got: Vec<&str> = r.runs.iter().map(|m| m.load.as_str()).collect();
+        if got != want {
+            bail!(
+                "{}: measured loads {got:?}, expected {want:?}",
+                r.config.name()
+            );
+        }
+        for m in &r.runs {
+            if !m.problem.is_empty() {
+                bail!("{} under {}: {}", r.config.name(), m.load, m.problem);
+            }
+            if !m.valid() {
+                bail!(
+                    "{} under {}: HPCG did not validate: {}",
+                    r.config.name(),
+                    m.load,
+                    m.hpcg
+                );
+            }
+            m.cycles()?;
+            if m.fwq_cpus().is_empty() {
+                bail!("{} under {}: no FWQ figures", r.config.name(), m.load);
+            }
+            if r.config == Config::Atoll && m.stats.is_none() {
+                bail!(
+                    "{} under {}: no stats of the enclave around HPCG",
+                    r.config.name(),
+                    m.load
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The table the bench prints.
+pub fn table(results: &[ConfigResult], opts: &Options) -> String {
+    let mut out = format!(
+        "{:<8} {:<7} {:>9} {:>14} {:>11} {:>24} {:>24} {:>9} {:>12}\n",
+        "config",
+        "load",
+        "GFLOP/s",
+        "HPCG cycles",
+        "loaded/solo",
+        "FWQ max detour (cpu:%)",
+        "FWQ p99 detour (cpu:%)",
+        "oslat µs",
+        "exits/s/core"
+    );
+    for r in results {
+        for m in &r.runs {
+            let pct = |f: fn(&FwqCpu) -> u64| {
+                m.fwq_cpus()
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "{}:{:.2}",
+                            c.cpu,
+                            if c.min == 0 {
+                                0.0
+                            } else {
+                                100.0 * f(c) as f64 / c.min as f64
+                            }
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            out.push_str(&format!(
+                "{:<8} {:<7} {:>9} {:>14} {:>11} {:>24} {:>24} {:>9} {:>12}\n",
+                r.config.name(),
+                m.load,
+                m.rating().map_or("-".into(), |g| format!("{g:.4}")),
+                m.cycles().map_or("-".into(), |c| c.to_string()),
+                r.ratio(m).map_or("-".into(), |x| format!("{x:.4}")),
+                pct(|c| c.max_detour),
+                pct(|c| c.p99_detour),
+                m.oslat_max_us().map_or("-".into(), |x| x.to_string()),
+                match m.exits_per_s_per_core(2) {
+                    Ok(Some(x)) => format!("{x:.1}"),
+                    _ => "-".into(),
+                }
+            ));
+        }
+    }
+    out.push_str(&format!(
+        "HPCG {0}×{0}×{0}, --rt {1}; FWQ: {2} samples of a {3} µs quantum per CPU, detours as % \
+         of the fastest; loaded/solo: HPCG's timed cycles{4}\n",
+        opts.size,
+        opts.rt,
+        opts.fwq_samples,
+        100,
+        if opts.emulator == Emulator::Bochs {
+            " (Bochs: a busy CPU's own instructions)"
+        } else {
+            " (QEMU: the host's clock — the pipeline, not isolation)"
+        }
+    ));
+    out
+}
+
+/// The JSON the bench writes: every report in full.
+pub fn to_json(results: &[ConfigResult], opts: &Options) -> Value {
+    let configs: serde_json::Map<String, Value> = results
+        .iter()
+        .map(|r| {
+            let runs: Vec<Value> = r
+                .runs
+                .iter()
+                .map(|m| {
+                    json!({
+                        "load": m.load,
+                        "loaded_over_solo_cycles": r.ratio(m),
+                        "exits_per_s_per_core": m.exits_per_s_per_core(2).ok().flatten(),
+                        "hpcg": m.hpcg,
+                        "fwq": m.fwq,
+                        "oslat": m.oslat,
+                        "stats_before_hpcg": m.stats.as_ref().map(|s| &s.0),
+                        "stats_after_hpcg": m.stats.as_ref().map(|s| &s.1),
+                    })
+                })
+                .collect();
+            (
+                r.config.name().to_string(),
+                json!({"scenario": r.config.scenario(), "wall_s": r.wall_s, "runs": runs}),
+            )
+        })
+        .collect();
+    json!({
+        "bench": "isolation",
+        "emulator": opts.emulator.name(),
+        "command": format!(
+            "cargo xtask bench isolation --emulator {} --load {} --size {} --rt {} --configs {}",
+            opts.emulator.name(),
+            opts.loads.join(","),
+            opts.size,
+            opts.rt,
+            opts.configs.iter().map(|c| c.name()).collect::<Vec<_>>().join(",")
+        ),
+        "workload_cores": [2, 3],
+        "load_cores": [0, 1],
+        "configs": configs,
+    })
+}
+
+/// Runs one configuration's boot.
+fn run_config(config: Config, opts: &Options) -> Result<ConfigResult> {
+    let mut ro = RunOptions::new(opts.emulator, config.scenario());
+    let words = opts.words();
+    match config {
+        // The kernel's command line itself; on QEMU the timing warnings of its software CPUs
+        // are tolerated as in every Linux scenario there.
+        Config::Native => {
+            ro.extra_cmdline = if opts.emulator == Emulator::Qemu {
+                format!(
+                    "{words} atoll.tolerate={}",
+                    crate::guest_image::TCG_TOLERATED.join(",")
+                )
+            } else {
+                words
+            };
+        }
+        Config::Atoll => ro.enclave_cmdline = vec![("host".into(), words)],
+    }
+    eprintln!(
+        "bench isolation: {} ({}) on {}",
+        config.name(),
+        config.scenario(),
+        opts.emulator.name()
+    );
+    let o = run(&ro)?;
+    if o.timed_out {
+        bail!("{}: {}", config.name(), o.failure());
+    }
+    if config == Config::Atoll && !o.passed() {
+        bail!("{}: {}", config.name(), o.failure());
+    }
+    let runs = parse_console(&o.serial)
+        .with_context(|| format!("{}: its console ({})", config.name(), o.work_dir.display()))?;
+    Ok(ConfigResult {
+        config,
+        runs,
+        wall_s: o.wall.as_secs_f64(),
+    })
+}
+
+/// Runs the bench: every configuration, then the table, the JSON and the plot.
+pub fn bench(opts: &Options) -> Result<()> {
+    let mut results = Vec::new();
+    for &c in &opts.configs {
+        results.push(run_config(c, opts)?);
+    }
+    print!("{}", table(&results, opts));
+    let dir = crate::target_dir().join("bench");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("isolation-{}.json", opts.emulator.name()));
+    std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&to_json(&results, opts))?,
+    )?;
+    println!("wrote {}", path.display());
+    let png = dir.join(format!("isolation-{}.png", opts.emulator.name()));
+    crate::bench_plot::isolation(&results, opts, &png)?;
+    println!("wrote {}", png.display());
+    check(&results, opts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(us: u64, hlt: u64, msr: u64) -> String {
+        json!({"enclaves": [{"name": "work1", "uptime_us": us, "exits": {"hlt": hlt, "msr": msr},
+            "interrupts_injected": 1, "device_interrupts": 0}]})
+        .to_string()
+    }
+
+    fn console(prefix: &str, cycles: [u64; 2]) -> String {
+        let mut s = String::from("noise\n");
+        for (n, (load, c)) in ["none", "cpu"].iter().zip(cycles).enumerate() {
+            s.push_str(&format!(
+                "{prefix}ATOLL-ISO-HPCG {n} {{\"valid\":true,\"cycles\":{c},\"rating_gflops\":0.5}}\n\
+                 {prefix}ATOLL-ISO-FWQ {n} {{\"cpus\":[{{\"cpu\":0,\"min\":1000,\"max_detour\":20,\"p99_detour\":5}},{{\"cpu\":1,\"min\":2000,\"max_detour\":10,\"p99_detour\":0}}]}}\n\
+                 {prefix}ATOLL-ISO-OSLAT {n} {{\"thread\":{{\"0\":{{\"max\":12}},\"1\":{{\"max\":30}}}}}}\n"
+            ));
+            if !prefix.is_empty() {
+                s.push_str(&format!(
+                    "{prefix}ATOLL-ISO-STATS {n} begin {}\n{prefix}ATOLL-ISO-STATS {n} end {}\n",
+                    stats(1_000_000, 10, 5),
+                    stats(3_000_000, 14, 9)
+                ));
+            }
+            s.push_str(&format!(
+                "{prefix}ATOLL-ISO-RUN {n} {{\"mode\":\"x\",\"load\":\"{load}\",\"problem\":\"\"}}\n"
+            ));
+        }
+        s
+    }
+
+    fn opts() -> Options {
+        Options::new(Emulator::Bochs, "cpu", 16, 0, 2000, 2, "native,atoll").unwrap()
+    }
+
+    #[test]
+    fn the_console_gives_each_run_in_order() {
+        let runs = parse_console(&console("[host] ", [1000, 1001])).unwrap();
+        assert_eq!(runs.len(), 2);
+        assert_eq!(runs[0].load, "none");
+        assert_eq!(runs[1].load, "cpu");
+        assert_eq!(runs[1].cycles().unwrap(), 1001);
+        assert_eq!(runs[0].oslat_max_us(), Some(30));
+        assert_eq!(
+            runs[0].fwq_cpus()[0],
+            FwqCpu {
+                cpu: 0,
+                min: 1000,
+                max_detour: 20,
+                p99_detour: 5
+            }
+        );
+        // 8 exits in 2 s on 2 cores.
+        assert_eq!(runs[0].exits_per_s_per_core(2).unwrap(), Some(2.0));
+        // A native boot: no prefix, no stats.
+        let native = parse_console(&console("", [500, 600])).unwrap();
+        assert_eq!(native[0].stats, None);
+        assert_eq!(native[0].exits_per_s_per_core(2).unwrap(), None);
+        let r = ConfigResult {
+            config: Config::Native,
+            runs: native,
+            wall_s: 1.0,
+        };
+        assert!((r.ratio(&r.runs[1]).unwrap() - 1.2).abs() < 1e-12);
+        // A report that is not JSON, a run without its RUN line: errors naming them.
+        let e = parse_console("ATOLL-ISO-HPCG 0 {oops\n").unwrap_err();
+        assert!(
+            format!("{e:#}").contains("ATOLL-ISO-HPCG 0 is not JSON"),
+            "{e:#}"
+        );
+        let e = parse_console("ATOLL-ISO-HPCG 0 {}\n").unwrap_err();
+        assert!(format!("{e:#}").contains("no ATOLL-ISO-RUN"), "{e:#}");
+    }
+
+    #[test]
+    fn check_wants_every_load_valid_and_complete() {
+        let o = opts();
+        let good = |config, prefix| ConfigResult {
+            config,
+            runs: parse_console(&console(prefix, [1000, 1000])).unwrap(),
+            wall_s: 1.0,
+        };
+        let results = vec![good(Config::Native, ""), good(Config::Atoll, "[host] ")];
+        check(&results, &o).unwrap();
+        let t = table(&results, &o);
+        assert!(t.contains("native   cpu"), "{t}");
+        assert!(t.contains("1.0000"), "{t}");
+        assert!(t.contains("0:2.00 1:0.50"), "FWQ max detour in %: {t}");
+        assert!(t.contains("Bochs"), "{t}");
+        let j = to_json(&results, &o);
+        assert_eq!(
+            j["configs"]["atoll"]["runs"][1]["exits_per_s_per_core"],
+            2.0
+        );
+        assert_eq!(j["configs"]["native"]["runs"][0]["hpcg"]["cycles"], 1000);
+        assert_eq!(
+            j["configs"]["native"]["runs"][1]["loaded_over_solo_cycles"],
+            1.0
+        );
+        // An invalid run, a failed one, a missing load, an enclave without stats: each refused.
+        let mut bad = results.clone();
+        bad[0].runs[1].hpcg["valid"] = json!(false);
+        assert!(check(&bad, &o)
+            .unwrap_err()
+            .to_string()
+            .contains("did not validate"));
+        let mut bad = results.clone();
+        bad[1].runs[0].problem = "the enclave did not reach HPCG".into();
+        assert!(check(&bad, &o)
+            .unwrap_err()
+            .to_string()
+            .contains("did not reach HPCG"));
+        let mut bad = results.clone();
+        bad[0].runs.pop();
+        assert!(check(&bad, &o)
+            .unwrap_err()
+            .to_string()
+            .contains("measured loads"));
+        let mut bad = results.clone();
+        bad[1].runs[1].stats = None;
+        assert!(check(&bad, &o)
+            .unwrap_err()
+            .to_string()
+            .contains("no stats"));
+    }
+
+    #[test]
+    fn options_are_checked_and_become_the_host_s_words() {
+        let o = Options::new(Emulator::Qemu, "cpu,io", 24, 1, 500, 0, "atoll").unwrap();
+        assert_eq!(
+            o.words(),
+            "atoll.iso_loads=none,cpu,io atoll.hpcg=24,24,24 atoll.hpcg_rt=1 \
+             atoll.fwq_samples=500 atoll.oslat_s=0"
+        );
+        assert_eq!(o.configs, [Config::Atoll]);
+        let err = |load, size, samples, configs| {
+            Options::new(Emulator::Qemu, load, size, 0, samples, 0, configs)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(err("disk", 16, 500, "atoll").contains("not a load profile"));
+        assert!(err("", 16, 500, "atoll").contains("at least one profile"));
+        assert!(err("cpu", 20, 500, "atoll").contains("multiple of 8"));
+        assert!(err("cpu", 8, 500, "atoll").contains("multiple of 8"));
+        assert!(err("cpu", 16, 5, "atoll").contains("--fwq-samples"));
+        assert!(err("cpu", 16, 500, "kvm").contains("not a configuration"));
+        assert!(err("cpu", 16, 500, "").contains("at least one configuration"));
+        for p in PROFILES {
+            assert!(Options::new(Emulator::Qemu, p, 16, 0, 500, 0, "native").is_ok());
+        }
+    }
+}

@@ -21,6 +21,10 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("/usr/bin/oslat", "rt-tests"),
 ];
 
+/// What the workload's guest (an enclave or a KVM guest started from the host's `/guest/`)
+/// gets of them: the noise probe only.
+pub const GUEST_TOOLS: &[(&str, &str)] = &[("/usr/bin/oslat", "rt-tests")];
+
 /// The libraries (and the program interpreter) `ldd` lists: every absolute path in its output,
 /// in order, once. The vDSO (no path) is the kernel's.
 pub fn ldd_paths(ldd: &str) -> Vec<PathBuf> {
@@ -46,10 +50,10 @@ pub fn ldd_missing(ldd: &str) -> Option<String> {
         .map(|l| l.trim().to_string())
 }
 
-/// Every file the archive holds: the programs and their libraries.
-fn files() -> Result<Vec<PathBuf>> {
+/// Every file an archive of `tools` holds: the programs and their libraries.
+fn files(tools: &[(&str, &str)]) -> Result<Vec<PathBuf>> {
     let mut all: Vec<PathBuf> = Vec::new();
-    for (prog, package) in TOOLS {
+    for (prog, package) in tools {
         if !Path::new(prog).exists() {
             bail!(
                 "{prog} is missing (package {package}, which the isolation bench runs in the \
@@ -79,11 +83,21 @@ fn files() -> Result<Vec<PathBuf>> {
     Ok(all)
 }
 
-/// Builds (or finds in the cache) the archive; returns its path.
+/// Builds (or finds in the cache) the host's archive ([`TOOLS`]); returns its path.
 pub fn build() -> Result<PathBuf> {
+    build_of("bench-tools", TOOLS)
+}
+
+/// Builds (or finds in the cache) the workload guest's archive ([`GUEST_TOOLS`]).
+pub fn build_guest() -> Result<PathBuf> {
+    build_of("bench-guest-tools", GUEST_TOOLS)
+}
+
+/// The archive of `tools`, cached as `target/guest-image/NAME-KEY/tools.cpio`.
+fn build_of(name: &str, tools: &[(&str, &str)]) -> Result<PathBuf> {
     let cache = crate::target_dir().join("guest-image");
     std::fs::create_dir_all(&cache)?;
-    let files = files()?;
+    let files = files(tools)?;
     let mut contents: Vec<(String, Vec<u8>)> = Vec::new();
     for f in &files {
         // Symbolic links are followed: the archive holds each library under the name the
@@ -96,17 +110,17 @@ pub fn build() -> Result<PathBuf> {
         .map(|(n, b)| (n.as_str(), b.as_slice()))
         .collect();
     let key = cache_key(&fields);
-    let dir = cache.join(format!("bench-tools-{key}"));
+    let dir = cache.join(format!("{name}-{key}"));
     let out = dir.join("tools.cpio");
     if out.exists() {
         return Ok(out);
     }
     progress(format!(
-        "building the bench tools archive ({} files: {})",
+        "building {name} ({} files: {})",
         files.len(),
-        TOOLS.iter().map(|t| t.0).collect::<Vec<_>>().join(", ")
+        tools.iter().map(|t| t.0).collect::<Vec<_>>().join(", ")
     ));
-    let tmp = cache.join(format!("bench-tools-{key}.tmp-{}", std::process::id()));
+    let tmp = cache.join(format!("{name}-{key}.tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     let root = tmp.join("root");
     use std::os::unix::fs::PermissionsExt;
@@ -122,8 +136,8 @@ pub fn build() -> Result<PathBuf> {
     std::fs::rename(&tmp, &dir)
         .with_context(|| format!("moving {} to {}", tmp.display(), dir.display()))?;
     for e in std::fs::read_dir(&cache)?.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if is_image_dir_of(&name, "bench-tools") && e.path() != dir {
+        let other = e.file_name().to_string_lossy().into_owned();
+        if is_image_dir_of(&other, name) && e.path() != dir {
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
@@ -161,7 +175,7 @@ mod tests {
     #[test]
     fn the_tools_and_their_libraries_are_found_on_this_machine() {
         // The build machine has them after `cargo xtask setup` (CI runs it first).
-        let f = files().unwrap();
+        let f = files(TOOLS).unwrap();
         for (prog, _) in TOOLS {
             assert!(f.contains(&PathBuf::from(prog)), "{prog}");
         }

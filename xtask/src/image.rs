@@ -325,7 +325,9 @@ fn host_initrd_file(
 }
 
 /// The host's initramfs ([`host_initrd_file`]) with the benches' host tools' archive
-/// ([`crate::bench_tools`]) appended.
+/// ([`crate::bench_tools`]) appended, and one more that replaces `/guest/initrd` with the guest
+/// image's initramfs followed by the guest's tools (oslat): the kernel unpacks concatenated
+/// archives in turn, a later file replacing an earlier one of the same name.
 fn bench_initrd_file(
     work: &std::path::Path,
     linux: &crate::guest_image::ResolvedGuest,
@@ -333,14 +335,24 @@ fn bench_initrd_file(
 ) -> Result<std::path::PathBuf> {
     let host = host_initrd_file(work, linux, guests)?;
     let tools = crate::bench_tools::build()?;
+    let root = work.join("bench-guest");
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(root.join("guest"))?;
+    let mut guest_initrd = std::fs::read(&linux.initrd)?;
+    guest_initrd.extend(std::fs::read(crate::bench_tools::build_guest()?)?);
+    std::fs::write(root.join("guest/initrd"), guest_initrd)?;
+    let guest = work.join("bench-guest.cpio");
+    crate::guest_image::write_cpio(&root, &guest, false)?;
+    std::fs::remove_dir_all(&root)?;
     let out = work.join("bench-initrd.cpio");
     let mut dst = std::fs::File::create(&out)?;
-    for part in [&host, &tools] {
+    for part in [&host, &tools, &guest] {
         let mut src =
             std::fs::File::open(part).with_context(|| format!("opening {}", part.display()))?;
         std::io::copy(&mut src, &mut dst)?;
     }
     std::fs::remove_file(&host)?;
+    std::fs::remove_file(&guest)?;
     Ok(out)
 }
 

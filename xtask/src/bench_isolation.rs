@@ -519,12 +519,14 @@ fn run_config(config: Config, opts: &Options) -> Result<ConfigResult> {
     })
 }
 
+/// Boots every configuration of `opts` in turn.
+pub fn measure(opts: &Options) -> Result<Vec<ConfigResult>> {
+    opts.configs.iter().map(|&c| run_config(c, opts)).collect()
+}
+
 /// Runs the bench: every configuration, then the table, the JSON and the plot.
 pub fn bench(opts: &Options) -> Result<()> {
-    let mut results = Vec::new();
-    for &c in &opts.configs {
-        results.push(run_config(c, opts)?);
-    }
+    let results = measure(opts)?;
     print!("{}", table(&results, opts));
     let dir = crate::target_dir().join("bench");
     std::fs::create_dir_all(&dir)?;

@@ -339,6 +339,9 @@ fn bench_initrd_file(
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(root.join("guest"))?;
     let mut guest_initrd = std::fs::read(&linux.initrd)?;
+    // The kernel takes an uncompressed archive only at a 4-byte boundary of the file and
+    // skips zeroes before it (`unpack_to_rootfs`); a gzip stream ends anywhere.
+    guest_initrd.resize(guest_initrd.len().next_multiple_of(512), 0);
     guest_initrd.extend(std::fs::read(crate::bench_tools::build_guest()?)?);
     std::fs::write(root.join("guest/initrd"), guest_initrd)?;
     let guest = work.join("bench-guest.cpio");

@@ -10,7 +10,12 @@
 //!   case;
 //! * **atoll** (`isolation-atoll`): the host's Linux on every core creates an enclave on cores 2
 //!   and 3 (offlined for it) whose own kernel runs the workload, with atoll's exits counted
-//!   around its HPCG run.
+//!   around its HPCG run;
+//! * **kvm-default** (`isolation-kvm`): the same kernel without atoll runs the workload in a KVM
+//!   guest (Debian's `qemu-system-x86_64-microvm`, the enclave's kernel, initramfs and command
+//!   line), its vCPU threads pinned to cores 2 and 3, KVM's exits counted around HPCG;
+//! * **kvm-tuned**: the same with [`KVM_TUNING`] on the host's command line (isolcpus,
+//!   nohz_full, rcu_nocbs, irqaffinity) — what a careful user does.
 //!
 //! In every boot the host's `/init` runs the guest image's `isolation` action: the workload
 //! (`work`: `atoll-fwq`, `oslat`, `atoll-hpcg`) solo, then under each stress-ng profile the bench
@@ -41,15 +46,31 @@ pub enum Config {
     Native,
     /// The workload in an enclave, the load in the host.
     Atoll,
+    /// The workload in a KVM guest (microvm), its vCPU threads pinned to the workload's cores.
+    KvmDefault,
+    /// The same with the host tuned for it: isolcpus, nohz_full, rcu_nocbs and IRQ affinity
+    /// away from the guest's cores.
+    KvmTuned,
 }
 
+/// What the kvm-tuned host adds to its command line: the guest's cores isolated from the
+/// scheduler, tickless, without RCU callbacks, and no IRQ aimed at them by default.
+pub const KVM_TUNING: &str = "isolcpus=2,3 nohz_full=2,3 rcu_nocbs=2,3 irqaffinity=0-1";
+
 impl Config {
-    pub const ALL: [Config; 2] = [Config::Native, Config::Atoll];
+    pub const ALL: [Config; 4] = [
+        Config::Native,
+        Config::Atoll,
+        Config::KvmDefault,
+        Config::KvmTuned,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Config::Native => "native",
             Config::Atoll => "atoll",
+            Config::KvmDefault => "kvm-default",
+            Config::KvmTuned => "kvm-tuned",
         }
     }
 
@@ -57,6 +78,7 @@ impl Config {
         match self {
             Config::Native => "isolation-native",
             Config::Atoll => "isolation-atoll",
+            Config::KvmDefault | Config::KvmTuned => "isolation-kvm",
         }
     }
 
@@ -177,6 +199,8 @@ pub struct Measurement {
     pub oslat: Value,
     /// atoll's stats of the enclave before and after HPCG (atoll only).
     pub stats: Option<(Value, Value)>,
+    /// KVM's exits around HPCG (`{exits, uptime_before, uptime_after, vcpus}`; KVM only).
+    pub kvm: Option<Value>,
 }
 
 impl Measurement {
@@ -231,6 +255,18 @@ impl Measurement {
     /// Exits per second per core of the enclave while HPCG computed (atoll only): its exits
     /// between the two snapshots over their interval, divided by its cores.
     pub fn exits_per_s_per_core(&self, cores: u32) -> Result<Option<f64>> {
+        if let Some(k) = &self.kvm {
+            let n = |f: &str| {
+                k.get(f)
+                    .and_then(Value::as_f64)
+                    .with_context(|| format!("KVM's exits: no {f} in {k}"))
+            };
+            let seconds = n("uptime_after")? - n("uptime_before")?;
+            if seconds <= 0.0 {
+                return Ok(None);
+            }
+            return Ok(Some(n("exits")? / seconds / n("vcpus")?.max(1.0)));
+        }
         let Some((b, e)) = &self.stats else {
             return Ok(None);
         };
@@ -274,7 +310,7 @@ pub fn parse_console(serial: &str) -> Result<Vec<Measurement>> {
                 };
                 (format!("STATS-{which}"), json)
             }
-            "RUN" | "HPCG" | "FWQ" | "OSLAT" => (kind.to_string(), rest),
+            "RUN" | "HPCG" | "FWQ" | "OSLAT" | "KVM" => (kind.to_string(), rest),
             _ => continue,
         };
         let v: Value = serde_json::from_str(json)
@@ -299,6 +335,10 @@ pub fn parse_console(serial: &str) -> Result<Vec<Measurement>> {
             fwq: take("FWQ"),
             oslat: take("OSLAT"),
             stats,
+            kvm: match take("KVM") {
+                Value::Null => None,
+                v => Some(v),
+            },
         });
     }
     Ok(out)
@@ -359,6 +399,13 @@ pub fn check(results: &[ConfigResult], opts: &Options) -> Result<()> {
             if r.config == Config::Atoll && m.stats.is_none() {
                 bail!(
                     "{} under {}: no stats of the enclave around HPCG",
+                    r.config.name(),
+                    m.load
+                );
+            }
+            if matches!(r.config, Config::KvmDefault | Config::KvmTuned) && m.kvm.is_none() {
+                bail!(
+                    "{} under {}: no count of KVM's exits around HPCG",
                     r.config.name(),
                     m.load
                 );
@@ -452,6 +499,7 @@ pub fn to_json(results: &[ConfigResult], opts: &Options) -> Value {
                         "oslat": m.oslat,
                         "stats_before_hpcg": m.stats.as_ref().map(|s| &s.0),
                         "stats_after_hpcg": m.stats.as_ref().map(|s| &s.1),
+                        "kvm_exits_during_hpcg": m.kvm,
                     })
                 })
                 .collect();
@@ -481,16 +529,18 @@ pub fn to_json(results: &[ConfigResult], opts: &Options) -> Value {
 /// Runs one configuration's boot.
 fn run_config(config: Config, opts: &Options) -> Result<ConfigResult> {
     let mut ro = RunOptions::new(opts.emulator, config.scenario());
-    let words = opts.words();
+    let mut words = opts.words();
+    if config == Config::KvmTuned {
+        words = format!("{words} {KVM_TUNING}");
+    }
     match config {
         // The kernel's command line itself; on QEMU the timing warnings of its software CPUs
-        // are tolerated as in every Linux scenario there.
-        Config::Native => {
+        // are tolerated as in every Linux scenario there, the KVM guest's too (atoll.lc_args:
+        // words for the workload's guest, '+' for a space).
+        Config::Native | Config::KvmDefault | Config::KvmTuned => {
             ro.extra_cmdline = if opts.emulator == Emulator::Qemu {
-                format!(
-                    "{words} atoll.tolerate={}",
-                    crate::guest_image::TCG_TOLERATED.join(",")
-                )
+                let t = crate::guest_image::TCG_TOLERATED.join(",");
+                format!("{words} atoll.tolerate={t} atoll.lc_args=atoll.tolerate={t}")
             } else {
                 words
             };
@@ -689,6 +739,20 @@ mod tests {
         assert!(err("cpu", 8, 500, "atoll").contains("multiple of 8"));
         assert!(err("cpu", 16, 5, "atoll").contains("--fwq-samples"));
         assert!(err("cpu", 16, 500, "kvm").contains("not a configuration"));
+        assert_eq!(
+            Options::new(
+                Emulator::Qemu,
+                "cpu",
+                16,
+                0,
+                500,
+                0,
+                "kvm-tuned,kvm-default"
+            )
+            .unwrap()
+            .configs,
+            [Config::KvmTuned, Config::KvmDefault]
+        );
         assert!(err("cpu", 16, 500, "").contains("at least one configuration"));
         for p in PROFILES {
             assert!(Options::new(Emulator::Qemu, p, 16, 0, 500, 0, "native").is_ok());

@@ -1,7 +1,8 @@
 //! The benches' host tools (issue 15): Debian's dynamically linked programs the isolation bench
-//! runs in the host partition — `stress-ng` (the background loads) and `oslat` (rt-tests, the
-//! noise probe beside `atoll-fwq`) — copied with the shared libraries `ldd` names, each at its
-//! own path, into one uncompressed cpio archive. The scenarios that want them take the
+//! runs in the host partition — `stress-ng` (the background loads), `oslat` (rt-tests, the
+//! noise probe beside `atoll-fwq`) and `qemu-system-x86_64-microvm` with its firmware (the KVM
+//! baseline's VMM) — copied with the shared libraries `ldd` names, each at its own path, into
+//! one uncompressed cpio archive. The scenarios that want them take the
 //! `bench-initrd` module: the host's initramfs with this archive appended, so every other boot
 //! (and Bochs' GRUB, which reads the modules byte by byte) stays as small as it was.
 //!
@@ -19,7 +20,12 @@ use std::process::Command;
 pub const TOOLS: &[(&str, &str)] = &[
     ("/usr/bin/stress-ng", "stress-ng"),
     ("/usr/bin/oslat", "rt-tests"),
+    // The KVM baseline's VMM (QEMU's microvm build: 7.8 MB, a dozen libraries).
+    ("/usr/bin/qemu-system-x86_64-microvm", "qemu-system-x86"),
 ];
+
+/// Data files the host's tools need, copied as they are: microvm's firmware.
+pub const DATA: &[(&str, &str)] = &[("/usr/share/qemu/qboot.rom", "qemu-system-data")];
 
 /// What the workload's guest (an enclave or a KVM guest started from the host's `/guest/`)
 /// gets of them: the noise probe only.
@@ -83,21 +89,28 @@ fn files(tools: &[(&str, &str)]) -> Result<Vec<PathBuf>> {
     Ok(all)
 }
 
-/// Builds (or finds in the cache) the host's archive ([`TOOLS`]); returns its path.
+/// Builds (or finds in the cache) the host's archive ([`TOOLS`] and [`DATA`]); returns its
+/// path.
 pub fn build() -> Result<PathBuf> {
-    build_of("bench-tools", TOOLS)
+    build_of("bench-tools", TOOLS, DATA)
 }
 
 /// Builds (or finds in the cache) the workload guest's archive ([`GUEST_TOOLS`]).
 pub fn build_guest() -> Result<PathBuf> {
-    build_of("bench-guest-tools", GUEST_TOOLS)
+    build_of("bench-guest-tools", GUEST_TOOLS, &[])
 }
 
-/// The archive of `tools`, cached as `target/guest-image/NAME-KEY/tools.cpio`.
-fn build_of(name: &str, tools: &[(&str, &str)]) -> Result<PathBuf> {
+/// The archive of `tools` and `data`, cached as `target/guest-image/NAME-KEY/tools.cpio`.
+fn build_of(name: &str, tools: &[(&str, &str)], data: &[(&str, &str)]) -> Result<PathBuf> {
     let cache = crate::target_dir().join("guest-image");
     std::fs::create_dir_all(&cache)?;
-    let files = files(tools)?;
+    let mut files = files(tools)?;
+    for (f, package) in data {
+        if !Path::new(f).exists() {
+            bail!("{f} is missing (package {package}): run `cargo xtask setup` or `apt-get install {package}`");
+        }
+        files.push(PathBuf::from(f));
+    }
     let mut contents: Vec<(String, Vec<u8>)> = Vec::new();
     for f in &files {
         // Symbolic links are followed: the archive holds each library under the name the

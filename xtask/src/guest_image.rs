@@ -119,8 +119,11 @@ pub const APPLETS: &[&str] = &[
     "sha256sum",
     "sync",
     "rmmod",
-    // The isolation bench (issue 15): the workload pinned to its CPUs.
+    // The isolation bench (issue 15): the workload pinned to its CPUs, the KVM baseline's
+    // waits and timestamps.
     "taskset",
+    "usleep",
+    "cut",
 ];
 
 /// Kernel modules the image carries, as paths under the package's `lib/modules/VERSION/kernel/`,
@@ -170,6 +173,13 @@ pub const KERNEL_MODULES: &[&str] = &[
     "fs/jbd2/jbd2.ko",
     "fs/ext4/ext4.ko",
     "drivers/block/loop.ko",
+    // The isolation bench's KVM baseline (issue 15): a host booted without atoll runs its
+    // workload in a KVM guest. kvm needs irqbypass; kvm-amd needs ccp (Debian builds SEV in).
+    "virt/lib/irqbypass.ko",
+    "arch/x86/kvm/kvm.ko",
+    "drivers/crypto/ccp/ccp.ko",
+    "arch/x86/kvm/kvm-amd.ko",
+    "arch/x86/kvm/kvm-intel.ko",
 ];
 
 /// The Rust target `atoll-check` is built for.
@@ -786,6 +796,88 @@ iso_load_stop() {
     wait "$iso_load_pid" 2>/dev/null
     iso_load_pid=""
 }
+# KVM for the isolation bench's KVM baseline (a host booted without atoll): the modules for
+# this CPU's vendor, debugfs for KVM's exit counters. Sets why when /dev/kvm does not appear.
+iso_kvm_up() {
+    [ -e /dev/kvm ] && return 0
+    load_modules irqbypass kvm
+    if grep -q AuthenticAMD /proc/cpuinfo; then
+        load_modules ccp kvm-amd
+    else
+        load_modules kvm-intel
+    fi
+    mkdir -p /sys/kernel/debug
+    mount -t debugfs none /sys/kernel/debug 2>/dev/null
+    [ -e /dev/kvm ] || why="no /dev/kvm after loading kvm (does this CPU offer VMX or SVM?): $(dmesg | grep -i kvm | tail -n 2 | tr '\n' ' ')"
+}
+# KVM's exits so far (all VMs: the bench runs one), from debugfs.
+iso_kvm_exits() { cat /sys/kernel/debug/kvm/exits 2>/dev/null || echo 0; }
+# Waits (at most $3 seconds) until file $2 holds a line starting with $1 or process $4 ended.
+iso_wait_line() {
+    n=0
+    while ! grep -aq "^$1" "$2" 2>/dev/null; do
+        kill -0 "$4" 2>/dev/null || return 1
+        [ "$n" -ge "$(( $3 * 5 ))" ] && return 1
+        usleep 200000
+        n=$((n + 1))
+    done
+}
+# The workload in a KVM guest: Debian's qemu-system-x86_64-microvm from the bench tools with
+# the same kernel, initramfs and command line an enclave gets, its vCPU threads ("CPU n/KVM")
+# pinned one each to the CPUs atoll.iso_cores (the KVM default setup; the tuned one adds
+# isolcpus, nohz_full and rcu_nocbs for those CPUs to this host's command line and moves IRQs
+# off them). KVM's exits around HPCG go on "ATOLL-ISO-KVM N {exits, seconds}".
+iso_kvm_run() {
+    iso_kvm_up || return
+    [ -n "$why" ] && return
+    set -- $(echo "$iso_cores" | tr ',' ' ')
+    ncpu=$#
+    qemu-system-x86_64-microvm -name work1,debug-threads=on -M microvm,x-option-roms=off \
+        -accel kvm -cpu host -nodefaults -no-user-config -display none -no-reboot \
+        -bios /usr/share/qemu/qboot.rom -m "$iso_mem" -smp "$ncpu" \
+        -kernel /guest/vmlinuz -initrd /guest/initrd -serial stdio \
+        -append "console=ttyS0 loglevel=5 atoll.actions=work$work_words $lc_args" \
+        < /dev/null > $d/work.out 2>&1 &
+    qp=$!
+    # Pin each vCPU thread as it appears.
+    pinned=0; n=0
+    while [ "$pinned" -lt "$ncpu" ] && [ "$n" -lt 100 ] && kill -0 "$qp" 2>/dev/null; do
+        pinned=0
+        set +f
+        for t in /proc/$qp/task/*; do
+            c=$(cat "$t/comm" 2>/dev/null)
+            case "$c" in
+                "CPU "*"/KVM")
+                    i=${c#CPU }; i=${i%/KVM}
+                    set -f; set -- $(echo "$iso_cores" | tr ',' ' ')
+                    shift "$i"
+                    taskset -p -c "$1" "${t##*/}" > /dev/null 2>&1 && pinned=$((pinned + 1))
+                    set +f ;;
+            esac
+        done
+        set -f
+        [ "$pinned" -lt "$ncpu" ] && usleep 100000
+        n=$((n + 1))
+    done
+    if [ "$pinned" -lt "$ncpu" ]; then
+        why="pinned $pinned of the guest's $ncpu vCPU threads: $(tail -c 300 $d/work.out | tr '\r\n' '  ')"
+        kill "$qp" 2>/dev/null; wait "$qp" 2>/dev/null
+        return
+    fi
+    if iso_wait_line "ATOLL-WORK hpcg" $d/work.out 3600 "$qp"; then
+        e0=$(iso_kvm_exits); t0=$(cut -d' ' -f1 /proc/uptime)
+        iso_wait_line "ATOLL-WORK end" $d/work.out 36000 "$qp"
+        e1=$(iso_kvm_exits); t1=$(cut -d' ' -f1 /proc/uptime)
+        kvm_exits="{\"exits\":$((e1 - e0)),\"uptime_before\":$t0,\"uptime_after\":$t1,\"vcpus\":$ncpu}"
+    else
+        why="the KVM guest did not reach HPCG: $(tail -c 400 $d/work.out | tr '\r\n' '  ')"
+    fi
+    # The guest powers off after its actions (-no-reboot ends QEMU then).
+    n=0
+    while kill -0 "$qp" 2>/dev/null && [ "$n" -lt 600 ]; do usleep 200000; n=$((n + 1)); done
+    kill "$qp" 2>/dev/null
+    wait "$qp" 2>/dev/null
+}
 # The JSON of line prefix $1 in file $2 (null when absent).
 iso_line() {
     l=$(grep -a "^$1 " "$2" | head -n 1 | tr -d '\r')
@@ -802,7 +894,7 @@ iso_run() {
     rm -f $d/work.out
     why=""
     lc=""
-    st_begin=""; st_end=""
+    st_begin=""; st_end=""; kvm_exits=""
     if iso_load_start "$1"; then
         case "$iso_mode" in
             native)
@@ -824,7 +916,8 @@ iso_run() {
                 else
                     why="atoll create of the workload's enclave failed: $(atoll list 2>&1 | tail -c 200)"
                 fi ;;
-            *) why="atoll.iso_mode='$iso_mode' is not native or atoll" ;;
+            kvm) iso_kvm_run ;;
+            *) why="atoll.iso_mode='$iso_mode' is not native, atoll or kvm" ;;
         esac
     fi
     iso_load_stop
@@ -839,6 +932,7 @@ iso_run() {
     echo "ATOLL-ISO-HPCG $2 $hp"
     echo "ATOLL-ISO-FWQ $2 $(iso_line ATOLL-FWQ $d/work.out)"
     echo "ATOLL-ISO-OSLAT $2 $(iso_line ATOLL-OSLAT $d/work.out | sed 's/, *"histogram": *{[^}]*}//g')"
+    [ -n "$kvm_exits" ] && echo "ATOLL-ISO-KVM $2 $kvm_exits"
     [ -n "$st_begin" ] && echo "ATOLL-ISO-STATS $2 begin $st_begin"
     [ -n "$st_end" ] && echo "ATOLL-ISO-STATS $2 end $st_end"
     echo "ATOLL-ISO-RUN $2 {\"mode\":$(lc_str "$iso_mode"),\"load\":$(lc_str "$1"),\"problem\":$(lc_str "$why")}"
@@ -3781,6 +3875,7 @@ linux-image-6.12.117+deb12-amd64 - Linux 6.12 for 64-bit PCs (signed)
             .replace("/tmp/vf", &dir.join("vf").to_string_lossy())
             .replace("/tmp/blk", &dir.join("blk").to_string_lossy())
             .replace("/tmp/iso", &dir.join("iso").to_string_lossy())
+            .replace("/sys/kernel/debug", &dir.join("debugfs").to_string_lossy())
             .replace("/atoll-check ", "atoll_check ")
             // Commands whose names a POSIX shell function cannot take.
             .replace("atoll-hpcg \"", "atoll_hpcg \"")

@@ -136,8 +136,8 @@ enum Bench {
         /// oslat's seconds per run (0: none).
         #[arg(long, default_value_t = 2)]
         oslat: u32,
-        /// Configurations, comma-separated: native, atoll.
-        #[arg(long, default_value = "native,atoll")]
+        /// Configurations, comma-separated: native, atoll, kvm-default, kvm-tuned.
+        #[arg(long, default_value = "native,atoll,kvm-default,kvm-tuned")]
         configs: String,
     },
     /// Idle Linux: boot linux-enclave with atoll.idle=N and report the exits per second (timer,

@@ -1,6 +1,7 @@
 //! The isolation bench's pipeline (issue 15) on QEMU with a tiny problem: every configuration
-//! boots and runs the workload solo and under a load, HPCG validates, and the bench's JSON and
-//! plot have everything the bench reports. No timing is asserted: QEMU's timing is its host's.
+//! (native, atoll, KVM default and tuned) boots and runs the workload solo and under a load,
+//! HPCG validates, and the bench's JSON and plot have everything the bench reports. No timing
+//! is asserted: QEMU's timing is its host's.
 
 use serde_json::Value;
 use xtask::bench_isolation::{check, measure, to_json, Config, Options};
@@ -8,8 +9,16 @@ use xtask::scenario::Emulator;
 
 #[test]
 fn isolation_pipeline_qemu() {
-    let opts = Options::new(Emulator::Qemu, "cpu", 16, 0, 200, 1, "native,atoll")
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    let opts = Options::new(
+        Emulator::Qemu,
+        "cpu",
+        16,
+        0,
+        200,
+        1,
+        "native,atoll,kvm-default,kvm-tuned",
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
     let results = measure(&opts).unwrap_or_else(|e| panic!("{e:#}"));
     check(&results, &opts).unwrap_or_else(|e| panic!("{e:#}"));
     let j = to_json(&results, &opts);
@@ -58,6 +67,10 @@ fn isolation_pipeline_qemu() {
                 Config::Atoll => {
                     assert!(r["exits_per_s_per_core"].as_f64().is_some(), "{what}: {r}");
                     assert!(r["stats_before_hpcg"]["enclaves"].is_array(), "{what}");
+                }
+                Config::KvmDefault | Config::KvmTuned => {
+                    assert!(r["exits_per_s_per_core"].as_f64().is_some(), "{what}: {r}");
+                    assert!(r["kvm_exits_during_hpcg"]["exits"].is_u64(), "{what}: {r}");
                 }
                 Config::Native => assert_eq!(r["exits_per_s_per_core"], Value::Null, "{what}"),
             }

@@ -55,7 +55,12 @@
 //! `ATOLL-RESULT vf_net {json}` line, then it stays up until destroyed), `vf_dma_outside` (held
 //! back: the VF's receive ring moved outside the enclave's RAM, then pings that must not come
 //! back), `vf_host` and `vf_host_outside` (the host: igb on the PF, one VF enabled through
-//! `atoll vf`, enclaves created with it; see [`init_script`]).
+//! `atoll vf`, enclaves created with it; see [`init_script`]). The isolation bench's (issue
+//! 15): `work` (wherever the workload runs: `atoll-fwq`, `oslat` when the image has it, and
+//! `atoll-hpcg` pinned to `atoll.work_cpus`, between `ATOLL-WORK` markers) and `isolation` (the
+//! host: the workload solo and under each stress-ng profile of `atoll.iso_loads`, natively, in
+//! an enclave or in a KVM guest per `atoll.iso_mode`, each run's reports on `ATOLL-ISO-*`
+//! lines). The initramfs also carries the static `atoll-hpcg` and `atoll-fwq`.
 //!
 //! The smoke test tolerates [`TCG_TOLERATED`]: timing warnings QEMU's TCG emulation causes
 //! by itself — its vCPUs' TSCs are not synchronized, and its timers run in host time while the

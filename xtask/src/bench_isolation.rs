@@ -102,7 +102,13 @@ pub struct Options {
     /// oslat's seconds (0: none).
     pub oslat_s: u32,
     pub configs: Vec<Config>,
+    /// Words for the workload guest's kernel (the enclave's and the KVM guest's alike).
+    pub guest_cmdline: String,
 }
+
+/// The workload guest's kernel words by default: its second CPU tickless while it computes
+/// (the first keeps the tick: a kernel needs one housekeeping CPU) and without RCU callbacks.
+pub const GUEST_CMDLINE: &str = "nohz_full=1 rcu_nocbs=1";
 
 impl Options {
     /// Checks and fills in the command line's values.
@@ -160,20 +166,26 @@ impl Options {
             fwq_samples,
             oslat_s,
             configs: cs,
+            guest_cmdline: GUEST_CMDLINE.into(),
         })
     }
 
     /// The words the host's `/init` reads (the workload's are passed on to its enclave).
     pub fn words(&self) -> String {
         let n = self.size;
-        format!(
+        let mut w = format!(
             "atoll.iso_loads=none,{} atoll.hpcg={n},{n},{n} atoll.hpcg_rt={} atoll.fwq_samples={} \
              atoll.oslat_s={}",
             self.loads.join(","),
             self.rt,
             self.fwq_samples,
             self.oslat_s
-        )
+        );
+        let guest: Vec<&str> = self.guest_cmdline.split_whitespace().collect();
+        if !guest.is_empty() {
+            w.push_str(&format!(" atoll.work_guest={}", guest.join("+")));
+        }
+        w
     }
 }
 
@@ -521,6 +533,7 @@ pub fn to_json(results: &[ConfigResult], opts: &Options) -> Value {
             opts.configs.iter().map(|c| c.name()).collect::<Vec<_>>().join(",")
         ),
         "workload_cores": [2, 3],
+        "guest_cmdline": opts.guest_cmdline,
         "load_cores": [0, 1],
         "configs": configs,
     })
@@ -725,8 +738,11 @@ mod tests {
         assert_eq!(
             o.words(),
             "atoll.iso_loads=none,cpu,io atoll.hpcg=24,24,24 atoll.hpcg_rt=1 \
-             atoll.fwq_samples=500 atoll.oslat_s=0"
+             atoll.fwq_samples=500 atoll.oslat_s=0 atoll.work_guest=nohz_full=1+rcu_nocbs=1"
         );
+        let mut plain = o.clone();
+        plain.guest_cmdline = String::new();
+        assert!(!plain.words().contains("work_guest"));
         assert_eq!(o.configs, [Config::Atoll]);
         let err = |load, size, samples, configs| {
             Options::new(Emulator::Qemu, load, size, 0, samples, 0, configs)

@@ -428,6 +428,7 @@ iso_loads=none
 iso_cores=2,3
 iso_load_cpus=0-1
 iso_mem=256
+work_guest=""
 for word in $(cat /proc/cmdline); do
     case "$word" in
         atoll.expect_cpus=*) args="$args --expect-cpus ${word#*=}" ;;
@@ -465,6 +466,7 @@ for word in $(cat /proc/cmdline); do
         atoll.iso_cores=*) iso_cores=${word#*=} ;;
         atoll.iso_load_cpus=*) iso_load_cpus=${word#*=} ;;
         atoll.iso_mem=*) iso_mem=${word#*=} ;;
+        atoll.work_guest=*) work_guest=$(echo "${word#*=}" | tr '+' ' ') ;;
         atoll.idle=*) idle=${word#*=} ;;
         atoll.idle_timer=*) idle_timer=${word#*=} ;;
         atoll.shell=1) shell=1 ;;
@@ -841,7 +843,7 @@ iso_kvm_run() {
         -accel kvm -cpu host -nodefaults -no-user-config -display none -no-reboot \
         -bios /usr/share/qemu/qboot.rom -m "$iso_mem" -smp "$ncpu" \
         -kernel /guest/vmlinuz -initrd /guest/initrd -serial stdio \
-        -append "console=ttyS0 loglevel=5 atoll.actions=work$work_words $lc_args" \
+        -append "console=ttyS0 loglevel=5 $work_guest atoll.actions=work$work_words $lc_args" \
         < /dev/null > $d/work.out 2>&1 &
     qp=$!
     # Pin each vCPU thread as it appears.
@@ -907,7 +909,7 @@ iso_run() {
             atoll)
                 e=work1
                 lc_desc $d/$e.toml $e "$iso_cores" "$iso_mem" linux \
-                    "console=ttyS0 loglevel=5 atoll.actions=work$work_words $lc_args"
+                    "console=ttyS0 loglevel=5 $work_guest atoll.actions=work$work_words $lc_args"
                 if lc_run create atoll create $d/$e.toml --offline-cores; then
                     if atoll console $e --no-input --until "ATOLL-WORK hpcg" --timeout 3600 >> $d/work.out 2>&1; then
                         st_begin=$(atoll stats $e --json 2>/dev/null)
@@ -946,7 +948,9 @@ iso_run() {
 # The isolation bench's host (issue 15): the workload solo, then under each load profile of
 # atoll.iso_loads in turn, natively (atoll.iso_mode=native: the workload pinned to the CPUs
 # atoll.iso_cores of this kernel) or in an enclave on those cores (atoll); the loads run on the
-# host's CPUs atoll.iso_load_cpus. Ends with "ATOLL-RESULT isolation {runs, failed}".
+# host's CPUs atoll.iso_load_cpus. The workload's guest (enclave or KVM) gets the same command
+# line either way, with atoll.work_guest's words ('+' for a space: nohz_full=1+rcu_nocbs=1).
+# Ends with "ATOLL-RESULT isolation {runs, failed}".
 isolation() {
     iso_failed=0
     iso_n=0

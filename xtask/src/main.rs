@@ -139,6 +139,9 @@ enum Bench {
         /// Configurations, comma-separated: native, atoll, kvm-default, kvm-tuned.
         #[arg(long, default_value = "native,atoll,kvm-default,kvm-tuned")]
         configs: String,
+        /// The workload guest's extra kernel words, the enclave's and the KVM guest's alike.
+        #[arg(long, default_value = xtask::bench_isolation::GUEST_CMDLINE)]
+        guest_cmdline: String,
     },
     /// Idle Linux: boot linux-enclave with atoll.idle=N and report the exits per second (timer,
     /// IPI, HLT, other) atoll counted while the guest slept, and its boot-to-init time. With
@@ -279,6 +282,7 @@ fn main() {
                     fwq_samples,
                     oslat,
                     configs,
+                    guest_cmdline,
                 },
         } => xtask::bench_isolation::Options::new(
             emulator,
@@ -289,7 +293,10 @@ fn main() {
             oslat,
             &configs,
         )
-        .and_then(|o| xtask::bench_isolation::bench(&o)),
+        .and_then(|mut o| {
+            o.guest_cmdline = guest_cmdline;
+            xtask::bench_isolation::bench(&o)
+        }),
         Cmd::Bench {
             which: Bench::Net {
                 emulator,

@@ -213,6 +213,60 @@ pub struct Measurement {
     pub stats: Option<(Value, Value)>,
     /// KVM's exits around HPCG (`{exits, uptime_before, uptime_after, vcpus}`; KVM only).
     pub kvm: Option<Value>,
+    /// `/proc/interrupts` of the workload's kernel before and after HPCG (rows, spaces
+    /// squeezed).
+    pub irqs: (Vec<String>, Vec<String>),
+}
+
+/// Interrupts on `cpus` between two `/proc/interrupts` readings (all CPUs when `cpus` is
+/// empty): by row name (`LOC`, `CAL`, `TLB`, an IRQ number…), the rows that moved, most first.
+pub fn irq_deltas(before: &[String], after: &[String], cpus: &[u32]) -> Vec<(String, u64)> {
+    // The header names the columns: "CPU0 CPU2 …" (only online CPUs).
+    let columns = |rows: &[String]| -> Vec<u32> {
+        rows.iter()
+            .find(|r| r.trim_start().starts_with("CPU"))
+            .map(|h| {
+                h.split_whitespace()
+                    .filter_map(|c| c.strip_prefix("CPU")?.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let counts = |rows: &[String]| -> Vec<(String, Vec<(u32, u64)>)> {
+        let cols = columns(rows);
+        rows.iter()
+            .filter_map(|r| {
+                let mut w = r.split_whitespace();
+                let name = w.next()?.strip_suffix(':')?.to_string();
+                let v: Vec<(u32, u64)> = cols
+                    .iter()
+                    .zip(w.map_while(|t| t.parse::<u64>().ok()))
+                    .map(|(c, n)| (*c, n))
+                    .collect();
+                Some((name, v))
+            })
+            .collect()
+    };
+    let (b, a) = (counts(before), counts(after));
+    let mut out: Vec<(String, u64)> = Vec::new();
+    for (name, after_v) in &a {
+        let before_v = b.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_slice());
+        let d: u64 = after_v
+            .iter()
+            .filter(|(c, _)| cpus.is_empty() || cpus.contains(c))
+            .map(|(c, n)| {
+                let was = before_v
+                    .and_then(|v| v.iter().find(|(bc, _)| bc == c))
+                    .map_or(0, |(_, n)| *n);
+                n.saturating_sub(was)
+            })
+            .sum();
+        if d > 0 {
+            out.push((name.clone(), d));
+        }
+    }
+    out.sort_by(|x, y| y.1.cmp(&x.1).then(x.0.cmp(&y.0)));
+    out
 }
 
 impl Measurement {
@@ -300,6 +354,7 @@ impl Measurement {
 /// not JSON.
 pub fn parse_console(serial: &str) -> Result<Vec<Measurement>> {
     let mut parts: BTreeMap<u32, BTreeMap<String, Value>> = BTreeMap::new();
+    let mut irqs: BTreeMap<u32, (Vec<String>, Vec<String>)> = BTreeMap::new();
     for raw in serial.lines() {
         let line = raw.trim_end_matches('\r');
         let line = line.strip_prefix("[host] ").unwrap_or(line);
@@ -323,6 +378,18 @@ pub fn parse_console(serial: &str) -> Result<Vec<Measurement>> {
                 (format!("STATS-{which}"), json)
             }
             "RUN" | "HPCG" | "FWQ" | "OSLAT" | "KVM" => (kind.to_string(), rest),
+            "IRQ" => {
+                let Some((which, row)) = rest.split_once(' ') else {
+                    continue;
+                };
+                let e = irqs.entry(n).or_default();
+                match which {
+                    "b" => e.0.push(row.to_string()),
+                    "a" => e.1.push(row.to_string()),
+                    _ => {}
+                }
+                continue;
+            }
             _ => continue,
         };
         let v: Value = serde_json::from_str(json)
@@ -351,6 +418,7 @@ pub fn parse_console(serial: &str) -> Result<Vec<Measurement>> {
                 Value::Null => None,
                 v => Some(v),
             },
+            irqs: irqs.remove(&n).unwrap_or_default(),
         });
     }
     Ok(out)
@@ -365,6 +433,20 @@ pub struct ConfigResult {
 }
 
 impl ConfigResult {
+    /// The workload kernel's CPUs whose interrupts count: natively the workload's cores of the
+    /// shared kernel, in a guest all of its CPUs.
+    pub fn irq_cpus(&self) -> &'static [u32] {
+        match self.config {
+            Config::Native => &[2, 3],
+            _ => &[],
+        }
+    }
+
+    /// Interrupts on the workload's CPUs while HPCG ran.
+    pub fn irqs_during_hpcg(&self, m: &Measurement) -> Vec<(String, u64)> {
+        irq_deltas(&m.irqs.0, &m.irqs.1, self.irq_cpus())
+    }
+
     /// The solo run.
     pub fn solo(&self) -> Option<&Measurement> {
         self.runs.iter().find(|m| m.load == "none")
@@ -430,7 +512,7 @@ pub fn check(results: &[ConfigResult], opts: &Options) -> Result<()> {
 /// The table the bench prints.
 pub fn table(results: &[ConfigResult], opts: &Options) -> String {
     let mut out = format!(
-        "{:<8} {:<7} {:>9} {:>14} {:>11} {:>24} {:>24} {:>9} {:>12}\n",
+        "{:<11} {:<7} {:>9} {:>14} {:>11} {:>24} {:>24} {:>9} {:>12}  {}\n",
         "config",
         "load",
         "GFLOP/s",
@@ -439,7 +521,8 @@ pub fn table(results: &[ConfigResult], opts: &Options) -> String {
         "FWQ max detour (cpu:%)",
         "FWQ p99 detour (cpu:%)",
         "oslat µs",
-        "exits/s/core"
+        "exits/s/core",
+        "interrupts during HPCG (workload CPUs)"
     );
     for r in results {
         for m in &r.runs {
@@ -460,8 +543,15 @@ pub fn table(results: &[ConfigResult], opts: &Options) -> String {
                     .collect::<Vec<_>>()
                     .join(" ")
             };
+            let irqs = r
+                .irqs_during_hpcg(m)
+                .iter()
+                .take(4)
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ");
             out.push_str(&format!(
-                "{:<8} {:<7} {:>9} {:>14} {:>11} {:>24} {:>24} {:>9} {:>12}\n",
+                "{:<11} {:<7} {:>9} {:>14} {:>11} {:>24} {:>24} {:>9} {:>12}  {}\n",
                 r.config.name(),
                 m.load,
                 m.rating().map_or("-".into(), |g| format!("{g:.4}")),
@@ -473,6 +563,11 @@ pub fn table(results: &[ConfigResult], opts: &Options) -> String {
                 match m.exits_per_s_per_core(2) {
                     Ok(Some(x)) => format!("{x:.1}"),
                     _ => "-".into(),
+                },
+                if irqs.is_empty() {
+                    "-".to_string()
+                } else {
+                    irqs
                 }
             ));
         }
@@ -512,6 +607,11 @@ pub fn to_json(results: &[ConfigResult], opts: &Options) -> Value {
                         "stats_before_hpcg": m.stats.as_ref().map(|s| &s.0),
                         "stats_after_hpcg": m.stats.as_ref().map(|s| &s.1),
                         "kvm_exits_during_hpcg": m.kvm,
+                        "interrupts_during_hpcg": r
+                            .irqs_during_hpcg(m)
+                            .into_iter()
+                            .map(|(k, n)| (k, json!(n)))
+                            .collect::<serde_json::Map<String, Value>>(),
                     })
                 })
                 .collect();
@@ -730,6 +830,45 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("no stats"));
+    }
+
+    #[test]
+    fn interrupts_are_counted_on_the_workload_s_cpus_only() {
+        let rows = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let before = rows(&[
+            " CPU0 CPU1 CPU2 CPU3",
+            " 4: 10 0 0 0 IO-APIC 4-edge ttyS0",
+            "LOC: 100 200 300 400 Local timer interrupts",
+            "TLB: 5 5 5 5 TLB shootdowns",
+            "ERR: 0",
+        ]);
+        let after = rows(&[
+            " CPU0 CPU1 CPU2 CPU3",
+            " 4: 90 0 1 0 IO-APIC 4-edge ttyS0",
+            "LOC: 900 900 350 460 Local timer interrupts",
+            "TLB: 5 5 9 5 TLB shootdowns",
+            "RES: 0 0 2 2 Rescheduling interrupts",
+            "ERR: 0",
+        ]);
+        assert_eq!(
+            irq_deltas(&before, &after, &[2, 3]),
+            [
+                ("LOC".to_string(), 110),
+                ("RES".into(), 4),
+                ("TLB".into(), 4),
+                ("4".into(), 1)
+            ]
+        );
+        // A guest's own CPUs: all columns.
+        assert_eq!(
+            irq_deltas(&before, &after, &[])[0],
+            ("LOC".to_string(), 1510)
+        );
+        // Offline CPUs leave their columns out: the header says which is which.
+        let b = rows(&[" CPU0 CPU3", "LOC: 1 10"]);
+        let a = rows(&[" CPU0 CPU3", "LOC: 1 17"]);
+        assert_eq!(irq_deltas(&b, &a, &[3]), [("LOC".to_string(), 7)]);
+        assert!(irq_deltas(&[], &a, &[3]).contains(&("LOC".to_string(), 17)));
     }
 
     #[test]

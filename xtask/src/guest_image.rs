@@ -732,6 +732,11 @@ lifecycle() {
 }
 # The soak action (soak:N): N create/destroy cycles of a small bare-metal enclave on core 1,
 # then atoll's own figures, on one "ATOLL-RESULT soak {json}" line.
+# /proc/interrupts as "ATOLL-WORK-IRQ $1 ROW" lines, spaces squeezed (b: before HPCG, a: after):
+# where the workload's lost cycles went, as the kernel it runs on counts its interrupts.
+work_irqs() {
+    tr -s ' ' < /proc/interrupts | while IFS= read -r l; do echo "ATOLL-WORK-IRQ $1 $l"; done
+}
 # The isolation bench's workload (issue 15), wherever it runs (an enclave, a KVM guest, the
 # native host on the workload's CPUs atoll.work_cpus, default all): atoll-fwq's noise probe and
 # oslat (when the image has it: the bench tools) on those CPUs, then atoll-hpcg pinned to them,
@@ -758,8 +763,10 @@ work() {
     fi
     [ "$work_pause" -gt 0 ] && sleep "$work_pause"
     echo "ATOLL-WORK hpcg"
+    work_irqs b
     taskset -c "$wc" atoll-hpcg "$1" "$2" "$3" --rt "$hpcg_rt"
     rc=$?
+    work_irqs a
     echo "ATOLL-WORK end"
     case $rc in
         0) ;;
@@ -940,6 +947,7 @@ iso_run() {
     echo "ATOLL-ISO-FWQ $2 $(iso_line ATOLL-FWQ $d/work.out)"
     echo "ATOLL-ISO-OSLAT $2 $(iso_line ATOLL-OSLAT $d/work.out | sed 's/, *"histogram": *{[^}]*}//g')"
     [ -n "$kvm_exits" ] && echo "ATOLL-ISO-KVM $2 $kvm_exits"
+    grep -a "^ATOLL-WORK-IRQ " $d/work.out | tr -d '\r' | sed "s/^ATOLL-WORK-IRQ /ATOLL-ISO-IRQ $2 /"
     [ -n "$st_begin" ] && echo "ATOLL-ISO-STATS $2 begin $st_begin"
     [ -n "$st_end" ] && echo "ATOLL-ISO-STATS $2 end $st_end"
     echo "ATOLL-ISO-RUN $2 {\"mode\":$(lc_str "$iso_mode"),\"load\":$(lc_str "$1"),\"problem\":$(lc_str "$why")}"

@@ -791,7 +791,7 @@ mod tests {
         let results = vec![good(Config::Native, ""), good(Config::Atoll, "[host] ")];
         check(&results, &o).unwrap();
         let t = table(&results, &o);
-        assert!(t.contains("native   cpu"), "{t}");
+        assert!(t.contains("native      cpu"), "{t}");
         assert!(t.contains("1.0000"), "{t}");
         assert!(t.contains("0:2.00 1:0.50"), "FWQ max detour in %: {t}");
         assert!(t.contains("Bochs"), "{t}");

@@ -303,9 +303,8 @@ fn time_one_sleep(ts: &libc::timespec) -> Result<u64, ExitCostError> {
         // SAFETY: `ts` points to a valid timespec for the whole call; the remainder pointer
         // may be null (only written for a relative sleep interrupted by a signal, and we do
         // not want it); CLOCK_MONOTONIC always exists.
-        let rc = unsafe {
-            libc::clock_nanosleep(libc::CLOCK_MONOTONIC, 0, ts, std::ptr::null_mut())
-        };
+        let rc =
+            unsafe { libc::clock_nanosleep(libc::CLOCK_MONOTONIC, 0, ts, std::ptr::null_mut()) };
         let end = tsc::cycles();
         match rc {
             0 => return Ok(end.wrapping_sub(start)),
@@ -419,7 +418,10 @@ pub struct ExitCostReport {
 
 impl ExitCostReport {
     /// The statistics of `samples` taken with `config`.
-    pub fn new(config: &ExitCostConfig, samples: &Samples) -> Result<ExitCostReport, ExitCostError> {
+    pub fn new(
+        config: &ExitCostConfig,
+        samples: &Samples,
+    ) -> Result<ExitCostReport, ExitCostError> {
         let stats_err = |kind| move |source| ExitCostError::Stats { kind, source };
         let tsc_hz = samples.tsc_hz;
         let over = overshoots(&samples.sleep, config.sleep_us, tsc_hz);
@@ -520,4 +522,383 @@ pub fn main_with(
     let _ = out.flush();
     let _ = write!(err, "{}", report.table());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::args::Config;
+    use clap::error::ErrorKind;
+    use clap::Parser;
+
+    fn parse(argv: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("atoll-fwq").chain(argv.iter().copied()))
+    }
+
+    fn config(argv: &[&str], affinity: &str) -> Result<ExitCostConfig, ArgError> {
+        ExitCostConfig::new(
+            parse(argv).expect("clap accepts it"),
+            &affinity.parse().unwrap(),
+        )
+    }
+
+    #[test]
+    fn defaults_take_the_first_cpu_of_the_mask() {
+        assert_eq!(
+            config(&["--exit-costs"], "2-3,7"),
+            Ok(ExitCostConfig {
+                cpu: 2,
+                iterations: 2000,
+                sleep_us: 50,
+                tsc_hz: None
+            })
+        );
+    }
+
+    #[test]
+    fn every_option() {
+        assert_eq!(
+            config(
+                &[
+                    "--exit-costs",
+                    "--cpu",
+                    "7",
+                    "--iterations",
+                    "50",
+                    "--sleep-us",
+                    "20",
+                    "--tsc-hz",
+                    "1000000000"
+                ],
+                "2-3,7"
+            ),
+            Ok(ExitCostConfig {
+                cpu: 7,
+                iterations: 50,
+                sleep_us: 20,
+                tsc_hz: Some(1_000_000_000)
+            })
+        );
+    }
+
+    #[test]
+    fn fwq_options_conflict_with_exit_costs() {
+        for fwq in [
+            &["--samples", "5"][..],
+            &["--samples", "10000"], // even the default, when given explicitly
+            &["--quantum-us", "10"],
+            &["--cpus", "0"],
+            &["--raw", "/tmp/x.csv"],
+            &["--calibrate"],
+            &["--table"],
+        ] {
+            let argv: Vec<&str> = ["--exit-costs"].iter().chain(fwq).copied().collect();
+            let e = parse(&argv).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::ArgumentConflict, "{argv:?}: {e}");
+            // clap's errors exit with 2, like the crate's own argument errors.
+            assert_eq!(e.exit_code(), 2);
+        }
+    }
+
+    #[test]
+    fn exit_cost_options_need_exit_costs() {
+        for argv in [
+            &["--cpu", "0"][..],
+            &["--iterations", "5"],
+            &["--sleep-us", "5"],
+        ] {
+            let e = parse(argv).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::MissingRequiredArgument, "{argv:?}");
+            assert_eq!(e.exit_code(), 2);
+        }
+        assert_eq!(
+            parse(&["--exit-costs", "--cpu", "x"]).unwrap_err().kind(),
+            ErrorKind::ValueValidation
+        );
+        assert_eq!(
+            parse(&["--exit-costs", "--sleep-us", "-1"])
+                .unwrap_err()
+                .kind(),
+            ErrorKind::UnknownArgument
+        );
+    }
+
+    #[test]
+    fn args_built_by_hand_cannot_mix_the_modes() {
+        let mask: CpuList = "0".parse().unwrap();
+        // FWQ values on an exit-costs run.
+        let mut a = parse(&["--exit-costs"]).unwrap();
+        a.samples = 5;
+        assert_eq!(ExitCostConfig::new(a, &mask), Err(ArgError::NotExitCosts));
+        let mut a = parse(&["--exit-costs"]).unwrap();
+        a.cpus = Some(mask.clone());
+        assert_eq!(ExitCostConfig::new(a, &mask), Err(ArgError::NotExitCosts));
+        // The FWQ configuration refuses exit-cost arguments.
+        let a = parse(&["--exit-costs"]).unwrap();
+        assert_eq!(Config::new(a, &mask), Err(ArgError::NotExitCosts));
+        let mut a = parse(&[]).unwrap();
+        a.sleep_us = Some(5);
+        assert_eq!(Config::new(a, &mask), Err(ArgError::ExitCostsOnly));
+    }
+
+    #[test]
+    fn bounds() {
+        let c = |argv: &[&str]| {
+            let argv: Vec<&str> = ["--exit-costs"].iter().chain(argv).copied().collect();
+            config(&argv, "0-1")
+        };
+        assert_eq!(c(&["--iterations", "0"]), Err(ArgError::Iterations(0)));
+        assert_eq!(
+            c(&["--iterations", "10000001"]),
+            Err(ArgError::Iterations(10_000_001))
+        );
+        assert!(c(&["--iterations", "1"]).is_ok());
+        assert!(c(&["--iterations", "10000000"]).is_ok());
+        assert_eq!(c(&["--sleep-us", "0"]), Err(ArgError::SleepUs(0)));
+        assert_eq!(
+            c(&["--sleep-us", "1000001"]),
+            Err(ArgError::SleepUs(1_000_001))
+        );
+        assert!(c(&["--sleep-us", "1"]).is_ok());
+        assert!(c(&["--sleep-us", "1000000"]).is_ok());
+        assert_eq!(c(&["--tsc-hz", "0"]), Err(ArgError::TscHz));
+        assert_eq!(
+            c(&["--cpu", "2"]),
+            Err(ArgError::CpuNotInAffinity {
+                cpu: 2,
+                mask: "0-1".parse().unwrap()
+            })
+        );
+        assert_eq!(
+            ExitCostConfig::new(parse(&["--exit-costs"]).unwrap(), &CpuList::from_cpus([])),
+            Err(ArgError::EmptyAffinity)
+        );
+    }
+
+    #[test]
+    fn error_messages() {
+        assert_eq!(
+            ArgError::CpuNotInAffinity {
+                cpu: 5,
+                mask: "0-3".parse().unwrap()
+            }
+            .to_string(),
+            "--cpu: CPU 5 is not in this process's affinity mask (0-3)"
+        );
+        assert_eq!(
+            ArgError::Iterations(0).to_string(),
+            "--iterations must be 1..=10000000, got 0"
+        );
+        assert_eq!(
+            ArgError::SleepUs(2_000_000).to_string(),
+            "--sleep-us must be 1..=1000000 (1 s), got 2000000"
+        );
+    }
+
+    #[test]
+    fn sleep_in_cycles() {
+        // 50 µs at 2 GHz: 100 000 cycles.
+        assert_eq!(sleep_cycles(50, 2_000_000_000), 100_000);
+        // 1 µs at 1 999 999 Hz is 1.999999 cycles: rounded down.
+        assert_eq!(sleep_cycles(1, 1_999_999), 1);
+        // Bochs at ips = 50 000 000: 20 µs is 1000 cycles.
+        assert_eq!(sleep_cycles(20, 50_000_000), 1000);
+        assert_eq!(sleep_cycles(1_000_000, u64::MAX), u64::MAX);
+    }
+
+    #[test]
+    fn overshoot_by_hand() {
+        assert_eq!(overshoot(130_000, 100_000), (30_000, false));
+        // Exactly the sleep: no overshoot, and not clamped.
+        assert_eq!(overshoot(100_000, 100_000), (0, false));
+        assert_eq!(overshoot(99_999, 100_000), (0, true));
+        assert_eq!(overshoot(0, 1), (0, true));
+        assert_eq!(overshoot(u64::MAX, 0), (u64::MAX, false));
+    }
+
+    #[test]
+    fn overshoots_of_a_vector_count_the_clamped() {
+        // 50 µs at 2 GHz = 100 000 cycles.
+        let o = overshoots(
+            &[100_000, 130_000, 99_999, 250_000, 0, 100_001],
+            50,
+            2_000_000_000,
+        );
+        assert_eq!(
+            o,
+            Overshoots {
+                cycles: vec![0, 30_000, 0, 150_000, 0, 1],
+                clamped: 2
+            }
+        );
+        // Bochs: 20 µs at 50 MHz = 1000 cycles.
+        let o = overshoots(&[1000, 1500, 999], 20, 50_000_000);
+        assert_eq!((o.cycles, o.clamped), (vec![0, 500, 0], 1));
+        assert_eq!(
+            overshoots(&[], 50, 1),
+            Overshoots {
+                cycles: vec![],
+                clamped: 0
+            }
+        );
+    }
+
+    #[test]
+    fn spread_by_hand() {
+        // Sorted 0 0 5 9: median rank ⌈2⌉ = 2 → 0; p99 rank ⌈3.96⌉ = 4 → 9.
+        assert_eq!(
+            spread(&[5, 0, 9, 0]),
+            Ok(Spread {
+                samples: 4,
+                cycles: Quantiles {
+                    min: 0,
+                    median: 0,
+                    p99: 9,
+                    max: 9
+                }
+            })
+        );
+        // 100 samples 1..=100: median rank 50, p99 rank 99.
+        let s: Vec<u64> = (1..=100).rev().collect();
+        assert_eq!(
+            spread(&s).unwrap().cycles,
+            Quantiles {
+                min: 1,
+                median: 50,
+                p99: 99,
+                max: 100
+            }
+        );
+        assert_eq!(spread(&[]), Err(StatsError::Empty));
+    }
+
+    #[test]
+    fn cycles_in_microseconds() {
+        assert_eq!(cycles_to_us(30_000, 2_000_000_000), 15.0);
+        assert_eq!(cycles_to_us(0, 1), 0.0);
+    }
+
+    fn hand_report() -> ExitCostReport {
+        let config = ExitCostConfig {
+            cpu: 3,
+            iterations: 4,
+            sleep_us: 50,
+            tsc_hz: None,
+        };
+        let samples = Samples {
+            tsc_hz: 2_000_000_000,
+            tsc_source: TscSource::Measured,
+            timer_slack_ns: 1,
+            rdtsc_pair: vec![30, 28, 28, 60],
+            cpuid: vec![1200, 1100, 5000, 1150],
+            // Overshoots 30 000, 0 (clamped), 2 000, 200 000.
+            sleep: vec![130_000, 99_000, 102_000, 300_000],
+        };
+        ExitCostReport::new(&config, &samples).unwrap()
+    }
+
+    #[test]
+    fn json_line_fields() {
+        let line = hand_report().json_line();
+        let v: serde_json::Value =
+            serde_json::from_str(line.strip_prefix("ATOLL-EXITCOST ").expect("prefix")).unwrap();
+        assert_eq!(v["cpu"], 3);
+        assert_eq!(v["iterations"], 4);
+        assert_eq!(v["sleep_us"], 50);
+        assert_eq!(v["tsc_hz"], 2_000_000_000u64);
+        assert_eq!(v["tsc_source"], "clock_monotonic_raw");
+        assert_eq!(v.as_object().unwrap().len(), 8);
+        // Sorted 28 28 30 60: median rank 2 → 28, p99 rank 4 → 60.
+        assert_eq!(
+            v["rdtsc_pair"],
+            serde_json::json!({"samples": 4, "min": 28, "median": 28, "p99": 60, "max": 60})
+        );
+        // Sorted 1100 1150 1200 5000.
+        assert_eq!(
+            v["cpuid"],
+            serde_json::json!({"leaf": 0, "samples": 4, "min": 1100, "median": 1150, "p99": 5000, "max": 5000})
+        );
+        // Overshoots sorted 0 2000 30000 200000 → median 2000; µs at 2 GHz: /2000.
+        assert_eq!(
+            v["timer"],
+            serde_json::json!({
+                "samples": 4,
+                "sleep_cycles": 100_000,
+                "timer_slack_ns": 1,
+                "clamped": 1,
+                "overshoot_cycles": {"min": 0, "median": 2000, "p99": 200_000, "max": 200_000},
+                "overshoot_us": {"min": 0.0, "median": 1.0, "p99": 100.0, "max": 100.0},
+            })
+        );
+        assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn table_rows() {
+        let t = hand_report().table();
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 7, "{t}");
+        assert_eq!(
+            lines[0],
+            "atoll-fwq --exit-costs: CPU 3, 4 samples each, TSC 2000.000 MHz (clock_monotonic_raw), timer slack 1 ns"
+        );
+        let cells = |i: usize| {
+            lines[i]
+                .split_whitespace()
+                .rev()
+                .take(4)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(cells(3), ["5000", "5000", "1150", "1100"]);
+        assert_eq!(cells(5), ["100.00", "100.00", "1.00", "0.00"]);
+        assert_eq!(
+            lines[6],
+            "1 of 4 sleeps ended before 100000 cycles (overshoot clamped to 0)"
+        );
+    }
+
+    #[test]
+    fn report_of_no_samples_is_an_error() {
+        let config = ExitCostConfig {
+            cpu: 0,
+            iterations: 1,
+            sleep_us: 1,
+            tsc_hz: None,
+        };
+        let samples = Samples {
+            tsc_hz: 1,
+            tsc_source: TscSource::Argument,
+            timer_slack_ns: 1,
+            rdtsc_pair: vec![1],
+            cpuid: vec![],
+            sleep: vec![1],
+        };
+        let e = ExitCostReport::new(&config, &samples).unwrap_err();
+        assert_eq!(e.to_string(), "cpuid: no samples");
+    }
+
+    #[test]
+    fn backwards_tsc_is_an_error() {
+        assert!(check_forwards("cpuid", &[1, 2, i64::MAX as u64]).is_ok());
+        let e = check_forwards("cpuid", &[1, 2, 1u64.wrapping_sub(3)]).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ExitCostError::TscBackwards {
+                    kind: "cpuid",
+                    index: 2
+                }
+            ),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn timer_slack_is_set_on_the_calling_thread_only() {
+        std::thread::spawn(|| {
+            assert_eq!(set_timer_slack(), TIMER_SLACK_NS);
+        })
+        .join()
+        .unwrap();
+    }
 }

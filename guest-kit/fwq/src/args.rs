@@ -14,6 +14,17 @@ pub const MAX_SAMPLES: usize = 10_000_000;
 /// Upper bound on `--quantum-us`: one second. Longer quanta average the noise away, which is
 /// the opposite of what the probe is for.
 pub const MAX_QUANTUM_US: u64 = 1_000_000;
+/// Upper bound on `--iterations` of `--exit-costs`: as for `--samples`, and for the same reason.
+pub const MAX_EXIT_COST_ITERATIONS: usize = MAX_SAMPLES;
+/// Upper bound on `--sleep-us`: one second. A longer sleep measures nothing more about the
+/// timer's wakeup, it only makes the run take hours.
+pub const MAX_SLEEP_US: u64 = 1_000_000;
+/// `--quantum-us` and `--samples` when not given.
+pub const DEFAULT_QUANTUM_US: u64 = 100;
+pub const DEFAULT_SAMPLES: usize = 10_000;
+/// `--iterations` and `--sleep-us` when not given.
+pub const DEFAULT_EXIT_COST_ITERATIONS: usize = 2000;
+pub const DEFAULT_SLEEP_US: u64 = 50;
 
 /// `atoll-fwq`: a fixed-work-quantum (FWQ) noise probe.
 ///
@@ -21,17 +32,32 @@ pub const MAX_QUANTUM_US: u64 = 1_000_000;
 /// records the TSC cycles each repetition took. On an undisturbed CPU every quantum takes the
 /// same time; whatever else runs on the CPU (interrupts, exits, the scheduler) shows as a
 /// detour: a sample's cycles beyond the fastest one. Prints one line `ATOLL-FWQ {json}`.
+///
+/// With `--exit-costs` it instead measures, on one CPU, the round trip of CPUID and the
+/// overshoot of a short sleep (a timer interrupt's delivery), and prints `ATOLL-EXITCOST {json}`.
 #[derive(Clone, Debug, Parser)]
 #[command(name = "atoll-fwq", version)]
 pub struct Args {
     /// CPUs to probe, e.g. "0-3,5" (default: every CPU the process may run on)
     #[arg(long, value_name = "LIST")]
     pub cpus: Option<CpuList>,
+    /// Measure exit costs (CPUID round trip, timer wakeup overshoot) on one CPU instead of FWQ
+    #[arg(long, conflicts_with_all = ["cpus", "quantum_us", "samples", "raw", "calibrate", "table"])]
+    pub exit_costs: bool,
+    /// --exit-costs: the CPU to measure on (default: the first of the affinity mask)
+    #[arg(long, value_name = "N", requires = "exit_costs")]
+    pub cpu: Option<usize>,
+    /// --exit-costs: samples of each kind [default: 2000]
+    #[arg(long, value_name = "N", requires = "exit_costs")]
+    pub iterations: Option<usize>,
+    /// --exit-costs: length of each timed sleep, µs [default: 50]
+    #[arg(long, value_name = "N", requires = "exit_costs")]
+    pub sleep_us: Option<u64>,
     /// Length of one quantum in microseconds of TSC time, at calibration
-    #[arg(long, value_name = "N", default_value_t = 100)]
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_QUANTUM_US)]
     pub quantum_us: u64,
     /// Samples (quanta) per CPU
-    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_SAMPLES)]
     pub samples: usize,
     /// Only calibrate (TSC frequency and iterations per quantum), report and exit
     #[arg(long)]
@@ -62,6 +88,16 @@ pub enum ArgError {
     Samples(usize),
     #[error("--tsc-hz must not be 0")]
     TscHz,
+    #[error("--cpu: CPU {cpu} is not in this process's affinity mask ({mask})")]
+    CpuNotInAffinity { cpu: usize, mask: CpuList },
+    #[error("--iterations must be 1..={MAX_EXIT_COST_ITERATIONS}, got {0}")]
+    Iterations(usize),
+    #[error("--sleep-us must be 1..={MAX_SLEEP_US} (1 s), got {0}")]
+    SleepUs(u64),
+    #[error("--cpu, --iterations and --sleep-us need --exit-costs")]
+    ExitCostsOnly,
+    #[error("--exit-costs cannot be combined with the FWQ options (--cpus, --quantum-us, --samples, --raw, --calibrate, --table)")]
+    NotExitCosts,
 }
 
 /// A set of CPU numbers, ascending, each once; written like Linux's cpulists ("0-3,5").
@@ -182,6 +218,13 @@ pub struct Config {
 impl Config {
     /// Checks `args` against the bounds and the process's `affinity` (which CPUs it may use).
     pub fn new(args: Args, affinity: &CpuList) -> Result<Config, ArgError> {
+        // clap refuses these combinations; this catches `Args` built by hand.
+        if args.exit_costs {
+            return Err(ArgError::NotExitCosts);
+        }
+        if args.cpu.is_some() || args.iterations.is_some() || args.sleep_us.is_some() {
+            return Err(ArgError::ExitCostsOnly);
+        }
         if affinity.cpus().is_empty() {
             return Err(ArgError::EmptyAffinity);
         }

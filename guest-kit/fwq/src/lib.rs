@@ -11,11 +11,24 @@
 //! In Bochs (`clock: sync=none`) a busy CPU's TSC counts its own instructions, so a detour
 //! there is exactly the instructions something else made that CPU execute.
 //!
+//! # `--exit-costs`
+//!
+//! A second mode, `atoll-fwq --exit-costs [--cpu N] [--iterations N] [--sleep-us N]
+//! [--tsc-hz HZ]`, measures on one CPU (pinned; default the first of the affinity mask) what
+//! an exit costs the guest it runs in, as seen from user space: the round trip of `CPUID`
+//! leaf 0 (always an exit under a hypervisor, tens of cycles natively) and the overshoot of a
+//! short `clock_nanosleep` (the whole cost of a timer interrupt's delivery and the wakeup).
+//! It prints exactly one line `ATOLL-EXITCOST {json}` on stdout (`cpu`, `iterations`,
+//! `sleep_us`, `tsc_hz`, `tsc_source`, `rdtsc_pair`, `cpuid`, `timer`) and a table on
+//! stderr. It excludes the FWQ options. See [`exitcost`] for what each number includes.
+//!
 //! Modules: [`args`] (command line), [`stats`] (pure statistics), [`tsc`] (clock, work,
-//! calibration), [`affinity`] (pinning), [`probe`] (threads), [`report`] (JSON, table, CSV).
+//! calibration), [`affinity`] (pinning), [`probe`] (threads), [`report`] (JSON, table, CSV),
+//! [`exitcost`] (the `--exit-costs` mode).
 
 pub mod affinity;
 pub mod args;
+pub mod exitcost;
 pub mod probe;
 pub mod report;
 pub mod stats;
@@ -41,6 +54,8 @@ pub enum Error {
         cpu: usize,
         source: stats::StatsError,
     },
+    #[error("--exit-costs: {0}")]
+    ExitCost(#[from] exitcost::ExitCostError),
     #[error("--raw {path}: {source}", path = path.display())]
     Raw { path: PathBuf, source: io::Error },
 }
@@ -99,6 +114,9 @@ pub fn run(config: &Config) -> Result<(Report, Vec<CpuSamples>), Error> {
 /// `err` (or to `out` with `--table`), write `--raw` (created before the run). The binary passes stdout and stderr.
 pub fn main_with(args: Args, out: &mut impl Write, err: &mut impl Write) -> Result<(), Error> {
     let affinity = affinity::current().map_err(Error::Affinity)?;
+    if args.exit_costs {
+        return exitcost::main_with(args, &affinity, out, err);
+    }
     let config = Config::new(args, &affinity)?;
     // Created before measuring, so a bad path fails at once rather than after the run.
     let raw = match &config.raw {

@@ -215,3 +215,114 @@ fn bad_arguments_through_main_with() {
     let e = main_err(&["--quantum-us", "0"]);
     assert_eq!(e.to_string(), "--quantum-us must be 1..=1000000, got 0");
 }
+
+fn exit_cost_run(argv: &[&str]) -> (String, String) {
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    main_with(args(argv), &mut out, &mut err).unwrap();
+    (
+        String::from_utf8(out).unwrap(),
+        String::from_utf8(err).unwrap(),
+    )
+}
+
+fn ordered(q: &serde_json::Value) {
+    let f = |k: &str| q[k].as_f64().unwrap_or_else(|| panic!("{k} in {q}"));
+    assert!(
+        f("min") <= f("median") && f("median") <= f("p99") && f("p99") <= f("max"),
+        "{q}"
+    );
+}
+
+#[test]
+fn exit_costs_short_run() {
+    let cpu = first_cpu();
+    let (out, err) = exit_cost_run(&["--exit-costs", "--iterations", "50", "--sleep-us", "20"]);
+    // stdout: exactly the one JSON line.
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(out.ends_with('\n'));
+    let v: serde_json::Value =
+        serde_json::from_str(out.trim_end().strip_prefix("ATOLL-EXITCOST ").unwrap()).unwrap();
+    assert_eq!(v["cpu"], cpu);
+    assert_eq!(
+        (v["iterations"].as_u64(), v["sleep_us"].as_u64()),
+        (Some(50), Some(20))
+    );
+    assert_eq!(v["tsc_source"], "clock_monotonic_raw");
+    let tsc_hz = v["tsc_hz"].as_u64().unwrap();
+    assert!(tsc_hz > 0);
+    for kind in ["rdtsc_pair", "cpuid"] {
+        assert_eq!(v[kind]["samples"], 50, "{kind}");
+        assert!(v[kind]["min"].as_u64().unwrap() > 0, "{kind}");
+        ordered(&v[kind]);
+    }
+    assert_eq!(v["cpuid"]["leaf"], 0);
+    let t = &v["timer"];
+    assert_eq!(t["samples"], 50);
+    assert!(t["clamped"].as_u64().unwrap() <= 50);
+    assert_eq!(t["timer_slack_ns"], 1);
+    assert_eq!(
+        t["sleep_cycles"].as_u64(),
+        Some(exitcost::sleep_cycles(20, tsc_hz))
+    );
+    ordered(&t["overshoot_cycles"]);
+    ordered(&t["overshoot_us"]);
+    // The µs are the cycles converted at tsc_hz.
+    let max = t["overshoot_cycles"]["max"].as_u64().unwrap();
+    assert_eq!(
+        t["overshoot_us"]["max"].as_f64(),
+        Some(exitcost::cycles_to_us(max, tsc_hz))
+    );
+    // stderr: the table (parameters, header, four rows, the clamped line).
+    assert_eq!(err.lines().count(), 7, "{err}");
+}
+
+#[test]
+fn exit_costs_on_a_chosen_cpu_with_a_given_tsc_frequency() {
+    let cpu = affinity::current().unwrap().cpus().last().copied().unwrap();
+    let (out, _) = exit_cost_run(&[
+        "--exit-costs",
+        "--cpu",
+        &cpu.to_string(),
+        "--iterations",
+        "5",
+        "--sleep-us",
+        "10",
+        "--tsc-hz",
+        "1000000000",
+    ]);
+    let v: serde_json::Value =
+        serde_json::from_str(out.trim_end().strip_prefix("ATOLL-EXITCOST ").unwrap()).unwrap();
+    assert_eq!(v["cpu"], cpu);
+    assert_eq!(
+        (v["tsc_hz"].as_u64(), v["tsc_source"].as_str()),
+        (Some(1_000_000_000), Some("argument"))
+    );
+    // 10 µs at 1 GHz.
+    assert_eq!(v["timer"]["sleep_cycles"], 10_000);
+    assert_eq!(v["cpuid"]["samples"], 5);
+}
+
+#[test]
+fn exit_costs_bad_arguments_through_main_with() {
+    let mask = affinity::current().unwrap();
+    let outside = (0..=args::MAX_CPU).find(|&c| !mask.contains(c)).unwrap();
+    let e = main_err(&["--exit-costs", "--cpu", &outside.to_string()]);
+    assert_eq!(e.exit_code(), 2);
+    assert_eq!(
+        e.to_string(),
+        format!("--cpu: CPU {outside} is not in this process's affinity mask ({mask})")
+    );
+    let e = main_err(&["--exit-costs", "--iterations", "0"]);
+    assert_eq!(
+        (e.exit_code(), e.to_string()),
+        (2, "--iterations must be 1..=10000000, got 0".into())
+    );
+    let e = main_err(&["--exit-costs", "--sleep-us", "1000001"]);
+    assert_eq!(
+        (e.exit_code(), e.to_string()),
+        (
+            2,
+            "--sleep-us must be 1..=1000000 (1 s), got 1000001".into()
+        )
+    );
+}

@@ -5,7 +5,8 @@
 //!   let a quantum's tail leak into the next sample.
 //! * **TSC frequency** (only to turn `--quantum-us` into cycles, and for readers of the JSON):
 //!   measured by spinning ~50 ms against `CLOCK_MONOTONIC_RAW` (not slewed by NTP, unlike
-//!   `CLOCK_MONOTONIC`), or given with `--tsc-hz`. `/proc/cpuinfo`'s "cpu MHz" is the core's
+//!   `CLOCK_MONOTONIC`), with each clock read bracketed by TSC reads so a preemption in the
+//!   middle is seen and skipped ([`tsc_hz_from_readings`]), or given with `--tsc-hz`. `/proc/cpuinfo`'s "cpu MHz" is the core's
 //!   current frequency, not the TSC's, so it is not used. In Bochs with `clock: sync=none` the
 //!   TSC counts instructions at `ips` per second, and Linux's clocks follow the same virtual
 //!   time, so the measurement gives `ips`.
@@ -71,19 +72,104 @@ fn monotonic_raw_ns() -> u64 {
 
 /// How long [`measure_tsc_hz`] spins.
 pub const TSC_CALIBRATION_NS: u64 = 50_000_000;
+/// [`measure_tsc_hz`] gives up waiting for an undisturbed end reading this many times
+/// [`TSC_CALIBRATION_NS`] after the span has passed, and takes the least disturbed one it saw.
+const TSC_CALIBRATION_PATIENCE: u64 = 10;
+/// Readings taken for the start; the least disturbed one counts.
+const START_READINGS: usize = 8;
+/// An end reading counts as undisturbed when its two TSC reads are at most 1/this of the
+/// span apart (100 ppm): then where inside them the clock was read cannot move the result by
+/// more than that.
+const MAX_WIDTH_DIVISOR: u64 = 10_000;
+
+/// One reading of both clocks: `CLOCK_MONOTONIC_RAW` read between two TSC reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reading {
+    pub tsc_before: u64,
+    pub ns: u64,
+    pub tsc_after: u64,
+}
+
+impl Reading {
+    /// Cycles between the two TSC reads: large when the thread was preempted (or the vCPU
+    /// descheduled) in the middle, so the clock's value belongs to no single TSC value.
+    pub fn width(&self) -> u64 {
+        self.tsc_after.saturating_sub(self.tsc_before)
+    }
+
+    /// The TSC value the clock reading is paired with: the middle of the two reads.
+    pub fn tsc(&self) -> u64 {
+        self.tsc_before + self.width() / 2
+    }
+
+    fn read() -> Reading {
+        let tsc_before = cycles();
+        let ns = monotonic_raw_ns();
+        let tsc_after = cycles();
+        Reading {
+            tsc_before,
+            ns,
+            tsc_after,
+        }
+    }
+}
 
 /// Measures the TSC frequency by spinning [`TSC_CALIBRATION_NS`] against
-/// `CLOCK_MONOTONIC_RAW`. Each end pairs a TSC read with the clock read right after it; over
-/// 50 ms the few hundred cycles between them are an error of parts per million.
+/// `CLOCK_MONOTONIC_RAW`.
 pub fn measure_tsc_hz() -> Result<u64, CalibrationError> {
-    let c0 = cycles();
-    let t0 = monotonic_raw_ns();
-    let (mut c1, mut t1) = (c0, t0);
-    while t1.saturating_sub(t0) < TSC_CALIBRATION_NS {
-        c1 = cycles();
-        t1 = monotonic_raw_ns();
+    tsc_hz_from_readings(TSC_CALIBRATION_NS, Reading::read)
+}
+
+/// The TSC frequency from readings of both clocks (in production [`Reading::read`]), the end
+/// at least `span_ns` after the start.
+///
+/// Each reading brackets the clock read with two TSC reads and pairs it with their middle. A
+/// thread preempted between a TSC read and the clock read (likely on a loaded machine, and in
+/// a guest whose vCPU the host deschedules) would otherwise pair the clock with a TSC value
+/// from long before or after it: a 1 s preemption at the end of a 50 ms spin made the
+/// frequency 30 times too low. So the start is the narrowest of [`START_READINGS`] readings,
+/// and the end is the first reading past `span_ns` whose width is at most 1/10 000 of the
+/// span; if none comes within [`TSC_CALIBRATION_PATIENCE`] further spans, the narrowest one
+/// seen.
+pub fn tsc_hz_from_readings(
+    span_ns: u64,
+    mut read: impl FnMut() -> Reading,
+) -> Result<u64, CalibrationError> {
+    let mut start = read();
+    for _ in 1..START_READINGS {
+        let r = read();
+        if r.width() < start.width() {
+            start = r;
+        }
     }
-    hz_from(c0, c1, t0, t1)
+    let mut best: Option<Reading> = None;
+    // The clock time of the first reading past the span: patience is counted from there, so
+    // that one long preemption (which itself carries the clock past any deadline) still
+    // leaves time for an undisturbed reading after it.
+    let mut first_past_ns = None;
+    loop {
+        let r = read();
+        let elapsed_ns = r.ns.saturating_sub(start.ns);
+        if elapsed_ns < span_ns {
+            // A clock or TSC that went backwards would keep this loop below the span
+            // forever; it is an error instead (hz_from reports it as such).
+            if r.ns < start.ns || r.tsc_after < start.tsc_before {
+                return hz_from(start.tsc(), r.tsc(), start.ns, r.ns);
+            }
+            continue;
+        }
+        if best.is_none_or(|b| r.width() < b.width()) {
+            best = Some(r);
+        }
+        let waited_ns = r.ns.saturating_sub(*first_past_ns.get_or_insert(r.ns));
+        let span_cycles = r.tsc().saturating_sub(start.tsc());
+        if r.width() <= span_cycles / MAX_WIDTH_DIVISOR
+            || waited_ns >= span_ns.saturating_mul(TSC_CALIBRATION_PATIENCE)
+        {
+            let end = best.unwrap_or(r);
+            return hz_from(start.tsc(), end.tsc(), start.ns, end.ns);
+        }
+    }
 }
 
 /// `quantum_us` microseconds in cycles at `tsc_hz`, at least 1.
@@ -186,6 +272,117 @@ mod tests {
         assert_eq!(hz_from(5, 5, 0, 10), Err(CalibrationError::ClockStalled));
         assert_eq!(hz_from(5, 9, 10, 10), Err(CalibrationError::ClockStalled));
         assert_eq!(hz_from(9, 5, 0, 10), Err(CalibrationError::ClockStalled));
+    }
+
+    /// A simulated pair of clocks: the TSC runs at `k` cycles per ns; each read advances time
+    /// by `step` ns; the two TSC reads are `width(call)` ns apart with the clock read in their
+    /// middle, plus `preempt(call)` ns of preemption between the first TSC read and the clock.
+    fn sim(
+        k: u64,
+        step: u64,
+        width: impl Fn(usize) -> u64,
+        preempt: impl Fn(usize) -> u64,
+    ) -> impl FnMut() -> Reading {
+        let (mut t, mut call) = (1_000u64, 0usize);
+        move || {
+            let (w, p) = (width(call), preempt(call));
+            call += 1;
+            let r = Reading {
+                tsc_before: k * t,
+                ns: t + p + w / 2,
+                tsc_after: k * (t + p + w),
+            };
+            t += p + w + step;
+            r
+        }
+    }
+
+    #[test]
+    fn tsc_hz_from_undisturbed_readings() {
+        // 3 cycles per ns, reads 10 ns wide: the middle of the TSC reads is exactly the clock.
+        assert_eq!(
+            tsc_hz_from_readings(1_000_000, sim(3, 1000, |_| 10, |_| 0)),
+            Ok(3_000_000_000)
+        );
+    }
+
+    #[test]
+    fn tsc_hz_skips_a_preempted_end_reading() {
+        // Reads every 1010 ns from call 0 (the start, in both methods below); call 990 is the
+        // first past the 1 ms span, and it is preempted for 1 s before its clock read.
+        // Pairing the clock with the TSC read before it, as a plain "TSC, then clock" loop
+        // does, gives about 1 ms·3 GHz / 1.001 s ≈ 3 MHz; the bracketed reading is 1 s wide,
+        // so it is skipped for the next one.
+        let preempt = |call: usize| if call == 990 { 1_000_000_000 } else { 0 };
+        let naive = {
+            let mut read = sim(3, 1000, |_| 10, preempt);
+            let start = read();
+            let mut end = read();
+            while end.ns - start.ns < 1_000_000 {
+                end = read();
+            }
+            hz_from(start.tsc_before, end.tsc_before, start.ns, end.ns).unwrap()
+        };
+        assert!(naive < 3_000_000_000 / 100, "{naive}");
+        assert_eq!(
+            tsc_hz_from_readings(1_000_000, sim(3, 1000, |_| 10, preempt)),
+            Ok(3_000_000_000)
+        );
+    }
+
+    #[test]
+    fn tsc_hz_takes_the_narrowest_start_reading() {
+        // The first start reading is preempted for 1 ms; the next 7 are not.
+        let preempt = |call: usize| if call == 0 { 1_000_000 } else { 0 };
+        assert_eq!(
+            tsc_hz_from_readings(1_000_000, sim(3, 1000, |_| 10, preempt)),
+            Ok(3_000_000_000)
+        );
+    }
+
+    #[test]
+    fn tsc_hz_settles_for_the_narrowest_when_every_end_reading_is_wide() {
+        // After the 8 start readings every reading is preempted for 1 ms (3 000 030 cycles
+        // wide, its middle 1.5 M cycles off the clock), except call 11: 500 µs wide, not
+        // preempted, so its middle is exact. None is within 1/10 000 of a span of ≥ 1 ms
+        // (≤ 300 cycles), so the search runs its 10 spans and takes call 11.
+        let calls = std::cell::Cell::new(0usize);
+        let mut inner = sim(
+            3,
+            1000,
+            |call| if call == 11 { 500_000 } else { 10 },
+            |call| {
+                if call >= 8 && call != 11 {
+                    1_000_000
+                } else {
+                    0
+                }
+            },
+        );
+        let read = || {
+            calls.set(calls.get() + 1);
+            inner()
+        };
+        assert_eq!(tsc_hz_from_readings(1_000_000, read), Ok(3_000_000_000));
+        // About one call per ms after the start: 10 spans are ~10 calls.
+        assert!(calls.get() >= 8 + 9, "{}", calls.get());
+    }
+
+    #[test]
+    fn tsc_hz_of_a_backwards_clock_is_an_error() {
+        let mut n = 0u64;
+        let read = || {
+            n += 1;
+            Reading {
+                tsc_before: 100 * n,
+                ns: if n > 8 { 0 } else { 1000 + n },
+                tsc_after: 100 * n + 1,
+            }
+        };
+        assert_eq!(
+            tsc_hz_from_readings(1_000_000, read),
+            Err(CalibrationError::ClockStalled)
+        );
     }
 
     #[test]

@@ -63,6 +63,20 @@ fn isolation_pipeline_qemu() {
                 "{what}: {}",
                 r["oslat"]
             );
+            // What an exit costs there: CPUID's round trip and a timer wakeup's overshoot.
+            let ec = &r["exit_costs"];
+            assert!(ec["cpuid"]["median"].as_u64().is_some(), "{what}: {ec}");
+            assert!(
+                ec["timer"]["overshoot_cycles"]["median"].as_u64().is_some(),
+                "{what}: {ec}"
+            );
+            // Where its lost cycles went: the workload kernel's interrupts while HPCG ran.
+            assert!(
+                r["interrupts_during_hpcg"]
+                    .as_object()
+                    .is_some_and(|m| !m.is_empty()),
+                "{what}: {r}"
+            );
             match config {
                 Config::Atoll => {
                     assert!(r["exits_per_s_per_core"].as_f64().is_some(), "{what}: {r}");

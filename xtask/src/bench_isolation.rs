@@ -216,6 +216,8 @@ pub struct Measurement {
     /// `/proc/interrupts` of the workload's kernel before and after HPCG (rows, spaces
     /// squeezed).
     pub irqs: (Vec<String>, Vec<String>),
+    /// `atoll-fwq --exit-costs`'s report (CPUID's round trip, a timer wakeup's overshoot).
+    pub exit_costs: Value,
 }
 
 /// Interrupts on `cpus` between two `/proc/interrupts` readings (all CPUs when `cpus` is
@@ -305,6 +307,20 @@ impl Measurement {
             .unwrap_or_default()
     }
 
+    /// CPUID's median round trip, TSC cycles.
+    pub fn cpuid_cycles(&self) -> Option<u64> {
+        self.exit_costs.get("cpuid")?.get("median")?.as_u64()
+    }
+
+    /// A timer wakeup's median overshoot, TSC cycles.
+    pub fn timer_overshoot_cycles(&self) -> Option<u64> {
+        self.exit_costs
+            .get("timer")?
+            .get("overshoot_cycles")?
+            .get("median")?
+            .as_u64()
+    }
+
     /// oslat's largest latency over its threads, µs.
     pub fn oslat_max_us(&self) -> Option<u64> {
         self.oslat
@@ -377,7 +393,7 @@ pub fn parse_console(serial: &str) -> Result<Vec<Measurement>> {
                 };
                 (format!("STATS-{which}"), json)
             }
-            "RUN" | "HPCG" | "FWQ" | "OSLAT" | "KVM" => (kind.to_string(), rest),
+            "RUN" | "HPCG" | "FWQ" | "OSLAT" | "KVM" | "EXITCOST" => (kind.to_string(), rest),
             "IRQ" => {
                 let Some((which, row)) = rest.split_once(' ') else {
                     continue;
@@ -419,6 +435,7 @@ pub fn parse_console(serial: &str) -> Result<Vec<Measurement>> {
                 v => Some(v),
             },
             irqs: irqs.remove(&n).unwrap_or_default(),
+            exit_costs: take("EXITCOST"),
         });
     }
     Ok(out)
@@ -573,6 +590,26 @@ pub fn table(results: &[ConfigResult], opts: &Options) -> String {
         }
     }
     out.push_str(&format!(
+        "\n{:<11} {:>22} {:>30}\n",
+        "exit costs", "CPUID round trip, cyc", "timer wakeup overshoot, cyc"
+    ));
+    for r in results {
+        if let Some(m) = r.solo() {
+            let c = |x: Option<u64>| x.map_or("-".into(), |v| v.to_string());
+            out.push_str(&format!(
+                "{:<11} {:>22} {:>30}\n",
+                r.config.name(),
+                c(m.cpuid_cycles()),
+                c(m.timer_overshoot_cycles())
+            ));
+        }
+    }
+    if let Some(x) = cpuid_atoll_over_kvm(results) {
+        out.push_str(&format!(
+            "CPUID round trip, atoll / KVM (default): {x:.3} (target ≤ 0.333)\n"
+        ));
+    }
+    out.push_str(&format!(
         "HPCG {0}×{0}×{0}, --rt {1}; FWQ: {2} samples of a {3} µs quantum per CPU, detours as % \
          of the fastest; loaded/solo: HPCG's timed cycles{4}\n",
         opts.size,
@@ -586,6 +623,19 @@ pub fn table(results: &[ConfigResult], opts: &Options) -> String {
         }
     ));
     out
+}
+
+/// atoll's CPUID round trip over the KVM guest's (default setup), solo runs, when both ran.
+pub fn cpuid_atoll_over_kvm(results: &[ConfigResult]) -> Option<f64> {
+    let solo_cpuid = |c: Config| {
+        results
+            .iter()
+            .find(|r| r.config == c)?
+            .solo()?
+            .cpuid_cycles()
+    };
+    let (a, k) = (solo_cpuid(Config::Atoll)?, solo_cpuid(Config::KvmDefault)?);
+    (k > 0).then(|| a as f64 / k as f64)
 }
 
 /// The JSON the bench writes: every report in full.
@@ -607,6 +657,7 @@ pub fn to_json(results: &[ConfigResult], opts: &Options) -> Value {
                         "stats_before_hpcg": m.stats.as_ref().map(|s| &s.0),
                         "stats_after_hpcg": m.stats.as_ref().map(|s| &s.1),
                         "kvm_exits_during_hpcg": m.kvm,
+                        "exit_costs": m.exit_costs,
                         "interrupts_during_hpcg": r
                             .irqs_during_hpcg(m)
                             .into_iter()
@@ -636,6 +687,7 @@ pub fn to_json(results: &[ConfigResult], opts: &Options) -> Value {
         "guest_cmdline": opts.guest_cmdline,
         "load_cores": [0, 1],
         "configs": configs,
+        "cpuid_atoll_over_kvm": cpuid_atoll_over_kvm(results),
     })
 }
 
@@ -721,7 +773,9 @@ mod tests {
             s.push_str(&format!(
                 "{prefix}ATOLL-ISO-HPCG {n} {{\"valid\":true,\"cycles\":{c},\"rating_gflops\":0.5}}\n\
                  {prefix}ATOLL-ISO-FWQ {n} {{\"cpus\":[{{\"cpu\":0,\"min\":1000,\"max_detour\":20,\"p99_detour\":5}},{{\"cpu\":1,\"min\":2000,\"max_detour\":10,\"p99_detour\":0}}]}}\n\
-                 {prefix}ATOLL-ISO-OSLAT {n} {{\"thread\":{{\"0\":{{\"max\":12}},\"1\":{{\"max\":30}}}}}}\n"
+                 {prefix}ATOLL-ISO-OSLAT {n} {{\"thread\":{{\"0\":{{\"max\":12}},\"1\":{{\"max\":30}}}}}}\n\
+                 {prefix}ATOLL-ISO-EXITCOST {n} {{\"cpuid\":{{\"median\":{}}},\"timer\":{{\"overshoot_cycles\":{{\"median\":70}}}}}}\n",
+                if prefix.is_empty() { 900 } else { 300 }
             ));
             if !prefix.is_empty() {
                 s.push_str(&format!(
@@ -795,7 +849,21 @@ mod tests {
         assert!(t.contains("1.0000"), "{t}");
         assert!(t.contains("0:2.00 1:0.50"), "FWQ max detour in %: {t}");
         assert!(t.contains("Bochs"), "{t}");
+        // The exit costs of the solo runs; atoll's CPUID over KVM's once a KVM run is there.
+        assert!(t.contains("exit costs"), "{t}");
+        assert_eq!(cpuid_atoll_over_kvm(&results), None);
+        let mut with_kvm = results.clone();
+        with_kvm.push(ConfigResult {
+            config: Config::KvmDefault,
+            ..good(Config::Native, "")
+        });
+        assert_eq!(cpuid_atoll_over_kvm(&with_kvm), Some(300.0 / 900.0));
+        assert!(table(&with_kvm, &o).contains("atoll / KVM (default): 0.333"));
         let j = to_json(&results, &o);
+        assert_eq!(
+            j["configs"]["native"]["runs"][0]["exit_costs"]["cpuid"]["median"],
+            900
+        );
         assert_eq!(
             j["configs"]["atoll"]["runs"][1]["exits_per_s_per_core"],
             2.0

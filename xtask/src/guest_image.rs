@@ -749,6 +749,11 @@ work() {
     set -- $(echo "$hpcg_size" | tr ',' ' ')
     mkdir -p /tmp/iso
     echo "ATOLL-WORK begin cpus=$wc"
+    # What an exit costs this kernel's user space: CPUID's round trip and a timer's wakeup
+    # (ATOLL-EXITCOST), on the first workload CPU.
+    if ! atoll-fwq --exit-costs --cpu "${wc%%[,-]*}" 2> /tmp/iso/exitcost.err; then
+        why="atoll-fwq --exit-costs failed: $(tail -c 300 /tmp/iso/exitcost.err | tr '\n' ' ')"
+    fi
     if ! atoll-fwq --cpus "$wc" --samples "$fwq_samples" --quantum-us "$fwq_quantum" 2> /tmp/iso/fwq.err; then
         why="atoll-fwq failed: $(tail -c 300 /tmp/iso/fwq.err | tr '\n' ' ')"
     fi
@@ -946,6 +951,7 @@ iso_run() {
     echo "ATOLL-ISO-HPCG $2 $hp"
     echo "ATOLL-ISO-FWQ $2 $(iso_line ATOLL-FWQ $d/work.out)"
     echo "ATOLL-ISO-OSLAT $2 $(iso_line ATOLL-OSLAT $d/work.out | sed 's/, *"histogram": *{[^}]*}//g')"
+    echo "ATOLL-ISO-EXITCOST $2 $(iso_line ATOLL-EXITCOST $d/work.out)"
     [ -n "$kvm_exits" ] && echo "ATOLL-ISO-KVM $2 $kvm_exits"
     grep -a "^ATOLL-WORK-IRQ " $d/work.out | tr -d '\r' | sed "s/^ATOLL-WORK-IRQ /ATOLL-ISO-IRQ $2 /"
     [ -n "$st_begin" ] && echo "ATOLL-ISO-STATS $2 begin $st_begin"
@@ -3941,7 +3947,14 @@ linux-image-6.12.117+deb12-amd64 - Linux 6.12 for 64-bit PCs (signed)
 log() { echo "$*" >> "$SANDBOX/calls"; }
 nproc() { echo 4; }
 taskset() { log "taskset $1 $2"; shift 2; "$@"; }
-atoll_fwq() { log "atoll-fwq $*"; echo 'ATOLL-FWQ {"cpus":[{"cpu":2,"max_detour":7}]}'; }
+atoll_fwq() {
+    log "atoll-fwq $*"
+    if [ "$1" = --exit-costs ]; then
+        echo 'ATOLL-EXITCOST {"cpu":2,"cpuid":{"median":1500},"timer":{"overshoot_cycles":{"median":9000}}}'
+    else
+        echo 'ATOLL-FWQ {"cpus":[{"cpu":2,"max_detour":7}]}'
+    fi
+}
 atoll_hpcg() { log "atoll-hpcg $*"; echo 'ATOLL-HPCG {"nx":24,"valid":true}'; return ${HPCG_RC:-0}; }
 oslat() { log "oslat $*"; printf '{\n  "thread": {"0": {"max": 9,\n "histogram": {"1": 5,\n "2": 1}}}\n}\n' > "$SANDBOX/iso/oslat.json"; }
 stress_ng() { log "stress-ng $*"; exec real_timeout 2 real_sleep 60; }
@@ -3991,7 +4004,8 @@ stress_ng() { log "stress-ng $*"; exec real_timeout 2 real_sleep 60; }
         );
         assert_eq!(
             calls,
-            "atoll-fwq --cpus 2,3 --samples 50 --quantum-us 20\n\
+            "atoll-fwq --exit-costs --cpu 2\n\
+             atoll-fwq --cpus 2,3 --samples 50 --quantum-us 20\n\
              oslat --cpu-list 2,3 --cpu-main-thread 2 --duration 1 --quiet \
              --json=SANDBOX/iso/oslat.json\n\
              taskset -c 2,3\natoll-hpcg 24 16 16 --rt 5\n"
@@ -4003,7 +4017,8 @@ stress_ng() { log "stress-ng $*"; exec real_timeout 2 real_sleep 60; }
                 .position(|l| l.starts_with(p))
                 .unwrap_or_else(|| panic!("{p}: {out}"))
         };
-        assert!(at("ATOLL-WORK begin cpus=2,3") < at("ATOLL-FWQ {"));
+        assert!(at("ATOLL-WORK begin cpus=2,3") < at("ATOLL-EXITCOST {"));
+        assert!(at("ATOLL-EXITCOST {") < at("ATOLL-FWQ {"));
         assert!(at("ATOLL-FWQ {") < at("ATOLL-OSLAT {"));
         assert!(at("ATOLL-OSLAT {") < at("ATOLL-WORK hpcg"));
         assert!(at("ATOLL-WORK hpcg") < at("ATOLL-HPCG {"));
@@ -4055,6 +4070,7 @@ stress_ng() { log "stress-ng $*"; exec real_timeout 2 real_sleep 60; }
         );
         assert_eq!(line("ATOLL-ISO-HPCG 0 ")["valid"], true);
         assert_eq!(line("ATOLL-ISO-FWQ 0 ")["cpus"][0]["max_detour"], 7);
+        assert_eq!(line("ATOLL-ISO-EXITCOST 0 ")["cpuid"]["median"], 1500);
         // Without its histogram: the line stays within a console line's 4 KiB.
         assert_eq!(
             line("ATOLL-ISO-OSLAT 0 ")["thread"]["0"],

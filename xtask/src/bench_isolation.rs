@@ -104,6 +104,8 @@ pub struct Options {
     pub configs: Vec<Config>,
     /// Words for the workload guest's kernel (the enclave's and the KVM guest's alike).
     pub guest_cmdline: String,
+    /// Configurations booted at once (each emulator is one process: on Bochs, one core).
+    pub parallel: usize,
 }
 
 /// The workload guest's kernel words by default: its second CPU tickless while it computes
@@ -167,6 +169,7 @@ impl Options {
             oslat_s,
             configs: cs,
             guest_cmdline: GUEST_CMDLINE.into(),
+            parallel: 1,
         })
     }
 
@@ -676,12 +679,13 @@ pub fn to_json(results: &[ConfigResult], opts: &Options) -> Value {
         "bench": "isolation",
         "emulator": opts.emulator.name(),
         "command": format!(
-            "cargo xtask bench isolation --emulator {} --load {} --size {} --rt {} --configs {}",
+            "cargo xtask bench isolation --emulator {} --load {} --size {} --rt {} --configs {} --guest-cmdline '{}'",
             opts.emulator.name(),
             opts.loads.join(","),
             opts.size,
             opts.rt,
-            opts.configs.iter().map(|c| c.name()).collect::<Vec<_>>().join(",")
+            opts.configs.iter().map(|c| c.name()).collect::<Vec<_>>().join(","),
+            opts.guest_cmdline
         ),
         "workload_cores": [2, 3],
         "guest_cmdline": opts.guest_cmdline,
@@ -734,9 +738,47 @@ fn run_config(config: Config, opts: &Options) -> Result<ConfigResult> {
     })
 }
 
-/// Boots every configuration of `opts` in turn.
+/// Boots every configuration of `opts`, `opts.parallel` at a time. Before parallel boots, what
+/// the runs share is built once (atoll, the guest image, the bench tools): each run then builds
+/// only its own ISO, in a directory of its own.
 pub fn measure(opts: &Options) -> Result<Vec<ConfigResult>> {
-    opts.configs.iter().map(|&c| run_config(c, opts)).collect()
+    if opts.parallel <= 1 || opts.configs.len() <= 1 {
+        return opts.configs.iter().map(|&c| run_config(c, opts)).collect();
+    }
+    crate::image::build()?;
+    crate::guest_image::build(&crate::guest_image::KernelChoice::parse(None)?)?;
+    crate::bench_tools::build()?;
+    crate::bench_tools::build_guest()?;
+    let mut results: Vec<Option<Result<ConfigResult>>> =
+        opts.configs.iter().map(|_| None).collect();
+    for chunk in (0..opts.configs.len())
+        .collect::<Vec<_>>()
+        .chunks(opts.parallel)
+    {
+        let done: Vec<(usize, Result<ConfigResult>)> = std::thread::scope(|s| {
+            let handles: Vec<_> = chunk
+                .iter()
+                .map(|&i| (i, s.spawn(move || run_config(opts.configs[i], opts))))
+                .collect();
+            handles
+                .into_iter()
+                .map(|(i, h)| {
+                    (
+                        i,
+                        h.join()
+                            .unwrap_or_else(|_| Err(anyhow::anyhow!("the run's thread panicked"))),
+                    )
+                })
+                .collect()
+        });
+        for (i, r) in done {
+            results[i] = Some(r);
+        }
+    }
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(anyhow::anyhow!("a configuration was not run"))))
+        .collect()
 }
 
 /// Runs the bench: every configuration, then the table, the JSON and the plot.

@@ -142,6 +142,9 @@ enum Bench {
         /// The workload guest's extra kernel words, the enclave's and the KVM guest's alike.
         #[arg(long, default_value = xtask::bench_isolation::GUEST_CMDLINE)]
         guest_cmdline: String,
+        /// Configurations booted at once (an emulator takes a host core: Bochs runs long).
+        #[arg(long, default_value_t = 1)]
+        parallel: usize,
     },
     /// Idle Linux: boot linux-enclave with atoll.idle=N and report the exits per second (timer,
     /// IPI, HLT, other) atoll counted while the guest slept, and its boot-to-init time. With
@@ -283,6 +286,7 @@ fn main() {
                     oslat,
                     configs,
                     guest_cmdline,
+                    parallel,
                 },
         } => xtask::bench_isolation::Options::new(
             emulator,
@@ -295,6 +299,7 @@ fn main() {
         )
         .and_then(|mut o| {
             o.guest_cmdline = guest_cmdline;
+            o.parallel = parallel;
             xtask::bench_isolation::bench(&o)
         }),
         Cmd::Bench {

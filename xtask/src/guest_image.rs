@@ -5608,8 +5608,12 @@ atoll_check() {
             ),
             "{desc}"
         );
+        // The receiver runs in the background: its stub logs whenever the shell gets to it.
+        assert!(
+            calls.contains("atoll-check --tcp-recv 5001 --timeout 700 --bytes 4194304 --seed 1"),
+            "{calls}"
+        );
         let order = [
-            "atoll-check --tcp-recv 5001 --timeout 700 --bytes 4194304 --seed 1",
             "atoll create ",
             "ip addr add 10.9.0.1/24 dev atl0",
             "atoll console virtio1 --no-input --until ATOLL-RESULT virtio_guest --timeout 600",

@@ -83,6 +83,7 @@ fn panel<DB: DrawingBackend>(
     y_label: &str,
     bars: &[Bar],
     floor: f64,
+    y_fmt: fn(&f64) -> String,
 ) -> Result<()>
 where
     DB::ErrorType: 'static,
@@ -106,7 +107,7 @@ where
         .caption(title, ("sans-serif", 22))
         .margin(12)
         .x_label_area_size(36)
-        .y_label_area_size(70)
+        .y_label_area_size(95)
         .build_cartesian_2d(0.0..n, y0..y1)
         .map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let labels = loads.clone();
@@ -122,6 +123,7 @@ where
                 String::new()
             }
         })
+        .y_label_formatter(&y_fmt)
         .y_desc(y_label)
         .label_style(("sans-serif", 15))
         .draw()
@@ -170,6 +172,7 @@ pub fn isolation(results: &[ConfigResult], opts: &Options, png: &Path) -> Result
         "loaded / solo (1 = no interference)",
         &ratio,
         1.0,
+        |v| format!("{v:.3}"),
     )?;
     panel(
         &right,
@@ -177,6 +180,7 @@ pub fn isolation(results: &[ConfigResult], opts: &Options, png: &Path) -> Result
         "max detour, %",
         &detour,
         0.0,
+        |v| format!("{v:.0}"),
     )?;
     root.present()
         .with_context(|| format!("writing {}", png.display()))?;

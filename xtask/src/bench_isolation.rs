@@ -517,6 +517,13 @@ pub fn check(results: &[ConfigResult], opts: &Options) -> Result<()> {
                     m.load
                 );
             }
+            if r.config != Config::Native && m.exits_per_s_per_core(2)?.is_none() {
+                bail!(
+                    "{} under {}: no exit rate while HPCG computed (an empty window)",
+                    r.config.name(),
+                    m.load
+                );
+            }
             if matches!(r.config, Config::KvmDefault | Config::KvmTuned) && m.kvm.is_none() {
                 bail!(
                     "{} under {}: no count of KVM's exits around HPCG",

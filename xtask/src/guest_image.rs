@@ -129,9 +129,8 @@ pub const APPLETS: &[&str] = &[
     "taskset",
     "usleep",
     "cut",
-    // Its driver ahead of the load it starts (renice), the load and workload at the default.
+    // Its driver ahead of the load it starts (Debian's busybox has renice, not nice).
     "renice",
-    "nice",
 ];
 
 /// Kernel modules the image carries, as paths under the package's `lib/modules/VERSION/kernel/`,
@@ -432,7 +431,6 @@ iso_cores=2,3
 iso_load_cpus=0-1
 iso_mem=256
 work_guest=""
-work_nice=""
 for word in $(cat /proc/cmdline); do
     case "$word" in
         atoll.expect_cpus=*) args="$args --expect-cpus ${word#*=}" ;;
@@ -755,16 +753,16 @@ work() {
     echo "ATOLL-WORK begin cpus=$wc"
     # What an exit costs this kernel's user space: CPUID's round trip and a timer's wakeup
     # (ATOLL-EXITCOST), on the first workload CPU.
-    if ! $work_nice atoll-fwq --exit-costs --cpu "${wc%%[,-]*}" 2> /tmp/iso/exitcost.err; then
+    if ! atoll-fwq --exit-costs --cpu "${wc%%[,-]*}" 2> /tmp/iso/exitcost.err; then
         why="atoll-fwq --exit-costs failed: $(tail -c 300 /tmp/iso/exitcost.err | tr '\n' ' ')"
     fi
-    if ! $work_nice atoll-fwq --cpus "$wc" --samples "$fwq_samples" --quantum-us "$fwq_quantum" 2> /tmp/iso/fwq.err; then
+    if ! atoll-fwq --cpus "$wc" --samples "$fwq_samples" --quantum-us "$fwq_quantum" 2> /tmp/iso/fwq.err; then
         why="atoll-fwq failed: $(tail -c 300 /tmp/iso/fwq.err | tr '\n' ' ')"
     fi
     if [ "$oslat_s" -gt 0 ] && command -v oslat > /dev/null; then
         # Its main thread on the first workload CPU too (default: CPU 0, maybe the host's).
         main=${wc%%[,-]*}
-        if $work_nice oslat --cpu-list "$wc" --cpu-main-thread "$main" --duration "$oslat_s" --quiet --json=/tmp/iso/oslat.json > /tmp/iso/oslat.out 2>&1; then
+        if oslat --cpu-list "$wc" --cpu-main-thread "$main" --duration "$oslat_s" --quiet --json=/tmp/iso/oslat.json > /tmp/iso/oslat.out 2>&1; then
             echo "ATOLL-OSLAT $(tr -d '\n' < /tmp/iso/oslat.json)"
         else
             echo "work: oslat failed: $(tail -c 300 /tmp/iso/oslat.out | tr '\n' ' ')"
@@ -773,7 +771,7 @@ work() {
     [ "$work_pause" -gt 0 ] && sleep "$work_pause"
     echo "ATOLL-WORK hpcg"
     work_irqs b
-    $work_nice taskset -c "$wc" atoll-hpcg "$1" "$2" "$3" --rt "$hpcg_rt"
+    taskset -c "$wc" atoll-hpcg "$1" "$2" "$3" --rt "$hpcg_rt"
     rc=$?
     work_irqs a
     echo "ATOLL-WORK end"
@@ -803,7 +801,7 @@ iso_load_start() {
         why="no stress-ng in this image (the bench-initrd module has it)"
         return 1
     fi
-    nice -n 20 stress-ng --taskset "$iso_load_cpus" $sargs --timeout 0 --quiet > /tmp/iso/stress.out 2>&1 &
+    stress-ng --taskset "$iso_load_cpus" $sargs --timeout 0 --quiet > /tmp/iso/stress.out 2>&1 &
     iso_load_pid=$!
     # Its workers running before the measurement starts (a second of the machine's time: on
     # Bochs that is minutes of the host's).
@@ -856,7 +854,7 @@ iso_kvm_run() {
     [ -n "$why" ] && return
     set -- $(echo "$iso_cores" | tr ',' ' ')
     ncpu=$#
-    nice -n 20 qemu-system-x86_64-microvm -name work1,debug-threads=on -M microvm,x-option-roms=off \
+    qemu-system-x86_64-microvm -name work1,debug-threads=on -M microvm,x-option-roms=off \
         -accel kvm -cpu host -nodefaults -no-user-config -display none -no-reboot \
         -bios /usr/share/qemu/qboot.rom -m "$iso_mem" -smp "$ncpu" \
         -kernel /guest/vmlinuz -initrd /guest/initrd -serial stdio \
@@ -883,6 +881,7 @@ iso_kvm_run() {
         [ "$pinned" -lt "$ncpu" ] && usleep 100000
         n=$((n + 1))
     done
+    iso_urgent
     if [ "$pinned" -lt "$ncpu" ]; then
         why="pinned $pinned of the guest's $ncpu vCPU threads: $(tail -c 300 $d/work.out | tr '\r\n' '  ')"
         kill "$qp" 2>/dev/null; wait "$qp" 2>/dev/null
@@ -902,6 +901,8 @@ iso_kvm_run() {
     kill "$qp" 2>/dev/null
     wait "$qp" 2>/dev/null
 }
+# This shell (the isolation driver) ahead of everything it started before: renice -20.
+iso_urgent() { renice -n -20 -p $$ > /dev/null 2>&1; }
 # The JSON of line prefix $1 in file $2 (null when absent).
 iso_line() {
     l=$(grep -a "^$1 " "$2" | head -n 1 | tr -d '\r')
@@ -922,9 +923,12 @@ iso_run() {
     if iso_load_start "$1"; then
         case "$iso_mode" in
             native)
-                (work_cpus=$iso_cores; work_nice="nice -n 20"; work
-                 [ -z "$why" ] || echo "ATOLL-ACTION-FAILED work: $why") > $d/work.out 2>&1 ;;
+                (work_cpus=$iso_cores; work; [ -z "$why" ] || echo "ATOLL-ACTION-FAILED work: $why") > $d/work.out 2>&1 ;;
             atoll)
+                # This driver (its console reads and stats snapshots) ahead of the load: at
+                # the default priority a loaded host ran it late, after the workload had
+                # ended. The load, started before, keeps the default (as the KVM guest's VMM).
+                iso_urgent
                 e=work1
                 lc_desc $d/$e.toml $e "$iso_cores" "$iso_mem" linux \
                     "console=ttyS0 loglevel=5 $work_guest atoll.actions=work$work_words $lc_args"
@@ -948,6 +952,7 @@ iso_run() {
             *) why="atoll.iso_mode='$iso_mode' is not native, atoll or kvm" ;;
         esac
     fi
+    renice -n 0 -p $$ > /dev/null 2>&1
     iso_load_stop
     hp=$(iso_line ATOLL-HPCG $d/work.out)
     if [ -z "$why" ] && [ "$hp" = null ]; then
@@ -975,10 +980,6 @@ iso_run() {
 # line either way, with atoll.work_guest's words ('+' for a space: nohz_full=1+rcu_nocbs=1).
 # Ends with "ATOLL-RESULT isolation {runs, failed}".
 isolation() {
-    # This driver (its console reads, stats snapshots and polls) ahead of the load it starts:
-    # at the default priority a loaded host ran it late, after the workload had ended. The
-    # load, the native workload and the KVM guest's VMM run at the default (nice -n 20).
-    renice -n -20 -p $$ > /dev/null 2>&1
     iso_failed=0
     iso_n=0
     for load in $(echo "$iso_loads" | tr ',' ' '); do
@@ -3961,7 +3962,6 @@ log() { echo "$*" >> "$SANDBOX/calls"; }
 nproc() { echo 4; }
 taskset() { log "taskset $1 $2"; shift 2; "$@"; }
 renice() { log "renice $*"; }
-nice() { log "nice $1 $2"; shift 2; "$@"; }
 atoll_fwq() {
     log "atoll-fwq $*"
     if [ "$1" = --exit-costs ]; then
@@ -4108,13 +4108,8 @@ stress_ng() { log "stress-ng $*"; exec real_timeout 2 real_sleep 60; }
             line("ATOLL-RESULT isolation "),
             serde_json::json!({"mode": "native", "runs": 3, "failed": 1})
         );
-        // The driver ahead of the load; the load and the native workload at the default.
-        assert!(calls.starts_with("renice -n -20 -p "), "{calls}");
-        assert!(calls.contains("nice -n 20\nstress-ng --taskset"), "{calls}");
-        assert!(
-            calls.contains("nice -n 20\ntaskset -c 2,3\natoll-hpcg"),
-            "{calls}"
-        );
+        // Natively nothing is reniced ahead: the workload runs at the default beside the load.
+        assert!(!calls.contains("renice -n -20"), "{calls}");
         // The load ran pinned to the host's CPUs, one worker per CPU, and only around run 1.
         assert!(
             calls.contains("stress-ng --taskset 0-1 --cpu 4 --timeout 0 --quiet\n"),

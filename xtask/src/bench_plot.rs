@@ -176,7 +176,7 @@ pub fn isolation(results: &[ConfigResult], opts: &Options, png: &Path) -> Result
     )?;
     panel(
         &right,
-        "FWQ largest detour, % of the quantum",
+        "FWQ largest detour, % of the fastest quantum",
         "max detour, %",
         &detour,
         0.0,

@@ -112,10 +112,11 @@ enum Bench {
         #[arg(long)]
         virtio_poll: bool,
     },
-    /// The headline experiment (issue 15): HPCG and the FWQ/oslat noise probes on cores 2 and
-    /// 3, solo and under each stress-ng load on cores 0 and 1, natively and in an atoll
-    /// enclave: a table (HPCG's rating and loaded/solo cycles, FWQ detours, oslat, exits per
-    /// second per core), target/bench/isolation-EMU.json and .png.
+    /// The headline experiment (issue 15): HPCG, the FWQ/oslat noise probes and exit costs on
+    /// cores 2 and 3, solo and under each stress-ng load on cores 0 and 1, natively, in an
+    /// atoll enclave and in a KVM guest (default and tuned host): a table (HPCG's rating and
+    /// loaded/solo cycles, FWQ detours, oslat, exits per second per core, interrupts, exit
+    /// costs), target/bench/isolation-EMU.json and .png.
     Isolation {
         /// bochs (the reference: a busy CPU's TSC counts its own instructions) or qemu (the
         /// pipeline).

@@ -1003,6 +1003,9 @@ isolation() {
         iso_n=$((iso_n + 1))
     done
     echo "ATOLL-RESULT isolation {\"mode\":$(lc_str "$iso_mode"),\"runs\":$iso_n,\"failed\":$iso_failed}"
+    # Let the serial line drain: a poweroff -f right after cut a native Bochs run's last lines
+    # (kilobytes of interrupt rows at 115200 baud).
+    sleep 2
     why=""
     [ "$iso_failed" = 0 ] || why="$iso_failed of the isolation runs failed (see ATOLL-ISO-RUN)"
 }

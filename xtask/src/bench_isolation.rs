@@ -727,9 +727,16 @@ pub fn to_json(results: &[ConfigResult], opts: &Options) -> Value {
     })
 }
 
-/// Runs one configuration's boot.
-fn run_config(config: Config, opts: &Options) -> Result<ConfigResult> {
-    let mut ro = RunOptions::new(opts.emulator, config.scenario());
+/// What a configuration's boot adds to its scenario: words for the kernel that boots (a
+/// native scenario's Linux: `extra`) or for the host partition (atoll: `host`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct BootWords {
+    pub extra: String,
+    pub host: Option<String>,
+}
+
+/// The boot words of `config` under `opts`.
+pub fn boot_words(config: Config, opts: &Options) -> BootWords {
     let mut words = opts.words();
     if config == Config::KvmTuned {
         words = format!("{words} {KVM_TUNING}");
@@ -738,15 +745,34 @@ fn run_config(config: Config, opts: &Options) -> Result<ConfigResult> {
         // The kernel's command line itself; on QEMU the timing warnings of its software CPUs
         // are tolerated as in every Linux scenario there, the KVM guest's too (atoll.lc_args:
         // words for the workload's guest, '+' for a space).
-        Config::Native | Config::KvmDefault | Config::KvmTuned => {
-            ro.extra_cmdline = if opts.emulator == Emulator::Qemu {
+        Config::Native | Config::KvmDefault | Config::KvmTuned => BootWords {
+            extra: if opts.emulator == Emulator::Qemu {
                 let t = crate::guest_image::TCG_TOLERATED.join(",");
                 format!("{words} atoll.tolerate={t} atoll.lc_args=atoll.tolerate={t}")
             } else {
-                words
-            };
-        }
-        Config::Atoll => ro.enclave_cmdline = vec![("host".into(), words)],
+                // Bochs' CPU model tells a natively booted kernel its TSC runs at 3.5 GHz; it
+                // runs at Bochs' instructions per second. Told otherwise, the kernel's time
+                // and timers are 35× off and its one-shot APIC timer storms (measured: 69 959
+                // interrupts on the workload's cores in one HPCG run, 4 490 with this). atoll
+                // calibrates the TSC itself, for its host and enclaves alike.
+                format!("{words} tsc_early_khz={}", crate::run::BOCHS_IPS / 1000)
+            },
+            host: None,
+        },
+        Config::Atoll => BootWords {
+            extra: String::new(),
+            host: Some(words),
+        },
+    }
+}
+
+/// Runs one configuration's boot.
+fn run_config(config: Config, opts: &Options) -> Result<ConfigResult> {
+    let mut ro = RunOptions::new(opts.emulator, config.scenario());
+    let w = boot_words(config, opts);
+    ro.extra_cmdline = w.extra;
+    if let Some(h) = w.host {
+        ro.enclave_cmdline = vec![("host".into(), h)];
     }
     eprintln!(
         "bench isolation: {} ({}) on {}",
@@ -1043,6 +1069,32 @@ mod tests {
         let a = rows(&[" CPU0 CPU3", "LOC: 1 17"]);
         assert_eq!(irq_deltas(&b, &a, &[3]), [("LOC".to_string(), 7)]);
         assert!(irq_deltas(&[], &a, &[3]).contains(&("LOC".to_string(), 17)));
+    }
+
+    #[test]
+    fn each_configuration_boots_with_its_words() {
+        let q = Options::new(Emulator::Qemu, "cpu", 16, 0, 500, 0, "native").unwrap();
+        let b = Options {
+            emulator: Emulator::Bochs,
+            ..q.clone()
+        };
+        let atoll = boot_words(Config::Atoll, &b);
+        assert_eq!(
+            (atoll.extra.as_str(), atoll.host.as_deref()),
+            ("", Some(b.words().as_str()))
+        );
+        // Natively on Bochs the kernel is told the TSC's real rate; on QEMU, TCG's warnings.
+        let n = boot_words(Config::Native, &b);
+        assert_eq!(n.extra, format!("{} tsc_early_khz=100000", b.words()));
+        assert_eq!(n.host, None);
+        let n = boot_words(Config::Native, &q);
+        assert!(n.extra.contains("atoll.lc_args=atoll.tolerate="), "{n:?}");
+        assert!(!n.extra.contains("tsc_early_khz"), "{n:?}");
+        // Only the tuned KVM host isolates the guest's cores.
+        assert!(boot_words(Config::KvmTuned, &b).extra.contains(KVM_TUNING));
+        assert!(!boot_words(Config::KvmDefault, &b)
+            .extra
+            .contains("isolcpus"));
     }
 
     #[test]

@@ -450,11 +450,7 @@ impl ExitCostReport {
 
     /// `ATOLL-EXITCOST {json}` (no newline).
     pub fn json_line(&self) -> String {
-        // Numbers, strings and finite floats (tsc_hz ≠ 0) cannot fail to serialize; the
-        // fallback keeps the line parseable if it ever did.
-        let json = serde_json::to_string(self)
-            .unwrap_or_else(|e| format!("{{\"error\":{:?}}}", e.to_string()));
-        format!("{PREFIX} {json}")
+        crate::report::prefixed_json(PREFIX, self)
     }
 
     /// The human table.

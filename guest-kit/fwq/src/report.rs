@@ -61,11 +61,7 @@ impl Report {
 
     /// `ATOLL-FWQ {json}` (no newline).
     pub fn json_line(&self) -> String {
-        // A struct of numbers, strings and finite floats cannot fail to serialize; the
-        // fallback keeps the line parseable if it ever did.
-        let json = serde_json::to_string(self)
-            .unwrap_or_else(|e| format!("{{\"error\":{:?}}}", e.to_string()));
-        format!("{PREFIX} {json}")
+        prefixed_json(PREFIX, self)
     }
 
     /// The human table: a parameters line, then one row per CPU.
@@ -124,6 +120,15 @@ pub fn write_raw(out: &mut impl Write, runs: &[CpuSamples]) -> io::Result<()> {
         }
     }
     out.flush()
+}
+
+/// `PREFIX {json}` (no newline), the one-line report both modes print. A struct of numbers,
+/// strings and finite floats cannot fail to serialize; the fallback keeps the line parseable if
+/// it ever did.
+pub fn prefixed_json(prefix: &str, value: &impl serde::Serialize) -> String {
+    let json = serde_json::to_string(value)
+        .unwrap_or_else(|e| format!("{{\"error\":{:?}}}", e.to_string()));
+    format!("{prefix} {json}")
 }
 
 #[cfg(test)]

@@ -573,7 +573,11 @@ mod tests {
 
     #[test]
     fn wrong_registers_are_refused() {
-        for (magic, version, want) in [(0x1234, 1, "magic"), (reg::MAGIC_VALUE, 2, "version 2")] {
+        for (magic, version, want) in [
+            (0x1234, u32::from(VERSION), "magic"),
+            (reg::MAGIC_VALUE, 1, "version 1"),
+            (reg::MAGIC_VALUE, 3, "version 3"),
+        ] {
             let mut m = Memory::new(magic, version);
             let e = m.mailbox(Duration::from_secs(1)).err().unwrap();
             let t = e.to_string();
@@ -582,7 +586,7 @@ mod tests {
                 "{t}"
             );
         }
-        let mut m = Memory::new(reg::MAGIC_VALUE, 1);
+        let mut m = Memory::new(reg::MAGIC_VALUE, u32::from(VERSION));
         m.regs[1] = 8 | u64::from(SLOT_SIZE) << 32;
         assert!(m
             .mailbox(Duration::from_secs(1))

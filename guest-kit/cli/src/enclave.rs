@@ -1,7 +1,7 @@
 //! Owned copies of what atoll reports, for printing and JSON.
 
 use crate::client::{decode, Client, Result};
-use atoll_abi::control::{read_records, Info, Kind, Target, EXIT_KINDS};
+use atoll_abi::control::{read_records, Info, Kind, Target, EXIT_KINDS, VCPU_EXIT_CLASSES};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -22,6 +22,11 @@ pub struct Enclave {
     pub uptime_us: u64,
     /// Exits by kind, every kind atoll counts.
     pub exits: BTreeMap<&'static str, u64>,
+    /// Exits of each vCPU, in vCPU order (vCPU i on its i-th core); empty for a bare-metal
+    /// enclave.
+    pub vcpu_exits: Vec<u64>,
+    /// The same by class (timer, ipi, hlt, other).
+    pub vcpu_exit_classes: Vec<BTreeMap<&'static str, u64>>,
     /// Interrupts atoll injected.
     pub interrupts_injected: u64,
     /// IPIs dropped.
@@ -67,6 +72,12 @@ pub fn records(client: &mut Client, kind: Kind, name: &str) -> Result<Vec<Enclav
                 memory_mib: r.memory_mib,
                 uptime_us: r.uptime_us,
                 exits: EXIT_KINDS.iter().copied().zip(r.exits).collect(),
+                vcpu_exits: r.vcpu_exits.iter().map(|c| c.iter().sum()).collect(),
+                vcpu_exit_classes: r
+                    .vcpu_exits
+                    .iter()
+                    .map(|c| VCPU_EXIT_CLASSES.iter().copied().zip(c).collect())
+                    .collect(),
                 interrupts_injected: r.interrupts_injected,
                 ipis_dropped: r.ipis_dropped,
                 console_bytes_dropped: r.console_bytes_dropped,

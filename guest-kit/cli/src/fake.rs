@@ -35,6 +35,16 @@ pub struct FakeEnclave {
 }
 
 impl FakeEnclave {
+    /// Its exits per vCPU by class: all on the first, as "other" (the rest quiet, as
+    /// nohz_full CPUs are).
+    pub fn vcpu_exits(&self) -> Vec<[u64; 4]> {
+        let mut v = vec![[0; 4]; self.cores.len()];
+        if let Some(first) = v.first_mut() {
+            first[3] = self.exits.iter().sum();
+        }
+        v
+    }
+
     pub fn new(id: u16, name: &str, cores: &[u32], memory_mib: u64) -> Self {
         FakeEnclave {
             id,
@@ -276,6 +286,7 @@ impl Fake {
                                     memory_mib: e.memory_mib,
                                     uptime_us: 61_500_000,
                                     exits: e.exits,
+                                    vcpu_exits: Default::default(),
                                     interrupts_injected: 7,
                                     ipis_dropped: 3,
                                     console_bytes_dropped: 2,
@@ -288,7 +299,11 @@ impl Fake {
                                     restarts: 1,
                                     reason: &e.reason,
                                 }
-                                .write_with(&e.cores, w)?;
+                                .write_with(
+                                    &e.cores,
+                                    &e.vcpu_exits(),
+                                    w,
+                                )?;
                             }
                             Ok(())
                         })

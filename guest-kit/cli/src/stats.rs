@@ -15,6 +15,10 @@ pub struct EnclaveStats {
     /// Exits per second by kind since the previous sample (absent without one).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exits_per_second: Option<BTreeMap<&'static str, f64>>,
+    /// Exits per second of each vCPU since the previous sample (absent without one, or when
+    /// the enclave's vCPU count changed between the samples).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vcpu_exits_per_second: Option<Vec<f64>>,
 }
 
 /// `atoll stats --json`'s document.
@@ -32,21 +36,34 @@ pub fn with_rates(now: Vec<Enclave>, prev: Option<(&[Enclave], f64)>) -> StatsDo
     let enclaves = now
         .into_iter()
         .map(|e| {
-            let exits_per_second = prev.and_then(|(p, secs)| {
+            let old = prev.and_then(|(p, secs)| {
                 let old = p.iter().find(|o| o.id == e.id && o.name == e.name)?;
-                (secs > 0.0).then(|| {
-                    e.exits
-                        .iter()
-                        .map(|(k, v)| {
-                            let before = old.exits.get(k).copied().unwrap_or(0);
-                            (*k, v.saturating_sub(before) as f64 / secs)
-                        })
-                        .collect()
-                })
+                (secs > 0.0).then_some((old, secs))
+            });
+            let vcpu_exits_per_second = old.and_then(|(old, secs)| {
+                (old.vcpu_exits.len() == e.vcpu_exits.len() && !e.vcpu_exits.is_empty()).then(
+                    || {
+                        e.vcpu_exits
+                            .iter()
+                            .zip(&old.vcpu_exits)
+                            .map(|(now, before)| now.saturating_sub(*before) as f64 / secs)
+                            .collect()
+                    },
+                )
+            });
+            let exits_per_second = old.map(|(old, secs)| {
+                e.exits
+                    .iter()
+                    .map(|(k, v)| {
+                        let before = old.exits.get(k).copied().unwrap_or(0);
+                        (*k, v.saturating_sub(before) as f64 / secs)
+                    })
+                    .collect()
             });
             EnclaveStats {
                 enclave: e,
                 exits_per_second,
+                vcpu_exits_per_second,
             }
         })
         .collect();
@@ -97,6 +114,20 @@ pub fn render_table(doc: &StatsDoc) -> String {
                 "  virtio chains {}  bad chains {}  host errors {}",
                 e.virtio_chains, e.virtio_bad_chains, e.virtio_host_errors
             );
+        }
+        if !e.vcpu_exits.is_empty() {
+            let per: Vec<String> = e
+                .vcpu_exits
+                .iter()
+                .enumerate()
+                .map(
+                    |(i, n)| match s.vcpu_exits_per_second.as_ref().and_then(|r| r.get(i)) {
+                        Some(r) => format!("{i}: {n} ({r:.1}/s)"),
+                        None => format!("{i}: {n}"),
+                    },
+                )
+                .collect();
+            let _ = writeln!(out, "  exits per vCPU  {}", per.join("  "));
         }
         let rows: Vec<Vec<String>> = EXIT_KINDS
             .iter()
@@ -162,6 +193,21 @@ pub fn render_prometheus(enclaves: &[Enclave], info: &Info) -> String {
         "counter",
         "VM exits of the enclave's vCPUs by kind.",
         exits,
+    );
+    let mut vcpus = Vec::new();
+    for e in enclaves {
+        for (i, n) in e.vcpu_exits.iter().enumerate() {
+            vcpus.push((
+                format!("enclave=\"{}\",vcpu=\"{i}\"", label(&e.name)),
+                n.to_string(),
+            ));
+        }
+    }
+    family(
+        "atoll_enclave_vcpu_exits_total",
+        "counter",
+        "VM exits of each of the enclave's vCPUs (vCPU i on its i-th core).",
+        vcpus,
     );
     family(
         "atoll_enclave_uptime_seconds",

@@ -559,7 +559,7 @@ fn bad_replies_are_clear_errors() {
         (Box::new(|r| r[8] ^= 1), "sequence number"),
         (Box::new(|r| r[6] = 7), "kind 7"),
         (Box::new(|r| r[12] = 99), "unknown status 99"),
-        (Box::new(|r| r[4] = 2), "protocol version 2"),
+        (Box::new(|r| r[4] = 3), "protocol version 3"),
         (Box::new(|r| r[20] = 1), "field header"),
         // A record's state byte (after header, count, id).
         (Box::new(|r| r[24 + 4 + 2] = 9), "records: field state"),
@@ -648,10 +648,15 @@ fn stats_table_json_and_rates() {
     assert!(o
         .out
         .contains("device interrupts 7  DMA faults 1  interrupt faults 0"));
+    assert!(
+        o.out.contains("\n  exits per vCPU  0: 47  1: 0\n"),
+        "{}",
+        o.out
+    );
     let rows: Vec<Vec<&str>> = o
         .out
         .lines()
-        .skip(4)
+        .skip(5)
         .map(|l| l.split_whitespace().collect())
         .collect();
     assert_eq!(rows, [vec!["hlt", "40", "-"], vec!["io", "7", "-"]]);
@@ -706,6 +711,8 @@ fn rates_pair_samples_by_enclave() {
             .iter()
             .map(|k| (*k, if *k == "hlt" { hlt } else { 0 }))
             .collect(),
+        vcpu_exits: vec![hlt, 0],
+        vcpu_exit_classes: vec![],
         interrupts_injected: 0,
         ipis_dropped: 0,
         console_bytes_dropped: 0,
@@ -727,6 +734,18 @@ fn rates_pair_samples_by_enclave() {
         100.0
     );
     assert!(doc.enclaves[1].exits_per_second.is_none());
+    assert_eq!(
+        doc.enclaves[0].vcpu_exits_per_second.as_deref(),
+        Some(&[100.0, 0.0][..]),
+        "per vCPU"
+    );
+    assert!(doc.enclaves[1].vcpu_exits_per_second.is_none());
+    // A vCPU count that differs between the samples pairs nothing.
+    let mut three = e(1, "a", 300);
+    three.vcpu_exits.push(9);
+    let doc = crate::stats::with_rates(vec![three], Some((&prev, 2.0)));
+    assert!(doc.enclaves[0].vcpu_exits_per_second.is_none());
+    assert!(doc.enclaves[0].exits_per_second.is_some());
     let doc = crate::stats::with_rates(vec![e(1, "a", 5)], Some((&prev, 2.0)));
     assert_eq!(
         doc.enclaves[0].exits_per_second.as_ref().unwrap()["hlt"],
@@ -739,6 +758,11 @@ fn rates_pair_samples_by_enclave() {
     assert!(
         t.lines()
             .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["hlt", "300", "100.0"]),
+        "{t}"
+    );
+    assert!(
+        t.lines()
+            .any(|l| l.trim() == "exits per vCPU  0: 300 (100.0/s)  1: 0 (0.0/s)"),
         "{t}"
     );
 }
@@ -809,6 +833,23 @@ fn stats_as_prometheus_text() {
             .count(),
         2 * EXIT_KINDS.len()
     );
+    // Per vCPU: the fake puts every exit on the first.
+    assert_eq!(
+        s["atoll_enclave_vcpu_exits_total{enclave=\"linux\",vcpu=\"0\"}"],
+        47.0
+    );
+    assert_eq!(
+        s["atoll_enclave_vcpu_exits_total{enclave=\"linux\",vcpu=\"1\"}"],
+        0.0
+    );
+    assert_eq!(
+        s.keys()
+            .filter(|k| k.starts_with("atoll_enclave_vcpu_exits_total"))
+            .count(),
+        3,
+        "one per vCPU: linux's two, bare's one"
+    );
+    assert_eq!(types["atoll_enclave_vcpu_exits_total"], "counter");
     assert_eq!(s["atoll_enclave_uptime_seconds{enclave=\"linux\"}"], 61.5);
     assert_eq!(
         s["atoll_enclave_memory_bytes{enclave=\"linux\"}"],
@@ -866,7 +907,7 @@ fn stats_as_prometheus_text() {
         );
         assert_eq!(types[&format!("atoll_enclave_virtio_{f}_total")], "counter");
     }
-    assert_eq!(types.len(), 16);
+    assert_eq!(types.len(), 17);
     assert_eq!(fake.borrow().kinds(), [Kind::Stats, Kind::Info]);
 }
 

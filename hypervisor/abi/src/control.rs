@@ -30,7 +30,7 @@ pub const DEVICE_ID: u16 = 0x0c71;
 /// The control device's class code: base class `ff` (device does not fit a class).
 pub const CLASS_CODE: [u8; 3] = [0xff, 0x00, 0x00];
 /// The protocol version; a request of another version is refused with [`Status::Version`].
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 
 /// Size of BAR0, the registers.
 pub const BAR0_SIZE: u64 = 4096;
@@ -97,6 +97,9 @@ pub const MAX_NAME: usize = 32;
 pub const MAX_TEXT: usize = 512;
 /// Most cores a record lists.
 pub const MAX_CORES: usize = 64;
+/// Names of the classes a record counts each vCPU's exits in, in order (atoll's idle-profile
+/// classes: timer programming and timer interrupts, IPIs sent and received, HLT, the rest).
+pub const VCPU_EXIT_CLASSES: [&str; 4] = ["timer", "ipi", "hlt", "other"];
 /// Names of the exit counters a record carries, in order (atoll's exit kinds).
 pub const EXIT_KINDS: [&str; 19] = [
     "cpuid",
@@ -1021,6 +1024,10 @@ pub struct Record<'a> {
     pub uptime_us: u64,
     /// Exits by kind, in [`EXIT_KINDS`] order, summed over its vCPUs.
     pub exits: [u64; EXIT_KINDS.len()],
+    /// Exits of each vCPU by class ([`VCPU_EXIT_CLASSES`]), in vCPU order (vCPU i runs on its
+    /// i-th core), at most [`MAX_CORES`] vCPUs; empty for an enclave without atoll's virtual
+    /// platform (bare metal) or not yet built. Protocol version 2.
+    pub vcpu_exits: VcpuCounts<'a>,
     /// Interrupts atoll injected into it.
     pub interrupts_injected: u64,
     /// IPIs it sent that atoll dropped (to cores not its own).
@@ -1071,10 +1078,53 @@ impl<'a> CoreList<'a> {
     }
 }
 
+/// A record's per-vCPU class counts, as the wire holds them (a u16 vCPU count, then
+/// [`VCPU_EXIT_CLASSES`]`.len()` little-endian u64s per vCPU; a record being written takes
+/// them from a slice instead: [`Record::write_with`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VcpuCounts<'a>(&'a [u8]);
+
+/// One vCPU's exits by class.
+pub type ClassCounts = [u64; VCPU_EXIT_CLASSES.len()];
+
+const VCPU_RECORD: usize = 8 * VCPU_EXIT_CLASSES.len();
+
+impl<'a> VcpuCounts<'a> {
+    /// Counts from their wire bytes (whole vCPUs only, at most [`MAX_CORES`]).
+    pub fn from_bytes(b: &'a [u8]) -> Option<Self> {
+        (b.len().is_multiple_of(VCPU_RECORD) && b.len() / VCPU_RECORD <= MAX_CORES)
+            .then_some(Self(b))
+    }
+    /// How many vCPUs.
+    pub fn len(&self) -> usize {
+        self.0.len() / VCPU_RECORD
+    }
+    /// Whether none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    /// Each vCPU's counts by class.
+    pub fn iter(&self) -> impl Iterator<Item = ClassCounts> + 'a {
+        self.0.chunks_exact(VCPU_RECORD).map(|v| {
+            core::array::from_fn(|i| {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&v[i * 8..i * 8 + 8]);
+                u64::from_le_bytes(b)
+            })
+        })
+    }
+}
+
 impl<'a> Record<'a> {
-    /// Encodes the record; `cores` are written from the slice (at most [`MAX_CORES`]).
-    pub fn write_with(&self, cores: &[u32], w: &mut Writer<'_>) -> Result<(), WireError> {
-        if cores.len() > MAX_CORES {
+    /// Encodes the record; `cores` and `vcpu_exits` are written from the slices (at most
+    /// [`MAX_CORES`] each; `self.cores` and `self.vcpu_exits` are not read).
+    pub fn write_with(
+        &self,
+        cores: &[u32],
+        vcpu_exits: &[ClassCounts],
+        w: &mut Writer<'_>,
+    ) -> Result<(), WireError> {
+        if cores.len() > MAX_CORES || vcpu_exits.len() > MAX_CORES {
             return Err(WireError::TooLong);
         }
         w.u16(self.id)?;
@@ -1089,6 +1139,12 @@ impl<'a> Record<'a> {
         w.u64(self.uptime_us)?;
         for e in self.exits {
             w.u64(e)?;
+        }
+        w.u16(vcpu_exits.len() as u16)?;
+        for v in vcpu_exits {
+            for e in v {
+                w.u64(*e)?;
+            }
         }
         w.u64(self.interrupts_injected)?;
         w.u64(self.ipis_dropped)?;
@@ -1122,6 +1178,11 @@ impl<'a> Record<'a> {
         for e in &mut exits {
             *e = r.u64()?;
         }
+        let n = usize::from(r.u16()?);
+        if n > MAX_CORES {
+            return Err(WireError::TooLong);
+        }
+        let vcpu_exits = VcpuCounts(r.bytes(n * VCPU_RECORD)?);
         Ok(Record {
             id,
             state,
@@ -1130,6 +1191,7 @@ impl<'a> Record<'a> {
             memory_mib,
             uptime_us,
             exits,
+            vcpu_exits,
             interrupts_injected: r.u64()?,
             ipis_dropped: r.u64()?,
             console_bytes_dropped: r.u64()?,
@@ -1309,6 +1371,7 @@ mod tests {
             memory_mib: 256,
             uptime_us: 1_000_000,
             exits,
+            vcpu_exits: VcpuCounts(&[]),
             interrupts_injected: 5,
             ipis_dropped: 1,
             console_bytes_dropped: 0,
@@ -1324,10 +1387,13 @@ mod tests {
         let mut buf = [0u8; 4096];
         let mut w = Writer::new(&mut buf);
         w.u32(2).unwrap();
-        rec.write_with(&[1, 2], &mut w).unwrap();
-        rec.write_with(&[3], &mut w).unwrap();
+        rec.write_with(&[1, 2], &[[1, 2, 3, 1], [0, 0, 9, 1]], &mut w)
+            .unwrap();
+        rec.write_with(&[3], &[], &mut w).unwrap();
         let n = w.len();
         let mut seen = [0usize; 2];
+        let mut vcpus = [[None; 3]; 2];
+        let mut per_class = [0u64; 4];
         let mut i = 0;
         assert_eq!(
             read_records(&buf[..n], |r| {
@@ -1336,11 +1402,19 @@ mod tests {
                 assert_eq!(r.reason, "triple fault");
                 assert_eq!(r.state, State::Failed);
                 seen[i] = r.cores.len();
+                for (k, e) in r.vcpu_exits.iter().enumerate().take(3) {
+                    vcpus[i][k] = Some(e.iter().sum::<u64>());
+                    if i == 0 && k == 1 {
+                        per_class = e;
+                    }
+                }
                 i += 1;
             }),
             Ok(2)
         );
         assert_eq!(seen, [2, 1]);
+        assert_eq!(vcpus, [[Some(7), Some(10), None], [None; 3]]);
+        assert_eq!(per_class, [0, 0, 9, 1], "timer, ipi, hlt, other");
         assert!(read_records(&buf[..n - 1], |_| ()).is_err());
         let mut bad = buf;
         bad[0] = 3; // one record more than present
@@ -1352,7 +1426,11 @@ mod tests {
             Err(WireError::Field("state"))
         );
         assert_eq!(
-            rec.write_with(&[0; MAX_CORES + 1], &mut Writer::new(&mut buf)),
+            rec.write_with(&[0; MAX_CORES + 1], &[], &mut Writer::new(&mut buf)),
+            Err(WireError::TooLong)
+        );
+        assert_eq!(
+            rec.write_with(&[0], &[[0; 4]; MAX_CORES + 1], &mut Writer::new(&mut buf)),
             Err(WireError::TooLong)
         );
     }

@@ -1162,6 +1162,8 @@ impl Manager<'_> {
             .map(|v| v.enclave_faults(id))
             .unwrap_or_default();
         let virtio = platform.map(|p| p.virtio_stats()).unwrap_or_default();
+        let mut per_vcpu = [[0u64; abi::VCPU_EXIT_CLASSES.len()]; abi::MAX_CORES];
+        let vcpus = platform.map_or(0, |p| p.vcpu_exits(&mut per_vcpu));
         abi::Record {
             id,
             state,
@@ -1172,6 +1174,7 @@ impl Manager<'_> {
                 (u128::from(l.live.uptime_ticks(now)) * 1_000_000 / u128::from(hz)) as u64
             }),
             exits,
+            vcpu_exits: abi::VcpuCounts::default(),
             interrupts_injected: platform.map_or(0, |p| load(&p.interrupts_injected)),
             ipis_dropped: platform.map_or(0, |p| load(&p.ipis_dropped)),
             console_bytes_dropped: platform.map_or(0, |p| load(&p.console_bytes_dropped))
@@ -1187,7 +1190,11 @@ impl Manager<'_> {
             restarts: 0,
             reason: &reason,
         }
-        .write_with(&cores[..cores.len().min(abi::MAX_CORES)], w)
+        .write_with(
+            &cores[..cores.len().min(abi::MAX_CORES)],
+            &per_vcpu[..vcpus],
+            w,
+        )
     }
 }
 

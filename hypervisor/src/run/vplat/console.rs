@@ -109,6 +109,18 @@ impl Shared {
         t
     }
 
+    /// Exits of each vCPU so far by class ([`Class::ALL`] order, the control protocol's
+    /// `VCPU_EXIT_CLASSES`), in vCPU order, into `out`: returns how many vCPUs it wrote (at
+    /// most `out.len()`, so a caller's fixed buffer bounds it).
+    pub fn vcpu_exits(&self, out: &mut [[u64; 4]]) -> usize {
+        let mut n = 0;
+        for (m, o) in self.mailboxes.iter().zip(out.iter_mut()) {
+            *o = core::array::from_fn(|i| m.classes.0[i].load(Ordering::Relaxed));
+            n += 1;
+        }
+        n
+    }
+
     /// Exit classes over the whole run, summed over the vCPUs.
     pub fn classes(&self) -> serde_json::Map<String, serde_json::Value> {
         let t = self.class_totals();
@@ -302,5 +314,18 @@ mod tests {
         assert_eq!(m["idle"]["hlt"], 1);
         assert_eq!(m["idle"]["ipi"], 0);
         assert_eq!(s.classes()["timer"], 3);
+        let mut per = [[u64::MAX; 4]; 3];
+        assert_eq!(s.vcpu_exits(&mut per), 2, "one entry per vCPU");
+        assert_eq!(per, [[2, 0, 0, 0], [1, 0, 1, 0], [u64::MAX; 4]]);
+        let mut short = [[0u64; 4]; 1];
+        assert_eq!(
+            s.vcpu_exits(&mut short),
+            1,
+            "bounded by the caller's buffer"
+        );
+        assert_eq!(short, [[2, 0, 0, 0]]);
+        // The control protocol names the classes in the same order.
+        let names: alloc::vec::Vec<&str> = Class::ALL.iter().map(|c| c.name()).collect();
+        assert_eq!(names, atoll_abi::control::VCPU_EXIT_CLASSES);
     }
 }

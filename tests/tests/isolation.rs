@@ -81,6 +81,17 @@ fn isolation_pipeline_qemu() {
                 Config::Atoll => {
                     assert!(r["exits_per_s_per_core"].as_f64().is_some(), "{what}: {r}");
                     assert!(r["stats_before_hpcg"]["enclaves"].is_array(), "{what}");
+                    // atoll's counts per vCPU: one rate each, HPCG's (the nohz_full one) among
+                    // them.
+                    let per = r["vcpu_exits_per_s"].as_array().expect("vcpu_exits_per_s");
+                    assert_eq!(per.len(), 2, "{what}: {r}");
+                    assert_eq!(r["hpcg_vcpu_exits_per_s"], per[1], "{what}");
+                    let by_class = r["hpcg_vcpu_exits_by_class"].as_object().expect("classes");
+                    assert_eq!(
+                        by_class.keys().collect::<Vec<_>>(),
+                        ["hlt", "ipi", "other", "timer"],
+                        "{what}"
+                    );
                 }
                 Config::KvmDefault | Config::KvmTuned => {
                     assert!(r["exits_per_s_per_core"].as_f64().is_some(), "{what}: {r}");
@@ -88,6 +99,21 @@ fn isolation_pipeline_qemu() {
                 }
                 Config::Native => assert_eq!(r["exits_per_s_per_core"], Value::Null, "{what}"),
             }
+            // HPCG ran on the guest's nohz_full CPU (natively: the core it stands for) and the
+            // interrupts there are counted on their own.
+            assert!(
+                r["interrupts_on_hpcg_cpus_during_hpcg"].is_object(),
+                "{what}: {r}"
+            );
+            assert_eq!(
+                j["configs"][config.name()]["hpcg_cpus"],
+                if config == Config::Native {
+                    serde_json::json!([3])
+                } else {
+                    serde_json::json!([1])
+                },
+                "{what}"
+            );
             if r["load"] == "cpu" {
                 assert!(r["loaded_over_solo_cycles"].as_f64().is_some(), "{what}");
             }

@@ -106,11 +106,56 @@ pub struct Options {
     pub guest_cmdline: String,
     /// Configurations booted at once (each emulator is one process: on Bochs, one core).
     pub parallel: usize,
+    /// Added to the output files' names (`isolation-EMU-TAG.json`), so that runs with other
+    /// loads or configurations can be kept apart and merged (`--merge`).
+    pub tag: Option<String>,
 }
 
 /// The workload guest's kernel words by default: its second CPU tickless while it computes
 /// (the first keeps the tick: a kernel needs one housekeeping CPU) and without RCU callbacks.
 pub const GUEST_CMDLINE: &str = "nohz_full=1 rcu_nocbs=1";
+
+/// The machine's cores the workload gets (the enclave's, the KVM guest's vCPU threads', the
+/// native workload's); guest CPU i is core `WORKLOAD_CORES[i]`.
+pub const WORKLOAD_CORES: [u32; 2] = [2, 3];
+
+/// A kernel's CPU list ("1", "0-2", "1,3"), sorted and without repeats; an error for anything
+/// else (flags such as isolcpus' "domain," included).
+pub fn parse_cpu_list(l: &str) -> Result<Vec<u32>> {
+    let mut out = Vec::new();
+    for item in l.split(',') {
+        let num = |t: &str| {
+            t.parse::<u32>()
+                .map_err(|_| anyhow::anyhow!("'{t}' in '{l}' is not a CPU number"))
+        };
+        let (a, b) = match item.split_once('-') {
+            Some((a, b)) => (num(a)?, num(b)?),
+            None => (num(item)?, num(item)?),
+        };
+        if a > b || b - a > 1024 {
+            bail!("'{item}' in '{l}' is not a CPU range");
+        }
+        out.extend(a..=b);
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
+/// `cpus` as a kernel CPU list ("1,3").
+fn cpu_list_text(cpus: &[u32]) -> String {
+    cpus.iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The guest's CPUs `cpus` as the machine's cores ([`WORKLOAD_CORES`]).
+pub fn guest_to_cores(cpus: &[u32]) -> Vec<u32> {
+    cpus.iter()
+        .filter_map(|c| WORKLOAD_CORES.get(*c as usize).copied())
+        .collect()
+}
 
 impl Options {
     /// Checks and fills in the command line's values.
@@ -174,7 +219,39 @@ impl Options {
             configs: cs,
             guest_cmdline: GUEST_CMDLINE.into(),
             parallel: 1,
+            tag: None,
         })
+    }
+
+    /// The workload guest's CPUs HPCG runs on: its tickless ones (`nohz_full=` of the guest's
+    /// command line), or all of them (None) when the guest has none.
+    pub fn hpcg_guest_cpus(&self) -> Result<Option<Vec<u32>>> {
+        match self
+            .guest_cmdline
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("nohz_full="))
+        {
+            Some(l) => {
+                let cpus =
+                    parse_cpu_list(l).with_context(|| format!("--guest-cmdline nohz_full={l}"))?;
+                if let Some(c) = cpus.iter().find(|c| **c as usize >= WORKLOAD_CORES.len()) {
+                    bail!(
+                        "--guest-cmdline nohz_full={l}: CPU {c}, but the workload's guest has {} \
+                         CPUs (0-{})",
+                        WORKLOAD_CORES.len(),
+                        WORKLOAD_CORES.len() - 1
+                    );
+                }
+                if cpus.len() == WORKLOAD_CORES.len() {
+                    bail!(
+                        "--guest-cmdline nohz_full={l}: every CPU of the workload's guest; a \
+                         kernel keeps one housekeeping CPU"
+                    );
+                }
+                Ok(Some(cpus))
+            }
+            None => Ok(None),
+        }
     }
 
     /// The words the host's `/init` reads (the workload's are passed on to its enclave).
@@ -379,6 +456,68 @@ impl Measurement {
     }
 }
 
+impl Measurement {
+    /// Exits per second of each of the enclave's vCPUs while HPCG computed (atoll only): its
+    /// per-vCPU counts between the two snapshots over their interval. None without stats or
+    /// per-vCPU counts (an atoll before protocol version 2).
+    pub fn vcpu_exits_per_s(&self) -> Option<Vec<f64>> {
+        let (b, e) = self.stats.as_ref()?;
+        let first = |v: &Value| v.get("enclaves")?.get(0).cloned();
+        let (b, e) = (first(b)?, first(e)?);
+        let counts = |v: &Value| -> Option<Vec<u64>> {
+            v.get("vcpu_exits")?
+                .as_array()?
+                .iter()
+                .map(Value::as_u64)
+                .collect()
+        };
+        let (cb, ce) = (counts(&b)?, counts(&e)?);
+        let us = e
+            .get("uptime_us")?
+            .as_u64()?
+            .checked_sub(b.get("uptime_us")?.as_u64()?)?;
+        (cb.len() == ce.len() && !ce.is_empty() && us > 0).then(|| {
+            ce.iter()
+                .zip(&cb)
+                .map(|(a, b)| a.saturating_sub(*b) as f64 / (us as f64 / 1e6))
+                .collect()
+        })
+    }
+
+    /// The exits of the vCPUs `cpus` (HPCG's) between the two snapshots, by class (timer,
+    /// ipi, hlt, other: atoll's per-vCPU classes), summed over them (atoll only).
+    pub fn vcpu_exit_classes(&self, cpus: &[u32]) -> Option<BTreeMap<String, u64>> {
+        let (b, e) = self.stats.as_ref()?;
+        let classes = |v: &Value, cpu: u32| -> Option<serde_json::Map<String, Value>> {
+            v.get("enclaves")?
+                .get(0)?
+                .get("vcpu_exit_classes")?
+                .get(cpu as usize)?
+                .as_object()
+                .cloned()
+        };
+        let mut out = BTreeMap::new();
+        for c in cpus {
+            let (cb, ce) = (classes(b, *c)?, classes(e, *c)?);
+            for (k, v) in &ce {
+                let was = cb.get(k).and_then(Value::as_u64).unwrap_or(0);
+                *out.entry(k.clone()).or_insert(0) += v.as_u64()?.saturating_sub(was);
+            }
+        }
+        Some(out)
+    }
+
+    /// The largest exit rate of the vCPUs `cpus` (HPCG's) while HPCG computed (atoll only).
+    pub fn hpcg_vcpu_exits_per_s(&self, cpus: &[u32]) -> Option<f64> {
+        let per = self.vcpu_exits_per_s()?;
+        cpus.iter()
+            .map(|c| per.get(*c as usize).copied())
+            .collect::<Option<Vec<f64>>>()?
+            .into_iter()
+            .reduce(f64::max)
+    }
+}
+
 /// The measurements of one boot, from its console: `ATOLL-ISO-*` lines (on an atoll run the
 /// host's lines come as `[host] …`), in run order. An error if a run's report is missing or
 /// not JSON.
@@ -478,6 +617,30 @@ impl ConfigResult {
         irq_deltas(&m.irqs.0, &m.irqs.1, self.irq_cpus())
     }
 
+    /// The CPUs HPCG ran on, as its kernel numbers them (natively the machine's cores, in a
+    /// guest the guest's); None when it ran on all the workload's CPUs.
+    pub fn hpcg_cpus(&self, opts: &Options) -> Option<Vec<u32>> {
+        let cpus = opts.hpcg_guest_cpus().ok()??;
+        Some(match self.config {
+            Config::Native => guest_to_cores(&cpus),
+            _ => cpus,
+        })
+    }
+
+    /// Interrupts on HPCG's CPUs while it ran (None when it ran on all the workload's).
+    pub fn irqs_on_hpcg_cpus(&self, m: &Measurement, opts: &Options) -> Option<Vec<(String, u64)>> {
+        let cpus = self.hpcg_cpus(opts)?;
+        Some(irq_deltas(&m.irqs.0, &m.irqs.1, &cpus))
+    }
+
+    /// Exits per second of HPCG's vCPU(s) while it computed (atoll with HPCG on chosen CPUs).
+    pub fn hpcg_exits_per_s(&self, m: &Measurement, opts: &Options) -> Option<f64> {
+        if self.config != Config::Atoll {
+            return None;
+        }
+        m.hpcg_vcpu_exits_per_s(&self.hpcg_cpus(opts)?)
+    }
+
     /// The solo run.
     pub fn solo(&self) -> Option<&Measurement> {
         self.runs.iter().find(|m| m.load == "none")
@@ -505,43 +668,63 @@ pub fn check(results: &[ConfigResult], opts: &Options) -> Result<()> {
                 r.config.name()
             );
         }
-        for m in &r.runs {
-            if !m.problem.is_empty() {
-                bail!("{} under {}: {}", r.config.name(), m.load, m.problem);
-            }
-            if !m.valid() {
-                bail!(
-                    "{} under {}: HPCG did not validate: {}",
-                    r.config.name(),
-                    m.load,
-                    m.hpcg
-                );
-            }
-            m.cycles()?;
-            if m.fwq_cpus().is_empty() {
-                bail!("{} under {}: no FWQ figures", r.config.name(), m.load);
-            }
-            if r.config == Config::Atoll && m.stats.is_none() {
-                bail!(
-                    "{} under {}: no stats of the enclave around HPCG",
-                    r.config.name(),
-                    m.load
-                );
-            }
-            if r.config != Config::Native && m.exits_per_s_per_core(2)?.is_none() {
-                bail!(
-                    "{} under {}: no exit rate while HPCG computed (an empty window)",
-                    r.config.name(),
-                    m.load
-                );
-            }
-            if matches!(r.config, Config::KvmDefault | Config::KvmTuned) && m.kvm.is_none() {
-                bail!(
-                    "{} under {}: no count of KVM's exits around HPCG",
-                    r.config.name(),
-                    m.load
-                );
-            }
+        check_runs(r, opts)?;
+    }
+    Ok(())
+}
+
+/// Checks each run of one configuration: complete, valid, with its counts.
+pub fn check_runs(r: &ConfigResult, opts: &Options) -> Result<()> {
+    if r.solo().is_none() {
+        bail!("{}: no solo run", r.config.name());
+    }
+    for m in &r.runs {
+        if !m.problem.is_empty() {
+            bail!("{} under {}: {}", r.config.name(), m.load, m.problem);
+        }
+        if !m.valid() {
+            bail!(
+                "{} under {}: HPCG did not validate: {}",
+                r.config.name(),
+                m.load,
+                m.hpcg
+            );
+        }
+        m.cycles()?;
+        if m.fwq_cpus().is_empty() {
+            bail!("{} under {}: no FWQ figures", r.config.name(), m.load);
+        }
+        if r.config == Config::Atoll && m.stats.is_none() {
+            bail!(
+                "{} under {}: no stats of the enclave around HPCG",
+                r.config.name(),
+                m.load
+            );
+        }
+        if r.config != Config::Native && m.exits_per_s_per_core(2)?.is_none() {
+            bail!(
+                "{} under {}: no exit rate while HPCG computed (an empty window)",
+                r.config.name(),
+                m.load
+            );
+        }
+        if r.config == Config::Atoll
+            && r.hpcg_cpus(opts).is_some()
+            && r.hpcg_exits_per_s(m, opts).is_none()
+        {
+            bail!(
+                "{} under {}: no exit count of HPCG's vCPU around it (atoll's per-vCPU \
+                 stats)",
+                r.config.name(),
+                m.load
+            );
+        }
+        if matches!(r.config, Config::KvmDefault | Config::KvmTuned) && m.kvm.is_none() {
+            bail!(
+                "{} under {}: no count of KVM's exits around HPCG",
+                r.config.name(),
+                m.load
+            );
         }
     }
     Ok(())
@@ -550,7 +733,7 @@ pub fn check(results: &[ConfigResult], opts: &Options) -> Result<()> {
 /// The table the bench prints.
 pub fn table(results: &[ConfigResult], opts: &Options) -> String {
     let mut out = format!(
-        "{:<11} {:<7} {:>9} {:>14} {:>11} {:>24} {:>24} {:>9} {:>12}  {}\n",
+        "{:<11} {:<7} {:>9} {:>14} {:>11} {:>24} {:>24} {:>9} {:>12} {:>14}  {}\n",
         "config",
         "load",
         "GFLOP/s",
@@ -560,7 +743,8 @@ pub fn table(results: &[ConfigResult], opts: &Options) -> String {
         "FWQ p99 detour (cpu:%)",
         "oslat µs",
         "exits/s/core",
-        "interrupts during HPCG (workload CPUs)"
+        "HPCG vCPU ex/s",
+        "interrupts during HPCG (workload CPUs | HPCG's)"
     );
     for r in results {
         for m in &r.runs {
@@ -581,15 +765,23 @@ pub fn table(results: &[ConfigResult], opts: &Options) -> String {
                     .collect::<Vec<_>>()
                     .join(" ")
             };
-            let irqs = r
-                .irqs_during_hpcg(m)
-                .iter()
-                .take(4)
-                .map(|(k, n)| format!("{k} {n}"))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let few = |v: &[(String, u64)]| {
+                v.iter()
+                    .take(4)
+                    .map(|(k, n)| format!("{k} {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let mut irqs = few(&r.irqs_during_hpcg(m));
+            if let Some(h) = r.irqs_on_hpcg_cpus(m, opts) {
+                irqs = format!(
+                    "{} | {}",
+                    if irqs.is_empty() { "-" } else { &irqs },
+                    if h.is_empty() { "none".into() } else { few(&h) }
+                );
+            }
             out.push_str(&format!(
-                "{:<11} {:<7} {:>9} {:>14} {:>11} {:>24} {:>24} {:>9} {:>12}  {}\n",
+                "{:<11} {:<7} {:>9} {:>14} {:>11} {:>24} {:>24} {:>9} {:>12} {:>14}  {}\n",
                 r.config.name(),
                 m.load,
                 m.rating().map_or("-".into(), |g| format!("{g:.4}")),
@@ -602,6 +794,8 @@ pub fn table(results: &[ConfigResult], opts: &Options) -> String {
                     Ok(Some(x)) => format!("{x:.1}"),
                     _ => "-".into(),
                 },
+                r.hpcg_exits_per_s(m, opts)
+                    .map_or("-".into(), |x| format!("{x:.2}")),
                 if irqs.is_empty() {
                     "-".to_string()
                 } else {
@@ -673,6 +867,18 @@ pub fn to_json(results: &[ConfigResult], opts: &Options) -> Value {
                         "problem": m.problem,
                         "loaded_over_solo_cycles": r.ratio(m),
                         "exits_per_s_per_core": m.exits_per_s_per_core(2).ok().flatten(),
+                        "vcpu_exits_per_s": m.vcpu_exits_per_s(),
+                        "hpcg_vcpu_exits_per_s": r.hpcg_exits_per_s(m, opts),
+                        "hpcg_vcpu_exits_by_class": r
+                            .hpcg_cpus(opts)
+                            .and_then(|c| m.vcpu_exit_classes(&c)),
+                        "interrupts_on_hpcg_cpus_during_hpcg": r
+                            .irqs_on_hpcg_cpus(m, opts)
+                            .map(|v| {
+                                v.into_iter()
+                                    .map(|(k, n)| (k, json!(n)))
+                                    .collect::<serde_json::Map<String, Value>>()
+                            }),
                         "hpcg": m.hpcg,
                         "fwq": m.fwq,
                         "oslat": m.oslat,
@@ -680,6 +886,7 @@ pub fn to_json(results: &[ConfigResult], opts: &Options) -> Value {
                         "stats_after_hpcg": m.stats.as_ref().map(|s| &s.1),
                         "kvm_exits_during_hpcg": m.kvm,
                         "exit_costs": m.exit_costs,
+                        "interrupt_rows": {"before": m.irqs.0, "after": m.irqs.1},
                         "interrupts_during_hpcg": r
                             .irqs_during_hpcg(m)
                             .into_iter()
@@ -692,6 +899,7 @@ pub fn to_json(results: &[ConfigResult], opts: &Options) -> Value {
                 r.config.name().to_string(),
                 json!({
                     "scenario": r.config.scenario(),
+                    "hpcg_cpus": r.hpcg_cpus(opts),
                     "host_cmdline_extra": if r.config == Config::KvmTuned { KVM_TUNING } else { "" },
                     "wall_s": r.wall_s,
                     "runs": runs
@@ -705,6 +913,8 @@ pub fn to_json(results: &[ConfigResult], opts: &Options) -> Value {
         "unix_time": std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
+        "size": opts.size,
+        "rt": opts.rt,
         "fwq_samples": opts.fwq_samples,
         "fwq_quantum_us": 100,
         "oslat_s": opts.oslat_s,
@@ -719,7 +929,7 @@ pub fn to_json(results: &[ConfigResult], opts: &Options) -> Value {
             opts.configs.iter().map(|c| c.name()).collect::<Vec<_>>().join(","),
             opts.guest_cmdline
         ),
-        "workload_cores": [2, 3],
+        "workload_cores": WORKLOAD_CORES,
         "guest_cmdline": opts.guest_cmdline,
         "load_cores": [0, 1],
         "configs": configs,
@@ -736,12 +946,31 @@ pub struct BootWords {
 }
 
 /// The boot words of `config` under `opts`.
-pub fn boot_words(config: Config, opts: &Options) -> BootWords {
+pub fn boot_words(config: Config, opts: &Options) -> Result<BootWords> {
     let mut words = opts.words();
     if config == Config::KvmTuned {
         words = format!("{words} {KVM_TUNING}");
     }
-    match config {
+    // HPCG on the guest's tickless CPUs; natively on the cores they stand for, which get the
+    // guest's tickless words too (the same kernel, told the same of the same cores).
+    if let Some(cpus) = opts.hpcg_guest_cpus()? {
+        if config == Config::Native {
+            let cores = cpu_list_text(&guest_to_cores(&cpus));
+            words = format!("{words} atoll.hpcg_cpus={cores} nohz_full={cores}");
+            if let Some(l) = opts
+                .guest_cmdline
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("rcu_nocbs="))
+            {
+                let rcu =
+                    parse_cpu_list(l).with_context(|| format!("--guest-cmdline rcu_nocbs={l}"))?;
+                words = format!("{words} rcu_nocbs={}", cpu_list_text(&guest_to_cores(&rcu)));
+            }
+        } else {
+            words = format!("{words} atoll.hpcg_cpus={}", cpu_list_text(&cpus));
+        }
+    }
+    Ok(match config {
         // The kernel's command line itself; on QEMU the timing warnings of its software CPUs
         // are tolerated as in every Linux scenario there, the KVM guest's too (atoll.lc_args:
         // words for the workload's guest, '+' for a space).
@@ -763,13 +992,13 @@ pub fn boot_words(config: Config, opts: &Options) -> BootWords {
             extra: String::new(),
             host: Some(words),
         },
-    }
+    })
 }
 
 /// Runs one configuration's boot.
 fn run_config(config: Config, opts: &Options) -> Result<ConfigResult> {
     let mut ro = RunOptions::new(opts.emulator, config.scenario());
-    let w = boot_words(config, opts);
+    let w = boot_words(config, opts)?;
     ro.extra_cmdline = w.extra;
     if let Some(h) = w.host {
         ro.enclave_cmdline = vec![("host".into(), h)];
@@ -850,6 +1079,8 @@ pub fn measure_each(opts: &Options) -> Result<Vec<Result<ConfigResult>>> {
 /// Runs the bench: every configuration, then the table, the JSON and the plot of those that
 /// ran, then the verdict (a configuration that failed, or [`check`]).
 pub fn bench(opts: &Options) -> Result<()> {
+    opts.hpcg_guest_cpus()?;
+    check_tag(opts.tag.as_deref())?;
     let mut results = Vec::new();
     let mut failed = Vec::new();
     for (c, r) in opts.configs.iter().zip(measure_each(opts)?) {
@@ -858,20 +1089,7 @@ pub fn bench(opts: &Options) -> Result<()> {
             Err(e) => failed.push(format!("{}: {e:#}", c.name())),
         }
     }
-    print!("{}", table(&results, opts));
-    let dir = crate::target_dir().join("bench");
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join(format!("isolation-{}.json", opts.emulator.name()));
-    std::fs::write(
-        &path,
-        serde_json::to_string_pretty(&to_json(&results, opts))?,
-    )?;
-    println!("wrote {}", path.display());
-    let png = dir.join(format!("isolation-{}.png", opts.emulator.name()));
-    if !results.is_empty() {
-        crate::bench_plot::isolation(&results, opts, &png)?;
-        println!("wrote {}", png.display());
-    }
+    report(&results, opts, None)?;
     if !failed.is_empty() {
         bail!(
             "{} configuration(s) failed:\n{}",
@@ -882,12 +1100,195 @@ pub fn bench(opts: &Options) -> Result<()> {
     check(&results, opts)
 }
 
+/// A tag is a plain word (it goes into file names).
+fn check_tag(tag: Option<&str>) -> Result<()> {
+    if let Some(t) = tag {
+        if t.is_empty()
+            || t.len() > 40
+            || !t
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            bail!("--tag {t:?}: letters, digits, '-' and '_' only, at most 40");
+        }
+    }
+    Ok(())
+}
+
+/// Prints the table and writes the JSON and the plot (`target/bench/isolation-EMU[-TAG]`).
+fn report(results: &[ConfigResult], opts: &Options, merged_from: Option<&[String]>) -> Result<()> {
+    print!("{}", table(results, opts));
+    let dir = crate::target_dir().join("bench");
+    std::fs::create_dir_all(&dir)?;
+    let stem = match &opts.tag {
+        Some(t) => format!("isolation-{}-{t}", opts.emulator.name()),
+        None => format!("isolation-{}", opts.emulator.name()),
+    };
+    let path = dir.join(format!("{stem}.json"));
+    let mut j = to_json(results, opts);
+    if let Some(files) = merged_from {
+        j["merged_from"] = json!(files);
+    }
+    std::fs::write(&path, serde_json::to_string_pretty(&j)?)?;
+    println!("wrote {}", path.display());
+    let png = dir.join(format!("{stem}.png"));
+    if !results.is_empty() {
+        crate::bench_plot::isolation(results, opts, &png)?;
+        println!("wrote {}", png.display());
+    }
+    Ok(())
+}
+
+/// One configuration's results back from the bench's JSON (`configs.NAME`).
+fn config_from_json(name: &str, c: &Value) -> Result<ConfigResult> {
+    let config =
+        Config::from_name(name).with_context(|| format!("unknown configuration {name}"))?;
+    let runs = c["runs"]
+        .as_array()
+        .with_context(|| format!("{name}: no runs"))?
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let text = |k: &str| {
+                r[k].as_str()
+                    .map(str::to_string)
+                    .with_context(|| format!("{name} run {i}: no {k}"))
+            };
+            let rows = |k: &str| -> Result<Vec<String>> {
+                r["interrupt_rows"][k]
+                    .as_array()
+                    .with_context(|| format!("{name} run {i}: no interrupt_rows.{k} (a JSON from before they were kept)"))?
+                    .iter()
+                    .map(|v| v.as_str().map(str::to_string).context("an interrupt row that is not text"))
+                    .collect()
+            };
+            Ok(Measurement {
+                load: text("load")?,
+                problem: text("problem")?,
+                hpcg: r["hpcg"].clone(),
+                fwq: r["fwq"].clone(),
+                oslat: r["oslat"].clone(),
+                stats: match (&r["stats_before_hpcg"], &r["stats_after_hpcg"]) {
+                    (Value::Null, _) | (_, Value::Null) => None,
+                    (b, e) => Some((b.clone(), e.clone())),
+                },
+                kvm: match &r["kvm_exits_during_hpcg"] {
+                    Value::Null => None,
+                    v => Some(v.clone()),
+                },
+                irqs: (rows("before")?, rows("after")?),
+                exit_costs: r["exit_costs"].clone(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(ConfigResult {
+        config,
+        runs,
+        wall_s: c["wall_s"].as_f64().unwrap_or(0.0),
+    })
+}
+
+/// The options and results of the bench's JSON documents `docs` (named `files`): the same
+/// emulator, problem, samples and guest words in each, every configuration in one only.
+pub fn merge_json(docs: &[(String, Value)]) -> Result<(Options, Vec<ConfigResult>)> {
+    let Some((first_name, first)) = docs.first() else {
+        bail!("--merge: name at least one JSON file");
+    };
+    let emulator = match first["emulator"].as_str() {
+        Some("bochs") => Emulator::Bochs,
+        Some("qemu") => Emulator::Qemu,
+        e => bail!("{first_name}: emulator {e:?}"),
+    };
+    let num = |d: &Value, f: &str, k: &str| -> Result<u32> {
+        d[k].as_u64()
+            .and_then(|v| u32::try_from(v).ok())
+            .with_context(|| format!("{f}: no {k}"))
+    };
+    let mut opts = Options {
+        emulator,
+        loads: Vec::new(),
+        size: num(first, first_name, "size")?,
+        rt: num(first, first_name, "rt")?,
+        fwq_samples: num(first, first_name, "fwq_samples")?,
+        oslat_s: num(first, first_name, "oslat_s")?,
+        configs: Vec::new(),
+        guest_cmdline: first["guest_cmdline"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        parallel: 1,
+        tag: None,
+    };
+    let mut results = Vec::new();
+    for (f, d) in docs {
+        for k in [
+            "emulator",
+            "size",
+            "rt",
+            "fwq_samples",
+            "oslat_s",
+            "guest_cmdline",
+        ] {
+            if d[k] != first[k] {
+                bail!(
+                    "{f}: {k} is {}, {first_name}'s {}: not one experiment",
+                    d[k],
+                    first[k]
+                );
+            }
+        }
+        let configs = d["configs"]
+            .as_object()
+            .with_context(|| format!("{f}: no configs"))?;
+        for (name, c) in configs {
+            let r = config_from_json(name, c).with_context(|| f.clone())?;
+            if opts.configs.contains(&r.config) {
+                bail!("{f}: {name} is in an earlier file too");
+            }
+            opts.configs.push(r.config);
+            for m in &r.runs {
+                if m.load != "none" && !opts.loads.contains(&m.load) {
+                    opts.loads.push(m.load.clone());
+                }
+            }
+            results.push(r);
+        }
+    }
+    Ok((opts, results))
+}
+
+/// `--merge`: one table, JSON and plot of earlier runs (their JSON files), e.g. atoll under
+/// every profile and the baselines under `all`, measured apart; each run is checked as the
+/// bench checks it, but the configurations may have measured different loads.
+pub fn merge(files: &[String], tag: Option<&str>) -> Result<()> {
+    check_tag(tag)?;
+    let docs = files
+        .iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(f).with_context(|| format!("reading {f}"))?;
+            let v: Value =
+                serde_json::from_str(&text).with_context(|| format!("{f} is not JSON"))?;
+            Ok((f.clone(), v))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let (mut opts, results) = merge_json(&docs)?;
+    opts.tag = tag.map(str::to_string);
+    for r in &results {
+        check_runs(r, &opts)?;
+    }
+    report(&results, &opts, Some(files))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn stats(us: u64, hlt: u64, msr: u64) -> String {
+        // Per vCPU: the first takes the exits, the second (HPCG's) a quarter of the msr ones.
         json!({"enclaves": [{"name": "work1", "uptime_us": us, "exits": {"hlt": hlt, "msr": msr},
+            "vcpu_exits": [hlt + msr, msr / 4],
+            "vcpu_exit_classes": [{"timer": msr, "ipi": 0, "hlt": hlt, "other": 0},
+                                  {"timer": 0, "ipi": msr / 4, "hlt": 0, "other": 0}],
             "interrupts_injected": 1, "device_interrupts": 0}]})
         .to_string()
     }
@@ -993,6 +1394,26 @@ mod tests {
             j["configs"]["atoll"]["runs"][1]["exits_per_s_per_core"],
             2.0
         );
+        // Per vCPU over the 2 s window: 8 exits on the first, 1 on HPCG's (nohz_full=1).
+        assert_eq!(
+            j["configs"]["atoll"]["runs"][1]["vcpu_exits_per_s"],
+            json!([4.0, 0.5])
+        );
+        assert_eq!(
+            j["configs"]["atoll"]["runs"][1]["hpcg_vcpu_exits_per_s"],
+            0.5
+        );
+        assert_eq!(j["configs"]["atoll"]["hpcg_cpus"], json!([1]));
+        assert_eq!(j["configs"]["native"]["hpcg_cpus"], json!([3]));
+        assert_eq!(
+            j["configs"]["native"]["runs"][1]["hpcg_vcpu_exits_per_s"],
+            Value::Null
+        );
+        assert!(
+            t.lines()
+                .any(|l| l.starts_with("atoll       cpu") && l.contains(" 0.50 ")),
+            "{t}"
+        );
         assert_eq!(j["configs"]["native"]["runs"][0]["hpcg"]["cycles"], 1000);
         assert_eq!(
             j["configs"]["native"]["runs"][1]["loaded_over_solo_cycles"],
@@ -1023,6 +1444,87 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("no stats"));
+        // Stats without per-vCPU counts (an older atoll): HPCG's vCPU has no rate.
+        let mut bad = results.clone();
+        if let Some((b, _)) = bad[1].runs[1].stats.as_mut() {
+            b["enclaves"][0]
+                .as_object_mut()
+                .unwrap()
+                .remove("vcpu_exits");
+        }
+        assert!(check(&bad, &o)
+            .unwrap_err()
+            .to_string()
+            .contains("no exit count of HPCG's vCPU"));
+    }
+
+    #[test]
+    fn runs_measured_apart_merge_into_one_report() {
+        let o = opts();
+        let good = |config, prefix| ConfigResult {
+            config,
+            runs: parse_console(&console(prefix, [1000, 1010])).unwrap(),
+            wall_s: 5.0,
+        };
+        let mut atoll = good(Config::Atoll, "[host] ");
+        atoll.runs[1].irqs = (
+            vec![" CPU0 CPU1".into(), "LOC: 1 2".into()],
+            vec![" CPU0 CPU1".into(), "LOC: 4 2".into()],
+        );
+        let a = to_json(std::slice::from_ref(&atoll), &o);
+        // The baselines measured apart, under another load.
+        let mut native = good(Config::Native, "");
+        native.runs[1].load = "all".into();
+        let n = to_json(
+            &[native.clone()],
+            &Options {
+                loads: vec!["all".into()],
+                ..o.clone()
+            },
+        );
+        let (m, results) =
+            merge_json(&[("a.json".into(), a.clone()), ("n.json".into(), n.clone())]).unwrap();
+        assert_eq!(m.configs, [Config::Atoll, Config::Native]);
+        assert_eq!(m.loads, ["cpu", "all"]);
+        assert_eq!(
+            (m.size, m.fwq_samples, m.emulator),
+            (16, 2000, Emulator::Bochs)
+        );
+        assert_eq!(
+            results[0].runs, atoll.runs,
+            "every field back, interrupt rows included"
+        );
+        assert_eq!(results[1].runs, native.runs);
+        assert_eq!(
+            results[0].irqs_during_hpcg(&results[0].runs[1]),
+            [("LOC".into(), 3)]
+        );
+        for r in &results {
+            check_runs(r, &m).unwrap();
+        }
+        // Not one experiment, a configuration twice, an old JSON: refused, saying why.
+        let mut other = n.clone();
+        other["size"] = json!(24);
+        let e = merge_json(&[("a.json".into(), a.clone()), ("o.json".into(), other)]).unwrap_err();
+        assert!(format!("{e:#}").contains("o.json: size is 24"), "{e:#}");
+        let e =
+            merge_json(&[("a.json".into(), a.clone()), ("b.json".into(), a.clone())]).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("atoll is in an earlier file"),
+            "{e:#}"
+        );
+        let mut old = a.clone();
+        old["configs"]["atoll"]["runs"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("interrupt_rows");
+        let e = merge_json(&[("old.json".into(), old)]).unwrap_err();
+        assert!(format!("{e:#}").contains("interrupt_rows"), "{e:#}");
+        assert!(merge_json(&[]).is_err());
+        assert!(check_tag(Some("all-loads_2")).is_ok());
+        for bad in ["", "../x", "a b", &"x".repeat(41)] {
+            assert!(check_tag(Some(bad)).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
@@ -1078,21 +1580,63 @@ mod tests {
             emulator: Emulator::Bochs,
             ..q.clone()
         };
-        let atoll = boot_words(Config::Atoll, &b);
+        let atoll = boot_words(Config::Atoll, &b).unwrap();
         assert_eq!(
             (atoll.extra.as_str(), atoll.host.as_deref()),
-            ("", Some(b.words().as_str()))
+            (
+                "",
+                Some(format!("{} atoll.hpcg_cpus=1", b.words()).as_str())
+            ),
+            "HPCG on the guest's nohz_full CPU"
         );
         // Natively on Bochs the kernel is told the TSC's real rate; on QEMU, TCG's warnings.
-        let n = boot_words(Config::Native, &b);
-        assert_eq!(n.extra, format!("{} tsc_early_khz=100000", b.words()));
+        // HPCG runs on the core the guest's nohz_full CPU stands for, tickless there too.
+        let n = boot_words(Config::Native, &b).unwrap();
+        assert_eq!(
+            n.extra,
+            format!(
+                "{} atoll.hpcg_cpus=3 nohz_full=3 rcu_nocbs=3 tsc_early_khz=100000",
+                b.words()
+            )
+        );
         assert_eq!(n.host, None);
-        let n = boot_words(Config::Native, &q);
+        // Without nohz_full in the guest's words HPCG runs on all the workload's CPUs.
+        let plain = Options {
+            guest_cmdline: "quiet".into(),
+            ..b.clone()
+        };
+        let n = boot_words(Config::Native, &plain).unwrap();
+        assert!(
+            !n.extra.contains("hpcg_cpus") && !n.extra.contains("nohz_full"),
+            "{n:?}"
+        );
+        assert!(!boot_words(Config::Atoll, &plain)
+            .unwrap()
+            .host
+            .unwrap()
+            .contains("hpcg_cpus"));
+        for (bad, why) in [
+            ("nohz_full=2", "CPU 2"),
+            ("nohz_full=0-1", "housekeeping"),
+            ("nohz_full=x", "not a CPU number"),
+            ("nohz_full=1 rcu_nocbs=1-0", "not a CPU range"),
+        ] {
+            let o = Options {
+                guest_cmdline: bad.into(),
+                ..b.clone()
+            };
+            let e = boot_words(Config::Native, &o).unwrap_err();
+            assert!(format!("{e:#}").contains(why), "{bad}: {e:#}");
+        }
+        let n = boot_words(Config::Native, &q).unwrap();
         assert!(n.extra.contains("atoll.lc_args=atoll.tolerate="), "{n:?}");
         assert!(!n.extra.contains("tsc_early_khz"), "{n:?}");
         // Only the tuned KVM host isolates the guest's cores.
-        assert!(boot_words(Config::KvmTuned, &b).extra.contains(KVM_TUNING));
+        let tuned = boot_words(Config::KvmTuned, &b).unwrap();
+        assert!(tuned.extra.contains(KVM_TUNING));
+        assert!(tuned.extra.contains("atoll.hpcg_cpus=1"), "{tuned:?}");
         assert!(!boot_words(Config::KvmDefault, &b)
+            .unwrap()
             .extra
             .contains("isolcpus"));
     }

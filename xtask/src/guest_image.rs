@@ -419,6 +419,7 @@ net_words=""
 # The isolation bench (issue 15): the workload's parameters, passed on to its enclave or guest.
 work_cpus=""
 hpcg_size=16,16,16
+hpcg_cpus=""
 hpcg_rt=0
 fwq_samples=2000
 fwq_quantum=100
@@ -459,6 +460,7 @@ for word in $(cat /proc/cmdline); do
         atoll.work_cpus=*) work_cpus=${word#*=} ;;
         atoll.hpcg=*) hpcg_size=${word#*=}; work_words="$work_words $word" ;;
         atoll.hpcg_rt=*) hpcg_rt=${word#*=}; work_words="$work_words $word" ;;
+        atoll.hpcg_cpus=*) hpcg_cpus=${word#*=}; work_words="$work_words $word" ;;
         atoll.fwq_samples=*) fwq_samples=${word#*=}; work_words="$work_words $word" ;;
         atoll.fwq_quantum=*) fwq_quantum=${word#*=}; work_words="$work_words $word" ;;
         atoll.oslat_s=*) oslat_s=${word#*=}; work_words="$work_words $word" ;;
@@ -743,37 +745,52 @@ work_irqs() {
 # The isolation bench's workload (issue 15), wherever it runs (an enclave, a KVM guest, the
 # native host on the workload's CPUs atoll.work_cpus, default all): atoll-fwq's noise probe and
 # oslat (when the image has it: the bench tools) on those CPUs, then atoll-hpcg pinned to them,
-# each printing its one JSON line (ATOLL-FWQ, ATOLL-OSLAT, ATOLL-HPCG). "ATOLL-WORK hpcg" and
-# "ATOLL-WORK end" bracket HPCG, each followed by a pause of atoll.work_pause seconds in which
-# the host takes its snapshot (atoll's stats, KVM's exits); between them the workload prints
-# nothing (each console byte is an exit): HPCG's line and the interrupt rows come after.
+# each printing its one JSON line (ATOLL-FWQ, ATOLL-OSLAT, ATOLL-HPCG); HPCG on the CPUs
+# atoll.hpcg_cpus when given (the bench: the guest's nohz_full ones), else on all of them.
+# "ATOLL-WORK hpcg" and "ATOLL-WORK end" bracket HPCG's computation for the host's snapshots
+# (atoll's stats, KVM's exits): the first is printed once HPCG has started (its exec and its
+# loader's CPUIDs before the window), the second once it has ended, followed by a pause of
+# atoll.work_pause seconds in which the host takes its closing snapshot; HPCG prints nothing
+# meanwhile (each console byte is an exit): its line and the interrupt rows come after.
 work() {
     wc=$work_cpus
     [ -n "$wc" ] || wc=0-$(( $(nproc) - 1 ))
     set -- $(echo "$hpcg_size" | tr ',' ' ')
     mkdir -p /tmp/iso
-    echo "ATOLL-WORK begin cpus=$wc"
+    hc=${hpcg_cpus:-$wc}
+    # With HPCG on chosen CPUs this shell (its forks, execs, console lines: exits in a
+    # guest) keeps to the first workload CPU, off HPCG's.
+    # (Its own pid: in a subshell $$ is the parent's; /proc/self, opened by the builtin
+    # read's redirection, is this process.)
+    if [ -n "$hpcg_cpus" ]; then
+        read -r self _ < /proc/self/stat
+        taskset -p -c "${wc%%[,-]*}" "$self" > /dev/null 2>&1
+    fi
+    echo "ATOLL-WORK begin cpus=$wc hpcg_cpus=$hc"
     # What an exit costs this kernel's user space: CPUID's round trip and a timer's wakeup
     # (ATOLL-EXITCOST), on the first workload CPU.
     if ! atoll-fwq --exit-costs --cpu "${wc%%[,-]*}" 2> /tmp/iso/exitcost.err; then
         why="atoll-fwq --exit-costs failed: $(tail -c 300 /tmp/iso/exitcost.err | tr '\n' ' ')"
     fi
-    if ! atoll-fwq --cpus "$wc" --samples "$fwq_samples" --quantum-us "$fwq_quantum" 2> /tmp/iso/fwq.err; then
+    if ! taskset -c "$wc" atoll-fwq --cpus "$wc" --samples "$fwq_samples" --quantum-us "$fwq_quantum" 2> /tmp/iso/fwq.err; then
         why="atoll-fwq failed: $(tail -c 300 /tmp/iso/fwq.err | tr '\n' ' ')"
     fi
     if [ "$oslat_s" -gt 0 ] && command -v oslat > /dev/null; then
         # Its main thread on the first workload CPU too (default: CPU 0, maybe the host's).
         main=${wc%%[,-]*}
-        if oslat --cpu-list "$wc" --cpu-main-thread "$main" --duration "$oslat_s" --quiet --json=/tmp/iso/oslat.json > /tmp/iso/oslat.out 2>&1; then
+        if taskset -c "$wc" oslat --cpu-list "$wc" --cpu-main-thread "$main" --duration "$oslat_s" --quiet --json=/tmp/iso/oslat.json > /tmp/iso/oslat.out 2>&1; then
             echo "ATOLL-OSLAT $(tr -d '\n' < /tmp/iso/oslat.json)"
         else
             echo "work: oslat failed: $(tail -c 300 /tmp/iso/oslat.out | tr '\n' ' ')"
         fi
     fi
-    echo "ATOLL-WORK hpcg"
-    [ "$work_pause" -gt 0 ] && sleep "$work_pause"
     cat /proc/interrupts > /tmp/iso/irq.b
-    taskset -c "$wc" atoll-hpcg "$1" "$2" "$3" --rt "$hpcg_rt" > /tmp/iso/hpcg.out 2>&1
+    taskset -c "$hc" atoll-hpcg "$1" "$2" "$3" --rt "$hpcg_rt" > /tmp/iso/hpcg.out 2>&1 &
+    hp=$!
+    # Its start (exec, the loader's CPUID probes) before the host's first snapshot.
+    usleep 200000
+    echo "ATOLL-WORK hpcg"
+    wait "$hp"
     rc=$?
     cat /proc/interrupts > /tmp/iso/irq.a
     echo "ATOLL-WORK end"
@@ -948,9 +965,12 @@ iso_run() {
                 if lc_run create atoll create $d/$e.toml --offline-cores; then
                     if atoll console $e --no-input --until "ATOLL-WORK hpcg" --timeout 3600 >> $d/work.out 2>&1; then
                         st_begin=$(atoll stats $e --json 2>/dev/null)
+                        if grep -aq "ATOLL-WORK end" $d/work.out; then
+                            why="atoll's stats were read after HPCG had ended (the host was late)"
+                        fi
                         atoll console $e --no-input --until "ATOLL-WORK end" --timeout 36000 >> $d/work.out 2>&1
                         st_end=$(atoll stats $e --json 2>/dev/null)
-                        if [ "$st_begin" = "$st_end" ]; then
+                        if [ -z "$why" ] && [ "$st_begin" = "$st_end" ]; then
                             why="the host's stats of the enclave before and after HPCG are the same (taken too late?)"
                         fi
                         atoll console $e --no-input --until "ATOLL-ACTIONS end" --timeout 120 >> $d/work.out 2>&1
@@ -3979,7 +3999,11 @@ linux-image-6.12.117+deb12-amd64 - Linux 6.12 for 64-bit PCs (signed)
     const WORK_STUBS: &str = r#"
 log() { echo "$*" >> "$SANDBOX/calls"; }
 nproc() { echo 4; }
-taskset() { log "taskset $1 $2"; shift 2; "$@"; }
+taskset() {
+    if [ "$1" = -p ]; then log "taskset -p $2 $3 (a pid)"; return 0; fi
+    log "taskset $1 $2"; shift 2; "$@"
+}
+usleep() { :; }
 renice() { log "renice $*"; }
 atoll_fwq() {
     log "atoll-fwq $*"
@@ -4046,8 +4070,8 @@ stress_ng() { log "stress-ng $*"; exec real_timeout 2 real_sleep 60; }
         assert_eq!(
             calls,
             "atoll-fwq --exit-costs --cpu 2\n\
-             atoll-fwq --cpus 2,3 --samples 50 --quantum-us 20\n\
-             oslat --cpu-list 2,3 --cpu-main-thread 2 --duration 1 --quiet \
+             taskset -c 2,3\natoll-fwq --cpus 2,3 --samples 50 --quantum-us 20\n\
+             taskset -c 2,3\noslat --cpu-list 2,3 --cpu-main-thread 2 --duration 1 --quiet \
              --json=SANDBOX/iso/oslat.json\n\
              taskset -c 2,3\natoll-hpcg 24 16 16 --rt 5\n"
         );
@@ -4099,6 +4123,29 @@ stress_ng() { log "stress-ng $*"; exec real_timeout 2 real_sleep 60; }
             out.contains("ATOLL-ACTION-FAILED work: HPCG's validation failed"),
             "{out}"
         );
+        // HPCG on chosen CPUs (the guest's nohz_full one): the shell keeps to the first
+        // workload CPU, the probes still cover all of them.
+        let (out, calls) = run_work(
+            "atoll.actions=work atoll.hpcg_cpus=1 atoll.oslat_s=0 atoll.work_pause=0",
+            "",
+        );
+        assert!(
+            calls.starts_with("taskset -p -c 0 (a pid)\n"),
+            "the shell first: {calls}"
+        );
+        assert!(
+            calls.contains("taskset -c 0-3\natoll-fwq --cpus 0-3"),
+            "{calls}"
+        );
+        assert!(
+            calls.contains("taskset -c 1\natoll-hpcg 16 16 16 --rt 0\n"),
+            "{calls}"
+        );
+        assert!(
+            out.contains("ATOLL-WORK begin cpus=0-3 hpcg_cpus=1"),
+            "{out}"
+        );
+        assert!(!out.contains("ATOLL-ACTION-FAILED"), "{out}");
     }
 
     #[test]

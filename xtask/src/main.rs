@@ -146,6 +146,15 @@ enum Bench {
         /// Configurations booted at once (an emulator takes a host core: Bochs runs long).
         #[arg(long, default_value_t = 1)]
         parallel: usize,
+        /// Names the output files target/bench/isolation-EMU-TAG.{json,png} (runs with other
+        /// loads or configurations kept apart, for --merge).
+        #[arg(long)]
+        tag: Option<String>,
+        /// Boots nothing: one table, JSON and plot from earlier runs' JSON files
+        /// (comma-separated), each configuration from one of them (e.g. atoll under every
+        /// profile, the baselines under `all`).
+        #[arg(long, value_delimiter = ',')]
+        merge: Vec<String>,
     },
     /// Idle Linux: boot linux-enclave with atoll.idle=N and report the exits per second (timer,
     /// IPI, HLT, other) atoll counted while the guest slept, and its boot-to-init time. With
@@ -277,6 +286,9 @@ fn main() {
             which: Bench::Lifecycle { emulator },
         } => xtask::bench_lifecycle::bench(emulator),
         Cmd::Bench {
+            which: Bench::Isolation { tag, merge, .. },
+        } if !merge.is_empty() => xtask::bench_isolation::merge(&merge, tag.as_deref()),
+        Cmd::Bench {
             which:
                 Bench::Isolation {
                     emulator,
@@ -288,6 +300,8 @@ fn main() {
                     configs,
                     guest_cmdline,
                     parallel,
+                    tag,
+                    merge: _,
                 },
         } => xtask::bench_isolation::Options::new(
             emulator,
@@ -301,6 +315,7 @@ fn main() {
         .and_then(|mut o| {
             o.guest_cmdline = guest_cmdline;
             o.parallel = parallel;
+            o.tag = tag;
             xtask::bench_isolation::bench(&o)
         }),
         Cmd::Bench {

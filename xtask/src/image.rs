@@ -400,8 +400,17 @@ pub fn iso(scenario: &Scenario, opts: &ImageOptions) -> Result<Iso> {
     let work = crate::target_dir()
         .join("images")
         .join(format!("{}{tag}", scenario.name));
-    let tree = work.join("iso");
-    let _ = std::fs::remove_dir_all(&tree);
+    // Built in a directory of this build's own and renamed into place whole: two builds of the
+    // same image at once (parallel test groups, a bench beside a test) never mix their files,
+    // and an emulator already booting the old ISO keeps reading the file it opened.
+    static BUILDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let stage = work.join(format!(
+        "build-{}-{}",
+        std::process::id(),
+        BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&stage);
+    let tree = stage.join("iso");
     std::fs::create_dir_all(tree.join("boot/grub"))?;
     std::fs::create_dir_all(tree.join("boot/modules"))?;
     std::fs::copy(&elf, tree.join("boot/atoll.elf")).context("copying the image")?;
@@ -420,10 +429,10 @@ pub fn iso(scenario: &Scenario, opts: &ImageOptions) -> Result<Iso> {
             (None, None, Some(LinuxPart::Kernel), _, Some(l)) => l.kernel.clone(),
             (None, None, Some(LinuxPart::Initrd), _, Some(l)) => l.initrd.clone(),
             (None, None, Some(LinuxPart::HostInitrd), Some(g), Some(l)) => {
-                host_initrd_file(&work, l, g)?
+                host_initrd_file(&stage, l, g)?
             }
             (None, None, Some(LinuxPart::BenchInitrd), Some(g), Some(l)) => {
-                bench_initrd_file(&work, l, g)?
+                bench_initrd_file(&stage, l, g)?
             }
             _ => bail!("module '{}' has no source", m.name),
         };
@@ -438,9 +447,10 @@ pub fn iso(scenario: &Scenario, opts: &ImageOptions) -> Result<Iso> {
     if linux.is_some() {
         eprintln!("xtask: writing {} (grub-mkrescue)", iso.display());
     }
+    let built = stage.join("atoll.iso");
     let out = Command::new("grub-mkrescue")
         .arg("-o")
-        .arg(&iso)
+        .arg(&built)
         .arg(&tree)
         .output()
         .context("running grub-mkrescue (run `cargo xtask setup` to install it)")?;
@@ -450,6 +460,9 @@ pub fn iso(scenario: &Scenario, opts: &ImageOptions) -> Result<Iso> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    std::fs::rename(&built, &iso)
+        .with_context(|| format!("moving {} to {}", built.display(), iso.display()))?;
+    let _ = std::fs::remove_dir_all(&stage);
     Ok(Iso {
         path: iso,
         tag,

@@ -1,5 +1,6 @@
 //! The benches' plots (PNG, `plotters`): the isolation bench's loaded/solo ratio of HPCG's
-//! cycles and FWQ's largest detour, per configuration and load.
+//! cycles, its cycles over native's solo run, and FWQ's largest detour on HPCG's CPU, per
+//! configuration and load.
 //!
 //! Text needs a TrueType font: DejaVu Sans from Debian's `fonts-dejavu-core` (`cargo xtask
 //! setup` installs it), registered with plotters' `ab_glyph` backend, so no font library of the
@@ -37,36 +38,58 @@ pub struct Bar {
     pub value: f64,
 }
 
-/// The bars of both panels: HPCG's loaded/solo cycle ratio (loaded runs only) and FWQ's
-/// largest detour over the CPUs in % of the quantum (every run).
-pub fn bars(results: &[ConfigResult]) -> (Vec<Bar>, Vec<Bar>) {
-    let mut ratio = Vec::new();
-    let mut detour = Vec::new();
+/// The bars of the three panels: HPCG's loaded/solo cycle ratio (loaded runs only), its timed
+/// cycles over the native configuration's solo run (every run, when native ran), and FWQ's
+/// largest detour in % of the quantum on HPCG's CPUs (all the workload's CPUs when HPCG ran on
+/// all of them; every run).
+pub struct Panels {
+    pub ratio: Vec<Bar>,
+    pub vs_native: Vec<Bar>,
+    pub detour: Vec<Bar>,
+}
+
+pub fn bars(results: &[ConfigResult], opts: &Options) -> Panels {
+    let mut p = Panels {
+        ratio: Vec::new(),
+        vs_native: Vec::new(),
+        detour: Vec::new(),
+    };
+    let native_solo = results
+        .iter()
+        .find(|r| r.config == crate::bench_isolation::Config::Native)
+        .and_then(|r| r.solo()?.cycles().ok())
+        .filter(|c| *c > 0);
     for r in results {
+        let hpcg_cpus = r.hpcg_cpus(opts);
         for m in &r.runs {
+            let bar = |value| Bar {
+                load: m.load.clone(),
+                config: r.config.name().into(),
+                value,
+            };
             if m.load != "none" {
                 if let Some(x) = r.ratio(m) {
-                    ratio.push(Bar {
-                        load: m.load.clone(),
-                        config: r.config.name().into(),
-                        value: x,
-                    });
+                    p.ratio.push(bar(x));
                 }
+            }
+            if let (Some(n), Ok(c)) = (native_solo, m.cycles()) {
+                p.vs_native.push(bar(c as f64 / n as f64));
             }
             let worst = m
                 .fwq_cpus()
                 .iter()
                 .filter(|c| c.min > 0)
+                .filter(|c| {
+                    hpcg_cpus
+                        .as_ref()
+                        .is_none_or(|h| h.iter().any(|x| u64::from(*x) == c.cpu))
+                })
                 .map(|c| 100.0 * c.max_detour as f64 / c.min as f64)
                 .fold(0.0, f64::max);
-            detour.push(Bar {
-                load: m.load.clone(),
-                config: r.config.name().into(),
-                value: worst,
-            });
+            p.detour.push(bar(worst));
         }
     }
-    (ratio, detour)
+    p
 }
 
 const COLOURS: [RGBColor; 4] = [
@@ -155,32 +178,44 @@ where
 /// Draws the isolation bench's figure into `png`.
 pub fn isolation(results: &[ConfigResult], opts: &Options, png: &Path) -> Result<()> {
     font()?;
-    let (ratio, detour) = bars(results);
-    if detour.is_empty() {
+    let p = bars(results, opts);
+    if p.detour.is_empty() {
         bail!("nothing to plot: no measurements");
     }
-    let root = BitMapBackend::new(png, (1400, 560)).into_drawing_area();
+    let root = BitMapBackend::new(png, (2100, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    let (left, right) = root.split_horizontally(700);
+    let areas = root.split_evenly((1, 3));
     panel(
-        &left,
+        &areas[0],
         &format!(
             "HPCG {0}³ loaded/solo cycles ({1})",
             opts.size,
             opts.emulator.name()
         ),
         "loaded / solo (1 = no interference)",
-        &ratio,
+        &p.ratio,
         1.0,
-        |v| format!("{v:.3}"),
+        |v| format!("{v:.4}"),
     )?;
     panel(
-        &right,
-        "FWQ largest detour, % of the fastest quantum",
+        &areas[1],
+        "HPCG cycles / native solo",
+        "cycles / native's solo cycles",
+        &p.vs_native,
+        1.0,
+        |v| format!("{v:.4}"),
+    )?;
+    panel(
+        &areas[2],
+        if opts.hpcg_guest_cpus().ok().flatten().is_some() {
+            "FWQ largest detour on HPCG's CPU, % of a quantum"
+        } else {
+            "FWQ largest detour, % of the fastest quantum"
+        },
         "max detour, %",
-        &detour,
+        &p.detour,
         0.0,
-        |v| format!("{v:.0}"),
+        |v| format!("{v:.2}"),
     )?;
     root.present()
         .with_context(|| format!("writing {}", png.display()))?;
@@ -198,7 +233,8 @@ mod tests {
         for (n, (load, c)) in [("none", solo), ("cpu", loaded)].into_iter().enumerate() {
             s.push_str(&format!(
                 "ATOLL-ISO-HPCG {n} {{\"valid\":true,\"cycles\":{c}}}\n\
-                 ATOLL-ISO-FWQ {n} {{\"cpus\":[{{\"cpu\":2,\"min\":1000,\"max_detour\":{}}}]}}\n\
+                 ATOLL-ISO-FWQ {n} {{\"cpus\":[{{\"cpu\":2,\"min\":1000,\"max_detour\":{}}},\
+                 {{\"cpu\":3,\"min\":1000,\"max_detour\":1}},{{\"cpu\":1,\"min\":1000,\"max_detour\":2}}]}}\n\
                  ATOLL-ISO-RUN {n} {{\"load\":\"{load}\",\"problem\":\"\"}}\n",
                 c / 100
             ));
@@ -211,34 +247,47 @@ mod tests {
     }
 
     #[test]
-    fn bars_are_the_loaded_ratios_and_every_run_s_worst_detour() {
+    fn bars_are_the_loaded_ratios_cycles_over_native_and_detours_on_hpcg_s_cpu() {
         let r = vec![
             result(Config::Native, 1000, 1500),
-            result(Config::Atoll, 1000, 1000),
+            result(Config::Atoll, 1100, 1100),
         ];
-        let (ratio, detour) = bars(&r);
+        let o = Options::new(Emulator::Qemu, "cpu", 16, 0, 2000, 0, "native,atoll").unwrap();
+        let p = bars(&r, &o);
+        let bar = |load: &str, config: &str, value| Bar {
+            load: load.into(),
+            config: config.into(),
+            value,
+        };
         assert_eq!(
-            ratio,
-            vec![
-                Bar {
-                    load: "cpu".into(),
-                    config: "native".into(),
-                    value: 1.5
-                },
-                Bar {
-                    load: "cpu".into(),
-                    config: "atoll".into(),
-                    value: 1.0
-                },
+            p.ratio,
+            [bar("cpu", "native", 1.5), bar("cpu", "atoll", 1.0)]
+        );
+        assert_eq!(
+            p.vs_native,
+            [
+                bar("none", "native", 1.0),
+                bar("cpu", "native", 1.5),
+                bar("none", "atoll", 1.1),
+                bar("cpu", "atoll", 1.1)
             ]
         );
-        assert_eq!(detour.len(), 4);
-        assert_eq!(detour[1].value, 1.5, "15 of 1000 cycles");
+        // HPCG on the guest's CPU 1 (nohz_full=1), natively on core 3: their detours only.
+        assert_eq!(p.detour.len(), 4);
+        assert_eq!(p.detour[1].value, 0.1, "native: core 3's 1 of 1000 cycles");
+        assert_eq!(p.detour[3].value, 0.2, "atoll: CPU 1's 2 of 1000 cycles");
+        // HPCG on every CPU: the worst of them.
+        let all = Options {
+            guest_cmdline: String::new(),
+            ..o.clone()
+        };
+        assert_eq!(bars(&r, &all).detour[1].value, 1.5, "15 of 1000 cycles");
+        // Without a native run, no cycles to compare with.
+        assert!(bars(&r[1..], &o).vs_native.is_empty());
         // The figure itself: a PNG file.
         let dir = crate::target_dir().join("bench-plot-test");
         std::fs::create_dir_all(&dir).unwrap();
         let png = dir.join("isolation.png");
-        let o = Options::new(Emulator::Qemu, "cpu", 16, 0, 2000, 0, "native,atoll").unwrap();
         isolation(&r, &o, &png).unwrap();
         let bytes = std::fs::read(&png).unwrap();
         assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");

@@ -1189,7 +1189,8 @@ fn config_from_json(name: &str, c: &Value) -> Result<ConfigResult> {
 }
 
 /// The options and results of the bench's JSON documents `docs` (named `files`): the same
-/// emulator, problem, samples and guest words in each, every configuration in one only.
+/// emulator, problem, samples and guest words in each; a configuration in several of them
+/// has its runs joined (no load twice but the solo one).
 pub fn merge_json(docs: &[(String, Value)]) -> Result<(Options, Vec<ConfigResult>)> {
     let Some((first_name, first)) = docs.first() else {
         bail!("--merge: name at least one JSON file");
@@ -1242,16 +1243,32 @@ pub fn merge_json(docs: &[(String, Value)]) -> Result<(Options, Vec<ConfigResult
             .with_context(|| format!("{f}: no configs"))?;
         for (name, c) in configs {
             let r = config_from_json(name, c).with_context(|| f.clone())?;
-            if opts.configs.contains(&r.config) {
-                bail!("{f}: {name} is in an earlier file too");
-            }
-            opts.configs.push(r.config);
             for m in &r.runs {
                 if m.load != "none" && !opts.loads.contains(&m.load) {
                     opts.loads.push(m.load.clone());
                 }
             }
-            results.push(r);
+            // A configuration measured in several boots (other loads each): its runs joined,
+            // the first boot's solo run the reference of every ratio, the later boots' solo
+            // runs kept beside it (on Bochs they should agree: that is checked by eye, shown).
+            match results
+                .iter_mut()
+                .find(|x: &&mut ConfigResult| x.config == r.config)
+            {
+                Some(have) => {
+                    for m in r.runs {
+                        if m.load != "none" && have.runs.iter().any(|h| h.load == m.load) {
+                            bail!("{f}: {name} under {} is in an earlier file too", m.load);
+                        }
+                        have.runs.push(m);
+                    }
+                    have.wall_s += r.wall_s;
+                }
+                None => {
+                    opts.configs.push(r.config);
+                    results.push(r);
+                }
+            }
         }
     }
     Ok((opts, results))
@@ -1510,9 +1527,33 @@ mod tests {
         let e =
             merge_json(&[("a.json".into(), a.clone()), ("b.json".into(), a.clone())]).unwrap_err();
         assert!(
-            format!("{e:#}").contains("atoll is in an earlier file"),
+            format!("{e:#}").contains("atoll under cpu is in an earlier file"),
             "{e:#}"
         );
+        // The same configuration under other loads in another boot: its runs joined, the
+        // first solo run the reference.
+        let mut later = good(Config::Atoll, "[host] ");
+        later.runs[0].hpcg["cycles"] = json!(1001);
+        later.runs[1].load = "io".into();
+        later.runs[1].hpcg["cycles"] = json!(1020);
+        let l = to_json(
+            &[later],
+            &Options {
+                loads: vec!["io".into()],
+                ..o.clone()
+            },
+        );
+        let (m, joined) =
+            merge_json(&[("a.json".into(), a.clone()), ("l.json".into(), l)]).unwrap();
+        assert_eq!(m.configs, [Config::Atoll]);
+        let loads: Vec<&str> = joined[0].runs.iter().map(|r| r.load.as_str()).collect();
+        assert_eq!(loads, ["none", "cpu", "none", "io"]);
+        assert_eq!(
+            joined[0].ratio(&joined[0].runs[3]),
+            Some(1.02),
+            "over the first solo"
+        );
+        check_runs(&joined[0], &m).unwrap();
         let mut old = a.clone();
         old["configs"]["atoll"]["runs"][0]
             .as_object_mut()

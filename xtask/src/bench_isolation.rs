@@ -984,7 +984,15 @@ pub fn boot_words(config: Config, opts: &Options) -> Result<BootWords> {
                 // and timers are 35× off and its one-shot APIC timer storms (measured: 69 959
                 // interrupts on the workload's cores in one HPCG run, 4 490 with this). atoll
                 // calibrates the TSC itself, for its host and enclaves alike.
-                format!("{words} tsc_early_khz={}", crate::run::BOCHS_IPS / 1000)
+                // And its idle CPUs halt rather than MWAIT: Linux wakes a CPU in MWAIT by writing
+                // the flag it monitors, a write Bochs' SMP model can miss; with a tick the CPU
+                // wakes anyway, a tickless one (nohz_full) sleeps on — a stop_machine hung the
+                // tuned KVM host's boot that way (CPU 3 "idling at mwait_idle", soft lockups).
+                // atoll hides MONITOR/MWAIT from its partitions, which halt too.
+                format!(
+                    "{words} tsc_early_khz={} idle=halt",
+                    crate::run::BOCHS_IPS / 1000
+                )
             },
             host: None,
         },
@@ -1636,7 +1644,7 @@ mod tests {
         assert_eq!(
             n.extra,
             format!(
-                "{} atoll.hpcg_cpus=3 nohz_full=3 rcu_nocbs=3 tsc_early_khz=100000",
+                "{} atoll.hpcg_cpus=3 nohz_full=3 rcu_nocbs=3 tsc_early_khz=100000 idle=halt",
                 b.words()
             )
         );

@@ -19,11 +19,15 @@
 //!
 //! In every boot the host's `/init` runs the guest image's `isolation` action: the workload
 //! (`work`: `atoll-fwq`, `oslat`, `atoll-hpcg`) solo, then under each stress-ng profile the bench
-//! names (`--load`), each run reported on lines of their own (`ATOLL-ISO-*`). This module
-//! turns them into a table (HPCG's rating and cycles, the loaded/solo ratio of HPCG's timed
-//! cycles, FWQ's largest and 99th-percentile detour per CPU, oslat's maximum, exits per
-//! second per core while HPCG computes), `target/bench/isolation-EMU.json` (with every
-//! report in full) and `target/bench/isolation-EMU.png`.
+//! names (`--load`), each run reported on lines of their own (`ATOLL-ISO-*`). HPCG runs on the
+//! guest's tickless CPUs (the `nohz_full=` of [`Options::guest_cmdline`]; natively on the cores
+//! they stand for, [`WORKLOAD_CORES`], booted with the same words), the probes on all the
+//! workload's CPUs. This module turns the reports into a table (HPCG's rating and cycles, the
+//! loaded/solo ratio of HPCG's timed cycles, FWQ's largest and 99th-percentile detour per CPU,
+//! oslat's maximum, exits per second per core while HPCG computes and of HPCG's own vCPU —
+//! atoll's per-vCPU counters —, the interrupts on the workload's and HPCG's CPUs),
+//! `target/bench/isolation-EMU[-TAG].json` (every report in full) and a PNG beside it;
+//! [`merge`] joins the JSON of runs made apart into one report.
 //!
 //! Bochs is the reference: a busy CPU's TSC there counts that CPU's own instructions, so the
 //! loaded/solo ratio of HPCG's cycles is interference from software alone. On QEMU the cycles
@@ -240,6 +244,12 @@ impl Options {
                          CPUs (0-{})",
                         WORKLOAD_CORES.len(),
                         WORKLOAD_CORES.len() - 1
+                    );
+                }
+                if cpus.contains(&0) {
+                    bail!(
+                        "--guest-cmdline nohz_full={l}: CPU 0 is the guest's housekeeping CPU \
+                         (its shell and probes run there, HPCG on the tickless ones)"
                     );
                 }
                 if cpus.len() == WORKLOAD_CORES.len() {
@@ -1135,7 +1145,17 @@ fn report(results: &[ConfigResult], opts: &Options, merged_from: Option<&[String
     let path = dir.join(format!("{stem}.json"));
     let mut j = to_json(results, opts);
     if let Some(files) = merged_from {
+        for f in files {
+            if std::fs::canonicalize(f).ok() == std::fs::canonicalize(&path).ok() {
+                bail!("--merge: {f} is where the merged report goes: give another --tag");
+            }
+        }
         j["merged_from"] = json!(files);
+        j["command"] = json!(format!(
+            "cargo xtask bench isolation --merge {} --tag {}",
+            files.join(","),
+            opts.tag.as_deref().unwrap_or_default()
+        ));
     }
     std::fs::write(&path, serde_json::to_string_pretty(&j)?)?;
     println!("wrote {}", path.display());
@@ -1211,7 +1231,7 @@ pub fn merge_json(docs: &[(String, Value)]) -> Result<(Options, Vec<ConfigResult
     let num = |d: &Value, f: &str, k: &str| -> Result<u32> {
         d[k].as_u64()
             .and_then(|v| u32::try_from(v).ok())
-            .with_context(|| format!("{f}: no {k}"))
+            .with_context(|| format!("{f}: no {k} (a JSON from before --merge existed?)"))
     };
     let mut opts = Options {
         emulator,
@@ -1258,14 +1278,22 @@ pub fn merge_json(docs: &[(String, Value)]) -> Result<(Options, Vec<ConfigResult
             }
             // A configuration measured in several boots (other loads each): its runs joined,
             // the first boot's solo run the reference of every ratio, the later boots' solo
-            // runs kept beside it (on Bochs they should agree: that is checked by eye, shown).
+            // runs kept beside it as "none-2", … (on Bochs they should agree: shown).
             match results
                 .iter_mut()
                 .find(|x: &&mut ConfigResult| x.config == r.config)
             {
                 Some(have) => {
-                    for m in r.runs {
-                        if m.load != "none" && have.runs.iter().any(|h| h.load == m.load) {
+                    let boot = 1 + have
+                        .runs
+                        .iter()
+                        .filter(|h| h.load.starts_with("none"))
+                        .count();
+                    for mut m in r.runs {
+                        if m.load == "none" {
+                            // Shown beside the reference, named apart (it is not the ratios').
+                            m.load = format!("none-{boot}");
+                        } else if have.runs.iter().any(|h| h.load == m.load) {
                             bail!("{f}: {name} under {} is in an earlier file too", m.load);
                         }
                         have.runs.push(m);
@@ -1555,7 +1583,7 @@ mod tests {
             merge_json(&[("a.json".into(), a.clone()), ("l.json".into(), l)]).unwrap();
         assert_eq!(m.configs, [Config::Atoll]);
         let loads: Vec<&str> = joined[0].runs.iter().map(|r| r.load.as_str()).collect();
-        assert_eq!(loads, ["none", "cpu", "none", "io"]);
+        assert_eq!(loads, ["none", "cpu", "none-2", "io"]);
         assert_eq!(
             joined[0].ratio(&joined[0].runs[3]),
             Some(1.02),
@@ -1667,6 +1695,7 @@ mod tests {
         for (bad, why) in [
             ("nohz_full=2", "CPU 2"),
             ("nohz_full=0-1", "housekeeping"),
+            ("nohz_full=0", "housekeeping"),
             ("nohz_full=x", "not a CPU number"),
             ("nohz_full=1 rcu_nocbs=1-0", "not a CPU range"),
         ] {

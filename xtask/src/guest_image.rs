@@ -57,7 +57,8 @@
 //! back), `vf_host` and `vf_host_outside` (the host: igb on the PF, one VF enabled through
 //! `atoll vf`, enclaves created with it; see [`init_script`]). The isolation bench's (issue
 //! 15): `work` (wherever the workload runs: `atoll-fwq`, `oslat` when the image has it, and
-//! `atoll-hpcg` pinned to `atoll.work_cpus`, between `ATOLL-WORK` markers) and `isolation` (the
+//! `atoll-hpcg` pinned to `atoll.hpcg_cpus`, else to `atoll.work_cpus`, between `ATOLL-WORK`
+//! markers) and `isolation` (the
 //! host: the workload solo and under each stress-ng profile of `atoll.iso_loads`, natively, in
 //! an enclave or in a KVM guest per `atoll.iso_mode`, each run's reports on `ATOLL-ISO-*`
 //! lines). The initramfs also carries the static `atoll-hpcg` and `atoll-fwq`.
@@ -762,9 +763,15 @@ work() {
     # guest) keeps to the first workload CPU, off HPCG's.
     # (Its own pid: in a subshell $$ is the parent's; /proc/self, opened by the builtin
     # read's redirection, is this process.)
+    # (Its affinity comes back at the end: in a guest this is PID 1, which runs on.)
+    self=""
     if [ -n "$hpcg_cpus" ]; then
         read -r self _ < /proc/self/stat
-        taskset -p -c "${wc%%[,-]*}" "$self" > /dev/null 2>&1
+        was=$(taskset -p "$self" 2>/dev/null | sed 's/.*: //')
+        if ! taskset -p -c "${wc%%[,-]*}" "$self" > /dev/null 2>&1; then
+            why="could not keep the workload's shell on CPU ${wc%%[,-]*} (taskset -p)"
+            self=""
+        fi
     fi
     echo "ATOLL-WORK begin cpus=$wc hpcg_cpus=$hc"
     # What an exit costs this kernel's user space: CPUID's round trip and a timer's wakeup
@@ -798,6 +805,7 @@ work() {
     cat /tmp/iso/hpcg.out
     work_irqs b /tmp/iso/irq.b
     work_irqs a /tmp/iso/irq.a
+    [ -n "$self" ] && [ -n "$was" ] && taskset -p "$was" "$self" > /dev/null 2>&1
     case $rc in
         0) ;;
         1) why="HPCG's validation failed" ;;
@@ -4000,7 +4008,11 @@ linux-image-6.12.117+deb12-amd64 - Linux 6.12 for 64-bit PCs (signed)
 log() { echo "$*" >> "$SANDBOX/calls"; }
 nproc() { echo 4; }
 taskset() {
-    if [ "$1" = -p ]; then log "taskset -p $2 $3 (a pid)"; return 0; fi
+    if [ "$1" = -p ]; then
+        [ "$2" = -c ] && { log "taskset -p -c $3 $4"; return 0; }
+        [ $# = 2 ] && { echo "pid $2's current affinity mask: f"; return 0; }
+        log "taskset -p $2 $3"; return 0
+    fi
     log "taskset $1 $2"; shift 2; "$@"
 }
 usleep() { :; }
@@ -4038,8 +4050,9 @@ stress_ng() { log "stress-ng $*"; exec real_timeout 2 real_sleep 60; }
             ],
             &format!("{env}\n{WORK_STUBS}"),
             |d| {
-                // /proc/interrupts, the same before and after HPCG here.
-                std::fs::create_dir_all(d.join("fakeproc")).unwrap();
+                // /proc/interrupts, the same before and after HPCG here; the shell's pid.
+                std::fs::create_dir_all(d.join("fakeproc/self")).unwrap();
+                std::fs::write(d.join("fakeproc/self/stat"), "4242 (sh) S 1\n").unwrap();
                 std::fs::write(
                     d.join("fakeproc/interrupts"),
                     "           CPU0       CPU1\nLOC:          9          5   Local timer interrupts\n",
@@ -4130,8 +4143,12 @@ stress_ng() { log "stress-ng $*"; exec real_timeout 2 real_sleep 60; }
             "",
         );
         assert!(
-            calls.starts_with("taskset -p -c 0 (a pid)\n"),
+            calls.starts_with("taskset -p -c 0 4242\n"),
             "the shell first: {calls}"
+        );
+        assert!(
+            calls.ends_with("taskset -p f 4242\n"),
+            "its affinity back at the end: {calls}"
         );
         assert!(
             calls.contains("taskset -c 0-3\natoll-fwq --cpus 0-3"),

@@ -410,6 +410,14 @@ pub fn iso(scenario: &Scenario, opts: &ImageOptions) -> Result<Iso> {
         BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     let _ = std::fs::remove_dir_all(&stage);
+    // Removed however the build ends (its archives are large).
+    struct Staging(PathBuf);
+    impl Drop for Staging {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _staging = Staging(stage.clone());
     let tree = stage.join("iso");
     std::fs::create_dir_all(tree.join("boot/grub"))?;
     std::fs::create_dir_all(tree.join("boot/modules"))?;
@@ -462,7 +470,6 @@ pub fn iso(scenario: &Scenario, opts: &ImageOptions) -> Result<Iso> {
     }
     std::fs::rename(&built, &iso)
         .with_context(|| format!("moving {} to {}", built.display(), iso.display()))?;
-    let _ = std::fs::remove_dir_all(&stage);
     Ok(Iso {
         path: iso,
         tag,

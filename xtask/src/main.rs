@@ -150,10 +150,12 @@ enum Bench {
         /// loads or configurations kept apart, for --merge).
         #[arg(long)]
         tag: Option<String>,
-        /// Boots nothing: one table, JSON and plot from earlier runs' JSON files
-        /// (comma-separated), each configuration from one of them (e.g. atoll under every
-        /// profile, the baselines under `all`).
-        #[arg(long, value_delimiter = ',')]
+        /// Boots nothing: one table, JSON and plot (named by --tag, which it needs) from earlier
+        /// runs' JSON files, comma-separated: e.g. atoll under every profile and the baselines
+        /// under `all`, measured apart; a configuration's runs from several files are joined.
+        #[arg(long, value_delimiter = ',', requires = "tag",
+              conflicts_with_all = ["load", "size", "rt", "fwq_samples", "oslat", "configs",
+                                    "guest_cmdline", "parallel"])]
         merge: Vec<String>,
     },
     /// Idle Linux: boot linux-enclave with atoll.idle=N and report the exits per second (timer,
@@ -519,14 +521,14 @@ fn test(unit_only: bool) -> Result<()> {
         ])
         .status()?;
     if !status.success() {
-        bail!("emulator tests failed (QEMU)");
+        bail!("emulator tests failed (QEMU's, and those without an emulator of their own)");
     }
     bochs_lanes()?;
     eprintln!("xtask: all tests passed");
     Ok(())
 }
 
-/// The Bochs tests, in two lanes at once: Bochs' clock is its instruction count (`sync=none`),
+/// The Bochs tests, in two lanes at once (one on a single-core machine): Bochs' clock is its instruction count (`sync=none`),
 /// so a test's emulated time does not depend on what else runs, and each Bochs takes one core
 /// of its own (QEMU's guests run on the host's clock: their tests run alone, before). The test
 /// files are split by their Bochs tests' weight (minutes each); a file not named here goes to
@@ -565,6 +567,12 @@ fn bochs_lanes() -> Result<()> {
             ))
         })
         .collect();
+    if !exes.iter().any(|(n, _)| WEIGHT.iter().any(|(w, _)| w == n)) {
+        bail!(
+            "the emulator tests' executables were not found (cargo --no-run named {:?})",
+            exes.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>()
+        );
+    }
     exes.sort_by_key(|(n, _)| {
         std::cmp::Reverse(WEIGHT.iter().find(|(w, _)| w == n).map_or(0, |(_, x)| *x))
     });
@@ -644,18 +652,25 @@ fn run_prefixed(cmd: &mut Command, prefix: &str) -> bool {
         }
     };
     let (out, err) = (child.stdout.take(), child.stderr.take());
+    // Whole lines, made valid UTF-8 (a stray byte must not stop the reading: the child would
+    // then die on a closed pipe); a read error ends the copy.
+    fn each_line(r: impl std::io::Read, mut f: impl FnMut(&str)) {
+        let mut r = std::io::BufReader::new(r);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match r.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => f(String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r'])),
+            }
+        }
+    }
     std::thread::scope(|s| {
         if let Some(err) = err {
-            s.spawn(move || {
-                for l in std::io::BufReader::new(err).lines().map_while(Result::ok) {
-                    eprintln!("{prefix}{l}");
-                }
-            });
+            s.spawn(move || each_line(err, |l| eprintln!("{prefix}{l}")));
         }
         if let Some(out) = out {
-            for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-                println!("{prefix}{l}");
-            }
+            each_line(out, |l| println!("{prefix}{l}"));
         }
     });
     child.wait().is_ok_and(|s| s.success())

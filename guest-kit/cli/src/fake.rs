@@ -24,6 +24,8 @@ pub struct FakeEnclave {
     pub image: Vec<u8>,
     pub initrd: Vec<u8>,
     pub exits: [u64; EXIT_KINDS.len()],
+    /// A bare-metal enclave: no virtual platform, so no per-vCPU counts.
+    pub bare: bool,
     pub reason: String,
     /// Console output kept, and how many bytes before it were lost.
     pub console: Vec<u8>,
@@ -36,8 +38,11 @@ pub struct FakeEnclave {
 
 impl FakeEnclave {
     /// Its exits per vCPU by class: all on the first, as "other" (the rest quiet, as
-    /// nohz_full CPUs are).
+    /// nohz_full CPUs are); none for a bare-metal enclave.
     pub fn vcpu_exits(&self) -> Vec<[u64; 4]> {
+        if self.bare {
+            return Vec::new();
+        }
         let mut v = vec![[0; 4]; self.cores.len()];
         if let Some(first) = v.first_mut() {
             first[3] = self.exits.iter().sum();
@@ -58,6 +63,7 @@ impl FakeEnclave {
             image: Vec::new(),
             initrd: Vec::new(),
             exits: [0; EXIT_KINDS.len()],
+            bare: false,
             reason: String::new(),
             console: Vec::new(),
             console_lost: 0,

@@ -71,16 +71,21 @@
 //!   array of `{name, id, state, cores, memory_mib, uptime_us, reason}`.
 //! * `atoll stats [NAME] [--watch [SECS]] [--rate] [--format table|json|prometheus]` — per
 //!   enclave: state, cores, memory, uptime, restarts, interrupts injected, IPIs dropped,
-//!   console bytes dropped, and exits by kind (the table shows kinds with exits: `EXIT TOTAL
-//!   PER_SEC`). Exits per second need two samples: `--rate` takes them 1 s apart, `--watch`
+//!   console bytes dropped, exits by kind (the table shows kinds with exits: `EXIT TOTAL
+//!   PER_SEC`) and, for a Linux enclave, exits per vCPU (`exits per vCPU  0: N (R/s)  1: …`;
+//!   vCPU i runs on the enclave's i-th core). Exits per second need two samples: `--rate` takes them 1 s apart, `--watch`
 //!   prints every SECS seconds (default 1) until interrupted, with rates from the second
 //!   print on (write `atoll stats NAME --watch`: a NAME after `--watch` would be read as
 //!   SECS). `--json` equals `--format json`: `{interval_seconds?, enclaves: [{name, id, state,
-//!   cores, memory_mib, uptime_us, exits: {kind: n}, exits_per_second?: {kind: x},
-//!   interrupts_injected, ipis_dropped, console_bytes_dropped, restarts, reason}]}`.
+//!   cores, memory_mib, uptime_us, exits: {kind: n}, vcpu_exits: [n per vCPU],
+//!   vcpu_exit_classes: [{timer, ipi, hlt, other} per vCPU], exits_per_second?: {kind: x},
+//!   vcpu_exits_per_second?: [x per vCPU], interrupts_injected, ipis_dropped,
+//!   console_bytes_dropped, restarts, reason}]}` (the vCPU lists are empty for a bare-metal
+//!   enclave).
 //!   `--format prometheus` prints the text exposition format for node_exporter's textfile
 //!   collector (`atoll stats --format prometheus > /var/lib/node_exporter/atoll.prom`):
-//!   `atoll_enclave_exits_total{enclave,kind}`, `atoll_enclave_uptime_seconds{enclave}`,
+//!   `atoll_enclave_exits_total{enclave,kind}`,
+//!   `atoll_enclave_vcpu_exits_total{enclave,vcpu,class}`, `atoll_enclave_uptime_seconds{enclave}`,
 //!   `atoll_enclave_memory_bytes{enclave}`, `atoll_enclave_state{enclave,state}` (1 for the
 //!   current state, 0 for the others), `atoll_enclave_interrupts_injected_total`,
 //!   `atoll_enclave_ipis_dropped_total`, `atoll_enclave_console_bytes_dropped_total`,

@@ -196,17 +196,22 @@ pub fn render_prometheus(enclaves: &[Enclave], info: &Info) -> String {
     );
     let mut vcpus = Vec::new();
     for e in enclaves {
-        for (i, n) in e.vcpu_exits.iter().enumerate() {
-            vcpus.push((
-                format!("enclave=\"{}\",vcpu=\"{i}\"", label(&e.name)),
-                n.to_string(),
-            ));
+        for (i, classes) in e.vcpu_exit_classes.iter().enumerate() {
+            for (class, n) in classes {
+                vcpus.push((
+                    format!(
+                        "enclave=\"{}\",vcpu=\"{i}\",class=\"{class}\"",
+                        label(&e.name)
+                    ),
+                    n.to_string(),
+                ));
+            }
         }
     }
     family(
         "atoll_enclave_vcpu_exits_total",
         "counter",
-        "VM exits of each of the enclave's vCPUs (vCPU i on its i-th core).",
+        "VM exits of each of the enclave's vCPUs (vCPU i on its i-th core) by class: timer, ipi, hlt, other.",
         vcpus,
     );
     family(

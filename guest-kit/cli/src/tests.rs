@@ -89,6 +89,7 @@ pub(crate) fn two_enclaves() -> Rc<RefCell<Fake>> {
         a.exits[1] = 40; // hlt
         a.exits[2] = 7; // io
         let mut b = FakeEnclave::new(2, "bare", &[4], 16);
+        b.bare = true;
         b.state = State::Failed;
         b.reason = "triple fault at rip 0x1000".into();
         f.enclaves = vec![a, b];
@@ -835,19 +836,19 @@ fn stats_as_prometheus_text() {
     );
     // Per vCPU: the fake puts every exit on the first.
     assert_eq!(
-        s["atoll_enclave_vcpu_exits_total{enclave=\"linux\",vcpu=\"0\"}"],
+        s["atoll_enclave_vcpu_exits_total{enclave=\"linux\",vcpu=\"0\",class=\"other\"}"],
         47.0
     );
     assert_eq!(
-        s["atoll_enclave_vcpu_exits_total{enclave=\"linux\",vcpu=\"1\"}"],
+        s["atoll_enclave_vcpu_exits_total{enclave=\"linux\",vcpu=\"1\",class=\"timer\"}"],
         0.0
     );
     assert_eq!(
         s.keys()
             .filter(|k| k.starts_with("atoll_enclave_vcpu_exits_total"))
             .count(),
-        3,
-        "one per vCPU: linux's two, bare's one"
+        2 * 4,
+        "one per vCPU and class: linux's two, none for the bare-metal enclave"
     );
     assert_eq!(types["atoll_enclave_vcpu_exits_total"], "counter");
     assert_eq!(s["atoll_enclave_uptime_seconds{enclave=\"linux\"}"], 61.5);

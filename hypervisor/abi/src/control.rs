@@ -1078,8 +1078,8 @@ impl<'a> CoreList<'a> {
     }
 }
 
-/// A record's per-vCPU class counts, as the wire holds them (a u16 vCPU count, then
-/// [`VCPU_EXIT_CLASSES`]`.len()` little-endian u64s per vCPU; a record being written takes
+/// A record's per-vCPU class counts, as the wire holds them after their u16 vCPU count:
+/// [`VCPU_EXIT_CLASSES`]`.len()` little-endian u64s per vCPU (a record being written takes
 /// them from a slice instead: [`Record::write_with`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VcpuCounts<'a>(&'a [u8]);
@@ -1090,11 +1090,6 @@ pub type ClassCounts = [u64; VCPU_EXIT_CLASSES.len()];
 const VCPU_RECORD: usize = 8 * VCPU_EXIT_CLASSES.len();
 
 impl<'a> VcpuCounts<'a> {
-    /// Counts from their wire bytes (whole vCPUs only, at most [`MAX_CORES`]).
-    pub fn from_bytes(b: &'a [u8]) -> Option<Self> {
-        (b.len().is_multiple_of(VCPU_RECORD) && b.len() / VCPU_RECORD <= MAX_CORES)
-            .then_some(Self(b))
-    }
     /// How many vCPUs.
     pub fn len(&self) -> usize {
         self.0.len() / VCPU_RECORD
@@ -1209,6 +1204,26 @@ impl<'a> Record<'a> {
 
 /// Most records one reply carries.
 pub const MAX_RECORDS: u32 = 64;
+
+/// The longest record: every fixed field, the longest name and reason, [`MAX_CORES`] cores and
+/// as many vCPUs' class counts.
+pub const MAX_RECORD_LEN: usize = 2
+    + 1
+    + 1
+    + (2 + MAX_NAME)
+    + 2
+    + 4 * MAX_CORES
+    + 8
+    + 8
+    + 8 * EXIT_KINDS.len()
+    + 2
+    + VCPU_RECORD * MAX_CORES
+    + 8 * 9
+    + 4
+    + (2 + MAX_TEXT);
+
+// A List or Stats reply of the most records, each the longest, fits one message.
+const _: () = assert!(4 + MAX_RECORDS as usize * MAX_RECORD_LEN <= MAX_PAYLOAD);
 
 /// Decodes a List or Stats reply's payload: a u32 count, then that many records, nothing
 /// after. Calls `each` with every record.
@@ -1415,6 +1430,21 @@ mod tests {
         assert_eq!(seen, [2, 1]);
         assert_eq!(vcpus, [[Some(7), Some(10), None], [None; 3]]);
         assert_eq!(per_class, [0, 0, 9, 1], "timer, ipi, hlt, other");
+        // The vCPU count sits after the exits (header-free payload: count, id, state,
+        // reserved, name, cores, memory, uptime, exits): more than MAX_CORES is refused before
+        // anything is read, a count past the bytes is a truncation.
+        let at = 4 + 2 + 1 + 1 + (2 + 5) + 2 + 4 * 2 + 8 + 8 + 8 * EXIT_KINDS.len();
+        assert_eq!(
+            &buf[at..at + 2],
+            &2u16.to_le_bytes(),
+            "the first record's vCPU count"
+        );
+        let mut bad = buf;
+        bad[at..at + 2].copy_from_slice(&(MAX_CORES as u16 + 1).to_le_bytes());
+        assert_eq!(read_records(&bad[..n], |_| ()), Err(WireError::TooLong));
+        let mut bad = buf;
+        bad[at..at + 2].copy_from_slice(&60u16.to_le_bytes());
+        assert_eq!(read_records(&bad[..n], |_| ()), Err(WireError::Truncated));
         assert!(read_records(&buf[..n - 1], |_| ()).is_err());
         let mut bad = buf;
         bad[0] = 3; // one record more than present

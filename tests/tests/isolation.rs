@@ -105,6 +105,12 @@ fn isolation_pipeline_qemu() {
                 r["interrupts_on_hpcg_cpus_during_hpcg"].is_object(),
                 "{what}: {r}"
             );
+            // …as HPCG itself saw it (its allowed CPUs, from its own /proc/self/status).
+            assert_eq!(
+                h["cpus_allowed"],
+                if config == Config::Native { "3" } else { "1" },
+                "{what}: {h}"
+            );
             assert_eq!(
                 j["configs"][config.name()]["hpcg_cpus"],
                 if config == Config::Native {

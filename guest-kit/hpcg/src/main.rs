@@ -21,7 +21,10 @@ fn main() -> ExitCode {
         }
     };
     match run(config) {
-        Ok(report) => {
+        Ok(mut report) => {
+            report.cpus_allowed = std::fs::read_to_string("/proc/self/status")
+                .ok()
+                .and_then(|s| atoll_hpcg::report::cpus_allowed(&s));
             println!("{}", report.line());
             if report.valid {
                 ExitCode::SUCCESS

@@ -86,6 +86,10 @@ pub struct Report {
     pub gflops_timed: f64,
     /// TSC ticks across the benchmark sets (0 where there is no TSC).
     pub cycles: u64,
+    /// The CPUs the process was allowed to run on, as Linux lists them
+    /// (`Cpus_allowed_list` of `/proc/self/status`; absent where there is none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpus_allowed: Option<String>,
 }
 
 impl Report {
@@ -95,6 +99,15 @@ impl Report {
         let json = serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
         format!("{REPORT_PREFIX}{json}")
     }
+}
+
+/// `Cpus_allowed_list` from a `/proc/PID/status` text.
+pub fn cpus_allowed(status: &str) -> Option<String> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
 }
 
 /// The time-stamp counter, for cycle counts that do not depend on the clock
@@ -261,5 +274,6 @@ fn run_on(config: Config, requested: Par<'static>, pool: &Pool) -> Result<Report
         rating_gflops,
         gflops_timed,
         cycles,
+        cpus_allowed: None,
     })
 }

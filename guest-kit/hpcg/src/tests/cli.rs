@@ -133,3 +133,16 @@ fn grid_limits_are_the_documented_ones() {
     let msg = check_grid(512, 512, 512).unwrap_err().to_string();
     assert!(msg.contains("MiB"), "{msg}");
 }
+
+#[test]
+fn the_allowed_cpus_come_from_proc_status() {
+    use crate::report::cpus_allowed;
+    let status = "Name:\tatoll-hpcg\nCpus_allowed:\t2\nCpus_allowed_list:\t1\nMems_allowed:\t1\n";
+    assert_eq!(cpus_allowed(status).as_deref(), Some("1"));
+    assert_eq!(
+        cpus_allowed("Cpus_allowed_list:\t0-3,8\n").as_deref(),
+        Some("0-3,8")
+    );
+    assert_eq!(cpus_allowed("Name:\tx\n"), None, "no such line");
+    assert_eq!(cpus_allowed("Cpus_allowed_list:\t\n"), None, "empty");
+}

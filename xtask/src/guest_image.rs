@@ -939,6 +939,20 @@ iso_kvm_run() {
     kill "$qp" 2>/dev/null
     wait "$qp" 2>/dev/null
 }
+# Waits until the serial console's transmit count (/proc/tty/driver/serial) has not moved for
+# a second, at most 60 s; 2 s without that file.
+iso_drain() {
+    last=""
+    n=0
+    while [ "$n" -lt 60 ]; do
+        now=$(grep -o 'tx:[0-9]*' /proc/tty/driver/serial 2>/dev/null | head -n 1)
+        [ -z "$now" ] && [ "$n" -ge 2 ] && return 0
+        [ -n "$now" ] && [ "$now" = "$last" ] && return 0
+        last=$now
+        sleep 1
+        n=$((n + 1))
+    done
+}
 # This shell (the isolation driver) ahead of everything it started before: renice -20.
 iso_urgent() { renice -20 -p $$ > /dev/null 2>&1; }
 # The JSON of line prefix $1 in file $2 (null when absent).
@@ -1031,9 +1045,10 @@ isolation() {
         iso_n=$((iso_n + 1))
     done
     echo "ATOLL-RESULT isolation {\"mode\":$(lc_str "$iso_mode"),\"runs\":$iso_n,\"failed\":$iso_failed}"
-    # Let the serial line drain: a poweroff -f right after cut a native Bochs run's last lines
-    # (kilobytes of interrupt rows at 115200 baud).
-    sleep 2
+    # Let the serial line drain before the power-off: a native Bochs run lost its last lines
+    # (kilobytes of interrupt rows behind a slow UART) after a fixed pause of 2 s. The UART's
+    # transmit count stops moving once its buffers are empty (at most 60 s).
+    iso_drain
     why=""
     [ "$iso_failed" = 0 ] || why="$iso_failed of the isolation runs failed (see ATOLL-ISO-RUN)"
 }

@@ -1314,6 +1314,10 @@ pub fn merge_json(docs: &[(String, Value)]) -> Result<(Options, Vec<ConfigResult
             }
         }
     }
+    // In the bench's order (native, atoll, kvm-default, kvm-tuned), whatever the files'.
+    let rank = |c: &Config| Config::ALL.iter().position(|x| x == c).unwrap_or(usize::MAX);
+    results.sort_by_key(|r| rank(&r.config));
+    opts.configs.sort_by_key(rank);
     Ok((opts, results))
 }
 
@@ -1544,19 +1548,19 @@ mod tests {
         );
         let (m, results) =
             merge_json(&[("a.json".into(), a.clone()), ("n.json".into(), n.clone())]).unwrap();
-        assert_eq!(m.configs, [Config::Atoll, Config::Native]);
+        assert_eq!(m.configs, [Config::Native, Config::Atoll], "in the bench's order");
         assert_eq!(m.loads, ["cpu", "all"]);
         assert_eq!(
             (m.size, m.fwq_samples, m.emulator),
             (16, 2000, Emulator::Bochs)
         );
         assert_eq!(
-            results[0].runs, atoll.runs,
+            results[1].runs, atoll.runs,
             "every field back, interrupt rows included"
         );
-        assert_eq!(results[1].runs, native.runs);
+        assert_eq!(results[0].runs, native.runs);
         assert_eq!(
-            results[0].irqs_during_hpcg(&results[0].runs[1]),
+            results[1].irqs_during_hpcg(&results[1].runs[1]),
             [("LOC".into(), 3)]
         );
         for r in &results {

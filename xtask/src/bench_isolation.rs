@@ -1315,7 +1315,12 @@ pub fn merge_json(docs: &[(String, Value)]) -> Result<(Options, Vec<ConfigResult
         }
     }
     // In the bench's order (native, atoll, kvm-default, kvm-tuned), whatever the files'.
-    let rank = |c: &Config| Config::ALL.iter().position(|x| x == c).unwrap_or(usize::MAX);
+    let rank = |c: &Config| {
+        Config::ALL
+            .iter()
+            .position(|x| x == c)
+            .unwrap_or(usize::MAX)
+    };
     results.sort_by_key(|r| rank(&r.config));
     opts.configs.sort_by_key(rank);
     Ok((opts, results))
@@ -1548,7 +1553,11 @@ mod tests {
         );
         let (m, results) =
             merge_json(&[("a.json".into(), a.clone()), ("n.json".into(), n.clone())]).unwrap();
-        assert_eq!(m.configs, [Config::Native, Config::Atoll], "in the bench's order");
+        assert_eq!(
+            m.configs,
+            [Config::Native, Config::Atoll],
+            "in the bench's order"
+        );
         assert_eq!(m.loads, ["cpu", "all"]);
         assert_eq!(
             (m.size, m.fwq_samples, m.emulator),

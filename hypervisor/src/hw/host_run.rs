@@ -642,11 +642,24 @@ impl HostVcpuRun {
                 return Pause::Init;
             }
             if index > 0 && run.release_state(index) == release::ASKED {
-                let offline = match &self.vcpu {
-                    HostCpu::Svm(v) => crate::run::host::parked_in_play_dead(v, &mem),
-                    HostCpu::Vmx(v) => crate::run::host::parked_in_play_dead(v, &mem),
+                let (offline, rip, rflags) = match &self.vcpu {
+                    HostCpu::Svm(v) => (
+                        crate::run::host::parked_in_play_dead(v, &mem),
+                        v.rip(),
+                        v.rflags(),
+                    ),
+                    HostCpu::Vmx(v) => (
+                        crate::run::host::parked_in_play_dead(v, &mem),
+                        v.rip(),
+                        v.rflags(),
+                    ),
                 };
                 if offline {
+                    // What the test saw, for the record: an online CPU judged parked (seen
+                    // once in CI on QEMU) shows here.
+                    log::info!(
+                        "host: vCPU {index} parked (RIP {rip:#x}, RFLAGS {rflags:#x}): released"
+                    );
                     // serve_ap grants it (or refuses, should the request have been withdrawn).
                     return Pause::Released;
                 }

@@ -119,39 +119,35 @@ pub struct Options {
 /// (the first keeps the tick: a kernel needs one housekeeping CPU) and without RCU callbacks.
 pub const GUEST_CMDLINE: &str = "nohz_full=1 rcu_nocbs=1";
 
+/// What every kernel that boots on the Bochs machine itself (native, KVM host, atoll's host)
+/// is told of its idle loop: halt, not MWAIT (see [`boot_words`]).
+const BOCHS_IDLE: &str = "idle=halt";
+
 /// The machine's cores the workload gets (the enclave's, the KVM guest's vCPU threads', the
 /// native workload's); guest CPU i is core `WORKLOAD_CORES[i]`.
 pub const WORKLOAD_CORES: [u32; 2] = [2, 3];
 
-/// A kernel's CPU list ("1", "0-2", "1,3"), sorted and without repeats; an error for anything
-/// else (flags such as isolcpus' "domain," included).
+/// A kernel's CPU list ("1", "0-2", "1,3"), sorted and without repeats (the guest kit's
+/// parser, [`guest_kit::check::parse_cpu_list`]); an error for anything else, an empty list
+/// and flags such as isolcpus' "domain," included.
 pub fn parse_cpu_list(l: &str) -> Result<Vec<u32>> {
-    let mut out = Vec::new();
-    for item in l.split(',') {
-        let num = |t: &str| {
-            t.parse::<u32>()
-                .map_err(|_| anyhow::anyhow!("'{t}' in '{l}' is not a CPU number"))
+    let cpus = guest_kit::check::parse_cpu_list(l).map_err(|e| {
+        let what = if e.contains("range") {
+            "not a CPU range"
+        } else {
+            "not a CPU number"
         };
-        let (a, b) = match item.split_once('-') {
-            Some((a, b)) => (num(a)?, num(b)?),
-            None => (num(item)?, num(item)?),
-        };
-        if a > b || b - a > 1024 {
-            bail!("'{item}' in '{l}' is not a CPU range");
-        }
-        out.extend(a..=b);
+        anyhow::anyhow!("'{l}' is {what}: {e}")
+    })?;
+    if cpus.is_empty() {
+        bail!("'{l}' is not a CPU number: an empty list");
     }
-    out.sort_unstable();
-    out.dedup();
-    Ok(out)
+    Ok(cpus)
 }
 
-/// `cpus` as a kernel CPU list ("1,3").
+/// `cpus` as a kernel CPU list ("1,3", "2-3").
 fn cpu_list_text(cpus: &[u32]) -> String {
-    cpus.iter()
-        .map(u32::to_string)
-        .collect::<Vec<_>>()
-        .join(",")
+    guest_kit::check::format_cpu_list(cpus)
 }
 
 /// The guest's CPUs `cpus` as the machine's cores ([`WORKLOAD_CORES`]).
@@ -1000,7 +996,7 @@ pub fn boot_words(config: Config, opts: &Options) -> Result<BootWords> {
                 // tuned KVM host's boot that way (CPU 3 "idling at mwait_idle", soft lockups).
                 // atoll hides MONITOR/MWAIT from its partitions, which halt too.
                 format!(
-                    "{words} tsc_early_khz={} idle=halt",
+                    "{words} tsc_early_khz={} {BOCHS_IDLE}",
                     crate::run::BOCHS_IPS / 1000
                 )
             },
@@ -1012,7 +1008,7 @@ pub fn boot_words(config: Config, opts: &Options) -> Result<BootWords> {
         Config::Atoll => BootWords {
             extra: String::new(),
             host: Some(if opts.emulator == Emulator::Bochs {
-                format!("{words} idle=halt")
+                format!("{words} {BOCHS_IDLE}")
             } else {
                 words
             }),
@@ -1386,6 +1382,15 @@ mod tests {
         s
     }
 
+    /// A configuration's two runs (solo, cpu) as `console` writes them.
+    fn result(config: Config, prefix: &str, cycles: [u64; 2], wall_s: f64) -> ConfigResult {
+        ConfigResult {
+            config,
+            runs: parse_console(&console(prefix, cycles)).unwrap(),
+            wall_s,
+        }
+    }
+
     fn opts() -> Options {
         Options::new(Emulator::Bochs, "cpu", 16, 0, 2000, 2, "native,atoll").unwrap()
     }
@@ -1432,11 +1437,7 @@ mod tests {
     #[test]
     fn check_wants_every_load_valid_and_complete() {
         let o = opts();
-        let good = |config, prefix| ConfigResult {
-            config,
-            runs: parse_console(&console(prefix, [1000, 1000])).unwrap(),
-            wall_s: 1.0,
-        };
+        let good = |config, prefix| result(config, prefix, [1000, 1000], 1.0);
         let results = vec![good(Config::Native, ""), good(Config::Atoll, "[host] ")];
         check(&results, &o).unwrap();
         let t = table(&results, &o);
@@ -1530,11 +1531,7 @@ mod tests {
     #[test]
     fn runs_measured_apart_merge_into_one_report() {
         let o = opts();
-        let good = |config, prefix| ConfigResult {
-            config,
-            runs: parse_console(&console(prefix, [1000, 1010])).unwrap(),
-            wall_s: 5.0,
-        };
+        let good = |config, prefix| result(config, prefix, [1000, 1010], 5.0);
         let mut atoll = good(Config::Atoll, "[host] ");
         atoll.runs[1].irqs = (
             vec![" CPU0 CPU1".into(), "LOC: 1 2".into()],

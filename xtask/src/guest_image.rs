@@ -788,7 +788,7 @@ work() {
         if taskset -c "$wc" oslat --cpu-list "$wc" --cpu-main-thread "$main" --duration "$oslat_s" --quiet --json=/tmp/iso/oslat.json > /tmp/iso/oslat.out 2>&1; then
             echo "ATOLL-OSLAT $(tr -d '\n' < /tmp/iso/oslat.json)"
         else
-            echo "work: oslat failed: $(tail -c 300 /tmp/iso/oslat.out | tr '\n' ' ')"
+            why="oslat failed: $(tail -c 300 /tmp/iso/oslat.out | tr '\n' ' ')"
         fi
     fi
     cat /proc/interrupts > /tmp/iso/irq.b
@@ -1018,6 +1018,14 @@ iso_run() {
         w=$(grep -a "ATOLL-ACTION-FAILED work" $d/work.out | head -n 1 | tr -d '\r')
         [ -n "$w" ] && why="the workload: ${w#*: }"
     fi
+    # Every report the workload makes, whole on a line of its own (a kernel message in the
+    # middle of one leaves it out: say so, with what the console had).
+    for k in ATOLL-FWQ ATOLL-EXITCOST ATOLL-OSLAT; do
+        [ "$k" = ATOLL-OSLAT ] && [ "$oslat_s" -eq 0 ] && continue
+        if [ -z "$why" ] && [ "$(iso_line $k $d/work.out)" = null ]; then
+            why="no $k line: $(grep -a "$k" $d/work.out | head -n 1 | tr -d '\r' | head -c 400)$(tail -c 300 $d/work.out | tr '\r\n' '  ')"
+        fi
+    done
     # Without the timed sets' residuals: a long --rt would take the line past the 4 KiB of a
     # console line of atoll's (the reference phase's 50 stay).
     echo "ATOLL-ISO-HPCG $2 $(echo "$hp" | sed 's/,"set_residuals":\[[^]]*\]//')"

@@ -115,9 +115,15 @@ fn qualification(vmcs: &mut impl VmcsAccess) -> Result<u64, TranslateError> {
 /// the fields the exit reason makes meaningful (each VMREAD costs an exit's worth of time in
 /// an emulator), and no field after the first failed read. Inlined into the backend's run
 /// loop, whose cost per exit is a measured figure.
-#[inline]
+#[inline(always)]
 pub fn translate(vmcs: &mut impl VmcsAccess) -> Result<VmxExit, TranslateError> {
     let raw = read32(vmcs, Field32::ExitReason)?;
+    translate_reason(vmcs, raw)
+}
+
+/// [`translate`] for a caller that has read the exit-reason field already (`raw`).
+#[inline(always)]
+pub fn translate_reason(vmcs: &mut impl VmcsAccess, raw: u32) -> Result<VmxExit, TranslateError> {
     // Only the basic reason and bit 31 (VM-entry failure) matter here (§25.9.1); the other flag
     // bits are not decoded on every exit.
     let basic = BasicExitReason::from_raw(raw);

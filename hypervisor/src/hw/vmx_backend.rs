@@ -10,14 +10,14 @@ use crate::partition::loader::BootState;
 use crate::run::exits::PASSTHROUGH_MSRS;
 use alloc::boxed::Box;
 use atoll_vcpu::double_fault::{self, Combined};
-use atoll_vcpu::{Exit, Gpr, Vcpu, VcpuError};
+use atoll_vcpu::{CpuidTable, Exit, Gpr, Vcpu, VcpuError};
 use boot::HostPhysAddr;
 use core::cell::Cell;
 use vmx::controls::{
     ControlSet, EntryControls, ExitControls, PinBasedControls, PrimaryControls, SecondaryControls,
     Want, Wanted,
 };
-use vmx::exit::{InterruptionInfo, InterruptionType, Redelivery};
+use vmx::exit::{BasicExitReason, InterruptionInfo, InterruptionType, Redelivery};
 use vmx::fields::{Field, Field16, Field32, Field64, FieldNatural, VmcsAccess};
 use vmx::guest_state::{ActivityState, Interruptibility};
 use vmx::instructions as vi;
@@ -526,17 +526,51 @@ impl VmxVcpu {
     /// Enters the guest until its next exit. Fails, without entering, if an earlier VMCS
     /// access failed (see `fault`); fails if the entry fails or the exit cannot be read.
     pub fn run(&mut self) -> Result<Exit, VmxError> {
-        if self.fault.get() != 0 {
-            return Err(self.noted_fault());
+        self.run_fast(&CpuidTable::EMPTY, || {})
+    }
+
+    /// [`Self::run`] with the CPUID fast path: a CPUID exit whose leaf `cpuid` answers is
+    /// handled right here (EAX-EDX from the table, RIP past the instruction, `counted` called
+    /// once) and the guest entered again, without translating the exit or returning to the
+    /// caller. Every other exit returns as from `run`.
+    ///
+    /// Skipping the caller for those exits changes nothing it would do: a CPUID reads no state
+    /// the caller keeps, and whatever asks for the caller's attention meanwhile (a stop, a
+    /// mailbox message, a timer, a device) arrives as an interrupt or NMI, which is an exit
+    /// of its own (external-interrupt and NMI exiting are always on).
+    pub fn run_fast(
+        &mut self,
+        cpuid: &CpuidTable,
+        mut counted: impl FnMut(),
+    ) -> Result<Exit, VmxError> {
+        let reason_raw;
+        loop {
+            if self.fault.get() != 0 {
+                return Err(self.noted_fault());
+            }
+            if self.shutdown {
+                return Ok(Exit::TripleFault);
+            }
+            // SAFETY: this vCPU's VMCS is current on this core (loaded in `new`, never cleared
+            // while the vCPU lives) and fully initialized; the register block is ours.
+            unsafe { vm_enter(&mut self.regs, self.launched) }.map_err(VmxError::Entry)?;
+            self.launched = true;
+            let reason = vi::CurrentVmcs
+                .read(Field32::ExitReason.into())
+                .map_err(|error| {
+                    VmxError::Exit(vmx::translate::TranslateError {
+                        field: Field32::ExitReason.into(),
+                        error,
+                    })
+                })?;
+            if !self.answer_cpuid(reason, cpuid) {
+                reason_raw = reason as u32;
+                break;
+            }
+            counted();
         }
-        if self.shutdown {
-            return Ok(Exit::TripleFault);
-        }
-        // SAFETY: this vCPU's VMCS is current on this core (loaded in `new`, never cleared
-        // while the vCPU lives) and fully initialized; the register block is ours.
-        unsafe { vm_enter(&mut self.regs, self.launched) }.map_err(VmxError::Entry)?;
-        self.launched = true;
-        let t = vmx::translate::translate(&mut vi::CurrentVmcs).map_err(VmxError::Exit)?;
+        let t = vmx::translate::translate_reason(&mut vi::CurrentVmcs, reason_raw)
+            .map_err(VmxError::Exit)?;
         self.exit_len = u64::from(t.instruction_length);
         if !t.entry_failure {
             self.requeue_interrupted_event(t.redelivery);
@@ -573,6 +607,32 @@ impl VmxVcpu {
             return Err(self.noted_fault());
         }
         Ok(t.exit)
+    }
+
+    /// The fast path of [`Self::run_fast`]: if the exit (its exit-reason field `reason`) was a
+    /// CPUID whose leaf `table`
+    /// answers, puts the answer in EAX-EDX (upper halves zero, as CPUID does) and moves RIP
+    /// past the instruction. The exit reason must be exactly CPUID's: basic reason 10 with no
+    /// flag bits (no VM-entry failure, SDM Vol. 3C §25.9.1). A CPUID exit never interrupts
+    /// an event's delivery (its IDT-vectoring information is invalid), so nothing is queued
+    /// again; the entry-interruption field is cleared as after any exit with nothing to
+    /// deliver again.
+    #[inline(always)]
+    fn answer_cpuid(&mut self, reason: u64, table: &CpuidTable) -> bool {
+        if reason != u64::from(BasicExitReason::Cpuid.number()) {
+            return false;
+        }
+        let Some([a, b, c, d]) = table.get(self.regs.rax as u32) else {
+            return false;
+        };
+        self.regs.rax = a.into();
+        self.regs.rbx = b.into();
+        self.regs.rcx = c.into();
+        self.regs.rdx = d.into();
+        self.exit_len = self.vmread(Field32::VmExitInstructionLength);
+        self.vmwrite(Field32::VmEntryInterruptionInformation, 0);
+        self.skip_instruction();
+        true
     }
 
     /// Reads `field` for an accessor that cannot fail: a failed VMREAD is noted in `fault`

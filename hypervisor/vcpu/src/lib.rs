@@ -9,14 +9,18 @@
 //! * [`GuestMemory`]: a partition's guest-physical memory, bounds-checked.
 //! * [`decode`]: the guest's paging modes, its page walk, and `iced-x86` decoding of the
 //!   instruction behind an exit (for backends without decode assists, and MMIO).
+//! * [`cpuid_table`]: the CPUID answers a backend gives without leaving its run loop.
 //! * [`double_fault`]: how an exception raised by an exit handler combines with an event the
 //!   backend queued again after the exit interrupted its delivery.
 #![cfg_attr(not(test), no_std)]
 
 extern crate alloc;
 
+pub mod cpuid_table;
 pub mod decode;
 pub mod double_fault;
+
+pub use cpuid_table::CpuidTable;
 
 use boot::GuestPhysAddr;
 use core::fmt;

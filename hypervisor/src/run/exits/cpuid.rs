@@ -3,6 +3,7 @@
 //! whose instructions or MSRs stay the host's); the bits that mirror the guest's CR4.
 
 use super::{HostCpu, CPUID_HV_BASE, CPUID_SIGNATURE, HYPERCALL_ABI_VERSION};
+use atoll_vcpu::CpuidTable;
 
 /// CPUID as the enclave sees it: atoll's leaves at 0x4000_0000, the hypervisor bit set, and
 /// hidden what the enclave does not own: VMX, SVM, SMX, MONITOR/MWAIT, the performance counters
@@ -114,6 +115,17 @@ pub fn filtered_cpuid(host: &impl HostCpu, leaf: u32, sub: u32) -> [u32; 4] {
     }
 }
 
+/// The leaves whose answer mirrors the guest's CR4 ([`reflect_guest_cr4`]): never answered
+/// from a fast-path table.
+pub const CR4_LEAVES: [u32; 2] = [1, 7];
+
+/// The CPUID fast path's table for a vCPU whose CPUID is `answer(leaf, subleaf)` before the CR4
+/// bits: every leaf of the table's ranges whose answer is fixed (the same for every subleaf,
+/// independent of CR4). See [`atoll_vcpu::cpuid_table`].
+pub fn fast_table(answer: impl FnMut(u32, u32) -> [u32; 4]) -> CpuidTable {
+    CpuidTable::build(answer, |leaf| !CR4_LEAVES.contains(&leaf))
+}
+
 /// The CPUID bits that mirror the caller's own CR4 (SDM Vol. 2A "CPUID"): OSXSAVE (leaf 1 ECX
 /// bit 27) is CR4.OSXSAVE (bit 18), OSPKE (leaf 7 ECX bit 4) is CR4.PKE (bit 22). The host's
 /// values describe atoll's CR4, so they are replaced by the guest's.
@@ -181,5 +193,55 @@ mod tests {
         assert_eq!(reflect_guest_cr4([0, 0, 1 << 4, 0], 7, 0, 0)[2], 0);
         assert_eq!(reflect_guest_cr4([0, 0, 0, 0], 7, 0, 1 << 22)[2], 1 << 4);
         assert_eq!(reflect_guest_cr4([1, 2, 3, 4], 2, 0, 0), [1, 2, 3, 4]);
+    }
+
+    /// A host whose leaves 4, 0xb, 0xd and 0x8000_001d are indexed by the subleaf.
+    struct Indexed;
+    impl HostCpu for Indexed {
+        fn cpuid(&self, leaf: u32, sub: u32) -> [u32; 4] {
+            match leaf {
+                0 => [0x1f, 0x756e_6547, 0x6c65_746e, 0x4965_6e69],
+                4 | 0xb | 0xd | 0x8000_001d => [leaf ^ sub, sub, 1, 2],
+                _ => [leaf, !leaf, leaf.rotate_left(7), 0x5a5a],
+            }
+        }
+        fn xsetbv(&mut self, _value: u64) {}
+        fn rdtsc(&self) -> u64 {
+            0
+        }
+    }
+
+    /// The leaves a fast-path table is checked over: its ranges and their edges.
+    fn every_leaf() -> impl Iterator<Item = u32> {
+        (0..0x24)
+            .chain(0x4000_0000..0x4000_0024)
+            .chain(0x8000_0000..0x8000_0024)
+    }
+
+    /// The subleaves and CR4 values the checks use.
+    const SUBLEAVES: [u32; 5] = [0, 1, 2, 5, 0xffff_ffff];
+    const CR4S: [u64; 4] = [0, 1 << 18, 1 << 22, (1 << 18) | (1 << 22)];
+
+    #[test]
+    fn the_fast_table_answers_as_the_exit_handler_does() {
+        let t = fast_table(|leaf, sub| filtered_cpuid(&Indexed, leaf, sub));
+        for leaf in every_leaf() {
+            let Some(fast) = t.get(leaf) else { continue };
+            for sub in SUBLEAVES {
+                for cr4 in CR4S {
+                    let slow =
+                        reflect_guest_cr4(filtered_cpuid(&Indexed, leaf, sub), leaf, sub, cr4);
+                    assert_eq!(fast, slow, "leaf {leaf:#x} subleaf {sub:#x} CR4 {cr4:#x}");
+                }
+            }
+        }
+        // The leaves a guest times and probes most are in it; those indexed by the subleaf or
+        // mirroring CR4 are not.
+        for leaf in [0, 2, 0x4000_0000, 0x4000_0001, 0x8000_0000, 0x8000_0001] {
+            assert!(t.get(leaf).is_some(), "{leaf:#x}");
+        }
+        for leaf in [1, 4, 7, 0xb, 0xd, 0x8000_001d] {
+            assert_eq!(t.get(leaf), None, "{leaf:#x}");
+        }
     }
 }

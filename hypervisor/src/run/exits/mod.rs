@@ -38,7 +38,7 @@ mod hypercalls;
 mod io;
 pub mod msr;
 
-pub use cpuid::{filtered_cpuid, reflect_guest_cr4};
+pub use cpuid::{fast_table, filtered_cpuid, reflect_guest_cr4, CR4_LEAVES};
 pub use cr::valid_xcr0;
 use cr::{cr_write, xsetbv};
 use hypercalls::hypercall_exit;

@@ -89,7 +89,7 @@ pub mod virtio;
 use apic::{collect, msr_read, msr_write};
 pub use apic::{ApicMode, Mailbox};
 use console::Marks;
-pub use cpuid::cpuid;
+pub use cpuid::{cpuid, fast_table};
 use io::{mmio, mmio_map, pci_segment, port_map};
 pub use io::{Mmio, Port};
 pub use linux::{e820, load_linux, platform_layout};

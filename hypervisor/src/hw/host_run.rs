@@ -577,6 +577,9 @@ pub struct HostVcpuRun {
     tables_seen: u32,
     me: HostVcpu,
     console: EnclaveConsole,
+    /// Where the last look of an open release request found it parked
+    /// ([`crate::run::host::confirm_parked`]).
+    parked_at: Option<u64>,
 }
 
 impl HostVcpuRun {
@@ -612,6 +615,7 @@ impl HostVcpuRun {
             tables_seen: run.tables_generation.load(Ordering::Acquire),
             me: HostVcpu::new(index, run.cores.get(index).copied().unwrap_or(0)),
             console: EnclaveConsole::default(),
+            parked_at: None,
         })
     }
 
@@ -654,22 +658,31 @@ impl HostVcpuRun {
                         v.rflags(),
                     ),
                 };
-                if offline {
-                    // What the test saw, for the record: an online CPU judged parked (seen
-                    // once in CI on QEMU) shows here.
-                    log::info!(
-                        "host: vCPU {index} parked (RIP {rip:#x}, RFLAGS {rflags:#x}): released"
-                    );
-                    // serve_ap grants it (or refuses, should the request have been withdrawn).
-                    return Pause::Released;
+                match crate::run::host::confirm_parked(&mut self.parked_at, offline, rip) {
+                    crate::run::host::Parked::Confirmed => {
+                        log::info!(
+                            "host: vCPU {index} parked (RIP {rip:#x}, RFLAGS {rflags:#x}, seen \
+                             twice): released"
+                        );
+                        // serve_ap grants it (or refuses, should the request have been
+                        // withdrawn).
+                        return Pause::Released;
+                    }
+                    // Looked at again at the requester's next signal (it signals every
+                    // millisecond while the request is open).
+                    crate::run::host::Parked::Once => {}
+                    crate::run::host::Parked::No => {
+                        // Only an open request is answered: the manager may have withdrawn it.
+                        let _ = run.release[index].compare_exchange(
+                            release::ASKED,
+                            release::REFUSED,
+                            Ordering::AcqRel,
+                            Ordering::Acquire,
+                        );
+                    }
                 }
-                // Only an open request is answered: the manager may have withdrawn it.
-                let _ = run.release[index].compare_exchange(
-                    release::ASKED,
-                    release::REFUSED,
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                );
+            } else {
+                self.parked_at = None;
             }
             let tables = run.tables_generation.load(Ordering::SeqCst);
             if tables != self.tables_seen {

@@ -50,7 +50,7 @@ mod tests;
 
 pub use cpuid::host_cpuid;
 pub use io::{intercepted_ports, COM1};
-pub use offline::parked_in_play_dead;
+pub use offline::{confirm_parked, parked_in_play_dead, Parked};
 
 /// The name the host's console lines carry (`[host] ...`).
 pub const CONSOLE_NAME: &str = "host";

@@ -11,6 +11,7 @@
 //! (`sti; hlt`) or, under intel_idle and ACPI C-states, in MWAIT with interrupts disabled but
 //! ECX bit 0 set, so that an interrupt still wakes it (SDM Vol. 2B, "MWAIT", ECX[0]); Bochs's
 //! Skylake model showed the latter. Anything else is online and is not taken.
+//! One look can be fooled (see [`confirm_parked`]): atoll takes a core only after two.
 //! Whatever the host's code does, a wrong answer here only costs the host: a core it
 //! believed online is gone (its Linux reports the CPU stuck), never another partition.
 
@@ -39,4 +40,66 @@ pub fn parked_in_play_dead(vcpu: &impl Vcpu, mem: &impl GuestMemory) -> bool {
     // MWAIT's extensions: bit 0 of ECX treats interrupts as break events even when masked.
     let mwait_dead = vcpu.gpr(Gpr::Rcx) & 1 == 0;
     at(2, &HLT) || at(3, &HLT) || mwait_dead && (at(0, &MWAIT) || at(3, &MWAIT))
+}
+
+/// What [`confirm_parked`] makes of one look at a host vCPU atoll asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Parked {
+    /// Not in the offline loop: refused.
+    No,
+    /// In it, for the first time at this RIP: look again.
+    Once,
+    /// In it at the same RIP as the last look, a signal apart: offline.
+    Confirmed,
+}
+
+/// The offline test over two looks: a vCPU is taken only when two looks, each after a stop
+/// of its own, both find it parked in the offline loop at the same RIP. One look can be
+/// fooled: an online CPU stopped with interrupts disabled just past an instruction whose last
+/// byte is 0xF4 (HLT's opcode) looks parked (CI once saw atoll take an online host CPU). A CPU
+/// in Linux's offline loop never leaves it and is found at the same place again; an online
+/// one has moved on. `last` is the RIP of the last look that found it parked.
+pub fn confirm_parked(last: &mut Option<u64>, parked: bool, rip: u64) -> Parked {
+    if !parked {
+        *last = None;
+        return Parked::No;
+    }
+    if last.replace(rip) == Some(rip) {
+        *last = None;
+        Parked::Confirmed
+    } else {
+        Parked::Once
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_core_is_taken_only_when_two_looks_find_it_parked_at_the_same_place() {
+        let mut last = None;
+        assert_eq!(confirm_parked(&mut last, true, 0x1000), Parked::Once);
+        assert_eq!(confirm_parked(&mut last, true, 0x1000), Parked::Confirmed);
+        // Each confirmation starts over.
+        assert_eq!(confirm_parked(&mut last, true, 0x1000), Parked::Once);
+    }
+
+    #[test]
+    fn an_online_cpu_that_once_looked_parked_is_refused_at_the_next_look() {
+        let mut last = None;
+        assert_eq!(confirm_parked(&mut last, true, 0x1000), Parked::Once);
+        assert_eq!(confirm_parked(&mut last, false, 0x2345), Parked::No);
+        // The earlier look no longer counts.
+        assert_eq!(confirm_parked(&mut last, true, 0x1000), Parked::Once);
+    }
+
+    #[test]
+    fn a_look_parked_elsewhere_starts_over() {
+        // Stopped once just before the HLT, once just after it: looked at again.
+        let mut last = None;
+        assert_eq!(confirm_parked(&mut last, true, 0x1000), Parked::Once);
+        assert_eq!(confirm_parked(&mut last, true, 0x1001), Parked::Once);
+        assert_eq!(confirm_parked(&mut last, true, 0x1001), Parked::Confirmed);
+    }
 }

@@ -448,9 +448,10 @@ fn bochs_vmx_the_adversary_leaves_the_machine_and_its_neighbour_running() {
 }
 
 /// Two enclaves spin forever with interrupts masked, one on the boot processor (which runs its
-/// vCPU inside the manager: its APIC timer and stop check end it) and one on an application
-/// processor (the manager's Stop, with its kick): at the machine's deadline both are stopped
-/// where they spin, keep what they reported, and the victim's suite has passed.
+/// vCPU inside the manager: its APIC timer and stop check end it) on CPUID, which VMX answers on
+/// its fast path without going back to the run loop, and one on an application processor
+/// without an exit (the manager's Stop, with its kick): at the machine's deadline both are
+/// stopped where they spin, keep what they reported, and the victim's suite has passed.
 fn spinners_are_stopped_at_the_deadline(emulator: Emulator) {
     let o = boot(emulator, "spin");
     assert_suite_passed(&o, "victim");

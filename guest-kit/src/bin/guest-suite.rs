@@ -670,6 +670,27 @@ guest_db_handler:
                 // this mode.
                 unsafe { asm!("cli", "2:", "jmp 2b", options(nomem, nostack, noreturn)) }
             }
+            "spin-cpuid" => {
+                let _ = writeln!(
+                    Com1,
+                    "guest-suite: spinning forever on CPUID with interrupts masked"
+                );
+                // SAFETY: masks interrupts and loops on CPUID (leaf 0), an exit the hypervisor
+                // may answer without returning to its run loop (VMX's fast path): only atoll's
+                // manager (a kick, an NMI, or its timer) can take this core back — the point of
+                // this mode. The registers CPUID writes (RBX included) are never used again:
+                // the asm does not return.
+                unsafe {
+                    asm!(
+                        "cli",
+                        "2:",
+                        "xor eax, eax",
+                        "cpuid",
+                        "jmp 2b",
+                        options(nomem, nostack, noreturn)
+                    )
+                }
+            }
             "triple-fault" => {
                 let _ = writeln!(Com1, "guest-suite: triple-faulting");
                 // SAFETY: an empty IDT turns the #UD into #GP, #DF and a triple fault: the

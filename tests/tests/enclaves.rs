@@ -455,6 +455,10 @@ fn bochs_vmx_the_adversary_leaves_the_machine_and_its_neighbour_running() {
 fn spinners_are_stopped_at_the_deadline(emulator: Emulator) {
     let o = boot(emulator, "spin");
     assert_suite_passed(&o, "victim");
+    // The boot processor's spinner did spin on CPUID, and each one was counted (those the fast
+    // path answered too).
+    let spun = get(&o, "enclaves.spin-bsp.exits.cpuid").as_u64().unwrap();
+    assert!(spun > 10_000, "spin-bsp's CPUIDs: {spun}");
     for name in ["spin-bsp", "spin-ap"] {
         assert_eq!(get(&o, &format!("enclaves.{name}.end_reason")), "stopped");
         let detail = get(&o, &format!("enclaves.{name}.detail"))

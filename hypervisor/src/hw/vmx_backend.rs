@@ -623,9 +623,8 @@ impl VmxVcpu {
     }
 
     /// The fast path of [`Self::run_fast`]: if the exit (its exit-reason field `reason`) was a
-    /// CPUID whose leaf `table`
-    /// answers, puts the answer in EAX-EDX (upper halves zero, as CPUID does) and moves RIP
-    /// past the instruction. The exit reason must be exactly CPUID's: basic reason 10 with no
+    /// CPUID whose leaf `table` answers, puts the answer in EAX-EDX (upper halves zero, as
+    /// CPUID does) and moves RIP past the instruction. The exit reason must be exactly CPUID's: basic reason 10 with no
     /// flag bits (no VM-entry failure, SDM Vol. 3C §25.9.1). A CPUID exit never interrupts
     /// an event's delivery (its IDT-vectoring information is invalid), so nothing is queued
     /// again; the entry-interruption field is cleared as after any exit with nothing to

@@ -61,7 +61,8 @@
 //! markers) and `isolation` (the
 //! host: the workload solo and under each stress-ng profile of `atoll.iso_loads`, natively, in
 //! an enclave or in a KVM guest per `atoll.iso_mode`, each run's reports on `ATOLL-ISO-*`
-//! lines). The initramfs also carries the static `atoll-hpcg` and `atoll-fwq`.
+//! lines); both keep their kernel's messages off the console while they measure (console log
+//! level 1, restored after). The initramfs also carries the static `atoll-hpcg` and `atoll-fwq`.
 //!
 //! The smoke test tolerates [`TCG_TOLERATED`]: timing warnings QEMU's TCG emulation causes
 //! by itself — its vCPUs' TSCs are not synchronized, and its timers run in host time while the

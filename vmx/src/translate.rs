@@ -111,17 +111,25 @@ fn qualification(vmcs: &mut impl VmcsAccess) -> Result<u64, TranslateError> {
     read_natural(vmcs, FieldNatural::ExitQualification)
 }
 
-/// Reads the exit information of the last VM exit from `vmcs` and translates it. Reads only
-/// the fields the exit reason makes meaningful (each VMREAD costs an exit's worth of time in
-/// an emulator), and no field after the first failed read. Inlined into the backend's run
-/// loop, whose cost per exit is a measured figure.
+/// Reads the exit information of the last VM exit from `vmcs` and translates it: its
+/// exit-reason field ([`exit_reason`]), then [`translate_reason`].
 #[inline(always)]
 pub fn translate(vmcs: &mut impl VmcsAccess) -> Result<VmxExit, TranslateError> {
-    let raw = read32(vmcs, Field32::ExitReason)?;
+    let raw = exit_reason(vmcs)?;
     translate_reason(vmcs, raw)
 }
 
-/// [`translate`] for a caller that has read the exit-reason field already (`raw`).
+/// The last VM exit's exit-reason field (SDM Vol. 3C §25.9.1), raw.
+#[inline(always)]
+pub fn exit_reason(vmcs: &mut impl VmcsAccess) -> Result<u32, TranslateError> {
+    read32(vmcs, Field32::ExitReason)
+}
+
+/// [`translate`] for a caller that has read the exit-reason field already (`raw`: the backend,
+/// whose CPUID fast path looks at it first). Reads only the fields the exit reason makes
+/// meaningful (each VMREAD costs an exit's worth of time in an emulator), and no field after
+/// the first failed read. Inlined into the backend's run loop, whose cost per exit is a
+/// measured figure.
 #[inline(always)]
 pub fn translate_reason(vmcs: &mut impl VmcsAccess, raw: u32) -> Result<VmxExit, TranslateError> {
     // Only the basic reason and bit 31 (VM-entry failure) matter here (§25.9.1); the other flag

@@ -744,6 +744,18 @@ lifecycle() {
 work_irqs() {
     tr -s ' ' < "$2" | while IFS= read -r l; do echo "ATOLL-WORK-IRQ $1 $l"; done
 }
+# Kernel messages off the console (its log level 1, only emergencies), for the bench's
+# measurements: prints the level it had, for console_restore (nothing without the file).
+console_quiet() {
+    [ -w /proc/sys/kernel/printk ] || return 0
+    read -r l _ < /proc/sys/kernel/printk
+    echo 1 > /proc/sys/kernel/printk
+    echo "$l"
+}
+# The console's log level back to $1, console_quiet's output (nothing when empty).
+console_restore() {
+    [ -z "$1" ] || echo "$1" > /proc/sys/kernel/printk
+}
 # The isolation bench's workload (issue 15), wherever it runs (an enclave, a KVM guest, the
 # native host on the workload's CPUs atoll.work_cpus, default all): atoll-fwq's noise probe and
 # oslat (when the image has it: the bench tools) on those CPUs, then atoll-hpcg pinned to them,
@@ -777,11 +789,7 @@ work() {
     # Kernel messages off the console while the workload runs (back at the end): each is
     # console output on the workload's CPUs, and one in the middle of a report breaks its
     # line. (A nested KVM guest on a loaded emulator warns about its clock.)
-    loglevel=""
-    if [ -w /proc/sys/kernel/printk ]; then
-        read -r loglevel _ < /proc/sys/kernel/printk
-        echo 1 > /proc/sys/kernel/printk
-    fi
+    loglevel=$(console_quiet)
     echo "ATOLL-WORK begin cpus=$wc hpcg_cpus=$hc"
     # What an exit costs this kernel's user space: CPUID's round trip and a timer's wakeup
     # (ATOLL-EXITCOST), on the first workload CPU.
@@ -817,7 +825,7 @@ work() {
     work_irqs b /tmp/iso/irq.b
     work_irqs a /tmp/iso/irq.a
     [ -n "$self" ] && [ -n "$was" ] && taskset -p "$was" "$self" > /dev/null 2>&1
-    [ -n "$loglevel" ] && echo "$loglevel" > /proc/sys/kernel/printk
+    console_restore "$loglevel"
     case $rc in
         0) ;;
         1) why="HPCG's validation failed" ;;
@@ -1063,11 +1071,7 @@ isolation() {
     # This kernel's messages off the console while the runs go (back at the end): each report
     # is one line, which a warning in its middle breaks (a loaded host on an emulator warns
     # about its clocks).
-    iso_loglevel=""
-    if [ -w /proc/sys/kernel/printk ]; then
-        read -r iso_loglevel _ < /proc/sys/kernel/printk
-        echo 1 > /proc/sys/kernel/printk
-    fi
+    iso_loglevel=$(console_quiet)
     for load in $(echo "$iso_loads" | tr ',' ' '); do
         iso_run "$load" "$iso_n" || iso_failed=$((iso_failed + 1))
         iso_n=$((iso_n + 1))
@@ -1077,7 +1081,7 @@ isolation() {
     # (kilobytes of interrupt rows behind a slow UART) after a fixed pause of 2 s. The UART's
     # transmit count stops moving once its buffers are empty (at most 60 s).
     iso_drain
-    [ -n "$iso_loglevel" ] && echo "$iso_loglevel" > /proc/sys/kernel/printk
+    console_restore "$iso_loglevel"
     why=""
     [ "$iso_failed" = 0 ] || why="$iso_failed of the isolation runs failed (see ATOLL-ISO-RUN)"
 }

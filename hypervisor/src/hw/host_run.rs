@@ -646,17 +646,17 @@ impl HostVcpuRun {
                 return Pause::Init;
             }
             if index > 0 && run.release_state(index) == release::ASKED {
+                // The offline test, and where it looked (for the record, and the second look).
+                fn look(v: &impl Vcpu, mem: &HostRam) -> (bool, u64, u64) {
+                    (
+                        crate::run::host::parked_in_play_dead(v, &mem),
+                        v.rip(),
+                        v.rflags(),
+                    )
+                }
                 let (offline, rip, rflags) = match &self.vcpu {
-                    HostCpu::Svm(v) => (
-                        crate::run::host::parked_in_play_dead(v, &mem),
-                        v.rip(),
-                        v.rflags(),
-                    ),
-                    HostCpu::Vmx(v) => (
-                        crate::run::host::parked_in_play_dead(v, &mem),
-                        v.rip(),
-                        v.rflags(),
-                    ),
+                    HostCpu::Svm(v) => look(v, mem),
+                    HostCpu::Vmx(v) => look(v, mem),
                 };
                 match crate::run::host::confirm_parked(&mut self.parked_at, offline, rip) {
                     crate::run::host::Parked::Confirmed => {

@@ -567,16 +567,10 @@ impl VmxVcpu {
             // while the vCPU lives) and fully initialized; the register block is ours.
             unsafe { vm_enter(&mut self.regs, self.launched) }.map_err(VmxError::Entry)?;
             self.launched = true;
-            let reason = vi::CurrentVmcs
-                .read(Field32::ExitReason.into())
-                .map_err(|error| {
-                    VmxError::Exit(vmx::translate::TranslateError {
-                        field: Field32::ExitReason.into(),
-                        error,
-                    })
-                })?;
+            let reason =
+                vmx::translate::exit_reason(&mut vi::CurrentVmcs).map_err(VmxError::Exit)?;
             if burst == FAST_CPUID_BURST || !self.answer_cpuid(reason, cpuid) {
-                reason_raw = reason as u32;
+                reason_raw = reason;
                 break;
             }
             burst += 1;
@@ -630,8 +624,8 @@ impl VmxVcpu {
     /// again; the entry-interruption field is cleared as after any exit with nothing to
     /// deliver again.
     #[inline(always)]
-    fn answer_cpuid(&mut self, reason: u64, table: &CpuidTable) -> bool {
-        if reason != u64::from(BasicExitReason::Cpuid.number()) {
+    fn answer_cpuid(&mut self, reason: u32, table: &CpuidTable) -> bool {
+        if reason != u32::from(BasicExitReason::Cpuid.number()) {
             return false;
         }
         let Some([a, b, c, d]) = table.get(self.regs.rax as u32) else {

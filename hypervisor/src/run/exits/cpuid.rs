@@ -148,6 +148,28 @@ pub fn reflect_guest_cr4(mut r: [u32; 4], leaf: u32, sub: u32, cr4: u64) -> [u32
     r
 }
 
+/// Checks that every leaf `t` answers is answered as the exit handler would for a vCPU whose
+/// CPUID is `cpuid(leaf, subleaf)` before the CR4 bits: over the table's ranges and past their
+/// edges, for several subleaves and guest CR4 values (the fast-path tables' host tests, bare
+/// metal and Linux platform alike).
+#[cfg(test)]
+pub(crate) fn assert_fast_table_answers_as(t: &CpuidTable, cpuid: impl Fn(u32, u32) -> [u32; 4]) {
+    const SUBLEAVES: [u32; 5] = [0, 1, 2, 5, 0xffff_ffff];
+    const CR4S: [u64; 4] = [0, 1 << 18, 1 << 22, (1 << 18) | (1 << 22)];
+    let leaves = (0..0x24)
+        .chain(0x4000_0000..0x4000_0024)
+        .chain(0x8000_0000..0x8000_0024);
+    for leaf in leaves {
+        let Some(fast) = t.get(leaf) else { continue };
+        for sub in SUBLEAVES {
+            for cr4 in CR4S {
+                let slow = reflect_guest_cr4(cpuid(leaf, sub), leaf, sub, cr4);
+                assert_eq!(fast, slow, "leaf {leaf:#x} subleaf {sub:#x} CR4 {cr4:#x}");
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::Action;
@@ -211,30 +233,10 @@ mod tests {
         }
     }
 
-    /// The leaves a fast-path table is checked over: its ranges and their edges.
-    fn every_leaf() -> impl Iterator<Item = u32> {
-        (0..0x24)
-            .chain(0x4000_0000..0x4000_0024)
-            .chain(0x8000_0000..0x8000_0024)
-    }
-
-    /// The subleaves and CR4 values the checks use.
-    const SUBLEAVES: [u32; 5] = [0, 1, 2, 5, 0xffff_ffff];
-    const CR4S: [u64; 4] = [0, 1 << 18, 1 << 22, (1 << 18) | (1 << 22)];
-
     #[test]
     fn the_fast_table_answers_as_the_exit_handler_does() {
         let t = fast_table(|leaf, sub| filtered_cpuid(&Indexed, leaf, sub));
-        for leaf in every_leaf() {
-            let Some(fast) = t.get(leaf) else { continue };
-            for sub in SUBLEAVES {
-                for cr4 in CR4S {
-                    let slow =
-                        reflect_guest_cr4(filtered_cpuid(&Indexed, leaf, sub), leaf, sub, cr4);
-                    assert_eq!(fast, slow, "leaf {leaf:#x} subleaf {sub:#x} CR4 {cr4:#x}");
-                }
-            }
-        }
+        assert_fast_table_answers_as(&t, |leaf, sub| filtered_cpuid(&Indexed, leaf, sub));
         // The leaves a guest times and probes most are in it; those indexed by the subleaf or
         // mirroring CR4 are not.
         for leaf in [0, 2, 0x4000_0000, 0x4000_0001, 0x8000_0000, 0x8000_0001] {

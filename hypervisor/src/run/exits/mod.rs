@@ -38,6 +38,8 @@ mod hypercalls;
 mod io;
 pub mod msr;
 
+#[cfg(test)]
+pub(crate) use cpuid::assert_fast_table_answers_as;
 pub use cpuid::{fast_table, filtered_cpuid, reflect_guest_cr4, CR4_LEAVES};
 pub use cr::valid_xcr0;
 use cr::{cr_write, xsetbv};

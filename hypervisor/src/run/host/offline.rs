@@ -76,30 +76,45 @@ pub fn confirm_parked(last: &mut Option<u64>, parked: bool, rip: u64) -> Parked 
 mod tests {
     use super::*;
 
+    /// Runs `looks` (parked?, RIP, what the look must give) from no earlier look.
+    fn looks(looks: &[(bool, u64, Parked)]) {
+        let mut last = None;
+        for (i, &(parked, rip, want)) in looks.iter().enumerate() {
+            assert_eq!(
+                confirm_parked(&mut last, parked, rip),
+                want,
+                "look {i}: {looks:?}"
+            );
+        }
+    }
+
     #[test]
     fn a_core_is_taken_only_when_two_looks_find_it_parked_at_the_same_place() {
-        let mut last = None;
-        assert_eq!(confirm_parked(&mut last, true, 0x1000), Parked::Once);
-        assert_eq!(confirm_parked(&mut last, true, 0x1000), Parked::Confirmed);
         // Each confirmation starts over.
-        assert_eq!(confirm_parked(&mut last, true, 0x1000), Parked::Once);
+        looks(&[
+            (true, 0x1000, Parked::Once),
+            (true, 0x1000, Parked::Confirmed),
+            (true, 0x1000, Parked::Once),
+        ]);
     }
 
     #[test]
     fn an_online_cpu_that_once_looked_parked_is_refused_at_the_next_look() {
-        let mut last = None;
-        assert_eq!(confirm_parked(&mut last, true, 0x1000), Parked::Once);
-        assert_eq!(confirm_parked(&mut last, false, 0x2345), Parked::No);
         // The earlier look no longer counts.
-        assert_eq!(confirm_parked(&mut last, true, 0x1000), Parked::Once);
+        looks(&[
+            (true, 0x1000, Parked::Once),
+            (false, 0x2345, Parked::No),
+            (true, 0x1000, Parked::Once),
+        ]);
     }
 
     #[test]
     fn a_look_parked_elsewhere_starts_over() {
         // Stopped once just before the HLT, once just after it: looked at again.
-        let mut last = None;
-        assert_eq!(confirm_parked(&mut last, true, 0x1000), Parked::Once);
-        assert_eq!(confirm_parked(&mut last, true, 0x1001), Parked::Once);
-        assert_eq!(confirm_parked(&mut last, true, 0x1001), Parked::Confirmed);
+        looks(&[
+            (true, 0x1000, Parked::Once),
+            (true, 0x1001, Parked::Once),
+            (true, 0x1001, Parked::Confirmed),
+        ]);
     }
 }
